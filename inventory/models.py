@@ -1,0 +1,139 @@
+"""The system of record: who the customers are, what they run, and what Upkeep did to it.
+
+Column names are the vocabulary of the whole project; the YAML import, the CLI's --json output and the
+flows all use them. Times are aware UTC datetimes (see `UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from inventory.types import UTCDateTime, utcnow
+
+
+class ClusterKind(StrEnum):
+    cloud = "cloud"
+    software = "software"
+
+
+class AccessKind(StrEnum):
+    direct = "direct"
+    jump = "jump"
+
+
+class RunState(StrEnum):
+    planned = "planned"
+    running = "running"
+    paused = "paused"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.planned, RunState.running, RunState.paused)
+
+
+class StepState(StrEnum):
+    started = "started"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+def _when(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+class Customer(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=64)
+    timezone: str = Field(max_length=64, description="IANA zone, e.g. America/New_York")
+
+
+class Contact(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True, ondelete="CASCADE")
+    email: str = Field(max_length=254)
+    name: str = Field(default="", max_length=128)
+    role: str = Field(default="primary", max_length=32)
+
+
+class Cluster(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True, ondelete="CASCADE")
+    name: str = Field(unique=True, index=True, max_length=64)
+    kind: ClusterKind = Field(default=ClusterKind.software, max_length=16)
+    version: str = Field(max_length=32)
+    profile: str = Field(default="standard", max_length=64)
+    ring: str = Field(default="broad", max_length=32)
+    access: AccessKind = Field(default=AccessKind.direct, max_length=16)
+    jump_host: str | None = Field(default=None, max_length=253)
+    jump_port: int | None = None
+    jump_user: str | None = Field(default=None, max_length=32)
+
+
+class Node(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("cluster_id", "hostname", name="uq_node_cluster_hostname"),
+        UniqueConstraint("cluster_id", "position", name="uq_node_cluster_position"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: int = Field(foreign_key="cluster.id", index=True, ondelete="CASCADE")
+    hostname: str = Field(max_length=253)
+    address: str = Field(max_length=253, description="where to connect; the hostname unless given")
+    port: int = 22
+    ssh_user: str = Field(default="upkeep", max_length=32)
+    position: int = Field(description="upgrade order within the cluster, 1-based")
+
+
+class Release(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(unique=True, index=True, max_length=32)
+    package: str = Field(max_length=255, description="path of the package on the file server")
+    sha256: str = Field(max_length=64)
+    upgradable_from: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    deadline: datetime | None = _when()
+
+
+class UpgradeRun(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: int = Field(foreign_key="cluster.id", index=True)
+    # Set to cluster_id while the run is active and NULL afterwards: a plain unique constraint then
+    # allows one active run per cluster on SQLite and PostgreSQL alike (NULLs never collide).
+    active_cluster_id: int | None = Field(default=None, unique=True)
+    from_version: str = Field(max_length=32)
+    to_version: str = Field(max_length=32)
+    state: RunState = Field(default=RunState.planned, max_length=16)
+    source: str = Field(default="cli", max_length=16)
+    requested_by: str = Field(default="", max_length=128)
+    reason: str = Field(default="", description="why it failed or was cancelled")
+    flow_run_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    started_at: datetime | None = _when()
+    finished_at: datetime | None = _when()
+
+
+class NodeStep(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="upgraderun.id", index=True, ondelete="CASCADE")
+    node_id: int | None = Field(default=None, foreign_key="node.id", index=True)
+    step: str = Field(max_length=32)
+    state: StepState = Field(default=StepState.started, max_length=16)
+    detail: str = Field(default="")
+    output_tail: str = Field(default="")
+    started_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    finished_at: datetime | None = _when()
+
+
+class AuditEvent(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    actor: str = Field(max_length=128)
+    action: str = Field(max_length=64, index=True)
+    subject: str = Field(max_length=255)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -1,0 +1,148 @@
+"""Settings: UPKEEP_* environment variables, then an optional TOML file, then defaults.
+
+Built on demand by `load_settings()`, never at import time, so tests and the lab can point a process at
+another home, database or file server without import-order tricks.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "upkeep"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UPKEEP_", extra="forbid", validate_default=True)
+
+    home: Path = Field(default_factory=default_home, description="state directory")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in the home dir")
+
+    fileserver_url: str = "https://127.0.0.1:8443"
+    fileserver_user: str = "upkeep"
+    fileserver_password: SecretStr = SecretStr("")
+    fileserver_ca: Path | None = Field(None, description="CA bundle the file server's cert must chain to")
+    fileserver_allow_http: bool = Field(False, description="allow plain http:// (lab/dev only)")
+
+    smtp_host: str = Field("", description="empty: write .eml files to the outbox dir instead of sending")
+    smtp_port: int = 25
+    smtp_user: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = False
+    mail_from: str = "Upkeep <upkeep@localhost>"
+    sre_email: str = "sre@localhost"
+    outbox_dir: Path | None = None
+
+    known_hosts: Path | None = Field(None, description="known_hosts used to verify every SSH host key")
+    ssh_key: Path | None = Field(None, description="private key for SSH logins")
+    ssh_connect_timeout: float = 10.0
+    ssh_command_timeout: float = 600.0
+    health_timeout: float = 120.0
+
+    @field_validator("fileserver_url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"fileserver_url {value!r} must start with https://")
+        return value.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    # Derived locations: one place decides where state lives.
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'upkeep.db'}"
+
+    def resolved_outbox_dir(self) -> Path:
+        return self.outbox_dir or self.home / "outbox"
+
+    def resolved_known_hosts(self) -> Path:
+        return self.known_hosts or self.home / "known_hosts"
+
+    def resolved_ssh_key(self) -> Path:
+        return self.ssh_key or self.home / "id_ed25519"
+
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings for display: secrets masked, paths resolved."""
+        data = self.model_dump(mode="json")
+        for key, value in data.items():
+            if isinstance(getattr(self, key), SecretStr):
+                data[key] = "**********" if value else ""
+        data["database_url"] = _mask_url(self.resolved_database_url())
+        return data
+
+
+def config_file() -> Path:
+    explicit = os.environ.get("UPKEEP_CONFIG")
+    if explicit:
+        return Path(explicit)
+    home = os.environ.get("UPKEEP_HOME")
+    return (Path(home) if home else default_home()) / "upkeep.toml"
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Optional TOML file (UPKEEP_CONFIG, else <home>/upkeep.toml); unknown keys are errors."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = config_file()
+        if not path.is_file():
+            if os.environ.get("UPKEEP_CONFIG"):
+                raise SettingsError(f"UPKEEP_CONFIG={path}: no such file")
+            return {}
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: {exc}") from exc
+        unknown = sorted(set(data) - set(Settings.model_fields))
+        if unknown:
+            raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        return data
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot be used, naming the file or variable it came from."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"UPKEEP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']} (got {err.get('input')!r})"
+            if "password" not in str(err["loc"])
+            else f"UPKEEP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(problems) from None
+
+
+def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

@@ -1,0 +1,142 @@
+"""The vendor's secure file server: release packages down, diagnostics bundles up (httpx).
+
+Downloads stream to disk, resume with HTTP Range after a cut, and are SHA-256 verified before anyone
+may use them. Uploads stream from disk and never overwrite an existing file. TLS is verified against
+the configured CA; plain http is refused unless explicitly allowed (lab/dev).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+CHUNK = 1 << 20
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+class FileServerError(Exception):
+    """The file server refused or failed a request; the message says which and why."""
+
+
+class ChecksumMismatch(FileServerError):
+    pass
+
+
+class FileServer(Protocol):
+    def download(self, path: str, dest: Path, *, sha256: str) -> Path: ...
+
+    def upload(self, local: Path, path: str) -> str: ...
+
+
+def safe_remote_path(path: str) -> str:
+    """A relative path of plain segments: no absolute paths, `..`, empty segments or odd characters."""
+    if not _SAFE_PATH.fullmatch(path) or any(seg in (".", "..") for seg in path.split("/")):
+        raise FileServerError(f"file-server path {path[:120]!r} is not a plain relative path")
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class HttpFileServer:
+    url: str
+    user: str
+    password: str
+    ca: Path | None = None
+    allow_http: bool = False
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.url.startswith("http://") and not self.allow_http:
+            raise FileServerError(
+                f"file server {self.url} is plain http: refused (set fileserver_allow_http for a lab)"
+            )
+        if not self.url.startswith(("https://", "http://")):
+            raise FileServerError(f"file server URL {self.url!r} must be https://")
+        if self.ca is not None and not self.ca.is_file():
+            raise FileServerError(f"file-server CA {self.ca} does not exist")
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url.rstrip("/") + "/",
+            auth=httpx.BasicAuth(self.user, self.password),
+            verify=str(self.ca) if self.ca else True,
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+        )
+
+    def download(self, path: str, dest: Path, *, sha256: str) -> Path:
+        """Fetch `path` to `dest`, resuming a partial `.part` file, and verify its SHA-256."""
+        path = safe_remote_path(path)
+        if dest.is_file() and sha256_of(dest) == sha256:
+            return dest  # already here and intact: nothing to fetch
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        with self._client() as client:
+            last: Exception | None = None
+            for _attempt in range(3):
+                have = part.stat().st_size if part.exists() else 0
+                headers = {"Range": f"bytes={have}-"} if have else {}
+                try:
+                    with client.stream("GET", path, headers=headers) as response:
+                        if response.status_code == 416 and have:
+                            break  # the partial file is already whole; the checksum decides
+                        self._check(response, "download", path)
+                        mode = "ab" if response.status_code == 206 else "wb"
+                        with part.open(mode) as out:
+                            for chunk in response.iter_bytes(CHUNK):
+                                out.write(chunk)
+                    break
+                except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                    last = exc  # a cut mid-body: retry from what we have
+            else:
+                raise FileServerError(f"download of {path} failed after 3 attempts: {last}")
+        actual = sha256_of(part)
+        if actual != sha256:
+            part.unlink()
+            raise ChecksumMismatch(f"{path}: SHA-256 is {actual}, expected {sha256}; package discarded")
+        part.replace(dest)
+        return dest
+
+    def upload(self, local: Path, path: str) -> str:
+        """PUT `local` to `path`; refuses to overwrite. Returns the file's URL."""
+        path = safe_remote_path(path)
+        with self._client() as client, local.open("rb") as handle:
+            response = client.put(path, content=_chunks(handle), headers={"If-None-Match": "*"})
+            if response.status_code in (409, 412):
+                raise FileServerError(f"{path} already exists on the file server: not overwritten")
+            self._check(response, "upload", path)
+        return f"{self.url.rstrip('/')}/{path}"
+
+    def fetch_text(self, path: str) -> str:
+        path = safe_remote_path(path)
+        with self._client() as client:
+            response = client.get(path)
+            self._check(response, "read", path)
+            return response.text
+
+    @staticmethod
+    def _check(response: httpx.Response, what: str, path: str) -> None:
+        if response.status_code in (200, 201, 204, 206):
+            return
+        reason = {401: "credentials refused", 403: "forbidden", 404: "not found"}.get(
+            response.status_code, response.reason_phrase
+        )
+        raise FileServerError(f"{what} of {path}: HTTP {response.status_code} {reason}")
+
+
+def _chunks(handle: object) -> Iterator[bytes]:
+    read = handle.read  # type: ignore[attr-defined]
+    yield from iter(lambda: read(CHUNK), b"")

@@ -1,0 +1,191 @@
+"""SSH to product nodes: a small `RemoteRunner` protocol and its Fabric implementation.
+
+Every remote command is an argv list joined with `shlex.join`, so no value ever reaches a remote shell
+unquoted. Host keys are checked against one known_hosts file with Paramiko's RejectPolicy: an unknown
+or changed key is refused, never learned.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where a node is and how to get there (directly, or through a jump host)."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    jump: SshTarget | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    host: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def tail(self, lines: int = 20) -> str:
+        text = "\n".join(part for part in (self.stdout.strip(), self.stderr.strip()) if part)
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class RemoteError(Exception):
+    """The node could not be reached, or a command could not be run to completion."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(f"{host}: {message}")
+        self.host = host
+
+
+class HostKeyError(RemoteError):
+    """The node's host key is unknown or changed: refused, possibly a man-in-the-middle."""
+
+
+class CommandTimeout(RemoteError):
+    """A command ran longer than its timeout; the node's real state is unknown until asked."""
+
+
+class RemoteRunner(Protocol):
+    host: str
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> RemoteResult: ...
+
+    def put(self, local: Path, remote: str) -> None: ...
+
+    def get(self, remote: str, local: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SshSettings:
+    known_hosts: Path
+    key_path: Path
+    connect_timeout: float = 10.0
+    # One Config for every Connection: building one per Connection re-reads ssh configs each time.
+    config: Config = field(default_factory=lambda: Config(overrides={"load_ssh_configs": False}))
+
+
+class FabricRunner:
+    """One Fabric connection to one node, reused for all of that node's steps."""
+
+    def __init__(self, target: SshTarget, settings: SshSettings) -> None:
+        self.host = target.name
+        self._settings = settings
+        if not settings.known_hosts.is_file():
+            raise HostKeyError(
+                self.host,
+                f"known_hosts {settings.known_hosts} does not exist: host keys must be known in advance",
+            )
+        self._gateway = _connection(target.jump, settings) if target.jump else None
+        self._conn = _connection(target, settings, gateway=self._gateway)
+
+    def open(self) -> FabricRunner:
+        try:
+            self._conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(
+                self.host,
+                f"host key CHANGED for {exc.hostname} (got {exc.key.get_name()} "
+                f"{exc.key.get_fingerprint().hex()}): refusing to connect, possible man-in-the-middle",
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(
+                    self.host,
+                    f"{exc} ({self._settings.known_hosts}): unknown host key refused, not learned",
+                ) from None
+            raise RemoteError(self.host, f"SSH failed: {exc}") from None
+        except (TimeoutError, OSError, EOFError) as exc:
+            raise RemoteError(self.host, f"cannot connect: {exc or type(exc).__name__}") from None
+        return self
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> RemoteResult:
+        command = shlex.join(argv)
+        self.open()
+        started = time.monotonic()
+        try:
+            result = self._conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+        except CommandTimedOut:
+            raise CommandTimeout(self.host, f"{command!r} did not finish within {timeout:g} s") from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise RemoteError(self.host, f"{command!r} was cut off: {exc or type(exc).__name__}") from None
+        return RemoteResult(
+            host=self.host,
+            command=command,
+            exit_code=result.exited,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            seconds=time.monotonic() - started,
+        )
+
+    def put(self, local: Path, remote: str) -> None:
+        self.open()
+        try:
+            self._conn.put(str(local), remote)
+        except (OSError, paramiko.SSHException) as exc:
+            raise RemoteError(self.host, f"upload of {local.name} failed: {exc}") from None
+
+    def get(self, remote: str, local: Path) -> None:
+        self.open()
+        try:
+            self._conn.get(remote, str(local))
+        except (OSError, paramiko.SSHException) as exc:
+            raise RemoteError(self.host, f"download of {remote} failed: {exc}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+        if self._gateway is not None:
+            self._gateway.close()
+
+    def __enter__(self) -> FabricRunner:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _connection(target: SshTarget, settings: SshSettings, gateway: Connection | None = None) -> Connection:
+    conn = Connection(
+        host=target.address,
+        port=target.port,
+        user=target.user,
+        config=settings.config,
+        gateway=gateway if gateway is not None else False,
+        connect_timeout=settings.connect_timeout,
+        connect_kwargs={
+            "key_filename": [str(settings.key_path)],
+            "look_for_keys": False,
+            "allow_agent": False,
+            "banner_timeout": settings.connect_timeout,
+            "auth_timeout": settings.connect_timeout,
+        },
+    )
+    # Fabric's client auto-adds unknown keys; replace it with one that knows only our known_hosts.
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(settings.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    conn.client = client
+    return conn

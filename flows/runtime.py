@@ -1,0 +1,68 @@
+"""What a flow needs from the outside world, handed in by whoever starts it.
+
+Flows never read settings or build adapters themselves: the CLI, the Prefect entrypoints and the tests
+configure a `Runtime` factory (the composition root lives in `upkeep/`). The factory runs lazily, on
+the first `current()` inside a flow, so importing a flow module builds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Lock
+
+from sqlalchemy.engine import Engine
+
+from tasks.fileserver import FileServer
+from tasks.ssh import FabricRunner, SshSettings, SshTarget
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    fileserver: FileServer
+    ssh: SshSettings
+    work_dir: Path
+    command_timeout: float = 600.0
+    health_timeout: float = 120.0
+    health_interval: float = 0.1
+    actor: str = "upkeep"
+
+    def connect(self, target: SshTarget) -> FabricRunner:
+        return FabricRunner(target, self.ssh)
+
+
+@dataclass
+class _Holder:
+    factory: Callable[[], Runtime] | None = None
+    runtime: Runtime | None = None
+    lock: Lock = field(default_factory=Lock)
+
+
+_holder = _Holder()
+
+
+class RuntimeNotConfigured(RuntimeError):
+    pass
+
+
+def configure(factory: Callable[[], Runtime] | Runtime | None) -> None:
+    """Set what `current()` returns: a Runtime, a factory for one (built on first use), or None."""
+    with _holder.lock:
+        if isinstance(factory, Runtime):
+            _holder.factory, _holder.runtime = None, factory
+        else:
+            _holder.factory, _holder.runtime = factory, None
+
+
+def current() -> Runtime:
+    with _holder.lock:
+        if _holder.runtime is None:
+            if _holder.factory is None:
+                raise RuntimeNotConfigured(
+                    "no Upkeep runtime configured: start flows with the `upkeep` CLI or the "
+                    "entrypoints in upkeep/entrypoints.py"
+                )
+            _holder.runtime = _holder.factory()
+        return _holder.runtime

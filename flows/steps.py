@@ -1,0 +1,146 @@
+"""The runbook steps of an update, each a named Prefect task: pre-flight, download, distribute, and
+upgrade of one node. Finer actions inside a step are recorded as NodeSteps in our database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from threading import Lock
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.plan import PlannedNode, UpdatePlan
+from flows.records import recorded
+from flows.runtime import Runtime
+from tasks.node import NodeAgent
+from tasks.ssh import FabricRunner
+
+
+class StepFailed(Exception):
+    """A runbook step failed; the message names the node and the step."""
+
+
+class NodeConnections:
+    """One open SSH connection per node, reused for all of that node's steps in a run."""
+
+    def __init__(self, runtime: Runtime, plan: UpdatePlan) -> None:
+        self._runtime, self._plan = runtime, plan
+        self._runners: dict[str, FabricRunner] = {}
+        self._lock = Lock()
+
+    def agent(self, node: PlannedNode) -> NodeAgent:
+        with self._lock:
+            runner = self._runners.get(node.hostname)
+            if runner is None:
+                runner = self._runners[node.hostname] = self._runtime.connect(self._plan.target(node))
+        return NodeAgent(runner, command_timeout=self._runtime.command_timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            for runner in self._runners.values():
+                runner.close()
+            self._runners.clear()
+
+
+def _each_node(plan: UpdatePlan, work: Callable[[PlannedNode], str]) -> list[str]:
+    """Run `work(node)` on every node in parallel (bounded); return the problems, in node order."""
+    with ThreadPoolExecutor(max_workers=min(8, len(plan.nodes))) as pool:
+        results = list(pool.map(work, plan.nodes))
+    return [problem for problem in results if problem]
+
+
+@task(name="download", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
+def download(plan: UpdatePlan, run_id: int, runtime: Runtime) -> Path:
+    dest = runtime.work_dir / "packages" / plan.package_name
+    with recorded(runtime.engine, run_id, None, "download", detail=plan.package) as note:
+        path = runtime.fileserver.download(plan.package, dest, sha256=plan.sha256)
+        note.output = f"{path} sha256={plan.sha256}"
+    return path
+
+
+@task(name="pre-flight", cache_policy=NO_CACHE)
+def preflight(
+    plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, package_size: int
+) -> None:
+    """Every node reachable, healthy, at a version this run expects, with disk for the package."""
+
+    def check(node: PlannedNode) -> str:
+        try:
+            with recorded(runtime.engine, run_id, node.id, "pre-flight") as note:
+                agent = conns.agent(node)
+                version = agent.version()
+                health = agent.health()
+                free = agent.disk_free()
+                note.output = f"version={version} health={health.detail} disk_free={free}"
+                if version not in (plan.from_version, plan.to_version):
+                    raise StepFailed(f"at {version}, expected {plan.from_version}")
+                if not health.healthy:
+                    raise StepFailed(f"not healthy ({health.detail})")
+                if free < 2 * package_size:
+                    raise StepFailed(f"{free} bytes free, needs {2 * package_size} for the package")
+        except Exception as exc:
+            return f"{node.hostname}: {exc}".replace(
+                f"{node.hostname}: {node.hostname}: ", f"{node.hostname}: "
+            )
+        return ""
+
+    problems = _each_node(plan, check)
+    if problems:
+        raise StepFailed("pre-flight failed, no node touched: " + "; ".join(problems))
+
+
+@task(name="distribute", cache_policy=NO_CACHE)
+def distribute(
+    plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, package: Path
+) -> None:
+    """Copy the package to every node and have each verify it, before any node is upgraded."""
+
+    def send(node: PlannedNode) -> str:
+        try:
+            with recorded(runtime.engine, run_id, node.id, "distribute", detail=plan.package_name) as note:
+                agent = conns.agent(node)
+                agent.runner.put(package, plan.package_name)
+                note.output = agent.stage(plan.package_name, plan.sha256).tail()
+        except Exception as exc:
+            return str(exc)
+        return ""
+
+    problems = _each_node(plan, send)
+    if problems:
+        raise StepFailed("distribute failed, no node upgraded: " + "; ".join(problems))
+
+
+@task(name="upgrade-node", task_run_name="upgrade {node.hostname}", cache_policy=NO_CACHE)
+def upgrade_node(
+    plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, node: PlannedNode
+) -> str:
+    """Upgrade one node: ask its version first (a resumed run may find it done), upgrade, wait for
+    health, verify. Returns what happened."""
+    agent = conns.agent(node)
+    engine = runtime.engine
+    try:
+        with recorded(engine, run_id, node.id, "check") as note:
+            before = agent.version()
+            note.output = before
+        if before != plan.to_version:
+            if before != plan.from_version:
+                raise StepFailed(f"at {before}, expected {plan.from_version}")
+            with recorded(engine, run_id, node.id, "upgrade", detail=plan.to_version) as note:
+                note.output = agent.upgrade(plan.to_version).tail()
+        with recorded(engine, run_id, node.id, "health") as note:
+            health = agent.wait_healthy(timeout=runtime.health_timeout, interval=runtime.health_interval)
+            note.output = health.detail
+            if not health.healthy:
+                raise StepFailed(f"not healthy after {runtime.health_timeout:g} s ({health.detail})")
+        with recorded(engine, run_id, node.id, "verify", detail=plan.to_version) as note:
+            after = agent.version()
+            note.output = after
+            if after != plan.to_version:
+                raise StepFailed(f"reports {after} after the upgrade, expected {plan.to_version}")
+    except Exception as exc:
+        message = str(exc)
+        prefix = f"{node.hostname}: "
+        raise StepFailed(message if message.startswith(prefix) else prefix + message) from exc
+    return "already at target" if before == plan.to_version else f"{before}→{after}"

@@ -1,0 +1,115 @@
+"""Upgrade runs and their per-node steps: the record a run resumes from after a crash."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from inventory.models import AuditEvent, Cluster, NodeStep, RunState, StepState, UpgradeRun
+from inventory.types import utcnow
+
+TAIL_CHARS = 2000
+
+
+class ActiveRunExists(Exception):
+    """The cluster already has an update in flight; the database refused a second one."""
+
+
+def create_run(
+    cluster: Cluster,
+    *,
+    to_version: str,
+    source: str,
+    requested_by: str,
+    session: Session,
+    state: RunState = RunState.running,
+) -> UpgradeRun:
+    """Insert a run and claim the cluster. The unique `active_cluster_id` makes the claim atomic."""
+    assert cluster.id is not None
+    run = UpgradeRun(
+        cluster_id=cluster.id,
+        active_cluster_id=cluster.id,
+        from_version=cluster.version,
+        to_version=to_version,
+        state=state,
+        source=source,
+        requested_by=requested_by,
+        started_at=utcnow() if state is RunState.running else None,
+    )
+    session.add(run)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        other = session.exec(select(UpgradeRun).where(UpgradeRun.active_cluster_id == cluster.id)).first()
+        detail = f" (run {other.id}, {other.from_version}→{other.to_version}, {other.state})" if other else ""
+        raise ActiveRunExists(f"cluster {cluster.name} already has an active update{detail}") from None
+    session.add(
+        AuditEvent(
+            actor=requested_by or "upkeep",
+            action="run.created",
+            subject=f"run/{run.id}",
+            detail={"cluster": cluster.name, "from": run.from_version, "to": to_version, "source": source},
+        )
+    )
+    return run
+
+
+def get_run(run_id: int, *, session: Session) -> UpgradeRun:
+    run = session.get(UpgradeRun, run_id)
+    if run is None:
+        raise LookupError(f"no run {run_id}")
+    return run
+
+
+def finish_run(run: UpgradeRun, state: RunState, *, reason: str = "", session: Session) -> None:
+    run.state = state
+    run.reason = reason[:TAIL_CHARS]
+    run.finished_at = utcnow()
+    run.active_cluster_id = None  # releases the cluster for the next update
+    session.add(run)
+    session.add(
+        AuditEvent(
+            actor="upkeep",
+            action=f"run.{state.value}",
+            subject=f"run/{run.id}",
+            detail={"reason": reason[:500]} if reason else {},
+        )
+    )
+
+
+def start_step(
+    run_id: int, node_id: int | None, step: str, *, detail: str = "", session: Session
+) -> NodeStep:
+    row = NodeStep(run_id=run_id, node_id=node_id, step=step, detail=detail)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def end_step(
+    row: NodeStep,
+    state: StepState,
+    *,
+    output: str = "",
+    detail: str | None = None,
+    session: Session,
+    at: datetime | None = None,
+) -> None:
+    row.state = state
+    row.output_tail = output[-TAIL_CHARS:]
+    if detail is not None:
+        row.detail = detail
+    row.finished_at = at or utcnow()
+    session.add(row)
+
+
+def run_steps(run_id: int, *, session: Session) -> Sequence[NodeStep]:
+    return session.exec(select(NodeStep).where(NodeStep.run_id == run_id).order_by(col(NodeStep.id))).all()
+
+
+def list_runs(*, session: Session, limit: int = 50) -> Sequence[UpgradeRun]:
+    return session.exec(select(UpgradeRun).order_by(col(UpgradeRun.id).desc()).limit(limit)).all()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from upkeep.settings import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("UPKEEP_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("UPKEEP_HOME", str(tmp_path / "home"))
+
+
+def test_defaults_live_under_the_home_dir(tmp_path: Path):
+    settings = load_settings()
+    assert settings.resolved_database_url() == f"sqlite:///{tmp_path / 'home' / 'upkeep.db'}"
+    assert settings.resolved_outbox_dir() == tmp_path / "home" / "outbox"
+
+
+def test_env_vars_override_the_toml_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    config = tmp_path / "upkeep.toml"
+    config.write_text('fileserver_url = "https://files.example:8443"\nsmtp_port = 2525\n')
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    monkeypatch.setenv("UPKEEP_SMTP_PORT", "587")
+    settings = load_settings()
+    assert settings.fileserver_url == "https://files.example:8443"
+    assert settings.smtp_port == 587
+
+
+def test_postgres_by_one_setting(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("UPKEEP_DATABASE_URL", "postgresql+psycopg://postgres:hunter2@127.0.0.1/test")
+    settings = load_settings()
+    assert settings.resolved_database_url().startswith("postgresql+psycopg://")
+    assert "hunter2" not in json.dumps(settings.public_dict())
+
+
+def test_secrets_are_never_printed(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("UPKEEP_FILESERVER_PASSWORD", "MARKER-fs-secret")
+    monkeypatch.setenv("UPKEEP_SMTP_PASSWORD", "MARKER-smtp-secret")
+    settings = load_settings()
+    shown = json.dumps(settings.public_dict()) + repr(settings) + str(settings)
+    assert "MARKER" not in shown
+    assert settings.fileserver_password.get_secret_value() == "MARKER-fs-secret"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "needle"),
+    [
+        ("UPKEEP_SMTP_PORT", "lots", "UPKEEP_SMTP_PORT"),
+        ("UPKEEP_FILESERVER_URL", "ftp://files", "ftp://files"),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError, match=needle):
+        load_settings()
+
+
+def test_unknown_keys_in_the_file_are_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    config = tmp_path / "upkeep.toml"
+    config.write_text("fileserver_ulr = 'x'\n")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    with pytest.raises(SettingsError, match=r"upkeep.toml: unknown setting\(s\) fileserver_ulr"):
+        load_settings()

@@ -1,0 +1,69 @@
+"""One emulated product node on disk: agent install, node directory, and its entry in the lab status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from upkeep.lab import procs, sshd
+
+SUBDIRS = ("incoming", "staged", "outgoing", "logs")
+
+
+def install_agent(root: Path) -> None:
+    """Copy the agent to <lab>/agent.py; <lab>/bin/upkeep-agent runs it (bin is on every node's PATH)."""
+    shutil.copyfile(Path(__file__).with_name("agent.py"), root / "agent.py")
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    wrapper = root / "bin" / "upkeep-agent"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    # -I -S: the node's own interpreter, untouched by PYTHON* variables or site-packages of whoever
+    # logged in (the lab's venv included) - the agent must prove it needs only the stdlib.
+    wrapper.write_text(f'#!/bin/sh\nexec {python} -I -S {root / "agent.py"} "$@"\n')
+    wrapper.chmod(0o755)
+
+
+def prepare(
+    spec: sshd.SshdSpec, version: str, upgrade_seconds: float, health_delay: float, client_pub: str
+) -> None:
+    node_dir = spec.node_dir
+    if node_dir is None:
+        raise ValueError(f"{spec.name} is not a product node")
+    for sub in SUBDIRS:
+        (node_dir / sub).mkdir(parents=True, exist_ok=True)
+    (node_dir / "version").write_text(version + "\n")
+    config = {"hostname": spec.name, "upgrade_seconds": upgrade_seconds, "health_delay": health_delay}
+    (node_dir / "agent.json").write_text(json.dumps(config) + "\n")
+    spec.authorized_keys.write_text(client_pub)
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def describe(spec: sshd.SshdSpec, node: dict[str, Any]) -> dict[str, Any]:
+    """A node's entry in `Lab.status()`, with live pid and the version/fault the node itself reports."""
+    node_dir = spec.node_dir
+    if node_dir is None:
+        raise ValueError(f"{spec.name} is not a product node")
+    pid = procs.read_pid(spec.pidfile, str(spec.conf))
+    return {
+        "customer": node["customer"],
+        "cluster": node["cluster"],
+        "hostname": node["hostname"],
+        "address": procs.LOCALHOST,
+        "port": node["port"],
+        "user": spec.user,
+        "node_dir": str(node_dir),
+        "version": _text(node_dir / "version"),
+        "upgrade_log": str(node_dir / "upgrades.log"),
+        "pid": pid,
+        "running": pid is not None,
+        "fault": _text(node_dir / "fault"),
+    }

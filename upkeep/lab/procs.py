@@ -1,0 +1,153 @@
+"""Process plumbing for the lab: free ports, pid files, readiness probes, stopping a process tree.
+
+Daemons (sshd, nginx) are found only through pid files the lab wrote, and a pid is trusted only while
+/proc/<pid>/cmdline still names the lab's own config file: a recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+LOCALHOST = "127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out; all sockets stay open until the end so the ports are distinct."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((LOCALHOST, 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) from /proc, or None if the pid is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def alive(pid: int | None) -> bool:
+    # Daemons are reparented to PID 1, which may never reap them: a zombie counts as dead.
+    if not pid:
+        return False
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def read_pid(pidfile: Path, marker: str) -> int | None:
+    """The live pid in `pidfile` whose command line mentions `marker` (our config path), else None."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive(pid) and marker in cmdline(pid) else None
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None:
+                children.setdefault(stat[1], []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Pids still alive after `timeout` seconds."""
+    left = [p for p in pids if alive(p)]
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        time.sleep(0.01)
+        left = [p for p in left if alive(p)]
+    return left
+
+
+def stop_tree(pid: int, timeout: float = 3.0) -> None:
+    """Stop a daemon and everything under it (sessions, agents mid-upgrade), like a node losing power.
+
+    Children are collected first: once the parent dies they are reparented and could not be found.
+    """
+    tree = [pid, *descendants(pid)]
+    _signal(tree, signal.SIGTERM)
+    left = wait_gone(tree, timeout)
+    if left:
+        _signal(left, signal.SIGKILL)
+        left = wait_gone(left, 2.0)
+    if left:
+        raise OSError(f"processes {left} survived SIGKILL")
+
+
+def ssh_banner(port: int, timeout: float = 1.0) -> str | None:
+    """The SSH identification line on 127.0.0.1:port, or None if nothing speaks SSH there (yet)."""
+    try:
+        with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
+            data = b""
+            while b"\n" not in data and len(data) < 256:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    line = data.split(b"\n", 1)[0].strip().decode(errors="replace")
+    return line if line.startswith("SSH-2.0-") else None
+
+
+def tls_ready(port: int, cafile: Path, timeout: float = 1.0) -> bool:
+    """True once 127.0.0.1:port completes a TLS handshake with a cert chaining to `cafile`."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    try:
+        with (
+            socket.create_connection((LOCALHOST, port), timeout=timeout) as sock,
+            context.wrap_socket(sock, server_hostname=LOCALHOST),
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:]) or f"(empty log at {path})"

@@ -1,0 +1,303 @@
+"""`Lab`: a real local fleet - one sshd per emulated node, a jump host, and an nginx file server.
+
+Everything lives under one root directory; processes are found again through their pid files, so a
+second process (the CLI's `down`, a test teardown) can stop what the first one started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from upkeep.lab import node, procs, releases, sshd, topology
+from upkeep.lab.fileserver import USER as FILESERVER_USER
+from upkeep.lab.fileserver import FileServer
+
+FAULTS = ("fail-upgrade", "hang", "down", "unhealthy", "disk-full", "clear")
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+# What `up` owns under the root (and wipes first, so no versions or faults survive a restart).
+_MANAGED = "nodes jump fileserver bin agent.py inventory.yaml known_hosts id_ed25519 id_ed25519.pub lab.json"
+
+
+class LabError(RuntimeError):
+    """The lab could not do what was asked; the message says why (and shows daemon log tails)."""
+
+
+class Lab:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.inventory_path = self.root / "inventory.yaml"
+        self.fileserver = FileServer(self.root / "fileserver")
+        self.fileserver_root = self.fileserver.root
+        self.known_hosts = self.root / "known_hosts"
+        self.ssh_key = self.root / "id_ed25519"
+        self._state_file = self.root / "lab.json"
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return None
+        return data
+
+    def _save(self, state: dict[str, Any]) -> None:
+        # Holds the file server password: 0600 from the first byte, replaced atomically.
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh, indent=2)
+        os.replace(tmp, self._state_file)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One up/down/fault at a time per lab root, across processes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    def node_dir(self, hostname: str) -> Path:
+        self._node(hostname)
+        return self.root / "nodes" / hostname
+
+    def _node(self, hostname: str) -> dict[str, Any]:
+        nodes = (self._state() or {}).get("nodes", [])
+        for entry in nodes:
+            if entry["hostname"] == hostname:
+                return dict(entry)
+        known = ", ".join(n["hostname"] for n in nodes) or "none - is the lab up?"
+        raise LabError(f"unknown node {hostname!r} (nodes: {known})")
+
+    def _spec(self, hostname: str | None, user: str) -> sshd.SshdSpec:
+        if hostname is None:
+            state_dir = self.root / "jump"
+            return sshd.SshdSpec("jump", state_dir, user, state_dir / "authorized_keys", self.root / "bin")
+        node_dir = self.root / "nodes" / hostname
+        state_dir = node_dir / "sshd"
+        return sshd.SshdSpec(
+            hostname, state_dir, user, state_dir / "authorized_keys", self.root / "bin", node_dir
+        )
+
+    def _all_specs(self) -> list[sshd.SshdSpec]:
+        """Every sshd that may exist, including ones a half-finished `up` never recorded."""
+        user = getpass.getuser()
+        names = {n["hostname"] for n in (self._state() or {}).get("nodes", [])}
+        nodes = self.root / "nodes"
+        if nodes.is_dir():
+            names.update(p.name for p in nodes.iterdir() if (p / "sshd").is_dir())
+        return [self._spec(None, user), *(self._spec(name, user) for name in sorted(names))]
+
+    def _running(self) -> bool:
+        return self.fileserver.pid() is not None or any(
+            procs.read_pid(s.pidfile, str(s.conf)) for s in self._all_specs()
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def up(
+        self,
+        clusters: int = 2,
+        nodes: int = 3,
+        kind: str = "software",
+        initial_version: str = "9.8.0",
+        upgrade_seconds: float = 0.2,
+        health_delay: float = 0.2,
+        access: str = "direct",
+        rings: list[str] | None = None,
+    ) -> dict[str, Any]:
+        if not _VERSION.match(initial_version):
+            raise LabError(f"initial_version {initial_version!r} is not MAJOR.MINOR.PATCH")
+        if access not in topology.ACCESS:
+            raise LabError(f"unknown access {access!r} (expected one of {', '.join(topology.ACCESS)})")
+        try:
+            plan = topology.plan(clusters, nodes, kind, rings)
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
+        with self._locked():
+            if self._running():
+                raise LabError(f"lab already up at {self.root}; run `upkeep lab down` first")
+            try:
+                self._start(plan, kind, initial_version, upgrade_seconds, health_delay, access)
+            except BaseException as exc:  # Ctrl-C included: never leave half a fleet running
+                note = ""
+                try:
+                    self._stop_all()
+                except LabError as stop_exc:
+                    note = f" (cleanup: {stop_exc})"
+                if not isinstance(exc, Exception):
+                    raise
+                raise LabError(f"lab failed to start at {self.root}: {exc}{note}") from exc
+        return self.status()
+
+    def _start(
+        self,
+        plan: list[topology.ClusterPlan],
+        kind: str,
+        version: str,
+        upgrade_seconds: float,
+        health_delay: float,
+        access: str,
+    ) -> None:
+        for name in _MANAGED.split():
+            path = self.root / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        user = getpass.getuser()
+        hosts = [host for c in plan for host in c.nodes]
+        specs = {host: self._spec(host, user) for host in hosts}
+        jump = self._spec(None, user)
+        node.install_agent(self.root)
+        sshd.keygen([self.ssh_key, jump.host_key, *(s.host_key for s in specs.values())])
+        client_pub = sshd.public_key(self.ssh_key) + " upkeep-lab-client\n"
+        for spec in specs.values():
+            node.prepare(spec, version, upgrade_seconds, health_delay, client_pub)
+        jump.state_dir.mkdir(parents=True, exist_ok=True)
+        jump.authorized_keys.write_text(client_pub)
+        password = self.fileserver.prepare()
+        index = releases.publish(self.fileserver_root)
+        ports = dict(zip(["<fileserver>", "<jump>", *hosts], procs.free_ports(len(hosts) + 2), strict=True))
+        state: dict[str, Any] = {
+            "root": str(self.root),
+            "started_at": datetime.now(UTC).isoformat(),
+            "user": user,
+            "kind": kind,
+            "access": access,
+            "fileserver": {"port": ports["<fileserver>"], "user": FILESERVER_USER, "password": password},
+            "jump": {"port": ports["<jump>"]},
+            "nodes": [
+                {"customer": c.customer, "cluster": c.name, "hostname": h, "port": ports[h]}
+                for c in plan
+                for h in c.nodes
+            ],
+        }
+        self._save(state)  # before any daemon starts, so `down` finds them even if we crash here
+        launched = {name: sshd.launch(spec, ports[name]) for name, spec in [("<jump>", jump), *specs.items()]}
+        ports["<fileserver>"] = self.fileserver.start(ports["<fileserver>"])
+        for name, launcher in launched.items():
+            ports[name] = sshd.await_ready(jump if name == "<jump>" else specs[name], ports[name], launcher)
+        state["fileserver"]["port"] = ports["<fileserver>"]
+        state["jump"]["port"] = ports["<jump>"]
+        for entry in state["nodes"]:
+            entry["port"] = ports[entry["hostname"]]
+        self._save(state)
+        lines = [f"[{procs.LOCALHOST}]:{ports['<jump>']} {sshd.public_key(jump.host_key)}"]
+        lines += [f"[{procs.LOCALHOST}]:{ports[h]} {sshd.public_key(specs[h].host_key)}" for h in hosts]
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+        route = {"type": "jump", "host": procs.LOCALHOST, "port": ports["<jump>"], "user": user}
+        data = topology.inventory(
+            plan,
+            kind=kind,
+            version=version,
+            access=route if access == "jump" else {"type": "direct"},
+            ports=ports,
+            user=user,
+            releases=index,
+        )
+        topology.write_inventory(self.inventory_path, data)
+
+    def down(self) -> None:
+        with self._locked():
+            self._stop_all()
+
+    def _stop_all(self) -> None:
+        errors = []
+        for spec in self._all_specs():
+            try:
+                sshd.stop(spec)
+            except OSError as exc:
+                errors.append(f"{spec.name}: {exc}")
+        try:
+            self.fileserver.stop()
+        except OSError as exc:
+            errors.append(f"nginx: {exc}")
+        if errors:
+            raise LabError("could not stop: " + "; ".join(errors))
+
+    # -- faults --------------------------------------------------------------------------------------
+    def fault(self, hostname: str, kind: str) -> None:
+        if kind not in FAULTS:
+            raise LabError(f"unknown fault {kind!r} (valid: {', '.join(FAULTS)})")
+        with self._locked():
+            port = self._node(hostname)["port"]
+            if not self._running():
+                raise LabError(f"lab at {self.root} is not up; run `upkeep lab up` first")
+            state = self._state() or {}
+            spec = self._spec(hostname, state["user"])
+            fault_file = self.root / "nodes" / hostname / "fault"
+            if kind == "down":
+                fault_file.write_text("down\n")
+                sshd.stop(spec)  # sessions and in-flight agents die too, as on a real outage
+                return
+            if kind == "clear":
+                fault_file.unlink(missing_ok=True)
+            else:
+                fault_file.write_text(kind + "\n")
+            if procs.read_pid(spec.pidfile, str(spec.conf)) is None:
+                # Back from `down`: same port and host key, so known_hosts and inventory stay valid.
+                try:
+                    sshd.wait_ready(spec, port, sshd.launch(spec, port))
+                except sshd.SshdError as exc:
+                    raise LabError(f"could not restart {hostname}: {exc}") from None
+
+    # -- views ---------------------------------------------------------------------------------------
+    def upgrade_log(self, hostname: str) -> list[dict[str, Any]]:
+        path = self.node_dir(hostname) / "upgrades.log"
+        with contextlib.suppress(FileNotFoundError), open(path) as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+        return []
+
+    def settings_overrides(self) -> dict[str, Any]:
+        state = self._state()
+        if state is None:
+            raise LabError(f"no lab at {self.root}; run `upkeep lab up` first")
+        fs = state["fileserver"]
+        return {
+            "fileserver_url": f"https://{procs.LOCALHOST}:{fs['port']}",
+            "fileserver_user": fs["user"],
+            "fileserver_password": fs["password"],
+            "fileserver_ca": str(self.fileserver.ca),
+            "known_hosts": str(self.known_hosts),
+            "ssh_key": str(self.ssh_key),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able view with live pids; never includes the file server password."""
+        state = self._state() or {}
+        fs, jump, user = state.get("fileserver"), state.get("jump"), state.get("user")
+        fs_pid = self.fileserver.pid()
+        jump_spec = self._spec(None, user or "")
+        jump_pid = procs.read_pid(jump_spec.pidfile, str(jump_spec.conf))
+        nodes = [node.describe(self._spec(n["hostname"], user or ""), n) for n in state.get("nodes", [])]
+        return {
+            "root": str(self.root),
+            "up": bool(fs_pid or jump_pid or any(n["running"] for n in nodes)),
+            "fileserver": fs
+            and {
+                "url": f"https://{procs.LOCALHOST}:{fs['port']}",
+                "ca": str(self.fileserver.ca),
+                "user": fs["user"],
+                "pid": fs_pid,
+                "running": fs_pid is not None,
+            },
+            "known_hosts": str(self.known_hosts),
+            "ssh_key": str(self.ssh_key),
+            "inventory": str(self.inventory_path),
+            "jump": jump
+            and {
+                "address": procs.LOCALHOST,
+                "port": jump["port"],
+                "user": user,
+                "pid": jump_pid,
+                "running": jump_pid is not None,
+            },
+            "nodes": nodes,
+        }

@@ -1,0 +1,143 @@
+"""`upkeep lab ...`: start, inspect, break and stop the local lab fleet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from upkeep.lab.lab import FAULTS, Lab, LabError
+
+app = typer.Typer(
+    help="A local fleet of real sshd nodes, a jump host and an HTTPS file server, for demos and tests.",
+    no_args_is_help=True,
+)
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+RootOption = Annotated[
+    Path | None, typer.Option("--root", help="Lab state directory [default: <UPKEEP home>/lab].")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the status as JSON.")]
+
+
+def _fail(message: str) -> NoReturn:
+    _err.print(f"[red]error:[/] {escape(message)}")
+    # SystemExit rather than typer.Exit: a host app calling app(standalone_mode=False) gets
+    # typer.Exit's code back as a return value and may drop it; SystemExit always reaches the shell.
+    raise SystemExit(1)
+
+
+def _lab(root: Path | None) -> Lab:
+    if root is None:
+        # Settings are read per command, never at import: `--help` must work with a broken config.
+        from upkeep.settings import SettingsError, load_settings
+
+        try:
+            root = load_settings().home / "lab"
+        except SettingsError as exc:
+            _fail(str(exc))
+    return Lab(root)
+
+
+def _show(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    state = "[green]up[/]" if status["up"] else "[red]down[/]"
+    _out.print(f"lab {escape(status['root'])}: {state}")
+    fs, jump = status.get("fileserver"), status.get("jump")
+    if fs:
+        _out.print(f"  file server  {fs['url']}  {_run(fs)}")
+        _out.print(f"               user {fs['user']}, password in {escape(status['root'])}/lab.json (0600)")
+        _out.print(f"               CA {escape(fs['ca'])}")
+    if jump:
+        _out.print(f"  jump host    {jump['user']}@{jump['address']}:{jump['port']}  {_run(jump)}")
+    _out.print(f"  inventory    {escape(status['inventory'])}")
+    _out.print(f"  known_hosts  {escape(status['known_hosts'])}  key {escape(status['ssh_key'])}")
+    if not status["nodes"]:
+        return
+    table = Table("node", "cluster", "port", "version", "fault", "sshd")
+    for node in status["nodes"]:
+        table.add_row(
+            node["hostname"],
+            node["cluster"],
+            str(node["port"]),
+            node["version"] or "?",
+            f"[yellow]{node['fault']}[/]" if node["fault"] else "",
+            _run(node),
+        )
+    _out.print(table)
+
+
+def _run(proc: dict[str, Any]) -> str:
+    return f"[green]running[/] (pid {proc['pid']})" if proc["running"] else "[red]stopped[/]"
+
+
+@app.command()
+def up(
+    clusters: Annotated[int, typer.Option(help="Number of clusters.")] = 2,
+    nodes: Annotated[int, typer.Option(help="Nodes per cluster.")] = 3,
+    kind: Annotated[str, typer.Option(help="Cluster kind: software or cloud.")] = "software",
+    upgrade_seconds: Annotated[float, typer.Option(help="How long each node's upgrade takes.")] = 0.2,
+    health_delay: Annotated[float, typer.Option(help="Seconds a node reports 'starting' after.")] = 0.2,
+    initial_version: Annotated[str, typer.Option(help="Version every node starts at.")] = "9.8.0",
+    access: Annotated[str, typer.Option(help="How the inventory reaches nodes: direct or jump.")] = "direct",
+    rings: Annotated[
+        str | None, typer.Option(help="Comma-separated ring per cluster [default: by kind].")
+    ] = None,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start every node's sshd, the jump host and nginx; write the inventory."""
+    lab = _lab(root)
+    try:
+        status = lab.up(
+            clusters=clusters,
+            nodes=nodes,
+            kind=kind,
+            initial_version=initial_version,
+            upgrade_seconds=upgrade_seconds,
+            health_delay=health_delay,
+            access=access,
+            rings=[r.strip() for r in rings.split(",")] if rings else None,
+        )
+    except LabError as exc:
+        _fail(str(exc))
+    _show(status, as_json)
+
+
+@app.command()
+def status(root: RootOption = None, as_json: JsonOption = False) -> None:
+    """Show the lab's processes (with live pids), nodes, versions and faults."""
+    _show(_lab(root).status(), as_json)
+
+
+@app.command()
+def down(root: RootOption = None) -> None:
+    """Stop every lab process (idempotent). Node directories stay for post-mortems."""
+    lab = _lab(root)
+    try:
+        lab.down()
+    except LabError as exc:
+        _fail(str(exc))
+    _out.print(f"lab {escape(str(lab.root))}: down")
+
+
+@app.command()
+def fault(
+    node: Annotated[str, typer.Argument(help="Node hostname, e.g. acme-c1-n2.")],
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(FAULTS)}.")],
+    root: RootOption = None,
+) -> None:
+    """Inject a fault into one node (or clear it)."""
+    try:
+        _lab(root).fault(node, kind)
+    except LabError as exc:
+        _fail(str(exc))
+    _out.print(f"{escape(node)}: {'fault cleared' if kind == 'clear' else f'fault {kind}'}")

@@ -1,0 +1,60 @@
+"""The composition root: settings in, a flow Runtime out. The only place adapters are built."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.engine import Engine
+
+from flows import runtime as flow_runtime
+from flows.runtime import Runtime
+from inventory.db import make_engine, migrate
+from tasks.fileserver import HttpFileServer
+from tasks.ssh import SshSettings
+from upkeep.settings import Settings, load_settings
+
+
+def open_database(settings: Settings) -> Engine:
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    return engine
+
+
+def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtime:
+    work_dir = settings.work_dir()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return Runtime(
+        engine=engine or open_database(settings),
+        fileserver=HttpFileServer(
+            url=settings.fileserver_url,
+            user=settings.fileserver_user,
+            password=settings.fileserver_password.get_secret_value(),
+            ca=settings.fileserver_ca,
+            allow_http=settings.fileserver_allow_http,
+        ),
+        ssh=SshSettings(
+            known_hosts=settings.resolved_known_hosts(),
+            key_path=settings.resolved_ssh_key(),
+            connect_timeout=settings.ssh_connect_timeout,
+        ),
+        work_dir=work_dir,
+        command_timeout=settings.ssh_command_timeout,
+        health_timeout=settings.health_timeout,
+        actor=os.environ.get("USER", "upkeep"),
+    )
+
+
+def configure_from_settings() -> None:
+    """Flows in this process build their Runtime from UPKEEP_* settings on first use."""
+    flow_runtime.configure(lambda: build_runtime(load_settings()))
+
+
+@contextmanager
+def quiet_prefect() -> Iterator[None]:
+    """Prefect settings for flows run from the CLI: no 1 s heartbeat wait at the end of each run."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

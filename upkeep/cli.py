@@ -1,0 +1,174 @@
+"""`upkeep`: the SRE's command line. Every command refuses bad input with one clear line and exit 1."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.table import Table
+from sqlalchemy.engine import Engine
+
+from upkeep.console import CliError, console, err_console, print_json
+
+app = typer.Typer(help="Upgrade and maintenance scheduler for customer clusters.", no_args_is_help=True)
+inventory_app = typer.Typer(help="The system of record: customers, clusters, nodes, releases.")
+app.add_typer(inventory_app, name="inventory")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _engine() -> Engine:
+    from upkeep.bootstrap import open_database
+    from upkeep.settings import load_settings
+
+    return open_database(load_settings())
+
+
+@inventory_app.command("import")
+def inventory_import(file: Annotated[Path, typer.Argument(help="Inventory YAML file.")]) -> None:
+    """Validate FILE completely, then write it; on any problem nothing is written."""
+    import getpass
+
+    from inventory.importer import import_inventory
+
+    summary = import_inventory(file, engine=_engine(), actor=getpass.getuser())
+    console.print(f"imported {file}: {summary}")
+
+
+@inventory_app.command("show")
+def inventory_show(json: JsonOpt = False) -> None:
+    """Customers, clusters, nodes and releases."""
+    from inventory.db import session_scope
+    from inventory.repo import inventory_snapshot
+
+    with session_scope(_engine()) as session:
+        snap = inventory_snapshot(session=session)
+    if json:
+        print_json(snap)
+        return
+    table = Table("customer", "cluster", "kind", "ring", "version", "nodes", "access")
+    for customer in snap["customers"]:
+        for cluster in customer["clusters"]:
+            nodes = ", ".join(f"{n['hostname']}:{n['port']}" for n in cluster["nodes"])
+            table.add_row(
+                customer["name"],
+                cluster["name"],
+                cluster["kind"],
+                cluster["ring"],
+                cluster["version"],
+                nodes,
+                cluster["access"]["type"],
+            )
+    console.print(table)
+    releases = ", ".join(f"{r['version']} (from {', '.join(r['from']) or '-'})" for r in snap["releases"])
+    console.print(f"releases: {releases or 'none'}")
+
+
+@app.command()
+def update(
+    cluster: Annotated[str, typer.Argument(help="Cluster name, or customer/cluster.")],
+    to: Annotated[str, typer.Option("--to", help="Target version, e.g. 9.10.0.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; touch nothing.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Upgrade CLUSTER to a newer release now, node by node."""
+    from upkeep.updates import print_plan, run_update
+
+    if dry_run:
+        print_plan(cluster, to, engine=_engine(), as_json=json)
+        return
+    run_update(cluster, to, engine=_engine(), as_json=json)
+
+
+@app.command()
+def runs(json: JsonOpt = False, limit: Annotated[int, typer.Option(help="How many.")] = 20) -> None:
+    """Recent upgrade runs."""
+    from inventory.db import session_scope
+    from inventory.runs import list_runs
+    from upkeep.views import run_row
+
+    with session_scope(_engine()) as session:
+        rows = [run_row(run, session) for run in list_runs(session=session, limit=limit)]
+    if json:
+        print_json(rows)
+        return
+    table = Table("run", "cluster", "from", "to", "state", "source", "created", "reason")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            str(row["cluster"]),
+            row["from"],
+            row["to"],
+            row["state"],
+            row["source"],
+            row["created_at"][:19],
+            (row["reason"] or "")[:80],
+        )
+    console.print(table)
+
+
+@app.command()
+def show(run: Annotated[int, typer.Argument(help="Run id.")], json: JsonOpt = False) -> None:
+    """One run: its state and every node's result."""
+    from upkeep.updates import show_run
+
+    show_run(run, engine=_engine(), as_json=json)
+
+
+@app.command()
+def settings(json: JsonOpt = False) -> None:
+    """The settings in force (secrets masked)."""
+    from upkeep.settings import load_settings
+
+    data = load_settings().public_dict()
+    if json:
+        print_json(data)
+        return
+    for key, value in data.items():
+        console.print(f"{key} = {value}")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the lab running afterwards.")] = False,
+) -> None:
+    """Start a lab (2 clusters x 3 nodes), import it, update one cluster, show the result."""
+    from upkeep.demo import run_demo
+
+    run_demo(keep=keep)
+
+
+def _mount_lab() -> None:
+    from upkeep.lab.cli import app as lab_app
+
+    app.add_typer(lab_app, name="lab", help="A local fleet of real sshd nodes and an HTTPS file server.")
+
+
+_mount_lab()
+
+
+def main() -> None:
+    from upkeep.errors import explain
+
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CliError as exc:
+        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        sys.exit(exc.code)
+    except Exception as exc:
+        message = explain(exc)
+        if message is None:
+            raise
+        err_console.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+        sys.exit(1)

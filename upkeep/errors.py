@@ -1,0 +1,40 @@
+"""Which exceptions are the user's to read (one line, no traceback) and which are our bugs."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+
+
+def explain(exc: BaseException) -> str | None:
+    """The message for an expected failure, or None for a bug (which then shows its traceback)."""
+    from flows.plan import PlanError
+    from flows.steps import StepFailed
+    from inventory.runs import ActiveRunExists
+    from tasks.fileserver import FileServerError
+    from tasks.ssh import RemoteError
+    from upkeep.settings import SettingsError
+
+    expected: list[type[BaseException]] = [
+        PlanError,
+        StepFailed,
+        ActiveRunExists,
+        FileServerError,
+        RemoteError,
+        SettingsError,
+        LookupError,
+    ]
+    try:
+        from inventory.importer import InventoryError
+
+        expected.append(InventoryError)
+    except ImportError:  # pragma: no cover - during bootstrap of the package
+        pass
+    try:
+        from upkeep.lab import LabError
+
+        expected.append(LabError)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, tuple(expected)):
+        return escape(str(exc))
+    return None

@@ -205,6 +205,8 @@ class Lab:
         topology.write_inventory(self.inventory_path, data)
 
     def down(self) -> None:
+        if not self.root.is_dir():
+            return  # nothing was ever started here; don't create the directory just to lock it
         with self._locked():
             self._stop_all()
 

@@ -8,6 +8,7 @@ the configured CA; plain http is refused unless explicitly allowed (lab/dev).
 from __future__ import annotations
 
 import hashlib
+import ssl
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class HttpFileServer:
         return httpx.Client(
             base_url=self.url.rstrip("/") + "/",
             auth=httpx.BasicAuth(self.user, self.password),
-            verify=str(self.ca) if self.ca else True,
+            verify=ssl.create_default_context(cafile=str(self.ca)) if self.ca else True,
             timeout=httpx.Timeout(self.timeout),
             follow_redirects=False,
         )

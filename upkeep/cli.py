@@ -154,7 +154,9 @@ def main() -> None:
     from upkeep.errors import explain
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode Click returns typer.Exit's code instead of exiting with it.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

@@ -38,16 +38,21 @@ def run_demo(*, keep: bool = False) -> None:
         cluster = status["nodes"][0]["cluster"]
         console.print(f"[bold]3.[/] updating {cluster} to {TARGET}, one node at a time (Prefect flow)")
         run_id = run_update(cluster, TARGET, engine=engine, as_json=False)
+        console.print("[bold]4.[/] what the nodes themselves logged (their append-only upgrade logs):")
+        for node in (n for n in lab.status()["nodes"] if n["cluster"] == cluster):
+            for entry in lab.upgrade_log(node["hostname"]):
+                console.print(f"   {node['hostname']}: {entry['from']} -> {entry['to']} at {entry['at']}")
     finally:
         if not keep:
             lab.down()
-    env = f"UPKEEP_HOME={home} UPKEEP_DATABASE_URL=sqlite:///{home / 'upkeep.db'}"
-    console.print(f"\n[bold green]demo done[/] in {time.monotonic() - started:.1f} s. Where to look:")
-    console.print(f"  records   {home / 'upkeep.db'}  ->  {env} upkeep show {run_id}", markup=False)
-    console.print(f"  runs      {env} upkeep runs", markup=False)
-    console.print(f"  nodes     {lab.root}/nodes/*/upgrades.log (each node's own upgrade log)", markup=False)
-    console.print(
-        "  Prefect   `prefect server start`, then run the demo again to watch it in the UI", markup=False
-    )
+    env = f"UPKEEP_HOME={home}"
+    hints = [
+        f"records   {home / 'upkeep.db'}: {env} .venv/bin/upkeep show {run_id}  (also: runs, show --json)",
+        "Prefect   start `.venv/bin/prefect server start` elsewhere and export",
+        "          PREFECT_API_URL=http://127.0.0.1:4200/api before `make demo` to watch runs in the UI",
+    ]
     if keep:
-        console.print(f"  lab       still running: UPKEEP_HOME={home} upkeep lab status / down", markup=False)
+        hints.append(f"lab       still running: {env} .venv/bin/upkeep lab status | down")
+    console.print(f"\n[bold green]demo done[/] in {time.monotonic() - started:.1f} s. Where to look:")
+    for hint in hints:
+        console.print("  " + hint, markup=False, soft_wrap=True)

@@ -1,11 +1,13 @@
 """Hypothesis strategies for the scheduling rules. Every datetime generated here is time-zone aware."""
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from hypothesis import strategies as st
 
 from scheduling.blackouts import Blackout
+from scheduling.release_calendar import dst_transitions
 from scheduling.windows import WeeklyWindow
 
 # New York/Berlin: 1-hour DST; Lord Howe: 30-minute DST; Kolkata: no DST at +05:30;
@@ -26,6 +28,31 @@ aware_datetimes = st.datetimes(
     max_value=datetime(2028, 12, 31),
     timezones=st.sampled_from([ZoneInfo(name) for name in ZONES] + [UTC]),
 )
+
+
+time_zones = st.sampled_from([ZoneInfo(name) for name in ZONES] + [UTC])
+
+
+class Change(NamedTuple):
+    zone: str
+    at: datetime  # UTC instant of a DST (or other UTC-offset) change
+
+
+_CHANGES = [
+    Change(name, at)
+    for name in ZONES
+    for at, _ in dst_transitions(name, datetime(2025, 1, 1, tzinfo=UTC), datetime(2029, 1, 1, tzinfo=UTC))
+]
+transitions = st.sampled_from(_CHANGES)
+
+# Instants shortly before a DST change, so searches from them cross gaps and overlaps often.
+before_transitions = st.builds(
+    lambda change, minutes, zone: (change.at - timedelta(minutes=minutes)).astimezone(zone),
+    transitions,
+    st.integers(0, 8 * 24 * 60) | st.integers(0, 6 * 60),
+    time_zones,
+)
+instants = st.one_of(aware_datetimes, before_transitions)
 
 # Wall times biased towards the small hours, where DST transitions happen.
 wall_times = st.one_of(

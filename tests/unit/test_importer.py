@@ -1,0 +1,425 @@
+"""The inventory file parser: a good file loads; a bad one reports every problem at its line; no input
+whatsoever gets anything but InventoryError out of it."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from inventory.importer import InventoryDoc, InventoryError, NodeSpec, load_inventory, show
+
+SHA = "0123456789abcdef" * 4
+
+GOOD = f"""\
+# Inventory for the lab; owned by the SRE team.
+customers:
+  - name: acme
+    timezone: America/New_York
+    contacts:
+      - {{email: ops@acme.example, name: Acme Ops, role: primary}}
+      - email: oncall+upkeep@acme.example
+        role: escalation
+    clusters:
+      - name: acme-c1
+        kind: software
+        version: 9.8.0
+        access: {{type: direct}}
+        nodes:
+          - {{hostname: acme-c1-n1, address: 127.0.0.1, port: 40001, user: root}}
+          - {{hostname: acme-c1-n2, address: 127.0.0.1, port: 40002, user: root}}
+          - {{hostname: acme-c1-n3.dc1.acme.example}}
+      - name: acme-c2
+        kind: cloud
+        version: 9.9.0
+        profile: large_v2
+        ring: canary
+        access: &jump {{type: jump, host: jump.acme.example, port: 2222, user: upkeep}}
+        nodes:
+          - {{hostname: acme-c2-n1, address: "fd00::12", port: 22}}
+  - name: umbrella
+    timezone: Australia/Lord_Howe
+    clusters:
+      - name: umbrella-c1
+        kind: cloud
+        version: 9.9.0
+        access: *jump
+        nodes:
+          - {{hostname: umbrella-c1-n1, address: 10.0.0.7}}
+releases:
+  - version: 9.9.0
+    package: releases/upkeep-product-9.9.0.tar.gz
+    sha256: {SHA}
+    from: [9.8.0]
+  - {{version: 9.10.0, package: releases/upkeep-product-9.10.0.tar.gz, sha256: {SHA},
+     from: [9.8.0, 9.9.0], deadline: 2026-12-31T00:00:00Z}}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "inventory.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert str(info.value) == "\n".join(str(p) for p in info.value.errors)
+    return [str(p) for p in info.value.errors]
+
+
+def test_good_file_loads(tmp_path: Path) -> None:
+    doc = load_inventory(write(tmp_path, GOOD))
+    assert isinstance(doc, InventoryDoc)
+    acme, umbrella = doc.customers
+    assert [c.email for c in acme.contacts] == ["ops@acme.example", "oncall+upkeep@acme.example"]
+    assert acme.contacts[1].name == "" and acme.contacts[1].role == "escalation"
+    c1, c2 = acme.clusters
+    assert (c1.profile, c1.ring, c1.access) == ("standard", "broad", {"type": "direct"})
+    assert c1.nodes[2] == NodeSpec("acme-c1-n3.dc1.acme.example", "acme-c1-n3.dc1.acme.example", 22, "upkeep")
+    assert (c2.profile, c2.ring) == ("large_v2", "canary")
+    jump = {"type": "jump", "host": "jump.acme.example", "port": 2222, "user": "upkeep"}
+    assert c2.access == umbrella.clusters[0].access == jump  # an alias of a shared access block is fine
+    assert [r.upgradable_from for r in doc.releases] == [["9.8.0"], ["9.8.0", "9.9.0"]]
+    assert doc.releases[0].deadline is None
+    assert doc.releases[1].deadline == datetime(2026, 12, 31, tzinfo=UTC)
+    assert len(doc.sha256) == 64
+
+
+BAD = f"""\
+customers:
+  - name: acme
+    timezone: Mars/Olympus                      # <tz>
+    colour: red                                 # <unknown-key>
+    contacts:
+      - {{email: "ops@@acme", role: primary}}   # <email>
+    clusters:
+      - name: acme-c1
+        kind: metal                             # <kind>
+        version: 9.8.0
+        access: {{type: direct}}
+        nodes:
+          - hostname: "n1;rm -rf /"             # <hostname>
+            port: 70000                         # <port>
+            user: Root                          # <user>
+          - {{hostname: n2, address: 127.0.0.1, port: 2200}}
+          - {{hostname: n3, address: 127.0.0.1, port: 2200}}    # <endpoint>
+          - {{hostname: N2}}                                    # <dup-host>
+      - name: acme-c1                           # <dup-cluster>
+        kind: cloud
+        version: 9.8                            # <version>
+        access: {{type: jump, host: bastion, port: 22, user: upkeep}}
+        nodes: [{{hostname: "acme-c1-\\u0430"}}]  # <lookalike>
+  - name: acme                                  # <dup-customer>
+    timezone: UTC
+    clusters:
+      - kind: cloud                             # <missing-name>
+        version: 9.8.0
+        access: {{type: direct}}
+        nodes: [{{hostname: "x\\0y"}}]          # <nul>
+  - {{name: "Bad Name", timezone: UTC, clusters: []}}        # <name>
+releases:
+  - version: 9.10.0
+    package: ../../etc/passwd                   # <package>
+    sha256: {SHA.upper()}                       # <sha>
+    from: [9.8.0, 9.11.0]                       # <from>
+    deadline: 2026-12-31T00:00:00               # <deadline>
+"""
+
+EXPECTED = {
+    "tz": "timezone: 'Mars/Olympus' is not an IANA time zone",
+    "unknown-key": "unknown key 'colour' (allowed: name, timezone, contacts, clusters)",
+    "email": "email: 'ops@@acme' is not a valid email address",
+    "kind": "kind: 'metal' is not one of cloud, software",
+    "hostname": "hostname: 'n1;rm -rf /' is not an RFC 1123 hostname",
+    "port": "port: 70000 is not a port number",
+    "user": "user: 'Root' is not a valid ssh user",
+    "endpoint": "address '127.0.0.1' port 2200 is already used by another node",
+    "dup-host": "duplicate hostname 'N2' in this cluster",
+    "dup-cluster": "duplicate name 'acme-c1'",
+    "version": "version: expected a string, got a number '9.8'",
+    "lookalike": "hostname: 'acme-c1-\u0430' is not an RFC 1123 hostname",
+    "dup-customer": "customer: duplicate name 'acme'",
+    "missing-name": "cluster: missing required key 'name'",
+    "nul": r"hostname: 'x\x00y' is not an RFC 1123 hostname",
+    "name": "name: 'Bad Name' is not a valid name",
+    "package": "package: '../../etc/passwd' is not a relative path",
+    "sha": f"sha256: '{SHA.upper()}' is not 64 lowercase hex digits",
+    "from": "from: 9.11.0 is not older than 9.10.0",
+    "deadline": "deadline: '2026-12-31 00:00:00' must be a date and time with a zone",
+}
+
+
+def line_of(text: str, marker: str) -> int:
+    [line] = [n for n, content in enumerate(text.splitlines(), 1) if f"# <{marker}>" in content]
+    return line
+
+
+def test_bad_file_reports_every_problem_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, BAD)
+    found = problems(path)
+    for marker, message in EXPECTED.items():
+        prefix = f"{path}:{line_of(BAD, marker)}: "
+        assert any(p.startswith(prefix) and message in p for p in found), (marker, found)
+    assert len(found) == len(EXPECTED), "\n".join(found)
+    lines = [int(p.split(":")[1]) for p in found]
+    assert lines == sorted(lines)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("", 1, "the file is empty"),
+        ("# only a comment\n", 1, "the file is empty"),
+        ("- a\n- b\n", 1, "top level: expected a mapping, got a list"),
+        ("customers: []\nreleases: [\n", 3, "YAML syntax"),
+        ("customers:\n  - name: a\n   bad indent: 1\n", 3, "YAML syntax"),
+        ("customers: []\n---\ncustomers: []\n", 2, "YAML syntax: expected a single document"),
+        ("customers: []\nx: *nowhere\n", 2, "YAML syntax"),
+        ("customers: []\n\nname: 'a\x00b'\n", 3, "character #x0000 is not allowed"),
+        ("customers: []\ncustomers: []\n", 2, "duplicate key 'customers' (first at line 1)"),
+        ("customers: []\n<<: {releases: []}\n", 2, "merge keys ('<<') are not supported"),
+        ("customers: []\n1: x\n", 2, "keys must be strings, got an integer '1'"),
+        ("customers: !!python/object:os.system {}\n", 1, "customers: expected a list"),
+        ("customers: x\n", 1, "customers: expected a list, got a string 'x'"),
+        ("customers:\n- name: " + "a" * 200 + "\n", 2, "... (200 characters) is not a valid name"),
+        ("[" * 3000, 1, "nested too deeply"),
+    ],
+)
+def test_file_level_problems(tmp_path: Path, text: str, line: int, message: str) -> None:
+    path = write(tmp_path, text)
+    found = problems(path)
+    assert any(p.startswith(f"{path}:{line}: ") and message in p for p in found), found
+
+
+def test_unreadable_and_undecodable_files(tmp_path: Path) -> None:
+    assert problems(tmp_path / "missing.yaml") == [
+        f"{tmp_path / 'missing.yaml'}: cannot read the file: No such file or directory"
+    ]
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"customers: []\n# caf\xe9\n")
+    assert problems(path) == [f"{path}:2: not UTF-8 text (byte 0xe9)"]
+
+
+def one_cluster(nodes: list[dict[str, Any]]) -> str:
+    cluster = {"name": "a", "kind": "cloud", "version": "1.0.0", "access": {"type": "direct"}, "nodes": nodes}
+    return yaml.safe_dump({"customers": [{"name": "a", "timezone": "UTC", "clusters": [cluster]}]})
+
+
+@pytest.mark.parametrize(
+    "hostname",
+    [
+        "a;b",
+        "a b",
+        "$(reboot)",
+        "`id`",
+        "-lead",
+        "trail-",
+        "a..b",
+        ".a",
+        "a.",
+        "ünïcode",
+        "\u0430cme",
+        "a\x00b",
+        "a\nb",
+        "a_b",
+        "x" * 64,
+        ".".join(["a" * 63] * 3 + ["a" * 62]),
+        "1.2.3.999",
+        "",
+        "::1",
+        "a%b",
+    ],
+)
+def test_hostnames_that_are_refused(tmp_path: Path, hostname: str) -> None:
+    path = write(tmp_path, one_cluster([{"hostname": hostname, "port": 1}]))
+    assert problems(path) == [f"{path}:8: node: hostname: {show(hostname)} is not an RFC 1123 hostname"]
+
+
+def test_addresses_and_hostnames_that_are_accepted(tmp_path: Path) -> None:
+    nodes = [
+        {"hostname": "n1", "address": "fd00::1"},
+        {"hostname": "n2.example.com", "address": "10.1.2.3"},
+        {"hostname": "N3", "address": "n3.internal"},
+        {"hostname": ".".join(["a" * 63] * 3 + ["a" * 61])},  # 253 characters
+        {"hostname": "10.0.0.4"},
+    ]
+    doc = load_inventory(write(tmp_path, one_cluster(nodes)))
+    addresses = [node.address for node in doc.customers[0].clusters[0].nodes]
+    assert addresses == [
+        "fd00::1",
+        "10.1.2.3",
+        "n3.internal",
+        ".".join(["a" * 63] * 3 + ["a" * 61]),
+        "10.0.0.4",
+    ]
+
+
+def test_aliased_entities_are_refused_at_the_alias(tmp_path: Path) -> None:
+    text = "customers:\n- &c {name: a, timezone: UTC, clusters: []}\n- *c\n"
+    path = write(tmp_path, text)
+    assert problems(path) == [
+        f"{path}:3: customers: YAML aliases (*name) cannot be used here; write each one out"
+    ]
+
+
+def test_alias_bomb_is_cheap(tmp_path: Path) -> None:
+    """Nine levels of ten aliases each would be 10**9 contacts if followed naively."""
+    lines = ["x0: &a0 [{email: a@b.c}, {email: a@b.c}]"]
+    lines += [f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    text = "\n".join(lines) + "\ncustomers: [{name: a, timezone: UTC, clusters: [], contacts: *a8}]\n"
+    found = problems(write(tmp_path, text))
+    assert 1 < len(found) < 30
+
+
+# --- no input gets anything but InventoryError out --------------------------------------------------
+
+KEYS = [
+    "customers",
+    "releases",
+    "name",
+    "timezone",
+    "contacts",
+    "clusters",
+    "email",
+    "role",
+    "kind",
+    "version",
+    "profile",
+    "ring",
+    "access",
+    "type",
+    "host",
+    "port",
+    "user",
+    "nodes",
+    "hostname",
+    "address",
+    "package",
+    "sha256",
+    "from",
+    "deadline",
+    "<<",
+]
+INTERESTING = [
+    "acme",
+    "9.8.0",
+    "9.10.0",
+    "UTC",
+    "America/New_York",
+    "direct",
+    "jump",
+    "cloud",
+    "software",
+    "primary",
+    "127.0.0.1",
+    "::1",
+    "a@b.c",
+    SHA,
+    "releases/x.tar.gz",
+    "2026-12-31T00:00:00Z",
+    "a\x00b",
+    "a\nb",
+    "$(id)",
+    "é",
+    "-x",
+    "..",
+    "/abs",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=30),
+    st.sampled_from(INTERESTING),
+    st.datetimes(),
+    st.dates(),
+    st.binary(max_size=8),
+)
+structures = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.one_of(st.sampled_from(KEYS), scalars), inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+documents = (
+    st.fixed_dictionaries({}, optional={"customers": structures, "releases": structures, "extra": structures})
+    | structures
+)
+
+
+def check_only_inventory_errors(path: Path) -> None:
+    try:
+        load_inventory(path)
+    except InventoryError as exc:
+        assert exc.errors
+        for problem in exc.errors:
+            assert re.match(rf"{re.escape(str(path))}:\d+: \S", str(problem)), str(problem)
+            assert "internal error" not in problem.message
+
+
+HYPOTHESIS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@HYPOTHESIS
+@given(text=st.text())
+def test_arbitrary_text(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    path = tmp_path_factory.getbasetemp() / "text.yaml"
+    path.write_text(text, errors="surrogatepass")
+    check_only_inventory_errors(path)
+
+
+@HYPOTHESIS
+@given(data=st.binary())
+def test_arbitrary_bytes(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    path = tmp_path_factory.getbasetemp() / "bytes.yaml"
+    path.write_bytes(data)
+    check_only_inventory_errors(path)
+
+
+@HYPOTHESIS
+@given(document=documents, flow=st.booleans())
+def test_arbitrary_yaml_structures(
+    tmp_path_factory: pytest.TempPathFactory, document: Any, flow: bool
+) -> None:
+    path = tmp_path_factory.getbasetemp() / "structure.yaml"
+    path.write_text(yaml.dump(document, default_flow_style=flow, allow_unicode=True))
+    check_only_inventory_errors(path)
+
+
+def _mutations() -> st.SearchStrategy[Any]:
+    """The good document with one value somewhere replaced: exercises every field's validation."""
+    good = yaml.safe_load(GOOD)
+
+    def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        children = (
+            node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+        )
+        return [prefix] + [p for key, child in children for p in paths(child, (*prefix, key))]
+
+    def replace(node: Any, path: tuple[Any, ...], value: Any) -> Any:
+        if not path:
+            return value
+        copy = dict(node) if isinstance(node, dict) else list(node)
+        copy[path[0]] = replace(node[path[0]], path[1:], value)
+        return copy
+
+    return st.builds(replace, st.just(good), st.sampled_from(paths(good)), structures)
+
+
+@HYPOTHESIS
+@given(document=_mutations())
+def test_mutated_good_file(tmp_path_factory: pytest.TempPathFactory, document: Any) -> None:
+    path = tmp_path_factory.getbasetemp() / "mutated.yaml"
+    path.write_text(yaml.dump(document, allow_unicode=True))
+    check_only_inventory_errors(path)

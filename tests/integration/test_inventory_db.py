@@ -1,0 +1,293 @@
+"""Importing inventory files into SQLite and PostgreSQL: what lands, what re-imports do, and that a
+refused import leaves every table exactly as it was."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+from sqlmodel import select as select_rows
+
+import inventory.importer as importer
+from inventory.db import session_scope
+from inventory.importer import InventoryError, import_inventory
+from inventory.models import AuditEvent, Node, NodeStep, RunState, UpgradeRun
+from inventory.repo import (
+    NotFound,
+    cluster_nodes,
+    customer_of,
+    get_cluster,
+    get_release,
+    inventory_snapshot,
+    list_clusters,
+    releases_map,
+)
+
+SHA = "ab" * 32
+INVENTORY: dict[str, Any] = {
+    "customers": [
+        {
+            "name": "acme",
+            "timezone": "America/New_York",
+            "contacts": [
+                {"email": "ops@acme.example", "name": "Acme Ops", "role": "primary"},
+                {"email": "cfo@acme.example", "name": "Acme Finance", "role": "billing"},
+            ],
+            "clusters": [
+                {
+                    "name": "acme-c1",
+                    "kind": "software",
+                    "version": "9.8.0",
+                    "profile": "standard",
+                    "ring": "broad",
+                    "access": {"type": "direct"},
+                    "nodes": [
+                        {
+                            "hostname": f"acme-c1-n{i}",
+                            "address": "127.0.0.1",
+                            "port": 40000 + i,
+                            "user": "root",
+                        }
+                        for i in (1, 2, 3)
+                    ],
+                },
+            ],
+        },
+        {
+            "name": "umbrella",
+            "timezone": "Australia/Lord_Howe",
+            "contacts": [],
+            "clusters": [
+                {
+                    "name": "umbrella-c2",
+                    "kind": "cloud",
+                    "version": "9.9.0",
+                    "profile": "large",
+                    "ring": "canary",
+                    "access": {
+                        "type": "jump",
+                        "host": "jump.umbrella.example",
+                        "port": 2222,
+                        "user": "upkeep",
+                    },
+                    "nodes": [{"hostname": "u2-n1", "address": "fd00::1", "port": 22, "user": "upkeep"}],
+                },
+            ],
+        },
+    ],
+    "releases": [
+        {
+            "version": "9.9.0",
+            "package": "releases/p-9.9.0.tar.gz",
+            "sha256": SHA,
+            "from": ["9.8.0"],
+            "deadline": None,
+        },
+        {
+            "version": "9.10.0",
+            "package": "releases/p-9.10.0.tar.gz",
+            "sha256": SHA,
+            "from": ["9.8.0", "9.9.0"],
+            "deadline": "2026-12-31T00:00:00+00:00",
+        },
+    ],
+}
+
+
+def write(tmp_path: Path, data: dict[str, Any], name: str = "inventory.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def dump(engine: Engine) -> str:
+    """Every row of every table, in primary-key order."""
+    with engine.connect() as conn:
+        return repr(
+            {
+                table.name: conn.execute(select(table).order_by(*table.primary_key.columns)).all()
+                for table in SQLModel.metadata.sorted_tables
+            }
+        )
+
+
+def counts(summary: importer.ImportSummary) -> dict[str, tuple[int, int, int, int]]:
+    return {table: (c.created, c.updated, c.unchanged, c.deleted) for table, c in summary.counts.items()}
+
+
+def test_import_then_show(engine: Engine, tmp_path: Path) -> None:
+    summary = import_inventory(write(tmp_path, INVENTORY), engine=engine, actor="alice")
+    assert counts(summary) == {
+        "customer": (2, 0, 0, 0),
+        "contact": (2, 0, 0, 0),
+        "cluster": (2, 0, 0, 0),
+        "node": (4, 0, 0, 0),
+        "release": (2, 0, 0, 0),
+    }
+    with session_scope(engine) as session:
+        # The snapshot has the file's shape: what was imported comes back out, to the letter.
+        assert inventory_snapshot(session=session) == INVENTORY
+        cluster = get_cluster("acme/acme-c1", session=session)
+        assert get_cluster("acme-c1", session=session).id == cluster.id
+        assert [n.hostname for n in cluster_nodes(cluster, session=session)] == [
+            "acme-c1-n1",
+            "acme-c1-n2",
+            "acme-c1-n3",
+        ]
+        assert customer_of(cluster, session=session).timezone == "America/New_York"
+        assert [c.name for c in list_clusters(session=session)] == ["acme-c1", "umbrella-c2"]
+        assert releases_map(session=session) == {"9.9.0": ["9.8.0"], "9.10.0": ["9.8.0", "9.9.0"]}
+        assert str(get_release("9.10.0", session=session).deadline) == "2026-12-31 00:00:00+00:00"
+        with pytest.raises(NotFound, match=r"no cluster 'acme-c2'; did you mean acme-c1\?"):
+            get_cluster("acme-c2", session=session)
+        with pytest.raises(NotFound, match=r"'acme-c1' belongs to customer 'acme'"):
+            get_cluster("umbrella/acme-c1", session=session)
+        with pytest.raises(NotFound, match=r"no release '9.11.0'; did you mean"):
+            get_release("9.11.0", session=session)
+        [event] = session.exec(select_rows(AuditEvent)).all()
+    assert (event.actor, event.action, event.subject) == (
+        "alice",
+        "inventory.import",
+        str(tmp_path / "inventory.yaml"),
+    )
+    assert event.detail["counts"]["node"]["created"] == 4 and len(event.detail["sha256"]) == 64
+
+
+def test_reimport_is_idempotent(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, INVENTORY)
+    import_inventory(path, engine=engine, actor="alice")
+    before = _rows_without_audit(engine)
+    again = import_inventory(path, engine=engine, actor="bob")
+    assert not again.changed
+    assert counts(again) == {
+        "customer": (0, 0, 2, 0),
+        "contact": (0, 0, 2, 0),
+        "cluster": (0, 0, 2, 0),
+        "node": (0, 0, 4, 0),
+        "release": (0, 0, 2, 0),
+    }
+    assert _rows_without_audit(engine) == before  # same rows, same ids: nothing duplicated or rewritten
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(AuditEvent)) == 2
+
+
+def _rows_without_audit(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return repr(
+            [
+                conn.execute(select(table).order_by(*table.primary_key.columns)).all()
+                for table in SQLModel.metadata.sorted_tables
+                if table.name != "auditevent"
+            ]
+        )
+
+
+def test_changes_are_applied_and_counted(engine: Engine, tmp_path: Path) -> None:
+    import_inventory(write(tmp_path, INVENTORY), engine=engine, actor="alice")
+    changed = copy.deepcopy(INVENTORY)
+    acme = changed["customers"][0]
+    acme["timezone"] = "America/Chicago"
+    acme["contacts"] = [{"email": "ops@acme.example", "name": "Acme Operations", "role": "primary"}]
+    cluster = acme["clusters"][0]
+    cluster["version"] = "9.9.0"
+    n1, n2, n3 = cluster["nodes"]
+    cluster["nodes"] = [n3, n1, {**n2, "port": 40022}]  # reorder: positions are unique per cluster
+    changed["releases"][0]["from"] = ["9.8.0", "9.8.1"]
+    summary = import_inventory(write(tmp_path, changed), engine=engine, actor="alice")
+    assert counts(summary) == {
+        "customer": (0, 1, 1, 0),
+        "contact": (0, 1, 0, 1),
+        "cluster": (0, 1, 1, 0),
+        "node": (0, 3, 1, 0),
+        "release": (0, 1, 1, 0),
+    }
+    with session_scope(engine) as session:
+        assert inventory_snapshot(session=session) == changed
+
+
+def test_removing_a_node_from_the_file_removes_it(engine: Engine, tmp_path: Path) -> None:
+    import_inventory(write(tmp_path, INVENTORY), engine=engine, actor="alice")
+    with session_scope(engine) as session:  # n2 has upgrade history, which must survive it
+        cluster = get_cluster("acme-c1", session=session)
+        run = UpgradeRun(
+            cluster_id=cluster.id or 0, from_version="9.8.0", to_version="9.9.0", state=RunState.succeeded
+        )
+        session.add(run)
+        session.flush()
+        n2 = cluster_nodes(cluster, session=session)[1]
+        session.add(NodeStep(run_id=run.id or 0, node_id=n2.id, step="upgrade", detail="ok"))
+    smaller = copy.deepcopy(INVENTORY)
+    nodes = smaller["customers"][0]["clusters"][0]["nodes"]
+    del nodes[1]
+    summary = import_inventory(write(tmp_path, smaller), engine=engine, actor="alice")
+    assert (summary.counts["node"].deleted, summary.counts["node"].updated) == (1, 1)  # n3 moved up
+    assert summary.notes == ["cluster 'acme-c1': node 'acme-c1-n2' removed"]
+    with session_scope(engine) as session:
+        kept = cluster_nodes(get_cluster("acme-c1", session=session), session=session)
+        assert [(n.hostname, n.position) for n in kept] == [("acme-c1-n1", 1), ("acme-c1-n3", 2)]
+        assert session.scalar(select(func.count()).select_from(Node)) == 3
+        [step] = session.exec(select_rows(NodeStep)).all()
+        assert (step.node_id, step.detail) == (None, "ok")
+
+
+def test_bad_file_changes_nothing(engine: Engine, tmp_path: Path) -> None:
+    import_inventory(write(tmp_path, INVENTORY), engine=engine, actor="alice")
+    before = dump(engine)
+    bad = copy.deepcopy(INVENTORY)
+    bad["customers"][0]["clusters"][0]["nodes"].append({"hostname": "new-node", "port": 22})  # valid
+    bad["customers"][1]["timezone"] = "Mars/Olympus"  # ...but this is not
+    path = write(tmp_path, bad)
+    with pytest.raises(InventoryError, match=rf"^{path}:\d+: customer: timezone: 'Mars/Olympus'"):
+        import_inventory(path, engine=engine, actor="alice")
+    assert dump(engine) == before
+
+
+def test_failure_while_writing_rolls_everything_back(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_inventory(write(tmp_path, INVENTORY), engine=engine, actor="alice")
+    before = dump(engine)
+    changed = copy.deepcopy(INVENTORY)
+    changed["customers"][0]["clusters"][0]["nodes"].pop()
+    changed["customers"].append({"name": "initech", "timezone": "Asia/Kolkata", "clusters": []})
+
+    def broken_audit(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(importer, "record_audit", broken_audit)
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_inventory(write(tmp_path, changed), engine=engine, actor="alice")
+    assert dump(engine) == before
+
+
+def test_cluster_under_an_active_run_is_not_changed(engine: Engine, tmp_path: Path) -> None:
+    import_inventory(write(tmp_path, INVENTORY), engine=engine, actor="alice")
+    with session_scope(engine) as session:
+        cluster = get_cluster("acme-c1", session=session)
+        session.add(
+            UpgradeRun(
+                cluster_id=cluster.id or 0,
+                active_cluster_id=cluster.id,
+                from_version="9.8.0",
+                to_version="9.9.0",
+                state=RunState.running,
+            )
+        )
+    before = dump(engine)
+    changed = copy.deepcopy(INVENTORY)
+    changed["customers"][0]["clusters"][0]["nodes"].pop()
+    path = write(tmp_path, changed)
+    with pytest.raises(InventoryError, match=r"cluster 'acme-c1': upgrade run \d+ is running"):
+        import_inventory(path, engine=engine, actor="alice")
+    assert dump(engine) == before
+    # An unchanged cluster under a run does not block importing everything else.
+    changed = copy.deepcopy(INVENTORY)
+    changed["customers"][1]["clusters"][0]["ring"] = "early"
+    summary = import_inventory(write(tmp_path, changed), engine=engine, actor="alice")
+    assert summary.counts["cluster"].updated == 1

@@ -12,7 +12,7 @@ from scheduling.errors import SchedulingError
 from scheduling.slots import NoSlot, SlotBlocked, estimate_duration, find_slot, remaining_fits
 from scheduling.windows import Interval, WeeklyWindow, window_occurrences
 
-from .strategies import blackouts_near, instants, time_zones, transitions, weekly_windows
+from .strategies import blackouts_near, instants, time_zones, transitions, weekday_sets, weekly_windows
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
@@ -245,7 +245,7 @@ def requests_at_dst_changes(draw: st.DrawFn) -> dict[str, object]:
     # Wall time at the transition, read with the old offset: the start of the gap or of the overlap.
     wall = (change.at - timedelta(seconds=1)).astimezone(zone).replace(tzinfo=None) + timedelta(seconds=1)
     wall += timedelta(minutes=15 * draw(st.integers(-4, 8)))
-    days = draw(st.just(frozenset[int]()) | st.frozensets(st.integers(0, 6))) | {wall.weekday()}
+    days = draw(st.just(frozenset[int]()) | weekday_sets) | {wall.weekday()}
     duration_minutes = draw(st.integers(1, 6 * 60))
     lead = draw(st.integers(0, 3 * 24 * 60) | st.integers(0, 6 * 60))
     now = (change.at - timedelta(minutes=lead)).astimezone(draw(time_zones))

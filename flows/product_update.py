@@ -1,10 +1,11 @@
 """Product update: one cluster to a newer version, node by node. Reads like the runbook:
 
-    download the package (verified) → pre-flight every node → distribute and verify on every node
-    → for each node in order: check, upgrade, wait for health, verify → record the new version
+    download the package (verified) → pre-flight every node → [wait for approval] → distribute and
+    verify on every node → for each node in order: check, upgrade, wait for health, verify → record
 
 Every step is a named task; every remote action is recorded in the database before and after, so a
-crashed run resumes (`run_id=`) where it stopped without upgrading any node twice.
+crashed run resumes (`run_id=`) where it stopped without upgrading any node twice. `upkeep pause` and
+`upkeep cancel` are honoured between nodes: the node in progress always finishes.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 
+from flows.approval import wait_for_approval
 from flows.plan import UpdatePlan, plan_update
 from flows.records import node_done
-from flows.runtime import current
+from flows.report import Progress, summary_artifacts
+from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, distribute, download, preflight, upgrade_node
 from inventory import repo
 from inventory.db import session_scope
@@ -48,10 +50,59 @@ def product_update(
     source: str = "cli",
     requested_by: str = "",
     run_id: int | None = None,
+    case: str | None = None,
+    require_approval: bool = False,
 ) -> dict[str, Any]:
     """Upgrade `cluster` to `to_version`; with `run_id`, resume that run instead of starting one."""
     runtime = current()
     log = get_run_logger()
+    plan, run_id = _claim(runtime, cluster, to_version, source, requested_by, run_id, case, require_approval)
+    log.info("run %s: %s (%d nodes)", run_id, plan.label, len(plan.nodes))
+
+    conns = NodeConnections(runtime, plan)
+    outcomes: dict[str, str] = {}
+    progress = Progress(plan)
+    try:
+        package = download(plan, run_id, runtime)
+        preflight(plan, run_id, runtime, conns, package.stat().st_size)
+        if not wait_for_approval(runtime, run_id, plan):
+            _finish(plan, run_id, RunState.cancelled, reason="approval refused")
+            return _result(run_id, plan, "cancelled", outcomes)
+        distribute(plan, run_id, runtime, conns, package)
+        for number, node in enumerate(plan.nodes, 1):
+            if node_done(runtime.engine, run_id, node.id):
+                outcomes[node.hostname] = "done before resume"
+            else:
+                stop = _requested_stop(runtime, run_id)
+                if stop:
+                    return _stop(plan, run_id, stop, outcomes)
+                outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node)
+                log.info("%s: %s", node.hostname, outcomes[node.hostname])
+            progress.update(number)
+    except Exception as exc:
+        _finish(plan, run_id, RunState.failed, reason=str(exc))
+        log.error("run %s failed: %s", run_id, exc)
+        raise
+    finally:
+        conns.close()
+    _finish(plan, run_id, RunState.succeeded)
+    summary_artifacts(runtime, plan, run_id)
+    return _result(run_id, plan, "succeeded", outcomes)
+
+
+def _claim(
+    runtime: Runtime,
+    cluster: str,
+    to_version: str,
+    source: str,
+    requested_by: str,
+    run_id: int | None,
+    case: str | None,
+    require_approval: bool,
+) -> tuple[UpdatePlan, int]:
+    """Plan, and either claim the cluster with a new run or take over the run being resumed."""
+    from prefect.runtime import flow_run
+
     with session_scope(runtime.engine) as session:
         plan = plan_update(cluster, to_version, session=session)
         if run_id is None:
@@ -62,51 +113,42 @@ def product_update(
                 requested_by=requested_by or runtime.actor,
                 session=session,
             )
+            run.case_ref, run.needs_approval = case, require_approval
         else:
             run = get_run(run_id, session=session)
-            if (
-                run.cluster_id != plan.cluster_id
-                or run.to_version != to_version
-                or not RunState(run.state).active
-            ):
-                raise RunMismatch(f"run {run_id} is not an active update of {cluster} to {to_version}")
-            run.state = RunState.running
-            session.add(run)
+            if run.cluster_id != plan.cluster_id or run.to_version != to_version:
+                raise RunMismatch(f"run {run_id} is not an update of {cluster} to {to_version}")
+            if not RunState(run.state).active:
+                raise RunMismatch(f"run {run_id} is {run.state}: only planned, running or paused runs resume")
+            run.requested_action = ""
+        run.state = RunState.running
+        run.flow_run_id = str(flow_run.id) if flow_run.id else None
+        session.add(run)
+        session.flush()
         assert run.id is not None
-        current_run_id = run.id
-    log.info("run %s: %s (%d nodes)", current_run_id, plan.label, len(plan.nodes))
+        return plan, run.id
 
-    conns = NodeConnections(runtime, plan)
-    outcomes: dict[str, str] = {}
-    try:
-        package = download(plan, current_run_id, runtime)
-        preflight(plan, current_run_id, runtime, conns, package.stat().st_size)
-        distribute(plan, current_run_id, runtime, conns, package)
-        for node in plan.nodes:
-            if node_done(runtime.engine, current_run_id, node.id):
-                outcomes[node.hostname] = "done before resume"
-                continue
-            outcomes[node.hostname] = upgrade_node(plan, current_run_id, runtime, conns, node)
-            log.info("%s: %s", node.hostname, outcomes[node.hostname])
-    except Exception as exc:
-        _finish(plan, current_run_id, RunState.failed, reason=str(exc))
-        log.error("run %s failed: %s", current_run_id, exc)
-        raise
-    finally:
-        conns.close()
-    _finish(plan, current_run_id, RunState.succeeded)
-    _report(plan, outcomes)
-    return {
-        "run_id": current_run_id,
-        "cluster": plan.cluster,
-        "to_version": plan.to_version,
-        "nodes": outcomes,
-    }
+
+def _requested_stop(runtime: Runtime, run_id: int) -> str:
+    with session_scope(runtime.engine) as session:
+        return get_run(run_id, session=session).requested_action
+
+
+def _stop(plan: UpdatePlan, run_id: int, action: str, outcomes: dict[str, str]) -> dict[str, Any]:
+    done = sum(1 for node in plan.nodes if node_done(current().engine, run_id, node.id))
+    where = f"after {done} of {len(plan.nodes)} nodes"
+    if action == "cancel":
+        _finish(plan, run_id, RunState.cancelled, reason=f"cancelled by request {where}")
+        return _result(run_id, plan, "cancelled", outcomes)
+    with session_scope(current().engine) as session:
+        run = get_run(run_id, session=session)
+        run.state, run.requested_action, run.reason = RunState.paused, "", f"paused by request {where}"
+        session.add(run)
+    return _result(run_id, plan, "paused", outcomes)
 
 
 def _finish(plan: UpdatePlan, run_id: int, state: RunState, reason: str = "") -> None:
-    runtime = current()
-    with session_scope(runtime.engine) as session:
+    with session_scope(current().engine) as session:
         run = get_run(run_id, session=session)
         finish_run(run, state, reason=reason, session=session)
         if state is RunState.succeeded:
@@ -115,9 +157,11 @@ def _finish(plan: UpdatePlan, run_id: int, state: RunState, reason: str = "") ->
             session.add(cluster)
 
 
-def _report(plan: UpdatePlan, outcomes: dict[str, str]) -> None:
-    create_table_artifact(
-        key="update-nodes",
-        table=[{"node": host, "result": result} for host, result in outcomes.items()],
-        description=f"Nodes of {plan.label}",
-    )
+def _result(run_id: int, plan: UpdatePlan, state: str, outcomes: dict[str, str]) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "cluster": plan.cluster,
+        "to_version": plan.to_version,
+        "state": state,
+        "nodes": outcomes,
+    }

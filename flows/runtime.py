@@ -27,6 +27,7 @@ class Runtime:
     command_timeout: float = 600.0
     health_timeout: float = 120.0
     health_interval: float = 0.1
+    approval_timeout: float = 7 * 24 * 3600.0
     actor: str = "upkeep"
 
     def connect(self, target: SshTarget) -> FabricRunner:

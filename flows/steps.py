@@ -3,6 +3,7 @@ upgrade of one node. Finer actions inside a step are recorded as NodeSteps in ou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,8 +15,25 @@ from prefect.cache_policies import NO_CACHE
 from flows.plan import PlannedNode, UpdatePlan
 from flows.records import recorded
 from flows.runtime import Runtime
-from tasks.node import NodeAgent
-from tasks.ssh import FabricRunner
+from tasks.node import NodeAgent, NodeCommandFailed
+from tasks.ssh import FabricRunner, RemoteResult
+
+UPGRADE_IN_PROGRESS = 75  # the agent's answer while another upgrade of the node holds its lock
+
+
+def _upgrade_once(agent: NodeAgent, version: str, timeout: float) -> RemoteResult:
+    """Upgrade, or wait out an upgrade already running on the node (a crashed run's, which the node
+    finishes on its own) and take its outcome. The agent's "already at" makes the retry safe."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            return agent.upgrade(version)
+        except NodeCommandFailed as exc:
+            if exc.result.exit_code != UPGRADE_IN_PROGRESS or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 class StepFailed(Exception):
@@ -128,7 +146,7 @@ def upgrade_node(
             if before != plan.from_version:
                 raise StepFailed(f"at {before}, expected {plan.from_version}")
             with recorded(engine, run_id, node.id, "upgrade", detail=plan.to_version) as note:
-                note.output = agent.upgrade(plan.to_version).tail()
+                note.output = _upgrade_once(agent, plan.to_version, runtime.command_timeout).tail()
         with recorded(engine, run_id, node.id, "health") as note:
             health = agent.wait_healthy(timeout=runtime.health_timeout, interval=runtime.health_interval)
             note.output = health.detail

@@ -112,6 +112,11 @@ class UpgradeRun(SQLModel, table=True):
     source: str = Field(default="cli", max_length=16)
     requested_by: str = Field(default="", max_length=128)
     reason: str = Field(default="", description="why it failed or was cancelled")
+    case_ref: str | None = Field(default=None, max_length=32, description="the case this update resolves")
+    # Asked for by `upkeep pause|cancel RUN`; the flow honours it between nodes.
+    requested_action: str = Field(default="", max_length=16)
+    needs_approval: bool = False
+    approved_by: str = Field(default="", max_length=128)
     flow_run_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
     started_at: datetime | None = _when()

@@ -8,8 +8,8 @@ the configured CA; plain http is refused unless explicitly allowed (lab/dev).
 from __future__ import annotations
 
 import hashlib
-import ssl
 import re
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path

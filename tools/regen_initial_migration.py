@@ -1,17 +1,31 @@
-"""Regenerate inventory/migrations/versions/0001_initial.py from the models (pre-release squash)."""
-import sys, tempfile
-from pathlib import Path
+"""Regenerate inventory/migrations/versions/0001_initial.py from the models.
+
+Until the first release the schema history is squashed into one initial revision; after it, new
+revisions are added with `alembic revision --autogenerate` instead and this script is retired.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
 from alembic import command
 from alembic.config import Config
-from inventory.db import make_engine, MIGRATIONS
 
-for old in (MIGRATIONS / "versions").glob("*.py"):
-    old.unlink()
-tmp = tempfile.mkdtemp()
-engine = make_engine(f"sqlite:///{tmp}/gen.db")
-cfg = Config(); cfg.set_main_option("script_location", str(MIGRATIONS))
-with engine.begin() as conn:
-    cfg.attributes["connection"] = conn
-    command.revision(cfg, message="initial schema", autogenerate=True, rev_id="0001")
-for f in (MIGRATIONS / "versions").glob("0001*.py"):
-    f.rename(MIGRATIONS / "versions" / "0001_initial.py")
+from inventory.db import MIGRATIONS, make_engine
+
+
+def main() -> None:
+    for old in (MIGRATIONS / "versions").glob("*.py"):
+        old.unlink()
+    engine = make_engine(f"sqlite:///{tempfile.mkdtemp()}/gen.db")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.revision(config, message="initial schema", autogenerate=True, rev_id="0001")
+    for generated in (MIGRATIONS / "versions").glob("0001*.py"):
+        generated.rename(MIGRATIONS / "versions" / "0001_initial.py")
+
+
+if __name__ == "__main__":
+    main()

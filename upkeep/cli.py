@@ -72,6 +72,10 @@ def update(
     cluster: Annotated[str, typer.Argument(help="Cluster name, or customer/cluster.")],
     to: Annotated[str, typer.Option("--to", help="Target version, e.g. 9.10.0.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; touch nothing.")] = False,
+    case: Annotated[str | None, typer.Option("--case", help="The support case this update resolves.")] = None,
+    require_approval: Annotated[
+        bool, typer.Option("--require-approval", help="Pause after pre-flight until `upkeep approve`.")
+    ] = False,
     json: JsonOpt = False,
 ) -> None:
     """Upgrade CLUSTER to a newer release now, node by node."""
@@ -80,15 +84,62 @@ def update(
     if dry_run:
         print_plan(cluster, to, engine=_engine(), as_json=json)
         return
-    run_update(cluster, to, engine=_engine(), as_json=json)
+    run_update(cluster, to, engine=_engine(), as_json=json, case=case, require_approval=require_approval)
+
+
+RunArg = Annotated[int, typer.Argument(help="Run id (see `upkeep runs`).")]
+
+
+@app.command()
+def resume(run: RunArg, json: JsonOpt = False) -> None:
+    """Continue a crashed or paused run where it stopped; no node is upgraded twice."""
+    from upkeep.updates import resume_run
+
+    resume_run(run, engine=_engine(), as_json=json)
+
+
+@app.command()
+def pause(run: RunArg) -> None:
+    """Stop a run cleanly after the node in progress; `upkeep resume` continues it."""
+    import getpass
+
+    from upkeep.updates import request_stop
+
+    console.print(request_stop(run, "pause", engine=_engine(), actor=getpass.getuser()))
+
+
+@app.command()
+def cancel(run: RunArg) -> None:
+    """Cancel a run (a running one after the node in progress)."""
+    import getpass
+
+    from upkeep.updates import request_stop
+
+    console.print(request_stop(run, "cancel", engine=_engine(), actor=getpass.getuser()))
+
+
+@app.command()
+def approve(
+    run: RunArg,
+    refuse: Annotated[bool, typer.Option("--refuse", help="Refuse instead of approving.")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")] = "",
+) -> None:
+    """Answer a run waiting at its approval gate."""
+    import getpass
+
+    from upkeep.updates import approve_run
+
+    console.print(
+        approve_run(run, engine=_engine(), approved=not refuse, reason=reason, actor=getpass.getuser())
+    )
 
 
 @app.command()
 def runs(json: JsonOpt = False, limit: Annotated[int, typer.Option(help="How many.")] = 20) -> None:
     """Recent upgrade runs."""
     from inventory.db import session_scope
+    from inventory.run_report import run_row
     from inventory.runs import list_runs
-    from upkeep.views import run_row
 
     with session_scope(_engine()) as session:
         rows = [run_row(run, session) for run in list_runs(session=session, limit=limit)]

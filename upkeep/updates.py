@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from uuid import UUID
 
 from rich.table import Table
 from sqlalchemy.engine import Engine
@@ -11,9 +12,9 @@ from sqlmodel import col, select
 from flows.plan import UpdatePlan, plan_update
 from inventory.db import session_scope
 from inventory.models import UpgradeRun
+from inventory.run_report import node_rows, run_row
 from inventory.runs import get_run
 from upkeep.console import CliError, console, print_json
-from upkeep.views import node_rows, run_row
 
 
 def _plan(cluster: str, to_version: str, engine: Engine) -> UpdatePlan:
@@ -43,18 +44,50 @@ def print_plan(cluster: str, to_version: str, *, engine: Engine, as_json: bool) 
         )
 
 
-def run_update(cluster: str, to_version: str, *, engine: Engine, as_json: bool) -> int:
+def run_update(
+    cluster: str,
+    to_version: str,
+    *,
+    engine: Engine,
+    as_json: bool,
+    case: str | None = None,
+    require_approval: bool = False,
+) -> int:
     """Run the product-update flow in this process; returns the run id, raises CliError on failure."""
+    _plan(cluster, to_version, engine)  # refuses bad requests before Prefect starts
+    return _run_flow(
+        cluster, to_version, engine=engine, as_json=as_json, case=case, require_approval=require_approval
+    )
+
+
+def _run_flow(
+    cluster: str,
+    to_version: str,
+    *,
+    engine: Engine,
+    as_json: bool,
+    run_id: int | None = None,
+    case: str | None = None,
+    require_approval: bool = False,
+) -> int:
     import prefect
 
     from flows.product_update import product_update
     from upkeep.bootstrap import quiet_prefect
 
-    plan = _plan(cluster, to_version, engine)  # refuses bad requests before Prefect starts
-    tags = [f"customer:{plan.customer}", f"cluster:{plan.cluster}", "source:cli"]
+    plan = _plan(cluster, to_version, engine)
+    tags = [f"customer:{plan.customer}", f"cluster:{plan.cluster}", "source:cli"] + (
+        [f"case:{case}"] if case else []
+    )
     with quiet_prefect(), prefect.tags(*tags):
         state = product_update(
-            cluster=plan.cluster, to_version=to_version, requested_by=getpass.getuser(), return_state=True
+            cluster=plan.cluster,
+            to_version=to_version,
+            requested_by=getpass.getuser(),
+            run_id=run_id,
+            case=case,
+            require_approval=require_approval,
+            return_state=True,
         )
     with session_scope(engine) as session:
         run = session.exec(
@@ -64,11 +97,11 @@ def run_update(cluster: str, to_version: str, *, engine: Engine, as_json: bool) 
         ).first()
         if run is None or run.id is None:
             raise CliError(f"update of {plan.label} did not start: {state.message}")
-        run_id = run.id
-    show_run(run_id, engine=engine, as_json=as_json)
+        found_id, reason = run.id, run.reason
+    show_run(found_id, engine=engine, as_json=as_json)
     if state.is_failed():
-        raise CliError(f"run {run_id} failed: {run.reason or state.message}")
-    return run_id
+        raise CliError(f"run {found_id} failed: {reason or state.message}")
+    return found_id
 
 
 def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
@@ -97,3 +130,62 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
     console.print(table)
     if summary["reason"]:
         console.print(f"reason: {summary['reason']}", markup=False)
+
+
+def resume_run(run_id: int, *, engine: Engine, as_json: bool) -> int:
+    """Continue a crashed or paused run where it stopped; nodes already done are not touched."""
+    from inventory.models import Cluster, RunState
+
+    with session_scope(engine) as session:
+        try:
+            run = get_run(run_id, session=session)
+        except LookupError:
+            raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+        if not RunState(run.state).active:
+            raise CliError(f"run {run_id} is {run.state}: nothing to resume")
+        cluster = session.get(Cluster, run.cluster_id)
+        assert cluster is not None
+        name, to_version = cluster.name, run.to_version
+    return _run_flow(name, to_version, engine=engine, as_json=as_json, run_id=run_id)
+
+
+def request_stop(run_id: int, action: str, *, engine: Engine, actor: str) -> str:
+    """Ask a run to pause or cancel. A running flow honours it between nodes; a run with no
+    flow behind it (paused, planned, or crashed) is cancelled here and now."""
+    from inventory.models import AuditEvent, RunState
+    from inventory.runs import finish_run
+
+    with session_scope(engine) as session:
+        try:
+            run = get_run(run_id, session=session)
+        except LookupError:
+            raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+        state = RunState(run.state)
+        if not state.active:
+            raise CliError(f"run {run_id} is {state}: it cannot be {action}d")
+        session.add(AuditEvent(actor=actor, action=f"run.{action}_requested", subject=f"run/{run_id}"))
+        if action == "cancel" and state is not RunState.running:
+            finish_run(run, RunState.cancelled, reason=f"cancelled by {actor} while {state}", session=session)
+            return f"run {run_id} cancelled"
+        if action == "pause" and state is RunState.paused:
+            return f"run {run_id} is already paused"
+        run.requested_action = action
+        session.add(run)
+    return f"run {run_id}: {action} requested; the node in progress finishes first"
+
+
+def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, actor: str) -> str:
+    from prefect.flow_runs import resume_flow_run
+
+    with session_scope(engine) as session:
+        try:
+            run = get_run(run_id, session=session)
+        except LookupError:
+            raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+        if not run.needs_approval or run.approved_by:
+            raise CliError(f"run {run_id} is not waiting for approval")
+        if not run.flow_run_id:
+            raise CliError(f"run {run_id} has not reached its approval gate yet")
+        flow_run_id = run.flow_run_id
+    resume_flow_run(UUID(flow_run_id), run_input={"approved": approved, "approver": actor, "reason": reason})
+    return f"run {run_id} {'approved' if approved else 'refused'}"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:13:09.245667
+Create Date: 2026-11-23 12:32:05.615426
 """
 
 from __future__ import annotations
@@ -112,6 +112,10 @@ def upgrade() -> None:
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('requested_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('case_ref', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('requested_action', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('needs_approval', sa.Boolean(), nullable=False),
+    sa.Column('approved_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
     sa.Column('flow_run_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('created_at', inventory.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('started_at', inventory.types.UTCDateTime(timezone=True), nullable=True),

@@ -1,0 +1,57 @@
+"""The optional approval gate: the run pauses in Prefect until someone approves or refuses it.
+
+`upkeep approve RUN` (or the Prefect UI's resume form) answers with an `Approval`. The pause keeps the
+cluster claimed, so nothing else can start on it while the question is open.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+
+from flows.plan import UpdatePlan
+from flows.runtime import Runtime
+from inventory.db import session_scope
+from inventory.models import AuditEvent
+from inventory.runs import get_run
+
+
+class Approval(RunInput):
+    approved: bool
+    approver: str = ""
+    reason: str = ""
+
+
+def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> bool:
+    """True when the run may go on: no approval needed, already given, or given now."""
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        if not run.needs_approval or run.approved_by:
+            return True
+    get_run_logger().warning(
+        "run %s (%s) waits for approval: `upkeep approve %s` or resume it in the Prefect UI",
+        run_id,
+        plan.label,
+        run_id,
+    )
+    answer = pause_flow_run(
+        wait_for_input=Approval,
+        timeout=int(runtime.approval_timeout),
+        poll_interval=1,
+        key=f"approval-{run_id}",
+    )
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        if answer.approved:
+            run.approved_by = answer.approver or "unknown"
+            session.add(run)
+        session.add(
+            AuditEvent(
+                actor=answer.approver or "unknown",
+                action="run.approved" if answer.approved else "run.refused",
+                subject=f"run/{run_id}",
+                detail={"reason": answer.reason},
+            )
+        )
+    return answer.approved

@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import inventory.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import inventory.outbox as _outbox  # noqa: F401  (registers the notice outbox table)
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:32:05.615426
+Create Date: 2026-11-23 12:33:27.504832
 """
 
 from __future__ import annotations
@@ -86,6 +86,33 @@ def upgrade() -> None:
     with op.batch_alter_table('contact', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_contact_customer_id'), ['customer_id'], unique=False)
 
+    op.create_table('notice',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('idempotency_key', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('update_ref', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=False),
+    sa.Column('customer_id', sa.Integer(), nullable=False),
+    sa.Column('recipients', sa.JSON(), nullable=False),
+    sa.Column('subject', sqlmodel.sql.sqltypes.AutoString(length=998), nullable=False),
+    sa.Column('body_text', sa.Text(), nullable=False),
+    sa.Column('body_html', sa.Text(), nullable=False),
+    sa.Column('ics', sa.Text(), nullable=False),
+    sa.Column('state', sa.Enum('pending', 'sent', 'failed', name='noticestate'), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=False),
+    sa.Column('next_attempt_at', inventory.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', inventory.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', inventory.types.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('idempotency_key', name='uq_notice_idempotency_key')
+    )
+    with op.batch_alter_table('notice', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_notice_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index('ix_notice_due', ['state', 'next_attempt_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_notice_update_ref'), ['update_ref'], unique=False)
+
     op.create_table('node',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('cluster_id', sa.Integer(), nullable=False),
@@ -163,6 +190,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_node_cluster_id'))
 
     op.drop_table('node')
+    with op.batch_alter_table('notice', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_notice_update_ref'))
+        batch_op.drop_index('ix_notice_due')
+        batch_op.drop_index(batch_op.f('ix_notice_customer_id'))
+
+    op.drop_table('notice')
     with op.batch_alter_table('contact', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_contact_customer_id'))
 

@@ -1,0 +1,177 @@
+"""The notice outbox: customer emails queued in the same transaction as the change that causes them.
+
+A schedule change and its notice commit or roll back together, so a customer is never told about a
+change that did not happen, and no change happens without its notice waiting to go out. A deliverer
+(flows/notify.py) sends due rows later and records the outcome here.
+
+Each notice has an idempotency key, `<update_ref>:<kind>:<sequence>`, unique in the table: queuing the
+same notice twice (a retried flow, a double click) yields the existing row, never a second email.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from inventory.types import UTCDateTime, utcnow
+
+__all__ = [
+    "BACKOFF",
+    "Notice",
+    "NoticeState",
+    "due_notices",
+    "idempotency_key",
+    "mark_attempt_failed",
+    "mark_sent",
+    "queue_notice",
+    "retry_delay",
+]
+
+# Wait before the next attempt after n failed ones: BACKOFF[n-1], the last entry repeating.
+BACKOFF = (timedelta(seconds=30), timedelta(minutes=2), timedelta(minutes=10), timedelta(hours=1))
+ERROR_CHARS = 2000
+
+
+class NoticeState(StrEnum):
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"  # permanently refused by the mail server: a person has to look
+
+
+def _time(*, nullable: bool) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+class Notice(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_notice_idempotency_key"),
+        Index("ix_notice_due", "state", "next_attempt_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(max_length=128)
+    kind: str = Field(max_length=16)
+    update_ref: str = Field(max_length=64, index=True)
+    sequence: int = 0
+    customer_id: int = Field(foreign_key="customer.id", index=True, ondelete="CASCADE")
+    recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    subject: str = Field(max_length=998)  # RFC 5322's line limit
+    body_text: str = Field(sa_column=Column(Text, nullable=False))
+    body_html: str = Field(sa_column=Column(Text, nullable=False))
+    ics: str = Field(default="", sa_column=Column(Text, nullable=False))  # empty: no invite
+    state: NoticeState = Field(default=NoticeState.pending, max_length=16)
+    attempts: int = 0
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False))
+    next_attempt_at: datetime | None = _time(nullable=True)  # NULL once sent or failed
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    sent_at: datetime | None = _time(nullable=True)
+
+
+def idempotency_key(update_ref: str, kind: str, sequence: int) -> str:
+    return f"{update_ref}:{kind}:{sequence}"
+
+
+def queue_notice(
+    *,
+    update_ref: str,
+    kind: str,
+    sequence: int,
+    customer_id: int,
+    recipients: Sequence[str],
+    subject: str,
+    body_text: str,
+    body_html: str,
+    ics: str = "",
+    session: Session,
+    now: datetime | None = None,
+) -> Notice:
+    """Add a notice to the caller's transaction (it commits or rolls back with the caller's change).
+
+    The same (update_ref, kind, sequence) queued again returns the row already there. The lookup
+    handles the usual case; the unique constraint, hit inside a savepoint, handles two transactions
+    queuing the same notice at once without spoiling the caller's transaction.
+    """
+    key = idempotency_key(update_ref, kind, sequence)
+    existing = _by_key(key, session=session)
+    if existing is not None:
+        return existing
+    if not recipients:
+        raise ValueError(f"notice {key}: no recipients")
+    now = now or utcnow()
+    notice = Notice(
+        idempotency_key=key,
+        kind=kind,
+        update_ref=update_ref,
+        sequence=sequence,
+        customer_id=customer_id,
+        recipients=list(recipients),
+        subject=subject,
+        body_text=body_text,
+        body_html=body_html,
+        ics=ics,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(notice)
+    except IntegrityError:
+        existing = _by_key(key, session=session)
+        if existing is None:  # the violation was about something else, e.g. an unknown customer
+            raise
+        return existing
+    return notice
+
+
+def due_notices(now: datetime, *, session: Session, limit: int = 100, lock: bool = False) -> Sequence[Notice]:
+    """Pending notices whose next attempt is due, oldest first.
+
+    With `lock`, the rows are claimed for this transaction: on PostgreSQL `FOR UPDATE SKIP LOCKED`, so
+    concurrent deliverers each get different rows; SQLite has one writer at a time anyway (our sessions
+    begin with BEGIN IMMEDIATE), so there the transaction itself is the claim.
+    """
+    query = (
+        select(Notice)
+        .where(Notice.state == NoticeState.pending, col(Notice.next_attempt_at) <= now)
+        .order_by(col(Notice.next_attempt_at), col(Notice.id))
+        .limit(limit)
+    )
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    return session.exec(query).all()
+
+
+def mark_sent(notice: Notice, *, now: datetime, session: Session) -> None:
+    notice.state = NoticeState.sent
+    notice.attempts += 1
+    notice.sent_at = now
+    notice.next_attempt_at = None
+    notice.last_error = ""
+    session.add(notice)
+
+
+def mark_attempt_failed(
+    notice: Notice, error: str, *, permanent: bool, now: datetime, session: Session
+) -> None:
+    """Record a failed attempt: retry after the backoff, or give up for good if `permanent`."""
+    notice.attempts += 1
+    notice.last_error = error[:ERROR_CHARS]
+    if permanent:
+        notice.state = NoticeState.failed
+        notice.next_attempt_at = None
+    else:
+        notice.next_attempt_at = now + retry_delay(notice.attempts)
+    session.add(notice)
+
+
+def retry_delay(failed_attempts: int) -> timedelta:
+    return BACKOFF[min(max(failed_attempts, 1), len(BACKOFF)) - 1]
+
+
+def _by_key(key: str, *, session: Session) -> Notice | None:
+    return session.exec(select(Notice).where(Notice.idempotency_key == key)).first()

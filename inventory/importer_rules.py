@@ -1,0 +1,149 @@
+"""Field rules for the inventory file: what each mapping may contain (TOP, CUSTOMER, ... RELEASE) and
+the checks its values must pass. A check returns what is wrong with a value, or None."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zoneinfo
+from collections.abc import Callable
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from inventory.models import AccessKind, ClusterKind
+from scheduling.versions import is_version
+
+Check = Callable[[Any], str | None]  # what is wrong with a value, or None
+
+
+def show(value: object) -> str:
+    """repr() for messages, so newlines and NULs stay visible; long values are cut."""
+    if isinstance(value, str) and len(value) > 80:
+        return f"{value[:80]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
+def _rule(ok: Callable[[Any], object], what: str) -> Check:
+    return lambda v: None if ok(v) else f"{show(v)} is not {what}"
+
+
+def _regex(pattern: str, what: str) -> Check:
+    return _rule(re.compile(pattern).fullmatch, what)
+
+
+def _choice(*allowed: str) -> Check:
+    return _rule(lambda v: v in allowed, f"one of {', '.join(allowed)}")
+
+
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*")
+
+
+def ip_address(value: str, *versions: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return address if address.version in versions and "%" not in value else None  # no IPv6 zone ids
+
+
+def is_hostname(value: str) -> bool:
+    """RFC 1123: dot-separated ASCII labels of 1-63 letters, digits and '-', not starting or ending with
+    '-', 253 characters at most; an all-numeric last label only as part of a valid IPv4 address."""
+    labels = value.split(".")
+    if len(value) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return False
+    return not labels[-1].isdigit() or ip_address(value, 4) is not None
+
+
+def _is_email(value: str) -> bool:
+    local, at, domain = value.rpartition("@")
+    return bool(at and len(value) <= 254 and _EMAIL_LOCAL.fullmatch(local) and len(local) <= 64) and (
+        is_hostname(domain)
+    )
+
+
+def _is_package(value: str) -> bool:
+    parts = value.split("/")
+    return (
+        bool(re.fullmatch(r"[A-Za-z0-9._/-]{1,255}", value))
+        and ".." not in value
+        and (parts[0] != "" and not any(part.startswith("-") for part in parts))
+    )
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones() - {"localtime", "Factory"})
+
+
+def _deadline(value: Any) -> str | None:
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return None
+    return f"{show(str(value))} must be a date and time with a zone, e.g. 2026-12-31T00:00:00Z"
+
+
+NAME = _regex(r"[a-z0-9][a-z0-9-]{0,62}", "a valid name (1-63 of a-z, 0-9 and '-', not starting with '-')")
+SSH_USER = _regex(r"[a-z_][a-z0-9_-]{0,31}", "a valid ssh user (^[a-z_][a-z0-9_-]{0,31}$)")
+PORT = _rule(lambda v: 1 <= v <= 65535, "a port number (1-65535)")
+VERSION = _rule(is_version, "a version (MAJOR.MINOR.PATCH, e.g. 9.10.0)")
+HOSTNAME = _rule(is_hostname, "an RFC 1123 hostname")
+
+Field = tuple[str, Check | None, bool]  # kind (str, int, seq, map or time), rule, required
+TOP: dict[str, Field] = {"customers": ("seq", None, True), "releases": ("seq", None, False)}
+CUSTOMER: dict[str, Field] = {
+    "name": ("str", NAME, True),
+    "timezone": ("str", _rule(lambda v: v in _zones(), "an IANA time zone (e.g. America/New_York)"), True),
+    "contacts": ("seq", None, False),
+    "clusters": ("seq", None, True),
+}
+CONTACT: dict[str, Field] = {
+    "email": ("str", _rule(_is_email, "a valid email address"), True),
+    # names end up in mail headers: no control characters
+    "name": (
+        "str",
+        _rule(lambda v: len(v) <= 128 and v.isprintable(), "printable text (128 at most)"),
+        False,
+    ),
+    "role": ("str", _choice("primary", "technical", "billing", "escalation"), False),
+}
+CLUSTER: dict[str, Field] = {
+    "name": ("str", NAME, True),
+    "kind": ("str", _choice(*ClusterKind), True),
+    "version": ("str", VERSION, True),
+    "profile": (
+        "str",
+        _regex(r"[a-z0-9][a-z0-9_-]{0,63}", "a valid profile (^[a-z0-9][a-z0-9_-]{0,63}$)"),
+        False,
+    ),
+    "ring": ("str", _choice("canary", "early", "broad"), False),
+    "access": ("map", None, True),
+    "nodes": ("seq", None, True),
+}
+DIRECT: dict[str, Field] = {"type": ("str", _choice(*AccessKind), True)}
+JUMP: dict[str, Field] = {
+    **DIRECT,
+    "host": ("str", _rule(is_hostname, "a hostname or an IPv4 address"), True),
+    "port": ("int", PORT, False),
+    "user": ("str", SSH_USER, False),
+}
+NODE: dict[str, Field] = {
+    "hostname": ("str", HOSTNAME, True),
+    "address": ("str", _rule(lambda v: is_hostname(v) or ip_address(v, 4, 6), "a hostname or an IP"), False),
+    "port": ("int", PORT, False),
+    "user": ("str", SSH_USER, False),
+}
+RELEASE: dict[str, Field] = {
+    "version": ("str", VERSION, True),
+    "package": ("str", _rule(_is_package, "a relative path of [A-Za-z0-9._/-] without '..'"), True),
+    "sha256": ("str", _regex(r"[0-9a-f]{64}", "64 lowercase hex digits"), True),
+    "from": ("seq", None, True),
+    "deadline": ("time", _deadline, False),
+}
+
+
+def address_key(address: str) -> str:
+    """Addresses compared the way a resolver would: IPs in canonical form, names without case."""
+    ip = ip_address(address, 4, 6)
+    return str(ip) if ip else address.lower()

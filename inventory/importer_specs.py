@@ -1,0 +1,79 @@
+"""What a valid inventory file says (InventoryDoc and its *Spec parts), and the Problems that keep an
+invalid one from becoming an InventoryDoc. Plain data: no YAML, no database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int | None  # None only when the file as a whole is unusable (cannot be read)
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
+
+
+class InventoryError(ValueError):
+    """An inventory that cannot be imported; `errors` lists every problem found."""
+
+    def __init__(self, errors: list[Problem]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(map(str, self.errors)))
+
+
+@dataclass(frozen=True)
+class ContactSpec:
+    email: str
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    hostname: str
+    address: str
+    port: int
+    user: str
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    kind: str
+    version: str
+    profile: str
+    ring: str
+    access: dict[str, Any]  # {"type": "direct"} or {"type": "jump", "host": ..., "port": ..., "user": ...}
+    nodes: list[NodeSpec]
+    line: int
+
+
+@dataclass(frozen=True)
+class CustomerSpec:
+    name: str
+    timezone: str
+    contacts: list[ContactSpec]
+    clusters: list[ClusterSpec]
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    version: str
+    package: str
+    sha256: str
+    upgradable_from: list[str]
+    deadline: datetime | None  # UTC
+
+
+@dataclass(frozen=True)
+class InventoryDoc:
+    path: Path
+    sha256: str  # of the file's bytes, for the audit trail
+    customers: list[CustomerSpec]
+    releases: list[ReleaseSpec]

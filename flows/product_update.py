@@ -24,6 +24,7 @@ from inventory import repo
 from inventory.db import session_scope
 from inventory.models import RunState
 from inventory.runs import create_run, finish_run, get_run
+from tasks.failpoints import failpoint
 
 
 class RunMismatch(ValueError):
@@ -78,6 +79,7 @@ def product_update(
                     return _stop(plan, run_id, stop, outcomes)
                 outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node)
                 log.info("%s: %s", node.hostname, outcomes[node.hostname])
+                failpoint(f"after-node:{node.position}")
             progress.update(number)
     except Exception as exc:
         _finish(plan, run_id, RunState.failed, reason=str(exc))

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.plan import PlannedNode, UpdatePlan
 from flows.records import recorded
 from flows.runtime import Runtime
+from tasks.failpoints import failpoint_soon
 from tasks.node import NodeAgent, NodeCommandFailed
 from tasks.ssh import FabricRunner, RemoteResult
 
@@ -146,8 +147,10 @@ def upgrade_node(
             if before != plan.from_version:
                 raise StepFailed(f"at {before}, expected {plan.from_version}")
             with recorded(engine, run_id, node.id, "upgrade", detail=plan.to_version) as note:
+                failpoint_soon(f"mid-upgrade:{node.position}", 0.3)
                 note.output = _upgrade_once(agent, plan.to_version, runtime.command_timeout).tail()
         with recorded(engine, run_id, node.id, "health") as note:
+            failpoint_soon(f"mid-health:{node.position}", 0.2)
             health = agent.wait_healthy(timeout=runtime.health_timeout, interval=runtime.health_interval)
             note.output = health.detail
             if not health.healthy:

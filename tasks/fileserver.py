@@ -17,6 +17,8 @@ from typing import Protocol
 
 import httpx
 
+from tasks.failpoints import failpoint
+
 CHUNK = 1 << 20
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
@@ -99,6 +101,8 @@ class HttpFileServer:
                         with part.open(mode) as out:
                             for chunk in response.iter_bytes(CHUNK):
                                 out.write(chunk)
+                                out.flush()
+                                failpoint("mid-download")
                     break
                 except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
                     last = exc  # a cut mid-body: retry from what we have

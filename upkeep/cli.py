@@ -8,6 +8,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
@@ -20,11 +21,21 @@ app.add_typer(inventory_app, name="inventory")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-def _engine() -> Engine:
-    from upkeep.bootstrap import open_database
-    from upkeep.settings import load_settings
+_opened: dict[str, Engine] = {}
 
-    return open_database(load_settings())
+
+def _engine() -> Engine:
+    """The database of the settings in force, opened (and migrated) once per command; flows run by
+    this command get a Runtime built from the same settings and engine."""
+    if "engine" not in _opened:
+        from flows import runtime as flow_runtime
+        from upkeep.bootstrap import build_runtime, open_database
+        from upkeep.settings import load_settings
+
+        settings = load_settings()
+        engine = _opened["engine"] = open_database(settings)
+        flow_runtime.configure(lambda: build_runtime(settings, engine=engine))
+    return _opened["engine"]
 
 
 @inventory_app.command("import")
@@ -217,11 +228,11 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except CliError as exc:
-        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.code)
     except Exception as exc:
         message = explain(exc)
         if message is None:
             raise
-        err_console.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/] {message}", soft_wrap=True)
         sys.exit(1)

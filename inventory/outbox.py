@@ -65,7 +65,7 @@ class Notice(SQLModel, table=True):
     body_html: str = Field(sa_column=Column(Text, nullable=False))
     ics: str = Field(default="", sa_column=Column(Text, nullable=False))  # empty: no invite
     state: NoticeState = Field(default=NoticeState.pending, max_length=16)
-    attempts: int = 0
+    attempts: int = 0  # tries so far, the successful one included
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False))
     next_attempt_at: datetime | None = _time(nullable=True)  # NULL once sent or failed
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))

@@ -22,7 +22,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-__all__ = ["NoticeContext", "NoticeKind", "RenderedNotice", "environment", "format_slot", "render_notice"]
+__all__ = [
+    "NoticeContext",
+    "NoticeKind",
+    "RenderedNotice",
+    "environment",
+    "format_duration",
+    "format_slot",
+    "render_notice",
+    "template_variables",
+]
 
 TEMPLATE_DIR = Path(__file__).parent
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -1,0 +1,202 @@
+"""Customer notices: queue one with the change that causes it, deliver the outbox later (`notices send`).
+
+Exactly once, and where that stops being true:
+
+* Queuing: `queue_for` writes the rendered notice into the caller's transaction, so the notice exists
+  if and only if the schedule change committed; its idempotency key (`update_ref:kind:sequence`) is
+  unique, so queuing it again returns the same row.
+* Delivery: `deliver_pending` handles one row per transaction. It claims the row (PostgreSQL
+  `FOR UPDATE SKIP LOCKED`; on SQLite the BEGIN IMMEDIATE write lock), sends it and marks it sent
+  before committing, so two deliverers never send the same row and a sent row is never picked again.
+  If the mail server is unreachable the rows stay pending with a backoff and go out on a later call.
+* The remaining window is at-least-once: if the process dies, or the commit fails, after the mail
+  server accepted the message (its final 250 to DATA) but before the commit, the row is still pending
+  and is sent again. SMTP has no two-phase commit, so this cannot be closed, only made recognisable:
+  every attempt carries the same Message-ID (derived from the idempotency key) and an
+  `X-Upkeep-Idempotency-Key` header, so receivers that deduplicate on Message-ID drop the copy and a
+  person can tell it is one. The window is one message wide because each row commits on its own.
+* Holding the claim across the SMTP exchange keeps the SQLite write lock for that long: other writers
+  wait (busy timeout 30 s) for at most one message's exchange, bounded by the transport's timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from email.utils import parseaddr
+from typing import Any
+
+from prefect import flow, get_run_logger
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from flows.runtime import current
+from inventory.db import session_scope
+from inventory.outbox import (
+    Notice,
+    due_notices,
+    idempotency_key,
+    mark_attempt_failed,
+    mark_sent,
+    queue_notice,
+)
+from inventory.types import utcnow
+from tasks.mail import MailError, MailTransport, PermanentMailError, build_message, message_id_for
+from templates import NoticeContext, RenderedNotice, render_notice
+from templates.ics import INVITE_KINDS, invite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FailedNotice:
+    key: str
+    customer_id: int
+    recipients: list[str]
+    error: str
+
+
+@dataclass
+class DeliveryReport:
+    """What one delivery call did. `failed` and `transport_error` need a person (tell the SRE)."""
+
+    sent: list[str] = field(default_factory=list)  # idempotency keys
+    retrying: list[str] = field(default_factory=list)  # still pending, with a later next attempt
+    failed: list[FailedNotice] = field(default_factory=list)  # refused for good
+    transport_error: str = ""  # the mail server could not be used at all during this call
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def queue_for(
+    ctx: NoticeContext, *, customer_id: int, session: Session, stamp: datetime | None = None
+) -> Notice:
+    """Render `ctx` and queue it in the caller's transaction (call it where the change is written).
+
+    The whole message is built once here, so a notice that could never be sent (a recipient that is not
+    an address, CR/LF in the subject) fails now, in the caller's transaction, not hours later.
+    """
+    rendered = render_notice(ctx.kind, ctx)
+    ics = invite(ctx, stamp=stamp) if ctx.kind in INVITE_KINDS else None
+    key = idempotency_key(ctx.update_ref, ctx.kind, ctx.sequence)
+    build_message(
+        rendered,
+        ics,
+        sender="upkeep@localhost",
+        recipients=ctx.recipients,
+        message_id=message_id_for(key),
+        idempotency_key=key,
+    )
+    return queue_notice(
+        update_ref=ctx.update_ref,
+        kind=ctx.kind.value,
+        sequence=ctx.sequence,
+        customer_id=customer_id,
+        recipients=ctx.recipients,
+        subject=rendered.subject,
+        body_text=rendered.text,
+        body_html=rendered.html,
+        ics=ics.decode() if ics is not None else "",
+        session=session,
+        now=stamp,
+    )
+
+
+def deliver_pending(
+    engine: Engine, transport: MailTransport, *, now: datetime, sender: str, limit: int = 100
+) -> DeliveryReport:
+    """Send up to `limit` due notices, one transaction each (see the module docstring)."""
+    report = DeliveryReport()
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "upkeep"
+    handled = 0
+    while handled < limit and not report.transport_error:
+        with session_scope(engine) as session:
+            claimed = due_notices(now, session=session, limit=1, lock=True)
+            if not claimed:
+                break
+            _deliver_one(
+                claimed[0], transport, report, now=now, sender=sender, domain=domain, session=session
+            )
+        handled += 1
+    if report.transport_error and handled < limit:
+        # The server is down for everyone: record the attempt on the other due rows without trying
+        # each (a timeout per row would add up), so they all back off together.
+        with session_scope(engine) as session:
+            for notice in due_notices(now, session=session, limit=limit - handled, lock=True):
+                error = f"not tried, mail server unusable: {report.transport_error}"
+                mark_attempt_failed(notice, error, permanent=False, now=now, session=session)
+                report.retrying.append(notice.idempotency_key)
+    return report
+
+
+def _deliver_one(
+    notice: Notice,
+    transport: MailTransport,
+    report: DeliveryReport,
+    *,
+    now: datetime,
+    sender: str,
+    domain: str,
+    session: Session,
+) -> None:
+    key = notice.idempotency_key
+    try:
+        message = build_message(
+            RenderedNotice(notice.subject, notice.body_text, notice.body_html),
+            notice.ics.encode() if notice.ics else None,
+            sender=sender,
+            recipients=notice.recipients,
+            message_id=message_id_for(key, domain),
+            idempotency_key=key,
+            date=now,
+        )
+    except ValueError as exc:  # cannot become a valid message, however often we try
+        _failed(notice, report, f"cannot build the message: {exc}", now=now, session=session)
+        return
+    try:
+        transport.send(message)
+    except MailError as exc:
+        if exc.transport:
+            report.transport_error = str(exc)
+        if isinstance(exc, PermanentMailError) and not exc.transport:
+            _failed(notice, report, str(exc), now=now, session=session)
+            return
+        mark_attempt_failed(notice, str(exc), permanent=False, now=now, session=session)
+        report.retrying.append(key)
+        return
+    except Exception as exc:  # a bug in a transport must not block the rows behind this one
+        log.exception("sending notice %s failed unexpectedly", key)
+        mark_attempt_failed(notice, f"unexpected: {exc!r}", permanent=False, now=now, session=session)
+        report.retrying.append(key)
+        return
+    mark_sent(notice, now=now, session=session)
+    report.sent.append(key)
+
+
+def _failed(notice: Notice, report: DeliveryReport, error: str, *, now: datetime, session: Session) -> None:
+    mark_attempt_failed(notice, error, permanent=True, now=now, session=session)
+    report.failed.append(
+        FailedNotice(notice.idempotency_key, notice.customer_id, list(notice.recipients), error)
+    )
+
+
+@flow(name="deliver-notices")
+def deliver_notices(limit: int = 100) -> dict[str, Any]:
+    """`upkeep notices send`: deliver due notices through the configured mailer; returns the report."""
+    runtime = current()
+    report = deliver_pending(
+        runtime.engine,
+        getattr(runtime, "mailer"),  # noqa: B009  (Runtime gains `mailer` and `mail_from` in flows/runtime.py)
+        now=utcnow(),
+        sender=getattr(runtime, "mail_from"),  # noqa: B009
+        limit=limit,
+    )
+    logger = get_run_logger()
+    logger.info("notices: %d sent, %d retrying later", len(report.sent), len(report.retrying))
+    if report.transport_error:
+        logger.error("mail server unusable: %s", report.transport_error)
+    for failure in report.failed:
+        logger.error("notice %s refused for good: %s", failure.key, failure.error)
+    return report.as_dict()

@@ -1,0 +1,200 @@
+"""The real `upkeep` command line, run as a subprocess against a SQLite database in a temporary home:
+what an SRE types and reads, including how it refuses bad input (one clear message, exit 1, nothing
+written, no traceback).
+
+Each subprocess costs over a second of imports, so one imported home is shared by the tests that only
+read it or must leave it unchanged. PostgreSQL is not driven from here: the CLI selects a database by
+URL alone, and the per-test PostgreSQL schemas are not; importing into PostgreSQL and reading the same
+inventory back is covered by test_inventory_db.py on both databases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inventory.importer import InventoryError, load_inventory
+
+SHA = "cd" * 32
+
+# Every field written out, so that what `inventory show --json` returns is exactly this file, parsed.
+GOOD = f"""\
+customers:
+  - name: acme
+    timezone: America/New_York
+    contacts:
+      - {{email: ops@acme.example, name: Acme Ops, role: primary}}
+    clusters:
+      - name: acme-c1
+        kind: software
+        version: 9.8.0
+        profile: standard
+        ring: broad
+        access: {{type: direct}}
+        nodes:
+          - {{hostname: acme-c1-n1, address: 127.0.0.1, port: 40001, user: root}}
+          - {{hostname: acme-c1-n2, address: 127.0.0.1, port: 40002, user: root}}
+      - name: acme-c2
+        kind: cloud
+        version: 9.9.0
+        profile: large
+        ring: canary
+        access: {{type: jump, host: jump.acme.example, port: 2222, user: upkeep}}
+        nodes:
+          - {{hostname: acme-c2-n1, address: "fd00::12", port: 22, user: upkeep}}
+  - name: umbrella
+    timezone: Australia/Lord_Howe
+    contacts: []
+    clusters:
+      - name: umbrella-c1
+        kind: cloud
+        version: 9.8.0
+        profile: standard
+        ring: early
+        access: {{type: direct}}
+        nodes:
+          - {{hostname: u1-n1, address: 10.0.0.7, port: 22, user: upkeep}}
+releases:
+  - version: 9.9.0
+    package: releases/upkeep-product-9.9.0.tar.gz
+    sha256: {SHA}
+    from: [9.8.0]
+    deadline: null
+"""
+
+# Five problems on five lines; the good cluster in between must not be written either.
+BAD = f"""\
+customers:
+  - name: acme
+    timezone: Mars/Olympus
+    clusters:
+      - name: acme-c1
+        kind: metal
+        version: 9.8.0
+        access: {{type: direct}}
+        nodes:
+          - {{hostname: acme-c1-n1, address: 127.0.0.1, port: 70000}}
+      - name: acme-c9
+        kind: cloud
+        version: 9.9.0
+        access: {{type: direct}}
+        nodes: [{{hostname: acme-c9-n1}}]
+releases:
+  - version: 9.9
+    package: ../outside.tar.gz
+    sha256: {SHA}
+    from: [9.8.0]
+"""
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    """This process's environment with no UPKEEP_ variable but UPKEEP_HOME, and plain (uncoloured,
+    80-column, the default when piped) output whatever the terminal running the tests."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("UPKEEP_")}
+    for key in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES"):
+        env.pop(key, None)
+    env["UPKEEP_HOME"] = str(home)
+    env["PREFECT_HOME"] = str(home.parent / "prefect")  # keep the user's ~/.prefect out of it
+    return env
+
+
+def upkeep(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "upkeep", *args],
+        env={**cli_env(home), **extra_env},
+        cwd=home.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def database(home: Path) -> tuple[bytes, bytes]:
+    """The SQLite database byte for byte: its file, and the write-ahead log's frames not yet copied into
+    it (none when there is no log). The -shm index is not content: a process may leave one behind."""
+    wal = home / "upkeep.db-wal"
+    return (home / "upkeep.db").read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def imported_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home whose database holds GOOD, imported through the CLI. Tests using it must not change it."""
+    root = tmp_path_factory.mktemp("cli")
+    good = root / "good.yaml"
+    good.write_text(GOOD)
+    home = root / "home"
+    result = upkeep(home, "inventory", "import", str(good))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"imported {good}: "), result.stdout
+    no_traceback(result)
+    assert database(home)[0], "the import created no database"
+    return home
+
+
+def test_show_json_returns_the_imported_file(imported_home: Path) -> None:
+    result = upkeep(imported_home, "inventory", "show", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == yaml.safe_load(GOOD)
+
+
+def test_bad_file_lists_every_problem_and_writes_nothing(imported_home: Path) -> None:
+    bad = imported_home.parent / "bad.yaml"
+    bad.write_text(BAD)
+    with pytest.raises(InventoryError) as info:
+        load_inventory(bad)
+    expected = [f"{bad}:{problem.line}: {problem.message}" for problem in info.value.errors]
+    assert len({problem.line for problem in info.value.errors}) >= 5, expected
+    before = database(imported_home)
+
+    result = upkeep(imported_home, "inventory", "import", str(bad))
+
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    no_traceback(result)
+    assert result.stdout == ""
+    # One problem a line, each whole ("error: " may lead the first); none wrapped, none extra.
+    lines = [line.removeprefix("error: ") for line in result.stderr.splitlines()]
+    assert lines == expected, result.stderr
+    assert lines[0].startswith(f"{bad}:3: customer: timezone: 'Mars/Olympus' is not")
+    assert database(imported_home) == before
+
+
+def test_missing_file_is_one_clear_line(imported_home: Path) -> None:
+    missing = Path("/nonexistent.yaml")
+    assert not missing.exists()
+    before = database(imported_home)
+    result = upkeep(imported_home, "inventory", "import", str(missing))
+    assert result.returncode == 1
+    no_traceback(result)
+    assert result.stdout == ""
+    assert result.stderr == f"error: {missing}: cannot read the file: No such file or directory\n"
+    assert database(imported_home) == before
+
+
+def test_unknown_run_is_refused(imported_home: Path) -> None:
+    result = upkeep(imported_home, "show", "999")
+    assert result.returncode == 1
+    no_traceback(result)
+    assert "no run 999" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_settings_json_masks_the_file_server_password(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    result = upkeep(home, "settings", "--json", UPKEEP_FILESERVER_PASSWORD="MARKER-xyz")
+    assert result.returncode == 0, result.stderr
+    assert "MARKER" not in result.stdout + result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    assert data["fileserver_password"] == "**********"  # set, and masked
+    assert data["home"] == str(home)  # the environment given is the one in force

@@ -7,11 +7,9 @@ from uuid import UUID
 
 from rich.table import Table
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
 
 from flows.plan import UpdatePlan, plan_update
 from inventory.db import session_scope
-from inventory.models import UpgradeRun
 from inventory.run_report import node_rows, run_row
 from inventory.runs import get_run
 from upkeep.console import CliError, console, print_json
@@ -53,55 +51,55 @@ def run_update(
     case: str | None = None,
     require_approval: bool = False,
 ) -> int:
-    """Run the product-update flow in this process; returns the run id, raises CliError on failure."""
-    _plan(cluster, to_version, engine)  # refuses bad requests before Prefect starts
-    return _run_flow(
-        cluster, to_version, engine=engine, as_json=as_json, case=case, require_approval=require_approval
-    )
+    """Claim the cluster with a new run, then run the product-update flow in this process.
+
+    Claiming first means a concurrent second update is refused at once, by the database, before
+    Prefect starts. Returns the run id; raises CliError when the run does not succeed."""
+    from inventory import repo
+    from inventory.models import RunState
+    from inventory.runs import create_run
+
+    plan = _plan(cluster, to_version, engine)  # refuses bad requests before anything is written
+    with session_scope(engine) as session:
+        run = create_run(
+            repo.get_cluster(plan.cluster, session=session),
+            to_version=to_version,
+            source="cli",
+            requested_by=getpass.getuser(),
+            session=session,
+            state=RunState.planned,
+        )
+        run.case_ref, run.needs_approval = case, require_approval
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        run_id = run.id
+    return _run_flow(plan, run_id, engine=engine, as_json=as_json)
 
 
-def _run_flow(
-    cluster: str,
-    to_version: str,
-    *,
-    engine: Engine,
-    as_json: bool,
-    run_id: int | None = None,
-    case: str | None = None,
-    require_approval: bool = False,
-) -> int:
+def _run_flow(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool) -> int:
     import prefect
 
     from flows.product_update import product_update
     from upkeep.bootstrap import quiet_prefect
 
-    plan = _plan(cluster, to_version, engine)
-    tags = [f"customer:{plan.customer}", f"cluster:{plan.cluster}", "source:cli"] + (
-        [f"case:{case}"] if case else []
-    )
+    with session_scope(engine) as session:
+        case = get_run(run_id, session=session).case_ref
+    tags = [f"customer:{plan.customer}", f"cluster:{plan.cluster}", "source:cli"]
+    tags += [f"case:{case}"] if case else []
     with quiet_prefect(), prefect.tags(*tags):
         state = product_update(
-            cluster=plan.cluster,
-            to_version=to_version,
-            requested_by=getpass.getuser(),
-            run_id=run_id,
-            case=case,
-            require_approval=require_approval,
-            return_state=True,
+            cluster=plan.cluster, to_version=plan.to_version, run_id=run_id, return_state=True
         )
     with session_scope(engine) as session:
-        run = session.exec(
-            select(UpgradeRun)
-            .where(UpgradeRun.cluster_id == plan.cluster_id)
-            .order_by(col(UpgradeRun.id).desc())
-        ).first()
-        if run is None or run.id is None:
-            raise CliError(f"update of {plan.label} did not start: {state.message}")
-        found_id, reason = run.id, run.reason
-    show_run(found_id, engine=engine, as_json=as_json)
+        run = get_run(run_id, session=session)
+        reason, run_state = run.reason, run.state
+    show_run(run_id, engine=engine, as_json=as_json)
     if state.is_failed():
-        raise CliError(f"run {found_id} failed: {reason or state.message}")
-    return found_id
+        raise CliError(f"run {run_id} failed: {reason or state.message}")
+    if run_state != "succeeded":
+        console.print(f"run {run_id} is {run_state}: {reason}", markup=False)
+    return run_id
 
 
 def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
@@ -146,7 +144,7 @@ def resume_run(run_id: int, *, engine: Engine, as_json: bool) -> int:
         cluster = session.get(Cluster, run.cluster_id)
         assert cluster is not None
         name, to_version = cluster.name, run.to_version
-    return _run_flow(name, to_version, engine=engine, as_json=as_json, run_id=run_id)
+    return _run_flow(_plan(name, to_version, engine), run_id, engine=engine, as_json=as_json)
 
 
 def request_stop(run_id: int, action: str, *, engine: Engine, actor: str) -> str:

@@ -17,7 +17,8 @@ import pytest
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-LAB_CLUSTERS = 8
+LAB_CLUSTERS = 20
+SLOW_LAB_CLUSTERS = 10
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +92,82 @@ def _runtime(lab: Any, lab_settings: Any, engine: Any) -> Iterator[Any]:
 
 def nodes_of(lab: Any, cluster: str) -> list[dict[str, Any]]:
     return [node for node in lab.status()["nodes"] if node["cluster"] == cluster]
+
+
+@pytest.fixture(scope="session")
+def slow_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A second fleet whose upgrades and health checks take long enough for a crash, a pause or an
+    approval to land in the middle of them."""
+    from upkeep.lab import Lab
+
+    lab = Lab(tmp_path_factory.mktemp("slowlab"))
+    lab.up(clusters=SLOW_LAB_CLUSTERS, nodes=3, upgrade_seconds=0.6, health_delay=0.5)
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+_slow_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def fresh_slow_cluster(slow_lab: Any) -> str:
+    clusters = list(dict.fromkeys(node["cluster"] for node in slow_lab.status()["nodes"]))
+    number = next(_slow_numbers)
+    if number > len(clusters):
+        pytest.fail(f"the slow lab has only {len(clusters)} clusters; raise SLOW_LAB_CLUSTERS")
+    return clusters[number - 1]
+
+
+@pytest.fixture(scope="session")
+def slow_cli_env(
+    slow_lab: Any, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment for running the real `upkeep` CLI in a subprocess against the slow lab, a SQLite
+    database of its own and the session's Prefect test server."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env.update({f"UPKEEP_{k.upper()}": str(v) for k, v in slow_lab.settings_overrides().items()})
+    env.update(
+        {
+            "UPKEEP_HOME": str(home),
+            "UPKEEP_HEALTH_TIMEOUT": "10",
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-m", "upkeep", "inventory", "import", str(slow_lab.inventory_path)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return env
+
+
+def upkeep_cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 180) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "upkeep", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+    )
+
+
+def cli_engine(env: dict[str, str]) -> Any:
+    from inventory.db import make_engine
+
+    return make_engine(f"sqlite:///{Path(env['UPKEEP_HOME']) / 'upkeep.db'}")

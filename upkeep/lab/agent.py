@@ -86,6 +86,8 @@ def write_atomic(path: Path, data: str) -> None:
 def cmd_health(node: Node) -> tuple[int, str]:
     if node.fault == "unhealthy":
         return 1, "unhealthy: simulated fault"
+    if node.fault == "bad-upgrade" and (node.root / "upgraded_at").exists():
+        return 1, "unhealthy: service failed to start after the upgrade (simulated fault)"
     try:
         since = time.time() - float((node.root / "upgraded_at").read_text())
     except (FileNotFoundError, ValueError):

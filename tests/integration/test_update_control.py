@@ -1,0 +1,139 @@
+"""Controlling runs from the CLI while they run: concurrent updates, pause and resume, approval.
+
+Real `upkeep` processes against the slow lab and the session's Prefect test server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import pytest
+from sqlmodel import col, select
+
+from inventory.db import session_scope
+from inventory.models import Cluster, Node, NodeStep, RunState, UpgradeRun
+from tests.integration.conftest import cli_engine, upkeep_cli
+
+pytestmark = [pytest.mark.lab, pytest.mark.prefect]
+TARGET = "9.10.0"
+
+
+def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "upkeep", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _run(engine: Any, cluster: str) -> UpgradeRun | None:
+    with session_scope(engine) as session:
+        cluster_id = session.exec(select(Cluster.id).where(Cluster.name == cluster)).one()
+        return session.exec(
+            select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id).order_by(col(UpgradeRun.id).desc())
+        ).first()
+
+
+def _step_started(engine: Any, run_id: int, position: int, step: str) -> bool:
+    with session_scope(engine) as session:
+        return (
+            session.exec(
+                select(NodeStep.id)
+                .join(Node, col(Node.id) == col(NodeStep.node_id))
+                .where(NodeStep.run_id == run_id, Node.position == position, NodeStep.step == step)
+            ).first()
+            is not None
+        )
+
+
+def _upgrades(lab: Any, cluster: str) -> list[int]:
+    return [len(lab.upgrade_log(n["hostname"])) for n in lab.status()["nodes"] if n["cluster"] == cluster]
+
+
+def test_two_concurrent_updates_of_one_cluster_exactly_one_runs(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    procs = [_start(slow_cli_env, "update", fresh_slow_cluster, "--to", TARGET) for _ in range(2)]
+    results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 1], results
+    refused = next(err for code, _, err in results if code == 1)
+    assert f"cluster {fresh_slow_cluster} already has an active update" in refused
+    assert "Traceback" not in refused
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [1, 1, 1]
+
+
+def test_pause_finishes_the_node_in_progress_and_resume_completes(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    engine = cli_engine(slow_cli_env)
+    proc = _start(slow_cli_env, "update", fresh_slow_cluster, "--to", TARGET)
+    run = _wait_for(lambda: _run(engine, fresh_slow_cluster), "the run to be claimed")
+    _wait_for(lambda: _step_started(engine, run.id, 1, "upgrade"), "node 1's upgrade to start")
+
+    paused = upkeep_cli(slow_cli_env, "pause", str(run.id))
+    assert "pause requested" in paused.stdout
+    assert proc.wait(timeout=120) == 0, proc.communicate()
+
+    after_pause = _run(engine, fresh_slow_cluster)
+    assert after_pause is not None and after_pause.state == RunState.paused
+    assert "after 1 of 3 nodes" in after_pause.reason
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [1, 0, 0]
+
+    upkeep_cli(slow_cli_env, "resume", str(run.id))
+    final = _run(engine, fresh_slow_cluster)
+    assert final is not None and final.state == RunState.succeeded
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [1, 1, 1]
+    engine.dispose()
+
+
+def _flow_run_paused(flow_run_id: str | None) -> bool:
+    from prefect.client.orchestration import get_client
+
+    if not flow_run_id:
+        return False
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(flow_run_id)).state
+    return bool(state and state.is_paused())
+
+
+@pytest.mark.parametrize("answer", ["approve", "refuse"])
+def test_approval_gate_waits_for_the_cli(
+    answer: str, slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    engine = cli_engine(slow_cli_env)
+    proc = _start(slow_cli_env, "update", fresh_slow_cluster, "--to", TARGET, "--require-approval")
+    run = _wait_for(lambda: _run(engine, fresh_slow_cluster), "the run to be claimed")
+    _wait_for(lambda: _flow_run_paused(_run(engine, fresh_slow_cluster).flow_run_id), "the approval pause")  # type: ignore[union-attr]
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [0, 0, 0]  # nothing happens before the answer
+
+    args = ["approve", str(run.id), "--reason", "change ticket CHG-1"]
+    upkeep_cli(slow_cli_env, *(args + (["--refuse"] if answer == "refuse" else [])))
+    assert proc.wait(timeout=120) == 0, proc.communicate()
+
+    final = _run(engine, fresh_slow_cluster)
+    assert final is not None
+    if answer == "approve":
+        assert final.state == RunState.succeeded and final.approved_by
+        assert _upgrades(slow_lab, fresh_slow_cluster) == [1, 1, 1]
+    else:
+        assert final.state == RunState.cancelled and final.reason == "approval refused"
+        assert _upgrades(slow_lab, fresh_slow_cluster) == [0, 0, 0]
+    engine.dispose()

@@ -188,9 +188,9 @@ def deliver_notices(limit: int = 100) -> dict[str, Any]:
     runtime = current()
     report = deliver_pending(
         runtime.engine,
-        getattr(runtime, "mailer"),  # noqa: B009  (Runtime gains `mailer` and `mail_from` in flows/runtime.py)
+        runtime.mailer,
         now=utcnow(),
-        sender=getattr(runtime, "mail_from"),  # noqa: B009
+        sender=runtime.mail_from,
         limit=limit,
     )
     logger = get_run_logger()

@@ -15,6 +15,7 @@ from threading import Lock
 from sqlalchemy.engine import Engine
 
 from tasks.fileserver import FileServer
+from tasks.mail import MailTransport
 from tasks.ssh import FabricRunner, SshSettings, SshTarget
 
 
@@ -24,6 +25,9 @@ class Runtime:
     fileserver: FileServer
     ssh: SshSettings
     work_dir: Path
+    mailer: MailTransport
+    mail_from: str = "Upkeep <upkeep@localhost>"
+    sre_email: str = "sre@localhost"
     command_timeout: float = 600.0
     health_timeout: float = 120.0
     health_interval: float = 0.1

@@ -12,6 +12,7 @@ from flows import runtime as flow_runtime
 from flows.runtime import Runtime
 from inventory.db import make_engine, migrate
 from tasks.fileserver import HttpFileServer
+from tasks.mail import MailTransport, OutboxDirTransport, SmtpTransport
 from tasks.ssh import SshSettings
 from upkeep.settings import Settings, load_settings
 
@@ -40,10 +41,26 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
             connect_timeout=settings.ssh_connect_timeout,
         ),
         work_dir=work_dir,
+        mailer=build_mailer(settings),
+        mail_from=settings.mail_from,
+        sre_email=settings.sre_email,
         command_timeout=settings.ssh_command_timeout,
         health_timeout=settings.health_timeout,
         actor=os.environ.get("USER", "upkeep"),
     )
+
+
+def build_mailer(settings: Settings) -> MailTransport:
+    """SMTP when a host is set; otherwise the embedded default, .eml files in the outbox dir."""
+    if settings.smtp_host:
+        return SmtpTransport(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            user=settings.smtp_user,
+            password=settings.smtp_password.get_secret_value(),
+            starttls=settings.smtp_starttls,
+        )
+    return OutboxDirTransport(settings.resolved_outbox_dir())
 
 
 def configure_from_settings() -> None:

@@ -372,9 +372,14 @@ def test_the_flow_delivers_through_the_runtime_mailer(
         session.flush()
         assert customer.id is not None
         queue(session, customer.id, 2)
-    runtime = flow_runtime.Runtime(engine=sqlite_engine, fileserver=None, ssh=None, work_dir=tmp_path)  # type: ignore[arg-type]
-    runtime.mailer = smtp.transport()  # type: ignore[attr-defined]
-    runtime.mail_from = SENDER  # type: ignore[attr-defined]
+    runtime = flow_runtime.Runtime(
+        engine=sqlite_engine,
+        fileserver=None,  # type: ignore[arg-type]  (delivery touches neither files nor nodes)
+        ssh=None,  # type: ignore[arg-type]
+        work_dir=tmp_path,
+        mailer=smtp.transport(),
+        mail_from=SENDER,
+    )
     flow_runtime.configure(runtime)
     try:
         result = deliver_notices(limit=10)

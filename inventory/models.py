@@ -53,6 +53,10 @@ class Customer(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True, max_length=64)
     timezone: str = Field(max_length=64, description="IANA zone, e.g. America/New_York")
+    # Contract terms; None means the vendor default (72 h product updates, 7 days cloud releases).
+    notice_hours_product: int | None = None
+    notice_hours_cloud: int | None = None
+    requires_approval: bool = False
 
 
 class Contact(SQLModel, table=True):
@@ -112,6 +116,15 @@ class UpgradeRun(SQLModel, table=True):
     source: str = Field(default="cli", max_length=16)
     requested_by: str = Field(default="", max_length=128)
     reason: str = Field(default="", description="why it failed or was cancelled")
+    kind: str = Field(default="product_update", max_length=16, description="product_update|cloud_release")
+    urgent: bool = False
+    # The announced slot (None: run immediately, e.g. `upkeep update`). Every change to it bumps
+    # notice_sequence, which numbers the notices and the calendar invite's SEQUENCE.
+    slot_start: datetime | None = _when()
+    slot_end: datetime | None = _when()
+    notice_sequence: int = 0
+    deferrals: int = 0
+    override_reason: str = Field(default="", description="why the window was overridden, if it was")
     case_ref: str | None = Field(default=None, max_length=32, description="the case this update resolves")
     # Asked for by `upkeep pause|cancel RUN`; the flow honours it between nodes.
     requested_action: str = Field(default="", max_length=16)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlmodel import SQLModel
 
-import inventory.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-import inventory.outbox as _outbox  # noqa: F401  (registers the notice outbox table)
+from inventory.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -14,7 +12,7 @@ if connection is None:
 
 context.configure(
     connection=connection,
-    target_metadata=SQLModel.metadata,
+    target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
 )
 with context.begin_transaction():

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:33:27.504832
+Create Date: 2026-11-23 12:43:43.710353
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('timezone', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('notice_hours_product', sa.Integer(), nullable=True),
+    sa.Column('notice_hours_cloud', sa.Integer(), nullable=True),
+    sa.Column('requires_approval', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('customer', schema=None) as batch_op:
@@ -54,6 +57,19 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('release', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_release_version'), ['version'], unique=True)
+
+    op.create_table('blackout',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('customer_id', sa.Integer(), nullable=True),
+    sa.Column('start', sa.Date(), nullable=False),
+    sa.Column('end', sa.Date(), nullable=False),
+    sa.Column('timezone', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('blackout', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_blackout_customer_id'), ['customer_id'], unique=False)
 
     op.create_table('cluster',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -113,6 +129,57 @@ def upgrade() -> None:
         batch_op.create_index('ix_notice_due', ['state', 'next_attempt_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_notice_update_ref'), ['update_ref'], unique=False)
 
+    op.create_table('support_case',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('ref', sqlmodel.sql.sqltypes.AutoString(length=24), nullable=False),
+    sa.Column('customer_id', sa.Integer(), nullable=False),
+    sa.Column('subject', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('category', sa.Enum('issue', 'feature_request', name='case_category', native_enum=False, length=32), nullable=False),
+    sa.Column('queue', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('priority', sa.Enum('P0', 'P1', 'P2', 'P3', name='case_priority', native_enum=False, length=32), nullable=False),
+    sa.Column('status', sa.Enum('new', 'open', 'waiting_on_customer', 'escalated', 'closed', name='case_casestatus', native_enum=False, length=32), nullable=False),
+    sa.Column('opened_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('opened_at', inventory.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('first_response_due', inventory.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('waiting_since', inventory.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('contact_attempts', sa.Integer(), nullable=False),
+    sa.Column('last_contact_at', inventory.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('escalated_by', sa.Enum('customer', 'sre', name='case_escalatedby', native_enum=False, length=32), nullable=True),
+    sa.Column('escalation_reason', sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
+    sa.Column('escalated_at', inventory.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('closed_at', inventory.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('close_reason', sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
+    sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('support_case', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_support_case_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_support_case_ref'), ['ref'], unique=True)
+        batch_op.create_index(batch_op.f('ix_support_case_status'), ['status'], unique=False)
+
+    op.create_table('casecluster',
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('cluster_id', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['support_case.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['cluster_id'], ['cluster.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('case_id', 'cluster_id')
+    )
+    with op.batch_alter_table('casecluster', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_casecluster_cluster_id'), ['cluster_id'], unique=False)
+
+    op.create_table('maintenancewindow',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('cluster_id', sa.Integer(), nullable=False),
+    sa.Column('days', sa.JSON(), nullable=False),
+    sa.Column('start', sqlmodel.sql.sqltypes.AutoString(length=5), nullable=False),
+    sa.Column('duration_minutes', sa.Integer(), nullable=False),
+    sa.Column('timezone', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.ForeignKeyConstraint(['cluster_id'], ['cluster.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('maintenancewindow', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_maintenancewindow_cluster_id'), ['cluster_id'], unique=False)
+
     op.create_table('node',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('cluster_id', sa.Integer(), nullable=False),
@@ -139,6 +206,13 @@ def upgrade() -> None:
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('requested_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('urgent', sa.Boolean(), nullable=False),
+    sa.Column('slot_start', inventory.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('slot_end', inventory.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('notice_sequence', sa.Integer(), nullable=False),
+    sa.Column('deferrals', sa.Integer(), nullable=False),
+    sa.Column('override_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('case_ref', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
     sa.Column('requested_action', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('needs_approval', sa.Boolean(), nullable=False),
@@ -153,6 +227,28 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('upgraderun', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_upgraderun_cluster_id'), ['cluster_id'], unique=False)
+
+    op.create_table('diagnosticsbundle',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('run_id', sa.Integer(), nullable=True),
+    sa.Column('cluster_id', sa.Integer(), nullable=False),
+    sa.Column('url', sqlmodel.sql.sqltypes.AutoString(length=1024), nullable=False),
+    sa.Column('sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('partial', sa.Boolean(), nullable=False),
+    sa.Column('missing_nodes', sa.JSON(), nullable=False),
+    sa.Column('redactions', sa.JSON(), nullable=False),
+    sa.Column('created_at', inventory.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['support_case.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['cluster_id'], ['cluster.id'], ),
+    sa.ForeignKeyConstraint(['run_id'], ['upgraderun.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('diagnosticsbundle', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_diagnosticsbundle_case_id'), ['case_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_diagnosticsbundle_cluster_id'), ['cluster_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_diagnosticsbundle_run_id'), ['run_id'], unique=False)
 
     op.create_table('nodestep',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -182,6 +278,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_nodestep_node_id'))
 
     op.drop_table('nodestep')
+    with op.batch_alter_table('diagnosticsbundle', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_diagnosticsbundle_run_id'))
+        batch_op.drop_index(batch_op.f('ix_diagnosticsbundle_cluster_id'))
+        batch_op.drop_index(batch_op.f('ix_diagnosticsbundle_case_id'))
+
+    op.drop_table('diagnosticsbundle')
     with op.batch_alter_table('upgraderun', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_upgraderun_cluster_id'))
 
@@ -190,6 +292,20 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_node_cluster_id'))
 
     op.drop_table('node')
+    with op.batch_alter_table('maintenancewindow', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_maintenancewindow_cluster_id'))
+
+    op.drop_table('maintenancewindow')
+    with op.batch_alter_table('casecluster', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_casecluster_cluster_id'))
+
+    op.drop_table('casecluster')
+    with op.batch_alter_table('support_case', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_support_case_status'))
+        batch_op.drop_index(batch_op.f('ix_support_case_ref'))
+        batch_op.drop_index(batch_op.f('ix_support_case_customer_id'))
+
+    op.drop_table('support_case')
     with op.batch_alter_table('notice', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_notice_update_ref'))
         batch_op.drop_index('ix_notice_due')
@@ -205,6 +321,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_cluster_customer_id'))
 
     op.drop_table('cluster')
+    with op.batch_alter_table('blackout', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_blackout_customer_id'))
+
+    op.drop_table('blackout')
     with op.batch_alter_table('release', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_release_version'))
 

@@ -1,0 +1,10 @@
+"""Every table module, imported once, so `SQLModel.metadata` holds the whole schema (Alembic, tests)."""
+
+from __future__ import annotations
+
+from sqlmodel import SQLModel
+
+from inventory import cases, models, outbox, windows
+
+TABLE_MODULES = (models, outbox, cases, windows)
+metadata = SQLModel.metadata

@@ -1,0 +1,73 @@
+"""When a customer may be touched: maintenance windows per cluster and freeze (blackout) ranges.
+
+Stored as the customer wrote them (weekday names, local start time, zone); `scheduling` turns them into
+instants. A blackout with no customer is vendor-wide (e.g. the year-end freeze).
+"""
+
+from __future__ import annotations
+
+from datetime import date, time, timedelta
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, Session, SQLModel, col, or_, select
+
+from inventory.models import Cluster, Customer
+from scheduling.blackouts import Blackout as BlackoutRule
+from scheduling.windows import WeeklyWindow
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class MaintenanceWindow(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: int = Field(foreign_key="cluster.id", index=True, ondelete="CASCADE")
+    days: list[str] = Field(sa_column=Column(JSON, nullable=False), description="e.g. ['tue', 'thu']")
+    start: str = Field(max_length=5, description="local HH:MM")
+    duration_minutes: int
+    timezone: str = Field(default="", max_length=64, description="empty: the customer's zone")
+
+    def rule(self, customer_timezone: str) -> WeeklyWindow:
+        hours, minutes = (int(part) for part in self.start.split(":"))
+        return WeeklyWindow(
+            weekdays=frozenset(DAY_NAMES.index(day) for day in self.days),
+            start=time(hours, minutes),
+            duration=timedelta(minutes=self.duration_minutes),
+            tz=self.timezone or customer_timezone,
+        )
+
+
+class Blackout(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int | None = Field(default=None, foreign_key="customer.id", index=True, ondelete="CASCADE")
+    start: date
+    end: date
+    timezone: str = Field(max_length=64)
+    reason: str = Field(default="", max_length=255)
+
+    def rule(self) -> BlackoutRule:
+        return BlackoutRule(
+            start=self.start,
+            end=self.end,
+            tz=self.timezone,
+            reason=self.reason,
+            scope="customer" if self.customer_id else "vendor",
+        )
+
+
+def cluster_windows(cluster: Cluster, customer: Customer, *, session: Session) -> list[WeeklyWindow]:
+    rows = session.exec(
+        select(MaintenanceWindow)
+        .where(MaintenanceWindow.cluster_id == cluster.id)
+        .order_by(col(MaintenanceWindow.id))
+    ).all()
+    return [row.rule(customer.timezone) for row in rows]
+
+
+def blackouts_for(customer: Customer, *, session: Session) -> list[BlackoutRule]:
+    """The customer's own freezes and every vendor-wide one."""
+    rows = session.exec(
+        select(Blackout)
+        .where(or_(col(Blackout.customer_id) == customer.id, col(Blackout.customer_id).is_(None)))
+        .order_by(col(Blackout.start))
+    ).all()
+    return [row.rule() for row in rows]

@@ -15,6 +15,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.approval import wait_for_approval
+from flows.outcomes import alert_sre, carry_over, finish, mark_started, requested_stop, window_closing
+from flows.outcomes import stop as outcomes_stop
 from flows.plan import UpdatePlan, plan_update
 from flows.records import node_done
 from flows.report import Progress, summary_artifacts
@@ -23,7 +25,7 @@ from flows.steps import NodeConnections, distribute, download, preflight, upgrad
 from inventory import repo
 from inventory.db import session_scope
 from inventory.models import RunState
-from inventory.runs import create_run, finish_run, get_run
+from inventory.runs import create_run, get_run
 from tasks.failpoints import failpoint
 
 
@@ -67,27 +69,30 @@ def product_update(
         package = download(plan, run_id, runtime)
         preflight(plan, run_id, runtime, conns, package.stat().st_size)
         if not wait_for_approval(runtime, run_id, plan):
-            _finish(plan, run_id, RunState.cancelled, reason="approval refused")
+            finish(runtime, plan, run_id, RunState.cancelled, reason="approval refused")
             return _result(run_id, plan, "cancelled", outcomes)
         distribute(plan, run_id, runtime, conns, package)
         for number, node in enumerate(plan.nodes, 1):
             if node_done(runtime.engine, run_id, node.id):
                 outcomes[node.hostname] = "done before resume"
             else:
-                stop = _requested_stop(runtime, run_id)
+                stop = requested_stop(runtime, run_id)
                 if stop:
-                    return _stop(plan, run_id, stop, outcomes)
+                    return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
+                if window_closing(runtime, run_id):
+                    return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
                 outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node)
                 log.info("%s: %s", node.hostname, outcomes[node.hostname])
                 failpoint(f"after-node:{node.position}")
             progress.update(number)
     except Exception as exc:
-        _finish(plan, run_id, RunState.failed, reason=str(exc))
+        finish(runtime, plan, run_id, RunState.failed, reason=str(exc))
         log.error("run %s failed: %s", run_id, exc)
+        alert_sre(runtime, run_id, str(exc))
         raise
     finally:
         conns.close()
-    _finish(plan, run_id, RunState.succeeded)
+    finish(runtime, plan, run_id, RunState.succeeded)
     summary_artifacts(runtime, plan, run_id)
     return _result(run_id, plan, "succeeded", outcomes)
 
@@ -124,39 +129,13 @@ def _claim(
                 raise RunMismatch(f"run {run_id} is {run.state}: only planned, running or paused runs resume")
             run.requested_action = ""
         run.state = RunState.running
+        run.started_at = run.started_at or runtime.clock()
         run.flow_run_id = str(flow_run.id) if flow_run.id else None
         session.add(run)
         session.flush()
+        mark_started(runtime, run, session)
         assert run.id is not None
         return plan, run.id
-
-
-def _requested_stop(runtime: Runtime, run_id: int) -> str:
-    with session_scope(runtime.engine) as session:
-        return get_run(run_id, session=session).requested_action
-
-
-def _stop(plan: UpdatePlan, run_id: int, action: str, outcomes: dict[str, str]) -> dict[str, Any]:
-    done = sum(1 for node in plan.nodes if node_done(current().engine, run_id, node.id))
-    where = f"after {done} of {len(plan.nodes)} nodes"
-    if action == "cancel":
-        _finish(plan, run_id, RunState.cancelled, reason=f"cancelled by request {where}")
-        return _result(run_id, plan, "cancelled", outcomes)
-    with session_scope(current().engine) as session:
-        run = get_run(run_id, session=session)
-        run.state, run.requested_action, run.reason = RunState.paused, "", f"paused by request {where}"
-        session.add(run)
-    return _result(run_id, plan, "paused", outcomes)
-
-
-def _finish(plan: UpdatePlan, run_id: int, state: RunState, reason: str = "") -> None:
-    with session_scope(current().engine) as session:
-        run = get_run(run_id, session=session)
-        finish_run(run, state, reason=reason, session=session)
-        if state is RunState.succeeded:
-            cluster = repo.get_cluster(plan.cluster, session=session)
-            cluster.version = plan.to_version
-            session.add(cluster)
 
 
 def _result(run_id: int, plan: UpdatePlan, state: str, outcomes: dict[str, str]) -> dict[str, Any]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from threading import Lock
 
 from sqlalchemy.engine import Engine
 
+from inventory.types import utcnow
 from tasks.fileserver import FileServer
 from tasks.mail import MailTransport
 from tasks.ssh import FabricRunner, SshSettings, SshTarget
@@ -28,6 +30,10 @@ class Runtime:
     mailer: MailTransport
     mail_from: str = "Upkeep <upkeep@localhost>"
     sre_email: str = "sre@localhost"
+    support_contact: str = "support@localhost"
+    per_node_estimate: timedelta = timedelta(minutes=10)
+    # The wall clock, injectable so a test can make a window run out without waiting for it.
+    clock: Callable[[], datetime] = field(default=utcnow)
     command_timeout: float = 600.0
     health_timeout: float = 120.0
     health_interval: float = 0.1

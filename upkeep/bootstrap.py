@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
@@ -44,6 +45,8 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         mailer=build_mailer(settings),
         mail_from=settings.mail_from,
         sre_email=settings.sre_email,
+        support_contact=settings.support_contact,
+        per_node_estimate=timedelta(minutes=settings.per_node_minutes),
         command_timeout=settings.ssh_command_timeout,
         health_timeout=settings.health_timeout,
         actor=os.environ.get("USER", "upkeep"),

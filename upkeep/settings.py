@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     mail_from: str = "Upkeep <upkeep@localhost>"
     sre_email: str = "sre@localhost"
+    support_contact: str = Field("support@localhost", description="shown to customers in every notice")
+    per_node_minutes: float = Field(10.0, gt=0, description="estimated minutes to upgrade one node")
     outbox_dir: Path | None = None
 
     known_hosts: Path | None = Field(None, description="known_hosts used to verify every SSH host key")

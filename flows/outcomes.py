@@ -1,0 +1,155 @@
+"""How an update run ends or stops, each in one transaction with the notices it causes:
+succeeded, failed, cancelled, paused by request, or carried over to the next window."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from flows.plan import UpdatePlan
+from flows.records import node_done
+from flows.run_notices import queue_run_notice
+from flows.runtime import Runtime
+from inventory import repo
+from inventory.db import session_scope
+from inventory.models import RunState, UpgradeRun
+from inventory.runs import finish_run, get_run
+from inventory.windows import blackouts_for, cluster_windows
+from scheduling.errors import SchedulingError
+from scheduling.slots import find_slot, remaining_fits
+
+log = logging.getLogger(__name__)
+
+CUSTOMER_FAILURE = (
+    "The update could not be completed. Nodes not yet upgraded were left untouched and keep running "
+    "the current version; our support team has been alerted and will contact you."
+)
+
+
+def _notify(
+    run: UpgradeRun, kind: str, runtime: Runtime, session: Session, now: datetime, **extra: Any
+) -> None:
+    if not queue_run_notice(run, kind, runtime=runtime, session=session, now=now, **extra):
+        log.warning("run %s: customer has no contacts; %s notice not queued", run.id, kind)
+
+
+def mark_started(runtime: Runtime, run: UpgradeRun, session: Session) -> None:
+    """The customer hears that work began (once per announced slot: the notice key includes it)."""
+    _notify(run, "started", runtime, session, runtime.clock())
+
+
+def finish(runtime: Runtime, plan: UpdatePlan, run_id: int, state: RunState, reason: str = "") -> None:
+    now = runtime.clock()
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        finish_run(run, state, reason=reason, session=session)
+        if state is RunState.succeeded:
+            cluster = repo.get_cluster(plan.cluster, session=session)
+            cluster.version = plan.to_version
+            session.add(cluster)
+            _notify(run, "completed", runtime, session, now)
+        elif state is RunState.failed:
+            _notify(run, "failed", runtime, session, now, reason=CUSTOMER_FAILURE)
+
+
+def alert_sre(runtime: Runtime, run_id: int, reason: str) -> None:
+    """After a failure is recorded: collect diagnostics and open (or link) a case, then tell the SRE,
+    naming both. Diagnostics trouble never hides the failure itself: the SRE is told either way."""
+    from flows.diagnostics import handle_failed_run
+
+    case_id, bundle_url = "", ""
+    try:
+        report = handle_failed_run(run_id, runtime=runtime, now=runtime.clock())
+        case_id, bundle_url = report.case_id, report.bundle_url or ""
+        if report.error:
+            reason = f"{reason}\n(diagnostics: {report.error})"
+    except Exception as exc:
+        log.exception("run %s: diagnostics after the failure did not complete", run_id)
+        reason = f"{reason}\n(diagnostics could not be collected: {exc})"
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        if case_id and not run.case_ref:
+            run.case_ref = case_id  # the notice names the run's case
+            session.add(run)
+        queue_run_notice(
+            run,
+            "failed",
+            runtime=runtime,
+            session=session,
+            now=runtime.clock(),
+            to_sre=True,
+            reason=reason,
+            bundle_url=bundle_url,
+        )
+
+
+def requested_stop(runtime: Runtime, run_id: int) -> str:
+    with session_scope(runtime.engine) as session:
+        return get_run(run_id, session=session).requested_action
+
+
+def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
+    """Honour `upkeep pause|cancel` between nodes; returns the run's new state."""
+    done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
+    where = f"after {done} of {len(plan.nodes)} nodes"
+    if action == "cancel":
+        finish(runtime, plan, run_id, RunState.cancelled, reason=f"cancelled by request {where}")
+        return "cancelled"
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        run.state, run.requested_action, run.reason = RunState.paused, "", f"paused by request {where}"
+        session.add(run)
+    return "paused"
+
+
+def window_closing(runtime: Runtime, run_id: int) -> bool:
+    """The cutoff rule: a node starts only if the announced window still fits its estimate."""
+    with session_scope(runtime.engine) as session:
+        slot_end = get_run(run_id, session=session).slot_end
+    return slot_end is not None and not remaining_fits(runtime.clock(), slot_end, runtime.per_node_estimate)
+
+
+def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
+    """Stop before the window closes and move the rest to the next window, telling the customer."""
+    now = runtime.clock()
+    done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
+    remaining = len(plan.nodes) - done
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        cluster = repo.get_cluster(plan.cluster, session=session)
+        customer = repo.customer_of(cluster, session=session)
+        try:
+            slot = find_slot(
+                now=now,
+                windows=cluster_windows(cluster, customer, session=session),
+                blackouts=blackouts_for(customer, session=session),
+                notice=runtime.per_node_estimate * 0,  # the customer was told already; this continues
+                estimate=runtime.per_node_estimate * remaining,
+                not_before=run.slot_end,
+            )
+        except SchedulingError as exc:
+            reason = f"window closed after {done} of {len(plan.nodes)} nodes and no later window fits: {exc}"
+            finish_run(run, RunState.failed, reason=reason, session=session)
+            queue_run_notice(
+                run, "failed", runtime=runtime, session=session, now=now, to_sre=True, reason=reason
+            )
+            return "failed"
+        previous = run.slot_start
+        run.state, run.slot_start, run.slot_end = RunState.planned, slot.start, slot.end
+        run.reason = f"partially done ({done} of {len(plan.nodes)} nodes); continues {slot.start.isoformat()}"
+        _notify(run, "partial", runtime, session, now, next_slot_start=slot.start)
+        run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
+        _notify(
+            run,
+            "rescheduled",
+            runtime,
+            session,
+            now,
+            previous_slot_start=previous or now,
+            reason="partially done; the remaining nodes continue in the next window",
+        )
+        session.add(run)
+    return "carried over"

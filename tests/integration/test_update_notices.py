@@ -1,0 +1,127 @@
+"""What people are told about an update, and the window cutoff: real lab, real flow, the outbox read back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from flows.product_update import product_update
+from inventory.db import session_scope
+from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.outbox import Notice
+from inventory.runs import create_run
+from inventory.windows import MaintenanceWindow
+from tests.integration.conftest import nodes_of
+
+pytestmark = [pytest.mark.lab, pytest.mark.prefect]
+TARGET = "9.10.0"
+
+
+def _notices(engine: Any, run_id: int) -> list[Notice]:
+    with session_scope(engine) as session:
+        return list(
+            session.exec(
+                select(Notice)
+                .where(col(Notice.update_ref).startswith(f"update-{run_id}"))
+                .order_by(col(Notice.id))
+            ).all()
+        )
+
+
+def _run(engine: Any, cluster: str) -> UpgradeRun:
+    with session_scope(engine) as session:
+        cluster_id = session.exec(select(Cluster.id).where(Cluster.name == cluster)).one()
+        return session.exec(
+            select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id).order_by(col(UpgradeRun.id).desc())
+        ).first()  # type: ignore[return-value]
+
+
+def test_customer_is_told_when_it_starts_and_completes(lab: Any, fresh_cluster: str, lab_runtime: Any):
+    state = product_update(cluster=fresh_cluster, to_version=TARGET, return_state=True)
+    assert state.is_completed(), state.message
+
+    run = _run(lab_runtime.engine, fresh_cluster)
+    notices = _notices(lab_runtime.engine, run.id or 0)
+    assert [n.kind for n in notices] == ["started", "completed"]
+    assert all(n.recipients and "@" in n.recipients[0] for n in notices)
+    assert (
+        fresh_cluster in notices[1].body_text
+        and "9.8.0" in notices[1].body_text
+        and TARGET in notices[1].body_text
+    )
+
+
+def test_failure_tells_the_customer_plainly_and_the_sre_with_case_and_bundle(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+):
+    host = nodes_of(lab, fresh_cluster)[1]["hostname"]
+    lab.fault(host, "fail-upgrade")
+    try:
+        state = product_update(cluster=fresh_cluster, to_version=TARGET, return_state=True)
+    finally:
+        lab.fault(host, "clear")
+    assert state.is_failed()
+
+    run = _run(lab_runtime.engine, fresh_cluster)
+    notices = _notices(lab_runtime.engine, run.id or 0)
+    customer = [n for n in notices if n.kind == "failed" and n.recipients != [lab_runtime.sre_email]]
+    sre = [n for n in notices if n.recipients == [lab_runtime.sre_email]]
+    assert len(customer) == 1 and len(sre) == 1
+    assert "simulated fault" not in customer[0].body_text  # no internals for the customer
+    assert host in sre[0].body_text and "simulated fault" in sre[0].body_text
+    assert run.case_ref and run.case_ref in sre[0].body_text  # a case was opened and named
+    assert "https://127.0.0.1" in sre[0].body_text  # with the diagnostics bundle's URL
+
+
+def test_window_cutoff_upgrades_what_fits_and_carries_the_rest(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+):
+    hosts = [node["hostname"] for node in nodes_of(lab, fresh_cluster)]
+    base = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
+    # Time passes as the nodes themselves log upgrades: ten minutes each.
+    lab_runtime.clock = lambda: base + timedelta(minutes=10) * sum(len(lab.upgrade_log(h)) for h in hosts)
+    lab_runtime.per_node_estimate = timedelta(minutes=10)
+    with session_scope(lab_runtime.engine) as session:
+        cluster = session.exec(select(Cluster).where(Cluster.name == fresh_cluster)).one()
+        session.add(
+            MaintenanceWindow(
+                cluster_id=cluster.id or 0,
+                days=["tue", "wed"],
+                start="03:00",
+                duration_minutes=25,
+                timezone="UTC",
+            )
+        )
+        run = create_run(
+            cluster,
+            to_version=TARGET,
+            source="support",
+            requested_by="t",
+            session=session,
+            state=RunState.planned,
+        )
+        run.slot_start, run.slot_end, run.notice_sequence = base, base + timedelta(minutes=25), 1
+        session.add(run)
+        session.flush()
+        run_id = run.id or 0
+
+    state = product_update(cluster=fresh_cluster, to_version=TARGET, run_id=run_id, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert [len(lab.upgrade_log(h)) for h in hosts] == [1, 1, 0]  # 3 × 10 min do not fit in 25
+    carried = _run(lab_runtime.engine, fresh_cluster)
+    assert carried.state == RunState.planned and carried.active_cluster_id is not None
+    assert carried.slot_start == datetime(2026, 11, 25, 3, 0, tzinfo=UTC)  # Wednesday's window
+    assert "partially done (2 of 3 nodes)" in carried.reason
+    kinds = {(n.kind, n.sequence) for n in _notices(lab_runtime.engine, run_id)}
+    assert {("partial", 1), ("rescheduled", 2)} <= kinds
+
+    lab_runtime.clock = lambda: datetime(2026, 11, 25, 3, 0, tzinfo=UTC)  # the next window opens
+    state = product_update(cluster=fresh_cluster, to_version=TARGET, run_id=run_id, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert [len(lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    assert _run(lab_runtime.engine, fresh_cluster).state == RunState.succeeded

@@ -71,7 +71,12 @@ class DeliveryReport:
 
 
 def queue_for(
-    ctx: NoticeContext, *, customer_id: int, session: Session, stamp: datetime | None = None
+    ctx: NoticeContext,
+    *,
+    customer_id: int,
+    session: Session,
+    stamp: datetime | None = None,
+    variant: str = "",
 ) -> Notice:
     """Render `ctx` and queue it in the caller's transaction (call it where the change is written).
 
@@ -80,7 +85,7 @@ def queue_for(
     """
     rendered = render_notice(ctx.kind, ctx)
     ics = invite(ctx, stamp=stamp) if ctx.kind in INVITE_KINDS else None
-    key = idempotency_key(ctx.update_ref, ctx.kind, ctx.sequence)
+    key = idempotency_key(ctx.update_ref, ctx.kind, ctx.sequence, variant)
     build_message(
         rendered,
         ics,
@@ -101,6 +106,7 @@ def queue_for(
         ics=ics.decode() if ics is not None else "",
         session=session,
         now=stamp,
+        variant=variant,
     )
 
 

@@ -32,6 +32,7 @@ def queue_run_notice(
     session: Session,
     now: datetime,
     to_sre: bool = False,
+    variant: str = "",
     **extra: Any,
 ) -> bool:
     """Queue a `kind` notice about `run` to the customer's contacts (or the SRE). False if it has no one
@@ -71,5 +72,5 @@ def queue_run_notice(
         case_ref=run.case_ref or "",
         **extra,
     )
-    queue_for(ctx, customer_id=customer.id, session=session, stamp=now)
+    queue_for(ctx, customer_id=customer.id, session=session, stamp=now, variant=variant)
     return True

@@ -72,8 +72,10 @@ class Notice(SQLModel, table=True):
     sent_at: datetime | None = _time(nullable=True)
 
 
-def idempotency_key(update_ref: str, kind: str, sequence: int) -> str:
-    return f"{update_ref}:{kind}:{sequence}"
+def idempotency_key(update_ref: str, kind: str, sequence: int, variant: str = "") -> str:
+    """`variant` tells apart notices of one kind about the same version of an update (the 72 h and
+    the 24 h reminder) while they keep one update_ref, and so one calendar UID."""
+    return f"{update_ref}:{kind}:{sequence}" + (f":{variant}" if variant else "")
 
 
 def queue_notice(
@@ -89,6 +91,7 @@ def queue_notice(
     ics: str = "",
     session: Session,
     now: datetime | None = None,
+    variant: str = "",
 ) -> Notice:
     """Add a notice to the caller's transaction (it commits or rolls back with the caller's change).
 
@@ -96,7 +99,7 @@ def queue_notice(
     handles the usual case; the unique constraint, hit inside a savepoint, handles two transactions
     queuing the same notice at once without spoiling the caller's transaction.
     """
-    key = idempotency_key(update_ref, kind, sequence)
+    key = idempotency_key(update_ref, kind, sequence, variant)
     existing = _by_key(key, session=session)
     if existing is not None:
         return existing

@@ -36,6 +36,8 @@ class FileServer(Protocol):
 
     def upload(self, local: Path, path: str) -> str: ...
 
+    def size(self, path: str) -> int: ...
+
 
 def safe_remote_path(path: str) -> str:
     """A relative path of plain segments: no absolute paths, `..`, empty segments or odd characters."""
@@ -124,6 +126,14 @@ class HttpFileServer:
                 raise FileServerError(f"{path} already exists on the file server: not overwritten")
             self._check(response, "upload", path)
         return f"{self.url.rstrip('/')}/{path}"
+
+    def size(self, path: str) -> int:
+        """The file's size in bytes, asked with HEAD (nothing is downloaded)."""
+        path = safe_remote_path(path)
+        with self._client() as client:
+            response = client.head(path)
+            self._check(response, "size of", path)
+            return int(response.headers.get("content-length", "0"))
 
     def fetch_text(self, path: str) -> str:
         path = safe_remote_path(path)

@@ -12,11 +12,14 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
+from upkeep.cli_cases import case_app, diagnostics_app
 from upkeep.console import CliError, console, err_console, print_json
 
 app = typer.Typer(help="Upgrade and maintenance scheduler for customer clusters.", no_args_is_help=True)
 inventory_app = typer.Typer(help="The system of record: customers, clusters, nodes, releases.")
 app.add_typer(inventory_app, name="inventory")
+app.add_typer(case_app, name="case")
+app.add_typer(diagnostics_app, name="diagnostics")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -178,6 +181,29 @@ def show(run: Annotated[int, typer.Argument(help="Run id.")], json: JsonOpt = Fa
     from upkeep.updates import show_run
 
     show_run(run, engine=_engine(), as_json=json)
+
+
+@app.command()
+def dispatch(
+    max_running: Annotated[int, typer.Option(help="Runs allowed at once.")] = 10,
+    json: JsonOpt = False,
+) -> None:
+    """One dispatcher tick here and now: reminders (with pre-flight), due runs, notice delivery.
+
+    Deployments run the same flow every minute on a worker; this is for a single machine or cron."""
+    from flows.dispatch import dispatch as dispatch_flow
+    from upkeep.bootstrap import quiet_prefect
+
+    _engine()
+    with quiet_prefect():
+        result = dispatch_flow(max_running=max_running)
+    if json:
+        print_json(result)
+    else:
+        console.print(
+            f"reminders: {len(result['reminders'])}, started runs: {result['started'] or 'none'}, "
+            f"notices sent: {result['notices_sent']}"
+        )
 
 
 @app.command()

@@ -1,0 +1,168 @@
+"""The dispatcher: a short-interval flow that makes scheduled updates happen.
+
+Each tick, in this order:
+1. reminders: 72 h and 24 h before a planned slot; the 72 h one runs a pre-flight first and carries
+   its result (a failing pre-flight also alerts the SRE; the start-time pre-flight then blocks);
+2. starts: planned runs whose slot has come, earliest first, at most `max_running` at once; a cloud
+   release run only when its rollout's gate (waves, error budget) allows. A run is claimed by moving it
+   to `running` in one conditional UPDATE, so two dispatchers never start the same run;
+3. delivery of the notice outbox.
+
+Runs start as `product-update` deployment runs (spread over the workers) or, from `upkeep dispatch`,
+in this process.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger
+from sqlalchemy import update
+from sqlmodel import Session, col, func, select
+
+from flows.notify import deliver_pending
+from flows.plan import plan_update
+from flows.run_notices import queue_run_notice
+from flows.runtime import Runtime, current
+from flows.steps import NodeConnections, preflight
+from inventory.db import session_scope
+from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.outbox import Notice, idempotency_key
+
+REMINDERS = (("72h", timedelta(hours=72)), ("24h", timedelta(hours=24)))
+
+
+@flow(name="dispatch")
+def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, Any]:
+    runtime = current()
+    now = runtime.clock()
+    reminded = send_reminders(runtime, now)
+    started = start_due_runs(runtime, now, max_running=max_running, via_deployments=via_deployments)
+    report = deliver_pending(runtime.engine, runtime.mailer, now=now, sender=runtime.mail_from, limit=500)
+    get_run_logger().info("reminders %s, started %s, notices sent %d", reminded, started, len(report.sent))
+    return {"reminders": reminded, "started": started, "notices_sent": len(report.sent)}
+
+
+def _planned(session: Session) -> list[UpgradeRun]:
+    return list(
+        session.exec(
+            select(UpgradeRun)
+            .where(UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start).is_not(None))
+            .order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))
+        ).all()
+    )
+
+
+def send_reminders(runtime: Runtime, now: datetime) -> list[str]:
+    sent: list[str] = []
+    with session_scope(runtime.engine) as session:
+        due = [
+            (run, label)
+            for run in _planned(session)
+            for label, before in REMINDERS
+            if run.slot_start
+            and run.slot_start - before <= now < run.slot_start
+            and not _queued(session, run, label)
+        ]
+    for run, label in due:
+        summary = _preflight_summary(runtime, run) if label == "72h" else ""
+        with session_scope(runtime.engine) as session:
+            fresh = session.get(UpgradeRun, run.id)
+            if fresh is None or fresh.state != RunState.planned or _queued(session, fresh, label):
+                continue
+            queue_run_notice(
+                fresh, "reminder", runtime=runtime, session=session, now=now, variant=label, preflight=summary
+            )
+            if summary.startswith("FAILED"):
+                queue_run_notice(
+                    fresh,
+                    "reminder",
+                    runtime=runtime,
+                    session=session,
+                    now=now,
+                    to_sre=True,
+                    variant=label,
+                    preflight=summary,
+                )
+        sent.append(f"update-{run.id}:{label}")
+    return sent
+
+
+def _queued(session: Session, run: UpgradeRun, label: str) -> bool:
+    key = idempotency_key(f"update-{run.id}", "reminder", run.notice_sequence, label)
+    return session.exec(select(Notice.id).where(Notice.idempotency_key == key)).first() is not None
+
+
+def _preflight_summary(runtime: Runtime, run: UpgradeRun) -> str:
+    """Every node reachable, healthy, at the expected version, with disk for the package: one line."""
+    assert run.id is not None
+    with session_scope(runtime.engine) as session:
+        cluster = session.get(Cluster, run.cluster_id)
+        assert cluster is not None
+        plan = plan_update(cluster.name, run.to_version, session=session)
+    conns = NodeConnections(runtime, plan)
+    try:
+        preflight.fn(plan, run.id, runtime, conns, runtime.fileserver.size(plan.package))
+    except Exception as exc:  # reported in the reminder and to the SRE, never raised from the tick
+        return f"FAILED: {exc}"
+    finally:
+        conns.close()
+    return f"passed on all {len(plan.nodes)} nodes (reachable, healthy, at {plan.from_version}, disk free)"
+
+
+def start_due_runs(runtime: Runtime, now: datetime, *, max_running: int, via_deployments: bool) -> list[int]:
+    claimed: list[tuple[int, str, str]] = []
+    with session_scope(runtime.engine) as session:
+        running = session.exec(select(func.count()).where(UpgradeRun.state == RunState.running)).one()
+        for run in _planned(session):
+            if len(claimed) + running >= max_running:
+                break
+            if run.slot_start is None or run.slot_start > now or run.requested_action:
+                continue
+            if run.kind == "cloud_release" and _gate(run, session, now):
+                continue
+            won = session.execute(
+                update(UpgradeRun)
+                .where(col(UpgradeRun.id) == run.id, col(UpgradeRun.state) == RunState.planned)
+                .values(state=RunState.running, started_at=now)
+            )
+            if won.rowcount == 1:  # type: ignore[attr-defined]
+                cluster = session.get(Cluster, run.cluster_id)
+                assert cluster is not None and run.id is not None
+                claimed.append((run.id, cluster.name, run.to_version))
+    if via_deployments:
+        _start_deployments(claimed)
+    elif claimed:
+        with ThreadPoolExecutor(max_workers=len(claimed)) as pool:
+            list(pool.map(_run_here, claimed))
+    return [run_id for run_id, _, _ in claimed]
+
+
+def _gate(run: UpgradeRun, session: Session, now: datetime) -> str | None:
+    from flows.rollout import start_gate
+
+    return start_gate(run, session=session, now=now)
+
+
+def _run_here(claim: tuple[int, str, str]) -> None:
+    from flows.product_update import product_update
+
+    run_id, cluster, to_version = claim
+    product_update(
+        cluster=cluster, to_version=to_version, run_id=run_id, source="schedule", return_state=True
+    )
+
+
+def _start_deployments(claimed: list[tuple[int, str, str]]) -> None:
+    from prefect.deployments import run_deployment
+
+    for run_id, cluster, to_version in claimed:
+        run_deployment(
+            "product-update/product-update",
+            parameters={"cluster": cluster, "to_version": to_version, "run_id": run_id, "source": "schedule"},
+            timeout=0,  # hand it to a worker; do not wait here
+            tags=[f"cluster:{cluster}", "source:schedule"],
+        )
+

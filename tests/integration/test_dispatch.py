@@ -1,0 +1,105 @@
+"""The dispatcher against the real lab: reminders with a real pre-flight, and scheduled runs started
+when their slot comes, exactly once however often it ticks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from flows.dispatch import dispatch
+from inventory.db import session_scope
+from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.outbox import Notice
+from inventory.runs import create_run
+from tests.integration.conftest import nodes_of
+
+pytestmark = [pytest.mark.lab, pytest.mark.prefect]
+TARGET = "9.10.0"
+NOW = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
+
+
+def _plan(engine: Any, cluster: str, slot_start: datetime) -> int:
+    with session_scope(engine) as session:
+        row = session.exec(select(Cluster).where(Cluster.name == cluster)).one()
+        run = create_run(
+            row,
+            to_version=TARGET,
+            source="support",
+            requested_by="t",
+            session=session,
+            state=RunState.planned,
+        )
+        run.slot_start, run.slot_end, run.notice_sequence = slot_start, slot_start + timedelta(hours=4), 1
+        session.add(run)
+        session.flush()
+        return run.id or 0
+
+
+def _reminders(engine: Any, run_id: int) -> list[Notice]:
+    with session_scope(engine) as session:
+        return list(
+            session.exec(
+                select(Notice).where(
+                    col(Notice.update_ref).startswith(f"update-{run_id}"), Notice.kind == "reminder"
+                )
+            ).all()
+        )
+
+
+def test_72h_reminder_carries_a_real_preflight_and_is_sent_once(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+):
+    lab_runtime.clock = lambda: NOW
+    run_id = _plan(lab_runtime.engine, fresh_cluster, NOW + timedelta(hours=48))
+
+    dispatch(max_running=4)
+    dispatch(max_running=4)  # a second tick queues nothing new
+
+    reminders = _reminders(lab_runtime.engine, run_id)
+    assert len(reminders) == 1 and reminders[0].idempotency_key.endswith(":72h")
+    assert "passed on all 3 nodes" in reminders[0].body_text
+    assert reminders[0].state == "sent"  # the tick delivered it too (outbox dir transport)
+    with session_scope(lab_runtime.engine) as session:
+        assert session.get(UpgradeRun, run_id).state == RunState.planned  # type: ignore[union-attr]
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]
+
+
+def test_failing_preflight_is_in_the_reminder_and_alerts_the_sre(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+):
+    lab_runtime.clock = lambda: NOW
+    run_id = _plan(lab_runtime.engine, fresh_cluster, NOW + timedelta(hours=30))
+    host = nodes_of(lab, fresh_cluster)[2]["hostname"]
+    lab.fault(host, "disk-full")
+    try:
+        dispatch(max_running=4)
+    finally:
+        lab.fault(host, "clear")
+
+    reminders = _reminders(lab_runtime.engine, run_id)
+    assert {r.recipients[0] == lab_runtime.sre_email for r in reminders} == {True, False}
+    assert all("FAILED" in r.body_text and host in r.body_text for r in reminders)
+
+
+def test_due_run_starts_once_and_completes(lab: Any, fresh_cluster: str, lab_runtime: Any):
+    lab_runtime.clock = lambda: NOW
+    run_id = _plan(lab_runtime.engine, fresh_cluster, NOW - timedelta(minutes=1))
+    later_id = _plan_other_cluster_later(lab_runtime.engine, lab, fresh_cluster)
+
+    result = dispatch(max_running=4)
+    again = dispatch(max_running=4)
+
+    assert result["started"] == [run_id] and again["started"] == []
+    with session_scope(lab_runtime.engine) as session:
+        assert session.get(UpgradeRun, run_id).state == RunState.succeeded  # type: ignore[union-attr]
+        assert session.get(UpgradeRun, later_id).state == RunState.planned  # type: ignore[union-attr]
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [1, 1, 1]
+
+
+def _plan_other_cluster_later(engine: Any, lab: Any, taken: str) -> int:
+    """A run whose slot is tomorrow, on a cluster no test upgrades: the tick must leave it alone."""
+    clusters = list(dict.fromkeys(n["cluster"] for n in lab.status()["nodes"]))
+    return _plan(engine, clusters[-1], NOW + timedelta(days=1))

@@ -1,0 +1,345 @@
+"""Diagnostics bundles for support cases, and the case that a failed upgrade run opens.
+
+    check every input (before any connection) → on each node, in parallel (bounded): collect the logs
+    for the time range, fetch them, redact secrets → pack a .tar.gz with manifest.json → upload it to
+    support/<customer>/<case>/<bundle>.tar.gz (never overwrites) → record it with the case
+
+A node that is down or times out does not stop the others: the bundle is then partial and its manifest
+(and the DiagnosticsBundle row) names each missing node and why.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from flows.plan import Jump
+from flows.runtime import Runtime, current
+from inventory import cases, repo
+from inventory.db import session_scope
+from inventory.models import AccessKind, AuditEvent, Cluster, UpgradeRun
+from inventory.runs import get_run
+from inventory.types import utcnow
+from scheduling.sla import Category, Priority
+from tasks.diagnostics import (
+    PATTERN_NAMES,
+    BundleFile,
+    DiagnosticsRefused,
+    Redactor,
+    fetch_node_logs,
+    pack_bundle,
+    redact_archive,
+    redact_text,
+    safe_segment,
+    support_path,
+)
+from tasks.ssh import CommandTimeout, RemoteError, SshTarget
+
+MAX_PARALLEL = 8
+RUN_CASE = "run.case_opened"
+DEFAULT_SPAN = timedelta(hours=24)
+FORMAT = "upkeep-diagnostics/1"
+
+
+@dataclass(frozen=True)
+class Request:
+    customer: str
+    cluster: str
+    cluster_id: int
+    case: str
+    since: datetime
+    until: datetime
+    targets: list[SshTarget]
+    run_id: int | None
+
+
+@dataclass
+class NodeCollected:
+    hostname: str
+    files: list[BundleFile] = field(default_factory=list)
+    redactions: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    case: str
+    bundle_id: int
+    url: str
+    sha256: str
+    size: int
+    partial: bool
+    nodes: list[str]
+    missing: dict[str, str]
+    redactions: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    case_id: str
+    bundle_url: str | None
+    partial: bool
+    error: str = ""
+
+
+def resolve_request(
+    cluster: str,
+    case: str,
+    since: datetime | None,
+    until: datetime | None,
+    nodes: list[str] | None,
+    *,
+    now: datetime,
+    engine: Engine,
+    run_id: int | None,
+) -> Request:
+    """Every input checked and looked up, before anything is connected to; changes nothing."""
+    cases.check_case_ref(case)
+    end = until or now
+    start = since or end - DEFAULT_SPAN
+    for name, when in (("since", start), ("until", end)):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise DiagnosticsRefused(f"{name} {when.isoformat()} has no time zone")
+    if start >= end:
+        raise DiagnosticsRefused(f"since {start.isoformat()} is not before until {end.isoformat()}")
+    with session_scope(engine) as session:
+        found = repo.get_cluster(cluster, session=session)
+        customer = repo.customer_of(found, session=session)
+        the_case = cases.get_case(case, session=session)
+        safe_segment(customer.name, "customer")
+        safe_segment(found.name, "cluster")
+        if the_case.customer_id != customer.id:
+            raise cases.CaseError(f"{case} is not a case of {customer.name}, the owner of {found.name}")
+        all_nodes = repo.cluster_nodes(found, session=session)
+        known = {n.hostname for n in all_nodes}
+        unknown = sorted(set(nodes or []) - known)
+        if unknown:
+            raise repo.NotFound(f"{found.name} has no node {', '.join(unknown)} (nodes: {', '.join(known)})")
+        jump = None
+        if found.access is AccessKind.jump:
+            assert found.jump_host and found.jump_port and found.jump_user
+            jump = Jump(found.jump_host, found.jump_port, found.jump_user)
+        targets = [_target(n.hostname, n.address, n.port, n.ssh_user, jump) for n in all_nodes]
+        assert found.id is not None
+        return Request(
+            customer=customer.name,
+            cluster=found.name,
+            cluster_id=found.id,
+            case=the_case.ref,
+            since=start,
+            until=end,
+            targets=[t for t in targets if not nodes or t.name in nodes],
+            run_id=run_id,
+        )
+
+
+def _target(hostname: str, address: str, port: int, user: str, jump: Jump | None) -> SshTarget:
+    """As `flows.plan.UpdatePlan.target`: the node, reached through the cluster's jump host if any."""
+    safe_segment(hostname, "hostname")
+    via = SshTarget(f"jump:{jump.host}", jump.host, jump.port, jump.user) if jump else None
+    return SshTarget(hostname, address, port, user, via)
+
+
+@task(name="collect", task_run_name="collect {target.name}", cache_policy=NO_CACHE)
+def collect_node(
+    target: SshTarget, since: datetime, until: datetime, staging: Path, runtime: Runtime
+) -> NodeCollected:
+    """One node's logs, fetched and redacted into staging/<hostname>/. Never raises: a failure is the
+    node's `error` (redacted), so the other nodes' bundle still goes out."""
+    host, redactor = target.name, Redactor()
+    archive = staging / f".{host}.tar.gz"
+    try:
+        runner = runtime.connect(target)
+        try:
+            fetch_node_logs(runner, since=since, until=until, dest=archive, timeout=runtime.command_timeout)
+        finally:
+            runner.close()
+        files = redact_archive(archive, staging / host, host, redactor)
+    except Exception as exc:
+        shutil.rmtree(staging / host, ignore_errors=True)
+        return NodeCollected(host, error=_reason(host, exc))
+    finally:
+        archive.unlink(missing_ok=True)
+    return NodeCollected(host, files, {k: v for k, v in redactor.counts.items() if v})
+
+
+def _reason(host: str, exc: Exception) -> str:
+    text = str(exc).removeprefix(f"{host}: ")
+    if isinstance(exc, CommandTimeout):
+        text = f"timed out: {text}"
+    elif not isinstance(exc, RemoteError):
+        text = f"{type(exc).__name__}: {text}"
+    return redact_text(text).strip()[:500]
+
+
+@task(name="pack", cache_policy=NO_CACHE)
+def pack(req: Request, name: str, results: list[NodeCollected], work: Path) -> tuple[Path, str, int]:
+    files = [f for r in results for f in r.files]
+    manifest = {
+        "format": FORMAT,
+        "bundle": name,
+        "case": req.case,
+        "customer": req.customer,
+        "cluster": req.cluster,
+        "run_id": req.run_id,
+        "created_at": utcnow().isoformat(),
+        "range": {"since": req.since.isoformat(), "until": req.until.isoformat()},
+        "nodes": [r.hostname for r in results],
+        "collected": [r.hostname for r in results if not r.error],
+        "missing": {r.hostname: r.error for r in results if r.error},
+        "partial": any(r.error for r in results),
+        "files": [asdict(f) for f in files],
+        "redactions": _totals(results),
+        "redactions_by_node": {r.hostname: r.redactions for r in results if not r.error},
+    }
+    local = work / f"{name}.tar.gz"
+    sha256, size = pack_bundle(local, manifest, [(work / "nodes" / f.path, f.path) for f in files])
+    return local, sha256, size
+
+
+@task(name="upload", cache_policy=NO_CACHE)
+def upload(local: Path, path: str, runtime: Runtime) -> str:
+    return runtime.fileserver.upload(local, path)
+
+
+def _totals(results: list[NodeCollected]) -> dict[str, int]:
+    return {name: sum(r.redactions.get(name, 0) for r in results) for name in PATTERN_NAMES}
+
+
+@flow(
+    name="collect-diagnostics",
+    flow_run_name="diagnostics {cluster} {case}",
+    # Threads, at most MAX_PARALLEL nodes at once. (Prefect types TaskRunner invariantly: mypy-only ignore.)
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL),  # type: ignore[arg-type]
+)
+def collect_diagnostics(
+    cluster: str,
+    case: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    nodes: list[str] | None = None,
+    run_id: int | None = None,
+) -> CollectResult:
+    """Collect, redact, pack and upload `cluster`'s logs for [since, until] (default: the last 24 h)
+    to `case`; with `nodes`, only those nodes."""
+    runtime, log, now = current(), get_run_logger(), utcnow()
+    req = resolve_request(cluster, case, since, until, nodes, now=now, engine=runtime.engine, run_id=run_id)
+    name = f"diag-{req.cluster}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    remote = support_path(req.customer, req.case, name)
+    (runtime.work_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=runtime.work_dir / "diagnostics"))
+    try:
+        (work / "nodes").mkdir()
+        futures = [collect_node.submit(t, req.since, req.until, work / "nodes", runtime) for t in req.targets]
+        results = [future.result() for future in futures]
+        for result in results:
+            if result.error:
+                log.warning("%s: missing from the bundle: %s", result.hostname, result.error)
+            else:
+                log.info("%s: %d files, redactions %s", result.hostname, len(result.files), result.redactions)
+        local, sha256, size = pack(req, name, results, work)
+        url = upload(local, remote, runtime)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    missing = {r.hostname: r.error for r in results if r.error}
+    with session_scope(runtime.engine) as session:
+        case_row = cases.get_case(req.case, session=session)
+        assert case_row.id is not None
+        row = cases.DiagnosticsBundle(
+            case_id=case_row.id, run_id=req.run_id, cluster_id=req.cluster_id, url=url, sha256=sha256,
+            size=size, missing_nodes=missing, redactions=_totals(results), created_at=utcnow(),
+        )  # fmt: skip
+        bundle = cases.attach_bundle(case_row, row, actor=runtime.actor, session=session)
+        assert bundle.id is not None
+    log.info("bundle %s (%d bytes, %s)", url, size, "PARTIAL" if missing else "complete")
+    return CollectResult(
+        case=req.case,
+        bundle_id=bundle.id,
+        url=url,
+        sha256=sha256,
+        size=size,
+        partial=bool(missing),
+        nodes=[t.name for t in req.targets],
+        missing=missing,
+        redactions=_totals(results),
+    )
+
+
+def handle_failed_run(run_id: int, *, runtime: Runtime, now: datetime) -> FailureReport:
+    """After a failed upgrade run: attach diagnostics for the run's time span to the case the update was
+    for (`run.case_ref`, if open), else to the case an earlier call opened for this run, else to a new P1
+    Issue case for the cluster. Diagnostics that fail do not raise: the report carries the case and the
+    error, for the SRE notification."""
+    if current() is not runtime:
+        raise RuntimeError("handle_failed_run: `runtime` must be the one flows.runtime.current() returns")
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        cluster = session.get(Cluster, run.cluster_id)
+        assert cluster is not None
+        case = _case_of_run(run, session=session)
+        if case is None:
+            case = cases.open_case(
+                customer=repo.customer_of(cluster, session=session),
+                clusters=[cluster],
+                subject=f"Upgrade of {cluster.name} to {run.to_version} failed (run {run_id})",
+                category=Category.ISSUE,
+                priority=Priority.P1,
+                now=now,
+                opened_by=runtime.actor,
+                session=session,
+            )
+            detail = {"case": case.ref, "reason": run.reason[:500]}
+            repo.record_audit(runtime.actor, RUN_CASE, f"run/{run_id}", detail, session=session)
+        ref, name, since = case.ref, cluster.name, run.started_at or run.created_at
+    state = collect_diagnostics(
+        cluster=name, case=ref, since=since, until=now, run_id=run_id, return_state=True
+    )
+    if state.is_completed():
+        result: CollectResult = state.result()
+        return FailureReport(ref, result.url, result.partial)
+    return FailureReport(ref, None, True, error=redact_text(state.message or "diagnostics failed"))
+
+
+def _case_of_run(run: UpgradeRun, *, session: Session) -> cases.Case | None:
+    """The open case the run was for, or else the one an earlier `handle_failed_run` opened for it."""
+    refs: list[object] = [run.case_ref] if run.case_ref else []
+    query = select(AuditEvent).where(AuditEvent.action == RUN_CASE, AuditEvent.subject == f"run/{run.id}")
+    refs += [event.detail.get("case") for event in session.exec(query.order_by(col(AuditEvent.id).desc()))]
+    for ref in refs:
+        case = session.exec(select(cases.Case).where(cases.Case.ref == ref)).first()
+        if case is not None and case.status is not cases.CaseStatus.closed:
+            return case
+    return None
+
+
+@flow(name="case-auto-close", flow_run_name="case auto-close")
+def case_auto_close(now: datetime | None = None) -> list[str]:
+    """Close every case that has waited on the customer for 14 days after at least 2 contact attempts
+    (`scheduling.sla.auto_close_due`) and queue the customer's email; one transaction per case."""
+    runtime, log = current(), get_run_logger()
+    at = now or utcnow()
+    with session_scope(runtime.engine) as session:
+        refs = [c.ref for c in cases.waiting_cases(session=session)]
+    closed = []
+    for ref in refs:
+        with session_scope(runtime.engine) as session:
+            if cases.auto_close(
+                cases.get_case(ref, session=session), now=at, actor=runtime.actor, session=session
+            ):
+                closed.append(ref)
+    log.info("auto-closed %d of %d cases waiting on customers: %s", len(closed), len(refs), closed)
+    return closed

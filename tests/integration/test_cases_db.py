@@ -1,0 +1,266 @@
+"""Support cases on SQLite and PostgreSQL: numbering, SLA due times, the blocking rule, status changes,
+bundles, the auto-close flow (with `now` injected) and the `upkeep case` CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from inventory import cases
+from inventory.db import session_scope
+from inventory.models import AuditEvent, Cluster, Contact, Customer
+from inventory.outbox import Notice
+from scheduling._time import load_zone
+from scheduling.sla import Category, Priority
+
+NY = load_zone("America/New_York")
+MONDAY = datetime(2026, 6, 1, 10, tzinfo=NY)
+
+
+def _fleet(engine: Any) -> None:
+    with session_scope(engine) as session:
+        acme = Customer(name="acme", timezone="America/New_York")
+        globex = Customer(name="globex", timezone="Europe/Berlin")
+        session.add_all([acme, globex])
+        session.flush()
+        session.add(Contact(customer_id=acme.id or 0, email="ops@acme.example", name="Ops"))
+        for owner, name in ((acme, "acme-c1"), (acme, "acme-c2"), (globex, "globex-c1")):
+            session.add(Cluster(customer_id=owner.id or 0, name=name, version="9.8.0"))
+
+
+def _open(engine: Any, cluster: str = "acme-c1", priority: str = "P1", **kw: Any) -> str:
+    with session_scope(engine) as session:
+        found = session.exec(select(Cluster).where(Cluster.name == cluster)).one()
+        customer = session.get(Customer, found.customer_id)
+        assert customer is not None
+        case = cases.open_case(
+            customer=customer,
+            clusters=[found],
+            subject=kw.pop("subject", "nodes slow after upgrade"),
+            category=kw.pop("category", "Issue"),
+            priority=priority,
+            now=kw.pop("now", MONDAY),
+            opened_by="sre",
+            session=session,
+            **kw,
+        )
+        return case.ref
+
+
+def _cluster_id(engine: Any, name: str) -> int:
+    with session_scope(engine) as session:
+        return session.exec(select(Cluster.id).where(Cluster.name == name)).one() or 0
+
+
+def test_open_numbers_routes_and_sets_the_first_response_due(engine: Any) -> None:
+    _fleet(engine)
+    first, second = _open(engine), _open(engine, priority="Low", category="Feature Request")
+    external = _open(engine, priority="sev1", external_id="SUP-4711")
+    with session_scope(engine) as session:
+        one, two = cases.get_case(first, session=session), cases.get_case(second, session=session)
+        sup = cases.get_case(external, session=session)
+        assert (first, second) == (f"CASE-{one.id}", f"CASE-{two.id}") and one.id != two.id
+        assert (one.priority, one.category, one.queue, one.status) == (
+            Priority.P1, Category.ISSUE, "SRE", cases.CaseStatus.new
+        )  # fmt: skip
+        assert one.first_response_due == MONDAY.astimezone(UTC) + timedelta(hours=2)
+        assert one.first_response_due.tzinfo is not None
+        assert (two.queue, two.priority) == ("Customer Success", Priority.P3)
+        assert two.first_response_due == datetime(2026, 6, 2, 10, tzinfo=NY)  # 7 h Mon + 1 h Tue
+        assert (sup.priority, sup.first_response_due) == (Priority.P0, MONDAY + timedelta(hours=1))
+        assert [c.name for c in cases.case_clusters(one, session=session)] == ["acme-c1"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"external_id": "CASE-99"}, "the prefix CASE- is reserved"),
+        ({"external_id": "../../etc"}, "is not CASE-<digits>"),
+        ({"external_id": "SUP-1"}, "case SUP-1 already exists"),
+        ({"priority": "P7"}, "priority 'P7'"),
+        ({"category": "question"}, "expected Issue or Feature Request"),
+        ({"subject": "   "}, "case subject"),
+        ({"cluster": "globex-c1", "other_customer": True}, "must belong to customer acme"),
+    ],
+)
+def test_open_refuses(engine: Any, kwargs: dict[str, Any], message: str) -> None:
+    _fleet(engine)
+    _open(engine, external_id="SUP-1")
+    kwargs = dict(kwargs)  # shared by the SQLite and PostgreSQL runs
+    with pytest.raises(ValueError, match=message), session_scope(engine) as session:
+        acme = session.exec(select(Customer).where(Customer.name == "acme")).one()
+        cluster = session.exec(select(Cluster).where(Cluster.name == kwargs.pop("cluster", "acme-c1"))).one()
+        kwargs.pop("other_customer", None)
+        args = {"subject": "x", "category": "Issue", "priority": "P2"} | kwargs
+        cases.open_case(customer=acme, clusters=[cluster], now=MONDAY, opened_by="t", session=session, **args)
+
+
+def test_open_p0_p1_cases_block_their_clusters(engine: Any) -> None:
+    _fleet(engine)
+    c1, c2 = _cluster_id(engine, "acme-c1"), _cluster_id(engine, "acme-c2")
+    _open(engine, priority="P2")
+    with session_scope(engine) as session:
+        assert cases.open_blocking_case(c1, session=session) is None
+    older = _open(engine, priority="High", now=MONDAY)
+    _open(engine, priority="P0", now=MONDAY + timedelta(hours=1))
+    with session_scope(engine) as session:
+        blocking = cases.open_blocking_case(c1, session=session)
+        assert blocking is not None and blocking.ref == older
+        assert cases.open_blocking_case(c2, session=session) is None
+        cases.escalate(blocking, by="customer", reason="still down", now=MONDAY, actor="t", session=session)
+    with session_scope(engine) as session:
+        still = cases.open_blocking_case(c1, session=session)
+        assert still is not None and still.ref == older  # escalated is not closed
+        for case in cases.list_cases(session=session):
+            if case.priority in (Priority.P0, Priority.P1):
+                cases.close_case(case, reason="fixed", now=MONDAY, actor="t", session=session)
+    with session_scope(engine) as session:
+        assert cases.open_blocking_case(c1, session=session) is None
+
+
+def test_status_contact_escalate_close_and_audit(engine: Any) -> None:
+    _fleet(engine)
+    ref = _open(engine, priority="P2")
+    later = MONDAY + timedelta(days=1)
+    with session_scope(engine) as session:
+        case = cases.get_case(ref, session=session)
+        with pytest.raises(cases.CaseError, match="count only while waiting"):
+            cases.record_contact_attempt(case, now=later, actor="t", note="", session=session)
+        cases.set_status(case, "waiting on customer", now=later, actor="t", session=session)
+        cases.record_contact_attempt(case, now=later, actor="t", note="mail", session=session)
+        cases.record_contact_attempt(case, now=later, actor="t", note="phone", session=session)
+    with session_scope(engine) as session:
+        case = cases.get_case(ref, session=session)
+        assert (case.status, case.waiting_since, case.contact_attempts) == (
+            cases.CaseStatus.waiting_on_customer, later, 2
+        )  # fmt: skip
+        for by, reason, message in [
+            ("boss", "x", "expected customer or sre"),
+            ("sre", " ", "needs a reason"),
+        ]:
+            with pytest.raises(cases.CaseError, match=message):
+                cases.escalate(case, by=by, reason=reason, now=later, actor="t", session=session)
+        cases.escalate(case, by="SRE", reason="customer impact grows", now=later, actor="t", session=session)
+        assert (case.escalated_by, case.waiting_since) == (cases.EscalatedBy.sre, None)
+        cases.close_case(case, reason="done", now=later, actor="t", session=session)
+    with session_scope(engine) as session:
+        case = cases.get_case(ref, session=session)
+        assert (case.status, case.closed_at, case.escalation_reason) == (
+            cases.CaseStatus.closed, later, "customer impact grows"
+        )  # fmt: skip
+        with pytest.raises(cases.CaseError, match="is closed"):
+            cases.escalate(case, by="customer", reason="again", now=later, actor="t", session=session)
+        actions = session.exec(select(AuditEvent.action).where(AuditEvent.subject == f"case/{ref}")).all()
+    assert actions == ["case.opened", "case.status", "case.contact_attempt", "case.contact_attempt",
+                       "case.escalated", "case.closed"]  # fmt: skip
+
+
+def test_bundles_are_kept_with_their_case(engine: Any) -> None:
+    _fleet(engine)
+    ref = _open(engine)
+    c2 = _cluster_id(engine, "acme-c2")
+    with session_scope(engine) as session:
+        case = cases.get_case(ref, session=session)
+        row = cases.DiagnosticsBundle(
+            case_id=case.id or 0, cluster_id=c2, url="https://fs/support/acme/x.tar.gz", sha256="a" * 64,
+            size=5 << 30, missing_nodes={"n2": "cannot connect"}, redactions={"password": 3},
+        )  # fmt: skip
+        cases.attach_bundle(case, row, actor="t", session=session)
+    with session_scope(engine) as session:
+        case = cases.get_case(ref, session=session)
+        [bundle] = cases.case_bundles(case, session=session)
+        assert (bundle.partial, bundle.size, bundle.missing_nodes, bundle.redactions) == (
+            True, 5 << 30, {"n2": "cannot connect"}, {"password": 3}
+        )  # fmt: skip
+        assert [c.name for c in cases.case_clusters(case, session=session)] == ["acme-c1", "acme-c2"]
+
+
+@pytest.fixture
+def flow_runtime(engine: Any, prefect_harness: None, tmp_path: Path) -> Iterator[Any]:
+    from flows import runtime
+    from upkeep.bootstrap import build_runtime
+    from upkeep.settings import load_settings
+
+    built = build_runtime(load_settings(home=tmp_path / "home"), engine=engine)
+    runtime.configure(built)
+    try:
+        yield built
+    finally:
+        runtime.configure(None)
+
+
+def test_auto_close_flow_closes_stale_waiting_cases_and_queues_the_email(
+    engine: Any, flow_runtime: Any
+) -> None:
+    from flows.diagnostics import case_auto_close
+
+    _fleet(engine)
+    start = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    now = start + timedelta(days=14)
+    plans = {"due": ("acme-c1", 2, start), "once": ("acme-c1", 1, start), "fresh": ("acme-c2", 3, now),
+             "nobody": ("globex-c1", 2, start - timedelta(days=30))}  # fmt: skip
+    refs = {}
+    for key, (cluster, attempts, since) in plans.items():
+        refs[key] = _open(engine, cluster=cluster, priority="P3", now=since, subject=f"case {key}")
+        with session_scope(engine) as session:
+            case = cases.get_case(refs[key], session=session)
+            cases.set_status(case, "waiting_on_customer", now=since, actor="t", session=session)
+            for _ in range(attempts):
+                cases.record_contact_attempt(case, now=since, actor="t", note="", session=session)
+
+    assert sorted(case_auto_close(now=now)) == sorted([refs["due"], refs["nobody"]])
+    assert case_auto_close(now=now + timedelta(hours=1)) == []  # nothing twice
+
+    with session_scope(engine) as session:
+        status = {k: cases.get_case(r, session=session).status for k, r in refs.items()}
+        notices = session.exec(select(Notice)).all()
+        email_due = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "case.customer_email_due")
+        ).all()
+    assert status == {"due": "closed", "once": "waiting_on_customer", "fresh": "waiting_on_customer",
+                      "nobody": "closed"}  # fmt: skip
+    [notice] = notices
+    assert (notice.recipients, notice.kind, notice.update_ref) == (
+        ["ops@acme.example"], "case-closed", f"case:{refs['due']}"
+    )  # fmt: skip
+    assert refs["due"] in notice.subject and "tried to reach you 2 times" in notice.body_text
+    assert [e.subject for e in email_due] == [f"case/{refs['nobody']}"]
+
+
+def test_case_cli_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from upkeep.cli import app
+
+    home = tmp_path / "clihome"
+    monkeypatch.setenv("UPKEEP_HOME", str(home))
+    monkeypatch.delenv("UPKEEP_DATABASE_URL", raising=False)
+    from upkeep.bootstrap import open_database
+    from upkeep.settings import load_settings
+
+    _fleet(open_database(load_settings()))
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(app, [*args, "--json"])
+        assert result.exit_code == code, (result.output, result.exception)
+        return json.loads(result.stdout) if code == 0 else result
+
+    opened = run("case", "open", "--cluster", "acme-c1", "--subject", "API 500s", "--priority", "Urgent")
+    ref = opened["id"]
+    assert (opened["customer"], opened["clusters"], opened["priority"], opened["queue"]) == (
+        "acme", ["acme-c1"], "P0", "SRE"
+    )  # fmt: skip
+    escalated = run("case", "escalate", ref, "--by", "customer", "--reason", "VP called")
+    assert (escalated["status"], escalated["escalated_by"]) == ("escalated", "customer")
+    assert [c["id"] for c in run("case", "list")] == [ref]
+    assert run("case", "show", ref)["escalation_reason"] == "VP called"
+    assert run("case", "close", ref, "--reason", "fixed")["status"] == "closed"
+    assert run("case", "list") == [] and [c["id"] for c in run("case", "list", "--all")] == [ref]
+    refused = run("case", "show", "../../etc", code=1)
+    assert isinstance(refused.exception, cases.CaseError)

@@ -7,9 +7,10 @@ runs, under the same name.
 
 from __future__ import annotations
 
+from flows.diagnostics import case_auto_close
 from flows.product_update import product_update
 from upkeep.bootstrap import configure_from_settings
 
 configure_from_settings()
 
-__all__ = ["product_update"]
+__all__ = ["case_auto_close", "product_update"]

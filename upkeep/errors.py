@@ -9,7 +9,10 @@ def explain(exc: BaseException) -> str | None:
     """The message for an expected failure, or None for a bug (which then shows its traceback)."""
     from flows.plan import PlanError
     from flows.steps import StepFailed
+    from inventory.cases import CaseError
     from inventory.runs import ActiveRunExists
+    from scheduling.errors import SchedulingError
+    from tasks.diagnostics import DiagnosticsRefused
     from tasks.fileserver import FileServerError
     from tasks.ssh import RemoteError
     from upkeep.settings import SettingsError
@@ -22,6 +25,9 @@ def explain(exc: BaseException) -> str | None:
         RemoteError,
         SettingsError,
         LookupError,
+        CaseError,
+        SchedulingError,
+        DiagnosticsRefused,
     ]
     try:
         from inventory.importer import InventoryError

@@ -165,4 +165,3 @@ def _start_deployments(claimed: list[tuple[int, str, str]]) -> None:
             timeout=0,  # hand it to a worker; do not wait here
             tags=[f"cluster:{cluster}", "source:schedule"],
         )
-

@@ -32,8 +32,10 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine
             kwargs.setdefault("connect_args", {"options": f"-csearch_path={schema}"})
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)
-    raise ValueError(f"database URL {parsed.render_as_string(hide_password=True)!r}: only sqlite and "
-                     "postgresql are supported")
+    raise ValueError(
+        f"database URL {parsed.render_as_string(hide_password=True)!r}: only sqlite and "
+        "postgresql are supported"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

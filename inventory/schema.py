@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
-from inventory import cases, models, outbox, windows
+from inventory import cases, models, outbox, releases, windows
 
-TABLE_MODULES = (models, outbox, cases, windows)
+TABLE_MODULES = (models, outbox, cases, windows, releases)
 metadata = SQLModel.metadata

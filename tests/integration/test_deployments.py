@@ -1,0 +1,164 @@
+"""The production path, end to end: `prefect server start` on PostgreSQL, the process work pool, every
+deployment of prefect.yaml (`prefect deploy --all`) and a `prefect worker start` carrying UPKEEP_*
+settings, as docs/deploying.md describes it. A deployment run goes through the worker into a flow-run
+subprocess that builds its Runtime from those settings alone (upkeep/entrypoints.py).
+
+One server for the session (see prefect_server.py for what each phase costs); tests here share it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy
+from sqlmodel import col, select
+
+from inventory.db import session_scope
+from inventory.models import Cluster, RunState, UpgradeRun
+from tests.integration.conftest import cli_engine
+from tests.integration.prefect_server import PrefectServer, running_prefect_server
+from upkeep.lab import Lab
+
+pytestmark = [pytest.mark.prefect_server, pytest.mark.lab, pytest.mark.postgres]
+TARGET = "9.10.0"
+RUN_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="session")
+def deploy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    lab = Lab(tmp_path_factory.mktemp("deploylab"))
+    lab.up(clusters=1, nodes=3, upgrade_seconds=0.1, health_delay=0.1)
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def worker_env(deploy_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The UPKEEP_* settings a worker machine has, with the lab's inventory imported into their SQLite DB."""
+    env = {f"UPKEEP_{k.upper()}": str(v) for k, v in deploy_lab.settings_overrides().items()}
+    env["UPKEEP_HOME"] = str(tmp_path_factory.mktemp("deploy-home"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    subprocess.run(
+        [sys.executable, "-m", "upkeep", "inventory", "import", str(deploy_lab.inventory_path)],
+        env={**base, **env},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def prefect_server(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrefectServer]:
+    server: PrefectServer | None = None
+    try:
+        with running_prefect_server(tmp_path_factory.mktemp("prefect-server"), worker_env) as server:
+            print(f"\nprefect server {server.api_url} up: {server.timings}")
+            yield server
+    finally:
+        if server is not None:
+            print(f"\nprefect server phases (s): {server.timings}")
+
+
+def _run_deployment(server: PrefectServer, name: str, parameters: dict[str, Any]) -> Any:
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        return run_deployment(name=name, parameters=parameters, timeout=RUN_TIMEOUT, poll_interval=0.5)
+
+
+def _tail(path: Path | None, lines: int = 60) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def test_product_update_deployment_runs_on_a_worker(
+    prefect_server: PrefectServer, deploy_lab: Lab, worker_env: dict[str, str]
+) -> None:
+    nodes = deploy_lab.status()["nodes"]
+    cluster = nodes[0]["cluster"]
+
+    started = time.monotonic()
+    flow_run = _run_deployment(
+        prefect_server, "product-update/product-update", {"cluster": cluster, "to_version": TARGET}
+    )
+    took = time.monotonic() - started
+    print(f"\nrun_deployment product-update: {took:.1f} s, state {flow_run.state.name}")
+
+    assert flow_run.state is not None and flow_run.state.is_completed(), (
+        f"flow run {flow_run.name} is {flow_run.state and flow_run.state.name} after {took:.0f} s; "
+        f"worker log:\n{_tail(prefect_server.worker_log)}"
+    )
+    for node in nodes:
+        log = deploy_lab.upgrade_log(node["hostname"])
+        assert len(log) == 1, f"{node['hostname']} upgraded {len(log)} times: {log}"
+    with session_scope(cli_engine(worker_env)) as session:
+        runs = session.exec(
+            select(UpgradeRun)
+            .join(Cluster, col(Cluster.id) == col(UpgradeRun.cluster_id))
+            .where(Cluster.name == cluster)
+        ).all()
+        assert [(r.state, r.to_version, r.flow_run_id) for r in runs] == [
+            (RunState.succeeded, TARGET, str(flow_run.id))
+        ]
+        assert session.exec(select(Cluster.version).where(Cluster.name == cluster)).one() == TARGET
+
+
+def test_pull_step_resolves_the_checkout_on_each_worker(prefect_server: PrefectServer) -> None:
+    """`prefect deploy` stores the placeholder, not the deploying machine's path, so every worker runs
+    the flows from its own checkout (UPKEEP_CHECKOUT in the worker's environment)."""
+    reply = httpx.get(f"{prefect_server.api_url}/deployments/name/product-update/product-update", timeout=10)
+    reply.raise_for_status()
+    assert reply.json()["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $UPKEEP_CHECKOUT }}"}}
+    ]
+
+
+# Prefect 3.8.8's scheduler inserts runs with the `state` hybrid property in a bulk INSERT, which
+# SQLAlchemy 2.1 refuses ("Can't evaluate bulk DML statement"): no scheduled run is ever created.
+# Measured: SQLAlchemy 2.0.x schedules them. Strict, so this starts failing once the pin is in place.
+_SCHEDULER_ERROR = "Can't evaluate bulk DML statement"
+_SCHEDULER_BROKEN = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) >= (2, 1)
+
+
+@pytest.mark.xfail(
+    _SCHEDULER_BROKEN,
+    raises=AssertionError,  # anything else (an API error) is a real failure
+    strict=True,
+    reason="Prefect 3.8.8's scheduler fails on SQLAlchemy >= 2.1",
+)
+def test_scheduled_deployments_get_scheduled_runs(prefect_server: PrefectServer) -> None:
+    api = prefect_server.api_url
+    with httpx.Client(timeout=10) as http:
+        reply = http.post(f"{api}/deployments/filter", json={})
+        reply.raise_for_status()
+        scheduled = [d["id"] for d in reply.json() if any(s["active"] for s in d["schedules"])]
+        if not scheduled:
+            pytest.skip("no deployment in prefect.yaml has an active schedule")
+        query = {
+            "deployments": {"id": {"any_": scheduled}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+        }
+        deadline = time.monotonic() + 15  # the scheduler loops every 2 s on this server
+        while True:
+            reply = http.post(f"{api}/flow_runs/count", json=query)
+            reply.raise_for_status()
+            count: int = reply.json()
+            if count or time.monotonic() > deadline or _SCHEDULER_ERROR in _tail(prefect_server.log, 200):
+                break  # (the known failure in the log already: no point waiting it out)
+            time.sleep(0.5)
+    assert count > 0, f"no scheduled flow runs; server log:\n{_tail(prefect_server.log, 30)}"

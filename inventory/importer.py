@@ -42,7 +42,9 @@ from inventory.importer_rules import (
     is_hostname,
     show,
 )
+from inventory.importer_schedule import sync_blackouts, sync_windows
 from inventory.importer_specs import (
+    BlackoutSpec,
     ClusterSpec,
     ContactSpec,
     CustomerSpec,
@@ -51,6 +53,7 @@ from inventory.importer_specs import (
     NodeSpec,
     Problem,
     ReleaseSpec,
+    WindowSpec,
 )
 from inventory.importer_write import (
     TABLES,
@@ -64,6 +67,7 @@ from inventory.importer_write import (
 )
 from inventory.models import Cluster, Contact, Customer, Node, Release
 from inventory.repo import record_audit
+from inventory.windows import Blackout, MaintenanceWindow
 from scheduling.versions import Version, is_version
 
 __all__ = [
@@ -81,6 +85,7 @@ __all__ = [
     "TABLES",
     "TOP",
     "VERSION",
+    "BlackoutSpec",
     "Check",
     "ClusterSpec",
     "ContactSpec",
@@ -93,6 +98,7 @@ __all__ = [
     "NodeSpec",
     "Problem",
     "ReleaseSpec",
+    "WindowSpec",
     "address_key",
     "apply_inventory",
     "import_inventory",
@@ -115,18 +121,20 @@ def load_inventory(path: Path) -> InventoryDoc:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise InventoryError([Problem(name, line, f"not UTF-8 text (byte {data[exc.start]:#04x})")]) from None
-    customers, releases, problems = parse_inventory(name, source)
+    customers, releases, vendor_blackouts, problems = parse_inventory(name, source)
     if problems:
         raise InventoryError(problems)
-    return InventoryDoc(Path(path), hashlib.sha256(data).hexdigest(), customers, releases)
+    return InventoryDoc(Path(path), hashlib.sha256(data).hexdigest(), customers, releases, vendor_blackouts)
 
 
 def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> ImportSummary:
     """Upsert the document by natural keys in the caller's transaction and record one audit event.
 
-    Customers' contacts and clusters' nodes become exactly the file's; customers, clusters and releases
-    missing from the file are left alone. Everything that can refuse the import is checked before the
-    first write, so a refused import writes nothing.
+    Customers' contacts, blackouts and notice terms, and clusters' nodes and maintenance windows become
+    exactly the file's (a key left out means none, or the default); the vendor blackouts too when the
+    file has `vendor_blackouts`. Customers, clusters and releases missing from the file are left alone.
+    Everything that can refuse the import is checked before the first write, so a refused import writes
+    nothing.
     """
     if session.get_bind().dialect.name == "postgresql":  # one import at a time (SQLite: BEGIN IMMEDIATE)
         session.connection().execute(text("SELECT pg_advisory_xact_lock(hashtext('upkeep.inventory'))"))
@@ -139,12 +147,24 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
     contacts: dict[int | None, list[Contact]] = defaultdict(list)
     for contact in session.exec(select(Contact).order_by(col(Contact.id))):
         contacts[contact.customer_id].append(contact)
+    windows: dict[int | None, list[MaintenanceWindow]] = defaultdict(list)
+    for window in session.exec(select(MaintenanceWindow).order_by(col(MaintenanceWindow.id))):
+        windows[window.cluster_id].append(window)
+    blackouts: dict[int | None, list[Blackout]] = defaultdict(list)
+    for blackout in session.exec(select(Blackout).order_by(col(Blackout.id))):
+        blackouts[blackout.customer_id].append(blackout)
     refuse_changes_under_active_runs(doc, session, customers, clusters, nodes)
 
     summary = ImportSummary()
     count = summary.counts
     for spec in doc.customers:
-        values: dict[str, Any] = {"name": spec.name, "timezone": spec.timezone}
+        values: dict[str, Any] = {
+            "name": spec.name,
+            "timezone": spec.timezone,
+            "notice_hours_product": spec.notice_hours_product,
+            "notice_hours_cloud": spec.notice_hours_cloud,
+            "requires_approval": spec.requires_approval,
+        }
         customers[spec.name] = save_row(
             session, customers.get(spec.name), Customer, values, count["customer"]
         )
@@ -152,6 +172,8 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
     for spec in doc.customers:
         customer = customers[spec.name]
         sync_contacts(session, customer, spec.contacts, contacts[customer.id], count["contact"])
+        blackout_counts = summary.schedule["blackout"]
+        sync_blackouts(session, customer.id, spec.blackouts, blackouts[customer.id], blackout_counts)
         for cluster_spec in spec.clusters:
             row = clusters.get(cluster_spec.name)
             if (
@@ -170,6 +192,11 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
         for cluster_spec in spec.clusters:
             cluster = clusters[cluster_spec.name]
             sync_nodes(session, cluster, cluster_spec.nodes, nodes[cluster.id], summary)
+            assert cluster.id is not None
+            window_counts = summary.schedule["window"]
+            sync_windows(session, cluster.id, cluster_spec.windows, windows[cluster.id], window_counts)
+    if doc.vendor_blackouts is not None:
+        sync_blackouts(session, None, doc.vendor_blackouts, blackouts[None], summary.schedule["blackout"])
     for release in doc.releases:
         values = {
             "version": release.version,

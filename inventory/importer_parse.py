@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from typing import Any
 
 import yaml
@@ -24,7 +25,16 @@ from inventory.importer_rules import (
     address_key,
     show,
 )
-from inventory.importer_specs import ClusterSpec, ContactSpec, CustomerSpec, NodeSpec, Problem, ReleaseSpec
+from inventory.importer_schedule import ScheduleParts
+from inventory.importer_specs import (
+    BlackoutSpec,
+    ClusterSpec,
+    ContactSpec,
+    CustomerSpec,
+    NodeSpec,
+    Problem,
+    ReleaseSpec,
+)
 from scheduling.versions import Version
 
 _EXPECTED = {
@@ -33,8 +43,12 @@ _EXPECTED = {
     "seq": "a list",
     "map": "a mapping",
     "time": "a date-time",
+    "date": "a date",
+    "bool": "true or false",
+    "strs": "a string or a list of strings",
 }
-_TAGS = {"str": ("str",), "int": ("int",), "time": ("timestamp", "str")}
+_TAGS = {"str": ("str",), "int": ("int",), "bool": ("bool",), "time": ("timestamp", "str")}
+_TAGS["date"] = _TAGS["time"]
 _SCALARS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean", "null": "null"}
 _BAD = object()
 
@@ -76,6 +90,7 @@ class _Parser:
         self.clusters: dict[str, int] = {}
         self.endpoints: dict[tuple[str, int], int] = {}
         self.releases: dict[str, int] = {}
+        self.schedule = ScheduleParts(self)
 
     def err(self, node: yaml.Node, message: str) -> None:
         self.problems.append(Problem(self.path, node.start_mark.line + 1, message))
@@ -106,7 +121,12 @@ class _Parser:
 
     def value(self, node: yaml.Node, what: str, kind: str) -> Any:
         """The node's value if it is of `kind`; otherwise report it and return _BAD."""
-        if kind in ("seq", "map"):
+        if kind == "strs":  # one string, or a list of them (window days)
+            items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+            ok = all(isinstance(i, yaml.ScalarNode) and i.tag.endswith(":str") for i in items)
+            if ok:
+                return node.value if isinstance(node, yaml.ScalarNode) else [i.value for i in items]
+        elif kind in ("seq", "map"):
             ok = isinstance(node, yaml.SequenceNode if kind == "seq" else yaml.MappingNode)
         else:
             ok = (
@@ -120,8 +140,8 @@ class _Parser:
         if kind in ("seq", "map", "str"):
             return node if kind != "str" else node.value
         try:
-            if node.tag.endswith(":str"):  # a quoted deadline
-                return datetime.fromisoformat(node.value)
+            if node.tag.endswith(":str"):  # a quoted deadline or date
+                return (date if kind == "date" else datetime).fromisoformat(node.value)
             return self.constructor.construct_object(node)
         except Exception:
             self.err(node, f"{what}: {show(node.value)} is not {_EXPECTED[kind]}")
@@ -188,11 +208,14 @@ class _Parser:
             self.memos[key] = parse(node)
         return self.memos[key]
 
-    def document(self, root: yaml.Node) -> tuple[list[CustomerSpec], list[ReleaseSpec]]:
+    def document(
+        self, root: yaml.Node
+    ) -> tuple[list[CustomerSpec], list[ReleaseSpec], list[BlackoutSpec] | None]:
         top, _ = self.mapping(root, "top level", TOP)
         customers = [self.customer(item) for item in self.items(top.get("customers"), "customers")]
         releases = [self.release(item) for item in self.items(top.get("releases"), "releases")]
-        return customers, releases
+        vendor = top.get("vendor_blackouts")
+        return customers, releases, None if vendor is None else self.memo(vendor, self.schedule.vendor)
 
     def customer(self, node: yaml.Node) -> CustomerSpec:
         v, at = self.mapping(node, "customer", CUSTOMER)
@@ -200,7 +223,19 @@ class _Parser:
             self.unique(self.customers, v["name"], at["name"], f"customer: duplicate name {show(v['name'])}")
         contacts = self.memo(v["contacts"], self.contacts) if "contacts" in v else []
         clusters = [self.cluster(item) for item in self.items(v.get("clusters"), "clusters")]
-        return CustomerSpec(v.get("name", ""), v.get("timezone", ""), contacts, clusters)
+        zone = v.get("timezone", "")
+        blackouts = self.memo(v["blackouts"], self.schedule.blackouts) if "blackouts" in v else []
+        product, cloud = self.memo(v["notice"], self.schedule.notice) if "notice" in v else (None, None)
+        return CustomerSpec(
+            v.get("name", ""),
+            zone,
+            contacts,
+            clusters,
+            [replace(b, timezone=b.timezone or zone) for b in blackouts],
+            product,
+            cloud,
+            v.get("requires_approval", False),
+        )
 
     def contacts(self, node: yaml.Node) -> list[ContactSpec]:
         seen: dict[Any, int] = {}
@@ -232,7 +267,8 @@ class _Parser:
         keys = ("name", "kind", "version")
         name, kind, version = (v.get(key, "") for key in keys)
         profile, ring = v.get("profile", "standard"), v.get("ring", "broad")
-        return ClusterSpec(name, kind, version, profile, ring, access, nodes, _line(node))
+        windows = self.memo(v["windows"], self.schedule.windows) if "windows" in v else []
+        return ClusterSpec(name, kind, version, profile, ring, access, nodes, _line(node), windows)
 
     def access(self, node: yaml.Node) -> dict[str, Any]:
         pairs = node.value if isinstance(node, yaml.MappingNode) else []
@@ -290,18 +326,22 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def parse_inventory(path: str, source: str) -> tuple[list[CustomerSpec], list[ReleaseSpec], list[Problem]]:
-    """The customers and releases of `source` (the text of the file `path`), and every problem found in
-    it, in line order. The specs are only meaningful when there are no problems."""
+def parse_inventory(
+    path: str, source: str
+) -> tuple[list[CustomerSpec], list[ReleaseSpec], list[BlackoutSpec] | None, list[Problem]]:
+    """The customers, releases and vendor blackouts (None: no such key) of `source` (the text of the
+    file `path`), and every problem found in it, in line order. The specs are only meaningful when there
+    are no problems."""
     parser = _Parser(path)
     root = parser.compose(source)
     customers: list[CustomerSpec] = []
     releases: list[ReleaseSpec] = []
+    vendor: list[BlackoutSpec] | None = None
     if root is None and not parser.problems:
         parser.problems.append(Problem(path, 1, "the file is empty; expected a mapping with 'customers'"))
     elif root is not None:
         try:
-            customers, releases = parser.document(root)
+            customers, releases, vendor = parser.document(root)
         except Exception as exc:  # pragma: no cover - a bug here must still not be a traceback
             parser.problems.append(Problem(path, 1, f"internal error, please report: {exc!r}"))
-    return customers, releases, sorted(parser.problems, key=lambda problem: problem.line or 0)
+    return customers, releases, vendor, sorted(parser.problems, key=lambda problem: problem.line or 0)

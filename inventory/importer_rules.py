@@ -7,12 +7,14 @@ import ipaddress
 import re
 import zoneinfo
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from functools import cache
 from typing import Any
 
 from inventory.models import AccessKind, ClusterKind
+from scheduling.errors import SchedulingError
 from scheduling.versions import is_version
+from scheduling.windows import MAX_DURATION, MIN_DURATION, _parse_start, parse_days, parse_duration
 
 Check = Callable[[Any], str | None]  # what is wrong with a value, or None
 
@@ -78,6 +80,60 @@ def _zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones() - {"localtime", "Factory"})
 
 
+def _scheduling(parse: Callable[[Any], object]) -> Check:
+    """A check from a `scheduling` parser: its message (which names the value) is the problem."""
+
+    def check(value: Any) -> str | None:
+        try:
+            parse(value)
+        except SchedulingError as exc:
+            return str(exc).removeprefix("window ")
+        return None
+
+    return check
+
+
+def _span(value: str) -> timedelta | None:
+    try:
+        return parse_duration(value)
+    except SchedulingError:
+        return None
+
+
+def _window_length(value: str) -> str | None:
+    span = _span(value)
+    if span is None:
+        return f"{show(value)} is not a duration (e.g. '4h', '90m', '2h30m' or '1d')"
+    if not MIN_DURATION <= span <= MAX_DURATION:
+        return f"{show(value)} is not between 1 minute and 7 days"
+    return None
+
+
+MAX_NOTICE = timedelta(days=60)
+
+
+def notice_hours(value: str) -> int:
+    """'72h' or '7d' → whole hours (the value must have passed NOTICE_SPAN)."""
+    span = _span(value)
+    assert span is not None
+    return int(span.total_seconds()) // 3600
+
+
+def _notice_span(value: str) -> str | None:
+    span = _span(value)
+    if span is None or span % timedelta(hours=1):
+        return f"{show(value)} is not a whole number of hours or days (e.g. '72h' or '7d')"
+    if span > MAX_NOTICE:
+        return f"{show(value)} is more than 60 days"
+    return None
+
+
+def _whole_day(value: Any) -> str | None:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return None
+    return f"{show(str(value))} is not a date (whole days, e.g. 2026-12-20)"
+
+
 def _deadline(value: Any) -> str | None:
     if isinstance(value, datetime) and value.utcoffset() is not None:
         return None
@@ -90,13 +146,45 @@ PORT = _rule(lambda v: 1 <= v <= 65535, "a port number (1-65535)")
 VERSION = _rule(is_version, "a version (MAJOR.MINOR.PATCH, e.g. 9.10.0)")
 HOSTNAME = _rule(is_hostname, "an RFC 1123 hostname")
 
-Field = tuple[str, Check | None, bool]  # kind (str, int, seq, map or time), rule, required
-TOP: dict[str, Field] = {"customers": ("seq", None, True), "releases": ("seq", None, False)}
+ZONE = _rule(lambda v: v in _zones(), "an IANA time zone (e.g. America/New_York)")
+REASON = _rule(lambda v: len(v) <= 255 and v.isprintable(), "printable text (255 at most)")
+
+# kind: str, int, bool, seq, map, time (date-time), date (whole day) or strs (a string or list of them)
+Field = tuple[str, Check | None, bool]  # kind, rule, required
+TOP: dict[str, Field] = {
+    "customers": ("seq", None, True),
+    "releases": ("seq", None, False),
+    "vendor_blackouts": ("seq", None, False),
+}
 CUSTOMER: dict[str, Field] = {
     "name": ("str", NAME, True),
-    "timezone": ("str", _rule(lambda v: v in _zones(), "an IANA time zone (e.g. America/New_York)"), True),
+    "timezone": ("str", ZONE, True),
     "contacts": ("seq", None, False),
     "clusters": ("seq", None, True),
+    "notice": ("map", None, False),
+    "requires_approval": ("bool", None, False),
+    "blackouts": ("seq", None, False),
+}
+NOTICE: dict[str, Field] = {
+    "product_update": ("str", _notice_span, False),
+    "cloud_release": ("str", _notice_span, False),
+}
+BLACKOUT: dict[str, Field] = {
+    "start": ("date", _whole_day, True),
+    "end": ("date", _whole_day, True),
+    "reason": ("str", REASON, False),
+    "timezone": ("str", ZONE, False),  # the customer's zone when left out
+}
+VENDOR_BLACKOUT: dict[str, Field] = {**BLACKOUT, "timezone": ("str", ZONE, True)}
+WINDOW: dict[str, Field] = {
+    "days": ("strs", _scheduling(parse_days), True),
+    "start": (
+        "str",
+        _rule(lambda v: _scheduling(_parse_start)(v) is None, "a local time HH:MM (e.g. '02:00')"),
+        True,
+    ),
+    "duration": ("str", _window_length, True),
+    "timezone": ("str", ZONE, False),  # the customer's zone when left out
 }
 CONTACT: dict[str, Field] = {
     "email": ("str", _rule(_is_email, "a valid email address"), True),
@@ -120,6 +208,7 @@ CLUSTER: dict[str, Field] = {
     "ring": ("str", _choice("canary", "early", "broad"), False),
     "access": ("map", None, True),
     "nodes": ("seq", None, True),
+    "windows": ("seq", None, False),
 }
 DIRECT: dict[str, Field] = {"type": ("str", _choice(*AccessKind), True)}
 JUMP: dict[str, Field] = {

@@ -3,8 +3,8 @@ invalid one from becoming an InventoryDoc. Plain data: no YAML, no database."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,27 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
+class WindowSpec:
+    """A weekly maintenance window as stored: weekday names, local HH:MM, minutes, zone ("" = the
+    customer's)."""
+
+    days: list[str]
+    start: str
+    duration_minutes: int
+    timezone: str
+
+
+@dataclass(frozen=True)
+class BlackoutSpec:
+    """Whole days, inclusive, read in `timezone` (a customer's blackout defaults to the customer's)."""
+
+    start: date
+    end: date
+    timezone: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     name: str
     kind: str
@@ -52,6 +73,7 @@ class ClusterSpec:
     access: dict[str, Any]  # {"type": "direct"} or {"type": "jump", "host": ..., "port": ..., "user": ...}
     nodes: list[NodeSpec]
     line: int
+    windows: list[WindowSpec] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,10 @@ class CustomerSpec:
     timezone: str
     contacts: list[ContactSpec]
     clusters: list[ClusterSpec]
+    blackouts: list[BlackoutSpec] = field(default_factory=list)
+    notice_hours_product: int | None = None  # None: the vendor default
+    notice_hours_cloud: int | None = None
+    requires_approval: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,3 +103,4 @@ class InventoryDoc:
     sha256: str  # of the file's bytes, for the audit trail
     customers: list[CustomerSpec]
     releases: list[ReleaseSpec]
+    vendor_blackouts: list[BlackoutSpec] | None = None  # None: the file has no vendor_blackouts key

@@ -14,6 +14,7 @@ from inventory.importer_specs import ClusterSpec, ContactSpec, InventoryDoc, Inv
 from inventory.models import AccessKind, Cluster, ClusterKind, Contact, Customer, Node, NodeStep, UpgradeRun
 
 TABLES = ("customer", "contact", "cluster", "node", "release")
+SCHEDULE_TABLES = ("window", "blackout")  # counted apart: `counts` keeps its shape for existing readers
 _M = TypeVar("_M", bound=SQLModel)
 
 
@@ -29,23 +30,31 @@ class Counts:
 class ImportSummary:
     counts: dict[str, Counts] = field(default_factory=lambda: {table: Counts() for table in TABLES})
     notes: list[str] = field(default_factory=list)  # worth a human's attention (removals, version going back)
+    schedule: dict[str, Counts] = field(default_factory=lambda: {t: Counts() for t in SCHEDULE_TABLES})
 
     @property
     def changed(self) -> bool:
-        return any(c.created or c.updated or c.deleted for c in self.counts.values())
+        return any(c.created or c.updated or c.deleted for c in self._all().values())
+
+    def _all(self) -> dict[str, Counts]:
+        return self.counts | self.schedule
 
     def as_dict(self) -> dict[str, Any]:
-        return {"counts": {table: asdict(c) for table, c in self.counts.items()}, "notes": list(self.notes)}
+        return {
+            "counts": {table: asdict(c) for table, c in self.counts.items()},
+            "schedule": {table: asdict(c) for table, c in self.schedule.items()},
+            "notes": list(self.notes),
+        }
 
     def __str__(self) -> str:
         """One line, e.g. "node: 1 created, 2 updated; release: 1 created", then the notes."""
         changes = [
             f"{table}: "
             + ", ".join(f"{n} {what}" for what, n in asdict(c).items() if n and what != "unchanged")
-            for table, c in self.counts.items()
+            for table, c in self._all().items()
             if c.created or c.updated or c.deleted
         ]
-        unchanged = sum(c.unchanged for c in self.counts.values())
+        unchanged = sum(c.unchanged for c in self._all().values())
         return "\n".join(["; ".join(changes) or f"no changes ({unchanged} rows unchanged)", *self.notes])
 
 

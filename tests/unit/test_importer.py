@@ -135,7 +135,7 @@ releases:
 
 EXPECTED = {
     "tz": "timezone: 'Mars/Olympus' is not an IANA time zone",
-    "unknown-key": "unknown key 'colour' (allowed: name, timezone, contacts, clusters)",
+    "unknown-key": "unknown key 'colour' (allowed: name, timezone, contacts, clusters, notice, ",
     "email": "email: 'ops@@acme' is not a valid email address",
     "kind": "kind: 'metal' is not one of cloud, software",
     "hostname": "hostname: 'n1;rm -rf /' is not an RFC 1123 hostname",
@@ -307,6 +307,18 @@ KEYS = [
     "from",
     "deadline",
     "<<",
+    "windows",
+    "days",
+    "start",
+    "duration",
+    "blackouts",
+    "end",
+    "reason",
+    "notice",
+    "product_update",
+    "cloud_release",
+    "requires_approval",
+    "vendor_blackouts",
 ]
 INTERESTING = [
     "acme",
@@ -332,6 +344,11 @@ INTERESTING = [
     "-x",
     "..",
     "/abs",
+    "mon-fri",
+    "02:00",
+    "4h",
+    "0m",
+    "2026-12-20",
 ]
 scalars = st.one_of(
     st.none(),
@@ -421,5 +438,168 @@ def _mutations() -> st.SearchStrategy[Any]:
 @given(document=_mutations())
 def test_mutated_good_file(tmp_path_factory: pytest.TempPathFactory, document: Any) -> None:
     path = tmp_path_factory.getbasetemp() / "mutated.yaml"
+    path.write_text(yaml.dump(document, allow_unicode=True))
+    check_only_inventory_errors(path)
+
+
+# --- scheduling keys: windows, blackouts, notice terms, vendor blackouts --------------------------------
+
+GOOD_SCHEDULE = """\
+vendor_blackouts:
+  - {start: 2026-12-24, end: 2026-12-26, timezone: UTC, reason: Year-end freeze}
+customers:
+  - name: acme
+    timezone: America/New_York
+    notice: {product_update: 48h, cloud_release: 14d}
+    requires_approval: true
+    blackouts:
+      - {start: 2026-11-26, end: "2026-11-27", reason: Thanksgiving}
+      - {start: 2027-01-01, end: 2027-01-01, timezone: Europe/Berlin}
+    clusters:
+      - name: acme-c1
+        kind: software
+        version: 9.8.0
+        access: {type: direct}
+        nodes: [{hostname: n1}]
+        windows:
+          - {days: "tue,thu", start: "02:00", duration: 4h}
+          - {days: [sat, sunday], start: "22:30", duration: 90m, timezone: Europe/Berlin}
+          - {days: fri-mon, start: "1:05", duration: 2h30m}
+      - name: acme-c2
+        kind: cloud
+        version: 9.8.0
+        access: {type: direct}
+        nodes: [{hostname: n2}]
+  - name: umbrella
+    timezone: UTC
+    clusters: []
+"""
+
+
+def test_schedule_keys_load(tmp_path: Path) -> None:
+    from datetime import date
+
+    from inventory.importer import BlackoutSpec, WindowSpec
+
+    doc = load_inventory(write(tmp_path, GOOD_SCHEDULE))
+    acme, umbrella = doc.customers
+    assert (acme.notice_hours_product, acme.notice_hours_cloud, acme.requires_approval) == (48, 336, True)
+    assert (umbrella.notice_hours_product, umbrella.requires_approval, umbrella.blackouts) == (
+        None,
+        False,
+        [],
+    )
+    assert acme.blackouts == [  # a customer's blackout is read in the customer's zone unless it names one
+        BlackoutSpec(date(2026, 11, 26), date(2026, 11, 27), "America/New_York", "Thanksgiving"),
+        BlackoutSpec(date(2027, 1, 1), date(2027, 1, 1), "Europe/Berlin", ""),
+    ]
+    assert acme.clusters[0].windows == [
+        WindowSpec(["tue", "thu"], "02:00", 240, ""),  # "" = the customer's zone
+        WindowSpec(["sat", "sun"], "22:30", 90, "Europe/Berlin"),
+        WindowSpec(["mon", "fri", "sat", "sun"], "01:05", 150, ""),
+    ]
+    assert acme.clusters[1].windows == []
+    assert doc.vendor_blackouts == [
+        BlackoutSpec(date(2026, 12, 24), date(2026, 12, 26), "UTC", "Year-end freeze")
+    ]
+    assert load_inventory(write(tmp_path, GOOD, "plain.yaml")).vendor_blackouts is None  # key absent
+
+
+BAD_SCHEDULE = """\
+vendor_blackouts:
+  - {start: 2026-12-24, end: 2026-12-26}                       # <vendor-zone>
+customers:
+  - name: acme
+    timezone: America/New_York
+    notice: {product_update: 90m, cloud_release: 61d}          # <notice>
+    requires_approval: "yes"                                   # <approval>
+    blackouts:
+      - {start: 2026-11-27, end: 2026-11-26}                   # <end-before-start>
+      - {start: 2026-11-27T10:00:00Z, end: 2026-11-28}         # <not-a-date>
+      - {start: 2026-12-01, end: 2026-12-02, timezone: Mars/Base}   # <blackout-zone>
+    clusters:
+      - name: acme-c1
+        kind: software
+        version: 9.8.0
+        access: {type: direct}
+        nodes: [{hostname: n1}]
+        windows:
+          - {days: "tue,thurs", start: "02:00", duration: 4h}  # <day>
+          - {days: mon, start: "25:00", duration: 4h}          # <start>
+          - {days: mon, start: "02:00", duration: 0m}          # <zero>
+          - {days: mon, start: "02:00", duration: 8d}          # <long>
+          - {days: mon, start: "02:00", duration: 4h, timezone: Nowhere/Zone}   # <window-zone>
+          - {days: mon, start: "02:00"}                        # <missing>
+"""
+
+SCHEDULE_EXPECTED = {
+    "vendor-zone": "vendor blackout: missing required key 'timezone'",
+    "notice": "notice: product_update: '90m' is not a whole number of hours or days",
+    "approval": "customer: requires_approval: expected true or false, got a string 'yes'",
+    "end-before-start": "blackout: end 2026-11-26 is before start 2026-11-27",
+    "not-a-date": "blackout: start: '2026-11-27 10:00:00+00:00' is not a date",
+    "blackout-zone": "blackout: timezone: 'Mars/Base' is not an IANA time zone",
+    "day": "window: days: day 'thurs': expected a weekday name",
+    "start": "window: start: '25:00' is not a local time HH:MM",
+    "zero": "window: duration: '0m' is not between 1 minute and 7 days",
+    "long": "window: duration: '8d' is not between 1 minute and 7 days",
+    "window-zone": "window: timezone: 'Nowhere/Zone' is not an IANA time zone",
+    "missing": "window: missing required key 'duration'",
+}
+
+
+def test_bad_schedule_keys_are_reported_at_their_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, BAD_SCHEDULE)
+    found = problems(path)
+    for marker, message in SCHEDULE_EXPECTED.items():
+        prefix = f"{path}:{line_of(BAD_SCHEDULE, marker)}: "
+        assert any(p.startswith(prefix) and message in p for p in found), (marker, found)
+    # the notice line has two problems (90m, and 61 days being over the 60-day maximum)
+    assert f"{path}:6: notice: cloud_release: '61d' is more than 60 days" in found
+    assert len(found) == len(SCHEDULE_EXPECTED) + 1, "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ({"days": "", "start": "02:00", "duration": "1h"}, "days: day '': expected a weekday name"),
+        ({"days": [], "start": "02:00", "duration": "1h"}, "days: days []: expected at least one day"),
+        ({"days": [1], "start": "02:00", "duration": "1h"}, "days: expected a string or a list of strings"),
+        ({"days": "mon", "start": "2am", "duration": "1h"}, "start: '2am' is not a local time HH:MM"),
+        ({"days": "mon", "start": "02:00", "duration": "4 hours"}, "'4 hours' is not a duration"),
+        ({"days": "mon", "start": "02:00", "duration": 4}, "duration: expected a string, got an integer"),
+    ],
+)
+def test_window_values_that_are_refused(tmp_path: Path, window: dict[str, Any], message: str) -> None:
+    data = yaml.safe_load(one_cluster([{"hostname": "n1"}]))
+    data["customers"][0]["clusters"][0]["windows"] = [window]
+    path = write(tmp_path, yaml.safe_dump(data))
+    [problem] = problems(path)
+    assert re.match(rf"{re.escape(str(path))}:\d+: window: ", problem) and message in problem, problem
+
+
+def _schedule_mutations() -> st.SearchStrategy[Any]:
+    good = yaml.safe_load(GOOD_SCHEDULE)
+
+    def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        children = (
+            node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+        )
+        return [prefix] + [p for key, child in children for p in paths(child, (*prefix, key))]
+
+    def replace(node: Any, path: tuple[Any, ...], value: Any) -> Any:
+        if not path:
+            return value
+        copy = dict(node) if isinstance(node, dict) else list(node)
+        copy[path[0]] = replace(node[path[0]], path[1:], value)
+        return copy
+
+    return st.builds(replace, st.just(good), st.sampled_from(paths(good)), structures)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=_schedule_mutations())
+def test_mutated_schedule_file(tmp_path_factory: pytest.TempPathFactory, document: Any) -> None:
+    path = tmp_path_factory.getbasetemp() / "mutated-schedule.yaml"
     path.write_text(yaml.dump(document, allow_unicode=True))
     check_only_inventory_errors(path)

@@ -9,7 +9,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from inventory.importer_schedule import blackout_dict, customer_terms, window_dict
 from inventory.models import AccessKind, AuditEvent, Cluster, Contact, Customer, Node, Release
+from inventory.windows import Blackout, MaintenanceWindow
 from scheduling.versions import Version, is_version
 
 
@@ -93,7 +95,8 @@ def _sort_key(version: str) -> tuple[int, Version | None, str]:
 def inventory_snapshot(*, session: Session) -> dict[str, Any]:
     """Everything in the inventory as JSON-able data shaped like the inventory YAML file (same keys and
     nesting, so it can be written back out and re-imported), in a stable order: customers and clusters by
-    name, contacts as imported, nodes in upgrade order, releases by version. No database ids."""
+    name, contacts as imported, nodes in upgrade order, releases by version. No database ids. Schedule
+    keys (windows, blackouts, notice, requires_approval, vendor_blackouts) appear only when set."""
     contacts: dict[int | None, list[Contact]] = defaultdict(list)
     for contact in session.exec(select(Contact).order_by(col(Contact.id))):
         contacts[contact.customer_id].append(contact)
@@ -103,17 +106,33 @@ def inventory_snapshot(*, session: Session) -> dict[str, Any]:
     clusters: dict[int | None, list[Cluster]] = defaultdict(list)
     for cluster in list_clusters(session=session):
         clusters[cluster.customer_id].append(cluster)
+    windows: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
+    for window in session.exec(select(MaintenanceWindow).order_by(col(MaintenanceWindow.id))):
+        windows[window.cluster_id].append(window_dict(window))
+    blackouts: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
+    for blackout in session.exec(select(Blackout).order_by(col(Blackout.start), col(Blackout.id))):
+        blackouts[blackout.customer_id].append(blackout_dict(blackout))
     customers = [
         {
             "name": customer.name,
             "timezone": customer.timezone,
             "contacts": [{"email": c.email, "name": c.name, "role": c.role} for c in contacts[customer.id]],
-            "clusters": [_cluster_dict(cluster, nodes[cluster.id]) for cluster in clusters[customer.id]],
+            "clusters": [
+                _cluster_dict(cluster, nodes[cluster.id]) | _some("windows", windows[cluster.id])
+                for cluster in clusters[customer.id]
+            ],
+            **customer_terms(customer),
+            **_some("blackouts", blackouts[customer.id]),
         }
         for customer in session.exec(select(Customer).order_by(col(Customer.name)))
     ]
     releases = sorted(session.exec(select(Release)), key=lambda r: _sort_key(r.version))
-    return {"customers": customers, "releases": [_release_dict(release) for release in releases]}
+    snapshot = {"customers": customers, "releases": [_release_dict(release) for release in releases]}
+    return snapshot | _some("vendor_blackouts", blackouts[None])
+
+
+def _some(key: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {key: items} if items else {}
 
 
 def _cluster_dict(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:

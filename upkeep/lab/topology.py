@@ -15,6 +15,10 @@ CUSTOMERS: list[tuple[str, str]] = [
     ("umbrella", "Australia/Lord_Howe"),  # half-hour DST shift: catches naive window maths
 ]
 KINDS = ("software", "cloud")
+# Every lab cluster may be touched at any time, so lab updates can run "now". Daily 00:00 for 24 h of
+# elapsed time in the customer's zone: on the day clocks go back, the last local hour (half hour at
+# Lord Howe) before midnight is outside.
+ALWAYS_OPEN = {"days": "mon-sun", "start": "00:00", "duration": "24h"}
 ACCESS = ("direct", "jump")
 
 
@@ -91,6 +95,7 @@ def inventory(
                     {"hostname": host, "address": "127.0.0.1", "port": ports[host], "user": user}
                     for host in plan_.nodes
                 ],
+                "windows": [dict(ALWAYS_OPEN)],
             }
         )
     return {

@@ -1,0 +1,305 @@
+"""Scheduling service: announce an update for a slot, defer it, cancel it, and show what is coming.
+
+Plain functions, not Prefect flows. Each works in the caller's ONE transaction: the update (an
+`UpgradeRun` in state planned, with its slot), its audit event and the customer notice with its
+calendar invite commit or roll back together. The rules are `scheduling`'s; `now` is always passed in.
+A refusal raises before anything is written, with a message that says why (`ScheduleRefused`, or the
+`PlanError`/`LookupError`/`ActiveRunExists` of the parts used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session, col, select
+
+from inventory import repo
+from inventory.cases import CaseError, check_case_ref, open_blocking_case
+from inventory.models import Cluster, Contact, Customer, RunState, UpgradeRun
+from inventory.outbox import Notice
+from inventory.runs import create_run, finish_run, get_run
+from inventory.windows import blackouts_for, cluster_windows
+from scheduling._time import aware_utc, describe, fmt_instant
+from scheduling.deferral import DeferralPolicy, check_deferral
+from scheduling.errors import NoSlot, SchedulingError, SlotBlocked
+from scheduling.notice import NoticePolicy, UpdateKind, minimum_notice
+from scheduling.slots import estimate_duration, find_slot
+from templates import NoticeContext, NoticeKind
+
+if TYPE_CHECKING:
+    from flows.schedule_calendar import CalendarRow
+
+PER_NODE_ESTIMATE = timedelta(minutes=10)  # nodes are upgraded one at a time (settings: per_node_minutes)
+DEFERRALS = DeferralPolicy()  # at most 2 deferrals, each moving the update by at most 7 days
+SOURCES = ("support", "customer", "release")
+_DEFER_HOW = "Reply to this email with a later date, or ask your support contact to defer {ref}."
+
+
+class ScheduleRefused(SchedulingError):
+    """A scheduling request Upkeep refuses; the message names the value and the rule."""
+
+
+@dataclass(frozen=True)
+class VendorTerms:
+    """The vendor's side: who notices come from (invite organizer, support contact they name) and how
+    long one node's upgrade is estimated to take. None where asked for: the configured runtime's."""
+
+    organizer: str = "upkeep@localhost"
+    support_contact: str = "support@localhost"
+    per_node_estimate: timedelta = PER_NODE_ESTIMATE
+
+    @classmethod
+    def configured(cls) -> VendorTerms:
+        """From the flow runtime when one is configured (the CLI does), else the defaults."""
+        from flows.runtime import RuntimeNotConfigured, current
+
+        try:
+            runtime = current()
+        except RuntimeNotConfigured:
+            return cls()
+        organizer = parseaddr(runtime.mail_from)[1] or cls.organizer
+        return cls(organizer, runtime.support_contact, runtime.per_node_estimate)
+
+
+def update_ref(run_id: int | None) -> str:
+    return f"update-{run_id}"
+
+
+def parse_update_ref(text: str) -> int:
+    """'update-42' or '42' → 42."""
+    digits = text.strip().removeprefix("update-")
+    if not digits.isdigit():
+        raise ScheduleRefused(f"update {text!r}: expected an update id such as update-42 or 42")
+    return int(digits)
+
+
+def notice_policy(customer: Customer) -> NoticePolicy:
+    """The vendor defaults, with the customer's contract terms where it has them."""
+    default = NoticePolicy()
+    product, cloud = customer.notice_hours_product, customer.notice_hours_cloud
+    return NoticePolicy(
+        product_update=default.product_update if product is None else timedelta(hours=product),
+        cloud_release=default.cloud_release if cloud is None else timedelta(hours=cloud),
+    )
+
+
+def schedule_update(
+    cluster: str,
+    to_version: str,
+    *,
+    now: datetime,
+    urgent: bool = False,
+    case: str | None = None,
+    source: str = "support",
+    requested_by: str,
+    session: Session,
+    vendor: VendorTerms | None = None,
+) -> UpgradeRun:
+    """Plan the update, put it in the first allowed slot, claim the cluster, queue the `scheduled`
+    notice. Source "release" is a cloud release (7 days' notice by default), others product updates."""
+    from flows.plan import plan_update
+
+    if source not in SOURCES:
+        raise ScheduleRefused(f"source {source!r}: expected one of {', '.join(SOURCES)}")
+    if case is not None:
+        try:
+            check_case_ref(case)
+        except CaseError as exc:
+            raise ScheduleRefused(str(exc)) from None
+    plan = plan_update(cluster, to_version, session=session)
+    row = session.get(Cluster, plan.cluster_id)
+    assert row is not None and row.id is not None
+    customer = repo.customer_of(row, session=session)
+    kind = UpdateKind.CLOUD_RELEASE if source == "release" else UpdateKind.PRODUCT_UPDATE
+    vendor = vendor or VendorTerms.configured()
+    blocking = open_blocking_case(row.id, session=session)
+    try:
+        slot = find_slot(
+            now=now,
+            windows=cluster_windows(row, customer, session=session),
+            blackouts=blackouts_for(customer, session=session),
+            notice=minimum_notice(notice_policy(customer), kind, urgent),
+            estimate=estimate_duration(len(plan.nodes), vendor.per_node_estimate),
+            blocked_by_case=blocking is not None,
+            urgent=urgent,
+        )
+    except SlotBlocked:
+        assert blocking is not None
+        raise ScheduleRefused(
+            f"{plan.label}: case {blocking.ref} ({blocking.priority}) is open on {row.name}; "
+            "only an urgent update may be scheduled there (--urgent)"
+        ) from None
+    except NoSlot as exc:
+        raise ScheduleRefused(f"{plan.label}: no slot: {exc}") from None
+    _recipients(customer, session)  # refuse before claiming the cluster
+    run = create_run(
+        row,
+        to_version=to_version,
+        source=source,
+        requested_by=requested_by,
+        session=session,
+        state=RunState.planned,
+    )
+    run.kind, run.urgent, run.case_ref = kind.value, urgent, case
+    run.slot_start, run.slot_end, run.notice_sequence = slot.start, slot.end, 1
+    run.needs_approval = customer.requires_approval
+    session.add(run)
+    session.flush()
+    detail = {"slot": slot.start.isoformat(), "urgent": urgent, "kind": kind.value, "case": case}
+    repo.record_audit(requested_by or "upkeep", "update.scheduled", f"run/{run.id}", detail, session=session)
+    _notify(run, NoticeKind.scheduled, now=now, session=session, vendor=vendor)
+    return run
+
+
+def defer_update(
+    run_id: int,
+    *,
+    to: datetime,
+    now: datetime,
+    session: Session,
+    requested_by: str = "customer",
+    vendor: VendorTerms | None = None,
+) -> UpgradeRun:
+    """Move a planned update to the first window start at or after `to`, within the deferral rules
+    (count, maximum move, release deadline); queue the `deferred` notice (same invite, next SEQUENCE)."""
+    run = _planned(run_id, "defer", session)
+    ref, when = update_ref(run.id), aware_utc(to, "deferral time")
+    current, current_end = run.slot_start, run.slot_end
+    assert current is not None and current_end is not None  # _planned checked it
+    deadline = repo.get_release(run.to_version, session=session).deadline
+
+    def check(new_start: datetime) -> str | None:
+        decision = check_deferral(
+            DEFERRALS,
+            current_start=current,
+            new_start=new_start,
+            deferrals_so_far=run.deferrals,
+            deadline=deadline,
+            now=now,
+        )
+        return None if decision.allowed else decision.reason
+
+    if problem := check(when):
+        raise ScheduleRefused(f"cannot defer {ref} to {fmt_instant(when)}: {problem}")
+    cluster, customer = _owner(run, session)
+    try:
+        slot = find_slot(
+            now=now,
+            windows=cluster_windows(cluster, customer, session=session),
+            blackouts=blackouts_for(customer, session=session),
+            notice=timedelta(0),
+            estimate=current_end - current,
+            urgent=run.urgent,
+            not_before=when,
+        )
+    except NoSlot as exc:
+        raise ScheduleRefused(f"cannot defer {ref} to {fmt_instant(when)}: {exc}") from None
+    if problem := check(slot.start):
+        raise ScheduleRefused(
+            f"cannot defer {ref} to {fmt_instant(when)}: the first maintenance window at or after it "
+            f"starts {fmt_instant(slot.start)}, and that {problem}"
+        )
+    run.slot_start, run.slot_end = slot.start, slot.end
+    run.deferrals += 1
+    run.notice_sequence += 1
+    session.add(run)
+    detail = {"from": current.isoformat(), "to": slot.start.isoformat(), "deferral": run.deferrals}
+    repo.record_audit(requested_by, "update.deferred", f"run/{run.id}", detail, session=session)
+    _notify(run, NoticeKind.deferred, now=now, session=session, vendor=vendor, previous=current)
+    return run
+
+
+def cancel_update(
+    run_id: int, *, now: datetime, reason: str, session: Session, vendor: VendorTerms | None = None
+) -> UpgradeRun:
+    """Cancel a planned update; if it was announced (has a slot), queue the `cancelled` notice, whose
+    invite (METHOD:CANCEL, next SEQUENCE) removes the calendar entry."""
+    run = get_run(run_id, session=session)
+    if RunState(run.state) is not RunState.planned:
+        raise ScheduleRefused(
+            f"{update_ref(run.id)} is {run.state}: only a planned update is cancelled here "
+            f"(a running one stops between nodes with `upkeep cancel {run.id}`)"
+        )
+    finish_run(run, RunState.cancelled, reason=reason or "cancelled", session=session)
+    if run.slot_start is not None:
+        run.notice_sequence += 1
+        _notify(run, NoticeKind.cancelled, now=now, session=session, vendor=vendor, reason=reason)
+    return run
+
+
+def _planned(run_id: int, action: str, session: Session) -> UpgradeRun:
+    run = get_run(run_id, session=session)
+    if RunState(run.state) is not RunState.planned or run.slot_start is None:
+        what = run.state if run.slot_start else f"{run.state} without an announced slot"
+        raise ScheduleRefused(f"cannot {action} {update_ref(run.id)}: it is {what}")
+    return run
+
+
+def _owner(run: UpgradeRun, session: Session) -> tuple[Cluster, Customer]:
+    cluster = session.get(Cluster, run.cluster_id)
+    assert cluster is not None
+    return cluster, repo.customer_of(cluster, session=session)
+
+
+def _recipients(customer: Customer, session: Session) -> tuple[str, ...]:
+    query = select(Contact.email).where(Contact.customer_id == customer.id).order_by(col(Contact.id))
+    emails = tuple(dict.fromkeys(session.exec(query)))
+    if not emails:
+        raise ScheduleRefused(
+            f"customer {customer.name} has no contacts to notify; add some to the inventory"
+        )
+    return emails
+
+
+def _notify(
+    run: UpgradeRun,
+    kind: NoticeKind,
+    *,
+    now: datetime,
+    session: Session,
+    vendor: VendorTerms | None,
+    previous: datetime | None = None,
+    reason: str = "",
+) -> Notice:
+    from flows.notify import queue_for  # imports Prefect: kept out of `upkeep calendar`'s start-up
+
+    cluster, customer = _owner(run, session)
+    assert customer.id is not None and run.slot_start is not None and run.slot_end is not None
+    vendor = vendor or VendorTerms.configured()
+    left, most = DEFERRALS.max_count - run.deferrals, describe(DEFERRALS.max_delay)
+    limits = f"at most {DEFERRALS.max_count} deferrals ({left} left), each by up to {most}"
+    ctx = NoticeContext(
+        kind=kind,
+        update_ref=update_ref(run.id),
+        sequence=run.notice_sequence,
+        customer=customer.name,
+        customer_timezone=customer.timezone,
+        cluster=cluster.name,
+        from_version=run.from_version,
+        to_version=run.to_version,
+        slot_start=run.slot_start,
+        slot_end=run.slot_end,
+        recipients=_recipients(customer, session),
+        organizer=vendor.organizer,
+        support_contact=vendor.support_contact,
+        defer_instructions=_DEFER_HOW.format(ref=update_ref(run.id)),
+        deferral_limits=f"{limits}, never past the release deadline",
+        urgent=run.urgent,
+        reason=reason,
+        case_ref=run.case_ref or "",
+        previous_slot_start=previous,
+    )
+    return queue_for(ctx, customer_id=customer.id, session=session, stamp=now)
+
+
+def calendar_view(
+    *, now: datetime, weeks: int, customer: str | None = None, session: Session
+) -> list[CalendarRow]:
+    """What is coming in the next `weeks` weeks (see `flows.schedule_calendar`, where it lives to keep
+    this module short and `upkeep calendar` free of Prefect)."""
+    from flows.schedule_calendar import calendar_view as view
+
+    return view(now=now, weeks=weeks, customer=customer, session=session)

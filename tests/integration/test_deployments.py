@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy
 from sqlmodel import col, select
 
 from inventory.db import session_scope
@@ -128,19 +127,12 @@ def test_pull_step_resolves_the_checkout_on_each_worker(prefect_server: PrefectS
     ]
 
 
-# Prefect 3.8.8's scheduler inserts runs with the `state` hybrid property in a bulk INSERT, which
-# SQLAlchemy 2.1 refuses ("Can't evaluate bulk DML statement"): no scheduled run is ever created.
-# Measured: SQLAlchemy 2.0.x schedules them. Strict, so this starts failing once the pin is in place.
+# Regression guard for the sqlalchemy<2.1 pin in pyproject.toml: Prefect 3.8.8's scheduler inserts
+# runs with a hybrid property in a bulk INSERT that SQLAlchemy 2.1 refuses ("Can't evaluate bulk DML
+# statement"), and then no scheduled run is ever created while manual runs still work.
 _SCHEDULER_ERROR = "Can't evaluate bulk DML statement"
-_SCHEDULER_BROKEN = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) >= (2, 1)
 
 
-@pytest.mark.xfail(
-    _SCHEDULER_BROKEN,
-    raises=AssertionError,  # anything else (an API error) is a real failure
-    strict=True,
-    reason="Prefect 3.8.8's scheduler fails on SQLAlchemy >= 2.1",
-)
 def test_scheduled_deployments_get_scheduled_runs(prefect_server: PrefectServer) -> None:
     api = prefect_server.api_url
     with httpx.Client(timeout=10) as http:

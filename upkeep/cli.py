@@ -238,6 +238,15 @@ def _mount_lab() -> None:
 _mount_lab()
 
 
+def _mount_schedule() -> None:
+    from upkeep.cli_schedule import register
+
+    register(app)
+
+
+_mount_schedule()
+
+
 def main() -> None:
     from upkeep.errors import explain
 

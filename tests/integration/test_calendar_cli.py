@@ -1,0 +1,192 @@
+"""The real `upkeep` CLI for scheduling: `calendar` (DST changes flagged), `schedule`, `defer`,
+`cancel-update`, `notices send`, and how each refuses bad input: one line naming the value, exit 1,
+the database byte for byte unchanged.
+
+`calendar` takes a hidden `--now` so a preview (and this test) can look at a DST change whatever the date
+today; the other commands use the real clock, so their assertions are relative to the slot they get.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.integration.test_cli_inventory import database, no_traceback, upkeep
+
+SHA = "ef" * 32
+INVENTORY = f"""\
+customers:
+  - name: acme
+    timezone: America/New_York
+    contacts: [{{email: ops@acme.example}}]
+    clusters:
+      - name: acme-c1
+        kind: software
+        version: 9.8.0
+        access: {{type: direct}}
+        nodes: [{{hostname: acme-c1-n1}}, {{hostname: acme-c1-n2}}]
+        windows:
+          - {{days: mon-sun, start: "02:00", duration: 4h}}
+  - name: globex
+    timezone: Europe/Berlin
+    contacts: [{{email: ops@globex.example}}]
+    clusters:
+      - name: globex-c1
+        kind: cloud
+        version: 9.8.0
+        access: {{type: direct}}
+        nodes: [{{hostname: globex-c1-n1}}]
+        windows:
+          - {{days: sat, start: "22:00", duration: 6h}}
+releases:
+  - {{version: 9.9.0, package: releases/p-9.9.0.tgz, sha256: {SHA}, from: [9.8.0]}}
+"""
+NY_DST = "DST: clocks go back 1 h (EDT→EST)"
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def imported(root: Path) -> Path:
+    source = root / "fleet.yaml"
+    source.write_text(INVENTORY)
+    home = root / "home"
+    result = upkeep(home, "inventory", "import", str(source))
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only for the tests that use it."""
+    return imported(tmp_path_factory.mktemp("calendar"))
+
+
+def refused(home: Path, *args: str) -> str:
+    """Run a command that must be refused; returns its one error line. Nothing may be written."""
+    before = database(home)
+    result = upkeep(home, *args)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    no_traceback(result)
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert database(home) == before
+    return line.removeprefix("error: ")
+
+
+def test_calendar_flags_the_dst_change_per_customer(home: Path) -> None:
+    result = upkeep(home, "calendar", "--weeks", "8", "--json", "--now", "2026-10-15T12:00:00Z")
+    assert result.returncode == 0, result.stderr
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    dst = [(r["customer"], r["at"], r["local"], r["detail"]) for r in rows if r["what"] == "dst"]
+    assert dst == [
+        (
+            "globex",
+            "2026-10-25T01:00:00+00:00",
+            "Sun 2026-10-25 02:00 CET",
+            "DST: clocks go back 1 h (CEST→CET)",
+        ),
+        ("acme", "2026-11-01T06:00:00+00:00", "Sun 2026-11-01 01:00 EST", NY_DST),
+    ]
+    # acme's window stays at 02:00 local; in UTC it moves an hour later across the change
+    windows = {r["at"][:10]: (r["utc"], r["local"]) for r in rows if r["cluster"] == "acme-c1"}
+    assert windows["2026-10-31"] == ("2026-10-31 06:00 UTC", "Sat 2026-10-31 02:00 EDT")
+    assert windows["2026-11-01"] == ("2026-11-01 07:00 UTC", "Sun 2026-11-01 02:00 EST")
+    assert min(r["at"] for r in rows) >= "2026-10-15T12" and max(r["at"] for r in rows) < "2026-12-10T12"
+
+    only = upkeep(
+        home, "calendar", "--customer", "acme", "--weeks", "8", "--json", "--now", "2026-10-15T12:00Z"
+    )
+    assert {r["customer"] for r in json.loads(only.stdout)} == {"acme"}
+
+
+def test_calendar_table_shows_the_dst_change(home: Path) -> None:
+    result = upkeep(home, "calendar", "--customer", "acme", "--weeks", "8", "--now", "2026-10-15T12:00:00Z")
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    assert f"acme: Sun 2026-11-01 01:00 EST: {NY_DST}" in result.stdout.splitlines()
+    assert "Sun 2026-11-01 02:00 EST" in result.stdout  # the first window after the change, in the table
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("calendar", "--now", "next tuesday"), "--now 'next tuesday' is not an ISO date or date-time"),
+        (("calendar", "--customer", "initech"), "no customer 'initech' (customers: acme, globex)"),
+        (("calendar", "--weeks", "0"), "weeks 0: expected 1 to 52"),
+        (("schedule", "acme-c1", "--to", "9.12.0"), "acme/acme-c1: no"),  # no path / no release
+        (("defer", "update-7", "--to", "2026-12-01"), "no run 7"),
+        (("defer", "seven", "--to", "2026-12-01"), "update 'seven': expected an update id such as update-42"),
+        (("cancel-update", "7"), "no run 7"),
+    ],
+)
+def test_refusals_write_nothing(home: Path, args: tuple[str, ...], message: str) -> None:
+    assert message in refused(home, *args)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("timezone: America/New_York", "timezone: America/Gotham"),
+            "'America/Gotham' is not an IANA time zone",
+        ),
+        (("duration: 4h}", "duration: 0m}"), "window: duration: '0m' is not between 1 minute and 7 days"),
+        (
+            (
+                "    contacts: [{email: ops@acme.example}]",
+                "    blackouts: [{start: 2026-12-20, end: 2026-12-01}]",
+            ),
+            "blackout: end 2026-12-01 is before start 2026-12-20",
+        ),
+    ],
+)
+def test_bad_inventory_is_refused_at_its_line(home: Path, edit: tuple[str, str], message: str) -> None:
+    bad = home.parent / "bad.yaml"
+    old, new = edit
+    assert old in INVENTORY
+    bad.write_text(INVENTORY.replace(old, new, 1))
+    line = INVENTORY[: INVENTORY.index(old)].count("\n") + 1
+    error = refused(home, "inventory", "import", str(bad))
+    assert error.startswith(f"{bad}:{line}: ") and message in error, error
+
+
+def test_schedule_defer_cancel_and_send(tmp_path: Path) -> None:
+    home = imported(tmp_path)
+    result = upkeep(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
+    assert result.returncode == 0, result.stderr
+    update = json.loads(result.stdout)
+    start = datetime.fromisoformat(update["slot_start"])
+    assert (update["update"], update["state"], update["notice"]["kind"]) == (
+        "update-1",
+        "planned",
+        "scheduled",
+    )
+    assert datetime.fromisoformat(update["slot_end"]) - start == timedelta(minutes=20)  # 2 nodes
+    assert start.astimezone(NEW_YORK).strftime("%H:%M") == "02:00"  # a window start, local time
+    assert start - datetime.now(UTC) >= timedelta(hours=72)  # the default notice
+
+    far = (start + timedelta(days=30)).date().isoformat()
+    assert "a deferral may move it by at most 7 days" in refused(home, "defer", "update-1", "--to", far)
+    assert "is not an ISO date or date-time" in refused(home, "defer", "update-1", "--to", "2026-13-01")
+
+    later = (start + timedelta(days=2)).date().isoformat()  # a bare date: the first window that day (local)
+    result = upkeep(home, "defer", "update-1", "--to", later, "--json")
+    assert result.returncode == 0, result.stderr
+    deferred = json.loads(result.stdout)
+    moved = datetime.fromisoformat(deferred["slot_start"]).astimezone(NEW_YORK)
+    assert (moved.date().isoformat(), moved.strftime("%H:%M"), deferred["deferrals"]) == (later, "02:00", 1)
+    assert (deferred["notice"]["kind"], deferred["notice"]["sequence"]) == ("deferred", 2)
+
+    result = upkeep(home, "cancel-update", "update-1", "--reason", "customer asked")
+    assert result.returncode == 0, result.stderr
+    assert "notice  cancelled #3 queued" in result.stdout
+
+    result = upkeep(home, "notices", "send")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("notices: 3 sent, 0 retrying later, 0 refused")
+    sent = sorted(path.name.split(".")[1] for path in (home / "outbox").glob("*.eml"))
+    assert sent == ["cancelled", "deferred", "scheduled"]

@@ -1,0 +1,268 @@
+"""`upkeep schedule|defer|cancel-update|calendar` and `upkeep notices send`: updates announced for a
+maintenance window with advance notice, and the outbox that tells customers.
+
+Every change and its customer notice are written in one transaction; a refusal (no slot, deferral over
+the limit, malformed date) is one line on stderr, exit 1, and nothing written.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlmodel import Session, select
+
+from upkeep.console import CliError, console, print_json
+
+notices_app = typer.Typer(help="Customer notices waiting in the outbox.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+UpdateArg = Annotated[str, typer.Argument(help="The update: update-42, or the run id 42.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the scheduling commands to the main `upkeep` app."""
+    app.command("schedule")(schedule)
+    app.command("defer")(defer)
+    app.command("cancel-update")(cancel_update)
+    app.command("calendar")(calendar)
+    app.add_typer(notices_app, name="notices")
+
+
+@contextmanager
+def _transaction() -> Iterator[Session]:
+    """One transaction on the CLI's database; the expected refusals become one-line CliErrors."""
+    from flows.plan import PlanError
+    from inventory.cases import CaseError
+    from inventory.db import session_scope
+    from inventory.runs import ActiveRunExists
+    from scheduling.errors import SchedulingError
+    from upkeep.cli import _engine
+
+    try:
+        with session_scope(_engine()) as session:
+            yield session
+    except (SchedulingError, PlanError, LookupError, ActiveRunExists, CaseError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def schedule(
+    cluster: Annotated[str, typer.Argument(help="Cluster name, or customer/cluster.")],
+    to: Annotated[str, typer.Option("--to", help="Target version, e.g. 9.10.0.")],
+    urgent: Annotated[bool, typer.Option("--urgent", help="Security/data-loss fix: 24 h notice.")] = False,
+    case: Annotated[str | None, typer.Option("--case", help="The support case this update resolves.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Announce an update of CLUSTER for its first allowed maintenance window and queue the notice."""
+    from flows.schedule import schedule_update
+
+    with _transaction() as session:
+        run = schedule_update(
+            cluster, to, now=_now(), urgent=urgent, case=case, requested_by=getpass.getuser(), session=session
+        )
+        data = _update_dict(run, session)
+    _print_update("scheduled", data, json)
+
+
+def defer(
+    update: UpdateArg,
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="ISO date (the first window on or after it, in the customer's zone) or date-time "
+            "(no offset: the customer's local time).",
+        ),
+    ],
+    json: JsonOpt = False,
+) -> None:
+    """Move a scheduled update to the first maintenance window at or after DATE (deferral limits apply)."""
+    from flows.schedule import defer_update, parse_update_ref
+
+    with _transaction() as session:
+        run_id = parse_update_ref(update)
+        when = _when(to, _customer_zone(run_id, session))
+        run = defer_update(run_id, to=when, now=_now(), session=session, requested_by=getpass.getuser())
+        data = _update_dict(run, session)
+    _print_update("deferred", data, json)
+
+
+def cancel_update(
+    update: UpdateArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (told to the customer).")] = "",
+    json: JsonOpt = False,
+) -> None:
+    """Cancel a scheduled update; the customer's calendar entry is withdrawn."""
+    from flows.schedule import cancel_update as cancel
+    from flows.schedule import parse_update_ref
+
+    with _transaction() as session:
+        run = cancel(parse_update_ref(update), now=_now(), reason=reason, session=session)
+        data = _update_dict(run, session)
+    _print_update("cancelled", data, json)
+
+
+def calendar(
+    customer: Annotated[str | None, typer.Option("--customer", help="Only this customer.")] = None,
+    weeks: Annotated[int, typer.Option("--weeks", help="How far ahead (1-52).")] = 4,
+    now: Annotated[
+        str | None, typer.Option("--now", hidden=True, help="Pretend it is this ISO time (previews, tests).")
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Windows, scheduled updates, notices due, blackouts and DST changes in the weeks ahead."""
+    from flows.schedule_calendar import calendar_view
+
+    start = _now() if now is None else _when(now, "UTC", what="--now")
+    with _transaction() as session:
+        rows = calendar_view(now=start, weeks=weeks, customer=customer, session=session)
+    if json:
+        print_json([row.as_dict() for row in rows])
+        return
+    if not rows:
+        console.print(f"nothing in the {weeks} week(s) from {start:%Y-%m-%d %H:%M} UTC", markup=False)
+        return
+    table = Table("local", "UTC", "where", "what", "detail")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    for row in rows:
+        where = "/".join(filter(None, (row.customer or "(vendor)", row.cluster)))
+        what = f"[bold]{row.what}[/]" if row.what in ("dst", "update") else row.what
+        same_day = row.local[4:14] == row.at.strftime("%Y-%m-%d")
+        utc = row.at.strftime("%H:%M" if same_day else "%m-%d %H:%M")
+        table.add_row(row.local, utc, escape(where), what, escape(row.detail))
+    console.print(table)
+    for row in rows:  # unwrapped, whatever the terminal's width: these move "02:00 local" against UTC
+        if row.what == "dst":
+            console.print(f"{row.customer}: {row.local}: {row.detail}", markup=False, soft_wrap=True)
+
+
+@notices_app.command("send")
+def notices_send(
+    limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 100, json: JsonOpt = False
+) -> None:
+    """Deliver the notices that are due, through the configured mailer (SMTP or .eml files)."""
+    from flows.notify import deliver_pending
+    from flows.runtime import current
+    from upkeep.cli import _engine
+
+    _engine()  # configures the runtime from the settings in force
+    runtime = current()
+    report = deliver_pending(
+        runtime.engine, runtime.mailer, now=_now(), sender=runtime.mail_from, limit=limit
+    )
+    if json:
+        print_json(report.as_dict())
+    else:
+        console.print(
+            f"notices: {len(report.sent)} sent, {len(report.retrying)} retrying later, "
+            f"{len(report.failed)} refused",
+            markup=False,
+        )
+        for failure in report.failed:
+            console.print(
+                f"refused for good: {failure.key} to {', '.join(failure.recipients)}: {failure.error}"
+            )
+    if report.transport_error:
+        raise CliError(f"mail server unusable: {report.transport_error}")
+    if report.failed:
+        raise CliError(f"{len(report.failed)} notice(s) refused for good; see above")
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def _customer_zone(run_id: int, session: Session) -> str:
+    from inventory import repo
+    from inventory.models import Cluster
+    from inventory.runs import get_run
+
+    cluster = session.get(Cluster, get_run(run_id, session=session).cluster_id)
+    assert cluster is not None
+    return repo.customer_of(cluster, session=session).timezone
+
+
+def _when(text: str, zone: str, *, what: str = "--to") -> datetime:
+    """An ISO date (midnight in `zone`) or date-time (without an offset: wall time in `zone`)."""
+    from scheduling._time import load_zone, resolve_local
+
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            return resolve_local(date.fromisoformat(value), time(0), load_zone(zone))
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(
+            f"{what} {text!r} is not an ISO date or date-time (e.g. 2026-12-01 or 2026-12-01T02:00)"
+        ) from None
+    if moment.tzinfo is None:
+        return resolve_local(moment.date(), moment.time(), load_zone(zone))
+    return moment
+
+
+def _update_dict(run: Any, session: Session) -> dict[str, Any]:
+    from flows.schedule import update_ref
+    from inventory import repo
+    from inventory.models import Cluster
+    from inventory.outbox import Notice
+
+    cluster = session.get(Cluster, run.cluster_id)
+    assert cluster is not None
+    customer = repo.customer_of(cluster, session=session)
+    ref = update_ref(run.id)
+    notice = session.exec(
+        select(Notice).where(Notice.update_ref == ref, Notice.sequence == run.notice_sequence)
+    )
+    queued = notice.first()
+    return {
+        "update": ref,
+        "run": run.id,
+        "customer": customer.name,
+        "cluster": cluster.name,
+        "timezone": customer.timezone,
+        "from": run.from_version,
+        "to": run.to_version,
+        "state": str(run.state),
+        "urgent": run.urgent,
+        "case": run.case_ref,
+        "deferrals": run.deferrals,
+        "slot_start": run.slot_start.isoformat() if run.slot_start else None,
+        "slot_end": run.slot_end.isoformat() if run.slot_end else None,
+        "notice": None
+        if queued is None
+        else {"kind": queued.kind, "sequence": queued.sequence, "recipients": list(queued.recipients)},
+    }
+
+
+def _print_update(action: str, data: dict[str, Any], as_json: bool) -> None:
+    from templates import format_duration, format_slot
+
+    if as_json:
+        print_json(data)
+        return
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, soft_wrap=True)
+
+    say(f"{action} {data['update']}: {data['customer']}/{data['cluster']} {data['from']}→{data['to']}")
+    if data["slot_start"]:
+        start, end = (datetime.fromisoformat(data[key]) for key in ("slot_start", "slot_end"))
+        was = "was " if action == "cancelled" else ""
+        say(f"  slot    {was}{format_slot(start, data['timezone'])}, {format_duration(end - start)}")
+    if data["urgent"]:
+        say("  urgent  24 h minimum notice")
+    notice = data["notice"]
+    if notice:
+        say(f"  notice  {notice['kind']} #{notice['sequence']} queued for {', '.join(notice['recipients'])}")
+        say("          (sent by `upkeep notices send` or the dispatcher)")
+    else:
+        say("  notice  none (the update had no announced slot)")

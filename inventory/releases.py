@@ -71,7 +71,7 @@ class Rollout(SQLModel, table=True):
     state: RolloutState = _enum(RolloutState, RolloutState.planning)
     halted_reason: str = Field(default="", max_length=2000)
     # Error budget (scheduling.waves.ErrorBudget) and wave pacing, as the monthly flow was asked.
-    max_failures: int | None = 1
+    max_failures: int | None = None  # no column default: it would turn an explicit None into 1 on INSERT
     max_failure_rate: float | None = None
     soak_minutes: float = 60
     max_concurrent: int = 10

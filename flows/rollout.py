@@ -1,0 +1,315 @@
+"""Release waves at start time: may this cloud-release run start now? Plus halt, resume and status.
+
+The dispatcher asks `start_gate(run, session=..., now=...)` for every due cloud-release run, in the
+transaction in which it then marks the run started. A run may start when, in this order:
+
+1. it belongs to no rollout (nothing here applies), or it has started before (a run carried over to a
+   later window, or paused, finishes what it began: a half-upgraded cluster is worse than a halt);
+2. the rollout is not halted, and its error budget holds (else it halts now, once, with the reason);
+3. every earlier ring (scheduling.waves.RINGS_DEFAULT) has no planned, running or paused run left, and
+   the last run of the nearest earlier ring with runs finished `soak_minutes` ago (wave_may_start);
+4. fewer than `max_concurrent` runs of the rollout, and fewer than `per_customer_limit` of the run's
+   customer, are in flight (running or paused).
+
+Error budget (AWS SSM MaxErrors / Ansible max_fail_percentage, `scheduling.waves.budget_exceeded`) over
+the whole rollout: started = runs that started (or failed), failed = runs that failed, both counted
+from the last `resume_rollout` on (which acknowledges the failures before it). The gate locks the
+rollout row (PostgreSQL FOR UPDATE; SQLite's BEGIN IMMEDIATE serialises anyway), so concurrent
+dispatchers decide one after the other and the concurrency limits hold if the caller marks the run
+running in the same transaction.
+
+Halting notifies the SRE with an AuditEvent ("rollout.halted") and an ERROR log line, once: the state
+change happens once. Customer notice templates are not used for it (they are about one update).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from inventory.db import session_scope
+from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.releases import (
+    Member,
+    MemberStatus,
+    ReleaseError,
+    Rollout,
+    RolloutCluster,
+    RolloutState,
+    get_rollout,
+    ring_rows,
+    rollout_members,
+    rollout_of_run,
+)
+from inventory.repo import record_audit
+from inventory.runs import ActiveRunExists
+from inventory.types import utcnow
+from scheduling.waves import RINGS_DEFAULT, ErrorBudget, budget_exceeded, wave_may_start
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = (RunState.running, RunState.paused)
+ACTIVE = (RunState.planned, *IN_FLIGHT)
+
+
+@dataclass(frozen=True)
+class RingTally:
+    """The runs of one ring of a rollout, as the wave rules see them."""
+
+    ring: str
+    runs: int = 0
+    active: int = 0  # planned, running or paused
+    started: int = 0
+    failed: int = 0
+    last_finished: datetime | None = None
+
+
+def tally(members: Sequence[Member], rings: Sequence[str] = RINGS_DEFAULT) -> list[RingTally]:
+    """One tally per ring in `rings` order (rings not listed follow, by name)."""
+    names = list(rings) + sorted({m.entry.ring for m in members} - set(rings))
+    result = []
+    for ring in names:
+        runs = [m.run for m in members if m.entry.ring == ring and m.run is not None]
+        done = [r.finished_at for r in runs if r.state not in ACTIVE and r.finished_at is not None]
+        result.append(
+            RingTally(
+                ring=ring,
+                runs=len(runs),
+                active=sum(1 for r in runs if r.state in ACTIVE),
+                started=sum(1 for r in runs if r.started_at is not None or r.state is RunState.failed),
+                failed=sum(1 for r in runs if r.state is RunState.failed),
+                last_finished=max(done, default=None),
+            )
+        )
+    return result
+
+
+def budget_reason(
+    budget: ErrorBudget, tallies: Sequence[RingTally], acked_started: int = 0, acked_failed: int = 0
+) -> str | None:
+    """Why the rollout must halt, or None: its budget over the runs since the last resume."""
+    started = sum(t.started for t in tallies) - acked_started
+    failed = sum(t.failed for t in tallies) - acked_failed
+    return budget_exceeded(budget, max(started, 0), min(max(failed, 0), max(started, 0)))
+
+
+def wave_reason(
+    ring: str,
+    tallies: Sequence[RingTally],
+    *,
+    soak: timedelta,
+    now: datetime,
+    rings: Sequence[str] = RINGS_DEFAULT,
+) -> str | None:
+    """Why a run in `ring` must wait for the earlier rings, or None. Earlier rings without runs (all
+    their clusters skipped or blocked) do not hold anyone up."""
+    order = list(rings)
+    if ring not in order:
+        return f"ring {ring!r} is not one of {', '.join(order)}: not started"
+    earlier = [t for t in tallies if t.ring in order[: order.index(ring)] and t.runs]
+    for previous in earlier:
+        if previous.active:
+            return (
+                f"waiting for ring {previous.ring}: {previous.active} of {previous.runs} updates not finished"
+            )
+    if not earlier:
+        return None
+    previous = earlier[-1]
+    finished = min(previous.last_finished, now) if previous.last_finished else None  # clock skew
+    decision = wave_may_start(finished, soak, now, None)
+    return None if decision.allowed else f"waiting for ring {previous.ring}: {decision.reason}"
+
+
+def concurrency_reason(
+    in_flight: int, customer_in_flight: int, *, max_concurrent: int, per_customer_limit: int
+) -> str | None:
+    """Why one more update may not start: the rollout's or the customer's in-flight limit."""
+    if in_flight >= max_concurrent:
+        return f"{_in_flight(in_flight, 'of this release')} (limit {max_concurrent})"
+    if customer_in_flight >= per_customer_limit:
+        return f"{_in_flight(customer_in_flight, 'of this customer')} (limit {per_customer_limit})"
+    return None
+
+
+def _in_flight(count: int, whose: str) -> str:
+    return f"1 update {whose} is in flight" if count == 1 else f"{count} updates {whose} are in flight"
+
+
+def budget_of(rollout: Rollout) -> ErrorBudget:
+    return ErrorBudget(rollout.max_failures, rollout.max_failure_rate)
+
+
+def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | None:
+    """None if `run` may start now; otherwise why it waits (or why the rollout halted)."""
+    assert run.id is not None
+    found = rollout_of_run(run.id, session=session)
+    if found is None or run.started_at is not None:
+        return None
+    rollout = session.exec(select(Rollout).where(Rollout.id == found[0].id).with_for_update()).one()
+    halted = halt_if_budget_exceeded(rollout, session=session, now=now)
+    if halted:
+        return f"release {rollout.version} rollout is halted: {halted}"
+    members = _members(rollout, session)
+    soak = timedelta(minutes=rollout.soak_minutes)
+    waiting = wave_reason(found[1].ring, tally(members), soak=soak, now=now)
+    if waiting:
+        return waiting
+    in_flight = [m for m in members if m.run is not None and m.run.state in IN_FLIGHT and m.run.id != run.id]
+    cluster = session.get(Cluster, run.cluster_id)
+    same_customer = sum(1 for m in in_flight if cluster and m.cluster.customer_id == cluster.customer_id)
+    return concurrency_reason(
+        len(in_flight),
+        same_customer,
+        max_concurrent=rollout.max_concurrent,
+        per_customer_limit=rollout.per_customer_limit,
+    )
+
+
+def _members(rollout: Rollout, session: Session) -> list[Member]:
+    """The rollout's members, loaded once per transaction: a dispatcher asks about many runs in one
+    transaction, and its claims (ORM UPDATEs of the runs) update these same objects in the session."""
+    key, transaction = ("rollout-members", rollout.id), session.get_transaction()
+    cached = session.info.get(key)
+    if cached is None or cached[0] is not transaction:
+        cached = session.info[key] = (transaction, rollout_members(rollout, session=session))
+    return list(cached[1])
+
+
+def halt_if_budget_exceeded(rollout: Rollout, *, session: Session, now: datetime) -> str | None:
+    """The halt reason if the rollout is (now) halted, else None. Halts at most once per breach."""
+    if rollout.state is RolloutState.halted:
+        return rollout.halted_reason
+    members = _members(rollout, session)
+    reason = budget_reason(
+        budget_of(rollout), tally(members), rollout.acknowledged_started, rollout.acknowledged_failed
+    )
+    if reason is None:
+        return None
+    failed = [m.cluster.name for m in members if m.run is not None and m.run.state is RunState.failed]
+    names = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+    text = f"{reason} (failed: {names}); no further update of this release starts"
+    rollout.state, rollout.halted_reason, rollout.updated_at = RolloutState.halted, text[:2000], now
+    session.add(rollout)
+    record_audit(
+        "upkeep", "rollout.halted", f"rollout/{rollout.version}", {"reason": text[:500]}, session=session
+    )
+    log.error(
+        "release %s rollout halted: %s; `upkeep release resume %s` continues it",
+        rollout.version,
+        text,
+        rollout.version,
+    )
+    return text
+
+
+def resume_rollout(
+    version: str, *, session: Session, now: datetime | None = None, actor: str = "upkeep"
+) -> str:
+    """Clear a halt: the failures so far are acknowledged and the budget counts afresh from here."""
+    rollout = get_rollout(version, session=session, lock=True)
+    if rollout.state is not RolloutState.halted:
+        raise ReleaseError(
+            f"release {version} rollout is {rollout.state.value}, not halted: nothing to resume"
+        )
+    tallies = tally(rollout_members(rollout, session=session))
+    rollout.acknowledged_started = sum(t.started for t in tallies)
+    rollout.acknowledged_failed = sum(t.failed for t in tallies)
+    before, rollout.halted_reason = rollout.halted_reason, ""
+    rollout.state, rollout.updated_at = RolloutState.rolling, now or utcnow()
+    session.add(rollout)
+    detail = {"was": before[:500], "acknowledged_failed": rollout.acknowledged_failed}
+    record_audit(actor, "rollout.resumed", f"rollout/{version}", detail, session=session)
+    return f"release {version} rollout resumed ({rollout.acknowledged_failed} failure(s) acknowledged)"
+
+
+def release_status(version: str, *, session: Session) -> dict[str, Any]:
+    """Per ring: counts by status (`notified`: planned or deferred runs whose `scheduled` notice was
+    sent) and every cluster with its run, slot and reason; the error budget; halted and why."""
+    from flows.schedule import update_ref  # the notices' key
+    from inventory.outbox import Notice, NoticeState
+
+    rollout = get_rollout(version, session=session)
+    members = rollout_members(rollout, session=session)
+    refs = {update_ref(m.run.id): m.run.id for m in members if m.run is not None}
+    query = select(Notice.update_ref).where(
+        col(Notice.update_ref).in_(refs), Notice.kind == "scheduled", Notice.state == NoticeState.sent
+    )
+    notified = {refs[ref] for ref in session.exec(query) if refs.get(ref) is not None}
+    tallies = tally(members)
+    started = sum(t.started for t in tallies) - rollout.acknowledged_started
+    failed = sum(t.failed for t in tallies) - rollout.acknowledged_failed
+    return {
+        "version": rollout.version,
+        "state": rollout.state.value,
+        "halted": rollout.state is RolloutState.halted,
+        "halted_reason": rollout.halted_reason,
+        "budget": {
+            "max_failures": rollout.max_failures,
+            "max_failure_rate": rollout.max_failure_rate,
+            "started": started,
+            "failed": failed,
+            "exceeded": budget_reason(
+                budget_of(rollout), tallies, rollout.acknowledged_started, rollout.acknowledged_failed
+            ),
+        },
+        "soak_minutes": rollout.soak_minutes,
+        "deadline": rollout.plan_until.isoformat() if rollout.plan_until else None,
+        "rings": ring_rows(members, notified={n for n in notified if n is not None}, session=session),
+    }
+
+
+def replan_skipped(*, engine: Engine, now: datetime, actor: str = "upkeep") -> list[str]:
+    """Try every skipped cluster of the rolling rollouts again (the dispatcher calls this on its
+    interval): one whose case closed or whose other update ended gets a slot and a `scheduled` notice,
+    or is blocked if none fits before the deadline. A rolling rollout with nothing left to do becomes
+    done. Each cluster is its own transaction. Returns one line per cluster whose status changed."""
+    with session_scope(engine) as session:
+        query = (
+            select(RolloutCluster.id)
+            .join(Rollout)
+            .where(Rollout.state == RolloutState.rolling, RolloutCluster.status == MemberStatus.skipped)
+            .order_by(col(RolloutCluster.id))
+        )
+        ids = [entry_id for entry_id in session.exec(query) if entry_id is not None]
+    changed = []
+    for entry_id in ids:
+        try:
+            with session_scope(engine) as session:
+                changed += _replan_one(entry_id, session=session, now=now, actor=actor)
+        except ActiveRunExists:
+            continue  # another update claimed the cluster meanwhile: still skipped, try next time
+    with session_scope(engine) as session:
+        for rollout in session.exec(select(Rollout).where(Rollout.state == RolloutState.rolling)):
+            members = rollout_members(rollout, session=session)
+            if not any(m.entry.status is MemberStatus.skipped or _active(m) for m in members):
+                rollout.state, rollout.updated_at = RolloutState.done, now
+                session.add(rollout)
+    return changed
+
+
+def _active(member: Member) -> bool:
+    return member.run is not None and member.run.state in ACTIVE
+
+
+def _replan_one(entry_id: int, *, session: Session, now: datetime, actor: str) -> list[str]:
+    from flows.cloud_release import apply, decide  # the planner's own rules (it imports this module)
+
+    query = select(RolloutCluster).where(RolloutCluster.id == entry_id).with_for_update()
+    entry = session.exec(query).first()
+    if entry is None or entry.status is not MemberStatus.skipped:
+        return []  # planned meanwhile by another dispatcher
+    cluster, rollout = session.get(Cluster, entry.cluster_id), session.get(Rollout, entry.rollout_id)
+    assert cluster is not None and rollout is not None
+    before = entry.reason
+    status, reason = apply(entry, decide(cluster, rollout, entry.ring, session=session, now=now, actor=actor))
+    if status is MemberStatus.skipped and reason == before:
+        return []
+    entry.updated_at = now
+    session.add(entry)
+    return [f"{cluster.name}: {status.value}" + (f" ({reason})" if reason else "")]

@@ -13,6 +13,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from upkeep.cli_cases import case_app, diagnostics_app
+from upkeep.cli_release import release_app
 from upkeep.console import CliError, console, err_console, print_json
 
 app = typer.Typer(help="Upgrade and maintenance scheduler for customer clusters.", no_args_is_help=True)
@@ -20,6 +21,7 @@ inventory_app = typer.Typer(help="The system of record: customers, clusters, nod
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(case_app, name="case")
 app.add_typer(diagnostics_app, name="diagnostics")
+app.add_typer(release_app, name="release")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 

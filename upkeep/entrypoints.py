@@ -7,10 +7,11 @@ runs, under the same name.
 
 from __future__ import annotations
 
+from flows.cloud_release import cloud_release
 from flows.diagnostics import case_auto_close
 from flows.product_update import product_update
 from upkeep.bootstrap import configure_from_settings
 
 configure_from_settings()
 
-__all__ = ["case_auto_close", "product_update"]
+__all__ = ["case_auto_close", "cloud_release", "product_update"]

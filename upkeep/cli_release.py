@@ -1,0 +1,260 @@
+"""`upkeep release ...`: the release catalog (add, sync) and the monthly cloud release (plan, status,
+resume). Catalog entries are checked with the inventory file's own rules (`inventory.importer_rules`)
+and every entry is checked before any is written. Refusals are one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from sqlalchemy.engine import Engine
+
+from inventory.importer_rules import RELEASE, VERSION, show
+from inventory.releases import ReleaseEntry, ReleaseError
+from upkeep.console import CliError, console, print_json
+
+release_app = typer.Typer(
+    help="Cloud releases: the catalog, the monthly rollout and its waves.", no_args_is_help=True
+)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+VersionArg = Annotated[str, typer.Argument(help="Release version, e.g. 9.10.0.")]
+INDEX = "releases/index.json"
+
+
+def _engine() -> Engine:
+    from upkeep.cli import _engine as engine  # also wires flows' Runtime to the same settings
+
+    return engine()
+
+
+def check_entry(raw: Any, where: str) -> tuple[ReleaseEntry | None, list[str]]:
+    """A release {"version", "package", "sha256", "from", ["deadline"], ["size"]} checked like the
+    inventory file's `releases:` items; each problem is prefixed with `where`."""
+    if not isinstance(raw, dict):
+        return None, [f"{where}: expected an object with version, package, sha256 and from"]
+    problems = [f"{where}: unknown key {show(k)}" for k in sorted(set(raw) - {*RELEASE, "size"}, key=str)]
+    for key, (kind, check, required) in RELEASE.items():
+        value = raw.get(key)
+        if key not in raw:
+            problems += [f"{where}: {key} is missing"] if required else []
+        elif kind == "str" and not isinstance(value, str):
+            problems.append(f"{where}: {key} {show(value)} is not text")
+        elif kind == "seq" and not isinstance(value, list):
+            problems.append(f"{where}: {key} {show(value)} is not a list")
+        elif kind != "seq" and check is not None and (problem := check(value)):
+            problems.append(f"{where}: {key}: {problem}")
+    size = raw.get("size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        problems.append(f"{where}: size {show(size)} is not a byte count")
+    version = raw.get("version")
+    newest = version if isinstance(version, str) and not VERSION(version) else None
+    sources = raw["from"] if isinstance(raw.get("from"), list) else []
+    problems += _check_sources(sources, newest, where)
+    if problems:
+        return None, problems
+    return ReleaseEntry(raw["version"], raw["package"], raw["sha256"], sources, raw.get("deadline")), []
+
+
+def _check_sources(sources: list[Any], version: str | None, where: str) -> list[str]:
+    from scheduling.versions import Version
+
+    problems, seen = [], set()
+    for source in sources:
+        if not isinstance(source, str) or VERSION(source):
+            problems.append(f"{where}: from: {show(source)} is not a version (MAJOR.MINOR.PATCH)")
+        elif source in seen:
+            problems.append(f"{where}: from: {source} is listed twice")
+        elif version is not None and Version.parse(source) >= Version.parse(version):
+            problems.append(f"{where}: from: {source} is not older than {version}")
+        else:
+            seen.add(source)
+    return problems
+
+
+def parse_index(text: str, where: str) -> list[ReleaseEntry]:
+    """The file server's releases/index.json: every entry checked before any is returned."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ReleaseError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise ReleaseError(f"{where}: expected a JSON list of releases")
+    entries, problems, versions = [], [], set()
+    for number, raw in enumerate(data, 1):
+        named = isinstance(raw, dict) and isinstance(raw.get("version"), str)
+        label = f"{where} entry {number}" + (f" ({raw['version']})" if named else "")
+        entry, found = check_entry(raw, label)
+        problems += found
+        if entry is not None and entry.version in versions:
+            problems.append(f"{label}: version {entry.version} is listed twice")
+        elif entry is not None:
+            versions.add(entry.version)
+            entries.append(entry)
+    if problems:
+        more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
+        raise ReleaseError("; ".join(problems[:3]) + more + "; nothing was written")
+    return entries
+
+
+def _save(entries: list[ReleaseEntry], source: str) -> dict[str, int]:
+    from inventory.db import session_scope
+    from inventory.releases import save_releases
+
+    try:
+        with session_scope(_engine()) as session:
+            return save_releases(entries, session=session, actor=getpass.getuser(), source=source)
+    except ReleaseError as exc:
+        raise CliError(f"{exc}; nothing was written") from None
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in counts.items())
+
+
+@release_app.command("add")
+def add(
+    version: VersionArg,
+    package: Annotated[
+        str, typer.Option("--package", help="Path on the file server, e.g. releases/x.tar.gz.")
+    ],
+    sha256: Annotated[str, typer.Option("--sha256", help="SHA-256 of the package, 64 lowercase hex digits.")],
+    from_: Annotated[str, typer.Option("--from", help="Versions it installs over, comma-separated.")],
+    deadline: Annotated[str | None, typer.Option(help="Upgraded by, e.g. 2026-12-31T00:00:00Z.")] = None,
+) -> None:
+    """Add a release to the catalog (checked like the inventory file's `releases:`)."""
+    raw: dict[str, Any] = {"version": version, "package": package, "sha256": sha256}
+    raw["from"] = [part.strip() for part in from_.split(",") if part.strip()]
+    if deadline is not None:
+        try:
+            raw["deadline"] = datetime.fromisoformat(deadline.strip())
+        except ValueError:
+            raise CliError(
+                f"--deadline {deadline!r} is not a date and time, e.g. 2026-12-31T00:00:00Z"
+            ) from None
+    entry, problems = check_entry(raw, f"release {version}")
+    if entry is None:
+        raise CliError("; ".join(problems) + "; nothing was written")
+    console.print(f"release {version}: {_counts(_save([entry], f'release/{version}'))}")
+
+
+@release_app.command("sync")
+def sync(
+    index: Annotated[str, typer.Option(help="Path of the index on the file server.")] = INDEX,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add the file server's releases (releases/index.json) to the catalog; all entries or none."""
+    from flows.runtime import current
+
+    _engine()
+    fileserver = current().fileserver
+    fetch = getattr(fileserver, "fetch_text", None)
+    if fetch is None:
+        raise CliError("the configured file server cannot read files (no fetch_text)")
+    try:
+        entries = parse_index(fetch(index), index)
+    except ReleaseError as exc:
+        raise CliError(str(exc)) from None
+    counts = _save(entries, index)
+    if json_out:
+        print_json({"index": index, "versions": [e.version for e in entries], **counts})
+    else:
+        console.print(f"{index}: {len(entries)} release(s): {_counts(counts)}")
+
+
+@release_app.command("plan")
+def plan(
+    version: Annotated[
+        str | None, typer.Option(help="Release to roll out (default: newest eligible).")
+    ] = None,
+    max_failures: Annotated[int, typer.Option(help="Halt after more failures than this.")] = 1,
+    max_failure_rate: Annotated[float | None, typer.Option(help="Halt above this % of started.")] = None,
+    soak_minutes: Annotated[float, typer.Option(help="Wait after a ring before the next.")] = 60,
+    max_concurrent: Annotated[int, typer.Option(help="Updates of the release at once.")] = 10,
+    per_customer_limit: Annotated[int, typer.Option(help="Updates of one customer at once.")] = 2,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the cloud-release flow here: slot and announce the release for every cloud cluster."""
+    import prefect
+
+    from flows.cloud_release import cloud_release, pick_release
+    from flows.runtime import current
+    from inventory.db import session_scope
+    from scheduling.waves import ErrorBudget
+    from upkeep.bootstrap import quiet_prefect
+
+    engine = _engine()
+    try:  # refuse bad requests before Prefect starts
+        ErrorBudget(max_failures, max_failure_rate)
+        with session_scope(engine) as session:
+            target = pick_release(version, session=session, now=current().clock()).version
+    except (ReleaseError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    with quiet_prefect(), prefect.tags("source:cli", f"release:{target}"):
+        state = cloud_release(
+            version=target,
+            max_failures=max_failures,
+            max_failure_rate=max_failure_rate,
+            soak_minutes=soak_minutes,
+            max_concurrent=max_concurrent,
+            per_customer_limit=per_customer_limit,
+            return_state=True,
+        )
+    if state.is_failed():
+        raise CliError(f"planning release {target} failed: {state.message}")
+    result = state.result()
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"release {target}: {result['summary']}", markup=False)
+    _print_status(result["status"])
+
+
+@release_app.command("status")
+def status(version: VersionArg, json_out: JsonOpt = False) -> None:
+    """Per ring: planned, notified, running, done, failed, deferred, skipped, blocked, and why."""
+    from flows.rollout import release_status
+    from inventory.db import session_scope
+
+    with session_scope(_engine()) as session:
+        data = release_status(version, session=session)
+    if json_out:
+        print_json(data)
+    else:
+        _print_status(data)
+
+
+@release_app.command("resume")
+def resume(version: VersionArg) -> None:
+    """Continue a halted rollout: its failures so far are acknowledged, the budget counts afresh."""
+    from flows.rollout import resume_rollout
+    from inventory.db import session_scope
+    from inventory.types import utcnow
+
+    try:
+        with session_scope(_engine()) as session:
+            message = resume_rollout(version, session=session, now=utcnow(), actor=getpass.getuser())
+    except ReleaseError as exc:
+        raise CliError(str(exc)) from None
+    console.print(message, markup=False)
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    console.print(f"[bold]release {data['version']}[/]: {data['state']}")
+    if data["halted"]:
+        console.print(f"halted: {data['halted_reason']}", markup=False)
+    columns = ("planned", "notified", "running", "done", "failed", "deferred", "skipped", "blocked")
+    table = Table("ring", *columns)
+    for ring in data["rings"]:
+        table.add_row(ring["ring"], *(str(ring[c]) for c in columns))
+    console.print(table)
+    for ring in data["rings"]:
+        for row in ring["clusters"]:
+            if row["status"] in ("skipped", "blocked", "failed"):
+                console.print(
+                    f"  {row['cluster']} ({ring['ring']}) {row['status']}: {row['reason']}", markup=False
+                )

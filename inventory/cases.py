@@ -210,14 +210,10 @@ def get_case(ref: str, *, session: Session) -> Case:
     return case
 
 
-def list_cases(
-    *, session: Session, include_closed: bool = False, customer_id: int | None = None, limit: int = 200
-) -> list[Case]:
+def list_cases(*, session: Session, include_closed: bool = False, limit: int = 200) -> list[Case]:
     query = select(Case).order_by(col(Case.id).desc()).limit(limit)
     if not include_closed:
         query = query.where(Case.status != CaseStatus.closed)
-    if customer_id is not None:
-        query = query.where(Case.customer_id == customer_id)
     return list(session.exec(query))
 
 

@@ -182,10 +182,9 @@ def case_list(
         return
     table = Table("case", "customer", "clusters", "priority", "status", "first response due", "subject")
     for row in rows:
-        table.add_row(
-            row["id"], str(row["customer"]), ", ".join(row["clusters"]), row["priority"], row["status"],
-            row["first_response_due"][:16], row["subject"][:60],
-        )  # fmt: skip
+        cells = [row["id"], row["customer"], ", ".join(row["clusters"]), row["priority"], row["status"],
+                 row["first_response_due"][:16], row["subject"][:60]]  # fmt: skip
+        table.add_row(*(escape(str(cell)) for cell in cells))
     console.print(table)
 
 

@@ -8,17 +8,17 @@
 
 Each cluster is planned in its own transaction, behind UNIQUE(rollout, cluster): a crash loses at most
 the cluster in hand, and planning the same release again (a retried or second monthly run, two planners
-at once) plans only clusters that have no entry yet. Ring by ring, slots start no earlier than the end
-of the earlier rings' planned slots plus the soak time, so what customers are told matches what the
-start gate (`flows.rollout.start_gate`) will allow. Nothing here starts an update: the dispatcher does.
+at once) plans only clusters that have no entry yet. Every cluster gets its own first allowed slot: the
+rings are not staggered here (one long notice term in an early ring would push the whole fleet back, see
+bench/plan_month.py --stagger); the start gate (`flows.rollout.start_gate`) holds a later ring's run
+until the earlier rings are done. Nothing here starts an update: the dispatcher does.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -27,8 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from flows.plan import PlanError
-from flows.rollout import ACTIVE, release_status
+from flows.rollout import release_status
 from flows.runtime import current
+from flows.schedule import schedule_update
 from inventory import repo
 from inventory.cases import open_blocking_case
 from inventory.db import session_scope
@@ -40,12 +41,11 @@ from inventory.releases import (
     RolloutCluster,
     RolloutState,
     new_rollout,
-    rollout_members,
     status_markdown,
 )
 from inventory.runs import ActiveRunExists
 from scheduling._time import fmt_instant
-from scheduling.errors import SchedulingError, SlotBlocked
+from scheduling.errors import SchedulingError
 from scheduling.versions import NoUpgradePath, Version, upgrade_path
 from scheduling.waves import RINGS_DEFAULT, ErrorBudget
 
@@ -192,16 +192,14 @@ def _plan_new(rollout_id: int, cluster: Cluster, *, session: Session, now: datet
     entry = _entry(rollout_id, cluster, now)
     session.add(entry)
     session.flush()  # UNIQUE(rollout, cluster) refuses a second planner here, before any slot is taken
-    return apply(entry, decide(cluster, rollout, entry.ring, session=session, now=now, actor=actor))
+    return apply(entry, decide(cluster, rollout, session=session, now=now, actor=actor))
 
 
 Decision = tuple[MemberStatus, str, UpgradeRun | None]
 Outcome = tuple[MemberStatus, str] | None  # None: planned before, left alone
 
 
-def decide(
-    cluster: Cluster, rollout: Rollout, ring: str, *, session: Session, now: datetime, actor: str
-) -> Decision:
+def decide(cluster: Cluster, rollout: Rollout, *, session: Session, now: datetime, actor: str) -> Decision:
     """Block, skip or schedule `cluster` for `rollout` in the caller's transaction."""
     blocked, skipped = MemberStatus.blocked, MemberStatus.skipped
     try:
@@ -219,18 +217,21 @@ def decide(
     case = open_blocking_case(cluster.id, session=session)
     if case is not None:
         return skipped, f"open {case.priority.value} case {case.ref}; re-slotted once it is closed", None
-    floor = ring_floor(rollout, ring, session=session)
     deadline = rollout.plan_until
     try:
         with session.begin_nested():  # a slot past the deadline is rolled back, notice and all
-            run = _schedule(cluster, rollout.version, session=session, now=now, actor=actor, not_before=floor)
+            run = schedule_update(  # source "release": the customer's cloud notice term applies
+                cluster.name, rollout.version, now=now, source="release", requested_by=actor, session=session
+            )
+            run.kind = KIND
             if deadline is not None and run.slot_start is not None and run.slot_start > deadline:
-                raise _TooLate(f"earliest slot {fmt_instant(run.slot_start)} is after the release deadline")
+                start, end = fmt_instant(run.slot_start), fmt_instant(deadline)
+                raise _TooLate(f"earliest slot {start} is after the release deadline {end}")
     except _TooLate as late:
-        return blocked, f"{late} {fmt_instant(deadline or now)}", None
-    except SlotBlocked as exc:
-        return skipped, f"{exc}; re-slotted once the case is closed", None
+        return blocked, str(late), None
     except (SchedulingError, PlanError) as exc:  # no slot, no contacts to tell, no nodes...
+        if open_blocking_case(cluster.id, session=session) is not None:  # a case opened just now
+            return skipped, f"{exc}; re-slotted once the case is closed", None
         return blocked, str(exc), None
     session.add(run)
     session.flush()
@@ -246,45 +247,6 @@ def apply(entry: RolloutCluster, decision: Decision) -> tuple[MemberStatus, str]
     entry.status, entry.reason, run = decision[0], decision[1][:2000], decision[2]
     entry.run_id = run.id if run is not None else None
     return entry.status, entry.reason
-
-
-def ring_floor(rollout: Rollout, ring: str, *, session: Session) -> datetime | None:
-    """The earliest slot start for `ring`: the last planned end (or finish) of an earlier ring's update
-    plus the soak time; None for the first ring with updates."""
-    if ring not in RINGS_DEFAULT:
-        return None
-    earlier = set(RINGS_DEFAULT[: RINGS_DEFAULT.index(ring)])
-    ends = [
-        (m.run.slot_end if m.run.state in ACTIVE else m.run.finished_at)
-        for m in rollout_members(rollout, session=session)
-        if m.entry.ring in earlier and m.run is not None
-    ]
-    latest = max((end for end in ends if end is not None), default=None)
-    return latest + timedelta(minutes=rollout.soak_minutes) if latest else None
-
-
-def _schedule(
-    cluster: Cluster,
-    version: str,
-    *,
-    session: Session,
-    now: datetime,
-    actor: str,
-    not_before: datetime | None,
-) -> UpgradeRun:
-    """`flows.schedule.schedule_update` as a cloud release (source "release": the cloud notice period,
-    kind cloud_release). The ring floor is passed once it takes `not_before`; until then each ring is
-    slotted from now and only the start gate keeps the rings in order."""
-    from flows.schedule import schedule_update
-
-    extra: dict[str, Any] = {}
-    if not_before is not None and "not_before" in inspect.signature(schedule_update).parameters:
-        extra["not_before"] = not_before
-    run = schedule_update(
-        cluster.name, version, now=now, source="release", requested_by=actor, session=session, **extra
-    )
-    run.kind = KIND
-    return run
 
 
 def _flow_run_name() -> str:

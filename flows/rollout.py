@@ -307,7 +307,7 @@ def _replan_one(entry_id: int, *, session: Session, now: datetime, actor: str) -
     cluster, rollout = session.get(Cluster, entry.cluster_id), session.get(Rollout, entry.rollout_id)
     assert cluster is not None and rollout is not None
     before = entry.reason
-    status, reason = apply(entry, decide(cluster, rollout, entry.ring, session=session, now=now, actor=actor))
+    status, reason = apply(entry, decide(cluster, rollout, session=session, now=now, actor=actor))
     if status is MemberStatus.skipped and reason == before:
         return []
     entry.updated_at = now

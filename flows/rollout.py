@@ -231,12 +231,11 @@ def resume_rollout(
 def release_status(version: str, *, session: Session) -> dict[str, Any]:
     """Per ring: counts by status (`notified`: planned or deferred runs whose `scheduled` notice was
     sent) and every cluster with its run, slot and reason; the error budget; halted and why."""
-    from flows.schedule import update_ref  # the notices' key
     from inventory.outbox import Notice, NoticeState
 
     rollout = get_rollout(version, session=session)
     members = rollout_members(rollout, session=session)
-    refs = {update_ref(m.run.id): m.run.id for m in members if m.run is not None}
+    refs = {f"update-{m.run.id}": m.run.id for m in members if m.run is not None}  # a run's notice key
     query = select(Notice.update_ref).where(
         col(Notice.update_ref).in_(refs), Notice.kind == "scheduled", Notice.state == NoticeState.sent
     )

@@ -16,7 +16,6 @@ until the earlier rings are done. Nothing here starts an update: the dispatcher 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,7 +48,6 @@ from scheduling.errors import SchedulingError
 from scheduling.versions import NoUpgradePath, Version, upgrade_path
 from scheduling.waves import RINGS_DEFAULT, ErrorBudget
 
-log = logging.getLogger(__name__)
 KIND = "cloud_release"
 
 

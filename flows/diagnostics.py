@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from flows.plan import Jump
+from flows.plan import Jump, ssh_target
 from flows.runtime import Runtime, current
 from inventory import cases, repo
 from inventory.db import session_scope
@@ -148,10 +148,8 @@ def resolve_request(
 
 
 def _target(hostname: str, address: str, port: int, user: str, jump: Jump | None) -> SshTarget:
-    """As `flows.plan.UpdatePlan.target`: the node, reached through the cluster's jump host if any."""
-    safe_segment(hostname, "hostname")
-    via = SshTarget(f"jump:{jump.host}", jump.host, jump.port, jump.user) if jump else None
-    return SshTarget(hostname, address, port, user, via)
+    safe_segment(hostname, "hostname")  # it names a file in the bundle
+    return ssh_target(hostname, address, port, user, jump)
 
 
 @task(name="collect", task_run_name="collect {target.name}", cache_policy=NO_CACHE)

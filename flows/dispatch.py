@@ -24,7 +24,7 @@ from sqlmodel import Session, col, func, select
 
 from flows.notify import deliver_pending
 from flows.plan import plan_update
-from flows.run_notices import queue_run_notice
+from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, preflight
 from inventory.db import session_scope
@@ -73,13 +73,19 @@ def send_reminders(runtime: Runtime, now: datetime) -> list[str]:
             if fresh is None or fresh.state != RunState.planned or _queued(session, fresh, label):
                 continue
             queue_run_notice(
-                fresh, "reminder", runtime=runtime, session=session, now=now, variant=label, preflight=summary
+                fresh,
+                "reminder",
+                vendor=VendorTerms.from_runtime(runtime),
+                session=session,
+                now=now,
+                variant=label,
+                preflight=summary,
             )
             if summary.startswith("FAILED"):
                 queue_run_notice(
                     fresh,
                     "reminder",
-                    runtime=runtime,
+                    vendor=VendorTerms.from_runtime(runtime),
                     session=session,
                     now=now,
                     to_sre=True,

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from flows.plan import UpdatePlan
 from flows.records import node_done
-from flows.run_notices import queue_run_notice
+from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime
 from inventory import repo
 from inventory.db import session_scope
@@ -32,7 +32,9 @@ CUSTOMER_FAILURE = (
 def _notify(
     run: UpgradeRun, kind: str, runtime: Runtime, session: Session, now: datetime, **extra: Any
 ) -> None:
-    if not queue_run_notice(run, kind, runtime=runtime, session=session, now=now, **extra):
+    if not queue_run_notice(
+        run, kind, vendor=VendorTerms.from_runtime(runtime), session=session, now=now, **extra
+    ):
         log.warning("run %s: customer has no contacts; %s notice not queued", run.id, kind)
 
 
@@ -71,17 +73,15 @@ def alert_sre(runtime: Runtime, run_id: int, reason: str) -> None:
         reason = f"{reason}\n(diagnostics could not be collected: {exc})"
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
-        if case_id and not run.case_ref:
-            run.case_ref = case_id  # the notice names the run's case
-            session.add(run)
         queue_run_notice(
             run,
             "failed",
-            runtime=runtime,
+            vendor=VendorTerms.from_runtime(runtime),
             session=session,
             now=runtime.clock(),
             to_sre=True,
             reason=reason,
+            case_ref=case_id or None,
             bundle_url=bundle_url,
         )
 
@@ -134,7 +134,13 @@ def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
             reason = f"window closed after {done} of {len(plan.nodes)} nodes and no later window fits: {exc}"
             finish_run(run, RunState.failed, reason=reason, session=session)
             queue_run_notice(
-                run, "failed", runtime=runtime, session=session, now=now, to_sre=True, reason=reason
+                run,
+                "failed",
+                vendor=VendorTerms.from_runtime(runtime),
+                session=session,
+                now=now,
+                to_sre=True,
+                reason=reason,
             )
             return "failed"
         previous = run.slot_start

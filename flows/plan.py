@@ -63,15 +63,16 @@ class UpdatePlan:
         return PurePosixPath(self.package).name
 
     def target(self, node: PlannedNode) -> SshTarget:
-        jump = (
-            SshTarget(f"jump:{self.jump.host}", self.jump.host, self.jump.port, self.jump.user)
-            if self.jump
-            else None
-        )
-        return SshTarget(node.hostname, node.address, node.port, node.user, jump)
+        return ssh_target(node.hostname, node.address, node.port, node.user, self.jump)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def ssh_target(hostname: str, address: str, port: int, user: str, jump: Jump | None) -> SshTarget:
+    """How to reach a node: directly, or through its cluster's jump host."""
+    via = SshTarget(f"jump:{jump.host}", jump.host, jump.port, jump.user) if jump else None
+    return SshTarget(hostname, address, port, user, via)
 
 
 def plan_update(cluster_name: str, to_version: str, *, session: Session) -> UpdatePlan:

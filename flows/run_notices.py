@@ -1,60 +1,101 @@
 """Notices about one update (run), built from its record: what the customer and the SRE are told.
 
-Each is queued in the caller's transaction with the key (update, kind, sequence), so writing the same
-notice again (a resumed run starting twice) queues nothing new.
+The one place a NoticeContext is put together. Each notice is queued in the caller's transaction with
+the key (update, kind, sequence[, variant]), so writing the same notice again (a resumed run starting
+twice) queues nothing new.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from flows.notify import queue_for
-from flows.runtime import Runtime
 from inventory.models import Cluster, Contact, Customer, UpgradeRun
+from scheduling._time import describe
+from scheduling.deferral import DeferralPolicy
 from templates import NoticeContext, NoticeKind
 
-DEFER_HELP = "Reply to this email or ask your support contact; support runs `upkeep defer UPDATE --to DATE`."
-DEFER_LIMITS = "up to 2 deferrals, each by at most 7 days, never past the release deadline"
+if TYPE_CHECKING:
+    from flows.runtime import Runtime
+
+PER_NODE_ESTIMATE = timedelta(minutes=10)
+DEFERRALS = DeferralPolicy()
+_DEFER_HOW = "Reply to this email with a later date, or ask your support contact to defer {ref}."
 
 
-def update_ref(run: UpgradeRun) -> str:
-    return f"update-{run.id}"
+@dataclass(frozen=True)
+class VendorTerms:
+    """The vendor's side of a notice: who it comes from (the invite's organizer), the support contact
+    it names, where SRE alerts go, and how long one node's upgrade is estimated to take."""
+
+    organizer: str = "upkeep@localhost"
+    support_contact: str = "support@localhost"
+    sre_email: str = "sre@localhost"
+    per_node_estimate: timedelta = PER_NODE_ESTIMATE
+
+    @classmethod
+    def configured(cls) -> VendorTerms:
+        """From the flow runtime when one is configured (the CLI does), else the defaults."""
+        from flows.runtime import RuntimeNotConfigured, current
+
+        try:
+            return cls.from_runtime(current())
+        except RuntimeNotConfigured:
+            return cls()
+
+    @classmethod
+    def from_runtime(cls, runtime: Runtime) -> VendorTerms:
+        return cls(
+            organizer=parseaddr(runtime.mail_from)[1] or cls.organizer,
+            support_contact=runtime.support_contact,
+            sre_email=runtime.sre_email,
+            per_node_estimate=runtime.per_node_estimate,
+        )
+
+
+def update_ref(run_id: int | None) -> str:
+    return f"update-{run_id}"
+
+
+def contact_emails(customer: Customer, session: Session) -> tuple[str, ...]:
+    query = select(Contact.email).where(Contact.customer_id == customer.id).order_by(col(Contact.id))
+    return tuple(dict.fromkeys(session.exec(query)))
 
 
 def queue_run_notice(
     run: UpgradeRun,
-    kind: str,
+    kind: NoticeKind | str,
     *,
-    runtime: Runtime,
     session: Session,
     now: datetime,
+    vendor: VendorTerms | None = None,
     to_sre: bool = False,
     variant: str = "",
+    case_ref: str | None = None,
     **extra: Any,
 ) -> bool:
     """Queue a `kind` notice about `run` to the customer's contacts (or the SRE). False if it has no one
-    to go to (a customer without contacts), which is logged by the caller, never an error."""
+    to go to (a customer without contacts): the caller decides whether that is an error. `case_ref`
+    names another case than the one the update resolves (the one opened for its failure)."""
+    vendor = vendor or VendorTerms.configured()
     cluster = session.get(Cluster, run.cluster_id)
     assert cluster is not None
     customer = session.get(Customer, cluster.customer_id)
     assert customer is not None and customer.id is not None
-    if to_sre:
-        recipients: tuple[str, ...] = (runtime.sre_email,)
-        ref = f"{update_ref(run)}-sre"
-    else:
-        contacts = session.exec(select(Contact).where(Contact.customer_id == customer.id)).all()
-        recipients = tuple(dict.fromkeys(contact.email for contact in contacts))
-        ref = update_ref(run)
+    ref = update_ref(run.id)
+    recipients = (vendor.sre_email,) if to_sre else contact_emails(customer, session)
     if not recipients:
         return False
     start = run.slot_start or run.started_at or now
-    end = run.slot_end if run.slot_end and run.slot_end > start else start + runtime.per_node_estimate
+    end = run.slot_end if run.slot_end and run.slot_end > start else start + vendor.per_node_estimate
+    left, most = DEFERRALS.max_count - run.deferrals, describe(DEFERRALS.max_delay)
     ctx = NoticeContext(
         kind=NoticeKind(kind),
-        update_ref=ref,
+        update_ref=f"{ref}-sre" if to_sre else ref,
         sequence=run.notice_sequence,
         customer=customer.name,
         customer_timezone=customer.timezone,
@@ -64,13 +105,16 @@ def queue_run_notice(
         slot_start=start,
         slot_end=end,
         recipients=recipients,
-        organizer=runtime.mail_from,
-        support_contact=runtime.support_contact,
-        defer_instructions=DEFER_HELP,
-        deferral_limits=DEFER_LIMITS,
+        organizer=vendor.organizer,
+        support_contact=vendor.support_contact,
+        defer_instructions=_DEFER_HOW.format(ref=ref),
+        deferral_limits=f"at most {DEFERRALS.max_count} deferrals ({left} left), each by up to {most}, "
+        "never past the release deadline",
         urgent=run.urgent,
-        case_ref=run.case_ref or "",
+        case_ref=case_ref or run.case_ref or "",
         **extra,
     )
+    from flows.notify import queue_for  # imports Prefect: kept out of `upkeep calendar`'s start-up
+
     queue_for(ctx, customer_id=customer.id, session=session, stamp=now, variant=variant)
     return True

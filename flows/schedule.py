@@ -9,63 +9,38 @@ A refusal raises before anything is written, with a message that says why (`Sche
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
+from flows.run_notices import (
+    DEFERRALS,
+    VendorTerms,
+    contact_emails,
+    queue_run_notice,
+    update_ref,
+)
 from inventory import repo
 from inventory.cases import CaseError, check_case_ref, open_blocking_case
-from inventory.models import Cluster, Contact, Customer, RunState, UpgradeRun
-from inventory.outbox import Notice
+from inventory.models import Cluster, Customer, RunState, UpgradeRun
 from inventory.runs import create_run, finish_run, get_run
 from inventory.windows import blackouts_for, cluster_windows
-from scheduling._time import aware_utc, describe, fmt_instant
-from scheduling.deferral import DeferralPolicy, check_deferral
+from scheduling._time import aware_utc, fmt_instant
+from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot, SchedulingError, SlotBlocked
 from scheduling.notice import NoticePolicy, UpdateKind, minimum_notice
 from scheduling.slots import estimate_duration, find_slot
-from templates import NoticeContext, NoticeKind
+from templates import NoticeKind
 
 if TYPE_CHECKING:
     from flows.schedule_calendar import CalendarRow
 
-PER_NODE_ESTIMATE = timedelta(minutes=10)  # nodes are upgraded one at a time (settings: per_node_minutes)
-DEFERRALS = DeferralPolicy()  # at most 2 deferrals, each moving the update by at most 7 days
 SOURCES = ("support", "customer", "release")
-_DEFER_HOW = "Reply to this email with a later date, or ask your support contact to defer {ref}."
 
 
 class ScheduleRefused(SchedulingError):
     """A scheduling request Upkeep refuses; the message names the value and the rule."""
-
-
-@dataclass(frozen=True)
-class VendorTerms:
-    """The vendor's side: who notices come from (invite organizer, support contact they name) and how
-    long one node's upgrade is estimated to take. None where asked for: the configured runtime's."""
-
-    organizer: str = "upkeep@localhost"
-    support_contact: str = "support@localhost"
-    per_node_estimate: timedelta = PER_NODE_ESTIMATE
-
-    @classmethod
-    def configured(cls) -> VendorTerms:
-        """From the flow runtime when one is configured (the CLI does), else the defaults."""
-        from flows.runtime import RuntimeNotConfigured, current
-
-        try:
-            runtime = current()
-        except RuntimeNotConfigured:
-            return cls()
-        organizer = parseaddr(runtime.mail_from)[1] or cls.organizer
-        return cls(organizer, runtime.support_contact, runtime.per_node_estimate)
-
-
-def update_ref(run_id: int | None) -> str:
-    return f"update-{run_id}"
 
 
 def parse_update_ref(text: str) -> int:
@@ -245,8 +220,7 @@ def _owner(run: UpgradeRun, session: Session) -> tuple[Cluster, Customer]:
 
 
 def _recipients(customer: Customer, session: Session) -> tuple[str, ...]:
-    query = select(Contact.email).where(Contact.customer_id == customer.id).order_by(col(Contact.id))
-    emails = tuple(dict.fromkeys(session.exec(query)))
+    emails = contact_emails(customer, session)
     if not emails:
         raise ScheduleRefused(
             f"customer {customer.name} has no contacts to notify; add some to the inventory"
@@ -263,36 +237,10 @@ def _notify(
     vendor: VendorTerms | None,
     previous: datetime | None = None,
     reason: str = "",
-) -> Notice:
-    from flows.notify import queue_for  # imports Prefect: kept out of `upkeep calendar`'s start-up
-
-    cluster, customer = _owner(run, session)
-    assert customer.id is not None and run.slot_start is not None and run.slot_end is not None
-    vendor = vendor or VendorTerms.configured()
-    left, most = DEFERRALS.max_count - run.deferrals, describe(DEFERRALS.max_delay)
-    limits = f"at most {DEFERRALS.max_count} deferrals ({left} left), each by up to {most}"
-    ctx = NoticeContext(
-        kind=kind,
-        update_ref=update_ref(run.id),
-        sequence=run.notice_sequence,
-        customer=customer.name,
-        customer_timezone=customer.timezone,
-        cluster=cluster.name,
-        from_version=run.from_version,
-        to_version=run.to_version,
-        slot_start=run.slot_start,
-        slot_end=run.slot_end,
-        recipients=_recipients(customer, session),
-        organizer=vendor.organizer,
-        support_contact=vendor.support_contact,
-        defer_instructions=_DEFER_HOW.format(ref=update_ref(run.id)),
-        deferral_limits=f"{limits}, never past the release deadline",
-        urgent=run.urgent,
-        reason=reason,
-        case_ref=run.case_ref or "",
-        previous_slot_start=previous,
+) -> None:
+    queue_run_notice(
+        run, kind, session=session, now=now, vendor=vendor, previous_slot_start=previous, reason=reason
     )
-    return queue_for(ctx, customer_id=customer.id, session=session, stamp=now)
 
 
 def calendar_view(

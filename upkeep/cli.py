@@ -103,6 +103,42 @@ def update(
     run_update(cluster, to, engine=_engine(), as_json=json, case=case, require_approval=require_approval)
 
 
+@app.command()
+def request(
+    cluster: Annotated[str, typer.Argument(help="Cluster name, or customer/cluster.")],
+    to: Annotated[str, typer.Option("--to", help="Target version, e.g. 9.10.0.")],
+    source: Annotated[str, typer.Option("--source", help="customer (they asked) or support (we recommend).")],
+    case: Annotated[
+        str | None, typer.Option("--case", help="The case it resolves (required for support).")
+    ] = None,
+    urgent: Annotated[
+        bool, typer.Option("--urgent", help="Security fix or fix for an open P0/P1 case.")
+    ] = False,
+    now: Annotated[bool, typer.Option("--now", help="Run now, inside an open maintenance window.")] = False,
+    override_window: Annotated[
+        bool, typer.Option("--override-window", help="With --now: run outside the window (audited).")
+    ] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why the window is overridden.")] = "",
+    json: JsonOpt = False,
+) -> None:
+    """Request an update: scheduled into the customer's window with advance notice, or --now."""
+    from upkeep.requests import request_update
+
+    if override_window and not now:
+        raise CliError("--override-window only goes with --now")
+    request_update(
+        cluster,
+        to,
+        source=source,
+        case=case,
+        urgent=urgent,
+        now_run=now,
+        override_reason=reason if override_window else None,
+        engine=_engine(),
+        as_json=json,
+    )
+
+
 RunArg = Annotated[int, typer.Argument(help="Run id (see `upkeep runs`).")]
 
 

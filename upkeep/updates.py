@@ -163,6 +163,12 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str) -> str
             raise CliError(f"run {run_id} is {state}: it cannot be {action}d")
         session.add(AuditEvent(actor=actor, action=f"run.{action}_requested", subject=f"run/{run_id}"))
         if action == "cancel" and state is not RunState.running:
+            if state is RunState.planned and run.slot_start is not None:
+                from flows.schedule import cancel_update
+                from inventory.types import utcnow
+
+                cancel_update(run_id, now=utcnow(), reason=f"cancelled by {actor}", session=session)
+                return f"run {run_id} cancelled; the customer's cancellation notice is queued"
             finish_run(run, RunState.cancelled, reason=f"cancelled by {actor} while {state}", session=session)
             return f"run {run_id} cancelled"
         if action == "pause" and state is RunState.paused:

@@ -171,3 +171,16 @@ def cli_engine(env: dict[str, str]) -> Any:
     from inventory.db import make_engine
 
     return make_engine(f"sqlite:///{Path(env['UPKEEP_HOME']) / 'upkeep.db'}")
+
+
+@pytest.fixture(scope="session")
+def jump_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A fleet reachable only through its jump host (the inventory says so)."""
+    from upkeep.lab import Lab
+
+    lab = Lab(tmp_path_factory.mktemp("jumplab"))
+    lab.up(clusters=2, nodes=3, access="jump", upgrade_seconds=0.1, health_delay=0.1)
+    try:
+        yield lab
+    finally:
+        lab.down()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +77,6 @@ def test_unhealthy_after_upgrade_halts(lab: Any, fresh_cluster: str, lab_runtime
     run = _run(lab_runtime.engine, fresh_cluster)
     assert host in run.reason and "not healthy after 1.5 s" in run.reason
     assert _upgrades(lab, fresh_cluster) == [1, 0, 0]  # the bad node was upgraded; nothing after it
-
-
-@pytest.fixture(scope="module")
-def jump_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from upkeep.lab import Lab
-
-    lab = Lab(tmp_path_factory.mktemp("jumplab"))
-    lab.up(clusters=1, nodes=3, access="jump", upgrade_seconds=0.1, health_delay=0.1)
-    try:
-        yield lab
-    finally:
-        lab.down()
 
 
 def test_update_through_a_jump_host(jump_lab: Any, sqlite_engine: Any, prefect_harness: None, tmp_path: Path):

@@ -1,0 +1,135 @@
+"""`upkeep request`: a customer asks for a version, or support recommends one to resolve a case.
+
+Validated before anything is written: the release and its upgrade path, no downgrade, one active update
+per cluster (the database decides), and a support recommendation must name an open case. Then either
+scheduled into the customer's window with the advance notice queued in the same transaction, or, with
+`--now`, run at once inside an open window (or outside it with `--override-window --reason`, audited).
+"""
+
+from __future__ import annotations
+
+import getpass
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+
+from flows.plan import plan_update
+from inventory import repo
+from inventory.db import session_scope
+from inventory.models import AuditEvent, RunState
+from inventory.runs import create_run
+from inventory.windows import cluster_windows
+from scheduling.slots import remaining_fits
+from scheduling.windows import window_occurrences
+from upkeep.console import CliError, console
+from upkeep.updates import _run_flow, show_run
+
+
+def request_update(
+    cluster: str,
+    to_version: str,
+    *,
+    source: str,
+    case: str | None,
+    urgent: bool,
+    now_run: bool,
+    override_reason: str | None,
+    engine: Engine,
+    as_json: bool,
+) -> int:
+    from flows.runtime import current
+    from inventory.cases import check_case_ref, get_case
+
+    if source not in ("customer", "support"):
+        raise CliError(f"--source {source!r}: expected customer or support")
+    if source == "support" and not case:
+        raise CliError("a support recommendation must name the case it resolves: --case CASE-123")
+    if override_reason is not None and not override_reason.strip():
+        raise CliError("--override-window needs --reason TEXT (it is audited)")
+    runtime = current()
+    now = runtime.clock()
+    with session_scope(engine) as session:
+        plan = plan_update(cluster, to_version, session=session)  # path, downgrade, release: or refused
+        if case:
+            ref = check_case_ref(case)
+            found = get_case(ref, session=session)
+            if str(found.status) == "closed":
+                raise CliError(f"case {ref} is closed: an update cannot resolve it")
+        cluster_row = repo.get_cluster(plan.cluster, session=session)
+        customer = repo.customer_of(cluster_row, session=session)
+        requires_approval = customer.requires_approval
+        if not now_run:
+            from flows.schedule import schedule_update
+
+            run = schedule_update(
+                plan.cluster,
+                to_version,
+                now=now,
+                urgent=urgent,
+                case=case,
+                source=source,
+                requested_by=getpass.getuser(),
+                session=session,
+            )
+            run.needs_approval = requires_approval
+            session.add(run)
+            session.flush()
+            assert run.id is not None
+            run_id = run.id
+        else:
+            estimate = runtime.per_node_estimate * len(plan.nodes)
+            windows = cluster_windows(cluster_row, customer, session=session)
+            # window_occurrences includes a window that opened before `now` and is still open.
+            open_window = any(
+                occurrence.start <= now and remaining_fits(now, occurrence.end, estimate)
+                for occurrence in window_occurrences(windows, now, now + timedelta(seconds=1))
+            )
+            if not open_window and override_reason is None:
+                raise CliError(
+                    f"{plan.label}: no maintenance window is open now with {estimate} left for "
+                    f"{len(plan.nodes)} nodes; schedule it (drop --now), or --override-window --reason TEXT"
+                )
+            run = create_run(
+                cluster_row,
+                to_version=to_version,
+                source=source,
+                requested_by=getpass.getuser(),
+                session=session,
+                state=RunState.planned,
+            )
+            run.case_ref, run.urgent, run.needs_approval = case, urgent, requires_approval
+            if override_reason is not None and not open_window:
+                run.override_reason = override_reason
+                session.add(
+                    AuditEvent(
+                        actor=getpass.getuser(),
+                        action="run.window_overridden",
+                        subject=f"run/{run.id}",
+                        detail={"reason": override_reason},
+                    )
+                )
+            session.add(run)
+            session.flush()
+            assert run.id is not None
+            run_id = run.id
+    if now_run:
+        return _run_flow(plan, run_id, engine=engine, as_json=as_json)
+    _show_scheduled(run_id, engine=engine, as_json=as_json)
+    return run_id
+
+
+def _show_scheduled(run_id: int, *, engine: Engine, as_json: bool) -> None:
+    from inventory.runs import get_run
+
+    with session_scope(engine) as session:
+        run = get_run(run_id, session=session)
+        slot_start, slot_end = run.slot_start, run.slot_end
+    if as_json:
+        show_run(run_id, engine=engine, as_json=True)
+        return
+    assert slot_start is not None and slot_end is not None
+    console.print(
+        f"update-{run_id} scheduled {slot_start:%Y-%m-%d %H:%M} UTC to {slot_end:%H:%M} UTC; "
+        "the customer's notice is queued (`upkeep notices send` or the dispatcher delivers it)",
+        markup=False,
+    )

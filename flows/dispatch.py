@@ -36,8 +36,12 @@ REMINDERS = (("72h", timedelta(hours=72)), ("24h", timedelta(hours=24)))
 
 @flow(name="dispatch")
 def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, Any]:
+    from flows.rollout import replan_skipped
+
     runtime = current()
     now = runtime.clock()
+    replan_skipped(engine=runtime.engine, now=now, actor=runtime.actor)  # skipped clusters whose case closed
+    reslot_missed(runtime, now)
     reminded = send_reminders(runtime, now)
     started = start_due_runs(runtime, now, max_running=max_running, via_deployments=via_deployments)
     report = deliver_pending(runtime.engine, runtime.mailer, now=now, sender=runtime.mail_from, limit=500)
@@ -53,6 +57,32 @@ def _planned(session: Session) -> list[UpgradeRun]:
             .order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))
         ).all()
     )
+
+
+def reslot_missed(runtime: Runtime, now: datetime) -> list[int]:
+    """Planned runs whose whole window passed unstarted (held by waves, or no dispatcher ran) move to
+    their next window with a notice, instead of starting outside the time the customer was told."""
+    from flows.schedule import ScheduleRefused, reslot_update
+
+    moved = []
+    with session_scope(runtime.engine) as session:
+        missed = [run.id for run in _planned(session) if run.slot_end and run.slot_end <= now]
+    for run_id in missed:
+        assert run_id is not None
+        with session_scope(runtime.engine) as session:
+            try:
+                reslot_update(
+                    run_id,
+                    now=now,
+                    reason="the window passed before the update could start",
+                    session=session,
+                    vendor=VendorTerms.from_runtime(runtime),
+                )
+            except ScheduleRefused as exc:
+                get_run_logger().error("%s", exc)
+                continue
+        moved.append(run_id)
+    return moved
 
 
 def send_reminders(runtime: Runtime, now: datetime) -> list[str]:

@@ -187,6 +187,37 @@ def defer_update(
     return run
 
 
+def reslot_update(
+    run_id: int, *, now: datetime, reason: str, session: Session, vendor: VendorTerms | None = None
+) -> UpgradeRun:
+    """A planned update whose window passed without it starting (held by its rollout's waves, or no
+    dispatcher ran) moves to the next window; the customer gets a `rescheduled` notice (same invite,
+    next SEQUENCE). No notice period applies: the customer already agreed to the update."""
+    run = _planned(run_id, "re-slot", session)
+    previous, previous_end = run.slot_start, run.slot_end
+    assert previous is not None and previous_end is not None  # _planned checked it
+    cluster, customer = _owner(run, session)
+    try:
+        slot = find_slot(
+            now=now,
+            windows=cluster_windows(cluster, customer, session=session),
+            blackouts=blackouts_for(customer, session=session),
+            notice=timedelta(0),
+            estimate=previous_end - previous,
+            urgent=True,  # an open case must not strand an update the customer was promised
+            not_before=now,
+        )
+    except NoSlot as exc:
+        raise ScheduleRefused(f"cannot re-slot {update_ref(run.id)}: {exc}") from None
+    run.slot_start, run.slot_end = slot.start, slot.end
+    run.notice_sequence += 1
+    session.add(run)
+    _notify(
+        run, NoticeKind.rescheduled, now=now, session=session, vendor=vendor, previous=previous, reason=reason
+    )
+    return run
+
+
 def cancel_update(
     run_id: int, *, now: datetime, reason: str, session: Session, vendor: VendorTerms | None = None
 ) -> UpgradeRun:

@@ -103,3 +103,23 @@ def _plan_other_cluster_later(engine: Any, lab: Any, taken: str) -> int:
     """A run whose slot is tomorrow, on a cluster no test upgrades: the tick must leave it alone."""
     clusters = list(dict.fromkeys(n["cluster"] for n in lab.status()["nodes"]))
     return _plan(engine, clusters[-1], NOW + timedelta(days=1))
+
+
+def test_missed_window_is_reslotted_with_a_notice_not_started_late(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+):
+    lab_runtime.clock = lambda: NOW
+    run_id = _plan(lab_runtime.engine, fresh_cluster, NOW - timedelta(hours=6))  # its window closed 2 h ago
+
+    result = dispatch(max_running=4)
+
+    assert result["started"] == []
+    with session_scope(lab_runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.state == RunState.planned
+        assert run.slot_start is not None and run.slot_start > NOW and run.notice_sequence == 2
+        rescheduled = session.exec(
+            select(Notice).where(Notice.update_ref == f"update-{run_id}", Notice.kind == "rescheduled")
+        ).one()
+    assert rescheduled.sequence == 2 and "SEQUENCE:2" in rescheduled.ics
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]

@@ -10,6 +10,8 @@ crashed run resumes (`run_id=`) where it stopped without upgrading any node twic
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -62,6 +64,24 @@ def product_update(
     plan, run_id = _claim(runtime, cluster, to_version, source, requested_by, run_id, case, require_approval)
     log.info("run %s: %s (%d nodes)", run_id, plan.label, len(plan.nodes))
 
+    with cluster_slot(runtime):
+        return _carry_out(runtime, plan, run_id)
+
+
+@contextmanager
+def cluster_slot(runtime: Runtime) -> Iterator[None]:
+    """One slot of the fleet-wide limit on clusters upgraded at once, held for the whole cluster."""
+    if not runtime.cluster_limit:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(runtime.cluster_limit, occupy=1, strict=True):
+        yield
+
+
+def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int) -> dict[str, Any]:
+    log = get_run_logger()
     conns = NodeConnections(runtime, plan)
     outcomes: dict[str, str] = {}
     progress = Progress(plan)

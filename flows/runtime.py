@@ -32,6 +32,9 @@ class Runtime:
     sre_email: str = "sre@localhost"
     support_contact: str = "support@localhost"
     per_node_estimate: timedelta = timedelta(minutes=10)
+    # Name of a Prefect global concurrency limit every cluster's upgrade occupies one slot of
+    # (`prefect gcl create upkeep-clusters --limit 10`); empty: no limit beyond the dispatcher's.
+    cluster_limit: str = ""
     # The wall clock, injectable so a test can make a window run out without waiting for it.
     clock: Callable[[], datetime] = field(default=utcnow)
     command_timeout: float = 600.0

@@ -47,6 +47,7 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         sre_email=settings.sre_email,
         support_contact=settings.support_contact,
         per_node_estimate=timedelta(minutes=settings.per_node_minutes),
+        cluster_limit=settings.cluster_limit,
         command_timeout=settings.ssh_command_timeout,
         health_timeout=settings.health_timeout,
         actor=os.environ.get("USER", "upkeep"),

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from flows.cloud_release import cloud_release
 from flows.diagnostics import case_auto_close
+from flows.dispatch import dispatch
 from flows.product_update import product_update
 from upkeep.bootstrap import configure_from_settings
 
 configure_from_settings()
 
-__all__ = ["case_auto_close", "cloud_release", "product_update"]
+__all__ = ["case_auto_close", "cloud_release", "dispatch", "product_update"]

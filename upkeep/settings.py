@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     mail_from: str = "Upkeep <upkeep@localhost>"
     sre_email: str = "sre@localhost"
     support_contact: str = Field("support@localhost", description="shown to customers in every notice")
+    cluster_limit: str = Field(
+        "", description="Prefect global concurrency limit bounding clusters upgraded at once; empty: none"
+    )
     per_node_minutes: float = Field(10.0, gt=0, description="estimated minutes to upgrade one node")
     outbox_dir: Path | None = None
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,17 @@ from upkeep.lab import Lab
 pytestmark = [pytest.mark.prefect_server, pytest.mark.lab, pytest.mark.postgres]
 TARGET = "9.10.0"
 RUN_TIMEOUT = 90.0
+CLUSTER_LIMIT = "upkeep-clusters"
+CONCURRENCY = 4
 
 
 @pytest.fixture(scope="session")
 def deploy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("deploylab"))
-    lab.up(clusters=1, nodes=3, upgrade_seconds=0.1, health_delay=0.1)
+    # Cloud clusters: the first serves the product-update test; the other 12 are the monthly release's,
+    # four per ring.
+    rings = ["broad"] + ["canary"] * 4 + ["early"] * 4 + ["broad"] * 4
+    lab.up(clusters=len(rings), nodes=3, kind="cloud", rings=rings, upgrade_seconds=0.1, health_delay=0.1)
     try:
         yield lab
     finally:
@@ -46,6 +52,7 @@ def worker_env(deploy_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dic
     """The UPKEEP_* settings a worker machine has, with the lab's inventory imported into their SQLite DB."""
     env = {f"UPKEEP_{k.upper()}": str(v) for k, v in deploy_lab.settings_overrides().items()}
     env["UPKEEP_HOME"] = str(tmp_path_factory.mktemp("deploy-home"))
+    env["UPKEEP_CLUSTER_LIMIT"] = CLUSTER_LIMIT
     base = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
     subprocess.run(
         [sys.executable, "-m", "upkeep", "inventory", "import", str(deploy_lab.inventory_path)],
@@ -64,6 +71,7 @@ def prefect_server(
     server: PrefectServer | None = None
     try:
         with running_prefect_server(tmp_path_factory.mktemp("prefect-server"), worker_env) as server:
+            server.prefect("gcl", "create", CLUSTER_LIMIT, "--limit", str(CONCURRENCY))
             print(f"\nprefect server {server.api_url} up: {server.timings}")
             yield server
     finally:
@@ -88,8 +96,8 @@ def _tail(path: Path | None, lines: int = 60) -> str:
 def test_product_update_deployment_runs_on_a_worker(
     prefect_server: PrefectServer, deploy_lab: Lab, worker_env: dict[str, str]
 ) -> None:
-    nodes = deploy_lab.status()["nodes"]
-    cluster = nodes[0]["cluster"]
+    cluster = deploy_lab.status()["nodes"][0]["cluster"]
+    nodes = [node for node in deploy_lab.status()["nodes"] if node["cluster"] == cluster]
 
     started = time.monotonic()
     flow_run = _run_deployment(
@@ -154,3 +162,81 @@ def test_scheduled_deployments_get_scheduled_runs(prefect_server: PrefectServer)
                 break  # (the known failure in the log already: no point waiting it out)
             time.sleep(0.5)
     assert count > 0, f"no scheduled flow runs; server log:\n{_tail(prefect_server.log, 30)}"
+
+
+def _open_windows_now(engine: Any) -> datetime:
+    """Every cloud customer: no notice period for cloud releases and a window opening at the next
+    minute (slots start at window starts), so the monthly release runs now instead of in a week."""
+    from inventory.models import Customer
+    from inventory.windows import MaintenanceWindow
+
+    start = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    with session_scope(engine) as session:
+        for customer in session.exec(select(Customer)).all():
+            customer.notice_hours_cloud = 0
+            session.add(customer)
+        for window in session.exec(select(MaintenanceWindow)).all():
+            window.days, window.start, window.timezone = DAYS, f"{start:%H:%M}", "UTC"
+            window.duration_minutes = 6 * 60
+            session.add(window)
+    return start
+
+
+DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def test_monthly_cloud_release_rolls_out_in_rings_on_workers(
+    prefect_server: PrefectServer, deploy_lab: Lab, worker_env: dict[str, str]
+) -> None:
+    engine = cli_engine(worker_env)
+    window_opens = _open_windows_now(engine)
+
+    planned = _run_deployment(
+        prefect_server,
+        "cloud-release/monthly-cloud-release",
+        {"version": TARGET, "soak_minutes": 0, "max_concurrent": CONCURRENCY},
+    )
+    assert planned.state is not None and planned.state.is_completed(), _tail(prefect_server.worker_log)
+    time.sleep(max(0.0, (window_opens - datetime.now(UTC)).total_seconds()) + 1)
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # the dispatcher's schedule, ticked faster than its 60 s
+        _run_deployment(
+            prefect_server, "dispatch/dispatch", {"via_deployments": True, "max_running": CONCURRENCY}
+        )
+        with session_scope(engine) as session:
+            runs = session.exec(select(UpgradeRun).where(UpgradeRun.kind == "cloud_release")).all()
+            if runs and all(not RunState(r.state).active for r in runs):
+                break
+        time.sleep(2)
+
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(UpgradeRun, Cluster)
+            .join(Cluster, col(Cluster.id) == col(UpgradeRun.cluster_id))
+            .where(UpgradeRun.kind == "cloud_release")
+        ).all()
+        from inventory.outbox import Notice
+
+        scheduled = {
+            n.update_ref: n for n in session.exec(select(Notice).where(Notice.kind == "scheduled")).all()
+        }
+    assert len(rows) == 12, [c.name for _, c in rows]
+    assert all(run.state == RunState.succeeded for run, _ in rows), [
+        (c.name, r.state, r.reason) for r, c in rows
+    ]
+    for run, cluster in rows:
+        hosts = [n["hostname"] for n in deploy_lab.status()["nodes"] if n["cluster"] == cluster.name]
+        assert [len(deploy_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1], cluster.name
+        notice = scheduled[f"update-{run.id}"]  # every customer was told before their slot
+        assert run.slot_start is not None and notice.created_at <= run.slot_start
+    # Never more than CONCURRENCY clusters at once, and each ring only after the previous one finished.
+    spans: list[tuple[datetime, datetime, str]] = []
+    for run, cluster in rows:
+        assert run.started_at is not None and run.finished_at is not None
+        spans.append((run.started_at, run.finished_at, cluster.ring))
+    for start, _, _ in spans:
+        assert sum(1 for s, f, _ in spans if s <= start < f) <= CONCURRENCY
+    for earlier, later in (("canary", "early"), ("early", "broad")):
+        done = max(f for _, f, ring in spans if ring == earlier)
+        assert all(s >= done for s, _, ring in spans if ring == later)

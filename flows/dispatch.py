@@ -9,13 +9,15 @@ Each tick, in this order:
 3. delivery of the notice outbox.
 
 Runs start as `product-update` deployment runs (spread over the workers) or, from `upkeep dispatch`,
-in this process.
+in this process: there `max_running` workers each claim the next due run as soon as their previous
+one ends, so the tick keeps that many clusters busy until nothing is due.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from threading import Lock
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -32,6 +34,7 @@ from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice, idempotency_key
 
 REMINDERS = (("72h", timedelta(hours=72)), ("24h", timedelta(hours=24)))
+_CLAIM_BATCH = 50  # due runs read per query while looking for the next one to claim
 
 
 @flow(name="dispatch")
@@ -102,23 +105,15 @@ def send_reminders(runtime: Runtime, now: datetime) -> list[str]:
             fresh = session.get(UpgradeRun, run.id)
             if fresh is None or fresh.state != RunState.planned or _queued(session, fresh, label):
                 continue
-            queue_run_notice(
-                fresh,
-                "reminder",
-                vendor=VendorTerms.from_runtime(runtime),
-                session=session,
-                now=now,
-                variant=label,
-                preflight=summary,
-            )
-            if summary.startswith("FAILED"):
+            # The customer always; the SRE too when the pre-flight found a problem.
+            for to_sre in (False, True) if summary.startswith("FAILED") else (False,):
                 queue_run_notice(
                     fresh,
                     "reminder",
                     vendor=VendorTerms.from_runtime(runtime),
                     session=session,
                     now=now,
-                    to_sre=True,
+                    to_sre=to_sre,
                     variant=label,
                     preflight=summary,
                 )
@@ -149,31 +144,80 @@ def _preflight_summary(runtime: Runtime, run: UpgradeRun) -> str:
 
 
 def start_due_runs(runtime: Runtime, now: datetime, *, max_running: int, via_deployments: bool) -> list[int]:
-    claimed: list[tuple[int, str, str]] = []
+    """Claim planned runs due at `now`, earliest slot first, keeping at most `max_running` running.
+
+    Via deployments: claim that many and hand them to the workers. In this process: a pool of that
+    many workers, each claiming the next due run as soon as its previous one ends, until none is due,
+    all within this tick - so K clusters stay busy instead of the tick waiting for the slowest of
+    each batch of K."""
     with session_scope(runtime.engine) as session:
         running = session.exec(select(func.count()).where(UpgradeRun.state == RunState.running)).one()
-        for run in _planned(session):
-            if len(claimed) + running >= max_running:
-                break
-            if run.slot_start is None or run.slot_start > now or run.requested_action:
-                continue
-            if run.kind == "cloud_release" and _gate(run, session, now):
-                continue
-            won = session.execute(
-                update(UpgradeRun)
-                .where(col(UpgradeRun.id) == run.id, col(UpgradeRun.state) == RunState.planned)
-                .values(state=RunState.running, started_at=now)
-            )
-            if won.rowcount == 1:  # type: ignore[attr-defined]
-                cluster = session.get(Cluster, run.cluster_id)
-                assert cluster is not None and run.id is not None
-                claimed.append((run.id, cluster.name, run.to_version))
+    slots = max(0, max_running - running)
     if via_deployments:
+        claimed: list[tuple[int, str, str]] = []
+        taken: set[int] = set()
+        while len(claimed) < slots and (claim := _claim_next(runtime, now, taken)) is not None:
+            claimed.append(claim)
         _start_deployments(claimed)
-    elif claimed:
-        with ThreadPoolExecutor(max_workers=len(claimed)) as pool:
-            list(pool.map(_run_here, claimed))
-    return [run_id for run_id, _, _ in claimed]
+        return [run_id for run_id, _, _ in claimed]
+    return _run_in_process(runtime, now, slots)
+
+
+def _claim_next(runtime: Runtime, now: datetime, taken: set[int]) -> tuple[int, str, str] | None:
+    """Move the earliest due planned run to `running` (one conditional UPDATE: two dispatchers never
+    start the same run); None when nothing is due. `taken`: runs already claimed in this tick."""
+    due = (
+        select(UpgradeRun)
+        .where(UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start) <= now)
+        .order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))
+    )
+    with session_scope(runtime.engine) as session:
+        seen = 0
+        while batch := session.exec(due.offset(seen).limit(_CLAIM_BATCH)).all():
+            seen += len(batch)
+            for run in batch:
+                if run.id is None or run.id in taken or run.requested_action:
+                    continue
+                if run.kind == "cloud_release" and _gate(run, session, now):
+                    continue
+                won = session.execute(
+                    update(UpgradeRun)
+                    .where(col(UpgradeRun.id) == run.id, col(UpgradeRun.state) == RunState.planned)
+                    .values(state=RunState.running, started_at=runtime.clock())
+                )
+                if won.rowcount == 1:  # type: ignore[attr-defined]
+                    cluster = session.get(Cluster, run.cluster_id)
+                    assert cluster is not None
+                    taken.add(run.id)
+                    return run.id, cluster.name, run.to_version
+    return None
+
+
+def _run_in_process(runtime: Runtime, now: datetime, slots: int) -> list[int]:
+    from prefect.context import SettingsContext, get_settings_context
+
+    # Worker threads do not inherit context variables: without this the runs would ignore the
+    # caller's Prefect settings (the CLI turns off the heartbeat, whose thread costs ~1 s per run).
+    settings = get_settings_context()
+    started: list[int] = []
+    taken: set[int] = set()
+    lock = Lock()
+
+    def worker() -> None:
+        with SettingsContext(profile=settings.profile, settings=settings.settings):
+            while True:
+                with lock:  # claims in slot order; the runs themselves go on in parallel
+                    claim = _claim_next(runtime, now, taken)
+                    if claim is None:
+                        return
+                    started.append(claim[0])
+                _run_here(claim)
+
+    if slots:
+        with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="dispatch") as pool:
+            for future in [pool.submit(worker) for _ in range(slots)]:
+                future.result()
+    return started
 
 
 def _gate(run: UpgradeRun, session: Session, now: datetime) -> str | None:

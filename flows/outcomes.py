@@ -13,13 +13,13 @@ from flows.plan import UpdatePlan
 from flows.records import node_done
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime
+from flows.schedule import next_window
 from inventory import repo
 from inventory.db import session_scope
 from inventory.models import RunState, UpgradeRun
 from inventory.runs import finish_run, get_run
-from inventory.windows import blackouts_for, cluster_windows
 from scheduling.errors import SchedulingError
-from scheduling.slots import find_slot, remaining_fits
+from scheduling.slots import remaining_fits
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +119,14 @@ def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
     remaining = len(plan.nodes) - done
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
-        cluster = repo.get_cluster(plan.cluster, session=session)
-        customer = repo.customer_of(cluster, session=session)
         try:
-            slot = find_slot(
+            slot = next_window(
+                run,
                 now=now,
-                windows=cluster_windows(cluster, customer, session=session),
-                blackouts=blackouts_for(customer, session=session),
-                notice=runtime.per_node_estimate * 0,  # the customer was told already; this continues
+                not_before=run.slot_end or now,
                 estimate=runtime.per_node_estimate * remaining,
-                not_before=run.slot_end,
+                urgent=run.urgent,
+                session=session,
             )
         except SchedulingError as exc:
             reason = f"window closed after {done} of {len(plan.nodes)} nodes and no later window fits: {exc}"

@@ -31,6 +31,7 @@ from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot, SchedulingError, SlotBlocked
 from scheduling.notice import NoticePolicy, UpdateKind, minimum_notice
 from scheduling.slots import estimate_duration, find_slot
+from scheduling.windows import Interval
 from templates import NoticeKind
 
 if TYPE_CHECKING:
@@ -159,16 +160,9 @@ def defer_update(
 
     if problem := check(when):
         raise ScheduleRefused(f"cannot defer {ref} to {fmt_instant(when)}: {problem}")
-    cluster, customer = _owner(run, session)
     try:
-        slot = find_slot(
-            now=now,
-            windows=cluster_windows(cluster, customer, session=session),
-            blackouts=blackouts_for(customer, session=session),
-            notice=timedelta(0),
-            estimate=current_end - current,
-            urgent=run.urgent,
-            not_before=when,
+        slot = next_window(
+            run, now=now, not_before=when, estimate=current_end - current, urgent=run.urgent, session=session
         )
     except NoSlot as exc:
         raise ScheduleRefused(f"cannot defer {ref} to {fmt_instant(when)}: {exc}") from None
@@ -187,6 +181,29 @@ def defer_update(
     return run
 
 
+def next_window(
+    run: UpgradeRun,
+    *,
+    now: datetime,
+    not_before: datetime,
+    estimate: timedelta,
+    urgent: bool,
+    session: Session,
+) -> Interval:
+    """The first slot of `estimate` in the run's cluster's windows at or after `not_before`, outside
+    blackouts, with no notice period (the customer was told already). NoSlot says why there is none."""
+    cluster, customer = _owner(run, session)
+    return find_slot(
+        now=now,
+        windows=cluster_windows(cluster, customer, session=session),
+        blackouts=blackouts_for(customer, session=session),
+        notice=timedelta(0),
+        estimate=estimate,
+        urgent=urgent,
+        not_before=not_before,
+    )
+
+
 def reslot_update(
     run_id: int, *, now: datetime, reason: str, session: Session, vendor: VendorTerms | None = None
 ) -> UpgradeRun:
@@ -196,16 +213,10 @@ def reslot_update(
     run = _planned(run_id, "re-slot", session)
     previous, previous_end = run.slot_start, run.slot_end
     assert previous is not None and previous_end is not None  # _planned checked it
-    cluster, customer = _owner(run, session)
     try:
-        slot = find_slot(
-            now=now,
-            windows=cluster_windows(cluster, customer, session=session),
-            blackouts=blackouts_for(customer, session=session),
-            notice=timedelta(0),
-            estimate=previous_end - previous,
-            urgent=True,  # an open case must not strand an update the customer was promised
-            not_before=now,
+        # urgent: an open case must not strand an update the customer was already promised
+        slot = next_window(
+            run, now=now, not_before=now, estimate=previous_end - previous, urgent=True, session=session
         )
     except NoSlot as exc:
         raise ScheduleRefused(f"cannot re-slot {update_ref(run.id)}: {exc}") from None

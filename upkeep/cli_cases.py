@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from upkeep.cli_common import JsonOpt
 from upkeep.console import CliError, console, err_console, print_json
 
 EXIT_PARTIAL = 3
@@ -23,15 +24,14 @@ EXIT_PARTIAL = 3
 case_app = typer.Typer(help="Support cases: open, show, list, escalate, close.", no_args_is_help=True)
 diagnostics_app = typer.Typer(help="Diagnostics bundles from a cluster's nodes.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
 CaseArg = Annotated[str, typer.Argument(help="Case id, e.g. CASE-12 or SUP-4711.")]
 
 
 def _engine() -> Engine:
-    from upkeep.bootstrap import open_database
-    from upkeep.settings import load_settings
+    from upkeep.cli_common import open_engine  # also wires flows' Runtime to the same settings
 
-    return open_database(load_settings())
+    return open_engine()
 
 
 def _now() -> datetime:

@@ -16,18 +16,19 @@ from sqlalchemy.engine import Engine
 
 from inventory.importer_rules import RELEASE, VERSION, show
 from inventory.releases import ReleaseEntry, ReleaseError
+from upkeep.cli_common import JsonOpt
 from upkeep.console import CliError, console, print_json
 
 release_app = typer.Typer(
     help="Cloud releases: the catalog, the monthly rollout and its waves.", no_args_is_help=True
 )
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
 VersionArg = Annotated[str, typer.Argument(help="Release version, e.g. 9.10.0.")]
 INDEX = "releases/index.json"
 
 
 def _engine() -> Engine:
-    from upkeep.cli import _engine as engine  # also wires flows' Runtime to the same settings
+    from upkeep.cli_common import open_engine as engine  # also wires flows' Runtime to the same settings
 
     return engine()
 

@@ -18,11 +18,12 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session, select
 
+from upkeep.cli_common import JsonOpt
 from upkeep.console import CliError, console, print_json
 
 notices_app = typer.Typer(help="Customer notices waiting in the outbox.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
 UpdateArg = Annotated[str, typer.Argument(help="The update: update-42, or the run id 42.")]
 
 
@@ -43,7 +44,7 @@ def _transaction() -> Iterator[Session]:
     from inventory.db import session_scope
     from inventory.runs import ActiveRunExists
     from scheduling.errors import SchedulingError
-    from upkeep.cli import _engine
+    from upkeep.cli_common import open_engine as _engine
 
     try:
         with session_scope(_engine()) as session:
@@ -153,7 +154,7 @@ def notices_send(
     """Deliver the notices that are due, through the configured mailer (SMTP or .eml files)."""
     from flows.notify import deliver_pending
     from flows.runtime import current
-    from upkeep.cli import _engine
+    from upkeep.cli_common import open_engine as _engine
 
     _engine()  # configures the runtime from the settings in force
     runtime = current()

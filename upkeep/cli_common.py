@@ -1,0 +1,26 @@
+"""What every CLI module shares: the --json option and the database of the settings in force."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy.engine import Engine
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+_opened: dict[str, Engine] = {}
+
+
+def open_engine() -> Engine:
+    """The database of the settings in force, opened (and migrated) once per command; flows run by
+    this command get a Runtime built from the same settings and engine."""
+    if "engine" not in _opened:
+        from flows import runtime as flow_runtime
+        from upkeep.bootstrap import build_runtime, open_database
+        from upkeep.settings import load_settings
+
+        settings = load_settings()
+        engine = _opened["engine"] = open_database(settings)
+        flow_runtime.configure(lambda: build_runtime(settings, engine=engine))
+    return _opened["engine"]

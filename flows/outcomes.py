@@ -60,7 +60,7 @@ def finish(runtime: Runtime, plan: UpdatePlan, run_id: int, state: RunState, rea
 def alert_sre(runtime: Runtime, run_id: int, reason: str) -> None:
     """After a failure is recorded: collect diagnostics and open (or link) a case, then tell the SRE,
     naming both. Diagnostics trouble never hides the failure itself: the SRE is told either way."""
-    from flows.diagnostics import handle_failed_run
+    from flows.failed_run_case import handle_failed_run
 
     case_id, bundle_url = "", ""
     try:

@@ -7,8 +7,8 @@ runs, under the same name.
 
 from __future__ import annotations
 
+from flows.case_auto_close import case_auto_close
 from flows.cloud_release import cloud_release
-from flows.diagnostics import case_auto_close
 from flows.dispatch import dispatch
 from flows.product_update import product_update
 from upkeep.bootstrap import configure_from_settings

@@ -199,7 +199,7 @@ def flow_runtime(engine: Any, prefect_harness: None, tmp_path: Path) -> Iterator
 def test_auto_close_flow_closes_stale_waiting_cases_and_queues_the_email(
     engine: Any, flow_runtime: Any
 ) -> None:
-    from flows.diagnostics import case_auto_close
+    from flows.case_auto_close import case_auto_close
 
     _fleet(engine)
     start = datetime(2026, 6, 1, 12, tzinfo=UTC)

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from flows.diagnostics import collect_diagnostics, handle_failed_run
+from flows.diagnostics import collect_diagnostics
+from flows.failed_run_case import handle_failed_run
 from flows.product_update import product_update
 from inventory import cases
 from inventory.db import session_scope

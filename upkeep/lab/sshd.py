@@ -106,7 +106,12 @@ def render_config(spec: SshdSpec, port: int) -> str:
         # Relative SFTP paths land in the node's own incoming dir: the staging contract.
         lines.append(f"Subsystem sftp internal-sftp -d {spec.node_dir / 'incoming'}")
         search = f"{spec.bin_dir}:/usr/local/bin:/usr/bin:/bin"
-        lines.append(f"SetEnv UPKEEP_NODE_DIR={spec.node_dir} PATH={search}")
+        # SHLVL=1: sshd runs every command as `$SHELL -c CMD`; Debian's bash then sources ~/.bashrc
+        # (SSH_SOURCE_BASHRC) but only in a top-level shell, i.e. when SHLVL was unset or 0. A lab
+        # run as a developer whose ~/.bashrc does `pyenv init` paid ~130 ms per command for it -
+        # nothing a product node pays. Other shells ignore SHLVL; login shells (ssh -t) still read
+        # their profile.
+        lines.append(f"SetEnv UPKEEP_NODE_DIR={spec.node_dir} PATH={search} SHLVL=1")
     else:
         lines.append("Subsystem sftp internal-sftp")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
-from inventory import cases, models, outbox, releases, windows
+from inventory import case_tables, models, outbox, releases, windows
 
-TABLE_MODULES = (models, outbox, cases, windows, releases)
+TABLE_MODULES = (models, outbox, case_tables, windows, releases)
 metadata = SQLModel.metadata

@@ -1,0 +1,90 @@
+"""Support case tables: the case, the clusters it concerns, and its diagnostics bundles.
+
+Repository functions (open, status changes, auto-close, bundles) are in `inventory.cases`, which
+re-exports these names. Times are aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column
+from sqlalchemy import Enum as SAEnum
+from sqlmodel import Field, SQLModel
+
+from inventory.types import UTCDateTime, utcnow
+from scheduling.sla import Category, Priority
+
+
+class CaseStatus(StrEnum):
+    new = "new"
+    open = "open"
+    waiting_on_customer = "waiting_on_customer"
+    escalated = "escalated"
+    closed = "closed"
+
+
+class EscalatedBy(StrEnum):
+    customer = "customer"
+    sre = "sre"
+
+
+def _when(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+def _enum(kind: type[StrEnum], *, nullable: bool = False, index: bool = False, default: Any = None) -> Any:
+    """Stored as its value in a plain VARCHAR (no PostgreSQL enum type to migrate when values change)."""
+    column_type = SAEnum(
+        kind,
+        name=f"case_{kind.__name__.lower()}",
+        native_enum=False,
+        create_constraint=False,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+    )
+    return Field(default=default, sa_column=Column(column_type, nullable=nullable, index=index))
+
+
+class Case(SQLModel, table=True):
+    __tablename__ = "support_case"  # CASE is a reserved word in SQL
+    id: int | None = Field(default=None, primary_key=True)
+    ref: str = Field(unique=True, index=True, max_length=24, description="CASE-n or an external id")
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    subject: str = Field(max_length=200)
+    category: Category = _enum(Category)
+    queue: str = Field(max_length=32, description="who works it: SRE or Customer Success")
+    priority: Priority = _enum(Priority)
+    status: CaseStatus = _enum(CaseStatus, index=True, default=CaseStatus.new)
+    opened_by: str = Field(default="", max_length=128)
+    opened_at: datetime = _when(nullable=False)
+    first_response_due: datetime = _when(nullable=False)
+    waiting_since: datetime | None = _when()
+    contact_attempts: int = Field(default=0, description="attempts to reach the customer in this wait")
+    last_contact_at: datetime | None = _when()
+    escalated_by: EscalatedBy | None = _enum(EscalatedBy, nullable=True)
+    escalation_reason: str = Field(default="", max_length=2000)
+    escalated_at: datetime | None = _when()
+    closed_at: datetime | None = _when()
+    close_reason: str = Field(default="", max_length=2000)
+
+
+class CaseCluster(SQLModel, table=True):
+    case_id: int = Field(foreign_key="support_case.id", primary_key=True, ondelete="CASCADE")
+    cluster_id: int = Field(foreign_key="cluster.id", primary_key=True, index=True, ondelete="CASCADE")
+
+
+class DiagnosticsBundle(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="support_case.id", index=True, ondelete="CASCADE")
+    run_id: int | None = Field(default=None, foreign_key="upgraderun.id", index=True)
+    cluster_id: int = Field(foreign_key="cluster.id", index=True)
+    url: str = Field(max_length=1024)
+    sha256: str = Field(max_length=64)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))  # bytes; bundles can pass 2 GiB
+    partial: bool = False
+    missing_nodes: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    redactions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))

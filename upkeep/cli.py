@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -107,6 +107,15 @@ def _mount_commands() -> None:
 _mount_commands()
 
 
+# Typer (0.29 here) carries its own copy of Click: its usage errors (missing argument, unknown option, a
+# run id that is not a number) are not `click` exceptions, and without these they escaped as tracebacks.
+_EXITS: tuple[type[Any], ...] = tuple({click.exceptions.Exit, typer.Exit})
+_ABORTS: tuple[type[Any], ...] = tuple({click.exceptions.Abort, typer.Abort})
+_USAGE_ERRORS: tuple[type[Any], ...] = tuple(
+    {click.ClickException, getattr(typer, "TyperException", click.ClickException)}
+)
+
+
 def main() -> None:
     from upkeep.errors import explain
 
@@ -114,13 +123,13 @@ def main() -> None:
         # Without standalone mode Click returns typer.Exit's code instead of exiting with it.
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as exc:
+    except _EXITS as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _ABORTS:
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except _USAGE_ERRORS as exc:
+        exc.show()  # "Usage: ..." and the problem; exit 2 for usage errors
         sys.exit(exc.exit_code)
     except CliError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)

@@ -4,8 +4,9 @@
 `apply_inventory` writes in the caller's transaction; `import_inventory` does both in one transaction.
 
 The parts live beside this module, which re-exports their public names: `importer_specs` (the document
-and problem types), `importer_rules` (what each field may hold), `importer_parse` (YAML to specs) and
-`importer_write` (rows to match the specs, and the ImportSummary of what changed).
+and problem types), `importer_rules` (what each field may hold), `importer_parse` (YAML to specs, on the
+generic walking of `importer_yaml`) and `importer_write` (rows to match the specs, and the ImportSummary
+of what changed).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ SCHEDULE_TABLES = ("window", "blackout")
 
 
 class _Walker(Protocol):
-    """What ScheduleParts needs of importer_parse's parser (which owns the YAML walking)."""
+    """What ScheduleParts needs of importer_parse's parser (an importer_yaml.YamlWalker)."""
 
     def err(self, node: yaml.Node, message: str) -> None: ...
 

@@ -92,10 +92,14 @@ def test_pause_finishes_the_node_in_progress_and_resume_completes(
     assert "pause requested" in paused.stdout
     assert proc.wait(timeout=120) == 0, proc.communicate()
 
+    # The node in progress when the request landed finishes; nothing after it starts. Which node that
+    # is depends on how fast `upkeep pause` started (a new process): node 1's upgrade or a later one.
     after_pause = _run(engine, fresh_slow_cluster)
     assert after_pause is not None and after_pause.state == RunState.paused
-    assert "after 1 of 3 nodes" in after_pause.reason
-    assert _upgrades(slow_lab, fresh_slow_cluster) == [1, 0, 0]
+    done = sum(_upgrades(slow_lab, fresh_slow_cluster))
+    assert done in (1, 2), after_pause.reason
+    assert f"after {done} of 3 nodes" in after_pause.reason
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [1] * done + [0] * (3 - done)
 
     upkeep_cli(slow_cli_env, "resume", str(run.id))
     final = _run(engine, fresh_slow_cluster)

@@ -8,8 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, emoji=False)  # ":100:" in FILE:LINE is not an emoji
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 
 def print_json(data: Any) -> None:

@@ -30,3 +30,13 @@ def test_usage_errors_are_a_usage_message_and_exit_2_not_a_traceback(
     result = invoke(*args)
     assert result.code == 2, result.text
     assert "Usage: upkeep" in result.stderr and "Traceback" not in result.text
+
+
+def test_error_lines_print_text_literally_never_as_emoji(empty_home: CliHome, tmp_path: Path) -> None:
+    """Rich replaced ':100:' in 'FILE:100: problem' (and ':smile:' in a name) with an emoji."""
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text("# padding\n" * 99 + "customers: 5\n")
+    result = invoke("inventory", "import", str(bad))
+    assert result.code == 1 and f"{bad}:100:" in result.stderr, result.stderr
+    result = invoke("update", ":smile:", "--to", "9.10.0", "--dry-run")
+    assert result.code == 1 and "':smile:'" in result.stderr, result.stderr

@@ -17,8 +17,8 @@ app = typer.Typer(
     help="A local fleet of real sshd nodes, a jump host and an HTTPS file server, for demos and tests.",
     no_args_is_help=True,
 )
-_out = Console(highlight=False)
-_err = Console(stderr=True, highlight=False)
+_out = Console(highlight=False, emoji=False)
+_err = Console(stderr=True, highlight=False, emoji=False)
 
 RootOption = Annotated[
     Path | None, typer.Option("--root", help="Lab state directory [default: <UPKEEP home>/lab].")

@@ -12,7 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import total_ordering
 
-_VERSION = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$")
+# ASCII: without it \d also matches other scripts' digits, and "9.1٠.0" (Arabic-Indic zero) passed
+# as 9.10.0 while the look-alike string itself was stored and shown.
+_VERSION = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$", re.ASCII)
 
 
 class VersionError(ValueError):

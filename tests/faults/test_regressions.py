@@ -40,3 +40,20 @@ def test_error_lines_print_text_literally_never_as_emoji(empty_home: CliHome, tm
     assert result.code == 1 and f"{bad}:100:" in result.stderr, result.stderr
     result = invoke("update", ":smile:", "--to", "9.10.0", "--dry-run")
     assert result.code == 1 and "':smile:'" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("look_alike", ["9.1\u0660.0", "\uff19.10.0", "9.10.\u09e6", "\u0669.8.0"])
+def test_versions_are_ascii_digits_only(look_alike: str, empty_home: CliHome, tmp_path: Path) -> None:
+    """\\d matched any script's digits: a look-alike version passed as 9.10.0 and was stored as typed."""
+    from scheduling.versions import Version, VersionError, is_version
+
+    assert not is_version(look_alike)
+    with pytest.raises(VersionError):
+        Version.parse(look_alike)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "customers:\n- name: acme\n  timezone: UTC\n  clusters:\n  - name: c1\n    kind: software\n"
+        f"    version: '{look_alike}'\n    access: {{type: direct}}\n    nodes: [{{hostname: n1}}]\n"
+    )
+    result = invoke("inventory", "import", str(fleet))
+    assert result.code == 1 and f"{fleet}:7:" in result.stderr, result.stderr

@@ -9,6 +9,7 @@ A refusal raises before anything is written, with a message that says why (`Sche
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -47,8 +48,10 @@ class ScheduleRefused(SchedulingError):
 def parse_update_ref(text: str) -> int:
     """'update-42' or '42' → 42."""
     digits = text.strip().removeprefix("update-")
-    if not digits.isdigit():
-        raise ScheduleRefused(f"update {text!r}: expected an update id such as update-42 or 42")
+    # ASCII digits within the database's integer range: str.isdigit() also takes '²' (int() then
+    # raised ValueError) and other scripts' digits, and a 20-digit id overflowed SQLite's INTEGER.
+    if not re.fullmatch(r"[0-9]{1,18}", digits):
+        raise ScheduleRefused(f"update {text[:80]!r}: expected an update id such as update-42 or 42")
     return int(digits)
 
 

@@ -70,7 +70,9 @@ def request(
     )
 
 
-RunArg = Annotated[int, typer.Argument(help="Run id (see `upkeep runs`).")]
+# Ids are database integers: a larger number must be a usage error, not SQLite's OverflowError.
+MAX_ID = 2**63 - 1
+RunArg = Annotated[int, typer.Argument(help="Run id (see `upkeep runs`).", min=1, max=MAX_ID)]
 
 
 @app.command()
@@ -118,7 +120,9 @@ def approve(
 
 
 @app.command()
-def runs(json: JsonOpt = False, limit: Annotated[int, typer.Option(help="How many.")] = 20) -> None:
+def runs(
+    json: JsonOpt = False, limit: Annotated[int, typer.Option(help="How many.", min=1, max=10_000)] = 20
+) -> None:
     """Recent upgrade runs."""
     from inventory.db import session_scope
     from inventory.run_report import run_row
@@ -145,7 +149,9 @@ def runs(json: JsonOpt = False, limit: Annotated[int, typer.Option(help="How man
 
 
 @app.command()
-def show(run: Annotated[int, typer.Argument(help="Run id.")], json: JsonOpt = False) -> None:
+def show(
+    run: Annotated[int, typer.Argument(help="Run id.", min=1, max=MAX_ID)], json: JsonOpt = False
+) -> None:
     """One run: its state and every node's result."""
     from upkeep.updates import show_run
 

@@ -149,7 +149,8 @@ def calendar(
 
 @notices_app.command("send")
 def notices_send(
-    limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 100, json: JsonOpt = False
+    limit: Annotated[int, typer.Option("--limit", help="At most this many.", min=1, max=10_000)] = 100,
+    json: JsonOpt = False,
 ) -> None:
     """Deliver the notices that are due, through the configured mailer (SMTP or .eml files)."""
     from flows.notify import deliver_pending

@@ -57,3 +57,27 @@ def test_versions_are_ascii_digits_only(look_alike: str, empty_home: CliHome, tm
     )
     result = invoke("inventory", "import", str(fleet))
     assert result.code == 1 and f"{fleet}:7:" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("cancel-update", "\u00b2"),
+        ("defer", "update-\u00b2", "--to", "2030-01-01"),
+        ("cancel-update", "update-\u0664\u0662"),
+        ("cancel-update", "99999999999999999999999"),
+        ("show", "99999999999999999999999"),
+        ("resume", "99999999999999999999999"),
+        ("runs", "--limit", "99999999999999999999999"),
+        ("notices", "send", "--limit", "99999999999999999999999"),
+        ("show", "0"),
+    ],
+)
+def test_run_ids_are_ascii_digits_within_the_database_range(
+    args: tuple[str, ...], empty_home: CliHome
+) -> None:
+    """'²' passed str.isdigit() and int() then raised; '٤٢' was read as 42; a 23-digit id reached
+    SQLite and raised OverflowError - each a traceback."""
+    result = invoke(*args)
+    assert result.code in (1, 2) and "Traceback" not in result.text, result.text
+    assert ("error:" in result.stderr) if result.code == 1 else ("Usage:" in result.stderr), result.stderr

@@ -11,6 +11,8 @@ transaction in which it then marks the run started. A run may start when, in thi
 4. fewer than `max_concurrent` runs of the rollout, and fewer than `per_customer_limit` of the run's
    customer, are in flight (running or paused).
 
+Those rules, without the database, are in `flows.rollout_rules`; this module loads and locks.
+
 Error budget (AWS SSM MaxErrors / Ansible max_fail_percentage, `scheduling.waves.budget_exceeded`) over
 the whole rollout: started = runs that started (or failed), failed = runs that failed, both counted
 from the last `resume_rollout` on (which acknowledges the failures before it). The gate locks the
@@ -25,14 +27,21 @@ change happens once. Customer notice templates are not used for it (they are abo
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from flows.rollout_rules import (
+    ACTIVE,
+    IN_FLIGHT,
+    budget_of,
+    budget_reason,
+    concurrency_reason,
+    tally,
+    wave_reason,
+)
 from inventory.db import session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.releases import (
@@ -50,99 +59,8 @@ from inventory.releases import (
 from inventory.repo import record_audit
 from inventory.runs import ActiveRunExists
 from inventory.types import utcnow
-from scheduling.waves import RINGS_DEFAULT, ErrorBudget, budget_exceeded, wave_may_start
 
 log = logging.getLogger(__name__)
-
-IN_FLIGHT = (RunState.running, RunState.paused)
-ACTIVE = (RunState.planned, *IN_FLIGHT)
-
-
-@dataclass(frozen=True)
-class RingTally:
-    """The runs of one ring of a rollout, as the wave rules see them."""
-
-    ring: str
-    runs: int = 0
-    active: int = 0  # planned, running or paused
-    started: int = 0
-    failed: int = 0
-    last_finished: datetime | None = None
-
-
-def tally(members: Sequence[Member], rings: Sequence[str] = RINGS_DEFAULT) -> list[RingTally]:
-    """One tally per ring in `rings` order (rings not listed follow, by name)."""
-    names = list(rings) + sorted({m.entry.ring for m in members} - set(rings))
-    result = []
-    for ring in names:
-        runs = [m.run for m in members if m.entry.ring == ring and m.run is not None]
-        done = [r.finished_at for r in runs if r.state not in ACTIVE and r.finished_at is not None]
-        result.append(
-            RingTally(
-                ring=ring,
-                runs=len(runs),
-                active=sum(1 for r in runs if r.state in ACTIVE),
-                started=sum(1 for r in runs if r.started_at is not None or r.state is RunState.failed),
-                failed=sum(1 for r in runs if r.state is RunState.failed),
-                last_finished=max(done, default=None),
-            )
-        )
-    return result
-
-
-def budget_reason(
-    budget: ErrorBudget, tallies: Sequence[RingTally], acked_started: int = 0, acked_failed: int = 0
-) -> str | None:
-    """Why the rollout must halt, or None: its budget over the runs since the last resume."""
-    started = sum(t.started for t in tallies) - acked_started
-    failed = sum(t.failed for t in tallies) - acked_failed
-    return budget_exceeded(budget, max(started, 0), min(max(failed, 0), max(started, 0)))
-
-
-def wave_reason(
-    ring: str,
-    tallies: Sequence[RingTally],
-    *,
-    soak: timedelta,
-    now: datetime,
-    rings: Sequence[str] = RINGS_DEFAULT,
-) -> str | None:
-    """Why a run in `ring` must wait for the earlier rings, or None. Earlier rings without runs (all
-    their clusters skipped or blocked) do not hold anyone up."""
-    order = list(rings)
-    if ring not in order:
-        return f"ring {ring!r} is not one of {', '.join(order)}: not started"
-    earlier = [t for t in tallies if t.ring in order[: order.index(ring)] and t.runs]
-    for previous in earlier:
-        if previous.active:
-            return (
-                f"waiting for ring {previous.ring}: {previous.active} of {previous.runs} updates not finished"
-            )
-    if not earlier:
-        return None
-    previous = earlier[-1]
-    finished = min(previous.last_finished, now) if previous.last_finished else None  # clock skew
-    decision = wave_may_start(finished, soak, now, None)
-    return None if decision.allowed else f"waiting for ring {previous.ring}: {decision.reason}"
-
-
-def concurrency_reason(
-    in_flight: int, customer_in_flight: int, *, max_concurrent: int, per_customer_limit: int
-) -> str | None:
-    """Why one more update may not start: the rollout's or the customer's in-flight limit."""
-    if in_flight >= max_concurrent:
-        return f"{_in_flight(in_flight, 'of this release')} (limit {max_concurrent})"
-    if customer_in_flight >= per_customer_limit:
-        return f"{_in_flight(customer_in_flight, 'of this customer')} (limit {per_customer_limit})"
-    return None
-
-
-def _in_flight(count: int, whose: str) -> str:
-    return f"1 update {whose} is in flight" if count == 1 else f"{count} updates {whose} are in flight"
-
-
-def budget_of(rollout: Rollout) -> ErrorBudget:
-    return ErrorBudget(rollout.max_failures, rollout.max_failure_rate)
 
 
 def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | None:

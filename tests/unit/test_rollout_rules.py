@@ -1,4 +1,4 @@
-"""The start gate's pure rules (flows.rollout): ring order and soak, the rollout-wide error budget
+"""The start gate's pure rules (flows.rollout_rules): ring order and soak, the rollout-wide error budget
 (count and rate, counted from the last resume), and the in-flight limits. No database: rollout members
 are plain table objects."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.rollout import RingTally, budget_reason, concurrency_reason, tally, wave_reason
+from flows.rollout_rules import RingTally, budget_reason, concurrency_reason, tally, wave_reason
 from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.releases import Member, MemberStatus, RolloutCluster
 from scheduling.waves import ErrorBudget

@@ -25,6 +25,7 @@ from flows.report import Progress, summary_artifacts
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, distribute, download, preflight, upgrade_node
 from inventory import repo
+from inventory.cases import check_case_ref
 from inventory.db import session_scope
 from inventory.models import RunState
 from inventory.runs import create_run, get_run
@@ -130,6 +131,8 @@ def _claim(
     """Plan, and either claim the cluster with a new run or take over the run being resumed."""
     from prefect.runtime import flow_run
 
+    if case is not None:
+        check_case_ref(case)  # a deployment's parameter is input too
     with session_scope(runtime.engine) as session:
         plan = plan_update(cluster, to_version, session=session)
         if run_id is None:

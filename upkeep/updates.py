@@ -56,9 +56,12 @@ def run_update(
     Claiming first means a concurrent second update is refused at once, by the database, before
     Prefect starts. Returns the run id; raises CliError when the run does not succeed."""
     from inventory import repo
+    from inventory.cases import check_case_ref
     from inventory.models import RunState
     from inventory.runs import create_run
 
+    if case is not None:
+        check_case_ref(case)  # as `request` and `schedule` do: the run keeps it, diagnostics use it
     plan = _plan(cluster, to_version, engine)  # refuses bad requests before anything is written
     with session_scope(engine) as session:
         run = create_run(

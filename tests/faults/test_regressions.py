@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,31 @@ def test_run_ids_are_ascii_digits_within_the_database_range(
     result = invoke(*args)
     assert result.code in (1, 2) and "Traceback" not in result.text, result.text
     assert ("error:" in result.stderr) if result.code == 1 else ("Usage:" in result.stderr), result.stderr
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(
+    "case", ["$(touch /tmp/x)", "CASE-1\nBcc: x@evil.example", "../../etc", "CASE-" + "1" * 40]
+)
+def test_update_refuses_a_malformed_case_id_before_writing_anything(
+    case: str, faults_lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`upkeep update --case` stored any text as the run's case (request and schedule check it); a
+    failed run then could not attach its diagnostics to it."""
+    cluster = faults_lab.status()["nodes"][0]["cluster"]
+    monkeypatch.setattr("upkeep.updates._run_flow", lambda *a, **k: pytest.fail("the update started"))
+    with cli_home(tmp_path / "home", faults_lab.inventory_path) as home:
+        home.checkpoint()
+        before = home.digest()
+        result = invoke("update", cluster, "--to", "9.10.0", f"--case={case}")
+        assert result.code == 1 and "error: case id" in result.stderr, result.text
+        assert home.digest() == before
+
+
+def test_the_flow_refuses_a_malformed_case_parameter() -> None:
+    """Deployments pass `case` straight to the flow: checked there too, before the run is claimed."""
+    from flows.product_update import _claim
+    from inventory.cases import CaseError
+
+    with pytest.raises(CaseError):
+        _claim(None, "c1", "9.10.0", "cli", "", None, "$(id)", False)  # type: ignore[arg-type]

@@ -83,6 +83,8 @@ def parse_index(text: str, where: str) -> list[ReleaseEntry]:
         data = json.loads(text)
     except ValueError as exc:
         raise ReleaseError(f"{where}: not JSON ({exc})") from None
+    except RecursionError:  # the file server's bytes decide the depth; json raises this, not ValueError
+        raise ReleaseError(f"{where}: not a release index (nested too deeply)") from None
     if not isinstance(data, list):
         raise ReleaseError(f"{where}: expected a JSON list of releases")
     entries, problems, versions = [], [], set()

@@ -110,3 +110,12 @@ def test_the_flow_refuses_a_malformed_case_parameter() -> None:
 
     with pytest.raises(CaseError):
         _claim(None, "c1", "9.10.0", "cli", "", None, "$(id)", False)  # type: ignore[arg-type]
+
+
+def test_a_release_index_nested_too_deeply_is_refused_in_one_line() -> None:
+    """json.loads raises RecursionError (not ValueError) past ~1,000 levels: `release sync` crashed."""
+    from inventory.releases import ReleaseError
+    from upkeep.cli_release import parse_index
+
+    with pytest.raises(ReleaseError, match=r"index\.json: not a release index \(nested too deeply\)"):
+        parse_index("[" * 100_000 + "]" * 100_000, "releases/index.json")

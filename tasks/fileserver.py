@@ -11,6 +11,7 @@ import hashlib
 import re
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -117,10 +118,21 @@ class HttpFileServer:
         part.replace(dest)
         return dest
 
+    @contextmanager
+    def _reaching(self, what: str, path: str) -> Iterator[None]:
+        """Connection refused, reset, timed out or a certificate that does not verify: a
+        FileServerError like every other file-server failure, not httpx's own exception."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise FileServerError(
+                f"{what} of {path}: connection to {self.url} failed: {exc or type(exc).__name__}"
+            ) from None
+
     def upload(self, local: Path, path: str) -> str:
         """PUT `local` to `path`; refuses to overwrite. Returns the file's URL."""
         path = safe_remote_path(path)
-        with self._client() as client, local.open("rb") as handle:
+        with self._client() as client, local.open("rb") as handle, self._reaching("upload", path):
             response = client.put(path, content=_chunks(handle), headers={"If-None-Match": "*"})
             if response.status_code in (409, 412):
                 raise FileServerError(f"{path} already exists on the file server: not overwritten")
@@ -130,14 +142,14 @@ class HttpFileServer:
     def size(self, path: str) -> int:
         """The file's size in bytes, asked with HEAD (nothing is downloaded)."""
         path = safe_remote_path(path)
-        with self._client() as client:
+        with self._client() as client, self._reaching("size of", path):
             response = client.head(path)
             self._check(response, "size of", path)
             return int(response.headers.get("content-length", "0"))
 
     def fetch_text(self, path: str) -> str:
         path = safe_remote_path(path)
-        with self._client() as client:
+        with self._client() as client, self._reaching("read", path):
             response = client.get(path)
             self._check(response, "read", path)
             return response.text

@@ -83,8 +83,9 @@ def cli_home(home: Path, inventory: Path | None, **settings: str) -> Iterator[Cl
     # Typer rebuilds the whole Click command tree from type hints on every call (~90 % of a call's
     # 60-120 ms); build it once. `main` and its error mapping are still what runs.
     typer_app = cli.app
-    command = typer.main.get_command(typer_app)
-    cli.app = lambda *args, **kwargs: command(*args, **kwargs)  # type: ignore[assignment]
+    if isinstance(typer_app, typer.Typer):  # not already done by an enclosing cli_home
+        command = typer.main.get_command(typer_app)
+        cli.app = lambda *args, **kwargs: command(*args, **kwargs)  # type: ignore[assignment]
     saved = {k: v for k, v in os.environ.items() if k.startswith("UPKEEP_")}
     for key in saved:
         del os.environ[key]

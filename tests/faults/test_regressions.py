@@ -119,3 +119,32 @@ def test_a_release_index_nested_too_deeply_is_refused_in_one_line() -> None:
 
     with pytest.raises(ReleaseError, match=r"index\.json: not a release index \(nested too deeply\)"):
         parse_index("[" * 100_000 + "]" * 100_000, "releases/index.json")
+
+
+def test_an_unreachable_file_server_is_one_line_from_release_sync(
+    empty_home: CliHome, tmp_path: Path
+) -> None:
+    """size, fetch_text and upload let httpx's ConnectError out (only download wrapped it):
+    `upkeep release sync` with the file server down was a traceback."""
+    import socket
+
+    from tasks.fileserver import FileServerError, HttpFileServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here: connection refused
+    client = HttpFileServer(url=f"https://127.0.0.1:{port}", user="u", password="p", timeout=2)
+    bundle = tmp_path / "b.tar.gz"
+    bundle.write_bytes(b"x")
+    for call in (
+        lambda: client.size("releases/p.tar.gz"),
+        lambda: client.fetch_text("releases/index.json"),
+        lambda: client.upload(bundle, "support/acme/CASE-1/b.tar.gz"),
+    ):
+        with pytest.raises(FileServerError, match=f"connection to https://127.0.0.1:{port} failed"):
+            call()
+    with cli_home(tmp_path / "home2", None, fileserver_url=f"https://127.0.0.1:{port}"):
+        result = invoke("release", "sync")
+    assert result.code == 1 and "error: read of releases/index.json: connection to" in result.stderr, (
+        result.text
+    )

@@ -67,6 +67,9 @@ class CommandTimeout(RemoteError):
     """A command ran longer than its timeout; the node's real state is unknown until asked."""
 
 
+_NO_HANDSHAKE = frozenset({"No existing session", "Error reading SSH protocol banner"})
+
+
 class RemoteRunner(Protocol):
     host: str
 
@@ -116,6 +119,14 @@ class FabricRunner:
                 raise HostKeyError(
                     self.host,
                     f"{exc} ({self._settings.known_hosts}): unknown host key refused, not learned",
+                ) from None
+            if str(exc) in _NO_HANDSHAKE:
+                # Paramiko's own words for "nothing answered as SSH" (a blackholed or wrong port):
+                # its banner timeout, then "No existing session" - neither says what happened.
+                raise RemoteError(
+                    self.host,
+                    f"cannot connect: no SSH answer within {self._settings.connect_timeout:g} s "
+                    "(the port accepted the connection; nothing answered as an SSH server)",
                 ) from None
             raise RemoteError(self.host, f"SSH failed: {exc}") from None
         except (TimeoutError, OSError, EOFError) as exc:

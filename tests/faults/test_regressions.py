@@ -148,3 +148,20 @@ def test_an_unreachable_file_server_is_one_line_from_release_sync(
     assert result.code == 1 and "error: read of releases/index.json: connection to" in result.stderr, (
         result.text
     )
+
+
+def test_a_port_that_never_answers_ssh_is_named_as_such(tmp_path: Path) -> None:
+    """A blackholed port made Paramiko say "No existing session" after its banner timeout: nothing
+    told the SRE that the node never answered."""
+    from tasks.ssh import FabricRunner, RemoteError, SshSettings, SshTarget
+    from tests.faults.netfaults import Blackhole
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    with Blackhole() as hole:
+        runner = FabricRunner(
+            SshTarget("n1", "127.0.0.1", hole.port, "root"),
+            SshSettings(known_hosts, tmp_path / "no-key", connect_timeout=0.5),
+        )
+        with pytest.raises(RemoteError, match=r"^n1: cannot connect: no SSH answer within 0\.5 s"):
+            runner.open()

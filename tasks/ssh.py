@@ -7,6 +7,7 @@ or changed key is refused, never learned.
 
 from __future__ import annotations
 
+import select
 import shlex
 import time
 from collections.abc import Sequence
@@ -16,7 +17,6 @@ from typing import Protocol
 
 import paramiko
 from fabric import Config, Connection
-from invoke.exceptions import CommandTimedOut
 
 
 @dataclass(frozen=True)
@@ -137,18 +137,21 @@ class FabricRunner:
         command = shlex.join(argv)
         self.open()
         started = time.monotonic()
+        transport = self._conn.client.get_transport()
         try:
-            result = self._conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
-        except CommandTimedOut:
+            if transport is None:
+                raise EOFError("connection closed")
+            exit_code, stdout, stderr = _exec(transport, command, timeout)
+        except _TimedOut:
             raise CommandTimeout(self.host, f"{command!r} did not finish within {timeout:g} s") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise RemoteError(self.host, f"{command!r} was cut off: {exc or type(exc).__name__}") from None
         return RemoteResult(
             host=self.host,
             command=command,
-            exit_code=result.exited,
-            stdout=result.stdout,
-            stderr=result.stderr,
+            exit_code=exit_code,
+            stdout=stdout,
+            stderr=stderr,
             seconds=time.monotonic() - started,
         )
 
@@ -176,6 +179,50 @@ class FabricRunner:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _exec(transport: paramiko.Transport, command: str, timeout: float) -> tuple[int, str, str]:
+    """Run `command` in a new session channel of the open connection: (exit status, stdout, stderr).
+
+    What Fabric's `Connection.run(hide=True, warn=True, in_stream=False)` does, without its
+    general-purpose runner: no reader, stdin and timer threads per command and no 10 ms polling for
+    the exit; one wait on the channel's own event pipe instead. The exit status is -1 when the
+    channel closed without one (as with Fabric); past `timeout` the channel is closed and _TimedOut
+    raised."""
+    deadline = time.monotonic() + timeout
+    chan = transport.open_session(timeout=timeout)
+    try:
+        chan.exec_command(command)
+        ready = chan.fileno()  # readable while stdout or stderr holds data, or once they are closed
+        out, err = bytearray(), bytearray()
+        while True:
+            while chan.recv_ready():
+                out += chan.recv(_CHUNK)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(_CHUNK)
+            if chan.closed or (chan.eof_received and chan.status_event.is_set()):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _TimedOut
+            if chan.eof_received:  # all output is in; the exit status follows it
+                chan.status_event.wait(left)
+            else:
+                select.select([ready], [], [], left)
+        while chan.recv_ready():  # what arrived together with the close
+            out += chan.recv(_CHUNK)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(_CHUNK)
+        return chan.exit_status, out.decode(errors="replace"), err.decode(errors="replace")
+    finally:
+        chan.close()
+
+
+_CHUNK = 1 << 16
 
 
 def _connection(target: SshTarget, settings: SshSettings, gateway: Connection | None = None) -> Connection:

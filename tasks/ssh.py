@@ -146,6 +146,15 @@ class FabricRunner:
             raise CommandTimeout(self.host, f"{command!r} did not finish within {timeout:g} s") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise RemoteError(self.host, f"{command!r} was cut off: {exc or type(exc).__name__}") from None
+        if exit_code == -1:
+            # No exit status: the connection died under the command (a reset, sshd killed). Said as
+            # it is - whether the command ran to the end on the node is unknown until someone asks -
+            # never passed on as the command's own failure ("upgrade failed (exit -1)").
+            raise RemoteError(
+                self.host,
+                f"{command!r} was cut off: the connection closed before the command reported an exit "
+                "status; its outcome on the node is unknown",
+            )
         return RemoteResult(
             host=self.host,
             command=command,

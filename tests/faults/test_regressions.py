@@ -165,3 +165,31 @@ def test_a_port_that_never_answers_ssh_is_named_as_such(tmp_path: Path) -> None:
         )
         with pytest.raises(RemoteError, match=r"^n1: cannot connect: no SSH answer within 0\.5 s"):
             runner.open()
+
+
+@pytest.mark.lab
+def test_a_connection_reset_under_a_command_is_a_cut_not_the_commands_failure(
+    faults_lab: Any, tmp_path: Path
+) -> None:
+    """A reset mid-command came back as exit status -1, i.e. 'upgrade failed (exit -1)': read as the
+    node refusing the upgrade, when nobody knows whether it finished."""
+    import threading
+    import time
+
+    from tasks.ssh import FabricRunner, RemoteError, SshSettings, SshTarget
+    from tests.faults.helpers import host_key, known_hosts_with, node_port
+    from tests.faults.netfaults import CuttableProxy
+
+    node = faults_lab.status()["nodes"][-1]
+    with CuttableProxy(node_port(faults_lab, node["hostname"])) as proxy:
+        known = known_hosts_with(
+            faults_lab, tmp_path / "kh", {proxy.port: host_key(faults_lab, node["hostname"])}
+        )
+        target = SshTarget(node["hostname"], "127.0.0.1", proxy.port, node["user"])
+        with FabricRunner(target, SshSettings(known, faults_lab.ssh_key, connect_timeout=5)) as runner:
+            runner.open()
+            threading.Timer(0.5, proxy.cut).start()
+            started = time.monotonic()
+            with pytest.raises(RemoteError, match=r"was cut off: .* outcome on the node is unknown"):
+                runner.run(["sleep", "5"], timeout=20)
+            assert time.monotonic() - started < 3

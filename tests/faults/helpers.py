@@ -1,0 +1,100 @@
+"""Small helpers the fault tests share: reading a run back, pointing a node elsewhere, known_hosts."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, select
+
+from inventory.db import session_scope
+from inventory.models import Cluster, Node, NodeStep, UpgradeRun
+from tests.integration.conftest import nodes_of
+
+TARGET = "9.10.0"
+FROM = "9.8.0"
+
+
+def hosts(lab: Any, cluster: str) -> list[str]:
+    return [node["hostname"] for node in nodes_of(lab, cluster)]
+
+
+def upgrades(lab: Any, cluster: str) -> list[int]:
+    """How many upgrades each node of `cluster` has carried out, by its own log."""
+    return [len(lab.upgrade_log(host)) for host in hosts(lab, cluster)]
+
+
+def runs_of(engine: Any, cluster: str) -> list[UpgradeRun]:
+    with session_scope(engine) as session:
+        cluster_id = session.exec(select(Cluster.id).where(Cluster.name == cluster)).one()
+        return list(
+            session.exec(
+                select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id).order_by(col(UpgradeRun.id))
+            ).all()
+        )
+
+
+def steps_of(engine: Any, run_id: int) -> list[tuple[str, str, str, str]]:
+    """(hostname or '', step, state, output) of every step of a run, in order."""
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(NodeStep, Node)
+            .join(Node, col(Node.id) == col(NodeStep.node_id), isouter=True)
+            .where(NodeStep.run_id == run_id)
+            .order_by(col(NodeStep.id))
+        ).all()
+        return [(node.hostname if node else "", s.step, str(s.state), s.output_tail) for s, node in rows]
+
+
+def point_node_at(engine: Any, hostname: str, port: int) -> None:
+    """The inventory now says `hostname` listens on `port` (a proxy, a blackhole)."""
+    with session_scope(engine) as session:
+        node = session.exec(select(Node).where(Node.hostname == hostname)).one()
+        node.port = port
+        session.add(node)
+
+
+def node_port(lab: Any, hostname: str) -> int:
+    return next(int(n["port"]) for n in lab.status()["nodes"] if n["hostname"] == hostname)
+
+
+def host_key(lab: Any, hostname: str) -> str:
+    """'ssh-ed25519 AAAA...' of a lab node, as its known_hosts line has it."""
+    port = node_port(lab, hostname)
+    for line in Path(lab.known_hosts).read_text().splitlines():
+        if line.startswith(f"[127.0.0.1]:{port} "):
+            return line.split(" ", 1)[1]
+    raise LookupError(f"{hostname} (port {port}) is not in {lab.known_hosts}")
+
+
+def known_hosts_with(lab: Any, dest: Path, entries: dict[int, str]) -> Path:
+    """A copy of the lab's known_hosts where the line for each port in `entries` says that key
+    (added when the port has no line yet)."""
+    lines = Path(lab.known_hosts).read_text().splitlines()
+    kept = [line for line in lines if not any(line.startswith(f"[127.0.0.1]:{p} ") for p in entries)]
+    kept += [f"[127.0.0.1]:{port} {key}" for port, key in entries.items()]
+    dest.write_text("\n".join(kept) + "\n")
+    return dest
+
+
+def new_ssh_key(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["/usr/bin/ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "not-authorized", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

@@ -33,8 +33,9 @@ MAX_DURATION = timedelta(days=7)
 
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_START = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
-_DURATION = re.compile(r"(?:(\d{1,3})d)?(?:(\d{1,4})h)?(?:(\d{1,5})m)?")
+# ASCII: \d alone also matches other scripts' digits ('٠٢:٠٠' passed as 02:00, '٤h' as 4h).
+_START = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)", re.ASCII)
+_DURATION = re.compile(r"(?:(\d{1,3})d)?(?:(\d{1,4})h)?(?:(\d{1,5})m)?", re.ASCII)
 _SPEC_KEYS = frozenset({"days", "start", "duration", "timezone"})
 
 

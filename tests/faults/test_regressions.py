@@ -193,3 +193,20 @@ def test_a_connection_reset_under_a_command_is_a_cut_not_the_commands_failure(
             with pytest.raises(RemoteError, match=r"was cut off: .* outcome on the node is unknown"):
                 runner.run(["sleep", "5"], timeout=20)
             assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("start", "duration"), [("0\u0662:00", "4h"), ("02:00", "\u0664h"), ("2:0\u0660", "90m")]
+)
+def test_window_times_are_ascii_digits_only(
+    start: str, duration: str, empty_home: CliHome, tmp_path: Path
+) -> None:
+    """\\d matched other scripts' digits: a look-alike window start or length was accepted and stored."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "customers:\n- name: acme\n  timezone: UTC\n  clusters:\n  - name: c1\n    kind: software\n"
+        "    version: 9.8.0\n    access: {type: direct}\n    nodes: [{hostname: n1}]\n"
+        f"    windows:\n    - {{days: mon-sun, start: '{start}', duration: '{duration}'}}\n"
+    )
+    result = invoke("inventory", "import", str(fleet))
+    assert result.code == 1 and f"{fleet}:11:" in result.stderr, result.text

@@ -3,9 +3,11 @@ upgrade of one node. Finer actions inside a step are recorded as NodeSteps in ou
 
 from __future__ import annotations
 
+import fcntl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from threading import Lock
 
@@ -74,9 +76,22 @@ def _each_node(plan: UpdatePlan, work: Callable[[PlannedNode], str]) -> list[str
 def download(plan: UpdatePlan, run_id: int, runtime: Runtime) -> Path:
     dest = runtime.work_dir / "packages" / plan.package_name
     with recorded(runtime.engine, run_id, None, "download", detail=plan.package) as note:
-        path = runtime.fileserver.download(plan.package, dest, sha256=plan.sha256)
+        with _only_one_at_a_time(dest):
+            path = runtime.fileserver.download(plan.package, dest, sha256=plan.sha256)
         note.output = f"{path} sha256={plan.sha256}"
     return path
+
+
+@contextmanager
+def _only_one_at_a_time(dest: Path) -> Iterator[None]:
+    """Serialize downloads to `dest` on this machine (threads and processes alike). Runs started
+    together by the dispatcher all want the same package: unserialized they wrote one `.part` file
+    at once and renamed it from under each other (FileNotFoundError, or the checksum of an empty
+    file), each costing a task retry 1 s later. Now one downloads; the others find it verified."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(dest.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 @task(name="pre-flight", cache_policy=NO_CACHE)

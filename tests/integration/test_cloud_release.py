@@ -346,8 +346,9 @@ def test_newest_eligible_release_skips_past_deadlines(fleet: Engine) -> None:
 @pytest.fixture
 def cli(fleet: Engine, monkeypatch: pytest.MonkeyPatch) -> Any:
     from upkeep import cli as cli_module
+    from upkeep import cli_common
 
-    monkeypatch.setattr(cli_module, "_opened", {"engine": fleet})
+    monkeypatch.setattr(cli_common, "_opened", {"engine": fleet})
     runner = CliRunner()
     return lambda *args: runner.invoke(cli_module.app, ["release", *args])
 

@@ -7,7 +7,7 @@ import ipaddress
 import re
 import zoneinfo
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -136,8 +136,20 @@ def _whole_day(value: Any) -> str | None:
 
 def _deadline(value: Any) -> str | None:
     if isinstance(value, datetime) and value.utcoffset() is not None:
-        return None
+        return None if in_date_range(value) else f"{show(str(value))} is {DATE_RANGE}"
     return f"{show(str(value))} must be a date and time with a zone, e.g. 2026-12-31T00:00:00Z"
+
+
+DATE_RANGE = "out of range (years 1971 to 9998, UTC)"
+
+
+def in_date_range(value: datetime) -> bool:
+    """A zone-aware time Upkeep can store and compute with: in UTC (where 9999-12-31T23:00-12:00
+    already overflows) and with room for weeks of window arithmetic on either side."""
+    try:
+        return 1971 <= value.astimezone(UTC).year <= 9998
+    except OverflowError:
+        return False
 
 
 NAME = _regex(r"[a-z0-9][a-z0-9-]{0,62}", "a valid name (1-63 of a-z, 0-9 and '-', not starting with '-')")

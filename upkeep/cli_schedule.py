@@ -195,19 +195,25 @@ def _customer_zone(run_id: int, session: Session) -> str:
 
 def _when(text: str, zone: str, *, what: str = "--to") -> datetime:
     """An ISO date (midnight in `zone`) or date-time (without an offset: wall time in `zone`)."""
+    from inventory.importer_rules import DATE_RANGE, in_date_range
     from scheduling._time import load_zone, resolve_local
 
     value = text.strip()
     try:
         if len(value) == 10:
-            return resolve_local(date.fromisoformat(value), time(0), load_zone(zone))
-        moment = datetime.fromisoformat(value)
+            moment = resolve_local(date.fromisoformat(value), time(0), load_zone(zone))
+        else:
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = resolve_local(moment.date(), moment.time(), load_zone(zone))
     except ValueError:
         raise CliError(
             f"{what} {text!r} is not an ISO date or date-time (e.g. 2026-12-01 or 2026-12-01T02:00)"
         ) from None
-    if moment.tzinfo is None:
-        return resolve_local(moment.date(), moment.time(), load_zone(zone))
+    except OverflowError:  # a zone shift past year 1 or 9999
+        raise CliError(f"{what} {text!r} is {DATE_RANGE}") from None
+    if not in_date_range(moment):
+        raise CliError(f"{what} {text!r} is {DATE_RANGE}")
     return moment
 
 

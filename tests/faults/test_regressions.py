@@ -210,3 +210,42 @@ def test_window_times_are_ascii_digits_only(
     )
     result = invoke("inventory", "import", str(fleet))
     assert result.code == 1 and f"{fleet}:11:" in result.stderr, result.text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("calendar", "--now", "9999-12-30T00:00:00Z"),
+        ("diagnostics", "collect", "--cluster", "x", "--case", "CASE-1", "--until", "0001-01-01T00:00:00Z"),
+        (
+            "diagnostics",
+            "collect",
+            "--cluster",
+            "x",
+            "--case",
+            "CASE-1",
+            "--since",
+            "0001-01-01T00:00:00+14:00",
+        ),
+        (
+            "release",
+            "add",
+            "9.11.0",
+            "--package=releases/p.tar.gz",
+            f"--sha256={'a' * 64}",
+            "--from=9.10.0",
+            "--deadline=9999-12-31T23:59:59-12:00",
+        ),
+    ],
+)
+def test_dates_at_the_ends_of_the_calendar_are_refused_in_one_line(
+    args: tuple[str, ...], empty_home: CliHome
+) -> None:
+    """Valid ISO times near year 1 or 9999 overflowed later (a week added, a zone shifted to UTC, a
+    release deadline stored): OverflowError tracebacks, or 'internal error, please report' at import."""
+    assert invoke("runs").code == 0  # creates and migrates the database first
+    empty_home.checkpoint()
+    before = empty_home.digest()
+    result = invoke(*args)
+    assert result.code == 1 and "out of range (years 1971 to 9998, UTC)" in result.stderr, result.text
+    assert empty_home.digest() == before

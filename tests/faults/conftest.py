@@ -62,7 +62,7 @@ def _shared(definition: Any) -> Any:
 
 
 if not getattr(_integration.prefect_harness, "_upkeep_shared", False):
-    _integration.prefect_harness = _shared(_integration.prefect_harness)  # type: ignore[attr-defined]
+    _integration.prefect_harness = _shared(_integration.prefect_harness)
 prefect_harness = _integration.prefect_harness
 
 

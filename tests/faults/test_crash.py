@@ -1,0 +1,221 @@
+"""kill -9 of the process running a multi-cluster rollout, at points a seeded generator picks, then
+resume until done: every node upgraded exactly once (its agent's own log), none skipped, the run
+records consistent, every customer notice sent exactly once (a real SMTP server counts them).
+
+The rollout is a set of due, planned runs - what `upkeep schedule` leaves for the dispatcher. Each
+round runs a real `upkeep` process against the session's Prefect test server: `upkeep dispatch`
+(starts the due runs in this process, in parallel) while runs are still planned, else
+`upkeep resume RUN` for a run a kill left behind. `UPKEEP_FAILPOINT` makes the process SIGKILL
+itself at the chosen point (tasks/failpoints.py): mid-download, mid-upgrade:N, mid-health:N,
+after-node:N. With several runs in one dispatcher the point hits whichever run gets there first and
+kills the others wherever they are.
+
+Fast variant: 3 clusters x 3 nodes, 3 kill points. `UPKEEP_SOAK=1`: 10 clusters x 3 nodes, 20 points.
+The seed is printed; `UPKEEP_FAULTS_SEED=<seed>` replays a failing sequence. The five fixed points on
+a single `upkeep update` are tests/integration/test_resume.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from inventory.db import make_engine, migrate, session_scope
+from inventory.models import Cluster, Node, NodeStep, RunState, StepState, UpgradeRun
+from inventory.outbox import Notice, NoticeState
+from inventory.run_report import node_rows
+from inventory.runs import create_run
+from inventory.types import utcnow
+from tasks.mail import message_id_for
+from tests.faults.conftest import SOAK
+from tests.faults.helpers import TARGET
+from tests.integration.conftest import upkeep_cli
+from tests.integration.test_notices import SmtpServer
+
+pytestmark = [pytest.mark.faults, pytest.mark.lab, pytest.mark.prefect, pytest.mark.smtp]
+
+KILL_POINTS = int(os.environ.get("UPKEEP_CRASH_POINTS") or (20 if SOAK else 3))
+MAX_RUNNING = 4
+SENDER = "Upkeep <upkeep@vendor.example>"
+
+
+@pytest.fixture
+def smtp() -> Any:
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def rollout(crash_lab: Any, prefect_harness: None, smtp: SmtpServer, tmp_path: Path) -> Any:
+    """CLI environment (own home and SQLite database, the crash lab, the SMTP server) with one due
+    run planned per cluster."""
+    from prefect.settings import PREFECT_API_URL
+
+    from inventory.importer import import_inventory
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env.update({f"UPKEEP_{k.upper()}": str(v) for k, v in crash_lab.settings_overrides().items()})
+    env.update(
+        {
+            "UPKEEP_HOME": str(home),
+            "UPKEEP_HEALTH_TIMEOUT": "10",
+            "UPKEEP_SMTP_HOST": "127.0.0.1",
+            "UPKEEP_SMTP_PORT": str(smtp.port),
+            "UPKEEP_MAIL_FROM": SENDER,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
+    engine = make_engine(f"sqlite:///{home / 'upkeep.db'}")
+    migrate(engine)
+    import_inventory(crash_lab.inventory_path, engine=engine, actor="test")
+    now = utcnow()
+    with session_scope(engine) as session:
+        for cluster in session.exec(select(Cluster).order_by(col(Cluster.name))).all():
+            run = create_run(
+                cluster,
+                to_version=TARGET,
+                source="schedule",
+                requested_by="t",
+                session=session,
+                state=RunState.planned,
+            )
+            run.slot_start, run.slot_end, run.notice_sequence = (
+                now - timedelta(minutes=1),
+                now + timedelta(hours=4),
+                1,
+            )
+            session.add(run)
+    try:
+        yield env, engine
+    finally:
+        engine.dispose()
+
+
+def _runs(engine: Any) -> dict[int, UpgradeRun]:
+    with session_scope(engine) as session:
+        return {run.id or 0: run for run in session.exec(select(UpgradeRun)).all()}
+
+
+def _done_positions(engine: Any, run_id: int) -> set[int]:
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(Node.position)
+            .join(NodeStep, col(NodeStep.node_id) == col(Node.id))
+            .where(
+                NodeStep.run_id == run_id, NodeStep.step == "verify", NodeStep.state == StepState.succeeded
+            )
+        ).all()
+    return set(rows)
+
+
+def _points(positions: list[int], downloaded: bool) -> list[str]:
+    points = [f"{kind}:{n}" for n in positions for kind in ("mid-upgrade", "mid-health", "after-node")]
+    return points if downloaded else [*points, "mid-download"]
+
+
+def test_kill_9_at_random_points_of_a_rollout_then_resume_upgrades_every_node_exactly_once(
+    rollout: Any, crash_lab: Any, smtp: SmtpServer, seeded: Any, record: Any
+) -> None:
+    env, engine = rollout
+    rng = seeded("crash points")
+    package = Path(env["UPKEEP_HOME"]) / "work" / "packages" / f"upkeep-product-{TARGET}.tar.gz"
+    history: list[str] = []
+
+    def where() -> str:
+        return f"seed {rng.seed_value}; rounds so far: " + " | ".join(history)
+
+    for _ in range(KILL_POINTS):
+        runs = _runs(engine)
+        planned = [i for i, r in runs.items() if r.state == RunState.planned]
+        active = sorted(i for i, r in runs.items() if r.state in (RunState.running, RunState.paused))
+        if planned and len(active) < MAX_RUNNING and (not active or rng.random() < 0.5):
+            command = ["dispatch", "--max-running", str(MAX_RUNNING)]
+            point = rng.choice(_points([1, 2, 3], package.exists()))
+        elif active:
+            run_id = rng.choice(active)
+            left = sorted({1, 2, 3} - _done_positions(engine, run_id))
+            command = ["resume", str(run_id)]
+            point = rng.choice(_points(left or [3], package.exists()))
+        else:
+            break
+        proc = upkeep_cli({**env, "UPKEEP_FAILPOINT": point}, *command, check=False, timeout=240)
+        outcome = "killed" if proc.returncode == -signal.SIGKILL else f"exit {proc.returncode}"
+        history.append(f"{' '.join(command)} @ {point}: {outcome}")
+        assert proc.returncode in (0, -signal.SIGKILL), (
+            f"{where()}\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}"
+        )
+    kills = sum("killed" in round_ for round_ in history)
+    print("\n".join(history), file=sys.stderr)
+
+    # Finish the rollout the way an SRE would: resume what the kills left, let the dispatcher start the rest.
+    for _ in range(20):
+        runs = _runs(engine)
+        active = sorted(i for i, r in runs.items() if r.state in (RunState.running, RunState.paused))
+        planned = [i for i, r in runs.items() if r.state == RunState.planned]
+        if not active and not planned:
+            break
+        command = ["resume", str(active[0])] if active else ["dispatch", "--max-running", str(MAX_RUNNING)]
+        proc = upkeep_cli(env, *command, check=False, timeout=240)
+        history.append(f"{' '.join(command)}: exit {proc.returncode}")
+        assert proc.returncode == 0, f"{where()}\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}"
+    sent = upkeep_cli(env, "notices", "send", check=False)
+    assert sent.returncode == 0, sent.stderr[-2000:]
+
+    # Every node upgraded exactly once, by its own log, and none skipped.
+    nodes = crash_lab.status()["nodes"]
+    logs = {node["hostname"]: crash_lab.upgrade_log(node["hostname"]) for node in nodes}
+    assert {h: len(entries) for h, entries in logs.items()} == dict.fromkeys(logs, 1), where()
+    assert {entries[0]["to"] for entries in logs.values()} == {TARGET}
+    # The records agree with the nodes.
+    with session_scope(engine) as session:
+        runs_now = session.exec(select(UpgradeRun)).all()
+        assert {str(r.state) for r in runs_now} == {"succeeded"}, where()
+        assert all(r.active_cluster_id is None and r.finished_at for r in runs_now)
+        assert set(session.exec(select(Cluster.version)).all()) == {TARGET}
+        for run in runs_now:
+            verified = Counter(
+                session.exec(
+                    select(NodeStep.node_id).where(
+                        NodeStep.run_id == run.id,
+                        NodeStep.step == "verify",
+                        NodeStep.state == StepState.succeeded,
+                    )
+                ).all()
+            )
+            assert sorted(verified.values()) == [1, 1, 1], f"run {run.id}: {verified}; {where()}"
+            failed = session.exec(
+                select(NodeStep).where(NodeStep.run_id == run.id, NodeStep.state == StepState.failed)
+            ).all()
+            assert not failed, f"run {run.id}: {[(s.step, s.output_tail) for s in failed]}; {where()}"
+            assert {row["result"] for row in node_rows(run, session)} <= {"upgraded", "already at target"}
+        # Every notice sent exactly once: one 'started' and one 'completed' per run, nothing else.
+        notices = session.exec(select(Notice)).all()
+        kinds = Counter((n.update_ref, n.kind) for n in notices)
+        expected = {(f"update-{r.id}", kind): 1 for r in runs_now for kind in ("started", "completed")}
+        assert dict(kinds) == expected, where()
+        assert {n.state for n in notices} == {NoticeState.sent}
+        keys = [n.idempotency_key for n in notices]
+    received = smtp.handler.ids()
+    assert received == Counter({message_id_for(key, "vendor.example"): 1 for key in keys}), where()
+    record(
+        "crash (kill -9) and resume",
+        f"{len(runs_now)}-cluster x 3-node rollout via dispatch/resume, seeded kill points",
+        kills,
+        detail=f"seed {rng.seed_value}: " + " / ".join(history),
+    )

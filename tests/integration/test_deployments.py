@@ -29,7 +29,7 @@ from upkeep.lab import Lab
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.lab, pytest.mark.postgres]
 TARGET = "9.10.0"
-RUN_TIMEOUT = 90.0
+RUN_TIMEOUT = 300.0  # generous: a loaded 2-core CI machine, not a performance claim
 CLUSTER_LIMIT = "upkeep-clusters"
 CONCURRENCY = 4
 
@@ -199,7 +199,7 @@ def test_monthly_cloud_release_rolls_out_in_rings_on_workers(
     assert planned.state is not None and planned.state.is_completed(), _tail(prefect_server.worker_log)
     time.sleep(max(0.0, (window_opens - datetime.now(UTC)).total_seconds()) + 1)
 
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900  # bounds a hang, not a performance claim
     while time.monotonic() < deadline:  # the dispatcher's schedule, ticked faster than its 60 s
         _run_deployment(
             prefect_server, "dispatch/dispatch", {"via_deployments": True, "max_running": CONCURRENCY}

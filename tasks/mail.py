@@ -84,7 +84,8 @@ def check_address(name: str, value: str) -> str:
     check_header(name, value)
     try:
         address = Address(addr_spec=value)
-    except (ValueError, IndexError, HeaderParseError) as exc:
+    # AttributeError: Python 3.11's header parser trips over an unclosed domain literal ('ops@[').
+    except (ValueError, IndexError, HeaderParseError, AttributeError) as exc:
         raise ValueError(f"mail header {name}: {value!r} is not an email address ({exc})") from None
     if not address.username or not address.domain or address.addr_spec != value.strip():
         raise ValueError(f"mail header {name}: {value!r} is not an email address")

@@ -249,3 +249,23 @@ def test_dates_at_the_ends_of_the_calendar_are_refused_in_one_line(
     result = invoke(*args)
     assert result.code == 1 and "out of range (years 1971 to 9998, UTC)" in result.stderr, result.text
     assert empty_home.digest() == before
+
+
+@pytest.mark.parametrize("address", ["0@[", "ops@[10.0.0.1", "sre@[example"])
+def test_a_malformed_address_is_refused_as_not_an_address(address: str) -> None:
+    """The stdlib parser raised AttributeError on an unclosed domain literal, which check_address let
+    through: a notice to such an address (e.g. UPKEEP_SRE_EMAIL) crashed instead of being refused."""
+    from tasks.mail import build_message, check_address, message_id_for
+    from templates import RenderedNotice
+
+    with pytest.raises(ValueError, match="is not an email address"):
+        check_address("To", address)
+    with pytest.raises(ValueError, match="is not an email address"):
+        build_message(
+            RenderedNotice("s", "t", "<p>h</p>"),
+            None,
+            sender="Upkeep <upkeep@vendor.example>",
+            recipients=[address],
+            message_id=message_id_for("update-1:failed:1"),
+            idempotency_key="update-1:failed:1",
+        )

@@ -45,6 +45,7 @@ def _shared(definition: Any) -> Any:
 
     @pytest.fixture(scope="session", name=definition.name)
     def shared() -> Iterator[Any]:
+        """One instance for the whole session, whichever directory's tests ask first."""
         if state["users"] == 0:
             gen = factory()
             state["gen"], state["value"] = gen, next(gen)
@@ -174,6 +175,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     recorded: FaultRecord | None = getattr(item, "_fault_record", None)
     if recorded is not None and (report.when == "call" or report.failed):
+        if report.failed and not recorded.rows:
+            # Failed before it could say what it tried: the table must still show the failure.
+            crash = getattr(report.longrepr, "reprcrash", None)
+            why = (getattr(crash, "message", "") or str(report.longrepr)).splitlines()[0][:200]
+            recorded("(failed before recording)", item.nodeid, 0, why)
         for row in recorded.rows:
             if report.failed:
                 row.outcome = "failed"

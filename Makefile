@@ -44,6 +44,15 @@ test: $(STAMP) debian-packages lint
 clean-venv:
 	rm -rf $(VENV)
 
+# Benchmarks (bench/README.md): Upkeep vs a bare-SSH floor vs Ansible on the lab (W1-W3, 3 runs
+# each), the month's cloud-release plan for 10,000 clusters, 10,000 notices through a local SMTP
+# server. Writes bench/results.md. BENCH_ARGS goes to bench/fleet.py, e.g. BENCH_ARGS="--reps 1".
+.PHONY: bench
+bench: $(STAMP) debian-packages
+	@$(BIN)/python -c "import ansible, pyinstrument" 2>/dev/null && test -x $(BIN)/py-spy || \
+		$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/all.py $(BENCH_ARGS)
+
 # The fault suite's long variants (20 kill -9 points over a 10-cluster x 3-node rollout, 5,000
 # Hypothesis examples per entry point), then docs/reliability.md regenerated from that run's results.
 # The table is written even when a case fails (it says which); the target then fails too.

@@ -131,6 +131,10 @@ class UpgradeRun(SQLModel, table=True):
     needs_approval: bool = False
     approved_by: str = Field(default="", max_length=128)
     flow_run_id: str | None = Field(default=None, max_length=64)
+    # Who is carrying out a `running` run, and until when without a renewal (flows/lease.py): a run
+    # whose lease ran out was orphaned by a crash and the dispatcher takes it over.
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = _when()
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
     started_at: datetime | None = _when()
     finished_at: datetime | None = _when()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:57:17.731378
+Create Date: 2026-11-23 15:52:50.390346
 """
 
 from __future__ import annotations
@@ -238,6 +238,8 @@ def upgrade() -> None:
     sa.Column('needs_approval', sa.Boolean(), nullable=False),
     sa.Column('approved_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
     sa.Column('flow_run_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('lease_owner', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
+    sa.Column('lease_until', inventory.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('created_at', inventory.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('started_at', inventory.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('finished_at', inventory.types.UTCDateTime(timezone=True), nullable=True),

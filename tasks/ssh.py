@@ -87,7 +87,8 @@ class SshSettings:
     known_hosts: Path
     key_path: Path
     connect_timeout: float = 10.0
-    # One Config for every Connection: building one per Connection re-reads ssh configs each time.
+    # One Config for every Connection (building one per Connection re-reads config files each time),
+    # so it must stay read-only: Connections are built and used in many threads at once (_Connection).
     config: Config = field(default_factory=lambda: Config(overrides={"load_ssh_configs": False}))
 
 
@@ -234,8 +235,22 @@ def _exec(transport: paramiko.Transport, command: str, timeout: float) -> tuple[
 _CHUNK = 1 << 16
 
 
+class _Connection(Connection):
+    """A Fabric Connection that never writes to the Config it is given.
+
+    Fabric's __init__ assigns `self.inline_ssh_env`; being no class attribute, Invoke's DataProxy turns
+    that into a write to the Config, and every write rebuilds the whole Config in place (merge(): an
+    empty dict, then refilled). With one Config shared by all Connections, another thread reading it
+    meanwhile (`connect_kwargs`, `forward_agent`, `authentication` at open, `runners` at run) got
+    "No attribute or config key found for ...". Declared here, the assignment stays on the Connection.
+    """
+
+    inline_ssh_env = None
+
+
 def _connection(target: SshTarget, settings: SshSettings, gateway: Connection | None = None) -> Connection:
-    conn = Connection(
+    # connect_kwargs must stay non-empty: given none, Fabric writes key_filename into the Config's own.
+    conn = _Connection(
         host=target.address,
         port=target.port,
         user=target.user,

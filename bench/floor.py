@@ -35,13 +35,21 @@ class Failed(Exception):
     pass
 
 
+class _Connection(Connection):
+    # As in tasks/ssh.py: Fabric's __init__ assigns inline_ssh_env, which Invoke turns into a write to
+    # the shared Config - a rebuild that other threads saw as "No attribute or config key found for
+    # 'runners'". A class attribute keeps the assignment on the Connection.
+    inline_ssh_env = None
+
+
 class Floor:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
+        # One Config for every connection, read-only (_Connection): no config files read per node.
         self.config = Config(overrides={"load_ssh_configs": False})
 
     def connect(self, node: dict[str, Any]) -> Connection:
-        conn = Connection(
+        conn = _Connection(
             host="127.0.0.1",
             port=node["port"],
             user=node["user"],

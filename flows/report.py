@@ -1,7 +1,16 @@
-"""What people watching a run in the Prefect UI see: progress per node, then a summary and a table."""
+"""What people watching a run in the Prefect UI see: progress per node, then a summary and a table.
+
+All of it is best effort. Our database is the record of a run; these are copies for the UI, written
+through the Prefect API. When that API is unreachable (after the client's own retries), the UI misses
+an update and a warning says so; the run carries on. Raising instead once failed a run whose node had
+just been upgraded: customer told "could not be completed", a P1 case opened, and `upkeep resume`
+refusing the failed run (tests/faults/test_prefect_api.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -10,6 +19,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.logging import get_logger
 
 from flows.plan import UpdatePlan
 from flows.runtime import Runtime
@@ -17,25 +27,47 @@ from inventory.db import session_scope
 from inventory.run_report import node_rows, run_row
 from inventory.runs import get_run
 
+T = TypeVar("T")
+log = get_logger("upkeep.report")
+
+
+def best_effort(what: str, call: Callable[[], T]) -> T | None:
+    """`call()`, or None with a warning when it fails: for writes that only the UI reads."""
+    try:
+        return call()
+    except Exception as exc:
+        log.warning("Prefect UI: %s not written (%s: %s); the run goes on", what, type(exc).__name__, exc)
+        return None
+
 
 class Progress:
     """A progress artifact moved on after every node."""
 
     def __init__(self, plan: UpdatePlan) -> None:
         self._total = len(plan.nodes)
-        artifact = create_progress_artifact(progress=0.0, description=f"Nodes of {plan.label}")
+        artifact = best_effort(
+            "progress artifact",
+            lambda: create_progress_artifact(progress=0.0, description=f"Nodes of {plan.label}"),
+        )
         self._id: UUID | None = artifact if isinstance(artifact, UUID) else None
 
     def update(self, done: int) -> None:
-        if self._id is not None:
-            update_progress_artifact(self._id, progress=100.0 * done / self._total)
+        artifact_id = self._id
+        if artifact_id is not None:
+            best_effort(
+                f"progress {done}/{self._total}",
+                lambda: update_progress_artifact(artifact_id, progress=100.0 * done / self._total),
+            )
 
 
 def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int) -> None:
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
         summary, nodes = run_row(run, session), node_rows(run, session)
-    create_table_artifact(key="update-nodes", table=nodes, description=f"Nodes of {plan.label}")
+    best_effort(
+        "node table",
+        lambda: create_table_artifact(key="update-nodes", table=nodes, description=f"Nodes of {plan.label}"),
+    )
     lines = [
         f"# Update {plan.label}",
         "",
@@ -44,4 +76,9 @@ def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int) -> None:
         f"- package: `{plan.package}` (sha256 `{plan.sha256[:16]}…`)",
         f"- nodes: {len(nodes)}, upgraded: {sum(1 for n in nodes if n['result'] == 'upgraded')}",
     ]
-    create_markdown_artifact(key="update-summary", markdown="\n".join(lines), description=plan.label)
+    best_effort(
+        "summary",
+        lambda: create_markdown_artifact(
+            key="update-summary", markdown="\n".join(lines), description=plan.label
+        ),
+    )

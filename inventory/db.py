@@ -1,17 +1,46 @@
-"""Engines and sessions for SQLite (default) and PostgreSQL (by URL), plus schema migration."""
+"""Engines and sessions for SQLite (default) and PostgreSQL (by URL), plus schema migration.
+
+A PostgreSQL server may restart or fail over under a running update (issue #9). Two things keep a
+run going through that instead of failing it over a blip:
+
+- connecting waits: once an engine has connected, a refused connection or "the database system is
+  starting up / shutting down" is retried for up to `DB_OUTAGE_SECONDS`. Nothing was sent yet, so
+  waiting is always safe. A first connection is not retried: a wrong URL or a server that is down
+  when the command starts is reported at once;
+- `retrying(engine, work)` runs a transaction again when the server dropped the connection under
+  it. Only for work that is safe to repeat (reads, an UPDATE by primary key to fixed values, an
+  INSERT that looks for its own row first): if the drop came during COMMIT the first attempt may
+  have committed, so a blind INSERT would be written twice.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+DB_OUTAGE_SECONDS = 60.0  # a restart takes ~0.2 s here; a failover or a slow crash recovery, longer
+# SQLSTATEs of a server that is going away or not back yet (class 57: operator intervention).
+_SERVER_AWAY = {"57P01", "57P02", "57P03"}
+_AWAY_TEXT = (
+    "Connection refused",
+    "server closed the connection",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "terminating connection due to administrator command",
+)
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
@@ -30,8 +59,11 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine
     if parsed.drivername.startswith("postgresql"):
         if schema:
             kwargs.setdefault("connect_args", {"options": f"-csearch_path={schema}"})
+        # Pre-ping: a pooled connection the server closed (restart) is replaced on checkout.
         kwargs.setdefault("pool_pre_ping", True)
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+        _wait_for_server_on_connect(engine, DB_OUTAGE_SECONDS)
+        return engine
     raise ValueError(
         f"database URL {parsed.render_as_string(hide_password=True)!r}: only sqlite and "
         "postgresql are supported"
@@ -45,6 +77,56 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def server_away(exc: BaseException) -> bool:
+    """True when `exc` says the database server dropped or refused the connection (restarting,
+    failing over, shutting down), as opposed to a bad query, credentials or data."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig or exc
+    sqlstate = getattr(exc, "sqlstate", "")
+    if sqlstate in _SERVER_AWAY:
+        return True
+    # A failed connect arrives as one OperationalError without a SQLSTATE: read its text.
+    return sqlstate is None and any(sign in str(exc) for sign in _AWAY_TEXT)
+
+
+def _wait_for_server_on_connect(engine: Engine, patience: float) -> None:
+    seen = {"connected": False}
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline = time.monotonic() + patience
+        delay = 0.05
+        while True:
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+            except Exception as exc:
+                if not seen["connected"] or not server_away(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("database unavailable (%s); retrying in %.2f s", str(exc).strip(), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            seen["connected"] = True
+            return connection
+
+
+def retrying(engine: Engine, work: Callable[[Connection], T], *, patience: float = DB_OUTAGE_SECONDS) -> T:
+    """`work(conn)` in one transaction, run again (on a new connection) when the server dropped the
+    connection under it. `work` must be safe to repeat: see the module docstring."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if not server_away(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("database connection lost (%s); running the transaction again", exc.orig)
+            time.sleep(0.05)
 
 
 def migrate(engine: Engine) -> None:

@@ -3,9 +3,11 @@
 Each tick, in this order:
 1. reminders: 72 h and 24 h before a planned slot; the 72 h one runs a pre-flight first and carries
    its result (a failing pre-flight also alerts the SRE; the start-time pre-flight then blocks);
-2. starts: planned runs whose slot has come, earliest first, at most `max_running` at once; a cloud
-   release run only when its rollout's gate (waves, error budget) allows. A run is claimed by moving it
-   to `running` in one conditional UPDATE, so two dispatchers never start the same run;
+2. starts: first runs orphaned by a crash (`running`, their lease ran out: flows/lease.py), taken over
+   and resumed as `upkeep resume RUN` would; then planned runs whose slot has come, earliest first; at
+   most `max_running` at once, counting only runs under a live lease. A cloud release run starts only
+   when its rollout's gate (waves, error budget) allows. Every claim is one conditional UPDATE that
+   also writes the lease, so two dispatchers never start or take over the same run;
 3. delivery of the notice outbox.
 
 Runs start as `product-update` deployment runs (spread over the workers) or, from `upkeep dispatch`,
@@ -18,12 +20,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from threading import Lock
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger
 from sqlalchemy import update
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
+from flows import lease
 from flows.notify import deliver_pending
 from flows.plan import plan_update
 from flows.run_notices import VendorTerms, queue_run_notice
@@ -37,6 +40,14 @@ REMINDERS = (("72h", timedelta(hours=72)), ("24h", timedelta(hours=24)))
 _CLAIM_BATCH = 50  # due runs read per query while looking for the next one to claim
 
 
+class Claim(NamedTuple):
+    run_id: int
+    cluster: str
+    to_version: str
+    owner: str  # the lease written with the claim; the flow started for it must find it still there
+    taken_over: bool = False  # an orphan resumed, not a planned run started
+
+
 @flow(name="dispatch")
 def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, Any]:
     from flows.rollout import replan_skipped
@@ -46,10 +57,23 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
     replan_skipped(engine=runtime.engine, now=now, actor=runtime.actor)  # skipped clusters whose case closed
     reslot_missed(runtime, now)
     reminded = send_reminders(runtime, now)
-    started = start_due_runs(runtime, now, max_running=max_running, via_deployments=via_deployments)
+    claims = start_due_runs(runtime, now, max_running=max_running, via_deployments=via_deployments)
+    started = [c.run_id for c in claims if not c.taken_over]
+    taken_over = [c.run_id for c in claims if c.taken_over]
     report = deliver_pending(runtime.engine, runtime.mailer, now=now, sender=runtime.mail_from, limit=500)
-    get_run_logger().info("reminders %s, started %s, notices sent %d", reminded, started, len(report.sent))
-    return {"reminders": reminded, "started": started, "notices_sent": len(report.sent)}
+    get_run_logger().info(
+        "reminders %s, started %s, taken over %s, notices sent %d",
+        reminded,
+        started,
+        taken_over,
+        len(report.sent),
+    )
+    return {
+        "reminders": reminded,
+        "started": started,
+        "taken_over": taken_over,
+        "notices_sent": len(report.sent),
+    }
 
 
 def _planned(session: Session) -> list[UpgradeRun]:
@@ -143,29 +167,58 @@ def _preflight_summary(runtime: Runtime, run: UpgradeRun) -> str:
     return f"passed on all {len(plan.nodes)} nodes (reachable, healthy, at {plan.from_version}, disk free)"
 
 
-def start_due_runs(runtime: Runtime, now: datetime, *, max_running: int, via_deployments: bool) -> list[int]:
-    """Claim planned runs due at `now`, earliest slot first, keeping at most `max_running` running.
+def start_due_runs(
+    runtime: Runtime, now: datetime, *, max_running: int, via_deployments: bool
+) -> list[Claim]:
+    """Take over orphaned runs, then claim planned runs due at `now`, earliest slot first, keeping at
+    most `max_running` running (an orphan counts once it is taken over).
 
     Via deployments: claim that many and hand them to the workers. In this process: a pool of that
     many workers, each claiming the next due run as soon as its previous one ends, until none is due,
     all within this tick - so K clusters stay busy instead of the tick waiting for the slowest of
     each batch of K."""
     with session_scope(runtime.engine) as session:
-        running = session.exec(select(func.count()).where(UpgradeRun.state == RunState.running)).one()
+        running = lease.count_live(session, now)
     slots = max(0, max_running - running)
+    log = get_run_logger()  # the tick's, here: worker threads have no run context
     if via_deployments:
-        claimed: list[tuple[int, str, str]] = []
+        claimed: list[Claim] = []
         taken: set[int] = set()
-        while len(claimed) < slots and (claim := _claim_next(runtime, now, taken)) is not None:
+        while len(claimed) < slots and (claim := _next(runtime, now, taken, runtime.start_lease, log)):
             claimed.append(claim)
         _start_deployments(claimed)
-        return [run_id for run_id, _, _ in claimed]
-    return _run_in_process(runtime, now, slots)
+        return claimed
+    return _run_in_process(runtime, now, slots, log)
 
 
-def _claim_next(runtime: Runtime, now: datetime, taken: set[int]) -> tuple[int, str, str] | None:
+def _next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, log: Any) -> Claim | None:
+    """The next run to carry out, leased for `hold`: an orphan taken over, else a due planned run."""
+    return _take_over_next(runtime, now, taken, hold, log) or _claim_next(runtime, now, taken, hold)
+
+
+def _take_over_next(
+    runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, log: Any
+) -> Claim | None:
+    with session_scope(runtime.engine) as session:
+        for run in lease.orphans(session, now, skip=taken):
+            owner = lease.new_owner()
+            until = runtime.clock() + hold
+            took = lease.take_over(
+                session, run, now=now, owner=owner, until=until, actor=runtime.actor, log=log
+            )
+            if took and run.id is not None:
+                cluster = session.get(Cluster, run.cluster_id)
+                assert cluster is not None
+                taken.add(run.id)
+                return Claim(run.id, cluster.name, run.to_version, owner, taken_over=True)
+    return None
+
+
+def _claim_next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelta) -> Claim | None:
     """Move the earliest due planned run to `running` (one conditional UPDATE: two dispatchers never
     start the same run); None when nothing is due. `taken`: runs already claimed in this tick."""
+    from flows.rollout import start_gate
+
     due = (
         select(UpgradeRun)
         .where(UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start) <= now)
@@ -178,28 +231,31 @@ def _claim_next(runtime: Runtime, now: datetime, taken: set[int]) -> tuple[int, 
             for run in batch:
                 if run.id is None or run.id in taken or run.requested_action:
                     continue
-                if run.kind == "cloud_release" and _gate(run, session, now):
+                if run.kind == "cloud_release" and start_gate(run, session=session, now=now):
                     continue
+                owner, at = lease.new_owner(), runtime.clock()
                 won = session.execute(
                     update(UpgradeRun)
                     .where(col(UpgradeRun.id) == run.id, col(UpgradeRun.state) == RunState.planned)
-                    .values(state=RunState.running, started_at=runtime.clock())
+                    .values(state=RunState.running, started_at=at, lease_owner=owner, lease_until=at + hold)
                 )
                 if won.rowcount == 1:  # type: ignore[attr-defined]
                     cluster = session.get(Cluster, run.cluster_id)
                     assert cluster is not None
                     taken.add(run.id)
-                    return run.id, cluster.name, run.to_version
+                    return Claim(run.id, cluster.name, run.to_version, owner)
     return None
 
 
-def _run_in_process(runtime: Runtime, now: datetime, slots: int) -> list[int]:
+def _run_in_process(runtime: Runtime, now: datetime, slots: int, log: Any) -> list[Claim]:
     from prefect.context import SettingsContext, get_settings_context
+
+    from flows.product_update import product_update
 
     # Worker threads do not inherit context variables: without this the runs would ignore the
     # caller's Prefect settings (the CLI turns off the heartbeat, whose thread costs ~1 s per run).
     settings = get_settings_context()
-    started: list[int] = []
+    started: list[Claim] = []
     taken: set[int] = set()
     lock = Lock()
 
@@ -207,11 +263,11 @@ def _run_in_process(runtime: Runtime, now: datetime, slots: int) -> list[int]:
         with SettingsContext(profile=settings.profile, settings=settings.settings):
             while True:
                 with lock:  # claims in slot order; the runs themselves go on in parallel
-                    claim = _claim_next(runtime, now, taken)
+                    claim = _next(runtime, now, taken, runtime.run_lease, log)
                     if claim is None:
                         return
-                    started.append(claim[0])
-                _run_here(claim)
+                    started.append(claim)
+                product_update(**_parameters(claim), return_state=True)
 
     if slots:
         with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="dispatch") as pool:
@@ -220,28 +276,24 @@ def _run_in_process(runtime: Runtime, now: datetime, slots: int) -> list[int]:
     return started
 
 
-def _gate(run: UpgradeRun, session: Session, now: datetime) -> str | None:
-    from flows.rollout import start_gate
-
-    return start_gate(run, session=session, now=now)
-
-
-def _run_here(claim: tuple[int, str, str]) -> None:
-    from flows.product_update import product_update
-
-    run_id, cluster, to_version = claim
-    product_update(
-        cluster=cluster, to_version=to_version, run_id=run_id, source="schedule", return_state=True
-    )
+def _parameters(claim: Claim) -> dict[str, Any]:
+    """The resume path (`upkeep resume RUN` runs the same flow with the run's id), under the claim."""
+    return {
+        "cluster": claim.cluster,
+        "to_version": claim.to_version,
+        "run_id": claim.run_id,
+        "source": "schedule",
+        "lease_owner": claim.owner,
+    }
 
 
-def _start_deployments(claimed: list[tuple[int, str, str]]) -> None:
+def _start_deployments(claimed: list[Claim]) -> None:
     from prefect.deployments import run_deployment
 
-    for run_id, cluster, to_version in claimed:
+    for claim in claimed:
         run_deployment(
             "product-update/product-update",
-            parameters={"cluster": cluster, "to_version": to_version, "run_id": run_id, "source": "schedule"},
+            parameters=_parameters(claim),
             timeout=0,  # hand it to a worker; do not wait here
-            tags=[f"cluster:{cluster}", "source:schedule"],
+            tags=[f"cluster:{claim.cluster}", "source:schedule"],
         )

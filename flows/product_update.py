@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows import lease
 from flows.approval import wait_for_approval
 from flows.outcomes import alert_sre, carry_over, finish, mark_started, requested_stop, window_closing
 from flows.outcomes import stop as outcomes_stop
@@ -58,15 +59,20 @@ def product_update(
     run_id: int | None = None,
     case: str | None = None,
     require_approval: bool = False,
+    lease_owner: str | None = None,
 ) -> dict[str, Any]:
-    """Upgrade `cluster` to `to_version`; with `run_id`, resume that run instead of starting one."""
+    """Upgrade `cluster` to `to_version`; with `run_id`, resume that run instead of starting one.
+    `lease_owner`: the dispatcher's claim this flow was started under (flows/lease.py)."""
     runtime = current()
     log = get_run_logger()
-    plan, run_id = _claim(runtime, cluster, to_version, source, requested_by, run_id, case, require_approval)
+    plan, run_id, owner = _claim(
+        runtime, cluster, to_version, source, requested_by, run_id, case, require_approval, lease_owner
+    )
     log.info("run %s: %s (%d nodes)", run_id, plan.label, len(plan.nodes))
 
-    with cluster_slot(runtime):
-        return _carry_out(runtime, plan, run_id)
+    # The lease first: waiting for a cluster slot can take long, and the run is held meanwhile.
+    with lease.hold(runtime, run_id, owner) as heartbeat, cluster_slot(runtime):
+        return _carry_out(runtime, plan, run_id, heartbeat)
 
 
 @contextmanager
@@ -81,7 +87,7 @@ def cluster_slot(runtime: Runtime) -> Iterator[None]:
         yield
 
 
-def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int) -> dict[str, Any]:
+def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease.Heartbeat) -> dict[str, Any]:
     log = get_run_logger()
     conns = NodeConnections(runtime, plan)
     outcomes: dict[str, str] = {}
@@ -97,15 +103,19 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int) -> dict[str, Any
             if node_done(runtime.engine, run_id, node.id):
                 outcomes[node.hostname] = "done before resume"
             else:
+                if not heartbeat.held():  # taken over while this process stood still: not ours now
+                    log.error("run %s: taken over by another process; leaving it to that one", run_id)
+                    return _result(run_id, plan, "taken over", outcomes)
                 stop = requested_stop(runtime, run_id)
                 if stop:
                     return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
                 if window_closing(runtime, run_id):
                     return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
                 outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node)
-                log.info("%s: %s", node.hostname, outcomes[node.hostname])
+                # The console's line; the UI reads it in the progress artifact below (one API call).
+                log.info("%s: %s", node.hostname, outcomes[node.hostname], extra={"send_to_api": False})
                 failpoint(f"after-node:{node.position}")
-            progress.update(number)
+            progress.update(number, node.hostname, outcomes[node.hostname])
     except Exception as exc:
         finish(runtime, plan, run_id, RunState.failed, reason=str(exc))
         log.error("run %s failed: %s", run_id, exc)
@@ -127,8 +137,10 @@ def _claim(
     run_id: int | None,
     case: str | None,
     require_approval: bool,
-) -> tuple[UpdatePlan, int]:
-    """Plan, and either claim the cluster with a new run or take over the run being resumed."""
+    lease_owner: str | None,
+) -> tuple[UpdatePlan, int, str]:
+    """Plan, and either claim the cluster with a new run or take over the run being resumed; with
+    the run's lease (returns its owner)."""
     from prefect.runtime import flow_run
 
     if case is not None:
@@ -156,9 +168,12 @@ def _claim(
         run.flow_run_id = str(flow_run.id) if flow_run.id else None
         session.add(run)
         session.flush()
+        owner = lease.acquire(
+            session, run, runtime, expected=lease_owner, actor=requested_by or runtime.actor
+        )
         mark_started(runtime, run, session)
         assert run.id is not None
-        return plan, run.id
+        return plan, run.id, owner
 
 
 def _result(run_id: int, plan: UpdatePlan, state: str, outcomes: dict[str, str]) -> dict[str, Any]:

@@ -41,6 +41,11 @@ class Runtime:
     health_timeout: float = 120.0
     health_interval: float = 0.1
     approval_timeout: float = 7 * 24 * 3600.0
+    # A running run's lease (flows/lease.py): renewed every tenth of it while its process lives; once
+    # it runs out the dispatcher takes the run over. start_lease covers a run handed to a deployment
+    # until a worker starts its flow (the worker's poll, a process start, a queue).
+    run_lease: timedelta = timedelta(minutes=5)
+    start_lease: timedelta = timedelta(minutes=10)
     actor: str = "upkeep"
 
     def connect(self, target: SshTarget) -> FabricRunner:

@@ -47,6 +47,8 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         sre_email=settings.sre_email,
         support_contact=settings.support_contact,
         per_node_estimate=timedelta(minutes=settings.per_node_minutes),
+        run_lease=timedelta(seconds=settings.run_lease_seconds),
+        start_lease=timedelta(seconds=settings.start_lease_seconds),
         cluster_limit=settings.cluster_limit,
         command_timeout=settings.ssh_command_timeout,
         health_timeout=settings.health_timeout,

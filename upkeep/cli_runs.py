@@ -177,7 +177,7 @@ def dispatch(
     else:
         console.print(
             f"reminders: {len(result['reminders'])}, started runs: {result['started'] or 'none'}, "
-            f"notices sent: {result['notices_sent']}"
+            f"taken over: {result['taken_over'] or 'none'}, notices sent: {result['notices_sent']}"
         )
 
 

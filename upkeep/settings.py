@@ -43,6 +43,14 @@ class Settings(BaseSettings):
         "", description="Prefect global concurrency limit bounding clusters upgraded at once; empty: none"
     )
     per_node_minutes: float = Field(10.0, gt=0, description="estimated minutes to upgrade one node")
+    run_lease_seconds: float = Field(
+        300.0,
+        ge=30,
+        description="lease of a running run, renewed every tenth; when it runs out, a dispatcher takes over",
+    )
+    start_lease_seconds: float = Field(
+        600.0, ge=30, description="lease of a run handed to a deployment, until a worker starts its flow"
+    )
     outbox_dir: Path | None = None
 
     known_hosts: Path | None = Field(None, description="known_hosts used to verify every SSH host key")

@@ -1,0 +1,216 @@
+"""Leases on running runs: who is carrying a run out, and until when without a renewal.
+
+Whoever moves a run to `running` writes a lease: an owner (`host:pid/random`, new for every claim) and
+an expiry. The process carrying the run out renews it from a daemon thread every tenth of the lease,
+whatever the flow is doing at the time (a 600 s SSH command, a health wait, the approval gate, a
+cluster slot), and clears it when the flow ends with the run no longer `running` (succeeded, failed,
+cancelled, paused, carried over). So a lease runs out only when its process is gone (killed, its
+machine lost), has not run for a whole lease (frozen, or the database unreachable that long), or
+ended without being able to record how. The dispatcher then takes the run over (`take_over`): one
+conditional UPDATE on the old owner and the expired lease, so two dispatchers never both take one,
+and it resumes the run the way `upkeep resume RUN` does (nodes asked their real version, done nodes
+skipped).
+
+Every time comes from `runtime.clock`, the dispatcher's own clock, so a test with a fixed clock sees
+the same expiries as the dispatcher it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, or_, update
+from sqlmodel import Session, col, func, select
+
+from flows.runtime import Runtime
+from inventory.models import AuditEvent, RunState, UpgradeRun
+
+log = logging.getLogger(__name__)
+
+
+class LeaseHeld(RuntimeError):
+    """The run is held by another owner whose lease has not run out."""
+
+
+def expired(lease_until: datetime | None, now: datetime) -> bool:
+    """The orphan rule for a `running` run. No lease at all is never expired: nothing says the run
+    was abandoned (it is counted as running and left to `upkeep resume`)."""
+    return lease_until is not None and lease_until <= now
+
+
+def renew_every(lease: timedelta) -> float:
+    """Seconds between renewals: ten chances to renew before the lease runs out."""
+    return lease.total_seconds() / 10
+
+
+def new_owner() -> str:
+    # The random part tells two claims of one process apart (a dispatcher hands out several).
+    return f"{socket.gethostname()}:{os.getpid()}/{secrets.token_hex(3)}"
+
+
+def _orphaned(now: datetime) -> list[ColumnElement[bool]]:
+    """`expired` in SQL, for a running run."""
+    return [
+        col(UpgradeRun.state) == RunState.running,
+        col(UpgradeRun.lease_until).is_not(None),
+        col(UpgradeRun.lease_until) <= now,
+    ]
+
+
+def count_live(session: Session, now: datetime) -> int:
+    """Runs `running` under a live lease (or none): what counts against the dispatcher's limit."""
+    live = or_(col(UpgradeRun.lease_until).is_(None), col(UpgradeRun.lease_until) > now)
+    return session.exec(select(func.count()).where(UpgradeRun.state == RunState.running, live)).one()
+
+
+def orphans(session: Session, now: datetime, *, skip: set[int], limit: int = 50) -> list[UpgradeRun]:
+    """Running runs whose lease ran out, the longest-abandoned first."""
+    query = (
+        select(UpgradeRun)
+        .where(*_orphaned(now))
+        .order_by(col(UpgradeRun.lease_until), col(UpgradeRun.id))
+        .limit(limit + len(skip))
+    )
+    return [run for run in session.exec(query).all() if run.id not in skip][:limit]
+
+
+def take_over(
+    session: Session,
+    run: UpgradeRun,
+    *,
+    now: datetime,
+    owner: str,
+    until: datetime,
+    actor: str,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+) -> bool:
+    """Take an orphaned run for `owner`; False when another dispatcher took it first or its owner
+    renewed after all. Audited with the old owner and when its lease ran out."""
+    won = session.execute(
+        update(UpgradeRun)
+        .where(
+            col(UpgradeRun.id) == run.id,
+            col(UpgradeRun.lease_owner) == run.lease_owner,
+            *_orphaned(now),
+        )
+        .values(lease_owner=owner, lease_until=until)
+        .execution_options(synchronize_session=False)
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    assert run.lease_until is not None
+    detail = {"previous_owner": run.lease_owner, "lease_ran_out": run.lease_until.isoformat(), "owner": owner}
+    session.add(AuditEvent(actor=actor, action="run.taken_over", subject=f"run/{run.id}", detail=detail))
+    log.warning(
+        "run %s: lease of %s ran out at %s; taken over by %s and resumed",
+        run.id,
+        run.lease_owner,
+        run.lease_until.isoformat(),
+        owner,
+    )
+    return True
+
+
+def acquire(session: Session, run: UpgradeRun, runtime: Runtime, *, expected: str | None, actor: str) -> str:
+    """The flow's own lease on `run`, in the caller's transaction; returns its owner.
+
+    `expected`: the owner the flow was started under (the dispatcher's claim). The flow then goes on
+    only if the run is still held under it, or by nobody live: a deployment run that starts after its
+    claim ran out and the run was taken over must not carry it out a second time. None (`upkeep update`,
+    `upkeep resume RUN`): an SRE's explicit word, taken whoever held it, and audited when someone did."""
+    now, owner = runtime.clock(), new_owner()
+    until = now + runtime.run_lease
+    if run.id is not None and expected is not None:
+        won = session.execute(
+            update(UpgradeRun)
+            .where(
+                col(UpgradeRun.id) == run.id,
+                or_(
+                    col(UpgradeRun.lease_owner).is_(None),
+                    col(UpgradeRun.lease_owner) == expected,
+                    col(UpgradeRun.lease_until) <= now,
+                ),
+            )
+            .values(lease_owner=owner, lease_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        if won.rowcount != 1:  # type: ignore[attr-defined]
+            holder = select(UpgradeRun.lease_owner, UpgradeRun.lease_until).where(UpgradeRun.id == run.id)
+            held_by, held_until = session.exec(holder).one()
+            raise LeaseHeld(
+                f"run {run.id} is held by {held_by} until {held_until}, not by {expected}: "
+                "it was taken over; this flow leaves it alone"
+            )
+    elif run.id is not None and run.lease_owner and not expired(run.lease_until, now):
+        detail = {"previous_owner": run.lease_owner, "owner": owner}
+        session.add(AuditEvent(actor=actor, action="run.lease_taken", subject=f"run/{run.id}", detail=detail))
+    run.lease_owner, run.lease_until = owner, until
+    return owner
+
+
+class Heartbeat:
+    """Renews one run's lease from a daemon thread while the flow carrying it out lives."""
+
+    def __init__(self, runtime: Runtime, run_id: int, owner: str) -> None:
+        self.runtime, self.run_id, self.owner = runtime, run_id, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-run-{run_id}", daemon=True)
+
+    def _mine(self) -> list[ColumnElement[bool]]:
+        return [col(UpgradeRun.id) == self.run_id, col(UpgradeRun.lease_owner) == self.owner]
+
+    def _beat(self) -> None:
+        while not self._stop.wait(renew_every(self.runtime.run_lease)):
+            try:
+                with self.runtime.engine.begin() as conn:
+                    until = self.runtime.clock() + self.runtime.run_lease
+                    renewed = conn.execute(update(UpgradeRun).where(*self._mine()).values(lease_until=until))
+            except Exception as exc:  # the database may be back before the lease runs out: keep trying
+                log.warning("run %s: lease not renewed (%s); trying again", self.run_id, exc)
+                continue
+            if renewed.rowcount != 1:
+                log.error("run %s: lease lost (taken over or cleared); no longer renewing it", self.run_id)
+                return
+
+    def held(self) -> bool:
+        """Still ours? Asked before each node so a run taken over while this process was frozen is
+        left to its new owner."""
+        with self.runtime.engine.connect() as conn:
+            owner = conn.execute(select(UpgradeRun.lease_owner).where(UpgradeRun.id == self.run_id)).scalar()
+        return owner == self.owner
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop_and_clear(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        # A run the flow left `running` (it could not even record its failure, e.g. the database was
+        # down) keeps its lease: when it runs out the dispatcher takes the run over, nothing is lost.
+        ended = col(UpgradeRun.state) != RunState.running
+        try:
+            with self.runtime.engine.begin() as conn:
+                conn.execute(
+                    update(UpgradeRun).where(*self._mine(), ended).values(lease_owner=None, lease_until=None)
+                )
+        except Exception as exc:  # never hides how the flow ended; a run that ended is never an orphan
+            log.warning("run %s: lease not cleared (%s)", self.run_id, exc)
+
+
+@contextmanager
+def hold(runtime: Runtime, run_id: int, owner: str) -> Iterator[Heartbeat]:
+    """The lease renewed for as long as the block runs, and cleared when it ends with the run no
+    longer `running` (a kill -9 skips this: that is how a crash leaves an orphan behind)."""
+    beat = Heartbeat(runtime, run_id, owner)
+    beat.start()
+    try:
+        yield beat
+    finally:
+        beat.stop_and_clear()

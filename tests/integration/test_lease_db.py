@@ -1,0 +1,187 @@
+"""Run leases on SQLite and PostgreSQL (flows/lease.py): what counts as orphaned, the take-over that
+only one dispatcher wins, the flow's own claim, and the heartbeat that renews and clears a lease."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from flows import lease
+from inventory.db import session_scope
+from inventory.models import AuditEvent, Cluster, Customer, RunState, UpgradeRun
+from inventory.runs import create_run
+
+NOW = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
+LEASE = timedelta(minutes=5)
+
+
+def _runs(engine: Any, leases: list[tuple[RunState, str | None, datetime | None]]) -> list[int]:
+    """One cluster and run per entry, in that state with that lease."""
+    ids = []
+    with session_scope(engine) as session:
+        customer = Customer(name="acme", timezone="UTC")
+        session.add(customer)
+        session.flush()
+        for number, (state, owner, until) in enumerate(leases, 1):
+            cluster = Cluster(customer_id=customer.id or 0, name=f"c{number}", version="9.8.0")
+            session.add(cluster)
+            session.flush()
+            run = create_run(
+                cluster, to_version="9.10.0", source="schedule", requested_by="t", session=session
+            )
+            run.state, run.lease_owner, run.lease_until = state, owner, until
+            session.add(run)
+            session.flush()
+            ids.append(run.id or 0)
+    return ids
+
+
+def _run(engine: Any, run_id: int) -> UpgradeRun:
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        return run
+
+
+def test_only_running_runs_whose_lease_ran_out_are_orphans_and_they_do_not_count(engine: Any):
+    gone, _live, _unleased, _paused, edge = _runs(
+        engine,
+        [
+            (RunState.running, "h:1/a", NOW - timedelta(seconds=1)),
+            (RunState.running, "h:2/b", NOW + timedelta(seconds=1)),
+            (RunState.running, None, None),
+            (RunState.paused, "h:3/c", NOW - timedelta(hours=1)),  # its flow ended: not an orphan
+            (RunState.running, "h:4/d", NOW),
+        ],
+    )
+    with session_scope(engine) as session:
+        assert [run.id for run in lease.orphans(session, NOW, skip=set())] == [gone, edge]
+        assert [run.id for run in lease.orphans(session, NOW, skip={gone})] == [edge]
+        assert lease.count_live(session, NOW) == 2  # the live and the unleased one
+
+
+def test_a_take_over_is_won_once_and_names_the_old_owner(engine: Any):
+    (run_id,) = _runs(engine, [(RunState.running, "deadhost:42/0a0a0a", NOW - timedelta(minutes=1))])
+    stale = _run(engine, run_id)  # what every dispatcher read before any of them moved
+
+    results: list[bool] = []
+    barrier = threading.Barrier(6)
+
+    def dispatcher(number: int) -> None:
+        barrier.wait()
+        with session_scope(engine) as session:
+            results.append(
+                lease.take_over(
+                    session, stale, now=NOW, owner=f"d{number}", until=NOW + LEASE, actor=f"d{number}"
+                )
+            )
+
+    threads = [threading.Thread(target=dispatcher, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == [False] * 5 + [True]
+    run = _run(engine, run_id)
+    assert run.lease_owner in {f"d{n}" for n in range(6)} and run.lease_until == NOW + LEASE
+    with session_scope(engine) as session:
+        events = session.exec(select(AuditEvent).where(AuditEvent.action == "run.taken_over")).all()
+    assert len(events) == 1 and events[0].subject == f"run/{run_id}"
+    assert events[0].detail["previous_owner"] == "deadhost:42/0a0a0a"
+    assert events[0].detail["owner"] == run.lease_owner
+
+
+def test_a_live_lease_is_not_taken_over(engine: Any):
+    (run_id,) = _runs(engine, [(RunState.running, "h:1/a", NOW + timedelta(seconds=1))])
+    with session_scope(engine) as session:
+        took = lease.take_over(
+            session, _run(engine, run_id), now=NOW, owner="other", until=NOW + LEASE, actor="t"
+        )
+    assert took is False and _run(engine, run_id).lease_owner == "h:1/a"
+
+
+def _runtime(engine: Any, clock: Any = lambda: NOW, run_lease: timedelta = LEASE) -> Any:
+    return SimpleNamespace(engine=engine, clock=clock, run_lease=run_lease)
+
+
+def test_a_flow_started_under_a_claim_that_was_taken_over_leaves_the_run_alone(engine: Any):
+    (run_id,) = _runs(engine, [(RunState.running, "new-owner", NOW + LEASE)])
+    refused = pytest.raises(lease.LeaseHeld, match=r"held by new-owner until .* not by old-claim")
+    with refused, session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        lease.acquire(session, run, _runtime(engine), expected="old-claim", actor="t")
+    assert _run(engine, run_id).lease_owner == "new-owner"
+
+
+def test_a_flow_takes_its_own_claim_a_lapsed_one_or_an_sre_resume(engine: Any):
+    mine, lapsed, held = _runs(
+        engine,
+        [
+            (RunState.running, "claim", NOW + LEASE),
+            (RunState.running, "someone", NOW - timedelta(seconds=1)),
+            (RunState.running, "someone-live", NOW + LEASE),
+        ],
+    )
+    owners = {}
+    for run_id, expected in ((mine, "claim"), (lapsed, "other-claim"), (held, None)):
+        with session_scope(engine) as session:
+            run = session.get(UpgradeRun, run_id)
+            assert run is not None
+            owners[run_id] = lease.acquire(session, run, _runtime(engine), expected=expected, actor="sre")
+    for run_id, owner in owners.items():
+        run = _run(engine, run_id)
+        assert (run.lease_owner, run.lease_until) == (owner, NOW + LEASE)
+    with session_scope(engine) as session:
+        taken = session.exec(select(AuditEvent).where(AuditEvent.action == "run.lease_taken")).all()
+    assert [(e.subject, e.detail["previous_owner"]) for e in taken] == [(f"run/{held}", "someone-live")]
+
+
+def _wait_for(condition: Any) -> None:
+    """Polls until `condition()`; the test fails on the value below if it never comes (no time assert)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_the_heartbeat_renews_on_the_runtime_clock_and_clears_when_the_run_ended(engine: Any):
+    (run_id,) = _runs(engine, [(RunState.running, "me", NOW)])
+    ticks = iter(NOW + timedelta(seconds=n) for n in range(1, 1_000_000))
+    runtime = _runtime(engine, clock=lambda: next(ticks), run_lease=timedelta(seconds=0.5))
+
+    with lease.hold(runtime, run_id, "me") as beat:
+        _wait_for(lambda: (_run(engine, run_id).lease_until or NOW) > NOW + timedelta(seconds=2))
+        assert (_run(engine, run_id).lease_until or NOW) > NOW + timedelta(seconds=2)  # renewed, twice+
+        assert beat.held()
+    assert _run(engine, run_id).lease_owner == "me"  # still `running`: the lease stays, to run out
+
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        run.state = RunState.succeeded
+    with lease.hold(runtime, run_id, "me"):
+        pass
+    ended = _run(engine, run_id)
+    assert (ended.lease_owner, ended.lease_until) == (None, None)
+
+
+def test_a_heartbeat_whose_lease_was_taken_stops_and_says_it_is_not_held(engine: Any):
+    (run_id,) = _runs(engine, [(RunState.running, "me", NOW)])
+    runtime = _runtime(engine, run_lease=timedelta(seconds=0.5))
+    with lease.hold(runtime, run_id, "me") as beat:
+        with session_scope(engine) as session:
+            run = session.get(UpgradeRun, run_id)
+            assert run is not None
+            run.lease_owner = "taker"
+        assert not beat.held()
+        _wait_for(lambda: not beat._thread.is_alive())
+        assert not beat._thread.is_alive()
+    assert _run(engine, run_id).lease_owner == "taker"  # the old owner's end leaves it alone

@@ -9,6 +9,9 @@ Exactly once, and where that stops being true:
   `FOR UPDATE SKIP LOCKED`; on SQLite the BEGIN IMMEDIATE write lock), sends it and marks it sent
   before committing, so two deliverers never send the same row and a sent row is never picked again.
   If the mail server is unreachable the rows stay pending with a backoff and go out on a later call.
+  The rows of one call share one SMTP connection (tasks/mail.py: RSET between messages, a connection
+  found dropped before a message is reopened once); that changes what is sent per row, not when a
+  row commits.
 * The remaining window is at-least-once: if the process dies, or the commit fails, after the mail
   server accepted the message (its final 250 to DATA) but before the commit, the row is still pending
   and is sent again. SMTP has no two-phase commit, so this cannot be closed, only made recognisable:
@@ -22,6 +25,8 @@ Exactly once, and where that stops being true:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
@@ -42,7 +47,15 @@ from inventory.outbox import (
     queue_notice,
 )
 from inventory.types import utcnow
-from tasks.mail import MailError, MailTransport, PermanentMailError, build_message, message_id_for
+from tasks.mail import (
+    MailError,
+    MailTransport,
+    PermanentMailError,
+    build_message,
+    check_notice,
+    check_sender,
+    message_id_for,
+)
 from templates import NoticeContext, RenderedNotice, render_notice
 from templates.ics import INVITE_KINDS, invite
 
@@ -80,19 +93,16 @@ def queue_for(
 ) -> Notice:
     """Render `ctx` and queue it in the caller's transaction (call it where the change is written).
 
-    The whole message is built once here, so a notice that could never be sent (a recipient that is not
-    an address, CR/LF in the subject) fails now, in the caller's transaction, not hours later.
+    Everything `build_message` checks about the notice is checked here (tasks/mime.py `check_notice`),
+    so a notice that could never be sent (a recipient that is not an address, CR/LF in the subject)
+    fails now, in the caller's transaction, not hours later; the message itself is built once, when
+    it is sent (its Date and sender are the sending's).
     """
     rendered = render_notice(ctx.kind, ctx)
     ics = invite(ctx, stamp=stamp) if ctx.kind in INVITE_KINDS else None
     key = idempotency_key(ctx.update_ref, ctx.kind, ctx.sequence, variant)
-    build_message(
-        rendered,
-        ics,
-        sender="upkeep@localhost",
-        recipients=ctx.recipients,
-        message_id=message_id_for(key),
-        idempotency_key=key,
+    check_notice(
+        rendered, ics, recipients=ctx.recipients, message_id=message_id_for(key), idempotency_key=key
     )
     return queue_notice(
         update_ref=ctx.update_ref,
@@ -113,19 +123,23 @@ def queue_for(
 def deliver_pending(
     engine: Engine, transport: MailTransport, *, now: datetime, sender: str, limit: int = 100
 ) -> DeliveryReport:
-    """Send up to `limit` due notices, one transaction each (see the module docstring)."""
+    """Send up to `limit` due notices, one transaction each, over one connection (module docstring).
+    A `sender` that is not one address is refused before any row is touched (it is configuration,
+    not about a notice)."""
+    check_sender(sender)
     report = DeliveryReport()
     domain = parseaddr(sender)[1].rpartition("@")[2] or "upkeep"
     handled = 0
-    while handled < limit and not report.transport_error:
-        with session_scope(engine) as session:
-            claimed = due_notices(now, session=session, limit=1, lock=True)
-            if not claimed:
-                break
-            _deliver_one(
-                claimed[0], transport, report, now=now, sender=sender, domain=domain, session=session
-            )
-        handled += 1
+    with _batch(transport) as mailer:
+        while handled < limit and not report.transport_error:
+            with session_scope(engine) as session:
+                claimed = due_notices(now, session=session, limit=1, lock=True)
+                if not claimed:
+                    break
+                _deliver_one(
+                    claimed[0], mailer, report, now=now, sender=sender, domain=domain, session=session
+                )
+            handled += 1
     if report.transport_error and handled < limit:
         # The server is down for everyone: record the attempt on the other due rows without trying
         # each (a timeout per row would add up), so they all back off together.
@@ -135,6 +149,18 @@ def deliver_pending(
                 mark_attempt_failed(notice, error, permanent=False, now=now, session=session)
                 report.retrying.append(notice.idempotency_key)
     return report
+
+
+@contextmanager
+def _batch(transport: MailTransport) -> Iterator[MailTransport]:
+    """The transport's shared session if it has one (SMTP), else the transport itself. A session
+    connects at its first message, so a call with nothing due opens no connection."""
+    opener = getattr(transport, "session", None)
+    if opener is None:
+        yield transport
+        return
+    with opener() as session:
+        yield session
 
 
 def _deliver_one(

@@ -1,18 +1,20 @@
-"""Outgoing mail: build a notice message and hand it to a transport (SMTP, or .eml files on disk).
+"""Outgoing mail: hand a built notice (tasks/mime.py) to a transport (SMTP, or .eml files on disk).
 
-A message is multipart: text and HTML alternatives plus, when there is an invite, a
-`text/calendar; method=...` alternative (what calendar clients act on) and the same .ics as an
-attachment (what people can open). Its Message-ID is derived from the notice's idempotency key, so every
-attempt to send one notice carries the same Message-ID and a redelivery after a crash is recognisable
-(and is dropped by receivers that deduplicate on Message-ID).
+Every attempt to send one notice carries the same Message-ID, derived from the notice's idempotency key,
+so a redelivery after a crash is recognisable (and is dropped by receivers that deduplicate on
+Message-ID). Building and header checks live in tasks/mime.py and are re-exported here.
 
-Header values are checked before use: CR, LF or NUL in any of them (a subject or address built from
-customer data) is refused, because that is how headers such as `Bcc:` get injected.
+SMTP: a batch of messages (`SmtpTransport.session()`, one per `deliver_pending` call) shares one
+connection, opened at the first message; before each further message an RSET both ends the previous
+transaction and proves the connection still works. A connection found dropped there (closed, reset,
+421, no 250) is reopened once for that message: nothing of it was sent yet, so this cannot duplicate
+it. A message's own refusal (4xx/5xx to MAIL, RCPT or DATA) concerns only that message; smtplib resets
+the transaction and the next message goes out on the same connection.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import os
 import re
@@ -20,24 +22,47 @@ import smtplib
 import socket
 import ssl
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email import policy
-from email.errors import HeaderParseError
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Protocol
+
+from tasks.mime import (
+    IDEMPOTENCY_HEADER,
+    OutgoingMessage,
+    RenderedLike,
+    build_message,
+    calendar_method,
+    check_address,
+    check_header,
+    check_notice,
+    check_sender,
+    message_id_for,
+)
+
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "MailError",
+    "MailTransport",
+    "OutboxDirTransport",
+    "OutgoingMessage",
+    "PermanentMailError",
+    "RenderedLike",
+    "SmtpSession",
+    "SmtpTransport",
+    "TemporaryMailError",
+    "build_message",
+    "calendar_method",
+    "check_address",
+    "check_header",
+    "check_notice",
+    "check_sender",
+    "message_id_for",
+]
 
 log = logging.getLogger(__name__)
 
-_FORBIDDEN = ("\r", "\n", "\0")
-_METHOD = re.compile(rb"^METHOD:([A-Z-]+)\r?$", re.MULTILINE)
-_MESSAGE_ID = re.compile(r"<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+>")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@-]")
-IDEMPOTENCY_HEADER = "X-Upkeep-Idempotency-Key"
 
 
 class MailError(Exception):
@@ -59,148 +84,140 @@ class PermanentMailError(MailError):
     """Retrying will not help: 5xx."""
 
 
-class RenderedLike(Protocol):
-    @property
-    def subject(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def html(self) -> str: ...
-
-
 class MailTransport(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
-
-
-def check_header(name: str, value: str) -> str:
-    """`value` unchanged, or ValueError if it could smuggle in another header."""
-    if any(char in value for char in _FORBIDDEN):
-        raise ValueError(f"mail header {name}: value {value!r} contains CR, LF or NUL")
-    return value
-
-
-def check_address(name: str, value: str) -> str:
-    """A single plain addr-spec (local@domain), e.g. a contact's email."""
-    check_header(name, value)
-    try:
-        address = Address(addr_spec=value)
-    # AttributeError: Python 3.11's header parser trips over an unclosed domain literal ('ops@[').
-    except (ValueError, IndexError, HeaderParseError, AttributeError) as exc:
-        raise ValueError(f"mail header {name}: {value!r} is not an email address ({exc})") from None
-    if not address.username or not address.domain or address.addr_spec != value.strip():
-        raise ValueError(f"mail header {name}: {value!r} is not an email address")
-    return value.strip()
-
-
-def message_id_for(idempotency_key: str, domain: str = "upkeep") -> str:
-    """A Message-ID that is the same for every attempt at one notice: readable key plus a digest."""
-    check_header("idempotency key", idempotency_key)
-    readable = re.sub(r"[^A-Za-z0-9-]+", ".", idempotency_key).strip(".")[:80]
-    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
-    return f"<{readable}.{digest}@{domain}>"
-
-
-def build_message(
-    rendered: RenderedLike,
-    ics: bytes | None,
-    *,
-    sender: str,
-    recipients: Sequence[str],
-    message_id: str,
-    idempotency_key: str,
-    date: datetime | None = None,
-) -> EmailMessage:
-    """The complete notice email (SMTP policy: CRLF line ends, RFC 2047-encoded non-ASCII headers)."""
-    if not recipients:
-        raise ValueError("a message needs at least one recipient")
-    if not _MESSAGE_ID.fullmatch(message_id):
-        raise ValueError(f"Message-ID {message_id!r} is not of the form <id@domain>")
-    date = date or datetime.now(UTC)
-    if date.tzinfo is None:
-        raise ValueError(f"date {date!r} is naive")
-    message = EmailMessage(policy=policy.SMTP)
-    message["From"] = check_header("From", sender)
-    message["To"] = ", ".join(check_address("To", recipient) for recipient in recipients)
-    message["Subject"] = check_header("Subject", rendered.subject)
-    message["Date"] = format_datetime(date.astimezone(UTC))
-    message["Message-ID"] = message_id
-    message[IDEMPOTENCY_HEADER] = check_header(IDEMPOTENCY_HEADER, idempotency_key)
-    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies, please
-    message.set_content(rendered.text)
-    message.add_alternative(rendered.html, subtype="html")
-    if ics is not None:
-        method = calendar_method(ics)
-        message.add_alternative(ics.decode(), subtype="calendar", params={"method": method})
-        message.add_attachment(ics, maintype="application", subtype="ics", filename="invite.ics")
-    return message
-
-
-def calendar_method(ics: bytes) -> str:
-    found = _METHOD.search(ics)
-    if not found:
-        raise ValueError("the calendar invite has no METHOD line")
-    return found.group(1).decode()
+    def send(self, message: OutgoingMessage) -> None: ...
 
 
 @dataclass
 class SmtpTransport:
-    """One SMTP connection per message (notices are few; nothing to keep alive between runs)."""
+    """SMTP with the configured account. `send` uses a connection of its own; `session()` shares one
+    connection among many messages (see the module docstring)."""
 
     host: str
     port: int = 25
     user: str = ""
     password: str = field(default="", repr=False)  # never shown in logs or reprs
     starttls: bool = False
-    timeout: float = 15.0
+    timeout: float = 15.0  # per connect and per reply: a silent server costs at most this per step
 
-    def send(self, message: EmailMessage) -> None:
-        where = f"SMTP {self.host}:{self.port}"
-        try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                self._open_session(smtp, where)
-                refused = smtp.send_message(message)
-        except MailError:
-            raise
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            kind = PermanentMailError if all(code >= 500 for code in codes) else TemporaryMailError
-            raise kind(
-                f"{where} refused every recipient: {_refusals(exc.recipients)}", code=max(codes)
-            ) from None
-        except smtplib.SMTPResponseException as exc:
-            kind = PermanentMailError if exc.smtp_code >= 500 else TemporaryMailError
-            # 421 closes the session; a refused greeting or sender address fails every message alike.
-            transport = exc.smtp_code == 421 or isinstance(
-                exc, smtplib.SMTPConnectError | smtplib.SMTPSenderRefused
-            )
-            raise kind(
-                f"{where}: {exc.smtp_code} {_text(exc.smtp_error)}", code=exc.smtp_code, transport=transport
-            ) from None
-        except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timeout, DNS, TLS
-            detail = "timed out" if isinstance(exc, socket.timeout | TimeoutError) else str(exc) or repr(exc)
-            raise TemporaryMailError(f"{where}: {detail}", transport=True) from None
-        if refused:
-            # Accepted for the others: retrying would send it to them twice. Say so; do not raise.
-            log.warning("%s accepted %s but refused %s", where, message["Message-ID"], _refusals(refused))
+    @property
+    def where(self) -> str:
+        return f"SMTP {self.host}:{self.port}"
 
-    def _open_session(self, smtp: smtplib.SMTP, where: str) -> None:
-        """EHLO, STARTTLS, login. A refusal here is about the server or our account, not the message."""
+    def send(self, message: OutgoingMessage) -> None:
+        with self.session() as session:
+            session.send(message)
+
+    def session(self) -> SmtpSession:
+        return SmtpSession(self)
+
+    def connect(self) -> smtplib.SMTP:
+        """A connection ready for MAIL: EHLO, STARTTLS, login. Every failure here is about the server
+        or our account, not a message (`transport=True`)."""
+        smtp: smtplib.SMTP | None = None
         try:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
             smtp.ehlo()
             if self.starttls:
                 smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
             if self.user:
                 smtp.login(self.user, self.password)
+            return smtp
         except smtplib.SMTPResponseException as exc:
+            _close(smtp)
             kind = PermanentMailError if exc.smtp_code >= 500 else TemporaryMailError
             raise kind(
-                f"{where} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
+                f"{self.where} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
                 code=exc.smtp_code,
                 transport=True,
             ) from None
         except smtplib.SMTPNotSupportedError as exc:
-            raise PermanentMailError(f"{where}: {exc}", transport=True) from None
+            _close(smtp)
+            raise PermanentMailError(f"{self.where}: {exc}", transport=True) from None
+        except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timeout, DNS, TLS
+            _close(smtp)
+            raise TemporaryMailError(f"{self.where}: {_detail(exc)}", transport=True) from None
+
+
+class SmtpSession:
+    """One SMTP connection for a batch of messages; use it as a context manager (QUIT at the end)."""
+
+    def __init__(self, transport: SmtpTransport) -> None:
+        self.transport = transport
+        self.connections = 0  # opened so far (a dropped one reopened counts again)
+        self._smtp: smtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpSession:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                _close(smtp)
+
+    def send(self, message: OutgoingMessage) -> None:
+        where = self.transport.where
+        smtp = self._ready()
+        try:
+            refused = smtp.sendmail(message.envelope_from, list(message.recipients), message.data)
+        except smtplib.SMTPRecipientsRefused as exc:
+            self._drop_if_closed(smtp)
+            codes = [code for code, _ in exc.recipients.values()]
+            kind = PermanentMailError if all(code >= 500 for code in codes) else TemporaryMailError
+            transport = 421 in codes  # the server ended the session
+            raise kind(
+                f"{where} refused every recipient: {_refusals(exc.recipients)}",
+                code=max(codes),
+                transport=transport,
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            self._drop_if_closed(smtp)
+            kind = PermanentMailError if exc.smtp_code >= 500 else TemporaryMailError
+            # 421 closes the session; a refused sender address fails every message alike.
+            transport = exc.smtp_code == 421 or isinstance(exc, smtplib.SMTPSenderRefused)
+            raise kind(
+                f"{where}: {exc.smtp_code} {_text(exc.smtp_error)}", code=exc.smtp_code, transport=transport
+            ) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            # Cut off inside the exchange: whether the server kept the message is unknown (the
+            # at-least-once window in flows/notify.py), so it stays queued and is not resent here.
+            self._drop()
+            raise TemporaryMailError(f"{where}: {_detail(exc)}", transport=True) from None
+        if refused:
+            # Accepted for the others: retrying would send it to them twice. Say so; do not raise.
+            log.warning("%s accepted %s but refused %s", where, message.message_id, _refusals(refused))
+
+    def _ready(self) -> smtplib.SMTP:
+        """The open connection after a successful RSET, or a new one (reopened at most once here)."""
+        if self._smtp is not None:
+            try:
+                code, _ = self._smtp.rset()
+                if code == 250:
+                    return self._smtp
+            except (smtplib.SMTPException, OSError):
+                pass
+            log.info("%s: the connection was dropped between messages; reopening it", self.transport.where)
+            self._drop()
+        self._smtp = self.transport.connect()
+        self.connections += 1
+        return self._smtp
+
+    def _drop_if_closed(self, smtp: smtplib.SMTP) -> None:
+        if smtp.sock is None:  # smtplib closes the socket itself after a 421
+            self._drop()
+
+    def _drop(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        _close(smtp)
 
 
 @dataclass
@@ -213,17 +230,16 @@ class OutboxDirTransport:
 
     directory: Path
 
-    def send(self, message: EmailMessage) -> None:
-        message_id = message["Message-ID"]
-        if not message_id:
+    def send(self, message: OutgoingMessage) -> None:
+        if not message.message_id:
             raise PermanentMailError("a message without Message-ID cannot be named in the outbox")
-        name = _UNSAFE_NAME.sub("_", str(message_id).strip().strip("<>"))[:200] + ".eml"
+        name = _UNSAFE_NAME.sub("_", message.message_id.strip().strip("<>"))[:200] + ".eml"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             handle, temp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
             try:
                 with os.fdopen(handle, "wb") as out:
-                    out.write(message.as_bytes(policy=policy.SMTP))
+                    out.write(message.data)
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(temp, self.directory / name)
@@ -232,6 +248,16 @@ class OutboxDirTransport:
                 raise
         except OSError as exc:
             raise TemporaryMailError(f"outbox {self.directory}: {exc}", transport=True) from None
+
+
+def _close(smtp: smtplib.SMTP | None) -> None:
+    if smtp is not None:
+        with contextlib.suppress(OSError):
+            smtp.close()
+
+
+def _detail(exc: BaseException) -> str:
+    return "timed out" if isinstance(exc, socket.timeout | TimeoutError) else str(exc) or repr(exc)
 
 
 def _text(reply: bytes | str) -> str:

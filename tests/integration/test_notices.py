@@ -28,7 +28,13 @@ from flows.notify import deliver_pending, queue_for
 from inventory.db import session_scope
 from inventory.models import AuditEvent, Customer
 from inventory.outbox import Notice, NoticeState
-from tasks.mail import IDEMPOTENCY_HEADER, OutboxDirTransport, SmtpTransport, message_id_for
+from tasks.mail import (
+    IDEMPOTENCY_HEADER,
+    OutboxDirTransport,
+    OutgoingMessage,
+    SmtpTransport,
+    message_id_for,
+)
 from tests.unit.test_templates import make_ctx
 
 pytestmark = pytest.mark.smtp
@@ -320,7 +326,7 @@ def test_a_crash_after_the_server_accepted_resends_a_recognisable_copy(
     real = smtp.transport()
 
     class DiesAfterSending:
-        def send(self, message: EmailMessage) -> None:
+        def send(self, message: OutgoingMessage) -> None:
             real.send(message)
             raise Crash
 
@@ -355,7 +361,11 @@ def test_the_outbox_dir_transport_writes_parseable_eml_files(
         assert parsed.get_body(preferencelist=("plain",)) is not None
     assert sorted(methods) == ["CANCEL", "REQUEST", "REQUEST"]
 
-    outbox.send(message_from_bytes(files[0].read_bytes(), policy=policy.default))  # type: ignore[arg-type]
+    raw = files[0].read_bytes()
+    resent = OutgoingMessage(
+        str(message_from_bytes(raw)["Message-ID"]), "u@vendor.example", ("o@acme.example",), raw
+    )
+    outbox.send(resent)
     assert sorted((tmp_path / "outbox").iterdir()) == files  # a resend overwrites its own file
 
 

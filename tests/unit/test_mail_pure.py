@@ -11,6 +11,7 @@ import pytest
 
 from tasks.mail import (
     IDEMPOTENCY_HEADER,
+    OutgoingMessage,
     SmtpTransport,
     build_message,
     calendar_method,
@@ -33,7 +34,7 @@ def build(
     sender: str = "Upkeep <upkeep@vendor.example>",
     recipients: tuple[str, ...] = ("ops@acme.example", "cto@acme.example"),
     key: str = KEY,
-) -> EmailMessage:
+) -> OutgoingMessage:
     ctx = make_ctx()
     return build_message(
         rendered or render_notice("scheduled", ctx),
@@ -46,7 +47,7 @@ def build(
     )
 
 
-def reparse(message: EmailMessage) -> EmailMessage:
+def reparse(message: OutgoingMessage) -> EmailMessage:
     parsed = message_from_bytes(message.as_bytes(), policy=policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
@@ -116,7 +117,8 @@ def test_the_message_id_is_a_function_of_the_idempotency_key():
     assert re.fullmatch(r"<update-42\.scheduled\.2\.[0-9a-f]{16}@upkeep>", message_id_for(KEY))
     # keys that sanitise alike still differ by their digest
     assert message_id_for("a:b:1") != message_id_for("a.b:1")
-    assert build()["Message-ID"] == build()["Message-ID"]
+    assert build().message_id == build().message_id == message_id_for(KEY, "vendor.example")
+    assert reparse(build())["Message-ID"] == message_id_for(KEY, "vendor.example")
 
 
 @pytest.mark.parametrize(

@@ -112,10 +112,9 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                 if window_closing(runtime, run_id):
                     return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
                 outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node)
-                # The console's line; the UI reads it in the progress artifact below (one API call).
-                log.info("%s: %s", node.hostname, outcomes[node.hostname], extra={"send_to_api": False})
+                log.info("%s: %s", node.hostname, outcomes[node.hostname])
                 failpoint(f"after-node:{node.position}")
-            progress.update(number, node.hostname, outcomes[node.hostname])
+            progress.update(number)
     except Exception as exc:
         finish(runtime, plan, run_id, RunState.failed, reason=str(exc))
         log.error("run %s failed: %s", run_id, exc)

@@ -23,6 +23,9 @@ def run_row(run: UpgradeRun, session: Session) -> dict[str, Any]:
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "reason": run.reason,
+        # Who is carrying a running run out, and until when without a renewal (flows/lease.py).
+        "lease_owner": run.lease_owner,
+        "lease_until": run.lease_until.isoformat() if run.lease_until else None,
     }
 
 

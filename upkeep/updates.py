@@ -131,6 +131,8 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
     console.print(table)
     if summary["reason"]:
         console.print(f"reason: {summary['reason']}", markup=False)
+    if summary["lease_owner"]:
+        console.print(f"held by {summary['lease_owner']} until {summary['lease_until']}", markup=False)
 
 
 def resume_run(run_id: int, *, engine: Engine, as_json: bool) -> int:

@@ -8,6 +8,7 @@ node upgraded twice, by the nodes' own logs) and then starts the run that waited
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from datetime import timedelta
@@ -116,6 +117,8 @@ def test_a_run_orphaned_by_a_killed_dispatcher_is_taken_over_once_its_lease_runs
     orphan = _run(engine, orphan_id)
     assert orphan.state == RunState.running and orphan.lease_owner and orphan.lease_until
     assert _upgrades(lab, fresh_cluster) == [1, 0, 0]
+    shown = json.loads(upkeep_cli(env, "show", str(orphan_id), "--json").stdout)
+    assert (shown["state"], shown["lease_owner"]) == ("running", orphan.lease_owner)
     waiting_id = _due(engine, second_fresh_cluster)  # due now, but the only slot is the orphan's
 
     # The dead process's lease is still live: the run is left alone and still holds the slot.

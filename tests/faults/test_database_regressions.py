@@ -3,7 +3,9 @@ and deterministic: the server is stopped, or a session terminated, at a chosen p
 PostgreSQL cluster (tests/faults/postgres.py).
 
 - a query while the server restarts waited for nothing and failed the run with a traceback
-  ("Connection refused", "the database system is starting up").
+  ("Connection refused", "the database system is starting up");
+- a step record whose transaction the server cut off (`pg_terminate_backend`, what a fast shutdown
+  does to every session) failed the step, or left it `started` forever.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
+from sqlmodel import select
 
-from inventory.db import make_engine
-from tests.faults.helpers import wait_for
+from inventory.db import make_engine, migrate, session_scope
+from inventory.models import Cluster, Node, NodeStep, RunState
+from inventory.runs import create_run
+from tests.faults.helpers import TARGET, wait_for
 from tests.faults.postgres import PrivatePostgres, missing_binaries
 
 pytestmark = [pytest.mark.faults]
@@ -92,3 +98,56 @@ def test_a_first_connection_to_a_server_that_is_down_is_refused_at_once(
         pg.up()
         engine.dispose()
     assert "database unavailable" not in caplog.text
+
+
+def _run_and_node(engine: Any, lab: Any) -> tuple[int, int]:
+    from inventory.importer import import_inventory
+
+    migrate(engine)
+    import_inventory(lab.inventory_path, engine=engine, actor="test")
+    with session_scope(engine) as session:
+        cluster = session.exec(select(Cluster)).first()
+        assert cluster is not None
+        run = create_run(cluster, to_version=TARGET, source="cli", requested_by="t", session=session)
+        run.state = RunState.running
+        session.flush()
+        node_id = session.exec(select(Node.id).where(Node.cluster_id == cluster.id)).first()
+        assert run.id is not None and node_id is not None
+        return run.id, node_id
+
+
+def _terminate_own_session_on(engine: Any, pg: PrivatePostgres, statement: str) -> list[str]:
+    """The first time `statement` (e.g. "INSERT INTO nodestep") is about to run, the server
+    terminates that session - what a fast shutdown does - so it fails mid-transaction."""
+    fired: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def cut(conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        if fired or not sql.startswith(statement):
+            return
+        fired.append(sql)
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{pg.port}/postgres", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    return fired
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("cut_at", ["INSERT INTO nodestep", "UPDATE nodestep"])
+def test_a_step_record_survives_the_server_cutting_its_transaction(
+    cut_at: str, pg: PrivatePostgres, pg_engine: Any, faults_lab: Any
+) -> None:
+    from flows.records import recorded
+
+    run_id, node_id = _run_and_node(pg_engine, faults_lab)
+    fired = _terminate_own_session_on(pg_engine, pg, cut_at)
+    actions = 0
+    with recorded(pg_engine, run_id, node_id, "upgrade", detail=TARGET) as note:
+        actions += 1
+        note.output = "done"
+    assert fired, f"the session was never cut at {cut_at!r}: the test did not test anything"
+    assert actions == 1
+    with session_scope(pg_engine) as session:
+        steps = [(s.step, str(s.state), s.output_tail) for s in session.exec(select(NodeStep)).all()]
+    assert steps == [("upgrade", "succeeded", "done")]

@@ -161,7 +161,9 @@ def _claim(
                 raise RunMismatch(f"run {run_id} is not an update of {cluster} to {to_version}")
             if not RunState(run.state).active:
                 raise RunMismatch(f"run {run_id} is {run.state}: only planned, running or paused runs resume")
-            run.requested_action = ""
+            # An SRE's resume clears a pause or cancel asked earlier; a take-over of an orphan honours it.
+            if lease_owner is None:
+                run.requested_action = ""
         run.state = RunState.running
         run.started_at = run.started_at or runtime.clock()
         run.flow_run_id = str(flow_run.id) if flow_run.id else None

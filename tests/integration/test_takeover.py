@@ -144,3 +144,25 @@ def test_a_run_orphaned_by_a_killed_dispatcher_is_taken_over_once_its_lease_runs
     assert [(e.subject, e.detail["previous_owner"]) for e in taken] == [
         (f"run/{orphan_id}", orphan.lease_owner)
     ]
+
+
+def test_a_cancel_asked_of_an_orphan_is_honoured_by_the_take_over(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+):
+    """`upkeep cancel` on a run whose process is gone only records the request; the dispatcher that
+    takes the run over cancels it before touching a node, instead of carrying it out."""
+    engine = lab_runtime.engine
+    run_id = _due(engine, fresh_cluster)
+    with session_scope(engine) as session:  # as a crashed process leaves it, with the cancel asked since
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        run.state, run.started_at, run.requested_action = RunState.running, utcnow(), "cancel"
+        run.lease_owner, run.lease_until = "gone-host:4242/abcdef", utcnow() - timedelta(seconds=1)
+
+    result = dispatch(max_running=1)
+
+    assert result["taken_over"] == [run_id]
+    final = _run(engine, run_id)
+    assert final.state == RunState.cancelled and "cancelled by request" in final.reason
+    assert (final.lease_owner, final.active_cluster_id) == (None, None)
+    assert _upgrades(lab, fresh_cluster) == [0, 0, 0]

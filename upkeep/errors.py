@@ -43,4 +43,12 @@ def explain(exc: BaseException) -> str | None:
         pass
     if isinstance(exc, tuple(expected)):
         return escape(str(exc))
+    from inventory.db import server_away
+
+    if server_away(exc):  # down, restarting or failing over: the operator's to fix, not our bug
+        cause = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        return escape(
+            f"the database is unavailable ({cause}); a run this interrupted is left as it was "
+            "and continues with `upkeep resume RUN`"
+        )
     return None

@@ -151,3 +151,21 @@ def test_a_step_record_survives_the_server_cutting_its_transaction(
     with session_scope(pg_engine) as session:
         steps = [(s.step, str(s.state), s.output_tail) for s in session.exec(select(NodeStep)).all()]
     assert steps == [("upgrade", "succeeded", "done")]
+
+
+def test_the_cli_says_the_database_is_unavailable_in_one_line(pg: PrivatePostgres, tmp_path: Any) -> None:
+    import os
+
+    from tests.integration.conftest import upkeep_cli
+
+    url = pg.create_database(f"reg_{time.monotonic_ns()}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPKEEP_")}
+    env.update({"UPKEEP_HOME": str(tmp_path), "UPKEEP_DATABASE_URL": url})
+    pg.down()
+    try:
+        proc = upkeep_cli(env, "runs", check=False)
+    finally:
+        pg.up()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "│" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: the database is unavailable (connection failed"), proc.stderr

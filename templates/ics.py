@@ -4,19 +4,22 @@ One scheduled update is one calendar event for its whole life: the UID is derive
 stable reference, and the caller bumps `sequence` on every change, so calendar clients replace the
 entry when an update moves and remove it when it is cancelled (METHOD:CANCEL, STATUS:CANCELLED).
 Times are written in UTC; the client shows them in the reader's zone.
+
+Written directly rather than with `icalendar` (which the tests use to read every invite back): its
+serializer cost ~0.5 ms per invite, a tenth of sending a notice. Customer text goes through `_text`
+(escaped, line breaks as \\n) and lines are folded at 75 octets, as RFC 5545 requires.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from icalendar import Calendar, Event, vCalAddress, vText
-
 from templates import NoticeContext, NoticeKind, format_duration, format_slot
 
 __all__ = ["INVITE_KINDS", "invite", "uid_for"]
 
 PRODID = "-//Upkeep//Upkeep notices//EN"
+_LINE_OCTETS = 75
 
 # Kinds whose email carries an invite: those that create, refresh, move or withdraw the calendar entry.
 # Started/completed/failed/partial report what happened; a continuation slot after a partial update is
@@ -47,38 +50,32 @@ def invite(ctx: NoticeContext, *, stamp: datetime | None = None) -> bytes:
     if stamp.tzinfo is None:
         raise ValueError(f"stamp {stamp!r} is naive")
     cancelled = ctx.kind is NoticeKind.cancelled
-
-    calendar = Calendar()
-    calendar.add("prodid", PRODID)
-    calendar.add("version", "2.0")
-    calendar.add("method", "CANCEL" if cancelled else "REQUEST")
-
-    event = Event()
-    event.add("uid", uid_for(ctx.update_ref))
-    event.add("sequence", ctx.sequence)
-    event.add("dtstamp", stamp.astimezone(UTC))
-    event.add("dtstart", ctx.slot_start.astimezone(UTC))
-    event.add("dtend", ctx.slot_end.astimezone(UTC))
-    event.add("summary", _summary(ctx, cancelled=cancelled))
-    event.add("description", _description(ctx))
-    event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
-    # Maintenance happens to the cluster, not to the reader: do not block their free/busy time.
-    event.add("transp", "TRANSPARENT")
-    if ctx.urgent:
-        event.add("priority", 1)
-
-    organizer = vCalAddress(f"mailto:{ctx.organizer}")
-    organizer.params["cn"] = vText("Upkeep")
-    event.add("organizer", organizer)
-    for recipient in ctx.recipients:
-        attendee = vCalAddress(f"mailto:{recipient}")
-        attendee.params["role"] = vText("REQ-PARTICIPANT")
-        attendee.params["partstat"] = vText("NEEDS-ACTION")
-        attendee.params["rsvp"] = vText("FALSE")
-        event.add("attendee", attendee)
-
-    calendar.add_component(event)
-    return calendar.to_ical()
+    lines = [
+        "BEGIN:VCALENDAR",
+        "VERSION:2.0",
+        f"PRODID:{PRODID}",
+        f"METHOD:{'CANCEL' if cancelled else 'REQUEST'}",
+        "BEGIN:VEVENT",
+        f"SUMMARY:{_text(_summary(ctx, cancelled=cancelled))}",
+        f"DTSTART:{_utc(ctx.slot_start)}",
+        f"DTEND:{_utc(ctx.slot_end)}",
+        f"DTSTAMP:{_utc(stamp)}",
+        f"UID:{_text(uid_for(ctx.update_ref))}",
+        f"SEQUENCE:{ctx.sequence}",
+        *(
+            f"ATTENDEE;PARTSTAT=NEEDS-ACTION;ROLE=REQ-PARTICIPANT;RSVP=FALSE:{_mailto(recipient)}"
+            for recipient in ctx.recipients
+        ),
+        f"DESCRIPTION:{_text(_description(ctx))}",
+        f"ORGANIZER;CN=Upkeep:{_mailto(ctx.organizer)}",
+        *(["PRIORITY:1"] if ctx.urgent else []),
+        f"STATUS:{'CANCELLED' if cancelled else 'CONFIRMED'}",
+        # Maintenance happens to the cluster, not to the reader: do not block their free/busy time.
+        "TRANSP:TRANSPARENT",
+        "END:VEVENT",
+        "END:VCALENDAR",
+    ]
+    return b"".join(_fold(line) + b"\r\n" for line in lines)
 
 
 def _summary(ctx: NoticeContext, *, cancelled: bool) -> str:
@@ -100,3 +97,36 @@ def _description(ctx: NoticeContext) -> str:
         lines.append(f"Note: {ctx.reason}")
     lines.append(f"Support: {ctx.support_contact}")
     return "\n".join(lines)
+
+
+def _text(value: str) -> str:
+    """An RFC 5545 TEXT value: backslash, ';' and ',' escaped, every line break (CRLF, CR, LF) as \\n,
+    so customer text can never start a property of its own."""
+    value = value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
+    return value.replace("\r\n", "\\n").replace("\r", "\\n").replace("\n", "\\n")
+
+
+def _mailto(address: str) -> str:
+    if any(char in address for char in "\r\n\0"):
+        raise ValueError(f"invite: address {address!r} contains CR, LF or NUL")
+    return f"mailto:{address}"
+
+
+def _utc(moment: datetime) -> str:
+    t = moment.astimezone(UTC)
+    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}Z"
+
+
+def _fold(line: str) -> bytes:
+    """Lines of at most 75 octets, continued after CRLF + space, never inside a UTF-8 sequence."""
+    raw = line.encode()
+    if len(raw) <= _LINE_OCTETS:
+        return raw
+    parts, start, limit = [], 0, _LINE_OCTETS
+    while start < len(raw):
+        end = min(start + limit, len(raw))
+        while end < len(raw) and raw[end] & 0xC0 == 0x80:  # a continuation byte: cut before its lead
+            end -= 1
+        parts.append(raw[start:end])
+        start, limit = end, _LINE_OCTETS - 1  # the leading space counts
+    return b"\r\n ".join(parts)

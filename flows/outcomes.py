@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from flows.plan import UpdatePlan
 from flows.records import node_done
@@ -15,7 +15,7 @@ from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime
 from flows.schedule import next_window
 from inventory import repo
-from inventory.db import session_scope
+from inventory.db import retrying, session_scope
 from inventory.models import RunState, UpgradeRun
 from inventory.runs import finish_run, get_run
 from scheduling.errors import SchedulingError
@@ -87,8 +87,9 @@ def alert_sre(runtime: Runtime, run_id: int, reason: str) -> None:
 
 
 def requested_stop(runtime: Runtime, run_id: int) -> str:
-    with session_scope(runtime.engine) as session:
-        return get_run(run_id, session=session).requested_action
+    # Reads between nodes: repeated if the database server drops the connection (inventory.db).
+    query = select(UpgradeRun.requested_action).where(col(UpgradeRun.id) == run_id)
+    return str(retrying(runtime.engine, lambda conn: conn.execute(query).scalar_one()))
 
 
 def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
@@ -107,8 +108,8 @@ def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
 
 def window_closing(runtime: Runtime, run_id: int) -> bool:
     """The cutoff rule: a node starts only if the announced window still fits its estimate."""
-    with session_scope(runtime.engine) as session:
-        slot_end = get_run(run_id, session=session).slot_end
+    query = select(UpgradeRun.slot_end).where(col(UpgradeRun.id) == run_id)
+    slot_end = retrying(runtime.engine, lambda conn: conn.execute(query).scalar_one())
     return slot_end is not None and not remaining_fits(runtime.clock(), slot_end, runtime.per_node_estimate)
 
 

@@ -27,7 +27,7 @@ from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, distribute, download, preflight, upgrade_node
 from inventory import repo
 from inventory.cases import check_case_ref
-from inventory.db import session_scope
+from inventory.db import server_away, session_scope
 from inventory.models import RunState
 from inventory.runs import create_run, get_run
 from tasks.failpoints import failpoint
@@ -116,6 +116,12 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                 failpoint(f"after-node:{node.position}")
             progress.update(number)
     except Exception as exc:
+        if server_away(exc):
+            # The database went away for longer than inventory.db waits, not the update: failing
+            # the run would tell the customer it failed and open a P1 over a database outage.
+            # Left running; `upkeep resume` (or the dispatcher, once the lease runs out) goes on.
+            log.error("run %s: the database is unavailable (%s); left running to resume", run_id, exc)
+            raise
         finish(runtime, plan, run_id, RunState.failed, reason=str(exc))
         log.error("run %s failed: %s", run_id, exc)
         alert_sre(runtime, run_id, str(exc))

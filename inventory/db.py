@@ -62,7 +62,7 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine
         # Pre-ping: a pooled connection the server closed (restart) is replaced on checkout.
         kwargs.setdefault("pool_pre_ping", True)
         engine = create_engine(url, **kwargs)
-        _wait_for_server_on_connect(engine, DB_OUTAGE_SECONDS)
+        _wait_for_server_on_connect(engine)
         return engine
     raise ValueError(
         f"database URL {parsed.render_as_string(hide_password=True)!r}: only sqlite and "
@@ -80,8 +80,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def server_away(exc: BaseException) -> bool:
-    """True when `exc` says the database server dropped or refused the connection (restarting,
-    failing over, shutting down), as opposed to a bad query, credentials or data."""
+    """True when `exc`, or the exception it was raised from (a step wraps what failed under it),
+    says the database server dropped or refused the connection (restarting, failing over, shutting
+    down), as opposed to a bad query, credentials or data."""
+    if exc.__cause__ is not None and server_away(exc.__cause__):
+        return True
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
@@ -93,12 +96,12 @@ def server_away(exc: BaseException) -> bool:
     return sqlstate is None and any(sign in str(exc) for sign in _AWAY_TEXT)
 
 
-def _wait_for_server_on_connect(engine: Engine, patience: float) -> None:
+def _wait_for_server_on_connect(engine: Engine) -> None:
     seen = {"connected": False}
 
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-        deadline = time.monotonic() + patience
+        deadline = time.monotonic() + DB_OUTAGE_SECONDS  # read per call: tests shorten it
         delay = 0.05
         while True:
             try:
@@ -114,10 +117,11 @@ def _wait_for_server_on_connect(engine: Engine, patience: float) -> None:
             return connection
 
 
-def retrying(engine: Engine, work: Callable[[Connection], T], *, patience: float = DB_OUTAGE_SECONDS) -> T:
+def retrying(engine: Engine, work: Callable[[Connection], T]) -> T:
     """`work(conn)` in one transaction, run again (on a new connection) when the server dropped the
-    connection under it. `work` must be safe to repeat: see the module docstring."""
-    deadline = time.monotonic() + patience
+    connection under it, for up to `DB_OUTAGE_SECONDS`. `work` must be safe to repeat: see the
+    module docstring."""
+    deadline = time.monotonic() + DB_OUTAGE_SECONDS
     while True:
         try:
             with engine.begin() as conn:

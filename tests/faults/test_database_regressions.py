@@ -169,3 +169,50 @@ def test_the_cli_says_the_database_is_unavailable_in_one_line(pg: PrivatePostgre
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "│" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: the database is unavailable (connection failed"), proc.stderr
+
+
+@pytest.mark.lab
+@pytest.mark.prefect
+def test_a_database_outage_under_a_run_leaves_it_to_resume_instead_of_failing_it(
+    pg: PrivatePostgres,
+    pg_engine: Any,
+    faults_lab: Any,
+    prefect_harness: None,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outage longer than Upkeep waits (here: no wait at all) stops the run where it is. It used
+    to be marked failed, with a failure notice to the customer and a P1 case, over a database blip."""
+    import inventory.db
+    from flows.product_update import product_update
+    from inventory.outbox import Notice
+    from tests.faults.conftest import take_cluster
+    from tests.faults.helpers import runs_of, upgrades
+    from tests.integration.conftest import _runtime
+    from upkeep.settings import load_settings
+
+    migrate(pg_engine)
+    cluster = take_cluster(faults_lab)
+    settings = load_settings(home=tmp_path / "home", **faults_lab.settings_overrides())
+    runtime = _runtime(faults_lab, settings, pg_engine)
+    next(runtime)
+    try:
+        monkeypatch.setattr(inventory.db, "DB_OUTAGE_SECONDS", 0.0)
+        # The read of `upkeep pause|cancel` requests before node 1: no node touched yet.
+        fired = _terminate_own_session_on(pg_engine, pg, "SELECT upgraderun.requested_action")
+        state = product_update(cluster=cluster, to_version=TARGET, return_state=True)
+        assert fired and state.is_failed(), state
+        (run,) = runs_of(pg_engine, cluster)
+        assert run.state == RunState.running, run.reason
+        with session_scope(pg_engine) as session:
+            kinds = sorted(n.kind for n in session.exec(select(Notice)).all())
+        assert "failed" not in kinds, kinds
+        assert upgrades(faults_lab, cluster) == [0, 0, 0]
+
+        monkeypatch.setattr(inventory.db, "DB_OUTAGE_SECONDS", 60.0)
+        again = product_update(cluster=cluster, to_version=TARGET, run_id=run.id, return_state=True)
+        assert again.is_completed(), again
+        assert upgrades(faults_lab, cluster) == [1, 1, 1]
+        assert [r.state for r in runs_of(pg_engine, cluster)] == [RunState.succeeded]
+    finally:
+        next(runtime, None)

@@ -24,7 +24,7 @@ from flows.plan import UpdatePlan, plan_update
 from flows.records import node_done
 from flows.report import Progress, summary_artifacts
 from flows.runtime import Runtime, current
-from flows.steps import NodeConnections, distribute, download, preflight, upgrade_node
+from flows.steps import NodeConnections, distribute, download, preflight, untagged_steps, upgrade_node
 from inventory import repo
 from inventory.cases import check_case_ref
 from inventory.db import server_away, session_scope
@@ -71,7 +71,7 @@ def product_update(
     log.info("run %s: %s (%d nodes)", run_id, plan.label, len(plan.nodes))
 
     # The lease first: waiting for a cluster slot can take long, and the run is held meanwhile.
-    with lease.hold(runtime, run_id, owner) as heartbeat, cluster_slot(runtime):
+    with lease.hold(runtime, run_id, owner) as heartbeat, cluster_slot(runtime), untagged_steps():
         return _carry_out(runtime, plan, run_id, heartbeat)
 
 

@@ -13,6 +13,7 @@ from threading import Lock
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TagsContext
 
 from flows.plan import PlannedNode, UpdatePlan
 from flows.records import recorded
@@ -63,6 +64,18 @@ class NodeConnections:
             for runner in self._runners.values():
                 runner.close()
             self._runners.clear()
+
+
+@contextmanager
+def untagged_steps() -> Iterator[None]:
+    """Task runs started inside carry no tags, whatever the flow run's (customer:, cluster:, ...).
+
+    At the start of every task run with tags, Prefect asks its API for a concurrency slot per tag,
+    limit or no limit (PrefectHQ/prefect#19367). With the API unreachable past the client's retries,
+    the next node's upgrade could not start and the run failed on a UI outage. The flow run keeps
+    its tags, which is where the UI filters by them."""
+    with TagsContext(current_tags=set()):
+        yield
 
 
 def _each_node(plan: UpdatePlan, work: Callable[[PlannedNode], str]) -> list[str]:

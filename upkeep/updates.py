@@ -12,7 +12,7 @@ from flows.plan import UpdatePlan, plan_update
 from inventory.db import session_scope
 from inventory.run_report import node_rows, run_row
 from inventory.runs import get_run
-from upkeep.console import CliError, console, print_json
+from upkeep.console import CliError, console, err_console, print_json
 
 
 def _plan(cluster: str, to_version: str, engine: Engine) -> UpdatePlan:
@@ -91,9 +91,14 @@ def _run_flow(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool) -
     tags = [f"customer:{plan.customer}", f"cluster:{plan.cluster}", "source:cli"]
     tags += [f"case:{case}"] if case else []
     with quiet_prefect(), prefect.tags(*tags):
-        state = product_update(
-            cluster=plan.cluster, to_version=plan.to_version, run_id=run_id, return_state=True
-        )
+        try:
+            state = product_update(
+                cluster=plan.cluster, to_version=plan.to_version, run_id=run_id, return_state=True
+            )
+        except Exception as exc:
+            if not api_unreachable(exc):
+                raise
+            return _after_api_loss(run_id, exc, engine=engine, as_json=as_json)
     with session_scope(engine) as session:
         run = get_run(run_id, session=session)
         reason, run_state = run.reason, run.state
@@ -101,6 +106,53 @@ def _run_flow(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool) -
     if state.is_failed():
         raise CliError(f"run {run_id} failed: {reason or state.message}")
     if run_state != "succeeded":
+        console.print(f"run {run_id} is {run_state}: {reason}", markup=False)
+    return run_id
+
+
+def api_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is the Prefect API not answering: no connection, a timeout,
+    or a server error after the client's own retries."""
+    import httpx
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, httpx.TransportError):
+            return True
+        if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code >= 500:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _after_api_loss(run_id: int, exc: Exception, *, engine: Engine, as_json: bool) -> int:
+    """Prefect could not start the flow run, or could not record its end. Our database says how far
+    the run got, so the verdict comes from there; the Prefect UI may just not know."""
+    from prefect.settings import PREFECT_API_URL
+
+    from inventory.models import RunState
+
+    with session_scope(engine) as session:
+        run = get_run(run_id, session=session)
+        reason, run_state = run.reason, RunState(run.state)
+    trouble = f"the Prefect API at {PREFECT_API_URL.value()} did not answer ({type(exc).__name__}: {exc})"
+    if run_state in (RunState.planned, RunState.running):
+        # The flow never got to the run (or lost it to another process): nothing was touched after.
+        raise CliError(
+            f"run {run_id} is {run_state} and was not carried on: {trouble}; "
+            f"`upkeep resume {run_id}` continues it once the API answers"
+        )
+    show_run(run_id, engine=engine, as_json=as_json)
+    err_console.print(
+        f"note: {trouble} as the run ended; the record above is complete, the Prefect UI may show "
+        "its flow run unfinished",
+        markup=False,
+    )
+    if run_state is RunState.failed:
+        raise CliError(f"run {run_id} failed: {reason}")
+    if run_state is not RunState.succeeded:
         console.print(f"run {run_id} is {run_state}: {reason}", markup=False)
     return run_id
 

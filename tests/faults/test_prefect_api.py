@@ -275,3 +275,54 @@ def test_outage_past_the_client_retries_costs_the_ui_its_view_not_the_run(
         "the UI missed the progress after node 1 (a warning says so)",
     )
 
+
+def test_api_down_when_the_update_starts_touches_nothing_and_resume_finishes_it(
+    api: ApiSetup, api_lab: Any, smtp: SmtpServer, record: Any
+) -> None:
+    """Refused from the start: Prefect cannot create the flow run. One clear line, no node touched,
+    and `upkeep resume RUN` finishes the run once the API answers. It was a 100-line traceback."""
+    env = {**api.env, "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    api.proxy.down("refuse")
+    try:
+        refused = upkeep_cli(env, "update", api.cluster, "--to", TARGET, check=False)
+    finally:
+        api.proxy.up()
+    (run,) = runs_of(api.engine, api.cluster)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr[-3000:]
+    assert f"run {run.id} is planned and was not carried on" in lines[0]
+    assert f"127.0.0.1:{api.proxy.port}/api" in lines[0] and f"upkeep resume {run.id}" in lines[0]
+    assert steps_of(api.engine, run.id or 0) == []
+    assert [len(api_lab.upgrade_log(host)) for host in hosts(api_lab, api.cluster)] == [0, 0, 0]
+
+    resumed = upkeep_cli(api.env, "resume", str(run.id), check=False)
+    why = f"{lines[0]}\n{resumed.stdout[-2000:]}{resumed.stderr[-3000:]}"
+    assert resumed.returncode == 0, why
+    assert_upgraded_exactly_once(api, api_lab, smtp, why)
+    record(
+        AREA,
+        "API refused when `upkeep update` starts; `upkeep resume` once it is back",
+        detail=f"one line: {lines[0][:160]}; resume upgraded every node once",
+    )
+
+
+def test_api_down_as_the_run_ends_reports_the_run_as_the_database_has_it(
+    api: ApiSetup, api_lab: Any, smtp: SmtpServer, record: Any
+) -> None:
+    """Refused from the last node's verification on, no client retries: the UI artifacts and the
+    flow run's final state cannot be written. The run succeeded and the CLI says so (exit 0, a note
+    about the UI). It was exit 1 and the CLI's own traceback, for a run that had succeeded."""
+    env = {**api.env, "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    outcome = run_with_outage(
+        api, ["update", api.cluster, "--to", TARGET], step_began(api.engine, "verify", 3), seconds=8, env=env
+    )
+    assert outcome.proc.returncode == 0, outcome.why()
+    # Prefect's own log shows the exception; the CLI's verdict comes from our record.
+    assert "the Prefect UI may show its flow run unfinished" in outcome.proc.stderr, outcome.why()
+    assert "succeeded" in outcome.proc.stdout, outcome.why()
+    run = assert_upgraded_exactly_once(api, api_lab, smtp, outcome.why())
+    record(
+        AREA,
+        "API refused from the last node's verification on, through the flow run's end",
+        detail=f"run {run.id} succeeded, exit 0; the CLI notes the UI may show the flow run unfinished",
+    )

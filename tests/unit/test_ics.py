@@ -49,7 +49,10 @@ def test_customer_text_comes_back_as_given_and_stays_in_its_property(cluster: st
     assert str(event["summary"]) == f"{'URGENT: ' if urgent else ''}Upgrade of {as_read} to 4.3.0"
     assert str(event["description"]).startswith(f"{as_read}: 4.2.1 -> 4.3.0 (update-42)\n")
     if reason:
-        assert f"\nNote: {read_back(reason)}\n" in str(event["description"])
+        # read back as a whole: a CR at the end of the reason and the line break after it are one break
+        assert str(event["description"]).endswith(
+            read_back(f"\nNote: {reason}\nSupport: support@vendor.example")
+        )
     assert len(event["attendee"]) == 2 and str(event["organizer"]) == "mailto:upkeep@vendor.example"
     assert event.decoded("dtstamp") == STAMP.replace(microsecond=0)
     assert (int(event["priority"]) == 1) if urgent else ("priority" not in event)

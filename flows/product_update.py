@@ -112,9 +112,10 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                 if window_closing(runtime, run_id):
                     return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
                 outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node)
-                log.info("%s: %s", node.hostname, outcomes[node.hostname])
+                # The console's line; the UI reads it in the progress artifact below (one API call).
+                log.info("%s: %s", node.hostname, outcomes[node.hostname], extra={"send_to_api": False})
                 failpoint(f"after-node:{node.position}")
-            progress.update(number)
+            progress.update(number, node.hostname, outcomes[node.hostname])
     except Exception as exc:
         if server_away(exc):
             # The database went away for longer than inventory.db waits, not the update: failing

@@ -1,4 +1,4 @@
-"""What people watching a run in the Prefect UI see: progress per node, then a summary and a table.
+"""What people watching a run in the Prefect UI see: progress per node, then a summary with the node table.
 
 All of it is best effort. Our database is the record of a run; these are copies for the UI, written
 through the Prefect API. When that API is unreachable (after the client's own retries), the UI misses
@@ -9,14 +9,13 @@ refusing the failed run (tests/faults/test_prefect_api.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.logging import get_logger
@@ -41,33 +40,41 @@ def best_effort(what: str, call: Callable[[], T]) -> T | None:
 
 
 class Progress:
-    """A progress artifact moved on after every node."""
+    """A progress artifact moved on after every node; its description lists how each node ended, so
+    the per-node log lines need not go to the API as well (one call per node instead of two)."""
 
     def __init__(self, plan: UpdatePlan) -> None:
         self._total = len(plan.nodes)
+        self._label = f"Nodes of {plan.label}"
+        self._ended: list[str] = []
         artifact = best_effort(
             "progress artifact",
-            lambda: create_progress_artifact(progress=0.0, description=f"Nodes of {plan.label}"),
+            lambda: create_progress_artifact(progress=0.0, description=self._label),
         )
         self._id: UUID | None = artifact if isinstance(artifact, UUID) else None
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, node: str = "", outcome: str = "") -> None:
+        if node:
+            self._ended.append(f"- {node}: {outcome}")
         artifact_id = self._id
         if artifact_id is not None:
+            description = "\n".join([self._label, "", *self._ended])
             best_effort(
                 f"progress {done}/{self._total}",
-                lambda: update_progress_artifact(artifact_id, progress=100.0 * done / self._total),
+                lambda: update_progress_artifact(
+                    artifact_id, progress=100.0 * done / self._total, description=description
+                ),
             )
 
 
+NODE_COLUMNS = ("node", "before", "after", "seconds", "result")
+
+
 def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int) -> None:
+    """One markdown artifact: the run's summary, then the node table (one API call, not two)."""
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
         summary, nodes = run_row(run, session), node_rows(run, session)
-    best_effort(
-        "node table",
-        lambda: create_table_artifact(key="update-nodes", table=nodes, description=f"Nodes of {plan.label}"),
-    )
     lines = [
         f"# Update {plan.label}",
         "",
@@ -75,6 +82,8 @@ def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int) -> None:
         f" via {summary['source']}",
         f"- package: `{plan.package}` (sha256 `{plan.sha256[:16]}…`)",
         f"- nodes: {len(nodes)}, upgraded: {sum(1 for n in nodes if n['result'] == 'upgraded')}",
+        "",
+        *markdown_table(nodes, NODE_COLUMNS),
     ]
     best_effort(
         "summary",
@@ -82,3 +91,15 @@ def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int) -> None:
             key="update-summary", markdown="\n".join(lines), description=plan.label
         ),
     )
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value)
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows),
+    ]

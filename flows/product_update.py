@@ -83,7 +83,10 @@ def cluster_slot(runtime: Runtime) -> Iterator[None]:
         return
     from prefect.concurrency.sync import concurrency
 
-    with concurrency(runtime.cluster_limit, occupy=1, strict=True):
+    # strict: a limit that does not exist is a setup error, said at once. But a slot lease that cannot
+    # be renewed (the Prefect API away for a while) must not cancel the flow in the middle of a node:
+    # our own run lease (flows/lease.py) is what guards the run; the fleet limit may briefly overshoot.
+    with concurrency(runtime.cluster_limit, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
         yield
 
 

@@ -109,7 +109,17 @@ def test_the_flow_refuses_a_malformed_case_parameter() -> None:
     from inventory.cases import CaseError
 
     with pytest.raises(CaseError):
-        _claim(None, "c1", "9.10.0", "cli", "", None, "$(id)", False)  # type: ignore[arg-type]
+        _claim(
+            None,  # type: ignore[arg-type]  # refused before the runtime is used
+            cluster="c1",
+            to_version="9.10.0",
+            source="cli",
+            requested_by="",
+            run_id=None,
+            case="$(id)",
+            require_approval=False,
+            lease_owner=None,
+        )
 
 
 def test_a_release_index_nested_too_deeply_is_refused_in_one_line() -> None:

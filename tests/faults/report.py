@@ -54,7 +54,22 @@ COVERED_ELSEWHERE = [
         "`upkeep update` killed at 5 fixed points",
         "tests/integration/test_resume.py",
     ),
+    (
+        "crash (kill -9) and resume",
+        "dispatcher killed mid-run: the orphan is taken over once its lease runs out, never while live",
+        "tests/integration/test_takeover.py",
+    ),
+    (
+        "remote (SSH)",
+        "one Fabric Config shared by connections in many threads (race)",
+        "tests/integration/test_ssh_threads.py",
+    ),
     ("SMTP", "down, 4xx, 5xx, login refused, crash after accept", "tests/integration/test_notices.py"),
+    (
+        "SMTP",
+        "one session for a batch: dropped between messages, 4xx/5xx on one of them",
+        "tests/integration/test_notice_batches.py",
+    ),
     (
         "hostile input",
         "inventory YAML (Hypothesis, 1,000 examples per property)",

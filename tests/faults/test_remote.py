@@ -119,13 +119,16 @@ def test_connect_timeout_on_a_blackholed_port_fails_fast_and_touches_no_node(
     _ssh(faults_runtime, connect_timeout=1.0)
     with Blackhole() as hole:
         point_node_at(faults_runtime.engine, second, hole.port)
-        started = time.monotonic()
+        started = time.time()
         run = _failed_run(faults_runtime, faults_cluster)
-        took = time.monotonic() - started
 
     assert run.reason.startswith("pre-flight failed, no node touched") and second in run.reason
     assert f"{second}: cannot connect: no SSH answer within 1 s" in run.reason, run.reason
-    assert took < 15, f"a 1 s connect timeout took {took:.1f} s to fail the run"
+    # Timed by our own record of the node's pre-flight, not around the whole flow: what follows the
+    # failure (diagnostics, Prefect's bookkeeping) once took 60 s when the Prefect test server's SQLite
+    # was locked, which says nothing about the connect timeout.
+    took = _step_finished(faults_runtime.engine, run.id or 0, second, "pre-flight") - started
+    assert took < 15, f"a 1 s connect timeout took {took:.1f} s to fail the node's pre-flight"
     assert upgrades(faults_lab, faults_cluster) == [0, 0, 0]
     record("remote (SSH)", "connect timeout: blackholed port (accepts, never answers)")
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import col, select
 
-from inventory.db import session_scope
-from inventory.models import Cluster, Node, NodeStep, UpgradeRun
+from inventory.db import migrate, session_scope
+from inventory.importer import import_inventory
+from inventory.models import Cluster, Node, NodeStep, RunState, UpgradeRun
+from inventory.runs import create_run
+from inventory.types import utcnow
 from tests.integration.conftest import nodes_of
 
 TARGET = "9.10.0"
@@ -98,3 +102,27 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> 
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def rollout_due_now(engine: Any, inventory_path: Path) -> None:
+    """A fresh database holding the lab's inventory and, per cluster, a run to TARGET whose announced
+    slot has just begun: what the dispatcher sees at the start of a rollout."""
+    migrate(engine)
+    import_inventory(inventory_path, engine=engine, actor="test")
+    now = utcnow()
+    with session_scope(engine) as session:
+        for cluster in session.exec(select(Cluster).order_by(col(Cluster.name))).all():
+            run = create_run(
+                cluster,
+                to_version=TARGET,
+                source="schedule",
+                requested_by="t",
+                session=session,
+                state=RunState.planned,
+            )
+            run.slot_start, run.slot_end, run.notice_sequence = (
+                now - timedelta(minutes=1),
+                now + timedelta(hours=4),
+                1,
+            )
+            session.add(run)

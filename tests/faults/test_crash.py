@@ -21,22 +21,19 @@ import os
 import signal
 import sys
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import col, select
 
-from inventory.db import make_engine, migrate, session_scope
+from inventory.db import make_engine, session_scope
 from inventory.models import Cluster, Node, NodeStep, RunState, StepState, UpgradeRun
 from inventory.outbox import Notice, NoticeState
 from inventory.run_report import node_rows
-from inventory.runs import create_run
-from inventory.types import utcnow
 from tasks.mail import message_id_for
 from tests.faults.conftest import SOAK
-from tests.faults.helpers import TARGET
+from tests.faults.helpers import TARGET, rollout_due_now
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
 
@@ -63,8 +60,6 @@ def rollout(crash_lab: Any, prefect_harness: None, smtp: SmtpServer, tmp_path: P
     run planned per cluster."""
     from prefect.settings import PREFECT_API_URL
 
-    from inventory.importer import import_inventory
-
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
@@ -82,25 +77,7 @@ def rollout(crash_lab: Any, prefect_harness: None, smtp: SmtpServer, tmp_path: P
         }
     )
     engine = make_engine(f"sqlite:///{home / 'upkeep.db'}")
-    migrate(engine)
-    import_inventory(crash_lab.inventory_path, engine=engine, actor="test")
-    now = utcnow()
-    with session_scope(engine) as session:
-        for cluster in session.exec(select(Cluster).order_by(col(Cluster.name))).all():
-            run = create_run(
-                cluster,
-                to_version=TARGET,
-                source="schedule",
-                requested_by="t",
-                session=session,
-                state=RunState.planned,
-            )
-            run.slot_start, run.slot_end, run.notice_sequence = (
-                now - timedelta(minutes=1),
-                now + timedelta(hours=4),
-                1,
-            )
-            session.add(run)
+    rollout_due_now(engine, crash_lab.inventory_path)
     try:
         yield env, engine
     finally:

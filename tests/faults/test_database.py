@@ -22,21 +22,18 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import select
 
-from inventory.db import make_engine, migrate, session_scope
+from inventory.db import make_engine, session_scope
 from inventory.models import Cluster, NodeStep, RunState, StepState, UpgradeRun
 from inventory.outbox import Notice, NoticeState
-from inventory.runs import create_run
-from inventory.types import utcnow
 from tasks.mail import message_id_for
 from tests.faults.conftest import SOAK
-from tests.faults.helpers import TARGET
+from tests.faults.helpers import TARGET, rollout_due_now
 from tests.faults.postgres import PrivatePostgres, missing_binaries
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
@@ -93,8 +90,6 @@ def pg_rollout(
     lab's inventory) with one due, planned run per cluster."""
     from prefect.settings import PREFECT_API_URL
 
-    from inventory.importer import import_inventory
-
     url = private_pg.create_database(f"upkeep_{os.getpid()}_{time.monotonic_ns()}")
     home = tmp_path / "home"
     home.mkdir()
@@ -114,25 +109,7 @@ def pg_rollout(
         }
     )
     engine = make_engine(url)
-    migrate(engine)
-    import_inventory(db_lab.inventory_path, engine=engine, actor="test")
-    now = utcnow()
-    with session_scope(engine) as session:
-        for cluster in session.exec(select(Cluster).order_by(col(Cluster.name))).all():
-            run = create_run(
-                cluster,
-                to_version=TARGET,
-                source="schedule",
-                requested_by="t",
-                session=session,
-                state=RunState.planned,
-            )
-            run.slot_start, run.slot_end, run.notice_sequence = (
-                now - timedelta(minutes=1),
-                now + timedelta(hours=4),
-                1,
-            )
-            session.add(run)
+    rollout_due_now(engine, db_lab.inventory_path)
     try:
         yield env, engine
     finally:

@@ -104,25 +104,31 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def due_now(session: Any, cluster: Cluster) -> UpgradeRun:
+    """A planned run of `cluster` to TARGET whose announced slot has just begun."""
+    now = utcnow()
+    run = create_run(
+        cluster,
+        to_version=TARGET,
+        source="schedule",
+        requested_by="t",
+        session=session,
+        state=RunState.planned,
+    )
+    run.slot_start, run.slot_end, run.notice_sequence = (
+        now - timedelta(minutes=1),
+        now + timedelta(hours=4),
+        1,
+    )
+    session.add(run)
+    return run
+
+
 def rollout_due_now(engine: Any, inventory_path: Path) -> None:
     """A fresh database holding the lab's inventory and, per cluster, a run to TARGET whose announced
     slot has just begun: what the dispatcher sees at the start of a rollout."""
     migrate(engine)
     import_inventory(inventory_path, engine=engine, actor="test")
-    now = utcnow()
     with session_scope(engine) as session:
         for cluster in session.exec(select(Cluster).order_by(col(Cluster.name))).all():
-            run = create_run(
-                cluster,
-                to_version=TARGET,
-                source="schedule",
-                requested_by="t",
-                session=session,
-                state=RunState.planned,
-            )
-            run.slot_start, run.slot_end, run.notice_sequence = (
-                now - timedelta(minutes=1),
-                now + timedelta(hours=4),
-                1,
-            )
-            session.add(run)
+            due_now(session, cluster)

@@ -22,9 +22,9 @@ from sqlmodel import select
 from flows.dispatch import dispatch
 from inventory.db import session_scope
 from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
-from inventory.runs import create_run
 from inventory.types import utcnow
 from tests.conftest import POSTGRES_URL
+from tests.faults.helpers import due_now
 from tests.integration import conftest as integration
 from tests.integration.conftest import nodes_of, upkeep_cli
 
@@ -43,23 +43,8 @@ def second_fresh_cluster(lab: Any, fresh_cluster: str) -> str:
 
 
 def _due(engine: Any, cluster: str) -> int:
-    now = utcnow()
     with session_scope(engine) as session:
-        row = session.exec(select(Cluster).where(Cluster.name == cluster)).one()
-        run = create_run(
-            row,
-            to_version=TARGET,
-            source="schedule",
-            requested_by="t",
-            session=session,
-            state=RunState.planned,
-        )
-        run.slot_start, run.slot_end, run.notice_sequence = (
-            now - timedelta(minutes=1),
-            now + timedelta(hours=4),
-            1,
-        )
-        session.add(run)
+        run = due_now(session, session.exec(select(Cluster).where(Cluster.name == cluster)).one())
         session.flush()
         return run.id or 0
 

@@ -27,6 +27,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from flows import lease
+from flows.alerts import alert_sre, deliver_alerts
 from flows.notify import deliver_pending
 from flows.plan import plan_update
 from flows.run_notices import VendorTerms, queue_run_notice
@@ -61,6 +62,7 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
     started = [c.run_id for c in claims if not c.taken_over]
     taken_over = [c.run_id for c in claims if c.taken_over]
     report = deliver_pending(runtime.engine, runtime.mailer, now=now, sender=runtime.mail_from, limit=500)
+    alerts = deliver_alerts(runtime, now=now)
     get_run_logger().info(
         "reminders %s, started %s, taken over %s, notices sent %d",
         reminded,
@@ -73,6 +75,7 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
         "started": started,
         "taken_over": taken_over,
         "notices_sent": len(report.sent),
+        "alerts_sent": len(alerts.sent),
     }
 
 
@@ -129,17 +132,26 @@ def send_reminders(runtime: Runtime, now: datetime) -> list[str]:
             fresh = session.get(UpgradeRun, run.id)
             if fresh is None or fresh.state != RunState.planned or _queued(session, fresh, label):
                 continue
-            # The customer always; the SRE too when the pre-flight found a problem.
-            for to_sre in (False, True) if summary.startswith("FAILED") else (False,):
-                queue_run_notice(
-                    fresh,
-                    "reminder",
-                    vendor=VendorTerms.from_runtime(runtime),
+            queue_run_notice(
+                fresh,
+                "reminder",
+                vendor=VendorTerms.from_runtime(runtime),
+                session=session,
+                now=now,
+                variant=label,
+                preflight=summary,
+            )
+            if summary.startswith("FAILED"):  # the SRE too, with time to fix it before the slot
+                alert_sre(
+                    runtime,
+                    kind="preflight",
+                    headline=f"pre-flight {label} before update-{fresh.id} failed",
+                    cause=summary.removeprefix("FAILED: "),
+                    run_id=fresh.id,
+                    step="pre-flight",
+                    detail="The customer's reminder says so; the start-time pre-flight will block the run.",
+                    key=f"run-{fresh.id}:preflight:{fresh.notice_sequence}:{label}",
                     session=session,
-                    now=now,
-                    to_sre=to_sre,
-                    variant=label,
-                    preflight=summary,
                 )
         sent.append(f"update-{run.id}:{label}")
     return sent

@@ -225,8 +225,12 @@ def deliver_notices(limit: int = 100) -> dict[str, Any]:
         sender=runtime.mail_from,
         limit=limit,
     )
+    from flows.alerts import deliver_alerts
+
+    alerts = deliver_alerts(runtime)
     logger = get_run_logger()
     logger.info("notices: %d sent, %d retrying later", len(report.sent), len(report.retrying))
+    logger.info("SRE alerts: %d sent, %d retrying later", len(alerts.sent), len(alerts.retrying))
     if report.transport_error:
         logger.error("mail server unusable: %s", report.transport_error)
     for failure in report.failed:

@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from flows.alerts import alert_sre as send_alert
 from flows.plan import UpdatePlan
-from flows.records import node_done
+from flows.records import node_done, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime
 from flows.schedule import next_window
@@ -38,9 +39,36 @@ def _notify(
         log.warning("run %s: customer has no contacts; %s notice not queued", run.id, kind)
 
 
-def mark_started(runtime: Runtime, run: UpgradeRun, session: Session) -> None:
-    """The customer hears that work began (once per announced slot: the notice key includes it)."""
-    _notify(run, "started", runtime, session, runtime.clock())
+def mark_started(runtime: Runtime, run_id: int) -> None:
+    """The customer hears that work began: called once pre-flight and approval have passed, right
+    before the first node is touched (once per announced slot: the notice key includes it)."""
+    with session_scope(runtime.engine) as session:
+        _notify(get_run(run_id, session=session), "started", runtime, session, runtime.clock())
+
+
+def fail_before_nodes(runtime: Runtime, plan: UpdatePlan, run_id: int, cause: str) -> None:
+    """A failure before any node was touched is ours (file server, credentials, package, settings,
+    a node's pre-flight): the run ends `failed` with the cause, the customer is told nothing (they
+    heard nothing had started) and no customer case is opened; the SRE is alerted with what was
+    tried. The update can be asked for again once the cause is fixed."""
+    node, step = stopped_at(runtime.engine, run_id)
+    reason = f"{cause} (no node touched; customer not notified)"
+    with session_scope(runtime.engine) as session:
+        finish_run(get_run(run_id, session=session), RunState.failed, reason=reason, session=session)
+        send_alert(
+            runtime,
+            kind="vendor-side",
+            headline=f"run {run_id} failed at {step or 'start'} before any node was touched",
+            cause=cause,
+            run_id=run_id,
+            node=node,
+            step=step or "start",
+            detail="The customer was told nothing and no case was opened (vendor-side failure).",
+            action=f"Fix the cause, then ask for the update again: upkeep request {plan.cluster} "
+            f"--to {plan.to_version} (or upkeep update for now).",
+            key=f"run-{run_id}:vendor-side",
+            session=session,
+        )
 
 
 def finish(runtime: Runtime, plan: UpdatePlan, run_id: int, state: RunState, reason: str = "") -> None:
@@ -58,32 +86,38 @@ def finish(runtime: Runtime, plan: UpdatePlan, run_id: int, state: RunState, rea
 
 
 def alert_sre(runtime: Runtime, run_id: int, reason: str) -> None:
-    """After a failure is recorded: collect diagnostics and open (or link) a case, then tell the SRE,
-    naming both. Diagnostics trouble never hides the failure itself: the SRE is told either way."""
+    """After a failure once nodes were touched: collect diagnostics and open (or link) a case, then
+    tell the SRE, naming both. Diagnostics trouble never hides the failure itself: the SRE is told
+    either way."""
     from flows.failed_run_case import handle_failed_run
 
-    case_id, bundle_url = "", ""
+    case_id, bundle_url, detail = "", "", ""
     try:
         report = handle_failed_run(run_id, runtime=runtime, now=runtime.clock())
         case_id, bundle_url = report.case_id, report.bundle_url or ""
         if report.error:
-            reason = f"{reason}\n(diagnostics: {report.error})"
+            detail = f"diagnostics: {report.error}"
     except Exception as exc:
         log.exception("run %s: diagnostics after the failure did not complete", run_id)
-        reason = f"{reason}\n(diagnostics could not be collected: {exc})"
-    with session_scope(runtime.engine) as session:
-        run = get_run(run_id, session=session)
-        queue_run_notice(
-            run,
-            "failed",
-            vendor=VendorTerms.from_runtime(runtime),
-            session=session,
-            now=runtime.clock(),
-            to_sre=True,
-            reason=reason,
-            case_ref=case_id or None,
-            bundle_url=bundle_url,
-        )
+        detail = f"diagnostics could not be collected: {exc}"
+    node, step = stopped_at(runtime.engine, run_id)
+    send_alert(
+        runtime,
+        kind="run-failed",
+        headline=f"run {run_id} failed"
+        + (f" at {node}" if node else "")
+        + (f", step {step}" if step else ""),
+        cause=reason.splitlines()[0] if reason else "unknown",
+        run_id=run_id,
+        node=node,
+        step=step,
+        detail="\n".join(
+            filter(None, [*reason.splitlines()[1:], detail, "The customer was told it failed."])
+        ),
+        case_ref=case_id,
+        bundle_url=bundle_url,
+        key=f"run-{run_id}:failed",
+    )
 
 
 def requested_stop(runtime: Runtime, run_id: int) -> str:

@@ -18,10 +18,18 @@ from prefect import flow, get_run_logger
 
 from flows import lease
 from flows.approval import wait_for_approval
-from flows.outcomes import alert_sre, carry_over, finish, mark_started, requested_stop, window_closing
+from flows.outcomes import (
+    alert_sre,
+    carry_over,
+    fail_before_nodes,
+    finish,
+    mark_started,
+    requested_stop,
+    window_closing,
+)
 from flows.outcomes import stop as outcomes_stop
 from flows.plan import UpdatePlan, plan_update
-from flows.records import node_done
+from flows.records import node_done, nodes_touched
 from flows.report import Progress, summary_artifacts
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, distribute, download, preflight, untagged_steps, upgrade_node
@@ -101,6 +109,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         if not wait_for_approval(runtime, run_id, plan):
             finish(runtime, plan, run_id, RunState.cancelled, reason="approval refused")
             return _result(run_id, plan, "cancelled", outcomes)
+        mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears
         distribute(plan, run_id, runtime, conns, package)
         for number, node in enumerate(plan.nodes, 1):
             if node_done(runtime.engine, run_id, node.id):
@@ -126,8 +135,11 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             # Left running; `upkeep resume` (or the dispatcher, once the lease runs out) goes on.
             log.error("run %s: the database is unavailable (%s); left running to resume", run_id, exc)
             raise
-        finish(runtime, plan, run_id, RunState.failed, reason=str(exc))
         log.error("run %s failed: %s", run_id, exc)
+        if not nodes_touched(runtime.engine, run_id):
+            fail_before_nodes(runtime, plan, run_id, str(exc))  # vendor-side: the customer hears nothing
+            raise
+        finish(runtime, plan, run_id, RunState.failed, reason=str(exc))
         alert_sre(runtime, run_id, str(exc))
         raise
     finally:
@@ -182,7 +194,6 @@ def _claim(
         owner = lease.acquire(
             session, run, runtime, expected=lease_owner, actor=requested_by or runtime.actor
         )
-        mark_started(runtime, run, session)
         assert run.id is not None
         return plan, run.id, owner
 

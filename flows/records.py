@@ -87,3 +87,28 @@ def node_done(engine: Engine, run_id: int, node_id: int) -> bool:
         col(NodeStep.state) == StepState.succeeded,
     )
     return retrying(engine, lambda conn: conn.execute(query).first()) is not None  # a read: safe to repeat
+
+
+def stopped_at(engine: Engine, run_id: int) -> tuple[str, str]:
+    """(node hostname, step) of the run's latest failed step, or ("", "") if none failed; the
+    hostname is "" for a step not on a node (download)."""
+    from inventory.models import Node
+
+    query = (
+        select(NodeStep.step, Node.hostname)
+        .join(Node, col(Node.id) == col(NodeStep.node_id), isouter=True)
+        .where(col(NodeStep.run_id) == run_id, col(NodeStep.state) == StepState.failed)
+        .order_by(col(NodeStep.id).desc())
+        .limit(1)
+    )
+    row = retrying(engine, lambda conn: conn.execute(query).first())
+    return (str(row[1] or ""), str(row[0])) if row is not None else ("", "")
+
+
+def nodes_touched(engine: Engine, run_id: int) -> bool:
+    """True once anything was written to a node in this run (distribute or later): from then on the
+    customer has been told the update started, and a failure is theirs to hear about."""
+    query = select(NodeStep.id).where(
+        col(NodeStep.run_id) == run_id, col(NodeStep.step).not_in(("download", "pre-flight"))
+    )
+    return retrying(engine, lambda conn: conn.execute(query.limit(1)).first()) is not None

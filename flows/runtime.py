@@ -16,6 +16,7 @@ from threading import Lock
 from sqlalchemy.engine import Engine
 
 from inventory.types import utcnow
+from tasks.alerts import AlertChannel
 from tasks.fileserver import FileServer
 from tasks.mail import MailTransport
 from tasks.ssh import FabricRunner, SshSettings, SshTarget
@@ -30,6 +31,8 @@ class Runtime:
     mailer: MailTransport
     mail_from: str = "Upkeep <upkeep@localhost>"
     sre_email: str = "sre@localhost"
+    # Where SRE alerts go (flows/alerts.py): the SRE mailbox and every UPKEEP_ALERT_URLS entry.
+    alert_channels: tuple[AlertChannel, ...] = ()
     support_contact: str = "support@localhost"
     per_node_estimate: timedelta = timedelta(minutes=10)
     # Name of a Prefect global concurrency limit every cluster's upgrade occupies one slot of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
-from inventory import case_tables, models, outbox, releases, windows
+from inventory import alerts, case_tables, models, oncall, outbox, releases, windows
 
-TABLE_MODULES = (models, outbox, case_tables, windows, releases)
+TABLE_MODULES = (models, outbox, case_tables, windows, releases, alerts, oncall)
 metadata = SQLModel.metadata

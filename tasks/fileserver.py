@@ -110,11 +110,16 @@ class HttpFileServer:
                 except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
                     last = exc  # a cut mid-body: retry from what we have
             else:
-                raise FileServerError(f"download of {path} failed after 3 attempts: {last}")
+                raise FileServerError(
+                    f"download of {path} failed after 3 attempts: {last} (tried {self.where(path)};"
+                    " check fileserver_url)"
+                )
         actual = sha256_of(part)
         if actual != sha256:
             part.unlink()
-            raise ChecksumMismatch(f"{path}: SHA-256 is {actual}, expected {sha256}; package discarded")
+            raise ChecksumMismatch(
+                f"{path}: SHA-256 is {actual}, expected {sha256}; package discarded (from {self.where(path)})"
+            )
         part.replace(dest)
         return dest
 
@@ -127,6 +132,7 @@ class HttpFileServer:
         except httpx.TransportError as exc:
             raise FileServerError(
                 f"{what} of {path}: connection to {self.url} failed: {exc or type(exc).__name__}"
+                f" (tried {self.where(path)}; check fileserver_url and fileserver_ca)"
             ) from None
 
     def upload(self, local: Path, path: str) -> str:
@@ -154,14 +160,23 @@ class HttpFileServer:
             self._check(response, "read", path)
             return response.text
 
-    @staticmethod
-    def _check(response: httpx.Response, what: str, path: str) -> None:
+    def where(self, path: str) -> str:
+        """The URL a request for `path` goes to (never with credentials): named in every error."""
+        return f"{self.url.rstrip('/')}/{path}"
+
+    def _check(self, response: httpx.Response, what: str, path: str) -> None:
         if response.status_code in (200, 201, 204, 206):
             return
         reason = {401: "credentials refused", 403: "forbidden", 404: "not found"}.get(
             response.status_code, response.reason_phrase
         )
-        raise FileServerError(f"{what} of {path}: HTTP {response.status_code} {reason}")
+        hint = {
+            401: f"; as fileserver_user {self.user!r}: check fileserver_user and fileserver_password",
+            404: "; check the release's package path",
+        }.get(response.status_code, "")
+        raise FileServerError(
+            f"{what} of {path}: HTTP {response.status_code} {reason} (tried {self.where(path)}{hint})"
+        )
 
 
 def _chunks(handle: object) -> Iterator[bytes]:

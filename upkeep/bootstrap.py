@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from flows import runtime as flow_runtime
 from flows.runtime import Runtime
 from inventory.db import make_engine, migrate
+from tasks.alerts import AlertChannel, AppriseChannel, EmailChannel, parse_alert_urls
 from tasks.fileserver import HttpFileServer
 from tasks.mail import MailTransport, OutboxDirTransport, SmtpTransport
 from tasks.ssh import SshSettings
@@ -27,6 +28,7 @@ def open_database(settings: Settings) -> Engine:
 def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtime:
     work_dir = settings.work_dir()
     work_dir.mkdir(parents=True, exist_ok=True)
+    mailer = build_mailer(settings)
     return Runtime(
         engine=engine or open_database(settings),
         fileserver=HttpFileServer(
@@ -42,9 +44,10 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
             connect_timeout=settings.ssh_connect_timeout,
         ),
         work_dir=work_dir,
-        mailer=build_mailer(settings),
+        mailer=mailer,
         mail_from=settings.mail_from,
         sre_email=settings.sre_email,
+        alert_channels=build_alert_channels(settings, mailer),
         support_contact=settings.support_contact,
         per_node_estimate=timedelta(minutes=settings.per_node_minutes),
         run_lease=timedelta(seconds=settings.run_lease_seconds),
@@ -54,6 +57,13 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         health_timeout=settings.health_timeout,
         actor=os.environ.get("USER", "upkeep"),
     )
+
+
+def build_alert_channels(settings: Settings, mailer: MailTransport) -> tuple[AlertChannel, ...]:
+    """The SRE mailbox (when set) and every UPKEEP_ALERT_URLS entry."""
+    channels: list[AlertChannel] = [EmailChannel(mailer, settings.mail_from, settings.sre_email)]
+    channels = channels if settings.sre_email else []
+    return (*channels, *(AppriseChannel(url) for url in parse_alert_urls(settings.alert_urls)))
 
 
 def build_mailer(settings: Settings) -> MailTransport:

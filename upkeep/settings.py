@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     mail_from: str = "Upkeep <upkeep@localhost>"
     sre_email: str = "sre@localhost"
+    alert_urls: str = Field(
+        "", description="comma-separated Apprise URLs that receive every SRE alert (besides sre_email)"
+    )
     support_contact: str = Field("support@localhost", description="shown to customers in every notice")
     cluster_limit: str = Field(
         "", description="Prefect global concurrency limit bounding clusters upgraded at once; empty: none"
@@ -65,6 +68,15 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"fileserver_url {value!r} must start with https://")
         return value.rstrip("/")
+
+    @field_validator("alert_urls")
+    @classmethod
+    def _apprise_urls(cls, value: str) -> str:
+        from tasks.alerts import AppriseChannel, parse_alert_urls
+
+        for url in parse_alert_urls(value):
+            AppriseChannel(url)  # ValueError naming the URL (secrets masked)
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -100,6 +112,10 @@ class Settings(BaseSettings):
             if isinstance(getattr(self, key), SecretStr):
                 data[key] = "**********" if value else ""
         data["database_url"] = _mask_url(self.resolved_database_url())
+        if self.alert_urls:
+            from tasks.alerts import AppriseChannel, parse_alert_urls
+
+            data["alert_urls"] = ",".join(AppriseChannel(u).name for u in parse_alert_urls(self.alert_urls))
         return data
 
 

@@ -9,13 +9,21 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
+import flows.product_update
+from flows.alerts import deliver_alerts
 from flows.product_update import product_update
+from flows.steps import download
+from inventory.alerts import Alert
+from inventory.cases import Case
 from inventory.db import session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice
 from inventory.runs import create_run
 from inventory.windows import MaintenanceWindow
+from tasks.alerts import AppriseChannel
+from tasks.fileserver import HttpFileServer
 from tests.integration.conftest import nodes_of
+from tests.integration.webhook import WebhookReceiver
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 TARGET = "9.10.0"
@@ -30,6 +38,11 @@ def _notices(engine: Any, run_id: int) -> list[Notice]:
                 .order_by(col(Notice.id))
             ).all()
         )
+
+
+def _alerts(engine: Any, run_id: int) -> list[Alert]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Alert).where(Alert.run_id == run_id).order_by(col(Alert.id))).all())
 
 
 def _run(engine: Any, cluster: str) -> UpgradeRun:
@@ -68,14 +81,48 @@ def test_failure_tells_the_customer_plainly_and_the_sre_with_case_and_bundle(
 
     run = _run(lab_runtime.engine, fresh_cluster)
     notices = _notices(lab_runtime.engine, run.id or 0)
-    customer = [n for n in notices if n.kind == "failed" and n.recipients != [lab_runtime.sre_email]]
-    sre = [n for n in notices if n.recipients == [lab_runtime.sre_email]]
-    assert len(customer) == 1 and len(sre) == 1
-    assert "simulated fault" not in customer[0].body_text  # no internals for the customer
-    assert host in sre[0].body_text and "simulated fault" in sre[0].body_text
+    assert [n.kind for n in notices] == ["started", "failed"]
+    assert "simulated fault" not in notices[1].body_text  # no internals for the customer
+    (sre,) = _alerts(lab_runtime.engine, run.id or 0)
+    assert sre.kind == "run-failed" and "Hello" not in sre.body_text  # the SRE's own template
+    assert host in sre.subject and "simulated fault" in sre.body_text and "step upgrade" in sre.body_text
     assert run.case_ref is None  # the update resolved no case; the failure's case is its own
-    assert re.search(r"CASE-\d+", sre[0].body_text)  # a case was opened for the failure and named
-    assert "https://127.0.0.1" in sre[0].body_text  # with the diagnostics bundle's URL
+    assert re.search(r"Case: +CASE-\d+", sre.body_text)  # a case was opened for the failure and named
+    assert "https://127.0.0.1" in sre.body_text  # with the diagnostics bundle's URL
+    assert f"upkeep show {run.id}" in sre.body_text
+
+
+def test_a_file_server_failure_before_any_node_alerts_only_the_sre_naming_the_url(
+    lab: Any, fresh_cluster: str, lab_runtime: Any, lab_settings: Any, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(flows.product_update, "download", download.with_options(retry_delay_seconds=0))
+    lab_runtime.fileserver = HttpFileServer(
+        url=lab_settings.fileserver_url,
+        user=lab_settings.fileserver_user,
+        password="not-the-password",
+        ca=lab_settings.fileserver_ca,
+    )
+    receiver = WebhookReceiver()
+    receiver.start()
+    lab_runtime.alert_channels = (*lab_runtime.alert_channels, AppriseChannel(receiver.url))
+    try:
+        state = product_update(cluster=fresh_cluster, to_version=TARGET, return_state=True)
+        assert state.is_failed()
+        deliver_alerts(lab_runtime)
+    finally:
+        receiver.stop()
+
+    run = _run(lab_runtime.engine, fresh_cluster)
+    assert run.state == RunState.failed and "no node touched" in run.reason
+    assert _notices(lab_runtime.engine, run.id or 0) == []  # the customer hears nothing
+    with session_scope(lab_runtime.engine) as session:
+        assert session.exec(select(Case)).all() == []  # and no case is opened for them
+    (posted,) = receiver.received
+    package_url = f"{lab_settings.fileserver_url}/releases/upkeep-product-{TARGET}.tar.gz"
+    assert package_url in posted["message"] and "HTTP 401" in posted["message"]
+    assert "fileserver_password" in posted["message"] and "not-the-password" not in posted["message"]
+    assert "before any node" in posted["title"]
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]
 
 
 def test_window_cutoff_upgrades_what_fits_and_carries_the_rest(

@@ -1,0 +1,174 @@
+"""Alerting the SRE: the one function every flow and command calls (`alert_sre`), and the delivery
+the dispatcher tick does (`deliver_alerts`).
+
+`alert_sre` renders the SRE template (templates/alert.py) and queues the alert in our database, in the
+caller's transaction when given one: it never talks to a channel, so a channel that is down can neither
+fail nor delay a run. `deliver_alerts` sends due alerts to every channel (tasks/alerts.py: the Apprise
+URLs of UPKEEP_ALERT_URLS, the SRE mailbox, and a page's people), remembers which channels took each
+one, and retries the others later with the notices' backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import uuid4
+
+from sqlmodel import Session
+
+from flows.links import flow_run_url
+from flows.runtime import Runtime
+from inventory import repo
+from inventory.alerts import Alert, claim_due, queue_alert, record_attempt
+from inventory.db import session_scope
+from inventory.models import Cluster
+from inventory.runs import get_run
+from tasks.alerts import AlertChannel, AlertError, AlertMessage, AppriseChannel, EmailChannel
+from templates.alert import AlertContext, render_alert
+
+__all__ = ["AlertReport", "alert_sre", "deliver_alerts"]
+
+log = logging.getLogger(__name__)
+CLAIM_HOLD = timedelta(minutes=2)  # a claimed alert is another deliverer's again after this
+
+
+def alert_sre(
+    runtime: Runtime,
+    *,
+    headline: str,
+    cause: str,
+    kind: str = "alert",
+    run_id: int | None = None,
+    node: str = "",
+    step: str = "",
+    detail: str = "",
+    case_ref: str = "",
+    bundle_url: str = "",
+    action: str = "",
+    customer: str = "",
+    cluster: str = "",
+    key: str | None = None,
+    targets: Sequence[str] = (),
+    paged: Sequence[str] = (),
+    ack_command: str = "",
+    session: Session | None = None,
+) -> int:
+    """Queue an SRE alert; returns its id. With `run_id`, customer, cluster, versions and the Prefect
+    flow-run link come from the run's record. `key` makes it idempotent (the same key queues nothing
+    new); `session` queues it in the caller's transaction. Never raises for a channel."""
+    with _session(runtime, session) as s:
+        from_version = to_version = run_url = ""
+        if run_id is not None:
+            run = get_run(run_id, session=s)
+            found = s.get(Cluster, run.cluster_id)
+            assert found is not None
+            cluster = cluster or found.name
+            customer = customer or repo.customer_of(found, session=s).name
+            from_version, to_version = run.from_version, run.to_version
+            run_url = flow_run_url(run.flow_run_id)
+            case_ref = case_ref or ""
+        now = runtime.clock()
+        rendered = render_alert(
+            AlertContext(
+                headline=headline,
+                cause=cause,
+                at=now,
+                customer=customer,
+                cluster=cluster,
+                run_id=run_id,
+                from_version=from_version,
+                to_version=to_version,
+                node=node,
+                step=step,
+                detail=detail,
+                flow_run_url=run_url,
+                case_ref=case_ref,
+                bundle_url=bundle_url,
+                action=action,
+                paged=tuple(paged),
+                ack_command=ack_command,
+            )
+        )
+        alert = queue_alert(
+            key=key or f"{kind}:{run_id if run_id is not None else cluster or 'fleet'}:{uuid4().hex[:12]}",
+            kind=kind,
+            subject=rendered.subject,
+            body_text=rendered.text,
+            body_html=rendered.html,
+            session=s,
+            now=now,
+            run_id=run_id,
+            customer=customer,
+            cluster=cluster,
+            targets=targets,
+        )
+        log.warning("SRE alert queued: %s", rendered.subject)
+        assert alert.id is not None
+        return alert.id
+
+
+@contextmanager
+def _session(runtime: Runtime, session: Session | None) -> Iterator[Session]:
+    if session is not None:
+        yield session
+        return
+    with session_scope(runtime.engine) as own:
+        yield own
+
+
+@dataclass
+class AlertReport:
+    sent: list[str] = field(default_factory=list)  # keys every channel took
+    retrying: list[str] = field(default_factory=list)  # keys some channel did not take yet
+    errors: list[str] = field(default_factory=list)
+
+
+def deliver_alerts(runtime: Runtime, *, now: datetime | None = None, limit: int = 100) -> AlertReport:
+    """Send due alerts to each channel that has not taken them yet. Never raises for a channel."""
+    now = now or runtime.clock()
+    report = AlertReport()
+    with session_scope(runtime.engine) as session:
+        claimed = [
+            (a.id, a.key, a.targets, a.delivered, _message(a))
+            for a in claim_due(session, now, hold=CLAIM_HOLD, limit=limit)
+        ]
+    for alert_id, key, targets, delivered, message in claimed:
+        assert alert_id is not None
+        done: list[str] = []
+        errors: list[str] = []
+        for channel in _channels(runtime, targets, errors):
+            if channel.name in delivered:
+                continue
+            try:
+                channel.send(message)
+            except AlertError as exc:
+                errors.append(str(exc))
+            else:
+                done.append(channel.name)
+        with session_scope(runtime.engine) as session:
+            record_attempt(session, alert_id, delivered=done, errors=errors, now=now)
+        (report.retrying if errors else report.sent).append(key)
+        report.errors += errors
+    for error in report.errors:
+        log.warning("SRE alert not delivered: %s (retried later)", error)
+    return report
+
+
+def _message(alert: Alert) -> AlertMessage:
+    return AlertMessage(key=alert.key, subject=alert.subject, text=alert.body_text, html=alert.body_html)
+
+
+def _channels(runtime: Runtime, targets: Sequence[str], errors: list[str]) -> list[AlertChannel]:
+    channels = list(runtime.alert_channels)
+    for target in targets:
+        if "://" in target:
+            try:
+                channels.append(AppriseChannel(target))
+            except ValueError as exc:
+                errors.append(str(exc))
+        else:
+            channels.append(EmailChannel(runtime.mailer, runtime.mail_from, target))
+    return channels

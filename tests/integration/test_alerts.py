@@ -1,0 +1,133 @@
+"""SRE alerts through real channels: a local HTTP receiver (Apprise json://) and aiosmtpd; on SQLite and
+PostgreSQL. Queued in our database, delivered by the dispatcher's delivery, retried per channel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from flows.alerts import alert_sre, deliver_alerts
+from flows.runtime import Runtime
+from inventory.alerts import Alert, AlertState
+from inventory.db import session_scope
+from inventory.outbox import retry_delay
+from tasks.alerts import AppriseChannel, EmailChannel
+from tasks.fileserver import HttpFileServer
+from tasks.ssh import SshSettings
+from tests.integration.test_notices import SmtpServer
+from tests.integration.webhook import WebhookReceiver
+
+pytestmark = pytest.mark.smtp
+T0 = datetime(2026, 12, 4, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def mailbox() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+def _runtime(engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver) -> Runtime:
+    mailer = mailbox.transport()
+    return Runtime(
+        engine=engine,
+        fileserver=HttpFileServer(url="https://127.0.0.1:9", user="u", password="p"),
+        ssh=SshSettings(known_hosts=tmp_path / "kh", key_path=tmp_path / "key"),
+        work_dir=tmp_path,
+        mailer=mailer,
+        sre_email="sre@vendor.example",
+        alert_channels=(
+            EmailChannel(mailer, "Upkeep <upkeep@vendor.example>", "sre@vendor.example"),
+            AppriseChannel(webhook.url, timeout=2),
+        ),
+        clock=lambda: T0,
+    )
+
+
+def _alerts(engine: Engine) -> list[Alert]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Alert)).all())
+
+
+def test_an_alert_reaches_the_webhook_and_the_sre_mailbox_in_its_own_words(
+    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+):
+    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    alert_sre(
+        runtime,
+        headline="run 7 failed at download before any node was touched",
+        cause="download of releases/p.tar.gz: HTTP 401 (tried https://files.example/releases/p.tar.gz)",
+        customer="acme",
+        cluster="acme-c1",
+        step="download",
+        case_ref="CASE-3",
+    )
+    assert webhook.received == [] and mailbox.handler.messages == []  # queued, not sent by the caller
+
+    report = deliver_alerts(runtime, now=T0)
+
+    assert len(report.sent) == 1 and report.retrying == []
+    (posted,) = webhook.received
+    assert posted["title"].startswith("[Upkeep] acme/acme-c1: run 7 failed at download")
+    assert "https://files.example/releases/p.tar.gz" in posted["message"]
+    assert "CASE-3" in posted["message"] and "Hello" not in posted["message"]
+    (mail,) = mailbox.handler.messages
+    assert mail["To"] == "sre@vendor.example" and mail["Subject"] == posted["title"]
+    assert deliver_alerts(runtime, now=T0 + timedelta(hours=1)).sent == []  # once
+
+
+def test_a_channel_that_is_down_delays_only_itself_and_gets_the_alert_later(
+    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+):
+    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    webhook.stop()
+    alert_sre(runtime, headline="pre-flight failed", cause="node-2: disk full", cluster="acme-c1")
+
+    first = deliver_alerts(runtime, now=T0)
+
+    assert first.sent == [] and len(first.retrying) == 1
+    (alert,) = _alerts(engine)
+    assert alert.state == AlertState.pending and alert.delivered == ["email:sre@vendor.example"]
+    assert webhook.url.removeprefix("json://") in alert.last_error
+    assert len(mailbox.handler.messages) == 1
+
+    webhook.start()
+    assert deliver_alerts(runtime, now=T0 + retry_delay(1) - timedelta(seconds=1)).retrying == []  # not due
+    later = deliver_alerts(runtime, now=T0 + retry_delay(1))
+
+    assert len(later.sent) == 1 and len(webhook.received) == 1
+    assert len(mailbox.handler.messages) == 1  # the mailbox that had it is not sent it again
+    (alert,) = _alerts(engine)
+    assert alert.state == AlertState.sent and alert.attempts == 2
+
+
+def test_an_unknown_alert_url_is_refused_naming_it_without_its_secret():
+    with pytest.raises(ValueError, match=r"alert URL 'nosuch://…' is not an Apprise URL"):
+        AppriseChannel("nosuch://user:hunter2@example")
+
+
+def test_the_same_key_queues_one_alert(engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: Any):
+    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    first = alert_sre(runtime, headline="h", cause="c", key="run-1:failed")
+    assert alert_sre(runtime, headline="h", cause="c", key="run-1:failed") == first
+    assert len(_alerts(engine)) == 1

@@ -16,6 +16,9 @@ from upkeep.cli_common import JsonOpt
 from upkeep.cli_common import open_engine as _engine
 from upkeep.cli_release import release_app
 from upkeep.console import CliError, console, err_console, print_json
+from upkeep.telemetry import switch_off as _telemetry_off
+
+_telemetry_off()  # before any command imports Prefect
 
 app = typer.Typer(help="Upgrade and maintenance scheduler for customer clusters.", no_args_is_help=True)
 inventory_app = typer.Typer(help="The system of record: customers, clusters, nodes, releases.")
@@ -98,10 +101,11 @@ _mount_lab()
 
 
 def _mount_commands() -> None:
-    from upkeep import cli_runs, cli_schedule
+    from upkeep import cli_ops, cli_runs, cli_schedule
 
     cli_runs.register(app)
     cli_schedule.register(app)
+    cli_ops.register(app)
 
 
 _mount_commands()

@@ -1,0 +1,78 @@
+"""Operator commands: `upkeep doctor` (is this machine ready?) and `upkeep db upgrade` (migrate)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from upkeep.cli_common import JsonOpt
+from upkeep.console import CliError, console, print_json
+
+db_app = typer.Typer(help="Upkeep's own database (its schema; the data is the inventory's).")
+
+_MARK = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]", "skip": "[dim]skip[/]"}
+
+
+def doctor(
+    nodes: Annotated[
+        bool, typer.Option("--nodes", help="Also log into every node of the inventory.")
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Is this machine ready? Settings, database, Prefect, file server, SSH, SMTP, alerts.
+
+    One line per check, with what to do when it fails. Exit 0 when none failed (warnings allowed),
+    1 otherwise. Writes nothing, sends nothing."""
+    from upkeep.doctor import Check, run_checks
+
+    def show(check: Check) -> None:
+        fix = f" [bold]->[/] {escape(check.fix)}" if check.fix and check.status != "ok" else ""
+        console.print(
+            f"{_MARK[check.status]}  {escape(check.name)}: {escape(check.detail)}{fix}", soft_wrap=True
+        )
+
+    checks = run_checks(nodes=nodes, on_check=None if json else show)
+    failed = [c.name for c in checks if c.status == "fail"]
+    if json:
+        print_json({"ok": not failed, "failed": failed, "checks": [c.as_dict() for c in checks]})
+    else:
+        counts = {s: sum(c.status == s for c in checks) for s in ("ok", "warn", "fail", "skip")}
+        verdict = "[red]not ready[/]" if failed else "[green]ready[/]"
+        console.print(
+            f"{verdict}: {counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} failed, "
+            f"{counts['skip']} skipped"
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(json: JsonOpt = False) -> None:
+    """Create the schema or migrate it to this checkout's newest revision (every command and every
+    flow run also does this on start; run it once after creating the database)."""
+    from sqlalchemy.engine import make_url
+
+    from inventory.revision import current_revisions, head_revisions
+    from upkeep.bootstrap import open_database
+    from upkeep.settings import load_settings
+
+    settings = load_settings()
+    shown = make_url(settings.resolved_database_url()).render_as_string(hide_password=True)
+    engine = open_database(settings)
+    try:
+        current, heads = current_revisions(engine), head_revisions()
+    finally:
+        engine.dispose()
+    if current != heads:  # pragma: no cover - migrate() raises first
+        raise CliError(f"{shown}: schema at {sorted(current)} after migrating, expected {sorted(heads)}")
+    if json:
+        print_json({"database": shown, "revision": sorted(current)})
+    else:
+        console.print(f"{escape(shown)}: schema at head ({', '.join(sorted(current))})", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(doctor)
+    app.add_typer(db_app, name="db")

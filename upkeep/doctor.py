@@ -1,0 +1,636 @@
+"""`upkeep doctor`: is this machine ready to run Upkeep? One check per part, each naming what to do
+when it fails.
+
+Every check is a small function returning `Check`s; `run_checks` runs them in order, handing later
+checks what earlier ones learned (the settings, the database, the inventory's nodes) and turning any
+exception a check did not expect into a failed check naming it, so the doctor itself never ends in a
+traceback. Nothing is written: the database is opened but never migrated, no mail or alert is sent,
+nodes are logged into and left at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import Engine
+
+from upkeep.settings import Settings
+
+Status = Literal["ok", "warn", "fail", "skip"]
+POOL = "upkeep-process"  # prefect.yaml's work pool
+NET_TIMEOUT = 5.0  # seconds per network question: a doctor answers quickly or says what hangs
+CERT_WARN_DAYS = 14
+NODE_THREADS = 8
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""  # what to do about it (shown unless the check passed)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ok(name: str, detail: str) -> Check:
+    return Check(name, "ok", detail)
+
+
+def warn(name: str, detail: str, fix: str) -> Check:
+    return Check(name, "warn", detail, fix)
+
+
+def fail(name: str, detail: str, fix: str) -> Check:
+    return Check(name, "fail", detail, fix)
+
+
+def skip(name: str, detail: str) -> Check:
+    return Check(name, "skip", detail)
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    cluster: str
+    hostname: str
+    address: str
+    port: int
+    user: str
+    jump: tuple[str, int, str] | None = None  # host, port, user of the cluster's jump host
+
+
+@dataclass
+class Findings:
+    """What earlier checks learned for later ones."""
+
+    settings: Settings | None = None
+    engine: Engine | None = None
+    nodes: list[NodeRef] | None = None  # None: the inventory could not be read
+    checks: list[Check] = field(default_factory=list)
+
+
+# -- settings and database --------------------------------------------------------------------------
+def check_settings(found: Findings) -> Iterator[Check]:
+    from upkeep.settings import SettingsError, config_file, load_settings
+
+    try:
+        found.settings = load_settings()
+    except SettingsError as exc:
+        yield fail(
+            "settings", str(exc), "fix the UPKEEP_* variable or the TOML file named (see `upkeep settings`)"
+        )
+        return
+    source = config_file()
+    where = f"UPKEEP_* variables and {source}" if source.is_file() else "UPKEEP_* variables (no TOML file)"
+    yield ok("settings", f"loaded from {where}; home {found.settings.home}")
+
+
+def check_database(found: Findings) -> Iterator[Check]:
+    from sqlalchemy.engine import make_url
+
+    from inventory.db import make_engine
+    from inventory.revision import current_revisions, head_revisions
+
+    settings = found.settings
+    assert settings is not None
+    url = settings.resolved_database_url()
+    fix_url = (
+        "set UPKEEP_DATABASE_URL to postgresql+psycopg://USER:PASSWORD@HOST/DB (or leave it empty for "
+        "SQLite in the home dir)"
+    )
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        yield fail("database", f"UPKEEP_DATABASE_URL is not a database URL ({exc})", fix_url)
+        return
+    shown = parsed.render_as_string(hide_password=True)
+    is_sqlite = parsed.drivername.startswith("sqlite")
+    if is_sqlite and parsed.database and not Path(parsed.database).is_file():
+        yield fail("database", f"{shown}: no database file", "create and migrate it: `upkeep db upgrade`")
+        return
+    try:
+        extra: dict[str, Any] = {} if is_sqlite else {"connect_args": {"connect_timeout": int(NET_TIMEOUT)}}
+        engine = make_engine(url, **extra)
+    except Exception as exc:  # an unsupported driver, a driver that is not installed
+        yield fail("database", _one_line(str(exc)), fix_url)
+        return
+    try:
+        current = current_revisions(engine)
+    except Exception as exc:
+        engine.dispose()
+        yield fail("database", f"{shown}: cannot connect: {_one_line(_db_cause(exc))}", fix_url)
+        return
+    found.engine = engine
+    heads = head_revisions()
+    at = ", ".join(sorted(current)) or "none"
+    if current != heads:
+        yield fail(
+            "database schema",
+            f"{shown}: schema at {at}, this checkout's migrations end at {', '.join(sorted(heads))}",
+            "migrate it: `upkeep db upgrade` (every worker must run the same checkout)",
+        )
+        return
+    yield ok("database", f"{shown}: reachable, schema at head ({at})")
+    yield from _inventory(found, engine)
+
+
+def _inventory(found: Findings, engine: Engine) -> Iterator[Check]:
+    from sqlmodel import Session, col, select
+
+    from inventory.models import AccessKind, Cluster, Customer, Node
+
+    with Session(engine) as session:
+        customers = len(session.exec(select(Customer.id)).all())
+        rows = session.exec(
+            select(Cluster, Node)
+            .join(Node, col(Node.cluster_id) == col(Cluster.id))
+            .order_by(col(Cluster.name), col(Node.position))
+        ).all()
+    found.nodes = [
+        NodeRef(
+            cluster.name,
+            node.hostname,
+            node.address,
+            node.port,
+            node.ssh_user,
+            (cluster.jump_host, cluster.jump_port or 22, cluster.jump_user or node.ssh_user)
+            if cluster.access is AccessKind.jump and cluster.jump_host
+            else None,
+        )
+        for cluster, node in rows
+    ]
+    clusters = len({n.cluster for n in found.nodes})
+    if not found.nodes:
+        yield warn("inventory", "no clusters", "import your fleet: `upkeep inventory import FILE`")
+        return
+    yield ok("inventory", f"{customers} customer(s), {clusters} cluster(s), {len(found.nodes)} node(s)")
+
+
+# -- Prefect ------------------------------------------------------------------------------------------
+def check_prefect(found: Findings) -> Iterator[Check]:
+    import httpx
+    import prefect
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        yield warn(
+            "prefect api",
+            "PREFECT_API_URL is not set: flows run by this CLI use a temporary local Prefect server, "
+            "and no deployment or worker can be reached",
+            "for deployments and workers: export PREFECT_API_URL=http://PREFECT_HOST:4200/api",
+        )
+        return
+    headers = {}
+    if PREFECT_API_KEY.value():
+        headers["Authorization"] = f"Bearer {PREFECT_API_KEY.value()}"
+    elif PREFECT_API_AUTH_STRING.value():
+        import base64
+
+        token = base64.b64encode(PREFECT_API_AUTH_STRING.value().encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    fix_api = f"start the server (`prefect server start`) or correct PREFECT_API_URL ({api})"
+    with httpx.Client(base_url=api.rstrip("/") + "/", headers=headers, timeout=NET_TIMEOUT) as http:
+        try:
+            health = http.get("health")
+            version = http.get("admin/version")
+        except httpx.HTTPError as exc:
+            yield fail("prefect api", f"{api}: {_one_line(str(exc) or type(exc).__name__)}", fix_api)
+            return
+        if health.status_code != 200 or version.status_code != 200:
+            yield fail("prefect api", f"{api}: HTTP {health.status_code} on /health", fix_api)
+            return
+        server_version = str(version.json())
+        mine = prefect.__version__
+        if server_version.split(".")[:2] != mine.split(".")[:2]:
+            yield warn(
+                "prefect api",
+                f"{api}: server {server_version}, this machine's client {mine}",
+                "run the same Prefect minor version everywhere (pyproject.toml pins it)",
+            )
+        else:
+            yield ok("prefect api", f"{api}: healthy, server {server_version} (client {mine})")
+        yield from _pool_and_workers(http)
+        yield from _deployments(http)
+
+
+def _pool_and_workers(http: Any) -> Iterator[Check]:
+    pool = http.get(f"work_pools/{POOL}")
+    if pool.status_code == 404:
+        yield fail("work pool", f"no work pool {POOL!r}", f"prefect work-pool create {POOL} --type process")
+        yield skip("workers", f"no work pool {POOL!r}")
+        return
+    pool.raise_for_status()
+    yield ok("work pool", f"{POOL} ({pool.json().get('type')}, status {pool.json().get('status')})")
+    reply = http.post(f"work_pools/{POOL}/workers/filter", json={})
+    reply.raise_for_status()
+    online = sorted(w["name"] for w in reply.json() if w.get("status") == "ONLINE")
+    offline = len(reply.json()) - len(online)
+    if not online:
+        yield fail(
+            "workers",
+            f"no worker online in {POOL}" + (f" ({offline} offline)" if offline else ""),
+            f"on a worker machine, in its checkout: UPKEEP_CHECKOUT=$PWD prefect worker start --pool {POOL}",
+        )
+        return
+    yield ok(
+        "workers", f"{len(online)} online: {', '.join(online[:5])}" + (" ..." if len(online) > 5 else "")
+    )
+
+
+def _deployments(http: Any) -> Iterator[Check]:
+    expected = _expected_deployments()
+    reply = http.post("deployments/filter", json={})
+    reply.raise_for_status()
+    found = {d["name"]: d for d in reply.json()}
+    missing = [name for name in expected if name not in found]
+    if missing:
+        yield fail(
+            "deployments",
+            f"missing: {', '.join(missing)}",
+            "from the checkout, with UPKEEP_CHECKOUT unset: prefect --no-prompt deploy --all",
+        )
+        return
+    dispatch: dict[str, Any] = found.get("dispatch") or {}
+    live = any(s.get("active") for s in dispatch.get("schedules", [])) and not dispatch.get("paused")
+    state = (
+        "dispatch schedule ACTIVE: due updates start and queued customer notices are delivered every 60 s"
+        if live
+        else "dispatch schedule paused: nothing starts or is sent by itself"
+    )
+    yield ok("deployments", f"{len(expected) or len(found)} found; {state}")
+
+
+def _expected_deployments() -> list[str]:
+    """The deployment names of this checkout's prefect.yaml (none when run from an installed copy)."""
+    import yaml
+
+    path = CHECKOUT / "prefect.yaml"
+    if not path.is_file():
+        return []
+    data = yaml.safe_load(path.read_text()) or {}
+    return [d["name"] for d in data.get("deployments", []) if isinstance(d, dict) and "name" in d]
+
+
+# -- file server --------------------------------------------------------------------------------------
+def check_fileserver(found: Findings) -> Iterator[Check]:
+    settings = found.settings
+    assert settings is not None
+    url = settings.fileserver_url
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        if not settings.fileserver_allow_http:
+            yield fail(
+                "file server tls",
+                f"{url} is plain http",
+                "use https:// (or, in a lab only, set UPKEEP_FILESERVER_ALLOW_HTTP=true)",
+            )
+            return
+        yield warn(
+            "file server tls",
+            f"{url} is plain http (allowed by fileserver_allow_http)",
+            "use https:// outside a lab",
+        )
+    else:
+        tls = _tls(settings, parts.hostname or "", parts.port or 443)
+        yield tls
+        if tls.status == "fail":
+            yield skip("file server login", "not tried: TLS failed")
+            yield skip("release index", "not tried: TLS failed")
+            return
+    yield from _login_and_index(settings)
+
+
+def _tls(settings: Settings, host: str, port: int) -> Check:
+    ca = settings.fileserver_ca
+    if ca is not None and not ca.is_file():
+        return fail(
+            "file server tls",
+            f"CA bundle {ca} does not exist",
+            "set UPKEEP_FILESERVER_CA to the CA bundle that signed the file server's certificate",
+        )
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    trust = f"CA {ca}" if ca else "the system's CAs"
+    try:
+        with (
+            socket.create_connection((host, port), timeout=NET_TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            cert = tls.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        return fail(
+            "file server tls",
+            f"{host}:{port}: certificate does not verify against {trust}: {exc.verify_message}",
+            "set UPKEEP_FILESERVER_CA to the CA bundle that signed the file server's certificate",
+        )
+    except (OSError, ssl.SSLError) as exc:
+        return fail(
+            "file server tls",
+            f"{host}:{port}: cannot connect: {_one_line(str(exc) or type(exc).__name__)}",
+            "is the file server up and UPKEEP_FILESERVER_URL right?",
+        )
+    expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(str(cert["notAfter"])), UTC)
+    days = (expires - datetime.now(UTC)).days
+    detail = f"{host}:{port}: chain verifies against {trust}; certificate valid until {expires:%Y-%m-%d}"
+    if days < CERT_WARN_DAYS:
+        return warn("file server tls", f"{detail} ({days} days left)", "renew the file server's certificate")
+    return ok("file server tls", detail)
+
+
+def _login_and_index(settings: Settings) -> Iterator[Check]:
+    import httpx
+
+    from upkeep.cli_release import INDEX, ReleaseError, parse_index
+
+    user = settings.fileserver_user
+    ca = settings.fileserver_ca
+    fix_login = "check UPKEEP_FILESERVER_USER and UPKEEP_FILESERVER_PASSWORD"
+    try:
+        with httpx.Client(
+            base_url=settings.fileserver_url + "/",
+            auth=httpx.BasicAuth(user, settings.fileserver_password.get_secret_value()),
+            verify=ssl.create_default_context(cafile=str(ca)) if ca else True,
+            timeout=NET_TIMEOUT,
+            follow_redirects=False,
+        ) as http:
+            reply = http.get(INDEX)
+    except httpx.HTTPError as exc:
+        yield fail(
+            "file server login",
+            f"{settings.fileserver_url}: {_one_line(str(exc))}",
+            "is the file server up and UPKEEP_FILESERVER_URL right?",
+        )
+        yield skip("release index", "not tried: the file server did not answer")
+        return
+    if reply.status_code in (401, 403):
+        password = "no password set" if not settings.fileserver_password.get_secret_value() else "password"
+        yield fail(
+            "file server login", f"user {user!r} refused (HTTP {reply.status_code}; {password})", fix_login
+        )
+        yield skip("release index", "not tried: login refused")
+        return
+    yield ok("file server login", f"user {user!r} accepted")
+    if reply.status_code != 200:
+        yield fail(
+            "release index",
+            f"{INDEX}: HTTP {reply.status_code} {reply.reason_phrase}",
+            f"publish {INDEX} on the file server (or add releases with `upkeep release add`)",
+        )
+        return
+    try:
+        entries = parse_index(reply.text, INDEX)
+    except ReleaseError as exc:
+        yield fail("release index", _one_line(str(exc)), f"fix {INDEX} on the file server")
+        return
+    newest = entries[-1].version if entries else "none"
+    yield ok("release index", f"{INDEX}: {len(entries)} release(s), last listed {newest}")
+
+
+# -- SSH ----------------------------------------------------------------------------------------------
+def check_ssh(found: Findings) -> Iterator[Check]:
+    settings = found.settings
+    assert settings is not None
+    yield _ssh_key(settings.resolved_ssh_key())
+    yield _known_hosts(settings.resolved_known_hosts(), found.nodes)
+
+
+def _ssh_key(path: Path) -> Check:
+    import paramiko
+
+    fix = "set UPKEEP_SSH_KEY to the private key (unencrypted, mode 0600) the customer nodes accept"
+    if not path.is_file():
+        return fail("ssh key", f"{path} does not exist", fix)
+    try:
+        key = paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        return fail("ssh key", f"{path} is passphrase-protected (Upkeep uses no agent)", fix)
+    except (paramiko.SSHException, OSError, ValueError) as exc:
+        return fail("ssh key", f"{path}: not a usable private key ({_one_line(str(exc))})", fix)
+    if path.stat().st_mode & 0o077:
+        return warn(
+            "ssh key", f"{path}: readable by others ({oct(path.stat().st_mode & 0o777)})", f"chmod 600 {path}"
+        )
+    return ok("ssh key", f"{path}: {key.get_name()} {key.fingerprint}")
+
+
+def _known_hosts(path: Path, nodes: list[NodeRef] | None) -> Check:
+    import paramiko
+
+    fix = "set UPKEEP_KNOWN_HOSTS to a file holding every node's (and jump host's) host key"
+    if not path.is_file():
+        return fail("known_hosts", f"{path} does not exist", fix)
+    try:
+        keys = paramiko.HostKeys(str(path))
+    except (OSError, paramiko.SSHException) as exc:
+        return fail("known_hosts", f"{path}: unreadable ({_one_line(str(exc))})", fix)
+    if nodes is None:
+        return ok("known_hosts", f"{path}: {len(keys)} host key(s); nodes not compared (no inventory read)")
+    wanted = {_host_entry(n.address, n.port): n.hostname for n in nodes}
+    wanted.update({_host_entry(n.jump[0], n.jump[1]): f"jump {n.jump[0]}" for n in nodes if n.jump})
+    missing = [f"{name} ({entry})" for entry, name in wanted.items() if keys.lookup(entry) is None]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return fail(
+            "known_hosts",
+            f"{path}: no host key for {len(missing)} of {len(wanted)} host(s): "
+            f"{', '.join(missing[:5])}{more}",
+            f"add them after checking their fingerprints (ssh-keyscan -p PORT ADDRESS >> {path})",
+        )
+    return ok("known_hosts", f"{path}: host keys for all {len(wanted)} host(s) of the inventory")
+
+
+def _host_entry(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def check_nodes(found: Findings) -> Iterator[Check]:
+    settings = found.settings
+    assert settings is not None
+    if found.nodes is None:
+        yield skip("nodes", "not tried: the inventory could not be read")
+        return
+    if not found.nodes:
+        yield skip("nodes", "the inventory has no nodes")
+        return
+    from tasks.ssh import SshSettings
+
+    ssh = SshSettings(
+        known_hosts=settings.resolved_known_hosts(),
+        key_path=settings.resolved_ssh_key(),
+        connect_timeout=min(settings.ssh_connect_timeout, NET_TIMEOUT * 2),
+    )
+    with ThreadPoolExecutor(max_workers=NODE_THREADS) as pool:
+        yield from pool.map(lambda node: _node(node, ssh), found.nodes)
+
+
+def _node(node: NodeRef, ssh: Any) -> Check:
+    from flows.plan import Jump, ssh_target
+    from tasks.ssh import FabricRunner, RemoteError
+
+    started = time.monotonic()
+    name = f"node {node.hostname}"
+    jump = Jump(*node.jump) if node.jump else None
+    via = f" via {node.jump[2]}@{node.jump[0]}:{node.jump[1]}" if node.jump else ""
+    where = f"{node.user}@{node.address}:{node.port}{via}"
+    try:
+        runner = FabricRunner(ssh_target(node.hostname, node.address, node.port, node.user, jump), ssh)
+        try:
+            runner.open()
+        finally:
+            runner.close()
+    except RemoteError as exc:
+        reason = str(exc).removeprefix(f"{exc.host}: ")
+        check = fail(
+            name,
+            f"{where}: {_one_line(reason)}",
+            "is the node up, and do UPKEEP_SSH_KEY / UPKEEP_KNOWN_HOSTS match it?",
+        )
+    else:
+        check = ok(name, f"{where}: logged in, host key verified ({node.cluster})")
+    check.seconds = round(time.monotonic() - started, 2)
+    return check
+
+
+# -- mail and alerts ----------------------------------------------------------------------------------
+def check_smtp(found: Findings) -> Iterator[Check]:
+    from tasks.mail import MailError, SmtpTransport
+
+    settings = found.settings
+    assert settings is not None
+    if not settings.smtp_host:
+        yield warn(
+            "smtp",
+            f"UPKEEP_SMTP_HOST not set: notices are written as .eml files to {settings.resolved_outbox_dir()}"
+            " and reach nobody",
+            "to deliver notices, set UPKEEP_SMTP_HOST (and _PORT, _USER, _PASSWORD, _STARTTLS)",
+        )
+        return
+    transport = SmtpTransport(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        user=settings.smtp_user,
+        password=settings.smtp_password.get_secret_value(),
+        starttls=settings.smtp_starttls,
+        timeout=NET_TIMEOUT,
+    )
+    try:
+        smtp = transport.connect()
+    except MailError as exc:
+        yield fail("smtp", _one_line(str(exc)), "check UPKEEP_SMTP_HOST, _PORT, _USER, _PASSWORD, _STARTTLS")
+        return
+    with contextlib.suppress(Exception):  # the session was accepted; how it ends does not matter here
+        smtp.quit()
+    login = f", logged in as {settings.smtp_user}" if settings.smtp_user else ""
+    tls = ", STARTTLS" if settings.smtp_starttls else ""
+    yield ok("smtp", f"{transport.where}: session accepted{tls}{login} (nothing sent)")
+
+
+def check_alerts(found: Findings) -> Iterator[Check]:
+    settings = found.settings
+    assert settings is not None
+    if "alert_urls" not in type(settings).model_fields:
+        yield skip("alert urls", "this version has no UPKEEP_ALERT_URLS (SRE alerts go by email)")
+        return
+    raw: Any = getattr(settings, "alert_urls", None)
+    if hasattr(raw, "get_secret_value"):
+        raw = raw.get_secret_value()
+    urls = [u for u in (raw.replace(",", " ").split() if isinstance(raw, str) else list(raw or [])) if u]
+    if not urls:
+        yield warn(
+            "alert urls",
+            "UPKEEP_ALERT_URLS is empty: SRE alerts go by email only",
+            "set UPKEEP_ALERT_URLS to Apprise URLs (chat, pager) for the on-call SRE",
+        )
+        return
+    import apprise
+
+    bad = [str(i) for i, url in enumerate(urls, 1) if not apprise.Apprise().add(str(url))]
+    schemes = ", ".join(sorted({str(u).split("://", 1)[0] for u in urls}))
+    if bad:
+        yield fail(
+            "alert urls",
+            f"Apprise does not understand URL number {', '.join(bad)} of {len(urls)}",
+            "fix UPKEEP_ALERT_URLS (https://github.com/caronc/apprise/wiki for the URL forms)",
+        )
+        return
+    yield ok("alert urls", f"{len(urls)} URL(s) Apprise understands ({schemes}); nothing sent")
+
+
+# -- running them -------------------------------------------------------------------------------------
+def run_checks(*, nodes: bool = False, on_check: Callable[[Check], None] | None = None) -> list[Check]:
+    """Every check in order (`nodes`: also log into each node); `on_check` sees each as it finishes."""
+    found = Findings()
+    steps: list[tuple[str, Callable[[Findings], Iterator[Check]]]] = [
+        ("settings", check_settings),
+        ("database", check_database),
+        ("prefect api", check_prefect),
+        ("file server", check_fileserver),
+        ("ssh", check_ssh),
+        ("nodes", check_nodes),
+        ("smtp", check_smtp),
+        ("alert urls", check_alerts),
+    ]
+    if not nodes:
+        steps = [s for s in steps if s[0] != "nodes"]
+    try:
+        for name, step in steps:
+            if found.settings is None and name != "settings":
+                _add(found, skip(name, "not tried: the settings do not load"), on_check)
+                continue
+            with _guard(found, name, on_check):
+                started = time.monotonic()
+                for check in step(found):
+                    if not check.seconds:
+                        check.seconds = round(time.monotonic() - started, 2)
+                    _add(found, check, on_check)
+                    started = time.monotonic()
+    finally:
+        if found.engine is not None:
+            found.engine.dispose()
+    return found.checks
+
+
+def _add(found: Findings, check: Check, on_check: Callable[[Check], None] | None) -> None:
+    found.checks.append(check)
+    if on_check is not None:
+        on_check(check)
+
+
+@contextmanager
+def _guard(found: Findings, name: str, on_check: Callable[[Check], None] | None) -> Iterator[None]:
+    """A check that raised what it did not expect is a failed check naming the exception, not a crash."""
+    try:
+        yield
+    except Exception as exc:
+        _add(
+            found,
+            fail(
+                name,
+                f"could not check: {type(exc).__name__}: {_one_line(str(exc))}",
+                "see the detail; `upkeep settings` shows what is in force",
+            ),
+            on_check,
+        )
+
+
+def _db_cause(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

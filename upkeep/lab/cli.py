@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -141,3 +142,35 @@ def fault(
     except LabError as exc:
         _fail(str(exc))
     _out.print(f"{escape(node)}: {'fault cleared' if kind == 'clear' else f'fault {kind}'}")
+
+
+@app.command()
+def env(root: RootOption = None) -> None:
+    """Print the lab's settings as `export UPKEEP_...=...` lines, secrets included (they are the lab's
+    own), so another shell (a worker, a second terminal) is one `eval "$(upkeep lab env)"` away."""
+    from upkeep.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+    lab = Lab(root) if root is not None else Lab(settings.home / "lab")
+    try:
+        overrides = lab.settings_overrides()
+    except LabError as exc:
+        _fail(str(exc))
+    if not lab.status()["up"]:
+        _err.print(
+            f"warning: lab {escape(str(lab.root))} is down; these are the settings of its last start",
+            soft_wrap=True,
+        )
+    # The home (and the database, when one is set) of this shell: the other shell then shares the
+    # inventory, the run records and the outbox with it.
+    values: dict[str, str] = {"home": str(settings.home.resolve())}
+    if settings.database_url:
+        values["database_url"] = settings.database_url
+    values.update({key: str(value) for key, value in overrides.items()})
+    where = " ".join(str(lab.root).split())  # a comment line: no newline may end it early
+    lines = [f'# the lab at {where}: eval "$(upkeep lab env)" in another shell']
+    lines += [f"export UPKEEP_{key.upper()}={shlex.quote(value)}" for key, value in values.items()]
+    typer.echo("\n".join(lines))

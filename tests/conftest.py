@@ -13,6 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from inventory.db import make_engine, migrate
+from upkeep.telemetry import switch_off
+
+switch_off()  # every test process, and the CLI/worker processes it starts, send no telemetry
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -1,26 +1,35 @@
 """`make demo`: a real lab fleet, its inventory imported, one cluster updated node by node.
 
-Uses its own home (<home>/demo) so a demo never touches a real inventory.
+Uses a home of its own so a demo never touches a real inventory: inside the checkout it runs from
+(`.upkeep/demo`, gitignored), so two checkouts' demos never share a lab (a second one would stop the
+first one's); `<UPKEEP_HOME>/demo` when a home is set explicitly or Upkeep is not run from a checkout.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from flows import runtime as flow_runtime
 from inventory.importer import import_inventory
 from upkeep.bootstrap import build_runtime, open_database
 from upkeep.console import console
 from upkeep.lab import Lab
-from upkeep.settings import load_settings
+from upkeep.settings import Settings, default_home, load_settings
 from upkeep.updates import run_update
 
 TARGET = "9.10.0"
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def demo_home(settings: Settings) -> Path:
+    if settings.home == default_home() and (CHECKOUT / "pyproject.toml").is_file():
+        return CHECKOUT / ".upkeep" / "demo"
+    return settings.home / "demo"
 
 
 def run_demo(*, keep: bool = False) -> None:
-    base = load_settings()
-    home = base.home / "demo"
+    home = demo_home(load_settings())
     lab = Lab(home / "lab")
     lab.down()  # a previous demo that was interrupted leaves nothing behind
     started = time.monotonic()

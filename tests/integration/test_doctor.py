@@ -102,7 +102,8 @@ def test_lab_env_is_one_eval_away_from_a_working_shell(small_lab: Lab, tmp_path:
 def test_doctor_passes_against_a_running_lab_then_names_what_fails_when_it_is_down(
     small_lab: Lab, tmp_path: Path
 ) -> None:
-    env = _lab_env(small_lab, tmp_path / "home")
+    # An alert channel is only parsed, never sent to: nothing listens on port 9.
+    env = _lab_env(small_lab, tmp_path / "home", UPKEEP_ALERT_URLS="json://127.0.0.1:9/upkeep-alerts")
     assert _bash(f"upkeep inventory import {shlex.quote(str(small_lab.inventory_path))}", env).returncode == 0
 
     code, report, _ = _doctor(env, "--nodes")
@@ -121,6 +122,7 @@ def test_doctor_passes_against_a_running_lab_then_names_what_fails_when_it_is_do
     ):
         assert statuses[name] == "ok", report
     assert statuses["prefect api"] == "warn"  # PREFECT_API_URL unset: said, not failed
+    assert statuses["alert urls"] == "ok"
 
     small_lab.down()
     code, report, _ = _doctor(env, "--nodes")

@@ -90,13 +90,25 @@ def _planned(session: Session) -> list[UpgradeRun]:
 
 
 def reslot_missed(runtime: Runtime, now: datetime) -> list[int]:
-    """Planned runs whose whole window passed unstarted (held by waves, or no dispatcher ran) move to
-    their next window with a notice, instead of starting outside the time the customer was told."""
+    """Planned runs whose window passed unstarted, or has no room left for one node (held by waves, or
+    no dispatcher ran), move to their next window with a notice, instead of starting outside the time
+    the customer was told."""
+    from flows.run_window import window_at
     from flows.schedule import ScheduleRefused, reslot_update
+    from scheduling.cutoff import node_may_start
 
     moved = []
     with session_scope(runtime.engine) as session:
-        missed = [run.id for run in _planned(session) if run.slot_end and run.slot_end <= now]
+        missed = []
+        for run in _planned(session):
+            if run.slot_start is None or run.slot_start > now:
+                break  # earliest first: the rest are still to come
+            # The window the slot opens, not the slot sized to the estimate: it is missed once the
+            # window has no room left for one node.
+            window = window_at(run, run.slot_start, session=session)
+            end = window.end if window is not None else run.slot_end
+            if end is not None and not node_may_start(now, end, runtime.per_node_estimate):
+                missed.append(run.id)
     for run_id in missed:
         assert run_id is not None
         with session_scope(runtime.engine) as session:

@@ -7,12 +7,14 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from flows.alerts import alert_sre as send_alert
 from flows.plan import UpdatePlan
 from flows.records import node_done, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
+from flows.run_window import past_cutoff, window_at
 from flows.runtime import Runtime
 from flows.schedule import next_window
 from inventory import repo
@@ -20,7 +22,6 @@ from inventory.db import retrying, session_scope
 from inventory.models import RunState, UpgradeRun
 from inventory.runs import finish_run, get_run
 from scheduling.errors import SchedulingError
-from scheduling.slots import remaining_fits
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,30 @@ def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
 
 
 def window_closing(runtime: Runtime, run_id: int) -> bool:
-    """The cutoff rule: a node starts only if the announced window still fits its estimate."""
-    query = select(UpgradeRun.slot_end).where(col(UpgradeRun.id) == run_id)
-    slot_end = retrying(runtime.engine, lambda conn: conn.execute(query).scalar_one())
-    return slot_end is not None and not remaining_fits(runtime.clock(), slot_end, runtime.per_node_estimate)
+    """The cutoff rule (scheduling/cutoff.py): a node starts only if the time left in the run's
+    window (the whole window, not a slot sized to the estimate) fits its estimate."""
+
+    def read(conn: Any) -> tuple[Any, ...]:
+        columns = [col(UpgradeRun.override_reason), col(UpgradeRun.window_end), col(UpgradeRun.slot_start)]
+        query = sa_select(*columns, col(UpgradeRun.slot_end)).where(col(UpgradeRun.id) == run_id)
+        return tuple(conn.execute(query).one())
+
+    override, end, slot_start, slot_end = retrying(runtime.engine, read)
+    probe = UpgradeRun(
+        cluster_id=0,
+        from_version="",
+        to_version="",
+        override_reason=override,
+        window_end=end,
+        slot_start=slot_start,
+        slot_end=slot_end,
+    )
+    return past_cutoff(probe, runtime.clock(), runtime.per_node_estimate)
 
 
 def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
-    """Stop before the window closes and move the rest to the next window, telling the customer."""
+    """Stop before the window closes and move the rest to the next window with room for at least one
+    node (the whole window is the run's then), telling the customer."""
     now = runtime.clock()
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
     remaining = len(plan.nodes) - done
@@ -158,11 +175,12 @@ def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
             slot = next_window(
                 run,
                 now=now,
-                not_before=run.slot_end or now,
-                estimate=runtime.per_node_estimate * remaining,
-                urgent=run.urgent,
+                not_before=max(now, run.window_end or run.slot_end or now),
+                estimate=runtime.per_node_estimate,
+                urgent=True,  # the customer was promised this update; an open case must not strand it
                 session=session,
             )
+            window = window_at(run, slot.start, session=session) or slot
         except SchedulingError as exc:
             reason = f"window closed after {done} of {len(plan.nodes)} nodes and no later window fits: {exc}"
             finish_run(run, RunState.failed, reason=reason, session=session)
@@ -177,9 +195,14 @@ def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
             )
             return "failed"
         previous = run.slot_start
-        run.state, run.slot_start, run.slot_end = RunState.planned, slot.start, slot.end
-        run.reason = f"partially done ({done} of {len(plan.nodes)} nodes); continues {slot.start.isoformat()}"
-        _notify(run, "partial", runtime, session, now, next_slot_start=slot.start)
+        run.state = RunState.planned
+        run.window_start, run.window_end = window.start, window.end
+        run.slot_start = window.start
+        run.slot_end = min(window.end, window.start + runtime.per_node_estimate * remaining)
+        run.reason = (
+            f"partially done ({done} of {len(plan.nodes)} nodes); continues {window.start.isoformat()}"
+        )
+        _notify(run, "partial", runtime, session, now, next_slot_start=window.start)
         run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
         _notify(
             run,

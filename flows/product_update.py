@@ -31,6 +31,7 @@ from flows.outcomes import stop as outcomes_stop
 from flows.plan import UpdatePlan, plan_update
 from flows.records import node_done, nodes_touched
 from flows.report import Progress, summary_artifacts
+from flows.run_window import record_window
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, distribute, download, preflight, untagged_steps, upgrade_node
 from inventory import repo
@@ -188,6 +189,7 @@ def _claim(
                 run.requested_action = ""
         run.state = RunState.running
         run.started_at = run.started_at or runtime.clock()
+        record_window(run, runtime.clock(), session=session)  # the window it runs in, at every start
         run.flow_run_id = str(flow_run.id) if flow_run.id else None
         session.add(run)
         session.flush()

@@ -122,6 +122,10 @@ class UpgradeRun(SQLModel, table=True):
     # notice_sequence, which numbers the notices and the calendar invite's SEQUENCE.
     slot_start: datetime | None = _when()
     slot_end: datetime | None = _when()
+    # The window occurrence the run runs (or will run) in, cut at a blackout: the cutoff's limit
+    # (scheduling/cutoff.py). None: no window applies (`upkeep update`, or an overridden window).
+    window_start: datetime | None = _when()
+    window_end: datetime | None = _when()
     notice_sequence: int = 0
     deferrals: int = 0
     override_reason: str = Field(default="", description="why the window was overridden, if it was")

@@ -76,11 +76,22 @@ RunArg = Annotated[int, typer.Argument(help="Run id (see `upkeep runs`).", min=1
 
 
 @app.command()
-def resume(run: RunArg, json: JsonOpt = False) -> None:
-    """Continue a crashed or paused run where it stopped; no node is upgraded twice."""
+def resume(
+    run: RunArg,
+    override_window: Annotated[
+        bool, typer.Option("--override-window", help="Resume outside a maintenance window (audited).")
+    ] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why the window is overridden.")] = "",
+    json: JsonOpt = False,
+) -> None:
+    """Continue a crashed, paused or carried-over run where it stopped; no node is upgraded twice.
+
+    A run with a window resumes only inside one (else the next slot is named)."""
     from upkeep.updates import resume_run
 
-    resume_run(run, engine=_engine(), as_json=json)
+    if reason and not override_window:
+        raise CliError("--reason goes with --override-window here")
+    resume_run(run, engine=_engine(), as_json=json, override_reason=reason if override_window else None)
 
 
 @app.command()

@@ -18,9 +18,8 @@ from inventory import repo
 from inventory.db import session_scope
 from inventory.models import AuditEvent, RunState
 from inventory.runs import create_run
-from inventory.windows import cluster_windows
-from scheduling.slots import remaining_fits
-from scheduling.windows import window_occurrences
+from inventory.windows import blackouts_for, cluster_windows
+from scheduling.cutoff import open_window, room_for_a_node
 from upkeep.console import CliError, console
 from upkeep.updates import _run_flow, show_run
 
@@ -77,17 +76,21 @@ def request_update(
             assert run.id is not None
             run_id = run.id
         else:
-            estimate = runtime.per_node_estimate * len(plan.nodes)
-            windows = cluster_windows(cluster_row, customer, session=session)
-            # window_occurrences includes a window that opened before `now` and is still open.
-            open_window = any(
-                occurrence.start <= now and remaining_fits(now, occurrence.end, estimate)
-                for occurrence in window_occurrences(windows, now, now + timedelta(seconds=1))
+            # The cutoff rule (scheduling/cutoff.py): the run needs an open window with room for at
+            # least one node; it records that window, and the cutoff stops it before a node that
+            # would not finish in it (the rest carries over with a "partially done" notice).
+            window = open_window(
+                cluster_windows(cluster_row, customer, session=session),
+                blackouts_for(customer, session=session),
+                now,
             )
-            if not open_window and override_reason is None:
+            fits = room_for_a_node(window, now, runtime.per_node_estimate)
+            if not fits and override_reason is None:
+                left = f" ({_span(window.end - now)} left)" if window is not None and window.end > now else ""
                 raise CliError(
-                    f"{plan.label}: no maintenance window is open now with {estimate} left for "
-                    f"{len(plan.nodes)} nodes; schedule it (drop --now), or --override-window --reason TEXT"
+                    f"{plan.label}: no maintenance window is open now with room for one node "
+                    f"(estimate {_span(runtime.per_node_estimate)}){left}; schedule it (drop --now), "
+                    "or --override-window --reason TEXT"
                 )
             run = create_run(
                 cluster_row,
@@ -98,16 +101,20 @@ def request_update(
                 state=RunState.planned,
             )
             run.case_ref, run.urgent, run.needs_approval = case, urgent, requires_approval
-            if override_reason is not None and not open_window:
+            if override_reason is not None:
+                # Only an override ignores the window's cutoff; it is audited.
                 run.override_reason = override_reason
                 session.add(
                     AuditEvent(
                         actor=getpass.getuser(),
                         action="run.window_overridden",
                         subject=f"run/{run.id}",
-                        detail={"reason": override_reason},
+                        detail={"reason": override_reason, "window_open": fits},
                     )
                 )
+            else:
+                assert window is not None
+                run.window_start, run.window_end = window.start, window.end
             session.add(run)
             session.flush()
             assert run.id is not None
@@ -133,3 +140,9 @@ def _show_scheduled(run_id: int, *, engine: Engine, as_json: bool) -> None:
         "the customer's notice is queued (`upkeep notices send` or the dispatcher delivers it)",
         markup=False,
     )
+
+
+def _span(span: timedelta) -> str:
+    """'3m10s', '10m', '45s'."""
+    minutes, seconds = divmod(int(span.total_seconds()), 60)
+    return (f"{minutes}m" if minutes else "") + (f"{seconds}s" if seconds or not minutes else "")

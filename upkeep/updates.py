@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from typing import Any
 from uuid import UUID
 
 from rich.table import Table
@@ -187,10 +188,21 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
         console.print(f"held by {summary['lease_owner']} until {summary['lease_until']}", markup=False)
 
 
-def resume_run(run_id: int, *, engine: Engine, as_json: bool) -> int:
-    """Continue a crashed or paused run where it stopped; nodes already done are not touched."""
-    from inventory.models import Cluster, RunState
+def resume_run(
+    run_id: int, *, engine: Engine, as_json: bool, override_reason: str | None = None, actor: str = ""
+) -> int:
+    """Continue a crashed, paused or carried-over run where it stopped; nodes already done are not
+    touched. A run that has a window resumes only inside one with room for a node (its slot is the
+    dispatcher's to start), unless the window is overridden with a reason (audited)."""
+    from flows.run_window import has_window, window_at
+    from flows.runtime import current
+    from inventory.models import AuditEvent, Cluster, RunState
+    from scheduling.cutoff import room_for_a_node
 
+    if override_reason is not None and not override_reason.strip():
+        raise CliError("--override-window needs --reason TEXT (it is audited)")
+    runtime = current()
+    now = runtime.clock()
     with session_scope(engine) as session:
         try:
             run = get_run(run_id, session=session)
@@ -198,10 +210,42 @@ def resume_run(run_id: int, *, engine: Engine, as_json: bool) -> int:
             raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
         if not RunState(run.state).active:
             raise CliError(f"run {run_id} is {run.state}: nothing to resume")
+        if override_reason is not None:
+            run.override_reason = override_reason
+            session.add(run)
+            detail = {"reason": override_reason, "on": "resume"}
+            actor = actor or getpass.getuser()
+            overridden = AuditEvent(
+                actor=actor, action="run.window_overridden", subject=f"run/{run_id}", detail=detail
+            )
+            session.add(overridden)
+        elif has_window(run) and not room_for_a_node(
+            window_at(run, now, session=session), now, runtime.per_node_estimate
+        ):
+            where = _next_slot(run, now, session)
+            raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
         cluster = session.get(Cluster, run.cluster_id)
         assert cluster is not None
         name, to_version = cluster.name, run.to_version
     return _run_flow(_plan(name, to_version, engine), run_id, engine=engine, as_json=as_json)
+
+
+def _next_slot(run: Any, now: Any, session: Any) -> str:
+    """'the next slot is ... (the dispatcher starts it then)', or why there is none; with the override."""
+    from flows.runtime import current
+    from flows.schedule import next_window
+    from scheduling.errors import SchedulingError
+
+    how = "or `--override-window --reason TEXT` (audited)"
+    if run.state == "planned" and run.slot_start is not None and run.slot_start > now:
+        return f"its slot starts {run.slot_start:%Y-%m-%d %H:%M} UTC (the dispatcher starts it then); {how}"
+    try:
+        slot = next_window(
+            run, now=now, not_before=now, estimate=current().per_node_estimate, urgent=True, session=session
+        )
+    except SchedulingError as exc:
+        return f"no later window has room for a node ({exc}); {how}"
+    return f"the next window with room opens {slot.start:%Y-%m-%d %H:%M} UTC; {how}"
 
 
 def request_stop(run_id: int, action: str, *, engine: Engine, actor: str) -> str:

@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-LAB_CLUSTERS = 40  # one per test that upgrades; cheap (an idle sshd each)
+LAB_CLUSTERS = 56  # one per test that upgrades; cheap (an idle sshd each)
 SLOW_LAB_CLUSTERS = 10
 
 

@@ -15,6 +15,7 @@ from inventory.db import session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice
 from inventory.runs import create_run
+from inventory.windows import MaintenanceWindow
 from tests.integration.conftest import nodes_of
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
@@ -114,6 +115,17 @@ def test_missed_window_is_reslotted_with_a_notice_not_started_late(
     lab: Any, fresh_cluster: str, lab_runtime: Any
 ):
     lab_runtime.clock = lambda: NOW
+    with session_scope(lab_runtime.engine) as session:  # the lab's windows are always open: one of 4 h
+        cluster_id = session.exec(select(Cluster.id).where(Cluster.name == fresh_cluster)).one()
+        for window in session.exec(
+            select(MaintenanceWindow).where(MaintenanceWindow.cluster_id == cluster_id)
+        ):
+            session.delete(window)
+        session.add(
+            MaintenanceWindow(
+                cluster_id=cluster_id, days=["mon"], start="21:00", duration_minutes=240, timezone="UTC"
+            )
+        )
     run_id = _plan(lab_runtime.engine, fresh_cluster, NOW - timedelta(hours=6))  # its window closed 2 h ago
 
     result = dispatch(max_running=4)

@@ -1,0 +1,58 @@
+"""The window a run runs in: its cluster's maintenance windows and blackouts, read for one run, and
+the cutoff rule of `scheduling.cutoff` applied to it.
+
+A run *has a window* unless it was overridden (`--override-window --reason`, audited) or was started
+by an SRE's `upkeep update` (no slot, no window recorded): every scheduled, `request --now`, resumed
+or taken-over run does, and a node of it starts only if the window's time left fits the estimate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
+
+from inventory import repo
+from inventory.models import Cluster, UpgradeRun
+from inventory.windows import blackouts_for, cluster_windows
+from scheduling.cutoff import node_may_start, open_window
+from scheduling.windows import Interval
+
+
+def has_window(run: UpgradeRun) -> bool:
+    return not run.override_reason and (run.window_end is not None or run.slot_start is not None)
+
+
+def window_at(run: UpgradeRun, at: datetime, *, session: Session) -> Interval | None:
+    """The occurrence of the run's cluster's windows open at `at`, cut at a blackout (or None)."""
+    cluster = session.get(Cluster, run.cluster_id)
+    assert cluster is not None
+    customer = repo.customer_of(cluster, session=session)
+    windows = cluster_windows(cluster, customer, session=session)
+    return open_window(windows, blackouts_for(customer, session=session), at)
+
+
+def record_window(run: UpgradeRun, now: datetime, *, session: Session) -> None:
+    """At every start (dispatcher, resume, take-over): the run runs in the window open now. With none
+    open, the window it had stays recorded, so the cutoff stops it before any node and carries it over."""
+    if not has_window(run):
+        return
+    window = window_at(run, now, session=session)
+    if window is not None:
+        run.window_start, run.window_end = window.start, window.end
+    elif run.window_end is None:
+        run.window_start, run.window_end = run.slot_start, run.slot_end
+    session.add(run)
+
+
+def window_end(run: UpgradeRun) -> datetime | None:
+    """Where the cutoff applies: None when the run has no window."""
+    if not has_window(run):
+        return None
+    return run.window_end or run.slot_end
+
+
+def past_cutoff(run: UpgradeRun, now: datetime, per_node: timedelta) -> bool:
+    """Whether no further node of `run` may start now (the window's time left is below one node)."""
+    end = window_end(run)
+    return end is not None and not node_may_start(now, end, per_node)

@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
+from prefect.states import Failed
 
 from flows import lease
 from flows.approval import wait_for_approval
@@ -30,14 +33,14 @@ from flows.outcomes import (
 from flows.outcomes import stop as outcomes_stop
 from flows.plan import UpdatePlan, plan_update
 from flows.records import node_done, nodes_touched
-from flows.report import Progress, summary_artifacts
+from flows.report import Progress, best_effort, one_line, summary_artifacts
 from flows.run_window import record_window
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, distribute, download, preflight, untagged_steps, upgrade_node
 from inventory import repo
 from inventory.cases import check_case_ref
 from inventory.db import server_away, session_scope
-from inventory.models import RunState
+from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.runs import create_run, get_run
 from tasks.failpoints import failpoint
 
@@ -69,7 +72,7 @@ def product_update(
     case: str | None = None,
     require_approval: bool = False,
     lease_owner: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Upgrade `cluster` to `to_version`; with `run_id`, resume that run instead of starting one.
     `lease_owner`: the dispatcher's claim this flow was started under (flows/lease.py)."""
     runtime = current()
@@ -79,9 +82,62 @@ def product_update(
     )
     log.info("run %s: %s (%d nodes)", run_id, plan.label, len(plan.nodes))
 
-    # The lease first: waiting for a cluster slot can take long, and the run is held meanwhile.
-    with lease.hold(runtime, run_id, owner) as heartbeat, cluster_slot(runtime), untagged_steps():
-        return _carry_out(runtime, plan, run_id, heartbeat)
+    tag_flow_run(runtime, run_id)
+    try:
+        # The lease first: waiting for a cluster slot can take long, and the run is held meanwhile.
+        with lease.hold(runtime, run_id, owner) as heartbeat, cluster_slot(runtime), untagged_steps():
+            result = _carry_out(runtime, plan, run_id, heartbeat)
+    except Exception as exc:
+        reason = _failed_reason(runtime, run_id)
+        if reason is None:  # not a failure of the run (the database away, the lease lost): as it is
+            raise
+        summary_artifacts(runtime, plan, run_id, "failed")
+        # The run header in the Prefect UI shows this message: the one-line cause, not a traceback.
+        return Failed(message=one_line(reason or str(exc)))
+    if result["state"] != "taken over":  # the process that took it over tells its own story
+        summary_artifacts(runtime, plan, run_id, result["state"])
+    if result["state"] == "failed":
+        return Failed(message=one_line(_failed_reason(runtime, run_id) or "failed"))
+    return result
+
+
+def _failed_reason(runtime: Runtime, run_id: int) -> str | None:
+    """The recorded reason if the run ended failed, else None (also when the record cannot be read)."""
+    try:
+        with session_scope(runtime.engine) as session:
+            run = get_run(run_id, session=session)
+            return run.reason if run.state == RunState.failed else None
+    except Exception:
+        return None
+
+
+def tag_flow_run(runtime: Runtime, run_id: int) -> None:
+    """The same tags on every update flow run however it was started (CLI, dispatcher, `prefect
+    deployment run`, a retry from the UI): `customer:`, `cluster:`, `source:`, and `release:` or
+    `case:` where they apply, from our record. Added to the run's own tags; best effort."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        cluster = session.get(Cluster, run.cluster_id)
+        assert cluster is not None
+        tags = update_tags(repo.customer_of(cluster, session=session).name, cluster.name, run)
+    if flow_run.id is None or set(tags) <= set(flow_run.tags):
+        return
+
+    def update() -> None:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(flow_run.id), tags=sorted({*flow_run.tags, *tags}))
+
+    best_effort("flow run tags", update)
+
+
+def update_tags(customer: str, cluster: str, run: UpgradeRun) -> list[str]:
+    tags = ["product-update", f"customer:{customer}", f"cluster:{cluster}", f"source:{run.source}"]
+    tags += [f"release:{run.to_version}"] if run.kind == "cloud_release" else []
+    tags += [f"case:{run.case_ref}"] if run.case_ref else []
+    return tags
 
 
 @contextmanager
@@ -146,7 +202,6 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
     finally:
         conns.close()
     finish(runtime, plan, run_id, RunState.succeeded)
-    summary_artifacts(runtime, plan, run_id)
     return _result(run_id, plan, "succeeded", outcomes)
 
 

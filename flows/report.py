@@ -9,6 +9,7 @@ refusing the failed run (tests/faults/test_prefect_api.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -19,9 +20,12 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.logging import get_logger
+from sqlmodel import col, select
 
 from flows.plan import UpdatePlan
+from flows.records import stopped_at
 from flows.runtime import Runtime
+from inventory.case_tables import Case, DiagnosticsBundle
 from inventory.db import session_scope
 from inventory.run_report import node_rows, run_row
 from inventory.runs import get_run
@@ -68,29 +72,92 @@ class Progress:
 
 
 NODE_COLUMNS = ("node", "before", "after", "seconds", "result")
+_KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
+HEADLINES = {
+    "succeeded": "succeeded",
+    "failed": "FAILED",
+    "cancelled": "cancelled",
+    "paused": "paused",
+    "carried over": "carried over to the next window",
+    "held": "held",
+    "taken over": "taken over by another process",
+}
 
 
-def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int) -> None:
-    """One markdown artifact: the run's summary, then the node table (one API call, not two)."""
-    with session_scope(runtime.engine) as session:
-        run = get_run(run_id, session=session)
-        summary, nodes = run_row(run, session), node_rows(run, session)
-    lines = [
-        f"# Update {plan.label}",
-        "",
-        f"- run: {summary['id']} ({summary['state']}), requested by {summary['requested_by']}"
-        f" via {summary['source']}",
-        f"- package: `{plan.package}` (sha256 `{plan.sha256[:16]}…`)",
-        f"- nodes: {len(nodes)}, upgraded: {sum(1 for n in nodes if n['result'] == 'upgraded')}",
-        "",
-        *markdown_table(nodes, NODE_COLUMNS),
-    ]
+def summary_key(customer: str, cluster: str) -> str:
+    """The artifact key of a cluster's summaries, `update-<customer>-<cluster>`: the Artifacts page
+    keeps each cluster's history under it (keys allow lowercase letters, digits and dashes)."""
+    return _KEY_UNSAFE.sub("-", f"update-{customer}-{cluster}".lower()).strip("-")[:200]
+
+
+def one_line(cause: str, limit: int = 300) -> str:
+    """A cause as the one line the Prefect run header shows."""
+    line = " ".join(cause.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int, outcome: str = "") -> None:
+    """One markdown artifact for every outcome: what happened and why, where it stopped, how to
+    inspect it in Upkeep, then the node table with the nodes not reached (one API call)."""
+    try:
+        lines = _summary_lines(runtime, plan, run_id, outcome)
+    except Exception as exc:  # our database away: the run's own handling says so; the UI misses this
+        log.warning("Prefect UI: summary not written (%s: %s)", type(exc).__name__, exc)
+        return
     best_effort(
         "summary",
         lambda: create_markdown_artifact(
-            key="update-summary", markdown="\n".join(lines), description=plan.label
+            key=summary_key(plan.customer, plan.cluster),
+            markdown="\n".join(lines),
+            description=f"{plan.label}: {HEADLINES.get(outcome, outcome)} (Upkeep run {run_id})",
         ),
     )
+
+
+def _summary_lines(runtime: Runtime, plan: UpdatePlan, run_id: int, outcome: str) -> list[str]:
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        summary, nodes = run_row(run, session), node_rows(run, session)
+        bundle = session.exec(
+            select(DiagnosticsBundle)
+            .where(DiagnosticsBundle.run_id == run_id)
+            .order_by(col(DiagnosticsBundle.id).desc())
+        ).first()
+        case = session.get(Case, bundle.case_id) if bundle is not None else None
+        case_ref = case.ref if case is not None else run.case_ref or ""
+    outcome = outcome or summary["state"]
+    node, step = stopped_at(runtime.engine, run_id)
+    ended = outcome not in ("running", "planned")
+    for row in nodes:
+        if ended and row["result"] in ("untouched", "in progress"):
+            row["result"] = "not reached"
+    done = sum(1 for n in nodes if n["result"] in ("upgraded", "already at target"))
+    lines = [
+        f"# Update {plan.label}: {HEADLINES.get(outcome, outcome)}",
+        "",
+    ]
+    if summary["reason"]:
+        lines += [f"**Cause:** {one_line(summary['reason'], 1000)}", ""]
+    if step:
+        where = f"node `{node}`, step `{step}`" if node else f"step `{step}`, before any node was touched"
+        lines += [f"**Stopped at:** {where}", ""]
+    lines += [
+        f"- Upkeep run: **{run_id}** ({summary['state']}); inspect with `upkeep show {run_id}`",
+        f"- requested by {summary['requested_by']} via {summary['source']}",
+        f"- package: `{plan.package}` (sha256 `{plan.sha256[:16]}…`)",
+    ]
+    if case_ref:
+        lines.append(f"- case: {case_ref}")
+    if bundle is not None:
+        lines.append(f"- diagnostics: {bundle.url}")
+    not_reached = sum(1 for n in nodes if n["result"] == "not reached")
+    lines += [
+        f"- nodes: {len(nodes)}, upgraded: {sum(1 for n in nodes if n['result'] == 'upgraded')}, "
+        f"done: {done}, not reached: {not_reached}",
+        "",
+        *markdown_table(nodes, NODE_COLUMNS),
+    ]
+    return lines
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[str]:

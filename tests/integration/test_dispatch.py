@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 from sqlmodel import col, select
 
 from flows.dispatch import dispatch
@@ -95,14 +97,30 @@ def test_due_run_starts_once_and_completes(lab: Any, fresh_cluster: str, lab_run
     run_id = _plan(lab_runtime.engine, fresh_cluster, NOW - timedelta(minutes=1))
     later_id = _plan_other_cluster_later(lab_runtime.engine, lab, fresh_cluster)
 
-    result = dispatch(max_running=4)
-    again = dispatch(max_running=4)
+    first = dispatch(max_running=4, return_state=True)
+    second = dispatch(max_running=4, return_state=True)
+    result, again = first.result(), second.result()
 
     assert result["started"] == [run_id] and again["started"] == []
+    # Each tick is named by what it did; a tick with nothing to do starts nothing the UI would list.
+    tick, idle = _flow_run(first), _flow_run(second)
+    assert tick.name.startswith("dispatch 03:00: 1 started, ") and "notices" in tick.name, tick.name
+    assert idle.name == "dispatch 03:00: idle"
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[idle.id]))
+        )
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[idle.id])))
+    assert (children, tasks) == ([], [])
     with session_scope(lab_runtime.engine) as session:
         assert session.get(UpgradeRun, run_id).state == RunState.succeeded  # type: ignore[union-attr]
         assert session.get(UpgradeRun, later_id).state == RunState.planned  # type: ignore[union-attr]
     assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [1, 1, 1]
+
+
+def _flow_run(state: Any) -> Any:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id)
 
 
 def _plan_other_cluster_later(engine: Any, lab: Any, taken: str) -> int:

@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 from prefect.logging.handlers import APILogHandler
 
 from flows.product_update import product_update
-from flows.report import markdown_table
+from flows.report import markdown_table, summary_key
 from tests.integration.conftest import nodes_of
 
 TARGET = "9.10.0"
@@ -45,9 +45,10 @@ def test_a_finished_update_shows_each_node_in_the_progress_and_the_node_table_in
     ]
 
     summary = next(a for a in artifacts if a.type == "markdown")
-    assert summary.key == "update-summary"
+    assert summary.key == summary_key(_customer(lab_runtime, fresh_cluster), fresh_cluster)
     text = str(summary.data)
-    assert "- nodes: 3, upgraded: 3" in text
+    assert "- nodes: 3, upgraded: 3" in text and ": succeeded" in text
+    assert re.search(r"Upkeep run: \*\*(\d+)\*\* \(succeeded\); inspect with `upkeep show \1`", text)
     assert "| node | before | after | seconds | result |" in text
     for host in hosts:
         row = rf"^\| {host} \| 9\.8\.0 \| {re.escape(TARGET)} \| [0-9.]+ \| upgraded \|$"
@@ -57,6 +58,50 @@ def test_a_finished_update_shows_each_node_in_the_progress_and_the_node_table_in
     messages = [log.message for log in logs]
     assert any(message.startswith("run ") for message in messages), messages
     assert not any(message.startswith(f"{host}: ") for host in hosts for message in messages), messages
+
+
+@pytest.mark.lab
+@pytest.mark.prefect
+def test_a_failed_update_tells_its_cause_in_the_header_and_its_story_in_the_cluster_summary(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+) -> None:
+    hosts = [node["hostname"] for node in nodes_of(lab, fresh_cluster)]
+    lab.fault(hosts[1], "fail-upgrade")
+    try:
+        state = product_update(cluster=fresh_cluster, to_version=TARGET, return_state=True, source="support")
+    finally:
+        lab.fault(hosts[1], "clear")
+    assert state.is_failed()
+    # The run header: the one-line cause, not "Flow run encountered an exception" and a traceback.
+    assert state.message is not None and state.message.startswith(f"{hosts[1]}: "), state.message
+    assert "simulated fault" in state.message and "\n" not in state.message
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    customer = _customer(lab_runtime, fresh_cluster)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        flow_run = client.read_flow_run(flow_run_id)
+
+    (summary,) = [a for a in artifacts if a.type == "markdown"]
+    assert summary.key == f"update-{customer}-{fresh_cluster}".lower()
+    text = str(summary.data)
+    assert ": FAILED" in text and "**Cause:** " in text and "simulated fault" in text
+    assert f"**Stopped at:** node `{hosts[1]}`, step `upgrade`" in text
+    upgraded = rf"^\| {hosts[0]} \| 9\.8\.0 \| {re.escape(TARGET)} \| [0-9.]+ \| upgraded \|$"
+    assert re.search(upgraded, text, re.M)
+    assert re.search(rf"^\| {hosts[2]} \|  \|  \|  \| not reached \|$", text, re.M), text
+    assert re.search(r"- case: CASE-\d+", text) and "- diagnostics: https://127.0.0.1" in text
+    assert {f"customer:{customer}", f"cluster:{fresh_cluster}", "source:support"} <= set(flow_run.tags)
+
+
+def _customer(runtime: Any, cluster: str) -> str:
+    from inventory import repo
+    from inventory.db import session_scope
+
+    with session_scope(runtime.engine) as session:
+        return repo.customer_of(repo.get_cluster(cluster, session=session), session=session).name
 
 
 def test_markdown_table_cells_cannot_break_the_table() -> None:

@@ -28,6 +28,7 @@ from sqlmodel import Session, col, select
 
 from flows import lease
 from flows.alerts import alert_sre, deliver_alerts
+from flows.integrity import reasons_for, recheck
 from flows.notify import deliver_pending
 from flows.plan import plan_update
 from flows.run_notices import VendorTerms, queue_run_notice
@@ -140,6 +141,8 @@ def reslot_missed(runtime: Runtime, now: datetime) -> list[int]:
         for run in _planned(session):
             if run.slot_start is None or run.slot_start > now:
                 break  # earliest first: the rest are still to come
+            if run.held_reason:
+                continue  # no valid slot: the re-check (flows/integrity.py) owns it
             # The window the slot opens, not the slot sized to the estimate: it is missed once the
             # window has no room left for one node.
             window = window_at(run, run.slot_start, session=session)
@@ -172,7 +175,8 @@ def send_reminders(runtime: Runtime, now: datetime) -> list[str]:
             for run in _planned(session)
             for label, before in REMINDERS
             if run.slot_start
-            and run.slot_start - before <= now < run.slot_start
+            and not run.held_reason
+            and _reminder_due(run, before, now)
             and not _queued(session, run, label)
         ]
     for run, label in due:
@@ -204,6 +208,15 @@ def send_reminders(runtime: Runtime, now: datetime) -> list[str]:
                 )
         sent.append(f"update-{run.id}:{label}")
     return sent
+
+
+def _reminder_due(run: UpgradeRun, before: timedelta, now: datetime) -> bool:
+    """A reminder is due once its moment has come, but only if the customer was told of the update
+    before that moment: a reminder whose moment passed before the announcement went out is skipped
+    (it would arrive with, or right after, the announcement itself)."""
+    assert run.slot_start is not None
+    moment = run.slot_start - before
+    return run.told_at is not None and run.told_at < moment <= now < run.slot_start
 
 
 def _queued(session: Session, run: UpgradeRun, label: str) -> bool:
@@ -293,6 +306,18 @@ def _claim_next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
                 if run.id is None or run.id in taken or run.requested_action:
                     continue
                 if run.kind == "cloud_release" and start_gate(run, session=session, now=now):
+                    continue
+                # Immediately before claiming: is the slot still valid in the world as it is now? An
+                # invalid update never starts: it moves to its next valid slot, or is held.
+                if reasons_for(run, now=now, session=session):
+                    recheck(
+                        run,
+                        now=now,
+                        session=session,
+                        actor=runtime.actor,
+                        vendor=VendorTerms.from_runtime(runtime),
+                        why="dispatcher, before starting",
+                    )
                     continue
                 owner, at = lease.new_owner(), runtime.clock()
                 won = session.execute(

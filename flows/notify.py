@@ -39,13 +39,18 @@ from sqlmodel import Session
 from flows.runtime import current
 from inventory.db import session_scope
 from inventory.outbox import (
+    ANNOUNCING,
     Notice,
     due_notices,
     idempotency_key,
     mark_attempt_failed,
     mark_sent,
+    mark_superseded,
+    newer_notice,
     queue_notice,
+    run_id_of,
 )
+from inventory.runs import mark_told
 from inventory.types import utcnow
 from tasks.mail import (
     MailError,
@@ -77,6 +82,7 @@ class DeliveryReport:
     sent: list[str] = field(default_factory=list)  # idempotency keys
     retrying: list[str] = field(default_factory=list)  # still pending, with a later next attempt
     failed: list[FailedNotice] = field(default_factory=list)  # refused for good
+    superseded: list[str] = field(default_factory=list)  # not sent: a later notice of the update was due
     transport_error: str = ""  # the mail server could not be used at all during this call
 
     def as_dict(self) -> dict[str, Any]:
@@ -174,6 +180,11 @@ def _deliver_one(
     session: Session,
 ) -> None:
     key = notice.idempotency_key
+    newer = newer_notice(notice, session=session)
+    if newer is not None:  # a later notice of this update says it all; this one is not sent
+        mark_superseded(notice, newer, session=session)
+        report.superseded.append(key)
+        return
     try:
         message = build_message(
             RenderedNotice(notice.subject, notice.body_text, notice.body_html),
@@ -205,6 +216,9 @@ def _deliver_one(
         return
     mark_sent(notice, now=now, session=session)
     report.sent.append(key)
+    run_id = run_id_of(notice.update_ref)
+    if run_id is not None and notice.kind in ANNOUNCING:
+        mark_told(run_id, now=now, session=session)
 
 
 def _failed(notice: Notice, report: DeliveryReport, error: str, *, now: datetime, session: Session) -> None:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
-from inventory.models import Cluster, Contact, Customer, UpgradeRun
+from inventory.models import Cluster, Contact, Customer, Release, UpgradeRun
 from scheduling._time import describe
 from scheduling.deferral import DeferralPolicy
 from templates import NoticeContext, NoticeKind
@@ -66,6 +67,24 @@ def contact_emails(customer: Customer, session: Session) -> tuple[str, ...]:
     return tuple(dict.fromkeys(session.exec(query)))
 
 
+def deferral_options(run: UpgradeRun, start: datetime, zone: str, session: Session) -> str:
+    """What the customer may really do about the date, for the notice: none for an urgent update or
+    when the release deadline leaves no room, else the limits that are left (README, "Deadlines and
+    urgency")."""
+    release = session.exec(select(Release).where(Release.version == run.to_version)).first()
+    deadline = release.deadline if release is not None else None
+    day = deadline.astimezone(ZoneInfo(zone)).strftime("%a %d %b %Y") if deadline is not None else ""
+    left, most = DEFERRALS.max_count - run.deferrals, describe(DEFERRALS.max_delay)
+    if run.urgent:
+        return "no deferral possible: this is an urgent update (a security or data-loss fix)"
+    if deadline is not None and deadline <= start:
+        return f"no deferral possible: the release deadline is {day}"
+    if left <= 0:
+        return f"no deferral left: all {DEFERRALS.max_count} have been used"
+    limit = f", never past the release deadline {day}" if deadline is not None else ""
+    return f"at most {DEFERRALS.max_count} deferrals ({left} left), each by up to {most}{limit}"
+
+
 def queue_run_notice(
     run: UpgradeRun,
     kind: NoticeKind | str,
@@ -92,7 +111,6 @@ def queue_run_notice(
         return False
     start = run.slot_start or run.started_at or now
     end = run.slot_end if run.slot_end and run.slot_end > start else start + vendor.per_node_estimate
-    left, most = DEFERRALS.max_count - run.deferrals, describe(DEFERRALS.max_delay)
     ctx = NoticeContext(
         kind=NoticeKind(kind),
         update_ref=f"{ref}-sre" if to_sre else ref,
@@ -108,8 +126,7 @@ def queue_run_notice(
         organizer=vendor.organizer,
         support_contact=vendor.support_contact,
         defer_instructions=_DEFER_HOW.format(ref=ref),
-        deferral_limits=f"at most {DEFERRALS.max_count} deferrals ({left} left), each by up to {most}, "
-        "never past the release deadline",
+        deferral_limits=deferral_options(run, start, customer.timezone, session),
         urgent=run.urgent,
         case_ref=case_ref or run.case_ref or "",
         **extra,

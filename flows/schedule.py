@@ -25,9 +25,10 @@ from flows.run_notices import (
 from inventory import repo
 from inventory.cases import CaseError, check_case_ref, open_blocking_case
 from inventory.models import Cluster, Customer, RunState, UpgradeRun
+from inventory.outbox import mark_superseded, pending_of
 from inventory.runs import create_run, finish_run, get_run
 from inventory.windows import blackouts_for, cluster_windows
-from scheduling._time import aware_utc, fmt_instant
+from scheduling._time import aware_utc, describe, fmt_instant
 from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot, SchedulingError, SlotBlocked
 from scheduling.notice import NoticePolicy, UpdateKind, minimum_notice
@@ -113,6 +114,9 @@ def schedule_update(
         ) from None
     except NoSlot as exc:
         raise ScheduleRefused(f"{plan.label}: no slot: {exc}") from None
+    deadline = repo.get_release(to_version, session=session).deadline
+    if deadline is not None and slot.start > deadline:
+        raise ScheduleRefused(deadline_refusal(plan.label, deadline, slot.start, customer, kind, urgent))
     _recipients(customer, session)  # refuse before claiming the cluster
     run = create_run(
         row,
@@ -133,6 +137,23 @@ def schedule_update(
     return run
 
 
+def deadline_refusal(
+    label: str, deadline: datetime, earliest: datetime, customer: Customer, kind: UpdateKind, urgent: bool
+) -> str:
+    """The one line `schedule`/`request` refuse with when no slot before the release deadline gives the
+    customer their notice period (the policy in README, "Deadlines and urgency")."""
+    policy = notice_policy(customer)
+    notice = describe(minimum_notice(policy, kind, urgent))
+    shorter = minimum_notice(policy, kind, True)
+    way = "change the release deadline"
+    if not urgent and shorter < minimum_notice(policy, kind, False):
+        way = f"pass --urgent ({describe(shorter)} notice) or {way}"
+    return (
+        f"{label}: no slot before the release deadline {fmt_instant(deadline)} gives {customer.name} "
+        f"{notice} notice; the earliest slot with full notice starts {fmt_instant(earliest)}; {way}"
+    )
+
+
 def defer_update(
     run_id: int,
     *,
@@ -146,6 +167,11 @@ def defer_update(
     (count, maximum move, release deadline); queue the `deferred` notice (same invite, next SEQUENCE)."""
     run = _planned(run_id, "defer", session)
     ref, when = update_ref(run.id), aware_utc(to, "deferral time")
+    if run.urgent:
+        raise ScheduleRefused(
+            f"cannot defer {ref}: it is urgent (a security or data-loss fix), and urgent updates "
+            "cannot be deferred; ask the vendor's support to reschedule it"
+        )
     current, current_end = run.slot_start, run.slot_end
     assert current is not None and current_end is not None  # _planned checked it
     deadline = repo.get_release(run.to_version, session=session).deadline
@@ -244,6 +270,12 @@ def cancel_update(
             f"(a running one stops between nodes with `upkeep cancel {run.id}`)"
         )
     finish_run(run, RunState.cancelled, reason=reason or "cancelled", session=session)
+    if run.slot_start is not None and run.told_at is None:
+        # Never announced (nothing delivered yet): the waiting notices are withdrawn and the customer
+        # hears nothing, rather than "scheduled" and "cancelled" for an update they never knew of.
+        for notice in pending_of(update_ref(run.id), session=session):
+            mark_superseded(notice, None, session=session)
+        return run
     if run.slot_start is not None:
         run.notice_sequence += 1
         _notify(run, NoticeKind.cancelled, now=now, session=session, vendor=vendor, reason=reason)

@@ -106,10 +106,13 @@ def _customer_rows(
             urgent = ", URGENT" if run.urgent else ""
             deferred = f", deferred {run.deferrals}×" if run.deferrals else ""
             detail = f"{ref} {run.from_version}→{run.to_version}{urgent}{deferred}"
+            if run.held_reason:  # never started in this slot: it has no valid one (flows/integrity.py)
+                detail = f"{ref} HELD: {run.held_reason}"
             rows.append(
                 CalendarRow(run.slot_start, "update", name, zone, cluster.name, run.slot_end, detail, ref)
             )
-            for at in reminder_times(policy, run.slot_start, _last_notice_at(ref, run, session)):
+            told = [] if run.held_reason else [_last_notice_at(ref, run, session)]
+            for at in (t for sent in told for t in reminder_times(policy, run.slot_start, sent)):
                 if start <= at < until:
                     rows.append(
                         CalendarRow(at, "reminder", name, zone, cluster.name, detail="reminder due", ref=ref)

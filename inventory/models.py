@@ -139,6 +139,16 @@ class UpgradeRun(SQLModel, table=True):
     # whose lease ran out was orphaned by a crash and the dispatcher takes it over.
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_until: datetime | None = _when()
+    # When the customer was first actually told of this update (its first announcement delivered, not
+    # merely queued): the notice period counts from here (scheduling/validity.py).
+    told_at: datetime | None = _when()
+    # Why the update is held instead of planned in a slot: no valid slot before its deadline. A held
+    # update is never started; the next re-check (import, case close, release change) may re-slot it.
+    held_reason: str = Field(default="")
+    # Who the customer's notices of this update come from, fixed at its first notice: calendar clients
+    # match an invite by UID and ORGANIZER, so a settings change must not move one.
+    organizer: str = Field(default="", max_length=254)
+    support_contact: str = Field(default="", max_length=254)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
     started_at: datetime | None = _when()
     finished_at: datetime | None = _when()
@@ -163,3 +173,12 @@ class AuditEvent(SQLModel, table=True):
     action: str = Field(max_length=64, index=True)
     subject: str = Field(max_length=255)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Installation(SQLModel, table=True):
+    """This installation's identity, generated once (the first row wins): it goes into every invite
+    UID and Message-ID, so two installations, or a rebuilt database, never collide in a mail client."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    installation_id: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))

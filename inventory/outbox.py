@@ -22,6 +22,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from inventory.types import UTCDateTime, utcnow
 
 __all__ = [
+    "ANNOUNCING",
     "BACKOFF",
     "Notice",
     "NoticeState",
@@ -29,8 +30,12 @@ __all__ = [
     "idempotency_key",
     "mark_attempt_failed",
     "mark_sent",
+    "mark_superseded",
+    "newer_notice",
+    "pending_of",
     "queue_notice",
     "retry_delay",
+    "run_id_of",
 ]
 
 # Wait before the next attempt after n failed ones: BACKOFF[n-1], the last entry repeating.
@@ -42,6 +47,7 @@ class NoticeState(StrEnum):
     pending = "pending"
     sent = "sent"
     failed = "failed"  # permanently refused by the mail server: a person has to look
+    superseded = "superseded"  # a later notice of the same update was queued before this one went out
 
 
 def _time(*, nullable: bool) -> Any:
@@ -178,6 +184,40 @@ def mark_attempt_failed(
     else:
         notice.next_attempt_at = now + retry_delay(notice.attempts)
     session.add(notice)
+
+
+# Notices that tell the customer when an update will happen: the first one delivered is when the
+# customer was told, and the notice period counts from there.
+ANNOUNCING = ("scheduled", "reminder", "rescheduled", "deferred")
+
+
+def run_id_of(update_ref: str) -> int | None:
+    """'update-42' -> 42; None for anything else (the SRE's copies are 'update-42-sre')."""
+    digits = update_ref.removeprefix("update-")
+    return int(digits) if update_ref.startswith("update-") and digits.isascii() and digits.isdigit() else None
+
+
+def newer_notice(notice: Notice, *, session: Session) -> Notice | None:
+    """A later notice of the same update (higher sequence) that is pending or sent: it supersedes
+    `notice`, which then must not be delivered (one delivery never carries two notices of one update)."""
+    query = select(Notice).where(
+        Notice.update_ref == notice.update_ref,
+        col(Notice.sequence) > notice.sequence,
+        col(Notice.state).in_([NoticeState.pending, NoticeState.sent]),
+    )
+    return session.exec(query.order_by(col(Notice.sequence).desc())).first()
+
+
+def mark_superseded(notice: Notice, by: Notice | None, *, session: Session) -> None:
+    notice.state = NoticeState.superseded
+    notice.next_attempt_at = None
+    notice.last_error = f"superseded by {by.idempotency_key}" if by is not None else "superseded"
+    session.add(notice)
+
+
+def pending_of(update_ref: str, *, session: Session) -> Sequence[Notice]:
+    query = select(Notice).where(Notice.update_ref == update_ref, Notice.state == NoticeState.pending)
+    return session.exec(query.order_by(col(Notice.id))).all()
 
 
 def retry_delay(failed_attempts: int) -> timedelta:

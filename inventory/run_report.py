@@ -6,8 +6,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from inventory.models import Cluster, Node, NodeStep, StepState, UpgradeRun
+from inventory.models import Cluster, Customer, Node, NodeStep, StepState, UpgradeRun
+from inventory.outbox import Notice
 from inventory.runs import run_steps
+from inventory.windows import MaintenanceWindow
+from scheduling.deferral import DeferralPolicy
 
 
 def run_row(run: UpgradeRun, session: Session) -> dict[str, Any]:
@@ -26,6 +29,40 @@ def run_row(run: UpgradeRun, session: Session) -> dict[str, Any]:
         # Who is carrying a running run out, and until when without a renewal (flows/lease.py).
         "lease_owner": run.lease_owner,
         "lease_until": run.lease_until.isoformat() if run.lease_until else None,
+    } | schedule_fields(run, cluster, session)
+
+
+def schedule_fields(run: UpgradeRun, cluster: Cluster | None, session: Session) -> dict[str, Any]:
+    """The announced slot and what the customer may do about it: `slot` ({start, end} ISO 8601 with
+    offset, or null), the zone its window is read in, urgency, deferrals used and left, why it is held
+    (or null), and every notice of the update with its state (superseded ones included)."""
+    customer = session.get(Customer, cluster.customer_id) if cluster else None
+    window = (
+        session.exec(
+            select(MaintenanceWindow.timezone)
+            .where(MaintenanceWindow.cluster_id == run.cluster_id)
+            .order_by(col(MaintenanceWindow.id))
+        ).first()
+        if cluster
+        else None
+    )
+    zone = window or (customer.timezone if customer else None)
+    slot = (
+        {"start": run.slot_start.isoformat(), "end": run.slot_end.isoformat()}
+        if run.slot_start and run.slot_end
+        else None
+    )
+    limit = DeferralPolicy().max_count
+    notices = session.exec(
+        select(Notice).where(Notice.update_ref == f"update-{run.id}").order_by(col(Notice.id))
+    ).all()
+    return {
+        "slot": slot,
+        "window_timezone": zone,
+        "urgent": run.urgent,
+        "deferrals": {"used": run.deferrals, "left": 0 if run.urgent else max(0, limit - run.deferrals)},
+        "held_reason": run.held_reason or None,
+        "notices": [{"kind": n.kind, "sequence": n.sequence, "state": str(n.state)} for n in notices],
     }
 
 

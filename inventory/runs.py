@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -113,3 +114,13 @@ def run_steps(run_id: int, *, session: Session) -> Sequence[NodeStep]:
 
 def list_runs(*, session: Session, limit: int = 50) -> Sequence[UpgradeRun]:
     return session.exec(select(UpgradeRun).order_by(col(UpgradeRun.id).desc()).limit(limit)).all()
+
+
+def mark_told(run_id: int, *, now: datetime, session: Session) -> None:
+    """The customer was just told of update `run_id` (an announcement delivered): the first time
+    counts, later deliveries change nothing."""
+    session.execute(
+        update(UpgradeRun)
+        .where(col(UpgradeRun.id) == run_id, col(UpgradeRun.told_at).is_(None))
+        .values(told_at=now)
+    )

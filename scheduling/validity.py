@@ -116,7 +116,7 @@ def invalid_reasons(update: PlannedUpdate, world: World, now: datetime) -> list[
             break
     needed = minimum_notice(world.notice, update.kind, update.urgent)
     told = update.told_at if update.told_at is not None else now_utc
-    if slot.start - told < needed:
+    if needed > timedelta(0) and slot.start - told < needed:  # a 0 h contract needs no telling first
         when = "never told yet" if update.told_at is None else f"told {fmt_instant(told)}"
         reasons.append(
             Reason(

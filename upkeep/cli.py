@@ -29,14 +29,33 @@ app.add_typer(release_app, name="release")
 
 
 @inventory_app.command("import")
-def inventory_import(file: Annotated[Path, typer.Argument(help="Inventory YAML file.")]) -> None:
-    """Validate FILE completely, then write it; on any problem nothing is written."""
+def inventory_import(
+    file: Annotated[Path, typer.Argument(help="Inventory YAML file.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what the import would change and do; write nothing.")
+    ] = False,
+) -> None:
+    """Validate FILE completely, then write it; on any problem nothing is written. Every planned
+    update the new inventory makes invalid (window gone, blackout or holiday over its slot ...) is
+    moved to its next valid slot with a notice to the customer, or held; each is listed."""
     import getpass
+    from datetime import UTC, datetime
 
-    from inventory.importer import import_inventory
+    from flows.integrity import import_and_recheck
+    from flows.run_notices import VendorTerms
 
-    summary = import_inventory(file, engine=_engine(), actor=getpass.getuser())
-    console.print(f"imported {file}: {summary}")
+    summary, outcomes = import_and_recheck(
+        file,
+        engine=_engine(),
+        actor=getpass.getuser(),
+        now=datetime.now(UTC),
+        vendor=VendorTerms.configured(),
+        dry_run=dry_run,
+    )
+    head = "dry run, nothing written" if dry_run else "imported"
+    console.print(f"{head} {file}: {summary}", markup=False)
+    for outcome in outcomes:
+        console.print(outcome.describe(), markup=False)
 
 
 @inventory_app.command("show")

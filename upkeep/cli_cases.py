@@ -162,7 +162,36 @@ def case_open(
             session=session,
         )
         data = case_dict(case, session)
+        outcomes = _recheck(case, session, "case opened")
     _show(data, json)
+    _say(outcomes, json)
+
+
+def _recheck(case: Any, session: Any, why: str) -> list[Any]:
+    """A P0/P1 case opened or closed changes which updates may run on its clusters: re-check them
+    (an update blocked by the case is held; one held by it is re-slotted once it closes)."""
+    from sqlmodel import select
+
+    from flows.integrity import recheck_planned
+    from flows.run_notices import VendorTerms
+    from inventory.case_tables import CaseCluster
+
+    if str(case.priority) not in ("P0", "P1"):
+        return []
+    clusters = session.exec(select(CaseCluster.cluster_id).where(CaseCluster.case_id == case.id)).all()
+    return recheck_planned(
+        now=_now(),
+        session=session,
+        actor=getpass.getuser(),
+        vendor=VendorTerms.configured(),
+        clusters=list(clusters),
+        why=f"{why}: {case.ref}",
+    )
+
+
+def _say(outcomes: list[Any], as_json: bool) -> None:
+    for outcome in [] if as_json else outcomes:
+        console.print(outcome.describe(), markup=False, soft_wrap=True)
 
 
 @case_app.command("show")
@@ -214,7 +243,15 @@ def case_close(
     from inventory.cases import close_case
 
     who = getpass.getuser()
-    _change(case, json, lambda c, s: close_case(c, reason=reason, now=_now(), actor=who, session=s))
+    outcomes: list[Any] = []
+
+    def close(c: Any, s: Any) -> None:
+        close_case(c, reason=reason, now=_now(), actor=who, session=s)
+        s.flush()
+        outcomes.extend(_recheck(c, s, "case closed"))
+
+    _change(case, json, close)
+    _say(outcomes, json)
 
 
 @case_app.command("status")

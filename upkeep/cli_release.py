@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import getpass
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -104,15 +104,28 @@ def parse_index(text: str, where: str) -> list[ReleaseEntry]:
     return entries
 
 
-def _save(entries: list[ReleaseEntry], source: str) -> dict[str, int]:
+def _save(entries: list[ReleaseEntry], source: str, *, quiet: bool = False) -> dict[str, int]:
+    """Save the releases and, in the same transaction, re-check the planned updates to them (a new
+    deadline may leave a slot too late): each one moved or held is printed."""
+    from flows.integrity import recheck_planned
     from inventory.db import session_scope
     from inventory.releases import save_releases
 
     try:
         with session_scope(_engine()) as session:
-            return save_releases(entries, session=session, actor=getpass.getuser(), source=source)
+            counts = save_releases(entries, session=session, actor=getpass.getuser(), source=source)
+            outcomes = recheck_planned(
+                now=datetime.now(UTC),
+                session=session,
+                actor=getpass.getuser(),
+                versions=[entry.version for entry in entries],
+                why=f"release change ({source})",
+            )
     except ReleaseError as exc:
         raise CliError(f"{exc}; nothing was written") from None
+    for outcome in [] if quiet else outcomes:
+        console.print(outcome.describe(), markup=False, soft_wrap=True)
+    return counts
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -162,7 +175,7 @@ def sync(
         entries = parse_index(fetch(index), index)
     except ReleaseError as exc:
         raise CliError(str(exc)) from None
-    counts = _save(entries, index)
+    counts = _save(entries, index, quiet=json_out)
     if json_out:
         print_json({"index": index, "versions": [e.version for e in entries], **counts})
     else:

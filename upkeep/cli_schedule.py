@@ -147,6 +147,54 @@ def calendar(
             console.print(f"{row.customer}: {row.local}: {row.detail}", markup=False, soft_wrap=True)
 
 
+@notices_app.command("list")
+def notices_list(
+    update: Annotated[
+        str | None, typer.Option("--update", help="Only this update (update-42 or 42).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="The newest this many.", min=1, max=10_000)] = 50,
+    json: JsonOpt = False,
+) -> None:
+    """Notices in the outbox, newest first, with their state: pending, sent, failed, or superseded (a
+    later notice of the same update was queued before this one went out, so it was never sent)."""
+    from sqlmodel import col
+
+    from flows.schedule import parse_update_ref, update_ref
+    from inventory.outbox import Notice
+
+    with _transaction() as session:
+        query = select(Notice).order_by(col(Notice.id).desc()).limit(limit)
+        if update is not None:
+            query = query.where(Notice.update_ref == update_ref(parse_update_ref(update)))
+        rows = [
+            {
+                "id": n.id,
+                "update": n.update_ref,
+                "kind": n.kind,
+                "sequence": n.sequence,
+                "state": str(n.state),
+                "recipients": list(n.recipients),
+                "queued_at": n.created_at.isoformat(),
+                "sent_at": n.sent_at.isoformat() if n.sent_at else None,
+                "note": n.last_error,
+            }
+            for n in session.exec(query)
+        ]
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no notices", markup=False)
+        return
+    table = Table("id", "update", "kind", "#", "state", "to", "queued (UTC)", "note")
+    for row in rows:
+        cells = [str(row[key]) for key in ("id", "update", "kind", "sequence", "state")]
+        recipients, queued = row["recipients"], str(row["queued_at"])
+        assert isinstance(recipients, list)
+        table.add_row(*cells, ", ".join(recipients), queued[:16].replace("T", " "), str(row["note"]))
+    console.print(table)
+
+
 @notices_app.command("send")
 def notices_send(
     limit: Annotated[int, typer.Option("--limit", help="At most this many.", min=1, max=10_000)] = 100,
@@ -167,7 +215,8 @@ def notices_send(
     else:
         console.print(
             f"notices: {len(report.sent)} sent, {len(report.retrying)} retrying later, "
-            f"{len(report.failed)} refused",
+            f"{len(report.failed)} refused"
+            + (f", {len(report.superseded)} superseded" if report.superseded else ""),
             markup=False,
         )
         for failure in report.failed:
@@ -222,6 +271,7 @@ def _update_dict(run: Any, session: Session) -> dict[str, Any]:
     from inventory import repo
     from inventory.models import Cluster
     from inventory.outbox import Notice
+    from inventory.run_report import schedule_fields
 
     cluster = session.get(Cluster, run.cluster_id)
     assert cluster is not None
@@ -232,6 +282,7 @@ def _update_dict(run: Any, session: Session) -> dict[str, Any]:
     )
     queued = notice.first()
     return {
+        "id": run.id,
         "update": ref,
         "run": run.id,
         "customer": customer.name,
@@ -242,13 +293,12 @@ def _update_dict(run: Any, session: Session) -> dict[str, Any]:
         "state": str(run.state),
         "urgent": run.urgent,
         "case": run.case_ref,
-        "deferrals": run.deferrals,
         "slot_start": run.slot_start.isoformat() if run.slot_start else None,
         "slot_end": run.slot_end.isoformat() if run.slot_end else None,
         "notice": None
         if queued is None
         else {"kind": queued.kind, "sequence": queued.sequence, "recipients": list(queued.recipients)},
-    }
+    } | schedule_fields(run, cluster, session)
 
 
 def _print_update(action: str, data: dict[str, Any], as_json: bool) -> None:

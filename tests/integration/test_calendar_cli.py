@@ -169,6 +169,9 @@ def test_schedule_defer_cancel_and_send(tmp_path: Path) -> None:
     assert start.astimezone(NEW_YORK).strftime("%H:%M") == "02:00"  # a window start, local time
     assert start - datetime.now(UTC) >= timedelta(hours=72)  # the default notice
 
+    result = upkeep(home, "notices", "send")  # the customer is told
+    assert result.stdout.startswith("notices: 1 sent"), result.stdout
+
     far = (start + timedelta(days=30)).date().isoformat()
     assert "a deferral may move it by at most 7 days" in refused(home, "defer", "update-1", "--to", far)
     assert "is not an ISO date or date-time" in refused(home, "defer", "update-1", "--to", "2026-13-01")
@@ -178,15 +181,35 @@ def test_schedule_defer_cancel_and_send(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     deferred = json.loads(result.stdout)
     moved = datetime.fromisoformat(deferred["slot_start"]).astimezone(NEW_YORK)
-    assert (moved.date().isoformat(), moved.strftime("%H:%M"), deferred["deferrals"]) == (later, "02:00", 1)
+    assert (moved.date().isoformat(), moved.strftime("%H:%M"), deferred["deferrals"]["used"]) == (
+        later,
+        "02:00",
+        1,
+    )
     assert (deferred["notice"]["kind"], deferred["notice"]["sequence"]) == ("deferred", 2)
 
     result = upkeep(home, "cancel-update", "update-1", "--reason", "customer asked")
     assert result.returncode == 0, result.stderr
     assert "notice  cancelled #3 queued" in result.stdout
 
-    result = upkeep(home, "notices", "send")
+    result = upkeep(home, "notices", "send")  # the deferral was never delivered: the cancel says it all
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("notices: 3 sent, 0 retrying later, 0 refused")
+    assert result.stdout.startswith("notices: 1 sent, 0 retrying later, 0 refused, 1 superseded")
     sent = sorted(path.name.split(".")[1] for path in (home / "outbox").glob("*.eml"))
-    assert sent == ["cancelled", "deferred", "scheduled"]
+    assert sent == ["cancelled", "scheduled"]
+    result = upkeep(home, "notices", "list", "--update", "update-1", "--json")
+    assert result.returncode == 0, result.stderr
+    states = [(n["kind"], n["sequence"], n["state"]) for n in json.loads(result.stdout)]
+    assert states == [("cancelled", 3, "sent"), ("deferred", 2, "superseded"), ("scheduled", 1, "sent")]
+
+
+def test_an_urgent_update_cannot_be_deferred_from_the_cli(tmp_path: Path) -> None:
+    home = imported(tmp_path)
+    result = upkeep(home, "schedule", "acme-c1", "--to", "9.9.0", "--urgent", "--json")
+    assert result.returncode == 0, result.stderr
+    update = json.loads(result.stdout)
+    assert (update["id"], update["urgent"], update["deferrals"]) == (1, True, {"used": 0, "left": 0})
+    assert set(update["slot"]) == {"start", "end"} and update["held_reason"] is None
+    later = (datetime.fromisoformat(update["slot"]["start"]) + timedelta(days=2)).date().isoformat()
+    line = refused(home, "defer", "update-1", "--to", later)
+    assert line.startswith("cannot defer update-1: it is urgent"), line

@@ -323,7 +323,7 @@ def test_no_slot_before_the_deadline_is_blocked_for_the_sre(fleet: Engine) -> No
     report = _plan(fleet)
     assert report.blocked.keys() - {"legacy-c13"} and report.planned
     for name in report.blocked.keys() - {"legacy-c13"}:
-        assert "is after the release deadline 2026-12-08 03:00 UTC" in report.blocked[name]
+        assert "no slot before the release deadline 2026-12-08 03:00 UTC" in report.blocked[name]
     with session_scope(fleet) as session:  # the refused slots left no run and no notice behind
         assert session.exec(select(func.count()).select_from(UpgradeRun)).one() == len(report.planned)
         assert session.exec(select(func.count()).select_from(Notice)).one() == len(report.planned)

@@ -37,6 +37,7 @@ def _plan(engine: Any, cluster: str, slot_start: datetime) -> int:
             state=RunState.planned,
         )
         run.slot_start, run.slot_end, run.notice_sequence = slot_start, slot_start + timedelta(hours=4), 1
+        run.told_at = slot_start - timedelta(days=5)  # announced in good time
         session.add(run)
         session.flush()
         return run.id or 0

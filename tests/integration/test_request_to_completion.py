@@ -63,6 +63,8 @@ def test_request_scheduled_notified_run_and_completed(
         assert slot >= ASKED + timedelta(hours=72)  # the product-update notice period
         assert "BEGIN:VCALENDAR" in scheduled.ics and f"update-{run_id}@upkeep" in scheduled.ics
 
+        assert dispatch(max_running=2)["notices_sent"] == 1  # a tick right after: the customer is told
+
         runtime.clock = lambda slot=slot: slot + timedelta(minutes=1)  # the slot has come
         result = dispatch(max_running=2)
 

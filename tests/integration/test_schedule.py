@@ -31,7 +31,7 @@ from inventory.importer import import_inventory
 from inventory.models import UpgradeRun
 from inventory.outbox import Notice
 from inventory.repo import inventory_snapshot
-from inventory.runs import ActiveRunExists
+from inventory.runs import ActiveRunExists, mark_told
 from inventory.windows import Blackout, MaintenanceWindow
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -251,6 +251,7 @@ def test_a_deferral_never_passes_the_release_deadline(db: Engine) -> None:
 def test_cancel_withdraws_the_invite(db: Engine) -> None:
     run_id = schedule(db)
     with session_scope(db) as session:
+        mark_told(run_id, now=NOW, session=session)  # what delivering the "scheduled" notice records
         run = cancel_update(run_id, now=NOW, reason="customer migrates first", session=session, vendor=VENDOR)
         assert (run.state, run.active_cluster_id, run.notice_sequence) == ("cancelled", None, 2)
         scheduled, cancelled = notices(session)
@@ -263,6 +264,15 @@ def test_cancel_withdraws_the_invite(db: Engine) -> None:
     with refused, session_scope(db) as session:
         cancel_update(run_id, now=NOW, reason="again", session=session)
     schedule(db)  # the cluster is free again
+
+
+def test_cancel_of_a_never_announced_update_sends_nothing(db: Engine) -> None:
+    run_id = schedule(db)  # its "scheduled" notice is still in the outbox, undelivered
+    with session_scope(db) as session:
+        run = cancel_update(run_id, now=NOW, reason="changed our mind", session=session, vendor=VENDOR)
+        assert run.state == "cancelled"
+        [scheduled] = notices(session)
+    assert (scheduled.kind, scheduled.state, scheduled.next_attempt_at) == ("scheduled", "superseded", None)
 
 
 def test_scheduled_and_deferred_invites_are_one_calendar_entry(db: Engine) -> None:
@@ -343,3 +353,41 @@ def test_import_replaces_windows_and_blackouts_and_round_trips(db: Engine, tmp_p
         run = session.get(UpgradeRun, run_id)
         assert run is not None and run.needs_approval
         assert run.slot_start == datetime(2026, 11, 28, 23, tzinfo=UTC)  # Sat 23:00 UTC, 71 h ahead
+
+
+def test_no_full_notice_slot_before_the_deadline_is_refused_naming_both(db: Engine) -> None:
+    # 9.10.0 is due by Sat 5 Dec 00:00 UTC. On Mon 30 Nov, 72 h notice reaches Thu 3 Dec: in time.
+    # On Wed 2 Dec it reaches Sat 5 Dec; Tue 8 Dec is frozen, so the first full-notice slot is Thu 10.
+    later = NOW + timedelta(days=7)  # Mon 30 Nov: 72 h takes it to Thu 3 Dec 00:00 -> Thu 3 Dec 07:00
+    with session_scope(db) as session:
+        run = schedule_update(
+            "acme-c2", "9.10.0", now=later, requested_by="sre", session=session, vendor=VENDOR
+        )
+        assert run.slot_start == utc(3)
+        cancel_update(run.id or 0, now=later, reason="test", session=session)
+    too_late = NOW + timedelta(days=9)  # Wed 2 Dec
+    with pytest.raises(ScheduleRefused) as refused, session_scope(db) as session:
+        schedule_update("acme-c2", "9.10.0", now=too_late, requested_by="sre", session=session, vendor=VENDOR)
+    assert str(refused.value) == (
+        "acme/acme-c2 9.9.0→9.10.0: no slot before the release deadline 2026-12-05 00:00 UTC gives acme "
+        "3 days notice; the earliest slot with full notice starts 2026-12-10 07:00 UTC; pass --urgent "
+        "(1 day notice) or change the release deadline"
+    )
+    with session_scope(db) as session:  # --urgent: 24 h notice reaches Thu 3 Dec 07:00, in time
+        run = schedule_update(
+            "acme-c2", "9.10.0", now=too_late, urgent=True, requested_by="sre", session=session, vendor=VENDOR
+        )
+        assert run.slot_start == utc(3)
+        assert "no deferral possible: this is an urgent update" in notices(session)[-1].body_text
+
+
+def test_an_urgent_update_cannot_be_deferred(db: Engine) -> None:
+    run_id = schedule(db, urgent=True)
+    with (
+        pytest.raises(ScheduleRefused, match=rf"cannot defer update-{run_id}: it is urgent"),
+        session_scope(db) as session,
+    ):
+        defer_update(run_id, to=utc(3, 12), now=NOW, session=session, vendor=VENDOR)
+    with session_scope(db) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and (run.deferrals, run.notice_sequence) == (0, 1)

@@ -82,6 +82,8 @@ def test_urgent_needs_only_the_urgent_minimum() -> None:
 def test_customer_notice_period_from_contract() -> None:
     ten_days = NoticePolicy(product_update=timedelta(days=10))
     assert reasons(notice=ten_days) == ["notice"]
+    none = NoticePolicy(product_update=timedelta(0))  # no notice owed: due now, never told, still valid
+    assert reasons(notice=none, update=PlannedUpdate(SLOT), now=SLOT.start + timedelta(minutes=1)) == []
 
 
 def test_deadline_start_exactly_at_it_is_in_time() -> None:

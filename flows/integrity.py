@@ -1,0 +1,335 @@
+"""Schedule integrity: re-check planned updates against the world as it is now, and move the invalid.
+
+`scheduling.validity` is the rule; this module gathers the world for one update from the record (its
+cluster's windows, the customer's blackouts and notice terms, the release deadline, open P0/P1 cases,
+when the customer was told) and acts on the answer:
+
+* valid: nothing happens;
+* invalid, and a valid slot exists (full notice from now, before the deadline): the update moves
+  there, the customer gets a `rescheduled` notice (same invite UID, next SEQUENCE) naming the reason,
+  and an `update.rescheduled` audit event names it too;
+* invalid, and no valid slot exists: the update is held (`held_reason`), never started, the SRE is
+  alerted with the reason, and `upkeep calendar` shows it held. A later re-check may re-slot it.
+
+Every move is a compare-and-set on the update's `notice_sequence`, so two processes re-checking the
+same update at once (a dispatcher tick and an import) move it once and send one notice.
+`plan_only=True` says what would happen without writing anything (`inventory import --dry-run`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from flows.run_notices import VendorTerms, queue_run_notice, update_ref
+from inventory import repo
+from inventory.cases import open_blocking_case
+from inventory.importer import ImportSummary, apply_inventory, load_inventory
+from inventory.models import Cluster, Customer, Release, RunState, UpgradeRun
+from inventory.windows import blackouts_for, cluster_windows
+from scheduling.errors import NoSlot, SchedulingError
+from scheduling.notice import NoticePolicy
+from scheduling.validity import PlannedUpdate, Reason, World, invalid_reasons, replacement_slot
+from scheduling.windows import Interval
+from templates import NoticeKind
+
+Action = Literal["valid", "moved", "held", "unheld"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a re-check found and did about one update, in words for `inventory import` and the log."""
+
+    run_id: int
+    label: str  # "acme/acme-c1"
+    action: Action
+    reasons: tuple[str, ...] = ()
+    slot: Interval | None = None  # the new slot when moved
+    zone: str = "UTC"
+    written: bool = True  # False for a dry run
+
+    def describe(self) -> str:
+        from zoneinfo import ZoneInfo
+
+        why = "; ".join(self.reasons)
+        head = f"{update_ref(self.run_id).replace('-', ' ')} {self.label}"
+        if self.action == "valid":
+            return f"{head}: still valid"
+        if self.action in ("moved", "unheld"):
+            assert self.slot is not None
+            local = self.slot.start.astimezone(ZoneInfo(self.zone)).strftime("%a %d %b %H:%M")
+            told = "customer notified" if self.written else "customer would be notified"
+            verb = "moved" if self.written else "would move"
+            return f"{head}: {why} -> {verb} to {local} {self.zone}, {told}"
+        verb = "held" if self.written else "would be held"
+        return f"{head}: {why} -> {verb}, no valid slot; SRE alerted" + ("" if self.written else " (dry run)")
+
+
+def notice_terms(customer: Customer) -> NoticePolicy:
+    """The vendor defaults, with the customer's contract terms where it has them."""
+    from flows.schedule import notice_policy
+
+    return notice_policy(customer)
+
+
+def world_of(run: UpgradeRun, *, session: Session) -> tuple[World, Cluster, Customer]:
+    """The world one planned update lives in, read from the record now."""
+    cluster = session.get(Cluster, run.cluster_id)
+    assert cluster is not None and cluster.id is not None
+    customer = repo.customer_of(cluster, session=session)
+    release = _release(run.to_version, session)
+    case = open_blocking_case(cluster.id, session=session)
+    world = World(
+        windows=cluster_windows(cluster, customer, session=session),
+        blackouts=blackouts_for(customer, session=session),
+        notice=notice_terms(customer),
+        deadline=release.deadline if release is not None else None,
+        blocking_case=f"{case.ref} ({case.priority})" if case is not None else None,
+        withdrawn=release is None,
+    )
+    return world, cluster, customer
+
+
+def planned_of(run: UpgradeRun) -> PlannedUpdate:
+    assert run.slot_start is not None and run.slot_end is not None
+    return PlannedUpdate(
+        Interval(run.slot_start, run.slot_end), kind=run.kind, urgent=run.urgent, told_at=run.told_at
+    )
+
+
+def reasons_for(run: UpgradeRun, *, now: datetime, session: Session) -> list[Reason]:
+    """Why the planned update `run` may not start in its slot at `now` ([] = it may)."""
+    if run.held_reason:
+        return [Reason("window", f"held: {run.held_reason}")]
+    if run.slot_start is None or run.slot_end is None:
+        return []
+    world, _, _ = world_of(run, session=session)
+    return invalid_reasons(planned_of(run), world, now)
+
+
+def recheck(
+    run: UpgradeRun,
+    *,
+    now: datetime,
+    session: Session,
+    actor: str,
+    vendor: VendorTerms | None = None,
+    plan_only: bool = False,
+    why: str = "",
+) -> Outcome:
+    """Re-check one planned (or held) update and move or hold it when invalid (module docstring)."""
+    assert run.id is not None
+    world, cluster, customer = world_of(run, session=session)
+    label = f"{customer.name}/{cluster.name}"
+    zone = customer.timezone
+    if run.slot_start is None or run.slot_end is None:
+        return Outcome(run.id, label, "valid", zone=zone, written=not plan_only)
+    planned = planned_of(run)
+    if run.held_reason:
+        reasons = [f"held: {run.held_reason}"]
+    else:
+        found = invalid_reasons(planned, world, now)
+        if not found:
+            return Outcome(run.id, label, "valid", zone=zone, written=not plan_only)
+        reasons = [r.text for r in found]
+    try:
+        slot = replacement_slot(planned, world, now)
+    except (NoSlot, SchedulingError) as exc:
+        if run.held_reason:  # still nowhere to go: nothing new to say
+            return Outcome(run.id, label, "held", (run.held_reason,), zone=zone, written=not plan_only)
+        held = f"{'; '.join(reasons)}; no valid slot: {exc}"
+        if not plan_only:
+            _hold(run, held, now=now, session=session, actor=actor, vendor=vendor, why=why)
+        return Outcome(
+            run.id, label, "held", (*reasons, f"no valid slot: {exc}"), zone=zone, written=not plan_only
+        )
+    action: Action = "unheld" if run.held_reason else "moved"
+    if not plan_only:
+        _move(run, slot, reasons, now=now, session=session, actor=actor, vendor=vendor, why=why)
+    return Outcome(run.id, label, action, tuple(reasons), slot, zone, written=not plan_only)
+
+
+def recheck_planned(
+    *,
+    now: datetime,
+    session: Session,
+    actor: str,
+    vendor: VendorTerms | None = None,
+    plan_only: bool = False,
+    clusters: Iterable[int] | None = None,
+    versions: Iterable[str] | None = None,
+    why: str = "",
+) -> list[Outcome]:
+    """Re-check every planned update (of `clusters` / to `versions` when given); the changed ones."""
+    query = select(UpgradeRun).where(
+        UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start).is_not(None)
+    )
+    if clusters is not None:
+        query = query.where(col(UpgradeRun.cluster_id).in_(list(clusters)))
+    if versions is not None:
+        query = query.where(col(UpgradeRun.to_version).in_(list(versions)))
+    outcomes = []
+    for run in session.exec(query.order_by(col(UpgradeRun.id))).all():
+        outcome = recheck(
+            run, now=now, session=session, actor=actor, vendor=vendor, plan_only=plan_only, why=why
+        )
+        if outcome.action != "valid" and not (outcome.action == "held" and run.held_reason and not plan_only):
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _move(
+    run: UpgradeRun,
+    slot: Interval,
+    reasons: list[str],
+    *,
+    now: datetime,
+    session: Session,
+    actor: str,
+    vendor: VendorTerms | None,
+    why: str,
+) -> None:
+    previous, sequence = run.slot_start, run.notice_sequence
+    won = session.execute(
+        update(UpgradeRun)
+        .where(
+            col(UpgradeRun.id) == run.id,
+            col(UpgradeRun.state) == RunState.planned,
+            col(UpgradeRun.notice_sequence) == sequence,
+        )
+        .values(slot_start=slot.start, slot_end=slot.end, notice_sequence=sequence + 1, held_reason="")
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        return  # someone else moved it first, and told the customer
+    session.refresh(run)
+    detail = {
+        "from": previous.isoformat() if previous else None,
+        "to": slot.start.isoformat(),
+        "reasons": reasons,
+        "sequence": run.notice_sequence,
+        "trigger": why,
+    }
+    repo.record_audit(actor, "update.rescheduled", f"run/{run.id}", detail, session=session)
+    queue_run_notice(
+        run,
+        NoticeKind.rescheduled,
+        session=session,
+        now=now,
+        vendor=vendor,
+        previous_slot_start=previous,
+        reason="; ".join(reasons),
+    )
+
+
+def _hold(
+    run: UpgradeRun,
+    reason: str,
+    *,
+    now: datetime,
+    session: Session,
+    actor: str,
+    vendor: VendorTerms | None,
+    why: str,
+) -> None:
+    won = session.execute(
+        update(UpgradeRun)
+        .where(
+            col(UpgradeRun.id) == run.id,
+            col(UpgradeRun.state) == RunState.planned,
+            col(UpgradeRun.notice_sequence) == run.notice_sequence,
+            col(UpgradeRun.held_reason) == "",
+        )
+        .values(held_reason=reason[:2000])
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        return
+    session.refresh(run)
+    repo.record_audit(
+        actor, "update.held", f"run/{run.id}", {"reason": reason, "trigger": why}, session=session
+    )
+    _alert_held(run, reason, now=now, session=session, vendor=vendor)
+
+
+def _alert_held(
+    run: UpgradeRun, reason: str, *, now: datetime, session: Session, vendor: VendorTerms | None
+) -> None:
+    """Tell the SRE, once per held update and slot, through the one SRE-alert function when a
+    runtime is configured (CLI, dispatcher, flows); else as an SRE notice."""
+    from flows.alerts import alert_sre
+    from flows.runtime import RuntimeNotConfigured, current
+
+    ref = update_ref(run.id)
+    try:
+        runtime = current()
+    except RuntimeNotConfigured:
+        queue_run_notice(
+            run,
+            "failed",
+            session=session,
+            now=now,
+            vendor=vendor,
+            to_sre=True,
+            variant=f"held-{run.notice_sequence}",
+            reason=f"HELD, not started and not failed: {ref} has no valid slot. {reason}",
+        )
+        return
+    alert_sre(
+        runtime,
+        headline=f"{ref} held: no valid slot, it will not start",
+        cause=reason,
+        kind="held",
+        run_id=run.id,
+        action="find a slot: change the deadline, the windows or blackouts, or cancel the update "
+        "(`upkeep calendar` shows it HELD)",
+        key=f"{ref}:held:{run.notice_sequence}",
+        session=session,
+    )
+
+
+def _release(version: str, session: Session) -> Release | None:
+    try:
+        return repo.get_release(version, session=session)
+    except LookupError:
+        return None
+
+
+def import_and_recheck(
+    path: Path,
+    *,
+    engine: Engine,
+    actor: str,
+    now: datetime,
+    vendor: VendorTerms | None = None,
+    dry_run: bool = False,
+) -> tuple[ImportSummary, list[Outcome]]:
+    """`upkeep inventory import [--dry-run]`: apply the file and re-check every planned update against
+    the new inventory in ONE transaction, so the moves, notices and audit commit with the import (or
+    not at all). A dry run does all of it and rolls back: the report is exactly what a real import
+    would do, and nothing is written."""
+    doc = load_inventory(path)
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            summary = apply_inventory(doc, session=session, actor=actor)
+            outcomes = recheck_planned(
+                now=now,
+                session=session,
+                actor=actor,
+                vendor=vendor,
+                plan_only=dry_run,
+                why="inventory import",
+            )
+        except BaseException:
+            session.rollback()
+            raise
+        if dry_run:
+            session.rollback()
+        else:
+            session.commit()
+    return summary, outcomes

@@ -1,0 +1,54 @@
+"""schedule integrity: when the customer was told, held updates, fixed sender, installation id
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import sqlmodel
+from alembic import op
+
+import inventory.types
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("upgraderun", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("told_at", inventory.types.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("held_reason", sqlmodel.sql.sqltypes.AutoString(), nullable=False, server_default=""))
+        batch_op.add_column(
+            sa.Column("organizer", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False, server_default="")
+        )
+        batch_op.add_column(
+            sa.Column("support_contact", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False, server_default="")
+        )
+    op.create_table(
+        "installation",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("installation_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("created_at", inventory.types.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    if op.get_bind().dialect.name == "postgresql":  # SQLite stores the enum as text
+        op.execute("ALTER TYPE noticestate ADD VALUE IF NOT EXISTS 'superseded'")
+    # Updates announced before this migration: told when their first announcement was delivered.
+    op.execute(
+        "UPDATE upgraderun SET told_at = (SELECT MIN(notice.sent_at) FROM notice "
+        "WHERE notice.update_ref = 'update-' || CAST(upgraderun.id AS VARCHAR) AND notice.state = 'sent' "
+        "AND notice.kind IN ('scheduled', 'reminder', 'rescheduled', 'deferred'))"
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("installation")
+    with op.batch_alter_table("upgraderun", schema=None) as batch_op:
+        batch_op.drop_column("support_contact")
+        batch_op.drop_column("organizer")
+        batch_op.drop_column("held_reason")
+        batch_op.drop_column("told_at")

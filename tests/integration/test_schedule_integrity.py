@@ -1,0 +1,195 @@
+"""Schedule integrity against the real lab, on SQLite and PostgreSQL: a planned update stays true while
+the world changes around it.
+
+The scenario of issue #13: schedule -> import a blackout over the slot -> the import names the update
+and its new slot -> the dispatcher at the old slot starts nothing -> the customer got one "rescheduled"
+notice (same invite UID, higher SEQUENCE) -> the update starts in the new slot.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlmodel import col, select
+
+from flows.dispatch import dispatch
+from flows.integrity import import_and_recheck
+from flows.notify import deliver_pending
+from flows.run_notices import VendorTerms
+from flows.schedule import schedule_update
+from inventory.db import session_scope
+from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
+from inventory.outbox import Notice
+from scheduling._time import load_zone
+from tests.integration.conftest import nodes_of
+
+pytestmark = [pytest.mark.lab, pytest.mark.prefect]
+TARGET = "9.10.0"
+NOW = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)  # a Monday
+
+
+def _uid(ics: str) -> str:
+    match = re.search(r"^UID:(.+?)\r?$", ics, re.M)
+    assert match, ics
+    return match.group(1)
+
+
+def _sequence(ics: str) -> int:
+    match = re.search(r"^SEQUENCE:(\d+)", ics, re.M)
+    assert match, ics
+    return int(match.group(1))
+
+
+def _with_blackout(lab: Any, cluster: str, day: str, reason: str, dest: Path) -> Path:
+    data = yaml.safe_load(lab.inventory_path.read_text())
+    for customer in data["customers"]:
+        if any(c["name"] == cluster for c in customer["clusters"]):
+            customer["blackouts"] = [{"start": day, "end": day, "reason": reason}]
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+def test_blackout_over_the_slot_moves_the_update_and_the_dispatcher_follows(
+    lab: Any, fresh_cluster: str, lab_runtime_any_db: Any, tmp_path: Path
+) -> None:
+    runtime = lab_runtime_any_db
+    engine, vendor = runtime.engine, VendorTerms.from_runtime(runtime)
+    runtime.clock = lambda: NOW
+    with session_scope(engine) as session:
+        run = schedule_update(
+            fresh_cluster, TARGET, now=NOW, requested_by="sre", session=session, vendor=vendor
+        )
+        run_id, old_start = run.id, run.slot_start
+        zone = load_zone(_zone(session, run))
+    assert old_start is not None
+    deliver_pending(engine, runtime.mailer, now=NOW, sender=runtime.mail_from)  # the customer is told
+
+    # The customer freezes the day of the slot; the inventory is re-imported an hour later.
+    day = old_start.astimezone(zone).date().isoformat()
+    fleet = _with_blackout(lab, fresh_cluster, day, "quarter close", tmp_path / "fleet.yaml")
+    _, outcomes = import_and_recheck(
+        fleet, engine=engine, actor="sre", now=NOW + timedelta(hours=1), vendor=vendor
+    )
+
+    [outcome] = outcomes
+    with session_scope(engine) as session:
+        moved = session.get(UpgradeRun, run_id)
+        assert moved is not None and moved.state == RunState.planned and moved.notice_sequence == 2
+        new_start = moved.slot_start
+        audit = session.exec(select(AuditEvent).where(AuditEvent.action == "update.rescheduled")).one()
+    assert new_start is not None and new_start > old_start
+    assert new_start - (NOW + timedelta(hours=1)) >= timedelta(hours=72)  # full notice from the move
+    local = new_start.astimezone(zone).strftime("%a %d %b %H:%M")
+    assert outcome.describe() == (
+        f"update {run_id} {outcome.label}: slot now inside blackout 'quarter close' -> moved to "
+        f"{local} {zone.key}, customer notified"
+    )
+    assert audit.detail["reasons"] == ["slot now inside blackout 'quarter close'"]
+
+    runtime.clock = lambda: old_start + timedelta(minutes=1)  # the old slot comes
+    tick = dispatch(max_running=4)
+    assert tick["started"] == []
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]
+
+    with session_scope(engine) as session:
+        notices = session.exec(
+            select(Notice).where(Notice.update_ref == f"update-{run_id}").order_by(col(Notice.id))
+        ).all()
+    scheduled = [n for n in notices if n.kind == "scheduled"]
+    rescheduled = [n for n in notices if n.kind == "rescheduled"]
+    assert len(scheduled) == 1 and len(rescheduled) == 1
+    assert rescheduled[0].state == "sent" and "quarter close" in rescheduled[0].body_text
+    assert _uid(rescheduled[0].ics) == _uid(scheduled[0].ics)
+    assert _sequence(rescheduled[0].ics) > _sequence(scheduled[0].ics)
+
+    runtime.clock = lambda: new_start + timedelta(minutes=1)  # the new slot comes
+    tick = dispatch(max_running=4)
+    assert tick["started"] == [run_id]
+    with session_scope(engine) as session:
+        assert session.get(UpgradeRun, run_id).state == RunState.succeeded  # type: ignore[union-attr]
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [1, 1, 1]
+
+
+def _zone(session: Any, run: UpgradeRun) -> str:
+    from inventory.repo import customer_of
+
+    cluster = session.get(Cluster, run.cluster_id)
+    return customer_of(cluster, session=session).timezone
+
+
+def _scheduled_and_told(runtime: Any, cluster: str) -> tuple[int, datetime, datetime]:
+    engine, vendor = runtime.engine, VendorTerms.from_runtime(runtime)
+    with session_scope(engine) as session:
+        run = schedule_update(cluster, TARGET, now=NOW, requested_by="sre", session=session, vendor=vendor)
+        assert run.id is not None and run.slot_start is not None and run.slot_end is not None
+        ids = run.id, run.slot_start, run.slot_end
+    deliver_pending(engine, runtime.mailer, now=NOW, sender=runtime.mail_from)
+    return ids
+
+
+def test_dispatcher_rechecks_right_before_claiming(
+    lab: Any, fresh_cluster: str, lab_runtime_any_db: Any
+) -> None:
+    """A blackout written behind Upkeep's back (no import re-check ran): the dispatcher at the slot
+    still starts nothing, and moves the update with a notice and an audit event naming the blackout."""
+    from inventory.windows import Blackout
+
+    runtime = lab_runtime_any_db
+    run_id, start, _ = _scheduled_and_told(runtime, fresh_cluster)
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        cluster = session.get(Cluster, run.cluster_id)  # type: ignore[union-attr]
+        zone = _zone(session, run)  # type: ignore[arg-type]
+        day = start.astimezone(load_zone(zone)).date()
+        session.add(
+            Blackout(customer_id=cluster.customer_id, start=day, end=day, timezone=zone, reason="freeze")
+        )  # type: ignore[union-attr]
+
+    runtime.clock = lambda: start + timedelta(minutes=1)
+    tick = dispatch(max_running=4)
+
+    assert tick["started"] == []
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.state == RunState.planned and run.slot_start is not None
+        assert run.slot_start > start and run.notice_sequence == 2
+        audit = session.exec(select(AuditEvent).where(AuditEvent.action == "update.rescheduled")).one()
+    assert audit.detail["trigger"] == "dispatcher, before starting"
+    assert audit.detail["reasons"] == ["slot now inside blackout 'freeze'"]
+
+
+def test_no_valid_slot_before_the_deadline_holds_the_update_and_alerts_the_sre(
+    lab: Any, fresh_cluster: str, lab_runtime_any_db: Any
+) -> None:
+    from flows.schedule_calendar import calendar_view
+    from inventory.alerts import Alert
+    from inventory.models import Release
+
+    runtime = lab_runtime_any_db
+    run_id, start, _ = _scheduled_and_told(runtime, fresh_cluster)
+    with session_scope(runtime.engine) as session:  # the release gets a deadline before the slot
+        release = session.exec(select(Release).where(Release.version == TARGET)).one()
+        release.deadline = start - timedelta(days=1)
+        session.add(release)
+
+    runtime.clock = lambda: start + timedelta(minutes=1)
+    assert dispatch(max_running=4)["started"] == []
+    assert dispatch(max_running=4)["started"] == []  # held stays held, and is alerted once
+
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.state == RunState.planned
+        assert "past the release deadline" in run.held_reason
+        alerts = session.exec(select(Alert).where(Alert.run_id == run_id)).all()
+        rows = calendar_view(now=start - timedelta(days=1), weeks=2, session=session)
+    assert len(alerts) == 1 and alerts[0].kind == "held" and f"update-{run_id} held" in alerts[0].subject
+    assert "past the release deadline" in alerts[0].body_text
+    [row] = [r for r in rows if r.ref == f"update-{run_id}" and r.what == "update"]
+    assert row.detail.startswith(f"update-{run_id} HELD: ")
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]

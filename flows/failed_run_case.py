@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from flows.diagnostics import CollectResult, collect_diagnostics
+from flows.links import flow_run_url
 from flows.runtime import Runtime, current
 from inventory import cases, repo
 from inventory.db import session_scope
@@ -50,7 +51,11 @@ def handle_failed_run(run_id: int, *, runtime: Runtime, now: datetime) -> Failur
                 opened_by=runtime.actor,
                 session=session,
             )
-            detail = {"case": case.ref, "reason": run.reason[:500]}
+            detail = {
+                "case": case.ref,
+                "reason": run.reason[:500],
+                "flow_run_url": flow_run_url(run.flow_run_id),
+            }
             repo.record_audit(runtime.actor, RUN_CASE, f"run/{run_id}", detail, session=session)
         ref, name, since = case.ref, cluster.name, run.started_at or run.created_at
     state = collect_diagnostics(
@@ -72,3 +77,57 @@ def _case_of_run(run: UpgradeRun, *, session: Session) -> cases.Case | None:
         if case is not None and case.status is not cases.CaseStatus.closed:
             return case
     return None
+
+
+CASE_NOTE = "case.note"
+
+
+def close_failure_case(runtime: Runtime, run_id: int) -> list[str]:
+    """A run that failed and then succeeded (a retry from the Prefect UI): the case its failure
+    opened gets a note with the link, and is closed when it was opened only for that failure (not
+    the case the update was for, and no other run's failure). Returns the refs noted."""
+    now = runtime.clock()
+    noted = []
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        url = flow_run_url(run.flow_run_id)
+        opened = session.exec(
+            select(AuditEvent).where(AuditEvent.action == RUN_CASE, AuditEvent.subject == f"run/{run_id}")
+        ).all()
+        for ref in dict.fromkeys(str(event.detail.get("case")) for event in opened):
+            case = session.exec(select(cases.Case).where(cases.Case.ref == ref)).first()
+            if case is None or case.status is cases.CaseStatus.closed:
+                continue
+            note = f"run {run_id} was retried and succeeded: {run.from_version}→{run.to_version}" + (
+                f" ({url})" if url else ""
+            )
+            detail = {"note": note, "run": run_id, "flow_run_url": url}
+            repo.record_audit(runtime.actor, CASE_NOTE, f"case/{ref}", detail, session=session)
+            others = [
+                e
+                for e in session.exec(select(AuditEvent).where(AuditEvent.action == RUN_CASE)).all()
+                if e.detail.get("case") == ref and e.subject != f"run/{run_id}"
+            ]
+            if not others and ref != run.case_ref:
+                cases.close_case(case, reason=note, now=now, actor=runtime.actor, session=session)
+            noted.append(ref)
+    return noted
+
+
+def case_links(ref: str, *, session: Session) -> dict[str, list[dict[str, object]]]:
+    """For `upkeep case show`: the runs whose failure opened or joined the case (with their Prefect
+    flow-run links) and the notes written on it."""
+    runs = [
+        {"run": int(e.subject.removeprefix("run/")), "flow_run_url": e.detail.get("flow_run_url", "")}
+        for e in session.exec(select(AuditEvent).where(AuditEvent.action == RUN_CASE)).all()
+        if e.detail.get("case") == ref
+    ]
+    notes = [
+        {"at": e.at.isoformat(), "by": e.actor, "note": e.detail.get("note", "")}
+        for e in session.exec(
+            select(AuditEvent)
+            .where(AuditEvent.action == CASE_NOTE, AuditEvent.subject == f"case/{ref}")
+            .order_by(col(AuditEvent.id))
+        ).all()
+    ]
+    return {"runs": runs, "notes": notes}

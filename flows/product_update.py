@@ -18,9 +18,12 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Failed
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
 
 from flows import lease
 from flows.approval import wait_for_approval
+from flows.failed_run_case import close_failure_case
 from flows.outcomes import (
     alert_sre,
     carry_over,
@@ -94,6 +97,8 @@ def product_update(
         summary_artifacts(runtime, plan, run_id, "failed")
         # The run header in the Prefect UI shows this message: the one-line cause, not a traceback.
         return Failed(message=one_line(reason or str(exc)))
+    if result["state"] == "succeeded":
+        close_failure_case(runtime, run_id)  # a retried run that now succeeded: its failure's case
     if result["state"] != "taken over":  # the process that took it over tells its own story
         summary_artifacts(runtime, plan, run_id, result["state"])
     if result["state"] == "failed":
@@ -224,7 +229,10 @@ def _claim(
         check_case_ref(case)  # a deployment's parameter is input too
     with session_scope(runtime.engine) as session:
         plan = plan_update(cluster, to_version, session=session)
-        if run_id is None:
+        retried = _retried_run(session, run_id)
+        if retried is not None:
+            run = retried  # a failed flow run retried (from the Prefect UI): its run goes on from our record
+        elif run_id is None:
             run = create_run(
                 repo.get_cluster(cluster, session=session),
                 to_version=to_version,
@@ -253,6 +261,35 @@ def _claim(
         )
         assert run.id is not None
         return plan, run.id, owner
+
+
+def _retried_run(session: Session, run_id: int | None) -> UpgradeRun | None:
+    """The failed run this flow run already carried out, when this is a retry of that flow run
+    (Retry in the Prefect UI): reopened to resume from our record, so no node is upgraded twice.
+    None when this flow run is new."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return None
+    query = select(UpgradeRun).where(UpgradeRun.flow_run_id == str(flow_run.id))
+    run = session.exec(query.where(UpgradeRun.id == run_id) if run_id is not None else query).first()
+    if run is None or run.state != RunState.failed:
+        return None
+    run.state, run.active_cluster_id, run.finished_at = RunState.running, run.cluster_id, None
+    run.lease_owner = run.lease_until = None
+    try:
+        session.flush()  # the cluster's active-run claim: refused if another update runs there now
+    except IntegrityError:
+        raise RunMismatch(f"run {run.id} cannot be retried: its cluster has another active update") from None
+    repo.record_audit(
+        "prefect-ui",
+        "run.retried",
+        f"run/{run.id}",
+        {"flow_run_id": str(flow_run.id), "failed": run.reason[:500]},
+        session=session,
+    )
+    run.reason = ""
+    return run
 
 
 def _result(run_id: int, plan: UpdatePlan, state: str, outcomes: dict[str, str]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ def _time(text: str | None, what: str) -> datetime | None:
 
 
 def case_dict(case: Any, session: Session) -> dict[str, Any]:
+    from flows.failed_run_case import case_links
     from inventory.cases import case_bundles, case_clusters
     from inventory.models import Customer
 
@@ -70,6 +71,7 @@ def case_dict(case: Any, session: Session) -> dict[str, Any]:
         "bundles": [
             b.model_dump(mode="json", exclude={"case_id"}) for b in case_bundles(case, session=session)
         ],
+        **case_links(case.ref, session=session),  # runs whose failure it is about (Prefect links), notes
     }
 
 
@@ -100,6 +102,11 @@ def _show(data: dict[str, Any], as_json: bool) -> None:
         console.print(
             f"  bundle              {bundle['url']} ({bundle['size']} bytes, {state})", markup=False
         )
+    for run in data.get("runs", []):
+        link = f" - {run['flow_run_url']}" if run["flow_run_url"] else ""
+        console.print(f"  run                 {run['run']} (upkeep show {run['run']}){link}", markup=False)
+    for note in data.get("notes", []):
+        console.print(f"  note                {note['at'][:16]} {note['by']}: {note['note']}", markup=False)
 
 
 def _change(ref: str, as_json: bool, change: Any) -> None:

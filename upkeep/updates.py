@@ -159,14 +159,17 @@ def _after_api_loss(run_id: int, exc: Exception, *, engine: Engine, as_json: boo
 
 
 def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
+    from flows.links import flow_run_url
+
     with session_scope(engine) as session:
         try:
             run = get_run(run_id, session=session)
         except LookupError:
             raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
         summary, nodes = run_row(run, session), node_rows(run, session)
+        url = flow_run_url(run.flow_run_id)
     if as_json:
-        print_json({**summary, "nodes": nodes})
+        print_json({**summary, "flow_run_url": url, "nodes": nodes})
         return
     console.print(
         f"[bold]run {summary['id']}[/]: {summary['cluster']} {summary['from']}→{summary['to']} "
@@ -184,6 +187,8 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
     console.print(table)
     if summary["reason"]:
         console.print(f"reason: {summary['reason']}", markup=False)
+    if url:
+        console.print(f"Prefect flow run: {url}", markup=False)
     if summary["lease_owner"]:
         console.print(f"held by {summary['lease_owner']} until {summary['lease_until']}", markup=False)
 

@@ -90,6 +90,7 @@ def test_failure_tells_the_customer_plainly_and_the_sre_with_case_and_bundle(
     assert re.search(r"Case: +CASE-\d+", sre.body_text)  # a case was opened for the failure and named
     assert "https://127.0.0.1" in sre.body_text  # with the diagnostics bundle's URL
     assert f"upkeep show {run.id}" in sre.body_text
+    assert re.search(rf"Prefect flow run: +http://\S+/runs/flow-run/{run.flow_run_id}", sre.body_text)
 
 
 def test_a_file_server_failure_before_any_node_alerts_only_the_sre_naming_the_url(

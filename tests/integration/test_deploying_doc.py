@@ -14,6 +14,7 @@ except what a machine provides: the databases' names, ports, the lab, and a PREF
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -134,7 +136,9 @@ class _Machine:
             text=True,
             timeout=BLOCK_TIMEOUT,
         )
-        self.timings[f"line {block.line}"] = round(time.monotonic() - started, 1)
+        self.timings[f"line {block.line}" if block.line else block.text] = round(
+            time.monotonic() - started, 1
+        )
         if done.returncode != 0:
             logs = "\n".join(
                 f"--- {name} log:\n{_tail_file(log)}" for name, (_, log) in self.background.items()
@@ -145,6 +149,19 @@ class _Machine:
                 pytrace=False,
             )
         return done.stdout
+
+    def doctor(self) -> dict[str, Any]:
+        """`upkeep doctor --json` on this machine (the test's own check, not a step of the document)."""
+        done = subprocess.run(
+            ["bash", "-c", f"set -euo pipefail\n{self.site}\nupkeep doctor --json"],
+            cwd=self.work,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=BLOCK_TIMEOUT,
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return dict(json.loads(done.stdout))
 
     def start(self, block: Block) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{block.name}.log"
@@ -236,8 +253,7 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
         "FLEET_YAML": str(lab.inventory_path),
         "CHECKOUT": str(REPO_ROOT),
     }
-    # The rehearsal the document describes: the lab's settings on top of the site's.
-    site = site_block(_one(blocks, "site"), values) + '\neval "$(upkeep lab env)"'
+    site = site_block(_one(blocks, "site"), values)
     (tmp_path / "upkeep.toml").write_text(
         f'home = "{home}"\n'
         f'database_url = "postgresql+psycopg://{values["UPKEEP_DB"]}:{values["UPKEEP_DB_PASSWORD"]}'
@@ -250,6 +266,9 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
 
     lab.up(clusters=1, nodes=3, upgrade_seconds=0.1, health_delay=0.1)
     try:
+        # The rehearsal the document describes: `eval "$(upkeep lab env)"` after the site's values. Its
+        # output is the same for every block, so it is asked once and the exports it printed go in.
+        machine.site += "\n" + machine.run(Block("run", "", "bash", "upkeep lab env", 0))
         with _databases([values["PREFECT_DB"], values["UPKEEP_DB"]]):
             try:
                 for block in blocks:
@@ -259,6 +278,10 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
                             assert _dispatch_runs(values["PREFECT_API_URL"]) == 0
                         machine.run(block)
                     elif block.role == "background":
+                        if block.name == "worker":
+                            # Deployed, no worker yet: the doctor names exactly that (and its fix).
+                            report = machine.doctor()
+                            assert report["failed"] == ["workers"], report
                         proc = machine.start(block)
                         if block.name == "worker":
                             server = PrefectServer(

@@ -13,6 +13,7 @@ delivery problem, so one broken channel cannot stop the others.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -54,7 +55,10 @@ class AppriseChannel:
 
         plugin = apprise.Apprise.instantiate(url.strip())
         if plugin is None:
-            shown = url.split("://", 1)[0] + "://…" if "://" in url else url[:40]
+            # Only a scheme is shown, and only one that looks like a scheme: anything else may be a token.
+            scheme = url.strip().split("://", 1)[0] if "://" in url else ""
+            looks_like_one = re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,30}", scheme)
+            shown = scheme + "://…" if looks_like_one else "(not shown)"
             raise ValueError(f"alert URL {shown!r} is not an Apprise URL this installation knows")
         # Connect and read timeouts: a channel that does not answer delays only the alert delivery.
         plugin.socket_connect_timeout = plugin.socket_read_timeout = timeout

@@ -10,6 +10,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -66,7 +67,10 @@ class Settings(BaseSettings):
     @classmethod
     def _url_scheme(cls, value: str) -> str:
         if not value.startswith(("https://", "http://")):
-            raise ValueError(f"fileserver_url {value!r} must start with https://")
+            # Never the value itself: it may carry basic-auth userinfo or a token; host and port do not.
+            parts = urlsplit(value)
+            shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.scheme else "no scheme"
+            raise ValueError(f"fileserver_url ({shown}) must start with https://")
         return value.rstrip("/")
 
     @field_validator("alert_urls")
@@ -160,12 +164,40 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"UPKEEP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']} (got {err.get('input')!r})"
-            if "password" not in str(err["loc"])
-            else f"UPKEEP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"UPKEEP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']} "
+            + (f"(got {err.get('input')!r})" if str(err["loc"][0]) in ECHOED else "(value not shown)")
             for err in exc.errors()
         )
         raise SettingsError(problems) from None
+
+
+# Settings whose refused value is echoed back: numbers, switches, paths and names that cannot carry a
+# secret. Any other field (passwords, URLs with userinfo or tokens, a field added later) fails closed.
+ECHOED = frozenset(
+    {
+        "home",
+        "fileserver_user",
+        "fileserver_ca",
+        "fileserver_allow_http",
+        "smtp_host",
+        "smtp_port",
+        "smtp_user",
+        "smtp_starttls",
+        "mail_from",
+        "sre_email",
+        "support_contact",
+        "cluster_limit",
+        "per_node_minutes",
+        "run_lease_seconds",
+        "start_lease_seconds",
+        "outbox_dir",
+        "known_hosts",
+        "ssh_key",
+        "ssh_connect_timeout",
+        "ssh_command_timeout",
+        "health_timeout",
+    }
+)
 
 
 def _mask_url(url: str) -> str:

@@ -69,3 +69,40 @@ def test_unknown_keys_in_the_file_are_errors(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv("UPKEEP_CONFIG", str(config))
     with pytest.raises(SettingsError, match=r"upkeep.toml: unknown setting\(s\) fileserver_ulr"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        # a token in a well-formed Apprise URL next to a malformed one
+        ("UPKEEP_ALERT_URLS", "slack://TOKENA/MARKER-b/MARKER-c,notascheme//MARKER-token"),
+        ("UPKEEP_ALERT_URLS", "MARKER-token-without-a-scheme"),
+        # basic-auth userinfo and a query token in a file-server URL with the wrong scheme
+        ("UPKEEP_FILESERVER_URL", "ftp://bob:MARKER-pw@files.example/?token=MARKER-q"),
+        # a database URL pydantic refuses (not a string): from the TOML file below
+    ],
+)
+def test_a_refused_value_that_can_carry_a_secret_is_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert env in message  # still names the variable
+    assert "MARKER" not in message, message
+
+
+def test_a_refused_database_url_from_the_file_is_not_echoed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    config = tmp_path / "upkeep.toml"
+    config.write_text('database_url = ["postgresql://u:MARKER-pw@127.0.0.1/db"]\n')
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    with pytest.raises(SettingsError, match="UPKEEP_DATABASE_URL") as refused:
+        load_settings()
+    assert "MARKER" not in str(refused.value)
+
+
+def test_a_refused_harmless_value_is_still_echoed(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("UPKEEP_SMTP_PORT", "lots")
+    with pytest.raises(SettingsError, match=r"UPKEEP_SMTP_PORT: .*\(got 'lots'\)"):
+        load_settings()

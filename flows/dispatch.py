@@ -386,5 +386,6 @@ def _start_deployments(claimed: list[Claim]) -> None:
             "product-update/product-update",
             parameters=_parameters(claim),
             timeout=0,  # hand it to a worker; do not wait here
-            tags=[f"cluster:{claim.cluster}", "source:schedule"],
+            # The flow adds customer:, source: (the run's recorded source), release:/case: itself.
+            tags=[f"cluster:{claim.cluster}"],
         )

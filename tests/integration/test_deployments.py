@@ -8,6 +8,7 @@ One server for the session (see prefect_server.py for what each phase costs); te
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,9 +38,10 @@ CONCURRENCY = 4
 @pytest.fixture(scope="session")
 def deploy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("deploylab"))
-    # Cloud clusters: the first serves the product-update test; the other 12 are the monthly release's,
+    # Cloud clusters: the first serves the product-update test; the next 12 are the monthly release's,
     # four per ring.
-    rings = ["broad"] + ["canary"] * 4 + ["early"] * 4 + ["broad"] * 4
+    # The last two: the failed-run, retry and same-tags test (upgraded before the monthly release plans).
+    rings = ["broad"] + ["canary"] * 4 + ["early"] * 4 + ["broad"] * 4 + ["broad"] * 2
     lab.up(clusters=len(rings), nodes=3, kind="cloud", rings=rings, upgrade_seconds=0.1, health_delay=0.1)
     try:
         yield lab
@@ -123,6 +125,82 @@ def test_product_update_deployment_runs_on_a_worker(
             (RunState.succeeded, TARGET, str(flow_run.id))
         ]
         assert session.exec(select(Cluster.version).where(Cluster.name == cluster)).one() == TARGET
+
+
+def _flow_run_tags(server: PrefectServer, flow_run_id: Any) -> set[str]:
+    reply = httpx.get(f"{server.api_url}/flow_runs/{flow_run_id}", timeout=10)
+    reply.raise_for_status()
+    return set(reply.json()["tags"])
+
+
+def _tag_keys(tags: set[str]) -> set[str]:
+    return {tag.split(":", 1)[0] for tag in tags}
+
+
+SAME_TAGS = {"product-update", "customer", "cluster", "source"}
+
+
+def test_a_failed_deployment_run_tells_its_story_retries_from_the_ui_and_tags_match_the_cli(
+    prefect_server: PrefectServer, deploy_lab: Lab, worker_env: dict[str, str]
+) -> None:
+    """On the real server: a failed run's header shows its cause and its summary sits under the
+    cluster's key with the nodes not reached; Retry (what the UI's button does) resumes it on a worker;
+    `prefect deployment run` and `upkeep update` runs carry the same tag set."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import AwaitingRetry
+
+    clusters = list(dict.fromkeys(node["cluster"] for node in deploy_lab.status()["nodes"]))
+    failing, by_cli = clusters[-2], clusters[-1]
+    hosts = [n["hostname"] for n in deploy_lab.status()["nodes"] if n["cluster"] == failing]
+    deploy_lab.fault(hosts[1], "fail-upgrade")
+    try:
+        failed = _run_deployment(
+            prefect_server, "product-update/product-update", {"cluster": failing, "to_version": TARGET}
+        )
+    finally:
+        deploy_lab.fault(hosts[1], "clear")
+    assert failed.state is not None and failed.state.is_failed(), _tail(prefect_server.worker_log)
+    assert failed.state.message.startswith(f"{hosts[1]}: ") and "simulated fault" in failed.state.message
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=f"update-%-{failing}"))
+        )
+        (summary,) = [a for a in artifacts if a.flow_run_id == failed.id]
+        text = str(summary.data)
+        assert ": FAILED" in text and "simulated fault" in text and f"node `{hosts[1]}`" in text
+        assert f"| {hosts[2]} |  |  |  | not reached |" in text
+        deployment_tags = _flow_run_tags(prefect_server, failed.id)
+        assert _tag_keys(deployment_tags) >= SAME_TAGS, deployment_tags
+
+        client.set_flow_run_state(failed.id, AwaitingRetry(), force=True)  # the UI's Retry
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline:
+            retried = client.read_flow_run(failed.id)
+            if retried.state is not None and retried.state.is_final():
+                break
+            time.sleep(0.5)
+    assert retried.state is not None and retried.state.is_completed(), _tail(prefect_server.worker_log)
+    assert [len(deploy_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+
+    env = {**prefect_server.env, **worker_env}
+    done = subprocess.run(
+        [sys.executable, "-m", "upkeep", "update", by_cli, "--to", TARGET, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["flow_run_url"].startswith(prefect_server.ui_url + "/runs/flow-run/")
+    cli_tags = _flow_run_tags(prefect_server, shown["flow_run_url"].rsplit("/", 1)[1])
+    assert _tag_keys(cli_tags) == _tag_keys(deployment_tags), (cli_tags, deployment_tags)
 
 
 def test_pull_step_resolves_the_checkout_on_each_worker(prefect_server: PrefectServer) -> None:
@@ -222,6 +300,10 @@ def test_monthly_cloud_release_rolls_out_in_rings_on_workers(
             n.update_ref: n for n in session.exec(select(Notice).where(Notice.kind == "scheduled")).all()
         }
     assert len(rows) == 12, [c.name for _, c in rows]
+    for run, _ in rows:  # started by the dispatcher: the same tag set as CLI and deployment runs
+        tags = _flow_run_tags(prefect_server, run.flow_run_id)
+        assert _tag_keys(tags) >= SAME_TAGS | {"release"} and "source:release" in tags, tags
+        assert len([t for t in tags if t.startswith("source:")]) == 1, tags
     assert all(run.state == RunState.succeeded for run, _ in rows), [
         (c.name, r.state, r.reason) for r, c in rows
     ]

@@ -30,6 +30,7 @@ from flows import lease
 from flows.alerts import alert_sre, deliver_alerts
 from flows.integrity import reasons_for, recheck
 from flows.notify import deliver_pending
+from flows.oncall import escalate_due, page_triggers
 from flows.plan import plan_update
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime, current
@@ -67,6 +68,8 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
     started = [c.run_id for c in claims if not c.taken_over]
     taken_over = [c.run_id for c in claims if c.taken_over]
     report = deliver_pending(runtime.engine, runtime.mailer, now=now, sender=runtime.mail_from, limit=500)
+    paged = page_triggers(runtime, now)  # P0 cases, rollouts halted by their error budget
+    escalated = escalate_due(runtime, now)  # on-call pages nobody acknowledged in time
     alerts = deliver_alerts(runtime, now=now)
     get_run_logger().info(
         "reminders %s, started %s, taken over %s, notices sent %d",
@@ -81,6 +84,8 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
         "taken_over": taken_over,
         "notices_sent": len(report.sent),
         "alerts_sent": len(alerts.sent),
+        "paged": paged,
+        "escalated": escalated,
     }
     name_tick(now, result)
     return result
@@ -94,6 +99,8 @@ def tick_name(now: datetime, result: dict[str, Any]) -> str:
         (len(result["reminders"]), "reminders"),
         (result["notices_sent"], "notices"),
         (result["alerts_sent"], "alerts"),
+        (len(result.get("paged", [])), "paged"),
+        (len(result.get("escalated", [])), "escalated"),
     ]
     did = ", ".join(f"{n} {what}" for n, what in counts if n)
     return f"dispatch {now:%H:%M}: {did or 'idle'}"

@@ -70,6 +70,7 @@ def fail_before_nodes(runtime: Runtime, plan: UpdatePlan, run_id: int, cause: st
             key=f"run-{run_id}:vendor-side",
             session=session,
         )
+    page_if_urgent(runtime, run_id, f"run {run_id} failed before any node was touched", cause)
 
 
 def finish(runtime: Runtime, plan: UpdatePlan, run_id: int, state: RunState, reason: str = "") -> None:
@@ -119,6 +120,19 @@ def alert_sre(runtime: Runtime, run_id: int, reason: str) -> None:
         bundle_url=bundle_url,
         key=f"run-{run_id}:failed",
     )
+    page_if_urgent(runtime, run_id, f"run {run_id} failed" + (f" at {node}" if node else ""), reason)
+
+
+def page_if_urgent(runtime: Runtime, run_id: int, headline: str, cause: str) -> None:
+    """A failed urgent update pages the engineer on call and the team lead, at any hour."""
+    from flows.oncall import page
+
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        urgent, case_ref = run.urgent, run.case_ref or ""
+    if urgent:
+        page(runtime, key=f"run:{run_id}", headline=f"URGENT update {headline}", cause=cause.splitlines()[0],
+             run_id=run_id, case_ref=case_ref)  # fmt: skip
 
 
 def requested_stop(runtime: Runtime, run_id: int) -> str:

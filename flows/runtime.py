@@ -33,6 +33,8 @@ class Runtime:
     sre_email: str = "sre@localhost"
     # Where SRE alerts go (flows/alerts.py): the SRE mailbox and every UPKEEP_ALERT_URLS entry.
     alert_channels: tuple[AlertChannel, ...] = ()
+    # An on-call page not acknowledged within this goes one level up the chain (flows/oncall.py).
+    oncall_escalate_after: timedelta = timedelta(minutes=15)
     support_contact: str = "support@localhost"
     per_node_estimate: timedelta = timedelta(minutes=10)
     # Name of a Prefect global concurrency limit every cluster's upgrade occupies one slot of

@@ -67,6 +67,7 @@ from inventory.importer_write import (
     sync_nodes,
 )
 from inventory.models import Cluster, Contact, Customer, Node, Release
+from inventory.oncall import replace_spec
 from inventory.repo import record_audit
 from inventory.windows import Blackout, MaintenanceWindow
 from scheduling.versions import Version, is_version
@@ -122,10 +123,11 @@ def load_inventory(path: Path) -> InventoryDoc:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise InventoryError([Problem(name, line, f"not UTF-8 text (byte {data[exc.start]:#04x})")]) from None
-    customers, releases, vendor_blackouts, problems = parse_inventory(name, source)
+    customers, releases, vendor_blackouts, oncall, problems = parse_inventory(name, source)
     if problems:
         raise InventoryError(problems)
-    return InventoryDoc(Path(path), hashlib.sha256(data).hexdigest(), customers, releases, vendor_blackouts)
+    digest = hashlib.sha256(data).hexdigest()
+    return InventoryDoc(Path(path), digest, customers, releases, vendor_blackouts, oncall)
 
 
 def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> ImportSummary:
@@ -207,6 +209,11 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
             "deadline": release.deadline,
         }
         save_row(session, releases.get(release.version), Release, values, count["release"])
+    if doc.oncall is not None:  # the rotation is replaced whole, like a customer's contacts
+        replace_spec(doc.oncall, session=session)
+        summary.notes.append(
+            f"on-call rotation: {len(doc.oncall['engineers'])} engineers, {doc.oncall['rotation']}"
+        )
     session.flush()
     detail = {"file": str(doc.path), "sha256": doc.sha256, **summary.as_dict()}
     record_audit(actor, "inventory.import", str(doc.path), detail, session=session)

@@ -17,6 +17,8 @@ from inventory.importer_rules import (
     DIRECT,
     JUMP,
     NODE,
+    ONCALL,
+    PERSON,
     RELEASE,
     TOP,
     VERSION,
@@ -45,6 +47,7 @@ class _Parser(YamlWalker):
         self.endpoints: dict[tuple[str, int], int] = {}
         self.releases: dict[str, int] = {}
         self.schedule = ScheduleParts(self)
+        self.oncall_spec: dict[str, Any] | None = None
 
     def document(
         self, root: yaml.Node
@@ -53,7 +56,35 @@ class _Parser(YamlWalker):
         customers = [self.customer(item) for item in self.items(top.get("customers"), "customers")]
         releases = [self.release(item) for item in self.items(top.get("releases"), "releases")]
         vendor = top.get("vendor_blackouts")
+        self.oncall_spec = self.oncall(top["oncall"]) if "oncall" in top else None
         return customers, releases, None if vendor is None else self.memo(vendor, self.schedule.vendor)
+
+    def oncall(self, node: yaml.Node) -> dict[str, Any]:
+        v, at = self.mapping(node, "oncall", ONCALL)
+        people = [
+            self.person(item, "oncall: engineers") for item in self.items(v.get("engineers"), "engineers")
+        ]
+        if "engineers" in v and not people:
+            self.err(at["engineers"], "oncall: engineers: the rotation needs at least one engineer")
+        chain = [
+            self.person(item, "oncall: escalation") for item in self.items(v.get("escalation"), "escalation")
+        ]
+        return {
+            "timezone": v.get("timezone", "UTC"),
+            "handover": v.get("handover", "09:00"),
+            "rotation": v.get("rotation", "weekly"),
+            "starts": v["starts"].isoformat() if "starts" in v else "",
+            "engineers": people,
+            "team_lead": self.person(v["team_lead"], "oncall: team_lead") if "team_lead" in v else {},
+            "escalation": chain,
+            "informed": [
+                self.person(i, "oncall: informed") for i in self.items(v.get("informed"), "informed")
+            ],
+        }
+
+    def person(self, node: yaml.Node, what: str) -> dict[str, Any]:
+        v, _ = self.mapping(node, what, PERSON)
+        return {key: v[key] for key in ("name", "email", "notify", "role") if key in v}
 
     def customer(self, node: yaml.Node) -> CustomerSpec:
         v, at = self.mapping(node, "customer", CUSTOMER)
@@ -162,10 +193,12 @@ class _Parser(YamlWalker):
 
 def parse_inventory(
     path: str, source: str
-) -> tuple[list[CustomerSpec], list[ReleaseSpec], list[BlackoutSpec] | None, list[Problem]]:
-    """The customers, releases and vendor blackouts (None: no such key) of `source` (the text of the
-    file `path`), and every problem found in it, in line order. The specs are only meaningful when there
-    are no problems."""
+) -> tuple[
+    list[CustomerSpec], list[ReleaseSpec], list[BlackoutSpec] | None, dict[str, Any] | None, list[Problem]
+]:
+    """The customers, releases, vendor blackouts and on-call rotation (None: no such key) of `source`
+    (the text of the file `path`), and every problem found in it, in line order. The specs are only
+    meaningful when there are no problems."""
     parser = _Parser(path)
     root = parser.compose(source)
     customers: list[CustomerSpec] = []
@@ -178,4 +211,5 @@ def parse_inventory(
             customers, releases, vendor = parser.document(root)
         except Exception as exc:  # pragma: no cover - a bug here must still not be a traceback
             parser.problems.append(Problem(path, 1, f"internal error, please report: {exc!r}"))
-    return customers, releases, vendor, sorted(parser.problems, key=lambda problem: problem.line or 0)
+    problems = sorted(parser.problems, key=lambda problem: problem.line or 0)
+    return customers, releases, vendor, parser.oncall_spec, problems

@@ -167,6 +167,7 @@ TOP: dict[str, Field] = {
     "customers": ("seq", None, True),
     "releases": ("seq", None, False),
     "vendor_blackouts": ("seq", None, False),
+    "oncall": ("map", None, False),
 }
 CUSTOMER: dict[str, Field] = {
     "name": ("str", NAME, True),
@@ -241,6 +242,30 @@ RELEASE: dict[str, Field] = {
     "sha256": ("str", _regex(r"[0-9a-f]{64}", "64 lowercase hex digits"), True),
     "from": ("seq", None, True),
     "deadline": ("time", _deadline, False),
+}
+
+
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+ONCALL: dict[str, Field] = {
+    "timezone": ("str", ZONE, True),
+    "handover": ("str", _rule(_HHMM.fullmatch, "a local time HH:MM (e.g. '09:00')"), True),
+    "rotation": ("str", _choice("daily", "weekly"), True),
+    "starts": ("date", _whole_day, True),  # the first hand-over; weekly: the hand-over weekday
+    "engineers": ("seq", None, True),
+    "team_lead": ("map", None, True),
+    "escalation": ("seq", None, True),  # support manager, then senior director: one level at a time
+    "informed": ("seq", None, False),  # kept informed of P0s (the VP of customer success)
+}
+PERSON: dict[str, Field] = {
+    "name": (
+        "str",
+        _rule(lambda v: 0 < len(v) <= 128 and v.isprintable(), "printable text (128 at most)"),
+        True,
+    ),
+    "email": ("str", _rule(_is_email, "a valid email address"), True),
+    # An Apprise URL reaching this person (pager, chat); checked again when the alert is sent.
+    "notify": ("str", _regex(r"[a-z][a-z0-9+.-]*://\S+", "an Apprise URL (scheme://...)"), False),
+    "role": ("str", REASON, False),
 }
 
 

@@ -104,3 +104,4 @@ class InventoryDoc:
     customers: list[CustomerSpec]
     releases: list[ReleaseSpec]
     vendor_blackouts: list[BlackoutSpec] | None = None  # None: the file has no vendor_blackouts key
+    oncall: dict[str, Any] | None = None  # the on-call rotation (inventory/oncall.py); None: no key

@@ -48,6 +48,7 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         mail_from=settings.mail_from,
         sre_email=settings.sre_email,
         alert_channels=build_alert_channels(settings, mailer),
+        oncall_escalate_after=timedelta(minutes=settings.oncall_escalate_minutes),
         support_contact=settings.support_contact,
         per_node_estimate=timedelta(minutes=settings.per_node_minutes),
         run_lease=timedelta(seconds=settings.run_lease_seconds),

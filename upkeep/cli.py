@@ -14,6 +14,7 @@ from rich.table import Table
 from upkeep.cli_cases import case_app, diagnostics_app
 from upkeep.cli_common import JsonOpt
 from upkeep.cli_common import open_engine as _engine
+from upkeep.cli_oncall import oncall_app
 from upkeep.cli_release import release_app
 from upkeep.console import CliError, console, err_console, print_json
 from upkeep.telemetry import switch_off as _telemetry_off
@@ -26,6 +27,7 @@ app.add_typer(inventory_app, name="inventory")
 app.add_typer(case_app, name="case")
 app.add_typer(diagnostics_app, name="diagnostics")
 app.add_typer(release_app, name="release")
+app.add_typer(oncall_app, name="oncall")
 
 
 @inventory_app.command("import")

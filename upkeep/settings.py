@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     mail_from: str = "Upkeep <upkeep@localhost>"
     sre_email: str = "sre@localhost"
+    oncall_escalate_minutes: float = Field(
+        15.0, gt=0, description="an unacknowledged on-call page escalates one level after this many minutes"
+    )
     alert_urls: str = Field(
         "", description="comma-separated Apprise URLs that receive every SRE alert (besides sre_email)"
     )

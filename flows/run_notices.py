@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, col, select
 
 from inventory.models import Cluster, Contact, Customer, Release, UpgradeRun
+from inventory.portal_access import designated_emails
 from scheduling._time import describe
 from scheduling.deferral import DeferralPolicy
 from templates import NoticeContext, NoticeKind
@@ -63,8 +64,13 @@ def update_ref(run_id: int | None) -> str:
 
 
 def contact_emails(customer: Customer, session: Session) -> tuple[str, ...]:
+    """The customer's contacts, then its portal users (the designated people get every notice too)."""
     query = select(Contact.email).where(Contact.customer_id == customer.id).order_by(col(Contact.id))
-    return tuple(dict.fromkeys(session.exec(query)))
+    emails = [*session.exec(query), *designated_emails(customer.id, session=session)]
+    unique: dict[str, str] = {}
+    for email in emails:
+        unique.setdefault(email.lower(), email)
+    return tuple(unique.values())
 
 
 def deferral_options(run: UpgradeRun, start: datetime, zone: str, session: Session) -> str:

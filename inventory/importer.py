@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from inventory.db import session_scope
 from inventory.importer_parse import parse_inventory
+from inventory.importer_portal import refuse_foreign_mailboxes, sync_portal_users
 from inventory.importer_rules import (
     CLUSTER,
     CONTACT,
@@ -157,6 +158,7 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
     for blackout in session.exec(select(Blackout).order_by(col(Blackout.id))):
         blackouts[blackout.customer_id].append(blackout)
     refuse_changes_under_active_runs(doc, session, customers, clusters, nodes)
+    refuse_foreign_mailboxes(str(doc.path), {spec.name: spec.portal_users for spec in doc.customers}, session)
 
     summary = ImportSummary()
     count = summary.counts
@@ -198,6 +200,8 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
             assert cluster.id is not None
             window_counts = summary.schedule["window"]
             sync_windows(session, cluster.id, cluster_spec.windows, windows[cluster.id], window_counts)
+    portal = [(customers[spec.name], spec.portal_users) for spec in doc.customers]
+    sync_portal_users(session, portal, summary.notes)
     if doc.vendor_blackouts is not None:
         sync_blackouts(session, None, doc.vendor_blackouts, blackouts[None], summary.schedule["blackout"])
     for release in doc.releases:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from inventory.importer_portal import PortalParts
 from inventory.importer_rules import (
     CLUSTER,
     CONTACT,
@@ -48,6 +49,7 @@ class _Parser(YamlWalker):
         self.releases: dict[str, int] = {}
         self.schedule = ScheduleParts(self)
         self.oncall_spec: dict[str, Any] | None = None
+        self.portal = PortalParts(self)
 
     def document(
         self, root: yaml.Node
@@ -95,6 +97,9 @@ class _Parser(YamlWalker):
         zone = v.get("timezone", "")
         blackouts = self.memo(v["blackouts"], self.schedule.blackouts) if "blackouts" in v else []
         product, cloud = self.memo(v["notice"], self.schedule.notice) if "notice" in v else (None, None)
+        portal_users = []
+        if "portal_users" in v and not self.refuse_alias(v["portal_users"], "portal_users"):
+            portal_users = self.portal.users(v["portal_users"], v.get("name", ""))
         return CustomerSpec(
             v.get("name", ""),
             zone,
@@ -104,6 +109,7 @@ class _Parser(YamlWalker):
             product,
             cloud,
             v.get("requires_approval", False),
+            portal_users,
         )
 
     def contacts(self, node: yaml.Node) -> list[ContactSpec]:

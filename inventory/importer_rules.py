@@ -177,6 +177,7 @@ CUSTOMER: dict[str, Field] = {
     "notice": ("map", None, False),
     "requires_approval": ("bool", None, False),
     "blackouts": ("seq", None, False),
+    "portal_users": ("seq", None, False),  # importer_portal
 }
 NOTICE: dict[str, Field] = {
     "product_update": ("str", _notice_span, False),

@@ -86,6 +86,7 @@ class CustomerSpec:
     notice_hours_product: int | None = None  # None: the vendor default
     notice_hours_cloud: int | None = None
     requires_approval: bool = False
+    portal_users: list[tuple[str, str, int]] = field(default_factory=list)  # (email, name, line)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ def inventory_snapshot(*, session: Session) -> dict[str, Any]:
     """Everything in the inventory as JSON-able data shaped like the inventory YAML file (same keys and
     nesting, so it can be written back out and re-imported), in a stable order: customers and clusters by
     name, contacts as imported, nodes in upgrade order, releases by version. No database ids. Schedule
-    keys (windows, blackouts, notice, requires_approval, vendor_blackouts) appear only when set."""
+    keys (windows, blackouts, notice, requires_approval, vendor_blackouts) and portal_users appear only
+    when set."""
     contacts: dict[int | None, list[Contact]] = defaultdict(list)
     for contact in session.exec(select(Contact).order_by(col(Contact.id))):
         contacts[contact.customer_id].append(contact)
@@ -123,12 +124,20 @@ def inventory_snapshot(*, session: Session) -> dict[str, Any]:
             ],
             **customer_terms(customer),
             **_some("blackouts", blackouts[customer.id]),
+            **_some("portal_users", _portal_users(customer.id, session)),
         }
         for customer in session.exec(select(Customer).order_by(col(Customer.name)))
     ]
     releases = sorted(session.exec(select(Release)), key=lambda r: _sort_key(r.version))
     snapshot = {"customers": customers, "releases": [_release_dict(release) for release in releases]}
     return snapshot | _some("vendor_blackouts", blackouts[None])
+
+
+def _portal_users(customer_id: int | None, session: Session) -> list[dict[str, Any]]:
+    from inventory.portal_tables import PortalUser
+
+    query = select(PortalUser).where(PortalUser.customer_id == customer_id).order_by(col(PortalUser.id))
+    return [{"email": user.email, "name": user.name} for user in session.exec(query)]
 
 
 def _some(key: str, items: list[dict[str, Any]]) -> dict[str, Any]:

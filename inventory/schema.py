@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
-from inventory import alerts, case_tables, models, oncall, outbox, releases, windows
+from inventory import alerts, case_tables, models, oncall, outbox, portal_tables, releases, windows
 
-TABLE_MODULES = (models, outbox, case_tables, windows, releases, alerts, oncall)
+TABLE_MODULES = (models, outbox, case_tables, windows, releases, alerts, oncall, portal_tables)
 metadata = SQLModel.metadata

@@ -1,0 +1,56 @@
+"""Customer portal tables: the designated users of each customer (from the inventory file), the sign-in
+links issued to them and their sessions.
+
+A user's links and sessions go with the user (ON DELETE CASCADE, and `inventory.portal_users` deletes
+them explicitly too): removing a user from the inventory ends their access at once. Only hashes of the
+secrets are stored (a link's nonce, a session's cookie value), so reading the database signs nobody in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column
+from sqlmodel import Field, SQLModel
+
+from inventory.types import UTCDateTime, utcnow
+
+MAX_PORTAL_USERS = 5
+
+
+def _when(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+class PortalUser(SQLModel, table=True):
+    __tablename__ = "portal_user"
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True, ondelete="CASCADE")
+    email: str = Field(max_length=254, description="as written in the inventory; mail goes here")
+    # The person's mailbox: lower case, `+tag` dropped. One mailbox is one person, for one customer.
+    mailbox: str = Field(max_length=254, unique=True, index=True)
+    name: str = Field(default="", max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class PortalLink(SQLModel, table=True):
+    """A sign-in link sent by email: single use (`used_at`), expiring (`expires_at`)."""
+
+    __tablename__ = "portal_link"
+    nonce_hash: str = Field(primary_key=True, max_length=64, description="sha256 of the link's nonce")
+    user_id: int = Field(foreign_key="portal_user.id", index=True, ondelete="CASCADE")
+    issued_at: datetime = _when(nullable=False)
+    expires_at: datetime = _when(nullable=False)
+    used_at: datetime | None = _when()
+
+
+class PortalSession(SQLModel, table=True):
+    """A signed-in browser: the cookie holds a random value, this row its sha256."""
+
+    __tablename__ = "portal_session"
+    id_hash: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="portal_user.id", index=True, ondelete="CASCADE")
+    csrf: str = Field(max_length=64, description="the token every form of this session must carry")
+    created_at: datetime = _when(nullable=False)
+    expires_at: datetime = _when(nullable=False)

@@ -57,7 +57,7 @@ def inventory_import(
     head = "dry run, nothing written" if dry_run else "imported"
     console.print(f"{head} {file}: {summary}", markup=False)
     for outcome in outcomes:
-        console.print(outcome.describe(), markup=False)
+        console.print(outcome.describe(), markup=False, soft_wrap=True)
 
 
 @inventory_app.command("show")

@@ -213,3 +213,47 @@ def test_an_urgent_update_cannot_be_deferred_from_the_cli(tmp_path: Path) -> Non
     later = (datetime.fromisoformat(update["slot"]["start"]) + timedelta(days=2)).date().isoformat()
     line = refused(home, "defer", "update-1", "--to", later)
     assert line.startswith("cannot defer update-1: it is urgent"), line
+
+
+def test_import_names_each_update_it_moves_and_dry_run_writes_nothing(tmp_path: Path) -> None:
+    home = imported(tmp_path)
+    result = upkeep(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
+    assert result.returncode == 0, result.stderr
+    old = datetime.fromisoformat(json.loads(result.stdout)["slot"]["start"])
+    day = old.astimezone(NEW_YORK).date().isoformat()
+    frozen = tmp_path / "frozen.yaml"
+    blackout = f'    blackouts: [{{start: "{day}", end: "{day}", reason: quarter close}}]\n'
+    frozen.write_text(
+        INVENTORY.replace(
+            "    contacts: [{email: ops@acme.example}]\n",
+            "    contacts: [{email: ops@acme.example}]\n" + blackout,
+            1,
+        )
+    )
+
+    before = database(home)
+    result = upkeep(home, "inventory", "import", "--dry-run", str(frozen))
+    assert result.returncode == 0, result.stderr
+    assert database(home) == before  # nothing written: no blackout, no move, no notice
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("update 1 ")]
+    assert line.startswith(
+        "update 1 acme/acme-c1: slot now inside blackout 'quarter close' -> would move to "
+    )
+    assert line.endswith("America/New_York, customer would be notified")
+
+    result = upkeep(home, "inventory", "import", str(frozen))
+    assert result.returncode == 0, result.stderr
+    [moved] = [x for x in result.stdout.splitlines() if x.startswith("update 1 ")]
+    shown = json.loads(upkeep(home, "show", "1", "--json").stdout)
+    new = datetime.fromisoformat(shown["slot"]["start"])
+    local = new.astimezone(NEW_YORK).strftime("%a %d %b %H:%M")
+    assert moved == (
+        "update 1 acme/acme-c1: slot now inside blackout 'quarter close' -> "
+        f"moved to {local} America/New_York, customer notified"
+    )
+    assert new.astimezone(NEW_YORK).date().isoformat() != day and new > old
+    assert [(n["kind"], n["sequence"]) for n in shown["notices"]] == [("scheduled", 1), ("rescheduled", 2)]
+    assert shown["held_reason"] is None and shown["window_timezone"] == "America/New_York"
+
+    result = upkeep(home, "inventory", "import", str(frozen))  # the same file again: nothing to move
+    assert result.returncode == 0 and "update 1" not in result.stdout

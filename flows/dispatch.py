@@ -295,6 +295,12 @@ def _take_over_next(
     return None
 
 
+def claim_due(runtime: Runtime, now: datetime, hold: timedelta) -> Claim | None:
+    """The claim step of a tick alone: the earliest due planned update, re-checked against the world
+    right before, moved to running under a lease of `hold`; None when nothing valid is due."""
+    return _claim_next(runtime, now, set(), hold)
+
+
 def _claim_next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelta) -> Claim | None:
     """Move the earliest due planned run to `running` (one conditional UPDATE: two dispatchers never
     start the same run); None when nothing is due. `taken`: runs already claimed in this tick."""

@@ -38,6 +38,8 @@ from sqlmodel import Session
 
 from flows.runtime import current
 from inventory.db import session_scope
+from inventory.installation import installation_id
+from inventory.models import UpgradeRun
 from inventory.outbox import (
     ANNOUNCING,
     Notice,
@@ -135,6 +137,8 @@ def deliver_pending(
     check_sender(sender)
     report = DeliveryReport()
     domain = parseaddr(sender)[1].rpartition("@")[2] or "upkeep"
+    with session_scope(engine) as session:
+        installation = installation_id(session)
     handled = 0
     with _batch(transport) as mailer:
         while handled < limit and not report.transport_error:
@@ -143,7 +147,14 @@ def deliver_pending(
                 if not claimed:
                     break
                 _deliver_one(
-                    claimed[0], mailer, report, now=now, sender=sender, domain=domain, session=session
+                    claimed[0],
+                    mailer,
+                    report,
+                    now=now,
+                    sender=sender,
+                    domain=domain,
+                    installation=installation,
+                    session=session,
                 )
             handled += 1
     if report.transport_error and handled < limit:
@@ -177,6 +188,7 @@ def _deliver_one(
     now: datetime,
     sender: str,
     domain: str,
+    installation: str,
     session: Session,
 ) -> None:
     key = notice.idempotency_key
@@ -189,9 +201,9 @@ def _deliver_one(
         message = build_message(
             RenderedNotice(notice.subject, notice.body_text, notice.body_html),
             notice.ics.encode() if notice.ics else None,
-            sender=sender,
+            sender=sender_of(notice, sender, session=session),
             recipients=notice.recipients,
-            message_id=message_id_for(key, domain),
+            message_id=message_id_for(key, domain, installation),
             idempotency_key=key,
             date=now,
         )
@@ -219,6 +231,18 @@ def _deliver_one(
     run_id = run_id_of(notice.update_ref)
     if run_id is not None and notice.kind in ANNOUNCING:
         mark_told(run_id, now=now, session=session)
+
+
+def sender_of(notice: Notice, sender: str, *, session: Session) -> str:
+    """The From of a customer notice: the update's organizer fixed at its first notice (a settings
+    change since must not change who its notices come from), with the configured display name."""
+    from email.utils import formataddr
+
+    run_id = run_id_of(notice.update_ref)
+    run = session.get(UpgradeRun, run_id) if run_id is not None else None
+    if run is None or not run.organizer or parseaddr(sender)[1] == run.organizer:
+        return sender
+    return formataddr((parseaddr(sender)[0], run.organizer))
 
 
 def _failed(notice: Notice, report: DeliveryReport, error: str, *, now: datetime, session: Session) -> None:

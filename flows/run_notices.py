@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
+from inventory.installation import installation_id
 from inventory.models import Cluster, Contact, Customer, Release, UpgradeRun
 from inventory.portal_access import designated_emails
 from scheduling._time import describe
@@ -115,6 +116,9 @@ def queue_run_notice(
     recipients = (vendor.sre_email,) if to_sre else contact_emails(customer, session)
     if not recipients:
         return False
+    if not run.organizer:  # the first notice fixes who all of this update's notices come from
+        run.organizer, run.support_contact = vendor.organizer, vendor.support_contact
+        session.add(run)
     start = run.slot_start or run.started_at or now
     end = run.slot_end if run.slot_end and run.slot_end > start else start + vendor.per_node_estimate
     ctx = NoticeContext(
@@ -129,8 +133,9 @@ def queue_run_notice(
         slot_start=start,
         slot_end=end,
         recipients=recipients,
-        organizer=vendor.organizer,
-        support_contact=vendor.support_contact,
+        organizer=vendor.organizer if to_sre else run.organizer,
+        support_contact=vendor.support_contact if to_sre else (run.support_contact or vendor.support_contact),
+        installation=installation_id(session),
         defer_instructions=_DEFER_HOW.format(ref=ref),
         deferral_limits=deferral_options(run, start, customer.timezone, session),
         urgent=run.urgent,

@@ -26,6 +26,7 @@ from inventory.case_tables import Case, CaseCluster, CaseStatus, DiagnosticsBund
 from inventory.models import Cluster, Contact, Customer
 from inventory.outbox import queue_notice
 from inventory.repo import record_audit
+from inventory.windows import customer_holidays
 from scheduling.sla import (
     BusinessCalendar,
     Category,
@@ -101,7 +102,7 @@ def open_case(
     if external_id is not None and _by_ref(external_id, session=session) is not None:
         raise CaseError(f"case {external_id} already exists")
     assert customer.id is not None
-    due = first_response_due(now, level, calendar or BusinessCalendar(customer.timezone))
+    due = first_response_due(now, level, calendar or business_calendar(customer, now))
     case = Case(
         ref=external_id or f"pending-{secrets.token_hex(8)}",
         customer_id=customer.id,
@@ -151,6 +152,13 @@ def case_clusters(case: Case, *, session: Session) -> list[Cluster]:
 def case_bundles(case: Case, *, session: Session) -> list[DiagnosticsBundle]:
     query = select(DiagnosticsBundle).where(DiagnosticsBundle.case_id == case.id)
     return list(session.exec(query.order_by(col(DiagnosticsBundle.id))))
+
+
+def business_calendar(customer: Customer, now: datetime) -> BusinessCalendar:
+    """The customer's business-hours clock for SLA due times: its zone, minus its public holidays."""
+    years = range(now.year - 1, now.year + 2)
+    days = frozenset(rule.start for rule in customer_holidays(customer, years))
+    return BusinessCalendar(customer.timezone, holidays=days)
 
 
 def open_blocking_case(cluster_id: int, *, session: Session) -> Case | None:

@@ -169,6 +169,8 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
             "notice_hours_product": spec.notice_hours_product,
             "notice_hours_cloud": spec.notice_hours_cloud,
             "requires_approval": spec.requires_approval,
+            "holiday_country": spec.holidays[0] if spec.holidays else None,
+            "holiday_subdivision": spec.holidays[1] if spec.holidays else None,
         }
         customers[spec.name] = save_row(
             session, customers.get(spec.name), Customer, values, count["customer"]

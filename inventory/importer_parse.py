@@ -100,6 +100,7 @@ class _Parser(YamlWalker):
         portal_users = []
         if "portal_users" in v and not self.refuse_alias(v["portal_users"], "portal_users"):
             portal_users = self.portal.users(v["portal_users"], v.get("name", ""))
+        region = self.memo(v["holidays"], self.schedule.holidays) if "holidays" in v else None
         return CustomerSpec(
             v.get("name", ""),
             zone,
@@ -110,6 +111,7 @@ class _Parser(YamlWalker):
             cloud,
             v.get("requires_approval", False),
             portal_users,
+            region,
         )
 
     def contacts(self, node: yaml.Node) -> list[ContactSpec]:

@@ -178,6 +178,11 @@ CUSTOMER: dict[str, Field] = {
     "requires_approval": ("bool", None, False),
     "blackouts": ("seq", None, False),
     "portal_users": ("seq", None, False),  # importer_portal
+    "holidays": ("map", None, False),
+}
+HOLIDAYS: dict[str, Field] = {
+    "country": ("str", None, True),
+    "subdivision": ("str", None, False),
 }
 NOTICE: dict[str, Field] = {
     "product_update": ("str", _notice_span, False),

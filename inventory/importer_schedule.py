@@ -16,11 +16,20 @@ from typing import Any, Protocol
 import yaml
 from sqlmodel import Session
 
-from inventory.importer_rules import BLACKOUT, NOTICE, VENDOR_BLACKOUT, WINDOW, Field, notice_hours
+from inventory.importer_rules import (
+    BLACKOUT,
+    HOLIDAYS,
+    NOTICE,
+    VENDOR_BLACKOUT,
+    WINDOW,
+    Field,
+    notice_hours,
+)
 from inventory.importer_specs import BlackoutSpec, WindowSpec
 from inventory.models import Customer
 from inventory.windows import DAY_NAMES, Blackout, MaintenanceWindow
 from scheduling.errors import SchedulingError
+from scheduling.holidays import check_region
 from scheduling.windows import WeeklyWindow
 
 SCHEDULE_TABLES = ("window", "blackout")
@@ -81,6 +90,19 @@ class ScheduleParts:
             elif "start" in v and "end" in v:
                 found.append(BlackoutSpec(v["start"], v["end"], v.get("timezone", ""), v.get("reason", "")))
         return found
+
+    def holidays(self, node: yaml.Node) -> tuple[str, str | None] | None:
+        """(country, subdivision) whose public holidays are the customer's blackout days."""
+        v, at = self.p.mapping(node, "holidays", HOLIDAYS)
+        if "country" not in v:
+            return None
+        try:
+            return check_region(v["country"], v.get("subdivision"))
+        except SchedulingError as exc:
+            self.p.err(
+                at.get("subdivision", at["country"]) if "subdivision" in str(exc) else at["country"], str(exc)
+            )
+            return None
 
     def notice(self, node: yaml.Node) -> tuple[int | None, int | None]:
         """(product update hours, cloud release hours); None where the vendor default applies."""
@@ -199,8 +221,13 @@ def customer_terms(customer: Customer) -> dict[str, Any]:
         )
         if hours is not None
     }
-    return ({"notice": notice} if notice else {}) | (
-        {"requires_approval": True} if customer.requires_approval else {}
+    region = {"country": customer.holiday_country} | (
+        {"subdivision": customer.holiday_subdivision} if customer.holiday_subdivision else {}
+    )
+    return (
+        ({"notice": notice} if notice else {})
+        | ({"requires_approval": True} if customer.requires_approval else {})
+        | ({"holidays": region} if customer.holiday_country else {})
     )
 
 

@@ -87,6 +87,7 @@ class CustomerSpec:
     notice_hours_cloud: int | None = None
     requires_approval: bool = False
     portal_users: list[tuple[str, str, int]] = field(default_factory=list)  # (email, name, line)
+    holidays: tuple[str, str | None] | None = None  # (country, subdivision) of its public holidays
 
 
 @dataclass(frozen=True)

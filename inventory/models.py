@@ -57,6 +57,9 @@ class Customer(SQLModel, table=True):
     notice_hours_product: int | None = None
     notice_hours_cloud: int | None = None
     requires_approval: bool = False
+    # Whose public holidays are the customer's blackout days (and SLA days off): e.g. DE + BY.
+    holiday_country: str | None = Field(default=None, max_length=8)
+    holiday_subdivision: str | None = Field(default=None, max_length=16)
 
 
 class Contact(SQLModel, table=True):

@@ -12,7 +12,9 @@ from sqlalchemy import JSON, Column
 from sqlmodel import Field, Session, SQLModel, col, or_, select
 
 from inventory.models import Cluster, Customer
+from inventory.types import utcnow
 from scheduling.blackouts import Blackout as BlackoutRule
+from scheduling.holidays import holiday_blackouts
 from scheduling.windows import WeeklyWindow
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -64,10 +66,24 @@ def cluster_windows(cluster: Cluster, customer: Customer, *, session: Session) -
 
 
 def blackouts_for(customer: Customer, *, session: Session) -> list[BlackoutRule]:
-    """The customer's own freezes and every vendor-wide one."""
+    """The customer's own freezes, its public holidays (last year to two years ahead: the slot search
+    looks 120 days out), and every vendor-wide freeze."""
     rows = session.exec(
         select(Blackout)
         .where(or_(col(Blackout.customer_id) == customer.id, col(Blackout.customer_id).is_(None)))
         .order_by(col(Blackout.start))
     ).all()
-    return [row.rule() for row in rows]
+    return [row.rule() for row in rows] + customer_holidays(customer)
+
+
+def customer_holidays(customer: Customer, years: range | None = None) -> list[BlackoutRule]:
+    """The customer's public holidays as blackout days in its zone (none when it names no region)."""
+    if not customer.holiday_country:
+        return []
+    this = utcnow().year
+    return holiday_blackouts(
+        customer.holiday_country,
+        customer.holiday_subdivision,
+        customer.timezone,
+        years or range(this - 1, this + 3),
+    )

@@ -95,12 +95,15 @@ def check_address(name: str, value: str) -> str:
     return value.strip()
 
 
-def message_id_for(idempotency_key: str, domain: str = "upkeep") -> str:
-    """A Message-ID that is the same for every attempt at one notice: readable key plus a digest."""
+def message_id_for(idempotency_key: str, domain: str = "upkeep", installation: str = "") -> str:
+    """A Message-ID that is the same for every attempt at one notice: readable key plus a digest, and
+    the installation id, so two installations never send the same one."""
     check_header("idempotency key", idempotency_key)
+    check_header("installation id", installation)
     readable = re.sub(r"[^A-Za-z0-9-]+", ".", idempotency_key).strip(".")[:80]
-    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
-    return f"<{readable}.{digest}@{domain}>"
+    digest = hashlib.sha256(f"{installation}/{idempotency_key}".encode()).hexdigest()[:16]
+    where = re.sub(r"[^A-Za-z0-9-]+", "", installation)[:32]
+    return f"<{readable}.{where}.{digest}@{domain}>" if where else f"<{readable}.{digest}@{domain}>"
 
 
 def calendar_method(ics: bytes) -> str:

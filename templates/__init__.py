@@ -105,6 +105,7 @@ class NoticeContext:
     bundle_url: str = ""
     previous_slot_start: datetime | None = None  # required for rescheduled and deferred
     next_slot_start: datetime | None = None  # required for partial
+    installation: str = ""  # this installation's id: part of the invite's UID
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", NoticeKind(self.kind))

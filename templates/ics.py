@@ -35,8 +35,10 @@ INVITE_KINDS = frozenset(
 )
 
 
-def uid_for(update_ref: str) -> str:
-    return f"{update_ref}@upkeep"
+def uid_for(update_ref: str, installation: str = "") -> str:
+    """The event's UID for the update's whole life; with the installation id in it, two installations
+    never share one (update-42.3f9a0c1b2d4e@upkeep)."""
+    return f"{update_ref}.{installation}@upkeep" if installation else f"{update_ref}@upkeep"
 
 
 def invite(ctx: NoticeContext, *, stamp: datetime | None = None) -> bytes:
@@ -60,7 +62,7 @@ def invite(ctx: NoticeContext, *, stamp: datetime | None = None) -> bytes:
         f"DTSTART:{_utc(ctx.slot_start)}",
         f"DTEND:{_utc(ctx.slot_end)}",
         f"DTSTAMP:{_utc(stamp)}",
-        f"UID:{_text(uid_for(ctx.update_ref))}",
+        f"UID:{_text(uid_for(ctx.update_ref, ctx.installation))}",
         f"SEQUENCE:{ctx.sequence}",
         *(
             f"ATTENDEE;PARTSTAT=NEEDS-ACTION;ROLE=REQ-PARTICIPANT;RSVP=FALSE:{_mailto(recipient)}"

@@ -26,6 +26,7 @@ from sqlmodel import Session, col, func, select
 
 from flows.notify import deliver_pending, queue_for
 from inventory.db import session_scope
+from inventory.installation import installation_id
 from inventory.models import AuditEvent, Customer
 from inventory.outbox import Notice, NoticeState
 from tasks.mail import (
@@ -171,7 +172,10 @@ def test_smtp_down_then_up_delivers_each_notice_exactly_once(
     up = deliver(engine, smtp.transport(), T0 + timedelta(seconds=31))
     assert len(up.sent) == 5 and up.retrying == [] and up.failed == [] and not up.transport_error
     keys = [row.idempotency_key for row in notices(engine)]
-    assert smtp.handler.ids() == Counter({message_id_for(key, "vendor.example"): 1 for key in keys})
+    with session_scope(engine) as session:
+        installation = installation_id(session)  # two installations never share a Message-ID
+    ids = {message_id_for(key, "vendor.example", installation): 1 for key in keys}
+    assert smtp.handler.ids() == Counter(ids)
     rows = notices(engine)
     assert all(row.state == NoticeState.sent and row.attempts == 2 for row in rows)
     assert all(row.sent_at == T0 + timedelta(seconds=31) and row.next_attempt_at is None for row in rows)

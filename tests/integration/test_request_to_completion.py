@@ -15,8 +15,10 @@ from sqlmodel import col, select
 
 from flows.dispatch import dispatch
 from inventory.db import session_scope
+from inventory.installation import installation_id
 from inventory.models import RunState, UpgradeRun
 from inventory.outbox import Notice
+from templates.ics import uid_for
 from tests.integration.conftest import _runtime
 from upkeep.requests import request_update
 
@@ -60,8 +62,9 @@ def test_request_scheduled_notified_run_and_completed(
             assert run is not None and run.state == RunState.planned and run.slot_start is not None
             slot = run.slot_start
             scheduled = session.exec(select(Notice).where(Notice.kind == "scheduled")).one()
+            uid = uid_for(f"update-{run_id}", installation_id(session))
         assert slot >= ASKED + timedelta(hours=72)  # the product-update notice period
-        assert "BEGIN:VCALENDAR" in scheduled.ics and f"update-{run_id}@upkeep" in scheduled.ics
+        assert "BEGIN:VCALENDAR" in scheduled.ics and f"UID:{uid}" in scheduled.ics
 
         assert dispatch(max_running=2)["notices_sent"] == 1  # a tick right after: the customer is told
 

@@ -28,11 +28,13 @@ from flows.schedule import (
 )
 from inventory.db import session_scope
 from inventory.importer import import_inventory
+from inventory.installation import installation_id
 from inventory.models import UpgradeRun
 from inventory.outbox import Notice
 from inventory.repo import inventory_snapshot
 from inventory.runs import ActiveRunExists, mark_told
 from inventory.windows import Blackout, MaintenanceWindow
+from templates.ics import uid_for
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 SHA = "ab" * 32
@@ -255,11 +257,12 @@ def test_cancel_withdraws_the_invite(db: Engine) -> None:
         run = cancel_update(run_id, now=NOW, reason="customer migrates first", session=session, vendor=VENDOR)
         assert (run.state, run.active_cluster_id, run.notice_sequence) == ("cancelled", None, 2)
         scheduled, cancelled = notices(session)
+        uid = uid_for("update-1", installation_id(session))
     assert cancelled.idempotency_key == "update-1:cancelled:2"
     assert "customer migrates first" in cancelled.body_text
     method, vevent = event(cancelled)
     assert (method, str(vevent["STATUS"]), int(vevent["SEQUENCE"])) == ("CANCEL", "CANCELLED", 2)
-    assert str(vevent["UID"]) == str(event(scheduled)[1]["UID"]) == "update-1@upkeep"
+    assert str(vevent["UID"]) == str(event(scheduled)[1]["UID"]) == uid
     refused = pytest.raises(ScheduleRefused, match="update-1 is cancelled: only a planned update")
     with refused, session_scope(db) as session:
         cancel_update(run_id, now=NOW, reason="again", session=session)
@@ -277,20 +280,43 @@ def test_cancel_of_a_never_announced_update_sends_nothing(db: Engine) -> None:
 
 def test_scheduled_and_deferred_invites_are_one_calendar_entry(db: Engine) -> None:
     run_id = schedule(db)
+    moved_on = VendorTerms("ops@new-vendor.example", "help@new-vendor.example")  # settings changed since
     with session_scope(db) as session:
-        defer_update(run_id, to=utc(2, 12), now=NOW, session=session, vendor=VENDOR)
+        defer_update(run_id, to=utc(2, 12), now=NOW, session=session, vendor=moved_on)
         run = session.get(UpgradeRun, run_id)
         assert run is not None
         scheduled, deferred = notices(session)
+        uid = uid_for(f"update-{run_id}", installation_id(session))
     (m1, first), (m2, second) = event(scheduled), event(deferred)
     assert (m1, m2) == ("REQUEST", "REQUEST")
-    assert str(first["UID"]) == str(second["UID"]) == f"update-{run_id}@upkeep"
+    assert str(first["UID"]) == str(second["UID"]) == uid
     assert (int(first["SEQUENCE"]), int(second["SEQUENCE"])) == (1, 2)
     assert first.decoded("dtstart") == utc(1)
     assert second.decoded("dtstart") == run.slot_start == utc(3)
     assert second.decoded("dtend") == run.slot_end
     assert "was planned for Tue 1 Dec 2026 02:00 EST" in " ".join(deferred.body_text.split())
-    assert str(first["ORGANIZER"]) == "mailto:upkeep@vendor.example"
+    # Fixed at the first notice: calendar clients match the entry by UID and ORGANIZER.
+    assert str(first["ORGANIZER"]) == str(second["ORGANIZER"]) == "mailto:upkeep@vendor.example"
+    assert "support@vendor.example" in deferred.body_text and "new-vendor" not in deferred.body_text
+
+
+def test_two_installations_never_share_an_invite_uid(db: Engine, tmp_path: Path) -> None:
+    from inventory.db import make_engine, migrate
+
+    second = make_engine(f"sqlite:///{tmp_path / 'second-installation.db'}")
+    migrate(second)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(INVENTORY, sort_keys=False))
+    import_inventory(other, engine=second, actor="test")
+    schedule(db), schedule(second)
+    uids = []
+    for engine in (db, second):
+        with session_scope(engine) as session:
+            [notice] = notices(session)
+            uids.append(str(event(notice)[1]["UID"]))
+            assert installation_id(session) == installation_id(session)  # generated once
+    second.dispose()
+    assert uids[0] != uids[1] and all(uid.startswith("update-1.") for uid in uids)
 
 
 def test_calendar_shows_windows_slots_notices_blackouts(db: Engine) -> None:
@@ -391,3 +417,75 @@ def test_an_urgent_update_cannot_be_deferred(db: Engine) -> None:
     with session_scope(db) as session:
         run = session.get(UpgradeRun, run_id)
         assert run is not None and (run.deferrals, run.notice_sequence) == (0, 1)
+
+
+def test_only_the_latest_of_notices_queued_before_delivery_is_sent(db: Engine, tmp_path: Path) -> None:
+    from flows.notify import deliver_pending
+    from tasks.mail import OutboxDirTransport
+
+    run_id = schedule(db)  # Tue 1 Dec
+    with session_scope(db) as session:
+        defer_update(run_id, to=utc(3, 7), now=NOW, session=session, vendor=VENDOR)  # Thu 3 Dec
+    with session_scope(db) as session:
+        defer_update(run_id, to=utc(8, 7), now=NOW, session=session, vendor=VENDOR)  # frozen 8 -> Thu 10
+    outbox = tmp_path / "outbox"
+    report = deliver_pending(db, OutboxDirTransport(outbox), now=NOW, sender="upkeep@vendor.example")
+    with session_scope(db) as session:
+        states = [(n.kind, n.sequence, n.state) for n in notices(session)]
+        told = session.get(UpgradeRun, run_id).told_at  # type: ignore[union-attr]
+    assert states == [("scheduled", 1, "superseded"), ("deferred", 2, "superseded"), ("deferred", 3, "sent")]
+    assert len(report.sent) == 1 and len(report.superseded) == 2 and len(list(outbox.glob("*.eml"))) == 1
+    assert told == NOW  # the customer was told when the one notice went out
+
+
+def test_customer_holidays_are_blackout_days_and_sla_days_off(engine: Engine, tmp_path: Path) -> None:
+    from inventory.cases import open_case
+    from inventory.models import Customer
+
+    fleet = {
+        "customers": [
+            {
+                "name": "globex",
+                "timezone": "Europe/Berlin",
+                "holidays": {"country": "DE", "subdivision": "BY"},
+                "contacts": [{"email": "ops@globex.example"}],
+                "clusters": [
+                    {
+                        "name": "globex-c1",
+                        "kind": "software",
+                        "version": "9.8.0",
+                        "access": {"type": "direct"},
+                        "nodes": [{"hostname": "globex-c1-n1"}],
+                        "windows": [{"days": "mon-sun", "start": "02:00", "duration": "4h"}],
+                    }
+                ],
+            }
+        ],
+        "releases": INVENTORY["releases"],
+    }
+    path = tmp_path / "globex.yaml"
+    path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    import_inventory(path, engine=engine, actor="test")
+    monday = datetime(2026, 12, 21, 12, tzinfo=UTC)  # + 72 h: Thu 24 Dec 12:00 UTC
+    with session_scope(engine) as session:
+        run = schedule_update(
+            "globex-c1", "9.9.0", now=monday, requested_by="sre", session=session, vendor=VENDOR
+        )
+        # Fri 25 and Sat 26 Dec are public holidays in Bavaria: Sun 27 Dec 02:00 Berlin.
+        assert run.slot_start == datetime(2026, 12, 27, 1, tzinfo=UTC)
+        rows = calendar_view(now=monday, weeks=1, customer="globex", session=session)
+        customer = session.exec(select(Customer)).one()
+        # A P3 opened Thu 24 Dec 16:00 Berlin is due one business day later: Mon 28 Dec, not Fri 25.
+        case = open_case(
+            customer=customer,
+            clusters=[],
+            subject="slow dashboard",
+            category="Issue",
+            priority="P3",
+            now=datetime(2026, 12, 24, 15, tzinfo=UTC),
+            opened_by="t",
+            session=session,
+        )
+        assert case.first_response_due == datetime(2026, 12, 28, 15, tzinfo=UTC)
+    holidays = [row.detail for row in rows if row.what == "blackout"]
+    assert "customer blackout 2026-12-25 (Europe/Berlin): public holiday Christmas Day (DE-BY)" in holidays

@@ -603,3 +603,24 @@ def test_mutated_schedule_file(tmp_path_factory: pytest.TempPathFactory, documen
     path = tmp_path_factory.getbasetemp() / "mutated-schedule.yaml"
     path.write_text(yaml.dump(document, allow_unicode=True))
     check_only_inventory_errors(path)
+
+
+def test_customer_holidays_region_is_read_and_checked_with_its_line(tmp_path: Path) -> None:
+    good = GOOD.replace(
+        "    timezone: Australia/Lord_Howe\n",
+        "    timezone: Australia/Lord_Howe\n    holidays: {country: au, subdivision: nsw}\n",
+    )
+    doc = load_inventory(write(tmp_path, good))
+    assert [c.holidays for c in doc.customers] == [None, ("AU", "NSW")]
+    bad = GOOD.replace(
+        "    timezone: America/New_York\n",
+        "    timezone: America/New_York\n    holidays:\n      country: US\n      subdivision: ZZ\n",
+    )
+    path = write(tmp_path, bad, "bad.yaml")
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}:7: holidays subdivision 'ZZ' is not one of US's (")
+    unknown = GOOD.replace(
+        "    timezone: America/New_York\n", "    timezone: America/New_York\n    holidays: {country: XX}\n"
+    )
+    [problem] = problems(write(tmp_path, unknown, "unknown.yaml"))
+    assert problem.endswith(":5: holidays country 'XX' is not a country the holidays package knows")

@@ -117,6 +117,9 @@ def test_the_message_id_is_a_function_of_the_idempotency_key():
     assert re.fullmatch(r"<update-42\.scheduled\.2\.[0-9a-f]{16}@upkeep>", message_id_for(KEY))
     # keys that sanitise alike still differ by their digest
     assert message_id_for("a:b:1") != message_id_for("a.b:1")
+    # Two installations never share a Message-ID for the same notice key.
+    one, two = message_id_for(KEY, installation="3f9a0c1b2d4e"), message_id_for(KEY, installation="77aa01")
+    assert one != two and one != message_id_for(KEY) and ".3f9a0c1b2d4e." in one
     assert build().message_id == build().message_id == message_id_for(KEY, "vendor.example")
     assert reparse(build())["Message-ID"] == message_id_for(KEY, "vendor.example")
 

@@ -32,12 +32,14 @@ from flows.integrity import reasons_for, recheck
 from flows.notify import deliver_pending
 from flows.oncall import escalate_due, page_triggers
 from flows.plan import plan_update
+from flows.report import held_summaries
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, preflight
 from inventory.db import session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice, idempotency_key
+from inventory.types import utcnow
 
 REMINDERS = (("72h", timedelta(hours=72)), ("24h", timedelta(hours=24)))
 _CLAIM_BATCH = 50  # due runs read per query while looking for the next one to claim
@@ -64,7 +66,9 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
     replan_skipped(engine=runtime.engine, now=now, actor=runtime.actor)  # skipped clusters whose case closed
     reslot_missed(runtime, now)
     reminded = send_reminders(runtime, now)
+    tick_began = utcnow()
     claims = start_due_runs(runtime, now, max_running=max_running, via_deployments=via_deployments)
+    held_summaries(runtime, _held_since(runtime, tick_began))  # the Prefect UI tells "held" too
     started = [c.run_id for c in claims if not c.taken_over]
     taken_over = [c.run_id for c in claims if c.taken_over]
     report = deliver_pending(runtime.engine, runtime.mailer, now=now, sender=runtime.mail_from, limit=500)
@@ -89,6 +93,17 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
     }
     name_tick(now, result)
     return result
+
+
+def _held_since(runtime: Runtime, since: datetime) -> list[int]:
+    """Runs this tick held (flows/integrity.py audits each hold)."""
+    from inventory.models import AuditEvent
+
+    with session_scope(runtime.engine) as session:
+        subjects = session.exec(
+            select(AuditEvent.subject).where(AuditEvent.action == "update.held", col(AuditEvent.at) >= since)
+        ).all()
+    return sorted({int(subject.removeprefix("run/")) for subject in subjects if subject.startswith("run/")})
 
 
 def tick_name(now: datetime, result: dict[str, Any]) -> str:

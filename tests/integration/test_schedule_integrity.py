@@ -193,3 +193,16 @@ def test_no_valid_slot_before_the_deadline_holds_the_update_and_alerts_the_sre(
     [row] = [r for r in rows if r.ref == f"update-{run_id}" and r.what == "update"]
     assert row.detail.startswith(f"update-{run_id} HELD: ")
     assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]
+    # The Prefect UI tells it too: one "held" summary under the cluster's key, with the cause.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=f"update-%-{fresh_cluster}"))
+        )
+    held = [a for a in artifacts if f"Upkeep run {run_id})" in (a.description or "")]
+    assert (
+        len(held) == 1 and ": held" in str(held[0].data) and "past the release deadline" in str(held[0].data)
+    )
+    assert "not reached" in str(held[0].data)

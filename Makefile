@@ -1,11 +1,12 @@
 # Two entry points: `make demo` and `make test`. Both set up everything they need on a fresh Debian
-# machine: the .venv with Python deps, and the Debian packages the lab runs (openssh-server, nginx).
+# machine: the .venv with Python deps, and the Debian packages the lab runs (openssh-server, nginx)
+# and the portal's browser tests drive (chromium, through Playwright; never `playwright install`).
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
-DEBIAN_PACKAGES := openssh-server nginx
+DEBIAN_PACKAGES := openssh-server nginx chromium
 # No telemetry: this machine has no network beyond package mirrors, and nobody asked for it.
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -22,6 +23,7 @@ debian-packages:
 	@missing=""; \
 	command -v /usr/sbin/sshd >/dev/null || missing="$$missing openssh-server"; \
 	command -v /usr/sbin/nginx >/dev/null || missing="$$missing nginx"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then \
 	    echo "The lab needs Debian packages:$$missing. Run: sudo apt-get install -y$$missing" >&2; exit 1; \

@@ -122,8 +122,9 @@ _mount_lab()
 
 
 def _mount_commands() -> None:
-    from upkeep import cli_ops, cli_runs, cli_schedule
+    from upkeep import cli_ops, cli_portal, cli_runs, cli_schedule
 
+    cli_portal.register(app)
     cli_runs.register(app)
     cli_schedule.register(app)
     cli_ops.register(app)

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     )
     outbox_dir: Path | None = None
 
+    portal_url: str = Field(
+        "http://127.0.0.1:8600", description="where customers reach the portal: the base of every link to it"
+    )
+    portal_secret: SecretStr = Field(
+        SecretStr(""), description="signs portal links; empty: <home>/portal.key, generated once (0600)"
+    )
+    portal_link_minutes: int = Field(15, ge=1, le=1440, description="a sign-in link expires after this")
+    portal_session_hours: float = Field(8.0, gt=0, le=720, description="a portal session ends after this")
+
     known_hosts: Path | None = Field(None, description="known_hosts used to verify every SSH host key")
     ssh_key: Path | None = Field(None, description="private key for SSH logins")
     ssh_connect_timeout: float = 10.0
@@ -74,6 +83,14 @@ class Settings(BaseSettings):
             parts = urlsplit(value)
             shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.scheme else "no scheme"
             raise ValueError(f"fileserver_url ({shown}) must start with https://")
+        return value.rstrip("/")
+
+    @field_validator("portal_url")
+    @classmethod
+    def _portal_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.query:
+            raise ValueError("portal_url must be http(s)://HOST[:PORT][/PATH], without user or query")
         return value.rstrip("/")
 
     @field_validator("alert_urls")
@@ -108,6 +125,27 @@ class Settings(BaseSettings):
 
     def resolved_ssh_key(self) -> Path:
         return self.ssh_key or self.home / "id_ed25519"
+
+    def resolved_portal_secret(self) -> bytes:
+        """UPKEEP_PORTAL_SECRET, else the key in <home>/portal.key (made on first use, owner-only)."""
+        if self.portal_secret.get_secret_value():
+            return self.portal_secret.get_secret_value().encode()
+        path = self.home / "portal.key"
+        if not path.exists():
+            import secrets
+
+            self.home.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process made it first
+            else:
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(48))
+        key = path.read_text().strip()
+        if len(key) < 32:
+            raise SettingsError(f"{path}: the portal key is too short; delete the file to make one")
+        return key.encode()
 
     def work_dir(self) -> Path:
         return self.home / "work"
@@ -199,6 +237,8 @@ ECHOED = frozenset(
         "ssh_connect_timeout",
         "ssh_command_timeout",
         "health_timeout",
+        "portal_link_minutes",
+        "portal_session_hours",
     }
 )
 

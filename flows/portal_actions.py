@@ -1,0 +1,285 @@
+"""What a customer's designated user may see and do about their maintenance, through the portal.
+
+Every function takes the signed-in user's customer and refuses (`NotYours`, a LookupError: the portal
+answers 404) any update that is not that customer's, so changing an id in a URL reaches nothing. Deferral
+goes through `flows.schedule.defer_update`, the same code path as `upkeep defer`, after checking that the
+chosen start is one of the times `defer_choices` offered (the same rules, enforced on the server).
+Plain functions in the caller's transaction; `now` is passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from flows.run_notices import DEFERRALS, VendorTerms, contact_emails, deferral_options, update_ref
+from flows.schedule import ScheduleRefused, defer_update, next_window
+from inventory import repo
+from inventory.cases import Case, CaseError, open_case
+from inventory.models import AuditEvent, Cluster, Customer, Node, RunState, UpgradeRun
+from inventory.outbox import queue_notice
+from scheduling.deferral import check_deferral
+from scheduling.errors import NoSlot
+from scheduling.windows import Interval
+from templates import format_duration, format_slot
+
+MAX_CHOICES = 12
+
+
+class NotYours(LookupError):
+    """No such update for this customer (whether it exists for another is not said)."""
+
+
+@dataclass(frozen=True)
+class UpcomingUpdate:
+    id: int
+    ref: str
+    cluster: str
+    from_version: str
+    to_version: str
+    start: datetime
+    end: datetime
+    start_text: str  # "Tue 8 Dec 2026 02:00 EST (07:00 UTC)"
+    end_text: str
+    duration: str
+    nodes: int
+    urgent: bool
+    deferrals_used: int
+    deferrals_left: int
+    deferral_note: str  # what the notices say the customer may do
+    confirmed_by: tuple[str, ...]  # who confirmed this version of the schedule (this SEQUENCE)
+    needs_approval: bool
+
+
+def upcoming_updates(customer: Customer, *, session: Session) -> list[UpcomingUpdate]:
+    """The customer's announced updates that have not started, soonest first."""
+    query = (
+        select(UpgradeRun)
+        .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
+        .where(
+            Cluster.customer_id == customer.id,
+            UpgradeRun.state == RunState.planned,
+            col(UpgradeRun.slot_start).is_not(None),
+        )
+        .order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))
+    )
+    return [_view(run, customer, session) for run in session.exec(query)]
+
+
+def customer_update(run_id: int, customer: Customer, *, session: Session) -> UpgradeRun:
+    """The planned, announced update `run_id` of this customer; NotYours otherwise."""
+    run = session.get(UpgradeRun, run_id)
+    cluster = session.get(Cluster, run.cluster_id) if run is not None else None
+    if run is None or cluster is None or cluster.customer_id != customer.id:
+        raise NotYours(f"no update {update_ref(run_id)} for {customer.name}")
+    if RunState(run.state) is not RunState.planned or run.slot_start is None:
+        raise NotYours(f"{update_ref(run_id)} is {run.state}; only upcoming updates are shown here")
+    return run
+
+
+def update_view(run_id: int, customer: Customer, *, session: Session) -> UpcomingUpdate:
+    return _view(customer_update(run_id, customer, session=session), customer, session)
+
+
+def defer_choices(run: UpgradeRun, *, now: datetime, session: Session) -> list[Interval]:
+    """The maintenance-window starts this update may be deferred to, soonest first: none for an urgent
+    update or with no deferral left; otherwise every window start after the current one that the
+    deferral rules (`scheduling.deferral`: count, maximum move, release deadline) allow."""
+    current, current_end = run.slot_start, run.slot_end
+    if run.urgent or current is None or current_end is None or run.deferrals >= DEFERRALS.max_count:
+        return []
+    deadline = repo.get_release(run.to_version, session=session).deadline
+    choices: list[Interval] = []
+    not_before = current + timedelta(minutes=1)
+    while len(choices) < MAX_CHOICES:
+        try:
+            slot = next_window(
+                run,
+                now=now,
+                not_before=not_before,
+                estimate=current_end - current,
+                urgent=False,
+                session=session,
+            )
+        except NoSlot:
+            break
+        decision = check_deferral(
+            DEFERRALS,
+            current_start=current,
+            new_start=slot.start,
+            deferrals_so_far=run.deferrals,
+            deadline=deadline,
+            now=now,
+        )
+        if not decision.allowed:  # every later start is further away: none of them is allowed either
+            break
+        choices.append(slot)
+        not_before = slot.start + timedelta(minutes=1)
+    return choices
+
+
+def defer_to(
+    run_id: int,
+    customer: Customer,
+    start: datetime,
+    *,
+    now: datetime,
+    actor: str,
+    session: Session,
+    vendor: VendorTerms | None = None,
+) -> UpgradeRun:
+    """Defer the customer's update to `start`, which must be one of `defer_choices`; audited as `actor`
+    (the user's address) and announced to the customer's contacts and designated users."""
+    run = customer_update(run_id, customer, session=session)
+    if run.urgent:
+        raise ScheduleRefused(
+            f"{update_ref(run.id)} is urgent (a security or data-loss fix) and cannot be deferred"
+        )
+    offered = [slot.start for slot in defer_choices(run, now=now, session=session)]
+    if start not in offered:
+        raise ScheduleRefused(
+            f"{update_ref(run.id)} cannot be deferred to that time: choose one of the times offered"
+            if offered
+            else f"{update_ref(run.id)} cannot be deferred any more"
+        )
+    return defer_update(run.id or 0, to=start, now=now, session=session, requested_by=actor, vendor=vendor)
+
+
+def confirm(
+    run_id: int,
+    customer: Customer,
+    *,
+    now: datetime,
+    actor: str,
+    session: Session,
+    vendor: VendorTerms | None = None,
+) -> UpgradeRun:
+    """Record that `actor` acknowledged the update at its current time, and tell the customer's contacts
+    and designated users. Confirming the same schedule twice records and sends it once."""
+    run = customer_update(run_id, customer, session=session)
+    view = _view(run, customer, session)
+    if actor in view.confirmed_by:
+        return run
+    detail = {"slot": view.start.isoformat(), "sequence": run.notice_sequence}
+    repo.record_audit(actor, "update.confirmed", f"run/{run.id}", detail, session=session)
+    vendor = vendor or VendorTerms.configured()
+    text = (
+        f"Hello {customer.name},\n\n{actor} confirmed the upgrade of {view.cluster} from {view.from_version} "
+        f"to {view.to_version} on {view.start_text} ({update_ref(run.id)}).\n\n"
+        f"Questions? Contact {vendor.support_contact}.\n"
+    )
+    queue_notice(
+        update_ref=update_ref(run.id),
+        kind="confirmed",
+        sequence=run.notice_sequence,
+        variant=hashlib.sha256(actor.lower().encode()).hexdigest()[:16],
+        customer_id=customer.id or 0,
+        recipients=contact_emails(customer, session),
+        subject=f"Upgrade confirmed: {view.cluster} to {view.to_version} on {view.start_text}",
+        body_text=text,
+        body_html="<p>" + html.escape(text).replace("\n\n", "</p><p>").replace("\n", "<br>") + "</p>",
+        session=session,
+        now=now,
+    )
+    return run
+
+
+def _view(run: UpgradeRun, customer: Customer, session: Session) -> UpcomingUpdate:
+    cluster = session.get(Cluster, run.cluster_id)
+    assert cluster is not None and run.id is not None
+    start, end = run.slot_start, run.slot_end
+    assert start is not None and end is not None
+    nodes = len(session.exec(select(Node.id).where(Node.cluster_id == cluster.id)).all())
+    confirmed = session.exec(
+        select(AuditEvent.actor, AuditEvent.detail).where(
+            AuditEvent.action == "update.confirmed", AuditEvent.subject == f"run/{run.id}"
+        )
+    ).all()
+    return UpcomingUpdate(
+        id=run.id,
+        ref=update_ref(run.id),
+        cluster=cluster.name,
+        from_version=run.from_version,
+        to_version=run.to_version,
+        start=start,
+        end=end,
+        start_text=format_slot(start, customer.timezone),
+        end_text=format_slot(end, customer.timezone),
+        duration=format_duration(end - start),
+        nodes=nodes,
+        urgent=run.urgent,
+        deferrals_used=run.deferrals,
+        deferrals_left=0 if run.urgent else max(DEFERRALS.max_count - run.deferrals, 0),
+        deferral_note=deferral_options(run, start, customer.timezone, session),
+        confirmed_by=tuple(a for a, d in confirmed if d.get("sequence") == run.notice_sequence),
+        needs_approval=run.needs_approval,
+    )
+
+
+def customer_clusters(customer: Customer, *, session: Session) -> list[Cluster]:
+    query = select(Cluster).where(Cluster.customer_id == customer.id).order_by(col(Cluster.name))
+    return list(session.exec(query))
+
+
+def cases_of(customer: Customer, *, session: Session, limit: int = 200) -> list[Case]:
+    """The customer's cases, newest first (closed ones included: the customer's history)."""
+    query = select(Case).where(Case.customer_id == customer.id).order_by(col(Case.id).desc()).limit(limit)
+    return list(session.exec(query))
+
+
+def open_customer_case(
+    customer: Customer,
+    *,
+    cluster: str,
+    subject: str,
+    description: str,
+    category: str,
+    priority: str,
+    now: datetime,
+    actor: str,
+    session: Session,
+    vendor: VendorTerms | None = None,
+) -> Case:
+    """Open a case for the customer through `inventory.cases.open_case` (its rules and SLA), about one
+    of the customer's own clusters or none; the description is kept with the case's audit trail. A
+    P0/P1 case re-checks the cluster's planned updates, as `upkeep case open` does."""
+    from flows.integrity import recheck_planned
+
+    clusters = []
+    if cluster:
+        found = session.exec(
+            select(Cluster).where(Cluster.name == cluster, Cluster.customer_id == customer.id)
+        ).first()
+        if found is None:
+            raise NotYours(f"no cluster {cluster[:64]!r} for {customer.name}")
+        clusters.append(found)
+    description = description.strip()
+    if len(description) > 10_000:
+        raise CaseError("case description: at most 10,000 characters")
+    case = open_case(
+        customer=customer,
+        clusters=clusters,
+        subject=subject,
+        category=category,
+        priority=priority,
+        now=now,
+        opened_by=actor,
+        session=session,
+    )
+    if description:
+        detail = {"description": description, "via": "portal"}
+        repo.record_audit(actor, "case.description", f"case/{case.ref}", detail, session=session)
+    if str(case.priority) in ("P0", "P1") and clusters:
+        recheck_planned(
+            now=now,
+            session=session,
+            actor=actor,
+            vendor=vendor,
+            clusters=[c.id for c in clusters if c.id is not None],
+            why=f"case opened: {case.ref}",
+        )
+    return case

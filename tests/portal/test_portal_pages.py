@@ -1,0 +1,114 @@
+"""What a designated user does in the portal, on SQLite and PostgreSQL: sign in with the emailed link,
+see the customer's upcoming maintenance, defer it to one of the offered times (the same rules and code
+path as `upkeep defer`), confirm it, and open a case; each audited with the user's address and told to
+every designated user through the outbox."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlmodel import col, select
+
+from inventory.cases import Case
+from inventory.db import session_scope
+from inventory.models import AuditEvent, UpgradeRun
+from inventory.outbox import Notice
+from tests.portal.conftest import Portal, csrf_of, sign_in
+
+
+def audit(portal: Portal, action: str) -> list[AuditEvent]:
+    with session_scope(portal.engine) as session:
+        return list(
+            session.exec(select(AuditEvent).where(AuditEvent.action == action).order_by(col(AuditEvent.id)))
+        )
+
+
+def notices(portal: Portal, kind: str) -> list[Notice]:
+    with session_scope(portal.engine) as session:
+        return list(session.exec(select(Notice).where(Notice.kind == kind).order_by(col(Notice.id))))
+
+
+def test_sign_in_see_defer_and_confirm(portal: Portal) -> None:
+    run_id = portal.updates["acme-c1"]
+    sign_in(portal, "Ann@ACME.example")  # case does not matter
+    page = portal.client.get("/maintenance")
+    assert "acme-c1" in page.text and "9.8.0 &rarr; 9.9.0" in page.text
+    assert "umb-c1" not in page.text  # only the user's own customer
+    assert "Thu 26 Nov 2026 02:00 EST (07:00 UTC)" in page.text
+    assert "0 used, 2 left" in page.text
+
+    page = portal.client.get(f"/maintenance/update-{run_id}")
+    offered = re.findall(r'name="start" value="([^"]+)"', page.text)
+    # Windows Tue/Thu 02:00 New York; a deferral moves the update by at most 7 days.
+    assert offered == ["2026-12-01T07:00:00+00:00", "2026-12-03T07:00:00+00:00"]
+    response = portal.client.post(
+        f"/maintenance/update-{run_id}/defer", data={"csrf": csrf_of(page.text), "start": offered[1]}
+    )
+    assert response.status_code == 200 and "The update was deferred" in response.text
+    assert "Thu 3 Dec 2026 02:00 EST (07:00 UTC)" in response.text
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.deferrals == 1
+        assert run.slot_start == datetime.fromisoformat(offered[1])
+    [event] = audit(portal, "update.deferred")
+    assert event.actor == "ann@acme.example" and event.subject == f"run/{run_id}"
+    [deferred] = notices(portal, "deferred")
+    assert set(deferred.recipients) == {"ops@acme.example", "ann@acme.example", "bob@acme.example"}
+
+    response = portal.client.post(
+        f"/maintenance/update-{run_id}/confirm", data={"csrf": csrf_of(response.text)}
+    )
+    assert "Thank you: your confirmation was recorded" in response.text
+    assert "Confirmed by</th><td>ann@acme.example" in response.text
+    [event] = audit(portal, "update.confirmed")
+    assert event.actor == "ann@acme.example" and event.detail["slot"] == offered[1].replace(
+        "+00:00", "+00:00"
+    )
+    [confirmed] = notices(portal, "confirmed")
+    assert set(confirmed.recipients) == {"ops@acme.example", "ann@acme.example", "bob@acme.example"}
+    assert "ann@acme.example confirmed the upgrade of acme-c1" in confirmed.body_text
+
+
+def test_open_a_case_and_see_it_listed(portal: Portal) -> None:
+    csrf = sign_in(portal, "bob@acme.example")
+    response = portal.client.post(
+        "/cases",
+        data={
+            "csrf": csrf,
+            "category": "issue",
+            "priority": "P2",
+            "cluster": "acme-c1",
+            "subject": "Node n2 is slow <after> the upgrade",
+            "description": "Since Tuesday.",
+        },
+    )
+    assert response.status_code == 200 and "The case was opened" in response.text
+    assert "Node n2 is slow &lt;after&gt; the upgrade" in response.text
+    with session_scope(portal.engine) as session:
+        [case] = session.exec(select(Case)).all()
+        assert (case.opened_by, str(case.priority), case.subject) == (
+            "bob@acme.example",
+            "P2",
+            "Node n2 is slow <after> the upgrade",
+        )
+    [event] = audit(portal, "case.description")
+    assert event.detail["description"] == "Since Tuesday."
+
+
+def test_an_urgent_update_offers_no_deferral(portal: Portal) -> None:
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, portal.updates["acme-c1"])
+        assert run is not None
+        run.urgent = True
+        session.add(run)
+    sign_in(portal, "ann@acme.example")
+    page = portal.client.get(f"/maintenance/update-{portal.updates['acme-c1']}")
+    assert 'name="start"' not in page.text
+    assert "No deferral possible: this is an urgent update" in page.text
+    response = portal.client.post(
+        f"/maintenance/update-{portal.updates['acme-c1']}/defer",
+        data={"csrf": csrf_of(page.text), "start": "2026-12-01T07:00:00+00:00"},
+    )
+    assert response.status_code == 409 and "cannot be deferred" in response.text
+    assert audit(portal, "update.deferred") == []

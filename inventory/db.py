@@ -141,6 +141,14 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Two processes migrating at once (two `upkeep db upgrade`, or any two commands starting on
+            # a fresh database) would both run the same DDL and the second die on a duplicate. The
+            # second waits here until the first commits, then reads the new head and has nothing to do.
+            # (SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.)
+            connection.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(hashtext('upkeep migrate ' || current_schema()))"
+            )
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

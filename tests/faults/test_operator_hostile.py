@@ -1,0 +1,101 @@
+"""Adversarial pass on issue #16's operator commands (`upkeep db upgrade`, `upkeep doctor`, `upkeep lab
+env`): two operators at once, a database that holds a lock, hostile setting values. Each test is a break
+found by trying, kept so it cannot come back."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+
+from inventory.db import make_engine, migrate
+from inventory.revision import current_revisions, head_revisions
+from tests.conftest import POSTGRES_URL
+from tests.faults.helpers import wait_for
+
+pytestmark = [pytest.mark.faults]
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema (never migrated), dropped afterwards."""
+    schema = f"upkeep_t_{secrets.token_hex(6)}"
+    admin = make_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        yield schema
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+def _engine(schema: str, name: str) -> Engine:
+    return make_engine(
+        POSTGRES_URL,
+        connect_args={"options": f"-csearch_path={schema}", "application_name": name},
+    )
+
+
+def _waiting_on_a_lock(name: str) -> bool:
+    admin = make_engine(POSTGRES_URL)
+    try:
+        with admin.connect() as conn:
+            return bool(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = :name AND wait_event_type = 'Lock'"
+                    ),
+                    {"name": name},
+                ).scalar()
+            )
+    finally:
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_two_migrations_at_once_on_a_fresh_postgres_database_both_end_at_head(pg_schema: str) -> None:
+    """Two `upkeep db upgrade` (or any two commands: each migrates on start) on a fresh database: the
+    second used to die with a UniqueViolation on alembic_version's catalog entry (a traceback)."""
+    name = f"second-{pg_schema}"
+    first, second = _engine(pg_schema, f"first-{pg_schema}"), _engine(pg_schema, name)
+    at_commit, release = threading.Event(), threading.Event()
+
+    def hold(_conn: Any) -> None:  # the first migration holds its transaction open at COMMIT ...
+        at_commit.set()
+        release.wait(60)  # ... until the second is seen waiting (or a minute has passed)
+
+    event.listen(first, "commit", hold)
+    errors: dict[str, BaseException] = {}
+
+    def run(label: str, engine: Engine) -> None:
+        try:
+            migrate(engine)
+        except BaseException as exc:  # reported below
+            errors[label] = exc
+
+    threads = [
+        threading.Thread(target=run, args=(label, e)) for label, e in (("first", first), ("second", second))
+    ]
+    try:
+        threads[0].start()
+        wait_for(at_commit.is_set, "the first migration to reach COMMIT", 60)
+        threads[1].start()
+        wait_for(lambda: _waiting_on_a_lock(name), "the second migration to wait for the first", 60)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(120)
+    try:
+        assert not errors, {label: f"{type(e).__name__}: {e}" for label, e in errors.items()}
+        assert current_revisions(second) == head_revisions()
+    finally:
+        first.dispose()
+        second.dispose()

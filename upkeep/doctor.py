@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from upkeep.settings import Settings
@@ -125,6 +126,10 @@ def check_database(found: Findings) -> Iterator[Check]:
     try:
         extra: dict[str, Any] = {} if is_sqlite else {"connect_args": {"connect_timeout": int(NET_TIMEOUT)}}
         engine = make_engine(url, **extra)
+        if not is_sqlite:
+            # Every question has a bound: a session holding a lock (a migration running, a stuck
+            # transaction) must make the doctor say so, not wait with it.
+            event.listen(engine, "connect", _bounded_statements)
     except Exception as exc:  # an unsupported driver, a driver that is not installed
         yield fail("database", _one_line(str(exc)), fix_url)
         return
@@ -148,18 +153,36 @@ def check_database(found: Findings) -> Iterator[Check]:
     yield from _inventory(found, engine)
 
 
+def _bounded_statements(dbapi_connection: Any, _record: Any) -> None:
+    ms = int(NET_TIMEOUT * 1000)
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET statement_timeout = {ms}")
+        cursor.execute(f"SET lock_timeout = {ms}")
+    dbapi_connection.commit()
+
+
 def _inventory(found: Findings, engine: Engine) -> Iterator[Check]:
+    from sqlalchemy.exc import DBAPIError
     from sqlmodel import Session, col, select
 
     from inventory.models import AccessKind, Cluster, Customer, Node
 
-    with Session(engine) as session:
-        customers = len(session.exec(select(Customer.id)).all())
-        rows = session.exec(
-            select(Cluster, Node)
-            .join(Node, col(Node.cluster_id) == col(Cluster.id))
-            .order_by(col(Cluster.name), col(Node.position))
-        ).all()
+    try:
+        with Session(engine) as session:
+            customers = len(session.exec(select(Customer.id)).all())
+            rows = session.exec(
+                select(Cluster, Node)
+                .join(Node, col(Node.cluster_id) == col(Cluster.id))
+                .order_by(col(Cluster.name), col(Node.position))
+            ).all()
+    except DBAPIError as exc:
+        yield fail(
+            "inventory",
+            f"cannot read it within {NET_TIMEOUT:g} s: {_one_line(_db_cause(exc))}",
+            "another session holds a lock on it (a migration running, a stuck transaction?): "
+            "see pg_stat_activity / pg_locks, then run the doctor again",
+        )
+        return
     found.nodes = [
         NodeRef(
             cluster.name,

@@ -4,9 +4,14 @@ found by trying, kept so it cannot come back."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,3 +104,43 @@ def test_two_migrations_at_once_on_a_fresh_postgres_database_both_end_at_head(pg
     finally:
         first.dispose()
         second.dispose()
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "upkeep"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,  # a hang guard: the doctor must answer long before this
+    )
+
+
+def _env(home: Path, **upkeep: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env["UPKEEP_HOME"] = str(home)
+    env.update({f"UPKEEP_{k.upper()}": v for k, v in upkeep.items()})
+    return env
+
+
+@pytest.mark.postgres
+def test_doctor_answers_while_another_session_holds_a_lock_on_the_inventory(
+    pg_schema: str, tmp_path: Path
+) -> None:
+    """A migration (or any session) holding an exclusive lock on an inventory table made `upkeep doctor`
+    wait with it, for ever: no statement timeout. It must answer in bounded time and say why."""
+    engine = _engine(pg_schema, f"holder-{pg_schema}")
+    migrate(engine)
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{pg_schema}"
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE"))
+            done = _cli(["doctor", "--json"], _env(tmp_path / "home", database_url=url))
+    finally:
+        engine.dispose()
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    inventory = next(c for c in report["checks"] if c["name"] == "inventory")
+    assert inventory["status"] == "fail", inventory
+    assert "lock" in inventory["detail"] + inventory["fix"], inventory

@@ -390,6 +390,9 @@ def test_no_full_notice_slot_before_the_deadline_is_refused_naming_both(db: Engi
             "acme-c2", "9.10.0", now=later, requested_by="sre", session=session, vendor=VENDOR
         )
         assert run.slot_start == utc(3)
+        # The notice states the options really left: the deadline (Fri 4 Dec 19:00 in New York) caps them.
+        limits = "at most 2 deferrals (2 left), each by up to 7 days, never past the release deadline "
+        assert limits + "Fri 04 Dec 2026" in " ".join(notices(session)[-1].body_text.split())
         cancel_update(run.id or 0, now=later, reason="test", session=session)
     too_late = NOW + timedelta(days=9)  # Wed 2 Dec
     with pytest.raises(ScheduleRefused) as refused, session_scope(db) as session:
@@ -489,3 +492,24 @@ def test_customer_holidays_are_blackout_days_and_sla_days_off(engine: Engine, tm
         assert case.first_response_due == datetime(2026, 12, 28, 15, tzinfo=UTC)
     holidays = [row.detail for row in rows if row.what == "blackout"]
     assert "customer blackout 2026-12-25 (Europe/Berlin): public holiday Christmas Day (DE-BY)" in holidays
+
+
+def test_a_slot_at_the_deadline_tells_the_customer_no_deferral_is_possible(db: Engine) -> None:
+    from inventory.models import Release
+
+    with session_scope(db) as session:
+        release = session.exec(select(Release).where(Release.version == "9.10.0")).one()
+        release.deadline = utc(3)  # exactly the first slot: in time, but no later start is
+        session.add(release)
+    with session_scope(db) as session:
+        run = schedule_update(
+            "acme-c2",
+            "9.10.0",
+            now=NOW + timedelta(days=7),
+            requested_by="sre",
+            session=session,
+            vendor=VENDOR,
+        )
+        assert run.slot_start == utc(3)
+        text = " ".join(notices(session)[-1].body_text.split())
+    assert "no deferral possible: the release deadline is Thu 03 Dec 2026" in text

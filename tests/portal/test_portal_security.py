@@ -193,7 +193,7 @@ def test_security_headers_and_cookie_attributes(portal: Portal) -> None:
         assert "default-src 'none'" in headers["content-security-policy"]
         assert "frame-ancestors 'none'" in headers["content-security-policy"]
         assert headers["x-content-type-options"] == "nosniff"
-        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["referrer-policy"] == "same-origin"
     assert "<script" not in portal.client.get("/signin").text
     page = portal.client.get("/signin")
     portal.client.post("/signin", data={"csrf": csrf_of(page.text), "email": "ann@acme.example"})
@@ -209,3 +209,16 @@ def test_security_headers_and_cookie_attributes(portal: Portal) -> None:
     assert {"httponly", "samesite", "max-age", "path"} <= attributes and "secure" not in attributes
     assert "samesite=lax" in cookie.lower()
     assert SQLModel  # the tables are registered
+
+
+def test_the_access_log_never_shows_a_links_token() -> None:
+    import logging
+
+    from upkeep.portal.server import HideQueries
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/signin/link?t=SECRET.TOKEN", "1.1", 200), None,
+    )  # fmt: skip
+    assert HideQueries().filter(record)
+    assert "SECRET" not in record.getMessage() and "/signin/link?…" in record.getMessage()

@@ -24,7 +24,9 @@ HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",  # a sign-in link in the address bar must not travel on
+    # A sign-in link in the address bar never travels to another site; same-origin (not no-referrer)
+    # so that browsers still send a real Origin with our own forms (no-referrer makes it "null").
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cross-origin-opener-policy": "same-origin",
     "cache-control": "no-store",

@@ -1,0 +1,206 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against `upkeep portal serve`
+(uvicorn), a real SMTP server (aiosmtpd) for the sign-in link and the notices, and the real CLI for the
+inventory, the schedule and what the SRE sees afterwards. Nothing is downloaded: the browser is the
+system's (`executable_path`), never `playwright install`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.conftest import upkeep_cli
+from tests.integration.test_notices import SmtpServer
+
+pytestmark = [pytest.mark.smtp, pytest.mark.browser]
+
+INVENTORY: dict[str, Any] = {
+    "customers": [
+        {
+            "name": "acme",
+            "timezone": "America/New_York",
+            "contacts": [{"email": "ops@acme.example"}],
+            "clusters": [
+                {
+                    "name": "acme-c1",
+                    "kind": "software",
+                    "version": "9.8.0",
+                    "access": {"type": "direct"},
+                    "nodes": [{"hostname": "acme-c1-n1"}, {"hostname": "acme-c1-n2"}],
+                    "windows": [{"days": "tue,thu", "start": "02:00", "duration": "4h"}],
+                }
+            ],
+            "portal_users": [{"email": "ann@acme.example", "name": "Ann"}, {"email": "bob@acme.example"}],
+        }
+    ],
+    "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for(what: str, check: Any, seconds: float = 60) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def served(tmp_path: Path, smtp: SmtpServer) -> Iterator[tuple[str, dict[str, str]]]:
+    """The portal served by the real CLI on a free loopback port; (its URL, the CLI's environment)."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env |= {
+        "UPKEEP_HOME": str(tmp_path / "home"),
+        "UPKEEP_SMTP_HOST": "127.0.0.1",
+        "UPKEEP_SMTP_PORT": str(smtp.port),
+        "UPKEEP_MAIL_FROM": "Upkeep <upkeep@vendor.example>",
+        "UPKEEP_PORTAL_URL": url,
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(INVENTORY, sort_keys=False))
+    upkeep_cli(env, "inventory", "import", str(path))
+    log = (tmp_path / "portal.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "upkeep", "portal", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def up() -> bool:
+            assert server.poll() is None, (tmp_path / "portal.log").read_text()
+            try:
+                return httpx.get(f"{url}/signin", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait_for("the portal to answer", up)
+        yield url, env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Debian's chromium is not installed: run `make debian-packages` (as root)", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"], headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_sign_in_from_the_email_defer_and_open_a_case(
+    served: tuple[str, dict[str, str]], smtp: SmtpServer, browser: Any
+) -> None:
+    url, env = served
+    scheduled = json.loads(upkeep_cli(env, "schedule", "acme-c1", "--to", "9.9.0", "--json").stdout)
+    run_id = scheduled["id"]
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+
+    page.goto(f"{url}/signin")
+    page.fill("#email", "Ann@acme.example")
+    page.click("text=Email me a sign-in link")
+    page.wait_for_load_state()
+    assert "Check your email" in page.content(), page.content()
+
+    def sign_in_mail() -> Any:
+        return next((m for m in smtp.handler.messages if "sign-in link" in str(m["Subject"])), None)
+
+    mail = _wait_for("the sign-in email", sign_in_mail)
+    assert str(mail["To"]) == "ann@acme.example"
+    [link] = re.findall(
+        r"http://127\.0\.0\.1:\d+/signin/link\?t=\S+", mail.get_body(("plain",)).get_content()
+    )
+    page.goto(link)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_selector("h1:has-text('Upcoming maintenance for acme')")
+    assert "acme-c1" in page.inner_text("main")
+
+    page.click("text=Confirm or defer")
+    before = page.inner_text("#start")
+    choices = page.locator("input[name=start]")
+    assert choices.count() >= 1
+    chosen = choices.nth(choices.count() - 1)
+    new_start = chosen.get_attribute("value")
+    label = page.locator("label.choice").nth(choices.count() - 1).inner_text().strip()
+    chosen.check()
+    page.click("button:has-text('Defer')")
+    page.wait_for_selector("text=The update was deferred")
+    assert page.inner_text("#start") == label != before
+    assert "1 used, 1 left" in page.inner_text("main")
+
+    shown = json.loads(upkeep_cli(env, "show", str(run_id), "--json").stdout)
+    assert shown["deferrals"]["used"] == 1
+    assert shown["slot"]["start"] == new_start
+    assert [n["kind"] for n in shown["notices"]] == ["scheduled", "deferred"]
+
+    # Every designated user (and the contact) gets the deferral notice through the usual outbox.
+    upkeep_cli(env, "notices", "send")
+    deferred = [m for m in smtp.handler.messages if str(m["Subject"]).startswith("Upgrade deferred")]
+    assert len(deferred) == 1
+    assert {a.strip() for a in str(deferred[0]["To"]).split(",")} == {
+        "ops@acme.example",
+        "ann@acme.example",
+        "bob@acme.example",
+    }
+
+    page.click("nav >> text=Cases")
+    page.select_option("#priority", "P1")
+    page.select_option("#cluster", "acme-c1")
+    page.fill("#subject", "Reports are slow since the upgrade")
+    page.fill("#description", "Since Tuesday, the nightly report takes 3 h instead of 1 h.")
+    page.click("button:has-text('Open the case')")
+    page.wait_for_selector("text=The case was opened")
+    cases = json.loads(upkeep_cli(env, "case", "list", "--json").stdout)
+    [case] = [c for c in cases if c["subject"] == "Reports are slow since the upgrade"]
+    assert case["priority"] == "P1" and case["opened_by"] == "ann@acme.example"
+    assert case["id"] in page.inner_text("main") and case["clusters"] == ["acme-c1"]
+
+    page.click("button:has-text('Sign out')")
+    page.wait_for_selector("text=You have signed out")
+    page.goto(f"{url}/maintenance")
+    assert page.url.endswith("/signin")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -53,20 +53,46 @@ def db_upgrade(json: JsonOpt = False) -> None:
     """Create the schema or migrate it to this checkout's newest revision (every command and every
     flow run also does this on start; run it once after creating the database)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
 
     from inventory.revision import current_revisions, head_revisions
     from upkeep.bootstrap import open_database
-    from upkeep.settings import load_settings
+    from upkeep.settings import SettingsError, load_settings, mask_url
 
-    settings = load_settings()
-    shown = make_url(settings.resolved_database_url()).render_as_string(hide_password=True)
-    engine = open_database(settings)
+    def refuse(message: str) -> NoReturn:
+        if json:
+            print_json({"error": message, "exit": 1})
+            raise typer.Exit(1)
+        raise CliError(message)
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        refuse(str(exc))
+    url = settings.resolved_database_url()
+    shown = mask_url(url)  # never the password, nor the whole of a URL that does not parse
+    try:
+        driver = make_url(url).drivername
+    except Exception:  # its message may quote a piece of the URL
+        refuse(
+            f"UPKEEP_DATABASE_URL {shown} is not a database URL "
+            "(postgresql+psycopg://USER:PASSWORD@HOST/DB, or empty for SQLite in the home dir)"
+        )
+    if not driver.startswith(("sqlite", "postgresql")):
+        refuse(f"UPKEEP_DATABASE_URL {shown}: only sqlite and postgresql are supported")
+    try:
+        engine = open_database(settings)
+    except DBAPIError as exc:
+        cause = " ".join(str(exc.orig or exc).split())
+        refuse(f"{shown}: cannot migrate: {cause}")
+    except OSError as exc:  # SQLite: the database's directory cannot be created
+        refuse(f"{shown}: {exc}")
     try:
         current, heads = current_revisions(engine), head_revisions()
     finally:
         engine.dispose()
     if current != heads:  # pragma: no cover - migrate() raises first
-        raise CliError(f"{shown}: schema at {sorted(current)} after migrating, expected {sorted(heads)}")
+        refuse(f"{shown}: schema at {sorted(current)} after migrating, expected {sorted(heads)}")
     if json:
         print_json({"database": shown, "revision": sorted(current)})
     else:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from upkeep.settings import Settings
+from upkeep.settings import Settings, mask_url
 
 Status = Literal["ok", "warn", "fail", "skip"]
 POOL = "upkeep-process"  # prefect.yaml's work pool
@@ -115,10 +115,10 @@ def check_database(found: Findings) -> Iterator[Check]:
     )
     try:
         parsed = make_url(url)
-    except Exception as exc:
-        yield fail("database", f"UPKEEP_DATABASE_URL is not a database URL ({exc})", fix_url)
+    except Exception as exc:  # its message may quote a piece of the URL (a port that is a password)
+        yield fail("database", f"UPKEEP_DATABASE_URL is not a database URL ({type(exc).__name__})", fix_url)
         return
-    shown = parsed.render_as_string(hide_password=True)
+    shown = mask_url(url)
     is_sqlite = parsed.drivername.startswith("sqlite")
     if is_sqlite and parsed.database and not Path(parsed.database).is_file():
         yield fail("database", f"{shown}: no database file", "create and migrate it: `upkeep db upgrade`")

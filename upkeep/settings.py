@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         for key, value in data.items():
             if isinstance(getattr(self, key), SecretStr):
                 data[key] = "**********" if value else ""
-        data["database_url"] = _mask_url(self.resolved_database_url())
+        data["database_url"] = mask_url(self.resolved_database_url())
         if self.alert_urls:
             from tasks.alerts import AppriseChannel, parse_alert_urls
 
@@ -243,10 +243,21 @@ ECHOED = frozenset(
 )
 
 
-def _mask_url(url: str) -> str:
+UNPARSEABLE = "<unparseable, hidden>"
+_SECRET_QUERY = ("password", "passwd", "pwd", "secret", "token", "key")
+
+
+def mask_url(url: str) -> str:
+    """A database URL fit to show: its password and any password-like query value hidden. Fails
+    closed: a URL that cannot be read whole is not shown at all."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        query = {
+            key: ("***" if any(word in key.lower() for word in _SECRET_QUERY) else value)
+            for key, value in parsed.query.items()
+        }
+        return parsed.set(query=query).render_as_string(hide_password=True)
     except Exception:
-        return url
+        return UNPARSEABLE

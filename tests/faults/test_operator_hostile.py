@@ -144,3 +144,44 @@ def test_doctor_answers_while_another_session_holds_a_lock_on_the_inventory(
     inventory = next(c for c in report["checks"] if c["name"] == "inventory")
     assert inventory["status"] == "fail", inventory
     assert "lock" in inventory["detail"] + inventory["fix"], inventory
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("postgresql+psycopg://bob:HUNTER2@127.0.0.1:notaport/db", "not a database URL"),
+        ("mysql://bob:HUNTER2@127.0.0.1/db", "only sqlite and postgresql"),
+        ("postgresql+psycopg://postgres:HUNTER2@127.0.0.1:5432/no_such_db_adv16", "no_such_db_adv16"),
+        ("sqlite:////proc/no-such-dir/upkeep.db", "/proc/no-such-dir"),
+    ],
+    ids=["unparseable", "driver", "no-database", "sqlite-dir"],
+)
+@pytest.mark.postgres
+def test_db_upgrade_refuses_a_bad_database_in_one_line_and_in_json(
+    url: str, needle: str, tmp_path: Path
+) -> None:
+    """`upkeep db upgrade` ended in a traceback for three of these, and `--json` printed no JSON."""
+    env = _env(tmp_path / "home", database_url=url)
+    plain = _cli(["db", "upgrade"], env)
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert "Traceback" not in plain.stderr, plain.stderr
+    assert needle in plain.stderr and len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    as_json = _cli(["db", "upgrade", "--json"], env)
+    assert as_json.returncode == 1, as_json.stdout + as_json.stderr
+    assert json.loads(as_json.stdout)["exit"] == 1
+    assert needle in json.loads(as_json.stdout)["error"]
+    assert "HUNTER2" not in plain.stdout + plain.stderr + as_json.stdout + as_json.stderr
+
+
+@pytest.mark.postgres
+def test_a_password_in_the_database_urls_query_is_never_shown(pg_schema: str, tmp_path: Path) -> None:
+    """libpq takes `?password=`; render_as_string(hide_password=True) hides only the userinfo one, so
+    `db upgrade`, `doctor` and `settings` printed it."""
+    url = f"{POSTGRES_URL}?password=HUNTER2&options=-csearch_path%3D{pg_schema}"
+    env = _env(tmp_path / "home", database_url=url)
+    outputs = [_cli(args, env) for args in (["db", "upgrade"], ["doctor", "--json"], ["settings", "--json"])]
+    assert outputs[0].returncode == 0, outputs[0].stderr
+    database = next(c for c in json.loads(outputs[1].stdout)["checks"] if c["name"] == "database")
+    assert database["status"] == "ok", database
+    for done in outputs:
+        assert "HUNTER2" not in done.stdout + done.stderr, done.stdout + done.stderr

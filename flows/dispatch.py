@@ -351,7 +351,13 @@ def _claim_next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
                 won = session.execute(
                     update(UpgradeRun)
                     .where(col(UpgradeRun.id) == run.id, col(UpgradeRun.state) == RunState.planned)
-                    .values(state=RunState.running, started_at=at, lease_owner=owner, lease_until=at + hold)
+                    .values(
+                        state=RunState.running,
+                        started_at=at,
+                        lease_owner=owner,
+                        lease_until=at + hold,
+                        lease_since=at,
+                    )
                 )
                 if won.rowcount == 1:  # type: ignore[attr-defined]
                     cluster = session.get(Cluster, run.cluster_id)

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, or_, update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from flows.runtime import Runtime
@@ -36,7 +37,41 @@ log = logging.getLogger(__name__)
 
 
 class LeaseHeld(RuntimeError):
-    """The run is held by another owner whose lease has not run out."""
+    """The run is held by another owner whose lease has not run out (or it was taken from us)."""
+
+
+class NotResumable(RuntimeError):
+    """The run is no longer planned, running or paused: there is nothing left to carry out."""
+
+
+def holder_label(owner: str | None) -> str:
+    """`host:pid` of an owner (`host:pid/random`): what an operator can look for."""
+    return (owner or "nobody").split("/", 1)[0]
+
+
+def held_message(run_id: int, owner: str | None, since: datetime | None) -> str:
+    """The one line a process that lost the run prints."""
+    when = f" since {since:%H:%M:%S}" if since else ""
+    return f"run {run_id} is being carried out by {holder_label(owner)}{when}; `upkeep show {run_id}`"
+
+
+def holder_gone(owner: str | None) -> bool:
+    """True only when the owner's process is known to be gone: it ran on this host and no process
+    has its pid any more (a kill -9, a crash). An owner elsewhere, or one that cannot be read, is
+    taken as alive: only its lease running out says otherwise."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.split("/", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's live process
+        return False
+    return False
 
 
 def expired(lease_until: datetime | None, now: datetime) -> bool:
@@ -100,7 +135,7 @@ def take_over(
             col(UpgradeRun.lease_owner) == run.lease_owner,
             *_orphaned(now),
         )
-        .values(lease_owner=owner, lease_until=until)
+        .values(lease_owner=owner, lease_until=until, lease_since=now)
         .execution_options(synchronize_session=False)
     )
     if won.rowcount != 1:  # type: ignore[attr-defined]
@@ -118,16 +153,83 @@ def take_over(
     return True
 
 
+def claim(session: Session, run_id: int, *, now: datetime, lease: timedelta, actor: str) -> str:
+    """Take `run_id` for this process (`upkeep resume`, `upkeep update`): one compare-and-set on
+    the lease as it was read, so of several processes taking one run at once exactly one wins; the
+    others get `LeaseHeld` naming the winner. A live holder is never displaced; a holder whose lease
+    ran out, or whose process on this host is gone (a kill -9), is. Clears a pause or cancel asked
+    earlier: a resume is an SRE's explicit word. Returns the new owner."""
+    run = session.get(UpgradeRun, run_id)
+    if run is None:
+        raise LookupError(f"no run {run_id} (see `upkeep runs`)")
+    if not RunState(run.state).active:
+        raise NotResumable(_finished(run))
+    held_by = run.lease_owner
+    if held_by and not expired(run.lease_until, now) and not holder_gone(held_by):
+        raise LeaseHeld(held_message(run_id, held_by, run.lease_since))
+    owner = new_owner()
+    won = session.execute(
+        update(UpgradeRun)
+        .where(col(UpgradeRun.id) == run_id, col(UpgradeRun.state).in_(_ACTIVE), _held_by(held_by))
+        .values(lease_owner=owner, lease_until=now + lease, lease_since=now, requested_action="")
+        .execution_options(synchronize_session=False)
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        session.expire(run)
+        fresh = session.get(UpgradeRun, run_id)
+        assert fresh is not None
+        if not RunState(fresh.state).active:
+            raise NotResumable(_finished(fresh))
+        raise LeaseHeld(held_message(run_id, fresh.lease_owner, fresh.lease_since))
+    if held_by:
+        detail = {"previous_owner": held_by, "owner": owner, "lease_until": str(run.lease_until)}
+        _audit_taken(session, run_id, detail, actor)
+    return owner
+
+
+def _held_by(owner: str | None) -> ColumnElement[bool]:
+    """The compare of a compare-and-set: the lease is still held as it was read."""
+    return col(UpgradeRun.lease_owner).is_(None) if owner is None else col(UpgradeRun.lease_owner) == owner
+
+
+def _audit_taken(session: Session, run_id: int, detail: dict[str, str], actor: str) -> None:
+    session.add(AuditEvent(actor=actor, action="run.lease_taken", subject=f"run/{run_id}", detail=detail))
+
+
+_ACTIVE = (RunState.planned, RunState.running, RunState.paused)
+
+
+def _finished(run: UpgradeRun) -> str:
+    when = f" at {run.finished_at:%H:%M:%S}" if run.finished_at else ""
+    return f"run {run.id} already {run.state}{when}: nothing to resume; `upkeep show {run.id}`"
+
+
 def acquire(session: Session, run: UpgradeRun, runtime: Runtime, *, expected: str | None, actor: str) -> str:
     """The flow's own lease on `run`, in the caller's transaction; returns its owner.
 
-    `expected`: the owner the flow was started under (the dispatcher's claim). The flow then goes on
-    only if the run is still held under it, or by nobody live: a deployment run that starts after its
-    claim ran out and the run was taken over must not carry it out a second time. None (`upkeep update`,
-    `upkeep resume RUN`): an SRE's explicit word, taken whoever held it, and audited when someone did."""
+    `expected`: the owner the flow was started under (the dispatcher's or the CLI's claim). The flow
+    then goes on only if the run is still held under it, or by nobody live: a deployment run that
+    starts after its claim ran out and the run was taken over must not carry it out a second time.
+    None (a deployment run started by hand, a test): taken only from nobody, a lapsed lease or a
+    holder known to be gone, by a compare-and-set on the holder read; a live holder wins."""
     now, owner = runtime.clock(), new_owner()
     until = now + runtime.run_lease
-    if run.id is not None and expected is not None:
+    if run.id is not None and expected is None:
+        held_by = run.lease_owner
+        if held_by and not expired(run.lease_until, now) and not holder_gone(held_by):
+            raise LeaseHeld(held_message(run.id, held_by, run.lease_since))
+        won = session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run.id, _held_by(held_by))
+            .values(lease_owner=owner, lease_until=until, lease_since=now)
+            .execution_options(synchronize_session=False)
+        )
+        if won.rowcount != 1:  # type: ignore[attr-defined]
+            holder = select(UpgradeRun.lease_owner, UpgradeRun.lease_since).where(UpgradeRun.id == run.id)
+            raise LeaseHeld(held_message(run.id, *session.exec(holder).one()))
+        if held_by:
+            _audit_taken(session, run.id, {"previous_owner": held_by, "owner": owner}, actor)
+    elif run.id is not None:
         won = session.execute(
             update(UpgradeRun)
             .where(
@@ -138,7 +240,7 @@ def acquire(session: Session, run: UpgradeRun, runtime: Runtime, *, expected: st
                     col(UpgradeRun.lease_until) <= now,
                 ),
             )
-            .values(lease_owner=owner, lease_until=until)
+            .values(lease_owner=owner, lease_until=until, lease_since=now)
             .execution_options(synchronize_session=False)
         )
         if won.rowcount != 1:  # type: ignore[attr-defined]
@@ -148,11 +250,33 @@ def acquire(session: Session, run: UpgradeRun, runtime: Runtime, *, expected: st
                 f"run {run.id} is held by {held_by} until {held_until}, not by {expected}: "
                 "it was taken over; this flow leaves it alone"
             )
-    elif run.id is not None and run.lease_owner and not expired(run.lease_until, now):
-        detail = {"previous_owner": run.lease_owner, "owner": owner}
-        session.add(AuditEvent(actor=actor, action="run.lease_taken", subject=f"run/{run.id}", detail=detail))
-    run.lease_owner, run.lease_until = owner, until
+    run.lease_owner, run.lease_until, run.lease_since = owner, until, now
     return owner
+
+
+def release(engine: Engine, run_id: int, owner: str) -> None:
+    """Give back a claim no flow went on with (it could not start): only if it is still `owner`'s."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run_id, col(UpgradeRun.lease_owner) == owner)
+            .values(lease_owner=None, lease_until=None, lease_since=None)
+        )
+
+
+def ensure_held(session: Session, run_id: int, owner: str) -> None:
+    """Inside the transaction that records how a run ended: raise `LeaseHeld` unless `owner` still
+    holds it. The row is locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes), so no one
+    takes it between this check and the write: only the holder fails a run, opens its case or tells
+    the customer."""
+    query = (
+        select(UpgradeRun.lease_owner, UpgradeRun.lease_since)
+        .where(col(UpgradeRun.id) == run_id)
+        .with_for_update()
+    )
+    held_by, since = session.exec(query).one()
+    if held_by != owner:
+        raise LeaseHeld(held_message(run_id, held_by, since))
 
 
 class Heartbeat:
@@ -197,9 +321,8 @@ class Heartbeat:
         ended = col(UpgradeRun.state) != RunState.running
         try:
             with self.runtime.engine.begin() as conn:
-                conn.execute(
-                    update(UpgradeRun).where(*self._mine(), ended).values(lease_owner=None, lease_until=None)
-                )
+                cleared = {"lease_owner": None, "lease_until": None, "lease_since": None}
+                conn.execute(update(UpgradeRun).where(*self._mine(), ended).values(**cleared))
         except Exception as exc:  # never hides how the flow ended; a run that ended is never an orphan
             log.warning("run %s: lease not cleared (%s)", self.run_id, exc)
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from flows import lease
 from flows.alerts import alert_sre as send_alert
 from flows.plan import UpdatePlan
 from flows.records import node_done, stopped_at
@@ -73,9 +74,21 @@ def fail_before_nodes(runtime: Runtime, plan: UpdatePlan, run_id: int, cause: st
     page_if_urgent(runtime, run_id, f"run {run_id} failed before any node was touched", cause)
 
 
-def finish(runtime: Runtime, plan: UpdatePlan, run_id: int, state: RunState, reason: str = "") -> None:
+def finish(
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run_id: int,
+    state: RunState,
+    reason: str = "",
+    *,
+    owner: str | None = None,
+) -> None:
+    """Record how the run ended, with its notices. `owner`: the lease this process holds; if the
+    run is no longer held under it, nothing is written (`lease.LeaseHeld`)."""
     now = runtime.clock()
     with session_scope(runtime.engine) as session:
+        if owner is not None:
+            lease.ensure_held(session, run_id, owner)
         run = get_run(run_id, session=session)
         finish_run(run, state, reason=reason, session=session)
         if state is RunState.succeeded:

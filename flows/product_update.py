@@ -44,7 +44,7 @@ from inventory import repo
 from inventory.cases import check_case_ref
 from inventory.db import server_away, session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
-from inventory.runs import create_run, get_run
+from inventory.runs import close_open_steps, create_run, get_run
 from tasks.failpoints import failpoint
 
 
@@ -77,7 +77,8 @@ def product_update(
     lease_owner: str | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Upgrade `cluster` to `to_version`; with `run_id`, resume that run instead of starting one.
-    `lease_owner`: the dispatcher's claim this flow was started under (flows/lease.py)."""
+    `lease_owner`: the claim (the dispatcher's, or `upkeep resume`'s) this flow was started under
+    (flows/lease.py)."""
     runtime = current()
     log = get_run_logger()
     plan, run_id, owner = _claim(
@@ -197,16 +198,27 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             # Left running; `upkeep resume` (or the dispatcher, once the lease runs out) goes on.
             log.error("run %s: the database is unavailable (%s); left running to resume", run_id, exc)
             raise
+        if not heartbeat.held():  # another process holds the run now: its record, notices, case
+            log.error("run %s: taken over by another process; not recording this failure: %s", run_id, exc)
+            return _result(run_id, plan, "taken over", outcomes)
         log.error("run %s failed: %s", run_id, exc)
         if not nodes_touched(runtime.engine, run_id):
             fail_before_nodes(runtime, plan, run_id, str(exc))  # vendor-side: the customer hears nothing
             raise
-        finish(runtime, plan, run_id, RunState.failed, reason=str(exc))
+        try:
+            finish(runtime, plan, run_id, RunState.failed, reason=str(exc), owner=heartbeat.owner)
+        except lease.LeaseHeld as lost:
+            log.error("run %s: %s; this process stops without recording (%s)", run_id, lost, exc)
+            return _result(run_id, plan, "taken over", outcomes)
         alert_sre(runtime, run_id, str(exc))
         raise
     finally:
         conns.close()
-    finish(runtime, plan, run_id, RunState.succeeded)
+    try:
+        finish(runtime, plan, run_id, RunState.succeeded, owner=heartbeat.owner)
+    except lease.LeaseHeld as lost:
+        log.error("run %s: %s; this process leaves the record to it", run_id, lost)
+        return _result(run_id, plan, "taken over", outcomes)
     return _result(run_id, plan, "succeeded", outcomes)
 
 
@@ -259,6 +271,10 @@ def _claim(
         owner = lease.acquire(
             session, run, runtime, expected=lease_owner, actor=requested_by or runtime.actor
         )
+        if run_id is not None:  # what the process before this one left in flight, closed first
+            found = f"interrupted: found started by {lease.holder_label(owner)} taking the run over"
+            why = f"{found} at {runtime.clock():%H:%M:%S}; the node is asked its real state"
+            close_open_steps(run_id, why, session=session)
         assert run.id is not None
         return plan, run.id, owner
 

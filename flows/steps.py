@@ -4,6 +4,8 @@ upgrade of one node. Finer actions inside a step are recorded as NodeSteps in ou
 from __future__ import annotations
 
 import fcntl
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -138,18 +140,27 @@ def preflight(
         raise StepFailed("pre-flight failed, no node touched: " + "; ".join(problems))
 
 
+def staging_name(package_name: str, run_id: int) -> str:
+    """The package's name while it is copied to a node: unique to the run and the process."""
+    return f"{package_name}.run{run_id}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 @task(name="distribute", cache_policy=NO_CACHE)
 def distribute(
     plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, package: Path
 ) -> None:
     """Copy the package to every node and have each verify it, before any node is upgraded."""
 
+    # A name of this run and process on the node: two processes copying at once (a scheduler bug,
+    # or a lost race that went on anyway) can never write into each other's file.
+    staging = staging_name(plan.package_name, run_id)
+
     def send(node: PlannedNode) -> str:
         try:
-            with recorded(runtime.engine, run_id, node.id, "distribute", detail=plan.package_name) as note:
+            with recorded(runtime.engine, run_id, node.id, "distribute", detail=staging) as note:
                 agent = conns.agent(node)
-                agent.runner.put(package, plan.package_name)
-                note.output = agent.stage(plan.package_name, plan.sha256).tail()
+                agent.runner.put(package, staging)
+                note.output = agent.stage(staging, plan.sha256).tail()
         except Exception as exc:
             return str(exc)
         return ""

@@ -43,6 +43,9 @@ class StepState(StrEnum):
     started = "started"
     succeeded = "succeeded"
     failed = "failed"
+    # Found `started` by the process that took the run over after a crash: its outcome on the node
+    # was never recorded (the node is asked its real state next). A finished run has no open step.
+    interrupted = "interrupted"
 
 
 def _when(nullable: bool = True) -> Any:
@@ -152,6 +155,8 @@ class UpgradeRun(SQLModel, table=True):
     # match an invite by UID and ORGANIZER, so a settings change must not move one.
     organizer: str = Field(default="", max_length=254)
     support_contact: str = Field(default="", max_length=254)
+    # When the holder took the lease (renewals move lease_until, not this): "carried out by X since".
+    lease_since: datetime | None = _when()
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
     started_at: datetime | None = _when()
     finished_at: datetime | None = _when()

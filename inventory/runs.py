@@ -72,6 +72,8 @@ def finish_run(run: UpgradeRun, state: RunState, *, reason: str = "", session: S
     run.finished_at = utcnow()
     run.active_cluster_id = None  # releases the cluster for the next update
     session.add(run)
+    if run.id is not None:  # a finished run has no open step
+        close_open_steps(run.id, f"interrupted: still open when the run ended {state.value}", session=session)
     session.add(
         AuditEvent(
             actor="upkeep",
@@ -80,6 +82,20 @@ def finish_run(run: UpgradeRun, state: RunState, *, reason: str = "", session: S
             detail={"reason": reason[:500]} if reason else {},
         )
     )
+
+
+def close_open_steps(run_id: int, why: str, *, session: Session, at: datetime | None = None) -> int:
+    """Close every step of `run_id` still `started` as `interrupted`, saying `why`; how many."""
+    from sqlalchemy import update
+    from sqlmodel import col
+
+    closed = session.execute(
+        update(NodeStep)
+        .where(col(NodeStep.run_id) == run_id, col(NodeStep.state) == StepState.started)
+        .values(state=StepState.interrupted, output_tail=why[-TAIL_CHARS:], finished_at=at or utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(closed.rowcount)  # type: ignore[attr-defined]
 
 
 def start_step(

@@ -120,27 +120,56 @@ def test_a_flow_started_under_a_claim_that_was_taken_over_leaves_the_run_alone(e
     assert _run(engine, run_id).lease_owner == "new-owner"
 
 
-def test_a_flow_takes_its_own_claim_a_lapsed_one_or_an_sre_resume(engine: Any):
-    mine, lapsed, held = _runs(
+def test_a_flow_takes_its_own_claim_a_lapsed_one_or_one_whose_process_is_gone(engine: Any):
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_owner = f"{socket.gethostname()}:{int(gone.stdout)}/0b0b0b"  # that pid has exited
+    mine, lapsed, dead = _runs(
         engine,
         [
             (RunState.running, "claim", NOW + LEASE),
             (RunState.running, "someone", NOW - timedelta(seconds=1)),
-            (RunState.running, "someone-live", NOW + LEASE),
+            (RunState.running, dead_owner, NOW + LEASE),
         ],
     )
     owners = {}
-    for run_id, expected in ((mine, "claim"), (lapsed, "other-claim"), (held, None)):
+    for run_id, expected in ((mine, "claim"), (lapsed, "other-claim"), (dead, None)):
         with session_scope(engine) as session:
             run = session.get(UpgradeRun, run_id)
             assert run is not None
             owners[run_id] = lease.acquire(session, run, _runtime(engine), expected=expected, actor="sre")
     for run_id, owner in owners.items():
         run = _run(engine, run_id)
-        assert (run.lease_owner, run.lease_until) == (owner, NOW + LEASE)
+        assert (run.lease_owner, run.lease_until, run.lease_since) == (owner, NOW + LEASE, NOW)
     with session_scope(engine) as session:
         taken = session.exec(select(AuditEvent).where(AuditEvent.action == "run.lease_taken")).all()
-    assert [(e.subject, e.detail["previous_owner"]) for e in taken] == [(f"run/{held}", "someone-live")]
+    assert [(e.subject, e.detail["previous_owner"]) for e in taken] == [(f"run/{dead}", dead_owner)]
+
+
+def test_a_live_holder_keeps_its_run_whoever_asks(engine: Any):
+    """No owner displaces a live one: not a flow started without a claim, not `upkeep resume`'s
+    claim; the refusal names the holder (host:pid) and since when."""
+    import socket
+
+    live = f"{socket.gethostname()}:1/0c0c0c"  # pid 1 is alive
+    held, elsewhere = _runs(
+        engine, [(RunState.running, live, NOW + LEASE), (RunState.running, "far:99/0d", NOW + LEASE)]
+    )
+    for run_id, holder in ((held, f"{socket.gethostname()}:1"), (elsewhere, "far:99")):
+        held = pytest.raises(lease.LeaseHeld, match=rf"run {run_id} is being carried out by {holder}")
+        with held, session_scope(engine) as session:
+            run = session.get(UpgradeRun, run_id)
+            assert run is not None
+            lease.acquire(session, run, _runtime(engine), expected=None, actor="sre")
+        with (
+            pytest.raises(lease.LeaseHeld, match=rf"`upkeep show {run_id}`"),
+            session_scope(engine) as session,
+        ):
+            lease.claim(session, run_id, now=NOW, lease=LEASE, actor="sre")
+    assert (_run(engine, held).lease_owner, _run(engine, elsewhere).lease_owner) == (live, "far:99/0d")
 
 
 def _wait_for(condition: Any) -> None:

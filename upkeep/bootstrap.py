@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +22,35 @@ from upkeep.settings import Settings, load_settings
 
 
 def open_database(settings: Settings) -> Engine:
-    engine = make_engine(settings.resolved_database_url())
-    migrate(engine)
+    """The database of the settings, migrated. A URL that cannot be used is one `SettingsError`
+    naming it (password hidden) and what is wrong; a server that is down stays the database's
+    "unavailable" error (inventory.db.server_away)."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    from inventory.db import server_away
+    from upkeep.settings import SettingsError, mask_url
+
+    url = settings.resolved_database_url()
+    where = f"UPKEEP_DATABASE_URL={mask_url(url)}" if settings.database_url else f"database {url}"
+    try:
+        engine = make_engine(url)
+    except ArgumentError:
+        raise SettingsError(f"{where}: not a database URL (e.g. postgresql+psycopg://USER@HOST/DB)") from None
+    except ValueError as exc:
+        problem = "the port is not a number" if "int()" in str(exc) else str(exc)
+        raise SettingsError(f"{where}: {problem}") from None
+    except (ImportError, NoSuchModuleError) as exc:
+        raise SettingsError(
+            f"{where}: its driver is not installed ({exc}); use postgresql+psycopg://... or sqlite:///..."
+        ) from None
+    try:
+        migrate(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        if server_away(exc):
+            raise
+        cause = " ".join(str(exc.orig or exc).split())
+        raise SettingsError(f"{where}: cannot open the database: {cause}") from None
     return engine
 
 
@@ -87,8 +116,54 @@ def configure_from_settings() -> None:
 
 @contextmanager
 def quiet_prefect() -> Iterator[None]:
-    """Prefect settings for flows run from the CLI: no 1 s heartbeat wait at the end of each run."""
+    """Prefect settings for flows run from the CLI: no 1 s heartbeat wait at the end of each run,
+    and (without `--verbose`) no tracebacks on the terminal: a failed task's log line keeps its first
+    line, the Prefect UI keeps the whole traceback."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+    from upkeep.console import verbose
+
+    wrapped: list[tuple[logging.Handler, logging.Formatter | None]] = []
+    if not verbose():
+        wrapped = _brief_console_logs()
+    try:
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+    finally:
+        for handler, formatter in wrapped:
+            handler.formatter = formatter
+
+
+class _Brief(logging.Formatter):
+    """Formats a record as the wrapped formatter would, without its traceback (a copy is formatted:
+    other handlers, e.g. Prefect's API log handler, still see the whole record)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        brief = copy.copy(record)
+        brief.exc_info, brief.exc_text, brief.stack_info = None, None, None
+        message = record.getMessage()
+        if TRACEBACK in message:
+            brief.msg, brief.args = message.split(TRACEBACK, 1)[0].rstrip(), None
+        return self.inner.format(brief)
+
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def _brief_console_logs() -> list[tuple[logging.Handler, logging.Formatter | None]]:
+    """Wrap the formatter of every Prefect console handler in `_Brief`; returns what to restore."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    wrapped: list[tuple[logging.Handler, logging.Formatter | None]] = []
+    for handler in {id(h): h for logger in loggers for h in logger.handlers}.values():
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _Brief):
+            wrapped.append((handler, handler.formatter))
+            handler.formatter = _Brief(handler.formatter)
+    return wrapped

@@ -16,12 +16,28 @@ from upkeep.cli_common import JsonOpt
 from upkeep.cli_common import open_engine as _engine
 from upkeep.cli_oncall import oncall_app
 from upkeep.cli_release import release_app
-from upkeep.console import CliError, console, err_console, print_json
+from upkeep.console import CliError, console, err_console, print_json, verbose, verbosity
 from upkeep.telemetry import switch_off as _telemetry_off
 
 _telemetry_off()  # before any command imports Prefect
 
-app = typer.Typer(help="Upgrade and maintenance scheduler for customer clusters.", no_args_is_help=True)
+app = typer.Typer(
+    help="Upgrade and maintenance scheduler for customer clusters. Exit codes: 0 ok, 1 refused or "
+    "failed, 2 usage error or lost race (another process holds the run), 3 partial.",
+    no_args_is_help=True,
+)
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show tracebacks, Prefect's task tracebacks included.")
+    ] = False,
+) -> None:
+    """Options for every command."""
+    verbosity["verbose"] = verbose
+
+
 inventory_app = typer.Typer(help="The system of record: customers, clusters, nodes, releases.")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(case_app, name="case")
@@ -163,6 +179,13 @@ def main() -> None:
     except Exception as exc:
         message = explain(exc)
         if message is None:
-            raise
+            if verbose():
+                raise
+            # Never a traceback for the user: one line, and how to get the details.
+            what = " ".join(str(exc).split())[:500] or "(no message)"
+            message = escape(
+                f"unexpected {type(exc).__name__}: {what} (this is a bug in Upkeep; run the command again "
+                "with `upkeep --verbose ...` for the traceback and report it)"
+            )
         err_console.print(f"[red]error:[/] {message}", soft_wrap=True)
         sys.exit(1)

@@ -22,3 +22,13 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+# `upkeep --verbose ...` (or UPKEEP_VERBOSE=1): tracebacks, ours and Prefect's tasks', are shown.
+verbosity = {"verbose": False}
+
+
+def verbose() -> bool:
+    import os
+
+    return verbosity["verbose"] or os.environ.get("UPKEEP_VERBOSE", "") not in ("", "0")

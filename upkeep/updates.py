@@ -64,6 +64,7 @@ def run_update(
     if case is not None:
         check_case_ref(case)  # as `request` and `schedule` do: the run keeps it, diagnostics use it
     plan = _plan(cluster, to_version, engine)  # refuses bad requests before anything is written
+    prefect_answers()  # no run is created that no flow could carry out
     with session_scope(engine) as session:
         run = create_run(
             repo.get_cluster(plan.cluster, session=session),
@@ -81,9 +82,70 @@ def run_update(
     return _run_flow(plan, run_id, engine=engine, as_json=as_json)
 
 
-def _run_flow(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool) -> int:
+def _take(run_id: int, engine: Engine) -> str:
+    """This process's claim on the run (flows/lease.py: one compare-and-set). Lost: one line naming
+    the holder, exit 2; the run already ended: one line, exit 1."""
+    from datetime import timedelta
+
+    from flows import lease
+    from inventory.types import utcnow
+    from upkeep.settings import load_settings
+
+    lease_for = timedelta(seconds=load_settings().run_lease_seconds)
+    try:
+        with session_scope(engine) as session:
+            return lease.claim(session, run_id, now=utcnow(), lease=lease_for, actor=getpass.getuser())
+    except lease.LeaseHeld as exc:
+        raise CliError(str(exc), code=2) from None
+    except lease.NotResumable as exc:
+        raise CliError(str(exc)) from None
+
+
+def prefect_answers() -> None:
+    """Refuse (one line, exit 1) unless the Prefect API answers; the temporary server this starts
+    when no PREFECT_API_URL is set is the one the flow then uses."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    where = PREFECT_API_URL.value() or "the temporary Prefect server"
+    try:
+        with get_client(sync_client=True) as client:
+            problem = client.api_healthcheck()
+    except Exception as exc:  # the temporary server did not start in time, a bad URL, ...
+        problem = exc
+    if problem is not None:
+        text = " ".join(str(problem).split())[:300]
+        raise CliError(
+            f"the Prefect API ({where}) does not answer ({type(problem).__name__}: {text}); nothing was "
+            "started or changed: try again once it answers (PREFECT_API_URL; for the temporary server, "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+        )
+
+
+def _run_flow(
+    plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, owner: str | None = None
+) -> int:
+    """Run the product-update flow on `run_id`, claimed by this process as `owner` (claimed here
+    when None)."""
+    from flows import lease
+
+    if owner is None:
+        try:
+            prefect_answers()
+        except CliError as exc:
+            waits = f"run {run_id} waits: `upkeep resume {run_id}` or `upkeep cancel {run_id}`"
+            raise CliError(f"{exc}; {waits}") from None
+        owner = _take(run_id, engine)
+    try:
+        return _carry_out(plan, run_id, engine=engine, as_json=as_json, owner=owner)
+    finally:
+        lease.release(engine, run_id, owner)  # only if the flow never took the run over from the claim
+
+
+def _carry_out(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, owner: str) -> int:
     import prefect
 
+    from flows import lease
     from flows.product_update import product_update
     from upkeep.bootstrap import quiet_prefect
 
@@ -94,7 +156,11 @@ def _run_flow(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool) -
     with quiet_prefect(), prefect.tags(*tags):
         try:
             state = product_update(
-                cluster=plan.cluster, to_version=plan.to_version, run_id=run_id, return_state=True
+                cluster=plan.cluster,
+                to_version=plan.to_version,
+                run_id=run_id,
+                lease_owner=owner,
+                return_state=True,
             )
         except Exception as exc:
             if not api_unreachable(exc):
@@ -103,6 +169,10 @@ def _run_flow(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool) -
     with session_scope(engine) as session:
         run = get_run(run_id, session=session)
         reason, run_state = run.reason, run.state
+        held_by, since = run.lease_owner, run.lease_since
+    if run_state == "running" and held_by and lease.holder_label(held_by) != lease.holder_label(owner):
+        # Taken from this process while it stood still (frozen, cut off): the other one carries it on.
+        raise CliError(lease.held_message(run_id, held_by, since), code=2)
     show_run(run_id, engine=engine, as_json=as_json)
     if state.is_failed():
         raise CliError(f"run {run_id} failed: {reason or state.message}")
@@ -143,7 +213,7 @@ def _after_api_loss(run_id: int, exc: Exception, *, engine: Engine, as_json: boo
         # The flow never got to the run (or lost it to another process): nothing was touched after.
         raise CliError(
             f"run {run_id} is {run_state} and was not carried on: {trouble}; "
-            f"`upkeep resume {run_id}` continues it once the API answers"
+            f"`upkeep resume {run_id}` continues it once the API answers, `upkeep cancel {run_id}` drops it"
         )
     show_run(run_id, engine=engine, as_json=as_json)
     err_console.print(
@@ -198,7 +268,11 @@ def resume_run(
 ) -> int:
     """Continue a crashed, paused or carried-over run where it stopped; nodes already done are not
     touched. A run that has a window resumes only inside one with room for a node (its slot is the
-    dispatcher's to start), unless the window is overridden with a reason (audited)."""
+    dispatcher's to start), unless the window is overridden with a reason (audited).
+
+    The run is claimed first (one compare-and-set on its lease): of several resumes at once, or a
+    resume racing the dispatcher's take-over, exactly one carries it out; the others exit 2."""
+    from flows import lease
     from flows.run_window import has_window, window_at
     from flows.runtime import current
     from inventory.models import AuditEvent, Cluster, RunState
@@ -213,9 +287,8 @@ def resume_run(
             run = get_run(run_id, session=session)
         except LookupError:
             raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
-        if not RunState(run.state).active:
-            raise CliError(f"run {run_id} is {run.state}: nothing to resume")
-        if override_reason is not None:
+        active = RunState(run.state).active  # an ended run: the claim below says so, and when
+        if active and override_reason is not None:
             run.override_reason = override_reason
             session.add(run)
             detail = {"reason": override_reason, "on": "resume"}
@@ -224,15 +297,24 @@ def resume_run(
                 actor=actor, action="run.window_overridden", subject=f"run/{run_id}", detail=detail
             )
             session.add(overridden)
-        elif has_window(run) and not room_for_a_node(
-            window_at(run, now, session=session), now, runtime.per_node_estimate
+        elif (
+            active
+            and has_window(run)
+            and not room_for_a_node(window_at(run, now, session=session), now, runtime.per_node_estimate)
         ):
             where = _next_slot(run, now, session)
             raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
         cluster = session.get(Cluster, run.cluster_id)
         assert cluster is not None
         name, to_version = cluster.name, run.to_version
-    return _run_flow(_plan(name, to_version, engine), run_id, engine=engine, as_json=as_json)
+    owner = _take(run_id, engine)
+    try:
+        prefect_answers()
+        plan = _plan(name, to_version, engine)
+    except BaseException:
+        lease.release(engine, run_id, owner)
+        raise
+    return _run_flow(plan, run_id, engine=engine, as_json=as_json, owner=owner)
 
 
 def _next_slot(run: Any, now: Any, session: Any) -> str:

@@ -159,8 +159,8 @@ def test_a_live_holder_keeps_its_run_whoever_asks(engine: Any):
         engine, [(RunState.running, live, NOW + LEASE), (RunState.running, "far:99/0d", NOW + LEASE)]
     )
     for run_id, holder in ((held, f"{socket.gethostname()}:1"), (elsewhere, "far:99")):
-        held = pytest.raises(lease.LeaseHeld, match=rf"run {run_id} is being carried out by {holder}")
-        with held, session_scope(engine) as session:
+        refused = pytest.raises(lease.LeaseHeld, match=rf"run {run_id} is being carried out by {holder}")
+        with refused, session_scope(engine) as session:
             run = session.get(UpgradeRun, run_id)
             assert run is not None
             lease.acquire(session, run, _runtime(engine), expected=None, actor="sre")

@@ -106,3 +106,22 @@ def test_a_refused_harmless_value_is_still_echoed(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("UPKEEP_SMTP_PORT", "lots")
     with pytest.raises(SettingsError, match=r"UPKEEP_SMTP_PORT: .*\(got 'lots'\)"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:PASSWORD@127.0.0.1:notaport/db", "<unparseable, hidden>"),
+        ("not a url at all PASSWORD", "<unparseable, hidden>"),
+        ("postgresql+psycopg://u:PASSWORD@127.0.0.1:5432/db", "postgresql+psycopg://u:***@127.0.0.1:5432/db"),
+        (
+            "postgresql+psycopg://u@h/db?password=PASSWORD&sslmode=require",
+            "postgresql+psycopg://u@h/db?password=%2A%2A%2A&sslmode=require",
+        ),
+    ],
+)
+def test_database_url_masking_fails_closed(url: str, shown: str) -> None:
+    from upkeep.settings import mask_url
+
+    assert mask_url(url) == shown
+    assert "PASSWORD" not in mask_url(url)

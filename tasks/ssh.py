@@ -64,7 +64,20 @@ class HostKeyError(RemoteError):
 
 
 class CommandTimeout(RemoteError):
-    """A command ran longer than its timeout; the node's real state is unknown until asked."""
+    """A command ran longer than its timeout. `stopped`: its process group was ended on the node
+    (the node's locks released with it); False: it could not be, and the node's state is unknown."""
+
+    def __init__(self, host: str, message: str, *, stopped: bool = False) -> None:
+        super().__init__(host, message)
+        self.stopped = stopped
+
+
+# Every command first tells its process group: sshd runs it in a session of its own (setsid), whose
+# id is the shell's pid; `exec` keeps that pid for the command. A command past its timeout is then
+# ended on the node - the whole group, children included - instead of being abandoned there.
+_PGID_TAG = "upkeep-pgid "
+_UNKNOWN = "the node's state is unknown; the run halts"
+_STOP_GRACE_TICKS = 50  # tenths of a second between SIGTERM and SIGKILL
 
 
 _NO_HANDSHAKE = frozenset({"No existing session", "Error reading SSH protocol banner"})
@@ -142,9 +155,9 @@ class FabricRunner:
         try:
             if transport is None:
                 raise EOFError("connection closed")
-            exit_code, stdout, stderr = _exec(transport, command, timeout)
-        except _TimedOut:
-            raise CommandTimeout(self.host, f"{command!r} did not finish within {timeout:g} s") from None
+            exit_code, stdout, stderr = _exec(transport, _tagged(command), timeout)
+        except _TimedOut as late:
+            raise self._stop(transport, command, timeout, late.stderr) from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise RemoteError(self.host, f"{command!r} was cut off: {exc or type(exc).__name__}") from None
         if exit_code == -1:
@@ -161,8 +174,36 @@ class FabricRunner:
             command=command,
             exit_code=exit_code,
             stdout=stdout,
-            stderr=stderr,
+            stderr=_untagged(stderr),
             seconds=time.monotonic() - started,
+        )
+
+    def _stop(
+        self, transport: paramiko.Transport | None, command: str, timeout: float, stderr: str
+    ) -> CommandTimeout:
+        """End the timed-out command's process group on the node: SIGTERM, then SIGKILL after
+        `_STOP_GRACE_TICKS` tenths of a second; the answer says whether it is gone."""
+        late = f"{command!r} timed out after {timeout:g} s"
+        pgid = _pgid(stderr)
+        if pgid is None or transport is None:
+            return CommandTimeout(
+                self.host,
+                f"{late}; it could not be stopped on the node (no process group known): {_UNKNOWN}",
+            )
+        stop = (
+            f"kill -TERM -- -{pgid} 2>/dev/null; i=0; while kill -0 -- -{pgid} 2>/dev/null; do "
+            f"i=$((i+1)); [ $i -ge {_STOP_GRACE_TICKS} ] && kill -KILL -- -{pgid} 2>/dev/null; "
+            f"[ $i -ge {2 * _STOP_GRACE_TICKS} ] && exit 1; sleep 0.1; done; exit 0"
+        )
+        try:
+            code, _out, err = _exec(transport, stop, 30.0)
+        except (_TimedOut, OSError, EOFError, paramiko.SSHException) as exc:
+            code, err = -1, str(exc) or type(exc).__name__
+        if code == 0:
+            return CommandTimeout(self.host, f"{late}; stopped on the node", stopped=True)
+        why = f"process group {pgid} still there ({err.strip() or f'exit {code}'})"
+        return CommandTimeout(
+            self.host, f"{late}; it could not be stopped on the node ({why}): the node's state is unknown"
         )
 
     def put(self, local: Path, remote: str) -> None:
@@ -192,7 +233,23 @@ class FabricRunner:
 
 
 class _TimedOut(Exception):
-    pass
+    def __init__(self, stderr: str) -> None:
+        super().__init__("timed out")
+        self.stderr = stderr
+
+
+def _tagged(command: str) -> str:
+    return f"printf '{_PGID_TAG}%s\\n' \"$$\" >&2; exec {command}"
+
+
+def _pgid(stderr: str) -> int | None:
+    first = stderr.split("\n", 1)[0]
+    value = first[len(_PGID_TAG) :].strip() if first.startswith(_PGID_TAG) else ""
+    return int(value) if value.isdigit() and int(value) > 1 else None
+
+
+def _untagged(stderr: str) -> str:
+    return stderr.split("\n", 1)[1] if stderr.startswith(_PGID_TAG) and "\n" in stderr else stderr
 
 
 def _exec(transport: paramiko.Transport, command: str, timeout: float) -> tuple[int, str, str]:
@@ -218,7 +275,9 @@ def _exec(transport: paramiko.Transport, command: str, timeout: float) -> tuple[
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _TimedOut
+                while chan.recv_stderr_ready():  # its process group is in there
+                    err += chan.recv_stderr(_CHUNK)
+                raise _TimedOut(err.decode(errors="replace"))
             if chan.eof_received:  # all output is in; the exit status follows it
                 chan.status_event.wait(left)
             else:

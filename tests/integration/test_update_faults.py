@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,11 @@ def test_hang_during_upgrade_times_out_and_later_nodes_are_untouched(
 
     assert state.is_failed()
     run = _run(lab_runtime.engine, fresh_cluster)
-    assert host in run.reason and "did not finish within 2 s" in run.reason
+    assert host in run.reason and "timed out after 2 s; stopped on the node" in run.reason, run.reason
     assert _upgrades(lab, fresh_cluster) == [1, 0, 0]
+    # Stopped, not abandoned: the hung upgrade is gone, so the node's upgrade lock is free again.
+    with open(lab.node_dir(host) / ".upgrade.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the upgrade lives
 
 
 def test_unhealthy_after_upgrade_halts(lab: Any, fresh_cluster: str, lab_runtime: Any):

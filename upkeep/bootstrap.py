@@ -123,6 +123,7 @@ def quiet_prefect() -> Iterator[None]:
 
     from upkeep.console import verbose
 
+    temporary_server_dies_with_us()
     wrapped: list[tuple[logging.Handler, logging.Formatter | None]] = []
     if not verbose():
         wrapped = _brief_console_logs()
@@ -167,3 +168,51 @@ def _brief_console_logs() -> list[tuple[logging.Handler, logging.Formatter | Non
             wrapped.append((handler, handler.formatter))
             handler.formatter = _Brief(handler.formatter)
     return wrapped
+
+
+def temporary_server_dies_with_us() -> None:
+    """Without PREFECT_API_URL, Prefect starts a temporary server (uvicorn, ~240 MB) as a child and
+    stops it at exit; a kill -9 skips that and the server lived on under PID 1. Started from the main
+    thread (the CLI's case), the child now gets SIGTERM from the kernel when this process dies
+    (PR_SET_PDEATHSIG), however it dies. Idempotent; nothing to do with an API URL set."""
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or not sys.platform.startswith("linux"):
+        return
+    from prefect.server.api import server
+
+    if not isinstance(server.subprocess, _ChildrenDieWithUs):
+        server.subprocess = _ChildrenDieWithUs()  # type: ignore[assignment]
+
+
+class _ChildrenDieWithUs:
+    """The `subprocess` module as Prefect's server module sees it: Popen from the main thread gives
+    the child a parent-death signal (a worker thread's exit would deliver it too early)."""
+
+    def __getattr__(self, name: str) -> object:
+        import subprocess
+
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: object, **kwargs: object) -> object:
+        import subprocess
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and "preexec_fn" not in kwargs:
+            kwargs["preexec_fn"] = _die_with_parent(os.getpid())
+        return subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
+
+
+def _die_with_parent(parent: int) -> object:
+    def arm() -> None:  # runs in the child, between fork and exec
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm

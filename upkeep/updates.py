@@ -107,8 +107,11 @@ def prefect_answers() -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
+    from upkeep.bootstrap import temporary_server_dies_with_us
+
     where = PREFECT_API_URL.value() or "the temporary Prefect server"
     try:
+        temporary_server_dies_with_us()
         with get_client(sync_client=True) as client:
             problem = client.api_healthcheck()
     except Exception as exc:  # the temporary server did not start in time, a bad URL, ...

@@ -53,12 +53,12 @@ DEADLINE = 240.0  # for a process to end; never reached unless something hangs
 
 @pytest.fixture(scope="session")
 def race_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A cluster per repetition and database, plus two for the take-over races. Upgrades take 1 s so
-    the kill at 0.3 s into the second node's lands inside it."""
+    """A cluster per repetition and database, two for the take-over races, one for the temporary
+    Prefect server. Upgrades take 1 s so the kill at 0.3 s into the second node's lands inside it."""
     from upkeep.lab import Lab
 
     lab = Lab(tmp_path_factory.mktemp("racelab"))
-    lab.up(clusters=2 * REPETITIONS + 2, nodes=3, upgrade_seconds=1.0, health_delay=0.1)
+    lab.up(clusters=2 * REPETITIONS + 3, nodes=3, upgrade_seconds=1.0, health_delay=0.1)
     try:
         yield lab
     finally:
@@ -225,3 +225,71 @@ def test_a_dispatcher_take_over_racing_a_manual_resume_one_carries_it_out(
         f"dispatcher take-over racing `upkeep resume` of an orphaned run ({engine.dialect.name})",
         detail=f"won by the {winner}; the other stood down",
     )
+
+
+def _temporary_servers(marker: str) -> set[int]:
+    """Pids of Prefect temporary servers (uvicorn) whose environment holds `marker`."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if b"prefect.server.api.server:create_app" in cmdline and marker.encode() in environ:
+            found.add(int(entry.name))
+    return found
+
+
+def _poll(condition: Any, what: str, deadline: float = DEADLINE) -> Any:
+    until = time.monotonic() + deadline
+    while time.monotonic() < until:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"no {what} within {deadline:g} s")
+
+
+def test_the_temporary_prefect_server_does_not_outlive_a_killed_cli(
+    race_lab: Any, sqlite_engine: Any, tmp_path: Path, record: Any
+) -> None:
+    """Without PREFECT_API_URL the CLI starts Prefect's temporary server as its child. SIGKILL the
+    CLI while it carries out an update (held on its last node, so it is surely running): the
+    server's pid is gone soon after (polled, bounded), not re-parented to PID 1."""
+    import_inventory(race_lab.inventory_path, engine=sqlite_engine, actor="test")
+    env = {
+        k: v
+        for k, v in _cli_env(race_lab, sqlite_engine, tmp_path / "home").items()
+        if k != "PREFECT_API_URL"
+    }
+    marker = f"UPKEEP_ORPHAN_TEST={tmp_path}"
+    env.update(
+        {
+            "PREFECT_HOME": str(tmp_path / "prefect"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
+            "UPKEEP_ORPHAN_TEST": str(tmp_path),
+        }
+    )
+    cluster = _cluster(race_lab)
+    with node_busy(race_lab, hosts(race_lab, cluster)[-1]):
+        cli = _start(env, "update", cluster, "--to", TARGET)
+        try:
+            (server,) = _poll(lambda: _temporary_servers(marker), "temporary Prefect server")
+            _poll(
+                lambda: upgrades(race_lab, cluster)[0] == 1 or cli.poll() is not None, "first node upgraded"
+            )
+            assert cli.poll() is None, cli.communicate()
+            cli.send_signal(signal.SIGKILL)
+            cli.wait(timeout=DEADLINE)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+        _poll(
+            lambda: server not in _temporary_servers(marker),
+            f"end of the temporary server (pid {server})",
+            30,
+        )
+    record("no orphans", "CLI killed with SIGKILL mid-update: its temporary Prefect server ends with it")

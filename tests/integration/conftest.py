@@ -26,7 +26,10 @@ def prefect_harness() -> Iterator[None]:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(), temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    # 30 s by default: on this shared 2-core machine under load the server took longer and every test
+    # of the session errored at setup ("Timed out while attempting to connect to ephemeral ...").
+    harness = prefect_test_harness(server_startup_timeout=180)
+    with harness, temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

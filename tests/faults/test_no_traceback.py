@@ -1,0 +1,165 @@
+"""No traceback ever reaches a user: every command of `upkeep --help` under the faults an operator
+meets (a database URL that cannot be used or reached, the file server and SMTP down, the Prefect API
+unreachable, a run that fails), each answered with lines and a documented exit code (README: 0 ok,
+1 refused or failed, 2 usage or lost race, 3 partial).
+
+Commands are found by walking the CLI's own command tree, so a new command is covered without
+editing this file; required arguments get plausible values by name. Left out: `demo` and `lab up`
+(they start a lab of their own). In-process calls (tests/faults/cli.py) for the settings-only faults;
+real processes where Prefect's own settings or console logging are involved.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.cli import cli_home, invoke
+from tests.integration.conftest import upkeep_cli
+
+pytestmark = [pytest.mark.faults]
+
+DOCUMENTED = {0, 1, 2, 3}
+SKIPPED = {("demo",), ("lab", "up")}
+VALUES = {
+    "cluster": "acme-c1",
+    "to": "9.10.0",
+    "source": "customer",
+    "run": "1",
+    "update": "1",
+    "file": "/nonexistent/inventory.yaml",
+    "subject": "disk full",
+    "case": "CASE-1",
+    "by": "sre",
+    "reason": "because",
+    "status": "open",
+    "version": "9.10.0",
+    "package": "releases/p.tar.gz",
+    "sha256": "0" * 64,
+    "from_": "9.8.0",
+    "node": "n1",
+    "kind": "clear",
+}
+BAD_DATABASE_URLS = {
+    "port not a number": "postgresql://u:PASSWORD@127.0.0.1:notaport/db",
+    "no driver": "postgresql://postgres:PASSWORD@127.0.0.1:5432/test",
+    "no such role": "postgresql+psycopg://nosuchrole:PASSWORD@127.0.0.1:5432/test",
+    "not a URL": "PASSWORD is not a url",
+    "unreachable": "postgresql+psycopg://postgres:PASSWORD@127.0.0.1:1/test",
+}
+
+
+def commands() -> Iterator[list[str]]:
+    """Every leaf command with its required arguments and options filled in."""
+    import typer.main
+
+    from upkeep import cli
+
+    def walk(command: Any, path: tuple[str, ...]) -> Iterator[list[str]]:
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for name, sub in subcommands.items():
+                yield from walk(sub, (*path, name))
+            return
+        if path in SKIPPED:
+            return
+        args = list(path)
+        for param in command.params:
+            if not getattr(param, "required", False):
+                continue
+            value = VALUES.get(param.name, "x")
+            args += [param.opts[0], value] if param.opts[0].startswith("-") else [value]
+        yield args
+
+    yield from walk(typer.main.get_command(cli.app), ())  # call outside cli_home (it swaps cli.app)
+
+
+def _assert_clean(args: list[str], code: int, text: str) -> None:
+    assert "Traceback" not in text, f"upkeep {' '.join(args)}:\n{text[-3000:]}"
+    assert code in DOCUMENTED, f"upkeep {' '.join(args)}: exit {code}\n{text[-2000:]}"
+
+
+def test_the_walk_finds_every_command() -> None:
+    found = {" ".join(a[:2]) for a in commands()}
+    assert {"update acme-c1", "resume 1", "release add", "case open", "notices send", "doctor"} <= found
+
+
+@pytest.mark.parametrize("fault", list(BAD_DATABASE_URLS))
+def test_every_command_with_a_database_url_that_cannot_be_used(
+    fault: str, tmp_path: Path, record: Any
+) -> None:
+    ran, every = 0, list(commands())
+    with cli_home(tmp_path / "home", None, database_url=BAD_DATABASE_URLS[fault]):
+        for args in every:
+            if args[0] == "doctor":
+                continue  # asks the Prefect API too: run as a process below
+            result = invoke(*args)
+            _assert_clean(args, result.code, result.text)
+            assert "PASSWORD" not in result.text, f"upkeep {' '.join(args)}: {result.text[-1000:]}"
+            ran += 1
+    record("no traceback", f"every command, database URL: {fault}", ran)
+
+
+def test_every_command_with_the_file_server_and_smtp_down(
+    tmp_path: Path, faults_lab: Any, record: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A working database holding the lab's inventory; the file server and the SMTP server refuse
+    connections. Commands that would start a flow are refused before it by the inputs given here
+    (no run 1, acme-c1 is not in the lab) or run as processes below."""
+    down = {"fileserver_url": "https://127.0.0.1:1", "smtp_host": "127.0.0.1", "smtp_port": "1"}
+    ran, every = 0, list(commands())
+    with cli_home(tmp_path / "home", faults_lab.inventory_path, **down):
+        for args in every:
+            if args[0] in ("doctor", "dispatch"):
+                continue
+            result = invoke(*args)
+            _assert_clean(args, result.code, result.text)
+            ran += 1
+    record("no traceback", "every command, file server and SMTP down", ran)
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env.update({"UPKEEP_HOME": str(tmp_path / "home"), "DO_NOT_TRACK": "1"})
+    env.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra})
+    return env
+
+
+@pytest.mark.parametrize(
+    "args", [["dispatch"], ["doctor"], ["resume", "1"], ["approve", "1", "--reason", "ok"], ["runs"]]
+)
+def test_prefect_api_unreachable(args: list[str], tmp_path: Path, record: Any) -> None:
+    env = _env(tmp_path, PREFECT_API_URL="http://127.0.0.1:1/api", PREFECT_CLIENT_MAX_RETRIES="0")
+    proc = upkeep_cli(env, *args, check=False, timeout=240)
+    _assert_clean(args, proc.returncode, proc.stdout + proc.stderr)
+    record("no traceback", f"`upkeep {' '.join(args)}` with the Prefect API unreachable")
+
+
+@pytest.mark.lab
+@pytest.mark.prefect
+def test_a_failed_run_shows_no_traceback(
+    faults_lab: Any, faults_cluster: str, prefect_harness: None, tmp_path: Path, record: Any
+) -> None:
+    """The file server is down: the run fails (before any node). One `error:` line and Prefect's
+    log lines, no Python or Prefect task traceback (`--verbose` would show them)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from inventory.db import make_engine, migrate
+    from inventory.importer import import_inventory
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'upkeep.db'}")
+    migrate(engine)
+    import_inventory(faults_lab.inventory_path, engine=engine, actor="test")
+    engine.dispose()
+    settings = {f"UPKEEP_{k.upper()}": str(v) for k, v in faults_lab.settings_overrides().items()}
+    env = _env(tmp_path, PREFECT_API_URL=str(PREFECT_API_URL.value()), **settings)
+    env["UPKEEP_FILESERVER_URL"] = "https://127.0.0.1:1"
+    failed = upkeep_cli(env, "update", faults_cluster, "--to", "9.10.0", check=False, timeout=240)
+    text = failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "failed" in failed.stderr, text[-3000:]
+    assert "Traceback" not in text, text[-4000:]
+    record("no traceback", "a run that fails (file server down), without --verbose")

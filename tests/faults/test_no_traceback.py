@@ -45,11 +45,11 @@ VALUES = {
     "kind": "clear",
 }
 BAD_DATABASE_URLS = {
-    "port not a number": "postgresql://u:PASSWORD@127.0.0.1:notaport/db",
-    "no driver": "postgresql://postgres:PASSWORD@127.0.0.1:5432/test",
-    "no such role": "postgresql+psycopg://nosuchrole:PASSWORD@127.0.0.1:5432/test",
-    "not a URL": "PASSWORD is not a url",
-    "unreachable": "postgresql+psycopg://postgres:PASSWORD@127.0.0.1:1/test",
+    "port not a number": "postgresql://u:S3CRETMARKER@127.0.0.1:notaport/db",
+    "no driver": "postgresql://postgres:S3CRETMARKER@127.0.0.1:5432/test",
+    "no such role": "postgresql+psycopg://nosuchrole:S3CRETMARKER@127.0.0.1:5432/test",
+    "not a URL": "S3CRETMARKER is not a url",
+    "unreachable": "postgresql+psycopg://postgres:S3CRETMARKER@127.0.0.1:1/test",
 }
 
 
@@ -99,7 +99,7 @@ def test_every_command_with_a_database_url_that_cannot_be_used(
                 continue  # asks the Prefect API too: run as a process below
             result = invoke(*args)
             _assert_clean(args, result.code, result.text)
-            assert "PASSWORD" not in result.text, f"upkeep {' '.join(args)}: {result.text[-1000:]}"
+            assert "S3CRETMARKER" not in result.text, f"upkeep {' '.join(args)}: {result.text[-1000:]}"
             ran += 1
     record("no traceback", f"every command, database URL: {fault}", ran)
 

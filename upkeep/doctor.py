@@ -11,6 +11,7 @@ nodes are logged into and left at once.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 import time
@@ -226,27 +227,28 @@ def check_prefect(found: Findings) -> Iterator[Check]:
 
         token = base64.b64encode(PREFECT_API_AUTH_STRING.value().encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    fix_api = f"start the server (`prefect server start`) or correct PREFECT_API_URL ({api})"
+    shown_api = _bare(api)
+    fix_api = f"start the server (`prefect server start`) or correct PREFECT_API_URL ({shown_api})"
     with httpx.Client(base_url=api.rstrip("/") + "/", headers=headers, timeout=NET_TIMEOUT) as http:
         try:
             health = http.get("health")
             version = http.get("admin/version")
         except httpx.HTTPError as exc:
-            yield fail("prefect api", f"{api}: {_one_line(str(exc) or type(exc).__name__)}", fix_api)
+            yield fail("prefect api", f"{shown_api}: {_one_line(str(exc) or type(exc).__name__)}", fix_api)
             return
         if health.status_code != 200 or version.status_code != 200:
-            yield fail("prefect api", f"{api}: HTTP {health.status_code} on /health", fix_api)
+            yield fail("prefect api", f"{shown_api}: HTTP {health.status_code} on /health", fix_api)
             return
         server_version = str(version.json())
         mine = prefect.__version__
         if server_version.split(".")[:2] != mine.split(".")[:2]:
             yield warn(
                 "prefect api",
-                f"{api}: server {server_version}, this machine's client {mine}",
+                f"{shown_api}: server {server_version}, this machine's client {mine}",
                 "run the same Prefect minor version everywhere (pyproject.toml pins it)",
             )
         else:
-            yield ok("prefect api", f"{api}: healthy, server {server_version} (client {mine})")
+            yield ok("prefect api", f"{shown_api}: healthy, server {server_version} (client {mine})")
         yield from _pool_and_workers(http)
         yield from _deployments(http)
 
@@ -319,13 +321,13 @@ def check_fileserver(found: Findings) -> Iterator[Check]:
         if not settings.fileserver_allow_http:
             yield fail(
                 "file server tls",
-                f"{url} is plain http",
+                f"{_bare(url)} is plain http",
                 "use https:// (or, in a lab only, set UPKEEP_FILESERVER_ALLOW_HTTP=true)",
             )
             return
         yield warn(
             "file server tls",
-            f"{url} is plain http (allowed by fileserver_allow_http)",
+            f"{_bare(url)} is plain http (allowed by fileserver_allow_http)",
             "use https:// outside a lab",
         )
     else:
@@ -346,7 +348,14 @@ def _tls(settings: Settings, host: str, port: int) -> Check:
             f"CA bundle {ca} does not exist",
             "set UPKEEP_FILESERVER_CA to the CA bundle that signed the file server's certificate",
         )
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except (ssl.SSLError, OSError) as exc:
+        return fail(
+            "file server tls",
+            f"CA bundle {ca}: unusable ({_one_line(str(exc))})",
+            "set UPKEEP_FILESERVER_CA to a PEM file holding the CA certificate that signed the file server's",
+        )
     trust = f"CA {ca}" if ca else "the system's CAs"
     try:
         with (
@@ -394,7 +403,7 @@ def _login_and_index(settings: Settings) -> Iterator[Check]:
     except httpx.HTTPError as exc:
         yield fail(
             "file server login",
-            f"{settings.fileserver_url}: {_one_line(str(exc))}",
+            f"{_bare(settings.fileserver_url)}: {_one_line(str(exc))}",
             "is the file server up and UPKEEP_FILESERVER_URL right?",
         )
         yield skip("release index", "not tried: the file server did not answer")
@@ -618,6 +627,8 @@ def run_checks(*, nodes: bool = False, on_check: Callable[[Check], None] | None 
 
 
 def _add(found: Findings, check: Check, on_check: Callable[[Check], None] | None) -> None:
+    # Fails closed: whatever a check or an exception message quotes, a URL's userinfo is not shown.
+    check.detail, check.fix = _USERINFO.sub("//", check.detail), _USERINFO.sub("//", check.fix)
     found.checks.append(check)
     if on_check is not None:
         on_check(check)
@@ -638,6 +649,17 @@ def _guard(found: Findings, name: str, on_check: Callable[[Check], None] | None)
             ),
             on_check,
         )
+
+
+_USERINFO = re.compile(r"//[^/\s@]*@")
+
+
+def _bare(url: str) -> str:
+    """A URL fit to show: no userinfo, no query (either may carry a secret)."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return url.split("?", 1)[0].rpartition("@")[2]
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def _db_cause(exc: BaseException) -> str:

@@ -157,6 +157,8 @@ class Settings(BaseSettings):
             if isinstance(getattr(self, key), SecretStr):
                 data[key] = "**********" if value else ""
         data["database_url"] = mask_url(self.resolved_database_url())
+        parts = urlsplit(self.fileserver_url)  # userinfo or a query token: not shown
+        data["fileserver_url"] = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         if self.alert_urls:
             from tasks.alerts import AppriseChannel, parse_alert_urls
 

@@ -185,3 +185,32 @@ def test_a_password_in_the_database_urls_query_is_never_shown(pg_schema: str, tm
     assert database["status"] == "ok", database
     for done in outputs:
         assert "HUNTER2" not in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_doctor_never_shows_userinfo_of_the_prefect_or_file_server_url(tmp_path: Path) -> None:
+    """A reverse proxy's basic-auth password in PREFECT_API_URL, or one put into UPKEEP_FILESERVER_URL,
+    was printed verbatim by the doctor (and `upkeep settings`)."""
+    env = _env(
+        tmp_path / "home",
+        fileserver_url="http://bob:HUNTER2@127.0.0.1:1/files?token=HUNTER2",
+        fileserver_allow_http="true",
+    )
+    env["PREFECT_API_URL"] = "http://bob:HUNTER2@127.0.0.1:1/api"
+    doctor = _cli(["doctor", "--json"], env)
+    settings = _cli(["settings", "--json"], env)
+    assert doctor.returncode == 1 and settings.returncode == 0, doctor.stderr + settings.stderr
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["prefect api"]["status"] == "fail" and "127.0.0.1:1" in checks["prefect api"]["detail"]
+    assert checks["file server login"]["status"] == "fail", checks
+    for done in (doctor, settings):
+        assert "HUNTER2" not in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_doctor_names_a_ca_bundle_that_holds_no_certificate(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate\n")
+    done = _cli(["doctor", "--json"], _env(tmp_path / "home", fileserver_ca=str(bundle)))
+    assert done.returncode == 1, done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["file server tls"]["status"] == "fail", checks
+    assert str(bundle) in checks["file server tls"]["detail"], checks["file server tls"]

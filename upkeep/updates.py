@@ -176,12 +176,27 @@ def _carry_out(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, 
     if run_state == "running" and held_by and lease.holder_label(held_by) != lease.holder_label(owner):
         # Taken from this process while it stood still (frozen, cut off): the other one carries it on.
         raise CliError(lease.held_message(run_id, held_by, since), code=2)
+    if _outcome(state) == "taken over":  # ... and that other process has finished it meanwhile
+        raise CliError(
+            f"run {run_id} was taken over by another process, which left it {run_state}; "
+            f"`upkeep show {run_id}`",
+            code=2,
+        )
     show_run(run_id, engine=engine, as_json=as_json)
     if state.is_failed():
         raise CliError(f"run {run_id} failed: {reason or state.message}")
     if run_state != "succeeded":
         console.print(f"run {run_id} is {run_state}: {reason}", markup=False)
     return run_id
+
+
+def _outcome(state: Any) -> str:
+    """The flow's own word on how it ended ("succeeded", "taken over", ...), or "" if it has none."""
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception:  # a result that cannot be read back: the record above decides
+        return ""
+    return str(result.get("state", "")) if isinstance(result, dict) else ""
 
 
 def api_unreachable(exc: BaseException) -> bool:

@@ -163,3 +163,37 @@ def test_a_failed_run_shows_no_traceback(
     assert failed.returncode == 1 and "failed" in failed.stderr, text[-3000:]
     assert "Traceback" not in text, text[-4000:]
     record("no traceback", "a run that fails (file server down), without --verbose")
+
+
+@pytest.mark.lab
+def test_a_temporary_prefect_server_too_slow_to_start_creates_no_run(
+    faults_lab: Any, faults_cluster: str, tmp_path: Path, record: Any
+) -> None:
+    """PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=1, no PREFECT_API_URL: the temporary server
+    cannot answer in time. It was a 175-line traceback and a run left `planned` that made the next
+    `update` refuse; now one line, no run created, nothing touched."""
+    from sqlmodel import select
+
+    from inventory.db import make_engine, migrate, session_scope
+    from inventory.importer import import_inventory
+    from inventory.models import UpgradeRun
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'upkeep.db'}")
+    migrate(engine)
+    import_inventory(faults_lab.inventory_path, engine=engine, actor="test")
+    settings = {f"UPKEEP_{k.upper()}": str(v) for k, v in faults_lab.settings_overrides().items()}
+    env = _env(
+        tmp_path,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
+        **settings,
+    )
+    proc = upkeep_cli(env, "update", faults_cluster, "--to", "9.10.0", check=False, timeout=240)
+    text = proc.stdout + proc.stderr
+    _assert_clean(["update"], proc.returncode, text)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "does not answer" in lines[0], text[-3000:]
+    with session_scope(engine) as session:
+        assert session.exec(select(UpgradeRun)).all() == []
+    engine.dispose()
+    record("no traceback", "temporary Prefect server slow to start: one line, no run created")

@@ -214,3 +214,11 @@ def test_a_heartbeat_whose_lease_was_taken_stops_and_says_it_is_not_held(engine:
         _wait_for(lambda: not beat._thread.is_alive())
         assert not beat._thread.is_alive()
     assert _run(engine, run_id).lease_owner == "taker"  # the old owner's end leaves it alone
+
+
+def test_a_claim_of_a_run_that_already_ended_says_so_and_changes_nothing(engine: Any):
+    (run_id,) = _runs(engine, [(RunState.succeeded, None, None)])
+    ended = pytest.raises(lease.NotResumable, match=rf"run {run_id} already succeeded.*nothing to resume")
+    with ended, session_scope(engine) as session:
+        lease.claim(session, run_id, now=NOW, lease=LEASE, actor="sre")
+    assert _run(engine, run_id).lease_owner is None

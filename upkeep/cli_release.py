@@ -230,6 +230,18 @@ def plan(
     _print_status(result["status"])
 
 
+def _print_slots(data: dict[str, Any]) -> None:
+    """Every announced slot with its ring, in ring order: what each customer was told."""
+    table = Table("ring", "cluster", "customer", "slot (UTC)", "status")
+    for ring in data["rings"]:
+        for row in ring["clusters"]:
+            if row["slot_start"]:
+                slot = datetime.fromisoformat(row["slot_start"]).astimezone(UTC).strftime("%a %Y-%m-%d %H:%M")
+                table.add_row(ring["ring"], row["cluster"], row["customer"], slot, row["status"])
+    if table.row_count:
+        console.print(table)
+
+
 @release_app.command("status")
 def status(version: VersionArg, json_out: JsonOpt = False) -> None:
     """Per ring: planned, notified, running, done, failed, deferred, skipped, blocked, and why."""
@@ -268,6 +280,7 @@ def _print_status(data: dict[str, Any]) -> None:
     for ring in data["rings"]:
         table.add_row(ring["ring"], *(str(ring[c]) for c in columns))
     console.print(table)
+    _print_slots(data)
     for ring in data["rings"]:
         for row in ring["clusters"]:
             if row["status"] in ("skipped", "blocked", "failed"):

@@ -401,6 +401,13 @@ def test_cli_status_and_resume(cli: Any, fleet: Engine) -> None:
     _plan(fleet)
     shown = cli("status", "9.10.0")
     assert shown.exit_code == 0 and "legacy-c13 (broad) blocked" in shown.output
+    with session_scope(fleet) as session:
+        slots = {name: run.slot_start for name, run in _runs(session).items()}
+    for name, ring in (("c01", "canary"), ("c03", "early"), ("c12", "broad")):  # each slot with its ring
+        when = slots[name].strftime("%a %Y-%m-%d %H:%M")  # type: ignore[union-attr]
+        assert any(
+            ring in line and f" {name} " in line and when in line for line in shown.output.splitlines()
+        )
     as_json = cli("status", "9.10.0", "--json")
     assert as_json.exit_code == 0 and '"planned": 6' in as_json.output
     not_halted = cli("resume", "9.10.0")

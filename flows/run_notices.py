@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 PER_NODE_ESTIMATE = timedelta(minutes=10)
 DEFERRALS = DeferralPolicy()
-_DEFER_HOW = "Reply to this email with a later date, or ask your support contact to defer {ref}."
+# Nothing reads replies: designated users act in the portal; without any, the support contact does it.
+_PORTAL_HOW = "Confirm or defer it in the maintenance portal (sign in with your designated address): {url}"
+_CONFIRM_HOW = "Confirm it in the maintenance portal (sign in with your designated address): {url}"
+_SUPPORT_HOW = "Ask your support contact (below) to defer {ref}."
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class VendorTerms:
     support_contact: str = "support@localhost"
     sre_email: str = "sre@localhost"
     per_node_estimate: timedelta = PER_NODE_ESTIMATE
+    portal_url: str = ""  # the customer portal (empty: notices name the support contact instead)
 
     @classmethod
     def configured(cls) -> VendorTerms:
@@ -57,6 +61,7 @@ class VendorTerms:
             support_contact=runtime.support_contact,
             sre_email=runtime.sre_email,
             per_node_estimate=runtime.per_node_estimate,
+            portal_url=runtime.portal_url,
         )
 
 
@@ -92,6 +97,21 @@ def deferral_options(run: UpgradeRun, start: datetime, zone: str, session: Sessi
     return f"at most {DEFERRALS.max_count} deferrals ({left} left), each by up to {most}{limit}"
 
 
+def defer_how(run: UpgradeRun, customer: Customer, vendor: VendorTerms, limits: str, session: Session) -> str:
+    """How the customer acts on an upcoming update: the update's page in the portal when the customer
+    has designated users (only Confirm when `limits`, from `deferral_options`, leaves no deferral),
+    else the support contact."""
+    ref = update_ref(run.id)
+    if not vendor.portal_url or not designated_emails(customer.id, session=session):
+        if limits.startswith("no deferral"):
+            return (
+                f"{ref} cannot be deferred; questions go to your support contact ({vendor.support_contact})."
+            )
+        return _SUPPORT_HOW.format(support=vendor.support_contact, ref=ref)
+    url = f"{vendor.portal_url}/maintenance/{ref}"
+    return (_CONFIRM_HOW if limits.startswith("no deferral") else _PORTAL_HOW).format(url=url)
+
+
 def queue_run_notice(
     run: UpgradeRun,
     kind: NoticeKind | str,
@@ -121,6 +141,7 @@ def queue_run_notice(
         session.add(run)
     start = run.slot_start or run.started_at or now
     end = run.slot_end if run.slot_end and run.slot_end > start else start + vendor.per_node_estimate
+    limits = deferral_options(run, start, customer.timezone, session)
     ctx = NoticeContext(
         kind=NoticeKind(kind),
         update_ref=f"{ref}-sre" if to_sre else ref,
@@ -136,8 +157,8 @@ def queue_run_notice(
         organizer=vendor.organizer if to_sre else run.organizer,
         support_contact=vendor.support_contact if to_sre else (run.support_contact or vendor.support_contact),
         installation=installation_id(session),
-        defer_instructions=_DEFER_HOW.format(ref=ref),
-        deferral_limits=deferral_options(run, start, customer.timezone, session),
+        defer_instructions=defer_how(run, customer, vendor, limits, session),
+        deferral_limits=limits,
         urgent=run.urgent,
         case_ref=case_ref or run.case_ref or "",
         **extra,

@@ -36,6 +36,8 @@ class Runtime:
     # An on-call page not acknowledged within this goes one level up the chain (flows/oncall.py).
     oncall_escalate_after: timedelta = timedelta(minutes=15)
     support_contact: str = "support@localhost"
+    # The customer portal's address (UPKEEP_PORTAL_URL): notices link designated users to it.
+    portal_url: str = ""
     per_node_estimate: timedelta = timedelta(minutes=10)
     # Name of a Prefect global concurrency limit every cluster's upgrade occupies one slot of
     # (`prefect gcl create upkeep-clusters --limit 10`); empty: no limit beyond the dispatcher's.

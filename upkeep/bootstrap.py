@@ -79,6 +79,7 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         alert_channels=build_alert_channels(settings, mailer),
         oncall_escalate_after=timedelta(minutes=settings.oncall_escalate_minutes),
         support_contact=settings.support_contact,
+        portal_url=settings.portal_url,
         per_node_estimate=timedelta(minutes=settings.per_node_minutes),
         run_lease=timedelta(seconds=settings.run_lease_seconds),
         start_lease=timedelta(seconds=settings.start_lease_seconds),

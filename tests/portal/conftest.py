@@ -26,7 +26,7 @@ from upkeep.portal.config import PortalConfig
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 SHA = "ab" * 32
-VENDOR = VendorTerms("upkeep@vendor.example", "support@vendor.example")
+VENDOR = VendorTerms("upkeep@vendor.example", "support@vendor.example", portal_url="http://testserver")
 SECRET = b"s" * 48
 
 
@@ -78,6 +78,7 @@ class Portal:
     outbox: Path
     inventory: Path
     updates: dict[str, int] = field(default_factory=dict)  # cluster -> update id
+    landed: str = ""  # where the last sign_in() ended up
 
     def mails(self, to: str) -> list[Any]:
         found = []
@@ -118,7 +119,8 @@ def sign_in(portal: Portal, email: str, client: TestClient | None = None) -> str
     token = re.search(r'name="t" value="([^"]+)"', page.text)
     assert token
     response = client.post("/signin/link", data={"csrf": csrf_of(page.text), "t": token.group(1)})
-    assert response.status_code == 200 and response.url.path == "/maintenance", response.text
+    assert response.status_code == 200 and response.url.path.startswith("/maintenance"), response.text
+    portal.landed = response.url.path
     return csrf_of(response.text)
 
 

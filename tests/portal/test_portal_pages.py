@@ -112,3 +112,47 @@ def test_an_urgent_update_offers_no_deferral(portal: Portal) -> None:
     )
     assert response.status_code == 409 and "cannot be deferred" in response.text
     assert audit(portal, "update.deferred") == []
+
+
+def test_notices_link_to_the_update_in_the_portal_and_offer_only_confirm_when_no_deferral_is_left(
+    portal: Portal,
+) -> None:
+    run_id = portal.updates["acme-c1"]
+    url = f"http://testserver/maintenance/update-{run_id}"
+    [scheduled] = [n for n in notices(portal, "scheduled") if n.update_ref == f"update-{run_id}"]
+    assert f"Confirm or defer it in the maintenance portal (sign in with your designated address): {url}" in (
+        scheduled.body_text
+    )
+    assert "Reply to this email" not in scheduled.body_text
+    # Followed while signed out, the link leads there once signed in.
+    assert portal.client.get(f"/maintenance/update-{run_id}").url.path == "/signin"
+    sign_in(portal, "ann@acme.example")
+    assert portal.landed == f"/maintenance/update-{run_id}"
+    for _ in range(2):
+        page = portal.client.get(f"/maintenance/update-{run_id}")
+        offered = re.findall(r'name="start" value="([^"]+)"', page.text)
+        response = portal.client.post(
+            f"/maintenance/update-{run_id}/defer", data={"csrf": csrf_of(page.text), "start": offered[0]}
+        )
+        assert "The update was deferred" in response.text
+    assert 'name="start"' not in response.text and "0 left" in response.text
+    last = notices(portal, "deferred")[-1]
+    assert (
+        f"Confirm it in the maintenance portal (sign in with your designated address): {url}"
+        in last.body_text
+    )
+    assert "no deferral left" in last.body_text
+    # A customer without designated users is told to ask the support contact.
+    [theirs] = [
+        n for n in notices(portal, "scheduled") if n.update_ref == f"update-{portal.updates['umb-c1']}"
+    ]
+    assert "maintenance portal" in theirs.body_text  # umbrella has a designated user too
+
+
+def test_the_deep_link_is_followed_after_sign_in(portal: Portal) -> None:
+    run_id = portal.updates["acme-c1"]
+    assert portal.client.get(f"/maintenance/update-{run_id}").url.path == "/signin"
+    sign_in(portal, "bob@acme.example")
+    assert portal.landed == f"/maintenance/update-{run_id}"
+    sign_in(portal, "ann@acme.example")  # no deep link followed this time: the overview
+    assert portal.landed == "/maintenance"

@@ -10,6 +10,7 @@ is refused from another Origin, and is parsed strictly (`security.read_form`); a
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -52,6 +53,8 @@ from upkeep.portal.signin import LinkRefused, LinkSigner, digest, new_session
 
 SESSION_COOKIE = "upkeep_session"
 CSRF_COOKIE = "upkeep_csrf"
+NEXT_COOKIE = "upkeep_next"  # the update page a notice linked to, shown once signed in
+DEEP_LINK = re.compile(r"/maintenance/update-[0-9]{1,18}")
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "portal"
 DONE = {
     "deferred": "The update was deferred; everyone designated has been told.",
@@ -270,10 +273,12 @@ class Portal:
             cookie = await self.db(redeem)
         except LinkRefused as exc:
             return self.refused_link(request, exc.reason)
-        response = self.redirect(request, "/maintenance")
+        target = request.cookies.get(NEXT_COOKIE, "")
+        response = self.redirect(request, target if DEEP_LINK.fullmatch(target) else "/maintenance")
         self.set_cookie(
             request, response, SESSION_COOKIE, cookie, max_age=int(self.config.session_ttl.total_seconds())
         )
+        response.delete_cookie(NEXT_COOKIE, path=request.scope.get("root_path", "") or "/")
         response.delete_cookie(CSRF_COOKIE, path=request.scope.get("root_path", "") or "/")
         return response
 
@@ -302,7 +307,10 @@ class Portal:
         def work(session: Any) -> Response:
             user = self.signed_in(request, session)
             if user is None:
-                return self.redirect(request, "/signin")
+                response = self.redirect(request, "/signin")
+                if DEEP_LINK.fullmatch(request.url.path):  # a notice's link: go there once signed in
+                    self.set_cookie(request, response, NEXT_COOKIE, request.url.path, max_age=3600)
+                return response
             customer = session.get(Customer, user.customer_id)
             assert customer is not None
             return render(session, user, customer)

@@ -54,6 +54,7 @@ def from_settings(settings: Settings, *, engine: Engine) -> PortalConfig:
             support_contact=settings.support_contact,
             sre_email=settings.sre_email,
             per_node_estimate=timedelta(minutes=settings.per_node_minutes),
+            portal_url=settings.portal_url,
         ),
         link_ttl=timedelta(minutes=settings.portal_link_minutes),
         session_ttl=timedelta(hours=settings.portal_session_hours),

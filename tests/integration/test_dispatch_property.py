@@ -185,3 +185,25 @@ def test_the_property_can_fail_a_blackout_written_after_the_claim_check_would_be
             assert [r.code for r in reasons_for(run, now=slot, session=session)] == ["blackout"]
     finally:
         fleet.engine.dispose()
+
+
+def test_a_reminder_whose_moment_passed_before_the_announcement_is_skipped(tmp_path: Path) -> None:
+    from flows.dispatch import send_reminders
+    from inventory.outbox import Notice
+
+    fleet = Fleet(tmp_path / "reminders")
+    try:
+        fleet.step("schedule", False)  # 48 h notice: Thu 26 Nov 02:00 Berlin
+        with session_scope(fleet.engine) as session:
+            slot = session.exec(select(UpgradeRun)).one().slot_start
+        assert slot == datetime(2026, 11, 26, 1, tzinfo=UTC)
+        assert send_reminders(fleet.runtime, slot - timedelta(hours=71)) == []  # not told yet: nothing
+        fleet.now = slot - timedelta(hours=30)  # the announcement goes out late, after the 72 h moment
+        fleet.step("deliver", 0)
+        assert send_reminders(fleet.runtime, slot - timedelta(hours=29)) == []  # 72 h: skipped for good
+        assert send_reminders(fleet.runtime, slot - timedelta(hours=23)) == ["update-1:24h"]
+        with session_scope(fleet.engine) as session:
+            keys = [n.idempotency_key for n in session.exec(select(Notice).where(Notice.kind == "reminder"))]
+        assert keys == ["update-1:reminder:1:24h"]
+    finally:
+        fleet.engine.dispose()

@@ -13,6 +13,7 @@ import hashlib
 import html
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -283,3 +284,61 @@ def open_customer_case(
             why=f"case opened: {case.ref}",
         )
     return case
+
+
+@dataclass(frozen=True)
+class PastUpdate:
+    ref: str
+    cluster: str
+    from_version: str
+    to_version: str
+    outcome: str  # succeeded, failed or cancelled
+    reason: str
+    started: str
+    finished: str
+    case: str  # the case about it (failed ones), or ""
+    nodes: list[dict[str, Any]]  # inventory.run_report.node_rows
+
+
+def past_updates(customer: Customer, *, session: Session, limit: int = 50) -> list[PastUpdate]:
+    """The customer's finished updates, newest first, with per-node results and the failure's case."""
+    from flows.failed_run_case import RUN_CASE
+    from inventory.run_report import node_rows
+
+    done = (RunState.succeeded, RunState.failed, RunState.cancelled)
+    query = (
+        select(UpgradeRun, Cluster.name)
+        .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
+        .where(Cluster.customer_id == customer.id, col(UpgradeRun.state).in_(done))
+        .order_by(col(UpgradeRun.finished_at).desc(), col(UpgradeRun.id).desc())
+        .limit(limit)
+    )
+    found = []
+    for run, cluster in session.exec(query).all():
+        case = run.case_ref or ""
+        if not case:
+            event = session.exec(
+                select(AuditEvent.detail).where(
+                    AuditEvent.action == RUN_CASE, AuditEvent.subject == f"run/{run.id}"
+                )
+            ).first()
+            case = str(event.get("case", "")) if event else ""
+
+        def when(moment: datetime | None) -> str:
+            return format_slot(moment, customer.timezone) if moment else "-"
+
+        found.append(
+            PastUpdate(
+                ref=update_ref(run.id),
+                cluster=cluster,
+                from_version=run.from_version,
+                to_version=run.to_version,
+                outcome=str(run.state),
+                reason=run.reason if RunState(run.state) is not RunState.succeeded else "",
+                started=when(run.started_at),
+                finished=when(run.finished_at),
+                case=case,
+                nodes=node_rows(run, session),
+            )
+        )
+    return found

@@ -156,3 +156,22 @@ def test_the_deep_link_is_followed_after_sign_in(portal: Portal) -> None:
     assert portal.landed == f"/maintenance/update-{run_id}"
     sign_in(portal, "ann@acme.example")  # no deep link followed this time: the overview
     assert portal.landed == "/maintenance"
+
+
+def test_history_shows_the_customers_finished_updates_only(portal: Portal) -> None:
+    from flows.schedule import cancel_update
+    from inventory.models import RunState
+    from inventory.runs import finish_run
+
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, portal.updates["acme-c1"])
+        assert run is not None
+        run.case_ref = "SUP-4711"
+        finish_run(run, RunState.failed, reason="node acme-c1-n2 unhealthy after upgrade", session=session)
+        cancel_update(portal.updates["umb-c1"], now=portal.clock.now, reason="not needed", session=session)
+    sign_in(portal, "ann@acme.example")
+    page = portal.client.get("/history").text
+    assert "acme-c1: 9.8.0 &rarr; 9.9.0" in page and "failed" in page
+    assert "node acme-c1-n2 unhealthy after upgrade" in page and "SUP-4711" in page
+    assert "acme-c1-n1" in page and "untouched" in page
+    assert "umb-c1" not in page

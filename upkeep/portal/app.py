@@ -354,6 +354,13 @@ class Portal:
 
         return await self.signed_in_page(request, render)
 
+    async def history(self, request: Request) -> Response:
+        def render(session: Any, user: SignedIn, customer: Customer) -> Response:
+            updates = actions.past_updates(customer, session=session)
+            return self.page(request, "history.html.j2", user=user, csrf=user.csrf, updates=updates)
+
+        return await self.signed_in_page(request, render)
+
     def run_id(self, request: Request) -> int:
         try:
             return parse_update_ref(str(request.path_params["ref"]))
@@ -516,6 +523,7 @@ def create_app(config: PortalConfig) -> Starlette:
         Route("/maintenance/{ref}", portal.update, methods=["GET"]),
         Route("/maintenance/{ref}/defer", portal.defer, methods=["POST"]),
         Route("/maintenance/{ref}/confirm", portal.confirm, methods=["POST"]),
+        Route("/history", portal.history, methods=["GET"]),
         Route("/cases", portal.cases, methods=["GET"]),
         Route("/cases", portal.open_case, methods=["POST"]),
         Route("/static/portal.css", portal.css, methods=["GET"]),

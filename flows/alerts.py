@@ -69,7 +69,6 @@ def alert_sre(
             customer = customer or repo.customer_of(found, session=s).name
             from_version, to_version = run.from_version, run.to_version
             run_url = flow_run_url(run.flow_run_id)
-            case_ref = case_ref or ""
         now = runtime.clock()
         rendered = render_alert(
             AlertContext(

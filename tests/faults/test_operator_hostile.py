@@ -214,3 +214,21 @@ def test_doctor_names_a_ca_bundle_that_holds_no_certificate(tmp_path: Path) -> N
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert checks["file server tls"]["status"] == "fail", checks
     assert str(bundle) in checks["file server tls"]["detail"], checks["file server tls"]
+
+
+def test_eval_of_a_failed_lab_env_fails_the_shell_instead_of_going_on_with_defaults(tmp_path: Path) -> None:
+    """`eval "$(upkeep lab env)"` is how deploying.md sets up a worker shell. When `lab env` failed (no lab
+    there, a bad setting) it printed nothing on stdout, `eval ""` succeeded, and the shell went on, even
+    under `set -e`, with the default home and database: a worker on the wrong record, silently."""
+    env = _env(tmp_path / "no-lab-here")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    done = subprocess.run(
+        ["bash", "-c", 'set -euo pipefail; eval "$(upkeep lab env)"; echo REACHED'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "REACHED" not in done.stdout, done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "no lab at" in done.stderr, done.stderr

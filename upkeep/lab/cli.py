@@ -150,18 +150,25 @@ def env(root: RootOption = None) -> None:
     own), so another shell (a worker, a second terminal) is one `eval "$(upkeep lab env)"` away."""
     from upkeep.settings import SettingsError, load_settings
 
+    def refuse(message: str) -> NoReturn:
+        # `eval "$(upkeep lab env)"` ignores our exit status (`eval ""` succeeds, even under `set -e`):
+        # what it evaluates must fail too, or the shell goes on with the default home and database.
+        typer.echo("false")
+        _fail(message)
+
     try:
         settings = load_settings()
     except SettingsError as exc:
-        _fail(str(exc))
+        refuse(str(exc))
     lab = Lab(root) if root is not None else Lab(settings.home / "lab")
     try:
         overrides = lab.settings_overrides()
     except LabError as exc:
-        _fail(str(exc))
+        refuse(str(exc))
     if not lab.status()["up"]:
-        _err.print(
-            f"warning: lab {escape(str(lab.root))} is down; these are the settings of its last start",
+        _err.print(  # one line, even for a root with a newline (`2>&1` must not make it a command)
+            f"warning: lab {escape(' '.join(str(lab.root).split()))} is down; these are the settings of "
+            "its last start",
             soft_wrap=True,
         )
     # The home (and the database, when one is set) of this shell: the other shell then shares the

@@ -20,7 +20,8 @@ from sqlmodel import Session, col, select
 from flows.run_notices import DEFERRALS, VendorTerms, contact_emails, deferral_options, update_ref
 from flows.schedule import ScheduleRefused, defer_update, next_window
 from inventory import repo
-from inventory.cases import Case, CaseError, open_case
+from inventory.alerts import queue_alert
+from inventory.cases import Case, CaseError, CaseStatus, EscalatedBy, check_case_ref, escalate, open_case
 from inventory.models import AuditEvent, Cluster, Customer, Node, RunState, UpgradeRun
 from inventory.outbox import queue_notice
 from scheduling.deferral import check_deferral
@@ -342,3 +343,65 @@ def past_updates(customer: Customer, *, session: Session, limit: int = 50) -> li
             )
         )
     return found
+
+
+def customer_case(ref: str, customer: Customer, *, session: Session) -> Case:
+    """The customer's case `ref`; NotYours for another customer's or a malformed id."""
+    try:
+        check_case_ref(ref)
+    except CaseError:
+        raise NotYours(f"no case {ref[:40]!r}") from None
+    case = session.exec(select(Case).where(Case.ref == ref, Case.customer_id == customer.id)).first()
+    if case is None:
+        raise NotYours(f"no case {ref} for {customer.name}")
+    return case
+
+
+def case_thread(case: Case, *, session: Session) -> list[tuple[datetime, str, str]]:
+    """(when, who, text) of the case's description and comments, oldest first."""
+    query = select(AuditEvent).where(
+        AuditEvent.subject == f"case/{case.ref}",
+        col(AuditEvent.action).in_(["case.description", "case.comment"]),
+    )
+    return [(e.at, e.actor, str(e.detail.get("description") or e.detail.get("text") or ""))
+            for e in session.exec(query.order_by(col(AuditEvent.id)))]  # fmt: skip
+
+
+def comment_on_case(case: Case, text: str, *, actor: str, session: Session) -> None:
+    text = text.strip()
+    if not text or len(text) > 10_000:
+        raise CaseError("comment: expected 1-10,000 characters")
+    if case.status is CaseStatus.closed:
+        raise CaseError(f"{case.ref} is closed; open a new case")
+    repo.record_audit(
+        actor, "case.comment", f"case/{case.ref}", {"text": text, "via": "portal"}, session=session
+    )
+
+
+def request_escalation(case: Case, reason: str, *, now: datetime, actor: str, session: Session) -> None:
+    """The customer asks for management attention: the case is escalated by the customer (audited) and
+    the SRE side alerted through the alert outbox (its channels: the SRE mailbox, UPKEEP_ALERT_URLS)."""
+    from templates.alert import AlertContext, render_alert
+
+    customer = session.get(Customer, case.customer_id)
+    escalate(case, by=EscalatedBy.customer, reason=reason, now=now, actor=actor, session=session)
+    rendered = render_alert(
+        AlertContext(
+            headline=f"Customer escalation: {case.ref} ({case.priority}) {case.subject}",
+            cause=f"{actor} asked for escalation to management: {reason.strip()[:500]}",
+            at=now,
+            customer=customer.name if customer else "",
+            case_ref=case.ref,
+            action=f"Take over {case.ref} as Escalation Manager and answer the customer.",
+        )
+    )
+    queue_alert(
+        key=f"case-escalation:{case.ref}:{now.isoformat()}",
+        kind="case_escalation",
+        subject=rendered.subject,
+        body_text=rendered.text,
+        body_html=rendered.html,
+        session=session,
+        now=now,
+        customer=customer.name if customer else "",
+    )

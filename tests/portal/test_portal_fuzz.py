@@ -11,7 +11,19 @@ from hypothesis import strategies as st
 from tests.portal.conftest import Portal, sign_in
 from tests.portal.test_portal_security import counts
 
-FIELDS = ("csrf", "email", "t", "start", "category", "priority", "cluster", "subject", "description")
+FIELDS = (
+    "csrf",
+    "email",
+    "t",
+    "start",
+    "category",
+    "priority",
+    "cluster",
+    "subject",
+    "description",
+    "text",
+    "reason",
+)
 VALUES = st.one_of(
     st.text(max_size=300),
     st.sampled_from(["issue", "feature_request", "P0", "P3", "sev1", "acme-c1", "umb-c1", "", "\x00"]),
@@ -27,6 +39,9 @@ def _paths(portal: Portal) -> list[str]:
         "/signin/link",
         "/signout",
         "/cases",
+        "/cases/CASE-1/comment",
+        "/cases/CASE-1/escalate",
+        "/cases/../escalate",
         *(
             f"/maintenance/{ref}/{action}"
             for ref in (f"update-{mine}", f"update-{theirs}", "x")

@@ -175,3 +175,38 @@ def test_history_shows_the_customers_finished_updates_only(portal: Portal) -> No
     assert "node acme-c1-n2 unhealthy after upgrade" in page and "SUP-4711" in page
     assert "acme-c1-n1" in page and "untouched" in page
     assert "umb-c1" not in page
+
+
+def test_comment_on_and_escalate_a_case_alerting_the_sre_side(portal: Portal) -> None:
+    from inventory.alerts import Alert
+
+    csrf = sign_in(portal, "bob@acme.example")
+    portal.client.post(
+        "/cases", data={"csrf": csrf, "category": "issue", "priority": "P2", "subject": "Slow"}
+    )
+    with session_scope(portal.engine) as session:
+        [case] = session.exec(select(Case)).all()
+    page = portal.client.get(f"/cases/{case.ref}")
+    assert page.status_code == 200 and "Nothing written yet" in page.text
+    response = portal.client.post(f"/cases/{case.ref}/comment", data={"csrf": csrf, "text": "Still <slow>."})
+    assert "Your comment was added" in response.text and "Still &lt;slow&gt;." in response.text
+    response = portal.client.post(f"/cases/{case.ref}/escalate", data={"csrf": csrf, "reason": "  "})
+    assert response.status_code == 400 and "an escalation needs a reason" in response.text
+    assert audit(portal, "case.escalated") == []
+    response = portal.client.post(
+        f"/cases/{case.ref}/escalate", data={"csrf": csrf, "reason": "No answer for two days"}
+    )
+    assert "a manager on our side has been alerted" in response.text
+    assert "escalated" in response.text
+    [event] = audit(portal, "case.escalated")
+    assert event.actor == "bob@acme.example" and event.detail["by"] == "customer"
+    with session_scope(portal.engine) as session:
+        [alert] = session.exec(select(Alert)).all()
+        assert case.ref in alert.subject and "No answer for two days" in alert.body_text
+    # Another customer's user sees neither the case nor can act on it.
+    other = portal.client.__class__(portal.client.app, base_url="http://testserver")
+    their_csrf = sign_in(portal, "eve@umbrella.example", client=other)
+    assert other.get(f"/cases/{case.ref}").status_code == 404
+    response = other.post(f"/cases/{case.ref}/comment", data={"csrf": their_csrf, "text": "mine now"})
+    assert response.status_code == 404
+    assert len(audit(portal, "case.comment")) == 1

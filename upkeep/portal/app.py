@@ -60,6 +60,8 @@ DONE = {
     "deferred": "The update was deferred; everyone designated has been told.",
     "confirmed": "Thank you: your confirmation was recorded and sent to everyone designated.",
     "opened": "The case was opened; our support team has it.",
+    "commented": "Your comment was added to the case.",
+    "escalated": "The escalation was requested; a manager on our side has been alerted.",
 }
 LINK_REFUSALS = {
     "expired": ("This sign-in link has expired", "Links work for a short time only. Ask for a new one."),
@@ -482,6 +484,54 @@ class Portal:
 
         return await self.signed_in_action(request, act)
 
+    def case_page(
+        self, request: Request, session: Any, user: SignedIn, customer: Customer, ref: str, *,
+        status: int = 200, error: str = "",
+    ) -> Response:  # fmt: skip
+        try:
+            case = actions.customer_case(ref, customer, session=session)
+        except actions.NotYours:
+            raise HTTPException(404, "There is no such case.") from None
+        return self.page(
+            request, "case.html.j2", status, user=user, csrf=user.csrf, case=case,
+            thread=actions.case_thread(case, session=session), zone=customer.timezone, fmt=format_slot,
+            notice=self.notice(request), error=error,
+        )  # fmt: skip
+
+    async def case(self, request: Request) -> Response:
+        ref = str(request.path_params["ref"])
+        return await self.signed_in_page(request, lambda s, u, c: self.case_page(request, s, u, c, ref))
+
+    async def case_action(self, request: Request) -> Response:
+        ref, what = str(request.path_params["ref"]), str(request.path_params["what"])
+        if what not in ("comment", "escalate"):
+            raise HTTPException(404, "There is no such page.")
+
+        def act(session: Any, user: SignedIn, customer: Customer, form: dict[str, str]) -> Response:
+            try:
+                case = actions.customer_case(ref, customer, session=session)
+            except actions.NotYours:
+                raise HTTPException(404, "There is no such case.") from None
+            try:
+                with session.begin_nested():
+                    if what == "comment":
+                        actions.comment_on_case(case, form.get("text", ""), actor=user.email, session=session)
+                    else:
+                        actions.request_escalation(
+                            case,
+                            form.get("reason", ""),
+                            now=self.config.now(),
+                            actor=user.email,
+                            session=session,
+                        )
+            except (CaseError, SchedulingError) as exc:
+                session.refresh(case)
+                return self.case_page(request, session, user, customer, ref, status=400, error=str(exc))
+            done = "commented" if what == "comment" else "escalated"
+            return self.redirect(request, f"/cases/{case.ref}?done={done}")
+
+        return await self.signed_in_action(request, act)
+
     async def css(self, request: Request) -> Response:
         return FileResponse(TEMPLATES / "portal.css", media_type="text/css")
 
@@ -526,6 +576,8 @@ def create_app(config: PortalConfig) -> Starlette:
         Route("/history", portal.history, methods=["GET"]),
         Route("/cases", portal.cases, methods=["GET"]),
         Route("/cases", portal.open_case, methods=["POST"]),
+        Route("/cases/{ref}", portal.case, methods=["GET"]),
+        Route("/cases/{ref}/{what}", portal.case_action, methods=["POST"]),
         Route("/static/portal.css", portal.css, methods=["GET"]),
     ]
     app = Starlette(

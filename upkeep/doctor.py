@@ -311,6 +311,25 @@ def _expected_deployments() -> list[str]:
     return [d["name"] for d in data.get("deployments", []) if isinstance(d, dict) and "name" in d]
 
 
+# -- this checkout's flows -----------------------------------------------------------------------------
+def check_flows(found: Findings) -> Iterator[Check]:
+    """What `prefect deploy` and every worker's flow run load: a .venv that lags its checkout (a new
+    dependency not installed) passes every other check, while each flow run crashes on import."""
+    import importlib
+
+    try:
+        importlib.import_module("upkeep.entrypoints")
+    except Exception as exc:
+        yield fail(
+            "flows",
+            f"upkeep/entrypoints.py does not import: {type(exc).__name__}: {_one_line(str(exc))}",
+            "install this checkout's dependencies: .venv/bin/pip install -e . (each worker runs its own "
+            "checkout and .venv)",
+        )
+        return
+    yield ok("flows", "upkeep/entrypoints.py imports (what deployments and workers' flow runs load)")
+
+
 # -- file server --------------------------------------------------------------------------------------
 def check_fileserver(found: Findings) -> Iterator[Check]:
     settings = found.settings
@@ -600,6 +619,7 @@ def run_checks(*, nodes: bool = False, on_check: Callable[[Check], None] | None 
         ("settings", check_settings),
         ("database", check_database),
         ("prefect api", check_prefect),
+        ("flows", check_flows),
         ("file server", check_fileserver),
         ("ssh", check_ssh),
         ("nodes", check_nodes),

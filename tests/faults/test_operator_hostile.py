@@ -232,3 +232,22 @@ def test_eval_of_a_failed_lab_env_fails_the_shell_instead_of_going_on_with_defau
     assert "REACHED" not in done.stdout, done.stdout + done.stderr
     assert done.returncode != 0
     assert "no lab at" in done.stderr, done.stderr
+
+
+def test_doctor_fails_when_this_checkouts_flows_do_not_import(tmp_path: Path) -> None:
+    """A worker whose .venv lags its checkout (a dependency added, `pip install -e .` not run) got a clean
+    doctor, while every flow run it took crashed and `prefect deploy` said only "Could not find object
+    'product_update' in 'upkeep/entrypoints.py'". Found while following deploying.md with such a venv."""
+    shadow = tmp_path / "shadow" / "detect_secrets"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'detect_secrets'\")\n")
+    env = _env(tmp_path / "home")
+    healthy = {c["name"]: c for c in json.loads(_cli(["doctor", "--json"], env).stdout)["checks"]}
+    env["PYTHONPATH"] = str(shadow.parent)
+    done = _cli(["doctor", "--json"], env)
+    assert "Traceback" not in done.stderr, done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert healthy["flows"]["status"] == "ok", healthy["flows"]
+    assert checks["flows"]["status"] == "fail", checks["flows"]
+    assert "detect_secrets" in checks["flows"]["detail"], checks["flows"]
+    assert "pip install" in checks["flows"]["fix"]

@@ -405,3 +405,73 @@ def request_escalation(case: Case, reason: str, *, now: datetime, actor: str, se
         now=now,
         customer=customer.name if customer else "",
     )
+
+
+def new_feed(customer: Customer, token_hash: str, *, now: datetime, actor: str, session: Session) -> None:
+    """Give the customer a calendar feed with this token (hashed), replacing any earlier one."""
+    from inventory.portal_tables import PortalFeed
+
+    assert customer.id is not None
+    old = session.get(PortalFeed, customer.id)
+    if old is not None:
+        session.delete(old)
+        session.flush()
+    session.add(PortalFeed(customer_id=customer.id, token_hash=token_hash, created_by=actor, created_at=now))
+    detail = {"replaced": old is not None}
+    repo.record_audit(actor, "portal.feed_created", f"customer/{customer.name}", detail, session=session)
+
+
+def revoke_feed(customer: Customer, *, actor: str, session: Session) -> bool:
+    from inventory.portal_tables import PortalFeed
+
+    old = session.get(PortalFeed, customer.id)
+    if old is None:
+        return False
+    session.delete(old)
+    repo.record_audit(actor, "portal.feed_revoked", f"customer/{customer.name}", {}, session=session)
+    return True
+
+
+def has_feed(customer: Customer, *, session: Session) -> bool:
+    from inventory.portal_tables import PortalFeed
+
+    return session.get(PortalFeed, customer.id) is not None
+
+
+def feed_ics(token_hash: str, *, now: datetime, portal_url: str, session: Session) -> bytes | None:
+    """The customer's scheduled maintenance as an iCalendar feed for the feed with this token, or None
+    (unknown or revoked). Each update keeps the UID and SEQUENCE of its emailed invite."""
+    from icalendar import Calendar, Event
+
+    from inventory.installation import installation_id
+    from inventory.portal_tables import PortalFeed
+    from templates.ics import uid_for
+
+    feed = session.exec(select(PortalFeed).where(PortalFeed.token_hash == token_hash)).first()
+    customer = session.get(Customer, feed.customer_id) if feed is not None else None
+    if customer is None:
+        return None
+    calendar = Calendar()
+    calendar.add("prodid", "-//Upkeep//customer portal//EN")
+    calendar.add("version", "2.0")
+    calendar.add("x-wr-calname", f"Maintenance: {customer.name}")
+    installation = installation_id(session)
+    for update in upcoming_updates(customer, session=session):
+        event = Event()
+        event.add("uid", uid_for(update.ref, installation))
+        run = session.get(UpgradeRun, update.id)
+        event.add("sequence", run.notice_sequence if run is not None else 0)
+        event.add("dtstamp", now)
+        event.add("dtstart", update.start)
+        event.add("dtend", update.end)
+        event.add(
+            "summary", f"{'URGENT ' if update.urgent else ''}Upgrade {update.cluster} to {update.to_version}"
+        )
+        link = f"{portal_url}/maintenance/{update.ref}" if portal_url else ""
+        event.add(
+            "description", f"{update.cluster}: {update.from_version} -> {update.to_version}. {link}".strip()
+        )
+        event.add("transp", "TRANSPARENT")
+        event.add("status", "CONFIRMED")
+        calendar.add_component(event)
+    return bytes(calendar.to_ical())

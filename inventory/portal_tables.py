@@ -54,3 +54,14 @@ class PortalSession(SQLModel, table=True):
     csrf: str = Field(max_length=64, description="the token every form of this session must carry")
     created_at: datetime = _when(nullable=False)
     expires_at: datetime = _when(nullable=False)
+
+
+class PortalFeed(SQLModel, table=True):
+    """A customer's calendar feed: its secret URL's token, hashed. A new token replaces the old one (the
+    old URL stops working); deleting the row revokes the feed."""
+
+    __tablename__ = "portal_feed"
+    customer_id: int = Field(foreign_key="customer.id", primary_key=True, ondelete="CASCADE")
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    created_by: str = Field(default="", max_length=254)
+    created_at: datetime = _when(nullable=False)

@@ -42,6 +42,8 @@ def _paths(portal: Portal) -> list[str]:
         "/cases/CASE-1/comment",
         "/cases/CASE-1/escalate",
         "/cases/../escalate",
+        "/maintenance-feed",
+        "/maintenance-feed/revoke",
         *(
             f"/maintenance/{ref}/{action}"
             for ref in (f"update-{mine}", f"update-{theirs}", "x")

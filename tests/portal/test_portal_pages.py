@@ -210,3 +210,30 @@ def test_comment_on_and_escalate_a_case_alerting_the_sre_side(portal: Portal) ->
     response = other.post(f"/cases/{case.ref}/comment", data={"csrf": their_csrf, "text": "mine now"})
     assert response.status_code == 404
     assert len(audit(portal, "case.comment")) == 1
+
+
+def test_calendar_feed_serves_the_customers_schedule_until_replaced_or_revoked(portal: Portal) -> None:
+    from icalendar import Calendar
+
+    csrf = sign_in(portal, "ann@acme.example")
+    page = portal.client.post("/maintenance-feed", data={"csrf": csrf})
+    [url] = re.findall(r'<code id="feed-url">http://testserver(/feed/[^<]+\.ics)</code>', page.text)
+    response = portal.client.get(url)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/calendar")
+    [event] = Calendar.from_ical(response.content).walk("VEVENT")
+    assert "acme-c1" in str(event["SUMMARY"]) and event["UID"].startswith(
+        f"update-{portal.updates['acme-c1']}."
+    )
+    assert b"umb-c1" not in response.content
+    other = portal.client.__class__(portal.client.app, base_url="http://testserver")
+    assert other.get(url).status_code == 200  # a calendar app has no session: the secret URL is the key
+    page = portal.client.post("/maintenance-feed", data={"csrf": csrf})
+    [second] = re.findall(r'<code id="feed-url">http://testserver(/feed/[^<]+\.ics)</code>', page.text)
+    assert other.get(url).status_code == 404 and other.get(second).status_code == 200
+    their_csrf = sign_in(portal, "eve@umbrella.example", client=other)
+    other.post("/maintenance-feed/revoke", data={"csrf": their_csrf})  # umbrella's feed, not acme's
+    assert other.get(second).status_code == 200
+    response = portal.client.post("/maintenance-feed/revoke", data={"csrf": csrf})
+    assert "The calendar feed was revoked" in response.text
+    assert other.get(second).status_code == 404
+    assert other.get("/feed/" + "x" * 43 + ".ics").status_code == 404

@@ -61,6 +61,7 @@ DONE = {
     "confirmed": "Thank you: your confirmation was recorded and sent to everyone designated.",
     "opened": "The case was opened; our support team has it.",
     "commented": "Your comment was added to the case.",
+    "revoked": "The calendar feed was revoked; its address no longer works.",
     "escalated": "The escalation was requested; a manager on our side has been alerted.",
 }
 LINK_REFUSALS = {
@@ -351,6 +352,7 @@ class Portal:
                 user=user,
                 csrf=user.csrf,
                 updates=updates,
+                feed=actions.has_feed(customer, session=session),
                 notice=self.notice(request),
             )
 
@@ -532,6 +534,36 @@ class Portal:
 
         return await self.signed_in_action(request, act)
 
+    async def feed_create(self, request: Request) -> Response:
+        def act(session: Any, user: SignedIn, customer: Customer, form: dict[str, str]) -> Response:
+            token = secrets.token_urlsafe(32)
+            actions.new_feed(
+                customer, digest(token), now=self.config.now(), actor=user.email, session=session
+            )
+            url = f"{self.config.base_url}/feed/{token}.ics"
+            return self.page(request, "feed.html.j2", user=user, csrf=user.csrf, url=url)
+
+        return await self.signed_in_action(request, act)
+
+    async def feed_revoke(self, request: Request) -> Response:
+        def act(session: Any, user: SignedIn, customer: Customer, form: dict[str, str]) -> Response:
+            actions.revoke_feed(customer, actor=user.email, session=session)
+            return self.redirect(request, "/maintenance?done=revoked")
+
+        return await self.signed_in_action(request, act)
+
+    async def feed(self, request: Request) -> Response:
+        token = str(request.path_params["token"])
+        if not 20 <= len(token) <= 100:
+            raise HTTPException(404, "There is no such calendar feed.")
+        now, url = self.config.now(), self.config.base_url
+        ics = await self.db(
+            lambda session: actions.feed_ics(digest(token), now=now, portal_url=url, session=session)
+        )
+        if ics is None:
+            raise HTTPException(404, "There is no such calendar feed (it may have been replaced or revoked).")
+        return Response(ics, media_type="text/calendar; charset=utf-8")
+
     async def css(self, request: Request) -> Response:
         return FileResponse(TEMPLATES / "portal.css", media_type="text/css")
 
@@ -574,6 +606,9 @@ def create_app(config: PortalConfig) -> Starlette:
         Route("/maintenance/{ref}/defer", portal.defer, methods=["POST"]),
         Route("/maintenance/{ref}/confirm", portal.confirm, methods=["POST"]),
         Route("/history", portal.history, methods=["GET"]),
+        Route("/maintenance-feed", portal.feed_create, methods=["POST"]),
+        Route("/maintenance-feed/revoke", portal.feed_revoke, methods=["POST"]),
+        Route("/feed/{token}.ics", portal.feed, methods=["GET"]),
         Route("/cases", portal.cases, methods=["GET"]),
         Route("/cases", portal.open_case, methods=["POST"]),
         Route("/cases/{ref}", portal.case, methods=["GET"]),

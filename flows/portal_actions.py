@@ -475,3 +475,38 @@ def feed_ics(token_hash: str, *, now: datetime, portal_url: str, session: Sessio
         event.add("status", "CONFIRMED")
         calendar.add_component(event)
     return bytes(calendar.to_ical())
+
+
+@dataclass(frozen=True)
+class Download:
+    version: str
+    package: str  # path on the file server
+    filename: str
+    sha256: str
+    clusters: tuple[str, ...]  # the customer's clusters that may move to it
+
+
+def downloads(customer: Customer, *, session: Session) -> list[Download]:
+    """Releases some cluster of the customer may be upgraded to (its version is in the release's
+    `from`), newest first."""
+    from inventory.models import Release
+    from scheduling.versions import Version, is_version
+
+    clusters = customer_clusters(customer, session=session)
+    found = []
+    for release in session.exec(select(Release)).all():
+        fits = tuple(c.name for c in clusters if c.version in (release.upgradable_from or []))
+        if fits:
+            name = release.package.rsplit("/", 1)[-1]
+            found.append(Download(release.version, release.package, name, release.sha256, fits))
+    zero = Version.parse("0.0.0")
+    return sorted(
+        found, key=lambda d: Version.parse(d.version) if is_version(d.version) else zero, reverse=True
+    )
+
+
+def customer_download(version: str, customer: Customer, *, session: Session) -> Download:
+    for download in downloads(customer, session=session):
+        if download.version == version:
+            return download
+    raise NotYours(f"no release {version[:40]!r} for {customer.name}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parseaddr
@@ -564,6 +566,52 @@ class Portal:
             raise HTTPException(404, "There is no such calendar feed (it may have been replaced or revoked).")
         return Response(ics, media_type="text/calendar; charset=utf-8")
 
+    async def downloads(self, request: Request) -> Response:
+        def render(session: Any, user: SignedIn, customer: Customer) -> Response:
+            found = actions.downloads(customer, session=session)
+            return self.page(request, "downloads.html.j2", user=user, csrf=user.csrf, downloads=found)
+
+        return await self.signed_in_page(request, render)
+
+    async def download(self, request: Request) -> Response:
+        """The package, fetched from the file server with Upkeep's credentials, verified against its
+        SHA-256, then streamed to the user: the file server's address and password never reach them."""
+        version = str(request.path_params["version"])
+
+        def find(session: Any) -> actions.Download | None:
+            user = self.signed_in(request, session)
+            customer = session.get(Customer, user.customer_id) if user is not None else None
+            if customer is None:
+                return None
+            try:
+                return actions.customer_download(version, customer, session=session)
+            except actions.NotYours:
+                raise HTTPException(404, "There is no such release for you.") from None
+
+        found = await self.db(find)
+        if found is None:
+            return self.redirect(request, "/signin")
+        package, filename, sha256 = found.package, found.filename, found.sha256
+        if self.config.fileserver is None:
+            raise HTTPException(503, "Downloads are not available here.")
+        workdir = Path(tempfile.mkdtemp(prefix="upkeep-portal-"))
+        fileserver = self.config.fileserver
+        try:
+            path = await run_in_threadpool(fileserver.download, package, workdir / filename, sha256=sha256)
+        except Exception as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            log.warning("portal: download of %s failed: %s", package, type(exc).__name__)
+            raise HTTPException(
+                503, "The download is not available right now. Please try again later."
+            ) from None
+        return FileResponse(
+            path,
+            filename=filename,
+            media_type="application/octet-stream",
+            headers={"x-checksum-sha256": sha256},
+            background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
+        )
+
     async def css(self, request: Request) -> Response:
         return FileResponse(TEMPLATES / "portal.css", media_type="text/css")
 
@@ -606,6 +654,8 @@ def create_app(config: PortalConfig) -> Starlette:
         Route("/maintenance/{ref}/defer", portal.defer, methods=["POST"]),
         Route("/maintenance/{ref}/confirm", portal.confirm, methods=["POST"]),
         Route("/history", portal.history, methods=["GET"]),
+        Route("/downloads", portal.downloads, methods=["GET"]),
+        Route("/downloads/{version}", portal.download, methods=["GET"]),
         Route("/maintenance-feed", portal.feed_create, methods=["POST"]),
         Route("/maintenance-feed/revoke", portal.feed_revoke, methods=["POST"]),
         Route("/feed/{token}.ics", portal.feed, methods=["GET"]),

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.engine import Engine
 
 from flows.run_notices import VendorTerms
+from tasks.fileserver import FileServer
 from tasks.mail import MailTransport
 from upkeep.settings import Settings
 
@@ -25,6 +26,7 @@ class PortalConfig:
     base_url: str  # links in emails start with it, e.g. https://portal.vendor.example
     secret: bytes
     vendor: VendorTerms = field(default_factory=VendorTerms)
+    fileserver: FileServer | None = None  # downloads are proxied from it (its password stays here)
     link_ttl: timedelta = timedelta(minutes=15)
     session_ttl: timedelta = timedelta(hours=8)
     now: Callable[[], datetime] = _utcnow
@@ -41,10 +43,19 @@ class PortalConfig:
 def from_settings(settings: Settings, *, engine: Engine) -> PortalConfig:
     from email.utils import parseaddr
 
+    from tasks.fileserver import HttpFileServer
     from upkeep.bootstrap import build_mailer
 
+    fileserver = HttpFileServer(
+        url=settings.fileserver_url,
+        user=settings.fileserver_user,
+        password=settings.fileserver_password.get_secret_value(),
+        ca=settings.fileserver_ca,
+        allow_http=settings.fileserver_allow_http,
+    )
     return PortalConfig(
         engine=engine,
+        fileserver=fileserver,
         mailer=build_mailer(settings),
         mail_from=settings.mail_from,
         base_url=settings.portal_url,

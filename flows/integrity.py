@@ -177,10 +177,12 @@ def recheck_planned(
         query = query.where(col(UpgradeRun.to_version).in_(list(versions)))
     outcomes = []
     for run in session.exec(query.order_by(col(UpgradeRun.id))).all():
+        was_held = bool(run.held_reason)
         outcome = recheck(
             run, now=now, session=session, actor=actor, vendor=vendor, plan_only=plan_only, why=why
         )
-        if outcome.action != "valid" and not (outcome.action == "held" and run.held_reason and not plan_only):
+        # Still valid, or held before and still without a slot: nothing new to report.
+        if outcome.action != "valid" and not (outcome.action == "held" and was_held):
             outcomes.append(outcome)
     return outcomes
 

@@ -257,3 +257,24 @@ def test_import_names_each_update_it_moves_and_dry_run_writes_nothing(tmp_path: 
 
     result = upkeep(home, "inventory", "import", str(frozen))  # the same file again: nothing to move
     assert result.returncode == 0 and "update 1" not in result.stdout
+
+
+def test_a_p1_case_holds_the_planned_update_and_closing_it_reslots_it(tmp_path: Path) -> None:
+    home = imported(tmp_path)
+    assert upkeep(home, "schedule", "acme-c1", "--to", "9.9.0").returncode == 0
+    opened = upkeep(home, "case", "open", "--cluster", "acme-c1", "--priority", "P1", "--subject", "outage")
+    assert opened.returncode == 0, opened.stderr
+    [held] = [x for x in opened.stdout.splitlines() if x.startswith("update 1 ")]
+    assert held.startswith("update 1 acme/acme-c1: case CASE-1 (P1) is open on the cluster; no valid slot: ")
+    assert held.endswith("-> held, no valid slot; SRE alerted")
+    shown = json.loads(upkeep(home, "show", "1", "--json").stdout)
+    assert "CASE-1 (P1)" in shown["held_reason"]
+    calendar = json.loads(upkeep(home, "calendar", "--customer", "acme", "--weeks", "2", "--json").stdout)
+    assert any(row["what"] == "update" and "HELD" in row["detail"] for row in calendar)
+
+    closed = upkeep(home, "case", "close", "CASE-1", "--reason", "fixed")
+    assert closed.returncode == 0, closed.stderr
+    [moved] = [x for x in closed.stdout.splitlines() if x.startswith("update 1 ")]
+    assert " -> moved to " in moved and moved.endswith("America/New_York, customer notified")
+    shown = json.loads(upkeep(home, "show", "1", "--json").stdout)
+    assert shown["held_reason"] is None and shown["notices"][-1]["kind"] == "rescheduled"

@@ -313,21 +313,38 @@ def _expected_deployments() -> list[str]:
 
 # -- this checkout's flows -----------------------------------------------------------------------------
 def check_flows(found: Findings) -> Iterator[Check]:
-    """What `prefect deploy` and every worker's flow run load: a .venv that lags its checkout (a new
-    dependency not installed) passes every other check, while each flow run crashes on import."""
-    import importlib
+    """What `prefect deploy` and every worker's flow run load, loaded the way Prefect loads it (as a
+    script, its own directory first on sys.path), in a process of its own: a .venv that lags its
+    checkout, or a module of upkeep/ shadowing a library, passes every other check while each flow run
+    crashes on import."""
+    import subprocess
+    import sys
 
+    load = (
+        "from prefect.utilities.importtools import import_object\n"
+        "import_object('upkeep/entrypoints.py:product_update')"
+    )
     try:
-        importlib.import_module("upkeep.entrypoints")
-    except Exception as exc:
+        done = subprocess.run(
+            [sys.executable, "-c", load],
+            cwd=CHECKOUT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        yield fail("flows", "loading upkeep/entrypoints.py took over 60 s", "see `python -X importtime`")
+        return
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         yield fail(
             "flows",
-            f"upkeep/entrypoints.py does not import: {type(exc).__name__}: {_one_line(str(exc))}",
+            f"upkeep/entrypoints.py does not load: {_one_line(lines[-1] if lines else 'no message')}",
             "install this checkout's dependencies: .venv/bin/pip install -e . (each worker runs its own "
             "checkout and .venv)",
         )
         return
-    yield ok("flows", "upkeep/entrypoints.py imports (what deployments and workers' flow runs load)")
+    yield ok("flows", "upkeep/entrypoints.py loads as Prefect loads it (deployments, workers' flow runs)")
 
 
 # -- file server --------------------------------------------------------------------------------------

@@ -237,7 +237,8 @@ def test_eval_of_a_failed_lab_env_fails_the_shell_instead_of_going_on_with_defau
 def test_doctor_fails_when_this_checkouts_flows_do_not_import(tmp_path: Path) -> None:
     """A worker whose .venv lags its checkout (a dependency added, `pip install -e .` not run) got a clean
     doctor, while every flow run it took crashed and `prefect deploy` said only "Could not find object
-    'product_update' in 'upkeep/entrypoints.py'". Found while following deploying.md with such a venv."""
+    'product_update' in 'upkeep/entrypoints.py'". Found while following deploying.md with such a venv; and
+    the healthy case caught upkeep/requests.py shadowing the requests package when Prefect loads the file."""
     shadow = tmp_path / "shadow" / "detect_secrets"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'detect_secrets'\")\n")

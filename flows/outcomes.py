@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from flows import lease
 from flows.alerts import alert_sre as send_alert
+from flows.endings import mid_way, tell_ending, versions_at_stop
 from flows.plan import UpdatePlan
 from flows.records import node_done, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
@@ -97,7 +98,64 @@ def finish(
             session.add(cluster)
             _notify(run, "completed", runtime, session, now)
         elif state is RunState.failed:
-            _notify(run, "failed", runtime, session, now, reason=CUSTOMER_FAILURE)
+            versions = versions_at_stop(run, session) if mid_way(run, session) else ()
+            _notify(run, "failed", runtime, session, now, reason=CUSTOMER_FAILURE, node_versions=versions)
+
+
+def refused(runtime: Runtime, plan: UpdatePlan, run_id: int, owner: str | None = None) -> None:
+    """The approval gate said no (flows/approval.py recorded who and why in the run's reason): the
+    run ends cancelled, no node touched; the customer hears why, when the update was announced to
+    them; the SRE is alerted."""
+    now = runtime.clock()
+    with session_scope(runtime.engine) as session:
+        if owner is not None:  # only the lease holder records an ending (flows/lease.py)
+            lease.ensure_held(session, run_id, owner)
+        run = get_run(run_id, session=session)
+        why = run.reason or "approval refused"
+        finish_run(run, RunState.cancelled, reason=why, session=session)
+        tell_ending(
+            runtime,
+            run,
+            session=session,
+            now=now,
+            notice="cancelled",
+            customer_reason=f"the update was not approved: {why.partition(': ')[2] or why}",
+            alert="approval-refused",
+            headline=f"run {run_id} ({plan.label}) was refused at its approval gate; no node was touched",
+            cause=why,
+        )
+
+
+def cancelled_while_stopped(runtime: Runtime, run: UpgradeRun, *, reason: str, session: Session) -> None:
+    """`upkeep cancel` of a run no flow is carrying out (planned, paused, or crashed): a planned update
+    never started is withdrawn (flows/schedule.py); one that started ends here, told like a cancel
+    between nodes."""
+    from flows.schedule import cancel_update
+
+    now = runtime.clock()
+    if RunState(run.state) is RunState.planned and run.started_at is None and run.slot_start is not None:
+        assert run.id is not None
+        cancel_update(
+            run.id, now=now, reason=reason, session=session, vendor=VendorTerms.from_runtime(runtime)
+        )
+        return
+    was = run.state
+    finish_run(run, RunState.cancelled, reason=f"{reason} (while {was})", session=session)
+    _tell_cancelled(runtime, run, session, now, reason)
+
+
+def _tell_cancelled(runtime: Runtime, run: UpgradeRun, session: Session, now: datetime, reason: str) -> None:
+    tell_ending(
+        runtime,
+        run,
+        session=session,
+        now=now,
+        notice="cancelled",
+        customer_reason=reason.partition(": ")[2] or reason,
+        alert="run-cancelled",
+        headline=f"run {run.id} was cancelled",
+        cause=run.reason,
+    )
 
 
 def alert_sre(runtime: Runtime, run_id: int, reason: str) -> None:
@@ -159,7 +217,12 @@ def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
     where = f"after {done} of {len(plan.nodes)} nodes"
     if action == "cancel":
-        finish(runtime, plan, run_id, RunState.cancelled, reason=f"cancelled by request {where}")
+        now = runtime.clock()
+        with session_scope(runtime.engine) as session:
+            run = get_run(run_id, session=session)
+            asked = run.reason if run.reason.startswith("cancelled by") else "cancelled by request"
+            finish_run(run, RunState.cancelled, reason=f"{asked} ({where})", session=session)
+            _tell_cancelled(runtime, run, session, now, asked)
         return "cancelled"
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
@@ -229,7 +292,17 @@ def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
         run.reason = (
             f"partially done ({done} of {len(plan.nodes)} nodes); continues {window.start.isoformat()}"
         )
-        _notify(run, "partial", runtime, session, now, next_slot_start=window.start)
+        tell_ending(
+            runtime,
+            run,
+            session=session,
+            now=now,
+            notice="partial",
+            customer_reason="",
+            alert="carried-over",
+            headline=f"run {run_id} ({plan.label}) carried over to {window.start:%Y-%m-%d %H:%M} UTC",
+            cause=f"the window had no room for another node after {done} of {len(plan.nodes)} nodes",
+        )
         run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
         _notify(
             run,

@@ -30,6 +30,7 @@ from flows.outcomes import (
     fail_before_nodes,
     finish,
     mark_started,
+    refused,
     requested_stop,
     window_closing,
 )
@@ -170,9 +171,9 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         package = download(plan, run_id, runtime)
         preflight(plan, run_id, runtime, conns, package.stat().st_size)
         if not wait_for_approval(runtime, run_id, plan):
-            finish(
-                runtime, plan, run_id, RunState.cancelled, reason="approval refused", owner=heartbeat.owner
-            )
+            refused(
+                runtime, plan, run_id, owner=heartbeat.owner
+            )  # the customer (if told) and the SRE hear why
             return _result(run_id, plan, "cancelled", outcomes)
         mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears
         distribute(plan, run_id, runtime, conns, package)

@@ -109,6 +109,6 @@ def nodes_touched(engine: Engine, run_id: int) -> bool:
     """True once anything was written to a node in this run (distribute or later): from then on the
     customer has been told the update started, and a failure is theirs to hear about."""
     query = select(NodeStep.id).where(
-        col(NodeStep.run_id) == run_id, col(NodeStep.step).not_in(("download", "pre-flight"))
+        col(NodeStep.run_id) == run_id, col(NodeStep.step).not_in(("download", "pre-flight", "approval"))
     )
     return retrying(engine, lambda conn: conn.execute(query.limit(1)).first()) is not None

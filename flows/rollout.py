@@ -20,8 +20,10 @@ rollout row (PostgreSQL FOR UPDATE; SQLite's BEGIN IMMEDIATE serialises anyway),
 dispatchers decide one after the other and the concurrency limits hold if the caller marks the run
 running in the same transaction.
 
-Halting notifies the SRE with an AuditEvent ("rollout.halted") and an ERROR log line, once: the state
-change happens once. Customer notice templates are not used for it (they are about one update).
+Halting is recorded with an AuditEvent ("rollout.halted"), an ERROR log line and an SRE alert listing
+the failures that tripped the budget (flows/alerts.py), once: the state change happens once. Customers
+get no notice of the halt itself (their runs stay planned; a window that passes re-slots them with a
+`rescheduled` notice).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def halt_if_budget_exceeded(rollout: Rollout, *, session: Session, now: datetime
     record_audit(
         "upkeep", "rollout.halted", f"rollout/{rollout.version}", {"reason": text[:500]}, session=session
     )
+    _alert_halted(rollout, members, reason, session)
     log.error(
         "release %s rollout halted: %s; `upkeep release resume %s` continues it",
         rollout.version,
@@ -124,6 +127,34 @@ def halt_if_budget_exceeded(rollout: Rollout, *, session: Session, now: datetime
         rollout.version,
     )
     return text
+
+
+def _alert_halted(rollout: Rollout, members: list[Member], reason: str, session: Session) -> None:
+    """The SRE hears of a halt at once, with every failure that tripped the budget (cluster, run,
+    why). Queued in the halting transaction; its key makes it once per halt."""
+    from flows.alerts import alert_sre
+    from flows.runtime import RuntimeNotConfigured, current
+
+    try:
+        runtime = current()
+    except RuntimeNotConfigured:  # a bare rules check (tests of the gate alone): the audit row stays
+        log.warning("release %s halted with no runtime to alert through", rollout.version)
+        return
+    failures = [
+        f"  {m.cluster.name}: run {m.run.id}: {(m.run.reason or 'failed').splitlines()[0][:200]}"
+        for m in members
+        if m.run is not None and m.run.state is RunState.failed
+    ]
+    alert_sre(
+        runtime,
+        kind="rollout-halted",
+        headline=f"release {rollout.version} rollout halted by its error budget",
+        cause=reason,
+        detail="\n".join(["The failures that tripped it:", *failures, "No further update of it starts."]),
+        action=f"Look at the failures, then `upkeep release resume {rollout.version}` to go on.",
+        key=f"rollout-{rollout.version}:halted:{rollout.acknowledged_failed}",
+        session=session,
+    )
 
 
 def resume_rollout(

@@ -224,6 +224,8 @@ def escalate(
 
 
 def close_case(case: Case, *, reason: str, now: datetime, actor: str, session: Session) -> Case:
+    if not reason.strip():
+        raise CaseError(f"closing {case.ref} needs a reason (--reason TEXT): it is recorded and shown")
     _require_open(case)
     case.status, case.closed_at, case.close_reason = CaseStatus.closed, now, reason.strip()[:2000]
     case.waiting_since = None

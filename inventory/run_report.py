@@ -6,11 +6,49 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from inventory.models import Cluster, Customer, Node, NodeStep, StepState, UpgradeRun
+from inventory.models import AuditEvent, Cluster, Customer, Node, NodeStep, RunState, StepState, UpgradeRun
 from inventory.outbox import Notice
 from inventory.runs import run_steps
 from inventory.windows import MaintenanceWindow
 from scheduling.deferral import DeferralPolicy
+
+# Decisions people took about a run, shown with who took them and why (`upkeep show`).
+DECISIONS = (
+    "run.approved",
+    "run.refused",
+    "run.cancel_requested",
+    "run.window_overridden",
+    "run.pause_requested",
+)
+
+
+def run_phase(run: UpgradeRun, session: Session) -> str:
+    """The state, made explicit where it would mislead: a running run waiting at its approval gate
+    (its `approval` step open) is `awaiting_approval`, not running."""
+    if run.state == RunState.running:
+        waiting = select(NodeStep.id).where(
+            NodeStep.run_id == run.id, NodeStep.step == "approval", NodeStep.state == StepState.started
+        )
+        if session.exec(waiting.limit(1)).first() is not None:
+            return "awaiting_approval"
+    return str(run.state)
+
+
+def decisions(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
+    query = (
+        select(AuditEvent)
+        .where(AuditEvent.subject == f"run/{run.id}", col(AuditEvent.action).in_(DECISIONS))
+        .order_by(col(AuditEvent.id))
+    )
+    return [
+        {
+            "at": event.at.isoformat(),
+            "by": event.actor,
+            "decision": event.action.removeprefix("run.").removesuffix("_requested"),
+            "reason": str(event.detail.get("reason", "")),
+        }
+        for event in session.exec(query)
+    ]
 
 
 def run_row(run: UpgradeRun, session: Session) -> dict[str, Any]:
@@ -21,6 +59,10 @@ def run_row(run: UpgradeRun, session: Session) -> dict[str, Any]:
         "from": run.from_version,
         "to": run.to_version,
         "state": str(run.state),
+        "phase": run_phase(run, session),
+        "window_start": run.window_start.isoformat() if run.window_start else None,
+        "window_end": run.window_end.isoformat() if run.window_end else None,
+        "override_reason": run.override_reason,
         "source": run.source,
         "requested_by": run.requested_by,
         "created_at": run.created_at.isoformat(),
@@ -89,10 +131,13 @@ def node_rows(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
             result = f"failed at {failed[-1].step}: {last_line}"
         elif verify:
             result = "upgraded" if any(s.step == "upgrade" for s in steps) else "already at target"
-        elif steps:
-            result = "in progress" if not run.finished_at else "not reached"
+        elif work and not run.finished_at:
+            # Started on this node and not verified: going on now, or stopped part-way (paused, crash).
+            result = "in progress" if run.state == RunState.running else "interrupted"
+        elif run.finished_at:
+            result = "not reached"
         else:
-            result = "untouched"
+            result = "pending"  # nothing done to it yet (pre-flight and the package copy do not count)
         rows.append(
             {
                 "node": node.hostname,

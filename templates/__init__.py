@@ -106,10 +106,13 @@ class NoticeContext:
     previous_slot_start: datetime | None = None  # required for rescheduled and deferred
     next_slot_start: datetime | None = None  # required for partial
     installation: str = ""  # this installation's id: part of the invite's UID
+    # Where each node stands when an update stopped mid-way ("node-1: 9.10.0"): cancelled, failed, partial.
+    node_versions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", NoticeKind(self.kind))
         object.__setattr__(self, "recipients", tuple(self.recipients))
+        object.__setattr__(self, "node_versions", tuple(self.node_versions))
         if not _REF.fullmatch(self.update_ref):
             raise ValueError(f"update_ref {self.update_ref!r}: expected letters, digits, '.', '_' or '-'")
         if isinstance(self.sequence, bool) or not isinstance(self.sequence, int) or self.sequence < 0:

@@ -244,9 +244,11 @@ def case_escalate(
 
 @case_app.command("close")
 def case_close(
-    case: CaseArg, reason: Annotated[str, typer.Option("--reason", help="Why.")] = "", json: JsonOpt = False
+    case: CaseArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; recorded and shown).")] = "",
+    json: JsonOpt = False,
 ) -> None:
-    """Close a case."""
+    """Close a case, with a reason."""
     from inventory.cases import close_case
 
     who = getpass.getuser()

@@ -105,22 +105,27 @@ def pause(run: RunArg) -> None:
 
 
 @app.command()
-def cancel(run: RunArg) -> None:
-    """Cancel a run (a running one after the node in progress)."""
+def cancel(
+    run: RunArg,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (required; recorded, told to the customer).")
+    ] = "",
+) -> None:
+    """Cancel a run (a running one after the node in progress), with a reason."""
     import getpass
 
     from upkeep.updates import request_stop
 
-    console.print(request_stop(run, "cancel", engine=_engine(), actor=getpass.getuser()))
+    console.print(request_stop(run, "cancel", engine=_engine(), actor=getpass.getuser(), reason=reason))
 
 
 @app.command()
 def approve(
     run: RunArg,
     refuse: Annotated[bool, typer.Option("--refuse", help="Refuse instead of approving.")] = False,
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")] = "",
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; recorded and shown).")] = "",
 ) -> None:
-    """Answer a run waiting at its approval gate."""
+    """Answer a run waiting at its approval gate, with a reason."""
     import getpass
 
     from upkeep.updates import approve_run
@@ -151,7 +156,7 @@ def runs(
             str(row["cluster"]),
             row["from"],
             row["to"],
-            row["state"],
+            row["phase"],
             row["source"],
             row["created_at"][:19],
             (row["reason"] or "")[:80],

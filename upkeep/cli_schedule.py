@@ -100,7 +100,7 @@ def defer(
 
 def cancel_update(
     update: UpdateArg,
-    reason: Annotated[str, typer.Option("--reason", help="Why (told to the customer).")] = "",
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; told to the customer).")] = "",
     json: JsonOpt = False,
 ) -> None:
     """Cancel a scheduled update; the customer's calendar entry is withdrawn."""
@@ -108,7 +108,13 @@ def cancel_update(
     from flows.schedule import parse_update_ref
 
     with _transaction() as session:
-        run = cancel(parse_update_ref(update), now=_now(), reason=reason, session=session)
+        run_id = parse_update_ref(update)
+        if not reason.strip():
+            from inventory.runs import get_run
+
+            get_run(run_id, session=session)  # an unknown update is named first
+            raise CliError("cancel-update needs --reason TEXT (it is recorded and told to the customer)")
+        run = cancel(run_id, now=_now(), reason=reason, session=session)
         data = _update_dict(run, session)
     _print_update("cancelled", data, json)
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import UpdatePlan, plan_update
 from inventory.db import session_scope
-from inventory.run_report import node_rows, run_row
+from inventory.run_report import decisions, node_rows, run_row
 from inventory.runs import get_run
 from upkeep.console import CliError, console, err_console, print_json
 
@@ -185,6 +185,8 @@ def _carry_out(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, 
     show_run(run_id, engine=engine, as_json=as_json)
     if state.is_failed():
         raise CliError(f"run {run_id} failed: {reason or state.message}")
+    if run_state == "cancelled" and reason.startswith("approval refused"):
+        raise CliError(f"run {run_id} was refused: {reason}")  # exit 1: nothing was done
     if run_state != "succeeded":
         console.print(f"run {run_id} is {run_state}: {reason}", markup=False)
     return run_id
@@ -256,13 +258,18 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
             raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
         summary, nodes = run_row(run, session), node_rows(run, session)
         url = flow_run_url(run.flow_run_id)
+        taken = decisions(run, session)
     if as_json:
-        print_json({**summary, "flow_run_url": url, "nodes": nodes})
+        print_json({**summary, "flow_run_url": url, "nodes": nodes, "decisions": taken})
         return
     console.print(
         f"[bold]run {summary['id']}[/]: {summary['cluster']} {summary['from']}→{summary['to']} "
-        f"[bold]{summary['state']}[/]"
+        f"[bold]{summary['phase']}[/]"
     )
+    if summary["window_end"]:
+        console.print(f"window: {summary['window_start']} to {summary['window_end']}", markup=False)
+    if summary["override_reason"]:
+        console.print(f"window overridden: {summary['override_reason']}", markup=False)
     table = Table("node", "before", "after", "seconds", "result")
     for row in nodes:
         table.add_row(
@@ -277,6 +284,12 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
         console.print(f"reason: {summary['reason']}", markup=False)
     if url:
         console.print(f"Prefect flow run: {url}", markup=False)
+    for decision in taken:
+        console.print(
+            f"{decision['decision']} by {decision['by']} at {decision['at'][:19]}: "
+            f"{decision['reason'] or '-'}",
+            markup=False,
+        )
     if summary["lease_owner"]:
         console.print(f"held by {summary['lease_owner']} until {summary['lease_until']}", markup=False)
 
@@ -353,33 +366,37 @@ def _next_slot(run: Any, now: Any, session: Any) -> str:
     return f"the next window with room opens {slot.start:%Y-%m-%d %H:%M} UTC; {how}"
 
 
-def request_stop(run_id: int, action: str, *, engine: Engine, actor: str) -> str:
+def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason: str = "") -> str:
     """Ask a run to pause or cancel. A running flow honours it between nodes; a run with no
     flow behind it (paused, planned, or crashed) is cancelled here and now."""
     from inventory.models import AuditEvent, RunState
-    from inventory.runs import finish_run
 
     with session_scope(engine) as session:
         try:
             run = get_run(run_id, session=session)
         except LookupError:
             raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+        reason = reason.strip()
+        if action == "cancel" and not reason:
+            raise CliError(f"cancel {run_id} needs --reason TEXT (it is recorded and told to the customer)")
         state = RunState(run.state)
         if not state.active:
             raise CliError(f"run {run_id} is {state}: it cannot be {action}d")
-        session.add(AuditEvent(actor=actor, action=f"run.{action}_requested", subject=f"run/{run_id}"))
+        detail = {"reason": reason} if reason else {}
+        session.add(
+            AuditEvent(actor=actor, action=f"run.{action}_requested", subject=f"run/{run_id}", detail=detail)
+        )
         if action == "cancel" and state is not RunState.running:
-            if state is RunState.planned and run.slot_start is not None:
-                from flows.schedule import cancel_update
-                from inventory.types import utcnow
+            from flows.outcomes import cancelled_while_stopped
+            from flows.runtime import current
 
-                cancel_update(run_id, now=utcnow(), reason=f"cancelled by {actor}", session=session)
-                return f"run {run_id} cancelled; the customer's cancellation notice is queued"
-            finish_run(run, RunState.cancelled, reason=f"cancelled by {actor} while {state}", session=session)
-            return f"run {run_id} cancelled"
+            cancelled_while_stopped(current(), run, reason=f"cancelled by {actor}: {reason}", session=session)
+            return f"run {run_id} cancelled; the customer is told (if the update was announced)"
         if action == "pause" and state is RunState.paused:
             return f"run {run_id} is already paused"
         run.requested_action = action
+        if action == "cancel":
+            run.reason = f"cancelled by {actor}: {reason}"  # the flow's cancel ending tells it
         session.add(run)
     return f"run {run_id}: {action} requested; the node in progress finishes first"
 
@@ -392,6 +409,9 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
             run = get_run(run_id, session=session)
         except LookupError:
             raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+        if not reason.strip():
+            answer = "refusing" if not approved else "approving"
+            raise CliError(f"{answer} run {run_id} needs --reason TEXT (it is recorded and shown)")
         if not run.needs_approval or run.approved_by:
             raise CliError(f"run {run_id} is not waiting for approval")
         if not run.flow_run_id:

@@ -229,6 +229,30 @@ def test_per_customer_limit(fleet: Engine) -> None:
     assert _gate(fleet, "c08", due) is None  # umbrella
 
 
+def test_a_halt_alerts_the_sre_with_the_failures_that_tripped_it(fleet: Engine, tmp_path: Path) -> None:
+    from inventory.alerts import Alert
+    from upkeep.bootstrap import build_runtime
+    from upkeep.settings import load_settings
+
+    runtime = build_runtime(load_settings(home=tmp_path / "home"), engine=fleet)
+    flow_runtime.configure(runtime)
+    try:
+        _plan(fleet, max_failures=1, soak_minutes=0)
+        due = _last_slot(fleet) + timedelta(minutes=1)
+        _start(fleet, CANARY, due)
+        _finish(fleet, CANARY, RunState.failed, due + timedelta(minutes=10))
+        for _ in range(2):  # asked twice: alerted once
+            assert "halted" in (_gate(fleet, "c03", due + timedelta(minutes=20)) or "")
+    finally:
+        flow_runtime.configure(None)
+    with session_scope(fleet) as session:
+        runs = _runs(session)
+        [alert] = session.exec(select(Alert).where(Alert.kind == "rollout-halted")).all()
+    assert "release 9.10.0 rollout halted by its error budget" in alert.subject + alert.body_text
+    for name in CANARY:
+        assert f"{name}: run {runs[name].id}: simulated" in alert.body_text
+
+
 def test_budget_halts_the_rollout_and_resume_continues_it(fleet: Engine) -> None:
     _plan(fleet, max_failures=1, soak_minutes=60)
     due = _last_slot(fleet) + timedelta(minutes=1)

@@ -130,7 +130,7 @@ def test_approval_gate_waits_for_the_cli(
 
     args = ["approve", str(run.id), "--reason", "change ticket CHG-1"]
     upkeep_cli(slow_cli_env, *(args + (["--refuse"] if answer == "refuse" else [])))
-    assert proc.wait(timeout=120) == 0, proc.communicate()
+    assert proc.wait(timeout=120) == (0 if answer == "approve" else 1), proc.communicate()  # refused: 1
 
     final = _run(engine, fresh_slow_cluster)
     assert final is not None
@@ -138,6 +138,7 @@ def test_approval_gate_waits_for_the_cli(
         assert final.state == RunState.succeeded and final.approved_by
         assert _upgrades(slow_lab, fresh_slow_cluster) == [1, 1, 1]
     else:
-        assert final.state == RunState.cancelled and final.reason == "approval refused"
+        assert final.state == RunState.cancelled and final.reason.startswith("approval refused by ")
+        assert final.reason.endswith(": change ticket CHG-1")
         assert _upgrades(slow_lab, fresh_slow_cluster) == [0, 0, 0]
     engine.dispose()

@@ -15,6 +15,7 @@ import pytest
 from sqlmodel import col, select
 
 from flows.dispatch import dispatch
+from inventory.alerts import Alert
 from inventory.db import session_scope
 from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice
@@ -115,7 +116,21 @@ def test_request_now_near_the_windows_end_starts_no_node_that_cannot_finish(
     assert run.state == RunState.planned and "partially done (1 of 3 nodes)" in run.reason
     assert (run.window_start, run.window_end) == (WED, WED + timedelta(minutes=30))  # where it continues
     assert run.slot_start == WED
-    assert "partial" in _kinds(runtime.engine, run_id)
+    # The customer hears it is partially done, and where each node stands; the SRE is alerted.
+    hosts = [node["hostname"] for node in nodes_of(lab, fresh_cluster)]
+    with session_scope(runtime.engine) as session:
+        query = select(Notice).where(col(Notice.update_ref) == f"update-{run_id}", Notice.kind == "partial")
+        [partial] = session.exec(query).all()
+        [alert] = session.exec(
+            select(Alert).where(Alert.run_id == run_id, Alert.kind == "carried-over")
+        ).all()
+    assert partial.recipients and runtime.sre_email not in partial.recipients
+    for line in (
+        f"{hosts[0]}: {TARGET}",
+        f"{hosts[1]}: 9.8.0 (not upgraded)",
+        f"{hosts[2]}: 9.8.0 (not upgraded)",
+    ):
+        assert line in partial.body_text and line in alert.body_text
 
 
 def test_request_now_without_room_for_one_node_is_refused_and_writes_nothing(

@@ -1,0 +1,103 @@
+"""Every ending of an update told: the customer's notice that fits it and the SRE's alert, queued in
+the transaction that records the ending (flows/outcomes.py calls these).
+
+| ending                     | customer notice                         | SRE alert          |
+|----------------------------|-----------------------------------------|--------------------|
+| approval refused           | cancelled, with the refusal's reason    | approval-refused   |
+| cancelled (mid-way or not) | cancelled, with each node's version     | run-cancelled      |
+| carried over               | partial (+ rescheduled), node versions  | carried-over       |
+| failed once nodes touched  | failed, with each node's version        | run-failed (#15)   |
+| rollout halted             | - (its runs stay planned, re-slotted)   | rollout-halted     |
+
+The customer hears about an ending only if they heard about the update before (a notice of it was
+queued for them: scheduled, started, ...): an SRE's `upkeep update` refused at its approval gate never
+touched a node and was never announced, so it stays between the SRE and Upkeep.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from flows.alerts import alert_sre
+from flows.run_notices import VendorTerms, queue_run_notice, update_ref
+from flows.runtime import Runtime
+from inventory.models import UpgradeRun
+from inventory.outbox import Notice
+from inventory.run_report import node_rows
+
+
+def versions_at_stop(run: UpgradeRun, session: Session) -> tuple[str, ...]:
+    """'node-1: 9.10.0' per node, in upgrade order: the verified version, the old one for a node not
+    reached, or that its upgrade did not complete (support checks it)."""
+    lines = []
+    for row in node_rows(run, session):
+        if row["after"]:
+            version = str(row["after"])
+        elif str(row["result"]).startswith("failed"):
+            version = "upgrade did not complete; our support team is checking this node"
+        else:
+            version = f"{run.from_version} (not upgraded)"
+        lines.append(f"{row['node']}: {version}")
+    return tuple(lines)
+
+
+def mid_way(run: UpgradeRun, session: Session) -> bool:
+    """Whether any node was upgraded (or failed) in this run: the cluster may now be mixed."""
+    return any(row["after"] or str(row["result"]).startswith("failed") for row in node_rows(run, session))
+
+
+def customer_knows(run: UpgradeRun, session: Session) -> bool:
+    """Whether the customer was told anything about this update before."""
+    query = select(Notice.id).where(col(Notice.update_ref) == update_ref(run.id)).limit(1)
+    return session.exec(query).first() is not None
+
+
+def tell_ending(
+    runtime: Runtime,
+    run: UpgradeRun,
+    *,
+    session: Session,
+    now: datetime,
+    notice: str | None,
+    customer_reason: str,
+    alert: str,
+    headline: str,
+    cause: str,
+    action: str = "",
+) -> None:
+    """The customer's `notice` (when they knew of the update) and the SRE's `alert` of an ending."""
+    versions = versions_at_stop(run, session) if mid_way(run, session) else ()
+    told = ""
+    if notice is not None and customer_knows(run, session):
+        if notice == "cancelled" and run.slot_start is not None:
+            run.notice_sequence += 1  # the calendar entry is withdrawn: a new invite SEQUENCE
+            session.add(run)
+        extra: dict[str, Any] = {"next_slot_start": run.slot_start} if notice == "partial" else {}
+        queued = queue_run_notice(
+            run,
+            notice,
+            session=session,
+            now=now,
+            vendor=VendorTerms.from_runtime(runtime),
+            reason=customer_reason,
+            node_versions=versions,
+            **extra,
+        )
+        told = f"The customer was sent the '{notice}' notice." if queued else "The customer has no contacts."
+    else:
+        told = "The customer was not told (the update was never announced to them)."
+    assert run.id is not None
+    alert_sre(
+        runtime,
+        kind=alert,
+        headline=headline,
+        cause=cause,
+        run_id=run.id,
+        detail="\n".join(filter(None, [*(f"  {line}" for line in versions), told])),
+        action=action,
+        key=f"run-{run.id}:{alert}:{run.notice_sequence}",
+        session=session,
+    )

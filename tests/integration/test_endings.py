@@ -1,0 +1,139 @@
+"""Every ending told (issue 21): the customer's notice that fits and the SRE's alert, for an approval
+refused, a run cancelled mid-way and a failure; with each node's version where it stopped mid-way.
+(Carried over: tests/integration/test_windows.py; rollout halted: tests/integration/test_cloud_release.py.)
+
+Real `upkeep` processes against the slow lab and the session's Prefect test server where a person
+answers while the run goes on; the flow in-process on the lab for the failure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from flows.product_update import product_update
+from flows.schedule import schedule_update
+from inventory.alerts import Alert
+from inventory.db import session_scope
+from inventory.models import RunState, UpgradeRun
+from inventory.outbox import Notice
+from inventory.types import utcnow
+from tests.integration.conftest import cli_engine, nodes_of, upkeep_cli
+from tests.integration.test_update_control import _flow_run_paused, _run, _start, _step_started, _wait_for
+
+pytestmark = [pytest.mark.lab, pytest.mark.prefect]
+TARGET, FROM = "9.10.0", "9.8.0"
+
+
+def _customer_notices(engine: Any, run_id: int, kind: str, sre: str) -> list[Notice]:
+    with session_scope(engine) as session:
+        query = select(Notice).where(col(Notice.update_ref) == f"update-{run_id}", Notice.kind == kind)
+        return [n for n in session.exec(query) if sre not in n.recipients]
+
+
+def _alerts(engine: Any, run_id: int, kind: str) -> list[Alert]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Alert).where(Alert.run_id == run_id, Alert.kind == kind)))
+
+
+def _show(env: dict[str, str], run_id: int) -> dict[str, Any]:
+    return json.loads(upkeep_cli(env, "show", str(run_id), "--json").stdout)  # type: ignore[no-any-return]
+
+
+def test_refused_approval_is_told_to_the_customer_with_its_reason_and_alerts_the_sre(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    env, cluster = slow_cli_env, fresh_slow_cluster
+    engine = cli_engine(env)
+    with session_scope(engine) as session:  # announced to the customer (a `scheduled` notice)
+        run = schedule_update(
+            cluster, TARGET, now=utcnow(), source="customer", requested_by="t", session=session
+        )
+        run.needs_approval = True
+        session.flush()
+        run_id = run.id or 0
+    proc = _start(env, "resume", str(run_id))  # the lab's windows are always open
+    _wait_for(lambda: _flow_run_paused(_run(engine, cluster).flow_run_id), "the approval pause")  # type: ignore[union-attr]
+
+    shown = _show(env, run_id)
+    assert (shown["state"], shown["phase"]) == ("running", "awaiting_approval")
+    assert {node["result"] for node in shown["nodes"]} == {"pending"}  # nothing touched, not "in progress"
+    no_reason = upkeep_cli(env, "approve", str(run_id), "--refuse", check=False)
+    assert no_reason.returncode == 1 and "needs --reason" in no_reason.stderr
+    assert _show(env, run_id)["phase"] == "awaiting_approval"  # nothing was answered
+
+    upkeep_cli(env, "approve", str(run_id), "--refuse", "--reason", "freeze for the customer's audit")
+    assert proc.wait(timeout=120) == 1, proc.communicate()  # refused: exit 1
+
+    final = _run(engine, cluster)
+    assert final is not None and final.state == RunState.cancelled
+    assert (
+        final.reason.startswith("approval refused by ") and "freeze for the customer's audit" in final.reason
+    )
+    sre = "sre@localhost"
+    [notice] = _customer_notices(engine, run_id, "cancelled", sre)
+    assert notice.recipients and all("@" in r for r in notice.recipients)
+    assert "not approved: freeze for the customer's audit" in notice.body_text
+    assert "Nothing will change on the cluster" in notice.body_text and "METHOD:CANCEL" in notice.ics
+    [alert] = _alerts(engine, run_id, "approval-refused")
+    assert "freeze for the customer's audit" in alert.body_text
+    decisions = _show(env, run_id)["decisions"]
+    assert [(d["decision"], d["reason"]) for d in decisions] == [
+        ("refused", "freeze for the customer's audit")
+    ]
+    engine.dispose()
+
+
+def test_cancel_mid_way_tells_the_customer_which_node_runs_which_version(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    env, cluster = slow_cli_env, fresh_slow_cluster
+    engine = cli_engine(env)
+    hosts = [node["hostname"] for node in nodes_of(slow_lab, cluster)]
+    proc = _start(env, "update", cluster, "--to", TARGET)
+    run = _wait_for(lambda: _run(engine, cluster), "the run to be claimed")
+    _wait_for(lambda: _step_started(engine, run.id, 1, "upgrade"), "node 1's upgrade to start")
+
+    upkeep_cli(env, "cancel", str(run.id), "--reason", "customer asked to stop")
+    assert proc.wait(timeout=120) == 0, proc.communicate()
+    no_reason = upkeep_cli(env, "cancel", str(run.id), check=False)
+    assert no_reason.returncode == 1 and "needs --reason" in no_reason.stderr
+
+    final = _run(engine, cluster)
+    assert (
+        final is not None and final.state == RunState.cancelled and "customer asked to stop" in final.reason
+    )
+    done = [len(slow_lab.upgrade_log(h)) for h in hosts]
+    assert done in ([1, 0, 0], [1, 1, 0])  # the node in progress finished; nothing after it started
+    expected = [
+        f"{h}: {TARGET}" if n else f"{h}: {FROM} (not upgraded)" for h, n in zip(hosts, done, strict=True)
+    ]
+    [notice] = _customer_notices(engine, run.id or 0, "cancelled", "sre@localhost")
+    assert "stopped part-way" in notice.body_text and "customer asked to stop" in notice.body_text
+    assert all(line in notice.body_text for line in expected), notice.body_text
+    [alert] = _alerts(engine, run.id or 0, "run-cancelled")
+    assert all(line in alert.body_text for line in expected), alert.body_text
+    engine.dispose()
+
+
+def test_failure_tells_the_customer_each_nodes_version(lab: Any, fresh_cluster: str, lab_runtime: Any):
+    hosts = [node["hostname"] for node in nodes_of(lab, fresh_cluster)]
+    lab.fault(hosts[1], "fail-upgrade")
+    try:
+        state = product_update(cluster=fresh_cluster, to_version=TARGET, return_state=True)
+    finally:
+        lab.fault(hosts[1], "clear")
+    assert state.is_failed()
+
+    with session_scope(lab_runtime.engine) as session:
+        run = session.exec(select(UpgradeRun).order_by(col(UpgradeRun.id).desc())).first()
+        assert run is not None and run.state == RunState.failed
+        run_id = run.id or 0
+    [notice] = _customer_notices(lab_runtime.engine, run_id, "failed", lab_runtime.sre_email)
+    assert f"{hosts[0]}: {TARGET}" in notice.body_text
+    assert f"{hosts[1]}: upgrade did not complete" in notice.body_text
+    assert f"{hosts[2]}: {FROM} (not upgraded)" in notice.body_text
+    assert "simulated fault" not in notice.body_text  # no internals for the customer
+    assert _alerts(lab_runtime.engine, run_id, "run-failed")  # #15's alert, naming the case and bundle

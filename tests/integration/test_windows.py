@@ -69,6 +69,7 @@ def _planned(engine: Any, cluster: str, start: datetime, end: datetime) -> int:
             state=RunState.planned,
         )
         run.slot_start, run.slot_end, run.notice_sequence = start, end, 1
+        run.told_at = start - timedelta(days=5)  # announced in good time: the dispatcher's re-check passes
         session.add(run)
         session.flush()
         return run.id or 0

@@ -66,6 +66,9 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
     replan_skipped(engine=runtime.engine, now=now, actor=runtime.actor)  # skipped clusters whose case closed
     reslot_missed(runtime, now)
     reminded = send_reminders(runtime, now)
+    from flows.escalation import check_update_cadence
+
+    check_update_cadence(runtime, now)  # escalated cases whose update is overdue alert their manager
     tick_began = utcnow()
     claims = start_due_runs(runtime, now, max_running=max_running, via_deployments=via_deployments)
     held_summaries(runtime, _held_since(runtime, tick_began))  # the Prefect UI tells "held" too

@@ -54,6 +54,10 @@ class Runtime:
     run_lease: timedelta = timedelta(minutes=5)
     start_lease: timedelta = timedelta(minutes=10)
     actor: str = "upkeep"
+    # The Escalation Manager (SRE Manager role) every escalated case is assigned to, "Name <email>",
+    # and how often an escalated case's stakeholders get an update, per priority (flows/escalation.py).
+    escalation_manager: str = "SRE Manager <sre-manager@localhost>"
+    escalation_update_cadence: str = "P0=1h,P1=4h,P2=24h,P3=72h"
 
     def connect(self, target: SshTarget) -> FabricRunner:
         return FabricRunner(target, self.ssh)

@@ -55,7 +55,11 @@ class Case(SQLModel, table=True):
     customer_id: int = Field(foreign_key="customer.id", index=True)
     subject: str = Field(max_length=200)
     category: Category = _enum(Category)
-    queue: str = Field(max_length=32, description="who works it: SRE or Customer Success")
+    queue: str = Field(
+        max_length=32,
+        description="the handbook role that works it: Systems Reliability Engineer or Customer Success "
+        "Representative",
+    )
     priority: Priority = _enum(Priority)
     status: CaseStatus = _enum(CaseStatus, index=True, default=CaseStatus.new)
     opened_by: str = Field(default="", max_length=128)
@@ -67,6 +71,12 @@ class Case(SQLModel, table=True):
     escalated_by: EscalatedBy | None = _enum(EscalatedBy, nullable=True)
     escalation_reason: str = Field(default="", max_length=2000)
     escalated_at: datetime | None = _when()
+    # Who holds an escalated case (the Escalation Manager, SRE Manager role: "Name <email>"), how often
+    # its stakeholders get an update, and when the next one is due (missed: the manager is alerted).
+    escalation_manager: str = Field(default="", max_length=254)
+    update_every_minutes: int | None = None
+    last_update_at: datetime | None = _when()
+    next_update_due: datetime | None = _when()
     closed_at: datetime | None = _when()
     close_reason: str = Field(default="", max_length=2000)
 

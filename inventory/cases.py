@@ -17,7 +17,7 @@ import html
 import re
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -206,8 +206,18 @@ def record_contact_attempt(case: Case, *, now: datetime, actor: str, note: str, 
 
 
 def escalate(
-    case: Case, *, by: str | EscalatedBy, reason: str, now: datetime, actor: str, session: Session
+    case: Case,
+    *,
+    by: str | EscalatedBy,
+    reason: str,
+    now: datetime,
+    actor: str,
+    session: Session,
+    manager: str = "",
+    update_every: timedelta | None = None,
 ) -> Case:
+    """Escalate: the case is held by `manager` (the Escalation Manager) from now on, and its next
+    stakeholder update is due `update_every` from now."""
     try:
         who = EscalatedBy(str(by).strip().lower())
     except ValueError:
@@ -218,9 +228,52 @@ def escalate(
     _require_open(case)
     case.status, case.escalated_by, case.escalation_reason = CaseStatus.escalated, who, reason[:2000]
     case.escalated_at, case.waiting_since = now, None
+    case.escalation_manager = manager[:254]
+    if update_every is not None:
+        case.update_every_minutes = max(1, int(update_every.total_seconds() // 60))
+        case.next_update_due = now + update_every
     session.add(case)
-    _audit(case, "case.escalated", actor, session, by=who.value, reason=reason[:500])
+    _audit(case, "case.escalated", actor, session, by=who.value, reason=reason[:500], manager=manager)
     return case
+
+
+def share_update(case: Case, *, note: str, now: datetime, actor: str, session: Session) -> Case:
+    """An update of an escalated case was shared with its stakeholders: the next is due a cadence on."""
+    if case.status is not CaseStatus.escalated:
+        raise CaseError(f"case {case.ref} is {case.status.value}, not escalated: no update cadence to keep")
+    if not note.strip():
+        raise CaseError(f"an update of {case.ref} needs --note TEXT (what was shared)")
+    case.last_update_at = now
+    if case.update_every_minutes:
+        case.next_update_due = now + timedelta(minutes=case.update_every_minutes)
+    session.add(case)
+    _audit(case, "case.update_shared", actor, session, note=note.strip()[:500])
+    return case
+
+
+def escalated_updates_due(now: datetime, *, session: Session) -> list[Case]:
+    """Escalated cases whose stakeholder update is overdue."""
+    query = select(Case).where(
+        Case.status == CaseStatus.escalated,
+        col(Case.next_update_due).is_not(None),
+        col(Case.next_update_due) <= now,
+    )
+    return list(session.exec(query.order_by(col(Case.id))))
+
+
+def update_missed(case: Case, *, now: datetime, session: Session) -> datetime:
+    """Record a missed update (audited); the next is due a cadence after the missed one. Returns the
+    missed due time."""
+    assert case.next_update_due is not None
+    missed = case.next_update_due
+    every = timedelta(minutes=case.update_every_minutes or 60)
+    while case.next_update_due <= now:
+        case.next_update_due += every
+    session.add(case)
+    _audit(
+        case, "case.update_missed", "upkeep", session, due=missed.isoformat(), manager=case.escalation_manager
+    )
+    return missed
 
 
 def close_case(case: Case, *, reason: str, now: datetime, actor: str, session: Session) -> Case:

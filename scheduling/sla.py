@@ -46,7 +46,11 @@ RESPONSE_TARGETS: dict[Priority, timedelta] = {
 _WORDS = {"urgent": Priority.P0, "high": Priority.P1, "normal": Priority.P2, "low": Priority.P3}
 _PRIORITY = re.compile(r"p([0-3])")
 _SEVERITY = re.compile(r"(?:sev(?:erity)?[\s_-]?)?([1-4])")
-_QUEUES = {Category.ISSUE: "SRE", Category.FEATURE_REQUEST: "Customer Success"}
+# The support handbook's role names.
+_QUEUES = {
+    Category.ISSUE: "Systems Reliability Engineer",
+    Category.FEATURE_REQUEST: "Customer Success Representative",
+}
 
 
 def parse_priority(text: object) -> Priority:
@@ -67,7 +71,8 @@ def parse_priority(text: object) -> Priority:
 
 
 def queue_for(category: Category | str) -> str:
-    """Issues go to SRE, feature requests to Customer Success."""
+    """Issues go to the Systems Reliability Engineers, feature requests to the Customer Success
+    Representatives (the handbook's roles)."""
     try:
         return _QUEUES[Category(category)]
     except ValueError:

@@ -87,6 +87,8 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         command_timeout=settings.ssh_command_timeout,
         health_timeout=settings.health_timeout,
         actor=os.environ.get("USER", "upkeep"),
+        escalation_manager=settings.escalation_manager,
+        escalation_update_cadence=settings.escalation_update_cadence,
     )
 
 

@@ -91,6 +91,11 @@ def _show(data: dict[str, Any], as_json: bool) -> None:
             f"{data['escalation_reason']}",
             markup=False,
         )
+    if data["status"] == "escalated":
+        console.print(
+            f"  held by             {data['escalation_manager'] or '-'} (Escalation Manager)", markup=False
+        )
+        console.print(f"  next update due     {data['next_update_due'] or '-'}", markup=False)
     if data["status"] == "waiting_on_customer":
         console.print(
             f"  waiting since       {data['waiting_since']}, {data['contact_attempts']} contact attempts"
@@ -235,11 +240,34 @@ def case_escalate(
     reason: Annotated[str, typer.Option("--reason", help="Why.")],
     json: JsonOpt = False,
 ) -> None:
-    """Escalate a case (by the customer or by SRE), with a reason."""
-    from inventory.cases import escalate
+    """Escalate a case (by the customer or by SRE), with a reason: the Escalation Manager (SRE Manager)
+    holds it, is notified and named to the customer; its updates follow the cadence of its priority."""
+    from flows.escalation import escalate_case
+    from flows.runtime import current
 
     who = getpass.getuser()
-    _change(case, json, lambda c, s: escalate(c, by=by, reason=reason, now=_now(), actor=who, session=s))
+    _engine()
+    runtime = current()
+    _change(
+        case,
+        json,
+        lambda c, s: escalate_case(runtime, c, by=by, reason=reason, now=_now(), actor=who, session=s),
+    )
+
+
+@case_app.command("update")
+def case_update(
+    case: CaseArg,
+    note: Annotated[
+        str, typer.Option("--note", help="What was shared with the stakeholders (required).")
+    ] = "",
+    json: JsonOpt = False,
+) -> None:
+    """Record that an escalated case's stakeholders got an update; the next is due a cadence later."""
+    from inventory.cases import share_update
+
+    who = getpass.getuser()
+    _change(case, json, lambda c, s: share_update(c, note=note, now=_now(), actor=who, session=s))
 
 
 @case_app.command("close")

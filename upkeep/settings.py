@@ -46,6 +46,15 @@ class Settings(BaseSettings):
         "", description="comma-separated Apprise URLs that receive every SRE alert (besides sre_email)"
     )
     support_contact: str = Field("support@localhost", description="shown to customers in every notice")
+    escalation_manager: str = Field(
+        "SRE Manager <sre-manager@localhost>",
+        description="the Escalation Manager (SRE Manager role) assigned to escalated cases: 'Name <email>'",
+    )
+    escalation_update_cadence: str = Field(
+        "P0=1h,P1=4h,P2=24h,P3=72h",
+        description="how often an escalated case's stakeholders get an update, per priority; missed: the "
+        "manager is alerted",
+    )
     cluster_limit: str = Field(
         "", description="Prefect global concurrency limit bounding clusters upgraded at once; empty: none"
     )
@@ -92,6 +101,23 @@ class Settings(BaseSettings):
         if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.query:
             raise ValueError("portal_url must be http(s)://HOST[:PORT][/PATH], without user or query")
         return value.rstrip("/")
+
+    @field_validator("escalation_update_cadence")
+    @classmethod
+    def _cadence(cls, value: str) -> str:
+        from scheduling.escalation import parse_cadence
+
+        parse_cadence(value)  # SchedulingError (a ValueError) naming the part
+        return value
+
+    @field_validator("escalation_manager")
+    @classmethod
+    def _manager(cls, value: str) -> str:
+        from email.utils import parseaddr
+
+        if "@" not in parseaddr(value)[1]:
+            raise ValueError(f"escalation_manager {value!r}: expected 'Name <email>'")
+        return value
 
     @field_validator("alert_urls")
     @classmethod

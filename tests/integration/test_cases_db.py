@@ -68,11 +68,11 @@ def test_open_numbers_routes_and_sets_the_first_response_due(engine: Any) -> Non
         sup = cases.get_case(external, session=session)
         assert (first, second) == (f"CASE-{one.id}", f"CASE-{two.id}") and one.id != two.id
         assert (one.priority, one.category, one.queue, one.status) == (
-            Priority.P1, Category.ISSUE, "SRE", cases.CaseStatus.new
+            Priority.P1, Category.ISSUE, "Systems Reliability Engineer", cases.CaseStatus.new
         )  # fmt: skip
         assert one.first_response_due == MONDAY.astimezone(UTC) + timedelta(hours=2)
         assert one.first_response_due.tzinfo is not None
-        assert (two.queue, two.priority) == ("Customer Success", Priority.P3)
+        assert (two.queue, two.priority) == ("Customer Success Representative", Priority.P3)
         assert two.first_response_due == datetime(2026, 6, 2, 10, tzinfo=NY)  # 7 h Mon + 1 h Tue
         assert (sup.priority, sup.first_response_due) == (Priority.P0, MONDAY + timedelta(hours=1))
         assert [c.name for c in cases.case_clusters(one, session=session)] == ["acme-c1"]
@@ -254,13 +254,75 @@ def test_case_cli_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opened = run("case", "open", "--cluster", "acme-c1", "--subject", "API 500s", "--priority", "Urgent")
     ref = opened["id"]
     assert (opened["customer"], opened["clusters"], opened["priority"], opened["queue"]) == (
-        "acme", ["acme-c1"], "P0", "SRE"
+        "acme", ["acme-c1"], "P0", "Systems Reliability Engineer"
     )  # fmt: skip
     escalated = run("case", "escalate", ref, "--by", "customer", "--reason", "VP called")
     assert (escalated["status"], escalated["escalated_by"]) == ("escalated", "customer")
     assert [c["id"] for c in run("case", "list")] == [ref]
-    assert run("case", "show", ref)["escalation_reason"] == "VP called"
+    shown = run("case", "show", ref)
+    assert shown["escalation_reason"] == "VP called"
+    assert shown["escalation_manager"] == "SRE Manager <sre-manager@localhost>" and shown["next_update_due"]
+    assert "needs a reason" in str(run("case", "close", ref, code=1).exception)
     assert run("case", "close", ref, "--reason", "fixed")["status"] == "closed"
     assert run("case", "list") == [] and [c["id"] for c in run("case", "list", "--all")] == [ref]
     refused = run("case", "show", "../../etc", code=1)
     assert isinstance(refused.exception, cases.CaseError)
+
+
+def test_escalation_assigns_and_notifies_the_manager_who_is_alerted_when_an_update_is_missed(
+    engine: Any, tmp_path: Path
+) -> None:
+    """The handbook's escalation: the SRE Manager holds the case as Escalation Manager, is notified and
+    named to the customer; a missed update of the cadence (P1: 4 h) alerts the manager, once, audited."""
+    from flows import runtime as flow_runtime
+    from flows.escalation import check_update_cadence, escalate_case
+    from inventory.alerts import Alert
+    from upkeep.bootstrap import build_runtime
+    from upkeep.settings import load_settings
+
+    _fleet(engine)
+    ref = _open(engine, priority="P1")
+    runtime = build_runtime(
+        load_settings(home=tmp_path / "home", escalation_manager="Maria Manager <maria@vendor.example>"),
+        engine=engine,
+    )
+    runtime.clock = lambda: MONDAY
+    flow_runtime.configure(runtime)
+    try:
+        with session_scope(engine) as session:
+            case = cases.get_case(ref, session=session)
+            escalate_case(
+                runtime, case, by="customer", reason="VP called", now=MONDAY, actor="sre", session=session
+            )
+        with session_scope(engine) as session:
+            case = cases.get_case(ref, session=session)
+            assert case.escalation_manager == "Maria Manager <maria@vendor.example>"
+            assert case.next_update_due == MONDAY.astimezone(UTC) + timedelta(hours=4)
+            [notified] = session.exec(select(Alert).where(Alert.kind == "case-escalated")).all()
+            [told] = session.exec(select(Notice).where(Notice.kind == "case-escalated")).all()
+        assert notified.targets == ["maria@vendor.example"] and ref in notified.body_text
+        assert told.recipients == ["ops@acme.example"] and "Maria Manager" in told.body_text
+
+        assert check_update_cadence(runtime, MONDAY + timedelta(hours=3)) == []  # not due yet
+        with session_scope(engine) as session:  # an update shared: the next is due 4 h after it
+            cases.share_update(
+                cases.get_case(ref, session=session),
+                note="root cause found",
+                now=MONDAY + timedelta(hours=3),
+                actor="maria",
+                session=session,
+            )
+        assert check_update_cadence(runtime, MONDAY + timedelta(hours=6)) == []
+        late = MONDAY + timedelta(hours=7, minutes=1)  # the update due at +7 h was not shared
+        assert check_update_cadence(runtime, late) == [ref]
+        assert check_update_cadence(runtime, late + timedelta(minutes=5)) == []  # alerted once
+    finally:
+        flow_runtime.configure(None)
+    with session_scope(engine) as session:
+        [missed] = session.exec(select(Alert).where(Alert.kind == "case-update-missed")).all()
+        audit = session.exec(select(AuditEvent).where(AuditEvent.action == "case.update_missed")).all()
+        assert cases.get_case(ref, session=session).next_update_due == MONDAY.astimezone(UTC) + timedelta(
+            hours=11
+        )
+    assert missed.targets == ["maria@vendor.example"] and ref in missed.body_text
+    assert [a.detail["manager"] for a in audit] == ["Maria Manager <maria@vendor.example>"]

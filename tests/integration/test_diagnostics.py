@@ -185,7 +185,12 @@ def test_failed_upgrade_opens_a_p1_case_with_the_runs_diagnostics(
     assert b"upgrade failed: simulated fault" in files[f"{second}/product.log"]
     with session_scope(lab_runtime.engine) as session:
         case = cases.get_case(report.case_id, session=session)
-        assert (case.priority, case.category, case.queue, case.status) == ("P1", "issue", "SRE", "new")
+        assert (case.priority, case.category, case.queue, case.status) == (
+            "P1",
+            "issue",
+            "Systems Reliability Engineer",
+            "new",
+        )
         assert str(run.id) in case.subject and fresh_cluster in case.subject
         assert [c.name for c in cases.case_clusters(case, session=session)] == [fresh_cluster]
         bundles = cases.case_bundles(case, session=session)

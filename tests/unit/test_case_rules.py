@@ -96,11 +96,11 @@ def test_case_ids_refused(ref: object) -> None:
 @pytest.mark.parametrize(
     ("text", "category", "queue"),
     [
-        ("Issue", Category.ISSUE, "SRE"),
-        ("issue", Category.ISSUE, "SRE"),
-        ("Feature Request", Category.FEATURE_REQUEST, "Customer Success"),
-        ("feature-request", Category.FEATURE_REQUEST, "Customer Success"),
-        ("FEATURE_REQUEST", Category.FEATURE_REQUEST, "Customer Success"),
+        ("Issue", Category.ISSUE, "Systems Reliability Engineer"),
+        ("issue", Category.ISSUE, "Systems Reliability Engineer"),
+        ("Feature Request", Category.FEATURE_REQUEST, "Customer Success Representative"),
+        ("feature-request", Category.FEATURE_REQUEST, "Customer Success Representative"),
+        ("FEATURE_REQUEST", Category.FEATURE_REQUEST, "Customer Success Representative"),
     ],
 )
 def test_categories_route_to_queues(text: str, category: Category, queue: str) -> None:

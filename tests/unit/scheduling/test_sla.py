@@ -60,8 +60,8 @@ def test_bad_priority(text: object) -> None:
 
 
 def test_queue_for() -> None:
-    assert queue_for(Category.ISSUE) == "SRE"
-    assert queue_for("feature_request") == "Customer Success"
+    assert queue_for(Category.ISSUE) == "Systems Reliability Engineer"
+    assert queue_for("feature_request") == "Customer Success Representative"
     with pytest.raises(
         SchedulingError, match="case category 'question': expected 'issue' or 'feature_request'"
     ):

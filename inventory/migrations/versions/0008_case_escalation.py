@@ -1,0 +1,36 @@
+"""escalated cases: their Escalation Manager and update cadence (issue 21)
+
+Revision ID: 0008
+Revises: 0007
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import sqlmodel
+from alembic import op
+
+import inventory.types
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("support_case", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("escalation_manager", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False, server_default="")
+        )
+        batch_op.add_column(sa.Column("update_every_minutes", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("last_update_at", inventory.types.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("next_update_due", inventory.types.UTCDateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("support_case", schema=None) as batch_op:
+        batch_op.drop_column("next_update_due")
+        batch_op.drop_column("last_update_at")
+        batch_op.drop_column("update_every_minutes")
+        batch_op.drop_column("escalation_manager")

@@ -292,6 +292,15 @@ def waiting_cases(*, session: Session) -> list[Case]:
     return list(session.exec(query))
 
 
+def auto_close_candidates(now: datetime, *, session: Session) -> list[Case]:
+    """The cases `auto_close` would close at `now` (what `upkeep case auto-close --dry-run` lists)."""
+    return [
+        case
+        for case in waiting_cases(session=session)
+        if case.waiting_since is not None and auto_close_due(case.waiting_since, case.contact_attempts, now)
+    ]
+
+
 def auto_close(case: Case, *, now: datetime, actor: str, session: Session) -> bool:
     """Close `case` if `scheduling.sla.auto_close_due` says so, and queue the customer's email in the
     same transaction (inventory.outbox); without a contact to write to, an audit event says the email is

@@ -255,6 +255,35 @@ def case_escalate(
     )
 
 
+@case_app.command("auto-close")
+def case_auto_close(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the cases it would close; change nothing.")
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Close the cases that waited on the customer too long (14 days after at least 2 contact attempts)
+    and email the customer, as the daily deployment does; --dry-run only lists them."""
+    from inventory.cases import auto_close_candidates
+    from inventory.db import session_scope
+
+    engine = _engine()
+    if dry_run:
+        with session_scope(engine) as session:
+            refs = [case.ref for case in auto_close_candidates(_now(), session=session)]
+    else:
+        from flows.case_auto_close import case_auto_close as auto_close_flow
+        from upkeep.bootstrap import quiet_prefect
+
+        with quiet_prefect():
+            refs = auto_close_flow(now=_now())
+    if json:
+        print_json({"dry_run": dry_run, "closed" if not dry_run else "would_close": refs})
+        return
+    verb = "would close" if dry_run else "closed"
+    console.print(f"{verb} {len(refs)} case(s){': ' + ', '.join(refs) if refs else ''}", markup=False)
+
+
 @case_app.command("update")
 def case_update(
     case: CaseArg,
@@ -319,8 +348,8 @@ def case_contact(
 def diagnostics_collect(
     cluster: Annotated[str, typer.Option("--cluster", help="Cluster name, or customer/cluster.")],
     case: Annotated[str, typer.Option("--case", help="Case the bundle is for.")],
-    since: Annotated[str | None, typer.Option("--since", help="ISO time [default: until - 24 h].")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="ISO time [default: now].")] = None,
+    since: Annotated[str | None, typer.Option("--since", help=r"ISO time \[default: until - 24 h].")] = None,
+    until: Annotated[str | None, typer.Option("--until", help=r"ISO time \[default: now].")] = None,
     nodes: Annotated[str | None, typer.Option("--nodes", help="Only these nodes: n1,n2.")] = None,
     json: JsonOpt = False,
 ) -> None:

@@ -215,7 +215,10 @@ def test_auto_close_flow_closes_stale_waiting_cases_and_queues_the_email(
             for _ in range(attempts):
                 cases.record_contact_attempt(case, now=since, actor="t", note="", session=session)
 
-    assert sorted(case_auto_close(now=now)) == sorted([refs["due"], refs["nobody"]])
+    with session_scope(engine) as session:  # what `upkeep case auto-close --dry-run` lists, writing nothing
+        would = [c.ref for c in cases.auto_close_candidates(now, session=session)]
+    assert sorted(would) == sorted([refs["due"], refs["nobody"]])
+    assert sorted(case_auto_close(now=now)) == sorted(would)
     assert case_auto_close(now=now + timedelta(hours=1)) == []  # nothing twice
 
     with session_scope(engine) as session:
@@ -259,6 +262,7 @@ def test_case_cli_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     escalated = run("case", "escalate", ref, "--by", "customer", "--reason", "VP called")
     assert (escalated["status"], escalated["escalated_by"]) == ("escalated", "customer")
     assert [c["id"] for c in run("case", "list")] == [ref]
+    assert run("case", "auto-close", "--dry-run") == {"dry_run": True, "would_close": []}
     shown = run("case", "show", ref)
     assert shown["escalation_reason"] == "VP called"
     assert shown["escalation_manager"] == "SRE Manager <sre-manager@localhost>" and shown["next_update_due"]

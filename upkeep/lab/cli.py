@@ -22,7 +22,7 @@ _out = Console(highlight=False, emoji=False)
 _err = Console(stderr=True, highlight=False, emoji=False)
 
 RootOption = Annotated[
-    Path | None, typer.Option("--root", help="Lab state directory [default: <UPKEEP home>/lab].")
+    Path | None, typer.Option("--root", help=r"Lab state directory \[default: <UPKEEP home>/lab].")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the status as JSON.")]
 
@@ -90,7 +90,7 @@ def up(
     initial_version: Annotated[str, typer.Option(help="Version every node starts at.")] = "9.8.0",
     access: Annotated[str, typer.Option(help="How the inventory reaches nodes: direct or jump.")] = "direct",
     rings: Annotated[
-        str | None, typer.Option(help="Comma-separated ring per cluster [default: by kind].")
+        str | None, typer.Option(help=r"Comma-separated ring per cluster \[default: by kind].")
     ] = None,
     root: RootOption = None,
     as_json: JsonOption = False,

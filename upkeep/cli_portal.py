@@ -32,22 +32,21 @@ def link(
     email: Annotated[str, typer.Argument(help="A designated user's address (see portal_users:).")],
 ) -> None:
     """Print a sign-in link for a designated user (single use, expires like an emailed one)."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from inventory.db import session_scope
-    from inventory.portal_access import find_user
     from upkeep.cli_common import open_engine
-    from upkeep.portal.signin import LinkSigner
+    from upkeep.portal.signin import sign_in_link
     from upkeep.settings import load_settings
 
     settings = load_settings()
     ttl = timedelta(minutes=settings.portal_link_minutes)
-    signer = LinkSigner(settings.resolved_portal_secret(), lambda: datetime.now(UTC), ttl)
     with session_scope(open_engine()) as session:
-        user = find_user(email, session=session)
-        if user is None:
-            raise CliError(
-                f"{email[:254]!r} is not a portal user of any customer (see portal_users: in the inventory)"
-            )
-        token = signer.issue(user, session=session)
-    console.print(f"{settings.portal_url}/signin/link?t={token}", markup=False, soft_wrap=True)
+        url = sign_in_link(
+            settings.portal_url, settings.resolved_portal_secret(), ttl, email, session=session
+        )
+    if url is None:
+        raise CliError(
+            f"{email[:254]!r} is not a portal user of any customer (see portal_users: in the inventory)"
+        )
+    console.print(url, markup=False, soft_wrap=True)

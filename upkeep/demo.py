@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
 
 from flows import runtime as flow_runtime
 from inventory.importer import import_inventory
 from upkeep.bootstrap import build_runtime, open_database
 from upkeep.console import console
 from upkeep.lab import Lab
+from upkeep.portal.signin import sign_in_link
 from upkeep.settings import Settings, default_home, load_settings
 from upkeep.updates import run_update
 
@@ -26,6 +30,40 @@ def demo_home(settings: Settings) -> Path:
     if settings.home == default_home() and (CHECKOUT / "pyproject.toml").is_file():
         return CHECKOUT / ".upkeep" / "demo"
     return settings.home / "demo"
+
+
+def _with_portal_user(path: Path, home: Path) -> Path:
+    """The lab's inventory with a designated portal user for its first customer."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    first = data["customers"][0]
+    first["portal_users"] = [{"email": f"it@{first['name']}.example", "name": "Demo user"}]
+    out = home / "inventory.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def _portal_hints(settings: Settings, engine: Any, env: str) -> list[str]:
+    """How to see the demo customer's portal: serve it, then follow a fresh sign-in link."""
+    from datetime import timedelta
+
+    from inventory.db import session_scope
+    from inventory.portal_tables import PortalUser
+
+    with session_scope(engine) as session:
+        user = session.exec(select(PortalUser)).first()
+        if user is None:
+            return []
+        ttl = timedelta(minutes=settings.portal_link_minutes)
+        link = sign_in_link(
+            settings.portal_url, settings.resolved_portal_secret(), ttl, user.email, session=session
+        )
+    minutes = settings.portal_link_minutes
+    return [
+        f"portal    {env} .venv/bin/upkeep portal serve   then open, once, within {minutes} min:",
+        f"          {link}",
+    ]
 
 
 def run_demo(*, keep: bool = False) -> None:
@@ -40,8 +78,9 @@ def run_demo(*, keep: bool = False) -> None:
             home=home, database_url=f"sqlite:///{home / 'upkeep.db'}", **lab.settings_overrides()
         )
         engine = open_database(settings)
-        console.print(f"[bold]2.[/] importing {lab.inventory_path}")
-        summary = import_inventory(lab.inventory_path, engine=engine, actor="demo")
+        inventory = _with_portal_user(lab.inventory_path, home)
+        console.print(f"[bold]2.[/] importing {inventory} (the lab's, with a designated portal user)")
+        summary = import_inventory(inventory, engine=engine, actor="demo")
         console.print(f"   {summary}")
         flow_runtime.configure(build_runtime(settings, engine=engine))
         cluster = status["nodes"][0]["cluster"]
@@ -60,6 +99,7 @@ def run_demo(*, keep: bool = False) -> None:
         "Prefect   start `.venv/bin/prefect server start` elsewhere and export",
         "          PREFECT_API_URL=http://127.0.0.1:4200/api before `make demo` to watch runs in the UI",
     ]
+    hints += _portal_hints(settings, engine, env)
     if keep:
         hints.append(f"lab       still running: {env} .venv/bin/upkeep lab status | down")
     console.print(f"\n[bold green]demo done[/] in {time.monotonic() - started:.1f} s. Where to look:")

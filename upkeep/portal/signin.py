@@ -113,3 +113,15 @@ def new_session(user: PortalUser, *, now: datetime, ttl: timedelta, session: Ses
         user.id, digest(token), secrets.token_urlsafe(32), now=now, ttl=ttl, session=session
     )
     return token
+
+
+def sign_in_link(base_url: str, secret: bytes, ttl: timedelta, email: str, *, session: Session) -> str | None:
+    """A sign-in link for the designated user `email` (as emailed ones: single use, expiring), or None
+    if no customer designates that address. For `upkeep portal link` and the demo."""
+    from datetime import UTC
+
+    user = portal_access.find_user(email, session=session)
+    if user is None:
+        return None
+    token = LinkSigner(secret, lambda: datetime.now(UTC), ttl).issue(user, session=session)
+    return f"{base_url}/signin/link?t={token}"

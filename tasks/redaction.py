@@ -45,6 +45,12 @@ _EXTRA_TOKENS: list[tuple[str, str, int]] = [
     ("github_token", r"github_pat_[A-Za-z0-9_]{22,255}", 0),
     ("slack_token", r"xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]+", re.IGNORECASE),
     ("stripe_access_key", r"(?:r|s)k_test_[0-9a-zA-Z]{24,}", 0),
+    # gitleaks' shapes for tokens found leaking by the adversarial pass (issue #14)
+    ("npm_token", r"\bnpm_[A-Za-z0-9]{36}\b", 0),
+    ("openai_token", r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{20,}", 0),
+    ("vault_token", r"\bhv[sbr]\.[A-Za-z0-9_\-]{24,}", 0),
+    ("digitalocean_token", r"\bdo[opr]_v1_[a-f0-9]{64}\b", 0),
+    ("shopify_token", r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", 0),
 ]
 
 
@@ -77,7 +83,19 @@ def _keywords() -> bytes:
     """detect-secrets' keyword deny list (`api_?key`, `password`, `pwd`, `secret`, ...) and ours."""
     from detect_secrets.plugins.keyword import DENYLIST
 
-    ours = ("passphrase", "pass", "pw", "token", "credentials?", "access_?key", "secret_?key", "auth_?token")
+    ours = (
+        "passphrase",
+        "pass",
+        "pw",
+        "token",
+        "credentials?",
+        "access_?key",
+        "secret_?key",
+        "auth_?token",
+        "signing_?key",
+        "encryption_?key",
+        "master_?key",
+    )
     words = sorted({*DENYLIST, *ours}, key=len, reverse=True)
     return b"|".join(word.replace("_?", "[_.-]?").encode() for word in words)
 
@@ -92,7 +110,8 @@ _WORDS = _keywords()
 _NOT_DONE = rb"(?![\"']?\[REDACTED)"
 # Not secrets: booleans, nulls, masks, placeholders, templates, YAML block indicators (value below).
 _PLACEHOLDER = (
-    rb"(?:true|false|null|none|nil|yes|no|\*+|x+|<[^>\s]*>|\$\{?\w+\}?|%s|\{\{[^}]*\}\}|[|>][-+0-9]*)"
+    rb"(?:true|false|null|none|nil|yes|no|\*+|x+|<[^>\s]*>|\$\{?\w+\}?|%s|\{\{[^}]*\}\}|[|>][-+0-9]*|"
+    rb"\((?:none|null|empty|unset|not set|hidden)[^)\n]*\))"
 )
 _VALUE = (
     rb"(?P<val>"
@@ -116,6 +135,8 @@ _ABOUT_A_SECRET = re.compile(
 )
 _SHORT_ALONE = re.compile(rb"(?i)(?:^|[^a-z])(?:pass|pwd|pw)s?(?:[^a-z]|$)")
 
+_XML_WORDS = rb"password|passwd|passphrase|secret|token|api[_.-]?key|access[_.-]?key|credential"
+
 # (name, pattern): the `val` group is replaced when there is one, else the whole match.
 CONTEXT_RULES: list[tuple[str, re.Pattern[bytes]]] = [
     # a token has a digit or a symbol: "bearer capacity" is not one
@@ -138,6 +159,34 @@ CONTEXT_RULES: list[tuple[str, re.Pattern[bytes]]] = [
         "password",
         re.compile(rb"(?i)\b(?:sshpass\s+-p|redis-cli\b[^\n]*?\s-a)\s*(?P<val>" + _NOT_DONE + rb"\S+)"),
     ),
+    # .netrc: `machine HOST login USER password SECRET` (`login USER password SECRET`, `default ...`)
+    (
+        "password",
+        re.compile(
+            rb"(?i)\b(?:machine\s+\S+\s+(?:login\s+\S+\s+)?|login\s+\S+\s+|default\s+)(?:password|passwd)\s+"
+            rb"(?P<val>" + _NOT_DONE + rb"\S+)"
+        ),
+    ),
+    # XML: <password>S</password>, <db:adminPassword>S</...>; .NET <add key="Db.Password" value="S"/>
+    (
+        "password",
+        re.compile(rb"(?i)<(?:[\w:.-]*?)(?:" + _XML_WORDS + rb")s?(?:\s[^>]*)?>(?P<val>[^<\s][^<]*)</"),
+    ),
+    (
+        "password",
+        re.compile(
+            rb"(?i)\bkey\s*=\s*[\"'][^\"']*?(?:"
+            + _XML_WORDS
+            + rb")s?[\"']\s+value\s*=\s*(?P<val>\"[^\"]+\"|'[^']+')"
+        ),
+    ),
+    # Cookie and Set-Cookie headers: the whole value (session ids)
+    (
+        "token",
+        re.compile(rb"(?i)^[ \t]*(?:set-)?cookie[ \t]*:[ \t]*(?P<val>" + _NOT_DONE + rb"[^\r\n]*[^\s])"),
+    ),
+    # crypt(3) password hashes: /etc/shadow, htpasswd (MD5, apr1, SHA-256/512, bcrypt, yescrypt, argon2)
+    ("password", re.compile(rb"\$(?:1|2[abxy]?|5|6|y|apr1|argon2(?:id|i|d))\$(?P<val>[^\s:\"']+)")),
     (
         "password",
         re.compile(rb"(?i)\bcurl\b[^\n]*?\s(?:-u|--user)\s+[^\s:]+:(?P<val>" + _NOT_DONE + rb"\S+)"),
@@ -146,7 +195,7 @@ CONTEXT_RULES: list[tuple[str, re.Pattern[bytes]]] = [
 _ASSIGN = re.compile(rb"(?i)[\"']?" + _KEY + rb"[\"']?\s*(?:=>|:=|==|=|:)\s*" + _VALUE)
 _FLAG = re.compile(rb"(?i)(?<![\w-])--?" + _KEY_BODY + rb"\s+(?!-)" + _VALUE)
 _ENV_WORD = rb"(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|CREDENTIALS?)"
-_ENV_SPACE = re.compile(rb"\b(?P<key>[A-Z][A-Z0-9_]*" + _ENV_WORD + rb"[A-Z0-9_]*)[ \t]+(?!-)" + _VALUE)
+_ENV_SPACE = re.compile(rb"\b(?P<key>(?:[A-Z][A-Z0-9_]*)?" + _ENV_WORD + rb"[A-Z0-9_]*)[ \t]+(?!-)" + _VALUE)
 # A YAML key naming a secret with nothing after the colon (or a block scalar): the value follows.
 _YAML_KEY = re.compile(
     rb"(?i)^(?P<indent>[ \t]*)(?:-[ \t]+)?[\"']?"
@@ -165,7 +214,7 @@ _PEM_ONE_LINE = re.compile(_PEM % b"BEGIN" + rb".*?" + _PEM % b"END")
 # a JWT's header, ...). Everything else is copied in bulk; the rules run on the lines picked.
 _TRIGGER = re.compile(
     rb"pass|pwd|pw|token|secret|key|credential|bearer|basic|authorization|://|-----begin|contrase|"
-    rb"mysql|mariadb|sshpass|redis-cli|curl"
+    rb"mysql|mariadb|sshpass|redis-cli|curl|cookie|\$(?:1|2[abxy]?|5|6|y|apr1|argon2)\$"
 )
 _TOKENISH = re.compile(rb"[A-Za-z0-9_\-]{20,}")
 PATTERN_NAMES = tuple(

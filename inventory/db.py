@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
     """An engine for `url`. `schema` pins PostgreSQL's search_path (tests use a schema per run)."""
     parsed = make_url(url)
+    if "@" in (parsed.host or ""):
+        # user:p@ss@host reads as password "p", host "ss@host": the driver's error would quote the
+        # rest of the password as a host name. Refused before any connection, the URL not repeated.
+        raise ValueError("its password holds an unencoded '@' (write it as %40)")
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -282,6 +282,8 @@ def mask_url(url: str) -> str:
 
     try:
         parsed = make_url(url)
+        if "@" in (parsed.host or ""):  # an unencoded @ in the password: the rest of it reads as host
+            return UNPARSEABLE
         query = {
             key: ("***" if any(word in key.lower() for word in _SECRET_QUERY) else value)
             for key, value in parsed.query.items()

@@ -51,6 +51,7 @@ BAD_DATABASE_URLS = {
     "no such role": "postgresql+psycopg://nosuchrole:S3CRETMARKER@127.0.0.1:5432/test",
     "not a URL": "S3CRETMARKER is not a url",
     "unreachable": "postgresql+psycopg://postgres:S3CRETMARKER@127.0.0.1:1/test",
+    "an @ in the password": "postgresql+psycopg://postgres:p@S3CRETMARKER@127.0.0.1:5432/test",
 }
 
 

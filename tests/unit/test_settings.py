@@ -113,6 +113,8 @@ def test_a_refused_harmless_value_is_still_echoed(monkeypatch: pytest.MonkeyPatc
     [
         ("postgresql://u:PASSWORD@127.0.0.1:notaport/db", "<unparseable, hidden>"),
         ("not a url at all PASSWORD", "<unparseable, hidden>"),
+        # an unencoded @ in the password: read as user:pa@ host ssPASSWORD@127.0.0.1
+        ("postgresql+psycopg://u:pa@ssPASSWORD@127.0.0.1:5432/db", "<unparseable, hidden>"),
         ("postgresql+psycopg://u:PASSWORD@127.0.0.1:5432/db", "postgresql+psycopg://u:***@127.0.0.1:5432/db"),
         (
             "postgresql+psycopg://u@h/db?password=PASSWORD&sslmode=require",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,8 @@ from upkeep.cli_common import JsonOpt
 from upkeep.console import CliError, console, print_json
 
 db_app = typer.Typer(help="Upkeep's own database (its schema; the data is the inventory's).")
+
+CONNECT_TIMEOUT = 10  # seconds: `db upgrade` against a database host that does not answer
 
 _MARK = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]", "skip": "[dim]skip[/]"}
 
@@ -55,8 +57,8 @@ def db_upgrade(json: JsonOpt = False) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
+    from inventory.db import make_engine, migrate
     from inventory.revision import current_revisions, head_revisions
-    from upkeep.bootstrap import open_database
     from upkeep.settings import SettingsError, load_settings, mask_url
 
     def refuse(message: str) -> NoReturn:
@@ -81,7 +83,16 @@ def db_upgrade(json: JsonOpt = False) -> None:
     if not driver.startswith(("sqlite", "postgresql")):
         refuse(f"UPKEEP_DATABASE_URL {shown}: only sqlite and postgresql are supported")
     try:
-        engine = open_database(settings)
+        # libpq waits for an answer for ever unless told: a half-dead database host must not hang
+        # the shell (the migration itself may wait for another one, which is a wait worth having).
+        is_pg = driver.startswith("postgresql")
+        extra: dict[str, Any] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}} if is_pg else {}
+        engine = make_engine(url, **extra)
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
     except DBAPIError as exc:
         cause = " ".join(str(exc.orig or exc).split())
         refuse(f"{shown}: cannot migrate: {cause}")

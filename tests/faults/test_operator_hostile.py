@@ -22,6 +22,7 @@ from inventory.db import make_engine, migrate
 from inventory.revision import current_revisions, head_revisions
 from tests.conftest import POSTGRES_URL
 from tests.faults.helpers import wait_for
+from tests.faults.netfaults import Blackhole
 
 pytestmark = [pytest.mark.faults]
 
@@ -252,3 +253,14 @@ def test_doctor_fails_when_this_checkouts_flows_do_not_import(tmp_path: Path) ->
     assert checks["flows"]["status"] == "fail", checks["flows"]
     assert "detect_secrets" in checks["flows"]["detail"], checks["flows"]
     assert "pip install" in checks["flows"]["fix"]
+
+
+def test_db_upgrade_against_a_database_host_that_blackholes_gives_up_in_bounded_time(tmp_path: Path) -> None:
+    """libpq waits for a server's answer for ever unless told otherwise: `upkeep db upgrade` against a
+    half-dead database host hung the operator's shell (the doctor had its own 5 s connect timeout)."""
+    with Blackhole() as hole:
+        url = f"postgresql+psycopg://upkeep:HUNTER2@127.0.0.1:{hole.port}/upkeep"
+        done = _cli(["db", "upgrade", "--json"], _env(tmp_path / "home", database_url=url))
+    assert done.returncode == 1, done.stdout + done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert "timeout" in error.lower() and "HUNTER2" not in done.stdout + done.stderr, error

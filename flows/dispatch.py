@@ -351,9 +351,20 @@ def _claim_next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
                     )
                     continue
                 owner, at = lease.new_owner(), runtime.clock()
+                # The claim holds only if the update is still what was re-checked: an import, release
+                # or case re-check committing since may have moved it (new sequence and slot, the
+                # customer told) or held it; on PostgreSQL that commit can fall between the re-check
+                # and this UPDATE.
                 won = session.execute(
                     update(UpgradeRun)
-                    .where(col(UpgradeRun.id) == run.id, col(UpgradeRun.state) == RunState.planned)
+                    .where(
+                        col(UpgradeRun.id) == run.id,
+                        col(UpgradeRun.state) == RunState.planned,
+                        col(UpgradeRun.notice_sequence) == run.notice_sequence,
+                        col(UpgradeRun.slot_start) == run.slot_start,
+                        col(UpgradeRun.held_reason) == run.held_reason,
+                        col(UpgradeRun.requested_action) == run.requested_action,
+                    )
                     .values(
                         state=RunState.running,
                         started_at=at,

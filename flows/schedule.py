@@ -13,7 +13,8 @@ import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col
 
 from flows.run_notices import (
     DEFERRALS,
@@ -269,6 +270,7 @@ def cancel_update(
             f"{update_ref(run.id)} is {run.state}: only a planned update is cancelled here "
             f"(a running one stops between nodes with `upkeep cancel {run.id}`)"
         )
+    _hold_planned(run, "cancel", session)
     finish_run(run, RunState.cancelled, reason=reason or "cancelled", session=session)
     if run.slot_start is not None and run.told_at is None:
         # Never announced (nothing delivered yet): the waiting notices are withdrawn and the customer
@@ -287,7 +289,34 @@ def _planned(run_id: int, action: str, session: Session) -> UpgradeRun:
     if RunState(run.state) is not RunState.planned or run.slot_start is None:
         what = run.state if run.slot_start else f"{run.state} without an announced slot"
         raise ScheduleRefused(f"cannot {action} {update_ref(run.id)}: it is {what}")
+    _hold_planned(run, action, session)
     return run
+
+
+def _hold_planned(run: UpgradeRun, action: str, session: Session) -> None:
+    """Lock the update's row for this transaction, provided it is still the planned update just read.
+
+    A read and the write after it can straddle another process's commit on PostgreSQL: the dispatcher
+    claiming the update (cancel would then mark a running update cancelled while its nodes are being
+    upgraded; defer would tell the customer it moved), or a re-check moving it. This conditional UPDATE
+    takes the row lock (a claim after it waits for our commit, then finds the update no longer
+    planned) and refuses when the update changed since the read."""
+    held = session.execute(
+        update(UpgradeRun)
+        .where(
+            col(UpgradeRun.id) == run.id,
+            col(UpgradeRun.state) == RunState.planned,
+            col(UpgradeRun.notice_sequence) == run.notice_sequence,
+        )
+        .values(notice_sequence=run.notice_sequence)
+        .execution_options(synchronize_session=False)
+    )
+    if held.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(run)
+        raise ScheduleRefused(
+            f"cannot {action} {update_ref(run.id)}: it is {run.state} now (another process started or "
+            "changed it just now); see `upkeep show`"
+        )
 
 
 def _owner(run: UpgradeRun, session: Session) -> tuple[Cluster, Customer]:

@@ -206,3 +206,90 @@ def test_no_valid_slot_before_the_deadline_holds_the_update_and_alerts_the_sre(
         len(held) == 1 and ": held" in str(held[0].data) and "past the release deadline" in str(held[0].data)
     )
     assert "not reached" in str(held[0].data)
+
+
+# --- Races (adversarial pass on #13) ------------------------------------------------------------------
+# On PostgreSQL (READ COMMITTED) a read and the write that follows it in one transaction can straddle
+# another process's commit; on SQLite every transaction starts with BEGIN IMMEDIATE, so they cannot
+# (and a second writer in the same thread would simply wait on the first). These tests put the other
+# process's commit exactly between the read and the write, so they need PostgreSQL.
+
+
+def _postgres_only(engine: Any) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers at BEGIN IMMEDIATE: the interleaving cannot happen")
+
+
+def test_an_import_moving_the_update_between_the_recheck_and_the_claim_wins(
+    lab: Any, fresh_cluster: str, lab_runtime_any_db: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The dispatcher found the slot valid; before its claim, an import added a blackout over the slot
+    and moved the update (customer told "rescheduled"). The claim must not start it at the old slot."""
+    import flows.dispatch as dispatch_module
+    from flows.dispatch import claim_due
+
+    runtime = lab_runtime_any_db
+    _postgres_only(runtime.engine)
+    vendor = VendorTerms.from_runtime(runtime)
+    run_id, start, _ = _scheduled_and_told(runtime, fresh_cluster)
+    with session_scope(runtime.engine) as session:
+        zone = load_zone(_zone(session, session.get(UpgradeRun, run_id)))  # type: ignore[arg-type]
+    fleet = _with_blackout(
+        lab, fresh_cluster, start.astimezone(zone).date().isoformat(), "freeze", tmp_path / "f.yaml"
+    )
+    original, moved = dispatch_module.reasons_for, []
+
+    def reasons_then_import(run: UpgradeRun, **kwargs: Any) -> Any:
+        found = original(run, **kwargs)
+        if not moved:  # another operator's import commits right now
+            moved.extend(
+                import_and_recheck(fleet, engine=runtime.engine, actor="sre", now=start, vendor=vendor)[1]
+            )
+        return found
+
+    monkeypatch.setattr(dispatch_module, "reasons_for", reasons_then_import)
+    claim = claim_due(runtime, start + timedelta(minutes=1), timedelta(minutes=5))
+
+    assert [o.action for o in moved] == ["moved"]
+    assert claim is None
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.state == RunState.planned and run.slot_start > start  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("action", ["cancel", "defer"])
+def test_cancel_or_defer_racing_the_dispatchers_claim_never_rewrites_a_started_run(
+    action: str, lab: Any, fresh_cluster: str, lab_runtime_any_db: Any, monkeypatch: Any
+) -> None:
+    """`upkeep cancel-update` (or `defer`) read the update as planned; the dispatcher claimed it
+    before they wrote. They must refuse, not mark a running update cancelled (its nodes still being
+    upgraded) or tell the customer it moved."""
+    import flows.schedule as schedule_module
+    from flows.dispatch import claim_due
+    from flows.schedule import ScheduleRefused, cancel_update, defer_update
+
+    runtime = lab_runtime_any_db
+    _postgres_only(runtime.engine)
+    run_id, start, _ = _scheduled_and_told(runtime, fresh_cluster)
+    at = start + timedelta(minutes=1)
+    original, claims = schedule_module.get_run, []
+
+    def read_then_claim(run_id: int, *, session: Any) -> UpgradeRun:
+        run = original(run_id, session=session)
+        if not claims:  # the dispatcher's tick claims it right now
+            claims.append(claim_due(runtime, at, timedelta(minutes=5)))
+        return run
+
+    monkeypatch.setattr(schedule_module, "get_run", read_then_claim)
+    with pytest.raises(ScheduleRefused, match="running"), session_scope(runtime.engine) as session:
+        if action == "cancel":
+            cancel_update(run_id, now=at, reason="changed our mind", session=session)
+        else:
+            defer_update(run_id, to=start + timedelta(days=7), now=at, session=session)
+
+    assert claims and claims[0] is not None and claims[0].run_id == run_id
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.state == RunState.running and run.slot_start == start
+        kinds = session.exec(select(Notice.kind).where(Notice.update_ref == f"update-{run_id}")).all()
+    assert sorted(kinds) == ["scheduled"]

@@ -83,6 +83,15 @@ class CollectResult:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def reached_no_node(self) -> bool:
+        """Every node failed: nothing was bundled or uploaded (`url` is empty)."""
+        return not self.url
+
+    def no_node_reason(self) -> str:
+        why = "; ".join(f"{host}: {error}" for host, error in self.missing.items())
+        return f"diagnostics reached no node ({why}); nothing was uploaded to {self.case}"
+
 
 def resolve_request(
     cluster: str,
@@ -237,6 +246,12 @@ def collect_diagnostics(
                 log.warning("%s: missing from the bundle: %s", result.hostname, result.error)
             else:
                 log.info("%s: %d files, redactions %s", result.hostname, len(result.files), result.redactions)
+        if results and all(result.error for result in results):
+            # Nothing to bundle: no empty bundle goes to the case. Returned, not raised, so the CLI
+            # says it in one line (exit 1) instead of Prefect logging a traceback.
+            missing = {r.hostname: r.error for r in results}
+            log.error("no node reached; nothing uploaded")
+            return CollectResult(req.case, 0, "", "", 0, True, [t.name for t in req.targets], missing, {})
         local, sha256, size = pack(req, name, results, work)
         url = upload(local, remote, runtime)
     finally:

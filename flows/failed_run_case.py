@@ -63,6 +63,8 @@ def handle_failed_run(run_id: int, *, runtime: Runtime, now: datetime) -> Failur
     )
     if state.is_completed():
         result: CollectResult = state.result()
+        if result.reached_no_node:
+            return FailureReport(ref, None, True, error=redact_text(result.no_node_reason()))
         return FailureReport(ref, result.url, result.partial)
     return FailureReport(ref, None, True, error=redact_text(state.message or "diagnostics failed"))
 

@@ -381,6 +381,8 @@ def diagnostics_collect(
             return_state=True,
         )
     result = state.result()  # re-raises the flow's error: shown as one line by upkeep.cli.main
+    if result.reached_no_node:
+        raise CliError(result.no_node_reason())  # exit 1: nothing to bundle, nothing uploaded
     if json:
         print_json(result.as_dict())
     else:

@@ -257,6 +257,30 @@ def test_a_down_node_gives_a_partial_bundle_and_exit_3(
     ]
 
 
+def test_diagnostics_that_reach_no_node_fail_and_upload_nothing(
+    lab: Any, fresh_cluster: str, prefect_harness: None, tmp_path: Path
+) -> None:
+    engine, env = _cli_db(lab, tmp_path / "home"), _cli_env(lab, tmp_path / "home")
+    ref = _open_case(engine, fresh_cluster, priority="P1")
+    hosts = _hosts(lab, fresh_cluster)
+    before = _support_listing(lab)
+    for host in hosts:
+        lab.fault(host, "down")
+    try:
+        result = upkeep_cli(
+            env, "diagnostics", "collect", "--cluster", fresh_cluster, "--case", ref, check=False
+        )
+    finally:
+        for host in hosts:
+            lab.fault(host, "clear")
+
+    assert result.returncode == 1, result.stderr
+    assert "reached no node" in result.stderr and "nothing was uploaded" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert _support_listing(lab) == before
+    assert json.loads(upkeep_cli(env, "case", "show", ref, "--json").stdout)["bundles"] == []
+
+
 def _collect_lines(lab: Any, host: str) -> int:
     log = lab.node_dir(host) / "logs" / "product.log"
     return log.read_text().count(" logs collect ") if log.exists() else 0

@@ -141,8 +141,12 @@ def add(
     sha256: Annotated[str, typer.Option("--sha256", help="SHA-256 of the package, 64 lowercase hex digits.")],
     from_: Annotated[str, typer.Option("--from", help="Versions it installs over, comma-separated.")],
     deadline: Annotated[str | None, typer.Option(help="Upgraded by, e.g. 2026-12-31T00:00:00Z.")] = None,
+    unverified: Annotated[
+        bool, typer.Option("--unverified", help="Do not check the SHA-256 against the file server's package.")
+    ] = False,
 ) -> None:
-    """Add a release to the catalog (checked like the inventory file's `releases:`)."""
+    """Add a release to the catalog (checked like the inventory file's `releases:`), after checking
+    that the package on the file server has that SHA-256 (refused if it cannot be reached)."""
     raw: dict[str, Any] = {"version": version, "package": package, "sha256": sha256}
     raw["from"] = [part.strip() for part in from_.split(",") if part.strip()]
     if deadline is not None:
@@ -155,7 +159,32 @@ def add(
     entry, problems = check_entry(raw, f"release {version}")
     if entry is None:
         raise CliError("; ".join(problems) + "; nothing was written")
+    if not unverified:
+        _verify_package(version, package, sha256.strip().lower())
     console.print(f"release {version}: {_counts(_save([entry], f'release/{version}'))}")
+
+
+def _verify_package(version: str, package: str, sha256: str) -> None:
+    """The package on the file server must have `sha256`: fetched (streamed) into a temporary directory
+    and hashed there; a mismatch or a file server that cannot be reached refuses the release."""
+    import tempfile
+    from pathlib import Path
+
+    from flows.runtime import current
+    from tasks.fileserver import ChecksumMismatch
+
+    _engine()
+    fileserver = current().fileserver
+    with tempfile.TemporaryDirectory(prefix="upkeep-release-") as tmp:
+        try:
+            fileserver.download(package, Path(tmp) / "package", sha256=sha256)
+        except ChecksumMismatch as exc:
+            raise CliError(f"release {version}: {exc}; nothing was written") from None
+        except Exception as exc:
+            raise CliError(
+                f"release {version}: the SHA-256 of {package} could not be checked on the file server "
+                f"({exc}); add --unverified to add it unchecked; nothing was written"
+            ) from None
 
 
 @release_app.command("sync")

@@ -379,14 +379,22 @@ def cli(fleet: Engine, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def test_cli_release_add_checks_like_the_importer(cli: Any, fleet: Engine) -> None:
     ok = cli("add", "9.11.0", "--package", "releases/p-9.11.0.tar.gz", "--sha256", "cd" * 32,
-             "--from", "9.9.0,9.10.0", "--deadline", "2027-01-31T00:00:00Z")  # fmt: skip
+             "--from", "9.9.0,9.10.0", "--deadline", "2027-01-31T00:00:00Z", "--unverified")  # fmt: skip
     assert ok.exit_code == 0 and "1 created" in ok.output
     bad = cli("add", "9.12.0", "--package", "../etc/passwd", "--sha256", "XYZ", "--from", "9.12.0")
     assert bad.exit_code != 0
     message = str(bad.exception)
     assert "package" in message and "sha256" in message and "9.12.0 is not older than 9.12.0" in message
     changed = cli(
-        "add", "9.11.0", "--package", "releases/other.tar.gz", "--sha256", "cd" * 32, "--from", "9.9.0"
+        "add",
+        "9.11.0",
+        "--package",
+        "releases/other.tar.gz",
+        "--sha256",
+        "cd" * 32,
+        "--from",
+        "9.9.0",
+        "--unverified",
     )
     assert changed.exit_code != 0 and "a release's package never changes" in str(changed.exception)
     with session_scope(fleet) as session:

@@ -637,7 +637,10 @@ def _instant(text: str) -> datetime:
         raise HTTPException(400, "Choose one of the times offered.") from None
     if moment.tzinfo is None:
         raise HTTPException(400, "Choose one of the times offered.")
-    return moment.astimezone(UTC)
+    try:  # year 9999 behind UTC or year 1 ahead of it has no UTC time: OverflowError, not a 500
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(400, "Choose one of the times offered.") from None
 
 
 def create_app(config: PortalConfig) -> Starlette:

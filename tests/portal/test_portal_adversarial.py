@@ -1,0 +1,23 @@
+"""Breaks found by the adversarial pass on the portal (issue 17), each kept as a test: what an attacker
+sent, and that it is now refused with a clear page, no 500, and nothing written."""
+
+from __future__ import annotations
+
+from starlette.testclient import TestClient
+
+from tests.portal.conftest import Portal, sign_in
+from tests.portal.test_portal_security import counts
+
+
+def test_a_defer_time_at_the_edge_of_the_calendar_is_refused_not_a_500(portal: Portal) -> None:
+    # A crafted POST whose start is a valid ISO time that cannot be converted to UTC (year 9999 behind
+    # UTC, year 1 ahead of it) raised OverflowError in the portal: a 500 and a dropped connection.
+    csrf = sign_in(portal, "ann@acme.example")
+    run = portal.updates["acme-c1"]
+    before = counts(portal)
+    strict = TestClient(portal.client.app, base_url="http://testserver", cookies=portal.client.cookies)
+    for start in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-01:00"):
+        response = strict.post(f"/maintenance/update-{run}/defer", data={"csrf": csrf, "start": start})
+        assert response.status_code == 400, (start, response.status_code)
+        assert "Choose one of the times offered" in response.text
+    assert counts(portal) == before

@@ -154,8 +154,13 @@ class Settings(BaseSettings):
 
     def resolved_portal_secret(self) -> bytes:
         """UPKEEP_PORTAL_SECRET, else the key in <home>/portal.key (made on first use, owner-only)."""
-        if self.portal_secret.get_secret_value():
-            return self.portal_secret.get_secret_value().encode()
+        if secret := self.portal_secret.get_secret_value():
+            if len(secret.strip()) < 32:  # as the key file: a short key lets anyone guess it from one link
+                raise SettingsError(
+                    "UPKEEP_PORTAL_SECRET: expected at least 32 characters (a random string, e.g. from "
+                    "`openssl rand -base64 48`), or leave it empty to use <home>/portal.key"
+                )
+            return secret.encode()
         path = self.home / "portal.key"
         if not path.exists():
             import secrets

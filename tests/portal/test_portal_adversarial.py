@@ -3,10 +3,14 @@ sent, and that it is now refused with a clear page, no 500, and nothing written.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from starlette.testclient import TestClient
 
 from tests.portal.conftest import Portal, sign_in
 from tests.portal.test_portal_security import counts
+from upkeep.settings import Settings, SettingsError
 
 
 def test_a_defer_time_at_the_edge_of_the_calendar_is_refused_not_a_500(portal: Portal) -> None:
@@ -21,3 +25,25 @@ def test_a_defer_time_at_the_edge_of_the_calendar_is_refused_not_a_500(portal: P
         assert response.status_code == 400, (start, response.status_code)
         assert "Choose one of the times offered" in response.text
     assert counts(portal) == before
+
+
+def test_a_short_or_blank_portal_secret_is_refused_like_a_short_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # <home>/portal.key shorter than 32 characters was refused, but UPKEEP_PORTAL_SECRET=" " or "x" was
+    # taken as the signing key: `upkeep portal serve` signed every link with one guessable byte.
+    from tests.faults.cli import invoke
+
+    monkeypatch.setenv("UPKEEP_HOME", str(tmp_path / "home"))
+    for secret in (" ", "x", "short-secret", " " * 40):
+        monkeypatch.setenv("UPKEEP_PORTAL_SECRET", secret)
+        with pytest.raises(SettingsError, match="UPKEEP_PORTAL_SECRET.*at least 32"):
+            Settings().resolved_portal_secret()
+        outcome = invoke("portal", "link", "ann@acme.example")
+        assert outcome.code == 1 and "UPKEEP_PORTAL_SECRET" in outcome.text, outcome.text
+        assert "Traceback" not in outcome.text
+    good = "k" * 32
+    monkeypatch.setenv("UPKEEP_PORTAL_SECRET", good)
+    assert Settings().resolved_portal_secret() == good.encode()
+    monkeypatch.setenv("UPKEEP_PORTAL_SECRET", "")  # empty: the generated key file, as documented
+    assert len(Settings().resolved_portal_secret()) >= 32

@@ -37,7 +37,7 @@ def test_a_short_or_blank_portal_secret_is_refused_like_a_short_key_file(
     monkeypatch.setenv("UPKEEP_HOME", str(tmp_path / "home"))
     for secret in (" ", "x", "short-secret", " " * 40):
         monkeypatch.setenv("UPKEEP_PORTAL_SECRET", secret)
-        with pytest.raises(SettingsError, match="UPKEEP_PORTAL_SECRET.*at least 32"):
+        with pytest.raises(SettingsError, match=r"UPKEEP_PORTAL_SECRET.*at least 32"):
             Settings().resolved_portal_secret()
         outcome = invoke("portal", "link", "ann@acme.example")
         assert outcome.code == 1 and "UPKEEP_PORTAL_SECRET" in outcome.text, outcome.text

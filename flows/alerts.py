@@ -22,7 +22,7 @@ from sqlmodel import Session
 from flows.links import flow_run_url
 from flows.runtime import Runtime
 from inventory import repo
-from inventory.alerts import Alert, claim_due, queue_alert, record_attempt
+from inventory.alerts import Alert, claim_due, queue_alert, record_attempt, renew_claim
 from inventory.db import session_scope
 from inventory.models import Cluster
 from inventory.runs import get_run
@@ -126,29 +126,42 @@ class AlertReport:
 
 
 def deliver_alerts(runtime: Runtime, *, now: datetime | None = None, limit: int = 100) -> AlertReport:
-    """Send due alerts to each channel that has not taken them yet. Never raises for a channel."""
+    """Send due alerts to each channel that has not taken them yet. Never raises for a channel.
+
+    A channel that failed once is not tried again in this delivery (a channel that accepts and never
+    answers costs one timeout, not one per queued alert); each alert's claim is taken again right
+    before it is sent, so an alert another deliverer took while this one was slow is not sent twice."""
     now = now or runtime.clock()
     report = AlertReport()
     with session_scope(runtime.engine) as session:
-        claimed = [
-            (a.id, a.key, a.targets, a.delivered, _message(a))
-            for a in claim_due(session, now, hold=CLAIM_HOLD, limit=limit)
-        ]
-    for alert_id, key, targets, delivered, message in claimed:
-        assert alert_id is not None
+        claimed = [(a.id, a.next_attempt_at) for a in claim_due(session, now, hold=CLAIM_HOLD, limit=limit)]
+    failed: dict[str, str] = {}  # channel name -> its error in this delivery
+    for alert_id, claim in claimed:
+        assert alert_id is not None and claim is not None
+        until = max(now, runtime.clock()) + CLAIM_HOLD
+        with session_scope(runtime.engine) as session:
+            alert = renew_claim(session, alert_id, claim, until)
+            if alert is None:
+                continue  # another deliverer has it now
+            key, targets, delivered, message = alert.key, alert.targets, alert.delivered, _message(alert)
         done: list[str] = []
         errors: list[str] = []
         for channel in _channels(runtime, targets, errors):
             if channel.name in delivered:
                 continue
+            if channel.name in failed:
+                errors.append(f"{failed[channel.name]} (not tried again in this delivery)")
+                continue
             try:
                 channel.send(message)
             except AlertError as exc:
                 errors.append(str(exc))
+                failed[channel.name] = str(exc)
             else:
                 done.append(channel.name)
         with session_scope(runtime.engine) as session:
-            record_attempt(session, alert_id, delivered=done, errors=errors, now=now)
+            if record_attempt(session, alert_id, delivered=done, errors=errors, now=now, claim=until) is None:
+                continue  # another deliverer took it meanwhile; what this one sent is remembered
         (report.retrying if errors else report.sent).append(key)
         report.errors += errors
     for error in report.errors:

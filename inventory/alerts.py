@@ -132,13 +132,41 @@ def claim_due(session: Session, now: datetime, *, hold: timedelta, limit: int) -
     return claimed
 
 
+def renew_claim(session: Session, alert_id: int, claim: datetime, until: datetime) -> Alert | None:
+    """Take the claim again right before sending: None when it is no longer ours (a slow delivery
+    outlived it and another deliverer took the alert, maybe sent it already)."""
+    won = session.execute(
+        update(Alert)
+        .where(
+            col(Alert.id) == alert_id,
+            col(Alert.state) == AlertState.pending,
+            col(Alert.next_attempt_at) == claim,
+        )
+        .values(next_attempt_at=until)
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(Alert, alert_id, populate_existing=True)
+
+
 def record_attempt(
-    session: Session, alert_id: int, *, delivered: Sequence[str], errors: Sequence[str], now: datetime
-) -> Alert:
+    session: Session,
+    alert_id: int,
+    *,
+    delivered: Sequence[str],
+    errors: Sequence[str],
+    now: datetime,
+    claim: datetime | None = None,
+) -> Alert | None:
     """One delivery attempt: the channels that took it are remembered; with errors, the rest are
-    tried again after the notices' backoff."""
-    alert = session.get(Alert, alert_id)
+    tried again after the notices' backoff. With `claim`, only while the claim is still ours (None
+    otherwise: the channels that took it are still added, nothing else is changed)."""
+    alert = session.get(Alert, alert_id, with_for_update=True, populate_existing=True)
     assert alert is not None
+    if claim is not None and (alert.state != AlertState.pending or alert.next_attempt_at != claim):
+        alert.delivered = list(dict.fromkeys([*alert.delivered, *delivered]))
+        session.add(alert)
+        return None
     alert.attempts += 1
     alert.delivered = list(dict.fromkeys([*alert.delivered, *delivered]))
     alert.last_error = "; ".join(errors)[:ERROR_CHARS]

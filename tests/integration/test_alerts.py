@@ -4,6 +4,7 @@ PostgreSQL. Queued in our database, delivered by the dispatcher's delivery, retr
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,84 @@ def test_the_same_key_queues_one_alert(engine: Engine, tmp_path: Path, mailbox: 
     first = alert_sre(runtime, headline="h", cause="c", key="run-1:failed")
     assert alert_sre(runtime, headline="h", cause="c", key="run-1:failed") == first
     assert len(_alerts(engine)) == 1
+
+
+class _Blackhole:
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers (a hung alert channel)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)  # kept open, never read from, never answered
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_channel_that_never_answers_costs_one_timeout_per_delivery_not_one_per_alert(
+    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+):
+    hole = _Blackhole()
+    try:
+        runtime = _runtime(engine, tmp_path, mailbox, webhook)
+        hung = AppriseChannel(f"json://127.0.0.1:{hole.port}/hook", timeout=1)
+        runtime = replace(runtime, alert_channels=(*runtime.alert_channels, hung))
+        for n in range(4):
+            alert_sre(runtime, headline=f"alert {n}", cause="c", cluster="acme-c1")
+
+        report = deliver_alerts(runtime, now=T0)
+
+        # The hung channel was tried once; the three other alerts did not each wait for its timeout.
+        assert len(hole.accepted) == 1
+        assert len(report.retrying) == 4 and len(webhook.received) == 4 and len(mailbox.handler.messages) == 4
+        assert all(f"127.0.0.1:{hole.port}" in a.last_error for a in _alerts(engine))  # retried later
+    finally:
+        hole.close()
+
+
+def test_a_delivery_outlived_by_its_claim_does_not_send_what_another_tick_sent_meanwhile(
+    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+):
+    """A slow channel with many alerts queued: the first tick is still sending when its claim on the
+    later alerts runs out and the next tick takes and sends them. The first tick must not send them
+    again (the on-call got every alert of a burst twice)."""
+    clock = {"now": T0}
+    base = _runtime(engine, tmp_path, mailbox, webhook)
+    hook = AppriseChannel(webhook.url, timeout=2)
+
+    class Slow:
+        name = hook.name
+        calls = 0
+
+        def send(self, message: Any) -> None:
+            hook.send(message)
+            Slow.calls += 1
+            if Slow.calls == 1:  # the first tick is slow: meanwhile, 3 minutes on, the next tick runs
+                clock["now"] = T0 + timedelta(minutes=3)
+                deliver_alerts(runtime, now=clock["now"])
+
+    runtime = replace(base, alert_channels=(Slow(),), clock=lambda: clock["now"])
+    for n in range(4):
+        alert_sre(runtime, headline=f"alert {n}", cause="c", cluster="acme-c1", key=f"burst-{n}")
+
+    deliver_alerts(runtime, now=T0)
+
+    titles = [posted["title"] for posted in webhook.received]
+    for n in range(1, 4):  # alert 0 was in flight in both (simulated: 3 minutes on one send)
+        assert titles.count(f"[Upkeep] acme-c1: alert {n}") == 1, titles

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from flows.alerts import alert_sre
 from flows.runtime import Runtime
 from inventory import repo
-from inventory.alerts import Page
+from inventory.alerts import Alert, Page
 from inventory.db import session_scope
 from inventory.oncall import current_spec
 from scheduling.oncall import Person, Rotation, levels, paged_at_level, shift
@@ -119,7 +120,11 @@ def _send(
 
 
 def escalate_due(runtime: Runtime, now: datetime) -> list[int]:
-    """The dispatcher tick's part: every unacknowledged page whose time ran out goes one level up."""
+    """The dispatcher tick's part: every unacknowledged page whose time ran out goes one level up.
+
+    Each step is a compare-and-set on the page as read (level, still unacknowledged): an `oncall ack`
+    or another tick that got there first wins, and nobody more is paged. A page about a P0 case that
+    has been closed meanwhile stops escalating (audited `oncall.resolved`)."""
     escalated = []
     with session_scope(runtime.engine) as session:
         due = session.exec(
@@ -132,35 +137,78 @@ def escalate_due(runtime: Runtime, now: datetime) -> list[int]:
         chain = rotation(session) if due else None
         for row in due:
             assert row.id is not None
-            if chain is None or row.level >= levels(chain):
-                row.escalate_at = None  # the chain is exhausted (or gone): nobody left to page
-                session.add(row)
+            page_id, level, escalate_at, paged = row.id, row.level, row.escalate_at, list(row.paged)
+            resolved = _resolved(session, row.key)
+            if chain is None or level >= levels(chain) or resolved:
+                # the chain is exhausted (or gone), or what it was about is over: nobody left to page
+                stopped = _step(
+                    session, page_id, level, escalate_at, level=level, paged=paged, escalate_at=None
+                )
+                if stopped and resolved:
+                    repo.record_audit(
+                        runtime.actor, "oncall.resolved", f"page/{page_id}",
+                        {"level": level, "resolved": resolved}, session=session,
+                    )  # fmt: skip
                 continue
-            row.level += 1
-            people = paged_at_level(chain, row.level, now)
-            row.paged = [*row.paged, *(p.name for p in people)]
-            row.escalate_at = now + runtime.oncall_escalate_after if row.level < levels(chain) else None
-            session.add(row)
+            people = paged_at_level(chain, level + 1, now)
+            following = now + runtime.oncall_escalate_after if level + 1 < levels(chain) else None
+            if not _step(
+                session, page_id, level, escalate_at,
+                level=level + 1, paged=[*paged, *(p.name for p in people)], escalate_at=following,
+            ):  # fmt: skip
+                continue  # acknowledged, or escalated by another tick, since it was read
             headline, _, cause = row.reason.partition(": ")
+            run_id, customer, cluster, case_ref = _context(session, page_id, row.key)
             _send(
-                runtime,
-                session,
-                row,
-                people,
-                headline,
-                cause or row.reason,
-                None,
-                "",
-                "",
-                "",
-                level=row.level,
-            )
-            repo.record_audit(
-                runtime.actor, "oncall.escalated", f"page/{row.id}",
-                {"level": row.level, "paged": [p.name for p in people]}, session=session,
+                runtime, session, row, people, headline, cause or row.reason, run_id, case_ref, cluster,
+                customer, level=level + 1,
             )  # fmt: skip
-            escalated.append(row.id)
+            repo.record_audit(
+                runtime.actor, "oncall.escalated", f"page/{page_id}",
+                {"level": level + 1, "paged": [p.name for p in people]}, session=session,
+            )  # fmt: skip
+            escalated.append(page_id)
     return escalated
+
+
+def _step(session: Session, page_id: int, level: int, escalate_at: datetime | None, /, **values: Any) -> bool:
+    """Move the page on only if it is still as read: unacknowledged, at `level`, due at `escalate_at`."""
+    won = session.execute(
+        update(Page)
+        .where(
+            col(Page.id) == page_id,
+            col(Page.level) == level,
+            col(Page.acked_at).is_(None),
+            col(Page.escalate_at) == escalate_at,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(won.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _resolved(session: Session, key: str) -> str:
+    """Why a page needs nobody more: its P0 case is closed ("" while it is not)."""
+    from inventory.case_tables import Case, CaseStatus
+
+    kind, _, ref = key.partition(":")
+    if kind != "case":
+        return ""
+    case = session.exec(select(Case).where(Case.ref == ref)).first()
+    return f"case {ref} closed" if case is not None and case.status == CaseStatus.closed else ""
+
+
+def _context(session: Session, page_id: int, key: str) -> tuple[int | None, str, str, str]:
+    """The first page's run, customer and cluster, and the case, for every later level's message."""
+    first = session.exec(select(Alert).where(Alert.key == f"page-{page_id}:level-0")).first()
+    run_id, customer, cluster = (first.run_id, first.customer, first.cluster) if first else (None, "", "")
+    kind, _, ref = key.partition(":")
+    case_ref = ref if kind == "case" else ""
+    if not case_ref and run_id is not None:
+        from inventory.runs import get_run
+
+        case_ref = get_run(run_id, session=session).case_ref or ""
+    return run_id, customer, cluster, case_ref
 
 
 def ack(runtime: Runtime, page_id: int, *, actor: str) -> Page:
@@ -170,10 +218,15 @@ def ack(runtime: Runtime, page_id: int, *, actor: str) -> Page:
         row = session.get(Page, page_id)
         if row is None:
             raise OnCallError(f"no page {page_id} (see `upkeep oncall show`)")
-        if row.acked_at is not None:
+        taken = session.execute(
+            update(Page)
+            .where(col(Page.id) == page_id, col(Page.acked_at).is_(None))
+            .values(acked_at=now, acked_by=actor, escalate_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.refresh(row)
+        if taken.rowcount != 1:  # type: ignore[attr-defined]  # acknowledged first, maybe just now, by another
             raise OnCallError(f"page {page_id} was already acknowledged by {row.acked_by} at {row.acked_at}")
-        row.acked_at, row.acked_by, row.escalate_at = now, actor, None
-        session.add(row)
         repo.record_audit(actor, "oncall.acked", f"page/{page_id}", {"level": row.level}, session=session)
         session.flush()
         session.expunge(row)

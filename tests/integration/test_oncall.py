@@ -227,3 +227,95 @@ def test_oncall_show_and_ack_on_the_command_line(tmp_path: Path):
         assert [action for action, _ in _audit(db)] == ["oncall.paged", "oncall.acked"]
     finally:
         db.dispose()
+
+
+def test_an_ack_landing_while_the_tick_escalates_stops_it_and_nobody_more_is_paged(
+    engine: Engine, runtime: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """`upkeep oncall ack` commits between the tick reading the page as unacknowledged and the tick
+    writing the next level: the support manager was paged after the engineer had acknowledged."""
+    import flows.oncall as oncall
+
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serializes the two: the tick's transaction begins IMMEDIATE")
+    page_id = page(runtime, key="run:7", headline="urgent update failed", cause="node n1: upgrade failed")
+    assert page_id is not None
+    real = oncall.paged_at_level
+
+    def ack_first(chain: Any, level: int, at: datetime) -> Any:
+        if level >= 1:
+            ack(runtime, page_id, actor="ana")  # another process, its own transaction
+        return real(chain, level, at)
+
+    monkeypatch.setattr(oncall, "paged_at_level", ack_first)
+    _at(runtime, T0 + timedelta(minutes=15))
+    assert escalate_due(runtime, runtime.clock()) == []
+    assert not any("ESCALATED" in a.subject for a in _pages(engine))
+    assert [action for action, _ in _audit(engine)] == ["oncall.paged", "oncall.acked"]
+
+
+def test_a_page_is_escalated_once_by_two_ticks_at_once(
+    engine: Engine, runtime: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """Two dispatcher ticks escalate the same page: one level step, one message, and the other tick
+    does not die on the alert's unique key."""
+    import flows.oncall as oncall
+
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serializes the two: the tick's transaction begins IMMEDIATE")
+    page_id = page(runtime, key="run:8", headline="urgent update failed", cause="node n1: upgrade failed")
+    real = oncall.paged_at_level
+    nested: list[list[int]] = []
+
+    def other_tick_first(chain: Any, level: int, at: datetime) -> Any:
+        if level >= 1 and not nested:
+            nested.append([])
+            nested[0] += escalate_due(runtime, at)  # the other tick, its own transaction
+        return real(chain, level, at)
+
+    monkeypatch.setattr(oncall, "paged_at_level", other_tick_first)
+    _at(runtime, T0 + timedelta(minutes=15))
+    mine = escalate_due(runtime, runtime.clock())
+    assert sorted([*mine, *nested[0]]) == [page_id]
+    assert sum("ESCALATED" in a.subject for a in _pages(engine)) == 1
+    assert [action for action, _ in _audit(engine)] == ["oncall.paged", "oncall.escalated"]
+
+
+def test_a_p0_case_closed_before_its_escalation_pages_nobody_more(engine: Engine, runtime: Any):
+    from flows.oncall import page_triggers
+    from inventory import cases, repo
+
+    with session_scope(engine) as session:
+        cluster = repo.get_cluster("acme-c1", session=session)
+        case = cases.open_case(
+            customer=repo.customer_of(cluster, session=session), clusters=[cluster], subject="cluster down",
+            category="Issue", priority="P0", now=T0, opened_by="support", session=session,
+        )  # fmt: skip
+        ref = case.ref
+    (page_id,) = page_triggers(runtime, T0)
+    with session_scope(engine) as session:
+        cases.close_case(
+            cases.get_case(ref, session=session), reason="fixed", now=T0 + timedelta(minutes=5),
+            actor="support", session=session,
+        )  # fmt: skip
+    _at(runtime, T0 + timedelta(minutes=15))
+    assert escalate_due(runtime, runtime.clock()) == []  # the support manager is not woken for it
+    assert not any("ESCALATED" in a.subject for a in _pages(engine))
+    assert [action for action, _ in _audit(engine)][-1] == "oncall.resolved"
+    assert page_id is not None
+
+
+def test_an_escalated_page_still_names_its_run_case_and_cluster(engine: Engine, runtime: Any):
+    """Level 1 (the support manager, woken at night) got only the headline: no customer/cluster, no
+    case, no run to inspect."""
+    page_id = page(
+        runtime, key="case:CASE-4", headline="P0 case CASE-4 opened", cause="acme-c1 is down",
+        case_ref="CASE-4", cluster="acme-c1", customer="acme",
+    )  # fmt: skip
+    _at(runtime, T0 + timedelta(minutes=15))
+    assert escalate_due(runtime, runtime.clock()) == [page_id]
+    escalated = _pages(engine)[-1]
+    assert escalated.subject == "[Upkeep] acme/acme-c1: ESCALATED (level 1): P0 case CASE-4 opened"
+    assert (
+        "Case:              CASE-4" in escalated.body_text and "Cause: acme-c1 is down" in escalated.body_text
+    )

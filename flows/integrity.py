@@ -40,7 +40,7 @@ from scheduling.validity import PlannedUpdate, Reason, World, invalid_reasons, r
 from scheduling.windows import Interval
 from templates import NoticeKind
 
-Action = Literal["valid", "moved", "held", "unheld"]
+Action = Literal["valid", "moved", "held", "unheld", "raced"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Outcome:
     slot: Interval | None = None  # the new slot when moved
     zone: str = "UTC"
     written: bool = True  # False for a dry run
+    state: str = ""  # raced: what the update is now
 
     def describe(self) -> str:
         from zoneinfo import ZoneInfo
@@ -62,6 +63,9 @@ class Outcome:
         head = f"{update_ref(self.run_id).replace('-', ' ')} {self.label}"
         if self.action == "valid":
             return f"{head}: still valid"
+        if self.action == "raced":
+            meanwhile = "started or changed by another process meanwhile"
+            return f"{head}: {why} -> not moved: it is {self.state} ({meanwhile})"
         if self.action in ("moved", "unheld"):
             assert self.slot is not None
             local = self.slot.start.astimezone(ZoneInfo(self.zone)).strftime("%a %d %b %H:%M")
@@ -145,14 +149,18 @@ def recheck(
         if run.held_reason:  # still nowhere to go: nothing new to say
             return Outcome(run.id, label, "held", (run.held_reason,), zone=zone, written=not plan_only)
         held = f"{'; '.join(reasons)}; no valid slot: {exc}"
-        if not plan_only:
-            _hold(run, held, now=now, session=session, actor=actor, vendor=vendor, why=why)
+        if not plan_only and not _hold(
+            run, held, now=now, session=session, actor=actor, vendor=vendor, why=why
+        ):
+            return _raced(run, label, reasons, zone, session)
         return Outcome(
             run.id, label, "held", (*reasons, f"no valid slot: {exc}"), zone=zone, written=not plan_only
         )
     action: Action = "unheld" if run.held_reason else "moved"
-    if not plan_only:
-        _move(run, slot, reasons, now=now, session=session, actor=actor, vendor=vendor, why=why)
+    if not plan_only and not _move(
+        run, slot, reasons, now=now, session=session, actor=actor, vendor=vendor, why=why
+    ):
+        return _raced(run, label, reasons, zone, session)
     return Outcome(run.id, label, action, tuple(reasons), slot, zone, written=not plan_only)
 
 
@@ -197,7 +205,7 @@ def _move(
     actor: str,
     vendor: VendorTerms | None,
     why: str,
-) -> None:
+) -> bool:
     previous, sequence = run.slot_start, run.notice_sequence
     won = session.execute(
         update(UpgradeRun)
@@ -209,7 +217,7 @@ def _move(
         .values(slot_start=slot.start, slot_end=slot.end, notice_sequence=sequence + 1, held_reason="")
     )
     if won.rowcount != 1:  # type: ignore[attr-defined]
-        return  # someone else moved it first, and told the customer
+        return False  # someone else moved or started it first
     session.refresh(run)
     detail = {
         "from": previous.isoformat() if previous else None,
@@ -228,6 +236,7 @@ def _move(
         previous_slot_start=previous,
         reason="; ".join(reasons),
     )
+    return True
 
 
 def _hold(
@@ -239,7 +248,7 @@ def _hold(
     actor: str,
     vendor: VendorTerms | None,
     why: str,
-) -> None:
+) -> bool:
     won = session.execute(
         update(UpgradeRun)
         .where(
@@ -251,12 +260,21 @@ def _hold(
         .values(held_reason=reason[:2000])
     )
     if won.rowcount != 1:  # type: ignore[attr-defined]
-        return
+        return False
     session.refresh(run)
     repo.record_audit(
         actor, "update.held", f"run/{run.id}", {"reason": reason, "trigger": why}, session=session
     )
     _alert_held(run, reason, now=now, session=session, vendor=vendor)
+    return True
+
+
+def _raced(run: UpgradeRun, label: str, reasons: list[str], zone: str, session: Session) -> Outcome:
+    """Another process (the dispatcher's claim, another import or re-check) changed the update between
+    our read and our write: say so, rather than report a move or hold that was not written."""
+    assert run.id is not None
+    session.refresh(run)
+    return Outcome(run.id, label, "raced", tuple(reasons), zone=zone, state=str(RunState(run.state).value))
 
 
 def _alert_held(

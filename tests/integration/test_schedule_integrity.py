@@ -293,3 +293,43 @@ def test_cancel_or_defer_racing_the_dispatchers_claim_never_rewrites_a_started_r
         assert run is not None and run.state == RunState.running and run.slot_start == start
         kinds = session.exec(select(Notice.kind).where(Notice.update_ref == f"update-{run_id}")).all()
     assert sorted(kinds) == ["scheduled"]
+
+
+def test_an_import_whose_move_loses_to_the_dispatchers_claim_does_not_report_a_move(
+    lab: Any, fresh_cluster: str, lab_runtime_any_db: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The import found the slot inside its new blackout and chose a new slot; before it wrote, the
+    dispatcher (not yet seeing the blackout) claimed the update. The import must not print "moved to
+    ..., customer notified" for an update that is running and that nobody notified."""
+    import flows.integrity as integrity_module
+    from flows.dispatch import claim_due
+
+    runtime = lab_runtime_any_db
+    _postgres_only(runtime.engine)
+    vendor = VendorTerms.from_runtime(runtime)
+    run_id, start, _ = _scheduled_and_told(runtime, fresh_cluster)
+    with session_scope(runtime.engine) as session:
+        zone = load_zone(_zone(session, session.get(UpgradeRun, run_id)))  # type: ignore[arg-type]
+    day = start.astimezone(zone).date().isoformat()
+    fleet = _with_blackout(lab, fresh_cluster, day, "freeze", tmp_path / "f.yaml")
+    original, claims = integrity_module.replacement_slot, []
+
+    def slot_then_claim(*args: Any, **kwargs: Any) -> Any:
+        found = original(*args, **kwargs)
+        if not claims:  # the dispatcher's tick claims it right now
+            claims.append(claim_due(runtime, start, timedelta(minutes=5)))
+        return found
+
+    monkeypatch.setattr(integrity_module, "replacement_slot", slot_then_claim)
+    _, [outcome] = import_and_recheck(fleet, engine=runtime.engine, actor="sre", now=start, vendor=vendor)
+
+    assert claims and claims[0] is not None
+    assert outcome.action == "raced"
+    assert outcome.describe() == (
+        f"update {run_id} {outcome.label}: slot now inside blackout 'freeze' -> not moved: it is "
+        "running (started or changed by another process meanwhile)"
+    )
+    with session_scope(runtime.engine) as session:
+        kinds = session.exec(select(Notice.kind).where(Notice.update_ref == f"update-{run_id}")).all()
+        audits = session.exec(select(AuditEvent).where(AuditEvent.action == "update.rescheduled")).all()
+    assert sorted(kinds) == ["scheduled"] and audits == []

@@ -47,3 +47,21 @@ def test_a_short_or_blank_portal_secret_is_refused_like_a_short_key_file(
     assert Settings().resolved_portal_secret() == good.encode()
     monkeypatch.setenv("UPKEEP_PORTAL_SECRET", "")  # empty: the generated key file, as documented
     assert len(Settings().resolved_portal_secret()) >= 32
+
+
+def test_no_redirect_is_built_from_the_host_header(portal: Portal) -> None:
+    # Starlette's trailing-slash redirect answered GET /signin/ (and a POST to /cases/, form and CSRF
+    # token included: a 307 keeps the body) with `Location: http://<Host header>/...`: a Host of
+    # evil.example sent the browser off-site. Every redirect now names one of the portal's fixed paths.
+    csrf = sign_in(portal, "ann@acme.example")
+    before = counts(portal)
+    tries = (("GET", "/signin/"), ("GET", "/maintenance/"), ("GET", "/cases/"), ("POST", "/cases/"))
+    for method, path in tries:
+        response = portal.client.request(
+            method, path, data={"csrf": csrf, "subject": "x"} if method == "POST" else None,
+            headers={"host": "evil.example"}, follow_redirects=False,
+        )  # fmt: skip
+        location = response.headers.get("location", "")
+        assert "evil" not in location and not location.startswith(("http", "//")), (path, location)
+        assert response.status_code < 500
+    assert counts(portal) == before

@@ -672,6 +672,9 @@ def create_app(config: PortalConfig) -> Starlette:
         routes=routes,
         exception_handlers={HTTPException: portal.http_error, Exception: portal.server_error},
     )
+    # No trailing-slash redirect: Starlette builds its Location from the request's Host header (a Host
+    # of evil.example sent the browser there, a 307 carrying a POST's form); /cases/ is simply a 404.
+    app.router.redirect_slashes = False
     app.add_middleware(SecurityHeaders)
     app.state.portal = portal
     return app

@@ -26,7 +26,15 @@ from inventory.alerts import Alert, claim_due, queue_alert, record_attempt, rene
 from inventory.db import session_scope
 from inventory.models import Cluster
 from inventory.runs import get_run
-from tasks.alerts import AlertChannel, AlertError, AlertMessage, AppriseChannel, EmailChannel
+from tasks.alerts import (
+    AlertChannel,
+    AlertError,
+    AlertMessage,
+    AlertMessageError,
+    AppriseChannel,
+    EmailChannel,
+)
+from tasks.diagnostics import redact_text
 from templates.alert import AlertContext, render_alert
 
 __all__ = ["AlertReport", "alert_sre", "deliver_alerts"]
@@ -58,7 +66,9 @@ def alert_sre(
 ) -> int:
     """Queue an SRE alert; returns its id. With `run_id`, customer, cluster, versions and the Prefect
     flow-run link come from the run's record. `key` makes it idempotent (the same key queues nothing
-    new); `session` queues it in the caller's transaction. Never raises for a channel."""
+    new); `session` queues it in the caller's transaction. Never raises for a channel. Secrets in the
+    text (a password in a URL the error quotes, a token) are redacted before anything is stored."""
+    headline, cause, detail, action = (redact_text(text) for text in (headline, cause, detail, action))
     with _session(runtime, session) as s:
         from_version = to_version = run_url = ""
         if run_id is not None:
@@ -156,7 +166,8 @@ def deliver_alerts(runtime: Runtime, *, now: datetime | None = None, limit: int 
                 channel.send(message)
             except AlertError as exc:
                 errors.append(str(exc))
-                failed[channel.name] = str(exc)
+                if not isinstance(exc, AlertMessageError):  # the channel is down, not just this message
+                    failed[channel.name] = str(exc)
             else:
                 done.append(channel.name)
         with session_scope(runtime.engine) as session:

@@ -20,7 +20,15 @@ from typing import Protocol
 
 from tasks.mail import MailError, MailTransport, build_message, message_id_for
 
-__all__ = ["AlertChannel", "AlertError", "AlertMessage", "AppriseChannel", "EmailChannel", "parse_alert_urls"]
+__all__ = [
+    "AlertChannel",
+    "AlertError",
+    "AlertMessage",
+    "AlertMessageError",
+    "AppriseChannel",
+    "EmailChannel",
+    "parse_alert_urls",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,10 @@ class AlertMessage:
 
 class AlertError(Exception):
     """The channel did not take the alert; the message names the channel (secrets masked)."""
+
+
+class AlertMessageError(AlertError):
+    """This message cannot go through this channel (the channel itself may be fine for others)."""
 
 
 class AlertChannel(Protocol):
@@ -102,7 +114,7 @@ class EmailChannel:
                 date=datetime.now(UTC),
             )
         except ValueError as exc:
-            raise AlertError(f"{self.name}: cannot build the message: {exc}") from exc
+            raise AlertMessageError(f"{self.name}: cannot build the message: {exc}") from exc
         try:
             self.transport.send(built)
         except MailError as exc:

@@ -7,6 +7,7 @@ failure before any node, a held update and an on-call page.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -43,6 +44,9 @@ class RenderedAlert:
     html: str
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def render_alert(ctx: AlertContext) -> RenderedAlert:
     if ctx.at.tzinfo is None:
         raise ValueError(f"alert time {ctx.at!r} is naive")
@@ -52,7 +56,9 @@ def render_alert(ctx: AlertContext) -> RenderedAlert:
         "inspect": f"upkeep show {ctx.run_id}" if ctx.run_id is not None else "",
     }
     where = variables["where"]
-    subject = f"[Upkeep] {where + ': ' if where else ''}{ctx.headline}".replace("\n", " ")[:900]
+    # Every line break a mail header or a chat title could split on (CR, LF, VT, FF, NEL, U+2028/9...)
+    # and every other control character becomes a space: one line, nothing injected, always buildable.
+    subject = _CONTROL.sub(" ", f"[Upkeep] {where + ': ' if where else ''}{ctx.headline}")[:900]
     env = environment()
     return RenderedAlert(
         subject=subject,

@@ -213,3 +213,49 @@ def test_a_delivery_outlived_by_its_claim_does_not_send_what_another_tick_sent_m
     titles = [posted["title"] for posted in webhook.received]
     for n in range(1, 4):  # alert 0 was in flight in both (simulated: 3 minutes on one send)
         assert titles.count(f"[Upkeep] acme-c1: alert {n}") == 1, titles
+
+
+def test_no_secret_reaches_an_alert_channel(
+    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+):
+    """A file-server URL with its password in it (allowed by the settings, hidden by `settings`), a
+    database URL quoted by its driver's error, a channel token: the alert names what was tried, never
+    the secret, in the chat message and in the SRE mail alike."""
+    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    alert_sre(
+        runtime,
+        headline="run 7 failed at download before any node was touched",
+        cause="download of releases/p.tar.gz: HTTP 401 (tried https://upkeep:Hunter2pw@127.0.0.1:8443/r/p.tar.gz)",
+        detail="database: connection to postgresql+psycopg://upkeep:S3cretdb@127.0.0.1:5432/upkeep refused;"
+        " channel json://127.0.0.1:9/hook?token=Tok3nabc123 down",
+        customer="acme",
+        cluster="acme-c1",
+    )
+    deliver_alerts(runtime, now=T0)
+    (posted,) = webhook.received
+    (mail,) = mailbox.handler.messages
+    seen = posted["title"] + posted["message"] + mail.as_string()
+    for secret in ("Hunter2pw", "S3cretdb", "Tok3nabc123"):
+        assert secret not in seen
+    assert "https://upkeep:" in posted["message"] and "127.0.0.1:8443/r/p.tar.gz" in posted["message"]
+
+
+def test_line_breaks_in_a_headline_never_make_or_break_the_sre_mail_header(
+    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+):
+    """A CR (or U+2028, VT, FF) in text that reaches the subject made the SRE mail unbuildable: the
+    mailbox never got that alert (retried for ever); and it must not cost the mailbox the other
+    alerts of the same delivery either."""
+    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    alert_sre(
+        runtime, headline="escalated by x\rBcc: evil@attacker.example\u2028\x0bX", cause="c", cluster="c1"
+    )
+    alert_sre(runtime, headline="an ordinary alert", cause="c", cluster="c1")
+
+    report = deliver_alerts(runtime, now=T0)
+
+    assert len(report.sent) == 2 and report.retrying == []
+    first, second = mailbox.handler.messages
+    assert first["Bcc"] is None and "\r" not in first["Subject"] and "\u2028" not in first["Subject"]
+    assert first["Subject"] == "[Upkeep] c1: escalated by x Bcc: evil@attacker.example  X"
+    assert second["Subject"] == "[Upkeep] c1: an ordinary alert"

@@ -52,7 +52,8 @@ def parse_update_ref(text: str) -> int:
     digits = text.strip().removeprefix("update-")
     # ASCII digits within the database's integer range: str.isdigit() also takes '²' (int() then
     # raised ValueError) and other scripts' digits, and a 20-digit id overflowed SQLite's INTEGER.
-    if not re.fullmatch(r"[0-9]{1,18}", digits):
+    # PostgreSQL's `integer` ends at 2**31 - 1: past it the query failed with "integer out of range".
+    if not re.fullmatch(r"[0-9]{1,18}", digits) or int(digits) > 2**31 - 1:
         raise ScheduleRefused(f"update {text[:80]!r}: expected an update id such as update-42 or 42")
     return int(digits)
 

@@ -8,6 +8,9 @@ import typer
 from sqlalchemy.engine import Engine
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+# Ids are database integers, `integer` on PostgreSQL (2**31 - 1 at most): a larger number is a usage
+# error, not SQLite's OverflowError nor PostgreSQL's "integer out of range" quoting the statement.
+MAX_ID = 2**31 - 1
 
 _opened: dict[str, Engine] = {}
 

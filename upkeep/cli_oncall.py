@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from upkeep.cli_common import JsonOpt, open_engine
+from upkeep.cli_common import MAX_ID, JsonOpt, open_engine
 from upkeep.console import CliError, console, print_json
 
 if TYPE_CHECKING:
@@ -65,7 +65,9 @@ def oncall_show(
 
 @oncall_app.command("ack")
 def oncall_ack(
-    alert: Annotated[int, typer.Argument(help="The page's id (in the page and in `oncall show`).")],
+    alert: Annotated[
+        int, typer.Argument(help="The page's id (in the page and in `oncall show`).", min=1, max=MAX_ID)
+    ],
 ) -> None:
     """Acknowledge a page: its escalation stops (audited)."""
     from flows.oncall import OnCallError, ack

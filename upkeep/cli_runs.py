@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from upkeep.cli_common import JsonOpt
+from upkeep.cli_common import MAX_ID, JsonOpt
 from upkeep.cli_common import open_engine as _engine
 from upkeep.console import CliError, console, print_json
 
@@ -70,8 +70,6 @@ def request(
     )
 
 
-# Ids are database integers: a larger number must be a usage error, not SQLite's OverflowError.
-MAX_ID = 2**63 - 1
 RunArg = Annotated[int, typer.Argument(help="Run id (see `upkeep runs`).", min=1, max=MAX_ID)]
 
 

@@ -65,3 +65,20 @@ def test_no_redirect_is_built_from_the_host_header(portal: Portal) -> None:
         assert "evil" not in location and not location.startswith(("http", "//")), (path, location)
         assert response.status_code < 500
     assert counts(portal) == before
+
+
+def test_the_access_log_never_shows_a_calendar_feeds_token() -> None:
+    # The feed's secret is in its path (/feed/<token>.ics), which the access log printed in full on
+    # every calendar poll: anyone reading the log could subscribe to the customer's maintenance.
+    import logging
+
+    from upkeep.portal.server import HideQueries
+
+    token = "Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg"
+    for path in (f"/feed/{token}.ics", f"/feed/{token}.ics?x=1", f"/portal/feed/{token}.ics"):
+        record = logging.LogRecord(
+            "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+            ("127.0.0.1:5", "GET", path, "1.1", 200), None,
+        )  # fmt: skip
+        assert HideQueries().filter(record)
+        assert token not in record.getMessage() and "/feed/….ics" in record.getMessage(), path

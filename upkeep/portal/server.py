@@ -8,18 +8,19 @@ import re
 from upkeep.settings import Settings
 
 _QUERY = re.compile(r"\?.*$")
+_FEED = re.compile(r"/feed/[^/?]*\.ics")  # the calendar feed's secret token is its path
 
 
 class HideQueries(logging.Filter):
-    """uvicorn's access log without query strings: a sign-in link's token must not sit in a log file
-    where someone could use it before its owner does."""
+    """uvicorn's access log without query strings or calendar feed tokens: a sign-in link's token must
+    not sit in a log file where someone could use it before its owner does, nor a feed's secret path."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and len(record.args) >= 3:
             args = list(record.args)
             path = args[2]
             if isinstance(path, str):
-                args[2] = _QUERY.sub("?…", path)
+                args[2] = _FEED.sub("/feed/….ics", _QUERY.sub("?…", path))
                 record.args = tuple(args)
         return True
 

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, delete, select
 from inventory.importer_rules import CONTACT, Field, show
 from inventory.importer_specs import InventoryError, Problem
 from inventory.models import Customer
-from inventory.portal_tables import MAX_PORTAL_USERS, PortalLink, PortalSession, PortalUser
+from inventory.portal_tables import MAX_PORTAL_USERS, PortalFeed, PortalLink, PortalSession, PortalUser
 
 PORTAL_USER: dict[str, Field] = {"email": CONTACT["email"], "name": CONTACT["name"]}
 
@@ -113,8 +113,9 @@ def sync_portal_users(
     session: Session, wanted: list[tuple[Customer, list[tuple[str, str, int]]]], notes: list[str]
 ) -> None:
     """Make each listed customer's portal users exactly the file's. A removed user's sessions and
-    sign-in links are deleted with them: their access ends with this transaction. A user moved to
-    another customer is removed and added again (their old sessions name the old customer)."""
+    sign-in links are deleted with them, and the calendar feed they made is revoked: their access ends
+    with this transaction. A user moved to another customer is removed and added again (their old
+    sessions name the old customer)."""
     ids = [customer.id for customer, _ in wanted]
     rows = list(session.exec(select(PortalUser).where(col(PortalUser.customer_id).in_(ids))))
     want = {
@@ -127,6 +128,15 @@ def sync_portal_users(
         gone_ids = [row.id for row in gone]
         session.exec(delete(PortalSession).where(col(PortalSession.user_id).in_(gone_ids)))
         session.exec(delete(PortalLink).where(col(PortalLink.user_id).in_(gone_ids)))
+        # The calendar feed URL a removed user made was shown to them: it stops working too.
+        feeds = session.exec(select(PortalFeed).where(col(PortalFeed.customer_id).in_(ids))).all()
+        gone_by = {(row.customer_id, row.mailbox) for row in gone}
+        for feed in feeds:
+            if (feed.customer_id, mailbox_key(feed.created_by)) in gone_by:
+                session.delete(feed)
+                notes.append(
+                    f"customer {names[feed.customer_id]!r}: calendar feed made by {feed.created_by!r} revoked"
+                )
         for row in gone:
             session.delete(row)
             notes.append(

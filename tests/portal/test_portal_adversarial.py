@@ -3,12 +3,14 @@ sent, and that it is now refused with a clear page, no 500, and nothing written.
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from tests.portal.conftest import Portal, sign_in
+from tests.portal.conftest import INVENTORY, Portal, sign_in
 from tests.portal.test_portal_security import counts
 from upkeep.settings import Settings, SettingsError
 
@@ -82,3 +84,25 @@ def test_the_access_log_never_shows_a_calendar_feeds_token() -> None:
         )  # fmt: skip
         assert HideQueries().filter(record)
         assert token not in record.getMessage() and "/feed/….ics" in record.getMessage(), path
+
+
+def test_a_removed_users_calendar_feed_stops_working(portal: Portal) -> None:
+    # A designated user makes the customer's feed URL (shown to them once), then leaves and is removed
+    # from the inventory: their session ended, but the feed URL they kept still served the customer's
+    # maintenance schedule. The removal now revokes the feed they made (another user makes a new one).
+    csrf = sign_in(portal, "bob@acme.example")
+    page = portal.client.post("/maintenance-feed", data={"csrf": csrf})
+    [url] = re.findall(r'<code id="feed-url">http://testserver(/feed/[^<]+\.ics)</code>', page.text)
+    outsider = TestClient(portal.client.app, base_url="http://testserver")
+    assert outsider.get(url).status_code == 200
+    changed = copy.deepcopy(INVENTORY)
+    changed["customers"][0]["portal_users"] = [{"email": "ann@acme.example"}]
+    portal.reimport(changed)
+    assert outsider.get(url).status_code == 404
+    # A feed made by a user who stays keeps working across imports.
+    ann = TestClient(portal.client.app, base_url="http://testserver")
+    csrf = sign_in(portal, "ann@acme.example", ann)
+    page = ann.post("/maintenance-feed", data={"csrf": csrf})
+    [url] = re.findall(r'<code id="feed-url">http://testserver(/feed/[^<]+\.ics)</code>', page.text)
+    portal.reimport(changed)
+    assert outsider.get(url).status_code == 200

@@ -175,8 +175,11 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                 runtime, plan, run_id, owner=heartbeat.owner
             )  # the customer (if told) and the SRE hear why
             return _result(run_id, plan, "cancelled", outcomes)
-        mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears
+        # A staged copy changes nothing the customer runs: a distribute failure (a package that
+        # arrives corrupted, a staging directory that is full) is still vendor-side and theirs to
+        # hear nothing about. Once every node holds the package, the first upgrade is next.
         distribute(plan, run_id, runtime, conns, package)
+        mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears
         for number, node in enumerate(plan.nodes, 1):
             if node_done(runtime.engine, run_id, node.id):
                 outcomes[node.hostname] = "done before resume"

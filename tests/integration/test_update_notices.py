@@ -126,6 +126,30 @@ def test_a_file_server_failure_before_any_node_alerts_only_the_sre_naming_the_ur
     assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]
 
 
+def test_a_distribute_failure_after_node_1_got_the_package_tells_the_customer_nothing(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+):
+    """Node 1 staged the package, node 2's copy arrived corrupted: no node was upgraded, nothing
+    changed on the customer's nodes. They were told 'started', then 'failed', and a P1 case was
+    opened over a vendor-side package problem."""
+    host = nodes_of(lab, fresh_cluster)[1]["hostname"]
+    lab.fault(host, "corrupt-package")
+    try:
+        state = product_update(cluster=fresh_cluster, to_version=TARGET, return_state=True)
+    finally:
+        lab.fault(host, "clear")
+
+    assert state.is_failed()
+    run = _run(lab_runtime.engine, fresh_cluster)
+    assert run.state == RunState.failed and "no node touched" in run.reason and host in run.reason
+    assert _notices(lab_runtime.engine, run.id or 0) == []  # neither "started" nor "failed"
+    with session_scope(lab_runtime.engine) as session:
+        assert session.exec(select(Case)).all() == []
+    (alert,) = [a for a in _alerts(lab_runtime.engine, run.id or 0) if a.kind == "vendor-side"]
+    assert "distribute" in alert.body_text and "checksum mismatch" in alert.body_text
+    assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]
+
+
 def test_window_cutoff_upgrades_what_fits_and_carries_the_rest(
     lab: Any, fresh_cluster: str, lab_runtime: Any
 ):

@@ -101,7 +101,7 @@ def cmd_stage(node: Node, package: str, expected: str) -> tuple[int, str]:
     path = node.root / "incoming" / package  # absolute PACKAGE wins over the join
     if not path.is_file():
         raise Fail(EX_NOINPUT, f"no such package: {path}")
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(b"corrupted in transit" if node.fault == "corrupt-package" else b"")
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)

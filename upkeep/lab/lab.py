@@ -19,7 +19,9 @@ from upkeep.lab import node, procs, releases, sshd, topology
 from upkeep.lab.fileserver import USER as FILESERVER_USER
 from upkeep.lab.lab_root import LabError, LabRoot  # LabError: re-exported
 
-FAULTS = ("fail-upgrade", "hang", "down", "unhealthy", "bad-upgrade", "disk-full", "clear")
+FAULTS = (
+    "fail-upgrade", "hang", "down", "unhealthy", "bad-upgrade", "disk-full", "corrupt-package", "clear"
+)  # fmt: skip
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 # What `up` owns under the root (and wipes first, so no versions or faults survive a restart).
 _MANAGED = "nodes jump fileserver bin agent.py inventory.yaml known_hosts id_ed25519 id_ed25519.pub lab.json"

@@ -32,6 +32,10 @@ from templates import format_duration, format_slot
 MAX_CHOICES = 12
 
 
+class AlreadyEscalated(CaseError):
+    """The customer asked to escalate a case that is escalated already (409, nothing sent)."""
+
+
 class NotYours(LookupError):
     """No such update for this customer (whether it exists for another is not said)."""
 
@@ -383,6 +387,12 @@ def request_escalation(case: Case, reason: str, *, now: datetime, actor: str, se
     the SRE side alerted through the alert outbox (its channels: the SRE mailbox, UPKEEP_ALERT_URLS)."""
     from templates.alert import AlertContext, render_alert
 
+    # Once: the row is locked and re-read, so two requests racing (or a script repeating one) cannot
+    # page the SRE side again for a case that a manager already holds.
+    session.refresh(case, with_for_update=True)
+    if case.status is CaseStatus.escalated:
+        since = f" since {case.escalated_at:%Y-%m-%d %H:%M} UTC" if case.escalated_at else ""
+        raise AlreadyEscalated(f"{case.ref} is already escalated{since}; a manager on our side has it")
     customer = session.get(Customer, case.customer_id)
     escalate(case, by=EscalatedBy.customer, reason=reason, now=now, actor=actor, session=session)
     rendered = render_alert(

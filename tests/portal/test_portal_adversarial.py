@@ -8,8 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 from starlette.testclient import TestClient
 
+from inventory.cases import Case
+from inventory.db import session_scope
 from tests.portal.conftest import INVENTORY, Portal, sign_in
 from tests.portal.test_portal_security import counts
 from upkeep.settings import Settings, SettingsError
@@ -106,3 +109,28 @@ def test_a_removed_users_calendar_feed_stops_working(portal: Portal) -> None:
     [url] = re.findall(r'<code id="feed-url">http://testserver(/feed/[^<]+\.ics)</code>', page.text)
     portal.reimport(changed)
     assert outsider.get(url).status_code == 200
+
+
+def test_an_escalated_case_is_not_escalated_again_from_the_portal(portal: Portal) -> None:
+    # Each escalation request queued an SRE alert, and an escalated case could be escalated again and
+    # again: one designated user (or a script with their session) paged the SRE side at will.
+    from inventory.alerts import Alert
+
+    csrf = sign_in(portal, "bob@acme.example")
+    portal.client.post(
+        "/cases", data={"csrf": csrf, "category": "issue", "priority": "P2", "subject": "Slow"}
+    )
+    with session_scope(portal.engine) as session:
+        [case] = session.exec(select(Case)).all()
+    response = portal.client.post(f"/cases/{case.ref}/escalate", data={"csrf": csrf, "reason": "No answer"})
+    assert "a manager on our side has been alerted" in response.text
+    before = counts(portal)
+    for _ in range(3):
+        response = portal.client.post(f"/cases/{case.ref}/escalate", data={"csrf": csrf, "reason": "again"})
+        assert response.status_code == 409 and "already escalated" in response.text
+    assert counts(portal) == before
+    with session_scope(portal.engine) as session:
+        assert len(session.exec(select(Alert)).all()) == 1
+    # Comments still go through.
+    response = portal.client.post(f"/cases/{case.ref}/comment", data={"csrf": csrf, "text": "Any news?"})
+    assert "Your comment was added" in response.text

@@ -530,7 +530,8 @@ class Portal:
                         )
             except (CaseError, SchedulingError) as exc:
                 session.refresh(case)
-                return self.case_page(request, session, user, customer, ref, status=400, error=str(exc))
+                status = 409 if isinstance(exc, actions.AlreadyEscalated) else 400
+                return self.case_page(request, session, user, customer, ref, status=status, error=str(exc))
             done = "commented" if what == "comment" else "escalated"
             return self.redirect(request, f"/cases/{case.ref}?done={done}")
 

@@ -192,7 +192,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                     return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
                 if window_closing(runtime, run_id):
                     return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
-                outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node)
+                outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node, heartbeat.held)
                 # The console's line; the UI reads it in the progress artifact below (one API call).
                 log.info("%s: %s", node.hostname, outcomes[node.hostname], extra={"send_to_api": False})
                 failpoint(f"after-node:{node.position}")

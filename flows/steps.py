@@ -46,6 +46,10 @@ class StepFailed(Exception):
     """A runbook step failed; the message names the node and the step."""
 
 
+class RunLost(StepFailed):
+    """The run was taken over by another process before this one started a node's upgrade."""
+
+
 class NodeConnections:
     """One open SSH connection per node, reused for all of that node's steps in a run."""
 
@@ -172,10 +176,17 @@ def distribute(
 
 @task(name="upgrade-node", task_run_name="upgrade {node.hostname}", cache_policy=NO_CACHE)
 def upgrade_node(
-    plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, node: PlannedNode
+    plan: UpdatePlan,
+    run_id: int,
+    runtime: Runtime,
+    conns: NodeConnections,
+    node: PlannedNode,
+    still_ours: Callable[[], bool] | None = None,
 ) -> str:
     """Upgrade one node: ask its version first (a resumed run may find it done), upgrade, wait for
-    health, verify. Returns what happened."""
+    health, verify. Returns what happened. `still_ours` is asked right before the upgrade command:
+    a process frozen since the flow last asked (SIGSTOP, a paused VM) and taken over meanwhile
+    leaves the node to the new owner instead of upgrading it too."""
     agent = conns.agent(node)
     engine = runtime.engine
     try:
@@ -185,6 +196,8 @@ def upgrade_node(
         if before != plan.to_version:
             if before != plan.from_version:
                 raise StepFailed(f"at {before}, expected {plan.from_version}")
+            if still_ours is not None and not still_ours():
+                raise RunLost(f"run {run_id} was taken over by another process; upgrade not started")
             with recorded(engine, run_id, node.id, "upgrade", detail=plan.to_version) as note:
                 failpoint_soon(f"mid-upgrade:{node.position}", 0.3)
                 note.output = _upgrade_once(agent, plan.to_version, runtime.command_timeout).tail()

@@ -86,9 +86,23 @@ class Rotation:
 
 def handover_at(rotation: Rotation, day: date) -> datetime:
     """The instant (UTC) of the hand-over on local date `day` (whether or not one is due that day)."""
-    local = datetime.combine(day, rotation.handover, tzinfo=ZoneInfo(rotation.timezone))
-    # Round-trip through UTC: a wall time in a DST gap becomes the instant the clocks jump to.
-    return local.astimezone(UTC)
+    zone = ZoneInfo(rotation.timezone)
+    wall = datetime.combine(day, rotation.handover)
+    instant = wall.replace(tzinfo=zone).astimezone(UTC)  # fold=0: the first of two, if ambiguous
+    if instant.astimezone(zone).replace(tzinfo=None) == wall:
+        return instant
+    # A wall time in a DST gap: fold=0 reads it with the offset before the jump, which lands as far
+    # past the jump as the wall time is into the gap (02:30 -> 03:30). The hand-over is at the jump:
+    # the first instant whose wall time is past the hand-over, between the two readings of it.
+    low = int(wall.replace(tzinfo=zone, fold=1).astimezone(UTC).timestamp())  # wall time not past it
+    high = int(instant.timestamp())  # wall time past it
+    while high - low > 1:  # zone transitions fall on whole seconds
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, zone).replace(tzinfo=None) > wall:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, UTC)
 
 
 def _shift_day(rotation: Rotation, at: datetime) -> date:

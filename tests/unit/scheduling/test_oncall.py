@@ -69,7 +69,9 @@ def test_the_hand_over_passes_to_the_next_engineer_exactly_at_the_local_hand_ove
     # At the local hand-over time - unless that wall time does not exist that day (a DST gap), when
     # it is the instant the clocks jumped to.
     wall = datetime.combine(local.date(), rotation.handover)
-    assert local.replace(tzinfo=None) == wall or handover_at(rotation, local.date()) == current.start
+    if local.replace(tzinfo=None) != wall:  # the clocks jumped over the hand-over at exactly this instant
+        just_before = (current.start - timedelta(microseconds=1)).astimezone(ZoneInfo(rotation.timezone))
+        assert just_before.replace(tzinfo=None) < wall < local.replace(tzinfo=None)
     if rotation.rotation == "weekly":
         assert local.date().weekday() == rotation.starts.weekday()
 
@@ -95,6 +97,17 @@ def test_a_shift_across_the_dst_change_keeps_the_local_hand_over_time() -> None:
         2026, 3, 28, 8, 0, tzinfo=UTC
     )  # 09:00 CET the day before: a 23-hour shift
     assert sunday.end - sunday.start == timedelta(hours=24)
+
+
+def test_a_hand_over_in_the_dst_gap_happens_when_the_clocks_jump() -> None:
+    """02:30 does not exist in Berlin on 2026-03-29 (02:00 CET jumps to 03:00 CEST = 01:00 UTC): the
+    hand-over is at the jump, as documented, not at 03:30 CEST half an hour into the new day."""
+    rotation = Rotation(ENGINEERS[:2], "Europe/Berlin", time(2, 30), "daily", date(2026, 3, 1), LEAD, CHAIN)
+    jump = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    assert handover_at(rotation, date(2026, 3, 29)) == jump
+    assert shift(rotation, jump).start == jump
+    assert shift(rotation, jump - timedelta(seconds=1)).end == jump
+    assert on_call(rotation, jump) != on_call(rotation, jump - timedelta(seconds=1))
 
 
 def test_escalation_goes_one_level_at_a_time_and_ends() -> None:

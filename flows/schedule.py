@@ -1,4 +1,5 @@
-"""Scheduling service: announce an update for a slot, defer it, cancel it, and show what is coming.
+"""Scheduling service: announce an update for a slot, defer or reschedule it, cancel it, and show what
+is coming.
 
 Plain functions, not Prefect flows. Each works in the caller's ONE transaction: the update (an
 `UpgradeRun` in state planned, with its slot), its audit event and the customer notice with its
@@ -209,6 +210,74 @@ def defer_update(
     detail = {"from": current.isoformat(), "to": slot.start.isoformat(), "deferral": run.deferrals}
     repo.record_audit(requested_by, "update.deferred", f"run/{run.id}", detail, session=session)
     _notify(run, NoticeKind.deferred, now=now, session=session, vendor=vendor, previous=current)
+    return run
+
+
+def reschedule_update(
+    run_id: int,
+    *,
+    to: datetime,
+    reason: str,
+    now: datetime,
+    session: Session,
+    requested_by: str,
+    vendor: VendorTerms | None = None,
+) -> UpgradeRun:
+    """An SRE moves a planned (or held) update to start at `to`, earlier or later, keeping its length.
+
+    The new slot must be valid by `scheduling.validity.invalid_reasons` (inside a window with the
+    estimate fitting, no blackout or holiday, not past the release deadline, no open P0/P1 case unless
+    urgent). Moving it earlier needs the full notice period counted from now (the earliest the new
+    notice can reach the customer; an urgent update's shorter notice applies); a later slot keeps the
+    notice counted from when the customer was first told. A refusal names the value, every rule broken
+    and the earliest valid slot, and writes nothing. On success: one `rescheduled` notice (same invite,
+    next SEQUENCE) with the reason, an `update.rescheduled` audit event; the customer's deferral count
+    is not touched (this is the vendor's move, not the customer's)."""
+    from flows.integrity import world_of
+    from scheduling.validity import PlannedUpdate, invalid_reasons, replacement_slot
+
+    if not reason.strip():
+        get_run(run_id, session=session)  # an unknown update is named first
+        raise ScheduleRefused("reschedule needs --reason TEXT (it is recorded and told to the customer)")
+    run = _planned(run_id, "reschedule", session)  # takes the row, as defer does: no claim slips in
+    ref, when = update_ref(run.id), aware_utc(to, "new time")
+    current, current_end = run.slot_start, run.slot_end
+    assert current is not None and current_end is not None  # _planned checked it
+    head = f"cannot reschedule {ref} to {fmt_instant(when)}"
+    if when == current:
+        raise ScheduleRefused(f"{head}: it already starts then")
+    if when <= now:
+        raise ScheduleRefused(f"{head}: that is not in the future (now is {fmt_instant(now)})")
+    world, _, _ = world_of(run, session=session)
+    earlier = when < current
+    slot = Interval(when, when + (current_end - current))
+    told = None if earlier else run.told_at  # None: notice counted from now
+    found = invalid_reasons(PlannedUpdate(slot, kind=run.kind, urgent=run.urgent, told_at=told), world, now)
+    if found:
+        rules = "; ".join(f"{r.code}: {r.text}" for r in found)
+        try:
+            best = replacement_slot(PlannedUpdate(slot, kind=run.kind, urgent=run.urgent), world, now)
+            same = " (its current slot)" if best.start == current else ""
+            earliest = f"the earliest valid slot starts {fmt_instant(best.start)}{same}"
+        except (NoSlot, SchedulingError) as exc:
+            earliest = f"there is no valid slot: {exc}"
+        raise ScheduleRefused(f"{head}: {rules}; {earliest}")
+    was_held = run.held_reason
+    run.slot_start, run.slot_end, run.held_reason = slot.start, slot.end, ""
+    run.notice_sequence += 1
+    session.add(run)
+    detail = {
+        "from": current.isoformat(),
+        "to": slot.start.isoformat(),
+        "direction": "earlier" if earlier else "later",
+        "reason": reason,
+        "sequence": run.notice_sequence,
+        "was_held": was_held or None,
+    }
+    repo.record_audit(requested_by, "update.rescheduled", f"run/{run.id}", detail, session=session)
+    _notify(
+        run, NoticeKind.rescheduled, now=now, session=session, vendor=vendor, previous=current, reason=reason
+    )
     return run
 
 

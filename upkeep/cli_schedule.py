@@ -1,5 +1,5 @@
-"""`upkeep schedule|defer|cancel-update|calendar` and `upkeep notices send`: updates announced for a
-maintenance window with advance notice, and the outbox that tells customers.
+"""`upkeep schedule|defer|reschedule|cancel-update|calendar` and `upkeep notices send`: updates
+announced for a maintenance window with advance notice, and the outbox that tells customers.
 
 Every change and its customer notice are written in one transaction; a refusal (no slot, deferral over
 the limit, malformed date) is one line on stderr, exit 1, and nothing written.
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
     """Add the scheduling commands to the main `upkeep` app."""
     app.command("schedule")(schedule)
     app.command("defer")(defer)
+    app.command("reschedule")(reschedule)
     app.command("cancel-update")(cancel_update)
     app.command("calendar")(calendar)
     app.add_typer(notices_app, name="notices")
@@ -96,6 +97,34 @@ def defer(
         run = defer_update(run_id, to=when, now=_now(), session=session, requested_by=getpass.getuser())
         data = _update_dict(run, session)
     _print_update("deferred", data, json)
+
+
+def reschedule(
+    update: UpdateArg,
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The new start: ISO date-time (no offset: the customer's local time), inside a "
+            "maintenance window with room for the update.",
+        ),
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; told to the customer).")] = "",
+    json: JsonOpt = False,
+) -> None:
+    """Move a planned update earlier or later (SRE): the new slot must be valid, with full notice from now
+    when earlier; the customer gets a rescheduled notice. Not a customer deferral."""
+    from flows.schedule import parse_update_ref, reschedule_update
+
+    with _transaction() as session:
+        run_id = parse_update_ref(update)
+        when = _when(to, _customer_zone(run_id, session))
+        previous = _previous_start(run_id, session)
+        run = reschedule_update(
+            run_id, to=when, reason=reason, now=_now(), session=session, requested_by=getpass.getuser()
+        )
+        data = _update_dict(run, session) | {"previous_slot_start": previous, "reason": reason}
+    _print_update("rescheduled", data, json)
 
 
 def cancel_update(
@@ -246,6 +275,13 @@ def _customer_zone(run_id: int, session: Session) -> str:
     cluster = session.get(Cluster, get_run(run_id, session=session).cluster_id)
     assert cluster is not None
     return repo.customer_of(cluster, session=session).timezone
+
+
+def _previous_start(run_id: int, session: Session) -> str | None:
+    from inventory.runs import get_run
+
+    start = get_run(run_id, session=session).slot_start
+    return start.isoformat() if start else None
 
 
 def _when(text: str, zone: str, *, what: str = "--to") -> datetime:

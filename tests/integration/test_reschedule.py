@@ -131,7 +131,8 @@ def test_an_urgent_update_may_move_earlier_with_its_24_hours_notice(db: Engine) 
 def test_into_a_blackout_outside_a_window_or_past_the_deadline_is_refused(db: Engine) -> None:
     run_id = schedule(db)
     assert refused(db, run_id, utc(26, 7, 11)).startswith(
-        "cannot reschedule update-1 to 2026-11-26 07:00 UTC: blackout: slot now inside blackout 'Thanksgiving'"
+        "cannot reschedule update-1 to 2026-11-26 07:00 UTC: "
+        "blackout: slot now inside blackout 'Thanksgiving'"
     )
     assert "window: slot is no longer inside a maintenance window" in refused(db, run_id, utc(2))
     due = schedule(db, cluster="acme-c2", to="9.10.0")

@@ -159,15 +159,17 @@ def deliver_alerts(runtime: Runtime, *, now: datetime | None = None, limit: int 
         for channel in _channels(runtime, targets, errors):
             if channel.name in delivered:
                 continue
-            if channel.name in failed:
-                errors.append(f"{failed[channel.name]} (not tried again in this delivery)")
+            # Every address goes through one mail server: when it is down, it is down for all of them.
+            outage = getattr(channel, "outage", channel.name)
+            if outage in failed:
+                errors.append(f"{channel.name}: {failed[outage]} (not tried again in this delivery)")
                 continue
             try:
                 channel.send(message)
             except AlertError as exc:
                 errors.append(str(exc))
                 if not isinstance(exc, AlertMessageError):  # the channel is down, not just this message
-                    failed[channel.name] = str(exc)
+                    failed[outage] = str(exc)
             else:
                 done.append(channel.name)
         with session_scope(runtime.engine) as session:

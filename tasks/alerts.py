@@ -118,7 +118,14 @@ class EmailChannel:
         try:
             self.transport.send(built)
         except MailError as exc:
+            if not exc.transport:  # this message or recipient, not the mail server
+                raise AlertMessageError(f"{self.name}: {exc}") from exc
             raise AlertError(f"{self.name}: {exc}") from exc
+
+    @property
+    def outage(self) -> str:
+        """What is down when sending fails for the transport: the mail server, for every address."""
+        return "email"
 
 
 def parse_alert_urls(value: str) -> list[str]:

@@ -259,3 +259,37 @@ def test_line_breaks_in_a_headline_never_make_or_break_the_sre_mail_header(
     assert first["Bcc"] is None and "\r" not in first["Subject"] and "\u2028" not in first["Subject"]
     assert first["Subject"] == "[Upkeep] c1: escalated by x Bcc: evil@attacker.example  X"
     assert second["Subject"] == "[Upkeep] c1: an ordinary alert"
+
+
+def test_a_mail_server_that_never_answers_costs_one_timeout_per_delivery_not_one_per_email(
+    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+):
+    """Pages go to each paged person's address besides the SRE mailbox: every address was its own
+    channel, so a hung SMTP server cost its timeout once per address per alert."""
+    from tasks.mail import SmtpTransport
+
+    hole = _Blackhole()
+    try:
+        hung = SmtpTransport(host="127.0.0.1", port=hole.port, timeout=1)
+        base = _runtime(engine, tmp_path, mailbox, webhook)
+        runtime = replace(
+            base,
+            mailer=hung,
+            alert_channels=(
+                EmailChannel(hung, "upkeep@vendor.example", "sre@vendor.example"),
+                base.alert_channels[1],
+            ),
+        )
+        for n in range(3):
+            alert_sre(
+                runtime, kind="page", headline=f"PAGE {n}", cause="c", cluster="acme-c1",
+                targets=["ana@vendor.example", "tess@vendor.example"],
+            )  # fmt: skip
+
+        report = deliver_alerts(runtime, now=T0)
+
+        assert len(hole.accepted) == 1
+        assert len(report.retrying) == 3 and len(webhook.received) == 3  # the webhook still got them
+        assert all(a.delivered == [AppriseChannel(webhook.url).name] for a in _alerts(engine))
+    finally:
+        hole.close()

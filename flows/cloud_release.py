@@ -8,10 +8,10 @@
 
 Each cluster is planned in its own transaction, behind UNIQUE(rollout, cluster): a crash loses at most
 the cluster in hand, and planning the same release again (a retried or second monthly run, two planners
-at once) plans only clusters that have no entry yet. Every cluster gets its own first allowed slot: the
-rings are not staggered here (one long notice term in an early ring would push the whole fleet back, see
-bench/plan_month.py --stagger); the start gate (`flows.rollout.start_gate`) holds a later ring's run
-until the earlier rings are done. Nothing here starts an update: the dispatcher does.
+at once) plans only clusters that have no entry yet. Clusters are planned ring by ring, and a later
+ring's slot is never announced before the earlier rings' last slot ends plus the soak
+(`flows.rollout.ring_gate`, issue #13): the start gate (`flows.rollout.start_gate`) would hold it there,
+and the customer's invite would be untrue. Nothing here starts an update: the dispatcher does.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from flows.plan import PlanError
-from flows.rollout import release_status
+from flows.rollout import release_status, ring_gate
 from flows.runtime import current
 from flows.schedule import schedule_update
 from inventory import repo
@@ -218,8 +218,16 @@ def decide(cluster: Cluster, rollout: Rollout, *, session: Session, now: datetim
     deadline = rollout.plan_until
     try:
         with session.begin_nested():  # a slot past the deadline is rolled back, notice and all
+            assert rollout.id is not None
+            gate = ring_gate(rollout.id, cluster.ring, session=session)  # announced slots match the gate
             run = schedule_update(  # source "release": the customer's cloud notice term applies
-                cluster.name, rollout.version, now=now, source="release", requested_by=actor, session=session
+                cluster.name,
+                rollout.version,
+                now=now,
+                source="release",
+                requested_by=actor,
+                session=session,
+                not_before=gate[0] if gate else None,
             )
             run.kind = KIND
             if deadline is not None and run.slot_start is not None and run.slot_start > deadline:

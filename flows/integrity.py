@@ -90,6 +90,7 @@ def world_of(run: UpgradeRun, *, session: Session) -> tuple[World, Cluster, Cust
     customer = repo.customer_of(cluster, session=session)
     release = _release(run.to_version, session)
     case = open_blocking_case(cluster.id, session=session)
+    gate = _ring_gate(run, session)
     world = World(
         windows=cluster_windows(cluster, customer, session=session),
         blackouts=blackouts_for(customer, session=session),
@@ -97,8 +98,20 @@ def world_of(run: UpgradeRun, *, session: Session) -> tuple[World, Cluster, Cust
         deadline=release.deadline if release is not None else None,
         blocking_case=f"{case.ref} ({case.priority})" if case is not None else None,
         withdrawn=release is None,
+        ring_ready_at=gate[0] if gate else None,
+        ring_note=gate[1] if gate else "",
     )
     return world, cluster, customer
+
+
+def _ring_gate(run: UpgradeRun, session: Session) -> tuple[datetime, str] | None:
+    """A cloud release run's ring gate (its rollout's earlier rings plus soak), so a re-slot keeps
+    announced slots in ring order."""
+    from flows.rollout import ring_gate
+    from inventory.releases import RolloutCluster
+
+    entry = session.exec(select(RolloutCluster).where(RolloutCluster.run_id == run.id)).first()
+    return ring_gate(entry.rollout_id, entry.ring, session=session) if entry is not None else None
 
 
 def planned_of(run: UpgradeRun) -> PlannedUpdate:

@@ -261,3 +261,40 @@ def _replan_one(entry_id: int, *, session: Session, now: datetime, actor: str) -
     entry.updated_at = now
     session.add(entry)
     return [f"{cluster.name}: {status.value}" + (f" ({reason})" if reason else "")]
+
+
+def ring_gate(rollout_id: int, ring: str, *, session: Session) -> tuple[datetime, str] | None:
+    """The earliest start a `ring` cluster's slot may be announced for: the last slot of the rollout's
+    earlier rings (still planned, running or paused) ends plus the soak; None when no earlier ring has
+    one. The start gate holds a later ring until then anyway: an announced slot before it would be
+    untrue (issue #13: announced slots match the gate)."""
+    from scheduling._time import describe, fmt_instant
+    from scheduling.waves import RINGS_DEFAULT
+
+    order = {name: n for n, name in enumerate(RINGS_DEFAULT)}
+    rank = order.get(ring, len(order))
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        return None
+    query = (
+        select(RolloutCluster.ring, UpgradeRun.slot_end)
+        .join(UpgradeRun, col(UpgradeRun.id) == RolloutCluster.run_id)
+        .where(
+            RolloutCluster.rollout_id == rollout_id,
+            col(UpgradeRun.state).in_([RunState.planned, RunState.running, RunState.paused]),
+            col(UpgradeRun.slot_end).is_not(None),
+        )
+    )
+    ends = [
+        (end, other)
+        for other, end in session.exec(query).all()
+        if end is not None and order.get(other, len(order)) < rank
+    ]
+    if not ends:
+        return None
+    end, other = max(ends)
+    soak = timedelta(minutes=rollout.soak_minutes)
+    note = (
+        f"ring {ring} waits for ring {other} (last slot ends {fmt_instant(end)}) plus {describe(soak)} soak"
+    )
+    return end + soak, note

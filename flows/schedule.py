@@ -80,9 +80,11 @@ def schedule_update(
     requested_by: str,
     session: Session,
     vendor: VendorTerms | None = None,
+    not_before: datetime | None = None,
 ) -> UpgradeRun:
-    """Plan the update, put it in the first allowed slot, claim the cluster, queue the `scheduled`
-    notice. Source "release" is a cloud release (7 days' notice by default), others product updates."""
+    """Plan the update, put it in the first allowed slot (at or after `not_before`: a cloud release's
+    ring gate), claim the cluster, queue the `scheduled` notice. Source "release" is a cloud release
+    (7 days' notice by default), others product updates."""
     from flows.plan import plan_update
 
     if source not in SOURCES:
@@ -108,6 +110,7 @@ def schedule_update(
             estimate=estimate_duration(len(plan.nodes), vendor.per_node_estimate),
             blocked_by_case=blocking is not None,
             urgent=urgent,
+            not_before=not_before,
         )
     except SlotBlocked:
         assert blocking is not None

@@ -147,7 +147,8 @@ def test_plan_slots_and_announces_every_cloud_cluster(fleet: Engine) -> None:
         clusters = {c.name: c for c in session.exec(select(Cluster))}
         for name, run in runs.items():
             assert (run.kind, run.state, run.to_version) == ("cloud_release", RunState.planned, "9.10.0")
-            assert run.slot_start is not None and NOW < run.slot_start < NOW + timedelta(days=2)
+            # one ring a day: daily windows, each ring after the previous ring's last slot plus soak
+            assert run.slot_start is not None and NOW < run.slot_start < NOW + timedelta(days=4)
             notice = notices[f"update-{run.id}"]  # queued with the run, before its slot
             assert notice.created_at <= run.slot_start
             assert notice.recipients == [emails[clusters[name].customer_id]]
@@ -481,3 +482,21 @@ def test_the_flow_plans_and_publishes_the_status_artifact(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["release-status"]))
         )
     assert artifacts and "| broad | 6 | 0 | 0 | 0 | 0 | 0 | 0 | 1 |" in str(artifacts[0].data)
+
+
+def test_announced_slots_respect_ring_order_and_soak(fleet: Engine) -> None:
+    """Adversarial pass on #13: no later-ring cluster is announced before the earlier ring's last slot
+    ends plus the soak (the gate would hold it there, and the customer's invite would be untrue)."""
+    _plan(fleet, soak_minutes=60)
+    order = {"canary": 0, "early": 1, "broad": 2}
+    with session_scope(fleet) as session:
+        members = session.exec(select(RolloutCluster)).all()
+        runs = {m.run_id: m.ring for m in members if m.run_id is not None}
+        slots = [(order[ring], session.get(UpgradeRun, run_id)) for run_id, ring in runs.items()]
+    too_early = [
+        (run.id, run.slot_start)
+        for rank, run in slots
+        for earlier_rank, earlier in slots
+        if earlier_rank < rank and run.slot_start < earlier.slot_end + timedelta(minutes=60)  # type: ignore[operator]
+    ]
+    assert too_early == []

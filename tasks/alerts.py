@@ -83,11 +83,18 @@ class AppriseChannel:
 
     def send(self, message: AlertMessage) -> None:
         try:
-            ok = self._plugin.notify(title=message.subject, body=message.text)
+            ok = self._plugin.notify(title=_defused(message.subject), body=_defused(message.text))
         except Exception as exc:  # a plugin's own bug must not escape as anything but "not delivered"
             raise AlertError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
         if not ok:
             raise AlertError(f"{self._name}: not delivered (see the apprise log line before this)")
+
+
+def _defused(text: str) -> str:
+    """Alert text quotes what others wrote (a customer's case subject, a node's output). Chat plugins
+    turn `<!channel>`, `!here>`, `<@U123>` and `<https://x|label>` into mentions of everyone and
+    disguised links, even from plain text: every `>` that could close one is shown as `›` instead."""
+    return text.replace("->", "→").replace(">", "›")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -18,7 +18,7 @@ from flows.runtime import Runtime
 from inventory.alerts import Alert, AlertState
 from inventory.db import session_scope
 from inventory.outbox import retry_delay
-from tasks.alerts import AppriseChannel, EmailChannel
+from tasks.alerts import AlertMessage, AppriseChannel, EmailChannel
 from tasks.fileserver import HttpFileServer
 from tasks.ssh import SshSettings
 from tests.integration.test_notices import SmtpServer
@@ -293,3 +293,39 @@ def test_a_mail_server_that_never_answers_costs_one_timeout_per_delivery_not_one
         assert all(a.delivered == [AppriseChannel(webhook.url).name] for a in _alerts(engine))
     finally:
         hole.close()
+
+
+def test_hostile_text_in_an_alert_pings_nobody_and_hides_no_link_in_slack(monkeypatch: pytest.MonkeyPatch):
+    """A customer's case subject becomes a P0 page's cause; Apprise's Slack plugin turns `<!channel>`
+    (even `!channel>`) into a mention of everyone and `<https://x|label>` into a disguised link. The
+    Slack API is not reachable here: its request is caught where Apprise makes it."""
+    import json
+
+    from apprise.plugins import slack
+
+    posted: list[str] = []
+
+    class Answer:
+        status_code, content, text = 200, b"ok", "ok"
+        headers: ClassVar[dict[str, str]] = {}
+
+    def request(method: str, url: str, **kw: Any) -> Answer:
+        posted.append(kw["data"])
+        return Answer()
+
+    monkeypatch.setattr(slack.requests, "request", request)
+    channel = AppriseChannel("slack://T1ABCDEFG/B1ABCDEFG/abcdefghijklmnopqrstuvwx")
+    channel.send(
+        AlertMessage(
+            key="k",
+            subject="[Upkeep] acme: P0 case CASE-1 opened <!here>",
+            text="Cause: <!channel> !everyone> <@U123> see <https://evil.example|your portal>\n"
+            "run 3 (9.8.0 -> 9.9.0)",
+            html="",
+        )
+    )
+    (data,) = posted
+    data = json.dumps(json.loads(data), ensure_ascii=False)
+    for forged in ("<!channel", "<!everyone", "<@U123", "<https://evil.example|", "<!here"):
+        assert forged not in data, data
+    assert "9.8.0 → 9.9.0" in data and "evil.example" in data  # shown, as text

@@ -260,7 +260,7 @@ def _claim(
             )
             run.case_ref, run.needs_approval = case, require_approval
         else:
-            run = get_run(run_id, session=session)
+            run = get_run(run_id, session=session, lock=True)  # a cancel deciding now waits for this
             if run.cluster_id != plan.cluster_id or run.to_version != to_version:
                 raise RunMismatch(f"run {run_id} is not an update of {cluster} to {to_version}")
             if not RunState(run.state).active:

@@ -59,8 +59,11 @@ def create_run(
     return run
 
 
-def get_run(run_id: int, *, session: Session) -> UpgradeRun:
-    run = session.get(UpgradeRun, run_id)
+def get_run(run_id: int, *, session: Session, lock: bool = False) -> UpgradeRun:
+    """`lock`: the row locked to the end of the transaction (PostgreSQL FOR UPDATE; SQLite's BEGIN
+    IMMEDIATE already serializes writers), for a decision on the run's state that is then written:
+    a cancel and a resume deciding at once must not each overwrite the other's outcome."""
+    run = session.get(UpgradeRun, run_id, with_for_update=lock, populate_existing=lock)
     if run is None:
         raise LookupError(f"no run {run_id}")
     return run

@@ -373,7 +373,9 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
 
     with session_scope(engine) as session:
         try:
-            run = get_run(run_id, session=session)
+            # Locked: a resume taking the run at this moment is seen (running: the cancel is requested
+            # and honoured before the next node), never overwritten with `running` after we cancel.
+            run = get_run(run_id, session=session, lock=True)
         except LookupError:
             raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
         reason = reason.strip()

@@ -7,7 +7,6 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from flows import lease
@@ -16,7 +15,7 @@ from flows.endings import mid_way, tell_ending, versions_at_stop
 from flows.plan import UpdatePlan
 from flows.records import node_done, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
-from flows.run_window import past_cutoff, window_at
+from flows.run_window import past_cutoff, window_at, window_now
 from flows.runtime import Runtime
 from flows.schedule import next_window
 from inventory import repo
@@ -233,24 +232,18 @@ def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
 
 def window_closing(runtime: Runtime, run_id: int) -> bool:
     """The cutoff rule (scheduling/cutoff.py): a node starts only if the time left in the run's
-    window (the whole window, not a slot sized to the estimate) fits its estimate."""
+    window (the whole window, not a slot sized to the estimate) fits its estimate. The window is read
+    as it is now, not only as recorded when the run started: an inventory import during the run that
+    shortens or removes the window, or adds a blackout over the rest of it, ends it where it now ends."""
+    now = runtime.clock()
 
-    def read(conn: Any) -> tuple[Any, ...]:
-        columns = [col(UpgradeRun.override_reason), col(UpgradeRun.window_end), col(UpgradeRun.slot_start)]
-        query = sa_select(*columns, col(UpgradeRun.slot_end)).where(col(UpgradeRun.id) == run_id)
-        return tuple(conn.execute(query).one())
+    def read(conn: Any) -> bool:  # repeated if the database server drops the connection (inventory.db)
+        with Session(bind=conn) as session:
+            run = get_run(run_id, session=session)
+            current = window_now(run, now, session=session)
+            return past_cutoff(run, now, runtime.per_node_estimate, current)
 
-    override, end, slot_start, slot_end = retrying(runtime.engine, read)
-    probe = UpgradeRun(
-        cluster_id=0,
-        from_version="",
-        to_version="",
-        override_reason=override,
-        window_end=end,
-        slot_start=slot_start,
-        slot_end=slot_end,
-    )
-    return past_cutoff(probe, runtime.clock(), runtime.per_node_estimate)
+    return retrying(runtime.engine, read)
 
 
 def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:

@@ -52,7 +52,21 @@ def window_end(run: UpgradeRun) -> datetime | None:
     return run.window_end or run.slot_end
 
 
-def past_cutoff(run: UpgradeRun, now: datetime, per_node: timedelta) -> bool:
-    """Whether no further node of `run` may start now (the window's time left is below one node)."""
+def window_now(run: UpgradeRun, now: datetime, *, session: Session) -> Interval | None:
+    """The run's cluster's window open at `now` as the inventory says now (None: none is open, or
+    the run has no window)."""
+    return window_at(run, now, session=session) if has_window(run) else None
+
+
+def past_cutoff(run: UpgradeRun, now: datetime, per_node: timedelta, current: Interval | None) -> bool:
+    """Whether no further node of `run` may start now (the window's time left is below one node).
+
+    `current` is the window open now as the inventory says now (`window_now`): the run's recorded
+    window ends no later than it (an import shortened or removed the window, or a blackout now covers
+    the rest of it), and with none open now no node starts."""
     end = window_end(run)
-    return end is not None and not node_may_start(now, end, per_node)
+    if end is None:
+        return False
+    if current is None:
+        return True
+    return not node_may_start(now, min(end, current.end), per_node)

@@ -242,3 +242,75 @@ def test_resume_with_an_overridden_window_is_audited_and_ignores_the_cutoff(
     with session_scope(runtime.engine) as session:
         audit = session.exec(select(AuditEvent).where(AuditEvent.action == "run.window_overridden")).one()
     assert (audit.actor, audit.subject, audit.detail["reason"]) == ("sre", f"run/{run_id}", "P1 outage")
+
+
+# --- Adversarial pass on #21 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["window shortened", "blackout added"])
+def test_a_window_changed_mid_run_stops_the_next_node(
+    change: str, lab: Any, fresh_cluster: str, lab_runtime_any_db: Any, monkeypatch: Any
+):
+    """An inventory import during the run shortens the window (or adds a blackout over the rest of
+    it): the customer's maintenance time is now shorter, so no node may start past its new end. The
+    run recorded its window when it started; the cutoff must read the window as it is now."""
+    import flows.product_update as product_update_module
+    from inventory.models import Customer
+    from inventory.windows import Blackout
+
+    runtime = lab_runtime_any_db
+    start = TUE + timedelta(hours=20)  # Tuesday 23:00 UTC, for 3 hours (into Wednesday)
+    with session_scope(runtime.engine) as session:
+        row = session.exec(select(Cluster).where(Cluster.name == fresh_cluster)).one()
+        for window in session.exec(select(MaintenanceWindow).where(MaintenanceWindow.cluster_id == row.id)):
+            session.delete(window)
+        session.add(
+            MaintenanceWindow(
+                cluster_id=row.id or 0,
+                days=["tue", "thu"],
+                start="23:00",
+                duration_minutes=180,
+                timezone="UTC",
+            )
+        )
+        customer_id = row.customer_id
+    runtime.per_node_estimate = NODE
+    run_id = _planned(runtime.engine, fresh_cluster, start, start + 3 * NODE)
+    runtime.clock = _ticking(lab, fresh_cluster, start, timedelta(minutes=30))
+    original, changed = product_update_module.window_closing, []
+
+    def import_after_first_node(runtime_: Any, run_id_: int) -> bool:
+        if sum(_upgrades(lab, fresh_cluster)) >= 1 and not changed:  # another operator's import lands
+            changed.append(change)
+            with session_scope(runtime.engine) as session:
+                if change == "window shortened":
+                    row = session.exec(select(Cluster).where(Cluster.name == fresh_cluster)).one()
+                    [window] = session.exec(
+                        select(MaintenanceWindow).where(MaintenanceWindow.cluster_id == row.id)
+                    ).all()
+                    window.duration_minutes = 45  # now ends Tuesday 23:45
+                    session.add(window)
+                else:
+                    customer = session.get(Customer, customer_id)
+                    assert customer is not None
+                    session.add(
+                        Blackout(
+                            customer_id=customer.id,
+                            start=(start + timedelta(days=1)).date(),  # all of Wednesday
+                            end=(start + timedelta(days=1)).date(),
+                            timezone="UTC",
+                            reason="freeze",
+                        )
+                    )
+        return original(runtime_, run_id_)
+
+    monkeypatch.setattr(product_update_module, "window_closing", import_after_first_node)
+
+    assert dispatch(max_running=1)["started"] == [run_id]
+
+    # 23:30 after the first node: shortened, 15 min are left (one node of 10 fits, ends 23:40 <=
+    # 23:45); blackout, 30 min (the window ends at midnight now). After the second node (00:00) none fits.
+    assert changed and _upgrades(lab, fresh_cluster) == [1, 1, 0]
+    run = _run(runtime.engine, run_id)
+    assert run.state == RunState.planned and "partially done (2 of 3 nodes)" in run.reason
+    assert run.slot_start == THU + timedelta(hours=20)  # Thursday 23:00

@@ -104,16 +104,29 @@ def parse_index(text: str, where: str) -> list[ReleaseEntry]:
     return entries
 
 
-def _save(entries: list[ReleaseEntry], source: str, *, quiet: bool = False) -> dict[str, int]:
+def _save(
+    entries: list[ReleaseEntry], source: str, *, quiet: bool = False, unverified: bool = False
+) -> dict[str, int]:
     """Save the releases and, in the same transaction, re-check the planned updates to them (a new
-    deadline may leave a slot too late): each one moved or held is printed."""
+    deadline may leave a slot too late): each one moved or held is printed. `unverified`: their
+    SHA-256 was not checked against the file server (`release add --unverified`), audited as such."""
     from flows.integrity import recheck_planned
     from inventory.db import session_scope
     from inventory.releases import save_releases
+    from inventory.repo import record_audit
 
     try:
         with session_scope(_engine()) as session:
             counts = save_releases(entries, session=session, actor=getpass.getuser(), source=source)
+            for entry in entries if unverified else []:
+                detail = {"package": entry.package, "sha256": entry.sha256, "why": "added with --unverified"}
+                record_audit(
+                    getpass.getuser(),
+                    "release.unverified",
+                    f"release/{entry.version}",
+                    detail,
+                    session=session,
+                )
             outcomes = recheck_planned(
                 now=datetime.now(UTC),
                 session=session,
@@ -161,7 +174,14 @@ def add(
         raise CliError("; ".join(problems) + "; nothing was written")
     if not unverified:
         _verify_package(version, package, sha256.strip().lower())
-    console.print(f"release {version}: {_counts(_save([entry], f'release/{version}'))}")
+    counts = _save([entry], f"release/{version}", unverified=unverified)
+    console.print(f"release {version}: {_counts(counts)}")
+    if unverified:
+        console.print(
+            f"release {version}: its SHA-256 was not checked against the file server (--unverified, "
+            "audited); each update still verifies the package it downloads",
+            markup=False,
+        )
 
 
 def _verify_package(version: str, package: str, sha256: str) -> None:

@@ -58,3 +58,26 @@ def test_release_add_checks_the_sha256_on_the_file_server(
     assert add("9.12.0", sha, "--unverified").exit_code == 0
     with session_scope(lab_runtime.engine) as session:
         assert {"9.11.0", "9.12.0"} <= set(session.exec(select(Release.version)))
+
+
+def test_release_added_unverified_is_audited_as_such(
+    lab_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adversarial pass on #21: `--unverified` skipped the check without a trace; the audit read the
+    same as a verified add, so nobody could later tell which releases' SHA-256 nobody checked."""
+    from inventory.models import AuditEvent
+    from upkeep import cli as cli_module
+    from upkeep import cli_common
+
+    monkeypatch.setattr(cli_common, "_opened", {"engine": lab_runtime.engine})
+    with session_scope(lab_runtime.engine) as session:
+        known = session.exec(select(Release).where(Release.version == "9.10.0")).one()
+        package, sha = known.package, known.sha256
+    args = ["release", "add", "9.13.0", "--package", package, "--sha256", sha, "--from", "9.10.0"]
+
+    result = CliRunner().invoke(cli_module.app, [*args, "--unverified"])
+
+    assert result.exit_code == 0 and "not checked" in result.output
+    with session_scope(lab_runtime.engine) as session:
+        [event] = session.exec(select(AuditEvent).where(AuditEvent.action == "release.unverified")).all()
+    assert event.subject == "release/9.13.0" and event.detail["sha256"] == sha

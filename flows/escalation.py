@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from flows.alerts import alert_sre
 from flows.runtime import Runtime
-from inventory.cases import Case, escalate, escalated_updates_due, update_missed
+from inventory.cases import Case, CaseError, CaseStatus, escalate, escalated_updates_due, update_missed
 from inventory.db import session_scope
 from inventory.models import Contact, Customer
 from inventory.outbox import queue_notice
@@ -31,6 +31,14 @@ def escalate_case(
     manager = runtime.escalation_manager
     name, email = parseaddr(manager)
     cadence = parse_cadence(runtime.escalation_update_cadence)
+    # Read again under the row's lock: another operator may have escalated it since it was read (both
+    # would tell the customer and alert the manager, and the second restart the update cadence).
+    session.refresh(case, with_for_update=True)
+    if case.status is CaseStatus.escalated:
+        raise CaseError(
+            f"{case.ref} is already escalated (held by {case.escalation_manager or 'nobody'}, by "
+            f"{case.escalated_by}): share updates with `upkeep case update {case.ref} --note TEXT`"
+        )
     due = update_due_after(now, case.priority, cadence)
     escalate(
         case,

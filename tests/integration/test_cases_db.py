@@ -330,3 +330,87 @@ def test_escalation_assigns_and_notifies_the_manager_who_is_alerted_when_an_upda
         )
     assert missed.targets == ["maria@vendor.example"] and ref in missed.body_text
     assert [a.detail["manager"] for a in audit] == ["Maria Manager <maria@vendor.example>"]
+
+
+def test_escalating_an_escalated_case_again_is_refused_and_keeps_its_cadence(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adversarial pass on #21: a second `case escalate` (the same or another operator, or both at once
+    on PostgreSQL) escalated it again: the customer was told a second time, the manager alerted twice,
+    and the update cadence restarted, so an update already overdue was never alerted."""
+    from flows import escalation as escalation_module
+    from flows import runtime as flow_runtime
+    from flows.escalation import escalate_case
+    from inventory.alerts import Alert
+    from inventory.cases import CaseError
+    from upkeep.bootstrap import build_runtime
+    from upkeep.settings import load_settings
+
+    _fleet(engine)
+    ref = _open(engine, priority="P1")
+    runtime = build_runtime(load_settings(home=tmp_path / "home"), engine=engine)
+    flow_runtime.configure(runtime)
+    later = MONDAY + timedelta(hours=5)  # the first escalation's update (due +4 h) is overdue
+    try:
+        with session_scope(engine) as session:
+            escalate_case(
+                runtime,
+                cases.get_case(ref, session=session),
+                by="customer",
+                reason="VP called",
+                now=MONDAY,
+                actor="a",
+                session=session,
+            )
+        with pytest.raises(CaseError, match="already escalated"), session_scope(engine) as session:
+            escalate_case(
+                runtime,
+                cases.get_case(ref, session=session),
+                by="sre",
+                reason="again",
+                now=later,
+                actor="b",
+                session=session,
+            )
+        # Two at once: the other operator's escalation commits between this one's read and its write
+        # (PostgreSQL; SQLite serialises the two transactions at BEGIN IMMEDIATE).
+        if engine.dialect.name == "postgresql":
+            ref2 = _open(engine, priority="P1")
+            original, others = escalation_module.parse_cadence, []
+
+            def other_first(text: str) -> Any:
+                if not others:
+                    with session_scope(engine) as other:
+                        others.append(
+                            cases.escalate(
+                                cases.get_case(ref2, session=other),
+                                by="sre",
+                                reason="first",
+                                now=MONDAY,
+                                actor="c",
+                                session=other,
+                            )
+                        )
+                return original(text)
+
+            monkeypatch.setattr(escalation_module, "parse_cadence", other_first)
+            with pytest.raises(CaseError, match="already escalated"), session_scope(engine) as session:
+                escalate_case(
+                    runtime,
+                    cases.get_case(ref2, session=session),
+                    by="sre",
+                    reason="me too",
+                    now=MONDAY,
+                    actor="d",
+                    session=session,
+                )
+            assert others
+    finally:
+        flow_runtime.configure(None)
+    with session_scope(engine) as session:
+        case = cases.get_case(ref, session=session)
+        assert case.next_update_due == MONDAY.astimezone(UTC) + timedelta(hours=4)
+        assert case.escalation_reason == "VP called"
+        alerts = session.exec(select(Alert).where(Alert.kind == "case-escalated")).all()
+        told = session.exec(select(Notice).where(Notice.kind == "case-escalated")).all()
+    assert len(alerts) == 1 and len(told) == 1  # ref2's first escalation went through inventory only

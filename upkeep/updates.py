@@ -384,6 +384,7 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
         state = RunState(run.state)
         if not state.active:
             raise CliError(f"run {run_id} is {state}: it cannot be {action}d")
+        _hold_state(run, state, action, session)
         detail = {"reason": reason} if reason else {}
         session.add(
             AuditEvent(actor=actor, action=f"run.{action}_requested", subject=f"run/{run_id}", detail=detail)
@@ -401,6 +402,34 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
             run.reason = f"cancelled by {actor}: {reason}"  # the flow's cancel ending tells it
         session.add(run)
     return f"run {run_id}: {action} requested; the node in progress finishes first"
+
+
+def _hold_state(run: Any, state: Any, action: str, session: Any) -> None:
+    """Lock the run's row for this transaction, provided it is still in the state just read.
+
+    The read and the write after it can straddle another process's commit (PostgreSQL): the
+    dispatcher or a resume starting a carried-over or paused run (a cancel would then mark a running
+    update cancelled, and tell the customer so, while its nodes are being upgraded), or the flow
+    recording its end (a cancel would write 'cancelled by ...' as a succeeded run's reason). This
+    conditional UPDATE takes the row lock, so a claim after it waits for our commit, and refuses
+    when the run changed since the read."""
+    from sqlalchemy import update
+    from sqlmodel import col
+
+    from inventory.models import UpgradeRun
+
+    held = session.execute(
+        update(UpgradeRun)
+        .where(col(UpgradeRun.id) == run.id, col(UpgradeRun.state) == state)
+        .values(state=state)
+        .execution_options(synchronize_session=False)
+    )
+    if held.rowcount != 1:
+        session.refresh(run)
+        raise CliError(
+            f"run {run.id} is {run.state} now (another process started or ended it just now): "
+            f"not {action}d; see `upkeep show {run.id}`"
+        )
 
 
 def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, actor: str) -> str:

@@ -333,3 +333,61 @@ def test_an_import_whose_move_loses_to_the_dispatchers_claim_does_not_report_a_m
         kinds = session.exec(select(Notice.kind).where(Notice.update_ref == f"update-{run_id}")).all()
         audits = session.exec(select(AuditEvent).where(AuditEvent.action == "update.rescheduled")).all()
     assert sorted(kinds) == ["scheduled"] and audits == []
+
+
+# --- Races (adversarial pass on #21) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("meanwhile", ["dispatcher claims it", "its last node finished"])
+def test_upkeep_cancel_racing_a_start_or_an_end_never_rewrites_the_run(
+    meanwhile: str, lab: Any, fresh_cluster: str, lab_runtime_any_db: Any, monkeypatch: Any
+) -> None:
+    """`upkeep cancel RUN --reason` read the run, then another process committed before its write:
+    the dispatcher claimed a carried-over run at its slot (a cancel would then mark a running update
+    cancelled and tell the customer so while its nodes are being upgraded), or the flow recorded the
+    run succeeded (the cancel would write 'cancelled by ...' as a succeeded run's reason). It must
+    refuse with one line and leave the run as the other process left it."""
+    import upkeep.updates as updates_module
+    from flows.dispatch import claim_due
+    from inventory.runs import finish_run
+    from upkeep.console import CliError
+    from upkeep.updates import request_stop
+
+    runtime = lab_runtime_any_db
+    _postgres_only(runtime.engine)
+    run_id, start, _ = _scheduled_and_told(runtime, fresh_cluster)
+    at = start + timedelta(minutes=1)
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        run.started_at = start - timedelta(days=7)  # carried over: one node done a week ago
+        run.reason = "partially done (1 of 3 nodes); continues then"
+        session.add(run)
+    if meanwhile == "its last node finished":
+        claim = claim_due(runtime, at, timedelta(minutes=5))
+        assert claim is not None and claim.run_id == run_id
+    original, others = updates_module.get_run, []
+
+    def read_then_other_commits(run_id_: int, *, session: Any) -> UpgradeRun:
+        run = original(run_id_, session=session)
+        if not others:
+            if meanwhile == "dispatcher claims it":
+                others.append(claim_due(runtime, at, timedelta(minutes=5)))
+            else:
+                with session_scope(runtime.engine) as other:
+                    finish_run(original(run_id_, session=other), RunState.succeeded, session=other)
+                    others.append("succeeded")
+        return run
+
+    monkeypatch.setattr(updates_module, "get_run", read_then_other_commits)
+    with pytest.raises(CliError, match=f"run {run_id} is (running|succeeded) now"):
+        request_stop(run_id, "cancel", engine=runtime.engine, actor="sre", reason="customer asked")
+
+    assert others and others[0] is not None
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        expected = RunState.running if meanwhile == "dispatcher claims it" else RunState.succeeded
+        assert run.state == expected and "cancelled" not in run.reason
+        kinds = session.exec(select(Notice.kind).where(Notice.update_ref == f"update-{run_id}")).all()
+    assert "cancelled" not in kinds

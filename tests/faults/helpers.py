@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -13,9 +14,11 @@ from sqlmodel import col, select
 
 from inventory.db import migrate, session_scope
 from inventory.importer import import_inventory
+from inventory.installation import installation_id
 from inventory.models import Cluster, Node, NodeStep, RunState, UpgradeRun
 from inventory.runs import create_run
 from inventory.types import utcnow
+from tasks.mail import message_id_for
 from tests.integration.conftest import nodes_of
 
 TARGET = "9.10.0"
@@ -133,3 +136,10 @@ def rollout_due_now(engine: Any, inventory_path: Path) -> None:
     with session_scope(engine) as session:
         for cluster in session.exec(select(Cluster).order_by(col(Cluster.name))).all():
             due_now(session, cluster)
+
+
+def sent_message_ids(session: Any, keys: list[str], domain: str = "vendor.example") -> Counter[str]:
+    """The Message-IDs the notices with these idempotency keys go out under, once each: the ids carry
+    this database's installation id, so they are computed with it (as flows/notify.py does)."""
+    installation = installation_id(session)
+    return Counter({message_id_for(key, domain, installation): 1 for key in keys})

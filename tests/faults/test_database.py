@@ -31,9 +31,8 @@ from sqlmodel import select
 from inventory.db import make_engine, session_scope
 from inventory.models import Cluster, NodeStep, RunState, StepState, UpgradeRun
 from inventory.outbox import Notice, NoticeState
-from tasks.mail import message_id_for
 from tests.faults.conftest import SOAK
-from tests.faults.helpers import TARGET, rollout_due_now
+from tests.faults.helpers import TARGET, rollout_due_now, sent_message_ids
 from tests.faults.postgres import PrivatePostgres, missing_binaries
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
@@ -234,8 +233,8 @@ def test_postgres_restarted_mid_rollout_every_node_upgraded_once_nothing_lost(
         expected = {(f"update-{r.id}", kind): 1 for r in runs_now for kind in ("started", "completed")}
         assert dict(kinds) == expected, where
         assert {n.state for n in notices} == {NoticeState.sent}, where
-        keys = [n.idempotency_key for n in notices]
-    assert smtp.handler.ids() == Counter({message_id_for(key, "vendor.example"): 1 for key in keys}), where
+        expected_ids = sent_message_ids(session, [n.idempotency_key for n in notices])
+    assert smtp.handler.ids() == expected_ids, where
     print("database restarts: " + where, file=sys.stderr)
     record(
         "database",

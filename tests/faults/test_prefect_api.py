@@ -43,8 +43,7 @@ from inventory.models import Cluster, Node, NodeStep, StepState, UpgradeRun
 from inventory.outbox import Notice, NoticeState
 from inventory.run_report import node_rows
 from inventory.types import utcnow
-from tasks.mail import message_id_for
-from tests.faults.helpers import TARGET, hosts, runs_of, steps_of, wait_for
+from tests.faults.helpers import TARGET, hosts, runs_of, sent_message_ids, steps_of, wait_for
 from tests.faults.netfaults import CuttableProxy, OutageMode
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
@@ -232,8 +231,8 @@ def assert_upgraded_exactly_once(api: ApiSetup, lab: Any, smtp: SmtpServer, why:
         kinds = Counter((n.update_ref, n.kind) for n in notices)
         assert dict(kinds) == {(f"update-{run.id}", "started"): 1, (f"update-{run.id}", "completed"): 1}
         assert {n.state for n in notices} == {NoticeState.sent}
-        keys = [n.idempotency_key for n in notices]
-    assert smtp.handler.ids() == Counter({message_id_for(key, "vendor.example"): 1 for key in keys})
+        expected_ids = sent_message_ids(session, [n.idempotency_key for n in notices])
+    assert smtp.handler.ids() == expected_ids
     return run
 
 

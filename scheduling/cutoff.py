@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
-from scheduling._time import aware_utc
+from scheduling._time import aware_utc, load_zone
 from scheduling.blackouts import Blackout
 from scheduling.errors import SchedulingError
 from scheduling.windows import Interval, WeeklyWindow, window_occurrences
@@ -32,18 +33,20 @@ def open_window(
     """The maintenance time open at `at`: the occurrence open then (start <= at < end; the longest if
     several are), extended by every occurrence that starts before it ends (back-to-back or overlapping
     windows are one stretch of maintenance time for a node in progress: "always open", 24 h every
-    day, never closes at midnight), at most `CHAIN` ahead; its end moved up to the start of the first
-    blackout that begins inside it. None when no window is open at `at`, or `at` is in a blackout."""
+    day, never closes at midnight, nor for the hour the clocks go back), at most `CHAIN` ahead; its
+    end moved up to the start of the first blackout that begins inside it. None when no window is
+    open at `at`, or `at` is in a blackout."""
     instant = aware_utc(at, "at")
     ahead = list(window_occurrences(windows, instant, instant + CHAIN))
     open_now = [occurrence for occurrence in ahead if occurrence.start <= instant < occurrence.end]
     if not open_now:
         return None
     first = max(open_now, key=lambda occurrence: occurrence.end)
-    end = first.end
+    end, last_start = first.end, first.start
+    zones = {load_zone(window.tz) for window in windows}
     for occurrence in ahead:  # chronological: each one that starts in the stretch extends it
-        if occurrence.start <= end:
-            end = max(end, occurrence.end)
+        if occurrence.start <= end + _clocks_back(zones, last_start, end) and occurrence.end > end:
+            end, last_start = occurrence.end, occurrence.start
     end = min(end, instant + CHAIN)
     for blackout in blackouts:
         if not isinstance(blackout, Blackout):
@@ -54,6 +57,19 @@ def open_window(
         if instant < span.start < end:
             end = span.start
     return Interval(first.start, end)
+
+
+def _clocks_back(zones: set[ZoneInfo], start: datetime, end: datetime) -> timedelta:
+    """How far the clocks went back between `start` and `end` in the windows' zones: a window's
+    duration is elapsed time (scheduling/windows.py), so on the night they go back an occurrence ends
+    that much earlier on the wall clock, and a window written back to back with it ("always open",
+    01:00 for 2 h then 03:00) opens that much after it: still one stretch of maintenance time."""
+    shifts = [
+        (start.astimezone(zone).utcoffset() or timedelta(0))
+        - (end.astimezone(zone).utcoffset() or timedelta(0))
+        for zone in zones
+    ]
+    return max([timedelta(0), *shifts])
 
 
 def node_may_start(now: datetime, window_end: datetime, per_node: timedelta) -> bool:

@@ -62,3 +62,33 @@ def test_room_for_a_node_needs_an_open_window() -> None:
     assert room_for_a_node(window, TUE, timedelta(minutes=10))
     assert not room_for_a_node(window, TUE - timedelta(minutes=1), timedelta(minutes=10))
     assert not room_for_a_node(None, TUE, timedelta(minutes=10))
+
+
+# --- Adversarial pass on #21: back-to-back windows across a DST change ---------------------------------
+
+BERLIN_24H = WeeklyWindow(frozenset(range(7)), time(0, 0), timedelta(hours=24), "Europe/Berlin")
+
+
+def test_an_always_open_window_stays_open_through_the_fall_back_night() -> None:
+    """Daily 00:00 for 24 h is "always open". On 2026-10-25 (Berlin falls back at 03:00 CEST) that day's
+    occurrence is 25 h of wall clock long; elapsed 24 h ended at 23:00 CET, an hour before the next
+    occurrence, so a run at 22:30 CET stopped and was carried over to midnight in an always-open window."""
+    at = datetime(2026, 10, 25, 21, 30, tzinfo=UTC)  # 22:30 CET
+    window = open_window([BERLIN_24H], [], at)
+    assert window is not None and window.end > datetime(2026, 10, 27, tzinfo=UTC)
+    assert node_may_start(at + timedelta(minutes=25), window.end, timedelta(minutes=10))
+
+
+def test_back_to_back_wall_clock_windows_stay_one_stretch_when_the_clocks_go_back() -> None:
+    """01:00 for 2 h then 03:00 for 2 h (Berlin): back to back on the wall clock every night; the night
+    the clocks go back, the first ends (elapsed) at the second 02:00 and the second opens an hour later."""
+    first = WeeklyWindow(frozenset(range(7)), time(1, 0), timedelta(hours=2), "Europe/Berlin")
+    second = WeeklyWindow(frozenset(range(7)), time(3, 0), timedelta(hours=2), "Europe/Berlin")
+    window = open_window([first, second], [], datetime(2026, 10, 24, 23, 30, tzinfo=UTC))  # 01:30 CEST
+    assert window == Interval(
+        datetime(2026, 10, 24, 23, 0, tzinfo=UTC), datetime(2026, 10, 25, 4, 0, tzinfo=UTC)
+    )
+    # Not chained when they are not back to back: 01:00 for 1 h then 03:00 leaves a real gap.
+    short = WeeklyWindow(frozenset(range(7)), time(1, 0), timedelta(hours=1), "Europe/Berlin")
+    alone = open_window([short, second], [], datetime(2026, 10, 24, 23, 30, tzinfo=UTC))
+    assert alone is not None and alone.end == datetime(2026, 10, 25, 0, 0, tzinfo=UTC)

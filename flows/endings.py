@@ -36,7 +36,7 @@ def versions_at_stop(run: UpgradeRun, session: Session) -> tuple[str, ...]:
     for row in node_rows(run, session):
         if row["after"]:
             version = str(row["after"])
-        elif str(row["result"]).startswith("failed"):
+        elif str(row["result"]).startswith("failed") or row["result"] == "interrupted":
             version = "upgrade did not complete; our support team is checking this node"
         else:
             version = f"{run.from_version} (not upgraded)"
@@ -45,8 +45,11 @@ def versions_at_stop(run: UpgradeRun, session: Session) -> tuple[str, ...]:
 
 
 def mid_way(run: UpgradeRun, session: Session) -> bool:
-    """Whether any node was upgraded (or failed) in this run: the cluster may now be mixed."""
-    return any(row["after"] or str(row["result"]).startswith("failed") for row in node_rows(run, session))
+    """Whether any node was upgraded (or failed, or interrupted) in this run: the cluster may now be mixed."""
+    return any(
+        row["after"] or str(row["result"]).startswith("failed") or row["result"] == "interrupted"
+        for row in node_rows(run, session)
+    )
 
 
 def customer_knows(run: UpgradeRun, session: Session) -> bool:

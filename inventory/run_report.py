@@ -131,9 +131,10 @@ def node_rows(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
             result = f"failed at {failed[-1].step}: {last_line}"
         elif verify:
             result = "upgraded" if any(s.step == "upgrade" for s in steps) else "already at target"
-        elif work and not run.finished_at:
-            # Started on this node and not verified: going on now, or stopped part-way (paused, crash).
-            result = "in progress" if run.state == RunState.running else "interrupted"
+        elif work:
+            # Started on this node and not verified: going on now, or stopped part-way (paused, crash,
+            # taken over, then ended): what it runs now is unknown, never "not reached".
+            result = "in progress" if run.state == RunState.running and not run.finished_at else "interrupted"
         elif run.finished_at:
             result = "not reached"
         else:

@@ -102,6 +102,12 @@ def check_update_cadence(runtime: Runtime, now: datetime) -> list[str]:
     alerted = []
     with session_scope(runtime.engine) as session:
         for case in escalated_updates_due(now, session=session):
+            # Read again under the row's lock: closed, updated or alerted by another dispatcher since
+            # the query, it is no longer this tick's to alert.
+            session.refresh(case, with_for_update=True)
+            due = case.next_update_due
+            if case.status is not CaseStatus.escalated or due is None or due > now:
+                continue
             missed = update_missed(case, now=now, session=session)
             _, email = parseaddr(case.escalation_manager)
             customer = session.get(Customer, case.customer_id)

@@ -414,3 +414,62 @@ def test_escalating_an_escalated_case_again_is_refused_and_keeps_its_cadence(
         alerts = session.exec(select(Alert).where(Alert.kind == "case-escalated")).all()
         told = session.exec(select(Notice).where(Notice.kind == "case-escalated")).all()
     assert len(alerts) == 1 and len(told) == 1  # ref2's first escalation went through inventory only
+
+
+def test_a_case_closed_while_the_cadence_check_reads_it_alerts_nobody(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adversarial pass on #21: the dispatcher's cadence check read an escalated case with an overdue
+    update; the case was closed (or another dispatcher alerted) before its write: the manager was alerted
+    about a closed case (or twice). PostgreSQL: SQLite serialises the two transactions."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers at BEGIN IMMEDIATE: the interleaving cannot happen")
+    from flows import escalation as escalation_module
+    from flows import runtime as flow_runtime
+    from flows.escalation import check_update_cadence, escalate_case
+    from inventory.alerts import Alert
+    from upkeep.bootstrap import build_runtime
+    from upkeep.settings import load_settings
+
+    _fleet(engine)
+    closed_ref, twice_ref = _open(engine, priority="P1"), _open(engine, priority="P1")
+    runtime = build_runtime(load_settings(home=tmp_path / "home"), engine=engine)
+    flow_runtime.configure(runtime)
+    late = MONDAY + timedelta(hours=5)  # the update due at +4 h was not shared
+    try:
+        for ref in (closed_ref, twice_ref):
+            with session_scope(engine) as session:
+                escalate_case(
+                    runtime,
+                    cases.get_case(ref, session=session),
+                    by="sre",
+                    reason="VP called",
+                    now=MONDAY,
+                    actor="a",
+                    session=session,
+                )
+        original, others = escalation_module.escalated_updates_due, []
+
+        def read_then_others_commit(now: Any, *, session: Any) -> Any:
+            found = original(now, session=session)
+            if not others:
+                others.append("closing")
+                with session_scope(engine) as other:
+                    cases.close_case(
+                        cases.get_case(closed_ref, session=other),
+                        reason="fixed",
+                        now=now,
+                        actor="b",
+                        session=other,
+                    )
+                others.append(check_update_cadence(runtime, now))  # another dispatcher's tick
+            return found
+
+        monkeypatch.setattr(escalation_module, "escalated_updates_due", read_then_others_commit)
+        assert check_update_cadence(runtime, late) == []
+    finally:
+        flow_runtime.configure(None)
+    assert others == ["closing", [twice_ref]]
+    with session_scope(engine) as session:
+        missed = session.exec(select(Alert).where(Alert.kind == "case-update-missed")).all()
+    assert len(missed) == 1 and twice_ref in missed[0].subject

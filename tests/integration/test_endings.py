@@ -139,3 +139,42 @@ def test_failure_tells_the_customer_each_nodes_version(lab: Any, fresh_cluster: 
     assert f"{hosts[2]}: {FROM} (not upgraded)" in notice.body_text
     assert "simulated fault" not in notice.body_text  # no internals for the customer
     assert _alerts(lab_runtime.engine, run_id, "run-failed")  # #15's alert, naming the case and bundle
+
+
+def test_approved_and_refused_at_once_one_answer_counts_and_the_other_is_told(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    """Adversarial pass on #21: two operators answer the approval gate at the same moment, one approving
+    and one refusing. Exactly one answer is recorded and acted on; the other exits 1 with one line (no
+    traceback), and the run's ending matches the recorded decision."""
+    env, cluster = slow_cli_env, fresh_slow_cluster
+    engine = cli_engine(env)
+    with session_scope(engine) as session:
+        run = schedule_update(
+            cluster, TARGET, now=utcnow(), source="customer", requested_by="t", session=session
+        )
+        run.needs_approval = True
+        session.flush()
+        run_id = run.id or 0
+    proc = _start(env, "resume", str(run_id))
+    _wait_for(lambda: _flow_run_paused(_run(engine, cluster).flow_run_id), "the approval pause")  # type: ignore[union-attr]
+
+    yes = _start(env, "approve", str(run_id), "--reason", "go")
+    no = _start(env, "approve", str(run_id), "--refuse", "--reason", "stop")
+    answers = {
+        "approve": (yes.wait(timeout=120), *yes.communicate()),
+        "refuse": (no.wait(timeout=120), *no.communicate()),
+    }
+    proc.wait(timeout=300)
+
+    for code, out, err in answers.values():
+        assert "Traceback" not in out + err
+    assert sorted(code for code, _, _ in answers.values()) == [0, 1], answers
+    decisions = _show(env, run_id)["decisions"]
+    assert len(decisions) == 1, decisions
+    winner = "approve" if answers["approve"][0] == 0 else "refuse"
+    assert decisions[0]["reason"] == ("go" if winner == "approve" else "stop")
+    final = _run(engine, cluster)
+    assert final is not None
+    assert final.state == (RunState.succeeded if winner == "approve" else RunState.cancelled)
+    engine.dispose()

@@ -167,7 +167,7 @@ def test_approved_and_refused_at_once_one_answer_counts_and_the_other_is_told(
     }
     proc.wait(timeout=300)
 
-    for code, out, err in answers.values():
+    for _code, out, err in answers.values():
         assert "Traceback" not in out + err
     assert sorted(code for code, _, _ in answers.values()) == [0, 1], answers
     decisions = _show(env, run_id)["decisions"]

@@ -317,12 +317,18 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=30)
         # A run the flow left `running` (it could not even record its failure, e.g. the database was
-        # down) keeps its lease: when it runs out the dispatcher takes the run over, nothing is lost.
+        # down) keeps its owner for the record, but its lease runs out now: nobody carries it out any
+        # more, so `upkeep resume` (even from this same process) or the dispatcher's next take-over
+        # goes on at once instead of waiting out a lease nobody renews.
         ended = col(UpgradeRun.state) != RunState.running
         try:
             with self.runtime.engine.begin() as conn:
                 cleared = {"lease_owner": None, "lease_until": None, "lease_since": None}
                 conn.execute(update(UpgradeRun).where(*self._mine(), ended).values(**cleared))
+                left = col(UpgradeRun.state) == RunState.running
+                conn.execute(
+                    update(UpgradeRun).where(*self._mine(), left).values(lease_until=self.runtime.clock())
+                )
         except Exception as exc:  # never hides how the flow ended; a run that ended is never an orphan
             log.warning("run %s: lease not cleared (%s)", self.run_id, exc)
 

@@ -6,6 +6,9 @@ Revises: 0003
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
@@ -28,12 +31,18 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("support_contact", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False, server_default="")
         )
-    op.create_table(
+    installation = op.create_table(
         "installation",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("installation_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("created_at", inventory.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+    )
+    # Generated here, once, under the migration lock: no two processes starting on a new database can
+    # each make one, and reading it (a delivery with nothing to send) never writes.
+    op.bulk_insert(
+        installation,
+        [{"installation_id": secrets.token_hex(6), "created_at": datetime.now(UTC)}],
     )
     if op.get_bind().dialect.name == "postgresql":  # SQLite stores the enum as text
         op.execute("ALTER TYPE noticestate ADD VALUE IF NOT EXISTS 'superseded'")

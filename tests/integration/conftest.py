@@ -17,8 +17,8 @@ import pytest
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-LAB_CLUSTERS = 56  # one per test that upgrades; cheap (an idle sshd each)
-SLOW_LAB_CLUSTERS = 10
+LAB_CLUSTERS = 96  # one per test that upgrades; cheap (an idle sshd each): 75 used on 2026-12-04
+SLOW_LAB_CLUSTERS = 16  # 12 used on 2026-12-04
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -83,3 +84,17 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     """A migrated, empty SQLite database in tmp_path."""
     yield from _sqlite(tmp_path)
+
+
+@pytest.fixture
+def smtp() -> Iterator[Any]:
+    """A real SMTP server (aiosmtpd) on a free loopback port for one test; `.transport()` reaches it.
+    A module that needs another handler overrides it (tests/integration/test_notice_batches.py)."""
+    from tests.integration.test_notices import SmtpServer
+
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

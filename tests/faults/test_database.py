@@ -72,16 +72,6 @@ def db_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def pg_rollout(
     private_pg: PrivatePostgres, db_lab: Any, prefect_harness: None, smtp: SmtpServer, tmp_path: Path
 ) -> Iterator[tuple[dict[str, str], Any]]:

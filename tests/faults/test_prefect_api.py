@@ -70,16 +70,6 @@ def api_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 _cluster_numbers = iter(range(LAB_CLUSTERS))
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @dataclass
 class ApiSetup:
     env: dict[str, str]

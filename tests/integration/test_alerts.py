@@ -29,16 +29,6 @@ T0 = datetime(2026, 12, 4, 3, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def mailbox() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     receiver.start()
@@ -48,8 +38,8 @@ def webhook() -> Iterator[WebhookReceiver]:
         receiver.stop()
 
 
-def _runtime(engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver) -> Runtime:
-    mailer = mailbox.transport()
+def _runtime(engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver) -> Runtime:
+    mailer = smtp.transport()
     return Runtime(
         engine=engine,
         fileserver=HttpFileServer(url="https://127.0.0.1:9", user="u", password="p"),
@@ -71,9 +61,9 @@ def _alerts(engine: Engine) -> list[Alert]:
 
 
 def test_an_alert_reaches_the_webhook_and_the_sre_mailbox_in_its_own_words(
-    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+    engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver
 ):
-    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    runtime = _runtime(engine, tmp_path, smtp, webhook)
     alert_sre(
         runtime,
         headline="run 7 failed at download before any node was touched",
@@ -83,7 +73,7 @@ def test_an_alert_reaches_the_webhook_and_the_sre_mailbox_in_its_own_words(
         step="download",
         case_ref="CASE-3",
     )
-    assert webhook.received == [] and mailbox.handler.messages == []  # queued, not sent by the caller
+    assert webhook.received == [] and smtp.handler.messages == []  # queued, not sent by the caller
 
     report = deliver_alerts(runtime, now=T0)
 
@@ -92,15 +82,15 @@ def test_an_alert_reaches_the_webhook_and_the_sre_mailbox_in_its_own_words(
     assert posted["title"].startswith("[Upkeep] acme/acme-c1: run 7 failed at download")
     assert "https://files.example/releases/p.tar.gz" in posted["message"]
     assert "CASE-3" in posted["message"] and "Hello" not in posted["message"]
-    (mail,) = mailbox.handler.messages
+    (mail,) = smtp.handler.messages
     assert mail["To"] == "sre@vendor.example" and mail["Subject"] == posted["title"]
     assert deliver_alerts(runtime, now=T0 + timedelta(hours=1)).sent == []  # once
 
 
 def test_a_channel_that_is_down_delays_only_itself_and_gets_the_alert_later(
-    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+    engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver
 ):
-    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    runtime = _runtime(engine, tmp_path, smtp, webhook)
     webhook.stop()
     alert_sre(runtime, headline="pre-flight failed", cause="node-2: disk full", cluster="acme-c1")
 
@@ -110,14 +100,14 @@ def test_a_channel_that_is_down_delays_only_itself_and_gets_the_alert_later(
     (alert,) = _alerts(engine)
     assert alert.state == AlertState.pending and alert.delivered == ["email:sre@vendor.example"]
     assert webhook.url.removeprefix("json://") in alert.last_error
-    assert len(mailbox.handler.messages) == 1
+    assert len(smtp.handler.messages) == 1
 
     webhook.start()
     assert deliver_alerts(runtime, now=T0 + retry_delay(1) - timedelta(seconds=1)).retrying == []  # not due
     later = deliver_alerts(runtime, now=T0 + retry_delay(1))
 
     assert len(later.sent) == 1 and len(webhook.received) == 1
-    assert len(mailbox.handler.messages) == 1  # the mailbox that had it is not sent it again
+    assert len(smtp.handler.messages) == 1  # the mailbox that had it is not sent it again
     (alert,) = _alerts(engine)
     assert alert.state == AlertState.sent and alert.attempts == 2
 
@@ -127,8 +117,8 @@ def test_an_unknown_alert_url_is_refused_naming_it_without_its_secret():
         AppriseChannel("nosuch://user:hunter2@example")
 
 
-def test_the_same_key_queues_one_alert(engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: Any):
-    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+def test_the_same_key_queues_one_alert(engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: Any):
+    runtime = _runtime(engine, tmp_path, smtp, webhook)
     first = alert_sre(runtime, headline="h", cause="c", key="run-1:failed")
     assert alert_sre(runtime, headline="h", cause="c", key="run-1:failed") == first
     assert len(_alerts(engine)) == 1
@@ -163,11 +153,11 @@ class _Blackhole:
 
 
 def test_a_channel_that_never_answers_costs_one_timeout_per_delivery_not_one_per_alert(
-    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+    engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver
 ):
     hole = _Blackhole()
     try:
-        runtime = _runtime(engine, tmp_path, mailbox, webhook)
+        runtime = _runtime(engine, tmp_path, smtp, webhook)
         hung = AppriseChannel(f"json://127.0.0.1:{hole.port}/hook", timeout=1)
         runtime = replace(runtime, alert_channels=(*runtime.alert_channels, hung))
         for n in range(4):
@@ -177,20 +167,20 @@ def test_a_channel_that_never_answers_costs_one_timeout_per_delivery_not_one_per
 
         # The hung channel was tried once; the three other alerts did not each wait for its timeout.
         assert len(hole.accepted) == 1
-        assert len(report.retrying) == 4 and len(webhook.received) == 4 and len(mailbox.handler.messages) == 4
+        assert len(report.retrying) == 4 and len(webhook.received) == 4 and len(smtp.handler.messages) == 4
         assert all(f"127.0.0.1:{hole.port}" in a.last_error for a in _alerts(engine))  # retried later
     finally:
         hole.close()
 
 
 def test_a_delivery_outlived_by_its_claim_does_not_send_what_another_tick_sent_meanwhile(
-    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+    engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver
 ):
     """A slow channel with many alerts queued: the first tick is still sending when its claim on the
     later alerts runs out and the next tick takes and sends them. The first tick must not send them
     again (the on-call got every alert of a burst twice)."""
     clock = {"now": T0}
-    base = _runtime(engine, tmp_path, mailbox, webhook)
+    base = _runtime(engine, tmp_path, smtp, webhook)
     hook = AppriseChannel(webhook.url, timeout=2)
 
     class Slow:
@@ -216,12 +206,12 @@ def test_a_delivery_outlived_by_its_claim_does_not_send_what_another_tick_sent_m
 
 
 def test_no_secret_reaches_an_alert_channel(
-    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+    engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver
 ):
     """A file-server URL with its password in it (allowed by the settings, hidden by `settings`), a
     database URL quoted by its driver's error, a channel token: the alert names what was tried, never
     the secret, in the chat message and in the SRE mail alike."""
-    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    runtime = _runtime(engine, tmp_path, smtp, webhook)
     alert_sre(
         runtime,
         headline="run 7 failed at download before any node was touched",
@@ -233,7 +223,7 @@ def test_no_secret_reaches_an_alert_channel(
     )
     deliver_alerts(runtime, now=T0)
     (posted,) = webhook.received
-    (mail,) = mailbox.handler.messages
+    (mail,) = smtp.handler.messages
     seen = posted["title"] + posted["message"] + mail.as_string()
     for secret in ("Hunter2pw", "S3cretdb", "Tok3nabc123"):
         assert secret not in seen
@@ -241,12 +231,12 @@ def test_no_secret_reaches_an_alert_channel(
 
 
 def test_line_breaks_in_a_headline_never_make_or_break_the_sre_mail_header(
-    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+    engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver
 ):
     """A CR (or U+2028, VT, FF) in text that reaches the subject made the SRE mail unbuildable: the
     mailbox never got that alert (retried for ever); and it must not cost the mailbox the other
     alerts of the same delivery either."""
-    runtime = _runtime(engine, tmp_path, mailbox, webhook)
+    runtime = _runtime(engine, tmp_path, smtp, webhook)
     alert_sre(
         runtime, headline="escalated by x\rBcc: evil@attacker.example\u2028\x0bX", cause="c", cluster="c1"
     )
@@ -255,23 +245,23 @@ def test_line_breaks_in_a_headline_never_make_or_break_the_sre_mail_header(
     report = deliver_alerts(runtime, now=T0)
 
     assert len(report.sent) == 2 and report.retrying == []
-    first, second = mailbox.handler.messages
+    first, second = smtp.handler.messages
     assert first["Bcc"] is None and "\r" not in first["Subject"] and "\u2028" not in first["Subject"]
     assert first["Subject"] == "[Upkeep] c1: escalated by x Bcc: evil@attacker.example  X"
     assert second["Subject"] == "[Upkeep] c1: an ordinary alert"
 
 
 def test_a_mail_server_that_never_answers_costs_one_timeout_per_delivery_not_one_per_email(
-    engine: Engine, tmp_path: Path, mailbox: SmtpServer, webhook: WebhookReceiver
+    engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver
 ):
-    """Pages go to each paged person's address besides the SRE mailbox: every address was its own
+    """Pages go to each paged person's address besides the SRE smtp: every address was its own
     channel, so a hung SMTP server cost its timeout once per address per alert."""
     from tasks.mail import SmtpTransport
 
     hole = _Blackhole()
     try:
         hung = SmtpTransport(host="127.0.0.1", port=hole.port, timeout=1)
-        base = _runtime(engine, tmp_path, mailbox, webhook)
+        base = _runtime(engine, tmp_path, smtp, webhook)
         runtime = replace(
             base,
             mailer=hung,

@@ -66,16 +66,6 @@ def _wait_for(what: str, check: Any, seconds: float = 60) -> Any:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def served(tmp_path: Path, smtp: SmtpServer) -> Iterator[tuple[str, dict[str, str]]]:
     """The portal served by the real CLI on a free loopback port; (its URL, the CLI's environment)."""
     port = _free_port()

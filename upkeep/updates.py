@@ -383,7 +383,7 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
             raise CliError(f"cancel {run_id} needs --reason TEXT (it is recorded and told to the customer)")
         state = RunState(run.state)
         if not state.active:
-            raise CliError(f"run {run_id} is {state}: it cannot be {action}d")
+            raise CliError(f"run {run_id} is {state}: it cannot be {_PAST[action]}")
         _hold_state(run, state, action, session)
         detail = {"reason": reason} if reason else {}
         session.add(
@@ -402,6 +402,9 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
             run.reason = f"cancelled by {actor}: {reason}"  # the flow's cancel ending tells it
         session.add(run)
     return f"run {run_id}: {action} requested; the node in progress finishes first"
+
+
+_PAST = {"approve": "approved", "refuse": "refused", "cancel": "cancelled", "pause": "paused"}
 
 
 def _hold_state(run: Any, state: Any, action: str, session: Any) -> None:
@@ -428,11 +431,12 @@ def _hold_state(run: Any, state: Any, action: str, session: Any) -> None:
         session.refresh(run)
         raise CliError(
             f"run {run.id} is {run.state} now (another process started or ended it just now): "
-            f"not {action}d; see `upkeep show {run.id}`"
+            f"not {_PAST.get(action, action + 'ed')}; see `upkeep show {run.id}`"
         )
 
 
 def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, actor: str) -> str:
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError
     from prefect.flow_runs import resume_flow_run
 
     with session_scope(engine) as session:
@@ -447,6 +451,20 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
             raise CliError(f"run {run_id} is not waiting for approval")
         if not run.flow_run_id:
             raise CliError(f"run {run_id} has not reached its approval gate yet")
-        flow_run_id = run.flow_run_id
-    resume_flow_run(UUID(flow_run_id), run_input={"approved": approved, "approver": actor, "reason": reason})
-    return f"run {run_id} {'approved' if approved else 'refused'}"
+        # Two operators answering at once (one approving, one refusing) must not both be told
+        # "done": Prefect's resume endpoint reads "paused" without a lock, so both resumes can be
+        # accepted and the flow acts on whichever input it reads. The answer is given while this
+        # transaction holds the run's row (PostgreSQL) or the write lock (SQLite, BEGIN IMMEDIATE):
+        # the second answer waits here, then finds the run no longer paused and is refused.
+        verb = "approve" if approved else "refuse"
+        _hold_state(run, run.state, verb, session)
+        try:
+            resume_flow_run(
+                UUID(run.flow_run_id), run_input={"approved": approved, "approver": actor, "reason": reason}
+            )
+        except (NotPausedError, FlowPauseTimeout, RuntimeError) as exc:
+            raise CliError(
+                f"run {run_id} is no longer waiting for approval ({exc}; another answer came first, "
+                f"or the wait timed out): not {_PAST[verb]}; see `upkeep show {run_id}`"
+            ) from None
+    return f"run {run_id} {_PAST[verb]}"

@@ -23,10 +23,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from flows.plan import PlanError
 from flows.rollout import release_status, ring_gate
+from flows.rollout_rules import ACTIVE
 from flows.runtime import current
 from flows.schedule import schedule_update
 from inventory import repo
@@ -34,17 +35,19 @@ from inventory.cases import open_blocking_case
 from inventory.db import session_scope
 from inventory.models import Cluster, ClusterKind, Release, UpgradeRun
 from inventory.releases import (
+    Member,
     MemberStatus,
     ReleaseError,
     Rollout,
     RolloutCluster,
     RolloutState,
     new_rollout,
+    rollout_members,
     status_markdown,
 )
 from inventory.runs import ActiveRunExists
-from scheduling._time import fmt_instant
 from scheduling.errors import SchedulingError
+from scheduling.times import fmt_instant
 from scheduling.versions import NoUpgradePath, Version, upgrade_path
 from scheduling.waves import RINGS_DEFAULT, ErrorBudget
 
@@ -253,6 +256,55 @@ def apply(entry: RolloutCluster, decision: Decision) -> tuple[MemberStatus, str]
     entry.status, entry.reason, run = decision[0], decision[1][:2000], decision[2]
     entry.run_id = run.id if run is not None else None
     return entry.status, entry.reason
+
+
+def replan_skipped(*, engine: Engine, now: datetime, actor: str = "upkeep") -> list[str]:
+    """Try every skipped cluster of the rolling rollouts again (the dispatcher calls this on its
+    interval): one whose case closed or whose other update ended gets a slot and a `scheduled` notice,
+    or is blocked if none fits before the deadline. A rolling rollout with nothing left to do becomes
+    done. Each cluster is its own transaction. Returns one line per cluster whose status changed."""
+    with session_scope(engine) as session:
+        query = (
+            select(RolloutCluster.id)
+            .join(Rollout)
+            .where(Rollout.state == RolloutState.rolling, RolloutCluster.status == MemberStatus.skipped)
+            .order_by(col(RolloutCluster.id))
+        )
+        ids = [entry_id for entry_id in session.exec(query) if entry_id is not None]
+    changed = []
+    for entry_id in ids:
+        try:
+            with session_scope(engine) as session:
+                changed += _replan_one(entry_id, session=session, now=now, actor=actor)
+        except ActiveRunExists:
+            continue  # another update claimed the cluster meanwhile: still skipped, try next time
+    with session_scope(engine) as session:
+        for rollout in session.exec(select(Rollout).where(Rollout.state == RolloutState.rolling)):
+            members = rollout_members(rollout, session=session)
+            if not any(m.entry.status is MemberStatus.skipped or _active(m) for m in members):
+                rollout.state, rollout.updated_at = RolloutState.done, now
+                session.add(rollout)
+    return changed
+
+
+def _active(member: Member) -> bool:
+    return member.run is not None and member.run.state in ACTIVE
+
+
+def _replan_one(entry_id: int, *, session: Session, now: datetime, actor: str) -> list[str]:
+    query = select(RolloutCluster).where(RolloutCluster.id == entry_id).with_for_update()
+    entry = session.exec(query).first()
+    if entry is None or entry.status is not MemberStatus.skipped:
+        return []  # planned meanwhile by another dispatcher
+    cluster, rollout = session.get(Cluster, entry.cluster_id), session.get(Rollout, entry.rollout_id)
+    assert cluster is not None and rollout is not None
+    before = entry.reason
+    status, reason = apply(entry, decide(cluster, rollout, session=session, now=now, actor=actor))
+    if status is MemberStatus.skipped and reason == before:
+        return []
+    entry.updated_at = now
+    session.add(entry)
+    return [f"{cluster.name}: {status.value}" + (f" ({reason})" if reason else "")]
 
 
 def _flow_run_name() -> str:

@@ -28,6 +28,7 @@ from sqlmodel import Session, col, select
 
 from flows import lease
 from flows.alerts import alert_sre, deliver_alerts
+from flows.cloud_release import replan_skipped
 from flows.integrity import reasons_for, recheck
 from flows.notify import deliver_pending
 from flows.oncall import escalate_due, page_triggers
@@ -59,8 +60,6 @@ def _tick_name() -> str:
 
 @flow(name="dispatch", flow_run_name=_tick_name)
 def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, Any]:
-    from flows.rollout import replan_skipped
-
     runtime = current()
     now = runtime.clock()
     replan_skipped(engine=runtime.engine, now=now, actor=runtime.actor)  # skipped clusters whose case closed

@@ -28,14 +28,17 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from flows.alerts import alert_sre
+from flows.rollout import ring_gate
 from flows.run_notices import VendorTerms, queue_run_notice, update_ref
+from flows.runtime import RuntimeNotConfigured, current
 from inventory import repo
 from inventory.cases import open_blocking_case
 from inventory.importer import ImportSummary, apply_inventory, load_inventory
 from inventory.models import Cluster, Customer, Release, RunState, UpgradeRun
-from inventory.windows import blackouts_for, cluster_windows
+from inventory.releases import RolloutCluster
+from inventory.windows import blackouts_for, cluster_windows, notice_policy
 from scheduling.errors import NoSlot, SchedulingError
-from scheduling.notice import NoticePolicy
 from scheduling.validity import PlannedUpdate, Reason, World, invalid_reasons, replacement_slot
 from scheduling.windows import Interval
 from templates import NoticeKind
@@ -76,13 +79,6 @@ class Outcome:
         return f"{head}: {why} -> {verb}, no valid slot; SRE alerted" + ("" if self.written else " (dry run)")
 
 
-def notice_terms(customer: Customer) -> NoticePolicy:
-    """The vendor defaults, with the customer's contract terms where it has them."""
-    from flows.schedule import notice_policy
-
-    return notice_policy(customer)
-
-
 def world_of(run: UpgradeRun, *, session: Session) -> tuple[World, Cluster, Customer]:
     """The world one planned update lives in, read from the record now."""
     cluster = session.get(Cluster, run.cluster_id)
@@ -94,7 +90,7 @@ def world_of(run: UpgradeRun, *, session: Session) -> tuple[World, Cluster, Cust
     world = World(
         windows=cluster_windows(cluster, customer, session=session),
         blackouts=blackouts_for(customer, session=session),
-        notice=notice_terms(customer),
+        notice=notice_policy(customer),
         deadline=release.deadline if release is not None else None,
         blocking_case=f"{case.ref} ({case.priority})" if case is not None else None,
         withdrawn=release is None,
@@ -107,9 +103,6 @@ def world_of(run: UpgradeRun, *, session: Session) -> tuple[World, Cluster, Cust
 def _ring_gate(run: UpgradeRun, session: Session) -> tuple[datetime, str] | None:
     """A cloud release run's ring gate (its rollout's earlier rings plus soak), so a re-slot keeps
     announced slots in ring order."""
-    from flows.rollout import ring_gate
-    from inventory.releases import RolloutCluster
-
     entry = session.exec(select(RolloutCluster).where(RolloutCluster.run_id == run.id)).first()
     return ring_gate(entry.rollout_id, entry.ring, session=session) if entry is not None else None
 
@@ -295,9 +288,6 @@ def _alert_held(
 ) -> None:
     """Tell the SRE, once per held update and slot, through the one SRE-alert function when a
     runtime is configured (CLI, dispatcher, flows); else as an SRE notice."""
-    from flows.alerts import alert_sre
-    from flows.runtime import RuntimeNotConfigured, current
-
     ref = update_ref(run.id)
     try:
         runtime = current()

@@ -32,11 +32,10 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from flows.alerts import alert_sre
 from flows.rollout_rules import (
-    ACTIVE,
     IN_FLIGHT,
     budget_of,
     budget_reason,
@@ -44,11 +43,11 @@ from flows.rollout_rules import (
     tally,
     wave_reason,
 )
-from inventory.db import session_scope
+from flows.runtime import RuntimeNotConfigured, current
 from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.outbox import Notice, NoticeState
 from inventory.releases import (
     Member,
-    MemberStatus,
     ReleaseError,
     Rollout,
     RolloutCluster,
@@ -59,8 +58,9 @@ from inventory.releases import (
     rollout_of_run,
 )
 from inventory.repo import record_audit
-from inventory.runs import ActiveRunExists
 from inventory.types import utcnow
+from scheduling.times import describe, fmt_instant
+from scheduling.waves import RINGS_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,6 @@ def halt_if_budget_exceeded(rollout: Rollout, *, session: Session, now: datetime
 def _alert_halted(rollout: Rollout, members: list[Member], reason: str, session: Session) -> None:
     """The SRE hears of a halt at once, with every failure that tripped the budget (cluster, run,
     why). Queued in the halting transaction; its key makes it once per halt."""
-    from flows.alerts import alert_sre
-    from flows.runtime import RuntimeNotConfigured, current
-
     try:
         runtime = current()
     except RuntimeNotConfigured:  # a bare rules check (tests of the gate alone): the audit row stays
@@ -180,8 +177,6 @@ def resume_rollout(
 def release_status(version: str, *, session: Session) -> dict[str, Any]:
     """Per ring: counts by status (`notified`: planned or deferred runs whose `scheduled` notice was
     sent) and every cluster with its run, slot and reason; the error budget; halted and why."""
-    from inventory.outbox import Notice, NoticeState
-
     rollout = get_rollout(version, session=session)
     members = rollout_members(rollout, session=session)
     refs = {f"update-{m.run.id}": m.run.id for m in members if m.run is not None}  # a run's notice key
@@ -212,65 +207,11 @@ def release_status(version: str, *, session: Session) -> dict[str, Any]:
     }
 
 
-def replan_skipped(*, engine: Engine, now: datetime, actor: str = "upkeep") -> list[str]:
-    """Try every skipped cluster of the rolling rollouts again (the dispatcher calls this on its
-    interval): one whose case closed or whose other update ended gets a slot and a `scheduled` notice,
-    or is blocked if none fits before the deadline. A rolling rollout with nothing left to do becomes
-    done. Each cluster is its own transaction. Returns one line per cluster whose status changed."""
-    with session_scope(engine) as session:
-        query = (
-            select(RolloutCluster.id)
-            .join(Rollout)
-            .where(Rollout.state == RolloutState.rolling, RolloutCluster.status == MemberStatus.skipped)
-            .order_by(col(RolloutCluster.id))
-        )
-        ids = [entry_id for entry_id in session.exec(query) if entry_id is not None]
-    changed = []
-    for entry_id in ids:
-        try:
-            with session_scope(engine) as session:
-                changed += _replan_one(entry_id, session=session, now=now, actor=actor)
-        except ActiveRunExists:
-            continue  # another update claimed the cluster meanwhile: still skipped, try next time
-    with session_scope(engine) as session:
-        for rollout in session.exec(select(Rollout).where(Rollout.state == RolloutState.rolling)):
-            members = rollout_members(rollout, session=session)
-            if not any(m.entry.status is MemberStatus.skipped or _active(m) for m in members):
-                rollout.state, rollout.updated_at = RolloutState.done, now
-                session.add(rollout)
-    return changed
-
-
-def _active(member: Member) -> bool:
-    return member.run is not None and member.run.state in ACTIVE
-
-
-def _replan_one(entry_id: int, *, session: Session, now: datetime, actor: str) -> list[str]:
-    from flows.cloud_release import apply, decide  # the planner's own rules (it imports this module)
-
-    query = select(RolloutCluster).where(RolloutCluster.id == entry_id).with_for_update()
-    entry = session.exec(query).first()
-    if entry is None or entry.status is not MemberStatus.skipped:
-        return []  # planned meanwhile by another dispatcher
-    cluster, rollout = session.get(Cluster, entry.cluster_id), session.get(Rollout, entry.rollout_id)
-    assert cluster is not None and rollout is not None
-    before = entry.reason
-    status, reason = apply(entry, decide(cluster, rollout, session=session, now=now, actor=actor))
-    if status is MemberStatus.skipped and reason == before:
-        return []
-    entry.updated_at = now
-    session.add(entry)
-    return [f"{cluster.name}: {status.value}" + (f" ({reason})" if reason else "")]
-
-
 def ring_gate(rollout_id: int, ring: str, *, session: Session) -> tuple[datetime, str] | None:
     """The earliest start a `ring` cluster's slot may be announced for: the last slot of the rollout's
     earlier rings (still planned, running or paused) ends plus the soak; None when no earlier ring has
     one. The start gate holds a later ring until then anyway: an announced slot before it would be
     untrue (issue #13: announced slots match the gate)."""
-    from scheduling._time import describe, fmt_instant
-    from scheduling.waves import RINGS_DEFAULT
-
     order = {name: n for n, name in enumerate(RINGS_DEFAULT)}
     rank = order.get(ring, len(order))
     rollout = session.get(Rollout, rollout_id)

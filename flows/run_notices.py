@@ -18,8 +18,8 @@ from sqlmodel import Session, col, select
 from inventory.installation import installation_id
 from inventory.models import Cluster, Contact, Customer, Release, UpgradeRun
 from inventory.portal_access import designated_emails
-from scheduling._time import describe
 from scheduling.deferral import DeferralPolicy
+from scheduling.times import describe
 from templates import NoticeContext, NoticeKind
 
 if TYPE_CHECKING:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 from sqlmodel import Session, col
 
+from flows.integrity import world_of
+from flows.plan import plan_update
 from flows.run_notices import (
     DEFERRALS,
     VendorTerms,
@@ -29,17 +30,15 @@ from inventory.cases import CaseError, check_case_ref, open_blocking_case
 from inventory.models import Cluster, Customer, RunState, UpgradeRun
 from inventory.outbox import mark_superseded, pending_of
 from inventory.runs import create_run, finish_run, get_run
-from inventory.windows import blackouts_for, cluster_windows
-from scheduling._time import aware_utc, describe, fmt_instant
+from inventory.windows import blackouts_for, cluster_windows, notice_policy
 from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot, SchedulingError, SlotBlocked
-from scheduling.notice import NoticePolicy, UpdateKind, minimum_notice
+from scheduling.notice import UpdateKind, minimum_notice
 from scheduling.slots import estimate_duration, find_slot
+from scheduling.times import aware_utc, describe, fmt_instant
+from scheduling.validity import PlannedUpdate, invalid_reasons, replacement_slot
 from scheduling.windows import Interval
 from templates import NoticeKind
-
-if TYPE_CHECKING:
-    from flows.schedule_calendar import CalendarRow
 
 SOURCES = ("support", "customer", "release")
 
@@ -59,16 +58,6 @@ def parse_update_ref(text: str) -> int:
     return int(digits)
 
 
-def notice_policy(customer: Customer) -> NoticePolicy:
-    """The vendor defaults, with the customer's contract terms where it has them."""
-    default = NoticePolicy()
-    product, cloud = customer.notice_hours_product, customer.notice_hours_cloud
-    return NoticePolicy(
-        product_update=default.product_update if product is None else timedelta(hours=product),
-        cloud_release=default.cloud_release if cloud is None else timedelta(hours=cloud),
-    )
-
-
 def schedule_update(
     cluster: str,
     to_version: str,
@@ -85,8 +74,6 @@ def schedule_update(
     """Plan the update, put it in the first allowed slot (at or after `not_before`: a cloud release's
     ring gate), claim the cluster, queue the `scheduled` notice. Source "release" is a cloud release
     (7 days' notice by default), others product updates."""
-    from flows.plan import plan_update
-
     if source not in SOURCES:
         raise ScheduleRefused(f"source {source!r}: expected one of {', '.join(SOURCES)}")
     if case is not None:
@@ -236,9 +223,6 @@ def reschedule_update(
     and the earliest valid slot, and writes nothing. On success: one `rescheduled` notice (same invite,
     next SEQUENCE) with the reason, an `update.rescheduled` audit event; the customer's deferral count
     is not touched (this is the vendor's move, not the customer's)."""
-    from flows.integrity import world_of
-    from scheduling.validity import PlannedUpdate, invalid_reasons, replacement_slot
-
     if not reason.strip():
         get_run(run_id, session=session)  # an unknown update is named first
         raise ScheduleRefused("reschedule needs --reason TEXT (it is recorded and told to the customer)")
@@ -420,13 +404,3 @@ def _notify(
     queue_run_notice(
         run, kind, session=session, now=now, vendor=vendor, previous_slot_start=previous, reason=reason
     )
-
-
-def calendar_view(
-    *, now: datetime, weeks: int, customer: str | None = None, session: Session
-) -> list[CalendarRow]:
-    """What is coming in the next `weeks` weeks (see `flows.schedule_calendar`, where it lives to keep
-    this module short and `upkeep calendar` free of Prefect)."""
-    from flows.schedule_calendar import calendar_view as view
-
-    return view(now=now, weeks=weeks, customer=customer, session=session)

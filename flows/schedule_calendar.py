@@ -11,15 +11,15 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from flows.schedule import ScheduleRefused, notice_policy, update_ref
+from flows.schedule import ScheduleRefused, update_ref
 from inventory import repo
 from inventory.models import Cluster, Customer, RunState, UpgradeRun
 from inventory.outbox import Notice, NoticeState
-from inventory.windows import Blackout, blackouts_for, cluster_windows
-from scheduling._time import aware_utc, fmt_instant, load_zone
+from inventory.windows import Blackout, blackouts_for, cluster_windows, notice_policy
 from scheduling.blackouts import Blackout as BlackoutRule
 from scheduling.notice import reminder_times
 from scheduling.release_calendar import dst_transitions
+from scheduling.times import aware_utc, fmt_instant, load_zone
 from scheduling.windows import Interval, window_occurrences
 from templates import format_duration
 

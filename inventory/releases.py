@@ -44,7 +44,7 @@ class MemberStatus(StrEnum):
     """What the planner decided for a cluster; `planned` means "see the linked run"."""
 
     planned = "planned"
-    skipped = "skipped"  # re-slotted later (`flows.rollout.replan_skipped`) once the obstacle is gone
+    skipped = "skipped"  # re-slotted later (`flows.cloud_release.replan_skipped`) once the obstacle is gone
     blocked = "blocked"  # needs a person: no upgrade path, no slot before the deadline
 
 

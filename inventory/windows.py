@@ -1,4 +1,5 @@
-"""When a customer may be touched: maintenance windows per cluster and freeze (blackout) ranges.
+"""When a customer may be touched: maintenance windows per cluster, freeze (blackout) ranges, and the
+notice the customer is owed before an update (their contract terms over the vendor defaults).
 
 Stored as the customer wrote them (weekday names, local start time, zone); `scheduling` turns them into
 instants. A blackout with no customer is vendor-wide (e.g. the year-end freeze).
@@ -15,6 +16,7 @@ from inventory.models import Cluster, Customer
 from inventory.types import utcnow
 from scheduling.blackouts import Blackout as BlackoutRule
 from scheduling.holidays import holiday_blackouts
+from scheduling.notice import NoticePolicy
 from scheduling.windows import WeeklyWindow
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -86,4 +88,14 @@ def customer_holidays(customer: Customer, years: range | None = None) -> list[Bl
         customer.holiday_subdivision,
         customer.timezone,
         years or range(this - 1, this + 3),
+    )
+
+
+def notice_policy(customer: Customer) -> NoticePolicy:
+    """The vendor defaults, with the customer's contract terms where it has them."""
+    default = NoticePolicy()
+    product, cloud = customer.notice_hours_product, customer.notice_hours_cloud
+    return NoticePolicy(
+        product_update=default.product_update if product is None else timedelta(hours=product),
+        cloud_release=default.cloud_release if cloud is None else timedelta(hours=cloud),
     )

@@ -14,8 +14,8 @@ from datetime import date, datetime, time, timedelta
 from functools import cached_property
 from typing import Literal
 
-from scheduling._time import load_zone, resolve_local
 from scheduling.errors import SchedulingError
+from scheduling.times import load_zone, resolve_local
 from scheduling.windows import Interval
 
 Scope = Literal["customer", "vendor"]

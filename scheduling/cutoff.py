@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from scheduling._time import aware_utc, load_zone
 from scheduling.blackouts import Blackout
 from scheduling.errors import SchedulingError
+from scheduling.times import aware_utc, load_zone
 from scheduling.windows import Interval, WeeklyWindow, window_occurrences
 
 __all__ = ["CHAIN", "node_may_start", "open_window", "room_for_a_node"]

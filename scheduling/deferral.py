@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from scheduling._time import aware_utc, describe, fmt_instant, optional_aware_utc, require_int
 from scheduling.decision import Decision
 from scheduling.errors import SchedulingError
+from scheduling.times import aware_utc, describe, fmt_instant, optional_aware_utc, require_int
 
 __all__ = ["Decision", "DeferralPolicy", "check_deferral"]
 

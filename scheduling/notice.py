@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from scheduling._time import aware_utc, describe
 from scheduling.errors import SchedulingError
+from scheduling.times import aware_utc, describe
 
 
 class UpdateKind(StrEnum):

@@ -20,8 +20,8 @@ from typing import Any
 
 from dateutil import rrule as _rrule
 
-from scheduling._time import aware_utc, fmt_instant, load_zone, offset_changes, require_int, resolve_local
 from scheduling.errors import SchedulingError
+from scheduling.times import aware_utc, fmt_instant, load_zone, offset_changes, require_int, resolve_local
 
 DEFAULT_RULE = "FREQ=MONTHLY;BYDAY=2TU;BYHOUR=9;BYMINUTE=0;BYSECOND=0"
 _ANCHOR = datetime(2000, 1, 1)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
-from scheduling._time import aware_utc, describe, load_zone, require_int, resolve_local
 from scheduling.errors import SchedulingError
+from scheduling.times import aware_utc, describe, load_zone, require_int, resolve_local
 
 
 class Priority(StrEnum):

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from scheduling._time import aware_utc, describe, fmt_instant, optional_aware_utc, require_int
 from scheduling.blackouts import Blackout, overlapping
 from scheduling.errors import NoSlot, SchedulingError, SlotBlocked
+from scheduling.times import aware_utc, describe, fmt_instant, optional_aware_utc, require_int
 from scheduling.windows import Interval, WeeklyWindow, window_occurrences
 
 __all__ = ["NoSlot", "SlotBlocked", "estimate_duration", "find_slot", "remaining_fits"]

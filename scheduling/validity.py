@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from scheduling._time import aware_utc, describe, fmt_instant, optional_aware_utc
 from scheduling.blackouts import Blackout
 from scheduling.errors import NoSlot, SchedulingError
 from scheduling.notice import NoticePolicy, UpdateKind, minimum_notice
 from scheduling.slots import find_slot
+from scheduling.times import aware_utc, describe, fmt_instant, optional_aware_utc
 from scheduling.windows import Interval, WeeklyWindow, window_occurrences
 
 __all__ = [

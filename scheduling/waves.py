@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import TypeVar
 
-from scheduling._time import aware_utc, describe, fmt_instant, optional_aware_utc, require_int
 from scheduling.decision import Decision
 from scheduling.errors import SchedulingError
+from scheduling.times import aware_utc, describe, fmt_instant, optional_aware_utc, require_int
 
 __all__ = [
     "RINGS_DEFAULT",

@@ -3,7 +3,7 @@
 A `WeeklyWindow` is "on these weekdays, at this local wall time in this IANA zone, for this long", e.g.
 Tue and Thu 02:00 Europe/Berlin for 4 hours. Its occurrences are concrete UTC `Interval`s.
 
-DST rules (one rule everywhere, see `scheduling._time.resolve_local`):
+DST rules (one rule everywhere, see `scheduling.times.resolve_local`):
 
 * The start is local wall time, resolved in the window's zone on each matching local date.
 * A start inside a spring-forward gap moves to the first valid instant after the gap, i.e. the
@@ -25,8 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from scheduling._time import aware_utc, describe, fmt_instant, load_zone, resolve_local
 from scheduling.errors import SchedulingError
+from scheduling.times import aware_utc, describe, fmt_instant, load_zone, resolve_local
 
 MIN_DURATION = timedelta(minutes=1)
 MAX_DURATION = timedelta(days=7)
@@ -114,7 +114,7 @@ class WeeklyWindow:
             raise SchedulingError(f"window spec keys: {', '.join(problems)}; expected {sorted(_SPEC_KEYS)}")
         return cls(
             weekdays=parse_days(spec["days"]),
-            start=_parse_start(spec["start"]),
+            start=parse_start(spec["start"]),
             duration=parse_duration(spec["duration"]),
             tz=_require_str(spec["timezone"], "window timezone"),
         )
@@ -196,12 +196,18 @@ def _day_number(name: str) -> int:
     raise SchedulingError(f"window day {name!r}: expected a weekday name such as 'mon' or 'tuesday'")
 
 
-def _parse_start(value: object) -> time:
+def parse_start(value: object) -> time:
+    """ "02:00" → 02:00: a window's local start time, 24-hour HH:MM."""
     text = _require_str(value, "window start").strip()
     match = _START.fullmatch(text)
     if match is None:
         raise SchedulingError(f"window start {text!r}: expected 24-hour local time HH:MM, e.g. '02:00'")
     return time(int(match.group(1)), int(match.group(2)))
+
+
+# The old private name, until inventory/importer_rules.py (issue #20's importer rework) imports
+# `parse_start`; nothing else may use it.
+_parse_start = parse_start
 
 
 def parse_duration(value: object) -> timedelta:

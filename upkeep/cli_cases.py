@@ -16,7 +16,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from upkeep.cli_common import JsonOpt
+from upkeep.cli_common import JsonOpt, parse_cli_time
 from upkeep.console import CliError, console, err_console, print_json
 
 EXIT_PARTIAL = 3
@@ -38,22 +38,6 @@ def _now() -> datetime:
     from inventory.types import utcnow
 
     return utcnow()
-
-
-def _time(text: str | None, what: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(f"{what} {text!r} is not an ISO 8601 time (e.g. 2026-11-23T08:00:00Z)") from None
-    if when.tzinfo is None:
-        raise CliError(f"{what} {text!r} has no time zone: add Z or an offset like +01:00")
-    from inventory.importer_rules import DATE_RANGE, in_date_range
-
-    if not in_date_range(when):
-        raise CliError(f"{what} {text!r} is {DATE_RANGE}")
-    return when
 
 
 def case_dict(case: Any, session: Session) -> dict[str, Any]:
@@ -364,7 +348,7 @@ def diagnostics_collect(
     settings = load_settings()
     engine = open_database(settings)
     wanted = [n.strip() for n in nodes.split(",") if n.strip()] if nodes else None
-    start, end = _time(since, "--since"), _time(until, "--until")
+    start, end = parse_cli_time(since, "--since"), parse_cli_time(until, "--until")
     # Everything is checked here, before Prefect starts or any node is connected to.
     req = resolve_request(cluster, case, start, end, wanted, now=_now(), engine=engine, run_id=None)
     flow_runtime.configure(build_runtime(settings, engine=engine))

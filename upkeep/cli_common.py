@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
 from sqlalchemy.engine import Engine
 
+from upkeep.console import CliError
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 # Ids are database integers, `integer` on PostgreSQL (2**31 - 1 at most): a larger number is a usage
 # error, not SQLite's OverflowError nor PostgreSQL's "integer out of range" quoting the statement.
 MAX_ID = 2**31 - 1
+
+
+def parse_cli_time(text: str | None, what: str) -> datetime | None:
+    """An option's ISO 8601 time with a zone (`what` names the option, e.g. "--since"); None for None."""
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(f"{what} {text!r} is not an ISO 8601 time (e.g. 2026-11-23T08:00:00Z)") from None
+    if when.tzinfo is None:
+        raise CliError(f"{what} {text!r} has no time zone: add Z or an offset like +01:00")
+    from inventory.importer_rules import DATE_RANGE, in_date_range
+
+    if not in_date_range(when):
+        raise CliError(f"{what} {text!r} is {DATE_RANGE}")
+    return when
+
 
 _opened: dict[str, Engine] = {}
 

@@ -32,10 +32,11 @@ def oncall_show(
 ) -> None:
     """Who is on call (now, or at --at), the team lead, the escalation chain, and open pages."""
     from flows.oncall import open_pages, who
-    from upkeep.cli_cases import _now, _time
+    from inventory.types import utcnow
+    from upkeep.cli_common import parse_cli_time
 
     runtime = _runtime()
-    when = _time(at, "--at") or _now()
+    when = parse_cli_time(at, "--at") or utcnow()
     found = who(runtime, when)
     if found is None:
         raise CliError("no on-call rotation: add an `oncall:` section to the inventory and import it")

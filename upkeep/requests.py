@@ -21,7 +21,7 @@ from inventory.runs import create_run
 from inventory.windows import blackouts_for, cluster_windows
 from scheduling.cutoff import open_window, room_for_a_node
 from upkeep.console import CliError, console
-from upkeep.updates import _run_flow, show_run
+from upkeep.updates import run_product_update, show_run
 
 
 def request_update(
@@ -120,7 +120,7 @@ def request_update(
             assert run.id is not None
             run_id = run.id
     if now_run:
-        return _run_flow(plan, run_id, engine=engine, as_json=as_json)
+        return run_product_update(plan, run_id, engine=engine, as_json=as_json)
     _show_scheduled(run_id, engine=engine, as_json=as_json)
     return run_id
 

@@ -79,7 +79,7 @@ def run_update(
         session.flush()
         assert run.id is not None
         run_id = run.id
-    return _run_flow(plan, run_id, engine=engine, as_json=as_json)
+    return run_product_update(plan, run_id, engine=engine, as_json=as_json)
 
 
 def _take(run_id: int, engine: Engine) -> str:
@@ -125,7 +125,7 @@ def prefect_answers() -> None:
         )
 
 
-def _run_flow(
+def run_product_update(
     plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, owner: str | None = None
 ) -> int:
     """Run the product-update flow on `run_id`, claimed by this process as `owner` (claimed here
@@ -345,7 +345,7 @@ def resume_run(
     except BaseException:
         lease.release(engine, run_id, owner)
         raise
-    return _run_flow(plan, run_id, engine=engine, as_json=as_json, owner=owner)
+    return run_product_update(plan, run_id, engine=engine, as_json=as_json, owner=owner)
 
 
 def _next_slot(run: Any, now: Any, session: Any) -> str:

@@ -17,8 +17,8 @@ from inventory import cases
 from inventory.db import session_scope
 from inventory.models import AuditEvent, Cluster, Contact, Customer
 from inventory.outbox import Notice
-from scheduling._time import load_zone
 from scheduling.sla import Category, Priority
+from scheduling.times import load_zone
 
 NY = load_zone("America/New_York")
 MONDAY = datetime(2026, 6, 1, 10, tzinfo=NY)

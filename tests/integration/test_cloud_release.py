@@ -23,8 +23,8 @@ from sqlmodel import Session, col, func, select
 from typer.testing import CliRunner
 
 from flows import runtime as flow_runtime
-from flows.cloud_release import plan_rollout, status_markdown
-from flows.rollout import release_status, replan_skipped, resume_rollout, start_gate
+from flows.cloud_release import plan_rollout, replan_skipped, status_markdown
+from flows.rollout import release_status, resume_rollout, start_gate
 from inventory import cases
 from inventory.db import session_scope
 from inventory.importer import import_inventory

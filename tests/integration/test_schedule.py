@@ -21,11 +21,11 @@ from sqlmodel import Session, col, select
 from flows.schedule import (
     ScheduleRefused,
     VendorTerms,
-    calendar_view,
     cancel_update,
     defer_update,
     schedule_update,
 )
+from flows.schedule_calendar import calendar_view
 from inventory.db import session_scope
 from inventory.importer import import_inventory
 from inventory.installation import installation_id

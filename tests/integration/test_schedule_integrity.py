@@ -25,7 +25,7 @@ from flows.schedule import schedule_update
 from inventory.db import session_scope
 from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice
-from scheduling._time import load_zone
+from scheduling.times import load_zone
 from tests.integration.conftest import nodes_of
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]

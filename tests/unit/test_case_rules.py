@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from inventory.cases import CaseError, CaseStatus, check_case_ref, parse_category, parse_status
-from scheduling._time import load_zone
 from scheduling.sla import BusinessCalendar, Category, auto_close_due, first_response_due, queue_for
+from scheduling.times import load_zone
 
 NY = load_zone("America/New_York")
 BERLIN = load_zone("Europe/Berlin")

@@ -4,9 +4,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from scheduling._time import load_zone
 from scheduling.blackouts import Blackout, overlapping
 from scheduling.errors import SchedulingError
+from scheduling.times import load_zone
 from scheduling.windows import Interval
 
 

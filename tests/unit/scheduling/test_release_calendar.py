@@ -4,9 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from scheduling._time import load_zone
 from scheduling.errors import SchedulingError
 from scheduling.release_calendar import ReleaseCalendar, dst_transitions
+from scheduling.times import load_zone
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduling._time import load_zone
 from scheduling.errors import SchedulingError
 from scheduling.sla import (
     BusinessCalendar,
@@ -17,6 +16,7 @@ from scheduling.sla import (
     parse_priority,
     queue_for,
 )
+from scheduling.times import load_zone
 
 from .strategies import ZONES, instants, weekday_sets
 

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from scheduling._time import load_zone
 from scheduling.blackouts import Blackout
 from scheduling.errors import SchedulingError
 from scheduling.slots import NoSlot, SlotBlocked, estimate_duration, find_slot, remaining_fits
+from scheduling.times import load_zone
 from scheduling.windows import Interval, WeeklyWindow, window_occurrences
 
 from .strategies import blackouts_near, instants, time_zones, transitions, weekday_sets, weekly_windows

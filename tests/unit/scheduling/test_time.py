@@ -5,8 +5,8 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 import pendulum
 import pytest
 
-from scheduling._time import aware_utc, describe, fmt_instant, load_zone, resolve_local
 from scheduling.errors import SchedulingError
+from scheduling.times import aware_utc, describe, fmt_instant, load_zone, resolve_local
 
 
 @pytest.mark.parametrize(

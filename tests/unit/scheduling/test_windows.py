@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduling._time import load_zone
 from scheduling.errors import SchedulingError
+from scheduling.times import load_zone
 from scheduling.windows import Interval, WeeklyWindow, parse_days, parse_duration, window_occurrences
 
 from .strategies import instants, weekly_windows

@@ -1,4 +1,4 @@
-"""Shared time helpers for the scheduling rules: validation, DST-aware local-time resolution, wording.
+"""Time values for the scheduling rules: validation, DST-aware local-time resolution, wording.
 
 Local wall time → instant (`resolve_local`) follows one rule everywhere in this package:
 

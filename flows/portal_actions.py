@@ -9,21 +9,20 @@ Plain functions in the caller's transaction; `now` is passed in.
 
 from __future__ import annotations
 
-import hashlib
-import html
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from flows.run_notices import DEFERRALS, VendorTerms, contact_emails, deferral_options, update_ref
-from flows.schedule import ScheduleRefused, defer_update, next_window
+from flows.portal_links import PortalLinks, link_expiry
+from flows.run_notices import DEFERRALS, VendorTerms, deferral_options, update_ref
+from flows.schedule import ScheduleRefused, confirm_update, defer_update, next_window
 from inventory import repo
 from inventory.alerts import queue_alert
 from inventory.cases import Case, CaseError, CaseStatus, EscalatedBy, check_case_ref, escalate, open_case
 from inventory.models import AuditEvent, Cluster, Customer, Node, RunState, UpgradeRun
-from inventory.outbox import queue_notice
 from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot
 from scheduling.windows import Interval
@@ -164,34 +163,36 @@ def confirm(
     session: Session,
     vendor: VendorTerms | None = None,
 ) -> UpgradeRun:
-    """Record that `actor` acknowledged the update at its current time, and tell the customer's contacts
-    and designated users. Confirming the same schedule twice records and sends it once."""
+    """Record that `actor` acknowledged the update at its current time and tell the customer's contacts
+    and designated users: `flows.schedule.confirm_update` (the usual notice, a new invite SEQUENCE).
+    Confirming the same schedule twice records and sends it once."""
     run = customer_update(run_id, customer, session=session)
-    view = _view(run, customer, session)
-    if actor in view.confirmed_by:
+    base, confirmed = _confirmations(run, session)
+    if actor in confirmed:
         return run
-    detail = {"slot": view.start.isoformat(), "sequence": run.notice_sequence}
-    repo.record_audit(actor, "update.confirmed", f"run/{run.id}", detail, session=session)
-    vendor = vendor or VendorTerms.configured()
-    text = (
-        f"Hello {customer.name},\n\n{actor} confirmed the upgrade of {view.cluster} from {view.from_version} "
-        f"to {view.to_version} on {view.start_text} ({update_ref(run.id)}).\n\n"
-        f"Questions? Contact {vendor.support_contact}.\n"
+    return confirm_update(
+        run.id or 0, now=now, session=session, confirmed_by=actor, vendor=vendor, detail={"base": base}
     )
-    queue_notice(
-        update_ref=update_ref(run.id),
-        kind="confirmed",
-        sequence=run.notice_sequence,
-        variant=hashlib.sha256(actor.lower().encode()).hexdigest()[:16],
-        customer_id=customer.id or 0,
-        recipients=contact_emails(customer, session),
-        subject=f"Upgrade confirmed: {view.cluster} to {view.to_version} on {view.start_text}",
-        body_text=text,
-        body_html="<p>" + html.escape(text).replace("\n\n", "</p><p>").replace("\n", "<br>") + "</p>",
-        session=session,
-        now=now,
-    )
-    return run
+
+
+def _confirmations(run: UpgradeRun, session: Session) -> tuple[int, tuple[str, ...]]:
+    """(base, who): `base` is the notice sequence at which the update got its current time, `who` the
+    users who confirmed that time. A confirmation itself moves the sequence on (its notice carries a new
+    invite SEQUENCE), so each one records the base it confirmed: the base carries over while nothing but
+    confirmations happened since (the newest one's sequence is still the update's)."""
+    events = session.exec(
+        select(AuditEvent.actor, AuditEvent.detail)
+        .where(AuditEvent.action == "update.confirmed", AuditEvent.subject == f"run/{run.id}")
+        .order_by(col(AuditEvent.id))
+    ).all()
+
+    def base_of(detail: Mapping[str, Any]) -> Any:
+        return detail.get("base", detail.get("sequence"))
+
+    base = run.notice_sequence
+    if events and events[-1][1].get("sequence") == run.notice_sequence:
+        base = base_of(events[-1][1])
+    return base, tuple(dict.fromkeys(actor for actor, detail in events if base_of(detail) == base))
 
 
 def _view(run: UpgradeRun, customer: Customer, session: Session) -> UpcomingUpdate:
@@ -200,11 +201,6 @@ def _view(run: UpgradeRun, customer: Customer, session: Session) -> UpcomingUpda
     start, end = run.slot_start, run.slot_end
     assert start is not None and end is not None
     nodes = len(session.exec(select(Node.id).where(Node.cluster_id == cluster.id)).all())
-    confirmed = session.exec(
-        select(AuditEvent.actor, AuditEvent.detail).where(
-            AuditEvent.action == "update.confirmed", AuditEvent.subject == f"run/{run.id}"
-        )
-    ).all()
     return UpcomingUpdate(
         id=run.id,
         ref=update_ref(run.id),
@@ -221,7 +217,7 @@ def _view(run: UpgradeRun, customer: Customer, session: Session) -> UpcomingUpda
         deferrals_used=run.deferrals,
         deferrals_left=0 if run.urgent else max(DEFERRALS.max_count - run.deferrals, 0),
         deferral_note=deferral_options(run, start, customer.timezone, session),
-        confirmed_by=tuple(a for a, d in confirmed if d.get("sequence") == run.notice_sequence),
+        confirmed_by=_confirmations(run, session)[1],
         needs_approval=run.needs_approval,
     )
 
@@ -448,9 +444,12 @@ def has_feed(customer: Customer, *, session: Session) -> bool:
     return session.get(PortalFeed, customer.id) is not None
 
 
-def feed_ics(token_hash: str, *, now: datetime, portal_url: str, session: Session) -> bytes | None:
+def feed_ics(
+    token_hash: str, *, now: datetime, portal_url: str, session: Session, links: PortalLinks | None = None
+) -> bytes | None:
     """The customer's scheduled maintenance as an iCalendar feed for the feed with this token, or None
-    (unknown or revoked). Each update keeps the UID and SEQUENCE of its emailed invite."""
+    (unknown or revoked). Each update keeps the UID and SEQUENCE of its emailed invite, and links to its
+    page in the portal (signed by `links` when given, as in the notices)."""
     from icalendar import Calendar, Event
 
     from inventory.installation import installation_id
@@ -478,6 +477,10 @@ def feed_ics(token_hash: str, *, now: datetime, portal_url: str, session: Sessio
             "summary", f"{'URGENT ' if update.urgent else ''}Upgrade {update.cluster} to {update.to_version}"
         )
         link = f"{portal_url}/maintenance/{update.ref}" if portal_url else ""
+        if links is not None and customer.id is not None:
+            link = links.update_link(update.id, customer.id, expires=link_expiry(update.end, now))
+        if link:
+            event.add("url", link)
         event.add(
             "description", f"{update.cluster}: {update.from_version} -> {update.to_version}. {link}".strip()
         )

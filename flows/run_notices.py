@@ -7,7 +7,8 @@ twice) queues nothing new.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
+from flows.portal_links import PortalLinks, link_expiry
 from inventory.installation import installation_id
 from inventory.models import Cluster, Contact, Customer, Release, UpgradeRun
 from inventory.portal_access import designated_emails
@@ -43,6 +45,14 @@ class VendorTerms:
     sre_email: str = "sre@localhost"
     per_node_estimate: timedelta = PER_NODE_ESTIMATE
     portal_url: str = ""  # the customer portal (empty: notices name the support contact instead)
+    # The portal key that signs the notices' links into the portal (flows/portal_links.py), read when
+    # first needed; None or an empty key: the links are unsigned (the page still needs a sign-in).
+    portal_key: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)
+
+    def portal_links(self) -> PortalLinks | None:
+        """The signer of links into the portal, or None when there is no portal or no key."""
+        key = self.portal_key() if self.portal_url and self.portal_key is not None else b""
+        return PortalLinks(self.portal_url, key) if key else None
 
     @classmethod
     def configured(cls) -> VendorTerms:
@@ -62,6 +72,7 @@ class VendorTerms:
             sre_email=runtime.sre_email,
             per_node_estimate=runtime.per_node_estimate,
             portal_url=runtime.portal_url,
+            portal_key=runtime.portal_key,
         )
 
 
@@ -97,19 +108,31 @@ def deferral_options(run: UpgradeRun, start: datetime, zone: str, session: Sessi
     return f"at most {DEFERRALS.max_count} deferrals ({left} left), each by up to {most}{limit}"
 
 
-def defer_how(run: UpgradeRun, customer: Customer, vendor: VendorTerms, limits: str, session: Session) -> str:
-    """How the customer acts on an upcoming update: the update's page in the portal when the customer
-    has designated users (only Confirm when `limits`, from `deferral_options`, leaves no deferral),
-    else the support contact."""
-    ref = update_ref(run.id)
+def portal_link(
+    run: UpgradeRun, customer: Customer, vendor: VendorTerms, now: datetime, session: Session
+) -> str:
+    """The update's page in the portal, signed and expiring a week after its slot (flows/portal_links.py),
+    when the customer has designated users; "" when there is no portal or nobody to use it."""
     if not vendor.portal_url or not designated_emails(customer.id, session=session):
+        return ""
+    links = vendor.portal_links()
+    if links is None or run.id is None or customer.id is None:
+        return f"{vendor.portal_url}/maintenance/{update_ref(run.id)}"
+    return links.update_link(run.id, customer.id, expires=link_expiry(run.slot_end, now))
+
+
+def defer_how(run: UpgradeRun, vendor: VendorTerms, limits: str, link: str) -> str:
+    """How the customer acts on an upcoming update: the update's page in the portal (`link`, from
+    `portal_link`) when the customer has designated users (only Confirm when `limits`, from
+    `deferral_options`, leaves no deferral), else the support contact."""
+    ref = update_ref(run.id)
+    if not link:
         if limits.startswith("no deferral"):
             return (
                 f"{ref} cannot be deferred; questions go to your support contact ({vendor.support_contact})."
             )
         return _SUPPORT_HOW.format(support=vendor.support_contact, ref=ref)
-    url = f"{vendor.portal_url}/maintenance/{ref}"
-    return (_CONFIRM_HOW if limits.startswith("no deferral") else _PORTAL_HOW).format(url=url)
+    return (_CONFIRM_HOW if limits.startswith("no deferral") else _PORTAL_HOW).format(url=link)
 
 
 def queue_run_notice(
@@ -142,6 +165,7 @@ def queue_run_notice(
     start = run.slot_start or run.started_at or now
     end = run.slot_end if run.slot_end and run.slot_end > start else start + vendor.per_node_estimate
     limits = deferral_options(run, start, customer.timezone, session)
+    link = portal_link(run, customer, vendor, now, session)
     ctx = NoticeContext(
         kind=NoticeKind(kind),
         update_ref=f"{ref}-sre" if to_sre else ref,
@@ -157,7 +181,8 @@ def queue_run_notice(
         organizer=vendor.organizer if to_sre else run.organizer,
         support_contact=vendor.support_contact if to_sre else (run.support_contact or vendor.support_contact),
         installation=installation_id(session),
-        defer_instructions=defer_how(run, customer, vendor, limits, session),
+        defer_instructions=defer_how(run, vendor, limits, link),
+        portal_link=link,
         deferral_limits=limits,
         urgent=run.urgent,
         case_ref=case_ref or run.case_ref or "",

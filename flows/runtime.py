@@ -38,6 +38,8 @@ class Runtime:
     support_contact: str = "support@localhost"
     # The customer portal's address (UPKEEP_PORTAL_URL): notices link designated users to it.
     portal_url: str = ""
+    # Reads the portal key (UPKEEP_PORTAL_SECRET or <home>/portal.key) that signs those links.
+    portal_key: Callable[[], bytes] | None = field(default=None, repr=False)
     per_node_estimate: timedelta = timedelta(minutes=10)
     # Name of a Prefect global concurrency limit every cluster's upgrade occupies one slot of
     # (`prefect gcl create upkeep-clusters --limit 10`); empty: no limit beyond the dispatcher's.

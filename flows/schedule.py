@@ -203,6 +203,31 @@ def defer_update(
     return run
 
 
+def confirm_update(
+    run_id: int,
+    *,
+    now: datetime,
+    session: Session,
+    confirmed_by: str,
+    vendor: VendorTerms | None = None,
+    detail: dict[str, object] | None = None,
+) -> UpgradeRun:
+    """A designated user acknowledged a planned update at its current time (the portal's Confirm):
+    audited as `update.confirmed`, and the `confirmed` notice goes to every contact and designated
+    user with the same invite at the next SEQUENCE (same UID; calendars keep one entry). The slot does
+    not move. Held like a deferral: a dispatcher claiming the update meanwhile wins, and this refuses."""
+    run = _planned(run_id, "confirm", session)
+    run.notice_sequence += 1
+    session.add(run)
+    assert run.slot_start is not None
+    audit = {"slot": run.slot_start.isoformat(), "sequence": run.notice_sequence, **(detail or {})}
+    repo.record_audit(confirmed_by, "update.confirmed", f"run/{run.id}", audit, session=session)
+    queue_run_notice(
+        run, NoticeKind.confirmed, session=session, now=now, vendor=vendor, confirmed_by=confirmed_by
+    )
+    return run
+
+
 def reschedule_update(
     run_id: int,
     *,

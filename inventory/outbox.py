@@ -188,7 +188,7 @@ def mark_attempt_failed(
 
 # Notices that tell the customer when an update will happen: the first one delivered is when the
 # customer was told, and the notice period counts from there.
-ANNOUNCING = ("scheduled", "reminder", "rescheduled", "deferred")
+ANNOUNCING = ("scheduled", "reminder", "rescheduled", "deferred", "confirmed")
 
 
 def run_id_of(update_ref: str) -> int | None:

@@ -44,6 +44,7 @@ class NoticeKind(StrEnum):
     reminder = "reminder"
     rescheduled = "rescheduled"
     deferred = "deferred"
+    confirmed = "confirmed"  # a designated user acknowledged the time (the portal's Confirm)
     cancelled = "cancelled"
     started = "started"
     completed = "completed"
@@ -62,6 +63,7 @@ _UPCOMING = frozenset(
         NoticeKind.reminder,
         NoticeKind.rescheduled,
         NoticeKind.deferred,
+        NoticeKind.confirmed,
         NoticeKind.partial,
     }
 )
@@ -71,6 +73,7 @@ _SUBJECTS = {
     NoticeKind.reminder: "Reminder: {cluster} upgrade to {to_version} on {start_short}",
     NoticeKind.rescheduled: "Upgrade rescheduled: {cluster} to {to_version}, now on {start_short}",
     NoticeKind.deferred: "Upgrade deferred: {cluster} to {to_version}, now on {start_short}",
+    NoticeKind.confirmed: "Upgrade confirmed: {cluster} to {to_version} on {start_short}",
     NoticeKind.cancelled: "Upgrade cancelled: {cluster} to {to_version} (was {start_short})",
     NoticeKind.started: "Upgrade started: {cluster} {from_version} → {to_version}",
     NoticeKind.completed: "Upgrade completed: {cluster} is now on {to_version}",
@@ -108,6 +111,8 @@ class NoticeContext:
     installation: str = ""  # this installation's id: part of the invite's UID
     # Where each node stands when an update stopped mid-way ("node-1: 9.10.0"): cancelled, failed, partial.
     node_versions: tuple[str, ...] = ()
+    confirmed_by: str = ""  # who confirmed the time (confirmed notices)
+    portal_link: str = ""  # the update's page in the customer portal (a signed deep link), if any
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", NoticeKind(self.kind))

@@ -30,6 +30,7 @@ INVITE_KINDS = frozenset(
         NoticeKind.reminder,
         NoticeKind.rescheduled,
         NoticeKind.deferred,
+        NoticeKind.confirmed,
         NoticeKind.cancelled,
     }
 )
@@ -70,6 +71,7 @@ def invite(ctx: NoticeContext, *, stamp: datetime | None = None) -> bytes:
         ),
         f"DESCRIPTION:{_text(_description(ctx))}",
         f"ORGANIZER;CN=Upkeep:{_mailto(ctx.organizer)}",
+        *([f"URL:{_uri(ctx.portal_link)}"] if ctx.portal_link and not cancelled else []),
         *(["PRIORITY:1"] if ctx.urgent else []),
         f"STATUS:{'CANCELLED' if cancelled else 'CONFIRMED'}",
         # Maintenance happens to the cluster, not to the reader: do not block their free/busy time.
@@ -112,6 +114,14 @@ def _mailto(address: str) -> str:
     if any(char in address for char in "\r\n\0"):
         raise ValueError(f"invite: address {address!r} contains CR, LF or NUL")
     return f"mailto:{address}"
+
+
+def _uri(value: str) -> str:
+    """A URI value (RFC 5545 3.3.13) is not escaped like TEXT: it must not hold what could end the line
+    or the property, which a URL we built never does."""
+    if any(char in value for char in '\r\n\0"') or " " in value:
+        raise ValueError(f"invite: URL {value!r} contains a space, quote, CR, LF or NUL")
+    return value
 
 
 def _utc(moment: datetime) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -18,7 +18,7 @@ from tasks.alerts import AlertChannel, AppriseChannel, EmailChannel, parse_alert
 from tasks.fileserver import HttpFileServer
 from tasks.mail import MailTransport, OutboxDirTransport, SmtpTransport
 from tasks.ssh import SshSettings
-from upkeep.settings import Settings, load_settings
+from upkeep.settings import Settings, SettingsError, load_settings
 
 
 def open_database(settings: Settings) -> Engine:
@@ -80,6 +80,7 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         oncall_escalate_after=timedelta(minutes=settings.oncall_escalate_minutes),
         support_contact=settings.support_contact,
         portal_url=settings.portal_url,
+        portal_key=portal_key(settings),
         per_node_estimate=timedelta(minutes=settings.per_node_minutes),
         run_lease=timedelta(seconds=settings.run_lease_seconds),
         start_lease=timedelta(seconds=settings.start_lease_seconds),
@@ -90,6 +91,24 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         escalation_manager=settings.escalation_manager,
         escalation_update_cadence=settings.escalation_update_cadence,
     )
+
+
+def portal_key(settings: Settings) -> Callable[[], bytes]:
+    """The portal key, read (or made, in <home>/portal.key) once, when a notice first needs a link. A key
+    that cannot be read or is too short leaves the links unsigned - still working, behind a sign-in -
+    with a warning: a notice must not fail for it (`upkeep portal serve` refuses to start with it)."""
+    found: list[bytes] = []
+
+    def key() -> bytes:
+        if not found:
+            try:
+                found.append(settings.resolved_portal_secret())
+            except (SettingsError, OSError) as exc:
+                logging.getLogger(__name__).warning("portal links in notices are unsigned: %s", exc)
+                found.append(b"")
+        return found[0]
+
+    return key
 
 
 def build_alert_channels(settings: Settings, mailer: MailTransport) -> tuple[AlertChannel, ...]:

@@ -26,8 +26,13 @@ from upkeep.portal.config import PortalConfig
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 SHA = "ab" * 32
-VENDOR = VendorTerms("upkeep@vendor.example", "support@vendor.example", portal_url="http://testserver")
 SECRET = b"s" * 48
+VENDOR = VendorTerms(
+    "upkeep@vendor.example",
+    "support@vendor.example",
+    portal_url="http://testserver",
+    portal_key=lambda: SECRET,  # notices' links are signed with the portal's key
+)
 
 
 def _cluster(name: str, version: str, days: str, start: str) -> dict[str, Any]:

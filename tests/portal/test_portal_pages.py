@@ -6,9 +6,10 @@ every designated user through the outbox."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import col, select
+from starlette.testclient import TestClient
 
 from inventory.cases import Case
 from inventory.db import session_scope
@@ -67,7 +68,44 @@ def test_sign_in_see_defer_and_confirm(portal: Portal) -> None:
     )
     [confirmed] = notices(portal, "confirmed")
     assert set(confirmed.recipients) == {"ops@acme.example", "ann@acme.example", "bob@acme.example"}
-    assert "ann@acme.example confirmed the upgrade of acme-c1" in confirmed.body_text
+    assert "ann@acme.example confirmed the upgrade of your cluster acme-c1" in confirmed.body_text
+
+
+def test_confirm_sends_the_usual_notice_with_the_next_invite_sequence_once_per_user(portal: Portal) -> None:
+    """The issue: Confirm is "sent to all designated users as the usual notice (new invite SEQUENCE)":
+    same UID, SEQUENCE + 1, the slot unchanged; a second Confirm by the same user sends nothing, and a
+    second user's Confirm keeps the first one's (both confirmed the same time)."""
+    import icalendar
+
+    run_id = portal.updates["acme-c1"]
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        before, slot = run.notice_sequence, run.slot_start
+    [scheduled] = [n for n in notices(portal, "scheduled") if n.update_ref == f"update-{run_id}"]
+    csrf = sign_in(portal, "ann@acme.example")
+    response = portal.client.post(f"/maintenance/update-{run_id}/confirm", data={"csrf": csrf})
+    assert "Thank you: your confirmation was recorded" in response.text
+    [confirmed] = notices(portal, "confirmed")
+    assert confirmed.sequence == before + 1 and confirmed.subject.startswith("Upgrade confirmed: acme-c1")
+    assert "ann@acme.example confirmed the upgrade of your cluster acme-c1" in confirmed.body_text
+    assert set(confirmed.recipients) == {"ops@acme.example", "ann@acme.example", "bob@acme.example"}
+    old = icalendar.Calendar.from_ical(scheduled.ics).walk("VEVENT")[0]
+    new = icalendar.Calendar.from_ical(confirmed.ics).walk("VEVENT")[0]
+    assert str(new["uid"]) == str(old["uid"]) and int(new["sequence"]) == int(old["sequence"]) + 1
+    assert new.decoded("dtstart") == old.decoded("dtstart") == slot
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.notice_sequence == before + 1 and run.slot_start == slot
+
+    portal.client.post(f"/maintenance/update-{run_id}/confirm", data={"csrf": csrf})  # again: nothing new
+    assert len(notices(portal, "confirmed")) == 1 and len(audit(portal, "update.confirmed")) == 1
+
+    other = TestClient(portal.client.app, base_url="http://testserver")
+    bob = sign_in(portal, "bob@acme.example", other)
+    page = other.post(f"/maintenance/update-{run_id}/confirm", data={"csrf": bob})
+    assert "Confirmed by</th><td>ann@acme.example, bob@acme.example" in page.text
+    assert [n.sequence for n in notices(portal, "confirmed")] == [before + 1, before + 2]
 
 
 def test_open_a_case_and_see_it_listed(portal: Portal) -> None:
@@ -147,6 +185,58 @@ def test_notices_link_to_the_update_in_the_portal_and_offer_only_confirm_when_no
         n for n in notices(portal, "scheduled") if n.update_ref == f"update-{portal.updates['umb-c1']}"
     ]
     assert "maintenance portal" in theirs.body_text  # umbrella has a designated user too
+
+
+def test_notice_links_are_signed_expire_and_never_open_another_customers_update(portal: Portal) -> None:
+    """The notice's link to its update: the same signed link in the text, the HTML and the invite (its
+    URL and DESCRIPTION); followed signed out it asks for a sign-in and returns to the update; changed,
+    moved to another update, or past its expiry (a week after the slot) it is a clear page; a user of
+    another customer gets the same 404 as for an update that does not exist."""
+    import html
+
+    import icalendar
+
+    run_id = portal.updates["acme-c1"]
+    [scheduled] = [n for n in notices(portal, "scheduled") if n.update_ref == f"update-{run_id}"]
+    [link] = re.findall(rf"http://testserver/maintenance/update-{run_id}\?k=[\w.-]+", scheduled.body_text)
+    assert f'<a href="{html.escape(link)}">Confirm or defer update-{run_id} in the maintenance portal' in (
+        scheduled.body_html
+    )
+    event = icalendar.Calendar.from_ical(scheduled.ics).walk("VEVENT")[0]
+    assert str(event["url"]) == link and link in str(event["description"])
+    path = link.removeprefix("http://testserver")
+
+    page = portal.client.get(path)  # signed out: sign in first, then back to the update
+    assert page.url.path == "/signin" and "Sign in to open the update your email linked to" in page.text
+    sign_in(portal, "ann@acme.example")
+    assert portal.landed == f"/maintenance/update-{run_id}"
+    page = portal.client.get(path)
+    assert page.status_code == 200 and "acme-c1" in page.text
+
+    token = path.split("?k=", 1)[1]
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    page = portal.client.get(f"/maintenance/update-{run_id}?k={tampered}")
+    assert page.status_code == 400 and "This link is not valid" in page.text and "acme-c1" not in page.text
+    other = portal.updates["umb-c1"]
+    page = portal.client.get(f"/maintenance/update-{other}?k={token}")  # acme's token on another update
+    assert page.status_code == 400 and "This link is not valid" in page.text and "umb-c1" not in page.text
+
+    # Eve (umbrella) follows acme's notice link: the same 404 as for an update that does not exist.
+    eve = TestClient(portal.client.app, base_url="http://testserver")
+    sign_in(portal, "eve@umbrella.example", eve)
+    page = eve.get(path)
+    assert page.status_code == 404 and "acme" not in page.text and "9.8.0" not in page.text
+
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.slot_end is not None
+        slot_end = run.slot_end
+    portal.clock.now = slot_end + timedelta(days=7)
+    page = portal.client.get(path)
+    assert page.status_code == 400 and "This link has expired" in page.text
+    portal.clock.now = slot_end + timedelta(days=7) - timedelta(seconds=1)
+    page = portal.client.get(path)  # still valid; the 8 h session has ended by then, so: sign in
+    assert page.url.path == "/signin" and "Sign in to open the update your email linked to" in page.text
 
 
 def test_the_deep_link_is_followed_after_sign_in(portal: Portal) -> None:

@@ -32,12 +32,14 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from flows import portal_actions as actions
+from flows.portal_links import LinkProblem, PortalLinks
 from flows.schedule import ScheduleRefused, parse_update_ref
 from inventory import portal_access, repo
 from inventory.cases import CaseError
 from inventory.db import session_scope
 from inventory.models import Customer
 from inventory.portal_access import SignedIn
+from inventory.portal_tables import PortalUser
 from scheduling.errors import SchedulingError
 from scheduling.sla import Category, Priority
 from tasks.mail import OutgoingMessage, build_message, message_id_for
@@ -80,6 +82,17 @@ LINK_REFUSALS = {
         "It was sent for another organisation than the one this address now belongs to.",
     ),
 }
+NOTICE_LINK_REFUSALS = {
+    "expired": (
+        "This link has expired",
+        "Links in our emails work until a week after the maintenance they announce. "
+        "Your upcoming maintenance is listed in the portal.",
+    ),
+    "invalid": (
+        "This link is not valid",
+        "It may have been cut short or changed. Your upcoming maintenance is listed in the portal.",
+    ),
+}
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -101,6 +114,7 @@ class Portal:
         self.config = config
         self.env = _environment()
         self.links = LinkSigner(config.secret, config.now, config.link_ttl)
+        self.portal_links = PortalLinks(config.base_url, config.secret)  # notices' and welcome links
         self.clients = ClientLimiter(config.requests_per_client, config.client_window, config.now)
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -182,11 +196,33 @@ class Portal:
         user = await self.user_or_none(request)
         return self.redirect(request, "/maintenance" if user else "/signin")
 
-    async def signin_form(self, request: Request) -> Response:
+    def signin_page(self, request: Request, *, email: str = "", welcome: bool = False) -> Response:
         minutes = int(self.config.link_ttl.total_seconds() // 60)
+        waiting = not welcome and DEEP_LINK.fullmatch(request.cookies.get(NEXT_COOKIE, "")) is not None
+        context: dict[str, Any] = {"minutes": minutes, "email": email, "welcome": welcome, "waiting": waiting}
         return self.pre_csrf(
-            request, lambda token: self.page(request, "signin.html.j2", csrf=token, minutes=minutes)
+            request, lambda token: self.page(request, "signin.html.j2", csrf=token, **context)
         )
+
+    async def signin_form(self, request: Request) -> Response:
+        return self.signin_page(request)
+
+    async def signin_welcome(self, request: Request) -> Response:
+        """The link in the welcome email: the sign-in page for the address on file, or a clear refusal
+        when the link is not ours or its user was removed (the link itself signs nobody in)."""
+        try:
+            user_id, customer_id = self.portal_links.read_welcome(request.query_params.get("t", ""))
+        except LinkProblem:
+            return self.refused_link(request, "invalid")
+
+        def find(session: Any) -> str | None:
+            user = session.get(PortalUser, user_id)
+            return user.email if user is not None and user.customer_id == customer_id else None
+
+        email = await self.db(find)
+        if email is None:
+            return self.refused_link(request, "removed")
+        return self.signin_page(request, email=email, welcome=True)
 
     async def signin_request(self, request: Request) -> Response:
         form = await self.posted(request, lambda _: request.cookies.get(CSRF_COOKIE))
@@ -375,8 +411,18 @@ class Portal:
 
     async def update(self, request: Request) -> Response:
         run_id = self.run_id(request)
+        token, linked_to = request.query_params.get("k"), None
+        if token is not None:  # a notice's signed link (flows/portal_links.py)
+            try:
+                linked_to = self.portal_links.read_update(token, run_id=run_id, now=self.config.now())
+            except LinkProblem as exc:
+                title, text = NOTICE_LINK_REFUSALS[exc.reason]
+                user = await self.user_or_none(request)
+                return self.message(request, 400, title, text, user=user, again=user is None)
 
         def render(session: Any, user: SignedIn, customer: Customer) -> Response:
+            if linked_to is not None and linked_to != customer.id:  # another customer's notice
+                raise HTTPException(404, "There is no such upcoming update.")
             try:
                 run = actions.customer_update(run_id, customer, session=session)
             except actions.NotYours:
@@ -434,6 +480,8 @@ class Portal:
                 )  # fmt: skip
             except actions.NotYours:
                 raise HTTPException(404, "There is no such upcoming update.") from None
+            except SchedulingError as exc:  # started or moved by another process just now
+                raise HTTPException(409, str(exc)) from None
             return self.redirect(request, f"/maintenance/update-{run.id}?done=confirmed")
 
         return await self.signed_in_action(request, act)
@@ -561,7 +609,9 @@ class Portal:
             raise HTTPException(404, "There is no such calendar feed.")
         now, url = self.config.now(), self.config.base_url
         ics = await self.db(
-            lambda session: actions.feed_ics(digest(token), now=now, portal_url=url, session=session)
+            lambda session: actions.feed_ics(
+                digest(token), now=now, portal_url=url, session=session, links=self.portal_links
+            )
         )
         if ics is None:
             raise HTTPException(404, "There is no such calendar feed (it may have been replaced or revoked).")
@@ -651,6 +701,7 @@ def create_app(config: PortalConfig) -> Starlette:
         Route("/signin", portal.signin_form, methods=["GET"]),
         Route("/signin", portal.signin_request, methods=["POST"]),
         Route("/signin/link", portal.signin_link, methods=["GET"]),
+        Route("/signin/welcome", portal.signin_welcome, methods=["GET"]),
         Route("/signin/link", portal.signin_redeem, methods=["POST"]),
         Route("/signout", portal.signout, methods=["POST"]),
         Route("/maintenance", portal.maintenance, methods=["GET"]),

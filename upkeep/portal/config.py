@@ -53,19 +53,21 @@ def from_settings(settings: Settings, *, engine: Engine) -> PortalConfig:
         ca=settings.fileserver_ca,
         allow_http=settings.fileserver_allow_http,
     )
+    secret = settings.resolved_portal_secret()
     return PortalConfig(
         engine=engine,
         fileserver=fileserver,
         mailer=build_mailer(settings),
         mail_from=settings.mail_from,
         base_url=settings.portal_url,
-        secret=settings.resolved_portal_secret(),
+        secret=secret,
         vendor=VendorTerms(
             organizer=parseaddr(settings.mail_from)[1] or VendorTerms.organizer,
             support_contact=settings.support_contact,
             sre_email=settings.sre_email,
             per_node_estimate=timedelta(minutes=settings.per_node_minutes),
             portal_url=settings.portal_url,
+            portal_key=lambda: secret,
         ),
         link_ttl=timedelta(minutes=settings.portal_link_minutes),
         session_ttl=timedelta(hours=settings.portal_session_hours),

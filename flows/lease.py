@@ -161,7 +161,7 @@ def claim(session: Session, run_id: int, *, now: datetime, lease: timedelta, act
     earlier: a resume is an SRE's explicit word. Returns the new owner."""
     run = session.get(UpgradeRun, run_id)
     if run is None:
-        raise LookupError(f"no run {run_id} (see `upkeep runs`)")
+        raise LookupError(f"no update {run_id} (see `upkeep runs`)")
     if not RunState(run.state).active:
         raise NotResumable(_finished(run))
     held_by = run.lease_owner

@@ -65,7 +65,7 @@ def get_run(run_id: int, *, session: Session, lock: bool = False) -> UpgradeRun:
     a cancel and a resume deciding at once must not each overwrite the other's outcome."""
     run = session.get(UpgradeRun, run_id, with_for_update=lock, populate_existing=lock)
     if run is None:
-        raise LookupError(f"no run {run_id}")
+        raise LookupError(f"no update {run_id}")
     return run
 
 

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import click
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from upkeep.cli_cases import case_app, diagnostics_app
@@ -16,7 +15,7 @@ from upkeep.cli_common import JsonOpt
 from upkeep.cli_common import open_engine as _engine
 from upkeep.cli_oncall import oncall_app
 from upkeep.cli_release import release_app
-from upkeep.console import CliError, console, err_console, print_json, verbose, verbosity
+from upkeep.console import CliError, console, output, print_json, report_error, verbose, verbosity
 from upkeep.telemetry import switch_off as _telemetry_off
 
 _telemetry_off()  # before any command imports Prefect
@@ -28,10 +27,35 @@ app = typer.Typer(
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("upkeep")
+    except PackageNotFoundError:  # pragma: no cover - run from a checkout that was never installed
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        if output["json"]:
+            print_json({"version": _version()})
+        else:
+            console.print(f"upkeep {_version()}", markup=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _options(
     verbose: Annotated[
-        bool, typer.Option("--verbose", help="Show tracebacks, Prefect's task tracebacks included.")
+        bool,
+        typer.Option("--verbose", help="Show tracebacks, Prefect's task tracebacks and its log lines."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print Upkeep's version and exit.", callback=_show_version, is_eager=True
+        ),
     ] = False,
 ) -> None:
     """Options for every command."""
@@ -52,6 +76,7 @@ def inventory_import(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what the import would change and do; write nothing.")
     ] = False,
+    json: JsonOpt = False,
 ) -> None:
     """Validate FILE completely, then write it; on any problem nothing is written. Every planned
     update the new inventory makes invalid (window gone, blackout or holiday over its slot ...) is
@@ -70,6 +95,29 @@ def inventory_import(
         vendor=VendorTerms.configured(),
         dry_run=dry_run,
     )
+    if json:
+        print_json(
+            {
+                "file": str(file),
+                "dry_run": dry_run,
+                "summary": str(summary),
+                "changes": summary.as_dict(),
+                "updates": [
+                    {
+                        "update": f"update-{o.run_id}",
+                        "cluster": o.label,
+                        "action": o.action,
+                        "reasons": list(o.reasons),
+                        "slot_start": o.slot.start.isoformat() if o.slot else None,
+                        "slot_end": o.slot.end.isoformat() if o.slot else None,
+                        "state": o.state or None,
+                        "describe": o.describe(),
+                    }
+                    for o in outcomes
+                ],
+            }
+        )
+        return
     head = "dry run, nothing written" if dry_run else "imported"
     console.print(f"{head} {file}: {summary}", markup=False)
     for outcome in outcomes:
@@ -158,9 +206,20 @@ _USAGE_ERRORS: tuple[type[Any], ...] = tuple(
 )
 
 
+def _wants_json(args: list[str]) -> bool:
+    """`--json` on the command line (before a `--`): errors are then JSON too, usage errors included."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
 def main() -> None:
     from upkeep.errors import explain
 
+    output["json"] = _wants_json(sys.argv[1:])
     try:
         # Without standalone mode Click returns typer.Exit's code instead of exiting with it.
         code = app(standalone_mode=False)
@@ -168,13 +227,16 @@ def main() -> None:
     except _EXITS as exc:
         sys.exit(exc.exit_code)
     except _ABORTS:
-        err_console.print("aborted")
+        report_error("aborted", 130)
         sys.exit(130)
     except _USAGE_ERRORS as exc:
-        exc.show()  # "Usage: ..." and the problem; exit 2 for usage errors
+        if output["json"]:
+            report_error(exc.format_message(), exc.exit_code)
+        else:
+            exc.show()  # "Usage: ..." and the problem; exit 2 for usage errors
         sys.exit(exc.exit_code)
     except CliError as exc:
-        err_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        report_error(str(exc), exc.code)
         sys.exit(exc.code)
     except Exception as exc:
         message = explain(exc)
@@ -183,9 +245,9 @@ def main() -> None:
                 raise
             # Never a traceback for the user: one line, and how to get the details.
             what = " ".join(str(exc).split())[:500] or "(no message)"
-            message = escape(
+            message = (
                 f"unexpected {type(exc).__name__}: {what} (this is a bug in Upkeep; run the command again "
                 "with `upkeep --verbose ...` for the traceback and report it)"
             )
-        err_console.print(f"[red]error:[/] {message}", soft_wrap=True)
+        report_error(message, 1)
         sys.exit(1)

@@ -48,3 +48,25 @@ def open_engine() -> Engine:
         engine = _opened["engine"] = open_database(settings)
         flow_runtime.configure(lambda: build_runtime(settings, engine=engine))
     return _opened["engine"]
+
+
+def parse_update_id(text: str) -> int:
+    """One id scheme for the update record in every command: `42` or `update-42` (as `upkeep runs`,
+    `notices list` and the customer's notices name it). ASCII digits within the database's range;
+    anything else is a usage error (exit 2) naming the value."""
+    import re
+
+    digits = text.strip().removeprefix("update-")
+    if not re.fullmatch(r"[0-9]{1,18}", digits) or not 1 <= int(digits) <= MAX_ID:
+        raise typer.BadParameter(
+            f"{text[:80]!r}: expected an update id such as 42 or update-42 (see `upkeep runs`)"
+        )
+    return int(digits)
+
+
+UpdateIdArg = Annotated[
+    int,
+    typer.Argument(
+        help="The update: 42 or update-42 (see `upkeep runs`).", parser=parse_update_id, metavar="UPDATE"
+    ),
+]

@@ -69,6 +69,7 @@ def oncall_ack(
     alert: Annotated[
         int, typer.Argument(help="The page's id (in the page and in `oncall show`).", min=1, max=MAX_ID)
     ],
+    json: JsonOpt = False,
 ) -> None:
     """Acknowledge a page: its escalation stops (audited)."""
     from flows.oncall import OnCallError, ack
@@ -77,6 +78,9 @@ def oncall_ack(
         row = ack(_runtime(), alert, actor=getpass.getuser())
     except OnCallError as exc:
         raise CliError(str(exc)) from None
+    if json:
+        print_json({"page": alert, "acked_by": row.acked_by, "level": row.level, "escalation": "stopped"})
+        return
     console.print(
         f"page {alert} acknowledged by {row.acked_by} at level {row.level}; escalation stopped", markup=False
     )

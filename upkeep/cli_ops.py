@@ -62,10 +62,7 @@ def db_upgrade(json: JsonOpt = False) -> None:
     from upkeep.settings import SettingsError, load_settings, mask_url
 
     def refuse(message: str) -> NoReturn:
-        if json:
-            print_json({"error": message, "exit": 1})
-            raise typer.Exit(1)
-        raise CliError(message)
+        raise CliError(message)  # {"error", "exit"} with --json: upkeep.cli.main
 
     try:
         settings = load_settings()

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from upkeep.console import CliError, console
+from upkeep.cli_common import JsonOpt
+from upkeep.console import CliError, console, print_json
 
 portal_app = typer.Typer(help="The customer portal: designated users confirm and defer maintenance.")
 
@@ -30,6 +31,7 @@ def serve(
 @portal_app.command("link")
 def link(
     email: Annotated[str, typer.Argument(help="A designated user's address (see portal_users:).")],
+    json: JsonOpt = False,
 ) -> None:
     """Print a sign-in link for a designated user (single use, expires like an emailed one)."""
     from datetime import timedelta
@@ -49,4 +51,7 @@ def link(
         raise CliError(
             f"{email[:254]!r} is not a portal user of any customer (see portal_users: in the inventory)"
         )
+    if json:
+        print_json({"email": email, "url": url, "expires_in_minutes": settings.portal_link_minutes})
+        return
     console.print(url, markup=False, soft_wrap=True)

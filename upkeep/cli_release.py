@@ -157,6 +157,7 @@ def add(
     unverified: Annotated[
         bool, typer.Option("--unverified", help="Do not check the SHA-256 against the file server's package.")
     ] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Add a release to the catalog (checked like the inventory file's `releases:`), after checking
     that the package on the file server has that SHA-256 (refused if it cannot be reached)."""
@@ -174,7 +175,10 @@ def add(
         raise CliError("; ".join(problems) + "; nothing was written")
     if not unverified:
         _verify_package(version, package, sha256.strip().lower())
-    counts = _save([entry], f"release/{version}", unverified=unverified)
+    counts = _save([entry], f"release/{version}", unverified=unverified, quiet=json_out)
+    if json_out:
+        print_json({"version": entry.version, "verified": not unverified, **counts})
+        return
     console.print(f"release {version}: {_counts(counts)}")
     if unverified:
         console.print(
@@ -306,7 +310,7 @@ def status(version: VersionArg, json_out: JsonOpt = False) -> None:
 
 
 @release_app.command("resume")
-def resume(version: VersionArg) -> None:
+def resume(version: VersionArg, json_out: JsonOpt = False) -> None:
     """Continue a halted rollout: its failures so far are acknowledged, the budget counts afresh."""
     from flows.rollout import resume_rollout
     from inventory.db import session_scope
@@ -317,6 +321,9 @@ def resume(version: VersionArg) -> None:
             message = resume_rollout(version, session=session, now=utcnow(), actor=getpass.getuser())
     except ReleaseError as exc:
         raise CliError(str(exc)) from None
+    if json_out:
+        print_json({"version": version, "resumed": True, "message": message})
+        return
     console.print(message, markup=False)
 
 

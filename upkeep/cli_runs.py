@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from upkeep.cli_common import MAX_ID, JsonOpt
+from upkeep.cli_common import JsonOpt, UpdateIdArg
 from upkeep.cli_common import open_engine as _engine
 from upkeep.console import CliError, console, print_json
 
@@ -18,7 +18,18 @@ app = typer.Typer()
 def update(
     cluster: Annotated[str, typer.Argument(help="Cluster name, or customer/cluster.")],
     to: Annotated[str, typer.Option("--to", help="Target version, e.g. 9.10.0.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; touch nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; contact nothing, touch nothing.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Run the real pre-flight (file server has the package; every node reachable, healthy, "
+            "at the expected version, with disk) and touch nothing: no run recorded, nothing sent. "
+            "Exit 1 if any check fails.",
+        ),
+    ] = False,
     case: Annotated[str | None, typer.Option("--case", help="The support case this update resolves.")] = None,
     require_approval: Annotated[
         bool, typer.Option("--require-approval", help="Pause after pre-flight until `upkeep approve`.")
@@ -26,8 +37,13 @@ def update(
     json: JsonOpt = False,
 ) -> None:
     """Upgrade CLUSTER to a newer release now, node by node."""
-    from upkeep.updates import print_plan, run_update
+    from upkeep.updates import check_update, print_plan, run_update
 
+    if dry_run and check:
+        raise CliError("--dry-run and --check do not go together (--check contacts the nodes)")
+    if check:
+        check_update(cluster, to, engine=_engine(), as_json=json)
+        return
     if dry_run:
         print_plan(cluster, to, engine=_engine(), as_json=json)
         return
@@ -70,7 +86,7 @@ def request(
     )
 
 
-RunArg = Annotated[int, typer.Argument(help="Run id (see `upkeep runs`).", min=1, max=MAX_ID)]
+RunArg = UpdateIdArg
 
 
 @app.command()
@@ -92,14 +108,37 @@ def resume(
     resume_run(run, engine=_engine(), as_json=json, override_reason=reason if override_window else None)
 
 
+def _answer(run_id: int, action: str, message: str, as_json: bool) -> None:
+    """What pause, cancel and approve did: the line, or with --json the update's state after it."""
+    if not as_json:
+        console.print(message, markup=False)
+        return
+    from inventory.db import session_scope
+    from inventory.runs import get_run
+
+    with session_scope(_engine()) as session:
+        run = get_run(run_id, session=session)
+        state, requested = str(run.state), run.requested_action
+    print_json(
+        {
+            "id": run_id,
+            "update": f"update-{run_id}",
+            "action": action,
+            "state": state,
+            "requested_action": requested,
+            "message": message,
+        }
+    )
+
+
 @app.command()
-def pause(run: RunArg) -> None:
+def pause(run: RunArg, json: JsonOpt = False) -> None:
     """Stop a run cleanly after the node in progress; `upkeep resume` continues it."""
     import getpass
 
     from upkeep.updates import request_stop
 
-    console.print(request_stop(run, "pause", engine=_engine(), actor=getpass.getuser()))
+    _answer(run, "pause", request_stop(run, "pause", engine=_engine(), actor=getpass.getuser()), json)
 
 
 @app.command()
@@ -108,13 +147,21 @@ def cancel(
     reason: Annotated[
         str, typer.Option("--reason", help="Why (required; recorded, told to the customer).")
     ] = "",
+    json: JsonOpt = False,
 ) -> None:
-    """Cancel a run (a running one after the node in progress), with a reason."""
+    """Cancel an update, with a reason: a scheduled one is withdrawn from the customer's calendar (as
+    `cancel-update` does), a running one stops after the node in progress, a paused one at once."""
     import getpass
 
-    from upkeep.updates import request_stop
+    from upkeep.updates import request_stop, scheduled
 
-    console.print(request_stop(run, "cancel", engine=_engine(), actor=getpass.getuser(), reason=reason))
+    if scheduled(run, engine=_engine()):
+        from upkeep.cli_schedule import cancel_update
+
+        cancel_update(str(run), reason=reason, json=json)
+        return
+    message = request_stop(run, "cancel", engine=_engine(), actor=getpass.getuser(), reason=reason)
+    _answer(run, "cancel", message, json)
 
 
 @app.command()
@@ -122,15 +169,15 @@ def approve(
     run: RunArg,
     refuse: Annotated[bool, typer.Option("--refuse", help="Refuse instead of approving.")] = False,
     reason: Annotated[str, typer.Option("--reason", help="Why (required; recorded and shown).")] = "",
+    json: JsonOpt = False,
 ) -> None:
     """Answer a run waiting at its approval gate, with a reason."""
     import getpass
 
     from upkeep.updates import approve_run
 
-    console.print(
-        approve_run(run, engine=_engine(), approved=not refuse, reason=reason, actor=getpass.getuser())
-    )
+    message = approve_run(run, engine=_engine(), approved=not refuse, reason=reason, actor=getpass.getuser())
+    _answer(run, "refuse" if refuse else "approve", message, json)
 
 
 @app.command()
@@ -163,9 +210,7 @@ def runs(
 
 
 @app.command()
-def show(
-    run: Annotated[int, typer.Argument(help="Run id.", min=1, max=MAX_ID)], json: JsonOpt = False
-) -> None:
+def show(run: RunArg, json: JsonOpt = False) -> None:
     """One run: its state and every node's result."""
     from upkeep.updates import show_run
 

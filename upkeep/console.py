@@ -1,4 +1,8 @@
-"""Shared terminal output: one Rich console for tables, plain stdout for --json, errors on stderr."""
+"""Shared terminal output: one Rich console for tables, plain stdout for --json, errors on stderr.
+
+With `--json` anywhere on the command line, `upkeep.cli.main` writes every error (a refusal, a usage
+error, an unexpected one) as `{"error": "...", "exit": N}` on stdout instead of a line on stderr:
+commands only raise `CliError`, they never format their own errors."""
 
 from __future__ import annotations
 
@@ -11,9 +15,32 @@ from rich.console import Console
 console = Console(highlight=False, emoji=False)  # ":100:" in FILE:LINE is not an emoji
 err_console = Console(stderr=True, highlight=False, emoji=False)
 
+# Set by upkeep.cli.main from the command line; `printed` once a JSON document went to stdout.
+output = {"json": False, "printed": False}
+
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    output["printed"] = True
+
+
+def json_mode() -> bool:
+    return bool(output["json"])
+
+
+def report_error(message: str, code: int) -> None:
+    """The one place an error reaches the user: `{"error", "exit"}` on stdout with --json (unless the
+    command already wrote its JSON document there: then the line goes to stderr, so stdout stays one
+    document), else `error: ...` on stderr."""
+    if output["json"] and not output["printed"]:
+        sys.stdout.write(json.dumps({"error": message, "exit": code}, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        output["printed"] = True
+        return
+    from rich.markup import escape
+
+    err_console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 class CliError(Exception):

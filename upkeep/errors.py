@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 
 def explain(exc: BaseException) -> str | None:
-    """The message for an expected failure, or None for a bug (which then shows its traceback)."""
+    """The message (plain text) for an expected failure, or None for a bug (which then shows its
+    traceback)."""
     from flows.plan import PlanError
     from flows.steps import StepFailed
     from inventory.cases import CaseError
@@ -42,12 +41,12 @@ def explain(exc: BaseException) -> str | None:
     except ImportError:  # pragma: no cover
         pass
     if isinstance(exc, tuple(expected)):
-        return escape(str(exc))
+        return str(exc)
     from inventory.db import server_away
 
     if server_away(exc):  # down, restarting or failing over: the operator's to fix, not our bug
         cause = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        return escape(
+        return (
             f"the database is unavailable ({cause}); a run this interrupted is left as it was "
             "and continues with `upkeep resume RUN`"
         )

@@ -6,6 +6,7 @@ import getpass
 from typing import Any
 from uuid import UUID
 
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
@@ -41,6 +42,33 @@ def print_plan(cluster: str, to_version: str, *, engine: Engine, as_json: bool) 
             f"  {len(steps) + node.position}. {node.hostname} ({node.user}@{node.address}:{node.port}): "
             f"upgrade {plan.from_version}→{plan.to_version}, wait for health, verify version"
         )
+
+
+def check_update(cluster: str, to_version: str, *, engine: Engine, as_json: bool) -> None:
+    """`update --check`: the real pre-flight (flows/check.py), one line per check; exit 1 if any failed.
+    Nothing is written and nothing is started: no run, no step, no audit, no notice."""
+    import typer
+
+    from flows.check import check_update as run_checks
+    from flows.runtime import current
+
+    plan = _plan(cluster, to_version, engine)  # bad cluster or version: refused as `update` refuses it
+    result = run_checks(plan, current())
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+    else:
+        console.print(f"[bold]check[/]: update {plan.label} (nothing is touched)")
+        for item in result.checks:
+            mark = "[green]ok  [/]" if item.ok else "[red]FAIL[/]"
+            console.print(f"  {mark} {escape(item.what)}: {escape(item.detail)}", soft_wrap=True)
+        failed = sum(not item.ok for item in result.checks)
+        if failed:
+            console.print(f"[red]{failed} check(s) failed[/]: `upkeep update` would stop at pre-flight")
+        else:
+            run_it = f"upkeep update {plan.cluster} --to {plan.to_version}"
+            console.print(f"[green]every check passed[/]; `{escape(run_it)}` runs it")
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def run_update(
@@ -248,6 +276,23 @@ def _after_api_loss(run_id: int, exc: Exception, *, engine: Engine, as_json: boo
     return run_id
 
 
+def no_update(run_id: int) -> str:
+    return f"no update {run_id} (see `upkeep runs`)"
+
+
+def scheduled(run_id: int, *, engine: Engine) -> bool:
+    """Whether the update is planned with an announced slot (cancelled through flows.schedule, which
+    withdraws the customer's calendar entry), rather than running, paused or carried over."""
+    from inventory.models import RunState
+
+    with session_scope(engine) as session:
+        try:
+            run = get_run(run_id, session=session)
+        except LookupError:
+            raise CliError(no_update(run_id)) from None
+        return RunState(run.state) is RunState.planned and run.slot_start is not None and not run.started_at
+
+
 def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
     from flows.links import flow_run_url
 
@@ -255,7 +300,7 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
         try:
             run = get_run(run_id, session=session)
         except LookupError:
-            raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+            raise CliError(no_update(run_id)) from None
         summary, nodes = run_row(run, session), node_rows(run, session)
         url = flow_run_url(run.flow_run_id)
         taken = decisions(run, session)
@@ -317,7 +362,7 @@ def resume_run(
         try:
             run = get_run(run_id, session=session)
         except LookupError:
-            raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+            raise CliError(no_update(run_id)) from None
         active = RunState(run.state).active  # an ended run: the claim below says so, and when
         if active and override_reason is not None:
             run.override_reason = override_reason
@@ -377,7 +422,7 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
             # and honoured before the next node), never overwritten with `running` after we cancel.
             run = get_run(run_id, session=session, lock=True)
         except LookupError:
-            raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+            raise CliError(no_update(run_id)) from None
         reason = reason.strip()
         if action == "cancel" and not reason:
             raise CliError(f"cancel {run_id} needs --reason TEXT (it is recorded and told to the customer)")
@@ -443,7 +488,7 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
         try:
             run = get_run(run_id, session=session)
         except LookupError:
-            raise CliError(f"no run {run_id} (see `upkeep runs`)") from None
+            raise CliError(no_update(run_id)) from None
         if not reason.strip():
             answer = "refusing" if not approved else "approving"
             raise CliError(f"{answer} run {run_id} needs --reason TEXT (it is recorded and shown)")

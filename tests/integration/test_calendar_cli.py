@@ -118,9 +118,9 @@ def test_calendar_table_shows_the_dst_change(home: Path) -> None:
         (("calendar", "--customer", "initech"), "no customer 'initech' (customers: acme, globex)"),
         (("calendar", "--weeks", "0"), "weeks 0: expected 1 to 52"),
         (("schedule", "acme-c1", "--to", "9.12.0"), "acme/acme-c1: no"),  # no path / no release
-        (("defer", "update-7", "--to", "2026-12-01"), "no run 7"),
+        (("defer", "update-7", "--to", "2026-12-01"), "no update 7"),
         (("defer", "seven", "--to", "2026-12-01"), "update 'seven': expected an update id such as update-42"),
-        (("cancel-update", "7"), "no run 7"),
+        (("cancel-update", "7"), "no update 7"),
     ],
 )
 def test_refusals_write_nothing(home: Path, args: tuple[str, ...], message: str) -> None:

@@ -186,7 +186,7 @@ def test_unknown_run_is_refused(imported_home: Path) -> None:
     result = upkeep(imported_home, "show", "999")
     assert result.returncode == 1
     no_traceback(result)
-    assert "no run 999" in result.stderr
+    assert "no update 999" in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
 
 

@@ -148,7 +148,7 @@ def test_only_a_planned_update_with_a_reason_is_rescheduled(db: Engine) -> None:
         "reschedule needs --reason TEXT (it is recorded and told to the customer)"
     )
     assert refused(db, run_id, utc(1)).endswith(": it already starts then")
-    with pytest.raises(LookupError, match="no run 99"), session_scope(db) as session:
+    with pytest.raises(LookupError, match="no update 99"), session_scope(db) as session:
         reschedule_update(99, to=utc(3), reason="x", now=NOW, session=session, requested_by="alice")
     with Session(db) as session:
         session.execute(update(UpgradeRun).values(state=RunState.running))

@@ -46,7 +46,7 @@ def test_reschedule_refusals_are_one_line_and_write_nothing(scheduled: tuple[Pat
     assert refused(home, "reschedule", "1", "--to", local(slot + timedelta(days=1))) == (
         "reschedule needs --reason TEXT (it is recorded and told to the customer)"
     )
-    assert refused(home, "reschedule", "99", "--to", local(slot), "--reason", "x") == "no run 99"
+    assert refused(home, "reschedule", "99", "--to", local(slot), "--reason", "x") == "no update 99"
 
 
 def test_reschedule_later_prints_the_new_slot(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from upkeep.console import print_json
 from upkeep.lab.lab import FAULTS, Lab, LabError
 
 app = typer.Typer(
@@ -24,14 +24,14 @@ _err = Console(stderr=True, highlight=False, emoji=False)
 RootOption = Annotated[
     Path | None, typer.Option("--root", help=r"Lab state directory \[default: <UPKEEP home>/lab].")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the status as JSON.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _fail(message: str) -> NoReturn:
-    _err.print(f"[red]error:[/] {escape(message)}")
-    # SystemExit rather than typer.Exit: a host app calling app(standalone_mode=False) gets
-    # typer.Exit's code back as a return value and may drop it; SystemExit always reaches the shell.
-    raise SystemExit(1)
+    # upkeep.cli.main shows it: one line on stderr, or {"error", "exit"} with --json.
+    from upkeep.console import CliError
+
+    raise CliError(message)
 
 
 def _lab(root: Path | None) -> Lab:
@@ -48,7 +48,7 @@ def _lab(root: Path | None) -> Lab:
 
 def _show(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(status, indent=2))
+        print_json(status)
         return
     state = "[green]up[/]" if status["up"] else "[red]down[/]"
     _out.print(f"lab {escape(status['root'])}: {state}")
@@ -120,13 +120,16 @@ def status(root: RootOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-def down(root: RootOption = None) -> None:
+def down(root: RootOption = None, as_json: JsonOption = False) -> None:
     """Stop every lab process (idempotent). Node directories stay for post-mortems."""
     lab = _lab(root)
     try:
         lab.down()
     except LabError as exc:
         _fail(str(exc))
+    if as_json:
+        print_json({"root": str(lab.root), "up": False})
+        return
     _out.print(f"lab {escape(str(lab.root))}: down")
 
 
@@ -135,17 +138,21 @@ def fault(
     node: Annotated[str, typer.Argument(help="Node hostname, e.g. acme-c1-n2.")],
     kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(FAULTS)}.")],
     root: RootOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Inject a fault into one node (or clear it)."""
     try:
         _lab(root).fault(node, kind)
     except LabError as exc:
         _fail(str(exc))
+    if as_json:
+        print_json({"node": node, "fault": None if kind == "clear" else kind})
+        return
     _out.print(f"{escape(node)}: {'fault cleared' if kind == 'clear' else f'fault {kind}'}")
 
 
 @app.command()
-def env(root: RootOption = None) -> None:
+def env(root: RootOption = None, as_json: JsonOption = False) -> None:
     """Print the lab's settings as `export UPKEEP_...=...` lines, secrets included (they are the lab's
     own), so another shell (a worker, a second terminal) is one `eval "$(upkeep lab env)"` away."""
     from upkeep.settings import SettingsError, load_settings
@@ -153,7 +160,8 @@ def env(root: RootOption = None) -> None:
     def refuse(message: str) -> NoReturn:
         # `eval "$(upkeep lab env)"` ignores our exit status (`eval ""` succeeds, even under `set -e`):
         # what it evaluates must fail too, or the shell goes on with the default home and database.
-        typer.echo("false")
+        if not as_json:
+            typer.echo("false")
         _fail(message)
 
     try:
@@ -177,6 +185,9 @@ def env(root: RootOption = None) -> None:
     if settings.database_url:
         values["database_url"] = settings.database_url
     values.update({key: str(value) for key, value in overrides.items()})
+    if as_json:
+        print_json({f"UPKEEP_{key.upper()}": value for key, value in values.items()})
+        return
     where = " ".join(str(lab.root).split())  # a comment line: no newline may end it early
     lines = [f'# the lab at {where}: eval "$(upkeep lab env)" in another shell']
     lines += [f"export UPKEEP_{key.upper()}={shlex.quote(value)}" for key, value in values.items()]

@@ -1,0 +1,247 @@
+"""One interface for every command (issue #16 item 5), through the real `upkeep` process:
+
+- `--json` on every command, and with it every error is `{"error": "...", "exit": N}` on stdout (one
+  place does this: upkeep.cli.main), usage errors included;
+- one id for the update record everywhere: `42` or `update-42`, "no update 42" when there is none;
+- `upkeep cancel` cancels a scheduled update too (its calendar entry withdrawn, like `cancel-update`);
+- `upkeep update --check` runs the real pre-flight against the lab and touches nothing;
+- `upkeep --version`; every help text passes a spelling check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_cli_inventory import database
+
+
+def _env(home: Path, lab: Any | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    for key in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES"):
+        env.pop(key, None)
+    if lab is not None:
+        env.update({f"UPKEEP_{k.upper()}": str(v) for k, v in lab.settings_overrides().items()})
+    env.update(
+        {
+            "UPKEEP_HOME": str(home),
+            "PREFECT_HOME": str(home.parent / "prefect"),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
+    return env
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "upkeep", *args],
+        env=env,
+        cwd=Path(env["UPKEEP_HOME"]).parent,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab_env(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The session lab's settings and inventory in a home (SQLite) of this module's own."""
+    env = _env(tmp_path_factory.mktemp("iface") / "home", lab)
+    imported = _run(env, "inventory", "import", str(lab.inventory_path), "--json")
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["dry_run"] is False
+    yield env
+
+
+# --- every command, statically ------------------------------------------------------------------------
+
+# The two commands with no result to print: a server that runs until interrupted, and a guided tour.
+NO_JSON = {"portal serve": "runs until interrupted", "demo": "a guided tour for a person"}
+
+
+def _commands() -> list[tuple[list[str], Any]]:
+    import typer
+
+    from upkeep.cli import app
+
+    found: list[tuple[list[str], Any]] = []
+
+    def walk(cmd: Any, path: list[str]) -> None:
+        found.append((path, cmd))
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_command_takes_json() -> None:
+    leaves = [(" ".join(path), cmd) for path, cmd in _commands() if not hasattr(cmd, "commands")]
+    assert len(leaves) > 40
+    missing = [
+        name
+        for name, cmd in leaves
+        if name not in NO_JSON and "--json" not in {o for p in cmd.params for o in getattr(p, "opts", [])}
+    ]
+    assert missing == []
+
+
+def test_every_help_text_is_spelled_right(tmp_path: Path) -> None:
+    pytest.importorskip("codespell_lib")
+    from typer.testing import CliRunner
+
+    from upkeep.cli import app
+
+    runner = CliRunner()
+    pages = []
+    for path, _ in _commands():
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        pages.append(result.output)
+    text = tmp_path / "help.txt"
+    text.write_text("\n".join(pages))
+    assert "canceld" not in text.read_text()  # this one codespell does not know (issue #16)
+    check = subprocess.run(
+        [sys.executable, "-m", "codespell_lib", str(text)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    env = _env(tmp_path / "home")
+    plain = _run(env, "--version")
+    assert (plain.returncode, plain.stdout) == (0, f"upkeep {version('upkeep')}\n")
+
+
+# --- errors with --json -------------------------------------------------------------------------------
+
+ERRORS: list[tuple[tuple[str, ...], int, str]] = [
+    (("pause", "999"), 1, "no update 999"),
+    (("cancel", "update-999", "--reason", "x"), 1, "no update 999"),
+    (("approve", "999", "--reason", "x"), 1, "no update 999"),
+    (("approve", "999", "--refuse", "--reason", "x"), 1, "no update 999"),
+    (("resume", "999"), 1, "no update 999"),
+    (("show", "update-999"), 1, "no update 999"),
+    (("defer", "999", "--to", "2030-01-01"), 1, "no update 999"),
+    (("cancel-update", "999", "--reason", "x"), 1, "no update 999"),
+    (("pause", "update-x"), 2, "'update-x': expected an update id such as 42 or update-42"),
+    (("runs", "--limit", "0"), 2, "--limit"),
+    (("update", "no-such-cluster", "--to", "9.10.0", "--check"), 1, "no-such-cluster"),
+    (("update", "{cluster}", "--to", "9.10.0", "--check", "--dry-run"), 1, "do not go together"),
+    (("update", "{cluster}", "--to", "banana", "--check"), 1, "banana"),
+    (("request", "{cluster}", "--to", "9.10.0", "--source", "x"), 1, "source"),
+    (("schedule", "{cluster}", "--to", "0.0.1"), 1, "0.0.1"),
+    (
+        ("release", "add", "9.11.0", "--package", "releases/x.tar.gz", "--sha256", "zz", "--from", "9.10.0"),
+        1,
+        "sha256",
+    ),
+    (("release", "resume", "7.7.7"), 1, "7.7.7"),
+    (("release", "status", "7.7.7"), 1, "7.7.7"),
+    (("inventory", "import", "/nonexistent/fleet.yaml"), 1, "/nonexistent/fleet.yaml"),
+    (("lab", "fault", "no-such-node", "down"), 1, "no-such-node"),
+    (("oncall", "ack", "999"), 1, "999"),
+    (("portal", "link", "nobody@example.invalid"), 1, "nobody@example.invalid"),
+    (("case", "show", "NOPE-1"), 1, "NOPE-1"),
+    (("notices", "list", "--update", "x"), 1, "'x'"),
+    (("calendar", "--weeks", "0"), 1, "weeks"),
+    (("no-such-command",), 2, "no-such-command"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "says"), ERRORS, ids=[" ".join(a[:2]) for a, _, _ in ERRORS])
+def test_an_error_with_json_is_one_json_document(
+    lab: Any, lab_env: dict[str, str], args: tuple[str, ...], code: int, says: str
+) -> None:
+    argv = [arg.format(cluster="acme-c1") for arg in args]  # only read, never changed
+    if argv[0] == "lab":
+        argv += ["--root", str(lab.root)]
+    before = database(Path(lab_env["UPKEEP_HOME"]))
+    result = _run(lab_env, *argv, "--json")
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert "error" not in result.stderr.lower(), result.stderr  # the error is on stdout, once
+    assert json.loads(result.stdout) == {"error": json.loads(result.stdout)["error"], "exit": code}
+    assert result.returncode == code
+    assert says in json.loads(result.stdout)["error"]
+    assert database(Path(lab_env["UPKEEP_HOME"])) == before  # refused: nothing written
+
+
+def test_an_error_without_json_is_one_line_on_stderr(lab_env: dict[str, str]) -> None:
+    result = _run(lab_env, "pause", "update-999")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "error: no update 999 (see `upkeep runs`)\n"
+
+
+# --- update --check -----------------------------------------------------------------------------------
+
+
+def test_check_runs_the_real_preflight_and_touches_nothing(
+    lab: Any, lab_env: dict[str, str], fresh_cluster: str
+) -> None:
+    from tests.integration.conftest import nodes_of
+
+    home = Path(lab_env["UPKEEP_HOME"])
+    nodes = [node["hostname"] for node in nodes_of(lab, fresh_cluster)]
+    before = database(home)
+    versions = {node["hostname"]: node["version"] for node in nodes_of(lab, fresh_cluster)}
+
+    result = _run(lab_env, "update", fresh_cluster, "--to", "9.10.0", "--check", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["check"] is True
+    assert [c["what"] for c in report["checks"]] == ["cluster", "file-server", *nodes]
+    assert all(c["ok"] for c in report["checks"]), report
+    assert "9.8.0" in report["checks"][2]["detail"]
+
+    broken = nodes[1]
+    fault = _run(lab_env, "lab", "fault", broken, "disk-full", "--json", "--root", str(lab.root))
+    assert json.loads(fault.stdout) == {"node": broken, "fault": "disk-full"}
+    try:
+        failed = _run(lab_env, "update", fresh_cluster, "--to", "9.10.0", "--check")
+    finally:
+        _run(lab_env, "lab", "fault", broken, "clear", "--root", str(lab.root))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    lines = failed.stdout.splitlines()
+    assert any(line.split()[:2] == ["FAIL", f"{broken}:"] and "bytes free" in line for line in lines), lines
+    assert sum(line.split()[:1] == ["FAIL"] for line in lines) == 1, lines
+
+    assert database(home) == before  # no run, no step, no audit, no notice
+    assert {n["hostname"]: n["version"] for n in nodes_of(lab, fresh_cluster)} == versions
+    assert json.loads(_run(lab_env, "runs", "--json").stdout) == []
+
+
+# --- cancel covers a scheduled update -----------------------------------------------------------------
+
+
+def test_cancel_withdraws_a_scheduled_update(lab_env: dict[str, str], fresh_cluster: str) -> None:
+    scheduled = _run(lab_env, "schedule", fresh_cluster, "--to", "9.10.0", "--json")
+    assert scheduled.returncode == 0, scheduled.stdout + scheduled.stderr
+    update = json.loads(scheduled.stdout)["update"]
+    assert update.startswith("update-")
+
+    no_reason = _run(lab_env, "cancel", update, "--json")
+    assert no_reason.returncode == 1
+    assert "--reason" in json.loads(no_reason.stdout)["error"]
+
+    cancelled = _run(lab_env, "cancel", update, "--reason", "customer asked", "--json")
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    data = json.loads(cancelled.stdout)
+    assert (data["update"], data["state"]) == (update, "cancelled")
+    notices = json.loads(_run(lab_env, "notices", "list", "--update", update, "--json").stdout)
+    # Never delivered: the waiting "scheduled" notice is withdrawn and the customer hears nothing.
+    assert [n["state"] for n in notices] == ["superseded"]
+
+    again = _run(lab_env, "cancel", update.removeprefix("update-"), "--reason", "x", "--json")
+    assert again.returncode == 1
+    assert "cancelled" in json.loads(again.stdout)["error"]

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, update
 from sqlmodel import Session, col, delete, select
 
-from inventory.importer_portal import mailbox_key
+from inventory.importer_model import mailbox_key
 from inventory.models import Customer
 from inventory.portal_tables import PortalLink, PortalSession, PortalUser
 

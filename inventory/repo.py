@@ -4,15 +4,11 @@ here: callers own the transaction (see `inventory.db.session_scope`)."""
 from __future__ import annotations
 
 import difflib
-from collections import defaultdict
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from inventory.importer_schedule import blackout_dict, customer_terms, window_dict
-from inventory.models import AccessKind, AuditEvent, Cluster, Contact, Customer, Node, Release
-from inventory.windows import Blackout, MaintenanceWindow
-from scheduling.versions import Version, is_version
+from inventory.models import AuditEvent, Cluster, Customer, Node, Release
 
 
 class NotFound(LookupError):
@@ -86,86 +82,3 @@ def record_audit(
 
 def list_clusters(*, session: Session) -> list[Cluster]:
     return list(session.exec(select(Cluster).order_by(col(Cluster.name))))
-
-
-def _sort_key(version: str) -> tuple[int, Version | None, str]:
-    return (0, Version.parse(version), "") if is_version(version) else (1, None, version)
-
-
-def inventory_snapshot(*, session: Session) -> dict[str, Any]:
-    """Everything in the inventory as JSON-able data shaped like the inventory YAML file (same keys and
-    nesting, so it can be written back out and re-imported), in a stable order: customers and clusters by
-    name, contacts as imported, nodes in upgrade order, releases by version. No database ids. Schedule
-    keys (windows, blackouts, notice, requires_approval, vendor_blackouts) and portal_users appear only
-    when set."""
-    contacts: dict[int | None, list[Contact]] = defaultdict(list)
-    for contact in session.exec(select(Contact).order_by(col(Contact.id))):
-        contacts[contact.customer_id].append(contact)
-    nodes: dict[int | None, list[Node]] = defaultdict(list)
-    for node in session.exec(select(Node).order_by(col(Node.position))):
-        nodes[node.cluster_id].append(node)
-    clusters: dict[int | None, list[Cluster]] = defaultdict(list)
-    for cluster in list_clusters(session=session):
-        clusters[cluster.customer_id].append(cluster)
-    windows: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
-    for window in session.exec(select(MaintenanceWindow).order_by(col(MaintenanceWindow.id))):
-        windows[window.cluster_id].append(window_dict(window))
-    blackouts: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
-    for blackout in session.exec(select(Blackout).order_by(col(Blackout.start), col(Blackout.id))):
-        blackouts[blackout.customer_id].append(blackout_dict(blackout))
-    customers = [
-        {
-            "name": customer.name,
-            "timezone": customer.timezone,
-            "contacts": [{"email": c.email, "name": c.name, "role": c.role} for c in contacts[customer.id]],
-            "clusters": [
-                _cluster_dict(cluster, nodes[cluster.id]) | _some("windows", windows[cluster.id])
-                for cluster in clusters[customer.id]
-            ],
-            **customer_terms(customer),
-            **_some("blackouts", blackouts[customer.id]),
-            **_some("portal_users", _portal_users(customer.id, session)),
-        }
-        for customer in session.exec(select(Customer).order_by(col(Customer.name)))
-    ]
-    releases = sorted(session.exec(select(Release)), key=lambda r: _sort_key(r.version))
-    snapshot = {"customers": customers, "releases": [_release_dict(release) for release in releases]}
-    return snapshot | _some("vendor_blackouts", blackouts[None])
-
-
-def _portal_users(customer_id: int | None, session: Session) -> list[dict[str, Any]]:
-    from inventory.portal_tables import PortalUser
-
-    query = select(PortalUser).where(PortalUser.customer_id == customer_id).order_by(col(PortalUser.id))
-    return [{"email": user.email, "name": user.name} for user in session.exec(query)]
-
-
-def _some(key: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {key: items} if items else {}
-
-
-def _cluster_dict(cluster: Cluster, nodes: list[Node]) -> dict[str, Any]:
-    access: dict[str, Any] = {"type": str(cluster.access)}
-    if cluster.access == AccessKind.jump:
-        access |= {"host": cluster.jump_host, "port": cluster.jump_port, "user": cluster.jump_user}
-    return {
-        "name": cluster.name,
-        "kind": str(cluster.kind),
-        "version": cluster.version,
-        "profile": cluster.profile,
-        "ring": cluster.ring,
-        "access": access,
-        "nodes": [
-            {"hostname": n.hostname, "address": n.address, "port": n.port, "user": n.ssh_user} for n in nodes
-        ],
-    }
-
-
-def _release_dict(release: Release) -> dict[str, Any]:
-    return {
-        "version": release.version,
-        "package": release.package,
-        "sha256": release.sha256,
-        "from": list(release.upgradable_from),
-        "deadline": release.deadline.isoformat() if release.deadline else None,
-    }

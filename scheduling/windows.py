@@ -205,11 +205,6 @@ def parse_start(value: object) -> time:
     return time(int(match.group(1)), int(match.group(2)))
 
 
-# The old private name, until inventory/importer_rules.py (issue #20's importer rework) imports
-# `parse_start`; nothing else may use it.
-_parse_start = parse_start
-
-
 def parse_duration(value: object) -> timedelta:
     """ "4h", "90m", "2h30m", "1d" → timedelta (range checks are the caller's)."""
     text = _require_str(value, "duration").strip().lower().replace(" ", "")

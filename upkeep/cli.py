@@ -128,7 +128,7 @@ def inventory_import(
 def inventory_show(json: JsonOpt = False) -> None:
     """Customers, clusters, nodes and releases."""
     from inventory.db import session_scope
-    from inventory.repo import inventory_snapshot
+    from inventory.importer_db import inventory_snapshot
 
     with session_scope(_engine()) as session:
         snap = inventory_snapshot(session=session)

@@ -26,7 +26,7 @@ def parse_cli_time(text: str | None, what: str) -> datetime | None:
         raise CliError(f"{what} {text!r} is not an ISO 8601 time (e.g. 2026-11-23T08:00:00Z)") from None
     if when.tzinfo is None:
         raise CliError(f"{what} {text!r} has no time zone: add Z or an offset like +01:00")
-    from inventory.importer_rules import DATE_RANGE, in_date_range
+    from inventory.importer_model import DATE_RANGE, in_date_range
 
     if not in_date_range(when):
         raise CliError(f"{what} {text!r} is {DATE_RANGE}")

@@ -1,5 +1,5 @@
 """`upkeep release ...`: the release catalog (add, sync) and the monthly cloud release (plan, status,
-resume). Catalog entries are checked with the inventory file's own rules (`inventory.importer_rules`)
+resume). Catalog entries are checked with the inventory file's own model (`inventory.importer_model.Release`)
 and every entry is checked before any is written. Refusals are one line and exit 1.
 """
 
@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from inventory.importer_rules import RELEASE, VERSION, show
+from inventory.importer_model import Release, show
+from inventory.importer_yaml import explain
 from inventory.releases import ReleaseEntry, ReleaseError
 from upkeep.cli_common import JsonOpt
 from upkeep.console import CliError, console, print_json
@@ -35,46 +37,27 @@ def _engine() -> Engine:
 
 def check_entry(raw: Any, where: str) -> tuple[ReleaseEntry | None, list[str]]:
     """A release {"version", "package", "sha256", "from", ["deadline"], ["size"]} checked like the
-    inventory file's `releases:` items; each problem is prefixed with `where`."""
+    inventory file's `releases:` items (the same model); each problem is prefixed with `where`."""
     if not isinstance(raw, dict):
         return None, [f"{where}: expected an object with version, package, sha256 and from"]
-    problems = [f"{where}: unknown key {show(k)}" for k in sorted(set(raw) - {*RELEASE, "size"}, key=str)]
-    for key, (kind, check, required) in RELEASE.items():
-        value = raw.get(key)
-        if key not in raw:
-            problems += [f"{where}: {key} is missing"] if required else []
-        elif kind == "str" and not isinstance(value, str):
-            problems.append(f"{where}: {key} {show(value)} is not text")
-        elif kind == "seq" and not isinstance(value, list):
-            problems.append(f"{where}: {key} {show(value)} is not a list")
-        elif kind != "seq" and check is not None and (problem := check(value)):
-            problems.append(f"{where}: {key}: {problem}")
+    problems = []
+    try:
+        release = Release.model_validate({key: value for key, value in raw.items() if key != "size"})
+    except ValidationError as exc:
+        release = None
+        problems = [
+            f"{where}: {explain(error, root=Release).removeprefix('release: ')}"
+            for error in exc.errors(include_url=False)
+        ]
     size = raw.get("size", 0)
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         problems.append(f"{where}: size {show(size)} is not a byte count")
-    version = raw.get("version")
-    newest = version if isinstance(version, str) and not VERSION(version) else None
-    sources = raw["from"] if isinstance(raw.get("from"), list) else []
-    problems += _check_sources(sources, newest, where)
-    if problems:
+    if release is None or problems:
         return None, problems
-    return ReleaseEntry(raw["version"], raw["package"], raw["sha256"], sources, raw.get("deadline")), []
-
-
-def _check_sources(sources: list[Any], version: str | None, where: str) -> list[str]:
-    from scheduling.versions import Version
-
-    problems, seen = [], set()
-    for source in sources:
-        if not isinstance(source, str) or VERSION(source):
-            problems.append(f"{where}: from: {show(source)} is not a version (MAJOR.MINOR.PATCH)")
-        elif source in seen:
-            problems.append(f"{where}: from: {source} is listed twice")
-        elif version is not None and Version.parse(source) >= Version.parse(version):
-            problems.append(f"{where}: from: {source} is not older than {version}")
-        else:
-            seen.add(source)
-    return problems
+    entry = ReleaseEntry(
+        release.version, release.package, release.sha256, list(release.from_), release.deadline
+    )
+    return entry, []
 
 
 def parse_index(text: str, where: str) -> list[ReleaseEntry]:

@@ -286,7 +286,7 @@ def _previous_start(run_id: int, session: Session) -> str | None:
 
 def _when(text: str, zone: str, *, what: str = "--to") -> datetime:
     """An ISO date (midnight in `zone`) or date-time (without an offset: wall time in `zone`)."""
-    from inventory.importer_rules import DATE_RANGE, in_date_range
+    from inventory.importer_model import DATE_RANGE, in_date_range
     from scheduling.times import load_zone, resolve_local
 
     value = text.strip()

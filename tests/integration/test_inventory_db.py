@@ -17,6 +17,7 @@ from sqlmodel import select as select_rows
 import inventory.importer as importer
 from inventory.db import session_scope
 from inventory.importer import InventoryError, import_inventory
+from inventory.importer_db import inventory_snapshot
 from inventory.models import AuditEvent, Node, NodeStep, RunState, UpgradeRun
 from inventory.repo import (
     NotFound,
@@ -24,7 +25,6 @@ from inventory.repo import (
     customer_of,
     get_cluster,
     get_release,
-    inventory_snapshot,
     list_clusters,
     releases_map,
 )

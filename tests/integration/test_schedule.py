@@ -28,10 +28,10 @@ from flows.schedule import (
 from flows.schedule_calendar import calendar_view
 from inventory.db import session_scope
 from inventory.importer import import_inventory
+from inventory.importer_db import inventory_snapshot
 from inventory.installation import installation_id
 from inventory.models import UpgradeRun
 from inventory.outbox import Notice
-from inventory.repo import inventory_snapshot
 from inventory.runs import ActiveRunExists, mark_told
 from inventory.windows import Blackout, MaintenanceWindow
 from templates.ics import uid_for

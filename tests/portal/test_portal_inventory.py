@@ -15,9 +15,9 @@ from sqlmodel import select
 
 from inventory.db import session_scope
 from inventory.importer import InventoryError, import_inventory
+from inventory.importer_db import inventory_snapshot
 from inventory.portal_access import find_user, signed_in, start_session
 from inventory.portal_tables import PortalSession, PortalUser
-from inventory.repo import inventory_snapshot
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 

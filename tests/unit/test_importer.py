@@ -13,7 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inventory.importer import InventoryDoc, InventoryError, NodeSpec, load_inventory, show
+from inventory.importer import InventoryDoc, InventoryError, load_inventory
+from inventory.importer_model import Node, show
 
 SHA = "0123456789abcdef" * 4
 
@@ -82,12 +83,14 @@ def test_good_file_loads(tmp_path: Path) -> None:
     assert [c.email for c in acme.contacts] == ["ops@acme.example", "oncall+upkeep@acme.example"]
     assert acme.contacts[1].name == "" and acme.contacts[1].role == "escalation"
     c1, c2 = acme.clusters
-    assert (c1.profile, c1.ring, c1.access) == ("standard", "broad", {"type": "direct"})
-    assert c1.nodes[2] == NodeSpec("acme-c1-n3.dc1.acme.example", "acme-c1-n3.dc1.acme.example", 22, "upkeep")
+    assert (c1.profile, c1.ring, c1.access.model_dump()) == ("standard", "broad", {"type": "direct"})
+    assert c1.nodes[2] == Node(hostname="acme-c1-n3.dc1.acme.example")
+    assert (c1.nodes[2].endpoint, c1.nodes[2].port, c1.nodes[2].user) == (c1.nodes[2].hostname, 22, "upkeep")
     assert (c2.profile, c2.ring) == ("large_v2", "canary")
     jump = {"type": "jump", "host": "jump.acme.example", "port": 2222, "user": "upkeep"}
-    assert c2.access == umbrella.clusters[0].access == jump  # an alias of a shared access block is fine
-    assert [r.upgradable_from for r in doc.releases] == [["9.8.0"], ["9.8.0", "9.9.0"]]
+    # an alias of a shared access block is fine
+    assert c2.access.model_dump() == umbrella.clusters[0].access.model_dump() == jump
+    assert [r.from_ for r in doc.releases] == [["9.8.0"], ["9.8.0", "9.9.0"]]
     assert doc.releases[0].deadline is None
     assert doc.releases[1].deadline == datetime(2026, 12, 31, tzinfo=UTC)
     assert len(doc.sha256) == 64
@@ -252,7 +255,7 @@ def test_addresses_and_hostnames_that_are_accepted(tmp_path: Path) -> None:
         {"hostname": "10.0.0.4"},
     ]
     doc = load_inventory(write(tmp_path, one_cluster(nodes)))
-    addresses = [node.address for node in doc.customers[0].clusters[0].nodes]
+    addresses = [node.endpoint for node in doc.customers[0].clusters[0].nodes]
     assert addresses == [
         "fd00::1",
         "10.1.2.3",
@@ -479,28 +482,32 @@ customers:
 def test_schedule_keys_load(tmp_path: Path) -> None:
     from datetime import date
 
-    from inventory.importer import BlackoutSpec, WindowSpec
+    from inventory.importer_model import Blackout, Notice
 
     doc = load_inventory(write(tmp_path, GOOD_SCHEDULE))
     acme, umbrella = doc.customers
-    assert (acme.notice_hours_product, acme.notice_hours_cloud, acme.requires_approval) == (48, 336, True)
-    assert (umbrella.notice_hours_product, umbrella.requires_approval, umbrella.blackouts) == (
-        None,
-        False,
-        [],
-    )
-    assert acme.blackouts == [  # a customer's blackout is read in the customer's zone unless it names one
-        BlackoutSpec(date(2026, 11, 26), date(2026, 11, 27), "America/New_York", "Thanksgiving"),
-        BlackoutSpec(date(2027, 1, 1), date(2027, 1, 1), "Europe/Berlin", ""),
+    assert acme.notice is not None and umbrella.notice is None
+    hours = Notice.hours(acme.notice.product_update), Notice.hours(acme.notice.cloud_release)
+    assert (*hours, acme.requires_approval) == (48, 336, True)
+    assert (umbrella.requires_approval, umbrella.blackouts) == (False, [])
+
+    def blackout(b: Blackout, zone: str) -> tuple[Any, ...]:
+        return (b.start, b.end, b.timezone or zone, b.reason)
+
+    # a customer's blackout is read in the customer's zone unless it names one
+    assert [blackout(b, acme.timezone) for b in acme.blackouts] == [
+        (date(2026, 11, 26), date(2026, 11, 27), "America/New_York", "Thanksgiving"),
+        (date(2027, 1, 1), date(2027, 1, 1), "Europe/Berlin", ""),
     ]
-    assert acme.clusters[0].windows == [
-        WindowSpec(["tue", "thu"], "02:00", 240, ""),  # "" = the customer's zone
-        WindowSpec(["sat", "sun"], "22:30", 90, "Europe/Berlin"),
-        WindowSpec(["mon", "fri", "sat", "sun"], "01:05", 150, ""),
+    assert [(w.days, w.start, w.minutes, w.timezone) for w in acme.clusters[0].windows] == [
+        (["tue", "thu"], "02:00", 240, None),  # None = the customer's zone
+        (["sat", "sun"], "22:30", 90, "Europe/Berlin"),
+        (["mon", "fri", "sat", "sun"], "01:05", 150, None),
     ]
     assert acme.clusters[1].windows == []
-    assert doc.vendor_blackouts == [
-        BlackoutSpec(date(2026, 12, 24), date(2026, 12, 26), "UTC", "Year-end freeze")
+    assert doc.vendor_blackouts is not None
+    assert [blackout(b, "") for b in doc.vendor_blackouts] == [
+        (date(2026, 12, 24), date(2026, 12, 26), "UTC", "Year-end freeze")
     ]
     assert load_inventory(write(tmp_path, GOOD, "plain.yaml")).vendor_blackouts is None  # key absent
 
@@ -536,7 +543,7 @@ SCHEDULE_EXPECTED = {
     "vendor-zone": "vendor blackout: missing required key 'timezone'",
     "notice": "notice: product_update: '90m' is not a whole number of hours or days",
     "approval": "customer: requires_approval: expected true or false, got a string 'yes'",
-    "end-before-start": "blackout: end 2026-11-26 is before start 2026-11-27",
+    "end-before-start": "blackout: end: 2026-11-26 is before start 2026-11-27",
     "not-a-date": "blackout: start: '2026-11-27 10:00:00+00:00' is not a date",
     "blackout-zone": "blackout: timezone: 'Mars/Base' is not an IANA time zone",
     "day": "window: days: day 'thurs': expected a weekday name",
@@ -611,7 +618,10 @@ def test_customer_holidays_region_is_read_and_checked_with_its_line(tmp_path: Pa
         "    timezone: Australia/Lord_Howe\n    holidays: {country: au, subdivision: nsw}\n",
     )
     doc = load_inventory(write(tmp_path, good))
-    assert [c.holidays for c in doc.customers] == [None, ("AU", "NSW")]
+    assert [c.holidays and (c.holidays.country, c.holidays.subdivision) for c in doc.customers] == [
+        None,
+        ("AU", "NSW"),
+    ]
     bad = GOOD.replace(
         "    timezone: America/New_York\n",
         "    timezone: America/New_York\n    holidays:\n      country: US\n      subdivision: ZZ\n",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from inventory.importer import InventoryError, load_inventory
-from inventory.importer_portal import mailbox_key
+from inventory.importer_model import mailbox_key
 
 HEAD = """\
 customers:
@@ -43,7 +43,9 @@ def test_five_users_load_with_names(tmp_path: Path) -> None:
     path = tmp_path / "inv.yaml"
     path.write_text(HEAD + users(*(f"u{i}@acme.example" for i in range(1, 6))))
     [acme] = load_inventory(path).customers
-    assert [u[:2] for u in acme.portal_users] == [(f"u{i}@acme.example", f"User {i}") for i in range(1, 6)]
+    assert [(u.email, u.name) for u in acme.portal_users] == [
+        (f"u{i}@acme.example", f"User {i}") for i in range(1, 6)
+    ]
 
 
 def test_a_sixth_person_is_refused_at_its_line(tmp_path: Path) -> None:

@@ -124,6 +124,18 @@ def inventory_import(
         console.print(outcome.describe(), markup=False, soft_wrap=True)
 
 
+@inventory_app.command("schema")
+def inventory_schema() -> None:
+    """Print the inventory file's JSON Schema, for editors to validate and complete inventory YAML
+    (e.g. `upkeep inventory schema > inventory.schema.json`; yaml-language-server reads a
+    `# yaml-language-server: $schema=inventory.schema.json` first line)."""
+    import json as json_module
+
+    from inventory.importer_model import json_schema
+
+    print(json_module.dumps(json_schema(), indent=2))
+
+
 @inventory_app.command("show")
 def inventory_show(json: JsonOpt = False) -> None:
     """Customers, clusters, nodes and releases."""

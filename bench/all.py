@@ -4,7 +4,9 @@
 
 1. bench/fleet.py - Upkeep vs the bare-SSH floor vs Ansible on the lab (its own block in results.md);
 2. bench/plan_month.py --clusters 10000 - if present (a colleague's: the month's cloud-release plan);
-3. bench/notices.py -n 10000 - notices rendered, queued and delivered to a local SMTP server.
+3. bench/notices.py -n 10000 - notices rendered, queued and delivered to a local SMTP server;
+4. bench/dispatch_tick.py - one dispatcher tick over 1,000 / 10,000 / 100,000 planned updates on
+   PostgreSQL (its own block in results.md too).
 
 Each runs as its own process, its output shown as it comes; their last lines are collected into the
 "other benchmarks" block of results.md. The exit status is non-zero if any of them failed (the others
@@ -70,6 +72,10 @@ def main() -> None:
     finals.append(f"{last}  # {seconds:.0f} s with start-up, exit {code}")
     if code:
         failed.append("notices")
+    code, last, seconds = run([python, str(HERE / "dispatch_tick.py")])
+    finals.append(f"{last}  # {seconds:.0f} s with loading the data, exit {code}")
+    if code:
+        failed.append("dispatch_tick")
     write_others(finals)
     print("\n" + "\n".join(line for line in finals if not line.startswith("#")))
     if failed:

@@ -44,6 +44,9 @@ from inventory.types import utcnow
 
 REMINDERS = (("72h", timedelta(hours=72)), ("24h", timedelta(hours=24)))
 _CLAIM_BATCH = 50  # due runs read per query while looking for the next one to claim
+# Reminders queued per tick, earliest slot first; the rest stay due for the next tick (a minute later
+# with the default interval). The tick's outbox delivery is bounded the same way (500 notices).
+REMINDER_LIMIT = 500
 
 
 class Claim(NamedTuple):
@@ -141,14 +144,17 @@ def name_tick(now: datetime, result: dict[str, Any]) -> None:
     best_effort("tick name", rename)
 
 
-def _planned(session: Session) -> list[UpgradeRun]:
-    return list(
-        session.exec(
-            select(UpgradeRun)
-            .where(UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start).is_not(None))
-            .order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))
-        ).all()
+def _planned(session: Session, *, after: datetime | None = None, until: datetime) -> list[UpgradeRun]:
+    """Planned runs whose slot starts in (`after`, `until`], earliest first. Only that range is read
+    (index ix_upgraderun_state_slot): a tick must not load every planned run of the fleet."""
+    query = select(UpgradeRun).where(
+        UpgradeRun.state == RunState.planned,
+        col(UpgradeRun.slot_start).is_not(None),
+        col(UpgradeRun.slot_start) <= until,
     )
+    if after is not None:
+        query = query.where(col(UpgradeRun.slot_start) > after)
+    return list(session.exec(query.order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))).all())
 
 
 def reslot_missed(runtime: Runtime, now: datetime) -> list[int]:
@@ -162,9 +168,9 @@ def reslot_missed(runtime: Runtime, now: datetime) -> list[int]:
     moved = []
     with session_scope(runtime.engine) as session:
         missed = []
-        for run in _planned(session):
-            if run.slot_start is None or run.slot_start > now:
-                break  # earliest first: the rest are still to come
+        for run in _planned(session, until=now):  # slots that have begun
+            if run.slot_start is None:
+                continue
             if run.held_reason:
                 continue  # no valid slot: the re-check (flows/integrity.py) owns it
             # The window the slot opens, not the slot sized to the estimate: it is missed once the
@@ -191,18 +197,21 @@ def reslot_missed(runtime: Runtime, now: datetime) -> list[int]:
     return moved
 
 
-def send_reminders(runtime: Runtime, now: datetime) -> list[str]:
+def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIMIT) -> list[str]:
+    """Queue the reminders that are due, earliest slot first, at most `limit` per tick (the rest stay
+    due and go in the next ticks): 5,000 reminders falling due at once must not make one tick take
+    minutes, and a 72 h reminder runs an SSH pre-flight."""
     sent: list[str] = []
+    horizon = max(before for _, before in REMINDERS)
     with session_scope(runtime.engine) as session:
-        due = [
+        candidates = [
             (run, label)
-            for run in _planned(session)
+            for run in _planned(session, after=now, until=now + horizon)
             for label, before in REMINDERS
-            if run.slot_start
-            and not run.held_reason
-            and _reminder_due(run, before, now)
-            and not _queued(session, run, label)
+            if run.slot_start and not run.held_reason and _reminder_due(run, before, now)
         ]
+        queued = _queued_keys(session, [_reminder_key(run, label) for run, label in candidates])
+        due = [(run, label) for run, label in candidates if _reminder_key(run, label) not in queued][:limit]
     for run, label in due:
         summary = _preflight_summary(runtime, run) if label == "72h" else ""
         with session_scope(runtime.engine) as session:
@@ -243,9 +252,24 @@ def _reminder_due(run: UpgradeRun, before: timedelta, now: datetime) -> bool:
     return run.told_at is not None and run.told_at < moment <= now < run.slot_start
 
 
+def _reminder_key(run: UpgradeRun, label: str) -> str:
+    return idempotency_key(f"update-{run.id}", "reminder", run.notice_sequence, label)
+
+
 def _queued(session: Session, run: UpgradeRun, label: str) -> bool:
-    key = idempotency_key(f"update-{run.id}", "reminder", run.notice_sequence, label)
+    key = _reminder_key(run, label)
     return session.exec(select(Notice.id).where(Notice.idempotency_key == key)).first() is not None
+
+
+def _queued_keys(session: Session, keys: list[str], chunk: int = 1000) -> set[str]:
+    """Which of `keys` are queued already: one query per `chunk` keys instead of one per key."""
+    found: set[str] = set()
+    for at in range(0, len(keys), chunk):
+        part = keys[at : at + chunk]
+        found.update(
+            session.exec(select(Notice.idempotency_key).where(col(Notice.idempotency_key).in_(part)))
+        )
+    return found
 
 
 def _preflight_summary(runtime: Runtime, run: UpgradeRun) -> str:

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from inventory.types import UTCDateTime, utcnow
@@ -111,6 +111,11 @@ class Release(SQLModel, table=True):
 
 
 class UpgradeRun(SQLModel, table=True):
+    # The dispatcher's reads (migration 0010): planned runs by slot, running runs by lease.
+    __table_args__ = (
+        Index("ix_upgraderun_state_slot", "state", "slot_start", "id"),
+        Index("ix_upgraderun_state_lease", "state", "lease_until", "id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     cluster_id: int = Field(foreign_key="cluster.id", index=True)
     # Set to cluster_id while the run is active and NULL afterwards: a plain unique constraint then

@@ -1,0 +1,149 @@
+"""The dispatcher's tick on a fleet (issue #19), on SQLite and PostgreSQL, no lab: the reads it does
+per tick are bounded to the runs concerned (due now, reminders within 72 h), reminders are queued at
+most `limit` per tick earliest slot first with the rest left for the next tick, and the indexes those
+reads use exist after migration. Timing is bench/dispatch_tick.py's business, never asserted here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import event, inspect
+from sqlmodel import select
+
+from flows.dispatch import reslot_missed, send_reminders
+from flows.runtime import Runtime
+from inventory.db import session_scope
+from inventory.importer import import_inventory
+from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.outbox import Notice
+from inventory.runs import create_run
+from tasks.mail import OutboxDirTransport
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ALL_WEEK = {"days": "mon-sun", "start": "00:00", "duration": "24h"}
+
+
+def _fleet(engine: Any, tmp_path: Path, clusters: int) -> Runtime:
+    spec = {
+        "customers": [
+            {
+                "name": "acme",
+                "timezone": "UTC",
+                "contacts": [{"email": "ops@acme.example"}],
+                "clusters": [
+                    {
+                        "name": f"c{i:02d}",
+                        "kind": "software",
+                        "version": "9.8.0",
+                        "access": {"type": "direct"},
+                        "nodes": [{"hostname": f"c{i:02d}-n1"}],
+                        "windows": [ALL_WEEK],
+                    }
+                    for i in range(clusters)
+                ],
+            }
+        ],
+        "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
+    }
+    source = tmp_path / "fleet.yaml"
+    source.write_text(yaml.safe_dump(spec, sort_keys=False))
+    import_inventory(source, engine=engine, actor="test")
+    return Runtime(
+        engine=engine,
+        fileserver=None,  # type: ignore[arg-type]
+        ssh=None,  # type: ignore[arg-type]
+        work_dir=tmp_path,
+        mailer=OutboxDirTransport(tmp_path / "outbox"),
+        clock=lambda: NOW,
+    )
+
+
+def _plan(engine: Any, name: str, slot: datetime, told: datetime) -> int:
+    with session_scope(engine) as session:
+        cluster = session.exec(select(Cluster).where(Cluster.name == name)).one()
+        run = create_run(
+            cluster,
+            to_version="9.9.0",
+            source="schedule",
+            requested_by="t",
+            session=session,
+            state=RunState.planned,
+        )
+        run.slot_start, run.slot_end, run.notice_sequence, run.told_at = (
+            slot,
+            slot + timedelta(hours=1),
+            1,
+            told,
+        )
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        return run.id
+
+
+def _reminder_keys(engine: Any) -> list[str]:
+    with session_scope(engine) as session:
+        return sorted(
+            n.idempotency_key for n in session.exec(select(Notice).where(Notice.kind == "reminder"))
+        )
+
+
+def test_reminders_go_earliest_first_at_most_limit_per_tick_and_each_once(
+    engine: Any, tmp_path: Path
+) -> None:
+    runtime = _fleet(engine, tmp_path, 8)
+    # Five 24 h reminders due (slots 2-6 h ahead, announced 48 h before), out of order by cluster.
+    due = {
+        f"c{i:02d}": _plan(engine, f"c{i:02d}", NOW + timedelta(hours=6 - i), NOW - timedelta(hours=48))
+        for i in range(5)
+    }
+    # Not due: a slot 4 days out (no reminder yet), one that began already (the reslot check's).
+    _plan(engine, "c05", NOW + timedelta(days=4), NOW - timedelta(days=3))
+    _plan(engine, "c06", NOW - timedelta(minutes=5), NOW - timedelta(days=5))
+
+    first = send_reminders(runtime, NOW, limit=2)
+    # Earliest slot first: c04 (2 h ahead), then c03 (3 h).
+    assert first == [f"update-{due['c04']}:24h", f"update-{due['c03']}:24h"]
+    second = send_reminders(runtime, NOW, limit=2)
+    assert second == [f"update-{due['c02']}:24h", f"update-{due['c01']}:24h"]
+    third = send_reminders(runtime, NOW, limit=2)
+    assert third == [f"update-{due['c00']}:24h"]
+    assert send_reminders(runtime, NOW, limit=2) == []  # all queued: nothing twice
+    assert _reminder_keys(engine) == sorted(f"update-{run_id}:reminder:1:24h" for run_id in due.values())
+
+
+def test_a_tick_reads_only_the_runs_it_concerns(engine: Any, tmp_path: Path) -> None:
+    """Planned runs far ahead are never loaded by the reslot check or the reminders: each reads its
+    slot range (statements counted; the rows returned are the ones in range)."""
+    runtime = _fleet(engine, tmp_path, 6)
+    for i in range(5):  # weeks ahead: neither due nor reminded
+        _plan(engine, f"c{i:02d}", NOW + timedelta(days=10 + i), NOW - timedelta(days=1))
+    begun = _plan(engine, "c05", NOW - timedelta(minutes=1), NOW - timedelta(days=5))
+
+    loaded: list[int] = []
+
+    def rows(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT UPGRADERUN.ID") and "slot_start" in statement:
+            loaded.append(cursor.rowcount)
+
+    event.listen(engine, "after_cursor_execute", rows)
+    try:
+        assert reslot_missed(runtime, NOW) == []  # begun, with room left in its all-day window
+        assert send_reminders(runtime, NOW) == []
+    finally:
+        event.remove(engine, "after_cursor_execute", rows)
+    with session_scope(engine) as session:
+        assert session.get(UpgradeRun, begun).state == RunState.planned  # type: ignore[union-attr]
+    # Two range reads; the five far-ahead runs are in neither (SQLite reports -1 for SELECTs).
+    assert len(loaded) == 2
+    if engine.dialect.name == "postgresql":
+        assert loaded == [1, 0]
+
+
+def test_the_dispatcher_indexes_exist_after_migration(engine: Any) -> None:
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("upgraderun")}
+    assert indexes["ix_upgraderun_state_slot"] == ["state", "slot_start", "id"]
+    assert indexes["ix_upgraderun_state_lease"] == ["state", "lease_until", "id"]

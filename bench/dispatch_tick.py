@@ -263,9 +263,9 @@ def runtime_for(engine: Any, work: Path, now: datetime) -> Any:
 
 # The tick's steps, as flows/dispatch.py calls them (module attributes, looked up at call time).
 _STEPS = {
-    "flows.rollout": ["replan_skipped"],
     "flows.escalation": ["check_update_cadence"],
     "flows.dispatch": [
+        "replan_skipped",
         "reslot_missed",
         "send_reminders",
         "start_due_runs",

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from flows.alerts import alert_sre
+from flows.portal_welcome import portal_users, welcome_new_users
 from flows.rollout import ring_gate
 from flows.run_notices import VendorTerms, queue_run_notice, update_ref
 from flows.runtime import RuntimeNotConfigured, current
@@ -339,7 +340,10 @@ def import_and_recheck(
     doc = load_inventory(path)
     with Session(engine, expire_on_commit=False) as session:
         try:
+            users_before = portal_users(session)
             summary = apply_inventory(doc, session=session, actor=actor)
+            terms = vendor or VendorTerms.configured()
+            welcome_new_users(users_before, session=session, now=now, vendor=terms, notes=summary.notes)
             outcomes = recheck_planned(
                 now=now,
                 session=session,

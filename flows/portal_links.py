@@ -18,6 +18,7 @@ Pure: no database, no settings; the key and `now` are passed in.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +37,11 @@ class LinkProblem(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def mailbox_tag(mailbox: str) -> int:
+    """48 bits of the mailbox's SHA-256: which person a welcome link was made for."""
+    return int.from_bytes(hashlib.sha256(mailbox.encode()).digest()[:6], "big")
 
 
 def link_expiry(slot_end: datetime | None, now: datetime) -> datetime:
@@ -66,14 +72,17 @@ class PortalLinks:
             raise LinkProblem("expired")
         return int(data["c"])
 
-    def welcome_link(self, user_id: int, customer_id: int) -> str:
-        token = self._serializer(WELCOME_SALT).dumps({"u": user_id, "c": customer_id})
+    def welcome_link(self, user_id: int, customer_id: int, mailbox: str) -> str:
+        token = self._serializer(WELCOME_SALT).dumps(
+            {"u": user_id, "c": customer_id, "m": mailbox_tag(mailbox)}
+        )
         return f"{self.base_url}/signin/welcome?t={token}"
 
-    def read_welcome(self, token: str) -> tuple[int, int]:
-        """(user id, customer id) of a welcome link; LinkProblem('invalid') otherwise."""
-        data = self._load(WELCOME_SALT, token, ("u", "c"))
-        return int(data["u"]), int(data["c"])
+    def read_welcome(self, token: str) -> tuple[int, int, int]:
+        """(user id, customer id, mailbox tag) of a welcome link; LinkProblem('invalid') otherwise. The
+        tag ties the link to the person: a database may give a removed user's id to someone else."""
+        data = self._load(WELCOME_SALT, token, ("u", "c", "m"))
+        return int(data["u"]), int(data["c"]), int(data["m"])
 
     def _load(self, salt: str, token: str, keys: tuple[str, ...]) -> dict[str, int]:
         if not isinstance(token, str) or not 10 <= len(token) <= MAX_TOKEN:

@@ -32,7 +32,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from flows import portal_actions as actions
-from flows.portal_links import LinkProblem, PortalLinks
+from flows.portal_links import LinkProblem, PortalLinks, mailbox_tag
 from flows.schedule import ScheduleRefused, parse_update_ref
 from inventory import portal_access, repo
 from inventory.cases import CaseError
@@ -211,13 +211,15 @@ class Portal:
         """The link in the welcome email: the sign-in page for the address on file, or a clear refusal
         when the link is not ours or its user was removed (the link itself signs nobody in)."""
         try:
-            user_id, customer_id = self.portal_links.read_welcome(request.query_params.get("t", ""))
+            user_id, customer_id, tag = self.portal_links.read_welcome(request.query_params.get("t", ""))
         except LinkProblem:
             return self.refused_link(request, "invalid")
 
         def find(session: Any) -> str | None:
             user = session.get(PortalUser, user_id)
-            return user.email if user is not None and user.customer_id == customer_id else None
+            if user is None or user.customer_id != customer_id or mailbox_tag(user.mailbox) != tag:
+                return None  # removed (its id may have gone to someone else since)
+            return user.email
 
         email = await self.db(find)
         if email is None:

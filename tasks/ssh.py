@@ -7,6 +7,7 @@ or changed key is refused, never learned.
 
 from __future__ import annotations
 
+import base64
 import select
 import shlex
 import time
@@ -21,13 +22,28 @@ from fabric import Config, Connection
 
 @dataclass(frozen=True)
 class SshTarget:
-    """Where a node is and how to get there (directly, or through a jump host)."""
+    """Where a node is and how to get there (directly, through a jump host, or through the customer's
+    reverse tunnel: `via_tunnel`, where `jump` is the vendor's tunnel server and address:port the
+    node's forwarded port on it).
+
+    `host_key` ("ssh-ed25519 AAAA..."), when the inventory holds it, is the only key accepted; else
+    known_hosts decides. A tunnelled node is known by its name, like OpenSSH's HostKeyAlias: the
+    forwarded port says nothing about who answers on it."""
 
     name: str
     address: str
     port: int
     user: str
     jump: SshTarget | None = None
+    host_key: str | None = None
+    via_tunnel: bool = False
+
+    @property
+    def known_as(self) -> str:
+        """The name its host key is looked up under."""
+        if self.via_tunnel:
+            return self.name
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
 
     def __str__(self) -> str:
         return self.name
@@ -61,6 +77,10 @@ class RemoteError(Exception):
 
 class HostKeyError(RemoteError):
     """The node's host key is unknown or changed: refused, possibly a man-in-the-middle."""
+
+
+class TunnelClosed(RemoteError):
+    """The node's reverse tunnel is not open at the tunnel server: only the customer can open it."""
 
 
 class CommandTimeout(RemoteError):
@@ -122,6 +142,8 @@ class FabricRunner:
     def open(self) -> FabricRunner:
         try:
             self._conn.open()
+        except RemoteError:
+            raise
         except paramiko.BadHostKeyException as exc:
             raise HostKeyError(
                 self.host,
@@ -307,11 +329,42 @@ class _Connection(Connection):
     inline_ssh_env = None
 
 
+class _TunnelledConnection(_Connection):
+    """A node behind the customer's reverse tunnel: a direct-tcpip channel from the tunnel server to the
+    node's forwarded port, and the SSH session in it checked against the node's own name and key
+    (`host` is the node's name, `port` 22 so Paramiko looks its key up by that name alone)."""
+
+    forward_to: tuple[str, int] = ("", 0)
+
+    def open_gateway(self) -> paramiko.Channel:
+        gateway = self.gateway
+        assert isinstance(gateway, Connection)
+        gateway.open()
+        try:
+            return gateway.transport.open_channel(
+                kind="direct-tcpip", dest_addr=self.forward_to, src_addr=("", 0), timeout=self.connect_timeout
+            )
+        except paramiko.ChannelException as exc:
+            where = (
+                f"{self.forward_to[0]}:{self.forward_to[1]} on tunnel server {gateway.host}:{gateway.port}"
+            )
+            if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+                raise RemoteError(
+                    self.host, f"the tunnel server does not let Upkeep open {where} (its authorized_keys)"
+                ) from None
+            raise TunnelClosed(
+                self.host,
+                f"support tunnel closed: nothing listens on {where}; the customer must run "
+                f"`upkeep-agent tunnel start` on {self.host}",
+            ) from None
+
+
 def _connection(target: SshTarget, settings: SshSettings, gateway: Connection | None = None) -> Connection:
     # connect_kwargs must stay non-empty: given none, Fabric writes key_filename into the Config's own.
-    conn = _Connection(
-        host=target.address,
-        port=target.port,
+    tunnelled = target.via_tunnel and gateway is not None
+    conn = (_TunnelledConnection if tunnelled else _Connection)(
+        host=target.name if tunnelled else target.address,
+        port=22 if tunnelled else target.port,
         user=target.user,
         config=settings.config,
         gateway=gateway if gateway is not None else False,
@@ -325,8 +378,17 @@ def _connection(target: SshTarget, settings: SshSettings, gateway: Connection | 
         },
     )
     # Fabric's client auto-adds unknown keys; replace it with one that knows only our known_hosts.
+    if isinstance(conn, _TunnelledConnection):
+        conn.forward_to = (target.address, target.port)
     client = paramiko.SSHClient()
     client.load_host_keys(str(settings.known_hosts))
+    if target.host_key:  # the inventory's key, and no other, for this name
+        keys = client.get_host_keys()
+        keys.pop(target.known_as, None)
+        kind, _, blob = target.host_key.strip().partition(" ")
+        keys.add(
+            target.known_as, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob.split()[0]))
+        )
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     conn.client = client
     return conn

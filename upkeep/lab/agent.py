@@ -15,6 +15,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -24,7 +26,7 @@ from pathlib import Path
 
 USAGE = (
     "usage: upkeep-agent version | health | disk | stage PACKAGE SHA256 | upgrade VERSION"
-    " | logs collect --since ISO --until ISO"
+    " | logs collect --since ISO --until ISO | tunnel start|status|stop"
 )
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 # Fixed-width UTC stamps so `logs collect` can compare lines as bytes instead of parsing each one.
@@ -233,6 +235,166 @@ def _booted(node: Node) -> float:
         return (node.root / "agent.json").stat().st_mtime
 
 
+# -- the support tunnel: the customer starts, watches and stops it; Upkeep never does -------------------
+# `tunnel start` leaves a supervisor (this file, `tunnel _supervise`, in a session of its own) that keeps
+# `ssh -N -R 127.0.0.1:PORT:127.0.0.1:SSHD_PORT` to the vendor's tunnel server up, starting it again
+# when it exits; `stop` ends the supervisor's whole process group. Everything goes to logs/tunnel.log.
+TUNNEL_UP = "remote forward success"  # ssh -v's line once the server listens for us
+TUNNEL_WAIT = 15.0
+_RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def _tunnel_config(node: Node) -> dict[str, object]:
+    config = json.loads((node.root / "agent.json").read_text()).get("tunnel")
+    if not config:
+        raise Fail(EX_CONFIG, f"{node.hostname} has no support tunnel configured (agent.json)")
+    return dict(config)
+
+
+def _tunnel_log(node: Node, line: str) -> None:
+    (node.root / "logs").mkdir(exist_ok=True)
+    with open(node.root / "logs" / "tunnel.log", "a", encoding="utf-8") as fh:
+        fh.write(f"{stamp()} {node.hostname} tunnel[{os.getpid()}]: {line}\n")
+
+
+def _tunnel_pid(node: Node) -> int | None:
+    """The live supervisor's pid (its command line checked: a recycled pid is never taken for it)."""
+    try:
+        pid = int((node.root / "tunnel.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if b"_supervise" in cmdline and str(node.root).encode() in cmdline and state != "Z" else None
+
+
+def _ssh_argv(node: Node, config: dict[str, object]) -> list[str]:
+    return [
+        "ssh", "-N", "-v", "-E", str(node.root / "logs" / "tunnel.log"),
+        "-R", f"127.0.0.1:{config['listen_port']}:127.0.0.1:{config['sshd_port']}",
+        "-i", str(config["identity"]), "-p", str(config["server_port"]),
+        "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+        "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={config['known_hosts']}",
+        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+        "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ConnectTimeout=10", "-F", "/dev/null",
+        f"{config['user']}@{config['server_host']}",
+    ]  # fmt: skip
+
+
+def _supervise(node: Node) -> int:
+    config = _tunnel_config(node)
+    stopping: list[bool] = []
+    child: list[subprocess.Popen[bytes]] = []
+
+    def stop(_signum: int, _frame: object) -> None:
+        stopping.append(True)
+        for proc in child:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    attempt = 0
+    while not stopping:
+        proc = subprocess.Popen(_ssh_argv(node, config), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child[:] = [proc]
+        _tunnel_log(node, f"ssh started (pid {proc.pid}) to {config['server_host']}:{config['server_port']}")
+        started = time.monotonic()
+        code = proc.wait()
+        if stopping:
+            break
+        attempt = 0 if time.monotonic() - started > 60 else attempt + 1
+        pause = _RETRY[min(attempt, len(_RETRY) - 1)]
+        _tunnel_log(node, f"ssh exited {code}; starting it again in {pause:g} s")
+        deadline = time.monotonic() + pause
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+    _tunnel_log(node, "stopped")
+    return 0
+
+
+def _tunnel_since(node: Node) -> str | None:
+    """When the running ssh's forward was granted, from the tunnel log (None: not granted yet)."""
+    try:
+        lines = (node.root / "logs" / "tunnel.log").read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    since = started = None
+    for line in lines:
+        if " tunnel[" in line and "ssh started" in line:
+            since, started = None, line.split(" ", 1)[0]  # ssh's own lines carry no time
+        elif TUNNEL_UP in line and since is None:
+            since = started
+    return since
+
+
+def _ssh_alive(node: Node, supervisor: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == supervisor and fields[0] != "Z":
+                    return True
+    return False
+
+
+def cmd_tunnel(node: Node, action: str) -> tuple[int, str]:
+    pid = _tunnel_pid(node)
+    if action == "_supervise":
+        return _supervise(node), ""
+    if action == "status":
+        if pid is None:
+            return 3, "tunnel stopped"
+        since = _tunnel_since(node) if _ssh_alive(node, pid) else None
+        if since is None:
+            return 1, f"tunnel connecting (supervisor pid {pid}; see {node.root / 'logs' / 'tunnel.log'})"
+        return 0, f"tunnel up since {since} (supervisor pid {pid})"
+    if action == "stop":
+        if pid is None:
+            return 0, "tunnel already stopped"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _tunnel_pid(node) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _tunnel_pid(node) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        _tunnel_log(node, "stop asked by the customer")
+        return 0, "tunnel stopped"
+    if action != "start":
+        raise Fail(EX_USAGE, USAGE)
+    config = _tunnel_config(node)
+    if pid is not None:
+        return 0, f"tunnel already running (supervisor pid {pid})"
+    _tunnel_log(node, "start asked by the customer")
+    log = node.root / "logs" / "tunnel.log"
+    mark = log.stat().st_size
+    sup = subprocess.Popen(
+        [sys.executable, "-I", "-S", os.path.abspath(__file__), "tunnel", "_supervise", str(node.root)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env={"UPKEEP_NODE_DIR": str(node.root), "PATH": os.environ.get("PATH", "")},
+        cwd=node.root,
+    )  # fmt: skip
+    (node.root / "tunnel.pid").write_text(f"{sup.pid}\n")
+    deadline = time.monotonic() + TUNNEL_WAIT
+    while time.monotonic() < deadline:
+        with open(log, "rb") as fh:
+            fh.seek(mark)
+            text = fh.read().decode(errors="replace")
+        if TUNNEL_UP in text:
+            return (
+                0,
+                f"tunnel up: 127.0.0.1:{config['listen_port']} on {config['server_host']} (pid {sup.pid})",
+            )
+        if "exited" in text or sup.poll() is not None:
+            break
+        time.sleep(0.05)
+    problems = [ln for ln in text.splitlines() if "debug" not in ln][-5:]
+    return 1, "tunnel not up yet (it keeps trying; `upkeep-agent tunnel stop` ends it):\n" + "\n".join(
+        problems
+    )
+
+
 def dispatch(node: Node, argv: list[str]) -> tuple[int, str]:
     match argv:
         case ["version"]:
@@ -247,6 +409,8 @@ def dispatch(node: Node, argv: list[str]) -> tuple[int, str]:
             return cmd_upgrade(node, version)
         case ["logs", "collect", *rest]:
             return cmd_collect(node, rest)
+        case ["tunnel", action] | ["tunnel", "_supervise" as action, _]:
+            return cmd_tunnel(node, action)
     raise Fail(EX_USAGE, USAGE)
 
 

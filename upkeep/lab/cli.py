@@ -59,6 +59,10 @@ def _show(status: dict[str, Any], as_json: bool) -> None:
         _out.print(f"               CA {escape(fs['ca'])}")
     if jump:
         _out.print(f"  jump host    {jump['user']}@{jump['address']}:{jump['port']}  {_run(jump)}")
+    tunnel = status.get("tunnel")
+    if tunnel:
+        _out.print(f"  tunnel srv   {tunnel['user']}@{tunnel['address']}:{tunnel['port']}  {_run(tunnel)}")
+        _out.print("               customers open it: upkeep lab tunnel NODE start")
     _out.print(f"  inventory    {escape(status['inventory'])}")
     _out.print(f"  known_hosts  {escape(status['known_hosts'])}  key {escape(status['ssh_key'])}")
     if not status["nodes"]:
@@ -88,7 +92,9 @@ def up(
     upgrade_seconds: Annotated[float, typer.Option(help="How long each node's upgrade takes.")] = 0.2,
     health_delay: Annotated[float, typer.Option(help="Seconds a node reports 'starting' after.")] = 0.2,
     initial_version: Annotated[str, typer.Option(help="Version every node starts at.")] = "9.8.0",
-    access: Annotated[str, typer.Option(help="How the inventory reaches nodes: direct or jump.")] = "direct",
+    access: Annotated[
+        str, typer.Option(help="How the inventory reaches nodes: direct, jump or tunnel.")
+    ] = "direct",
     rings: Annotated[
         str | None, typer.Option(help=r"Comma-separated ring per cluster \[default: by kind].")
     ] = None,
@@ -149,6 +155,22 @@ def fault(
         print_json({"node": node, "fault": None if kind == "clear" else kind})
         return
     _out.print(f"{escape(node)}: {'fault cleared' if kind == 'clear' else f'fault {kind}'}")
+
+
+@app.command()
+def tunnel(
+    node: Annotated[str, typer.Argument(help="Node hostname, e.g. acme-c1-n2.")],
+    action: Annotated[str, typer.Argument(help="start, status or stop.")],
+    root: RootOption = None,
+) -> None:
+    """Be the customer on NODE: `upkeep-agent tunnel start|status|stop` there (lab up --access tunnel).
+    Upkeep itself never starts a tunnel."""
+    try:
+        code, out = _lab(root).tunnel(node, action)
+    except LabError as exc:
+        _fail(str(exc))
+    (_out if code == 0 else _err).print(f"{escape(node)}: {escape(out)}")
+    raise SystemExit(code)
 
 
 @app.command()

@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import os
 import re
 import shutil
+import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from upkeep.lab import node, procs, releases, sshd, topology
@@ -24,7 +27,9 @@ FAULTS = (
 )  # fmt: skip
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 # What `up` owns under the root (and wipes first, so no versions or faults survive a restart).
-_MANAGED = "nodes jump fileserver bin agent.py inventory.yaml known_hosts id_ed25519 id_ed25519.pub lab.json"
+_MANAGED = (
+    "nodes jump tunnel fileserver bin agent.py inventory.yaml known_hosts id_ed25519 id_ed25519.pub lab.json"
+)
 
 
 class Lab(LabRoot):
@@ -80,8 +85,23 @@ class Lab(LabRoot):
         hosts = [host for c in plan for host in c.nodes]
         specs = {host: self._spec(host, user) for host in hosts}
         jump = self._spec(None, user)
+        tunnel = access == "tunnel"
+        # Ports: file server, jump, tunnel server, every node's sshd, then every node's tunnel port.
+        ports = dict(
+            zip(
+                ["<fileserver>", "<jump>", "<tunnel>", *hosts, *(f"<tunnel>{h}" for h in hosts)],
+                procs.free_ports(2 * len(hosts) + 3),
+                strict=True,
+            )
+        )
+        tunnel_ports = {h: ports[f"<tunnel>{h}"] for h in hosts}
+        server = self._tunnel_spec(user, tuple(tunnel_ports.values()) if tunnel else ())
         node.install_agent(self.root)
-        sshd.keygen([self.ssh_key, jump.host_key, *(s.host_key for s in specs.values())])
+        identities = [self._tunnel_identity(h) for h in hosts] if tunnel else []
+        sshd.keygen(
+            [self.ssh_key, jump.host_key, *(s.host_key for s in specs.values())]
+            + ([server.host_key, *identities] if tunnel else [])
+        )
         client_pub = sshd.public_key(self.ssh_key) + " upkeep-lab-client\n"
         for spec in specs.values():
             node.prepare(spec, version, upgrade_seconds, health_delay, client_pub)
@@ -89,7 +109,9 @@ class Lab(LabRoot):
         jump.authorized_keys.write_text(client_pub)
         password = self.fileserver.prepare()
         index = releases.publish(self.fileserver_root)
-        ports = dict(zip(["<fileserver>", "<jump>", *hosts], procs.free_ports(len(hosts) + 2), strict=True))
+        if tunnel:
+            server.state_dir.mkdir(parents=True, exist_ok=True)
+            server.authorized_keys.write_text(_tunnel_authorized_keys(self, hosts, tunnel_ports))
         state: dict[str, Any] = {
             "root": str(self.root),
             "started_at": datetime.now(UTC).isoformat(),
@@ -98,34 +120,66 @@ class Lab(LabRoot):
             "access": access,
             "fileserver": {"port": ports["<fileserver>"], "user": FILESERVER_USER, "password": password},
             "jump": {"port": ports["<jump>"]},
+            "tunnel": {"port": ports["<tunnel>"]} if tunnel else None,
             "nodes": [
-                {"customer": c.customer, "cluster": c.name, "hostname": h, "port": ports[h]}
+                {
+                    "customer": c.customer,
+                    "cluster": c.name,
+                    "hostname": h,
+                    "port": ports[h],
+                    **({"tunnel_port": tunnel_ports[h]} if tunnel else {}),
+                }
                 for c in plan
                 for h in c.nodes
             ],
         }
         self._save(state)  # before any daemon starts, so `down` finds them even if we crash here
-        launched = {name: sshd.launch(spec, ports[name]) for name, spec in [("<jump>", jump), *specs.items()]}
+        daemons = {"<jump>": jump, **specs, **({"<tunnel>": server} if tunnel else {})}
+        launched = {name: sshd.launch(spec, ports[name]) for name, spec in daemons.items()}
         ports["<fileserver>"] = self.fileserver.start(ports["<fileserver>"])
         for name, launcher in launched.items():
-            ports[name] = sshd.await_ready(jump if name == "<jump>" else specs[name], ports[name], launcher)
+            ports[name] = sshd.await_ready(daemons[name], ports[name], launcher)
         state["fileserver"]["port"] = ports["<fileserver>"]
         state["jump"]["port"] = ports["<jump>"]
+        if tunnel:
+            state["tunnel"]["port"] = ports["<tunnel>"]
         for entry in state["nodes"]:
             entry["port"] = ports[entry["hostname"]]
         self._save(state)
         lines = [f"[{procs.LOCALHOST}]:{ports['<jump>']} {sshd.public_key(jump.host_key)}"]
         lines += [f"[{procs.LOCALHOST}]:{ports[h]} {sshd.public_key(specs[h].host_key)}" for h in hosts]
+        route: dict[str, Any] = {"type": "direct"}
+        extra: dict[str, dict[str, Any]] = {}
+        if access == "jump":
+            route = {"type": "jump", "host": procs.LOCALHOST, "port": ports["<jump>"], "user": user}
+        if tunnel:
+            server_key = sshd.public_key(server.host_key)
+            lines.append(f"[{procs.LOCALHOST}]:{ports['<tunnel>']} {server_key}")
+            # Through a tunnel a node is known by its name (HostKeyAlias), never by the forwarded port.
+            lines += [f"{h} {sshd.public_key(specs[h].host_key)}" for h in hosts]
+            route = {
+                "type": "tunnel",
+                "host": procs.LOCALHOST,
+                "port": ports["<tunnel>"],
+                "user": user,
+                "host_key": server_key,
+            }
+            extra = {
+                h: {"tunnel_port": tunnel_ports[h], "host_key": sshd.public_key(specs[h].host_key)}
+                for h in hosts
+            }
+            for h in hosts:
+                self._configure_tunnel(h, server_key, ports["<tunnel>"], user, tunnel_ports[h], ports[h])
         self.known_hosts.write_text("\n".join(lines) + "\n")
-        route = {"type": "jump", "host": procs.LOCALHOST, "port": ports["<jump>"], "user": user}
         data = topology.inventory(
             plan,
             kind=kind,
             version=version,
-            access=route if access == "jump" else {"type": "direct"},
+            access=route,
             ports=ports,
             user=user,
             releases=index,
+            node_extra=extra,
         )
         topology.write_inventory(self.inventory_path, data)
 
@@ -135,8 +189,60 @@ class Lab(LabRoot):
         with self._locked():
             self._stop_all()
 
+    # -- the customer's side of the support tunnel ------------------------------------------------------
+    def _tunnel_identity(self, hostname: str) -> Path:
+        return self.root / "nodes" / hostname / "tunnel" / "id_ed25519"
+
+    def _configure_tunnel(
+        self, hostname: str, server_key: str, server_port: int, user: str, listen: int, sshd_port: int
+    ) -> None:
+        """What the customer's node knows about the tunnel: the server (and its key), its own identity,
+        the port it is given there and its own sshd."""
+        node_dir = self.root / "nodes" / hostname
+        known = node_dir / "tunnel" / "known_hosts"
+        known.write_text(f"[{procs.LOCALHOST}]:{server_port} {server_key}\n")
+        config = json.loads((node_dir / "agent.json").read_text())
+        config["tunnel"] = {
+            "server_host": procs.LOCALHOST,
+            "server_port": server_port,
+            "user": user,
+            "listen_port": listen,
+            "sshd_port": sshd_port,
+            "identity": str(self._tunnel_identity(hostname)),
+            "known_hosts": str(known),
+        }
+        (node_dir / "agent.json").write_text(json.dumps(config) + "\n")
+
+    def tunnel(self, hostname: str, action: str) -> tuple[int, str]:
+        """Run `upkeep-agent tunnel ACTION` on the node, as the customer would there: (exit, output)."""
+        if action not in ("start", "status", "stop"):
+            raise LabError(f"unknown tunnel action {action!r} (start, status or stop)")
+        node_dir = self.node_dir(hostname)
+        env = {"UPKEEP_NODE_DIR": str(node_dir), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        proc = subprocess.run(
+            [str(self.root / "bin" / "upkeep-agent"), "tunnel", action],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+    def _stop_tunnels(self) -> None:
+        """The customers' tunnel supervisors (and their ssh), found by pid file and command line."""
+        nodes = self.root / "nodes"
+        for pidfile in nodes.glob("*/tunnel.pid") if nodes.is_dir() else []:
+            pid = procs.read_pid(pidfile, str(pidfile.parent))
+            if pid is not None:
+                procs.stop_tree(pid)
+
     def _stop_all(self) -> None:
         errors = []
+        try:
+            self._stop_tunnels()
+        except OSError as exc:
+            errors.append(f"tunnels: {exc}")
         for spec in self._all_specs():
             try:
                 sshd.stop(spec)
@@ -200,13 +306,16 @@ class Lab(LabRoot):
         """JSON-able view with live pids; never includes the file server password."""
         state = self._state() or {}
         fs, jump, user = state.get("fileserver"), state.get("jump"), state.get("user")
+        tunnel = state.get("tunnel")
+        tunnel_spec = self._tunnel_spec(user or "")
+        tunnel_pid = procs.read_pid(tunnel_spec.pidfile, str(tunnel_spec.conf))
         fs_pid = self.fileserver.pid()
         jump_spec = self._spec(None, user or "")
         jump_pid = procs.read_pid(jump_spec.pidfile, str(jump_spec.conf))
         nodes = [node.describe(self._spec(n["hostname"], user or ""), n) for n in state.get("nodes", [])]
         return {
             "root": str(self.root),
-            "up": bool(fs_pid or jump_pid or any(n["running"] for n in nodes)),
+            "up": bool(fs_pid or jump_pid or tunnel_pid or any(n["running"] for n in nodes)),
             "fileserver": fs
             and {
                 "url": f"https://{procs.LOCALHOST}:{fs['port']}",
@@ -226,5 +335,38 @@ class Lab(LabRoot):
                 "pid": jump_pid,
                 "running": jump_pid is not None,
             },
+            "tunnel": tunnel
+            and {
+                "address": procs.LOCALHOST,
+                "port": tunnel["port"],
+                "user": user,
+                "log": str(tunnel_spec.log),
+                "pid": tunnel_pid,
+                "running": tunnel_pid is not None,
+            },
             "nodes": nodes,
         }
+
+
+# Key options on the tunnel server. `restrict` takes everything (pty, agent, X11, forwarding, rc), then
+# `port-forwarding` gives forwarding back and permitlisten/permitopen narrow it. authorized_keys has no
+# "none" for them (OpenSSH 9.2 rejects the whole line), so the direction a key must not use is pinned to
+# a name that can never resolve (RFC 2606 .invalid). No key gets a shell: its command refuses.
+_NOWHERE = "nowhere.invalid:1"
+_NO_SHELL = 'command="echo this key only holds a support tunnel: no shell >&2; exit 1"'
+
+
+def _tunnel_authorized_keys(lab: Lab, hosts: list[str], ports: dict[str, int]) -> str:
+    lines = []
+    for host in hosts:
+        pub = sshd.public_key(lab._tunnel_identity(host))
+        lines.append(
+            f'restrict,port-forwarding,permitlisten="{procs.LOCALHOST}:{ports[host]}",'
+            f'permitopen="{_NOWHERE}",{_NO_SHELL} {pub} tunnel:{host}'
+        )
+    opens = ",".join(f'permitopen="{procs.LOCALHOST}:{ports[h]}"' for h in hosts)
+    lines.append(
+        f'restrict,port-forwarding,{opens},permitlisten="{_NOWHERE}",{_NO_SHELL} '
+        f"{sshd.public_key(lab.ssh_key)} upkeep"
+    )
+    return "\n".join(lines) + "\n"

@@ -81,6 +81,13 @@ class LabRoot:
             hostname, state_dir, user, state_dir / "authorized_keys", self.root / "bin", node_dir
         )
 
+    def _tunnel_spec(self, user: str, ports: tuple[int, ...] = ()) -> sshd.SshdSpec:
+        """The vendor's tunnel server (`up --access tunnel`); `ports`: the node ports it may forward."""
+        state_dir = self.root / "tunnel"
+        return sshd.SshdSpec(
+            "tunnel", state_dir, user, state_dir / "authorized_keys", self.root / "bin", tunnel_ports=ports
+        )
+
     def _all_specs(self) -> list[sshd.SshdSpec]:
         """Every sshd that may exist, including ones a half-finished `up` never recorded."""
         user = getpass.getuser()
@@ -88,7 +95,11 @@ class LabRoot:
         nodes = self.root / "nodes"
         if nodes.is_dir():
             names.update(p.name for p in nodes.iterdir() if (p / "sshd").is_dir())
-        return [self._spec(None, user), *(self._spec(name, user) for name in sorted(names))]
+        return [
+            self._spec(None, user),
+            self._tunnel_spec(user),
+            *(self._spec(name, user) for name in sorted(names)),
+        ]
 
     def _running(self) -> bool:
         return self.fileserver.pid() is not None or any(

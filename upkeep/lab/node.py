@@ -66,4 +66,5 @@ def describe(spec: sshd.SshdSpec, node: dict[str, Any]) -> dict[str, Any]:
         "pid": pid,
         "running": pid is not None,
         "fault": _text(node_dir / "fault"),
+        **({"tunnel_port": node["tunnel_port"]} if "tunnel_port" in node else {}),
     }

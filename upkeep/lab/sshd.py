@@ -35,6 +35,8 @@ class SshdSpec:
     authorized_keys: Path
     bin_dir: Path
     node_dir: Path | None = None
+    # The vendor's tunnel server (`lab up --access tunnel`): remote forwards only to the listed ports.
+    tunnel_ports: tuple[int, ...] | None = None
 
     @property
     def conf(self) -> Path:
@@ -102,7 +104,9 @@ def render_config(spec: SshdSpec, port: int) -> str:
         "LogLevel INFO",
         "PrintMotd no",
     ]
-    if spec.node_dir is not None:
+    if spec.tunnel_ports is not None:
+        lines += tunnel_server_lines(spec.tunnel_ports)
+    elif spec.node_dir is not None:
         # Relative SFTP paths land in the node's own incoming dir: the staging contract.
         lines.append(f"Subsystem sftp internal-sftp -d {spec.node_dir / 'incoming'}")
         search = f"{spec.bin_dir}:/usr/local/bin:/usr/bin:/bin"
@@ -115,6 +119,28 @@ def render_config(spec: SshdSpec, port: int) -> str:
     else:
         lines.append("Subsystem sftp internal-sftp")
     return "\n".join(lines) + "\n"
+
+
+def tunnel_server_lines(ports: tuple[int, ...]) -> list[str]:
+    """What makes an sshd a tunnel server: forwarding and nothing else. Per key, authorized_keys narrows
+    it further (`restrict`, one `permitlisten` per node identity, `permitopen` for Upkeep's); these
+    server-wide lists are the outer bound (sshd grants a forward only if both allow it, verified on
+    OpenSSH 9.2), so no key line, however written, can listen or open outside the tunnel ports."""
+    listen = " ".join(f"{procs.LOCALHOST}:{port}" for port in ports) or "none"
+    return [
+        "GatewayPorts no",  # forwarded ports bind to loopback only, whatever the client asks
+        "AllowAgentForwarding no",
+        "X11Forwarding no",
+        "PermitTTY no",
+        "PermitTunnel no",
+        "AllowStreamLocalForwarding no",
+        "PermitUserRC no",
+        f"PermitListen {listen}",
+        f"PermitOpen {listen}",
+        # A node that vanished (cable pulled, not a clean stop) frees its port within ~15 s.
+        "ClientAliveInterval 5",
+        "ClientAliveCountMax 3",
+    ]
 
 
 def launch(spec: SshdSpec, port: int) -> subprocess.Popen[bytes]:

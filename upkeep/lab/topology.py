@@ -19,7 +19,7 @@ KINDS = ("software", "cloud")
 # elapsed time in the customer's zone: on the day clocks go back, the last local hour (half hour at
 # Lord Howe) before midnight is outside.
 ALWAYS_OPEN = {"days": "mon-sun", "start": "00:00", "duration": "24h"}
-ACCESS = ("direct", "jump")
+ACCESS = ("direct", "jump", "tunnel")
 
 
 @dataclass
@@ -65,6 +65,7 @@ def inventory(
     ports: dict[str, int],
     user: str,
     releases: list[dict[str, Any]],
+    node_extra: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     customers: dict[str, dict[str, Any]] = {}
     for plan_ in clusters:
@@ -92,7 +93,13 @@ def inventory(
                 "ring": plan_.ring,
                 "access": dict(access),
                 "nodes": [
-                    {"hostname": host, "address": "127.0.0.1", "port": ports[host], "user": user}
+                    {
+                        "hostname": host,
+                        "address": "127.0.0.1",
+                        "port": ports[host],
+                        "user": user,
+                        **(node_extra or {}).get(host, {}),
+                    }
                     for host in plan_.nodes
                 ],
                 "windows": [dict(ALWAYS_OPEN)],

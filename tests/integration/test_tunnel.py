@@ -1,0 +1,184 @@
+"""The customer's reverse SSH tunnel on real parts: the lab's OpenSSH tunnel server, every node's sshd and
+the node agent's `tunnel start` running a real `ssh -N -R`. Upkeep reaches a node only through it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.ssh import FabricRunner, HostKeyError, RemoteError, SshSettings, SshTarget, TunnelClosed
+from upkeep.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    lab = Lab(tmp_path_factory.mktemp("tunnellab"))
+    try:
+        lab.up(clusters=2, nodes=2, access="tunnel", upgrade_seconds=0.1, health_delay=0.1)
+        yield lab
+    finally:
+        lab.down()
+
+
+def _nodes(lab: Lab) -> list[dict[str, Any]]:
+    nodes: list[dict[str, Any]] = lab.status()["nodes"]
+    return nodes
+
+
+def _inventory_node(lab: Lab, hostname: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    import yaml
+
+    data = yaml.safe_load(lab.inventory_path.read_text())
+    for customer in data["customers"]:
+        for cluster in customer["clusters"]:
+            for node in cluster["nodes"]:
+                if node["hostname"] == hostname:
+                    return cluster["access"], node
+    raise AssertionError(hostname)
+
+
+def _target(lab: Lab, hostname: str, host_key: str | None = None) -> SshTarget:
+    access, node = _inventory_node(lab, hostname)
+    server = SshTarget(
+        f"tunnel:{access['host']}",
+        access["host"],
+        access["port"],
+        access["user"],
+        host_key=access["host_key"],
+    )
+    return SshTarget(
+        hostname,
+        "127.0.0.1",
+        node["tunnel_port"],
+        node["user"],
+        server,
+        host_key=host_key or node["host_key"],
+        via_tunnel=True,
+    )
+
+
+def _settings(lab: Lab) -> SshSettings:
+    return SshSettings(known_hosts=lab.known_hosts, key_path=lab.ssh_key, connect_timeout=5.0)
+
+
+def _started(lab: Lab, hostname: str) -> None:
+    code, out = lab.tunnel(hostname, "start")
+    assert code == 0 and out.startswith(("tunnel up", "tunnel already running")), out
+
+
+def _ssh(lab: Lab, key: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    port = lab.status()["tunnel"]["port"]
+    argv = [
+        "ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port),
+        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={lab.known_hosts}", "-o", "ExitOnForwardFailure=yes",
+        "-o", "ConnectTimeout=5", *args,
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _identity(lab: Lab, hostname: str) -> Path:
+    return lab.node_dir(hostname) / "tunnel" / "id_ed25519"
+
+
+def test_upkeep_reaches_a_node_only_while_its_tunnel_is_open(tlab: Lab) -> None:
+    node = _nodes(tlab)[0]["hostname"]
+    assert tlab.tunnel(node, "status") == (3, "tunnel stopped")
+    with pytest.raises(TunnelClosed, match=f"the customer must run `upkeep-agent tunnel start` on {node}"):
+        FabricRunner(_target(tlab, node), _settings(tlab)).open()
+    _started(tlab, node)
+    code, out = tlab.tunnel(node, "status")
+    assert code == 0 and out.startswith("tunnel up since "), out
+    with FabricRunner(_target(tlab, node), _settings(tlab)) as runner:
+        result = runner.run(["upkeep-agent", "version"], timeout=10)
+        assert result.ok and result.stdout.strip() == "9.8.0"
+        # It is the node itself at the far end, not the tunnel server: its own agent answers.
+        assert runner.run(["printenv", "UPKEEP_NODE_DIR"], timeout=10).stdout.strip() == str(
+            tlab.node_dir(node)
+        )
+    assert tlab.tunnel(node, "stop") == (0, "tunnel stopped")
+    with pytest.raises(TunnelClosed):
+        FabricRunner(_target(tlab, node), _settings(tlab)).open()
+    log = (tlab.node_dir(node) / "logs" / "tunnel.log").read_text()
+    assert "start asked by the customer" in log and "stop asked by the customer" in log
+
+
+def test_a_forwarded_port_answering_with_another_key_is_refused(tlab: Lab) -> None:
+    first, second = (n["hostname"] for n in _nodes(tlab)[:2])
+    _started(tlab, first)
+    _started(tlab, second)
+    other_key = _inventory_node(tlab, second)[1]["host_key"]
+    # The tunnel is up and the port answers as SSH, but not with the key the inventory holds for it.
+    with pytest.raises(HostKeyError, match=f"host key CHANGED for {first}"):
+        FabricRunner(_target(tlab, first, host_key=other_key), _settings(tlab)).open()
+    # Same with the tunnel server's key: a server answering with another key is refused before any node.
+    access, _ = _inventory_node(tlab, first)
+    target = _target(tlab, first)
+    assert target.jump is not None
+    fake = SshTarget(target.name, target.address, target.port, target.user,
+                     SshTarget(target.jump.name, target.jump.address, target.jump.port, target.jump.user,
+                               host_key=other_key),
+                     host_key=target.host_key, via_tunnel=True)  # fmt: skip
+    with pytest.raises(HostKeyError, match=r"host key CHANGED for 127\.0\.0\.1 "):
+        FabricRunner(fake, _settings(tlab)).open()
+    assert access["host_key"] != other_key
+
+
+def test_a_tunnel_identity_cannot_listen_on_another_nodes_port(tlab: Lab) -> None:
+    nodes = _nodes(tlab)
+    mine, theirs = nodes[2], nodes[3]
+    assert tlab.tunnel(theirs["hostname"], "status")[0] == 3  # their port is free: only the key stops us
+    sshd_port = mine["port"]
+    denied = _ssh(
+        tlab, _identity(tlab, mine["hostname"]), "-N",
+        "-R", f"127.0.0.1:{theirs['tunnel_port']}:127.0.0.1:{sshd_port}", f"{mine['user']}@127.0.0.1",
+    )  # fmt: skip
+    assert denied.returncode == 255
+    assert f"remote port forwarding failed for listen port {theirs['tunnel_port']}" in denied.stderr
+    # ... and neither can Upkeep's own identity take a node's port (it may only open to them).
+    hijack = _ssh(
+        tlab, tlab.ssh_key, "-N",
+        "-R", f"127.0.0.1:{theirs['tunnel_port']}:127.0.0.1:{sshd_port}", f"{mine['user']}@127.0.0.1",
+    )  # fmt: skip
+    assert hijack.returncode == 255 and "remote port forwarding failed" in hijack.stderr
+    log = tlab.status()["tunnel"]["log"]
+    assert f"remote forward to host 127.0.0.1 port {theirs['tunnel_port']}, but the request was denied" in (
+        Path(log).read_text()
+    )
+
+
+def test_a_tunnel_identity_gets_no_shell_and_an_unknown_key_nothing(tlab: Lab, tmp_path: Path) -> None:
+    node = _nodes(tlab)[1]
+    shell = _ssh(tlab, _identity(tlab, node["hostname"]), f"{node['user']}@127.0.0.1", "id")
+    assert shell.returncode == 1 and "no shell" in shell.stderr and "uid=" not in shell.stdout
+    tty = _ssh(tlab, _identity(tlab, node["hostname"]), "-tt", f"{node['user']}@127.0.0.1")
+    assert tty.returncode != 0 and "uid=" not in tty.stdout
+    stranger = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    refused = _ssh(
+        tlab, stranger, "-N", "-R", f"127.0.0.1:{node['tunnel_port']}:127.0.0.1:{node['port']}",
+        f"{node['user']}@127.0.0.1",
+    )  # fmt: skip
+    assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr
+
+
+def test_the_lab_writes_a_tunnel_inventory(tlab: Lab) -> None:
+    access, node = _inventory_node(tlab, _nodes(tlab)[0]["hostname"])
+    assert access["type"] == "tunnel" and access["host_key"].startswith("ssh-ed25519 ")
+    assert node["tunnel_port"] == _nodes(tlab)[0]["tunnel_port"] and node["host_key"]
+    config = json.loads((tlab.node_dir(node["hostname"]) / "agent.json").read_text())["tunnel"]
+    assert config["listen_port"] == node["tunnel_port"] and config["sshd_port"] == node["port"]
+    with pytest.raises(RemoteError):  # nothing else on the tunnel server is Upkeep's to open
+        target = _target(tlab, node["hostname"])
+        FabricRunner(
+            SshTarget(target.name, "127.0.0.1", tlab.status()["tunnel"]["port"], target.user, target.jump,
+                      host_key=target.host_key, via_tunnel=True),
+            _settings(tlab),
+        ).open()  # fmt: skip

@@ -332,12 +332,14 @@ def import_and_recheck(
     now: datetime,
     vendor: VendorTerms | None = None,
     dry_run: bool = False,
+    role_addresses: frozenset[str] = frozenset(),
 ) -> tuple[ImportSummary, list[Outcome]]:
     """`upkeep inventory import [--dry-run]`: apply the file and re-check every planned update against
     the new inventory in ONE transaction, so the moves, notices and audit commit with the import (or
     not at all). A dry run does all of it and rolls back: the report is exactly what a real import
-    would do, and nothing is written."""
-    doc = load_inventory(path)
+    would do, and nothing is written. Portal users at a role address (`role_addresses`, local parts
+    such as support or noreply: the setting portal_role_addresses) are refused like any bad value."""
+    doc = load_inventory(path, role_addresses=role_addresses)
     with Session(engine, expire_on_commit=False) as session:
         try:
             users_before = portal_users(session)

@@ -50,9 +50,9 @@ __all__ = [
 ]
 
 
-def load_inventory(path: Path) -> InventoryDoc:
+def load_inventory(path: Path, *, role_addresses: frozenset[str] = frozenset()) -> InventoryDoc:
     """Parse and validate the whole file; raise InventoryError listing every problem."""
-    return read_inventory(path)
+    return read_inventory(path, role_addresses=role_addresses)
 
 
 def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> ImportSummary:

@@ -633,9 +633,13 @@ def _items(data: Any, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield i, item
 
 
-def cross_checks(data: Any, ok: Callable[[tuple[Any, ...]], bool]) -> list[Finding]:
-    """What no single entry shows: names and endpoints used twice, portal mailboxes shared. Works on the
-    file's data as read, looking only at values that passed their own checks (`ok(path)`)."""
+def cross_checks(
+    data: Any, ok: Callable[[tuple[Any, ...]], bool], role_addresses: frozenset[str] = frozenset()
+) -> list[Finding]:
+    """What no single entry shows: names and endpoints used twice, portal mailboxes shared, and portal
+    users whose local part is a role or distribution name in `role_addresses` (the setting
+    portal_role_addresses). Works on the file's data as read, looking only at values that passed their
+    own checks (`ok(path)`)."""
     found: list[Finding] = []
     firsts: dict[Any, tuple[Any, ...]] = {}
 
@@ -677,6 +681,14 @@ def cross_checks(data: Any, ok: Callable[[tuple[Any, ...]], bool]) -> list[Findi
                     message = f"node: address {show(address)} port {port} is already used by another node"
                     once(("endpoint", address_key(address), port), spot, message)
         _portal_users(customer, at, ok, owners, found)
+        for u, user in _items(customer, "portal_users") if role_addresses else ():
+            email_at = (*at, "portal_users", u, "email")
+            if ok(email_at) and (local := mailbox_key(user["email"]).rpartition("@")[0]) in role_addresses:
+                message = (
+                    f"portal user {show(user['email'])} is a role or distribution address ({local}@); "
+                    "portal users are people (the setting portal_role_addresses lists these names)"
+                )
+                found.append((email_at, message, None))
     for r, release in _items(data, "releases"):
         if ok(("releases", r, "version")):
             version = release["version"]

@@ -262,7 +262,7 @@ class InventoryYaml:
 
     # --- validating ---------------------------------------------------------------------------------
 
-    def validate(self) -> Inventory | None:
+    def validate(self, role_addresses: frozenset[str] = frozenset()) -> Inventory | None:
         """The file's Inventory, or None with every problem in `problems` (in line order)."""
         if not self.readable:
             return None
@@ -285,7 +285,7 @@ class InventoryYaml:
         def ok(path: Loc) -> bool:
             return not any(where[: len(path)] == path or path[: len(where)] == where for where in bad)
 
-        for where, message, first in cross_checks(self.data, ok):
+        for where, message, first in cross_checks(self.data, ok, role_addresses):
             if first is not None and "{first}" in message:
                 message = message.replace("{first}", f"line {self.line(first)}")
             elif first is not None:
@@ -374,8 +374,9 @@ class InventoryDoc:
         return self.inventory.oncall
 
 
-def read_inventory(path: Path) -> InventoryDoc:
-    """Read, parse and validate the whole file; raise InventoryError listing every problem."""
+def read_inventory(path: Path, *, role_addresses: frozenset[str] = frozenset()) -> InventoryDoc:
+    """Read, parse and validate the whole file; raise InventoryError listing every problem. Portal users
+    whose local part is in `role_addresses` are refused (issue #17: people, not role addresses)."""
     name = str(path)
     try:
         data = Path(path).read_bytes()
@@ -387,7 +388,7 @@ def read_inventory(path: Path) -> InventoryDoc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise InventoryError([Problem(name, line, f"not UTF-8 text (byte {data[exc.start]:#04x})")]) from None
     document = InventoryYaml(name, source)
-    inventory = document.validate()
+    inventory = document.validate(role_addresses)
     if inventory is None:
         raise InventoryError(document.problems)
     return InventoryDoc(Path(path), hashlib.sha256(data).hexdigest(), inventory, document.line)

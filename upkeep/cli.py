@@ -86,6 +86,7 @@ def inventory_import(
 
     from flows.integrity import import_and_recheck
     from flows.run_notices import VendorTerms
+    from upkeep.settings import load_settings
 
     summary, outcomes = import_and_recheck(
         file,
@@ -94,6 +95,7 @@ def inventory_import(
         now=datetime.now(UTC),
         vendor=VendorTerms.configured(),
         dry_run=dry_run,
+        role_addresses=load_settings().role_addresses(),
     )
     if json:
         print_json(

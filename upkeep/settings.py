@@ -20,6 +20,15 @@ def default_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "upkeep"
 
 
+# Role and distribution mailboxes, refused as portal users (who must be people): RFC 2142's and the
+# usual ones. The setting portal_role_addresses replaces the list; empty refuses none.
+ROLE_ADDRESSES = (
+    "abuse,admin,administrator,all,billing,contact,do-not-reply,donotreply,everyone,help,helpdesk,"
+    "hostmaster,info,mailer-daemon,marketing,no-reply,noc,noreply,postmaster,root,sales,security,"
+    "support,team,webmaster"
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UPKEEP_", extra="forbid", validate_default=True)
 
@@ -74,6 +83,11 @@ class Settings(BaseSettings):
     )
     portal_secret: SecretStr = Field(
         SecretStr(""), description="signs portal links; empty: <home>/portal.key, generated once (0600)"
+    )
+    portal_role_addresses: str = Field(
+        ROLE_ADDRESSES,
+        description="local parts refused as portal users (role or distribution addresses), comma-separated; "
+        "empty: none",
     )
     portal_link_minutes: int = Field(15, ge=1, le=1440, description="a sign-in link expires after this")
     portal_session_hours: float = Field(8.0, gt=0, le=720, description="a portal session ends after this")
@@ -151,6 +165,11 @@ class Settings(BaseSettings):
 
     def resolved_ssh_key(self) -> Path:
         return self.ssh_key or self.home / "id_ed25519"
+
+    def role_addresses(self) -> frozenset[str]:
+        """portal_role_addresses as lower-case local parts ('support', 'noreply', ...)."""
+        parts = (part.strip().lower().rstrip("@") for part in self.portal_role_addresses.split(","))
+        return frozenset(part for part in parts if part)
 
     def resolved_portal_secret(self) -> bytes:
         """UPKEEP_PORTAL_SECRET, else the key in <home>/portal.key (made on first use, owner-only)."""
@@ -272,6 +291,7 @@ ECHOED = frozenset(
         "health_timeout",
         "portal_link_minutes",
         "portal_session_hours",
+        "portal_role_addresses",
     }
 )
 

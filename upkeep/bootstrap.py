@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -138,58 +137,35 @@ def configure_from_settings() -> None:
 
 @contextmanager
 def quiet_prefect() -> Iterator[None]:
-    """Prefect settings for flows run from the CLI: no 1 s heartbeat wait at the end of each run,
-    and (without `--verbose`) no tracebacks on the terminal: a failed task's log line keeps its first
-    line, the Prefect UI keeps the whole traceback."""
+    """Prefect settings for flows run from the CLI: no 1 s heartbeat wait at the end of each run, and
+    (without `--verbose`) none of Prefect's own log lines on the terminal: the CLI shows progress from
+    our record (upkeep/progress.py) and the outcome; the Prefect UI keeps every line, tracebacks too."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from upkeep.console import verbose
 
     temporary_server_dies_with_us()
-    wrapped: list[tuple[logging.Handler, logging.Formatter | None]] = []
     if not verbose():
-        wrapped = _brief_console_logs()
-    try:
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-    finally:
-        for handler, formatter in wrapped:
-            handler.formatter = formatter
+        # Not restored after: the temporary server's "Stopping ..." line comes at the process's exit.
+        _silence_console_logs()
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
-class _Brief(logging.Formatter):
-    """Formats a record as the wrapped formatter would, without its traceback (a copy is formatted:
-    other handlers, e.g. Prefect's API log handler, still see the whole record)."""
-
-    def __init__(self, inner: logging.Formatter | None) -> None:
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        brief = copy.copy(record)
-        brief.exc_info, brief.exc_text, brief.stack_info = None, None, None
-        message = record.getMessage()
-        if TRACEBACK in message:
-            brief.msg, brief.args = message.split(TRACEBACK, 1)[0].rstrip(), None
-        return self.inner.format(brief)
-
-
-TRACEBACK = "Traceback (most recent call last)"
-
-
-def _brief_console_logs() -> list[tuple[logging.Handler, logging.Formatter | None]]:
-    """Wrap the formatter of every Prefect console handler in `_Brief`; returns what to restore."""
+def _silence_console_logs() -> list[tuple[logging.Handler, int]]:
+    """Raise every Prefect console handler above CRITICAL (its API log handler, the UI's, is left
+    alone); returns what to restore."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger()] + [
         logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
     ]
-    wrapped: list[tuple[logging.Handler, logging.Formatter | None]] = []
+    silenced: list[tuple[logging.Handler, int]] = []
     for handler in {id(h): h for logger in loggers for h in logger.handlers}.values():
-        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _Brief):
-            wrapped.append((handler, handler.formatter))
-            handler.formatter = _Brief(handler.formatter)
-    return wrapped
+        if isinstance(handler, PrefectConsoleHandler) and handler.level <= logging.CRITICAL:
+            silenced.append((handler, handler.level))
+            handler.setLevel(logging.CRITICAL + 1)
+    return silenced
 
 
 def temporary_server_dies_with_us() -> None:

@@ -227,9 +227,10 @@ def dispatch(
     Deployments run the same flow every minute on a worker; this is for a single machine or cron."""
     from flows.dispatch import dispatch as dispatch_flow
     from upkeep.bootstrap import quiet_prefect
+    from upkeep.progress import runs_held_by_this_process, watch
 
-    _engine()
-    with quiet_prefect():
+    progress = watch(_engine(), runs_held_by_this_process(), console=console, enabled=not json)
+    with quiet_prefect(), progress:
         result = dispatch_flow(max_running=max_running)
     if json:
         print_json(result)

@@ -179,12 +179,14 @@ def _carry_out(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, 
     from flows import lease
     from flows.product_update import product_update
     from upkeep.bootstrap import quiet_prefect
+    from upkeep.progress import watch
 
     with session_scope(engine) as session:
         case = get_run(run_id, session=session).case_ref
     tags = [f"customer:{plan.customer}", f"cluster:{plan.cluster}", "source:cli"]
     tags += [f"case:{case}"] if case else []
-    with quiet_prefect(), prefect.tags(*tags):
+    progress = watch(engine, lambda _: [run_id], console=console, enabled=not as_json)
+    with quiet_prefect(), prefect.tags(*tags), progress:
         try:
             state = product_update(
                 cluster=plan.cluster,

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,16 @@ TARGET = "9.10.0"
 RUN_TIMEOUT = 300.0  # generous: a loaded 2-core CI machine, not a performance claim
 CLUSTER_LIMIT = "upkeep-clusters"
 CONCURRENCY = 4
+RELEASE_RINGS = ["canary", "early"]  # the monthly release test's clusters, in ring order
 
 
 @pytest.fixture(scope="session")
 def deploy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("deploylab"))
-    # Cloud clusters: the first serves the product-update test; the next 12 are the monthly release's,
-    # four per ring.
+    # Cloud clusters: the first serves the product-update test; the next two are the monthly release's,
+    # one canary and one early (ring order needs two rings; each more ring costs a minute of window).
     # The last two: the failed-run, retry and same-tags test (upgraded before the monthly release plans).
-    rings = ["broad"] + ["canary"] * 4 + ["early"] * 4 + ["broad"] * 4 + ["broad"] * 2
+    rings = ["broad", *RELEASE_RINGS, "broad", "broad"]
     lab.up(clusters=len(rings), nodes=3, kind="cloud", rings=rings, upgrade_seconds=0.1, health_delay=0.1)
     try:
         yield lab
@@ -55,9 +57,9 @@ def worker_env(deploy_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dic
     env = {f"UPKEEP_{k.upper()}": str(v) for k, v in deploy_lab.settings_overrides().items()}
     env["UPKEEP_HOME"] = str(tmp_path_factory.mktemp("deploy-home"))
     env["UPKEEP_CLUSTER_LIMIT"] = CLUSTER_LIMIT
-    # Slots sized to the lab's quick upgrades (1.5 min a cluster), so each ring's slot fits before the
-    # next ring's window start (see _open_windows_now) instead of a 30-minute default estimate.
-    env["UPKEEP_PER_NODE_MINUTES"] = "0.5"
+    # Slots sized to the lab's quick upgrades: 3 nodes x 0.3 min end within a minute, so the next ring's
+    # slot is the next minute's window start (see _open_windows_now), not 30 minutes on.
+    env["UPKEEP_PER_NODE_MINUTES"] = "0.3"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
     subprocess.run(
         [sys.executable, "-m", "upkeep", "inventory", "import", str(deploy_lab.inventory_path)],
@@ -245,76 +247,157 @@ def test_scheduled_deployments_get_scheduled_runs(prefect_server: PrefectServer)
     assert count > 0, f"no scheduled flow runs; server log:\n{_tail(prefect_server.log, 30)}"
 
 
-def _open_windows_now(engine: Any) -> datetime:
-    """Every cloud customer: no notice period for cloud releases and a window opening at the next
-    minute (slots start at window starts), so the monthly release runs now instead of in a week. A
-    ring is announced only after the earlier ring's last slot ends (plus its soak, 0 here): each ring's
-    windows open 2 minutes after the previous ring's, later than its 1.5-minute slots end."""
+def _open_windows_now(engine: Any, clusters: list[str]) -> None:
+    """The monthly release's `clusters` get a window opening at each of the next few minutes (slots
+    start at window starts, and a window start is a whole minute), and every cloud customer no notice
+    period for cloud releases, so the release runs now instead of in a week: the canary's slot is the
+    first minute after planning, and the early ring's the next (its slot may not start before the
+    canary's ends, plus the soak, 0 here). Other clusters keep their daily window: were one of them not
+    yet on the release (this test run alone), its slot is next midnight, outside this test."""
     from inventory.models import Cluster, Customer
     from inventory.windows import MaintenanceWindow
 
-    start = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
-    offset = {"canary": 0, "early": 2, "broad": 4}
+    first = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
     with session_scope(engine) as session:
         for customer in session.exec(select(Customer)).all():
             customer.notice_hours_cloud = 0
             session.add(customer)
-        rings = {c.id: c.ring for c in session.exec(select(Cluster)).all()}
-        for window in session.exec(select(MaintenanceWindow)).all():
-            opens = start + timedelta(minutes=offset.get(rings.get(window.cluster_id, ""), 0))
-            window.days, window.start, window.timezone = DAYS, f"{opens:%H:%M}", "UTC"
-            window.duration_minutes = 6 * 60
-            session.add(window)
-    return start
+        ids = session.exec(select(Cluster.id).where(col(Cluster.name).in_(clusters))).all()
+        for window in session.exec(
+            select(MaintenanceWindow).where(col(MaintenanceWindow.cluster_id).in_(ids))
+        ).all():
+            session.delete(window)
+        for cluster_id in ids:
+            assert cluster_id is not None
+            for minute in range(5):
+                opens = first + timedelta(minutes=minute)
+                session.add(
+                    MaintenanceWindow(
+                        cluster_id=cluster_id,
+                        days=DAYS,
+                        start=f"{opens:%H:%M}",
+                        duration_minutes=6 * 60,
+                        timezone="UTC",
+                    )
+                )
 
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
-@pytest.mark.skipif(
-    not os.environ.get("UPKEEP_SOAK"),
-    reason="rings are now announced after the earlier ring's last slot plus soak; this end-to-end run "
-    "outgrew make test's 300 s per test (it timed out at 300 s twice under load on 2026-12-04) and is "
-    "run with UPKEEP_SOAK=1 until it is reshaped (see issue #15's note)",
-)
-@pytest.mark.timeout(1200)
+def _wait_for(condition: Any, what: str, timeout: float = RUN_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout  # bounds a hang, not a performance claim
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s, still not {what}"
+        time.sleep(0.5)
+
+
+@contextmanager
+def _scheduled_dispatch_paused(server: PrefectServer) -> Iterator[None]:
+    """The dispatch deployment's 60 s schedule paused (the server deletes its scheduled runs; one a
+    worker already took is waited out) and resumed after: the test's own ticks are then the only ones,
+    so it chooses what a tick finds due."""
+    api = server.api_url
+    with httpx.Client(timeout=10) as http:
+        reply = http.get(f"{api}/deployments/name/dispatch/dispatch")
+        reply.raise_for_status()
+        deployment = reply.json()["id"]
+        http.post(f"{api}/deployments/{deployment}/pause_deployment").raise_for_status()
+        try:
+            query = {
+                "deployments": {"id": {"any_": [deployment]}},
+                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}},
+            }
+
+            def idle() -> bool:
+                reply = http.post(f"{api}/flow_runs/count", json=query)
+                reply.raise_for_status()
+                return reply.json() == 0
+
+            _wait_for(idle, "free of scheduled dispatch ticks")
+            yield
+        finally:
+            http.post(f"{api}/deployments/{deployment}/resume_deployment").raise_for_status()
+
+
 def test_monthly_cloud_release_rolls_out_in_rings_on_workers(
     prefect_server: PrefectServer, deploy_lab: Lab, worker_env: dict[str, str]
 ) -> None:
-    engine = cli_engine(worker_env)
-    window_opens = _open_windows_now(engine)
+    """The monthly release on the real server: planned by its deployment on a worker, each ring slotted
+    after the one before, started by the dispatcher's deployment (a later ring held by the start gate
+    while an earlier ring's update is in flight), and the dispatcher-started runs carry the same tag
+    set as CLI and deployment runs."""
+    with _scheduled_dispatch_paused(prefect_server):
+        _monthly_cloud_release(prefect_server, deploy_lab, worker_env)
 
+
+def _monthly_cloud_release(prefect_server: PrefectServer, deploy_lab: Lab, env: dict[str, str]) -> None:
+    from inventory.outbox import Notice
+
+    names = list(dict.fromkeys(node["cluster"] for node in deploy_lab.status()["nodes"]))
+    canary, early = names[1 : 1 + len(RELEASE_RINGS)]
+    engine = cli_engine(env)
+    _open_windows_now(engine, [canary, early])
+
+    began = time.monotonic()
     planned = _run_deployment(
         prefect_server,
         "cloud-release/monthly-cloud-release",
         {"version": TARGET, "soak_minutes": 0, "max_concurrent": CONCURRENCY},
     )
     assert planned.state is not None and planned.state.is_completed(), _tail(prefect_server.worker_log)
-    time.sleep(max(0.0, (window_opens - datetime.now(UTC)).total_seconds()) + 1)
 
-    deadline = time.monotonic() + 900  # bounds a hang, not a performance claim
-    while time.monotonic() < deadline:  # the dispatcher's schedule, ticked faster than its 60 s
-        _run_deployment(
+    def runs() -> dict[str, tuple[UpgradeRun, Cluster]]:
+        with session_scope(engine) as session:
+            rows = session.exec(
+                select(UpgradeRun, Cluster)
+                .join(Cluster, col(Cluster.id) == col(UpgradeRun.cluster_id))
+                .where(UpgradeRun.kind == "cloud_release", col(Cluster.name).in_([canary, early]))
+            ).all()
+        return {cluster.name: (run, cluster) for run, cluster in rows}
+
+    slotted = runs()
+    assert sorted(slotted) == sorted([canary, early]), slotted
+    first, second = slotted[canary][0], slotted[early][0]
+    assert first.slot_start is not None and first.slot_end is not None and second.slot_start is not None
+    assert second.slot_start >= first.slot_end, "the early ring was slotted before the canary's slot ended"
+
+    def tick() -> None:  # the dispatcher's schedule, ticked when there is something to do
+        done = _run_deployment(
             prefect_server, "dispatch/dispatch", {"via_deployments": True, "max_running": CONCURRENCY}
         )
-        with session_scope(engine) as session:
-            runs = session.exec(select(UpgradeRun).where(UpgradeRun.kind == "cloud_release")).all()
-            if runs and all(not RunState(r.state).active for r in runs):
-                break
-        time.sleep(2)
+        assert done.state is not None and done.state.is_completed(), _tail(prefect_server.worker_log)
 
+    # The first tick only once both slots have come: the canary starts, and the early ring (due, with
+    # room under max_running) is held by the start gate because the canary is in flight.
+    planned_after = time.monotonic() - began
+    _wait_for(lambda: datetime.now(UTC) >= second.slot_start, "at the early ring's slot")
+    due_after = time.monotonic() - began
+    tick()
+    after = runs()
+    assert after[canary][0].state is not RunState.planned, "the due canary was not started"
+    assert after[early][0].state is RunState.planned, "the early ring started with the canary in flight"
+
+    deadline = time.monotonic() + RUN_TIMEOUT  # bounds a hang, not a performance claim
+    while True:
+        states = [run.state for run, _ in runs().values()]
+        if not any(RunState(state).active for state in states):
+            break
+        assert time.monotonic() < deadline, f"release runs still {states} after {RUN_TIMEOUT:.0f} s"
+        if RunState.running in states:
+            time.sleep(0.5)  # a run of this release is in flight: nothing for a tick to start yet
+        else:
+            tick()
+
+    rows = list(runs().values())
+    print(
+        f"\nmonthly release: planned after {planned_after:.0f} s, both rings due after {due_after:.0f} s, "
+        f"both done after {time.monotonic() - began:.0f} s"
+    )
     with session_scope(engine) as session:
-        rows = session.exec(
-            select(UpgradeRun, Cluster)
-            .join(Cluster, col(Cluster.id) == col(UpgradeRun.cluster_id))
-            .where(UpgradeRun.kind == "cloud_release")
-        ).all()
-        from inventory.outbox import Notice
-
         scheduled = {
             n.update_ref: n for n in session.exec(select(Notice).where(Notice.kind == "scheduled")).all()
         }
-    assert len(rows) == 12, [c.name for _, c in rows]
     for run, _ in rows:  # started by the dispatcher: the same tag set as CLI and deployment runs
         tags = _flow_run_tags(prefect_server, run.flow_run_id)
         assert _tag_keys(tags) >= SAME_TAGS | {"release"} and "source:release" in tags, tags
@@ -327,13 +410,7 @@ def test_monthly_cloud_release_rolls_out_in_rings_on_workers(
         assert [len(deploy_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1], cluster.name
         notice = scheduled[f"update-{run.id}"]  # every customer was told before their slot
         assert run.slot_start is not None and notice.created_at <= run.slot_start
-    # Never more than CONCURRENCY clusters at once, and each ring only after the previous one finished.
-    spans: list[tuple[datetime, datetime, str]] = []
-    for run, cluster in rows:
-        assert run.started_at is not None and run.finished_at is not None
-        spans.append((run.started_at, run.finished_at, cluster.ring))
-    for start, _, _ in spans:
-        assert sum(1 for s, f, _ in spans if s <= start < f) <= CONCURRENCY
-    for earlier, later in (("canary", "early"), ("early", "broad")):
-        done = max(f for _, f, ring in spans if ring == earlier)
-        assert all(s >= done for s, _, ring in spans if ring == later)
+    # The early ring started only after the canary finished.
+    done = {cluster.ring: run for run, cluster in rows}
+    assert done["canary"].finished_at is not None and done["early"].started_at is not None
+    assert done["early"].started_at >= done["canary"].finished_at

@@ -275,6 +275,8 @@ class Part(BaseModel):
 
 
 class Contact(Part):
+    """Someone the customer wants told about updates (notices go to every contact)."""
+
     WHAT: ClassVar[str] = "contact"
     email: Email
     name: Text128 = ""
@@ -282,6 +284,8 @@ class Contact(Part):
 
 
 class Node(Part):
+    """A machine of the cluster, reached over SSH; nodes are upgraded in the order listed."""
+
     WHAT: ClassVar[str] = "node"
     hostname: Hostname
     address: Annotated[
@@ -298,11 +302,15 @@ class Node(Part):
 
 
 class Direct(Part):
+    """Upkeep connects to the nodes directly."""
+
     WHAT: ClassVar[str] = "access"
     type: Literal["direct"]
 
 
 class Jump(Part):
+    """Upkeep connects to the nodes through an SSH jump host."""
+
     WHAT: ClassVar[str] = "access"
     type: Literal["jump"]
     host: Annotated[str, checked(_rule(is_hostname, "a hostname or an IPv4 address"))]
@@ -311,7 +319,7 @@ class Jump(Part):
 
 
 class Window(Part):
-    """A weekly maintenance window. `days` and `start` are normalised ('tue,thu' -> ['tue', 'thu'])."""
+    """A weekly maintenance window, in the cluster's customer's zone unless it names one."""
 
     WHAT: ClassVar[str] = "window"
     days: Annotated[
@@ -341,7 +349,7 @@ class Window(Part):
 
 
 class Blackout(Part):
-    """Whole days, inclusive, read in `timezone`."""
+    """Whole days, inclusive, on which the customer is not updated."""
 
     WHAT: ClassVar[str] = "blackout"
     start: Day
@@ -359,6 +367,8 @@ class Blackout(Part):
 
 
 class VendorBlackout(Blackout):
+    """Whole days, inclusive, on which no customer is updated (e.g. a year-end freeze)."""
+
     WHAT: ClassVar[str] = "vendor blackout"
     timezone: Zone  # required: there is no customer to default to
 
@@ -404,6 +414,8 @@ class Holidays(Part):
 
 
 class PortalUser(Part):
+    """A person who may sign in to the customer portal for this customer."""
+
     WHAT: ClassVar[str] = "portal user"
     email: Email
     name: Text128 = ""
@@ -414,6 +426,8 @@ def _some(what: str) -> Check:
 
 
 class Cluster(Part):
+    """One installation of the product: its nodes, how to reach them, and when it may be updated."""
+
     WHAT: ClassVar[str] = "cluster"
     name: Name
     kind: Literal["cloud", "software"]
@@ -432,6 +446,8 @@ class Cluster(Part):
 
 
 class Customer(Part):
+    """A customer: its contacts, clusters and contract terms."""
+
     WHAT: ClassVar[str] = "customer"
     name: Name
     timezone: Zone
@@ -450,6 +466,8 @@ class Customer(Part):
 
 
 class Release(Part):
+    """A product release: the package on the file server and the versions it upgrades."""
+
     WHAT: ClassVar[str] = "release"
     version: VersionText
     package: Annotated[str, checked(_rule(_is_package, "a relative path of [A-Za-z0-9._/-] without '..'"))]
@@ -467,16 +485,21 @@ class Release(Part):
     def _older_and_once(cls, sources: list[str], info: ValidationInfo) -> list[str]:
         version = info.data.get("version")
         seen: set[str] = set()
+        found = []
         for source in sources:
             if source in seen:
-                raise problem(f"{source} is listed twice")
+                found.append(f"{source} is listed twice")
+            elif version and Version.parse(source) >= Version.parse(version):
+                found.append(f"{source} is not older than {version}")
             seen.add(source)
-            if version and Version.parse(source) >= Version.parse(version):
-                raise problem(f"{source} is not older than {version}")
+        if found:
+            raise problem("; ".join(found))
         return sources
 
 
 class Person(Part):
+    """A person of the on-call rotation."""
+
     WHAT: ClassVar[str] = "person"
     name: Annotated[str, checked(_text(128, empty=False))]
     email: Email
@@ -495,6 +518,8 @@ _HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
 class OnCall(Part):
+    """The on-call rotation (replaced whole by each import that has this key)."""
+
     WHAT: ClassVar[str] = "oncall"
     timezone: Zone
     handover: Annotated[str, checked(_rule(_HHMM.fullmatch, "a local time HH:MM (e.g. '09:00')"))]

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="local parts refused as portal users (role or distribution addresses), comma-separated; "
         "empty: none",
     )
+    portal_trusted_proxies: str = Field(
+        "",
+        description="reverse proxies whose X-Forwarded-For/-Proto the portal believes (IPs or CIDRs, "
+        "comma-separated); empty: none",
+    )
     portal_link_minutes: int = Field(15, ge=1, le=1440, description="a sign-in link expires after this")
     portal_session_hours: float = Field(8.0, gt=0, le=720, description="a portal session ends after this")
 
@@ -292,6 +297,7 @@ ECHOED = frozenset(
         "portal_link_minutes",
         "portal_session_hours",
         "portal_role_addresses",
+        "portal_trusted_proxies",
     }
 )
 

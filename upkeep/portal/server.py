@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from upkeep.settings import Settings
 
@@ -25,6 +26,18 @@ class HideQueries(logging.Filter):
         return True
 
 
+def proxies(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy options. X-Forwarded-For/-Proto are believed only from the addresses in
+    UPKEEP_PORTAL_TRUSTED_PROXIES (uvicorn's forwarded_allow_ips: IPs or CIDRs): a client that may
+    set its own X-Forwarded-For would make itself a new client for the per-client sign-in limit on
+    every request, and claim https. Empty (the default): never believed, the peer's address counts.
+    (uvicorn's own default trusts 127.0.0.1, i.e. anyone who can reach a loopback-bound portal.)"""
+    trusted = settings.portal_trusted_proxies.strip()
+    if not trusted:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted}
+
+
 def serve(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
 
@@ -34,7 +47,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
 
     app = create_app(from_settings(settings, engine=open_database(settings)))
     config = uvicorn.Config(
-        app, host=host, port=port, proxy_headers=True, server_header=False, log_level="info"
+        app, host=host, port=port, server_header=False, log_level="info", **proxies(settings)
     )
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.access").addFilter(HideQueries())  # after uvicorn configured logging

@@ -5,7 +5,8 @@
 
 `make soak` does both, with the long variants (UPKEEP_SOAK=1). The table lists every fault and input
 class a test recorded (tests/faults/conftest.py: the `record` fixture), how many cases it tried, and
-whether the property held in that run.
+whether the property held in that run. Several results files (e.g. a class run again on its own after
+the suite) are rendered as one table: `python -m tests.faults.report A.json B.json OUTPUT.md`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,26 @@ COVERED_ELSEWHERE = [
         "inventory YAML (Hypothesis, 1,000 examples per property)",
         "tests/unit/test_importer.py",
     ),
+    (
+        "two operators at once",
+        "a holder frozen between its per-node lease check and the upgrade command, taken over meanwhile",
+        "tests/integration/test_frozen_holder.py",
+    ),
+    (
+        "two operators at once",
+        "`upkeep cancel` racing the start of a resumed run (PostgreSQL row lock)",
+        "tests/integration/test_cancel_race.py",
+    ),
+    (
+        "remote (SSH)",
+        "upgrade past the SSH command timeout: its process group ended on the node, the node's lock freed",
+        "tests/integration/test_update_faults.py",
+    ),
+    (
+        "secrets",
+        "`upkeep settings` with a database URL that cannot be parsed: shown as `<unparseable, hidden>`",
+        "tests/unit/test_settings.py",
+    ),
 ]
 
 
@@ -91,6 +112,9 @@ def render(results: dict[str, Any]) -> str:
         if row.get("detail"):
             entry["details"].append(row["detail"])
     mode = "soak (`make soak`, UPKEEP_SOAK=1)" if results.get("soak") else "fast (`make test`)"
+    sessions = results.get("sessions", 1)
+    if sessions > 1:
+        mode += f", {sessions} pytest sessions"
     held = sum(1 for e in rows.values() if e["outcome"] == "held")
     lines = [
         HEAD,
@@ -116,12 +140,25 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Results of several pytest sessions as one: soak only if every one was."""
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        "soak": all(part.get("soak") for part in parts),
+        "finished_at": max(part["finished_at"] for part in parts),
+        "seconds": sum(part["seconds"] for part in parts),
+        "sessions": len(parts),
+        "rows": [row for part in parts for row in part["rows"]],
+    }
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m tests.faults.report RESULTS.json OUTPUT.md", file=sys.stderr)
+    if len(argv) < 2:
+        print("usage: python -m tests.faults.report RESULTS.json [MORE.json ...] OUTPUT.md", file=sys.stderr)
         return 2
-    source, target = Path(argv[0]), Path(argv[1])
-    results = json.loads(source.read_text())
+    *sources, target = [Path(arg) for arg in argv]
+    results = merge([json.loads(source.read_text()) for source in sources])
     table = render(results)
     if target.exists():
         # Keep what people wrote below the generated part (findings, what is left).

@@ -5,6 +5,7 @@ PostgreSQL they were an "unexpected DataError" quoting the SQL statement (advers
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -37,7 +38,15 @@ def _url(engine: Engine) -> str:
 
 
 @pytest.mark.parametrize("number", [2**31, 2**31 + 1, 2**63 - 1])
-def test_an_id_past_the_integer_range_is_bad_input(engine: Engine, tmp_path: Path, number: int) -> None:
+def test_an_id_past_the_integer_range_is_bad_input(
+    engine: Engine, tmp_path: Path, number: int, record: Any
+) -> None:
+    record(
+        "hostile input (CLI)",
+        "run, update and page ids past the database's integer (2**31 and up on PostgreSQL, 2**63 - 1)",
+        len(COMMANDS),
+        f"{engine.dialect.name}: exit 1 or 2, one line, no DataError",
+    )
     with cli_home(tmp_path / "home", None, database_url=_url(engine)):
         for command in COMMANDS:
             args = [part.format(id=number) for part in command]

@@ -634,3 +634,55 @@ def test_customer_holidays_region_is_read_and_checked_with_its_line(tmp_path: Pa
     )
     [problem] = problems(write(tmp_path, unknown, "unknown.yaml"))
     assert problem.endswith(":5: holidays country 'XX' is not a country the holidays package knows")
+
+
+ACCESS_FILE = """\
+customers:
+  - name: a
+    timezone: UTC
+    clusters:
+      - name: c
+        kind: cloud
+        version: 1.0.0
+        access: %s
+        nodes: [{hostname: n}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("access", "messages"),
+    [
+        ("{type: tunnel}", ["access: type: 'tunnel' is not one of direct, jump"]),
+        ("{host: j}", ["access: missing required key 'type'"]),
+        ("{type: jump}", ["access: missing required key 'host'"]),
+        ("{type: direct, host: j}", ["access: unknown key 'host' (allowed: type)"]),
+        ("x", ["cluster: access: expected a mapping, got a string 'x'"]),
+        (
+            "{type: jump, host: 'a b', port: true}",
+            [
+                "access: host: 'a b' is not a hostname or an IPv4 address",
+                "access: port: expected an integer, got a boolean 'true'",
+            ],
+        ),
+    ],
+)
+def test_access_problems_name_the_key_and_line(tmp_path: Path, access: str, messages: list[str]) -> None:
+    """`access` is a choice of two shapes (by `type`): problems still name the key and its line."""
+    path = write(tmp_path, ACCESS_FILE % access)
+    assert problems(path) == [f"{path}:8: {message}" for message in messages]
+
+
+def test_oncall_problems_name_the_person_list(tmp_path: Path) -> None:
+    text = GOOD + (
+        "oncall:\n  timezone: UTC\n  handover: '9am'\n  rotation: weekly\n  starts: 2026-12-07\n"
+        "  engineers: []\n  team_lead: {name: T, email: t@x.example, colour: red}\n"
+        "  escalation: [{name: S, email: x}]\n"
+    )
+    path = write(tmp_path, text)
+    first = len(GOOD.splitlines()) + 1
+    assert problems(path) == [
+        f"{path}:{first + 2}: oncall: handover: '9am' is not a local time HH:MM (e.g. '09:00')",
+        f"{path}:{first + 5}: oncall: engineers: the rotation needs at least one engineer",
+        f"{path}:{first + 6}: oncall: team_lead: unknown key 'colour' (allowed: name, email, notify, role)",
+        f"{path}:{first + 7}: oncall: escalation: email: 'x' is not a valid email address",
+    ]

@@ -33,7 +33,7 @@ debian-packages:
 	fi
 
 demo: $(STAMP) debian-packages
-	$(BIN)/upkeep demo
+	$(BIN)/upkeep demo $(if $(KEEP),--keep)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -44,32 +44,103 @@ def _with_portal_user(path: Path, home: Path) -> Path:
     return out
 
 
-def _portal_hints(settings: Settings, engine: Any, env: str) -> list[str]:
-    """How to see the demo customer's portal: serve it, then follow a fresh sign-in link."""
+def _portal_hints(settings: Settings, engine: Any, env: str, served: str = "") -> list[str]:
+    """How to see the demo customer's portal: a fresh sign-in link, and how to serve the portal unless
+    `served` (its URL: `demo --keep` left it running)."""
     from datetime import timedelta
 
     from inventory.db import session_scope
     from inventory.portal_tables import PortalUser
 
+    url = served or settings.portal_url
     with session_scope(engine) as session:
         user = session.exec(select(PortalUser)).first()
         if user is None:
             return []
         ttl = timedelta(minutes=settings.portal_link_minutes)
-        link = sign_in_link(
-            settings.portal_url, settings.resolved_portal_secret(), ttl, user.email, session=session
-        )
+        link = sign_in_link(url, settings.resolved_portal_secret(), ttl, user.email, session=session)
     minutes = settings.portal_link_minutes
+    how = f"served at {url}" if served else f"{env} .venv/bin/upkeep portal serve"
     return [
-        f"portal    {env} .venv/bin/upkeep portal serve   then open, once, within {minutes} min:",
+        f"portal    {how}; sign in as {user.email}: open, once, within {minutes} min:",
         f"          {link}",
     ]
+
+
+PORTAL_PID = "portal.pid"
+
+
+def stop_demo_portal(home: Path) -> None:
+    """Stop the portal an earlier `demo --keep` left running in this home, if it still runs."""
+    from upkeep.lab import procs
+
+    pid = procs.read_pid(home / PORTAL_PID, "portal serve")
+    if pid is not None:
+        procs.stop_tree(pid)
+    (home / PORTAL_PID).unlink(missing_ok=True)
+
+
+def serve_demo_portal(settings: Settings, home: Path) -> tuple[str, int]:
+    """Start `upkeep portal serve` on the demo's home and lab, in the background and in a session of its
+    own (it outlives the demo), on the port of UPKEEP_PORTAL_URL when that is free, else on a free
+    one; (its URL, its pid) once it answers. Its output goes to <home>/portal.log."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from upkeep.lab import procs
+
+    port = urlsplit(settings.portal_url).port or 8600
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            port = procs.free_ports(1)[0]
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)  # the settings in force, with the demo's home, database and lab:
+    env |= {
+        "UPKEEP_HOME": str(home),
+        "UPKEEP_DATABASE_URL": settings.resolved_database_url(),
+        "UPKEEP_FILESERVER_URL": settings.fileserver_url,
+        "UPKEEP_FILESERVER_USER": settings.fileserver_user,
+        "UPKEEP_FILESERVER_PASSWORD": settings.fileserver_password.get_secret_value(),
+        "UPKEEP_PORTAL_URL": url,
+    }
+    if settings.fileserver_ca is not None:
+        env["UPKEEP_FILESERVER_CA"] = str(settings.fileserver_ca)
+    with (home / "portal.log").open("ab") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "upkeep", "portal", "serve", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (home / PORTAL_PID).write_text(f"{server.pid}\n")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the portal did not start: {procs.tail(home / 'portal.log')}")
+        try:
+            if httpx.get(f"{url}/signin", timeout=2).status_code == 200:
+                return url, server.pid
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    procs.stop_tree(server.pid)
+    raise RuntimeError(f"the portal did not answer at {url} within 60 s; see {home / 'portal.log'}")
 
 
 def run_demo(*, keep: bool = False) -> None:
     home = demo_home(load_settings())
     lab = Lab(home / "lab")
     lab.down()  # a previous demo that was interrupted leaves nothing behind
+    stop_demo_portal(home)  # nor a portal an earlier `demo --keep` left running
     started = time.monotonic()
     console.print(f"[bold]1.[/] starting a lab under {lab.root}: 2 clusters x 3 real sshd nodes + nginx")
     status = lab.up(clusters=2, nodes=3)
@@ -99,8 +170,14 @@ def run_demo(*, keep: bool = False) -> None:
         "Prefect   start `.venv/bin/prefect server start` elsewhere and export",
         "          PREFECT_API_URL=http://127.0.0.1:4200/api before `make demo` to watch runs in the UI",
     ]
-    hints += _portal_hints(settings, engine, env)
+    served = ""
     if keep:
+        served, pid = serve_demo_portal(settings, home)
+    hints += _portal_hints(settings, engine, env, served)
+    if keep:
+        hints.append(
+            f"          still running (pid {pid}, log {home / 'portal.log'}): stop it with `kill {pid}`"
+        )
         hints.append(f"lab       still running: {env} .venv/bin/upkeep lab status | down")
     console.print(f"\n[bold green]demo done[/] in {time.monotonic() - started:.1f} s. Where to look:")
     for hint in hints:

@@ -1,13 +1,16 @@
 """End to end in a real browser: Debian's chromium driven by Playwright against `upkeep portal serve`
-(uvicorn), a real SMTP server (aiosmtpd) for the sign-in link and the notices, and the real CLI for the
-inventory, the schedule and what the SRE sees afterwards. Nothing is downloaded: the browser is the
-system's (`executable_path`), never `playwright install`."""
+(uvicorn), a real SMTP server (aiosmtpd) for the sign-in link and the notices, the lab's real HTTPS file
+server (nginx) for a download, and the real CLI for the inventory, the schedule and what the SRE sees
+afterwards. Nothing is downloaded from outside: the browser is the system's (`executable_path`), never
+`playwright install`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,7 +27,8 @@ import yaml
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
 
-pytestmark = [pytest.mark.smtp, pytest.mark.browser]
+pytestmark = [pytest.mark.smtp, pytest.mark.browser, pytest.mark.lab]
+PACKAGE = secrets.token_bytes(300_000)  # the release the designated user downloads
 
 INVENTORY: dict[str, Any] = {
     "customers": [
@@ -45,7 +49,14 @@ INVENTORY: dict[str, Any] = {
             "portal_users": [{"email": "ann@acme.example", "name": "Ann"}, {"email": "bob@acme.example"}],
         }
     ],
-    "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
+    "releases": [
+        {
+            "version": "9.9.0",
+            "package": "releases/p-9.9.0.tar.gz",
+            "sha256": hashlib.sha256(PACKAGE).hexdigest(),
+            "from": ["9.8.0"],
+        }
+    ],
 }
 
 
@@ -66,7 +77,30 @@ def _wait_for(what: str, check: Any, seconds: float = 60) -> Any:
 
 
 @pytest.fixture
-def served(tmp_path: Path, smtp: SmtpServer) -> Iterator[tuple[str, dict[str, str]]]:
+def fileserver(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The lab's HTTPS file server (nginx, basic auth, its own CA) holding the release; its settings."""
+    from upkeep.lab import procs
+    from upkeep.lab.fileserver import USER, FileServer
+
+    server = FileServer(tmp_path / "fileserver")
+    password = server.prepare()
+    port = server.start(procs.free_ports(1)[0])
+    (server.root / "releases" / "p-9.9.0.tar.gz").write_bytes(PACKAGE)
+    try:
+        yield {
+            "UPKEEP_FILESERVER_URL": f"https://127.0.0.1:{port}",
+            "UPKEEP_FILESERVER_USER": USER,
+            "UPKEEP_FILESERVER_PASSWORD": password,
+            "UPKEEP_FILESERVER_CA": str(server.ca),
+        }
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, smtp: SmtpServer, fileserver: dict[str, str]
+) -> Iterator[tuple[str, dict[str, str]]]:
     """The portal served by the real CLI on a free loopback port; (its URL, the CLI's environment)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -80,6 +114,7 @@ def served(tmp_path: Path, smtp: SmtpServer) -> Iterator[tuple[str, dict[str, st
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+    env |= fileserver
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(INVENTORY, sort_keys=False))
     upkeep_cli(env, "inventory", "import", str(path))
@@ -178,6 +213,21 @@ def test_sign_in_from_the_email_defer_and_open_a_case(
         "bob@acme.example",
     }
 
+    # The notice's signed link (text part) opens the update in the browser; Confirm there sends the
+    # usual notice with the invite at the next SEQUENCE.
+    [notice_link] = re.findall(
+        rf"http://127\.0\.0\.1:\d+/maintenance/update-{run_id}\?k=[\w.-]+",
+        deferred[0].get_body(("plain",)).get_content(),
+    )
+    page.goto(notice_link)
+    assert page.inner_text("#start") == label
+    page.click("button:has-text('Confirm this time')")
+    page.wait_for_selector("text=your confirmation was recorded")
+    upkeep_cli(env, "notices", "send")
+    [confirmed] = [m for m in smtp.handler.messages if str(m["Subject"]).startswith("Upgrade confirmed")]
+    [invite] = [part for part in confirmed.walk() if part.get_content_type() == "text/calendar"]
+    assert "SEQUENCE:3" in invite.get_content()  # scheduled 1, deferred 2, confirmed 3
+
     page.click("nav >> text=Cases")
     page.select_option("#priority", "P1")
     page.select_option("#cluster", "acme-c1")
@@ -189,6 +239,20 @@ def test_sign_in_from_the_email_defer_and_open_a_case(
     [case] = [c for c in cases if c["subject"] == "Reports are slow since the upgrade"]
     assert case["priority"] == "P1" and case["opened_by"] == "ann@acme.example"
     assert case["id"] in page.inner_text("main") and case["clusters"] == ["acme-c1"]
+
+    # Download the release through the portal (streamed from the file server, checked there) and
+    # verify it against the SHA-256 the page shows.
+    page.click("nav >> text=Downloads")
+    shown = page.inner_text("main")
+    sha256 = hashlib.sha256(PACKAGE).hexdigest()
+    assert "9.9.0" in shown and sha256 in shown and "127.0.0.1" not in shown
+    with page.expect_download() as started:
+        page.click("text=p-9.9.0.tar.gz")
+    download = started.value
+    assert download.suggested_filename == "p-9.9.0.tar.gz"
+    saved = Path(str(download.path()))
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == sha256
+    assert env["UPKEEP_FILESERVER_PASSWORD"] not in page.content()
 
     page.click("button:has-text('Sign out')")
     page.wait_for_selector("text=You have signed out")

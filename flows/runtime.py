@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from threading import Lock
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -19,14 +20,24 @@ from inventory.types import utcnow
 from tasks.alerts import AlertChannel
 from tasks.fileserver import FileServer
 from tasks.mail import MailTransport
-from tasks.ssh import FabricRunner, SshSettings, SshTarget
+from tasks.ssh import NodeConnector, RemoteRunner, SshTarget
+
+
+class Clock(Protocol):
+    """The wall clock: an aware UTC datetime per call (`inventory.types.utcnow`; a fake in tests)."""
+
+    def __call__(self) -> datetime: ...
 
 
 @dataclass
 class Runtime:
+    """The outside world of a flow, each part behind a protocol: the database, the file server
+    (`FileServer`), the nodes (`NodeConnector`: `SshSettings` opens Fabric connections), mail
+    (`MailTransport`) and the clock (`Clock`). Unit tests hand in fakes (tests/support/fakes.py)."""
+
     engine: Engine
     fileserver: FileServer
-    ssh: SshSettings
+    ssh: NodeConnector
     work_dir: Path
     mailer: MailTransport
     mail_from: str = "Upkeep <upkeep@localhost>"
@@ -45,7 +56,7 @@ class Runtime:
     # (`prefect gcl create upkeep-clusters --limit 10`); empty: no limit beyond the dispatcher's.
     cluster_limit: str = ""
     # The wall clock, injectable so a test can make a window run out without waiting for it.
-    clock: Callable[[], datetime] = field(default=utcnow)
+    clock: Clock = field(default=utcnow)
     command_timeout: float = 600.0
     health_timeout: float = 120.0
     health_interval: float = 0.1
@@ -61,8 +72,8 @@ class Runtime:
     escalation_manager: str = "SRE Manager <sre-manager@localhost>"
     escalation_update_cadence: str = "P0=1h,P1=4h,P2=24h,P3=72h"
 
-    def connect(self, target: SshTarget) -> FabricRunner:
-        return FabricRunner(target, self.ssh)
+    def connect(self, target: SshTarget) -> RemoteRunner:
+        return self.ssh.connect(target)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from flows.records import recorded
 from flows.runtime import Runtime
 from tasks.failpoints import failpoint_soon
 from tasks.node import NodeAgent, NodeCommandFailed
-from tasks.ssh import FabricRunner, RemoteResult
+from tasks.ssh import RemoteResult, RemoteRunner
 
 UPGRADE_IN_PROGRESS = 75  # the agent's answer while another upgrade of the node holds its lock
 
@@ -55,7 +55,7 @@ class NodeConnections:
 
     def __init__(self, runtime: Runtime, plan: UpdatePlan) -> None:
         self._runtime, self._plan = runtime, plan
-        self._runners: dict[str, FabricRunner] = {}
+        self._runners: dict[str, RemoteRunner] = {}
         self._lock = Lock()
 
     def agent(self, node: PlannedNode) -> NodeAgent:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 import ssl
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -33,11 +34,16 @@ class ChecksumMismatch(FileServerError):
 
 
 class FileServer(Protocol):
+    """The vendor's file server as flows, the CLI and the portal use it (HttpFileServer; a fake in
+    unit tests). Every failure is a FileServerError."""
+
     def download(self, path: str, dest: Path, *, sha256: str) -> Path: ...
 
     def upload(self, local: Path, path: str) -> str: ...
 
     def size(self, path: str) -> int: ...
+
+    def fetch_text(self, path: str) -> str: ...
 
 
 def safe_remote_path(path: str) -> str:
@@ -57,12 +63,19 @@ def sha256_of(path: Path) -> str:
 
 @dataclass
 class HttpFileServer:
+    """The file server over HTTPS. One httpx client (one SSL context, one connection pool) serves
+    every request of this object, from any thread; `transport` replaces httpx's network transport
+    (e.g. `httpx.MockTransport` in a unit test), TLS settings then being the transport's business."""
+
     url: str
     user: str
-    password: str
+    password: str = field(repr=False)
     ca: Path | None = None
     allow_http: bool = False
     timeout: float = 30.0
+    transport: httpx.BaseTransport | None = field(default=None, repr=False)
+    _http: httpx.Client | None = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.url.startswith("http://") and not self.allow_http:
@@ -75,13 +88,25 @@ class HttpFileServer:
             raise FileServerError(f"file-server CA {self.ca} does not exist")
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url.rstrip("/") + "/",
-            auth=httpx.BasicAuth(self.user, self.password),
-            verify=ssl.create_default_context(cafile=str(self.ca)) if self.ca else True,
-            timeout=httpx.Timeout(self.timeout),
-            follow_redirects=False,
-        )
+        """The one client, made at the first request (building a Runtime opens no connection)."""
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(
+                    base_url=self.url.rstrip("/") + "/",
+                    auth=httpx.BasicAuth(self.user, self.password),
+                    verify=ssl.create_default_context(cafile=str(self.ca)) if self.ca else True,
+                    timeout=httpx.Timeout(self.timeout),
+                    follow_redirects=False,
+                    transport=self.transport,
+                )
+            return self._http
+
+    def close(self) -> None:
+        """Close the client's connections; a later request opens new ones."""
+        with self._lock:
+            http, self._http = self._http, None
+        if http is not None:
+            http.close()
 
     def download(self, path: str, dest: Path, *, sha256: str) -> Path:
         """Fetch `path` to `dest`, resuming a partial `.part` file, and verify its SHA-256."""
@@ -90,30 +115,30 @@ class HttpFileServer:
             return dest  # already here and intact: nothing to fetch
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
-        with self._client() as client:
-            last: Exception | None = None
-            for _attempt in range(3):
-                have = part.stat().st_size if part.exists() else 0
-                headers = {"Range": f"bytes={have}-"} if have else {}
-                try:
-                    with client.stream("GET", path, headers=headers) as response:
-                        if response.status_code == 416 and have:
-                            break  # the partial file is already whole; the checksum decides
-                        self._check(response, "download", path)
-                        mode = "ab" if response.status_code == 206 else "wb"
-                        with part.open(mode) as out:
-                            for chunk in response.iter_bytes(CHUNK):
-                                out.write(chunk)
-                                out.flush()
-                                failpoint("mid-download")
-                    break
-                except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
-                    last = exc  # a cut mid-body: retry from what we have
-            else:
-                raise FileServerError(
-                    f"download of {path} failed after 3 attempts: {last} (tried {self.where(path)};"
-                    " check fileserver_url)"
-                )
+        client = self._client()
+        last: Exception | None = None
+        for _attempt in range(3):
+            have = part.stat().st_size if part.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with client.stream("GET", path, headers=headers) as response:
+                    if response.status_code == 416 and have:
+                        break  # the partial file is already whole; the checksum decides
+                    self._check(response, "download", path)
+                    mode = "ab" if response.status_code == 206 else "wb"
+                    with part.open(mode) as out:
+                        for chunk in response.iter_bytes(CHUNK):
+                            out.write(chunk)
+                            out.flush()
+                            failpoint("mid-download")
+                break
+            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                last = exc  # a cut mid-body: retry from what we have
+        else:
+            raise FileServerError(
+                f"download of {path} failed after 3 attempts: {last} (tried {self.where(path)};"
+                " check fileserver_url)"
+            )
         actual = sha256_of(part)
         if actual != sha256:
             part.unlink()
@@ -138,7 +163,8 @@ class HttpFileServer:
     def upload(self, local: Path, path: str) -> str:
         """PUT `local` to `path`; refuses to overwrite. Returns the file's URL."""
         path = safe_remote_path(path)
-        with self._client() as client, local.open("rb") as handle, self._reaching("upload", path):
+        client = self._client()
+        with local.open("rb") as handle, self._reaching("upload", path):
             response = client.put(path, content=_chunks(handle), headers={"If-None-Match": "*"})
             if response.status_code in (409, 412):
                 raise FileServerError(f"{path} already exists on the file server: not overwritten")
@@ -148,14 +174,16 @@ class HttpFileServer:
     def size(self, path: str) -> int:
         """The file's size in bytes, asked with HEAD (nothing is downloaded)."""
         path = safe_remote_path(path)
-        with self._client() as client, self._reaching("size of", path):
+        client = self._client()
+        with self._reaching("size of", path):
             response = client.head(path)
             self._check(response, "size of", path)
             return int(response.headers.get("content-length", "0"))
 
     def fetch_text(self, path: str) -> str:
         path = safe_remote_path(path)
-        with self._client() as client, self._reaching("read", path):
+        client = self._client()
+        with self._reaching("read", path):
             response = client.get(path)
             self._check(response, "read", path)
             return response.text

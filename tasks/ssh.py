@@ -115,14 +115,25 @@ class RemoteRunner(Protocol):
     def close(self) -> None: ...
 
 
+class NodeConnector(Protocol):
+    """How a flow reaches a node: a `RemoteRunner` for `target` (SSH here; a fake in unit tests)."""
+
+    def connect(self, target: SshTarget) -> RemoteRunner: ...
+
+
 @dataclass
 class SshSettings:
+    """How Upkeep reaches nodes over SSH; `connect` opens a `FabricRunner` (a `NodeConnector`)."""
+
     known_hosts: Path
     key_path: Path
     connect_timeout: float = 10.0
     # One Config for every Connection (building one per Connection re-reads config files each time),
     # so it must stay read-only: Connections are built and used in many threads at once (_Connection).
     config: Config = field(default_factory=lambda: Config(overrides={"load_ssh_configs": False}))
+
+    def connect(self, target: SshTarget) -> RemoteRunner:
+        return FabricRunner(target, self)
 
 
 class FabricRunner:

@@ -59,13 +59,7 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
     mailer = build_mailer(settings)
     return Runtime(
         engine=engine or open_database(settings),
-        fileserver=HttpFileServer(
-            url=settings.fileserver_url,
-            user=settings.fileserver_user,
-            password=settings.fileserver_password.get_secret_value(),
-            ca=settings.fileserver_ca,
-            allow_http=settings.fileserver_allow_http,
-        ),
+        fileserver=build_fileserver(settings),
         ssh=SshSettings(
             known_hosts=settings.resolved_known_hosts(),
             key_path=settings.resolved_ssh_key(),
@@ -108,6 +102,16 @@ def portal_key(settings: Settings) -> Callable[[], bytes]:
         return found[0]
 
     return key
+
+
+def build_fileserver(settings: Settings) -> HttpFileServer:
+    return HttpFileServer(
+        url=settings.fileserver_url,
+        user=settings.fileserver_user,
+        password=settings.fileserver_password.get_secret_value(),
+        ca=settings.fileserver_ca,
+        allow_http=settings.fileserver_allow_http,
+    )
 
 
 def build_alert_channels(settings: Settings, mailer: MailTransport) -> tuple[AlertChannel, ...]:

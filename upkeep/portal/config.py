@@ -43,20 +43,12 @@ class PortalConfig:
 def from_settings(settings: Settings, *, engine: Engine) -> PortalConfig:
     from email.utils import parseaddr
 
-    from tasks.fileserver import HttpFileServer
-    from upkeep.bootstrap import build_mailer
+    from upkeep.bootstrap import build_fileserver, build_mailer
 
-    fileserver = HttpFileServer(
-        url=settings.fileserver_url,
-        user=settings.fileserver_user,
-        password=settings.fileserver_password.get_secret_value(),
-        ca=settings.fileserver_ca,
-        allow_http=settings.fileserver_allow_http,
-    )
     secret = settings.resolved_portal_secret()
     return PortalConfig(
         engine=engine,
-        fileserver=fileserver,
+        fileserver=build_fileserver(settings),
         mailer=build_mailer(settings),
         mail_from=settings.mail_from,
         base_url=settings.portal_url,

@@ -1,0 +1,1 @@
+"""Test support shared across test packages: fakes behind the flows' protocols (fakes.py)."""

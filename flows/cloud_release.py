@@ -33,7 +33,7 @@ from flows.schedule import schedule_update
 from inventory import repo
 from inventory.cases import open_blocking_case
 from inventory.db import session_scope
-from inventory.models import Cluster, ClusterKind, Release, UpgradeRun
+from inventory.models import Cluster, ClusterKind, Release, RunKind, UpgradeRun
 from inventory.releases import (
     Member,
     MemberStatus,
@@ -51,7 +51,7 @@ from scheduling.times import fmt_instant
 from scheduling.versions import NoUpgradePath, Version, upgrade_path
 from scheduling.waves import RINGS_DEFAULT, ErrorBudget
 
-KIND = "cloud_release"
+KIND = RunKind.CLOUD_RELEASE
 
 
 @dataclass

@@ -38,7 +38,7 @@ from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, preflight
 from inventory.db import session_scope
-from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.models import Cluster, RunKind, RunState, UpgradeRun
 from inventory.outbox import Notice, idempotency_key
 from inventory.types import utcnow
 
@@ -359,7 +359,7 @@ def _claim_next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
             for run in batch:
                 if run.id is None or run.id in taken or run.requested_action:
                     continue
-                if run.kind == "cloud_release" and start_gate(run, session=session, now=now):
+                if run.kind is RunKind.CLOUD_RELEASE and start_gate(run, session=session, now=now):
                     continue
                 # Immediately before claiming: is the slot still valid in the world as it is now? An
                 # invalid update never starts: it moves to its next valid slot, or is held.

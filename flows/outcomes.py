@@ -20,7 +20,7 @@ from flows.runtime import Runtime
 from flows.schedule import next_window
 from inventory import repo
 from inventory.db import retrying, session_scope
-from inventory.models import RunState, UpgradeRun
+from inventory.models import RequestedAction, RunState, UpgradeRun
 from inventory.runs import finish_run, get_run
 from scheduling.errors import SchedulingError
 
@@ -225,7 +225,8 @@ def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
         return "cancelled"
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
-        run.state, run.requested_action, run.reason = RunState.paused, "", f"paused by request {where}"
+        run.state, run.requested_action = RunState.paused, RequestedAction.none
+        run.reason = f"paused by request {where}"
         session.add(run)
     return "paused"
 

@@ -44,7 +44,7 @@ from flows.steps import NodeConnections, distribute, download, preflight, untagg
 from inventory import repo
 from inventory.cases import check_case_ref
 from inventory.db import server_away, session_scope
-from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.models import Cluster, RequestedAction, RunKind, RunState, UpgradeRun
 from inventory.runs import close_open_steps, create_run, get_run
 from tasks.failpoints import failpoint
 
@@ -142,7 +142,7 @@ def tag_flow_run(runtime: Runtime, run_id: int) -> None:
 
 def update_tags(customer: str, cluster: str, run: UpgradeRun) -> list[str]:
     tags = ["product-update", f"customer:{customer}", f"cluster:{cluster}", f"source:{run.source}"]
-    tags += [f"release:{run.to_version}"] if run.kind == "cloud_release" else []
+    tags += [f"release:{run.to_version}"] if run.kind is RunKind.CLOUD_RELEASE else []
     tags += [f"case:{run.case_ref}"] if run.case_ref else []
     return tags
 
@@ -267,7 +267,7 @@ def _claim(
                 raise RunMismatch(f"run {run_id} is {run.state}: only planned, running or paused runs resume")
             # An SRE's resume clears a pause or cancel asked earlier; a take-over of an orphan honours it.
             if lease_owner is None:
-                run.requested_action = ""
+                run.requested_action = RequestedAction.none
         run.state = RunState.running
         run.started_at = run.started_at or runtime.clock()
         record_window(run, runtime.clock(), session=session)  # the window it runs in, at every start

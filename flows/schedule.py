@@ -119,7 +119,7 @@ def schedule_update(
         session=session,
         state=RunState.planned,
     )
-    run.kind, run.urgent, run.case_ref = kind.value, urgent, case
+    run.kind, run.urgent, run.case_ref = kind, urgent, case
     run.slot_start, run.slot_end, run.notice_sequence = slot.start, slot.end, 1
     run.needs_approval = customer.requires_approval
     session.add(run)

@@ -15,13 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from inventory.outbox import retry_delay
-from inventory.types import UTCDateTime, utcnow
+from inventory.types import created_field, time_field
 
 ERROR_CHARS = 2000
 
@@ -29,10 +28,6 @@ ERROR_CHARS = 2000
 class AlertState(StrEnum):
     pending = "pending"
     sent = "sent"  # every channel took it
-
-
-def _time(*, nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
 
 
 class Alert(SQLModel, table=True):
@@ -55,9 +50,9 @@ class Alert(SQLModel, table=True):
     state: AlertState = Field(default=AlertState.pending, max_length=16)
     attempts: int = 0
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False))
-    next_attempt_at: datetime | None = _time()
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
-    sent_at: datetime | None = _time()
+    next_attempt_at: datetime | None = time_field()
+    created_at: datetime = created_field()
+    sent_at: datetime | None = time_field()
 
 
 class Page(SQLModel, table=True):
@@ -67,10 +62,10 @@ class Page(SQLModel, table=True):
     inform_vp: bool = False
     level: int = 0  # 0: on-call and team lead; 1..: the escalation chain, one step at a time
     paged: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    escalate_at: datetime | None = _time()  # None once acknowledged or the chain is exhausted
-    acked_at: datetime | None = _time()
+    escalate_at: datetime | None = time_field()  # None once acknowledged or the chain is exhausted
+    acked_at: datetime | None = time_field()
     acked_by: str = Field(default="", max_length=128)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = created_field()
 
 
 def queue_alert(

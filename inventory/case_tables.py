@@ -14,7 +14,7 @@ from sqlalchemy import JSON, BigInteger, Column
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
-from inventory.types import UTCDateTime, utcnow
+from inventory.types import created_field, time_field
 from scheduling.sla import Category, Priority
 
 
@@ -29,10 +29,6 @@ class CaseStatus(StrEnum):
 class EscalatedBy(StrEnum):
     customer = "customer"
     sre = "sre"
-
-
-def _when(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
 
 
 def _enum(kind: type[StrEnum], *, nullable: bool = False, index: bool = False, default: Any = None) -> Any:
@@ -63,21 +59,21 @@ class Case(SQLModel, table=True):
     priority: Priority = _enum(Priority)
     status: CaseStatus = _enum(CaseStatus, index=True, default=CaseStatus.new)
     opened_by: str = Field(default="", max_length=128)
-    opened_at: datetime = _when(nullable=False)
-    first_response_due: datetime = _when(nullable=False)
-    waiting_since: datetime | None = _when()
+    opened_at: datetime = time_field(nullable=False)
+    first_response_due: datetime = time_field(nullable=False)
+    waiting_since: datetime | None = time_field()
     contact_attempts: int = Field(default=0, description="attempts to reach the customer in this wait")
-    last_contact_at: datetime | None = _when()
+    last_contact_at: datetime | None = time_field()
     escalated_by: EscalatedBy | None = _enum(EscalatedBy, nullable=True)
     escalation_reason: str = Field(default="", max_length=2000)
-    escalated_at: datetime | None = _when()
+    escalated_at: datetime | None = time_field()
     # Who holds an escalated case (the Escalation Manager, SRE Manager role: "Name <email>"), how often
     # its stakeholders get an update, and when the next one is due (missed: the manager is alerted).
     escalation_manager: str = Field(default="", max_length=254)
     update_every_minutes: int | None = None
-    last_update_at: datetime | None = _when()
-    next_update_due: datetime | None = _when()
-    closed_at: datetime | None = _when()
+    last_update_at: datetime | None = time_field()
+    next_update_due: datetime | None = time_field()
+    closed_at: datetime | None = time_field()
     close_reason: str = Field(default="", max_length=2000)
 
 
@@ -97,4 +93,4 @@ class DiagnosticsBundle(SQLModel, table=True):
     partial: bool = False
     missing_nodes: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     redactions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = created_field()

@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from inventory.types import UTCDateTime, utcnow
+from inventory.types import EnumText, created_field, time_field
+from scheduling.notice import UpdateKind
 
 
 class ClusterKind(StrEnum):
@@ -39,6 +40,28 @@ class RunState(StrEnum):
         return self in (RunState.planned, RunState.running, RunState.paused)
 
 
+# A run's kind is the kind of update it carries out, whose notice terms differ (scheduling/notice.py).
+RunKind = UpdateKind
+
+
+class RunSource(StrEnum):
+    """Who asked for the run."""
+
+    cli = "cli"  # an SRE's `upkeep update` (runs now, no window)
+    support = "support"  # the vendor's support recommends it (`request|schedule --source support`)
+    customer = "customer"  # the customer asked for it
+    release = "release"  # the monthly cloud release planned it (flows/cloud_release.py)
+    schedule = "schedule"  # started by the dispatcher in its slot (a deployment's parameter)
+
+
+class RequestedAction(StrEnum):
+    """What `upkeep pause|cancel RUN` asked of a running run; the flow honours it between nodes."""
+
+    none = ""
+    pause = "pause"
+    cancel = "cancel"
+
+
 class StepState(StrEnum):
     started = "started"
     succeeded = "succeeded"
@@ -46,10 +69,6 @@ class StepState(StrEnum):
     # Found `started` by the process that took the run over after a crash: its outcome on the node
     # was never recorded (the node is asked its real state next). A finished run has no open step.
     interrupted = "interrupted"
-
-
-def _when(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
 
 
 class Customer(SQLModel, table=True):
@@ -107,7 +126,7 @@ class Release(SQLModel, table=True):
     package: str = Field(max_length=255, description="path of the package on the file server")
     sha256: str = Field(max_length=64)
     upgradable_from: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    deadline: datetime | None = _when()
+    deadline: datetime | None = time_field()
 
 
 class UpgradeRun(SQLModel, table=True):
@@ -124,35 +143,37 @@ class UpgradeRun(SQLModel, table=True):
     from_version: str = Field(max_length=32)
     to_version: str = Field(max_length=32)
     state: RunState = Field(default=RunState.planned, max_length=16)
-    source: str = Field(default="cli", max_length=16)
+    source: RunSource = Field(default=RunSource.cli, sa_type=EnumText(RunSource, 16))
     requested_by: str = Field(default="", max_length=128)
     reason: str = Field(default="", description="why it failed or was cancelled")
-    kind: str = Field(default="product_update", max_length=16, description="product_update|cloud_release")
+    kind: RunKind = Field(default=RunKind.PRODUCT_UPDATE, sa_type=EnumText(RunKind, 16))
     urgent: bool = False
     # The announced slot (None: run immediately, e.g. `upkeep update`). Every change to it bumps
     # notice_sequence, which numbers the notices and the calendar invite's SEQUENCE.
-    slot_start: datetime | None = _when()
-    slot_end: datetime | None = _when()
+    slot_start: datetime | None = time_field()
+    slot_end: datetime | None = time_field()
     # The window occurrence the run runs (or will run) in, cut at a blackout: the cutoff's limit
     # (scheduling/cutoff.py). None: no window applies (`upkeep update`, or an overridden window).
-    window_start: datetime | None = _when()
-    window_end: datetime | None = _when()
+    window_start: datetime | None = time_field()
+    window_end: datetime | None = time_field()
     notice_sequence: int = 0
     deferrals: int = 0
     override_reason: str = Field(default="", description="why the window was overridden, if it was")
     case_ref: str | None = Field(default=None, max_length=32, description="the case this update resolves")
     # Asked for by `upkeep pause|cancel RUN`; the flow honours it between nodes.
-    requested_action: str = Field(default="", max_length=16)
+    requested_action: RequestedAction = Field(
+        default=RequestedAction.none, sa_type=EnumText(RequestedAction, 16)
+    )
     needs_approval: bool = False
     approved_by: str = Field(default="", max_length=128)
     flow_run_id: str | None = Field(default=None, max_length=64)
     # Who is carrying out a `running` run, and until when without a renewal (flows/lease.py): a run
     # whose lease ran out was orphaned by a crash and the dispatcher takes it over.
     lease_owner: str | None = Field(default=None, max_length=128)
-    lease_until: datetime | None = _when()
+    lease_until: datetime | None = time_field()
     # When the customer was first actually told of this update (its first announcement delivered, not
     # merely queued): the notice period counts from here (scheduling/validity.py).
-    told_at: datetime | None = _when()
+    told_at: datetime | None = time_field()
     # Why the update is held instead of planned in a slot: no valid slot before its deadline. A held
     # update is never started; the next re-check (import, case close, release change) may re-slot it.
     held_reason: str = Field(default="")
@@ -161,10 +182,10 @@ class UpgradeRun(SQLModel, table=True):
     organizer: str = Field(default="", max_length=254)
     support_contact: str = Field(default="", max_length=254)
     # When the holder took the lease (renewals move lease_until, not this): "carried out by X since".
-    lease_since: datetime | None = _when()
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
-    started_at: datetime | None = _when()
-    finished_at: datetime | None = _when()
+    lease_since: datetime | None = time_field()
+    created_at: datetime = created_field()
+    started_at: datetime | None = time_field()
+    finished_at: datetime | None = time_field()
 
 
 class NodeStep(SQLModel, table=True):
@@ -175,13 +196,13 @@ class NodeStep(SQLModel, table=True):
     state: StepState = Field(default=StepState.started, max_length=16)
     detail: str = Field(default="")
     output_tail: str = Field(default="")
-    started_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
-    finished_at: datetime | None = _when()
+    started_at: datetime = created_field()
+    finished_at: datetime | None = time_field()
 
 
 class AuditEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    at: datetime = created_field()
     actor: str = Field(max_length=128)
     action: str = Field(max_length=64, index=True)
     subject: str = Field(max_length=255)
@@ -194,4 +215,4 @@ class Installation(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     installation_id: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = created_field()

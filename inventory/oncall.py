@@ -13,13 +13,13 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from inventory.types import UTCDateTime, utcnow
+from inventory.types import created_field, utcnow
 
 
 class OnCallRotation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = created_field()
 
 
 def current_spec(session: Session) -> dict[str, Any] | None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from inventory.types import UTCDateTime, utcnow
+from inventory.types import created_field, time_field, utcnow
 
 __all__ = [
     "ANNOUNCING",
@@ -50,10 +49,6 @@ class NoticeState(StrEnum):
     superseded = "superseded"  # a later notice of the same update was queued before this one went out
 
 
-def _time(*, nullable: bool) -> Any:
-    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
-
-
 class Notice(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("idempotency_key", name="uq_notice_idempotency_key"),
@@ -73,9 +68,9 @@ class Notice(SQLModel, table=True):
     state: NoticeState = Field(default=NoticeState.pending, max_length=16)
     attempts: int = 0  # tries so far, the successful one included
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False))
-    next_attempt_at: datetime | None = _time(nullable=True)  # NULL once sent or failed
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
-    sent_at: datetime | None = _time(nullable=True)
+    next_attempt_at: datetime | None = time_field(nullable=True)  # NULL once sent or failed
+    created_at: datetime = created_field()
+    sent_at: datetime | None = time_field(nullable=True)
 
 
 def idempotency_key(update_ref: str, kind: str, sequence: int, variant: str = "") -> str:

@@ -9,18 +9,12 @@ secrets are stored (a link's nonce, a session's cookie value), so reading the da
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Column
 from sqlmodel import Field, SQLModel
 
-from inventory.types import UTCDateTime, utcnow
+from inventory.types import created_field, time_field
 
 MAX_PORTAL_USERS = 5
-
-
-def _when(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
 
 
 class PortalUser(SQLModel, table=True):
@@ -31,7 +25,7 @@ class PortalUser(SQLModel, table=True):
     # The person's mailbox: lower case, `+tag` dropped. One mailbox is one person, for one customer.
     mailbox: str = Field(max_length=254, unique=True, index=True)
     name: str = Field(default="", max_length=128)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = created_field()
 
 
 class PortalLink(SQLModel, table=True):
@@ -40,9 +34,9 @@ class PortalLink(SQLModel, table=True):
     __tablename__ = "portal_link"
     nonce_hash: str = Field(primary_key=True, max_length=64, description="sha256 of the link's nonce")
     user_id: int = Field(foreign_key="portal_user.id", index=True, ondelete="CASCADE")
-    issued_at: datetime = _when(nullable=False)
-    expires_at: datetime = _when(nullable=False)
-    used_at: datetime | None = _when()
+    issued_at: datetime = time_field(nullable=False)
+    expires_at: datetime = time_field(nullable=False)
+    used_at: datetime | None = time_field()
 
 
 class PortalSession(SQLModel, table=True):
@@ -52,8 +46,8 @@ class PortalSession(SQLModel, table=True):
     id_hash: str = Field(primary_key=True, max_length=64)
     user_id: int = Field(foreign_key="portal_user.id", index=True, ondelete="CASCADE")
     csrf: str = Field(max_length=64, description="the token every form of this session must carry")
-    created_at: datetime = _when(nullable=False)
-    expires_at: datetime = _when(nullable=False)
+    created_at: datetime = time_field(nullable=False)
+    expires_at: datetime = time_field(nullable=False)
 
 
 class PortalFeed(SQLModel, table=True):
@@ -64,4 +58,4 @@ class PortalFeed(SQLModel, table=True):
     customer_id: int = Field(foreign_key="customer.id", primary_key=True, ondelete="CASCADE")
     token_hash: str = Field(max_length=64, unique=True, index=True)
     created_by: str = Field(default="", max_length=254)
-    created_at: datetime = _when(nullable=False)
+    created_at: datetime = time_field(nullable=False)

@@ -24,7 +24,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from inventory.models import Cluster, Customer, Release, RunState, UpgradeRun
 from inventory.repo import NotFound, record_audit
-from inventory.types import UTCDateTime
+from inventory.types import time_field
 from scheduling.versions import Version
 from scheduling.waves import RINGS_DEFAULT
 
@@ -61,10 +61,6 @@ def _enum(kind: type[StrEnum], default: StrEnum) -> Any:
     return Field(default=default, sa_column=Column(column_type, nullable=False))
 
 
-def _when(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
-
-
 class Rollout(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     version: str = Field(unique=True, index=True, max_length=32)
@@ -77,12 +73,12 @@ class Rollout(SQLModel, table=True):
     max_concurrent: int = 10
     per_customer_limit: int = 2
     # The last allowed slot start: the release deadline, else the next monthly release.
-    plan_until: datetime | None = _when()
+    plan_until: datetime | None = time_field()
     # `upkeep release resume` acknowledges the failures so far: the budget counts from these on.
     acknowledged_started: int = 0
     acknowledged_failed: int = 0
-    created_at: datetime = _when(nullable=False)
-    updated_at: datetime = _when(nullable=False)
+    created_at: datetime = time_field(nullable=False)
+    updated_at: datetime = time_field(nullable=False)
 
 
 class RolloutCluster(SQLModel, table=True):
@@ -94,8 +90,8 @@ class RolloutCluster(SQLModel, table=True):
     run_id: int | None = Field(default=None, foreign_key="upgraderun.id", index=True)
     status: MemberStatus = _enum(MemberStatus, MemberStatus.planned)
     reason: str = Field(default="", max_length=2000)
-    created_at: datetime = _when(nullable=False)
-    updated_at: datetime = _when(nullable=False)
+    created_at: datetime = time_field(nullable=False)
+    updated_at: datetime = time_field(nullable=False)
 
 
 # -- catalog -----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from inventory.models import AuditEvent, Cluster, NodeStep, RunState, StepState, UpgradeRun
+from inventory.models import AuditEvent, Cluster, NodeStep, RunSource, RunState, StepState, UpgradeRun
 from inventory.types import utcnow
 
 TAIL_CHARS = 2000
@@ -17,6 +17,14 @@ TAIL_CHARS = 2000
 
 class ActiveRunExists(Exception):
     """The cluster already has an update in flight; the database refused a second one."""
+
+
+def run_source(source: str) -> RunSource:
+    """`source` as a RunSource; any other value is one clear ValueError."""
+    try:
+        return RunSource(source)
+    except ValueError:
+        raise ValueError(f"source {source!r}: expected one of {', '.join(RunSource)}") from None
 
 
 def create_run(
@@ -36,7 +44,7 @@ def create_run(
         from_version=cluster.version,
         to_version=to_version,
         state=state,
-        source=source,
+        source=run_source(source),
         requested_by=requested_by,
         started_at=utcnow() if state is RunState.running else None,
     )

@@ -1,13 +1,15 @@
-"""Column types shared by the tables."""
+"""Column types and column helpers shared by the tables: the one home of both."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
-from sqlalchemy import DateTime
+from sqlalchemy import Column, DateTime, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -33,6 +35,37 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class EnumText(TypeDecorator[E]):
+    """A StrEnum stored as its value in a VARCHAR (no database enum type, so adding a member needs no
+    migration): a value outside the enum is refused on the way in, and rows come back as members."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: object, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(str(value)).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
+
+def time_field(*, nullable: bool = True) -> Any:
+    """A table's time column: aware UTC datetimes (`UTCDateTime`), None until set."""
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+def created_field() -> Any:
+    """A table's NOT NULL time column stamped with the time the row is made."""
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
 def utcnow() -> datetime:

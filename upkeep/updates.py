@@ -416,7 +416,7 @@ def _next_slot(run: Any, now: Any, session: Any) -> str:
 def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason: str = "") -> str:
     """Ask a run to pause or cancel. A running flow honours it between nodes; a run with no
     flow behind it (paused, planned, or crashed) is cancelled here and now."""
-    from inventory.models import AuditEvent, RunState
+    from inventory.models import AuditEvent, RequestedAction, RunState
 
     with session_scope(engine) as session:
         try:
@@ -444,7 +444,7 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
             return f"run {run_id} cancelled; the customer is told (if the update was announced)"
         if action == "pause" and state is RunState.paused:
             return f"run {run_id} is already paused"
-        run.requested_action = action
+        run.requested_action = RequestedAction(action)
         if action == "cancel":
             run.reason = f"cancelled by {actor}: {reason}"  # the flow's cancel ending tells it
         session.add(run)

@@ -413,7 +413,10 @@ def report(results: list[dict[str, Any]]) -> str:
     for p in big["plans"]:
         first = p["plan"].splitlines()[0] if p["plan"] else ""
         scan = next((line.strip() for line in p["plan"].splitlines() if "Scan" in line), first)
-        lines.append(f"- x{p['count']}: `{p['statement'][:140]}` -> `{scan[:120]}`")
+        statement = p["statement"]
+        if statement.startswith("SELECT") and " FROM " in statement:  # the column list says little
+            statement = "SELECT ..." + statement[statement.index(" FROM ") :]
+        lines.append(f"- x{p['count']}: `{statement[:220]}` -> `{scan[:110]}`")
     return "\n".join(lines)
 
 

@@ -68,13 +68,26 @@ BIN = Path(sys.executable).parent
 NODES = 3
 UPGRADE_SECONDS = 0.5
 FROM, TO = "9.8.0", "9.10.0"
-WORKLOADS = {"W1": (10, 10), "W2": (100, 10), "W3": (100, 50)}
+# W4 (issue #19): K clusters all in flight at once, node upgrades of 60 s wall that cost the node
+# almost no CPU (the lab agent sleeps). Its scale comes from --w4-clusters / --w4-upgrade-seconds.
+W4_CLUSTERS, W4_UPGRADE_SECONDS = 200, 60.0
+WORKLOADS = {"W1": (10, 10), "W2": (100, 10), "W3": (100, 50), "W4": (W4_CLUSTERS, W4_CLUSTERS)}
+UPGRADE = {"W1": UPGRADE_SECONDS, "W2": UPGRADE_SECONDS, "W3": UPGRADE_SECONDS, "W4": W4_UPGRADE_SECONDS}
 IMPLS = ("upkeep", "floor", "ansible")
 RUN_TIMEOUT = 600.0
 
 
-def ideal(clusters: int, k: int) -> float:
-    return -(-clusters // k) * NODES * UPGRADE_SECONDS
+def ideal(clusters: int, k: int, upgrade_seconds: float = UPGRADE_SECONDS) -> float:
+    return -(-clusters // k) * NODES * upgrade_seconds
+
+
+def ideal_of(w: str) -> float:
+    c, k = WORKLOADS[w]
+    return ideal(c, k, UPGRADE[w])
+
+
+def run_timeout(w: str) -> float:
+    return max(RUN_TIMEOUT, 5 * ideal_of(w))
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -126,15 +139,18 @@ class Result:
 class FleetLab:
     """One lab per workload; node state is reset between runs."""
 
-    def __init__(self, root: Path, clusters: int) -> None:
+    def __init__(self, root: Path, clusters: int, upgrade_seconds: float = UPGRADE_SECONDS) -> None:
         self.root = root
         self.lab = Lab(root)
         self.clusters = clusters
+        self.upgrade_seconds = upgrade_seconds
 
     def up(self) -> float:
         started = time.monotonic()
         self.lab.down()
-        self.lab.up(clusters=self.clusters, nodes=NODES, upgrade_seconds=UPGRADE_SECONDS, health_delay=0.0)
+        self.lab.up(
+            clusters=self.clusters, nodes=NODES, upgrade_seconds=self.upgrade_seconds, health_delay=0.0
+        )
         status = self.lab.status()
         self.nodes = status["nodes"]
         self.settings = self.lab.settings_overrides()
@@ -210,6 +226,7 @@ class FleetLab:
 # -- Prefect server (one for the whole bench) ---------------------------------------------------------
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", f"postgresql://postgres@{LOCALHOST}:5432/postgres")
 PG_DATABASE = "upkeep_bench_prefect"
+UPKEEP_PG_DATABASE = "upkeep_bench_w4"  # Upkeep's own database in W4 (K clusters' writes at once)
 
 
 def _pg(statement: str) -> bool:
@@ -307,11 +324,11 @@ def _last_json(text: str) -> dict[str, Any]:
     raise ValueError(f"no JSON result in output:\n{text[-2000:]}")
 
 
-def _run(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> tuple[float, str]:
+def _run(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO, timeout: float = RUN_TIMEOUT
+) -> tuple[float, str]:
     started = time.monotonic()
-    done = subprocess.run(
-        cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
-    )
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     seconds = time.monotonic() - started
     log.write_text(
         f"$ {' '.join(cmd)}\nexit {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
@@ -321,7 +338,18 @@ def _run(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> tu
     return seconds, done.stdout
 
 
-def prepare_upkeep_home(fleet: FleetLab, home: Path) -> None:
+def upkeep_db_url(home: Path, database: str) -> str:
+    """Upkeep's own database for a run: SQLite in its home, or (`postgres`, W4) a PostgreSQL database of
+    its own on the bench's server, created fresh here."""
+    if database != "postgres":
+        return f"sqlite:///{home / 'upkeep.db'}"
+    _pg(f"DROP DATABASE IF EXISTS {UPKEEP_PG_DATABASE} WITH (FORCE)")
+    _pg(f"CREATE DATABASE {UPKEEP_PG_DATABASE}")
+    base = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0]
+    return f"{base}/{UPKEEP_PG_DATABASE}"
+
+
+def prepare_upkeep_home(fleet: FleetLab, home: Path, url: str | None = None) -> None:
     """A fresh Upkeep database: the lab's inventory (no contacts) and one planned run per cluster, due now."""
     from sqlmodel import select
 
@@ -332,7 +360,7 @@ def prepare_upkeep_home(fleet: FleetLab, home: Path) -> None:
 
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    engine = make_engine(f"sqlite:///{home / 'upkeep.db'}")
+    engine = make_engine(url or f"sqlite:///{home / 'upkeep.db'}")
     migrate(engine)
     import_inventory(fleet.inventory, engine=engine, actor="bench")
     now = datetime.now(UTC)
@@ -351,18 +379,29 @@ def prepare_upkeep_home(fleet: FleetLab, home: Path) -> None:
                 now + timedelta(hours=4),
                 1,
             )
+            # Announced in good time: the dispatcher re-checks the notice period before it claims a
+            # run (#13), and an update never told is moved to a later slot instead of started.
+            run.told_at = now - timedelta(days=30)
             session.add(run)
     engine.dispose()
 
 
-def upkeep_db_report(home: Path) -> dict[str, Any]:
+def _percentile(xs: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; nan for no values."""
+    if not xs:
+        return float("nan")
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * q // 100) - 1))]
+
+
+def upkeep_db_report(home: Path, url: str | None = None) -> dict[str, Any]:
     """What the product's own record says: run states, and where each run's time went."""
     from sqlmodel import select
 
     from inventory.db import make_engine, session_scope
     from inventory.models import NodeStep, UpgradeRun
 
-    engine = make_engine(f"sqlite:///{home / 'upkeep.db'}")
+    engine = make_engine(url or f"sqlite:///{home / 'upkeep.db'}")
     with session_scope(engine) as session:
         runs = session.exec(select(UpgradeRun)).all()
         steps = session.exec(select(NodeStep)).all()
@@ -403,6 +442,9 @@ def upkeep_db_report(home: Path) -> dict[str, Any]:
         "in_steps_mean": sum(in_steps) / n,
         "outside_steps_mean": (sum(spans) - sum(in_steps)) / n,
         "claim_to_first_step_mean": sum(first_step) / n,
+        "claim_to_first_step_p50": _percentile(first_step, 50),
+        "claim_to_first_step_p95": _percentile(first_step, 95),
+        "claim_to_first_step_max": max(first_step, default=float("nan")),
         "phase_mean": {k: v / n for k, v in phase.items()},
     }
 
@@ -414,16 +456,25 @@ def run_upkeep(
     prefect_env: dict[str, str],
     profile: Path | None = None,
     server_pid: int = 0,
+    database: str = "sqlite",
+    timeout: float = RUN_TIMEOUT,
+    count_api: bool = False,
 ) -> Result:
     """With `profile`: py-spy samples the Upkeep process (every thread, only samples holding the GIL,
     i.e. Python running) into `profile`, and the Prefect server likewise into `<profile>.server`."""
     home = out / "home"
-    prepare_upkeep_home(fleet, home)
+    home.mkdir(parents=True, exist_ok=True)
+    url = upkeep_db_url(home, database)
+    prepare_upkeep_home(fleet, home, url)
     env = _base_env()
     env.update(prefect_env)
     env.update({f"UPKEEP_{key.upper()}": str(value) for key, value in fleet.settings.items()})
     env["UPKEEP_HOME"] = str(home)
+    if database == "postgres":
+        env["UPKEEP_DATABASE_URL"] = url
     cmd = [PYTHON, str(REPO / "bench" / "upkeep_tick.py"), "--max-running", str(k)]
+    if count_api:
+        cmd.append("--count-api")
     spy = [str(BIN / "py-spy"), "record", "--gil", "--format", "raw", "--rate", "250"]
     server_spy = None
     if profile is not None:
@@ -436,13 +487,13 @@ def run_upkeep(
                 stderr=subprocess.DEVNULL,
             )
     try:
-        seconds, stdout = _run(cmd, env, out / "upkeep.log")
+        seconds, stdout = _run(cmd, env, out / "upkeep.log", timeout=timeout)
     finally:
         if server_spy is not None:
             server_spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             server_spy.wait(timeout=60)
     data = _last_json(stdout)
-    report = upkeep_db_report(home)
+    report = upkeep_db_report(home, url)
     return Result(
         workload="",
         impl="upkeep",
@@ -456,9 +507,9 @@ def run_upkeep(
     )
 
 
-def run_floor(fleet: FleetLab, k: int, out: Path) -> Result:
+def run_floor(fleet: FleetLab, k: int, out: Path, timeout: float = RUN_TIMEOUT) -> Result:
     cmd = [PYTHON, str(REPO / "bench" / "floor.py"), str(fleet.spec_path), "--workers", str(k)]
-    seconds, stdout = _run(cmd, _base_env(), out / "floor.log")
+    seconds, stdout = _run(cmd, _base_env(), out / "floor.log", timeout=timeout)
     data = _last_json(stdout)
     return Result(
         "",
@@ -494,7 +545,7 @@ def write_ansible_inventory(fleet: FleetLab, path: Path) -> None:
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
 
 
-def run_ansible(fleet: FleetLab, k: int, out: Path) -> Result:
+def run_ansible(fleet: FleetLab, k: int, out: Path, timeout: float = RUN_TIMEOUT) -> Result:
     here = REPO / "bench" / "ansible"
     inventory = fleet.ansible_inventory
     control = Path(f"/tmp/ucp{os.getpid()}-{int(time.time() * 1000) % 10**8}")  # short: unix socket paths
@@ -535,7 +586,7 @@ def run_ansible(fleet: FleetLab, k: int, out: Path) -> Result:
         str(here / "fleet.yml"),
     ]
     try:
-        seconds, _stdout = _run(cmd, env, out / "ansible.log")
+        seconds, _stdout = _run(cmd, env, out / "ansible.log", timeout=timeout)
     finally:
         for sock in control.iterdir():  # every run starts cold: close the masters this run opened
             subprocess.run(
@@ -589,19 +640,62 @@ def summarize(results: list[Result], workloads: list[str]) -> tuple[str, list[st
             nodes = _median([r.cpu.get("nodes", nan) / c for r in rs])
             split = f" (server {server:.2f})" if server == server else ""
             lines.append(
-                f"| {w} (C={c}, K={k}, ideal {ideal(c, k):g} s) | {impl} | {len(ok)}/{len(rs)} "
+                f"| {w} (C={c}, K={k}, ideal {ideal_of(w):g} s) | {impl} | {len(ok)}/{len(rs)} "
                 f"| {min((r.fleet_seconds for r in ok), default=nan):.2f} | {med[impl]:.2f} "
-                f"| {med[impl] / ideal(c, k):.2f} "
+                f"| {med[impl] / ideal_of(w):.2f} "
                 f"| {med[impl] / med.get('floor', nan):.2f} ({_per_rep(runs, impl, 'floor'):.2f}) "
                 f"| {med[impl] / med.get('ansible', nan):.2f} ({_per_rep(runs, impl, 'ansible'):.2f}) "
                 f"| {_median([r.process_seconds for r in rs]):.2f} | {f'{max(rss):.0f}' if rss else ''} "
                 f"| {controller:.2f}{split} / {nodes:.2f} |"
             )
-        if "upkeep" in med:
+        if "upkeep" in med and w == "W4":
+            r1 = med["upkeep"] / med.get("floor", nan)
+            db = [r.extra["db"] for r in runs["upkeep"] if "db" in r.extra]
+            p95 = _median([d["claim_to_first_step_p95"] for d in db])
+            rss = max((r.peak_rss_mb or nan for r in runs["upkeep"]), default=nan)
+            finals.append(f"fleet W4 upkeep_over_floor={r1:.2f} p95_start_s={p95:.1f} rss_mb={rss:.0f}")
+        elif "upkeep" in med:
             r1 = med["upkeep"] / med.get("floor", nan)
             r2 = med["upkeep"] / med.get("ansible", nan)
             finals.append(f"fleet {w} upkeep_over_floor={r1:.2f} upkeep_over_ansible={r2:.2f}")
     return "\n".join(lines), finals
+
+
+def w4_table(results: list[Result]) -> str:
+    """W4's own figures per run: wall over the ideal and the floor, how fast a claimed cluster got
+    going, what the Upkeep process held, and what the Prefect server spent."""
+    rows = [r for r in results if r.workload == "W4"]
+    if not rows:
+        return ""
+    c, k = WORKLOADS["W4"]
+    floor = _median([r.fleet_seconds for r in rows if r.impl == "floor" and r.valid])
+    lines = [
+        f"W4: C={c} clusters x {NODES} nodes, K={k} in flight, node upgrade {UPGRADE['W4']:g} s "
+        f"(ideal {ideal_of('W4'):g} s).",
+        "",
+        "| impl | rep | nodes ok | fleet s | × ideal | × floor | claim → first step s p50 / p95 / max "
+        "| peak RSS MB | peak threads / fds | CPU s: controller / Prefect server / nodes | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        db = r.extra.get("db", {})
+        drv = r.extra.get("driver", {})
+        start = (
+            f"{db['claim_to_first_step_p50']:.1f} / {db['claim_to_first_step_p95']:.1f} / "
+            f"{db['claim_to_first_step_max']:.1f}"
+            if db
+            else ""
+        )
+        held = f"{drv.get('peak_threads', '')} / {drv.get('peak_fds', '')}" if drv else ""
+        server = r.cpu.get("prefect server")
+        lines.append(
+            f"| {r.impl} | {r.rep} | {r.nodes_ok}/{r.nodes} | {r.fleet_seconds:.1f} "
+            f"| {r.fleet_seconds / ideal_of('W4'):.2f} | {r.fleet_seconds / floor:.2f} | {start} "
+            f"| {f'{r.peak_rss_mb:.0f}' if r.peak_rss_mb else ''} | {held} "
+            f"| {r.cpu.get('controller', 0):.1f} / {'' if server is None else f'{server:.1f}'} "
+            f"/ {r.cpu.get('nodes', 0):.1f} | {r.extra.get('error', '')[:160]} |"
+        )
+    return "\n".join(lines)
 
 
 def machine() -> dict[str, str]:
@@ -714,7 +808,26 @@ def profile_summary(
 # -- main ---------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workloads", default="W1,W2,W3")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4")
+    parser.add_argument(
+        "--w4-clusters",
+        type=int,
+        default=W4_CLUSTERS,
+        help="W4's K: clusters x 3 nodes, all in flight at once (the issue's 200 = 600 sshds)",
+    )
+    parser.add_argument("--w4-upgrade-seconds", type=float, default=W4_UPGRADE_SECONDS)
+    parser.add_argument(
+        "--count-api",
+        action="store_true",
+        help="count the Upkeep process's Prefect API requests and events (per cluster, in the output)",
+    )
+    parser.add_argument("--w4-reps", type=int, default=1, help="repetitions of W4 (each ~3 x 3+ minutes)")
+    parser.add_argument(
+        "--w4-upkeep-db",
+        choices=("postgres", "sqlite"),
+        default="postgres",
+        help="Upkeep's own database in W4 (PostgreSQL: K runs writing at once)",
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument(
@@ -728,6 +841,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "upkeep-bench")
     args = parser.parse_args()
     workloads = [w for w in args.workloads.split(",") if w]
+    WORKLOADS["W4"] = (args.w4_clusters, args.w4_clusters)
+    UPGRADE["W4"] = args.w4_upgrade_seconds
     impls = [i for i in args.impls.split(",") if i]
     args.work.mkdir(parents=True, exist_ok=True)
     info = machine()
@@ -739,17 +854,22 @@ def main() -> None:
         prefect_env = (
             stack.enter_context(prefect_server(args.work, args.prefect_db)) if "upkeep" in impls else {}
         )
+        if "W4" in workloads and "upkeep" in impls and args.w4_upkeep_db == "postgres":
+            stack.callback(_pg, f"DROP DATABASE IF EXISTS {UPKEEP_PG_DATABASE} WITH (FORCE)")
         server_pid = 0
         if prefect_env:
             info["Prefect server database"] = prefect_env.pop("BENCH_PREFECT_DB")
             server_pid = int(prefect_env.pop("BENCH_PREFECT_PID"))
         for w in workloads:
             clusters, k = WORKLOADS[w]
-            fleet = FleetLab(args.work / f"lab-{w}", clusters)
+            fleet = FleetLab(args.work / f"lab-{w}", clusters, UPGRADE[w])
+            reps = min(args.reps, args.w4_reps) if w == "W4" else args.reps
+            timeout = run_timeout(w)
+            database = args.w4_upkeep_db if w == "W4" else "sqlite"
             lab_up[w] = fleet.up()
             print(f"{w}: lab of {clusters}x{NODES} nodes up in {lab_up[w]:.1f} s", flush=True)
             try:
-                for rep in range(args.reps):
+                for rep in range(reps):
                     order = impls[rep % len(impls) :] + impls[: rep % len(impls)]
                     for impl in order:
                         fleet.reset()
@@ -761,12 +881,30 @@ def main() -> None:
                             fleet.node_cpu(),
                             tree_cpu(server_pid) if server_pid else 0.0,
                         )
-                        if impl == "upkeep":
-                            result = run_upkeep(fleet, k, out, prefect_env)
-                        elif impl == "floor":
-                            result = run_floor(fleet, k, out)
-                        else:
-                            result = run_ansible(fleet, k, out)
+                        try:
+                            if impl == "upkeep":
+                                result = run_upkeep(
+                                    fleet,
+                                    k,
+                                    out,
+                                    prefect_env,
+                                    database=database,
+                                    timeout=timeout,
+                                    count_api=args.count_api,
+                                )
+                            elif impl == "floor":
+                                result = run_floor(fleet, k, out, timeout=timeout)
+                            else:
+                                result = run_ansible(fleet, k, out, timeout=timeout)
+                        except Exception as exc:  # reported (W4: "if it survives"), the others still run
+                            if w != "W4":
+                                raise
+                            error = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                            print(f"  {w} rep {rep} {impl}: FAILED {error}", flush=True)
+                            result = Result(
+                                "", impl, 0, float("nan"), float("nan"), fleet.check(), len(fleet.nodes)
+                            )
+                            result.extra["error"] = error
                         result.cpu = {
                             "controller": children_cpu() - before[0],
                             "nodes": fleet.node_cpu() - before[1],
@@ -775,6 +913,15 @@ def main() -> None:
                             result.cpu["prefect server"] = tree_cpu(server_pid) - before[2]
                         result.workload, result.rep = w, rep
                         results.append(result)
+                        api = result.extra.get("driver", {}).get("api")
+                        if api:
+                            http = sum(n for name, n in api.items() if not name.startswith("event "))
+                            events = sum(n for name, n in api.items() if name.startswith("event "))
+                            print(
+                                f"api_calls_per_cluster {w} http={http / clusters:.1f} "
+                                f"events={events / clusters:.1f} ({json.dumps(api)})",
+                                flush=True,
+                            )
                         quarters = result.extra.get("driver", {}).get("rss_quarters_mb")
                         rss = f" rss {result.peak_rss_mb:.0f} MB {quarters}" if result.peak_rss_mb else ""
                         cpu = " ".join(f"{name} {sec:.1f}" for name, sec in result.cpu.items())
@@ -803,6 +950,9 @@ def main() -> None:
             finally:
                 fleet.down()
     table, finals = summarize(results, workloads)
+    w4 = w4_table(results)
+    if w4:
+        table += "\n\n" + w4
     print()
     print(table)
     write_results(

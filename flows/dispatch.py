@@ -17,7 +17,9 @@ one ends, so the tick keeps that many clusters busy until nothing is due.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from threading import Lock
 from typing import Any, NamedTuple
@@ -412,16 +414,19 @@ def _run_in_process(runtime: Runtime, now: datetime, slots: int, log: Any) -> li
     # Worker threads do not inherit context variables: without this the runs would ignore the
     # caller's Prefect settings (the CLI turns off the heartbeat, whose thread costs ~1 s per run).
     settings = get_settings_context()
+    # One API client for every worker: the tick's own (its flow run's), shared. A client per worker
+    # built an SSL context (certifi's whole bundle, ~27 ms CPU, even for plain http) and fetched a
+    # CSRF token for each of the K workers, all at the moment K clusters start. httpx's pool is
+    # thread-safe; its 16 connections also cap the requests K starting runs put to the server at once.
+    shared = SyncClientContext.get()
     started: list[Claim] = []
     taken: set[int] = set()
     lock = Lock()
 
     def worker() -> None:
-        # One API client per worker for all its runs: each flow run would otherwise build its own
-        # (an SSL context loading certifi's whole bundle, ~27 ms CPU per run, even for plain http).
         with (
             SettingsContext(profile=settings.profile, settings=settings.settings),
-            SyncClientContext.get_or_create(),
+            _client_context(shared),
         ):
             while True:
                 with lock:  # claims in slot order; the runs themselves go on in parallel
@@ -436,6 +441,23 @@ def _run_in_process(runtime: Runtime, now: datetime, slots: int, log: Any) -> li
             for future in [pool.submit(worker) for _ in range(slots)]:
                 future.result()
     return started
+
+
+@contextmanager
+def _client_context(shared: Any) -> Iterator[Any]:
+    """In a worker thread: the dispatcher's client context when there is one (the flow engine's
+    `SyncClientContext.get_or_create()` then finds it), else one of the worker's own for all its runs."""
+    from prefect.context import SyncClientContext
+
+    if shared is None:
+        with SyncClientContext.get_or_create() as own:
+            yield own
+        return
+    token = SyncClientContext.__var__.set(shared)
+    try:
+        yield shared
+    finally:
+        SyncClientContext.__var__.reset(token)
 
 
 def _parameters(claim: Claim) -> dict[str, Any]:

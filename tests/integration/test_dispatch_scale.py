@@ -147,3 +147,42 @@ def test_the_dispatcher_indexes_exist_after_migration(engine: Any) -> None:
     indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("upgraderun")}
     assert indexes["ix_upgraderun_state_slot"] == ["state", "slot_start", "id"]
     assert indexes["ix_upgraderun_state_lease"] == ["state", "lease_until", "id"]
+
+
+def test_in_process_workers_share_the_ticks_api_client(
+    engine: Any, tmp_path: Path, prefect_harness: None, monkeypatch: Any
+) -> None:
+    """`upkeep dispatch` runs K clusters in K worker threads: every run uses the tick's one Prefect
+    client (not one built per worker: an SSL context and a CSRF token each, all as K clusters start),
+    and each due run is claimed once. The flow itself is replaced by a recorder: what is checked is
+    what the dispatcher hands it."""
+    import logging
+    import threading
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    import flows.product_update
+    from flows.dispatch import _run_in_process
+
+    runtime = _fleet(engine, tmp_path, 3)
+    due = {_plan(engine, f"c{i:02d}", NOW - timedelta(minutes=1), NOW - timedelta(days=5)) for i in range(2)}
+    both_running = threading.Barrier(2, timeout=120)  # two workers, each inside a run at once
+    seen: list[tuple[str, int, int]] = []
+
+    def recorder(**parameters: Any) -> None:
+        seen.append((threading.current_thread().name, parameters["run_id"], id(get_client(sync_client=True))))
+        both_running.wait()
+
+    monkeypatch.setattr(flows.product_update, "product_update", recorder)
+
+    @flow(name="tick-host")
+    def host() -> tuple[list[int], int]:
+        claims = _run_in_process(runtime, NOW, 2, logging.getLogger("test"))
+        return [c.run_id for c in claims], id(get_client(sync_client=True))
+
+    claimed, tick_client = host()
+    assert sorted(claimed) == sorted(due)
+    assert sorted(run_id for _, run_id, _ in seen) == sorted(due)  # each run handed over once
+    assert len({thread for thread, _, _ in seen}) == 2  # in two workers at once
+    assert {client for _, _, client in seen} == {tick_client}  # one client: the tick's

@@ -47,8 +47,9 @@ clean-venv:
 	rm -rf $(VENV)
 
 # Benchmarks (bench/README.md): Upkeep vs a bare-SSH floor vs Ansible on the lab (W1-W3, 3 runs
-# each), the month's cloud-release plan for 10,000 clusters, 10,000 notices through a local SMTP
-# server. Writes bench/results.md. BENCH_ARGS goes to bench/fleet.py, e.g. BENCH_ARGS="--reps 1".
+# each; W4: --w4-clusters K all in flight with 60 s upgrades, once), the month's cloud-release plan for
+# 10,000 clusters, 10,000 notices through a local SMTP server, a dispatcher tick over 100,000 planned
+# updates. Writes bench/results.md. BENCH_ARGS goes to bench/fleet.py, e.g. BENCH_ARGS="--reps 1".
 .PHONY: bench
 bench: $(STAMP) debian-packages
 	@$(BIN)/python -c "import ansible, pyinstrument" 2>/dev/null && test -x $(BIN)/py-spy || \

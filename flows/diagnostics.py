@@ -23,11 +23,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy.engine import Engine
 
-from flows.plan import Jump, ssh_target
+from flows.plan import node_target
 from flows.runtime import Runtime, current
 from inventory import cases, repo
 from inventory.db import session_scope
-from inventory.models import AccessKind
+from inventory.models import Cluster, Node
 from inventory.types import utcnow
 from tasks.diagnostics import (
     PATTERN_NAMES,
@@ -126,11 +126,7 @@ def resolve_request(
         unknown = sorted(set(nodes or []) - known)
         if unknown:
             raise repo.NotFound(f"{found.name} has no node {', '.join(unknown)} (nodes: {', '.join(known)})")
-        jump = None
-        if found.access is AccessKind.jump:
-            assert found.jump_host and found.jump_port and found.jump_user
-            jump = Jump(found.jump_host, found.jump_port, found.jump_user)
-        targets = [_target(n.hostname, n.address, n.port, n.ssh_user, jump) for n in all_nodes]
+        targets = [_target(found, n) for n in all_nodes]
         assert found.id is not None
         return Request(
             customer=customer.name,
@@ -144,9 +140,9 @@ def resolve_request(
         )
 
 
-def _target(hostname: str, address: str, port: int, user: str, jump: Jump | None) -> SshTarget:
-    safe_segment(hostname, "hostname")  # it names a file in the bundle
-    return ssh_target(hostname, address, port, user, jump)
+def _target(cluster: Cluster, node: Node) -> SshTarget:
+    safe_segment(node.hostname, "hostname")  # it names a file in the bundle
+    return node_target(cluster, node)
 
 
 @task(name="collect", task_run_name="collect {target.name}", cache_policy=NO_CACHE)

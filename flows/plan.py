@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session
 
 from inventory import repo
-from inventory.models import AccessKind
+from inventory.models import AccessKind, Cluster, Node
 from scheduling.versions import NoUpgradePath, Version, upgrade_path
 from tasks.ssh import SshTarget
 
@@ -29,6 +29,8 @@ class PlannedNode:
     port: int
     user: str
     position: int
+    tunnel_port: int | None = None  # access tunnel: its forwarded port on the tunnel server
+    host_key: str | None = None  # access tunnel: the node's own key, the only one accepted
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,16 @@ class Jump:
     host: str
     port: int
     user: str
+
+
+@dataclass(frozen=True)
+class TunnelServer:
+    """The vendor's tunnel server a tunnel cluster's nodes open their reverse tunnels to."""
+
+    host: str
+    port: int
+    user: str
+    host_key: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class UpdatePlan:
     sha256: str
     nodes: list[PlannedNode]
     jump: Jump | None = None
+    tunnel: TunnelServer | None = None
     steps: list[str] = field(
         default_factory=lambda: ["pre-flight", "download", "distribute", "upgrade node by node"]
     )
@@ -63,6 +76,8 @@ class UpdatePlan:
         return PurePosixPath(self.package).name
 
     def target(self, node: PlannedNode) -> SshTarget:
+        if self.tunnel is not None:
+            return tunnel_target(node.hostname, node.user, node.tunnel_port, node.host_key, self.tunnel)
         return ssh_target(node.hostname, node.address, node.port, node.user, self.jump)
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,6 +88,38 @@ def ssh_target(hostname: str, address: str, port: int, user: str, jump: Jump | N
     """How to reach a node: directly, or through its cluster's jump host."""
     via = SshTarget(f"jump:{jump.host}", jump.host, jump.port, jump.user) if jump else None
     return SshTarget(hostname, address, port, user, via)
+
+
+def tunnel_target(
+    hostname: str, user: str, tunnel_port: int | None, host_key: str | None, server: TunnelServer
+) -> SshTarget:
+    """A node behind the customer's reverse tunnel: its forwarded port on the tunnel server's loopback,
+    reached from the tunnel server, and known only by its own name and key."""
+    if tunnel_port is None or not host_key:
+        raise PlanError(f"{hostname}: access tunnel but no tunnel_port or host_key in the inventory")
+    via = SshTarget(f"tunnel:{server.host}", server.host, server.port, server.user, host_key=server.host_key)
+    return SshTarget(hostname, "127.0.0.1", tunnel_port, user, via, host_key=host_key, via_tunnel=True)
+
+
+def tunnel_server(cluster: Cluster) -> TunnelServer | None:
+    if cluster.access is not AccessKind.tunnel:
+        return None
+    assert cluster.tunnel_host and cluster.tunnel_port and cluster.tunnel_user and cluster.tunnel_host_key
+    return TunnelServer(
+        cluster.tunnel_host, cluster.tunnel_port, cluster.tunnel_user, cluster.tunnel_host_key
+    )
+
+
+def node_target(cluster: Cluster, node: Node) -> SshTarget:
+    """How to reach a node of the database's inventory: directly, through a jump host or a tunnel."""
+    server = tunnel_server(cluster)
+    if server is not None:
+        return tunnel_target(node.hostname, node.ssh_user, node.tunnel_port, node.host_key, server)
+    jump = None
+    if cluster.access is AccessKind.jump:
+        assert cluster.jump_host and cluster.jump_port and cluster.jump_user
+        jump = Jump(cluster.jump_host, cluster.jump_port, cluster.jump_user)
+    return ssh_target(node.hostname, node.address, node.port, node.ssh_user, jump)
 
 
 def plan_update(cluster_name: str, to_version: str, *, session: Session) -> UpdatePlan:
@@ -109,6 +156,12 @@ def plan_update(cluster_name: str, to_version: str, *, session: Session) -> Upda
         path=path,
         package=release.package,
         sha256=release.sha256,
-        nodes=[PlannedNode(n.id or 0, n.hostname, n.address, n.port, n.ssh_user, n.position) for n in nodes],
+        nodes=[
+            PlannedNode(
+                n.id or 0, n.hostname, n.address, n.port, n.ssh_user, n.position, n.tunnel_port, n.host_key
+            )
+            for n in nodes
+        ],
         jump=jump,
+        tunnel=tunnel_server(cluster),
     )

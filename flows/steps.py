@@ -22,7 +22,7 @@ from flows.records import recorded
 from flows.runtime import Runtime
 from tasks.failpoints import failpoint_soon
 from tasks.node import NodeAgent, NodeCommandFailed
-from tasks.ssh import RemoteResult, RemoteRunner
+from tasks.ssh import RemoteResult, RemoteRunner, TunnelClosed
 
 UPGRADE_IN_PROGRESS = 75  # the agent's answer while another upgrade of the node holds its lock
 
@@ -44,6 +44,11 @@ def _upgrade_once(agent: NodeAgent, version: str, timeout: float) -> RemoteResul
 
 class StepFailed(Exception):
     """A runbook step failed; the message names the node and the step."""
+
+
+class TunnelDown(StepFailed):
+    """Pre-flight found customer tunnels closed: only the customer can open them (`upkeep-agent tunnel
+    start` on each node named); nothing was touched."""
 
 
 class RunLost(StepFailed):
@@ -118,6 +123,7 @@ def preflight(
     plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, package_size: int
 ) -> None:
     """Every node reachable, healthy, at a version this run expects, with disk for the package."""
+    closed: list[str] = []
 
     def check(node: PlannedNode) -> str:
         try:
@@ -133,6 +139,9 @@ def preflight(
                     raise StepFailed(f"not healthy ({health.detail})")
                 if free < 2 * package_size:
                     raise StepFailed(f"{free} bytes free, needs {2 * package_size} for the package")
+        except TunnelClosed:
+            closed.append(node.hostname)
+            return ""
         except Exception as exc:
             return f"{node.hostname}: {exc}".replace(
                 f"{node.hostname}: {node.hostname}: ", f"{node.hostname}: "
@@ -140,6 +149,15 @@ def preflight(
         return ""
 
     problems = _each_node(plan, check)
+    if closed:
+        assert plan.tunnel is not None
+        names = sorted(closed)
+        raise TunnelDown(
+            f"pre-flight failed, no node touched: the customer's support tunnel is closed on "
+            f"{', '.join(names)} (tunnel server {plan.tunnel.host}:{plan.tunnel.port}); the customer must "
+            f"run `upkeep-agent tunnel start` on {'that node' if len(names) == 1 else 'each of them'}, then "
+            "ask for the update again" + "".join(f"; {problem}" for problem in problems)
+        )
     if problems:
         raise StepFailed("pre-flight failed, no node touched: " + "; ".join(problems))
 

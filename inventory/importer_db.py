@@ -113,6 +113,7 @@ def customer_values(spec: m.Customer) -> dict[str, Any]:
 
 def cluster_values(spec: m.Cluster, customer_id: int | None) -> dict[str, Any]:
     jump = spec.access if isinstance(spec.access, m.Jump) else None
+    tunnel = spec.access if isinstance(spec.access, m.Tunnel) else None
     return {
         "customer_id": customer_id,
         "name": spec.name,
@@ -124,6 +125,11 @@ def cluster_values(spec: m.Cluster, customer_id: int | None) -> dict[str, Any]:
         "jump_host": jump.host if jump else None,
         "jump_port": jump.port if jump else None,
         "jump_user": jump.user if jump else None,
+        "tunnel_host": tunnel.host if tunnel else None,
+        "tunnel_port": tunnel.port if tunnel else None,
+        "tunnel_user": tunnel.user if tunnel else None,
+        "tunnel_host_key": tunnel.host_key if tunnel else None,
+        "tunnel_allow_cloud": tunnel.allow_cloud if tunnel else False,
     }
 
 
@@ -134,6 +140,8 @@ def node_values(spec: m.Node, position: int) -> dict[str, Any]:
         "port": spec.port,
         "ssh_user": spec.user,
         "position": position,
+        "tunnel_port": spec.tunnel_port,
+        "host_key": spec.host_key,
     }
 
 
@@ -427,9 +435,18 @@ def _blackout(row: Blackout, model: type[m.Blackout]) -> m.Blackout:
 
 
 def _cluster(row: Cluster, nodes: list[Node], windows: list[m.Window]) -> m.Cluster:
-    access: m.Direct | m.Jump = (
+    access: m.Direct | m.Jump | m.Tunnel = (
         m.Jump.model_construct(type="jump", host=row.jump_host, port=row.jump_port, user=row.jump_user)
         if row.access == AccessKind.jump
+        else m.Tunnel.model_construct(
+            type="tunnel",
+            host=row.tunnel_host,
+            port=row.tunnel_port,
+            user=row.tunnel_user,
+            host_key=row.tunnel_host_key,
+            **_set(allow_cloud=row.tunnel_allow_cloud),
+        )
+        if row.access == AccessKind.tunnel
         else m.Direct.model_construct(type="direct")
     )
     return m.Cluster.model_construct(
@@ -440,7 +457,13 @@ def _cluster(row: Cluster, nodes: list[Node], windows: list[m.Window]) -> m.Clus
         ring=row.ring,
         access=access,
         nodes=[
-            m.Node.model_construct(hostname=n.hostname, address=n.address, port=n.port, user=n.ssh_user)
+            m.Node.model_construct(
+                hostname=n.hostname,
+                address=n.address,
+                port=n.port,
+                user=n.ssh_user,
+                **_set(tunnel_port=n.tunnel_port, host_key=n.host_key),
+            )
             for n in nodes
         ],
         **_set(windows=windows),

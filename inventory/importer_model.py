@@ -12,6 +12,8 @@ database.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import zoneinfo
@@ -71,6 +73,21 @@ def checked(check: Check) -> AfterValidator:
         return value
 
     return AfterValidator(run)
+
+
+_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+
+
+def is_host_key(value: str) -> bool:
+    """'TYPE BASE64' as in known_hosts, the blob naming the same type (no comment, no options)."""
+    kind, _, blob = value.partition(" ")
+    if kind not in _KEY_TYPES or not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", blob):
+        return False
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return raw[4 : 4 + len(kind)] == kind.encode() and int.from_bytes(raw[:4], "big") == len(kind)
 
 
 def _rule(ok: Callable[[Any], object], what: str) -> Check:
@@ -243,6 +260,11 @@ SshUser = Annotated[
     str, checked(_regex(r"[a-z_][a-z0-9_-]{0,31}", "a valid ssh user (^[a-z_][a-z0-9_-]{0,31}$)"))
 ]
 Hostname = Annotated[str, checked(_rule(is_hostname, "an RFC 1123 hostname"))]
+HostKey = Annotated[
+    str,
+    checked(_rule(is_host_key, "an SSH host key 'TYPE BASE64' (e.g. 'ssh-ed25519 AAAAC3...')")),
+    Field(examples=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI..."]),
+]
 Email = Annotated[str, checked(_rule(_is_email, "a valid email address"))]
 Text128 = Annotated[str, checked(_text(128))]  # names end up in mail headers: no control characters
 Reason = Annotated[str, checked(_text(255))]
@@ -295,6 +317,12 @@ class Node(Part):
     ] = None
     port: Port = 22
     user: SshUser = "upkeep"
+    tunnel_port: Annotated[
+        Port | None, Field(description="access tunnel: the port this node's tunnel listens on at the server")
+    ] = None
+    host_key: Annotated[
+        HostKey | None, Field(description="access tunnel: the node's own SSH host key, 'TYPE BASE64'")
+    ] = None
 
     @property
     def endpoint(self) -> str:
@@ -425,6 +453,22 @@ def _some(what: str) -> Check:
     return lambda items: None if items else f"{what}"
 
 
+class Tunnel(Part):
+    """The customer's reverse SSH tunnel: their nodes open it to this tunnel server; Upkeep reaches each
+    node through its forwarded port there, checking the server's key and the node's own."""
+
+    WHAT: ClassVar[str] = "access"
+    type: Literal["tunnel"]
+    host: Annotated[str, checked(_rule(is_hostname, "a hostname or an IPv4 address"))]
+    port: Port = 22
+    user: SshUser = "upkeep"
+    host_key: Annotated[HostKey, Field(description="The tunnel server's SSH host key, 'TYPE BASE64'")]
+    allow_cloud: Annotated[
+        bool,
+        Field(description="Tunnels are for software (on-premises) clusters; true lets a cloud one use one"),
+    ] = False
+
+
 class Cluster(Part):
     """One installation of the product: its nodes, how to reach them, and when it may be updated."""
 
@@ -436,7 +480,7 @@ class Cluster(Part):
         str, checked(_regex(r"[a-z0-9][a-z0-9_-]{0,63}", "a valid profile (^[a-z0-9][a-z0-9_-]{0,63}$)"))
     ] = "standard"
     ring: Literal["canary", "early", "broad"] = "broad"
-    access: Annotated[Direct | Jump, Field(discriminator="type")]
+    access: Annotated[Direct | Jump | Tunnel, Field(discriminator="type")]
     nodes: Annotated[
         list[Node],
         checked(_some("a cluster needs at least one node")),
@@ -694,10 +738,12 @@ def cross_checks(
             if ok((*where, "name")):
                 message = f"cluster: duplicate name {show(cluster['name'])} in the file"
                 once(("cluster", cluster["name"]), (*where, "name"), message)
+            tunnel = _tunnel_of(cluster, where, ok, found)
             for n, node in _items(cluster, "nodes"):
                 spot = (*where, "nodes", n)
                 if not ok((*spot, "hostname")):
                     continue
+                _tunnel_node(node, spot, tunnel, ok, once, found)
                 hostname = node["hostname"]
                 message = f"node: duplicate hostname {show(hostname)} in this cluster"
                 once(("hostname", c, k, hostname.lower()), (*spot, "hostname"), message)
@@ -720,6 +766,53 @@ def cross_checks(
             message = f"release: duplicate version {show(version)}"
             once(("release", version), ("releases", r, "version"), message)
     return found
+
+
+def _tunnel_of(
+    cluster: dict[str, Any],
+    where: tuple[Any, ...],
+    ok: Callable[[tuple[Any, ...]], bool],
+    found: list[Finding],
+) -> tuple[str, int] | None:
+    """The cluster's tunnel server (address key, port) when its access is a valid tunnel, else None;
+    a cloud cluster may use one only when its access says `allow_cloud: true`."""
+    access = cluster.get("access")
+    if not isinstance(access, dict) or access.get("type") != "tunnel" or not ok((*where, "access")):
+        return None
+    if cluster.get("kind") == "cloud" and ok((*where, "kind")) and access.get("allow_cloud") is not True:
+        message = (
+            f"cluster {show(cluster.get('name'))}: access tunnel is for software (on-premises) clusters; "
+            "a cloud cluster needs allow_cloud: true in its access to use one"
+        )
+        found.append(((*where, "access", "type"), message, None))
+    return address_key(access["host"]), access.get("port") or 22
+
+
+def _tunnel_node(
+    node: dict[str, Any],
+    spot: tuple[Any, ...],
+    tunnel: tuple[str, int] | None,
+    ok: Callable[[tuple[Any, ...]], bool],
+    once: Callable[[Any, tuple[Any, ...], str], None],
+    found: list[Finding],
+) -> None:
+    hostname = show(node["hostname"])
+    if tunnel is None:
+        for key in ("tunnel_port", "host_key"):
+            if node.get(key) is not None:
+                message = f"node {hostname}: {key} is only for clusters whose access type is tunnel"
+                found.append(((*spot, key), message, None))
+        return
+    for key, what in (("tunnel_port", "its port on the tunnel server"), ("host_key", "its own host key")):
+        if node.get(key) is None:
+            found.append((spot, f"node {hostname}: access tunnel needs {key} ({what})", None))
+    if node.get("tunnel_port") is not None and ok((*spot, "tunnel_port")):
+        port = node["tunnel_port"]
+        message = (
+            f"node {hostname}: tunnel_port {port} on tunnel server {tunnel[0]}:{tunnel[1]} is already "
+            "assigned to another node"
+        )
+        once(("tunnel_port", *tunnel, port), (*spot, "tunnel_port"), message)
 
 
 def _portal_users(

@@ -25,6 +25,7 @@ class ClusterKind(StrEnum):
 class AccessKind(StrEnum):
     direct = "direct"
     jump = "jump"
+    tunnel = "tunnel"  # the customer's reverse SSH tunnel to the vendor's tunnel server (issue 18)
 
 
 class RunState(StrEnum):
@@ -104,6 +105,12 @@ class Cluster(SQLModel, table=True):
     jump_host: str | None = Field(default=None, max_length=253)
     jump_port: int | None = None
     jump_user: str | None = Field(default=None, max_length=32)
+    # access tunnel: the vendor's tunnel server the customer's nodes open their tunnels to (migration 0011)
+    tunnel_host: str | None = Field(default=None, max_length=253)
+    tunnel_port: int | None = None
+    tunnel_user: str | None = Field(default=None, max_length=32)
+    tunnel_host_key: str | None = Field(default=None, max_length=1024, description="'TYPE BASE64'")
+    tunnel_allow_cloud: bool = False
 
 
 class Node(SQLModel, table=True):
@@ -118,6 +125,9 @@ class Node(SQLModel, table=True):
     port: int = 22
     ssh_user: str = Field(default="upkeep", max_length=32)
     position: int = Field(description="upgrade order within the cluster, 1-based")
+    # access tunnel: the port on the tunnel server this node's tunnel listens on, and the node's own key
+    tunnel_port: int | None = None
+    host_key: str | None = Field(default=None, max_length=1024, description="'TYPE BASE64'")
 
 
 class Release(SQLModel, table=True):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.lab
 def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("tunnellab"))
     try:
-        lab.up(clusters=2, nodes=2, access="tunnel", upgrade_seconds=0.1, health_delay=0.1)
+        lab.up(clusters=3, nodes=2, access="tunnel", upgrade_seconds=0.1, health_delay=0.1)
         yield lab
     finally:
         lab.down()
@@ -182,3 +182,76 @@ def test_the_lab_writes_a_tunnel_inventory(tlab: Lab) -> None:
                       host_key=target.host_key, via_tunnel=True),
             _settings(tlab),
         ).open()  # fmt: skip
+
+
+# -- updates through the tunnel (the inventory says access: tunnel) -----------------------------------
+
+
+@pytest.fixture
+def tunnel_runtime(tlab: Lab, sqlite_engine: Any, prefect_harness: None, tmp_path: Path) -> Iterator[Any]:
+    from tests.integration.conftest import _runtime
+    from upkeep.settings import load_settings
+
+    settings = load_settings(home=tmp_path / "home", **tlab.settings_overrides())
+    yield from _runtime(tlab, settings, sqlite_engine)
+
+
+def _cluster_nodes(lab: Lab, cluster: str) -> list[str]:
+    return [n["hostname"] for n in _nodes(lab) if n["cluster"] == cluster]
+
+
+def _cases(engine: Any) -> list[Any]:
+    from sqlmodel import select
+
+    from inventory.case_tables import Case
+    from inventory.db import session_scope
+
+    with session_scope(engine) as session:
+        return list(session.exec(select(Case)).all())
+
+
+@pytest.mark.prefect
+def test_an_update_through_the_tunnel_upgrades_both_nodes_exactly_once(
+    tlab: Lab, tunnel_runtime: Any
+) -> None:
+    from flows.product_update import product_update
+
+    cluster = _nodes(tlab)[2]["cluster"]
+    hosts = _cluster_nodes(tlab, cluster)
+    for host in hosts:
+        _started(tlab, host)
+    state = product_update(cluster=cluster, to_version="9.10.0", return_state=True)
+    assert state.is_completed(), state.message
+    assert [n["version"] for n in _nodes(tlab) if n["cluster"] == cluster] == ["9.10.0", "9.10.0"]
+    assert [len(tlab.upgrade_log(h)) for h in hosts] == [1, 1]
+    # Every session came in through the tunnel: the node's sshd saw it from its own tunnel's ssh.
+    for host in hosts:
+        assert "upkeep-agent[" in (tlab.node_dir(host) / "logs" / "product.log").read_text()
+        assert (
+            ": upgrade 9.10.0 -> 0 upgraded 9.8.0 -> 9.10.0"
+            in (tlab.node_dir(host) / "logs" / "product.log").read_text()
+        )
+        assert "forwarded-tcpip" in (tlab.node_dir(host) / "logs" / "tunnel.log").read_text()
+
+
+@pytest.mark.prefect
+def test_a_closed_tunnel_fails_pre_flight_before_anything_is_touched(tlab: Lab, tunnel_runtime: Any) -> None:
+    from flows.product_update import product_update
+
+    cluster = _nodes(tlab)[4]["cluster"]
+    first, second = _cluster_nodes(tlab, cluster)
+    _started(tlab, first)
+    assert tlab.tunnel(second, "status")[0] == 3
+    state = product_update(cluster=cluster, to_version="9.10.0", return_state=True)
+    assert state.is_failed()
+    message = state.message or ""
+    assert f"support tunnel is closed on {second}" in message and first not in message
+    assert "run `upkeep-agent tunnel start` on that node" in message
+    assert [len(tlab.upgrade_log(h)) for h in (first, second)] == [0, 0]
+    assert not any(p.name != ".keep" for p in (tlab.node_dir(first) / "incoming").iterdir())  # nothing sent
+    assert _cases(tunnel_runtime.engine) == []  # the customer's tunnel, not an incident: no case
+    # The customer opens it; the update asked for again goes through.
+    _started(tlab, second)
+    again = product_update(cluster=cluster, to_version="9.10.0", return_state=True)
+    assert again.is_completed(), again.message
+    assert [len(tlab.upgrade_log(h)) for h in (first, second)] == [1, 1]

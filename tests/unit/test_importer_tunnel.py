@@ -1,0 +1,87 @@
+"""access: tunnel in the inventory file (issue 18): what it needs, and what the import refuses, each
+problem as one FILE:LINE line."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from inventory.importer import InventoryError, load_inventory
+
+
+def _key(seed: int) -> str:
+    raw = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes([seed]) * 32
+    return "ssh-ed25519 " + base64.b64encode(raw).decode()
+
+
+SERVER = _key(1)
+
+
+def _file(kind: str = "software", extra: str = "", ports: tuple[int, int] = (41001, 41002)) -> str:
+    return f"""\
+customers:
+  - name: acme
+    timezone: America/New_York
+    clusters:
+      - name: acme-c1
+        kind: {kind}
+        version: 9.8.0
+        access: {{type: tunnel, host: tunnel.vendor.example, port: 2222, host_key: "{SERVER}"{extra}}}
+        nodes:
+          - {{hostname: acme-c1-n1, tunnel_port: {ports[0]}, host_key: "{_key(2)}"}}
+          - {{hostname: acme-c1-n2, tunnel_port: {ports[1]}, host_key: "{_key(3)}"}}
+releases: []
+"""
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    return [str(p) for p in info.value.errors]
+
+
+def test_a_tunnel_cluster_loads(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(_file())
+    cluster = load_inventory(path).customers[0].clusters[0]
+    assert cluster.access.type == "tunnel" and cluster.access.host_key == SERVER
+    assert [n.tunnel_port for n in cluster.nodes] == [41001, 41002] and cluster.nodes[0].host_key == _key(2)
+
+
+def test_the_same_tunnel_port_twice_is_refused_at_its_line(tmp_path: Path) -> None:
+    found = _problems(tmp_path, _file(ports=(41001, 41001)))
+    path = tmp_path / "inventory.yaml"
+    assert found == [
+        f"{path}:11: node 'acme-c1-n2': tunnel_port 41001 on tunnel server tunnel.vendor.example:2222 is "
+        "already assigned to another node (first at line 10)"
+    ]
+
+
+def test_a_cloud_cluster_needs_allow_cloud(tmp_path: Path) -> None:
+    [found] = _problems(tmp_path, _file(kind="cloud"))
+    assert found.startswith(f"{tmp_path / 'inventory.yaml'}:8: ") and "allow_cloud: true" in found
+    path = tmp_path / "ok.yaml"
+    path.write_text(_file(kind="cloud", extra=", allow_cloud: true"))
+    load_inventory(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        (f', host_key: "{_key(3)}"', "", 11, "node 'acme-c1-n2': access tunnel needs host_key"),
+        (", tunnel_port: 41002", "", 11, "node 'acme-c1-n2': access tunnel needs tunnel_port"),
+        (_key(2), "ssh-ed25519 AAAA", 10, "is not an SSH host key"),
+        (_key(2), _key(2).replace("ssh-ed25519", "ssh-rsa"), 10, "is not an SSH host key"),
+        ("tunnel_port: 41002", "tunnel_port: 70000", 11, "70000 is not a port number"),
+        ("type: tunnel", "type: direct", 10, "tunnel_port is only for clusters whose access type is tunnel"),
+    ],
+)
+def test_tunnel_problems(tmp_path: Path, old: str, new: str, line: int, message: str) -> None:
+    text = _file()
+    assert old in text
+    found = _problems(tmp_path, text.replace(old, new, 1))
+    assert any(p.startswith(f"{tmp_path / 'inventory.yaml'}:{line}: ") and message in p for p in found), found

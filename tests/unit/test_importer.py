@@ -652,7 +652,8 @@ customers:
 @pytest.mark.parametrize(
     ("access", "messages"),
     [
-        ("{type: tunnel}", ["access: type: 'tunnel' is not one of direct, jump"]),
+        ("{type: vpn}", ["access: type: 'vpn' is not one of direct, jump, tunnel"]),
+        ("{type: tunnel}", ["access: missing required key 'host'", "access: missing required key 'host_key'"]),
         ("{host: j}", ["access: missing required key 'type'"]),
         ("{type: jump}", ["access: missing required key 'host'"]),
         ("{type: direct, host: j}", ["access: unknown key 'host' (allowed: type)"]),
@@ -667,7 +668,7 @@ customers:
     ],
 )
 def test_access_problems_name_the_key_and_line(tmp_path: Path, access: str, messages: list[str]) -> None:
-    """`access` is a choice of two shapes (by `type`): problems still name the key and its line."""
+    """`access` is a choice of shapes (by `type`): problems still name the key and its line."""
     path = write(tmp_path, ACCESS_FILE % access)
     assert problems(path) == [f"{path}:8: {message}" for message in messages]
 

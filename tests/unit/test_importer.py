@@ -653,7 +653,10 @@ customers:
     ("access", "messages"),
     [
         ("{type: vpn}", ["access: type: 'vpn' is not one of direct, jump, tunnel"]),
-        ("{type: tunnel}", ["access: missing required key 'host'", "access: missing required key 'host_key'"]),
+        (
+            "{type: tunnel}",
+            ["access: missing required key 'host'", "access: missing required key 'host_key'"],
+        ),
         ("{host: j}", ["access: missing required key 'type'"]),
         ("{type: jump}", ["access: missing required key 'host'"]),
         ("{type: direct, host: j}", ["access: unknown key 'host' (allowed: type)"]),

@@ -8,6 +8,7 @@ or changed key is refused, never learned.
 from __future__ import annotations
 
 import base64
+import logging
 import select
 import shlex
 import time
@@ -18,6 +19,11 @@ from typing import Protocol
 
 import paramiko
 from fabric import Config, Connection
+
+# Paramiko logs a refused channel ("Secsh channel 0 open FAILED: Connection refused") at ERROR; with no
+# handler configured, Python's last-resort handler printed it to a CLI's stderr beside our own line (a
+# closed tunnel is an answer we report, not an error of ours). Handlers the process sets up still get it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
@@ -403,3 +409,43 @@ def _connection(target: SshTarget, settings: SshSettings, gateway: Connection | 
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     conn.client = client
     return conn
+
+
+def probe_tunnels(server: SshTarget, ports: Sequence[int], settings: SshSettings) -> dict[int, str]:
+    """Which forwarded ports on the tunnel server answer now: one connection to the server (its key
+    checked), one direct-tcpip channel per port. Per port: "open (<SSH banner>)", or "closed" when
+    nothing listens there. RemoteError/HostKeyError when the tunnel server itself cannot be reached."""
+    runner = FabricRunner(SshTarget(server.name, server.address, server.port, server.user,
+                                    host_key=server.host_key), settings)  # fmt: skip
+    runner.open()
+    found: dict[int, str] = {}
+    try:
+        transport = runner._conn.client.get_transport()
+        if transport is None:
+            raise RemoteError(server.name, "connection closed")
+        for port in ports:
+            try:
+                chan = transport.open_channel(
+                    "direct-tcpip", ("127.0.0.1", port), ("", 0), timeout=settings.connect_timeout
+                )
+            except paramiko.ChannelException as exc:
+                prohibited = exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+                found[port] = "refused by the tunnel server" if prohibited else "closed"
+                continue
+            try:
+                chan.settimeout(settings.connect_timeout)
+                banner = b""
+                while b"\n" not in banner and len(banner) < 256:
+                    chunk = chan.recv(256)
+                    if not chunk:
+                        break
+                    banner += chunk
+            except (OSError, TimeoutError):
+                banner = b""
+            finally:
+                chan.close()
+            line = banner.split(b"\n", 1)[0].strip().decode(errors="replace")
+            found[port] = f"open ({line})" if line.startswith("SSH-") else "closed"
+    finally:
+        runner.close()
+    return found

@@ -15,6 +15,7 @@ from upkeep.cli_common import JsonOpt
 from upkeep.cli_common import open_engine as _engine
 from upkeep.cli_oncall import oncall_app
 from upkeep.cli_release import release_app
+from upkeep.cli_tunnel import tunnel_app
 from upkeep.console import CliError, console, output, print_json, report_error, verbose, verbosity
 from upkeep.telemetry import switch_off as _telemetry_off
 
@@ -68,6 +69,7 @@ app.add_typer(case_app, name="case")
 app.add_typer(diagnostics_app, name="diagnostics")
 app.add_typer(release_app, name="release")
 app.add_typer(oncall_app, name="oncall")
+app.add_typer(tunnel_app, name="tunnel")
 
 
 @inventory_app.command("import")

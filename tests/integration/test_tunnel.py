@@ -255,3 +255,37 @@ def test_a_closed_tunnel_fails_pre_flight_before_anything_is_touched(tlab: Lab, 
     again = product_update(cluster=cluster, to_version="9.10.0", return_state=True)
     assert again.is_completed(), again.message
     assert [len(tlab.upgrade_log(h)) for h in (first, second)] == [1, 1]
+
+
+def test_tunnel_status_says_which_nodes_are_open_and_what_the_customer_runs(
+    tlab: Lab, tmp_path: Path
+) -> None:
+    import os
+    import sys
+
+    first, second = _cluster_nodes(tlab, _nodes(tlab)[0]["cluster"])
+    tlab.tunnel(first, "stop")
+    _started(tlab, second)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env.update({f"UPKEEP_{k.upper()}": str(v) for k, v in tlab.settings_overrides().items()})
+    env["UPKEEP_HOME"] = str(tmp_path / "home")
+
+    def upkeep(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "upkeep", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert upkeep("inventory", "import", str(tlab.inventory_path)).returncode == 0
+    shown = upkeep("tunnel", "status", "--customer", "acme", "--json")
+    assert shown.returncode == 0, shown.stderr
+    [cluster] = json.loads(shown.stdout)["clusters"]
+    state = {n["node"]: n for n in cluster["nodes"]}
+    assert state[second]["open"] and state[second]["state"].startswith("open (SSH-2.0-OpenSSH")
+    assert not state[first]["open"] and state[first]["state"] == "closed"
+    assert state[first]["customer_runs"] == "upkeep-agent tunnel start"
+    text = upkeep("tunnel", "status", "--customer", "acme")
+    assert f"{first}" in text.stdout and "CLOSED" in text.stdout
+    assert f"the customer runs `upkeep-agent tunnel start` on {first}" in text.stdout
+    assert "Secsh" not in text.stderr and text.stderr == ""
+    unknown = upkeep("tunnel", "status", "--customer", "nobody")
+    assert unknown.returncode == 1 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -1,0 +1,85 @@
+"""`upkeep tunnel status`: which tunnel nodes can be reached now, seen from the vendor's tunnel server,
+and the planned updates that will need their tunnels. Reads the inventory, probes, writes nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from flows.plan import TunnelServer, tunnel_server
+from flows.runtime import Runtime
+from inventory import repo
+from inventory.db import session_scope
+from inventory.models import AccessKind, Cluster, Customer, RunState, UpgradeRun
+from tasks.ssh import RemoteError, SshSettings, SshTarget, probe_tunnels
+
+SOON = timedelta(hours=72)
+# A tunnel cluster as read: its server, (hostname, tunnel port) per node, names, planned updates soon.
+_Found = tuple[TunnelServer, list[tuple[str, int | None]], dict[str, str], list[dict[str, Any]]]
+START = "upkeep-agent tunnel start"
+
+
+def tunnel_status(runtime: Runtime, *, customer: str | None, now: datetime) -> list[dict[str, Any]]:
+    """One entry per tunnel cluster (of `customer`, if given): per node open or closed (with what the
+    customer runs to open it), and its planned updates within 72 h."""
+    with session_scope(runtime.engine) as session:
+        query = select(Cluster).where(Cluster.access == AccessKind.tunnel).order_by(col(Cluster.name))
+        if customer is not None:
+            owner = session.exec(select(Customer).where(Customer.name == customer)).first()
+            if owner is None:
+                raise repo.NotFound(f"no customer {customer!r} in the inventory")
+            query = query.where(Cluster.customer_id == owner.id)
+        clusters: list[_Found] = []
+        for cluster in session.exec(query).all():
+            server = tunnel_server(cluster)
+            assert server is not None
+            runs = session.exec(
+                select(UpgradeRun).where(
+                    UpgradeRun.cluster_id == cluster.id,
+                    UpgradeRun.state == RunState.planned,
+                    col(UpgradeRun.slot_start).is_not(None),
+                    col(UpgradeRun.slot_start) <= now + SOON,
+                )
+            ).all()
+            soon = [
+                {"update": r.id, "to_version": r.to_version, "slot_start": r.slot_start.isoformat()}
+                for r in runs
+                if r.slot_start is not None
+            ]
+            hosts = [(n.hostname, n.tunnel_port) for n in repo.cluster_nodes(cluster, session=session)]
+            owner_name = repo.customer_of(cluster, session=session).name
+            clusters.append((server, hosts, {"customer": owner_name, "cluster": cluster.name}, soon))
+    settings = runtime.ssh
+    if not isinstance(settings, SshSettings):
+        raise TypeError("tunnel status probes over SSH: the runtime's connector has no SSH settings")
+    result = []
+    for server, hosts, entry, soon in clusters:
+        target = SshTarget(
+            f"tunnel:{server.host}", server.host, server.port, server.user, host_key=server.host_key
+        )
+        ports = [port for _, port in hosts if port is not None]
+        try:
+            seen: dict[int, str] = probe_tunnels(target, ports, settings)
+            problem = None
+        except RemoteError as exc:
+            seen, problem = {}, str(exc)
+        nodes = []
+        for hostname, port in hosts:
+            state = seen.get(port or 0, "unknown")
+            node: dict[str, Any] = {"node": hostname, "tunnel_port": port, "open": state.startswith("open")}
+            node["state"] = state if problem is None else f"unknown: tunnel server unreachable ({problem})"
+            if not node["open"] and problem is None:
+                node["customer_runs"] = START
+            nodes.append(node)
+        result.append(
+            {
+                **entry,
+                "tunnel_server": f"{server.user}@{server.host}:{server.port}",
+                "error": problem,
+                "nodes": nodes,
+                "updates_soon": soon,
+            }
+        )
+    return result

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from sqlmodel import Session, col, select
+from pydantic import PlainSerializer
+from sqlmodel import Field, Session, SQLModel, col, select
 
-from inventory.models import AuditEvent, Cluster, Customer, Node, NodeStep, RunState, StepState, UpgradeRun
+from inventory.models import (
+    AuditEvent,
+    Cluster,
+    Customer,
+    Node,
+    NodeStep,
+    RunSource,
+    RunState,
+    StepState,
+    UpgradeRun,
+)
 from inventory.outbox import Notice
 from inventory.runs import run_steps
 from inventory.windows import MaintenanceWindow
@@ -51,27 +63,45 @@ def decisions(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
     ]
 
 
+# Times in --json are ISO 8601 with their offset, as datetime.isoformat() writes them.
+Instant = Annotated[datetime, PlainSerializer(lambda at: at.isoformat(), return_type=str)]
+
+
+class RunPublic(SQLModel):
+    """A run as `upkeep runs --json` and `upkeep show --json` print it: the table's public face (the
+    `UpgradeRun` row without lease bookkeeping, notice sequence or flow-run id), plus its cluster's
+    name and phase. Its schedule (`schedule_fields`) follows it in the same object."""
+
+    id: int | None
+    cluster: str | int  # the cluster's name (its id if the cluster is gone)
+    from_version: str = Field(alias="from")
+    to_version: str = Field(alias="to")
+    state: RunState
+    phase: str  # the state, or awaiting_approval (run_phase)
+    window_start: Instant | None
+    window_end: Instant | None
+    override_reason: str
+    source: RunSource
+    requested_by: str
+    created_at: Instant
+    finished_at: Instant | None
+    reason: str
+    # Who is carrying a running run out, and until when without a renewal (flows/lease.py).
+    lease_owner: str | None
+    lease_until: Instant | None
+
+    @classmethod
+    def of(cls, run: UpgradeRun, session: Session) -> RunPublic:
+        cluster = session.get(Cluster, run.cluster_id)
+        fields = run.model_dump(include=set(cls.model_fields) - {"cluster", "phase"})
+        fields |= {"cluster": cluster.name if cluster else run.cluster_id, "phase": run_phase(run, session)}
+        return cls.model_validate(fields | {"from": run.from_version, "to": run.to_version})
+
+
 def run_row(run: UpgradeRun, session: Session) -> dict[str, Any]:
     cluster = session.get(Cluster, run.cluster_id)
-    return {
-        "id": run.id,
-        "cluster": cluster.name if cluster else run.cluster_id,
-        "from": run.from_version,
-        "to": run.to_version,
-        "state": str(run.state),
-        "phase": run_phase(run, session),
-        "window_start": run.window_start.isoformat() if run.window_start else None,
-        "window_end": run.window_end.isoformat() if run.window_end else None,
-        "override_reason": run.override_reason,
-        "source": run.source,
-        "requested_by": run.requested_by,
-        "created_at": run.created_at.isoformat(),
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "reason": run.reason,
-        # Who is carrying a running run out, and until when without a renewal (flows/lease.py).
-        "lease_owner": run.lease_owner,
-        "lease_until": run.lease_until.isoformat() if run.lease_until else None,
-    } | schedule_fields(run, cluster, session)
+    public = RunPublic.of(run, session).model_dump(mode="json", by_alias=True)
+    return public | schedule_fields(run, cluster, session)
 
 
 def schedule_fields(run: UpgradeRun, cluster: Cluster | None, session: Session) -> dict[str, Any]:

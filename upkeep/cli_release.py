@@ -203,12 +203,8 @@ def sync(
     from flows.runtime import current
 
     _engine()
-    fileserver = current().fileserver
-    fetch = getattr(fileserver, "fetch_text", None)
-    if fetch is None:
-        raise CliError("the configured file server cannot read files (no fetch_text)")
     try:
-        entries = parse_index(fetch(index), index)
+        entries = parse_index(current().fileserver.fetch_text(index), index)
     except ReleaseError as exc:
         raise CliError(str(exc)) from None
     counts = _save(entries, index, quiet=json_out)

@@ -1,6 +1,7 @@
 """The product-update flow's branches with fakes at its protocol boundary (tests/support/fakes.py):
 a failure at each runbook step, pause, cancel, carry-over to the next window, and a take-over by
-another process - in about a second each, without the lab's sshd nodes or nginx.
+another process - a few seconds each (a failed run also opens its case and collects diagnostics,
+through the same fakes), without the lab's sshd nodes or nginx.
 
 What is real: the flow under the session's Prefect test harness, the SQLite record, the scheduling
 rules. What is fake: the nodes (`FakeFleet`), the file server, mail and the clock. The same branches

@@ -186,3 +186,56 @@ def test_in_process_workers_share_the_ticks_api_client(
     assert sorted(run_id for _, run_id, _ in seen) == sorted(due)  # each run handed over once
     assert len({thread for thread, _, _ in seen}) == 2  # in two workers at once
     assert {client for _, _, client in seen} == {tick_client}  # one client: the tick's
+
+
+def test_the_reslot_check_reads_windows_in_bulk_as_window_at_does_one_by_one(
+    engine: Any, tmp_path: Path
+) -> None:
+    """`windows_at_slot` (a few queries for all due runs) gives each run the window `window_at` gives
+    it alone: different windows per cluster, a customer blackout, a vendor-wide one, no window open."""
+    from datetime import date
+
+    from flows.dispatch import windows_at_slot
+    from flows.run_window import window_at
+    from inventory.windows import Blackout, MaintenanceWindow
+
+    _fleet(engine, tmp_path, 5)
+    with session_scope(engine) as session:
+        clusters = {c.name: c for c in session.exec(select(Cluster))}
+        for name, days, start, minutes in (
+            ("c01", ["tue"], "00:00", 240),  # Tue 1 Dec 00:00-04:00
+            ("c02", ["tue", "wed"], "10:00", 180),
+            ("c03", ["mon"], "02:00", 60),  # none open on Tuesday
+        ):
+            for row in session.exec(
+                select(MaintenanceWindow).where(MaintenanceWindow.cluster_id == clusters[name].id)
+            ):
+                session.delete(row)
+            session.add(
+                MaintenanceWindow(
+                    cluster_id=clusters[name].id or 0, days=days, start=start, duration_minutes=minutes
+                )
+            )
+        customer_id = clusters["c00"].customer_id
+        session.add(
+            Blackout(customer_id=customer_id, start=date(2026, 12, 2), end=date(2026, 12, 2), timezone="UTC")
+        )
+        session.add(
+            Blackout(customer_id=None, start=date(2026, 12, 4), end=date(2026, 12, 5), timezone="UTC")
+        )
+    slots = {
+        "c00": NOW - timedelta(hours=1),
+        "c01": NOW - timedelta(hours=10),
+        "c02": NOW - timedelta(hours=1),
+    }
+    slots |= {"c03": NOW - timedelta(minutes=30), "c04": NOW - timedelta(hours=3)}
+    ids = [_plan(engine, name, slot, NOW - timedelta(days=5)) for name, slot in slots.items()]
+    with session_scope(engine) as session:
+        runs = [session.get(UpgradeRun, run_id) for run_id in ids]
+        one_by_one = {run.id: window_at(run, run.slot_start, session=session) for run in runs}  # type: ignore[union-attr,arg-type]
+        bulk = windows_at_slot(runs, session=session, chunk=2)  # type: ignore[arg-type]
+    assert bulk == one_by_one
+    assert one_by_one[ids[3]] is None  # c03: no window open on a Tuesday
+    assert one_by_one[ids[0]] is not None and one_by_one[ids[0]].end.date() == date(
+        2026, 12, 2
+    )  # cut at the blackout

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
 from flows.run_notices import VendorTerms
+from flows.runtime import Clock
 from tasks.fileserver import FileServer
 from tasks.mail import MailTransport
 from upkeep.settings import Settings
@@ -29,7 +29,7 @@ class PortalConfig:
     fileserver: FileServer | None = None  # downloads are proxied from it (its password stays here)
     link_ttl: timedelta = timedelta(minutes=15)
     session_ttl: timedelta = timedelta(hours=8)
-    now: Callable[[], datetime] = _utcnow
+    now: Clock = _utcnow  # a FakeClock in tests (tests/support/fakes.py)
     # Sign-in link requests: per known address per link lifetime, and per client per 15 minutes.
     links_per_address: int = 3
     requests_per_client: int = 10

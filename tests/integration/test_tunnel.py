@@ -289,3 +289,32 @@ def test_tunnel_status_says_which_nodes_are_open_and_what_the_customer_runs(
     assert "Secsh" not in text.stderr and text.stderr == ""
     unknown = upkeep("tunnel", "status", "--customer", "nobody")
     assert unknown.returncode == 1 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+@pytest.mark.prefect
+def test_diagnostics_go_through_the_tunnel_and_name_a_closed_one(tlab: Lab, tunnel_runtime: Any) -> None:
+    from sqlmodel import select
+
+    from flows.diagnostics import collect_diagnostics
+    from inventory import cases
+    from inventory.db import session_scope
+    from inventory.models import Cluster, Customer
+    from inventory.types import utcnow
+
+    cluster = _nodes(tlab)[0]["cluster"]
+    first, second = _cluster_nodes(tlab, cluster)
+    tlab.tunnel(first, "stop")
+    _started(tlab, second)
+    with session_scope(tunnel_runtime.engine) as session:
+        found = session.exec(select(Cluster).where(Cluster.name == cluster)).one()
+        owner = session.get(Customer, found.customer_id)
+        assert owner is not None
+        ref = cases.open_case(
+            customer=owner, clusters=[found], subject="slow API", category="Issue", priority="P2",
+            now=utcnow(), opened_by="test", session=session,
+        ).ref  # fmt: skip
+    result = collect_diagnostics(cluster=cluster, case=ref)
+    assert result.partial and result.nodes == [first, second]
+    assert list(result.missing) == [first]
+    assert "support tunnel closed" in result.missing[first]
+    assert "upkeep-agent tunnel start" in result.missing[first]

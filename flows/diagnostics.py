@@ -153,18 +153,24 @@ def collect_node(
     node's `error` (redacted), so the other nodes' bundle still goes out."""
     host, redactor = target.name, Redactor()
     archive = staging / f".{host}.tar.gz"
+    runtime.tell(host, "collect", "started")
     try:
         runner = runtime.connect(target)
         try:
             fetch_node_logs(runner, since=since, until=until, dest=archive, timeout=runtime.command_timeout)
         finally:
             runner.close()
+        runtime.tell(host, "collect", "succeeded")
+        runtime.tell(host, "redact", "started")
         files = redact_archive(archive, staging / host, host, redactor)
     except Exception as exc:
         shutil.rmtree(staging / host, ignore_errors=True)
-        return NodeCollected(host, error=_reason(host, exc))
+        reason = _reason(host, exc)
+        runtime.tell(host, "collect", "failed", reason)
+        return NodeCollected(host, error=reason)
     finally:
         archive.unlink(missing_ok=True)
+    runtime.tell(host, "redact", "succeeded", f"{len(files)} files")
     return NodeCollected(host, files, {k: v for k, v in redactor.counts.items() if v})
 
 
@@ -248,8 +254,11 @@ def collect_diagnostics(
             missing = {r.hostname: r.error for r in results}
             log.error("no node reached; nothing uploaded")
             return CollectResult(req.case, 0, "", "", 0, True, [t.name for t in req.targets], missing, {})
+        runtime.tell("(bundle)", "pack", "started")
         local, sha256, size = pack(req, name, results, work)
+        runtime.tell("(bundle)", "upload", "started")
         url = upload(local, remote, runtime)
+        runtime.tell("(bundle)", "upload", "succeeded", f"{size} bytes")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     missing = {r.hostname: r.error for r in results if r.error}

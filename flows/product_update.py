@@ -70,7 +70,7 @@ def _flow_run_name() -> str:
 def product_update(
     cluster: str,
     to_version: str,
-    source: str = "cli",
+    source: str = "",
     requested_by: str = "",
     run_id: int | None = None,
     case: str | None = None,
@@ -78,8 +78,9 @@ def product_update(
     lease_owner: str | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Upgrade `cluster` to `to_version`; with `run_id`, resume that run instead of starting one.
-    `lease_owner`: the claim (the dispatcher's, or `upkeep resume`'s) this flow was started under
-    (flows/lease.py)."""
+    `lease_owner`: the claim (the dispatcher's, `upkeep resume`'s, `--on-worker`'s) this flow was
+    started under (flows/lease.py). `source` unset: `ui` for a deployment run started in the Prefect UI
+    or by `prefect deployment run`, `cli` for a flow called in-process."""
     runtime = current()
     log = get_run_logger()
     plan, run_id, owner = _claim(
@@ -241,10 +242,11 @@ def _claim(
 ) -> tuple[UpdatePlan, int, str]:
     """Plan, and either claim the cluster with a new run or take over the run being resumed; with
     the run's lease (returns its owner)."""
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment, flow_run
 
     if case is not None:
         check_case_ref(case)  # a deployment's parameter is input too
+    source = source or ("ui" if deployment.id else "cli")
     with session_scope(runtime.engine) as session:
         plan = plan_update(cluster, to_version, session=session)
         retried = _retried_run(session, run_id)

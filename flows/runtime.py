@@ -8,6 +8,7 @@ the first `current()` inside a flow, so importing a flow module builds nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -67,10 +68,19 @@ class Runtime:
     run_lease: timedelta = timedelta(minutes=5)
     start_lease: timedelta = timedelta(minutes=10)
     actor: str = "upkeep"
+    # Told (node, step, state, note) as a flow that records no steps of ours goes (diagnostics
+    # collection), for the CLI's live view (upkeep/progress.py); None: nobody is watching.
+    progress: Callable[[str, str, str, str], None] | None = field(default=None, repr=False)
     # The Escalation Manager (SRE Manager role) every escalated case is assigned to, "Name <email>",
     # and how often an escalated case's stakeholders get an update, per priority (flows/escalation.py).
     escalation_manager: str = "SRE Manager <sre-manager@localhost>"
     escalation_update_cadence: str = "P0=1h,P1=4h,P2=24h,P3=72h"
+
+    def tell(self, node: str, step: str, state: str, note: str = "") -> None:
+        """Tell `progress`, if set; a watcher that fails never fails the flow."""
+        if self.progress is not None:
+            with suppress(Exception):  # a view, not the work
+                self.progress(node, step, state, note)
 
     def connect(self, target: SshTarget) -> RemoteRunner:
         return self.ssh.connect(target)

@@ -129,7 +129,11 @@ def inventory_import(
 
 
 @inventory_app.command("schema")
-def inventory_schema() -> None:
+def inventory_schema(
+    json: Annotated[
+        bool, typer.Option("--json", help="Accepted for uniformity: the output is JSON.")
+    ] = False,
+) -> None:
     """Print the inventory file's JSON Schema, for editors to validate and complete inventory YAML
     (e.g. `upkeep inventory schema > inventory.schema.json`; yaml-language-server reads a
     `# yaml-language-server: $schema=inventory.schema.json` first line)."""

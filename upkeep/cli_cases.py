@@ -343,6 +343,7 @@ def diagnostics_collect(
     from flows import runtime as flow_runtime
     from flows.diagnostics import collect_diagnostics, resolve_request
     from upkeep.bootstrap import build_runtime, open_database, quiet_prefect
+    from upkeep.progress import EventBoard, watch
     from upkeep.settings import load_settings
 
     settings = load_settings()
@@ -351,10 +352,14 @@ def diagnostics_collect(
     start, end = parse_cli_time(since, "--since"), parse_cli_time(until, "--until")
     # Everything is checked here, before Prefect starts or any node is connected to.
     req = resolve_request(cluster, case, start, end, wanted, now=_now(), engine=engine, run_id=None)
-    flow_runtime.configure(build_runtime(settings, engine=engine))
+    runtime = build_runtime(settings, engine=engine)
+    board = EventBoard(req.case)  # a row per node: collect, redact; then the bundle's pack and upload
+    runtime.progress = board.event
+    flow_runtime.configure(runtime)
     with (
         quiet_prefect(),
         prefect.tags(f"customer:{req.customer}", f"cluster:{req.cluster}", f"case:{req.case}"),
+        watch(board, console=console, enabled=not json),
     ):
         state = collect_diagnostics(
             cluster=req.cluster,

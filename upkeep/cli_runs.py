@@ -34,6 +34,8 @@ def update(
     require_approval: Annotated[
         bool, typer.Option("--require-approval", help="Pause after pre-flight until `upkeep approve`.")
     ] = False,
+    on_worker: OnWorkerOpt = None,
+    watch: WatchOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Upgrade CLUSTER to a newer release now, node by node."""
@@ -47,7 +49,16 @@ def update(
     if dry_run:
         print_plan(cluster, to, engine=_engine(), as_json=json)
         return
-    run_update(cluster, to, engine=_engine(), as_json=json, case=case, require_approval=require_approval)
+    run_update(
+        cluster,
+        to,
+        engine=_engine(),
+        as_json=json,
+        case=case,
+        require_approval=require_approval,
+        on_worker=_where(on_worker, watch),
+        watch=watch,
+    )
 
 
 @app.command()
@@ -66,6 +77,8 @@ def request(
         bool, typer.Option("--override-window", help="With --now: run outside the window (audited).")
     ] = False,
     reason: Annotated[str, typer.Option("--reason", help="Why the window is overridden.")] = "",
+    on_worker: OnWorkerOpt = None,
+    watch: WatchOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Request an update: scheduled into the customer's window with advance notice, or --now."""
@@ -83,10 +96,35 @@ def request(
         override_reason=reason if override_window else None,
         engine=_engine(),
         as_json=json,
+        on_worker=_where(on_worker, watch) if now else False,
+        watch=watch,
     )
 
 
 RunArg = UpdateIdArg
+OnWorkerOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--on-worker/--here",
+        help="Hand the run to a Prefect worker (the product-update deployment) after this command's "
+        r"checks, or carry it out here \[default: the on_worker setting, UPKEEP_ON_WORKER].",
+        show_default=False,
+    ),
+]
+WatchOpt = Annotated[
+    bool, typer.Option("--watch", help="With --on-worker: follow the run on the worker until it ends.")
+]
+
+
+def _where(on_worker: bool | None, watch: bool) -> bool:
+    """Whether the run goes to a worker: the option, else the setting; --watch needs a worker."""
+    if on_worker is None:
+        from upkeep.settings import load_settings
+
+        on_worker = load_settings().on_worker
+    if watch and not on_worker:
+        raise CliError("--watch goes with --on-worker (a run carried out here always shows its progress)")
+    return on_worker
 
 
 @app.command()
@@ -96,6 +134,8 @@ def resume(
         bool, typer.Option("--override-window", help="Resume outside a maintenance window (audited).")
     ] = False,
     reason: Annotated[str, typer.Option("--reason", help="Why the window is overridden.")] = "",
+    on_worker: OnWorkerOpt = None,
+    watch: WatchOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Continue a crashed, paused or carried-over run where it stopped; no node is upgraded twice.
@@ -105,7 +145,14 @@ def resume(
 
     if reason and not override_window:
         raise CliError("--reason goes with --override-window here")
-    resume_run(run, engine=_engine(), as_json=json, override_reason=reason if override_window else None)
+    resume_run(
+        run,
+        engine=_engine(),
+        as_json=json,
+        override_reason=reason if override_window else None,
+        on_worker=_where(on_worker, watch),
+        watch=watch,
+    )
 
 
 def _answer(run_id: int, action: str, message: str, as_json: bool) -> None:
@@ -227,9 +274,9 @@ def dispatch(
     Deployments run the same flow every minute on a worker; this is for a single machine or cron."""
     from flows.dispatch import dispatch as dispatch_flow
     from upkeep.bootstrap import quiet_prefect
-    from upkeep.progress import runs_held_by_this_process, watch
+    from upkeep.progress import StepPoller, runs_held_by_this_process, watch
 
-    progress = watch(_engine(), runs_held_by_this_process(), console=console, enabled=not json)
+    progress = watch(StepPoller(_engine(), runs_held_by_this_process()), console=console, enabled=not json)
     with quiet_prefect(), progress:
         result = dispatch_flow(max_running=max_running)
     if json:

@@ -33,7 +33,7 @@ RUN_ROW = "(run)"  # steps of no node: the package's download
 class NodeRow:
     """Where one node (or the run itself, RUN_ROW: the download) stands."""
 
-    run_id: int
+    what: str  # "update-7", or the case a diagnostics bundle is for
     node: str
     step: str = ""
     state: str = "pending"
@@ -49,7 +49,7 @@ class NodeRow:
 
 @dataclass(frozen=True)
 class StepEvent:
-    run_id: int
+    what: str
     node: str
     step: str
     state: str
@@ -59,7 +59,7 @@ class StepEvent:
     def line(self) -> str:
         took = f" after {self.seconds:.1f}s" if self.seconds is not None else ""
         note = f": {self.note}" if self.note and self.state != StepState.succeeded else ""
-        return f"update-{self.run_id} {self.node} {self.step} {self.state}{took}{note}"
+        return f"{self.what} {self.node} {self.step} {self.state}{took}{note}"
 
 
 class StepPoller:
@@ -78,12 +78,13 @@ class StepPoller:
                 return []
             for run in session.exec(select(UpgradeRun).where(col(UpgradeRun.id).in_(run_ids))):
                 assert run.id is not None
-                self.rows.setdefault((run.id, RUN_ROW), NodeRow(run.id, RUN_ROW))
+                self.rows.setdefault((run.id, RUN_ROW), NodeRow(f"update-{run.id}", RUN_ROW))
                 for member in session.exec(
                     select(Node).where(Node.cluster_id == run.cluster_id).order_by(col(Node.id))
                 ):
                     assert run.id is not None
-                    self.rows.setdefault((run.id, member.hostname), NodeRow(run.id, member.hostname))
+                    key = (run.id, member.hostname)
+                    self.rows.setdefault(key, NodeRow(f"update-{run.id}", member.hostname))
             steps = session.exec(
                 select(NodeStep, Node.hostname)
                 .outerjoin(Node, col(Node.id) == col(NodeStep.node_id))
@@ -94,7 +95,8 @@ class StepPoller:
             assert step.id is not None
             node = str(hostname) if hostname else RUN_ROW
             state = str(step.state)
-            row = self.rows.setdefault((step.run_id, node), NodeRow(step.run_id, node))
+            what = f"update-{step.run_id}"
+            row = self.rows.setdefault((step.run_id, node), NodeRow(what, node))
             row.step, row.state, row.started_at, row.finished_at = step.step, state, step.started_at, None
             row.finished_at = step.finished_at
             row.note = _last_line(step.output_tail) if state != StepState.succeeded else ""
@@ -102,23 +104,61 @@ class StepPoller:
                 continue
             if step.id not in self.seen and state != StepState.started:
                 # Seen only once it had ended (a fast step, or one of an earlier attempt): both events.
-                events.append(StepEvent(step.run_id, node, step.step, StepState.started, None, ""))
+                events.append(StepEvent(what, node, step.step, StepState.started, None, ""))
             self.seen[step.id] = state
             seconds = (step.finished_at - step.started_at).total_seconds() if step.finished_at else None
-            events.append(StepEvent(step.run_id, node, step.step, state, seconds, row.note))
+            events.append(StepEvent(what, node, step.step, state, seconds, row.note))
         return events
 
     def table(self) -> Table:
-        now = utcnow()
-        table = Table("update", "node", "step", "elapsed", "outcome")
-        for row in self.rows.values():
-            outcome = _OUTCOME.get(row.state, "[dim]pending[/]")
-            if row.note:
-                outcome += f" {escape(row.note[:60])}"
-            table.add_row(
-                f"update-{row.run_id}", escape(row.node), escape(row.step), row.elapsed(now), outcome
-            )
-        return table
+        return _table(list(self.rows.values()))
+
+
+def _table(rows: list[NodeRow]) -> Table:
+    now = utcnow()
+    table = Table("what" if any(not r.what.startswith("update-") for r in rows) else "update")
+    for column in ("node", "step", "elapsed", "outcome"):
+        table.add_column(column)
+    for row in rows:
+        outcome = _OUTCOME.get(row.state, "[dim]pending[/]")
+        if row.note:
+            outcome += f" {escape(row.note[:60])}"
+        table.add_row(escape(row.what), escape(row.node), escape(row.step), row.elapsed(now), outcome)
+    return table
+
+
+class EventBoard:
+    """Rows fed by the flow's callback (`Runtime.progress`), for flows that record no steps of ours
+    (diagnostics collection)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.rows: dict[str, NodeRow] = {}
+        self.pending: list[StepEvent] = []
+        self.lock = threading.Lock()
+
+    def event(self, node: str, step: str, state: str, note: str = "") -> None:
+        with self.lock:
+            row = self.rows.setdefault(node, NodeRow(self.what, node))
+            now = utcnow()
+            if state == StepState.started or row.step != step:
+                row.started_at, row.finished_at = now, None
+            if state != StepState.started:
+                row.finished_at = now
+            row.step, row.state, row.note = step, state, note
+            seconds = None
+            if row.finished_at is not None and row.started_at is not None:
+                seconds = (row.finished_at - row.started_at).total_seconds()
+            self.pending.append(StepEvent(self.what, node, step, state, seconds, note))
+
+    def poll(self) -> list[StepEvent]:
+        with self.lock:
+            events, self.pending = self.pending, []
+            return events
+
+    def table(self) -> Table:
+        with self.lock:
+            return _table(list(self.rows.values()))
 
 
 _OUTCOME: dict[str, str] = {
@@ -135,15 +175,12 @@ def _last_line(text: str) -> str:
 
 
 @contextmanager
-def watch(
-    engine: Engine, runs: Callable[[Session], list[int]], *, console: Console, enabled: bool = True
-) -> Iterator[None]:
-    """Show the steps of `runs` while the body runs (a Rich live table on a terminal, else a line per
+def watch(poller: StepPoller | EventBoard, *, console: Console, enabled: bool = True) -> Iterator[None]:
+    """Show what `poller` sees while the body runs (a Rich live table on a terminal, else a line per
     event); after it, one last poll so the final events are shown too."""
     if not enabled:
         yield
         return
-    poller = StepPoller(engine, runs)
     with suppress(Exception):  # what was recorded before (a resumed run's earlier attempts): no events
         poller.poll()
     stop = threading.Event()

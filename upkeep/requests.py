@@ -35,6 +35,8 @@ def request_update(
     override_reason: str | None,
     engine: Engine,
     as_json: bool,
+    on_worker: bool = False,
+    watch: bool = False,
 ) -> int:
     from flows.runtime import current
     from inventory.cases import check_case_ref, get_case
@@ -45,6 +47,12 @@ def request_update(
         raise CliError("a support recommendation must name the case it resolves: --case CASE-123")
     if override_reason is not None and not override_reason.strip():
         raise CliError("--override-window needs --reason TEXT (it is audited)")
+    if now_run and on_worker:  # a run handed to nobody would wait for ever: refused before writing
+        from upkeep.on_worker import workers_ready
+        from upkeep.updates import prefect_answers
+
+        prefect_answers()
+        workers_ready()
     runtime = current()
     now = runtime.clock()
     with session_scope(engine) as session:
@@ -120,7 +128,9 @@ def request_update(
             assert run.id is not None
             run_id = run.id
     if now_run:
-        return run_product_update(plan, run_id, engine=engine, as_json=as_json)
+        return run_product_update(
+            plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch
+        )
     _show_scheduled(run_id, engine=engine, as_json=as_json)
     return run_id
 

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         ge=30,
         description="lease of a running run, renewed every tenth; when it runs out, a dispatcher takes over",
     )
+    on_worker: bool = Field(
+        False,
+        description="update, request --now and resume hand the run to a Prefect worker (as --on-worker); "
+        "--here runs it in the calling process",
+    )
     start_lease_seconds: float = Field(
         600.0, ge=30, description="lease of a run handed to a deployment, until a worker starts its flow"
     )
@@ -288,6 +293,7 @@ ECHOED = frozenset(
         "per_node_minutes",
         "run_lease_seconds",
         "start_lease_seconds",
+        "on_worker",
         "outbox_dir",
         "known_hosts",
         "ssh_key",

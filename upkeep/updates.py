@@ -79,8 +79,11 @@ def run_update(
     as_json: bool,
     case: str | None = None,
     require_approval: bool = False,
+    on_worker: bool = False,
+    watch: bool = False,
 ) -> int:
-    """Claim the cluster with a new run, then run the product-update flow in this process.
+    """Claim the cluster with a new run, then run the product-update flow in this process (or hand it
+    to a worker: `on_worker`).
 
     Claiming first means a concurrent second update is refused at once, by the database, before
     Prefect starts. Returns the run id; raises CliError when the run does not succeed."""
@@ -93,6 +96,10 @@ def run_update(
         check_case_ref(case)  # as `request` and `schedule` do: the run keeps it, diagnostics use it
     plan = _plan(cluster, to_version, engine)  # refuses bad requests before anything is written
     prefect_answers()  # no run is created that no flow could carry out
+    if on_worker:
+        from upkeep.on_worker import workers_ready
+
+        workers_ready()
     with session_scope(engine) as session:
         run = create_run(
             repo.get_cluster(plan.cluster, session=session),
@@ -107,10 +114,10 @@ def run_update(
         session.flush()
         assert run.id is not None
         run_id = run.id
-    return run_product_update(plan, run_id, engine=engine, as_json=as_json)
+    return run_product_update(plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch)
 
 
-def _take(run_id: int, engine: Engine) -> str:
+def _take(run_id: int, engine: Engine, *, handed_over: bool = False) -> str:
     """This process's claim on the run (flows/lease.py: one compare-and-set). Lost: one line naming
     the holder, exit 2; the run already ended: one line, exit 1."""
     from datetime import timedelta
@@ -119,7 +126,9 @@ def _take(run_id: int, engine: Engine) -> str:
     from inventory.types import utcnow
     from upkeep.settings import load_settings
 
-    lease_for = timedelta(seconds=load_settings().run_lease_seconds)
+    settings = load_settings()
+    # Handed to a worker: held until one starts the flow run, as the dispatcher's hand-over is.
+    lease_for = timedelta(seconds=settings.start_lease_seconds if handed_over else settings.run_lease_seconds)
     try:
         with session_scope(engine) as session:
             return lease.claim(session, run_id, now=utcnow(), lease=lease_for, actor=getpass.getuser())
@@ -154,10 +163,17 @@ def prefect_answers() -> None:
 
 
 def run_product_update(
-    plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, owner: str | None = None
+    plan: UpdatePlan,
+    run_id: int,
+    *,
+    engine: Engine,
+    as_json: bool,
+    owner: str | None = None,
+    on_worker: bool = False,
+    watch: bool = False,
 ) -> int:
     """Run the product-update flow on `run_id`, claimed by this process as `owner` (claimed here
-    when None)."""
+    when None); `on_worker`: hand it to a worker as a deployment run (followed with `watch`)."""
     from flows import lease
 
     if owner is None:
@@ -166,7 +182,11 @@ def run_product_update(
         except CliError as exc:
             waits = f"run {run_id} waits: `upkeep resume {run_id}` or `upkeep cancel {run_id}`"
             raise CliError(f"{exc}; {waits}") from None
-        owner = _take(run_id, engine)
+        owner = _take(run_id, engine, handed_over=on_worker)
+    if on_worker:
+        from upkeep.on_worker import submit
+
+        return submit(plan, run_id, engine=engine, owner=owner, as_json=as_json, watch=watch)
     try:
         return _carry_out(plan, run_id, engine=engine, as_json=as_json, owner=owner)
     finally:
@@ -179,13 +199,13 @@ def _carry_out(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, 
     from flows import lease
     from flows.product_update import product_update
     from upkeep.bootstrap import quiet_prefect
-    from upkeep.progress import watch
+    from upkeep.progress import StepPoller, watch
 
     with session_scope(engine) as session:
         case = get_run(run_id, session=session).case_ref
     tags = [f"customer:{plan.customer}", f"cluster:{plan.cluster}", "source:cli"]
     tags += [f"case:{case}"] if case else []
-    progress = watch(engine, lambda _: [run_id], console=console, enabled=not as_json)
+    progress = watch(StepPoller(engine, lambda _: [run_id]), console=console, enabled=not as_json)
     with quiet_prefect(), prefect.tags(*tags), progress:
         try:
             state = product_update(
@@ -342,7 +362,14 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
 
 
 def resume_run(
-    run_id: int, *, engine: Engine, as_json: bool, override_reason: str | None = None, actor: str = ""
+    run_id: int,
+    *,
+    engine: Engine,
+    as_json: bool,
+    override_reason: str | None = None,
+    actor: str = "",
+    on_worker: bool = False,
+    watch: bool = False,
 ) -> int:
     """Continue a crashed, paused or carried-over run where it stopped; nodes already done are not
     touched. A run that has a window resumes only inside one with room for a node (its slot is the
@@ -385,14 +412,21 @@ def resume_run(
         cluster = session.get(Cluster, run.cluster_id)
         assert cluster is not None
         name, to_version = cluster.name, run.to_version
-    owner = _take(run_id, engine)
+    if on_worker:
+        from upkeep.on_worker import workers_ready
+
+        prefect_answers()
+        workers_ready()
+    owner = _take(run_id, engine, handed_over=on_worker)
     try:
         prefect_answers()
         plan = _plan(name, to_version, engine)
     except BaseException:
         lease.release(engine, run_id, owner)
         raise
-    return run_product_update(plan, run_id, engine=engine, as_json=as_json, owner=owner)
+    return run_product_update(
+        plan, run_id, engine=engine, as_json=as_json, owner=owner, on_worker=on_worker, watch=watch
+    )
 
 
 def _next_slot(run: Any, now: Any, session: Any) -> str:

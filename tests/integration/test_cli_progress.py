@@ -4,6 +4,7 @@ node: step, elapsed, outcome) on a terminal; Prefect's own log lines only with `
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -114,3 +115,16 @@ def test_prefect_log_lines_only_with_verbose(env: dict[str, str]) -> None:
     loud = _run(env, "--verbose", "dispatch")
     assert loud.returncode == 0, loud.stderr
     assert PREFECT_LINE.search(loud.stdout + loud.stderr), loud.stdout + loud.stderr
+
+
+def test_on_worker_without_a_deployment_is_refused_before_anything_is_written(
+    env: dict[str, str], fresh_cluster: str
+) -> None:
+    before = _run(env, "runs", "--json").stdout
+    refused = _run(env, "update", fresh_cluster, "--to", "9.10.0", "--on-worker", "--json")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    error = json.loads(refused.stdout)
+    assert error["exit"] == 1 and "no deployment product-update/product-update" in error["error"]
+    watch = _run(env, "update", fresh_cluster, "--to", "9.10.0", "--watch", "--here", "--json")
+    assert watch.returncode == 1 and "--watch goes with --on-worker" in json.loads(watch.stdout)["error"]
+    assert _run(env, "runs", "--json").stdout == before  # no run recorded

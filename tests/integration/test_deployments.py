@@ -42,8 +42,9 @@ def deploy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("deploylab"))
     # Cloud clusters: the first serves the product-update test; the next two are the monthly release's,
     # one canary and one early (ring order needs two rings; each more ring costs a minute of window).
+    # The one after them: `upkeep update --on-worker --watch` (also upgraded before the release plans).
     # The last two: the failed-run, retry and same-tags test (upgraded before the monthly release plans).
-    rings = ["broad", *RELEASE_RINGS, "broad", "broad"]
+    rings = ["broad", *RELEASE_RINGS, "broad", "broad", "broad"]
     lab.up(clusters=len(rings), nodes=3, kind="cloud", rings=rings, upgrade_seconds=0.1, health_delay=0.1)
     try:
         yield lab
@@ -129,7 +130,56 @@ def test_product_update_deployment_runs_on_a_worker(
         assert [(r.state, r.to_version, r.flow_run_id) for r in runs] == [
             (RunState.succeeded, TARGET, str(flow_run.id))
         ]
+        # Started as the UI or `prefect deployment run` starts it (no source given): recorded as such.
+        assert runs[0].source == "ui"
         assert session.exec(select(Cluster.version).where(Cluster.name == cluster)).one() == TARGET
+
+
+def test_update_on_worker_watch_runs_on_the_worker_and_records_the_requester(
+    prefect_server: PrefectServer, deploy_lab: Lab, worker_env: dict[str, str]
+) -> None:
+    """`upkeep update --on-worker --watch` (issue #16): the CLI checks and records the update with its
+    own user as requester, a worker carries it out as a product-update deployment run, and the CLI
+    follows it from our record until it ends, with the verdict `upkeep update` gives."""
+    import getpass
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    cluster = list(dict.fromkeys(node["cluster"] for node in deploy_lab.status()["nodes"]))[
+        1 + len(RELEASE_RINGS)
+    ]
+    hosts = [n["hostname"] for n in deploy_lab.status()["nodes"] if n["cluster"] == cluster]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env = {**base, **prefect_server.env, **worker_env}
+    done = subprocess.run(
+        [sys.executable, "-m", "upkeep", "update", cluster, "--to", TARGET, "--on-worker", "--watch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + _tail(prefect_server.worker_log)
+    events = [line.split()[1:4] for line in done.stdout.splitlines() if line.startswith("update-")]
+    for host in hosts:  # progress, read from our record while the worker upgraded
+        assert [host, "upgrade", "succeeded"] in events, done.stdout
+    assert f"{cluster} 9.8.0→{TARGET} succeeded" in done.stdout, done.stdout
+    assert [len(deploy_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    with session_scope(cli_engine(worker_env)) as session:
+        (run,) = session.exec(
+            select(UpgradeRun)
+            .join(Cluster, col(Cluster.id) == col(UpgradeRun.cluster_id))
+            .where(Cluster.name == cluster)
+        ).all()
+        assert (run.state, run.source, run.requested_by) == (RunState.succeeded, "cli", getpass.getuser())
+        flow_run_id = run.flow_run_id
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        flow_run = client.read_flow_run(flow_run_id)
+    assert flow_run.deployment_id is not None and flow_run.state is not None and flow_run.state.is_completed()
+    assert "source:cli" in flow_run.tags, flow_run.tags
 
 
 def _flow_run_tags(server: PrefectServer, flow_run_id: Any) -> set[str]:

@@ -277,6 +277,10 @@ def test_diagnostics_that_reach_no_node_fail_and_upload_nothing(
     assert result.returncode == 1, result.stderr
     assert "reached no node" in result.stderr and "nothing was uploaded" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    # Progress, not a terminal: a line per event, each node's collection started and failed (#16).
+    for host in hosts:
+        assert f"{ref} {host} collect started" in result.stdout, result.stdout
+        assert f"{ref} {host} collect failed after " in result.stdout, result.stdout
     assert _support_listing(lab) == before
     assert json.loads(upkeep_cli(env, "case", "show", ref, "--json").stdout)["bundles"] == []
 

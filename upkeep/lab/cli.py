@@ -162,6 +162,7 @@ def tunnel(
     node: Annotated[str, typer.Argument(help="Node hostname, e.g. acme-c1-n2.")],
     action: Annotated[str, typer.Argument(help="start, status or stop.")],
     root: RootOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Be the customer on NODE: `upkeep-agent tunnel start|status|stop` there (lab up --access tunnel).
     Upkeep itself never starts a tunnel."""
@@ -169,6 +170,13 @@ def tunnel(
         code, out = _lab(root).tunnel(node, action)
     except LabError as exc:
         _fail(str(exc))
+    if as_json:
+        if code != 0:
+            from upkeep.console import CliError
+
+            raise CliError(f"{node}: {out}", code)
+        print_json({"node": node, "action": action, "output": out})
+        return
     (_out if code == 0 else _err).print(f"{escape(node)}: {escape(out)}")
     raise SystemExit(code)
 

@@ -53,6 +53,7 @@ class RunSource(StrEnum):
     customer = "customer"  # the customer asked for it
     release = "release"  # the monthly cloud release planned it (flows/cloud_release.py)
     schedule = "schedule"  # started by the dispatcher in its slot (a deployment's parameter)
+    ui = "ui"  # a deployment run given no source: the Prefect UI or `prefect deployment run`
 
 
 class RequestedAction(StrEnum):

@@ -104,7 +104,7 @@ def no_flows(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def refuse(*_args: Any, **_kwargs: Any) -> int:
         raise FlowStarted("a fuzzed command started an update flow")
 
-    monkeypatch.setattr("upkeep.updates._run_flow", refuse)
+    monkeypatch.setattr("upkeep.updates.run_product_update", refuse)
     opened: dict[str, Any] = {}
     real = upkeep.bootstrap.open_database
 

@@ -94,7 +94,11 @@ def test_update_refuses_a_malformed_case_id_before_writing_anything(
     """`upkeep update --case` stored any text as the run's case (request and schedule check it); a
     failed run then could not attach its diagnostics to it."""
     cluster = faults_lab.status()["nodes"][0]["cluster"]
-    monkeypatch.setattr("upkeep.updates._run_flow", lambda *a, **k: pytest.fail("the update started"))
+
+    def started(*_args: Any, **_kwargs: Any) -> None:
+        pytest.fail("the update started")
+
+    monkeypatch.setattr("upkeep.updates.run_product_update", started)
     with cli_home(tmp_path / "home", faults_lab.inventory_path) as home:
         home.checkpoint()
         before = home.digest()

@@ -352,6 +352,11 @@ def diagnostics_collect(
     start, end = parse_cli_time(since, "--since"), parse_cli_time(until, "--until")
     # Everything is checked here, before Prefect starts or any node is connected to.
     req = resolve_request(cluster, case, start, end, wanted, now=_now(), engine=engine, run_id=None)
+    # As `update` does: a Prefect API that does not answer (or a temporary server too slow to start)
+    # is one line naming it, not an "unexpected RuntimeError ... this is a bug".
+    from upkeep.updates import prefect_answers
+
+    prefect_answers()
     runtime = build_runtime(settings, engine=engine)
     board = EventBoard(req.case)  # a row per node: collect, redact; then the bundle's pack and upload
     runtime.progress = board.event

@@ -245,3 +245,20 @@ def test_cancel_withdraws_a_scheduled_update(lab_env: dict[str, str], fresh_clus
     again = _run(lab_env, "cancel", update.removeprefix("update-"), "--reason", "x", "--json")
     assert again.returncode == 1
     assert "cancelled" in json.loads(again.stdout)["error"]
+
+
+def test_diagnostics_with_the_prefect_api_away_is_one_line_and_connects_to_nothing(
+    lab: Any, lab_env: dict[str, str], fresh_cluster: str
+) -> None:
+    """It was "unexpected RuntimeError ... (this is a bug in Upkeep ...)" when the temporary server was
+    slow to start; now the same one line as `update`, before any node is connected to."""
+    opened = _run(lab_env, "case", "open", "--subject", "logs please", "--cluster", fresh_cluster, "--json")
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    case = json.loads(opened.stdout)["id"]
+    away = {**lab_env, "PREFECT_API_URL": "http://127.0.0.1:1/api"}  # nothing listens on port 1
+    result = _run(away, "diagnostics", "collect", "--cluster", fresh_cluster, "--case", case, "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert "the Prefect API (http://127.0.0.1:1/api) does not answer" in error and "bug" not in error
+    shown = json.loads(_run(lab_env, "case", "show", case, "--json").stdout)
+    assert shown["bundles"] == []

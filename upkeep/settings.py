@@ -126,6 +126,26 @@ class Settings(BaseSettings):
             raise ValueError("portal_url must be http(s)://HOST[:PORT][/PATH], without user or query")
         return value.rstrip("/")
 
+    @field_validator("portal_trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        """IP addresses or networks only, normalised to 'a,b'. uvicorn's forwarded_allow_ips keeps an
+        entry it cannot parse as a literal host name no peer address equals (a typo silently trusts
+        nobody) and '*' trusts every client (anyone resets the per-client limit with a header)."""
+        import ipaddress
+
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry == "*":
+                raise ValueError("'*' would trust every client; list the reverse proxies' addresses")
+            try:
+                ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/8, fd00::/8)"
+                ) from None
+        return ",".join(entries)
+
     @field_validator("escalation_update_cadence")
     @classmethod
     def _cadence(cls, value: str) -> str:

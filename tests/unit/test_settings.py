@@ -127,3 +127,33 @@ def test_database_url_masking_fails_closed(url: str, shown: str) -> None:
 
     assert mask_url(url) == shown
     assert "PASSWORD" not in mask_url(url)
+
+
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("10.0.0.1/8", "10.0.0.1/8"),  # host bits set: uvicorn took it as a literal name, trusting nobody
+        ("10.0.0.0/33", "10.0.0.0/33"),
+        ("proxy.internal", "proxy.internal"),  # a name: never matched against the peer's address
+        ("127.0.0.1 ; ::1", "127.0.0.1 ; ::1"),
+        ("*", "'*'"),  # trusts every client: anyone resets the per-client limit with a header
+        ("127.0.0.1,*", "'*'"),
+    ],
+)
+def test_trusted_proxies_must_be_addresses_or_networks(
+    monkeypatch: pytest.MonkeyPatch, value: str, needle: str
+) -> None:
+    """UPKEEP_PORTAL_TRUSTED_PROXIES goes to uvicorn's forwarded_allow_ips, which silently keeps any entry
+    it cannot parse as a literal host name that no peer address ever equals (and '*' trusts everyone):
+    a typo left X-Forwarded-For ignored (every customer behind the proxy one client for the sign-in
+    limit), '*' let any client spoof it. Refused at start, one line naming the setting and the entry."""
+    monkeypatch.setenv("UPKEEP_PORTAL_TRUSTED_PROXIES", value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert "UPKEEP_PORTAL_TRUSTED_PROXIES" in message and needle in message and "\n" not in message
+
+
+def test_trusted_proxies_take_addresses_networks_and_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPKEEP_PORTAL_TRUSTED_PROXIES", " 127.0.0.1, 10.0.0.0/8 ,::1,fd00::/8,")
+    assert load_settings().portal_trusted_proxies == "127.0.0.1,10.0.0.0/8,::1,fd00::/8"

@@ -81,7 +81,7 @@ class RunPublic(SQLModel):
     window_start: Instant | None
     window_end: Instant | None
     override_reason: str
-    source: RunSource
+    source: RunSource | str  # str: a source a newer Upkeep wrote, shown as stored (EnumText)
     requested_by: str
     created_at: Instant
     finished_at: Instant | None

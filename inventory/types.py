@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Column, DateTime, String
 from sqlalchemy.engine import Dialect
@@ -55,7 +55,15 @@ class EnumText(TypeDecorator[E]):
         return None if value is None else self.enum(str(value)).value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
-        return None if value is None else self.enum(value)
+        """A member; a value this version does not know (written by a newer Upkeep sharing the database,
+        or by hand in SQL) comes back as the plain string it is - equal to no member, shown as stored -
+        so that reading the row (`upkeep runs`, `show`, the dispatcher's queries) does not fail."""
+        if value is None:
+            return None
+        try:
+            return self.enum(value)
+        except ValueError:
+            return cast(E, str(value))
 
 
 def time_field(*, nullable: bool = True) -> Any:

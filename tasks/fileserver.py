@@ -76,6 +76,7 @@ class HttpFileServer:
     transport: httpx.BaseTransport | None = field(default=None, repr=False)
     _http: httpx.Client | None = field(default=None, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _ca_seen: tuple[int, int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.url.startswith("http://") and not self.allow_http:
@@ -87,10 +88,28 @@ class HttpFileServer:
         if self.ca is not None and not self.ca.is_file():
             raise FileServerError(f"file-server CA {self.ca} does not exist")
 
+    def _ca_stamp(self) -> tuple[int, int, int] | None:
+        """What identifies the CA file's content now: a rotated CA written to the same path changes it."""
+        if self.ca is None:
+            return None
+        try:
+            stat = self.ca.stat()
+        except OSError:
+            return None  # gone for now: keep what was loaded; the next change is seen again
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
     def _client(self) -> httpx.Client:
-        """The one client, made at the first request (building a Runtime opens no connection)."""
+        """The one client, made at the first request (building a Runtime opens no connection), and
+        made again when the CA file changed: a long-running dispatcher or portal trusts a rotated CA
+        without a restart, as it did when every request read the CA."""
+        stamp = self._ca_stamp()
         with self._lock:
+            if self._http is not None and stamp is not None and stamp != self._ca_seen:
+                # Not closed here: a download on another thread may still be reading from it. Its
+                # connections close when the last request using it ends and it is collected.
+                self._http = None
             if self._http is None:
+                self._ca_seen = stamp
                 self._http = httpx.Client(
                     base_url=self.url.rstrip("/") + "/",
                     auth=httpx.BasicAuth(self.user, self.password),
@@ -175,7 +194,7 @@ class HttpFileServer:
         """The file's size in bytes, asked with HEAD (nothing is downloaded)."""
         path = safe_remote_path(path)
         client = self._client()
-        with self._reaching("size of", path):
+        with self._reaching("size", path):
             response = client.head(path)
             self._check(response, "size of", path)
             return int(response.headers.get("content-length", "0"))

@@ -40,12 +40,14 @@ class FakeFileServer:
     tls: bool = True
     faults: dict[str, str] = field(default_factory=dict)  # path -> "status:500" | "hang" | "cut-once"
     seen: list[Seen] = field(default_factory=list)
+    port: int = 0  # 0: any free port; a closed server's port to stand in for it (a restart)
 
     def __post_init__(self) -> None:
         self._release = threading.Event()
         self._cut_done: set[str] = set()
+        self._open: set[Any] = set()  # client connections, cut by close() as a server restart would
         handler = _handler(self)
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._httpd.daemon_threads = True
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -67,6 +69,9 @@ class FakeFileServer:
         self._release.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+        for connection in list(self._open):
+            with contextlib.suppress(OSError):
+                connection.shutdown(2)
 
     def __enter__(self) -> Self:
         return self
@@ -81,6 +86,14 @@ def _handler(server: FakeFileServer) -> type[http.server.BaseHTTPRequestHandler]
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            server._open.add(self.connection)
+
+        def finish(self) -> None:
+            server._open.discard(self.connection)
+            super().finish()
 
         def _authorized(self) -> bool:
             expected = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()

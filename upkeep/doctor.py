@@ -73,6 +73,9 @@ class NodeRef:
     port: int
     user: str
     jump: tuple[str, int, str] | None = None  # host, port, user of the cluster's jump host
+    # access tunnel: the way in (tunnel server, forwarded port) with the inventory's host keys; such a
+    # node's key is the inventory's, so known_hosts is not asked for it
+    tunnel: Any = None
 
 
 @dataclass
@@ -166,6 +169,7 @@ def _inventory(found: Findings, engine: Engine) -> Iterator[Check]:
     from sqlalchemy.exc import DBAPIError
     from sqlmodel import Session, col, select
 
+    from flows.plan import node_target
     from inventory.models import AccessKind, Cluster, Customer, Node
 
     try:
@@ -194,6 +198,7 @@ def _inventory(found: Findings, engine: Engine) -> Iterator[Check]:
             (cluster.jump_host, cluster.jump_port or 22, cluster.jump_user or node.ssh_user)
             if cluster.access is AccessKind.jump and cluster.jump_host
             else None,
+            node_target(cluster, node) if cluster.access is AccessKind.tunnel else None,
         )
         for cluster, node in rows
     ]
@@ -507,7 +512,7 @@ def _known_hosts(path: Path, nodes: list[NodeRef] | None) -> Check:
         return fail("known_hosts", f"{path}: unreadable ({_one_line(str(exc))})", fix)
     if nodes is None:
         return ok("known_hosts", f"{path}: {len(keys)} host key(s); nodes not compared (no inventory read)")
-    wanted = {_host_entry(n.address, n.port): n.hostname for n in nodes}
+    wanted = {_host_entry(n.address, n.port): n.hostname for n in nodes if n.tunnel is None}
     wanted.update({_host_entry(n.jump[0], n.jump[1]): f"jump {n.jump[0]}" for n in nodes if n.jump})
     missing = [f"{name} ({entry})" for entry, name in wanted.items() if keys.lookup(entry) is None]
     if missing:
@@ -554,8 +559,12 @@ def _node(node: NodeRef, ssh: Any) -> Check:
     jump = Jump(*node.jump) if node.jump else None
     via = f" via {node.jump[2]}@{node.jump[0]}:{node.jump[1]}" if node.jump else ""
     where = f"{node.user}@{node.address}:{node.port}{via}"
+    if node.tunnel is not None:
+        jump_target = node.tunnel.jump
+        where = f"{node.hostname} via tunnel {jump_target.user}@{jump_target.address}:{jump_target.port}"
     try:
-        runner = FabricRunner(ssh_target(node.hostname, node.address, node.port, node.user, jump), ssh)
+        target = node.tunnel or ssh_target(node.hostname, node.address, node.port, node.user, jump)
+        runner = FabricRunner(target, ssh)
         try:
             runner.open()
         finally:

@@ -318,3 +318,30 @@ def test_diagnostics_go_through_the_tunnel_and_name_a_closed_one(tlab: Lab, tunn
     assert list(result.missing) == [first]
     assert "support tunnel closed" in result.missing[first]
     assert "upkeep-agent tunnel start" in result.missing[first]
+
+
+def test_doctor_checks_tunnel_nodes_through_the_tunnel(tlab: Lab, tmp_path: Path) -> None:
+    """Keys of tunnel nodes come from the inventory: known_hosts need not hold them (here it holds only
+    an unrelated line), and `--nodes` logs in through the tunnel, naming a closed one."""
+    import os
+    import sys
+
+    first, second = _cluster_nodes(tlab, _nodes(tlab)[0]["cluster"])
+    tlab.tunnel(first, "stop")
+    _started(tlab, second)
+    known = tmp_path / "known_hosts"
+    known.write_text(tlab.known_hosts.read_text().splitlines()[0] + "\n")  # the jump host's line only
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env.update({f"UPKEEP_{k.upper()}": str(v) for k, v in tlab.settings_overrides().items()})
+    env.update({"UPKEEP_HOME": str(tmp_path / "home"), "UPKEEP_KNOWN_HOSTS": str(known)})
+    run = [sys.executable, "-m", "upkeep"]
+    imported = subprocess.run([*run, "inventory", "import", str(tlab.inventory_path)], env=env, timeout=120)
+    assert imported.returncode == 0
+    done = subprocess.run(
+        [*run, "doctor", "--nodes", "--json"], env=env, capture_output=True, text=True, timeout=180
+    )
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["known_hosts"]["status"] == "ok", checks["known_hosts"]
+    assert checks[f"node {second}"]["status"] == "ok", checks[f"node {second}"]
+    assert checks[f"node {first}"]["status"] == "fail"
+    assert "support tunnel closed" in checks[f"node {first}"]["detail"]

@@ -243,11 +243,17 @@ class Lab(LabRoot):
             self._stop_tunnels()
         except OSError as exc:
             errors.append(f"tunnels: {exc}")
+        running = {}
         for spec in self._all_specs():
-            try:
-                sshd.stop(spec)
-            except OSError as exc:
-                errors.append(f"{spec.name}: {exc}")
+            pid = procs.read_pid(spec.pidfile, str(spec.conf))
+            if pid is not None:
+                running[spec] = pid
+        try:
+            procs.stop_trees(running.values())  # all nodes at once: one look at /proc, one wait
+        except OSError as exc:
+            errors.append(f"sshd: {exc}")
+        for spec in running:
+            spec.pidfile.unlink(missing_ok=True)
         try:
             self.fileserver.stop()
         except OSError as exc:

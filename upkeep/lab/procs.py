@@ -66,13 +66,19 @@ def read_pid(pidfile: Path, marker: str) -> int | None:
     return pid if alive(pid) and marker in cmdline(pid) else None
 
 
-def descendants(pid: int) -> list[int]:
+def _children() -> dict[int, list[int]]:
+    """ppid -> pids, read once from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             stat = _stat(int(entry.name))
             if stat is not None:
                 children.setdefault(stat[1], []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    children = _children() if children is None else children
     found: list[int] = []
     todo = [pid]
     while todo:
@@ -103,7 +109,14 @@ def stop_tree(pid: int, timeout: float = 3.0) -> None:
 
     Children are collected first: once the parent dies they are reparented and could not be found.
     """
-    tree = [pid, *descendants(pid)]
+    stop_trees([pid], timeout)
+
+
+def stop_trees(pids: Iterable[int], timeout: float = 3.0) -> None:
+    """`stop_tree` for many daemons at once: one read of /proc and one wait for all of them (a lab of
+    300 nodes stopped one by one read /proc 300 times and waited 300 times: ~20 s)."""
+    children = _children()
+    tree = [p for pid in pids for p in (pid, *descendants(pid, children))]
     _signal(tree, signal.SIGTERM)
     left = wait_gone(tree, timeout)
     if left:

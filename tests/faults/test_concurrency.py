@@ -43,6 +43,7 @@ from tests.faults.conftest import SOAK
 from tests.faults.helpers import TARGET, hosts, runs_of, upgrades
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_takeover import _cli_env
+from tests.support.labs import running_lab
 
 pytestmark = [pytest.mark.faults, pytest.mark.lab, pytest.mark.prefect]
 
@@ -55,14 +56,14 @@ DEADLINE = 240.0  # for a process to end; never reached unless something hangs
 def race_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A cluster per repetition and database, two for the take-over races, one for the temporary
     Prefect server. Upgrades take 1 s so the kill at 0.3 s into the second node's lands inside it."""
-    from upkeep.lab import Lab
-
-    lab = Lab(tmp_path_factory.mktemp("racelab"))
-    lab.up(clusters=2 * REPETITIONS + 3, nodes=3, upgrade_seconds=1.0, health_delay=0.1)
-    try:
+    with running_lab(
+        tmp_path_factory.mktemp("racelab"),
+        clusters=2 * REPETITIONS + 3,
+        nodes=3,
+        upgrade_seconds=1.0,
+        health_delay=0.1,
+    ) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 _used: set[str] = set()

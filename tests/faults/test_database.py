@@ -36,6 +36,7 @@ from tests.faults.helpers import TARGET, rollout_due_now, sent_message_ids
 from tests.faults.postgres import PrivatePostgres, missing_binaries
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
+from tests.support.labs import running_lab
 
 pytestmark = [pytest.mark.faults, pytest.mark.lab, pytest.mark.prefect, pytest.mark.smtp]
 
@@ -61,14 +62,10 @@ def private_pg() -> Iterator[PrivatePostgres]:
 @pytest.fixture(scope="module")
 def db_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Nodes slow enough (0.5 s upgrade, 0.4 s to healthy) for a restart to land mid-rollout."""
-    from upkeep.lab import Lab
-
-    lab = Lab(tmp_path_factory.mktemp("dblab"))
-    lab.up(clusters=CLUSTERS, nodes=3, upgrade_seconds=0.5, health_delay=0.4)
-    try:
+    with running_lab(
+        tmp_path_factory.mktemp("dblab"), clusters=CLUSTERS, nodes=3, upgrade_seconds=0.5, health_delay=0.4
+    ) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from tests.faults.helpers import TARGET, hosts, runs_of, sent_message_ids, steps
 from tests.faults.netfaults import CuttableProxy, OutageMode
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
+from tests.support.labs import running_lab
 
 pytestmark = [pytest.mark.faults, pytest.mark.lab, pytest.mark.prefect, pytest.mark.smtp]
 AREA = "Prefect API"
@@ -57,14 +58,14 @@ LAB_CLUSTERS = 6
 @pytest.fixture(scope="module")
 def api_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Upgrades long enough (0.6 s) for an outage to start inside one."""
-    from upkeep.lab import Lab
-
-    lab = Lab(tmp_path_factory.mktemp("apilab"))
-    lab.up(clusters=LAB_CLUSTERS, nodes=3, upgrade_seconds=0.6, health_delay=0.3)
-    try:
+    with running_lab(
+        tmp_path_factory.mktemp("apilab"),
+        clusters=LAB_CLUSTERS,
+        nodes=3,
+        upgrade_seconds=0.6,
+        health_delay=0.3,
+    ) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 _cluster_numbers = iter(range(LAB_CLUSTERS))

@@ -42,6 +42,7 @@ from tests.integration.prefect_server import (
     _stop,
     _tail_file,
 )
+from tests.support.labs import guarded
 from upkeep.lab import Lab
 from upkeep.lab.procs import LOCALHOST, free_ports
 
@@ -264,8 +265,8 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
     machine = _Machine(tmp_path, site, env)
     worker_stopped_in: float | None = None
 
-    lab.up(clusters=1, nodes=3, upgrade_seconds=0.1, health_delay=0.1)
-    try:
+    with guarded(lab):
+        lab.up(clusters=1, nodes=3, upgrade_seconds=0.1, health_delay=0.1)
         # The rehearsal the document describes: `eval "$(upkeep lab env)"` after the site's values. Its
         # output is the same for every block, so it is asked once and the exports it printed go in.
         machine.site += "\n" + machine.run(Block("run", "", "bash", "upkeep lab env", 0))
@@ -304,8 +305,6 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
             finally:
                 for proc, _log in machine.background.values():
                     _stop(proc)
-    finally:
-        lab.down()
     print(
         f"\ndeploying.md followed in {time.monotonic() - started:.1f} s; blocks (s): {machine.timings}; "
         f"worker stopped by SIGINT in {worker_stopped_in} s"

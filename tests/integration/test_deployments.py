@@ -27,6 +27,7 @@ from inventory.db import session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
 from tests.integration.conftest import cli_engine
 from tests.integration.prefect_server import PrefectServer, running_prefect_server
+from tests.support.labs import running_lab
 from upkeep.lab import Lab
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.lab, pytest.mark.postgres]
@@ -39,17 +40,21 @@ RELEASE_RINGS = ["canary", "early"]  # the monthly release test's clusters, in r
 
 @pytest.fixture(scope="session")
 def deploy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("deploylab"))
     # Cloud clusters: the first serves the product-update test; the next two are the monthly release's,
     # one canary and one early (ring order needs two rings; each more ring costs a minute of window).
     # The one after them: `upkeep update --on-worker --watch` (also upgraded before the release plans).
     # The last two: the failed-run, retry and same-tags test (upgraded before the monthly release plans).
     rings = ["broad", *RELEASE_RINGS, "broad", "broad", "broad"]
-    lab.up(clusters=len(rings), nodes=3, kind="cloud", rings=rings, upgrade_seconds=0.1, health_delay=0.1)
-    try:
+    with running_lab(
+        tmp_path_factory.mktemp("deploylab"),
+        clusters=len(rings),
+        nodes=3,
+        kind="cloud",
+        rings=rings,
+        upgrade_seconds=0.1,
+        health_delay=0.1,
+    ) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.labs import running_lab
 from upkeep.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -58,12 +59,8 @@ def _statuses(report: dict[str, Any]) -> dict[str, str]:
 @pytest.fixture
 def small_lab(tmp_path: Path) -> Iterator[Lab]:
     """A lab of its own: these tests stop it, or log into each of its nodes."""
-    lab = Lab(tmp_path / "lab")
-    lab.up(clusters=1, nodes=2, upgrade_seconds=0.1, health_delay=0.1)
-    try:
+    with running_lab(tmp_path / "lab", clusters=1, nodes=2, upgrade_seconds=0.1, health_delay=0.1) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def test_lab_env_is_one_eval_away_from_a_working_shell(small_lab: Lab, tmp_path: Path) -> None:

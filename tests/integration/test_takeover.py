@@ -25,8 +25,8 @@ from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
 from inventory.types import utcnow
 from tests.conftest import POSTGRES_URL
 from tests.faults.helpers import due_now
-from tests.integration import conftest as integration
 from tests.integration.conftest import nodes_of, upkeep_cli
+from tests.support.labs import take_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 TARGET = "9.10.0"
@@ -35,11 +35,7 @@ TARGET = "9.10.0"
 @pytest.fixture
 def second_fresh_cluster(lab: Any, fresh_cluster: str) -> str:
     """Another lab cluster no test has touched (the same counter as `fresh_cluster`)."""
-    clusters = list(dict.fromkeys(node["cluster"] for node in lab.status()["nodes"]))
-    number = next(integration._cluster_numbers)
-    if number > len(clusters):
-        pytest.fail(f"the session lab has only {len(clusters)} clusters; raise LAB_CLUSTERS")
-    return clusters[number - 1]
+    return take_cluster(lab)
 
 
 def _due(engine: Any, cluster: str) -> int:

@@ -1,0 +1,260 @@
+"""The shared fixtures, in one plugin (registered by tests/conftest.py, so each session fixture exists
+once per test process whichever directories run): databases, the Prefect test harness, the labs,
+SMTP, the environment for running the real CLI in a subprocess.
+
+Labs are session-wide and hand out one untouched cluster per test that upgrades (`fresh_cluster`,
+`fresh_slow_cluster`, `faults_cluster`); each is sized from the collected tests that ask for its
+clusters, so adding such a test never needs a constant raised. Under pytest-xdist every worker is its
+own process with its own labs, harness and clusters.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from tests.support import databases
+from tests.support.labs import clusters_needed, running_lab, take_cluster
+
+SOAK = os.environ.get("UPKEEP_SOAK", "") not in ("", "0")
+
+
+# -- databases ------------------------------------------------------------------------------------------
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated, empty database of each supported kind (SQLite file in tmp_path; a fresh PostgreSQL
+    schema per test, dropped afterwards)."""
+    yield from (databases.sqlite(tmp_path) if request.param == "sqlite" else databases.postgres())
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated, empty SQLite database in tmp_path."""
+    yield from databases.sqlite(tmp_path)
+
+
+# -- SMTP -----------------------------------------------------------------------------------------------
+@pytest.fixture
+def smtp() -> Iterator[Any]:
+    """A real SMTP server (aiosmtpd) on a free loopback port for one test; `.transport()` reaches it.
+    A module that needs another handler overrides it (tests/integration/test_notice_batches.py)."""
+    from tests.integration.test_notices import SmtpServer
+
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- Prefect --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    # 30 s by default: on this shared 2-core machine under load the server took longer and every test
+    # of the session errored at setup ("Timed out while attempting to connect to ephemeral ...").
+    harness = prefect_test_harness(server_startup_timeout=180)
+    with harness, temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+# -- labs -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Quick nodes (0.1 s upgrade, 0.2 s to healthy), one cluster per test that asks for `fresh_cluster`."""
+    with running_lab(
+        tmp_path_factory.mktemp("lab"),
+        clusters=clusters_needed(request.session, "fresh_cluster", "second_fresh_cluster"),
+        nodes=3,
+        upgrade_seconds=0.1,
+        health_delay=0.2,
+    ) as started:
+        yield started
+
+
+@pytest.fixture
+def fresh_cluster(lab: Any) -> str:
+    """A lab cluster that no earlier test has touched."""
+    return take_cluster(lab)
+
+
+@pytest.fixture(scope="session")
+def slow_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A second fleet whose upgrades and health checks take long enough for a crash, a pause or an
+    approval to land in the middle of them."""
+    with running_lab(
+        tmp_path_factory.mktemp("slowlab"),
+        clusters=clusters_needed(request.session, "fresh_slow_cluster"),
+        nodes=3,
+        upgrade_seconds=0.6,
+        health_delay=0.5,
+    ) as started:
+        yield started
+
+
+@pytest.fixture
+def fresh_slow_cluster(slow_lab: Any) -> str:
+    return take_cluster(slow_lab)
+
+
+@pytest.fixture(scope="session")
+def jump_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A fleet reachable only through its jump host (the inventory says so)."""
+    with running_lab(
+        tmp_path_factory.mktemp("jumplab"),
+        clusters=2,
+        nodes=3,
+        access="jump",
+        upgrade_seconds=0.1,
+        health_delay=0.1,
+    ) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def faults_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Quick nodes (0.1 s upgrade, 0.1 s to healthy) for the remote, file-server and secrets tests;
+    `take_cluster(faults_lab)` in a test, or `faults_cluster`."""
+    with running_lab(
+        tmp_path_factory.mktemp("faultslab"),
+        clusters=max(4, clusters_needed(request.session, "faults_lab")),
+        nodes=3,
+        upgrade_seconds=0.1,
+        health_delay=0.1,
+    ) as started:
+        yield started
+
+
+@pytest.fixture
+def faults_cluster(faults_lab: Any) -> str:
+    return take_cluster(faults_lab)
+
+
+@pytest.fixture(scope="session")
+def crash_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Nodes slow enough for a kill to land inside an upgrade (0.5 s) or a health wait (0.4 s)."""
+    with running_lab(
+        tmp_path_factory.mktemp("crashlab"),
+        clusters=10 if SOAK else 3,
+        nodes=3,
+        upgrade_seconds=0.5,
+        health_delay=0.4,
+    ) as started:
+        yield started
+
+
+# -- runtimes on a lab ----------------------------------------------------------------------------------
+def lab_settings_for(lab: Any, tmp_path: Path) -> Any:
+    from upkeep.settings import load_settings
+
+    return load_settings(home=tmp_path / "home", **lab.settings_overrides())
+
+
+@pytest.fixture
+def lab_settings(lab: Any, tmp_path: Path) -> Any:
+    return lab_settings_for(lab, tmp_path)
+
+
+@pytest.fixture
+def faults_settings(faults_lab: Any, tmp_path: Path) -> Any:
+    return lab_settings_for(faults_lab, tmp_path)
+
+
+def runtime_for(lab: Any, settings: Any, engine: Any) -> Iterator[Any]:
+    """A flow Runtime wired to `lab` and to `engine`, which gets the lab's inventory imported."""
+    from flows import runtime as flow_runtime
+    from inventory.importer import import_inventory
+    from upkeep.bootstrap import build_runtime
+
+    import_inventory(lab.inventory_path, engine=engine, actor="test")
+    runtime = build_runtime(settings, engine=engine)
+    runtime.health_timeout = 5.0
+    runtime.command_timeout = 10.0
+    flow_runtime.configure(runtime)
+    try:
+        yield runtime
+    finally:
+        flow_runtime.configure(None)
+
+
+@pytest.fixture
+def lab_runtime(lab: Any, lab_settings: Any, sqlite_engine: Any, prefect_harness: None) -> Iterator[Any]:
+    """A flow Runtime wired to the lab and to a fresh SQLite database holding the lab's inventory."""
+    yield from runtime_for(lab, lab_settings, sqlite_engine)
+
+
+@pytest.fixture
+def lab_runtime_any_db(lab: Any, lab_settings: Any, engine: Any, prefect_harness: None) -> Iterator[Any]:
+    """The same on every supported database (SQLite and PostgreSQL)."""
+    yield from runtime_for(lab, lab_settings, engine)
+
+
+@pytest.fixture
+def faults_runtime(
+    faults_lab: Any, faults_settings: Any, sqlite_engine: Any, prefect_harness: None
+) -> Iterator[Any]:
+    """A flow Runtime on the faults lab and a fresh SQLite database holding its inventory."""
+    yield from runtime_for(faults_lab, faults_settings, sqlite_engine)
+
+
+# -- the real CLI in a subprocess -----------------------------------------------------------------------
+def cli_env(lab: Any, home: Path, **extra: str) -> dict[str, str]:
+    """Environment for the real `upkeep` CLI against `lab` with its home (and SQLite database) in `home`,
+    and the session's Prefect test server; nothing of this process's UPKEEP_/PREFECT_ settings."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env.update({f"UPKEEP_{k.upper()}": str(v) for k, v in lab.settings_overrides().items()})
+    env.update(
+        {
+            "UPKEEP_HOME": str(home),
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def slow_cli_env(
+    slow_lab: Any, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment for running the real `upkeep` CLI in a subprocess against the slow lab, a SQLite
+    database of its own and the session's Prefect test server."""
+    env = cli_env(slow_lab, tmp_path_factory.mktemp("home"), UPKEEP_HEALTH_TIMEOUT="10")
+    upkeep_cli(env, "inventory", "import", str(slow_lab.inventory_path), timeout=120)
+    return env
+
+
+def upkeep_cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 180) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "upkeep", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+    )
+
+
+def cli_engine(env: dict[str, str]) -> Any:
+    from inventory.db import make_engine
+
+    return make_engine(f"sqlite:///{Path(env['UPKEEP_HOME']) / 'upkeep.db'}")

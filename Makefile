@@ -40,8 +40,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): most of its time is spent waiting on sshd
+# nodes, subprocesses and the Prefect server, not on a core, so more workers than cores pay off. Each
+# worker has its own labs and Prefect test server (tests/support/fixtures.py). Hypothesis runs its
+# "test" profile here (200 examples a property) and "soak" (5,000) in `make soak`.
+TEST_WORKERS ?= 4
 test: $(STAMP) debian-packages lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 clean-venv:
 	rm -rf $(VENV)
@@ -56,13 +61,19 @@ bench: $(STAMP) debian-packages
 		$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/all.py $(BENCH_ARGS)
 
-# The fault suite's long variants (20 kill -9 points over a 10-cluster x 3-node rollout, 5,000
-# Hypothesis examples per entry point), then docs/reliability.md regenerated from that run's results.
-# The table is written even when a case fails (it says which); the target then fails too.
+# The long variants: the fault suite's (20 kill -9 points over a 10-cluster x 3-node rollout, 5,000
+# Hypothesis examples per entry point), every property test at 5,000 examples (Hypothesis profile
+# "soak"; `make test` runs 200) and the end-to-end runs that are soak-only (their skip reason says
+# so). docs/reliability.md is regenerated from the fault suite's results, in one process (no xdist:
+# the recorder is per process). The table is written even when a case fails (it says which); the
+# target then fails too.
 SOAK_RESULTS := $(VENV)/faults-results.json
 .PHONY: soak
 soak: $(STAMP) debian-packages
 	rm -f $(SOAK_RESULTS)
 	status=0; UPKEEP_SOAK=1 UPKEEP_FAULTS_RESULTS=$(SOAK_RESULTS) $(BIN)/pytest tests/faults -m faults -p no:cacheprovider \
+		-p no:xdist --timeout 1800 || status=$$?; \
+	UPKEEP_SOAK=1 $(BIN)/pytest tests/unit tests/integration/test_deployments.py -p no:cacheprovider \
+		-n $(TEST_WORKERS) --dist worksteal \
 		--timeout 1800 || status=$$?; \
 	$(BIN)/python -m tests.faults.report $(SOAK_RESULTS) docs/reliability.md && exit $$status

@@ -38,7 +38,7 @@ def assert_folded(ics: bytes) -> None:
         line.decode()  # never cut inside a UTF-8 sequence
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(cluster=free_text.filter(str.strip), reason=free_text, urgent=st.booleans())
 def test_customer_text_comes_back_as_given_and_stays_in_its_property(cluster: str, reason: str, urgent: bool):
     ctx = make_ctx("rescheduled", cluster=cluster, reason=reason, urgent=urgent)

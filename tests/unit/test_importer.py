@@ -388,7 +388,7 @@ def check_only_inventory_errors(path: Path) -> None:
             assert "internal error" not in problem.message
 
 
-HYPOTHESIS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HYPOTHESIS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @HYPOTHESIS
@@ -604,7 +604,7 @@ def _schedule_mutations() -> st.SearchStrategy[Any]:
     return st.builds(replace, st.just(good), st.sampled_from(paths(good)), structures)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=_schedule_mutations())
 def test_mutated_schedule_file(tmp_path_factory: pytest.TempPathFactory, document: Any) -> None:
     path = tmp_path_factory.getbasetemp() / "mutated-schedule.yaml"

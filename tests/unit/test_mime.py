@@ -56,7 +56,7 @@ def assert_wire_safe(data: bytes) -> None:
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(subject=header_text, text=body_text, html=body_text)
 def test_any_subject_and_body_read_back_exactly(subject: str, text: str, html: str) -> None:
     message = build(RenderedNotice(subject, text, html))

@@ -24,7 +24,7 @@ def test_anything_but_plain_major_minor_patch_is_refused(text: str):
     assert not is_version(text)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.text(max_size=30))
 def test_parsed_versions_round_trip_and_carry_no_shell_syntax(text: str):
     if is_version(text):

@@ -80,7 +80,7 @@ policies = st.builds(
 moves = st.integers(-3 * 24 * 60, 20 * 24 * 60).map(lambda m: timedelta(minutes=m))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(deadline=None)
 @given(
     policy=policies,
     now=aware_datetimes,

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduling.errors import SchedulingError
@@ -39,7 +39,6 @@ rotations = st.builds(
 )
 
 
-@settings(max_examples=300)
 @given(rotations, instants)
 def test_exactly_one_shift_holds_any_instant_and_it_contains_it(rotation: Rotation, at: datetime) -> None:
     current = shift(rotation, at)
@@ -47,7 +46,6 @@ def test_exactly_one_shift_holds_any_instant_and_it_contains_it(rotation: Rotati
     assert current.person in rotation.engineers
 
 
-@settings(max_examples=300)
 @given(rotations, instants, time_zones)
 def test_who_is_on_call_depends_on_the_instant_not_the_zone_it_is_written_in(
     rotation: Rotation, at: datetime, zone: ZoneInfo
@@ -55,7 +53,6 @@ def test_who_is_on_call_depends_on_the_instant_not_the_zone_it_is_written_in(
     assert on_call(rotation, at) == on_call(rotation, at.astimezone(zone))
 
 
-@settings(max_examples=300)
 @given(rotations, instants)
 def test_the_hand_over_passes_to_the_next_engineer_exactly_at_the_local_hand_over(
     rotation: Rotation, at: datetime
@@ -76,7 +73,6 @@ def test_the_hand_over_passes_to_the_next_engineer_exactly_at_the_local_hand_ove
         assert local.date().weekday() == rotation.starts.weekday()
 
 
-@settings(max_examples=200)
 @given(rotations, instants)
 def test_every_engineer_gets_the_same_number_of_hand_overs_per_cycle(
     rotation: Rotation, at: datetime

@@ -168,7 +168,7 @@ def calendars_and_openings(draw: st.DrawFn) -> tuple[BusinessCalendar, datetime]
     return calendar, opened
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(deadline=None)
 @given(case=calendars_and_openings(), later=st.integers(0, 3 * 24 * 60))
 def test_p3_due_properties(case: tuple[BusinessCalendar, datetime], later: int) -> None:
     """P3 is due inside business hours of a business day, at least one business day's length after

@@ -258,7 +258,7 @@ def requests_at_dst_changes(draw: st.DrawFn) -> dict[str, object]:
     }
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(deadline=None)
 @given(request=slot_requests())
 def test_slot_properties(request: dict[str, object]) -> None:
     """Any slot found starts at a window's (DST-resolved) local start, fits in that occurrence, avoids
@@ -266,7 +266,7 @@ def test_slot_properties(request: dict[str, object]) -> None:
     _check_slot(request)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(deadline=None)
 @given(request=requests_at_dst_changes())
 def test_slot_properties_at_dst_changes(request: dict[str, object]) -> None:
     """The same properties where they are hardest: window starts inside or beside gaps and overlaps."""

@@ -139,7 +139,7 @@ def test_replacement_refuses_a_case_blocked_cluster() -> None:
         replacement_slot(PlannedUpdate(SLOT, told_at=TOLD), world, NOW)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(
     window=weekly_windows,
     now=instants,

@@ -79,7 +79,7 @@ def test_budget_counts_validation() -> None:
         budget_exceeded(ErrorBudget(1, None), 2, 3)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(deadline=None)
 @given(
     max_failures=st.none() | st.integers(0, 50),
     rate=st.none() | st.floats(0, 100),

@@ -185,7 +185,7 @@ def test_window_occurrences_refuses_naive_bounds() -> None:
         list(window_occurrences([w], datetime(2026, 1, 1), utc(2026, 2, 1)))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(deadline=None)
 @given(w=weekly_windows, since=instants, span_days=st.integers(0, 40))
 def test_occurrences_property(w: WeeklyWindow, since: datetime, span_days: int) -> None:
     """Occurrences are complete, ordered, overlap the range, last exactly `duration`, and start at the

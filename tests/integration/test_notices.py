@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -262,15 +263,60 @@ def test_queuing_the_same_notice_twice_keeps_one_row(engine: Engine, customer_id
     assert len(notices(engine)) == 2
 
 
+class LockWait:
+    """Tells when a second transaction is blocked on a lock another one holds, by asking the database
+    (PostgreSQL: its backend waits on a Lock) or, on SQLite, once its BEGIN IMMEDIATE is under way (it
+    cannot finish while another writer is open). No sleep decides the outcome."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pid: int | None = None
+        self.begun = threading.Event()
+        self.thread: int | None = None
+
+    def enter(self) -> None:
+        self.thread = threading.get_ident()
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "before_cursor_execute", self._before)
+
+    def _before(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("BEGIN IMMEDIATE") and threading.get_ident() == self.thread:
+            self.begun.set()
+
+    def connected(self, session: Session) -> None:
+        if self.engine.dialect.name == "postgresql":
+            self.pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            self.begun.set()
+
+    def until_blocked(self, timeout: float = 30) -> None:
+        assert self.begun.wait(timeout), "the second writer never started its transaction"
+        if self.engine.dialect.name != "postgresql":
+            return
+        deadline = time.monotonic() + timeout
+        with self.engine.connect() as conn:
+            while time.monotonic() < deadline:
+                waits = conn.exec_driver_sql(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %(pid)s", {"pid": self.pid}
+                ).scalar_one_or_none()
+                if waits == "Lock":
+                    return
+                conn.rollback()  # a fresh snapshot of pg_stat_activity on the next read
+                time.sleep(0.01)
+        pytest.fail("the second writer never waited on the first one's lock")
+
+
 def test_a_concurrent_duplicate_returns_the_row_and_keeps_the_callers_transaction(
     engine: Engine, customer_id: int
 ):
     """The second writer queues while the first has not committed: on PostgreSQL it waits on the unique
     index and recovers in a savepoint; on SQLite it waits for the write lock and finds the row."""
     outcome: dict[str, Any] = {}
+    waiting = LockWait(engine)
 
     def second_writer() -> None:
+        waiting.enter()
         with session_scope(engine) as session:
+            waiting.connected(session)
             outcome["id"] = queue(session, customer_id, 1)[0].id
             session.add(AuditEvent(actor="test", action="after-duplicate", subject="x"))
 
@@ -279,8 +325,8 @@ def test_a_concurrent_duplicate_returns_the_row_and_keeps_the_callers_transactio
         session.flush()
         thread = threading.Thread(target=second_writer)
         thread.start()
-        time.sleep(0.3)
-        assert thread.is_alive()  # blocked behind the first transaction
+        waiting.until_blocked()  # the second writer reached the lock the first one holds...
+        assert thread.is_alive()  # ...and stays behind it until the first transaction ends
     thread.join(timeout=30)
     assert outcome["id"] == first.id
     assert len(notices(engine)) == 1
@@ -288,22 +334,77 @@ def test_a_concurrent_duplicate_returns_the_row_and_keeps_the_callers_transactio
         assert session.exec(select(func.count()).select_from(AuditEvent)).one() == 1
 
 
+class Overlap:
+    """Makes two deliverers overlap for certain: the first one to send holds its first message (and
+    the row it claimed) until the other has reached the claim too - on PostgreSQL, until the other has
+    skipped the held row and sent another one; on SQLite, until the other is beginning its transaction,
+    which cannot finish while the first one's is open."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.postgres = engine.dialect.name == "postgresql"
+        self.lock = threading.Lock()
+        self.holder: int | None = None  # thread of the first deliverer to send
+        self.holding = False
+        self.other_reached = threading.Event()
+        self.beginning: set[int] = set()  # threads inside a BEGIN IMMEDIATE (SQLite: waiting for the lock)
+        if not self.postgres:
+            event.listen(engine, "before_cursor_execute", self._before)
+            event.listen(engine, "after_cursor_execute", self._after)
+
+    def _before(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("BEGIN IMMEDIATE"):
+            with self.lock:
+                self.beginning.add(threading.get_ident())
+                if self.holding and self.beginning - {self.holder}:
+                    self.other_reached.set()
+
+    def _after(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("BEGIN IMMEDIATE"):
+            with self.lock:
+                self.beginning.discard(threading.get_ident())
+
+    def transport(self, real: Any) -> Any:
+        overlap = self
+
+        class Gated:
+            def send(self, message: OutgoingMessage) -> None:
+                with overlap.lock:
+                    first = overlap.holder is None
+                    if first:
+                        overlap.holder, overlap.holding = threading.get_ident(), True
+                        if overlap.beginning - {overlap.holder}:  # already waiting for our lock
+                            overlap.other_reached.set()
+                if first:
+                    reached = overlap.other_reached.wait(30)
+                    overlap.holding = False
+                    assert reached, "the second deliverer never reached the notices the first one held"
+                real.send(message)
+                if overlap.postgres and threading.get_ident() != overlap.holder:
+                    overlap.other_reached.set()
+
+        return Gated()
+
+
 def test_two_deliverers_never_send_the_same_notice(engine: Engine, customer_id: int, smtp: SmtpServer):
     with session_scope(engine) as session:
         queue(session, customer_id, 8)
-    reports: list[Any] = []
-    threads = [
-        threading.Thread(target=lambda: reports.append(deliver(engine, smtp.transport(), T0)))
-        for _ in range(2)
-    ]
+    overlap = Overlap(engine)
+    reports: dict[str, Any] = {}
+
+    def deliverer(name: str) -> None:
+        reports[name] = deliver(engine, overlap.transport(smtp.transport()), T0)
+
+    threads = [threading.Thread(target=deliverer, args=(name,)) for name in ("a", "b")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert sorted(key for report in reports for key in report.sent) == sorted(
-        row.idempotency_key for row in notices(engine)
-    )
+    assert overlap.other_reached.is_set()  # they did overlap
+    sent = [key for report in reports.values() for key in report.sent]
+    assert sorted(sent) == sorted(row.idempotency_key for row in notices(engine))
     assert len(smtp.handler.messages) == 8 and set(smtp.handler.ids().values()) == {1}
+    if overlap.postgres:  # both sent while the other held rows: SKIP LOCKED split the work
+        assert all(report.sent for report in reports.values()), reports
 
 
 class Crash(BaseException):

@@ -15,7 +15,8 @@ from sqlmodel import col, select
 from inventory.db import migrate, session_scope
 from inventory.importer import import_inventory
 from inventory.installation import installation_id
-from inventory.models import Cluster, Node, NodeStep, RunState, UpgradeRun
+from inventory.models import Cluster, Node, NodeStep, RunState, StepState, UpgradeRun
+from inventory.outbox import Notice, NoticeState
 from inventory.runs import create_run
 from inventory.types import utcnow
 from tasks.mail import message_id_for
@@ -143,3 +144,51 @@ def sent_message_ids(session: Any, keys: list[str], domain: str = "vendor.exampl
     this database's installation id, so they are computed with it (as flows/notify.py does)."""
     installation = installation_id(session)
     return Counter({message_id_for(key, domain, installation): 1 for key in keys})
+
+
+def assert_rolled_out_exactly_once(
+    lab: Any, hosts: list[str], engine: Any, received: Counter[str], where: str, *, open_steps_allowed: bool
+) -> list[UpgradeRun]:
+    """The exactly-once check after a rollout that was interrupted (kill -9, a database restart) and
+    carried on: every node upgraded once to TARGET by its own log, every run succeeded and released
+    its cluster, three verified nodes per run, no failed step (nor, unless `open_steps_allowed`, one
+    left open or interrupted), and every notice - one 'started' and one 'completed' per run - sent
+    and received once (`received`: the SMTP server's Message-ID counts). Returns the runs."""
+    logs = {host: lab.upgrade_log(host) for host in hosts}
+    assert {h: len(entries) for h, entries in logs.items()} == dict.fromkeys(hosts, 1), where
+    assert {entries[0]["to"] for entries in logs.values()} == {TARGET}
+    with session_scope(engine) as session:
+        runs = list(session.exec(select(UpgradeRun)).all())
+        assert {str(r.state) for r in runs} == {"succeeded"}, where
+        assert all(r.active_cluster_id is None and r.finished_at for r in runs), where
+        assert set(session.exec(select(Cluster.version)).all()) == {TARGET}
+        # Failed steps never; open or interrupted ones (a kill -9 leaves them) only if allowed.
+        wrong = (
+            NodeStep.state == StepState.failed
+            if open_steps_allowed
+            else NodeStep.state != StepState.succeeded
+        )
+        bad = [
+            (s.run_id, s.node_id, s.step, str(s.state), s.output_tail[-300:])
+            for s in session.exec(select(NodeStep).where(wrong)).all()
+        ]
+        assert not bad, f"{bad}; {where}"
+        for run in runs:
+            verified = Counter(
+                session.exec(
+                    select(NodeStep.node_id).where(
+                        NodeStep.run_id == run.id,
+                        NodeStep.step == "verify",
+                        NodeStep.state == StepState.succeeded,
+                    )
+                ).all()
+            )
+            assert sorted(verified.values()) == [1, 1, 1], f"run {run.id}: {verified}; {where}"
+        notices = session.exec(select(Notice)).all()
+        kinds = Counter((n.update_ref, n.kind) for n in notices)
+        expected = {(f"update-{r.id}", kind): 1 for r in runs for kind in ("started", "completed")}
+        assert dict(kinds) == expected, where
+        assert {n.state for n in notices} == {NoticeState.sent}, where
+        expected_ids = sent_message_ids(session, [n.idempotency_key for n in notices])
+    assert received == expected_ids, where
+    return runs

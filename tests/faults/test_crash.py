@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,10 @@ import pytest
 from sqlmodel import col, select
 
 from inventory.db import make_engine, session_scope
-from inventory.models import Cluster, Node, NodeStep, RunState, StepState, UpgradeRun
-from inventory.outbox import Notice, NoticeState
+from inventory.models import Node, NodeStep, RunState, StepState, UpgradeRun
 from inventory.run_report import node_rows
 from tests.faults.conftest import SOAK
-from tests.faults.helpers import TARGET, rollout_due_now, sent_message_ids
+from tests.faults.helpers import TARGET, assert_rolled_out_exactly_once, rollout_due_now
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
 
@@ -153,42 +151,14 @@ def test_kill_9_at_random_points_of_a_rollout_then_resume_upgrades_every_node_ex
     sent = upkeep_cli(env, "notices", "send", check=False)
     assert sent.returncode == 0, sent.stderr[-2000:]
 
-    # Every node upgraded exactly once, by its own log, and none skipped.
-    nodes = crash_lab.status()["nodes"]
-    logs = {node["hostname"]: crash_lab.upgrade_log(node["hostname"]) for node in nodes}
-    assert {h: len(entries) for h, entries in logs.items()} == dict.fromkeys(logs, 1), where()
-    assert {entries[0]["to"] for entries in logs.values()} == {TARGET}
-    # The records agree with the nodes.
+    # Every node upgraded exactly once, by its own log, none skipped; every notice sent exactly once.
+    hosts = [node["hostname"] for node in crash_lab.status()["nodes"]]
+    runs_now = assert_rolled_out_exactly_once(
+        crash_lab, hosts, engine, smtp.handler.ids(), where(), open_steps_allowed=True
+    )
     with session_scope(engine) as session:
-        runs_now = session.exec(select(UpgradeRun)).all()
-        assert {str(r.state) for r in runs_now} == {"succeeded"}, where()
-        assert all(r.active_cluster_id is None and r.finished_at for r in runs_now)
-        assert set(session.exec(select(Cluster.version)).all()) == {TARGET}
         for run in runs_now:
-            verified = Counter(
-                session.exec(
-                    select(NodeStep.node_id).where(
-                        NodeStep.run_id == run.id,
-                        NodeStep.step == "verify",
-                        NodeStep.state == StepState.succeeded,
-                    )
-                ).all()
-            )
-            assert sorted(verified.values()) == [1, 1, 1], f"run {run.id}: {verified}; {where()}"
-            failed = session.exec(
-                select(NodeStep).where(NodeStep.run_id == run.id, NodeStep.state == StepState.failed)
-            ).all()
-            assert not failed, f"run {run.id}: {[(s.step, s.output_tail) for s in failed]}; {where()}"
             assert {row["result"] for row in node_rows(run, session)} <= {"upgraded", "already at target"}
-        # Every notice sent exactly once: one 'started' and one 'completed' per run, nothing else.
-        notices = session.exec(select(Notice)).all()
-        kinds = Counter((n.update_ref, n.kind) for n in notices)
-        expected = {(f"update-{r.id}", kind): 1 for r in runs_now for kind in ("started", "completed")}
-        assert dict(kinds) == expected, where()
-        assert {n.state for n in notices} == {NoticeState.sent}
-        expected_ids = sent_message_ids(session, [n.idempotency_key for n in notices])
-    received = smtp.handler.ids()
-    assert received == expected_ids, where()
     record(
         "crash (kill -9) and resume",
         f"{len(runs_now)}-cluster x 3-node rollout via dispatch/resume, seeded kill points",

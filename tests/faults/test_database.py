@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,9 @@ import pytest
 from sqlmodel import select
 
 from inventory.db import make_engine, session_scope
-from inventory.models import Cluster, NodeStep, RunState, StepState, UpgradeRun
-from inventory.outbox import Notice, NoticeState
+from inventory.models import RunState, UpgradeRun
 from tests.faults.conftest import SOAK
-from tests.faults.helpers import TARGET, rollout_due_now, sent_message_ids
+from tests.faults.helpers import assert_rolled_out_exactly_once, rollout_due_now
 from tests.faults.postgres import PrivatePostgres, missing_binaries
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
@@ -189,39 +187,10 @@ def test_postgres_restarted_mid_rollout_every_node_upgraded_once_nothing_lost(
     assert sent.returncode == 0, sent.stderr[-2000:]
     where = " | ".join(history)
 
-    # Every node upgraded exactly once, by its own log, and none skipped.
-    logs = {host: db_lab.upgrade_log(host) for host in hosts}
-    assert {h: len(entries) for h, entries in logs.items()} == dict.fromkeys(hosts, 1), where
-    assert {entries[0]["to"] for entries in logs.values()} == {TARGET}
-    with session_scope(engine) as session:
-        runs_now = session.exec(select(UpgradeRun)).all()
-        assert {str(r.state) for r in runs_now} == {"succeeded"}, f"{where}\n{err[-3000:]}"
-        assert all(r.active_cluster_id is None and r.finished_at for r in runs_now), where
-        assert set(session.exec(select(Cluster.version)).all()) == {TARGET}
-        # No step left `started` (a write the restart swallowed) and none failed.
-        open_or_failed = [
-            (s.run_id, s.node_id, s.step, str(s.state), s.output_tail[-300:])
-            for s in session.exec(select(NodeStep).where(NodeStep.state != StepState.succeeded)).all()
-        ]
-        assert not open_or_failed, f"{open_or_failed}; {where}\n{err[-3000:]}"
-        for run in runs_now:
-            verified = Counter(
-                session.exec(
-                    select(NodeStep.node_id).where(
-                        NodeStep.run_id == run.id,
-                        NodeStep.step == "verify",
-                        NodeStep.state == StepState.succeeded,
-                    )
-                ).all()
-            )
-            assert sorted(verified.values()) == [1, 1, 1], f"run {run.id}: {verified}; {where}"
-        notices = session.exec(select(Notice)).all()
-        kinds = Counter((n.update_ref, n.kind) for n in notices)
-        expected = {(f"update-{r.id}", kind): 1 for r in runs_now for kind in ("started", "completed")}
-        assert dict(kinds) == expected, where
-        assert {n.state for n in notices} == {NoticeState.sent}, where
-        expected_ids = sent_message_ids(session, [n.idempotency_key for n in notices])
-    assert smtp.handler.ids() == expected_ids, where
+    # Every node upgraded exactly once, none skipped, no step left open; every notice sent once.
+    assert_rolled_out_exactly_once(
+        db_lab, hosts, engine, smtp.handler.ids(), f"{where}\n{err[-3000:]}", open_steps_allowed=False
+    )
     print("database restarts: " + where, file=sys.stderr)
     record(
         "database",

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tasks.ssh import FabricRunner, HostKeyError, RemoteError, SshSettings, SshTarget, TunnelClosed
+from tests.support.labs import running_lab
 from upkeep.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -19,12 +20,15 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("tunnellab"))
-    try:
-        lab.up(clusters=3, nodes=2, access="tunnel", upgrade_seconds=0.1, health_delay=0.1)
+    with running_lab(
+        tmp_path_factory.mktemp("tunnellab"),
+        clusters=3,
+        nodes=2,
+        access="tunnel",
+        upgrade_seconds=0.1,
+        health_delay=0.1,
+    ) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _nodes(lab: Lab) -> list[dict[str, Any]]:

@@ -78,10 +78,17 @@ _EXPECTED = {
 }
 
 
-class _Odd(str):
-    """A scalar with a tag the inventory has no use for (e.g. !!binary, !!python/...): text of no type."""
+class _Odd:
+    """A scalar with a tag the inventory has no use for (e.g. !vault, !!binary, !!python/...): of no
+    type any key takes, so it is refused naming the tag, never imported as the text after the tag."""
 
-    __slots__ = ()
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _describe_node(node: yaml.Node) -> str:

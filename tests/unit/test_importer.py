@@ -690,3 +690,26 @@ def test_oncall_problems_name_the_person_list(tmp_path: Path) -> None:
         f"{path}:{first + 6}: oncall: team_lead: unknown key 'colour' (allowed: name, email, notify, role)",
         f"{path}:{first + 7}: oncall: escalation: email: 'x' is not a valid email address",
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "got"),
+    [
+        ("user", "!vault secret", "expected a string, got !vault 'secret'; quote it"),
+        ("user", "!!binary aGVsbG8=", "expected a string, got binary 'aGVsbG8='; quote it"),
+        ("port", "!foo 2222", "expected an integer, got !foo '2222'"),
+        ("user", "!!python/name:os.system ''", "expected a string, got python/name:os.system ''; quote it"),
+    ],
+)
+def test_a_tagged_value_is_refused_not_read_as_its_text(
+    tmp_path: Path, key: str, value: str, got: str
+) -> None:
+    # adv20i: the pydantic importer took any scalar with a tag it does not know (an Ansible `!vault`
+    # ciphertext, `!!binary`, a custom tag) as a plain string, so the text after the tag was imported as
+    # the value; the importer before it refused them, naming the tag.
+    node = {"hostname": "a-n1", "port": "22", "user": "root", key: value}
+    text = one_cluster([{"hostname": "h"}]).replace(
+        "- hostname: h", "- {" + ", ".join(f"{k}: {v}" for k, v in node.items()) + "}"
+    )
+    path = write(tmp_path, text)
+    assert problems(path) == [f"{path}:8: node: {key}: {got}"]

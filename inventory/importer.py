@@ -24,6 +24,7 @@ from inventory.importer_db import (
     customer_values,
     refuse_changes_under_active_runs,
     refuse_foreign_mailboxes,
+    refuse_shared_endpoints,
     release_values,
     save_row,
     sync_blackouts,
@@ -83,6 +84,7 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
         blackouts[blackout.customer_id].append(blackout)
     refuse_changes_under_active_runs(doc, session, customers, clusters, nodes)
     refuse_foreign_mailboxes(doc, session)
+    refuse_shared_endpoints(doc, session, clusters, nodes)
 
     summary = ImportSummary()
     count = summary.counts

@@ -237,6 +237,44 @@ def refuse_foreign_mailboxes(doc: InventoryDoc, session: Session) -> None:
         raise InventoryError(problems)
 
 
+def refuse_shared_endpoints(
+    doc: InventoryDoc,
+    session: Session,
+    clusters: dict[str, Cluster],
+    nodes: dict[int | None, list[Node]],
+) -> None:
+    """A node's address and port may be used once: the file checks its own nodes (cross_checks); this
+    checks them against the nodes of clusters the file does not list (another customer's, or the old
+    name of a renamed cluster), which keep theirs. Two clusters on one machine could be updated at once."""
+    listed = {cluster.name for customer in doc.customers for cluster in customer.clusters}
+    owners = dict(session.exec(select(Customer.id, Customer.name)).all())
+    taken: dict[tuple[str, int], tuple[Node, Cluster]] = {}
+    for name, cluster in clusters.items():
+        if name not in listed:
+            for node in nodes[cluster.id]:
+                taken.setdefault((m.address_key(node.address), node.port), (node, cluster))
+    problems = []
+    for c, customer in enumerate(doc.customers):
+        for k, spec in enumerate(customer.clusters):
+            for n, node_spec in enumerate(spec.nodes):
+                found = taken.get((m.address_key(node_spec.endpoint), node_spec.port))
+                if found is None:
+                    continue
+                node, cluster = found
+                problems.append(
+                    Problem(
+                        str(doc.path),
+                        doc.lines(("customers", c, "clusters", k, "nodes", n)),
+                        f"node: address {m.show(node_spec.endpoint)} port {node_spec.port} is already used "
+                        f"by node {node.hostname!r} of cluster {cluster.name!r} (customer "
+                        f"{owners.get(cluster.customer_id, '?')!r}), which this file does not list; two "
+                        "clusters cannot share a machine",
+                    )
+                )
+    if problems:
+        raise InventoryError(problems)
+
+
 # --- replacing a customer's or cluster's parts with the file's ------------------------------------------
 
 

@@ -291,3 +291,33 @@ def test_cluster_under_an_active_run_is_not_changed(engine: Engine, tmp_path: Pa
     changed["customers"][1]["clusters"][0]["ring"] = "early"
     summary = import_inventory(write(tmp_path, changed), engine=engine, actor="alice")
     assert summary.counts["cluster"].updated == 1
+
+
+def test_a_node_of_a_cluster_the_file_does_not_list_keeps_its_address(engine: Engine, tmp_path: Path) -> None:
+    # adv20i: the "address and port already used by another node" check only looked inside the file, so a
+    # file listing one customer could point its node at another customer's machine, and renaming a
+    # cluster made a second cluster on the same machines (the old one stays): two updates could then run
+    # on one machine at once, each for a different customer.
+    import_inventory(write(tmp_path, INVENTORY), engine=engine, actor="alice")
+    before = dump(engine)
+    umbrella_only = {"customers": [copy.deepcopy(INVENTORY["customers"][1])]}
+    umbrella_only["customers"][0]["clusters"][0]["nodes"][0].update(address="127.0.0.1", port=40002)
+    path = write(tmp_path, umbrella_only)
+    line = path.read_text().splitlines().index("    - hostname: u2-n1") + 1
+    with pytest.raises(InventoryError) as info:
+        import_inventory(path, engine=engine, actor="alice")
+    assert str(info.value) == (
+        f"{path}:{line}: node: address '127.0.0.1' port 40002 is already used by node 'acme-c1-n2' of "
+        "cluster 'acme-c1' (customer 'acme'), which this file does not list; two clusters cannot share a "
+        "machine"
+    )
+    renamed = copy.deepcopy(INVENTORY)
+    renamed["customers"][0]["clusters"][0]["name"] = "acme-c9"
+    with pytest.raises(InventoryError, match=r"already used by node 'acme-c1-n1' of cluster 'acme-c1'"):
+        import_inventory(write(tmp_path, renamed), engine=engine, actor="alice")
+    assert dump(engine) == before
+    # The file's own clusters are replaced by what it says: moving a node between them is fine.
+    moved = copy.deepcopy(INVENTORY)
+    moved["customers"][1]["clusters"][0]["nodes"][0].update(address="127.0.0.1", port=40003)
+    moved["customers"][0]["clusters"][0]["nodes"].pop()
+    import_inventory(write(tmp_path, moved), engine=engine, actor="alice")

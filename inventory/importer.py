@@ -24,6 +24,7 @@ from inventory.importer_db import (
     customer_values,
     refuse_changes_under_active_runs,
     refuse_foreign_mailboxes,
+    refuse_moved_clusters,
     refuse_shared_endpoints,
     release_values,
     save_row,
@@ -82,6 +83,7 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
     blackouts: dict[int | None, list[Blackout]] = defaultdict(list)
     for blackout in session.exec(select(Blackout).order_by(col(Blackout.id))):
         blackouts[blackout.customer_id].append(blackout)
+    refuse_moved_clusters(doc, clusters, {row.id: name for name, row in customers.items()})
     refuse_changes_under_active_runs(doc, session, customers, clusters, nodes)
     refuse_foreign_mailboxes(doc, session)
     refuse_shared_endpoints(doc, session, clusters, nodes)

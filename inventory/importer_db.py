@@ -237,6 +237,26 @@ def refuse_foreign_mailboxes(doc: InventoryDoc, session: Session) -> None:
         raise InventoryError(problems)
 
 
+def refuse_moved_clusters(doc: InventoryDoc, clusters: dict[str, Cluster], owners: dict[Any, str]) -> None:
+    """A cluster stays its customer's: listed under another customer (a copy-paste, a guess), it would
+    take its update history and reports along, and that customer's notices would go elsewhere."""
+    problems = [
+        Problem(
+            str(doc.path),
+            doc.lines(("customers", c, "clusters", k, "name")),
+            f"cluster {spec.name!r} is customer {owners[row.customer_id]!r}'s; an import does not move a "
+            "cluster to another customer (its update history and reports would go with it)",
+        )
+        for c, customer in enumerate(doc.customers)
+        for k, spec in enumerate(customer.clusters)
+        if (row := clusters.get(spec.name)) is not None
+        and row.customer_id in owners
+        and owners[row.customer_id] != customer.name
+    ]
+    if problems:
+        raise InventoryError(problems)
+
+
 def refuse_shared_endpoints(
     doc: InventoryDoc,
     session: Session,

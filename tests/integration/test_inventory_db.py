@@ -321,3 +321,24 @@ def test_a_node_of_a_cluster_the_file_does_not_list_keeps_its_address(engine: En
     moved["customers"][1]["clusters"][0]["nodes"][0].update(address="127.0.0.1", port=40003)
     moved["customers"][0]["clusters"][0]["nodes"].pop()
     import_inventory(write(tmp_path, moved), engine=engine, actor="alice")
+
+
+def test_a_cluster_does_not_move_to_another_customer(engine: Engine, tmp_path: Path) -> None:
+    # adv20i: a file listing acme's cluster name under umbrella (a copy-paste, or a guess) moved the
+    # cluster, with its update history and reports, to umbrella without a word ("cluster: 1 updated"):
+    # umbrella's portal then showed acme's reports and acme's notices went to umbrella.
+    import_inventory(write(tmp_path, INVENTORY), engine=engine, actor="alice")
+    before = dump(engine)
+    umbrella = copy.deepcopy(INVENTORY["customers"][1])
+    acme_cluster = copy.deepcopy(INVENTORY["customers"][0]["clusters"][0])
+    acme_cluster["nodes"] = [{"hostname": "n1", "address": "127.0.0.9"}]
+    umbrella["clusters"].append(acme_cluster)
+    path = write(tmp_path, {"customers": [umbrella]})
+    line = path.read_text().splitlines().index("  - name: acme-c1") + 1
+    with pytest.raises(InventoryError) as info:
+        import_inventory(path, engine=engine, actor="alice")
+    assert str(info.value) == (
+        f"{path}:{line}: cluster 'acme-c1' is customer 'acme''s; an import does not move a cluster to "
+        "another customer (its update history and reports would go with it)"
+    )
+    assert dump(engine) == before

@@ -249,7 +249,10 @@ Name = Annotated[str, checked(NAME), Field(json_schema_extra={"pattern": "^[a-z0
 Zone = Annotated[
     str,
     checked(_rule(lambda v: v in _zones(), "an IANA time zone (e.g. America/New_York)")),
-    Field(description="An IANA time zone, e.g. America/New_York"),
+    Field(
+        description="An IANA time zone, e.g. America/New_York",
+        json_schema_extra=lambda schema: schema.update(enum=sorted(_zones())),
+    ),
 ]
 Port = Annotated[
     int,
@@ -257,7 +260,9 @@ Port = Annotated[
     Field(json_schema_extra={"minimum": 1, "maximum": 65535}),
 ]
 SshUser = Annotated[
-    str, checked(_regex(r"[a-z_][a-z0-9_-]{0,31}", "a valid ssh user (^[a-z_][a-z0-9_-]{0,31}$)"))
+    str,
+    checked(_regex(r"[a-z_][a-z0-9_-]{0,31}", "a valid ssh user (^[a-z_][a-z0-9_-]{0,31}$)")),
+    Field(json_schema_extra={"pattern": "^[a-z_][a-z0-9_-]{0,31}$"}),
 ]
 Hostname = Annotated[str, checked(_rule(is_hostname, "an RFC 1123 hostname"))]
 HostKey = Annotated[
@@ -269,7 +274,12 @@ Email = Annotated[str, checked(_rule(_is_email, "a valid email address"))]
 Text128 = Annotated[str, checked(_text(128))]  # names end up in mail headers: no control characters
 Reason = Annotated[str, checked(_text(255))]
 VersionText = Annotated[
-    str, checked(VERSION), Field(json_schema_extra={"pattern": r"^\d+\.\d+\.\d+$"}, examples=["9.10.0"])
+    str,
+    checked(VERSION),
+    Field(
+        json_schema_extra={"pattern": r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$"},
+        examples=["9.10.0"],
+    ),
 ]
 Day = Annotated[
     date,
@@ -477,7 +487,9 @@ class Cluster(Part):
     kind: Literal["cloud", "software"]
     version: VersionText
     profile: Annotated[
-        str, checked(_regex(r"[a-z0-9][a-z0-9_-]{0,63}", "a valid profile (^[a-z0-9][a-z0-9_-]{0,63}$)"))
+        str,
+        checked(_regex(r"[a-z0-9][a-z0-9_-]{0,63}", "a valid profile (^[a-z0-9][a-z0-9_-]{0,63}$)")),
+        Field(json_schema_extra={"pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}),
     ] = "standard"
     ring: Literal["canary", "early", "broad"] = "broad"
     access: Annotated[Direct | Jump | Tunnel, Field(discriminator="type")]
@@ -515,7 +527,11 @@ class Release(Part):
     WHAT: ClassVar[str] = "release"
     version: VersionText
     package: Annotated[str, checked(_rule(_is_package, "a relative path of [A-Za-z0-9._/-] without '..'"))]
-    sha256: Annotated[str, checked(_regex(r"[0-9a-f]{64}", "64 lowercase hex digits"))]
+    sha256: Annotated[
+        str,
+        checked(_regex(r"[0-9a-f]{64}", "64 lowercase hex digits")),
+        Field(json_schema_extra={"pattern": "^[0-9a-f]{64}$"}),
+    ]
     from_: list[VersionText] = Field(alias="from", description="The versions this release installs over")
     deadline: Annotated[
         datetime | None,
@@ -594,8 +610,29 @@ class Inventory(Part):
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the file, for editors (`upkeep inventory schema`)."""
     schema = Inventory.model_json_schema(by_alias=True, mode="validation")
+    for model in [schema, *schema.get("$defs", {}).values()]:
+        _null_means_default(model)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+def _admits_null(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    return (
+        kind == "null"
+        or (isinstance(kind, list) and "null" in kind)
+        or any(_admits_null(member) for member in schema.get("anyOf", []) + schema.get("oneOf", []))
+    )
+
+
+def _null_means_default(model: dict[str, Any]) -> None:
+    """An optional key may be null (`key:` left empty) in the schema too, as `Part` reads it."""
+    required = set(model.get("required", []))
+    for key, value in model.get("properties", {}).items():
+        if key in required or _admits_null(value):
+            continue
+        outer = {k: value.pop(k) for k in ("title", "description", "default", "examples") if k in value}
+        model["properties"][key] = {**outer, "anyOf": [value, {"type": "null"}]}
 
 
 # --- where in the models a location is -----------------------------------------------------------------

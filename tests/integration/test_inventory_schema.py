@@ -228,3 +228,43 @@ def test_dates_may_be_quoted_as_json_writes_them(tmp_path: Path) -> None:
     doc = load_inventory(path)
     assert doc.customers[0].blackouts[0].start == date(2026, 11, 26)
     assert doc.oncall is not None and doc.oncall.starts == date(2026, 12, 7)
+
+
+def test_schema_and_importer_agree_on_null_and_on_simple_patterns(
+    schema: dict[str, Any], tmp_path: Path
+) -> None:
+    # adv20i: the importer reads `key:` (null) as "the default" for every optional key, which the schema
+    # refused (an editor flagged files that import); and values the importer refuses by a plain pattern
+    # (sha256, profile, ssh user, version with leading zeros) passed the schema.
+    def importer_accepts(data: Any) -> bool:
+        path = tmp_path / "agree.yaml"
+        path.write_text(yaml.safe_dump(as_json(data), sort_keys=False))
+        try:
+            load_inventory(path)
+        except InventoryError:
+            return False
+        return True
+
+    data = yaml.safe_load(FULL)
+    nulls = copy.deepcopy(data)
+    nulls["customers"][0].update(contacts=None, notice=None, requires_approval=None, blackouts=None)
+    nulls["customers"][0]["clusters"][0].update(profile=None, ring=None, windows=None)
+    nulls["customers"][0]["clusters"][0]["nodes"][0].update(address=None, port=None, user=None)
+    nulls["customers"][0]["contacts"] = None
+    assert importer_accepts(nulls)
+    assert schema_errors(schema, nulls) == []
+
+    for where, key, value in (
+        (("releases", 0), "sha256", "AB" * 32),
+        (("customers", 0, "clusters", 0), "profile", "Large"),
+        (("customers", 0, "clusters", 0, "nodes", 0), "user", "Root"),
+        (("customers", 0, "clusters", 0), "version", "09.8.0"),
+        (("customers", 0), "timezone", "Mars/Olympus"),
+    ):
+        bad = copy.deepcopy(data)
+        target = bad
+        for step in where:
+            target = target[step]
+        target[key] = value
+        assert not importer_accepts(bad), (key, value)
+        assert schema_errors(schema, bad), f"{key}: {value!r} passed the schema but not the importer"

@@ -55,6 +55,7 @@ class InventoryError(ValueError):
 
 
 Loc = tuple[Any, ...]
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a 2,000-cluster inventory is a few MB at most
 _SCALARS = {
     "str": "a string",
     "int": "an integer",
@@ -386,9 +387,13 @@ def read_inventory(path: Path, *, role_addresses: frozenset[str] = frozenset()) 
     whose local part is in `role_addresses` are refused (issue #17: people, not role addresses)."""
     name = str(path)
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as file:  # read at most one byte past the limit: /dev/zero never ends
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise InventoryError([Problem(name, None, f"cannot read the file: {exc.strerror or exc}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        message = f"the file is larger than {MAX_FILE_BYTES} bytes; an inventory is far smaller"
+        raise InventoryError([Problem(name, None, message)])
     try:
         source = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

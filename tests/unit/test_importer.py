@@ -713,3 +713,18 @@ def test_a_tagged_value_is_refused_not_read_as_its_text(
     )
     path = write(tmp_path, text)
     assert problems(path) == [f"{path}:8: node: {key}: {got}"]
+
+
+def test_an_endless_or_huge_file_is_refused_without_reading_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # adv20i: `upkeep inventory import /dev/zero` (or a mistyped multi-GB dump) read the whole file into
+    # memory first; it grew past a gigabyte in seconds on the shared machine.
+    import inventory.importer_yaml as importer_yaml
+
+    monkeypatch.setattr(importer_yaml, "MAX_FILE_BYTES", 1000)
+    path = write(tmp_path, "customers: []\n" + "#" * 2000 + "\n")
+    assert problems(path) == [f"{path}: the file is larger than 1000 bytes; an inventory is far smaller"]
+    assert problems(Path("/dev/zero")) == [
+        "/dev/zero: the file is larger than 1000 bytes; an inventory is far smaller"
+    ]

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from flows.portal_links import PortalLinks, link_expiry
 from flows.run_notices import DEFERRALS, VendorTerms, deferral_options, update_ref
-from flows.schedule import ScheduleRefused, confirm_update, defer_update, next_window
+from flows.schedule import ChangedMeanwhile, ScheduleRefused, confirm_update, defer_update, next_window
 from inventory import repo
 from inventory.alerts import queue_alert
 from inventory.cases import Case, CaseError, CaseStatus, EscalatedBy, check_case_ref, escalate, open_case
@@ -151,7 +151,15 @@ def defer_to(
             if offered
             else f"{update_ref(run.id)} cannot be deferred any more"
         )
-    return defer_update(run.id or 0, to=start, now=now, session=session, requested_by=actor, vendor=vendor)
+    try:
+        return defer_update(
+            run.id or 0, to=start, now=now, session=session, requested_by=actor, vendor=vendor
+        )
+    except ChangedMeanwhile:  # the operator's wording names `upkeep show`; the customer reloads
+        raise ChangedMeanwhile(
+            f"{update_ref(run_id)} changed while you deferred it (someone confirmed, moved or started it "
+            "just now); reload the page to see its current time and the times it may move to"
+        ) from None
 
 
 def confirm(
@@ -165,14 +173,30 @@ def confirm(
 ) -> UpgradeRun:
     """Record that `actor` acknowledged the update at its current time and tell the customer's contacts
     and designated users: `flows.schedule.confirm_update` (the usual notice, a new invite SEQUENCE).
-    Confirming the same schedule twice records and sends it once."""
+    Confirming the same schedule twice records and sends it once. Another user's Confirm committing
+    between this one's read and its write is no conflict (the time is the same): it is retried once;
+    any other change meanwhile (moved, started) is refused, telling the user to look again."""
     run = customer_update(run_id, customer, session=session)
-    base, confirmed = _confirmations(run, session)
-    if actor in confirmed:
-        return run
-    return confirm_update(
-        run.id or 0, now=now, session=session, confirmed_by=actor, vendor=vendor, detail={"base": base}
-    )
+    seen = run.slot_start
+    for attempt in (1, 2):
+        base, confirmed = _confirmations(run, session)
+        if actor in confirmed:
+            return run
+        try:
+            with session.begin_nested():
+                return confirm_update(
+                    run.id or 0, now=now, session=session, confirmed_by=actor, vendor=vendor,
+                    detail={"base": base},
+                )  # fmt: skip
+        except ChangedMeanwhile:
+            session.expire(run)
+            run = customer_update(run_id, customer, session=session)  # NotYours once it started
+            if attempt == 2 or run.slot_start != seen:
+                raise ChangedMeanwhile(
+                    f"{update_ref(run_id)} changed while you confirmed it (someone moved it just now); "
+                    "reload the page to see its current time and confirm that if it suits you"
+                ) from None
+    raise AssertionError("unreachable")
 
 
 def _confirmations(run: UpgradeRun, session: Session) -> tuple[int, tuple[str, ...]]:

@@ -47,6 +47,11 @@ class ScheduleRefused(SchedulingError):
     """A scheduling request Upkeep refuses; the message names the value and the rule."""
 
 
+class ChangedMeanwhile(ScheduleRefused):
+    """The update changed (or started) between reading it and taking its row: another process or
+    user committed first. The portal retries a Confirm once when only confirmations happened."""
+
+
 def parse_update_ref(text: str) -> int:
     """'update-42' or '42' → 42."""
     digits = text.strip().removeprefix("update-")
@@ -395,7 +400,7 @@ def _hold_planned(run: UpgradeRun, action: str, session: Session) -> None:
     )
     if held.rowcount != 1:  # type: ignore[attr-defined]
         session.refresh(run)
-        raise ScheduleRefused(
+        raise ChangedMeanwhile(
             f"cannot {action} {update_ref(run.id)}: it is {run.state} now (another process started or "
             "changed it just now); see `upkeep show`"
         )

@@ -477,13 +477,38 @@ def _run_in_process(runtime: Runtime, now: datetime, slots: int, log: Any) -> li
                     if claim is None:
                         return
                     started.append(claim)
-                product_update(**_parameters(claim), return_state=True)
+                try:
+                    product_update(**_parameters(claim), return_state=True)
+                except Exception as exc:  # the flow run could not be created or reported (API away)
+                    _leave_for_take_over(runtime, claim, exc, log)
+                    return  # this worker stops; the others go on, the next tick takes the run over
 
     if slots:
         with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="dispatch") as pool:
             for future in [pool.submit(worker) for _ in range(slots)]:
                 future.result()
     return started
+
+
+def _leave_for_take_over(runtime: Runtime, claim: Claim, exc: Exception, log: Any) -> None:
+    """A run whose flow could not be carried out in this process (the Prefect API refused or dropped
+    the request): its lease ends now, so the next tick takes it over and resumes it as `upkeep resume`
+    would, instead of it waiting out run_lease; one line says so, never a traceback that ends the tick
+    (and the other workers' clusters with it)."""
+    with session_scope(runtime.engine) as session:
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == claim.run_id, col(UpgradeRun.lease_owner) == claim.owner)
+            .values(lease_until=runtime.clock())
+        )
+    cause = " ".join(str(exc).split()) or type(exc).__name__
+    log.error(
+        "update-%s (%s): could not be carried out here (%s: %s); the next tick takes it over",
+        claim.run_id,
+        claim.cluster,
+        type(exc).__name__,
+        cause,
+    )
 
 
 @contextmanager

@@ -239,3 +239,50 @@ def test_the_reslot_check_reads_windows_in_bulk_as_window_at_does_one_by_one(
     assert one_by_one[ids[0]] is not None and one_by_one[ids[0]].end.date() == date(
         2026, 12, 2
     )  # cut at the blackout
+
+
+def test_a_worker_whose_run_cannot_start_leaves_it_to_take_over_and_the_others_go_on(
+    engine: Any, tmp_path: Path, prefect_harness: None, monkeypatch: Any, caplog: Any
+) -> None:
+    """The Prefect API away while K clusters start (server restarted, the shared client's request
+    refused): the worker whose flow run could not be created must not end the tick with a traceback,
+    the other workers still carry out theirs, and the run it claimed is left to the next tick's
+    take-over (its lease ended at once, not after run_lease) with one line naming it."""
+    import logging
+
+    import httpx
+    from prefect import flow
+
+    import flows.product_update
+    from flows import lease
+    from flows.dispatch import _run_in_process
+
+    runtime = _fleet(engine, tmp_path, 4)
+    ids = {
+        f"c{i:02d}": _plan(engine, f"c{i:02d}", NOW - timedelta(minutes=3 - i), NOW - timedelta(days=5))
+        for i in range(3)
+    }
+    handed: list[int] = []
+
+    def flaky(**parameters: Any) -> None:
+        if parameters["run_id"] == ids["c00"]:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        handed.append(parameters["run_id"])
+
+    monkeypatch.setattr(flows.product_update, "product_update", flaky)
+
+    @flow(name="tick-host")
+    def host() -> list[int]:
+        return [c.run_id for c in _run_in_process(runtime, NOW, 2, logging.getLogger("test"))]
+
+    with caplog.at_level(logging.ERROR, logger="test"):
+        claimed = host()
+    assert sorted(claimed) == sorted(ids.values())
+    assert sorted(handed) == sorted([ids["c01"], ids["c02"]])  # the others went on
+    lines = [r.getMessage() for r in caplog.records if r.name == "test" and r.levelno >= logging.ERROR]
+    assert len(lines) == 1 and f"update-{ids['c00']}" in lines[0] and "Connection refused" in lines[0]
+    assert "\n" not in lines[0] and not any(r.exc_info for r in caplog.records if r.name == "test")
+    with session_scope(engine) as session:
+        # The next tick (a minute on) takes it over, as `upkeep resume` would.
+        orphans = lease.orphans(session, NOW + timedelta(minutes=1), skip=set())
+        assert [run.id for run in orphans] == [ids["c00"]]

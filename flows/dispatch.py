@@ -42,6 +42,7 @@ from flows.steps import NodeConnections, preflight
 from inventory.db import session_scope
 from inventory.models import Cluster, RunKind, RunState, UpgradeRun
 from inventory.outbox import Notice, idempotency_key
+from inventory.runs import of_known_kind
 from inventory.types import utcnow
 
 REMINDERS = (("72h", timedelta(hours=72)), ("24h", timedelta(hours=24)))
@@ -153,6 +154,7 @@ def _planned(session: Session, *, after: datetime | None = None, until: datetime
         UpgradeRun.state == RunState.planned,
         col(UpgradeRun.slot_start).is_not(None),
         col(UpgradeRun.slot_start) <= until,
+        of_known_kind(),
     )
     if after is not None:
         query = query.where(col(UpgradeRun.slot_start) > after)
@@ -394,7 +396,7 @@ def _claim_next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
 
     due = (
         select(UpgradeRun)
-        .where(UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start) <= now)
+        .where(UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start) <= now, of_known_kind())
         .order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))
     )
     with session_scope(runtime.engine) as session:

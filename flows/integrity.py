@@ -38,6 +38,7 @@ from inventory.cases import open_blocking_case
 from inventory.importer import ImportSummary, apply_inventory, load_inventory
 from inventory.models import Cluster, Customer, Release, RunState, UpgradeRun
 from inventory.releases import RolloutCluster
+from inventory.runs import of_known_kind
 from inventory.windows import blackouts_for, cluster_windows, notice_policy
 from scheduling.errors import NoSlot, SchedulingError
 from scheduling.validity import PlannedUpdate, Reason, World, invalid_reasons, replacement_slot
@@ -184,7 +185,7 @@ def recheck_planned(
 ) -> list[Outcome]:
     """Re-check every planned update (of `clusters` / to `versions` when given); the changed ones."""
     query = select(UpgradeRun).where(
-        UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start).is_not(None)
+        UpgradeRun.state == RunState.planned, col(UpgradeRun.slot_start).is_not(None), of_known_kind()
     )
     if clusters is not None:
         query = query.where(col(UpgradeRun.cluster_id).in_(list(clusters)))

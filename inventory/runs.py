@@ -5,11 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from inventory.models import AuditEvent, Cluster, NodeStep, RunSource, RunState, StepState, UpgradeRun
+from inventory.models import (
+    AuditEvent,
+    Cluster,
+    NodeStep,
+    RunKind,
+    RunSource,
+    RunState,
+    StepState,
+    UpgradeRun,
+)
 from inventory.types import utcnow
 
 TAIL_CHARS = 2000
@@ -17,6 +26,14 @@ TAIL_CHARS = 2000
 
 class ActiveRunExists(Exception):
     """The cluster already has an update in flight; the database refused a second one."""
+
+
+def of_known_kind() -> ColumnElement[bool]:
+    """Runs of a kind this version knows. A row of another kind (a newer Upkeep sharing the database,
+    or SQL by hand; inventory.types.EnumText reads it back as its string) has notice terms and a runbook
+    only that version knows: this one neither re-checks, reminds about nor starts it, and one such row
+    must not fail the dispatcher's tick for every cluster."""
+    return col(UpgradeRun.kind).in_([kind.value for kind in RunKind])
 
 
 def run_source(source: str) -> RunSource:

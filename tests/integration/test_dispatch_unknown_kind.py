@@ -1,0 +1,65 @@
+"""A planned run whose kind this version does not know (written by a newer Upkeep sharing the database,
+or by hand in SQL; the column is a plain VARCHAR, inventory.types.EnumText) is due: the dispatcher's
+tick must not fail on it - one bad row would stall every cluster's updates each minute - and must not
+start it: only a version that knows the kind knows its notice terms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from flows import runtime as flow_runtime
+from flows.dispatch import dispatch
+from inventory.db import session_scope
+from inventory.models import RunState
+from inventory.repo import get_cluster
+from inventory.runs import create_run
+from tests.integration.test_update_branches import CLUSTER, MONDAY, TARGET, World
+
+pytestmark = [pytest.mark.prefect]
+
+
+@pytest.fixture
+def world(sqlite_engine: Engine, tmp_path: Path, prefect_harness: None) -> Iterator[World]:
+    made = World(sqlite_engine, tmp_path)
+    flow_runtime.configure(made.runtime)
+    try:
+        yield made
+    finally:
+        flow_runtime.configure(None)
+
+
+def test_a_due_run_of_an_unknown_kind_neither_fails_the_tick_nor_starts(world: World) -> None:
+    with session_scope(world.engine) as session:
+        cluster = get_cluster(CLUSTER, session=session)
+        run = create_run(
+            cluster,
+            to_version=TARGET,
+            source="support",
+            requested_by="t",
+            session=session,
+            state=RunState.planned,
+        )
+        slot = MONDAY + timedelta(minutes=5)
+        run.slot_start, run.slot_end, run.told_at = (
+            slot,
+            slot + timedelta(hours=2),
+            MONDAY - timedelta(days=10),
+        )
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    with world.engine.begin() as conn:
+        conn.execute(text("UPDATE upgraderun SET kind = 'firmware' WHERE id = :id"), {"id": run_id})
+    world.clock.advance(timedelta(minutes=10))
+
+    result = dispatch(max_running=2)
+
+    assert result["started"] == []
+    assert world.run().state == RunState.planned
+    assert world.upgraded() == [0, 0, 0]

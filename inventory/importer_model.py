@@ -739,6 +739,12 @@ def _items(data: Any, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield i, item
 
 
+def _role_word(local: str) -> str:
+    """A local part without the separators people put between words: no.reply, no_reply, no-reply and
+    noreply are one role name."""
+    return re.sub(r"[._-]", "", local.lower())
+
+
 def cross_checks(
     data: Any, ok: Callable[[tuple[Any, ...]], bool], role_addresses: frozenset[str] = frozenset()
 ) -> list[Finding]:
@@ -748,6 +754,7 @@ def cross_checks(
     own checks (`ok(path)`)."""
     found: list[Finding] = []
     firsts: dict[Any, tuple[Any, ...]] = {}
+    roles = {_role_word(name) for name in role_addresses}
 
     def once(key: Any, where: tuple[Any, ...], message: str) -> None:
         if key in firsts:
@@ -791,7 +798,8 @@ def cross_checks(
         _portal_users(customer, at, ok, owners, found)
         for u, user in _items(customer, "portal_users") if role_addresses else ():
             email_at = (*at, "portal_users", u, "email")
-            if ok(email_at) and (local := mailbox_key(user["email"]).rpartition("@")[0]) in role_addresses:
+            local = mailbox_key(user["email"]).rpartition("@")[0] if ok(email_at) else ""
+            if local and _role_word(local) in roles:
                 message = (
                     f"portal user {show(user['email'])} is a role or distribution address ({local}@); "
                     "portal users are people (the setting portal_role_addresses lists these names)"

@@ -72,3 +72,21 @@ def test_the_cli_refuses_with_one_line_writes_nothing_and_the_list_is_a_setting(
         env, "inventory", "import", str(inventory_with(tmp_path, "it@acme.example")), check=False
     )
     assert refused.returncode == 1 and "portal user 'it@acme.example' is a role" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "no.reply@acme.example",
+        "Help_Desk@acme.example",
+        "web-master+x@acme.example",
+        "do_not_reply@acme.example",
+    ],
+)
+def test_a_role_name_with_other_separators_is_still_a_role_address(tmp_path: Path, email: str) -> None:
+    """The list has noreply and no-reply, helpdesk, webmaster, donotreply; the same names spelt with
+    '.', '_' or '-' between the words passed the import as people (adversarial review of #17)."""
+    roles = Settings(_env_file=None).role_addresses()  # type: ignore[call-arg]
+    with pytest.raises(InventoryError) as refused:
+        load_inventory(inventory_with(tmp_path, "ann@acme.example", email), role_addresses=roles)
+    assert f"portal user {email!r} is a role or distribution address" in str(refused.value)

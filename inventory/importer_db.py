@@ -269,14 +269,35 @@ def refuse_shared_endpoints(
     listed = {cluster.name for customer in doc.customers for cluster in customer.clusters}
     owners = dict(session.exec(select(Customer.id, Customer.name)).all())
     taken: dict[tuple[str, int], tuple[Node, Cluster]] = {}
+    # A tunnel port is one listening socket on the tunnel server: two nodes given it (two customers)
+    # would race for it, and Upkeep would reach whichever node holds it.
+    tunnels: dict[tuple[str, int, int], tuple[Node, Cluster]] = {}
     for name, cluster in clusters.items():
         if name not in listed:
             for node in nodes[cluster.id]:
                 taken.setdefault((m.address_key(node.address), node.port), (node, cluster))
+                if cluster.tunnel_host is not None and node.tunnel_port is not None:
+                    server = (m.address_key(cluster.tunnel_host), cluster.tunnel_port or 22, node.tunnel_port)
+                    tunnels.setdefault(server, (node, cluster))
     problems = []
     for c, customer in enumerate(doc.customers):
         for k, spec in enumerate(customer.clusters):
             for n, node_spec in enumerate(spec.nodes):
+                access = spec.access
+                if isinstance(access, m.Tunnel) and node_spec.tunnel_port is not None:
+                    server = (m.address_key(access.host), access.port, node_spec.tunnel_port)
+                    if (held := tunnels.get(server)) is not None:
+                        node, cluster = held
+                        problems.append(
+                            Problem(
+                                str(doc.path),
+                                doc.lines(("customers", c, "clusters", k, "nodes", n, "tunnel_port")),
+                                f"node {node_spec.hostname!r}: tunnel_port {node_spec.tunnel_port} on tunnel "
+                                f"server {access.host}:{access.port} is already assigned to node "
+                                f"{node.hostname!r} of cluster {cluster.name!r} (customer "
+                                f"{owners.get(cluster.customer_id, '?')!r}), which this file does not list",
+                            )
+                        )
                 found = taken.get((m.address_key(node_spec.endpoint), node_spec.port))
                 if found is None:
                     continue

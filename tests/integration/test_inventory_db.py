@@ -342,3 +342,49 @@ def test_a_cluster_does_not_move_to_another_customer(engine: Engine, tmp_path: P
         "another customer (its update history and reports would go with it)"
     )
     assert dump(engine) == before
+
+
+def _tunnel_key(seed: int) -> str:
+    import base64
+
+    return (
+        "ssh-ed25519 "
+        + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes([seed]) * 32).decode()
+    )
+
+
+def _tunnel_customer(name: str, ports: dict[str, int], seed: int) -> dict[str, Any]:
+    server = {"type": "tunnel", "host": "tunnel.vendor.example", "port": 2222, "host_key": _tunnel_key(1)}
+    nodes = [
+        {"hostname": host, "tunnel_port": port, "host_key": _tunnel_key(seed + i)}
+        for i, (host, port) in enumerate(ports.items())
+    ]
+    cluster = {"name": f"{name}-t1", "kind": "software", "version": "9.8.0", "access": server, "nodes": nodes}
+    return {"name": name, "timezone": "UTC", "contacts": [], "clusters": [cluster]}
+
+
+def test_a_tunnel_port_of_a_cluster_the_file_does_not_list_is_kept(engine: Engine, tmp_path: Path) -> None:
+    # adv18: "tunnel_port already assigned" only looked inside the file, so a file listing one customer
+    # could give its node another customer's port on the same tunnel server: both customers' nodes then
+    # race for one listening port, and whichever holds it is where Upkeep sends the other's update (only
+    # the node host key check would stop it, on the day of the update).
+    import_inventory(
+        write(tmp_path, {"customers": [_tunnel_customer("acme", {"a-n1": 41001}, 10)]}),
+        engine=engine,
+        actor="alice",
+    )
+    before = dump(engine)
+    other = {"customers": [_tunnel_customer("umbrella", {"u-n1": 41001}, 20)]}
+    path = write(tmp_path, other)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "tunnel_port: 41001" in text)
+    with pytest.raises(InventoryError) as info:
+        import_inventory(path, engine=engine, actor="alice")
+    assert str(info.value) == (
+        f"{path}:{line}: node 'u-n1': tunnel_port 41001 on tunnel server tunnel.vendor.example:2222 is "
+        "already assigned to node 'a-n1' of cluster 'acme-t1' (customer 'acme'), which this file does not "
+        "list"
+    )
+    assert dump(engine) == before
+    # Another port on that server, or the same port on another server, is fine.
+    other["customers"][0]["clusters"][0]["nodes"][0]["tunnel_port"] = 41002
+    import_inventory(write(tmp_path, other), engine=engine, actor="alice")

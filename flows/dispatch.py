@@ -50,6 +50,10 @@ _CLAIM_BATCH = 50  # due runs read per query while looking for the next one to c
 # Reminders queued per tick, earliest slot first; the rest stay due for the next tick (a minute later
 # with the default interval). The tick's outbox delivery is bounded the same way (500 notices).
 REMINDER_LIMIT = 500
+# The tick's time for the 72 h reminders' SSH pre-flights (one after another, before the tick claims due
+# runs): once spent, no further pre-flight starts in this tick and those reminders go in the next ones
+# (a 72 h reminder has 48 h before its 24 h one). 500 slow pre-flights held every due claim for minutes.
+PREFLIGHT_BUDGET = timedelta(seconds=30)
 
 
 class Claim(NamedTuple):
@@ -247,7 +251,7 @@ def windows_at_slot(runs: list[UpgradeRun], *, session: Session, chunk: int = 10
 def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIMIT) -> list[str]:
     """Queue the reminders that are due, earliest slot first, at most `limit` per tick (the rest stay
     due and go in the next ticks): 5,000 reminders falling due at once must not make one tick take
-    minutes, and a 72 h reminder runs an SSH pre-flight."""
+    minutes, and a 72 h reminder runs an SSH pre-flight (at most PREFLIGHT_BUDGET of them per tick)."""
     sent: list[str] = []
     horizon = max(before for _, before in REMINDERS)
     with session_scope(runtime.engine) as session:
@@ -259,8 +263,13 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
         ]
         queued = _queued_keys(session, [_reminder_key(run, label) for run, label in candidates])
         due = [(run, label) for run, label in candidates if _reminder_key(run, label) not in queued][:limit]
+    began = runtime.clock()
     for run, label in due:
-        summary = _preflight_summary(runtime, run) if label == "72h" else ""
+        summary = ""
+        if label == "72h":
+            if runtime.clock() - began >= PREFLIGHT_BUDGET:
+                continue  # stays due: queued by a later tick, earliest slot first
+            summary = _preflight_summary(runtime, run)
         with session_scope(runtime.engine) as session:
             fresh = session.get(UpgradeRun, run.id)
             if fresh is None or fresh.state != RunState.planned or _queued(session, fresh, label):

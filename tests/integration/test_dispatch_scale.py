@@ -286,3 +286,39 @@ def test_a_worker_whose_run_cannot_start_leaves_it_to_take_over_and_the_others_g
         # The next tick (a minute on) takes it over, as `upkeep resume` would.
         orphans = lease.orphans(session, NOW + timedelta(minutes=1), skip=set())
         assert [run.id for run in orphans] == [ids["c00"]]
+
+
+def test_slow_pre_flights_do_not_hold_the_tick_and_each_reminder_still_goes_in_order(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """72 h reminders each run an SSH pre-flight inside the tick, before the tick claims due runs: with
+    hundreds due (a fleet announced at once) and nodes slow to answer, 500 of them one after another
+    held every due claim for the better part of an hour. Past PREFLIGHT_BUDGET of the tick's clock no
+    further pre-flight starts; the cheap 24 h reminders still go, and the 72 h ones follow in the next
+    ticks, earliest slot first, each once."""
+    import flows.dispatch
+    from flows.dispatch import PREFLIGHT_BUDGET
+
+    runtime = _fleet(engine, tmp_path, 6)
+    clock = [NOW]
+    runtime.clock = lambda: clock[0]
+    step = PREFLIGHT_BUDGET / 2 + timedelta(seconds=1)  # each pre-flight takes over half the budget
+
+    def slow_preflight(runtime: Runtime, run: UpgradeRun) -> str:
+        clock[0] += step
+        return "passed on all 1 nodes"
+
+    monkeypatch.setattr(flows.dispatch, "_preflight_summary", slow_preflight)
+    # Four 72 h reminders due (slots 60-63 h ahead, told a week before) and one 24 h reminder.
+    far = {
+        f"c{i:02d}": _plan(engine, f"c{i:02d}", NOW + timedelta(hours=63 - i), NOW - timedelta(days=7))
+        for i in range(4)
+    }
+    near = _plan(engine, "c04", NOW + timedelta(hours=5), NOW - timedelta(days=7))
+
+    first = send_reminders(runtime, clock[0])
+    assert first == [f"update-{near}:72h", f"update-{near}:24h", f"update-{far['c03']}:72h"]
+    second = send_reminders(runtime, clock[0])
+    assert second == [f"update-{far['c02']}:72h", f"update-{far['c01']}:72h"]
+    assert send_reminders(runtime, clock[0]) == [f"update-{far['c00']}:72h"]
+    assert send_reminders(runtime, clock[0]) == []

@@ -35,7 +35,7 @@ from flows.run_notices import VendorTerms, queue_run_notice, update_ref
 from flows.runtime import RuntimeNotConfigured, current
 from inventory import repo
 from inventory.cases import open_blocking_case
-from inventory.importer import ImportSummary, apply_inventory, load_inventory
+from inventory.importer import ImportSummary, apply_inventory, load_inventory, lock_inventory
 from inventory.models import Cluster, Customer, Release, RunState, UpgradeRun
 from inventory.releases import RolloutCluster
 from inventory.runs import of_known_kind
@@ -343,6 +343,7 @@ def import_and_recheck(
     doc = load_inventory(path, role_addresses=role_addresses)
     with Session(engine, expire_on_commit=False) as session:
         try:
+            lock_inventory(session)  # before noting the users: a concurrent import commits first
             users_before = portal_users(session)
             summary = apply_inventory(doc, session=session, actor=actor)
             terms = vendor or VendorTerms.configured()

@@ -57,6 +57,14 @@ def load_inventory(path: Path, *, role_addresses: frozenset[str] = frozenset()) 
     return read_inventory(path, role_addresses=role_addresses)
 
 
+def lock_inventory(session: Session) -> None:
+    """One import at a time, until the caller's transaction ends (PostgreSQL: an advisory lock, taken
+    again by the same transaction at no cost; SQLite: BEGIN IMMEDIATE). Whoever reads the inventory
+    to compare it with the import's result (the portal users before it) reads after taking this."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(text("SELECT pg_advisory_xact_lock(hashtext('upkeep.inventory'))"))
+
+
 def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> ImportSummary:
     """Upsert the document by natural keys in the caller's transaction and record one audit event.
 
@@ -66,8 +74,7 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
     Everything that can refuse the import is checked before the first write, so a refused import writes
     nothing.
     """
-    if session.get_bind().dialect.name == "postgresql":  # one import at a time (SQLite: BEGIN IMMEDIATE)
-        session.connection().execute(text("SELECT pg_advisory_xact_lock(hashtext('upkeep.inventory'))"))
+    lock_inventory(session)
     customers = {c.name: c for c in session.exec(select(Customer))}
     clusters = {c.name: c for c in session.exec(select(Cluster))}
     releases = {r.version: r for r in session.exec(select(Release))}

@@ -93,3 +93,57 @@ def test_a_defer_racing_a_confirm_is_refused_in_the_customers_words(portal: Port
     assert "upkeep show" not in message and "reload" in message, message
     with session_scope(portal.engine) as session:
         assert session.exec(select(AuditEvent).where(AuditEvent.action == "update.deferred")).all() == []
+
+
+def test_an_import_waiting_for_another_withdraws_the_welcome_of_a_user_it_removes(portal: Portal) -> None:
+    """Import A adds Cat (her welcome queued) while import B, of a file without her, waits for A's lock.
+    B noted the portal users before taking the lock, so Cat was not among them: B removed her and left
+    her welcome pending, and the removed user was sent a welcome. Now B notes them under the lock."""
+    import copy
+    import threading
+    import time
+
+    import yaml
+    from sqlalchemy import text
+
+    from flows.integrity import import_and_recheck
+    from flows.portal_welcome import portal_users, welcome_new_users
+    from inventory.importer import apply_inventory, load_inventory
+    from inventory.outbox import NoticeState
+    from tests.portal.conftest import INVENTORY
+
+    with_cat = copy.deepcopy(INVENTORY)
+    with_cat["customers"][0]["portal_users"].append({"email": "cat@acme.example"})
+    file_a, file_b = portal.inventory.with_name("a.yaml"), portal.inventory.with_name("b.yaml")
+    file_a.write_text(yaml.safe_dump(with_cat, sort_keys=False))
+    file_b.write_text(yaml.safe_dump(INVENTORY, sort_keys=False))
+    failures: list[BaseException] = []
+
+    def import_b() -> None:
+        try:
+            import_and_recheck(file_b, engine=portal.engine, actor="b", now=NOW, vendor=VENDOR)
+        except BaseException as exc:  # reported by the assert below
+            failures.append(exc)
+
+    def b_waits_for_the_lock() -> bool:
+        with portal.engine.connect() as probe:
+            query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            return bool(probe.execute(text(query)).scalar())
+
+    with Session(portal.engine) as a:
+        before = portal_users(a)
+        apply_inventory(load_inventory(file_a), session=a, actor="a")  # takes the import lock
+        welcome_new_users(before, session=a, now=NOW, vendor=VENDOR, notes=[])
+        b = threading.Thread(target=import_b)
+        b.start()
+        deadline = time.monotonic() + 120
+        while not b_waits_for_the_lock():
+            assert time.monotonic() < deadline and b.is_alive(), failures
+            time.sleep(0.05)
+        a.commit()
+    b.join(timeout=300)
+    assert not b.is_alive() and not failures, failures
+    with session_scope(portal.engine) as session:
+        [welcome] = session.exec(select(Notice).where(Notice.kind == "welcome")).all()
+        assert welcome.recipients == ["cat@acme.example"]
+        assert welcome.state == NoticeState.superseded, welcome.state

@@ -186,7 +186,8 @@ def watch(poller: StepPoller | EventBoard, *, console: Console, enabled: bool = 
     stop = threading.Event()
     live = (
         Live(poller.table(), console=console, refresh_per_second=4, transient=False)
-        if (console.is_terminal)
+        # A dumb terminal (TERM=dumb) cannot redraw: Live would show nothing until the end there.
+        if console.is_terminal and not console.is_dumb_terminal
         else None
     )
 

@@ -98,6 +98,18 @@ class HttpFileServer:
             return None  # gone for now: keep what was loaded; the next change is seen again
         return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
+    def _trust(self) -> ssl.SSLContext | bool:
+        """The configured CA as an SSL context; a file that is not a readable PEM CA (half-written
+        during a rotation, the key instead of the certificate) is one FileServerError naming it."""
+        if self.ca is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=str(self.ca))
+        except (ssl.SSLError, OSError) as exc:
+            raise FileServerError(
+                f"file-server CA {self.ca}: cannot be used as a CA certificate: {exc} (check fileserver_ca)"
+            ) from None
+
     def _client(self) -> httpx.Client:
         """The one client, made at the first request (building a Runtime opens no connection), and
         made again when the CA file changed: a long-running dispatcher or portal trusts a rotated CA
@@ -113,7 +125,7 @@ class HttpFileServer:
                 self._http = httpx.Client(
                     base_url=self.url.rstrip("/") + "/",
                     auth=httpx.BasicAuth(self.user, self.password),
-                    verify=ssl.create_default_context(cafile=str(self.ca)) if self.ca else True,
+                    verify=self._trust(),
                     timeout=httpx.Timeout(self.timeout),
                     follow_redirects=False,
                     transport=self.transport,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.fileserver import HttpFileServer
+from tasks.fileserver import FileServerError, HttpFileServer
 from tests.faults.fakeserver import FakeFileServer, make_ca
 
 pytestmark = [pytest.mark.faults]
@@ -61,3 +61,25 @@ def test_a_certificate_from_a_rotated_ca_at_the_same_path_is_trusted_without_a_r
             assert client.download(PACKAGE, tmp_path / "p.tar.gz", sha256=sha).is_file()
     finally:
         client.close()
+
+
+def test_a_ca_file_that_is_not_a_certificate_is_one_clear_error_and_the_next_request_works_once_fixed(
+    tmp_path: Path,
+) -> None:
+    root, _sha = _root(tmp_path)
+    certs = make_ca(tmp_path / "ca")
+    trusted = tmp_path / "fileserver-ca.pem"
+    shutil.copyfile(certs / "ca.pem", trusted)
+    with FakeFileServer(root=root, certs=certs) as server:
+        client = HttpFileServer(
+            url=server.url, user=server.user, password=server.password, ca=trusted, timeout=5
+        )
+        try:
+            assert client.size(PACKAGE) == 7000
+            trusted.write_text("-----BEGIN CERT")  # a rotation caught half-way through writing the file
+            with pytest.raises(FileServerError, match=f"file-server CA {trusted}: cannot be used"):
+                client.size(PACKAGE)
+            shutil.copyfile(certs / "ca.pem", trusted)
+            assert client.size(PACKAGE) == 7000
+        finally:
+            client.close()

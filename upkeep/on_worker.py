@@ -122,7 +122,7 @@ def follow(run_id: int, flow_run_id: UUID, *, engine: Engine, as_json: bool) -> 
     ends the wait too."""
     from inventory.models import RunState
     from upkeep.progress import StepPoller, watch
-    from upkeep.updates import show_run
+    from upkeep.run_view import show_run
 
     ended_early: Any = None
     with watch(StepPoller(engine, lambda _: [run_id]), console=console, enabled=not as_json):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,14 @@ def home(tmp_path: Path) -> Iterator[tuple[CliHome, int]]:
             cluster = Cluster(customer_id=customer.id or 0, name="acme-c1", version="9.8.0")
             session.add(cluster)
             session.flush()
-            run = UpgradeRun(cluster_id=cluster.id or 0, from_version="9.8.0", to_version="9.10.0")
+            slot = datetime.now(UTC) + timedelta(days=2)
+            run = UpgradeRun(
+                cluster_id=cluster.id or 0,
+                from_version="9.8.0",
+                to_version="9.10.0",
+                slot_start=slot,
+                slot_end=slot + timedelta(hours=2),
+            )
             session.add(run)
             session.flush()
             run_id = run.id or 0
@@ -63,3 +71,13 @@ def test_runs_and_show_read_a_row_with_values_this_version_does_not_know(
         assert json.loads(shown.stdout)["source"] == "partner"
     else:
         assert "partner" in listing.stdout
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_the_calendar_lists_a_planned_run_of_a_kind_this_version_does_not_know(
+    home: tuple[CliHome, int], as_json: bool
+) -> None:
+    _home, run_id = home
+    shown = invoke("calendar", *(["--json"] if as_json else []))
+    assert "Traceback" not in shown.text and shown.code == 0, shown.text[-3000:]
+    assert f"update-{run_id}" in shown.stdout

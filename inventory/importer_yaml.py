@@ -337,6 +337,8 @@ def explain(error: ErrorDetails, *, root: type[Part] = Inventory, node: yaml.Nod
         return f"{place.what}: unknown key {show(loc[-1])} (allowed: {', '.join(keys_of(place.model))})"
     if kind == "union_tag_invalid":
         tags = str(ctx.get("expected_tags", "")).replace("'", "")
+        if isinstance(value, dict) and value.get("type") is None:
+            return f"{place.holder}: type: expected one of {tags}, got nothing (null)"
         return f"{place.holder}: type: {show(ctx.get('tag'))} is not one of {tags}"
     if kind == "union_tag_not_found":
         return f"{place.holder}: missing required key 'type'"
@@ -348,7 +350,10 @@ def explain(error: ErrorDetails, *, root: type[Part] = Inventory, node: yaml.Nod
         message = f"expected {_EXPECTED[kind]}, got {got}" + ("; quote it" if quote else "")
     elif kind == "literal_error":
         allowed = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
-        message = f"{show(value)} is not one of {allowed}"
+        if value is None:
+            message = f"expected one of {allowed}, got nothing (null)"
+        else:
+            message = f"{show(value)} is not one of {allowed}"
     else:  # our checks' findings ("inventory"), and pydantic's own wording for anything else
         message = error["msg"]
     return f"{place.label}: {message}"

@@ -728,3 +728,18 @@ def test_an_endless_or_huge_file_is_refused_without_reading_it_all(
     assert problems(Path("/dev/zero")) == [
         "/dev/zero: the file is larger than 1000 bytes; an inventory is far smaller"
     ]
+
+
+def test_null_where_one_of_a_few_words_is_required_says_null(tmp_path: Path) -> None:
+    # adv20i: `kind: null` read "None is not one of cloud, software" and `access: {type: null}` "'None' is
+    # not one of direct, jump, tunnel": Python's word for YAML's null, quoted as if it were written.
+    text = one_cluster([{"hostname": "h"}]).replace("kind: cloud", "kind: null")
+    path = write(tmp_path, text.replace("type: direct", "type: null"))
+    found = problems(path)
+    assert any(
+        p.endswith("cluster: kind: expected one of cloud, software, got nothing (null)") for p in found
+    )
+    assert any(
+        p.endswith("access: type: expected one of direct, jump, tunnel, got nothing (null)") for p in found
+    )
+    assert not any("None" in p for p in found), found

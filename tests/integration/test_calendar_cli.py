@@ -140,7 +140,7 @@ def test_refusals_write_nothing(home: Path, args: tuple[str, ...], message: str)
                 "    contacts: [{email: ops@acme.example}]",
                 "    blackouts: [{start: 2026-12-20, end: 2026-12-01}]",
             ),
-            "blackout: end 2026-12-01 is before start 2026-12-20",
+            "blackout: end: 2026-12-01 is before start 2026-12-20",
         ),
     ],
 )

@@ -42,11 +42,13 @@ lint: $(STAMP)
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist): most of its time is spent waiting on sshd
 # nodes, subprocesses and the Prefect server, not on a core, so more workers than cores pay off. Each
-# worker has its own labs and Prefect test server (tests/support/fixtures.py). Hypothesis runs its
-# "test" profile here (200 examples a property) and "soak" (5,000) in `make soak`.
+# worker has its own labs and Prefect test server (tests/support/fixtures.py). --dist loadfile: a
+# module's tests stay in one worker, in file order, as in a serial run (some modules' later tests
+# read what earlier ones did to a module or session lab). Hypothesis runs its "test" profile here
+# (200 examples a property) and "soak" (5,000) in `make soak`.
 TEST_WORKERS ?= 4
 test: $(STAMP) debian-packages lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)
@@ -74,6 +76,6 @@ soak: $(STAMP) debian-packages
 	status=0; UPKEEP_SOAK=1 UPKEEP_FAULTS_RESULTS=$(SOAK_RESULTS) $(BIN)/pytest tests/faults -m faults -p no:cacheprovider \
 		-p no:xdist --timeout 1800 || status=$$?; \
 	UPKEEP_SOAK=1 $(BIN)/pytest tests/unit tests/integration/test_deployments.py -p no:cacheprovider \
-		-n $(TEST_WORKERS) --dist worksteal \
+		-n $(TEST_WORKERS) --dist loadfile \
 		--timeout 1800 || status=$$?; \
 	$(BIN)/python -m tests.faults.report $(SOAK_RESULTS) docs/reliability.md && exit $$status

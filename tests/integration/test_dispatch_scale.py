@@ -365,3 +365,92 @@ def test_migration_0010_goes_down_and_up_again_on_a_database_with_runs(
         assert [(r.id, r.state, r.slot_start) for r in runs] == [
             (run_id, RunState.planned, NOW + timedelta(hours=i)) for i, run_id in enumerate(ids)
         ]
+
+
+def test_windows_at_slot_equals_window_at_over_generated_worlds(engine: Any, tmp_path: Path) -> None:
+    """A property check (seeded generator; Hypothesis is not a dependency): customers in zones with
+    DST and odd offsets, windows crossing midnight or in their own zone, customer and vendor-wide
+    blackouts, public holidays, clusters with no window, slots around every DST change of 2026 - the
+    bulk read gives each run exactly `window_at`'s answer, before and after blackouts and windows
+    change between two ticks."""
+    import random
+    from datetime import date
+
+    from flows.dispatch import windows_at_slot
+    from flows.run_window import window_at
+    from inventory.models import Customer
+    from inventory.windows import Blackout, MaintenanceWindow
+
+    zones = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "UTC"]
+    changes = [  # DST changes of 2026 in those zones (UTC dates), and an ordinary day
+        datetime(2026, 3, 8, 7, 0, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 0, tzinfo=UTC),
+        datetime(2026, 4, 4, 15, 0, tzinfo=UTC),
+        datetime(2026, 10, 3, 15, 30, tzinfo=UTC),
+        datetime(2026, 10, 25, 1, 0, tzinfo=UTC),
+        datetime(2026, 11, 1, 6, 0, tzinfo=UTC),
+        datetime(2026, 12, 1, 12, 0, tzinfo=UTC),
+        datetime(2026, 12, 25, 10, 0, tzinfo=UTC),  # a public holiday in DE and US-NY
+        datetime(2026, 12, 25, 10, 0, tzinfo=UTC),
+    ]
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    rng = random.Random(19)
+    _fleet(engine, tmp_path, 40)
+    with session_scope(engine) as session:
+        clusters = list(session.exec(select(Cluster).order_by(Cluster.id)))
+        base = session.get(Customer, clusters[0].customer_id)
+        assert base is not None
+        customers = [base] + [Customer(name=f"cust{i}", timezone=zone) for i, zone in enumerate(zones)]
+        for customer in customers[1:]:
+            session.add(customer)
+        session.flush()
+        customers[1].holiday_country = "DE"
+        customers[2].holiday_country, customers[2].holiday_subdivision = "US", "NY"
+        for cluster in clusters:
+            cluster.customer_id = rng.choice(customers).id or 0
+            session.add(cluster)
+            for row in session.exec(
+                select(MaintenanceWindow).where(MaintenanceWindow.cluster_id == cluster.id)
+            ):
+                session.delete(row)
+
+    def reshape(session: Any) -> None:
+        for row in session.exec(select(MaintenanceWindow)):
+            if rng.random() < 0.3:
+                session.delete(row)  # a window removed by a re-import
+        for cluster in clusters:
+            for _ in range(rng.choice([0, 0, 1, 2, 3])):  # some clusters have no window at all
+                session.add(
+                    MaintenanceWindow(
+                        cluster_id=cluster.id or 0,
+                        days=rng.sample(days, rng.randint(1, 7)),
+                        start=f"{rng.choice([0, 1, 2, 3, 22, 23]):02d}:{rng.choice([0, 15, 30, 45]):02d}",
+                        duration_minutes=rng.choice([30, 60, 150, 240, 600, 1440]),
+                        timezone=rng.choice(["", "", "UTC", "Asia/Kathmandu", "Australia/Lord_Howe"]),
+                    )
+                )
+        for _ in range(3):
+            day = rng.choice(changes).date() + timedelta(days=rng.randint(-2, 2))
+            session.add(
+                Blackout(
+                    customer_id=rng.choice([None, *(c.id for c in customers)]),
+                    start=day,
+                    end=day + timedelta(days=rng.randint(0, 2)),
+                    timezone=rng.choice(zones),
+                )
+            )
+
+    runs = []
+    for cluster in clusters:  # one active update per cluster
+        slot = rng.choice(changes) + timedelta(minutes=rng.randint(-36 * 60, 36 * 60) // 15 * 15)
+        runs.append(_plan(engine, cluster.name, slot, slot - timedelta(days=10)))
+    assert date(2026, 1, 1) < changes[0].date()
+    for _tick in range(3):  # the world changes between ticks
+        with session_scope(engine) as session:
+            reshape(session)
+        with session_scope(engine) as session:
+            loaded = [session.get(UpgradeRun, run_id) for run_id in runs]
+            one_by_one = {run.id: window_at(run, run.slot_start, session=session) for run in loaded}  # type: ignore[union-attr,arg-type]
+            bulk = windows_at_slot(loaded, session=session, chunk=7)  # type: ignore[arg-type]
+        assert bulk == one_by_one
+        assert any(w is None for w in one_by_one.values()) and any(w is not None for w in one_by_one.values())

@@ -22,6 +22,7 @@ from flows.schedule import ChangedMeanwhile, ScheduleRefused, confirm_update, de
 from inventory import repo
 from inventory.alerts import queue_alert
 from inventory.cases import Case, CaseError, CaseStatus, EscalatedBy, check_case_ref, escalate, open_case
+from inventory.importer_model import mailbox_key
 from inventory.models import AuditEvent, Cluster, Customer, Node, RunState, UpgradeRun
 from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot
@@ -180,7 +181,7 @@ def confirm(
     seen = run.slot_start
     for attempt in (1, 2):
         base, confirmed = _confirmations(run, session)
-        if actor in confirmed:
+        if has_confirmed(actor, confirmed):
             return run
         try:
             with session.begin_nested():
@@ -197,6 +198,12 @@ def confirm(
                     "reload the page to see its current time and confirm that if it suits you"
                 ) from None
     raise AssertionError("unreachable")
+
+
+def has_confirmed(email: str, confirmed_by: tuple[str, ...]) -> bool:
+    """Whether `email`'s person is among `confirmed_by`: by mailbox (case and +tag dropped), as the
+    import knows a user; a re-spelt address in the inventory is the same person."""
+    return mailbox_key(email) in {mailbox_key(who) for who in confirmed_by}
 
 
 def _confirmations(run: UpgradeRun, session: Session) -> tuple[int, tuple[str, ...]]:

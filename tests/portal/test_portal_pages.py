@@ -15,7 +15,7 @@ from inventory.cases import Case
 from inventory.db import session_scope
 from inventory.models import AuditEvent, UpgradeRun
 from inventory.outbox import Notice
-from tests.portal.conftest import Portal, csrf_of, sign_in
+from tests.portal.conftest import INVENTORY, Portal, csrf_of, sign_in
 
 
 def audit(portal: Portal, action: str) -> list[AuditEvent]:
@@ -327,3 +327,22 @@ def test_calendar_feed_serves_the_customers_schedule_until_replaced_or_revoked(p
     assert "The calendar feed was revoked" in response.text
     assert other.get(second).status_code == 404
     assert other.get("/feed/" + "x" * 43 + ".ics").status_code == 404
+
+
+def test_a_user_whose_address_was_respelt_confirms_once(portal: Portal) -> None:
+    """The import keeps a user whose address changes only in case or +tag (one mailbox, one person) and
+    updates the address; her Confirm was matched by the address as written, so she could confirm the
+    same time again and send everyone a second notice (adversarial review of #17)."""
+    import copy
+
+    run_id = portal.updates["acme-c1"]
+    csrf = sign_in(portal, "ann@acme.example")
+    portal.client.post(f"/maintenance/update-{run_id}/confirm", data={"csrf": csrf})
+    data = copy.deepcopy(INVENTORY)
+    data["customers"][0]["portal_users"][0]["email"] = "ann+portal@acme.example"
+    portal.reimport(data)
+    csrf = sign_in(portal, "ann+portal@acme.example")
+    page = portal.client.post(f"/maintenance/update-{run_id}/confirm", data={"csrf": csrf})
+    assert page.status_code == 200
+    assert len(audit(portal, "update.confirmed")) == 1
+    assert len(notices(portal, "confirmed")) == 1

@@ -441,7 +441,7 @@ class Portal:
                 csrf=user.csrf,
                 update=view,
                 options=options,
-                confirmed=user.email in view.confirmed_by,
+                confirmed=actions.has_confirmed(user.email, view.confirmed_by),
                 notice=self.notice(request),
                 error="",
             )

@@ -32,6 +32,7 @@ from sqlmodel import Session, col, func, select
 
 from flows.runtime import Runtime
 from inventory.models import AuditEvent, RunState, UpgradeRun
+from inventory.runs import of_known_kind
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def orphans(session: Session, now: datetime, *, skip: set[int], limit: int = 50)
     """Running runs whose lease ran out, the longest-abandoned first."""
     query = (
         select(UpgradeRun)
-        .where(*_orphaned(now))
+        .where(*_orphaned(now), of_known_kind())  # another version's run is that version's to resume
         .order_by(col(UpgradeRun.lease_until), col(UpgradeRun.id))
         .limit(limit + len(skip))
     )

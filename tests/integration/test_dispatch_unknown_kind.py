@@ -63,3 +63,22 @@ def test_a_due_run_of_an_unknown_kind_neither_fails_the_tick_nor_starts(world: W
     assert result["started"] == []
     assert world.run().state == RunState.planned
     assert world.upgraded() == [0, 0, 0]
+
+
+def test_an_orphaned_running_run_of_an_unknown_kind_is_not_taken_over(world: World) -> None:
+    with session_scope(world.engine) as session:
+        cluster = get_cluster(CLUSTER, session=session)
+        run = create_run(cluster, to_version=TARGET, source="support", requested_by="t", session=session)
+        run.lease_owner, run.lease_until = "newer:1/abc", MONDAY - timedelta(minutes=30)  # it crashed
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    with world.engine.begin() as conn:
+        conn.execute(text("UPDATE upgraderun SET kind = 'firmware' WHERE id = :id"), {"id": run_id})
+
+    result = dispatch(max_running=2)
+
+    assert result["taken_over"] == []
+    run = world.run()
+    assert run.state == RunState.running and run.lease_owner == "newer:1/abc"
+    assert world.upgraded() == [0, 0, 0]

@@ -264,10 +264,14 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
         queued = _queued_keys(session, [_reminder_key(run, label) for run, label in candidates])
         due = [(run, label) for run, label in candidates if _reminder_key(run, label) not in queued][:limit]
     began = runtime.clock()
+    deferred: set[int | None] = set()  # runs whose 72 h reminder waits: their 24 h one waits with it
     for run, label in due:
         summary = ""
+        if run.id in deferred:
+            continue
         if label == "72h":
             if runtime.clock() - began >= PREFLIGHT_BUDGET:
+                deferred.add(run.id)
                 continue  # stays due: queued by a later tick, earliest slot first
             summary = _preflight_summary(runtime, run)
         with session_scope(runtime.engine) as session:

@@ -454,3 +454,31 @@ def test_windows_at_slot_equals_window_at_over_generated_worlds(engine: Any, tmp
             bulk = windows_at_slot(loaded, session=session, chunk=7)  # type: ignore[arg-type]
         assert bulk == one_by_one
         assert any(w is None for w in one_by_one.values()) and any(w is not None for w in one_by_one.values())
+
+
+def test_a_24h_reminder_never_goes_before_its_runs_deferred_72h_one(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A run whose 72 h and 24 h reminders are both due (its 72 h one waited behind the cap or the
+    pre-flight budget): when the budget defers the 72 h one, its 24 h one waits too, so the customer
+    never gets "tomorrow" before "in three days"; next tick both go, 72 h first."""
+    import flows.dispatch
+    from flows.dispatch import PREFLIGHT_BUDGET
+
+    runtime = _fleet(engine, tmp_path, 3)
+    clock = [NOW]
+    runtime.clock = lambda: clock[0]
+
+    def slow_preflight(runtime: Runtime, run: UpgradeRun) -> str:
+        clock[0] += PREFLIGHT_BUDGET
+        return "passed on all 1 nodes"
+
+    monkeypatch.setattr(flows.dispatch, "_preflight_summary", slow_preflight)
+    # Both runs have both reminders due (told a week ago, slots within 24 h): c00's come first.
+    first = _plan(engine, "c00", NOW + timedelta(hours=10), NOW - timedelta(days=7))
+    later = _plan(engine, "c01", NOW + timedelta(hours=20), NOW - timedelta(days=7))
+
+    # c00's pre-flight spends the budget: c01's 72 h reminder waits, and so does its 24 h one.
+    assert send_reminders(runtime, clock[0]) == [f"update-{first}:72h", f"update-{first}:24h"]
+    assert send_reminders(runtime, clock[0]) == [f"update-{later}:72h", f"update-{later}:24h"]
+    assert send_reminders(runtime, clock[0]) == []

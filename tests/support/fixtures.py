@@ -148,7 +148,8 @@ def faults_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     `take_cluster(faults_lab)` in a test, or `faults_cluster`."""
     with running_lab(
         tmp_path_factory.mktemp("faultslab"),
-        clusters=max(4, clusters_needed(request.session, "faults_lab")),
+        # one per test, two for a test that takes a second one besides faults_cluster (test_secrets)
+        clusters=max(4, clusters_needed(request.session, "faults_lab", "faults_cluster")),
         nodes=3,
         upgrade_seconds=0.1,
         health_delay=0.1,

@@ -26,6 +26,19 @@ from fabric import Config, Connection
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
+def _refused_channel_is_debug(record: logging.LogRecord) -> bool:
+    """A process that does configure handlers (the CLI, once Prefect is imported: a console handler on the
+    root logger) still printed that ERROR line beside ours; the refusal reaches the caller as a
+    ChannelException (TunnelClosed, or a RemoteError naming the prohibition), so it is logged at DEBUG."""
+    if record.levelno == logging.ERROR and record.getMessage().startswith("Secsh channel"):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+    return True
+
+
+logging.getLogger("paramiko.transport").addFilter(_refused_channel_is_debug)
+
+
 @dataclass(frozen=True)
 class SshTarget:
     """Where a node is and how to get there (directly, through a jump host, or through the customer's

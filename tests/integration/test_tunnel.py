@@ -291,6 +291,11 @@ def test_tunnel_status_says_which_nodes_are_open_and_what_the_customer_runs(
     assert f"{first}" in text.stdout and "CLOSED" in text.stdout
     assert f"the customer runs `upkeep-agent tunnel start` on {first}" in text.stdout
     assert "Secsh" not in text.stderr and text.stderr == ""
+    # adv18: with Prefect imported (its console handler on the root logger), Paramiko's own ERROR line for
+    # the refused channel reached the SRE's stderr next to Upkeep's one-line explanation.
+    check = upkeep("update", _nodes(tlab)[0]["cluster"], "--to", "9.10.0", "--check")
+    assert check.returncode == 1 and f"FAIL {first}: support tunnel closed" in check.stdout, check.stdout
+    assert "Secsh" not in check.stderr and "paramiko" not in check.stderr, check.stderr
     unknown = upkeep("tunnel", "status", "--customer", "nobody")
     assert unknown.returncode == 1 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr
 

@@ -858,6 +858,11 @@ def _tunnel_node(
             "assigned to another node"
         )
         once(("tunnel_port", *tunnel, port), (*spot, "tunnel_port"), message)
+    if node.get("host_key") is not None and ok((*spot, "host_key")):
+        # Through a tunnel the node's key is all that tells one node from another: a key listed for two
+        # nodes (a copy-paste) would let either answer for the other.
+        message = f"node {hostname}: host_key is already listed for another node; every node has its own"
+        once(("tunnel_host_key", node["host_key"].split()[1]), (*spot, "host_key"), message)
 
 
 def _portal_users(

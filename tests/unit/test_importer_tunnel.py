@@ -61,6 +61,17 @@ def test_the_same_tunnel_port_twice_is_refused_at_its_line(tmp_path: Path) -> No
     ]
 
 
+def test_one_host_key_for_two_nodes_is_refused_at_its_line(tmp_path: Path) -> None:
+    # adv18: through a tunnel the node's key is its only identity; one key listed for two nodes let either
+    # answer for the other (a copy-paste, or a node's port forwarded to its neighbour).
+    found = _problems(tmp_path, _file().replace(_key(3), _key(2)))
+    path = tmp_path / "inventory.yaml"
+    assert found == [
+        f"{path}:11: node 'acme-c1-n2': host_key is already listed for another node; every node has its own "
+        "(first at line 10)"
+    ]
+
+
 def test_a_cloud_cluster_needs_allow_cloud(tmp_path: Path) -> None:
     [found] = _problems(tmp_path, _file(kind="cloud"))
     assert found.startswith(f"{tmp_path / 'inventory.yaml'}:8: ") and "allow_cloud: true" in found

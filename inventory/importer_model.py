@@ -787,7 +787,7 @@ def cross_checks(
                 spot = (*where, "nodes", n)
                 if not ok((*spot, "hostname")):
                     continue
-                _tunnel_node(node, spot, tunnel, ok, once, found)
+                _tunnel_node(node, spot, tunnel, ok, once, found, server_key=_server_key(cluster, tunnel))
                 hostname = node["hostname"]
                 message = f"node: duplicate hostname {show(hostname)} in this cluster"
                 once(("hostname", c, k, hostname.lower()), (*spot, "hostname"), message)
@@ -833,6 +833,11 @@ def _tunnel_of(
     return address_key(access["host"]), access.get("port") or 22
 
 
+def _server_key(cluster: dict[str, Any], tunnel: tuple[str, int] | None) -> str | None:
+    key = cluster["access"].get("host_key") if tunnel is not None else None
+    return key.split()[1] if isinstance(key, str) and len(key.split()) > 1 else None
+
+
 def _tunnel_node(
     node: dict[str, Any],
     spot: tuple[Any, ...],
@@ -840,6 +845,7 @@ def _tunnel_node(
     ok: Callable[[tuple[Any, ...]], bool],
     once: Callable[[Any, tuple[Any, ...], str], None],
     found: list[Finding],
+    server_key: str | None = None,
 ) -> None:
     hostname = show(node["hostname"])
     if tunnel is None:
@@ -858,11 +864,21 @@ def _tunnel_node(
             "assigned to another node"
         )
         once(("tunnel_port", *tunnel, port), (*spot, "tunnel_port"), message)
+        if port == tunnel[1]:
+            # The server's own sshd listens there: Upkeep would open its channel to the tunnel server itself.
+            message = (
+                f"node {hostname}: tunnel_port {port} is the port of tunnel server {tunnel[0]}:{tunnel[1]} "
+                "itself; a node's tunnel needs a port of its own"
+            )
+            found.append(((*spot, "tunnel_port"), message, None))
     if node.get("host_key") is not None and ok((*spot, "host_key")):
         # Through a tunnel the node's key is all that tells one node from another: a key listed for two
         # nodes (a copy-paste) would let either answer for the other.
         message = f"node {hostname}: host_key is already listed for another node; every node has its own"
         once(("tunnel_host_key", node["host_key"].split()[1]), (*spot, "host_key"), message)
+        if node["host_key"].split()[1] == server_key:
+            message = f"node {hostname}: host_key is the tunnel server's key; the node's own key belongs here"
+            found.append(((*spot, "host_key"), message, None))
 
 
 def _portal_users(

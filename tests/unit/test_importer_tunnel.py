@@ -88,6 +88,10 @@ def test_a_cloud_cluster_needs_allow_cloud(tmp_path: Path) -> None:
         (_key(2), "ssh-ed25519 AAAA", 10, "is not an SSH host key"),
         (_key(2), _key(2).replace("ssh-ed25519", "ssh-rsa"), 10, "is not an SSH host key"),
         ("tunnel_port: 41002", "tunnel_port: 70000", 11, "70000 is not a port number"),
+        # adv18: the tunnel server's own port, or its key, given as a node's: Upkeep would open its
+        # channel to the tunnel server's sshd and take it for the node.
+        ("tunnel_port: 41002", "tunnel_port: 2222", 11, "tunnel_port 2222 is the port of tunnel server"),
+        (_key(3), SERVER, 11, "node 'acme-c1-n2': host_key is the tunnel server's key"),
         ("type: tunnel", "type: direct", 10, "tunnel_port is only for clusters whose access type is tunnel"),
     ],
 )

@@ -6,6 +6,32 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while the CLI is still importing (a second or more on a loaded machine): the same answer
+    as later (`aborted`, exit 130; JSON with --json) instead of an import traceback. Nothing has been
+    opened or written yet, so leaving at once is safe; `main` puts Python's handler back before the
+    command runs (its cleanup needs KeyboardInterrupt)."""
+    import json
+    import os
+
+    wants_json = "--json" in sys.argv[1 : (sys.argv.index("--") if "--" in sys.argv else None)]
+    if wants_json:
+        os.write(1, (json.dumps({"error": "aborted", "exit": 130}) + "\n").encode())
+    else:
+        os.write(2, b"error: aborted\n")
+    os._exit(130)
+
+
+def _catch_interrupts_while_starting() -> None:
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+_catch_interrupts_while_starting()
+
 import click
 import typer
 from rich.table import Table
@@ -221,6 +247,8 @@ _mount_commands()
 # run id that is not a number) are not `click` exceptions, and without these they escaped as tracebacks.
 _EXITS: tuple[type[Any], ...] = tuple({click.exceptions.Exit, typer.Exit})
 _ABORTS: tuple[type[Any], ...] = tuple({click.exceptions.Abort, typer.Abort})
+# KeyboardInterrupt: Ctrl-C while Typer builds the commands, before Click's own handling.
+_INTERRUPTS: tuple[type[BaseException], ...] = (*_ABORTS, KeyboardInterrupt)
 _USAGE_ERRORS: tuple[type[Any], ...] = tuple(
     {click.ClickException, getattr(typer, "TyperException", click.ClickException)}
 )
@@ -237,16 +265,22 @@ def _wants_json(args: list[str]) -> bool:
 
 
 def main() -> None:
+    import signal
+
     from upkeep.errors import explain
 
     output["json"] = _wants_json(sys.argv[1:])
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # Without standalone mode Click returns typer.Exit's code instead of exiting with it.
         code = app(standalone_mode=False)
+        if code == 130:  # Typer turns Ctrl-C into a silent Exit(130); no command exits 130 itself
+            report_error("aborted", 130)
         sys.exit(code if isinstance(code, int) else 0)
     except _EXITS as exc:
         sys.exit(exc.exit_code)
-    except _ABORTS:
+    except _INTERRUPTS:
         report_error("aborted", 130)
         sys.exit(130)
     except _USAGE_ERRORS as exc:

@@ -124,6 +124,54 @@ def test_version(tmp_path: Path) -> None:
     assert (plain.returncode, plain.stdout) == (0, f"upkeep {version('upkeep')}\n")
 
 
+# --- Ctrl-C (adversarial pass on #16) ----------------------------------------------------------------
+
+# A real SIGINT to the CLI process at a chosen point: while `upkeep.cli` is still importing (a second or
+# more on a loaded machine), and inside a command (its first database access). Before: an import
+# traceback (-SIGINT), and inside a command exit 130 with nothing at all (Typer turns Ctrl-C into a silent
+# Exit(130)): with --json, stdout was empty.
+_INTERRUPT = """
+import builtins, os, signal, sys
+sys.argv = ["upkeep", "runs", *sys.argv[2:]]
+where = {where!r}
+real_import = builtins.__import__
+def hooked(name, *args, **kwargs):
+    if where == "starting" and name == "upkeep.cli_oncall":
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = hooked
+import upkeep.cli_common
+if where == "command":
+    def interrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+    upkeep.cli_common.open_engine = interrupted
+from upkeep.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("where", ["starting", "command"])
+@pytest.mark.parametrize("as_json", [True, False])
+def test_ctrl_c_is_one_answer_exit_130(tmp_path: Path, where: str, as_json: bool) -> None:
+    env = _env(tmp_path / "home")
+    script = _INTERRUPT.replace("{where!r}", repr(where))
+    done = subprocess.run(
+        [sys.executable, "-c", script, "x", *(["--json"] if as_json else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 130, (done.returncode, done.stdout, done.stderr)
+    if as_json:
+        assert json.loads(done.stdout) == {"error": "aborted", "exit": 130}, done.stdout
+    else:
+        assert done.stdout == ""
+        assert "aborted" in done.stderr
+
+
 # --- errors with --json -------------------------------------------------------------------------------
 
 ERRORS: list[tuple[tuple[str, ...], int, str]] = [

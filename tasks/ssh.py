@@ -369,7 +369,16 @@ class _TunnelledConnection(_Connection):
     def open_gateway(self) -> paramiko.Channel:
         gateway = self.gateway
         assert isinstance(gateway, Connection)
-        gateway.open()
+        try:
+            gateway.open()
+        except (TimeoutError, OSError, EOFError) as exc:
+            # Said as the node's "cannot connect: [Errno None] Unable to connect to port P" it read as
+            # the node being down, and P was not the node's port: the SRE must know it is the server.
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+            where = f"{gateway.host}:{gateway.port}"
+            raise RemoteError(
+                self.host, f"tunnel server {where} unreachable ({reason}); no node reached"
+            ) from None
         try:
             return gateway.transport.open_channel(
                 kind="direct-tcpip", dest_addr=self.forward_to, src_addr=("", 0), timeout=self.connect_timeout

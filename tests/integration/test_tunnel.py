@@ -135,6 +135,27 @@ def test_a_forwarded_port_answering_with_another_key_is_refused(tlab: Lab) -> No
     assert access["host_key"] != other_key
 
 
+def test_an_unreachable_tunnel_server_is_named_as_such(tlab: Lab) -> None:
+    # adv18: with the tunnel server down, every node read "cannot connect: [Errno None] Unable to connect to
+    # port P" - P being the server's port, not the node's - as if the nodes were down.
+    import socket
+
+    node = _nodes(tlab)[0]["hostname"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once closed
+    target = _target(tlab, node)
+    assert target.jump is not None
+    down = SshTarget(target.name, target.address, target.port, target.user,
+                     SshTarget(target.jump.name, target.jump.address, port, target.jump.user,
+                               host_key=target.jump.host_key),
+                     host_key=target.host_key, via_tunnel=True)  # fmt: skip
+    with pytest.raises(RemoteError) as info:
+        FabricRunner(down, _settings(tlab)).open()
+    assert f"tunnel server 127.0.0.1:{port} unreachable (" in str(info.value), str(info.value)
+    assert "Errno" not in str(info.value)
+
+
 def test_a_tunnel_identity_cannot_listen_on_another_nodes_port(tlab: Lab) -> None:
     nodes = _nodes(tlab)
     mine, theirs = nodes[2], nodes[3]

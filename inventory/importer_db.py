@@ -272,6 +272,7 @@ def refuse_shared_endpoints(
     # A tunnel port is one listening socket on the tunnel server: two nodes given it (two customers)
     # would race for it, and Upkeep would reach whichever node holds it.
     tunnels: dict[tuple[str, int, int], tuple[Node, Cluster]] = {}
+    keys: dict[str, tuple[Node, Cluster]] = {}  # a tunnel node's own key: its only identity
     for name, cluster in clusters.items():
         if name not in listed:
             for node in nodes[cluster.id]:
@@ -279,11 +280,24 @@ def refuse_shared_endpoints(
                 if cluster.tunnel_host is not None and node.tunnel_port is not None:
                     server = (m.address_key(cluster.tunnel_host), cluster.tunnel_port or 22, node.tunnel_port)
                     tunnels.setdefault(server, (node, cluster))
+                if node.host_key:
+                    keys.setdefault(node.host_key.split()[1], (node, cluster))
     problems = []
     for c, customer in enumerate(doc.customers):
         for k, spec in enumerate(customer.clusters):
             for n, node_spec in enumerate(spec.nodes):
                 access = spec.access
+                if node_spec.host_key and (held := keys.get(node_spec.host_key.split()[1])) is not None:
+                    node, cluster = held
+                    problems.append(
+                        Problem(
+                            str(doc.path),
+                            doc.lines(("customers", c, "clusters", k, "nodes", n, "host_key")),
+                            f"node {node_spec.hostname!r}: host_key is already listed for node "
+                            f"{node.hostname!r} of cluster {cluster.name!r} (customer "
+                            f"{owners.get(cluster.customer_id, '?')!r}), which this file does not list",
+                        )
+                    )
                 if isinstance(access, m.Tunnel) and node_spec.tunnel_port is not None:
                     server = (m.address_key(access.host), access.port, node_spec.tunnel_port)
                     if (held := tunnels.get(server)) is not None:

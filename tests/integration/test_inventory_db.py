@@ -387,4 +387,17 @@ def test_a_tunnel_port_of_a_cluster_the_file_does_not_list_is_kept(engine: Engin
     assert dump(engine) == before
     # Another port on that server, or the same port on another server, is fine.
     other["customers"][0]["clusters"][0]["nodes"][0]["tunnel_port"] = 41002
+    # ... but not the other customer's node key: through a tunnel it is the node's only identity.
+    other["customers"][0]["clusters"][0]["nodes"][0]["host_key"] = _tunnel_key(10)
+    path = write(tmp_path, other)
+    lines = path.read_text().splitlines()
+    line = max(i for i, text in enumerate(lines, 1) if "host_key: ssh-ed25519" in text)  # the node's
+    with pytest.raises(InventoryError) as info:
+        import_inventory(path, engine=engine, actor="alice")
+    assert str(info.value) == (
+        f"{path}:{line}: node 'u-n1': host_key is already listed for node 'a-n1' of cluster 'acme-t1' "
+        "(customer 'acme'), which this file does not list"
+    )
+    assert dump(engine) == before
+    other["customers"][0]["clusters"][0]["nodes"][0]["host_key"] = _tunnel_key(20)
     import_inventory(write(tmp_path, other), engine=engine, actor="alice")

@@ -156,20 +156,38 @@ def quiet_prefect() -> Iterator[None]:
         yield
 
 
-def _silence_console_logs() -> list[tuple[logging.Handler, int]]:
-    """Raise every Prefect console handler above CRITICAL (its API log handler, the UI's, is left
-    alone); returns what to restore."""
+def _silence_console_logs() -> list[tuple[logging.Handler, logging.Filter]]:
+    """Filter every Prefect console handler (its API log handler, the UI's, is left alone) so that
+    only Upkeep's own warnings reach the terminal; returns what to remove to restore."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger()] + [
         logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
     ]
-    silenced: list[tuple[logging.Handler, int]] = []
+    silenced: list[tuple[logging.Handler, logging.Filter]] = []
     for handler in {id(h): h for logger in loggers for h in logger.handlers}.values():
-        if isinstance(handler, PrefectConsoleHandler) and handler.level <= logging.CRITICAL:
-            silenced.append((handler, handler.level))
-            handler.setLevel(logging.CRITICAL + 1)
+        if isinstance(handler, PrefectConsoleHandler):
+            only_ours = _OnlyOurWarnings()
+            handler.addFilter(only_ours)
+            silenced.append((handler, only_ours))
     return silenced
+
+
+class _OnlyOurWarnings(logging.Filter):
+    """Passes what an operator must see even without `--verbose`: Upkeep's own warnings (loggers
+    `upkeep.*`, through Prefect's `get_logger`, e.g. "Prefect UI: progress 1/3 not written") and the
+    warnings our flows log on their run logger (e.g. "waits for approval: `upkeep approve 3`"). Not
+    Prefect's INFO lines, and no traceback: an error's record is shortened to its message, since the
+    CLI ends with its own one-line verdict and the Prefect UI keeps the full record."""
+
+    OURS = ("prefect.upkeep", "upkeep", "prefect.flow_runs")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not record.name.startswith(self.OURS):
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        return True
 
 
 def temporary_server_dies_with_us() -> None:

@@ -352,10 +352,16 @@ def cancel_update(
     """Cancel a planned update; if it was announced (has a slot), queue the `cancelled` notice, whose
     invite (METHOD:CANCEL, next SEQUENCE) removes the calendar entry."""
     run = get_run(run_id, session=session)
-    if RunState(run.state) is not RunState.planned:
+    state = RunState(run.state)
+    if state is RunState.cancelled:
+        # Two operators cancelling at once: the loser is told it is done, not to cancel again.
         raise ScheduleRefused(
-            f"{update_ref(run.id)} is {run.state}: only a planned update is cancelled here "
-            f"(a running one stops between nodes with `upkeep cancel {run.id}`)"
+            f"{update_ref(run.id)} is already cancelled ({run.reason or 'no reason recorded'})"
+        )
+    if state is not RunState.planned:
+        hint = f" (a running one stops between nodes with `upkeep cancel {run.id}`)" if state.active else ""
+        raise ScheduleRefused(
+            f"{update_ref(run.id)} is {run.state}: only a planned update is cancelled here{hint}"
         )
     _hold_planned(run, "cancel", session)
     finish_run(run, RunState.cancelled, reason=reason or "cancelled", session=session)

@@ -263,7 +263,11 @@ def test_cancel_withdraws_the_invite(db: Engine) -> None:
     method, vevent = event(cancelled)
     assert (method, str(vevent["STATUS"]), int(vevent["SEQUENCE"])) == ("CANCEL", "CANCELLED", 2)
     assert str(vevent["UID"]) == str(event(scheduled)[1]["UID"]) == uid
-    refused = pytest.raises(ScheduleRefused, match="update-1 is cancelled: only a planned update")
+    # A second cancel (two operators at once: the loser reads the winner's commit) is told it is done,
+    # with the winner's reason, not told to run `upkeep cancel` again (adversarial pass on #16).
+    refused = pytest.raises(
+        ScheduleRefused, match=r"^update-1 is already cancelled \(customer migrates first\)$"
+    )
     with refused, session_scope(db) as session:
         cancel_update(run_id, now=NOW, reason="again", session=session)
     schedule(db)  # the cluster is free again

@@ -38,9 +38,10 @@ from flows.plan import plan_update
 from flows.report import held_summaries
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.runtime import Runtime, current
-from flows.steps import NodeConnections, preflight
+from flows.steps import NodeConnections, TunnelDown, preflight
+from inventory import repo
 from inventory.db import session_scope
-from inventory.models import Cluster, RunKind, RunState, UpgradeRun
+from inventory.models import AccessKind, Cluster, RunKind, RunState, UpgradeRun
 from inventory.outbox import Notice, idempotency_key
 from inventory.runs import of_known_kind
 from inventory.types import utcnow
@@ -286,6 +287,7 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
                 now=now,
                 variant=label,
                 preflight=summary,
+                tunnel_nodes=_tunnel_nodes(session, fresh),
             )
             if summary.startswith("FAILED"):  # the SRE too, with time to fix it before the slot
                 alert_sre(
@@ -301,6 +303,14 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
                 )
         sent.append(f"update-{run.id}:{label}")
     return sent
+
+
+def _tunnel_nodes(session: Session, run: UpgradeRun) -> tuple[str, ...]:
+    """The nodes whose support tunnel the customer must open for the window (none: not a tunnel cluster)."""
+    cluster = session.get(Cluster, run.cluster_id)
+    if cluster is None or cluster.access is not AccessKind.tunnel:
+        return ()
+    return tuple(node.hostname for node in repo.cluster_nodes(cluster, session=session))
 
 
 def _reminder_due(run: UpgradeRun, before: timedelta, now: datetime) -> bool:
@@ -342,6 +352,21 @@ def _preflight_summary(runtime: Runtime, run: UpgradeRun) -> str:
     conns = NodeConnections(runtime, plan)
     try:
         preflight.fn(plan, run.id, runtime, conns, runtime.fileserver.size(plan.package))
+    except TunnelDown as exc:
+        if exc.problems:
+            return f"FAILED: {exc}"
+        # Theirs to open before the window (the reminder says how), not a failure: no SRE alert.
+        names = ", ".join(exc.closed)
+        rest = len(plan.nodes) - len(exc.closed)
+        passed = (
+            f"; the other {rest} passed (reachable, healthy, at {plan.from_version}, disk free)"
+            if rest
+            else ""
+        )
+        return (
+            f"support tunnel closed on {names}: not checked. Open it before the window with "
+            f"`upkeep-agent tunnel start` on each of them{passed}"
+        )
     except Exception as exc:  # reported in the reminder and to the SRE, never raised from the tick
         return f"FAILED: {exc}"
     finally:

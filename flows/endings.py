@@ -90,7 +90,7 @@ def tell_ending(
             **extra,
         )
         told = f"The customer was sent the '{notice}' notice." if queued else "The customer has no contacts."
-    else:
+    elif notice is not None:
         told = "The customer was not told (the update was never announced to them)."
     assert run.id is not None
     alert_sre(

@@ -247,9 +247,41 @@ def window_closing(runtime: Runtime, run_id: int) -> bool:
     return retrying(runtime.engine, read)
 
 
-def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
+TUNNEL_START = "upkeep-agent tunnel start"
+
+
+def tunnel_closed_reason(closed: tuple[str, ...] | list[str]) -> str:
+    """What the customer reads when their support tunnel was closed at the window's start: the exact
+    command, on each closed node."""
+    where = "; ".join(f"on {name}: {TUNNEL_START}" for name in closed)
+    return (
+        "we could not reach your cluster: the support tunnel was closed "
+        f"(on {', '.join(closed)}). Nothing was changed. Please open it before the next window by running "
+        f"as the node's upkeep user {where}"
+    )
+
+
+def carry_over_tunnel_closed(runtime: Runtime, plan: UpdatePlan, run_id: int, closed: tuple[str, ...]) -> str:
+    """The window began with the customer's support tunnel closed (pre-flight, nothing touched): not a
+    failure of anyone's doing but theirs to fix, so no failure, no case, no 'failed' notice. The run
+    moves to the next window; the customer hears why and the exact command to run on each closed
+    node; the SRE hears it carried over."""
+    names = ", ".join(closed)
+    return carry_over(
+        runtime,
+        plan,
+        run_id,
+        why=f"the customer's support tunnel was closed on {names} at the window's start",
+        customer_reason=tunnel_closed_reason(closed),
+    )
+
+
+def carry_over(
+    runtime: Runtime, plan: UpdatePlan, run_id: int, *, why: str = "", customer_reason: str = ""
+) -> str:
     """Stop before the window closes and move the rest to the next window with room for at least one
-    node (the whole window is the run's then), telling the customer."""
+    node (the whole window is the run's then), telling the customer. `why`/`customer_reason`: another
+    cause than the window's end (the SRE's and the customer's words), before any node was touched."""
     now = runtime.clock()
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
     remaining = len(plan.nodes) - done
@@ -266,7 +298,8 @@ def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
             )
             window = window_at(run, slot.start, session=session) or slot
         except SchedulingError as exc:
-            reason = f"window closed after {done} of {len(plan.nodes)} nodes and no later window fits: {exc}"
+            cause = why or f"window closed after {done} of {len(plan.nodes)} nodes"
+            reason = f"{cause} and no later window fits: {exc}"
             finish_run(run, RunState.failed, reason=reason, session=session)
             queue_run_notice(
                 run,
@@ -284,18 +317,24 @@ def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
         run.slot_start = window.start
         run.slot_end = min(window.end, window.start + runtime.per_node_estimate * remaining)
         run.reason = (
-            f"partially done ({done} of {len(plan.nodes)} nodes); continues {window.start.isoformat()}"
+            f"{why}; continues {window.start.isoformat()}"
+            if why
+            else f"partially done ({done} of {len(plan.nodes)} nodes); continues {window.start.isoformat()}"
         )
         tell_ending(
             runtime,
             run,
             session=session,
             now=now,
-            notice="partial",
+            notice=None if why else "partial",  # another cause: the 'rescheduled' notice below says it
             customer_reason="",
             alert="carried-over",
             headline=f"run {run_id} ({plan.label}) carried over to {window.start:%Y-%m-%d %H:%M} UTC",
-            cause=f"the window had no room for another node after {done} of {len(plan.nodes)} nodes",
+            cause=why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes",
+            action="The customer is sent the 'rescheduled' notice saying why, with the command to run on "
+            "each node named; nothing else to do unless they ask for help."
+            if why
+            else "",
         )
         run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
         _notify(
@@ -305,7 +344,7 @@ def carry_over(runtime: Runtime, plan: UpdatePlan, run_id: int) -> str:
             session,
             now,
             previous_slot_start=previous or now,
-            reason="partially done; the remaining nodes continue in the next window",
+            reason=customer_reason or "partially done; the remaining nodes continue in the next window",
         )
         session.add(run)
     return "carried over"

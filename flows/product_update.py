@@ -27,6 +27,7 @@ from flows.failed_run_case import close_failure_case
 from flows.outcomes import (
     alert_sre,
     carry_over,
+    carry_over_tunnel_closed,
     fail_before_nodes,
     finish,
     mark_started,
@@ -38,9 +39,17 @@ from flows.outcomes import stop as outcomes_stop
 from flows.plan import UpdatePlan, plan_update
 from flows.records import node_done, nodes_touched
 from flows.report import Progress, best_effort, one_line, summary_artifacts
-from flows.run_window import record_window
+from flows.run_window import has_window, record_window
 from flows.runtime import Runtime, current
-from flows.steps import NodeConnections, distribute, download, preflight, untagged_steps, upgrade_node
+from flows.steps import (
+    NodeConnections,
+    TunnelDown,
+    distribute,
+    download,
+    preflight,
+    untagged_steps,
+    upgrade_node,
+)
 from inventory import repo
 from inventory.cases import check_case_ref
 from inventory.db import server_away, session_scope
@@ -170,7 +179,16 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
     progress = Progress(plan)
     try:
         package = download(plan, run_id, runtime)
-        preflight(plan, run_id, runtime, conns, package.stat().st_size)
+        try:
+            preflight(plan, run_id, runtime, conns, package.stat().st_size)
+        except TunnelDown as closed:
+            # Started in its window with the customer's tunnel closed (and nothing else wrong): theirs
+            # to open, not a failure; the run moves to the next window and they are told the command.
+            if closed.problems or not in_window(runtime, run_id):
+                raise
+            return _result(
+                run_id, plan, carry_over_tunnel_closed(runtime, plan, run_id, closed.closed), outcomes
+            )
         if not wait_for_approval(runtime, run_id, plan):
             refused(
                 runtime, plan, run_id, owner=heartbeat.owner
@@ -227,6 +245,13 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         log.error("run %s: %s; this process leaves the record to it", run_id, lost)
         return _result(run_id, plan, "taken over", outcomes)
     return _result(run_id, plan, "succeeded", outcomes)
+
+
+def in_window(runtime: Runtime, run_id: int) -> bool:
+    """Whether the run runs in a window (a planned slot the dispatcher started, or its resume), not
+    an SRE's `upkeep update` for now."""
+    with session_scope(runtime.engine) as session:
+        return has_window(get_run(run_id, session=session))
 
 
 def _claim(

@@ -48,7 +48,15 @@ class StepFailed(Exception):
 
 class TunnelDown(StepFailed):
     """Pre-flight found customer tunnels closed: only the customer can open them (`upkeep-agent tunnel
-    start` on each node named); nothing was touched."""
+    start` on each node named); nothing was touched. `closed`: those nodes; `problems`: what else
+    pre-flight found on the open ones (none: the closed tunnels are the only reason)."""
+
+    def __init__(self, message: str, closed: tuple[str, ...] = (), problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message, tuple(closed), tuple(problems))  # in args: kept through pickling
+        self.closed, self.problems = tuple(closed), tuple(problems)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class RunLost(StepFailed):
@@ -156,7 +164,9 @@ def preflight(
             f"pre-flight failed, no node touched: the customer's support tunnel is closed on "
             f"{', '.join(names)} (tunnel server {plan.tunnel.host}:{plan.tunnel.port}); the customer must "
             f"run `upkeep-agent tunnel start` on {'that node' if len(names) == 1 else 'each of them'}, then "
-            "ask for the update again" + "".join(f"; {problem}" for problem in problems)
+            "ask for the update again" + "".join(f"; {problem}" for problem in problems),
+            tuple(names),
+            tuple(problems),
         )
     if problems:
         raise StepFailed("pre-flight failed, no node touched: " + "; ".join(problems))

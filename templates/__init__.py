@@ -104,6 +104,10 @@ class NoticeContext:
     urgent: bool = False
     reason: str = ""  # why it failed/was cancelled/was moved; required for failed
     preflight: str = ""  # pre-flight summary, shown in reminders
+    # A cluster reached through the customer's support tunnel: its nodes, each of which must have the
+    # tunnel open for the window (reminders say so, with the command).
+    tunnel_nodes: tuple[str, ...] = ()
+    tunnel_command: str = "upkeep-agent tunnel start"
     case_ref: str = ""
     bundle_url: str = ""
     previous_slot_start: datetime | None = None  # required for rescheduled and deferred
@@ -118,6 +122,7 @@ class NoticeContext:
         object.__setattr__(self, "kind", NoticeKind(self.kind))
         object.__setattr__(self, "recipients", tuple(self.recipients))
         object.__setattr__(self, "node_versions", tuple(self.node_versions))
+        object.__setattr__(self, "tunnel_nodes", tuple(self.tunnel_nodes))
         if not _REF.fullmatch(self.update_ref):
             raise ValueError(f"update_ref {self.update_ref!r}: expected letters, digits, '.', '_' or '-'")
         if isinstance(self.sequence, bool) or not isinstance(self.sequence, int) or self.sequence < 0:

@@ -1,0 +1,230 @@
+"""Tunnel clusters in their maintenance windows, on real parts (the lab's OpenSSH tunnel server, every
+node's sshd, the agent's real `ssh -N -R`) driven by the real dispatcher: the reminders ask the customer
+to open the tunnel, a tunnel closed when the window starts moves the run to the next window with a plain
+notice (no failure, no case), and a 3-node tunnel cluster is updated end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from tests.support.labs import running_lab
+from upkeep.lab import Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.prefect]
+TARGET = "9.10.0"
+SLOT = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)  # a Thursday, in the windows below
+NEXT = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)  # Friday's window
+
+
+@pytest.fixture(scope="module")
+def tlab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with running_lab(
+        tmp_path_factory.mktemp("tunnellab3"),
+        clusters=2,
+        nodes=3,
+        access="tunnel",
+        upgrade_seconds=0.1,
+        health_delay=0.1,
+    ) as lab:
+        yield lab
+
+
+@pytest.fixture
+def runtime3(tlab3: Lab, sqlite_engine: Any, prefect_harness: None, tmp_path: Path) -> Iterator[Any]:
+    from tests.integration.conftest import _runtime
+    from upkeep.settings import load_settings
+
+    settings = load_settings(home=tmp_path / "home", **tlab3.settings_overrides())
+    yield from _runtime(tlab3, settings, sqlite_engine)
+
+
+def _hosts(lab: Lab, index: int) -> tuple[str, list[str]]:
+    nodes = lab.status()["nodes"]
+    cluster = sorted({n["cluster"] for n in nodes})[index]
+    return cluster, [n["hostname"] for n in nodes if n["cluster"] == cluster]
+
+
+def _tunnel(lab: Lab, host: str, action: str) -> None:
+    code, out = lab.tunnel(host, action)
+    assert code == 0, out
+    if action == "start":
+        assert out.startswith(("tunnel up", "tunnel already running")), out
+
+
+def _plan(engine: Any, cluster: str) -> int:
+    """A planned update of `cluster` in Thursday's window (Thu and Fri 03:00-07:00 UTC), announced."""
+    from inventory.db import session_scope
+    from inventory.models import Cluster, RunState
+    from inventory.runs import create_run
+    from inventory.windows import MaintenanceWindow
+
+    with session_scope(engine) as session:
+        row = session.exec(select(Cluster).where(Cluster.name == cluster)).one()
+        for window in session.exec(select(MaintenanceWindow).where(MaintenanceWindow.cluster_id == row.id)):
+            session.delete(window)
+        session.add(
+            MaintenanceWindow(
+                cluster_id=row.id or 0,
+                days=["thu", "fri"],
+                start="03:00",
+                duration_minutes=240,
+                timezone="UTC",
+            )
+        )
+        run = create_run(
+            row,
+            to_version=TARGET,
+            source="support",
+            requested_by="t",
+            session=session,
+            state=RunState.planned,
+        )
+        run.slot_start, run.slot_end, run.notice_sequence = SLOT, SLOT + timedelta(hours=1), 1
+        run.told_at = SLOT - timedelta(days=5)
+        session.add(run)
+        session.flush()
+        return run.id or 0
+
+
+def _run(engine: Any, run_id: int) -> Any:
+    from inventory.db import session_scope
+    from inventory.models import UpgradeRun
+
+    with session_scope(engine) as session:
+        return session.get(UpgradeRun, run_id)
+
+
+def _notices(engine: Any, run_id: int) -> list[Any]:
+    from inventory.db import session_scope
+    from inventory.outbox import Notice
+
+    with session_scope(engine) as session:
+        query = select(Notice).where(col(Notice.update_ref).startswith(f"update-{run_id}"))
+        return list(session.exec(query.order_by(col(Notice.id))).all())
+
+
+def _alerts(engine: Any, run_id: int) -> list[Any]:
+    from inventory.alerts import Alert
+    from inventory.db import session_scope
+
+    with session_scope(engine) as session:
+        return list(session.exec(select(Alert).where(Alert.run_id == run_id).order_by(col(Alert.id))).all())
+
+
+def _cases(engine: Any) -> list[Any]:
+    from inventory.case_tables import Case
+    from inventory.db import session_scope
+
+    with session_scope(engine) as session:
+        return list(session.exec(select(Case)).all())
+
+
+def test_a_3_node_tunnel_cluster_is_reminded_to_open_and_updated_end_to_end(
+    tlab3: Lab, runtime3: Any
+) -> None:
+    from flows.dispatch import dispatch
+    from inventory.models import RunState
+
+    cluster, hosts = _hosts(tlab3, 0)
+    assert len(hosts) == 3
+    for host in hosts:
+        _tunnel(tlab3, host, "stop")
+    run_id = _plan(runtime3.engine, cluster)
+
+    # 48 h before: the 72 h reminder. The tunnels are closed (the customer opens them for the window):
+    # the pre-flight says so in the reminder, with the command per node, and is no failure.
+    runtime3.clock = lambda: SLOT - timedelta(hours=48)
+    dispatch(max_running=2)
+    (reminder,) = [n for n in _notices(runtime3.engine, run_id) if n.kind == "reminder"]
+    assert reminder.idempotency_key.endswith(":72h") and reminder.state == "sent"
+    for body in (reminder.body_text, reminder.body_html):
+        assert "open the support tunnel" in body
+        for host in hosts:
+            assert host in body
+        assert "upkeep-agent tunnel start" in body
+    assert "FAILED" not in reminder.body_text
+    assert f"support tunnel closed on {', '.join(sorted(hosts))}: not checked" in reminder.body_text
+    assert [a.kind for a in _alerts(runtime3.engine, run_id)] == []  # theirs to open: no SRE alert
+    assert _run(runtime3.engine, run_id).state == RunState.planned
+
+    # The 24 h reminder asks it again.
+    runtime3.clock = lambda: SLOT - timedelta(hours=20)
+    dispatch(max_running=2)
+    (day_before,) = [n for n in _notices(runtime3.engine, run_id) if n.idempotency_key.endswith(":24h")]
+    assert "upkeep-agent tunnel start" in day_before.body_text and hosts[2] in day_before.body_text
+
+    # The customer opens the tunnels; the window starts; the dispatcher runs the update through them.
+    for host in hosts:
+        _tunnel(tlab3, host, "start")
+    runtime3.clock = lambda: SLOT
+    result = dispatch(max_running=2)
+    assert result["started"] == [run_id]
+    run = _run(runtime3.engine, run_id)
+    assert run.state == RunState.succeeded, run.reason
+    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [1, 1, 1]  # every node exactly once
+    assert [n["version"] for n in tlab3.status()["nodes"] if n["cluster"] == cluster] == [TARGET] * 3
+    for host in hosts:  # through the tunnel: the node's sshd saw the session come in over it
+        assert "forwarded-tcpip" in (tlab3.node_dir(host) / "logs" / "tunnel.log").read_text()
+    kinds = [n.kind for n in _notices(runtime3.engine, run_id)]
+    assert kinds[-2:] == ["started", "completed"] and "failed" not in kinds
+    assert _cases(runtime3.engine) == []
+
+
+def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_case(
+    tlab3: Lab, runtime3: Any
+) -> None:
+    from flows.dispatch import dispatch
+    from inventory.models import RunState
+
+    cluster, hosts = _hosts(tlab3, 1)
+    first, second, third = hosts
+    _tunnel(tlab3, first, "start")
+    _tunnel(tlab3, second, "start")
+    _tunnel(tlab3, third, "stop")
+    run_id = _plan(runtime3.engine, cluster)
+
+    runtime3.clock = lambda: SLOT
+    result = dispatch(max_running=2)
+
+    assert result["started"] == [run_id]
+    run = _run(runtime3.engine, run_id)
+    # Not failed: planned again, in the next window, still holding the cluster.
+    assert run.state == RunState.planned, run.reason
+    assert run.slot_start == NEXT and run.active_cluster_id is not None
+    assert f"support tunnel was closed on {third}" in run.reason
+    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [0, 0, 0]
+    for host in hosts:  # nothing was sent to any node
+        assert not any(p.name != ".keep" for p in (tlab3.node_dir(host) / "incoming").iterdir())
+    notices = _notices(runtime3.engine, run_id)
+    assert [n.kind for n in notices] == ["rescheduled"]  # no 'started', no 'failed', no 'partial'
+    (moved,) = notices
+    assert moved.state == "sent"  # delivered by the same tick
+    for body in (moved.body_text, moved.body_html):
+        assert "we could not reach your cluster: the support tunnel was closed" in body
+        assert f"on {third}: upkeep-agent tunnel start" in body
+    assert _cases(runtime3.engine) == []  # the customer's tunnel, not an incident: no case
+    alerts = _alerts(runtime3.engine, run_id)
+    assert [a.kind for a in alerts] == ["carried-over"] and third in alerts[0].body_text
+
+    # A tick before the next window starts nothing; the new slot's reminders ask for the tunnel again.
+    runtime3.clock = lambda: NEXT - timedelta(hours=1)
+    assert dispatch(max_running=2)["started"] == []
+    reminders = [n for n in _notices(runtime3.engine, run_id) if n.kind == "reminder"]
+    assert reminders and all(n.sequence == 2 and f"on {third}:" in n.body_text for n in reminders)
+
+    # The customer opens the tunnel; at the next window the run goes through, every node once.
+    _tunnel(tlab3, third, "start")
+    runtime3.clock = lambda: NEXT
+    assert dispatch(max_running=2)["started"] == [run_id]
+    run = _run(runtime3.engine, run_id)
+    assert run.state == RunState.succeeded, run.reason
+    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    kinds = [n.kind for n in _notices(runtime3.engine, run_id) if n.kind != "reminder"]
+    assert kinds == ["rescheduled", "started", "completed"]
+    assert _cases(runtime3.engine) == []

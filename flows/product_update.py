@@ -10,6 +10,7 @@ crashed run resumes (`run_id=`) where it stopped without upgrading any node twic
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,7 +40,7 @@ from flows.outcomes import stop as outcomes_stop
 from flows.plan import UpdatePlan, plan_update
 from flows.records import node_done, nodes_touched
 from flows.report import Progress, best_effort, one_line, summary_artifacts
-from flows.run_window import has_window, record_window
+from flows.run_window import has_window, record_window, window_end
 from flows.runtime import Runtime, current
 from flows.steps import (
     NodeConnections,
@@ -183,12 +184,15 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             preflight(plan, run_id, runtime, conns, package.stat().st_size)
         except TunnelDown as closed:
             # Started in its window with the customer's tunnel closed (and nothing else wrong): theirs
-            # to open, not a failure; the run moves to the next window and they are told the command.
+            # to open, not a failure. Waited for a while; still closed, the run moves to the next
+            # window and they are told the command.
             if closed.problems or not in_window(runtime, run_id):
                 raise
-            return _result(
-                run_id, plan, carry_over_tunnel_closed(runtime, plan, run_id, closed.closed), outcomes
-            )
+            conns.close()
+            conns, still = _wait_for_tunnels(runtime, plan, run_id, closed, package.stat().st_size)
+            if still is not None:
+                moved = carry_over_tunnel_closed(runtime, plan, run_id, still.closed)
+                return _result(run_id, plan, moved, outcomes)
         if not wait_for_approval(runtime, run_id, plan):
             refused(
                 runtime, plan, run_id, owner=heartbeat.owner
@@ -245,6 +249,50 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         log.error("run %s: %s; this process leaves the record to it", run_id, lost)
         return _result(run_id, plan, "taken over", outcomes)
     return _result(run_id, plan, "succeeded", outcomes)
+
+
+def _wait_for_tunnels(
+    runtime: Runtime, plan: UpdatePlan, run_id: int, closed: TunnelDown, package_size: int
+) -> tuple[NodeConnections, TunnelDown | None]:
+    """Wait up to `runtime.tunnel_wait` (and never past the time when one node no longer fits in the
+    window) for the closed tunnels, pre-flight again every `tunnel_poll` seconds. Returns fresh
+    connections and None once pre-flight passes, or the closed tunnels still standing."""
+    log = get_run_logger()
+    now = runtime.clock()
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        end = window_end(run)
+        room = (end - now - runtime.per_node_estimate) if end is not None else runtime.tunnel_wait
+        budget = max(0.0, min(runtime.tunnel_wait, room).total_seconds())
+        waiting = (
+            f"waiting up to {max(1, round(budget / 60))} min for the customer's support tunnel on "
+            f"{', '.join(closed.closed)}"
+        )
+        if budget > 0:
+            run.reason = waiting
+            session.add(run)
+    conns = NodeConnections(runtime, plan)
+    if budget <= 0:
+        return conns, closed
+    log.warning("run %s: %s", run_id, waiting)
+    deadline = time.monotonic() + budget
+    still: TunnelDown | None = closed
+    while still is not None and time.monotonic() < deadline:
+        time.sleep(min(runtime.tunnel_poll, max(0.0, deadline - time.monotonic())))
+        conns.close()
+        conns = NodeConnections(runtime, plan)  # a connection that failed to open is not reused
+        try:
+            preflight(plan, run_id, runtime, conns, package_size)
+            still = None
+        except TunnelDown as again:
+            if again.problems:
+                raise
+            still = again
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        run.reason = ""
+        session.add(run)
+    return conns, still
 
 
 def in_window(runtime: Runtime, run_id: int) -> bool:

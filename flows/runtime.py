@@ -53,6 +53,10 @@ class Runtime:
     # Reads the portal key (UPKEEP_PORTAL_SECRET or <home>/portal.key) that signs those links.
     portal_key: Callable[[], bytes] | None = field(default=None, repr=False)
     per_node_estimate: timedelta = timedelta(minutes=10)
+    # At a window's start, how long a run waits for a customer's closed support tunnel (bounded by the
+    # window: one node must still fit) before it carries over to the next window; 0: no waiting.
+    tunnel_wait: timedelta = timedelta(0)
+    tunnel_poll: float = 15.0  # seconds between looks at the closed tunnels while waiting
     # Name of a Prefect global concurrency limit every cluster's upgrade occupies one slot of
     # (`prefect gcl create upkeep-clusters --limit 10`); empty: no limit beyond the dispatcher's.
     cluster_limit: str = ""

@@ -75,6 +75,7 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         portal_url=settings.portal_url,
         portal_key=portal_key(settings),
         per_node_estimate=timedelta(minutes=settings.per_node_minutes),
+        tunnel_wait=timedelta(minutes=settings.tunnel_wait_minutes),
         run_lease=timedelta(seconds=settings.run_lease_seconds),
         start_lease=timedelta(seconds=settings.start_lease_seconds),
         cluster_limit=settings.cluster_limit,

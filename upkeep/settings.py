@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         "", description="Prefect global concurrency limit bounding clusters upgraded at once; empty: none"
     )
     per_node_minutes: float = Field(10.0, gt=0, description="estimated minutes to upgrade one node")
+    tunnel_wait_minutes: float = Field(
+        15.0,
+        ge=0,
+        le=1440,
+        description="at a window's start, wait up to this long (within the window) for a customer's "
+        "closed support tunnel before carrying the update over to the next window; 0: do not wait",
+    )
     run_lease_seconds: float = Field(
         300.0,
         ge=30,
@@ -311,6 +318,7 @@ ECHOED = frozenset(
         "support_contact",
         "cluster_limit",
         "per_node_minutes",
+        "tunnel_wait_minutes",
         "run_lease_seconds",
         "start_lease_seconds",
         "on_worker",

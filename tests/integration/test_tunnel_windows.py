@@ -26,7 +26,7 @@ NEXT = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)  # Friday's window
 def tlab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running_lab(
         tmp_path_factory.mktemp("tunnellab3"),
-        clusters=2,
+        clusters=3,
         nodes=3,
         access="tunnel",
         upgrade_seconds=0.1,
@@ -188,6 +188,7 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     _tunnel(tlab3, second, "start")
     _tunnel(tlab3, third, "stop")
     run_id = _plan(runtime3.engine, cluster)
+    runtime3.tunnel_wait, runtime3.tunnel_poll = timedelta(seconds=1), 0.2  # waited for, in vain
 
     runtime3.clock = lambda: SLOT
     result = dispatch(max_running=2)
@@ -227,4 +228,50 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     assert [len(tlab3.upgrade_log(h)) for h in hosts] == [1, 1, 1]
     kinds = [n.kind for n in _notices(runtime3.engine, run_id) if n.kind != "reminder"]
     assert kinds == ["rescheduled", "started", "completed"]
+    assert _cases(runtime3.engine) == []
+
+
+def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that_window(
+    tlab3: Lab, runtime3: Any
+) -> None:
+    import threading
+    import time
+
+    from flows.dispatch import dispatch
+    from inventory.models import RunState
+
+    cluster, hosts = _hosts(tlab3, 2)
+    for host in hosts[:2]:
+        _tunnel(tlab3, host, "start")
+    _tunnel(tlab3, hosts[2], "stop")
+    run_id = _plan(runtime3.engine, cluster)
+    runtime3.tunnel_wait, runtime3.tunnel_poll = timedelta(minutes=5), 0.3
+    runtime3.clock = lambda: SLOT
+    seen: list[str] = []
+
+    def customer() -> None:  # opens the tunnel once the run says it waits for it
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            reason = _run(runtime3.engine, run_id).reason
+            if reason.startswith("waiting up to"):
+                seen.append(reason)
+                _tunnel(tlab3, hosts[2], "start")
+                return
+            time.sleep(0.1)
+
+    opener = threading.Thread(target=customer)
+    opener.start()
+    try:
+        result = dispatch(max_running=2)
+    finally:
+        opener.join()
+
+    assert result["started"] == [run_id]
+    assert seen and hosts[2] in seen[0] and "5 min" in seen[0]
+    run = _run(runtime3.engine, run_id)
+    assert run.state == RunState.succeeded, run.reason
+    assert run.slot_start == SLOT  # in the same window, not carried over
+    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    kinds = [n.kind for n in _notices(runtime3.engine, run_id)]
+    assert kinds == ["started", "completed"]  # no 'rescheduled', no 'failed'
     assert _cases(runtime3.engine) == []

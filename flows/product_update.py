@@ -190,6 +190,14 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                 raise
             conns.close()
             conns, still = _wait_for_tunnels(runtime, plan, run_id, closed, package.stat().st_size)
+            # Asked to pause/cancel, or taken over, while it waited: that first, never a carry-over
+            # (a cancelled update must not be announced as rescheduled).
+            if not heartbeat.held():
+                log.error("run %s: taken over by another process; leaving it to that one", run_id)
+                return _result(run_id, plan, "taken over", outcomes)
+            stop = requested_stop(runtime, run_id)
+            if stop:
+                return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
             if still is not None:
                 moved = carry_over_tunnel_closed(runtime, plan, run_id, still.closed)
                 return _result(run_id, plan, moved, outcomes)
@@ -264,6 +272,8 @@ def _wait_for_tunnels(
         end = window_end(run)
         room = (end - now - runtime.per_node_estimate) if end is not None else runtime.tunnel_wait
         budget = max(0.0, min(runtime.tunnel_wait, room).total_seconds())
+        if run.requested_action:  # paused/cancelled already (its reason is kept): no waiting
+            budget = 0.0
         waiting = (
             f"waiting up to {max(1, round(budget / 60))} min for the customer's support tunnel on "
             f"{', '.join(closed.closed)}"
@@ -278,6 +288,8 @@ def _wait_for_tunnels(
     deadline = time.monotonic() + budget
     still: TunnelDown | None = closed
     while still is not None and time.monotonic() < deadline:
+        if requested_stop(runtime, run_id):  # `upkeep pause|cancel`: honoured now, not after the wait
+            break
         time.sleep(min(runtime.tunnel_poll, max(0.0, deadline - time.monotonic())))
         conns.close()
         conns = NodeConnections(runtime, plan)  # a connection that failed to open is not reused
@@ -290,8 +302,9 @@ def _wait_for_tunnels(
             still = again
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
-        run.reason = ""
-        session.add(run)
+        if run.reason == waiting:  # not a cancel's 'cancelled by ...', written meanwhile
+            run.reason = ""
+            session.add(run)
     return conns, still
 
 

@@ -26,7 +26,7 @@ NEXT = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)  # Friday's window
 def tlab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running_lab(
         tmp_path_factory.mktemp("tunnellab3"),
-        clusters=3,
+        clusters=4,
         nodes=3,
         access="tunnel",
         upgrade_seconds=0.1,
@@ -274,4 +274,56 @@ def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that
     assert [len(tlab3.upgrade_log(h)) for h in hosts] == [1, 1, 1]
     kinds = [n.kind for n in _notices(runtime3.engine, run_id)]
     assert kinds == ["started", "completed"]  # no 'rescheduled', no 'failed'
+    assert _cases(runtime3.engine) == []
+
+
+def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_told_rescheduled(
+    tlab3: Lab, runtime3: Any
+) -> None:
+    """`upkeep cancel` of a run waiting for a closed tunnel: honoured at the next look (not after the
+    whole wait), the customer is told it was cancelled with the SRE's reason, never 'rescheduled'."""
+    import threading
+    import time
+
+    from flows.dispatch import dispatch
+    from inventory.models import RunState
+    from upkeep.updates import request_stop
+
+    cluster, hosts = _hosts(tlab3, 3)
+    for host in hosts[:2]:
+        _tunnel(tlab3, host, "start")
+    _tunnel(tlab3, hosts[2], "stop")
+    run_id = _plan(runtime3.engine, cluster)
+    runtime3.tunnel_wait, runtime3.tunnel_poll = timedelta(minutes=1), 0.2
+    runtime3.clock = lambda: SLOT - timedelta(hours=48)  # announced: the 72 h reminder
+    dispatch(max_running=2)
+    runtime3.clock = lambda: SLOT
+    asked: list[str] = []
+
+    def sre() -> None:  # cancels once the run says it waits for the tunnel
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if _run(runtime3.engine, run_id).reason.startswith("waiting up to"):
+                asked.append(
+                    request_stop(run_id, "cancel", engine=runtime3.engine, actor="sre", reason="withdrawn")
+                )
+                return
+            time.sleep(0.1)
+
+    canceller = threading.Thread(target=sre)
+    canceller.start()
+    try:
+        result = dispatch(max_running=2)
+    finally:
+        canceller.join()
+
+    assert result["started"] == [run_id] and asked
+    run = _run(runtime3.engine, run_id)
+    assert run.state == RunState.cancelled, run.reason
+    assert "cancelled by sre: withdrawn" in run.reason
+    assert run.slot_start == SLOT
+    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [0, 0, 0]
+    notices = [n for n in _notices(runtime3.engine, run_id) if n.kind != "reminder"]
+    assert [n.kind for n in notices] == ["cancelled"]  # no 'rescheduled' after a cancel
+    assert "withdrawn" in notices[0].body_text
     assert _cases(runtime3.engine) == []

@@ -276,6 +276,13 @@ def carry_over_tunnel_closed(runtime: Runtime, plan: UpdatePlan, run_id: int, cl
     )
 
 
+def _release_deadline(run: UpgradeRun, session: Session) -> datetime | None:
+    try:
+        return repo.get_release(run.to_version, session=session).deadline
+    except LookupError:
+        return None
+
+
 def carry_over(
     runtime: Runtime, plan: UpdatePlan, run_id: int, *, why: str = "", customer_reason: str = ""
 ) -> str:
@@ -316,6 +323,31 @@ def carry_over(
         run.window_start, run.window_end = window.start, window.end
         run.slot_start = window.start
         run.slot_end = min(window.end, window.start + runtime.per_node_estimate * remaining)
+        deadline = _release_deadline(run, session) if why else None  # (a partial one: left as it was)
+        if deadline is not None and window.start > deadline:
+            # Schedule integrity: nothing touched yet, so never moved past the release deadline; held
+            # (it will not start) and the SRE finds a slot. The customer is not told of a move the
+            # rules forbid.
+            run.held_reason = (
+                f"{why}; the next window {window.start:%Y-%m-%d %H:%M} UTC is past the release deadline "
+                f"{deadline:%Y-%m-%d %H:%M} UTC"
+            )[:2000]
+            run.reason = f"held: {run.held_reason}"
+            tell_ending(
+                runtime,
+                run,
+                session=session,
+                now=now,
+                notice=None,
+                customer_reason="",
+                alert="held",
+                headline=f"run {run_id} ({plan.label}) held: no valid slot, it will not start",
+                cause=run.held_reason,
+                action="find a slot: change the deadline, the windows or blackouts, or cancel the update "
+                "(`upkeep calendar` shows it HELD)",
+            )
+            session.add(run)
+            return "held"
         run.reason = (
             f"{why}; continues {window.start.isoformat()}"
             if why

@@ -26,7 +26,7 @@ NEXT = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)  # Friday's window
 def tlab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running_lab(
         tmp_path_factory.mktemp("tunnellab3"),
-        clusters=4,
+        clusters=5,
         nodes=3,
         access="tunnel",
         upgrade_seconds=0.1,
@@ -327,3 +327,41 @@ def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_
     assert [n.kind for n in notices] == ["cancelled"]  # no 'rescheduled' after a cancel
     assert "withdrawn" in notices[0].body_text
     assert _cases(runtime3.engine) == []
+
+
+def test_a_tunnel_carry_over_past_the_release_deadline_is_held_with_an_sre_alert_not_moved(
+    tlab3: Lab, runtime3: Any
+) -> None:
+    """The next window is past the release's deadline: schedule integrity holds the update and alerts
+    the SRE; the customer is not told it moved to a slot the rules forbid."""
+    from flows.dispatch import dispatch
+    from inventory.db import session_scope
+    from inventory.models import Release, RunState
+
+    cluster, hosts = _hosts(tlab3, 4)
+    for host in hosts[:2]:
+        _tunnel(tlab3, host, "start")
+    _tunnel(tlab3, hosts[2], "stop")
+    run_id = _plan(runtime3.engine, cluster)
+    deadline = SLOT + timedelta(hours=12)  # before Friday's window
+    with session_scope(runtime3.engine) as session:
+        release = session.exec(select(Release).where(Release.version == TARGET)).one()
+        kept, release.deadline = release.deadline, deadline
+        session.add(release)
+    runtime3.tunnel_wait = timedelta(0)
+    runtime3.clock = lambda: SLOT
+    try:
+        assert dispatch(max_running=2)["started"] == [run_id]
+    finally:
+        with session_scope(runtime3.engine) as session:
+            release = session.exec(select(Release).where(Release.version == TARGET)).one()
+            release.deadline = kept
+            session.add(release)
+
+    run = _run(runtime3.engine, run_id)
+    moved_past = run.state == RunState.planned and not run.held_reason and run.slot_start > deadline
+    assert not moved_past, run.reason
+    assert "rescheduled" not in [n.kind for n in _notices(runtime3.engine, run_id)]
+    alerts = _alerts(runtime3.engine, run_id)
+    assert any("deadline" in a.body_text for a in alerts), [a.body_text for a in alerts]
+    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [0, 0, 0]

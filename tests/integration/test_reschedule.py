@@ -19,11 +19,11 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from flows.schedule import ScheduleRefused, reschedule_update, schedule_update
+from flows.schedule import ScheduleRefused, reschedule_update
 from inventory.db import session_scope
 from inventory.importer import import_inventory
 from inventory.models import AuditEvent, RunState, UpgradeRun
-from tests.integration.test_schedule import INVENTORY, NOW, VENDOR, event, notices, utc
+from tests.integration.test_schedule import INVENTORY, NOW, VENDOR, event, notices, schedule, utc
 
 
 @pytest.fixture
@@ -32,15 +32,6 @@ def db(engine: Engine, tmp_path: Path) -> Engine:
     path.write_text(yaml.safe_dump(INVENTORY, sort_keys=False))
     import_inventory(path, engine=engine, actor="test")
     return engine
-
-
-def schedule(db: Engine, cluster: str = "acme-c1", to: str = "9.9.0", **options: Any) -> int:
-    with session_scope(db) as session:
-        run = schedule_update(
-            cluster, to, now=NOW, requested_by="sre", session=session, vendor=VENDOR, **options
-        )
-        assert run.id is not None
-        return run.id
 
 
 def move(

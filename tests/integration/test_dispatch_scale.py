@@ -17,7 +17,7 @@ from flows.dispatch import reslot_missed, send_reminders
 from flows.runtime import Runtime
 from inventory.db import session_scope
 from inventory.importer import import_inventory
-from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.models import Cluster, Node, RunState, UpgradeRun
 from inventory.outbox import Notice
 from inventory.runs import create_run
 from tasks.mail import OutboxDirTransport
@@ -324,26 +324,15 @@ def test_slow_pre_flights_do_not_hold_the_tick_and_each_reminder_still_goes_in_o
     assert send_reminders(runtime, clock[0]) == []
 
 
-def test_migration_0010_goes_down_and_up_again_on_a_database_with_runs(
-    engine: Any, tmp_path: Path, request: Any
-) -> None:
-    """Downgrade below 0010 drops the dispatcher's indexes and keeps every run; upgrading again
-    recreates them over the rows already there (SQLite rebuilds tables in batch mode)."""
-    import pytest
+def test_migration_0010_goes_down_and_up_again_on_a_database_with_runs(engine: Any, tmp_path: Path) -> None:
+    """Downgrade below 0010 (through 0011, whose tunnel columns go from cluster and node while nodes
+    reference their clusters) drops the dispatcher's indexes and keeps every run and node; upgrading
+    again recreates them over the rows already there."""
     from alembic import command
     from alembic.config import Config
 
     from inventory.db import MIGRATIONS
 
-    if engine.dialect.name == "sqlite":
-        request.node.add_marker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="0011's downgrade rebuilds table cluster in batch mode; SQLite (foreign_keys on) "
-                "refuses DROP TABLE cluster while nodes reference it, so no database with clusters goes "
-                "below 0011 (0010 itself only drops indexes)",
-            )
-        )
     _fleet(engine, tmp_path, 3)
     ids = [_plan(engine, f"c{i:02d}", NOW + timedelta(hours=i), NOW - timedelta(days=5)) for i in range(3)]
     config = Config()
@@ -356,11 +345,20 @@ def test_migration_0010_goes_down_and_up_again_on_a_database_with_runs(
         engine.dispose()
         return {ix["name"] for ix in inspect(engine).get_indexes("upgraderun")}
 
+    def columns(table: str) -> set[str]:
+        return {column["name"] for column in inspect(engine).get_columns(table)}
+
     down = to("0009", command.downgrade)
     assert not {"ix_upgraderun_state_slot", "ix_upgraderun_state_lease"} & down
+    assert not {"tunnel_host", "tunnel_port"} & columns("cluster")
+    assert not {"tunnel_port", "host_key"} & columns("node")
     up = to("head", command.upgrade)
     assert {"ix_upgraderun_state_slot", "ix_upgraderun_state_lease"} <= up
+    assert {"tunnel_host", "tunnel_port", "tunnel_allow_cloud"} <= columns("cluster")
+    assert {"tunnel_port", "host_key"} <= columns("node")
     with session_scope(engine) as session:
+        assert len(session.exec(select(Node)).all()) == 3
+
         runs = session.exec(select(UpgradeRun).order_by(UpgradeRun.id)).all()
         assert [(r.id, r.state, r.slot_start) for r in runs] == [
             (run_id, RunState.planned, NOW + timedelta(hours=i)) for i, run_id in enumerate(ids)

@@ -259,6 +259,19 @@ Port = Annotated[
     checked(_rule(lambda v: 1 <= v <= 65535, "a port number (1-65535)")),
     Field(json_schema_extra={"minimum": 1, "maximum": 65535}),
 ]
+# A node's tunnel port is a listening socket its unprivileged tunnel identity opens on the tunnel server:
+# sshd lets only root listen below 1024, so such a port would be accepted here and refused at the first
+# `tunnel start` (ExitOnForwardFailure), with the customer the only one to see why.
+TunnelPort = Annotated[
+    int,
+    checked(
+        _rule(
+            lambda v: 1024 <= v <= 65535,
+            "a tunnel port (1024-65535: below 1024 only root may listen on the tunnel server)",
+        )
+    ),
+    Field(json_schema_extra={"minimum": 1024, "maximum": 65535}),
+]
 SshUser = Annotated[
     str,
     checked(_regex(r"[a-z_][a-z0-9_-]{0,31}", "a valid ssh user (^[a-z_][a-z0-9_-]{0,31}$)")),
@@ -328,7 +341,8 @@ class Node(Part):
     port: Port = 22
     user: SshUser = "upkeep"
     tunnel_port: Annotated[
-        Port | None, Field(description="access tunnel: the port this node's tunnel listens on at the server")
+        TunnelPort | None,
+        Field(description="access tunnel: the port this node's tunnel listens on at the server"),
     ] = None
     host_key: Annotated[
         HostKey | None, Field(description="access tunnel: the node's own SSH host key, 'TYPE BASE64'")

@@ -52,6 +52,12 @@ def test_a_tunnel_cluster_loads(tmp_path: Path) -> None:
     assert [n.tunnel_port for n in cluster.nodes] == [41001, 41002] and cluster.nodes[0].host_key == _key(2)
 
 
+def test_the_tunnel_port_range_ends_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(_file(ports=(1024, 65535)))
+    assert [n.tunnel_port for n in load_inventory(path).customers[0].clusters[0].nodes] == [1024, 65535]
+
+
 def test_the_same_tunnel_port_twice_is_refused_at_its_line(tmp_path: Path) -> None:
     found = _problems(tmp_path, _file(ports=(41001, 41001)))
     path = tmp_path / "inventory.yaml"
@@ -87,7 +93,12 @@ def test_a_cloud_cluster_needs_allow_cloud(tmp_path: Path) -> None:
         (", tunnel_port: 41002", "", 11, "node 'acme-c1-n2': access tunnel needs tunnel_port"),
         (_key(2), "ssh-ed25519 AAAA", 10, "is not an SSH host key"),
         (_key(2), _key(2).replace("ssh-ed25519", "ssh-rsa"), 10, "is not an SSH host key"),
-        ("tunnel_port: 41002", "tunnel_port: 70000", 11, "70000 is not a port number"),
+        ("tunnel_port: 41002", "tunnel_port: 70000", 11, "tunnel_port: 70000 is not a tunnel port"),
+        ("tunnel_port: 41002", "tunnel_port: 0", 11, "tunnel_port: 0 is not a tunnel port (1024-65535"),
+        # A privileged port: the tunnel identity (not root) may not listen there; refused by sshd at the
+        # customer's first `tunnel start` unless the import says so.
+        ("tunnel_port: 41002", "tunnel_port: 80", 11, "tunnel_port: 80 is not a tunnel port (1024-65535"),
+        ("tunnel_port: 41002", "tunnel_port: 1023", 11, "only root may listen on the tunnel server"),
         # adv18: the tunnel server's own port, or its key, given as a node's: Upkeep would open its
         # channel to the tunnel server's sshd and take it for the node.
         ("tunnel_port: 41002", "tunnel_port: 2222", 11, "tunnel_port 2222 is the port of tunnel server"),

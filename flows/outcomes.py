@@ -250,29 +250,50 @@ def window_closing(runtime: Runtime, run_id: int) -> bool:
 TUNNEL_START = "upkeep-agent tunnel start"
 
 
-def tunnel_closed_reason(closed: tuple[str, ...] | list[str]) -> str:
-    """What the customer reads when their support tunnel was closed at the window's start: the exact
-    command, on each closed node."""
+def tunnel_closed_reason(closed: tuple[str, ...] | list[str], progress: str = "") -> str:
+    """What the customer reads when their support tunnel was closed: at the window's start (nothing
+    changed), or mid-run (`progress`: how far the update got), with the exact command on each closed
+    node."""
     where = "; ".join(f"on {name}: {TUNNEL_START}" for name in closed)
+    what = (
+        f"during the update (on {', '.join(closed)}), {progress}. The remaining nodes continue in the next "
+        "window"
+        if progress
+        else f"(on {', '.join(closed)}). Nothing was changed"
+    )
     return (
-        "we could not reach your cluster: the support tunnel was closed "
-        f"(on {', '.join(closed)}). Nothing was changed. Please open it before the next window by running "
-        f"as the node's upkeep user {where}"
+        f"we could not reach your cluster: the support tunnel was closed {what}. Please open it before the "
+        f"next window by running as the node's upkeep user {where}"
     )
 
 
-def carry_over_tunnel_closed(runtime: Runtime, plan: UpdatePlan, run_id: int, closed: tuple[str, ...]) -> str:
-    """The window began with the customer's support tunnel closed (pre-flight, nothing touched): not a
-    failure of anyone's doing but theirs to fix, so no failure, no case, no 'failed' notice. The run
-    moves to the next window; the customer hears why and the exact command to run on each closed
-    node; the SRE hears it carried over."""
+def carry_over_tunnel_closed(
+    runtime: Runtime, plan: UpdatePlan, run_id: int, closed: tuple[str, ...], *, during: str = ""
+) -> str:
+    """The customer's support tunnel was closed, at the window's start (pre-flight, nothing touched) or
+    mid-run (`during`: the node in progress, whose outcome is unknown until it is asked), and stayed
+    closed while the run waited: not a failure of anyone's doing but theirs to fix, so no failure, no
+    case, no 'failed' notice. The run moves to the next window; the customer hears why and the exact
+    command to run on each closed node; the SRE hears it carried over."""
     names = ", ".join(closed)
+    if not during:
+        return carry_over(
+            runtime,
+            plan,
+            run_id,
+            why=f"the customer's support tunnel was closed on {names} at the window's start",
+            customer_reason=tunnel_closed_reason(closed),
+        )
+    done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
+    progress = f"after {done} of {len(plan.nodes)} nodes were upgraded"
     return carry_over(
         runtime,
         plan,
         run_id,
-        why=f"the customer's support tunnel was closed on {names} at the window's start",
-        customer_reason=tunnel_closed_reason(closed),
+        why=f"the customer's support tunnel was closed on {names} during the upgrade of {during} ({done} "
+        f"of {len(plan.nodes)} nodes done; {during}'s outcome is asked when the run goes on)",
+        customer_reason=tunnel_closed_reason(closed, progress),
+        touched=True,
     )
 
 
@@ -284,11 +305,18 @@ def _release_deadline(run: UpgradeRun, session: Session) -> datetime | None:
 
 
 def carry_over(
-    runtime: Runtime, plan: UpdatePlan, run_id: int, *, why: str = "", customer_reason: str = ""
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run_id: int,
+    *,
+    why: str = "",
+    customer_reason: str = "",
+    touched: bool = False,
 ) -> str:
     """Stop before the window closes and move the rest to the next window with room for at least one
     node (the whole window is the run's then), telling the customer. `why`/`customer_reason`: another
-    cause than the window's end (the SRE's and the customer's words), before any node was touched."""
+    cause than the window's end (the SRE's and the customer's words), before any node was touched
+    unless `touched` (a tunnel closed mid-run)."""
     now = runtime.clock()
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
     remaining = len(plan.nodes) - done
@@ -323,7 +351,9 @@ def carry_over(
         run.window_start, run.window_end = window.start, window.end
         run.slot_start = window.start
         run.slot_end = min(window.end, window.start + runtime.per_node_estimate * remaining)
-        deadline = _release_deadline(run, session) if why else None  # (a partial one: left as it was)
+        deadline = (
+            _release_deadline(run, session) if why and not touched else None
+        )  # (a partial one: as it was)
         if deadline is not None and window.start > deadline:
             # Schedule integrity: nothing touched yet, so never moved past the release deadline; held
             # (it will not start) and the SRE finds a slot. The customer is not told of a move the

@@ -11,7 +11,7 @@ crashed run resumes (`run_id=`) where it stopped without upgrading any node twic
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -37,17 +37,20 @@ from flows.outcomes import (
     window_closing,
 )
 from flows.outcomes import stop as outcomes_stop
-from flows.plan import UpdatePlan, plan_update
-from flows.records import node_done, nodes_touched
+from flows.plan import PlannedNode, UpdatePlan, plan_update
+from flows.records import mark_unknown, node_done, nodes_touched
 from flows.report import Progress, best_effort, one_line, summary_artifacts
 from flows.run_window import has_window, record_window, window_end
 from flows.runtime import Runtime, current
 from flows.steps import (
     NodeConnections,
+    StepFailed,
     TunnelDown,
+    closed_under,
     distribute,
     download,
     preflight,
+    reach,
     untagged_steps,
     upgrade_node,
 )
@@ -188,19 +191,13 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             # window and they are told the command.
             if closed.problems or not in_window(runtime, run_id):
                 raise
-            conns.close()
-            conns, still = _wait_for_tunnels(runtime, plan, run_id, closed, package.stat().st_size)
-            # Asked to pause/cancel, or taken over, while it waited: that first, never a carry-over
-            # (a cancelled update must not be announced as rescheduled).
-            if not heartbeat.held():
-                log.error("run %s: taken over by another process; leaving it to that one", run_id)
-                return _result(run_id, plan, "taken over", outcomes)
-            stop = requested_stop(runtime, run_id)
-            if stop:
-                return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
-            if still is not None:
-                moved = carry_over_tunnel_closed(runtime, plan, run_id, still.closed)
-                return _result(run_id, plan, moved, outcomes)
+            size = package.stat().st_size
+            still = _wait_for_tunnels(
+                runtime, plan, run_id, conns, closed, lambda: preflight(plan, run_id, runtime, conns, size)
+            )
+            ended = _after_tunnel_wait(runtime, plan, run_id, heartbeat, outcomes, still)
+            if ended is not None:
+                return ended
         if not wait_for_approval(runtime, run_id, plan):
             refused(
                 runtime, plan, run_id, owner=heartbeat.owner
@@ -215,15 +212,29 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             if node_done(runtime.engine, run_id, node.id):
                 outcomes[node.hostname] = "done before resume"
             else:
-                if not heartbeat.held():  # taken over while this process stood still: not ours now
-                    log.error("run %s: taken over by another process; leaving it to that one", run_id)
-                    return _result(run_id, plan, "taken over", outcomes)
-                stop = requested_stop(runtime, run_id)
-                if stop:
-                    return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
-                if window_closing(runtime, run_id):
-                    return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
-                outcomes[node.hostname] = upgrade_node(plan, run_id, runtime, conns, node, heartbeat.held)
+                while node.hostname not in outcomes:  # again when a support tunnel closed under it is back
+                    if not heartbeat.held():  # taken over while this process stood still: not ours now
+                        log.error("run %s: taken over by another process; leaving it to that one", run_id)
+                        return _result(run_id, plan, "taken over", outcomes)
+                    stop = requested_stop(runtime, run_id)
+                    if stop:
+                        return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
+                    if window_closing(runtime, run_id):
+                        return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
+                    try:
+                        outcomes[node.hostname] = upgrade_node(
+                            plan, run_id, runtime, conns, node, heartbeat.held
+                        )
+                    except StepFailed as failed:
+                        # The customer closed the support tunnel under the node: not a failure of it.
+                        lost = closed_under(plan, runtime, failed) if in_window(runtime, run_id) else None
+                        if lost is None:
+                            raise
+                        ended = _tunnel_lost(
+                            runtime, plan, run_id, heartbeat, conns, node, lost, failed, outcomes
+                        )
+                        if ended is not None:
+                            return ended
                 # The console's line; the UI reads it in the progress artifact below (one API call).
                 log.info("%s: %s", node.hostname, outcomes[node.hostname], extra={"send_to_api": False})
                 failpoint(f"after-node:{node.position}")
@@ -259,12 +270,65 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
     return _result(run_id, plan, "succeeded", outcomes)
 
 
+def _after_tunnel_wait(
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run_id: int,
+    heartbeat: lease.Heartbeat,
+    outcomes: dict[str, str],
+    still: TunnelDown | None,
+    during: str = "",
+) -> dict[str, Any] | None:
+    """After waiting for closed support tunnels: the run's result if it ends here, None to go on (the
+    tunnels are open again). Asked to pause/cancel, or taken over, while it waited: that first, never
+    a carry-over (a cancelled update must not be announced as rescheduled)."""
+    if not heartbeat.held():
+        get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
+        return _result(run_id, plan, "taken over", outcomes)
+    stop = requested_stop(runtime, run_id)
+    if stop:
+        return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
+    if still is not None:
+        moved = carry_over_tunnel_closed(runtime, plan, run_id, still.closed, during=during)
+        return _result(run_id, plan, moved, outcomes)
+    return None
+
+
+def _tunnel_lost(
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run_id: int,
+    heartbeat: lease.Heartbeat,
+    conns: NodeConnections,
+    node: PlannedNode,
+    closed: TunnelDown,
+    failed: StepFailed,
+    outcomes: dict[str, str],
+) -> dict[str, Any] | None:
+    """A support tunnel closed under `node`'s upgrade: what the step did on the node is unknown
+    (recorded so), and is asked once the tunnel is back. The run waits for it within the window, like
+    at the window's start: None once every node answers again (the node is taken again from its
+    check), else the run's result (paused, cancelled, taken over, or carried over to the next window)."""
+    mark_unknown(runtime.engine, run_id, node.id, f"support tunnel closed; outcome unknown: {failed}")
+    still = _wait_for_tunnels(
+        runtime, plan, run_id, conns, closed, lambda: reach(plan, conns), during=node.hostname
+    )
+    return _after_tunnel_wait(runtime, plan, run_id, heartbeat, outcomes, still, during=node.hostname)
+
+
 def _wait_for_tunnels(
-    runtime: Runtime, plan: UpdatePlan, run_id: int, closed: TunnelDown, package_size: int
-) -> tuple[NodeConnections, TunnelDown | None]:
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run_id: int,
+    conns: NodeConnections,
+    closed: TunnelDown,
+    look: Callable[[], None],
+    during: str = "",
+) -> TunnelDown | None:
     """Wait up to `runtime.tunnel_wait` (and never past the time when one node no longer fits in the
-    window) for the closed tunnels, pre-flight again every `tunnel_poll` seconds. Returns fresh
-    connections and None once pre-flight passes, or the closed tunnels still standing."""
+    window) for the closed tunnels, taking `look` again every `tunnel_poll` seconds with fresh
+    `conns` (pre-flight at the window's start; mid-run, `during` a node's upgrade, whether every node
+    answers). Returns None once `look` passes, or the closed tunnels still standing."""
     log = get_run_logger()
     now = runtime.clock()
     with session_scope(runtime.engine) as session:
@@ -277,13 +341,18 @@ def _wait_for_tunnels(
         waiting = (
             f"waiting up to {max(1, round(budget / 60))} min for the customer's support tunnel on "
             f"{', '.join(closed.closed)}"
+            + (
+                f" (closed during the upgrade of {during}; its outcome is asked when it is back)"
+                if during
+                else ""
+            )
         )
         if budget > 0:
             run.reason = waiting
             session.add(run)
-    conns = NodeConnections(runtime, plan)
+    conns.close()  # a connection cut under a step, or that failed to open, is not reused
     if budget <= 0:
-        return conns, closed
+        return closed
     log.warning("run %s: %s", run_id, waiting)
     deadline = time.monotonic() + budget
     still: TunnelDown | None = closed
@@ -292,9 +361,8 @@ def _wait_for_tunnels(
             break
         time.sleep(min(runtime.tunnel_poll, max(0.0, deadline - time.monotonic())))
         conns.close()
-        conns = NodeConnections(runtime, plan)  # a connection that failed to open is not reused
         try:
-            preflight(plan, run_id, runtime, conns, package_size)
+            look()
             still = None
         except TunnelDown as again:
             if again.problems:
@@ -305,7 +373,7 @@ def _wait_for_tunnels(
         if run.reason == waiting:  # not a cancel's 'cancelled by ...', written meanwhile
             run.reason = ""
             session.add(run)
-    return conns, still
+    return still
 
 
 def in_window(runtime: Runtime, run_id: int) -> bool:

@@ -78,6 +78,24 @@ def _end(engine: Engine, step_id: int, state: StepState, output: str, detail: st
     retrying(engine, lambda conn: conn.execute(update(_STEPS).where(_STEPS.c.id == step_id).values(**values)))
 
 
+def mark_unknown(engine: Engine, run_id: int, node_id: int, why: str) -> None:
+    """The node's last failed step of the run did not fail on the node: its connection was lost under
+    it, so what it did there is unknown (`interrupted`, as a step a crash left open). The node is asked
+    its real state when the run goes on (upgrade_node's check)."""
+    last = (
+        select(_STEPS.c.id, _STEPS.c.output_tail)
+        .where(_STEPS.c.run_id == run_id, _STEPS.c.node_id == node_id, _STEPS.c.state == StepState.failed)
+        .order_by(_STEPS.c.id.desc())
+        .limit(1)
+    )
+    row = retrying(engine, lambda conn: conn.execute(last).first())  # a read: safe to repeat
+    if row is None:
+        return
+    text = f"{why} ({row[1]})" if row[1] else why
+    values = {"state": StepState.interrupted, "output_tail": text[-TAIL_CHARS:]}
+    retrying(engine, lambda conn: conn.execute(update(_STEPS).where(_STEPS.c.id == row[0]).values(**values)))
+
+
 def node_done(engine: Engine, run_id: int, node_id: int) -> bool:
     """True once the node's final verification succeeded in this run: it must not be touched again."""
     query = select(NodeStep.id).where(

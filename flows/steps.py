@@ -22,7 +22,7 @@ from flows.records import recorded
 from flows.runtime import Runtime
 from tasks.failpoints import failpoint_soon
 from tasks.node import NodeAgent, NodeCommandFailed
-from tasks.ssh import RemoteResult, RemoteRunner, TunnelClosed
+from tasks.ssh import CommandTimeout, HostKeyError, RemoteError, RemoteResult, RemoteRunner, TunnelClosed
 
 UPGRADE_IN_PROGRESS = 75  # the agent's answer while another upgrade of the node holds its lock
 
@@ -170,6 +170,56 @@ def preflight(
         )
     if problems:
         raise StepFailed("pre-flight failed, no node touched: " + "; ".join(problems))
+
+
+def reach(plan: UpdatePlan, conns: NodeConnections) -> None:
+    """Every node answers (asked its version) through its connection; TunnelDown naming the nodes whose
+    support tunnel is closed, StepFailed for any other node that does not answer. Touches nothing and
+    records nothing: the look a run waiting for a tunnel closed mid-run repeats (pre-flight would also
+    judge health, and a node that just finished its upgrade may still be starting)."""
+    closed: list[str] = []
+
+    def ask(node: PlannedNode) -> str:
+        try:
+            conns.agent(node).version()
+        except TunnelClosed:
+            closed.append(node.hostname)
+        except Exception as exc:
+            return f"{node.hostname}: {exc}".replace(
+                f"{node.hostname}: {node.hostname}: ", f"{node.hostname}: "
+            )
+        return ""
+
+    problems = _each_node(plan, ask)
+    if closed:
+        names = tuple(sorted(closed))
+        raise TunnelDown(
+            f"the customer's support tunnel is closed on {', '.join(names)}", names, tuple(problems)
+        )
+    if problems:
+        raise StepFailed("; ".join(problems))
+
+
+def closed_under(plan: UpdatePlan, runtime: Runtime, failed: StepFailed) -> TunnelDown | None:
+    """Whether a node's step failed because the customer closed the support tunnel under it, not
+    because the node failed: the step lost its connection (what it did on the node is unknown) and,
+    asked afresh, the tunnel server answers and says nothing listens on a node's forwarded port while
+    every other node answers. The closed tunnels then, else None (a failure like any other)."""
+    cause = failed.__cause__
+    if plan.tunnel is None or not isinstance(cause, RemoteError):
+        return None
+    if isinstance(cause, (HostKeyError, CommandTimeout)):  # the node answered: not the tunnel
+        return None
+    conns = NodeConnections(runtime, plan)  # fresh: the cut connection says nothing more
+    try:
+        reach(plan, conns)
+    except TunnelDown as closed:
+        return None if closed.problems else closed
+    except StepFailed:  # the tunnel server away, a node not answering: not the customer's tunnel
+        return None
+    finally:
+        conns.close()
+    return None  # every tunnel open again: the cut was something else
 
 
 def staging_name(package_name: str, run_id: int) -> str:

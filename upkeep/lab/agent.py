@@ -140,6 +140,11 @@ def cmd_upgrade(node: Node, target: str) -> tuple[int, str]:
         if not (node.root / "staged" / f"{target}.tar.gz").is_file():
             raise Fail(4, f"not staged: {target}")
         fault = node.fault
+        if fault == "hold":  # a test chooses when it ends: the upgrade waits, holding the lock, until cleared
+            node.log(f"upgrade {target}: held until the fault is cleared (simulated)")
+            until = time.monotonic() + HANG_SECONDS
+            while node.fault == "hold" and time.monotonic() < until:
+                time.sleep(0.05)
         if fault == "fail-upgrade":
             raise Fail(1, "upgrade failed: simulated fault")
         if fault == "hang":

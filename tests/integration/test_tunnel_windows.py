@@ -5,15 +5,13 @@ notice (no failure, no case), and a 3-node tunnel cluster is updated end to end.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import col, select
 
-from tests.support.labs import running_lab
+from tests.support.labs import nodes_of
 from upkeep.lab import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
@@ -22,32 +20,8 @@ SLOT = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)  # a Thursday, in the windows be
 NEXT = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)  # Friday's window
 
 
-@pytest.fixture(scope="module")
-def tlab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(
-        tmp_path_factory.mktemp("tunnellab3"),
-        clusters=5,
-        nodes=3,
-        access="tunnel",
-        upgrade_seconds=0.1,
-        health_delay=0.1,
-    ) as lab:
-        yield lab
-
-
-@pytest.fixture
-def runtime3(tlab3: Lab, sqlite_engine: Any, prefect_harness: None, tmp_path: Path) -> Iterator[Any]:
-    from tests.integration.conftest import _runtime
-    from upkeep.settings import load_settings
-
-    settings = load_settings(home=tmp_path / "home", **tlab3.settings_overrides())
-    yield from _runtime(tlab3, settings, sqlite_engine)
-
-
-def _hosts(lab: Lab, index: int) -> tuple[str, list[str]]:
-    nodes = lab.status()["nodes"]
-    cluster = sorted({n["cluster"] for n in nodes})[index]
-    return cluster, [n["hostname"] for n in nodes if n["cluster"] == cluster]
+def _hosts(lab: Lab, cluster: str) -> list[str]:
+    return [node["hostname"] for node in nodes_of(lab, cluster)]
 
 
 def _tunnel(lab: Lab, host: str, action: str) -> None:
@@ -126,22 +100,22 @@ def _cases(engine: Any) -> list[Any]:
 
 
 def test_a_3_node_tunnel_cluster_is_reminded_to_open_and_updated_end_to_end(
-    tlab3: Lab, runtime3: Any
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
 ) -> None:
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = _hosts(tlab3, 0)
+    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
     assert len(hosts) == 3
     for host in hosts:
-        _tunnel(tlab3, host, "stop")
-    run_id = _plan(runtime3.engine, cluster)
+        _tunnel(tunnel_lab, host, "stop")
+    run_id = _plan(tunnel_runtime.engine, cluster)
 
     # 48 h before: the 72 h reminder. The tunnels are closed (the customer opens them for the window):
     # the pre-flight says so in the reminder, with the command per node, and is no failure.
-    runtime3.clock = lambda: SLOT - timedelta(hours=48)
+    tunnel_runtime.clock = lambda: SLOT - timedelta(hours=48)
     dispatch(max_running=2)
-    (reminder,) = [n for n in _notices(runtime3.engine, run_id) if n.kind == "reminder"]
+    (reminder,) = [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind == "reminder"]
     assert reminder.idempotency_key.endswith(":72h") and reminder.state == "sent"
     for body in (reminder.body_text, reminder.body_html):
         assert "open the support tunnel" in body
@@ -150,89 +124,89 @@ def test_a_3_node_tunnel_cluster_is_reminded_to_open_and_updated_end_to_end(
         assert "upkeep-agent tunnel start" in body
     assert "FAILED" not in reminder.body_text
     assert f"support tunnel closed on {', '.join(sorted(hosts))}: not checked" in reminder.body_text
-    assert [a.kind for a in _alerts(runtime3.engine, run_id)] == []  # theirs to open: no SRE alert
-    assert _run(runtime3.engine, run_id).state == RunState.planned
+    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []  # theirs to open: no SRE alert
+    assert _run(tunnel_runtime.engine, run_id).state == RunState.planned
 
     # The 24 h reminder asks it again.
-    runtime3.clock = lambda: SLOT - timedelta(hours=20)
+    tunnel_runtime.clock = lambda: SLOT - timedelta(hours=20)
     dispatch(max_running=2)
-    (day_before,) = [n for n in _notices(runtime3.engine, run_id) if n.idempotency_key.endswith(":24h")]
+    (day_before,) = [n for n in _notices(tunnel_runtime.engine, run_id) if n.idempotency_key.endswith(":24h")]
     assert "upkeep-agent tunnel start" in day_before.body_text and hosts[2] in day_before.body_text
 
     # The customer opens the tunnels; the window starts; the dispatcher runs the update through them.
     for host in hosts:
-        _tunnel(tlab3, host, "start")
-    runtime3.clock = lambda: SLOT
+        _tunnel(tunnel_lab, host, "start")
+    tunnel_runtime.clock = lambda: SLOT
     result = dispatch(max_running=2)
     assert result["started"] == [run_id]
-    run = _run(runtime3.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
-    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [1, 1, 1]  # every node exactly once
-    assert [n["version"] for n in tlab3.status()["nodes"] if n["cluster"] == cluster] == [TARGET] * 3
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]  # every node exactly once
+    assert [n["version"] for n in tunnel_lab.status()["nodes"] if n["cluster"] == cluster] == [TARGET] * 3
     for host in hosts:  # through the tunnel: the node's sshd saw the session come in over it
-        assert "forwarded-tcpip" in (tlab3.node_dir(host) / "logs" / "tunnel.log").read_text()
-    kinds = [n.kind for n in _notices(runtime3.engine, run_id)]
+        assert "forwarded-tcpip" in (tunnel_lab.node_dir(host) / "logs" / "tunnel.log").read_text()
+    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
     assert kinds[-2:] == ["started", "completed"] and "failed" not in kinds
-    assert _cases(runtime3.engine) == []
+    assert _cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_case(
-    tlab3: Lab, runtime3: Any
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
 ) -> None:
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = _hosts(tlab3, 1)
+    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
     first, second, third = hosts
-    _tunnel(tlab3, first, "start")
-    _tunnel(tlab3, second, "start")
-    _tunnel(tlab3, third, "stop")
-    run_id = _plan(runtime3.engine, cluster)
-    runtime3.tunnel_wait, runtime3.tunnel_poll = timedelta(seconds=1), 0.2  # waited for, in vain
+    _tunnel(tunnel_lab, first, "start")
+    _tunnel(tunnel_lab, second, "start")
+    _tunnel(tunnel_lab, third, "stop")
+    run_id = _plan(tunnel_runtime.engine, cluster)
+    tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(seconds=1), 0.2  # waited for, in vain
 
-    runtime3.clock = lambda: SLOT
+    tunnel_runtime.clock = lambda: SLOT
     result = dispatch(max_running=2)
 
     assert result["started"] == [run_id]
-    run = _run(runtime3.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     # Not failed: planned again, in the next window, still holding the cluster.
     assert run.state == RunState.planned, run.reason
     assert run.slot_start == NEXT and run.active_cluster_id is not None
     assert f"support tunnel was closed on {third}" in run.reason
-    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [0, 0, 0]
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]
     for host in hosts:  # nothing was sent to any node
-        assert not any(p.name != ".keep" for p in (tlab3.node_dir(host) / "incoming").iterdir())
-    notices = _notices(runtime3.engine, run_id)
+        assert not any(p.name != ".keep" for p in (tunnel_lab.node_dir(host) / "incoming").iterdir())
+    notices = _notices(tunnel_runtime.engine, run_id)
     assert [n.kind for n in notices] == ["rescheduled"]  # no 'started', no 'failed', no 'partial'
     (moved,) = notices
     assert moved.state == "sent"  # delivered by the same tick
     for body in (moved.body_text, moved.body_html):
         assert "we could not reach your cluster: the support tunnel was closed" in body
         assert f"on {third}: upkeep-agent tunnel start" in body
-    assert _cases(runtime3.engine) == []  # the customer's tunnel, not an incident: no case
-    alerts = _alerts(runtime3.engine, run_id)
+    assert _cases(tunnel_runtime.engine) == []  # the customer's tunnel, not an incident: no case
+    alerts = _alerts(tunnel_runtime.engine, run_id)
     assert [a.kind for a in alerts] == ["carried-over"] and third in alerts[0].body_text
 
     # A tick before the next window starts nothing; the new slot's reminders ask for the tunnel again.
-    runtime3.clock = lambda: NEXT - timedelta(hours=1)
+    tunnel_runtime.clock = lambda: NEXT - timedelta(hours=1)
     assert dispatch(max_running=2)["started"] == []
-    reminders = [n for n in _notices(runtime3.engine, run_id) if n.kind == "reminder"]
+    reminders = [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind == "reminder"]
     assert reminders and all(n.sequence == 2 and f"on {third}:" in n.body_text for n in reminders)
 
     # The customer opens the tunnel; at the next window the run goes through, every node once.
-    _tunnel(tlab3, third, "start")
-    runtime3.clock = lambda: NEXT
+    _tunnel(tunnel_lab, third, "start")
+    tunnel_runtime.clock = lambda: NEXT
     assert dispatch(max_running=2)["started"] == [run_id]
-    run = _run(runtime3.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
-    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    kinds = [n.kind for n in _notices(runtime3.engine, run_id) if n.kind != "reminder"]
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
     assert kinds == ["rescheduled", "started", "completed"]
-    assert _cases(runtime3.engine) == []
+    assert _cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that_window(
-    tlab3: Lab, runtime3: Any
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
 ) -> None:
     import threading
     import time
@@ -240,22 +214,22 @@ def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = _hosts(tlab3, 2)
+    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
     for host in hosts[:2]:
-        _tunnel(tlab3, host, "start")
-    _tunnel(tlab3, hosts[2], "stop")
-    run_id = _plan(runtime3.engine, cluster)
-    runtime3.tunnel_wait, runtime3.tunnel_poll = timedelta(minutes=5), 0.3
-    runtime3.clock = lambda: SLOT
+        _tunnel(tunnel_lab, host, "start")
+    _tunnel(tunnel_lab, hosts[2], "stop")
+    run_id = _plan(tunnel_runtime.engine, cluster)
+    tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.3
+    tunnel_runtime.clock = lambda: SLOT
     seen: list[str] = []
 
     def customer() -> None:  # opens the tunnel once the run says it waits for it
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            reason = _run(runtime3.engine, run_id).reason
+            reason = _run(tunnel_runtime.engine, run_id).reason
             if reason.startswith("waiting up to"):
                 seen.append(reason)
-                _tunnel(tlab3, hosts[2], "start")
+                _tunnel(tunnel_lab, hosts[2], "start")
                 return
             time.sleep(0.1)
 
@@ -268,17 +242,17 @@ def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that
 
     assert result["started"] == [run_id]
     assert seen and hosts[2] in seen[0] and "5 min" in seen[0]
-    run = _run(runtime3.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert run.slot_start == SLOT  # in the same window, not carried over
-    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    kinds = [n.kind for n in _notices(runtime3.engine, run_id)]
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
     assert kinds == ["started", "completed"]  # no 'rescheduled', no 'failed'
-    assert _cases(runtime3.engine) == []
+    assert _cases(tunnel_runtime.engine) == []
 
 
 def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_told_rescheduled(
-    tlab3: Lab, runtime3: Any
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
 ) -> None:
     """`upkeep cancel` of a run waiting for a closed tunnel: honoured at the next look (not after the
     whole wait), the customer is told it was cancelled with the SRE's reason, never 'rescheduled'."""
@@ -289,23 +263,25 @@ def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_
     from inventory.models import RunState
     from upkeep.updates import request_stop
 
-    cluster, hosts = _hosts(tlab3, 3)
+    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
     for host in hosts[:2]:
-        _tunnel(tlab3, host, "start")
-    _tunnel(tlab3, hosts[2], "stop")
-    run_id = _plan(runtime3.engine, cluster)
-    runtime3.tunnel_wait, runtime3.tunnel_poll = timedelta(minutes=1), 0.2
-    runtime3.clock = lambda: SLOT - timedelta(hours=48)  # announced: the 72 h reminder
+        _tunnel(tunnel_lab, host, "start")
+    _tunnel(tunnel_lab, hosts[2], "stop")
+    run_id = _plan(tunnel_runtime.engine, cluster)
+    tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=1), 0.2
+    tunnel_runtime.clock = lambda: SLOT - timedelta(hours=48)  # announced: the 72 h reminder
     dispatch(max_running=2)
-    runtime3.clock = lambda: SLOT
+    tunnel_runtime.clock = lambda: SLOT
     asked: list[str] = []
 
     def sre() -> None:  # cancels once the run says it waits for the tunnel
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if _run(runtime3.engine, run_id).reason.startswith("waiting up to"):
+            if _run(tunnel_runtime.engine, run_id).reason.startswith("waiting up to"):
                 asked.append(
-                    request_stop(run_id, "cancel", engine=runtime3.engine, actor="sre", reason="withdrawn")
+                    request_stop(
+                        run_id, "cancel", engine=tunnel_runtime.engine, actor="sre", reason="withdrawn"
+                    )
                 )
                 return
             time.sleep(0.1)
@@ -318,19 +294,19 @@ def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_
         canceller.join()
 
     assert result["started"] == [run_id] and asked
-    run = _run(runtime3.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.cancelled, run.reason
     assert "cancelled by sre: withdrawn" in run.reason
     assert run.slot_start == SLOT
-    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [0, 0, 0]
-    notices = [n for n in _notices(runtime3.engine, run_id) if n.kind != "reminder"]
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]
+    notices = [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
     assert [n.kind for n in notices] == ["cancelled"]  # no 'rescheduled' after a cancel
     assert "withdrawn" in notices[0].body_text
-    assert _cases(runtime3.engine) == []
+    assert _cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_carry_over_past_the_release_deadline_is_held_with_an_sre_alert_not_moved(
-    tlab3: Lab, runtime3: Any
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
 ) -> None:
     """The next window is past the release's deadline: schedule integrity holds the update and alerts
     the SRE; the customer is not told it moved to a slot the rules forbid."""
@@ -338,30 +314,30 @@ def test_a_tunnel_carry_over_past_the_release_deadline_is_held_with_an_sre_alert
     from inventory.db import session_scope
     from inventory.models import Release, RunState
 
-    cluster, hosts = _hosts(tlab3, 4)
+    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
     for host in hosts[:2]:
-        _tunnel(tlab3, host, "start")
-    _tunnel(tlab3, hosts[2], "stop")
-    run_id = _plan(runtime3.engine, cluster)
+        _tunnel(tunnel_lab, host, "start")
+    _tunnel(tunnel_lab, hosts[2], "stop")
+    run_id = _plan(tunnel_runtime.engine, cluster)
     deadline = SLOT + timedelta(hours=12)  # before Friday's window
-    with session_scope(runtime3.engine) as session:
+    with session_scope(tunnel_runtime.engine) as session:
         release = session.exec(select(Release).where(Release.version == TARGET)).one()
         kept, release.deadline = release.deadline, deadline
         session.add(release)
-    runtime3.tunnel_wait = timedelta(0)
-    runtime3.clock = lambda: SLOT
+    tunnel_runtime.tunnel_wait = timedelta(0)
+    tunnel_runtime.clock = lambda: SLOT
     try:
         assert dispatch(max_running=2)["started"] == [run_id]
     finally:
-        with session_scope(runtime3.engine) as session:
+        with session_scope(tunnel_runtime.engine) as session:
             release = session.exec(select(Release).where(Release.version == TARGET)).one()
             release.deadline = kept
             session.add(release)
 
-    run = _run(runtime3.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     moved_past = run.state == RunState.planned and not run.held_reason and run.slot_start > deadline
     assert not moved_past, run.reason
-    assert "rescheduled" not in [n.kind for n in _notices(runtime3.engine, run_id)]
-    alerts = _alerts(runtime3.engine, run_id)
+    assert "rescheduled" not in [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
+    alerts = _alerts(tunnel_runtime.engine, run_id)
     assert any("deadline" in a.body_text for a in alerts), [a.body_text for a in alerts]
-    assert [len(tlab3.upgrade_log(h)) for h in hosts] == [0, 0, 0]
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]

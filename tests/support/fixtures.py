@@ -143,6 +143,28 @@ def jump_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def tunnel_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A fleet reached only through the lab's OpenSSH tunnel server (inventory access: tunnel), 3 nodes a
+    cluster, every tunnel closed until the test runs the customer's `lab.tunnel(host, "start")`; one
+    cluster per test that asks for `fresh_tunnel_cluster`."""
+    with running_lab(
+        tmp_path_factory.mktemp("tunnellab"),
+        clusters=clusters_needed(request.session, "fresh_tunnel_cluster"),
+        nodes=3,
+        access="tunnel",
+        upgrade_seconds=0.1,
+        health_delay=0.1,
+    ) as started:
+        yield started
+
+
+@pytest.fixture
+def fresh_tunnel_cluster(tunnel_lab: Any) -> str:
+    """A tunnel-lab cluster that no earlier test has touched (its tunnels closed)."""
+    return take_cluster(tunnel_lab)
+
+
+@pytest.fixture(scope="session")
 def faults_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Quick nodes (0.1 s upgrade, 0.1 s to healthy) for the remote, file-server and secrets tests;
     `take_cluster(faults_lab)` in a test, or `faults_cluster`."""
@@ -219,6 +241,14 @@ def lab_runtime(lab: Any, lab_settings: Any, sqlite_engine: Any, prefect_harness
 def lab_runtime_any_db(lab: Any, lab_settings: Any, engine: Any, prefect_harness: None) -> Iterator[Any]:
     """The same on every supported database (SQLite and PostgreSQL)."""
     yield from runtime_for(lab, lab_settings, engine)
+
+
+@pytest.fixture
+def tunnel_runtime(
+    tunnel_lab: Any, sqlite_engine: Any, prefect_harness: None, tmp_path: Path
+) -> Iterator[Any]:
+    """A flow Runtime on the tunnel lab and a fresh SQLite database holding its inventory."""
+    yield from runtime_for(tunnel_lab, lab_settings_for(tunnel_lab, tmp_path), sqlite_engine)
 
 
 @pytest.fixture

@@ -87,15 +87,12 @@ class Lab(LabRoot):
         specs = {host: self._spec(host, user) for host in hosts}
         jump = self._spec(None, user)
         tunnel = access == "tunnel"
-        # Ports: file server, jump, tunnel server, every node's sshd, then every node's tunnel port.
+        # Ports: file server, jump, tunnel server, every node's sshd; every node's tunnel port apart, from
+        # below the ephemeral range (bound only when the customer opens the tunnel, maybe much later).
         ports = dict(
-            zip(
-                ["<fileserver>", "<jump>", "<tunnel>", *hosts, *(f"<tunnel>{h}" for h in hosts)],
-                procs.free_ports(2 * len(hosts) + 3),
-                strict=True,
-            )
+            zip(["<fileserver>", "<jump>", "<tunnel>", *hosts], procs.free_ports(len(hosts) + 3), strict=True)
         )
-        tunnel_ports = {h: ports[f"<tunnel>{h}"] for h in hosts}
+        tunnel_ports = dict(zip(hosts, procs.reserved_free_ports(len(hosts)), strict=True)) if tunnel else {}
         server = self._tunnel_spec(user, tuple(tunnel_ports.values()) if tunnel else ())
         node.install_agent(self.root)
         identities = [self._tunnel_identity(h) for h in hosts] if tunnel else []

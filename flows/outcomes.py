@@ -13,7 +13,7 @@ from flows import lease
 from flows.alerts import alert_sre as send_alert
 from flows.endings import mid_way, tell_ending, versions_at_stop
 from flows.plan import UpdatePlan
-from flows.records import node_done, stopped_at
+from flows.records import node_done, nodes_touched, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.run_window import past_cutoff, window_at, window_now
 from flows.runtime import Runtime
@@ -270,29 +270,27 @@ def tunnel_closed_reason(closed: tuple[str, ...] | list[str], progress: str = ""
 def carry_over_tunnel_closed(
     runtime: Runtime, plan: UpdatePlan, run_id: int, closed: tuple[str, ...], *, during: str = ""
 ) -> str:
-    """The customer's support tunnel was closed, at the window's start (pre-flight, nothing touched) or
-    mid-run (`during`: the node in progress, whose outcome is unknown until it is asked), and stayed
-    closed while the run waited: not a failure of anyone's doing but theirs to fix, so no failure, no
-    case, no 'failed' notice. The run moves to the next window; the customer hears why and the exact
-    command to run on each closed node; the SRE hears it carried over."""
+    """The customer's support tunnel was closed, at the window's start or `during` a step ("the
+    upgrade of NODE": that node's outcome is unknown until it is asked), and stayed closed while the
+    run waited: not a failure of anyone's doing but theirs to fix, so no failure, no case, no 'failed'
+    notice. The run moves to the next window; the customer hears why (and how far it got, once a node
+    was touched) and the exact command to run on each closed node; the SRE hears it carried over."""
     names = ", ".join(closed)
-    if not during:
-        return carry_over(
-            runtime,
-            plan,
-            run_id,
-            why=f"the customer's support tunnel was closed on {names} at the window's start",
-            customer_reason=tunnel_closed_reason(closed),
-        )
+    why = f"the customer's support tunnel was closed on {names} " + (
+        f"during {during}" if during else "at the window's start"
+    )
+    if not nodes_touched(runtime.engine, run_id):
+        return carry_over(runtime, plan, run_id, why=why, customer_reason=tunnel_closed_reason(closed))
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
-    progress = f"after {done} of {len(plan.nodes)} nodes were upgraded"
     return carry_over(
         runtime,
         plan,
         run_id,
-        why=f"the customer's support tunnel was closed on {names} during the upgrade of {during} ({done} "
-        f"of {len(plan.nodes)} nodes done; {during}'s outcome is asked when the run goes on)",
-        customer_reason=tunnel_closed_reason(closed, progress),
+        why=f"{why} ({done} of {len(plan.nodes)} nodes done; the node in progress is asked its state when "
+        "the run goes on)",
+        customer_reason=tunnel_closed_reason(
+            closed, f"after {done} of {len(plan.nodes)} nodes were upgraded"
+        ),
         touched=True,
     )
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -60,6 +61,8 @@ from inventory.db import server_away, session_scope
 from inventory.models import Cluster, RequestedAction, RunKind, RunState, UpgradeRun
 from inventory.runs import close_open_steps, create_run, get_run
 from tasks.failpoints import failpoint
+
+T = TypeVar("T")
 
 
 class RunMismatch(ValueError):
@@ -206,35 +209,38 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         # A staged copy changes nothing the customer runs: a distribute failure (a package that
         # arrives corrupted, a staging directory that is full) is still vendor-side and theirs to
         # hear nothing about. Once every node holds the package, the first upgrade is next.
-        distribute(plan, run_id, runtime, conns, package)
+        _, ended = _despite_tunnel_closing(
+            runtime,
+            plan,
+            run_id,
+            heartbeat,
+            conns,
+            outcomes,
+            partial(distribute, plan, run_id, runtime, conns, package),
+        )
+        if ended is not None:
+            return ended
         mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears
         for number, node in enumerate(plan.nodes, 1):
             if node_done(runtime.engine, run_id, node.id):
                 outcomes[node.hostname] = "done before resume"
             else:
-                while node.hostname not in outcomes:  # again when a support tunnel closed under it is back
-                    if not heartbeat.held():  # taken over while this process stood still: not ours now
-                        log.error("run %s: taken over by another process; leaving it to that one", run_id)
-                        return _result(run_id, plan, "taken over", outcomes)
-                    stop = requested_stop(runtime, run_id)
-                    if stop:
-                        return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
-                    if window_closing(runtime, run_id):
-                        return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
-                    try:
-                        outcomes[node.hostname] = upgrade_node(
-                            plan, run_id, runtime, conns, node, heartbeat.held
-                        )
-                    except StepFailed as failed:
-                        # The customer closed the support tunnel under the node: not a failure of it.
-                        lost = closed_under(plan, runtime, failed) if in_window(runtime, run_id) else None
-                        if lost is None:
-                            raise
-                        ended = _tunnel_lost(
-                            runtime, plan, run_id, heartbeat, conns, node, lost, failed, outcomes
-                        )
-                        if ended is not None:
-                            return ended
+                if not heartbeat.held():  # taken over while this process stood still: not ours now
+                    log.error("run %s: taken over by another process; leaving it to that one", run_id)
+                    return _result(run_id, plan, "taken over", outcomes)
+                stop = requested_stop(runtime, run_id)
+                if stop:
+                    return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
+                if window_closing(runtime, run_id):
+                    return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
+                upgrade = partial(upgrade_node, plan, run_id, runtime, conns, node, heartbeat.held)
+                outcome, ended = _despite_tunnel_closing(
+                    runtime, plan, run_id, heartbeat, conns, outcomes, upgrade, node
+                )
+                if ended is not None:
+                    return ended
+                assert outcome is not None
+                outcomes[node.hostname] = outcome
                 # The console's line; the UI reads it in the progress artifact below (one API call).
                 log.info("%s: %s", node.hostname, outcomes[node.hostname], extra={"send_to_api": False})
                 failpoint(f"after-node:{node.position}")
@@ -294,26 +300,54 @@ def _after_tunnel_wait(
     return None
 
 
+def _despite_tunnel_closing(
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run_id: int,
+    heartbeat: lease.Heartbeat,
+    conns: NodeConnections,
+    outcomes: dict[str, str],
+    step: Callable[[], T],
+    node: PlannedNode | None = None,
+) -> tuple[T | None, dict[str, Any] | None]:
+    """Take `step` (the package's copy, or `node`'s upgrade): (its answer, None), or (None, the run's
+    result) when the customer closed a support tunnel under it and the run stopped while it waited for
+    it. Taken again once the tunnel is back; any other failure raises as it is."""
+    while True:
+        try:
+            return step(), None
+        except StepFailed as failed:
+            lost = closed_under(plan, runtime, failed) if in_window(runtime, run_id) else None
+            if lost is None:
+                raise
+            ended = _tunnel_lost(runtime, plan, run_id, heartbeat, conns, node, lost, failed, outcomes)
+            if ended is not None:
+                return None, ended
+
+
 def _tunnel_lost(
     runtime: Runtime,
     plan: UpdatePlan,
     run_id: int,
     heartbeat: lease.Heartbeat,
     conns: NodeConnections,
-    node: PlannedNode,
+    node: PlannedNode | None,
     closed: TunnelDown,
     failed: StepFailed,
     outcomes: dict[str, str],
 ) -> dict[str, Any] | None:
-    """A support tunnel closed under `node`'s upgrade: what the step did on the node is unknown
-    (recorded so), and is asked once the tunnel is back. The run waits for it within the window, like
-    at the window's start: None once every node answers again (the node is taken again from its
-    check), else the run's result (paused, cancelled, taken over, or carried over to the next window)."""
-    mark_unknown(runtime.engine, run_id, node.id, f"support tunnel closed; outcome unknown: {failed}")
-    still = _wait_for_tunnels(
-        runtime, plan, run_id, conns, closed, lambda: reach(plan, conns), during=node.hostname
-    )
-    return _after_tunnel_wait(runtime, plan, run_id, heartbeat, outcomes, still, during=node.hostname)
+    """A support tunnel closed under `node`'s upgrade, or under the package's copy (`node` None:
+    nothing changed yet). What the node's step did there is unknown (recorded so) and is asked once the
+    tunnel is back. The run waits for it within the window, as at the window's start: None once every
+    node answers again (the caller takes the step again; a node's begins by asking its version), else
+    the run's result (paused, cancelled, taken over, or carried over to the next window)."""
+    if node is not None:
+        mark_unknown(runtime.engine, run_id, node.id, f"support tunnel closed; outcome unknown: {failed}")
+    during = f"the upgrade of {node.hostname}" if node is not None else "the copy of the package to the nodes"
+    then = "its outcome is asked when it is back" if node is not None else "copied again when it is back"
+    note = f"closed during {during}; {then}"
+    still = _wait_for_tunnels(runtime, plan, run_id, conns, closed, lambda: reach(plan, conns), note=note)
+    return _after_tunnel_wait(runtime, plan, run_id, heartbeat, outcomes, still, during=during)
 
 
 def _wait_for_tunnels(
@@ -323,12 +357,12 @@ def _wait_for_tunnels(
     conns: NodeConnections,
     closed: TunnelDown,
     look: Callable[[], None],
-    during: str = "",
+    note: str = "",
 ) -> TunnelDown | None:
     """Wait up to `runtime.tunnel_wait` (and never past the time when one node no longer fits in the
     window) for the closed tunnels, taking `look` again every `tunnel_poll` seconds with fresh
-    `conns` (pre-flight at the window's start; mid-run, `during` a node's upgrade, whether every node
-    answers). Returns None once `look` passes, or the closed tunnels still standing."""
+    `conns` (pre-flight at the window's start; mid-run, whether every node answers; `note` says why it
+    waits then). Returns None once `look` passes, or the closed tunnels still standing."""
     log = get_run_logger()
     now = runtime.clock()
     with session_scope(runtime.engine) as session:
@@ -340,12 +374,7 @@ def _wait_for_tunnels(
             budget = 0.0
         waiting = (
             f"waiting up to {max(1, round(budget / 60))} min for the customer's support tunnel on "
-            f"{', '.join(closed.closed)}"
-            + (
-                f" (closed during the upgrade of {during}; its outcome is asked when it is back)"
-                if during
-                else ""
-            )
+            f"{', '.join(closed.closed)}" + (f" ({note})" if note else "")
         )
         if budget > 0:
             run.reason = waiting

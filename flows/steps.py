@@ -208,8 +208,8 @@ def closed_under(plan: UpdatePlan, runtime: Runtime, failed: StepFailed) -> Tunn
     cause = failed.__cause__
     if plan.tunnel is None or not isinstance(cause, RemoteError):
         return None
-    if isinstance(cause, (HostKeyError, CommandTimeout)):  # the node answered: not the tunnel
-        return None
+    if isinstance(cause, HostKeyError) or (isinstance(cause, CommandTimeout) and cause.stopped):
+        return None  # the node answered: not the tunnel
     conns = NodeConnections(runtime, plan)  # fresh: the cut connection says nothing more
     try:
         reach(plan, conns)
@@ -237,6 +237,8 @@ def distribute(
     # or a lost race that went on anyway) can never write into each other's file.
     staging = staging_name(plan.package_name, run_id)
 
+    errors: list[Exception] = []
+
     def send(node: PlannedNode) -> str:
         try:
             with recorded(runtime.engine, run_id, node.id, "distribute", detail=staging) as note:
@@ -244,12 +246,17 @@ def distribute(
                 agent.runner.put(package, staging)
                 note.output = agent.stage(staging, plan.sha256).tail()
         except Exception as exc:
+            errors.append(exc)
             return str(exc)
         return ""
 
     problems = _each_node(plan, send)
     if problems:
-        raise StepFailed("distribute failed, no node upgraded: " + "; ".join(problems))
+        # Every node that failed lost its connection: that is the cause (closed_under asks whether a
+        # support tunnel closed under it); any other failure among them is the step's own.
+        lost = [exc for exc in errors if isinstance(exc, RemoteError)]
+        cause = lost[0] if len(lost) == len(errors) else None
+        raise StepFailed("distribute failed, no node upgraded: " + "; ".join(problems)) from cause
 
 
 @task(name="upgrade-node", task_run_name="upgrade {node.hostname}", cache_policy=NO_CACHE)

@@ -2,10 +2,10 @@
 OpenSSH tunnel server, every node's sshd, the agent's real `ssh -N -R` stopped and started with the
 agent's own `tunnel stop|start`, the real dispatcher running the flow.
 
-The moment is chosen, not timed: node 2's upgrade is held on the node (lab fault `hold`: the agent
-takes its upgrade lock, says so in its log and waits until the fault is cleared), the customer closes
-the tunnel while it is held, and the node finishes its upgrade alone once cleared - unreached, so
-Upkeep must ask it. Nothing waits on a clock in an assert."""
+The moment is chosen, not timed: node 2's upgrade (or staging of the package) is held on the node (lab
+faults `hold-upgrade`/`hold-stage`: the agent's command says so in its log and waits until the fault
+is cleared), the customer closes the tunnel while it is held, and the node finishes alone once cleared
+- unreached, so Upkeep must ask it. Nothing waits on a clock in an assert."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ HELD = "held until the fault is cleared"
 def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running_lab(
         tmp_path_factory.mktemp("tunnelmidrun"),
-        clusters=2,
+        clusters=4,
         nodes=3,
         access="tunnel",
         upgrade_seconds=0.1,
@@ -59,9 +59,11 @@ def runtime(tlab: Lab, sqlite_engine: Any, prefect_harness: None, tmp_path: Path
     yield from _runtime(tlab, settings, sqlite_engine)
 
 
-def _upgrade_held(lab: Lab, host: str) -> bool:
+def _upgrade_held(lab: Lab, host: str, what: str = "upgrade") -> bool:
     log = lab.node_dir(host) / "logs" / "product.log"
-    return log.is_file() and HELD in log.read_text()
+    return log.is_file() and any(
+        HELD in line and f": {what} " in line for line in log.read_text().splitlines()
+    )
 
 
 def _in_background(work: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
@@ -97,7 +99,7 @@ def test_a_tunnel_closed_mid_upgrade_and_reopened_in_the_window_upgrades_every_n
     run_id = _plan(runtime.engine, cluster)
     runtime.tunnel_wait, runtime.tunnel_poll = timedelta(minutes=5), 0.2
     runtime.clock = lambda: SLOT
-    tlab.fault(second, "hold")
+    tlab.fault(second, "hold-upgrade")
     waiting: list[str] = []
 
     def customer() -> None:
@@ -166,7 +168,7 @@ def test_a_tunnel_closed_mid_upgrade_and_not_reopened_by_the_window_end_carries_
     now = [SLOT]
     runtime.clock = lambda: now[0]
     late = SLOT + timedelta(hours=4) - runtime.per_node_estimate - timedelta(seconds=1)
-    tlab.fault(second, "hold")
+    tlab.fault(second, "hold-upgrade")
 
     def customer() -> None:
         wait_for(lambda: _upgrade_held(tlab, second), f"the upgrade of {second} to be running", 120)
@@ -218,4 +220,107 @@ def test_a_tunnel_closed_mid_upgrade_and_not_reopened_by_the_window_end_carries_
     kinds = [n.kind for n in _notices(runtime.engine, run_id) if n.kind != "reminder"]
     assert "failed" not in kinds and kinds[-1] == "completed", kinds
     assert "run-failed" not in [a.kind for a in _alerts(runtime.engine, run_id)]
+    assert _cases(runtime.engine) == []
+
+
+def test_a_tunnel_closed_while_the_package_is_copied_waits_and_copies_again(tlab: Lab, runtime: Any) -> None:
+    """Closed before any node was touched (the package's copy): nothing changed, so the copy is taken
+    again once the tunnel is back, in the same window; no failure, no SRE alert."""
+    from flows.dispatch import dispatch
+    from inventory.models import RunState
+
+    cluster, hosts = _hosts(tlab, 2)
+    second = hosts[1]
+    for host in hosts:
+        _tunnel(tlab, host, "start")
+    run_id = _plan(runtime.engine, cluster)
+    runtime.tunnel_wait, runtime.tunnel_poll = timedelta(minutes=5), 0.2
+    runtime.clock = lambda: SLOT
+    tlab.fault(second, "hold-stage")
+    waiting: list[str] = []
+
+    def customer() -> None:
+        wait_for(lambda: _upgrade_held(tlab, second, "stage"), f"the package staged on {second}", 120)
+        _tunnel(tlab, second, "stop")
+        reason = wait_for(
+            lambda: (r := _run(runtime.engine, run_id).reason).startswith("waiting up to") and r,
+            "the run to wait for the tunnel",
+            120,
+        )
+        waiting.append(reason)
+        tlab.fault(second, "clear")
+        _tunnel(tlab, second, "start")
+
+    thread, errors = _in_background(customer)
+    try:
+        result = dispatch(max_running=2)
+    finally:
+        thread.join(180)
+        tlab.fault(second, "clear")
+    if errors:
+        raise errors[0]
+
+    assert result["started"] == [run_id]
+    run = _run(runtime.engine, run_id)
+    assert run.state == RunState.succeeded, run.reason
+    assert waiting and "closed during the copy of the package to the nodes" in waiting[0], waiting
+    assert [len(tlab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    copies = [state for s, state, _ in _node_steps(runtime.engine, run_id, second) if s == "distribute"]
+    assert copies == ["failed", "succeeded"]  # cut, then copied again
+    assert [n.kind for n in _notices(runtime.engine, run_id)] == ["started", "completed"]
+    assert [a.kind for a in _alerts(runtime.engine, run_id)] == []
+    assert _cases(runtime.engine) == []
+
+
+def test_a_pause_while_the_run_waits_for_a_tunnel_closed_mid_upgrade_is_honoured_and_resume_asks_the_node(
+    tlab: Lab, runtime: Any
+) -> None:
+    from flows.dispatch import dispatch
+    from inventory.models import RunState
+    from upkeep.updates import request_stop, resume_run
+
+    cluster, hosts = _hosts(tlab, 3)
+    second = hosts[1]
+    for host in hosts:
+        _tunnel(tlab, host, "start")
+    run_id = _plan(runtime.engine, cluster)
+    runtime.tunnel_wait, runtime.tunnel_poll = timedelta(minutes=5), 0.2
+    runtime.clock = lambda: SLOT
+    tlab.fault(second, "hold-upgrade")
+
+    def customer_then_sre() -> None:
+        wait_for(lambda: _upgrade_held(tlab, second), f"the upgrade of {second} to be running", 120)
+        _tunnel(tlab, second, "stop")
+        wait_for(lambda: _run(runtime.engine, run_id).reason.startswith("waiting up to"), "the wait", 120)
+        request_stop(run_id, "pause", engine=runtime.engine, actor="sre")
+
+    thread, errors = _in_background(customer_then_sre)
+    try:
+        result = dispatch(max_running=2)
+    finally:
+        thread.join(180)
+    if errors:
+        raise errors[0]
+
+    assert result["started"] == [run_id]
+    run = _run(runtime.engine, run_id)
+    # Honoured at the next look, not after the 5 min wait; nothing failed.
+    assert run.state == RunState.paused, run.reason
+    assert "paused by request after 1 of 3 nodes" in run.reason
+    steps = _node_steps(runtime.engine, run_id, second)
+    assert [(s, state) for s, state, _ in steps if s == "upgrade"] == [("upgrade", "interrupted")]
+    assert [a.kind for a in _alerts(runtime.engine, run_id)] == []
+
+    # The node finishes alone; the tunnel is opened; the SRE resumes: the node is asked, not upgraded.
+    tlab.fault(second, "clear")
+    wait_for(lambda: len(tlab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
+    _tunnel(tlab, second, "start")
+    resume_run(run_id, engine=runtime.engine, as_json=True)  # `upkeep resume RUN`
+    run = _run(runtime.engine, run_id)
+    assert run.state == RunState.succeeded, run.reason
+    assert [len(tlab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    resumed = _node_steps(runtime.engine, run_id, second)[len(steps) :]
+    assert [out for s, _, out in resumed if s == "check"] == [TARGET]
+    assert "upgrade" not in [s for s, _, _ in resumed]
+    assert "failed" not in [n.kind for n in _notices(runtime.engine, run_id)]
     assert _cases(runtime.engine) == []

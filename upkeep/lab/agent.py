@@ -97,7 +97,18 @@ def cmd_health(node: Node) -> tuple[int, str]:
     return (1, "starting") if since < node.health_delay else (0, "healthy")
 
 
+def _hold(node: Node, what: str, fault: str) -> None:
+    """Faults hold-upgrade and hold-stage: the command waits, under way on the node, until the fault is
+    cleared (a test chooses the moment it ends, e.g. closes the support tunnel meanwhile), then goes on."""
+    node.log(f"{what}: held until the fault is cleared (simulated)")
+    until = time.monotonic() + HANG_SECONDS
+    while node.fault == fault and time.monotonic() < until:
+        time.sleep(0.05)
+
+
 def cmd_stage(node: Node, package: str, expected: str) -> tuple[int, str]:
+    if node.fault == "hold-stage":
+        _hold(node, f"stage {package}", "hold-stage")
     if node.fault == "disk-full":
         raise Fail(3, "No space left on device")
     path = node.root / "incoming" / package  # absolute PACKAGE wins over the join
@@ -140,11 +151,8 @@ def cmd_upgrade(node: Node, target: str) -> tuple[int, str]:
         if not (node.root / "staged" / f"{target}.tar.gz").is_file():
             raise Fail(4, f"not staged: {target}")
         fault = node.fault
-        if fault == "hold":  # a test chooses when it ends: the upgrade waits, holding the lock, until cleared
-            node.log(f"upgrade {target}: held until the fault is cleared (simulated)")
-            until = time.monotonic() + HANG_SECONDS
-            while node.fault == "hold" and time.monotonic() < until:
-                time.sleep(0.05)
+        if fault == "hold-upgrade":  # holding the lock
+            _hold(node, f"upgrade {target}", fault)
         if fault == "fail-upgrade":
             raise Fail(1, "upgrade failed: simulated fault")
         if fault == "hang":

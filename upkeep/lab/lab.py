@@ -23,8 +23,8 @@ from upkeep.lab.fileserver import USER as FILESERVER_USER
 from upkeep.lab.lab_root import LabError, LabRoot  # LabError: re-exported
 
 FAULTS = (
-    "fail-upgrade", "hang", "hold", "down", "unhealthy", "bad-upgrade", "disk-full", "corrupt-package",
-    "clear",
+    "fail-upgrade", "hang", "hold-upgrade", "hold-stage", "down", "unhealthy", "bad-upgrade", "disk-full",
+    "corrupt-package", "clear",
 )  # fmt: skip
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 # What `up` owns under the root (and wipes first, so no versions or faults survive a restart).

@@ -10,9 +10,8 @@ is cleared), the customer closes the tunnel while it is held, and the node finis
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,33 +29,10 @@ from tests.integration.test_tunnel_windows import (
     _run,
     _tunnel,
 )
-from tests.support.labs import running_lab
 from upkeep.lab import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 HELD = "held until the fault is cleared"
-
-
-@pytest.fixture(scope="module")
-def tlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(
-        tmp_path_factory.mktemp("tunnelmidrun"),
-        clusters=4,
-        nodes=3,
-        access="tunnel",
-        upgrade_seconds=0.1,
-        health_delay=0.1,
-    ) as lab:
-        yield lab
-
-
-@pytest.fixture
-def runtime(tlab: Lab, sqlite_engine: Any, prefect_harness: None, tmp_path: Path) -> Iterator[Any]:
-    from tests.integration.conftest import _runtime
-    from upkeep.settings import load_settings
-
-    settings = load_settings(home=tmp_path / "home", **tlab.settings_overrides())
-    yield from _runtime(tlab, settings, sqlite_engine)
 
 
 def _upgrade_held(lab: Lab, host: str, what: str = "upgrade") -> bool:
@@ -87,93 +63,97 @@ def _node_steps(engine: Any, run_id: int, host: str) -> list[tuple[str, str, str
 
 
 def test_a_tunnel_closed_mid_upgrade_and_reopened_in_the_window_upgrades_every_node_once(
-    tlab: Lab, runtime: Any
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
 ) -> None:
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = _hosts(tlab, 0)
+    cluster = fresh_tunnel_cluster
+    hosts = _hosts(tunnel_lab, cluster)
     first, second, third = hosts
     for host in hosts:
-        _tunnel(tlab, host, "start")
-    run_id = _plan(runtime.engine, cluster)
-    runtime.tunnel_wait, runtime.tunnel_poll = timedelta(minutes=5), 0.2
-    runtime.clock = lambda: SLOT
-    tlab.fault(second, "hold-upgrade")
+        _tunnel(tunnel_lab, host, "start")
+    run_id = _plan(tunnel_runtime.engine, cluster)
+    tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
+    tunnel_runtime.clock = lambda: SLOT
+    tunnel_lab.fault(second, "hold-upgrade")
     waiting: list[str] = []
 
     def customer() -> None:
-        wait_for(lambda: _upgrade_held(tlab, second), f"the upgrade of {second} to be running", 120)
-        _tunnel(tlab, second, "stop")  # closed while the node upgrades
+        wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
+        _tunnel(tunnel_lab, second, "stop")  # closed while the node upgrades
         reason = wait_for(
-            lambda: (r := _run(runtime.engine, run_id).reason).startswith("waiting up to") and r,
+            lambda: (r := _run(tunnel_runtime.engine, run_id).reason).startswith("waiting up to") and r,
             "the run to wait for the tunnel",
             120,
         )
         waiting.append(reason)
-        tlab.fault(second, "clear")  # the node finishes its upgrade alone, unreached
-        wait_for(lambda: len(tlab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
-        _tunnel(tlab, second, "start")  # back within the window
+        tunnel_lab.fault(second, "clear")  # the node finishes its upgrade alone, unreached
+        wait_for(lambda: len(tunnel_lab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
+        _tunnel(tunnel_lab, second, "start")  # back within the window
 
     thread, errors = _in_background(customer)
     try:
         result = dispatch(max_running=2)
     finally:
         thread.join(180)
-        tlab.fault(second, "clear")
+        tunnel_lab.fault(second, "clear")
     if errors:
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(runtime.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert run.slot_start == SLOT  # in its own window: not carried over
-    assert [len(tlab.upgrade_log(h)) for h in hosts] == [1, 1, 1]  # every node exactly once
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]  # every node exactly once
     # While it waited, `upkeep show` said so (the run's reason), naming the node in progress.
     assert waiting and f"support tunnel on {second}" in waiting[0], waiting
     assert f"closed during the upgrade of {second}" in waiting[0]
     # The step cut by the closed tunnel has an unknown outcome, not a failure; the node was asked
     # (its version) once the tunnel was back, found upgraded, and not upgraded again.
-    steps = _node_steps(runtime.engine, run_id, second)
+    steps = _node_steps(tunnel_runtime.engine, run_id, second)
     (cut,) = [(s, out) for s, state, out in steps if state == "interrupted"]
     assert cut[0] == "upgrade" and "support tunnel closed" in cut[1], steps
     after = steps[[s for s, _, _ in steps].index("upgrade") + 1 :]
     assert [(s, state) for s, state, _ in after][:1] == [("check", "succeeded")], steps
     assert after[0][2] == TARGET  # asked, and it had finished alone
     assert "upgrade" not in [s for s, _, _ in after] and ("verify", "succeeded", TARGET) in after
-    assert not [s for s in steps_of(runtime.engine, run_id) if s[2] == "failed"]
+    assert not [s for s in steps_of(tunnel_runtime.engine, run_id) if s[2] == "failed"]
     for host in (first, third):
-        upgraded = [state for s, state, _ in _node_steps(runtime.engine, run_id, host) if s == "upgrade"]
+        upgraded = [
+            state for s, state, _ in _node_steps(tunnel_runtime.engine, run_id, host) if s == "upgrade"
+        ]
         assert upgraded == ["succeeded"]
     # No failure anywhere: no 'failed' notice, no alert, no case.
-    assert [n.kind for n in _notices(runtime.engine, run_id)] == ["started", "completed"]
-    assert [a.kind for a in _alerts(runtime.engine, run_id)] == []
-    assert _cases(runtime.engine) == []
+    assert [n.kind for n in _notices(tunnel_runtime.engine, run_id)] == ["started", "completed"]
+    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []
+    assert _cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_closed_mid_upgrade_and_not_reopened_by_the_window_end_carries_over(
-    tlab: Lab, runtime: Any
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
 ) -> None:
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = _hosts(tlab, 1)
+    cluster = fresh_tunnel_cluster
+    hosts = _hosts(tunnel_lab, cluster)
     first, second, third = hosts
     for host in hosts:
-        _tunnel(tlab, host, "start")
-    run_id = _plan(runtime.engine, cluster)
+        _tunnel(tunnel_lab, host, "start")
+    run_id = _plan(tunnel_runtime.engine, cluster)
     # Waiting is allowed for long, but the window (Thu 03:00-07:00) ends first: once node 2 is under
     # way the clock stands one second before the last moment a node still fits.
-    runtime.tunnel_wait, runtime.tunnel_poll = timedelta(minutes=5), 0.2
+    tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
     now = [SLOT]
-    runtime.clock = lambda: now[0]
-    late = SLOT + timedelta(hours=4) - runtime.per_node_estimate - timedelta(seconds=1)
-    tlab.fault(second, "hold-upgrade")
+    tunnel_runtime.clock = lambda: now[0]
+    late = SLOT + timedelta(hours=4) - tunnel_runtime.per_node_estimate - timedelta(seconds=1)
+    tunnel_lab.fault(second, "hold-upgrade")
 
     def customer() -> None:
-        wait_for(lambda: _upgrade_held(tlab, second), f"the upgrade of {second} to be running", 120)
+        wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
         now[0] = late
-        _tunnel(tlab, second, "stop")  # closed, and not opened again in this window
+        _tunnel(tunnel_lab, second, "stop")  # closed, and not opened again in this window
 
     thread, errors = _in_background(customer)
     try:
@@ -184,115 +164,123 @@ def test_a_tunnel_closed_mid_upgrade_and_not_reopened_by_the_window_end_carries_
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(runtime.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     # Not failed: planned again for the next window, still holding the cluster.
     assert run.state == RunState.planned, run.reason
     assert run.slot_start == NEXT and run.active_cluster_id is not None
     assert f"support tunnel was closed on {second} during the upgrade of {second}" in run.reason
     assert "1 of 3 nodes done" in run.reason
-    assert len(tlab.upgrade_log(first)) == 1 and len(tlab.upgrade_log(third)) == 0
-    steps = _node_steps(runtime.engine, run_id, second)
+    assert len(tunnel_lab.upgrade_log(first)) == 1 and len(tunnel_lab.upgrade_log(third)) == 0
+    steps = _node_steps(tunnel_runtime.engine, run_id, second)
     assert [(s, state) for s, state, _ in steps if s == "upgrade"] == [("upgrade", "interrupted")]
-    kinds = [n.kind for n in _notices(runtime.engine, run_id)]
+    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
     assert kinds == ["started", "rescheduled"], kinds  # no 'failed', no 'partial'
-    moved = _notices(runtime.engine, run_id)[-1]
+    moved = _notices(tunnel_runtime.engine, run_id)[-1]
     for body in (moved.body_text, moved.body_html):
         assert "we could not reach your cluster: the support tunnel was closed" in body
         assert "after 1 of 3 nodes were upgraded" in body
         assert f"on {second}: upkeep-agent tunnel start" in body
-    assert [a.kind for a in _alerts(runtime.engine, run_id)] == ["carried-over"]
-    assert _cases(runtime.engine) == []
+    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == ["carried-over"]
+    assert _cases(tunnel_runtime.engine) == []
 
     # Meanwhile the node finishes alone; the customer opens the tunnel; the next window's run asks
     # the node what happened, finds it upgraded, and goes on with the last node. Every node once.
-    tlab.fault(second, "clear")
-    wait_for(lambda: len(tlab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
-    _tunnel(tlab, second, "start")
+    tunnel_lab.fault(second, "clear")
+    wait_for(lambda: len(tunnel_lab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
+    _tunnel(tunnel_lab, second, "start")
     now[0] = NEXT
     assert dispatch(max_running=2)["started"] == [run_id]
-    run = _run(runtime.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
-    assert [len(tlab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    steps = _node_steps(runtime.engine, run_id, second)
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    steps = _node_steps(tunnel_runtime.engine, run_id, second)
     resumed = steps[[s for s, _, _ in steps].index("upgrade") + 1 :]
     checks = [out for s, state, out in resumed if s == "check"]
     assert checks == [TARGET] and "upgrade" not in [s for s, _, _ in resumed], steps
-    kinds = [n.kind for n in _notices(runtime.engine, run_id) if n.kind != "reminder"]
+    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
     assert "failed" not in kinds and kinds[-1] == "completed", kinds
-    assert "run-failed" not in [a.kind for a in _alerts(runtime.engine, run_id)]
-    assert _cases(runtime.engine) == []
+    assert "run-failed" not in [a.kind for a in _alerts(tunnel_runtime.engine, run_id)]
+    assert _cases(tunnel_runtime.engine) == []
 
 
-def test_a_tunnel_closed_while_the_package_is_copied_waits_and_copies_again(tlab: Lab, runtime: Any) -> None:
+def test_a_tunnel_closed_while_the_package_is_copied_waits_and_copies_again(
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
+) -> None:
     """Closed before any node was touched (the package's copy): nothing changed, so the copy is taken
     again once the tunnel is back, in the same window; no failure, no SRE alert."""
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = _hosts(tlab, 2)
+    cluster = fresh_tunnel_cluster
+    hosts = _hosts(tunnel_lab, cluster)
     second = hosts[1]
     for host in hosts:
-        _tunnel(tlab, host, "start")
-    run_id = _plan(runtime.engine, cluster)
-    runtime.tunnel_wait, runtime.tunnel_poll = timedelta(minutes=5), 0.2
-    runtime.clock = lambda: SLOT
-    tlab.fault(second, "hold-stage")
+        _tunnel(tunnel_lab, host, "start")
+    run_id = _plan(tunnel_runtime.engine, cluster)
+    tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
+    tunnel_runtime.clock = lambda: SLOT
+    tunnel_lab.fault(second, "hold-stage")
     waiting: list[str] = []
 
     def customer() -> None:
-        wait_for(lambda: _upgrade_held(tlab, second, "stage"), f"the package staged on {second}", 120)
-        _tunnel(tlab, second, "stop")
+        wait_for(lambda: _upgrade_held(tunnel_lab, second, "stage"), f"the package staged on {second}", 120)
+        _tunnel(tunnel_lab, second, "stop")
         reason = wait_for(
-            lambda: (r := _run(runtime.engine, run_id).reason).startswith("waiting up to") and r,
+            lambda: (r := _run(tunnel_runtime.engine, run_id).reason).startswith("waiting up to") and r,
             "the run to wait for the tunnel",
             120,
         )
         waiting.append(reason)
-        tlab.fault(second, "clear")
-        _tunnel(tlab, second, "start")
+        tunnel_lab.fault(second, "clear")
+        _tunnel(tunnel_lab, second, "start")
 
     thread, errors = _in_background(customer)
     try:
         result = dispatch(max_running=2)
     finally:
         thread.join(180)
-        tlab.fault(second, "clear")
+        tunnel_lab.fault(second, "clear")
     if errors:
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(runtime.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert waiting and "closed during the copy of the package to the nodes" in waiting[0], waiting
-    assert [len(tlab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    copies = [state for s, state, _ in _node_steps(runtime.engine, run_id, second) if s == "distribute"]
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    copies = [
+        state for s, state, _ in _node_steps(tunnel_runtime.engine, run_id, second) if s == "distribute"
+    ]
     assert copies == ["failed", "succeeded"]  # cut, then copied again
-    assert [n.kind for n in _notices(runtime.engine, run_id)] == ["started", "completed"]
-    assert [a.kind for a in _alerts(runtime.engine, run_id)] == []
-    assert _cases(runtime.engine) == []
+    assert [n.kind for n in _notices(tunnel_runtime.engine, run_id)] == ["started", "completed"]
+    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []
+    assert _cases(tunnel_runtime.engine) == []
 
 
 def test_a_pause_while_the_run_waits_for_a_tunnel_closed_mid_upgrade_is_honoured_and_resume_asks_the_node(
-    tlab: Lab, runtime: Any
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
 ) -> None:
     from flows.dispatch import dispatch
     from inventory.models import RunState
     from upkeep.updates import request_stop, resume_run
 
-    cluster, hosts = _hosts(tlab, 3)
+    cluster = fresh_tunnel_cluster
+    hosts = _hosts(tunnel_lab, cluster)
     second = hosts[1]
     for host in hosts:
-        _tunnel(tlab, host, "start")
-    run_id = _plan(runtime.engine, cluster)
-    runtime.tunnel_wait, runtime.tunnel_poll = timedelta(minutes=5), 0.2
-    runtime.clock = lambda: SLOT
-    tlab.fault(second, "hold-upgrade")
+        _tunnel(tunnel_lab, host, "start")
+    run_id = _plan(tunnel_runtime.engine, cluster)
+    tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
+    tunnel_runtime.clock = lambda: SLOT
+    tunnel_lab.fault(second, "hold-upgrade")
 
     def customer_then_sre() -> None:
-        wait_for(lambda: _upgrade_held(tlab, second), f"the upgrade of {second} to be running", 120)
-        _tunnel(tlab, second, "stop")
-        wait_for(lambda: _run(runtime.engine, run_id).reason.startswith("waiting up to"), "the wait", 120)
-        request_stop(run_id, "pause", engine=runtime.engine, actor="sre")
+        wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
+        _tunnel(tunnel_lab, second, "stop")
+        wait_for(
+            lambda: _run(tunnel_runtime.engine, run_id).reason.startswith("waiting up to"), "the wait", 120
+        )
+        request_stop(run_id, "pause", engine=tunnel_runtime.engine, actor="sre")
 
     thread, errors = _in_background(customer_then_sre)
     try:
@@ -303,24 +291,24 @@ def test_a_pause_while_the_run_waits_for_a_tunnel_closed_mid_upgrade_is_honoured
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(runtime.engine, run_id)
+    run = _run(tunnel_runtime.engine, run_id)
     # Honoured at the next look, not after the 5 min wait; nothing failed.
     assert run.state == RunState.paused, run.reason
     assert "paused by request after 1 of 3 nodes" in run.reason
-    steps = _node_steps(runtime.engine, run_id, second)
+    steps = _node_steps(tunnel_runtime.engine, run_id, second)
     assert [(s, state) for s, state, _ in steps if s == "upgrade"] == [("upgrade", "interrupted")]
-    assert [a.kind for a in _alerts(runtime.engine, run_id)] == []
+    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []
 
     # The node finishes alone; the tunnel is opened; the SRE resumes: the node is asked, not upgraded.
-    tlab.fault(second, "clear")
-    wait_for(lambda: len(tlab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
-    _tunnel(tlab, second, "start")
-    resume_run(run_id, engine=runtime.engine, as_json=True)  # `upkeep resume RUN`
-    run = _run(runtime.engine, run_id)
+    tunnel_lab.fault(second, "clear")
+    wait_for(lambda: len(tunnel_lab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
+    _tunnel(tunnel_lab, second, "start")
+    resume_run(run_id, engine=tunnel_runtime.engine, as_json=True)  # `upkeep resume RUN`
+    run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
-    assert [len(tlab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    resumed = _node_steps(runtime.engine, run_id, second)[len(steps) :]
+    assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
+    resumed = _node_steps(tunnel_runtime.engine, run_id, second)[len(steps) :]
     assert [out for s, _, out in resumed if s == "check"] == [TARGET]
     assert "upgrade" not in [s for s, _, _ in resumed]
-    assert "failed" not in [n.kind for n in _notices(runtime.engine, run_id)]
-    assert _cases(runtime.engine) == []
+    assert "failed" not in [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
+    assert _cases(tunnel_runtime.engine) == []

@@ -8,12 +8,14 @@ or changed key is refused, never learned.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import select
 import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -433,10 +435,26 @@ def _connection(target: SshTarget, settings: SshSettings, gateway: Connection | 
     return conn
 
 
-def probe_tunnels(server: SshTarget, ports: Sequence[int], settings: SshSettings) -> dict[int, str]:
-    """Which forwarded ports on the tunnel server answer now: one connection to the server (its key
-    checked), one direct-tcpip channel per port. Per port: "open (<SSH banner>)", or "closed" when
-    nothing listens there. RemoteError/HostKeyError when the tunnel server itself cannot be reached."""
+@dataclass(frozen=True)
+class TunnelProbe:
+    """What the tunnel server said. `ports`: per port "open (<SSH banner>)", "closed", or "refused by the
+    tunnel server". `since`: per port held by a tunnel, when the tunnel server's sshd session holding it
+    started (UTC), as its reporter read it (tasks/tunnel_sessions.py); `since_problem`: why there is no
+    `since` at all (the reporter is not Upkeep's forced command there, or failed)."""
+
+    ports: dict[int, str]
+    since: dict[int, datetime]
+    since_problem: str | None = None
+
+
+SESSIONS_COMMAND = "upkeep-tunnel-sessions"
+
+
+def probe_tunnels(server: SshTarget, ports: Sequence[int], settings: SshSettings) -> TunnelProbe:
+    """Which forwarded ports on the tunnel server answer now, and since when their tunnels are open: one
+    connection to the server (its key checked), one direct-tcpip channel per port, one exec (the server
+    runs its reporter whatever is asked: the forced command of Upkeep's key). RemoteError/HostKeyError
+    when the tunnel server itself cannot be reached."""
     runner = FabricRunner(SshTarget(server.name, server.address, server.port, server.user,
                                     host_key=server.host_key), settings)  # fmt: skip
     runner.open()
@@ -468,6 +486,45 @@ def probe_tunnels(server: SshTarget, ports: Sequence[int], settings: SshSettings
                 chan.close()
             line = banner.split(b"\n", 1)[0].strip().decode(errors="replace")
             found[port] = f"open ({line})" if line.startswith("SSH-") else "closed"
+        since, problem = _tunnel_sessions(transport, settings.connect_timeout)
     finally:
         runner.close()
-    return found
+    return TunnelProbe(found, since, problem)
+
+
+def _tunnel_sessions(transport: paramiko.Transport, timeout: float) -> tuple[dict[int, datetime], str | None]:
+    """Run the tunnel server's reporter on an open connection: (port -> since, None), or ({}, why not)."""
+    try:
+        chan = transport.open_session(timeout=timeout)
+    except (paramiko.SSHException, OSError) as exc:
+        return {}, f"the tunnel server opened no session for its reporter ({exc})"
+    out, err = bytearray(), bytearray()
+    try:
+        chan.settimeout(timeout)
+        chan.exec_command(SESSIONS_COMMAND)
+        while True:
+            chunk = chan.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+            if len(out) > 4_000_000:
+                return {}, "the tunnel server's reporter said too much"
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(4096)
+        status = chan.recv_exit_status()
+    except (paramiko.SSHException, OSError, TimeoutError) as exc:
+        return {}, f"the tunnel server's reporter did not answer ({exc})"
+    finally:
+        chan.close()
+    said = (bytes(err) or bytes(out)).decode(errors="replace").strip().splitlines()
+    try:
+        if status != 0:
+            raise ValueError(said[0] if said else f"exit {status}")
+        rows = json.loads(out)["tunnels"]
+        since = {
+            int(row["port"]): datetime.fromisoformat(row["since"].replace("Z", "+00:00")).astimezone(UTC)
+            for row in rows
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        return {}, f"the tunnel server does not report since when ({SESSIONS_COMMAND}: {exc})"
+    return since, None

@@ -49,7 +49,8 @@ _telemetry_off()  # before any command imports Prefect
 
 app = typer.Typer(
     help="Upgrade and maintenance scheduler for customer clusters. Exit codes: 0 ok, 1 refused or "
-    "failed, 2 usage error or lost race (another process holds the run), 3 partial.",
+    "failed, 2 usage error or lost race (another process holds the run), 3 partial (tunnel status: "
+    "attention).",
     no_args_is_help=True,
 )
 

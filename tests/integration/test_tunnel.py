@@ -179,6 +179,10 @@ def test_a_tunnel_identity_gets_no_shell_and_an_unknown_key_nothing(
     assert shell.returncode == 1 and "no shell" in shell.stderr and "uid=" not in shell.stdout
     tty = _ssh(tunnel_lab, _identity(tunnel_lab, node["hostname"]), "-tt", f"{node['user']}@127.0.0.1")
     assert tty.returncode != 0 and "uid=" not in tty.stdout
+    # Upkeep's own key gets no shell either: whatever it asks, the tunnel server runs its read-only reporter.
+    asked = _ssh(tunnel_lab, tunnel_lab.ssh_key, f"{node['user']}@127.0.0.1", "id")
+    assert asked.returncode == 0 and "uid=" not in asked.stdout, asked
+    assert isinstance(json.loads(asked.stdout)["tunnels"], list)
     stranger = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     refused = _ssh(
@@ -308,6 +312,110 @@ def test_tunnel_status_says_which_nodes_are_open_and_what_the_customer_runs(
     assert "Secsh" not in check.stderr and "paramiko" not in check.stderr, check.stderr
     unknown = upkeep("tunnel", "status", "--customer", "nobody")
     assert unknown.returncode == 1 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_tunnel_status_says_since_when_from_the_tunnel_server_and_exits_3_when_a_needed_one_is_closed(
+    tunnel_lab: Lab, fresh_tunnel_cluster: str, tmp_path: Path
+) -> None:
+    """'Since when' is the tunnel server's answer (the start of the sshd session holding the node's port,
+    read by Upkeep's forced command there), not Upkeep's memory: this CLI process never saw the tunnel
+    open. A reopened tunnel reads its new start. Exit 0 while a closed tunnel is nobody's problem; 3 once
+    an update of its cluster starts within the hour."""
+    import os
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from sqlmodel import select
+
+    from inventory.db import session_scope
+    from inventory.models import Cluster, RunState
+    from inventory.runs import create_run
+    from tests.support.fixtures import cli_engine
+
+    first, second, third = _hosts(tunnel_lab, fresh_tunnel_cluster)
+    customer = nodes_of(tunnel_lab, fresh_tunnel_cluster)[0]["customer"]
+    before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=2)
+    _started(tunnel_lab, second)
+    _started(tunnel_lab, third)
+    after = datetime.now(UTC) + timedelta(seconds=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env.update({f"UPKEEP_{k.upper()}": str(v) for k, v in tunnel_lab.settings_overrides().items()})
+    env["UPKEEP_HOME"] = str(tmp_path / "home")
+
+    def upkeep(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "upkeep", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    def status() -> tuple[int, dict[str, Any], list[str]]:
+        shown = upkeep("tunnel", "status", "--customer", customer, "--json")
+        document = json.loads(shown.stdout)
+        [cluster] = [c for c in document["clusters"] if c["cluster"] == fresh_tunnel_cluster]
+        return shown.returncode, {n["node"]: n for n in cluster["nodes"]}, document["attention"]
+
+    assert upkeep("inventory", "import", str(tunnel_lab.inventory_path)).returncode == 0
+    code, nodes, attention = status()
+    assert code == 0 and attention == []  # closed tunnels, no update soon: nothing to act on
+    assert nodes[first]["since"] is None and not nodes[first]["open"]
+    opened = datetime.fromisoformat(nodes[second]["since"])
+    third_since = nodes[third]["since"]
+    assert opened.utcoffset() == timedelta(0) and before <= opened <= after, (before, opened, after)
+    # The customer's side tells the same story: its agent logged the tunnel up within the same seconds.
+    agent_says = tunnel_lab.tunnel(second, "status")[1].removeprefix("tunnel up since ").split(" ")[0]
+    assert abs(datetime.fromisoformat(agent_says) - opened) <= timedelta(seconds=3), (agent_says, opened)
+
+    # Closed and opened again: a new session on the tunnel server, a new "since".
+    assert tunnel_lab.tunnel(second, "stop")[0] == 0
+    reopened_after = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=2)
+    _started(tunnel_lab, second)
+    code, nodes, _ = status()
+    assert datetime.fromisoformat(nodes[second]["since"]) >= reopened_after
+    assert nodes[third]["since"] == third_since  # untouched: still its first session
+    text = upkeep("tunnel", "status", "--customer", customer)
+    assert text.returncode == 0
+    line = next(row for row in text.stdout.splitlines() if second in row)
+    assert "open" in line and f"since {nodes[second]['since']}" in line, line
+
+    # An update of this cluster starts in 30 minutes and the first node's tunnel is closed: exit 3.
+    engine = cli_engine(env)
+    with session_scope(engine) as session:
+        row = session.exec(select(Cluster).where(Cluster.name == fresh_tunnel_cluster)).one()
+        run = create_run(row, to_version="9.10.0", source="support", requested_by="t", session=session,
+                         state=RunState.planned)  # fmt: skip
+        run.slot_start = datetime.now(UTC) + timedelta(minutes=30)
+        run.slot_end = run.slot_start + timedelta(hours=1)
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    engine.dispose()
+    code, _, attention = status()
+    assert code == 3 and len(attention) == 1, attention
+    assert f"update {run_id} " in attention[0] and first in attention[0] and second not in attention[0]
+    text = upkeep("tunnel", "status", "--customer", customer)
+    assert text.returncode == 3 and f"ATTENTION: update {run_id} " in text.stdout
+    # Not yet within the hour asked for: nothing to act on.
+    assert upkeep("tunnel", "status", "--customer", customer, "--within", "0.25").returncode == 0
+    _started(tunnel_lab, first)
+    code, _, attention = status()
+    assert code == 0 and attention == []
+
+    # A tunnel server without the reporter as Upkeep's forced command: open/closed still shown, and why
+    # there is no "since" (sshd reads authorized_keys at every login; restored at once).
+    keys = tunnel_lab.root / "tunnel" / "authorized_keys"
+    kept = keys.read_text()
+    reporter = str(tunnel_lab.root / "bin" / "upkeep-tunnel-sessions")
+    assert f'command="{reporter}"' in kept
+    try:
+        keys.write_text(kept.replace(f'command="{reporter}"', 'command="echo no shell here >&2; exit 1"'))
+        shown = upkeep("tunnel", "status", "--customer", customer, "--json")
+    finally:
+        keys.write_text(kept)
+    [cluster] = [c for c in json.loads(shown.stdout)["clusters"] if c["cluster"] == fresh_tunnel_cluster]
+    assert shown.returncode == 0 and all(n["open"] and n["since"] is None for n in cluster["nodes"])
+    assert (
+        "does not report since when" in cluster["since_unknown"]
+        and "no shell here" in cluster["since_unknown"]
+    )
 
 
 @pytest.mark.prefect

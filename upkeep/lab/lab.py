@@ -109,7 +109,8 @@ class Lab(LabRoot):
         index = releases.publish(self.fileserver_root)
         if tunnel:
             server.state_dir.mkdir(parents=True, exist_ok=True)
-            server.authorized_keys.write_text(_tunnel_authorized_keys(self, hosts, tunnel_ports))
+            reporter = node.install_tunnel_sessions(self.root)
+            server.authorized_keys.write_text(_tunnel_authorized_keys(self, hosts, tunnel_ports, reporter))
         state: dict[str, Any] = {
             "root": str(self.root),
             "started_at": datetime.now(UTC).isoformat(),
@@ -355,12 +356,13 @@ class Lab(LabRoot):
 # Key options on the tunnel server. `restrict` takes everything (pty, agent, X11, forwarding, rc), then
 # `port-forwarding` gives forwarding back and permitlisten/permitopen narrow it. authorized_keys has no
 # "none" for them (OpenSSH 9.2 rejects the whole line), so the direction a key must not use is pinned to
-# a name that can never resolve (RFC 2606 .invalid). No key gets a shell: its command refuses.
+# a name that can never resolve (RFC 2606 .invalid). No key gets a shell: a node identity's command
+# refuses, Upkeep's runs only the read-only reporter.
 _NOWHERE = "nowhere.invalid:1"
 _NO_SHELL = 'command="echo this key only holds a support tunnel: no shell >&2; exit 1"'
 
 
-def _tunnel_authorized_keys(lab: Lab, hosts: list[str], ports: dict[str, int]) -> str:
+def _tunnel_authorized_keys(lab: Lab, hosts: list[str], ports: dict[str, int], reporter: Path) -> str:
     lines = []
     for host in hosts:
         pub = sshd.public_key(lab._tunnel_identity(host))
@@ -369,8 +371,10 @@ def _tunnel_authorized_keys(lab: Lab, hosts: list[str], ports: dict[str, int]) -
             f'permitopen="{_NOWHERE}",{_NO_SHELL} {pub} tunnel:{host}'
         )
     opens = ",".join(f'permitopen="{procs.LOCALHOST}:{ports[h]}"' for h in hosts)
+    # Upkeep's key: open to the nodes' ports, and run nothing but the reporter of which ports are held
+    # since when (`upkeep tunnel status`); still no shell, whatever command it sends.
     lines.append(
-        f'restrict,port-forwarding,{opens},permitlisten="{_NOWHERE}",{_NO_SHELL} '
+        f'restrict,port-forwarding,{opens},permitlisten="{_NOWHERE}",command="{reporter}" '
         f"{sshd.public_key(lab.ssh_key)} upkeep"
     )
     return "\n".join(lines) + "\n"

@@ -26,6 +26,22 @@ def install_agent(root: Path) -> None:
     wrapper.chmod(0o755)
 
 
+def install_tunnel_sessions(root: Path) -> Path:
+    """Copy the tunnel server's reporter (tasks/tunnel_sessions.py) to <lab>/tunnel/; <lab>/bin/
+    upkeep-tunnel-sessions runs it: the forced command of Upkeep's key on the lab's tunnel server, as on
+    the vendor's. Returns the wrapper's path."""
+    import tasks.tunnel_sessions as reporter
+
+    (root / "tunnel").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(reporter.__file__, root / "tunnel" / "tunnel_sessions.py")
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    wrapper = root / "bin" / "upkeep-tunnel-sessions"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(f"#!/bin/sh\nexec {python} -I -S {root / 'tunnel' / 'tunnel_sessions.py'}\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def prepare(
     spec: sshd.SshdSpec, version: str, upgrade_seconds: float, health_delay: float, client_pub: str
 ) -> None:

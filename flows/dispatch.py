@@ -36,7 +36,7 @@ from flows.notify import deliver_pending
 from flows.oncall import escalate_due, page_triggers
 from flows.plan import plan_update
 from flows.report import held_summaries
-from flows.run_notices import VendorTerms, queue_run_notice
+from flows.run_notices import VendorTerms, queue_run_notice, update_ref
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, TunnelDown, preflight
 from inventory import repo
@@ -262,6 +262,12 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
             for label, before in REMINDERS
             if run.slot_start and not run.held_reason and _reminder_due(run, before, now)
         ]
+        announced = _slot_announced(session, [run for run, _ in candidates])
+        candidates = [
+            (run, label)
+            for run, label in candidates
+            if run.id not in announced or _after(announced[run.id], run, label)
+        ]
         queued = _queued_keys(session, [_reminder_key(run, label) for run, label in candidates])
         due = [(run, label) for run, label in candidates if _reminder_key(run, label) not in queued][:limit]
     began = runtime.clock()
@@ -320,6 +326,35 @@ def _reminder_due(run: UpgradeRun, before: timedelta, now: datetime) -> bool:
     assert run.slot_start is not None
     moment = run.slot_start - before
     return run.told_at is not None and run.told_at < moment <= now < run.slot_start
+
+
+def _slot_announced(session: Session, runs: list[UpgradeRun]) -> dict[int | None, datetime]:
+    """When the customer was told of each run's current slot, for runs whose slot moved after their
+    first announcement (notice_sequence > 1: a carry-over, a reschedule): the first notice queued at
+    that sequence. `told_at` stays the first announcement (the notice period counts from it), so
+    without this both reminders of a slot moved a day on were due at once - their moments had passed
+    since `told_at` - and went at the next tick, right after the 'rescheduled' notice. Only the
+    reminder candidates of this tick are looked up (one query per 1,000 of them)."""
+    moved = {update_ref(run.id): run for run in runs if run.notice_sequence > 1}
+    found: dict[int | None, datetime] = {}
+    refs = list(moved)
+    for at in range(0, len(refs), 1000):
+        rows = session.exec(
+            select(Notice.update_ref, Notice.sequence, Notice.created_at).where(
+                col(Notice.update_ref).in_(refs[at : at + 1000]), Notice.kind != "reminder"
+            )
+        )
+        for ref, sequence, created in rows:
+            run = moved[ref]
+            if sequence == run.notice_sequence and (run.id not in found or created < found[run.id]):
+                found[run.id] = created
+    return found
+
+
+def _after(announced: datetime, run: UpgradeRun, label: str) -> bool:
+    """The reminder `label` of `run` falls due after its slot was announced (else that notice said it)."""
+    assert run.slot_start is not None
+    return announced < run.slot_start - dict(REMINDERS)[label]
 
 
 def _reminder_key(run: UpgradeRun, label: str) -> str:

@@ -31,8 +31,8 @@ def _tunnel(lab: Lab, host: str, action: str) -> None:
         assert out.startswith(("tunnel up", "tunnel already running")), out
 
 
-def _plan(engine: Any, cluster: str) -> int:
-    """A planned update of `cluster` in Thursday's window (Thu and Fri 03:00-07:00 UTC), announced."""
+def _plan(engine: Any, cluster: str, days: tuple[str, ...] = ("thu", "fri")) -> int:
+    """A planned update of `cluster` in Thursday's window (`days` 03:00-07:00 UTC), announced."""
     from inventory.db import session_scope
     from inventory.models import Cluster, RunState
     from inventory.runs import create_run
@@ -45,7 +45,7 @@ def _plan(engine: Any, cluster: str) -> int:
         session.add(
             MaintenanceWindow(
                 cluster_id=row.id or 0,
-                days=["thu", "fri"],
+                days=list(days),
                 start="03:00",
                 duration_minutes=240,
                 timezone="UTC",
@@ -187,11 +187,11 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     alerts = _alerts(tunnel_runtime.engine, run_id)
     assert [a.kind for a in alerts] == ["carried-over"] and third in alerts[0].body_text
 
-    # A tick before the next window starts nothing; the new slot's reminders ask for the tunnel again.
+    # A tick before the next window starts nothing. The new slot is a day on: both its reminders' moments
+    # passed before the 'rescheduled' notice (which asks for the tunnel, with the command): none goes.
     tunnel_runtime.clock = lambda: NEXT - timedelta(hours=1)
     assert dispatch(max_running=2)["started"] == []
-    reminders = [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind == "reminder"]
-    assert reminders and all(n.sequence == 2 and f"on {third}:" in n.body_text for n in reminders)
+    assert [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind == "reminder"] == []
 
     # The customer opens the tunnel; at the next window the run goes through, every node once.
     _tunnel(tunnel_lab, third, "start")
@@ -341,3 +341,43 @@ def test_a_tunnel_carry_over_past_the_release_deadline_is_held_with_an_sre_alert
     alerts = _alerts(tunnel_runtime.engine, run_id)
     assert any("deadline" in a.body_text for a in alerts), [a.body_text for a in alerts]
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]
+
+
+def test_the_reminders_of_a_carried_over_run_go_at_the_new_slots_own_times(
+    tunnel_lab: Lab, tunnel_runtime: Any, fresh_tunnel_cluster: str
+) -> None:
+    """Carried over two days on (Thursday and Saturday windows): the new slot's 72 h moment passed
+    before the 'rescheduled' notice, so that reminder never goes; its 24 h reminder goes at its own
+    moment. Before, told_at (the first announcement, days earlier) made both moments look announced:
+    the 72 h one went at the next tick, right after the notice."""
+    from flows.dispatch import dispatch
+    from inventory.models import RunState
+
+    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
+    for host in hosts[:2]:
+        _tunnel(tunnel_lab, host, "start")
+    _tunnel(tunnel_lab, hosts[2], "stop")
+    run_id = _plan(tunnel_runtime.engine, cluster, days=("thu", "sat"))
+    tunnel_runtime.tunnel_wait = timedelta(0)
+    saturday = SLOT + timedelta(days=2)
+
+    def reminders() -> list[str]:
+        found = [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind == "reminder"]
+        assert all(n.sequence == 2 and f"on {hosts[2]}:" in n.body_text for n in found)
+        return [n.idempotency_key.rsplit(":", 1)[1] for n in found]
+
+    tunnel_runtime.clock = lambda: SLOT
+    assert dispatch(max_running=2)["started"] == [run_id]
+    run = _run(tunnel_runtime.engine, run_id)
+    assert run.state == RunState.planned and run.slot_start == saturday, run.reason
+    assert [n.kind for n in _notices(tunnel_runtime.engine, run_id)] == ["rescheduled"]
+
+    tunnel_runtime.clock = lambda: SLOT + timedelta(minutes=1)  # the next tick
+    dispatch(max_running=2)
+    assert reminders() == []
+    tunnel_runtime.clock = lambda: saturday - timedelta(hours=24, minutes=1)
+    dispatch(max_running=2)
+    assert reminders() == []
+    tunnel_runtime.clock = lambda: saturday - timedelta(hours=24) + timedelta(minutes=1)
+    dispatch(max_running=2)
+    assert reminders() == ["24h"]

@@ -19,7 +19,7 @@ from inventory.db import session_scope
 from inventory.models import RunState
 from inventory.repo import get_cluster
 from inventory.runs import create_run
-from tests.integration.test_update_branches import CLUSTER, MONDAY, TARGET, World
+from tests.support.update_world import CLUSTER, MONDAY, TARGET, World
 
 pytestmark = [pytest.mark.prefect]
 

@@ -1,115 +1,52 @@
 """The product-update flow's branches with fakes at its protocol boundary (tests/support/fakes.py):
 a failure at each runbook step, pause, cancel, carry-over to the next window, and a take-over by
-another process - a few seconds each (a failed run also opens its case and collects diagnostics,
-through the same fakes), without the lab's sshd nodes or nginx.
+another process (a failed run also opens its case and collects diagnostics, through the same fakes),
+without the lab's sshd nodes, nginx or a Prefect server.
 
-What is real: the flow under the session's Prefect test harness, the SQLite record, the scheduling
-rules. What is fake: the nodes (`FakeFleet`), the file server, mail and the clock. The same branches
-run against the real lab in test_product_update.py, test_update_control.py, test_windows.py and
-test_takeover.py; these pin the flow's decisions themselves."""
+What is real: the flow's code and decisions, the SQLite record, the scheduling rules, the notices.
+What is fake: the nodes (`FakeFleet`), the file server, mail, the clock, and Prefect's engine (flows and
+tasks called as plain functions, tests/support/flow_engine.py). The same branches run under the real
+Prefect engine against the real lab in tests/integration (test_product_update.py,
+test_update_control.py, test_windows.py, test_takeover.py); these pin the flow's decisions themselves."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import col
 
 from flows import runtime as flow_runtime
-from flows.product_update import product_update
-from flows.runtime import Runtime
 from inventory.db import session_scope
-from inventory.importer import import_inventory
-from inventory.models import Cluster, RunState, UpgradeRun
-from inventory.outbox import Notice
+from inventory.models import RunState, UpgradeRun
 from inventory.repo import get_cluster
 from inventory.runs import create_run
-from tests.support.fakes import FakeClock, FakeFileServer, FakeFleet, FakeMailTransport, FakeNode
-
-pytestmark = [pytest.mark.prefect]
-
-FROM, TARGET = "9.9.0", "9.10.0"
-CLUSTER = "fake-c1"
-HOSTS = [f"{CLUSTER}-n{i}" for i in (1, 2, 3)]
-PACKAGE = "releases/p-9.10.0.tar.gz"
-MONDAY = datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
+from tests.support.fakes import FakeNode
+from tests.support.flow_engine import prefect_in_process
+from tests.support.update_world import CLUSTER, FROM, HOSTS, MONDAY, PACKAGE, TARGET, World
 
 
-class World:
-    """One customer, one 3-node cluster at 9.9.0, release 9.10.0 on the fake file server."""
-
-    def __init__(self, engine: Engine, tmp_path: Path, *, window: dict[str, str] | None = None) -> None:
-        self.engine, self.clock = engine, FakeClock(MONDAY)
-        self.fleet, self.files, self.mail = FakeFleet(), FakeFileServer(), FakeMailTransport()
-        sha256 = self.files.add(PACKAGE, b"the 9.10.0 package")
-        self.nodes = [self.fleet.add(host, FROM) for host in HOSTS]
-        cluster = {
-            "name": CLUSTER,
-            "kind": "software",
-            "version": FROM,
-            "access": {"type": "direct"},
-            "nodes": [
-                {"hostname": h, "address": "127.0.0.1", "port": 2201 + n, "user": "upkeep"}
-                for n, h in enumerate(HOSTS)
-            ],
-            "windows": [window or {"days": "mon-sun", "start": "00:00", "duration": "24h"}],
-        }
-        customer = {
-            "name": "fakeco",
-            "timezone": "UTC",
-            "contacts": [{"email": "ops@fakeco.example", "name": "Fakeco Ops", "role": "primary"}],
-            "clusters": [cluster],
-        }
-        release = {"version": TARGET, "package": PACKAGE, "sha256": sha256, "from": [FROM]}
-        inventory = tmp_path / "inventory.yaml"
-        inventory.write_text(
-            yaml.safe_dump({"customers": [customer], "releases": [release]}, sort_keys=False)
-        )
-        import_inventory(inventory, engine=engine, actor="test")
-        self.runtime = Runtime(
-            engine=engine,
-            fileserver=self.files,
-            ssh=self.fleet,
-            work_dir=tmp_path / "work",
-            mailer=self.mail,
-            clock=self.clock,
-            health_timeout=0.2,
-            health_interval=0.01,
-            command_timeout=5.0,
-        )
-
-    def update(self, **params: Any) -> Any:
-        return product_update(cluster=CLUSTER, to_version=TARGET, return_state=True, **params)
-
-    def run(self) -> UpgradeRun:
-        with session_scope(self.engine) as session:
-            cluster_id = session.exec(select(Cluster.id).where(Cluster.name == CLUSTER)).one()
-            query = select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id)
-            return session.exec(query.order_by(col(UpgradeRun.id).desc())).first()  # type: ignore[return-value]
-
-    def notices(self, run_id: int | None) -> list[str]:
-        with session_scope(self.engine) as session:
-            query = select(Notice.kind).where(col(Notice.update_ref).startswith(f"update-{run_id}"))
-            return list(session.exec(query.order_by(col(Notice.id))))
-
-    def upgraded(self) -> list[int]:
-        return [len(node.upgrades) for node in self.nodes]
+@contextmanager
+def _world(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> Iterator[World]:
+    made = World(engine, tmp_path, **kwargs)
+    flow_runtime.configure(made.runtime)
+    try:
+        with prefect_in_process(monkeypatch):
+            yield made
+    finally:
+        flow_runtime.configure(None)
 
 
 @pytest.fixture
-def world(sqlite_engine: Engine, tmp_path: Path, prefect_harness: None) -> Iterator[World]:
-    made = World(sqlite_engine, tmp_path)
-    flow_runtime.configure(made.runtime)
-    try:
+def world(sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    with _world(sqlite_engine, tmp_path, monkeypatch) as made:
         yield made
-    finally:
-        flow_runtime.configure(None)
 
 
 def test_every_node_upgraded_once_over_one_connection_each(world: World) -> None:
@@ -253,13 +190,10 @@ def test_cancel_is_honoured_after_the_node_in_progress_and_the_customer_told(wor
 
 
 @pytest.fixture
-def short_window(sqlite_engine: Engine, tmp_path: Path, prefect_harness: None) -> Iterator[World]:
-    made = World(sqlite_engine, tmp_path, window={"days": "mon-sun", "start": "00:00", "duration": "1h"})
-    flow_runtime.configure(made.runtime)
-    try:
+def short_window(sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    window = {"days": "mon-sun", "start": "00:00", "duration": "1h"}
+    with _world(sqlite_engine, tmp_path, monkeypatch, window=window) as made:
         yield made
-    finally:
-        flow_runtime.configure(None)
 
 
 def test_a_window_closing_carries_the_rest_over_to_the_next_window(short_window: World) -> None:

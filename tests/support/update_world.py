@@ -1,0 +1,88 @@
+"""One customer's 3-node cluster behind the fakes of tests/support/fakes.py, for the product-update flow's
+branch tests (tests/unit/test_update_branches.py, under tests/support/flow_engine.py) and the
+dispatcher's (tests/integration/test_dispatch_unknown_kind.py, under the real Prefect harness)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from flows.product_update import product_update
+from flows.runtime import Runtime
+from inventory.db import session_scope
+from inventory.importer import import_inventory
+from inventory.models import Cluster, UpgradeRun
+from inventory.outbox import Notice
+from tests.support.fakes import FakeClock, FakeFileServer, FakeFleet, FakeMailTransport
+
+FROM, TARGET = "9.9.0", "9.10.0"
+CLUSTER = "fake-c1"
+HOSTS = [f"{CLUSTER}-n{i}" for i in (1, 2, 3)]
+PACKAGE = "releases/p-9.10.0.tar.gz"
+MONDAY = datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
+
+
+class World:
+    """One customer, one 3-node cluster at 9.9.0, release 9.10.0 on the fake file server."""
+
+    def __init__(self, engine: Engine, tmp_path: Path, *, window: dict[str, str] | None = None) -> None:
+        self.engine, self.clock = engine, FakeClock(MONDAY)
+        self.fleet, self.files, self.mail = FakeFleet(), FakeFileServer(), FakeMailTransport()
+        sha256 = self.files.add(PACKAGE, b"the 9.10.0 package")
+        self.nodes = [self.fleet.add(host, FROM) for host in HOSTS]
+        cluster = {
+            "name": CLUSTER,
+            "kind": "software",
+            "version": FROM,
+            "access": {"type": "direct"},
+            "nodes": [
+                {"hostname": h, "address": "127.0.0.1", "port": 2201 + n, "user": "upkeep"}
+                for n, h in enumerate(HOSTS)
+            ],
+            "windows": [window or {"days": "mon-sun", "start": "00:00", "duration": "24h"}],
+        }
+        customer = {
+            "name": "fakeco",
+            "timezone": "UTC",
+            "contacts": [{"email": "ops@fakeco.example", "name": "Fakeco Ops", "role": "primary"}],
+            "clusters": [cluster],
+        }
+        release = {"version": TARGET, "package": PACKAGE, "sha256": sha256, "from": [FROM]}
+        inventory = tmp_path / "inventory.yaml"
+        inventory.write_text(
+            yaml.safe_dump({"customers": [customer], "releases": [release]}, sort_keys=False)
+        )
+        import_inventory(inventory, engine=engine, actor="test")
+        self.runtime = Runtime(
+            engine=engine,
+            fileserver=self.files,
+            ssh=self.fleet,
+            work_dir=tmp_path / "work",
+            mailer=self.mail,
+            clock=self.clock,
+            health_timeout=0.2,
+            health_interval=0.01,
+            command_timeout=5.0,
+        )
+
+    def update(self, **params: Any) -> Any:
+        return product_update(cluster=CLUSTER, to_version=TARGET, return_state=True, **params)
+
+    def run(self) -> UpgradeRun:
+        with session_scope(self.engine) as session:
+            cluster_id = session.exec(select(Cluster.id).where(Cluster.name == CLUSTER)).one()
+            query = select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id)
+            return session.exec(query.order_by(col(UpgradeRun.id).desc())).first()  # type: ignore[return-value]
+
+    def notices(self, run_id: int | None) -> list[str]:
+        with session_scope(self.engine) as session:
+            query = select(Notice.kind).where(col(Notice.update_ref).startswith(f"update-{run_id}"))
+            return list(session.exec(query.order_by(col(Notice.id))))
+
+    def upgraded(self) -> list[int]:
+        return [len(node.upgrades) for node in self.nodes]

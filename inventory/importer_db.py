@@ -18,7 +18,7 @@ from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col, delete, select
 
 from inventory import importer_model as m
-from inventory.importer_yaml import InventoryDoc, InventoryError, Problem
+from inventory.importer_yaml import InventoryDoc, Loc
 from inventory.models import (
     AccessKind,
     Cluster,
@@ -181,7 +181,7 @@ def refuse_changes_under_active_runs(
     """A running upgrade works from the cluster's rows: changing them under it is refused."""
     query = select(UpgradeRun).where(col(UpgradeRun.active_cluster_id).is_not(None))
     active = {run.cluster_id: run for run in session.exec(query)}
-    problems = []
+    problems: list[tuple[Loc, str]] = []
     for c, customer_spec in enumerate(doc.customers):
         owner = customers.get(customer_spec.name)
         for k, spec in enumerate(customer_spec.clusters):
@@ -196,16 +196,15 @@ def refuse_changes_under_active_runs(
                 or len(have) != len(wanted)
                 or any(_differs(n, values) for n, values in zip(have, wanted, strict=True))
             ):
+                where = ("customers", c, "clusters", k)
                 problems.append(
-                    Problem(
-                        str(doc.path),
-                        doc.lines(("customers", c, "clusters", k)),
-                        f"cluster {spec.name!r}: upgrade run "
-                        f"{run.id} is {run.state}; change the cluster after it ends",
+                    (
+                        where,
+                        f"cluster {spec.name!r}: upgrade run {run.id} is {run.state}; "
+                        "change the cluster after it ends",
                     )
                 )
-    if problems:
-        raise InventoryError(problems)
+    doc.refuse(problems)
 
 
 def refuse_foreign_mailboxes(doc: InventoryDoc, session: Session) -> None:
@@ -220,10 +219,9 @@ def refuse_foreign_mailboxes(doc: InventoryDoc, session: Session) -> None:
         )
     }
     listed = {customer.name for customer in doc.customers}
-    problems = [
-        Problem(
-            str(doc.path),
-            doc.lines(("customers", c, "portal_users", u, "email")),
+    doc.refuse(
+        (
+            ("customers", c, "portal_users", u, "email"),
             f"portal user {m.show(user.email)} is already a portal user of customer {m.show(owners[key])}, "
             "which this file does not list; remove it there first",
         )
@@ -232,18 +230,15 @@ def refuse_foreign_mailboxes(doc: InventoryDoc, session: Session) -> None:
         if (key := m.mailbox_key(user.email)) in owners
         and owners[key] != customer.name
         and owners[key] not in listed
-    ]
-    if problems:
-        raise InventoryError(problems)
+    )
 
 
 def refuse_moved_clusters(doc: InventoryDoc, clusters: dict[str, Cluster], owners: dict[Any, str]) -> None:
     """A cluster stays its customer's: listed under another customer (a copy-paste, a guess), it would
     take its update history and reports along, and that customer's notices would go elsewhere."""
-    problems = [
-        Problem(
-            str(doc.path),
-            doc.lines(("customers", c, "clusters", k, "name")),
+    doc.refuse(
+        (
+            ("customers", c, "clusters", k, "name"),
             f"cluster {spec.name!r} is customer {owners[row.customer_id]!r}'s; an import does not move a "
             "cluster to another customer (its update history and reports would go with it)",
         )
@@ -252,9 +247,7 @@ def refuse_moved_clusters(doc: InventoryDoc, clusters: dict[str, Cluster], owner
         if (row := clusters.get(spec.name)) is not None
         and row.customer_id in owners
         and owners[row.customer_id] != customer.name
-    ]
-    if problems:
-        raise InventoryError(problems)
+    )
 
 
 def refuse_shared_endpoints(
@@ -282,17 +275,16 @@ def refuse_shared_endpoints(
                     tunnels.setdefault(server, (node, cluster))
                 if node.host_key:
                     keys.setdefault(node.host_key.split()[1], (node, cluster))
-    problems = []
+    problems: list[tuple[Loc, str]] = []
     for c, customer in enumerate(doc.customers):
         for k, spec in enumerate(customer.clusters):
             for n, node_spec in enumerate(spec.nodes):
-                access = spec.access
+                access, here = spec.access, ("customers", c, "clusters", k, "nodes", n)
                 if node_spec.host_key and (held := keys.get(node_spec.host_key.split()[1])) is not None:
                     node, cluster = held
                     problems.append(
-                        Problem(
-                            str(doc.path),
-                            doc.lines(("customers", c, "clusters", k, "nodes", n, "host_key")),
+                        (
+                            (*here, "host_key"),
                             f"node {node_spec.hostname!r}: host_key is already listed for node "
                             f"{node.hostname!r} of cluster {cluster.name!r} (customer "
                             f"{owners.get(cluster.customer_id, '?')!r}), which this file does not list",
@@ -303,9 +295,8 @@ def refuse_shared_endpoints(
                     if (held := tunnels.get(server)) is not None:
                         node, cluster = held
                         problems.append(
-                            Problem(
-                                str(doc.path),
-                                doc.lines(("customers", c, "clusters", k, "nodes", n, "tunnel_port")),
+                            (
+                                (*here, "tunnel_port"),
                                 f"node {node_spec.hostname!r}: tunnel_port {node_spec.tunnel_port} on tunnel "
                                 f"server {access.host}:{access.port} is already assigned to node "
                                 f"{node.hostname!r} of cluster {cluster.name!r} (customer "
@@ -317,17 +308,15 @@ def refuse_shared_endpoints(
                     continue
                 node, cluster = found
                 problems.append(
-                    Problem(
-                        str(doc.path),
-                        doc.lines(("customers", c, "clusters", k, "nodes", n)),
+                    (
+                        here,
                         f"node: address {m.show(node_spec.endpoint)} port {node_spec.port} is already used "
                         f"by node {node.hostname!r} of cluster {cluster.name!r} (customer "
                         f"{owners.get(cluster.customer_id, '?')!r}), which this file does not list; two "
                         "clusters cannot share a machine",
                     )
                 )
-    if problems:
-        raise InventoryError(problems)
+    doc.refuse(problems)
 
 
 # --- replacing a customer's or cluster's parts with the file's ------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -385,6 +385,13 @@ class InventoryDoc:
     @property
     def oncall(self) -> OnCall | None:
         return self.inventory.oncall
+
+    def refuse(self, problems: Iterable[tuple[Loc, str]]) -> None:
+        """Raise InventoryError listing every (where in the file, message), if there is any: for the
+        refusals only the database can show (inventory.importer_db), before anything is written."""
+        found = [Problem(str(self.path), self.lines(where), message) for where, message in problems]
+        if found:
+            raise InventoryError(found)
 
 
 def read_inventory(path: Path, *, role_addresses: frozenset[str] = frozenset()) -> InventoryDoc:

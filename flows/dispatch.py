@@ -36,7 +36,7 @@ from flows.notify import deliver_pending
 from flows.oncall import escalate_due, page_triggers
 from flows.plan import plan_update
 from flows.report import held_summaries
-from flows.run_notices import VendorTerms, queue_run_notice, update_ref
+from flows.run_notices import Reminder, VendorTerms, queue_reminders, update_ref
 from flows.runtime import Runtime, current
 from flows.steps import NodeConnections, TunnelDown, preflight
 from inventory import repo
@@ -55,6 +55,8 @@ REMINDER_LIMIT = 500
 # runs): once spent, no further pre-flight starts in this tick and those reminders go in the next ones
 # (a 72 h reminder has 48 h before its 24 h one). 500 slow pre-flights held every due claim for minutes.
 PREFLIGHT_BUDGET = timedelta(seconds=30)
+# Reminders queued per transaction (one INSERT each): a tick's 500 in five commits, not 500.
+_REMINDER_CHUNK = 100
 
 
 class Claim(NamedTuple):
@@ -272,6 +274,7 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
         due = [(run, label) for run, label in candidates if _reminder_key(run, label) not in queued][:limit]
     began = runtime.clock()
     deferred: set[int | None] = set()  # runs whose 72 h reminder waits: their 24 h one waits with it
+    ready: list[tuple[int, str, str]] = []  # (run id, label, pre-flight summary), in slot order
     for run, label in due:
         summary = ""
         if run.id in deferred:
@@ -281,34 +284,56 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
                 deferred.add(run.id)
                 continue  # stays due: queued by a later tick, earliest slot first
             summary = _preflight_summary(runtime, run)
+        assert run.id is not None
+        ready.append((run.id, label, summary))
+    vendor = VendorTerms.from_runtime(runtime)
+    for at in range(0, len(ready), _REMINDER_CHUNK):
         with session_scope(runtime.engine) as session:
-            fresh = session.get(UpgradeRun, run.id)
-            if fresh is None or fresh.state != RunState.planned or _queued(session, fresh, label):
-                continue
-            queue_run_notice(
-                fresh,
-                "reminder",
-                vendor=VendorTerms.from_runtime(runtime),
-                session=session,
-                now=now,
-                variant=label,
-                preflight=summary,
-                tunnel_nodes=_tunnel_nodes(session, fresh),
-            )
-            if summary.startswith("FAILED"):  # the SRE too, with time to fix it before the slot
-                alert_sre(
-                    runtime,
-                    kind="preflight",
-                    headline=f"pre-flight {label} before update-{fresh.id} failed",
-                    cause=summary.removeprefix("FAILED: "),
-                    run_id=fresh.id,
-                    step="pre-flight",
-                    detail="The customer's reminder says so; the start-time pre-flight will block the run.",
-                    key=f"run-{fresh.id}:preflight:{fresh.notice_sequence}:{label}",
-                    session=session,
-                )
-        sent.append(f"update-{run.id}:{label}")
+            sent += _queue_reminders(runtime, ready[at : at + _REMINDER_CHUNK], session, now, vendor)
     return sent
+
+
+def _queue_reminders(
+    runtime: Runtime, ready: list[tuple[int, str, str]], session: Session, now: datetime, vendor: VendorTerms
+) -> list[str]:
+    """Queue `ready` reminders in one transaction: the runs re-read in it (still planned; the key with
+    their sequence now), then the reminders of those not queued already, in one INSERT
+    (flows/run_notices.py `queue_reminders`); a failed 72 h pre-flight also alerts the SRE."""
+    ids = {run_id for run_id, _, _ in ready}
+    fresh = {run.id: run for run in session.exec(select(UpgradeRun).where(col(UpgradeRun.id).in_(ids)))}
+    wanted = [
+        (fresh[run_id], label, summary)
+        for run_id, label, summary in ready
+        if run_id in fresh and fresh[run_id].state == RunState.planned
+    ]
+    queued = _queued_keys(session, [_reminder_key(run, label) for run, label, _ in wanted])
+    # Their clusters in the session at once (held here: the identity map keeps only what is referenced),
+    # so _tunnel_nodes' look-up reads none.
+    clusters = session.exec(
+        select(Cluster).where(col(Cluster.id).in_({run.cluster_id for run, _, _ in wanted}))
+    ).all()
+    todo = [
+        Reminder(run, label, summary, _tunnel_nodes(session, run))
+        for run, label, summary in wanted
+        if _reminder_key(run, label) not in queued
+    ]
+    done = queue_reminders(todo, session=session, now=now, vendor=vendor)
+    del clusters
+    for reminder in done:
+        run, label, summary = reminder.run, reminder.variant, reminder.preflight
+        if summary.startswith("FAILED"):  # the SRE too, with time to fix it before the slot
+            alert_sre(
+                runtime,
+                kind="preflight",
+                headline=f"pre-flight {label} before update-{run.id} failed",
+                cause=summary.removeprefix("FAILED: "),
+                run_id=run.id,
+                step="pre-flight",
+                detail="The customer's reminder says so; the start-time pre-flight will block the run.",
+                key=f"run-{run.id}:preflight:{run.notice_sequence}:{label}",
+                session=session,
+            )
+    return [f"update-{reminder.run.id}:{reminder.variant}" for reminder in done]
 
 
 def _tunnel_nodes(session: Session, run: UpgradeRun) -> tuple[str, ...]:
@@ -359,11 +384,6 @@ def _after(announced: datetime, run: UpgradeRun, label: str) -> bool:
 
 def _reminder_key(run: UpgradeRun, label: str) -> str:
     return idempotency_key(f"update-{run.id}", "reminder", run.notice_sequence, label)
-
-
-def _queued(session: Session, run: UpgradeRun, label: str) -> bool:
-    key = _reminder_key(run, label)
-    return session.exec(select(Notice.id).where(Notice.idempotency_key == key)).first() is not None
 
 
 def _queued_keys(session: Session, keys: list[str], chunk: int = 1000) -> set[str]:

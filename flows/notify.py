@@ -50,6 +50,7 @@ from inventory.outbox import (
     mark_superseded,
     newer_notice,
     queue_notice,
+    queue_notices,
     run_id_of,
 )
 from inventory.runs import mark_told
@@ -126,6 +127,38 @@ def queue_for(
         now=stamp,
         variant=variant,
     )
+
+
+def queue_many(
+    notices: list[tuple[NoticeContext, int, str]], *, session: Session, stamp: datetime
+) -> list[bool]:
+    """`queue_for` for many notices ((context, customer id, variant) each) in one INSERT: each rendered
+    and checked as `queue_for` does, then written with ON CONFLICT DO NOTHING on the idempotency key
+    (inventory/outbox.py `queue_notices`). Returns, for each, whether it was queued now (False: that
+    key was queued already)."""
+    rows: list[dict[str, object]] = []
+    for ctx, customer_id, variant in notices:
+        rendered = render_notice(ctx.kind, ctx)
+        ics = invite(ctx, stamp=stamp) if ctx.kind in INVITE_KINDS else None
+        key = idempotency_key(ctx.update_ref, ctx.kind, ctx.sequence, variant)
+        check_notice(
+            rendered, ics, recipients=ctx.recipients, message_id=message_id_for(key), idempotency_key=key
+        )
+        rows.append(
+            {
+                "update_ref": ctx.update_ref,
+                "kind": ctx.kind.value,
+                "sequence": ctx.sequence,
+                "variant": variant,
+                "customer_id": customer_id,
+                "recipients": list(ctx.recipients),
+                "subject": rendered.subject,
+                "body_text": rendered.text,
+                "body_html": rendered.html,
+                "ics": ics.decode() if ics is not None else "",
+            }
+        )
+    return queue_notices(rows, session=session, now=stamp)
 
 
 def deliver_pending(

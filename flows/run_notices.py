@@ -95,6 +95,11 @@ def deferral_options(run: UpgradeRun, start: datetime, zone: str, session: Sessi
     when the release deadline leaves no room, else the limits that are left (README, "Deadlines and
     urgency")."""
     release = session.exec(select(Release).where(Release.version == run.to_version)).first()
+    return deferral_limits(run, start, zone, release)
+
+
+def deferral_limits(run: UpgradeRun, start: datetime, zone: str, release: Release | None) -> str:
+    """`deferral_options` with the release already read (None: withdrawn, no deadline)."""
     deadline = release.deadline if release is not None else None
     day = deadline.astimezone(ZoneInfo(zone)).strftime("%a %d %b %Y") if deadline is not None else ""
     left, most = DEFERRALS.max_count - run.deferrals, describe(DEFERRALS.max_delay)
@@ -113,7 +118,15 @@ def portal_link(
 ) -> str:
     """The update's page in the portal, signed and expiring a week after its slot (flows/portal_links.py),
     when the customer has designated users; "" when there is no portal or nobody to use it."""
-    if not vendor.portal_url or not designated_emails(customer.id, session=session):
+    if not vendor.portal_url:
+        return ""
+    return _portal_link(run, customer, vendor, now, bool(designated_emails(customer.id, session=session)))
+
+
+def _portal_link(
+    run: UpgradeRun, customer: Customer, vendor: VendorTerms, now: datetime, designated: bool
+) -> str:
+    if not vendor.portal_url or not designated:
         return ""
     links = vendor.portal_links()
     if links is None or run.id is None or customer.id is None:
@@ -155,18 +168,59 @@ def queue_run_notice(
     assert cluster is not None
     customer = session.get(Customer, cluster.customer_id)
     assert customer is not None and customer.id is not None
-    ref = update_ref(run.id)
     recipients = (vendor.sre_email,) if to_sre else contact_emails(customer, session)
     if not recipients:
         return False
+    start = run.slot_start or run.started_at or now
+    release = session.exec(select(Release).where(Release.version == run.to_version)).first()
+    designated = bool(vendor.portal_url) and bool(designated_emails(customer.id, session=session))
+    ctx = _context(
+        run,
+        kind,
+        cluster,
+        customer,
+        recipients,
+        vendor=vendor,
+        now=now,
+        limits=deferral_limits(run, start, customer.timezone, release),
+        link=_portal_link(run, customer, vendor, now, designated),
+        installation=installation_id(session),
+        to_sre=to_sre,
+        case_ref=case_ref,
+        session=session,
+        **extra,
+    )
+    from flows.notify import queue_for  # imports Prefect: kept out of `upkeep calendar`'s start-up
+
+    queue_for(ctx, customer_id=customer.id, session=session, stamp=now, variant=variant)
+    return True
+
+
+def _context(
+    run: UpgradeRun,
+    kind: NoticeKind | str,
+    cluster: Cluster,
+    customer: Customer,
+    recipients: tuple[str, ...],
+    *,
+    vendor: VendorTerms,
+    now: datetime,
+    limits: str,
+    link: str,
+    installation: str,
+    to_sre: bool,
+    case_ref: str | None,
+    session: Session,
+    **extra: Any,
+) -> NoticeContext:
+    """The notice about `run`, from what its callers read (one run, or many at once)."""
     if not run.organizer:  # the first notice fixes who all of this update's notices come from
         run.organizer, run.support_contact = vendor.organizer, vendor.support_contact
         session.add(run)
+    ref = update_ref(run.id)
     start = run.slot_start or run.started_at or now
     end = run.slot_end if run.slot_end and run.slot_end > start else start + vendor.per_node_estimate
-    limits = deferral_options(run, start, customer.timezone, session)
-    link = portal_link(run, customer, vendor, now, session)
-    ctx = NoticeContext(
+    return NoticeContext(
         kind=NoticeKind(kind),
         update_ref=f"{ref}-sre" if to_sre else ref,
         sequence=run.notice_sequence,
@@ -180,7 +234,7 @@ def queue_run_notice(
         recipients=recipients,
         organizer=vendor.organizer if to_sre else run.organizer,
         support_contact=vendor.support_contact if to_sre else (run.support_contact or vendor.support_contact),
-        installation=installation_id(session),
+        installation=installation,
         defer_instructions=defer_how(run, vendor, limits, link),
         portal_link=link,
         deferral_limits=limits,
@@ -188,7 +242,91 @@ def queue_run_notice(
         case_ref=case_ref or run.case_ref or "",
         **extra,
     )
-    from flows.notify import queue_for  # imports Prefect: kept out of `upkeep calendar`'s start-up
 
-    queue_for(ctx, customer_id=customer.id, session=session, stamp=now, variant=variant)
-    return True
+
+@dataclass(frozen=True)
+class Reminder:
+    """One reminder to queue with `queue_reminders`: the run (as read in the caller's transaction)."""
+
+    run: UpgradeRun
+    variant: str  # "72h" or "24h"
+    preflight: str = ""
+    tunnel_nodes: tuple[str, ...] = ()
+
+
+def queue_reminders(
+    reminders: list[Reminder], *, session: Session, now: datetime, vendor: VendorTerms
+) -> list[Reminder]:
+    """Queue many reminders in the caller's transaction, as `queue_run_notice(run, "reminder", ...)`
+    would one by one, with the reads done once for all of them (clusters, customers, contacts, portal
+    users, releases: five queries, not five per reminder) and the notices written in one INSERT
+    (`flows.notify.queue_many`: ON CONFLICT DO NOTHING on the idempotency key, so a reminder queued
+    meanwhile by another process is not queued twice). Returns the reminders queued now (not those
+    already there, nor those whose customer has nobody to tell).
+
+    Measured (bench/dispatch_tick.py, 500 reminders on PostgreSQL): one transaction and ~12 statements
+    per reminder before (6,000 statements and 500 commits), rendering ~0.6 ms of it."""
+    from inventory.portal_tables import PortalUser
+
+    if not reminders:
+        return []
+    cluster_ids = {r.run.cluster_id for r in reminders}
+    clusters = {c.id: c for c in session.exec(select(Cluster).where(col(Cluster.id).in_(cluster_ids)))}
+    customer_ids = {c.customer_id for c in clusters.values()}
+    customers = {c.id: c for c in session.exec(select(Customer).where(col(Customer.id).in_(customer_ids)))}
+    emails: dict[int, list[str]] = {}
+    for customer_id, email in session.exec(
+        select(Contact.customer_id, Contact.email)
+        .where(col(Contact.customer_id).in_(customer_ids))
+        .order_by(col(Contact.id))
+    ):
+        emails.setdefault(customer_id, []).append(email)
+    designated: dict[int, list[str]] = {}
+    for customer_id, email in session.exec(
+        select(PortalUser.customer_id, PortalUser.email)
+        .where(col(PortalUser.customer_id).in_(customer_ids))
+        .order_by(col(PortalUser.id))
+    ):
+        designated.setdefault(customer_id, []).append(email)
+    versions = {r.run.to_version for r in reminders}
+    releases = {r.version: r for r in session.exec(select(Release).where(col(Release.version).in_(versions)))}
+    installation = installation_id(session)
+    contexts: list[tuple[Reminder, NoticeContext, int]] = []
+    for reminder in reminders:
+        run = reminder.run
+        cluster = clusters[run.cluster_id]
+        customer = customers[cluster.customer_id]
+        assert customer.id is not None
+        unique: dict[str, str] = {}
+        for email in [*emails.get(customer.id, []), *designated.get(customer.id, [])]:
+            unique.setdefault(email.lower(), email)
+        recipients = tuple(unique.values())
+        if not recipients:
+            continue
+        start = run.slot_start or run.started_at or now
+        ctx = _context(
+            run,
+            NoticeKind.reminder,
+            cluster,
+            customer,
+            recipients,
+            vendor=vendor,
+            now=now,
+            limits=deferral_limits(run, start, customer.timezone, releases.get(run.to_version)),
+            link=_portal_link(run, customer, vendor, now, bool(designated.get(customer.id))),
+            installation=installation,
+            to_sre=False,
+            case_ref=None,
+            session=session,
+            preflight=reminder.preflight,
+            tunnel_nodes=reminder.tunnel_nodes,
+        )
+        contexts.append((reminder, ctx, customer.id))
+    from flows.notify import queue_many  # imports Prefect: kept out of `upkeep calendar`'s start-up
+
+    queued = queue_many(
+        [(ctx, customer_id, reminder.variant) for reminder, ctx, customer_id in contexts],
+        session=session,
+        stamp=now,
+    )
+    return [reminder for (reminder, _, _), new in zip(contexts, queued, strict=True) if new]

@@ -33,6 +33,7 @@ __all__ = [
     "newer_notice",
     "pending_of",
     "queue_notice",
+    "queue_notices",
     "retry_delay",
     "run_id_of",
 ]
@@ -138,6 +139,47 @@ def queue_notice(
             raise
         return existing
     return notice
+
+
+def queue_notices(rows: Sequence[dict[str, object]], *, session: Session, now: datetime) -> list[bool]:
+    """Add many notices to the caller's transaction in one INSERT ... ON CONFLICT (idempotency_key) DO
+    NOTHING (PostgreSQL and SQLite alike): a key already queued, by this transaction or a concurrent one,
+    is left as it is, never queued twice. `rows`: the Notice columns up to `ics`, with `variant`.
+    Returns, for each row, whether it was queued now."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if not rows:
+        return []
+    values = []
+    for row in rows:
+        fields = dict(row)
+        variant = str(fields.pop("variant", ""))
+        sequence = fields["sequence"]
+        assert isinstance(sequence, int)
+        key = idempotency_key(str(fields["update_ref"]), str(fields["kind"]), sequence, variant)
+        if not fields["recipients"]:
+            raise ValueError(f"notice {key}: no recipients")
+        values.append(
+            fields
+            | {
+                "idempotency_key": key,
+                "state": NoticeState.pending,
+                "attempts": 0,
+                "last_error": "",
+                "next_attempt_at": now,
+                "created_at": now,
+                "sent_at": None,
+            }
+        )
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(Notice)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(col(Notice.idempotency_key))
+    )
+    inserted = set(session.execute(statement).scalars())
+    return [value["idempotency_key"] in inserted for value in values]
 
 
 def due_notices(now: datetime, *, session: Session, limit: int = 100, lock: bool = False) -> Sequence[Notice]:

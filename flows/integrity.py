@@ -26,7 +26,7 @@ from typing import Literal
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from flows.alerts import alert_sre
 from flows.portal_welcome import portal_users, welcome_new_users
@@ -34,15 +34,17 @@ from flows.rollout import ring_gate
 from flows.run_notices import VendorTerms, queue_run_notice, update_ref
 from flows.runtime import RuntimeNotConfigured, current
 from inventory import repo
+from inventory.case_tables import Case
 from inventory.cases import open_blocking_case
 from inventory.importer import ImportSummary, apply_inventory, load_inventory, lock_inventory
 from inventory.models import Cluster, Customer, Release, RunState, UpgradeRun
 from inventory.releases import RolloutCluster
 from inventory.runs import of_known_kind
 from inventory.windows import blackouts_for, cluster_windows, notice_policy
+from scheduling.blackouts import Blackout as BlackoutRule
 from scheduling.errors import NoSlot, SchedulingError
 from scheduling.validity import PlannedUpdate, Reason, World, invalid_reasons, replacement_slot
-from scheduling.windows import Interval
+from scheduling.windows import Interval, WeeklyWindow
 from templates import NoticeKind
 
 Action = Literal["valid", "moved", "held", "unheld", "raced"]
@@ -86,12 +88,98 @@ def world_of(run: UpgradeRun, *, session: Session) -> tuple[World, Cluster, Cust
     cluster = session.get(Cluster, run.cluster_id)
     assert cluster is not None and cluster.id is not None
     customer = repo.customer_of(cluster, session=session)
-    release = _release(run.to_version, session)
-    case = open_blocking_case(cluster.id, session=session)
-    gate = _ring_gate(run, session)
-    world = World(
+    world = _world(
         windows=cluster_windows(cluster, customer, session=session),
         blackouts=blackouts_for(customer, session=session),
+        customer=customer,
+        release=_release(run.to_version, session),
+        case=open_blocking_case(cluster.id, session=session),
+        gate=_ring_gate(run, session),
+    )
+    return world, cluster, customer
+
+
+def worlds_of(runs: list[UpgradeRun], *, session: Session) -> dict[int, tuple[World, Cluster]]:
+    """`world_of` for many planned updates at once, with each one's cluster: clusters, customers,
+    windows, blackouts, releases, blocking cases and rollout entries read in one query each for all of
+    them (the dispatcher re-checks every candidate before its claim: seven queries per candidate
+    before, ~10 statements per claim)."""
+    from inventory.cases import BLOCKING, CaseCluster, CaseStatus
+    from inventory.windows import Blackout, MaintenanceWindow, customer_holidays
+
+    if not runs:
+        return {}
+    cluster_ids = {run.cluster_id for run in runs}
+    clusters = {c.id: c for c in session.exec(select(Cluster).where(col(Cluster.id).in_(cluster_ids)))}
+    customer_ids = {c.customer_id for c in clusters.values()}
+    customers = {c.id: c for c in session.exec(select(Customer).where(col(Customer.id).in_(customer_ids)))}
+    windows: dict[int, list[MaintenanceWindow]] = {}
+    for row in session.exec(
+        select(MaintenanceWindow)
+        .where(col(MaintenanceWindow.cluster_id).in_(cluster_ids))
+        .order_by(col(MaintenanceWindow.id))
+    ):
+        windows.setdefault(row.cluster_id, []).append(row)
+    blackout_rows = session.exec(
+        select(Blackout)
+        .where(or_(col(Blackout.customer_id).in_(customer_ids), col(Blackout.customer_id).is_(None)))
+        .order_by(col(Blackout.start))
+    ).all()
+    blackouts = {
+        customer.id: [row.rule() for row in blackout_rows if row.customer_id in (customer.id, None)]
+        + customer_holidays(customer)
+        for customer in customers.values()
+    }
+    versions = {run.to_version for run in runs}
+    releases = {r.version: r for r in session.exec(select(Release).where(col(Release.version).in_(versions)))}
+    cases: dict[int, Case] = {}
+    for case, cluster_id in session.exec(
+        select(Case, CaseCluster.cluster_id)
+        .join(CaseCluster)
+        .where(
+            col(CaseCluster.cluster_id).in_(cluster_ids),
+            Case.status != CaseStatus.closed,
+            col(Case.priority).in_(BLOCKING),
+        )
+        .order_by(col(Case.opened_at), col(Case.id))
+    ):
+        cases.setdefault(cluster_id, case)  # the oldest, as open_blocking_case
+    entries = {
+        entry.run_id: entry
+        for entry in session.exec(
+            select(RolloutCluster).where(col(RolloutCluster.run_id).in_({run.id for run in runs}))
+        )
+    }
+    found: dict[int, tuple[World, Cluster]] = {}
+    for run in runs:
+        assert run.id is not None
+        cluster = clusters[run.cluster_id]
+        customer = customers[cluster.customer_id]
+        entry = entries.get(run.id)
+        world = _world(
+            windows=[row.rule(customer.timezone) for row in windows.get(run.cluster_id, [])],
+            blackouts=blackouts[customer.id],
+            customer=customer,
+            release=releases.get(run.to_version),
+            case=cases.get(run.cluster_id),
+            gate=ring_gate(entry.rollout_id, entry.ring, session=session) if entry is not None else None,
+        )
+        found[run.id] = (world, cluster)
+    return found
+
+
+def _world(
+    *,
+    windows: list[WeeklyWindow],
+    blackouts: list[BlackoutRule],
+    customer: Customer,
+    release: Release | None,
+    case: Case | None,
+    gate: tuple[datetime, str] | None,
+) -> World:
+    return World(
+        windows=windows,
+        blackouts=blackouts,
         notice=notice_policy(customer),
         deadline=release.deadline if release is not None else None,
         blocking_case=f"{case.ref} ({case.priority})" if case is not None else None,
@@ -99,7 +187,6 @@ def world_of(run: UpgradeRun, *, session: Session) -> tuple[World, Cluster, Cust
         ring_ready_at=gate[0] if gate else None,
         ring_note=gate[1] if gate else "",
     )
-    return world, cluster, customer
 
 
 def _ring_gate(run: UpgradeRun, session: Session) -> tuple[datetime, str] | None:
@@ -116,13 +203,17 @@ def planned_of(run: UpgradeRun) -> PlannedUpdate:
     )
 
 
-def reasons_for(run: UpgradeRun, *, now: datetime, session: Session) -> list[Reason]:
-    """Why the planned update `run` may not start in its slot at `now` ([] = it may)."""
+def reasons_for(
+    run: UpgradeRun, *, now: datetime, session: Session, world: World | None = None
+) -> list[Reason]:
+    """Why the planned update `run` may not start in its slot at `now` ([] = it may). `world`: the
+    run's world as `worlds_of` read it in this transaction, else it is read here."""
     if run.held_reason:
         return [Reason("window", f"held: {run.held_reason}")]
     if run.slot_start is None or run.slot_end is None:
         return []
-    world, _, _ = world_of(run, session=session)
+    if world is None:
+        world, _, _ = world_of(run, session=session)
     return invalid_reasons(planned_of(run), world, now)
 
 

@@ -43,12 +43,12 @@ from inventory.models import UpgradeRun
 from inventory.outbox import (
     ANNOUNCING,
     Notice,
+    claim_due,
     due_notices,
     idempotency_key,
     mark_attempt_failed,
     mark_sent,
     mark_superseded,
-    newer_notice,
     queue_notice,
     queue_notices,
     run_id_of,
@@ -173,20 +173,26 @@ def deliver_pending(
     with session_scope(engine) as session:
         installation = installation_id(session)
     handled = 0
+    runs = _RunsOfNotices(engine)
     with _batch(transport) as mailer:
         while handled < limit and not report.transport_error:
+            if not runs.read_ahead(now, limit - handled):
+                break  # nothing due
             with session_scope(engine) as session:
-                claimed = due_notices(now, session=session, limit=1, lock=True)
-                if not claimed:
+                claimed = claim_due(now, session=session)
+                if claimed is None:
                     break
+                notice, newer = claimed
                 _deliver_one(
-                    claimed[0],
+                    notice,
+                    newer,
                     mailer,
                     report,
                     now=now,
                     sender=sender,
                     domain=domain,
                     installation=installation,
+                    runs=runs,
                     session=session,
                 )
             handled += 1
@@ -213,8 +219,69 @@ def _batch(transport: MailTransport) -> Iterator[MailTransport]:
         yield session
 
 
+class _RunsOfNotices:
+    """What delivery needs of each notice's update (its organizer, whether the customer was told),
+    read for the next due notices at once instead of one look-up per notice. A delivery transaction
+    then reads no run: `told_at` is only ever set once (inventory/runs.py `mark_told`), so a run known
+    told needs no UPDATE, and `organizer` is fixed by the update's first notice.
+
+    Measured (bench/dispatch_tick.py, 500 notices on PostgreSQL): 5 statements per notice delivered
+    before (claim, newer-notice look-up, run look-up, the notice's UPDATE, the run's told_at UPDATE), 2
+    now (claim with the newer-notice look-up as a subquery, the notice's UPDATE)."""
+
+    AHEAD = 100
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.known: dict[int, tuple[str, datetime | None]] = {}
+        self.left = 0  # notices read ahead not yet delivered
+
+    def read_ahead(self, now: datetime, most: int) -> bool:
+        """Read the runs of the next due notices when those read before are used up; False when no
+        notice is due."""
+        from sqlmodel import col, select
+
+        from inventory.outbox import NoticeState
+
+        if self.left > 0:
+            self.left -= 1
+            return True
+        with session_scope(self.engine) as session:
+            refs = session.exec(
+                select(Notice.update_ref)
+                .where(Notice.state == NoticeState.pending, col(Notice.next_attempt_at) <= now)
+                .order_by(col(Notice.next_attempt_at), col(Notice.id))
+                .limit(min(most, self.AHEAD))
+            ).all()
+            ids = {run_id for ref in refs if (run_id := run_id_of(ref)) is not None} - set(self.known)
+            if ids:
+                query = select(UpgradeRun.id, UpgradeRun.organizer, UpgradeRun.told_at)
+                for run_id, organizer, told_at in session.exec(query.where(col(UpgradeRun.id).in_(ids))):
+                    assert run_id is not None
+                    self.known[run_id] = (organizer, told_at)
+        self.left = max(len(refs) - 1, 0)
+        return bool(refs)
+
+    def organizer(self, run_id: int, *, session: Session) -> str | None:
+        """The run's organizer ("" if none yet); None if there is no such run."""
+        if run_id not in self.known:
+            run = session.get(UpgradeRun, run_id)
+            if run is None:
+                return None
+            self.known[run_id] = (run.organizer, run.told_at)
+        return self.known[run_id][0]
+
+    def told(self, run_id: int, now: datetime, *, session: Session) -> None:
+        """`mark_told`, skipped when the run is known told already."""
+        organizer, told_at = self.known.get(run_id, ("", None))
+        if told_at is None:
+            mark_told(run_id, now=now, session=session)
+            self.known[run_id] = (organizer, now)
+
+
 def _deliver_one(
     notice: Notice,
+    newer: str | None,
     transport: MailTransport,
     report: DeliveryReport,
     *,
@@ -222,19 +289,21 @@ def _deliver_one(
     sender: str,
     domain: str,
     installation: str,
+    runs: _RunsOfNotices,
     session: Session,
 ) -> None:
     key = notice.idempotency_key
-    newer = newer_notice(notice, session=session)
     if newer is not None:  # a later notice of this update says it all; this one is not sent
         mark_superseded(notice, newer, session=session)
         report.superseded.append(key)
         return
+    run_id = run_id_of(notice.update_ref)
+    organizer = runs.organizer(run_id, session=session) if run_id is not None else None
     try:
         message = build_message(
             RenderedNotice(notice.subject, notice.body_text, notice.body_html),
             notice.ics.encode() if notice.ics else None,
-            sender=sender_of(notice, sender, session=session),
+            sender=_sender(sender, organizer),
             recipients=notice.recipients,
             message_id=message_id_for(key, domain, installation),
             idempotency_key=key,
@@ -261,21 +330,16 @@ def _deliver_one(
         return
     mark_sent(notice, now=now, session=session)
     report.sent.append(key)
-    run_id = run_id_of(notice.update_ref)
-    if run_id is not None and notice.kind in ANNOUNCING:
-        mark_told(run_id, now=now, session=session)
+    if run_id is not None and organizer is not None and notice.kind in ANNOUNCING:
+        runs.told(run_id, now, session=session)
 
 
-def sender_of(notice: Notice, sender: str, *, session: Session) -> str:
-    """The From of a customer notice: the update's organizer fixed at its first notice (a settings
-    change since must not change who its notices come from), with the configured display name."""
+def _sender(sender: str, organizer: str | None) -> str:
     from email.utils import formataddr
 
-    run_id = run_id_of(notice.update_ref)
-    run = session.get(UpgradeRun, run_id) if run_id is not None else None
-    if run is None or not run.organizer or parseaddr(sender)[1] == run.organizer:
+    if not organizer or parseaddr(sender)[1] == organizer:
         return sender
-    return formataddr((parseaddr(sender)[0], run.organizer))
+    return formataddr((parseaddr(sender)[0], organizer))
 
 
 def _failed(notice: Notice, report: DeliveryReport, error: str, *, now: datetime, session: Session) -> None:

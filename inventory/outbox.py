@@ -25,6 +25,7 @@ __all__ = [
     "BACKOFF",
     "Notice",
     "NoticeState",
+    "claim_due",
     "due_notices",
     "idempotency_key",
     "mark_attempt_failed",
@@ -200,6 +201,35 @@ def due_notices(now: datetime, *, session: Session, limit: int = 100, lock: bool
     return session.exec(query).all()
 
 
+def claim_due(now: datetime, *, session: Session) -> tuple[Notice, str | None] | None:
+    """The oldest due pending notice, claimed for this transaction as `due_notices(lock=True)` does,
+    with the key of a later notice of the same update that supersedes it (`newer_notice`), if any:
+    one statement, not two, per notice delivered."""
+    from sqlalchemy.orm import aliased
+
+    later = aliased(Notice)
+    newer = (
+        select(later.idempotency_key)
+        .where(
+            later.update_ref == Notice.update_ref,
+            col(later.sequence) > Notice.sequence,
+            col(later.state).in_([NoticeState.pending, NoticeState.sent]),
+        )
+        .order_by(col(later.sequence).desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = (
+        select(Notice, newer)
+        .where(Notice.state == NoticeState.pending, col(Notice.next_attempt_at) <= now)
+        .order_by(col(Notice.next_attempt_at), col(Notice.id))
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Notice)
+    )
+    row = session.exec(query).first()
+    return (row[0], row[1]) if row is not None else None
+
+
 def mark_sent(notice: Notice, *, now: datetime, session: Session) -> None:
     notice.state = NoticeState.sent
     notice.attempts += 1
@@ -245,10 +275,12 @@ def newer_notice(notice: Notice, *, session: Session) -> Notice | None:
     return session.exec(query.order_by(col(Notice.sequence).desc())).first()
 
 
-def mark_superseded(notice: Notice, by: Notice | None, *, session: Session) -> None:
+def mark_superseded(notice: Notice, by: Notice | str | None, *, session: Session) -> None:
+    """`by`: the later notice, or its idempotency key."""
+    key = by.idempotency_key if isinstance(by, Notice) else by
     notice.state = NoticeState.superseded
     notice.next_attempt_at = None
-    notice.last_error = f"superseded by {by.idempotency_key}" if by is not None else "superseded"
+    notice.last_error = f"superseded by {key}" if key else "superseded"
     session.add(notice)
 
 

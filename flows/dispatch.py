@@ -319,7 +319,7 @@ def _queue_reminders(
     ]
     done = queue_reminders(todo, session=session, now=now, vendor=vendor)
     del clusters
-    for reminder in done:
+    for reminder in todo:  # as before: alerted when reached, even for a customer with nobody to tell
         run, label, summary = reminder.run, reminder.variant, reminder.preflight
         if summary.startswith("FAILED"):  # the SRE too, with time to fix it before the slot
             alert_sre(

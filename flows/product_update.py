@@ -39,7 +39,7 @@ from flows.outcomes import (
 )
 from flows.outcomes import stop as outcomes_stop
 from flows.plan import PlannedNode, UpdatePlan, plan_update
-from flows.records import mark_unknown, node_done, nodes_touched
+from flows.records import mark_unknown, node_done, nodes_touched, recorded
 from flows.report import Progress, best_effort, one_line, summary_artifacts
 from flows.run_window import has_window, record_window, window_end
 from flows.runtime import Runtime, current
@@ -195,9 +195,12 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             if closed.problems or not in_window(runtime, run_id):
                 raise
             size = package.stat().st_size
-            still = _wait_for_tunnels(
-                runtime, plan, run_id, conns, closed, lambda: preflight(plan, run_id, runtime, conns, size)
-            )
+
+            def again() -> None:
+                reach(plan, conns)  # records nothing while a tunnel stays closed
+                preflight(plan, run_id, runtime, conns, size)  # once all answer: recorded, as at the start
+
+            still = _wait_for_tunnels(runtime, plan, run_id, conns, closed, again)
             ended = _after_tunnel_wait(runtime, plan, run_id, heartbeat, outcomes, still)
             if ended is not None:
                 return ended
@@ -362,7 +365,19 @@ def _wait_for_tunnels(
     """Wait up to `runtime.tunnel_wait` (and never past the time when one node no longer fits in the
     window) for the closed tunnels, taking `look` again every `tunnel_poll` seconds with fresh
     `conns` (pre-flight at the window's start; mid-run, whether every node answers; `note` says why it
-    waits then). Returns None once `look` passes, or the closed tunnels still standing."""
+    waits then). Returns None once `look` passes, or the closed tunnels still standing.
+
+    The wait is one step of the run ('tunnel-wait', no node), ended with how many looks it took: the
+    looks themselves record nothing (at the window's start the pre-flight runs, recorded, only once
+    every node answers), where the pre-flight of every look wrote one row per node (~60 per node in a
+    15-minute wait).
+
+    The run keeps its dispatcher slot and its cluster lease while it waits, on purpose: the wait is
+    bounded (`tunnel_wait`, default 15 min, never past the last moment one node fits in the window);
+    the lease keeps any other process off the cluster and a heartbeat shows the run alive; a pause or
+    cancel is honoured at the next look; and an opened tunnel is used within `tunnel_poll` seconds.
+    Giving the slot back would mean a run 'planned but started', claimed again by a later tick with its
+    wait's state kept somewhere - more states for at most one worker of `max_running` for 15 minutes."""
     log = get_run_logger()
     now = runtime.clock()
     with session_scope(runtime.engine) as session:
@@ -385,18 +400,26 @@ def _wait_for_tunnels(
     log.warning("run %s: %s", run_id, waiting)
     deadline = time.monotonic() + budget
     still: TunnelDown | None = closed
-    while still is not None and time.monotonic() < deadline:
-        if requested_stop(runtime, run_id):  # `upkeep pause|cancel`: honoured now, not after the wait
-            break
-        time.sleep(min(runtime.tunnel_poll, max(0.0, deadline - time.monotonic())))
-        conns.close()
-        try:
-            look()
-            still = None
-        except TunnelDown as again:
-            if again.problems:
-                raise
-            still = again
+    looks = 0
+    with recorded(runtime.engine, run_id, None, "tunnel-wait", waiting) as step:
+        while still is not None and time.monotonic() < deadline:
+            if requested_stop(runtime, run_id):  # `upkeep pause|cancel`: honoured now, not after the wait
+                break
+            time.sleep(min(runtime.tunnel_poll, max(0.0, deadline - time.monotonic())))
+            conns.close()
+            looks += 1
+            try:
+                look()
+                still = None
+            except TunnelDown as again:
+                if again.problems:
+                    raise
+                still = again
+        step.output = (
+            f"every node answered after {looks} look(s)"
+            if still is None
+            else f"still closed on {', '.join(still.closed)} after {looks} look(s)"
+        )
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
         if run.reason == waiting:  # not a cancel's 'cancelled by ...', written meanwhile

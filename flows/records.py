@@ -126,9 +126,10 @@ def stopped_at(engine: Engine, run_id: int) -> tuple[str, str]:
 def nodes_touched(engine: Engine, run_id: int) -> bool:
     """True once a node was changed in this run (its upgrade began): from then on the customer has
     been told the update started, and a failure is theirs to hear about. A package staged by
-    distribute changes nothing they run, so a failure up to there is vendor-side."""
+    distribute changes nothing they run, so a failure up to there is vendor-side; nor does a wait for a
+    closed support tunnel."""
     query = select(NodeStep.id).where(
         col(NodeStep.run_id) == run_id,
-        col(NodeStep.step).not_in(("download", "pre-flight", "approval", "distribute")),
+        col(NodeStep.step).not_in(("download", "pre-flight", "approval", "distribute", "tunnel-wait")),
     )
     return retrying(engine, lambda conn: conn.execute(query.limit(1)).first()) is not None

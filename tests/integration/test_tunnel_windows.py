@@ -91,6 +91,15 @@ def _alerts(engine: Any, run_id: int) -> list[Any]:
         return list(session.exec(select(Alert).where(Alert.run_id == run_id).order_by(col(Alert.id))).all())
 
 
+def _steps(engine: Any, run_id: int) -> list[Any]:
+    from inventory.db import session_scope
+    from inventory.models import NodeStep
+
+    with session_scope(engine) as session:
+        query = select(NodeStep).where(NodeStep.run_id == run_id).order_by(col(NodeStep.id))
+        return list(session.exec(query).all())
+
+
 def _cases(engine: Any) -> list[Any]:
     from inventory.case_tables import Case
     from inventory.db import session_scope
@@ -186,6 +195,12 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     assert _cases(tunnel_runtime.engine) == []  # the customer's tunnel, not an incident: no case
     alerts = _alerts(tunnel_runtime.engine, run_id)
     assert [a.kind for a in alerts] == ["carried-over"] and third in alerts[0].body_text
+    # The wait (1 s, a look every 0.2 s) is one step, not a pre-flight per node per look.
+    steps = _steps(tunnel_runtime.engine, run_id)
+    assert [s.step for s in steps].count("pre-flight") == 3, [(s.step, s.node_id) for s in steps]
+    (wait,) = [s for s in steps if s.step == "tunnel-wait"]
+    assert wait.node_id is None and wait.state == "succeeded" and "waiting up to" in wait.detail
+    assert wait.output_tail.startswith(f"still closed on {third} after ") and "look(s)" in wait.output_tail
 
     # A tick before the next window starts nothing. The new slot is a day on: both its reminders' moments
     # passed before the 'rescheduled' notice (which asks for the tunnel, with the command): none goes.
@@ -245,6 +260,11 @@ def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that
     run = _run(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert run.slot_start == SLOT  # in the same window, not carried over
+    steps = _steps(tunnel_runtime.engine, run_id)
+    # Pre-flight at the start (3 nodes) and once more when every node answered: none per look.
+    assert [s.step for s in steps].count("pre-flight") == 6, [(s.step, s.node_id) for s in steps]
+    (wait,) = [s for s in steps if s.step == "tunnel-wait"]
+    assert wait.output_tail.startswith("every node answered after "), wait.output_tail
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
     kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
     assert kinds == ["started", "completed"]  # no 'rescheduled', no 'failed'

@@ -65,6 +65,13 @@ COVERED_ELSEWHERE = [
         "one Fabric Config shared by connections in many threads (race)",
         "tests/integration/test_ssh_threads.py",
     ),
+    (
+        "remote (SSH)",
+        "customer's support tunnel closed mid-upgrade or during the package's copy: step interrupted, the "
+        "run waits in its window, then asks the node (never upgraded twice) or carries over; a pause "
+        "meanwhile is honoured",
+        "tests/integration/test_tunnel_midrun.py",
+    ),
     ("SMTP", "down, 4xx, 5xx, login refused, crash after accept", "tests/integration/test_notices.py"),
     (
         "SMTP",

@@ -349,16 +349,22 @@ def carry_over(
         run.window_start, run.window_end = window.start, window.end
         run.slot_start = window.start
         run.slot_end = min(window.end, window.start + runtime.per_node_estimate * remaining)
-        deadline = (
-            _release_deadline(run, session) if why and not touched else None
-        )  # (a partial one: as it was)
+        deadline = _release_deadline(run, session)
         if deadline is not None and window.start > deadline:
-            # Schedule integrity: nothing touched yet, so never moved past the release deadline; held
-            # (it will not start) and the SRE finds a slot. The customer is not told of a move the
-            # rules forbid.
+            # Schedule integrity: never moved past the release deadline - held (it will not start) and
+            # the SRE finds a slot; the customer is not told of a move the rules forbid. Partly done
+            # (some nodes upgraded, or one in progress when its tunnel closed) alike: the SRE also
+            # reads that the cluster runs mixed versions until the rest is upgraded.
+            cause = why or f"window closed after {done} of {len(plan.nodes)} nodes"
+            mixed = (
+                f" ({done} of {len(plan.nodes)} nodes done: the cluster runs mixed versions until the "
+                "rest is upgraded)"
+                if (done or touched) and why
+                else ""
+            )
             run.held_reason = (
-                f"{why}; the next window {window.start:%Y-%m-%d %H:%M} UTC is past the release deadline "
-                f"{deadline:%Y-%m-%d %H:%M} UTC"
+                f"{cause}{mixed}; the next window {window.start:%Y-%m-%d %H:%M} UTC is past the release "
+                f"deadline {deadline:%Y-%m-%d %H:%M} UTC"
             )[:2000]
             run.reason = f"held: {run.held_reason}"
             tell_ending(
@@ -369,10 +375,12 @@ def carry_over(
                 notice=None,
                 customer_reason="",
                 alert="held",
-                headline=f"run {run_id} ({plan.label}) held: no valid slot, it will not start",
+                headline=f"run {run_id} ({plan.label}) held: no valid slot, it will not start"
+                + (f" ({done} of {len(plan.nodes)} nodes done)" if done or touched else ""),
                 cause=run.held_reason,
                 action="find a slot: change the deadline, the windows or blackouts, or cancel the update "
-                "(`upkeep calendar` shows it HELD)",
+                "(`upkeep calendar` shows it HELD)"
+                + ("; the customer was told it started, not that it stopped" if done or touched else ""),
             )
             session.add(run)
             return "held"

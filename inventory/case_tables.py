@@ -14,6 +14,7 @@ from sqlalchemy import JSON, BigInteger, Column
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
+from inventory.public import PublicModel
 from inventory.types import created_field, time_field
 from scheduling.sla import Category, Priority
 
@@ -44,11 +45,9 @@ def _enum(kind: type[StrEnum], *, nullable: bool = False, index: bool = False, d
     return Field(default=default, sa_column=Column(column_type, nullable=nullable, index=index))
 
 
-class Case(SQLModel, table=True):
-    __tablename__ = "support_case"  # CASE is a reserved word in SQL
-    id: int | None = Field(default=None, primary_key=True)
-    ref: str = Field(unique=True, index=True, max_length=24, description="CASE-n or an external id")
-    customer_id: int = Field(foreign_key="customer.id", index=True)
+class CaseBase(SQLModel):
+    """A case's columns as `upkeep case show --json` prints them (`Case` the table, `CasePublic`)."""
+
     subject: str = Field(max_length=200)
     category: Category = _enum(Category)
     queue: str = Field(
@@ -77,14 +76,19 @@ class Case(SQLModel, table=True):
     close_reason: str = Field(default="", max_length=2000)
 
 
+class Case(CaseBase, table=True):
+    __tablename__ = "support_case"  # CASE is a reserved word in SQL
+    id: int | None = Field(default=None, primary_key=True)
+    ref: str = Field(unique=True, index=True, max_length=24, description="CASE-n or an external id")
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+
+
 class CaseCluster(SQLModel, table=True):
     case_id: int = Field(foreign_key="support_case.id", primary_key=True, ondelete="CASCADE")
     cluster_id: int = Field(foreign_key="cluster.id", primary_key=True, index=True, ondelete="CASCADE")
 
 
-class DiagnosticsBundle(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
-    case_id: int = Field(foreign_key="support_case.id", index=True, ondelete="CASCADE")
+class DiagnosticsBundleBase(SQLModel):
     run_id: int | None = Field(default=None, foreign_key="upgraderun.id", index=True)
     cluster_id: int = Field(foreign_key="cluster.id", index=True)
     url: str = Field(max_length=1024)
@@ -94,3 +98,42 @@ class DiagnosticsBundle(SQLModel, table=True):
     missing_nodes: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     redactions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = created_field()
+
+
+class DiagnosticsBundle(DiagnosticsBundleBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="support_case.id", index=True, ondelete="CASCADE")
+
+
+# -- read models (`upkeep case show|list --json`) ----------------------------------------------------------
+
+
+class DiagnosticsBundlePublic(PublicModel, DiagnosticsBundleBase):
+    first_keys = ("id",)
+    id: int | None
+
+
+class CaseRunPublic(PublicModel):
+    """A run whose failure opened or joined the case, with its Prefect flow-run link."""
+
+    run: int
+    flow_run_url: str
+
+
+class CaseNotePublic(PublicModel):
+    at: datetime
+    by: str
+    note: str
+
+
+class CasePublic(PublicModel, CaseBase):
+    """A case with its customer's and clusters' names (its `id` is the case's ref, e.g. CASE-12), its
+    bundles, and the runs and notes about it (`flows.failed_run_case.case_links`)."""
+
+    id: str
+    customer: str | int  # the customer's name (its id if the customer is gone)
+    clusters: list[str]
+    bundles: list[DiagnosticsBundlePublic]
+    runs: list[CaseRunPublic]
+    notes: list[CaseNotePublic]
+    first_keys = ("id", "customer", "clusters")

@@ -23,6 +23,7 @@ from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from inventory.models import Cluster, Customer, Release, RunState, UpgradeRun
+from inventory.public import RingClusterPublic, RingPublic
 from inventory.repo import NotFound, record_audit
 from inventory.types import time_field
 from scheduling.versions import Version
@@ -230,20 +231,21 @@ def ring_rows(members: list[Member], *, notified: set[int], session: Session) ->
             told = run is not None and run.id in notified
             counts[status] += 1
             counts["notified"] += told and status in ("planned", "deferred")
-            rows.append(
-                {
-                    "cluster": member.cluster.name,
-                    "customer": customers.get(member.cluster.customer_id, ""),
-                    "status": status,
-                    "notified": told,
-                    "run_id": run.id if run else None,
-                    "slot_start": run.slot_start.isoformat() if run and run.slot_start else None,
-                    "deferrals": run.deferrals if run else 0,
-                    "reason": run.reason if run else member.entry.reason,
-                }
+            row = RingClusterPublic(
+                cluster=member.cluster.name,
+                customer=customers.get(member.cluster.customer_id, ""),
+                status=status,
+                notified=told,
+                run_id=run.id if run else None,
+                slot_start=run.slot_start if run else None,
+                deferrals=run.deferrals if run else 0,
+                reason=run.reason if run else member.entry.reason,
             )
+            rows.append(row)
         if rows or ring in RINGS_DEFAULT:
-            result.append({"ring": ring, **counts, "clusters": rows})
+            result.append(
+                RingPublic.model_validate({"ring": ring, **counts, "clusters": rows}).model_dump(mode="json")
+            )
     return result
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import PlainSerializer
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel import Field, Session, col, select
 
 from inventory.models import (
     AuditEvent,
@@ -20,6 +19,15 @@ from inventory.models import (
     UpgradeRun,
 )
 from inventory.outbox import Notice
+from inventory.public import (
+    DecisionPublic,
+    DeferralsPublic,
+    NodeResultPublic,
+    NoticeStatePublic,
+    PublicModel,
+    SchedulePublic,
+    SlotPublic,
+)
 from inventory.runs import run_steps
 from inventory.windows import MaintenanceWindow
 from scheduling.deferral import DeferralPolicy
@@ -53,21 +61,17 @@ def decisions(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
         .order_by(col(AuditEvent.id))
     )
     return [
-        {
-            "at": event.at.isoformat(),
-            "by": event.actor,
-            "decision": event.action.removeprefix("run.").removesuffix("_requested"),
-            "reason": str(event.detail.get("reason", "")),
-        }
+        DecisionPublic(
+            at=event.at,
+            by=event.actor,
+            decision=event.action.removeprefix("run.").removesuffix("_requested"),
+            reason=str(event.detail.get("reason", "")),
+        ).model_dump(mode="json")
         for event in session.exec(query)
     ]
 
 
-# Times in --json are ISO 8601 with their offset, as datetime.isoformat() writes them.
-Instant = Annotated[datetime, PlainSerializer(lambda at: at.isoformat(), return_type=str)]
-
-
-class RunPublic(SQLModel):
+class RunPublic(PublicModel):
     """A run as `upkeep runs --json` and `upkeep show --json` print it: the table's public face (the
     `UpgradeRun` row without lease bookkeeping, notice sequence or flow-run id), plus its cluster's
     name and phase. Its schedule (`schedule_fields`) follows it in the same object."""
@@ -78,17 +82,17 @@ class RunPublic(SQLModel):
     to_version: str = Field(alias="to")
     state: RunState
     phase: str  # the state, or awaiting_approval (run_phase)
-    window_start: Instant | None
-    window_end: Instant | None
+    window_start: datetime | None
+    window_end: datetime | None
     override_reason: str
     source: RunSource | str  # str: a source a newer Upkeep wrote, shown as stored (EnumText)
     requested_by: str
-    created_at: Instant
-    finished_at: Instant | None
+    created_at: datetime
+    finished_at: datetime | None
     reason: str
     # Who is carrying a running run out, and until when without a renewal (flows/lease.py).
     lease_owner: str | None
-    lease_until: Instant | None
+    lease_until: datetime | None
 
     @classmethod
     def of(cls, run: UpgradeRun, session: Session) -> RunPublic:
@@ -119,23 +123,20 @@ def schedule_fields(run: UpgradeRun, cluster: Cluster | None, session: Session) 
         else None
     )
     zone = window or (customer.timezone if customer else None)
-    slot = (
-        {"start": run.slot_start.isoformat(), "end": run.slot_end.isoformat()}
-        if run.slot_start and run.slot_end
-        else None
-    )
+    slot = SlotPublic(start=run.slot_start, end=run.slot_end) if run.slot_start and run.slot_end else None
     limit = DeferralPolicy().max_count
     notices = session.exec(
         select(Notice).where(Notice.update_ref == f"update-{run.id}").order_by(col(Notice.id))
     ).all()
-    return {
-        "slot": slot,
-        "window_timezone": zone,
-        "urgent": run.urgent,
-        "deferrals": {"used": run.deferrals, "left": 0 if run.urgent else max(0, limit - run.deferrals)},
-        "held_reason": run.held_reason or None,
-        "notices": [{"kind": n.kind, "sequence": n.sequence, "state": str(n.state)} for n in notices],
-    }
+    left = 0 if run.urgent else max(0, limit - run.deferrals)
+    return SchedulePublic(
+        slot=slot,
+        window_timezone=zone,
+        urgent=run.urgent,
+        deferrals=DeferralsPublic(used=run.deferrals, left=left),
+        held_reason=run.held_reason or None,
+        notices=[NoticeStatePublic.model_validate(n) for n in notices],
+    ).model_dump(mode="json")
 
 
 def node_rows(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
@@ -169,13 +170,12 @@ def node_rows(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
             result = "not reached"
         else:
             result = "pending"  # nothing done to it yet (pre-flight and the package copy do not count)
-        rows.append(
-            {
-                "node": node.hostname,
-                "before": check[0].output_tail if check else None,
-                "after": verify[-1].output_tail if verify else None,
-                "seconds": seconds,
-                "result": result,
-            }
+        row = NodeResultPublic(
+            node=node.hostname,
+            before=check[0].output_tail if check else None,
+            after=verify[-1].output_tail if verify else None,
+            seconds=seconds,
+            result=result,
         )
+        rows.append(row.model_dump(mode="json"))
     return rows

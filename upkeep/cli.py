@@ -115,6 +115,7 @@ def inventory_import(
 
     from flows.integrity import import_and_recheck
     from flows.run_notices import VendorTerms
+    from inventory.public import RecheckPublic
     from upkeep.settings import load_settings
 
     summary, outcomes = import_and_recheck(
@@ -134,16 +135,16 @@ def inventory_import(
                 "summary": str(summary),
                 "changes": summary.as_dict(),
                 "updates": [
-                    {
-                        "update": f"update-{o.run_id}",
-                        "cluster": o.label,
-                        "action": o.action,
-                        "reasons": list(o.reasons),
-                        "slot_start": o.slot.start.isoformat() if o.slot else None,
-                        "slot_end": o.slot.end.isoformat() if o.slot else None,
-                        "state": o.state or None,
-                        "describe": o.describe(),
-                    }
+                    RecheckPublic(
+                        update=f"update-{o.run_id}",
+                        cluster=o.label,
+                        action=o.action,
+                        reasons=list(o.reasons),
+                        slot_start=o.slot.start if o.slot else None,
+                        slot_end=o.slot.end if o.slot else None,
+                        state=o.state or None,
+                        describe=o.describe(),
+                    ).model_dump(mode="json")
                     for o in outcomes
                 ],
             }

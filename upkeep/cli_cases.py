@@ -42,21 +42,22 @@ def _now() -> datetime:
 
 def case_dict(case: Any, session: Session) -> dict[str, Any]:
     from flows.failed_run_case import case_links
+    from inventory.case_tables import CasePublic
     from inventory.cases import case_bundles, case_clusters
     from inventory.models import Customer
 
     customer = session.get(Customer, case.customer_id)
-    data = case.model_dump(exclude={"id", "customer_id", "ref"})
-    return {
-        "id": case.ref,
-        "customer": customer.name if customer else case.customer_id,
-        "clusters": [c.name for c in case_clusters(case, session=session)],
-        **{k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()},
-        "bundles": [
-            b.model_dump(mode="json", exclude={"case_id"}) for b in case_bundles(case, session=session)
-        ],
-        **case_links(case.ref, session=session),  # runs whose failure it is about (Prefect links), notes
-    }
+    public = CasePublic.model_validate(
+        case.model_dump(exclude={"id", "customer_id", "ref"})
+        | {
+            "id": case.ref,
+            "customer": customer.name if customer else case.customer_id,
+            "clusters": [c.name for c in case_clusters(case, session=session)],
+            "bundles": case_bundles(case, session=session),
+            **case_links(case.ref, session=session),  # runs whose failure it is about (Prefect links), notes
+        }
+    )
+    return public.model_dump(mode="json")
 
 
 def _show(data: dict[str, Any], as_json: bool) -> None:

@@ -161,21 +161,20 @@ def _answer(run_id: int, action: str, message: str, as_json: bool) -> None:
         console.print(message, markup=False)
         return
     from inventory.db import session_scope
+    from inventory.public import RunActionPublic
     from inventory.runs import get_run
 
     with session_scope(_engine()) as session:
         run = get_run(run_id, session=session)
-        state, requested = str(run.state), run.requested_action
-    print_json(
-        {
-            "id": run_id,
-            "update": f"update-{run_id}",
-            "action": action,
-            "state": state,
-            "requested_action": requested,
-            "message": message,
-        }
-    )
+        answer = RunActionPublic(
+            id=run_id,
+            update=f"update-{run_id}",
+            action=action,
+            state=str(run.state),
+            requested_action=run.requested_action,
+            message=message,
+        )
+    print_json(answer.model_dump(mode="json"))
 
 
 @app.command()

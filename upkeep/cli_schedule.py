@@ -163,7 +163,9 @@ def calendar(
     with _transaction() as session:
         rows = calendar_view(now=start, weeks=weeks, customer=customer, session=session)
     if json:
-        print_json([row.as_dict() for row in rows])
+        from inventory.public import CalendarEntryPublic
+
+        print_json([CalendarEntryPublic.model_validate(row).model_dump(mode="json") for row in rows])
         return
     if not rows:
         console.print(f"nothing in the {weeks} week(s) from {start:%Y-%m-%d %H:%M} UTC", markup=False)
@@ -196,25 +198,13 @@ def notices_list(
 
     from flows.schedule import parse_update_ref, update_ref
     from inventory.outbox import Notice
+    from inventory.public import NoticePublic
 
     with _transaction() as session:
         query = select(Notice).order_by(col(Notice.id).desc()).limit(limit)
         if update is not None:
             query = query.where(Notice.update_ref == update_ref(parse_update_ref(update)))
-        rows = [
-            {
-                "id": n.id,
-                "update": n.update_ref,
-                "kind": n.kind,
-                "sequence": n.sequence,
-                "state": str(n.state),
-                "recipients": list(n.recipients),
-                "queued_at": n.created_at.isoformat(),
-                "sent_at": n.sent_at.isoformat() if n.sent_at else None,
-                "note": n.last_error,
-            }
-            for n in session.exec(query)
-        ]
+        rows = [NoticePublic.model_validate(n).model_dump(mode="json") for n in session.exec(query)]
     if json:
         print_json(rows)
         return
@@ -313,6 +303,7 @@ def _update_dict(run: Any, session: Session) -> dict[str, Any]:
     from inventory import repo
     from inventory.models import Cluster
     from inventory.outbox import Notice
+    from inventory.public import ScheduledUpdatePublic
     from inventory.run_report import schedule_fields
 
     cluster = session.get(Cluster, run.cluster_id)
@@ -323,24 +314,25 @@ def _update_dict(run: Any, session: Session) -> dict[str, Any]:
         select(Notice).where(Notice.update_ref == ref, Notice.sequence == run.notice_sequence)
     )
     queued = notice.first()
-    return {
-        "id": run.id,
-        "update": ref,
-        "run": run.id,
-        "customer": customer.name,
-        "cluster": cluster.name,
-        "timezone": customer.timezone,
-        "from": run.from_version,
-        "to": run.to_version,
-        "state": str(run.state),
-        "urgent": run.urgent,
-        "case": run.case_ref,
-        "slot_start": run.slot_start.isoformat() if run.slot_start else None,
-        "slot_end": run.slot_end.isoformat() if run.slot_end else None,
-        "notice": None
-        if queued is None
-        else {"kind": queued.kind, "sequence": queued.sequence, "recipients": list(queued.recipients)},
-    } | schedule_fields(run, cluster, session)
+    public = ScheduledUpdatePublic.model_validate(
+        {
+            "id": run.id,
+            "update": ref,
+            "run": run.id,
+            "customer": customer.name,
+            "cluster": cluster.name,
+            "timezone": customer.timezone,
+            "from": run.from_version,
+            "to": run.to_version,
+            "state": str(run.state),
+            "urgent": run.urgent,
+            "case": run.case_ref,
+            "slot_start": run.slot_start,
+            "slot_end": run.slot_end,
+            "notice": queued,
+        }
+    )
+    return public.model_dump(mode="json", by_alias=True) | schedule_fields(run, cluster, session)
 
 
 def _print_update(action: str, data: dict[str, Any], as_json: bool) -> None:

@@ -265,21 +265,6 @@ def who(runtime: Runtime, at: datetime) -> OnCallNow | None:
     return OnCallNow(at, chain, current.person, current.start, current.end)
 
 
-def open_pages(runtime: Runtime) -> list[dict[str, Any]]:
-    with session_scope(runtime.engine) as session:
-        rows = session.exec(select(Page).where(col(Page.acked_at).is_(None)).order_by(col(Page.id))).all()
-        return [
-            {
-                "id": r.id,
-                "reason": r.reason,
-                "level": r.level,
-                "paged": r.paged,
-                "escalate_at": r.escalate_at.isoformat() if r.escalate_at else None,
-            }
-            for r in rows
-        ]
-
-
 def page_triggers(runtime: Runtime, now: datetime) -> list[int]:
     """The dispatcher tick's other part: page for every open P0 case and every rollout halted by its
     error budget that has not been paged yet (however the case was opened or the rollout halted)."""

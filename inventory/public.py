@@ -213,3 +213,51 @@ class RingPublic(PublicModel):
     skipped: int = 0
     blocked: int = 0
     clusters: list[RingClusterPublic]
+
+
+# -- on call ---------------------------------------------------------------------------------------------
+
+
+class PersonPublic(PublicModel):
+    """Someone of the rotation (`scheduling.oncall.Person`; their notify URL is not printed)."""
+
+    name: str
+    email: str
+    role: str
+
+
+class ShiftPublic(PublicModel):
+    start: datetime
+    end: datetime
+
+
+class PagePublic(PublicModel):
+    """An open page (`inventory.alerts.Page`): why, how far up the chain, who was paged, next step."""
+
+    id: int | None
+    reason: str
+    level: int
+    paged: list[str]
+    escalate_at: datetime | None
+
+
+class OnCallPublic(PublicModel):
+    """`upkeep oncall show --json`: who is on call at `at`, the shift, the chain, the open pages."""
+
+    at: datetime
+    on_call: PersonPublic
+    shift: ShiftPublic
+    handover: str  # "HH:MM ZONE (daily|weekly)"
+    team_lead: PersonPublic
+    escalation: list[PersonPublic]
+    informed: list[PersonPublic]
+    open_pages: list[PagePublic]
+
+
+class PageAckPublic(PublicModel):
+    """`upkeep oncall ack PAGE --json`: who acknowledged it, at which level; its escalation stopped."""
+
+    page: int
+    acked_by: str
+    level: int
+    escalation: str = "stopped"

@@ -6,6 +6,7 @@ import getpass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from sqlmodel import col, select
 
 from upkeep.cli_common import MAX_ID, JsonOpt, open_engine
 from upkeep.console import CliError, console, print_json
@@ -31,7 +32,10 @@ def oncall_show(
     json: JsonOpt = False,
 ) -> None:
     """Who is on call (now, or at --at), the team lead, the escalation chain, and open pages."""
-    from flows.oncall import open_pages, who
+    from flows.oncall import who
+    from inventory.alerts import Page
+    from inventory.db import session_scope
+    from inventory.public import OnCallPublic
     from inventory.types import utcnow
     from upkeep.cli_common import parse_cli_time
 
@@ -40,7 +44,22 @@ def oncall_show(
     found = who(runtime, when)
     if found is None:
         raise CliError("no on-call rotation: add an `oncall:` section to the inventory and import it")
-    data = {**found.as_dict(), "open_pages": open_pages(runtime)}
+    with session_scope(runtime.engine) as session:
+        pages = session.exec(select(Page).where(col(Page.acked_at).is_(None)).order_by(col(Page.id))).all()
+        chain = found.rotation
+        public = OnCallPublic.model_validate(
+            {
+                "at": found.at,
+                "on_call": found.engineer,
+                "shift": {"start": found.shift_start, "end": found.shift_end},
+                "handover": f"{chain.handover:%H:%M} {chain.timezone} ({chain.rotation})",
+                "team_lead": chain.team_lead,
+                "escalation": chain.escalation,
+                "informed": chain.informed,
+                "open_pages": pages,
+            }
+        )
+    data = public.model_dump(mode="json")
     if json:
         print_json(data)
         return
@@ -79,7 +98,9 @@ def oncall_ack(
     except OnCallError as exc:
         raise CliError(str(exc)) from None
     if json:
-        print_json({"page": alert, "acked_by": row.acked_by, "level": row.level, "escalation": "stopped"})
+        from inventory.public import PageAckPublic
+
+        print_json(PageAckPublic(page=alert, acked_by=row.acked_by, level=row.level).model_dump(mode="json"))
         return
     console.print(
         f"page {alert} acknowledged by {row.acked_by} at level {row.level}; escalation stopped", markup=False

@@ -261,3 +261,51 @@ class PageAckPublic(PublicModel):
     acked_by: str
     level: int
     escalation: str = "stopped"
+
+
+# -- an update's plan (`upkeep update --dry-run --json`) ----------------------------------------------
+
+
+class PlannedNodePublic(PublicModel):
+    """A node as an update will reach it, in upgrade order (`flows.plan.PlannedNode`)."""
+
+    id: int
+    hostname: str
+    address: str
+    port: int
+    user: str
+    position: int
+    tunnel_port: int | None
+    host_key: str | None
+
+
+class JumpPublic(PublicModel):
+    host: str
+    port: int
+    user: str
+
+
+class TunnelServerPublic(PublicModel):
+    host: str
+    port: int
+    user: str
+    host_key: str
+
+
+class PlanPublic(PublicModel):
+    """What an update will do, worked out from the inventory (`flows.plan.UpdatePlan`); nothing is
+    touched. Its versions keep the plan's own names (`from_version`, `to_version`)."""
+
+    dry_run: bool = True
+    customer: str
+    cluster: str
+    cluster_id: int
+    from_version: str
+    to_version: str
+    path: list[str]
+    package: str
+    sha256: str
+    nodes: list[PlannedNodePublic]
+    jump: JumpPublic | None
+    tunnel: TunnelServerPublic | None
+    steps: list[str]

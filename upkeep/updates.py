@@ -24,7 +24,9 @@ def _plan(cluster: str, to_version: str, engine: Engine) -> UpdatePlan:
 def print_plan(cluster: str, to_version: str, *, engine: Engine, as_json: bool) -> None:
     plan = _plan(cluster, to_version, engine)
     if as_json:
-        print_json({"dry_run": True, **plan.as_dict()})
+        from inventory.public import PlanPublic
+
+        print_json(PlanPublic.model_validate(plan).model_dump(mode="json"))
         return
     console.print(f"[bold]plan[/]: update {plan.label} (dry run: nothing is touched)")
     console.print(f"  package  {plan.package} sha256={plan.sha256[:16]}…")

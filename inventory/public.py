@@ -309,3 +309,38 @@ class PlanPublic(PublicModel):
     jump: JumpPublic | None
     tunnel: TunnelServerPublic | None
     steps: list[str]
+
+
+# -- diagnostics and notice delivery ---------------------------------------------------------------------
+
+
+class DiagnosticsResultPublic(PublicModel):
+    """`upkeep diagnostics collect --json` (`flows.diagnostics.CollectResult`): the bundle uploaded for a
+    case, its nodes, the ones missing and why, and the redactions made per kind."""
+
+    case: str
+    bundle_id: int
+    url: str
+    sha256: str
+    size: int
+    partial: bool
+    nodes: list[str]
+    missing: dict[str, str]
+    redactions: dict[str, int]
+
+
+class FailedNoticePublic(PublicModel):
+    key: str
+    customer_id: int
+    recipients: list[str]
+    error: str
+
+
+class DeliveryPublic(PublicModel):
+    """`upkeep notices send --json` (`flows.notify.DeliveryReport`): notices by idempotency key."""
+
+    sent: list[str]
+    retrying: list[str]
+    failed: list[FailedNoticePublic]
+    superseded: list[str]
+    transport_error: str

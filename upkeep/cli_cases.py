@@ -379,7 +379,9 @@ def diagnostics_collect(
     if result.reached_no_node:
         raise CliError(result.no_node_reason())  # exit 1: nothing to bundle, nothing uploaded
     if json:
-        print_json(result.as_dict())
+        from inventory.public import DiagnosticsResultPublic
+
+        print_json(DiagnosticsResultPublic.model_validate(result).model_dump(mode="json"))
     else:
         console.print(f"bundle for {result.case}: {result.url}", markup=False)
         console.print(f"  sha256 {result.sha256}, {result.size} bytes, nodes {', '.join(result.nodes)}")

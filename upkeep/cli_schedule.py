@@ -236,7 +236,9 @@ def notices_send(
         runtime.engine, runtime.mailer, now=_now(), sender=runtime.mail_from, limit=limit
     )
     if json:
-        print_json(report.as_dict())
+        from inventory.public import DeliveryPublic
+
+        print_json(DeliveryPublic.model_validate(report).model_dump(mode="json"))
     else:
         console.print(
             f"notices: {len(report.sent)} sent, {len(report.retrying)} retrying later, "

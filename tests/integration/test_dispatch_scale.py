@@ -480,3 +480,39 @@ def test_a_24h_reminder_never_goes_before_its_runs_deferred_72h_one(
     assert send_reminders(runtime, clock[0]) == [f"update-{first}:72h", f"update-{first}:24h"]
     assert send_reminders(runtime, clock[0]) == [f"update-{later}:72h", f"update-{later}:24h"]
     assert send_reminders(runtime, clock[0]) == []
+
+
+def test_a_reminder_queued_by_another_process_meanwhile_is_not_queued_twice(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The tick's look-up of queued reminders and its INSERT are two statements: another dispatcher can
+    queue the same reminder between them. The INSERT's ON CONFLICT DO NOTHING then leaves that row
+    alone, the tick does not report it as its own, and the other reminders of the chunk still go."""
+    import flows.dispatch
+    from flows.run_notices import queue_run_notice
+
+    runtime = _fleet(engine, tmp_path, 2)
+    raced = _plan(engine, "c00", NOW + timedelta(hours=3), NOW - timedelta(hours=48))
+    other = _plan(engine, "c01", NOW + timedelta(hours=4), NOW - timedelta(hours=48))
+    original, calls = flows.dispatch._queued_keys, []
+
+    def look_up_then_another_dispatcher_queues(session: Any, keys: list[str]) -> set[str]:
+        found = original(session, keys)
+        calls.append(keys)
+        if len(calls) == 2:  # the look-up in the queuing transaction, right before its INSERT
+            with session_scope(engine) as theirs:
+                run = theirs.get(UpgradeRun, raced)
+                assert run is not None
+                queue_run_notice(run, "reminder", session=theirs, now=NOW, variant="24h")
+        return found
+
+    monkeypatch.setattr(flows.dispatch, "_queued_keys", look_up_then_another_dispatcher_queues)
+    if engine.dialect.name == "sqlite":  # one writer at a time (BEGIN IMMEDIATE): queue it first
+        with session_scope(engine) as theirs:
+            run = theirs.get(UpgradeRun, raced)
+            assert run is not None
+            queue_run_notice(run, "reminder", session=theirs, now=NOW, variant="24h")
+        monkeypatch.setattr(flows.dispatch, "_queued_keys", lambda session, keys: set())
+
+    assert send_reminders(runtime, NOW) == [f"update-{other}:24h"]
+    assert _reminder_keys(engine) == sorted(f"update-{run_id}:reminder:1:24h" for run_id in (raced, other))

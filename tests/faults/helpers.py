@@ -6,7 +6,6 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,11 @@ from sqlmodel import col, select
 from inventory.db import migrate, session_scope
 from inventory.importer import import_inventory
 from inventory.installation import installation_id
-from inventory.models import Cluster, Node, NodeStep, RunState, StepState, UpgradeRun
+from inventory.models import Cluster, Node, NodeStep, StepState, UpgradeRun
 from inventory.outbox import Notice, NoticeState
-from inventory.runs import create_run
-from inventory.types import utcnow
 from tasks.mail import message_id_for
 from tests.integration.conftest import nodes_of
+from tests.support.runs import due_now
 
 TARGET = "9.10.0"
 FROM = "9.8.0"
@@ -106,27 +104,6 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> 
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def due_now(session: Any, cluster: Cluster) -> UpgradeRun:
-    """A planned run of `cluster` to TARGET whose announced slot has just begun."""
-    now = utcnow()
-    run = create_run(
-        cluster,
-        to_version=TARGET,
-        source="schedule",
-        requested_by="t",
-        session=session,
-        state=RunState.planned,
-    )
-    run.slot_start, run.slot_end, run.notice_sequence = (
-        now - timedelta(minutes=1),
-        now + timedelta(hours=4),
-        1,
-    )
-    run.told_at = now - timedelta(days=4)  # announced in good time: the dispatcher's re-check passes
-    session.add(run)
-    return run
 
 
 def rollout_due_now(engine: Any, inventory_path: Path) -> None:

@@ -16,8 +16,8 @@ import flows.product_update as product_update_module
 from flows.product_update import product_update
 from inventory.db import session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
-from tests.faults.helpers import due_now
 from tests.integration.conftest import nodes_of
+from tests.support.runs import due_now
 from upkeep.updates import request_stop
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]

@@ -19,6 +19,7 @@ from inventory.db import session_scope
 from inventory.models import RunState
 from inventory.repo import get_cluster
 from inventory.runs import create_run
+from tests.support.runs import planned_run
 from tests.support.update_world import CLUSTER, MONDAY, TARGET, World
 
 pytestmark = [pytest.mark.prefect]
@@ -37,22 +38,11 @@ def world(sqlite_engine: Engine, tmp_path: Path, prefect_harness: None) -> Itera
 def test_a_due_run_of_an_unknown_kind_neither_fails_the_tick_nor_starts(world: World) -> None:
     with session_scope(world.engine) as session:
         cluster = get_cluster(CLUSTER, session=session)
-        run = create_run(
-            cluster,
-            to_version=TARGET,
-            source="support",
-            requested_by="t",
-            session=session,
-            state=RunState.planned,
-        )
         slot = MONDAY + timedelta(minutes=5)
-        run.slot_start, run.slot_end, run.told_at = (
-            slot,
-            slot + timedelta(hours=2),
-            MONDAY - timedelta(days=10),
-        )
-        session.add(run)
-        session.flush()
+        run = planned_run(
+            session, cluster, to_version=TARGET, source="support", slot_start=slot,
+            slot_end=slot + timedelta(hours=2), told_at=MONDAY - timedelta(days=10),
+        )  # fmt: skip
         run_id = run.id
     with world.engine.begin() as conn:
         conn.execute(text("UPDATE upgraderun SET kind = 'firmware' WHERE id = :id"), {"id": run_id})

@@ -24,9 +24,9 @@ from inventory.db import session_scope
 from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
 from inventory.types import utcnow
 from tests.conftest import POSTGRES_URL
-from tests.faults.helpers import due_now
 from tests.integration.conftest import nodes_of, upkeep_cli
 from tests.support.labs import take_cluster
+from tests.support.runs import due_now
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 TARGET = "9.10.0"

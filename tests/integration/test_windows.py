@@ -19,9 +19,9 @@ from inventory.alerts import Alert
 from inventory.db import session_scope
 from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice
-from inventory.runs import create_run
 from inventory.windows import MaintenanceWindow
 from tests.integration.conftest import nodes_of
+from tests.support.runs import planned_run
 from upkeep.console import CliError
 from upkeep.requests import request_update
 from upkeep.updates import resume_run
@@ -57,21 +57,14 @@ def _upgrades(lab: Any, cluster: str) -> list[int]:
 
 
 def _planned(engine: Any, cluster: str, start: datetime, end: datetime) -> int:
-    """A scheduled update whose slot is [start, end) (sized to the estimate, as `schedule` makes it)."""
+    """A scheduled update whose slot is [start, end) (sized to the estimate, as `schedule` makes it),
+    announced in good time: the dispatcher's re-check passes."""
     with session_scope(engine) as session:
         row = session.exec(select(Cluster).where(Cluster.name == cluster)).one()
-        run = create_run(
-            row,
-            to_version=TARGET,
-            source="support",
-            requested_by="t",
-            session=session,
-            state=RunState.planned,
-        )
-        run.slot_start, run.slot_end, run.notice_sequence = start, end, 1
-        run.told_at = start - timedelta(days=5)  # announced in good time: the dispatcher's re-check passes
-        session.add(run)
-        session.flush()
+        run = planned_run(
+            session, row, source="support", slot_start=start, slot_end=end,
+            told_at=start - timedelta(days=5), notice_sequence=1,
+        )  # fmt: skip
         return run.id or 0
 
 

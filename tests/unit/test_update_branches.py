@@ -26,9 +26,9 @@ from flows import runtime as flow_runtime
 from inventory.db import session_scope
 from inventory.models import RunState, UpgradeRun
 from inventory.repo import get_cluster
-from inventory.runs import create_run
 from tests.support.fakes import FakeNode
 from tests.support.flow_engine import prefect_in_process
+from tests.support.runs import planned_run
 from tests.support.update_world import CLUSTER, FROM, HOSTS, MONDAY, PACKAGE, TARGET, World
 
 
@@ -199,17 +199,10 @@ def short_window(sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_window_closing_carries_the_rest_over_to_the_next_window(short_window: World) -> None:
     world = short_window
     with session_scope(world.engine) as session:
-        run = create_run(
-            get_cluster(CLUSTER, session=session),
-            to_version=TARGET,
-            source="customer",
-            requested_by="test",
-            session=session,
-            state=RunState.planned,
-        )
-        run.slot_start, run.slot_end = MONDAY, MONDAY + timedelta(minutes=30)
-        session.add(run)
-        session.flush()
+        run = planned_run(
+            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
+        )  # fmt: skip
         run_id = run.id
     # 55 minutes pass while node 1 upgrades: 5 are left, a node needs 10.
     world.nodes[0].before["upgrade"] = lambda _node: world.clock.advance(timedelta(minutes=55))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from inventory.models import AuditEvent, Cluster, Contact, Customer
 from inventory.outbox import Notice
 from scheduling.sla import Category, Priority
 from scheduling.times import load_zone
+from tests.support.races import meanwhile
 
 NY = load_zone("America/New_York")
 MONDAY = datetime(2026, 6, 1, 10, tzinfo=NY)
@@ -182,18 +184,36 @@ def test_bundles_are_kept_with_their_case(engine: Any) -> None:
         assert [c.name for c in cases.case_clusters(case, session=session)] == ["acme-c1", "acme-c2"]
 
 
-@pytest.fixture
-def flow_runtime(engine: Any, prefect_harness: None, tmp_path: Path) -> Iterator[Any]:
+@contextmanager
+def _configured(engine: Any, tmp_path: Path, **settings: Any) -> Iterator[Any]:
+    """A Runtime on `engine` (a home in tmp_path, plus `settings`), the flows' runtime for the block."""
     from flows import runtime
     from upkeep.bootstrap import build_runtime
     from upkeep.settings import load_settings
 
-    built = build_runtime(load_settings(home=tmp_path / "home"), engine=engine)
+    built = build_runtime(load_settings(home=tmp_path / "home", **settings), engine=engine)
     runtime.configure(built)
     try:
         yield built
     finally:
         runtime.configure(None)
+
+
+@pytest.fixture
+def flow_runtime(engine: Any, prefect_harness: None, tmp_path: Path) -> Iterator[Any]:
+    with _configured(engine, tmp_path) as built:
+        yield built
+
+
+def _escalate(runtime: Any, ref: str, *, by: str, reason: str, now: datetime, actor: str) -> None:
+    """`upkeep case escalate REF` as the flow does it, in a transaction of its own."""
+    from flows.escalation import escalate_case
+
+    with session_scope(runtime.engine) as session:
+        escalate_case(
+            runtime, cases.get_case(ref, session=session), by=by, reason=reason, now=now, actor=actor,
+            session=session,
+        )  # fmt: skip
 
 
 def test_auto_close_flow_closes_stale_waiting_cases_and_queues_the_email(
@@ -278,26 +298,14 @@ def test_escalation_assigns_and_notifies_the_manager_who_is_alerted_when_an_upda
 ) -> None:
     """The handbook's escalation: the SRE Manager holds the case as Escalation Manager, is notified and
     named to the customer; a missed update of the cadence (P1: 4 h) alerts the manager, once, audited."""
-    from flows import runtime as flow_runtime
-    from flows.escalation import check_update_cadence, escalate_case
+    from flows.escalation import check_update_cadence
     from inventory.alerts import Alert
-    from upkeep.bootstrap import build_runtime
-    from upkeep.settings import load_settings
 
     _fleet(engine)
     ref = _open(engine, priority="P1")
-    runtime = build_runtime(
-        load_settings(home=tmp_path / "home", escalation_manager="Maria Manager <maria@vendor.example>"),
-        engine=engine,
-    )
-    runtime.clock = lambda: MONDAY
-    flow_runtime.configure(runtime)
-    try:
-        with session_scope(engine) as session:
-            case = cases.get_case(ref, session=session)
-            escalate_case(
-                runtime, case, by="customer", reason="VP called", now=MONDAY, actor="sre", session=session
-            )
+    with _configured(engine, tmp_path, escalation_manager="Maria Manager <maria@vendor.example>") as runtime:
+        runtime.clock = lambda: MONDAY
+        _escalate(runtime, ref, by="customer", reason="VP called", now=MONDAY, actor="sre")
         with session_scope(engine) as session:
             case = cases.get_case(ref, session=session)
             assert case.escalation_manager == "Maria Manager <maria@vendor.example>"
@@ -320,8 +328,6 @@ def test_escalation_assigns_and_notifies_the_manager_who_is_alerted_when_an_upda
         late = MONDAY + timedelta(hours=7, minutes=1)  # the update due at +7 h was not shared
         assert check_update_cadence(runtime, late) == [ref]
         assert check_update_cadence(runtime, late + timedelta(minutes=5)) == []  # alerted once
-    finally:
-        flow_runtime.configure(None)
     with session_scope(engine) as session:
         [missed] = session.exec(select(Alert).where(Alert.kind == "case-update-missed")).all()
         audit = session.exec(select(AuditEvent).where(AuditEvent.action == "case.update_missed")).all()
@@ -339,74 +345,32 @@ def test_escalating_an_escalated_case_again_is_refused_and_keeps_its_cadence(
     on PostgreSQL) escalated it again: the customer was told a second time, the manager alerted twice,
     and the update cadence restarted, so an update already overdue was never alerted."""
     from flows import escalation as escalation_module
-    from flows import runtime as flow_runtime
-    from flows.escalation import escalate_case
     from inventory.alerts import Alert
     from inventory.cases import CaseError
-    from upkeep.bootstrap import build_runtime
-    from upkeep.settings import load_settings
 
     _fleet(engine)
     ref = _open(engine, priority="P1")
-    runtime = build_runtime(load_settings(home=tmp_path / "home"), engine=engine)
-    flow_runtime.configure(runtime)
     later = MONDAY + timedelta(hours=5)  # the first escalation's update (due +4 h) is overdue
-    try:
-        with session_scope(engine) as session:
-            escalate_case(
-                runtime,
-                cases.get_case(ref, session=session),
-                by="customer",
-                reason="VP called",
-                now=MONDAY,
-                actor="a",
-                session=session,
-            )
-        with pytest.raises(CaseError, match="already escalated"), session_scope(engine) as session:
-            escalate_case(
-                runtime,
-                cases.get_case(ref, session=session),
-                by="sre",
-                reason="again",
-                now=later,
-                actor="b",
-                session=session,
-            )
+    with _configured(engine, tmp_path) as runtime:
+        _escalate(runtime, ref, by="customer", reason="VP called", now=MONDAY, actor="a")
+        with pytest.raises(CaseError, match="already escalated"):
+            _escalate(runtime, ref, by="sre", reason="again", now=later, actor="b")
         # Two at once: the other operator's escalation commits between this one's read and its write
         # (PostgreSQL; SQLite serialises the two transactions at BEGIN IMMEDIATE).
         if engine.dialect.name == "postgresql":
             ref2 = _open(engine, priority="P1")
-            original, others = escalation_module.parse_cadence, []
 
-            def other_first(text: str) -> Any:
-                if not others:
-                    with session_scope(engine) as other:
-                        others.append(
-                            cases.escalate(
-                                cases.get_case(ref2, session=other),
-                                by="sre",
-                                reason="first",
-                                now=MONDAY,
-                                actor="c",
-                                session=other,
-                            )
-                        )
-                return original(text)
+            def other_escalates() -> Any:
+                with session_scope(engine) as other:
+                    return cases.escalate(
+                        cases.get_case(ref2, session=other), by="sre", reason="first", now=MONDAY,
+                        actor="c", session=other,
+                    )  # fmt: skip
 
-            monkeypatch.setattr(escalation_module, "parse_cadence", other_first)
-            with pytest.raises(CaseError, match="already escalated"), session_scope(engine) as session:
-                escalate_case(
-                    runtime,
-                    cases.get_case(ref2, session=session),
-                    by="sre",
-                    reason="me too",
-                    now=MONDAY,
-                    actor="d",
-                    session=session,
-                )
+            others = meanwhile(monkeypatch, escalation_module, "parse_cadence", other_escalates)
+            with pytest.raises(CaseError, match="already escalated"):
+                _escalate(runtime, ref2, by="sre", reason="me too", now=MONDAY, actor="d")
             assert others
-    finally:
-        flow_runtime.configure(None)
     with session_scope(engine) as session:
         case = cases.get_case(ref, session=session)
         assert case.next_update_due == MONDAY.astimezone(UTC) + timedelta(hours=4)
@@ -425,51 +389,31 @@ def test_a_case_closed_while_the_cadence_check_reads_it_alerts_nobody(
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite serialises writers at BEGIN IMMEDIATE: the interleaving cannot happen")
     from flows import escalation as escalation_module
-    from flows import runtime as flow_runtime
-    from flows.escalation import check_update_cadence, escalate_case
+    from flows.escalation import check_update_cadence
     from inventory.alerts import Alert
-    from upkeep.bootstrap import build_runtime
-    from upkeep.settings import load_settings
 
     _fleet(engine)
     closed_ref, twice_ref = _open(engine, priority="P1"), _open(engine, priority="P1")
-    runtime = build_runtime(load_settings(home=tmp_path / "home"), engine=engine)
-    flow_runtime.configure(runtime)
     late = MONDAY + timedelta(hours=5)  # the update due at +4 h was not shared
-    try:
+    with _configured(engine, tmp_path) as runtime:
         for ref in (closed_ref, twice_ref):
-            with session_scope(engine) as session:
-                escalate_case(
-                    runtime,
-                    cases.get_case(ref, session=session),
-                    by="sre",
-                    reason="VP called",
-                    now=MONDAY,
-                    actor="a",
-                    session=session,
+            _escalate(runtime, ref, by="sre", reason="VP called", now=MONDAY, actor="a")
+
+        def close_then_another_tick() -> Any:
+            with session_scope(engine) as other:
+                cases.close_case(
+                    cases.get_case(closed_ref, session=other),
+                    reason="fixed",
+                    now=late,
+                    actor="b",
+                    session=other,
                 )
-        original, others = escalation_module.escalated_updates_due, []
+            return check_update_cadence(runtime, late)  # another dispatcher's tick
 
-        def read_then_others_commit(now: Any, *, session: Any) -> Any:
-            found = original(now, session=session)
-            if not others:
-                others.append("closing")
-                with session_scope(engine) as other:
-                    cases.close_case(
-                        cases.get_case(closed_ref, session=other),
-                        reason="fixed",
-                        now=now,
-                        actor="b",
-                        session=other,
-                    )
-                others.append(check_update_cadence(runtime, now))  # another dispatcher's tick
-            return found
-
-        monkeypatch.setattr(escalation_module, "escalated_updates_due", read_then_others_commit)
+        others = meanwhile(monkeypatch, escalation_module, "escalated_updates_due", close_then_another_tick,
+                           after=True)  # fmt: skip
         assert check_update_cadence(runtime, late) == []
-    finally:
-        flow_runtime.configure(None)
-    assert others == ["closing", [twice_ref]]
+    assert others == [[twice_ref]]
     with session_scope(engine) as session:
         missed = session.exec(select(Alert).where(Alert.kind == "case-update-missed")).all()
     assert len(missed) == 1 and twice_ref in missed[0].subject

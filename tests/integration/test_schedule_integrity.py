@@ -27,6 +27,7 @@ from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice
 from scheduling.times import load_zone
 from tests.integration.conftest import nodes_of
+from tests.support import races
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 TARGET = "9.10.0"
@@ -237,20 +238,14 @@ def test_an_import_moving_the_update_between_the_recheck_and_the_claim_wins(
     fleet = _with_blackout(
         lab, fresh_cluster, start.astimezone(zone).date().isoformat(), "freeze", tmp_path / "f.yaml"
     )
-    original, moved = dispatch_module.reasons_for, []
 
-    def reasons_then_import(run: UpgradeRun, **kwargs: Any) -> Any:
-        found = original(run, **kwargs)
-        if not moved:  # another operator's import commits right now
-            moved.extend(
-                import_and_recheck(fleet, engine=runtime.engine, actor="sre", now=start, vendor=vendor)[1]
-            )
-        return found
+    def another_import() -> Any:  # another operator's import commits right after the check
+        return import_and_recheck(fleet, engine=runtime.engine, actor="sre", now=start, vendor=vendor)[1]
 
-    monkeypatch.setattr(dispatch_module, "reasons_for", reasons_then_import)
+    imports = races.meanwhile(monkeypatch, dispatch_module, "reasons_for", another_import, after=True)
     claim = claim_due(runtime, start + timedelta(minutes=1), timedelta(minutes=5))
 
-    assert [o.action for o in moved] == ["moved"]
+    assert [[o.action for o in moved] for moved in imports] == [["moved"]]
     assert claim is None
     with session_scope(runtime.engine) as session:
         run = session.get(UpgradeRun, run_id)
@@ -272,15 +267,14 @@ def test_cancel_or_defer_racing_the_dispatchers_claim_never_rewrites_a_started_r
     _postgres_only(runtime.engine)
     run_id, start, _ = _scheduled_and_told(runtime, fresh_cluster)
     at = start + timedelta(minutes=1)
-    original, claims = schedule_module.get_run, []
-
-    def read_then_claim(run_id: int, *, session: Any) -> UpgradeRun:
-        run = original(run_id, session=session)
-        if not claims:  # the dispatcher's tick claims it right now
-            claims.append(claim_due(runtime, at, timedelta(minutes=5)))
-        return run
-
-    monkeypatch.setattr(schedule_module, "get_run", read_then_claim)
+    # the dispatcher's tick claims it right after the read
+    claims = races.meanwhile(
+        monkeypatch,
+        schedule_module,
+        "get_run",
+        lambda: claim_due(runtime, at, timedelta(minutes=5)),
+        after=True,
+    )
     with pytest.raises(ScheduleRefused, match="running"), session_scope(runtime.engine) as session:
         if action == "cancel":
             cancel_update(run_id, now=at, reason="changed our mind", session=session)
@@ -312,15 +306,14 @@ def test_an_import_whose_move_loses_to_the_dispatchers_claim_does_not_report_a_m
         zone = load_zone(_zone(session, session.get(UpgradeRun, run_id)))  # type: ignore[arg-type]
     day = start.astimezone(zone).date().isoformat()
     fleet = _with_blackout(lab, fresh_cluster, day, "freeze", tmp_path / "f.yaml")
-    original, claims = integrity_module.replacement_slot, []
-
-    def slot_then_claim(*args: Any, **kwargs: Any) -> Any:
-        found = original(*args, **kwargs)
-        if not claims:  # the dispatcher's tick claims it right now
-            claims.append(claim_due(runtime, start, timedelta(minutes=5)))
-        return found
-
-    monkeypatch.setattr(integrity_module, "replacement_slot", slot_then_claim)
+    # the dispatcher's tick claims it right after the new slot was chosen
+    claims = races.meanwhile(
+        monkeypatch,
+        integrity_module,
+        "replacement_slot",
+        lambda: claim_due(runtime, start, timedelta(minutes=5)),
+        after=True,
+    )
     _, [outcome] = import_and_recheck(fleet, engine=runtime.engine, actor="sre", now=start, vendor=vendor)
 
     assert claims and claims[0] is not None
@@ -366,21 +359,17 @@ def test_upkeep_cancel_racing_a_start_or_an_end_never_rewrites_the_run(
     if meanwhile == "its last node finished":
         claim = claim_due(runtime, at, timedelta(minutes=5))
         assert claim is not None and claim.run_id == run_id
-    original, others = updates_module.get_run, []
 
-    def read_then_other_commits(run_id_: int, *, session: Any, **kwargs: Any) -> UpgradeRun:
-        # The other process commits just before the cancel's read of the run; that read locks the
-        # row (get_run(lock=True)), so nothing can commit between it and the cancel's write.
-        if not others:
-            if meanwhile == "dispatcher claims it":
-                others.append(claim_due(runtime, at, timedelta(minutes=5)))
-            else:
-                with session_scope(runtime.engine) as other:
-                    finish_run(original(run_id_, session=other), RunState.succeeded, session=other)
-                    others.append("succeeded")
-        return original(run_id_, session=session, **kwargs)
+    def other_commits() -> Any:
+        if meanwhile == "dispatcher claims it":
+            return claim_due(runtime, at, timedelta(minutes=5))
+        with session_scope(runtime.engine) as other:
+            finish_run(updates_module.get_run(run_id, session=other), RunState.succeeded, session=other)
+        return "succeeded"
 
-    monkeypatch.setattr(updates_module, "get_run", read_then_other_commits)
+    # The other process commits just before the cancel's read of the run; that read locks the row
+    # (get_run(lock=True)), so nothing can commit between it and the cancel's write.
+    others = races.meanwhile(monkeypatch, updates_module, "get_run", other_commits)
     if meanwhile == "dispatcher claims it":  # a running run: the cancel is asked of it, between nodes
         request_stop(run_id, "cancel", engine=runtime.engine, actor="sre", reason="customer asked")
     else:

@@ -12,20 +12,15 @@ import os
 import re
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
+from tests.support.portal import portal_served, wait_for
 
 pytestmark = [pytest.mark.smtp, pytest.mark.browser, pytest.mark.lab]
 PACKAGE = secrets.token_bytes(300_000)  # the release the designated user downloads
@@ -60,22 +55,6 @@ INVENTORY: dict[str, Any] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_for(what: str, check: Any, seconds: float = 60) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 @pytest.fixture
 def fileserver(tmp_path: Path) -> Iterator[dict[str, str]]:
     """The lab's HTTPS file server (nginx, basic auth, its own CA) holding the release; its settings."""
@@ -102,44 +81,18 @@ def served(
     tmp_path: Path, smtp: SmtpServer, fileserver: dict[str, str]
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """The portal served by the real CLI on a free loopback port; (its URL, the CLI's environment)."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
     env |= {
         "UPKEEP_HOME": str(tmp_path / "home"),
         "UPKEEP_SMTP_HOST": "127.0.0.1",
         "UPKEEP_SMTP_PORT": str(smtp.port),
         "UPKEEP_MAIL_FROM": "Upkeep <upkeep@vendor.example>",
-        "UPKEEP_PORTAL_URL": url,
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env |= fileserver
-    path = tmp_path / "inventory.yaml"
-    path.write_text(yaml.safe_dump(INVENTORY, sort_keys=False))
-    upkeep_cli(env, "inventory", "import", str(path))
-    log = (tmp_path / "portal.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "upkeep", "portal", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-
-        def up() -> bool:
-            assert server.poll() is None, (tmp_path / "portal.log").read_text()
-            try:
-                return httpx.get(f"{url}/signin", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        _wait_for("the portal to answer", up)
+    with portal_served(tmp_path, env, INVENTORY) as url:
         yield url, env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture
@@ -175,7 +128,7 @@ def test_sign_in_from_the_email_defer_and_open_a_case(
     def sign_in_mail() -> Any:
         return next((m for m in smtp.handler.messages if "sign-in link" in str(m["Subject"])), None)
 
-    mail = _wait_for("the sign-in email", sign_in_mail)
+    mail = wait_for(sign_in_mail, "the sign-in email")
     assert str(mail["To"]) == "ann@acme.example"
     [link] = re.findall(
         r"http://127\.0\.0\.1:\d+/signin/link\?t=\S+", mail.get_body(("plain",)).get_content()

@@ -6,52 +6,24 @@ different X-Forwarded-For each time; behind a trusted proxy, its X-Forwarded-For
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.integration.conftest import upkeep_cli
-from tests.portal.test_portal_browser import INVENTORY, _free_port, _wait_for
+from tests.portal.test_portal_browser import INVENTORY
+from tests.support.portal import portal_served
 
 
 @contextmanager
-def portal_served(tmp_path: Path, **settings: str) -> Iterator[str]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+def served_with(tmp_path: Path, **settings: str) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
-    env |= {"UPKEEP_HOME": str(tmp_path / "home"), "UPKEEP_PORTAL_URL": url, "DO_NOT_TRACK": "1"}
+    env |= {"UPKEEP_HOME": str(tmp_path / "home"), "DO_NOT_TRACK": "1"}
     env |= {f"UPKEEP_{key.upper()}": value for key, value in settings.items()}
-    path = tmp_path / "inventory.yaml"
-    path.write_text(yaml.safe_dump(INVENTORY, sort_keys=False))
-    upkeep_cli(env, "inventory", "import", str(path))
-    log = (tmp_path / "portal.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "upkeep", "portal", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-
-        def up() -> bool:
-            assert server.poll() is None, (tmp_path / "portal.log").read_text()
-            try:
-                return httpx.get(f"{url}/signin", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        _wait_for("the portal to answer", up)
+    with portal_served(tmp_path, env, INVENTORY) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def ask_for_links(url: str, forwarded_for: list[str]) -> list[int]:
@@ -73,7 +45,7 @@ def ask_for_links(url: str, forwarded_for: list[str]) -> list[int]:
 @pytest.mark.parametrize("trusted", ["", "127.0.0.1"], ids=["no-proxy-trusted", "loopback-proxy-trusted"])
 def test_x_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path: Path, trusted: str) -> None:
     spoofed = [f"203.0.113.{n}" for n in range(1, 12)]  # 11 "clients", one more than the limit
-    with portal_served(tmp_path, portal_trusted_proxies=trusted) as url:
+    with served_with(tmp_path, portal_trusted_proxies=trusted) as url:
         codes = ask_for_links(url, spoofed)
         if not trusted:  # all from 127.0.0.1, whatever they claim: the 11th is refused
             assert codes == [200] * 10 + [429], codes

@@ -159,8 +159,14 @@ def test_sftp_stage_upgrade_and_health(lab: Lab) -> None:
         assert run(client, "upkeep-agent upgrade 9.10.0") == (4, "", "not staged: 9.10.0")
         assert run(client, f"upkeep-agent stage {PACKAGE} {entry['sha256']}") == (0, "staged 9.10.0", "")
         assert run(client, "upkeep-agent upgrade 9.x")[0] == 64
+        # "starting" right after the upgrade, however long this machine takes to ask: the node's health
+        # delay is an hour while we ask (the agent reads agent.json on every command), then its own.
+        agent_json = lab.node_dir(node["hostname"]) / "agent.json"
+        config = json.loads(agent_json.read_text())
+        agent_json.write_text(json.dumps({**config, "health_delay": 3600}))
         assert run(client, "upkeep-agent upgrade 9.10.0") == (0, "upgraded 9.8.0 -> 9.10.0", "")
         assert run(client, "upkeep-agent health") == (1, "starting", "")
+        agent_json.write_text(json.dumps(config))
         answers = _health_until_healthy(client)
         assert set(answers[:-1]) <= {(1, "starting", "")} and answers[-1] == (0, "healthy", "")
         assert run(client, "upkeep-agent upgrade 9.10.0") == (0, "already at 9.10.0", "")
@@ -182,6 +188,10 @@ def _health_until_healthy(client: paramiko.SSHClient, timeout: float = 30) -> li
         time.sleep(HEALTH_DELAY / 10)
         answers.append(run(client, "upkeep-agent health"))
     return answers
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def _stage(lab: Lab, client: paramiko.SSHClient) -> str:
@@ -228,7 +238,11 @@ def test_hang_then_down_then_clear(lab: Lab) -> None:
         assert run(client, _stage(lab, client))[0] == 0
         lab.fault(host, "hang")
         _, stdout, _ = client.exec_command("upkeep-agent upgrade 9.10.0")
-        time.sleep(0.5)
+        product_log = lab.node_dir(host) / "logs" / "product.log"
+        deadline = time.monotonic() + 30  # until the agent says it hangs, not a guess at how long it takes
+        while "hanging (simulated fault)" not in _text(product_log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "upgrade 9.10.0: hanging (simulated fault)" in _text(product_log)
         assert not stdout.channel.exit_status_ready()  # still "upgrading"
         lab.fault(host, "down")  # a node outage takes the hung agent and the session with it
         deadline = time.monotonic() + 5

@@ -16,7 +16,7 @@ import httpx
 import yaml
 
 from tests.support.fixtures import upkeep_cli
-from upkeep.lab.procs import LOCALHOST, free_ports
+from upkeep.lab.procs import LOCALHOST, reserved_free_ports
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
@@ -35,7 +35,9 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> 
 def portal_served(tmp_path: Path, env: dict[str, str], inventory: dict[str, Any]) -> Iterator[str]:
     """`inventory` imported into the home that `env` names, then the portal served on a free port until
     the block ends; its URL (also given to the portal as UPKEEP_PORTAL_URL, for the links it mails)."""
-    url = f"http://{LOCALHOST}:{free_ports(1)[0]}"
+    # Bound only after the import (seconds under load): a port below the ephemeral range, which no
+    # outgoing connection or port-0 bind on this machine takes meanwhile ('address already in use').
+    url = f"http://{LOCALHOST}:{reserved_free_ports(1)[0]}"
     env["UPKEEP_PORTAL_URL"] = url
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))

@@ -2,6 +2,12 @@
 set up once per test process): `engine` runs a test on SQLite AND PostgreSQL (the guide requires both),
 `sqlite_engine` is for tests that only need a database; both are migrated to the newest schema.
 
+Order: the files that take longest run first (`LONGEST_FIRST`), the rest in collection order. With
+`--dist loadfile --no-loadscope-reorder` (the Makefile) pytest-xdist hands out whole files in this
+order; by default it sorts files by their number of tests, so a file of a few long tests (a real
+Prefect server, the deploying doc followed literally) started last and ran alone while the other
+workers sat idle. Within a file the order is the file's own.
+
 Hypothesis: `make test` runs the "test" profile (a few hundred examples per property), `make soak` the
 "soak" profile (thousands); HYPOTHESIS_PROFILE picks one by name. A property whose examples are
 expensive (a database or the portal per example) sets its own smaller count.
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import settings
 
 from tests.support.databases import POSTGRES_URL
@@ -26,3 +33,26 @@ settings.register_profile("test", max_examples=200)
 settings.register_profile("soak", max_examples=5000)
 _SOAK = os.environ.get("UPKEEP_SOAK", "") not in ("", "0")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("soak" if _SOAK else "test"))
+
+
+# Files that run long, longest first. The first two were the slowest measured (fresh-clone runs,
+# 2026-12-04: the monthly release end to end 160-209 s of a ~300 s file with its own Prefect server,
+# the deploying doc 129 s); the others hold waits by design (tunnels, pauses, the portal in a real
+# browser, 200 MB of logs) and come late in collection order. Every other file keeps its place:
+# tests/faults first, tests/unit (many quick files that fill the gaps at the end) last.
+LONGEST_FIRST = (
+    "tests/integration/test_deployments.py",
+    "tests/integration/test_deploying_doc.py",
+    "tests/integration/test_tunnel_midrun.py",
+    "tests/integration/test_tunnel.py",
+    "tests/integration/test_tunnel_windows.py",
+    "tests/portal/test_portal_browser.py",
+    "tests/integration/test_diagnostics.py",
+    "tests/integration/test_update_control.py",
+    "tests/integration/test_endings.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: position for position, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: file order kept

@@ -409,8 +409,11 @@ def upkeep_db_report(home: Path, url: str | None = None) -> dict[str, Any]:
     by_run: dict[int, list[Any]] = {}
     for step in steps:
         by_run.setdefault(step.run_id, []).append(step)
-    spans, in_steps, first_step = [], [], []
+    spans, in_steps, first_step, since_first_claim = [], [], [], []
     phase: Counter[str] = Counter()
+    # The tick's first claim: with every run due at once (W4) the time from it to a run's first step
+    # is how long that cluster waited in all, claimed or not (the dispatcher staggers its claims).
+    first_claim = min((r.started_at for r in runs if r.started_at is not None), default=None)
     for run in runs:
         rows = sorted(by_run.get(run.id or 0, []), key=lambda s: s.started_at)
         if not rows or run.finished_at is None or run.started_at is None:
@@ -418,6 +421,8 @@ def upkeep_db_report(home: Path, url: str | None = None) -> dict[str, Any]:
         span = (run.finished_at - run.started_at).total_seconds()
         spans.append(span)
         first_step.append((rows[0].started_at - run.started_at).total_seconds())
+        if first_claim is not None:
+            since_first_claim.append((rows[0].started_at - first_claim).total_seconds())
         # Critical path inside a run: download, the pre-flight and distribute phases (parallel over
         # nodes: their wall span), then the serial per-node steps.
         covered = 0.0
@@ -445,6 +450,9 @@ def upkeep_db_report(home: Path, url: str | None = None) -> dict[str, Any]:
         "claim_to_first_step_p50": _percentile(first_step, 50),
         "claim_to_first_step_p95": _percentile(first_step, 95),
         "claim_to_first_step_max": max(first_step, default=float("nan")),
+        "first_claim_to_first_step_p50": _percentile(since_first_claim, 50),
+        "first_claim_to_first_step_p95": _percentile(since_first_claim, 95),
+        "first_claim_to_first_step_max": max(since_first_claim, default=float("nan")),
         "phase_mean": {k: v / n for k, v in phase.items()},
     }
 
@@ -658,7 +666,24 @@ def summarize(results: list[Result], workloads: list[str]) -> tuple[str, list[st
             r1 = med["upkeep"] / med.get("floor", nan)
             r2 = med["upkeep"] / med.get("ansible", nan)
             finals.append(f"fleet {w} upkeep_over_floor={r1:.2f} upkeep_over_ansible={r2:.2f}")
+        if w == "W2":
+            finals.append(f"orchestration_cpu_per_cluster W2 {orchestration_cpu(runs, c)}")
     return "\n".join(lines), finals
+
+
+def orchestration_cpu(runs: dict[str, list[Result]], clusters: int) -> str:
+    """CPU seconds per cluster on the orchestrating side (issue #19), medians over the runs: Upkeep's
+    process (imports and start-up included) plus the Prefect server; the floor's and Ansible's
+    process trees. The nodes' CPU (the lab's sshds and agents) is not in it."""
+    nan = float("nan")
+    parts = []
+    for impl in IMPLS:
+        cpu = [
+            (r.cpu.get("controller", nan) + r.cpu.get("prefect server", 0.0)) / clusters
+            for r in runs.get(impl, [])
+        ]
+        parts.append(f"{impl}={_median(cpu):.2f}" if cpu else f"{impl}=nan")
+    return " ".join(parts)
 
 
 def w4_table(results: list[Result]) -> str:
@@ -674,8 +699,9 @@ def w4_table(results: list[Result]) -> str:
         f"(ideal {ideal_of('W4'):g} s).",
         "",
         "| impl | rep | nodes ok | fleet s | × ideal | × floor | claim → first step s p50 / p95 / max "
+        "| tick's first claim → first step s p50 / p95 / max "
         "| peak RSS MB | peak threads / fds | CPU s: controller / Prefect server / nodes | error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         db = r.extra.get("db", {})
@@ -686,11 +712,17 @@ def w4_table(results: list[Result]) -> str:
             if db
             else ""
         )
+        waited = (
+            f"{db['first_claim_to_first_step_p50']:.1f} / {db['first_claim_to_first_step_p95']:.1f} / "
+            f"{db['first_claim_to_first_step_max']:.1f}"
+            if "first_claim_to_first_step_p50" in db
+            else ""
+        )
         held = f"{drv.get('peak_threads', '')} / {drv.get('peak_fds', '')}" if drv else ""
         server = r.cpu.get("prefect server")
         lines.append(
             f"| {r.impl} | {r.rep} | {r.nodes_ok}/{r.nodes} | {r.fleet_seconds:.1f} "
-            f"| {r.fleet_seconds / ideal_of('W4'):.2f} | {r.fleet_seconds / floor:.2f} | {start} "
+            f"| {r.fleet_seconds / ideal_of('W4'):.2f} | {r.fleet_seconds / floor:.2f} | {start} | {waited} "
             f"| {f'{r.peak_rss_mb:.0f}' if r.peak_rss_mb else ''} | {held} "
             f"| {r.cpu.get('controller', 0):.1f} / {'' if server is None else f'{server:.1f}'} "
             f"/ {r.cpu.get('nodes', 0):.1f} | {r.extra.get('error', '')[:160]} |"

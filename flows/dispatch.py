@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from threading import Lock
+from threading import Lock, Semaphore
 from typing import Any, NamedTuple
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
@@ -35,6 +35,7 @@ from flows.integrity import reasons_for, recheck
 from flows.notify import deliver_pending
 from flows.oncall import escalate_due, page_triggers
 from flows.plan import plan_update
+from flows.records import first_step
 from flows.report import held_summaries
 from flows.run_notices import Reminder, VendorTerms, queue_reminders, update_ref
 from flows.runtime import Runtime, current
@@ -452,7 +453,7 @@ def start_due_runs(
             claimed.append(claim)
         if len(claimed) < slots:
             claimed += _claim_many(runtime, now, taken, runtime.start_lease, slots - len(claimed))
-        _start_deployments(claimed)
+        _start_deployments(runtime, claimed)
         return claimed
     return _run_in_process(runtime, now, slots, log)
 
@@ -624,6 +625,7 @@ def _run_in_process(runtime: Runtime, now: datetime, slots: int, log: Any) -> li
     started: list[Claim] = []
     taken: set[int] = set()
     lock = Lock()
+    starting = Semaphore(STARTING_AT_ONCE)
 
     def worker() -> None:
         with (
@@ -631,22 +633,68 @@ def _run_in_process(runtime: Runtime, now: datetime, slots: int, log: Any) -> li
             _client_context(shared),
         ):
             while True:
+                slot = _StartSlot(starting)  # before the claim: a run waits here unclaimed, still planned
                 with lock:  # claims in slot order; the runs themselves go on in parallel
                     claim = _next(runtime, now, taken, runtime.run_lease, log)
                     if claim is None:
+                        slot.release()
                         return
                     started.append(claim)
+                reached = first_step.set(slot.release)
                 try:
-                    product_update(**_parameters(claim), return_state=True)
+                    # Created with its tags: the flow then finds them on its run and sends no PATCH.
+                    with tags(*creation_tags(runtime, claim)):
+                        product_update(**_parameters(claim), return_state=True)
                 except Exception as exc:  # the flow run could not be created or reported (API away)
                     _leave_for_take_over(runtime, claim, exc, log)
                     return  # this worker stops; the others go on, the next tick takes the run over
+                finally:
+                    first_step.reset(reached)
+                    slot.release()
 
     if slots:
         with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="dispatch") as pool:
             for future in [pool.submit(worker) for _ in range(slots)]:
                 future.result()
     return started
+
+
+# Runs of one in-process tick between their claim and their first recorded step, at most: the rest
+# wait unclaimed. Creating a flow run and its first task runs is the costly part of a run for the
+# Prefect server and the client (~15 requests, a flow and a task run); K runs claimed together all
+# did it at once and each reached its first step only after nearly all of them (W4 at K=20: claim to
+# first step 10 s median, 13.8 s p95, load 20). A run waits at most STARTING_WAIT seconds for a
+# slot, so a run that stands still before its first step (a fleet-wide cluster limit full) never
+# holds the others back for longer. Measured in bench/results.md (issue #19).
+STARTING_AT_ONCE = 4
+STARTING_WAIT = 10.0
+
+
+class _StartSlot:
+    """One of the tick's starting slots, taken (or waited for up to STARTING_WAIT) when made;
+    `release()` gives it back once, from whichever thread calls it first."""
+
+    def __init__(self, gate: Semaphore) -> None:
+        self._gate, self._lock = gate, Lock()
+        self._held = gate.acquire(timeout=STARTING_WAIT)
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self._gate.release()
+
+
+def creation_tags(runtime: Runtime, claim: Claim) -> list[str]:
+    """The tags the update flow gives its run (flows.product_update.update_tags), for its creation."""
+    from flows.product_update import update_tags
+
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, claim.run_id)
+        cluster = session.get(Cluster, run.cluster_id) if run is not None else None
+        if run is None or cluster is None:
+            return [f"cluster:{claim.cluster}"]
+        return update_tags(repo.customer_of(cluster, session=session).name, cluster.name, run)
 
 
 def _leave_for_take_over(runtime: Runtime, claim: Claim, exc: Exception, log: Any) -> None:
@@ -698,7 +746,7 @@ def _parameters(claim: Claim) -> dict[str, Any]:
     }
 
 
-def _start_deployments(claimed: list[Claim]) -> None:
+def _start_deployments(runtime: Runtime, claimed: list[Claim]) -> None:
     from prefect.deployments import run_deployment
 
     for claim in claimed:
@@ -706,6 +754,7 @@ def _start_deployments(claimed: list[Claim]) -> None:
             "product-update/product-update",
             parameters=_parameters(claim),
             timeout=0,  # hand it to a worker; do not wait here
-            # The flow adds customer:, source: (the run's recorded source), release:/case: itself.
-            tags=[f"cluster:{claim.cluster}"],
+            # Every tag the flow would add (customer:, source:, release:/case:): it finds them on its
+            # run and sends no PATCH of its own.
+            tags=creation_tags(runtime, claim),
         )

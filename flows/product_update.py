@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
+from prefect.settings import get_current_settings
 from prefect.states import Failed
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -82,7 +84,19 @@ def _flow_run_name() -> str:
         return f"update {params.get('cluster')} →{params.get('to_version')}"
 
 
-@flow(name="product-update", flow_run_name=_flow_run_name, retries=0)
+# Results are not persisted: our database records every run and step, and `upkeep show` reads them
+# there. Naming the (never written) storage stops Prefect asking the server where results go: without
+# it every flow run sent `GET /admin/storage` three times (bench/fleet.py --count-api, issue #19).
+_RESULTS = Path(get_current_settings().results.local_storage_path)
+
+
+@flow(
+    name="product-update",
+    flow_run_name=_flow_run_name,
+    retries=0,
+    persist_result=False,
+    result_storage=_RESULTS,
+)
 def product_update(
     cluster: str,
     to_version: str,

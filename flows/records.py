@@ -18,8 +18,9 @@ before the remote action runs: no node is touched without a record.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,12 @@ from inventory.runs import TAIL_CHARS
 from inventory.types import utcnow
 
 _STEPS: Any = NodeStep.__table__  # type: ignore[attr-defined]
+
+
+# Called at every recorded step's start in the thread (and context) carrying a run out: the in-process
+# dispatcher sets it to let its next cluster start once this one reached its first step
+# (flows/dispatch.py), so K clusters starting together do not queue behind one another. Idempotent.
+first_step: ContextVar[Callable[[], None] | None] = ContextVar("first_step", default=None)
 
 
 @dataclass
@@ -62,6 +69,8 @@ def recorded(
         return int(inserted.inserted_primary_key[0])  # type: ignore[index]
 
     step_id = retrying(engine, start)
+    if (reached := first_step.get()) is not None:
+        reached()
     note = StepNote()
     try:
         yield note

@@ -45,30 +45,35 @@ def best_effort(what: str, call: Callable[[], T]) -> T | None:
 
 class Progress:
     """A progress artifact moved on after every node; its description lists how each node ended, so
-    the per-node log lines need not go to the API as well (one call per node instead of two)."""
+    the per-node log lines need not go to the API as well (one call per node instead of two).
+
+    Created at the first node that ends, not at the run's start: a bar at 0 % told nothing the task
+    runs (download, pre-flight, distribute) do not, and cost a request and an event per cluster
+    (issue #19). Not created then (the API away), it is tried again at the next node."""
 
     def __init__(self, plan: UpdatePlan) -> None:
         self._total = len(plan.nodes)
         self._label = f"Nodes of {plan.label}"
         self._ended: list[str] = []
-        artifact = best_effort(
-            "progress artifact",
-            lambda: create_progress_artifact(progress=0.0, description=self._label),
-        )
-        self._id: UUID | None = artifact if isinstance(artifact, UUID) else None
+        self._id: UUID | None = None
 
     def update(self, done: int, node: str = "", outcome: str = "") -> None:
         if node:
             self._ended.append(f"- {node}: {outcome}")
+        description = "\n".join([self._label, "", *self._ended])
+        progress = 100.0 * done / self._total
         artifact_id = self._id
-        if artifact_id is not None:
-            description = "\n".join([self._label, "", *self._ended])
-            best_effort(
+        if artifact_id is None:
+            created = best_effort(
                 f"progress {done}/{self._total}",
-                lambda: update_progress_artifact(
-                    artifact_id, progress=100.0 * done / self._total, description=description
-                ),
+                lambda: create_progress_artifact(progress=progress, description=description),
             )
+            self._id = created if isinstance(created, UUID) else None
+            return
+        best_effort(
+            f"progress {done}/{self._total}",
+            lambda: update_progress_artifact(artifact_id, progress=progress, description=description),
+        )
 
 
 NODE_COLUMNS = ("node", "before", "after", "seconds", "result")

@@ -340,6 +340,10 @@ def _despite_tunnel_closing(
             ended = _tunnel_lost(runtime, plan, run_id, heartbeat, conns, node, lost, failed, outcomes)
             if ended is not None:
                 return None, ended
+            # The tunnel is back, but the wait may have outlasted the window as the inventory says now
+            # (an import took it back meanwhile): the node is not started again after the cutoff.
+            if node is not None and window_closing(runtime, run_id):
+                return None, _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
 
 
 def _tunnel_lost(
@@ -418,6 +422,8 @@ def _wait_for_tunnels(
     with recorded(runtime.engine, run_id, None, "tunnel-wait", waiting) as step:
         while still is not None and time.monotonic() < deadline:
             if requested_stop(runtime, run_id):  # `upkeep pause|cancel`: honoured now, not after the wait
+                break
+            if window_closing(runtime, run_id):  # the window as the inventory says now: no node fits
                 break
             time.sleep(min(runtime.tunnel_poll, max(0.0, deadline - time.monotonic())))
             conns.close()

@@ -401,3 +401,28 @@ def test_a_tunnel_port_of_a_cluster_the_file_does_not_list_is_kept(engine: Engin
     assert dump(engine) == before
     other["customers"][0]["clusters"][0]["nodes"][0]["host_key"] = _tunnel_key(20)
     import_inventory(write(tmp_path, other), engine=engine, actor="alice")
+
+
+def test_a_tunnel_port_held_on_the_same_server_under_another_name_is_kept(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # adv18 (second pass): the check keyed the tunnel server by the name in the file, so umbrella's file
+    # naming acme's tunnel server (same host key) '127.0.0.1' gave its node acme's port 41001: two nodes
+    # then race for one listening socket on that machine.
+    import_inventory(
+        write(tmp_path, {"customers": [_tunnel_customer("acme", {"a-n1": 41001}, 10)]}),
+        engine=engine,
+        actor="alice",
+    )
+    before = dump(engine)
+    other = {"customers": [_tunnel_customer("umbrella", {"u-n1": 41001}, 20)]}
+    other["customers"][0]["clusters"][0]["access"]["host"] = "127.0.0.1"
+    path = write(tmp_path, other)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "tunnel_port: 41001" in text)
+    with pytest.raises(InventoryError) as info:
+        import_inventory(path, engine=engine, actor="alice")
+    assert str(info.value) == (
+        f"{path}:{line}: node 'u-n1': tunnel_port 41001 on tunnel server 127.0.0.1:2222 is already assigned "
+        "to node 'a-n1' of cluster 'acme-t1' (customer 'acme'), which this file does not list"
+    )
+    assert dump(engine) == before

@@ -111,3 +111,26 @@ def test_tunnel_problems(tmp_path: Path, old: str, new: str, line: int, message:
     assert old in text
     found = _problems(tmp_path, text.replace(old, new, 1))
     assert any(p.startswith(f"{tmp_path / 'inventory.yaml'}:{line}: ") and message in p for p in found), found
+
+
+def test_one_tunnel_server_under_two_names_cannot_give_one_port_twice(tmp_path: Path) -> None:
+    # adv18 (second pass): the duplicate check keyed the tunnel server by the name written in the file, so
+    # the same server (its host key) named 'tunnel.vendor.example' for one cluster and '127.0.0.1' for
+    # another took port 41001 twice: two nodes then race for one listening socket on that machine.
+    second = (
+        _file()
+        .replace("acme-c1", "acme-c2")
+        .replace("tunnel.vendor.example", "127.0.0.1")
+        .replace(_key(2), _key(4))
+        .replace(_key(3), _key(5))
+        .split("    clusters:\n", 1)[1]
+        .split("releases:", 1)[0]
+    )
+    text = _file().replace("releases: []", second + "releases: []")
+    found = _problems(tmp_path, text)
+    path = tmp_path / "inventory.yaml"
+    assert found == [
+        f"{path}:{line}: node 'acme-c2-n{n}': tunnel_port {port} on tunnel server 127.0.0.1:2222 is already "
+        f"assigned to another node (the same tunnel server by its host key) (first at line {line - 7})"
+        for n, port, line in ((1, 41001, 17), (2, 41002, 18))
+    ], found

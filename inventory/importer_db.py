@@ -265,6 +265,7 @@ def refuse_shared_endpoints(
     # A tunnel port is one listening socket on the tunnel server: two nodes given it (two customers)
     # would race for it, and Upkeep would reach whichever node holds it.
     tunnels: dict[tuple[str, int, int], tuple[Node, Cluster]] = {}
+    tunnels_by_key: dict[tuple[str, int], tuple[Node, Cluster]] = {}  # (server host key, tunnel port)
     keys: dict[str, tuple[Node, Cluster]] = {}  # a tunnel node's own key: its only identity
     for name, cluster in clusters.items():
         if name not in listed:
@@ -273,6 +274,9 @@ def refuse_shared_endpoints(
                 if cluster.tunnel_host is not None and node.tunnel_port is not None:
                     server = (m.address_key(cluster.tunnel_host), cluster.tunnel_port or 22, node.tunnel_port)
                     tunnels.setdefault(server, (node, cluster))
+                    if cluster.tunnel_host_key:  # the same machine, whatever name the file reaches it by
+                        by_key = (cluster.tunnel_host_key.split()[1], node.tunnel_port)
+                        tunnels_by_key.setdefault(by_key, (node, cluster))
                 if node.host_key:
                     keys.setdefault(node.host_key.split()[1], (node, cluster))
     problems: list[tuple[Loc, str]] = []
@@ -292,7 +296,8 @@ def refuse_shared_endpoints(
                     )
                 if isinstance(access, m.Tunnel) and node_spec.tunnel_port is not None:
                     server = (m.address_key(access.host), access.port, node_spec.tunnel_port)
-                    if (held := tunnels.get(server)) is not None:
+                    by_key = (access.host_key.split()[1], node_spec.tunnel_port)
+                    if (held := tunnels.get(server) or tunnels_by_key.get(by_key)) is not None:
                         node, cluster = held
                         problems.append(
                             (

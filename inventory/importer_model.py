@@ -770,11 +770,13 @@ def cross_checks(
     firsts: dict[Any, tuple[Any, ...]] = {}
     roles = {_role_word(name) for name in role_addresses}
 
-    def once(key: Any, where: tuple[Any, ...], message: str) -> None:
+    def once(key: Any, where: tuple[Any, ...], message: str) -> bool:
+        """Record `key`'s first place; at a later one, the problem. True: it was a repeat."""
         if key in firsts:
             found.append((where, message, firsts[key]))
-        else:
-            firsts[key] = where
+            return True
+        firsts[key] = where
+        return False
 
     owners: dict[str, tuple[str, tuple[Any, ...]]] = {}
     for c, customer in _items(data, "customers"):
@@ -857,7 +859,7 @@ def _tunnel_node(
     spot: tuple[Any, ...],
     tunnel: tuple[str, int] | None,
     ok: Callable[[tuple[Any, ...]], bool],
-    once: Callable[[Any, tuple[Any, ...], str], None],
+    once: Callable[[Any, tuple[Any, ...], str], bool],
     found: list[Finding],
     server_key: str | None = None,
 ) -> None:
@@ -877,7 +879,11 @@ def _tunnel_node(
             f"node {hostname}: tunnel_port {port} on tunnel server {tunnel[0]}:{tunnel[1]} is already "
             "assigned to another node"
         )
-        once(("tunnel_port", *tunnel, port), (*spot, "tunnel_port"), message)
+        if not once(("tunnel_port", *tunnel, port), (*spot, "tunnel_port"), message) and server_key:
+            # One machine's listening ports, whatever name or address the file reaches it by: its host
+            # key says which server it is ('tunnel.vendor.example' and '127.0.0.1' can be one).
+            same = f"{message} (the same tunnel server by its host key)"
+            once(("tunnel_port_of_server_key", server_key, port), (*spot, "tunnel_port"), same)
         if port == tunnel[1]:
             # The server's own sshd listens there: Upkeep would open its channel to the tunnel server itself.
             message = (

@@ -16,7 +16,11 @@ and Upkeep's key) can read its own processes' /proc entries; no root, no group a
 
 Output, one JSON object on stdout, exit 0:
     {"tunnels": [{"port": 41001, "since": "2026-12-05T00:28:52Z", "pid": 29024}, ...]}
-sorted by port; only sockets listening on a loopback address and held by a process named sshd.
+sorted by port; only sockets listening on a loopback address and held by a process named sshd that
+descends from the sshd which started this reporter (the tunnel server itself): another sshd on the same
+host, such as the host's own on port 22, is not a tunnel. Only those processes' descriptors are read:
+reading every process's was measured at 8.7 s on a lab host with 2,701 processes (load 66); the parent
+map costs one small read per process.
 """
 
 from __future__ import annotations
@@ -64,9 +68,50 @@ def _started(proc: Path, pid: str, boot: float, ticks: int) -> float | None:
     return boot + int(stat[stat.rindex(")") + 2 :].split()[19]) / ticks
 
 
-def sessions(proc: Path = Path("/proc")) -> list[dict[str, object]]:
-    """Each loopback port an sshd process listens on, with that process and its start time (UTC)."""
+def _parents(proc: Path) -> dict[str, tuple[str, str]]:
+    """pid -> (parent pid, command name) of every process, from /proc/PID/stat."""
+    found: dict[str, tuple[str, str]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        found[entry.name] = (stat[stat.rindex(")") + 2 :].split()[1], comm)
+    return found
+
+
+def _server_processes(parents: dict[str, tuple[str, str]], me: str) -> set[str] | None:
+    """The processes of the sshd this reporter runs under: its topmost sshd ancestor (the listener)
+    and every descendant of it. None when this reporter does not run under sshd (tried by hand)."""
+    root, pid = None, parents.get(me, ("0", ""))[0]
+    while pid in parents:
+        parent, comm = parents[pid]
+        if comm == "sshd":
+            root = pid
+        pid = parent
+    if root is None:
+        return None
+    children: dict[str, list[str]] = {}
+    for pid, (parent, _) in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def sessions(proc: Path = Path("/proc"), me: str | None = None) -> list[dict[str, object]]:
+    """Each loopback port an sshd process listens on, with that process and its start time (UTC).
+    `me`: the pid whose sshd ancestor is the tunnel server (default this process); when it has none,
+    every sshd on the host is looked at."""
     ports = listening(proc)
+    parents = _parents(proc)
+    server = _server_processes(parents, me or str(os.getpid()))
     boot = next(
         float(line.split()[1])
         for line in (proc / "stat").read_text().splitlines()
@@ -74,12 +119,11 @@ def sessions(proc: Path = Path("/proc")) -> list[dict[str, object]]:
     )
     ticks = os.sysconf("SC_CLK_TCK")
     held: dict[int, tuple[float, int]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+    for pid, (_, comm) in parents.items():
+        if comm != "sshd" or (server is not None and pid not in server):
             continue
+        entry = proc / pid
         try:
-            if (entry / "comm").read_text().strip() != "sshd":
-                continue
             links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
         except OSError:  # gone, or not ours to read
             continue

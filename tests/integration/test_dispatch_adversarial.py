@@ -1,0 +1,101 @@
+"""Adversarial pass on the set-based dispatcher (#19): what an unlucky world or a hostile operator does
+to the tick's bulk steps - a poisoned row in a chunk of reminders or claims, ties in the claims' keyset,
+a change landing between the bulk read of the worlds and the claim, two dispatchers at once. SQLite
+and PostgreSQL; no lab (the flows the claims would start are not run). No assert depends on a sleep:
+interleavings are forced at the code's own seams (monkeypatched reads), or by barriers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import text
+from sqlmodel import select
+
+from flows.dispatch import send_reminders
+from flows.runtime import Runtime
+from inventory.alerts import Alert
+from inventory.db import session_scope
+from inventory.importer import import_inventory
+from inventory.outbox import Notice
+from tasks.mail import OutboxDirTransport
+from tests.integration.test_dispatch_scale import ALL_WEEK, NOW, _plan
+
+
+def _world(engine: Any, tmp_path: Path, customers: dict[str, int]) -> Runtime:
+    """Customers named as given, each with that many one-node clusters `<customer>-cNN`, open all week."""
+    spec = {
+        "customers": [
+            {
+                "name": name,
+                "timezone": "UTC",
+                "contacts": [{"email": f"ops@{name}.example"}],
+                "clusters": [
+                    {
+                        "name": f"{name}-c{i:02d}",
+                        "kind": "software",
+                        "version": "9.8.0",
+                        "access": {"type": "direct"},
+                        "nodes": [{"hostname": f"{name}-c{i:02d}-n1"}],
+                        "windows": [ALL_WEEK],
+                    }
+                    for i in range(count)
+                ],
+            }
+            for name, count in customers.items()
+        ],
+        "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
+    }
+    source = tmp_path / "fleet.yaml"
+    source.write_text(yaml.safe_dump(spec, sort_keys=False))
+    import_inventory(source, engine=engine, actor="test")
+    return Runtime(
+        engine=engine,
+        fileserver=None,  # type: ignore[arg-type]
+        ssh=None,  # type: ignore[arg-type]
+        work_dir=tmp_path,
+        mailer=OutboxDirTransport(tmp_path / "outbox"),
+        clock=lambda: NOW,
+    )
+
+
+def _sql(engine: Any, statement: str, **params: Any) -> None:
+    """What an operator in psql, or a newer Upkeep sharing the database, leaves behind."""
+    with engine.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def _keys(engine: Any, kind: str = "reminder") -> list[str]:
+    with session_scope(engine) as session:
+        return sorted(n.idempotency_key for n in session.exec(select(Notice).where(Notice.kind == kind)))
+
+
+def _alerts(engine: Any) -> list[Alert]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Alert)).all())
+
+
+def test_a_reminder_that_cannot_be_rendered_does_not_hold_back_its_chunk_nor_the_tick(
+    engine: Any, tmp_path: Path
+) -> None:
+    """One customer's row poisoned (a time zone this host's tzdata does not know, written by hand or by
+    a newer host) among the tick's reminders: the other reminders of its chunk still go, the tick goes
+    on to its claims, and the SRE gets one alert naming the update and the value."""
+    runtime = _world(engine, tmp_path, {"acme": 4, "mars": 1})
+    announced = NOW - timedelta(hours=48)  # 24 h reminders due, the 72 h ones (and their pre-flight) not
+    poisoned = _plan(engine, "mars-c00", NOW + timedelta(hours=1), announced)  # earliest slot: first
+    good = [_plan(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(4)]
+    _sql(engine, "UPDATE customer SET timezone = 'Mars/Olympus_Mons' WHERE name = 'mars'")
+
+    sent = send_reminders(runtime, NOW)
+
+    assert sent == [f"update-{run_id}:24h" for run_id in good]
+    assert _keys(engine) == sorted(f"update-{run_id}:reminder:1:24h" for run_id in good)
+    alerts = [a for a in _alerts(engine) if a.run_id == poisoned]
+    assert len(alerts) == 1, alerts
+    assert "Mars/Olympus_Mons" in alerts[0].body_text
+    # The next tick does not alert again for the same row (one line, not one per tick).
+    assert send_reminders(runtime, NOW) == []
+    assert len([a for a in _alerts(engine) if a.run_id == poisoned]) == 1

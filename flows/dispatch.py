@@ -25,7 +25,7 @@ from threading import Lock, Semaphore
 from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger, tags
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlmodel import Session, col, select
 
 from flows import lease
@@ -498,25 +498,53 @@ def start_due_runs(
         claimed: list[Claim] = []
         taken: set[int] = set()
         while len(claimed) < slots and (
-            claim := _take_over_next(runtime, now, taken, runtime.start_lease, log)
+            claim := _take_over_next(runtime, now, taken, runtime.start_lease, log, most=max_running)
         ):
             claimed.append(claim)
         if len(claimed) < slots:
-            claimed += _claim_many(runtime, now, taken, runtime.start_lease, slots - len(claimed))
+            claimed += _claim_many(
+                runtime, now, taken, runtime.start_lease, slots - len(claimed), most=max_running
+            )
         _start_deployments(runtime, claimed)
         return claimed
-    return _run_in_process(runtime, now, slots, log)
+    return _run_in_process(runtime, now, slots, log, most=max_running)
 
 
-def _next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, log: Any) -> Claim | None:
+def _next(
+    runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, log: Any, most: int | None = None
+) -> Claim | None:
     """The next run to carry out, leased for `hold`: an orphan taken over, else a due planned run."""
-    return _take_over_next(runtime, now, taken, hold, log) or _claim_next(runtime, now, taken, hold)
+    return _take_over_next(runtime, now, taken, hold, log, most=most) or _claim_next(
+        runtime, now, taken, hold, most=most
+    )
+
+
+def _lock_claims(session: Session) -> None:
+    """One dispatcher at a time claims, until the caller's transaction ends, so the running updates it
+    counts stay counted until its claims commit (PostgreSQL: an advisory lock per schema; SQLite: BEGIN
+    IMMEDIATE already). Found by the adversarial pass on #19: two dispatchers ticking at once each
+    counted the running updates before either claimed, and started `max_running` each."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(
+            text("SELECT pg_advisory_xact_lock(hashtext('upkeep.dispatch-claims ' || current_schema()))")
+        )
+
+
+def _room(session: Session, now: datetime, most: int | None) -> int | None:
+    """How many more updates may start now under `most` running at once (None: no limit), counted
+    under `_lock_claims` in the claiming transaction."""
+    if most is None:
+        return None
+    _lock_claims(session)
+    return max(0, most - lease.count_live(session, now))
 
 
 def _take_over_next(
-    runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, log: Any
+    runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, log: Any, most: int | None = None
 ) -> Claim | None:
     with session_scope(runtime.engine) as session:
+        if _room(session, now, most) == 0:
+            return None
         for run in lease.orphans(session, now, skip=taken):
             owner = lease.new_owner()
             until = runtime.clock() + hold
@@ -537,14 +565,18 @@ def claim_due(runtime: Runtime, now: datetime, hold: timedelta) -> Claim | None:
     return _claim_next(runtime, now, set(), hold)
 
 
-def _claim_next(runtime: Runtime, now: datetime, taken: set[int], hold: timedelta) -> Claim | None:
+def _claim_next(
+    runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, most: int | None = None
+) -> Claim | None:
     """Move the earliest due planned run to `running` (one conditional UPDATE: two dispatchers never
     start the same run); None when nothing is due. `taken`: runs already claimed in this tick."""
-    claims = _claim_many(runtime, now, taken, hold, 1)
+    claims = _claim_many(runtime, now, taken, hold, 1, most=most)
     return claims[0] if claims else None
 
 
-def _claim_many(runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, want: int) -> list[Claim]:
+def _claim_many(
+    runtime: Runtime, now: datetime, taken: set[int], hold: timedelta, want: int, most: int | None = None
+) -> list[Claim]:
     """Claim up to `want` due planned runs, earliest slot first, each re-checked against the world
     right before its claim and claimed by one conditional UPDATE (two dispatchers never start the same
     run). The due runs are read `_CLAIM_BATCH` at a time (keyset: a run claimed or moved in this tick
@@ -552,7 +584,9 @@ def _claim_many(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
     transaction per batch: a tick claiming 200 runs paid ~10 statements and a commit per claim before.
     The conditional UPDATE is what makes the re-check hold: it claims only if the run is still what
     was re-checked (sequence, slot, hold, requested action), so an import, release or case re-check
-    committing since (which moves or holds the run with a new sequence) makes the claim lose."""
+    committing since (which moves or holds the run with a new sequence) makes the claim lose.
+    `most`: at most that many running at once, counted again in each batch's transaction under
+    `_lock_claims` (another dispatcher may have claimed since the tick counted)."""
     from sqlalchemy import and_, or_
 
     from flows.integrity import worlds_of
@@ -568,6 +602,10 @@ def _claim_many(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
     after: tuple[datetime, int] | None = None
     while len(claims) < want:
         with session_scope(runtime.engine) as session:
+            room = _room(session, now, most)
+            if room == 0:
+                break
+            limit = want if room is None else min(want, len(claims) + room)
             page = due
             if after is not None:
                 slot, last = after
@@ -589,8 +627,8 @@ def _claim_many(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
             ]
             # Worlds read for as many candidates as claims are still wanted (one, in-process, reads one).
             at = 0
-            while at < len(candidates) and len(claims) < want:
-                chunk = candidates[at : at + max(1, want - len(claims))]
+            while at < len(candidates) and len(claims) < limit:
+                chunk = candidates[at : at + max(1, limit - len(claims))]
                 at += len(chunk)
                 worlds = worlds_of([run for run in chunk if run.slot_start and run.slot_end], session=session)
                 for run in chunk:
@@ -600,8 +638,10 @@ def _claim_many(runtime: Runtime, now: datetime, taken: set[int], hold: timedelt
                     if claim is not None:
                         taken.add(claim.run_id)
                         claims.append(claim)
-                        if len(claims) == want:
+                        if len(claims) == limit:
                             break
+        if len(claims) == limit:
+            break
     return claims
 
 
@@ -659,7 +699,9 @@ def _claim_one(
     return Claim(run.id, cluster.name, run.to_version, owner)
 
 
-def _run_in_process(runtime: Runtime, now: datetime, slots: int, log: Any) -> list[Claim]:
+def _run_in_process(
+    runtime: Runtime, now: datetime, slots: int, log: Any, most: int | None = None
+) -> list[Claim]:
     from prefect.context import SettingsContext, SyncClientContext, get_settings_context
 
     from flows.product_update import product_update
@@ -685,7 +727,7 @@ def _run_in_process(runtime: Runtime, now: datetime, slots: int, log: Any) -> li
             while True:
                 slot = _StartSlot(starting)  # before the claim: a run waits here unclaimed, still planned
                 with lock:  # claims in slot order; the runs themselves go on in parallel
-                    claim = _next(runtime, now, taken, runtime.run_lease, log)
+                    claim = _next(runtime, now, taken, runtime.run_lease, log, most=most)
                     if claim is None:
                         slot.release()
                         return

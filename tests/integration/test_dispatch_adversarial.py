@@ -99,3 +99,66 @@ def test_a_reminder_that_cannot_be_rendered_does_not_hold_back_its_chunk_nor_the
     # The next tick does not alert again for the same row (one line, not one per tick).
     assert send_reminders(runtime, NOW) == []
     assert len([a for a in _alerts(engine) if a.run_id == poisoned]) == 1
+
+
+def _running(engine: Any) -> list[int]:
+    from inventory.models import RunState, UpgradeRun
+
+    with session_scope(engine) as session:
+        return sorted(
+            r.id or 0 for r in session.exec(select(UpgradeRun).where(UpgradeRun.state == RunState.running))
+        )
+
+
+def test_two_dispatchers_ticking_at_once_keep_max_running_between_them(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Two dispatchers (deployment mode) both count the running updates before either claims: between
+    them they must still start at most `max_running`, and no run twice. The interleaving is forced:
+    each waits at a barrier right after its count."""
+    import logging
+    import threading
+
+    import flows.dispatch
+    from flows.dispatch import start_due_runs
+
+    runtime = _world(engine, tmp_path, {"acme": 6})
+    due = [
+        _plan(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), NOW - timedelta(days=5)) for i in range(6)
+    ]
+    both_counted = threading.Barrier(2, timeout=120)
+    take_over_next = flows.dispatch._take_over_next
+    waited: set[str] = set()
+
+    def counted_then_wait(*args: Any, **kwargs: Any) -> Any:
+        # The first look for orphans comes right after the tick's count of running updates (its own
+        # transaction, committed): both dispatchers have counted before either claims.
+        if threading.current_thread().name not in waited:
+            waited.add(threading.current_thread().name)
+            both_counted.wait()
+        return take_over_next(*args, **kwargs)
+
+    monkeypatch.setattr(flows.dispatch, "_take_over_next", counted_then_wait)
+    monkeypatch.setattr(flows.dispatch, "get_run_logger", lambda: logging.getLogger("test"))
+    handed: list[int] = []
+    monkeypatch.setattr(
+        flows.dispatch, "_start_deployments", lambda runtime, claims: handed.extend(c.run_id for c in claims)
+    )
+    errors: list[BaseException] = []
+
+    def tick() -> None:
+        try:
+            start_due_runs(runtime, NOW, max_running=2, via_deployments=True)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tick, name=f"tick-{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(handed) == len(set(handed))  # no run handed over twice
+    assert set(handed) <= set(due)
+    assert len(_running(engine)) == 2, _running(engine)  # max_running between both, not per dispatcher
+    assert sorted(handed) == _running(engine)

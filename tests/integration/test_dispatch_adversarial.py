@@ -162,3 +162,57 @@ def test_two_dispatchers_ticking_at_once_keep_max_running_between_them(
     assert set(handed) <= set(due)
     assert len(_running(engine)) == 2, _running(engine)  # max_running between both, not per dispatcher
     assert sorted(handed) == _running(engine)
+
+
+def test_a_due_update_whose_world_cannot_be_read_does_not_hold_back_the_others(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The earliest due update's customer poisoned (an unknown time zone) in the claims' chunk: the
+    reslot check and the claims go on for the others, that one is not started, and the SRE gets one
+    alert naming it and the value, not one per tick."""
+    import logging
+
+    import flows.dispatch
+    from flows.dispatch import reslot_missed, start_due_runs
+
+    runtime = _world(engine, tmp_path, {"acme": 4, "mars": 1})
+    long_ago = NOW - timedelta(days=5)
+    poisoned = _plan(engine, "mars-c00", NOW - timedelta(minutes=2), long_ago)
+    good = [_plan(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), long_ago) for i in range(4)]
+    _sql(engine, "UPDATE customer SET timezone = 'Mars/Olympus_Mons' WHERE name = 'mars'")
+    monkeypatch.setattr(flows.dispatch, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(flows.dispatch, "_start_deployments", lambda runtime, claims: None)
+
+    assert reslot_missed(runtime, NOW) == []
+    claims = start_due_runs(runtime, NOW, max_running=10, via_deployments=True)
+
+    assert sorted(c.run_id for c in claims) == good
+    assert _running(engine) == good
+    alerts = [a for a in _alerts(engine) if a.run_id == poisoned]
+    assert len(alerts) == 1, alerts
+    assert "Mars/Olympus_Mons" in alerts[0].body_text
+    assert start_due_runs(runtime, NOW, max_running=10, via_deployments=True) == []
+    assert len([a for a in _alerts(engine) if a.run_id == poisoned]) == 1
+
+
+def test_claims_page_through_equal_slot_starts_without_skipping_or_repeating(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """More due updates than one keyset page, all with the same slot_start (ties broken by id), the
+    first page's all waiting on a requested action: the claims page past them and take every other
+    one exactly once."""
+    import flows.dispatch
+    from flows.dispatch import _claim_many
+
+    monkeypatch.setattr(flows.dispatch, "_CLAIM_BATCH", 4)
+    runtime = _world(engine, tmp_path, {"acme": 11})
+    slot, long_ago = NOW - timedelta(minutes=1), NOW - timedelta(days=5)
+    runs = [_plan(engine, f"acme-c{i:02d}", slot, long_ago) for i in range(11)]
+    waiting = runs[:5]  # the first page and one more: a pause asked for, not claimable
+    for run_id in waiting:
+        _sql(engine, "UPDATE upgraderun SET requested_action = 'pause' WHERE id = :id", id=run_id)
+
+    claims = _claim_many(runtime, NOW, set(), timedelta(minutes=5), want=100)
+
+    assert sorted(c.run_id for c in claims) == runs[5:]
+    assert len(claims) == len({c.run_id for c in claims})

@@ -334,7 +334,11 @@ def _despite_tunnel_closing(
         try:
             return step(), None
         except StepFailed as failed:
-            lost = closed_under(plan, runtime, failed) if in_window(runtime, run_id) else None
+            lost = (
+                closed_under(plan, runtime, failed, dict(conns.opened))
+                if in_window(runtime, run_id)
+                else None
+            )
             if lost is None:
                 raise
             ended = _tunnel_lost(runtime, plan, run_id, heartbeat, conns, node, lost, failed, outcomes)

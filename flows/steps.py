@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from threading import Lock
 
@@ -22,7 +23,17 @@ from flows.records import recorded
 from flows.runtime import Runtime
 from tasks.failpoints import failpoint_soon
 from tasks.node import NodeAgent, NodeCommandFailed
-from tasks.ssh import CommandTimeout, HostKeyError, RemoteError, RemoteResult, RemoteRunner, TunnelClosed
+from tasks.ssh import (
+    CommandTimeout,
+    HostKeyError,
+    RemoteError,
+    RemoteResult,
+    RemoteRunner,
+    SshSettings,
+    SshTarget,
+    TunnelClosed,
+    probe_tunnels,
+)
 
 UPGRADE_IN_PROGRESS = 75  # the agent's answer while another upgrade of the node holds its lock
 
@@ -64,17 +75,21 @@ class RunLost(StepFailed):
 
 
 class NodeConnections:
-    """One open SSH connection per node, reused for all of that node's steps in a run."""
+    """One open SSH connection per node, reused for all of that node's steps in a run. `opened`: when
+    (UTC, this machine's wall clock) each node's connection was made, or an earlier moment; kept after
+    `close` until the node's next connection, for `closed_under` to compare with the tunnel's age."""
 
     def __init__(self, runtime: Runtime, plan: UpdatePlan) -> None:
         self._runtime, self._plan = runtime, plan
         self._runners: dict[str, RemoteRunner] = {}
+        self.opened: dict[str, datetime] = {}
         self._lock = Lock()
 
     def agent(self, node: PlannedNode) -> NodeAgent:
         with self._lock:
             runner = self._runners.get(node.hostname)
             if runner is None:
+                self.opened[node.hostname] = datetime.now(UTC)  # before: the connection is made lazily
                 runner = self._runners[node.hostname] = self._runtime.connect(self._plan.target(node))
         return NodeAgent(runner, command_timeout=self._runtime.command_timeout)
 
@@ -200,11 +215,17 @@ def reach(plan: UpdatePlan, conns: NodeConnections) -> None:
         raise StepFailed("; ".join(problems))
 
 
-def closed_under(plan: UpdatePlan, runtime: Runtime, failed: StepFailed) -> TunnelDown | None:
+def closed_under(
+    plan: UpdatePlan, runtime: Runtime, failed: StepFailed, opened: dict[str, datetime] | None = None
+) -> TunnelDown | None:
     """Whether a node's step failed because the customer closed the support tunnel under it, not
     because the node failed: the step lost its connection (what it did on the node is unknown) and,
     asked afresh, the tunnel server answers and says nothing listens on a node's forwarded port while
-    every other node answers. The closed tunnels then, else None (a failure like any other)."""
+    every other node answers. The closed tunnels then, else None (a failure like any other).
+
+    A tunnel closed and opened again before this look (`tunnel stop; tunnel start`, or the agent's ssh
+    reconnecting) answers like one never closed: then the tunnel server's word decides - a node's tunnel
+    that is newer than the connection the run had to it (`opened`) was closed under that connection."""
     cause = failed.__cause__
     if plan.tunnel is None or not isinstance(cause, RemoteError):
         return None
@@ -219,7 +240,42 @@ def closed_under(plan: UpdatePlan, runtime: Runtime, failed: StepFailed) -> Tunn
         return None
     finally:
         conns.close()
-    return None  # every tunnel open again: the cut was something else
+    # Every tunnel answers: the cut node's was closed and opened again meanwhile, or the cut was not it.
+    host = cause.host
+    return _reopened(plan, runtime, {host: opened[host]} if opened and host in opened else {})
+
+
+def _reopened(plan: UpdatePlan, runtime: Runtime, opened: dict[str, datetime]) -> TunnelDown | None:
+    """Of the nodes in `opened`, those whose support tunnel the tunnel server says opened after the run's
+    connection to the node was made (the sshd session holding its port is younger): that connection went
+    through a tunnel that has closed since. None when none did, or the server cannot say (no reporter,
+    unreachable).
+
+    The tunnel server's clock against this machine's: both keep NTP time in service; the reporter gives
+    whole seconds, so a tunnel opened within the second before the connection counts as newer, which
+    only makes the run ask the node again (its step begins with the node's version) instead of failing."""
+    settings = runtime.ssh
+    if plan.tunnel is None or not isinstance(settings, SshSettings):
+        return None
+    server = plan.tunnel
+    ports = {n.tunnel_port: n.hostname for n in plan.nodes if n.tunnel_port and n.hostname in opened}
+    target = SshTarget(
+        f"tunnel:{server.host}", server.host, server.port, server.user, host_key=server.host_key
+    )
+    try:
+        probe = probe_tunnels(target, sorted(ports), settings)
+    except RemoteError:
+        return None
+    newer = sorted(
+        host
+        for port, host in ports.items()
+        if (since := probe.since.get(port)) is not None and since >= opened[host].replace(microsecond=0)
+    )
+    if not newer:
+        return None
+    return TunnelDown(
+        f"the customer's support tunnel was closed and opened again on {', '.join(newer)}", tuple(newer)
+    )
 
 
 def staging_name(package_name: str, run_id: int) -> str:

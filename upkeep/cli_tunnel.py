@@ -12,6 +12,9 @@ from upkeep.console import console, print_json
 
 tunnel_app = typer.Typer(help="Customers' reverse SSH tunnels (inventory access: tunnel).")
 
+# Updates are listed 72 h ahead at most; a year keeps 'now + within' far from datetime's end (1e308
+# overflowed it: 'unexpected OverflowError', exit 1).
+MAX_WITHIN_HOURS = 24 * 365
 EXIT_ATTENTION = 3  # beside diagnostics' "partial": done, but not all is well (2 is a usage error)
 
 
@@ -23,6 +26,7 @@ def tunnel_status_cmd(
         typer.Option(
             "--within",
             min=0,
+            max=MAX_WITHIN_HOURS,
             help="Hours: a closed tunnel needs attention when an update of its cluster starts within this "
             "(or its window has started).",
         ),

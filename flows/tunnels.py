@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import and_, or_
 from sqlmodel import col, select
 
 from flows.plan import TunnelServer, tunnel_server
@@ -46,23 +47,25 @@ def tunnel_status(
         for cluster in session.exec(query).all():
             server = tunnel_server(cluster)
             assert server is not None
+            soon_start = col(UpgradeRun.slot_start) <= now + SOON
+            planned = and_(col(UpgradeRun.state) == RunState.planned, soon_start)
+            running = col(UpgradeRun.state) == RunState.running
             runs = session.exec(
-                select(UpgradeRun).where(
-                    UpgradeRun.cluster_id == cluster.id,
-                    UpgradeRun.state == RunState.planned,
-                    col(UpgradeRun.slot_start).is_not(None),
-                    col(UpgradeRun.slot_start) <= now + SOON,
-                )
+                select(UpgradeRun)
+                .where(UpgradeRun.cluster_id == cluster.id, or_(planned, running))
+                .order_by(col(UpgradeRun.id))
             ).all()
+            # A running update needs its tunnels now, whenever its slot began (or with no slot: an SRE's
+            # `upkeep update`); one waiting mid-run for a closed tunnel is exactly what to act on.
             soon = [
                 {
                     "update": r.id,
                     "to_version": r.to_version,
-                    "slot_start": r.slot_start.isoformat(),
-                    "needs_tunnel_now": r.slot_start <= now + within,
+                    "slot_start": start.isoformat(),
+                    "needs_tunnel_now": r.state == RunState.running or start <= now + within,
                 }
                 for r in runs
-                if r.slot_start is not None
+                if (start := r.slot_start or r.started_at) is not None
             ]
             hosts = [(n.hostname, n.tunnel_port) for n in repo.cluster_nodes(cluster, session=session)]
             owner_name = repo.customer_of(cluster, session=session).name

@@ -27,7 +27,7 @@ from inventory.importer import import_inventory
 from inventory.models import NodeStep, RunState
 from inventory.repo import get_cluster
 from inventory.runs import create_run
-from tasks.ssh import RemoteError, SshTarget, TunnelClosed
+from tasks.ssh import HostKeyError, RemoteError, SshTarget, TunnelClosed
 from tests.support.fakes import FakeFleet, FakeNode, FakeRunner
 from tests.support.flow_engine import prefect_in_process
 from tests.support.update_world import CLUSTER, HOSTS, MONDAY, PACKAGE, TARGET, World
@@ -48,6 +48,8 @@ class _TunnelRunner(FakeRunner):
             if fleet.on_closed is not None:
                 fleet.on_closed(self.host)
             raise TunnelClosed(self.host, f"support tunnel closed: nothing listens for {self.host}")
+        if self.host in fleet.foreign:  # the port forwards to another node's sshd: its key is not this one's
+            raise HostKeyError(self.host, f"host key CHANGED for {self.host}: refusing to connect")
         super()._reachable()
 
 
@@ -57,6 +59,7 @@ class TunnelFleet(FakeFleet):
     called each time Upkeep tries it then (the run's look while it waits)."""
 
     closed: set[str] = field(default_factory=set)
+    foreign: set[str] = field(default_factory=set)  # tunnels opened to another node's sshd
     on_closed: Callable[[str], None] | None = None
 
     def connect(self, target: SshTarget) -> FakeRunner:
@@ -261,3 +264,29 @@ def test_a_cancel_while_the_run_waits_mid_run_is_not_announced_as_rescheduled(wo
     assert world.upgraded() == [1, 0, 0]
     assert world.notices(run_id) == ["started", "cancelled"]
     assert _steps(world, run_id, "upgrade") == ["succeeded", "interrupted"]
+
+
+def test_a_tunnel_reopened_to_another_nodes_sshd_while_the_run_waits_is_refused_and_upgrades_nothing(
+    world: World,
+) -> None:
+    """While the run waits for node 2's tunnel, node 2's port is opened forwarding to node 3's sshd (a
+    customer's mistake, or worse): its host key is not node 2's. Refused at the look, before anything is
+    asked; the run fails to the SRE (a wrong key is a security matter, not a closed tunnel), and neither
+    node 2 nor node 3 is upgraded on the other's behalf."""
+    run_id = _planned(world)
+    _close_under(world, SECOND)
+
+    def wrong_sshd(host: str) -> None:
+        _fleet(world).closed.discard(host)
+        _fleet(world).foreign.add(host)
+
+    _fleet(world).on_closed = wrong_sshd
+
+    world.update(run_id=run_id)
+
+    run = world.run()
+    assert run.state == RunState.failed, run.reason
+    assert "host key" in run.reason and SECOND in run.reason, run.reason
+    assert world.upgraded() == [1, 0, 0]
+    assert _steps(world, run_id, "upgrade") == ["succeeded", "interrupted"]
+    assert "rescheduled" not in world.notices(run_id)

@@ -6,7 +6,7 @@ writes nothing.
 the node's tunnel port, read by the reporter that is Upkeep's forced command there
 (tasks/tunnel_sessions.py). `attention` lists what monitoring should act on: a tunnel server that
 could not be asked, or a node whose tunnel is not open while an update of its cluster starts within
-`within` (or its window has started and it still waits)."""
+`within` (or its window has started and it still waits), or while an update of its cluster runs."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def tunnel_status_cmd(
 
     Exit status, for monitoring: 0 nothing to act on (a closed tunnel is the customer's choice until an
     update needs it); 3 attention: a tunnel server could not be asked, or a node's tunnel is closed while
-    an update of its cluster starts within --within hours or waits in its started window (each listed
+    an update of its cluster starts within --within hours, waits in its started window, or runs (each listed
     under 'attention'); 1 the command could not run (unknown customer, no database)."""
     from flows.runtime import current
     from flows.tunnels import tunnel_status

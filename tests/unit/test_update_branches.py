@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlmodel import col, select
 
 from flows import runtime as flow_runtime
 from inventory.db import session_scope
@@ -238,3 +238,29 @@ def test_a_run_taken_over_meanwhile_is_left_to_its_new_owner(world: World) -> No
     assert run.state == RunState.running and run.lease_owner == "elsewhere:1/abc"  # not ours to end
     assert world.upgraded() == [1, 0, 0]
     assert world.notices(run.id) == ["started"]  # no ending told by the process that lost the run
+
+
+def test_a_failure_after_a_node_was_touched_opens_a_case_with_diagnostics_and_alerts_the_sre(
+    world: World,
+) -> None:
+    # The module's docstring says a failed run opens its case and collects diagnostics through the
+    # fakes; flows.outcomes.alert_sre swallows any error there ("diagnostics trouble never hides the
+    # failure"), so without these asserts a broken case path left every test here green.
+    from inventory.alerts import Alert
+    from inventory.case_tables import Case, DiagnosticsBundle
+
+    _upgrade_fails(world.nodes[1])
+
+    state = world.update()
+
+    assert state.is_failed()
+    run = world.run()
+    with session_scope(world.engine) as session:
+        [case] = session.exec(select(Case)).all()
+        assert str(run.id) in case.subject and CLUSTER in case.subject
+        [bundle] = session.exec(select(DiagnosticsBundle)).all()
+        assert bundle.case_id == case.id and bundle.run_id == run.id
+        [alert] = session.exec(select(Alert).where(Alert.kind == "run-failed")).all()
+        assert alert.run_id == run.id
+        assert case.ref in alert.body_text and bundle.url in alert.body_text
+        assert "could not be collected" not in alert.body_text and not bundle.partial

@@ -58,6 +58,8 @@ REMINDER_LIMIT = 500
 PREFLIGHT_BUDGET = timedelta(seconds=30)
 # Reminders queued per transaction (one INSERT each): a tick's 500 in five commits, not 500.
 _REMINDER_CHUNK = 100
+# A reminder ready to queue: run id, label, pre-flight summary, and the run's sequence when found due.
+_Ready = tuple[int, str, str, int]
 
 
 class Claim(NamedTuple):
@@ -284,7 +286,7 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
         due = [(run, label) for run, label in candidates if _reminder_key(run, label) not in queued][:limit]
     began = runtime.clock()
     deferred: set[int | None] = set()  # runs whose 72 h reminder waits: their 24 h one waits with it
-    ready: list[tuple[int, str, str]] = []  # (run id, label, pre-flight summary), in slot order
+    ready: list[_Ready] = []  # in slot order
     for run, label in due:
         summary = ""
         if run.id in deferred:
@@ -295,7 +297,7 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
                 continue  # stays due: queued by a later tick, earliest slot first
             summary = _preflight_summary(runtime, run)
         assert run.id is not None
-        ready.append((run.id, label, summary))
+        ready.append((run.id, label, summary, run.notice_sequence))
     vendor = VendorTerms.from_runtime(runtime)
     for at in range(0, len(ready), _REMINDER_CHUNK):
         chunk = ready[at : at + _REMINDER_CHUNK]
@@ -307,9 +309,7 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
     return sent
 
 
-def _queue_one_by_one(
-    runtime: Runtime, ready: list[tuple[int, str, str]], now: datetime, vendor: VendorTerms
-) -> list[str]:
+def _queue_one_by_one(runtime: Runtime, ready: list[_Ready], now: datetime, vendor: VendorTerms) -> list[str]:
     """A chunk whose transaction failed, one reminder per transaction: the others still go, and a
     reminder that fails alone (a row this version cannot render: an unknown time zone written by hand or
     by a newer host) is skipped with one log line and one SRE alert per run, sequence and reminder
@@ -322,7 +322,7 @@ def _queue_one_by_one(
             with session_scope(runtime.engine) as session:
                 sent += _queue_reminders(runtime, [item], session, now, vendor)
         except Exception as exc:
-            run_id, label, _ = item
+            run_id, label, _, _ = item
             cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             _logger().error("reminder %s of update-%s not queued: %s", label, run_id, cause)
             with session_scope(runtime.engine) as session:
@@ -354,17 +354,24 @@ def _logger() -> Any:
 
 
 def _queue_reminders(
-    runtime: Runtime, ready: list[tuple[int, str, str]], session: Session, now: datetime, vendor: VendorTerms
+    runtime: Runtime, ready: list[_Ready], session: Session, now: datetime, vendor: VendorTerms
 ) -> list[str]:
-    """Queue `ready` reminders in one transaction: the runs re-read in it (still planned; the key with
-    their sequence now), then the reminders of those not queued already, in one INSERT
-    (flows/run_notices.py `queue_reminders`); a failed 72 h pre-flight also alerts the SRE."""
-    ids = {run_id for run_id, _, _ in ready}
+    """Queue `ready` reminders in one transaction: the runs re-read in it (still planned, not held, at
+    the sequence - so the slot - the tick found the reminder due for), then the reminders of those not
+    queued already, in one INSERT (flows/run_notices.py `queue_reminders`); a failed 72 h pre-flight
+    also alerts the SRE. A run moved since (deferred, rescheduled, re-checked: a new sequence) or held
+    is left to the next tick, which finds its reminders due or not for its slot as it is then. Found by
+    the adversarial pass on #19: a run deferred by four days in between got a '24 h' reminder under its
+    new sequence four days early - which also stood in for the real one - and a held run got one."""
+    ids = {run_id for run_id, _, _, _ in ready}
     fresh = {run.id: run for run in session.exec(select(UpgradeRun).where(col(UpgradeRun.id).in_(ids)))}
     wanted = [
         (fresh[run_id], label, summary)
-        for run_id, label, summary in ready
-        if run_id in fresh and fresh[run_id].state == RunState.planned
+        for run_id, label, summary, sequence in ready
+        if run_id in fresh
+        and fresh[run_id].state == RunState.planned
+        and fresh[run_id].notice_sequence == sequence
+        and not fresh[run_id].held_reason
     ]
     queued = _queued_keys(session, [_reminder_key(run, label) for run, label, _ in wanted])
     # Their clusters in the session at once (held here: the identity map keeps only what is referenced),

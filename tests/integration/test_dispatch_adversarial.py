@@ -216,3 +216,35 @@ def test_claims_page_through_equal_slot_starts_without_skipping_or_repeating(
 
     assert sorted(c.run_id for c in claims) == runs[5:]
     assert len(claims) == len({c.run_id for c in claims})
+
+
+def test_a_reminder_whose_update_moved_or_was_held_after_the_tick_read_it_is_not_queued(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Between the tick's read of the due reminders and their chunk's transaction (the 72 h pre-flights
+    run in between, up to PREFLIGHT_BUDGET), the customer defers one update by four days and a
+    re-check holds another: neither gets a reminder for the slot read (nor, under the new sequence, a
+    '24 h' reminder four days early that would also stand in for the real one); the third still goes."""
+    import flows.dispatch
+    from flows.schedule import defer_update
+
+    runtime = _world(engine, tmp_path, {"acme": 3})
+    announced = NOW - timedelta(hours=48)
+    deferred, held, kept = (
+        _plan(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(3)
+    )
+    queue = flows.dispatch._queue_reminders
+    done: list[bool] = []
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if not done:
+            done.append(True)
+            with session_scope(engine) as session:
+                defer_update(deferred, to=NOW + timedelta(days=4), now=NOW, session=session)
+            _sql(engine, "UPDATE upgraderun SET held_reason = 'release withdrawn' WHERE id = :id", id=held)
+        return queue(*args, **kwargs)
+
+    monkeypatch.setattr(flows.dispatch, "_queue_reminders", meanwhile)
+
+    assert send_reminders(runtime, NOW) == [f"update-{kept}:24h"]
+    assert _keys(engine) == [f"update-{kept}:reminder:1:24h"]

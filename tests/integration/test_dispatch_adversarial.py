@@ -248,3 +248,121 @@ def test_a_reminder_whose_update_moved_or_was_held_after_the_tick_read_it_is_not
 
     assert send_reminders(runtime, NOW) == [f"update-{kept}:24h"]
     assert _keys(engine) == [f"update-{kept}:reminder:1:24h"]
+
+
+def test_a_notice_superseded_after_the_delivery_read_ahead_is_not_sent(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The delivery reads the next due notices' runs ahead; a newer notice of the same update queued
+    after that read (a reschedule committing meanwhile) still supersedes the older one at its claim:
+    one message goes, the newer."""
+    from flows.notify import _RunsOfNotices, deliver_pending
+    from inventory.models import Cluster
+    from inventory.outbox import NoticeState, queue_notice
+
+    runtime = _world(engine, tmp_path, {"acme": 1})
+    run_id = _plan(engine, "acme-c00", NOW + timedelta(days=5), NOW - timedelta(days=1))
+    with session_scope(engine) as session:
+        customer_id = session.exec(select(Cluster)).one().customer_id
+
+    def queue(sequence: int, kind: str) -> None:
+        with session_scope(engine) as session:
+            queue_notice(
+                update_ref=f"update-{run_id}",
+                kind=kind,
+                sequence=sequence,
+                customer_id=customer_id,
+                recipients=["ops@acme.example"],
+                subject=f"{kind} {sequence}",
+                body_text=f"{kind} {sequence}",
+                body_html=f"<p>{kind} {sequence}</p>",
+                session=session,
+                now=NOW - timedelta(minutes=1),
+            )
+
+    queue(1, "scheduled")
+    read_ahead = _RunsOfNotices.read_ahead
+
+    def then_rescheduled(self: Any, now: Any, most: int) -> bool:
+        found = read_ahead(self, now, most)
+        if not getattr(self, "_meanwhile", False):
+            self._meanwhile = True
+            queue(2, "rescheduled")
+        return found
+
+    monkeypatch.setattr(_RunsOfNotices, "read_ahead", then_rescheduled)
+    report = deliver_pending(engine, runtime.mailer, now=NOW, sender="upkeep@localhost", limit=10)
+
+    assert report.sent == [f"update-{run_id}:rescheduled:2"]
+    assert report.superseded == [f"update-{run_id}:scheduled:1"]
+    with session_scope(engine) as session:
+        states = {n.sequence: n.state for n in session.exec(select(Notice))}
+    assert states == {1: NoticeState.superseded, 2: NoticeState.sent}
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
+
+
+_KILLED_TICK = """
+import sys, time
+from pathlib import Path
+from datetime import datetime
+import flows.dispatch
+from flows.runtime import Runtime
+from inventory.db import make_engine
+from tasks.mail import OutboxDirTransport
+
+url, schema, work = sys.argv[1], sys.argv[2] or None, Path(sys.argv[3])
+now = datetime.fromisoformat(sys.argv[4])
+engine = make_engine(url, schema=schema) if schema else make_engine(url)
+queue = flows.dispatch.queue_reminders
+
+def inserted_then_hang(*args, **kwargs):
+    done = queue(*args, **kwargs)  # the INSERT ... ON CONFLICT ran; the chunk is not committed
+    print("inserted", len(done), flush=True)
+    time.sleep(3600)
+
+flows.dispatch.queue_reminders = inserted_then_hang
+runtime = Runtime(engine=engine, fileserver=None, ssh=None, work_dir=work,
+                  mailer=OutboxDirTransport(work / "outbox"), clock=lambda: now)
+flows.dispatch.send_reminders(runtime, now)
+"""
+
+
+def test_kill_9_between_the_reminders_insert_and_its_commit_queues_each_once_later(
+    engine: Any, tmp_path: Path
+) -> None:
+    """A dispatcher SIGKILLed after its chunk's INSERT and before the commit (the process told us it
+    inserted; it then waits forever): nothing of the chunk is left queued, and the next tick queues
+    every reminder exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    runtime = _world(engine, tmp_path, {"acme": 3})
+    announced = NOW - timedelta(hours=48)
+    runs = [_plan(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(3)]
+    schema = ""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+    url = engine.url.render_as_string(hide_password=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_TICK, url, schema, str(tmp_path), NOW.isoformat()],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the INSERT ran (or the process died)
+        assert line.startswith("inserted 3"), line
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+
+    assert _keys(engine) == []  # rolled back with the process
+    assert send_reminders(runtime, NOW) == [f"update-{run_id}:24h" for run_id in runs]
+    assert send_reminders(runtime, NOW) == []
+    assert _keys(engine) == sorted(f"update-{run_id}:reminder:1:24h" for run_id in runs)

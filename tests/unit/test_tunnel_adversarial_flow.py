@@ -290,3 +290,38 @@ def test_a_tunnel_reopened_to_another_nodes_sshd_while_the_run_waits_is_refused_
     assert world.upgraded() == [1, 0, 0]
     assert _steps(world, run_id, "upgrade") == ["succeeded", "interrupted"]
     assert "rescheduled" not in world.notices(run_id)
+
+
+class _Killed(BaseException):
+    """The process running the flow dies (kill -9): nothing of the flow's own handling runs after it."""
+
+
+def test_a_run_killed_while_waiting_mid_run_and_resumed_asks_the_node_and_says_what_it_does(
+    world: World,
+) -> None:
+    """The dispatcher's process dies while the run waits for node 2's tunnel; the SRE resumes it once the
+    tunnel is open. Node 2 (its upgrade cut, outcome unknown) is asked and upgraded once; nothing twice.
+    While the resumed run works, `upkeep show` must not still say it waits for the customer's tunnel."""
+    run_id = _planned(world)
+    _close_under(world, SECOND)
+
+    def die(_host: str) -> None:
+        if world.run().reason.startswith("waiting up to"):  # the wait's look, not closed_under's
+            raise _Killed
+
+    _fleet(world).on_closed = die
+    with pytest.raises(_Killed):
+        world.update(run_id=run_id)
+    assert world.run().reason.startswith("waiting up to")
+    _fleet(world).closed.clear()
+    _fleet(world).on_closed = None
+    world.clock.advance(timedelta(minutes=30))  # the dead process's lease has run out
+    said: list[str] = []
+    world.nodes[2].before["upgrade"] = lambda _node: said.append(world.run().reason)
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    assert world.run().state == RunState.succeeded, world.run().reason
+    assert world.upgraded() == [1, 1, 1]
+    assert said == [""], said  # not "waiting up to N min for the customer's support tunnel ..."

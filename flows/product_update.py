@@ -500,6 +500,10 @@ def _claim(
             # An SRE's resume clears a pause or cancel asked earlier; a take-over of an orphan honours it.
             if lease_owner is None:
                 run.requested_action = RequestedAction.none
+            # What a dead process said it was doing (waiting for a support tunnel) is not what this one
+            # does (it says so itself if it waits); a pending cancel's words stay, its ending tells them.
+            if run.state == RunState.running and run.requested_action == RequestedAction.none:
+                run.reason = ""
         run.state = RunState.running
         run.started_at = run.started_at or runtime.clock()
         record_window(run, runtime.clock(), session=session)  # the window it runs in, at every start

@@ -325,3 +325,35 @@ def test_a_run_killed_while_waiting_mid_run_and_resumed_asks_the_node_and_says_w
     assert world.run().state == RunState.succeeded, world.run().reason
     assert world.upgraded() == [1, 1, 1]
     assert said == [""], said  # not "waiting up to N min for the customer's support tunnel ..."
+
+
+def test_an_sre_resume_while_the_dispatchers_run_waits_is_refused_and_the_run_goes_on(world: World) -> None:
+    """Two operators: while the dispatcher's run waits for node 2's tunnel, an SRE runs `upkeep resume`
+    on it. The run's lease is live: the resume is refused (exit 2, one line) and takes nothing; the
+    waiting run uses the tunnel once it is back and every node is upgraded once."""
+    from upkeep.console import CliError
+    from upkeep.updates import resume_run
+
+    run_id = _planned(world)
+    _close_under(world, SECOND)
+    refused: list[str] = []
+
+    def resume_then_reopen(host: str) -> None:
+        if not world.run().reason.startswith("waiting up to"):
+            return  # closed_under's look: the run does not wait yet
+        owner = world.run().lease_owner
+        try:
+            resume_run(run_id, engine=world.engine, as_json=False, actor="sre2")
+        except CliError as exc:
+            refused.append(str(exc))
+        assert world.run().lease_owner == owner  # the resume took nothing
+        _fleet(world).closed.discard(host)
+
+    _fleet(world).on_closed = resume_then_reopen
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    assert len(refused) == 1 and str(run_id) in refused[0], refused
+    assert world.run().state == RunState.succeeded, world.run().reason
+    assert world.upgraded() == [1, 1, 1]

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from sqlalchemy import text
 from sqlmodel import select
@@ -366,3 +367,74 @@ def test_kill_9_between_the_reminders_insert_and_its_commit_queues_each_once_lat
     assert send_reminders(runtime, NOW) == [f"update-{run_id}:24h" for run_id in runs]
     assert send_reminders(runtime, NOW) == []
     assert _keys(engine) == sorted(f"update-{run_id}:reminder:1:24h" for run_id in runs)
+
+
+@pytest.mark.parametrize("change", ["blackout added", "window changed"])
+def test_a_change_landing_between_the_bulk_world_read_and_the_claim_wins(
+    engine: Any, tmp_path: Path, monkeypatch: Any, change: str
+) -> None:
+    """An inventory import (a customer blackout over today, or the window moved to the weekend)
+    commits right after the claims read the chunk's worlds and before the conditional UPDATE: the
+    claim must not go ahead on the stale world - the import's re-check moved or held the update.
+    PostgreSQL only: on SQLite the claims' transaction holds the write lock (BEGIN IMMEDIATE) from its
+    first statement, so the import cannot commit in between."""
+    import flows.integrity
+    from flows.dispatch import _claim_many
+    from flows.integrity import import_and_recheck
+    from inventory.models import RunState, UpgradeRun
+    from tests.support.races import meanwhile
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers at BEGIN IMMEDIATE: the interleaving cannot happen")
+    runtime = _world(engine, tmp_path, {"acme": 2})
+    run_id = _plan(engine, "acme-c00", NOW - timedelta(minutes=1), NOW - timedelta(days=20))
+    source = tmp_path / "fleet.yaml"
+    spec = yaml.safe_load(source.read_text())
+    customer = spec["customers"][0]
+    if change == "blackout added":
+        customer["blackouts"] = [{"start": "2026-12-01", "end": "2026-12-01", "reason": "freeze"}]
+    else:
+        customer["clusters"][0]["windows"] = [{"days": "sat-sun", "start": "00:00", "duration": "24h"}]
+    source.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    happened = meanwhile(
+        monkeypatch,
+        flows.integrity,
+        "worlds_of",
+        lambda: import_and_recheck(source, engine=engine, actor="customer", now=NOW)[1],
+        after=True,
+    )
+    claims = _claim_many(runtime, NOW, set(), timedelta(minutes=5), want=1)
+
+    assert happened and [o.run_id for o in happened[0]] == [run_id]  # the import re-checked it
+    assert claims == []
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        assert run.state == RunState.planned
+        assert run.notice_sequence == 2 or run.held_reason
+
+
+def test_claims_straddling_max_running_across_pages_stop_at_it(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Keyset pages of 2 due updates, one already running, max_running 4: exactly 3 more claimed,
+    the earliest, though the third falls in the second page."""
+    import flows.dispatch
+    from flows.dispatch import _claim_many
+
+    monkeypatch.setattr(flows.dispatch, "_CLAIM_BATCH", 2)
+    runtime = _world(engine, tmp_path, {"acme": 8})
+    long_ago = NOW - timedelta(days=5)
+    runs = [_plan(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=10 - i), long_ago) for i in range(8)]
+    _sql(
+        engine,
+        "UPDATE upgraderun SET state = 'running', lease_until = :until WHERE id = :id",
+        until=NOW + timedelta(hours=1),
+        id=runs[0],
+    )
+
+    claims = _claim_many(runtime, NOW, set(), timedelta(minutes=5), want=10, most=4)
+
+    assert [c.run_id for c in claims] == runs[1:4]
+    assert _running(engine) == runs[:4]

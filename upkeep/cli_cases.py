@@ -42,20 +42,27 @@ def _now() -> datetime:
 
 def case_dict(case: Any, session: Session) -> dict[str, Any]:
     from flows.failed_run_case import case_links
-    from inventory.case_tables import CasePublic
+    from inventory.case_tables import CaseNotePublic, CasePublic, CaseRunPublic, DiagnosticsBundlePublic
     from inventory.cases import case_bundles, case_clusters
     from inventory.models import Customer
 
     customer = session.get(Customer, case.customer_id)
-    public = CasePublic.model_validate(
-        case.model_dump(exclude={"id", "customer_id", "ref"})
-        | {
-            "id": case.ref,
-            "customer": customer.name if customer else case.customer_id,
-            "clusters": [c.name for c in case_clusters(case, session=session)],
-            "bundles": case_bundles(case, session=session),
-            **case_links(case.ref, session=session),  # runs whose failure it is about (Prefect links), notes
-        }
+    # The rows are printed as stored: CasePublic and DiagnosticsBundlePublic share their tables' bases and
+    # so the limits Upkeep's writes keep (subject 1-200 characters, ...), which a row written by hand, by
+    # another version or on SQLite (no VARCHAR lengths) may exceed - validating it again refused to show
+    # the case at all. The links and notes are not table rows and are validated.
+    links = case_links(case.ref, session=session)  # runs whose failure it is about (Prefect links), notes
+    public = CasePublic.model_construct(
+        **case.model_dump(exclude={"id", "customer_id", "ref"}),
+        id=case.ref,
+        customer=customer.name if customer else case.customer_id,
+        clusters=[c.name for c in case_clusters(case, session=session)],
+        bundles=[
+            DiagnosticsBundlePublic.model_construct(**bundle.model_dump(exclude={"case_id"}))
+            for bundle in case_bundles(case, session=session)
+        ],
+        runs=[CaseRunPublic.model_validate(run) for run in links["runs"]],
+        notes=[CaseNotePublic.model_validate(note) for note in links["notes"]],
     )
     return public.model_dump(mode="json")
 

@@ -44,6 +44,10 @@ class _TunnelRunner(FakeRunner):
     def _reachable(self) -> None:
         fleet = self._fleet
         assert isinstance(fleet, TunnelFleet)
+        if fleet.server_down:
+            raise RemoteError(
+                self.host, "tunnel server 127.0.0.1:2222 unreachable (Connection refused); no node reached"
+            )
         if self.host in fleet.closed:
             if fleet.on_closed is not None:
                 fleet.on_closed(self.host)
@@ -60,6 +64,7 @@ class TunnelFleet(FakeFleet):
 
     closed: set[str] = field(default_factory=set)
     foreign: set[str] = field(default_factory=set)  # tunnels opened to another node's sshd
+    server_down: bool = False  # the vendor's tunnel server does not answer
     on_closed: Callable[[str], None] | None = None
 
     def connect(self, target: SshTarget) -> FakeRunner:
@@ -357,3 +362,35 @@ def test_an_sre_resume_while_the_dispatchers_run_waits_is_refused_and_the_run_go
     assert len(refused) == 1 and str(run_id) in refused[0], refused
     assert world.run().state == RunState.succeeded, world.run().reason
     assert world.upgraded() == [1, 1, 1]
+
+
+def test_the_tunnel_server_going_down_while_the_run_waits_is_not_told_as_the_customers_tunnel(
+    world: World,
+) -> None:
+    """While the run waits for node 2's tunnel, the vendor's tunnel server stops answering (during a look:
+    node 2 still reads closed, the others cannot be reached). That is not the customer's closed tunnel: no
+    'rescheduled' notice asking them to open it; the run fails to the SRE naming the tunnel server, and the
+    customer's notice (a node was touched) blames nobody. Before: the reason read only "the customer's
+    support tunnel is closed on NODE" - the other nodes' problems were dropped from the look's message."""
+    from inventory.outbox import Notice
+
+    run_id = _planned(world)
+    _close_under(world, SECOND)
+
+    def server_goes_down(_host: str) -> None:
+        if world.run().reason.startswith("waiting up to"):
+            _fleet(world).server_down = True
+
+    _fleet(world).on_closed = server_goes_down
+
+    world.update(run_id=run_id)
+
+    run = world.run()
+    assert run.state == RunState.failed, run.reason
+    assert "tunnel server 127.0.0.1:2222 unreachable" in run.reason, run.reason
+    assert world.upgraded() == [1, 0, 0]
+    assert "rescheduled" not in world.notices(run_id)
+    with session_scope(world.engine) as session:
+        told = session.exec(select(Notice).where(col(Notice.update_ref).startswith(f"update-{run_id}"))).all()
+    failed = [n.body_text for n in told if n.kind == "failed"]
+    assert failed and not any("tunnel" in body for body in failed), failed

@@ -208,8 +208,13 @@ def reach(plan: UpdatePlan, conns: NodeConnections) -> None:
     problems = _each_node(plan, ask)
     if closed:
         names = tuple(sorted(closed))
+        # What else went wrong is said too: a look that also failed for another reason ends the wait
+        # with this message as the run's reason, and must not read as the customer's tunnel alone.
         raise TunnelDown(
-            f"the customer's support tunnel is closed on {', '.join(names)}", names, tuple(problems)
+            f"the customer's support tunnel is closed on {', '.join(names)}"
+            + "".join(f"; {problem}" for problem in problems),
+            names,
+            tuple(problems),
         )
     if problems:
         raise StepFailed("; ".join(problems))

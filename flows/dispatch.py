@@ -283,7 +283,9 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
             if run.id not in announced or _after(announced[run.id], run, label)
         ]
         queued = _queued_keys(session, [_reminder_key(run, label) for run, label in candidates])
-        due = [(run, label) for run, label in candidates if _reminder_key(run, label) not in queued][:limit]
+        candidates = [(run, label) for run, label in candidates if _reminder_key(run, label) not in queued]
+        silent = _nobody_to_tell(runtime, session, [run for run, _ in candidates])
+        due = [(run, label) for run, label in candidates if run.id not in silent][:limit]
     began = runtime.clock()
     deferred: set[int | None] = set()  # runs whose 72 h reminder waits: their 24 h one waits with it
     ready: list[_Ready] = []  # in slot order
@@ -307,6 +309,48 @@ def send_reminders(runtime: Runtime, now: datetime, *, limit: int = REMINDER_LIM
         except Exception:  # one poisoned row: the chunk again one by one, so only that row is held back
             sent += _queue_one_by_one(runtime, chunk, now, vendor)
     return sent
+
+
+def _nobody_to_tell(runtime: Runtime, session: Session, runs: list[UpgradeRun]) -> set[int | None]:
+    """The runs among `runs` whose customer has no contact and no portal user: their reminders can
+    never be queued, so they are left out before the tick's limit, without a pre-flight, and the SRE
+    is told once per update and sequence (the alert's key) that nobody hears of it. Found by the
+    adversarial pass on #19: such reminders stayed due and, with the earliest slots, filled the tick's
+    limit every tick, so no other customer's reminder went. One query per table for all of them."""
+    from inventory.alerts import Alert
+    from inventory.models import Contact
+    from inventory.portal_tables import PortalUser
+
+    if not runs:
+        return set()
+    owners = dict(
+        session.exec(
+            select(Cluster.id, Cluster.customer_id).where(col(Cluster.id).in_({r.cluster_id for r in runs}))
+        ).all()
+    )
+    customers = set(owners.values())
+    heard = set(session.exec(select(Contact.customer_id).where(col(Contact.customer_id).in_(customers))))
+    users = select(PortalUser.customer_id).where(col(PortalUser.customer_id).in_(customers))
+    heard |= set(session.exec(users))
+    silent = {run.id: run for run in runs if owners.get(run.cluster_id) not in heard}
+    keys = {run_id: f"update-{run_id}:nobody-to-tell:{run.notice_sequence}" for run_id, run in silent.items()}
+    alerted = set(session.exec(select(Alert.key).where(col(Alert.key).in_(list(keys.values())))))
+    for run_id, key in keys.items():
+        if key not in alerted:
+            _logger().error("update-%s: no reminder, its customer has no contact or portal user", run_id)
+            alert_sre(
+                runtime,
+                kind="reminder",
+                headline=f"update-{run_id}: the customer has nobody to tell",
+                cause="the customer has no contact and no portal user: no notice or reminder reaches them",
+                run_id=run_id,
+                detail="Its reminders are not sent and no 72 h pre-flight runs for them; the start-time "
+                "pre-flight still checks the nodes.",
+                action="add a contact (`upkeep inventory import`), or cancel the update",
+                key=key,
+                session=session,
+            )
+    return set(silent)
 
 
 def _queue_one_by_one(runtime: Runtime, ready: list[_Ready], now: datetime, vendor: VendorTerms) -> list[str]:

@@ -438,3 +438,23 @@ def test_claims_straddling_max_running_across_pages_stop_at_it(
 
     assert [c.run_id for c in claims] == runs[1:4]
     assert _running(engine) == runs[:4]
+
+
+def test_reminders_to_a_customer_with_nobody_to_tell_do_not_take_the_ticks_limit(
+    engine: Any, tmp_path: Path
+) -> None:
+    """A customer with no contacts and no portal users (the import allows it) whose updates have the
+    earliest slots: their reminders can never be queued, so they stayed due and filled the tick's
+    limit every tick - the other customers' reminders never went. They must not count against the
+    limit, and the SRE hears once per update that its customer has nobody to tell."""
+    runtime = _world(engine, tmp_path, {"quiet": 2, "acme": 1})
+    _sql(engine, "DELETE FROM contact WHERE customer_id = (SELECT id FROM customer WHERE name = 'quiet')")
+    announced = NOW - timedelta(hours=48)
+    silent = [_plan(engine, f"quiet-c{i:02d}", NOW + timedelta(hours=1 + i), announced) for i in range(2)]
+    told = _plan(engine, "acme-c00", NOW + timedelta(hours=5), announced)
+
+    assert send_reminders(runtime, NOW, limit=2) == [f"update-{told}:24h"]
+    assert send_reminders(runtime, NOW, limit=2) == []
+    assert _keys(engine) == [f"update-{told}:reminder:1:24h"]
+    alerts = sorted(a.run_id or 0 for a in _alerts(engine))
+    assert alerts == silent, alerts

@@ -716,7 +716,13 @@ def _claim_many(
 def _alert_unreadable(runtime: Runtime, run: UpgradeRun, cause: str, session: Session) -> None:
     """A due update whose world cannot be read is not started; the SRE is told once per slot (the
     alert's key) and the other due updates go on. Found by the adversarial pass on #19: one customer
-    row with an unknown time zone failed the whole chunk's world read, and every tick with it."""
+    row with an unknown time zone failed the whole chunk's world read, and every tick with it. Logged
+    with the alert, once: in-process workers meet it again at every claim (each reads from the start)."""
+    from inventory.alerts import Alert
+
+    key = f"update-{run.id}:unreadable:{run.notice_sequence}"
+    if session.exec(select(Alert.id).where(Alert.key == key)).first() is not None:
+        return
     _logger().error("update-%s not started: its world cannot be read: %s", run.id, cause)
     alert_sre(
         runtime,
@@ -726,7 +732,7 @@ def _alert_unreadable(runtime: Runtime, run: UpgradeRun, cause: str, session: Se
         run_id=run.id,
         action="repair the record (`upkeep inventory import` the customer again); the update starts "
         "at the next tick while its slot is still valid",
-        key=f"update-{run.id}:unreadable:{run.notice_sequence}",
+        key=key,
         session=session,
     )
 

@@ -458,3 +458,27 @@ def test_reminders_to_a_customer_with_nobody_to_tell_do_not_take_the_ticks_limit
     assert _keys(engine) == [f"update-{told}:reminder:1:24h"]
     alerts = sorted(a.run_id or 0 for a in _alerts(engine))
     assert alerts == silent, alerts
+
+
+def test_an_unreadable_due_update_is_one_line_however_often_the_workers_claim(
+    engine: Any, tmp_path: Path, caplog: Any
+) -> None:
+    """In-process workers claim one run at a time, each claim reading from the first page again: the
+    poisoned earliest update is met at every claim, but logged once (and alerted once), not per claim."""
+    import logging
+
+    from flows.dispatch import _claim_next
+
+    runtime = _world(engine, tmp_path, {"acme": 3, "mars": 1})
+    long_ago = NOW - timedelta(days=5)
+    poisoned = _plan(engine, "mars-c00", NOW - timedelta(minutes=2), long_ago)
+    good = [_plan(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), long_ago) for i in range(3)]
+    _sql(engine, "UPDATE customer SET timezone = 'Mars/Olympus_Mons' WHERE name = 'mars'")
+
+    with caplog.at_level(logging.ERROR):
+        claimed = [_claim_next(runtime, NOW, set(), timedelta(minutes=5)) for _ in range(4)]
+
+    assert sorted(c.run_id for c in claimed if c is not None) == good
+    lines = [r for r in caplog.records if f"update-{poisoned}" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert len([a for a in _alerts(engine) if a.run_id == poisoned]) == 1

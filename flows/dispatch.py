@@ -217,10 +217,7 @@ def windows_at_slot(runs: list[UpgradeRun], *, session: Session, chunk: int = 10
     backlog checks every due run). A run whose world cannot be read (a row this version cannot load,
     e.g. an unknown time zone) is left out of the answer instead of failing every run's (found by the
     adversarial pass on #19: it ended the tick before reminders and claims)."""
-    from sqlalchemy import or_
-
-    from inventory.models import Customer
-    from inventory.windows import Blackout, MaintenanceWindow, customer_holidays
+    from inventory.windows import customer_holidays, window_rows
     from scheduling.cutoff import open_window
     from scheduling.errors import SchedulingError
 
@@ -228,23 +225,7 @@ def windows_at_slot(runs: list[UpgradeRun], *, session: Session, chunk: int = 10
     for at in range(0, len(runs), chunk):
         part = runs[at : at + chunk]
         cluster_ids = {run.cluster_id for run in part}
-        clusters = {c.id: c for c in session.exec(select(Cluster).where(col(Cluster.id).in_(cluster_ids)))}
-        customer_ids = {c.customer_id for c in clusters.values()}
-        customers = {
-            c.id: c for c in session.exec(select(Customer).where(col(Customer.id).in_(customer_ids)))
-        }
-        windows: dict[int, list[MaintenanceWindow]] = {}
-        for row in session.exec(
-            select(MaintenanceWindow)
-            .where(col(MaintenanceWindow.cluster_id).in_(cluster_ids))
-            .order_by(col(MaintenanceWindow.id))
-        ):
-            windows.setdefault(row.cluster_id, []).append(row)
-        blackout_rows = session.exec(
-            select(Blackout)
-            .where(or_(col(Blackout.customer_id).in_(customer_ids), col(Blackout.customer_id).is_(None)))
-            .order_by(col(Blackout.start))
-        ).all()
+        clusters, customers, windows, blackout_rows = window_rows(cluster_ids, session=session)
         vendor_wide = [row.rule() for row in blackout_rows if row.customer_id is None]
         for run in part:
             assert run.slot_start is not None

@@ -26,7 +26,7 @@ from typing import Literal
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, select
 
 from flows.alerts import alert_sre
 from flows.portal_welcome import portal_users, welcome_new_users
@@ -109,26 +109,12 @@ def worlds_of(
     version cannot load, e.g. an unknown time zone) is left out and its cause put there, instead of
     failing every run's world (found by the adversarial pass on #19)."""
     from inventory.cases import BLOCKING, CaseCluster, CaseStatus
-    from inventory.windows import Blackout, MaintenanceWindow, customer_holidays
+    from inventory.windows import customer_holidays, window_rows
 
     if not runs:
         return {}
     cluster_ids = {run.cluster_id for run in runs}
-    clusters = {c.id: c for c in session.exec(select(Cluster).where(col(Cluster.id).in_(cluster_ids)))}
-    customer_ids = {c.customer_id for c in clusters.values()}
-    customers = {c.id: c for c in session.exec(select(Customer).where(col(Customer.id).in_(customer_ids)))}
-    windows: dict[int, list[MaintenanceWindow]] = {}
-    for row in session.exec(
-        select(MaintenanceWindow)
-        .where(col(MaintenanceWindow.cluster_id).in_(cluster_ids))
-        .order_by(col(MaintenanceWindow.id))
-    ):
-        windows.setdefault(row.cluster_id, []).append(row)
-    blackout_rows = session.exec(
-        select(Blackout)
-        .where(or_(col(Blackout.customer_id).in_(customer_ids), col(Blackout.customer_id).is_(None)))
-        .order_by(col(Blackout.start))
-    ).all()
+    clusters, customers, windows, blackout_rows = window_rows(cluster_ids, session=session)
     blackouts: dict[int | None, list[BlackoutRule] | Exception] = {}
     for customer in customers.values():
         try:

@@ -7,7 +7,9 @@ instants. A blackout with no customer is vendor-wide (e.g. the year-end freeze).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, time, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, Session, SQLModel, col, or_, select
@@ -76,6 +78,38 @@ def blackouts_for(customer: Customer, *, session: Session) -> list[BlackoutRule]
         .order_by(col(Blackout.start))
     ).all()
     return [row.rule() for row in rows] + customer_holidays(customer)
+
+
+class WindowRows(NamedTuple):
+    """What decides when many clusters may be touched, read for all of them at once."""
+
+    clusters: dict[int | None, Cluster]
+    customers: dict[int | None, Customer]
+    windows: dict[int, list[MaintenanceWindow]]  # per cluster, in id order
+    blackouts: list[Blackout]  # the customers' and the vendor-wide ones (customer_id None), by start
+
+
+def window_rows(cluster_ids: Iterable[int], *, session: Session) -> WindowRows:
+    """The clusters, their customers, windows and blackouts in four queries, whatever their number:
+    the dispatcher reads them for every due run and every claim candidate of a tick (four queries per
+    run before #19)."""
+    ids = set(cluster_ids)
+    clusters = {c.id: c for c in session.exec(select(Cluster).where(col(Cluster.id).in_(ids)))}
+    customer_ids = {c.customer_id for c in clusters.values()}
+    customers = {c.id: c for c in session.exec(select(Customer).where(col(Customer.id).in_(customer_ids)))}
+    windows: dict[int, list[MaintenanceWindow]] = {}
+    for row in session.exec(
+        select(MaintenanceWindow)
+        .where(col(MaintenanceWindow.cluster_id).in_(ids))
+        .order_by(col(MaintenanceWindow.id))
+    ):
+        windows.setdefault(row.cluster_id, []).append(row)
+    blackouts = session.exec(
+        select(Blackout)
+        .where(or_(col(Blackout.customer_id).in_(customer_ids), col(Blackout.customer_id).is_(None)))
+        .order_by(col(Blackout.start))
+    ).all()
+    return WindowRows(clusters, customers, windows, list(blackouts))
 
 
 def customer_holidays(customer: Customer, years: range | None = None) -> list[BlackoutRule]:

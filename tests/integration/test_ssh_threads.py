@@ -13,6 +13,8 @@ the cause directly: nothing a connection does, from creation to close, writes to
 
 from __future__ import annotations
 
+import os
+import resource
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -121,3 +123,30 @@ def test_connections_used_in_many_threads_against_real_nodes_never_write_the_sha
     errors = _in_threads(6, use)
     assert errors == []
     assert writes == []
+
+
+@pytest.mark.lab
+def test_a_command_runs_when_the_process_already_holds_more_than_1024_descriptors(lab: Any) -> None:
+    """W4 of `make bench` (200 clusters in flight, 1,026 descriptors in the dispatcher) failed 4 clusters
+    with "filedescriptor out of range in select()": the wait for a command's output used select(), which
+    takes no descriptor above 1023. Here the process holds over 1,024 descriptors before connecting, so
+    the channel's own descriptor is above that bound too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 1200
+    if hard != resource.RLIM_INFINITY and hard < needed + 64:
+        pytest.fail(f"this host allows only {hard} open files; the test needs {needed + 64}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed + 64), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(needed)]
+    try:
+        assert max(held) > 1024
+        overrides = lab.settings_overrides()
+        settings = SshSettings(known_hosts=Path(overrides["known_hosts"]), key_path=Path(overrides["ssh_key"]))
+        node = lab.status()["nodes"][-1]
+        target = SshTarget(node["hostname"], node["address"], node["port"], node["user"])
+        with FabricRunner(target, settings).open() as runner:
+            result = runner.run(["upkeep-agent", "version"], timeout=30)
+        assert result.ok and result.stdout.strip() == node["version"], result.tail()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

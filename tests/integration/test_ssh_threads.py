@@ -140,7 +140,9 @@ def test_a_command_runs_when_the_process_already_holds_more_than_1024_descriptor
     try:
         assert max(held) > 1024
         overrides = lab.settings_overrides()
-        settings = SshSettings(known_hosts=Path(overrides["known_hosts"]), key_path=Path(overrides["ssh_key"]))
+        settings = SshSettings(
+            known_hosts=Path(overrides["known_hosts"]), key_path=Path(overrides["ssh_key"])
+        )
         node = lab.status()["nodes"][-1]
         target = SshTarget(node["hostname"], node["address"], node["port"], node["user"])
         with FabricRunner(target, settings).open() as runner:

@@ -20,6 +20,7 @@ import paramiko
 import pytest
 import yaml
 
+from inventory.importer import load_inventory
 from tests.support.labs import running_lab
 from upkeep.lab import Lab, LabError, agent, procs
 
@@ -324,6 +325,44 @@ def test_failed_start_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="must not contain whitespace"):
         broken.up(clusters=1, nodes=1)
     assert not broken.status()["up"]
+
+
+def test_clusters_added_to_a_running_lab_are_whole_and_leave_the_others_alone(tmp_path: Path) -> None:
+    """`add_clusters` (the suite's session labs grow module by module): the new nodes answer over
+    verified SSH, known_hosts and the inventory hold them as a lab started that size would, the running
+    nodes keep their daemons, and `down` stops the added ones too."""
+    with running_lab(tmp_path / "grown", clusters=1, nodes=2, upgrade_seconds=0.1, health_delay=0.1) as grown:
+        before = {n["hostname"]: n["pid"] for n in grown.status()["nodes"]}
+        status = grown.add_clusters(2)
+        nodes = status["nodes"]
+        assert [n["hostname"] for n in nodes] == [
+            "acme-c1-n1", "acme-c1-n2", "globex-c2-n1", "globex-c2-n2", "initech-c3-n1", "initech-c3-n2",
+        ]  # fmt: skip
+        assert all(n["running"] for n in nodes)
+        assert {n["hostname"]: n["pid"] for n in nodes[:2]} == before
+
+        def version(node: dict[str, Any]) -> tuple[int, str, str]:
+            client = connect(grown, node)  # verified against the lab's known_hosts
+            try:
+                return run(client, "upkeep-agent version")
+            finally:
+                client.close()
+
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            assert list(pool.map(version, nodes)) == [(0, "9.8.0", "")] * len(nodes)
+        doc = load_inventory(grown.inventory_path)
+        clusters = [(c.name, c.ring, [n.port for n in c.nodes]) for cu in doc.customers for c in cu.clusters]
+        assert sorted(clusters) == sorted(
+            (name, "broad", [n["port"] for n in nodes if n["cluster"] == name])
+            for name in ("acme-c1", "globex-c2", "initech-c3")
+        )
+        assert [r.version for r in doc.releases], "the releases stay in the inventory"
+        pids = [n["pid"] for n in nodes]
+        with pytest.raises(LabError, match="at least one"):
+            grown.add_clusters(0)
+    assert not [pid for pid in pids if procs.alive(pid)]
+    with pytest.raises(LabError, match="is not up"):
+        grown.add_clusters(1)
 
 
 def test_down_leaves_no_process(lab: Lab) -> None:

@@ -479,3 +479,38 @@ def test_doctor_checks_tunnel_nodes_through_the_tunnel(
     assert checks[f"node {second}"]["status"] == "ok", checks[f"node {second}"]
     assert checks[f"node {first}"]["status"] == "fail"
     assert "support tunnel closed" in checks[f"node {first}"]["detail"]
+
+
+def test_clusters_added_to_a_running_tunnel_lab_get_their_own_tunnels_and_open_ones_stay_up(
+    tmp_path: Path,
+) -> None:
+    """The suite's tunnel lab grows module by module (`Lab.add_clusters`): the tunnel server rereads
+    its keys and ports (SIGHUP) without dropping a tunnel already open, and an added node is reached
+    through its own tunnel only, its identity held to its own port."""
+    from tests.support.labs import running_lab
+
+    with running_lab(
+        tmp_path / "grown", clusters=1, nodes=1, access="tunnel", upgrade_seconds=0.1, health_delay=0.1
+    ) as grown:
+        first = grown.status()["nodes"][0]
+        _started(grown, first["hostname"])
+        up_before = grown.tunnel(first["hostname"], "status")
+        grown.add_clusters(1)
+        added = grown.status()["nodes"][1]
+        assert added["hostname"] == "globex-c2-n1" and added["tunnel_port"] != first["tunnel_port"]
+        assert grown.tunnel(first["hostname"], "status") == up_before  # the same ssh, never reconnected
+        assert grown.tunnel(added["hostname"], "status") == (3, "tunnel stopped")
+        with pytest.raises(TunnelClosed):
+            FabricRunner(_target(grown, added["hostname"]), _settings(grown)).open()
+        _started(grown, added["hostname"])
+        for node in (first, added):
+            with FabricRunner(_target(grown, node["hostname"]), _settings(grown)) as runner:
+                shown = runner.run(["printenv", "UPKEEP_NODE_DIR"], timeout=10).stdout.strip()
+                assert shown == str(grown.node_dir(node["hostname"]))
+        grown.tunnel(first["hostname"], "stop")
+        denied = _ssh(
+            grown, _identity(grown, added["hostname"]), "-N",
+            "-R", f"127.0.0.1:{first['tunnel_port']}:127.0.0.1:{added['port']}", f"{added['user']}@127.0.0.1",
+        )  # fmt: skip
+        assert denied.returncode == 255, denied
+        assert f"remote port forwarding failed for listen port {first['tunnel_port']}" in denied.stderr

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from upkeep.lab import node, procs, releases, sshd, topology
 from upkeep.lab.fileserver import USER as FILESERVER_USER
 from upkeep.lab.lab_root import LabError, LabRoot  # LabError: re-exported
@@ -117,6 +119,13 @@ class Lab(LabRoot):
             "user": user,
             "kind": kind,
             "access": access,
+            # What `add_clusters` gives the clusters it adds: the same nodes per cluster and node settings.
+            "shape": {
+                "nodes": len(plan[0].nodes),
+                "version": version,
+                "upgrade_seconds": upgrade_seconds,
+                "health_delay": health_delay,
+            },
             "fileserver": {"port": ports["<fileserver>"], "user": FILESERVER_USER, "password": password},
             "jump": {"port": ports["<jump>"]},
             "tunnel": {"port": ports["<tunnel>"]} if tunnel else None,
@@ -181,6 +190,137 @@ class Lab(LabRoot):
             node_extra=extra,
         )
         topology.write_inventory(self.inventory_path, data)
+
+    def add_clusters(self, clusters: int) -> dict[str, Any]:
+        """Start `clusters` more clusters on the running lab, as a lab started with that many more would
+        have them (names numbered on, the same nodes per cluster, version and node settings, ring broad),
+        and add them to known_hosts, the inventory and, on a tunnel lab, the tunnel server (reloaded with
+        SIGHUP: open tunnels stay up). Nodes already running are not touched."""
+        if clusters < 1:
+            raise LabError(f"cannot add {clusters} clusters: need at least one")
+        with self._locked():
+            state = self._state()
+            if state is None or not self._running():
+                raise LabError(f"lab at {self.root} is not up; run `upkeep lab up` first")
+            shape = state.get("shape")
+            if shape is None:
+                raise LabError(f"lab at {self.root} was started without its shape recorded; restart it")
+            known = len(dict.fromkeys(n["cluster"] for n in state["nodes"]))
+            try:
+                plan = topology.plan(known + clusters, shape["nodes"], state["kind"], None)[known:]
+            except ValueError as exc:
+                raise LabError(str(exc)) from None
+            for cluster in plan:
+                cluster.ring = "broad"
+            before = [dict(n) for n in state["nodes"]]
+            try:
+                self._extend(state, plan, shape)
+            except BaseException as exc:  # Ctrl-C included: the added nodes go, the running ones stay
+                note = ""
+                try:
+                    self._stop_nodes([h for c in plan for h in c.nodes], state["user"])
+                    self._save({**state, "nodes": before})
+                except (LabError, OSError) as stop_exc:
+                    note = f" (cleanup: {stop_exc})"
+                if not isinstance(exc, Exception):
+                    raise
+                raise LabError(f"could not add clusters to the lab at {self.root}: {exc}{note}") from exc
+        return self.status()
+
+    def _extend(self, state: dict[str, Any], plan: list[topology.ClusterPlan], shape: dict[str, Any]) -> None:
+        user = state["user"]
+        tunnel = state["access"] == "tunnel"
+        hosts = [host for c in plan for host in c.nodes]
+        specs = {host: self._spec(host, user) for host in hosts}
+        ports = dict(zip(hosts, procs.free_ports(len(hosts)), strict=True))
+        held = {n["tunnel_port"] for n in state["nodes"] if "tunnel_port" in n}  # bound only when opened
+        tunnel_ports: dict[str, int] = {}
+        if tunnel:
+            tunnel_ports = dict(zip(hosts, procs.reserved_free_ports(len(hosts), exclude=held), strict=True))
+        identities = [self._tunnel_identity(h) for h in hosts] if tunnel else []
+        sshd.keygen([*(s.host_key for s in specs.values()), *identities])
+        client_pub = sshd.public_key(self.ssh_key) + " upkeep-lab-client\n"
+        for spec in specs.values():
+            node.prepare(spec, shape["version"], shape["upgrade_seconds"], shape["health_delay"], client_pub)
+        added: list[dict[str, Any]] = [
+            {
+                "customer": c.customer,
+                "cluster": c.name,
+                "hostname": h,
+                "port": ports[h],
+                **({"tunnel_port": tunnel_ports[h]} if tunnel else {}),
+            }
+            for c in plan
+            for h in c.nodes
+        ]
+        state["nodes"] = [*state["nodes"], *added]
+        self._save(state)  # before any daemon starts, so `down` finds them even if we crash here
+        launched = {h: sshd.launch(specs[h], ports[h]) for h in hosts}
+        for h, launcher in launched.items():
+            ports[h] = sshd.await_ready(specs[h], ports[h], launcher)
+        for entry in added:
+            entry["port"] = ports[entry["hostname"]]
+        self._save(state)
+        lines = [f"[{procs.LOCALHOST}]:{ports[h]} {sshd.public_key(specs[h].host_key)}" for h in hosts]
+        extra: dict[str, dict[str, Any]] = {}
+        if tunnel:
+            server = self._tunnel_spec(user)
+            server_key = sshd.public_key(server.host_key)
+            server_port = state["tunnel"]["port"]
+            lines += [f"{h} {sshd.public_key(specs[h].host_key)}" for h in hosts]
+            extra = {
+                h: {"tunnel_port": tunnel_ports[h], "host_key": sshd.public_key(specs[h].host_key)}
+                for h in hosts
+            }
+            for h in hosts:
+                self._configure_tunnel(h, server_key, server_port, user, tunnel_ports[h], ports[h])
+            everyone = [n["hostname"] for n in state["nodes"]]
+            allowed = {n["hostname"]: n["tunnel_port"] for n in state["nodes"]}
+            server.authorized_keys.write_text(
+                _tunnel_authorized_keys(self, everyone, allowed, self.root / "bin" / "upkeep-tunnel-sessions")
+            )
+            self._reload_tunnel_server(self._tunnel_spec(user, tuple(allowed.values())), server_port)
+        _write_atomically(self.known_hosts, self.known_hosts.read_text() + "\n".join(lines) + "\n")
+        data = yaml.safe_load(self.inventory_path.read_text())
+        first = data["customers"][0]["clusters"][0]
+        more = topology.inventory(
+            plan,
+            kind=state["kind"],
+            version=shape["version"],
+            access=first["access"],
+            ports=ports,
+            user=user,
+            releases=[],
+            node_extra=extra,
+        )
+        customers = {customer["name"]: customer for customer in data["customers"]}
+        for customer in more["customers"]:
+            if customer["name"] in customers:
+                customers[customer["name"]]["clusters"] += customer["clusters"]
+            else:
+                data["customers"].append(customer)
+        tmp = self.inventory_path.with_suffix(".tmp")
+        topology.write_inventory(tmp, data)
+        os.replace(tmp, self.inventory_path)
+
+    def _reload_tunnel_server(self, server: sshd.SshdSpec, port: int) -> None:
+        """The tunnel server rereads its config and keys (`sshd.reload`: same port; tunnels already
+        open are processes of their own and stay)."""
+        pid = procs.read_pid(server.pidfile, str(server.conf))
+        if pid is None:
+            raise LabError(f"the tunnel server of the lab at {self.root} is not running")
+        sshd.reload(server, port, pid)
+
+    def _stop_nodes(self, hostnames: list[str], user: str) -> None:
+        running = {}
+        for hostname in hostnames:
+            spec = self._spec(hostname, user)
+            pid = procs.read_pid(spec.pidfile, str(spec.conf))
+            if pid is not None:
+                running[spec] = pid
+        procs.stop_trees(running.values())
+        for spec in running:
+            spec.pidfile.unlink(missing_ok=True)
 
     def down(self) -> None:
         if not self.root.is_dir():
@@ -360,6 +500,14 @@ class Lab(LabRoot):
 # refuses, Upkeep's runs only the read-only reporter.
 _NOWHERE = "nowhere.invalid:1"
 _NO_SHELL = 'command="echo this key only holds a support tunnel: no shell >&2; exit 1"'
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers (an SSH client loading known_hosts, an import reading the inventory) see the old file or
+    the new one, never half of it."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _tunnel_authorized_keys(lab: Lab, hosts: list[str], ports: dict[str, int], reporter: Path) -> str:

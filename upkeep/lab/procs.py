@@ -33,19 +33,23 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def reserved_free_ports(count: int, low: int = 20000) -> list[int]:
+def reserved_free_ports(count: int, low: int = 20000, exclude: Iterable[int] = ()) -> list[int]:
     """Distinct ports free now, drawn at random from below the kernel's ephemeral range (never handed
-    out for port 0 or an outgoing connection). For ports bound long after they are chosen - a node's
+    out for port 0 or an outgoing connection), none of `exclude` (ports already given out, free only
+    until their owner binds them). For ports bound long after they are chosen - a node's
     tunnel port stays unbound until the customer opens the tunnel - an ephemeral one was taken meanwhile
     by another lab's sshd on this machine (seen: `remote port forwarding failed` at `tunnel start`)."""
     try:
         high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         high = 32768
+    taken = set(exclude)
     pool = range(low, max(high, low + 4 * count))
-    candidates = random.sample(pool, k=min(4 * count + 64, len(pool)))
+    candidates = random.sample(pool, k=min(4 * count + 64 + len(taken), len(pool)))
     found: list[int] = []
     for port in candidates:
+        if port in taken:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((LOCALHOST, port))

@@ -8,6 +8,7 @@ sftp keeps working (no ForceCommand). The login shell's rc files may still prepe
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -155,6 +156,29 @@ def launch(spec: SshdSpec, port: int) -> subprocess.Popen[bytes]:
         (spec.node_dir / "booted_at").write_text(repr(time.time()))
     cmd = [SSHD, "-f", str(spec.conf), "-E", str(spec.log)]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def reload(spec: SshdSpec, port: int, pid: int) -> int:
+    """Make the running sshd `pid` reread its config, rewritten from `spec`: on SIGHUP sshd removes its
+    pid file and re-executes itself (it may daemonize again: a new pid, the same port); connections
+    already open are processes of their own and stay. The pid once it answers; SshdError with the log
+    tail if it does not."""
+    spec.conf.write_text(render_config(spec, port))
+    with open(spec.log, "ab") as log:
+        log.write(f"{MARKER} sshd reloading on port {port}\n".encode())
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if "Server listening on" in _this_start(spec):  # the re-executed sshd, not the old one
+            new = procs.read_pid(spec.pidfile, str(spec.conf))
+            if new and procs.ssh_banner(port):  # the pid file is the new one: the old was removed
+                return new
+        if _failed(spec):
+            break
+        time.sleep(0.005)
+    raise SshdError(
+        f"{spec.name}: sshd on port {port} did not come back after SIGHUP\n{procs.tail(spec.log)}"
+    )
 
 
 def wait_ready(spec: SshdSpec, port: int, launcher: subprocess.Popen[bytes]) -> int:

@@ -8,7 +8,9 @@ Each tick, in this order:
    most `max_running` at once, counting only runs under a live lease. A cloud release run starts only
    when its rollout's gate (waves, error budget) allows. Every claim is one conditional UPDATE that
    also writes the lease, so two dispatchers never start or take over the same run;
-3. delivery of the notice outbox.
+3. on-call pages, escalations and SRE alerts;
+4. delivery of the customers' notice outbox, last and bounded (DELIVERY_LIMIT notices, DELIVERY_BUDGET
+   of time): the tick's decisions never wait behind the mail server.
 
 Runs start as `product-update` deployment runs (spread over the workers) or, from `upkeep dispatch`,
 in this process: there `max_running` workers each claim the next due run as soon as their previous
@@ -56,6 +58,13 @@ REMINDER_LIMIT = 500
 # runs): once spent, no further pre-flight starts in this tick and those reminders go in the next ones
 # (a 72 h reminder has 48 h before its 24 h one). 500 slow pre-flights held every due claim for minutes.
 PREFLIGHT_BUDGET = timedelta(seconds=30)
+# The tick's customer-notice delivery, after its decisions: at most this many notices, and no new one
+# begun once this much of the tick's clock has passed since the delivery began (the rest go in the next
+# tick, oldest first). Measured (bench/dispatch_tick.py, PostgreSQL, an fsync'd outbox directory): 500
+# notices took 22-28 s at load 39-54, 8.4 s at load 9; they ran before the tick's on-call pages and SRE
+# alerts, and a slow mail server stretched the tick without bound.
+DELIVERY_LIMIT = 500
+DELIVERY_BUDGET = timedelta(seconds=30)
 # Reminders queued per transaction (one INSERT each): a tick's 500 in five commits, not 500.
 _REMINDER_CHUNK = 100
 # A reminder ready to queue: run id, label, pre-flight summary, and the run's sequence when found due.
@@ -89,10 +98,22 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
     held_summaries(runtime, _held_since(runtime, tick_began))  # the Prefect UI tells "held" too
     started = [c.run_id for c in claims if not c.taken_over]
     taken_over = [c.run_id for c in claims if c.taken_over]
-    report = deliver_pending(runtime.engine, runtime.mailer, now=now, sender=runtime.mail_from, limit=500)
     paged = page_triggers(runtime, now)  # P0 cases, rollouts halted by their error budget
     escalated = escalate_due(runtime, now)  # on-call pages nobody acknowledged in time
     alerts = deliver_alerts(runtime, now=now)
+    # The customers' outbox last, as its own step bounded in count and time: the tick's decisions
+    # (claims, pages, SRE alerts) never wait behind a slow mail server, and what is left goes in the
+    # next tick, oldest first (the same deliverer: one transaction per notice, so the at-least-once
+    # window stays one message wide). bench/dispatch_tick.py reports the two apart.
+    report = deliver_pending(
+        runtime.engine,
+        runtime.mailer,
+        now=now,
+        sender=runtime.mail_from,
+        limit=DELIVERY_LIMIT,
+        budget=DELIVERY_BUDGET,
+        clock=runtime.clock,
+    )
     get_run_logger().info(
         "reminders %s, started %s, taken over %s, notices sent %d",
         reminded,

@@ -25,10 +25,10 @@ Exactly once, and where that stops being true:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Any
 
@@ -87,6 +87,7 @@ class DeliveryReport:
     failed: list[FailedNotice] = field(default_factory=list)  # refused for good
     superseded: list[str] = field(default_factory=list)  # not sent: a later notice of the update was due
     transport_error: str = ""  # the mail server could not be used at all during this call
+    out_of_time: bool = False  # stopped by the call's time budget: due notices may be left for the next
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,13 +163,27 @@ def queue_many(
 
 
 def deliver_pending(
-    engine: Engine, transport: MailTransport, *, now: datetime, sender: str, limit: int = 100
+    engine: Engine,
+    transport: MailTransport,
+    *,
+    now: datetime,
+    sender: str,
+    limit: int = 100,
+    budget: timedelta | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> DeliveryReport:
     """Send up to `limit` due notices, one transaction each, over one connection (module docstring).
     A `sender` that is not one address is refused before any row is touched (it is configuration,
-    not about a notice)."""
+    not about a notice).
+
+    With `budget`, no further notice is claimed once `clock()` (default: the time now) is that far
+    past the call's start: the rest stay pending, oldest first, for the next call (`out_of_time` says
+    so). A slow mail server then costs the caller at most the budget plus one message's exchange
+    (the transport's timeout), never `limit` of them."""
     check_sender(sender)
     report = DeliveryReport()
+    clock = clock or utcnow
+    began = clock()
     domain = parseaddr(sender)[1].rpartition("@")[2] or "upkeep"
     with session_scope(engine) as session:
         installation = installation_id(session)
@@ -176,6 +191,9 @@ def deliver_pending(
     runs = _RunsOfNotices(engine)
     with _batch(transport) as mailer:
         while handled < limit and not report.transport_error:
+            if budget is not None and clock() - began >= budget:
+                report.out_of_time = True
+                break  # the rest go in the next call, oldest first
             if not runs.read_ahead(now, limit - handled):
                 break  # nothing due
             with session_scope(engine) as session:

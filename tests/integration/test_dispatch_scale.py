@@ -516,3 +516,55 @@ def test_a_reminder_queued_by_another_process_meanwhile_is_not_queued_twice(
 
     assert send_reminders(runtime, NOW) == [f"update-{other}:24h"]
     assert _reminder_keys(engine) == sorted(f"update-{run_id}:reminder:1:24h" for run_id in (raced, other))
+
+
+def test_a_slow_mail_server_holds_neither_the_ticks_claims_nor_more_than_its_delivery_budget(
+    engine: Any, tmp_path: Path, smtp: Any, monkeypatch: Any
+) -> None:
+    """The tick's decisions come first and its outbox delivery last, bounded by DELIVERY_BUDGET of the
+    tick's clock: with a mail server taking 20 s per message (the injected clock), the due run is
+    claimed before any notice goes, the delivery stops once the 30 s budget is spent (two of the four
+    reminders sent), and the next tick sends the other two, oldest first, each once (#19)."""
+    import logging
+
+    import flows.dispatch
+    from flows.dispatch import DELIVERY_BUDGET, dispatch
+    from flows.runtime import configure
+
+    assert timedelta(seconds=20) < DELIVERY_BUDGET <= timedelta(seconds=40)  # two messages fit, not three
+    runtime = _fleet(engine, tmp_path, 5)
+    due = _plan(engine, "c00", NOW - timedelta(minutes=5), NOW - timedelta(days=5))
+    reminded = [
+        _plan(engine, f"c{i:02d}", NOW + timedelta(hours=6 - i), NOW - timedelta(hours=48))
+        for i in range(1, 5)
+    ]
+    clock = [NOW]
+    runtime.clock = lambda: clock[0]
+    real = smtp.transport()
+    handed: list[Any] = []  # the claims handed to the workers, in order
+    handed_at_send: list[int] = []  # how many were handed when each message went
+
+    class Slow:
+        def send(self, message: Any) -> None:
+            handed_at_send.append(len(handed))
+            real.send(message)
+            clock[0] += timedelta(seconds=20)
+
+    runtime.mailer = Slow()  # type: ignore[assignment]
+    monkeypatch.setattr(flows.dispatch, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(flows.dispatch, "_start_deployments", lambda runtime, claims: handed.extend(claims))
+    configure(runtime)
+    try:
+        first = dispatch.fn(max_running=4, via_deployments=True)
+        second = dispatch.fn(max_running=4, via_deployments=True)
+        third = dispatch.fn(max_running=4, via_deployments=True)
+    finally:
+        configure(None)
+    assert first["started"] == [due] and [c.run_id for c in handed] == [due]
+    assert handed_at_send[0] == 1  # claimed and handed over before the delivery began
+    assert len(first["reminders"]) == 4 and first["notices_sent"] == 2
+    assert second["reminders"] == [] and second["notices_sent"] == 2
+    assert third["notices_sent"] == 0
+    # Queued earliest slot first (c04's first), delivered in that order across the two ticks.
+    order = [f"update-{run_id}:reminder:1:24h" for run_id in reversed(reminded)]
+    assert [m["X-Upkeep-Idempotency-Key"] for m in smtp.handler.messages] == order

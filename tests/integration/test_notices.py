@@ -492,3 +492,69 @@ def test_the_flow_delivers_through_the_runtime_mailer(
     assert sorted(result["sent"]) == ["update-1:scheduled:2", "update-2:scheduled:2"]
     assert result["failed"] == [] and result["transport_error"] == ""
     assert len(smtp.handler.ids()) == 2
+
+
+def test_a_time_budget_stops_the_delivery_and_the_rest_go_next_call_oldest_first(
+    engine: Engine, customer_id: int, smtp: SmtpServer
+):
+    """A slow mail server (each message takes 20 s of the injected clock) against a 30 s budget:
+    the call claims no notice once the budget is spent, so it sends two and says it ran out of time;
+    the three left stay pending and untouched (no attempt counted) and the next calls send them,
+    oldest first, each once (#19: the dispatcher's delivery must not stretch its tick)."""
+    with session_scope(engine) as session:
+        queue(session, customer_id, 5)
+    clock = [T0]
+    real = smtp.transport()
+
+    class Slow:
+        def send(self, message: OutgoingMessage) -> None:
+            real.send(message)
+            clock[0] += timedelta(seconds=20)
+
+    def within(transport: Any) -> Any:
+        return deliver_pending(
+            engine,
+            transport,
+            now=T0,
+            sender=SENDER,
+            limit=100,
+            budget=timedelta(seconds=30),
+            clock=lambda: clock[0],
+        )
+
+    first = within(Slow())
+    assert first.sent == ["update-1:scheduled:2", "update-2:scheduled:2"] and first.out_of_time
+    assert first.retrying == [] and first.failed == []
+    rows = notices(engine)
+    assert [(row.state, row.attempts) for row in rows] == [(NoticeState.sent, 1)] * 2 + [
+        (NoticeState.pending, 0)
+    ] * 3
+    assert all(row.next_attempt_at == T0 for row in rows[2:])  # due as before: no backoff
+
+    second = within(Slow())  # its own budget, from its own start
+    assert second.sent == ["update-3:scheduled:2", "update-4:scheduled:2"] and second.out_of_time
+    third = within(Slow())
+    assert third.sent == ["update-5:scheduled:2"] and not third.out_of_time  # nothing left: done in time
+    assert [m[IDEMPOTENCY_HEADER] for m in smtp.handler.messages] == [
+        f"update-{n}:scheduled:2" for n in range(1, 6)
+    ]
+    assert set(smtp.handler.ids().values()) == {1}
+    assert within(Slow()).sent == []
+
+
+def test_without_a_budget_a_slow_mail_server_still_gets_every_notice(
+    engine: Engine, customer_id: int, smtp: SmtpServer
+):
+    """No budget (`upkeep notices send`): the clock is never a reason to stop; `limit` is."""
+    with session_scope(engine) as session:
+        queue(session, customer_id, 3)
+    clock = [T0]
+    real = smtp.transport()
+
+    class Slow:
+        def send(self, message: OutgoingMessage) -> None:
+            real.send(message)
+            clock[0] += timedelta(hours=1)
+
+    report = deliver_pending(engine, Slow(), now=T0, sender=SENDER, limit=2, clock=lambda: clock[0])
+    assert len(report.sent) == 2 and not report.out_of_time

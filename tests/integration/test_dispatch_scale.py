@@ -568,3 +568,98 @@ def test_a_slow_mail_server_holds_neither_the_ticks_claims_nor_more_than_its_del
     # Queued earliest slot first (c04's first), delivered in that order across the two ticks.
     order = [f"update-{run_id}:reminder:1:24h" for run_id in reversed(reminded)]
     assert [m["X-Upkeep-Idempotency-Key"] for m in smtp.handler.messages] == order
+
+
+def test_due_runs_alike_share_a_window_and_unlike_ones_do_not(engine: Any, tmp_path: Path) -> None:
+    """The reslot check computes a window once per distinct (windows, freezes, slot start): runs of
+    one customer with the same window and slot share the answer; another customer whose freeze covers
+    the slot, a cluster whose window differs, and a slot an hour later each get their own - every one
+    equal to `window_at` alone (read as the tick reads them: the range read's tuples)."""
+    from datetime import date
+
+    from flows.dispatch import _planned, windows_at_slot
+    from flows.run_window import window_at
+    from inventory.windows import Blackout
+
+    def cluster(name: str, window: dict[str, str]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "kind": "software",
+            "version": "9.8.0",
+            "access": {"type": "direct"},
+            "nodes": [{"hostname": f"{name}-n1"}],
+            "windows": [window],
+        }
+
+    tuesday = {"days": "tue", "start": "08:00", "duration": "8h"}
+    spec = {
+        "customers": [
+            {
+                "name": name,
+                "timezone": "UTC",
+                "contacts": [{"email": f"ops@{name}.example"}],
+                "clusters": [
+                    cluster(f"{name}-a", tuesday),
+                    cluster(f"{name}-b", tuesday),
+                    cluster(f"{name}-c", {"days": "tue", "start": "11:00", "duration": "2h"}),
+                ],
+            }
+            for name in ("acme", "bolt")
+        ],
+        "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
+    }
+    source = tmp_path / "fleet.yaml"
+    source.write_text(yaml.safe_dump(spec, sort_keys=False))
+    import_inventory(source, engine=engine, actor="test")
+    with session_scope(engine) as session:  # bolt freezes Tuesday 1 December 2026 (NOW's day)
+        bolt = session.exec(select(Cluster).where(Cluster.name == "bolt-a")).one().customer_id
+        session.add(
+            Blackout(customer_id=bolt, start=date(2026, 12, 1), end=date(2026, 12, 1), timezone="UTC")
+        )
+    slot = NOW - timedelta(minutes=30)
+    ids = {
+        name: _plan(engine, name, at, NOW - timedelta(days=5))
+        for name, at in (
+            ("acme-a", slot),
+            ("acme-b", slot),
+            ("acme-c", slot),
+            ("bolt-a", slot),
+            ("bolt-b", slot + timedelta(minutes=10)),
+        )
+    }
+    with session_scope(engine) as session:
+        runs = _planned(session, until=NOW)
+        bulk = windows_at_slot(runs, session=session)
+        one_by_one = {
+            run_id: window_at(session.get(UpgradeRun, run_id), NOW - timedelta(minutes=30), session=session)  # type: ignore[arg-type]
+            for run_id in (ids["acme-a"], ids["acme-b"], ids["acme-c"], ids["bolt-a"])
+        }
+        one_by_one[ids["bolt-b"]] = window_at(
+            session.get(UpgradeRun, ids["bolt-b"]),  # type: ignore[arg-type]
+            slot + timedelta(minutes=10),
+            session=session,
+        )
+    assert bulk == one_by_one
+    assert bulk[ids["acme-a"]] == bulk[ids["acme-b"]] is not None  # alike: one answer
+    assert bulk[ids["acme-c"]] is not None and bulk[ids["acme-c"]] != bulk[ids["acme-a"]]  # 11:00-13:00
+    assert bulk[ids["bolt-a"]] is None and bulk[ids["bolt-b"]] is None  # bolt's freeze, not acme's
+
+
+def test_reminder_candidates_looked_up_a_chunk_at_a_time_keep_slot_order_and_limit(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Candidates are looked up _CANDIDATE_CHUNK at a time until the tick's limit is found: with
+    chunks of two, one reminder queued already in the first chunk and a limit of three, the tick
+    queues the next three earliest slots (crossing two chunks), the next tick the last one, each once."""
+    import flows.dispatch
+
+    monkeypatch.setattr(flows.dispatch, "_CANDIDATE_CHUNK", 2)
+    runtime = _fleet(engine, tmp_path, 6)
+    due = [
+        _plan(engine, f"c{i:02d}", NOW + timedelta(hours=2 + i), NOW - timedelta(hours=48)) for i in range(5)
+    ]
+    assert send_reminders(runtime, NOW, limit=1) == [f"update-{due[0]}:24h"]
+    assert send_reminders(runtime, NOW, limit=3) == [f"update-{run_id}:24h" for run_id in due[1:4]]
+    assert send_reminders(runtime, NOW, limit=3) == [f"update-{due[4]}:24h"]
+    assert send_reminders(runtime, NOW, limit=3) == []
+    assert _reminder_keys(engine) == sorted(f"update-{run_id}:reminder:1:24h" for run_id in due)

@@ -3,9 +3,10 @@ once per test process whichever directories run): databases, the Prefect test ha
 SMTP, the environment for running the real CLI in a subprocess.
 
 Labs are session-wide and hand out one untouched cluster per test that upgrades (`fresh_cluster`,
-`fresh_slow_cluster`, `faults_cluster`); each is sized from the collected tests that ask for its
-clusters, so adding such a test never needs a constant raised. Under pytest-xdist every worker is its
-own process with its own labs, harness and clusters.
+`fresh_slow_cluster`, `faults_cluster`); each holds the clusters the test modules run so far in this
+process ask for, and grows before each later module's first test (tests/support/labs.py), so adding
+such a test never needs a constant raised. Under pytest-xdist every worker is its own process with its
+own labs, harness and clusters.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.support import databases
-from tests.support.labs import clusters_needed, running_lab, take_cluster
+from tests.support import databases, labs
+from tests.support.labs import growing_lab, running_lab, take_cluster
 
 SOAK = os.environ.get("UPKEEP_SOAK", "") not in ("", "0")
 
@@ -90,12 +91,18 @@ def prefect_harness() -> Iterator[None]:
 
 
 # -- labs -----------------------------------------------------------------------------------------------
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    labs.entering(item)  # before any fixture of the item: a module's first test grows the running labs
+
+
 @pytest.fixture(scope="session")
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Quick nodes (0.1 s upgrade, 0.2 s to healthy), one cluster per test that asks for `fresh_cluster`."""
-    with running_lab(
+    with growing_lab(
+        "lab",
+        ("fresh_cluster", "second_fresh_cluster"),
         tmp_path_factory.mktemp("lab"),
-        clusters=clusters_needed(request.session, "fresh_cluster", "second_fresh_cluster"),
         nodes=3,
         upgrade_seconds=0.1,
         health_delay=0.2,
@@ -110,12 +117,13 @@ def fresh_cluster(lab: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def slow_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def slow_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A second fleet whose upgrades and health checks take long enough for a crash, a pause or an
     approval to land in the middle of them."""
-    with running_lab(
+    with growing_lab(
+        "slow_lab",
+        ("fresh_slow_cluster",),
         tmp_path_factory.mktemp("slowlab"),
-        clusters=clusters_needed(request.session, "fresh_slow_cluster"),
         nodes=3,
         upgrade_seconds=0.6,
         health_delay=0.5,
@@ -143,13 +151,14 @@ def jump_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def tunnel_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def tunnel_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A fleet reached only through the lab's OpenSSH tunnel server (inventory access: tunnel), 3 nodes a
     cluster, every tunnel closed until the test runs the customer's `lab.tunnel(host, "start")`; one
     cluster per test that asks for `fresh_tunnel_cluster`."""
-    with running_lab(
+    with growing_lab(
+        "tunnel_lab",
+        ("fresh_tunnel_cluster",),
         tmp_path_factory.mktemp("tunnellab"),
-        clusters=clusters_needed(request.session, "fresh_tunnel_cluster"),
         nodes=3,
         access="tunnel",
         upgrade_seconds=0.1,
@@ -165,13 +174,15 @@ def fresh_tunnel_cluster(tunnel_lab: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def faults_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def faults_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Quick nodes (0.1 s upgrade, 0.1 s to healthy) for the remote, file-server and secrets tests;
     `take_cluster(faults_lab)` in a test, or `faults_cluster`."""
-    with running_lab(
+    # one per test, two for a test that takes a second one besides faults_cluster (test_secrets)
+    with growing_lab(
+        "faults_lab",
+        ("faults_lab", "faults_cluster"),
         tmp_path_factory.mktemp("faultslab"),
-        # one per test, two for a test that takes a second one besides faults_cluster (test_secrets)
-        clusters=max(4, clusters_needed(request.session, "faults_lab", "faults_cluster")),
+        minimum=4,
         nodes=3,
         upgrade_seconds=0.1,
         health_delay=0.1,
@@ -279,12 +290,13 @@ def cli_env(lab: Any, home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slow_cli_env(
     slow_lab: Any, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
     """Environment for running the real `upkeep` CLI in a subprocess against the slow lab, a SQLite
-    database of its own and the session's Prefect test server."""
+    database of its own and the session's Prefect test server. Per module: the slow lab grows before a
+    module's first test, so a later module's clusters were not in an earlier module's import."""
     env = cli_env(slow_lab, tmp_path_factory.mktemp("home"), UPKEEP_HEALTH_TIMEOUT="10")
     upkeep_cli(env, "inventory", "import", str(slow_lab.inventory_path), timeout=120)
     return env

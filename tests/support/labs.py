@@ -2,6 +2,14 @@
 watchdog stops it if the process dies, even by kill -9) and stops it at the end; `take_cluster(lab)`
 hands out a cluster no earlier test of this process has touched.
 
+The session labs that hand out clusters (`Growing`) hold what the test modules this process has run
+so far ask for, not the whole suite: each is started sized for the module that first needs it, and
+before the first test of every later module (`entering`) it gets clusters added until the module's
+tests find one untouched cluster each. Sized up front for every collected test, each pytest-xdist worker
+started ~140 clusters (~420 sshd) although it runs only a share of the files. A module gets all its
+clusters before its first test, so what a module-scoped fixture imports from the inventory (e.g. a
+CLI home) already holds every cluster the module's tests take.
+
 A lab is a few hundred sshd daemons; they daemonize, so they outlive the process that started them. The
 watchdog (`python -m tests.support.labs ROOT`) is a process of its own session that reads a pipe from
 the test process: when that process is gone, for whatever reason, the pipe reads end-of-file and the
@@ -21,7 +29,7 @@ from typing import Any
 
 import pytest
 
-_taken: dict[str, int] = {}
+_taken: dict[str, set[str]] = {}  # lab root -> clusters handed out or set aside
 
 
 @contextlib.contextmanager
@@ -62,22 +70,82 @@ def watch(root: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _clusters(lab: Any) -> list[str]:
+    return list(dict.fromkeys(node["cluster"] for node in lab.status()["nodes"]))
+
+
+def _free(lab: Any) -> list[str]:
+    """The clusters of `lab` take_cluster may still hand out: never touched by a test of this process,
+    in order, and never the last one. Tests use the last cluster as one no test upgrades (a run planned
+    there that a tick must leave alone, SFTP traffic, hostile input on its last node), so it is never
+    handed out; a lab that grows sets it aside for good (`Growing`)."""
+    used = _taken.setdefault(str(lab.root), set())
+    return [cluster for cluster in _clusters(lab)[:-1] if cluster not in used]
+
+
 def take_cluster(lab: Any) -> str:
     """A cluster of `lab` that no earlier test of this process has touched."""
-    clusters = list(dict.fromkeys(node["cluster"] for node in lab.status()["nodes"]))
-    key = str(lab.root)
-    number = _taken[key] = _taken.get(key, 0) + 1
-    if number > len(clusters):
-        pytest.fail(f"the lab at {lab.root} has only {len(clusters)} clusters; give it more")
-    return clusters[number - 1]
+    free = _free(lab)
+    if not free:
+        pytest.fail(f"the lab at {lab.root} has no untouched cluster left; give it more")
+    _taken[str(lab.root)].add(free[0])
+    return free[0]
 
 
-def clusters_needed(session: pytest.Session, *fixtures: str, spare: int = 2) -> int:
-    """How many clusters the collected tests take: one for each of `fixtures` a test asks for, plus a
-    spare or two."""
-    return spare + sum(
-        fixture in getattr(item, "fixturenames", ()) for item in session.items for fixture in fixtures
-    )
+def untouched(lab: Any) -> int:
+    """How many clusters of `lab` take_cluster may still hand out."""
+    return len(_free(lab))
+
+
+def clusters_needed(items: list[pytest.Item], *fixtures: str, spare: int = 2) -> int:
+    """How many clusters `items` take: one for each of `fixtures` a test asks for, plus a spare or two."""
+    return spare + sum(fixture in getattr(item, "fixturenames", ()) for item in items for fixture in fixtures)
+
+
+# -- session labs sized by the modules that run ----------------------------------------------------------
+_module: list[pytest.Item] = []  # the items of the module whose tests run now
+_growing: dict[str, Growing] = {}  # fixture name -> that session lab, once started
+
+
+class Growing:
+    """A session lab that hands out clusters to the tests that ask for one of `fixtures`."""
+
+    def __init__(self, name: str, fixtures: tuple[str, ...], lab: Any, spare: int) -> None:
+        self.name, self.fixtures, self.lab, self.spare = name, fixtures, lab, spare
+
+    def provide_for(self, items: list[pytest.Item]) -> None:
+        """Add clusters until each of `items` that asks for one finds an untouched one. The last cluster
+        so far is set aside first: earlier tests may have used it as the one nobody upgrades."""
+        missing = clusters_needed(items, *self.fixtures, spare=0) - untouched(self.lab)
+        if missing > 0:
+            _taken.setdefault(str(self.lab.root), set()).add(_clusters(self.lab)[-1])
+            self.lab.add_clusters(missing + self.spare)
+
+
+@contextlib.contextmanager
+def growing_lab(
+    name: str, fixtures: tuple[str, ...], root: Path, minimum: int = 0, **up: Any
+) -> Iterator[Any]:
+    """The session lab `name`: started with a cluster for each test of the running module that asks for
+    one of `fixtures` (plus two spare, at least `minimum`), grown for each later module (`entering`)."""
+    spare = 2
+    clusters = max(minimum, clusters_needed(_module, *fixtures, spare=spare))
+    with running_lab(root, clusters=clusters, **up) as lab:
+        _growing[name] = Growing(name, fixtures, lab, spare)
+        try:
+            yield lab
+        finally:
+            del _growing[name]
+
+
+def entering(item: pytest.Item) -> None:
+    """Before `item`'s set-up: when it is the first of its module here, the labs already running grow
+    to hold what this module's tests take."""
+    if _module and _module[0].path == item.path:
+        return
+    _module[:] = [other for other in item.session.items if other.path == item.path]
+    for growing in list(_growing.values()):
+        growing.provide_for(_module)
 
 
 def nodes_of(lab: Any, cluster: str) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 from typer.testing import CliRunner
@@ -90,12 +89,24 @@ def _gate(engine: Engine, cluster: str, now: datetime) -> str | None:
 
 
 def _claim(session: Session, run: UpgradeRun, now: datetime) -> None:
-    """What the dispatcher does once the gate says yes (flows/dispatch.py, same statement)."""
-    session.execute(
-        update(UpgradeRun)
-        .where(col(UpgradeRun.id) == run.id, col(UpgradeRun.state) == RunState.planned)
-        .values(state=RunState.running, started_at=now)
+    """What the dispatcher does once the gate says yes: its own conditional UPDATE (flows/dispatch.py),
+    not a copy, so the gate's next answer in the same transaction sees what a dispatcher's tick sees."""
+    from flows.dispatch import _claim_statement
+
+    won = session.execute(
+        _claim_statement(),
+        {
+            "run_id": run.id,
+            "sequence": run.notice_sequence,
+            "slot": run.slot_start,
+            "held": run.held_reason,
+            "action": run.requested_action,
+            "at": now,
+            "owner": "test",
+            "until": now + timedelta(hours=1),
+        },
     )
+    assert won.rowcount == 1, run.id  # type: ignore[attr-defined]
 
 
 def _start(engine: Engine, names: list[str], now: datetime) -> None:

@@ -837,9 +837,28 @@ def _claim_one(
         )
         return None
     owner, at = lease.new_owner(), runtime.clock()
-    # The claim holds only if the update is still what was re-checked: an import, release or case
-    # re-check committing since may have moved it (new sequence and slot, the customer told) or held
-    # it; on PostgreSQL that commit can fall between the re-check and this UPDATE.
+    if not claim_planned(run, at=at, owner=owner, until=at + hold, session=session):
+        return None
+    cluster = cluster or session.get(Cluster, run.cluster_id)  # worlds_of read it with the world
+    assert cluster is not None
+    return Claim(run.id, cluster.name, run.to_version, owner)
+
+
+def claim_planned(run: UpgradeRun, *, at: datetime, owner: str, until: datetime, session: Session) -> bool:
+    """Move `run` to running under the lease `owner` until `until`, if it is still what was read.
+
+    The claim holds only if the update is still what was re-checked: an import, release or case
+    re-check committing since may have moved it (new sequence and slot, the customer told) or held
+    it; on PostgreSQL that commit can fall between the re-check and this UPDATE.
+
+    A won claim is also written into `run` as the session holds it: the rest of the transaction asks
+    about the runs it claimed (flows/rollout.py's start gate counts a rollout's runs in flight from
+    the same objects). The statement's values are parameters, which the ORM cannot evaluate to
+    synchronise the session as it did with literals: the claimed runs stayed planned there, and one
+    tick started every due run of a ring past the rollout's max_concurrent and per-customer limits
+    (found by the adversarial pass on #19)."""
+    from sqlalchemy.orm.attributes import set_committed_value
+
     assert run.slot_start is not None  # due: its slot began
     won = session.execute(
         _claim_statement(),
@@ -851,14 +870,20 @@ def _claim_one(
             "action": run.requested_action,
             "at": at,
             "owner": owner,
-            "until": at + hold,
+            "until": until,
         },
     )
     if won.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    cluster = cluster or session.get(Cluster, run.cluster_id)  # worlds_of read it with the world
-    assert cluster is not None
-    return Claim(run.id, cluster.name, run.to_version, owner)
+        return False
+    for key, value in (
+        ("state", RunState.running),
+        ("started_at", at),
+        ("lease_owner", owner),
+        ("lease_until", until),
+        ("lease_since", at),
+    ):
+        set_committed_value(run, key, value)
+    return True
 
 
 @cache
@@ -885,6 +910,9 @@ def _claim_statement() -> Any:
             lease_until=bindparam("until", type_=table.lease_until.type),
             lease_since=bindparam("at", type_=table.lease_since.type),
         )
+        # claim_planned writes a won claim into the session's object: no evaluation of the WHERE over
+        # every UpgradeRun the session holds (it could not read the parameters anyway)
+        .execution_options(synchronize_session=False)
     )
 
 

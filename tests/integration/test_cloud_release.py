@@ -89,24 +89,11 @@ def _gate(engine: Engine, cluster: str, now: datetime) -> str | None:
 
 
 def _claim(session: Session, run: UpgradeRun, now: datetime) -> None:
-    """What the dispatcher does once the gate says yes: its own conditional UPDATE (flows/dispatch.py),
-    not a copy, so the gate's next answer in the same transaction sees what a dispatcher's tick sees."""
-    from flows.dispatch import _claim_statement
+    """What the dispatcher does once the gate says yes (flows/dispatch.py, the same function), so the
+    gate's next answer in the same transaction counts it in flight as in a dispatcher's tick."""
+    from flows.dispatch import claim_planned
 
-    won = session.execute(
-        _claim_statement(),
-        {
-            "run_id": run.id,
-            "sequence": run.notice_sequence,
-            "slot": run.slot_start,
-            "held": run.held_reason,
-            "action": run.requested_action,
-            "at": now,
-            "owner": "test",
-            "until": now + timedelta(hours=1),
-        },
-    )
-    assert won.rowcount == 1, run.id  # type: ignore[attr-defined]
+    assert claim_planned(run, at=now, owner="test", until=now + timedelta(hours=1), session=session)
 
 
 def _start(engine: Engine, names: list[str], now: datetime) -> None:

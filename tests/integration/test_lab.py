@@ -365,6 +365,39 @@ def test_clusters_added_to_a_running_lab_are_whole_and_leave_the_others_alone(tm
         grown.add_clusters(1)
 
 
+def test_a_session_lab_that_cannot_grow_says_why_in_one_line_and_keeps_its_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module's growth that fails (here: the added sshd never answers, as on a port clash) errored
+    its first test with an 80-line traceback through the hook, and every later test of the module with
+    'no untouched cluster left; give it more', a constant to raise that does not exist. Now the cause
+    is one line, and the tests left without a cluster repeat it."""
+    from types import SimpleNamespace
+
+    from tests.support import labs
+    from upkeep.lab import sshd
+
+    with running_lab(tmp_path / "stuck", clusters=2, nodes=1, upgrade_seconds=0.1, health_delay=0.1) as stuck:
+        before = stuck.status()["nodes"]
+        growing = labs.Growing("lab", ("fresh_cluster",), stuck, spare=2)
+        monkeypatch.setitem(labs._growing, "stuck", growing)  # what take_cluster looks in
+
+        def silent(spec: Any, port: int, launcher: Any) -> int:
+            raise sshd.SshdError(f"{spec.name}: sshd on port {port} did not answer\nlog tail line")
+
+        monkeypatch.setattr(sshd, "await_ready", silent)
+        module = [SimpleNamespace(path=tmp_path / "test_later.py", fixturenames=["fresh_cluster"])] * 3
+        why = growing.provide_for(module)  # type: ignore[arg-type]
+        assert why is not None and "\n" not in why, why
+        assert why.startswith("the session lab 'lab' could not grow for test_later.py (2 clusters short)")
+        assert "did not answer" in why
+        assert stuck.status()["nodes"] == before  # the added nodes are gone, the running ones stay
+        assert labs.take_cluster(stuck) == before[0]["cluster"]  # the one untouched cluster left
+        with pytest.raises(pytest.fail.Exception, match="no untouched cluster left: the session lab 'lab'"):
+            labs.take_cluster(stuck)
+    assert not [n for n in before if procs.alive(n["pid"])]
+
+
 def test_down_leaves_no_process(lab: Lab) -> None:
     # Runs last in this module (pytest keeps file order); the fixture's own down() is then a no-op.
     status = lab.status()

@@ -87,6 +87,9 @@ def take_cluster(lab: Any) -> str:
     """A cluster of `lab` that no earlier test of this process has touched."""
     free = _free(lab)
     if not free:
+        failed = next((g.failed for g in _growing.values() if g.lab.root == lab.root and g.failed), None)
+        if failed:  # the cause, not "give it more": no constant to raise, the growth itself failed
+            pytest.fail(f"no untouched cluster left: {failed}", pytrace=False)
         pytest.fail(f"the lab at {lab.root} has no untouched cluster left; give it more")
     _taken[str(lab.root)].add(free[0])
     return free[0]
@@ -112,14 +115,26 @@ class Growing:
 
     def __init__(self, name: str, fixtures: tuple[str, ...], lab: Any, spare: int) -> None:
         self.name, self.fixtures, self.lab, self.spare = name, fixtures, lab, spare
+        self.failed: str | None = None  # why the last growth failed, for the tests left without a cluster
 
-    def provide_for(self, items: list[pytest.Item]) -> None:
+    def provide_for(self, items: list[pytest.Item]) -> str | None:
         """Add clusters until each of `items` that asks for one finds an untouched one. The last cluster
-        so far is set aside first: earlier tests may have used it as the one nobody upgrades."""
+        so far is set aside first: earlier tests may have used it as the one nobody upgrades. A failed
+        growth (add_clusters' LabError: an sshd that did not start) is one line, returned and kept."""
+        from upkeep.lab import LabError
+
+        self.failed = None
         missing = clusters_needed(items, *self.fixtures, spare=0) - untouched(self.lab)
         if missing > 0:
             _taken.setdefault(str(self.lab.root), set()).add(_clusters(self.lab)[-1])
-            self.lab.add_clusters(missing + self.spare)
+            try:
+                self.lab.add_clusters(missing + self.spare)
+            except LabError as exc:
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                module = items[0].path.name if items else "?"
+                short = f"{missing} clusters short"
+                self.failed = f"the session lab {self.name!r} could not grow for {module} ({short}): {first}"
+        return self.failed
 
 
 @contextlib.contextmanager
@@ -144,8 +159,9 @@ def entering(item: pytest.Item) -> None:
     if _module and _module[0].path == item.path:
         return
     _module[:] = [other for other in item.session.items if other.path == item.path]
-    for growing in list(_growing.values()):
-        growing.provide_for(_module)
+    failed = [why for growing in list(_growing.values()) if (why := growing.provide_for(_module))]
+    if failed:  # this test errors with the cause; the module's later tests that find no cluster say it too
+        pytest.fail("; ".join(failed), pytrace=False)
 
 
 def nodes_of(lab: Any, cluster: str) -> list[dict[str, Any]]:

@@ -482,3 +482,41 @@ def test_an_unreadable_due_update_is_one_line_however_often_the_workers_claim(
     lines = [r for r in caplog.records if f"update-{poisoned}" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     assert len([a for a in _alerts(engine) if a.run_id == poisoned]) == 1
+
+
+def test_one_window_row_in_three_zones_gives_three_answers_in_any_chunking(
+    engine: Any, tmp_path: Path
+) -> None:
+    """The reslot check's window cache (e887c16) keys on the window rules, which carry the zone: three
+    customers in UTC, Berlin and Los Angeles whose clusters store the same row (Tuesday 08:00 for 8 h,
+    zone left to the customer) and whose slots start at the same instant get their own windows - open
+    until 16:00 UTC, open until 15:00 UTC, and closed (03:30 in Los Angeles) - each equal to `window_at`
+    alone, and the same whether the runs are read in one chunk or one per chunk. Adversarial pass on
+    #19 (holds; fails if the key drops the rules' zone)."""
+    from flows.dispatch import _planned, windows_at_slot
+    from flows.run_window import window_at
+    from inventory.models import Customer, UpgradeRun
+    from inventory.windows import MaintenanceWindow
+
+    zones = {"utc": "UTC", "ber": "Europe/Berlin", "lax": "America/Los_Angeles"}
+    _world(engine, tmp_path, dict.fromkeys(zones, 1))
+    with session_scope(engine) as session:
+        for window in session.exec(select(MaintenanceWindow)):
+            window.days, window.start, window.duration_minutes, window.timezone = ["tue"], "08:00", 480, ""
+            session.add(window)
+        for customer in session.exec(select(Customer)):
+            customer.timezone = zones[customer.name]
+            session.add(customer)
+    slot = NOW - timedelta(minutes=30)  # Tuesday 1 December 2026, 11:30 UTC
+    ids = {name: _plan(engine, f"{name}-c00", slot, NOW - timedelta(days=5)) for name in zones}
+    with session_scope(engine) as session:
+        runs = _planned(session, until=NOW)
+        whole, apart = windows_at_slot(runs, session=session), windows_at_slot(runs, session=session, chunk=1)
+        alone = {
+            run_id: window_at(session.get(UpgradeRun, run_id), slot, session=session)  # type: ignore[arg-type]
+            for run_id in ids.values()
+        }
+    assert whole == apart == alone
+    assert whole[ids["utc"]].end == NOW.replace(hour=16)
+    assert whole[ids["ber"]].end == NOW.replace(hour=15)
+    assert whole[ids["lax"]] is None

@@ -178,8 +178,12 @@ def deliver_pending(
 
     With `budget`, no further notice is claimed once `clock()` (default: the time now) is that far
     past the call's start: the rest stay pending, oldest first, for the next call (`out_of_time` says
-    so). A slow mail server then costs the caller at most the budget plus one message's exchange
-    (the transport's timeout), never `limit` of them."""
+    so). A slow mail server then costs the caller at most the budget plus one message's exchange and
+    the QUIT, never `limit` of them. The transport's timeout bounds each reply, not the exchange: a
+    server answering every command just inside it takes RSET, MAIL, one RCPT per recipient, DATA and
+    its end (with a reopened connection, the greeting and EHLO too), ~15 s each with SMTP's default
+    (adversarial pass on #19: the bound is per step, so a tarpit stretches the tick past the budget by
+    minutes, not by one timeout)."""
     check_sender(sender)
     report = DeliveryReport()
     clock = clock or utcnow

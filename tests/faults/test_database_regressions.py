@@ -177,6 +177,7 @@ def test_a_database_outage_under_a_run_leaves_it_to_resume_instead_of_failing_it
     pg: PrivatePostgres,
     pg_engine: Any,
     faults_lab: Any,
+    faults_cluster: str,
     prefect_harness: None,
     tmp_path: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -186,13 +187,12 @@ def test_a_database_outage_under_a_run_leaves_it_to_resume_instead_of_failing_it
     import inventory.db
     from flows.product_update import product_update
     from inventory.outbox import Notice
-    from tests.faults.conftest import take_cluster
     from tests.faults.helpers import runs_of, upgrades
     from tests.integration.conftest import _runtime
     from upkeep.settings import load_settings
 
     migrate(pg_engine)
-    cluster = take_cluster(faults_lab)
+    cluster = faults_cluster
     settings = load_settings(home=tmp_path / "home", **faults_lab.settings_overrides())
     runtime = _runtime(faults_lab, settings, pg_engine)
     next(runtime)

@@ -24,7 +24,6 @@ from flows.product_update import product_update
 from inventory.db import make_engine, migrate, session_scope
 from inventory.outbox import Notice, NoticeState
 from tests.faults.cli import cli_home, invoke
-from tests.faults.conftest import take_cluster
 from tests.faults.helpers import TARGET, hosts
 from tests.integration.test_notices import SmtpServer
 
@@ -116,6 +115,7 @@ def _prefect_records(flow_run_ids: set[Any]) -> list[tuple[str, str]]:
 def test_no_secret_appears_anywhere_after_an_update_a_failure_and_notices(
     faults_lab: Any,
     faults_cluster: str,
+    second_faults_cluster: str,
     prefect_harness: None,
     planted_fileserver_password: str,
     smtp_with_login: tuple[SmtpServer, list[bytes]],
@@ -145,7 +145,7 @@ def test_no_secret_appears_anywhere_after_an_update_a_failure_and_notices(
     import_inventory(faults_lab.inventory_path, engine=engine, actor="test")
     runtime = build_runtime(settings, engine=engine)
     runtime.health_timeout, runtime.command_timeout = 5.0, 10.0
-    failing = take_cluster(faults_lab)  # a second untouched cluster
+    failing = second_faults_cluster
     bad_host = hosts(faults_lab, failing)[1]
     flow_runtime.configure(runtime)
     states = []

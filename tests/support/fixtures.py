@@ -176,11 +176,13 @@ def fresh_tunnel_cluster(tunnel_lab: Any) -> str:
 @pytest.fixture(scope="session")
 def faults_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Quick nodes (0.1 s upgrade, 0.1 s to healthy) for the remote, file-server and secrets tests;
-    `take_cluster(faults_lab)` in a test, or `faults_cluster`."""
-    # one per test, two for a test that takes a second one besides faults_cluster (test_secrets)
+    `faults_cluster` (and `second_faults_cluster`) in a test: only those are counted when the lab grows."""
+    # Counted by the fixtures that take a cluster, not by `faults_lab`: faults_cluster asks for faults_lab,
+    # so a test taking one cluster counted two, and the 19 tests that only read the lab (its inventory,
+    # fileserver, last node) one each - 43 clusters for the 14 the faults tests take.
     with growing_lab(
         "faults_lab",
-        ("faults_lab", "faults_cluster"),
+        ("faults_cluster", "second_faults_cluster"),
         tmp_path_factory.mktemp("faultslab"),
         minimum=4,
         nodes=3,
@@ -192,6 +194,12 @@ def faults_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture
 def faults_cluster(faults_lab: Any) -> str:
+    return take_cluster(faults_lab)
+
+
+@pytest.fixture
+def second_faults_cluster(faults_lab: Any, faults_cluster: str) -> str:
+    """Another untouched faults-lab cluster, for a test that upgrades two."""
     return take_cluster(faults_lab)
 
 

@@ -129,17 +129,7 @@ class Lab(LabRoot):
             "fileserver": {"port": ports["<fileserver>"], "user": FILESERVER_USER, "password": password},
             "jump": {"port": ports["<jump>"]},
             "tunnel": {"port": ports["<tunnel>"]} if tunnel else None,
-            "nodes": [
-                {
-                    "customer": c.customer,
-                    "cluster": c.name,
-                    "hostname": h,
-                    "port": ports[h],
-                    **({"tunnel_port": tunnel_ports[h]} if tunnel else {}),
-                }
-                for c in plan
-                for h in c.nodes
-            ],
+            "nodes": _node_records(plan, ports, tunnel_ports),
         }
         self._save(state)  # before any daemon starts, so `down` finds them even if we crash here
         daemons = {"<jump>": jump, **specs, **({"<tunnel>": server} if tunnel else {})}
@@ -242,17 +232,7 @@ class Lab(LabRoot):
         client_pub = sshd.public_key(self.ssh_key) + " upkeep-lab-client\n"
         for spec in specs.values():
             node.prepare(spec, shape["version"], shape["upgrade_seconds"], shape["health_delay"], client_pub)
-        added: list[dict[str, Any]] = [
-            {
-                "customer": c.customer,
-                "cluster": c.name,
-                "hostname": h,
-                "port": ports[h],
-                **({"tunnel_port": tunnel_ports[h]} if tunnel else {}),
-            }
-            for c in plan
-            for h in c.nodes
-        ]
+        added = _node_records(plan, ports, tunnel_ports)
         state["nodes"] = [*state["nodes"], *added]
         self._save(state)  # before any daemon starts, so `down` finds them even if we crash here
         launched = {h: sshd.launch(specs[h], ports[h]) for h in hosts}
@@ -500,6 +480,24 @@ class Lab(LabRoot):
 # refuses, Upkeep's runs only the read-only reporter.
 _NOWHERE = "nowhere.invalid:1"
 _NO_SHELL = 'command="echo this key only holds a support tunnel: no shell >&2; exit 1"'
+
+
+def _node_records(
+    plan: list[topology.ClusterPlan], ports: dict[str, int], tunnel_ports: dict[str, int]
+) -> list[dict[str, Any]]:
+    """lab.json's record of each planned node: its sshd port and, on a tunnel lab (where every node
+    has one), the port its tunnel listens on at the tunnel server."""
+    return [
+        {
+            "customer": c.customer,
+            "cluster": c.name,
+            "hostname": h,
+            "port": ports[h],
+            **({"tunnel_port": tunnel_ports[h]} if h in tunnel_ports else {}),
+        }
+        for c in plan
+        for h in c.nodes
+    ]
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -344,3 +344,4 @@ class DeliveryPublic(PublicModel):
     failed: list[FailedNoticePublic]
     superseded: list[str]
     transport_error: str
+    out_of_time: bool = False  # stopped by the call's time budget (the dispatcher's tick); none on the CLI

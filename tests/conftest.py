@@ -16,6 +16,7 @@ expensive (a database or the portal per example) sets its own smaller count.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from hypothesis import settings
@@ -28,6 +29,15 @@ __all__ = ["POSTGRES_URL"]
 pytest_plugins = ["tests.support.fixtures"]
 
 switch_off()  # every test process, and the CLI/worker processes it starts, send no telemetry
+
+# A suite started as a background job of a non-interactive shell (`nohup make test &`, a CI runner's
+# step) inherits SIGINT ignored, and every process it starts keeps it ignored across exec: the tests
+# that send a real Ctrl-C (test_cli_interface) or stop a worker the way its systemd unit does
+# (KillSignal=SIGINT, test_deploying_doc) then see nothing happen (found in a fresh-clone run started
+# that way: 4 Ctrl-C tests failed and the deploying doc hung 300 s). A handler, unlike SIG_IGN, is reset
+# to the default at exec, so the processes these tests start get SIGINT the way a terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile("test", max_examples=200)
 settings.register_profile("soak", max_examples=5000)

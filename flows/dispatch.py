@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Protocol
 
 from prefect import flow, get_run_logger, tags
 from sqlalchemy import bindparam, text, update
+from sqlalchemy import select as columns  # sqlmodel's select types at most four columns
 from sqlmodel import Session, col, select
 
 from flows import lease
@@ -214,8 +215,6 @@ class _RunRef(Protocol):
 def _planned(session: Session, *, after: datetime | None = None, until: datetime) -> list[PlannedRun]:
     """Planned runs whose slot starts in (`after`, `until`], earliest first. Only that range is read
     (index ix_upgraderun_state_slot): a tick must not load every planned run of the fleet."""
-    from sqlalchemy import select as columns  # sqlmodel's select types at most four columns
-
     query = columns(
         col(UpgradeRun.id),
         col(UpgradeRun.cluster_id),

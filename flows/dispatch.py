@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 from prefect import flow, get_run_logger, tags
 from sqlalchemy import bindparam, text, update
 from sqlalchemy import select as columns  # sqlmodel's select types at most four columns
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from flows import lease
@@ -856,8 +857,6 @@ def claim_planned(run: UpgradeRun, *, at: datetime, owner: str, until: datetime,
     synchronise the session as it did with literals: the claimed runs stayed planned there, and one
     tick started every due run of a ring past the rollout's max_concurrent and per-customer limits
     (found by the adversarial pass on #19)."""
-    from sqlalchemy.orm.attributes import set_committed_value
-
     assert run.slot_start is not None  # due: its slot began
     won = session.execute(
         _claim_statement(),

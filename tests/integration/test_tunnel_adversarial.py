@@ -17,17 +17,19 @@ from typing import Any
 import pytest
 
 from tests.faults.helpers import wait_for
-from tests.integration.test_tunnel_midrun import _in_background, _node_steps, _upgrade_held
-from tests.integration.test_tunnel_windows import (
+from tests.support.tunnels import (
     SLOT,
     TARGET,
-    _alerts,
-    _cases,
-    _hosts,
-    _notices,
-    _plan,
-    _run,
-    _tunnel,
+    alerts_of,
+    all_cases,
+    in_background,
+    node_steps,
+    notices_of,
+    plan_in_windows,
+    run_row,
+    set_tunnel,
+    tunnel_hosts,
+    upgrade_held,
 )
 from upkeep.lab import Lab
 
@@ -47,11 +49,11 @@ def test_a_tunnel_the_customer_restarts_under_a_node_upgrade_is_not_a_failure(
     from inventory.models import RunState
 
     cluster = fresh_tunnel_cluster
-    hosts = _hosts(tunnel_lab, cluster)
+    hosts = tunnel_hosts(tunnel_lab, cluster)
     second = hosts[1]
     for host in hosts:
-        _tunnel(tunnel_lab, host, "start")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
     tunnel_runtime.clock = lambda: SLOT
     tunnel_lab.fault(second, "hold-upgrade")
@@ -66,14 +68,14 @@ def test_a_tunnel_the_customer_restarts_under_a_node_upgrade_is_not_a_failure(
 
     def customer() -> None:
         try:
-            wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
-            _tunnel(tunnel_lab, second, "stop")
-            _tunnel(tunnel_lab, second, "start")
+            wait_for(lambda: upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
+            set_tunnel(tunnel_lab, second, "stop")
+            set_tunnel(tunnel_lab, second, "start")
         finally:
             restarted.set()
         tunnel_lab.fault(second, "clear")  # the node finishes its upgrade alone
 
-    thread, errors = _in_background(customer)
+    thread, errors = in_background(customer)
     try:
         result = dispatch(max_running=2)
     finally:
@@ -84,15 +86,15 @@ def test_a_tunnel_the_customer_restarts_under_a_node_upgrade_is_not_a_failure(
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]  # every node exactly once
-    steps = _node_steps(tunnel_runtime.engine, run_id, second)
+    steps = node_steps(tunnel_runtime.engine, run_id, second)
     assert [s for s, state, _ in steps if state == "interrupted"] == ["upgrade"], steps
     assert [state for _, state, _ in steps if state == "failed"] == [], steps
-    assert [n.kind for n in _notices(tunnel_runtime.engine, run_id)] == ["started", "completed"]
-    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []
-    assert _cases(tunnel_runtime.engine) == []
+    assert [n.kind for n in notices_of(tunnel_runtime.engine, run_id)] == ["started", "completed"]
+    assert [a.kind for a in alerts_of(tunnel_runtime.engine, run_id)] == []
+    assert all_cases(tunnel_runtime.engine) == []
 
 
 def test_tunnel_status_calls_for_attention_while_a_run_waits_mid_run_for_a_closed_tunnel(
@@ -109,11 +111,11 @@ def test_tunnel_status_calls_for_attention_while_a_run_waits_mid_run_for_a_close
     from inventory.repo import customer_of, get_cluster
 
     cluster = fresh_tunnel_cluster
-    hosts = _hosts(tunnel_lab, cluster)
+    hosts = tunnel_hosts(tunnel_lab, cluster)
     second = hosts[1]
     for host in hosts:
-        _tunnel(tunnel_lab, host, "start")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     with session_scope(tunnel_runtime.engine) as session:
         customer_name = customer_of(get_cluster(cluster, session=session), session=session).name
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
@@ -122,10 +124,10 @@ def test_tunnel_status_calls_for_attention_while_a_run_waits_mid_run_for_a_close
     seen: list[dict[str, Any]] = []
 
     def customer() -> None:
-        wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
-        _tunnel(tunnel_lab, second, "stop")
+        wait_for(lambda: upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
+        set_tunnel(tunnel_lab, second, "stop")
         wait_for(
-            lambda: _run(tunnel_runtime.engine, run_id).reason.startswith("waiting up to"),
+            lambda: run_row(tunnel_runtime.engine, run_id).reason.startswith("waiting up to"),
             "the run to wait for the tunnel",
             120,
         )
@@ -133,9 +135,9 @@ def test_tunnel_status_calls_for_attention_while_a_run_waits_mid_run_for_a_close
         later = SLOT + timedelta(hours=1)
         seen.extend(tunnel_status(tunnel_runtime, customer=customer_name, now=later))
         tunnel_lab.fault(second, "clear")
-        _tunnel(tunnel_lab, second, "start")
+        set_tunnel(tunnel_lab, second, "start")
 
-    thread, errors = _in_background(customer)
+    thread, errors = in_background(customer)
     try:
         dispatch(max_running=2)
     finally:
@@ -150,7 +152,7 @@ def test_tunnel_status_calls_for_attention_while_a_run_waits_mid_run_for_a_close
     assert f"update {run_id}" in line and second in line and "closed" in line, entry["attention"]
     assert [u["update"] for u in entry["updates_soon"]] == [run_id]
     assert entry["updates_soon"][0]["needs_tunnel_now"] is True
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert run.to_version == TARGET
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]

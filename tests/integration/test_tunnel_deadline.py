@@ -12,17 +12,18 @@ import pytest
 from sqlmodel import select
 
 from tests.faults.helpers import wait_for
-from tests.integration.test_tunnel_midrun import _in_background, _upgrade_held
-from tests.integration.test_tunnel_windows import (
+from tests.support.tunnels import (
     SLOT,
     TARGET,
-    _alerts,
-    _cases,
-    _hosts,
-    _notices,
-    _plan,
-    _run,
-    _tunnel,
+    alerts_of,
+    all_cases,
+    in_background,
+    notices_of,
+    plan_in_windows,
+    run_row,
+    set_tunnel,
+    tunnel_hosts,
+    upgrade_held,
 )
 from upkeep.lab import Lab
 
@@ -36,10 +37,10 @@ def test_a_partial_tunnel_carry_over_past_the_release_deadline_is_held_with_an_s
     from inventory.db import session_scope
     from inventory.models import Release, RunState
 
-    first, second, third = hosts = _hosts(tunnel_lab, fresh_tunnel_cluster)
+    first, second, third = hosts = tunnel_hosts(tunnel_lab, fresh_tunnel_cluster)
     for host in hosts:
-        _tunnel(tunnel_lab, host, "start")
-    run_id = _plan(tunnel_runtime.engine, fresh_tunnel_cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    run_id = plan_in_windows(tunnel_runtime.engine, fresh_tunnel_cluster)
     deadline = SLOT + timedelta(hours=12)  # before Friday's window
     with session_scope(tunnel_runtime.engine) as session:
         release = session.exec(select(Release).where(Release.version == TARGET)).one()
@@ -50,10 +51,10 @@ def test_a_partial_tunnel_carry_over_past_the_release_deadline_is_held_with_an_s
     tunnel_lab.fault(second, "hold-upgrade")
 
     def customer() -> None:  # closes node 2's tunnel while its upgrade is held on the node
-        wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
-        _tunnel(tunnel_lab, second, "stop")
+        wait_for(lambda: upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
+        set_tunnel(tunnel_lab, second, "stop")
 
-    thread, errors = _in_background(customer)
+    thread, errors = in_background(customer)
     try:
         assert dispatch(max_running=2)["started"] == [run_id]
     finally:
@@ -62,17 +63,17 @@ def test_a_partial_tunnel_carry_over_past_the_release_deadline_is_held_with_an_s
     if errors:
         raise errors[0]
 
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.planned and run.held_reason, run.reason  # held: it will not start
     assert "1 of 3 nodes done: the cluster runs mixed versions" in run.held_reason, run.held_reason
     assert "past the release deadline" in run.held_reason
     assert len(tunnel_lab.upgrade_log(first)) == 1 and len(tunnel_lab.upgrade_log(third)) == 0
-    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
+    kinds = [n.kind for n in notices_of(tunnel_runtime.engine, run_id)]
     assert kinds == ["started"], kinds  # never told 'rescheduled' to a slot the rules forbid
-    alerts = _alerts(tunnel_runtime.engine, run_id)
+    alerts = alerts_of(tunnel_runtime.engine, run_id)
     assert [a.kind for a in alerts] == ["held"], [a.kind for a in alerts]
     assert "deadline" in alerts[0].body_text and "1 of 3 nodes done" in alerts[0].body_text
-    assert _cases(tunnel_runtime.engine) == []
+    assert all_cases(tunnel_runtime.engine) == []
     # The dispatcher never starts a held run, whatever the clock.
     tunnel_runtime.clock = lambda: SLOT + timedelta(days=1)
     assert dispatch(max_running=2)["started"] == []

@@ -9,57 +9,30 @@ is cleared), the customer closes the tunnel while it is held, and the node finis
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from tests.faults.helpers import steps_of, wait_for
-from tests.integration.test_tunnel_windows import (
+from tests.support.tunnels import (
     NEXT,
     SLOT,
     TARGET,
-    _alerts,
-    _cases,
-    _hosts,
-    _notices,
-    _plan,
-    _run,
-    _tunnel,
+    alerts_of,
+    all_cases,
+    in_background,
+    node_steps,
+    notices_of,
+    plan_in_windows,
+    run_row,
+    set_tunnel,
+    tunnel_hosts,
+    upgrade_held,
 )
 from upkeep.lab import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
-HELD = "held until the fault is cleared"
-
-
-def _upgrade_held(lab: Lab, host: str, what: str = "upgrade") -> bool:
-    log = lab.node_dir(host) / "logs" / "product.log"
-    return log.is_file() and any(
-        HELD in line and f": {what} " in line for line in log.read_text().splitlines()
-    )
-
-
-def _in_background(work: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
-    """`work` in a thread (the customer, while the dispatcher runs the update in this one); what it
-    raised is kept for the test to re-raise."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, errors
-
-
-def _node_steps(engine: Any, run_id: int, host: str) -> list[tuple[str, str, str]]:
-    return [(step, state, out) for name, step, state, out in steps_of(engine, run_id) if name == host]
 
 
 def test_a_tunnel_closed_mid_upgrade_and_reopened_in_the_window_upgrades_every_node_once(
@@ -69,30 +42,30 @@ def test_a_tunnel_closed_mid_upgrade_and_reopened_in_the_window_upgrades_every_n
     from inventory.models import RunState
 
     cluster = fresh_tunnel_cluster
-    hosts = _hosts(tunnel_lab, cluster)
+    hosts = tunnel_hosts(tunnel_lab, cluster)
     first, second, third = hosts
     for host in hosts:
-        _tunnel(tunnel_lab, host, "start")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
     tunnel_runtime.clock = lambda: SLOT
     tunnel_lab.fault(second, "hold-upgrade")
     waiting: list[str] = []
 
     def customer() -> None:
-        wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
-        _tunnel(tunnel_lab, second, "stop")  # closed while the node upgrades
+        wait_for(lambda: upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
+        set_tunnel(tunnel_lab, second, "stop")  # closed while the node upgrades
         reason = wait_for(
-            lambda: (r := _run(tunnel_runtime.engine, run_id).reason).startswith("waiting up to") and r,
+            lambda: (r := run_row(tunnel_runtime.engine, run_id).reason).startswith("waiting up to") and r,
             "the run to wait for the tunnel",
             120,
         )
         waiting.append(reason)
         tunnel_lab.fault(second, "clear")  # the node finishes its upgrade alone, unreached
         wait_for(lambda: len(tunnel_lab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
-        _tunnel(tunnel_lab, second, "start")  # back within the window
+        set_tunnel(tunnel_lab, second, "start")  # back within the window
 
-    thread, errors = _in_background(customer)
+    thread, errors = in_background(customer)
     try:
         result = dispatch(max_running=2)
     finally:
@@ -102,7 +75,7 @@ def test_a_tunnel_closed_mid_upgrade_and_reopened_in_the_window_upgrades_every_n
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert run.slot_start == SLOT  # in its own window: not carried over
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]  # every node exactly once
@@ -111,7 +84,7 @@ def test_a_tunnel_closed_mid_upgrade_and_reopened_in_the_window_upgrades_every_n
     assert f"closed during the upgrade of {second}" in waiting[0]
     # The step cut by the closed tunnel has an unknown outcome, not a failure; the node was asked
     # (its version) once the tunnel was back, found upgraded, and not upgraded again.
-    steps = _node_steps(tunnel_runtime.engine, run_id, second)
+    steps = node_steps(tunnel_runtime.engine, run_id, second)
     (cut,) = [(s, out) for s, state, out in steps if state == "interrupted"]
     assert cut[0] == "upgrade" and "support tunnel closed" in cut[1], steps
     after = steps[[s for s, _, _ in steps].index("upgrade") + 1 :]
@@ -121,13 +94,13 @@ def test_a_tunnel_closed_mid_upgrade_and_reopened_in_the_window_upgrades_every_n
     assert not [s for s in steps_of(tunnel_runtime.engine, run_id) if s[2] == "failed"]
     for host in (first, third):
         upgraded = [
-            state for s, state, _ in _node_steps(tunnel_runtime.engine, run_id, host) if s == "upgrade"
+            state for s, state, _ in node_steps(tunnel_runtime.engine, run_id, host) if s == "upgrade"
         ]
         assert upgraded == ["succeeded"]
     # No failure anywhere: no 'failed' notice, no alert, no case.
-    assert [n.kind for n in _notices(tunnel_runtime.engine, run_id)] == ["started", "completed"]
-    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []
-    assert _cases(tunnel_runtime.engine) == []
+    assert [n.kind for n in notices_of(tunnel_runtime.engine, run_id)] == ["started", "completed"]
+    assert [a.kind for a in alerts_of(tunnel_runtime.engine, run_id)] == []
+    assert all_cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_closed_mid_upgrade_and_not_reopened_by_the_window_end_carries_over(
@@ -137,11 +110,11 @@ def test_a_tunnel_closed_mid_upgrade_and_not_reopened_by_the_window_end_carries_
     from inventory.models import RunState
 
     cluster = fresh_tunnel_cluster
-    hosts = _hosts(tunnel_lab, cluster)
+    hosts = tunnel_hosts(tunnel_lab, cluster)
     first, second, third = hosts
     for host in hosts:
-        _tunnel(tunnel_lab, host, "start")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     # Waiting is allowed for long, but the window (Thu 03:00-07:00) ends first: once node 2 is under
     # way the clock stands one second before the last moment a node still fits.
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
@@ -151,11 +124,11 @@ def test_a_tunnel_closed_mid_upgrade_and_not_reopened_by_the_window_end_carries_
     tunnel_lab.fault(second, "hold-upgrade")
 
     def customer() -> None:
-        wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
+        wait_for(lambda: upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
         now[0] = late
-        _tunnel(tunnel_lab, second, "stop")  # closed, and not opened again in this window
+        set_tunnel(tunnel_lab, second, "stop")  # closed, and not opened again in this window
 
-    thread, errors = _in_background(customer)
+    thread, errors = in_background(customer)
     try:
         result = dispatch(max_running=2)
     finally:
@@ -164,43 +137,43 @@ def test_a_tunnel_closed_mid_upgrade_and_not_reopened_by_the_window_end_carries_
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     # Not failed: planned again for the next window, still holding the cluster.
     assert run.state == RunState.planned, run.reason
     assert run.slot_start == NEXT and run.active_cluster_id is not None
     assert f"support tunnel was closed on {second} during the upgrade of {second}" in run.reason
     assert "1 of 3 nodes done" in run.reason
     assert len(tunnel_lab.upgrade_log(first)) == 1 and len(tunnel_lab.upgrade_log(third)) == 0
-    steps = _node_steps(tunnel_runtime.engine, run_id, second)
+    steps = node_steps(tunnel_runtime.engine, run_id, second)
     assert [(s, state) for s, state, _ in steps if s == "upgrade"] == [("upgrade", "interrupted")]
-    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
+    kinds = [n.kind for n in notices_of(tunnel_runtime.engine, run_id)]
     assert kinds == ["started", "rescheduled"], kinds  # no 'failed', no 'partial'
-    moved = _notices(tunnel_runtime.engine, run_id)[-1]
+    moved = notices_of(tunnel_runtime.engine, run_id)[-1]
     for body in (moved.body_text, moved.body_html):
         assert "we could not reach your cluster: the support tunnel was closed" in body
         assert "after 1 of 3 nodes were upgraded" in body
         assert f"on {second}: upkeep-agent tunnel start" in body
-    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == ["carried-over"]
-    assert _cases(tunnel_runtime.engine) == []
+    assert [a.kind for a in alerts_of(tunnel_runtime.engine, run_id)] == ["carried-over"]
+    assert all_cases(tunnel_runtime.engine) == []
 
     # Meanwhile the node finishes alone; the customer opens the tunnel; the next window's run asks
     # the node what happened, finds it upgraded, and goes on with the last node. Every node once.
     tunnel_lab.fault(second, "clear")
     wait_for(lambda: len(tunnel_lab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
-    _tunnel(tunnel_lab, second, "start")
+    set_tunnel(tunnel_lab, second, "start")
     now[0] = NEXT
     assert dispatch(max_running=2)["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    steps = _node_steps(tunnel_runtime.engine, run_id, second)
+    steps = node_steps(tunnel_runtime.engine, run_id, second)
     resumed = steps[[s for s, _, _ in steps].index("upgrade") + 1 :]
     checks = [out for s, state, out in resumed if s == "check"]
     assert checks == [TARGET] and "upgrade" not in [s for s, _, _ in resumed], steps
-    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
+    kinds = [n.kind for n in notices_of(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
     assert "failed" not in kinds and kinds[-1] == "completed", kinds
-    assert "run-failed" not in [a.kind for a in _alerts(tunnel_runtime.engine, run_id)]
-    assert _cases(tunnel_runtime.engine) == []
+    assert "run-failed" not in [a.kind for a in alerts_of(tunnel_runtime.engine, run_id)]
+    assert all_cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_closed_while_the_package_is_copied_waits_and_copies_again(
@@ -212,29 +185,29 @@ def test_a_tunnel_closed_while_the_package_is_copied_waits_and_copies_again(
     from inventory.models import RunState
 
     cluster = fresh_tunnel_cluster
-    hosts = _hosts(tunnel_lab, cluster)
+    hosts = tunnel_hosts(tunnel_lab, cluster)
     second = hosts[1]
     for host in hosts:
-        _tunnel(tunnel_lab, host, "start")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
     tunnel_runtime.clock = lambda: SLOT
     tunnel_lab.fault(second, "hold-stage")
     waiting: list[str] = []
 
     def customer() -> None:
-        wait_for(lambda: _upgrade_held(tunnel_lab, second, "stage"), f"the package staged on {second}", 120)
-        _tunnel(tunnel_lab, second, "stop")
+        wait_for(lambda: upgrade_held(tunnel_lab, second, "stage"), f"the package staged on {second}", 120)
+        set_tunnel(tunnel_lab, second, "stop")
         reason = wait_for(
-            lambda: (r := _run(tunnel_runtime.engine, run_id).reason).startswith("waiting up to") and r,
+            lambda: (r := run_row(tunnel_runtime.engine, run_id).reason).startswith("waiting up to") and r,
             "the run to wait for the tunnel",
             120,
         )
         waiting.append(reason)
         tunnel_lab.fault(second, "clear")
-        _tunnel(tunnel_lab, second, "start")
+        set_tunnel(tunnel_lab, second, "start")
 
-    thread, errors = _in_background(customer)
+    thread, errors = in_background(customer)
     try:
         result = dispatch(max_running=2)
     finally:
@@ -244,17 +217,15 @@ def test_a_tunnel_closed_while_the_package_is_copied_waits_and_copies_again(
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert waiting and "closed during the copy of the package to the nodes" in waiting[0], waiting
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    copies = [
-        state for s, state, _ in _node_steps(tunnel_runtime.engine, run_id, second) if s == "distribute"
-    ]
+    copies = [state for s, state, _ in node_steps(tunnel_runtime.engine, run_id, second) if s == "distribute"]
     assert copies == ["failed", "succeeded"]  # cut, then copied again
-    assert [n.kind for n in _notices(tunnel_runtime.engine, run_id)] == ["started", "completed"]
-    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []
-    assert _cases(tunnel_runtime.engine) == []
+    assert [n.kind for n in notices_of(tunnel_runtime.engine, run_id)] == ["started", "completed"]
+    assert [a.kind for a in alerts_of(tunnel_runtime.engine, run_id)] == []
+    assert all_cases(tunnel_runtime.engine) == []
 
 
 def test_a_pause_while_the_run_waits_for_a_tunnel_closed_mid_upgrade_is_honoured_and_resume_asks_the_node(
@@ -265,24 +236,24 @@ def test_a_pause_while_the_run_waits_for_a_tunnel_closed_mid_upgrade_is_honoured
     from upkeep.updates import request_stop, resume_run
 
     cluster = fresh_tunnel_cluster
-    hosts = _hosts(tunnel_lab, cluster)
+    hosts = tunnel_hosts(tunnel_lab, cluster)
     second = hosts[1]
     for host in hosts:
-        _tunnel(tunnel_lab, host, "start")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.2
     tunnel_runtime.clock = lambda: SLOT
     tunnel_lab.fault(second, "hold-upgrade")
 
     def customer_then_sre() -> None:
-        wait_for(lambda: _upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
-        _tunnel(tunnel_lab, second, "stop")
+        wait_for(lambda: upgrade_held(tunnel_lab, second), f"the upgrade of {second} to be running", 120)
+        set_tunnel(tunnel_lab, second, "stop")
         wait_for(
-            lambda: _run(tunnel_runtime.engine, run_id).reason.startswith("waiting up to"), "the wait", 120
+            lambda: run_row(tunnel_runtime.engine, run_id).reason.startswith("waiting up to"), "the wait", 120
         )
         request_stop(run_id, "pause", engine=tunnel_runtime.engine, actor="sre")
 
-    thread, errors = _in_background(customer_then_sre)
+    thread, errors = in_background(customer_then_sre)
     try:
         result = dispatch(max_running=2)
     finally:
@@ -291,24 +262,24 @@ def test_a_pause_while_the_run_waits_for_a_tunnel_closed_mid_upgrade_is_honoured
         raise errors[0]
 
     assert result["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     # Honoured at the next look, not after the 5 min wait; nothing failed.
     assert run.state == RunState.paused, run.reason
     assert "paused by request after 1 of 3 nodes" in run.reason
-    steps = _node_steps(tunnel_runtime.engine, run_id, second)
+    steps = node_steps(tunnel_runtime.engine, run_id, second)
     assert [(s, state) for s, state, _ in steps if s == "upgrade"] == [("upgrade", "interrupted")]
-    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []
+    assert [a.kind for a in alerts_of(tunnel_runtime.engine, run_id)] == []
 
     # The node finishes alone; the tunnel is opened; the SRE resumes: the node is asked, not upgraded.
     tunnel_lab.fault(second, "clear")
     wait_for(lambda: len(tunnel_lab.upgrade_log(second)) == 1, f"{second} to finish its upgrade", 60)
-    _tunnel(tunnel_lab, second, "start")
+    set_tunnel(tunnel_lab, second, "start")
     resume_run(run_id, engine=tunnel_runtime.engine, as_json=True)  # `upkeep resume RUN`
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    resumed = _node_steps(tunnel_runtime.engine, run_id, second)[len(steps) :]
+    resumed = node_steps(tunnel_runtime.engine, run_id, second)[len(steps) :]
     assert [out for s, _, out in resumed if s == "check"] == [TARGET]
     assert "upgrade" not in [s for s, _, _ in resumed]
-    assert "failed" not in [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
-    assert _cases(tunnel_runtime.engine) == []
+    assert "failed" not in [n.kind for n in notices_of(tunnel_runtime.engine, run_id)]
+    assert all_cases(tunnel_runtime.engine) == []

@@ -5,107 +5,28 @@ notice (no failure, no case), and a 3-node tunnel cluster is updated end to end.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import select
 
-from tests.support.labs import nodes_of
+from tests.support.tunnels import (
+    NEXT,
+    SLOT,
+    TARGET,
+    alerts_of,
+    all_cases,
+    notices_of,
+    plan_in_windows,
+    run_row,
+    set_tunnel,
+    step_rows,
+    tunnel_hosts,
+)
 from upkeep.lab import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
-TARGET = "9.10.0"
-SLOT = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)  # a Thursday, in the windows below
-NEXT = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)  # Friday's window
-
-
-def _hosts(lab: Lab, cluster: str) -> list[str]:
-    return [node["hostname"] for node in nodes_of(lab, cluster)]
-
-
-def _tunnel(lab: Lab, host: str, action: str) -> None:
-    code, out = lab.tunnel(host, action)
-    assert code == 0, out
-    if action == "start":
-        assert out.startswith(("tunnel up", "tunnel already running")), out
-
-
-def _plan(engine: Any, cluster: str, days: tuple[str, ...] = ("thu", "fri")) -> int:
-    """A planned update of `cluster` in Thursday's window (`days` 03:00-07:00 UTC), announced."""
-    from inventory.db import session_scope
-    from inventory.models import Cluster, RunState
-    from inventory.runs import create_run
-    from inventory.windows import MaintenanceWindow
-
-    with session_scope(engine) as session:
-        row = session.exec(select(Cluster).where(Cluster.name == cluster)).one()
-        for window in session.exec(select(MaintenanceWindow).where(MaintenanceWindow.cluster_id == row.id)):
-            session.delete(window)
-        session.add(
-            MaintenanceWindow(
-                cluster_id=row.id or 0,
-                days=list(days),
-                start="03:00",
-                duration_minutes=240,
-                timezone="UTC",
-            )
-        )
-        run = create_run(
-            row,
-            to_version=TARGET,
-            source="support",
-            requested_by="t",
-            session=session,
-            state=RunState.planned,
-        )
-        run.slot_start, run.slot_end, run.notice_sequence = SLOT, SLOT + timedelta(hours=1), 1
-        run.told_at = SLOT - timedelta(days=5)
-        session.add(run)
-        session.flush()
-        return run.id or 0
-
-
-def _run(engine: Any, run_id: int) -> Any:
-    from inventory.db import session_scope
-    from inventory.models import UpgradeRun
-
-    with session_scope(engine) as session:
-        return session.get(UpgradeRun, run_id)
-
-
-def _notices(engine: Any, run_id: int) -> list[Any]:
-    from inventory.db import session_scope
-    from inventory.outbox import Notice
-
-    with session_scope(engine) as session:
-        query = select(Notice).where(col(Notice.update_ref).startswith(f"update-{run_id}"))
-        return list(session.exec(query.order_by(col(Notice.id))).all())
-
-
-def _alerts(engine: Any, run_id: int) -> list[Any]:
-    from inventory.alerts import Alert
-    from inventory.db import session_scope
-
-    with session_scope(engine) as session:
-        return list(session.exec(select(Alert).where(Alert.run_id == run_id).order_by(col(Alert.id))).all())
-
-
-def _steps(engine: Any, run_id: int) -> list[Any]:
-    from inventory.db import session_scope
-    from inventory.models import NodeStep
-
-    with session_scope(engine) as session:
-        query = select(NodeStep).where(NodeStep.run_id == run_id).order_by(col(NodeStep.id))
-        return list(session.exec(query).all())
-
-
-def _cases(engine: Any) -> list[Any]:
-    from inventory.case_tables import Case
-    from inventory.db import session_scope
-
-    with session_scope(engine) as session:
-        return list(session.exec(select(Case)).all())
 
 
 def test_a_3_node_tunnel_cluster_is_reminded_to_open_and_updated_end_to_end(
@@ -114,17 +35,17 @@ def test_a_3_node_tunnel_cluster_is_reminded_to_open_and_updated_end_to_end(
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
+    cluster, hosts = fresh_tunnel_cluster, tunnel_hosts(tunnel_lab, fresh_tunnel_cluster)
     assert len(hosts) == 3
     for host in hosts:
-        _tunnel(tunnel_lab, host, "stop")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "stop")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
 
     # 48 h before: the 72 h reminder. The tunnels are closed (the customer opens them for the window):
     # the pre-flight says so in the reminder, with the command per node, and is no failure.
     tunnel_runtime.clock = lambda: SLOT - timedelta(hours=48)
     dispatch(max_running=2)
-    (reminder,) = [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind == "reminder"]
+    (reminder,) = [n for n in notices_of(tunnel_runtime.engine, run_id) if n.kind == "reminder"]
     assert reminder.idempotency_key.endswith(":72h") and reminder.state == "sent"
     for body in (reminder.body_text, reminder.body_html):
         assert "open the support tunnel" in body
@@ -133,30 +54,32 @@ def test_a_3_node_tunnel_cluster_is_reminded_to_open_and_updated_end_to_end(
         assert "upkeep-agent tunnel start" in body
     assert "FAILED" not in reminder.body_text
     assert f"support tunnel closed on {', '.join(sorted(hosts))}: not checked" in reminder.body_text
-    assert [a.kind for a in _alerts(tunnel_runtime.engine, run_id)] == []  # theirs to open: no SRE alert
-    assert _run(tunnel_runtime.engine, run_id).state == RunState.planned
+    assert [a.kind for a in alerts_of(tunnel_runtime.engine, run_id)] == []  # theirs to open: no SRE alert
+    assert run_row(tunnel_runtime.engine, run_id).state == RunState.planned
 
     # The 24 h reminder asks it again.
     tunnel_runtime.clock = lambda: SLOT - timedelta(hours=20)
     dispatch(max_running=2)
-    (day_before,) = [n for n in _notices(tunnel_runtime.engine, run_id) if n.idempotency_key.endswith(":24h")]
+    (day_before,) = [
+        n for n in notices_of(tunnel_runtime.engine, run_id) if n.idempotency_key.endswith(":24h")
+    ]
     assert "upkeep-agent tunnel start" in day_before.body_text and hosts[2] in day_before.body_text
 
     # The customer opens the tunnels; the window starts; the dispatcher runs the update through them.
     for host in hosts:
-        _tunnel(tunnel_lab, host, "start")
+        set_tunnel(tunnel_lab, host, "start")
     tunnel_runtime.clock = lambda: SLOT
     result = dispatch(max_running=2)
     assert result["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]  # every node exactly once
     assert [n["version"] for n in tunnel_lab.status()["nodes"] if n["cluster"] == cluster] == [TARGET] * 3
     for host in hosts:  # through the tunnel: the node's sshd saw the session come in over it
         assert "forwarded-tcpip" in (tunnel_lab.node_dir(host) / "logs" / "tunnel.log").read_text()
-    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
+    kinds = [n.kind for n in notices_of(tunnel_runtime.engine, run_id)]
     assert kinds[-2:] == ["started", "completed"] and "failed" not in kinds
-    assert _cases(tunnel_runtime.engine) == []
+    assert all_cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_case(
@@ -165,19 +88,19 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
+    cluster, hosts = fresh_tunnel_cluster, tunnel_hosts(tunnel_lab, fresh_tunnel_cluster)
     first, second, third = hosts
-    _tunnel(tunnel_lab, first, "start")
-    _tunnel(tunnel_lab, second, "start")
-    _tunnel(tunnel_lab, third, "stop")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+    set_tunnel(tunnel_lab, first, "start")
+    set_tunnel(tunnel_lab, second, "start")
+    set_tunnel(tunnel_lab, third, "stop")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(seconds=1), 0.2  # waited for, in vain
 
     tunnel_runtime.clock = lambda: SLOT
     result = dispatch(max_running=2)
 
     assert result["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     # Not failed: planned again, in the next window, still holding the cluster.
     assert run.state == RunState.planned, run.reason
     assert run.slot_start == NEXT and run.active_cluster_id is not None
@@ -185,18 +108,18 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]
     for host in hosts:  # nothing was sent to any node
         assert not any(p.name != ".keep" for p in (tunnel_lab.node_dir(host) / "incoming").iterdir())
-    notices = _notices(tunnel_runtime.engine, run_id)
+    notices = notices_of(tunnel_runtime.engine, run_id)
     assert [n.kind for n in notices] == ["rescheduled"]  # no 'started', no 'failed', no 'partial'
     (moved,) = notices
     assert moved.state == "sent"  # delivered by the same tick
     for body in (moved.body_text, moved.body_html):
         assert "we could not reach your cluster: the support tunnel was closed" in body
         assert f"on {third}: upkeep-agent tunnel start" in body
-    assert _cases(tunnel_runtime.engine) == []  # the customer's tunnel, not an incident: no case
-    alerts = _alerts(tunnel_runtime.engine, run_id)
+    assert all_cases(tunnel_runtime.engine) == []  # the customer's tunnel, not an incident: no case
+    alerts = alerts_of(tunnel_runtime.engine, run_id)
     assert [a.kind for a in alerts] == ["carried-over"] and third in alerts[0].body_text
     # The wait (1 s, a look every 0.2 s) is one step, not a pre-flight per node per look.
-    steps = _steps(tunnel_runtime.engine, run_id)
+    steps = step_rows(tunnel_runtime.engine, run_id)
     assert [s.step for s in steps].count("pre-flight") == 3, [(s.step, s.node_id) for s in steps]
     (wait,) = [s for s in steps if s.step == "tunnel-wait"]
     assert wait.node_id is None and wait.state == "succeeded" and "waiting up to" in wait.detail
@@ -206,18 +129,18 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     # passed before the 'rescheduled' notice (which asks for the tunnel, with the command): none goes.
     tunnel_runtime.clock = lambda: NEXT - timedelta(hours=1)
     assert dispatch(max_running=2)["started"] == []
-    assert [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind == "reminder"] == []
+    assert [n for n in notices_of(tunnel_runtime.engine, run_id) if n.kind == "reminder"] == []
 
     # The customer opens the tunnel; at the next window the run goes through, every node once.
-    _tunnel(tunnel_lab, third, "start")
+    set_tunnel(tunnel_lab, third, "start")
     tunnel_runtime.clock = lambda: NEXT
     assert dispatch(max_running=2)["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
+    kinds = [n.kind for n in notices_of(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
     assert kinds == ["rescheduled", "started", "completed"]
-    assert _cases(tunnel_runtime.engine) == []
+    assert all_cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that_window(
@@ -229,11 +152,11 @@ def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
+    cluster, hosts = fresh_tunnel_cluster, tunnel_hosts(tunnel_lab, fresh_tunnel_cluster)
     for host in hosts[:2]:
-        _tunnel(tunnel_lab, host, "start")
-    _tunnel(tunnel_lab, hosts[2], "stop")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    set_tunnel(tunnel_lab, hosts[2], "stop")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=5), 0.3
     tunnel_runtime.clock = lambda: SLOT
     seen: list[str] = []
@@ -241,10 +164,10 @@ def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that
     def customer() -> None:  # opens the tunnel once the run says it waits for it
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            reason = _run(tunnel_runtime.engine, run_id).reason
+            reason = run_row(tunnel_runtime.engine, run_id).reason
             if reason.startswith("waiting up to"):
                 seen.append(reason)
-                _tunnel(tunnel_lab, hosts[2], "start")
+                set_tunnel(tunnel_lab, hosts[2], "start")
                 return
             time.sleep(0.1)
 
@@ -257,18 +180,18 @@ def test_a_tunnel_opened_while_the_run_waits_at_the_window_start_is_used_in_that
 
     assert result["started"] == [run_id]
     assert seen and hosts[2] in seen[0] and "5 min" in seen[0]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.succeeded, run.reason
     assert run.slot_start == SLOT  # in the same window, not carried over
-    steps = _steps(tunnel_runtime.engine, run_id)
+    steps = step_rows(tunnel_runtime.engine, run_id)
     # Pre-flight at the start (3 nodes) and once more when every node answered: none per look.
     assert [s.step for s in steps].count("pre-flight") == 6, [(s.step, s.node_id) for s in steps]
     (wait,) = [s for s in steps if s.step == "tunnel-wait"]
     assert wait.output_tail.startswith("every node answered after "), wait.output_tail
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
-    kinds = [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
+    kinds = [n.kind for n in notices_of(tunnel_runtime.engine, run_id)]
     assert kinds == ["started", "completed"]  # no 'rescheduled', no 'failed'
-    assert _cases(tunnel_runtime.engine) == []
+    assert all_cases(tunnel_runtime.engine) == []
 
 
 def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_told_rescheduled(
@@ -283,11 +206,11 @@ def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_
     from inventory.models import RunState
     from upkeep.updates import request_stop
 
-    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
+    cluster, hosts = fresh_tunnel_cluster, tunnel_hosts(tunnel_lab, fresh_tunnel_cluster)
     for host in hosts[:2]:
-        _tunnel(tunnel_lab, host, "start")
-    _tunnel(tunnel_lab, hosts[2], "stop")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    set_tunnel(tunnel_lab, hosts[2], "stop")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(minutes=1), 0.2
     tunnel_runtime.clock = lambda: SLOT - timedelta(hours=48)  # announced: the 72 h reminder
     dispatch(max_running=2)
@@ -297,7 +220,7 @@ def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_
     def sre() -> None:  # cancels once the run says it waits for the tunnel
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if _run(tunnel_runtime.engine, run_id).reason.startswith("waiting up to"):
+            if run_row(tunnel_runtime.engine, run_id).reason.startswith("waiting up to"):
                 asked.append(
                     request_stop(
                         run_id, "cancel", engine=tunnel_runtime.engine, actor="sre", reason="withdrawn"
@@ -314,15 +237,15 @@ def test_a_cancel_while_the_run_waits_for_the_tunnel_is_honoured_then_and_never_
         canceller.join()
 
     assert result["started"] == [run_id] and asked
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.cancelled, run.reason
     assert "cancelled by sre: withdrawn" in run.reason
     assert run.slot_start == SLOT
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]
-    notices = [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
+    notices = [n for n in notices_of(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
     assert [n.kind for n in notices] == ["cancelled"]  # no 'rescheduled' after a cancel
     assert "withdrawn" in notices[0].body_text
-    assert _cases(tunnel_runtime.engine) == []
+    assert all_cases(tunnel_runtime.engine) == []
 
 
 def test_a_tunnel_carry_over_past_the_release_deadline_is_held_with_an_sre_alert_not_moved(
@@ -334,11 +257,11 @@ def test_a_tunnel_carry_over_past_the_release_deadline_is_held_with_an_sre_alert
     from inventory.db import session_scope
     from inventory.models import Release, RunState
 
-    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
+    cluster, hosts = fresh_tunnel_cluster, tunnel_hosts(tunnel_lab, fresh_tunnel_cluster)
     for host in hosts[:2]:
-        _tunnel(tunnel_lab, host, "start")
-    _tunnel(tunnel_lab, hosts[2], "stop")
-    run_id = _plan(tunnel_runtime.engine, cluster)
+        set_tunnel(tunnel_lab, host, "start")
+    set_tunnel(tunnel_lab, hosts[2], "stop")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
     deadline = SLOT + timedelta(hours=12)  # before Friday's window
     with session_scope(tunnel_runtime.engine) as session:
         release = session.exec(select(Release).where(Release.version == TARGET)).one()
@@ -354,11 +277,11 @@ def test_a_tunnel_carry_over_past_the_release_deadline_is_held_with_an_sre_alert
             release.deadline = kept
             session.add(release)
 
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     moved_past = run.state == RunState.planned and not run.held_reason and run.slot_start > deadline
     assert not moved_past, run.reason
-    assert "rescheduled" not in [n.kind for n in _notices(tunnel_runtime.engine, run_id)]
-    alerts = _alerts(tunnel_runtime.engine, run_id)
+    assert "rescheduled" not in [n.kind for n in notices_of(tunnel_runtime.engine, run_id)]
+    alerts = alerts_of(tunnel_runtime.engine, run_id)
     assert any("deadline" in a.body_text for a in alerts), [a.body_text for a in alerts]
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]
 
@@ -373,24 +296,24 @@ def test_the_reminders_of_a_carried_over_run_go_at_the_new_slots_own_times(
     from flows.dispatch import dispatch
     from inventory.models import RunState
 
-    cluster, hosts = fresh_tunnel_cluster, _hosts(tunnel_lab, fresh_tunnel_cluster)
+    cluster, hosts = fresh_tunnel_cluster, tunnel_hosts(tunnel_lab, fresh_tunnel_cluster)
     for host in hosts[:2]:
-        _tunnel(tunnel_lab, host, "start")
-    _tunnel(tunnel_lab, hosts[2], "stop")
-    run_id = _plan(tunnel_runtime.engine, cluster, days=("thu", "sat"))
+        set_tunnel(tunnel_lab, host, "start")
+    set_tunnel(tunnel_lab, hosts[2], "stop")
+    run_id = plan_in_windows(tunnel_runtime.engine, cluster, days=("thu", "sat"))
     tunnel_runtime.tunnel_wait = timedelta(0)
     saturday = SLOT + timedelta(days=2)
 
     def reminders() -> list[str]:
-        found = [n for n in _notices(tunnel_runtime.engine, run_id) if n.kind == "reminder"]
+        found = [n for n in notices_of(tunnel_runtime.engine, run_id) if n.kind == "reminder"]
         assert all(n.sequence == 2 and f"on {hosts[2]}:" in n.body_text for n in found)
         return [n.idempotency_key.rsplit(":", 1)[1] for n in found]
 
     tunnel_runtime.clock = lambda: SLOT
     assert dispatch(max_running=2)["started"] == [run_id]
-    run = _run(tunnel_runtime.engine, run_id)
+    run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.planned and run.slot_start == saturday, run.reason
-    assert [n.kind for n in _notices(tunnel_runtime.engine, run_id)] == ["rescheduled"]
+    assert [n.kind for n in notices_of(tunnel_runtime.engine, run_id)] == ["rescheduled"]
 
     tunnel_runtime.clock = lambda: SLOT + timedelta(minutes=1)  # the next tick
     dispatch(max_running=2)

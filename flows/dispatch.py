@@ -19,6 +19,7 @@ one ends, so the tick keeps that many clusters busy until nothing is due.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -932,7 +933,7 @@ def _run_in_process(
     started: list[Claim] = []
     taken: set[int] = set()
     lock = Lock()
-    starting = Semaphore(STARTING_AT_ONCE)
+    starting = _StartGate(STARTING_AT_ONCE)
 
     def worker() -> None:
         with (
@@ -942,7 +943,10 @@ def _run_in_process(
             while True:
                 slot = _StartSlot(starting)  # before the claim: a run waits here unclaimed, still planned
                 with lock:  # claims in slot order; the runs themselves go on in parallel
-                    claim = _next(runtime, now, taken, runtime.run_lease, log, most=most)
+                    # checked against the world as it is now, not at the tick's start: a run may
+                    # have waited minutes for its slot (its window may have closed meanwhile)
+                    at = max(now, runtime.clock())
+                    claim = _next(runtime, at, taken, runtime.run_lease, log, most=most)
                     if claim is None:
                         slot.release()
                         return
@@ -967,29 +971,55 @@ def _run_in_process(
 
 
 # Runs of one in-process tick between their claim and their first recorded step, at most: the rest
-# wait unclaimed. Creating a flow run and its first task runs is the costly part of a run for the
-# Prefect server and the client (~15 requests, a flow and a task run); K runs claimed together all
-# did it at once and each reached its first step only after nearly all of them (W4 at K=20: claim to
-# first step 10 s median, 13.8 s p95, load 20). A run waits at most STARTING_WAIT seconds for a
-# slot, so a run that stands still before its first step (a fleet-wide cluster limit full) never
-# holds the others back for longer. Measured in bench/results.md (issue #19).
+# wait unclaimed, still planned. Creating a flow run and its first task runs is the costly part of a
+# run for the Prefect server and the client (~15 requests, a flow and a task run); K runs claimed
+# together all did it at once and each reached its first step only after nearly all of them (W4 at
+# K=20: claim to first step 10 s median, 13.8 s p95, load 20). A run gives its slot back at its first
+# step, or before it waits on the fleet-wide cluster limit (flows.records.off_the_start), so a run
+# standing still does not hold the others back.
 STARTING_AT_ONCE = 4
-STARTING_WAIT = 10.0
+# The safety net for starts stuck elsewhere (a Prefect API that stopped answering): when no start has
+# given its slot back for this long, the runs still waiting start without one. It was a limit on each
+# run's own wait, 10 s: at W4 (200 clusters due at once, K=200) every run not started within 10 s then
+# claimed at once and queued behind the others after its claim (p95 claim to first step 89 s); with
+# 120 s the same happened at 120 s (p95 117 s, p50 5.3 s). A queue that moves is never given up on.
+STARTING_WAIT = 60.0
+
+
+class _StartGate:
+    """The tick's STARTING_AT_ONCE starting slots. `take()` waits for one as long as starts go on: it
+    gives up (False) only when no slot was given back for STARTING_WAIT seconds."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = Semaphore(slots)
+        self._moved = time.monotonic()  # the last time a slot was given back (or the tick began)
+
+    def take(self) -> bool:
+        while True:
+            left = self._moved + STARTING_WAIT - time.monotonic()
+            if self._free.acquire(timeout=max(0.0, left)):
+                return True
+            if time.monotonic() >= self._moved + STARTING_WAIT:
+                return False
+
+    def give(self) -> None:
+        self._moved = time.monotonic()
+        self._free.release()
 
 
 class _StartSlot:
-    """One of the tick's starting slots, taken (or waited for up to STARTING_WAIT) when made;
-    `release()` gives it back once, from whichever thread calls it first."""
+    """One of the tick's starting slots, taken (or given up on, see _StartGate) when made; `release()`
+    gives it back once, from whichever thread calls it first."""
 
-    def __init__(self, gate: Semaphore) -> None:
+    def __init__(self, gate: _StartGate) -> None:
         self._gate, self._lock = gate, Lock()
-        self._held = gate.acquire(timeout=STARTING_WAIT)
+        self._held = gate.take()
 
     def release(self) -> None:
         with self._lock:
             held, self._held = self._held, False
         if held:
-            self._gate.release()
+            self._gate.give()
 
 
 def creation_tags(runtime: Runtime, claim: Claim) -> list[str]:

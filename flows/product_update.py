@@ -41,7 +41,7 @@ from flows.outcomes import (
 )
 from flows.outcomes import stop as outcomes_stop
 from flows.plan import PlannedNode, UpdatePlan, plan_update
-from flows.records import mark_unknown, node_done, nodes_touched, recorded
+from flows.records import mark_unknown, node_done, nodes_touched, off_the_start, recorded
 from flows.report import Progress, best_effort, one_line, summary_artifacts
 from flows.run_window import has_window, record_window, window_end
 from flows.runtime import Runtime, current
@@ -186,6 +186,9 @@ def cluster_slot(runtime: Runtime) -> Iterator[None]:
         return
     from prefect.concurrency.sync import concurrency
 
+    # A full limit can hold this run for as long as other clusters take: not while it holds one of the
+    # dispatcher's start slots, which would keep clusters that could go from starting.
+    off_the_start()
     # strict: a limit that does not exist is a setup error, said at once. But a slot lease that cannot
     # be renewed (the Prefect API away for a while) must not cancel the flow in the middle of a node:
     # our own run lease (flows/lease.py) is what guards the run; the fleet limit may briefly overshoot.

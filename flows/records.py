@@ -36,10 +36,18 @@ from inventory.types import utcnow
 _STEPS: Any = NodeStep.__table__  # type: ignore[attr-defined]
 
 
-# Called at every recorded step's start in the thread (and context) carrying a run out: the in-process
-# dispatcher sets it to let its next cluster start once this one reached its first step
-# (flows/dispatch.py), so K clusters starting together do not queue behind one another. Idempotent.
+# Set by the in-process dispatcher in the thread (and context) carrying a run out: it gives back the
+# run's start slot, so the dispatcher's next cluster may start (flows/dispatch.py). Called through
+# `off_the_start` at every recorded step's start and before the run waits on something that is not its
+# own start (a fleet-wide cluster limit). Idempotent.
 first_step: ContextVar[Callable[[], None] | None] = ContextVar("first_step", default=None)
+
+
+def off_the_start() -> None:
+    """This run no longer needs its start slot: it reached its first step, or waits for something other
+    than its own start; a no-op outside the in-process dispatcher."""
+    if (reached := first_step.get()) is not None:
+        reached()
 
 
 @dataclass
@@ -69,8 +77,7 @@ def recorded(
         return int(inserted.inserted_primary_key[0])  # type: ignore[index]
 
     step_id = retrying(engine, start)
-    if (reached := first_step.get()) is not None:
-        reached()
+    off_the_start()
     note = StepNote()
     try:
         yield note

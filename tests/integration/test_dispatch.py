@@ -4,17 +4,26 @@ when their slot comes, exactly once however often it ticks."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterTags,
+)
 from sqlmodel import col, select
 
+from flows import dispatch as dispatcher
 from flows.dispatch import dispatch
 from inventory.alerts import Alert
 from inventory.db import session_scope
-from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.models import Cluster, NodeStep, RunState, UpgradeRun
 from inventory.outbox import Notice
 from inventory.runs import create_run
 from inventory.windows import MaintenanceWindow
@@ -159,3 +168,55 @@ def test_missed_window_is_reslotted_with_a_notice_not_started_late(
         ).one()
     assert rescheduled.sequence == 2 and "SEQUENCE:2" in rescheduled.ics
     assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, fresh_cluster)] == [0, 0, 0]
+
+
+def test_runs_waiting_on_the_fleet_cluster_limit_let_the_next_cluster_start(
+    lab: Any,
+    fresh_cluster: str,
+    second_fresh_cluster: str,
+    third_fresh_cluster: str,
+    lab_runtime: Any,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The fleet-wide limit (UPKEEP_CLUSTER_LIMIT, a Prefect global concurrency limit) holds one cluster
+    at a time, and a run waiting on it gives its start slot back: with one start slot and no time-out
+    on it, the third run is claimed while the first is still upgrading. Before, a run waiting on the
+    limit held its slot until its first step, so the third was claimed only after the first ended
+    (found with W4 at K=200, issue #19: the 10 s time-out that hid this let 196 runs claim at once)."""
+    limit = f"clusters-{uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+    lab_runtime.clock = lambda: NOW
+    lab_runtime.cluster_limit = limit
+    monkeypatch.setattr(dispatcher, "STARTING_AT_ONCE", 1)
+    monkeypatch.setattr(dispatcher, "STARTING_WAIT", 600.0)  # the slot alone decides, never the time-out
+    clusters = [fresh_cluster, second_fresh_cluster, third_fresh_cluster]
+    ids = [_plan(lab_runtime.engine, cluster, NOW - timedelta(minutes=1)) for cluster in clusters]
+
+    assert sorted(dispatch(max_running=3)["started"]) == sorted(ids)
+
+    with session_scope(lab_runtime.engine) as session:
+        assert {session.get(UpgradeRun, i).state for i in ids} == {RunState.succeeded}  # type: ignore[union-attr]
+        steps = session.exec(select(NodeStep).where(col(NodeStep.run_id).in_(ids))).all()
+    spans = sorted(
+        (min(s.started_at for s in mine), max(s.finished_at for s in mine))
+        for i in ids
+        if (mine := [s for s in steps if s.run_id == i and s.finished_at is not None])
+    )
+    assert len(spans) == 3
+    # one cluster at a time: each run's first step after the previous run's last
+    assert all(later[0] >= earlier[1] for earlier, later in pairwise(spans)), spans
+    with get_client(sync_client=True) as client:
+        flow_runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["product-update"])),
+        )
+    started = [
+        run.start_time
+        for run in flow_runs
+        if any(tag in run.tags for tag in (f"cluster:{c}" for c in clusters)) and run.start_time
+    ]
+    assert len(started) == 3
+    # every run was under way (its flow running, waiting on the limit) before the first run ended
+    assert max(started) < spans[0][1], (started, spans[0])
+    for cluster in clusters:
+        assert [len(lab.upgrade_log(n["hostname"])) for n in nodes_of(lab, cluster)] == [1, 1, 1]

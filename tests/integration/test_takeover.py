@@ -25,17 +25,10 @@ from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
 from inventory.types import utcnow
 from tests.conftest import POSTGRES_URL
 from tests.integration.conftest import nodes_of, upkeep_cli
-from tests.support.labs import take_cluster
 from tests.support.runs import due_now
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 TARGET = "9.10.0"
-
-
-@pytest.fixture
-def second_fresh_cluster(lab: Any, fresh_cluster: str) -> str:
-    """Another lab cluster no test has touched (the same counter as `fresh_cluster`)."""
-    return take_cluster(lab)
 
 
 def _due(engine: Any, cluster: str) -> int:

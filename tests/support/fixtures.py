@@ -101,7 +101,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Quick nodes (0.1 s upgrade, 0.2 s to healthy), one cluster per test that asks for `fresh_cluster`."""
     with growing_lab(
         "lab",
-        ("fresh_cluster", "second_fresh_cluster"),
+        ("fresh_cluster", "second_fresh_cluster", "third_fresh_cluster"),
         tmp_path_factory.mktemp("lab"),
         nodes=3,
         upgrade_seconds=0.1,
@@ -113,6 +113,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture
 def fresh_cluster(lab: Any) -> str:
     """A lab cluster that no earlier test has touched."""
+    return take_cluster(lab)
+
+
+@pytest.fixture
+def second_fresh_cluster(lab: Any, fresh_cluster: str) -> str:
+    """Another lab cluster no test has touched (the same counter as `fresh_cluster`)."""
+    return take_cluster(lab)
+
+
+@pytest.fixture
+def third_fresh_cluster(lab: Any, second_fresh_cluster: str) -> str:
+    """A third, for a test that upgrades three clusters at once."""
     return take_cluster(lab)
 
 

@@ -4,7 +4,6 @@ made, not what the server does with them (tests/integration/test_update_artifact
 
 from __future__ import annotations
 
-from threading import Semaphore
 from types import SimpleNamespace
 from typing import Any
 from uuid import UUID, uuid4
@@ -70,17 +69,25 @@ def test_progress_not_created_while_the_api_is_away_is_created_at_the_next_node(
 
 
 def test_a_start_slot_is_given_back_once_whoever_releases_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Semaphore(1)
+    monkeypatch.setattr(dispatch, "STARTING_WAIT", 0.0)  # never wait: only a free slot is taken
+    gate = dispatch._StartGate(1)
     slot = dispatch._StartSlot(gate)
     slot.release()  # the run's first step
     slot.release()  # the run's end: nothing more to give back
-    assert gate.acquire(blocking=False)
-    assert not gate.acquire(blocking=False)  # one slot, not two
+    assert gate.take()
+    assert not gate.take()  # one slot, not two
 
 
-def test_a_run_that_waited_out_its_start_slot_gives_back_none(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_gives_up_on_a_slot_only_when_no_start_moved_for_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(dispatch, "STARTING_WAIT", 0.0)
-    gate = Semaphore(0)  # every slot taken by runs standing still before their first step
+    gate = dispatch._StartGate(0)  # every slot taken by runs standing still before their first step
     slot = dispatch._StartSlot(gate)  # starts anyway, without one
     slot.release()
-    assert not gate.acquire(blocking=False)  # releasing it did not make a slot out of nothing
+    assert not gate.take()  # releasing it did not make a slot out of nothing
+    monkeypatch.setattr(dispatch, "STARTING_WAIT", 3600.0)
+    gate._moved -= 3601.0  # the last slot given back an hour ago: stuck, whatever the setting
+    assert not gate.take()
+    gate.give()  # a start moved: the wait counts from now, and the slot is there
+    assert gate.take()

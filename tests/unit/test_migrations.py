@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from inventory.db import MIGRATIONS
+from inventory.db import HEAD_REVISION, MIGRATIONS
 
 
 def _scripts() -> ScriptDirectory:
@@ -30,3 +30,9 @@ def test_migrations_form_one_line_from_the_first_to_the_head() -> None:
     chain = [r.revision for r in revisions]
     assert chain == [r.revision for r in scripts.iterate_revisions(scripts.get_current_head(), "base")]
     assert len(chain) == len(set(chain)) == len(list(MIGRATIONS.joinpath("versions").glob("[0-9]*.py")))
+
+
+def test_the_head_the_fast_path_compares_with_is_alembics_head() -> None:
+    """inventory.db.migrate skips Alembic for a database already at HEAD_REVISION: a new migration
+    without HEAD_REVISION moved on would leave every database one revision behind, silently."""
+    assert _scripts().get_heads() == [HEAD_REVISION], "set inventory.db.HEAD_REVISION to the new head"

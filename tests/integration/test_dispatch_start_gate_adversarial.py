@@ -1,0 +1,114 @@
+"""Adversarial pass on the in-process dispatcher's start gate and its claims at a fresh clock (#19,
+commit 92f2c63): a run that waits unclaimed for a start slot is claimed at the clock of its claim, not
+the tick's start. SQLite and PostgreSQL; no lab: the flow a claim would start is replaced by a
+recorder at its import seam, so only the claim is exercised. No assert depends on a sleep."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlmodel import select
+
+import flows.product_update
+from flows import dispatch as dispatcher
+from flows.runtime import Runtime
+from inventory.db import session_scope
+from inventory.importer import import_inventory
+from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.outbox import Notice
+from inventory.runs import create_run
+from tasks.mail import OutboxDirTransport
+
+TUESDAY = datetime(2026, 12, 1, tzinfo=UTC)
+# The window: every day 10:00-12:00 UTC; one node takes 10 min (Runtime.per_node_estimate).
+WINDOW = {"days": "mon-sun", "start": "10:00", "duration": "2h"}
+
+
+def _world(engine: Any, tmp_path: Path, clusters: int = 1) -> Runtime:
+    spec = {
+        "customers": [
+            {
+                "name": "acme",
+                "timezone": "UTC",
+                "contacts": [{"email": "ops@acme.example"}],
+                "clusters": [
+                    {
+                        "name": f"c{i:02d}",
+                        "kind": "software",
+                        "version": "9.8.0",
+                        "access": {"type": "direct"},
+                        "nodes": [{"hostname": f"c{i:02d}-n1"}],
+                        "windows": [WINDOW],
+                    }
+                    for i in range(clusters)
+                ],
+            }
+        ],
+        "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
+    }
+    source = tmp_path / "fleet.yaml"
+    source.write_text(yaml.safe_dump(spec, sort_keys=False))
+    import_inventory(source, engine=engine, actor="test")
+    return Runtime(
+        engine=engine,
+        fileserver=None,  # type: ignore[arg-type]
+        ssh=None,  # type: ignore[arg-type]
+        work_dir=tmp_path,
+        mailer=OutboxDirTransport(tmp_path / "outbox"),
+        clock=lambda: TUESDAY.replace(hour=11),
+    )
+
+
+def _plan(engine: Any, name: str, slot: datetime) -> int:
+    with session_scope(engine) as session:
+        cluster = session.exec(select(Cluster).where(Cluster.name == name)).one()
+        run = create_run(
+            cluster, to_version="9.9.0", source="schedule", requested_by="t", session=session, state=RunState.planned
+        )
+        run.slot_start, run.slot_end, run.notice_sequence = slot, slot + timedelta(minutes=30), 1
+        run.told_at = slot - timedelta(days=5)
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        return run.id
+
+
+@pytest.fixture
+def flows_started(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The product-update flows the in-process tick would start, recorded instead of run."""
+    started: list[dict[str, Any]] = []
+
+    def product_update(**parameters: Any) -> None:
+        started.append(parameters)
+
+    monkeypatch.setattr(flows.product_update, "product_update", product_update)
+    return started
+
+
+def test_a_run_whose_window_closed_while_it_waited_for_a_start_slot_is_not_started_late(
+    engine: Any, tmp_path: Path, flows_started: list[dict[str, Any]]
+) -> None:
+    """The tick began at 11:00 (an hour left in the 10:00-12:00 window, its missed-window pass found
+    nothing to move); the run waited unclaimed for a start slot until 11:55, when one 10-min node no
+    longer fits. Claimed at 11:55 (the commit's fresh clock, "its window may have closed meanwhile"),
+    it must not start outside the time the customer was told: it moves to its next window with a
+    notice, as the tick's missed-window pass would have moved it."""
+    runtime = _world(engine, tmp_path)
+    run_id = _plan(engine, "c00", TUESDAY.replace(hour=10, minute=30))
+    tick_began = TUESDAY.replace(hour=11)
+    assert dispatcher.reslot_missed(runtime, tick_began) == []  # still room at the tick's start
+    runtime.clock = lambda: TUESDAY.replace(hour=11, minute=55)  # the claim, after the wait
+
+    claims = dispatcher._run_in_process(runtime, tick_began, 1, logging.getLogger("test"), most=4)
+
+    assert (claims, flows_started) == ([], [])
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.state == RunState.planned, run
+        assert run.slot_start is not None and run.slot_start >= TUESDAY.replace(day=2, hour=10)
+        assert session.exec(select(Notice).where(Notice.update_ref == f"update-{run_id}")).all()

@@ -825,6 +825,8 @@ def _claim_one(
     assert run.id is not None
     if run.kind is RunKind.CLOUD_RELEASE and start_gate(run, session=session, now=now):
         return None
+    if world is not None and _window_missed(runtime, run, world, now, session):
+        return None
     # Immediately before claiming: is the slot still valid in the world as it is now? An invalid
     # update never starts: it moves to its next valid slot, or is held.
     if reasons_for(run, now=now, session=session, world=world):
@@ -843,6 +845,36 @@ def _claim_one(
     cluster = cluster or session.get(Cluster, run.cluster_id)  # worlds_of read it with the world
     assert cluster is not None
     return Claim(run.id, cluster.name, run.to_version, owner)
+
+
+def _window_missed(runtime: Runtime, run: UpgradeRun, world: Any, now: datetime, session: Session) -> bool:
+    """`reslot_missed`'s rule at the claim itself: an in-process run waits unclaimed for a start slot
+    and is claimed at the clock of its claim, which the tick's missed-window pass (at the tick's start)
+    never saw. A window with no room left for one node by then is missed: the run moves to its next
+    window with a notice instead of starting outside the time the customer was told (found by the
+    adversarial pass on 92f2c63: the validity rules look at the slot, not at the time left in it)."""
+    from flows.schedule import ScheduleRefused, reslot_update
+    from scheduling.cutoff import node_may_start, open_window
+
+    if run.slot_start is None or run.held_reason:
+        return False
+    window = open_window(world.windows, world.blackouts, run.slot_start)
+    end = window.end if window is not None else run.slot_end
+    if end is None or node_may_start(now, end, runtime.per_node_estimate):
+        return False
+    assert run.id is not None
+    try:
+        with session.begin_nested():
+            reslot_update(
+                run.id,
+                now=now,
+                reason="the window passed before the update could start",
+                session=session,
+                vendor=VendorTerms.from_runtime(runtime),
+            )
+    except ScheduleRefused as exc:
+        _logger().error("%s", exc)
+    return True
 
 
 def claim_planned(run: UpgradeRun, *, at: datetime, owner: str, until: datetime, session: Session) -> bool:

@@ -79,8 +79,9 @@ def _plan(engine: Any, name: str, slot: datetime) -> int:
 
 
 @pytest.fixture
-def flows_started(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The product-update flows the in-process tick would start, recorded instead of run."""
+def flows_started(monkeypatch: pytest.MonkeyPatch, prefect_harness: None) -> list[dict[str, Any]]:
+    """The product-update flows the in-process tick would start, recorded instead of run (the tick's
+    workers still open their Prefect client: the session's test server, not an ephemeral one each)."""
     started: list[dict[str, Any]] = []
 
     def product_update(**parameters: Any) -> None:
@@ -112,3 +113,44 @@ def test_a_run_whose_window_closed_while_it_waited_for_a_start_slot_is_not_start
         assert run is not None and run.state == RunState.planned, run
         assert run.slot_start is not None and run.slot_start >= TUESDAY.replace(day=2, hour=10)
         assert session.exec(select(Notice).where(Notice.update_ref == f"update-{run_id}")).all()
+
+
+def test_a_claim_that_fails_gives_its_start_slot_back(
+    engine: Any, tmp_path: Path, flows_started: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose claim raises (a PostgreSQL deadlock or a SQLite lock time-out in the claim's
+    transaction) ends, and the tick reports it; its start slot must come back, or every other worker
+    of the tick waits STARTING_WAIT (60 s, with no slot given back meanwhile) and then all of them
+    start without slots - the herd the gate exists to stop. One slot, never waited for: whatever the
+    interleaving, the gate ends the tick with its slot."""
+    from sqlalchemy.exc import OperationalError
+
+    runtime = _world(engine, tmp_path, clusters=2)
+    due = [_plan(engine, f"c{i:02d}", TUESDAY.replace(hour=10, minute=30)) for i in range(2)]
+    gates: list[Any] = []
+
+    class Gate(dispatcher._StartGate):
+        def __init__(self, slots: int) -> None:
+            super().__init__(slots)
+            gates.append(self)
+
+    claim_next = dispatcher._claim_next
+    failed: list[bool] = []
+
+    def once_locked(*args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise OperationalError("claim", {}, Exception("database is locked"))
+        return claim_next(*args, **kwargs)
+
+    monkeypatch.setattr(dispatcher, "_StartGate", Gate)
+    monkeypatch.setattr(dispatcher, "_claim_next", once_locked)
+    monkeypatch.setattr(dispatcher, "STARTING_AT_ONCE", 1)
+    monkeypatch.setattr(dispatcher, "STARTING_WAIT", 0.0)
+
+    with pytest.raises(OperationalError):
+        dispatcher._run_in_process(runtime, TUESDAY.replace(hour=11), 2, logging.getLogger("test"), most=4)
+
+    assert {p["run_id"] for p in flows_started} <= set(due) and flows_started  # the other worker went on
+    (gate,) = gates
+    assert gate.take(), "the failed claim's start slot was never given back"

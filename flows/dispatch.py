@@ -978,7 +978,11 @@ def _run_in_process(
                     # checked against the world as it is now, not at the tick's start: a run may
                     # have waited minutes for its slot (its window may have closed meanwhile)
                     at = max(now, runtime.clock())
-                    claim = _next(runtime, at, taken, runtime.run_lease, log, most=most)
+                    try:
+                        claim = _next(runtime, at, taken, runtime.run_lease, log, most=most)
+                    except BaseException:  # the claim's transaction failed: this worker ends, its slot not
+                        slot.release()
+                        raise
                     if claim is None:
                         slot.release()
                         return

@@ -68,7 +68,12 @@ def _plan(engine: Any, name: str, slot: datetime) -> int:
     with session_scope(engine) as session:
         cluster = session.exec(select(Cluster).where(Cluster.name == name)).one()
         run = create_run(
-            cluster, to_version="9.9.0", source="schedule", requested_by="t", session=session, state=RunState.planned
+            cluster,
+            to_version="9.9.0",
+            source="schedule",
+            requested_by="t",
+            session=session,
+            state=RunState.planned,
         )
         run.slot_start, run.slot_end, run.notice_sequence = slot, slot + timedelta(minutes=30), 1
         run.told_at = slot - timedelta(days=5)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,8 +121,14 @@ def product_update(
     tag_flow_run(runtime, run_id)
     try:
         # The lease first: waiting for a cluster slot can take long, and the run is held meanwhile.
-        with lease.hold(runtime, run_id, owner) as heartbeat, cluster_slot(runtime), untagged_steps():
-            result = _carry_out(runtime, plan, run_id, heartbeat)
+        with lease.hold(runtime, run_id, owner) as heartbeat:
+            try:
+                with cluster_slot(runtime), untagged_steps():
+                    result = _carry_out(runtime, plan, run_id, heartbeat)
+            except ClusterLimitMissing as missing:  # our setting, before any node: a vendor-side failure
+                if heartbeat.held():
+                    fail_before_nodes(runtime, plan, run_id, str(missing))
+                raise
     except Exception as exc:
         reason = _failed_reason(runtime, run_id)
         if reason is None:  # not a failure of the run (the database away, the lease lost): as it is
@@ -178,6 +184,26 @@ def update_tags(customer: str, cluster: str, run: UpgradeRun) -> list[str]:
     return tags
 
 
+class ClusterLimitMissing(Exception):
+    """UPKEEP_CLUSTER_LIMIT names no Prefect global concurrency limit: a setup error, ours."""
+
+
+def _limit_missing(name: str) -> bool:
+    """Whether the Prefect API says there is no global concurrency limit `name` (False when it cannot
+    be asked: an API away is not a setup error, and the run is left to resume as before)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        return True
+    except Exception:
+        return False
+    return False
+
+
 @contextmanager
 def cluster_slot(runtime: Runtime) -> Iterator[None]:
     """One slot of the fleet-wide limit on clusters upgraded at once, held for the whole cluster."""
@@ -192,7 +218,23 @@ def cluster_slot(runtime: Runtime) -> Iterator[None]:
     # strict: a limit that does not exist is a setup error, said at once. But a slot lease that cannot
     # be renewed (the Prefect API away for a while) must not cancel the flow in the middle of a node:
     # our own run lease (flows/lease.py) is what guards the run; the fleet limit may briefly overshoot.
-    with concurrency(runtime.cluster_limit, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+    with ExitStack() as held:
+        try:
+            held.enter_context(
+                concurrency(
+                    runtime.cluster_limit, occupy=1, strict=True, raise_on_lease_renewal_failure=False
+                )
+            )
+        except Exception as exc:  # Prefect's ConcurrencySlotAcquisitionError (a private module's)
+            # Without this the run was left running with its lease given back: an orphan the next tick
+            # took over and failed the same way, every tick, our record saying nothing (adversarial
+            # pass adv21).
+            if _limit_missing(runtime.cluster_limit):
+                raise ClusterLimitMissing(
+                    f"UPKEEP_CLUSTER_LIMIT {runtime.cluster_limit!r}: no Prefect global concurrency limit "
+                    "has that name (create it with `prefect gcl create NAME --limit N`, or unset the setting)"
+                ) from exc
+            raise
         yield
 
 

@@ -45,6 +45,7 @@ from flows.records import first_step
 from flows.report import held_summaries
 from flows.run_notices import Reminder, VendorTerms, queue_reminders, update_ref
 from flows.runtime import Runtime, current
+from flows.schedule import ScheduleRefused, reslot_update
 from flows.steps import NodeConnections, TunnelDown, preflight
 from inventory import repo
 from inventory.db import session_scope
@@ -52,6 +53,7 @@ from inventory.models import AccessKind, Cluster, RunKind, RunState, UpgradeRun
 from inventory.outbox import Notice, idempotency_key
 from inventory.runs import of_known_kind
 from inventory.types import utcnow
+from scheduling.cutoff import node_may_start, open_window
 
 REMINDERS = (("72h", timedelta(hours=72)), ("24h", timedelta(hours=24)))
 _CLAIM_BATCH = 50  # due runs read per query while looking for the next one to claim
@@ -242,8 +244,6 @@ def reslot_missed(runtime: Runtime, now: datetime) -> list[int]:
     """Planned runs whose window passed unstarted, or has no room left for one node (held by waves, or
     no dispatcher ran), move to their next window with a notice, instead of starting outside the time
     the customer was told."""
-    from flows.schedule import ScheduleRefused, reslot_update
-    from scheduling.cutoff import node_may_start
 
     moved = []
     with session_scope(runtime.engine) as session:
@@ -291,7 +291,6 @@ def windows_at_slot(runs: Sequence[_RunRef], *, session: Session, chunk: int = 1
     once per run. Measured (1,000 due runs of bench/dispatch_tick.py's fleet, best of three, load ~11):
     190 ms of CPU before, 50 ms now when their slots start together, 136 ms when every slot differs."""
     from inventory.windows import customer_holidays, window_rows
-    from scheduling.cutoff import open_window
     from scheduling.errors import SchedulingError
 
     found: dict[int | None, Any] = {}
@@ -853,8 +852,6 @@ def _window_missed(runtime: Runtime, run: UpgradeRun, world: Any, now: datetime,
     never saw. A window with no room left for one node by then is missed: the run moves to its next
     window with a notice instead of starting outside the time the customer was told (found by the
     adversarial pass on 92f2c63: the validity rules look at the slot, not at the time left in it)."""
-    from flows.schedule import ScheduleRefused, reslot_update
-    from scheduling.cutoff import node_may_start, open_window
 
     if run.slot_start is None or run.held_reason:
         return False
@@ -975,8 +972,8 @@ def _run_in_process(
             while True:
                 slot = _StartSlot(starting)  # before the claim: a run waits here unclaimed, still planned
                 with lock:  # claims in slot order; the runs themselves go on in parallel
-                    # checked against the world as it is now, not at the tick's start: a run may
-                    # have waited minutes for its slot (its window may have closed meanwhile)
+                    # checked at the clock of the claim, not the tick's start: a run may have
+                    # waited minutes for its slot (_window_missed: its window may have no room left)
                     at = max(now, runtime.clock())
                     try:
                         claim = _next(runtime, at, taken, runtime.run_lease, log, most=most)

@@ -19,47 +19,14 @@ from flows.dispatch import send_reminders
 from flows.runtime import Runtime
 from inventory.alerts import Alert
 from inventory.db import session_scope
-from inventory.importer import import_inventory
 from inventory.outbox import Notice
-from tasks.mail import OutboxDirTransport
-from tests.integration.test_dispatch_scale import ALL_WEEK, NOW, _plan
+from tests.integration.test_dispatch_scale import NOW, _plan
+from tests.support.fleets import one_node_fleet
 
 
 def _world(engine: Any, tmp_path: Path, customers: dict[str, int]) -> Runtime:
     """Customers named as given, each with that many one-node clusters `<customer>-cNN`, open all week."""
-    spec = {
-        "customers": [
-            {
-                "name": name,
-                "timezone": "UTC",
-                "contacts": [{"email": f"ops@{name}.example"}],
-                "clusters": [
-                    {
-                        "name": f"{name}-c{i:02d}",
-                        "kind": "software",
-                        "version": "9.8.0",
-                        "access": {"type": "direct"},
-                        "nodes": [{"hostname": f"{name}-c{i:02d}-n1"}],
-                        "windows": [ALL_WEEK],
-                    }
-                    for i in range(count)
-                ],
-            }
-            for name, count in customers.items()
-        ],
-        "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
-    }
-    source = tmp_path / "fleet.yaml"
-    source.write_text(yaml.safe_dump(spec, sort_keys=False))
-    import_inventory(source, engine=engine, actor="test")
-    return Runtime(
-        engine=engine,
-        fileserver=None,  # type: ignore[arg-type]
-        ssh=None,  # type: ignore[arg-type]
-        work_dir=tmp_path,
-        mailer=OutboxDirTransport(tmp_path / "outbox"),
-        clock=lambda: NOW,
-    )
+    return one_node_fleet(engine, tmp_path, customers, clock=lambda: NOW)
 
 
 def _sql(engine: Any, statement: str, **params: Any) -> None:

@@ -20,45 +20,13 @@ from inventory.importer import import_inventory
 from inventory.models import Cluster, Node, RunState, UpgradeRun
 from inventory.outbox import Notice
 from inventory.runs import create_run
-from tasks.mail import OutboxDirTransport
+from tests.support.fleets import one_node_fleet
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-ALL_WEEK = {"days": "mon-sun", "start": "00:00", "duration": "24h"}
 
 
 def _fleet(engine: Any, tmp_path: Path, clusters: int) -> Runtime:
-    spec = {
-        "customers": [
-            {
-                "name": "acme",
-                "timezone": "UTC",
-                "contacts": [{"email": "ops@acme.example"}],
-                "clusters": [
-                    {
-                        "name": f"c{i:02d}",
-                        "kind": "software",
-                        "version": "9.8.0",
-                        "access": {"type": "direct"},
-                        "nodes": [{"hostname": f"c{i:02d}-n1"}],
-                        "windows": [ALL_WEEK],
-                    }
-                    for i in range(clusters)
-                ],
-            }
-        ],
-        "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
-    }
-    source = tmp_path / "fleet.yaml"
-    source.write_text(yaml.safe_dump(spec, sort_keys=False))
-    import_inventory(source, engine=engine, actor="test")
-    return Runtime(
-        engine=engine,
-        fileserver=None,  # type: ignore[arg-type]
-        ssh=None,  # type: ignore[arg-type]
-        work_dir=tmp_path,
-        mailer=OutboxDirTransport(tmp_path / "outbox"),
-        clock=lambda: NOW,
-    )
+    return one_node_fleet(engine, tmp_path, {"acme": clusters}, clock=lambda: NOW, name="c{i:02d}")
 
 
 def _plan(engine: Any, name: str, slot: datetime, told: datetime) -> int:

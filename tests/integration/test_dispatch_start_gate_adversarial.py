@@ -11,18 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlmodel import select
 
 import flows.product_update
 from flows import dispatch as dispatcher
 from flows.runtime import Runtime
 from inventory.db import session_scope
-from inventory.importer import import_inventory
 from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.outbox import Notice
 from inventory.runs import create_run
-from tasks.mail import OutboxDirTransport
+from tests.support.fleets import one_node_fleet
 
 TUESDAY = datetime(2026, 12, 1, tzinfo=UTC)
 # The window: every day 10:00-12:00 UTC; one node takes 10 min (Runtime.per_node_estimate).
@@ -30,37 +28,9 @@ WINDOW = {"days": "mon-sun", "start": "10:00", "duration": "2h"}
 
 
 def _world(engine: Any, tmp_path: Path, clusters: int = 1) -> Runtime:
-    spec = {
-        "customers": [
-            {
-                "name": "acme",
-                "timezone": "UTC",
-                "contacts": [{"email": "ops@acme.example"}],
-                "clusters": [
-                    {
-                        "name": f"c{i:02d}",
-                        "kind": "software",
-                        "version": "9.8.0",
-                        "access": {"type": "direct"},
-                        "nodes": [{"hostname": f"c{i:02d}-n1"}],
-                        "windows": [WINDOW],
-                    }
-                    for i in range(clusters)
-                ],
-            }
-        ],
-        "releases": [{"version": "9.9.0", "package": "r/9.9.0.tgz", "sha256": "ab" * 32, "from": ["9.8.0"]}],
-    }
-    source = tmp_path / "fleet.yaml"
-    source.write_text(yaml.safe_dump(spec, sort_keys=False))
-    import_inventory(source, engine=engine, actor="test")
-    return Runtime(
-        engine=engine,
-        fileserver=None,  # type: ignore[arg-type]
-        ssh=None,  # type: ignore[arg-type]
-        work_dir=tmp_path,
-        mailer=OutboxDirTransport(tmp_path / "outbox"),
-        clock=lambda: TUESDAY.replace(hour=11),
+    clock = TUESDAY.replace(hour=11)
+    return one_node_fleet(
+        engine, tmp_path, {"acme": clusters}, clock=lambda: clock, window=WINDOW, name="c{i:02d}"
     )
 
 

@@ -263,19 +263,28 @@ def reslot_missed(runtime: Runtime, now: datetime) -> list[int]:
     for run_id in missed:
         assert run_id is not None
         with session_scope(runtime.engine) as session:
-            try:
-                reslot_update(
-                    run_id,
-                    now=now,
-                    reason="the window passed before the update could start",
-                    session=session,
-                    vendor=VendorTerms.from_runtime(runtime),
-                )
-            except ScheduleRefused as exc:
-                get_run_logger().error("%s", exc)
+            if not _move_missed(runtime, run_id, now, session, get_run_logger()):
                 continue
         moved.append(run_id)
     return moved
+
+
+def _move_missed(runtime: Runtime, run_id: int, now: datetime, session: Session, log: Any) -> bool:
+    """A run whose window passed before it could start: to its next window, with the customer's
+    notice, in a savepoint of `session`; False (said in the log) when it cannot move."""
+    try:
+        with session.begin_nested():
+            reslot_update(
+                run_id,
+                now=now,
+                reason="the window passed before the update could start",
+                session=session,
+                vendor=VendorTerms.from_runtime(runtime),
+            )
+    except ScheduleRefused as exc:
+        log.error("%s", exc)
+        return False
+    return True
 
 
 def windows_at_slot(runs: Sequence[_RunRef], *, session: Session, chunk: int = 1000) -> dict[int | None, Any]:
@@ -860,17 +869,7 @@ def _window_missed(runtime: Runtime, run: UpgradeRun, world: Any, now: datetime,
     if end is None or node_may_start(now, end, runtime.per_node_estimate):
         return False
     assert run.id is not None
-    try:
-        with session.begin_nested():
-            reslot_update(
-                run.id,
-                now=now,
-                reason="the window passed before the update could start",
-                session=session,
-                vendor=VendorTerms.from_runtime(runtime),
-            )
-    except ScheduleRefused as exc:
-        _logger().error("%s", exc)
+    _move_missed(runtime, run.id, now, session, _logger())
     return True
 
 

@@ -20,8 +20,8 @@ from flows.runtime import Runtime
 from inventory.alerts import Alert
 from inventory.db import session_scope
 from inventory.outbox import Notice
-from tests.integration.test_dispatch_scale import NOW, _plan
-from tests.support.fleets import one_node_fleet
+from tests.integration.test_dispatch_scale import NOW
+from tests.support.fleets import one_node_fleet, planned_run
 
 
 def _world(engine: Any, tmp_path: Path, customers: dict[str, int]) -> Runtime:
@@ -53,8 +53,8 @@ def test_a_reminder_that_cannot_be_rendered_does_not_hold_back_its_chunk_nor_the
     on to its claims, and the SRE gets one alert naming the update and the value."""
     runtime = _world(engine, tmp_path, {"acme": 4, "mars": 1})
     announced = NOW - timedelta(hours=48)  # 24 h reminders due, the 72 h ones (and their pre-flight) not
-    poisoned = _plan(engine, "mars-c00", NOW + timedelta(hours=1), announced)  # earliest slot: first
-    good = [_plan(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(4)]
+    poisoned = planned_run(engine, "mars-c00", NOW + timedelta(hours=1), announced)  # earliest slot: first
+    good = [planned_run(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(4)]
     _sql(engine, "UPDATE customer SET timezone = 'Mars/Olympus_Mons' WHERE name = 'mars'")
 
     sent = send_reminders(runtime, NOW)
@@ -92,7 +92,8 @@ def test_two_dispatchers_ticking_at_once_keep_max_running_between_them(
 
     runtime = _world(engine, tmp_path, {"acme": 6})
     due = [
-        _plan(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), NOW - timedelta(days=5)) for i in range(6)
+        planned_run(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), NOW - timedelta(days=5))
+        for i in range(6)
     ]
     both_counted = threading.Barrier(2, timeout=120)
     take_over_next = flows.dispatch._take_over_next
@@ -145,8 +146,8 @@ def test_a_due_update_whose_world_cannot_be_read_does_not_hold_back_the_others(
 
     runtime = _world(engine, tmp_path, {"acme": 4, "mars": 1})
     long_ago = NOW - timedelta(days=5)
-    poisoned = _plan(engine, "mars-c00", NOW - timedelta(minutes=2), long_ago)
-    good = [_plan(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), long_ago) for i in range(4)]
+    poisoned = planned_run(engine, "mars-c00", NOW - timedelta(minutes=2), long_ago)
+    good = [planned_run(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), long_ago) for i in range(4)]
     _sql(engine, "UPDATE customer SET timezone = 'Mars/Olympus_Mons' WHERE name = 'mars'")
     monkeypatch.setattr(flows.dispatch, "get_run_logger", lambda: logging.getLogger("test"))
     monkeypatch.setattr(flows.dispatch, "_start_deployments", lambda runtime, claims: None)
@@ -175,7 +176,7 @@ def test_claims_page_through_equal_slot_starts_without_skipping_or_repeating(
     monkeypatch.setattr(flows.dispatch, "_CLAIM_BATCH", 4)
     runtime = _world(engine, tmp_path, {"acme": 11})
     slot, long_ago = NOW - timedelta(minutes=1), NOW - timedelta(days=5)
-    runs = [_plan(engine, f"acme-c{i:02d}", slot, long_ago) for i in range(11)]
+    runs = [planned_run(engine, f"acme-c{i:02d}", slot, long_ago) for i in range(11)]
     waiting = runs[:5]  # the first page and one more: a pause asked for, not claimable
     for run_id in waiting:
         _sql(engine, "UPDATE upgraderun SET requested_action = 'pause' WHERE id = :id", id=run_id)
@@ -199,7 +200,7 @@ def test_a_reminder_whose_update_moved_or_was_held_after_the_tick_read_it_is_not
     runtime = _world(engine, tmp_path, {"acme": 3})
     announced = NOW - timedelta(hours=48)
     deferred, held, kept = (
-        _plan(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(3)
+        planned_run(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(3)
     )
     queue = flows.dispatch._queue_reminders
     done: list[bool] = []
@@ -229,7 +230,7 @@ def test_a_notice_superseded_after_the_delivery_read_ahead_is_not_sent(
     from inventory.outbox import NoticeState, queue_notice
 
     runtime = _world(engine, tmp_path, {"acme": 1})
-    run_id = _plan(engine, "acme-c00", NOW + timedelta(days=5), NOW - timedelta(days=1))
+    run_id = planned_run(engine, "acme-c00", NOW + timedelta(days=5), NOW - timedelta(days=1))
     with session_scope(engine) as session:
         customer_id = session.exec(select(Cluster)).one().customer_id
 
@@ -308,7 +309,7 @@ def test_kill_9_between_the_reminders_insert_and_its_commit_queues_each_once_lat
 
     runtime = _world(engine, tmp_path, {"acme": 3})
     announced = NOW - timedelta(hours=48)
-    runs = [_plan(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(3)]
+    runs = [planned_run(engine, f"acme-c{i:02d}", NOW + timedelta(hours=2 + i), announced) for i in range(3)]
     schema = ""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
@@ -354,7 +355,7 @@ def test_a_change_landing_between_the_bulk_world_read_and_the_claim_wins(
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite serialises writers at BEGIN IMMEDIATE: the interleaving cannot happen")
     runtime = _world(engine, tmp_path, {"acme": 2})
-    run_id = _plan(engine, "acme-c00", NOW - timedelta(minutes=1), NOW - timedelta(days=20))
+    run_id = planned_run(engine, "acme-c00", NOW - timedelta(minutes=1), NOW - timedelta(days=20))
     source = tmp_path / "fleet.yaml"
     spec = yaml.safe_load(source.read_text())
     customer = spec["customers"][0]
@@ -393,7 +394,9 @@ def test_claims_straddling_max_running_across_pages_stop_at_it(
     monkeypatch.setattr(flows.dispatch, "_CLAIM_BATCH", 2)
     runtime = _world(engine, tmp_path, {"acme": 8})
     long_ago = NOW - timedelta(days=5)
-    runs = [_plan(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=10 - i), long_ago) for i in range(8)]
+    runs = [
+        planned_run(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=10 - i), long_ago) for i in range(8)
+    ]
     _sql(
         engine,
         "UPDATE upgraderun SET state = 'running', lease_until = :until WHERE id = :id",
@@ -417,8 +420,10 @@ def test_reminders_to_a_customer_with_nobody_to_tell_do_not_take_the_ticks_limit
     runtime = _world(engine, tmp_path, {"quiet": 2, "acme": 1})
     _sql(engine, "DELETE FROM contact WHERE customer_id = (SELECT id FROM customer WHERE name = 'quiet')")
     announced = NOW - timedelta(hours=48)
-    silent = [_plan(engine, f"quiet-c{i:02d}", NOW + timedelta(hours=1 + i), announced) for i in range(2)]
-    told = _plan(engine, "acme-c00", NOW + timedelta(hours=5), announced)
+    silent = [
+        planned_run(engine, f"quiet-c{i:02d}", NOW + timedelta(hours=1 + i), announced) for i in range(2)
+    ]
+    told = planned_run(engine, "acme-c00", NOW + timedelta(hours=5), announced)
 
     assert send_reminders(runtime, NOW, limit=2) == [f"update-{told}:24h"]
     assert send_reminders(runtime, NOW, limit=2) == []
@@ -438,8 +443,8 @@ def test_an_unreadable_due_update_is_one_line_however_often_the_workers_claim(
 
     runtime = _world(engine, tmp_path, {"acme": 3, "mars": 1})
     long_ago = NOW - timedelta(days=5)
-    poisoned = _plan(engine, "mars-c00", NOW - timedelta(minutes=2), long_ago)
-    good = [_plan(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), long_ago) for i in range(3)]
+    poisoned = planned_run(engine, "mars-c00", NOW - timedelta(minutes=2), long_ago)
+    good = [planned_run(engine, f"acme-c{i:02d}", NOW - timedelta(minutes=1), long_ago) for i in range(3)]
     _sql(engine, "UPDATE customer SET timezone = 'Mars/Olympus_Mons' WHERE name = 'mars'")
 
     with caplog.at_level(logging.ERROR):
@@ -475,7 +480,7 @@ def test_one_window_row_in_three_zones_gives_three_answers_in_any_chunking(
             customer.timezone = zones[customer.name]
             session.add(customer)
     slot = NOW - timedelta(minutes=30)  # Tuesday 1 December 2026, 11:30 UTC
-    ids = {name: _plan(engine, f"{name}-c00", slot, NOW - timedelta(days=5)) for name in zones}
+    ids = {name: planned_run(engine, f"{name}-c00", slot, NOW - timedelta(days=5)) for name in zones}
     with session_scope(engine) as session:
         runs = _planned(session, until=NOW)
         whole, apart = windows_at_slot(runs, session=session), windows_at_slot(runs, session=session, chunk=1)

@@ -19,8 +19,7 @@ from inventory.db import session_scope
 from inventory.importer import import_inventory
 from inventory.models import Cluster, Node, RunState, UpgradeRun
 from inventory.outbox import Notice
-from inventory.runs import create_run
-from tests.support.fleets import one_node_fleet
+from tests.support.fleets import one_node_fleet, planned_run
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -30,26 +29,7 @@ def _fleet(engine: Any, tmp_path: Path, clusters: int) -> Runtime:
 
 
 def _plan(engine: Any, name: str, slot: datetime, told: datetime) -> int:
-    with session_scope(engine) as session:
-        cluster = session.exec(select(Cluster).where(Cluster.name == name)).one()
-        run = create_run(
-            cluster,
-            to_version="9.9.0",
-            source="schedule",
-            requested_by="t",
-            session=session,
-            state=RunState.planned,
-        )
-        run.slot_start, run.slot_end, run.notice_sequence, run.told_at = (
-            slot,
-            slot + timedelta(hours=1),
-            1,
-            told,
-        )
-        session.add(run)
-        session.flush()
-        assert run.id is not None
-        return run.id
+    return planned_run(engine, name, slot, told)
 
 
 def _reminder_keys(engine: Any) -> list[str]:

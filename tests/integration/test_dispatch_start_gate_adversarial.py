@@ -17,10 +17,9 @@ import flows.product_update
 from flows import dispatch as dispatcher
 from flows.runtime import Runtime
 from inventory.db import session_scope
-from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.models import RunState, UpgradeRun
 from inventory.outbox import Notice
-from inventory.runs import create_run
-from tests.support.fleets import one_node_fleet
+from tests.support.fleets import one_node_fleet, planned_run
 
 TUESDAY = datetime(2026, 12, 1, tzinfo=UTC)
 # The window: every day 10:00-12:00 UTC; one node takes 10 min (Runtime.per_node_estimate).
@@ -35,22 +34,7 @@ def _world(engine: Any, tmp_path: Path, clusters: int = 1) -> Runtime:
 
 
 def _plan(engine: Any, name: str, slot: datetime) -> int:
-    with session_scope(engine) as session:
-        cluster = session.exec(select(Cluster).where(Cluster.name == name)).one()
-        run = create_run(
-            cluster,
-            to_version="9.9.0",
-            source="schedule",
-            requested_by="t",
-            session=session,
-            state=RunState.planned,
-        )
-        run.slot_start, run.slot_end, run.notice_sequence = slot, slot + timedelta(minutes=30), 1
-        run.told_at = slot - timedelta(days=5)
-        session.add(run)
-        session.flush()
-        assert run.id is not None
-        return run.id
+    return planned_run(engine, name, slot, told=slot - timedelta(days=5), length=timedelta(minutes=30))
 
 
 @pytest.fixture

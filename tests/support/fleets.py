@@ -4,17 +4,22 @@ Runtime over it with no remote parts (file server, SSH: None) and the clock the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlmodel import select
 
 from flows.runtime import Runtime
+from inventory.db import session_scope
 from inventory.importer import import_inventory
+from inventory.models import Cluster, RunState
+from inventory.runs import create_run
 from tasks.mail import OutboxDirTransport
 
 ALL_WEEK = {"days": "mon-sun", "start": "00:00", "duration": "24h"}
+HOUR = timedelta(hours=1)
 
 
 def one_node_fleet(
@@ -61,3 +66,22 @@ def one_node_fleet(
         mailer=OutboxDirTransport(tmp_path / "outbox"),
         clock=clock,
     )
+
+
+def planned_run(engine: Any, cluster: str, slot: datetime, told: datetime, length: timedelta = HOUR) -> int:
+    """A planned update of `cluster` to 9.9.0 in [slot, slot + length), announced at `told`; its id."""
+    with session_scope(engine) as session:
+        row = session.exec(select(Cluster).where(Cluster.name == cluster)).one()
+        run = create_run(
+            row,
+            to_version="9.9.0",
+            source="schedule",
+            requested_by="t",
+            session=session,
+            state=RunState.planned,
+        )
+        run.slot_start, run.slot_end, run.notice_sequence, run.told_at = slot, slot + length, 1, told
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        return run.id

@@ -32,22 +32,93 @@ def _catch_interrupts_while_starting() -> None:
 
 _catch_interrupts_while_starting()
 
+import contextlib
+import importlib
+from collections.abc import Callable, Iterator, MutableMapping
+
 import click
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.main import get_group_from_info
+from typer.models import Default, TyperInfo
 
-from upkeep.cli_cases import case_app, diagnostics_app
-from upkeep.cli_common import JsonOpt
+from upkeep.cli_common import JsonOpt, close_engine
 from upkeep.cli_common import open_engine as _engine
-from upkeep.cli_oncall import oncall_app
-from upkeep.cli_release import release_app
-from upkeep.cli_tunnel import tunnel_app
 from upkeep.console import CliError, console, output, print_json, report_error, verbose, verbosity
 from upkeep.telemetry import switch_off as _telemetry_off
 
 _telemetry_off()  # before any command imports Prefect
 
+# Command groups whose module is imported only when the group is named (or a help page lists it):
+# NAME -> (module, its Typer app, help when the app has none). Measured on a quiet 2-core AMD EPYC,
+# CPU-s of `python -c "import ..."` (mean of 3): upkeep.cli with every group imported 0.74, typer and
+# rich alone 0.12; cli_release alone 0.76 (the inventory file's pydantic schema), cli_cases 0.46,
+# cli_oncall 0.49, upkeep.lab.cli 0.18. `upkeep runs` and the like no longer pay for them.
+SUB_APPS: dict[str, tuple[str, str, str | None]] = {
+    "case": ("upkeep.cli_cases", "case_app", None),
+    "diagnostics": ("upkeep.cli_cases", "diagnostics_app", None),
+    "release": ("upkeep.cli_release", "release_app", None),
+    "oncall": ("upkeep.cli_oncall", "oncall_app", None),
+    "tunnel": ("upkeep.cli_tunnel", "tunnel_app", None),
+    "lab": ("upkeep.lab.cli", "app", "A local fleet of real sshd nodes and an HTTPS file server."),
+}
+
+
+class _LazyCommands(MutableMapping[str, Any]):
+    """The root group's commands by name, where a SUB_APPS group is built when it is first looked up.
+    Its name is known from the start, so help pages, completion and "Did you mean 'case'?" list it;
+    only looking it up (running it, or a help page that lists it) imports its module."""
+
+    def __init__(self, loaded: dict[str, Any], build: Callable[[str], Any]) -> None:
+        self._loaded = loaded
+        self._build = build
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._loaded and name in SUB_APPS:
+            self._loaded[name] = self._build(name)
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._loaded or name in SUB_APPS
+
+    def __iter__(self) -> Iterator[str]:
+        for name in list(self._loaded):  # a lookup during the walk builds, and adds, a group
+            if name not in SUB_APPS:
+                yield name
+            if name == "inventory":  # where Typer listed the groups when they were mounted eagerly
+                yield from SUB_APPS
+
+    def __len__(self) -> int:
+        return len(self._loaded.keys() | SUB_APPS.keys())
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._loaded[name]
+
+
+class _LazyGroup(TyperGroup):
+    """The root command (Click's lazy-group pattern: Typer's `add_typer` imports every module up front)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _LazyCommands(dict(self.commands), self._build)
+
+    def _build(self, name: str) -> Any:
+        module, attr, help_text = SUB_APPS[name]
+        sub_app = getattr(importlib.import_module(module), attr)
+        return get_group_from_info(
+            TyperInfo(sub_app, name=name, help=help_text if help_text else Default(None)),
+            pretty_exceptions_short=sub_app.pretty_exceptions_short,
+            rich_markup_mode=self.rich_markup_mode,
+            suggest_commands=self.suggest_commands,
+        )
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     help="Upgrade and maintenance scheduler for customer clusters. Exit codes: 0 ok, 1 refused or "
     "failed, 2 usage error or lost race (another process holds the run), 3 partial (tunnel status: "
     "attention).",
@@ -92,11 +163,6 @@ def _options(
 
 inventory_app = typer.Typer(help="The system of record: customers, clusters, nodes, releases.")
 app.add_typer(inventory_app, name="inventory")
-app.add_typer(case_app, name="case")
-app.add_typer(diagnostics_app, name="diagnostics")
-app.add_typer(release_app, name="release")
-app.add_typer(oncall_app, name="oncall")
-app.add_typer(tunnel_app, name="tunnel")
 
 
 @inventory_app.command("import")
@@ -224,15 +290,6 @@ def demo(
     run_demo(keep=keep)
 
 
-def _mount_lab() -> None:
-    from upkeep.lab.cli import app as lab_app
-
-    app.add_typer(lab_app, name="lab", help="A local fleet of real sshd nodes and an HTTPS file server.")
-
-
-_mount_lab()
-
-
 def _mount_commands() -> None:
     from upkeep import cli_ops, cli_portal, cli_runs, cli_schedule
 
@@ -269,11 +326,19 @@ def _wants_json(args: list[str]) -> bool:
 def main() -> None:
     import signal
 
-    from upkeep.errors import explain
-
     output["json"] = _wants_json(sys.argv[1:])
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _run_command()
+    finally:
+        with contextlib.suppress(Exception):  # the command's own answer stands
+            close_engine()
+
+
+def _run_command() -> None:
+    from upkeep.errors import explain
+
     try:
         # Without standalone mode Click returns typer.Exit's code instead of exiting with it.
         code = app(standalone_mode=False)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy.engine import Engine
 
 from upkeep.console import CliError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 # Ids are database integers, `integer` on PostgreSQL (2**31 - 1 at most): a larger number is a usage
@@ -48,6 +50,16 @@ def open_engine() -> Engine:
         engine = _opened["engine"] = open_database(settings)
         flow_runtime.configure(lambda: build_runtime(settings, engine=engine))
     return _opened["engine"]
+
+
+def close_engine() -> None:
+    """Close the command's database connections; `main` calls it as every command ends. SQLite then
+    folds its write-ahead log back into the file there and then, rather than whenever interpreter
+    shutdown happens to collect the last connection: after `inventory import` that was not always
+    so, and the next read-only command's close changed the file's bytes."""
+    engine = _opened.pop("engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def parse_update_id(text: str) -> int:

@@ -11,15 +11,17 @@ import getpass
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlmodel import Session, select
 
 from upkeep.cli_common import JsonOpt
 from upkeep.console import CliError, console, print_json
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 notices_app = typer.Typer(help="Customer notices waiting in the outbox.", no_args_is_help=True)
 
@@ -194,7 +196,7 @@ def notices_list(
 ) -> None:
     """Notices in the outbox, newest first, with their state: pending, sent, failed, or superseded (a
     later notice of the same update was queued before this one went out, so it was never sent)."""
-    from sqlmodel import col
+    from sqlmodel import col, select
 
     from flows.schedule import parse_update_ref, update_ref
     from inventory.outbox import Notice
@@ -301,6 +303,8 @@ def _when(text: str, zone: str, *, what: str = "--to") -> datetime:
 
 
 def _update_dict(run: Any, session: Session) -> dict[str, Any]:
+    from sqlmodel import select
+
     from flows.schedule import update_ref
     from inventory import repo
     from inventory.models import Cluster

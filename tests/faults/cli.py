@@ -63,10 +63,12 @@ class CliHome:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def digest(self) -> str:
-        """The database's bytes: the main file and its write-ahead log (empty after `checkpoint`)."""
-        digest = hashlib.sha256()
-        for path in (self.db, self.db.with_name(self.db.name + "-wal")):
-            digest.update(path.read_bytes() if path.exists() else b"<none>")
+        """The database's bytes: the main file and its write-ahead log (empty after `checkpoint`). An
+        empty log and none are the same database: SQLite deletes the log as its last connection
+        closes, which the CLI's does as every command ends."""
+        wal = self.db.with_name(self.db.name + "-wal")
+        digest = hashlib.sha256(self.db.read_bytes())
+        digest.update(wal.read_bytes() if wal.exists() else b"")
         return digest.hexdigest()
 
 

@@ -77,8 +77,9 @@ def _commands() -> list[tuple[list[str], Any]]:
 
     def walk(cmd: Any, path: list[str]) -> None:
         found.append((path, cmd))
-        for name, sub in getattr(cmd, "commands", {}).items():
-            walk(sub, [*path, name])
+        if hasattr(cmd, "commands"):  # a group: its lazily imported ones too (upkeep.cli.SUB_APPS)
+            for name in cmd.list_commands(None):
+                walk(cmd.get_command(None, name), [*path, name])
 
     walk(typer.main.get_command(app), [])
     return found
@@ -136,12 +137,12 @@ sys.argv = ["upkeep", "runs", *sys.argv[2:]]
 where = {where!r}
 real_import = builtins.__import__
 def hooked(name, *args, **kwargs):
-    if where == "starting" and name == "upkeep.cli_oncall":
+    if where == "starting" and name == "upkeep.console":  # imported while upkeep.cli loads
         os.kill(os.getpid(), signal.SIGINT)
     return real_import(name, *args, **kwargs)
 builtins.__import__ = hooked
-import upkeep.cli_common
 if where == "command":
+    import upkeep.cli_common
     def interrupted():
         os.kill(os.getpid(), signal.SIGINT)
     upkeep.cli_common.open_engine = interrupted

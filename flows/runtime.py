@@ -13,15 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from threading import Lock
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.engine import Engine
 
 from inventory.types import utcnow
-from tasks.alerts import AlertChannel
-from tasks.fileserver import FileServer
-from tasks.mail import MailTransport
-from tasks.ssh import NodeConnector, RemoteRunner, SshTarget
+
+if TYPE_CHECKING:  # the protocols only: a command that never reaches a node imports no adapter
+    from tasks.alerts import AlertChannel
+    from tasks.fileserver import FileServer
+    from tasks.mail import MailTransport
+    from tasks.ssh import NodeConnector, RemoteRunner, SshTarget
 
 
 class Clock(Protocol):

@@ -12,45 +12,12 @@ from sqlalchemy.engine import Engine
 
 from flows import runtime as flow_runtime
 from flows.runtime import Runtime
-from inventory.db import make_engine, migrate
 from tasks.alerts import AlertChannel, AppriseChannel, EmailChannel, parse_alert_urls
 from tasks.fileserver import HttpFileServer
 from tasks.mail import MailTransport, OutboxDirTransport, SmtpTransport
 from tasks.ssh import SshSettings
+from upkeep.database import open_database
 from upkeep.settings import Settings, SettingsError, load_settings
-
-
-def open_database(settings: Settings) -> Engine:
-    """The database of the settings, migrated. A URL that cannot be used is one `SettingsError`
-    naming it (password hidden) and what is wrong; a server that is down stays the database's
-    "unavailable" error (inventory.db.server_away)."""
-    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
-
-    from inventory.db import server_away
-    from upkeep.settings import SettingsError, mask_url
-
-    url = settings.resolved_database_url()
-    where = f"UPKEEP_DATABASE_URL={mask_url(url)}" if settings.database_url else f"database {url}"
-    try:
-        engine = make_engine(url)
-    except ArgumentError:
-        raise SettingsError(f"{where}: not a database URL (e.g. postgresql+psycopg://USER@HOST/DB)") from None
-    except ValueError as exc:
-        problem = "the port is not a number" if "int()" in str(exc) else str(exc)
-        raise SettingsError(f"{where}: {problem}") from None
-    except (ImportError, NoSuchModuleError) as exc:
-        raise SettingsError(
-            f"{where}: its driver is not installed ({exc}); use postgresql+psycopg://... or sqlite:///..."
-        ) from None
-    try:
-        migrate(engine)
-    except DBAPIError as exc:
-        engine.dispose()
-        if server_away(exc):
-            raise
-        cause = " ".join(str(exc.orig or exc).split())
-        raise SettingsError(f"{where}: cannot open the database: {cause}") from None
-    return engine
 
 
 def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtime:

@@ -350,7 +350,8 @@ def diagnostics_collect(
 
     from flows import runtime as flow_runtime
     from flows.diagnostics import collect_diagnostics, resolve_request
-    from upkeep.bootstrap import build_runtime, open_database, quiet_prefect
+    from upkeep.bootstrap import build_runtime, quiet_prefect
+    from upkeep.database import open_database
     from upkeep.progress import EventBoard, watch
     from upkeep.settings import load_settings
 

@@ -12,6 +12,9 @@ from upkeep.console import CliError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from flows.runtime import Runtime
+    from upkeep.settings import Settings
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 # Ids are database integers, `integer` on PostgreSQL (2**31 - 1 at most): a larger number is a usage
 # error, not SQLite's OverflowError nor PostgreSQL's "integer out of range" quoting the statement.
@@ -43,13 +46,21 @@ def open_engine() -> Engine:
     this command get a Runtime built from the same settings and engine."""
     if "engine" not in _opened:
         from flows import runtime as flow_runtime
-        from upkeep.bootstrap import build_runtime, open_database
+        from upkeep.database import open_database
         from upkeep.settings import load_settings
 
         settings = load_settings()
         engine = _opened["engine"] = open_database(settings)
-        flow_runtime.configure(lambda: build_runtime(settings, engine=engine))
+        flow_runtime.configure(lambda: _build_runtime(settings, engine))
     return _opened["engine"]
+
+
+def _build_runtime(settings: Settings, engine: Engine) -> Runtime:
+    """The composition root, imported when a flow of this command first needs its Runtime: the
+    adapters (Fabric, httpx, Apprise) are not imported by commands that only read the record."""
+    from upkeep.bootstrap import build_runtime
+
+    return build_runtime(settings, engine=engine)
 
 
 def close_engine() -> None:

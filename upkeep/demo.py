@@ -15,8 +15,9 @@ from sqlmodel import select
 
 from flows import runtime as flow_runtime
 from inventory.importer import import_inventory
-from upkeep.bootstrap import build_runtime, open_database
+from upkeep.bootstrap import build_runtime
 from upkeep.console import console
+from upkeep.database import open_database
 from upkeep.lab import Lab
 from upkeep.portal.signin import sign_in_link
 from upkeep.settings import Settings, default_home, load_settings

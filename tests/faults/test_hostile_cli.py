@@ -99,14 +99,14 @@ def home(tmp_path_factory: pytest.TempPathFactory, faults_lab: Any) -> Iterator[
 def no_flows(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Starting an update is never the right answer to hostile input: make it loud. And `case` and
     `diagnostics` open (and migrate) the database on every call, ~50 ms: once is enough here."""
-    import upkeep.bootstrap
+    import upkeep.database
 
     def refuse(*_args: Any, **_kwargs: Any) -> int:
         raise FlowStarted("a fuzzed command started an update flow")
 
     monkeypatch.setattr("upkeep.updates.run_product_update", refuse)
     opened: dict[str, Any] = {}
-    real = upkeep.bootstrap.open_database
+    real = upkeep.database.open_database
 
     def open_once(settings: Any) -> Any:
         url = settings.resolved_database_url()
@@ -114,7 +114,7 @@ def no_flows(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             opened[url] = real(settings)
         return opened[url]
 
-    monkeypatch.setattr(upkeep.bootstrap, "open_database", open_once)
+    monkeypatch.setattr(upkeep.database, "open_database", open_once)
     yield
     for engine in opened.values():
         engine.dispose()

@@ -263,7 +263,7 @@ def test_case_cli_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "clihome"
     monkeypatch.setenv("UPKEEP_HOME", str(home))
     monkeypatch.delenv("UPKEEP_DATABASE_URL", raising=False)
-    from upkeep.bootstrap import open_database
+    from upkeep.database import open_database
     from upkeep.settings import load_settings
 
     _fleet(open_database(load_settings()))

@@ -222,7 +222,7 @@ def _cli_env(lab: Any, home: Path) -> dict[str, str]:
 
 def _cli_db(lab: Any, home: Path) -> Any:
     from inventory.importer import import_inventory
-    from upkeep.bootstrap import open_database
+    from upkeep.database import open_database
     from upkeep.settings import load_settings
 
     engine = open_database(load_settings(home=home, **lab.settings_overrides()))

@@ -13,7 +13,7 @@ import yaml
 
 from inventory.importer import import_inventory
 from tests.portal.test_portal_browser import INVENTORY
-from upkeep.bootstrap import open_database
+from upkeep.database import open_database
 from upkeep.demo import PORTAL_PID, _portal_hints, serve_demo_portal, stop_demo_portal
 from upkeep.lab import procs
 from upkeep.settings import load_settings

@@ -41,7 +41,7 @@ def proxies(settings: Settings) -> dict[str, Any]:
 def serve(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
 
-    from upkeep.bootstrap import open_database
+    from upkeep.database import open_database
     from upkeep.portal.app import create_app
     from upkeep.portal.config import from_settings
 

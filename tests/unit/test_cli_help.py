@@ -3,13 +3,14 @@ string (it read as a markup tag), leaving "ISO time ." in `upkeep diagnostics co
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from upkeep.cli import app
+from upkeep.cli import SUB_APPS, app
 
 
 def _commands(
@@ -21,6 +22,9 @@ def _commands(
     for sub in group.registered_groups:
         if sub.typer_instance is not None:
             found += _commands(sub.typer_instance, (*path, sub.name or ""))
+    if group is app:  # the groups the root imports when named
+        for name, (module, attr, _help) in SUB_APPS.items():
+            found += _commands(getattr(importlib.import_module(module), attr), (name,))
     return found
 
 

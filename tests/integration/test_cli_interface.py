@@ -311,3 +311,41 @@ def test_diagnostics_with_the_prefect_api_away_is_one_line_and_connects_to_nothi
     assert "the Prefect API (http://127.0.0.1:1/api) does not answer" in error and "bug" not in error
     shown = json.loads(_run(lab_env, "case", "show", case, "--json").stdout)
     assert shown["bundles"] == []
+
+
+# --- adversarial pass on the lazy command groups and close_engine (adv22) ----------------------------
+
+# Ctrl-C as the command's database closes: `main` disposes the engine in a `finally` after every command
+# (SQLite checkpoints its write-ahead log there, which takes a while after a large write). The guard
+# there suppresses Exception only, so a KeyboardInterrupt escaped `main` as a traceback, replacing the
+# command's own answer (already on stdout) and its exit code 0.
+_INTERRUPT_AT_CLOSE = """
+import os, signal, sys
+import sqlalchemy.engine
+real_dispose = sqlalchemy.engine.Engine.dispose
+def dispose(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return real_dispose(self, *args, **kwargs)
+sqlalchemy.engine.Engine.dispose = dispose
+sys.argv = ["upkeep", *sys.argv[1:]]
+from upkeep.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_ctrl_c_as_the_database_closes_is_not_a_traceback(tmp_path: Path, as_json: bool) -> None:
+    env = _env(tmp_path / "home")
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPT_AT_CLOSE, "runs", *(["--json"] if as_json else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    # The command had answered: its answer and exit code stand (or, at most, one "aborted" line).
+    assert done.returncode in (0, 130), (done.returncode, done.stdout, done.stderr)
+    if as_json:
+        assert json.loads(done.stdout) in ([], {"error": "aborted", "exit": 130}), done.stdout

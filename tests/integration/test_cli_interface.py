@@ -349,3 +349,52 @@ def test_ctrl_c_as_the_database_closes_is_not_a_traceback(tmp_path: Path, as_jso
     assert done.returncode in (0, 130), (done.returncode, done.stdout, done.stderr)
     if as_json:
         assert json.loads(done.stdout) in ([], {"error": "aborted", "exit": 130}), done.stdout
+
+
+# A command group's module that cannot be imported (a broken install: a dependency missing, or a module
+# that raises at import). upkeep.cli imports it only when the group is named; simulated here with a
+# finder that refuses the module.
+_BROKEN_GROUP = """
+import sys
+broken, error = sys.argv[1], sys.argv[2]
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name == broken:
+            raise {"ImportError": ImportError, "KeyError": KeyError}[error]("UPKEEP_FANCY_DEP")
+        return None
+sys.meta_path.insert(0, Refuse())
+sys.argv = ["upkeep", *sys.argv[3:]]
+from upkeep.cli import main
+main()
+"""
+
+
+def _broken_group(tmp_path: Path, module: str, error: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _BROKEN_GROUP, module, error, *args],
+        env=_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_a_group_that_fails_to_import_leaves_the_other_commands_working(tmp_path: Path) -> None:
+    runs = _broken_group(tmp_path, "upkeep.cli_release", "ImportError", "runs", "--json")
+    assert (runs.returncode, runs.stdout) == (0, "[]\n"), runs.stderr
+    status = _broken_group(tmp_path, "upkeep.cli_release", "ImportError", "release", "status")
+    assert status.returncode == 1, (status.stdout, status.stderr)
+    assert "Traceback" not in status.stderr
+    [line] = status.stderr.splitlines()
+    assert "ImportError" in line and "UPKEEP_FANCY_DEP" in line
+
+
+def test_verbose_shows_the_traceback_of_a_group_that_fails_to_import(tmp_path: Path) -> None:
+    """The one-line answer says to run the command again with `upkeep --verbose` for the traceback.
+    Doing so gave the same line again: the group is imported while Click resolves the command, before
+    the root callback has set verbosity from --verbose."""
+    done = _broken_group(tmp_path, "upkeep.cli_release", "ImportError", "--verbose", "release", "status")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "run the command again with `upkeep --verbose" not in done.stderr, done.stderr
+    assert "Traceback" in done.stderr, done.stderr

@@ -398,3 +398,14 @@ def test_verbose_shows_the_traceback_of_a_group_that_fails_to_import(tmp_path: P
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "run the command again with `upkeep --verbose" not in done.stderr, done.stderr
     assert "Traceback" in done.stderr, done.stderr
+
+
+def test_a_group_whose_import_raises_keyerror_is_not_no_such_command(tmp_path: Path) -> None:
+    """_LazyCommands builds the group inside __getitem__; Click looks commands up with
+    `self.commands.get(name)`, and Mapping.get takes any KeyError for "absent": a module that raises
+    KeyError at import (an os.environ[...] at module level, say) became "No such command 'release'.
+    Did you mean 'release'?", exit 2, the real error lost (with --verbose too)."""
+    done = _broken_group(tmp_path, "upkeep.cli_release", "KeyError", "--verbose", "release", "status")
+    assert "No such command" not in done.stderr, done.stderr
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "KeyError" in done.stderr and "UPKEEP_FANCY_DEP" in done.stderr, done.stderr

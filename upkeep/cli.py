@@ -76,7 +76,14 @@ class _LazyCommands(MutableMapping[str, Any]):
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._loaded and name in SUB_APPS:
-            self._loaded[name] = self._build(name)
+            try:
+                self._loaded[name] = self._build(name)
+            except Exception as exc:
+                # Not a KeyError: Click looks commands up with Mapping.get, which takes any KeyError
+                # (an os.environ[...] at a module's import, say) for an unknown command name.
+                raise ImportError(
+                    f"the `upkeep {name}` commands cannot be loaded: {type(exc).__name__}: {exc}"
+                ) from exc
         return self._loaded[name]
 
     def __contains__(self, name: object) -> bool:
@@ -323,16 +330,30 @@ def _wants_json(args: list[str]) -> bool:
     return False
 
 
+def _root_options(args: list[str]) -> list[str]:
+    """The options given before the command's name: the root's own (--verbose, --version, --help)."""
+    options = []
+    for arg in args:
+        if arg == "--" or not arg.startswith("-"):
+            break
+        options.append(arg)
+    return options
+
+
 def main() -> None:
     import signal
 
     output["json"] = _wants_json(sys.argv[1:])
+    # Before Click parses: a command group is imported while Click resolves its name, before the root
+    # callback has read --verbose, and its import error must show the traceback that option promises.
+    verbosity["verbose"] = "--verbose" in _root_options(sys.argv[1:])
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _run_command()
     finally:
-        with contextlib.suppress(Exception):  # the command's own answer stands
+        # The command has answered: its answer and exit code stand, also when Ctrl-C comes now.
+        with contextlib.suppress(Exception, KeyboardInterrupt):
             close_engine()
 
 

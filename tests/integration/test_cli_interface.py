@@ -52,6 +52,19 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _python_c(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -c SCRIPT ARGS...` with the CLI's environment and a home in tmp_path: a script that
+    arranges a fault (a signal at a chosen point, a module that fails to import), then runs `main`."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def lab_env(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """The session lab's settings and inventory in a home (SQLite) of this module's own."""
@@ -154,16 +167,8 @@ main()
 @pytest.mark.parametrize("where", ["starting", "command"])
 @pytest.mark.parametrize("as_json", [True, False])
 def test_ctrl_c_is_one_answer_exit_130(tmp_path: Path, where: str, as_json: bool) -> None:
-    env = _env(tmp_path / "home")
     script = _INTERRUPT.replace("{where!r}", repr(where))
-    done = subprocess.run(
-        [sys.executable, "-c", script, "x", *(["--json"] if as_json else [])],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = _python_c(tmp_path, script, "x", *(["--json"] if as_json else []))
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 130, (done.returncode, done.stdout, done.stderr)
     if as_json:
@@ -335,15 +340,7 @@ main()
 
 @pytest.mark.parametrize("as_json", [True, False])
 def test_ctrl_c_as_the_database_closes_is_not_a_traceback(tmp_path: Path, as_json: bool) -> None:
-    env = _env(tmp_path / "home")
-    done = subprocess.run(
-        [sys.executable, "-c", _INTERRUPT_AT_CLOSE, "runs", *(["--json"] if as_json else [])],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = _python_c(tmp_path, _INTERRUPT_AT_CLOSE, "runs", *(["--json"] if as_json else []))
     assert "Traceback" not in done.stderr, done.stderr
     # The command had answered: its answer and exit code stand (or, at most, one "aborted" line).
     assert done.returncode in (0, 130), (done.returncode, done.stdout, done.stderr)
@@ -370,14 +367,7 @@ main()
 
 
 def _broken_group(tmp_path: Path, module: str, error: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", _BROKEN_GROUP, module, error, *args],
-        env=_env(tmp_path / "home"),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return _python_c(tmp_path, _BROKEN_GROUP, module, error, *args)
 
 
 def test_a_group_that_fails_to_import_leaves_the_other_commands_working(tmp_path: Path) -> None:

@@ -94,7 +94,11 @@ class Lab(LabRoot):
         ports = dict(
             zip(["<fileserver>", "<jump>", "<tunnel>", *hosts], procs.free_ports(len(hosts) + 3), strict=True)
         )
-        tunnel_ports = dict(zip(hosts, procs.reserved_free_ports(len(hosts)), strict=True)) if tunnel else {}
+        procs.release_ports(self.root)  # a previous `up` here
+        tunnel_ports: dict[str, int] = {}
+        if tunnel:
+            chosen = procs.reserved_free_ports(len(hosts), owner=self.root)
+            tunnel_ports = dict(zip(hosts, chosen, strict=True))
         server = self._tunnel_spec(user, tuple(tunnel_ports.values()) if tunnel else ())
         node.install_agent(self.root)
         identities = [self._tunnel_identity(h) for h in hosts] if tunnel else []
@@ -226,7 +230,9 @@ class Lab(LabRoot):
         held = {n["tunnel_port"] for n in state["nodes"] if "tunnel_port" in n}  # bound only when opened
         tunnel_ports: dict[str, int] = {}
         if tunnel:
-            tunnel_ports = dict(zip(hosts, procs.reserved_free_ports(len(hosts), exclude=held), strict=True))
+            tunnel_ports = dict(
+                zip(hosts, procs.reserved_free_ports(len(hosts), exclude=held, owner=self.root), strict=True)
+            )
         identities = [self._tunnel_identity(h) for h in hosts] if tunnel else []
         sshd.keygen([*(s.host_key for s in specs.values()), *identities])
         client_pub = sshd.public_key(self.ssh_key) + " upkeep-lab-client\n"
@@ -307,6 +313,7 @@ class Lab(LabRoot):
             return  # nothing was ever started here; don't create the directory just to lock it
         with self._locked():
             self._stop_all()
+        procs.release_ports(self.root)
 
     # -- the customer's side of the support tunnel ------------------------------------------------------
     def _tunnel_identity(self, hostname: str) -> Path:

@@ -13,7 +13,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 LOCALHOST = "127.0.0.1"
@@ -33,12 +33,39 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def reserved_free_ports(count: int, low: int = 20000, exclude: Iterable[int] = ()) -> list[int]:
+def _reservations() -> Path:
+    """Where labs on this machine note the tunnel ports they hold (one file per port, naming its lab)."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"upkeep-lab-ports-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _reservations_locked() -> Iterator[Path]:
+    import fcntl
+
+    path = _reservations()
+    with open(path / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path
+
+
+def reserved_free_ports(
+    count: int, low: int = 20000, exclude: Iterable[int] = (), owner: Path | None = None
+) -> list[int]:
     """Distinct ports free now, drawn at random from below the kernel's ephemeral range (never handed
     out for port 0 or an outgoing connection), none of `exclude` (ports already given out, free only
     until their owner binds them). For ports bound long after they are chosen - a node's
     tunnel port stays unbound until the customer opens the tunnel - an ephemeral one was taken meanwhile
-    by another lab's sshd on this machine (seen: `remote port forwarding failed` at `tunnel start`)."""
+    by another lab's sshd on this machine (seen: `remote port forwarding failed` at `tunnel start`).
+
+    With `owner` (a lab's root), the ports are also noted as that lab's for every other lab on this
+    machine until `release_ports(owner)`: two labs (pytest-xdist workers) drew the same port, and while
+    one lab's tunnel was closed the other's opened on it, so a run reached the other lab's node and
+    was refused for its host key instead of finding the tunnel closed (seen once in six full runs).
+    A note whose lab's root is gone (a lab killed, its directory removed) is taken back."""
     try:
         high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -47,18 +74,41 @@ def reserved_free_ports(count: int, low: int = 20000, exclude: Iterable[int] = (
     pool = range(low, max(high, low + 4 * count))
     candidates = random.sample(pool, k=min(4 * count + 64 + len(taken), len(pool)))
     found: list[int] = []
-    for port in candidates:
-        if port in taken:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((LOCALHOST, port))
-            except OSError:
+    with _reservations_locked() if owner is not None else contextlib.nullcontext() as notes:
+        for port in candidates:
+            if port in taken or (notes is not None and not _may_note(notes / str(port))):
                 continue
-        found.append(port)
-        if len(found) == count:
-            return found
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((LOCALHOST, port))
+                except OSError:
+                    continue
+            found.append(port)
+            if len(found) == count:
+                if notes is not None:
+                    for chosen in found:
+                        (notes / str(chosen)).write_text(str(owner))
+                return found
     raise OSError(f"no {count} free ports between {low} and {high}")
+
+
+def _may_note(note: Path) -> bool:
+    """No lab holds the port, or the lab that noted it is gone."""
+    try:
+        holder = Path(note.read_text())
+    except FileNotFoundError:
+        return True
+    return not holder.is_dir()
+
+
+def release_ports(owner: Path) -> None:
+    """Give back the tunnel ports `owner` (a lab's root) noted with reserved_free_ports."""
+    with _reservations_locked() as notes:
+        for note in notes.iterdir():
+            if note.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if note.read_text() == str(owner):
+                        note.unlink()
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

@@ -65,7 +65,8 @@ class Lab(LabRoot):
                 note = ""
                 try:
                     self._stop_all()
-                except LabError as stop_exc:
+                    procs.release_ports(self.root)
+                except (LabError, OSError) as stop_exc:
                     note = f" (cleanup: {stop_exc})"
                 if not isinstance(exc, Exception):
                     raise
@@ -313,7 +314,7 @@ class Lab(LabRoot):
             return  # nothing was ever started here; don't create the directory just to lock it
         with self._locked():
             self._stop_all()
-        procs.release_ports(self.root)
+            procs.release_ports(self.root)
 
     # -- the customer's side of the support tunnel ------------------------------------------------------
     def _tunnel_identity(self, hostname: str) -> Path:

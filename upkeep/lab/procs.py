@@ -34,11 +34,21 @@ def free_ports(count: int) -> list[int]:
 
 
 def _reservations() -> Path:
-    """Where labs on this machine note the tunnel ports they hold (one file per port, naming its lab)."""
+    """Where labs on this machine note the tunnel ports they hold (one file per port, naming its lab):
+    a directory of this user's alone under the temp dir. One that is a symlink, another user's, or
+    open to others is refused (a planted one could point the notes at any file of ours)."""
+    import stat
     import tempfile
 
     path = Path(tempfile.gettempdir()) / f"upkeep-lab-ports-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(
+            f"{path}: not a private directory of this user (uid {info.st_uid}, mode "
+            f"{oct(info.st_mode & 0o7777)}); remove it and run again"
+        )
     return path
 
 
@@ -47,9 +57,35 @@ def _reservations_locked() -> Iterator[Path]:
     import fcntl
 
     path = _reservations()
-    with open(path / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
+    finally:
+        os.close(fd)
+
+
+def _note_of(note: Path) -> str | None:
+    """The lab root a note names, or None for a note that cannot be read as one."""
+    try:
+        fd = os.open(note, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as file:
+            return file.read(4096).decode()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _held(notes: Path) -> set[int]:
+    """The ports noted by a lab whose root still exists. A note that is empty, unreadable or names a
+    root that is gone (a lab killed and its directory removed) holds nothing. A lab that crashed but
+    whose root remains holds its ports until its next `up` or `down` there, or the root's removal."""
+    held = set()
+    for note in notes.iterdir():
+        if note.name.isdigit():
+            root = _note_of(note)
+            if root and Path(root).is_absolute() and Path(root).is_dir():
+                held.add(int(note.name))
+    return held
 
 
 def reserved_free_ports(
@@ -61,23 +97,20 @@ def reserved_free_ports(
     tunnel port stays unbound until the customer opens the tunnel - an ephemeral one was taken meanwhile
     by another lab's sshd on this machine (seen: `remote port forwarding failed` at `tunnel start`).
 
-    With `owner` (a lab's root), the ports are also noted as that lab's for every other lab on this
-    machine until `release_ports(owner)`: two labs (pytest-xdist workers) drew the same port, and while
+    Never a port another lab on this machine holds, and with `owner` (a lab's root) the ports are held
+    for it until `release_ports(owner)`: two labs (pytest-xdist workers) drew the same port, and while
     one lab's tunnel was closed the other's opened on it, so a run reached the other lab's node and
-    was refused for its host key instead of finding the tunnel closed (seen once in six full runs).
-    A note whose lab's root is gone (a lab killed, its directory removed) is taken back."""
+    was refused for its host key instead of finding the tunnel closed (seen once in six full runs)."""
     try:
         high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         high = 32768
-    taken = set(exclude)
-    pool = range(low, max(high, low + 4 * count))
-    candidates = random.sample(pool, k=min(4 * count + 64 + len(taken), len(pool)))
-    found: list[int] = []
-    with _reservations_locked() if owner is not None else contextlib.nullcontext() as notes:
-        for port in candidates:
-            if port in taken or (notes is not None and not _may_note(notes / str(port))):
-                continue
+    holder = str(owner.resolve()) if owner is not None else None
+    with _reservations_locked() as notes:
+        taken = set(exclude) | _held(notes)
+        free = [port for port in range(low, max(high, low + 4 * count)) if port not in taken]
+        found: list[int] = []
+        for port in random.sample(free, k=min(4 * count + 64, len(free))):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 try:
                     sock.bind((LOCALHOST, port))
@@ -85,30 +118,30 @@ def reserved_free_ports(
                     continue
             found.append(port)
             if len(found) == count:
-                if notes is not None:
+                if holder is not None:
                     for chosen in found:
-                        (notes / str(chosen)).write_text(str(owner))
+                        _write_note(notes / str(chosen), holder)
                 return found
     raise OSError(f"no {count} free ports between {low} and {high}")
 
 
-def _may_note(note: Path) -> bool:
-    """No lab holds the port, or the lab that noted it is gone."""
-    try:
-        holder = Path(note.read_text())
-    except FileNotFoundError:
-        return True
-    return not holder.is_dir()
+def _write_note(note: Path, holder: str) -> None:
+    """Whole or not at all: written aside, then renamed over any stale note."""
+    aside = note.with_name(f".{note.name}.{os.getpid()}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(holder)
+    os.replace(aside, note)
 
 
 def release_ports(owner: Path) -> None:
-    """Give back the tunnel ports `owner` (a lab's root) noted with reserved_free_ports."""
+    """Give back the tunnel ports `owner` (a lab's root) holds."""
+    holder = str(owner.resolve())
     with _reservations_locked() as notes:
         for note in notes.iterdir():
-            if note.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if note.read_text() == str(owner):
-                        note.unlink()
+            if note.name.isdigit() and _note_of(note) == holder:
+                with contextlib.suppress(FileNotFoundError):
+                    note.unlink()
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

@@ -343,7 +343,7 @@ def _root_options(args: list[str]) -> list[str]:
 def main() -> None:
     import signal
 
-    output["json"] = _wants_json(sys.argv[1:])
+    output.update(json=_wants_json(sys.argv[1:]), printed=False)  # per call: main may run again (tests)
     # Before Click parses: a command group is imported while Click resolves its name, before the root
     # callback has read --verbose, and its import error must show the traceback that option promises.
     verbosity["verbose"] = "--verbose" in _root_options(sys.argv[1:])

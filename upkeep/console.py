@@ -12,8 +12,10 @@ from typing import Any
 
 from rich.console import Console
 
-console = Console(highlight=False, emoji=False)  # ":100:" in FILE:LINE is not an emoji
-err_console = Console(stderr=True, highlight=False, emoji=False)
+# Made once per process from its environment (colour, width); ":100:" in FILE:LINE is not an emoji.
+CONSOLE_OPTIONS: dict[str, Any] = {"highlight": False, "emoji": False}
+console = Console(**CONSOLE_OPTIONS)
+err_console = Console(stderr=True, **CONSOLE_OPTIONS)
 
 # Set by upkeep.cli.main from the command line; `printed` once a JSON document went to stdout.
 output = {"json": False, "printed": False}

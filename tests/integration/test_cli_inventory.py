@@ -11,9 +11,6 @@ inventory back is covered by test_inventory_db.py on both databases.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import pytest
 import yaml
 
 from inventory.importer import InventoryError, load_inventory
+from tests.support.cli import database, no_traceback, upkeep
 
 SHA = "cd" * 32
 
@@ -92,40 +90,6 @@ releases:
     sha256: {SHA}
     from: [9.8.0]
 """
-
-
-def cli_env(home: Path) -> dict[str, str]:
-    """This process's environment with no UPKEEP_ variable but UPKEEP_HOME, and plain (uncoloured,
-    80-column, the default when piped) output whatever the terminal running the tests."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("UPKEEP_")}
-    for key in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES"):
-        env.pop(key, None)
-    env["UPKEEP_HOME"] = str(home)
-    env["PREFECT_HOME"] = str(home.parent / "prefect")  # keep the user's ~/.prefect out of it
-    return env
-
-
-def upkeep(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "upkeep", *args],
-        env={**cli_env(home), **extra_env},
-        cwd=home.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def database(home: Path) -> tuple[bytes, bytes]:
-    """The SQLite database byte for byte: its file, and the write-ahead log's frames not yet copied into
-    it (none when there is no log). The -shm index is not content: a process may leave one behind."""
-    wal = home / "upkeep.db-wal"
-    return (home / "upkeep.db").read_bytes(), wal.read_bytes() if wal.exists() else b""
-
-
-def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,93 @@
+"""`upkeep_here` (tests/support/cli.py) answers as `python -m upkeep` does in a child process: the same
+stdout, stderr and exit code, byte for byte, on every kind of answer the tests that use it read (tables
+at a width, JSON, refusals, usage errors, colour when forced, writes), and it leaves this process as it
+found it. The tests that run the CLI in this process to save a child's start-up rely on this."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_cli_inventory import GOOD
+from tests.support.cli import FlowInProcess, database, upkeep, upkeep_here
+
+READ_ONLY: list[tuple[tuple[str, ...], dict[str, str]]] = [
+    (("--version",), {}),
+    (("--help",), {}),
+    (("inventory", "show", "--json"), {}),
+    (("inventory", "show"), {}),
+    (("calendar", "--now", "2026-10-30T12:00:00Z", "--weeks", "2"), {}),
+    (("calendar", "--now", "2026-10-30T12:00:00Z", "--weeks", "2"), {"COLUMNS": "132"}),
+    (("runs",), {}),
+    (("runs", "--json"), {}),
+    (("show", "999"), {}),
+    (("show", "999", "--json"), {}),
+    (("show", "999"), {"FORCE_COLOR": "1"}),
+    (("pause", "update-x"), {}),
+    (("pause", "update-x", "--json"), {}),
+    (("no-such-command",), {}),
+    (("calendar", "--weeks", "0"), {}),
+    (("inventory", "import", "/nonexistent/fleet.yaml"), {}),
+    (("notices", "list", "--update", "x", "--json"), {}),
+    (("settings", "--json"), {"UPKEEP_FILESERVER_PASSWORD": "MARKER-xyz"}),
+    (("case", "list", "--json"), {}),
+]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("inproc")
+    (root / "fleet.yaml").write_text(GOOD)
+    home = root / "home"
+    assert upkeep(home, "inventory", "import", "fleet.yaml").returncode == 0
+    return home
+
+
+@pytest.mark.parametrize(("args", "extra"), READ_ONLY, ids=[" ".join(a) + str(e) for a, e in READ_ONLY])
+def test_the_same_answer_as_a_child_process(home: Path, args: tuple[str, ...], extra: dict[str, str]) -> None:
+    environ, cwd, before = dict(os.environ), os.getcwd(), database(home)
+    child = upkeep(home, *args, **extra)
+    here = upkeep_here(home, *args, **extra)
+    assert (here.returncode, here.stdout, here.stderr) == (child.returncode, child.stdout, child.stderr)
+    assert child.stdout + child.stderr  # each case answers something
+    assert dict(os.environ) == environ and os.getcwd() == cwd  # this process as it was
+    assert database(home) == before
+
+
+def test_a_write_answers_and_writes_the_same(tmp_path: Path) -> None:
+    homes = []
+    for name, run in (("child", upkeep), ("here", upkeep_here)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fleet.yaml").write_text(GOOD)
+        home = tmp_path / name / "home"
+        imported = run(home, "inventory", "import", "fleet.yaml")  # relative: the working directory
+        shown = run(home, "inventory", "show", "--json")
+        homes.append((imported.returncode, imported.stdout, imported.stderr, shown.stdout))
+    assert homes[0] == homes[1]
+    assert homes[0][0] == 0 and homes[0][3].startswith("{")
+
+
+def test_a_command_that_would_start_a_flow_is_refused_loudly(home: Path) -> None:
+    with pytest.raises(FlowInProcess):
+        upkeep_here(home, "update", "acme-c1", "--to", "9.9.0")
+
+
+def test_a_runtime_and_engine_this_process_holds_are_left_in_place(home: Path) -> None:
+    """A test with a lab Runtime of its own (lab_runtime) may call the CLI in-process between flows."""
+    from flows import runtime as flow_runtime
+    from upkeep import cli_common
+
+    def factory() -> None:
+        raise AssertionError("the call built this process's Runtime")
+
+    engine = object()
+    flow_runtime.configure(factory)  # type: ignore[arg-type]
+    cli_common._opened["engine"] = engine  # type: ignore[assignment]
+    try:
+        assert upkeep_here(home, "runs", "--json").returncode == 0
+        assert flow_runtime._holder.factory is factory and cli_common._opened["engine"] is engine
+    finally:
+        flow_runtime.configure(None)
+        cli_common._opened.clear()

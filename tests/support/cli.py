@@ -1,0 +1,193 @@
+"""The real `upkeep` entry point (`upkeep.cli.main`) run in this process, as `python -m upkeep` would
+run it in a child process with environment `env` and working directory `cwd`: the same stdout, stderr
+and exit code (tests/integration/test_cli_in_process.py compares the two on every kind of answer).
+
+Why: a child process pays for a new interpreter and its imports (0.5-1.0 CPU-s of the ~1.4 CPU-s an
+average call cost in `make test`, ~320 CPU-s over ~220 calls, measured with process accounting on
+2026-12-05); in this process a call costs what the command does (~0.05-0.3 s).
+
+What stays a child process, by the test's choice: signals and kill -9, exit codes under them, two
+commands at once, import-time faults, and every command that runs a Prefect flow (`update`, `resume`,
+`dispatch`, `release`, ...): in this process a flow would run against this process's Prefect settings,
+not `env`'s. A call that starts a flow here fails loudly (`FlowInProcess`) rather than run one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+_one_at_a_time = threading.Lock()
+
+
+# -- a home of its own: the CLI with nothing but UPKEEP_HOME ---------------------------------------------
+def home_env(home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment with no UPKEEP_ variable but UPKEEP_HOME, and plain (uncoloured,
+    80-column, the default when piped) output whatever the terminal running the tests."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("UPKEEP_")}
+    for key in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES"):
+        env.pop(key, None)
+    env["UPKEEP_HOME"] = str(home)
+    env["PREFECT_HOME"] = str(home.parent / "prefect")  # keep the user's ~/.prefect out of it
+    return {**env, **extra}
+
+
+def upkeep(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m upkeep ARGS...` in a child process, in `home`'s parent directory."""
+    return subprocess.run(
+        [sys.executable, "-m", "upkeep", *args],
+        env=home_env(home, **extra_env),
+        cwd=home.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def upkeep_here(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`upkeep` as above, in this process (see the module's docstring for when to choose which)."""
+    return upkeep_in_process(*args, env=home_env(home, **extra_env), cwd=home.parent)
+
+
+def database(home: Path) -> tuple[bytes, bytes]:
+    """The SQLite database byte for byte: its file, and the write-ahead log's frames not yet copied into
+    it (none when there is no log). The -shm index is not content: a process may leave one behind."""
+    wal = home / "upkeep.db-wal"
+    return (home / "upkeep.db").read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+# -- in this process ------------------------------------------------------------------------------------
+
+
+class FlowInProcess(BaseException):
+    """A command driven in this process got as far as starting a Prefect flow: run it in a child."""
+
+
+def upkeep_in_process(
+    *args: str, env: dict[str, str], cwd: Path | None = None, input: str | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`upkeep ARGS...` with exactly `env` as its environment (nothing of this process's own) and
+    `cwd` as its working directory; returns what `subprocess.run(..., capture_output=True,
+    text=True, check=check)` of `python -m upkeep ARGS...` returns. One call at a time per process."""
+    with _one_at_a_time, _as_a_new_process(env, cwd):
+        from upkeep.cli import main
+
+        runner = CliRunner()
+        with runner.isolation(input=input) as (out, err, _both):
+            # As `python -m upkeep` starts: Click names the program in usage lines from these two.
+            import upkeep
+
+            argv, sys.argv = sys.argv, [str(Path(upkeep.__file__).with_name("__main__.py")), *args]
+            main_module = sys.modules["__main__"]
+            package = main_module.__dict__.get("__package__")
+            main_module.__package__ = "upkeep"
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            finally:
+                sys.argv = argv
+                main_module.__package__ = package
+            stdout = out.getvalue().decode(errors="replace")
+            stderr = err.getvalue().decode(errors="replace")
+    done = subprocess.CompletedProcess(["upkeep", *args], code, stdout, stderr)
+    if check:
+        done.check_returncode()
+    return done
+
+
+@contextlib.contextmanager
+def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
+    """The process-wide state a new `upkeep` process would start from: the environment, the working
+    directory, the consoles (colour, width: 80 columns or $COLUMNS, as when piped), the CLI's engine
+    and the flows' Runtime (`main` sets its per-call flags itself); this process's own are put back after."""
+    import typer.main
+
+    from flows import runtime as flow_runtime
+    from upkeep import cli, cli_common, console
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    typer_app = cli.app
+    # A test may hold an engine or a Runtime of its own in these (a lab_runtime fixture, cli_home).
+    saved_engines, holder = dict(cli_common._opened), flow_runtime._holder
+    saved_runtime = holder.factory, holder.runtime
+    cli_common._opened.clear()
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        _fresh_consoles(console, env)
+        flow_runtime.configure(None)
+        if isinstance(typer_app, typer.Typer):
+            # Typer builds the Click command tree from the type hints on every call (most of an
+            # in-process call's time): build it once per process. `main` and its error mapping still run.
+            cli.app = _command(typer_app)
+        with _no_flows():
+            yield
+    finally:
+        cli_common.close_engine()  # `main` did, unless it never ran
+        cli_common._opened.update(saved_engines)
+        with holder.lock:
+            holder.factory, holder.runtime = saved_runtime
+        cli.app = typer_app
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        _fresh_consoles(console, saved_env)
+
+
+_commands: dict[int, Any] = {}
+
+
+def _command(typer_app: Any) -> Any:
+    import typer.main
+
+    if id(typer_app) not in _commands:
+        command = typer.main.get_command(typer_app)
+        _commands[id(typer_app)] = lambda *args, **kwargs: command(*args, **kwargs)
+    return _commands[id(typer_app)]
+
+
+def _fresh_consoles(console: Any, env: dict[str, str]) -> None:
+    """Re-make the two Rich consoles in place (modules hold them by reference) as a new process makes
+    them from `env`; their size as Rich finds it when no standard stream is a terminal."""
+    console.console.__init__(**console.CONSOLE_OPTIONS)
+    console.err_console.__init__(stderr=True, **console.CONSOLE_OPTIONS)
+    for each in (console.console, console.err_console):
+        columns, lines = env.get("COLUMNS", ""), env.get("LINES", "")
+        each.size = (int(columns) if columns.isdigit() else 80, int(lines) if lines.isdigit() else 25)
+
+
+@contextlib.contextmanager
+def _no_flows() -> Iterator[None]:
+    """Every flow call goes through `prefect.flow_engine.run_flow` (imported by `Flow.__call__` at
+    each call), and every CLI command that starts one first asks `upkeep.updates.prefect_answers`."""
+    import prefect.flow_engine
+
+    import upkeep.updates
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise FlowInProcess("a command run in-process started a Prefect flow: run it in a child process")
+
+    saved = prefect.flow_engine.run_flow, upkeep.updates.prefect_answers
+    prefect.flow_engine.run_flow = refuse
+    upkeep.updates.prefect_answers = refuse
+    try:
+        yield
+    finally:
+        prefect.flow_engine.run_flow, upkeep.updates.prefect_answers = saved

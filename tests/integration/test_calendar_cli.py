@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.integration.test_cli_inventory import database, no_traceback, upkeep
+from tests.support.cli import database, no_traceback, upkeep_here
 
 SHA = "ef" * 32
 INVENTORY = f"""\
@@ -54,7 +54,7 @@ def imported(root: Path) -> Path:
     source = root / "fleet.yaml"
     source.write_text(INVENTORY)
     home = root / "home"
-    result = upkeep(home, "inventory", "import", str(source))
+    result = upkeep_here(home, "inventory", "import", str(source))
     assert result.returncode == 0, result.stderr
     return home
 
@@ -68,7 +68,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def refused(home: Path, *args: str) -> str:
     """Run a command that must be refused; returns its one error line. Nothing may be written."""
     before = database(home)
-    result = upkeep(home, *args)
+    result = upkeep_here(home, *args)
     assert result.returncode == 1, (result.stdout, result.stderr)
     no_traceback(result)
     assert result.stdout == ""
@@ -78,7 +78,7 @@ def refused(home: Path, *args: str) -> str:
 
 
 def test_calendar_flags_the_dst_change_per_customer(home: Path) -> None:
-    result = upkeep(home, "calendar", "--weeks", "8", "--json", "--now", "2026-10-15T12:00:00Z")
+    result = upkeep_here(home, "calendar", "--weeks", "8", "--json", "--now", "2026-10-15T12:00:00Z")
     assert result.returncode == 0, result.stderr
     rows: list[dict[str, Any]] = json.loads(result.stdout)
     dst = [(r["customer"], r["at"], r["local"], r["detail"]) for r in rows if r["what"] == "dst"]
@@ -97,14 +97,16 @@ def test_calendar_flags_the_dst_change_per_customer(home: Path) -> None:
     assert windows["2026-11-01"] == ("2026-11-01 07:00 UTC", "Sun 2026-11-01 02:00 EST")
     assert min(r["at"] for r in rows) >= "2026-10-15T12" and max(r["at"] for r in rows) < "2026-12-10T12"
 
-    only = upkeep(
+    only = upkeep_here(
         home, "calendar", "--customer", "acme", "--weeks", "8", "--json", "--now", "2026-10-15T12:00Z"
     )
     assert {r["customer"] for r in json.loads(only.stdout)} == {"acme"}
 
 
 def test_calendar_table_shows_the_dst_change(home: Path) -> None:
-    result = upkeep(home, "calendar", "--customer", "acme", "--weeks", "8", "--now", "2026-10-15T12:00:00Z")
+    result = upkeep_here(
+        home, "calendar", "--customer", "acme", "--weeks", "8", "--now", "2026-10-15T12:00:00Z"
+    )
     assert result.returncode == 0, result.stderr
     no_traceback(result)
     assert f"acme: Sun 2026-11-01 01:00 EST: {NY_DST}" in result.stdout.splitlines()
@@ -156,7 +158,7 @@ def test_bad_inventory_is_refused_at_its_line(home: Path, edit: tuple[str, str],
 
 def test_schedule_defer_cancel_and_send(tmp_path: Path) -> None:
     home = imported(tmp_path)
-    result = upkeep(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
+    result = upkeep_here(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
     assert result.returncode == 0, result.stderr
     update = json.loads(result.stdout)
     start = datetime.fromisoformat(update["slot_start"])
@@ -169,7 +171,7 @@ def test_schedule_defer_cancel_and_send(tmp_path: Path) -> None:
     assert start.astimezone(NEW_YORK).strftime("%H:%M") == "02:00"  # a window start, local time
     assert start - datetime.now(UTC) >= timedelta(hours=72)  # the default notice
 
-    result = upkeep(home, "notices", "send")  # the customer is told
+    result = upkeep_here(home, "notices", "send")  # the customer is told
     assert result.stdout.startswith("notices: 1 sent"), result.stdout
 
     far = (start + timedelta(days=30)).date().isoformat()
@@ -177,7 +179,7 @@ def test_schedule_defer_cancel_and_send(tmp_path: Path) -> None:
     assert "is not an ISO date or date-time" in refused(home, "defer", "update-1", "--to", "2026-13-01")
 
     later = (start + timedelta(days=2)).date().isoformat()  # a bare date: the first window that day (local)
-    result = upkeep(home, "defer", "update-1", "--to", later, "--json")
+    result = upkeep_here(home, "defer", "update-1", "--to", later, "--json")
     assert result.returncode == 0, result.stderr
     deferred = json.loads(result.stdout)
     moved = datetime.fromisoformat(deferred["slot_start"]).astimezone(NEW_YORK)
@@ -188,16 +190,16 @@ def test_schedule_defer_cancel_and_send(tmp_path: Path) -> None:
     )
     assert (deferred["notice"]["kind"], deferred["notice"]["sequence"]) == ("deferred", 2)
 
-    result = upkeep(home, "cancel-update", "update-1", "--reason", "customer asked")
+    result = upkeep_here(home, "cancel-update", "update-1", "--reason", "customer asked")
     assert result.returncode == 0, result.stderr
     assert "notice  cancelled #3 queued" in result.stdout
 
-    result = upkeep(home, "notices", "send")  # the deferral was never delivered: the cancel says it all
+    result = upkeep_here(home, "notices", "send")  # the deferral was never delivered: the cancel says it all
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("notices: 1 sent, 0 retrying later, 0 refused, 1 superseded")
     sent = sorted(path.name.split(".")[1] for path in (home / "outbox").glob("*.eml"))
     assert sent == ["cancelled", "scheduled"]
-    result = upkeep(home, "notices", "list", "--update", "update-1", "--json")
+    result = upkeep_here(home, "notices", "list", "--update", "update-1", "--json")
     assert result.returncode == 0, result.stderr
     states = [(n["kind"], n["sequence"], n["state"]) for n in json.loads(result.stdout)]
     assert states == [("cancelled", 3, "sent"), ("deferred", 2, "superseded"), ("scheduled", 1, "sent")]
@@ -205,7 +207,7 @@ def test_schedule_defer_cancel_and_send(tmp_path: Path) -> None:
 
 def test_an_urgent_update_cannot_be_deferred_from_the_cli(tmp_path: Path) -> None:
     home = imported(tmp_path)
-    result = upkeep(home, "schedule", "acme-c1", "--to", "9.9.0", "--urgent", "--json")
+    result = upkeep_here(home, "schedule", "acme-c1", "--to", "9.9.0", "--urgent", "--json")
     assert result.returncode == 0, result.stderr
     update = json.loads(result.stdout)
     assert (update["id"], update["urgent"], update["deferrals"]) == (1, True, {"used": 0, "left": 0})
@@ -217,7 +219,7 @@ def test_an_urgent_update_cannot_be_deferred_from_the_cli(tmp_path: Path) -> Non
 
 def test_import_names_each_update_it_moves_and_dry_run_writes_nothing(tmp_path: Path) -> None:
     home = imported(tmp_path)
-    result = upkeep(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
+    result = upkeep_here(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
     assert result.returncode == 0, result.stderr
     old = datetime.fromisoformat(json.loads(result.stdout)["slot"]["start"])
     day = old.astimezone(NEW_YORK).date().isoformat()
@@ -232,7 +234,7 @@ def test_import_names_each_update_it_moves_and_dry_run_writes_nothing(tmp_path: 
     )
 
     before = database(home)
-    result = upkeep(home, "inventory", "import", "--dry-run", str(frozen))
+    result = upkeep_here(home, "inventory", "import", "--dry-run", str(frozen))
     assert result.returncode == 0, result.stderr
     assert database(home) == before  # nothing written: no blackout, no move, no notice
     [line] = [x for x in result.stdout.splitlines() if x.startswith("update 1 ")]
@@ -241,10 +243,10 @@ def test_import_names_each_update_it_moves_and_dry_run_writes_nothing(tmp_path: 
     )
     assert line.endswith("America/New_York, customer would be notified")
 
-    result = upkeep(home, "inventory", "import", str(frozen))
+    result = upkeep_here(home, "inventory", "import", str(frozen))
     assert result.returncode == 0, result.stderr
     [moved] = [x for x in result.stdout.splitlines() if x.startswith("update 1 ")]
-    shown = json.loads(upkeep(home, "show", "1", "--json").stdout)
+    shown = json.loads(upkeep_here(home, "show", "1", "--json").stdout)
     new = datetime.fromisoformat(shown["slot"]["start"])
     local = new.astimezone(NEW_YORK).strftime("%a %d %b %H:%M")
     assert moved == (
@@ -255,26 +257,30 @@ def test_import_names_each_update_it_moves_and_dry_run_writes_nothing(tmp_path: 
     assert [(n["kind"], n["sequence"]) for n in shown["notices"]] == [("scheduled", 1), ("rescheduled", 2)]
     assert shown["held_reason"] is None and shown["window_timezone"] == "America/New_York"
 
-    result = upkeep(home, "inventory", "import", str(frozen))  # the same file again: nothing to move
+    result = upkeep_here(home, "inventory", "import", str(frozen))  # the same file again: nothing to move
     assert result.returncode == 0 and "update 1" not in result.stdout
 
 
 def test_a_p1_case_holds_the_planned_update_and_closing_it_reslots_it(tmp_path: Path) -> None:
     home = imported(tmp_path)
-    assert upkeep(home, "schedule", "acme-c1", "--to", "9.9.0").returncode == 0
-    opened = upkeep(home, "case", "open", "--cluster", "acme-c1", "--priority", "P1", "--subject", "outage")
+    assert upkeep_here(home, "schedule", "acme-c1", "--to", "9.9.0").returncode == 0
+    opened = upkeep_here(
+        home, "case", "open", "--cluster", "acme-c1", "--priority", "P1", "--subject", "outage"
+    )
     assert opened.returncode == 0, opened.stderr
     [held] = [x for x in opened.stdout.splitlines() if x.startswith("update 1 ")]
     assert held.startswith("update 1 acme/acme-c1: case CASE-1 (P1) is open on the cluster; no valid slot: ")
     assert held.endswith("-> held, no valid slot; SRE alerted")
-    shown = json.loads(upkeep(home, "show", "1", "--json").stdout)
+    shown = json.loads(upkeep_here(home, "show", "1", "--json").stdout)
     assert "CASE-1 (P1)" in shown["held_reason"]
-    calendar = json.loads(upkeep(home, "calendar", "--customer", "acme", "--weeks", "2", "--json").stdout)
+    calendar = json.loads(
+        upkeep_here(home, "calendar", "--customer", "acme", "--weeks", "2", "--json").stdout
+    )
     assert any(row["what"] == "update" and "HELD" in row["detail"] for row in calendar)
 
-    closed = upkeep(home, "case", "close", "CASE-1", "--reason", "fixed")
+    closed = upkeep_here(home, "case", "close", "CASE-1", "--reason", "fixed")
     assert closed.returncode == 0, closed.stderr
     [moved] = [x for x in closed.stdout.splitlines() if x.startswith("update 1 ")]
     assert " -> moved to " in moved and moved.endswith("America/New_York, customer notified")
-    shown = json.loads(upkeep(home, "show", "1", "--json").stdout)
+    shown = json.loads(upkeep_here(home, "show", "1", "--json").stdout)
     assert shown["held_reason"] is None and shown["notices"][-1]["kind"] == "rescheduled"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_cli_inventory import database
+from tests.support.cli import database, upkeep_in_process
 
 
 def _env(home: Path, lab: Any | None = None) -> dict[str, str]:
@@ -50,6 +50,12 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         timeout=180,
         check=False,
     )
+
+
+def _here(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`_run`'s answer, in this process (tests/support/cli.py): for what only reads the answer and the
+    database. Signals, import faults and Prefect's own settings stay with `_run` and `_python_c`."""
+    return upkeep_in_process(*args, env=env, cwd=Path(env["UPKEEP_HOME"]).parent)
 
 
 def _python_c(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -222,7 +228,7 @@ def test_an_error_with_json_is_one_json_document(
     if argv[0] == "lab":
         argv += ["--root", str(lab.root)]
     before = database(Path(lab_env["UPKEEP_HOME"]))
-    result = _run(lab_env, *argv, "--json")
+    result = _here(lab_env, *argv, "--json")
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     assert "error" not in result.stderr.lower(), result.stderr  # the error is on stdout, once
     assert json.loads(result.stdout) == {"error": json.loads(result.stdout)["error"], "exit": code}
@@ -232,7 +238,7 @@ def test_an_error_with_json_is_one_json_document(
 
 
 def test_an_error_without_json_is_one_line_on_stderr(lab_env: dict[str, str]) -> None:
-    result = _run(lab_env, "pause", "update-999")
+    result = _here(lab_env, "pause", "update-999")
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == "error: no update 999 (see `upkeep runs`)\n"
 
@@ -250,7 +256,7 @@ def test_check_runs_the_real_preflight_and_touches_nothing(
     before = database(home)
     versions = {node["hostname"]: node["version"] for node in nodes_of(lab, fresh_cluster)}
 
-    result = _run(lab_env, "update", fresh_cluster, "--to", "9.10.0", "--check", "--json")
+    result = _here(lab_env, "update", fresh_cluster, "--to", "9.10.0", "--check", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["check"] is True
@@ -259,12 +265,12 @@ def test_check_runs_the_real_preflight_and_touches_nothing(
     assert "9.8.0" in report["checks"][2]["detail"]
 
     broken = nodes[1]
-    fault = _run(lab_env, "lab", "fault", broken, "disk-full", "--json", "--root", str(lab.root))
+    fault = _here(lab_env, "lab", "fault", broken, "disk-full", "--json", "--root", str(lab.root))
     assert json.loads(fault.stdout) == {"node": broken, "fault": "disk-full"}
     try:
-        failed = _run(lab_env, "update", fresh_cluster, "--to", "9.10.0", "--check")
+        failed = _here(lab_env, "update", fresh_cluster, "--to", "9.10.0", "--check")
     finally:
-        _run(lab_env, "lab", "fault", broken, "clear", "--root", str(lab.root))
+        _here(lab_env, "lab", "fault", broken, "clear", "--root", str(lab.root))
     assert failed.returncode == 1, failed.stdout + failed.stderr
     lines = failed.stdout.splitlines()
     assert any(line.split()[:2] == ["FAIL", f"{broken}:"] and "bytes free" in line for line in lines), lines
@@ -272,31 +278,31 @@ def test_check_runs_the_real_preflight_and_touches_nothing(
 
     assert database(home) == before  # no run, no step, no audit, no notice
     assert {n["hostname"]: n["version"] for n in nodes_of(lab, fresh_cluster)} == versions
-    assert json.loads(_run(lab_env, "runs", "--json").stdout) == []
+    assert json.loads(_here(lab_env, "runs", "--json").stdout) == []
 
 
 # --- cancel covers a scheduled update -----------------------------------------------------------------
 
 
 def test_cancel_withdraws_a_scheduled_update(lab_env: dict[str, str], fresh_cluster: str) -> None:
-    scheduled = _run(lab_env, "schedule", fresh_cluster, "--to", "9.10.0", "--json")
+    scheduled = _here(lab_env, "schedule", fresh_cluster, "--to", "9.10.0", "--json")
     assert scheduled.returncode == 0, scheduled.stdout + scheduled.stderr
     update = json.loads(scheduled.stdout)["update"]
     assert update.startswith("update-")
 
-    no_reason = _run(lab_env, "cancel", update, "--json")
+    no_reason = _here(lab_env, "cancel", update, "--json")
     assert no_reason.returncode == 1
     assert "--reason" in json.loads(no_reason.stdout)["error"]
 
-    cancelled = _run(lab_env, "cancel", update, "--reason", "customer asked", "--json")
+    cancelled = _here(lab_env, "cancel", update, "--reason", "customer asked", "--json")
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     data = json.loads(cancelled.stdout)
     assert (data["update"], data["state"]) == (update, "cancelled")
-    notices = json.loads(_run(lab_env, "notices", "list", "--update", update, "--json").stdout)
+    notices = json.loads(_here(lab_env, "notices", "list", "--update", update, "--json").stdout)
     # Never delivered: the waiting "scheduled" notice is withdrawn and the customer hears nothing.
     assert [n["state"] for n in notices] == ["superseded"]
 
-    again = _run(lab_env, "cancel", update.removeprefix("update-"), "--reason", "x", "--json")
+    again = _here(lab_env, "cancel", update.removeprefix("update-"), "--reason", "x", "--json")
     assert again.returncode == 1
     assert "cancelled" in json.loads(again.stdout)["error"]
 
@@ -306,7 +312,7 @@ def test_diagnostics_with_the_prefect_api_away_is_one_line_and_connects_to_nothi
 ) -> None:
     """It was "unexpected RuntimeError ... (this is a bug in Upkeep ...)" when the temporary server was
     slow to start; now the same one line as `update`, before any node is connected to."""
-    opened = _run(lab_env, "case", "open", "--subject", "logs please", "--cluster", fresh_cluster, "--json")
+    opened = _here(lab_env, "case", "open", "--subject", "logs please", "--cluster", fresh_cluster, "--json")
     assert opened.returncode == 0, opened.stdout + opened.stderr
     case = json.loads(opened.stdout)["id"]
     away = {**lab_env, "PREFECT_API_URL": "http://127.0.0.1:1/api"}  # nothing listens on port 1
@@ -314,7 +320,7 @@ def test_diagnostics_with_the_prefect_api_away_is_one_line_and_connects_to_nothi
     assert result.returncode == 1, result.stdout + result.stderr
     error = json.loads(result.stdout)["error"]
     assert "the Prefect API (http://127.0.0.1:1/api) does not answer" in error and "bug" not in error
-    shown = json.loads(_run(lab_env, "case", "show", case, "--json").stdout)
+    shown = json.loads(_here(lab_env, "case", "show", case, "--json").stdout)
     assert shown["bundles"] == []
 
 

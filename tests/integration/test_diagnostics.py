@@ -28,6 +28,7 @@ from inventory.db import session_scope
 from inventory.models import Cluster, Customer, Node, UpgradeRun
 from inventory.types import utcnow
 from tests.integration.conftest import nodes_of, upkeep_cli
+from tests.support.cli import upkeep_in_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 STAMP = "%Y-%m-%dT%H:%M:%S.%f+00:00"  # the agent's log format (upkeep/lab/agent.py)
@@ -251,7 +252,7 @@ def test_a_down_node_gives_a_partial_bundle_and_exit_3(
     assert manifest["partial"] and manifest["collected"] == [first, third]
     assert manifest["missing"] == {down: out["missing"][down]}
     assert not any(name.startswith(f"{down}/") for name in files)
-    shown = json.loads(upkeep_cli(env, "case", "show", ref, "--json").stdout)
+    shown = json.loads(upkeep_in_process("case", "show", ref, "--json", env=env).stdout)
     assert [(b["url"], b["partial"], b["missing_nodes"]) for b in shown["bundles"]] == [
         (out["url"], True, out["missing"])
     ]
@@ -282,7 +283,7 @@ def test_diagnostics_that_reach_no_node_fail_and_upload_nothing(
         assert f"{ref} {host} collect started" in result.stdout, result.stdout
         assert f"{ref} {host} collect failed after " in result.stdout, result.stdout
     assert _support_listing(lab) == before
-    assert json.loads(upkeep_cli(env, "case", "show", ref, "--json").stdout)["bundles"] == []
+    assert json.loads(upkeep_in_process("case", "show", ref, "--json", env=env).stdout)["bundles"] == []
 
 
 def _collect_lines(lab: Any, host: str) -> int:

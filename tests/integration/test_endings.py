@@ -22,6 +22,7 @@ from inventory.outbox import Notice
 from inventory.types import utcnow
 from tests.integration.conftest import cli_engine, nodes_of, upkeep_cli
 from tests.integration.test_update_control import _flow_run_paused, _run, _start, _step_started, _wait_for
+from tests.support.cli import upkeep_in_process
 from upkeep.updates import request_stop
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
@@ -40,7 +41,7 @@ def _alerts(engine: Any, run_id: int, kind: str) -> list[Alert]:
 
 
 def _show(env: dict[str, str], run_id: int) -> dict[str, Any]:
-    return json.loads(upkeep_cli(env, "show", str(run_id), "--json").stdout)  # type: ignore[no-any-return]
+    return json.loads(upkeep_in_process("show", str(run_id), "--json", env=env).stdout)  # type: ignore[no-any-return]
 
 
 def test_refused_approval_is_told_to_the_customer_with_its_reason_and_alerts_the_sre(
@@ -61,7 +62,7 @@ def test_refused_approval_is_told_to_the_customer_with_its_reason_and_alerts_the
     shown = _show(env, run_id)
     assert (shown["state"], shown["phase"]) == ("running", "awaiting_approval")
     assert {node["result"] for node in shown["nodes"]} == {"pending"}  # nothing touched, not "in progress"
-    no_reason = upkeep_cli(env, "approve", str(run_id), "--refuse", check=False)
+    no_reason = upkeep_in_process("approve", str(run_id), "--refuse", env=env)
     assert no_reason.returncode == 1 and "needs --reason" in no_reason.stderr
     assert _show(env, run_id)["phase"] == "awaiting_approval"  # nothing was answered
 
@@ -100,7 +101,7 @@ def test_cancel_mid_way_tells_the_customer_which_node_runs_which_version(
     # What `upkeep cancel RUN --reason` does, in this process: a new process would start too late.
     request_stop(run.id, "cancel", engine=engine, actor="sre", reason="customer asked to stop")
     assert proc.wait(timeout=120) == 0, proc.communicate()
-    no_reason = upkeep_cli(env, "cancel", str(run.id), check=False)
+    no_reason = upkeep_in_process("cancel", str(run.id), env=env)
     assert no_reason.returncode == 1 and "needs --reason" in no_reason.stderr
 
     final = _run(engine, cluster)

@@ -192,15 +192,15 @@ def test_oncall_show_and_ack_on_the_command_line(tmp_path: Path):
     import json
     import os
     import subprocess
-    import sys
+
+    from tests.support.cli import upkeep_in_process
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
     env["UPKEEP_HOME"] = str(tmp_path / "home")
     (tmp_path / "fleet.yaml").write_text(INVENTORY)
 
     def upkeep(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "upkeep", *args]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        return upkeep_in_process(*args, env=env)  # the CLI's answers only (tests/support/cli.py)
 
     assert upkeep("inventory", "import", str(tmp_path / "fleet.yaml")).returncode == 0
     shown = upkeep("oncall", "show", "--at", "2026-12-07T09:00:00+01:00", "--json")

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_calendar_cli import NEW_YORK, imported, refused
-from tests.integration.test_cli_inventory import no_traceback, upkeep
+from tests.support.cli import no_traceback, upkeep_here
 
 
 @pytest.fixture(scope="module")
 def scheduled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, datetime]:
     """A home with update-1 scheduled; tests only ever refuse, so it stays as it is."""
     home = imported(tmp_path_factory.mktemp("reschedule"))
-    result = upkeep(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
+    result = upkeep_here(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
     assert result.returncode == 0, result.stderr
     return home, datetime.fromisoformat(json.loads(result.stdout)["slot_start"])
 
@@ -51,11 +51,11 @@ def test_reschedule_refusals_are_one_line_and_write_nothing(scheduled: tuple[Pat
 
 def test_reschedule_later_prints_the_new_slot(tmp_path: Path) -> None:
     home = imported(tmp_path)
-    first = upkeep(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
+    first = upkeep_here(home, "schedule", "acme-c1", "--to", "9.9.0", "--json")
     assert first.returncode == 0, first.stderr
     slot = datetime.fromisoformat(json.loads(first.stdout)["slot_start"])
     later = slot + timedelta(days=1)
-    result = upkeep(
+    result = upkeep_here(
         home, "reschedule", "update-1", "--to", local(later), "--reason", "vendor hotfix", "--json"
     )
     no_traceback(result)

@@ -322,7 +322,6 @@ def test_tunnel_status_says_since_when_from_the_tunnel_server_and_exits_3_when_a
     open. A reopened tunnel reads its new start. Exit 0 while a closed tunnel is nobody's problem; 3 once
     an update of its cluster starts within the hour."""
     import os
-    import sys
     from datetime import UTC, datetime, timedelta
 
     from sqlmodel import select
@@ -330,6 +329,7 @@ def test_tunnel_status_says_since_when_from_the_tunnel_server_and_exits_3_when_a
     from inventory.db import session_scope
     from inventory.models import Cluster, RunState
     from inventory.runs import create_run
+    from tests.support.cli import upkeep_in_process
     from tests.support.fixtures import cli_engine
 
     first, second, third = _hosts(tunnel_lab, fresh_tunnel_cluster)
@@ -343,9 +343,8 @@ def test_tunnel_status_says_since_when_from_the_tunnel_server_and_exits_3_when_a
     env["UPKEEP_HOME"] = str(tmp_path / "home")
 
     def upkeep(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "upkeep", *args], env=env, capture_output=True, text=True, timeout=120
-        )
+        # In this process (tests/support/cli.py): only answers are read here, eight of them.
+        return upkeep_in_process(*args, env=env)
 
     def status() -> tuple[int, dict[str, Any], list[str]]:
         shown = upkeep("tunnel", "status", "--customer", customer, "--json")

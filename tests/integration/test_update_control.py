@@ -17,6 +17,7 @@ from sqlmodel import col, select
 from inventory.db import session_scope
 from inventory.models import Cluster, Node, NodeStep, RunState, UpgradeRun
 from tests.integration.conftest import cli_engine, upkeep_cli
+from tests.support.cli import upkeep_in_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 TARGET = "9.10.0"
@@ -94,7 +95,7 @@ def test_pause_finishes_the_node_in_progress_and_resume_completes(
     try:
         run = _wait_for(lambda: _run(engine, fresh_slow_cluster), "the run to be claimed")
         _wait_for(lambda: _step_started(engine, run.id, 1, "upgrade"), "node 1's upgrade to start")
-        paused = upkeep_cli(slow_cli_env, "pause", str(run.id))
+        paused = upkeep_in_process("pause", str(run.id), env=slow_cli_env, check=True)
         assert "pause requested" in paused.stdout
     finally:
         for node in nodes:

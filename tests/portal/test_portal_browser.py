@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
+from tests.support.cli import upkeep_in_process
 from tests.support.portal import portal_served, wait_for
 
 pytestmark = [pytest.mark.smtp, pytest.mark.browser, pytest.mark.lab]
@@ -114,7 +114,9 @@ def test_sign_in_from_the_email_defer_and_open_a_case(
     served: tuple[str, dict[str, str]], smtp: SmtpServer, browser: Any
 ) -> None:
     url, env = served
-    scheduled = json.loads(upkeep_cli(env, "schedule", "acme-c1", "--to", "9.9.0", "--json").stdout)
+    scheduled = json.loads(
+        upkeep_in_process("schedule", "acme-c1", "--to", "9.9.0", "--json", env=env, check=True).stdout
+    )
     run_id = scheduled["id"]
     page = browser.new_page()
     page.set_default_timeout(30_000)
@@ -151,13 +153,13 @@ def test_sign_in_from_the_email_defer_and_open_a_case(
     assert page.inner_text("#start") == label != before
     assert "1 used, 1 left" in page.inner_text("main")
 
-    shown = json.loads(upkeep_cli(env, "show", str(run_id), "--json").stdout)
+    shown = json.loads(upkeep_in_process("show", str(run_id), "--json", env=env, check=True).stdout)
     assert shown["deferrals"]["used"] == 1
     assert shown["slot"]["start"] == new_start
     assert [n["kind"] for n in shown["notices"]] == ["scheduled", "deferred"]
 
     # Every designated user (and the contact) gets the deferral notice through the usual outbox.
-    upkeep_cli(env, "notices", "send")
+    upkeep_in_process("notices", "send", env=env, check=True)
     deferred = [m for m in smtp.handler.messages if str(m["Subject"]).startswith("Upgrade deferred")]
     assert len(deferred) == 1
     assert {a.strip() for a in str(deferred[0]["To"]).split(",")} == {
@@ -176,7 +178,7 @@ def test_sign_in_from_the_email_defer_and_open_a_case(
     assert page.inner_text("#start") == label
     page.click("button:has-text('Confirm this time')")
     page.wait_for_selector("text=your confirmation was recorded")
-    upkeep_cli(env, "notices", "send")
+    upkeep_in_process("notices", "send", env=env, check=True)
     [confirmed] = [m for m in smtp.handler.messages if str(m["Subject"]).startswith("Upgrade confirmed")]
     [invite] = [part for part in confirmed.walk() if part.get_content_type() == "text/calendar"]
     assert "SEQUENCE:3" in invite.get_content()  # scheduled 1, deferred 2, confirmed 3
@@ -188,7 +190,7 @@ def test_sign_in_from_the_email_defer_and_open_a_case(
     page.fill("#description", "Since Tuesday, the nightly report takes 3 h instead of 1 h.")
     page.click("button:has-text('Open the case')")
     page.wait_for_selector("text=The case was opened")
-    cases = json.loads(upkeep_cli(env, "case", "list", "--json").stdout)
+    cases = json.loads(upkeep_in_process("case", "list", "--json", env=env, check=True).stdout)
     [case] = [c for c in cases if c["subject"] == "Reports are slow since the upgrade"]
     assert case["priority"] == "P1" and case["opened_by"] == "ann@acme.example"
     assert case["id"] in page.inner_text("main") and case["clusters"] == ["acme-c1"]

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from inventory.importer import InventoryError, load_inventory
-from tests.integration.conftest import upkeep_cli
 from tests.portal.conftest import INVENTORY
+from tests.support.cli import upkeep_in_process
 from upkeep.settings import Settings
 
 
@@ -56,20 +56,20 @@ def test_the_cli_refuses_with_one_line_writes_nothing_and_the_list_is_a_setting(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
     env |= {"UPKEEP_HOME": str(tmp_path / "home"), "DO_NOT_TRACK": "1"}
     path = inventory_with(tmp_path, "ann@acme.example", "helpdesk@acme.example")
-    refused = upkeep_cli(env, "inventory", "import", str(path), check=False)
+    refused = upkeep_in_process("inventory", "import", str(path), env=env)
     assert refused.returncode == 1, refused
     assert (
         f"{path}:{line_of(path, 'helpdesk@')}: portal user 'helpdesk@acme.example' is a role"
         in refused.stderr
     )
     assert "Traceback" not in refused.stderr + refused.stdout
-    shown = upkeep_cli(env, "inventory", "show", "--json")
+    shown = upkeep_in_process("inventory", "show", "--json", env=env, check=True)
     assert '"acme"' not in shown.stdout  # nothing written
 
     env["UPKEEP_PORTAL_ROLE_ADDRESSES"] = "ops, it"  # the vendor's own list: helpdesk@ is a person here
-    upkeep_cli(env, "inventory", "import", str(path))
-    refused = upkeep_cli(
-        env, "inventory", "import", str(inventory_with(tmp_path, "it@acme.example")), check=False
+    upkeep_in_process("inventory", "import", str(path), env=env, check=True)
+    refused = upkeep_in_process(
+        "inventory", "import", str(inventory_with(tmp_path, "it@acme.example")), env=env
     )
     assert refused.returncode == 1 and "portal user 'it@acme.example' is a role" in refused.stderr
 

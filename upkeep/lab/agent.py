@@ -8,21 +8,19 @@ Output lines and exit codes are a contract the upgrade tasks parse; change them 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+# Every SSH command a lab node answers starts this file in a new interpreter: ~3,400 times in a
+# `make test` run (process accounting, 2026-12-05). hashlib, shutil, subprocess, tarfile, tempfile,
+# signal and contextlib are imported by the commands that use them: a start took 34 ms of CPU with
+# them imported here and 22.5 ms without (mean of 60 runs each, same machine, quiet).
 
 USAGE = (
     "usage: upkeep-agent version | health | disk | stage PACKAGE SHA256 | upgrade VERSION"
@@ -69,7 +67,10 @@ class Node:
         return (self.root / "version").read_text().strip()
 
     def disk_free(self) -> int:
-        return 0 if self.fault == "disk-full" else shutil.disk_usage(self.root).free
+        if self.fault == "disk-full":
+            return 0
+        stat = os.statvfs(self.root)  # shutil.disk_usage's "free", without importing shutil
+        return stat.f_bavail * stat.f_frsize
 
     def log(self, line: str) -> None:
         logs = self.root / "logs"
@@ -107,6 +108,10 @@ def _hold(node: Node, what: str, fault: str) -> None:
 
 
 def cmd_stage(node: Node, package: str, expected: str) -> tuple[int, str]:
+    import hashlib
+    import shutil
+    import tarfile
+
     if node.fault == "hold-stage":
         _hold(node, f"stage {package}", "hold-stage")
     if node.fault == "disk-full":
@@ -187,6 +192,10 @@ def _line_stamp(line: bytes) -> bytes | None:
 
 
 def cmd_collect(node: Node, args: list[str]) -> tuple[int, str]:
+    import contextlib
+    import tarfile
+    import tempfile
+
     opts = dict(zip(args[::2], args[1::2], strict=False))
     if len(args) != 4 or set(opts) != {"--since", "--until"}:
         raise Fail(EX_USAGE, USAGE)
@@ -295,6 +304,10 @@ def _ssh_argv(node: Node, config: dict[str, object]) -> list[str]:
 
 
 def _supervise(node: Node) -> int:
+    import contextlib
+    import signal
+    import subprocess
+
     config = _tunnel_config(node)
     stopping: list[bool] = []
     child: list[subprocess.Popen[bytes]] = []
@@ -341,6 +354,8 @@ def _tunnel_since(node: Node) -> str | None:
 
 
 def _ssh_alive(node: Node, supervisor: int) -> bool:
+    import contextlib
+
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError):
@@ -351,6 +366,10 @@ def _ssh_alive(node: Node, supervisor: int) -> bool:
 
 
 def cmd_tunnel(node: Node, action: str) -> tuple[int, str]:
+    import contextlib
+    import signal
+    import subprocess
+
     pid = _tunnel_pid(node)
     if action == "_supervise":
         return _supervise(node), ""

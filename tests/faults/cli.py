@@ -7,14 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from click.testing import CliRunner
 
 
 @dataclass(frozen=True)
@@ -31,19 +28,9 @@ class Outcome:
 def invoke(*args: str) -> Outcome:
     """`upkeep ARGS...` as the console script runs it; an exception that escapes `main` (a traceback
     for the user) propagates to the test."""
-    from upkeep.cli import main
+    from tests.support.cli import call_main
 
-    runner = CliRunner()
-    with runner.isolation() as (out, err, _both):
-        argv, sys.argv = sys.argv, ["upkeep", *args]
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        finally:
-            sys.argv = argv
-        return Outcome(code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
+    return Outcome(*call_main(args, as_module=False))
 
 
 class FlowStarted(BaseException):

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,31 +83,36 @@ def upkeep_in_process(
     `cwd` as its working directory; returns what `subprocess.run(..., capture_output=True,
     text=True, check=check)` of `python -m upkeep ARGS...` returns. One call at a time per process."""
     with _one_at_a_time, _as_a_new_process(env, cwd):
-        from upkeep.cli import main
-
-        runner = CliRunner()
-        with runner.isolation(input=input) as (out, err, _both):
-            # As `python -m upkeep` starts: Click names the program in usage lines from these two.
-            import upkeep
-
-            argv, sys.argv = sys.argv, [str(Path(upkeep.__file__).with_name("__main__.py")), *args]
-            main_module = sys.modules["__main__"]
-            package = main_module.__dict__.get("__package__")
-            main_module.__package__ = "upkeep"
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            finally:
-                sys.argv = argv
-                main_module.__package__ = package
-            stdout = out.getvalue().decode(errors="replace")
-            stderr = err.getvalue().decode(errors="replace")
+        code, stdout, stderr = call_main(args, as_module=True, input=input)
     done = subprocess.CompletedProcess(["upkeep", *args], code, stdout, stderr)
     if check:
         done.check_returncode()
     return done
+
+
+def call_main(args: Sequence[str], *, as_module: bool, input: str | None = None) -> tuple[int, str, str]:
+    """`upkeep.cli.main` on `args` with stdin `input` and stdout/stderr captured: its exit code and
+    output. `as_module`: as `python -m upkeep` starts (Click names the program in usage lines from
+    sys.argv[0] and `__main__`'s package), else as the `upkeep` console script."""
+    import upkeep
+    from upkeep.cli import main
+
+    with CliRunner().isolation(input=input) as (out, err, _both):
+        first = str(Path(upkeep.__file__).with_name("__main__.py")) if as_module else "upkeep"
+        argv, sys.argv = sys.argv, [first, *args]
+        main_module = sys.modules["__main__"]
+        package = main_module.__dict__.get("__package__")
+        if as_module:
+            main_module.__package__ = "upkeep"
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = argv
+            main_module.__package__ = package
+        return code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace")
 
 
 @contextlib.contextmanager

@@ -60,9 +60,15 @@ def test_a_write_answers_and_writes_the_same(tmp_path: Path) -> None:
     assert homes[0][0] == 0 and homes[0][3].startswith("{")
 
 
-def test_a_command_that_would_start_a_flow_is_refused_loudly(home: Path) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [("update", "acme-c1", "--to", "9.9.0"), ("doctor",)],  # a flow; the Prefect API
+    ids=["update", "doctor"],
+)
+def test_a_command_that_would_use_prefect_is_refused_loudly(home: Path, args: tuple[str, ...]) -> None:
+    """Here it would run on this process's Prefect settings, not the environment given."""
     with pytest.raises(FlowInProcess):
-        upkeep_here(home, "update", "acme-c1", "--to", "9.9.0")
+        upkeep_here(home, *args)
 
 
 def test_a_runtime_and_engine_this_process_holds_are_left_in_place(home: Path) -> None:

@@ -2,14 +2,16 @@
 run it in a child process with environment `env` and working directory `cwd`: the same stdout, stderr
 and exit code (tests/integration/test_cli_in_process.py compares the two on every kind of answer).
 
-Why: a child process pays for a new interpreter and its imports (0.5-1.0 CPU-s of the ~1.4 CPU-s an
-average call cost in `make test`, ~320 CPU-s over ~220 calls, measured with process accounting on
-2026-12-05); in this process a call costs what the command does (~0.05-0.3 s).
+Why: a child process pays for a new interpreter and its imports: ~244 `python -m upkeep` children cost
+~450 CPU-s of a `make test` run on two busy cores (1.3-3.9 CPU-s each; process accounting, 2026-12-05),
+and a command that only reads and writes the database spends most of its 1.3-2 s starting. In this
+process such a call costs what the command does (~0.05-0.3 s).
 
 What stays a child process, by the test's choice: signals and kill -9, exit codes under them, two
 commands at once, import-time faults, and every command that runs a Prefect flow (`update`, `resume`,
-`dispatch`, `release`, ...): in this process a flow would run against this process's Prefect settings,
-not `env`'s. A call that starts a flow here fails loudly (`FlowInProcess`) rather than run one.
+`dispatch`, `release`, `doctor`, ...): in this process a flow or a Prefect API client would use this
+process's Prefect settings, not `env`'s. A call that starts a flow or reaches the Prefect API here fails
+loudly (`FlowInProcess`) rather than do so.
 """
 
 from __future__ import annotations
@@ -181,18 +183,31 @@ def _fresh_consoles(console: Any, env: dict[str, str]) -> None:
 @contextlib.contextmanager
 def _no_flows() -> Iterator[None]:
     """Every flow call goes through `prefect.flow_engine.run_flow` (imported by `Flow.__call__` at
-    each call), and every CLI command that starts one first asks `upkeep.updates.prefect_answers`."""
+    each call), every CLI command that starts one first asks `upkeep.updates.prefect_answers`, and
+    every contact with the Prefect API goes through `prefect.client.orchestration.get_client`
+    (imported where it is used). In this process those would use this process's Prefect settings
+    (a settings context made at its start, not `env`), so each of them is refused instead."""
+    import prefect.client.orchestration
     import prefect.flow_engine
 
     import upkeep.updates
 
     def refuse(*_args: Any, **_kwargs: Any) -> Any:
-        raise FlowInProcess("a command run in-process started a Prefect flow: run it in a child process")
+        raise FlowInProcess(
+            "a command run in-process started a Prefect flow or reached the Prefect API: run it in a "
+            "child process"
+        )
 
-    saved = prefect.flow_engine.run_flow, upkeep.updates.prefect_answers
-    prefect.flow_engine.run_flow = refuse
-    upkeep.updates.prefect_answers = refuse
+    patched = [
+        (prefect.flow_engine, "run_flow"),
+        (upkeep.updates, "prefect_answers"),
+        (prefect.client.orchestration, "get_client"),
+    ]
+    saved = [getattr(module, name) for module, name in patched]
+    for module, name in patched:
+        setattr(module, name, refuse)
     try:
         yield
     finally:
-        prefect.flow_engine.run_flow, upkeep.updates.prefect_answers = saved
+        for (module, name), value in zip(patched, saved, strict=True):
+            setattr(module, name, value)

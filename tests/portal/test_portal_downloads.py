@@ -51,6 +51,18 @@ def served_files(portal: Portal, tmp_path: Path) -> Iterator[tuple[Portal, FileS
         server.stop()
 
 
+def changed(package: bytes) -> bytes:
+    """The package as altered on the server after its release was recorded: its last byte differs."""
+    return package[:-1] + b"x"
+
+
+def test_the_altered_package_differs_from_the_recorded_one_whatever_the_random_draw() -> None:
+    # The served package is random bytes: whatever byte it ends in, the altered one must differ.
+    for last in range(256):
+        package = secrets.token_bytes(15) + bytes([last])
+        assert changed(package) != package, f"a package ending in {bytes([last])!r} is left as it was"
+
+
 def test_download_a_release_verified_and_without_the_file_servers_secrets(
     served_files: tuple[Portal, FileServer, str, bytes],
 ) -> None:
@@ -70,7 +82,7 @@ def test_download_a_release_verified_and_without_the_file_servers_secrets(
     assert client.get("/downloads/..%2F..%2Fetc%2Fpasswd").status_code == 404
 
     # A package changed on the server since its release was recorded is not served.
-    (server.root / "releases" / "p-9.9.0.tar.gz").write_bytes(package[:-1] + b"x")
+    (server.root / "releases" / "p-9.9.0.tar.gz").write_bytes(changed(package))
     response = client.get("/downloads/9.9.0")
     assert response.status_code == 503 and "not available right now" in response.text
     assert package[:100] not in response.content

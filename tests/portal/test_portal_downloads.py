@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import select
+from starlette.applications import Starlette
 
 from inventory.db import session_scope
 from inventory.models import Cluster, Release
@@ -43,7 +44,9 @@ def served_files(portal: Portal, tmp_path: Path) -> Iterator[tuple[Portal, FileS
         session.add(
             Release(version="9.8.1", package="releases/p-9.8.1.tar.gz", sha256=old, upgradable_from=["9.7.0"])
         )
-    portal.client.app.state.portal.config.fileserver = HttpFileServer(
+    app = portal.client.app
+    assert isinstance(app, Starlette)
+    app.state.portal.config.fileserver = HttpFileServer(
         url=f"https://127.0.0.1:{port}", user=USER, password=password, ca=server.ca
     )
     try:

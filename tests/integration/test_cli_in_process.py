@@ -5,6 +5,7 @@ found it. The tests that run the CLI in this process to save a child's start-up 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -60,15 +61,22 @@ def test_a_write_answers_and_writes_the_same(tmp_path: Path) -> None:
     assert homes[0][0] == 0 and homes[0][3].startswith("{")
 
 
-@pytest.mark.parametrize(
-    "args",
-    [("update", "acme-c1", "--to", "9.9.0"), ("doctor",)],  # a flow; the Prefect API
-    ids=["update", "doctor"],
-)
-def test_a_command_that_would_use_prefect_is_refused_loudly(home: Path, args: tuple[str, ...]) -> None:
-    """Here it would run on this process's Prefect settings, not the environment given."""
+def test_a_command_that_would_start_a_flow_is_refused_loudly(home: Path) -> None:
+    """Here the flow would run with this process's Prefect client, server and logging, not a new one."""
     with pytest.raises(FlowInProcess):
-        upkeep_here(home, *args)
+        upkeep_here(home, "update", "acme-c1", "--to", "9.9.0")
+
+
+def test_prefect_settings_are_the_environments(home: Path) -> None:
+    """What a command reads of Prefect's settings comes from the environment given (here none), not
+    from this process's (a test's Prefect harness, say): `doctor` reads PREFECT_API_URL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        done = upkeep_here(home, "doctor", "--json")
+        assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"  # this process's, put back
+    [check] = [c for c in json.loads(done.stdout)["checks"] if c["name"] == "prefect api"]
+    assert check["status"] == "warn" and "PREFECT_API_URL is not set" in check["detail"], check
 
 
 def test_a_runtime_and_engine_this_process_holds_are_left_in_place(home: Path) -> None:

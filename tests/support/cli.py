@@ -144,7 +144,7 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
             # Typer builds the Click command tree from the type hints on every call (most of an
             # in-process call's time): build it once per process. `main` and its error mapping still run.
             cli.app = _command(typer_app)
-        with _no_flows():
+        with _prefect_settings_of_the_environment(), _no_flows():
             yield
     finally:
         cli_common.close_engine()  # `main` did, unless it never ran
@@ -178,6 +178,17 @@ def _fresh_consoles(console: Any, env: dict[str, str]) -> None:
     for each in (console.console, console.err_console):
         columns, lines = env.get("COLUMNS", ""), env.get("LINES", "")
         each.size = (int(columns) if columns.isdigit() else 80, int(lines) if lines.isdigit() else 25)
+
+
+@contextlib.contextmanager
+def _prefect_settings_of_the_environment() -> Iterator[None]:
+    """Prefect's settings as a new process makes them at its start (from os.environ, now `env`, and
+    the profiles file it names), not this process's: what a command reads of them (`doctor` reads
+    PREFECT_API_URL) is the child's answer."""
+    import prefect.context
+
+    with prefect.context.root_settings_context():
+        yield
 
 
 @contextlib.contextmanager

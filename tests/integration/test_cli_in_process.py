@@ -5,8 +5,15 @@ found it. The tests that run the CLI in this process to save a child's start-up 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pty
+import struct
+import sys
+import termios
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,3 +103,51 @@ def test_a_runtime_and_engine_this_process_holds_are_left_in_place(home: Path) -
     finally:
         flow_runtime.configure(None)
         cli_common._opened.clear()
+
+
+@contextlib.contextmanager
+def _terminal(columns: int) -> Iterator[int]:
+    """A pseudo-terminal `columns` wide: the descriptor of its terminal end."""
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+        yield slave
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+WIDE = ("calendar", "--now", "2026-10-30T12:00:00Z", "--weeks", "8")  # wider than 80 columns given room
+
+
+def test_this_process_writing_to_a_terminal_changes_no_answer(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pytest -s` in a terminal: the tests' own sys.stdout and sys.stderr are that terminal. A child's
+    output is a pipe all the same (no colour), and so is the in-process answer."""
+    with _terminal(200) as slave, open(slave, "w", closefd=False) as tty:
+        monkeypatch.setattr(sys, "stdout", tty)
+        monkeypatch.setattr(sys, "stderr", tty)
+        here = [upkeep_here(home, "inventory", "show"), upkeep_here(home, "show", "999")]
+        monkeypatch.undo()
+    child = [upkeep(home, "inventory", "show"), upkeep(home, "show", "999")]
+    assert [(h.returncode, h.stdout, h.stderr) for h in here] == [
+        (c.returncode, c.stdout, c.stderr) for c in child
+    ]
+    assert "\x1b[" not in child[0].stdout + child[1].stderr
+
+
+def test_a_terminal_on_this_process_s_standard_input_changes_no_answer(home: Path) -> None:
+    """`pytest -s` in a terminal: descriptor 0 is that terminal, and a child inherits it. The answer is
+    still the 80-column one `home_env` promises whatever the terminal running the tests."""
+    with _terminal(200) as slave:
+        saved = os.dup(0)
+        try:
+            os.dup2(slave, 0)
+            child = upkeep(home, *WIDE)
+            here = upkeep_here(home, *WIDE)
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)
+    assert (here.returncode, here.stdout, here.stderr) == (child.returncode, child.stdout, child.stderr)
+    assert max(len(line) for line in child.stdout.splitlines()) <= 80

@@ -49,6 +49,7 @@ def upkeep(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProc
         env=home_env(home, **extra_env),
         cwd=home.parent,
         capture_output=True,
+        stdin=subprocess.DEVNULL,  # not a terminal the tests run in: Rich would take its width
         text=True,
         timeout=120,
         check=False,
@@ -85,21 +86,34 @@ def upkeep_in_process(
     `cwd` as its working directory; returns what `subprocess.run(..., capture_output=True,
     text=True, check=check)` of `python -m upkeep ARGS...` returns. One call at a time per process."""
     with _one_at_a_time, _as_a_new_process(env, cwd):
-        code, stdout, stderr = call_main(args, as_module=True, input=input)
+        code, stdout, stderr = call_main(args, as_module=True, input=input, consoles_from=env)
     done = subprocess.CompletedProcess(["upkeep", *args], code, stdout, stderr)
     if check:
         done.check_returncode()
     return done
 
 
-def call_main(args: Sequence[str], *, as_module: bool, input: str | None = None) -> tuple[int, str, str]:
+def call_main(
+    args: Sequence[str],
+    *,
+    as_module: bool,
+    input: str | None = None,
+    consoles_from: dict[str, str] | None = None,
+) -> tuple[int, str, str]:
     """`upkeep.cli.main` on `args` with stdin `input` and stdout/stderr captured: its exit code and
     output. `as_module`: as `python -m upkeep` starts (Click names the program in usage lines from
-    sys.argv[0] and `__main__`'s package), else as the `upkeep` console script."""
+    sys.argv[0] and `__main__`'s package), else as the `upkeep` console script. `consoles_from`: the
+    consoles are made anew as a process with that environment makes them."""
     import upkeep
     from upkeep.cli import main
 
     with CliRunner().isolation(input=input) as (out, err, _both):
+        if consoles_from is not None:
+            # Rich decides colour from the streams it writes to when a console is made: these, never
+            # this process's own (a terminal under `pytest -s`).
+            from upkeep import console
+
+            _fresh_consoles(console, consoles_from)
         first = str(Path(upkeep.__file__).with_name("__main__.py")) if as_module else "upkeep"
         argv, sys.argv = sys.argv, [first, *args]
         main_module = sys.modules["__main__"]
@@ -138,7 +152,6 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
     try:
         if cwd is not None:
             os.chdir(cwd)
-        _fresh_consoles(console, env)
         flow_runtime.configure(None)
         if isinstance(typer_app, typer.Typer):
             # Typer builds the Click command tree from the type hints on every call (most of an

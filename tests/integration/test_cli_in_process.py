@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import pty
 import struct
@@ -151,3 +152,29 @@ def test_a_terminal_on_this_process_s_standard_input_changes_no_answer(home: Pat
             os.close(saved)
     assert (here.returncode, here.stdout, here.stderr) == (child.returncode, child.stdout, child.stderr)
     assert max(len(line) for line in child.stdout.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("args", [("case", "auto-close"), ("dispatch",)])
+def test_a_refused_flow_leaves_this_process_s_prefect_as_it_was(home: Path, args: tuple[str, ...]) -> None:
+    """The refusal comes before anything of the flow's touches this process: Prefect's console log
+    handlers (the CLI filters them for good, as a process about to exit may) and its server module."""
+    import prefect  # noqa: F401 - its logging set up, as in a test that runs flows
+    from prefect.logging.handlers import PrefectConsoleHandler
+    from prefect.server.api import server
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = {
+        h
+        for each in loggers
+        if isinstance(each, logging.Logger)
+        for h in each.handlers
+        if isinstance(h, PrefectConsoleHandler)
+    }
+    assert handlers
+    record = logging.LogRecord("prefect.flow_runs", logging.INFO, __file__, 1, "Finished", None, None)
+    before = ({h: list(h.filters) for h in handlers}, server.subprocess)
+    assert all(h.filter(record) for h in handlers)
+    with pytest.raises(FlowInProcess):
+        upkeep_here(home, *args)
+    assert ({h: list(h.filters) for h in handlers}, server.subprocess) == before
+    assert all(h.filter(record) for h in handlers)  # Prefect's lines still reach this process's console

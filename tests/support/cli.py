@@ -207,13 +207,15 @@ def _prefect_settings_of_the_environment() -> Iterator[None]:
 @contextlib.contextmanager
 def _no_flows() -> Iterator[None]:
     """Every flow call goes through `prefect.flow_engine.run_flow` (imported by `Flow.__call__` at
-    each call), every CLI command that starts one first asks `upkeep.updates.prefect_answers`, and
-    every contact with the Prefect API goes through `prefect.client.orchestration.get_client`
-    (imported where it is used). In this process those would use this process's Prefect settings
-    (a settings context made at its start, not `env`), so each of them is refused instead."""
+    each call); every CLI command that starts one (or a deployment run) first asks
+    `upkeep.updates.prefect_answers` or enters `upkeep.bootstrap.quiet_prefect`, which changes this
+    process's Prefect for good (its console log handlers filtered, its server module patched); every
+    contact with the Prefect API goes through `prefect.client.orchestration.get_client` (imported
+    where it is used), which would use this process's client and server. Each is refused instead."""
     import prefect.client.orchestration
     import prefect.flow_engine
 
+    import upkeep.bootstrap
     import upkeep.updates
 
     def refuse(*_args: Any, **_kwargs: Any) -> Any:
@@ -225,6 +227,7 @@ def _no_flows() -> Iterator[None]:
     patched = [
         (prefect.flow_engine, "run_flow"),
         (upkeep.updates, "prefect_answers"),
+        (upkeep.bootstrap, "quiet_prefect"),
         (prefect.client.orchestration, "get_client"),
     ]
     saved = [getattr(module, name) for module, name in patched]

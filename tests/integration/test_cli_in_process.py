@@ -12,6 +12,7 @@ import logging
 import os
 import pty
 import struct
+import subprocess
 import sys
 import termios
 from collections.abc import Iterator
@@ -178,3 +179,36 @@ def test_a_refused_flow_leaves_this_process_s_prefect_as_it_was(home: Path, args
         upkeep_here(home, *args)
     assert ({h: list(h.filters) for h in handlers}, server.subprocess) == before
     assert all(h.filter(record) for h in handlers)  # Prefect's lines still reach this process's console
+
+
+def test_a_call_from_a_worker_thread_answers_as_the_child(home: Path) -> None:
+    """A test may drive the CLI from a thread (one call at a time, the harness's lock): the first call
+    imports `upkeep.cli` there, and `main` runs there. A fresh interpreter, so that the import is this
+    thread's; the answer is compared with the child's."""
+    script = (
+        "import sys, threading\n"
+        "from pathlib import Path\n"
+        "from tests.support.cli import upkeep_here\n"
+        "done = []\n"
+        "def call():\n"
+        "    try:\n"
+        "        done.append(upkeep_here(Path(sys.argv[1]), 'runs', '--json'))\n"
+        "    except BaseException as exc:\n"
+        "        done.append(exc)\n"
+        "worker = threading.Thread(target=call)\n"
+        "worker.start()\n"
+        "worker.join()\n"
+        "answer = done[0]\n"
+        "sys.stdout.write(repr(answer) if isinstance(answer, BaseException) else answer.stdout)\n"
+    )
+    child = upkeep(home, "runs", "--json")
+    here = subprocess.run(
+        [sys.executable, "-c", script, str(home)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (here.returncode, here.stdout) == (0, child.stdout), here.stderr

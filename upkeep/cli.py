@@ -24,10 +24,13 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
 
 
 def _catch_interrupts_while_starting() -> None:
+    import contextlib
     import signal
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
-        signal.signal(signal.SIGINT, _interrupted_while_starting)
+        # ValueError: imported by another thread than the main one (a test's), which keeps its own.
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 
 _catch_interrupts_while_starting()
@@ -348,7 +351,8 @@ def main() -> None:
     # callback has read --verbose, and its import error must show the traceback that option promises.
     verbosity["verbose"] = "--verbose" in _root_options(sys.argv[1:])
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with contextlib.suppress(ValueError):  # only the main thread may; the CLI's always is
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _run_command()
     finally:

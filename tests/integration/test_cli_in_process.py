@@ -212,3 +212,22 @@ def test_a_call_from_a_worker_thread_answers_as_the_child(home: Path) -> None:
         check=False,
     )
     assert (here.returncode, here.stdout) == (0, child.stdout), here.stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"PYTHONIOENCODING": "ascii"}, {"PYTHONUTF8": "0", "LC_ALL": "C"}, {"PYTHONUTF8": "2"}],
+    ids=["PYTHONIOENCODING=ascii", "PYTHONUTF8=0 LC_ALL=C", "PYTHONUTF8=2"],
+)
+def test_an_interpreter_setting_it_cannot_give_is_refused(home: Path, extra: dict[str, str]) -> None:
+    """The interpreter reads these as it starts (stdout's encoding; PYTHONUTF8=2 stops it): this process
+    started with its own, and CliRunner always writes UTF-8. The same answer, or a loud refusal."""
+    from tests.support import cli
+
+    child = upkeep(home, "inventory", "show", **extra)
+    try:
+        here = upkeep_here(home, "inventory", "show", **extra)
+    except getattr(cli, "NotInProcess", ()) as refused:  # () catches nothing: before it exists
+        assert "child process" in str(refused)
+        return
+    assert (here.returncode, here.stdout, here.stderr) == (child.returncode, child.stdout, child.stderr)

@@ -79,12 +79,41 @@ class FlowInProcess(BaseException):
     """A command driven in this process got as far as starting a Prefect flow: run it in a child."""
 
 
+class NotInProcess(BaseException):
+    """`env` asks for what only a new interpreter does as it starts (an output encoding other than UTF-8,
+    a PYTHONUTF8 it refuses): run the command in a child process."""
+
+
+def _child_writes_utf8(env: dict[str, str]) -> bool:
+    """Whether `python -m upkeep` with `env` starts and writes UTF-8 (PEP 538/540; False when unsure)."""
+    import codecs
+
+    encoding = env.get("PYTHONIOENCODING", "").partition(":")[0]
+    if encoding:
+        try:
+            return codecs.lookup(encoding).name == "utf-8"
+        except LookupError:
+            return False
+    mode = env.get("PYTHONUTF8", "")
+    if mode not in ("", "0", "1"):
+        return False  # "Fatal Python error: ... invalid PYTHONUTF8"
+    if mode == "1":
+        return True
+    name = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or "C"
+    if name in ("C", "POSIX"):
+        coerced = not env.get("LC_ALL") and env.get("PYTHONCOERCECLOCALE", "") != "0"
+        return mode != "0" or coerced
+    return "utf-8" in name.lower() or "utf8" in name.lower()
+
+
 def upkeep_in_process(
     *args: str, env: dict[str, str], cwd: Path | None = None, input: str | None = None, check: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """`upkeep ARGS...` with exactly `env` as its environment (nothing of this process's own) and
     `cwd` as its working directory; returns what `subprocess.run(..., capture_output=True,
     text=True, check=check)` of `python -m upkeep ARGS...` returns. One call at a time per process."""
+    if not _child_writes_utf8(env):
+        raise NotInProcess(f"run `upkeep {' '.join(args)}` in a child process: its output encoding is env's")
     with _one_at_a_time, _as_a_new_process(env, cwd):
         code, stdout, stderr = call_main(args, as_module=True, input=input, consoles_from=env)
     done = subprocess.CompletedProcess(["upkeep", *args], code, stdout, stderr)

@@ -231,3 +231,20 @@ def test_an_interpreter_setting_it_cannot_give_is_refused(home: Path, extra: dic
         assert "child process" in str(refused)
         return
     assert (here.returncode, here.stdout, here.stderr) == (child.returncode, child.stdout, child.stderr)
+
+
+def test_this_process_s_consoles_are_left_as_they_were(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's two consoles, as this process holds them, after a call: not pinned to the call's 80
+    columns (a console made without a width follows $COLUMNS and the terminal), not re-made."""
+    import io
+
+    from upkeep import console
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(console.console, "file", buffer)  # a test capturing the console, say
+    monkeypatch.delenv("COLUMNS", raising=False)
+    before = console.console.width, console.err_console.width
+    upkeep_here(home, "runs")
+    assert console.console.file is buffer
+    monkeypatch.setenv("COLUMNS", "150")
+    assert (console.console.width, console.err_console.width) == (150, 150) != before

@@ -171,6 +171,7 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
     from upkeep import cli, cli_common, console
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_consoles = [(each, dict(each.__dict__)) for each in (console.console, console.err_console)]
     typer_app = cli.app
     # A test may hold an engine or a Runtime of its own in these (a lab_runtime fixture, cli_home).
     saved_engines, holder = dict(cli_common._opened), flow_runtime._holder
@@ -197,7 +198,9 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
-        _fresh_consoles(console, saved_env)
+        for each, state in saved_consoles:  # as they were, not as a new process would make them
+            each.__dict__.clear()
+            each.__dict__.update(state)
 
 
 _commands: dict[int, Any] = {}

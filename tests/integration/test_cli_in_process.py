@@ -248,3 +248,13 @@ def test_this_process_s_consoles_are_left_as_they_were(home: Path, monkeypatch: 
     assert console.console.file is buffer
     monkeypatch.setenv("COLUMNS", "150")
     assert (console.console.width, console.err_console.width) == (150, 150) != before
+
+
+def test_the_cli_s_per_call_flags_are_left_as_they_were(home: Path) -> None:
+    """`--json` and `--verbose` of a call are the call's: this process's `output` and `verbosity` (read
+    by `report_error` and `verbose()` wherever this process calls them) are as before it."""
+    from upkeep import console
+
+    before = dict(console.output), dict(console.verbosity)
+    assert upkeep_here(home, "--verbose", "runs", "--json").returncode == 0
+    assert (console.output, console.verbosity) == before

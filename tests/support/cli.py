@@ -172,6 +172,7 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     saved_consoles = [(each, dict(each.__dict__)) for each in (console.console, console.err_console)]
+    saved_flags = dict(console.output), dict(console.verbosity)  # `main` sets them for its call
     typer_app = cli.app
     # A test may hold an engine or a Runtime of its own in these (a lab_runtime fixture, cli_home).
     saved_engines, holder = dict(cli_common._opened), flow_runtime._holder
@@ -198,6 +199,8 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
+        console.output.update(saved_flags[0])
+        console.verbosity.update(saved_flags[1])
         for each, state in saved_consoles:  # as they were, not as a new process would make them
             each.__dict__.clear()
             each.__dict__.update(state)

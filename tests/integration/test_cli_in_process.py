@@ -34,6 +34,9 @@ READ_ONLY: list[tuple[tuple[str, ...], dict[str, str]]] = [
     (("pause", "update-x", "--json"), {}),
     (("no-such-command",), {}),
     (("settings", "--json"), {"UPKEEP_FILESERVER_PASSWORD": "MARKER-xyz"}),  # the environment given
+    # Whichever comes first in this process, the other one too: the lab's consoles are made once.
+    (("lab", "status", "--root", "no-lab"), {}),
+    (("lab", "status", "--root", "no-lab"), {"FORCE_COLOR": "1"}),
 ]
 
 

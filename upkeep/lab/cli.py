@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from upkeep.console import console as _out
+from upkeep.console import err_console as _err
 from upkeep.console import print_json
 from upkeep.lab.lab import FAULTS, Lab, LabError
 
@@ -18,8 +19,6 @@ app = typer.Typer(
     help="A local fleet of real sshd nodes, a jump host and an HTTPS file server, for demos and tests.",
     no_args_is_help=True,
 )
-_out = Console(highlight=False, emoji=False)
-_err = Console(stderr=True, highlight=False, emoji=False)
 
 RootOption = Annotated[
     Path | None, typer.Option("--root", help=r"Lab state directory \[default: <UPKEEP home>/lab].")

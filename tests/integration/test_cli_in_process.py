@@ -261,3 +261,28 @@ def test_the_cli_s_per_call_flags_are_left_as_they_were(home: Path) -> None:
     before = dict(console.output), dict(console.verbosity)
     assert upkeep_here(home, "--verbose", "runs", "--json").returncode == 0
     assert (console.output, console.verbosity) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a log record goes to this process's logging handlers (pytest's, Prefect's console handler "
+    "bound to the stream of its set-up time), not to the call's stderr; how a child shows it (logging's "
+    "last resort, or Prefect's format once a command imported Prefect) depends on the command's imports",
+)
+def test_a_warning_the_cli_logs_is_on_the_in_process_stderr_too(tmp_path: Path) -> None:
+    """A portal secret too short: notices go out with unsigned links, and `schedule` warns on stderr."""
+    import yaml
+
+    from tests.portal.conftest import INVENTORY
+
+    short = {"UPKEEP_PORTAL_SECRET": "short", "UPKEEP_PORTAL_URL": "http://127.0.0.1:9/"}
+    answers = []
+    for name, run in (("child", upkeep), ("here", upkeep_here)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fleet.yaml").write_text(yaml.safe_dump(INVENTORY))
+        home = tmp_path / name / "home"
+        assert run(home, "inventory", "import", "fleet.yaml", **short).returncode == 0
+        scheduled = run(home, "schedule", "acme-c1", "--to", "9.9.0", **short)
+        answers.append((scheduled.returncode, scheduled.stdout, scheduled.stderr))
+    assert "portal links in notices are unsigned" in answers[0][2]
+    assert answers[1] == answers[0]

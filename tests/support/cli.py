@@ -76,7 +76,8 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 
 
 class FlowInProcess(BaseException):
-    """A command driven in this process got as far as starting a Prefect flow: run it in a child."""
+    """A command driven in this process got as far as starting a Prefect flow or a Prefect API client:
+    run it in a child."""
 
 
 class NotInProcess(BaseException):
@@ -206,7 +207,7 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
             each.__dict__.update(state)
 
 
-_commands: dict[int, Any] = {}
+_commands: dict[int, tuple[Any, Any]] = {}  # id(app) -> (app, its command): the app kept, its id not reused
 
 
 def _command(typer_app: Any) -> Any:
@@ -214,8 +215,8 @@ def _command(typer_app: Any) -> Any:
 
     if id(typer_app) not in _commands:
         command = typer.main.get_command(typer_app)
-        _commands[id(typer_app)] = lambda *args, **kwargs: command(*args, **kwargs)
-    return _commands[id(typer_app)]
+        _commands[id(typer_app)] = (typer_app, lambda *args, **kwargs: command(*args, **kwargs))
+    return _commands[id(typer_app)][1]
 
 
 def _fresh_consoles(console: Any, env: dict[str, str]) -> None:

@@ -167,21 +167,24 @@ def test_a_refused_flow_leaves_this_process_s_prefect_as_it_was(home: Path, args
     from prefect.server.api import server
 
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    handlers = {
+    handlers = [
         h
         for each in loggers
         if isinstance(each, logging.Logger)
         for h in each.handlers
         if isinstance(h, PrefectConsoleHandler)
-    }
+    ]
     assert handlers
     record = logging.LogRecord("prefect.flow_runs", logging.INFO, __file__, 1, "Finished", None, None)
-    before = ({h: list(h.filters) for h in handlers}, server.subprocess)
-    assert all(h.filter(record) for h in handlers)
+
+    def state() -> tuple[object, ...]:
+        # Relative to before the call: an earlier test of this worker may have filtered them already.
+        return [list(h.filters) for h in handlers], [h.filter(record) for h in handlers], server.subprocess
+
+    before = state()
     with pytest.raises(FlowInProcess):
         upkeep_here(home, *args)
-    assert ({h: list(h.filters) for h in handlers}, server.subprocess) == before
-    assert all(h.filter(record) for h in handlers)  # Prefect's lines still reach this process's console
+    assert state() == before  # Prefect's lines reach this process's console as they did
 
 
 def test_a_call_from_a_worker_thread_answers_as_the_child(home: Path) -> None:
@@ -236,7 +239,7 @@ def test_an_interpreter_setting_it_cannot_give_is_refused(home: Path, extra: dic
     assert (here.returncode, here.stdout, here.stderr) == (child.returncode, child.stdout, child.stderr)
 
 
-def test_this_process_s_consoles_are_left_as_they_were(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_this_process_s_consoles_are_left_as_they_were(home: Path) -> None:
     """The CLI's two consoles, as this process holds them, after a call: not re-made for the call's 80
     columns (a console made without a width follows $COLUMNS and the terminal; under xdist, where
     COLUMNS=80 is set, one pinned at 80), and a file a test gave one is still its file."""
@@ -245,11 +248,18 @@ def test_this_process_s_consoles_are_left_as_they_were(home: Path, monkeypatch: 
     from upkeep import console
 
     buffer = io.StringIO()
-    monkeypatch.setattr(console.console, "file", buffer)  # a test capturing the console, say
-    before = [dict(each.__dict__) for each in (console.console, console.err_console)]
-    upkeep_here(home, "runs")
-    assert console.console.file is buffer
-    assert [each.__dict__ for each in (console.console, console.err_console)] == before
+    # Not monkeypatch: undoing it would bind the console for good to the stream `file` read as then
+    # (pytest's capture), and later tests of this worker (CliRunner) would see no output.
+    kept = dict(console.console.__dict__)
+    console.console.file = buffer  # a test capturing the console, say
+    try:
+        before = [dict(each.__dict__) for each in (console.console, console.err_console)]
+        upkeep_here(home, "runs")
+        assert console.console.file is buffer
+        assert [each.__dict__ for each in (console.console, console.err_console)] == before
+    finally:
+        console.console.__dict__.clear()
+        console.console.__dict__.update(kept)
 
 
 def test_the_cli_s_per_call_flags_are_left_as_they_were(home: Path) -> None:

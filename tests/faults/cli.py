@@ -63,18 +63,17 @@ class CliHome:
 def cli_home(home: Path, inventory: Path | None, **settings: str) -> Iterator[CliHome]:
     """UPKEEP_* pointing at `home` (its own SQLite database) for in-process CLI calls; the CLI's cached
     engine and the flows' Runtime are reset before and after."""
-    import typer.main
+    import typer
 
     from flows import runtime as flow_runtime
+    from tests.support.cli import command_once
     from upkeep import cli
 
     opened = _engine_cache()
-    # Typer rebuilds the whole Click command tree from type hints on every call (~90 % of a call's
-    # 60-120 ms); build it once. `main` and its error mapping are still what runs.
+    # The command tree built once; `main` and its error mapping are still what runs.
     typer_app = cli.app
     if isinstance(typer_app, typer.Typer):  # not already done by an enclosing cli_home
-        command = typer.main.get_command(typer_app)
-        cli.app = lambda *args, **kwargs: command(*args, **kwargs)  # type: ignore[assignment]
+        cli.app = command_once(typer_app)
     saved = {k: v for k, v in os.environ.items() if k.startswith("UPKEEP_")}
     for key in saved:
         del os.environ[key]

@@ -8,10 +8,10 @@ and a command that only reads and writes the database spends most of its 1.3-2 s
 process such a call costs what the command does (~0.05-0.3 s).
 
 What stays a child process, by the test's choice: signals and kill -9, exit codes under them, two
-commands at once, import-time faults, and every command that runs a Prefect flow (`update`, `resume`,
-`dispatch`, `release`, `doctor`, ...): in this process a flow or a Prefect API client would use this
-process's Prefect settings, not `env`'s. A call that starts a flow or reaches the Prefect API here fails
-loudly (`FlowInProcess`) rather than do so.
+commands at once, import-time faults, log lines on stderr, and every command that runs a Prefect flow or
+reaches the Prefect API (`update`, `resume`, `dispatch`, `release`, ...): Prefect's settings are made
+from `env` here, but a flow or an API client would use this process's Prefect client, server and
+logging. A call that starts a flow or a client here fails loudly (`FlowInProcess`) rather than do so.
 """
 
 from __future__ import annotations
@@ -164,8 +164,9 @@ def call_main(
 @contextlib.contextmanager
 def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
     """The process-wide state a new `upkeep` process would start from: the environment, the working
-    directory, the consoles (colour, width: 80 columns or $COLUMNS, as when piped), the CLI's engine
-    and the flows' Runtime (`main` sets its per-call flags itself); this process's own are put back after."""
+    directory, the CLI's engine, the flows' Runtime and Prefect's settings. This process's own are put
+    back after, with its consoles and the CLI's per-call flags (`call_main` makes the call's consoles,
+    `main` sets its flags)."""
     import typer.main
 
     from flows import runtime as flow_runtime
@@ -188,7 +189,7 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
         if isinstance(typer_app, typer.Typer):
             # Typer builds the Click command tree from the type hints on every call (most of an
             # in-process call's time): build it once per process. `main` and its error mapping still run.
-            cli.app = _command(typer_app)
+            cli.app = command_once(typer_app)
         with _prefect_settings_of_the_environment(), _no_flows():
             yield
     finally:
@@ -210,7 +211,9 @@ def _as_a_new_process(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
 _commands: dict[int, tuple[Any, Any]] = {}  # id(app) -> (app, its command): the app kept, its id not reused
 
 
-def _command(typer_app: Any) -> Any:
+def command_once(typer_app: Any) -> Any:
+    """`typer_app` as a callable Click command, built once per process: Typer builds the whole command
+    tree from type hints on every call of the app (~90 % of an in-process call's 60-120 ms)."""
     import typer.main
 
     if id(typer_app) not in _commands:
@@ -224,9 +227,10 @@ def _fresh_consoles(console: Any, env: dict[str, str]) -> None:
     them from `env`; their size as Rich finds it when no standard stream is a terminal."""
     console.console.__init__(**console.CONSOLE_OPTIONS)
     console.err_console.__init__(stderr=True, **console.CONSOLE_OPTIONS)
+    columns, lines = env.get("COLUMNS", ""), env.get("LINES", "")
+    size = (int(columns) if columns.isdigit() else 80, int(lines) if lines.isdigit() else 25)
     for each in (console.console, console.err_console):
-        columns, lines = env.get("COLUMNS", ""), env.get("LINES", "")
-        each.size = (int(columns) if columns.isdigit() else 80, int(lines) if lines.isdigit() else 25)
+        each.size = size
 
 
 @contextlib.contextmanager

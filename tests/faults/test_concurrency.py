@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from tests.faults.conftest import SOAK
 from tests.faults.helpers import TARGET, hosts, runs_of, upgrades
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_takeover import _cli_env
+from tests.support import forkserver
 from tests.support.labs import running_lab
 
 pytestmark = [pytest.mark.faults, pytest.mark.lab, pytest.mark.prefect]
@@ -86,14 +86,8 @@ def node_busy(lab: Any, hostname: str) -> Iterator[None]:
         yield
 
 
-def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "upkeep", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _start(env: dict[str, str], *args: str) -> Any:
+    return forkserver.popen(args, env=env, stdin=None)
 
 
 def _wait_until(procs: list[subprocess.Popen[str]], ended: int) -> None:

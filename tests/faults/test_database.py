@@ -17,7 +17,6 @@ Fast variant: 3 clusters x 3 nodes, restarts after the 1st, 4th and 7th node upg
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from tests.faults.helpers import assert_rolled_out_exactly_once, rollout_due_now
 from tests.faults.postgres import PrivatePostgres, missing_binaries
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
+from tests.support import forkserver
 from tests.support.labs import running_lab
 
 pytestmark = [pytest.mark.faults, pytest.mark.lab, pytest.mark.prefect, pytest.mark.smtp]
@@ -138,9 +138,10 @@ def test_postgres_restarted_mid_rollout_every_node_upgraded_once_nothing_lost(
     # Output to files, not pipes: Prefect's logging would fill a pipe nobody reads while we poll.
     out_path, err_path = tmp_path / "dispatch.out", tmp_path / "dispatch.err"
     with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
-        dispatch = subprocess.Popen(
-            [sys.executable, "-m", "upkeep", "dispatch", "--max-running", str(MAX_RUNNING)],
+        dispatch = forkserver.popen(
+            ["dispatch", "--max-running", str(MAX_RUNNING)],
             env=env,
+            stdin=None,
             stdout=out_file,
             stderr=err_file,
         )

@@ -23,6 +23,7 @@ from inventory.revision import current_revisions, head_revisions
 from tests.conftest import POSTGRES_URL
 from tests.faults.helpers import wait_for
 from tests.faults.netfaults import Blackhole
+from tests.support import forkserver
 
 pytestmark = [pytest.mark.faults]
 
@@ -108,13 +109,8 @@ def test_two_migrations_at_once_on_a_fresh_postgres_database_both_end_at_head(pg
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "upkeep"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,  # a hang guard: the doctor must answer long before this
-    )
+    # timeout: a hang guard, the doctor must answer long before this
+    return forkserver.run(args, env=env, timeout=timeout, console_script=True)
 
 
 def _env(home: Path, **upkeep: str) -> dict[str, str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from tests.faults.helpers import TARGET, hosts, runs_of, sent_message_ids, steps
 from tests.faults.netfaults import CuttableProxy, OutageMode
 from tests.integration.conftest import upkeep_cli
 from tests.integration.test_notices import SmtpServer
+from tests.support import forkserver
 from tests.support.labs import running_lab
 
 pytestmark = [pytest.mark.faults, pytest.mark.lab, pytest.mark.prefect, pytest.mark.smtp]
@@ -147,13 +147,7 @@ def run_with_outage(
 ) -> Outcome:
     """`upkeep ARGS`, with the API taken away for `seconds` once `when()` is true (None: until the
     process has ended)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "upkeep", *args],
-        env=env or api.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = forkserver.popen(args, env=env or api.env, stdin=None)
     try:
         wait_for(when, "the moment of the outage", timeout=120)
         down_at = utcnow()

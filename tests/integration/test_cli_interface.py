@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import forkserver
 from tests.support.cli import database, upkeep_in_process
 
 
@@ -41,15 +42,7 @@ def _env(home: Path, lab: Any | None = None) -> dict[str, str]:
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "upkeep", *args],
-        env=env,
-        cwd=Path(env["UPKEEP_HOME"]).parent,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return forkserver.run(args, env=env, cwd=Path(env["UPKEEP_HOME"]).parent, timeout=180)
 
 
 def _here(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,12 +9,12 @@ import os
 import pty
 import re
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import nodes_of
+from tests.support import forkserver
 
 pytestmark = pytest.mark.lab
 
@@ -45,9 +45,7 @@ def env(lab: Any, prefect_harness: None, tmp_path_factory: pytest.TempPathFactor
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "upkeep", *args], env=env, capture_output=True, text=True, timeout=300
-    )
+    return forkserver.run(args, env=env, timeout=300)
 
 
 def test_not_a_terminal_one_line_per_event_and_no_prefect_lines(
@@ -74,12 +72,12 @@ def test_a_terminal_gets_a_live_table_a_row_per_node(
     lab: Any, env: dict[str, str], fresh_cluster: str
 ) -> None:
     primary, replica = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "upkeep", "update", fresh_cluster, "--to", "9.10.0"],
+    proc = forkserver.popen(
+        ["update", fresh_cluster, "--to", "9.10.0"],
         env={**env, "COLUMNS": "120", "LINES": "40"},
-        stdin=subprocess.DEVNULL,
         stdout=replica,
         stderr=replica,
+        text=False,
     )
     os.close(replica)
     chunks = []

@@ -27,6 +27,7 @@ from inventory.db import session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
 from tests.integration.conftest import cli_engine
 from tests.integration.prefect_server import PrefectServer, running_prefect_server
+from tests.support import forkserver
 from tests.support.labs import running_lab
 from upkeep.lab import Lab
 
@@ -157,12 +158,8 @@ def test_update_on_worker_watch_runs_on_the_worker_and_records_the_requester(
     hosts = [n["hostname"] for n in deploy_lab.status()["nodes"] if n["cluster"] == cluster]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
     env = {**base, **prefect_server.env, **worker_env}
-    done = subprocess.run(
-        [sys.executable, "-m", "upkeep", "update", cluster, "--to", TARGET, "--on-worker", "--watch"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
+    done = forkserver.run(
+        ["update", cluster, "--to", TARGET, "--on-worker", "--watch"], env=env, timeout=RUN_TIMEOUT
     )
     assert done.returncode == 0, done.stdout + done.stderr + _tail(prefect_server.worker_log)
     events = [line.split()[1:4] for line in done.stdout.splitlines() if line.startswith("update-")]
@@ -249,13 +246,7 @@ def test_a_failed_deployment_run_tells_its_story_retries_from_the_ui_and_tags_ma
     assert [len(deploy_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
 
     env = {**prefect_server.env, **worker_env}
-    done = subprocess.run(
-        [sys.executable, "-m", "upkeep", "update", by_cli, "--to", TARGET, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
+    done = forkserver.run(["update", by_cli, "--to", TARGET, "--json"], env=env, timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
     assert shown["flow_run_url"].startswith(prefect_server.ui_url + "/runs/flow-run/")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from flows.product_update import product_update
 from inventory.db import session_scope
 from inventory.models import Cluster, NodeStep, Release, RunState, UpgradeRun
 from tests.integration.conftest import nodes_of
+from tests.support import forkserver
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 TARGET = "9.10.0"
@@ -129,21 +128,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     lab: Any, fresh_cluster: str, lab_settings: Any, tmp_path: Any
 ):
     env = _cli_env(lab_settings)
-    subprocess.run(
-        [sys.executable, "-m", "upkeep", "inventory", "import", str(lab.inventory_path)],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    forkserver.run(["inventory", "import", str(lab.inventory_path)], env=env, check=True)
     db = lab_settings.home / "upkeep.db"
     before = db.read_bytes()
-    out = subprocess.run(
-        [sys.executable, "-m", "upkeep", "update", fresh_cluster, "--to", TARGET, "--dry-run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = forkserver.run(["update", fresh_cluster, "--to", TARGET, "--dry-run"], env=env, check=True).stdout
     assert "dry run" in out and f"9.8.0→{TARGET}" in out
     for node in nodes_of(lab, fresh_cluster):
         assert node["hostname"] in out
@@ -153,18 +141,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
 
 def test_update_refuses_a_bad_version_before_connecting(lab: Any, fresh_cluster: str, lab_settings: Any):
     env = _cli_env(lab_settings)
-    subprocess.run(
-        [sys.executable, "-m", "upkeep", "inventory", "import", str(lab.inventory_path)],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "upkeep", "update", fresh_cluster, "--to", "1.0; touch /tmp/pwned"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    forkserver.run(["inventory", "import", str(lab.inventory_path)], env=env, check=True)
+    result = forkserver.run(["update", fresh_cluster, "--to", "1.0; touch /tmp/pwned"], env=env)
     assert result.returncode == 1
     assert "'1.0; touch /tmp/pwned' is not a version" in result.stderr
     assert "Traceback" not in result.stderr

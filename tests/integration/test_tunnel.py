@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tasks.ssh import FabricRunner, HostKeyError, RemoteError, SshSettings, SshTarget, TunnelClosed
+from tests.support import forkserver
 from tests.support.labs import nodes_of
 from upkeep.lab import Lab
 
@@ -278,7 +279,6 @@ def test_tunnel_status_says_which_nodes_are_open_and_what_the_customer_runs(
     tunnel_lab: Lab, fresh_tunnel_cluster: str, tmp_path: Path
 ) -> None:
     import os
-    import sys
 
     first, second, _ = _hosts(tunnel_lab, fresh_tunnel_cluster)
     customer = nodes_of(tunnel_lab, fresh_tunnel_cluster)[0]["customer"]
@@ -289,9 +289,7 @@ def test_tunnel_status_says_which_nodes_are_open_and_what_the_customer_runs(
     env["UPKEEP_HOME"] = str(tmp_path / "home")
 
     def upkeep(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "upkeep", *args], env=env, capture_output=True, text=True, timeout=120
-        )
+        return forkserver.run(args, env=env, timeout=120)
 
     assert upkeep("inventory", "import", str(tunnel_lab.inventory_path)).returncode == 0
     shown = upkeep("tunnel", "status", "--customer", customer, "--json")

@@ -4,8 +4,6 @@ Real `upkeep` processes against the slow lab and the session's Prefect test serv
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,20 +15,15 @@ from sqlmodel import col, select
 from inventory.db import session_scope
 from inventory.models import Cluster, Node, NodeStep, RunState, UpgradeRun
 from tests.integration.conftest import cli_engine, upkeep_cli
+from tests.support import forkserver
 from tests.support.cli import upkeep_in_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 TARGET = "9.10.0"
 
 
-def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "upkeep", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _start(env: dict[str, str], *args: str) -> Any:
+    return forkserver.popen(args, env=env, stdin=None)
 
 
 def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:

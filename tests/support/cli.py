@@ -43,17 +43,11 @@ def home_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def upkeep(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    """`python -m upkeep ARGS...` in a child process, in `home`'s parent directory."""
-    return subprocess.run(
-        [sys.executable, "-m", "upkeep", *args],
-        env=home_env(home, **extra_env),
-        cwd=home.parent,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,  # not a terminal the tests run in: Rich would take its width
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """`python -m upkeep ARGS...` in a child process, in `home`'s parent directory (forked: stdin
+    /dev/null, not a terminal the tests run in, whose width Rich would take)."""
+    from tests.support import forkserver
+
+    return forkserver.run(args, env=home_env(home, **extra_env), cwd=home.parent, timeout=120)
 
 
 def upkeep_here(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -323,14 +321,9 @@ def slow_cli_env(
 
 
 def upkeep_cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 180) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "upkeep", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=timeout,
-    )
+    from tests.support import forkserver
+
+    return forkserver.run(args, env=env, check=check, timeout=timeout)
 
 
 def cli_engine(env: dict[str, str]) -> Any:

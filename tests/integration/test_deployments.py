@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,12 +66,8 @@ def worker_env(deploy_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dic
     # slot is the next minute's window start (see _open_windows_now), not 30 minutes on.
     env["UPKEEP_PER_NODE_MINUTES"] = "0.3"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
-    subprocess.run(
-        [sys.executable, "-m", "upkeep", "inventory", "import", str(deploy_lab.inventory_path)],
-        env={**base, **env},
-        check=True,
-        capture_output=True,
-        timeout=120,
+    forkserver.run(
+        ["inventory", "import", str(deploy_lab.inventory_path)], env={**base, **env}, check=True, timeout=120
     )
     return env
 

@@ -453,7 +453,6 @@ def test_doctor_checks_tunnel_nodes_through_the_tunnel(
     """Keys of tunnel nodes come from the inventory: known_hosts need not hold them (here it holds only
     an unrelated line), and `--nodes` logs in through the tunnel, naming a closed one."""
     import os
-    import sys
 
     first, second, _ = _hosts(tunnel_lab, fresh_tunnel_cluster)
     tunnel_lab.tunnel(first, "stop")
@@ -463,14 +462,9 @@ def test_doctor_checks_tunnel_nodes_through_the_tunnel(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
     env.update({f"UPKEEP_{k.upper()}": str(v) for k, v in tunnel_lab.settings_overrides().items()})
     env.update({"UPKEEP_HOME": str(tmp_path / "home"), "UPKEEP_KNOWN_HOSTS": str(known)})
-    run = [sys.executable, "-m", "upkeep"]
-    imported = subprocess.run(
-        [*run, "inventory", "import", str(tunnel_lab.inventory_path)], env=env, timeout=120
-    )
-    assert imported.returncode == 0
-    done = subprocess.run(
-        [*run, "doctor", "--nodes", "--json"], env=env, capture_output=True, text=True, timeout=180
-    )
+    imported = forkserver.run(["inventory", "import", str(tunnel_lab.inventory_path)], env=env, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    done = forkserver.run(["doctor", "--nodes", "--json"], env=env, timeout=180)
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert checks["known_hosts"]["status"] == "ok", checks["known_hosts"]
     assert checks[f"node {second}"]["status"] == "ok", checks[f"node {second}"]

@@ -243,7 +243,8 @@ def popen(
             text=text,
             start_new_session=start_new_session,
         )
-    fds, ends = [], []
+    fds: list[int] = []
+    ends: list[int | None] = []
     for spec, direction in ((stdin, "child reads"), (stdout, "child writes"), (stderr, "child writes")):
         if spec == subprocess.STDOUT:
             fds.append(-1)
@@ -274,7 +275,7 @@ def popen(
             os.close(fd)
         status_theirs.close()
     pid = int(_recv_line(status_ours))
-    streams = []
+    streams: list[Any] = []
     for end, mode in zip(ends, ("w", "r", "r"), strict=True):
         if end is None:
             streams.append(None)
@@ -421,19 +422,21 @@ def _standard_streams() -> None:
     import io
 
     encoding, errors = sys.stdout.encoding, sys.stdout.errors
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+    sys.stdin = io.TextIOWrapper(
         io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding=encoding, errors=errors
     )
     out = io.FileIO(1, "w", closefd=False)
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+    sys.stdout = io.TextIOWrapper(
         io.BufferedWriter(out), encoding=encoding, errors=errors, line_buffering=out.isatty()
     )
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+    sys.stderr = io.TextIOWrapper(
         io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
         encoding=encoding,
         errors="backslashreplace",
         line_buffering=True,
     )
+    for name in ("stdin", "stdout", "stderr"):  # what Python keeps as the originals
+        setattr(sys, f"__{name}__", getattr(sys, name))
 
 
 def _as_new(env: Mapping[str, str]) -> None:
@@ -441,14 +444,15 @@ def _as_new(env: Mapping[str, str]) -> None:
     import prefect.context
     from prefect.logging.configuration import setup_logging
 
-    from upkeep import console
+    from upkeep import console as consoles
     from upkeep.telemetry import switch_off
 
     switch_off()  # upkeep.cli does it at its import, before Prefect reads its settings
     prefect.context.refresh_global_settings_context()
     setup_logging(incremental=False)
-    console.console.__init__(**console.CONSOLE_OPTIONS)
-    console.err_console.__init__(stderr=True, **console.CONSOLE_OPTIONS)
+    made: list[Any] = [consoles.console, consoles.err_console]  # in place: modules hold them by reference
+    made[0].__init__(**consoles.CONSOLE_OPTIONS)
+    made[1].__init__(stderr=True, **consoles.CONSOLE_OPTIONS)
 
 
 def _run_module(args: list[str]) -> int:
@@ -477,7 +481,7 @@ def _run_script(script: str, args: list[str]) -> int:
 
     sys.argv = [script, *args]
     try:
-        sys.exit(main())
+        main()
     except SystemExit as exc:
         if exc.code is None:
             return 0
@@ -485,6 +489,7 @@ def _run_script(script: str, args: list[str]) -> int:
             return exc.code
         print(exc.code, file=sys.stderr)
         return 1
+    return 0
 
 
 def _shutdown() -> None:

@@ -14,7 +14,7 @@ How (one fork server per test process, started at its first call, stopped at the
   stderr: pipes or /dev/null) over the socket (SCM_RIGHTS);
 - the server forks a *waiter*, which forks the *child*: the child puts the descriptors on 0/1/2, takes
   the working directory and exactly the environment asked for, makes anew what the imports made from
-  the server's environment (Prefect's settings and logging, the two Rich consoles, the time zone), and
+  the server's environment (Prefect's settings, the two Rich consoles, the time zone), and
   runs `upkeep`'s `__main__` as `python -m upkeep` would (`runpy`), then exits as Python exits
   (threads joined, atexit run, streams flushed);
 - the waiter tells the caller the child's pid at once and its wait status when it ends.
@@ -52,15 +52,25 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # What decides how an interpreter starts (stream encoding, flags, hash seed): a request whose values
 # differ from the server's gets a fresh interpreter instead.
 _START_VARIABLES = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ")
+# What the server imports: most of what `update`/`resume`/`dispatch` import, but nothing that imports
+# `prefect.main` (a `from prefect import flow`, `prefect.flow_engine`, flows/steps.py, the flow modules):
+# importing it configures Prefect's logging, which a fresh process does only from that moment on
+# (before it, Prefect's INFO lines go nowhere and its warnings to Python's last-resort handler). The
+# child imports those itself (~0.1 CPU-s with the rest loaded), when a fresh process would.
 _PRELOAD = (
     "upkeep.cli",
     "upkeep.updates",
     "upkeep.bootstrap",
     "upkeep.doctor",
-    "flows.product_update",
-    "flows.dispatch",
+    "upkeep.run_view",
+    "flows.plan",
+    "flows.outcomes",
+    "inventory.public",
+    "prefect.flows",
+    "prefect.tasks",
+    "prefect.deployments",
+    "prefect.artifacts",
     "prefect.client.orchestration",
-    "prefect.flow_engine",
 )
 
 
@@ -338,6 +348,9 @@ def serve(fd: int) -> None:
     for name in _PRELOAD:
         importlib.import_module(name)
     sock = socket.socket(fileno=fd)
+    if "prefect.main" in sys.modules:  # see _PRELOAD
+        sock.sendall(b"prefect.main")
+        return
     if threading.active_count() != 1:  # forking a process with threads copies their locks mid-use
         sock.sendall(f"threads: {threading.enumerate()}".encode()[:16])
         return
@@ -442,14 +455,12 @@ def _standard_streams() -> None:
 def _as_new(env: Mapping[str, str]) -> None:
     """What the server's imports made from its own environment, made from the child's."""
     import prefect.context
-    from prefect.logging.configuration import setup_logging
 
     from upkeep import console as consoles
     from upkeep.telemetry import switch_off
 
     switch_off()  # upkeep.cli does it at its import, before Prefect reads its settings
     prefect.context.refresh_global_settings_context()
-    setup_logging(incremental=False)
     made: list[Any] = [consoles.console, consoles.err_console]  # in place: modules hold them by reference
     made[0].__init__(**consoles.CONSOLE_OPTIONS)
     made[1].__init__(stderr=True, **consoles.CONSOLE_OPTIONS)

@@ -199,3 +199,35 @@ def test_a_temporary_prefect_server_too_slow_to_start_creates_no_run(
         assert session.exec(select(UpgradeRun)).all() == []
     engine.dispose()
     record("no traceback", "temporary Prefect server slow to start: one line, no run created")
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(
+    "args",
+    [["dispatch"], ["case", "auto-close"], ["release", "plan", "--version", "9.10.0"]],
+    ids=lambda a: " ".join(a),
+)
+def test_every_flow_command_says_a_too_slow_temporary_server_does_not_answer(
+    args: list[str], faults_lab: Any, tmp_path: Path
+) -> None:
+    """As `update` says it (above): one line naming the temporary server and the setting, exit 1, not
+    "unexpected RuntimeError ... a bug in Upkeep" (dispatch, auto-close and release plan said that)."""
+    from inventory.db import make_engine, migrate
+    from inventory.importer import import_inventory
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'upkeep.db'}")
+    migrate(engine)
+    import_inventory(faults_lab.inventory_path, engine=engine, actor="test")
+    engine.dispose()
+    settings = {f"UPKEEP_{k.upper()}": str(v) for k, v in faults_lab.settings_overrides().items()}
+    env = _env(
+        tmp_path,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
+        **settings,
+    )
+    proc = upkeep_cli(env, *args, check=False, timeout=240)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "the temporary Prefect server) does not answer" in lines[0], lines
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in lines[0] and "bug" not in lines[0], lines

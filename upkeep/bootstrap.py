@@ -114,19 +114,26 @@ def quiet_prefect() -> Iterator[None]:
     our record (upkeep/progress.py) and the outcome; the Prefect UI keeps every line, tracebacks too."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from upkeep.console import verbose
-
     temporary_server_dies_with_us()
-    if not verbose():
-        # Not restored after: the temporary server's "Stopping ..." line comes at the process's exit.
-        _silence_console_logs()
+    silence_prefect_console()
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 
+def silence_prefect_console() -> None:
+    """Without `--verbose`, none of Prefect's own log lines on the terminal from here on (its console
+    handlers filtered; see `_OnlyOurWarnings`). Not restored after: the temporary server's "Stopping
+    ..." line comes at the process's exit. Idempotent."""
+    from upkeep.console import verbose
+
+    if not verbose():
+        _silence_console_logs()
+
+
 def _silence_console_logs() -> list[tuple[logging.Handler, logging.Filter]]:
     """Filter every Prefect console handler (its API log handler, the UI's, is left alone) so that
-    only Upkeep's own warnings reach the terminal; returns what to remove to restore."""
+    only Upkeep's own warnings reach the terminal; returns what to remove to restore. A handler
+    filtered already is left as it is."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger()] + [
@@ -134,7 +141,9 @@ def _silence_console_logs() -> list[tuple[logging.Handler, logging.Filter]]:
     ]
     silenced: list[tuple[logging.Handler, logging.Filter]] = []
     for handler in {id(h): h for logger in loggers for h in logger.handlers}.values():
-        if isinstance(handler, PrefectConsoleHandler):
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _OnlyOurWarnings) for f in handler.filters
+        ):
             only_ours = _OnlyOurWarnings()
             handler.addFilter(only_ours)
             silenced.append((handler, only_ours))

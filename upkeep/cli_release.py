@@ -242,6 +242,9 @@ def plan(
             target = pick_release(version, session=session, now=current().clock()).version
     except (ReleaseError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    from upkeep.updates import prefect_answers
+
+    prefect_answers()  # one line naming the API (or temporary server) that does not answer
     with quiet_prefect(), prefect.tags("source:cli", f"release:{target}"):
         state = cloud_release(
             version=target,

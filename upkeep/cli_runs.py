@@ -274,7 +274,9 @@ def dispatch(
     from flows.dispatch import dispatch as dispatch_flow
     from upkeep.bootstrap import quiet_prefect
     from upkeep.progress import StepPoller, runs_held_by_this_process, watch
+    from upkeep.updates import prefect_answers
 
+    prefect_answers()  # one line naming the API (or temporary server) that does not answer
     progress = watch(StepPoller(_engine(), runs_held_by_this_process()), console=console, enabled=not json)
     with quiet_prefect(), progress:
         result = dispatch_flow(max_running=max_running)

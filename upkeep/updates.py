@@ -145,9 +145,10 @@ def prefect_answers() -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    from upkeep.bootstrap import temporary_server_dies_with_us
+    from upkeep.bootstrap import silence_prefect_console, temporary_server_dies_with_us
 
     where = PREFECT_API_URL.value() or "the temporary Prefect server"
+    silence_prefect_console()  # a command that imported its flow first has Prefect's logging on
     try:
         temporary_server_dies_with_us()
         with get_client(sync_client=True) as client:

@@ -326,3 +326,20 @@ def test_an_ended_child_keeps_its_pid_until_the_caller_collects_it(
         _ended(proc.pid)
         os.kill(proc.pid, 0)  # ProcessLookupError: reaped by someone else than the caller
         assert proc.wait(timeout=60) == 2, how
+
+
+# -- an exception nothing catches: the interpreter's report ------------------------------------------------
+def test_verbose_shows_the_traceback_a_fresh_interpreter_shows(env: dict[str, str], tmp_path: Path) -> None:
+    """`upkeep --verbose` promises the traceback of an unexpected error. A fresh interpreter shows it
+    through sys.excepthook (Typer's: a Rich panel), from `python -m`'s frames (or the console script's)
+    on; the forked child printed traceback.print_exc()'s plain one, starting in the fork server's code."""
+    # A database under /dev/null: NotADirectoryError, not one of the errors Upkeep explains.
+    broken = {**env, "UPKEEP_DATABASE_URL": "sqlite:////dev/null/x/upkeep.db"}
+    code, _out, err = _same(["--verbose", "runs"], broken, tmp_path)
+    assert code == 1 and "Traceback" in err, err
+    script = str(Path(sys.executable).parent / "upkeep")
+    child = subprocess.run(
+        [script, "--verbose", "runs"], env=broken, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    mine = forkserver.run(["--verbose", "runs"], env=broken, cwd=tmp_path, console_script=True, timeout=120)
+    assert (mine.returncode, mine.stdout, mine.stderr) == (child.returncode, child.stdout, child.stderr)

@@ -201,6 +201,27 @@ def test_stdout_and_stderr_none_are_the_callers_as_with_subprocess(
     assert "No such command" in answers[0][2], answers[0]
 
 
+@pytest.mark.parametrize("verbose", [False, True], ids=["plain", "verbose"])
+def test_a_closed_stdout_ends_it_as_it_ends_a_fresh_interpreter(
+    verbose: bool, env: dict[str, str], tmp_path: Path
+) -> None:
+    """stdout a pipe nobody reads (`upkeep ... | head -0`): the same exit code and stderr (a guard of
+    the child's streams and exit, made as CPython makes them; it passed at 272da90 too, where Upkeep
+    itself answers EPIPE)."""
+    args = [*(["--verbose"] if verbose else []), "--help"]
+    answers = []
+    for how in ("fresh", "forked"):
+        read, write = os.pipe()
+        os.close(read)  # EPIPE at the first write
+        try:
+            proc = _popen(how, args, env, tmp_path, stdout=write)
+        finally:
+            os.close(write)
+        _out, err = proc.communicate(timeout=120)
+        answers.append((proc.returncode, err))
+    assert answers[0] == answers[1]
+
+
 # -- Prefect, as a fresh interpreter imports it --------------------------------------------------------------
 def test_prefects_first_run_notice_for_an_operator_who_allows_telemetry(
     env: dict[str, str], tmp_path: Path

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_forkserver import INVENTORY, _reading, _same, forked, fresh
+from tests.integration.test_forkserver import INVENTORY, _in_read, _reading, _same, forked, fresh
 from tests.support import forkserver
 from tests.support.cli import home_env
 
@@ -38,17 +38,6 @@ def _popen(how: str, args: list[str], env: dict[str, str], cwd: Path, **kwargs: 
     kwargs.setdefault("stderr", subprocess.PIPE)
     kwargs.setdefault("text", True)
     return subprocess.Popen([*UPKEEP, *args], env=env, cwd=cwd, **kwargs)
-
-
-def _in_read(pid: int) -> None:
-    """Wait (bounded) until `pid` sleeps in the FIFO's read: a SIGINT that lands while it returns from
-    open() and before read() is lost by Python (no check of its signal flag in between)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if Path(f"/proc/{pid}/wchan").read_text().endswith("pipe_read"):
-            return
-        time.sleep(0.005)
-    pytest.fail(f"{pid} never read the inventory file")
 
 
 def _umask() -> int:

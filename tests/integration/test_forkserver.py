@@ -145,6 +145,21 @@ def _reading(fifo: Path) -> int:
     pytest.fail("the process never opened the inventory file")
 
 
+def _in_read(pid: int) -> None:
+    """Wait (bounded) until `pid` sleeps in the FIFO's read(), the one state in which a signal has one
+    outcome. Sent as soon as the FIFO has a reader, a SIGINT can reach the child (on a loaded machine,
+    not yet scheduled since the writer woke it) before it is back from open(): Python only notes it, and
+    if the flag is taken where the KeyboardInterrupt cannot escape (a finalizer run by a collection in
+    between: "Exception ignored"), or in the few bytecodes before read() with no check, the CLI blocks in
+    read() for good, and communicate() timed out (once, 60 s, fresh, under the suite's load)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if Path(f"/proc/{pid}/wchan").read_text().endswith("pipe_read"):
+            return
+        time.sleep(0.005)
+    pytest.fail(f"{pid} never read the inventory file")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_signal_ends_it_as_it_ends_a_fresh_interpreter(
     sig: signal.Signals, env: dict[str, str], tmp_path: Path
@@ -167,6 +182,7 @@ def test_a_signal_ends_it_as_it_ends_a_fresh_interpreter(
                 text=True,
             )
         writer = _reading(fifo)
+        _in_read(proc.pid)
         os.kill(proc.pid, sig)
         out, err = proc.communicate(timeout=60)
         os.close(writer)

@@ -627,8 +627,14 @@ def _run_module(args: list[str]) -> int:
 
     sys.modules["__main__"] = types.ModuleType("__main__")
     sys.argv = ["-m", *args]  # runpy puts the module's file first, as `python -m` does
+    return _exit_status(lambda: runpy._run_module_as_main("upkeep", alter_argv=True))  # type: ignore[attr-defined]
+
+
+def _exit_status(run: Any) -> int:
+    """The exit code of `run()` as the interpreter makes it: SystemExit's code, else 0, or 1 (and
+    Python's report) for an exception nothing caught."""
     try:
-        runpy._run_module_as_main("upkeep", alter_argv=True)  # type: ignore[attr-defined]
+        run()
     except SystemExit as exc:
         return _exit_code(exc)
     except BaseException as exc:
@@ -647,8 +653,10 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _uncaught(exc: BaseException) -> None:
-    """Python's report of an exception nothing caught: sys.excepthook, from the frame below ours."""
-    traceback = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    """Python's report of an exception nothing caught: sys.excepthook, from the first frame not ours."""
+    traceback = exc.__traceback__
+    while traceback is not None and traceback.tb_frame.f_code.co_filename == __file__:
+        traceback = traceback.tb_next
     with contextlib.suppress(BaseException):
         sys.excepthook(type(exc), exc, traceback)
     if isinstance(exc, KeyboardInterrupt):
@@ -666,14 +674,7 @@ def _run_script(script: str, args: list[str]) -> int:
     sys.modules["__main__"] = main
     sys.argv = [script, *args]
     code = compile(Path(script).read_bytes(), script, "exec")
-    try:
-        exec(code, main.__dict__)
-    except SystemExit as exc:
-        return _exit_code(exc)
-    except BaseException as exc:
-        _uncaught(exc)
-        return 1
-    return 0
+    return _exit_status(lambda: exec(code, main.__dict__))
 
 
 def _shutdown() -> bool:

@@ -231,3 +231,52 @@ def test_every_flow_command_says_a_too_slow_temporary_server_does_not_answer(
     assert proc.returncode == 1 and len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "the temporary Prefect server) does not answer" in lines[0], lines
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in lines[0] and "bug" not in lines[0], lines
+
+
+@pytest.fixture
+def not_prefect() -> Iterator[str]:
+    """An HTTP server that is not Prefect's API and answers every request 200 with a web page (a
+    proxy's or a web app's catch-all): its /api/health answers, nothing else is Prefect's."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html><body>not Prefect</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _page
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("args", [["dispatch"], ["case", "auto-close"]], ids=lambda a: " ".join(a))
+def test_a_prefect_api_url_that_is_not_prefect_is_one_json_error(
+    args: list[str], not_prefect: str, tmp_path: Path
+) -> None:
+    """PREFECT_API_URL names a server whose /api/health answers 200 but that is not Prefect's API:
+    one JSON error object naming the API, exit 1, not "unexpected RuntimeError: Failed to reach API
+    ... a bug in Upkeep" (the health check passed; the flow's client then failed)."""
+    import json
+
+    env = _env(tmp_path, PREFECT_API_URL=not_prefect, PREFECT_CLIENT_MAX_RETRIES="0")
+    proc = upkeep_cli(env, *args, "--json", check=False, timeout=240)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    answer = json.loads(proc.stdout)  # one JSON object, nothing else
+    assert set(answer) == {"error", "exit"} and answer["exit"] == 1, answer
+    assert f"the Prefect API ({not_prefect}) does not answer" in answer["error"], answer
+    assert "bug" not in answer["error"] and proc.stderr == "", answer

@@ -280,3 +280,59 @@ def test_a_prefect_api_url_that_is_not_prefect_is_one_json_error(
     assert set(answer) == {"error", "exit"} and answer["exit"] == 1, answer
     assert f"the Prefect API ({not_prefect}) does not answer" in answer["error"], answer
     assert "bug" not in answer["error"] and proc.stderr == "", answer
+
+
+@pytest.fixture
+def prefect_gone_after_the_check() -> Iterator[str]:
+    """A Prefect API that answers `prefect_answers` (/health, /admin/version) and then goes away: every
+    other request 503 from the proxy in front of it (the API restarting, its database down)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import prefect
+
+    class Gone(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            if self.path.endswith("/api/health"):
+                code, body = 200, b"true"
+            elif self.path.endswith("/api/admin/version"):
+                code, body = 200, json.dumps(prefect.__version__).encode()
+            else:
+                code, body = 503, b'{"detail": "backend gone"}'
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gone)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("args", [["dispatch"], ["case", "auto-close"]], ids=lambda a: " ".join(a))
+def test_a_prefect_api_gone_between_the_check_and_the_flow_is_not_a_bug(
+    args: list[str], prefect_gone_after_the_check: str, tmp_path: Path
+) -> None:
+    """The API answered `prefect_answers` and then went away (503s): one JSON error naming the Prefect
+    API, exit 1, not "unexpected PrefectHTTPStatusError ... a bug in Upkeep"."""
+    import json
+
+    env = _env(tmp_path, PREFECT_API_URL=prefect_gone_after_the_check, PREFECT_CLIENT_MAX_RETRIES="0")
+    proc = upkeep_cli(env, *args, "--json", check=False, timeout=240)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    answer = json.loads(proc.stdout)  # one JSON object, nothing else
+    assert set(answer) == {"error", "exit"} and answer["exit"] == 1, answer
+    assert "Prefect API" in answer["error"] and "503" in answer["error"], answer
+    assert "bug" not in answer["error"] and proc.stderr == "", answer

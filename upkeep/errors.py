@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def explain(exc: BaseException) -> str | None:
     """The message (plain text) for an expected failure, or None for a bug (which then shows its
@@ -42,6 +44,14 @@ def explain(exc: BaseException) -> str | None:
         pass
     if isinstance(exc, tuple(expected)):
         return str(exc)
+    prefect_exceptions = sys.modules.get("prefect.exceptions")  # not imported: not Prefect's error
+    if (
+        prefect_exceptions is not None
+        and isinstance(exc, prefect_exceptions.PrefectHTTPStatusError)
+        and exc.response.status_code >= 500
+    ):  # it answered `prefect_answers`, then went away (restarting, its database down, ...)
+        cause = " ".join(str(exc).split())[:300]
+        return f"the Prefect API stopped answering ({cause}); try again once it answers (PREFECT_API_URL)"
     from inventory.db import server_away
 
     if server_away(exc):  # down, restarting or failing over: the operator's to fix, not our bug

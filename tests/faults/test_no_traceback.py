@@ -340,3 +340,17 @@ def test_a_prefect_api_gone_between_the_check_and_the_flow_is_not_a_bug(
     assert set(answer) == {"error", "exit"} and answer["exit"] == 1, answer
     assert "the Prefect API stopped answering" in answer["error"], answer
     assert "bug" not in answer["error"] and proc.stderr == "", answer
+
+
+def test_dispatch_names_a_database_it_cannot_use_before_it_asks_prefect(tmp_path: Path) -> None:
+    """`dispatch` checks its database before `prefect_answers`, as auto-close and release plan do:
+    a database URL that cannot be used is its one line, without first starting a temporary Prefect
+    server (~240 MB, seconds; its "Starting temporary server" line shows with UPKEEP_VERBOSE)."""
+    import json
+
+    url = BAD_DATABASE_URLS["unreachable"]
+    env = _env(tmp_path, UPKEEP_DATABASE_URL=url, UPKEEP_VERBOSE="1", PREFECT_HOME=str(tmp_path / "p"))
+    proc = upkeep_cli(env, "dispatch", "--json", check=False, timeout=240)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "the database is unavailable" in json.loads(proc.stdout)["error"], proc.stdout
+    assert "temporary server" not in proc.stderr, proc.stderr[-3000:]

@@ -276,8 +276,9 @@ def dispatch(
     from upkeep.progress import StepPoller, runs_held_by_this_process, watch
     from upkeep.updates import prefect_answers
 
+    engine = _engine()  # a database it cannot use first: no temporary Prefect server started for nothing
     prefect_answers()  # one line naming the API (or temporary server) that does not answer
-    progress = watch(StepPoller(_engine(), runs_held_by_this_process()), console=console, enabled=not json)
+    progress = watch(StepPoller(engine, runs_held_by_this_process()), console=console, enabled=not json)
     with quiet_prefect(), progress:
         result = dispatch_flow(max_running=max_running)
     if json:

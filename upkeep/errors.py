@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def explain(exc: BaseException) -> str | None:
     """The message (plain text) for an expected failure, or None for a bug (which then shows its
@@ -42,6 +44,12 @@ def explain(exc: BaseException) -> str | None:
         pass
     if isinstance(exc, tuple(expected)):
         return str(exc)
+    if _prefect_api_gone(exc):  # it answered `prefect_answers`, then went away (restarting, ...)
+        cause = " ".join(str(exc).split())[:300] or "(no message)"
+        return (
+            f"the Prefect API stopped answering ({type(exc).__name__}: {cause}); try again once it "
+            "answers (PREFECT_API_URL)"
+        )
     from inventory.db import server_away
 
     if server_away(exc):  # down, restarting or failing over: the operator's to fix, not our bug
@@ -51,3 +59,23 @@ def explain(exc: BaseException) -> str | None:
             "and continues with `upkeep resume RUN`"
         )
     return None
+
+
+def _prefect_api_gone(exc: BaseException) -> bool:
+    """A 5xx from the Prefect API, or its connection lost or refused (a request to PREFECT_API_URL)."""
+    prefect_exceptions = sys.modules.get("prefect.exceptions")  # not imported: not Prefect's error
+    if prefect_exceptions is None:
+        return False
+    if isinstance(exc, prefect_exceptions.PrefectHTTPStatusError):
+        return exc.response.status_code >= 500
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api or not isinstance(exc, httpx.TransportError):
+        return False
+    try:
+        url = str(exc.request.url)
+    except RuntimeError:  # no request: not one of the API's
+        return False
+    return url.startswith(api.rstrip("/") + "/")

@@ -153,7 +153,9 @@ def prefect_answers() -> None:
         temporary_server_dies_with_us()
         with get_client(sync_client=True) as client:
             problem = client.api_healthcheck()
-    except Exception as exc:  # the temporary server did not start in time, a bad URL, ...
+            if problem is None:  # /health answers 200 on any web server: is it Prefect's API?
+                client.raise_for_api_version_mismatch()  # as the flow's client does first
+    except Exception as exc:  # the temporary server did not start in time, a bad URL, not Prefect, ...
         problem = exc
     if problem is not None:
         text = " ".join(str(problem).split())[:300]

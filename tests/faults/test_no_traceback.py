@@ -231,3 +231,126 @@ def test_every_flow_command_says_a_too_slow_temporary_server_does_not_answer(
     assert proc.returncode == 1 and len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "the temporary Prefect server) does not answer" in lines[0], lines
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in lines[0] and "bug" not in lines[0], lines
+
+
+@pytest.fixture
+def not_prefect() -> Iterator[str]:
+    """An HTTP server that is not Prefect's API and answers every request 200 with a web page (a
+    proxy's or a web app's catch-all): its /api/health answers, nothing else is Prefect's."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html><body>not Prefect</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _page
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("args", [["dispatch"], ["case", "auto-close"]], ids=lambda a: " ".join(a))
+def test_a_prefect_api_url_that_is_not_prefect_is_one_json_error(
+    args: list[str], not_prefect: str, tmp_path: Path
+) -> None:
+    """PREFECT_API_URL names a server whose /api/health answers 200 but that is not Prefect's API:
+    one JSON error object naming the API, exit 1, not "unexpected RuntimeError: Failed to reach API
+    ... a bug in Upkeep" (the health check passed; the flow's client then failed)."""
+    import json
+
+    env = _env(tmp_path, PREFECT_API_URL=not_prefect, PREFECT_CLIENT_MAX_RETRIES="0")
+    proc = upkeep_cli(env, *args, "--json", check=False, timeout=240)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    answer = json.loads(proc.stdout)  # one JSON object, nothing else
+    assert set(answer) == {"error", "exit"} and answer["exit"] == 1, answer
+    assert f"the Prefect API ({not_prefect}) does not answer" in answer["error"], answer
+    assert "bug" not in answer["error"] and proc.stderr == "", answer
+
+
+@pytest.fixture(params=["503", "hang-up"])
+def prefect_gone_after_the_check(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Prefect API that answers `prefect_answers` (/health, /admin/version) and then goes away: every
+    other request 503 from the proxy in front of it (the API restarting, its database down), or the
+    connection closed without an answer (the API's process gone)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import prefect
+
+    class Gone(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            if self.path.endswith("/api/health"):
+                code, body = 200, b"true"
+            elif self.path.endswith("/api/admin/version"):
+                code, body = 200, json.dumps(prefect.__version__).encode()
+            elif request.param == "hang-up":
+                self.close_connection = True
+                return
+            else:
+                code, body = 503, b'{"detail": "backend gone"}'
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gone)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("args", [["dispatch"], ["case", "auto-close"]], ids=lambda a: " ".join(a))
+def test_a_prefect_api_gone_between_the_check_and_the_flow_is_not_a_bug(
+    args: list[str], prefect_gone_after_the_check: str, tmp_path: Path
+) -> None:
+    """The API answered `prefect_answers` and then went away (503s): one JSON error naming the Prefect
+    API, exit 1, not "unexpected PrefectHTTPStatusError ... a bug in Upkeep"."""
+    import json
+
+    env = _env(tmp_path, PREFECT_API_URL=prefect_gone_after_the_check, PREFECT_CLIENT_MAX_RETRIES="0")
+    proc = upkeep_cli(env, *args, "--json", check=False, timeout=240)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    answer = json.loads(proc.stdout)  # one JSON object, nothing else
+    assert set(answer) == {"error", "exit"} and answer["exit"] == 1, answer
+    assert "the Prefect API stopped answering" in answer["error"], answer
+    assert "bug" not in answer["error"] and proc.stderr == "", answer
+
+
+def test_dispatch_names_a_database_it_cannot_use_before_it_asks_prefect(tmp_path: Path) -> None:
+    """`dispatch` checks its database before `prefect_answers`, as auto-close and release plan do:
+    a database URL that cannot be used is its one line, without first starting a temporary Prefect
+    server (~240 MB, seconds; its "Starting temporary server" line shows with UPKEEP_VERBOSE)."""
+    import json
+
+    url = BAD_DATABASE_URLS["unreachable"]
+    env = _env(tmp_path, UPKEEP_DATABASE_URL=url, UPKEEP_VERBOSE="1", PREFECT_HOME=str(tmp_path / "p"))
+    proc = upkeep_cli(env, "dispatch", "--json", check=False, timeout=240)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "the database is unavailable" in json.loads(proc.stdout)["error"], proc.stdout
+    assert "temporary server" not in proc.stderr, proc.stderr[-3000:]

@@ -13,7 +13,8 @@ real processes where Prefect's own settings or console logging are involved.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -233,28 +234,32 @@ def test_every_flow_command_says_a_too_slow_temporary_server_does_not_answer(
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in lines[0] and "bug" not in lines[0], lines
 
 
-@pytest.fixture
-def not_prefect() -> Iterator[str]:
-    """An HTTP server that is not Prefect's API and answers every request 200 with a web page (a
-    proxy's or a web app's catch-all): its /api/health answers, nothing else is Prefect's."""
+@contextmanager
+def _http_api(answer: Callable[[str], tuple[int, str, bytes] | None]) -> Iterator[str]:
+    """A local HTTP server answering every method with `answer(path)`: (status, content type, body),
+    or None to close the connection without an answer. Yields its `/api` URL."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Page(BaseHTTPRequestHandler):
-        def _page(self) -> None:
-            body = b"<html><body>not Prefect</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            answered = answer(self.path)
+            if answered is None:
+                self.close_connection = True
+                return
+            code, content_type, body = answered
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _page
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
 
         def log_message(self, *_args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -262,6 +267,14 @@ def not_prefect() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def not_prefect() -> Iterator[str]:
+    """An HTTP server that is not Prefect's API and answers every request 200 with a web page (a
+    proxy's or a web app's catch-all): its /api/health answers, nothing else is Prefect's."""
+    with _http_api(lambda _path: (200, "text/html", b"<html><body>not Prefect</body></html>")) as url:
+        yield url
 
 
 @pytest.mark.parametrize("args", [["dispatch"], ["case", "auto-close"]], ids=lambda a: " ".join(a))
@@ -288,41 +301,20 @@ def prefect_gone_after_the_check(request: pytest.FixtureRequest) -> Iterator[str
     other request 503 from the proxy in front of it (the API restarting, its database down), or the
     connection closed without an answer (the API's process gone)."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import prefect
 
-    class Gone(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            if self.path.endswith("/api/health"):
-                code, body = 200, b"true"
-            elif self.path.endswith("/api/admin/version"):
-                code, body = 200, json.dumps(prefect.__version__).encode()
-            elif request.param == "hang-up":
-                self.close_connection = True
-                return
-            else:
-                code, body = 503, b'{"detail": "backend gone"}'
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> tuple[int, str, bytes] | None:
+        if path.endswith("/api/health"):
+            return 200, "application/json", b"true"
+        if path.endswith("/api/admin/version"):
+            return 200, "application/json", json.dumps(prefect.__version__).encode()
+        if request.param == "hang-up":
+            return None
+        return 503, "application/json", b'{"detail": "backend gone"}'
 
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
-
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Gone)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _http_api(answer) as url:
+        yield url
 
 
 @pytest.mark.parametrize("args", [["dispatch"], ["case", "auto-close"]], ids=lambda a: " ".join(a))

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from upkeep.lab import procs, sshd
+from upkeep.lab.lab_root import LabError
 
 SUBDIRS = ("incoming", "staged", "outgoing", "logs")
 
 
+def node_python() -> str:
+    """The interpreter the lab's nodes run their agent (and the tunnel server its reporter) with: the
+    system's python3, as on a product node, or $UPKEEP_LAB_NODE_PYTHON when set. `make coverage` sets
+    it to a wrapper that measures what runs there (tests/support/coverage_node.py)."""
+    chosen = os.environ.get("UPKEEP_LAB_NODE_PYTHON")
+    if chosen:
+        if not (os.path.isabs(chosen) and os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise LabError(
+                f"UPKEEP_LAB_NODE_PYTHON={chosen!r} (environment) is not an absolute path to an executable"
+            )
+        return shlex.quote(chosen)
+    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+
 def install_agent(root: Path) -> None:
     """Copy the agent to <lab>/agent.py; <lab>/bin/upkeep-agent runs it (bin is on every node's PATH)."""
+    python = node_python()
     shutil.copyfile(Path(__file__).with_name("agent.py"), root / "agent.py")
-    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     wrapper = root / "bin" / "upkeep-agent"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     # -I -S: the node's own interpreter, untouched by PYTHON* variables or site-packages of whoever
@@ -32,9 +48,9 @@ def install_tunnel_sessions(root: Path) -> Path:
     the vendor's. Returns the wrapper's path."""
     import tasks.tunnel_sessions as reporter
 
+    python = node_python()
     (root / "tunnel").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(reporter.__file__, root / "tunnel" / "tunnel_sessions.py")
-    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     wrapper = root / "bin" / "upkeep-tunnel-sessions"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     wrapper.write_text(f"#!/bin/sh\nexec {python} -I -S {root / 'tunnel' / 'tunnel_sessions.py'}\n")

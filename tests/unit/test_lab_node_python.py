@@ -1,0 +1,57 @@
+"""The interpreter the lab's nodes run their agent with: the system's python3 unless
+UPKEEP_LAB_NODE_PYTHON names another (`make coverage` does). A bad value is one line naming it, and
+no wrapper is written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from upkeep.lab import node
+from upkeep.lab.lab_root import LabError
+
+
+def test_the_agent_wrapper_runs_the_interpreter_named_and_passes_every_argument(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen = tmp_path / "a dir" / "python's"
+    chosen.parent.mkdir()
+    chosen.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    chosen.chmod(0o755)
+    monkeypatch.setenv("UPKEEP_LAB_NODE_PYTHON", str(chosen))
+    node.install_agent(tmp_path)
+    out = subprocess.run(
+        [tmp_path / "bin" / "upkeep-agent", "status", "two words"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines() == ["-I", "-S", str(tmp_path / "agent.py"), "status", "two words"]
+
+
+def test_without_the_setting_the_agent_runs_under_the_system_python_isolated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UPKEEP_LAB_NODE_PYTHON", raising=False)
+    node.install_agent(tmp_path)
+    wrapper = (tmp_path / "bin" / "upkeep-agent").read_text()
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else None
+    assert python is None or f"exec {python} -I -S " in wrapper
+
+
+@pytest.mark.parametrize("value", ["python3", "/nonexistent/python3", "{plain}", "/tmp"])
+def test_a_value_that_is_not_an_absolute_executable_is_one_line_naming_it_and_nothing_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)
+    value = value.format(plain=plain)
+    monkeypatch.setenv("UPKEEP_LAB_NODE_PYTHON", value)
+    with pytest.raises(LabError) as caught:
+        node.install_agent(tmp_path)
+    assert str(caught.value) == (
+        f"UPKEEP_LAB_NODE_PYTHON={value!r} (environment) is not an absolute path to an executable"
+    )
+    assert not (tmp_path / "bin").exists()
+    assert not (tmp_path / "agent.py").exists()

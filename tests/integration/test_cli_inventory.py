@@ -162,3 +162,26 @@ def test_settings_json_masks_the_file_server_password(tmp_path: Path) -> None:
     data: dict[str, Any] = json.loads(result.stdout)
     assert data["fileserver_password"] == "**********"  # set, and masked
     assert data["home"] == str(home)  # the environment given is the one in force
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_an_output_that_cannot_hold_unicode_gets_the_answer_not_a_bug_report(
+    tmp_path: Path, encoding: str
+) -> None:
+    """A terminal or pipe set to ASCII (PYTHONIOENCODING, an old locale): the table comes with what the
+    encoding cannot hold replaced, and --json stays lossless (escaped), never "unexpected
+    UnicodeEncodeError ... a bug in Upkeep"."""
+    inventory = tmp_path / "good.yaml"
+    inventory.write_text(GOOD.replace("Acme Ops", "Zoë Ops → Łódź"), encoding="utf-8")
+    home = tmp_path / "home"
+    assert upkeep(home, "inventory", "import", str(inventory)).returncode == 0
+
+    table = upkeep(home, "inventory", "show", PYTHONIOENCODING=encoding)
+    assert (table.returncode, table.stderr) == (0, ""), table.stderr
+    table.stdout.encode(encoding)  # nothing it cannot hold
+    assert "acme-c1-n2" in table.stdout and "releases: 9.9.0" in table.stdout
+
+    as_json = upkeep(home, "inventory", "show", "--json", PYTHONIOENCODING=encoding)
+    assert (as_json.returncode, as_json.stderr) == (0, ""), as_json.stderr
+    as_json.stdout.encode("ascii")
+    assert json.loads(as_json.stdout) == yaml.safe_load(inventory.read_text(encoding="utf-8"))

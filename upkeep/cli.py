@@ -48,7 +48,16 @@ from typer.models import Default, TyperInfo
 
 from upkeep.cli_common import JsonOpt, close_engine
 from upkeep.cli_common import open_engine as _engine
-from upkeep.console import CliError, console, output, print_json, report_error, verbose, verbosity
+from upkeep.console import (
+    CliError,
+    console,
+    fit_output_to_its_encoding,
+    output,
+    print_json,
+    report_error,
+    verbose,
+    verbosity,
+)
 from upkeep.telemetry import switch_off as _telemetry_off
 
 _telemetry_off()  # before any command imports Prefect
@@ -347,6 +356,7 @@ def main() -> None:
     import signal
 
     output.update(json=_wants_json(sys.argv[1:]), printed=False)  # per call: main may run again (tests)
+    fit_output_to_its_encoding()
     # Before Click parses: a command group is imported while Click resolves its name, before the root
     # callback has read --verbose, and its import error must show the traceback that option promises.
     verbosity["verbose"] = "--verbose" in _root_options(sys.argv[1:])

@@ -6,6 +6,7 @@ commands only raise `CliError`, they never format their own errors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -21,8 +22,25 @@ err_console = Console(stderr=True, **CONSOLE_OPTIONS)
 output = {"json": False, "printed": False}
 
 
+def fit_output_to_its_encoding() -> None:
+    """An output that cannot hold Unicode (PYTHONIOENCODING=ascii, an old locale, a Latin-1 pipe) gets
+    what it cannot hold replaced ("?") instead of failing mid-table; --json escapes it instead
+    (`print_json`), so JSON stays lossless. stderr already replaces (Python's backslashreplace)."""
+    if not stdout_holds_unicode():
+        with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper, or closed
+            sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
+
+
+def stdout_holds_unicode() -> bool:
+    try:
+        "\u2026\u2500\U0001f600".encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=not stdout_holds_unicode()) + "\n")
     sys.stdout.flush()
     output["printed"] = True
 
@@ -36,7 +54,9 @@ def report_error(message: str, code: int) -> None:
     command already wrote its JSON document there: then the line goes to stderr, so stdout stays one
     document), else `error: ...` on stderr."""
     if output["json"] and not output["printed"]:
-        sys.stdout.write(json.dumps({"error": message, "exit": code}, ensure_ascii=False) + "\n")
+        sys.stdout.write(
+            json.dumps({"error": message, "exit": code}, ensure_ascii=not stdout_holds_unicode()) + "\n"
+        )
         sys.stdout.flush()
         output["printed"] = True
         return

@@ -27,6 +27,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
+from tests.support.orphans import die_with_parent
 from upkeep.lab.procs import LOCALHOST, free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -182,9 +183,10 @@ def _clean_environ() -> dict[str, str]:
 def _spawn(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
     # The child writes to its own copy of the log's descriptor; ours closes right away.
     # A session of its own: stopping it signals the group (uvicorn, flow-run subprocesses), nothing else.
+    # Ended with this process too, when no teardown runs (kill -9 of the pytest worker).
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [PREFECT, *args],
+            die_with_parent([PREFECT, *args]),
             cwd=REPO_ROOT,
             env=dict(env),
             stdout=out,

@@ -1,0 +1,90 @@
+"""tests/support/orphans.py: a server a test starts ends with the process that started it, even when
+that process is killed with SIGKILL and runs no teardown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.orphans import die_with_parent
+
+REPO = Path(__file__).resolve().parents[2]
+STARTER = (
+    "import subprocess, sys\n"
+    "from tests.support.orphans import die_with_parent\n"
+    "argv = ['/bin/sleep', '600']\n"
+    "child = subprocess.Popen(die_with_parent(argv) if sys.argv[1] == 'guarded' else argv)\n"
+    "print(child.pid, flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (Z: ended, not yet reaped), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _ended(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _state(pid) in (None, "Z"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _start_and_kill_the_starter(kind: str) -> int:
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, kind],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout is not None
+    pid = int(starter.stdout.readline())
+    # Running, and it is the program asked for (the shim exec'd it, keeping its pid).
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != b"/bin/sleep":
+        assert time.monotonic() < deadline, "the shim never exec'd the program"
+        time.sleep(0.02)
+    starter.kill()  # no teardown, no atexit
+    starter.wait()
+    return pid
+
+
+def test_a_guarded_server_ends_when_its_starter_is_killed_with_sigkill() -> None:
+    pid = _start_and_kill_the_starter("guarded")
+    assert _ended(pid, within=30), f"pid {pid} outlived the process that started it"
+
+
+def test_without_the_guard_it_would_be_left_running() -> None:
+    """The control: what the guard is for (and proof the test above can fail)."""
+    pid = _start_and_kill_the_starter("plain")
+    try:
+        assert _state(pid) not in (None, "Z")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_start_whose_parent_is_already_gone_never_runs_the_program() -> None:
+    argv = die_with_parent(["/bin/echo", "ran"])
+    argv[4] = "1"  # a parent id that is not this process's: as if the starter had ended before prctl
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "the process that started this one has ended\n"
+
+
+def test_the_program_gets_its_arguments_and_exit_status() -> None:
+    script = 'printf "%s|" "$@"; exit 3'
+    done = subprocess.run(
+        die_with_parent(["/bin/sh", "-c", script, "sh", "a b", ""]), capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout) == (3, "a b||")

@@ -185,3 +185,48 @@ def test_an_output_that_cannot_hold_unicode_gets_the_answer_not_a_bug_report(
     assert (as_json.returncode, as_json.stderr) == (0, ""), as_json.stderr
     as_json.stdout.encode("ascii")
     assert json.loads(as_json.stdout) == yaml.safe_load(inventory.read_text(encoding="utf-8"))
+
+
+def _bytes_of(home: Path, *args: str, **env: str) -> tuple[int, bytes, bytes]:
+    """`upkeep ARGS` as bytes: what a pipe to `jq` gets, before any decoding."""
+    from tests.support import forkserver
+    from tests.support.cli import home_env
+
+    proc = forkserver.popen(args, env=home_env(home, **env), cwd=home.parent, text=False)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+# A home (or an argument) whose name is not UTF-8: Python hands it over as a lone surrogate ("\udcff"),
+# which no encoding holds as text. The default locale's stdout writes it back as the raw byte, a strict
+# one (PYTHONIOENCODING=utf-8) cannot write it at all.
+@pytest.mark.parametrize("encoding", ["", "utf-8", "ascii"])
+def test_json_of_a_value_that_is_not_utf8_is_valid_utf8_json_and_lossless(
+    tmp_path: Path, encoding: str
+) -> None:
+    home = tmp_path / "h\udcff"
+    code, out, err = _bytes_of(home, "settings", "--json", PYTHONIOENCODING=encoding)
+    assert (code, err) == (0, b""), err
+    assert json.loads(out.decode("utf-8"))["home"] == str(home)
+
+
+def test_a_table_of_a_value_that_is_not_utf8_on_a_strict_utf8_output_is_the_answer(tmp_path: Path) -> None:
+    home = tmp_path / "h\udcff"
+    code, out, err = _bytes_of(home, "settings", PYTHONIOENCODING="utf-8")
+    assert (code, err) == (0, b""), err
+    assert f"home = {tmp_path}/h?\n".encode() in out, out
+
+
+@pytest.mark.parametrize("encoding", ["", "utf-8", "ascii"])
+def test_a_json_refusal_naming_an_argument_that_is_not_utf8_is_one_lossless_object(
+    tmp_path: Path, encoding: str
+) -> None:
+    missing = tmp_path / "\udcffnope.yaml"
+    code, out, err = _bytes_of(
+        tmp_path / "home", "inventory", "import", "--json", str(missing), PYTHONIOENCODING=encoding
+    )
+    assert (code, err) == (1, b""), err
+    assert json.loads(out.decode("utf-8")) == {
+        "error": f"{missing}: cannot read the file: No such file or directory",
+        "exit": 1,
+    }

@@ -230,3 +230,24 @@ def test_a_json_refusal_naming_an_argument_that_is_not_utf8_is_one_lossless_obje
         "error": f"{missing}: cannot read the file: No such file or directory",
         "exit": 1,
     }
+
+
+def test_json_to_a_closed_stdout_is_one_line_on_stderr_not_a_traceback(tmp_path: Path) -> None:
+    """`upkeep ... --json >&-` (a script's mistake): Python starts with sys.stdout None."""
+    import subprocess
+    import sys
+
+    from tests.support.cli import home_env
+
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m upkeep settings --json >&-', sys.executable],
+        env=home_env(tmp_path / "home"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: standard output is closed: nowhere to write the answer\n",
+    )

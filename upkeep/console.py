@@ -54,6 +54,8 @@ def _json_text(data: Any, **options: Any) -> str:
 
 
 def print_json(data: Any) -> None:
+    if sys.stdout is None:  # started with it closed (`>&-`)
+        raise CliError("standard output is closed: nowhere to write the answer")
     sys.stdout.write(_json_text(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
     output["printed"] = True
@@ -67,7 +69,7 @@ def report_error(message: str, code: int) -> None:
     """The one place an error reaches the user: `{"error", "exit"}` on stdout with --json (unless the
     command already wrote its JSON document there: then the line goes to stderr, so stdout stays one
     document), else `error: ...` on stderr."""
-    if output["json"] and not output["printed"]:
+    if output["json"] and not output["printed"] and sys.stdout is not None:
         sys.stdout.write(_json_text({"error": message, "exit": code}) + "\n")
         sys.stdout.flush()
         output["printed"] = True

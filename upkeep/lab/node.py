@@ -38,7 +38,8 @@ def install_agent(root: Path) -> None:
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     # -I -S: the node's own interpreter, untouched by PYTHON* variables or site-packages of whoever
     # logged in (the lab's venv included) - the agent must prove it needs only the stdlib.
-    wrapper.write_text(f'#!/bin/sh\nexec {python} -I -S {root / "agent.py"} "$@"\n')
+    # Bytes as the file system has them: a path that is not UTF-8 is a lone surrogate in Python.
+    wrapper.write_bytes(os.fsencode(f'#!/bin/sh\nexec {python} -I -S {root / "agent.py"} "$@"\n'))
     wrapper.chmod(0o755)
 
 
@@ -53,7 +54,9 @@ def install_tunnel_sessions(root: Path) -> Path:
     shutil.copyfile(reporter.__file__, root / "tunnel" / "tunnel_sessions.py")
     wrapper = root / "bin" / "upkeep-tunnel-sessions"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
-    wrapper.write_text(f"#!/bin/sh\nexec {python} -I -S {root / 'tunnel' / 'tunnel_sessions.py'}\n")
+    wrapper.write_bytes(
+        os.fsencode(f"#!/bin/sh\nexec {python} -I -S {root / 'tunnel' / 'tunnel_sessions.py'}\n")
+    )
     wrapper.chmod(0o755)
     return wrapper
 

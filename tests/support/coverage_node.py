@@ -30,7 +30,9 @@ MEASURED = {
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a not in ("-I", "-S")]
+    args = sys.argv[1:]
+    while args and args[0] in ("-I", "-S"):  # the interpreter's flags, before the script; not its args
+        args = args[1:]
     if not args:
         raise SystemExit("usage: coverage_node.py [-I] [-S] SCRIPT [ARGS...]")
     script, rest = Path(args[0]), args[1:]

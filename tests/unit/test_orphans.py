@@ -121,3 +121,12 @@ def test_it_refuses_a_thread_that_is_not_the_main_one() -> None:
     assert [str(exc) for exc in caught] == [
         "die_with_parent: call it from the main thread (the child would be killed when this thread ends)"
     ]
+
+
+def test_the_program_starts_with_the_signal_dispositions_popen_gives_it() -> None:
+    """The shim is a Python, which ignores SIGPIPE and SIGXFSZ at its start, and an ignored signal stays
+    ignored across exec: a shell server's `... | head` would then go on writing to a closed pipe."""
+    probe = ["/bin/grep", "^SigIgn:", "/proc/self/status"]
+    plain = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+    guarded = subprocess.run(die_with_parent(probe), capture_output=True, text=True, check=True).stdout
+    assert guarded == plain

@@ -28,7 +28,12 @@ _SHIM = (
     # The parent may have ended before prctl: then nobody would ever signal this child.
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit('the process that started this one has ended')\n"
-    # As Popen runs argv: a name without a slash is looked up on the environment's PATH.
+    # As Popen runs argv: the signals this Python ignored at its start back to their defaults (what
+    # Popen's restore_signals gives a child; an ignored signal stays ignored across exec), and a name
+    # without a slash looked up on the environment's PATH.
+    "for name in ('SIGPIPE', 'SIGXFZ', 'SIGXFSZ'):\n"
+    "    if hasattr(signal, name):\n"
+    "        signal.signal(getattr(signal, name), signal.SIG_DFL)\n"
     "try:\n"
     "    os.execvp(sys.argv[2], sys.argv[2:])\n"
     "except OSError as exc:\n"

@@ -251,3 +251,11 @@ def test_json_to_a_closed_stdout_is_one_line_on_stderr_not_a_traceback(tmp_path:
         1,
         "error: standard output is closed: nowhere to write the answer\n",
     )
+
+
+@pytest.mark.parametrize("name", ["x[bold]y", "x[/]y"])
+def test_settings_shows_a_value_that_looks_like_rich_markup_as_it_is(tmp_path: Path, name: str) -> None:
+    home = tmp_path / name
+    result = upkeep(home, "settings")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert f"home = {home}\n" in result.stdout, result.stdout

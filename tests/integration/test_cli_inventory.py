@@ -253,7 +253,7 @@ def test_json_to_a_closed_stdout_is_one_line_on_stderr_not_a_traceback(tmp_path:
     )
 
 
-@pytest.mark.parametrize("name", ["x[bold]y", "x[/]y"])
+@pytest.mark.parametrize("name", ["x[bold]y", "x[/bold]y"])
 def test_settings_shows_a_value_that_looks_like_rich_markup_as_it_is(tmp_path: Path, name: str) -> None:
     home = tmp_path / name
     result = upkeep(home, "settings")

@@ -261,3 +261,24 @@ def test_settings_shows_a_value_that_looks_like_rich_markup_as_it_is(tmp_path: P
     result = upkeep(home, "settings")
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     assert f"home = {home}\n" in result.stdout, result.stdout
+
+
+def test_a_utf8_settings_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """TOML is UTF-8 by definition; an old locale (LC_ALL=C, UTF-8 mode off) reads files as ASCII."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "upkeep.toml").write_text('mail_from = "Zoë Ops <ops@acme.example>"\n', encoding="utf-8")
+    result = upkeep(home, "settings", "--json", LC_ALL="C", PYTHONUTF8="0")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert json.loads(result.stdout)["mail_from"] == "Zoë Ops <ops@acme.example>"
+
+
+def test_a_settings_file_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "upkeep.toml").write_bytes('mail_from = "Zoë"\n'.encode("latin-1"))
+    result = upkeep(home, "settings")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: {home / 'upkeep.toml'}: not UTF-8 text (byte 0xeb at offset 15); a TOML file is UTF-8\n"
+    )

@@ -296,7 +296,7 @@ def settings(json: JsonOpt = False) -> None:
         print_json(data)
         return
     for key, value in data.items():
-        console.print(f"{key} = {value}")
+        console.print(f"{key} = {value}", markup=False, soft_wrap=True)  # one whole line a setting
 
 
 @app.command()

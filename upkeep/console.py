@@ -23,24 +23,40 @@ output = {"json": False, "printed": False}
 
 
 def fit_output_to_its_encoding() -> None:
-    """An output that cannot hold Unicode (PYTHONIOENCODING=ascii, an old locale, a Latin-1 pipe) gets
-    what it cannot hold replaced ("?") instead of failing mid-table; --json escapes it instead
-    (`print_json`), so JSON stays lossless. stderr already replaces (Python's backslashreplace)."""
-    if not stdout_holds_unicode():
+    """An output that cannot hold all of Unicode (PYTHONIOENCODING=ascii, an old locale, a Latin-1 pipe)
+    or that refuses what it cannot encode (PYTHONIOENCODING=utf-8 and a name that is not UTF-8, which
+    Python holds as a lone surrogate) gets what it cannot hold replaced ("?") instead of failing
+    mid-table; --json escapes it instead (`print_json`), so JSON stays lossless. stderr already
+    replaces (Python's backslashreplace)."""
+    if not stdout_holds_unicode() or getattr(sys.stdout, "errors", None) == "strict":
         with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper, or closed
             sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
 
 
 def stdout_holds_unicode() -> bool:
+    return _stdout_holds("\u2026\u2500\U0001f600")
+
+
+def _stdout_holds(text: str) -> bool:
+    """Whether stdout's encoding holds `text` as it is, with no error handler's help (a lone surrogate
+    written by surrogateescape is a byte that is not UTF-8: no JSON reader takes it)."""
     try:
-        "\u2026\u2500\U0001f600".encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
     except (UnicodeEncodeError, LookupError):
         return False
     return True
 
 
+def _json_text(data: Any, **options: Any) -> str:
+    """`data` as JSON that stdout holds exactly: as it is when it can, else escaped to ASCII."""
+    text = json.dumps(data, ensure_ascii=False, **options)
+    return text if _stdout_holds(text) else json.dumps(data, ensure_ascii=True, **options)
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=not stdout_holds_unicode()) + "\n")
+    if sys.stdout is None:  # started with it closed (`>&-`)
+        raise CliError("standard output is closed: nowhere to write the answer")
+    sys.stdout.write(_json_text(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
     output["printed"] = True
 
@@ -53,10 +69,8 @@ def report_error(message: str, code: int) -> None:
     """The one place an error reaches the user: `{"error", "exit"}` on stdout with --json (unless the
     command already wrote its JSON document there: then the line goes to stderr, so stdout stays one
     document), else `error: ...` on stderr."""
-    if output["json"] and not output["printed"]:
-        sys.stdout.write(
-            json.dumps({"error": message, "exit": code}, ensure_ascii=not stdout_holds_unicode()) + "\n"
-        )
+    if output["json"] and not output["printed"] and sys.stdout is not None:
+        sys.stdout.write(_json_text({"error": message, "exit": code}) + "\n")
         sys.stdout.flush()
         output["printed"] = True
         return

@@ -273,8 +273,14 @@ class _TomlSource(PydanticBaseSettingsSource):
             if os.environ.get("UPKEEP_CONFIG"):
                 raise SettingsError(f"UPKEEP_CONFIG={path}: no such file")
             return {}
+        raw = path.read_bytes()
         try:
-            data = tomllib.loads(path.read_text())
+            text = raw.decode("utf-8")  # TOML is UTF-8, whatever the locale
+        except UnicodeDecodeError as exc:
+            where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+            raise SettingsError(f"{path}: not UTF-8 text ({where}); a TOML file is UTF-8") from None
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: {exc}") from exc
         unknown = sorted(set(data) - set(Settings.model_fields))

@@ -185,3 +185,100 @@ def test_an_output_that_cannot_hold_unicode_gets_the_answer_not_a_bug_report(
     assert (as_json.returncode, as_json.stderr) == (0, ""), as_json.stderr
     as_json.stdout.encode("ascii")
     assert json.loads(as_json.stdout) == yaml.safe_load(inventory.read_text(encoding="utf-8"))
+
+
+def _bytes_of(home: Path, *args: str, **env: str) -> tuple[int, bytes, bytes]:
+    """`upkeep ARGS` as bytes: what a pipe to `jq` gets, before any decoding."""
+    from tests.support import forkserver
+    from tests.support.cli import home_env
+
+    proc = forkserver.popen(args, env=home_env(home, **env), cwd=home.parent, text=False)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+# A home (or an argument) whose name is not UTF-8: Python hands it over as a lone surrogate ("\udcff"),
+# which no encoding holds as text. The default locale's stdout writes it back as the raw byte, a strict
+# one (PYTHONIOENCODING=utf-8) cannot write it at all.
+@pytest.mark.parametrize("encoding", ["", "utf-8", "ascii"])
+def test_json_of_a_value_that_is_not_utf8_is_valid_utf8_json_and_lossless(
+    tmp_path: Path, encoding: str
+) -> None:
+    home = tmp_path / "h\udcff"
+    code, out, err = _bytes_of(home, "settings", "--json", PYTHONIOENCODING=encoding)
+    assert (code, err) == (0, b""), err
+    assert json.loads(out.decode("utf-8"))["home"] == str(home)
+
+
+def test_a_table_of_a_value_that_is_not_utf8_on_a_strict_utf8_output_is_the_answer(tmp_path: Path) -> None:
+    home = tmp_path / "h\udcff"
+    code, out, err = _bytes_of(home, "settings", PYTHONIOENCODING="utf-8")
+    assert (code, err) == (0, b""), err
+    assert f"home = {tmp_path}/h?\n".encode() in out, out
+
+
+@pytest.mark.parametrize("encoding", ["", "utf-8", "ascii"])
+def test_a_json_refusal_naming_an_argument_that_is_not_utf8_is_one_lossless_object(
+    tmp_path: Path, encoding: str
+) -> None:
+    missing = tmp_path / "\udcffnope.yaml"
+    code, out, err = _bytes_of(
+        tmp_path / "home", "inventory", "import", "--json", str(missing), PYTHONIOENCODING=encoding
+    )
+    assert (code, err) == (1, b""), err
+    assert json.loads(out.decode("utf-8")) == {
+        "error": f"{missing}: cannot read the file: No such file or directory",
+        "exit": 1,
+    }
+
+
+def test_json_to_a_closed_stdout_is_one_line_on_stderr_not_a_traceback(tmp_path: Path) -> None:
+    """`upkeep ... --json >&-` (a script's mistake): Python starts with sys.stdout None."""
+    import subprocess
+    import sys
+
+    from tests.support.cli import home_env
+
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m upkeep settings --json >&-', sys.executable],
+        env=home_env(tmp_path / "home"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: standard output is closed: nowhere to write the answer\n",
+    )
+
+
+# "[/]" (a closing tag with nothing to close) spans two directories: "x[" and "]y".
+@pytest.mark.parametrize("name", ["x[bold]y", "x[/]y"])
+def test_settings_shows_a_value_that_looks_like_rich_markup_as_it_is(tmp_path: Path, name: str) -> None:
+    home = tmp_path / name
+    home.parent.mkdir(exist_ok=True)
+    result = upkeep(home, "settings")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert f"home = {home}\n" in result.stdout, result.stdout
+
+
+def test_a_utf8_settings_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """TOML is UTF-8 by definition; an old locale (LC_ALL=C, UTF-8 mode off) reads files as ASCII."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "upkeep.toml").write_text('mail_from = "Zoë Ops <ops@acme.example>"\n', encoding="utf-8")
+    result = upkeep(home, "settings", "--json", LC_ALL="C", PYTHONUTF8="0")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert json.loads(result.stdout)["mail_from"] == "Zoë Ops <ops@acme.example>"
+
+
+def test_a_settings_file_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "upkeep.toml").write_bytes('mail_from = "Zoë"\n'.encode("latin-1"))
+    result = upkeep(home, "settings")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: {home / 'upkeep.toml'}: not UTF-8 text (byte 0xeb at offset 15); a TOML file is UTF-8\n"
+    )

@@ -8,7 +8,8 @@ environment, so its subprocess patch cannot reach them. This wrapper:
   uses only the standard library, and every run of `make test` still proves that with `-I -S`);
 - runs the repository's copy of the script instead of the lab's byte-identical copy, so the lines are
   reported against upkeep/lab/agent.py and tasks/tunnel_sessions.py;
-- writes a parallel data file next to the run's (COVERAGE_FILE is baked in by `make coverage`).
+- writes a parallel data file next to the run's: <checkout>/.coverage.* (sshd passes no COVERAGE_FILE;
+  `make coverage` sets it to <checkout>/.coverage, and UPKEEP_COVERAGE_FILE overrides this default).
 
 Anything else is run as it was asked, unmeasured. The supervisor the agent re-executes for a tunnel
 (`sys.executable -I -S agent.py tunnel _supervise`) runs unmeasured too.
@@ -30,7 +31,9 @@ MEASURED = {
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a not in ("-I", "-S")]
+    args = sys.argv[1:]
+    while args and args[0] in ("-I", "-S"):  # the interpreter's flags, before the script; not its args
+        args = args[1:]
     if not args:
         raise SystemExit("usage: coverage_node.py [-I] [-S] SCRIPT [ARGS...]")
     script, rest = Path(args[0]), args[1:]

@@ -55,3 +55,41 @@ def test_a_value_that_is_not_an_absolute_executable_is_one_line_naming_it_and_no
     )
     assert not (tmp_path / "bin").exists()
     assert not (tmp_path / "agent.py").exists()
+
+
+@pytest.mark.parametrize("name", ["python\udcff", "x$(touch pwned);`touch pwned`\nnext line"])
+def test_an_interpreter_whose_name_is_not_utf8_or_is_shell_syntax_is_run_as_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A file name is bytes: one that is not UTF-8 reaches Python as a lone surrogate, which the
+    wrapper must write back as the same bytes (not fail with UnicodeEncodeError half-way through)."""
+    chosen = tmp_path / name
+    chosen.write_text('#!/bin/sh\nprintf "%s\\n" "$0" "$@"\n')
+    chosen.chmod(0o755)
+    monkeypatch.setenv("UPKEEP_LAB_NODE_PYTHON", str(chosen))
+    node.install_agent(tmp_path)
+    reporter = node.install_tunnel_sessions(tmp_path)
+    for wrapper, args in ((tmp_path / "bin" / "upkeep-agent", ["status"]), (reporter, [])):
+        out = subprocess.run([wrapper, *args], capture_output=True, check=True, cwd=tmp_path).stdout
+        assert out.startswith(os.fsencode(chosen) + b"\n-I\n-S\n"), out
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_lab_root_with_a_space_or_a_quote_in_its_name_is_passed_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`upkeep lab up --root "/srv/my lab"`: the wrappers name the lab's copy of each script."""
+    chosen = tmp_path / "python"
+    chosen.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    chosen.chmod(0o755)
+    monkeypatch.setenv("UPKEEP_LAB_NODE_PYTHON", str(chosen))
+    root = tmp_path / "my lab's $(root)"
+    root.mkdir()
+    node.install_agent(root)
+    reporter = node.install_tunnel_sessions(root)
+    agent = subprocess.run(
+        [root / "bin" / "upkeep-agent", "status"], capture_output=True, text=True, check=True
+    )
+    assert agent.stdout.splitlines() == ["-I", "-S", str(root / "agent.py"), "status"]
+    tunnel = subprocess.run([reporter], capture_output=True, text=True, check=True)
+    assert tunnel.stdout.splitlines() == ["-I", "-S", str(root / "tunnel" / "tunnel_sessions.py")]

@@ -88,3 +88,45 @@ def test_the_program_gets_its_arguments_and_exit_status() -> None:
         die_with_parent(["/bin/sh", "-c", script, "sh", "a b", ""]), capture_output=True, text=True
     )
     assert (done.returncode, done.stdout) == (3, "a b||")
+
+
+def test_a_program_named_without_a_path_is_found_on_path_as_popen_finds_it() -> None:
+    done = subprocess.run(die_with_parent(["printf", "%s", "found"]), capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "found", "")
+
+
+def test_a_program_that_cannot_run_is_one_line_naming_it_not_a_traceback(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-server"
+    done = subprocess.run(die_with_parent([str(missing), "start"]), capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (127, "")
+    assert done.stderr == f"cannot run {str(missing)!r}: No such file or directory\n"
+
+
+def test_it_refuses_a_thread_that_is_not_the_main_one() -> None:
+    """The kernel signals the child when the *thread* that started it ends: a server started from a
+    ThreadPoolExecutor's thread would be killed at the pool's shutdown, while the test still uses it."""
+    import threading
+
+    caught: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            die_with_parent(["/bin/true"])
+        except RuntimeError as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    assert [str(exc) for exc in caught] == [
+        "die_with_parent: call it from the main thread (the child would be killed when this thread ends)"
+    ]
+
+
+def test_the_program_starts_with_the_signal_dispositions_popen_gives_it() -> None:
+    """The shim is a Python, which ignores SIGPIPE and SIGXFSZ at its start, and an ignored signal stays
+    ignored across exec: a shell server's `... | head` would then go on writing to a closed pipe."""
+    probe = ["/bin/grep", "^SigIgn:", "/proc/self/status"]
+    plain = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+    guarded = subprocess.run(die_with_parent(probe), capture_output=True, text=True, check=True).stdout
+    assert guarded == plain

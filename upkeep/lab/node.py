@@ -27,7 +27,7 @@ def node_python() -> str:
                 f"UPKEEP_LAB_NODE_PYTHON={chosen!r} (environment) is not an absolute path to an executable"
             )
         return shlex.quote(chosen)
-    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    return shlex.quote("/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable)
 
 
 def install_agent(root: Path) -> None:
@@ -38,7 +38,9 @@ def install_agent(root: Path) -> None:
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     # -I -S: the node's own interpreter, untouched by PYTHON* variables or site-packages of whoever
     # logged in (the lab's venv included) - the agent must prove it needs only the stdlib.
-    wrapper.write_text(f'#!/bin/sh\nexec {python} -I -S {root / "agent.py"} "$@"\n')
+    # Bytes as the file system has them: a path that is not UTF-8 is a lone surrogate in Python.
+    script = shlex.quote(str(root / "agent.py"))
+    wrapper.write_bytes(os.fsencode(f'#!/bin/sh\nexec {python} -I -S {script} "$@"\n'))
     wrapper.chmod(0o755)
 
 
@@ -53,7 +55,8 @@ def install_tunnel_sessions(root: Path) -> Path:
     shutil.copyfile(reporter.__file__, root / "tunnel" / "tunnel_sessions.py")
     wrapper = root / "bin" / "upkeep-tunnel-sessions"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
-    wrapper.write_text(f"#!/bin/sh\nexec {python} -I -S {root / 'tunnel' / 'tunnel_sessions.py'}\n")
+    script = shlex.quote(str(root / "tunnel" / "tunnel_sessions.py"))
+    wrapper.write_bytes(os.fsencode(f"#!/bin/sh\nexec {python} -I -S {script}\n"))
     wrapper.chmod(0o755)
     return wrapper
 

@@ -100,4 +100,5 @@ coverage: $(STAMP) debian-packages
 		$(BIN)/coverage run -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder $(PYTEST_ARGS) || status=$$?; \
 	$(BIN)/coverage combine -q && $(BIN)/coverage json -q -o .coverage-report/coverage.json && \
-	$(BIN)/coverage html -q -d .coverage-report && $(BIN)/coverage report --skip-covered --sort=cover; exit $$status
+	$(BIN)/coverage html -q -d .coverage-report && $(BIN)/coverage report --skip-covered --sort=cover \
+		|| { echo "make coverage: no report (see above)"; status=1; }; exit $$status

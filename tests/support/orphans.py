@@ -31,7 +31,7 @@ _SHIM = (
     # As Popen runs argv: the signals this Python ignored at its start back to their defaults (what
     # Popen's restore_signals gives a child; an ignored signal stays ignored across exec), and a name
     # without a slash looked up on the environment's PATH.
-    "for name in ('SIGPIPE', 'SIGXFZ', 'SIGXFSZ'):\n"
+    "for name in ('SIGPIPE', 'SIGXFSZ'):\n"
     "    if hasattr(signal, name):\n"
     "        signal.signal(getattr(signal, name), signal.SIG_DFL)\n"
     "try:\n"

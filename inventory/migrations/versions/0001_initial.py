@@ -391,3 +391,8 @@ def downgrade() -> None:
 
     op.drop_table('auditevent')
     # ### end Alembic commands ###
+    # PostgreSQL keeps a native enum's type when its table is dropped; without this, upgrading again
+    # fails with 'type ... already exists'. SQLite has no such types.
+    if op.get_bind().dialect.name == "postgresql":
+        for name in ('clusterkind', 'accesskind', 'noticestate', 'runstate', 'stepstate'):
+            op.execute(f"DROP TYPE IF EXISTS {name}")

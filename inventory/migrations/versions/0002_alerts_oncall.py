@@ -80,3 +80,8 @@ def downgrade() -> None:
 
     op.drop_table('alert')
     # ### end Alembic commands ###
+    # PostgreSQL keeps a native enum's type when its table is dropped; without this, upgrading again
+    # fails with 'type ... already exists'. SQLite has no such types.
+    if op.get_bind().dialect.name == "postgresql":
+        for name in ('alertstate',):
+            op.execute(f"DROP TYPE IF EXISTS {name}")

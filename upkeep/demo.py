@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from sqlmodel import select
 
 from flows import runtime as flow_runtime
@@ -137,13 +138,19 @@ def serve_demo_portal(settings: Settings, home: Path) -> tuple[str, int]:
     raise RuntimeError(f"the portal did not answer at {url} within 60 s; see {home / 'portal.log'}")
 
 
+def _step(number: int, text: str) -> None:
+    """One numbered step, whole on its line (a path wrapped by Rich cannot be copied) and as text (a
+    path may hold '[')."""
+    console.print(f"[bold]{number}.[/] {escape(text)}", soft_wrap=True)
+
+
 def run_demo(*, keep: bool = False) -> None:
     home = demo_home(load_settings())
     lab = Lab(home / "lab")
     lab.down()  # a previous demo that was interrupted leaves nothing behind
     stop_demo_portal(home)  # nor a portal an earlier `demo --keep` left running
     started = time.monotonic()
-    console.print(f"[bold]1.[/] starting a lab under {lab.root}: 2 clusters x 3 real sshd nodes + nginx")
+    _step(1, f"starting a lab under {lab.root}: 2 clusters x 3 real sshd nodes + nginx")
     status = lab.up(clusters=2, nodes=3)
     try:
         settings = load_settings(
@@ -151,17 +158,18 @@ def run_demo(*, keep: bool = False) -> None:
         )
         engine = open_database(settings)
         inventory = _with_portal_user(lab.inventory_path, home)
-        console.print(f"[bold]2.[/] importing {inventory} (the lab's, with a designated portal user)")
+        _step(2, f"importing {inventory} (the lab's, with a designated portal user)")
         summary = import_inventory(inventory, engine=engine, actor="demo")
-        console.print(f"   {summary}")
+        console.print(f"   {summary}", markup=False, soft_wrap=True)
         flow_runtime.configure(build_runtime(settings, engine=engine))
         cluster = status["nodes"][0]["cluster"]
-        console.print(f"[bold]3.[/] updating {cluster} to {TARGET}, one node at a time (Prefect flow)")
+        _step(3, f"updating {cluster} to {TARGET}, one node at a time (Prefect flow)")
         run_id = run_update(cluster, TARGET, engine=engine, as_json=False)
-        console.print("[bold]4.[/] what the nodes themselves logged (their append-only upgrade logs):")
+        _step(4, "what the nodes themselves logged (their append-only upgrade logs):")
         for node in (n for n in lab.status()["nodes"] if n["cluster"] == cluster):
             for entry in lab.upgrade_log(node["hostname"]):
-                console.print(f"   {node['hostname']}: {entry['from']} -> {entry['to']} at {entry['at']}")
+                line = f"   {node['hostname']}: {entry['from']} -> {entry['to']} at {entry['at']}"
+                console.print(line, markup=False, soft_wrap=True)
     finally:
         if not keep:
             lab.down()

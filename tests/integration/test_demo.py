@@ -1,0 +1,49 @@
+"""`make demo` is the README's first command: `upkeep demo` starts a lab, imports it, updates one
+cluster node by node through the Prefect flow, prints what the nodes logged and where to look, and
+takes the lab down again. Run here as the real command in a process of its own, against this worker's
+Prefect test server (a temporary server is what a fresh machine gets; `update`'s tests cover that)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.support import forkserver
+from tests.support.cli import home_env, no_traceback
+from upkeep.lab.lab import Lab
+
+
+def test_the_demo_updates_a_cluster_of_its_own_lab_says_where_to_look_and_leaves_no_lab_running(
+    tmp_path: Path, prefect_harness: None
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path / "home"
+    env = home_env(home, PREFECT_API_URL=str(PREFECT_API_URL.value()), DO_NOT_TRACK="1")
+    demo = home / "demo"  # a home that is not the default one keeps its demo inside it
+
+    result = forkserver.run(["demo"], env=env, cwd=tmp_path, timeout=240)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    no_traceback(result)
+    out = result.stdout
+    assert f"1. starting a lab under {demo / 'lab'}" in out
+    assert re.search(r"^   customer: 2 created; .*cluster: 2 created; node: 6 created", out, re.M), out
+    [cluster] = re.findall(r"3\. updating (\S+) to ", out)
+    upgraded = re.findall(rf"   ({re.escape(cluster)}-n\d): (\S+) -> (\S+) at ", out)
+    assert len(upgraded) == 3 and len({node for node, *_ in upgraded}) == 3, out
+    assert "demo done in " in out
+    [run_id] = re.findall(
+        rf"records   {re.escape(str(demo / 'upkeep.db'))}: UPKEEP_HOME=\S+ \S+ show (\d+)", out
+    )
+    assert re.search(r"portal .* portal serve; sign in as it@acme\.example", out), out
+    assert re.search(r"^ +http://127\.0\.0\.1:\d+/signin/link\?t=\S+$", out, re.M), out
+
+    # What the hint says to run shows the run the demo made, done, every node once.
+    shown = forkserver.run(["show", run_id, "--json"], env=home_env(demo), cwd=tmp_path, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    run = json.loads(shown.stdout)
+    assert run["state"] == "succeeded" and run["cluster"] == cluster, run
+    # And nothing of the lab is left running (`make demo KEEP=1` is the one that keeps it).
+    assert Lab(demo / "lab").status()["up"] is False

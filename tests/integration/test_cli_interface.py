@@ -256,6 +256,12 @@ def test_check_runs_the_real_preflight_and_touches_nothing(
     assert [c["what"] for c in report["checks"]] == ["cluster", "file-server", *nodes]
     assert all(c["ok"] for c in report["checks"]), report
     assert "9.8.0" in report["checks"][2]["detail"]
+    passed = _here(lab_env, "update", fresh_cluster, "--to", "9.10.0", "--check")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert passed.stdout.splitlines()[-1] == (
+        f"every check passed; `upkeep update {fresh_cluster} --to 9.10.0` runs it"
+    )
+    assert sum(line.split()[:1] == ["ok"] for line in passed.stdout.splitlines()) == 2 + len(nodes)
 
     broken = nodes[1]
     fault = _here(lab_env, "lab", "fault", broken, "disk-full", "--json", "--root", str(lab.root))

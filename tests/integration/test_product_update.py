@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,18 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     assert "dry run" in out and f"9.8.0→{TARGET}" in out
     for node in nodes_of(lab, fresh_cluster):
         assert node["hostname"] in out
+    plan = json.loads(
+        forkserver.run(
+            ["update", fresh_cluster, "--to", TARGET, "--dry-run", "--json"], env=env, check=True
+        ).stdout
+    )
+    assert (plan["dry_run"], plan["cluster"], plan["from_version"], plan["to_version"]) == (
+        True,
+        fresh_cluster,
+        "9.8.0",
+        TARGET,
+    )
+    assert [n["hostname"] for n in plan["nodes"]] == [n["hostname"] for n in nodes_of(lab, fresh_cluster)]
     assert db.read_bytes() == before
     assert _upgrades(lab, fresh_cluster) == [0, 0, 0]
 

@@ -24,7 +24,7 @@ from sqlmodel import col, select
 
 from flows import runtime as flow_runtime
 from inventory.db import session_scope
-from inventory.models import RunState, UpgradeRun
+from inventory.models import RequestedAction, RunState, UpgradeRun
 from inventory.repo import get_cluster
 from tests.support.fakes import FakeNode
 from tests.support.flow_engine import prefect_in_process
@@ -187,6 +187,51 @@ def test_cancel_is_honoured_after_the_node_in_progress_and_the_customer_told(wor
     assert run.reason == "cancelled by sre: customer asked (after 1 of 3 nodes)"
     assert world.upgraded() == [1, 0, 0]
     assert world.notices(run.id) == ["started", "cancelled"]
+
+
+def test_a_paused_run_cancelled_ends_there_and_the_customer_is_told_which_node_runs_which_version(
+    world: World,
+) -> None:
+    """`upkeep cancel` of a run no flow is carrying out (paused here): it ends at once, told like a
+    cancel between nodes; pausing it again first is a no-op, and nothing pauses or cancels it after."""
+    from inventory.outbox import Notice
+    from upkeep.console import CliError
+    from upkeep.updates import request_stop
+
+    _ask(world, "pause")
+    world.update()
+    run = world.run()
+    assert run.id is not None and run.state == RunState.paused
+    world.nodes[0].before.clear()
+
+    def ask(action: str, reason: str = "") -> str:
+        assert run.id is not None
+        return request_stop(run.id, action, engine=world.engine, actor="sre", reason=reason)
+
+    assert ask("pause") == f"run {run.id} is already paused"
+    assert world.run().requested_action == RequestedAction.none  # nothing queued for a flow not there
+    assert ask("cancel", "customer asked") == (
+        f"run {run.id} cancelled; the customer is told (if the update was announced)"
+    )
+
+    ended = world.run()
+    assert ended.state == RunState.cancelled
+    assert ended.reason == "cancelled by sre: customer asked (while paused)"
+    assert world.upgraded() == [1, 0, 0]
+    assert world.notices(run.id) == ["started", "cancelled"]
+    with session_scope(world.engine) as session:
+        query = select(Notice).where(
+            col(Notice.update_ref).startswith(f"update-{run.id}"), Notice.kind == "cancelled"
+        )
+        [notice] = session.exec(query).all()
+    assert "customer asked" in notice.body_text
+    assert (
+        f"{HOSTS[0]}: {TARGET}" in notice.body_text
+        and f"{HOSTS[1]}: {FROM} (not upgraded)" in notice.body_text
+    )
+    for action in ("pause", "cancel"):
+        with pytest.raises(CliError, match=f"run {run.id} is cancelled: it cannot be"):
+            ask(action, "again")
 
 
 @pytest.fixture

@@ -138,6 +138,26 @@ def serve_demo_portal(settings: Settings, home: Path) -> tuple[str, int]:
     raise RuntimeError(f"the portal did not answer at {url} within 60 s; see {home / 'portal.log'}")
 
 
+def _prefect_hints(run_id: int, engine: Any) -> list[str]:
+    """Where the run is in Prefect's UI: the flow run's page when the demo ran against a Prefect server
+    of the operator's (PREFECT_API_URL set), else how to get one (the demo's temporary server has
+    stopped by now, and its pages with it)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.links import flow_run_url
+    from inventory.db import session_scope
+    from inventory.runs import get_run
+
+    if PREFECT_API_URL.value():
+        with session_scope(engine) as session:
+            url = flow_run_url(get_run(run_id, session=session).flow_run_id)
+        return [f"Prefect   the flow run in the UI: {url}"] if url else []
+    return [
+        "Prefect   start `.venv/bin/prefect server start` elsewhere and export",
+        "          PREFECT_API_URL=http://127.0.0.1:4200/api before `make demo` to watch runs in the UI",
+    ]
+
+
 def _step(number: int, text: str) -> None:
     """One numbered step, whole on its line (a path wrapped by Rich cannot be copied) and as text (a
     path may hold '[')."""
@@ -176,8 +196,7 @@ def run_demo(*, keep: bool = False) -> None:
     env = f"UPKEEP_HOME={home}"
     hints = [
         f"records   {home / 'upkeep.db'}: {env} .venv/bin/upkeep show {run_id}  (also: runs, show --json)",
-        "Prefect   start `.venv/bin/prefect server start` elsewhere and export",
-        "          PREFECT_API_URL=http://127.0.0.1:4200/api before `make demo` to watch runs in the UI",
+        *_prefect_hints(run_id, engine),
     ]
     served = ""
     if keep:

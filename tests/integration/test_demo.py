@@ -37,6 +37,9 @@ def test_the_demo_updates_a_cluster_of_its_own_lab_says_where_to_look_and_leaves
     [run_id] = re.findall(
         rf"records   {re.escape(str(demo / 'upkeep.db'))}: UPKEEP_HOME=\S+ \S+ show (\d+)", out
     )
+    assert re.search(
+        r"^  Prefect   the flow run in the UI: http://127\.0\.0\.1:\d+/runs/flow-run/\S+$", out, re.M
+    ), out
     assert re.search(r"portal .* portal serve; sign in as it@acme\.example", out), out
     assert re.search(r"^ +http://127\.0\.0\.1:\d+/signin/link\?t=\S+$", out, re.M), out
 

@@ -325,6 +325,40 @@ def test_open_p0_case_skips_until_closed_then_replans(fleet: Engine) -> None:
     assert replan_skipped(engine=fleet, now=later) == []
 
 
+def test_a_cluster_with_an_update_of_its_own_is_skipped_until_that_ends_then_replanned(fleet: Engine) -> None:
+    """A customer's own update of c09 (planned before the release) holds the cluster: the release skips
+    it, naming that update, and plans it once that update ended without upgrading it."""
+    from tests.support.runs import planned_run
+
+    with session_scope(fleet) as session:
+        cluster = session.exec(select(Cluster).where(Cluster.name == "c09")).one()
+        own = planned_run(
+            session, cluster, slot_start=NOW + timedelta(days=3), slot_end=NOW + timedelta(days=3, hours=2)
+        )
+        own_id = own.id
+    report = _plan(fleet)
+    assert "c09" not in report.planned
+    assert report.skipped["c09"].startswith(f"update {own_id} (") and report.skipped["c09"].endswith(
+        "is planned; re-slotted once it ends"
+    ), report.skipped["c09"]
+    assert replan_skipped(engine=fleet, now=NOW + timedelta(hours=1)) == []  # still planned: still skipped
+
+    with session_scope(fleet) as session:
+        own = session.get(UpgradeRun, own_id)
+        assert own is not None
+        finish_run(own, RunState.cancelled, reason="customer withdrew it", session=session)
+    later = NOW + timedelta(hours=2)
+    assert replan_skipped(engine=fleet, now=later) == ["c09: planned"]
+    with session_scope(fleet) as session:
+        query = (
+            select(UpgradeRun).join(Cluster).where(Cluster.name == "c09", UpgradeRun.kind == "cloud_release")
+        )
+        [run] = session.exec(query).all()
+        assert run.state == RunState.planned and run.slot_start and run.slot_start > later
+        notice = session.exec(select(Notice).where(Notice.update_ref == f"update-{run.id}")).one()
+        assert notice.kind == "scheduled"
+
+
 def test_a_deferral_shows_as_deferred(fleet: Engine) -> None:
     from flows.schedule import defer_update
 

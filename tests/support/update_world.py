@@ -28,9 +28,17 @@ MONDAY = datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
 
 
 class World:
-    """One customer, one 3-node cluster at 9.9.0, release 9.10.0 on the fake file server."""
+    """One customer, one 3-node cluster at 9.9.0, release 9.10.0 on the fake file server; `oncall`, the
+    inventory's on-call section when given."""
 
-    def __init__(self, engine: Engine, tmp_path: Path, *, window: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tmp_path: Path,
+        *,
+        window: dict[str, str] | None = None,
+        oncall: dict[str, Any] | None = None,
+    ) -> None:
         self.engine, self.clock = engine, FakeClock(MONDAY)
         self.fleet, self.files, self.mail = FakeFleet(), FakeFileServer(), FakeMailTransport()
         sha256 = self.files.add(PACKAGE, b"the 9.10.0 package")
@@ -54,9 +62,10 @@ class World:
         }
         release = {"version": TARGET, "package": PACKAGE, "sha256": sha256, "from": [FROM]}
         inventory = tmp_path / "inventory.yaml"
-        inventory.write_text(
-            yaml.safe_dump({"customers": [customer], "releases": [release]}, sort_keys=False)
-        )
+        document: dict[str, Any] = {"customers": [customer], "releases": [release]}
+        if oncall is not None:
+            document["oncall"] = oncall
+        inventory.write_text(yaml.safe_dump(document, sort_keys=False))
         import_inventory(inventory, engine=engine, actor="test")
         self.runtime = Runtime(
             engine=engine,

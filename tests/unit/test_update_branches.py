@@ -234,6 +234,76 @@ def test_a_paused_run_cancelled_ends_there_and_the_customer_is_told_which_node_r
             ask(action, "again")
 
 
+ONCALL = {
+    "timezone": "UTC",
+    "handover": "09:00",
+    "rotation": "weekly",
+    "starts": "2026-11-30",
+    "engineers": [
+        {"name": "Ana", "email": "ana@vendor.example"},
+        {"name": "Ben", "email": "ben@vendor.example"},
+    ],
+    "team_lead": {"name": "Tess", "email": "tess@vendor.example"},
+    "escalation": [{"name": "Max", "email": "max@vendor.example", "role": "support manager"}],
+}
+
+
+def _urgent_run(world: World) -> int:
+    from tests.support.runs import planned_run
+
+    with session_scope(world.engine) as session:
+        cluster = get_cluster(CLUSTER, session=session)
+        run = planned_run(session, cluster, slot_start=MONDAY, slot_end=MONDAY + timedelta(hours=4))
+        run.urgent = True
+        session.add(run)
+        assert run.id is not None
+        return run.id
+
+
+@pytest.mark.parametrize("urgent", [True, False])
+def test_a_failed_urgent_update_pages_the_engineer_on_call_and_the_team_lead_at_any_hour(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, urgent: bool
+) -> None:
+    """Monday 00:00 UTC, the middle of the night: an urgent update failing on its second node pages Ana
+    (on call this week) and Tess (team lead), once, with how to acknowledge; a routine one pages no one
+    (the SRE's alert is enough)."""
+    from inventory.alerts import Alert, Page
+
+    with _world(sqlite_engine, tmp_path, monkeypatch, oncall=ONCALL) as world:
+        run_id = _urgent_run(world) if urgent else None
+        world.nodes[1].before["upgrade"] = _upgrade_fails
+
+        state = world.update(run_id=run_id) if run_id else world.update()
+
+        run = world.run()
+        assert state.is_failed(), state.message
+        assert run.state == RunState.failed and world.upgraded() == [1, 0, 0]
+        assert run.urgent is urgent
+        with session_scope(world.engine) as session:
+            pages = session.exec(select(Page)).all()
+            paging = session.exec(select(Alert).where(Alert.kind == "page")).all()
+        if not urgent:
+            assert (pages, paging) == ([], [])
+            return
+        [paged] = pages
+        assert (paged.key, paged.level, paged.paged) == (f"run:{run.id}", 0, ["Ana", "Tess"])
+        assert paged.escalate_at is not None and paged.escalate_at > MONDAY  # unacknowledged, it climbs
+        [alert] = paging
+        assert (
+            alert.subject
+            == f"[Upkeep] fakeco/{CLUSTER}: PAGE: URGENT update run {run.id} failed at {HOSTS[1]}"
+        )
+        assert alert.targets == ["ana@vendor.example", "tess@vendor.example"]
+        assert f"upkeep oncall ack {paged.id}" in alert.body_text
+
+        # The same failure seen again (a retry of the ending) pages no one twice.
+        from flows.outcomes import page_if_urgent
+
+        page_if_urgent(world.runtime, run.id or 0, "again", "again")
+        with session_scope(world.engine) as session:
+            assert len(session.exec(select(Page)).all()) == 1
+
+
 @pytest.fixture
 def short_window(sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     window = {"days": "mon-sun", "start": "00:00", "duration": "1h"}

@@ -12,7 +12,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from inventory.db import HEAD_REVISION, MIGRATIONS, migrate
 from inventory.revision import current_revisions
@@ -51,7 +51,7 @@ def test_a_database_newer_than_this_checkout_is_refused_as_before(engine: Engine
         migrate(engine)
 
 
-def _schema(engine: Engine) -> dict[str, object]:
+def _schema(engine: Engine | Connection) -> dict[str, object]:
     """Every table's columns, indexes, unique constraints and foreign keys, as the database reports them."""
     found = inspect(engine)
     return {
@@ -69,6 +69,38 @@ def _schema(engine: Engine) -> dict[str, object]:
         )
         for table in sorted(found.get_table_names())
     }
+
+
+# What a downgrade and upgrade again could lose, each as the DDL that loses it: the comparison above
+# must tell each from the head (SQLite's ALTER TABLE can only drop an index or a column).
+_LOSSES = {
+    "an index": "DROP INDEX ix_upgraderun_state_slot",
+    "a unique index": "DROP INDEX ix_portal_user_mailbox",
+    "a column": "ALTER TABLE upgraderun DROP COLUMN lease_since",
+}
+_POSTGRES_LOSSES = {
+    "ON DELETE CASCADE": "ALTER TABLE node DROP CONSTRAINT node_cluster_id_fkey, "
+    "ADD CONSTRAINT node_cluster_id_fkey FOREIGN KEY (cluster_id) REFERENCES cluster (id)",
+    "a server default": "ALTER TABLE upgraderun ALTER COLUMN held_reason DROP DEFAULT",
+    "a primary key": "ALTER TABLE portal_feed DROP CONSTRAINT portal_feed_pkey",
+    "an enum member": "ALTER TYPE accesskind RENAME VALUE 'tunnel' TO 'tunnel_'",
+    "an enum type": "ALTER TABLE cluster ALTER COLUMN kind TYPE VARCHAR(8) USING kind::text",
+    "a CHECK constraint": "ALTER TABLE release ADD CONSTRAINT ck_release_id CHECK (id > 0)",
+}
+
+
+def test_the_schema_comparison_tells_each_loss_from_the_head(engine: Engine) -> None:
+    """The round-trip tests below are only as good as `_schema`: each loss, made in a transaction
+    rolled back after, must change what it reports."""
+    at_head = _schema(engine)
+    losses = _LOSSES | (_POSTGRES_LOSSES if engine.dialect.name == "postgresql" else {})
+    with engine.connect() as connection:
+        for loss, ddl in losses.items():
+            with connection.begin() as transaction:
+                connection.execute(text(ddl))
+                assert _schema(connection) != at_head, f"_schema does not see {loss} lost"
+                transaction.rollback()
+    assert _schema(engine) == at_head
 
 
 def test_every_revision_downgrades_and_the_way_back_up_gives_the_same_schema(engine: Engine) -> None:

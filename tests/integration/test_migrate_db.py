@@ -52,23 +52,39 @@ def test_a_database_newer_than_this_checkout_is_refused_as_before(engine: Engine
 
 
 def _schema(engine: Engine | Connection) -> dict[str, object]:
-    """Every table's columns, indexes, unique constraints and foreign keys, as the database reports them."""
+    """Every table's columns (type as the database names it, nullability, default), primary key,
+    indexes, unique and CHECK constraints and foreign keys (with their ON DELETE), and PostgreSQL's enum
+    types with their members in order, as the database reports them."""
     found = inspect(engine)
-    return {
+    tables: dict[str, object] = {
         table: (
-            [(c["name"], str(c["type"]), c["nullable"]) for c in found.get_columns(table)],
+            [
+                (c["name"], c["type"].compile(dialect=engine.dialect), c["nullable"], c.get("default"))
+                for c in found.get_columns(table)
+            ],
+            tuple(found.get_pk_constraint(table)["constrained_columns"]),
             sorted(
                 (i["name"] or "", tuple(i["column_names"]), bool(i["unique"]))
                 for i in found.get_indexes(table)
             ),
             sorted((u["name"] or "", tuple(u["column_names"])) for u in found.get_unique_constraints(table)),
             sorted(
-                (tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                (
+                    tuple(f["constrained_columns"]),
+                    f["referred_table"],
+                    tuple(f["referred_columns"]),
+                    sorted(f.get("options", {}).items()),
+                )
                 for f in found.get_foreign_keys(table)
             ),
+            sorted(" ".join(c["sqltext"].split()) for c in found.get_check_constraints(table)),
         )
         for table in sorted(found.get_table_names())
     }
+    enums = cast(Any, found).get_enums() if engine.dialect.name == "postgresql" else []
+    if enums:  # a key of its own only then: a database rolled back to base has none left
+        tables["(enum types)"] = sorted((e["name"], tuple(e["labels"])) for e in enums)
+    return tables
 
 
 # What a downgrade and upgrade again could lose, each as the DDL that loses it: the comparison above

@@ -50,3 +50,40 @@ def test_the_demo_updates_a_cluster_of_its_own_lab_says_where_to_look_and_leaves
     assert run["state"] == "succeeded" and run["cluster"] == cluster, run
     # And nothing of the lab is left running (`make demo KEEP=1` is the one that keeps it).
     assert Lab(demo / "lab").status()["up"] is False
+
+
+def test_a_second_demo_in_the_same_home_refuses_at_once_and_leaves_the_first_to_finish(
+    tmp_path: Path, prefect_harness: None
+) -> None:
+    """Two operators running `make demo` in one checkout: the second's `lab.down()` stopped the first's
+    lab under its running update (which then failed on 'download ... Connection refused; check
+    fileserver_url'), and the second failed too ('acme-c1 already has an active update'). The second
+    now refuses with one line naming the home, touching nothing; the first finishes."""
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path / "home"
+    env = home_env(home, PREFECT_API_URL=str(PREFECT_API_URL.value()), DO_NOT_TRACK="1")
+    demo = home / "demo"
+    first_out = tmp_path / "first.out"
+    with first_out.open("w") as out:
+        first = forkserver.popen(["demo"], env=env, cwd=tmp_path, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 180
+        while "3. updating " not in first_out.read_text() and first.poll() is None:
+            assert time.monotonic() < deadline, first_out.read_text()
+            time.sleep(0.1)
+        second = forkserver.run(["demo"], env=env, cwd=tmp_path, timeout=120)
+        assert first.wait(timeout=240) == 0, first_out.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    no_traceback(second)
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert second.stdout == "", second.stdout
+    [line] = second.stderr.splitlines()
+    assert line.startswith(f"error: a demo is already running in {demo} (pid {first.pid})"), line
+    assert "demo done in " in first_out.read_text()
+    assert Lab(demo / "lab").status()["up"] is False

@@ -87,3 +87,39 @@ def test_a_second_demo_in_the_same_home_refuses_at_once_and_leaves_the_first_to_
     assert line.startswith(f"error: a demo is already running in {demo} (pid {first.pid})"), line
     assert "demo done in " in first_out.read_text()
     assert Lab(demo / "lab").status()["up"] is False
+
+
+def test_a_demo_killed_mid_update_leaves_nothing_that_stops_the_next_one(
+    tmp_path: Path, prefect_harness: None
+) -> None:
+    """`kill -9` of a demo while a node upgrades (a closed terminal, the OOM killer): its lab keeps
+    running and its run stays `running` in the demo's records. The next demo stops that lab (it did)
+    and was refused at its import for good: "cluster 'acme-c1': upgrade run 1 is running; change the
+    cluster after it ends", with no flow left to end it."""
+    import signal
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path / "home"
+    env = home_env(home, PREFECT_API_URL=str(PREFECT_API_URL.value()), DO_NOT_TRACK="1")
+    demo = home / "demo"
+    killed_out = tmp_path / "killed.out"
+    with killed_out.open("w") as out:
+        killed = forkserver.popen(["demo"], env=env, cwd=tmp_path, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 180
+        while not re.search(r"-n1 upgrade started", killed_out.read_text()):
+            assert killed.poll() is None and time.monotonic() < deadline, killed_out.read_text()
+            time.sleep(0.05)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert Lab(demo / "lab").status()["up"] is True  # what the killed demo left
+
+    result = forkserver.run(["demo"], env=env, cwd=tmp_path, timeout=240)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    no_traceback(result)
+    assert "demo done in " in result.stdout
+    assert Lab(demo / "lab").status()["up"] is False

@@ -3,6 +3,7 @@
 Uses a home of its own so a demo never touches a real inventory: inside the checkout it runs from
 (`.upkeep/demo`, gitignored), so two checkouts' demos never share a lab (a second one would stop the
 first one's); `<UPKEEP_HOME>/demo` when a home is set explicitly or Upkeep is not run from a checkout.
+One demo at a time per home (a second one there refuses); each starts with fresh records.
 """
 
 from __future__ import annotations
@@ -206,6 +207,11 @@ def _run_demo(home: Path, *, keep: bool) -> None:
     lab = Lab(home / "lab")
     lab.down()  # a previous demo that was interrupted leaves nothing behind
     stop_demo_portal(home)  # nor a portal an earlier `demo --keep` left running
+    # nor records: a demo killed mid-update left its run `running` with no flow to end it, and the
+    # import below refuses to change a cluster under a running update. The lock says no other demo
+    # has this database open.
+    for name in ("upkeep.db", "upkeep.db-wal", "upkeep.db-shm"):
+        (home / name).unlink(missing_ok=True)
     started = time.monotonic()
     _step(1, f"starting a lab under {lab.root}: 2 clusters x 3 real sshd nodes + nginx")
     status = lab.up(clusters=2, nodes=3)

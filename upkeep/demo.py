@@ -3,11 +3,14 @@
 Uses a home of its own so a demo never touches a real inventory: inside the checkout it runs from
 (`.upkeep/demo`, gitignored), so two checkouts' demos never share a lab (a second one would stop the
 first one's); `<UPKEEP_HOME>/demo` when a home is set explicitly or Upkeep is not run from a checkout.
+One demo at a time per home (a second one there refuses); each starts with fresh records.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +167,51 @@ def _step(number: int, text: str) -> None:
     console.print(f"[bold]{number}.[/] {escape(text)}", soft_wrap=True)
 
 
+DEMO_LOCK = "demo.lock"
+
+
+@contextmanager
+def _only_demo(home: Path) -> Iterator[None]:
+    """This process's demo is the only one in `home` while it runs: a second one (two operators, one
+    checkout) would take the first one's lab down under its update. Refused at once, naming the home and
+    the pid; the kernel drops the lock when its holder exits, however it ended (kill -9 included)."""
+    import fcntl
+    import os
+
+    from upkeep.console import CliError
+
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / DEMO_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise CliError(
+                f"a demo is already running in {home} (pid {holder}): wait for it to finish, or give "
+                "yours a home of its own (UPKEEP_HOME=<another directory>)"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
 def run_demo(*, keep: bool = False) -> None:
     home = demo_home(load_settings())
+    with _only_demo(home):
+        _run_demo(home, keep=keep)
+
+
+def _run_demo(home: Path, *, keep: bool) -> None:
     lab = Lab(home / "lab")
     lab.down()  # a previous demo that was interrupted leaves nothing behind
     stop_demo_portal(home)  # nor a portal an earlier `demo --keep` left running
+    # nor records: a demo killed mid-update left its run `running` with no flow to end it, and the
+    # import below refuses to change a cluster under a running update. The lock says no other demo
+    # has this database open.
+    for name in ("upkeep.db", "upkeep.db-wal", "upkeep.db-shm"):
+        (home / name).unlink(missing_ok=True)
     started = time.monotonic()
     _step(1, f"starting a lab under {lab.root}: 2 clusters x 3 real sshd nodes + nginx")
     status = lab.up(clusters=2, nodes=3)

@@ -129,7 +129,19 @@ class Settings(BaseSettings):
     @classmethod
     def _portal_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.query:
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+        except ValueError:
+            port_ok = False
+        else:
+            port_ok = parts.port != 0
+        if (
+            parts.scheme not in ("https", "http")
+            or not parts.hostname
+            or parts.username
+            or parts.query
+            or not port_ok
+        ):
             raise ValueError("portal_url must be http(s)://HOST[:PORT][/PATH], without user or query")
         return value.rstrip("/")
 

@@ -24,6 +24,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("upgraderun", schema=None) as batch_op:
-        batch_op.drop_column("window_end")
-        batch_op.drop_column("window_start")
+    # Plain ALTER TABLE ... DROP COLUMN, never batch mode's table rebuild: on SQLite that ends in DROP
+    # TABLE upgraderun, which with foreign keys on deletes the rows referencing it or fails (see 0011).
+    op.drop_column("upgraderun", "window_end")
+    op.drop_column("upgraderun", "window_start")

@@ -56,8 +56,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("installation")
-    with op.batch_alter_table("upgraderun", schema=None) as batch_op:
-        batch_op.drop_column("support_contact")
-        batch_op.drop_column("organizer")
-        batch_op.drop_column("held_reason")
-        batch_op.drop_column("told_at")
+    # Plain ALTER TABLE ... DROP COLUMN, never batch mode's table rebuild: on SQLite that ends in DROP
+    # TABLE upgraderun, which with foreign keys on deletes the rows referencing it or fails (see 0011).
+    op.drop_column("upgraderun", "support_contact")
+    op.drop_column("upgraderun", "organizer")
+    op.drop_column("upgraderun", "held_reason")
+    op.drop_column("upgraderun", "told_at")

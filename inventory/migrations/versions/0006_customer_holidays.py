@@ -23,6 +23,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("customer", schema=None) as batch_op:
-        batch_op.drop_column("holiday_subdivision")
-        batch_op.drop_column("holiday_country")
+    # Plain ALTER TABLE ... DROP COLUMN, never batch mode's table rebuild: on SQLite that ends in DROP
+    # TABLE customer, which with foreign keys on deletes the rows referencing it or fails (see 0011).
+    op.drop_column("customer", "holiday_subdivision")
+    op.drop_column("customer", "holiday_country")

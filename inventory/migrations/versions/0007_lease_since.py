@@ -26,5 +26,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("upgraderun") as batch:
-        batch.drop_column("lease_since")
+    # Plain ALTER TABLE ... DROP COLUMN, never batch mode's table rebuild: on SQLite that ends in DROP
+    # TABLE upgraderun, which with foreign keys on deletes the rows referencing it or fails (see 0011).
+    op.drop_column("upgraderun", "lease_since")

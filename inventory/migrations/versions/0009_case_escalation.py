@@ -29,8 +29,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("support_case", schema=None) as batch_op:
-        batch_op.drop_column("next_update_due")
-        batch_op.drop_column("last_update_at")
-        batch_op.drop_column("update_every_minutes")
-        batch_op.drop_column("escalation_manager")
+    # Plain ALTER TABLE ... DROP COLUMN, never batch mode's table rebuild: on SQLite that ends in DROP
+    # TABLE support_case, which with foreign keys on deletes the rows referencing it or fails (see 0011).
+    op.drop_column("support_case", "next_update_due")
+    op.drop_column("support_case", "last_update_at")
+    op.drop_column("support_case", "update_every_minutes")
+    op.drop_column("support_case", "escalation_manager")

@@ -306,6 +306,39 @@ def test_cancel_withdraws_a_scheduled_update(lab_env: dict[str, str], fresh_clus
     assert "cancelled" in json.loads(again.stdout)["error"]
 
 
+def test_pause_json_answers_with_the_runs_state_and_what_is_asked_of_it(
+    lab_env: dict[str, str], fresh_cluster: str
+) -> None:
+    """`upkeep pause N --json`: what a script reads back (the update, the state it is in, the action
+    now requested of it), and the same refusals as without --json for options that do not go together."""
+    scheduled = _here(lab_env, "schedule", fresh_cluster, "--to", "9.10.0", "--json")
+    assert scheduled.returncode == 0, scheduled.stdout + scheduled.stderr
+    update = json.loads(scheduled.stdout)["update"]
+    run_id = update.removeprefix("update-")
+
+    paused = _here(lab_env, "pause", run_id, "--json")
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    answer = json.loads(paused.stdout)
+    assert {k: answer[k] for k in ("id", "update", "action", "state", "requested_action")} == {
+        "id": int(run_id),
+        "update": update,
+        "action": "pause",
+        "state": "planned",
+        "requested_action": "pause",
+    }
+    assert answer["message"] == f"run {run_id}: pause requested; the node in progress finishes first"
+
+    for args, refusal in (
+        (
+            ("request", fresh_cluster, "--to", "9.10.0", "--source", "customer", "--override-window"),
+            "--override-window only goes with --now",
+        ),
+        (("resume", run_id, "--reason", "x"), "--reason goes with --override-window here"),
+    ):
+        refused = _here(lab_env, *args, "--json")
+        assert refused.returncode == 1 and json.loads(refused.stdout)["error"] == refusal, refused.stdout
+
+
 def test_diagnostics_with_the_prefect_api_away_is_one_line_and_connects_to_nothing(
     lab: Any, lab_env: dict[str, str], fresh_cluster: str
 ) -> None:

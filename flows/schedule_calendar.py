@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -46,12 +45,6 @@ class CalendarRow:
     @property
     def utc(self) -> str:
         return fmt_instant(self.at)
-
-    def as_dict(self) -> dict[str, Any]:
-        end = self.end.isoformat() if self.end else None
-        return {"at": self.at.isoformat(), "end": end, "local": self.local, "utc": self.utc} | {
-            key: getattr(self, key) for key in ("what", "customer", "cluster", "zone", "detail", "ref")
-        }
 
 
 _ORDER = {"dst": 0, "blackout": 1, "notice": 2, "reminder": 3, "window": 4, "update": 5}

@@ -1,12 +1,19 @@
 """`make demo` is the README's first command: `upkeep demo` starts a lab, imports it, updates one
 cluster node by node through the Prefect flow, prints what the nodes logged and where to look, and
-takes the lab down again. Run here as the real command in a process of its own, against this worker's
-Prefect test server (a temporary server is what a fresh machine gets; `update`'s tests cover that)."""
+takes the lab down again. Run here as the real command in processes of their own, against this worker's
+Prefect test server (a temporary server is what a fresh machine gets; `update`'s tests cover that).
+
+One story, so that it costs one whole demo and two partial ones (~20 s each whole): two operators in
+one checkout, the first demo killed mid-update, and the demo after it, which must work as on a fresh
+machine."""
 
 from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 from tests.support import forkserver
@@ -14,20 +21,22 @@ from tests.support.cli import home_env, no_traceback
 from upkeep.lab.lab import Lab
 
 
-def test_the_demo_updates_a_cluster_of_its_own_lab_says_where_to_look_and_leaves_no_lab_running(
-    tmp_path: Path, prefect_harness: None
-) -> None:
+def _demo_env(home: Path) -> dict[str, str]:
     from prefect.settings import PREFECT_API_URL
 
-    home = tmp_path / "home"
-    env = home_env(home, PREFECT_API_URL=str(PREFECT_API_URL.value()), DO_NOT_TRACK="1")
-    demo = home / "demo"  # a home that is not the default one keeps its demo inside it
+    return home_env(home, PREFECT_API_URL=str(PREFECT_API_URL.value()), DO_NOT_TRACK="1")
 
-    result = forkserver.run(["demo"], env=env, cwd=tmp_path, timeout=240)
 
-    assert result.returncode == 0, result.stdout + result.stderr
-    no_traceback(result)
-    out = result.stdout
+def _until(proc: forkserver.Forked | subprocess.Popen[bytes], out: Path, pattern: str) -> None:
+    """Until the demo's output matches `pattern` (it must still be running then)."""
+    deadline = time.monotonic() + 180
+    while not re.search(pattern, out.read_text(), re.M):
+        assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+        time.sleep(0.05)
+
+
+def _assert_a_whole_demo(out: str, demo: Path, tmp_path: Path) -> None:
+    """What a demo that went well printed, and that the run it names is there, done."""
     assert f"1. starting a lab under {demo / 'lab'}" in out
     assert re.search(r"^   customer: 2 created; .*cluster: 2 created; node: 6 created", out, re.M), out
     [cluster] = re.findall(r"3\. updating (\S+) to ", out)
@@ -42,84 +51,44 @@ def test_the_demo_updates_a_cluster_of_its_own_lab_says_where_to_look_and_leaves
     ), out
     assert re.search(r"portal .* portal serve; sign in as it@acme\.example", out), out
     assert re.search(r"^ +http://127\.0\.0\.1:\d+/signin/link\?t=\S+$", out, re.M), out
-
     # What the hint says to run shows the run the demo made, done, every node once.
     shown = forkserver.run(["show", run_id, "--json"], env=home_env(demo), cwd=tmp_path, timeout=120)
     assert shown.returncode == 0, shown.stderr
     run = json.loads(shown.stdout)
     assert run["state"] == "succeeded" and run["cluster"] == cluster, run
-    # And nothing of the lab is left running (`make demo KEEP=1` is the one that keeps it).
-    assert Lab(demo / "lab").status()["up"] is False
 
 
-def test_a_second_demo_in_the_same_home_refuses_at_once_and_leaves_the_first_to_finish(
+def test_a_second_demo_refuses_a_killed_one_is_cleaned_up_and_the_next_works_as_on_a_fresh_machine(
     tmp_path: Path, prefect_harness: None
 ) -> None:
-    """Two operators running `make demo` in one checkout: the second's `lab.down()` stopped the first's
-    lab under its running update (which then failed on 'download ... Connection refused; check
-    fileserver_url'), and the second failed too ('acme-c1 already has an active update'). The second
-    now refuses with one line naming the home, touching nothing; the first finishes."""
-    import time
-
-    from prefect.settings import PREFECT_API_URL
-
     home = tmp_path / "home"
-    env = home_env(home, PREFECT_API_URL=str(PREFECT_API_URL.value()), DO_NOT_TRACK="1")
-    demo = home / "demo"
+    env = _demo_env(home)
+    demo = home / "demo"  # a home that is not the default one keeps its demo inside it
     first_out = tmp_path / "first.out"
     with first_out.open("w") as out:
         first = forkserver.popen(["demo"], env=env, cwd=tmp_path, stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 180
-        while "3. updating " not in first_out.read_text() and first.poll() is None:
-            assert time.monotonic() < deadline, first_out.read_text()
-            time.sleep(0.1)
+        # Two operators, one checkout: the second's `lab.down()` stopped the first's lab under its
+        # update. Now it refuses at once with one line naming the home and the first's pid.
+        _until(first, first_out, r"^1\. starting a lab")
         second = forkserver.run(["demo"], env=env, cwd=tmp_path, timeout=120)
-        assert first.wait(timeout=240) == 0, first_out.read_text()
+        no_traceback(second)
+        assert (second.returncode, second.stdout) == (1, ""), second.stdout + second.stderr
+        [line] = second.stderr.splitlines()
+        assert line.startswith(f"error: a demo is already running in {demo} (pid {first.pid})"), line
+        # kill -9 of the first while a node upgrades (a closed terminal, the OOM killer): its lab keeps
+        # running and its run stays `running` with no flow left to end it. The next demo was refused at
+        # its import for good ("upgrade run 1 is running; change the cluster after it ends").
+        _until(first, first_out, r"-n1 upgrade started")
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    no_traceback(second)
-    assert second.returncode == 1, second.stdout + second.stderr
-    assert second.stdout == "", second.stdout
-    [line] = second.stderr.splitlines()
-    assert line.startswith(f"error: a demo is already running in {demo} (pid {first.pid})"), line
-    assert "demo done in " in first_out.read_text()
-    assert Lab(demo / "lab").status()["up"] is False
-
-
-def test_a_demo_killed_mid_update_leaves_nothing_that_stops_the_next_one(
-    tmp_path: Path, prefect_harness: None
-) -> None:
-    """`kill -9` of a demo while a node upgrades (a closed terminal, the OOM killer): its lab keeps
-    running and its run stays `running` in the demo's records. The next demo stops that lab (it did)
-    and was refused at its import for good: "cluster 'acme-c1': upgrade run 1 is running; change the
-    cluster after it ends", with no flow left to end it."""
-    import signal
-    import time
-
-    from prefect.settings import PREFECT_API_URL
-
-    home = tmp_path / "home"
-    env = home_env(home, PREFECT_API_URL=str(PREFECT_API_URL.value()), DO_NOT_TRACK="1")
-    demo = home / "demo"
-    killed_out = tmp_path / "killed.out"
-    with killed_out.open("w") as out:
-        killed = forkserver.popen(["demo"], env=env, cwd=tmp_path, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 180
-        while not re.search(r"-n1 upgrade started", killed_out.read_text()):
-            assert killed.poll() is None and time.monotonic() < deadline, killed_out.read_text()
-            time.sleep(0.05)
-    finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
+        first.send_signal(signal.SIGKILL)
+        first.wait()
     assert Lab(demo / "lab").status()["up"] is True  # what the killed demo left
 
     result = forkserver.run(["demo"], env=env, cwd=tmp_path, timeout=240)
 
     assert result.returncode == 0, result.stdout + result.stderr
     no_traceback(result)
-    assert "demo done in " in result.stdout
+    _assert_a_whole_demo(result.stdout, demo, tmp_path)
+    # And nothing of the lab is left running (`make demo KEEP=1` is the one that keeps it).
     assert Lab(demo / "lab").status()["up"] is False

@@ -6,6 +6,7 @@ another home, database or file server without import-order tricks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from pathlib import Path
@@ -312,11 +313,26 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"UPKEEP_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']} "
+            f"{_source_of(err['loc'], overrides)}: {err['msg']} "
             + (f"(got {err.get('input')!r})" if str(err["loc"][0]) in ECHOED else "(value not shown)")
             for err in exc.errors()
         )
         raise SettingsError(problems) from None
+
+
+def _source_of(loc: tuple[Any, ...], overrides: dict[str, Any]) -> str:
+    """Where a refused value came from, as the operator would look for it: the environment variable
+    (which wins over the file), else the key in the TOML file, else (a default, or a value the caller
+    passed) the variable that would set it."""
+    field = "_".join(str(p) for p in loc)
+    variable = f"UPKEEP_{field.upper()}"
+    if field in overrides or variable in {key.upper() for key in os.environ}:
+        return variable
+    path = config_file()
+    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        if field in tomllib.loads(path.read_bytes().decode("utf-8")):
+            return f"{field} in {path}"
+    return variable
 
 
 # Settings whose refused value is echoed back: numbers, switches, paths and names that cannot carry a

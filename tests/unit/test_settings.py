@@ -97,9 +97,28 @@ def test_a_refused_database_url_from_the_file_is_not_echoed(monkeypatch: pytest.
     config = tmp_path / "upkeep.toml"
     config.write_text('database_url = ["postgresql://u:MARKER-pw@127.0.0.1/db"]\n')
     monkeypatch.setenv("UPKEEP_CONFIG", str(config))
-    with pytest.raises(SettingsError, match="UPKEEP_DATABASE_URL") as refused:
+    with pytest.raises(SettingsError) as refused:
         load_settings()
+    assert str(refused.value).startswith(f"database_url in {config}: ")  # where to look: the file
     assert "MARKER" not in str(refused.value)
+
+
+def test_a_refused_value_is_named_where_it_came_from_the_file_or_the_variable_that_overrides_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "upkeep.toml"
+    config.write_text('smtp_port = "lots"\n', encoding="utf-8")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    monkeypatch.delenv("UPKEEP_SMTP_PORT", raising=False)
+    with pytest.raises(SettingsError) as from_file:
+        load_settings()
+    assert str(from_file.value) == (
+        f"smtp_port in {config}: Input should be a valid integer, unable to parse string as an integer "
+        "(got 'lots')"
+    )
+    monkeypatch.setenv("UPKEEP_SMTP_PORT", "many")  # the environment wins over the file: its value is refused
+    with pytest.raises(SettingsError, match=r"^UPKEEP_SMTP_PORT: .*\(got 'many'\)$"):
+        load_settings()
 
 
 def test_a_refused_harmless_value_is_still_echoed(monkeypatch: pytest.MonkeyPatch):

@@ -8,6 +8,7 @@ One demo at a time per home (a second one there refuses); each starts with fresh
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -236,7 +237,7 @@ def _run_demo(home: Path, *, keep: bool) -> None:
     finally:
         if not keep:
             lab.down()
-    env = f"UPKEEP_HOME={home}"
+    env = f"UPKEEP_HOME={shlex.quote(str(home))}"  # the hints are pasted into a shell
     hints = [
         f"records   {home / 'upkeep.db'}: {env} .venv/bin/upkeep show {run_id}  (also: runs, show --json)",
         *_prefect_hints(run_id, engine),

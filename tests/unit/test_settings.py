@@ -121,6 +121,50 @@ def test_a_refused_value_is_named_where_it_came_from_the_file_or_the_variable_th
         load_settings()
 
 
+def test_a_refused_value_from_a_variable_spelled_in_lower_case_names_it_as_spelled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """pydantic-settings reads UPKEEP_* variables in any case: the operator looks for the one they set."""
+    import os
+
+    for key in list(os.environ):
+        if key.upper().startswith("UPKEEP_") and key != "UPKEEP_HOME":
+            monkeypatch.delenv(key)
+    config = tmp_path / "upkeep.toml"
+    config.write_text("smtp_port = 2525\n", encoding="utf-8")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    monkeypatch.setenv("upkeep_smtp_port", "lots")  # wins over the file, as UPKEEP_SMTP_PORT would
+    with pytest.raises(SettingsError, match=r"^upkeep_smtp_port: .*\(got 'lots'\)$"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("/proc/self/mem", "cannot read it"),  # a regular file whose read fails (EIO), even for root
+        ("DEEP", "nested too deeply"),  # tomllib recurses per bracket: RecursionError, not a decode error
+        ("DIR", "a directory, not a file"),
+    ],
+)
+def test_a_config_file_that_cannot_be_read_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, path: str, problem: str
+) -> None:
+    if path == "DEEP":
+        deep = tmp_path / "upkeep.toml"
+        deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+        path = str(deep)
+    elif path == "DIR":
+        path = str(tmp_path)
+    elif not Path(path).is_file():  # pragma: no cover - not Linux
+        pytest.skip("no /proc/self/mem")
+    monkeypatch.setenv("UPKEEP_CONFIG", path)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert path in message and problem in message, message
+    assert "\n" not in message
+
+
 def test_a_refused_harmless_value_is_still_echoed(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("UPKEEP_SMTP_PORT", "lots")
     with pytest.raises(SettingsError, match=r"UPKEEP_SMTP_PORT: .*\(got 'lots'\)"):

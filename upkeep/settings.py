@@ -284,9 +284,13 @@ class _TomlSource(PydanticBaseSettingsSource):
         path = config_file()
         if not path.is_file():
             if os.environ.get("UPKEEP_CONFIG"):
-                raise SettingsError(f"UPKEEP_CONFIG={path}: no such file")
+                what = "a directory, not a file" if path.is_dir() else "no such file"
+                raise SettingsError(f"UPKEEP_CONFIG={path}: {what}")
             return {}
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:  # permissions, an I/O error: the operator's to fix, not a crash
+            raise SettingsError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
         try:
             text = raw.decode("utf-8")  # TOML is UTF-8, whatever the locale
         except UnicodeDecodeError as exc:
@@ -296,6 +300,8 @@ class _TomlSource(PydanticBaseSettingsSource):
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: {exc}") from exc
+        except RecursionError:  # tomllib (3.11) recurses per nested array or table, without a limit
+            raise SettingsError(f"{path}: nested too deeply to read as TOML") from None
         unknown = sorted(set(data) - set(Settings.model_fields))
         if unknown:
             raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}")
@@ -326,10 +332,15 @@ def _source_of(loc: tuple[Any, ...], overrides: dict[str, Any]) -> str:
     passed) the variable that would set it."""
     field = "_".join(str(p) for p in loc)
     variable = f"UPKEEP_{field.upper()}"
-    if field in overrides or variable in {key.upper() for key in os.environ}:
+    if field in overrides:
         return variable
+    # pydantic-settings reads the variable in any case (upkeep_smtp_port); of several spellings, the
+    # last in the environment wins, as there. Named as spelled: that is the one the operator set.
+    spelled = [key for key in os.environ if key.upper() == variable]
+    if spelled:
+        return spelled[-1]
     path = config_file()
-    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         if field in tomllib.loads(path.read_bytes().decode("utf-8")):
             return f"{field} in {path}"
     return variable

@@ -79,6 +79,14 @@ def test_unknown_keys_in_the_file_are_errors(monkeypatch: pytest.MonkeyPatch, tm
         ("UPKEEP_ALERT_URLS", "MARKER-token-without-a-scheme"),
         # basic-auth userinfo and a query token in a file-server URL with the wrong scheme
         ("UPKEEP_FILESERVER_URL", "ftp://bob:MARKER-pw@files.example/?token=MARKER-q"),
+        # a password holding an unencoded '/', '#' or '?': urlsplit ends the authority there, and reads
+        # 'bob:MARKER' as host and port; with the right scheme the URL was accepted, and `upkeep
+        # settings` and the doctor (its port, in a ValueError) showed the password
+        ("UPKEEP_FILESERVER_URL", "ftp://bob:MARKER/pw@files.example"),
+        ("UPKEEP_FILESERVER_URL", "https://bob:MARKER/pw@files.example"),
+        ("UPKEEP_FILESERVER_URL", "https://bob:MARKER#pw@files.example"),
+        ("UPKEEP_FILESERVER_URL", "http://bob:MARKER?pw@files.example"),
+        ("UPKEEP_FILESERVER_URL", "https://files.example:MARKER"),  # a port that is not one
         # a database URL pydantic refuses (not a string): from the TOML file below
     ],
 )

@@ -119,11 +119,27 @@ class Settings(BaseSettings):
     @field_validator("fileserver_url")
     @classmethod
     def _url_scheme(cls, value: str) -> str:
+        # Never the value itself: it may carry basic-auth userinfo or a token; host and port do not.
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number (its message quotes it)
+        except ValueError:
+            port_ok = False
+        else:
+            port_ok = True
+        # A password holding an unencoded '/', '?' or '#' ends the authority there: 'bob:PASSWORD' reads
+        # as host and port, the rest of it lands in the path, query or fragment. Such a URL is refused,
+        # and its authority not shown (urlsplit's host would be part of the password).
+        split_ok = port_ok and "@" not in parts.path + parts.query + parts.fragment
+        host = parts.netloc.rpartition("@")[2] if split_ok else "(not shown)"
+        shown = f"{parts.scheme}://{host}" if parts.scheme else "no scheme"
         if not value.startswith(("https://", "http://")):
-            # Never the value itself: it may carry basic-auth userinfo or a token; host and port do not.
-            parts = urlsplit(value)
-            shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.scheme else "no scheme"
             raise ValueError(f"fileserver_url ({shown}) must start with https://")
+        if not split_ok:
+            raise ValueError(
+                f"fileserver_url ({shown}) must be https://HOST[:PORT][/PATH]: a port is a number, and "
+                "a '/', '?', '#' or '@' in a user or password is percent-encoded"
+            )
         return value.rstrip("/")
 
     @field_validator("portal_url")

@@ -241,3 +241,20 @@ def test_a_portal_url_whose_port_is_no_port_is_refused_when_read(
     monkeypatch.setenv("UPKEEP_PORTAL_URL", url)
     with pytest.raises(SettingsError, match=r"UPKEEP_PORTAL_URL: .*portal_url must be"):
         load_settings()
+
+
+def test_a_database_url_from_the_file_that_is_no_url_is_named_in_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Refused when the database is opened (not by pydantic): still named where it came from."""
+    from upkeep.database import open_database
+
+    config = tmp_path / "upkeep.toml"
+    config.write_text('database_url = "no-url-at-all"\n', encoding="utf-8")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    with pytest.raises(SettingsError) as refused:
+        open_database(load_settings())
+    assert str(refused.value).startswith(f"database_url = <unparseable, hidden> in {config}: not a database")
+    monkeypatch.setenv("upkeep_database_url", "still-no-url")  # the variable wins: named as set
+    with pytest.raises(SettingsError, match=r"^upkeep_database_url=<unparseable, hidden>: not a database"):
+        open_database(load_settings())

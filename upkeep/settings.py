@@ -346,20 +346,32 @@ def _source_of(loc: tuple[Any, ...], overrides: dict[str, Any]) -> str:
     """Where a refused value came from, as the operator would look for it: the environment variable
     (which wins over the file), else the key in the TOML file, else (a default, or a value the caller
     passed) the variable that would set it."""
-    field = "_".join(str(p) for p in loc)
+    name, path = _origin("_".join(str(p) for p in loc), overrides)
+    return f"{name} in {path}" if path else name
+
+
+def source_of(field: str, shown: str) -> str:
+    """A setting refused after loading (a database URL that cannot be opened), named where it came from
+    with its value as `shown` (masked where need be): 'UPKEEP_X=shown', or 'x = shown in PATH'."""
+    name, path = _origin(field, {})
+    return f"{name} = {shown} in {path}" if path else f"{name}={shown}"
+
+
+def _origin(field: str, overrides: dict[str, Any]) -> tuple[str, Path | None]:
+    """(the variable as spelled, None) or (the key, the TOML file that set it)."""
     variable = f"UPKEEP_{field.upper()}"
     if field in overrides:
-        return variable
+        return variable, None
     # pydantic-settings reads the variable in any case (upkeep_smtp_port); of several spellings, the
     # last in the environment wins, as there. Named as spelled: that is the one the operator set.
     spelled = [key for key in os.environ if key.upper() == variable]
     if spelled:
-        return spelled[-1]
+        return spelled[-1], None
     path = config_file()
     with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         if field in tomllib.loads(path.read_bytes().decode("utf-8")):
-            return f"{field} in {path}"
-    return variable
+            return field, path
+    return variable, None
 
 
 # Settings whose refused value is echoed back: numbers, switches, paths and names that cannot carry a

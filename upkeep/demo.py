@@ -204,6 +204,11 @@ def run_demo(*, keep: bool = False) -> None:
         _run_demo(home, keep=keep)
 
 
+def hint_env(home: Path) -> str:
+    """What the commands in the final hints set before `upkeep ...`, shell-quoted: they are pasted."""
+    return f"UPKEEP_HOME={shlex.quote(str(home))}"
+
+
 def _run_demo(home: Path, *, keep: bool) -> None:
     lab = Lab(home / "lab")
     lab.down()  # a previous demo that was interrupted leaves nothing behind
@@ -237,7 +242,7 @@ def _run_demo(home: Path, *, keep: bool) -> None:
     finally:
         if not keep:
             lab.down()
-    env = f"UPKEEP_HOME={shlex.quote(str(home))}"  # the hints are pasted into a shell
+    env = hint_env(home)
     hints = [
         f"records   {home / 'upkeep.db'}: {env} .venv/bin/upkeep show {run_id}  (also: runs, show --json)",
         *_prefect_hints(run_id, engine),

@@ -205,8 +205,13 @@ def run_demo(*, keep: bool = False) -> None:
 
 
 def hint_env(home: Path) -> str:
-    """What the commands in the final hints set before `upkeep ...`, shell-quoted: they are pasted."""
-    return f"UPKEEP_HOME={shlex.quote(str(home))}"
+    """What the commands in the final hints set before `upkeep ...`, shell-quoted: they are pasted. The
+    database too: an exported UPKEEP_DATABASE_URL (a production setup) would win over the home's."""
+    return f"UPKEEP_HOME={shlex.quote(str(home))} UPKEEP_DATABASE_URL={shlex.quote(_demo_database_url(home))}"
+
+
+def _demo_database_url(home: Path) -> str:
+    return f"sqlite:///{home / 'upkeep.db'}"
 
 
 def _run_demo(home: Path, *, keep: bool) -> None:
@@ -222,9 +227,7 @@ def _run_demo(home: Path, *, keep: bool) -> None:
     _step(1, f"starting a lab under {lab.root}: 2 clusters x 3 real sshd nodes + nginx")
     status = lab.up(clusters=2, nodes=3)
     try:
-        settings = load_settings(
-            home=home, database_url=f"sqlite:///{home / 'upkeep.db'}", **lab.settings_overrides()
-        )
+        settings = load_settings(home=home, database_url=_demo_database_url(home), **lab.settings_overrides())
         engine = open_database(settings)
         inventory = _with_portal_user(lab.inventory_path, home)
         _step(2, f"importing {inventory} (the lab's, with a designated portal user)")

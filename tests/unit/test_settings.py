@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,17 @@ def test_a_database_url_from_the_file_that_is_no_url_is_named_in_the_file(
     monkeypatch.setenv("upkeep_database_url", "still-no-url")  # the variable wins: named as set
     with pytest.raises(SettingsError, match=r"^upkeep_database_url=<unparseable, hidden>: not a database"):
         open_database(load_settings())
+
+
+def test_a_home_set_in_lower_case_is_where_the_file_is_read_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """pydantic-settings takes upkeep_home as the home: its upkeep.toml is the one read (and named)."""
+    monkeypatch.delenv("UPKEEP_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # the default home: no file there
+    home = tmp_path / "lower"
+    home.mkdir()
+    (home / "upkeep.toml").write_text('smtp_port = "lots"\n', encoding="utf-8")
+    monkeypatch.setenv("upkeep_home", str(home))
+    with pytest.raises(SettingsError, match=rf"^smtp_port in {re.escape(str(home / 'upkeep.toml'))}: "):
+        load_settings()

@@ -282,11 +282,19 @@ class Settings(BaseSettings):
         return data
 
 
+def _spelled(variable: str) -> str | None:
+    """The environment's key that sets `variable` as pydantic-settings reads it: in any case
+    (upkeep_smtp_port), the last of several spellings winning."""
+    spellings = [key for key in os.environ if key.upper() == variable]
+    return spellings[-1] if spellings else None
+
+
 def config_file() -> Path:
     explicit = os.environ.get("UPKEEP_CONFIG")
     if explicit:
         return Path(explicit)
-    home = os.environ.get("UPKEEP_HOME")
+    spelled = _spelled("UPKEEP_HOME")  # the home as pydantic-settings reads it
+    home = os.environ[spelled] if spelled else None
     return (Path(home) if home else default_home()) / "upkeep.toml"
 
 
@@ -362,11 +370,8 @@ def _origin(field: str, overrides: dict[str, Any]) -> tuple[str, Path | None]:
     variable = f"UPKEEP_{field.upper()}"
     if field in overrides:
         return variable, None
-    # pydantic-settings reads the variable in any case (upkeep_smtp_port); of several spellings, the
-    # last in the environment wins, as there. Named as spelled: that is the one the operator set.
-    spelled = [key for key in os.environ if key.upper() == variable]
-    if spelled:
-        return spelled[-1], None
+    if spelled := _spelled(variable):  # named as spelled: that is the one the operator set
+        return spelled, None
     path = config_file()
     with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         if field in tomllib.loads(path.read_bytes().decode("utf-8")):

@@ -273,3 +273,25 @@ def test_a_home_set_in_lower_case_is_where_the_file_is_read_from(
     monkeypatch.setenv("upkeep_home", str(home))
     with pytest.raises(SettingsError, match=rf"^smtp_port in {re.escape(str(home / 'upkeep.toml'))}: "):
         load_settings()
+
+
+def test_the_doctor_and_db_upgrade_name_a_database_url_from_the_file_in_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.support.cli import upkeep_here
+    from upkeep.doctor import Findings, check_database
+
+    config = tmp_path / "upkeep.toml"
+    config.write_text('database_url = "no database url at all"\n', encoding="utf-8")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    [check] = check_database(Findings(settings=load_settings()))
+    assert (
+        check.status == "fail"
+        and f"in {config}" in check.detail
+        and "UPKEEP_DATABASE_URL" not in check.detail
+    )
+
+    home = tmp_path / "home"
+    upgraded = upkeep_here(home, "db", "upgrade", UPKEEP_CONFIG=str(config))
+    [line] = upgraded.stderr.splitlines()
+    assert upgraded.returncode == 1 and f"in {config}" in line and "UPKEEP_DATABASE_URL" not in line, line

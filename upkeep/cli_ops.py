@@ -59,7 +59,7 @@ def db_upgrade(json: JsonOpt = False) -> None:
 
     from inventory.db import make_engine, migrate
     from inventory.revision import current_revisions, head_revisions
-    from upkeep.settings import SettingsError, load_settings, mask_url
+    from upkeep.settings import SettingsError, load_settings, mask_url, source_of
 
     def refuse(message: str) -> NoReturn:
         raise CliError(message)  # {"error", "exit"} with --json: upkeep.cli.main
@@ -70,15 +70,16 @@ def db_upgrade(json: JsonOpt = False) -> None:
         refuse(str(exc))
     url = settings.resolved_database_url()
     shown = mask_url(url)  # never the password, nor the whole of a URL that does not parse
+    where = source_of("database_url", shown) if settings.database_url else f"database {shown}"
     try:
         driver = make_url(url).drivername
     except Exception:  # its message may quote a piece of the URL
         refuse(
-            f"UPKEEP_DATABASE_URL {shown} is not a database URL "
+            f"{where} is not a database URL "
             "(postgresql+psycopg://USER:PASSWORD@HOST/DB, or empty for SQLite in the home dir)"
         )
     if not driver.startswith(("sqlite", "postgresql")):
-        refuse(f"UPKEEP_DATABASE_URL {shown}: only sqlite and postgresql are supported")
+        refuse(f"{where}: only sqlite and postgresql are supported")
     try:
         # libpq waits for an answer for ever unless told: a half-dead database host must not hang
         # the shell (the migration itself may wait for another one, which is a wait worth having).

@@ -21,10 +21,10 @@ def open_database(settings: Settings) -> Engine:
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
     from inventory.db import server_away
-    from upkeep.settings import SettingsError, mask_url
+    from upkeep.settings import SettingsError, mask_url, source_of
 
     url = settings.resolved_database_url()
-    where = f"UPKEEP_DATABASE_URL={mask_url(url)}" if settings.database_url else f"database {url}"
+    where = source_of("database_url", mask_url(url)) if settings.database_url else f"database {url}"
     try:
         engine = make_engine(url)
     except ArgumentError:

@@ -204,6 +204,16 @@ def run_demo(*, keep: bool = False) -> None:
         _run_demo(home, keep=keep)
 
 
+def hint_env(home: Path) -> str:
+    """What the commands in the final hints set before `upkeep ...`, shell-quoted: they are pasted. The
+    database too: an exported UPKEEP_DATABASE_URL (a production setup) would win over the home's."""
+    return f"UPKEEP_HOME={shlex.quote(str(home))} UPKEEP_DATABASE_URL={shlex.quote(_demo_database_url(home))}"
+
+
+def _demo_database_url(home: Path) -> str:
+    return f"sqlite:///{home / 'upkeep.db'}"
+
+
 def _run_demo(home: Path, *, keep: bool) -> None:
     lab = Lab(home / "lab")
     lab.down()  # a previous demo that was interrupted leaves nothing behind
@@ -217,9 +227,7 @@ def _run_demo(home: Path, *, keep: bool) -> None:
     _step(1, f"starting a lab under {lab.root}: 2 clusters x 3 real sshd nodes + nginx")
     status = lab.up(clusters=2, nodes=3)
     try:
-        settings = load_settings(
-            home=home, database_url=f"sqlite:///{home / 'upkeep.db'}", **lab.settings_overrides()
-        )
+        settings = load_settings(home=home, database_url=_demo_database_url(home), **lab.settings_overrides())
         engine = open_database(settings)
         inventory = _with_portal_user(lab.inventory_path, home)
         _step(2, f"importing {inventory} (the lab's, with a designated portal user)")
@@ -237,7 +245,7 @@ def _run_demo(home: Path, *, keep: bool) -> None:
     finally:
         if not keep:
             lab.down()
-    env = f"UPKEEP_HOME={shlex.quote(str(home))}"  # the hints are pasted into a shell
+    env = hint_env(home)
     hints = [
         f"records   {home / 'upkeep.db'}: {env} .venv/bin/upkeep show {run_id}  (also: runs, show --json)",
         *_prefect_hints(run_id, engine),

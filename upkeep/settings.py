@@ -119,11 +119,27 @@ class Settings(BaseSettings):
     @field_validator("fileserver_url")
     @classmethod
     def _url_scheme(cls, value: str) -> str:
+        # Never the value itself: it may carry basic-auth userinfo or a token; host and port do not.
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number (its message quotes it)
+        except ValueError:
+            port_ok = False
+        else:
+            port_ok = True
+        # A password holding an unencoded '/', '?' or '#' ends the authority there: 'bob:PASSWORD' reads
+        # as host and port, the rest of it lands in the path, query or fragment. Such a URL is refused,
+        # and its authority not shown (urlsplit's host would be part of the password).
+        split_ok = port_ok and "@" not in parts.path + parts.query + parts.fragment
+        host = parts.netloc.rpartition("@")[2] if split_ok else "(not shown)"
+        shown = f"{parts.scheme}://{host}" if parts.scheme else "no scheme"
         if not value.startswith(("https://", "http://")):
-            # Never the value itself: it may carry basic-auth userinfo or a token; host and port do not.
-            parts = urlsplit(value)
-            shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.scheme else "no scheme"
             raise ValueError(f"fileserver_url ({shown}) must start with https://")
+        if not split_ok:
+            raise ValueError(
+                f"fileserver_url ({shown}) must be https://HOST[:PORT][/PATH]: a port is a number, and "
+                "a '/', '?', '#' or '@' in a user or password is percent-encoded"
+            )
         return value.rstrip("/")
 
     @field_validator("portal_url")
@@ -266,11 +282,19 @@ class Settings(BaseSettings):
         return data
 
 
+def _spelled(variable: str) -> str | None:
+    """The environment's key that sets `variable` as pydantic-settings reads it: in any case
+    (upkeep_smtp_port), the last of several spellings winning."""
+    spellings = [key for key in os.environ if key.upper() == variable]
+    return spellings[-1] if spellings else None
+
+
 def config_file() -> Path:
     explicit = os.environ.get("UPKEEP_CONFIG")
     if explicit:
         return Path(explicit)
-    home = os.environ.get("UPKEEP_HOME")
+    spelled = _spelled("UPKEEP_HOME")  # the home as pydantic-settings reads it
+    home = os.environ[spelled] if spelled else None
     return (Path(home) if home else default_home()) / "upkeep.toml"
 
 
@@ -284,9 +308,13 @@ class _TomlSource(PydanticBaseSettingsSource):
         path = config_file()
         if not path.is_file():
             if os.environ.get("UPKEEP_CONFIG"):
-                raise SettingsError(f"UPKEEP_CONFIG={path}: no such file")
+                what = "a directory, not a file" if path.is_dir() else "no such file"
+                raise SettingsError(f"UPKEEP_CONFIG={path}: {what}")
             return {}
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:  # permissions, an I/O error: the operator's to fix, not a crash
+            raise SettingsError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
         try:
             text = raw.decode("utf-8")  # TOML is UTF-8, whatever the locale
         except UnicodeDecodeError as exc:
@@ -296,6 +324,8 @@ class _TomlSource(PydanticBaseSettingsSource):
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: {exc}") from exc
+        except RecursionError:  # tomllib (3.11) recurses per nested array or table, without a limit
+            raise SettingsError(f"{path}: nested too deeply to read as TOML") from None
         unknown = sorted(set(data) - set(Settings.model_fields))
         if unknown:
             raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}")
@@ -324,15 +354,29 @@ def _source_of(loc: tuple[Any, ...], overrides: dict[str, Any]) -> str:
     """Where a refused value came from, as the operator would look for it: the environment variable
     (which wins over the file), else the key in the TOML file, else (a default, or a value the caller
     passed) the variable that would set it."""
-    field = "_".join(str(p) for p in loc)
+    name, path = _origin("_".join(str(p) for p in loc), overrides)
+    return f"{name} in {path}" if path else name
+
+
+def source_of(field: str, shown: str) -> str:
+    """A setting refused after loading (a database URL that cannot be opened), named where it came from
+    with its value as `shown` (masked where need be): 'UPKEEP_X=shown', or 'x = shown in PATH'."""
+    name, path = _origin(field, {})
+    return f"{name} = {shown} in {path}" if path else f"{name}={shown}"
+
+
+def _origin(field: str, overrides: dict[str, Any]) -> tuple[str, Path | None]:
+    """(the variable as spelled, None) or (the key, the TOML file that set it)."""
     variable = f"UPKEEP_{field.upper()}"
-    if field in overrides or variable in {key.upper() for key in os.environ}:
-        return variable
+    if field in overrides:
+        return variable, None
+    if spelled := _spelled(variable):  # named as spelled: that is the one the operator set
+        return spelled, None
     path = config_file()
-    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         if field in tomllib.loads(path.read_bytes().decode("utf-8")):
-            return f"{field} in {path}"
-    return variable
+            return field, path
+    return variable, None
 
 
 # Settings whose refused value is echoed back: numbers, switches, paths and names that cannot carry a

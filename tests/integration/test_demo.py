@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tests.support import forkserver
 from tests.support.cli import home_env, no_traceback
+from upkeep.demo import hint_env
 from upkeep.lab.lab import Lab
 
 
@@ -44,7 +45,7 @@ def _assert_a_whole_demo(out: str, demo: Path, tmp_path: Path) -> None:
     assert len(upgraded) == 3 and len({node for node, *_ in upgraded}) == 3, out
     assert "demo done in " in out
     [run_id] = re.findall(
-        rf"records   {re.escape(str(demo / 'upkeep.db'))}: UPKEEP_HOME=\S+ \S+ show (\d+)", out
+        rf"records   {re.escape(str(demo / 'upkeep.db'))}: {re.escape(hint_env(demo))} \S+ show (\d+)", out
     )
     assert re.search(
         r"^  Prefect   the flow run in the UI: http://127\.0\.0\.1:\d+/runs/flow-run/\S+$", out, re.M

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,14 @@ def test_unknown_keys_in_the_file_are_errors(monkeypatch: pytest.MonkeyPatch, tm
         ("UPKEEP_ALERT_URLS", "MARKER-token-without-a-scheme"),
         # basic-auth userinfo and a query token in a file-server URL with the wrong scheme
         ("UPKEEP_FILESERVER_URL", "ftp://bob:MARKER-pw@files.example/?token=MARKER-q"),
+        # a password holding an unencoded '/', '#' or '?': urlsplit ends the authority there, and reads
+        # 'bob:MARKER' as host and port; with the right scheme the URL was accepted, and `upkeep
+        # settings` and the doctor (its port, in a ValueError) showed the password
+        ("UPKEEP_FILESERVER_URL", "ftp://bob:MARKER/pw@files.example"),
+        ("UPKEEP_FILESERVER_URL", "https://bob:MARKER/pw@files.example"),
+        ("UPKEEP_FILESERVER_URL", "https://bob:MARKER#pw@files.example"),
+        ("UPKEEP_FILESERVER_URL", "http://bob:MARKER?pw@files.example"),
+        ("UPKEEP_FILESERVER_URL", "https://files.example:MARKER"),  # a port that is not one
         # a database URL pydantic refuses (not a string): from the TOML file below
     ],
 )
@@ -119,6 +128,50 @@ def test_a_refused_value_is_named_where_it_came_from_the_file_or_the_variable_th
     monkeypatch.setenv("UPKEEP_SMTP_PORT", "many")  # the environment wins over the file: its value is refused
     with pytest.raises(SettingsError, match=r"^UPKEEP_SMTP_PORT: .*\(got 'many'\)$"):
         load_settings()
+
+
+def test_a_refused_value_from_a_variable_spelled_in_lower_case_names_it_as_spelled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """pydantic-settings reads UPKEEP_* variables in any case: the operator looks for the one they set."""
+    import os
+
+    for key in list(os.environ):
+        if key.upper().startswith("UPKEEP_") and key != "UPKEEP_HOME":
+            monkeypatch.delenv(key)
+    config = tmp_path / "upkeep.toml"
+    config.write_text("smtp_port = 2525\n", encoding="utf-8")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    monkeypatch.setenv("upkeep_smtp_port", "lots")  # wins over the file, as UPKEEP_SMTP_PORT would
+    with pytest.raises(SettingsError, match=r"^upkeep_smtp_port: .*\(got 'lots'\)$"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("/proc/self/mem", "cannot read it"),  # a regular file whose read fails (EIO), even for root
+        ("DEEP", "nested too deeply"),  # tomllib recurses per bracket: RecursionError, not a decode error
+        ("DIR", "a directory, not a file"),
+    ],
+)
+def test_a_config_file_that_cannot_be_read_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, path: str, problem: str
+) -> None:
+    if path == "DEEP":
+        deep = tmp_path / "upkeep.toml"
+        deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+        path = str(deep)
+    elif path == "DIR":
+        path = str(tmp_path)
+    elif not Path(path).is_file():  # pragma: no cover - not Linux
+        pytest.skip("no /proc/self/mem")
+    monkeypatch.setenv("UPKEEP_CONFIG", path)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert path in message and problem in message, message
+    assert "\n" not in message
 
 
 def test_a_refused_harmless_value_is_still_echoed(monkeypatch: pytest.MonkeyPatch):
@@ -189,3 +242,56 @@ def test_a_portal_url_whose_port_is_no_port_is_refused_when_read(
     monkeypatch.setenv("UPKEEP_PORTAL_URL", url)
     with pytest.raises(SettingsError, match=r"UPKEEP_PORTAL_URL: .*portal_url must be"):
         load_settings()
+
+
+def test_a_database_url_from_the_file_that_is_no_url_is_named_in_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Refused when the database is opened (not by pydantic): still named where it came from."""
+    from upkeep.database import open_database
+
+    config = tmp_path / "upkeep.toml"
+    config.write_text('database_url = "no-url-at-all"\n', encoding="utf-8")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    with pytest.raises(SettingsError) as refused:
+        open_database(load_settings())
+    assert str(refused.value).startswith(f"database_url = <unparseable, hidden> in {config}: not a database")
+    monkeypatch.setenv("upkeep_database_url", "still-no-url")  # the variable wins: named as set
+    with pytest.raises(SettingsError, match=r"^upkeep_database_url=<unparseable, hidden>: not a database"):
+        open_database(load_settings())
+
+
+def test_a_home_set_in_lower_case_is_where_the_file_is_read_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """pydantic-settings takes upkeep_home as the home: its upkeep.toml is the one read (and named)."""
+    monkeypatch.delenv("UPKEEP_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # the default home: no file there
+    home = tmp_path / "lower"
+    home.mkdir()
+    (home / "upkeep.toml").write_text('smtp_port = "lots"\n', encoding="utf-8")
+    monkeypatch.setenv("upkeep_home", str(home))
+    with pytest.raises(SettingsError, match=rf"^smtp_port in {re.escape(str(home / 'upkeep.toml'))}: "):
+        load_settings()
+
+
+def test_the_doctor_and_db_upgrade_name_a_database_url_from_the_file_in_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.support.cli import upkeep_here
+    from upkeep.doctor import Findings, check_database
+
+    config = tmp_path / "upkeep.toml"
+    config.write_text('database_url = "no database url at all"\n', encoding="utf-8")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    [check] = check_database(Findings(settings=load_settings()))
+    assert (
+        check.status == "fail"
+        and f"in {config}" in check.detail
+        and "UPKEEP_DATABASE_URL" not in check.detail
+    )
+
+    home = tmp_path / "home"
+    upgraded = upkeep_here(home, "db", "upgrade", UPKEEP_CONFIG=str(config))
+    [line] = upgraded.stderr.splitlines()
+    assert upgraded.returncode == 1 and f"in {config}" in line and "UPKEEP_DATABASE_URL" not in line, line

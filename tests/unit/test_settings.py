@@ -9,6 +9,14 @@ import pytest
 from upkeep.settings import SettingsError, load_settings
 
 
+def _config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    """An upkeep.toml holding `text`, named by UPKEEP_CONFIG."""
+    config = tmp_path / "upkeep.toml"
+    config.write_text(text, encoding="utf-8")
+    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    return config
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
@@ -26,9 +34,7 @@ def test_defaults_live_under_the_home_dir(tmp_path: Path):
 
 
 def test_env_vars_override_the_toml_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    config = tmp_path / "upkeep.toml"
-    config.write_text('fileserver_url = "https://files.example:8443"\nsmtp_port = 2525\n')
-    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    _config_file(tmp_path, monkeypatch, 'fileserver_url = "https://files.example:8443"\nsmtp_port = 2525\n')
     monkeypatch.setenv("UPKEEP_SMTP_PORT", "587")
     settings = load_settings()
     assert settings.fileserver_url == "https://files.example:8443"
@@ -65,9 +71,7 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str,
 
 
 def test_unknown_keys_in_the_file_are_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    config = tmp_path / "upkeep.toml"
-    config.write_text("fileserver_ulr = 'x'\n")
-    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    _config_file(tmp_path, monkeypatch, "fileserver_ulr = 'x'\n")
     with pytest.raises(SettingsError, match=r"upkeep.toml: unknown setting\(s\) fileserver_ulr"):
         load_settings()
 
@@ -103,9 +107,7 @@ def test_a_refused_value_that_can_carry_a_secret_is_not_echoed(
 
 
 def test_a_refused_database_url_from_the_file_is_not_echoed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    config = tmp_path / "upkeep.toml"
-    config.write_text('database_url = ["postgresql://u:MARKER-pw@127.0.0.1/db"]\n')
-    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    config = _config_file(tmp_path, monkeypatch, 'database_url = ["postgresql://u:MARKER-pw@127.0.0.1/db"]\n')
     with pytest.raises(SettingsError) as refused:
         load_settings()
     assert str(refused.value).startswith(f"database_url in {config}: ")  # where to look: the file
@@ -115,9 +117,7 @@ def test_a_refused_database_url_from_the_file_is_not_echoed(monkeypatch: pytest.
 def test_a_refused_value_is_named_where_it_came_from_the_file_or_the_variable_that_overrides_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    config = tmp_path / "upkeep.toml"
-    config.write_text('smtp_port = "lots"\n', encoding="utf-8")
-    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    config = _config_file(tmp_path, monkeypatch, 'smtp_port = "lots"\n')
     monkeypatch.delenv("UPKEEP_SMTP_PORT", raising=False)
     with pytest.raises(SettingsError) as from_file:
         load_settings()
@@ -139,9 +139,7 @@ def test_a_refused_value_from_a_variable_spelled_in_lower_case_names_it_as_spell
     for key in list(os.environ):
         if key.upper().startswith("UPKEEP_") and key != "UPKEEP_HOME":
             monkeypatch.delenv(key)
-    config = tmp_path / "upkeep.toml"
-    config.write_text("smtp_port = 2525\n", encoding="utf-8")
-    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    _config_file(tmp_path, monkeypatch, "smtp_port = 2525\n")
     monkeypatch.setenv("upkeep_smtp_port", "lots")  # wins over the file, as UPKEEP_SMTP_PORT would
     with pytest.raises(SettingsError, match=r"^upkeep_smtp_port: .*\(got 'lots'\)$"):
         load_settings()
@@ -250,9 +248,7 @@ def test_a_database_url_from_the_file_that_is_no_url_is_named_in_the_file(
     """Refused when the database is opened (not by pydantic): still named where it came from."""
     from upkeep.database import open_database
 
-    config = tmp_path / "upkeep.toml"
-    config.write_text('database_url = "no-url-at-all"\n', encoding="utf-8")
-    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    config = _config_file(tmp_path, monkeypatch, 'database_url = "no-url-at-all"\n')
     with pytest.raises(SettingsError) as refused:
         open_database(load_settings())
     assert str(refused.value).startswith(f"database_url = <unparseable, hidden> in {config}: not a database")
@@ -281,9 +277,7 @@ def test_the_doctor_and_db_upgrade_name_a_database_url_from_the_file_in_the_file
     from tests.support.cli import upkeep_here
     from upkeep.doctor import Findings, check_database
 
-    config = tmp_path / "upkeep.toml"
-    config.write_text('database_url = "no database url at all"\n', encoding="utf-8")
-    monkeypatch.setenv("UPKEEP_CONFIG", str(config))
+    config = _config_file(tmp_path, monkeypatch, 'database_url = "no database url at all"\n')
     [check] = check_database(Findings(settings=load_settings()))
     assert (
         check.status == "fail"

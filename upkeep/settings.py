@@ -11,7 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -28,6 +28,16 @@ ROLE_ADDRESSES = (
     "hostmaster,info,mailer-daemon,marketing,no-reply,noc,noreply,postmaster,root,sales,security,"
     "support,team,webmaster"
 )
+
+
+def _port_of(parts: SplitResult) -> int | None:
+    """The URL's port, -1 when it names none, None when it is no port (not a number from 0 to 65535:
+    urlsplit raises only when asked, and its message quotes the value)."""
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return -1 if port is None else port
 
 
 class Settings(BaseSettings):
@@ -121,16 +131,10 @@ class Settings(BaseSettings):
     def _url_scheme(cls, value: str) -> str:
         # Never the value itself: it may carry basic-auth userinfo or a token; host and port do not.
         parts = urlsplit(value)
-        try:
-            parts.port  # noqa: B018 - raises for a port that is not a number (its message quotes it)
-        except ValueError:
-            port_ok = False
-        else:
-            port_ok = True
         # A password holding an unencoded '/', '?' or '#' ends the authority there: 'bob:PASSWORD' reads
         # as host and port, the rest of it lands in the path, query or fragment. Such a URL is refused,
         # and its authority not shown (urlsplit's host would be part of the password).
-        split_ok = port_ok and "@" not in parts.path + parts.query + parts.fragment
+        split_ok = _port_of(parts) is not None and "@" not in parts.path + parts.query + parts.fragment
         host = parts.netloc.rpartition("@")[2] if split_ok else "(not shown)"
         shown = f"{parts.scheme}://{host}" if parts.scheme else "no scheme"
         if not value.startswith(("https://", "http://")):
@@ -146,18 +150,12 @@ class Settings(BaseSettings):
     @classmethod
     def _portal_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        try:
-            parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
-        except ValueError:
-            port_ok = False
-        else:
-            port_ok = parts.port != 0
         if (
             parts.scheme not in ("https", "http")
             or not parts.hostname
             or parts.username
             or parts.query
-            or not port_ok
+            or _port_of(parts) in (None, 0)  # not a port, or 0 (none to serve on; none given is -1)
         ):
             raise ValueError("portal_url must be http(s)://HOST[:PORT][/PATH], without user or query")
         return value.rstrip("/")

@@ -59,7 +59,7 @@ def db_upgrade(json: JsonOpt = False) -> None:
 
     from inventory.db import make_engine, migrate
     from inventory.revision import current_revisions, head_revisions
-    from upkeep.settings import SettingsError, load_settings, mask_url, source_of
+    from upkeep.settings import SettingsError, load_settings, mask_url
 
     def refuse(message: str) -> NoReturn:
         raise CliError(message)  # {"error", "exit"} with --json: upkeep.cli.main
@@ -70,7 +70,7 @@ def db_upgrade(json: JsonOpt = False) -> None:
         refuse(str(exc))
     url = settings.resolved_database_url()
     shown = mask_url(url)  # never the password, nor the whole of a URL that does not parse
-    where = source_of("database_url", shown) if settings.database_url else f"database {shown}"
+    where = settings.database_named()
     try:
         driver = make_url(url).drivername
     except Exception:  # its message may quote a piece of the URL

@@ -21,10 +21,10 @@ def open_database(settings: Settings) -> Engine:
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
     from inventory.db import server_away
-    from upkeep.settings import SettingsError, mask_url, source_of
+    from upkeep.settings import SettingsError
 
     url = settings.resolved_database_url()
-    where = source_of("database_url", mask_url(url)) if settings.database_url else f"database {url}"
+    where = settings.database_named()
     try:
         engine = make_engine(url)
     except ArgumentError:

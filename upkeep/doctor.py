@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from upkeep.settings import Settings, mask_url, source_of
+from upkeep.settings import Settings, mask_url
 
 Status = Literal["ok", "warn", "fail", "skip"]
 POOL = "upkeep-process"  # prefect.yaml's work pool
@@ -120,8 +120,9 @@ def check_database(found: Findings) -> Iterator[Check]:
     try:
         parsed = make_url(url)
     except Exception as exc:  # its message may quote a piece of the URL (a port that is a password)
-        where = source_of("database_url", mask_url(url))
-        yield fail("database", f"{where} is not a database URL ({type(exc).__name__})", fix_url)
+        yield fail(
+            "database", f"{settings.database_named()} is not a database URL ({type(exc).__name__})", fix_url
+        )
         return
     shown = mask_url(url)
     is_sqlite = parsed.drivername.startswith("sqlite")

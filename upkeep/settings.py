@@ -221,6 +221,12 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'upkeep.db'}"
 
+    def database_named(self) -> str:
+        """The database as a message names it: where its URL came from, password hidden
+        ('UPKEEP_DATABASE_URL=...', or 'database_url = ... in FILE'), or the home's SQLite file."""
+        url = self.resolved_database_url()
+        return source_of("database_url", mask_url(url)) if self.database_url else f"database {url}"
+
     def resolved_outbox_dir(self) -> Path:
         return self.outbox_dir or self.home / "outbox"
 

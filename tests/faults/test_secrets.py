@@ -86,29 +86,59 @@ def _texts_under(root: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def _prefect_records(flow_run_ids: set[Any]) -> list[tuple[str, str]]:
-    """Logs, flow runs (with parameters), task runs and artifacts, as the API serves them."""
+    """Logs, flow runs (with parameters), task runs and artifacts of these flow runs and their subflows,
+    as the API serves them. Filtered by id, not "the latest 200": the worker's server holds every
+    earlier test's runs, in uuid4 order, and this test's own could fall outside any such page."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    def every(read: Any, **kwargs: Any) -> list[Any]:
+        page: list[Any] = []
+        while batch := read(**kwargs, limit=200, offset=len(page)):
+            page += batch
+        return page
 
     found: list[tuple[str, str]] = []
     with get_client(sync_client=True) as client:
-        offset = 0
-        while True:
-            logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(flow_run_ids))),
-                limit=200,
-                offset=offset,
+        runs = {
+            run.id: run
+            for run in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids)))
             )
-            found += [(f"log {log.flow_run_id}", log.message) for log in logs]
-            if len(logs) < 200:
-                break
-            offset += 200
-        for flow_run in client.read_flow_runs(limit=200):
-            found.append((f"flow run {flow_run.name}", flow_run.model_dump_json()))
-        for task_run in client.read_task_runs(limit=200):
-            found.append((f"task run {task_run.name}", task_run.model_dump_json()))
-        for artifact in client.read_artifacts(limit=200):
-            found.append((f"artifact {artifact.key}", artifact.model_dump_json()))
+        }
+        parents = set(runs)
+        while parents:  # the subflows, level by level
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=list(parents))
+                )
+            )
+            parents = {run.id for run in children} - set(runs)
+            runs.update((run.id, run) for run in children)
+        assert set(runs) >= flow_run_ids, f"flow runs {flow_run_ids - set(runs)} not found"
+        ids = list(runs)
+        these = FlowRunFilter(id=FlowRunFilterId(any_=ids))
+        found += [
+            (f"log {log.flow_run_id}", log.message)
+            for log in every(client.read_logs, log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
+        ]
+        found += [(f"flow run {run.name}", run.model_dump_json()) for run in runs.values()]
+        found += [
+            (f"task run {task_run.name}", task_run.model_dump_json())
+            for task_run in every(client.read_task_runs, flow_run_filter=these)
+        ]
+        found += [
+            (f"artifact {artifact.key}", artifact.model_dump_json())
+            for artifact in every(client.read_artifacts, flow_run_filter=these)
+        ]
+    assert any(where.startswith("task run ") for where, _ in found), "no task run read back"
+    assert any(where.startswith("artifact ") for where, _ in found), "no artifact read back"
     return found
 
 

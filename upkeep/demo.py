@@ -199,7 +199,18 @@ def _only_demo(home: Path) -> Iterator[None]:
 
 
 def run_demo(*, keep: bool = False) -> None:
+    """The demo, once the Prefect server it would use is known to answer: a PREFECT_API_URL left from
+    another shell, its server gone, was found only at the update, after the lab had started and the
+    last demo's records were deleted."""
+    from upkeep.console import CliError
+    from upkeep.doctor import unreachable_prefect_api
+
     home = demo_home(load_settings())
+    problem = unreachable_prefect_api()
+    if problem:
+        raise CliError(
+            f"{problem}: start that server, or unset PREFECT_API_URL for a temporary one; nothing was started"
+        )
     with _only_demo(home):
         _run_demo(home, keep=keep)
 

@@ -212,10 +212,62 @@ def _inventory(found: Findings, engine: Engine) -> Iterator[Check]:
 
 
 # -- Prefect ------------------------------------------------------------------------------------------
-def check_prefect(found: Findings) -> Iterator[Check]:
+def prefect_api_client(api: str) -> Any:
+    """An HTTP client on the Prefect API at `api`, with the credentials Prefect's own client would send."""
     import httpx
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
+
+    headers = {}
+    if PREFECT_API_KEY.value():
+        headers["Authorization"] = f"Bearer {PREFECT_API_KEY.value()}"
+    elif PREFECT_API_AUTH_STRING.value():
+        import base64
+
+        token = base64.b64encode(PREFECT_API_AUTH_STRING.value().encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    return httpx.Client(base_url=api.rstrip("/") + "/", headers=headers, timeout=NET_TIMEOUT)
+
+
+def prefect_api_problem(http: Any) -> str | None:
+    """Why the Prefect API behind `http` cannot be used (one line), or None: it answers /health."""
+    import httpx
+
+    try:
+        health = http.get("health")
+    except httpx.HTTPError as exc:
+        return _one_line(str(exc) or type(exc).__name__)
+    return None if health.status_code == 200 else f"HTTP {health.status_code} on /health"
+
+
+def _server_version(http: Any) -> tuple[str, str | None]:
+    """The server's Prefect version, or why it was not read (one line)."""
+    import httpx
+
+    try:
+        version = http.get("admin/version")
+    except httpx.HTTPError as exc:
+        return "", _one_line(str(exc) or type(exc).__name__)
+    if version.status_code != 200:
+        return "", f"HTTP {version.status_code} on /admin/version"
+    return str(version.json()), None
+
+
+def unreachable_prefect_api() -> str | None:
+    """With PREFECT_API_URL set: why that server cannot be used, naming it (one line), or None. Unset:
+    None (Prefect starts a temporary server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        return None
+    with prefect_api_client(api) as http:
+        problem = prefect_api_problem(http)
+    return f"PREFECT_API_URL {_bare(api)}: {problem}" if problem else None
+
+
+def check_prefect(found: Findings) -> Iterator[Check]:
     import prefect
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
     if not api:
@@ -226,27 +278,15 @@ def check_prefect(found: Findings) -> Iterator[Check]:
             "for deployments and workers: export PREFECT_API_URL=http://PREFECT_HOST:4200/api",
         )
         return
-    headers = {}
-    if PREFECT_API_KEY.value():
-        headers["Authorization"] = f"Bearer {PREFECT_API_KEY.value()}"
-    elif PREFECT_API_AUTH_STRING.value():
-        import base64
-
-        token = base64.b64encode(PREFECT_API_AUTH_STRING.value().encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
     shown_api = _bare(api)
     fix_api = f"start the server (`prefect server start`) or correct PREFECT_API_URL ({shown_api})"
-    with httpx.Client(base_url=api.rstrip("/") + "/", headers=headers, timeout=NET_TIMEOUT) as http:
-        try:
-            health = http.get("health")
-            version = http.get("admin/version")
-        except httpx.HTTPError as exc:
-            yield fail("prefect api", f"{shown_api}: {_one_line(str(exc) or type(exc).__name__)}", fix_api)
+    with prefect_api_client(api) as http:
+        server_version, problem = "", prefect_api_problem(http)
+        if problem is None:
+            server_version, problem = _server_version(http)
+        if problem is not None:
+            yield fail("prefect api", f"{shown_api}: {problem}", fix_api)
             return
-        if health.status_code != 200 or version.status_code != 200:
-            yield fail("prefect api", f"{shown_api}: HTTP {health.status_code} on /health", fix_api)
-            return
-        server_version = str(version.json())
         mine = prefect.__version__
         if server_version.split(".")[:2] != mine.split(".")[:2]:
             yield warn(

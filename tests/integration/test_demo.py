@@ -93,3 +93,29 @@ def test_a_second_demo_refuses_a_killed_one_is_cleaned_up_and_the_next_works_as_
     _assert_a_whole_demo(result.stdout, demo, tmp_path)
     # And nothing of the lab is left running (`make demo KEEP=1` is the one that keeps it).
     assert Lab(demo / "lab").status()["up"] is False
+
+
+def test_a_demo_whose_prefect_server_does_not_answer_refuses_before_it_starts_anything(
+    tmp_path: Path,
+) -> None:
+    """A PREFECT_API_URL left from another shell, its server gone: one line naming it, before the lab,
+    the last demo's records or its lock are touched (it was found only at the update, the lab started
+    and the records deleted)."""
+    import socket
+
+    home = tmp_path / "home"
+    demo = home / "demo"
+    demo.mkdir(parents=True)
+    (demo / "upkeep.db").write_bytes(b"the last demo's records")
+    with socket.socket() as closed:  # bound, never listening: refused, and no one else gets the port
+        closed.bind(("127.0.0.1", 0))
+        api = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
+        result = forkserver.run(
+            ["demo"], env=home_env(home, PREFECT_API_URL=api, DO_NOT_TRACK="1"), cwd=tmp_path, timeout=120
+        )
+    no_traceback(result)
+    assert (result.returncode, result.stdout) == (1, ""), result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: PREFECT_API_URL {api}: ") and line.endswith("nothing was started"), line
+    assert (demo / "upkeep.db").read_bytes() == b"the last demo's records"
+    assert sorted(p.name for p in demo.iterdir()) == ["upkeep.db"]  # no lab, no lock, no portal

@@ -55,6 +55,7 @@ from upkeep.console import (
     output,
     print_json,
     report_error,
+    stdout_closed,
     verbose,
     verbosity,
 )
@@ -135,6 +136,18 @@ class _LazyGroup(TyperGroup):
             suggest_commands=self.suggest_commands,
         )
 
+    def invoke(self, ctx: Any) -> Any:
+        """A command that wrote stdout some other way than upkeep.console (a `print`, `typer.echo`) and
+        found its reader gone: that is stdout closed too (upkeep/console.py), not Click's silent exit 1.
+        An EPIPE of anything else (a socket) is left as it was raised."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            if not _stdout_reader_gone():
+                raise
+            stdout_closed()
+            return None
+
 
 app = typer.Typer(
     cls=_LazyGroup,
@@ -143,6 +156,18 @@ app = typer.Typer(
     "attention).",
     no_args_is_help=True,
 )
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has closed it (poll(2) says POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _version() -> str:
@@ -253,8 +278,9 @@ def inventory_schema(
     import json as json_module
 
     from inventory.importer_model import json_schema
+    from upkeep.console import write_stdout
 
-    print(json_module.dumps(json_schema(), indent=2))
+    write_stdout(json_module.dumps(json_schema(), indent=2) + "\n")
 
 
 @inventory_app.command("show")
@@ -355,7 +381,8 @@ def _root_options(args: list[str]) -> list[str]:
 def main() -> None:
     import signal
 
-    output.update(json=_wants_json(sys.argv[1:]), printed=False)  # per call: main may run again (tests)
+    # per call: main may run again (tests)
+    output.update(json=_wants_json(sys.argv[1:]), printed=False, stdout_closed=False)
     fit_output_to_its_encoding()
     # Before Click parses: a command group is imported while Click resolves its name, before the root
     # callback has read --verbose, and its import error must show the traceback that option promises.
@@ -363,12 +390,34 @@ def main() -> None:
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         with contextlib.suppress(ValueError):  # only the main thread may; the CLI's always is
             signal.signal(signal.SIGINT, signal.default_int_handler)
+    succeeded = False
     try:
         _run_command()
+    except SystemExit as exc:
+        succeeded = exc.code in (0, None)
+        raise
     finally:
         # The command has answered: its answer and exit code stand, also when Ctrl-C comes now.
         with contextlib.suppress(Exception, KeyboardInterrupt):
             close_engine()
+        if succeeded and output["stdout_closed"]:
+            _end_as_a_closed_pipe_ends()
+
+
+def _end_as_a_closed_pipe_ends() -> None:
+    """Die of SIGPIPE, as git and coreutils do when their reader goes away (upkeep/console.py): the
+    command's work is done, its database closed. Python ignores SIGPIPE: put the default back, then
+    send it to this thread (pthread_kill: delivered before the call returns, whatever other threads)."""
+    import os
+    import signal
+    import threading
+
+    for stream in (sys.stdout, sys.stderr):  # stdout is /dev/null by now
+        with contextlib.suppress(Exception):
+            stream.flush()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.pthread_kill(threading.get_ident(), signal.SIGPIPE)
+    os._exit(128 + signal.SIGPIPE)  # pragma: no cover - SIGPIPE blocked by whoever started us
 
 
 def _run_command() -> None:

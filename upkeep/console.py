@@ -2,24 +2,106 @@
 
 With `--json` anywhere on the command line, `upkeep.cli.main` writes every error (a refusal, a usage
 error, an unexpected one) as `{"error": "...", "exit": N}` on stdout instead of a line on stderr:
-commands only raise `CliError`, they never format their own errors."""
+commands only raise `CliError`, they never format their own errors.
+
+A reader that stops early (`upkeep runs | head -1`, `upkeep inventory show --json | less` quit at
+once) is no error: the first write that finds the pipe closed points stdout at /dev/null, and the
+command goes on to its end as if its output had been read, so what it writes to the database (and
+whether it fails) never depends on who reads it. Its work done, `upkeep.cli.main` ends it as git and
+coreutils end there: killed by SIGPIPE (a shell's status 141, which `set -o pipefail` sees), nothing on
+stderr; a command that failed keeps its own error and exit status. Python's own recipe (stdout to
+/dev/null, then exit 1) would make a reader's `head` look like a refusal, which exit 1 means here."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from typing import Any
 
 from rich.console import Console
 
+
+class _WholeWrites:
+    """A text stream whose `write` puts all of the text on its file descriptor or raises (BrokenPipeError
+    when the reader is gone). CPython's BufferedWriter (3.11) takes a large write that a closing pipe
+    cut short (write(2) returned a part) as done: the rest is dropped and no error is raised, so a
+    command could not tell that its reader went away."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file's stream (a test's capture)
+            return int(self._stream.write(text))
+        self._stream.flush()  # what went through the stream itself goes first
+        data = memoryview(text.encode(self._stream.encoding or "utf-8", self._stream.errors or "strict"))
+        while data:
+            data = data[os.write(fd, data) :]
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Console(Console):
+    """Rich's console, writing stdout whole (`_WholeWrites`) and answering a closed pipe as this module's
+    docstring says (Rich's own answer is SystemExit(1), from wherever the print was)."""
+
+    @property
+    def file(self) -> Any:
+        file = Console.file.fget(self)  # type: ignore[attr-defined]
+        return _WholeWrites(file) if file is sys.stdout else file
+
+    @file.setter
+    def file(self, new_file: Any) -> None:
+        Console.file.fset(self, new_file)  # type: ignore[attr-defined]
+
+    def on_broken_pipe(self) -> None:
+        del self._buffer[:]
+        self.quiet = True
+        if not self.stderr:
+            stdout_closed()
+        # stderr's reader gone: nobody is left to tell; the exit status still says how it ended
+
+
 # Made once per process from its environment (colour, width); ":100:" in FILE:LINE is not an emoji.
 CONSOLE_OPTIONS: dict[str, Any] = {"highlight": False, "emoji": False}
-console = Console(**CONSOLE_OPTIONS)
-err_console = Console(stderr=True, **CONSOLE_OPTIONS)
+console = _Console(**CONSOLE_OPTIONS)
+err_console = _Console(stderr=True, **CONSOLE_OPTIONS)
 
-# Set by upkeep.cli.main from the command line; `printed` once a JSON document went to stdout.
-output = {"json": False, "printed": False}
+# Set by upkeep.cli.main from the command line; `printed` once a JSON document went to stdout;
+# `stdout_closed` once a write found stdout's reader gone.
+output = {"json": False, "printed": False, "stdout_closed": False}
+
+
+def stdout_closed() -> None:
+    """Stdout's reader is gone: from now on stdout is /dev/null (nothing more fails, Python's flush at
+    exit included) and the console prints nothing; `upkeep.cli.main` ends the command by SIGPIPE."""
+    output["stdout_closed"] = True
+    console.quiet = True
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def write_stdout(text: str) -> None:
+    """`text` on stdout, whole; a reader gone is `stdout_closed()`, not an error."""
+    if output["stdout_closed"]:
+        return
+    try:
+        _WholeWrites(sys.stdout).write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stdout_closed()
 
 
 def fit_output_to_its_encoding() -> None:
@@ -56,8 +138,7 @@ def _json_text(data: Any, **options: Any) -> str:
 def print_json(data: Any) -> None:
     if sys.stdout is None:  # started with it closed (`>&-`)
         raise CliError("standard output is closed: nowhere to write the answer")
-    sys.stdout.write(_json_text(data, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    write_stdout(_json_text(data, indent=2, default=str) + "\n")
     output["printed"] = True
 
 
@@ -69,11 +150,11 @@ def report_error(message: str, code: int) -> None:
     """The one place an error reaches the user: `{"error", "exit"}` on stdout with --json (unless the
     command already wrote its JSON document there: then the line goes to stderr, so stdout stays one
     document), else `error: ...` on stderr."""
-    if output["json"] and not output["printed"] and sys.stdout is not None:
-        sys.stdout.write(_json_text({"error": message, "exit": code}) + "\n")
-        sys.stdout.flush()
+    if output["json"] and not output["printed"] and not output["stdout_closed"] and sys.stdout is not None:
+        write_stdout(_json_text({"error": message, "exit": code}) + "\n")
         output["printed"] = True
-        return
+        if not output["stdout_closed"]:
+            return
     from rich.markup import escape
 
     err_console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)

@@ -293,17 +293,29 @@ def _spelled(variable: str) -> str | None:
     return spellings[-1] if spellings else None
 
 
+def _config_variable() -> tuple[str, str] | None:
+    """UPKEEP_CONFIG (the TOML file's path) as spelled, and its value: in any case, as pydantic-settings
+    reads every other UPKEEP_ variable (upkeep_config was ignored while upkeep_smtp_port was read).
+    Spellings that name different files are refused: which one wins would be the environment's order."""
+    spellings = {key: value for key, value in os.environ.items() if key.upper() == "UPKEEP_CONFIG"}
+    if len(set(spellings.values())) > 1:
+        named = " and ".join(f"{key}={value}" for key, value in sorted(spellings.items()))
+        raise SettingsError(f"{named} name different settings files; set one of them")
+    spelled = _spelled("UPKEEP_CONFIG")
+    return (spelled, spellings[spelled]) if spelled else None
+
+
 def config_file() -> Path:
-    explicit = os.environ.get("UPKEEP_CONFIG")
-    if explicit:
-        return Path(explicit)
+    explicit = _config_variable()
+    if explicit and explicit[1]:
+        return Path(explicit[1])
     spelled = _spelled("UPKEEP_HOME")  # the home as pydantic-settings reads it
     home = os.environ[spelled] if spelled else None
     return (Path(home) if home else default_home()) / "upkeep.toml"
 
 
 class _TomlSource(PydanticBaseSettingsSource):
-    """Optional TOML file (UPKEEP_CONFIG, else <home>/upkeep.toml); unknown keys are errors."""
+    """Optional TOML file (UPKEEP_CONFIG in any case, else <home>/upkeep.toml); unknown keys are errors."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
         return None, field_name, False
@@ -311,9 +323,10 @@ class _TomlSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         path = config_file()
         if not path.is_file():
-            if os.environ.get("UPKEEP_CONFIG"):
+            explicit = _config_variable()
+            if explicit and explicit[1]:
                 what = "a directory, not a file" if path.is_dir() else "no such file"
-                raise SettingsError(f"UPKEEP_CONFIG={path}: {what}")
+                raise SettingsError(f"{explicit[0]}={path}: {what}")
             return {}
         try:
             raw = path.read_bytes()

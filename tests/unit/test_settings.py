@@ -289,3 +289,34 @@ def test_the_doctor_and_db_upgrade_name_a_database_url_from_the_file_in_the_file
     upgraded = upkeep_here(home, "db", "upgrade", UPKEEP_CONFIG=str(config))
     [line] = upgraded.stderr.splitlines()
     assert upgraded.returncode == 1 and f"in {config}" in line and "UPKEEP_DATABASE_URL" not in line, line
+
+
+def test_the_config_file_named_in_lower_case_is_read_like_every_other_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """upkeep_smtp_port is read (pydantic-settings, any case), so upkeep_config is too: it was ignored."""
+    config = _config_file(tmp_path, monkeypatch, "smtp_port = 2525\n")
+    monkeypatch.delenv("UPKEEP_CONFIG")
+    monkeypatch.setenv("upkeep_config", str(config))
+    assert load_settings().smtp_port == 2525
+
+    config.unlink()  # and named as spelled when it is refused
+    with pytest.raises(SettingsError, match=rf"^upkeep_config={re.escape(str(config))}: no such file$"):
+        load_settings()
+
+
+def test_the_config_file_named_twice_differently_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = _config_file(tmp_path, monkeypatch, "smtp_port = 2525\n")
+    other = tmp_path / "other.toml"
+    other.write_text("smtp_port = 2526\n", encoding="utf-8")
+    monkeypatch.setenv("upkeep_config", str(other))
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        f"UPKEEP_CONFIG={config} and upkeep_config={other} name different settings files; set one of them"
+    )
+
+    monkeypatch.setenv("upkeep_config", str(config))  # the same file twice is no conflict
+    assert load_settings().smtp_port == 2525

@@ -35,7 +35,7 @@ from inventory.importer_db import (
     sync_windows,
     version_going_back,
 )
-from inventory.importer_yaml import InventoryDoc, InventoryError, Problem, read_inventory
+from inventory.importer_yaml import InventoryDoc, InventoryError, Problem, read_inventory, recorded_name
 from inventory.models import Cluster, Contact, Customer, Node, Release
 from inventory.oncall import current_spec, replace_spec
 from inventory.repo import record_audit
@@ -49,6 +49,7 @@ __all__ = [
     "apply_inventory",
     "import_inventory",
     "load_inventory",
+    "recorded_name",
 ]
 
 
@@ -137,8 +138,9 @@ def apply_inventory(doc: InventoryDoc, *, session: Session, actor: str) -> Impor
             f"on-call rotation: {len(doc.oncall.engineers)} engineers, {doc.oncall.rotation}"
         )
     session.flush()
-    detail = {"file": str(doc.path), "sha256": doc.sha256, **summary.as_dict()}
-    record_audit(actor, "inventory.import", str(doc.path), detail, session=session)
+    name = recorded_name(doc.path)
+    detail = {"file": name, "sha256": doc.sha256, **summary.as_dict()}
+    record_audit(actor, "inventory.import", name, detail, session=session)
     return summary
 
 

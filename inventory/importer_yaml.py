@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -394,6 +395,27 @@ class InventoryDoc:
             raise InventoryError(found)
 
 
+def _name_not_utf8(path: Path) -> Problem | None:
+    """A file name that is not UTF-8 (raw bytes, which Python holds as lone surrogates) is refused: the
+    import's audit event records which file it was, and no text column holds those bytes. The name is
+    shown with them escaped (\\xff), so the message prints on any output. A UTF-8 name that an ASCII
+    locale decoded byte by byte is UTF-8 all the same (`recorded_name`)."""
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = raw.decode("utf-8", "backslashreplace")
+        message = f"the file's name is not UTF-8 (byte {raw[exc.start]:#04x}); rename the file to import it"
+        return Problem(shown, None, message)
+    return None
+
+
+def recorded_name(path: Path) -> str:
+    """The file's name as text for the record: its bytes read as UTF-8 (refused before when they are not,
+    `_name_not_utf8`; escaped here all the same rather than fail)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def read_inventory(path: Path, *, role_addresses: frozenset[str] = frozenset()) -> InventoryDoc:
     """Read, parse and validate the whole file; raise InventoryError listing every problem. Portal users
     whose local part is in `role_addresses` are refused (issue #17: people, not role addresses)."""
@@ -406,11 +428,15 @@ def read_inventory(path: Path, *, role_addresses: frozenset[str] = frozenset()) 
     if len(data) > MAX_FILE_BYTES:
         message = f"the file is larger than {MAX_FILE_BYTES} bytes; an inventory is far smaller"
         raise InventoryError([Problem(name, None, message)])
+    if problem := _name_not_utf8(path):
+        raise InventoryError([problem])
     try:
         source = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise InventoryError([Problem(name, line, f"not UTF-8 text (byte {data[exc.start]:#04x})")]) from None
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1  # in bytes, as an editor's hex view
+        where = f"byte {data[exc.start]:#04x} at column {column}"
+        raise InventoryError([Problem(name, line, f"not UTF-8 text ({where})")]) from None
     document = InventoryYaml(name, source)
     inventory = document.validate(role_addresses)
     if inventory is None:

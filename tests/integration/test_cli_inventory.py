@@ -146,6 +146,39 @@ def test_missing_file_is_one_clear_line(imported_home: Path) -> None:
     assert database(imported_home) == before
 
 
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize("bad", ["name", "content"])
+def test_a_file_whose_name_or_content_is_not_utf8_is_one_line_and_nothing_imported(
+    imported_home: Path, bad: str, as_json: bool
+) -> None:
+    """Raw bytes in the file's name (an `os.fsencode` name, a Latin-1 file system) were "unexpected
+    UnicodeEncodeError ... a bug in Upkeep" from the audit's INSERT, after the whole import had run."""
+    import os
+
+    good = GOOD.replace("acme-c1-n1", "renamed-n1")  # would change the database if it were imported
+    if bad == "name":
+        source = imported_home.parent / os.fsdecode(b"inventory-\xff.yaml")
+        source.write_text(good, encoding="utf-8")
+        expected = (
+            f"{imported_home.parent}/inventory-\\xff.yaml: the file's name is not UTF-8 (byte 0xff); "
+            "rename the file to import it"
+        )
+    else:
+        source = imported_home.parent / "latin-1.yaml"
+        source.write_bytes(good.replace("Acme Ops", "Acme Op\u00e9rations").encode("latin-1"))
+        expected = f"{source}:5: not UTF-8 text (byte 0xe9 at column 48)"
+    before = database(imported_home)
+
+    result = upkeep(imported_home, "inventory", "import", *(["--json"] if as_json else []), str(source))
+
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    if as_json:
+        assert (json.loads(result.stdout), result.stderr) == ({"error": expected, "exit": 1}, "")
+    else:
+        assert (result.stdout, result.stderr) == ("", f"error: {expected}\n")
+    assert database(imported_home) == before
+
+
 def test_unknown_run_is_refused(imported_home: Path) -> None:
     result = upkeep(imported_home, "show", "999")
     assert result.returncode == 1

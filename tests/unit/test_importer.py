@@ -208,7 +208,31 @@ def test_unreadable_and_undecodable_files(tmp_path: Path) -> None:
     ]
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"customers: []\n# caf\xe9\n")
-    assert problems(path) == [f"{path}:2: not UTF-8 text (byte 0xe9)"]
+    assert problems(path) == [f"{path}:2: not UTF-8 text (byte 0xe9 at column 6)"]
+
+
+def test_a_file_whose_name_is_not_utf8_is_refused_naming_it_with_the_byte_escaped(tmp_path: Path) -> None:
+    """A name of raw bytes (Python holds them as lone surrogates): the audit event that records which
+    file was imported cannot hold it, and a message naming it must not fail to print."""
+    import os
+
+    path = tmp_path / os.fsdecode(b"inv\xff.yaml")
+    path.write_text(GOOD, encoding="utf-8")
+    assert problems(path) == [
+        f"{tmp_path}/inv\\xff.yaml: the file's name is not UTF-8 (byte 0xff); rename the file to import it"
+    ]
+    str(problems(path)[0]).encode("utf-8")  # prints anywhere
+
+
+def test_a_name_in_utf8_read_under_an_ascii_locale_is_its_utf8_name(tmp_path: Path) -> None:
+    """LC_ALL=C without UTF-8 mode: Python holds caf\u00e9's UTF-8 bytes as surrogates, which are the
+    UTF-8 name all the same; the audit records it as such."""
+    import os
+
+    from inventory.importer import recorded_name
+
+    assert recorded_name(Path(os.fsdecode("caf\u00e9.yaml".encode()))) == "caf\u00e9.yaml"
+    assert recorded_name(Path("/srv/caf\udcc3\udca9.yaml")) == "/srv/caf\u00e9.yaml"
 
 
 def one_cluster(nodes: list[dict[str, Any]]) -> str:

@@ -139,14 +139,19 @@ class _LazyGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         """A command that wrote stdout some other way than upkeep.console (a `print`, `typer.echo`) and
         found its reader gone: that is stdout closed too (upkeep/console.py), not Click's silent exit 1.
-        An EPIPE of anything else (a socket) is left as it was raised."""
+        An EPIPE of anything else (a socket) is carried past Click, which takes every EPIPE for stdout's
+        and exits 1 without a word, to `_run_command`'s answer."""
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:
+        except BrokenPipeError as exc:
             if not _stdout_reader_gone():
-                raise
+                raise _BrokenPipeElsewhere() from exc
             stdout_closed()
             return None
+
+
+class _BrokenPipeElsewhere(Exception):
+    """An EPIPE that is not stdout's reader going away (`_LazyGroup.invoke`): its cause is the error."""
 
 
 app = typer.Typer(
@@ -443,15 +448,16 @@ def _run_command() -> None:
     except CliError as exc:
         report_error(str(exc), exc.code)
         sys.exit(exc.code)
-    except Exception as exc:
-        message = explain(exc)
+    except Exception as caught:
+        error = caught.__cause__ if isinstance(caught, _BrokenPipeElsewhere) and caught.__cause__ else caught
+        message = explain(error)
         if message is None:
             if verbose():
                 raise
             # Never a traceback for the user: one line, and how to get the details.
-            what = " ".join(str(exc).split())[:500] or "(no message)"
+            what = " ".join(str(error).split())[:500] or "(no message)"
             message = (
-                f"unexpected {type(exc).__name__}: {what} (this is a bug in Upkeep; run the command again "
+                f"unexpected {type(error).__name__}: {what} (this is a bug in Upkeep; run the command again "
                 "with `upkeep --verbose ...` for the traceback and report it)"
             )
         report_error(message, 1)

@@ -95,6 +95,8 @@ def stdout_closed() -> None:
 
 def write_stdout(text: str) -> None:
     """`text` on stdout, whole; a reader gone is `stdout_closed()`, not an error."""
+    if sys.stdout is None:  # started with it closed (`>&-`)
+        raise CliError("standard output is closed: nowhere to write the answer")
     if output["stdout_closed"]:
         return
     try:
@@ -136,8 +138,6 @@ def _json_text(data: Any, **options: Any) -> str:
 
 
 def print_json(data: Any) -> None:
-    if sys.stdout is None:  # started with it closed (`>&-`)
-        raise CliError("standard output is closed: nowhere to write the answer")
     write_stdout(_json_text(data, indent=2, default=str) + "\n")
     output["printed"] = True
 

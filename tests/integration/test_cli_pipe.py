@@ -173,3 +173,68 @@ def test_a_send_that_fails_keeps_its_error_when_nobody_reads_its_report(tmp_path
     assert len(err.splitlines()) == 1, err
     notices = json.loads(upkeep_here(home, "notices", "list", "--json").stdout)
     assert [(n["state"], bool(n["note"])) for n in notices] == [("pending", True)], notices
+
+
+# A command of the test's own, mounted on the real `upkeep` app and run through `main`.
+_RAW_COMMAND = """
+import socket, sys
+from upkeep.cli import app, main
+
+@app.command("raw")
+def raw(where: str) -> None:
+    if where == "stdout":
+        print("line\\n" * 100_000, end="")  # a print, not upkeep.console: Click answered EPIPE with exit 1
+    else:
+        mine, theirs = socket.socketpair()
+        theirs.close()
+        mine.send(b"x")  # EPIPE of a socket: not the reader of stdout going away
+
+sys.argv = ["upkeep", "raw", sys.argv[1]]
+main()
+"""
+
+
+@pytest.mark.parametrize("where", ["stdout", "socket"])
+def test_an_epipe_is_a_closed_stdout_only_when_stdout_is_the_closed_pipe(tmp_path: Path, where: str) -> None:
+    """stdout's reader gone before the first byte for "stdout"; read to its end for "socket"."""
+    read, write = os.pipe()
+    if where == "stdout":
+        os.close(read)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RAW_COMMAND, where],
+            env=home_env(tmp_path / "home"),
+            cwd=tmp_path,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write)
+    if where == "socket":
+        with open(read, "rb") as reader:
+            assert reader.read() == b""
+    _out, err = proc.communicate(timeout=120)
+
+    if where == "stdout":
+        assert (proc.returncode, err) == (-signal.SIGPIPE, "")
+    else:  # Click took every EPIPE for stdout's and exited 1 without a word
+        assert proc.returncode == 1
+        assert err.startswith("error: unexpected BrokenPipeError: [Errno 32] Broken pipe (this is a bug"), err
+
+
+def test_the_schema_to_a_closed_stdout_is_one_line_on_stderr(tmp_path: Path) -> None:
+    """`upkeep inventory schema >&-`: Python starts with sys.stdout None (see test_cli_inventory's
+    `--json` twin); not SIGPIPE, since no reader ever was."""
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m upkeep inventory schema >&-', sys.executable],
+        env=home_env(tmp_path / "home"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: standard output is closed: nowhere to write the answer\n",
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +129,14 @@ def test_kill_9_at_random_points_of_a_rollout_then_resume_upgrades_every_node_ex
             point = rng.choice(_points(left or [3], package.exists()))
         else:
             break
+        began = time.monotonic()
         proc = upkeep_cli({**env, "UPKEEP_FAILPOINT": point}, *command, check=False, timeout=240)
         outcome = "killed" if proc.returncode == -signal.SIGKILL else f"exit {proc.returncode}"
-        history.append(f"{' '.join(command)} @ {point}: {outcome}")
+        history.append(f"{' '.join(command)} @ {point}: {outcome} ({time.monotonic() - began:.1f} s)")
         assert proc.returncode in (0, -signal.SIGKILL), (
             f"{where()}\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}"
         )
     kills = sum("killed" in round_ for round_ in history)
-    print("\n".join(history), file=sys.stderr)
 
     # Finish the rollout the way an SRE would: resume what the kills left, let the dispatcher start the rest.
     for _ in range(20):
@@ -145,9 +146,11 @@ def test_kill_9_at_random_points_of_a_rollout_then_resume_upgrades_every_node_ex
         if not active and not planned:
             break
         command = ["resume", str(active[0])] if active else ["dispatch", "--max-running", str(MAX_RUNNING)]
+        began = time.monotonic()
         proc = upkeep_cli(env, *command, check=False, timeout=240)
-        history.append(f"{' '.join(command)}: exit {proc.returncode}")
+        history.append(f"{' '.join(command)}: exit {proc.returncode} ({time.monotonic() - began:.1f} s)")
         assert proc.returncode == 0, f"{where()}\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}"
+    print("\n".join(history), file=sys.stderr)  # every round and its wall time, kills and resumes
     sent = upkeep_cli(env, "notices", "send", check=False)
     assert sent.returncode == 0, sent.stderr[-2000:]
 

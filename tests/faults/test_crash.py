@@ -1,6 +1,6 @@
-"""kill -9 of the process running a multi-cluster rollout, at points a seeded generator picks, then
-resume until done: every node upgraded exactly once (its agent's own log), none skipped, the run
-records consistent, every customer notice sent exactly once (a real SMTP server counts them).
+"""kill -9 of the process running a multi-cluster rollout, at chosen points, then resume until done:
+every node upgraded exactly once (its agent's own log), none skipped, the run records consistent, every
+customer notice sent exactly once (a real SMTP server counts them).
 
 The rollout is a set of due, planned runs - what `upkeep schedule` leaves for the dispatcher. Each
 round runs a real `upkeep` process against the session's Prefect test server: `upkeep dispatch`
@@ -10,9 +10,14 @@ itself at the chosen point (tasks/failpoints.py): mid-download, mid-upgrade:N, m
 after-node:N. With several runs in one dispatcher the point hits whichever run gets there first and
 kills the others wherever they are.
 
-Fast variant: 3 clusters x 3 nodes, 3 kill points. `UPKEEP_SOAK=1`: 10 clusters x 3 nodes, 20 points.
-The seed is printed; `UPKEEP_FAULTS_SEED=<seed>` replays a failing sequence. The five fixed points on
-a single `upkeep update` are tests/integration/test_resume.py.
+`make test`: 3 clusters x 3 nodes and one fixed plan (FIXED_PLAN): the dispatcher killed
+mid-download, then resumes killed mid-upgrade, after a node and mid-health, each point certain to be
+reached (a round that is not killed fails the test), then a resume per run; the same rounds every
+run, so its cost does not depend on a draw. `UPKEEP_SOAK=1`: 10 clusters x 3 nodes and 20 points a
+seeded generator picks (`UPKEEP_CRASH_POINTS=N` or `UPKEEP_FAULTS_SEED=<seed>` picks them on 3
+clusters too). The seed is printed; `UPKEEP_FAULTS_SEED=<seed>` replays a failing sequence. Every
+round's wall time is printed and recorded with its outcome. The five fixed points on a single
+`upkeep update` are tests/integration/test_resume.py.
 """
 
 from __future__ import annotations
@@ -38,6 +43,19 @@ from tests.integration.test_notices import SmtpServer
 pytestmark = [pytest.mark.faults, pytest.mark.lab, pytest.mark.prefect, pytest.mark.smtp]
 
 KILL_POINTS = int(os.environ.get("UPKEEP_CRASH_POINTS") or (20 if SOAK else 3))
+# Seeded random points in the soak, or when a seed or a number of points is asked for; else FIXED_PLAN.
+RANDOM_POINTS = SOAK or any(os.environ.get(v) for v in ("UPKEEP_FAULTS_SEED", "UPKEEP_CRASH_POINTS"))
+# `make test`'s rounds: (run to resume, None for `upkeep dispatch`; the kill point). Every kind of point,
+# with dispatch and with resume, and each certain to be reached, so every round is a kill. Runs are
+# numbered in cluster order (acme-c1 1, globex-c2 2, initech-c3 3).
+FIXED_PLAN: list[tuple[int | None, str]] = [
+    (None, "mid-download"),  # the dispatcher has claimed all three runs; the first to download dies
+    (1, "mid-upgrade:1"),  # run 1's first upgrade command cut; the node finishes it on its own
+    (1, "after-node:2"),  # run 1: node 1 found upgraded (health, verify), node 2 done, then killed
+    (2, "mid-health:2"),  # run 2: nodes 1-2 upgraded, killed while node 2 comes up
+]
+# Then one resume per run: run 1's must skip its two done nodes (redone, they are verified twice), run
+# 2's finds node 2 upgraded but not verified, run 3 starts from its claim by the killed dispatcher.
 MAX_RUNNING = 4
 SENDER = "Upkeep <upkeep@vendor.example>"
 
@@ -108,27 +126,38 @@ def test_kill_9_at_random_points_of_a_rollout_then_resume_upgrades_every_node_ex
     rollout: Any, crash_lab: Any, smtp: SmtpServer, seeded: Any, record: Any
 ) -> None:
     env, engine = rollout
-    rng = seeded("crash points")
+    rng = seeded("crash points") if RANDOM_POINTS else None
     package = Path(env["UPKEEP_HOME"]) / "work" / "packages" / f"upkeep-product-{TARGET}.tar.gz"
     history: list[str] = []
+    how = f"seed {rng.seed_value}" if rng else "fixed plan"
 
     def where() -> str:
-        return f"seed {rng.seed_value}; rounds so far: " + " | ".join(history)
+        return f"{how}; rounds so far: " + " | ".join(history)
 
-    for _ in range(KILL_POINTS):
+    def random_round() -> tuple[list[str], str] | None:
+        assert rng is not None
         runs = _runs(engine)
         planned = [i for i, r in runs.items() if r.state == RunState.planned]
         active = sorted(i for i, r in runs.items() if r.state in (RunState.running, RunState.paused))
         if planned and len(active) < MAX_RUNNING and (not active or rng.random() < 0.5):
-            command = ["dispatch", "--max-running", str(MAX_RUNNING)]
-            point = rng.choice(_points([1, 2, 3], package.exists()))
-        elif active:
+            return ["dispatch", "--max-running", str(MAX_RUNNING)], rng.choice(
+                _points([1, 2, 3], package.exists())
+            )
+        if active:
             run_id = rng.choice(active)
             left = sorted({1, 2, 3} - _done_positions(engine, run_id))
-            command = ["resume", str(run_id)]
-            point = rng.choice(_points(left or [3], package.exists()))
-        else:
+            return ["resume", str(run_id)], rng.choice(_points(left or [3], package.exists()))
+        return None
+
+    plan = [
+        (["dispatch", "--max-running", str(MAX_RUNNING)] if run is None else ["resume", str(run)], point)
+        for run, point in FIXED_PLAN
+    ]
+    for number in range(KILL_POINTS if rng else len(plan)):
+        chosen = random_round() if rng else plan[number]
+        if chosen is None:
             break
+        command, point = chosen
         began = time.monotonic()
         proc = upkeep_cli({**env, "UPKEEP_FAILPOINT": point}, *command, check=False, timeout=240)
         outcome = "killed" if proc.returncode == -signal.SIGKILL else f"exit {proc.returncode}"
@@ -136,6 +165,8 @@ def test_kill_9_at_random_points_of_a_rollout_then_resume_upgrades_every_node_ex
         assert proc.returncode in (0, -signal.SIGKILL), (
             f"{where()}\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}"
         )
+        # The fixed plan's points are all reached: a round that ran to its end no longer tests a kill there.
+        assert rng or outcome == "killed", f"{where()}\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}"
     kills = sum("killed" in round_ for round_ in history)
 
     # Finish the rollout the way an SRE would: resume what the kills left, let the dispatcher start the rest.
@@ -164,7 +195,8 @@ def test_kill_9_at_random_points_of_a_rollout_then_resume_upgrades_every_node_ex
             assert {row["result"] for row in node_rows(run, session)} <= {"upgraded", "already at target"}
     record(
         "crash (kill -9) and resume",
-        f"{len(runs_now)}-cluster x 3-node rollout via dispatch/resume, seeded kill points",
+        f"{len(runs_now)}-cluster x 3-node rollout via dispatch/resume, "
+        + ("seeded kill points" if rng else "fixed kill points"),
         kills,
-        detail=f"seed {rng.seed_value}: " + " / ".join(history),
+        detail=f"{how}: " + " / ".join(history),
     )

@@ -123,6 +123,20 @@ def node_done(engine: Engine, run_id: int, node_id: int) -> bool:
     return retrying(engine, lambda conn: conn.execute(query).first()) is not None  # a read: safe to repeat
 
 
+def nodes_upgrading(engine: Engine, run_id: int) -> set[int]:
+    """Nodes whose upgrade began in this run and whose verification has not succeeded: on a resume, the
+    node a stopped process was upgrading, which may still be finishing that upgrade on its own (the
+    agent's lock) or restarting after it."""
+    began = select(NodeStep.node_id).where(col(NodeStep.run_id) == run_id, col(NodeStep.step) == "upgrade")
+    verified = select(NodeStep.node_id).where(
+        col(NodeStep.run_id) == run_id,
+        col(NodeStep.step) == "verify",
+        col(NodeStep.state) == StepState.succeeded,
+    )
+    query = began.except_(verified)
+    return {row[0] for row in retrying(engine, lambda conn: conn.execute(query).all()) if row[0] is not None}
+
+
 def stopped_at(engine: Engine, run_id: int) -> tuple[str, str]:
     """(node hostname, step) of the run's latest failed step, or ("", "") if none failed; the
     hostname is "" for a step not on a node (download)."""

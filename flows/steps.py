@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext
 
 from flows.plan import PlannedNode, UpdatePlan
-from flows.records import recorded
+from flows.records import nodes_touched, nodes_upgrading, recorded
 from flows.runtime import Runtime
 from tasks.failpoints import failpoint_soon
 from tasks.node import NodeAgent, NodeCommandFailed
@@ -145,21 +145,34 @@ def _only_one_at_a_time(dest: Path) -> Iterator[None]:
 def preflight(
     plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, package_size: int
 ) -> None:
-    """Every node reachable, healthy, at a version this run expects, with disk for the package."""
+    """Every node reachable, healthy, at a version this run expects, with disk for the package.
+
+    On a resume, a node this run began upgrading and never verified (the stopped process's: killed,
+    its machine lost) may still be finishing that upgrade or restarting after it: it gets the health
+    wait its own health step would give it, not one look. Failing there told the customer their update
+    failed, and paged, over an update that was going fine."""
     closed: list[str] = []
+    settling = nodes_upgrading(runtime.engine, run_id)
+    touched = nodes_touched(runtime.engine, run_id)
 
     def check(node: PlannedNode) -> str:
         try:
             with recorded(runtime.engine, run_id, node.id, "pre-flight") as note:
                 agent = conns.agent(node)
                 version = agent.version()
-                health = agent.health()
+                if node.id in settling:
+                    health = agent.wait_healthy(
+                        timeout=runtime.health_timeout, interval=runtime.health_interval
+                    )
+                else:
+                    health = agent.health()
                 free = agent.disk_free()
                 note.output = f"version={version} health={health.detail} disk_free={free}"
                 if version not in (plan.from_version, plan.to_version):
                     raise StepFailed(f"at {version}, expected {plan.from_version}")
                 if not health.healthy:
-                    raise StepFailed(f"not healthy ({health.detail})")
+                    waited = f" after {runtime.health_timeout:g} s" if node.id in settling else ""
+                    raise StepFailed(f"not healthy{waited} ({health.detail})")
                 if free < 2 * package_size:
                     raise StepFailed(f"{free} bytes free, needs {2 * package_size} for the package")
         except TunnelClosed:
@@ -184,7 +197,12 @@ def preflight(
             tuple(problems),
         )
     if problems:
-        raise StepFailed("pre-flight failed, no node touched: " + "; ".join(problems))
+        where = (
+            "resumed run's pre-flight failed, no further node touched"
+            if touched
+            else "pre-flight failed, no node touched"
+        )
+        raise StepFailed(f"{where}: " + "; ".join(problems))
 
 
 def reach(plan: UpdatePlan, conns: NodeConnections) -> None:

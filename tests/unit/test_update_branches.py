@@ -176,6 +176,69 @@ def test_pause_is_honoured_after_the_node_in_progress_and_resume_finishes_the_re
     assert world.upgraded() == [1, 1, 1]  # node 1 not upgraded again
 
 
+def test_a_resume_while_the_stopped_process_s_node_restarts_waits_for_it_instead_of_failing(
+    world: World,
+) -> None:
+    """kill -9 in the middle of node 2's upgrade: the node finishes it on its own and restarts. An SRE's
+    `upkeep resume` at once found it `starting` at pre-flight and failed the run - a failure notice to
+    the customer and an SRE alert over an update that was going fine. A node this run began upgrading
+    gets the health wait its own health step gives it (found by the adversarial pass on test_crash)."""
+    from inventory.models import Node, NodeStep, StepState
+
+    _ask(world, "pause")
+    assert world.update().is_completed()
+    run = world.run()
+    assert run.state == RunState.paused and world.upgraded() == [1, 0, 0]
+    world.nodes[0].before.clear()
+    with session_scope(world.engine) as session:  # what the killed process left: node 2's upgrade open
+        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
+        session.add(
+            NodeStep(run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET)
+        )
+    restarting = world.nodes[1]
+    restarting.version, restarting.healthy = TARGET, False  # upgraded by the orphaned command, starting
+    answers: list[bool] = []
+
+    def comes_up(node: FakeNode) -> None:  # called before each answer: `starting` once, then healthy
+        node.healthy = bool(answers)
+        answers.append(node.healthy)
+
+    restarting.before["health"] = comes_up
+    world.runtime.health_timeout = 30.0  # the outcome is the count of answers, never the clock
+
+    resumed = world.update(run_id=run.id)
+
+    assert resumed.is_completed(), resumed.message
+    assert world.run().state == RunState.succeeded
+    assert answers[:2] == [False, True]  # pre-flight asked again instead of failing the run
+    assert world.upgraded() == [1, 0, 1]  # node 2 not upgraded again: found at the target
+    assert "failed" not in world.notices(run.id)
+
+
+def test_a_node_the_run_never_touched_that_is_not_healthy_still_fails_the_resume_at_pre_flight(
+    world: World,
+) -> None:
+    """The wait is for the node the stopped process was upgrading, not for any unhealthy node: node 3,
+    untouched, unhealthy, fails the resumed run's pre-flight at its first answer."""
+    _ask(world, "pause")
+    assert world.update().is_completed()
+    run = world.run()
+    world.nodes[0].before.clear()
+    world.nodes[2].healthy = False
+    world.nodes[2].commands.clear()
+    world.runtime.health_timeout = 30.0
+
+    resumed = world.update(run_id=run.id)
+
+    assert resumed.is_failed()
+    # Node 1 was upgraded before the pause: "no node touched" would be untrue.
+    assert str(resumed.message).startswith(
+        f"resumed run's pre-flight failed, no further node touched: {HOSTS[2]}: not healthy ("
+    ), resumed.message
+    assert sum(command == ["health"] for command in world.nodes[2].commands) == 1
+    assert world.upgraded() == [1, 0, 0]
+
+
 def test_cancel_is_honoured_after_the_node_in_progress_and_the_customer_told(world: World) -> None:
     _ask(world, "cancel", reason="customer asked")
 

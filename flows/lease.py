@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.engine import Engine
@@ -58,8 +59,10 @@ def held_message(run_id: int, owner: str | None, since: datetime | None) -> str:
 
 def holder_gone(owner: str | None) -> bool:
     """True only when the owner's process is known to be gone: it ran on this host and no process
-    has its pid any more (a kill -9, a crash). An owner elsewhere, or one that cannot be read, is
-    taken as alive: only its lease running out says otherwise."""
+    has its pid any more (a kill -9, a crash), or only its zombie does (dead, its parent - a shell, a
+    supervisor - not having collected its status yet: `ps` shows it <defunct>, and its pid cannot be
+    given to another process until then). An owner elsewhere, or one that cannot be read, is taken as
+    alive: only its lease running out says otherwise."""
     host, _, rest = (owner or "").partition(":")
     pid = rest.split("/", 1)[0]
     if host != socket.gethostname() or not pid.isdigit():
@@ -72,7 +75,18 @@ def holder_gone(owner: str | None) -> bool:
         return True
     except PermissionError:  # someone else's live process
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` is a process that has ended but not been collected (Linux's /proc; elsewhere, or
+    unreadable: False, alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'.
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
 def expired(lease_until: datetime | None, now: datetime) -> bool:

@@ -38,3 +38,31 @@ def test_lease_settings_refuse_a_lease_too_short_to_renew(monkeypatch: pytest.Mo
     monkeypatch.setenv("UPKEEP_RUN_LEASE_SECONDS", "5")
     with pytest.raises(SettingsError, match=r"UPKEEP_RUN_LEASE_SECONDS.*'5'"):
         load_settings()
+
+
+def test_a_holder_that_is_only_a_zombie_is_gone_a_live_one_is_not() -> None:
+    """kill -9 of `upkeep update` under a shell or supervisor that has not collected it yet: its pid is
+    a zombie. `upkeep resume` took it for alive and refused ("being carried out by host:pid") until its
+    parent reaped it, or the lease ran out."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from flows.lease import holder_gone
+
+    host = socket.gethostname()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]) as live:
+        try:
+            assert holder_gone(f"{host}:{live.pid}/abc123") is False
+            live.kill()
+            deadline = time.monotonic() + 60  # until the kernel has made it a zombie; never collected here
+            while Path(f"/proc/{live.pid}/stat").read_bytes().rpartition(b")")[2][1:2] != b"Z":
+                assert time.monotonic() < deadline, "the killed child never became a zombie"
+                time.sleep(0.01)
+            os.kill(live.pid, 0)  # still there for kill(2): what holder_gone read as alive
+            assert holder_gone(f"{host}:{live.pid}/abc123") is True
+            assert holder_gone(f"elsewhere:{live.pid}/abc123") is False  # another host's pid says nothing
+        finally:
+            live.kill()

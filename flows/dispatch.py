@@ -600,7 +600,7 @@ def _preflight_summary(runtime: Runtime, run: PlannedRun) -> str:
         plan = plan_update(cluster.name, run.to_version, session=session)
     conns = NodeConnections(runtime, plan)
     try:
-        preflight.fn(plan, run.id, runtime, conns, runtime.fileserver.size(plan.package))
+        preflight.fn(plan, run.id, runtime, conns, runtime.fileserver.size(plan.package), settle=False)
     except TunnelDown as exc:
         if exc.problems:
             return f"FAILED: {exc}"

@@ -143,16 +143,23 @@ def _only_one_at_a_time(dest: Path) -> Iterator[None]:
 
 @task(name="pre-flight", cache_policy=NO_CACHE)
 def preflight(
-    plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, package_size: int
+    plan: UpdatePlan,
+    run_id: int,
+    runtime: Runtime,
+    conns: NodeConnections,
+    package_size: int,
+    *,
+    settle: bool = True,
 ) -> None:
     """Every node reachable, healthy, at a version this run expects, with disk for the package.
 
     On a resume, a node this run began upgrading and never verified (the stopped process's: killed,
     its machine lost) may still be finishing that upgrade or restarting after it: it gets the health
     wait its own health step would give it, not one look. Failing there told the customer their update
-    failed, and paged, over an update that was going fine."""
+    failed, and paged, over an update that was going fine. `settle=False`: one look at every node (the
+    dispatcher's reminder pre-flight, days before the window: a wait there held its whole tick)."""
     closed: list[str] = []
-    settling = nodes_upgrading(runtime.engine, run_id)
+    settling = nodes_upgrading(runtime.engine, run_id) if settle else set()
     touched = nodes_touched(runtime.engine, run_id)
 
     def check(node: PlannedNode) -> str:

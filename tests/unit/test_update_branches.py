@@ -239,6 +239,41 @@ def test_a_node_the_run_never_touched_that_is_not_healthy_still_fails_the_resume
     assert world.upgraded() == [1, 0, 0]
 
 
+def test_the_dispatcher_s_reminder_pre_flight_does_not_wait_for_a_node_left_mid_upgrade(world: World) -> None:
+    """A run carried over with a node's upgrade left open (its support tunnel closed under it) gets a 72 h
+    reminder before its next window: the dispatcher's tick asks the pre-flight (flows.dispatch
+    `_preflight_summary`) with the run's id. The resume's health wait for that node held the whole tick for
+    up to health_timeout (600 s in production) on an unhealthy node, every other run's start and notice
+    behind it; the reminder reports what it finds at one look (adversarial pass adv32)."""
+    from flows.dispatch import _preflight_summary
+    from inventory.models import Node, NodeStep, StepState
+
+    _ask(world, "pause")
+    assert world.update().is_completed()
+    run = world.run()
+    world.nodes[0].before.clear()
+    with session_scope(world.engine) as session:  # node 2's upgrade left open when the run stopped
+        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
+        session.add(
+            NodeStep(
+                run_id=run.id, node_id=node_2, step="upgrade", state=StepState.interrupted, detail=TARGET
+            )
+        )
+    answers: list[bool] = []
+
+    def unhealthy_once(node: FakeNode) -> None:  # unhealthy at the first answer, healthy at any later one
+        node.healthy = bool(answers)
+        answers.append(node.healthy)
+
+    world.nodes[1].before["health"] = unhealthy_once
+    world.runtime.health_timeout = 3600.0  # a wait ends at the second answer: the count says, not a clock
+
+    summary = _preflight_summary(world.runtime, run)  # type: ignore[arg-type]
+
+    assert answers == [False], answers
+    assert summary.startswith("FAILED: ") and f"{HOSTS[1]}: not healthy (" in summary, summary
+
+
 def test_cancel_is_honoured_after_the_node_in_progress_and_the_customer_told(world: World) -> None:
     _ask(world, "cancel", reason="customer asked")
 

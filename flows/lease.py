@@ -80,13 +80,16 @@ def holder_gone(owner: str | None) -> bool:
 
 def _zombie(pid: int) -> bool:
     """Whether `pid` is a process that has ended but not been collected (Linux's /proc; elsewhere, or
-    unreadable: False, alive)."""
+    unreadable: False, alive). Every thread of it, not only the first: /proc/PID/stat is the main
+    thread's, which reads Z once it alone has ended while the process's other threads run on."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        stats = [task.joinpath("stat").read_bytes() for task in Path(f"/proc/{pid}/task").iterdir()]
     except OSError:
         return False
     # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'.
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+    return bool(stats) and all(
+        stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X") for stat in stats
+    )
 
 
 def expired(lease_until: datetime | None, now: datetime) -> bool:

@@ -66,3 +66,39 @@ def test_a_holder_that_is_only_a_zombie_is_gone_a_live_one_is_not() -> None:
             assert holder_gone(f"elsewhere:{live.pid}/abc123") is False  # another host's pid says nothing
         finally:
             live.kill()
+
+
+def test_a_holder_whose_main_thread_ended_while_its_other_threads_run_is_not_gone() -> None:
+    """/proc/PID/stat gives the thread-group leader's own state: a process whose main thread ended
+    (SYS_exit) while its other threads go on reads `Z` there, yet it is alive - kill(2) finds it, its
+    threads (a lease heartbeat, a node's upgrade) still run. holder_gone took it for gone, and `upkeep
+    resume` took over a run still being carried out (adversarial pass adv32)."""
+    import ctypes
+    import platform
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from flows.lease import holder_gone
+
+    if not Path("/proc/self/task").is_dir() or platform.machine() != "x86_64":
+        pytest.skip("Linux x86_64 only: SYS_exit is called by its number")
+    assert ctypes.sizeof(ctypes.c_void_p) == 8
+    code = (
+        "import ctypes, sys, threading, time\n"
+        "threading.Thread(target=lambda: time.sleep(600), daemon=True).start()\n"
+        "ctypes.CDLL(None).syscall(60, 0)\n"  # SYS_exit: the main thread only
+    )
+    host = socket.gethostname()
+    with subprocess.Popen([sys.executable, "-c", code]) as half:
+        try:
+            deadline = time.monotonic() + 60  # until the main thread has ended; its sleeper thread has not
+            while Path(f"/proc/{half.pid}/stat").read_bytes().rpartition(b")")[2][1:2] != b"Z":
+                assert half.poll() is None, "the whole process ended"
+                assert time.monotonic() < deadline, "the main thread never ended"
+                time.sleep(0.01)
+            assert len(list(Path(f"/proc/{half.pid}/task").iterdir())) == 2  # its other thread runs on
+            assert holder_gone(f"{host}:{half.pid}/abc123") is False
+        finally:
+            half.kill()

@@ -239,6 +239,43 @@ def test_a_node_the_run_never_touched_that_is_not_healthy_still_fails_the_resume
     assert world.upgraded() == [1, 0, 0]
 
 
+def test_the_resume_s_wait_is_for_this_run_s_unverified_upgrade_only(world: World) -> None:
+    """Node 1 was upgraded and verified before the pause, then the customer's own change left it unhealthy;
+    node 3 was begun by another, older run of the cluster (its record says nothing about this one). Neither
+    is the stopped process's node settling: both fail the resumed run's pre-flight at their first answer.
+    A rule that waited for every node ever begun (no verify, or no run) stayed green (adversarial pass
+    adv32)."""
+    from inventory.models import Node, NodeStep, StepState
+
+    with session_scope(world.engine) as session:  # an older run that began node 3's upgrade and failed
+        cluster = get_cluster(CLUSTER, session=session)
+        older = planned_run(session, cluster, slot_start=MONDAY, slot_end=MONDAY + timedelta(hours=1))
+        older.state, older.active_cluster_id = RunState.failed, None
+        node_3 = session.exec(select(Node.id).where(Node.hostname == HOSTS[2])).one()
+        session.add(NodeStep(run_id=older.id, node_id=node_3, step="upgrade", state=StepState.failed))
+    _ask(world, "pause")
+    assert world.update().is_completed()
+    run = world.run()
+    assert run.state == RunState.paused and run.id != older.id and world.upgraded() == [1, 0, 0]
+    world.nodes[0].before.clear()
+    answers: dict[str, list[bool]] = {HOSTS[0]: [], HOSTS[2]: []}
+
+    def unhealthy_once(node: FakeNode) -> None:  # unhealthy at the first answer, healthy at any later one
+        node.healthy = bool(answers[node.hostname])
+        answers[node.hostname].append(node.healthy)
+
+    for node in (world.nodes[0], world.nodes[2]):
+        node.before["health"] = unhealthy_once
+    world.runtime.health_timeout = 3600.0  # a wait ends at the second answer: the count says, not a clock
+
+    resumed = world.update(run_id=run.id)
+
+    assert answers == {HOSTS[0]: [False], HOSTS[2]: [False]}, answers
+    assert resumed.is_failed()
+    assert str(resumed.message).startswith("resumed run's pre-flight failed, no further node touched: ")
+    assert world.upgraded() == [1, 0, 0]
+
+
 def test_the_dispatcher_s_reminder_pre_flight_does_not_wait_for_a_node_left_mid_upgrade(world: World) -> None:
     """A run carried over with a node's upgrade left open (its support tunnel closed under it) gets a 72 h
     reminder before its next window: the dispatcher's tick asks the pre-flight (flows.dispatch

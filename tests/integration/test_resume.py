@@ -56,3 +56,56 @@ def test_resume_after_kill_upgrades_every_node_exactly_once(
         assert final is not None and final.state == RunState.succeeded and final.active_cluster_id is None
         assert session.exec(select(Cluster.version).where(Cluster.name == cluster)).one() == TARGET
     engine.dispose()
+
+
+def test_a_resume_waits_at_pre_flight_for_the_node_the_killed_process_left_coming_up(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+) -> None:
+    """kill -9 in the middle of node 2's upgrade, and node 2 not yet healthy when `upkeep resume` asks it
+    at pre-flight: the resume waits for it (the health wait its own health step gives it) instead of
+    failing the run, notifying the customer and paging. The node comes up when the test sees the
+    resume's first unhealthy answer in the node's own log, never by a clock. Without the wait this went
+    green in every lab test: the lab's node was always up by the time a resumed process asked
+    (adversarial pass adv32)."""
+    import time
+
+    from tests.support import forkserver
+
+    cli_env, cluster = slow_cli_env, fresh_slow_cluster
+    hosts = [n["hostname"] for n in slow_lab.status()["nodes"] if n["cluster"] == cluster]
+    crashed = upkeep_cli(
+        {**cli_env, "UPKEEP_FAILPOINT": "mid-upgrade:2"}, "update", cluster, "--to", TARGET, check=False
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    engine = cli_engine(cli_env)
+    with session_scope(engine) as session:
+        cluster_id = session.exec(select(Cluster.id).where(Cluster.name == cluster)).one()
+        run = session.exec(
+            select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id).order_by(col(UpgradeRun.id).desc())
+        ).first()
+    assert run is not None and run.state == RunState.running
+
+    slow_lab.fault(hosts[1], "unhealthy")  # not up until the test says so
+    log = slow_lab.node_dir(hosts[1]) / "logs" / "product.log"
+    seen = len(log.read_text().splitlines()) if log.exists() else 0
+    env = {**cli_env, "UPKEEP_HEALTH_TIMEOUT": "600"}  # the outcome never rests on this clock
+    resume = forkserver.popen(["resume", str(run.id)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(": health -> 1 " in line for line in log.read_text().splitlines()[seen:]):
+            assert resume.poll() is None, "the resume ended before asking node 2's health"
+            assert time.monotonic() < deadline, "the resume never asked node 2's health"
+            time.sleep(0.02)
+        slow_lab.fault(hosts[1], "clear")
+        out, err = resume.communicate(timeout=300)
+    finally:
+        if resume.poll() is None:
+            resume.kill()
+            resume.communicate()
+    assert resume.returncode == 0, out[-2000:] + err[-2000:]
+    upgrades = {host: slow_lab.upgrade_log(host) for host in hosts}
+    assert {host: len(entries) for host, entries in upgrades.items()} == dict.fromkeys(hosts, 1)
+    with session_scope(engine) as session:
+        final = session.get(UpgradeRun, run.id)
+        assert final is not None and final.state == RunState.succeeded, final
+    engine.dispose()

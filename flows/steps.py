@@ -192,11 +192,16 @@ def preflight(
         return ""
 
     problems = _each_node(plan, check)
+    where = (
+        "resumed run's pre-flight failed, no further node touched"
+        if touched
+        else "pre-flight failed, no node touched"
+    )
     if closed:
         assert plan.tunnel is not None
         names = sorted(closed)
         raise TunnelDown(
-            f"pre-flight failed, no node touched: the customer's support tunnel is closed on "
+            f"{where}: the customer's support tunnel is closed on "
             f"{', '.join(names)} (tunnel server {plan.tunnel.host}:{plan.tunnel.port}); the customer must "
             f"run `upkeep-agent tunnel start` on {'that node' if len(names) == 1 else 'each of them'}, then "
             "ask for the update again" + "".join(f"; {problem}" for problem in problems),
@@ -204,11 +209,6 @@ def preflight(
             tuple(problems),
         )
     if problems:
-        where = (
-            "resumed run's pre-flight failed, no further node touched"
-            if touched
-            else "pre-flight failed, no node touched"
-        )
         raise StepFailed(f"{where}: " + "; ".join(problems))
 
 

@@ -276,6 +276,47 @@ def test_the_resume_s_wait_is_for_this_run_s_unverified_upgrade_only(world: Worl
     assert world.upgraded() == [1, 0, 0]
 
 
+def test_a_resumed_run_s_pre_flight_that_finds_a_support_tunnel_closed_does_not_say_no_node_touched(
+    world: World,
+) -> None:
+    """Node 1 was upgraded before the pause; the customer then closed node 3's support tunnel. The resumed
+    run's pre-flight said "pre-flight failed, no node touched" for a closed tunnel - the untruth the
+    other problems' message no longer says - and that is the failure the SRE reads (outside the window
+    the run fails with it) while node 1 runs the new version (adversarial pass adv32)."""
+    from dataclasses import replace
+
+    from flows.plan import TunnelServer, plan_update
+    from flows.steps import NodeConnections, TunnelDown, preflight
+    from tasks.ssh import TunnelClosed
+
+    _ask(world, "pause")
+    assert world.update().is_completed()
+    run = world.run()
+    assert run.state == RunState.paused and world.upgraded() == [1, 0, 0]
+    world.nodes[0].before.clear()
+
+    def tunnel_closed(node: FakeNode) -> None:
+        raise TunnelClosed(node.hostname, "the support tunnel is not open")
+
+    world.nodes[2].before["version"] = tunnel_closed
+    with session_scope(world.engine) as session:
+        plan = plan_update(CLUSTER, TARGET, session=session)
+    conns = NodeConnections(world.runtime, plan)  # the fake fleet's direct connections
+    behind_tunnels = replace(
+        plan, tunnel=TunnelServer("tunnels.vendor.example", 22, "tunnel", "ssh-ed25519 AAAA")
+    )
+    try:
+        with pytest.raises(TunnelDown) as raised:
+            preflight.fn(behind_tunnels, run.id, world.runtime, conns, 1)
+    finally:
+        conns.close()
+
+    assert raised.value.closed == (HOSTS[2],)
+    assert str(raised.value).startswith("resumed run's pre-flight failed, no further node touched: "), (
+        raised.value
+    )
+
+
 def test_the_dispatcher_s_reminder_pre_flight_does_not_wait_for_a_node_left_mid_upgrade(world: World) -> None:
     """A run carried over with a node's upgrade left open (its support tunnel closed under it) gets a 72 h
     reminder before its next window: the dispatcher's tick asks the pre-flight (flows.dispatch

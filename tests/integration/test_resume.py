@@ -99,6 +99,7 @@ def test_a_resume_waits_at_pre_flight_for_the_node_the_killed_process_left_comin
         slow_lab.fault(hosts[1], "clear")
         out, err = resume.communicate(timeout=300)
     finally:
+        slow_lab.fault(hosts[1], "clear")
         if resume.poll() is None:
             resume.kill()
             resume.communicate()

@@ -209,7 +209,8 @@ def run_demo(*, keep: bool = False) -> None:
     problem = unreachable_prefect_api()
     if problem:
         raise CliError(
-            f"{problem}: start that server, or unset PREFECT_API_URL for a temporary one; nothing was started"
+            f"{problem}; start that server or correct the URL, or unset PREFECT_API_URL for a temporary "
+            "one; nothing was started"
         )
     with _only_demo(home):
         _run_demo(home, keep=keep)

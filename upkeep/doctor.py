@@ -236,7 +236,24 @@ def prefect_api_problem(http: Any) -> str | None:
         health = http.get("health")
     except httpx.HTTPError as exc:
         return _one_line(str(exc) or type(exc).__name__)
-    return None if health.status_code == 200 else f"HTTP {health.status_code} on /health"
+    if health.status_code != 200:
+        return f"HTTP {health.status_code} on /health"
+    if _json_answer(health) is None:  # the UI's address (no /api) answers every path with its page
+        kind = _kind(health)
+        return f"/health answers {kind}, not the Prefect API's JSON (is that the API's address, .../api?)"
+    return None
+
+
+def _json_answer(response: Any) -> tuple[Any] | None:
+    """The response's JSON value (in a 1-tuple: it may be null), or None when the body is not JSON."""
+    try:
+        return (response.json(),)
+    except ValueError:
+        return None
+
+
+def _kind(response: Any) -> str:
+    return _one_line(response.headers.get("content-type", "").split(";")[0] or "a body of no type", 60)
 
 
 def _server_version(http: Any) -> tuple[str, str | None]:
@@ -249,7 +266,10 @@ def _server_version(http: Any) -> tuple[str, str | None]:
         return "", _one_line(str(exc) or type(exc).__name__)
     if version.status_code != 200:
         return "", f"HTTP {version.status_code} on /admin/version"
-    return str(version.json()), None
+    answer = _json_answer(version)
+    if answer is None:
+        return "", f"/admin/version answers {_kind(version)}, not the Prefect API's JSON"
+    return str(answer[0]), None
 
 
 def unreachable_prefect_api() -> str | None:

@@ -119,3 +119,41 @@ def test_a_demo_whose_prefect_server_does_not_answer_refuses_before_it_starts_an
     assert line.startswith(f"error: PREFECT_API_URL {api}: ") and line.endswith("nothing was started"), line
     assert (demo / "upkeep.db").read_bytes() == b"the last demo's records"
     assert sorted(p.name for p in demo.iterdir()) == ["upkeep.db"]  # no lab, no lock, no portal
+
+
+def test_a_demo_whose_prefect_url_is_not_the_api_refuses_before_it_starts_anything(tmp_path: Path) -> None:
+    """PREFECT_API_URL=http://host:4200, the UI's address without /api: the UI answers every path
+    with its page (200, HTML), /health included, so the check passed; the lab was started and the last
+    demo's records deleted before the update found no API."""
+    import http.server
+    import threading
+
+    class EveryPathAPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><title>Prefect</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    home = tmp_path / "home"
+    demo = home / "demo"
+    demo.mkdir(parents=True)
+    (demo / "upkeep.db").write_bytes(b"the last demo's records")
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), EveryPathAPage) as ui:
+        threading.Thread(target=ui.serve_forever, daemon=True).start()
+        api = f"http://127.0.0.1:{ui.server_address[1]}"
+        result = forkserver.run(
+            ["demo"], env=home_env(home, PREFECT_API_URL=api, DO_NOT_TRACK="1"), cwd=tmp_path, timeout=120
+        )
+        ui.shutdown()
+    no_traceback(result)
+    assert (result.returncode, result.stdout) == (1, ""), result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: PREFECT_API_URL {api}: ") and "/api" in line, line
+    assert (demo / "upkeep.db").read_bytes() == b"the last demo's records"
+    assert sorted(p.name for p in demo.iterdir()) == ["upkeep.db"]  # no lab, no lock, no portal

@@ -395,6 +395,17 @@ class InventoryDoc:
             raise InventoryError(found)
 
 
+def shown_name(path: Path) -> str:
+    """The file's path fit for one line of a terminal: control characters (a newline, a terminal's escape
+    sequence) as \\n, \\x1b, since a name is the operator's and the line it is shown in is Upkeep's. A byte
+    that is not UTF-8 stays as Python holds it (a lone surrogate): --json keeps it losslessly as \\udcff
+    and stderr shows it so (`_name_not_utf8` refuses such a name once the file is read)."""
+    return "".join(
+        char if char.isprintable() or "\udc80" <= char <= "\udcff" else char.encode("unicode_escape").decode()
+        for char in str(path)
+    )
+
+
 def _name_not_utf8(path: Path) -> Problem | None:
     """A file name that is not UTF-8 (raw bytes, which Python holds as lone surrogates) is refused: the
     import's audit event records which file it was, and no text column holds those bytes. The name is
@@ -404,9 +415,12 @@ def _name_not_utf8(path: Path) -> Problem | None:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        shown = raw.decode("utf-8", "backslashreplace")
-        message = f"the file's name is not UTF-8 (byte {raw[exc.start]:#04x}); rename the file to import it"
-        return Problem(shown, None, message)
+        byte = f"byte {raw[exc.start]:#04x}"
+        if b"/" in raw[exc.start :]:  # a directory's name: the file's own is UTF-8
+            message = f"the file's path is not UTF-8 ({byte}); rename it to import the file"
+        else:
+            message = f"the file's name is not UTF-8 ({byte}); rename the file to import it"
+        return Problem(shown_name(Path(raw.decode("utf-8", "backslashreplace"))), None, message)
     return None
 
 
@@ -419,7 +433,7 @@ def recorded_name(path: Path) -> str:
 def read_inventory(path: Path, *, role_addresses: frozenset[str] = frozenset()) -> InventoryDoc:
     """Read, parse and validate the whole file; raise InventoryError listing every problem. Portal users
     whose local part is in `role_addresses` are refused (issue #17: people, not role addresses)."""
-    name = str(path)
+    name = shown_name(path)
     try:
         with Path(path).open("rb") as file:  # read at most one byte past the limit: /dev/zero never ends
             data = file.read(MAX_FILE_BYTES + 1)

@@ -265,8 +265,10 @@ def inventory_import(
             }
         )
         return
+    from inventory.importer_yaml import shown_name
+
     head = "dry run, nothing written" if dry_run else "imported"
-    console.print(f"{head} {file}: {summary}", markup=False)
+    console.print(f"{head} {shown_name(file)}: {summary}", markup=False)
     for outcome in outcomes:
         console.print(outcome.describe(), markup=False, soft_wrap=True)
 

@@ -315,3 +315,61 @@ def test_a_settings_file_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) 
     assert result.stderr == (
         f"error: {home / 'upkeep.toml'}: not UTF-8 text (byte 0xeb at offset 15); a TOML file is UTF-8\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"x\nerror: all good\x1b[2J.yaml", "x\\nerror: all good\\x1b[2J.yaml"),  # exists, valid
+        (b"gone\x1b]0;owned\x07.yaml", "gone\\x1b]0;owned\\x07.yaml"),  # missing: "cannot read"
+    ],
+    ids=["newline-escape", "osc-missing"],
+)
+def test_a_file_name_with_control_characters_is_shown_escaped_on_one_line(
+    imported_home: Path, raw: bytes, shown: str
+) -> None:
+    """A name holding a newline or a terminal escape was written raw into the error: two lines, the
+    second looking like Upkeep's own, or the terminal cleared/retitled by a file's name."""
+    import os
+
+    if raw.startswith(b"x\n"):
+        (imported_home.parent / os.fsdecode(raw)).write_text("customers: [\n", encoding="utf-8")
+        problem = ":2: YAML syntax"
+    else:
+        problem = ": cannot read the file: No such file or directory"
+    before = database(imported_home)
+
+    result = upkeep(imported_home, "inventory", "import", str(imported_home.parent / os.fsdecode(raw)))
+
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {imported_home.parent}/{shown}{problem}"), line
+    assert database(imported_home) == before
+
+
+def test_a_directory_that_is_not_utf8_is_named_as_the_path_not_the_file(imported_home: Path) -> None:
+    import os
+
+    folder = imported_home.parent / os.fsdecode(b"dir-\xfe")
+    folder.mkdir()
+    (folder / "inventory.yaml").write_text(GOOD, encoding="utf-8")
+
+    result = upkeep(imported_home, "inventory", "import", str(folder / "inventory.yaml"))
+
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: {imported_home.parent}/dir-\\xfe/inventory.yaml: the file's path is not UTF-8 (byte 0xfe); "
+        "rename it to import the file\n"
+    )
+
+
+def test_a_file_name_with_control_characters_is_escaped_in_the_import_report_too(imported_home: Path) -> None:
+    source = imported_home.parent / "same\n\x1b[2Jagain.yaml"
+    source.write_text(GOOD, encoding="utf-8")
+
+    result = upkeep(imported_home, "inventory", "import", str(source))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        f"imported {imported_home.parent}/same\\n\\x1b[2Jagain.yaml: no changes"
+    ), result.stdout

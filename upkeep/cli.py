@@ -389,7 +389,7 @@ def main() -> None:
     import signal
 
     # per call: main may run again (tests)
-    output.update(json=_wants_json(sys.argv[1:]), printed=False, stdout_closed=False)
+    output.update(json=_wants_json(sys.argv[1:]), printed=False, stdout_closed=False, stdout_failed=False)
     fit_output_to_its_encoding()
     # Before Click parses: a command group is imported while Click resolves its name, before the root
     # callback has read --verbose, and its import error must show the traceback that option promises.

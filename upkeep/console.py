@@ -37,14 +37,47 @@ class _WholeWrites:
             fd = self._stream.fileno()
         except (AttributeError, OSError, ValueError):  # not a file's stream (a test's capture)
             return int(self._stream.write(text))
-        self._stream.flush()  # what went through the stream itself goes first
         data = memoryview(text.encode(self._stream.encoding or "utf-8", self._stream.errors or "strict"))
-        while data:
-            data = data[os.write(fd, data) :]
+        with _stdout_failures():
+            self._stream.flush()  # what went through the stream itself goes first
+            while data:
+                data = data[os.write(fd, data) :]
         return len(text)
 
     def flush(self) -> None:
-        self._stream.flush()
+        with _stdout_failures():
+            self._stream.flush()
+
+
+@contextlib.contextmanager
+def _stdout_failures() -> Any:
+    """A write to stdout that fails other than by its reader going away (ENOSPC: `> /dev/full`, a full
+    disk; EIO; EBADF) is the operator's to fix, one line on stderr, not "unexpected OSError ... a bug":
+    from then on stdout is /dev/null (the error is not written to it again, nor is Python's flush at
+    exit), and the command ends with that error (`StdoutUnwritable`, exit 1)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        output["stdout_failed"] = True
+        _stdout_to_devnull()
+        raise StdoutUnwritable(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+
+class _NoStdout:
+    """Rich's stand-in for a stdout that was closed when the process started (`>&-`, sys.stdout None):
+    Rich writes to its NULL_FILE, so a table went nowhere and the command said 0. Writing is refused
+    as print_json refuses it."""
+
+    def write(self, _text: str) -> int:
+        raise CliError("standard output is closed: nowhere to write the answer")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -57,6 +90,8 @@ class _Console(Console):
     @property
     def file(self) -> Any:
         file = Console.file.fget(self)  # type: ignore[attr-defined]
+        if not self.stderr and sys.stdout is None and self._file is None:
+            return _NoStdout()
         return _WholeWrites(file) if file is sys.stdout else file
 
     @file.setter
@@ -78,7 +113,7 @@ err_console = _Console(stderr=True, **CONSOLE_OPTIONS)
 
 # Set by upkeep.cli.main from the command line; `printed` once a JSON document went to stdout;
 # `stdout_closed` once a write found stdout's reader gone.
-output = {"json": False, "printed": False, "stdout_closed": False}
+output = {"json": False, "printed": False, "stdout_closed": False, "stdout_failed": False}
 
 
 def stdout_closed() -> None:
@@ -86,6 +121,10 @@ def stdout_closed() -> None:
     exit included) and the console prints nothing; `upkeep.cli.main` ends the command by SIGPIPE."""
     output["stdout_closed"] = True
     console.quiet = True
+    _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
     with contextlib.suppress(AttributeError, OSError, ValueError):
         fd = sys.stdout.fileno()
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -101,7 +140,7 @@ def write_stdout(text: str) -> None:
         return
     try:
         _WholeWrites(sys.stdout).write(text)
-        sys.stdout.flush()
+        _WholeWrites(sys.stdout).flush()
     except BrokenPipeError:
         stdout_closed()
 
@@ -150,10 +189,12 @@ def report_error(message: str, code: int) -> None:
     """The one place an error reaches the user: `{"error", "exit"}` on stdout with --json (unless the
     command already wrote its JSON document there: then the line goes to stderr, so stdout stays one
     document), else `error: ...` on stderr."""
-    if output["json"] and not output["printed"] and not output["stdout_closed"] and sys.stdout is not None:
-        write_stdout(_json_text({"error": message, "exit": code}) + "\n")
-        output["printed"] = True
-        if not output["stdout_closed"]:
+    unwritable = output["stdout_closed"] or output["stdout_failed"] or sys.stdout is None
+    if output["json"] and not output["printed"] and not unwritable:
+        with contextlib.suppress(StdoutUnwritable):  # then it is said on stderr
+            write_stdout(_json_text({"error": message, "exit": code}) + "\n")
+            output["printed"] = True
+        if not output["stdout_closed"] and not output["stdout_failed"]:
             return
     from rich.markup import escape
 
@@ -166,6 +207,10 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StdoutUnwritable(CliError):
+    """A write to stdout failed other than by its reader going away (`_stdout_failures`)."""
 
 
 # `upkeep --verbose ...` (or UPKEEP_VERBOSE=1): tracebacks, ours and Prefect's tasks', are shown.

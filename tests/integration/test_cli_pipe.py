@@ -238,3 +238,56 @@ def test_the_schema_to_a_closed_stdout_is_one_line_on_stderr(tmp_path: Path) -> 
         1,
         "error: standard output is closed: nowhere to write the answer\n",
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("inventory", "show"), ("inventory", "show", "--json"), ("inventory", "schema")],
+    ids=["table", "json", "schema"],
+)
+def test_a_full_disk_under_stdout_is_one_line_not_a_bug_and_not_a_closed_pipe(
+    big_home: Path, args: tuple[str, ...]
+) -> None:
+    """`upkeep ... > /dev/full` (ENOSPC, as a full disk): not a reader gone (no silent SIGPIPE), not
+    "unexpected OSError ... a bug in Upkeep", and with --json not a traceback (its error went to the
+    same full stdout and failed again)."""
+    with open("/dev/full", "w") as full:
+        proc = forkserver.popen(args, env=home_env(big_home), cwd=big_home.parent, stdout=full, text=True)
+    _out, err = proc.communicate(timeout=120)
+
+    assert (proc.returncode, err) == (1, "error: cannot write to standard output: No space left on device\n")
+
+
+def test_a_table_to_a_closed_stdout_is_one_line_as_json_is(big_home: Path) -> None:
+    """`upkeep inventory show >&-`: Rich wrote the table to nowhere and the command exited 0, while its
+    `--json` twin says stdout is closed (test_cli_inventory)."""
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m upkeep inventory show >&-', sys.executable],
+        env=home_env(big_home),
+        cwd=big_home.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: standard output is closed: nowhere to write the answer\n",
+    )
+
+
+def test_a_json_refusal_to_a_full_disk_is_its_own_line_on_stderr(tmp_path: Path) -> None:
+    """The refusal is the answer: its JSON could not be written, so it is said on stderr, once."""
+    missing = tmp_path / "missing.yaml"
+    with open("/dev/full", "w") as full:
+        proc = forkserver.popen(
+            ["inventory", "import", "--json", str(missing)],
+            env=home_env(tmp_path / "home"),
+            cwd=tmp_path,
+            stdout=full,
+        )
+    _out, err = proc.communicate(timeout=120)
+
+    assert (proc.returncode, err) == (
+        1,
+        f"error: {missing}: cannot read the file: No such file or directory\n",
+    )

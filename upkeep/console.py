@@ -177,8 +177,11 @@ def _json_text(data: Any, **options: Any) -> str:
 
 
 def print_json(data: Any) -> None:
-    write_stdout(_json_text(data, indent=2, default=str) + "\n")
+    text = _json_text(data, indent=2, default=str) + "\n"
+    # Before the first byte: an error while it is written (Ctrl-C, its reader slow) goes to stderr, not
+    # into the middle of the document.
     output["printed"] = True
+    write_stdout(text)
 
 
 def json_mode() -> bool:

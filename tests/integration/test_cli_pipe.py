@@ -291,3 +291,19 @@ def test_a_json_refusal_to_a_full_disk_is_its_own_line_on_stderr(tmp_path: Path)
         1,
         f"error: {missing}: cannot read the file: No such file or directory\n",
     )
+
+
+def test_ctrl_c_in_the_middle_of_a_json_document_says_aborted_on_stderr_not_inside_it(big_home: Path) -> None:
+    """Ctrl-C while the document is half written (its reader slow: the pipe full): the error object
+    was appended to stdout mid-token ('"acme-cluster-0157-node{"error": "aborted", ...}'), so a script
+    got neither the document nor the error as JSON. Once the document has begun, errors go to stderr.
+    No timing: the first byte read means the write has begun, and it cannot end before we read more."""
+    proc = forkserver.popen(
+        ("inventory", "show", "--json"), env=home_env(big_home), cwd=big_home.parent, text=False
+    )
+    assert proc.stdout.read(1) == b"{"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+
+    assert (proc.returncode, err) == (130, b"error: aborted\n")
+    assert b'"error"' not in out

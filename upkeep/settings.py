@@ -296,13 +296,22 @@ def _spelled(variable: str) -> str | None:
 def _config_variable() -> tuple[str, str] | None:
     """UPKEEP_CONFIG (the TOML file's path) as spelled, and its value: in any case, as pydantic-settings
     reads every other UPKEEP_ variable (upkeep_config was ignored while upkeep_smtp_port was read).
-    Spellings that name different files are refused: which one wins would be the environment's order."""
-    spellings = {key: value for key, value in os.environ.items() if key.upper() == "UPKEEP_CONFIG"}
+    Spellings that name different files are refused: which one wins would be the environment's order.
+    One set empty names no file (as UPKEEP_CONFIG= always did)."""
+    spellings = {key: value for key, value in os.environ.items() if key.upper() == "UPKEEP_CONFIG" and value}
     if len(set(spellings.values())) > 1:
-        named = " and ".join(f"{key}={value}" for key, value in sorted(spellings.items()))
+        named = " and ".join(f"{key}={_shown(value)}" for key, value in sorted(spellings.items()))
         raise SettingsError(f"{named} name different settings files; set one of them")
     spelled = _spelled("UPKEEP_CONFIG")
+    if spelled not in spellings:
+        spelled = next(iter(sorted(spellings)), None)
     return (spelled, spellings[spelled]) if spelled else None
+
+
+def _shown(value: str) -> str:
+    """An environment's value fit for one line: control characters (a newline, an escape sequence) as
+    \\n, \\x1b."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in value)
 
 
 def config_file() -> Path:
@@ -326,7 +335,7 @@ class _TomlSource(PydanticBaseSettingsSource):
             explicit = _config_variable()
             if explicit and explicit[1]:
                 what = "a directory, not a file" if path.is_dir() else "no such file"
-                raise SettingsError(f"{explicit[0]}={path}: {what}")
+                raise SettingsError(f"{explicit[0]}={_shown(str(path))}: {what}")
             return {}
         try:
             raw = path.read_bytes()

@@ -320,3 +320,36 @@ def test_the_config_file_named_twice_differently_is_refused_naming_both(
 
     monkeypatch.setenv("upkeep_config", str(config))  # the same file twice is no conflict
     assert load_settings().smtp_port == 2525
+
+
+@pytest.mark.parametrize("empty", ["UPKEEP_CONFIG", "upkeep_config"])
+def test_a_config_spelling_set_empty_names_no_file_and_is_no_conflict(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, empty: str
+) -> None:
+    """UPKEEP_CONFIG= (empty) names no file, as before the lower case was read: with upkeep_config set
+    it was refused as 'name different settings files', which one of them does not."""
+    config = _config_file(tmp_path, monkeypatch, "smtp_port = 2525\n")
+    monkeypatch.delenv("UPKEEP_CONFIG")
+    monkeypatch.setenv("UPKEEP_CONFIG" if empty == "upkeep_config" else "upkeep_config", str(config))
+    monkeypatch.setenv(empty, "")
+    assert load_settings().smtp_port == 2525
+
+
+def test_a_config_path_with_control_characters_is_refused_on_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The values were written raw: a newline split the line, an escape sequence reached the terminal."""
+    config = _config_file(tmp_path, monkeypatch, "smtp_port = 2525\n")
+    hostile = f"{tmp_path}/x\n\x1b[2Jerror: fine"
+    monkeypatch.setenv("upkeep_config", hostile)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        f"UPKEEP_CONFIG={config} and upkeep_config={tmp_path}/x\\n\\x1b[2Jerror: fine name different "
+        "settings files; set one of them"
+    )
+
+    monkeypatch.delenv("UPKEEP_CONFIG")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == f"upkeep_config={tmp_path}/x\\n\\x1b[2Jerror: fine: no such file"

@@ -275,6 +275,14 @@ def _server_version(http: Any) -> tuple[str, str | None]:
 def unreachable_prefect_api() -> str | None:
     """With PREFECT_API_URL set: why that server cannot be used, naming it (one line), or None. Unset:
     None (Prefect starts a temporary server)."""
+    import os
+
+    given = os.environ.get("PREFECT_API_URL", "")
+    try:  # before Prefect is imported: its settings refuse such a URL with a page of pydantic's
+        _port = urlsplit(given).port  # the port too: "http://host:99999"
+    except ValueError as exc:
+        shown = re.sub(r"//[^/?#]*@", "//", given).split("?", 1)[0]  # no userinfo, no query: _bare's
+        return f"PREFECT_API_URL {_one_line(shown, 200)}: not a URL ({exc})"
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()

@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -157,3 +158,29 @@ def test_a_demo_whose_prefect_url_is_not_the_api_refuses_before_it_starts_anythi
     assert line.startswith(f"error: PREFECT_API_URL {api}: ") and "/api" in line, line
     assert (demo / "upkeep.db").read_bytes() == b"the last demo's records"
     assert sorted(p.name for p in demo.iterdir()) == ["upkeep.db"]  # no lab, no lock, no portal
+
+
+def test_a_demo_whose_prefect_url_does_not_parse_is_one_line_not_prefects_traceback(tmp_path: Path) -> None:
+    """PREFECT_API_URL=http://[::1/api (a bracket left off): Prefect's settings refuse it when Prefect is
+    imported, which printed 'Failed to initialize plugins' and a 40-line pydantic traceback (the error's
+    explanation imported Prefect again). The password in it is never shown."""
+    home = tmp_path / "home"
+    demo = home / "demo"
+    demo.mkdir(parents=True)
+    (demo / "upkeep.db").write_bytes(b"the last demo's records")
+    api = "http://ops:s3cret@[::1/api"
+
+    result = subprocess.run(  # a new interpreter: the forkserver's Prefect is imported with other settings
+        [sys.executable, "-m", "upkeep", "demo"],
+        env=home_env(home, PREFECT_API_URL=api, DO_NOT_TRACK="1"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert (result.returncode, result.stdout) == (1, ""), result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: PREFECT_API_URL http://[::1/api: ") and "s3cret" not in line, line
+    assert (demo / "upkeep.db").read_bytes() == b"the last demo's records"
+    assert sorted(p.name for p in demo.iterdir()) == ["upkeep.db"]

@@ -334,7 +334,12 @@ class _TomlSource(PydanticBaseSettingsSource):
         if not path.is_file():
             explicit = _config_variable()
             if explicit and explicit[1]:
-                what = "a directory, not a file" if path.is_dir() else "no such file"
+                if path.is_dir():
+                    what = "a directory, not a file"
+                elif path.exists():
+                    what = "not a regular file (a FIFO or a device)"
+                else:
+                    what = "no such file"
                 raise SettingsError(f"{explicit[0]}={_shown(str(path))}: {what}")
             return {}
         try:

@@ -353,3 +353,18 @@ def test_a_config_path_with_control_characters_is_refused_on_one_line(
     with pytest.raises(SettingsError) as refused:
         load_settings()
     assert str(refused.value) == f"upkeep_config={tmp_path}/x\\n\\x1b[2Jerror: fine: no such file"
+
+
+def test_a_config_path_that_is_a_fifo_is_not_called_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """upkeep_config=<a FIFO> (a process substitution, <(...)) was refused as 'no such file'."""
+    import os
+
+    fifo = tmp_path / "settings.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.delenv("UPKEEP_CONFIG", raising=False)
+    monkeypatch.setenv("upkeep_config", str(fifo))
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == f"upkeep_config={fifo}: not a regular file (a FIFO or a device)"

@@ -277,12 +277,17 @@ def unreachable_prefect_api() -> str | None:
     None (Prefect starts a temporary server)."""
     import os
 
+    import httpx
+
     given = os.environ.get("PREFECT_API_URL", "")
     try:  # before Prefect is imported: its settings refuse such a URL with a page of pydantic's
         _port = urlsplit(given).port  # the port too: "http://host:99999"
-    except ValueError as exc:
+        if given:
+            httpx.URL(given)  # a control character: InvalidURL, which is no HTTPError
+    except (ValueError, httpx.InvalidURL) as exc:
         shown = re.sub(r"//[^/?#]*@", "//", given).split("?", 1)[0]  # no userinfo, no query: _bare's
-        return f"PREFECT_API_URL {_one_line(shown, 200)}: not a URL ({exc})"
+        shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in shown)
+        return f"PREFECT_API_URL {_one_line(shown, 200)}: not a URL ({_one_line(str(exc))})"
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()

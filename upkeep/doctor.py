@@ -32,6 +32,7 @@ from upkeep.settings import Settings, mask_url
 Status = Literal["ok", "warn", "fail", "skip"]
 POOL = "upkeep-process"  # prefect.yaml's work pool
 NET_TIMEOUT = 5.0  # seconds per network question: a doctor answers quickly or says what hangs
+ANSWER_DEADLINE = 2 * NET_TIMEOUT  # seconds for a whole answer: NET_TIMEOUT is httpx's, per read
 CERT_WARN_DAYS = 14
 NODE_THREADS = 8
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -233,15 +234,42 @@ def prefect_api_problem(http: Any) -> str | None:
     import httpx
 
     try:
-        health = http.get("health")
+        health = _within(ANSWER_DEADLINE, lambda: http.get("health"))
     except httpx.HTTPError as exc:
         return _one_line(str(exc) or type(exc).__name__)
+    except TimeoutError:
+        return f"no answer within {ANSWER_DEADLINE:g} s on /health"
     if health.status_code != 200:
         return f"HTTP {health.status_code} on /health"
     if _json_answer(health) is None:  # the UI's address (no /api) answers every path with its page
         kind = _kind(health)
         return f"/health answers {kind}, not the Prefect API's JSON (is that the API's address, .../api?)"
     return None
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> Any:
+    """`call()`'s result or exception, or TimeoutError after `seconds`: httpx's timeout is per read, so an
+    answer that trickles in (a byte a second) was waited for to its end. The call is left to a daemon
+    thread, which the client's closing ends."""
+    import threading
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="prefect-api-answer", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise TimeoutError
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _json_answer(response: Any) -> tuple[Any] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,49 @@ def test_a_server_that_answers_200_but_not_as_the_prefect_api_fails_the_check(
 
     assert (first.name, first.status) == ("prefect api", "fail"), first
     assert first.detail.startswith(f"{serving}: ") and said in first.detail, first.detail
+
+
+def test_a_server_that_trickles_its_answer_fails_the_check_in_bounded_time(tmp_path: Path) -> None:
+    """httpx's timeout is per read: a /health answer that comes a byte a second (a proxy half dead) was
+    waited for to its end (10 minutes here) by `upkeep demo` before it said anything. The process's
+    own timeout is the bound: no clock in the assert."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support.cli import home_env
+
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 600\r\n\r\n")
+            for _ in range(600):
+                if stop.wait(1):
+                    return
+                conn.sendall(b" ")
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        threading.Thread(
+            target=lambda: [
+                threading.Thread(target=trickle, args=(server.accept()[0],), daemon=True).start()
+            ],
+            daemon=True,
+        ).start()
+        api = f"http://127.0.0.1:{server.getsockname()[1]}/api"
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "upkeep", "demo"],
+                env=home_env(tmp_path / "home", PREFECT_API_URL=api, DO_NOT_TRACK="1"),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            stop.set()
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: PREFECT_API_URL {api}: no answer within "), line

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import sys
 from typing import Any
 
@@ -41,7 +42,10 @@ class _WholeWrites:
         with _stdout_failures():
             self._stream.flush()  # what went through the stream itself goes first
             while data:
-                data = data[os.write(fd, data) :]
+                try:
+                    data = data[os.write(fd, data) :]
+                except BlockingIOError:  # O_NONBLOCK, set by whoever made the pipe: its reader lags
+                    select.select([], [fd], [])  # writable again, or its reader gone (then EPIPE)
         return len(text)
 
     def flush(self) -> None:

@@ -307,3 +307,35 @@ def test_ctrl_c_in_the_middle_of_a_json_document_says_aborted_on_stderr_not_insi
 
     assert (proc.returncode, err) == (130, b"error: aborted\n")
     assert b'"error"' not in out
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_a_non_blocking_stdout_whose_reader_lags_gets_the_whole_answer(big_home: Path, as_json: bool) -> None:
+    """A pipe with O_NONBLOCK (set by whoever made it, e.g. a Node.js parent; shared with us): once it is
+    full, write(2) says EAGAIN. That was "cannot write to standard output: Resource temporarily
+    unavailable" (exit 1, the answer cut at 64 KiB); a lagging reader is no error. The reader here waits
+    until the pipe is full (FIONREAD), so the full pipe is met, with no timing."""
+    import array
+    import fcntl
+    import select
+    import termios
+
+    args = ("inventory", "show", *(["--json"] if as_json else []))
+    whole = forkserver.run(args, env=home_env(big_home), cwd=big_home.parent, timeout=120)
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETFL, fcntl.fcntl(write, fcntl.F_GETFL) | os.O_NONBLOCK)
+    size = fcntl.fcntl(write, 1032)  # F_GETPIPE_SZ
+    try:
+        proc = forkserver.popen(args, env=home_env(big_home), cwd=big_home.parent, stdout=write)
+    finally:
+        os.close(write)
+    waiting = array.array("i", [0])
+    while proc.poll() is None and waiting[0] < size:
+        fcntl.ioctl(read, termios.FIONREAD, waiting)
+        select.select([], [], [], 0.01)  # not spinning a core; the loop's condition is what counts
+    with open(read, "rb") as reader:
+        out = reader.read()
+    err = proc.stderr.read()
+
+    assert (proc.wait(timeout=120), err) == (0, "")
+    assert out.decode() == whole.stdout

@@ -52,6 +52,9 @@ class _WholeWrites:
         with _stdout_failures():
             self._stream.flush()
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
 
 @contextlib.contextmanager
 def _stdout_failures() -> Any:
@@ -82,9 +85,6 @@ class _NoStdout:
 
     def isatty(self) -> bool:
         return False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 class _Console(Console):

@@ -389,7 +389,13 @@ def main() -> None:
     import signal
 
     # per call: main may run again (tests)
-    output.update(json=_wants_json(sys.argv[1:]), printed=False, stdout_closed=False, stdout_failed=False)
+    output.update(
+        json=_wants_json(sys.argv[1:]),
+        printed=False,
+        stdout_closed=False,
+        stdout_failed=False,
+        stdout_missing=False,
+    )
     fit_output_to_its_encoding()
     # Before Click parses: a command group is imported while Click resolves its name, before the root
     # callback has read --verbose, and its import error must show the traceback that option promises.
@@ -402,6 +408,10 @@ def main() -> None:
         _run_command()
     except SystemExit as exc:
         succeeded = exc.code in (0, None)
+        if succeeded and output["stdout_missing"]:  # `>&-`: the answer went nowhere (upkeep.console)
+            succeeded = False
+            report_error("standard output is closed: nowhere to write the answer", 1)
+            raise SystemExit(1) from None
         raise
     finally:
         # The command has answered: its answer and exit code stand, also when Ctrl-C comes now.

@@ -74,11 +74,13 @@ def _stdout_failures() -> Any:
 
 class _NoStdout:
     """Rich's stand-in for a stdout that was closed when the process started (`>&-`, sys.stdout None):
-    Rich writes to its NULL_FILE, so a table went nowhere and the command said 0. Writing is refused
-    as print_json refuses it."""
+    Rich wrote to its NULL_FILE, so a table went nowhere and the command said 0. What is written is
+    noted, not refused (a line printed mid-command must not stop its work), and `upkeep.cli.main` ends
+    a command that succeeded with print_json's refusal (exit 1)."""
 
-    def write(self, _text: str) -> int:
-        raise CliError("standard output is closed: nowhere to write the answer")
+    def write(self, text: str) -> int:
+        output["stdout_missing"] = True
+        return len(text)
 
     def flush(self) -> None:
         pass
@@ -117,7 +119,13 @@ err_console = _Console(stderr=True, **CONSOLE_OPTIONS)
 
 # Set by upkeep.cli.main from the command line; `printed` once a JSON document went to stdout;
 # `stdout_closed` once a write found stdout's reader gone.
-output = {"json": False, "printed": False, "stdout_closed": False, "stdout_failed": False}
+output = {
+    "json": False,
+    "printed": False,
+    "stdout_closed": False,
+    "stdout_failed": False,
+    "stdout_missing": False,
+}
 
 
 def stdout_closed() -> None:

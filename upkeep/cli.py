@@ -408,9 +408,12 @@ def main() -> None:
         _run_command()
     except SystemExit as exc:
         succeeded = exc.code in (0, None)
-        if succeeded and output["stdout_missing"]:  # `>&-`: the answer went nowhere (upkeep.console)
+        lost = output["stdout_failed"] or (
+            output["stdout_missing"] and "standard output is closed: nowhere to write the answer"
+        )
+        if succeeded and lost:  # `> /dev/full`, `>&-`: the answer went nowhere (upkeep.console)
             succeeded = False
-            report_error("standard output is closed: nowhere to write the answer", 1)
+            report_error(str(lost), 1)
             raise SystemExit(1) from None
         raise
     finally:

@@ -59,17 +59,19 @@ class _WholeWrites:
 @contextlib.contextmanager
 def _stdout_failures() -> Any:
     """A write to stdout that fails other than by its reader going away (ENOSPC: `> /dev/full`, a full
-    disk; EIO; EBADF) is the operator's to fix, one line on stderr, not "unexpected OSError ... a bug":
-    from then on stdout is /dev/null (the error is not written to it again, nor is Python's flush at
-    exit), and the command ends with that error (`StdoutUnwritable`, exit 1)."""
+    disk; EIO; EBADF) is the operator's to fix, one line on stderr, not "unexpected OSError ... a bug".
+    As with a closed pipe, the command goes on to its end (what it does never depends on where its
+    output goes) with stdout on /dev/null; `upkeep.cli.main` then ends a command that succeeded with
+    this error (exit 1); a command that failed keeps its own, said on stderr."""
     try:
         yield
     except BrokenPipeError:
         raise
     except OSError as exc:
-        output["stdout_failed"] = True
+        if not output["stdout_failed"]:
+            output["stdout_failed"] = f"cannot write to standard output: {exc.strerror or exc}"
+        console.quiet = True
         _stdout_to_devnull()
-        raise StdoutUnwritable(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 class _NoStdout:
@@ -119,11 +121,11 @@ err_console = _Console(stderr=True, **CONSOLE_OPTIONS)
 
 # Set by upkeep.cli.main from the command line; `printed` once a JSON document went to stdout;
 # `stdout_closed` once a write found stdout's reader gone.
-output = {
+output: dict[str, bool | str] = {
     "json": False,
     "printed": False,
     "stdout_closed": False,
-    "stdout_failed": False,
+    "stdout_failed": False,  # or why a write to it failed (`_stdout_failures`)
     "stdout_missing": False,
 }
 
@@ -148,7 +150,7 @@ def write_stdout(text: str) -> None:
     """`text` on stdout, whole; a reader gone is `stdout_closed()`, not an error."""
     if sys.stdout is None:  # started with it closed (`>&-`)
         raise CliError("standard output is closed: nowhere to write the answer")
-    if output["stdout_closed"]:
+    if output["stdout_closed"] or output["stdout_failed"]:
         return
     try:
         _WholeWrites(sys.stdout).write(text)
@@ -206,9 +208,8 @@ def report_error(message: str, code: int) -> None:
     document), else `error: ...` on stderr."""
     unwritable = output["stdout_closed"] or output["stdout_failed"] or sys.stdout is None
     if output["json"] and not output["printed"] and not unwritable:
-        with contextlib.suppress(StdoutUnwritable):  # then it is said on stderr
-            write_stdout(_json_text({"error": message, "exit": code}) + "\n")
-            output["printed"] = True
+        write_stdout(_json_text({"error": message, "exit": code}) + "\n")
+        output["printed"] = True
         if not output["stdout_closed"] and not output["stdout_failed"]:
             return
     from rich.markup import escape
@@ -222,10 +223,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
-
-
-class StdoutUnwritable(CliError):
-    """A write to stdout failed other than by its reader going away (`_stdout_failures`)."""
 
 
 # `upkeep --verbose ...` (or UPKEEP_VERBOSE=1): tracebacks, ours and Prefect's tasks', are shown.

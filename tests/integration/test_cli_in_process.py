@@ -162,18 +162,25 @@ def test_a_terminal_on_this_process_s_standard_input_changes_no_answer(home: Pat
 def test_a_refused_flow_leaves_this_process_s_prefect_as_it_was(home: Path, args: tuple[str, ...]) -> None:
     """The refusal comes before anything of the flow's touches this process: Prefect's console log
     handlers (the CLI filters them for good, as a process about to exit may) and its server module."""
-    import prefect  # noqa: F401 - its logging set up, as in a test that runs flows
+    from prefect.logging.configuration import setup_logging
     from prefect.logging.handlers import PrefectConsoleHandler
     from prefect.server.api import server
 
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    handlers = [
-        h
-        for each in loggers
-        if isinstance(each, logging.Logger)
-        for h in each.handlers
-        if isinstance(h, PrefectConsoleHandler)
-    ]
+    def consoles() -> list[PrefectConsoleHandler]:
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        return [
+            h
+            for each in loggers
+            if isinstance(each, logging.Logger)
+            for h in each.handlers
+            if isinstance(h, PrefectConsoleHandler)
+        ]
+
+    # Prefect's logging set up, as in a test that runs flows. Importing prefect does not do it: run
+    # alone, or first in its worker, this test found no handler (an earlier test's flow had set them up).
+    if not consoles():
+        setup_logging()
+    handlers = consoles()
     assert handlers
     record = logging.LogRecord("prefect.flow_runs", logging.INFO, __file__, 1, "Finished", None, None)
 

@@ -265,15 +265,17 @@ def test_a_json_refusal_naming_an_argument_that_is_not_utf8_is_one_lossless_obje
     }
 
 
-def test_json_to_a_closed_stdout_is_one_line_on_stderr_not_a_traceback(tmp_path: Path) -> None:
-    """`upkeep ... --json >&-` (a script's mistake): Python starts with sys.stdout None."""
+@pytest.mark.parametrize("args", ["settings --json", "inventory schema"])
+def test_json_to_a_closed_stdout_is_one_line_on_stderr_not_a_traceback(tmp_path: Path, args: str) -> None:
+    """`upkeep ... --json >&-` (a script's mistake), and the schema, a plain JSON print: Python starts
+    with sys.stdout None; not SIGPIPE, since no reader ever was."""
     import subprocess
     import sys
 
     from tests.support.cli import home_env
 
     done = subprocess.run(
-        ["sh", "-c", 'exec "$0" -m upkeep settings --json >&-', sys.executable],
+        ["sh", "-c", f'exec "$0" -m upkeep {args} >&-', sys.executable],
         env=home_env(tmp_path / "home"),
         cwd=tmp_path,
         capture_output=True,

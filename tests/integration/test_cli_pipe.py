@@ -223,23 +223,6 @@ def test_an_epipe_is_a_closed_stdout_only_when_stdout_is_the_closed_pipe(tmp_pat
         assert err.startswith("error: unexpected BrokenPipeError: [Errno 32] Broken pipe (this is a bug"), err
 
 
-def test_the_schema_to_a_closed_stdout_is_one_line_on_stderr(tmp_path: Path) -> None:
-    """`upkeep inventory schema >&-`: Python starts with sys.stdout None (see test_cli_inventory's
-    `--json` twin); not SIGPIPE, since no reader ever was."""
-    done = subprocess.run(
-        ["sh", "-c", 'exec "$0" -m upkeep inventory schema >&-', sys.executable],
-        env=home_env(tmp_path / "home"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert (done.returncode, done.stderr) == (
-        1,
-        "error: standard output is closed: nowhere to write the answer\n",
-    )
-
-
 @pytest.mark.parametrize(
     "args",
     [("inventory", "show"), ("inventory", "show", "--json"), ("inventory", "schema")],

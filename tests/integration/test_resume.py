@@ -22,6 +22,23 @@ TARGET = "9.10.0"
 POINTS = ["mid-download", "after-node:1", "mid-upgrade:2", "mid-health:2", "after-node:3"]
 
 
+def _killed_at(point: str, cli_env: dict[str, str], cluster: str) -> tuple[UpgradeRun, Any]:
+    """`upkeep update` of `cluster` killed by SIGKILL at `point`: its run, left `running`, and an engine
+    on the CLI's database."""
+    crashed = upkeep_cli(
+        {**cli_env, "UPKEEP_FAILPOINT": point}, "update", cluster, "--to", TARGET, check=False
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    engine = cli_engine(cli_env)
+    with session_scope(engine) as session:
+        cluster_id = session.exec(select(Cluster.id).where(Cluster.name == cluster)).one()
+        run = session.exec(
+            select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id).order_by(col(UpgradeRun.id).desc())
+        ).first()
+    assert run is not None and run.state == RunState.running  # the crash left it claimed, not finished
+    return run, engine
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_resume_after_kill_upgrades_every_node_exactly_once(
     point: str, slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
@@ -32,18 +49,7 @@ def test_resume_after_kill_upgrades_every_node_exactly_once(
         for cached in (Path(cli_env["UPKEEP_HOME"]) / "work" / "packages").glob("*"):
             cached.unlink()
 
-    crashed = upkeep_cli(
-        {**cli_env, "UPKEEP_FAILPOINT": point}, "update", cluster, "--to", TARGET, check=False
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-
-    engine = cli_engine(cli_env)
-    with session_scope(engine) as session:
-        cluster_id = session.exec(select(Cluster.id).where(Cluster.name == cluster)).one()
-        run = session.exec(
-            select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id).order_by(col(UpgradeRun.id).desc())
-        ).first()
-    assert run is not None and run.state == RunState.running  # the crash left it claimed, not finished
+    run, engine = _killed_at(point, cli_env, cluster)
 
     resumed = upkeep_cli(cli_env, "resume", str(run.id), check=False)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
@@ -73,17 +79,7 @@ def test_a_resume_waits_at_pre_flight_for_the_node_the_killed_process_left_comin
 
     cli_env, cluster = slow_cli_env, fresh_slow_cluster
     hosts = [n["hostname"] for n in slow_lab.status()["nodes"] if n["cluster"] == cluster]
-    crashed = upkeep_cli(
-        {**cli_env, "UPKEEP_FAILPOINT": "mid-upgrade:2"}, "update", cluster, "--to", TARGET, check=False
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    engine = cli_engine(cli_env)
-    with session_scope(engine) as session:
-        cluster_id = session.exec(select(Cluster.id).where(Cluster.name == cluster)).one()
-        run = session.exec(
-            select(UpgradeRun).where(UpgradeRun.cluster_id == cluster_id).order_by(col(UpgradeRun.id).desc())
-        ).first()
-    assert run is not None and run.state == RunState.running
+    run, engine = _killed_at("mid-upgrade:2", cli_env, cluster)
 
     slow_lab.fault(hosts[1], "unhealthy")  # not up until the test says so
     log = slow_lab.node_dir(hosts[1]) / "logs" / "product.log"

@@ -3,6 +3,8 @@ when their slot comes, exactly once however often it ticks."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -196,7 +198,46 @@ def test_runs_waiting_on_the_fleet_cluster_limit_let_the_next_cluster_start(
     # This worker's Prefect server also holds earlier modules' runs of clusters with these names
     # (every lab names its clusters acme-c1, acme-c2, ...): only the runs created from here count.
     since = datetime.now(UTC)
-    assert sorted(dispatch(max_running=3)["started"]) == sorted(ids)
+
+    def under_way() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            flow_runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["product-update"])),
+            )
+        return [
+            run.start_time
+            for run in flow_runs
+            if any(tag in run.tags for tag in (f"cluster:{c}" for c in clusters))
+            and run.start_time
+            and run.created is not None
+            and run.created >= since
+        ]
+
+    # Whichever run takes the limit first holds its first node's upgrade until all three flows are under
+    # way: under load the first cluster's quick upgrades could end before the third flow had started,
+    # and the assert below failed with the product right (fresh-clone CI). Without the slot given back,
+    # the third is never claimed while the first holds the limit: released after 120 s, then red.
+    first_nodes = [nodes_of(lab, cluster)[0]["hostname"] for cluster in clusters]
+    for host in first_nodes:
+        lab.fault(host, "hold-upgrade")
+
+    def release_when_all_under_way() -> None:
+        deadline = time.monotonic() + 120
+        try:
+            while len(under_way()) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            for host in first_nodes:
+                lab.fault(host, "clear")
+
+    releaser = threading.Thread(target=release_when_all_under_way, daemon=True)
+    releaser.start()
+    try:
+        assert sorted(dispatch(max_running=3)["started"]) == sorted(ids)
+    finally:
+        releaser.join(timeout=180)
+        for host in first_nodes:
+            lab.fault(host, "clear")
 
     with session_scope(lab_runtime.engine) as session:
         assert {session.get(UpgradeRun, i).state for i in ids} == {RunState.succeeded}  # type: ignore[union-attr]
@@ -209,18 +250,7 @@ def test_runs_waiting_on_the_fleet_cluster_limit_let_the_next_cluster_start(
     assert len(spans) == 3
     # one cluster at a time: each run's first step after the previous run's last
     assert all(later[0] >= earlier[1] for earlier, later in pairwise(spans)), spans
-    with get_client(sync_client=True) as client:
-        flow_runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["product-update"])),
-        )
-    started = [
-        run.start_time
-        for run in flow_runs
-        if any(tag in run.tags for tag in (f"cluster:{c}" for c in clusters))
-        and run.start_time
-        and run.created is not None
-        and run.created >= since
-    ]
+    started = under_way()
     assert len(started) == 3
     # every run was under way (its flow running, waiting on the limit) before the first run ended
     assert max(started) < spans[0][1], (started, spans[0])

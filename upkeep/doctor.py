@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from upkeep.settings import Settings, mask_url
+from upkeep.settings import Settings, mask_url, printable
 
 Status = Literal["ok", "warn", "fail", "skip"]
 POOL = "upkeep-process"  # prefect.yaml's work pool
@@ -314,8 +314,7 @@ def unreachable_prefect_api() -> str | None:
             httpx.URL(given)  # a control character: InvalidURL, which is no HTTPError
     except (ValueError, httpx.InvalidURL) as exc:
         shown = re.sub(r"//[^/?#]*@", "//", given).split("?", 1)[0]  # no userinfo, no query: _bare's
-        shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in shown)
-        return f"PREFECT_API_URL {_one_line(shown, 200)}: not a URL ({_one_line(str(exc))})"
+        return f"PREFECT_API_URL {_one_line(printable(shown), 200)}: not a URL ({_one_line(str(exc))})"
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()

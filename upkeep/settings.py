@@ -300,7 +300,7 @@ def _config_variable() -> tuple[str, str] | None:
     One set empty names no file (as UPKEEP_CONFIG= always did)."""
     spellings = {key: value for key, value in os.environ.items() if key.upper() == "UPKEEP_CONFIG" and value}
     if len(set(spellings.values())) > 1:
-        named = " and ".join(f"{key}={_shown(value)}" for key, value in sorted(spellings.items()))
+        named = " and ".join(f"{key}={printable(value)}" for key, value in sorted(spellings.items()))
         raise SettingsError(f"{named} name different settings files; set one of them")
     spelled = _spelled("UPKEEP_CONFIG")
     if spelled not in spellings:
@@ -308,9 +308,9 @@ def _config_variable() -> tuple[str, str] | None:
     return (spelled, spellings[spelled]) if spelled else None
 
 
-def _shown(value: str) -> str:
-    """An environment's value fit for one line: control characters (a newline, an escape sequence) as
-    \\n, \\x1b."""
+def printable(value: str) -> str:
+    """A value fit for one line of a terminal (an environment variable's, a URL): control characters
+    (a newline, an escape sequence) as \\n, \\x1b."""
     return "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in value)
 
 
@@ -340,7 +340,7 @@ class _TomlSource(PydanticBaseSettingsSource):
                     what = "not a regular file (a FIFO or a device)"
                 else:
                     what = "no such file"
-                raise SettingsError(f"{explicit[0]}={_shown(str(path))}: {what}")
+                raise SettingsError(f"{explicit[0]}={printable(str(path))}: {what}")
             return {}
         try:
             raw = path.read_bytes()

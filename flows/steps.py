@@ -160,7 +160,6 @@ def preflight(
     dispatcher's reminder pre-flight, days before the window: a wait there held its whole tick)."""
     closed: list[str] = []
     settling = nodes_upgrading(runtime.engine, run_id) if settle else set()
-    touched = nodes_touched(runtime.engine, run_id)
 
     def check(node: PlannedNode) -> str:
         try:
@@ -192,9 +191,11 @@ def preflight(
         return ""
 
     problems = _each_node(plan, check)
-    where = (
+    if not closed and not problems:
+        return
+    where = (  # asked only on the way out: every pre-flight that passes, the reminders' too, skips it
         "resumed run's pre-flight failed, no further node touched"
-        if touched
+        if nodes_touched(runtime.engine, run_id)
         else "pre-flight failed, no node touched"
     )
     if closed:
@@ -208,8 +209,7 @@ def preflight(
             tuple(names),
             tuple(problems),
         )
-    if problems:
-        raise StepFailed(f"{where}: " + "; ".join(problems))
+    raise StepFailed(f"{where}: " + "; ".join(problems))
 
 
 def reach(plan: UpdatePlan, conns: NodeConnections) -> None:

@@ -49,6 +49,7 @@ from typer.models import Default, TyperInfo
 from upkeep.cli_common import JsonOpt, close_engine
 from upkeep.cli_common import open_engine as _engine
 from upkeep.console import (
+    STDOUT_MISSING,
     CliError,
     console,
     fit_output_to_its_encoding,
@@ -408,9 +409,7 @@ def main() -> None:
         _run_command()
     except SystemExit as exc:
         succeeded = exc.code in (0, None)
-        lost = output["stdout_failed"] or (
-            output["stdout_missing"] and "standard output is closed: nowhere to write the answer"
-        )
+        lost = output["stdout_failed"] or (output["stdout_missing"] and STDOUT_MISSING)
         if succeeded and lost:  # `> /dev/full`, `>&-`: the answer went nowhere (upkeep.console)
             succeeded = False
             report_error(str(lost), 1)

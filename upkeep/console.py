@@ -146,15 +146,19 @@ def _stdout_to_devnull() -> None:
         os.close(devnull)
 
 
+STDOUT_MISSING = "standard output is closed: nowhere to write the answer"  # `>&-`
+
+
 def write_stdout(text: str) -> None:
     """`text` on stdout, whole; a reader gone is `stdout_closed()`, not an error."""
     if sys.stdout is None:  # started with it closed (`>&-`)
-        raise CliError("standard output is closed: nowhere to write the answer")
+        raise CliError(STDOUT_MISSING)
     if output["stdout_closed"] or output["stdout_failed"]:
         return
+    stdout = _WholeWrites(sys.stdout)
     try:
-        _WholeWrites(sys.stdout).write(text)
-        _WholeWrites(sys.stdout).flush()
+        stdout.write(text)
+        stdout.flush()
     except BrokenPipeError:
         stdout_closed()
 

@@ -7,13 +7,13 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from flows import lease
 from flows.alerts import alert_sre as send_alert
 from flows.endings import mid_way, tell_ending, versions_at_stop
 from flows.plan import UpdatePlan
-from flows.records import node_done, nodes_touched, stopped_at
+from flows.records import node_done, nodes_touched, stop_requested, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.run_window import past_cutoff, window_at, window_now
 from flows.runtime import Runtime
@@ -206,9 +206,7 @@ def page_if_urgent(runtime: Runtime, run_id: int, headline: str, cause: str) -> 
 
 
 def requested_stop(runtime: Runtime, run_id: int) -> str:
-    # Reads between nodes: repeated if the database server drops the connection (inventory.db).
-    query = select(UpgradeRun.requested_action).where(col(UpgradeRun.id) == run_id)
-    return str(retrying(runtime.engine, lambda conn: conn.execute(query).scalar_one()))
+    return stop_requested(runtime.engine, run_id)
 
 
 def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:

@@ -48,6 +48,7 @@ from flows.runtime import Runtime, current
 from flows.steps import (
     NodeConnections,
     StepFailed,
+    StopRequested,
     TunnelDown,
     closed_under,
     distribute,
@@ -247,6 +248,10 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         package = download(plan, run_id, runtime)
         try:
             preflight(plan, run_id, runtime, conns, package.stat().st_size)
+        except StopRequested:  # `upkeep pause|cancel` ended its wait for a node left mid-upgrade
+            if (ended := _stop_if_asked(runtime, plan, run_id, outcomes)) is not None:
+                return ended  # not a failure: the node is asked again when the run resumes
+            raise  # the stop gone (another process took the run): never go on with the node unjudged
         except TunnelDown as closed:
             # Started in its window with the customer's tunnel closed (and nothing else wrong): theirs
             # to open, not a failure. Waited for a while; still closed, the run moves to the next
@@ -336,6 +341,14 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         log.error("run %s: %s; this process leaves the record to it", run_id, lost)
         return _result(run_id, plan, "taken over", outcomes)
     return _result(run_id, plan, "succeeded", outcomes)
+
+
+def _stop_if_asked(
+    runtime: Runtime, plan: UpdatePlan, run_id: int, outcomes: dict[str, str]
+) -> dict[str, Any] | None:
+    """The run's result if an `upkeep pause|cancel` is pending (it ends here, as between nodes), else None."""
+    stop = requested_stop(runtime, run_id)
+    return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes) if stop else None
 
 
 def _after_tunnel_wait(
@@ -480,6 +493,8 @@ def _wait_for_tunnels(
             try:
                 look()
                 still = None
+            except StopRequested:  # its pre-flight's settle wait ended by the stop: honoured by the caller
+                break
             except TunnelDown as again:
                 if again.problems:
                     raise

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col, select
 
 from inventory.db import retrying
-from inventory.models import NodeStep, StepState
+from inventory.models import NodeStep, StepState, UpgradeRun
 from inventory.runs import TAIL_CHARS
 from inventory.types import utcnow
 
@@ -135,6 +135,13 @@ def nodes_upgrading(engine: Engine, run_id: int) -> set[int]:
     )
     query = began.except_(verified)
     return {row[0] for row in retrying(engine, lambda conn: conn.execute(query).all()) if row[0] is not None}
+
+
+def stop_requested(engine: Engine, run_id: int) -> str:
+    """The run's pending `upkeep pause|cancel` ("pause", "cancel"), or "" when none. A read repeated if
+    the database server drops the connection (inventory.db): every wait before and between nodes asks."""
+    query = select(UpgradeRun.requested_action).where(col(UpgradeRun.id) == run_id)
+    return str(retrying(engine, lambda conn: conn.execute(query).scalar_one()))
 
 
 def stopped_at(engine: Engine, run_id: int) -> tuple[str, str]:

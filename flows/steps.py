@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext
 
 from flows.plan import PlannedNode, UpdatePlan
-from flows.records import nodes_touched, nodes_upgrading, recorded
+from flows.records import nodes_touched, nodes_upgrading, recorded, stop_requested
 from flows.runtime import Runtime
 from tasks.failpoints import failpoint_soon
 from tasks.node import NodeAgent, NodeCommandFailed
@@ -55,6 +55,11 @@ def _upgrade_once(agent: NodeAgent, version: str, timeout: float) -> RemoteResul
 
 class StepFailed(Exception):
     """A runbook step failed; the message names the node and the step."""
+
+
+class StopRequested(Exception):
+    """`upkeep pause|cancel` arrived while the pre-flight waited for a node to settle: the wait ended
+    there, the node not judged. Not a failure: the caller honours the stop (the run's requested_action)."""
 
 
 class TunnelDown(StepFailed):
@@ -160,6 +165,10 @@ def preflight(
     dispatcher's reminder pre-flight, days before the window: a wait there held its whole tick)."""
     closed: list[str] = []
     settling = nodes_upgrading(runtime.engine, run_id) if settle else set()
+    stopped: list[str] = []  # the nodes whose wait a pause/cancel ended
+
+    def asked_to_stop() -> bool:  # between the settle wait's answers: a pause/cancel ends it now
+        return bool(stop_requested(runtime.engine, run_id))
 
     def check(node: PlannedNode) -> str:
         try:
@@ -168,8 +177,12 @@ def preflight(
                 version = agent.version()
                 if node.id in settling:
                     health = agent.wait_healthy(
-                        timeout=runtime.health_timeout, interval=runtime.health_interval
+                        timeout=runtime.health_timeout, interval=runtime.health_interval, stop=asked_to_stop
                     )
+                    if not health.healthy and asked_to_stop():
+                        note.output = f"version={version} health={health.detail}: wait ended by pause/cancel"
+                        stopped.append(node.hostname)
+                        return ""
                 else:
                     health = agent.health()
                 free = agent.disk_free()
@@ -191,6 +204,8 @@ def preflight(
         return ""
 
     problems = _each_node(plan, check)
+    if stopped:  # the SRE's stop first: a node cut short mid-wait is not "not healthy", nor the run failed
+        raise StopRequested(f"pre-flight's wait for {', '.join(sorted(stopped))} ended by a pause/cancel")
     if not closed and not problems:
         return
     where = (  # asked only on the way out: every pre-flight that passes, the reminders' too, skips it

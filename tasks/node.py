@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduling.versions import Version
@@ -73,12 +74,15 @@ class NodeAgent:
             raise NodeCommandFailed(result, f"upgrade to {version}")
         return result
 
-    def wait_healthy(self, *, timeout: float, interval: float = 0.1) -> Health:
-        """Poll health until healthy or `timeout` elapses; returns the last answer."""
+    def wait_healthy(
+        self, *, timeout: float, interval: float = 0.1, stop: Callable[[], bool] | None = None
+    ) -> Health:
+        """Poll health until healthy or `timeout` elapses; returns the last answer. `stop`, asked
+        between answers: True ends the wait at once (the last answer, unhealthy, is returned)."""
         deadline = time.monotonic() + timeout
         while True:
             health = self.health()
-            if health.healthy or time.monotonic() >= deadline:
+            if health.healthy or time.monotonic() >= deadline or (stop is not None and stop()):
                 return health
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(interval * 2, 2.0)

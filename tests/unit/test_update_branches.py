@@ -215,6 +215,55 @@ def test_a_resume_while_the_stopped_process_s_node_restarts_waits_for_it_instead
     assert "failed" not in world.notices(run.id)
 
 
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+def test_a_pause_or_cancel_during_the_resume_s_settle_wait_ends_the_wait_and_is_honoured(
+    world: World, action: str
+) -> None:
+    """The resumed run waits (pre-flight) for the node the stopped process was upgrading; it never comes
+    up. An SRE's pause/cancel meanwhile was honoured only after the whole wait (600 s in production),
+    and then the run failed "not healthy" - a failure notice and a page instead of the stop asked for.
+    Now the wait asks between its answers: it ends, and the run ends paused/cancelled, no node touched."""
+    from inventory.models import Node, NodeStep, StepState
+    from upkeep.updates import request_stop
+
+    _ask(world, "pause")
+    assert world.update().is_completed()
+    run = world.run()
+    assert run.id is not None and world.upgraded() == [1, 0, 0]
+    world.nodes[0].before.clear()
+    with session_scope(world.engine) as session:  # what the killed process left: node 2's upgrade open
+        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
+        session.add(
+            NodeStep(run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET)
+        )
+    answers: list[bool] = []
+
+    def never_up_and_stopped_at_the_second_answer(node: FakeNode) -> None:
+        node.healthy = False
+        answers.append(node.healthy)
+        if len(answers) == 2:
+            assert run.id is not None
+            request_stop(run.id, action, engine=world.engine, actor="sre", reason="customer asked")
+
+    world.nodes[1].before["health"] = never_up_and_stopped_at_the_second_answer
+    world.runtime.health_timeout = 8.0  # without the stop's check the run fails "not healthy" after it
+
+    resumed = world.update(run_id=run.id)
+
+    assert resumed.is_completed(), resumed.message
+    ended = world.run()
+    assert len(answers) == 2, answers  # no answer asked after the stop
+    if action == "pause":
+        assert (ended.state, ended.reason) == (RunState.paused, "paused by request after 1 of 3 nodes")
+        assert ended.requested_action == RequestedAction.none
+    else:
+        assert ended.state == RunState.cancelled
+        assert ended.reason == "cancelled by sre: customer asked (after 1 of 3 nodes)"
+    assert world.upgraded() == [1, 0, 0]  # no further node touched
+    assert "failed" not in world.notices(run.id)
+    assert world.notices(run.id)[-1] == ("cancelled" if action == "cancel" else "started")
+
+
 def test_a_node_the_run_never_touched_that_is_not_healthy_still_fails_the_resume_at_pre_flight(
     world: World,
 ) -> None:

@@ -2,22 +2,39 @@
 
 `upkeep approve RUN` (or the Prefect UI's resume form) answers with an `Approval`. The pause keeps the
 cluster claimed, so nothing else can start on it while the question is open.
+
+`upkeep pause|cancel RUN` at the gate ends the wait at once, without an answer: it wakes the pause with
+`stop_the_gate` (the answer `STOPPED_BY` gives is no decision), and the flow honours the stop as it would
+between nodes. A stop asked just before the pause began, or whose wake was lost, is seen by a watcher the
+wait keeps meanwhile (`_woken_by_a_stop`), within a second.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+from uuid import UUID
+
 from prefect import get_run_logger
-from prefect.flow_runs import pause_flow_run
+from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 
 from flows.plan import UpdatePlan
-from flows.records import recorded
+from flows.records import recorded, stop_requested
 from flows.runtime import Runtime
 from inventory.db import session_scope
 from inventory.models import AuditEvent
-from inventory.runs import get_run
+from inventory.runs import get_run, refusal
 
 APPROVAL_STEP = "approval"  # the NodeStep (no node) open while the run waits at its gate
+# The approver of the answer a pause/cancel gives the gate to wake it: not a decision, never recorded as
+# one (the flow believes it only with the run's requested_action set).
+STOPPED_BY = "upkeep pause/cancel"
+GateAnswer = Literal["approved", "refused", "stopped"]
+log = logging.getLogger(__name__)  # the watcher's thread has no Prefect run context for its logger
 
 
 class Approval(RunInput):
@@ -26,12 +43,22 @@ class Approval(RunInput):
     reason: str = ""
 
 
-def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> bool:
-    """True when the run may go on: no approval needed, already given, or given now."""
+def stop_the_gate(flow_run_id: UUID) -> None:
+    """Wake the run's approval pause for a pause/cancel already recorded (its requested_action): Prefect's
+    NotPausedError when the gate is not waiting (answered already, or not reached yet)."""
+    resume_flow_run(flow_run_id, run_input={"approved": False, "approver": STOPPED_BY, "reason": ""})
+
+
+def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> GateAnswer:
+    """`approved` when the run may go on: no approval needed, already given, or given now; `refused`;
+    `stopped` when a pause/cancel came first (asked before the gate, or while it waited): the caller
+    honours it, no answer is recorded, and a resumed run asks again."""
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
         if not run.needs_approval or run.approved_by:
-            return True
+            return "approved"
+        if run.requested_action:  # `upkeep pause|cancel` during the download or pre-flight: no question
+            return "stopped"
     get_run_logger().warning(
         "run %s (%s) waits for approval: `upkeep approve %s` or resume it in the Prefect UI",
         run_id,
@@ -41,12 +68,16 @@ def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> bool:
     # Recorded as a step of its own: while it is open the run's phase is `awaiting_approval`
     # (inventory/run_report.py), and no node counts as touched.
     with recorded(runtime.engine, run_id, None, APPROVAL_STEP) as note:
-        answer = pause_flow_run(
-            wait_for_input=Approval,
-            timeout=int(runtime.approval_timeout),
-            poll_interval=1,
-            key=f"approval-{run_id}",
-        )
+        with _woken_by_a_stop(runtime, run_id):
+            answer = pause_flow_run(
+                wait_for_input=Approval,
+                timeout=int(runtime.approval_timeout),
+                poll_interval=1,
+                key=f"approval-{run_id}",
+            )
+        if answer.approver == STOPPED_BY and (stop := stop_requested(runtime.engine, run_id)):
+            note.output = f"not answered: {stop} requested while waiting"
+            return "stopped"
         who = answer.approver or "unknown"
         note.output = f"{'approved' if answer.approved else 'refused'} by {who}: {answer.reason}"
     with session_scope(runtime.engine) as session:
@@ -54,7 +85,7 @@ def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> bool:
         if answer.approved:
             run.approved_by = who
         else:
-            run.reason = f"approval refused by {who}: {answer.reason or 'no reason given'}"
+            run.reason = refusal(who, answer.reason)
         session.add(run)
         session.add(
             AuditEvent(
@@ -64,4 +95,36 @@ def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> bool:
                 detail={"reason": answer.reason},
             )
         )
-    return answer.approved
+    return "approved" if answer.approved else "refused"
+
+
+@contextmanager
+def _woken_by_a_stop(runtime: Runtime, run_id: int, every: float = 1.0) -> Iterator[None]:
+    """While the gate waits, wake it once a pause/cancel is recorded. `upkeep pause|cancel` wakes it
+    itself, at once; this catches a stop recorded just before the pause began (its wake found nothing
+    paused) or whose wake did not reach Prefect."""
+    from prefect.exceptions import NotPausedError
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:  # not under Prefect's engine (unit tests' in-process flows): nothing to wake
+        yield
+        return
+    flow_run_id, done = UUID(flow_run.id), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every):
+            try:
+                if stop_requested(runtime.engine, run_id):
+                    stop_the_gate(flow_run_id)
+            except NotPausedError:  # not paused yet, or answered: asked again at the next second
+                pass
+            except Exception as exc:  # the database or the API away for a moment: asked again
+                log.debug("run %s: approval stop watcher: %s", run_id, exc)
+
+    watcher = threading.Thread(target=watch, name=f"approval-stop-{run_id}", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(timeout=10)

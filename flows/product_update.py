@@ -268,11 +268,20 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             ended = _after_tunnel_wait(runtime, plan, run_id, heartbeat, outcomes, still)
             if ended is not None:
                 return ended
-        if not wait_for_approval(runtime, run_id, plan):
+        # A pause/cancel asked during the download or pre-flight: honoured before the approval gate
+        # (which would wait for an answer) and before the package is copied.
+        if (ended := _stop_if_asked(runtime, plan, run_id, outcomes)) is not None:
+            return ended
+        gate = wait_for_approval(runtime, run_id, plan)
+        if gate == "refused":
             refused(
                 runtime, plan, run_id, owner=heartbeat.owner
             )  # the customer (if told) and the SRE hear why
             return _result(run_id, plan, "cancelled", outcomes)
+        # Stopped at the gate (the pause woken), or asked just after an approval: now, not after the copy.
+        if (ended := _stop_if_asked(runtime, plan, run_id, outcomes)) is not None:
+            return ended
+        assert gate == "approved", gate  # "stopped" only with the stop recorded, honoured above
         # A staged copy changes nothing the customer runs: a distribute failure (a package that
         # arrives corrupted, a staging directory that is full) is still vendor-side and theirs to
         # hear nothing about. Once every node holds the package, the first upgrade is next.

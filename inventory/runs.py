@@ -168,3 +168,11 @@ def mark_told(run_id: int, *, now: datetime, session: Session) -> None:
         .where(col(UpgradeRun.id) == run_id, col(UpgradeRun.told_at).is_(None))
         .values(told_at=now)
     )
+
+
+REFUSED = "approval refused by "  # how the reason of a run refused at its approval gate begins
+
+
+def refusal(who: str, reason: str) -> str:
+    """A refused run's reason, as `upkeep approve --refuse` records it and the flow when it wakes."""
+    return f"{REFUSED}{who}: {reason or 'no reason given'}"

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from flows.plan import UpdatePlan, plan_update
 from inventory.db import session_scope
-from inventory.runs import get_run
+from inventory.runs import REFUSED, get_run, refusal
 from upkeep.console import CliError, console, err_console, print_json
 from upkeep.run_view import no_update, show_run
 
@@ -420,6 +420,12 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
         if not state.active:
             raise CliError(f"run {run_id} is {state}: it cannot be {_PAST[action]}")
         _hold_state(run, state, action, session)
+        session.refresh(run)  # read under the row's lock: an approval gate's answer just given counts
+        if state is RunState.running and run.reason.startswith(REFUSED):
+            raise CliError(
+                f"run {run_id} was refused at its approval gate just now: it ends cancelled, no node "
+                f"touched; not {_PAST[action]} (see `upkeep show {run_id}`)"
+            )
         detail = {"reason": reason} if reason else {}
         session.add(
             AuditEvent(actor=actor, action=f"run.{action}_requested", subject=f"run/{run_id}", detail=detail)
@@ -436,7 +442,23 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
         if action == "cancel":
             run.reason = f"cancelled by {actor}: {reason}"  # the flow's cancel ending tells it
         session.add(run)
+        if run.needs_approval and state is RunState.running:
+            return _stop_at_the_gate(run, action)
     return f"run {run_id}: {action} requested; the node in progress finishes first"
+
+
+def _stop_at_the_gate(run: Any, action: str) -> str:
+    """What a pause/cancel of a run with an approval gate does, decided under the run's row lock, which
+    `upkeep approve` answers under too: of an answer and a stop at the same moment, exactly one takes
+    the gate. Not answered yet: the flow's gate wakes for the stop within seconds (flows/approval.py)
+    and ends paused or cancelled, no node touched. Approved first: the stop is an ordinary one, told so."""
+    if run.approved_by:
+        return (
+            f"run {run.id}: {action} requested; it was approved (by {run.approved_by}) and is under way: "
+            "the node in progress finishes first"
+        )
+    then = "" if action == "cancel" else "; `upkeep resume` asks for approval again"
+    return f"run {run.id}: {action} requested before approval; it stops within seconds, no node touched{then}"
 
 
 _PAST = {"approve": "approved", "refuse": "refused", "cancel": "cancelled", "pause": "paused"}
@@ -493,6 +515,24 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
         # the second answer waits here, then finds the run no longer paused and is refused.
         verb = "approve" if approved else "refuse"
         _hold_state(run, run.state, verb, session)
+        session.refresh(run)  # read under the row's lock: a pause/cancel or an answer before it counts
+        if run.requested_action:
+            raise CliError(
+                f"run {run_id}: `upkeep {run.requested_action}` came first (the run stops at its approval "
+                f"gate): not {_PAST[verb]}; see `upkeep show {run_id}`"
+            )
+        if run.approved_by or run.reason.startswith(REFUSED):
+            raise CliError(
+                f"run {run_id} was answered at its approval gate just now (another answer came first): "
+                f"not {_PAST[verb]}; see `upkeep show {run_id}`"
+            )
+        # The answer on our record too, in this transaction: a pause/cancel deciding next reads it (the
+        # flow records the same when it wakes, and the decision's audit event).
+        if approved:
+            run.approved_by = actor
+        else:
+            run.reason = refusal(actor, reason)
+        session.add(run)
         try:
             resume_flow_run(
                 UUID(run.flow_run_id), run_input={"approved": approved, "approver": actor, "reason": reason}

@@ -179,3 +179,108 @@ def test_approved_and_refused_at_once_one_answer_counts_and_the_other_is_told(
     assert final is not None
     assert final.state == (RunState.succeeded if winner == "approve" else RunState.cancelled)
     engine.dispose()
+
+
+def _gated_run(env: dict[str, str], engine: Any, cluster: str) -> tuple[int, Any]:
+    """An announced update (a `scheduled` notice) needing approval, resumed and waiting at its gate."""
+    with session_scope(engine) as session:
+        run = schedule_update(
+            cluster, TARGET, now=utcnow(), source="customer", requested_by="t", session=session
+        )
+        run.needs_approval = True
+        session.flush()
+        run_id = run.id or 0
+    proc = _start(env, "resume", str(run_id))  # the lab's windows are always open
+    _wait_for(lambda: _flow_run_paused(_run(engine, cluster).flow_run_id), "the approval pause")  # type: ignore[union-attr]
+    return run_id, proc
+
+
+def _answers(env: dict[str, str], run_id: int) -> list[tuple[str, str]]:
+    """The approval gate's answers among the run's decisions (a cancel is one too)."""
+    decisions = _show(env, run_id)["decisions"]
+    return [(d["decision"], d["reason"]) for d in decisions if d["decision"] in ("approved", "refused")]
+
+
+def _steps(engine: Any, run_id: int) -> list[str]:
+    from inventory.models import NodeStep
+
+    with session_scope(engine) as session:
+        return list(session.exec(select(NodeStep.step).where(NodeStep.run_id == run_id)))
+
+
+def test_cancel_at_the_approval_gate_ends_the_run_now_and_a_later_approval_is_refused(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    """An SRE cancels a run waiting for approval. The cancel was only recorded ("the node in progress
+    finishes first") and nothing happened until someone approved (the package was then copied, and only
+    then did the run stop) or the gate timed out, hours later. Now it ends at once, cancelled as a
+    cancel is, the Prefect flow run no longer paused; an approval after it is refused with one line."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    env, cluster = slow_cli_env, fresh_slow_cluster
+    engine = cli_engine(env)
+    hosts = [node["hostname"] for node in nodes_of(slow_lab, cluster)]
+    run_id, proc = _gated_run(env, engine, cluster)
+
+    said = upkeep_cli(env, "cancel", str(run_id), "--reason", "customer froze changes")
+    assert "before approval" in said.stdout, said.stdout
+    assert proc.wait(timeout=60) == 0, proc.communicate()  # ended now, not at the approval timeout
+
+    final = _run(engine, cluster)
+    assert final is not None and final.state == RunState.cancelled
+    assert final.reason.startswith("cancelled by ") and final.reason.endswith(
+        ": customer froze changes (after 0 of 3 nodes)"
+    ), final.reason
+    assert final.approved_by in (None, "")
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(final.flow_run_id or "")).state
+    assert state is not None and state.is_final() and not state.is_paused(), state
+    assert [len(slow_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]
+    assert "distribute" not in _steps(engine, run_id)  # the package was not copied first
+    [notice] = _customer_notices(engine, run_id, "cancelled", "sre@localhost")
+    assert "customer froze changes" in notice.body_text and "METHOD:CANCEL" in notice.ics
+    [alert] = _alerts(engine, run_id, "run-cancelled")
+    assert "customer froze changes" in alert.body_text
+    assert _answers(env, run_id) == []  # the gate was not answered
+
+    late = upkeep_in_process("approve", str(run_id), "--reason", "go ahead", env=env)
+    assert late.returncode == 1 and "Traceback" not in late.stdout + late.stderr
+    assert late.stderr.strip().count("\n") == 0 and str(run_id) in late.stderr, late.stderr
+    assert _run(engine, cluster).state == RunState.cancelled  # type: ignore[union-attr]
+    engine.dispose()
+
+
+def test_approved_and_cancelled_at_once_one_takes_the_gate_and_the_other_is_told(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    """An approval and a cancel at the same moment: the run's row orders them. The cancel first: the gate
+    stops unanswered and the approval is refused (exit 1, one line). The approval first: it is recorded,
+    and the cancel is told the gate was answered already; it is honoured before any further node. Either
+    way the run ends cancelled and exactly one of them answered the gate."""
+    env, cluster = slow_cli_env, fresh_slow_cluster
+    engine = cli_engine(env)
+    run_id, proc = _gated_run(env, engine, cluster)
+
+    yes = _start(env, "approve", str(run_id), "--reason", "go")
+    stop = _start(env, "cancel", str(run_id), "--reason", "customer froze changes")
+    approve = (yes.wait(timeout=120), *yes.communicate())
+    cancel = (stop.wait(timeout=120), *stop.communicate())
+    assert proc.wait(timeout=300) == 0, proc.communicate()
+
+    for _code, out, err in (approve, cancel):
+        assert "Traceback" not in out + err
+    assert cancel[0] == 0, cancel
+    decisions = _answers(env, run_id)
+    if approve[0] == 0:  # the approval took the gate; the cancel was told
+        assert decisions == [("approved", "go")]
+        assert "it was approved" in cancel[1], cancel
+    else:  # the cancel took the gate; the approval was refused with one line
+        assert approve[0] == 1 and "came first" in approve[2] and approve[2].strip().count("\n") == 0
+        assert decisions == [], decisions
+        assert "before approval" in cancel[1], cancel
+    final = _run(engine, cluster)
+    assert final is not None and final.state == RunState.cancelled, final
+    assert "customer froze changes" in final.reason
+    engine.dispose()

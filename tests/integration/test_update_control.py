@@ -142,3 +142,39 @@ def test_approval_gate_waits_for_the_cli(
         assert final.reason.endswith(": change ticket CHG-1")
         assert _upgrades(slow_lab, fresh_slow_cluster) == [0, 0, 0]
     engine.dispose()
+
+
+def test_pause_at_the_approval_gate_stops_now_and_resume_asks_again(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    """`upkeep pause` of a run waiting for approval: it stops now, paused, no node touched and nothing
+    answered (it waited for an answer before). `upkeep resume` brings it back to the gate, which asks
+    again; approved then, the update completes."""
+    engine = cli_engine(slow_cli_env)
+    proc = _start(slow_cli_env, "update", fresh_slow_cluster, "--to", TARGET, "--require-approval")
+    run = _wait_for(lambda: _run(engine, fresh_slow_cluster), "the run to be claimed")
+    first = _wait_for(lambda: _gate_paused(engine, fresh_slow_cluster), "the approval pause")
+
+    said = upkeep_cli(slow_cli_env, "pause", str(run.id))
+    assert "before approval" in said.stdout and "resume" in said.stdout, said.stdout
+    assert proc.wait(timeout=60) == 0, proc.communicate()
+    paused = _run(engine, fresh_slow_cluster)
+    assert paused is not None and paused.state == RunState.paused, paused
+    assert paused.reason == "paused by request after 0 of 3 nodes" and not paused.approved_by
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [0, 0, 0]
+
+    again = _start(slow_cli_env, "resume", str(run.id))
+    _wait_for(lambda: _gate_paused(engine, fresh_slow_cluster) not in ("", first), "the gate asking again")
+    upkeep_cli(slow_cli_env, "approve", str(run.id), "--reason", "change ticket CHG-2")
+    assert again.wait(timeout=120) == 0, again.communicate()
+    final = _run(engine, fresh_slow_cluster)
+    assert final is not None and final.state == RunState.succeeded and final.approved_by
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [1, 1, 1]
+    engine.dispose()
+
+
+def _gate_paused(engine: Any, cluster: str) -> str:
+    """The flow run id of the run's flow when it is paused (at its approval gate), else ""."""
+    run = _run(engine, cluster)
+    flow_run_id = run.flow_run_id if run is not None else None
+    return flow_run_id or "" if _flow_run_paused(flow_run_id) else ""

@@ -302,3 +302,29 @@ def test_a_warning_the_cli_logs_is_on_the_in_process_stderr_too(tmp_path: Path) 
         answers.append((scheduled.returncode, scheduled.stdout, scheduled.stderr))
     assert "portal links in notices are unsigned" in answers[0][2]
     assert answers[1] == answers[0]
+
+
+def test_a_module_first_imported_during_a_refused_call_keeps_prefect_s_real_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command's lazy imports can be a module's first import, made while the in-process guard has
+    replaced Prefect's `get_client` with its refusal; a module binding it at its top (prefect.artifacts
+    does) kept the refusal for good, and every later in-process flow of the worker failed with
+    FlowInProcess at its first artifact (test_no_traceback after this file, plain `-n 2`)."""
+    import importlib
+
+    import prefect.client.orchestration
+
+    from tests.support.cli import _no_flows
+
+    real = prefect.client.orchestration.get_client
+    (tmp_path / "binds_get_client_at_import.py").write_text(
+        "from prefect.client.orchestration import get_client\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "binds_get_client_at_import", raising=False)
+    with _no_flows():  # as during `upkeep_here`: a command's import, then its refused flow
+        module = importlib.import_module("binds_get_client_at_import")
+        with pytest.raises(FlowInProcess):
+            module.get_client()
+    assert module.get_client is real

@@ -264,11 +264,28 @@ def _no_flows() -> Iterator[None]:
         (upkeep.bootstrap, "quiet_prefect"),
         (prefect.client.orchestration, "get_client"),
     ]
-    saved = [getattr(module, name) for module, name in patched]
+    saved = {name: getattr(module, name) for module, name in patched}
     for module, name in patched:
         setattr(module, name, refuse)
     try:
         yield
     finally:
-        for (module, name), value in zip(patched, saved, strict=True):
-            setattr(module, name, value)
+        for module, name in patched:
+            setattr(module, name, saved[name])
+        _unbind(refuse, saved)
+
+
+def _unbind(refuse: Any, saved: dict[str, Any]) -> None:
+    """A module first imported while `_no_flows` held (a command's lazy imports) bound `refuse` for
+    good under a name it imports at its top: prefect.artifacts, prefect.task_engine and two dozen more
+    do `from prefect.client.orchestration import get_client`. Every later flow of this process then
+    raised FlowInProcess where it created an artifact: test_no_traceback's in-process `update` failed
+    whenever test_cli_in_process had run first in its worker (plain `-n 2`). Each such name is given
+    back its real value."""
+    for module in list(sys.modules.values()):
+        names = getattr(module, "__dict__", None)  # the module's own names: no lazy __getattr__ run
+        if not isinstance(names, dict):
+            continue
+        for name, value in saved.items():
+            if names.get(name) is refuse:
+                names[name] = value

@@ -125,8 +125,12 @@ def product_update(
         # The lease first: waiting for a cluster slot can take long, and the run is held meanwhile.
         with lease.hold(runtime, run_id, owner) as heartbeat:
             try:
-                with cluster_slot(runtime), untagged_steps():
-                    result = _carry_out(runtime, plan, run_id, heartbeat)
+                with cluster_slot(runtime, run_id) as stop, untagged_steps():
+                    result = (
+                        _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), {})
+                        if stop  # paused/cancelled while it waited for a slot: none taken, nothing done
+                        else _carry_out(runtime, plan, run_id, heartbeat)
+                    )
             except ClusterLimitMissing as missing:  # our setting, before any node: a vendor-side failure
                 if heartbeat.held():
                     fail_before_nodes(runtime, plan, run_id, str(missing))
@@ -207,37 +211,82 @@ def _limit_missing(name: str) -> bool:
 
 
 @contextmanager
-def cluster_slot(runtime: Runtime) -> Iterator[None]:
-    """One slot of the fleet-wide limit on clusters upgraded at once, held for the whole cluster."""
-    if not runtime.cluster_limit:
-        yield
+def cluster_slot(runtime: Runtime, run_id: int) -> Iterator[str]:
+    """One slot of the fleet-wide limit on clusters upgraded at once, held for the whole cluster; yields
+    "". A run waiting for it looks at its pending `upkeep pause|cancel` every `slot_poll` seconds: one
+    asked ends the wait at once and is yielded ("pause", "cancel") with no slot held, as is one asked
+    just before the slot was granted (the slot given back first, before any download)."""
+    if not runtime.cluster_limit:  # the fleet benchmark's path: no query, no request added here
+        yield ""
         return
     from prefect.concurrency.sync import concurrency
 
     # A full limit can hold this run for as long as other clusters take: not while it holds one of the
     # dispatcher's start slots, which would keep clusters that could go from starting.
     off_the_start()
-    # strict: a limit that does not exist is a setup error, said at once. But a slot lease that cannot
-    # be renewed (the Prefect API away for a while) must not cancel the flow in the middle of a node:
-    # our own run lease (flows/lease.py) is what guards the run; the fleet limit may briefly overshoot.
-    with ExitStack() as held:
-        try:
-            held.enter_context(
-                concurrency(
-                    runtime.cluster_limit, occupy=1, strict=True, raise_on_lease_renewal_failure=False
+    next_ask = 0.0  # time.monotonic() of the next ask for a slot
+    while not (stop := requested_stop(runtime, run_id)):  # a look every `slot_poll` seconds at most
+        if (left := next_ask - time.monotonic()) > 0:
+            time.sleep(min(runtime.slot_poll, left))
+            continue
+        # One ask at a time (max_retries=0: a full limit answers 423 at once), again after the server's
+        # Retry-After (as Prefect's own retries would), not `concurrency(timeout_seconds=)`: that timeout
+        # cancels the request inside Prefect's acquisition service, and a grant the server made as it
+        # fired is lost with the response (Prefect gives a late grant back only when the caller itself
+        # is cancelled), the slot held by nobody until its lease (lease_duration, 300 s) runs out and
+        # the server's repossessor (every 15 s) takes it back. And that service asks for one process's
+        # slots one item at a time, each item's timeout starting when its turn comes: the dispatcher's
+        # N runs waiting on the limit would each see a stop only after up to N timeouts.
+        # strict: a limit that does not exist is a setup error, said at once. But a slot lease that
+        # cannot be renewed (the Prefect API away for a while) must not cancel the flow in the middle of
+        # a node: our own run lease (flows/lease.py) guards the run; the limit may briefly overshoot.
+        with ExitStack() as held:
+            try:
+                held.enter_context(
+                    concurrency(
+                        runtime.cluster_limit,
+                        occupy=1,
+                        max_retries=0,
+                        strict=True,
+                        raise_on_lease_renewal_failure=False,
+                    )
                 )
-            )
-        except Exception as exc:  # Prefect's ConcurrencySlotAcquisitionError (a private module's)
-            # Without this the run was left running with its lease given back: an orphan the next tick
-            # took over and failed the same way, every tick, our record saying nothing (adversarial
-            # pass adv21).
-            if _limit_missing(runtime.cluster_limit):
-                raise ClusterLimitMissing(
-                    f"UPKEEP_CLUSTER_LIMIT {runtime.cluster_limit!r}: no Prefect global concurrency limit "
-                    "has that name (create it with `prefect gcl create NAME --limit N`, or unset the setting)"
-                ) from exc
-            raise
-        yield
+            except Exception as exc:  # Prefect's ConcurrencySlotAcquisitionError (a private module's)
+                if _limit_full(exc):
+                    next_ask = time.monotonic() + _retry_after(exc, runtime.slot_poll)
+                    continue
+                # Without this the run was left running with its lease given back: an orphan the next
+                # tick took over and failed the same way, every tick, our record saying nothing
+                # (adversarial pass adv21).
+                if _limit_missing(runtime.cluster_limit):
+                    raise ClusterLimitMissing(
+                        f"UPKEEP_CLUSTER_LIMIT {runtime.cluster_limit!r}: no Prefect global concurrency "
+                        "limit has that name (create it with `prefect gcl create NAME --limit N`, or unset "
+                        "the setting)"
+                    ) from exc
+                raise
+            if not (stop := requested_stop(runtime, run_id)):
+                yield ""
+                return
+        break  # asked while the slot was being granted: given back above, before anything is done
+    yield stop
+
+
+def _limit_full(exc: BaseException | None) -> bool:
+    """Whether a slot acquisition failed only because the limit is full (HTTP 423 Locked): `exc`
+    Prefect's ConcurrencySlotAcquisitionError, or the HTTP error it wraps."""
+    import httpx
+
+    cause = exc if isinstance(exc, httpx.HTTPStatusError) else getattr(exc, "__cause__", None)
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+
+
+def _retry_after(exc: BaseException, default: float) -> float:
+    """The seconds a full limit's 423 says to wait before asking again (Retry-After), else `default`."""
+    try:
+        return max(0.0, float(exc.__cause__.response.headers["Retry-After"]))  # type: ignore[union-attr]
+    except Exception:
+        return default
 
 
 def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease.Heartbeat) -> dict[str, Any]:

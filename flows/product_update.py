@@ -11,6 +11,8 @@ run waits before its first node: at the approval gate, for a support tunnel, or 
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -221,6 +223,7 @@ def cluster_slot(runtime: Runtime, run_id: int) -> Iterator[str]:
         return
     from prefect.concurrency.sync import concurrency
 
+    _quiet_full_limit()
     # A full limit can hold this run for as long as other clusters take: not while it holds one of the
     # dispatcher's start slots, which would keep clusters that could go from starting.
     off_the_start()
@@ -287,6 +290,36 @@ def _retry_after(exc: BaseException, default: float) -> float:
         return max(0.0, float(exc.__cause__.response.headers["Retry-After"]))  # type: ignore[union-attr]
     except Exception:
         return default
+
+
+class _FullLimitNotAnError(logging.Filter):
+    """Prefect's acquisition service logs every failed ask at ERROR ("Service ... failed to process
+    item"), though the asker gets the error itself; with max_retries=0 a full limit is such a failure
+    every `slot_poll` seconds of a wait that can last hours. Only that record is dropped: the failed
+    future is the record's last argument, and any other failure is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not (
+            record.msg == "Service %r failed to process item %r"
+            and len(args) == 2
+            and args[0] == "ConcurrencySlotAcquisitionWithLeaseService"
+            and isinstance(args[1], tuple)
+            and args[1]
+            and isinstance(future := args[1][-1], concurrent.futures.Future)
+            and future.done()
+            and not future.cancelled()
+        ):
+            return True
+        return not _limit_full(future.exception())
+
+
+def _quiet_full_limit() -> None:
+    """Install `_FullLimitNotAnError` on Prefect's concurrency logger, once."""
+    from prefect._internal.concurrency import logger as concurrency_logger
+
+    if not any(isinstance(f, _FullLimitNotAnError) for f in concurrency_logger.filters):
+        concurrency_logger.addFilter(_FullLimitNotAnError())
 
 
 def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease.Heartbeat) -> dict[str, Any]:

@@ -6,7 +6,8 @@
 Every step is a named task; every remote action is recorded in the database before and after, so a
 crashed run resumes (`run_id=`) where it stopped without upgrading any node twice. `upkeep pause` and
 `upkeep cancel` are honoured between nodes (the node in progress always finishes), and at once while the
-run waits before its first node: at the approval gate, for a support tunnel, or for a node to settle.
+run waits before its first node: for a slot of the fleet's cluster limit, at the approval gate, for a
+support tunnel, or for a node to settle.
 """
 
 from __future__ import annotations

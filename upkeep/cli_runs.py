@@ -196,8 +196,8 @@ def cancel(
     json: JsonOpt = False,
 ) -> None:
     """Cancel an update, with a reason: a scheduled one is withdrawn from the customer's calendar (as
-    `cancel-update` does), a running one stops after the node in progress (at once at its approval
-    gate), a paused one at once."""
+    `cancel-update` does), a running one stops after the node in progress (at once while it waits for
+    a cluster slot or at its approval gate), a paused one at once."""
     import getpass
 
     from upkeep.updates import request_stop, scheduled

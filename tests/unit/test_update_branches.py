@@ -264,6 +264,65 @@ def test_a_pause_or_cancel_during_the_resume_s_settle_wait_ends_the_wait_and_is_
     assert world.notices(run.id)[-1] == ("cancelled" if action == "cancel" else "started")
 
 
+def test_the_database_away_for_a_moment_during_the_resume_s_settle_wait_does_not_fail_the_run(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settle wait (up to 600 s) now asks the database for a pause/cancel between its answers. Asked
+    while the database was away for longer than inventory.db waits (a failover), the read's error became
+    the node's pre-flight problem: the resumed run failed, the customer was told it failed and the SRE
+    alerted, over a node that came up a moment later (adversarial pass adv33). The stop is a wish the run
+    also reads after the pre-flight: a read that fails here is "not asked", and the wait goes on."""
+    from sqlalchemy.exc import OperationalError
+
+    from flows import steps
+    from inventory.models import Node, NodeStep, StepState
+
+    _ask(world, "pause")
+    assert world.update().is_completed()
+    run = world.run()
+    assert run.id is not None
+    world.nodes[0].before.clear()
+    with session_scope(world.engine) as session:  # what the killed process left: node 2's upgrade open
+        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
+        session.add(
+            NodeStep(run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET)
+        )
+    restarting = world.nodes[1]
+    restarting.version, restarting.healthy = TARGET, False
+    answers: list[bool] = []
+
+    def comes_up_at_the_third_answer(node: FakeNode) -> None:
+        node.healthy = len(answers) >= 2
+        answers.append(node.healthy)
+
+    restarting.before["health"] = comes_up_at_the_third_answer
+    asked: list[int] = []
+    real = steps.stop_requested
+
+    def away_at_first(engine: Engine, run_id: int) -> str:
+        asked.append(run_id)
+        if len(asked) == 1:  # what retrying raises once the outage outlasts DB_OUTAGE_SECONDS
+            raise OperationalError(
+                "SELECT requested_action",
+                {},
+                Exception("server closed the connection"),
+                connection_invalidated=True,
+            )
+        return real(engine, run_id)
+
+    monkeypatch.setattr(steps, "stop_requested", away_at_first)
+    world.runtime.health_timeout = 30.0  # the outcome is the count of answers, never the clock
+
+    resumed = world.update(run_id=run.id)
+
+    assert asked, "the settle wait never asked for a stop"
+    assert resumed.is_completed(), resumed.message
+    assert world.run().state == RunState.succeeded
+    assert answers[:3] == [False, False, True]  # waited on past the failed read
+    assert world.upgraded() == [1, 0, 1]
+    assert "failed" not in world.notices(run.id)
+
+
 def test_a_node_the_run_never_touched_that_is_not_healthy_still_fails_the_resume_at_pre_flight(
     world: World,
 ) -> None:

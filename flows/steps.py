@@ -4,6 +4,7 @@ upgrade of one node. Finer actions inside a step are recorded as NodeSteps in ou
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import time
@@ -21,6 +22,7 @@ from prefect.context import TagsContext
 from flows.plan import PlannedNode, UpdatePlan
 from flows.records import nodes_touched, nodes_upgrading, recorded, stop_requested
 from flows.runtime import Runtime
+from inventory.db import server_away
 from tasks.failpoints import failpoint_soon
 from tasks.node import NodeAgent, NodeCommandFailed
 from tasks.ssh import (
@@ -35,6 +37,7 @@ from tasks.ssh import (
     probe_tunnels,
 )
 
+log = logging.getLogger(__name__)  # the pre-flight's node threads have no Prefect run context
 UPGRADE_IN_PROGRESS = 75  # the agent's answer while another upgrade of the node holds its lock
 
 
@@ -168,7 +171,16 @@ def preflight(
     stopped: list[str] = []  # the nodes whose wait a pause/cancel ended
 
     def asked_to_stop() -> bool:  # between the settle wait's answers: a pause/cancel ends it now
-        return bool(stop_requested(runtime.engine, run_id))
+        # A read that fails (the database away longer than inventory.db waits) is "not asked": the wait
+        # goes on, as it did before it asked, and the stop is read again at its next answer and after
+        # the pre-flight. Raised, it became the node's pre-flight problem and failed the run.
+        try:
+            return bool(stop_requested(runtime.engine, run_id))
+        except Exception as exc:
+            if not server_away(exc):
+                raise
+            log.warning("run %s: pause/cancel not read during the settle wait: %s", run_id, exc)
+            return False
 
     def check(node: PlannedNode) -> str:
         try:

@@ -323,6 +323,77 @@ def test_the_database_away_for_a_moment_during_the_resume_s_settle_wait_does_not
     assert "failed" not in world.notices(run.id)
 
 
+class _Killed(BaseException):
+    """The flow's process killed (kill -9, the machine lost) while its approval gate waited."""
+
+
+@pytest.mark.parametrize("taken_by", ["the dispatcher", "upkeep resume"])
+def test_a_refusal_given_while_the_gate_s_process_was_dead_stands_when_the_run_is_taken_over(
+    world: World, monkeypatch: pytest.MonkeyPatch, taken_by: str
+) -> None:
+    """The gate's process dies while it waits (hours: the likeliest place for a crash). `upkeep approve
+    --refuse` still answers (Prefect accepts a resume of the dead process's pause) and now records the
+    refusal as the run's reason, under the row lock; `upkeep cancel` is then refused ("it ends cancelled").
+    But nothing ended it: the take-over (or an SRE's resume) wiped the reason as a dead process's words,
+    and the gate asked the question again - the refused update waiting for an approval, the operator's
+    cancel refused in between (adversarial pass adv33). The refusal stands: the run ends cancelled by it."""
+    from flows import approval
+    from flows.lease import take_over
+    from inventory.runs import refusal
+    from upkeep.console import CliError
+    from upkeep.updates import approve_run, request_stop
+
+    gates: list[int] = []
+
+    def dies_waiting(**_kwargs: Any) -> Any:
+        gates.append(1)
+        if len(gates) > 1:
+            raise AssertionError("the refused run asked for approval again")
+        raise _Killed
+
+    monkeypatch.setattr(approval, "pause_flow_run", dies_waiting)
+    with pytest.raises(_Killed):
+        world.update(require_approval=True)
+    run = world.run()
+    assert run.id is not None and run.state == RunState.running and gates == [1]
+    with session_scope(world.engine) as session:  # the flow run it was (Prefect's, still paused there)
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run.id)
+            .values(flow_run_id="00000000-0000-0000-0000-000000000001")
+        )
+    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+    said = approve_run(run.id, engine=world.engine, approved=False, reason="not this week", actor="op")
+    assert said == f"run {run.id} refused"
+    with pytest.raises(CliError, match="it ends cancelled"):
+        request_stop(run.id, "cancel", engine=world.engine, actor="sre", reason="customer asked")
+    with session_scope(world.engine) as session:  # the dead process's lease ran out
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run.id)
+            .values(lease_until=MONDAY - timedelta(days=1))
+        )
+    if taken_by == "the dispatcher":
+        with session_scope(world.engine) as session:
+            stale = session.get(UpgradeRun, run.id)
+            assert stale is not None
+            owner = "dispatcher-test"
+            assert take_over(
+                session, stale, now=world.runtime.clock(), owner=owner,
+                until=world.runtime.clock() + timedelta(hours=1), actor="dispatcher",
+            )  # fmt: skip
+        resumed = world.update(run_id=run.id, lease_owner=owner)
+    else:
+        resumed = world.update(run_id=run.id)
+
+    assert resumed.is_completed(), resumed.message
+    assert gates == [1], "the refused run asked for approval again"
+    ended = world.run()
+    assert ended.state == RunState.cancelled
+    assert ended.reason == refusal("op", "not this week")
+    assert world.upgraded() == [0, 0, 0]
+
+
 def test_a_node_the_run_never_touched_that_is_not_healthy_still_fails_the_resume_at_pre_flight(
     world: World,
 ) -> None:

@@ -27,7 +27,7 @@ from flows.records import recorded, stop_requested
 from flows.runtime import Runtime
 from inventory.db import session_scope
 from inventory.models import AuditEvent
-from inventory.runs import get_run, refusal
+from inventory.runs import REFUSED, get_run, refusal
 
 APPROVAL_STEP = "approval"  # the NodeStep (no node) open while the run waits at its gate
 # The approver of the answer a pause/cancel gives the gate to wake it: not a decision, never recorded as
@@ -57,6 +57,9 @@ def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> GateAn
         run = get_run(run_id, session=session)
         if not run.needs_approval or run.approved_by:
             return "approved"
+        if run.reason.startswith(REFUSED):  # refused (`upkeep approve --refuse`) while no process waited
+            # here (killed at the gate; Prefect took the answer for the dead pause): it stands, as told
+            return "refused"
         if run.requested_action:  # `upkeep pause|cancel` during the download or pre-flight: no question
             return "stopped"
     get_run_logger().warning(

@@ -66,7 +66,7 @@ from inventory import repo
 from inventory.cases import check_case_ref
 from inventory.db import server_away, session_scope
 from inventory.models import Cluster, RequestedAction, RunKind, RunState, UpgradeRun
-from inventory.runs import close_open_steps, create_run, get_run
+from inventory.runs import REFUSED, close_open_steps, create_run, get_run
 from tasks.failpoints import failpoint
 
 T = TypeVar("T")
@@ -655,7 +655,13 @@ def _claim(
                 run.requested_action = RequestedAction.none
             # What a dead process said it was doing (waiting for a support tunnel) is not what this one
             # does (it says so itself if it waits); a pending cancel's words stay, its ending tells them.
-            if run.state == RunState.running and run.requested_action == RequestedAction.none:
+            # A refusal recorded at the approval gate (`upkeep approve --refuse`, the process there dead)
+            # is an answer, not a dead process's words: the gate ends the run with it (flows/approval.py).
+            if (
+                run.state == RunState.running
+                and run.requested_action == RequestedAction.none
+                and not run.reason.startswith(REFUSED)
+            ):
                 run.reason = ""
         run.state = RunState.running
         run.started_at = run.started_at or runtime.clock()

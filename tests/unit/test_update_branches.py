@@ -392,6 +392,49 @@ def test_a_refusal_given_while_the_gate_s_process_was_dead_stands_when_the_run_i
     assert ended.state == RunState.cancelled
     assert ended.reason == refusal("op", "not this week")
     assert world.upgraded() == [0, 0, 0]
+    assert _decisions(world, run.id) == [("refused", "op", "not this week")]  # `upkeep show` says who
+
+
+def _decisions(world: World, run_id: int) -> list[tuple[str, str, str]]:
+    from inventory.run_report import decisions
+
+    with session_scope(world.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        return [(taken["decision"], taken["by"], taken["reason"]) for taken in decisions(run, session)]
+
+
+@pytest.mark.parametrize("approved", [True, False])
+def test_an_answer_by_upkeep_approve_to_a_live_gate_is_one_decision(
+    world: World, monkeypatch: pytest.MonkeyPatch, approved: bool
+) -> None:
+    """`upkeep approve` records its answer (and the decision) itself; the gate it wakes reads the same
+    answer from Prefect and must not record the decision a second time."""
+    from flows import approval
+    from upkeep.updates import approve_run
+
+    def answered_by_upkeep_approve(**_kwargs: Any) -> Any:
+        run = world.run()
+        assert run.id is not None
+        with session_scope(world.engine) as session:
+            session.execute(
+                update(UpgradeRun)
+                .where(col(UpgradeRun.id) == run.id)
+                .values(flow_run_id="00000000-0000-0000-0000-000000000002")
+            )
+        approve_run(run.id, engine=world.engine, approved=approved, reason="ok by me", actor="op")
+        return approval.Approval(approved=approved, approver="op", reason="ok by me")
+
+    monkeypatch.setattr(approval, "pause_flow_run", answered_by_upkeep_approve)
+    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+
+    state = world.update(require_approval=True)
+
+    assert state.is_completed(), state.message
+    run = world.run()
+    assert run.id is not None
+    assert run.state == (RunState.succeeded if approved else RunState.cancelled)
+    assert _decisions(world, run.id) == [("approved" if approved else "refused", "op", "ok by me")]
 
 
 def test_a_node_the_run_never_touched_that_is_not_healthy_still_fails_the_resume_at_pre_flight(

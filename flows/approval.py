@@ -85,19 +85,16 @@ def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> GateAn
         note.output = f"{'approved' if answer.approved else 'refused'} by {who}: {answer.reason}"
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
+        # `upkeep approve` recorded this very answer, and its decision, before it woke the gate
+        # (upkeep/updates.py): one decision, not two. An answer from the Prefect UI is recorded here.
+        told = run.approved_by == who if answer.approved else run.reason == refusal(who, answer.reason)
         if answer.approved:
             run.approved_by = who
         else:
             run.reason = refusal(who, answer.reason)
         session.add(run)
-        session.add(
-            AuditEvent(
-                actor=answer.approver or "unknown",
-                action="run.approved" if answer.approved else "run.refused",
-                subject=f"run/{run_id}",
-                detail={"reason": answer.reason},
-            )
-        )
+        if not told:
+            session.add(decision(run_id, who, approved=answer.approved, reason=answer.reason))
     return "approved" if answer.approved else "refused"
 
 
@@ -131,3 +128,13 @@ def _woken_by_a_stop(runtime: Runtime, run_id: int, every: float = 1.0) -> Itera
     finally:
         done.set()
         watcher.join(timeout=10)
+
+
+def decision(run_id: int, who: str, *, approved: bool, reason: str) -> AuditEvent:
+    """The approval gate's answer as a decision `upkeep show` lists (inventory/run_report.py)."""
+    return AuditEvent(
+        actor=who,
+        action="run.approved" if approved else "run.refused",
+        subject=f"run/{run_id}",
+        detail={"reason": reason},
+    )

@@ -496,6 +496,8 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
     from prefect.exceptions import FlowPauseTimeout, NotPausedError
     from prefect.flow_runs import resume_flow_run
 
+    from flows.approval import decision
+
     with session_scope(engine) as session:
         try:
             run = get_run(run_id, session=session)
@@ -533,6 +535,9 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
         else:
             run.reason = refusal(actor, reason)
         session.add(run)
+        # The decision too: the gate's process may be gone (killed while it waited), and the answer
+        # then stands when the run is taken over (flows/approval.py) with nothing else to record it.
+        session.add(decision(run_id, actor, approved=approved, reason=reason))
         try:
             resume_flow_run(
                 UUID(run.flow_run_id), run_input={"approved": approved, "approver": actor, "reason": reason}

@@ -284,3 +284,45 @@ def test_approved_and_cancelled_at_once_one_takes_the_gate_and_the_other_is_told
     assert final is not None and final.state == RunState.cancelled, final
     assert "customer froze changes" in final.reason
     engine.dispose()
+
+
+def test_refused_while_the_gate_s_process_was_dead_the_resume_ends_it_refused_told_once(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    """kill -9 of the process waiting at the gate (it waits for days: the likeliest place for a crash).
+    Prefect still takes `upkeep approve --refuse` for the dead pause, and the refusal is recorded; a cancel
+    after it is refused ("it ends cancelled"). The resume then asked for approval again: the refusal
+    lost, the refused update waiting for an answer (adversarial pass adv33). Now the resume ends it
+    refused, no node touched: the customer told once, the SRE alerted once, the decision shown once."""
+    import signal
+
+    env, cluster = slow_cli_env, fresh_slow_cluster
+    engine = cli_engine(env)
+    hosts = [node["hostname"] for node in nodes_of(slow_lab, cluster)]
+    run_id, proc = _gated_run(env, engine, cluster)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+
+    refused = upkeep_in_process("approve", str(run_id), "--refuse", "--reason", "not this week", env=env)
+    assert refused.returncode == 0 and f"run {run_id} refused" in refused.stdout, refused
+    cancel = upkeep_in_process("cancel", str(run_id), "--reason", "customer froze changes", env=env)
+    assert cancel.returncode == 1 and "it ends cancelled" in cancel.stderr, cancel
+    assert "Traceback" not in cancel.stdout + cancel.stderr
+
+    resumed = _start(env, "resume", str(run_id))
+    try:
+        code = resumed.wait(timeout=90)  # not at the gate again, waiting for an answer
+    finally:
+        asked_again = _flow_run_paused(_run(engine, cluster).flow_run_id)  # type: ignore[union-attr]
+        resumed.kill()
+    assert not asked_again and code == 1, resumed.communicate()  # refused: 1, as at a live gate
+
+    final = _run(engine, cluster)
+    assert final is not None and final.state == RunState.cancelled, final
+    assert final.reason.startswith("approval refused by ") and final.reason.endswith(": not this week")
+    assert [len(slow_lab.upgrade_log(h)) for h in hosts] == [0, 0, 0]
+    [notice] = _customer_notices(engine, run_id, "cancelled", "sre@localhost")
+    assert "not this week" in notice.body_text
+    assert len(_alerts(engine, run_id, "approval-refused")) == 1
+    assert _answers(env, run_id) == [("refused", "not this week")]
+    engine.dispose()

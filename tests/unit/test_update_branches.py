@@ -753,6 +753,56 @@ def test_a_run_taken_over_meanwhile_is_left_to_its_new_owner(world: World) -> No
     assert world.notices(run.id) == ["started"]  # no ending told by the process that lost the run
 
 
+@pytest.mark.parametrize("action", ["pause", "cancel", "pause honoured by its owner"])
+def test_a_stop_at_the_gate_of_a_run_taken_over_meanwhile_is_left_to_its_new_owner(
+    world: World, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """The gate waits for days; its process stood still (frozen, or the database away longer than the
+    lease) and the dispatcher took the run over. A pause/cancel then wakes this process's gate too, and it
+    ended the run - paused or cancelled 'after 0 of 3 nodes', the customer told - while the new owner
+    carried it out: the stops honoured before the first node did not ask, as the node loop does, whether
+    the run was still this process's (adversarial pass adv33). Not ours: left to its owner, who honours it."""
+    from flows import approval
+    from inventory.alerts import Alert
+    from upkeep.updates import request_stop
+
+    def taken_over_then_stopped(**_kwargs: Any) -> Any:
+        run_id = world.run().id
+        assert run_id is not None
+        with world.engine.begin() as conn:
+            conn.execute(
+                update(UpgradeRun)
+                .where(col(UpgradeRun.id) == run_id)
+                .values(lease_owner="elsewhere:1/abc", lease_until=world.clock() + timedelta(minutes=5))
+            )
+        request_stop(run_id, action.split()[0], engine=world.engine, actor="sre", reason="customer asked")
+        if action == "pause honoured by its owner":  # before this process's gate read why it woke
+            with world.engine.begin() as conn:
+                conn.execute(
+                    update(UpgradeRun)
+                    .where(col(UpgradeRun.id) == run_id)
+                    .values(state=RunState.paused, requested_action="", reason="paused by its owner")
+                )
+        return approval.Approval(approved=False, approver=approval.STOPPED_BY)  # the watcher's wake
+
+    monkeypatch.setattr(approval, "pause_flow_run", taken_over_then_stopped)
+
+    state = world.update(require_approval=True)
+
+    assert state.is_completed(), state.message
+    assert state.result()["state"] == "taken over"
+    run = world.run()
+    assert run.id is not None and run.lease_owner == "elsewhere:1/abc"  # not ours to end
+    if action == "pause honoured by its owner":  # and the wake is no refusal 'by upkeep pause/cancel'
+        assert (run.state, run.reason) == (RunState.paused, "paused by its owner")
+    else:
+        assert run.state == RunState.running and run.requested_action == action  # for its owner
+    assert world.upgraded() == [0, 0, 0]
+    with session_scope(world.engine) as session:
+        assert list(session.exec(select(Alert.kind).where(Alert.run_id == run.id))) == []
+    assert [taken for taken, _by, _why in _decisions(world, run.id)] == [action.split()[0]]  # no answer
+
+
 def test_a_failure_after_a_node_was_touched_opens_a_case_with_diagnostics_and_alerts_the_sre(
     world: World,
 ) -> None:

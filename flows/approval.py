@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 from uuid import UUID
@@ -49,10 +49,13 @@ def stop_the_gate(flow_run_id: UUID) -> None:
     resume_flow_run(flow_run_id, run_input={"approved": False, "approver": STOPPED_BY, "reason": ""})
 
 
-def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> GateAnswer:
+def wait_for_approval(
+    runtime: Runtime, run_id: int, plan: UpdatePlan, held: Callable[[], bool] = lambda: True
+) -> GateAnswer:
     """`approved` when the run may go on: no approval needed, already given, or given now; `refused`;
     `stopped` when a pause/cancel came first (asked before the gate, or while it waited): the caller
-    honours it, no answer is recorded, and a resumed run asks again."""
+    honours it, no answer is recorded, and a resumed run asks again. `held`: whether the run is still
+    this process's (its lease); woken for a stop when it is not, the gate records nothing either."""
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
         if not run.needs_approval or run.approved_by:
@@ -78,9 +81,16 @@ def wait_for_approval(runtime: Runtime, run_id: int, plan: UpdatePlan) -> GateAn
                 poll_interval=1,
                 key=f"approval-{run_id}",
             )
-        if answer.approver == STOPPED_BY and (stop := stop_requested(runtime.engine, run_id)):
-            note.output = f"not answered: {stop} requested while waiting"
-            return "stopped"
+        if answer.approver == STOPPED_BY:
+            # Believed with the stop recorded; or, the run taken over meanwhile, never an answer of
+            # ours (its new owner may have honoured the stop already: read here, it is gone, and the
+            # wake was recorded as a refusal 'by upkeep pause/cancel' of a paused run).
+            if stop := stop_requested(runtime.engine, run_id):
+                note.output = f"not answered: {stop} requested while waiting"
+                return "stopped"
+            if not held():
+                note.output = "not answered: woken for a pause/cancel; the run taken over meanwhile"
+                return "stopped"
         who = answer.approver or "unknown"
         note.output = f"{'approved' if answer.approved else 'refused'} by {who}: {answer.reason}"
     with session_scope(runtime.engine) as session:

@@ -333,7 +333,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         try:
             preflight(plan, run_id, runtime, conns, package.stat().st_size)
         except StopRequested:  # `upkeep pause|cancel` ended its wait for a node left mid-upgrade
-            if (ended := _stop_if_asked(runtime, plan, run_id, outcomes)) is not None:
+            if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
                 return ended  # not a failure: the node is asked again when the run resumes
             raise  # the stop gone (another process took the run): never go on with the node unjudged
         except TunnelDown as closed:
@@ -354,18 +354,21 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                 return ended
         # A pause/cancel asked during the download or pre-flight: honoured before the approval gate
         # (which would wait for an answer) and before the package is copied.
-        if (ended := _stop_if_asked(runtime, plan, run_id, outcomes)) is not None:
+        if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
             return ended
-        gate = wait_for_approval(runtime, run_id, plan)
+        gate = wait_for_approval(runtime, run_id, plan, held=heartbeat.held)
         if gate == "refused":
             refused(
                 runtime, plan, run_id, owner=heartbeat.owner
             )  # the customer (if told) and the SRE hear why
             return _result(run_id, plan, "cancelled", outcomes)
         # Stopped at the gate (the pause woken), or asked just after an approval: now, not after the copy.
-        if (ended := _stop_if_asked(runtime, plan, run_id, outcomes)) is not None:
+        if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
             return ended
-        assert gate == "approved", gate  # "stopped" only with the stop recorded, honoured above
+        if gate == "stopped":  # woken for a stop after the run was taken over: its new owner's now
+            get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
+            return _result(run_id, plan, "taken over", outcomes)
+        assert gate == "approved", gate
         # A staged copy changes nothing the customer runs: a distribute failure (a package that
         # arrives corrupted, a staging directory that is full) is still vendor-side and theirs to
         # hear nothing about. Once every node holds the package, the first upgrade is next.
@@ -437,10 +440,15 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
 
 
 def _stop_if_asked(
-    runtime: Runtime, plan: UpdatePlan, run_id: int, outcomes: dict[str, str]
+    runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease.Heartbeat, outcomes: dict[str, str]
 ) -> dict[str, Any] | None:
-    """The run's result if an `upkeep pause|cancel` is pending (it ends here, as between nodes), else None."""
+    """The run's result if an `upkeep pause|cancel` is pending (it ends here, as between nodes), else None.
+    Asked, as before each node, whether the run is still ours: a process that stood still at its gate
+    (for days) while the run was taken over must not end it under its new owner, who honours the stop."""
     stop = requested_stop(runtime, run_id)
+    if stop and not heartbeat.held():
+        get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
+        return _result(run_id, plan, "taken over", outcomes)
     return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes) if stop else None
 
 

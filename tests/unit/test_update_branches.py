@@ -11,6 +11,7 @@ test_update_control.py, test_windows.py, test_takeover.py); these pin the flow's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -801,6 +802,124 @@ def test_a_stop_at_the_gate_of_a_run_taken_over_meanwhile_is_left_to_its_new_own
     with session_scope(world.engine) as session:
         assert list(session.exec(select(Alert.kind).where(Alert.run_id == run.id))) == []
     assert [taken for taken, _by, _why in _decisions(world, run.id)] == [action.split()[0]]  # no answer
+
+
+@pytest.mark.parametrize("first", ["approve", "cancel"])
+def test_an_approval_and_a_cancel_at_the_gate_at_once_are_ordered_by_the_run_s_row(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """Two operators at the gate at the same moment, on each database: the second arrives while the
+    first's transaction holds the run's row (on PostgreSQL it is seen waiting for that lock before the
+    first commits). Exactly one takes the gate and the other is told so: approved first, the cancel is an
+    ordinary one honoured before any node; cancelled first, the approval is refused and Prefect never
+    hears it. Either way the run ends cancelled, no node touched, each decision shown once."""
+    import threading
+
+    from sqlalchemy import event, text
+
+    from flows import approval
+    from upkeep import updates
+    from upkeep.console import CliError
+
+    with _world(engine, tmp_path, monkeypatch) as world:
+        said: dict[str, str] = {}
+        pids: list[int] = []
+        resumed: list[dict[str, Any]] = []
+
+        def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+            if threading.current_thread().name == "second" and engine.dialect.name == "postgresql":
+                pids.append(dbapi_conn.info.backend_pid)
+
+        event.listen(engine, "checkout", on_checkout)
+
+        def answer(verb: str) -> None:
+            run_id = world.run().id
+            assert run_id is not None
+            try:
+                if verb == "approve":
+                    said[verb] = updates.approve_run(
+                        run_id, engine=engine, approved=True, reason="go", actor="op"
+                    )
+                else:
+                    said[verb] = updates.request_stop(
+                        run_id, "cancel", engine=engine, actor="sre", reason="froze"
+                    )
+            except CliError as refused:
+                said[verb] = f"refused: {refused}"
+
+        def second_arrives() -> threading.Thread:
+            other = threading.Thread(
+                target=answer, args=("cancel" if first == "approve" else "approve",), name="second"
+            )
+            other.start()
+            if engine.dialect.name == "postgresql":  # waiting for the first's row lock, seen by the server
+                deadline = time.monotonic() + 30
+                while True:
+                    assert time.monotonic() < deadline, "the second never waited for the run's row"
+                    if pids:
+                        with engine.connect() as conn:
+                            waits = conn.execute(
+                                text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
+                                {"pid": pids[-1]},
+                            ).scalar()
+                        if waits == "Lock":
+                            break
+                    time.sleep(0.01)
+            return other
+
+        threads: list[threading.Thread] = []
+
+        def prefect_takes(_flow_run_id: Any, run_input: dict[str, Any]) -> None:
+            resumed.append(run_input)
+            if first == "approve":
+                threads.append(second_arrives())
+
+        real_stop_at_the_gate = updates._stop_at_the_gate
+
+        def stop_at_the_gate(run: Any, action: str) -> str:
+            if first == "cancel":
+                threads.append(second_arrives())
+            return real_stop_at_the_gate(run, action)
+
+        def at_the_gate(**_kwargs: Any) -> Any:
+            with session_scope(engine) as session:
+                session.execute(
+                    update(UpgradeRun)
+                    .where(col(UpgradeRun.id) == world.run().id)
+                    .values(flow_run_id="00000000-0000-0000-0000-000000000003")
+                )
+            answer(first)
+            for other in threads:
+                other.join(timeout=60)
+            if first == "approve":
+                return approval.Approval(approved=True, approver="op", reason="go")
+            return approval.Approval(approved=False, approver=approval.STOPPED_BY)
+
+        monkeypatch.setattr(approval, "pause_flow_run", at_the_gate)
+        monkeypatch.setattr("prefect.flow_runs.resume_flow_run", prefect_takes)
+        monkeypatch.setattr(updates, "_stop_at_the_gate", stop_at_the_gate)
+        try:
+            state = world.update(require_approval=True)
+        finally:
+            event.remove(engine, "checkout", on_checkout)
+
+        assert state.is_completed(), state.message
+        run = world.run()
+        assert run.id is not None and threads and not threads[0].is_alive()
+        assert (
+            run.state == RunState.cancelled and run.reason == "cancelled by sre: froze (after 0 of 3 nodes)"
+        )
+        assert world.upgraded() == [0, 0, 0]
+        if first == "approve":
+            assert said["approve"] == f"run {run.id} approved"
+            assert "it was approved (by op)" in said["cancel"], said
+            assert _decisions(world, run.id) == [("approved", "op", "go"), ("cancel", "sre", "froze")]
+            assert run.approved_by == "op"
+        else:
+            assert "before approval" in said["cancel"], said
+            assert said["approve"].startswith("refused: ") and "came first" in said["approve"], said
+            assert _decisions(world, run.id) == [("cancel", "sre", "froze")]
+            assert resumed == [] and not run.approved_by
 
 
 def test_a_failure_after_a_node_was_touched_opens_a_case_with_diagnostics_and_alerts_the_sre(

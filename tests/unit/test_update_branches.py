@@ -922,6 +922,50 @@ def test_an_approval_and_a_cancel_at_the_gate_at_once_are_ordered_by_the_run_s_r
             assert resumed == [] and not run.approved_by
 
 
+@pytest.mark.parametrize("where", ["at the gate", "between nodes"])
+def test_a_pause_after_a_cancel_does_not_turn_the_cancel_into_a_pause(
+    world: World, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Two operators: one cancels (told 'it stops within seconds', the reason is for the customer), the
+    other pauses a moment later. The pause overwrote the pending cancel: the run ended paused, the
+    customer never told, the update open for anyone to resume (adversarial pass adv33). A pending cancel
+    stands; the pause is told so, in one line."""
+    from flows import approval
+    from upkeep.console import CliError
+    from upkeep.updates import request_stop
+
+    told: list[str] = []
+
+    def cancel_then_pause() -> None:
+        run_id = world.run().id
+        assert run_id is not None
+        request_stop(run_id, "cancel", engine=world.engine, actor="sre", reason="customer froze changes")
+        with pytest.raises(CliError, match="cancel") as refused:
+            request_stop(run_id, "pause", engine=world.engine, actor="ops")
+        told.append(str(refused.value))
+
+    if where == "at the gate":
+
+        def at_the_gate(**_kwargs: Any) -> Any:
+            cancel_then_pause()
+            return approval.Approval(approved=False, approver=approval.STOPPED_BY)
+
+        monkeypatch.setattr(approval, "pause_flow_run", at_the_gate)
+        state = world.update(require_approval=True)
+        done = 0
+    else:
+        world.nodes[0].before["upgrade"] = lambda _node: cancel_then_pause()
+        state = world.update()
+        done = 1
+
+    assert state.is_completed(), state.message
+    run = world.run()
+    assert told and "\n" not in told[0], told
+    assert run.state == RunState.cancelled, (run.state, run.reason)
+    assert run.reason == f"cancelled by sre: customer froze changes (after {done} of 3 nodes)"
+    assert world.upgraded() == [done, 0, 0]
+
+
 def test_a_failure_after_a_node_was_touched_opens_a_case_with_diagnostics_and_alerts_the_sre(
     world: World,
 ) -> None:

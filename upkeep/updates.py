@@ -426,6 +426,12 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
                 f"run {run_id} was refused at its approval gate just now: it ends cancelled, no node "
                 f"touched; not {_PAST[action]} (see `upkeep show {run_id}`)"
             )
+        if state is RunState.running and action == "pause" and run.requested_action == RequestedAction.cancel:
+            # A pause would overwrite the cancel: the run ended paused, the customer never told.
+            raise CliError(
+                f"run {run_id}: a cancel is already requested; it ends cancelled: not paused "
+                f"(see `upkeep show {run_id}`)"
+            )
         detail = {"reason": reason} if reason else {}
         session.add(
             AuditEvent(actor=actor, action=f"run.{action}_requested", subject=f"run/{run_id}", detail=detail)

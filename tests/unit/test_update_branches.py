@@ -966,6 +966,43 @@ def test_a_pause_after_a_cancel_does_not_turn_the_cancel_into_a_pause(
     assert world.upgraded() == [done, 0, 0]
 
 
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+def test_a_stop_at_the_gate_of_an_update_never_announced_tells_the_customer_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """`upkeep update --require-approval` (never announced) stopped at its gate: no notice for the
+    customer (there is nothing to withdraw), the SRE's run-cancelled alert once for a cancel; `upkeep
+    show` reads the ending (no `awaiting_approval` phase left, nothing answered at the gate)."""
+    from flows import approval
+    from inventory.alerts import Alert
+    from inventory.run_report import run_phase
+    from upkeep.updates import request_stop
+
+    def stopped_at_the_gate(**_kwargs: Any) -> Any:
+        run_id = world.run().id
+        assert run_id is not None
+        request_stop(run_id, action, engine=world.engine, actor="sre", reason="customer froze changes")
+        return approval.Approval(approved=False, approver=approval.STOPPED_BY)  # the watcher's wake
+
+    monkeypatch.setattr(approval, "pause_flow_run", stopped_at_the_gate)
+
+    state = world.update(require_approval=True)
+
+    assert state.is_completed(), state.message
+    run = world.run()
+    assert run.id is not None and world.upgraded() == [0, 0, 0]
+    assert world.notices(run.id) == []
+    with session_scope(world.engine) as session:
+        alerts = list(session.exec(select(Alert.kind).where(Alert.run_id == run.id)))
+        stored = session.get(UpgradeRun, run.id)
+        assert stored is not None
+        phase = run_phase(stored, session)
+    assert alerts == (["run-cancelled"] if action == "cancel" else [])
+    assert phase == ("cancelled" if action == "cancel" else "paused")
+    assert [taken for taken, _by, _why in _decisions(world, run.id)] == [action]
+    assert not run.approved_by
+
+
 def test_a_failure_after_a_node_was_touched_opens_a_case_with_diagnostics_and_alerts_the_sre(
     world: World,
 ) -> None:

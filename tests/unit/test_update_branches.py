@@ -1003,6 +1003,37 @@ def test_a_stop_at_the_gate_of_an_update_never_announced_tells_the_customer_noth
     assert not run.approved_by
 
 
+@pytest.mark.parametrize("forged", [True, False])
+def test_an_answer_forging_the_stop_s_name_in_the_prefect_ui_is_no_decision(
+    world: World, monkeypatch: pytest.MonkeyPatch, forged: bool
+) -> None:
+    """The gate's wake for a pause/cancel is an answer named 'upkeep pause/cancel', believed only with a
+    stop recorded. Typed in the Prefect UI's resume form with no stop pending, it was taken as an
+    answer: the run approved 'by upkeep pause/cancel' (or cancelled 'approval refused by upkeep
+    pause/cancel'), a decision `upkeep show` pins on a command that never decides (adversarial pass
+    adv33). Now it is no decision: the gate asks again, and the next answer counts."""
+    from flows import approval
+
+    keys: list[str] = []
+
+    def answers(**kwargs: Any) -> Any:
+        keys.append(kwargs["key"])
+        if len(keys) == 1:
+            return approval.Approval(approved=forged, approver=approval.STOPPED_BY, reason="")
+        return approval.Approval(approved=True, approver="alice", reason="CHG-7")
+
+    monkeypatch.setattr(approval, "pause_flow_run", answers)
+
+    state = world.update(require_approval=True)
+
+    assert state.is_completed(), state.message
+    run = world.run()
+    assert run.id is not None
+    assert len(keys) == 2 and len(set(keys)) == 2, keys  # asked again, under a key of its own
+    assert (run.state, run.approved_by) == (RunState.succeeded, "alice")
+    assert _decisions(world, run.id) == [("approved", "alice", "CHG-7")]
+
+
 def test_a_failure_after_a_node_was_touched_opens_a_case_with_diagnostics_and_alerts_the_sre(
     world: World,
 ) -> None:

@@ -11,6 +11,7 @@ wait keeps meanwhile (`_woken_by_a_stop`), within a second.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -74,14 +75,16 @@ def wait_for_approval(
     # Recorded as a step of its own: while it is open the run's phase is `awaiting_approval`
     # (inventory/run_report.py), and no node counts as touched.
     with recorded(runtime.engine, run_id, None, APPROVAL_STEP) as note:
-        with _woken_by_a_stop(runtime, run_id):
-            answer = pause_flow_run(
-                wait_for_input=Approval,
-                timeout=int(runtime.approval_timeout),
-                poll_interval=1,
-                key=f"approval-{run_id}",
-            )
-        if answer.approver == STOPPED_BY:
+        for asked in itertools.count():
+            with _woken_by_a_stop(runtime, run_id):
+                answer = pause_flow_run(
+                    wait_for_input=Approval,
+                    timeout=int(runtime.approval_timeout),
+                    poll_interval=1,
+                    key=f"approval-{run_id}" + (f"-{asked}" if asked else ""),  # a pause's key fires once
+                )
+            if answer.approver != STOPPED_BY:
+                break
             # Believed with the stop recorded; or, the run taken over meanwhile, never an answer of
             # ours (its new owner may have honoured the stop already: read here, it is gone, and the
             # wake was recorded as a refusal 'by upkeep pause/cancel' of a paused run).
@@ -91,6 +94,14 @@ def wait_for_approval(
             if not held():
                 note.output = "not answered: woken for a pause/cancel; the run taken over meanwhile"
                 return "stopped"
+            # Ours, and no stop: not the watcher's wake but an answer typed in the Prefect UI under its
+            # name. No decision (the record would say 'upkeep pause/cancel' approved or refused it): asked
+            # again.
+            get_run_logger().warning(
+                "run %s: an answer named %r with no pause/cancel pending is no decision; asked again",
+                run_id,
+                STOPPED_BY,
+            )
         who = answer.approver or "unknown"
         note.output = f"{'approved' if answer.approved else 'refused'} by {who}: {answer.reason}"
     with session_scope(runtime.engine) as session:

@@ -178,3 +178,52 @@ def _gate_paused(engine: Any, cluster: str) -> str:
     run = _run(engine, cluster)
     flow_run_id = run.flow_run_id if run is not None else None
     return flow_run_id or "" if _flow_run_paused(flow_run_id) else ""
+
+
+def _pause_key(flow_run_id: str | None) -> str:
+    """The key of the flow run's pause while it is paused, else ""."""
+    from prefect.client.orchestration import get_client
+
+    if not flow_run_id:
+        return ""
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(flow_run_id)).state
+    return str(state.state_details.pause_key or "") if state is not None and state.is_paused() else ""
+
+
+def test_an_answer_forging_the_stop_s_name_through_prefect_is_no_decision_and_the_gate_asks_again(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+):
+    """The Prefect UI's resume form (here its API) answering as 'upkeep pause/cancel' with no pause or
+    cancel pending: no node is touched on it and no decision recorded; the gate pauses again, under a key
+    of its own, and `upkeep approve` then answers it."""
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.approval import STOPPED_BY
+
+    engine = cli_engine(slow_cli_env)
+    proc = _start(slow_cli_env, "update", fresh_slow_cluster, "--to", TARGET, "--require-approval")
+    run = _wait_for(lambda: _run(engine, fresh_slow_cluster), "the run to be claimed")
+    first = _wait_for(lambda: _pause_key(_run(engine, fresh_slow_cluster).flow_run_id), "the approval pause")  # type: ignore[union-attr]
+
+    flow_run_id = UUID(_run(engine, fresh_slow_cluster).flow_run_id)  # type: ignore[arg-type, union-attr]
+    resume_flow_run(flow_run_id, run_input={"approved": True, "approver": STOPPED_BY, "reason": "forged"})
+    again = _wait_for(
+        lambda: (
+            _pause_key(_run(engine, fresh_slow_cluster).flow_run_id) not in ("", first)
+            and _pause_key(_run(engine, fresh_slow_cluster).flow_run_id)
+        ),  # type: ignore[union-attr]
+        "the gate asking again",
+    )
+    assert again != first
+    waiting = _run(engine, fresh_slow_cluster)
+    assert waiting is not None and not waiting.approved_by and waiting.state == RunState.running
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [0, 0, 0]
+
+    upkeep_cli(slow_cli_env, "approve", str(run.id), "--reason", "change ticket CHG-3")
+    assert proc.wait(timeout=120) == 0, proc.communicate()
+    final = _run(engine, fresh_slow_cluster)
+    assert final is not None and final.state == RunState.succeeded
+    assert final.approved_by and final.approved_by != STOPPED_BY
+    assert _upgrades(slow_lab, fresh_slow_cluster) == [1, 1, 1]
+    engine.dispose()

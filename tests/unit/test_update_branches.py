@@ -396,6 +396,63 @@ def test_a_refusal_given_while_the_gate_s_process_was_dead_stands_when_the_run_i
     assert _decisions(world, run.id) == [("refused", "op", "not this week")]  # `upkeep show` says who
 
 
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+def test_killed_between_the_gate_s_wake_and_the_stop_s_ending_the_take_over_ends_it_once(
+    world: World, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """kill -9 after the watcher woke the gate for a pause/cancel and before the flow recorded the stop:
+    the dispatcher's take-over honours the stop before the gate (no question asked again, no node
+    touched), the SRE alerted once for a cancel, the customer (never told of the update) told nothing."""
+    from flows import approval
+    from flows.lease import take_over
+    from inventory.alerts import Alert
+    from upkeep.updates import request_stop
+
+    gates: list[int] = []
+
+    def woken_then_killed(**_kwargs: Any) -> Any:
+        gates.append(1)
+        if len(gates) > 1:
+            raise AssertionError("the stopped run asked for approval again")
+        run_id = world.run().id
+        assert run_id is not None
+        request_stop(run_id, action, engine=world.engine, actor="sre", reason="customer asked")
+        raise _Killed  # Prefect's pause resumed by the watcher; the process gone before it read why
+
+    monkeypatch.setattr(approval, "pause_flow_run", woken_then_killed)
+    with pytest.raises(_Killed):
+        world.update(require_approval=True)
+    run = world.run()
+    assert run.id is not None and run.state == RunState.running and run.requested_action == action
+    with session_scope(world.engine) as session:
+        stale = session.get(UpgradeRun, run.id)
+        assert stale is not None
+        stale.lease_until = MONDAY - timedelta(days=1)
+        session.add(stale)
+    with session_scope(world.engine) as session:
+        stale = session.get(UpgradeRun, run.id)
+        assert stale is not None
+        now = world.runtime.clock()
+        assert take_over(
+            session, stale, now=now, owner="dispatcher-t", until=now + timedelta(hours=1), actor="d"
+        )
+
+    resumed = world.update(run_id=run.id, lease_owner="dispatcher-t")
+
+    assert resumed.is_completed(), resumed.message
+    ended = world.run()
+    if action == "cancel":
+        assert ended.state == RunState.cancelled
+        assert ended.reason == "cancelled by sre: customer asked (after 0 of 3 nodes)"
+    else:
+        assert (ended.state, ended.reason) == (RunState.paused, "paused by request after 0 of 3 nodes")
+    assert gates == [1] and world.upgraded() == [0, 0, 0]
+    assert world.notices(run.id) == []
+    with session_scope(world.engine) as session:
+        alerts = list(session.exec(select(Alert.kind).where(Alert.run_id == run.id)))
+    assert alerts == (["run-cancelled"] if action == "cancel" else [])
+
+
 def _decisions(world: World, run_id: int) -> list[tuple[str, str, str]]:
     from inventory.run_report import decisions
 

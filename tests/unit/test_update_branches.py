@@ -453,6 +453,50 @@ def test_killed_between_the_gate_s_wake_and_the_stop_s_ending_the_take_over_ends
     assert alerts == (["run-cancelled"] if action == "cancel" else [])
 
 
+def test_a_ui_approval_prefect_took_over_a_cli_refusal_leaves_the_running_run_cancellable(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`upkeep approve --refuse` (alice) and an approval in the Prefect UI (bob) at once: Prefect's resume
+    is not atomic, so both can be accepted and the gate reads bob's. The run went on to its nodes with
+    alice's refusal left as its reason, and `upkeep cancel` was then refused ('it was refused at its
+    approval gate: it ends cancelled') while nodes were being upgraded (adversarial pass adv33). The
+    approval the gate acted on clears the refusal; the cancel is honoured after the node in progress."""
+    from flows import approval
+    from upkeep.updates import approve_run, request_stop
+
+    def both_answers(**_kwargs: Any) -> Any:
+        run_id = world.run().id
+        assert run_id is not None
+        with session_scope(world.engine) as session:
+            session.execute(
+                update(UpgradeRun)
+                .where(col(UpgradeRun.id) == run_id)
+                .values(flow_run_id="00000000-0000-0000-0000-000000000004")
+            )
+        approve_run(run_id, engine=world.engine, approved=False, reason="not today", actor="alice")
+        return approval.Approval(approved=True, approver="bob", reason="CHG-9")  # the one Prefect kept
+
+    monkeypatch.setattr(approval, "pause_flow_run", both_answers)
+    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+    said: list[str] = []
+
+    def cancel_during_node_1(_node: FakeNode) -> None:
+        run_id = world.run().id
+        assert run_id is not None
+        said.append(request_stop(run_id, "cancel", engine=world.engine, actor="sre", reason="customer asked"))
+
+    world.nodes[0].before["upgrade"] = cancel_during_node_1
+
+    state = world.update(require_approval=True)
+
+    assert state.is_completed(), state.message
+    run = world.run()
+    assert said and "cancel requested" in said[0], said
+    assert run.state == RunState.cancelled and run.approved_by == "bob"
+    assert run.reason == "cancelled by sre: customer asked (after 1 of 3 nodes)"
+    assert world.upgraded() == [1, 0, 0]
+
+
 def _decisions(world: World, run_id: int) -> list[tuple[str, str, str]]:
     from inventory.run_report import decisions
 

@@ -111,6 +111,8 @@ def wait_for_approval(
         told = run.approved_by == who if answer.approved else run.reason == refusal(who, answer.reason)
         if answer.approved:
             run.approved_by = who
+            if run.reason.startswith(REFUSED):  # `upkeep approve --refuse` lost Prefect's race to this
+                run.reason = ""  # approval (a UI answer): not the reason of a run that goes on
         else:
             run.reason = refusal(who, answer.reason)
         session.add(run)

@@ -421,7 +421,7 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
             raise CliError(f"run {run_id} is {state}: it cannot be {_PAST[action]}")
         _hold_state(run, state, action, session)
         session.refresh(run)  # read under the row's lock: an approval gate's answer just given counts
-        if state is RunState.running and run.reason.startswith(REFUSED):
+        if state is RunState.running and run.reason.startswith(REFUSED) and not run.approved_by:
             raise CliError(
                 f"run {run_id} was refused at its approval gate just now: it ends cancelled, no node "
                 f"touched; not {_PAST[action]} (see `upkeep show {run_id}`)"

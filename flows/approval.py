@@ -3,10 +3,10 @@
 `upkeep approve RUN` (or the Prefect UI's resume form) answers with an `Approval`. The pause keeps the
 cluster claimed, so nothing else can start on it while the question is open.
 
-`upkeep pause|cancel RUN` at the gate ends the wait at once, without an answer: it wakes the pause with
-`stop_the_gate` (the answer `STOPPED_BY` gives is no decision), and the flow honours the stop as it would
-between nodes. A stop asked just before the pause began, or whose wake was lost, is seen by a watcher the
-wait keeps meanwhile (`_woken_by_a_stop`), within a second.
+`upkeep pause|cancel RUN` at the gate ends the wait within a second, without an answer: it only records
+the stop (under the run's row lock, which `upkeep approve` answers under too); a watcher the wait keeps
+(`_woken_by_a_stop`) reads it and wakes the pause with `stop_the_gate`. The answer `STOPPED_BY` gives is no
+decision, believed only with the stop recorded; the flow honours the stop as it would between nodes.
 """
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ def wait_for_approval(
 
 @contextmanager
 def _woken_by_a_stop(runtime: Runtime, run_id: int, every: float = 1.0) -> Iterator[None]:
-    """While the gate waits, wake it once a pause/cancel is recorded. `upkeep pause|cancel` wakes it
-    itself, at once; this catches a stop recorded just before the pause began (its wake found nothing
-    paused) or whose wake did not reach Prefect."""
+    """While the gate waits, wake it once a pause/cancel is recorded (`upkeep pause|cancel` only records
+    it: the CLI does not call Prefect). A stop recorded before the pause began is woken once it has; a
+    read or a wake that fails (the database or the API away) is tried again at the next second."""
     from prefect.exceptions import NotPausedError
     from prefect.runtime import flow_run
 

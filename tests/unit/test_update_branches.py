@@ -497,6 +497,40 @@ def test_a_ui_approval_prefect_took_over_a_cli_refusal_leaves_the_running_run_ca
     assert world.upgraded() == [1, 0, 0]
 
 
+def test_a_ui_refusal_prefect_took_over_a_cli_approval_ends_the_run_refused_and_not_approved(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirror of the race above: `upkeep approve` (alice, recorded as approved_by) and a refusal in
+    the Prefect UI (bob) both accepted, the gate acting on bob's. The run ended cancelled by the refusal
+    with approved_by still 'alice' (`upkeep show`: approved, and refused). The refusal the gate acts on
+    clears it."""
+    from flows import approval
+    from upkeep.updates import approve_run
+
+    def both_answers(**_kwargs: Any) -> Any:
+        run_id = world.run().id
+        assert run_id is not None
+        with session_scope(world.engine) as session:
+            session.execute(
+                update(UpgradeRun)
+                .where(col(UpgradeRun.id) == run_id)
+                .values(flow_run_id="00000000-0000-0000-0000-000000000005")
+            )
+        approve_run(run_id, engine=world.engine, approved=True, reason="CHG-9", actor="alice")
+        return approval.Approval(approved=False, approver="bob", reason="not today")  # the one Prefect kept
+
+    monkeypatch.setattr(approval, "pause_flow_run", both_answers)
+    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+
+    state = world.update(require_approval=True)
+
+    assert state.is_completed(), state.message
+    run = world.run()
+    assert run.state == RunState.cancelled and run.reason == "approval refused by bob: not today"
+    assert run.approved_by == ""
+    assert world.upgraded() == [0, 0, 0]
+
+
 def _decisions(world: World, run_id: int) -> list[tuple[str, str, str]]:
     from inventory.run_report import decisions
 

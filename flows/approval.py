@@ -115,6 +115,7 @@ def wait_for_approval(
                 run.reason = ""  # approval (a UI answer): not the reason of a run that goes on
         else:
             run.reason = refusal(who, answer.reason)
+            run.approved_by = ""  # an `upkeep approve` that lost Prefect's race to this refusal
         session.add(run)
         if not told:
             session.add(decision(run_id, who, approved=answer.approved, reason=answer.reason))

@@ -49,15 +49,7 @@ def test_refused_approval_is_told_to_the_customer_with_its_reason_and_alerts_the
 ):
     env, cluster = slow_cli_env, fresh_slow_cluster
     engine = cli_engine(env)
-    with session_scope(engine) as session:  # announced to the customer (a `scheduled` notice)
-        run = schedule_update(
-            cluster, TARGET, now=utcnow(), source="customer", requested_by="t", session=session
-        )
-        run.needs_approval = True
-        session.flush()
-        run_id = run.id or 0
-    proc = _start(env, "resume", str(run_id))  # the lab's windows are always open
-    _wait_for(lambda: _flow_run_paused(_run(engine, cluster).flow_run_id), "the approval pause")  # type: ignore[union-attr]
+    run_id, proc = _gated_run(env, engine, cluster)
 
     shown = _show(env, run_id)
     assert (shown["state"], shown["phase"]) == ("running", "awaiting_approval")

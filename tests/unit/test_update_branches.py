@@ -461,23 +461,9 @@ def test_a_ui_approval_prefect_took_over_a_cli_refusal_leaves_the_running_run_ca
     alice's refusal left as its reason, and `upkeep cancel` was then refused ('it was refused at its
     approval gate: it ends cancelled') while nodes were being upgraded (adversarial pass adv33). The
     approval the gate acted on clears the refusal; the cancel is honoured after the node in progress."""
-    from flows import approval
-    from upkeep.updates import approve_run, request_stop
+    from upkeep.updates import request_stop
 
-    def both_answers(**_kwargs: Any) -> Any:
-        run_id = world.run().id
-        assert run_id is not None
-        with session_scope(world.engine) as session:
-            session.execute(
-                update(UpgradeRun)
-                .where(col(UpgradeRun.id) == run_id)
-                .values(flow_run_id="00000000-0000-0000-0000-000000000004")
-            )
-        approve_run(run_id, engine=world.engine, approved=False, reason="not today", actor="alice")
-        return approval.Approval(approved=True, approver="bob", reason="CHG-9")  # the one Prefect kept
-
-    monkeypatch.setattr(approval, "pause_flow_run", both_answers)
-    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+    _both_answered(world, monkeypatch, cli_approves=False, kept=(True, "bob", "CHG-9"))
     said: list[str] = []
 
     def cancel_during_node_1(_node: FakeNode) -> None:
@@ -504,6 +490,22 @@ def test_a_ui_refusal_prefect_took_over_a_cli_approval_ends_the_run_refused_and_
     the Prefect UI (bob) both accepted, the gate acting on bob's. The run ended cancelled by the refusal
     with approved_by still 'alice' (`upkeep show`: approved, and refused). The refusal the gate acts on
     clears it."""
+    _both_answered(world, monkeypatch, cli_approves=True, kept=(False, "bob", "not today"))
+
+    state = world.update(require_approval=True)
+
+    assert state.is_completed(), state.message
+    run = world.run()
+    assert run.state == RunState.cancelled and run.reason == "approval refused by bob: not today"
+    assert run.approved_by == ""
+    assert world.upgraded() == [0, 0, 0]
+
+
+def _both_answered(
+    world: World, monkeypatch: pytest.MonkeyPatch, *, cli_approves: bool, kept: tuple[bool, str, str]
+) -> None:
+    """At the gate, `upkeep approve` by alice (approving or refusing, "CHG-9" / "not today") and an answer
+    in the Prefect UI both accepted by Prefect; the gate reads the UI's, `kept` (approved, by, reason)."""
     from flows import approval
     from upkeep.updates import approve_run
 
@@ -514,21 +516,15 @@ def test_a_ui_refusal_prefect_took_over_a_cli_approval_ends_the_run_refused_and_
             session.execute(
                 update(UpgradeRun)
                 .where(col(UpgradeRun.id) == run_id)
-                .values(flow_run_id="00000000-0000-0000-0000-000000000005")
+                .values(flow_run_id="00000000-0000-0000-0000-000000000004")
             )
-        approve_run(run_id, engine=world.engine, approved=True, reason="CHG-9", actor="alice")
-        return approval.Approval(approved=False, approver="bob", reason="not today")  # the one Prefect kept
+        reason = "CHG-9" if cli_approves else "not today"
+        approve_run(run_id, engine=world.engine, approved=cli_approves, reason=reason, actor="alice")
+        approved, by, why = kept
+        return approval.Approval(approved=approved, approver=by, reason=why)  # the one Prefect kept
 
     monkeypatch.setattr(approval, "pause_flow_run", both_answers)
     monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
-
-    state = world.update(require_approval=True)
-
-    assert state.is_completed(), state.message
-    run = world.run()
-    assert run.state == RunState.cancelled and run.reason == "approval refused by bob: not today"
-    assert run.approved_by == ""
-    assert world.upgraded() == [0, 0, 0]
 
 
 def _decisions(world: World, run_id: int) -> list[tuple[str, str, str]]:

@@ -503,6 +503,7 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
     from prefect.flow_runs import resume_flow_run
 
     from flows.approval import decision
+    from inventory.models import RunState
 
     with session_scope(engine) as session:
         try:
@@ -514,6 +515,14 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
             raise CliError(f"{answer} run {run_id} needs --reason TEXT (it is recorded and shown)")
         if not run.needs_approval or run.approved_by:
             raise CliError(f"run {run_id} is not waiting for approval")
+        state = RunState(run.state)
+        if state is RunState.paused:  # paused at its gate, or before it: no process waits for an answer
+            raise CliError(
+                f"run {run_id} is paused, not waiting at its approval gate: `upkeep resume {run_id}` brings "
+                f"it back there, then answer; not {'approved' if approved else 'refused'}"
+            )
+        if not state.active:
+            raise CliError(f"run {run_id} is {state}: not waiting for approval")
         if not run.flow_run_id:
             raise CliError(f"run {run_id} has not reached its approval gate yet")
         # Two operators answering at once (one approving, one refusing) must not both be told

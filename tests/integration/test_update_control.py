@@ -162,6 +162,9 @@ def test_pause_at_the_approval_gate_stops_now_and_resume_asks_again(
     assert paused is not None and paused.state == RunState.paused, paused
     assert paused.reason == "paused by request after 0 of 3 nodes" and not paused.approved_by
     assert _upgrades(slow_lab, fresh_slow_cluster) == [0, 0, 0]
+    late = upkeep_cli(slow_cli_env, "approve", str(run.id), "--reason", "CHG-2", check=False)
+    assert late.returncode == 1 and late.stderr.count("\n") == 1, late.stderr  # one line, adv33 noticed
+    assert f"is paused, not waiting at its approval gate: `upkeep resume {run.id}`" in late.stderr
 
     again = _start(slow_cli_env, "resume", str(run.id))
     _wait_for(lambda: _gate_paused(engine, fresh_slow_cluster) not in ("", first), "the gate asking again")

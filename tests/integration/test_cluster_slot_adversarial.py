@@ -1,0 +1,127 @@
+"""Adversarial pass (adv34) on the wait for a slot of the fleet cluster limit (UPKEEP_CLUSTER_LIMIT):
+a run taken over by another process (the dispatcher's take-over of a lease that ran out while this
+process stood still, `upkeep resume`) while it waits for a slot is no longer this process's. It must
+neither record the run's ending (a cancel seen by both would be told twice) nor, once granted a slot,
+go on with the download, pre-flight and copy of a run another process carries out.
+
+Flows in-process (threads, as the dispatcher runs them) on the lab and the session's Prefect server;
+the limit and helpers of test_cluster_slot_stop.py."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import select
+
+from flows.product_update import product_update
+from inventory.alerts import Alert
+from inventory.db import session_scope
+from inventory.models import RunState, UpgradeRun
+from inventory.types import utcnow
+from tests.integration.test_cluster_slot_stop import (
+    BEFORE_ASK,
+    TARGET,
+    _active_slots,
+    _cleared,
+    _held_run,
+    _planned,
+    _run,
+    _steps,
+    _upgrades,
+    _wait_for,
+    one_slot,
+)
+from upkeep.updates import request_stop
+
+pytestmark = [pytest.mark.lab, pytest.mark.prefect]
+__all__ = ["one_slot"]  # the fixture, used here by name
+ELSEWHERE = "elsewhere:1/abcdef"
+
+
+def _take_over(engine: Any, run_id: int) -> None:
+    """Another process takes the run over (as the dispatcher does once its lease ran out)."""
+    with session_scope(engine) as session:
+        session.execute(
+            update(UpgradeRun)
+            .where(UpgradeRun.id == run_id)  # type: ignore[arg-type]
+            .values(lease_owner=ELSEWHERE, lease_until=utcnow() + timedelta(hours=1), lease_since=utcnow())
+        )
+
+
+def _flow(
+    cluster: str, run_id: int, name: str, started: list[threading.Thread], results: dict[str, Any]
+) -> threading.Thread:
+    def target() -> None:
+        results[name] = product_update(cluster=cluster, to_version=TARGET, run_id=run_id, return_state=True)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    started.append(thread)
+    return thread
+
+
+def _alerts(engine: Any, run_id: int) -> list[str]:
+    with session_scope(engine) as session:
+        return [a.kind for a in session.exec(select(Alert).where(Alert.run_id == run_id))]
+
+
+def test_a_run_taken_over_while_waiting_for_a_slot_leaves_a_cancel_to_its_new_owner(
+    lab: Any,
+    fresh_cluster: str,
+    second_fresh_cluster: str,
+    lab_runtime: Any,
+    one_slot: tuple[str, list[str]],
+) -> None:
+    engine, (limit, asked) = lab_runtime.engine, one_slot
+    a_id, a_host = _held_run(lab, engine, fresh_cluster)
+    b_id = _planned(engine, second_fresh_cluster)
+    results: dict[str, Any] = {}
+    with _cleared(lab, a_host) as started:
+        a = _flow(fresh_cluster, a_id, "run-a", started, results)
+        _wait_for(lambda: ("upgrade", "started") in _steps(engine, a_id), "A's first upgrade under way")
+        b = _flow(second_fresh_cluster, b_id, "run-b", started, results)
+        _wait_for(lambda: "run-b" in asked, "B asking for a slot")
+
+        _take_over(engine, b_id)
+        request_stop(b_id, "cancel", engine=engine, actor="sre", reason="customer froze changes")
+        _wait_for(lambda: not b.is_alive(), "B's old process to end while A still holds the slot")
+
+        # the new owner honours the cancel and tells it, once; the process that lost the run records nothing
+        ended = _run(engine, b_id)
+        assert ended.state == RunState.running, (ended.state, ended.reason)
+        assert ended.lease_owner == ELSEWHERE
+        assert _alerts(engine, b_id) == []
+        assert results["run-b"].result()["state"] == "taken over"
+        assert _steps(engine, b_id) == [] and _upgrades(lab, second_fresh_cluster) == [0, 0, 0]
+        assert a.is_alive() and _active_slots(limit) == 1
+
+        lab.fault(a_host, "clear")
+        _wait_for(lambda: not a.is_alive(), "A to finish", timeout=120)
+    assert _run(engine, a_id).state == RunState.succeeded
+    _wait_for(lambda: _active_slots(limit) == 0, "the limit's slots back to 0")
+
+
+def test_a_run_taken_over_as_its_slot_is_granted_gives_it_back_before_any_download(
+    lab: Any, fresh_cluster: str, lab_runtime: Any, one_slot: tuple[str, list[str]]
+) -> None:
+    """The take-over lands after the run's last look and before its ask, which is granted (the limit is
+    free): the slot goes back at once, nothing downloaded, pre-flighted or copied by the process that
+    lost the run. Before, it did all three (holding the one slot meanwhile) and stopped only before the
+    first node."""
+    engine, (limit, asked) = lab_runtime.engine, one_slot
+    run_id = _planned(engine, fresh_cluster)
+    BEFORE_ASK["run-c"] = lambda: _take_over(engine, run_id)
+    started: list[threading.Thread] = []
+    results: dict[str, Any] = {}
+    run = _flow(fresh_cluster, run_id, "run-c", started, results)
+    run.join(timeout=120)
+    assert not run.is_alive() and asked == ["run-c"]
+
+    assert results["run-c"].result()["state"] == "taken over"
+    assert _run(engine, run_id).state == RunState.running
+    assert _steps(engine, run_id) == [] and _upgrades(lab, fresh_cluster) == [0, 0, 0]
+    _wait_for(lambda: _active_slots(limit) == 0, "the limit's slot given back")

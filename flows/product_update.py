@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import State
 from prefect.settings import get_current_settings
 from prefect.states import Failed
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from flows import lease
 from flows.approval import wait_for_approval
@@ -128,10 +128,10 @@ def product_update(
         # The lease first: waiting for a cluster slot can take long, and the run is held meanwhile.
         with lease.hold(runtime, run_id, owner) as heartbeat:
             try:
-                with cluster_slot(runtime, run_id) as stop, untagged_steps():
+                with cluster_slot(runtime, run_id, owner) as stop, untagged_steps():
                     result = (
-                        _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), {})
-                        if stop  # paused/cancelled while it waited for a slot: none taken, nothing done
+                        _slot_wait_ended(runtime, plan, run_id, stop)
+                        if stop  # paused/cancelled/taken over while it waited: no slot, nothing done
                         else _carry_out(runtime, plan, run_id, heartbeat)
                     )
             except ClusterLimitMissing as missing:  # our setting, before any node: a vendor-side failure
@@ -213,12 +213,16 @@ def _limit_missing(name: str) -> bool:
     return False
 
 
+TAKEN_OVER = "taken over"
+
+
 @contextmanager
-def cluster_slot(runtime: Runtime, run_id: int) -> Iterator[str]:
+def cluster_slot(runtime: Runtime, run_id: int, owner: str) -> Iterator[str]:
     """One slot of the fleet-wide limit on clusters upgraded at once, held for the whole cluster; yields
     "". A run waiting for it looks at its pending `upkeep pause|cancel` every `slot_poll` seconds: one
     asked ends the wait at once and is yielded ("pause", "cancel") with no slot held, as is one asked
-    just before the slot was granted (the slot given back first, before any download)."""
+    just before the slot was granted (the slot given back first, before any download). So is the run
+    taken over by another process (its lease no longer `owner`'s): `TAKEN_OVER`, left to that one."""
     if not runtime.cluster_limit:  # the fleet benchmark's path: no query, no request added here
         yield ""
         return
@@ -229,7 +233,7 @@ def cluster_slot(runtime: Runtime, run_id: int) -> Iterator[str]:
     # dispatcher's start slots, which would keep clusters that could go from starting.
     off_the_start()
     next_ask = 0.0  # time.monotonic() of the next ask for a slot
-    while not (stop := requested_stop(runtime, run_id)):  # a look every `slot_poll` seconds at most
+    while not (stop := _slot_look(runtime, run_id, owner)):  # a look every `slot_poll` seconds at most
         if (left := next_ask - time.monotonic()) > 0:
             time.sleep(min(runtime.slot_poll, left))
             continue
@@ -269,11 +273,30 @@ def cluster_slot(runtime: Runtime, run_id: int) -> Iterator[str]:
                         "the setting)"
                     ) from exc
                 raise
-            if not (stop := requested_stop(runtime, run_id)):
+            if not (stop := _slot_look(runtime, run_id, owner)):
                 yield ""
                 return
-        break  # asked while the slot was being granted: given back above, before anything is done
+        break  # asked (or taken over) while the slot was being granted: given back above, before anything
     yield stop
+
+
+def _slot_look(runtime: Runtime, run_id: int, owner: str) -> str:
+    """A waiting run's look (one read, repeated if the database server drops the connection):
+    `TAKEN_OVER` if another process holds its lease now, else its pending stop ("pause", "cancel") or
+    "". The lease first: a stop seen by a process that lost the run is the new owner's to honour."""
+    from inventory.db import retrying
+
+    query = select(UpgradeRun.lease_owner, UpgradeRun.requested_action).where(col(UpgradeRun.id) == run_id)
+    held_by, action = retrying(runtime.engine, lambda conn: conn.execute(query).one())
+    return TAKEN_OVER if held_by != owner else str(action)
+
+
+def _slot_wait_ended(runtime: Runtime, plan: UpdatePlan, run_id: int, stop: str) -> dict[str, Any]:
+    """The result of a run whose wait for a cluster slot ended with `stop` (no slot held, nothing done)."""
+    if stop == TAKEN_OVER:  # its new owner records and tells how it ends
+        get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
+        return _result(run_id, plan, TAKEN_OVER, {})
+    return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), {})
 
 
 def _limit_full(exc: BaseException | None) -> bool:

@@ -320,13 +320,23 @@ class _FullLimitNotAnError(logging.Filter):
     """Prefect's acquisition service logs every failed ask at ERROR ("Service ... failed to process
     item"), though the asker gets the error itself; with max_retries=0 a full limit is such a failure
     every `slot_poll` seconds of a wait that can last hours. Only that record is dropped: the failed
-    future is the record's last argument, and any other failure is still logged."""
+    future is the record's last argument, and any other failure is still logged. Never raises: a
+    filter that raises makes the logging call raise, inside Prefect's service loop, ending it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return not self._full_limit(record)
+        except Exception:  # an odd record: logged as it is
+            return True
+
+    @staticmethod
+    def _full_limit(record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         if not (
-            record.msg == "Service %r failed to process item %r"
+            isinstance(record.msg, str)
+            and record.msg == "Service %r failed to process item %r"
             and len(args) == 2
+            and isinstance(args[0], str)
             and args[0] == "ConcurrencySlotAcquisitionWithLeaseService"
             and isinstance(args[1], tuple)
             and args[1]
@@ -334,8 +344,8 @@ class _FullLimitNotAnError(logging.Filter):
             and future.done()
             and not future.cancelled()
         ):
-            return True
-        return not _limit_full(future.exception())
+            return False
+        return _limit_full(future.exception())
 
 
 def _quiet_full_limit() -> None:

@@ -125,3 +125,51 @@ def test_a_run_taken_over_as_its_slot_is_granted_gives_it_back_before_any_downlo
     assert _run(engine, run_id).state == RunState.running
     assert _steps(engine, run_id) == [] and _upgrades(lab, fresh_cluster) == [0, 0, 0]
     _wait_for(lambda: _active_slots(limit) == 0, "the limit's slot given back")
+
+
+def test_of_two_runs_waiting_on_a_limit_of_one_exactly_one_goes_when_the_slot_frees(
+    lab: Any,
+    fresh_cluster: str,
+    second_fresh_cluster: str,
+    third_fresh_cluster: str,
+    lab_runtime: Any,
+    one_slot: tuple[str, list[str]],
+) -> None:
+    """A holds the one slot; B and C wait (both held mid-upgrade too once they go). A ends: exactly one
+    of B and C goes, the other keeps asking and is refused while the first holds the slot, and is
+    then cancelled with nothing done. The limit's active slots follow the runs that hold one."""
+    engine, (limit, asked) = lab_runtime.engine, one_slot
+    a_id, a_host = _held_run(lab, engine, fresh_cluster)
+    b_id, b_host = _held_run(lab, engine, second_fresh_cluster)
+    c_id, c_host = _held_run(lab, engine, third_fresh_cluster)
+    results: dict[str, Any] = {}
+    with _cleared(lab, a_host) as started, _cleared(lab, b_host), _cleared(lab, c_host):
+        a = _flow(fresh_cluster, a_id, "run-a", started, results)
+        _wait_for(lambda: ("upgrade", "started") in _steps(engine, a_id), "A's first upgrade under way")
+        flows = {b_id: _flow(second_fresh_cluster, b_id, "run-b", started, results)}
+        flows[c_id] = _flow(third_fresh_cluster, c_id, "run-c", started, results)
+        _wait_for(lambda: "run-b" in asked and "run-c" in asked, "B and C asking for a slot")
+        assert _steps(engine, b_id) == [] and _steps(engine, c_id) == [] and _active_slots(limit) == 1
+
+        lab.fault(a_host, "clear")
+        _wait_for(lambda: not a.is_alive(), "A to finish", timeout=120)
+
+        def going() -> list[int]:
+            return [run for run in (b_id, c_id) if ("upgrade", "started") in _steps(engine, run)]
+
+        (first,) = _wait_for(going, "one of B and C under way", timeout=120)
+        other = c_id if first == b_id else b_id
+        name = "run-c" if other == c_id else "run-b"
+        refused = asked.count(name)
+        _wait_for(lambda: asked.count(name) >= refused + 2, "the other asking twice more", timeout=120)
+        assert going() == [first] and _steps(engine, other) == [] and _active_slots(limit) == 1
+
+        request_stop(other, "cancel", engine=engine, actor="sre", reason="one at a time")
+        _wait_for(lambda: not flows[other].is_alive(), "the other to end cancelled")
+        assert _run(engine, other).state == RunState.cancelled and _steps(engine, other) == []
+        assert _active_slots(limit) == 1
+
+        lab.fault(b_host if first == b_id else c_host, "clear")
+        _wait_for(lambda: not flows[first].is_alive(), "the first to finish", timeout=120)
+    assert _run(engine, a_id).state == RunState.succeeded and _run(engine, first).state == RunState.succeeded
+    _wait_for(lambda: _active_slots(limit) == 0, "the limit's slots back to 0")

@@ -173,3 +173,42 @@ def test_of_two_runs_waiting_on_a_limit_of_one_exactly_one_goes_when_the_slot_fr
         _wait_for(lambda: not flows[first].is_alive(), "the first to finish", timeout=120)
     assert _run(engine, a_id).state == RunState.succeeded and _run(engine, first).state == RunState.succeeded
     _wait_for(lambda: _active_slots(limit) == 0, "the limit's slots back to 0")
+
+
+def test_the_limit_deleted_while_runs_wait_fails_the_waiter_as_a_setup_error_and_spares_the_holder(
+    lab: Any,
+    fresh_cluster: str,
+    second_fresh_cluster: str,
+    lab_runtime: Any,
+    one_slot: tuple[str, list[str]],
+) -> None:
+    """`prefect gcl delete` of UPKEEP_CLUSTER_LIMIT while A holds its slot and B waits: B's next ask
+    finds no limit and fails before any node, said to be our setting (nothing done, no customer told);
+    A, mid-upgrade, finishes and succeeds although the slot it gives back belongs to no limit now."""
+    from prefect.client.orchestration import get_client
+
+    engine, (limit, asked) = lab_runtime.engine, one_slot
+    a_id, a_host = _held_run(lab, engine, fresh_cluster)
+    b_id = _planned(engine, second_fresh_cluster)
+    results: dict[str, Any] = {}
+    with _cleared(lab, a_host) as started:
+        a = _flow(fresh_cluster, a_id, "run-a", started, results)
+        _wait_for(lambda: ("upgrade", "started") in _steps(engine, a_id), "A's first upgrade under way")
+        b = _flow(second_fresh_cluster, b_id, "run-b", started, results)
+        _wait_for(lambda: asked.count("run-b") >= 2, "B refused once and asking again")
+
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(limit)
+        _wait_for(lambda: not b.is_alive(), "B to end once the limit is gone", timeout=120)
+        ended = _run(engine, b_id)
+        assert ended.state == RunState.failed, (ended.state, ended.reason)
+        assert (
+            "UPKEEP_CLUSTER_LIMIT" in ended.reason and "no Prefect global concurrency limit" in ended.reason
+        )
+        assert _steps(engine, b_id) == [] and _upgrades(lab, second_fresh_cluster) == [0, 0, 0]
+        assert a.is_alive()
+
+        lab.fault(a_host, "clear")
+        _wait_for(lambda: not a.is_alive(), "A to finish", timeout=120)
+    assert _run(engine, a_id).state == RunState.succeeded, _run(engine, a_id).reason
+    assert results["run-a"].is_completed(), results["run-a"]

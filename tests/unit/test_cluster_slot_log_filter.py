@@ -138,3 +138,28 @@ def test_installed_once_on_prefects_logger_and_quiet_only_for_a_full_limit(
     seen = [r for r in caplog.records if r.name == logger.name]
     assert len(seen) == 2
     assert seen[0].args[1][-1].exception().response.status_code == 500  # type: ignore[index]
+
+
+def test_no_cluster_limit_no_query_no_request_no_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet benchmark's path (UPKEEP_CLUSTER_LIMIT unset): the slot is "" at once, with no read
+    of the run (the engine is never touched), no ask to Prefect and no filter installed."""
+    from types import SimpleNamespace
+
+    import prefect.concurrency.sync
+    from prefect._internal.concurrency import logger
+
+    from flows.product_update import cluster_slot
+
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the engine was used: {name}")
+
+    def no_ask(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Prefect was asked for a slot")
+
+    monkeypatch.setattr(prefect.concurrency.sync, "concurrency", no_ask)
+    monkeypatch.setattr(logger, "filters", [])
+    runtime = SimpleNamespace(cluster_limit="", engine=Untouchable(), slot_poll=0.0)
+    with cluster_slot(runtime, 1, "owner") as stop:  # type: ignore[arg-type]
+        assert stop == ""
+    assert logger.filters == []

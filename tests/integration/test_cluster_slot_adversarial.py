@@ -17,16 +17,16 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
-from flows.product_update import product_update
 from inventory.alerts import Alert
 from inventory.db import session_scope
 from inventory.models import RunState, UpgradeRun
 from inventory.types import utcnow
 from tests.integration.test_cluster_slot_stop import (
     BEFORE_ASK,
-    TARGET,
     _active_slots,
+    _b_behind_a,
     _cleared,
+    _flow,
     _held_run,
     _planned,
     _run,
@@ -52,18 +52,6 @@ def _take_over(engine: Any, run_id: int) -> None:
         )
 
 
-def _flow(
-    cluster: str, run_id: int, name: str, started: list[threading.Thread], results: dict[str, Any]
-) -> threading.Thread:
-    def target() -> None:
-        results[name] = product_update(cluster=cluster, to_version=TARGET, run_id=run_id, return_state=True)
-
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    started.append(thread)
-    return thread
-
-
 def _alerts(engine: Any, run_id: int) -> list[str]:
     with session_scope(engine) as session:
         return [a.kind for a in session.exec(select(Alert).where(Alert.run_id == run_id))]
@@ -81,10 +69,9 @@ def test_a_run_taken_over_while_waiting_for_a_slot_leaves_a_cancel_to_its_new_ow
     b_id = _planned(engine, second_fresh_cluster)
     results: dict[str, Any] = {}
     with _cleared(lab, a_host) as started:
-        a = _flow(fresh_cluster, a_id, "run-a", started, results)
-        _wait_for(lambda: ("upgrade", "started") in _steps(engine, a_id), "A's first upgrade under way")
-        b = _flow(second_fresh_cluster, b_id, "run-b", started, results)
-        _wait_for(lambda: "run-b" in asked, "B asking for a slot")
+        a, b = _b_behind_a(
+            engine, asked, started, (fresh_cluster, a_id), (second_fresh_cluster, b_id), results
+        )
 
         _take_over(engine, b_id)
         request_stop(b_id, "cancel", engine=engine, actor="sre", reason="customer froze changes")
@@ -192,10 +179,9 @@ def test_the_limit_deleted_while_runs_wait_fails_the_waiter_as_a_setup_error_and
     b_id = _planned(engine, second_fresh_cluster)
     results: dict[str, Any] = {}
     with _cleared(lab, a_host) as started:
-        a = _flow(fresh_cluster, a_id, "run-a", started, results)
-        _wait_for(lambda: ("upgrade", "started") in _steps(engine, a_id), "A's first upgrade under way")
-        b = _flow(second_fresh_cluster, b_id, "run-b", started, results)
-        _wait_for(lambda: asked.count("run-b") >= 2, "B refused once and asking again")
+        a, b = _b_behind_a(
+            engine, asked, started, (fresh_cluster, a_id), (second_fresh_cluster, b_id), results, asks=2
+        )
 
         with get_client(sync_client=True) as client:
             client.delete_global_concurrency_limit_by_name(limit)

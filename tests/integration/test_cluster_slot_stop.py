@@ -75,16 +75,43 @@ def _upgrades(lab: Any, cluster: str) -> list[int]:
     return [len(lab.upgrade_log(node["hostname"])) for node in nodes_of(lab, cluster)]
 
 
-def _flow(cluster: str, run_id: int, name: str, started: list[threading.Thread]) -> threading.Thread:
-    """`product_update` resuming `run_id` in a thread named `name` (joined by `_cleared`)."""
-    thread = threading.Thread(
-        target=lambda: product_update(cluster=cluster, to_version=TARGET, run_id=run_id, return_state=True),
-        name=name,
-        daemon=True,
-    )
+def _flow(
+    cluster: str,
+    run_id: int,
+    name: str,
+    started: list[threading.Thread],
+    results: dict[str, Any] | None = None,
+) -> threading.Thread:
+    """`product_update` resuming `run_id` in a thread named `name` (joined by `_cleared`); its final
+    state in `results[name]`."""
+
+    def target() -> None:
+        state = product_update(cluster=cluster, to_version=TARGET, run_id=run_id, return_state=True)
+        if results is not None:
+            results[name] = state
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     started.append(thread)
     return thread
+
+
+def _b_behind_a(
+    engine: Any,
+    asked: list[str],
+    started: list[threading.Thread],
+    a: tuple[str, int],
+    b: tuple[str, int],
+    results: dict[str, Any] | None = None,
+    asks: int = 1,
+) -> tuple[threading.Thread, threading.Thread]:
+    """Run A (cluster, run id; its first upgrade held: `_held_run`) under way and holding the limit's
+    one slot, then run B waiting for it, refused `asks` times: their threads."""
+    first = _flow(*a, "run-a", started, results)
+    _wait_for(lambda: ("upgrade", "started") in _steps(engine, a[1]), "A's first upgrade under way")
+    second = _flow(*b, "run-b", started, results)
+    _wait_for(lambda: asked.count("run-b") >= asks, f"B asking for a slot {asks} time(s)")
+    return first, second
 
 
 @contextmanager
@@ -142,11 +169,8 @@ def test_a_cancel_ends_the_wait_for_a_cluster_slot_at_once(
     a_id, a_host = _held_run(lab, engine, fresh_cluster)
     b_id = _planned(engine, second_fresh_cluster)
     with _cleared(lab, a_host) as started:
-        a = _flow(fresh_cluster, a_id, "run-a", started)
-        _wait_for(lambda: ("upgrade", "started") in _steps(engine, a_id), "A's first upgrade under way")
+        a, b = _b_behind_a(engine, asked, started, (fresh_cluster, a_id), (second_fresh_cluster, b_id))
         assert _active_slots(limit) == 1
-        b = _flow(second_fresh_cluster, b_id, "run-b", started)
-        _wait_for(lambda: "run-b" in asked, "B asking for a slot")
 
         request_stop(b_id, "cancel", engine=engine, actor="sre", reason="customer froze changes")
         _wait_for(lambda: not b.is_alive(), "B to end while A still holds the slot", timeout=60)
@@ -188,10 +212,7 @@ def test_a_pause_ends_the_wait_for_a_cluster_slot_and_a_resume_waits_again(
     a_id, a_host = _held_run(lab, engine, fresh_cluster)
     b_id = _planned(engine, second_fresh_cluster)
     with _cleared(lab, a_host) as started:
-        a = _flow(fresh_cluster, a_id, "run-a", started)
-        _wait_for(lambda: ("upgrade", "started") in _steps(engine, a_id), "A's first upgrade under way")
-        b = _flow(second_fresh_cluster, b_id, "run-b", started)
-        _wait_for(lambda: "run-b" in asked, "B asking for a slot")
+        a, b = _b_behind_a(engine, asked, started, (fresh_cluster, a_id), (second_fresh_cluster, b_id))
         request_stop(b_id, "pause", engine=engine, actor="sre")
         _wait_for(lambda: not b.is_alive(), "B to end while A still holds the slot", timeout=60)
 

@@ -13,7 +13,7 @@ from flows import lease
 from flows.alerts import alert_sre as send_alert
 from flows.endings import mid_way, tell_ending, versions_at_stop
 from flows.plan import UpdatePlan
-from flows.records import node_done, nodes_touched, stop_requested, stopped_at
+from flows.records import node_done, nodes_touched, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.run_window import past_cutoff, window_at, window_now
 from flows.runtime import Runtime
@@ -203,10 +203,6 @@ def page_if_urgent(runtime: Runtime, run_id: int, headline: str, cause: str) -> 
     if urgent:
         page(runtime, key=f"run:{run_id}", headline=f"URGENT update {headline}", cause=cause.splitlines()[0],
              run_id=run_id, case_ref=case_ref)  # fmt: skip
-
-
-def requested_stop(runtime: Runtime, run_id: int) -> str:
-    return stop_requested(runtime.engine, run_id)
 
 
 def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:

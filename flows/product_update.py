@@ -40,12 +40,11 @@ from flows.outcomes import (
     finish,
     mark_started,
     refused,
-    requested_stop,
     window_closing,
 )
 from flows.outcomes import stop as outcomes_stop
 from flows.plan import PlannedNode, UpdatePlan, plan_update
-from flows.records import mark_unknown, node_done, nodes_touched, off_the_start, recorded
+from flows.records import mark_unknown, node_done, nodes_touched, off_the_start, recorded, stop_requested
 from flows.report import Progress, best_effort, one_line, summary_artifacts
 from flows.run_window import has_window, record_window, window_end
 from flows.runtime import Runtime, current
@@ -147,7 +146,7 @@ def product_update(
         return Failed(message=one_line(reason or str(exc)))
     if result["state"] == "succeeded":
         close_failure_case(runtime, run_id)  # a retried run that now succeeded: its failure's case
-    if result["state"] != "taken over":  # the process that took it over tells its own story
+    if result["state"] != TAKEN_OVER:  # the process that took it over tells its own story
         summary_artifacts(runtime, plan, run_id, result["state"])
     if result["state"] == "failed":
         return Failed(message=one_line(_failed_reason(runtime, run_id) or "failed"))
@@ -294,8 +293,7 @@ def _slot_look(runtime: Runtime, run_id: int, owner: str) -> str:
 def _slot_wait_ended(runtime: Runtime, plan: UpdatePlan, run_id: int, stop: str) -> dict[str, Any]:
     """The result of a run whose wait for a cluster slot ended with `stop` (no slot held, nothing done)."""
     if stop == TAKEN_OVER:  # its new owner records and tells how it ends
-        get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
-        return _result(run_id, plan, TAKEN_OVER, {})
+        return _left_to_its_new_owner(run_id, plan, {})
     return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), {})
 
 
@@ -399,8 +397,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
             return ended
         if gate == "stopped":  # woken for a stop after the run was taken over: its new owner's now
-            get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
-            return _result(run_id, plan, "taken over", outcomes)
+            return _left_to_its_new_owner(run_id, plan, outcomes)
         assert gate == "approved", gate
         # A staged copy changes nothing the customer runs: a distribute failure (a package that
         # arrives corrupted, a staging directory that is full) is still vendor-side and theirs to
@@ -422,11 +419,9 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                 outcomes[node.hostname] = "done before resume"
             else:
                 if not heartbeat.held():  # taken over while this process stood still: not ours now
-                    log.error("run %s: taken over by another process; leaving it to that one", run_id)
-                    return _result(run_id, plan, "taken over", outcomes)
-                stop = requested_stop(runtime, run_id)
-                if stop:
-                    return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
+                    return _left_to_its_new_owner(run_id, plan, outcomes)
+                if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
+                    return ended
                 if window_closing(runtime, run_id):
                     return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
                 upgrade = partial(upgrade_node, plan, run_id, runtime, conns, node, heartbeat.held)
@@ -450,7 +445,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             raise
         if not heartbeat.held():  # another process holds the run now: its record, notices, case
             log.error("run %s: taken over by another process; not recording this failure: %s", run_id, exc)
-            return _result(run_id, plan, "taken over", outcomes)
+            return _result(run_id, plan, TAKEN_OVER, outcomes)
         log.error("run %s failed: %s", run_id, exc)
         if not nodes_touched(runtime.engine, run_id):
             fail_before_nodes(runtime, plan, run_id, str(exc))  # vendor-side: the customer hears nothing
@@ -459,7 +454,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             finish(runtime, plan, run_id, RunState.failed, reason=str(exc), owner=heartbeat.owner)
         except lease.LeaseHeld as lost:
             log.error("run %s: %s; this process stops without recording (%s)", run_id, lost, exc)
-            return _result(run_id, plan, "taken over", outcomes)
+            return _result(run_id, plan, TAKEN_OVER, outcomes)
         alert_sre(runtime, run_id, str(exc))
         raise
     finally:
@@ -468,7 +463,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         finish(runtime, plan, run_id, RunState.succeeded, owner=heartbeat.owner)
     except lease.LeaseHeld as lost:
         log.error("run %s: %s; this process leaves the record to it", run_id, lost)
-        return _result(run_id, plan, "taken over", outcomes)
+        return _result(run_id, plan, TAKEN_OVER, outcomes)
     return _result(run_id, plan, "succeeded", outcomes)
 
 
@@ -478,11 +473,16 @@ def _stop_if_asked(
     """The run's result if an `upkeep pause|cancel` is pending (it ends here, as between nodes), else None.
     Asked, as before each node, whether the run is still ours: a process that stood still at its gate
     (for days) while the run was taken over must not end it under its new owner, who honours the stop."""
-    stop = requested_stop(runtime, run_id)
+    stop = stop_requested(runtime.engine, run_id)
     if stop and not heartbeat.held():
-        get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
-        return _result(run_id, plan, "taken over", outcomes)
+        return _left_to_its_new_owner(run_id, plan, outcomes)
     return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes) if stop else None
+
+
+def _left_to_its_new_owner(run_id: int, plan: UpdatePlan, outcomes: dict[str, str]) -> dict[str, Any]:
+    """The result of a run another process took over (its lease): that one records and tells its end."""
+    get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
+    return _result(run_id, plan, TAKEN_OVER, outcomes)
 
 
 def _after_tunnel_wait(
@@ -498,11 +498,9 @@ def _after_tunnel_wait(
     tunnels are open again). Asked to pause/cancel, or taken over, while it waited: that first, never
     a carry-over (a cancelled update must not be announced as rescheduled)."""
     if not heartbeat.held():
-        get_run_logger().error("run %s: taken over by another process; leaving it to that one", run_id)
-        return _result(run_id, plan, "taken over", outcomes)
-    stop = requested_stop(runtime, run_id)
-    if stop:
-        return _result(run_id, plan, outcomes_stop(runtime, plan, run_id, stop), outcomes)
+        return _left_to_its_new_owner(run_id, plan, outcomes)
+    if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
+        return ended
     if still is not None:
         moved = carry_over_tunnel_closed(runtime, plan, run_id, still.closed, during=during)
         return _result(run_id, plan, moved, outcomes)
@@ -617,7 +615,7 @@ def _wait_for_tunnels(
     looks = 0
     with recorded(runtime.engine, run_id, None, "tunnel-wait", waiting) as step:
         while still is not None and time.monotonic() < deadline:
-            if requested_stop(runtime, run_id):  # `upkeep pause|cancel`: honoured now, not after the wait
+            if stop_requested(runtime.engine, run_id):  # `upkeep pause|cancel`: now, not after the wait
                 break
             if window_closing(runtime, run_id):  # the window as the inventory says now: no node fits
                 break

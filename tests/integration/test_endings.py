@@ -142,15 +142,7 @@ def test_approved_and_refused_at_once_one_answer_counts_and_the_other_is_told(
     traceback), and the run's ending matches the recorded decision."""
     env, cluster = slow_cli_env, fresh_slow_cluster
     engine = cli_engine(env)
-    with session_scope(engine) as session:
-        run = schedule_update(
-            cluster, TARGET, now=utcnow(), source="customer", requested_by="t", session=session
-        )
-        run.needs_approval = True
-        session.flush()
-        run_id = run.id or 0
-    proc = _start(env, "resume", str(run_id))
-    _wait_for(lambda: _flow_run_paused(_run(engine, cluster).flow_run_id), "the approval pause")  # type: ignore[union-attr]
+    run_id, proc = _gated_run(env, engine, cluster)
 
     yes = _start(env, "approve", str(run_id), "--reason", "go")
     no = _start(env, "approve", str(run_id), "--refuse", "--reason", "stop")

@@ -159,6 +159,24 @@ def _ask(world: World, action: str, reason: str = "") -> None:
     world.nodes[0].before["upgrade"] = when_node_1_upgrades
 
 
+def _left_mid_upgrade_of_node_2(world: World) -> Any:
+    """A run paused after node 1, then as a kill -9 in the middle of node 2's upgrade leaves it: that
+    upgrade's step open (the node itself is the test's to set: finishing on its own, or not)."""
+    from inventory.models import Node, NodeStep, StepState
+
+    _ask(world, "pause")
+    assert world.update().is_completed()
+    run = world.run()
+    assert run.id is not None and run.state == RunState.paused and world.upgraded() == [1, 0, 0]
+    world.nodes[0].before.clear()
+    with session_scope(world.engine) as session:  # what the killed process left: node 2's upgrade open
+        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
+        session.add(
+            NodeStep(run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET)
+        )
+    return run
+
+
 def test_pause_is_honoured_after_the_node_in_progress_and_resume_finishes_the_rest(world: World) -> None:
     _ask(world, "pause")
 
@@ -184,18 +202,8 @@ def test_a_resume_while_the_stopped_process_s_node_restarts_waits_for_it_instead
     `upkeep resume` at once found it `starting` at pre-flight and failed the run - a failure notice to
     the customer and an SRE alert over an update that was going fine. A node this run began upgrading
     gets the health wait its own health step gives it (found by the adversarial pass on test_crash)."""
-    from inventory.models import Node, NodeStep, StepState
 
-    _ask(world, "pause")
-    assert world.update().is_completed()
-    run = world.run()
-    assert run.state == RunState.paused and world.upgraded() == [1, 0, 0]
-    world.nodes[0].before.clear()
-    with session_scope(world.engine) as session:  # what the killed process left: node 2's upgrade open
-        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
-        session.add(
-            NodeStep(run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET)
-        )
+    run = _left_mid_upgrade_of_node_2(world)
     restarting = world.nodes[1]
     restarting.version, restarting.healthy = TARGET, False  # upgraded by the orphaned command, starting
     answers: list[bool] = []
@@ -224,19 +232,9 @@ def test_a_pause_or_cancel_during_the_resume_s_settle_wait_ends_the_wait_and_is_
     up. An SRE's pause/cancel meanwhile was honoured only after the whole wait (600 s in production),
     and then the run failed "not healthy" - a failure notice and a page instead of the stop asked for.
     Now the wait asks between its answers: it ends, and the run ends paused/cancelled, no node touched."""
-    from inventory.models import Node, NodeStep, StepState
     from upkeep.updates import request_stop
 
-    _ask(world, "pause")
-    assert world.update().is_completed()
-    run = world.run()
-    assert run.id is not None and world.upgraded() == [1, 0, 0]
-    world.nodes[0].before.clear()
-    with session_scope(world.engine) as session:  # what the killed process left: node 2's upgrade open
-        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
-        session.add(
-            NodeStep(run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET)
-        )
+    run = _left_mid_upgrade_of_node_2(world)
     answers: list[bool] = []
 
     def never_up_and_stopped_at_the_second_answer(node: FakeNode) -> None:
@@ -276,18 +274,8 @@ def test_the_database_away_for_a_moment_during_the_resume_s_settle_wait_does_not
     from sqlalchemy.exc import OperationalError
 
     from flows import steps
-    from inventory.models import Node, NodeStep, StepState
 
-    _ask(world, "pause")
-    assert world.update().is_completed()
-    run = world.run()
-    assert run.id is not None
-    world.nodes[0].before.clear()
-    with session_scope(world.engine) as session:  # what the killed process left: node 2's upgrade open
-        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
-        session.add(
-            NodeStep(run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET)
-        )
+    run = _left_mid_upgrade_of_node_2(world)
     restarting = world.nodes[1]
     restarting.version, restarting.healthy = TARGET, False
     answers: list[bool] = []

@@ -5,15 +5,11 @@ start it: only a version that knows the kind knows its notice terms."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
-from flows import runtime as flow_runtime
 from flows.dispatch import dispatch
 from inventory.db import session_scope
 from inventory.models import RunState
@@ -26,13 +22,8 @@ pytestmark = [pytest.mark.prefect]
 
 
 @pytest.fixture
-def world(sqlite_engine: Engine, tmp_path: Path, prefect_harness: None) -> Iterator[World]:
-    made = World(sqlite_engine, tmp_path)
-    flow_runtime.configure(made.runtime)
-    try:
-        yield made
-    finally:
-        flow_runtime.configure(None)
+def world(prefect_world: World) -> World:
+    return prefect_world
 
 
 def test_a_due_run_of_an_unknown_kind_neither_fails_the_tick_nor_starts(world: World) -> None:

@@ -267,6 +267,21 @@ def lab_runtime(lab: Any, lab_settings: Any, sqlite_engine: Any, prefect_harness
 
 
 @pytest.fixture
+def prefect_world(sqlite_engine: Engine, tmp_path: Path, prefect_harness: None) -> Iterator[Any]:
+    """tests/support/update_world.py's World (fake nodes, file server, mail and clock) under the real
+    Prefect engine and server: what Prefect records of a flow's runs, with no lab to start."""
+    from flows import runtime as flow_runtime
+    from tests.support.update_world import World
+
+    made = World(sqlite_engine, tmp_path)
+    flow_runtime.configure(made.runtime)
+    try:
+        yield made
+    finally:
+        flow_runtime.configure(None)
+
+
+@pytest.fixture
 def lab_runtime_any_db(lab: Any, lab_settings: Any, engine: Any, prefect_harness: None) -> Iterator[Any]:
     """The same on every supported database (SQLite and PostgreSQL)."""
     yield from runtime_for(lab, lab_settings, engine)

@@ -16,9 +16,9 @@ from flows.product_update import product_update
 from flows.runtime import Runtime
 from inventory.db import session_scope
 from inventory.importer import import_inventory
-from inventory.models import Cluster, UpgradeRun
+from inventory.models import Cluster, Node, NodeStep, RunState, StepState, UpgradeRun
 from inventory.outbox import Notice
-from tests.support.fakes import FakeClock, FakeFileServer, FakeFleet, FakeMailTransport
+from tests.support.fakes import FakeClock, FakeFileServer, FakeFleet, FakeMailTransport, FakeNode
 
 FROM, TARGET = "9.9.0", "9.10.0"
 CLUSTER = "fake-c1"
@@ -95,3 +95,31 @@ class World:
 
     def upgraded(self) -> list[int]:
         return [len(node.upgrades) for node in self.nodes]
+
+    def ask_at_node_1(self, action: str, reason: str = "") -> None:
+        """`upkeep pause|cancel` (`action`) while node 1 upgrades: honoured before node 2."""
+        from upkeep.updates import request_stop
+
+        def when_node_1_upgrades(_node: FakeNode) -> None:
+            run = self.run()
+            assert run.id is not None
+            request_stop(run.id, action, engine=self.engine, actor="sre", reason=reason)
+
+        self.nodes[0].before["upgrade"] = when_node_1_upgrades
+
+    def left_mid_upgrade_of_node_2(self) -> UpgradeRun:
+        """A run paused after node 1, then as a kill -9 in the middle of node 2's upgrade leaves it: that
+        upgrade's step open (the node itself is the test's to set: finishing on its own, or not)."""
+        self.ask_at_node_1("pause")
+        assert self.update().is_completed()
+        run = self.run()
+        assert run.id is not None and run.state == RunState.paused and self.upgraded() == [1, 0, 0]
+        self.nodes[0].before.clear()
+        with session_scope(self.engine) as session:  # what the killed process left: node 2's upgrade open
+            node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
+            session.add(
+                NodeStep(
+                    run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET
+                )
+            )
+        return run

@@ -148,37 +148,8 @@ def test_a_failure_on_the_second_node_stops_the_run_there(world: World, fault: A
     assert world.notices(run.id) == ["started", "failed"]
 
 
-def _ask(world: World, action: str, reason: str = "") -> None:
-    from upkeep.updates import request_stop
-
-    def when_node_1_upgrades(_node: FakeNode) -> None:
-        run = world.run()
-        assert run.id is not None
-        request_stop(run.id, action, engine=world.engine, actor="sre", reason=reason)
-
-    world.nodes[0].before["upgrade"] = when_node_1_upgrades
-
-
-def _left_mid_upgrade_of_node_2(world: World) -> Any:
-    """A run paused after node 1, then as a kill -9 in the middle of node 2's upgrade leaves it: that
-    upgrade's step open (the node itself is the test's to set: finishing on its own, or not)."""
-    from inventory.models import Node, NodeStep, StepState
-
-    _ask(world, "pause")
-    assert world.update().is_completed()
-    run = world.run()
-    assert run.id is not None and run.state == RunState.paused and world.upgraded() == [1, 0, 0]
-    world.nodes[0].before.clear()
-    with session_scope(world.engine) as session:  # what the killed process left: node 2's upgrade open
-        node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
-        session.add(
-            NodeStep(run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET)
-        )
-    return run
-
-
 def test_pause_is_honoured_after_the_node_in_progress_and_resume_finishes_the_rest(world: World) -> None:
-    _ask(world, "pause")
+    world.ask_at_node_1("pause")
 
     state = world.update()
 
@@ -203,7 +174,7 @@ def test_a_resume_while_the_stopped_process_s_node_restarts_waits_for_it_instead
     the customer and an SRE alert over an update that was going fine. A node this run began upgrading
     gets the health wait its own health step gives it (found by the adversarial pass on test_crash)."""
 
-    run = _left_mid_upgrade_of_node_2(world)
+    run = world.left_mid_upgrade_of_node_2()
     restarting = world.nodes[1]
     restarting.version, restarting.healthy = TARGET, False  # upgraded by the orphaned command, starting
     answers: list[bool] = []
@@ -234,7 +205,7 @@ def test_a_pause_or_cancel_during_the_resume_s_settle_wait_ends_the_wait_and_is_
     Now the wait asks between its answers: it ends, and the run ends paused/cancelled, no node touched."""
     from upkeep.updates import request_stop
 
-    run = _left_mid_upgrade_of_node_2(world)
+    run = world.left_mid_upgrade_of_node_2()
     answers: list[bool] = []
 
     def never_up_and_stopped_at_the_second_answer(node: FakeNode) -> None:
@@ -275,7 +246,7 @@ def test_the_database_away_for_a_moment_during_the_resume_s_settle_wait_does_not
 
     from flows import steps
 
-    run = _left_mid_upgrade_of_node_2(world)
+    run = world.left_mid_upgrade_of_node_2()
     restarting = world.nodes[1]
     restarting.version, restarting.healthy = TARGET, False
     answers: list[bool] = []
@@ -562,7 +533,7 @@ def test_a_node_the_run_never_touched_that_is_not_healthy_still_fails_the_resume
 ) -> None:
     """The wait is for the node the stopped process was upgrading, not for any unhealthy node: node 3,
     untouched, unhealthy, fails the resumed run's pre-flight at its first answer."""
-    _ask(world, "pause")
+    world.ask_at_node_1("pause")
     assert world.update().is_completed()
     run = world.run()
     world.nodes[0].before.clear()
@@ -595,7 +566,7 @@ def test_the_resume_s_wait_is_for_this_run_s_unverified_upgrade_only(world: Worl
         older.state, older.active_cluster_id = RunState.failed, None
         node_3 = session.exec(select(Node.id).where(Node.hostname == HOSTS[2])).one()
         session.add(NodeStep(run_id=older.id, node_id=node_3, step="upgrade", state=StepState.failed))
-    _ask(world, "pause")
+    world.ask_at_node_1("pause")
     assert world.update().is_completed()
     run = world.run()
     assert run.state == RunState.paused and run.id != older.id and world.upgraded() == [1, 0, 0]
@@ -628,10 +599,10 @@ def test_a_resumed_run_s_pre_flight_that_finds_a_support_tunnel_closed_does_not_
     from dataclasses import replace
 
     from flows.plan import TunnelServer, plan_update
-    from flows.steps import NodeConnections, TunnelDown, preflight
+    from flows.steps import NodeConnections, TunnelDown, preflight_step
     from tasks.ssh import TunnelClosed
 
-    _ask(world, "pause")
+    world.ask_at_node_1("pause")
     assert world.update().is_completed()
     run = world.run()
     assert run.state == RunState.paused and world.upgraded() == [1, 0, 0]
@@ -649,7 +620,7 @@ def test_a_resumed_run_s_pre_flight_that_finds_a_support_tunnel_closed_does_not_
     )
     try:
         with pytest.raises(TunnelDown) as raised:
-            preflight.fn(behind_tunnels, run.id, world.runtime, conns, 1)
+            preflight_step.fn(behind_tunnels, run.id, world.runtime, conns, 1)
     finally:
         conns.close()
 
@@ -668,7 +639,7 @@ def test_the_dispatcher_s_reminder_pre_flight_does_not_wait_for_a_node_left_mid_
     from flows.dispatch import _preflight_summary
     from inventory.models import Node, NodeStep, StepState
 
-    _ask(world, "pause")
+    world.ask_at_node_1("pause")
     assert world.update().is_completed()
     run = world.run()
     world.nodes[0].before.clear()
@@ -695,7 +666,7 @@ def test_the_dispatcher_s_reminder_pre_flight_does_not_wait_for_a_node_left_mid_
 
 
 def test_cancel_is_honoured_after_the_node_in_progress_and_the_customer_told(world: World) -> None:
-    _ask(world, "cancel", reason="customer asked")
+    world.ask_at_node_1("cancel", reason="customer asked")
 
     state = world.update()
 
@@ -716,7 +687,7 @@ def test_a_paused_run_cancelled_ends_there_and_the_customer_is_told_which_node_r
     from upkeep.console import CliError
     from upkeep.updates import request_stop
 
-    _ask(world, "pause")
+    world.ask_at_node_1("pause")
     world.update()
     run = world.run()
     assert run.id is not None and run.state == RunState.paused

@@ -46,7 +46,7 @@ from flows.report import held_summaries
 from flows.run_notices import Reminder, VendorTerms, queue_reminders, update_ref
 from flows.runtime import Runtime, current
 from flows.schedule import ScheduleRefused, reslot_update
-from flows.steps import NodeConnections, TunnelDown, preflight
+from flows.steps import NodeConnections, TunnelDown, preflight_step
 from inventory import repo
 from inventory.db import session_scope
 from inventory.models import AccessKind, Cluster, RunKind, RunState, UpgradeRun
@@ -600,7 +600,7 @@ def _preflight_summary(runtime: Runtime, run: PlannedRun) -> str:
         plan = plan_update(cluster.name, run.to_version, session=session)
     conns = NodeConnections(runtime, plan)
     try:
-        preflight.fn(plan, run.id, runtime, conns, runtime.fileserver.size(plan.package), settle=False)
+        preflight_step.fn(plan, run.id, runtime, conns, runtime.fileserver.size(plan.package), settle=False)
     except TunnelDown as exc:
         if exc.problems:
             return f"FAILED: {exc}"

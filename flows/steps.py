@@ -18,6 +18,7 @@ from threading import Lock
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext
+from prefect.states import Cancelled, State
 
 from flows.plan import PlannedNode, UpdatePlan
 from flows.records import nodes_touched, nodes_upgrading, recorded, stop_requested
@@ -149,8 +150,19 @@ def _only_one_at_a_time(dest: Path) -> Iterator[None]:
         yield
 
 
-@task(name="pre-flight", cache_policy=NO_CACHE)
 def preflight(
+    plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, package_size: int
+) -> None:
+    """The pre-flight step (`preflight_step`, a task run of the update's flow run); `StopRequested`
+    when a pause/cancel ended its settle wait. That task run ends Cancelled ("Stopped", the stop in its
+    message), not Failed: the run ends paused or cancelled, as asked, and the Prefect UI showed a red
+    pre-flight in it, which an on-call engineer reads as a failure."""
+    if isinstance(stopped := preflight_step(plan, run_id, runtime, conns, package_size), State):
+        raise StopRequested(stopped.message or "pre-flight's wait ended by a pause/cancel")
+
+
+@task(name="pre-flight", cache_policy=NO_CACHE)
+def preflight_step(
     plan: UpdatePlan,
     run_id: int,
     runtime: Runtime,
@@ -158,7 +170,7 @@ def preflight(
     package_size: int,
     *,
     settle: bool = True,
-) -> None:
+) -> State | None:
     """Every node reachable, healthy, at a version this run expects, with disk for the package.
 
     On a resume, a node this run began upgrading and never verified (the stopped process's: killed,
@@ -217,9 +229,13 @@ def preflight(
 
     problems = _each_node(plan, check)
     if stopped:  # the SRE's stop first: a node cut short mid-wait is not "not healthy", nor the run failed
-        raise StopRequested(f"pre-flight's wait for {', '.join(sorted(stopped))} ended by a pause/cancel")
+        # Returned, not raised: the task run's state, which the Prefect UI shows (`preflight` raises).
+        return Cancelled(
+            name="Stopped",
+            message=f"pre-flight's wait for {', '.join(sorted(stopped))} ended by a pause/cancel",
+        )
     if not closed and not problems:
-        return
+        return None
     where = (  # asked only on the way out: every pre-flight that passes, the reminders' too, skips it
         "resumed run's pre-flight failed, no further node touched"
         if nodes_touched(runtime.engine, run_id)

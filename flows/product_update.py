@@ -7,7 +7,10 @@ Every step is a named task; every remote action is recorded in the database befo
 crashed run resumes (`run_id=`) where it stopped without upgrading any node twice. `upkeep pause` and
 `upkeep cancel` are honoured between nodes (the node in progress always finishes), and at once while the
 run waits before its first node: for a slot of the fleet's cluster limit, at the approval gate, for a
-support tunnel, or for a node to settle.
+support tunnel, or for a node to settle. A run with a window whose wait for a cluster slot, for its
+approval or in its pre-flight ended past the window's cutoff (no room left for a node) carries over to
+the next window before it contacts a node again (after a slot: no download, no pre-flight; after the
+gate: no copy); the customer hears nothing was changed, and an approval given stands there.
 """
 
 from __future__ import annotations
@@ -131,7 +134,8 @@ def product_update(
                     result = (
                         _slot_wait_ended(runtime, plan, run_id, stop)
                         if stop  # paused/cancelled/taken over while it waited: no slot, nothing done
-                        else _carry_out(runtime, plan, run_id, heartbeat)
+                        else _window_gone_while_slot_waited(runtime, plan, run_id)
+                        or _carry_out(runtime, plan, run_id, heartbeat)
                     )
             except ClusterLimitMissing as missing:  # our setting, before any node: a vendor-side failure
                 if heartbeat.held():
@@ -279,6 +283,46 @@ def cluster_slot(runtime: Runtime, run_id: int, owner: str) -> Iterator[str]:
     yield stop
 
 
+NOTHING_CHANGED = (
+    "the update could not begin in time to finish within your maintenance window. Nothing was changed on "
+    "your cluster; it starts in the next window instead"
+)
+
+
+def _no_room_left(
+    runtime: Runtime, plan: UpdatePlan, run_id: int, waited: str, outcomes: dict[str, str]
+) -> dict[str, Any] | None:
+    """After a wait before any node is touched (a cluster slot, the approval gate): the run's result if
+    its window has no room left for a node now (carried over, the customer told nothing was changed),
+    else None. `waited`: what the run waited for, `{now}` the time the wait ended. A run without a
+    window (an SRE's `upkeep update`, an overridden window) never stops here (`window_closing`)."""
+    if not window_closing(runtime, run_id):
+        return None
+    now = f"{runtime.clock():%Y-%m-%d %H:%M} UTC"
+    why = (
+        f"{waited.format(now=now)}, after the window had no room left for a node; nothing changed on any node"
+    )
+    moved = carry_over(runtime, plan, run_id, why=why, customer_reason=NOTHING_CHANGED)
+    return _result(run_id, plan, moved, outcomes)
+
+
+def _approval_pending(runtime: Runtime, run_id: int) -> bool:
+    """Whether the approval gate will ask (the run needs an approval not given yet)."""
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session)
+        return bool(run.needs_approval and not run.approved_by)
+
+
+def _window_gone_while_slot_waited(runtime: Runtime, plan: UpdatePlan, run_id: int) -> dict[str, Any] | None:
+    """Once a slot of the fleet's cluster limit is granted (the wait can last hours): the run's result
+    if its window has no room left now (the slot is given back as the result leaves `cluster_slot`),
+    before the download, pre-flight and copy reach the customer's nodes; else None."""
+    if not runtime.cluster_limit:  # no limit, no wait
+        return None
+    waited = f"waited for a slot of the cluster limit {runtime.cluster_limit!r} until {{now}}"
+    return _no_room_left(runtime, plan, run_id, waited, {})
+
+
 def _slot_look(runtime: Runtime, run_id: int, owner: str) -> str:
     """A waiting run's look (one read, repeated if the database server drops the connection):
     `TAKEN_OVER` if another process holds its lease now, else its pending stop ("pause", "cancel") or
@@ -387,6 +431,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         # (which would wait for an answer) and before the package is copied.
         if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
             return ended
+        asked = _approval_pending(runtime, run_id)
         gate = wait_for_approval(runtime, run_id, plan, held=heartbeat.held)
         if gate == "refused":
             refused(
@@ -399,6 +444,13 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         if gate == "stopped":  # woken for a stop after the run was taken over: its new owner's now
             return _left_to_its_new_owner(run_id, plan, outcomes)
         assert gate == "approved", gate
+        if not heartbeat.held():  # taken over while the gate waited: its new owner judges the window
+            return _left_to_its_new_owner(run_id, plan, outcomes)
+        # An approval can come days after the gate opened (and a pre-flight can wait for nodes to settle):
+        # past the window's cutoff, nothing is copied.
+        waited = "approved at {now}" if asked else "pre-flight done at {now}"
+        if (ended := _no_room_left(runtime, plan, run_id, waited, outcomes)) is not None:
+            return ended
         # A staged copy changes nothing the customer runs: a distribute failure (a package that
         # arrives corrupted, a staging directory that is full) is still vendor-side and theirs to
         # hear nothing about. Once every node holds the package, the first upgrade is next.

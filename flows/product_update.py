@@ -137,9 +137,9 @@ def product_update(
                         else _window_gone_while_slot_waited(runtime, plan, run_id)
                         or _carry_out(runtime, plan, run_id, heartbeat)
                     )
-            except ClusterLimitMissing as missing:  # our setting, before any node: a vendor-side failure
+            except ClusterLimitUnusable as unusable:  # our setting, before any node: a vendor-side failure
                 if heartbeat.held():
-                    fail_before_nodes(runtime, plan, run_id, str(missing))
+                    fail_before_nodes(runtime, plan, run_id, str(unusable))
                 raise
     except Exception as exc:
         reason = _failed_reason(runtime, run_id)
@@ -196,24 +196,36 @@ def update_tags(customer: str, cluster: str, run: UpgradeRun) -> list[str]:
     return tags
 
 
-class ClusterLimitMissing(Exception):
-    """UPKEEP_CLUSTER_LIMIT names no Prefect global concurrency limit: a setup error, ours."""
+class ClusterLimitUnusable(Exception):
+    """UPKEEP_CLUSTER_LIMIT names no Prefect global concurrency limit, or one no run can ever take a slot
+    of (its limit 0): a setup error, ours. (A disabled limit is not enforced: Prefect grants every ask.)"""
 
 
-def _limit_missing(name: str) -> bool:
-    """Whether the Prefect API says there is no global concurrency limit `name` (False when it cannot
-    be asked: an API away is not a setup error, and the run is left to resume as before)."""
+def _limit_unusable(name: str) -> str:
+    """Why the Prefect global concurrency limit `name` can never grant a slot, as the one line the run
+    fails with: there is none of that name, or its limit is 0 (Prefect answers every ask 422); "" when
+    it looks usable or cannot be asked (an API away is not a setup error, and the run is left to resume
+    as before)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    setting = f"UPKEEP_CLUSTER_LIMIT {name!r}"
     try:
         with get_client(sync_client=True) as client:
-            client.read_global_concurrency_limit_by_name(name)
+            limit = client.read_global_concurrency_limit_by_name(name)
     except ObjectNotFound:
-        return True
+        return (
+            f"{setting}: no Prefect global concurrency limit has that name (create it with `prefect gcl "
+            "create NAME --limit N`, or unset the setting)"
+        )
     except Exception:
-        return False
-    return False
+        return ""
+    if limit.limit < 1:
+        return (
+            f"{setting}: the Prefect limit allows {limit.limit} clusters at once; set it to at least 1 with "
+            f"`prefect gcl update {name} --limit N`, or unset the setting"
+        )
+    return ""
 
 
 TAKEN_OVER = "taken over"
@@ -268,13 +280,9 @@ def cluster_slot(runtime: Runtime, run_id: int, owner: str) -> Iterator[str]:
                     continue
                 # Without this the run was left running with its lease given back: an orphan the next
                 # tick took over and failed the same way, every tick, our record saying nothing
-                # (adversarial pass adv21).
-                if _limit_missing(runtime.cluster_limit):
-                    raise ClusterLimitMissing(
-                        f"UPKEEP_CLUSTER_LIMIT {runtime.cluster_limit!r}: no Prefect global concurrency "
-                        "limit has that name (create it with `prefect gcl create NAME --limit N`, or unset "
-                        "the setting)"
-                    ) from exc
+                # (adversarial pass adv21; a limit of 0, which Prefect answers 422, alike).
+                if why := _limit_unusable(runtime.cluster_limit):
+                    raise ClusterLimitUnusable(why) from exc
                 raise
             if not (stop := _slot_look(runtime, run_id, owner)):
                 yield ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from sqlalchemy import update
@@ -198,3 +199,44 @@ def test_the_limit_deleted_while_runs_wait_fails_the_waiter_as_a_setup_error_and
         _wait_for(lambda: not a.is_alive(), "A to finish", timeout=120)
     assert _run(engine, a_id).state == RunState.succeeded, _run(engine, a_id).reason
     assert results["run-a"].is_completed(), results["run-a"]
+
+
+def test_a_cluster_limit_of_zero_fails_the_run_once_as_a_setup_error(
+    lab: Any, fresh_cluster: str, lab_runtime: Any
+) -> None:
+    """UPKEEP_CLUSTER_LIMIT names a Prefect limit set to 0: Prefect answers every ask 422 ("Slots
+    requested is greater than the limit"). Before, the flow failed with that generic error, the run left
+    `running` with its lease given back: the next tick took it over and failed it the same way, every
+    tick, our record saying nothing. Now the run fails before any node with one line naming the setting,
+    the limit and the fix; the customer hears nothing, the SRE is alerted, and the next tick has nothing
+    to take over. (A disabled limit is not this: Prefect does not enforce it, and the run goes.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.dispatch import dispatch
+    from inventory.outbox import Notice
+
+    engine, limit = lab_runtime.engine, f"clusters-{uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=0))
+    lab_runtime.cluster_limit = limit
+    run_id = _planned(engine, fresh_cluster)
+
+    assert dispatch(max_running=1)["started"] == [run_id]
+
+    ended = _run(engine, run_id)
+    assert ended.state == RunState.failed, (ended.state, ended.reason)
+    said = (
+        f"UPKEEP_CLUSTER_LIMIT {limit!r}: the Prefect limit allows 0 clusters at once; set it to at least 1 "
+        f"with `prefect gcl update {limit} --limit N`, or unset the setting"
+    )
+    assert ended.reason.startswith(said) and "\n" not in ended.reason, ended.reason
+    assert ended.lease_owner is None
+    assert _steps(engine, run_id) == [] and _upgrades(lab, fresh_cluster) == [0, 0, 0]
+    assert _alerts(engine, run_id) == ["vendor-side"]
+    with session_scope(engine) as session:
+        notices = session.exec(select(Notice).where(Notice.update_ref == f"update-{run_id}")).all()
+        assert [n.kind for n in notices if lab_runtime.sre_email not in n.recipients] == []
+
+    assert dispatch(max_running=1)["started"] == []  # nothing to take over, tick after tick
+    assert _run(engine, run_id).state == RunState.failed

@@ -176,7 +176,10 @@ class UpgradeRun(SQLModel, table=True):
         default=RequestedAction.none, sa_type=EnumText(RequestedAction, 16)
     )
     needs_approval: bool = False
-    approved_by: str = Field(default="", max_length=128)
+    # Who answered the approval gate, as given: free text typed in the Prefect UI's resume form, or the
+    # user name `upkeep approve` runs as. No length limit (migration 0012), as `reason` has none: the
+    # answer is recorded after Prefect took it, when refusing it is no longer possible.
+    approved_by: str = Field(default="")
     flow_run_id: str | None = Field(default=None, max_length=64)
     # Who is carrying out a `running` run, and until when without a renewal (flows/lease.py): a run
     # whose lease ran out was orphaned by a crash and the dispatcher takes it over.
@@ -214,7 +217,7 @@ class NodeStep(SQLModel, table=True):
 class AuditEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = created_field()
-    actor: str = Field(max_length=128)
+    actor: str = Field()  # as `approved_by`: an approver named in the Prefect UI is one (migration 0012)
     action: str = Field(max_length=64, index=True)
     subject: str = Field(max_length=255)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -208,3 +208,61 @@ def test_each_revision_goes_down_one_and_up_again_keeping_every_row(engine: Engi
     assert set(_schema(engine)) <= {"alembic_version"}
     migrate(engine)
     assert _schema(engine) == at_head
+
+
+def _same_type(engine: Engine, declared: str, found: str) -> bool:
+    """The model's column type and the migrated database's are the same type. SQLite: apart from a
+    VARCHAR's length, which it never enforces (migrations leave it as first declared there: an enum's
+    new member, 0012's widened names). PostgreSQL: FLOAT is its DOUBLE PRECISION."""
+    if engine.dialect.name == "sqlite":
+        return declared.split("(")[0] == found.split("(")[0]
+    synonyms = {"FLOAT": "DOUBLE PRECISION"}
+    return synonyms.get(declared, declared) == synonyms.get(found, found)
+
+
+def test_the_models_and_the_migrations_agree_on_every_column(engine: Engine) -> None:
+    """A column changed in inventory/models.py needs its migration (and the other way round): every
+    model column exists in the migrated database with the type and nullability the model declares."""
+    from inventory.schema import metadata
+
+    found = inspect(engine)
+    differences = []
+    for table in metadata.sorted_tables:
+        columns = {c["name"]: c for c in found.get_columns(table.name)}
+        for column in table.columns:
+            declared = column.type.compile(dialect=engine.dialect)
+            got = columns.get(column.name)
+            if got is None:
+                differences.append(f"{table.name}.{column.name}: not in the migrated database")
+                continue
+            migrated = got["type"].compile(dialect=engine.dialect)
+            if not _same_type(engine, declared, migrated) or got["nullable"] != column.nullable:
+                differences.append(
+                    f"{table.name}.{column.name}: model {declared} nullable={column.nullable}, "
+                    f"migrations {migrated} nullable={got['nullable']}"
+                )
+    assert differences == []
+
+
+def test_a_downgrade_below_0012_keeps_an_approver_longer_than_the_old_limit_or_is_refused(
+    engine: Engine,
+) -> None:
+    """0012 lifted the 128-character limit on who approved a run (and an audit event's actor). Going
+    back below it must not cut a name: on PostgreSQL it is refused, nothing changed; SQLite, which never
+    enforced the limit, keeps the name as it is."""
+    long = "Ada Lovelace, Change Advisory Board " * 6
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO auditevent (at, actor, action, subject, detail) VALUES (:at, :a, 'x', 'y', '{}')"
+            ),
+            {"at": "2026-12-06 02:40:00+00:00", "a": long},
+        )
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(RuntimeError, match=r"auditevent\.actor are longer than 128"):
+            _alembic(engine, "downgrade", "0011")
+        assert current_revisions(engine) == {HEAD_REVISION}
+    else:
+        _alembic(engine, "downgrade", "0011")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT actor FROM auditevent")).scalar_one() == long

@@ -93,3 +93,47 @@ UpdateIdArg = Annotated[
         help="The update: 42 or update-42 (see `upkeep runs`).", parser=parse_update_id, metavar="UPDATE"
     ),
 ]
+
+
+# Where `getpass.getuser()` looks for the user's name, in its order, before the password database.
+_USER_VARIABLES = ("LOGNAME", "USER", "LNAME", "USERNAME")
+
+
+def operator_name() -> str:
+    """Who runs this command, as `getpass.getuser()` finds it (the first of $LOGNAME, $USER, $LNAME,
+    $USERNAME that is set, else this uid's entry in the password database), for a record that names the
+    operator: who approved, refused, paused or cancelled a run. A name that would record nobody (blank)
+    or that carries a control character (a newline, a terminal escape) is refused with one line naming
+    it and where it came from, before anything is written."""
+    import os
+
+    for variable in _USER_VARIABLES:
+        name = os.environ.get(variable)
+        if name:
+            return _checked_name(name, f"${variable}")
+    import pwd
+
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise CliError(
+            f"no user name to record: none of ${', $'.join(_USER_VARIABLES)} is set and uid {uid} has no "
+            "entry in the password database; set $USER to your name; nothing was changed"
+        ) from None
+    return _checked_name(name, f"the password database (uid {uid})")
+
+
+def _checked_name(name: str, source: str) -> str:
+    import unicodedata
+
+    if not name.strip():
+        problem = "is blank"
+    elif any(unicodedata.category(char) == "Cc" for char in name):
+        problem = "holds a control character"
+    else:
+        return name
+    raise CliError(
+        f"the user name {name!r} from {source} {problem}: it would be recorded as who did this; "
+        "set it to your name; nothing was changed"
+    )

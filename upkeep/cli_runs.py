@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from upkeep.cli_common import JsonOpt, UpdateIdArg
+from upkeep.cli_common import JsonOpt, UpdateIdArg, operator_name
 from upkeep.cli_common import open_engine as _engine
 from upkeep.console import CliError, console, print_json
 
@@ -180,11 +180,9 @@ def _answer(run_id: int, action: str, message: str, as_json: bool) -> None:
 @app.command()
 def pause(run: RunArg, json: JsonOpt = False) -> None:
     """Stop a run cleanly after the node in progress; `upkeep resume` continues it."""
-    import getpass
-
     from upkeep.updates import request_stop
 
-    _answer(run, "pause", request_stop(run, "pause", engine=_engine(), actor=getpass.getuser()), json)
+    _answer(run, "pause", request_stop(run, "pause", engine=_engine(), actor=operator_name()), json)
 
 
 @app.command()
@@ -198,16 +196,15 @@ def cancel(
     """Cancel an update, with a reason: a scheduled one is withdrawn from the customer's calendar (as
     `cancel-update` does), a running one stops after the node in progress (at once while it waits for
     a cluster slot or at its approval gate), a paused one at once."""
-    import getpass
-
     from upkeep.updates import request_stop, scheduled
 
+    actor = operator_name()  # a bad name refused before anything is written, on either path
     if scheduled(run, engine=_engine()):
         from upkeep.cli_schedule import cancel_update
 
         cancel_update(str(run), reason=reason, json=json)
         return
-    message = request_stop(run, "cancel", engine=_engine(), actor=getpass.getuser(), reason=reason)
+    message = request_stop(run, "cancel", engine=_engine(), actor=actor, reason=reason)
     _answer(run, "cancel", message, json)
 
 
@@ -218,12 +215,11 @@ def approve(
     reason: Annotated[str, typer.Option("--reason", help="Why (required; recorded and shown).")] = "",
     json: JsonOpt = False,
 ) -> None:
-    """Answer a run waiting at its approval gate, with a reason."""
-    import getpass
-
+    """Answer a run waiting at its approval gate, with a reason; recorded under the name you run as
+    ($LOGNAME or $USER)."""
     from upkeep.updates import approve_run
 
-    message = approve_run(run, engine=_engine(), approved=not refuse, reason=reason, actor=getpass.getuser())
+    message = approve_run(run, engine=_engine(), approved=not refuse, reason=reason, actor=operator_name())
     _answer(run, "refuse" if refuse else "approve", message, json)
 
 

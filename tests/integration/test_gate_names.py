@@ -70,6 +70,41 @@ def test_upkeep_approve_by_a_long_user_name_is_kept_whole(
     assert _answers(env, run_id) == [("approved", "CHG-8")]  # one decision, not two
 
 
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"LOGNAME": "ops\nroot"}, "$LOGNAME"),
+        ({"LOGNAME": "", "USER": "ops\x1b[2Jroot"}, "$USER"),
+        ({"LOGNAME": "   ", "USER": "ops"}, "$LOGNAME"),
+    ],
+    ids=["newline", "escape-sequence", "blank"],
+)
+def test_a_bad_approver_name_is_refused_in_one_line_and_nothing_is_written(
+    variables: dict[str, str],
+    named: str,
+    lab: Any,
+    fresh_cluster: str,
+    lab_runtime_any_db: Any,
+    tmp_path: Path,
+):
+    engine = lab_runtime_any_db.engine
+    env = _cli_env(lab, engine, tmp_path / "home")
+    run_id, proc = _gated_run(env, engine, fresh_cluster)
+    try:
+        for verb in (["approve"], ["approve", "--refuse"]):
+            said = upkeep_in_process(*verb, str(run_id), "--reason", "CHG-9", env={**env, **variables})
+            assert said.returncode == 1 and "Traceback" not in said.stdout + said.stderr, said
+            assert said.stderr.strip().count("\n") == 0 and named in said.stderr, said.stderr
+            assert repr(variables[named[1:]]) in said.stderr, said.stderr  # the value, shown escaped
+        waiting = _run(engine, run_id)
+        assert waiting.state == RunState.running and not waiting.approved_by and not waiting.reason
+        assert _answers(env, run_id) == []
+        assert _upgrades(lab, fresh_cluster) == [0, 0, 0]
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+
+
 def upkeep_show_decisions(env: dict[str, str], run_id: int) -> list[dict[str, Any]]:
     import json
 

@@ -195,7 +195,8 @@ def cancel(
 ) -> None:
     """Cancel an update, with a reason: a scheduled one is withdrawn from the customer's calendar (as
     `cancel-update` does), a running one stops after the node in progress (at once while it waits for
-    a cluster slot or at its approval gate), a paused one at once."""
+    a cluster slot or at its approval gate, if its process lives: a killed one's at the dispatcher's
+    take-over), a paused one at once."""
     from upkeep.updates import request_stop, scheduled
 
     actor = operator_name()  # a bad name refused before anything is written, on either path

@@ -457,14 +457,33 @@ def _stop_at_the_gate(run: Any, action: str) -> str:
     """What a pause/cancel of a run with an approval gate does, decided under the run's row lock, which
     `upkeep approve` answers under too: of an answer and a stop at the same moment, exactly one takes
     the gate. Not answered yet: the flow's gate wakes for the stop within seconds (flows/approval.py)
-    and ends paused or cancelled, no node touched. Approved first: the stop is an ordinary one, told so."""
+    and ends paused or cancelled, no node touched; that is its process's watcher thread, so when the
+    lease rules (flows/lease.py) say that process is gone (its lease ran out, or it ran on this host and
+    its pid is gone: a kill -9) nothing wakes the gate: the dispatcher's take-over once the lease has run
+    out honours the stop. Approved first: the stop is an ordinary one, told so."""
+    from flows import lease
+    from flows.runtime import current
+
     if run.approved_by:
         return (
             f"run {run.id}: {action} requested; it was approved (by {run.approved_by}) and is under way: "
             "the node in progress finishes first"
         )
     then = "" if action == "cancel" else "; `upkeep resume` asks for approval again"
-    return f"run {run.id}: {action} requested before approval; it stops within seconds, no node touched{then}"
+    asked = f"run {run.id}: {action} requested before approval"
+    ran_out = lease.expired(run.lease_until, current().clock())
+    if run.lease_owner and (ran_out or lease.holder_gone(run.lease_owner)):
+        holder = lease.holder_label(run.lease_owner)
+        when = (
+            f"its lease ran out at {run.lease_until:%Y-%m-%d %H:%M:%S} UTC"
+            if ran_out
+            else f"once its lease runs out at {run.lease_until:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        return (
+            f"{asked}; its process ({holder}) is not answering: the dispatcher's next take-over ends it "
+            f"({when}), no node touched{then}"
+        )
+    return f"{asked}; it stops within seconds, no node touched{then}"
 
 
 _PAST = {"approve": "approved", "refuse": "refused", "cancel": "cancelled", "pause": "paused"}

@@ -42,3 +42,30 @@ def test_the_cli_process_switches_telemetry_off_itself() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["1", "false", "False"], done.stderr
+
+
+def test_the_operator_s_name_is_getpass_s_and_a_missing_one_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`upkeep approve|pause|cancel` record who ran them: getpass's name, from the first of its variables
+    set; with none set and no password entry for the uid (a container's arbitrary uid), getpass raises
+    KeyError (a traceback): one line instead, naming the uid, nothing written."""
+    import getpass
+    import pwd
+
+    from upkeep.cli_common import operator_name
+    from upkeep.console import CliError
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("USERNAME", "ada")
+    assert operator_name() == getpass.getuser() == "ada"
+    monkeypatch.delenv("USERNAME")
+
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(CliError, match=rf"uid {os.getuid()} has no entry in the password database") as err:
+        operator_name()
+    assert "\n" not in str(err.value) and "$LOGNAME, $USER" in str(err.value)

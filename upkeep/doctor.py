@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import socket
 import ssl
 import time
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -330,6 +331,7 @@ def check_prefect(found: Findings) -> Iterator[Check]:
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
+    limit = found.settings.cluster_limit if found.settings is not None else ""
     if not api:
         yield warn(
             "prefect api",
@@ -337,6 +339,8 @@ def check_prefect(found: Findings) -> Iterator[Check]:
             "and no deployment or worker can be reached",
             "for deployments and workers: export PREFECT_API_URL=http://PREFECT_HOST:4200/api",
         )
+        if limit:  # the temporary server's own database holds its limits: not started for a look
+            yield skip("cluster limit", f"{_limit_setting(limit)}: not checked without PREFECT_API_URL")
         return
     shown_api = _bare(api)
     fix_api = f"start the server (`prefect server start`) or correct PREFECT_API_URL ({shown_api})"
@@ -358,6 +362,45 @@ def check_prefect(found: Findings) -> Iterator[Check]:
             yield ok("prefect api", f"{shown_api}: healthy, server {server_version} (client {mine})")
         yield from _pool_and_workers(http)
         yield from _deployments(http)
+        if limit:
+            yield _cluster_limit(http, limit)
+
+
+def _limit_setting(name: str) -> str:
+    return f"UPKEEP_CLUSTER_LIMIT '{_one_line(printable(name), 100)}'"
+
+
+def _cluster_limit(http: Any, name: str) -> Check:
+    """The Prefect global concurrency limit UPKEEP_CLUSTER_LIMIT names, as a run will ask for its slots
+    (flows/product_update.py `cluster_slot`): missing, or at 0, every update fails before its first
+    node; disabled, Prefect grants every ask and nothing bounds the clusters upgraded at once."""
+    setting = _limit_setting(name)
+    reply = http.get(f"v2/concurrency_limits/{quote(name, safe='')}")
+    if reply.status_code == 404:
+        return fail(
+            "cluster limit",
+            f"{setting}: no Prefect global concurrency limit has that name; every update would fail before "
+            "its first node",
+            f"prefect gcl create {shlex.quote(name)} --limit N, or unset UPKEEP_CLUSTER_LIMIT",
+        )
+    reply.raise_for_status()
+    found = reply.json()
+    size, active, used = found.get("limit"), found.get("active", True), found.get("active_slots", 0)
+    if not isinstance(size, int) or size < 1:
+        return fail(
+            "cluster limit",
+            f"{setting}: the Prefect limit allows {size} clusters at once; every update would fail before "
+            "its first node",
+            f"prefect gcl update {shlex.quote(name)} --limit N (N at least 1), or unset UPKEEP_CLUSTER_LIMIT",
+        )
+    if not active:
+        return warn(
+            "cluster limit",
+            f"{setting}: the Prefect limit ({size}) is disabled: Prefect grants every ask, so nothing bounds "
+            "the clusters upgraded at once",
+            f"prefect gcl enable {shlex.quote(name)}, or unset UPKEEP_CLUSTER_LIMIT",
+        )
+    return ok("cluster limit", f"{setting}: {size} clusters at once ({used} in use now)")
 
 
 def _pool_and_workers(http: Any) -> Iterator[Check]:

@@ -822,6 +822,45 @@ def test_a_window_closing_carries_the_rest_over_to_the_next_window(short_window:
     assert world.notices(run_id)[-2:] == ["partial", "rescheduled"]
 
 
+def test_a_resumed_run_whose_pre_flight_ends_past_the_cutoff_does_not_say_nothing_was_changed(
+    short_window: World,
+) -> None:
+    """Paused after node 1, resumed in its window; its pre-flight (a settle wait, up to health_timeout)
+    ends with 5 minutes left. The after-gate check carried it over telling the customer "Nothing was
+    changed on your cluster" and the SRE "nothing changed on any node" while node 1 ran 9.10.0 (adv35).
+    Told now as the window's end between nodes is: 'partial' with each node's version, then 'rescheduled'."""
+    from inventory.outbox import Notice
+
+    world = short_window
+    with session_scope(world.engine) as session:
+        run = planned_run(
+            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
+        )  # fmt: skip
+        run_id = run.id
+    world.ask_at_node_1("pause")
+    assert world.update(run_id=run_id).is_completed()
+    assert world.run().state == RunState.paused and world.upgraded() == [1, 0, 0]
+    world.nodes[0].before.clear()
+    # the resume's pre-flight takes until 5 minutes are left of the hour (a node needs 10)
+    world.nodes[0].before["disk"] = lambda _node: world.clock.advance(timedelta(minutes=55))
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    run = world.run()
+    assert run.state == RunState.planned and run.slot_start == MONDAY + timedelta(days=1)
+    assert world.upgraded() == [1, 0, 0]
+    assert "nothing changed" not in run.reason.lower(), run.reason
+    assert run.reason.startswith("partially done (1 of 3 nodes)"), run.reason
+    assert world.notices(run_id)[-2:] == ["partial", "rescheduled"]
+    with session_scope(world.engine) as session:
+        bodies = session.exec(
+            select(Notice.body_text).where(col(Notice.update_ref).startswith(f"update-{run_id}"))
+        )
+        assert not [body for body in bodies if "Nothing was changed" in body]
+
+
 def test_a_run_taken_over_meanwhile_is_left_to_its_new_owner(world: World) -> None:
     def taken_over(_node: FakeNode) -> None:  # another process took the run while node 1 upgraded
         run_id = world.run().id

@@ -303,9 +303,14 @@ def _no_room_left(
     """After a wait before any node is touched (a cluster slot, the approval gate): the run's result if
     its window has no room left for a node now (carried over, the customer told nothing was changed),
     else None. `waited`: what the run waited for, `{now}` the time the wait ended. A run without a
-    window (an SRE's `upkeep update`, an overridden window) never stops here (`window_closing`)."""
+    window (an SRE's `upkeep update`, an overridden window) never stops here (`window_closing`).
+    A resumed run that had already upgraded a node is carried over as at the window's end between
+    nodes ('partial' with each node's version, then 'rescheduled'): "nothing was changed" would be
+    false there (adversarial pass adv35)."""
     if not window_closing(runtime, run_id):
         return None
+    if nodes_touched(runtime.engine, run_id):
+        return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
     now = f"{runtime.clock():%Y-%m-%d %H:%M} UTC"
     why = (
         f"{waited.format(now=now)}, after the window had no room left for a node; nothing changed on any node"

@@ -861,6 +861,47 @@ def test_a_resumed_run_whose_pre_flight_ends_past_the_cutoff_does_not_say_nothin
         assert not [body for body in bodies if "Nothing was changed" in body]
 
 
+@pytest.mark.parametrize("where", ["between nodes", "after pre-flight"])
+def test_a_cancel_that_lands_as_the_window_ends_is_honoured_not_carried_over(
+    short_window: World, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """`upkeep cancel` committed just after the run's last look for a stop and just before its cutoff
+    check carries it over: the run went back to `planned` with the cancel still pending and its reason
+    overwritten; the customer was sent 'rescheduled' for an update the SRE had cancelled, and the cancel
+    came a whole window later, as 'cancelled by request' (adv35). Now carry_over reads the run under its
+    row's lock and a stop recorded there is honoured instead."""
+    from flows import product_update as update_flow
+    from upkeep.updates import request_stop
+
+    world = short_window
+    with session_scope(world.engine) as session:
+        run = planned_run(
+            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
+        )  # fmt: skip
+        run_id = run.id
+    assert run_id is not None
+    late = (world.nodes[0], "upgrade" if where == "between nodes" else "disk")
+    late[0].before[late[1]] = lambda _node: world.clock.advance(timedelta(minutes=55))
+    real = update_flow.window_closing
+
+    def cancelled_as_it_looks(runtime: Any, looked_at: int) -> bool:
+        if closing := real(runtime, looked_at):  # the cancel commits right after this look
+            request_stop(run_id, "cancel", engine=world.engine, actor="sre", reason="customer asked")
+        return closing
+
+    monkeypatch.setattr(update_flow, "window_closing", cancelled_as_it_looks)
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    ended = world.run()
+    assert ended.state == RunState.cancelled, (ended.state, ended.reason)
+    assert ended.reason.startswith("cancelled by sre: customer asked"), ended.reason
+    assert "rescheduled" not in world.notices(run_id)
+    assert world.upgraded() == ([1, 0, 0] if where == "between nodes" else [0, 0, 0])
+
+
 def test_a_run_taken_over_meanwhile_is_left_to_its_new_owner(world: World) -> None:
     def taken_over(_node: FakeNode) -> None:  # another process took the run while node 1 upgraded
         run_id = world.run().id

@@ -308,105 +308,128 @@ def carry_over(
     """Stop before the window closes and move the rest to the next window with room for at least one
     node (the whole window is the run's then), telling the customer. `why`/`customer_reason`: another
     cause than the window's end (the SRE's and the customer's words), before any node was touched
-    unless `touched` (a tunnel closed mid-run)."""
+    unless `touched` (a tunnel closed mid-run).
+
+    A pause/cancel committed after the run's last look for one (`upkeep cancel` as the window ends) is
+    honoured instead, read under the run's row lock (which `upkeep pause|cancel` records under): moved
+    to `planned` with it pending, the run was never claimed again (the dispatcher skips a planned run
+    with a stop pending) and was re-slotted, 'rescheduled' told, window after window (adv35)."""
     now = runtime.clock()
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
-    remaining = len(plan.nodes) - done
     with session_scope(runtime.engine) as session:
-        run = get_run(run_id, session=session)
-        try:
-            slot = next_window(
-                run,
-                now=now,
-                not_before=max(now, run.window_end or run.slot_end or now),
-                estimate=runtime.per_node_estimate,
-                urgent=True,  # the customer was promised this update; an open case must not strand it
-                session=session,
-            )
-            window = window_at(run, slot.start, session=session) or slot
-        except SchedulingError as exc:
-            cause = why or f"window closed after {done} of {len(plan.nodes)} nodes"
-            reason = f"{cause} and no later window fits: {exc}"
-            finish_run(run, RunState.failed, reason=reason, session=session)
-            queue_run_notice(
-                run,
-                "failed",
-                vendor=VendorTerms.from_runtime(runtime),
-                session=session,
-                now=now,
-                to_sre=True,
-                reason=reason,
-            )
-            return "failed"
-        previous = run.slot_start
-        run.state = RunState.planned
-        run.window_start, run.window_end = window.start, window.end
-        run.slot_start = window.start
-        run.slot_end = min(window.end, window.start + runtime.per_node_estimate * remaining)
-        deadline = _release_deadline(run, session)
-        if deadline is not None and window.start > deadline:
-            # Schedule integrity: never moved past the release deadline - held (it will not start) and
-            # the SRE finds a slot; the customer is not told of a move the rules forbid. Partly done
-            # (some nodes upgraded, or one in progress when its tunnel closed) alike: the SRE also
-            # reads that the cluster runs mixed versions until the rest is upgraded.
-            cause = why or f"window closed after {done} of {len(plan.nodes)} nodes"
-            mixed = (
-                f" ({done} of {len(plan.nodes)} nodes done: the cluster runs mixed versions until the "
-                "rest is upgraded)"
-                if (done or touched) and why
-                else ""
-            )
-            run.held_reason = (
-                f"{cause}{mixed}; the next window {window.start:%Y-%m-%d %H:%M} UTC is past the release "
-                f"deadline {deadline:%Y-%m-%d %H:%M} UTC"
-            )[:2000]
-            run.reason = f"held: {run.held_reason}"
-            tell_ending(
-                runtime,
-                run,
-                session=session,
-                now=now,
-                notice=None,
-                customer_reason="",
-                alert="held",
-                headline=f"run {run_id} ({plan.label}) held: no valid slot, it will not start"
-                + (f" ({done} of {len(plan.nodes)} nodes done)" if done or touched else ""),
-                cause=run.held_reason,
-                action="find a slot: change the deadline, the windows or blackouts, or cancel the update "
-                "(`upkeep calendar` shows it HELD)"
-                + ("; the customer was told it started, not that it stopped" if done or touched else ""),
-            )
-            session.add(run)
-            return "held"
-        run.reason = (
-            f"{why}; continues {window.start.isoformat()}"
-            if why
-            else f"partially done ({done} of {len(plan.nodes)} nodes); continues {window.start.isoformat()}"
+        run = get_run(run_id, session=session, lock=True)
+        if not (asked := str(run.requested_action or "")):
+            return _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)
+    return stop(runtime, plan, run_id, asked)
+
+
+def _carry_over(
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run: UpgradeRun,
+    session: Session,
+    now: datetime,
+    done: int,
+    why: str,
+    customer_reason: str,
+    touched: bool,
+) -> str:
+    """`carry_over`'s move, in its transaction (`session`, the run's row locked)."""
+    run_id = run.id
+    remaining = len(plan.nodes) - done
+    try:
+        slot = next_window(
+            run,
+            now=now,
+            not_before=max(now, run.window_end or run.slot_end or now),
+            estimate=runtime.per_node_estimate,
+            urgent=True,  # the customer was promised this update; an open case must not strand it
+            session=session,
         )
+        window = window_at(run, slot.start, session=session) or slot
+    except SchedulingError as exc:
+        cause = why or f"window closed after {done} of {len(plan.nodes)} nodes"
+        reason = f"{cause} and no later window fits: {exc}"
+        finish_run(run, RunState.failed, reason=reason, session=session)
+        queue_run_notice(
+            run,
+            "failed",
+            vendor=VendorTerms.from_runtime(runtime),
+            session=session,
+            now=now,
+            to_sre=True,
+            reason=reason,
+        )
+        return "failed"
+    previous = run.slot_start
+    run.state = RunState.planned
+    run.window_start, run.window_end = window.start, window.end
+    run.slot_start = window.start
+    run.slot_end = min(window.end, window.start + runtime.per_node_estimate * remaining)
+    deadline = _release_deadline(run, session)
+    if deadline is not None and window.start > deadline:
+        # Schedule integrity: never moved past the release deadline - held (it will not start) and
+        # the SRE finds a slot; the customer is not told of a move the rules forbid. Partly done
+        # (some nodes upgraded, or one in progress when its tunnel closed) alike: the SRE also
+        # reads that the cluster runs mixed versions until the rest is upgraded.
+        cause = why or f"window closed after {done} of {len(plan.nodes)} nodes"
+        mixed = (
+            f" ({done} of {len(plan.nodes)} nodes done: the cluster runs mixed versions until the "
+            "rest is upgraded)"
+            if (done or touched) and why
+            else ""
+        )
+        run.held_reason = (
+            f"{cause}{mixed}; the next window {window.start:%Y-%m-%d %H:%M} UTC is past the release "
+            f"deadline {deadline:%Y-%m-%d %H:%M} UTC"
+        )[:2000]
+        run.reason = f"held: {run.held_reason}"
         tell_ending(
             runtime,
             run,
             session=session,
             now=now,
-            notice=None if why else "partial",  # another cause: the 'rescheduled' notice below says it
+            notice=None,
             customer_reason="",
-            alert="carried-over",
-            headline=f"run {run_id} ({plan.label}) carried over to {window.start:%Y-%m-%d %H:%M} UTC",
-            cause=why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes",
-            action="The customer is sent the 'rescheduled' notice saying why, with the command to run on "
-            "each node named; nothing else to do unless they ask for help."
-            if why
-            else "",
-        )
-        run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
-        _notify(
-            run,
-            "rescheduled",
-            runtime,
-            session,
-            now,
-            previous_slot_start=previous or now,
-            reason=customer_reason or "partially done; the remaining nodes continue in the next window",
+            alert="held",
+            headline=f"run {run_id} ({plan.label}) held: no valid slot, it will not start"
+            + (f" ({done} of {len(plan.nodes)} nodes done)" if done or touched else ""),
+            cause=run.held_reason,
+            action="find a slot: change the deadline, the windows or blackouts, or cancel the update "
+            "(`upkeep calendar` shows it HELD)"
+            + ("; the customer was told it started, not that it stopped" if done or touched else ""),
         )
         session.add(run)
+        return "held"
+    run.reason = (
+        f"{why}; continues {window.start.isoformat()}"
+        if why
+        else f"partially done ({done} of {len(plan.nodes)} nodes); continues {window.start.isoformat()}"
+    )
+    tell_ending(
+        runtime,
+        run,
+        session=session,
+        now=now,
+        notice=None if why else "partial",  # another cause: the 'rescheduled' notice below says it
+        customer_reason="",
+        alert="carried-over",
+        headline=f"run {run_id} ({plan.label}) carried over to {window.start:%Y-%m-%d %H:%M} UTC",
+        cause=why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes",
+        action="The customer is sent the 'rescheduled' notice saying why, with the command to run on "
+        "each node named; nothing else to do unless they ask for help."
+        if why
+        else "",
+    )
+    run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
+    _notify(
+        run,
+        "rescheduled",
+        runtime,
+        session,
+        now,
+        previous_slot_start=previous or now,
+        reason=customer_reason or "partially done; the remaining nodes continue in the next window",
+    )
+    session.add(run)
     return "carried over"

@@ -861,6 +861,33 @@ def test_a_resumed_run_whose_pre_flight_ends_past_the_cutoff_does_not_say_nothin
         assert not [body for body in bodies if "Nothing was changed" in body]
 
 
+def test_a_copy_of_the_package_that_ends_past_the_cutoff_says_nothing_was_changed_not_started(
+    short_window: World,
+) -> None:
+    """The window had room after pre-flight, but copying the package to the nodes (a large package, a
+    slow link, or a support tunnel closed under the copy and waited for) took until 5 minutes were left.
+    The run told the customer 'started', then carried over at node 1 as 'partially done (0 of 3 nodes)'
+    (adv35). It is carried over after the copy, before 'started': nothing was changed on their cluster
+    (a staged package changes nothing they run)."""
+    world = short_window
+    with session_scope(world.engine) as session:
+        run = planned_run(
+            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
+        )  # fmt: skip
+        run_id = run.id
+    world.nodes[2].before["stage"] = lambda _node: world.clock.advance(timedelta(minutes=55))
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    ended = world.run()
+    assert ended.state == RunState.planned and ended.slot_start == MONDAY + timedelta(days=1)
+    assert "no room left" in ended.reason and "0 of 3" not in ended.reason, ended.reason
+    assert world.upgraded() == [0, 0, 0]
+    assert world.notices(run_id) == ["rescheduled"]
+
+
 @pytest.mark.parametrize("where", ["between nodes", "after pre-flight"])
 def test_a_cancel_that_lands_as_the_window_ends_is_honoured_not_carried_over(
     short_window: World, monkeypatch: pytest.MonkeyPatch, where: str

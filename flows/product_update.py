@@ -10,7 +10,9 @@ run waits before its first node: for a slot of the fleet's cluster limit, at the
 support tunnel, or for a node to settle. A run with a window whose wait for a cluster slot, for its
 approval or in its pre-flight ended past the window's cutoff (no room left for a node) carries over to
 the next window before it contacts a node again (after a slot: no download, no pre-flight; after the
-gate: no copy); the customer hears nothing was changed, and an approval given stands there.
+gate: no copy; after a copy that took that long: no 'started'); the customer hears nothing was changed
+(a resumed run that had upgraded a node: 'partially done', as between nodes), and an approval given
+stands there.
 """
 
 from __future__ import annotations
@@ -300,10 +302,10 @@ NOTHING_CHANGED = (
 def _no_room_left(
     runtime: Runtime, plan: UpdatePlan, run_id: int, waited: str, outcomes: dict[str, str]
 ) -> dict[str, Any] | None:
-    """After a wait before any node is touched (a cluster slot, the approval gate): the run's result if
-    its window has no room left for a node now (carried over, the customer told nothing was changed),
-    else None. `waited`: what the run waited for, `{now}` the time the wait ended. A run without a
-    window (an SRE's `upkeep update`, an overridden window) never stops here (`window_closing`).
+    """After a wait before the first node (a cluster slot, the approval gate, the package's copy): the
+    run's result if its window has no room left for a node now (carried over, the customer told nothing
+    was changed), else None. `waited`: what the run waited for, `{now}` the time the wait ended. A run
+    without a window (an SRE's `upkeep update`, an overridden window) never stops here (`window_closing`).
     A resumed run that had already upgraded a node is carried over as at the window's end between
     nodes ('partial' with each node's version, then 'rescheduled'): "nothing was changed" would be
     false there (adversarial pass adv35)."""
@@ -477,6 +479,10 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
             partial(distribute, plan, run_id, runtime, conns, package),
         )
         if ended is not None:
+            return ended
+        # The copy itself can outlast the window (a large package, a slow link, a support tunnel closed
+        # under it and waited for): carried over before the customer hears 'started' (adv35).
+        if (ended := _no_room_left(runtime, plan, run_id, "package copied at {now}", outcomes)) is not None:
             return ended
         mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears
         for number, node in enumerate(plan.nodes, 1):

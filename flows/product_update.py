@@ -139,9 +139,9 @@ def product_update(
                         else _window_gone_while_slot_waited(runtime, plan, run_id)
                         or _carry_out(runtime, plan, run_id, heartbeat)
                     )
-            except ClusterLimitUnusable as unusable:  # our setting, before any node: a vendor-side failure
+            except ClusterLimitUnusable as unusable:  # our setting: vendor-side, unless a node was upgraded
                 if heartbeat.held():
-                    fail_before_nodes(runtime, plan, run_id, str(unusable))
+                    _fail_for_the_limit(runtime, plan, run_id, heartbeat, str(unusable))
                 raise
     except Exception as exc:
         reason = _failed_reason(runtime, run_id)
@@ -228,6 +228,20 @@ def _limit_unusable(name: str) -> str:
             f"`prefect gcl update {name} --limit N`, or unset the setting"
         )
     return ""
+
+
+def _fail_for_the_limit(
+    runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease.Heartbeat, why: str
+) -> None:
+    """The run ends failed for an unusable cluster limit (`why`): a vendor-side failure before any node,
+    unless it is a resumed run that had upgraded a node (paused, carried over): then, as any failure once
+    nodes were touched, the customer hears it failed with each node's version and the SRE's run-failed
+    alert (with its case) says so; "no node touched; customer not notified" was false there (adv35)."""
+    if not nodes_touched(runtime.engine, run_id):
+        fail_before_nodes(runtime, plan, run_id, why)
+        return
+    finish(runtime, plan, run_id, RunState.failed, reason=why, owner=heartbeat.owner)
+    alert_sre(runtime, run_id, why)
 
 
 TAKEN_OVER = "taken over"

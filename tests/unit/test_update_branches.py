@@ -861,6 +861,50 @@ def test_a_resumed_run_whose_pre_flight_ends_past_the_cutoff_does_not_say_nothin
         assert not [body for body in bodies if "Nothing was changed" in body]
 
 
+def test_a_run_taken_over_past_the_cutoff_with_every_node_done_is_recorded_succeeded_not_carried_over(
+    short_window: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies right after node 3's verification, before recording the success (kill -9, its
+    machine lost), 5 minutes before the window ends; the dispatcher takes the run over once its lease ran
+    out. The take-over found no room in the window after its pre-flight and carried a finished update over
+    ('partial' told, "partially done (3 of 3 nodes)", a run planned for the next window with nothing
+    to do) where it recorded it succeeded before (adv35). No node left to start: the cutoff has nothing
+    to stop."""
+    from flows import product_update as update_flow
+
+    class Killed(BaseException):
+        pass
+
+    world = short_window
+    with session_scope(world.engine) as session:
+        run = planned_run(
+            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
+        )  # fmt: skip
+        run_id = run.id
+    real_finish = update_flow.finish
+
+    def killed_before_recording(*args: Any, **kwargs: Any) -> None:
+        if args[3] is RunState.succeeded:
+            world.clock.advance(timedelta(minutes=55))  # the take-over comes 5 minutes before the end
+            raise Killed
+        real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(update_flow, "finish", killed_before_recording)
+    with pytest.raises(Killed):
+        world.update(run_id=run_id)
+    assert world.run().state == RunState.running and world.upgraded() == [1, 1, 1]
+    monkeypatch.setattr(update_flow, "finish", real_finish)
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    ended = world.run()
+    assert ended.state == RunState.succeeded, (ended.state, ended.reason)
+    assert world.upgraded() == [1, 1, 1]
+    assert world.notices(run_id) == ["started", "completed"]
+
+
 def test_a_copy_of_the_package_that_ends_past_the_cutoff_says_nothing_was_changed_not_started(
     short_window: World,
 ) -> None:

@@ -932,6 +932,40 @@ def test_a_copy_of_the_package_that_ends_past_the_cutoff_says_nothing_was_change
     assert world.notices(run_id) == ["rescheduled"]
 
 
+def test_a_run_taken_over_during_a_copy_that_outlasts_the_window_is_left_to_its_new_owner(
+    short_window: World,
+) -> None:
+    """Another process takes the run over while this one copies the package (its lease ran out: the
+    copy stood still), and the copy ends past the cutoff: this process carried the run over (its
+    record, the customer's 'rescheduled' notice) under its new owner, who tells its own story (adv35)."""
+    world = short_window
+    with session_scope(world.engine) as session:
+        run = planned_run(
+            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
+        )  # fmt: skip
+        run_id = run.id
+
+    def taken_over_late(_node: FakeNode) -> None:
+        world.clock.advance(timedelta(minutes=55))
+        with world.engine.begin() as conn:
+            conn.execute(
+                update(UpgradeRun)
+                .where(col(UpgradeRun.id) == run_id)
+                .values(lease_owner="elsewhere:1/abc", lease_until=world.clock() + timedelta(minutes=5))
+            )
+
+    world.nodes[2].before["stage"] = taken_over_late
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    assert state.result()["state"] == "taken over"
+    ended = world.run()
+    assert ended.state == RunState.running and ended.lease_owner == "elsewhere:1/abc"
+    assert world.notices(run_id) == []
+
+
 @pytest.mark.parametrize("where", ["between nodes", "after pre-flight"])
 def test_a_cancel_that_lands_as_the_window_ends_is_honoured_not_carried_over(
     short_window: World, monkeypatch: pytest.MonkeyPatch, where: str

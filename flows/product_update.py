@@ -497,7 +497,10 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         if ended is not None:
             return ended
         # The copy itself can outlast the window (a large package, a slow link, a support tunnel closed
-        # under it and waited for): carried over before the customer hears 'started' (adv35).
+        # under it and waited for): carried over before the customer hears 'started' (adv35). Only by
+        # the run's owner: a copy that stood still that long may have lost the run to a take-over.
+        if not heartbeat.held():
+            return _left_to_its_new_owner(run_id, plan, outcomes)
         if (ended := _no_room_left(runtime, plan, run_id, "package copied at {now}", outcomes)) is not None:
             return ended
         mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears

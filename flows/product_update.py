@@ -501,7 +501,8 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         # the run's owner: a copy that stood still that long may have lost the run to a take-over.
         if not heartbeat.held():
             return _left_to_its_new_owner(run_id, plan, outcomes)
-        if (ended := _no_room_left(runtime, plan, run_id, "package copied at {now}", outcomes)) is not None:
+        staged = "package staged on every node (nothing installed) at {now}"
+        if (ended := _no_room_left(runtime, plan, run_id, staged, outcomes)) is not None:
             return ended
         mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears
         for number, node in enumerate(plan.nodes, 1):

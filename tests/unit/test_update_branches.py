@@ -12,7 +12,7 @@ test_update_control.py, test_windows.py, test_takeover.py); these pin the flow's
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -793,6 +793,26 @@ def test_a_failed_urgent_update_pages_the_engineer_on_call_and_the_team_lead_at_
             assert len(session.exec(select(Page)).all()) == 1
 
 
+def _planned_monday(world: World) -> int:
+    """A customer's update planned in Monday's window (00:00-01:00 with `short_window`)."""
+    with session_scope(world.engine) as session:
+        run = planned_run(
+            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
+        )  # fmt: skip
+        assert run.id is not None
+        return run.id
+
+
+def _five_minutes_left(world: World) -> Callable[[FakeNode], None]:
+    """A node hook: 55 minutes pass (from 00:00, 5 are left of the hour; a node needs 10)."""
+
+    def late(_node: FakeNode) -> None:
+        world.clock.advance(timedelta(minutes=55))
+
+    return late
+
+
 @pytest.fixture
 def short_window(sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     window = {"days": "mon-sun", "start": "00:00", "duration": "1h"}
@@ -802,14 +822,9 @@ def short_window(sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_a_window_closing_carries_the_rest_over_to_the_next_window(short_window: World) -> None:
     world = short_window
-    with session_scope(world.engine) as session:
-        run = planned_run(
-            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
-            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
-        )  # fmt: skip
-        run_id = run.id
+    run_id = _planned_monday(world)
     # 55 minutes pass while node 1 upgrades: 5 are left, a node needs 10.
-    world.nodes[0].before["upgrade"] = lambda _node: world.clock.advance(timedelta(minutes=55))
+    world.nodes[0].before["upgrade"] = _five_minutes_left(world)
 
     state = world.update(run_id=run_id)
 
@@ -832,18 +847,13 @@ def test_a_resumed_run_whose_pre_flight_ends_past_the_cutoff_does_not_say_nothin
     from inventory.outbox import Notice
 
     world = short_window
-    with session_scope(world.engine) as session:
-        run = planned_run(
-            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
-            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
-        )  # fmt: skip
-        run_id = run.id
+    run_id = _planned_monday(world)
     world.ask_at_node_1("pause")
     assert world.update(run_id=run_id).is_completed()
     assert world.run().state == RunState.paused and world.upgraded() == [1, 0, 0]
     world.nodes[0].before.clear()
     # the resume's pre-flight takes until 5 minutes are left of the hour (a node needs 10)
-    world.nodes[0].before["disk"] = lambda _node: world.clock.advance(timedelta(minutes=55))
+    world.nodes[0].before["disk"] = _five_minutes_left(world)
 
     state = world.update(run_id=run_id)
 
@@ -876,12 +886,7 @@ def test_a_run_taken_over_past_the_cutoff_with_every_node_done_is_recorded_succe
         pass
 
     world = short_window
-    with session_scope(world.engine) as session:
-        run = planned_run(
-            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
-            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
-        )  # fmt: skip
-        run_id = run.id
+    run_id = _planned_monday(world)
     real_finish = update_flow.finish
 
     def killed_before_recording(*args: Any, **kwargs: Any) -> None:
@@ -914,13 +919,8 @@ def test_a_copy_of_the_package_that_ends_past_the_cutoff_says_nothing_was_change
     (adv35). It is carried over after the copy, before 'started': nothing was changed on their cluster
     (a staged package changes nothing they run)."""
     world = short_window
-    with session_scope(world.engine) as session:
-        run = planned_run(
-            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
-            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
-        )  # fmt: skip
-        run_id = run.id
-    world.nodes[2].before["stage"] = lambda _node: world.clock.advance(timedelta(minutes=55))
+    run_id = _planned_monday(world)
+    world.nodes[2].before["stage"] = _five_minutes_left(world)
 
     state = world.update(run_id=run_id)
 
@@ -939,12 +939,7 @@ def test_a_run_taken_over_during_a_copy_that_outlasts_the_window_is_left_to_its_
     copy stood still), and the copy ends past the cutoff: this process carried the run over (its
     record, the customer's 'rescheduled' notice) under its new owner, who tells its own story (adv35)."""
     world = short_window
-    with session_scope(world.engine) as session:
-        run = planned_run(
-            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
-            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
-        )  # fmt: skip
-        run_id = run.id
+    run_id = _planned_monday(world)
 
     def taken_over_late(_node: FakeNode) -> None:
         world.clock.advance(timedelta(minutes=55))
@@ -979,15 +974,10 @@ def test_a_cancel_that_lands_as_the_window_ends_is_honoured_not_carried_over(
     from upkeep.updates import request_stop
 
     world = short_window
-    with session_scope(world.engine) as session:
-        run = planned_run(
-            session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
-            slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
-        )  # fmt: skip
-        run_id = run.id
+    run_id = _planned_monday(world)
     assert run_id is not None
     late = (world.nodes[0], "upgrade" if where == "between nodes" else "disk")
-    late[0].before[late[1]] = lambda _node: world.clock.advance(timedelta(minutes=55))
+    late[0].before[late[1]] = _five_minutes_left(world)
     real = update_flow.window_closing
 
     def cancelled_as_it_looks(runtime: Any, looked_at: int) -> bool:

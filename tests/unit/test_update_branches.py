@@ -961,40 +961,46 @@ def test_a_run_taken_over_during_a_copy_that_outlasts_the_window_is_left_to_its_
     assert world.notices(run_id) == []
 
 
+@pytest.mark.parametrize("action", ["cancel", "pause"])
 @pytest.mark.parametrize("where", ["between nodes", "after pre-flight"])
-def test_a_cancel_that_lands_as_the_window_ends_is_honoured_not_carried_over(
-    short_window: World, monkeypatch: pytest.MonkeyPatch, where: str
+def test_a_stop_that_lands_as_the_window_ends_is_honoured_not_carried_over(
+    short_window: World, monkeypatch: pytest.MonkeyPatch, where: str, action: str
 ) -> None:
     """`upkeep cancel` committed just after the run's last look for a stop and just before its cutoff
     check carries it over: the run went back to `planned` with the cancel still pending and its reason
-    overwritten; the customer was sent 'rescheduled' for an update the SRE had cancelled, and the cancel
-    came a whole window later, as 'cancelled by request' (adv35). Now carry_over reads the run under its
-    row's lock and a stop recorded there is honoured instead."""
+    overwritten; the customer was sent 'rescheduled' for an update the SRE had cancelled, and the
+    dispatcher never claims a planned run with a stop pending (adv35). A pause alike. Now carry_over
+    reads the run under its row's lock and a stop recorded there is honoured instead."""
     from flows import product_update as update_flow
     from upkeep.updates import request_stop
 
     world = short_window
     run_id = _planned_monday(world)
-    assert run_id is not None
     late = (world.nodes[0], "upgrade" if where == "between nodes" else "disk")
     late[0].before[late[1]] = _five_minutes_left(world)
     real = update_flow.window_closing
 
-    def cancelled_as_it_looks(runtime: Any, looked_at: int) -> bool:
-        if closing := real(runtime, looked_at):  # the cancel commits right after this look
-            request_stop(run_id, "cancel", engine=world.engine, actor="sre", reason="customer asked")
+    def stopped_as_it_looks(runtime: Any, looked_at: int) -> bool:
+        if closing := real(runtime, looked_at):  # the stop commits right after this look
+            request_stop(run_id, action, engine=world.engine, actor="sre", reason="customer asked")
         return closing
 
-    monkeypatch.setattr(update_flow, "window_closing", cancelled_as_it_looks)
+    monkeypatch.setattr(update_flow, "window_closing", stopped_as_it_looks)
 
     state = world.update(run_id=run_id)
 
     assert state.is_completed(), state.message
     ended = world.run()
-    assert ended.state == RunState.cancelled, (ended.state, ended.reason)
-    assert ended.reason.startswith("cancelled by sre: customer asked"), ended.reason
+    done = 1 if where == "between nodes" else 0
+    if action == "cancel":
+        assert ended.state == RunState.cancelled, (ended.state, ended.reason)
+        assert ended.reason == f"cancelled by sre: customer asked (after {done} of 3 nodes)", ended.reason
+    else:
+        assert ended.state == RunState.paused, (ended.state, ended.reason)
+        assert ended.reason == f"paused by request after {done} of 3 nodes", ended.reason
+    assert ended.requested_action == RequestedAction.none or action == "cancel"
     assert "rescheduled" not in world.notices(run_id)
-    assert world.upgraded() == ([1, 0, 0] if where == "between nodes" else [0, 0, 0])
+    assert world.upgraded() == [done, 0, 0]
 
 
 def test_a_run_taken_over_meanwhile_is_left_to_its_new_owner(world: World) -> None:

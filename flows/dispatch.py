@@ -633,10 +633,12 @@ def start_due_runs(
     many workers, each claiming the next due run as soon as its previous one ends, until none is due,
     all within this tick - so K clusters stay busy instead of the tick waiting for the slowest of
     each batch of K."""
+    log = get_run_logger()  # the tick's, here: worker threads have no run context
+    if cluster_limit_blocks(runtime, now, log):
+        return []
     with session_scope(runtime.engine) as session:
         running = lease.count_live(session, now)
     slots = max(0, max_running - running)
-    log = get_run_logger()  # the tick's, here: worker threads have no run context
     if via_deployments:
         claimed: list[Claim] = []
         taken: set[int] = set()
@@ -651,6 +653,36 @@ def start_due_runs(
         _start_deployments(runtime, claimed)
         return claimed
     return _run_in_process(runtime, now, slots, log, most=max_running)
+
+
+def cluster_limit_blocks(runtime: Runtime, now: datetime, log: Any) -> bool:
+    """Whether the Prefect limit UPKEEP_CLUSTER_LIMIT names can grant no slot (none of that name, or its
+    limit 0): then the tick starts and takes over nothing. Each run would fail before its first node
+    (flows/product_update.py `cluster_slot`): an SRE alert per run, and every announced update of the
+    tick dropped, over one setting of the vendor's. Instead the due updates stay planned (past their
+    slot, `reslot_missed` moves them to their next window and tells the customer), an orphan keeps its
+    record, and the SRE hears it once a day (the alert's key) until the limit is fixed; set to 0 on
+    purpose, it is the fleet's brake. One API read per tick, only with the setting; the API away is not
+    this (the runs go, and `cluster_slot` says what it meets)."""
+    if not runtime.cluster_limit:
+        return False
+    from flows.product_update import limit_unusable
+
+    why = limit_unusable(runtime.cluster_limit)
+    if not why:
+        return False
+    log.error("no update started or taken over: %s", why)
+    alert_sre(
+        runtime,
+        kind="held",
+        headline="no update starts: the fleet's cluster limit grants no slot",
+        cause=why,
+        action="fix the limit (or unset UPKEEP_CLUSTER_LIMIT): the due updates start at the next tick, "
+        "those whose slot has passed move to their next window (the customer is told). Set to 0 on "
+        "purpose, this is the brake working: this alert comes once a day while it holds",
+        key=f"cluster-limit:{runtime.cluster_limit}:{now:%Y-%m-%d}",
+    )
+    return True
 
 
 def _next(

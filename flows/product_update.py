@@ -203,7 +203,7 @@ class ClusterLimitUnusable(Exception):
     of (its limit 0): a setup error, ours. (A disabled limit is not enforced: Prefect grants every ask.)"""
 
 
-def _limit_unusable(name: str) -> str:
+def limit_unusable(name: str) -> str:
     """Why the Prefect global concurrency limit `name` can never grant a slot, as the one line the run
     fails with: there is none of that name, or its limit is 0 (Prefect answers every ask 422); "" when
     it looks usable or cannot be asked (an API away is not a setup error, and the run is left to resume
@@ -297,7 +297,7 @@ def cluster_slot(runtime: Runtime, run_id: int, owner: str) -> Iterator[str]:
                 # Without this the run was left running with its lease given back: an orphan the next
                 # tick took over and failed the same way, every tick, our record saying nothing
                 # (adversarial pass adv21; a limit of 0, which Prefect answers 422, alike).
-                if why := _limit_unusable(runtime.cluster_limit):
+                if why := limit_unusable(runtime.cluster_limit):
                     raise ClusterLimitUnusable(why) from exc
                 raise
             if not (stop := _slot_look(runtime, run_id, owner)):

@@ -366,21 +366,26 @@ def check_prefect(found: Findings) -> Iterator[Check]:
             yield _cluster_limit(http, limit)
 
 
+NO_UPDATE_STARTS = (
+    "no update starts (the dispatcher holds them; one started by hand fails before its first node)"
+)
+
+
 def _limit_setting(name: str) -> str:
     return f"UPKEEP_CLUSTER_LIMIT '{_one_line(printable(name), 100)}'"
 
 
 def _cluster_limit(http: Any, name: str) -> Check:
     """The Prefect global concurrency limit UPKEEP_CLUSTER_LIMIT names, as a run will ask for its slots
-    (flows/product_update.py `cluster_slot`): missing, or at 0, every update fails before its first
-    node; disabled, Prefect grants every ask and nothing bounds the clusters upgraded at once."""
+    (flows/product_update.py `cluster_slot`): missing, or at 0, the dispatcher starts no update (flows/
+    dispatch.py `cluster_limit_blocks`) and one started by hand fails before its first node; disabled,
+    Prefect grants every ask and nothing bounds the clusters upgraded at once."""
     setting = _limit_setting(name)
     reply = http.get(f"v2/concurrency_limits/{quote(name, safe='')}")
     if reply.status_code == 404:
         return fail(
             "cluster limit",
-            f"{setting}: no Prefect global concurrency limit has that name; every update would fail before "
-            "its first node",
+            f"{setting}: no Prefect global concurrency limit has that name; {NO_UPDATE_STARTS}",
             f"prefect gcl create {shlex.quote(name)} --limit N, or unset UPKEEP_CLUSTER_LIMIT",
         )
     reply.raise_for_status()
@@ -389,8 +394,7 @@ def _cluster_limit(http: Any, name: str) -> Check:
     if not isinstance(size, int) or size < 1:
         return fail(
             "cluster limit",
-            f"{setting}: the Prefect limit allows {size} clusters at once; every update would fail before "
-            "its first node",
+            f"{setting}: the Prefect limit allows {size} clusters at once; {NO_UPDATE_STARTS}",
             f"prefect gcl update {shlex.quote(name)} --limit N (N at least 1), or unset UPKEEP_CLUSTER_LIMIT",
         )
     if not active:

@@ -16,7 +16,7 @@ from uuid import uuid4
 
 import pytest
 from sqlalchemy import update
-from sqlmodel import select
+from sqlmodel import col, select
 
 from inventory.alerts import Alert
 from inventory.db import session_scope
@@ -24,6 +24,7 @@ from inventory.models import RunState, UpgradeRun
 from inventory.types import utcnow
 from tests.integration.test_cluster_slot_stop import (
     BEFORE_ASK,
+    TARGET,
     _active_slots,
     _b_behind_a,
     _cleared,
@@ -201,19 +202,22 @@ def test_the_limit_deleted_while_runs_wait_fails_the_waiter_as_a_setup_error_and
     assert results["run-a"].is_completed(), results["run-a"]
 
 
-def test_a_cluster_limit_of_zero_fails_the_run_once_as_a_setup_error(
-    lab: Any, fresh_cluster: str, lab_runtime: Any
+def test_a_cluster_limit_of_zero_starts_nothing_says_so_once_and_a_run_started_by_hand_fails_before_any_node(
+    lab: Any, fresh_cluster: str, second_fresh_cluster: str, lab_runtime: Any
 ) -> None:
     """UPKEEP_CLUSTER_LIMIT names a Prefect limit set to 0: Prefect answers every ask 422 ("Slots
-    requested is greater than the limit"). Before, the flow failed with that generic error, the run left
-    `running` with its lease given back: the next tick took it over and failed it the same way, every
-    tick, our record saying nothing. Now the run fails before any node with one line naming the setting,
-    the limit and the fix; the customer hears nothing, the SRE is alerted, and the next tick has nothing
-    to take over. (A disabled limit is not this: Prefect does not enforce it, and the run goes.)"""
+    requested is greater than the limit"). First (adv21, h-window) each due run was started and failed
+    before its first node with one line naming the setting: an SRE alert per run, and each customer's
+    announced update dropped, over one setting of the vendor's (adv35 counted 5 alerts for 5 due runs).
+    Now the tick reads the limit first and starts nothing: the due run stays planned, untouched, the SRE
+    is alerted once (not once per tick), and once the limit is fixed the next tick starts it. A run
+    started by hand into such a limit (`upkeep update`) still fails before any node with that line; the
+    customer hears nothing. (A disabled limit is not this: Prefect does not enforce it, and runs go.)"""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 
     from flows.dispatch import dispatch
+    from flows.product_update import product_update
     from inventory.outbox import Notice
 
     engine, limit = lab_runtime.engine, f"clusters-{uuid4().hex[:8]}"
@@ -221,22 +225,42 @@ def test_a_cluster_limit_of_zero_fails_the_run_once_as_a_setup_error(
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=0))
     lab_runtime.cluster_limit = limit
     run_id = _planned(engine, fresh_cluster)
-
-    assert dispatch(max_running=1)["started"] == [run_id]
-
-    ended = _run(engine, run_id)
-    assert ended.state == RunState.failed, (ended.state, ended.reason)
     said = (
         f"UPKEEP_CLUSTER_LIMIT {limit!r}: the Prefect limit allows 0 clusters at once; set it to at least 1 "
         f"with `prefect gcl update {limit} --limit N`, or unset the setting"
     )
-    assert ended.reason.startswith(said) and "\n" not in ended.reason, ended.reason
-    assert ended.lease_owner is None
+
+    assert dispatch(max_running=1)["started"] == []
+    assert dispatch(max_running=1)["started"] == []  # tick after tick: nothing started, told once
+
+    waiting = _run(engine, run_id)
+    assert (waiting.state, waiting.lease_owner) == (RunState.planned, None), (waiting.state, waiting.reason)
     assert _steps(engine, run_id) == [] and _upgrades(lab, fresh_cluster) == [0, 0, 0]
-    assert _alerts(engine, run_id) == ["vendor-side"]
     with session_scope(engine) as session:
-        notices = session.exec(select(Notice).where(Notice.update_ref == f"update-{run_id}")).all()
+        told = session.exec(select(Alert).where(col(Alert.key).startswith(f"cluster-limit:{limit}:"))).all()
+        assert [(a.kind, a.run_id) for a in told] == [("held", None)]
+        assert said in told[0].body_text, told[0].body_text
+    assert _alerts(engine, run_id) == []
+
+    by_hand = product_update(cluster=second_fresh_cluster, to_version=TARGET, return_state=True)
+
+    with session_scope(engine) as session:
+        failed = session.exec(
+            select(UpgradeRun).where(UpgradeRun.id != run_id).order_by(col(UpgradeRun.id).desc())
+        ).first()
+        assert failed is not None and failed.id is not None
+        failed_id = failed.id
+    assert by_hand.is_failed() and _run(engine, failed_id).state == RunState.failed
+    assert _run(engine, failed_id).reason.startswith(said), _run(engine, failed_id).reason
+    assert _steps(engine, failed_id) == [] and _upgrades(lab, second_fresh_cluster) == [0, 0, 0]
+    assert _alerts(engine, failed_id) == ["vendor-side"]
+    with session_scope(engine) as session:
+        notices = session.exec(select(Notice).where(Notice.update_ref == f"update-{failed_id}")).all()
         assert [n.kind for n in notices if lab_runtime.sre_email not in n.recipients] == []
 
-    assert dispatch(max_running=1)["started"] == []  # nothing to take over, tick after tick
-    assert _run(engine, run_id).state == RunState.failed
+    with get_client(sync_client=True) as client:  # the SRE fixes the limit
+        client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(limit=1))
+
+    assert dispatch(max_running=1)["started"] == [run_id]
+    assert _run(engine, run_id).state == RunState.succeeded, _run(engine, run_id).reason
+    assert _upgrades(lab, fresh_cluster) == [1, 1, 1]

@@ -27,7 +27,7 @@ def _limit_check(tmp_path: Path, name: str) -> Check:
     ("size", "active", "status", "said"),
     [
         (2, True, "ok", "2 clusters at once (0 in use now)"),
-        (0, True, "fail", "the Prefect limit allows 0 clusters at once; every update would fail"),
+        (0, True, "fail", "the Prefect limit allows 0 clusters at once; no update starts"),
         (2, False, "warn", "the Prefect limit (2) is disabled: Prefect grants every ask"),
     ],
     ids=["usable", "zero", "disabled"],

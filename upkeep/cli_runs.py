@@ -232,6 +232,7 @@ def runs(
     from inventory.db import session_scope
     from inventory.run_report import run_row
     from inventory.runs import list_runs
+    from upkeep.settings import printable
 
     with session_scope(_engine()) as session:
         rows = [run_row(run, session) for run in list_runs(session=session, limit=limit)]
@@ -248,7 +249,7 @@ def runs(
             row["phase"],
             row["source"],
             row["created_at"][:19],
-            (row["reason"] or "")[:80],
+            printable(row["reason"] or "")[:80],  # as `upkeep show`: operator text, escaped
         )
     console.print(table)
 

@@ -11,6 +11,7 @@ from inventory.db import session_scope
 from inventory.run_report import decisions, node_rows, run_row
 from inventory.runs import get_run
 from upkeep.console import CliError, console, print_json
+from upkeep.settings import printable
 
 
 def no_update(run_id: int) -> str:
@@ -38,7 +39,7 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
     if summary["window_end"]:
         console.print(f"window: {summary['window_start']} to {summary['window_end']}", markup=False)
     if summary["override_reason"]:
-        console.print(f"window overridden: {summary['override_reason']}", markup=False)
+        console.print(f"window overridden: {printable(summary['override_reason'])}", markup=False)
     table = Table("node", "before", "after", "seconds", "result")
     for row in nodes:
         table.add_row(
@@ -50,13 +51,15 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
         )
     console.print(table)
     if summary["reason"]:
-        console.print(f"reason: {summary['reason']}", markup=False)
+        # Operator text (an approver or a reason typed in the Prefect UI's resume form is stored as typed):
+        # its control characters escaped, so a terminal never acts on an ESC and a newline forges no line.
+        console.print(f"reason: {printable(summary['reason'])}", markup=False)
     if url:
         console.print(f"Prefect flow run: {url}", markup=False)
     for decision in taken:
         console.print(
-            f"{decision['decision']} by {decision['by']} at {decision['at'][:19]}: "
-            f"{decision['reason'] or '-'}",
+            f"{decision['decision']} by {printable(decision['by'])} at {decision['at'][:19]}: "
+            f"{printable(decision['reason']) or '-'}",
             markup=False,
         )
     if summary["lease_owner"]:

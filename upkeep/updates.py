@@ -14,6 +14,7 @@ from inventory.db import session_scope
 from inventory.runs import REFUSED, get_run, refusal
 from upkeep.console import CliError, console, err_console, print_json
 from upkeep.run_view import no_update, show_run
+from upkeep.settings import printable
 
 
 def _plan(cluster: str, to_version: str, engine: Engine) -> UpdatePlan:
@@ -466,8 +467,8 @@ def _stop_at_the_gate(run: Any, action: str) -> str:
 
     if run.approved_by:
         return (
-            f"run {run.id}: {action} requested; it was approved (by {run.approved_by}) and is under way: "
-            "the node in progress finishes first"
+            f"run {run.id}: {action} requested; it was approved (by {printable(run.approved_by)}) and is "
+            "under way: the node in progress finishes first"
         )
     then = "" if action == "cancel" else "; `upkeep resume` asks for approval again"
     asked = f"run {run.id}: {action} requested before approval"

@@ -1,0 +1,73 @@
+"""An approver named in the Prefect UI's resume form is stored as typed (flows/approval.py: refusing an
+answer Prefect already took is not possible), so its text reaches an SRE's terminal through `upkeep show`
+and `upkeep runs`. A name holding a terminal escape (clear the screen, set the window title), a newline
+that forges a line of its own ("refused by root"), or a right-to-left override must be shown escaped, on
+one line, never acted on by the terminal; --json already escapes them (JSON strings) and keeps them whole.
+
+No lab: the run and its decision are written as the gate writes them (its `decision` and `refusal`)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
+
+from flows.approval import decision
+from inventory.db import session_scope
+from inventory.models import Cluster, RunState
+from inventory.runs import create_run, refusal
+from tests.integration.test_takeover import _database_url
+from tests.support.cli import home_env, upkeep_in_process
+from tests.support.fleets import one_node_fleet
+
+NOW = datetime(2026, 12, 7, 10, 0)
+# What a hostile (or careless) form answer holds: ESC sequences (clear screen, window title, colour), a
+# newline forging a second decision line, a carriage return, a right-to-left override.
+HOSTILE = "mallory\x1b]0;owned\x07\x1b[2J\nrefused by root at 2026-12-07T10:00:00: fine\r\u202eevil"
+REASON = "no\x1b[31m red"
+
+
+def _refused_by_hostile_name(engine: Any, tmp_path: Path) -> int:
+    one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    with session_scope(engine) as session:
+        cluster = session.exec(select(Cluster)).one()
+        run = create_run(
+            cluster,
+            to_version="9.9.0",
+            source="cli",
+            requested_by="t",
+            session=session,
+            state=RunState.cancelled,
+        )
+        run.needs_approval, run.reason = True, refusal(HOSTILE, REASON)
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        session.add(decision(run.id, HOSTILE, approved=False, reason=REASON))
+        return run.id
+
+
+def test_a_hostile_approver_name_is_shown_escaped_on_one_line(engine: Any, tmp_path: Path):
+    run_id = _refused_by_hostile_name(engine, tmp_path)
+    env = home_env(tmp_path / "home", UPKEEP_DATABASE_URL=_database_url(engine), COLUMNS="400")
+
+    for args in (["show", str(run_id)], ["runs"]):
+        said = upkeep_in_process(*args, env=env)
+        assert said.returncode == 0, said
+        for raw in ("\x1b", "\x07", "\r", "\u202e"):
+            assert raw not in said.stdout, (args, said.stdout)
+    # One line each: no forged "refused by root" line in `show`, the run's one row in `runs` (400 columns).
+    shown = upkeep_in_process("show", str(run_id), env=env).stdout
+    assert not [line for line in shown.splitlines() if line.startswith("refused by root")], shown
+    listed = upkeep_in_process("runs", env=env).stdout
+    assert len([line for line in listed.splitlines() if line.startswith("│")]) == 1, listed  # its one row
+    [line] = [line for line in shown.splitlines() if line.startswith("refused by ")]
+    assert "\\x1b[2J" in line and "\\n" in line and "\\u202e" in line, line  # escaped, not dropped
+
+    # --json: exact, as stored (a JSON string escapes them).
+    data = json.loads(upkeep_in_process("show", str(run_id), "--json", env=env).stdout)
+    assert [d["by"] for d in data["decisions"]] == [HOSTILE]
+    assert data["reason"] == refusal(HOSTILE, REASON)

@@ -118,11 +118,30 @@ def refused(runtime: Runtime, plan: UpdatePlan, run_id: int, owner: str | None =
             session=session,
             now=now,
             notice="cancelled",
-            customer_reason=f"the update was not approved: {why.partition(': ')[2] or why}",
+            customer_reason=f"the update was not approved: {_refusal_reason(run_id, why, session)}",
             alert="approval-refused",
             headline=f"run {run_id} ({plan.label}) was refused at its approval gate; no node was touched",
             cause=why,
         )
+
+
+def _refusal_reason(run_id: int, why: str, session: Session) -> str:
+    """Why the gate said no, as the customer may hear it: the refusal's own reason (its decision, which
+    the gate and `upkeep approve --refuse` both record), never read out of the run's reason ("approval
+    refused by WHO: REASON"): an approver named in the Prefect UI may hold a ': ' of its own, and the rest
+    of their name would be told to the customer."""
+    from sqlmodel import col, select
+
+    from inventory.models import AuditEvent
+
+    said = session.exec(
+        select(AuditEvent)
+        .where(AuditEvent.subject == f"run/{run_id}", AuditEvent.action == "run.refused")
+        .order_by(col(AuditEvent.id).desc())
+    ).first()
+    if said is not None:
+        return str(said.detail.get("reason") or "") or "no reason given"
+    return why.partition(": ")[2] or why  # no decision recorded (a run refused before decisions were)
 
 
 def cancelled_while_stopped(runtime: Runtime, run: UpgradeRun, *, reason: str, session: Session) -> None:

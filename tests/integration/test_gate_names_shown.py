@@ -9,7 +9,7 @@ No lab: the run and its decision are written as the gate writes them (its `decis
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,13 @@ from sqlmodel import select
 
 from flows.approval import decision
 from inventory.db import session_scope
-from inventory.models import Cluster, RunState
+from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.runs import create_run, refusal
 from tests.integration.test_takeover import _database_url
 from tests.support.cli import home_env, upkeep_in_process
 from tests.support.fleets import one_node_fleet
 
-NOW = datetime(2026, 12, 7, 10, 0)
+NOW = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
 # What a hostile (or careless) form answer holds: ESC sequences (clear screen, window title, colour), a
 # newline forging a second decision line, a carriage return, a right-to-left override.
 HOSTILE = "mallory\x1b]0;owned\x07\x1b[2J\nrefused by root at 2026-12-07T10:00:00: fine\r\u202eevil"
@@ -71,3 +71,42 @@ def test_a_hostile_approver_name_is_shown_escaped_on_one_line(engine: Any, tmp_p
     data = json.loads(upkeep_in_process("show", str(run_id), "--json", env=env).stdout)
     assert [d["by"] for d in data["decisions"]] == [HOSTILE]
     assert data["reason"] == refusal(HOSTILE, REASON)
+
+
+def test_the_customer_hears_the_refusal_s_reason_never_the_approver_s_own_text(engine: Any, tmp_path: Path):
+    """The customer's 'cancelled' notice says why the update was not approved. It took what followed the
+    first ': ' of the run's reason ("approval refused by WHO: REASON"), so an approver named in the
+    Prefect UI with a ': ' of its own ("Jane (CAB): internal ...") had the rest of their name sent to the
+    customer. The reason is the decision's own."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from flows.outcomes import refused
+    from inventory.outbox import Notice
+    from tests.support.fleets import planned_run
+
+    runtime = one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    run_id = planned_run(engine, "acme-c00", NOW, NOW)
+    who = "Jane Doe (CAB): internal only, the customer is on the churn list"
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        run.state, run.needs_approval, run.reason = RunState.running, True, refusal(who, "CHG-7 freeze")
+        session.add(run)
+        session.add(decision(run_id, who, approved=False, reason="CHG-7 freeze"))
+        announced = Notice(
+            idempotency_key=f"update-{run_id}:scheduled:1",
+            kind="scheduled",
+            update_ref=f"update-{run_id}",
+            customer_id=session.exec(select(Cluster)).one().customer_id,
+            subject="s",
+            body_text="b",
+            body_html="b",
+        )
+        session.add(announced)
+    refused(runtime, cast(Any, SimpleNamespace(label="acme/acme-c00 9.8.0→9.9.0")), run_id)
+
+    with session_scope(engine) as session:
+        [told] = session.exec(select(Notice).where(Notice.kind == "cancelled")).all()
+        assert "not approved: CHG-7 freeze" in told.body_text, told.body_text
+        assert "churn" not in told.body_text + told.subject + told.ics, told.body_text

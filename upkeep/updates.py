@@ -521,6 +521,7 @@ def _hold_state(run: Any, state: Any, action: str, session: Any) -> None:
 def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, actor: str) -> str:
     from prefect.exceptions import FlowPauseTimeout, NotPausedError
     from prefect.flow_runs import resume_flow_run
+    from sqlalchemy.exc import DBAPIError
 
     from flows.approval import decision
     from inventory.models import RunState
@@ -573,6 +574,20 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
         # The decision too: the gate's process may be gone (killed while it waited), and the answer
         # then stands when the run is taken over (flows/approval.py) with nothing else to record it.
         session.add(decision(run_id, actor, approved=approved, reason=reason))
+        # Written before the gate is answered: a write the database refuses (a lock timeout, a full disk,
+        # a value it cannot hold) must not leave the gate answered, the run going on, and the operator
+        # told it failed. Only the COMMIT itself can still fail after the answer (then the gate records
+        # the answer itself, as it does one typed in the Prefect UI).
+        try:
+            session.flush()
+        except DBAPIError as exc:
+            cause = (
+                str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+            )
+            raise CliError(
+                f"run {run_id}: the database refused to record the answer ({cause}): the gate was not "
+                f"answered, still waiting; not {_PAST[verb]}"
+            ) from None
         try:
             resume_flow_run(
                 UUID(run.flow_run_id), run_input={"approved": approved, "approver": actor, "reason": reason}

@@ -44,4 +44,29 @@ def open_database(settings: Settings) -> Engine:
             raise
         cause = " ".join(str(exc.orig or exc).split())
         raise SettingsError(f"{where}: cannot open the database: {cause}") from None
+    except Exception as exc:
+        _newer_schema(exc, engine, where)
+        raise
     return engine
+
+
+def _newer_schema(exc: Exception, engine: Engine, where: str) -> None:
+    """A database a newer Upkeep migrated (its revision unknown to this checkout: Alembic's "Can't
+    locate revision") is the operator's to fix, not a bug: one line naming both revisions. Anything
+    else is left as it is."""
+    from alembic.util.exc import CommandError
+
+    from inventory.db import HEAD_REVISION
+    from inventory.revision import current_revisions
+    from upkeep.settings import SettingsError
+
+    if not isinstance(exc, CommandError) or "Can't locate revision" not in str(exc):
+        return
+    try:
+        found = ", ".join(sorted(current_revisions(engine))) or "unknown"
+    finally:
+        engine.dispose()
+    raise SettingsError(
+        f"{where}: the database's schema is at revision {found}, newer than this Upkeep knows (its newest is "
+        f"{HEAD_REVISION}): a newer Upkeep migrated it; run that version here too; nothing was changed"
+    ) from None

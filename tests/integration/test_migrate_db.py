@@ -266,3 +266,26 @@ def test_a_downgrade_below_0012_keeps_an_approver_longer_than_the_old_limit_or_i
         _alembic(engine, "downgrade", "0011")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT actor FROM auditevent")).scalar_one() == long
+
+
+def test_upkeep_on_a_database_a_newer_upkeep_migrated_says_so_in_one_line(
+    engine: Engine, tmp_path: Any
+) -> None:
+    """A host still running the previous Upkeep (a worker not yet upgraded) opening a database the new one
+    migrated: Alembic cannot find the revision. That is no bug in Upkeep but the operator's to fix (upgrade
+    that host): one line naming the database's revision and this Upkeep's, exit 1, nothing changed. It
+    said "unexpected CommandError ... this is a bug in Upkeep" (measured: the 0011 code on a database at
+    0012); this is what the next release says of a database a later one migrated."""
+    from tests.integration.test_takeover import _database_url
+    from tests.support.cli import home_env, upkeep_in_process
+
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    said = upkeep_in_process(
+        "runs", env=home_env(tmp_path / "home", UPKEEP_DATABASE_URL=_database_url(engine))
+    )
+    assert said.returncode == 1 and said.stdout == "" and "Traceback" not in said.stderr, said
+    assert said.stderr.strip().count("\n") == 0, said.stderr
+    assert "bug" not in said.stderr, said.stderr
+    assert "9999" in said.stderr and HEAD_REVISION in said.stderr and "newer" in said.stderr, said.stderr
+    assert current_revisions(engine) == {"9999"}

@@ -462,9 +462,6 @@ def _stop_at_the_gate(run: Any, action: str) -> str:
     lease rules (flows/lease.py) say that process is gone (its lease ran out, or it ran on this host and
     its pid is gone: a kill -9) nothing wakes the gate: the dispatcher's take-over once the lease has run
     out honours the stop. Approved first: the stop is an ordinary one, told so."""
-    from flows import lease
-    from flows.runtime import current
-
     if run.approved_by:
         return (
             f"run {run.id}: {action} requested; it was approved (by {printable(run.approved_by)}) and is "
@@ -472,19 +469,29 @@ def _stop_at_the_gate(run: Any, action: str) -> str:
         )
     then = "" if action == "cancel" else "; `upkeep resume` asks for approval again"
     asked = f"run {run.id}: {action} requested before approval"
-    ran_out = lease.expired(run.lease_until, current().clock())
-    if run.lease_owner and (ran_out or lease.holder_gone(run.lease_owner)):
-        holder = lease.holder_label(run.lease_owner)
-        when = (
-            f"its lease ran out at {run.lease_until:%Y-%m-%d %H:%M:%S} UTC"
-            if ran_out
-            else f"once its lease runs out at {run.lease_until:%Y-%m-%d %H:%M:%S} UTC"
-        )
-        return (
-            f"{asked}; its process ({holder}) is not answering: the dispatcher's next take-over ends it "
-            f"({when}), no node touched{then}"
-        )
+    if dead := _gate_not_answering(run, "ends it"):
+        return f"{asked}; {dead}, no node touched{then}"
     return f"{asked}; it stops within seconds, no node touched{then}"
+
+
+def _gate_not_answering(run: Any, does: str) -> str:
+    """When the lease rules (flows/lease.py) say the process of a run at its gate is gone (its lease ran
+    out, or it ran on this host and its pid is gone: a kill -9): who `does` what the operator asked, and
+    when; else "". Nothing acts before a take-over, and a take-over needs a dispatcher: where none runs
+    (no deployment, no cron entry), `upkeep dispatch` is one, here."""
+    from flows import lease
+    from flows.runtime import current
+
+    ran_out = lease.expired(run.lease_until, current().clock())
+    if not run.lease_owner or not (ran_out or lease.holder_gone(run.lease_owner)):
+        return ""
+    until = f"{run.lease_until:%Y-%m-%d %H:%M:%S} UTC"
+    when = f"its lease ran out at {until}" if ran_out else f"once its lease runs out at {until}"
+    by_hand = "now" if ran_out else "after that"
+    return (
+        f"its process ({lease.holder_label(run.lease_owner)}) is not answering: the dispatcher's next "
+        f"take-over {does} ({when}; where no dispatcher runs, `upkeep dispatch` {by_hand} does it here)"
+    )
 
 
 _PAST = {"approve": "approved", "refuse": "refused", "cancel": "cancelled", "pause": "paused"}
@@ -597,4 +604,8 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
                 f"run {run_id} is no longer waiting for approval ({exc}; another answer came first, "
                 f"or the wait timed out): not {_PAST[verb]}; see `upkeep show {run_id}`"
             ) from None
+        # Prefect takes an answer for a killed process's pause too: nothing carries the run on then until
+        # a take-over, where the gate finds this answer recorded.
+        if dead := _gate_not_answering(run, "carries it on" if approved else "ends it"):
+            return f"run {run_id} {_PAST[verb]}; {dead}"
     return f"run {run_id} {_PAST[verb]}"

@@ -110,7 +110,7 @@ def check_database(found: Findings) -> Iterator[Check]:
     from sqlalchemy.engine import make_url
 
     from inventory.db import make_engine
-    from inventory.revision import current_revisions, head_revisions
+    from inventory.revision import current_revisions, head_revisions, known_revisions
 
     settings = found.settings
     assert settings is not None
@@ -150,6 +150,15 @@ def check_database(found: Findings) -> Iterator[Check]:
     found.engine = engine
     heads = head_revisions()
     at = ", ".join(sorted(current)) or "none"
+    if current - known_revisions():
+        yield fail(
+            "database schema",
+            f"{shown}: schema at {at}, newer than this checkout's migrations (they end at "
+            f"{', '.join(sorted(heads))}): a newer Upkeep migrated it",
+            "run that newer checkout here too (every worker must run the same checkout): this one "
+            "cannot migrate it",
+        )
+        return
     if current != heads:
         yield fail(
             "database schema",

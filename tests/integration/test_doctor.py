@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from inventory.db import make_engine
 from tests.support import forkserver
 from tests.support.labs import running_lab
 from upkeep.lab import Lab
@@ -177,6 +179,23 @@ def test_doctor_says_to_migrate_a_database_behind_this_checkout(lab: Lab, tmp_pa
     assert upgraded.returncode == 0 and "schema at head" in upgraded.stdout, upgraded.stderr
     code, report, _ = _doctor(env)
     assert code == 0, report
+
+
+def test_doctor_on_a_database_a_newer_upkeep_migrated_says_to_run_that_version(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A database migrated by a newer checkout (0012 seen by the 0011 code): `upkeep db upgrade` cannot
+    help (Alembic does not know the revision); the fix is to run the newer checkout here."""
+    env = _lab_env(lab, tmp_path / "home")
+    assert _upkeep(env, "db", "upgrade").returncode == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'upkeep.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    code, report, _ = _doctor(env)
+    assert code == 1 and report["failed"] == ["database schema"], report
+    check = report["checks"][1]
+    assert "newer" in check["detail"] + check["fix"] and "upkeep db upgrade" not in check["fix"], check
 
 
 def test_doctor_text_output_is_one_line_per_check_with_the_fix(lab: Lab, tmp_path: Path) -> None:

@@ -144,7 +144,7 @@ def _summary_lines(runtime: Runtime, plan: UpdatePlan, run_id: int, outcome: str
     ]
     cause = summary["reason"] or (held_reason if outcome == "held" else "")
     if cause:
-        lines += [f"**Cause:** {one_line(cause, 1000)}", ""]
+        lines += [f"**Cause:** {markdown_text(one_line(cause, 1000))}", ""]
     if step:
         where = f"node `{node}`, step `{step}`" if node else f"step `{step}`, before any node was touched"
         lines += [f"**Stopped at:** {where}", ""]
@@ -165,6 +165,17 @@ def _summary_lines(runtime: Runtime, plan: UpdatePlan, run_id: int, outcome: str
         *markdown_table(nodes, NODE_COLUMNS),
     ]
     return lines
+
+
+_MARKDOWN_LIVE = frozenset("\\`*_[]()!|~")
+_HTML_LIVE = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def markdown_text(text: str) -> str:
+    """`text` as the Markdown that shows it as it is: a cause holds operator text (the approver and
+    reason typed in the Prefect UI's resume form), whose links, images, emphasis and raw HTML the UI
+    would otherwise render."""
+    return "".join(_HTML_LIVE.get(c) or ("\\" + c if c in _MARKDOWN_LIVE else c) for c in text)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[str]:

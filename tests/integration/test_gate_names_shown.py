@@ -110,3 +110,35 @@ def test_the_customer_hears_the_refusal_s_reason_never_the_approver_s_own_text(e
         [told] = session.exec(select(Notice).where(Notice.kind == "cancelled")).all()
         assert "not approved: CHG-7 freeze" in told.body_text, told.body_text
         assert "churn" not in told.body_text + told.subject + told.ics, told.body_text
+
+
+def test_the_prefect_ui_summary_shows_an_approver_s_markdown_as_text(engine: Any, tmp_path: Path):
+    """The run's summary artifact is Markdown the Prefect UI renders; its cause is the run's reason, which
+    holds the approver and reason as typed in the resume form. Markdown or HTML there rendered: a link
+    dressed as a change ticket, an image fetched from anywhere (a tracking pixel), raw HTML. Shown as
+    the text it is."""
+    from flows.plan import plan_update
+    from flows.report import _summary_lines
+
+    runtime = one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    who = "[CHG-1234 approved](https://evil.example/login) ![](https://evil.example/pixel.gif) <img src=x>"
+    with session_scope(engine) as session:
+        cluster = session.exec(select(Cluster)).one()
+        plan = plan_update(cluster.name, "9.9.0", session=session)
+        run = create_run(
+            cluster,
+            to_version="9.9.0",
+            source="cli",
+            requested_by="t",
+            session=session,
+            state=RunState.cancelled,
+        )
+        run.needs_approval, run.reason = True, refusal(who, "*see* `CHG`")
+        session.add(run)
+        session.flush()
+        run_id = run.id or 0
+
+    [cause] = [line for line in _summary_lines(runtime, plan, run_id, "cancelled") if "Cause" in line]
+    for live in ("](https://", "![", "<img", "*see*", "`CHG`"):
+        assert live not in cause, cause
+    assert "evil.example" in cause  # shown, as text

@@ -78,6 +78,13 @@ def holder_gone(owner: str | None) -> bool:
     return _zombie(int(pid))
 
 
+def held_elsewhere(owner: str | None) -> bool:
+    """Whether the owner's process runs on another host: whether it lives cannot be told from here,
+    only by its lease running out."""
+    host = (owner or "").partition(":")[0]
+    return bool(host) and host != socket.gethostname()
+
+
 def _zombie(pid: int) -> bool:
     """Whether `pid` is a process that has ended but not been collected (Linux's /proc; elsewhere, or
     unreadable: False, alive). Every thread of it, not only the first: /proc/PID/stat is the main

@@ -471,6 +471,15 @@ def _stop_at_the_gate(run: Any, action: str) -> str:
     asked = f"run {run.id}: {action} requested before approval"
     if dead := _gate_not_answering(run, "ends it"):
         return f"{asked}; {dead}, no node touched{then}"
+    from flows import lease
+
+    if run.lease_until is not None and lease.held_elsewhere(run.lease_owner):
+        # Whether a process on another machine lives cannot be told from here before its lease runs out.
+        return (
+            f"{asked}; it stops within seconds if its process ({lease.holder_label(run.lease_owner)}) "
+            "lives; if that machine is gone, the dispatcher's first take-over after its lease runs out at "
+            f"{run.lease_until:%Y-%m-%d %H:%M:%S} UTC ends it, no node touched{then}"
+        )
     return f"{asked}; it stops within seconds, no node touched{then}"
 
 

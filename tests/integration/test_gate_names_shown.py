@@ -142,3 +142,38 @@ def test_the_prefect_ui_summary_shows_an_approver_s_markdown_as_text(engine: Any
     for live in ("](https://", "![", "<img", "*see*", "`CHG`"):
         assert live not in cause, cause
     assert "evil.example" in cause  # shown, as text
+
+
+def test_a_stop_at_a_gate_held_on_another_machine_promises_seconds_only_if_that_process_lives(
+    engine: Any, tmp_path: Path
+):
+    """The CLI can tell a process on its own machine is gone (its pid), never one elsewhere: until that
+    process's lease runs out it cannot know whether the gate's watcher lives. "It stops within seconds"
+    was said unconditionally; if that machine was lost, nothing ends the run before the dispatcher's
+    take-over after the lease. Both are said, with the time."""
+    from datetime import timedelta
+
+    from inventory.types import utcnow
+
+    one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    until = utcnow() + timedelta(minutes=5)
+    with session_scope(engine) as session:
+        cluster = session.exec(select(Cluster)).one()
+        run = create_run(
+            cluster,
+            to_version="9.9.0",
+            source="cli",
+            requested_by="t",
+            session=session,
+            state=RunState.running,
+        )
+        run.needs_approval, run.lease_owner, run.lease_until = True, "db7.elsewhere:4242/abc123", until
+        session.add(run)
+        session.flush()
+        run_id = run.id or 0
+    env = home_env(tmp_path / "home", UPKEEP_DATABASE_URL=_database_url(engine), COLUMNS="400")
+    said = upkeep_in_process("cancel", str(run_id), "--reason", "froze", env=env)
+    assert said.returncode == 0, said
+    line = " ".join(said.stdout.split())
+    assert "within seconds if its process (db7.elsewhere:4242) lives" in line, line
+    assert f"its lease runs out at {until:%Y-%m-%d %H:%M:%S} UTC" in line, line

@@ -56,4 +56,5 @@ def test_a_stop_at_a_dead_gate_names_upkeep_dispatch_for_where_no_dispatcher_run
     _env, run_id, lease_until = _killed_at_the_gate(lab, fresh_cluster, lab_runtime, tmp_path / "home")
     line = request_stop(run_id, "cancel", engine=lab_runtime.engine, actor="sre", reason="froze")
     assert "the dispatcher's next take-over ends it" in line, line
-    assert "`upkeep dispatch`" in line, line
+    assert f"once its lease runs out at {lease_until:%Y-%m-%d %H:%M:%S} UTC" in line, line
+    assert "`upkeep dispatch` after that" in line, line  # not now: before then it takes nothing over

@@ -534,6 +534,12 @@ def _hold_state(run: Any, state: Any, action: str, session: Any) -> None:
         )
 
 
+def _db_cause(exc: Any) -> str:
+    """The database's own words for a failed statement, its first line."""
+    text = str(exc.orig).strip()
+    return text.splitlines()[0] if text else type(exc.orig).__name__
+
+
 def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, actor: str) -> str:
     from prefect.exceptions import FlowPauseTimeout, NotPausedError
     from prefect.flow_runs import resume_flow_run
@@ -592,17 +598,14 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
         session.add(decision(run_id, actor, approved=approved, reason=reason))
         # Written before the gate is answered: a write the database refuses (a lock timeout, a full disk,
         # a value it cannot hold) must not leave the gate answered, the run going on, and the operator
-        # told it failed. Only the COMMIT itself can still fail after the answer (then the gate records
-        # the answer itself, as it does one typed in the Prefect UI).
+        # told it failed. Only the COMMIT itself can still fail after the answer: then the gate records
+        # the answer itself, as it does one typed in the Prefect UI, and the operator is told so.
         try:
             session.flush()
         except DBAPIError as exc:
-            cause = (
-                str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
-            )
             raise CliError(
-                f"run {run_id}: the database refused to record the answer ({cause}): the gate was not "
-                f"answered, still waiting; not {_PAST[verb]}"
+                f"run {run_id}: the database refused to record the answer ({_db_cause(exc)}): the gate was "
+                f"not answered, still waiting; not {_PAST[verb]}"
             ) from None
         try:
             resume_flow_run(
@@ -612,6 +615,14 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
             raise CliError(
                 f"run {run_id} is no longer waiting for approval ({exc}; another answer came first, "
                 f"or the wait timed out): not {_PAST[verb]}; see `upkeep show {run_id}`"
+            ) from None
+        try:
+            session.commit()
+        except DBAPIError as exc:  # the COMMIT itself (a connection lost then): the gate has the answer
+            raise CliError(
+                f"run {run_id}: the gate took the answer ({_PAST[verb]}), but recording it here failed "
+                f"({_db_cause(exc)}): its process records it as it wakes (if that process is gone, the "
+                f"take-over asks again); see `upkeep show {run_id}`"
             ) from None
         # Prefect takes an answer for a killed process's pause too: nothing carries the run on then until
         # a take-over, where the gate finds this answer recorded.

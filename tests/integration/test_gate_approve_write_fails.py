@@ -75,3 +75,48 @@ def test_an_approval_the_database_refuses_leaves_the_gate_waiting(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=60)
+
+
+def test_an_approval_whose_commit_fails_after_the_gate_took_it_is_told_so_and_the_gate_records_it(
+    lab: Any, fresh_cluster: str, lab_runtime_any_db: Any, tmp_path: Path
+):
+    """What the flush cannot catch: the COMMIT itself failing after Prefect took the answer (a deferred
+    constraint here, once; a connection lost at COMMIT in the world). The gate wakes with the answer and
+    records it itself (as one typed in the Prefect UI). The operator was told "unexpected ... a bug in
+    Upkeep", as if nothing had happened; now the line says the gate took the answer and where to look."""
+    engine = lab_runtime_any_db.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a failure at COMMIT itself: PostgreSQL's deferred constraint trigger")
+    env = _cli_env(lab, engine, tmp_path / "home")
+    run_id, proc = _gated_run(env, engine, fresh_cluster)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SEQUENCE approvals_seen"))  # outside any transaction's rollback
+            conn.execute(
+                text(
+                    "CREATE FUNCTION first_approval_fails() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "IF nextval('approvals_seen') = 1 THEN RAISE EXCEPTION 'terminating connection due "
+                    "to administrator command'; END IF; RETURN NULL; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE CONSTRAINT TRIGGER first_approval_fails AFTER INSERT ON auditevent "
+                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.action = 'run.approved') "
+                    "EXECUTE FUNCTION first_approval_fails()"
+                )
+            )
+        said = upkeep_in_process("approve", str(run_id), "--reason", "CHG-12", env=env)
+        assert said.returncode == 1 and "Traceback" not in said.stdout + said.stderr, said
+        assert said.stderr.strip().count("\n") == 0 and "bug" not in said.stderr, said.stderr
+        assert f"run {run_id}" in said.stderr and "the gate took the answer" in said.stderr, said.stderr
+        assert f"upkeep show {run_id}" in said.stderr, said.stderr
+
+        assert proc.wait(timeout=120) == 0, proc.communicate()  # the gate recorded it and went on
+        final = _run(engine, run_id)
+        assert final.state == RunState.succeeded and final.approved_by, final
+        assert _answers(env, run_id) == [("approved", "CHG-12")]  # one decision: the gate's
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)

@@ -19,6 +19,7 @@ one ends, so the tick keeps that many clusters busy until nothing is due.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -680,9 +681,18 @@ def cluster_limit_blocks(runtime: Runtime, now: datetime, log: Any) -> bool:
         action="fix the limit (or unset UPKEEP_CLUSTER_LIMIT): the due updates start at the next tick, "
         "those whose slot has passed move to their next window (the customer is told). Set to 0 on "
         "purpose, this is the brake working: this alert comes once a day while it holds",
-        key=f"cluster-limit:{runtime.cluster_limit}:{now:%Y-%m-%d}",
+        key=limit_alert_key(runtime.cluster_limit, now),
     )
     return True
+
+
+def limit_alert_key(name: str, now: datetime) -> str:
+    """The held alert's key, one a limit and day: `cluster-limit:NAME:YYYY-MM-DD`, a long name cut and
+    told apart by its digest (the alert table keeps 128 characters: PostgreSQL refused a longer key and
+    every tick failed before its pages and notices, nobody told)."""
+    if len(name) > 80:
+        name = f"{name[:60]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return f"cluster-limit:{name}:{now:%Y-%m-%d}"
 
 
 def _next(

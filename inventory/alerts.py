@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from inventory.outbox import retry_delay
@@ -82,7 +83,10 @@ def queue_alert(
     cluster: str = "",
     targets: Sequence[str] = (),
 ) -> Alert:
-    """Add an alert to the caller's transaction; the same key again returns the row already there."""
+    """Add an alert to the caller's transaction; the same key again returns the row already there, also
+    when another process queued it between this look and this insert (two dispatchers telling the same
+    keyed alert in the same tick): the insert is a savepoint, and the loser reads the winner's row
+    instead of raising IntegrityError out of the caller's tick."""
     existing = session.exec(select(Alert).where(Alert.key == key)).first()
     if existing is not None:
         return existing
@@ -99,8 +103,15 @@ def queue_alert(
         next_attempt_at=now,
         created_at=now,
     )
-    session.add(alert)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(alert)
+            session.flush()
+    except IntegrityError:
+        winner = session.exec(select(Alert).where(Alert.key == key)).first()
+        if winner is None:
+            raise
+        return winner
     return alert
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -129,3 +129,54 @@ def test_two_dispatchers_telling_a_held_fleet_at_once_both_hold_and_one_alert_is
     with session_scope(world.engine) as session:
         keys = session.execute(text("SELECT key FROM alert WHERE key LIKE 'cluster-limit:%'")).scalars().all()
     assert keys == [other_dispatcher_tells_first]
+
+
+ONCALL = {
+    "timezone": "UTC",
+    "handover": "09:00",
+    "rotation": "weekly",
+    "starts": "2026-11-30",
+    "engineers": [{"name": "Ana", "email": "ana@vendor.example"}],
+    "team_lead": {"name": "Tess", "email": "tess@vendor.example"},
+    "escalation": [{"name": "Max", "email": "max@vendor.example", "role": "support manager"}],
+}
+
+
+def test_an_urgent_update_held_by_the_cluster_limit_pages_the_on_call(
+    engine: Engine, tmp_path: Path, prefect_harness: None
+) -> None:
+    """Before the gate, an urgent update due into a missing limit failed before its first node and
+    paged the engineer on call and the team lead at any hour (README: a failed urgent update pages).
+    Held instead, it was one plain SRE alert a day, perhaps already sent that morning for another run:
+    the case's fix sat unstarted at night with nobody woken. Held urgent runs page, once a run a day."""
+    from inventory.alerts import Page
+    from inventory.models import Cluster, RunState
+    from inventory.runs import create_run
+    from tests.support.update_world import CLUSTER, TARGET
+
+    world = World(engine, tmp_path, oncall=ONCALL)
+    world.runtime.cluster_limit = f"missing-{uuid4().hex[:8]}"
+    now = world.clock()
+    with session_scope(engine) as session:
+        cluster = session.exec(select(Cluster).where(Cluster.name == CLUSTER)).one()
+        run = create_run(
+            cluster,
+            to_version=TARGET,
+            source="support",
+            requested_by="t",
+            session=session,
+            state=RunState.planned,
+        )
+        run.urgent, run.case_ref, run.notice_sequence = True, "SUP-4711", 1
+        run.slot_start, run.slot_end, run.told_at = now, now + timedelta(hours=4), now - timedelta(days=1)
+        session.add(run)
+        session.flush()
+        run_id = run.id
+
+    assert cluster_limit_blocks(world.runtime, now, LOG)
+    assert cluster_limit_blocks(world.runtime, now, LOG)
+
+    with session_scope(engine) as session:
+        [paged] = session.exec(select(Page)).all()
+    assert paged.reason.startswith(f"URGENT update {run_id} held"), paged.reason
+    assert world.runtime.cluster_limit in paged.reason and paged.paged == ["Ana", "Tess"]

@@ -683,7 +683,34 @@ def cluster_limit_blocks(runtime: Runtime, now: datetime, log: Any) -> bool:
         "purpose, this is the brake working: this alert comes once a day while it holds",
         key=limit_alert_key(runtime.cluster_limit, now),
     )
+    _page_held_urgent(runtime, now, why)
     return True
+
+
+def _page_held_urgent(runtime: Runtime, now: datetime, why: str) -> None:
+    """Urgent updates due now and held page the engineer on call and the team lead, once a run a day:
+    into a limit that grants no slot they used to fail, and a failed urgent update pages (README,
+    On-call); held, they were only in the once-a-day SRE alert, perhaps sent that morning for another
+    run, and the case's fix sat unstarted at night with nobody woken."""
+    from flows.oncall import page
+
+    with session_scope(runtime.engine) as session:
+        due = session.execute(
+            columns(col(UpgradeRun.id), col(UpgradeRun.case_ref))
+            .where(
+                col(UpgradeRun.state) == RunState.planned,
+                col(UpgradeRun.urgent).is_(True),
+                col(UpgradeRun.held_reason) == "",  # held for its own reason: the re-check tells that
+                col(UpgradeRun.slot_start) <= now,
+                of_known_kind(),
+            )
+            .order_by(col(UpgradeRun.id))
+        ).all()
+    for run_id, case_ref in due:
+        page(
+            runtime, key=f"run:{run_id}:held:{now:%Y-%m-%d}", headline=f"URGENT update {run_id} held",
+            cause=why.splitlines()[0], run_id=run_id, case_ref=case_ref or "",
+        )  # fmt: skip
 
 
 def limit_alert_key(name: str, now: datetime) -> str:

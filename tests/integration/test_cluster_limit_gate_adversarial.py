@@ -25,6 +25,7 @@ from sqlmodel import col, select
 from flows.dispatch import cluster_limit_blocks
 from inventory.alerts import Alert
 from inventory.db import session_scope
+from inventory.models import RunState
 from tests.support.update_world import World
 
 pytestmark = [pytest.mark.prefect]
@@ -150,28 +151,11 @@ def test_an_urgent_update_held_by_the_cluster_limit_pages_the_on_call(
     Held instead, it was one plain SRE alert a day, perhaps already sent that morning for another run:
     the case's fix sat unstarted at night with nobody woken. Held urgent runs page, once a run a day."""
     from inventory.alerts import Page
-    from inventory.models import Cluster, RunState
-    from inventory.runs import create_run
-    from tests.support.update_world import CLUSTER, TARGET
 
     world = World(engine, tmp_path, oncall=ONCALL)
     world.runtime.cluster_limit = f"missing-{uuid4().hex[:8]}"
     now = world.clock()
-    with session_scope(engine) as session:
-        cluster = session.exec(select(Cluster).where(Cluster.name == CLUSTER)).one()
-        run = create_run(
-            cluster,
-            to_version=TARGET,
-            source="support",
-            requested_by="t",
-            session=session,
-            state=RunState.planned,
-        )
-        run.urgent, run.case_ref, run.notice_sequence = True, "SUP-4711", 1
-        run.slot_start, run.slot_end, run.told_at = now, now + timedelta(hours=4), now - timedelta(days=1)
-        session.add(run)
-        session.flush()
-        run_id = run.id
+    run_id = _run_at(world, now, RunState.planned, urgent=True, case_ref="SUP-4711")
 
     assert cluster_limit_blocks(world.runtime, now, LOG)
     assert cluster_limit_blocks(world.runtime, now, LOG)
@@ -180,3 +164,44 @@ def test_an_urgent_update_held_by_the_cluster_limit_pages_the_on_call(
         [paged] = session.exec(select(Page)).all()
     assert paged.reason.startswith(f"URGENT update {run_id} held"), paged.reason
     assert world.runtime.cluster_limit in paged.reason and paged.paged == ["Ana", "Tess"]
+
+
+def _run_at(world: World, slot: datetime, state: RunState, **values: Any) -> int:
+    """A run of the fake world's cluster, announced, its slot at `slot`; `values` set on it."""
+    from inventory.models import Cluster
+    from inventory.runs import create_run
+    from tests.support.update_world import CLUSTER, TARGET
+
+    with session_scope(world.engine) as session:
+        cluster = session.exec(select(Cluster).where(Cluster.name == CLUSTER)).one()
+        run = create_run(
+            cluster, to_version=TARGET, source="support", requested_by="t", session=session, state=state
+        )
+        run.notice_sequence, run.told_at = 1, slot - timedelta(days=1)
+        run.slot_start, run.slot_end = slot, slot + timedelta(hours=4)
+        for name, value in values.items():
+            setattr(run, name, value)
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        return run.id
+
+
+def test_an_orphan_the_held_tick_does_not_take_over_is_told_by_its_run(world: World) -> None:
+    """A run whose dispatcher died mid-update (lease ran out) is not taken over while the limit grants
+    no slot: its cluster may stand half-upgraded past its window. Before the gate the take-over failed
+    it (customer and SRE told, with its nodes); held, it stayed `running` and the one daily alert did
+    not say which run or cluster was stranded. Each such orphan is told to the SRE with its run, once
+    a day while held."""
+    world.runtime.cluster_limit = f"missing-{uuid4().hex[:8]}"
+    now = world.clock()
+    lease = {"lease_owner": "gone:1/abcdef", "lease_since": now - timedelta(hours=1)}
+    orphan = _run_at(world, now - timedelta(hours=1), RunState.running, **lease, lease_until=now)
+
+    assert cluster_limit_blocks(world.runtime, now, LOG)
+    assert cluster_limit_blocks(world.runtime, now, LOG)
+
+    with session_scope(world.engine) as session:
+        told = session.exec(select(Alert).where(Alert.run_id == orphan)).all()
+    assert [a.kind for a in told] == ["held"], told
+    assert world.runtime.cluster_limit in told[0].body_text and "not taken over" in told[0].subject

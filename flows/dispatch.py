@@ -684,7 +684,28 @@ def cluster_limit_blocks(runtime: Runtime, now: datetime, log: Any) -> bool:
         key=limit_alert_key(runtime.cluster_limit, now),
     )
     _page_held_urgent(runtime, now, why)
+    _tell_held_orphans(runtime, now, why)
     return True
+
+
+def _tell_held_orphans(runtime: Runtime, now: datetime, why: str) -> None:
+    """Each run whose lease ran out (its process died mid-update) and that this tick does not take over
+    is told to the SRE with its run, once a day while held: its cluster may stand half-upgraded past
+    its window, `running` in our record, and the fleet alert names no run or cluster (before the
+    gate, the take-over failed it and told the customer and the SRE with its nodes)."""
+    with session_scope(runtime.engine) as session:
+        stranded = [run.id for run in lease.orphans(session, now, skip=set()) if run.id is not None]
+    for run_id in stranded:
+        alert_sre(
+            runtime,
+            kind="held",
+            run_id=run_id,
+            headline=f"update {run_id} stopped mid-way, not taken over: the cluster limit grants no slot",
+            cause=why,
+            action="fix the limit (the next tick takes the run over and resumes it), or "
+            f"`upkeep show {run_id}` and decide with the customer; its nodes may be half-upgraded",
+            key=f"held-orphan:{run_id}:{now:%Y-%m-%d}",
+        )
 
 
 def _page_held_urgent(runtime: Runtime, now: datetime, why: str) -> None:

@@ -205,3 +205,22 @@ def test_an_orphan_the_held_tick_does_not_take_over_is_told_by_its_run(world: Wo
         told = session.exec(select(Alert).where(Alert.run_id == orphan)).all()
     assert [a.kind for a in told] == ["held"], told
     assert world.runtime.cluster_limit in told[0].body_text and "not taken over" in told[0].subject
+
+
+def test_a_limit_broken_again_the_same_day_after_a_fix_is_told_again(world: World) -> None:
+    """Deleted (held, told), made again (runs go), deleted again the same afternoon: the once-a-day key
+    kept the second episode silent until midnight UTC, the night's due updates held and moved to their
+    next windows (each customer told) with no SRE word. Once a day while it holds; a new hold, a new
+    alert."""
+    name = world.runtime.cluster_limit = f"flapping-{uuid4().hex[:8]}"
+    now = world.clock()
+    assert cluster_limit_blocks(world.runtime, now, LOG)
+    _limit(name, 2)
+    assert not cluster_limit_blocks(world.runtime, now + timedelta(hours=1), LOG)
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(name)
+
+    assert cluster_limit_blocks(world.runtime, now + timedelta(hours=5), LOG)
+    assert cluster_limit_blocks(world.runtime, now + timedelta(hours=6), LOG)
+
+    assert len(_told(world.engine)) == 2

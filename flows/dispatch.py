@@ -671,6 +671,7 @@ def cluster_limit_blocks(runtime: Runtime, now: datetime, log: Any) -> bool:
 
     why = limit_unusable(runtime.cluster_limit)
     if not why:
+        _end_held_episode(runtime, now)
         return False
     log.error("no update started or taken over: %s", why)
     alert_sre(
@@ -732,6 +733,18 @@ def _page_held_urgent(runtime: Runtime, now: datetime, why: str) -> None:
             runtime, key=f"run:{run_id}:held:{now:%Y-%m-%d}", headline=f"URGENT update {run_id} held",
             cause=why.splitlines()[0], run_id=run_id, case_ref=case_ref or "",
         )  # fmt: skip
+
+
+def _end_held_episode(runtime: Runtime, now: datetime) -> None:
+    """The limit grants slots: today's held alert, if any, is of an episode that ended, so its key is
+    set aside (suffixed with the time it was seen ended) and a new hold later today is told again.
+    Before, the once-a-day key kept a second hold silent until midnight UTC. One UPDATE on the unique
+    key a tick; of two dispatchers, one renames and the other matches nothing."""
+    from inventory.alerts import Alert
+
+    key = limit_alert_key(runtime.cluster_limit, now)
+    with session_scope(runtime.engine) as session:
+        session.execute(update(Alert).where(col(Alert.key) == key).values(key=f"{key}~{now:%H%M%S%f}"))
 
 
 def limit_alert_key(name: str, now: datetime) -> str:

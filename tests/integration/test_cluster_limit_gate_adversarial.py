@@ -9,6 +9,7 @@ of tests/support/update_world.py for the inventory); no lab needed."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,11 +27,13 @@ from flows.dispatch import cluster_limit_blocks
 from inventory.alerts import Alert
 from inventory.db import session_scope
 from inventory.models import RunState
+from tests.integration.test_cluster_slot_stop import one_slot
 from tests.support.update_world import World
 
 pytestmark = [pytest.mark.prefect]
 NOW = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
 LOG = logging.getLogger("adv38")
+__all__ = ["one_slot"]  # the fixture, used here by name
 
 
 @pytest.fixture
@@ -224,3 +227,48 @@ def test_a_limit_broken_again_the_same_day_after_a_fix_is_told_again(world: Worl
     assert cluster_limit_blocks(world.runtime, now + timedelta(hours=6), LOG)
 
     assert len(_told(world.engine)) == 2
+
+
+@pytest.mark.lab
+def test_the_limit_deleted_during_an_in_process_tick_holds_the_claims_still_to_come(
+    lab: Any,
+    fresh_cluster: str,
+    second_fresh_cluster: str,
+    lab_runtime: Any,
+    one_slot: tuple[str, list[str]],
+) -> None:
+    """`upkeep dispatch` keeps its workers claiming until nothing is due, all in one tick (hours on a
+    big night); the gate was read once, at its start. The limit deleted while A upgrades: B, claimed
+    after A, was started and failed before its first node, its customer's update dropped, the very
+    thing the gate is for. Now every later claim of the tick reads the limit first: B stays planned."""
+    from flows.dispatch import dispatch
+    from tests.integration.test_cluster_slot_stop import (
+        _cleared,
+        _held_run,
+        _planned,
+        _run,
+        _steps,
+        _wait_for,
+    )
+
+    engine, (limit, _) = lab_runtime.engine, one_slot
+    a_id, a_host = _held_run(lab, engine, fresh_cluster)
+    b_id = _planned(engine, second_fresh_cluster)
+    results: dict[str, Any] = {}
+    with _cleared(lab, a_host) as started:
+        tick = threading.Thread(target=lambda: results.update(dispatch(max_running=1)), name="tick")
+        started.append(tick)
+        tick.start()
+        _wait_for(lambda: ("upgrade", "started") in _steps(engine, a_id), "A's first upgrade under way")
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(limit)
+        lab.fault(a_host, "clear")
+        tick.join(timeout=300)
+    assert not tick.is_alive() and results["started"] == [a_id], results
+
+    assert _run(engine, a_id).state == RunState.succeeded
+    held = _run(engine, b_id)
+    assert held.state == RunState.planned, (held.state, held.reason)
+    assert _steps(engine, b_id) == []
+    with session_scope(engine) as session:
+        assert session.exec(select(Alert).where(Alert.run_id == b_id)).all() == []

@@ -1077,6 +1077,12 @@ def _run_in_process(
                     # checked at the clock of the claim, not the tick's start: a run may have
                     # waited minutes for its slot (_window_missed: its window may have no room left)
                     at = max(now, runtime.clock())
+                    # a tick's later claims read the limit again (one API read a claim): an
+                    # in-process tick goes on for hours, and a limit deleted or set to 0 meanwhile
+                    # failed each later run before its first node, the thing the gate is for
+                    if started and cluster_limit_blocks(runtime, at, log):
+                        slot.release()
+                        return
                     try:
                         claim = _next(runtime, at, taken, runtime.run_lease, log, most=most)
                     except BaseException:  # the claim's transaction failed: this worker ends, its slot not

@@ -1003,6 +1003,53 @@ def test_a_stop_that_lands_as_the_window_ends_is_honoured_not_carried_over(
     assert world.upgraded() == [done, 0, 0]
 
 
+def _windows_removed_at_node_1(world: World, tmp_path: Path) -> None:
+    """While node 1 upgrades, 55 minutes pass and an inventory import removes the cluster's windows:
+    after node 1 no node fits, and no later window exists."""
+    import yaml
+
+    from inventory.importer import import_inventory
+
+    def late_and_gone(node: FakeNode) -> None:
+        _five_minutes_left(world)(node)
+        inventory = tmp_path / "inventory.yaml"
+        document = yaml.safe_load(inventory.read_text())
+        document["customers"][0]["clusters"][0]["windows"] = []
+        inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+        import_inventory(inventory, engine=world.engine, actor="test")
+
+    world.nodes[0].before["upgrade"] = late_and_gone
+
+
+def test_a_run_mid_way_with_no_later_window_fails_told_to_the_customer_and_the_sre_s_alert(
+    short_window: World, tmp_path: Path
+) -> None:
+    """Node 1 upgraded, the customer told 'started'; at the window's end no later window fits (an
+    import removed the windows). carry_over ended the run failed with only an e-mail to the SRE's
+    address: the customer never heard their cluster was left on mixed versions, no run-failed alert,
+    no case, no page for an urgent update (adv37). A failure once a node was touched is told as any
+    other: the customer's 'failed' with each node's version, the run-failed alert and its case."""
+    from inventory.alerts import Alert
+    from inventory.outbox import Notice
+
+    world = short_window
+    run_id = _planned_monday(world)
+    _windows_removed_at_node_1(world, tmp_path)
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_failed(), state.message
+    ended = world.run()
+    assert ended.state == RunState.failed and "no later window fits" in ended.reason, ended.reason
+    assert world.upgraded() == [1, 0, 0]
+    with session_scope(world.engine) as session:
+        told = session.exec(select(Notice).where(Notice.update_ref == f"update-{run_id}")).all()
+        alerts = session.exec(select(Alert.kind).where(Alert.run_id == run_id)).all()
+    assert [notice.kind for notice in told] == ["started", "failed"]
+    assert f"{HOSTS[0]}: {TARGET}" in told[-1].body_text and f"{HOSTS[1]}: {FROM}" in told[-1].body_text
+    assert "run-failed" in alerts, alerts
+
+
 def test_a_run_taken_over_meanwhile_is_left_to_its_new_owner(world: World) -> None:
     def taken_over(_node: FakeNode) -> None:  # another process took the run while node 1 upgraded
         run_id = world.run().id

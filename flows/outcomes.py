@@ -335,11 +335,24 @@ def carry_over(
     with a stop pending) and was re-slotted, 'rescheduled' told, window after window (adv35)."""
     now = runtime.clock()
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
-    with session_scope(runtime.engine) as session:
-        run = get_run(run_id, session=session, lock=True)
-        if not (asked := str(run.requested_action or "")):
-            return _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)
+    touched = touched or nodes_touched(runtime.engine, run_id)  # read before the row is locked (SQLite)
+    try:
+        with session_scope(runtime.engine) as session:
+            run = get_run(run_id, session=session, lock=True)
+            if not (asked := str(run.requested_action or "")):
+                return _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)
+    except _NoLaterWindowMidWay as none:
+        # A node was touched: a failure like any other from there (adv37), where an e-mail to the SRE's
+        # address alone left the customer on mixed versions untold, and no alert, case or page.
+        finish(runtime, plan, run_id, RunState.failed, reason=str(none))
+        alert_sre(runtime, run_id, str(none))
+        return "failed"
     return stop(runtime, plan, run_id, asked)
+
+
+class _NoLaterWindowMidWay(Exception):
+    """`_carry_over` found no later window for a run that had touched a node (its transaction rolled
+    back, nothing written): `carry_over` ends it failed as any failure once nodes were touched."""
 
 
 def _carry_over(
@@ -369,6 +382,8 @@ def _carry_over(
     except SchedulingError as exc:
         cause = why or f"window closed after {done} of {len(plan.nodes)} nodes"
         reason = f"{cause} and no later window fits: {exc}"
+        if done or touched:
+            raise _NoLaterWindowMidWay(reason) from exc
         finish_run(run, RunState.failed, reason=reason, session=session)
         queue_run_notice(
             run,

@@ -1050,6 +1050,44 @@ def test_a_run_mid_way_with_no_later_window_fails_told_to_the_customer_and_the_s
     assert "run-failed" in alerts, alerts
 
 
+def test_a_cancel_after_a_pending_pause_as_the_window_ends_is_honoured_as_the_cancel(
+    short_window: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SRE pauses as the window ends, then thinks better of it and cancels (`upkeep cancel` is
+    accepted over a pending pause). carry_over read the pause under the row's lock, let the lock go,
+    and `stop` wrote the pause it was handed: the run ended paused, its cancel gone, the customer never
+    told (adv37). The stop is decided on what the row says when it is written."""
+    from flows import outcomes
+    from flows import product_update as update_flow
+    from upkeep.updates import request_stop
+
+    world = short_window
+    run_id = _planned_monday(world)
+    world.nodes[0].before["upgrade"] = _five_minutes_left(world)
+    real_closing, real_stop = update_flow.window_closing, outcomes.stop
+
+    def paused_as_it_looks(runtime: Any, looked_at: int) -> bool:
+        if closing := real_closing(runtime, looked_at):  # the pause commits right after this look
+            request_stop(run_id, "pause", engine=world.engine, actor="sre")
+        return closing
+
+    def cancelled_meanwhile(*args: Any) -> str:  # carry_over saw the pause; the cancel commits now
+        request_stop(run_id, "cancel", engine=world.engine, actor="sre", reason="customer asked")
+        return real_stop(*args)
+
+    monkeypatch.setattr(update_flow, "window_closing", paused_as_it_looks)
+    monkeypatch.setattr(outcomes, "stop", cancelled_meanwhile)
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    ended = world.run()
+    assert ended.state == RunState.cancelled, (ended.state, ended.reason)
+    assert ended.reason == "cancelled by sre: customer asked (after 1 of 3 nodes)", ended.reason
+    assert world.notices(run_id)[-1] == "cancelled"
+    assert world.upgraded() == [1, 0, 0]
+
+
 def test_a_run_taken_over_meanwhile_is_left_to_its_new_owner(world: World) -> None:
     def taken_over(_node: FakeNode) -> None:  # another process took the run while node 1 upgraded
         run_id = world.run().id

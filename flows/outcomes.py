@@ -225,19 +225,21 @@ def page_if_urgent(runtime: Runtime, run_id: int, headline: str, cause: str) -> 
 
 
 def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
-    """Honour `upkeep pause|cancel` between nodes; returns the run's new state."""
+    """Honour `upkeep pause|cancel` between nodes; returns the run's new state. `action` is what the
+    caller read; the stop pending when it is written, read under the run's row lock, decides: a cancel
+    recorded over a pause since that read (`upkeep cancel` accepts that) is the cancel (adv37)."""
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
     where = f"after {done} of {len(plan.nodes)} nodes"
-    if action == "cancel":
-        now = runtime.clock()
-        with session_scope(runtime.engine) as session:
-            run = get_run(run_id, session=session)
+    now = runtime.clock()
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session, lock=True)
+        if run.requested_action == RequestedAction.cancel:
+            action = "cancel"
+        if action == "cancel":
             asked = run.reason if run.reason.startswith("cancelled by") else "cancelled by request"
             finish_run(run, RunState.cancelled, reason=f"{asked} ({where})", session=session)
             _tell_cancelled(runtime, run, session, now, asked)
-        return "cancelled"
-    with session_scope(runtime.engine) as session:
-        run = get_run(run_id, session=session)
+            return "cancelled"
         run.state, run.requested_action = RunState.paused, RequestedAction.none
         run.reason = f"paused by request {where}"
         session.add(run)

@@ -1088,6 +1088,55 @@ def test_a_cancel_after_a_pending_pause_as_the_window_ends_is_honoured_as_the_ca
     assert world.upgraded() == [1, 0, 0]
 
 
+@pytest.mark.parametrize("action", ["cancel", "pause"])
+def test_a_stop_asked_of_a_run_whose_every_node_was_verified_records_it_succeeded(
+    world: World, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """The process dies after node 3's verification, before recording the success; the on-call SRE sees
+    a run stuck 'running' and cancels it (or pauses it). The dispatcher's take-over honoured the stop:
+    "cancelled (after 3 of 3 nodes)", the customer sent 'cancelled' for an update complete on every node,
+    and the inventory left at the old version (adv37). A live run asked to cancel during its last node
+    records it succeeded; so does the take-over, as it does past the cutoff (adv35): nothing is left to
+    stop."""
+    from flows import product_update as update_flow
+    from flows.lease import take_over
+    from upkeep.updates import request_stop
+
+    real_finish = update_flow.finish
+
+    def killed_before_recording(*args: Any, **kwargs: Any) -> None:
+        if args[3] is RunState.succeeded:
+            raise _Killed
+        real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(update_flow, "finish", killed_before_recording)
+    with pytest.raises(_Killed):
+        world.update()
+    monkeypatch.setattr(update_flow, "finish", real_finish)
+    run = world.run()
+    assert run.id is not None and run.state == RunState.running and world.upgraded() == [1, 1, 1]
+    request_stop(run.id, action, engine=world.engine, actor="sre", reason="stuck; customer asked")
+    with session_scope(world.engine) as session:  # the dead process's lease ran out; the dispatcher's
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run.id)
+            .values(lease_until=MONDAY - timedelta(days=1))
+        )
+        stale = session.get(UpgradeRun, run.id)
+        assert stale is not None
+        now = world.runtime.clock()
+        assert take_over(session, stale, now=now, owner="disp", until=now + timedelta(hours=1), actor="d")
+
+    state = world.update(run_id=run.id, lease_owner="disp")
+
+    assert state.is_completed(), state.message
+    ended = world.run()
+    assert ended.state == RunState.succeeded, (ended.state, ended.reason)
+    assert world.notices(run.id) == ["started", "completed"]
+    with session_scope(world.engine) as session:
+        assert get_cluster(CLUSTER, session=session).version == TARGET
+
+
 def test_a_run_taken_over_meanwhile_is_left_to_its_new_owner(world: World) -> None:
     def taken_over(_node: FakeNode) -> None:  # another process took the run while node 1 upgraded
         run_id = world.run().id

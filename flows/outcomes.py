@@ -229,6 +229,13 @@ def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
     caller read; the stop pending when it is written, read under the run's row lock, decides: a cancel
     recorded over a pause since that read (`upkeep cancel` accepts that) is the cancel (adv37)."""
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
+    if done == len(plan.nodes):
+        # Every node verified (a take-over after the last node's verify, its process dead before it
+        # recorded the end): nothing is left to stop, and a live run asked during its last node records
+        # it succeeded too. 'cancelled (after 3 of 3 nodes)' told the customer a complete update was
+        # cancelled and left the inventory at the old version (adv37).
+        finish(runtime, plan, run_id, RunState.succeeded, reason=f"{action} asked once every node was done")
+        return "succeeded"
     where = f"after {done} of {len(plan.nodes)} nodes"
     now = runtime.clock()
     with session_scope(runtime.engine) as session:

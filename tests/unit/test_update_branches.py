@@ -29,6 +29,7 @@ from inventory.models import RequestedAction, RunState, UpgradeRun
 from inventory.repo import get_cluster
 from tests.support.fakes import FakeNode
 from tests.support.flow_engine import prefect_in_process
+from tests.support.races import meanwhile
 from tests.support.runs import planned_run
 from tests.support.update_world import CLUSTER, FROM, HOSTS, MONDAY, PACKAGE, TARGET, World
 
@@ -1064,23 +1065,26 @@ def test_a_cancel_after_a_pending_pause_as_the_window_ends_is_honoured_as_the_ca
     world = short_window
     run_id = _planned_monday(world)
     world.nodes[0].before["upgrade"] = _five_minutes_left(world)
-    real_closing, real_stop = update_flow.window_closing, outcomes.stop
+    real_closing = update_flow.window_closing
 
     def paused_as_it_looks(runtime: Any, looked_at: int) -> bool:
         if closing := real_closing(runtime, looked_at):  # the pause commits right after this look
             request_stop(run_id, "pause", engine=world.engine, actor="sre")
         return closing
 
-    def cancelled_meanwhile(*args: Any) -> str:  # carry_over saw the pause; the cancel commits now
-        request_stop(run_id, "cancel", engine=world.engine, actor="sre", reason="customer asked")
-        return real_stop(*args)
-
     monkeypatch.setattr(update_flow, "window_closing", paused_as_it_looks)
-    monkeypatch.setattr(outcomes, "stop", cancelled_meanwhile)
+    # carry_over saw the pause under the lock and let it go: the cancel commits before `stop` writes
+    cancelled = meanwhile(
+        monkeypatch,
+        outcomes,
+        "stop",
+        lambda: request_stop(run_id, "cancel", engine=world.engine, actor="sre", reason="customer asked"),
+    )
 
     state = world.update(run_id=run_id)
 
     assert state.is_completed(), state.message
+    assert cancelled == [f"run {run_id}: cancel requested; the node in progress finishes first"]
     ended = world.run()
     assert ended.state == RunState.cancelled, (ended.state, ended.reason)
     assert ended.reason == "cancelled by sre: customer asked (after 1 of 3 nodes)", ended.reason

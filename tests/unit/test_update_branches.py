@@ -1004,9 +1004,9 @@ def test_a_stop_that_lands_as_the_window_ends_is_honoured_not_carried_over(
     assert world.upgraded() == [done, 0, 0]
 
 
-def _windows_removed_at_node_1(world: World, tmp_path: Path) -> None:
-    """While node 1 upgrades, 55 minutes pass and an inventory import removes the cluster's windows:
-    after node 1 no node fits, and no later window exists."""
+def _windows_removed_at_node_1(world: World, tmp_path: Path, step: str = "upgrade") -> None:
+    """While node 1 upgrades (or takes `step`), 55 minutes pass and an inventory import removes the
+    cluster's windows: no further node fits, and no later window exists."""
     import yaml
 
     from inventory.importer import import_inventory
@@ -1019,7 +1019,7 @@ def _windows_removed_at_node_1(world: World, tmp_path: Path) -> None:
         inventory.write_text(yaml.safe_dump(document, sort_keys=False))
         import_inventory(inventory, engine=world.engine, actor="test")
 
-    world.nodes[0].before["upgrade"] = late_and_gone
+    world.nodes[0].before[step] = late_and_gone
 
 
 def test_a_run_mid_way_with_no_later_window_fails_told_to_the_customer_and_the_sre_s_alert(
@@ -1049,6 +1049,34 @@ def test_a_run_mid_way_with_no_later_window_fails_told_to_the_customer_and_the_s
     assert [notice.kind for notice in told] == ["started", "failed"]
     assert f"{HOSTS[0]}: {TARGET}" in told[-1].body_text and f"{HOSTS[1]}: {FROM}" in told[-1].body_text
     assert "run-failed" in alerts, alerts
+
+
+def test_an_urgent_update_left_with_no_window_pages_as_a_failed_urgent_update(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An urgent update (a security fix) whose pre-flight ends past the cutoff, no later window fitting
+    (an import removed the windows): carry_over ended it failed with an e-mail to the SRE's address and
+    paged no one, where "a failed urgent update pages the engineer on call and the team lead, at any
+    hour" (flows/outcomes.page_if_urgent; adv37). Nothing was touched: the customer is still told
+    nothing."""
+    from inventory.alerts import Page
+
+    window = {"days": "mon-sun", "start": "00:00", "duration": "1h"}
+    with _world(sqlite_engine, tmp_path, monkeypatch, window=window, oncall=ONCALL) as world:
+        run_id = _planned_monday(world)
+        with session_scope(world.engine) as session:
+            session.execute(update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(urgent=True))
+        _windows_removed_at_node_1(world, tmp_path, step="disk")
+
+        state = world.update(run_id=run_id)
+
+        ended = world.run()
+        assert ended.state == RunState.failed and "no later window fits" in ended.reason, ended.reason
+        assert world.upgraded() == [0, 0, 0] and world.notices(run_id) == ["failed"]  # the SRE's only
+        with session_scope(world.engine) as session:
+            [paged] = session.exec(select(Page)).all()
+        assert (paged.key, paged.paged) == (f"run:{run_id}", ["Ana", "Tess"])
+        assert state.is_failed(), state.message
 
 
 def test_a_cancel_after_a_pending_pause_as_the_window_ends_is_honoured_as_the_cancel(

@@ -341,7 +341,11 @@ def carry_over(
     A pause/cancel committed after the run's last look for one (`upkeep cancel` as the window ends) is
     honoured instead, read under the run's row lock (which `upkeep pause|cancel` records under): moved
     to `planned` with it pending, the run was never claimed again (the dispatcher skips a planned run
-    with a stop pending) and was re-slotted, 'rescheduled' told, window after window (adv35)."""
+    with a stop pending) and was re-slotted, 'rescheduled' told, window after window (adv35).
+
+    No later window fitting ends the run failed: once a node was touched as any failure from there
+    (the customer's 'failed' with each node's version, the run-failed alert, its case); before, the
+    SRE's 'failed' e-mail only, the customer told nothing; an urgent update pages either way (adv37)."""
     now = runtime.clock()
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
     touched = touched or nodes_touched(runtime.engine, run_id)  # read before the row is locked (SQLite)
@@ -349,7 +353,12 @@ def carry_over(
         with session_scope(runtime.engine) as session:
             run = get_run(run_id, session=session, lock=True)
             if not (asked := str(run.requested_action or "")):
-                return _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)
+                moved = _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)
+                failed = run.reason if moved == "failed" else ""
+        if not asked:
+            if failed:  # no later window fits, before any node: a failed urgent update still pages (adv37)
+                page_if_urgent(runtime, run_id, f"run {run_id} failed before any node was touched", failed)
+            return moved
     except _NoLaterWindowMidWay as none:
         # A node was touched: a failure like any other from there (adv37), where an e-mail to the SRE's
         # address alone left the customer on mixed versions untold, and no alert, case or page.

@@ -9,6 +9,7 @@ nodes, file server, mail and clock are tests/support/fakes.py's (`prefect_world`
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -24,6 +25,15 @@ from tests.support.update_world import World
 pytestmark = [pytest.mark.prefect]
 
 
+def _limit_of_zero(world: World) -> str:
+    """A real Prefect global concurrency limit of 0, named by the run's UPKEEP_CLUSTER_LIMIT."""
+    limit = f"clusters-{uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=0))
+    world.runtime.cluster_limit = limit
+    return limit
+
+
 def test_a_resumed_run_that_upgraded_a_node_and_finds_a_cluster_limit_of_zero_is_told_as_failed_mid_way(
     prefect_world: World,
 ) -> None:
@@ -33,10 +43,7 @@ def test_a_resumed_run_that_upgraded_a_node_and_finds_a_cluster_limit_of_zero_is
     run = world.run()
     assert run.id is not None and run.state == RunState.paused and world.upgraded() == [1, 0, 0]
     world.nodes[0].before.clear()
-    limit = f"clusters-{uuid4().hex[:8]}"
-    with get_client(sync_client=True) as client:
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=0))
-    world.runtime.cluster_limit = limit
+    limit = _limit_of_zero(world)
 
     resumed = world.update(run_id=run.id)
 
@@ -50,3 +57,43 @@ def test_a_resumed_run_that_upgraded_a_node_and_finds_a_cluster_limit_of_zero_is
     with session_scope(world.engine) as session:
         kinds = [alert.kind for alert in session.exec(select(Alert).where(Alert.run_id == run.id))]
     assert "vendor-side" not in kinds and "run-failed" in kinds, kinds
+
+
+class _Killed(BaseException):
+    """The flow's process dies (kill -9, its machine lost)."""
+
+
+def test_a_resumed_run_whose_every_node_was_verified_is_recorded_succeeded_despite_a_limit_of_zero(
+    prefect_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies after node 3's verification, before recording the success; the limit is 0 when
+    the run is resumed (an SRE freezing the fleet at night). It failed: the customer told 'failed' for an
+    update complete on every node, a case opened, the run-failed alert (a page, urgent) (adv37). Nothing is
+    left to do, so nothing needs a slot: it is recorded succeeded, as a take-over past the cutoff is."""
+    from flows import product_update as update_flow
+
+    world = prefect_world
+    real_finish = update_flow.finish
+
+    def killed_before_recording(*args: Any, **kwargs: Any) -> None:
+        if args[3] is RunState.succeeded:
+            raise _Killed
+        real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(update_flow, "finish", killed_before_recording)
+    with pytest.raises(_Killed):
+        world.update()
+    monkeypatch.setattr(update_flow, "finish", real_finish)
+    run = world.run()
+    assert run.id is not None and run.state == RunState.running and world.upgraded() == [1, 1, 1]
+    _limit_of_zero(world)
+
+    resumed = world.update(run_id=run.id)
+
+    ended = world.run()
+    assert ended.state == RunState.succeeded, (ended.state, ended.reason)
+    assert resumed.is_completed(), resumed.message
+    assert world.notices(run.id) == ["started", "completed"]
+    with session_scope(world.engine) as session:
+        kinds = [alert.kind for alert in session.exec(select(Alert).where(Alert.run_id == run.id))]
+    assert kinds == [], kinds

@@ -140,9 +140,11 @@ def product_update(
                         or _carry_out(runtime, plan, run_id, heartbeat)
                     )
             except ClusterLimitUnusable as unusable:  # our setting: vendor-side, unless a node was upgraded
-                if heartbeat.held():
-                    _fail_for_the_limit(runtime, plan, run_id, heartbeat, str(unusable))
-                raise
+                if not heartbeat.held():
+                    raise
+                if (ended := _end_for_the_limit(runtime, plan, run_id, heartbeat, str(unusable))) == "failed":
+                    raise
+                result = _result(run_id, plan, ended, {})  # every node was done: no slot was needed
     except Exception as exc:
         reason = _failed_reason(runtime, run_id)
         if reason is None:  # not a failure of the run (the database away, the lease lost): as it is
@@ -230,18 +232,24 @@ def limit_unusable(name: str) -> str:
     return ""
 
 
-def _fail_for_the_limit(
+def _end_for_the_limit(
     runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease.Heartbeat, why: str
-) -> None:
+) -> str:
     """The run ends failed for an unusable cluster limit (`why`): a vendor-side failure before any node,
     unless it is a resumed run that had upgraded a node (paused, carried over): then, as any failure once
     nodes were touched, the customer hears it failed with each node's version and the SRE's run-failed
-    alert (with its case) says so; "no node touched; customer not notified" was false there (adv35)."""
+    alert (with its case) says so; "no node touched; customer not notified" was false there (adv35).
+    Returns its state: a run whose every node was verified (its process died before recording the end)
+    needed no slot and is recorded succeeded; 'failed' told of a complete update, with a case (adv37)."""
+    if all(node_done(runtime.engine, run_id, node.id) for node in plan.nodes):
+        finish(runtime, plan, run_id, RunState.succeeded, owner=heartbeat.owner)
+        return "succeeded"
     if not nodes_touched(runtime.engine, run_id):
         fail_before_nodes(runtime, plan, run_id, why)
-        return
+        return "failed"
     finish(runtime, plan, run_id, RunState.failed, reason=why, owner=heartbeat.owner)
     alert_sre(runtime, run_id, why)
+    return "failed"
 
 
 TAKEN_OVER = "taken over"

@@ -1079,6 +1079,55 @@ def test_an_urgent_update_left_with_no_window_pages_as_a_failed_urgent_update(
         assert state.is_failed(), state.message
 
 
+def test_a_cancel_waiting_for_the_carry_over_s_row_lock_cancels_the_carried_over_run(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`upkeep cancel` arrives while carry_over holds the run's row (on PostgreSQL seen waiting for that
+    lock): it waits, then finds the run planned for the next window and cancels it there, withdrawn and
+    told. Never a run left planned with the cancel pending, nor 'cancelled' before 'rescheduled'."""
+    import threading
+
+    from sqlalchemy import event
+
+    from flows import outcomes
+    from upkeep.updates import request_stop
+
+    window = {"days": "mon-sun", "start": "00:00", "duration": "1h"}
+    with _world(engine, tmp_path, monkeypatch, window=window) as world:
+        run_id = _planned_monday(world)
+        world.nodes[0].before["upgrade"] = _five_minutes_left(world)
+        said: list[str] = []
+        pids: list[int] = []
+
+        def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+            if threading.current_thread().name == "cancel" and engine.dialect.name == "postgresql":
+                pids.append(dbapi_conn.info.backend_pid)
+
+        event.listen(engine, "checkout", on_checkout)
+
+        def cancel() -> None:
+            said.append(request_stop(run_id, "cancel", engine=engine, actor="sre", reason="froze"))
+
+        def cancel_arrives() -> threading.Thread:
+            other = threading.Thread(target=cancel, name="cancel")
+            other.start()
+            _seen_waiting_for_the_row(engine, pids)
+            return other
+
+        arrived = meanwhile(monkeypatch, outcomes, "_release_deadline", cancel_arrives)  # the row is held
+
+        state = world.update(run_id=run_id)
+        arrived[0].join(timeout=60)
+
+        assert state.is_completed(), state.message
+        assert said == [f"run {run_id} cancelled; the customer is told (if the update was announced)"]
+        ended = world.run()
+        assert (ended.state, ended.requested_action) == (RunState.cancelled, RequestedAction.none)
+        assert ended.reason == "cancelled by sre: froze (while planned)", ended.reason
+        assert world.notices(run_id) == ["started", "partial", "rescheduled", "cancelled"]
+        assert world.upgraded() == [1, 0, 0]
+
+
 def test_a_cancel_after_a_pending_pause_as_the_window_ends_is_honoured_as_the_cancel(
     short_window: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1241,6 +1290,27 @@ def test_a_stop_at_the_gate_of_a_run_taken_over_meanwhile_is_left_to_its_new_own
     assert [taken for taken, _by, _why in _decisions(world, run.id)] == [action.split()[0]]  # no answer
 
 
+def _seen_waiting_for_the_row(engine: Engine, pids: list[int]) -> None:
+    """On PostgreSQL, until the server shows the connection last checked out by the other thread
+    (`pids`, its backend pids) waiting for a lock: the run's row this thread's transaction holds. On
+    SQLite nothing to see (BEGIN IMMEDIATE makes the other wait for our commit all the same)."""
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        return
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "the other transaction never waited for the run's row"
+        if pids:
+            with engine.connect() as conn:
+                waits = conn.execute(
+                    text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": pids[-1]}
+                ).scalar()
+            if waits == "Lock":
+                return
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("first", ["approve", "cancel"])
 def test_an_approval_and_a_cancel_at_the_gate_at_once_are_ordered_by_the_run_s_row(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
@@ -1252,7 +1322,7 @@ def test_an_approval_and_a_cancel_at_the_gate_at_once_are_ordered_by_the_run_s_r
     hears it. Either way the run ends cancelled, no node touched, each decision shown once."""
     import threading
 
-    from sqlalchemy import event, text
+    from sqlalchemy import event
 
     from flows import approval
     from upkeep import updates
@@ -1289,19 +1359,7 @@ def test_an_approval_and_a_cancel_at_the_gate_at_once_are_ordered_by_the_run_s_r
                 target=answer, args=("cancel" if first == "approve" else "approve",), name="second"
             )
             other.start()
-            if engine.dialect.name == "postgresql":  # waiting for the first's row lock, seen by the server
-                deadline = time.monotonic() + 30
-                while True:
-                    assert time.monotonic() < deadline, "the second never waited for the run's row"
-                    if pids:
-                        with engine.connect() as conn:
-                            waits = conn.execute(
-                                text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
-                                {"pid": pids[-1]},
-                            ).scalar()
-                        if waits == "Lock":
-                            break
-                    time.sleep(0.01)
+            _seen_waiting_for_the_row(engine, pids)  # the first's row lock, seen by the server
             return other
 
         threads: list[threading.Thread] = []

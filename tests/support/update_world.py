@@ -107,11 +107,12 @@ class World:
 
         self.nodes[0].before["upgrade"] = when_node_1_upgrades
 
-    def left_mid_upgrade_of_node_2(self) -> UpgradeRun:
+    def left_mid_upgrade_of_node_2(self, **params: Any) -> UpgradeRun:
         """A run paused after node 1, then as a kill -9 in the middle of node 2's upgrade leaves it: that
-        upgrade's step open (the node itself is the test's to set: finishing on its own, or not)."""
+        upgrade's step open (the node itself is the test's to set: finishing on its own, or not).
+        `params`: the flow's (a planned run's `run_id`)."""
         self.ask_at_node_1("pause")
-        assert self.update().is_completed()
+        assert self.update(**params).is_completed()
         run = self.run()
         assert run.id is not None and run.state == RunState.paused and self.upgraded() == [1, 0, 0]
         self.nodes[0].before.clear()

@@ -872,6 +872,36 @@ def test_a_resumed_run_whose_pre_flight_ends_past_the_cutoff_does_not_say_nothin
         assert not [body for body in bodies if "Nothing was changed" in body]
 
 
+def test_a_run_carried_over_with_a_node_s_upgrade_interrupted_does_not_say_support_is_checking_it(
+    short_window: World,
+) -> None:
+    """Node 2's upgrade interrupted (its process killed); the run is taken over late in the window and
+    its pre-flight waits for node 2 to settle until no node fits: carried over, 'partial' told. Its node
+    list said "fake-c1-n2: upgrade did not complete; our support team is checking this node" while no
+    case was opened and the SRE's 'carried-over' alert asked for nothing: no one was checking (adv37).
+    The node is asked its state when the update continues, and the customer reads that."""
+    from inventory.outbox import Notice
+
+    world = short_window
+    run_id = _planned_monday(world)
+    world.left_mid_upgrade_of_node_2(run_id=run_id)
+    world.nodes[1].version = TARGET  # its upgrade finished on its own
+    world.nodes[0].before["disk"] = _five_minutes_left(world)
+
+    state = world.update(run_id=run_id)
+
+    assert state.is_completed(), state.message
+    assert world.run().state == RunState.planned
+    assert world.notices(run_id)[-2:] == ["partial", "rescheduled"]
+    with session_scope(world.engine) as session:
+        query = select(Notice.body_text).where(
+            Notice.update_ref == f"update-{run_id}", Notice.kind == "partial"
+        )
+        [told] = session.exec(query).all()
+    assert "support team is checking" not in told, told
+    assert f"{HOSTS[1]}: upgrade interrupted; its state is checked when the update continues" in told, told
+
+
 def test_a_run_taken_over_past_the_cutoff_with_every_node_done_is_recorded_succeeded_not_carried_over(
     short_window: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,13 +29,17 @@ from inventory.outbox import Notice
 from inventory.run_report import node_rows
 
 
-def versions_at_stop(run: UpgradeRun, session: Session) -> tuple[str, ...]:
+def versions_at_stop(run: UpgradeRun, session: Session, *, continues: bool = False) -> tuple[str, ...]:
     """'node-1: 9.10.0' per node, in upgrade order: the verified version, the old one for a node not
-    reached, or that its upgrade did not complete (support checks it)."""
+    reached, or that its upgrade did not complete (support checks it: a failure opens a case). In a
+    carry-over (`continues`) no one checks it now: the run asks the node its state when it goes on, and
+    the customer reads that, not that support is checking (adv37)."""
     lines = []
     for row in node_rows(run, session):
         if row["after"]:
             version = str(row["after"])
+        elif (str(row["result"]).startswith("failed") or row["result"] == "interrupted") and continues:
+            version = "upgrade interrupted; its state is checked when the update continues"
         elif str(row["result"]).startswith("failed") or row["result"] == "interrupted":
             version = "upgrade did not complete; our support team is checking this node"
         else:
@@ -72,7 +76,9 @@ def tell_ending(
     action: str = "",
 ) -> None:
     """The customer's `notice` (when they knew of the update) and the SRE's `alert` of an ending."""
-    versions = versions_at_stop(run, session) if mid_way(run, session) else ()
+    versions = (
+        versions_at_stop(run, session, continues=alert == "carried-over") if mid_way(run, session) else ()
+    )
     told = ""
     if notice is not None and customer_knows(run, session):
         if notice == "cancelled" and run.slot_start is not None:

@@ -814,10 +814,19 @@ def _five_minutes_left(world: World) -> Callable[[FakeNode], None]:
     return late
 
 
+ONE_HOUR = {"days": "mon-sun", "start": "00:00", "duration": "1h"}  # every day's window, 00:00-01:00 UTC
+
+
 @pytest.fixture
 def short_window(sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    window = {"days": "mon-sun", "start": "00:00", "duration": "1h"}
-    with _world(sqlite_engine, tmp_path, monkeypatch, window=window) as made:
+    with _world(sqlite_engine, tmp_path, monkeypatch, window=ONE_HOUR) as made:
+        yield made
+
+
+@pytest.fixture
+def short_window_any_db(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """`short_window` on each database (SQLite and PostgreSQL)."""
+    with _world(engine, tmp_path, monkeypatch, window=ONE_HOUR) as made:
         yield made
 
 
@@ -1091,8 +1100,7 @@ def test_an_urgent_update_left_with_no_window_pages_as_a_failed_urgent_update(
     nothing."""
     from inventory.alerts import Page
 
-    window = {"days": "mon-sun", "start": "00:00", "duration": "1h"}
-    with _world(sqlite_engine, tmp_path, monkeypatch, window=window, oncall=ONCALL) as world:
+    with _world(sqlite_engine, tmp_path, monkeypatch, window=ONE_HOUR, oncall=ONCALL) as world:
         run_id = _planned_monday(world)
         with session_scope(world.engine) as session:
             session.execute(update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(urgent=True))
@@ -1122,8 +1130,7 @@ def test_a_cancel_waiting_for_the_carry_over_s_row_lock_cancels_the_carried_over
     from flows import outcomes
     from upkeep.updates import request_stop
 
-    window = {"days": "mon-sun", "start": "00:00", "duration": "1h"}
-    with _world(engine, tmp_path, monkeypatch, window=window) as world:
+    with _world(engine, tmp_path, monkeypatch, window=ONE_HOUR) as world:
         run_id = _planned_monday(world)
         world.nodes[0].before["upgrade"] = _five_minutes_left(world)
         said: list[str] = []
@@ -1159,17 +1166,18 @@ def test_a_cancel_waiting_for_the_carry_over_s_row_lock_cancels_the_carried_over
 
 
 def test_a_cancel_after_a_pending_pause_as_the_window_ends_is_honoured_as_the_cancel(
-    short_window: World, monkeypatch: pytest.MonkeyPatch
+    short_window_any_db: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The SRE pauses as the window ends, then thinks better of it and cancels (`upkeep cancel` is
     accepted over a pending pause). carry_over read the pause under the row's lock, let the lock go,
     and `stop` wrote the pause it was handed: the run ended paused, its cancel gone, the customer never
-    told (adv37). The stop is decided on what the row says when it is written."""
+    told (adv37). The stop is decided on what the row says when it is written (on each database: `stop`
+    now takes the row's lock)."""
     from flows import outcomes
     from flows import product_update as update_flow
     from upkeep.updates import request_stop
 
-    world = short_window
+    world = short_window_any_db
     run_id = _planned_monday(world)
     world.nodes[0].before["upgrade"] = _five_minutes_left(world)
     real_closing = update_flow.window_closing

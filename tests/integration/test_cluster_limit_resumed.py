@@ -97,3 +97,35 @@ def test_a_resumed_run_whose_every_node_was_verified_is_recorded_succeeded_despi
     with session_scope(world.engine) as session:
         kinds = [alert.kind for alert in session.exec(select(Alert).where(Alert.run_id == run.id))]
     assert kinds == [], kinds
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="adv37: upkeep/updates.py resume_run (adv36's file) does not ask the cluster limit before it "
+    "takes the run: fix there, refuse in one line while the limit grants no slot (lead's dispatcher calls "
+    "a limit of 0 the fleet's brake), the run left as it was",
+)
+def test_an_sre_resume_while_the_cluster_limit_is_zero_is_refused_and_the_run_stays_paused(
+    prefect_world: World,
+) -> None:
+    """The fleet braked (the limit set to 0 on purpose; the dispatcher starts and takes over nothing) and
+    an SRE runs `upkeep resume` on a run paused after node 1: the run fails on the limit, the customer is
+    told 'failed', a case is opened and an urgent update pages: a page and a customer's 'failed' over the
+    vendor's own brake. Refused up front instead, naming the limit; nothing written."""
+    from upkeep.console import CliError
+    from upkeep.updates import resume_run
+
+    world = prefect_world
+    world.ask_at_node_1("pause")
+    assert world.update().is_completed()
+    run = world.run()
+    assert run.id is not None and run.state == RunState.paused and world.upgraded() == [1, 0, 0]
+    world.nodes[0].before.clear()
+    limit = _limit_of_zero(world)
+
+    with pytest.raises(CliError, match=limit):
+        resume_run(run.id, engine=world.engine, as_json=True, actor="sre")
+
+    ended = world.run()
+    assert ended.state == RunState.paused, (ended.state, ended.reason)
+    assert world.notices(run.id)[-1] != "failed"

@@ -210,13 +210,19 @@ def limit_unusable(name: str) -> str:
     fails with: there is none of that name, or its limit is 0 (Prefect answers every ask 422); "" when
     it looks usable or cannot be asked (an API away is not a setup error, and the run is left to resume
     as before)."""
+    import shlex
+    from urllib.parse import quote
+
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     setting = f"UPKEEP_CLUSTER_LIMIT {name!r}"
     try:
         with get_client(sync_client=True) as client:
-            limit = client.read_global_concurrency_limit_by_name(name)
+            # Quoted: Prefect's client puts the name into the path as it is, and a name may hold '#' or
+            # '?' (Prefect bans only / % & > <): read unquoted, 'a#b' was 'a', missing, and the
+            # dispatcher held the whole fleet for a working limit (adv38).
+            limit = client.read_global_concurrency_limit_by_name(quote(name, safe=""))
     except ObjectNotFound:
         return (
             f"{setting}: no Prefect global concurrency limit has that name (create it with `prefect gcl "
@@ -227,7 +233,7 @@ def limit_unusable(name: str) -> str:
     if limit.limit < 1:
         return (
             f"{setting}: the Prefect limit allows {limit.limit} clusters at once; set it to at least 1 with "
-            f"`prefect gcl update {name} --limit N`, or unset the setting"
+            f"`prefect gcl update {shlex.quote(name)} --limit N`, or unset the setting"
         )
     return ""
 

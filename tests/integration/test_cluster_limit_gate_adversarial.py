@@ -52,13 +52,6 @@ def _told(engine: Engine) -> list[Alert]:
         return list(session.exec(select(Alert).where(col(Alert.key).startswith("cluster-limit:"))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flows/product_update.py `limit_unusable` (adv37's file) puts the name into the URL path "
-    "unquoted (Prefect's client formats it in raw): '#' starts a fragment, '?' a query, so it reads "
-    "another name, finds none and the gate holds the fleet. Fix: read_global_concurrency_limit_by_name("
-    "quote(name, safe='')), as upkeep/doctor.py already does.",
-)
 @pytest.mark.parametrize("mark", ["#", "?"], ids=["hash", "question-mark"])
 def test_a_usable_limit_whose_name_has_a_url_character_does_not_hold_the_fleet(
     world: World, mark: str

@@ -375,9 +375,7 @@ def check_prefect(found: Findings) -> Iterator[Check]:
             yield _cluster_limit(http, limit)
 
 
-NO_UPDATE_STARTS = (
-    "no update starts (the dispatcher holds them; one started by hand fails before its first node)"
-)
+NO_UPDATE_STARTS = "no update starts (the dispatcher holds them; `upkeep update` and `upkeep resume` refuse)"
 
 
 def _limit_setting(name: str) -> str:
@@ -387,7 +385,7 @@ def _limit_setting(name: str) -> str:
 def _cluster_limit(http: Any, name: str) -> Check:
     """The Prefect global concurrency limit UPKEEP_CLUSTER_LIMIT names, as a run will ask for its slots
     (flows/product_update.py `cluster_slot`): missing, or at 0, the dispatcher starts no update (flows/
-    dispatch.py `cluster_limit_blocks`) and one started by hand fails before its first node; disabled,
+    dispatch.py `cluster_limit_blocks`) and `upkeep update|resume` refuse (upkeep/updates.py); disabled,
     Prefect grants every ask and nothing bounds the clusters upgraded at once."""
     setting = _limit_setting(name)
     reply = http.get(f"v2/concurrency_limits/{quote(name, safe='')}")

@@ -98,6 +98,7 @@ def run_update(
         check_case_ref(case)  # as `request` and `schedule` do: the run keeps it, diagnostics use it
     plan = _plan(cluster, to_version, engine)  # refuses bad requests before anything is written
     prefect_answers()  # no run is created that no flow could carry out
+    cluster_limit_grants()
     if on_worker:
         from upkeep.on_worker import workers_ready
 
@@ -167,6 +168,20 @@ def prefect_answers() -> None:
         )
 
 
+def cluster_limit_grants() -> None:
+    """Refuse (one line, exit 1) while UPKEEP_CLUSTER_LIMIT names a Prefect limit that can grant no slot
+    (none of that name, or its limit 0: the fleet's brake, flows/dispatch.py `cluster_limit_blocks`).
+    Carried out, the run would fail on it before its first node, or, resumed after a node was upgraded,
+    fail with the customer told 'failed' and a case opened, over the vendor's own setting (adv37).
+    Nothing is started or changed; the run stays as it was. One API read, only with the setting."""
+    from flows.product_update import limit_unusable
+    from flows.runtime import current
+
+    name = current().cluster_limit
+    if name and (why := limit_unusable(name)):
+        raise CliError(f"{why}; nothing was started or changed")
+
+
 def run_product_update(
     plan: UpdatePlan,
     run_id: int,
@@ -184,6 +199,7 @@ def run_product_update(
     if owner is None:
         try:
             prefect_answers()
+            cluster_limit_grants()
         except CliError as exc:
             waits = f"run {run_id} waits: `upkeep resume {run_id}` or `upkeep cancel {run_id}`"
             raise CliError(f"{exc}; {waits}") from None
@@ -375,6 +391,7 @@ def resume_run(
     owner = _take(run_id, engine, handed_over=on_worker)
     try:
         prefect_answers()
+        cluster_limit_grants()
         plan = _plan(name, to_version, engine)
     except BaseException:
         lease.release(engine, run_id, owner)

@@ -99,12 +99,6 @@ def test_a_resumed_run_whose_every_node_was_verified_is_recorded_succeeded_despi
     assert kinds == [], kinds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adv37: upkeep/updates.py resume_run (adv36's file) does not ask the cluster limit before it "
-    "takes the run: fix there, refuse in one line while the limit grants no slot (lead's dispatcher calls "
-    "a limit of 0 the fleet's brake), the run left as it was",
-)
 def test_an_sre_resume_while_the_cluster_limit_is_zero_is_refused_and_the_run_stays_paused(
     prefect_world: World,
 ) -> None:
@@ -129,3 +123,24 @@ def test_an_sre_resume_while_the_cluster_limit_is_zero_is_refused_and_the_run_st
     ended = world.run()
     assert ended.state == RunState.paused, (ended.state, ended.reason)
     assert world.notices(run.id)[-1] != "failed"
+
+
+def test_an_sre_update_while_the_cluster_limit_is_zero_is_refused_before_a_run_is_written(
+    prefect_world: World,
+) -> None:
+    """`upkeep update` into a braked fleet: refused in one line naming the limit, before a run is created
+    (it was created, then failed before its first node with an SRE alert)."""
+    from inventory.models import UpgradeRun
+    from tests.support.update_world import CLUSTER, TARGET
+    from upkeep.console import CliError
+    from upkeep.updates import run_update
+
+    world = prefect_world
+    limit = _limit_of_zero(world)
+
+    with pytest.raises(CliError, match=f"{limit}.*nothing was started or changed"):
+        run_update(CLUSTER, TARGET, engine=world.engine, as_json=True)
+
+    with session_scope(world.engine) as session:
+        assert session.exec(select(UpgradeRun)).all() == []
+        assert session.exec(select(Alert)).all() == []

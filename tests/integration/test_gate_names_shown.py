@@ -31,18 +31,44 @@ HOSTILE = "mallory\x1b]0;owned\x07\x1b[2J\nrefused by root at 2026-12-07T10:00:0
 REASON = "no\x1b[31m red"
 
 
+def _a_cli_run(session: Any, state: RunState) -> UpgradeRun:
+    """A run of the fleet's one cluster to 9.9.0, asked for on the CLI, in `state` (not yet flushed)."""
+    cluster = session.exec(select(Cluster)).one()
+    return create_run(
+        cluster,
+        to_version="9.9.0",
+        source="cli",
+        requested_by="t",
+        session=session,
+        state=state,
+    )
+
+
+def _at_the_gate_held_by(engine: Any, owner: str, until: datetime, *, since: datetime | None = None) -> int:
+    """A running run waiting at the approval gate, its lease held by `owner` until `until` (taken at
+    `since` when given, else as `create_run` leaves it); its id."""
+    with session_scope(engine) as session:
+        run = _a_cli_run(session, RunState.running)
+        run.needs_approval, run.lease_owner, run.lease_until = True, owner, until
+        if since is not None:
+            run.lease_since = since
+        session.add(run)
+        session.flush()
+        return run.id or 0
+
+
+def _stopped(engine: Any, tmp_path: Path, run_id: int) -> str:
+    """What `upkeep cancel RUN --reason froze` says (it must succeed), on one line."""
+    env = home_env(tmp_path / "home", UPKEEP_DATABASE_URL=_database_url(engine), COLUMNS="400")
+    said = upkeep_in_process("cancel", str(run_id), "--reason", "froze", env=env)
+    assert said.returncode == 0, said
+    return " ".join(said.stdout.split())
+
+
 def _refused_by_hostile_name(engine: Any, tmp_path: Path) -> int:
     one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
     with session_scope(engine) as session:
-        cluster = session.exec(select(Cluster)).one()
-        run = create_run(
-            cluster,
-            to_version="9.9.0",
-            source="cli",
-            requested_by="t",
-            session=session,
-            state=RunState.cancelled,
-        )
+        run = _a_cli_run(session, RunState.cancelled)
         run.needs_approval, run.reason = True, refusal(HOSTILE, REASON)
         session.add(run)
         session.flush()
@@ -126,14 +152,7 @@ def test_the_prefect_ui_summary_shows_an_approver_s_markdown_as_text(engine: Any
     with session_scope(engine) as session:
         cluster = session.exec(select(Cluster)).one()
         plan = plan_update(cluster.name, "9.9.0", session=session)
-        run = create_run(
-            cluster,
-            to_version="9.9.0",
-            source="cli",
-            requested_by="t",
-            session=session,
-            state=RunState.cancelled,
-        )
+        run = _a_cli_run(session, RunState.cancelled)
         run.needs_approval, run.reason = True, refusal(who, "*see* `CHG`")
         session.add(run)
         session.flush()
@@ -158,24 +177,8 @@ def test_a_stop_at_a_gate_held_on_another_machine_promises_seconds_only_if_that_
 
     one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
     until = utcnow() + timedelta(minutes=5)
-    with session_scope(engine) as session:
-        cluster = session.exec(select(Cluster)).one()
-        run = create_run(
-            cluster,
-            to_version="9.9.0",
-            source="cli",
-            requested_by="t",
-            session=session,
-            state=RunState.running,
-        )
-        run.needs_approval, run.lease_owner, run.lease_until = True, "db7.elsewhere:4242/abc123", until
-        session.add(run)
-        session.flush()
-        run_id = run.id or 0
-    env = home_env(tmp_path / "home", UPKEEP_DATABASE_URL=_database_url(engine), COLUMNS="400")
-    said = upkeep_in_process("cancel", str(run_id), "--reason", "froze", env=env)
-    assert said.returncode == 0, said
-    line = " ".join(said.stdout.split())
+    run_id = _at_the_gate_held_by(engine, "db7.elsewhere:4242/abc123", until)
+    line = _stopped(engine, tmp_path, run_id)
     assert "within seconds if its process (db7.elsewhere:4242) lives" in line, line
     assert f"its lease runs out at {until:%Y-%m-%d %H:%M:%S} UTC" in line, line
 
@@ -199,26 +202,11 @@ def test_a_stop_at_a_gate_whose_holder_s_pid_was_reused_says_it_is_not_answering
     one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
     stranger = subprocess.Popen(["sleep", "600"])
     try:
-        with session_scope(engine) as session:
-            cluster = session.exec(select(Cluster)).one()
-            run = create_run(
-                cluster,
-                to_version="9.9.0",
-                source="cli",
-                requested_by="t",
-                session=session,
-                state=RunState.running,
-            )
-            run.needs_approval = True
-            run.lease_owner = f"{socket.gethostname()}:{stranger.pid}/abc123"
-            run.lease_since, run.lease_until = utcnow() - timedelta(hours=1), utcnow() + timedelta(minutes=5)
-            session.add(run)
-            session.flush()
-            run_id = run.id or 0
-        env = home_env(tmp_path / "home", UPKEEP_DATABASE_URL=_database_url(engine), COLUMNS="400")
-        said = upkeep_in_process("cancel", str(run_id), "--reason", "froze", env=env)
-        assert said.returncode == 0, said
-        assert "is not answering" in " ".join(said.stdout.split()), said.stdout
+        owner = f"{socket.gethostname()}:{stranger.pid}/abc123"
+        since, until = utcnow() - timedelta(hours=1), utcnow() + timedelta(minutes=5)
+        run_id = _at_the_gate_held_by(engine, owner, until, since=since)
+        line = _stopped(engine, tmp_path, run_id)
+        assert "is not answering" in line, line
     finally:
         stranger.kill()
         stranger.wait()

@@ -9,7 +9,6 @@ nodes, file server, mail and clock are tests/support/fakes.py's (`prefect_world`
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -59,10 +58,6 @@ def test_a_resumed_run_that_upgraded_a_node_and_finds_a_cluster_limit_of_zero_is
     assert "vendor-side" not in kinds and "run-failed" in kinds, kinds
 
 
-class _Killed(BaseException):
-    """The flow's process dies (kill -9, its machine lost)."""
-
-
 def test_a_resumed_run_whose_every_node_was_verified_is_recorded_succeeded_despite_a_limit_of_zero(
     prefect_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,22 +65,8 @@ def test_a_resumed_run_whose_every_node_was_verified_is_recorded_succeeded_despi
     the run is resumed (an SRE freezing the fleet at night). It failed: the customer told 'failed' for an
     update complete on every node, a case opened, the run-failed alert (a page, urgent) (adv37). Nothing is
     left to do, so nothing needs a slot: it is recorded succeeded, as a take-over past the cutoff is."""
-    from flows import product_update as update_flow
-
     world = prefect_world
-    real_finish = update_flow.finish
-
-    def killed_before_recording(*args: Any, **kwargs: Any) -> None:
-        if args[3] is RunState.succeeded:
-            raise _Killed
-        real_finish(*args, **kwargs)
-
-    monkeypatch.setattr(update_flow, "finish", killed_before_recording)
-    with pytest.raises(_Killed):
-        world.update()
-    monkeypatch.setattr(update_flow, "finish", real_finish)
-    run = world.run()
-    assert run.id is not None and run.state == RunState.running and world.upgraded() == [1, 1, 1]
+    run = world.killed_before_recording_success(monkeypatch)
     _limit_of_zero(world)
 
     resumed = world.update(run_id=run.id)

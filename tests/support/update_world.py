@@ -4,10 +4,12 @@ dispatcher's (tests/integration/test_dispatch_unknown_kind.py, under the real Pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -25,6 +27,10 @@ CLUSTER = "fake-c1"
 HOSTS = [f"{CLUSTER}-n{i}" for i in (1, 2, 3)]
 PACKAGE = "releases/p-9.10.0.tar.gz"
 MONDAY = datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
+
+
+class Killed(BaseException):
+    """The flow's process dies (kill -9, its machine lost)."""
 
 
 class World:
@@ -123,4 +129,29 @@ class World:
                     run_id=run.id, node_id=node_2, step="upgrade", state=StepState.started, detail=TARGET
                 )
             )
+        return run
+
+    def killed_before_recording_success(
+        self, monkeypatch: pytest.MonkeyPatch, *, as_it_dies: Callable[[], None] | None = None, **params: Any
+    ) -> UpgradeRun:
+        """The update as a process that dies right after node 3's verification, before recording the
+        success, leaves it: every node upgraded, the run still 'running'. `as_it_dies` runs just before
+        the death (the clock moved on, say); `params`: the flow's (a planned run's `run_id`)."""
+        from flows import product_update as update_flow
+
+        real_finish = update_flow.finish
+
+        def killed_before_recording(*args: Any, **kwargs: Any) -> None:
+            if args[3] is RunState.succeeded:
+                if as_it_dies is not None:
+                    as_it_dies()
+                raise Killed
+            real_finish(*args, **kwargs)
+
+        monkeypatch.setattr(update_flow, "finish", killed_before_recording)
+        with pytest.raises(Killed):
+            self.update(**params)
+        monkeypatch.setattr(update_flow, "finish", real_finish)
+        run = self.run()
+        assert run.id is not None and run.state == RunState.running and self.upgraded() == [1, 1, 1]
         return run

@@ -920,26 +920,15 @@ def test_a_run_taken_over_past_the_cutoff_with_every_node_done_is_recorded_succe
     ('partial' told, "partially done (3 of 3 nodes)", a run planned for the next window with nothing
     to do) where it recorded it succeeded before (adv35). No node left to start: the cutoff has nothing
     to stop."""
-    from flows import product_update as update_flow
-
-    class Killed(BaseException):
-        pass
-
     world = short_window
     run_id = _planned_monday(world)
-    real_finish = update_flow.finish
 
-    def killed_before_recording(*args: Any, **kwargs: Any) -> None:
-        if args[3] is RunState.succeeded:
-            world.clock.advance(timedelta(minutes=55))  # the take-over comes 5 minutes before the end
-            raise Killed
-        real_finish(*args, **kwargs)
+    def the_take_over_comes_5_minutes_before_the_end() -> None:
+        world.clock.advance(timedelta(minutes=55))
 
-    monkeypatch.setattr(update_flow, "finish", killed_before_recording)
-    with pytest.raises(Killed):
-        world.update(run_id=run_id)
-    assert world.run().state == RunState.running and world.upgraded() == [1, 1, 1]
-    monkeypatch.setattr(update_flow, "finish", real_finish)
+    world.killed_before_recording_success(
+        monkeypatch, as_it_dies=the_take_over_comes_5_minutes_before_the_end, run_id=run_id
+    )
 
     state = world.update(run_id=run_id)
 
@@ -1217,23 +1206,11 @@ def test_a_stop_asked_of_a_run_whose_every_node_was_verified_records_it_succeede
     and the inventory left at the old version (adv37). A live run asked to cancel during its last node
     records it succeeded; so does the take-over, as it does past the cutoff (adv35): nothing is left to
     stop."""
-    from flows import product_update as update_flow
     from flows.lease import take_over
     from upkeep.updates import request_stop
 
-    real_finish = update_flow.finish
-
-    def killed_before_recording(*args: Any, **kwargs: Any) -> None:
-        if args[3] is RunState.succeeded:
-            raise _Killed
-        real_finish(*args, **kwargs)
-
-    monkeypatch.setattr(update_flow, "finish", killed_before_recording)
-    with pytest.raises(_Killed):
-        world.update()
-    monkeypatch.setattr(update_flow, "finish", real_finish)
-    run = world.run()
-    assert run.id is not None and run.state == RunState.running and world.upgraded() == [1, 1, 1]
+    run = world.killed_before_recording_success(monkeypatch)
+    assert run.id is not None
     request_stop(run.id, action, engine=world.engine, actor="sre", reason="stuck; customer asked")
     with session_scope(world.engine) as session:  # the dead process's lease ran out; the dispatcher's
         session.execute(

@@ -37,11 +37,8 @@ def test_a_resumed_run_that_upgraded_a_node_and_finds_a_cluster_limit_of_zero_is
     prefect_world: World,
 ) -> None:
     world = prefect_world
-    world.ask_at_node_1("pause")
-    assert world.update().is_completed()
-    run = world.run()
-    assert run.id is not None and run.state == RunState.paused and world.upgraded() == [1, 0, 0]
-    world.nodes[0].before.clear()
+    run = world.paused_after_node_1()
+    assert run.id is not None
     limit = _limit_of_zero(world)
 
     resumed = world.update(run_id=run.id)
@@ -91,11 +88,8 @@ def test_an_sre_resume_while_the_cluster_limit_is_zero_is_refused_and_the_run_st
     from upkeep.updates import resume_run
 
     world = prefect_world
-    world.ask_at_node_1("pause")
-    assert world.update().is_completed()
-    run = world.run()
-    assert run.id is not None and run.state == RunState.paused and world.upgraded() == [1, 0, 0]
-    world.nodes[0].before.clear()
+    run = world.paused_after_node_1()
+    assert run.id is not None
     limit = _limit_of_zero(world)
 
     with pytest.raises(CliError, match=limit):

@@ -113,15 +113,22 @@ class World:
 
         self.nodes[0].before["upgrade"] = when_node_1_upgrades
 
-    def left_mid_upgrade_of_node_2(self, **params: Any) -> UpgradeRun:
-        """A run paused after node 1, then as a kill -9 in the middle of node 2's upgrade leaves it: that
-        upgrade's step open (the node itself is the test's to set: finishing on its own, or not).
-        `params`: the flow's (a planned run's `run_id`)."""
+    def paused_after_node_1(self, **params: Any) -> UpgradeRun:
+        """The update paused by `upkeep pause` while node 1 upgraded: node 1 done, the run 'paused', the
+        pause no longer asked. `params`: the flow's (a planned run's `run_id`)."""
         self.ask_at_node_1("pause")
         assert self.update(**params).is_completed()
         run = self.run()
         assert run.id is not None and run.state == RunState.paused and self.upgraded() == [1, 0, 0]
         self.nodes[0].before.clear()
+        return run
+
+    def left_mid_upgrade_of_node_2(self, **params: Any) -> UpgradeRun:
+        """A run paused after node 1, then as a kill -9 in the middle of node 2's upgrade leaves it: that
+        upgrade's step open (the node itself is the test's to set: finishing on its own, or not).
+        `params`: the flow's (a planned run's `run_id`)."""
+        run = self.paused_after_node_1(**params)
+        assert run.id is not None
         with session_scope(self.engine) as session:  # what the killed process left: node 2's upgrade open
             node_2 = session.exec(select(Node.id).where(Node.hostname == HOSTS[1])).one()
             session.add(

@@ -567,11 +567,8 @@ def test_the_resume_s_wait_is_for_this_run_s_unverified_upgrade_only(world: Worl
         older.state, older.active_cluster_id = RunState.failed, None
         node_3 = session.exec(select(Node.id).where(Node.hostname == HOSTS[2])).one()
         session.add(NodeStep(run_id=older.id, node_id=node_3, step="upgrade", state=StepState.failed))
-    world.ask_at_node_1("pause")
-    assert world.update().is_completed()
-    run = world.run()
-    assert run.state == RunState.paused and run.id != older.id and world.upgraded() == [1, 0, 0]
-    world.nodes[0].before.clear()
+    run = world.paused_after_node_1()
+    assert run.id != older.id
     answers: dict[str, list[bool]] = {HOSTS[0]: [], HOSTS[2]: []}
 
     def unhealthy_once(node: FakeNode) -> None:  # unhealthy at the first answer, healthy at any later one
@@ -603,11 +600,7 @@ def test_a_resumed_run_s_pre_flight_that_finds_a_support_tunnel_closed_does_not_
     from flows.steps import NodeConnections, TunnelDown, preflight_step
     from tasks.ssh import TunnelClosed
 
-    world.ask_at_node_1("pause")
-    assert world.update().is_completed()
-    run = world.run()
-    assert run.state == RunState.paused and world.upgraded() == [1, 0, 0]
-    world.nodes[0].before.clear()
+    run = world.paused_after_node_1()
 
     def tunnel_closed(node: FakeNode) -> None:
         raise TunnelClosed(node.hostname, "the support tunnel is not open")
@@ -858,10 +851,7 @@ def test_a_resumed_run_whose_pre_flight_ends_past_the_cutoff_does_not_say_nothin
 
     world = short_window
     run_id = _planned_monday(world)
-    world.ask_at_node_1("pause")
-    assert world.update(run_id=run_id).is_completed()
-    assert world.run().state == RunState.paused and world.upgraded() == [1, 0, 0]
-    world.nodes[0].before.clear()
+    world.paused_after_node_1(run_id=run_id)
     # the resume's pre-flight takes until 5 minutes are left of the hour (a node needs 10)
     world.nodes[0].before["disk"] = _five_minutes_left(world)
 

@@ -1,0 +1,113 @@
+"""Adversarial pass adv39 on lead's `upkeep update|resume` refusal while UPKEEP_CLUSTER_LIMIT grants no
+slot (upkeep/updates.py `cluster_limit_grants`, 74718fd): what a refused resume leaves behind, and the run
+it must not refuse.
+
+The flow under the real Prefect engine and server (a real limit of 0); nodes, file server, mail and clock
+are tests/support/fakes.py's (`prefect_world`)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from inventory.db import session_scope
+from inventory.models import AuditEvent, RunState, UpgradeRun
+from inventory.types import utcnow
+from tests.integration.test_cluster_limit_resumed import _Killed, _limit_of_zero
+from tests.support.update_world import World
+
+pytestmark = [pytest.mark.prefect]
+
+
+def _orphan_every_node_verified(world: World, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Node 3 verified, then the process dies before recording the success (kill -9): the run is left
+    `running`, its lease run out (by the CLI's clock)."""
+    from flows import product_update as update_flow
+
+    real_finish = update_flow.finish
+
+    def killed_before_recording(*args: Any, **kwargs: Any) -> None:
+        if args[3] is RunState.succeeded:
+            raise _Killed
+        real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(update_flow, "finish", killed_before_recording)
+    with pytest.raises(_Killed):
+        world.update()
+    monkeypatch.setattr(update_flow, "finish", real_finish)
+    with session_scope(world.engine) as session:
+        run = session.exec(select(UpgradeRun)).one()
+        run.lease_until = utcnow() - timedelta(hours=1)  # its lease ran out an hour ago
+        session.add(run)
+        assert run.id is not None
+        return run.id
+
+
+def _as_left(world: World, run_id: int) -> tuple[Any, ...]:
+    with session_scope(world.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        audit = session.exec(select(AuditEvent.action).where(AuditEvent.subject == f"run/{run_id}"))
+        return (
+            run.state,
+            run.reason,
+            run.requested_action,
+            run.lease_owner,
+            run.lease_until,
+            run.lease_since,
+            sorted(audit),
+        )
+
+
+def test_a_refused_resume_leaves_the_orphan_and_its_pending_cancel_exactly_as_they_were(
+    prefect_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An orphan (its process died mid-way; lease run out) with a cancel asked by the on-call, then a
+    second SRE's `upkeep resume` while the fleet is braked (limit 0). Refused, "nothing was started or
+    changed": but the claim had cleared the pending cancel and the release cleared the lease, so the run
+    was `running` with no lease at all: never an orphan again (no take-over once the brake lifts: orphans
+    need a lease_until), counted live against the dispatcher's limit for ever, the cancel wiped."""
+    from upkeep.console import CliError
+    from upkeep.updates import request_stop, resume_run
+
+    world = prefect_world
+    run_id = _orphan_every_node_verified(world, monkeypatch)
+    with session_scope(world.engine) as session:  # node 3 left unverified: work is left, a slot is needed
+        from inventory.models import NodeStep
+
+        last = session.exec(
+            select(NodeStep).where(NodeStep.step == "verify").order_by(col(NodeStep.id).desc())
+        ).first()
+        assert last is not None
+        session.delete(last)
+    request_stop(run_id, "cancel", engine=world.engine, actor="oncall", reason="freeze")
+    before = _as_left(world, run_id)
+    assert before[2] == "cancel" and before[4] is not None, before
+    limit = _limit_of_zero(world)
+
+    with pytest.raises(CliError, match=f"{limit}.*nothing was started or changed"):
+        resume_run(run_id, engine=world.engine, as_json=True, actor="sre")
+
+    assert _as_left(world, run_id) == before
+
+
+def test_a_resume_of_a_run_whose_every_node_was_verified_records_it_succeeded_while_braked(
+    prefect_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same orphan with nothing left to do: it needs no slot (the flow records it succeeded at a limit
+    of 0, adv37). The braked dispatcher takes no orphan over, so the SRE's `upkeep resume` is the only
+    way it ends before the brake lifts; refusing it left the customer's complete update `running`."""
+    from upkeep.updates import resume_run
+
+    world = prefect_world
+    run_id = _orphan_every_node_verified(world, monkeypatch)
+    _limit_of_zero(world)
+
+    resume_run(run_id, engine=world.engine, as_json=True, actor="sre")
+
+    ended = world.run()
+    assert ended.state == RunState.succeeded, (ended.state, ended.reason)
+    assert world.notices(run_id) == ["started", "completed"]

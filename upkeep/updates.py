@@ -356,6 +356,10 @@ def resume_run(
 
     if override_reason is not None and not override_reason.strip():
         raise CliError("--override-window needs --reason TEXT (it is audited)")
+    if _needs_a_slot(run_id, engine):
+        # Before anything is written: the claim clears a pending pause/cancel and takes the lease, and
+        # giving it back left an orphan with no lease at all (never taken over again; adv39).
+        cluster_limit_grants()
     runtime = current()
     now = runtime.clock()
     with session_scope(engine) as session:
@@ -391,7 +395,6 @@ def resume_run(
     owner = _take(run_id, engine, handed_over=on_worker)
     try:
         prefect_answers()
-        cluster_limit_grants()
         plan = _plan(name, to_version, engine)
     except BaseException:
         lease.release(engine, run_id, owner)
@@ -399,6 +402,26 @@ def resume_run(
     return run_product_update(
         plan, run_id, engine=engine, as_json=as_json, owner=owner, on_worker=on_worker, watch=watch
     )
+
+
+def _needs_a_slot(run_id: int, engine: Engine) -> bool:
+    """Whether resuming `run_id` would ask the cluster limit for a slot: an active run with a node not
+    yet verified. One whose every node was verified (its process died before recording the end) needs
+    none: the flow records it succeeded (flows/product_update.py `_end_for_the_limit`), and while the
+    fleet is braked the dispatcher takes no orphan over, so a resume is the only way it ends. An unknown
+    or ended run: False (the usual lines below say so)."""
+    from flows.records import node_done
+    from inventory import repo
+    from inventory.models import Cluster, RunState, UpgradeRun
+
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        if run is None or not RunState(run.state).active:
+            return False
+        cluster = session.get(Cluster, run.cluster_id)
+        assert cluster is not None
+        nodes = [node.id for node in repo.cluster_nodes(cluster, session=session)]
+    return not nodes or not all(node_done(engine, run_id, node) for node in nodes if node is not None)
 
 
 def _next_slot(run: Any, now: Any, session: Any) -> str:

@@ -111,3 +111,34 @@ def test_a_resume_of_a_run_whose_every_node_was_verified_records_it_succeeded_wh
     ended = world.run()
     assert ended.state == RunState.succeeded, (ended.state, ended.reason)
     assert world.notices(run_id) == ["started", "completed"]
+
+
+def test_an_update_requested_now_while_braked_is_refused_before_a_run_is_written(prefect_world: World) -> None:
+    """`upkeep request --now` into a braked fleet: it created the run, then refused with "...; nothing was
+    started or changed; run N waits: `upkeep resume N` or `upkeep cancel N`": a run was written, and one
+    the dispatcher starts the moment the brake lifts. Refused before writing, as `upkeep update` is."""
+    from inventory.alerts import Alert
+    from tests.support.update_world import CLUSTER, TARGET
+    from upkeep.console import CliError
+    from upkeep.requests import request_update
+
+    world = prefect_world
+    limit = _limit_of_zero(world)
+
+    with pytest.raises(CliError, match=f"{limit}.*nothing was started or changed") as refused:
+        request_update(
+            CLUSTER,
+            TARGET,
+            source="customer",
+            case=None,
+            urgent=False,
+            now_run=True,
+            override_reason=None,
+            engine=world.engine,
+            as_json=True,
+        )
+
+    assert "waits" not in str(refused.value), refused.value
+    with session_scope(world.engine) as session:
+        assert session.exec(select(UpgradeRun)).all() == []
+        assert session.exec(select(Alert)).all() == []

@@ -53,6 +53,10 @@ def request_update(
 
         prefect_answers()
         workers_ready()
+    if now_run:  # as `upkeep update`: a braked fleet is refused before a run is written (scheduling is not)
+        from upkeep.updates import cluster_limit_grants
+
+        cluster_limit_grants()
     runtime = current()
     now = runtime.clock()
     with session_scope(engine) as session:

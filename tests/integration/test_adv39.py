@@ -113,7 +113,9 @@ def test_a_resume_of_a_run_whose_every_node_was_verified_records_it_succeeded_wh
     assert world.notices(run_id) == ["started", "completed"]
 
 
-def test_an_update_requested_now_while_braked_is_refused_before_a_run_is_written(prefect_world: World) -> None:
+def test_an_update_requested_now_while_braked_is_refused_before_a_run_is_written(
+    prefect_world: World,
+) -> None:
     """`upkeep request --now` into a braked fleet: it created the run, then refused with "...; nothing was
     started or changed; run N waits: `upkeep resume N` or `upkeep cancel N`": a run was written, and one
     the dispatcher starts the moment the brake lifts. Refused before writing, as `upkeep update` is."""

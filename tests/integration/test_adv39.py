@@ -144,3 +144,23 @@ def test_an_update_requested_now_while_braked_is_refused_before_a_run_is_written
     with session_scope(world.engine) as session:
         assert session.exec(select(UpgradeRun)).all() == []
         assert session.exec(select(Alert)).all() == []
+
+
+def test_update_check_while_braked_does_not_say_update_runs_it(prefect_world: World) -> None:
+    """`upkeep update --check` is what `upkeep update` would refuse on; with the limit at 0 it said
+    "every check passed; `upkeep update fake-c1 --to 9.10.0` runs it", and that update is refused."""
+    from flows.check import check_update
+    from flows.plan import plan_update
+    from tests.support.update_world import CLUSTER, TARGET
+
+    world = prefect_world
+    limit = _limit_of_zero(world)
+    with session_scope(world.engine) as session:
+        plan = plan_update(CLUSTER, TARGET, session=session)
+
+    result = check_update(plan, world.runtime)
+
+    assert not result.ok, result
+    failed = [item for item in result.checks if not item.ok]
+    assert [item.what for item in failed] == ["cluster-limit"], failed
+    assert limit in failed[0].detail and "\n" not in failed[0].detail, failed[0].detail

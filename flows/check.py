@@ -2,7 +2,8 @@
 
 It asks what the product-update flow's pre-flight asks - the file server has the package, every node
 answers over its access path, is healthy, at a version the update expects, with disk for the package -
-and what `upkeep update` would refuse on (another update active on the cluster). Unlike the flow it
+and what `upkeep update` would refuse on (another update active on the cluster, a cluster limit that
+grants no slot). Unlike the flow it
 records nothing: no run row, no step, no audit, no notice; nothing is copied or started on a node
 (only read-only agent commands: version, health, disk free)."""
 
@@ -42,7 +43,7 @@ class UpdateCheck(BaseModel):
 def check_update(plan: UpdatePlan, runtime: Runtime) -> UpdateCheck:
     """Every pre-flight check of `plan`, each reported (none stops the others)."""
     package, size = _package(plan, runtime)
-    items = [_active_update(plan, runtime), package]
+    items = [_active_update(plan, runtime), package, *_cluster_limit(runtime)]
     conns = NodeConnections(runtime, plan)
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(plan.nodes)))) as pool:
@@ -72,6 +73,19 @@ def _active_update(plan: UpdatePlan, runtime: Runtime) -> CheckItem:
             detail=f"update-{other.id} ({other.from_version}→{other.to_version}) is {other.state}; "
             "`upkeep update` would be refused",
         )
+
+
+def _cluster_limit(runtime: Runtime) -> list[CheckItem]:
+    """UPKEEP_CLUSTER_LIMIT naming a limit that grants no slot (none of that name, or 0: the fleet's
+    brake): `upkeep update` refuses (upkeep/updates.py `cluster_limit_grants`). No item without the
+    setting; one API read with it (an API away is the flow's to meet, as there)."""
+    from flows.product_update import limit_unusable
+
+    name = runtime.cluster_limit
+    if not name:
+        return []
+    why = limit_unusable(name)
+    return [CheckItem(what="cluster-limit", ok=not why, detail=why or f"{name!r} grants slots")]
 
 
 def _package(plan: UpdatePlan, runtime: Runtime) -> tuple[CheckItem, int]:

@@ -164,3 +164,40 @@ def test_update_check_while_braked_does_not_say_update_runs_it(prefect_world: Wo
     failed = [item for item in result.checks if not item.ok]
     assert [item.what for item in failed] == ["cluster-limit"], failed
     assert limit in failed[0].detail and "\n" not in failed[0].detail, failed[0].detail
+
+
+@pytest.mark.lab
+def test_approved_and_refused_at_once_exactly_one_answers_the_gate(
+    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+) -> None:
+    """Two operators answer one gate at the same moment, one approving, one refusing (approve_run now
+    flushes its write before it wakes the gate, adv36): exactly one is told done and recorded; the other
+    is one line, exit 1, and the run ends as the winner said."""
+    from tests.integration.conftest import cli_engine
+    from tests.integration.test_endings import _answers, _gated_run
+    from tests.integration.test_update_control import _run, _start
+
+    env, cluster = slow_cli_env, fresh_slow_cluster
+    engine = cli_engine(env)
+    run_id, proc = _gated_run(env, engine, cluster)
+
+    yes = _start(env, "approve", str(run_id), "--reason", "go")
+    no = _start(env, "approve", str(run_id), "--refuse", "--reason", "not this week")
+    approve = (yes.wait(timeout=120), *yes.communicate())
+    refuse = (no.wait(timeout=120), *no.communicate())
+    proc.wait(timeout=300)
+
+    for _code, out, err in (approve, refuse):
+        assert "Traceback" not in out + err and "bug" not in err, (out, err)
+    assert sorted([approve[0], refuse[0]]) == [0, 1], (approve, refuse)
+    loser = refuse if approve[0] == 0 else approve
+    assert loser[2].strip().count("\n") == 0 and str(run_id) in loser[2], loser
+    decisions = _answers(env, run_id)
+    final = _run(engine, cluster)
+    assert final is not None
+    if approve[0] == 0:
+        assert decisions == [("approved", "go")] and final.state == RunState.succeeded, (decisions, final)
+    else:
+        assert decisions == [("refused", "not this week")], decisions
+        assert final.state == RunState.cancelled, final
+    engine.dispose()

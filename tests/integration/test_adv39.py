@@ -201,3 +201,28 @@ def test_approved_and_refused_at_once_exactly_one_answers_the_gate(
         assert decisions == [("refused", "not this week")], decisions
         assert final.state == RunState.cancelled, final
     engine.dispose()
+
+
+def test_a_held_orphan_whose_every_node_was_verified_is_told_so_with_the_resume_that_ends_it(
+    prefect_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The braked tick's alert for an orphan (adv38) said "stopped mid-way ... its nodes may be
+    half-upgraded; fix the limit" of a run whose every node was verified: the on-call is sent to lift the
+    brake (or to the customer) for an update that is complete, and `upkeep resume` records it succeeded
+    with no slot (adv39). Told as it is."""
+    import logging
+
+    from flows.dispatch import cluster_limit_blocks
+
+    world = prefect_world
+    run_id = _orphan_every_node_verified(world, monkeypatch)
+    _limit_of_zero(world)
+
+    assert cluster_limit_blocks(world.runtime, world.clock(), logging.getLogger("adv39"))
+
+    from inventory.alerts import Alert
+
+    with session_scope(world.engine) as session:
+        [told] = session.exec(select(Alert).where(Alert.run_id == run_id)).all()
+    assert "half-upgraded" not in told.body_text and "mid-way" not in told.subject, told.body_text
+    assert f"upkeep resume {run_id}" in told.body_text, told.body_text

@@ -694,17 +694,38 @@ def _tell_held_orphans(runtime: Runtime, now: datetime, why: str) -> None:
     is told to the SRE with its run, once a day while held: its cluster may stand half-upgraded past
     its window, `running` in our record, and the fleet alert names no run or cluster (before the
     gate, the take-over failed it and told the customer and the SRE with its nodes)."""
+    from flows.records import node_done
+    from inventory.models import Cluster
+
     with session_scope(runtime.engine) as session:
-        stranded = [run.id for run in lease.orphans(session, now, skip=set()) if run.id is not None]
-    for run_id in stranded:
+        stranded = []
+        for run in lease.orphans(session, now, skip=set()):
+            cluster = session.get(Cluster, run.cluster_id)
+            nodes = repo.cluster_nodes(cluster, session=session) if cluster is not None else []
+            stranded.append((run.id, [node.id for node in nodes]))
+    for run_id, node_ids in stranded:
+        if run_id is None:
+            continue
+        if node_ids and all(node_done(runtime.engine, run_id, node) for node in node_ids if node is not None):
+            # Its process died after the last node's verify, before recording the end: complete, and
+            # it needs no slot; "half-upgraded, fix the limit" sent the on-call after the brake (adv39).
+            headline = f"update {run_id} has every node verified but its end is not recorded (not taken over)"
+            action = (
+                f"`upkeep resume {run_id}` records it succeeded and tells the customer (it needs no slot)"
+            )
+        else:
+            headline = f"update {run_id} stopped mid-way, not taken over: the cluster limit grants no slot"
+            action = (
+                "fix the limit (the next tick takes the run over and resumes it), or "
+                f"`upkeep show {run_id}` and decide with the customer; its nodes may be half-upgraded"
+            )
         alert_sre(
             runtime,
             kind="held",
             run_id=run_id,
-            headline=f"update {run_id} stopped mid-way, not taken over: the cluster limit grants no slot",
+            headline=headline,
             cause=why,
-            action="fix the limit (the next tick takes the run over and resumes it), or "
-            f"`upkeep show {run_id}` and decide with the customer; its nodes may be half-upgraded",
+            action=action,
             key=f"held-orphan:{run_id}:{now:%Y-%m-%d}",
         )
 

@@ -168,18 +168,18 @@ def test_update_check_while_braked_does_not_say_update_runs_it(prefect_world: Wo
 
 @pytest.mark.lab
 def test_approved_and_refused_at_once_exactly_one_answers_the_gate(
-    slow_lab: Any, slow_cli_env: dict[str, str], fresh_slow_cluster: str
+    lab: Any, fresh_cluster: str, lab_runtime_any_db: Any, tmp_path: Any
 ) -> None:
     """Two operators answer one gate at the same moment, one approving, one refusing (approve_run now
     flushes its write before it wakes the gate, adv36): exactly one is told done and recorded; the other
-    is one line, exit 1, and the run ends as the winner said."""
-    from tests.integration.conftest import cli_engine
+    is one line, exit 1, and the run ends as the winner said. On SQLite and PostgreSQL."""
     from tests.integration.test_endings import _answers, _gated_run
-    from tests.integration.test_update_control import _run, _start
+    from tests.integration.test_takeover import _cli_env, _run
+    from tests.integration.test_update_control import _start
 
-    env, cluster = slow_cli_env, fresh_slow_cluster
-    engine = cli_engine(env)
-    run_id, proc = _gated_run(env, engine, cluster)
+    engine = lab_runtime_any_db.engine
+    env = _cli_env(lab, engine, tmp_path / "home")
+    run_id, proc = _gated_run(env, engine, fresh_cluster)
 
     yes = _start(env, "approve", str(run_id), "--reason", "go")
     no = _start(env, "approve", str(run_id), "--refuse", "--reason", "not this week")
@@ -193,14 +193,12 @@ def test_approved_and_refused_at_once_exactly_one_answers_the_gate(
     loser = refuse if approve[0] == 0 else approve
     assert loser[2].strip().count("\n") == 0 and str(run_id) in loser[2], loser
     decisions = _answers(env, run_id)
-    final = _run(engine, cluster)
-    assert final is not None
+    final = _run(engine, run_id)
     if approve[0] == 0:
         assert decisions == [("approved", "go")] and final.state == RunState.succeeded, (decisions, final)
     else:
         assert decisions == [("refused", "not this week")], decisions
         assert final.state == RunState.cancelled, final
-    engine.dispose()
 
 
 def test_a_held_orphan_whose_every_node_was_verified_is_told_so_with_the_resume_that_ends_it(

@@ -1,6 +1,6 @@
-"""Adversarial pass adv39 on lead's `upkeep update|resume` refusal while UPKEEP_CLUSTER_LIMIT grants no
-slot (upkeep/updates.py `cluster_limit_grants`, 74718fd): what a refused resume leaves behind, and the run
-it must not refuse.
+"""Commands while the fleet is braked (UPKEEP_CLUSTER_LIMIT names a limit that grants no slot; upkeep/
+updates.py `cluster_limit_grants`), from the adversarial pass adv39: what a refused resume leaves behind,
+the run it must not refuse, `request --now` and `update --check`; and an approval and a refusal at once.
 
 The flow under the real Prefect engine and server (a real limit of 0); nodes, file server, mail and clock
 are tests/support/fakes.py's (`prefect_world`)."""
@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from inventory.db import session_scope
 from inventory.models import AuditEvent, RunState, UpgradeRun
 from inventory.types import utcnow
-from tests.integration.test_cluster_limit_resumed import _Killed, _limit_of_zero
+from tests.integration.test_cluster_limit_resumed import _limit_of_zero
 from tests.support.update_world import World
 
 pytestmark = [pytest.mark.prefect]
@@ -25,19 +25,7 @@ pytestmark = [pytest.mark.prefect]
 def _orphan_every_node_verified(world: World, monkeypatch: pytest.MonkeyPatch) -> int:
     """Node 3 verified, then the process dies before recording the success (kill -9): the run is left
     `running`, its lease run out (by the CLI's clock)."""
-    from flows import product_update as update_flow
-
-    real_finish = update_flow.finish
-
-    def killed_before_recording(*args: Any, **kwargs: Any) -> None:
-        if args[3] is RunState.succeeded:
-            raise _Killed
-        real_finish(*args, **kwargs)
-
-    monkeypatch.setattr(update_flow, "finish", killed_before_recording)
-    with pytest.raises(_Killed):
-        world.update()
-    monkeypatch.setattr(update_flow, "finish", real_finish)
+    world.killed_before_recording_success(monkeypatch)
     with session_scope(world.engine) as session:
         run = session.exec(select(UpgradeRun)).one()
         run.lease_until = utcnow() - timedelta(hours=1)  # its lease ran out an hour ago

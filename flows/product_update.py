@@ -208,8 +208,8 @@ class ClusterLimitUnusable(Exception):
 def limit_unusable(name: str) -> str:
     """Why the Prefect global concurrency limit `name` can never grant a slot, as the one line the run
     fails with: there is none of that name, or its limit is 0 (Prefect answers every ask 422); "" when
-    it looks usable or cannot be asked (an API away is not a setup error, and the run is left to resume
-    as before)."""
+    it looks usable (a disabled limit enforces nothing) or cannot be asked (an API away is not a setup
+    error, and the run is left to resume as before)."""
     import shlex
     from urllib.parse import quote
 
@@ -230,7 +230,10 @@ def limit_unusable(name: str) -> str:
         )
     except Exception:
         return ""
-    if limit.limit < 1:
+    # A disabled limit (`prefect gcl disable`) is enforced on nothing: Prefect's increment skips it and
+    # grants at once, so at 0 it is no brake; read as one, every command refused an update that runs
+    # and the dispatcher held the fleet on the operator's 'limit off' (adv40).
+    if limit.limit < 1 and limit.active:
         return (
             f"{setting}: the Prefect limit allows {limit.limit} clusters at once; set it to at least 1 with "
             f"`prefect gcl update {shlex.quote(name)} --limit N`, or unset the setting"

@@ -28,7 +28,8 @@ def test_a_disabled_limit_of_zero_is_no_brake_for_the_refusals(prefect_world: Wo
     world = prefect_world
     limit = f"clusters-{uuid4().hex[:8]}"
     with get_client(sync_client=True) as client:
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=0, active=False))
+        disabled = GlobalConcurrencyLimitCreate(name=limit, limit=0, active=False)
+        client.create_global_concurrency_limit(disabled)
     world.runtime.cluster_limit = limit
 
     assert limit_unusable(limit) == ""

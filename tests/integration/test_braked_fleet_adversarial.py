@@ -40,3 +40,37 @@ def test_a_disabled_limit_of_zero_is_no_brake_for_the_refusals(prefect_world: Wo
     ran = world.update()  # what Prefect does with it: the update goes through
     assert ran.is_completed(), ran
     assert world.run().state == RunState.succeeded
+
+
+def test_the_braked_tick_reads_an_orphans_verified_nodes_in_one_query_not_one_per_node(
+    prefect_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While braked, every tick tells each orphan (its alert once a day, keyed): it asked `node_done` once
+    per node of each orphan, every tick (a query each: 3 here, orphans x nodes in a fleet, every ~30 s
+    while the brake lasts, for alerts already sent). One query for all of them."""
+    import logging
+
+    from sqlalchemy import event
+
+    from flows.dispatch import cluster_limit_blocks
+    from tests.integration.test_braked_fleet_commands import _orphan_every_node_verified
+    from tests.integration.test_cluster_limit_resumed import _limit_of_zero
+
+    world = prefect_world
+    _orphan_every_node_verified(world, monkeypatch)
+    _limit_of_zero(world)
+    log = logging.getLogger("adv40")
+    assert cluster_limit_blocks(world.runtime, world.clock(), log)  # today's alert sent
+
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(world.engine, "before_cursor_execute", seen)
+    try:
+        assert cluster_limit_blocks(world.runtime, world.clock(), log)
+    finally:
+        event.remove(world.engine, "before_cursor_execute", seen)
+    steps = [statement for statement in statements if "FROM nodestep" in statement]
+    assert len(steps) <= 1, steps

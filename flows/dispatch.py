@@ -694,8 +694,7 @@ def _tell_held_orphans(runtime: Runtime, now: datetime, why: str) -> None:
     is told to the SRE with its run, once a day while held: its cluster may stand half-upgraded past
     its window, `running` in our record, and the fleet alert names no run or cluster (before the
     gate, the take-over failed it and told the customer and the SRE with its nodes)."""
-    from flows.records import node_done
-    from inventory.models import Cluster
+    from inventory.models import Cluster, NodeStep, StepState
 
     with session_scope(runtime.engine) as session:
         stranded = []
@@ -703,10 +702,23 @@ def _tell_held_orphans(runtime: Runtime, now: datetime, why: str) -> None:
             cluster = session.get(Cluster, run.cluster_id)
             nodes = repo.cluster_nodes(cluster, session=session) if cluster is not None else []
             stranded.append((run.id, [node.id for node in nodes]))
+        # Each orphan's verified nodes in one read (flows/records.py `node_done`'s question): one query
+        # per node of each orphan, every tick while braked, was orphans x nodes reads for alerts sent.
+        verified = set(
+            session.execute(
+                columns(col(NodeStep.run_id), col(NodeStep.node_id)).where(
+                    col(NodeStep.run_id).in_([run_id for run_id, _ in stranded if run_id is not None]),
+                    col(NodeStep.step) == "verify",
+                    col(NodeStep.state) == StepState.succeeded,
+                )
+            ).all()
+            if stranded
+            else []
+        )
     for run_id, node_ids in stranded:
         if run_id is None:
             continue
-        if node_ids and all(node_done(runtime.engine, run_id, node) for node in node_ids if node is not None):
+        if node_ids and all((run_id, node) in verified for node in node_ids if node is not None):
             # Its process died after the last node's verify, before recording the end: complete, and
             # it needs no slot; "half-upgraded, fix the limit" sent the on-call after the brake (adv39).
             headline = f"update {run_id} has every node verified but its end is not recorded (not taken over)"

@@ -74,3 +74,35 @@ def test_the_braked_tick_reads_an_orphans_verified_nodes_in_one_query_not_one_pe
         event.remove(world.engine, "before_cursor_execute", seen)
     steps = [statement for statement in statements if "FROM nodestep" in statement]
     assert len(steps) <= 1, steps
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="product decision: `upkeep request` without --now plans into a braked fleet and queues the "
+    "customer's notice of a start the dispatcher will hold, saying nothing of the brake (adv39 left it to "
+    "plan ahead); whether it should warn the SRE, refuse, or hold the notice is not decided",
+)
+def test_an_update_scheduled_while_braked_says_the_start_will_be_held(
+    prefect_world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.integration.test_cluster_limit_resumed import _limit_of_zero
+    from tests.support.update_world import CLUSTER, TARGET
+    from upkeep.requests import request_update
+
+    world = prefect_world
+    limit = _limit_of_zero(world)
+    request_update(
+        CLUSTER,
+        TARGET,
+        source="customer",
+        case=None,
+        urgent=False,
+        now_run=False,
+        override_reason=None,
+        engine=world.engine,
+        as_json=False,
+    )
+    said = capsys.readouterr().out
+    assert "scheduled" in said, said  # it was planned, and the customer's notice queued
+    assert limit in said, said  # ... with no word that the dispatcher holds it while braked

@@ -106,3 +106,38 @@ def test_an_update_scheduled_while_braked_says_the_start_will_be_held(
     said = capsys.readouterr().out
     assert "scheduled" in said, said  # it was planned, and the customer's notice queued
     assert limit in said, said  # ... with no word that the dispatcher holds it while braked
+
+
+def test_a_resumed_run_whose_every_node_was_verified_does_not_queue_for_a_slot_of_a_full_limit(
+    prefect_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adv39: a run whose every node was verified "needs no slot", so `upkeep resume` skips the limit
+    check. But the flow still queued for one: with every slot held by other clusters, the resume waited
+    (for as long as they take) to record an update that is done, the customer not told 'completed'.
+    `_slot_look` is the waiting run's poll; here its second look ends the wait (taken over) so that a
+    queued run shows as one instead of hanging the test."""
+    import flows.product_update as product_update
+    from tests.integration.test_braked_fleet_commands import _orphan_every_node_verified
+
+    world = prefect_world
+    run_id = _orphan_every_node_verified(world, monkeypatch)
+    limit = f"clusters-{uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+        client.increment_concurrency_slots(names=[limit], slots=1, mode="concurrency")  # another cluster's
+    world.runtime.cluster_limit = limit
+    world.runtime.slot_poll = 0.01
+    looks: list[str] = []
+    real_look = product_update._slot_look
+
+    def look(runtime: object, run: int, owner: str) -> str:
+        looks.append(owner)
+        return product_update.TAKEN_OVER if len(looks) > 1 else real_look(runtime, run, owner)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(product_update, "_slot_look", look)
+
+    world.update(run_id=run_id)
+
+    assert looks == [], "queued for a cluster slot"
+    assert world.run().state == RunState.succeeded
+    assert world.notices(run_id)[-1] == "completed"

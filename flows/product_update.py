@@ -21,7 +21,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -132,7 +132,12 @@ def product_update(
         # The lease first: waiting for a cluster slot can take long, and the run is held meanwhile.
         with lease.hold(runtime, run_id, owner) as heartbeat:
             try:
-                with cluster_slot(runtime, run_id, owner) as stop, untagged_steps():
+                # A run whose every node was verified (its process died before recording the end) needs
+                # no slot: `upkeep resume` skips the brake for it (adv39), and queued at a full limit it
+                # waited as long as other clusters took to record a done update (adv40).
+                done = all(node_done(runtime.engine, run_id, node.id) for node in plan.nodes)
+                slot = nullcontext("") if done else cluster_slot(runtime, run_id, owner)
+                with slot as stop, untagged_steps():
                     result = (
                         _slot_wait_ended(runtime, plan, run_id, stop)
                         if stop  # paused/cancelled/taken over while it waited: no slot, nothing done

@@ -141,3 +141,27 @@ def test_a_resumed_run_whose_every_node_was_verified_does_not_queue_for_a_slot_o
     assert looks == [], "queued for a cluster slot"
     assert world.run().state == RunState.succeeded
     assert world.notices(run_id)[-1] == "completed"
+
+
+def test_update_check_with_the_prefect_api_away_does_not_say_the_limit_grants_slots(
+    prefect_world: World,
+) -> None:
+    """`--check`'s cluster-limit item read "'clusters' grants slots", ok, when the limit could not be
+    read at all (the Prefect API away): a claim nobody checked, and `upkeep update` is refused then."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.check import check_update
+    from flows.plan import plan_update
+    from tests.integration.test_cluster_limit_resumed import _limit_of_zero
+    from tests.support.update_world import CLUSTER, TARGET
+
+    world = prefect_world
+    limit = _limit_of_zero(world)
+    with session_scope(world.engine) as session:
+        plan = plan_update(CLUSTER, TARGET, session=session)
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+        checked = check_update(plan, world.runtime)
+
+    [item] = [item for item in checked.checks if item.what == "cluster-limit"]
+    assert not item.ok and "grants slots" not in item.detail, item
+    assert limit in item.detail and "\n" not in item.detail, item.detail

@@ -78,13 +78,13 @@ def _active_update(plan: UpdatePlan, runtime: Runtime) -> CheckItem:
 def _cluster_limit(runtime: Runtime) -> list[CheckItem]:
     """UPKEEP_CLUSTER_LIMIT naming a limit that grants no slot (none of that name, or 0: the fleet's
     brake): `upkeep update` refuses (upkeep/updates.py `cluster_limit_grants`). No item without the
-    setting; one API read with it (an API away is the flow's to meet, as there)."""
+    setting; one API read with it (the API away: not ok, as `upkeep update` then refuses; adv40)."""
     from flows.product_update import limit_unusable
 
     name = runtime.cluster_limit
     if not name:
         return []
-    why = limit_unusable(name)
+    why = limit_unusable(name, away=True)
     return [CheckItem(what="cluster-limit", ok=not why, detail=why or f"{name!r} grants slots")]
 
 

@@ -210,11 +210,12 @@ class ClusterLimitUnusable(Exception):
     of (its limit 0): a setup error, ours. (A disabled limit is not enforced: Prefect grants every ask.)"""
 
 
-def limit_unusable(name: str) -> str:
+def limit_unusable(name: str, *, away: bool = False) -> str:
     """Why the Prefect global concurrency limit `name` can never grant a slot, as the one line the run
     fails with: there is none of that name, or its limit is 0 (Prefect answers every ask 422); "" when
     it looks usable (a disabled limit enforces nothing) or cannot be asked (an API away is not a setup
-    error, and the run is left to resume as before)."""
+    error, and the run is left to resume as before); with `away`, the API not answering is said too
+    (`upkeep update --check`, which must not call an unread limit usable: adv40)."""
     import shlex
     from urllib.parse import quote
 
@@ -233,7 +234,10 @@ def limit_unusable(name: str) -> str:
             f"{setting}: no Prefect global concurrency limit has that name (create it with `prefect gcl "
             "create NAME --limit N`, or unset the setting)"
         )
-    except Exception:
+    except Exception as exc:
+        if away:
+            cause = one_line(str(exc))
+            return f"{setting}: the Prefect API did not answer ({cause}); `upkeep update` needs it"
         return ""
     # A disabled limit (`prefect gcl disable`) is enforced on nothing: Prefect's increment skips it and
     # grants at once, so at 0 it is no brake; read as one, every command refused an update that runs

@@ -135,7 +135,10 @@ def product_update(
                 # A run whose every node was verified (its process died before recording the end) needs
                 # no slot: `upkeep resume` skips the brake for it (adv39), and queued at a full limit it
                 # waited as long as other clusters took to record a done update (adv40).
-                done = all(node_done(runtime.engine, run_id, node.id) for node in plan.nodes)
+                # Asked only with a limit set: the path without one stays free of queries (#19).
+                done = bool(runtime.cluster_limit) and all(
+                    node_done(runtime.engine, run_id, node.id) for node in plan.nodes
+                )
                 slot = nullcontext("") if done else cluster_slot(runtime, run_id, owner)
                 with slot as stop, untagged_steps():
                     result = (

@@ -87,22 +87,10 @@ def test_an_update_scheduled_while_braked_says_the_start_will_be_held(
     prefect_world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.integration.test_cluster_limit_resumed import _limit_of_zero
-    from tests.support.update_world import CLUSTER, TARGET
-    from upkeep.requests import request_update
 
     world = prefect_world
     limit = _limit_of_zero(world)
-    request_update(
-        CLUSTER,
-        TARGET,
-        source="customer",
-        case=None,
-        urgent=False,
-        now_run=False,
-        override_reason=None,
-        engine=world.engine,
-        as_json=False,
-    )
+    world.request(now_run=False, as_json=False)
     said = capsys.readouterr().out
     assert "scheduled" in said, said  # it was planned, and the customer's notice queued
     assert limit in said, said  # ... with no word that the dispatcher holds it while braked

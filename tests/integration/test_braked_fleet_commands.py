@@ -108,25 +108,13 @@ def test_an_update_requested_now_while_braked_is_refused_before_a_run_is_written
     started or changed; run N waits: `upkeep resume N` or `upkeep cancel N`": a run was written, and one
     the dispatcher starts the moment the brake lifts. Refused before writing, as `upkeep update` is."""
     from inventory.alerts import Alert
-    from tests.support.update_world import CLUSTER, TARGET
     from upkeep.console import CliError
-    from upkeep.requests import request_update
 
     world = prefect_world
     limit = _limit_of_zero(world)
 
     with pytest.raises(CliError, match=f"{limit}.*nothing was started or changed") as refused:
-        request_update(
-            CLUSTER,
-            TARGET,
-            source="customer",
-            case=None,
-            urgent=False,
-            now_run=True,
-            override_reason=None,
-            engine=world.engine,
-            as_json=True,
-        )
+        world.request(now_run=True, as_json=True)
 
     assert "waits" not in str(refused.value), refused.value
     with session_scope(world.engine) as session:

@@ -102,6 +102,22 @@ class World:
     def upgraded(self) -> list[int]:
         return [len(node.upgrades) for node in self.nodes]
 
+    def request(self, *, now_run: bool, as_json: bool = True) -> int:
+        """`upkeep request CLUSTER --to TARGET [--now]` for the customer, as the CLI calls it."""
+        from upkeep.requests import request_update
+
+        return request_update(
+            CLUSTER,
+            TARGET,
+            source="customer",
+            case=None,
+            urgent=False,
+            now_run=now_run,
+            override_reason=None,
+            engine=self.engine,
+            as_json=as_json,
+        )
+
     def ask_at_node_1(self, action: str, reason: str = "") -> None:
         """`upkeep pause|cancel` (`action`) while node 1 upgrades: honoured before node 2."""
         from upkeep.updates import request_stop

@@ -49,7 +49,15 @@ from flows.outcomes import (
 )
 from flows.outcomes import stop as outcomes_stop
 from flows.plan import PlannedNode, UpdatePlan, plan_update
-from flows.records import mark_unknown, node_done, nodes_touched, off_the_start, recorded, stop_requested
+from flows.records import (
+    every_node_done,
+    mark_unknown,
+    node_done,
+    nodes_touched,
+    off_the_start,
+    recorded,
+    stop_requested,
+)
 from flows.report import Progress, best_effort, one_line, summary_artifacts
 from flows.run_window import has_window, record_window, window_end
 from flows.runtime import Runtime, current
@@ -136,8 +144,8 @@ def product_update(
                 # no slot: `upkeep resume` skips the brake for it (adv39), and queued at a full limit it
                 # waited as long as other clusters took to record a done update (adv40).
                 # Asked only with a limit set: the path without one stays free of queries (#19).
-                done = bool(runtime.cluster_limit) and all(
-                    node_done(runtime.engine, run_id, node.id) for node in plan.nodes
+                done = bool(runtime.cluster_limit) and every_node_done(
+                    runtime.engine, run_id, (node.id for node in plan.nodes)
                 )
                 slot = nullcontext("") if done else cluster_slot(runtime, run_id, owner)
                 with slot as stop, untagged_steps():
@@ -262,7 +270,7 @@ def _end_for_the_limit(
     alert (with its case) says so; "no node touched; customer not notified" was false there (adv35).
     Returns its state: a run whose every node was verified (its process died before recording the end)
     needed no slot and is recorded succeeded; 'failed' told of a complete update, with a case (adv37)."""
-    if all(node_done(runtime.engine, run_id, node.id) for node in plan.nodes):
+    if every_node_done(runtime.engine, run_id, (node.id for node in plan.nodes)):
         finish(runtime, plan, run_id, RunState.succeeded, owner=heartbeat.owner)
         return "succeeded"
     if not nodes_touched(runtime.engine, run_id):
@@ -352,7 +360,7 @@ def _no_room_left(
     A resumed run that had already upgraded a node is carried over as at the window's end between
     nodes ('partial' with each node's version, then 'rescheduled'): "nothing was changed" would be
     false there (adversarial pass adv35)."""
-    if all(node_done(runtime.engine, run_id, node.id) for node in plan.nodes):
+    if every_node_done(runtime.engine, run_id, (node.id for node in plan.nodes)):
         return None  # nothing left to start (a take-over after the last node's verify): recorded as done
     if not window_closing(runtime, run_id):
         return None

@@ -18,7 +18,7 @@ before the remote action runs: no node is touched without a record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -121,6 +121,22 @@ def node_done(engine: Engine, run_id: int, node_id: int) -> bool:
         col(NodeStep.state) == StepState.succeeded,
     )
     return retrying(engine, lambda conn: conn.execute(query).first()) is not None  # a read: safe to repeat
+
+
+def nodes_verified(engine: Engine, run_id: int) -> set[int]:
+    """The nodes whose final verification succeeded in this run (`node_done` of each, in one read)."""
+    query = select(NodeStep.node_id).where(
+        col(NodeStep.run_id) == run_id,
+        col(NodeStep.step) == "verify",
+        col(NodeStep.state) == StepState.succeeded,
+    )
+    return {row[0] for row in retrying(engine, lambda conn: conn.execute(query).all()) if row[0] is not None}
+
+
+def every_node_done(engine: Engine, run_id: int, node_ids: Iterable[int | None]) -> bool:
+    """Whether every one of `node_ids` was verified in this run (a run whose process died after its last
+    node's verify, before recording the end, is complete: it needs no slot, no window, no stop)."""
+    return set(node_ids) <= nodes_verified(engine, run_id)
 
 
 def nodes_upgrading(engine: Engine, run_id: int) -> set[int]:

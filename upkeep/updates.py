@@ -410,7 +410,7 @@ def _needs_a_slot(run_id: int, engine: Engine) -> bool:
     none: the flow records it succeeded (flows/product_update.py `_end_for_the_limit`), and while the
     fleet is braked the dispatcher takes no orphan over, so a resume is the only way it ends. An unknown
     or ended run: False (the usual lines below say so)."""
-    from flows.records import node_done
+    from flows.records import every_node_done
     from inventory import repo
     from inventory.models import Cluster, RunState, UpgradeRun
 
@@ -421,7 +421,7 @@ def _needs_a_slot(run_id: int, engine: Engine) -> bool:
         cluster = session.get(Cluster, run.cluster_id)
         assert cluster is not None
         nodes = [node.id for node in repo.cluster_nodes(cluster, session=session)]
-    return not nodes or not all(node_done(engine, run_id, node) for node in nodes if node is not None)
+    return not nodes or not every_node_done(engine, run_id, [node for node in nodes if node is not None])
 
 
 def _next_slot(run: Any, now: Any, session: Any) -> str:

@@ -133,6 +133,23 @@ def nodes_verified(engine: Engine, run_id: int) -> set[int]:
     return {row[0] for row in retrying(engine, lambda conn: conn.execute(query).all()) if row[0] is not None}
 
 
+def copies_staged(engine: Engine, run_id: int, prefix: str) -> dict[int, str]:
+    """Per node, the name of the package's copy this run last put there and had the node verify (its
+    latest succeeded 'distribute' step whose copy's name starts with `prefix`), in one read. What the
+    node holds now is for the node to say (its checksum): this is only where to look."""
+    query = (
+        select(NodeStep.node_id, NodeStep.detail)
+        .where(
+            col(NodeStep.run_id) == run_id,
+            col(NodeStep.step) == "distribute",
+            col(NodeStep.state) == StepState.succeeded,
+        )
+        .order_by(col(NodeStep.id))
+    )
+    rows = retrying(engine, lambda conn: conn.execute(query).all())  # a read: safe to repeat
+    return {row[0]: str(row[1]) for row in rows if row[0] is not None and str(row[1]).startswith(prefix)}
+
+
 def every_node_done(engine: Engine, run_id: int, node_ids: Iterable[int | None]) -> bool:
     """Whether every one of `node_ids` was verified in this run (a run whose process died after its last
     node's verify, before recording the end, is complete: it needs no slot, no window, no stop)."""

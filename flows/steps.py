@@ -21,7 +21,7 @@ from prefect.context import TagsContext
 from prefect.states import Cancelled, State
 
 from flows.plan import PlannedNode, UpdatePlan
-from flows.records import nodes_touched, nodes_upgrading, recorded, stop_requested
+from flows.records import copies_staged, nodes_touched, nodes_upgrading, recorded, stop_requested
 from flows.runtime import Runtime
 from inventory.db import server_away
 from tasks.failpoints import failpoint_soon
@@ -353,18 +353,34 @@ def _reopened(plan: UpdatePlan, runtime: Runtime, opened: dict[str, datetime]) -
 
 def staging_name(package_name: str, run_id: int) -> str:
     """The package's name while it is copied to a node: unique to the run and the process."""
-    return f"{package_name}.run{run_id}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{staging_prefix(package_name, run_id)}{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def staging_prefix(package_name: str, run_id: int) -> str:
+    """How every name `staging_name` gives the package in this run begins."""
+    return f"{package_name}.run{run_id}-"
+
+
+KEPT = "the copy made earlier in this run, verified by its checksum on the node; not copied again"
 
 
 @task(name="distribute", cache_policy=NO_CACHE)
 def distribute(
     plan: UpdatePlan, run_id: int, runtime: Runtime, conns: NodeConnections, package: Path
 ) -> None:
-    """Copy the package to every node and have each verify it, before any node is upgraded."""
+    """Copy the package to every node and have each verify it, before any node is upgraded.
+
+    A node that holds the copy this run made there in an earlier window (or an earlier process of the
+    run: a resume, a take-over) is not copied to again once the node verifies that copy by its checksum
+    (the agent's `stage`, which reads the whole file there): a package whose copy outlasted the room
+    left in the window carried the run over, and the next window copied it again, found no room again,
+    and so on every window, the customer told 'rescheduled' each time. A copy the node no longer holds,
+    or whose checksum no longer matches, is made again."""
 
     # A name of this run and process on the node: two processes copying at once (a scheduler bug,
     # or a lost race that went on anyway) can never write into each other's file.
     staging = staging_name(plan.package_name, run_id)
+    earlier = copies_staged(runtime.engine, run_id, staging_prefix(plan.package_name, run_id))
 
     errors: list[Exception] = []
 
@@ -372,8 +388,20 @@ def distribute(
         try:
             with recorded(runtime.engine, run_id, node.id, "distribute", detail=staging) as note:
                 agent = conns.agent(node)
+                why_again = ""
+                if (made := earlier.get(node.id or 0)) is not None:
+                    try:
+                        kept = agent.stage(made, plan.sha256).tail()
+                    except NodeCommandFailed as gone:  # not there any more, or not the package
+                        why_again = (
+                            f"the earlier copy {made} is not usable ({gone.result.tail(1)}); copied again: "
+                        )
+                    else:
+                        note.detail = made
+                        note.output = f"{kept}: {KEPT}"
+                        return ""
                 agent.runner.put(package, staging)
-                note.output = agent.stage(staging, plan.sha256).tail()
+                note.output = why_again + agent.stage(staging, plan.sha256).tail()
         except Exception as exc:
             errors.append(exc)
             return str(exc)

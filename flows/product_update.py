@@ -9,10 +9,11 @@ crashed run resumes (`run_id=`) where it stopped without upgrading any node twic
 run waits before its first node: for a slot of the fleet's cluster limit, at the approval gate, for a
 support tunnel, or for a node to settle. A run with a window whose wait for a cluster slot, for its
 approval or in its pre-flight ended past the window's cutoff (no room left for a node) carries over to
-the next window before it contacts a node again (after a slot: no download, no pre-flight; after the
-gate: no copy; after a copy that took that long: no 'started'); the customer hears nothing was changed
-(a resumed run that had upgraded a node: 'partially done', as between nodes), and an approval given
-stands there.
+the next window before it contacts a node again (after a slot, or taken up already past the cutoff:
+no download, no pre-flight; after the gate: no copy; after a copy that took that long: no 'started');
+the customer hears nothing was changed (a resumed run that had upgraded a node: 'partially done', as
+between nodes), and an approval given stands there. A node holding the package this run copied there
+earlier (verified again by its checksum) is not copied to again in the next window.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def product_update(
                     result = (
                         _slot_wait_ended(runtime, plan, run_id, stop)
                         if stop  # paused/cancelled/taken over while it waited: no slot, nothing done
-                        else _window_gone_while_slot_waited(runtime, plan, run_id)
+                        else _no_room_at_the_start(runtime, plan, run_id)
                         or _carry_out(runtime, plan, run_id, heartbeat)
                     )
             except ClusterLimitUnusable as unusable:  # our setting: vendor-side, unless a node was upgraded
@@ -360,10 +361,11 @@ def _no_room_left(
     A resumed run that had already upgraded a node is carried over as at the window's end between
     nodes ('partial' with each node's version, then 'rescheduled'): "nothing was changed" would be
     false there (adversarial pass adv35)."""
-    if every_node_done(runtime.engine, run_id, (node.id for node in plan.nodes)):
-        return None  # nothing left to start (a take-over after the last node's verify): recorded as done
+    # The window first: asked at every run's start, and open (or no window at all) almost always.
     if not window_closing(runtime, run_id):
         return None
+    if every_node_done(runtime.engine, run_id, (node.id for node in plan.nodes)):
+        return None  # nothing left to start (a take-over after the last node's verify): recorded as done
     if nodes_touched(runtime.engine, run_id):
         return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
     now = f"{runtime.clock():%Y-%m-%d %H:%M} UTC"
@@ -381,13 +383,17 @@ def _approval_pending(runtime: Runtime, run_id: int) -> bool:
         return bool(run.needs_approval and not run.approved_by)
 
 
-def _window_gone_while_slot_waited(runtime: Runtime, plan: UpdatePlan, run_id: int) -> dict[str, Any] | None:
-    """Once a slot of the fleet's cluster limit is granted (the wait can last hours): the run's result
-    if its window has no room left now (the slot is given back as the result leaves `cluster_slot`),
-    before the download, pre-flight and copy reach the customer's nodes; else None."""
-    if not runtime.cluster_limit:  # no limit, no wait
-        return None
-    waited = f"waited for a slot of the cluster limit {runtime.cluster_limit!r} until {{now}}"
+def _no_room_at_the_start(runtime: Runtime, plan: UpdatePlan, run_id: int) -> dict[str, Any] | None:
+    """Before the download, pre-flight and copy reach the customer's nodes: the run's result if its
+    window has no room left now, else None. With a fleet cluster limit, once its slot is granted (the wait
+    can last hours; the slot is given back as the result leaves `cluster_slot`). Without one too: a run
+    taken over (the dispatcher's take-over of an orphan, `upkeep resume`) already past its cutoff
+    downloaded the package and pre-flighted every node over SSH before the after-gate look carried it
+    over. A run without a window (`upkeep update`, an overridden window) goes on (`window_closing`)."""
+    if runtime.cluster_limit:
+        waited = f"waited for a slot of the cluster limit {runtime.cluster_limit!r} until {{now}}"
+    else:
+        waited = "taken up at {now} (started, resumed or taken over)"
     return _no_room_left(runtime, plan, run_id, waited, {})
 
 

@@ -140,13 +140,15 @@ def test_a_cluster_slot_granted_after_the_window_has_no_room_carries_over_before
     _wait_for(lambda: _active_slots(limit) == 0, "the limit's slot given back")
 
 
-def test_a_pre_flight_that_ends_past_the_cutoff_copies_nothing_and_tells_no_start(
+def test_a_run_started_past_the_cutoff_downloads_nothing_copies_nothing_and_tells_no_start(
     lab: Any, fresh_cluster: str, lab_runtime: Any
 ) -> None:
-    """No approval needed, but the window has no room left once pre-flight is done (a take-over late in
-    the window, a pre-flight that waited for a node to settle): before, the package was copied to every
-    node, the customer told the update 'started' and then 'partially done (0 of 3 nodes)'. Now nothing
-    is copied and the customer hears only that nothing was changed."""
+    """No approval needed, no cluster limit, and the window has no room left when the run is taken up (a
+    take-over or resume late in the window): before, the package was copied to every node, the customer
+    told the update 'started' and then 'partially done (0 of 3 nodes)'; then (adv35) it was downloaded and
+    every node pre-flighted over SSH before the after-gate look carried it over. Now it is carried over
+    before the download: no step at all, and the customer hears only that nothing was changed. (A
+    pre-flight that itself ends past the cutoff: tests/unit/test_update_branches.py.)"""
     runtime, cluster = lab_runtime, fresh_cluster
     now = _clocked(runtime, cluster)
     now[0] = LATE
@@ -155,8 +157,8 @@ def test_a_pre_flight_that_ends_past_the_cutoff_copies_nothing_and_tells_no_star
     _flow(cluster, run_id, "run-late-start", [], results).join(timeout=120)
 
     assert results["run-late-start"].result()["state"] == "carried over"
-    _carried_over_untouched(lab, runtime, cluster, run_id, "pre-flight done at 2026-11-24 03:55 UTC")
-    assert _steps(runtime.engine, run_id)[-1] == "pre-flight"
+    _carried_over_untouched(lab, runtime, cluster, run_id, "taken up at 2026-11-24 03:55 UTC")
+    assert _steps(runtime.engine, run_id) == []  # not even the download
 
 
 def test_a_run_without_a_window_goes_on_after_a_late_approval(

@@ -387,6 +387,9 @@ def _carry_over(
     """`carry_over`'s move, in its transaction (`session`, the run's row locked)."""
     run_id = run.id
     remaining = len(plan.nodes) - done
+    assert run_id is not None
+    if (idle := idle_windows(run_id, done, session)) >= STALLED_AFTER:
+        return _stalled(runtime, plan, run, session, now, done, idle, why)
     try:
         slot = next_window(
             run,
@@ -474,6 +477,8 @@ def _carry_over(
         else "",
     )
     run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
+    detail = {"verified": done, "continues": window.start.isoformat(), "why": why[:500]}
+    repo.record_audit(runtime.actor, CARRIED_OVER, f"run/{run_id}", detail, session=session)
     _notify(
         run,
         "rescheduled",
@@ -485,3 +490,86 @@ def _carry_over(
     )
     session.add(run)
     return "carried over"
+
+
+# A carry-over is audited with how many nodes were verified then (`CARRIED_OVER`): the windows in a row
+# in which none more was come from those, with no column added. Three, because one idle window is
+# expected now and then (a copy of a large package that outlasts the window - kept for the next one - a
+# late approval, a tunnel closed once) and a second can still be bad luck (the customer away for a
+# week), but a cause that held three windows in a row does not clear itself; each idle window costs the
+# customer a 'rescheduled' mail and a moved invite, and three weekly windows are three weeks: long
+# enough to act on, not so long that the alert drowns. Two would stop a run after its copy's window and
+# one unlucky one.
+STALLED_AFTER = 3
+CARRIED_OVER, STALLED = "run.carried_over", "run.stalled"
+
+
+def idle_windows(run_id: int, done: int, session: Session) -> int:
+    """How many windows in a row, this one included, ended with no node of the run newly verified: this
+    one (`done` nodes verified now) and those before it carried over with as many, back to the run's
+    start (none verified), a window that verified one, or the SRE's resume of a stalled run."""
+    from sqlmodel import col, select
+
+    from inventory.models import AuditEvent
+
+    events = session.exec(
+        select(AuditEvent)
+        .where(AuditEvent.subject == f"run/{run_id}", col(AuditEvent.action).in_((CARRIED_OVER, STALLED)))
+        .order_by(col(AuditEvent.id))
+    ).all()
+    counts = [0]
+    for event in events:
+        if event.action == STALLED:  # a human looked at it then: counted afresh from there
+            counts = [int(event.detail.get("verified") or 0)]
+        else:
+            counts.append(int(event.detail.get("verified") or 0))
+    counts.append(done)
+    idle = 0
+    while idle < len(counts) - 1 and counts[-1 - idle] <= counts[-2 - idle]:
+        idle += 1
+    return idle
+
+
+def _stalled(
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run: UpgradeRun,
+    session: Session,
+    now: datetime,
+    done: int,
+    idle: int,
+    why: str,
+) -> str:
+    """The run made no progress in `idle` windows in a row (`STALLED_AFTER`): it is not re-slotted
+    again but paused, where nothing picks it up by itself (the dispatcher starts planned runs, schedule
+    integrity moves planned ones), its progress kept (nodes done, an approval, copies on the nodes),
+    and the SRE is told once, with what to do. The customer is sent nothing new, as for a held update
+    (the last they heard was that it starts in this window): the SRE, who knows why, tells them, or
+    resumes it, which tells them when it starts."""
+    run_id = run.id
+    cause = why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes"
+    run.state, run.requested_action = RunState.paused, RequestedAction.none
+    run.reason = (
+        f"stalled: no node upgraded in {idle} windows in a row, the last as {cause}; not re-slotted: "
+        f"fix the cause, then `upkeep resume {run_id}` in a window (or `upkeep cancel {run_id}`)"
+    )[:2000]
+    last_told = run.slot_start or run.window_start or now
+    detail = {"verified": done, "windows": idle, "why": cause[:500]}
+    repo.record_audit(runtime.actor, STALLED, f"run/{run_id}", detail, session=session)
+    tell_ending(
+        runtime,
+        run,
+        session=session,
+        now=now,
+        notice=None,
+        customer_reason="",
+        alert="stalled",
+        headline=f"run {run_id} ({plan.label}) made no progress in {idle} windows in a row; not re-slotted",
+        cause=cause,
+        action=f"Find why it does not get going (its alerts, `upkeep show {run_id}`); fix it, then "
+        f"`upkeep resume {run_id}` inside a window, or `upkeep cancel {run_id}`. It is paused and not "
+        f"re-slotted until then. The customer was last told it starts {last_told:%Y-%m-%d %H:%M} UTC "
+        "and was sent nothing since: tell them what happens next.",
+    )
+    session.add(run)
+    return "paused"

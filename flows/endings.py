@@ -6,6 +6,7 @@ the transaction that records the ending (flows/outcomes.py calls these).
 | approval refused           | cancelled, with the refusal's reason    | approval-refused   |
 | cancelled (mid-way or not) | cancelled, with each node's version     | run-cancelled      |
 | carried over               | partial (+ rescheduled), node versions  | carried-over       |
+| stalled (3 idle windows)   | - (paused, not re-slotted; SRE tells)   | stalled            |
 | failed once nodes touched  | failed, with each node's version        | run-failed (#15)   |
 | rollout halted             | - (its runs stay planned, re-slotted)   | rollout-halted     |
 

@@ -15,9 +15,10 @@ import pytest
 from sqlmodel import col, select
 
 from flows.dispatch import dispatch
+from flows.steps import KEPT
 from inventory.alerts import Alert
 from inventory.db import session_scope
-from inventory.models import AuditEvent, Cluster, RunState, UpgradeRun
+from inventory.models import AuditEvent, Cluster, NodeStep, RunState, UpgradeRun
 from inventory.outbox import Notice
 from inventory.windows import MaintenanceWindow
 from tests.integration.conftest import nodes_of
@@ -194,6 +195,14 @@ def test_carry_over_goes_to_the_next_window_with_room_and_uses_it_whole(
 
     assert _upgrades(lab, fresh_cluster) == [1, 1, 1]
     assert _run(runtime.engine, run_id).state == RunState.succeeded
+    # Thursday copied the package to no node: each holds Tuesday's copy, which its agent verified again
+    # by its checksum over SSH (flows/steps.py distribute).
+    with session_scope(runtime.engine) as session:
+        query = select(NodeStep.output_tail).where(NodeStep.run_id == run_id, NodeStep.step == "distribute")
+        outputs = list(session.exec(query.order_by(col(NodeStep.id))))
+    assert len(outputs) == 6 and all(KEPT in output for output in outputs[3:]), outputs
+    for node in nodes_of(lab, fresh_cluster):
+        assert len(list((lab.node_dir(node["hostname"]) / "incoming").iterdir())) == 1
 
 
 def test_resume_outside_a_window_is_refused_with_the_next_slot_and_inside_starts(

@@ -8,7 +8,8 @@ third window in a row in which no node was upgraded ends with the run paused, no
 SRE alerted once ('stalled') with what to do; a window in which a node was upgraded starts the count
 again, and so does the SRE's resume.
 
-Fakes (tests/support/fakes.py) under the in-process flow engine, as test_update_branches.py."""
+Fakes (tests/support/fakes.py) under the in-process flow engine, as test_update_branches.py; on
+SQLite and PostgreSQL (the count is read from audit events' JSON)."""
 
 from __future__ import annotations
 
@@ -24,18 +25,18 @@ from inventory.db import session_scope
 from inventory.models import RunState
 from tests.support.fakes import FakeNode, FakeRunner
 from tests.support.update_world import HOSTS, MONDAY, World
-from tests.unit.test_update_branches import _five_minutes_left, _planned_monday, short_window
+from tests.unit.test_update_branches import _five_minutes_left, _planned_monday, short_window_any_db
 
-__all__ = ["short_window"]  # the fixture, used here by name
+__all__ = ["short_window_any_db"]  # the fixture, used here by name
 
 DAY = timedelta(days=1)
 
 
 @pytest.fixture
-def slow_copy(short_window: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+def slow_copy(short_window_any_db: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
     """While the yielded flag is set, every copy of the package to node 3 takes 55 minutes of the
     window's hour (5 are left after it; a node needs 10)."""
-    world, slow = short_window, [True]
+    world, slow = short_window_any_db, [True]
     real_put = FakeRunner.put
 
     def put(self: FakeRunner, local: Path, remote: str) -> None:
@@ -65,9 +66,9 @@ def _alerts(world: World, run_id: int, kind: str) -> list[Alert]:
 
 
 def test_the_third_window_in_a_row_with_no_node_upgraded_pauses_the_run_and_tells_the_sre_once(
-    short_window: World, slow_copy: list[bool]
+    short_window_any_db: World, slow_copy: list[bool]
 ) -> None:
-    world = short_window
+    world = short_window_any_db
     run_id = _planned_monday(world)
 
     assert [_window(world, run_id, day) for day in (0, 1)] == ["carried over", "carried over"]
@@ -98,11 +99,11 @@ def test_the_third_window_in_a_row_with_no_node_upgraded_pauses_the_run_and_tell
 
 
 def test_a_window_in_which_a_node_was_upgraded_starts_the_count_again(
-    short_window: World, slow_copy: list[bool]
+    short_window_any_db: World, slow_copy: list[bool]
 ) -> None:
     """Two idle windows, then one that upgrades node 1 before the window ends: that is progress, and
     the run is carried over as always; a count of carry-overs alone would have stopped it."""
-    world = short_window
+    world = short_window_any_db
     run_id = _planned_monday(world)
     assert [_window(world, run_id, day) for day in (0, 1)] == ["carried over", "carried over"]
     slow_copy[0] = False
@@ -118,3 +119,17 @@ def test_a_window_in_which_a_node_was_upgraded_starts_the_count_again(
     assert run.state == RunState.planned and run.slot_start == MONDAY + 3 * DAY, (run.state, run.reason)
     assert world.upgraded() == [1, 0, 0]
     assert _alerts(world, run_id, "stalled") == []
+
+
+def test_a_stalled_run_the_sre_resumes_gets_three_windows_again(
+    short_window_any_db: World, slow_copy: list[bool]
+) -> None:
+    """Resumed with the cause not fixed: the window it is resumed in is the first of a fresh count (it
+    carries over as before), not a fourth idle one stalled at once with no new alert."""
+    world = short_window_any_db
+    run_id = _planned_monday(world)
+    assert [_window(world, run_id, day) for day in (0, 1, 2)] == ["carried over", "carried over", "paused"]
+
+    assert [_window(world, run_id, day) for day in (3, 4, 5)] == ["carried over", "carried over", "paused"]
+    assert world.run().slot_start == MONDAY + 5 * DAY
+    assert len(_alerts(world, run_id, "stalled")) == 2  # one per stall, each told

@@ -392,10 +392,11 @@ def distribute(
                 if (made := earlier.get(node.id or 0)) is not None:
                     try:
                         kept = agent.stage(made, plan.sha256).tail()
-                    except NodeCommandFailed as gone:  # not there any more, or not the package
-                        why_again = (
-                            f"the earlier copy {made} is not usable ({gone.result.tail(1)}); copied again: "
-                        )
+                    # Not there any more, or not the package; or a name the agent's vocabulary refuses
+                    # (the record is only where to look): copied again. A lost connection raises.
+                    except (NodeCommandFailed, ValueError) as gone:
+                        said = gone.result.tail(1) if isinstance(gone, NodeCommandFailed) else str(gone)
+                        why_again = f"the earlier copy {made!r} is not usable ({said}); copied again: "
                     else:
                         note.detail = made
                         note.output = f"{kept}: {KEPT}"

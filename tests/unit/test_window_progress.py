@@ -103,3 +103,30 @@ def test_a_copy_the_node_no_longer_holds_is_made_again(
     assert world.run().state == RunState.succeeded, world.run().reason
     assert sorted(copied) == HOSTS[:2], copied
     assert world.upgraded() == [1, 1, 1]
+
+
+def test_a_recorded_copy_name_the_agent_would_refuse_is_copied_again_not_failed(
+    short_window: World, slow_copy_to_node_3: list[str]
+) -> None:
+    """The record is only where to look: a name in it that the agent's vocabulary refuses (an edited
+    row) makes that node's copy again, it does not fail the run."""
+    from sqlalchemy import update
+
+    world, copied = short_window, slow_copy_to_node_3
+    run_id = _planned_monday(world)
+    assert world.update(run_id=run_id).is_completed()
+    with world.engine.begin() as conn:
+        conn.execute(
+            update(NodeStep)
+            .where(col(NodeStep.run_id) == run_id, col(NodeStep.step) == "distribute")
+            .values(detail=NodeStep.detail + " ; rm -rf /")
+        )
+    copied.clear()
+
+    world.clock.now = TUESDAY + timedelta(minutes=1)
+    assert world.update(run_id=run_id).is_completed()
+
+    # copied again (and node 3's copy outlasting the window again): carried over, not failed
+    assert world.run().state == RunState.planned, world.run().reason
+    assert sorted(copied) == HOSTS, copied
+    assert not any(" ; " in " ".join(command) for node in world.nodes for command in node.commands)

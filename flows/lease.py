@@ -1,15 +1,15 @@
 """Leases on running runs: who is carrying a run out, and until when without a renewal.
 
-Whoever moves a run to `running` writes a lease: an owner (`host:pid/random`, new for every claim) and
-an expiry. The process carrying the run out renews it from a daemon thread every tenth of the lease,
-whatever the flow is doing at the time (a 600 s SSH command, a health wait, the approval gate, a
-cluster slot), and clears it when the flow ends with the run no longer `running` (succeeded, failed,
-cancelled, paused, carried over). So a lease runs out only when its process is gone (killed, its
-machine lost), has not run for a whole lease (frozen, or the database unreachable that long), or
-ended without being able to record how. The dispatcher then takes the run over (`take_over`): one
-conditional UPDATE on the old owner and the expired lease, so two dispatchers never both take one,
-and it resumes the run the way `upkeep resume RUN` does (nodes asked their real version, done nodes
-skipped).
+Whoever moves a run to `running` writes a lease: an owner (`host:pid@birth/random`, new for every
+claim: `new_owner`) and an expiry. The process carrying the run out renews it from a daemon thread
+every tenth of the lease, whatever the flow is doing at the time (a 600 s SSH command, a health wait,
+the approval gate, a cluster slot), and clears it when the flow ends with the run no longer
+`running` (succeeded, failed, cancelled, paused, carried over). So a lease runs out only when its
+process is gone (killed, its machine lost), has not run for a whole lease (frozen, or the database
+unreachable that long), or ended without being able to record how. The dispatcher then takes the
+run over (`take_over`): one conditional UPDATE on the old owner and the expired lease, so two
+dispatchers never both take one, and it resumes the run the way `upkeep resume RUN` does (nodes asked
+their real version, done nodes skipped).
 
 Every time comes from `runtime.clock`, the dispatcher's own clock, so a test with a fixed clock sees
 the same expiries as the dispatcher it runs.
@@ -17,6 +17,7 @@ the same expiries as the dispatcher it runs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -47,8 +48,11 @@ class NotResumable(RuntimeError):
 
 
 def holder_label(owner: str | None) -> str:
-    """`host:pid` of an owner (`host:pid/random`): what an operator can look for."""
-    return (owner or "nobody").split("/", 1)[0]
+    """`host:pid` of an owner (`host:pid@birth/random`, or `host:pid/random` as written before the
+    birth was recorded): what an operator can look for."""
+    head = (owner or "nobody").split("/", 1)[0]
+    host, colon, rest = head.partition(":")
+    return f"{host}:{rest.split('@', 1)[0]}" if colon else head
 
 
 def held_message(run_id: int, owner: str | None, since: datetime | None) -> str:
@@ -61,21 +65,88 @@ def holder_gone(owner: str | None) -> bool:
     """True only when the owner's process is known to be gone: it ran on this host and no process
     has its pid any more (a kill -9, a crash), or only its zombie does (dead, its parent - a shell, a
     supervisor - not having collected its status yet: `ps` shows it <defunct>, and its pid cannot be
-    given to another process until then). An owner elsewhere, or one that cannot be read, is taken as
-    alive: only its lease running out says otherwise."""
-    host, _, rest = (owner or "").partition(":")
-    pid = rest.split("/", 1)[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    given to another process until then), or the process that has its pid now is another one than the
+    owner's (the owner was killed long ago and its pid given to an unrelated process since: kill(2)
+    finds that one, and a stop at a dead gate was promised "within seconds"). An owner elsewhere, or
+    one that cannot be read, is taken as alive: only its lease running out says otherwise.
+
+    "Another process" is told by the birth the owner recorded (`new_owner`): its start time in clock
+    ticks since boot (/proc/PID/stat), in a pid space named by the boot and the pid and time
+    namespaces. A pid whose process started at another tick of the same boot, seen from the same
+    namespaces, is not the owner's process: pids are unique among live processes and a process's
+    start never changes. No clock is read: not `runtime.clock` (a test's fixed time, even one in the
+    past, would make a live holder read as started after its own lease: `lease_since` is no sound
+    yardstick), not the wall clock (a step of it moves /proc/stat's btime, and with it any start time
+    turned into a date). Wherever that proof is missing - an owner written before births were
+    recorded, or where /proc cannot be read, one from another boot or namespace (a container on the
+    same host name, a pod's other container: its pids are not ours), the pid's stat unreadable or
+    hidden (hidepid) - the rule is kill(2) and the zombie check alone, as it always was."""
+    host, pid, birth = _parse(owner)
+    if host != socket.gethostname() or pid is None:
         return False
-    if int(pid) == os.getpid():
+    if birth is not None and birth[1] == _space():
+        now_there = _start_ticks(pid)
+        if now_there is not None and now_there != birth[0]:
+            return True  # the pid is another process's now
+    if pid == os.getpid():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # someone else's live process
         return False
-    return _zombie(int(pid))
+    return _zombie(pid)
+
+
+def _parse(owner: str | None) -> tuple[str, int | None, tuple[int, str] | None]:
+    """(host, pid, (start ticks, space) or None) of `host:pid[@ticks.space]/random`; pid None when
+    the owner is not of that form (a test's "claim"), the birth None when absent or malformed."""
+    host, _, rest = (owner or "").partition(":")
+    pid_text, _, birth_text = rest.split("/", 1)[0].partition("@")
+    if not (pid_text.isascii() and pid_text.isdigit()):
+        return host, None, None
+    ticks, dot, space = birth_text.partition(".")
+    birth = (int(ticks), space) if ticks.isascii() and ticks.isdigit() and dot and space else None
+    return host, int(pid_text), birth
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """/proc/PID/stat's fields from the third (state) on, or None when unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'.
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _start_ticks(pid: int | str) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot (as seen from
+    this process's time namespace); None when unreadable (not Linux, gone, hidden)."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20 or not fields[19].isdigit():
+        return None
+    return int(fields[19])
+
+
+def _space() -> str | None:
+    """Names where a pid and its start ticks mean one process: this boot, and this process's pid and
+    time namespaces - as /proc shows them to this process (a /proc of another pid namespace, mounted
+    here, shows other pids: None then, as when any of it cannot be read)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
+        own = Path("/proc/self/stat").read_bytes().split(b" ", 1)[0]
+    except OSError:
+        return None
+    if not boot or own != str(os.getpid()).encode():
+        return None
+    try:
+        time_ns = str(os.stat("/proc/self/ns/time").st_ino)
+    except OSError:  # a kernel before time namespaces (5.6): one clock for all
+        time_ns = "-"
+    return hashlib.sha256(f"{boot} {pid_ns} {time_ns}".encode()).hexdigest()[:12]
 
 
 def held_elsewhere(owner: str | None) -> bool:
@@ -111,8 +182,14 @@ def renew_every(lease: timedelta) -> float:
 
 
 def new_owner() -> str:
-    # The random part tells two claims of one process apart (a dispatcher hands out several).
-    return f"{socket.gethostname()}:{os.getpid()}/{secrets.token_hex(3)}"
+    """`host:pid@ticks.space/random`: the random part tells two claims of one process apart (a
+    dispatcher hands out several); the birth (`ticks.space`, see `holder_gone`) tells this process
+    from a later one given its pid. Read anew at every call, never cached: a forked child has its own
+    pid and start. Where it cannot be read (not Linux, /proc hidden): `host:pid/random`, as before."""
+    pid, space = os.getpid(), _space()
+    ticks = _start_ticks("self") if space is not None else None
+    birth = f"@{ticks}.{space}" if ticks is not None else ""
+    return f"{socket.gethostname()}:{pid}{birth}/{secrets.token_hex(3)}"
 
 
 def _orphaned(now: datetime) -> list[ColumnElement[bool]]:

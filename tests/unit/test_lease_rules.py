@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +105,204 @@ def test_a_holder_whose_main_thread_ended_while_its_other_threads_run_is_not_gon
             assert holder_gone(f"{host}:{half.pid}/abc123") is False
         finally:
             half.kill()
+
+
+# -- a pid given to another process since (the holder's birth in its owner) ------------------------------
+_REPO = Path(__file__).resolve().parents[2]
+# A holder: takes an owner as `upkeep update` does (flows/lease.new_owner), says it, and lives on.
+_HOLDER = "from flows.lease import new_owner; print(new_owner(), flush=True); import time; time.sleep(600)"
+
+
+def _python(code: str) -> Any:
+    """A Python child running `code` with this checkout importable, its stdout a pipe."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(_REPO)}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _until_zombie(pid: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 60  # until the kernel has made it a zombie; never collected here
+    while Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2][1:2] != b"Z":
+        assert time.monotonic() < deadline, f"{pid} never became a zombie"
+        time.sleep(0.01)
+
+
+def _linux() -> None:
+    if not all(Path(f"/proc/{part}").exists() for part in ("self/stat", "self/ns/pid", "sys/kernel/random")):
+        pytest.skip("no /proc to read a process's start from: holder_gone is kill(2) alone there")
+
+
+def test_a_live_holder_is_alive_this_process_or_a_child_holding_its_own_lease() -> None:
+    """The holder's own owner, read back while it lives, is alive: this test process's, and a child's
+    that took its lease after it started (as every holder does). Once killed it is gone: a zombie
+    (nobody collected it yet), and once collected (its pid free)."""
+    from flows.lease import holder_gone, holder_label, new_owner
+
+    _linux()
+    mine = new_owner()
+    assert "@" in mine and holder_gone(mine) is False
+    assert holder_label(mine) == f"{socket.gethostname()}:{os.getpid()}"  # what an operator looks for
+    with _python(_HOLDER) as child:
+        try:
+            owner = child.stdout.readline().strip()
+            assert owner.startswith(f"{socket.gethostname()}:{child.pid}@"), owner
+            assert holder_gone(owner) is False
+            child.kill()
+            _until_zombie(child.pid)
+            assert holder_gone(owner) is True  # (5) a zombie holder is gone, birth or no birth
+        finally:
+            child.kill()
+    assert holder_gone(owner) is True  # collected: no process has its pid
+
+
+def test_a_holder_whose_pid_is_another_process_s_now_is_gone() -> None:
+    """The holder was killed long ago and its pid given since to a process started after the lease was
+    taken (here: a `sleep` started now, under an owner born when this test process was). kill(2) finds
+    that process; its start is not the holder's: gone. The same pid under an owner written before births
+    were recorded (`host:pid/random`) is read as it always was: alive, until its lease runs out."""
+    import subprocess
+
+    from flows.lease import holder_gone, holder_label, new_owner
+
+    _linux()
+    host = socket.gethostname()
+    with subprocess.Popen(["sleep", "600"]) as stranger:
+        try:
+            earlier = new_owner().replace(f":{os.getpid()}@", f":{stranger.pid}@", 1)
+            assert earlier.startswith(f"{host}:{stranger.pid}@"), earlier
+            assert holder_gone(earlier) is True
+            assert holder_label(earlier) == f"{host}:{stranger.pid}"
+            assert holder_gone(f"{host}:{stranger.pid}/abc123") is False  # (4) the old form, as before
+            assert holder_gone(f"elsewhere:{stranger.pid}@1.{earlier.split('.')[-1]}") is False
+        finally:
+            stranger.kill()
+
+
+@pytest.mark.parametrize(
+    "birth",
+    [
+        "@1.000000000000",  # another boot, or another pid or time namespace (a pod's other container)
+        "@1.",  # malformed: read as the old form
+        "@x.abc",
+        "@",
+        "@1",
+    ],
+)
+def test_a_birth_this_process_cannot_compare_leaves_the_pid_rule_as_it_was(birth: str) -> None:
+    """Only a birth from this boot and this process's pid and time namespaces says anything about the pid
+    here: a pod's other container shares the host name but not the pids (its pid 1 is not ours). Anything
+    else is read as an owner without a birth: kill(2) and the zombie check."""
+    import subprocess
+
+    from flows.lease import holder_gone
+
+    _linux()
+    with subprocess.Popen(["sleep", "600"]) as live:
+        try:
+            assert holder_gone(f"{socket.gethostname()}:{live.pid}{birth}/abc123") is False
+        finally:
+            live.kill()
+
+
+def test_a_holder_whose_main_thread_ended_is_not_gone_under_its_own_birth() -> None:
+    """adv32 again, under the owner the process wrote itself: its main thread ended (/proc/PID/stat reads
+    Z) but its start is still its own, and its other threads run: alive."""
+    import platform
+
+    from flows.lease import holder_gone
+
+    _linux()
+    if platform.machine() != "x86_64":
+        pytest.skip("Linux x86_64 only: SYS_exit is called by its number")
+    code = (
+        "import ctypes, sys, threading, time\n"
+        "from flows.lease import new_owner\n"
+        "print(new_owner(), flush=True)\n"
+        "threading.Thread(target=lambda: time.sleep(600), daemon=True).start()\n"
+        "ctypes.CDLL(None).syscall(60, 0)\n"  # SYS_exit: the main thread only
+    )
+    with _python(code) as half:
+        try:
+            owner = half.stdout.readline().strip()
+            _until_zombie(half.pid)
+            assert half.poll() is None and len(list(Path(f"/proc/{half.pid}/task").iterdir())) == 2
+            assert holder_gone(owner) is False
+        finally:
+            half.kill()
+
+
+def test_a_forked_child_writes_its_own_birth() -> None:
+    """new_owner reads the birth anew at each call: a child forked after its parent wrote an owner (a
+    dispatcher's worker) writes its own start, not its parent's - which would read as a reused pid, and
+    gone, while the child lives."""
+    from flows.lease import holder_gone
+
+    _linux()
+    code = (
+        "import os, time\n"
+        "from flows.lease import new_owner\n"
+        "print(new_owner(), flush=True)\n"
+        "if os.fork() == 0:\n"
+        "    print(os.getpid(), new_owner(), flush=True); time.sleep(600)\n"
+        "else:\n"
+        "    os.wait()\n"
+    )
+    with _python(code) as parent:
+        parents = parent.stdout.readline().strip()
+        pid, owner = parent.stdout.readline().split()
+        child = int(pid)
+        try:
+            assert owner.startswith(f"{socket.gethostname()}:{child}@"), owner
+            assert child != parent.pid and parents.startswith(f"{socket.gethostname()}:{parent.pid}@")
+            started = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[19]
+            assert owner.split("@")[1].split(".")[0] == started, owner  # field 22: its own start
+            assert holder_gone(owner) is False
+        finally:
+            os.kill(child, 9)  # the parent collects it
+            parent.wait()
+
+
+# In a pid namespace of its own (pid 1 there, nothing else forking), a pid is given again at will
+# (ns_last_pid): the holder takes its lease and dies, and its very pid goes to a process started since.
+_REUSE = """
+import subprocess, sys
+from flows.lease import holder_gone, holder_label
+
+HOLDER = "from flows.lease import new_owner; print(new_owner(), flush=True)"
+holder = subprocess.run([sys.executable, "-c", HOLDER], capture_output=True, text=True, check=True)
+dead = holder.stdout.strip()
+pid = int(holder_label(dead).rpartition(":")[2])
+gone_when_free = holder_gone(dead)
+with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+    last.write(str(pid - 1))
+code = HOLDER + "; import time; time.sleep(600)"
+with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as stranger:
+    live = stranger.stdout.readline().strip()
+    same_label = holder_label(dead) == holder_label(live)  # one host:pid, two processes
+    print(stranger.pid == pid, gone_when_free, holder_gone(dead), holder_gone(live), same_label)
+    stranger.kill()
+"""
+
+
+def test_a_pid_really_given_again_to_a_process_started_since_is_not_the_holder() -> None:
+    """The same, with no owner made up: a holder takes its lease and dies, and its pid is given to a
+    process started after that (in a pid namespace of the test's own, where the next pid can be set).
+    Under its dead holder's owner that pid is gone; under the owner the new process took itself, alive."""
+    import shutil
+    import subprocess
+    import sys
+
+    _linux()
+    unshare = shutil.which("unshare")
+    isolate = [unshare or "unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    if unshare is None or subprocess.run([*isolate, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user and pid namespace to be had here (unshare)")
+    env = {**os.environ, "PYTHONPATH": str(_REPO)}
+    out = subprocess.run([*isolate, sys.executable, "-c", _REUSE], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    # same pid, holder gone once its pid was free, and after its reuse; the new process alive
+    assert out.stdout.split() == ["True", "True", "True", "False", "True"], out.stdout

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlmodel import select
 
 from flows.approval import decision
@@ -183,26 +182,25 @@ def test_a_stop_at_a_gate_held_on_another_machine_promises_seconds_only_if_that_
     assert f"its lease runs out at {until:%Y-%m-%d %H:%M:%S} UTC" in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flows/lease.holder_gone takes a reused pid (another live process on this host) for the holder "
-    "alive; a fix compares the process's start time (/proc/PID/stat) with the lease's lease_since",
-)
 def test_a_stop_at_a_gate_whose_holder_s_pid_was_reused_says_it_is_not_answering(engine: Any, tmp_path: Path):
     """The gate's process was killed long ago and its pid given to another process since (here: a `sleep`
-    started after the lease was taken). Its lease has not run out yet: the CLI tells a dead local holder by
-    its pid, and the pid answers, so "it stops within seconds" is said, and nothing ends the run before
-    the take-over."""
+    started after the lease was taken). Its lease has not run out yet: the CLI told a dead local holder by
+    its pid, and the pid answers, so "it stops within seconds" was said, and nothing ended the run before
+    the take-over. The holder's owner records its birth (flows/lease.new_owner): here one born when this
+    test process was, with the pid the `sleep` has now; the clock (fixed at NOW) plays no part."""
+    import os
     import socket
     import subprocess
     from datetime import timedelta
 
+    from flows.lease import new_owner
     from inventory.types import utcnow
 
     one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
     stranger = subprocess.Popen(["sleep", "600"])
     try:
-        owner = f"{socket.gethostname()}:{stranger.pid}/abc123"
+        owner = new_owner().replace(f":{os.getpid()}@", f":{stranger.pid}@", 1)
+        assert owner.startswith(f"{socket.gethostname()}:{stranger.pid}@"), owner  # /proc read here
         since, until = utcnow() - timedelta(hours=1), utcnow() + timedelta(minutes=5)
         run_id = _at_the_gate_held_by(engine, owner, until, since=since)
         line = _stopped(engine, tmp_path, run_id)

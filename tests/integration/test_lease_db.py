@@ -9,7 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlmodel import select
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from flows import lease
 from inventory.db import session_scope
@@ -222,3 +223,58 @@ def test_a_claim_of_a_run_that_already_ended_says_so_and_changes_nothing(engine:
     with ended, session_scope(engine) as session:
         lease.claim(session, run_id, now=NOW, lease=LEASE, actor="sre")
     assert _run(engine, run_id).lease_owner is None
+
+
+def test_a_claim_takes_a_run_whose_holder_s_pid_went_to_a_process_started_since_and_no_live_holder(
+    engine: Any,
+):
+    """`upkeep resume` (claim) and a flow without a claim (acquire) displace a holder whose pid is
+    another process's now (killed long ago: a `sleep` started after its lease has the pid) before its
+    lease runs out, as they do a holder whose pid is free; never a live holder - a child that took its
+    own lease - whatever the clock says: NOW, the lease's `lease_since`, is fixed weeks before the
+    holder's real start, which a rule comparing the two would take for a pid reused since the lease."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc to read a process's start from here")
+    host = socket.gethostname()
+    code = "from flows.lease import new_owner; print(new_owner(), flush=True); import time; time.sleep(600)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with (
+        subprocess.Popen(["sleep", "600"]) as stranger,
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) as holder,
+    ):
+        try:
+            assert holder.stdout is not None
+            live = holder.stdout.readline().strip()
+            dead = lease.new_owner().replace(f":{os.getpid()}@", f":{stranger.pid}@", 1)
+            reused_a, reused_b, held = _runs(
+                engine,
+                [(RunState.running, dead, NOW + LEASE)] * 2 + [(RunState.running, live, NOW + LEASE)],
+            )
+            with session_scope(engine) as session:
+                mine = lease.claim(session, reused_a, now=NOW, lease=LEASE, actor="sre")
+            with session_scope(engine) as session:
+                run = session.get(UpgradeRun, reused_b)
+                assert run is not None
+                flows = lease.acquire(session, run, _runtime(engine), expected=None, actor="sre")
+            assert (_run(engine, reused_a).lease_owner, _run(engine, reused_b).lease_owner) == (mine, flows)
+            with session_scope(engine) as session:  # as a process under that fixed clock writes it
+                session.execute(update(UpgradeRun).where(col(UpgradeRun.id) == held).values(lease_since=NOW))
+            with (
+                pytest.raises(lease.LeaseHeld, match=rf"carried out by {host}:{holder.pid} since"),
+                session_scope(engine) as session,
+            ):
+                lease.claim(session, held, now=NOW, lease=LEASE, actor="t")
+            with pytest.raises(lease.LeaseHeld), session_scope(engine) as session:
+                run = session.get(UpgradeRun, held)
+                assert run is not None
+                lease.acquire(session, run, _runtime(engine), expected=None, actor="t")
+            assert _run(engine, held).lease_owner == live
+        finally:
+            stranger.kill()
+            holder.kill()

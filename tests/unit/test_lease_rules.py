@@ -177,6 +177,9 @@ def test_a_holder_whose_pid_is_another_process_s_now_is_gone() -> None:
             assert holder_gone(earlier) is True
             assert holder_label(earlier) == f"{host}:{stranger.pid}"
             assert holder_gone(f"{host}:{stranger.pid}/abc123") is False  # (4) the old form, as before
+            ticks, _, rest = new_owner().partition("@")[2].partition(".")
+            before_me = f"{host}:{os.getpid()}@{int(ticks) - 1}.{rest}"  # an earlier process with my pid
+            assert holder_gone(before_me) is True
             assert holder_gone(f"elsewhere:{stranger.pid}@1.{earlier.split('.')[-1]}") is False
         finally:
             stranger.kill()

@@ -84,7 +84,7 @@ def _cluster_limit(runtime: Runtime) -> list[CheckItem]:
     name = runtime.cluster_limit
     if not name:
         return []
-    why = limit_unusable(name, away=True)
+    why = limit_unusable(name, away=True, within=runtime.prefect_answer_seconds)
     return [CheckItem(what="cluster-limit", ok=not why, detail=why or f"{name!r} grants slots")]
 
 

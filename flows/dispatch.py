@@ -664,7 +664,9 @@ def cluster_limit_blocks(runtime: Runtime, now: datetime, log: Any) -> bool:
     slot, `reslot_missed` moves them to their next window and tells the customer), an orphan keeps its
     record, and the SRE hears it once a day (the alert's key) until the limit is fixed; set to 0 on
     purpose, it is the fleet's brake. One API read per tick, only with the setting; the API away is not
-    this (the runs go, and `cluster_slot` says what it meets)."""
+    this (the runs go, and `cluster_slot` says what it meets). Not bounded as the CLI's read is (flows/
+    prefect_api.py): the tick is itself a flow run on that API, and cut short the read could only say
+    "held" (a false brake alert) or "grants" (runs started on an API that does not answer)."""
     if not runtime.cluster_limit:
         return False
     from flows.product_update import limit_unusable

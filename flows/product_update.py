@@ -222,44 +222,61 @@ class ClusterLimitUnusable(Exception):
     of (its limit 0): a setup error, ours. (A disabled limit is not enforced: Prefect grants every ask.)"""
 
 
-def limit_unusable(name: str, *, away: bool = False) -> str:
+def limit_unusable(name: str, *, away: bool = False, within: float | None = None) -> str:
     """Why the Prefect global concurrency limit `name` can never grant a slot, as the one line the run
     fails with: there is none of that name, or its limit is 0 (Prefect answers every ask 422); "" when
     it looks usable (a disabled limit enforces nothing) or cannot be asked (an API away is not a setup
     error, and the run is left to resume as before); with `away`, the API not answering is said too
-    (`upkeep update --check`, which must not call an unread limit usable: adv40)."""
+    (`upkeep update --check`, which must not call an unread limit usable: adv40). `within`: seconds the
+    whole read may take (flows/prefect_api.py; the CLI's pre-checks): an API that does not answer by
+    then is said, with or without `away` (a command must not start what waits on it)."""
+    kind, why = limit_state(name, within=within)
+    if kind == "away" and not away:
+        return ""
+    return why
+
+
+def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
+    """("grants", ""), ("brake", why: none of that name, or at 0 and enabled), ("away", why: the API did
+    not answer, or not within `within` seconds: "silent") of the Prefect limit `name`, each `why` one line
+    naming the setting. One API read."""
     import shlex
     from urllib.parse import quote
 
-    from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    from flows.prefect_api import NoAnswer, answered_within, quick_client
+
     setting = f"UPKEEP_CLUSTER_LIMIT {name!r}"
-    try:
-        with get_client(sync_client=True) as client:
+
+    def read() -> Any:
+        with quick_client(within) as client:
             # Quoted: Prefect's client puts the name into the path as it is, and a name may hold '#' or
             # '?' (Prefect bans only / % & > <): read unquoted, 'a#b' was 'a', missing, and the
             # dispatcher held the whole fleet for a working limit (adv38).
-            limit = client.read_global_concurrency_limit_by_name(quote(name, safe=""))
+            return client.read_global_concurrency_limit_by_name(quote(name, safe=""))
+
+    try:
+        limit = answered_within(within, read)
     except ObjectNotFound:
-        return (
+        return "brake", (
             f"{setting}: no Prefect global concurrency limit has that name (create it with `prefect gcl "
             "create NAME --limit N`, or unset the setting)"
         )
+    except NoAnswer as exc:
+        return "silent", f"{setting}: {exc}; `upkeep update` needs it"
     except Exception as exc:
-        if away:
-            cause = one_line(str(exc))
-            return f"{setting}: the Prefect API did not answer ({cause}); `upkeep update` needs it"
-        return ""
+        cause = one_line(str(exc))
+        return "away", f"{setting}: the Prefect API did not answer ({cause}); `upkeep update` needs it"
     # A disabled limit (`prefect gcl disable`) is enforced on nothing: Prefect's increment skips it and
     # grants at once, so at 0 it is no brake; read as one, every command refused an update that runs
     # and the dispatcher held the fleet on the operator's 'limit off' (adv40).
     if limit.limit < 1 and limit.active:
-        return (
+        return "brake", (
             f"{setting}: the Prefect limit allows {limit.limit} clusters at once; set it to at least 1 with "
             f"`prefect gcl update {shlex.quote(name)} --limit N`, or unset the setting"
         )
-    return ""
+    return "grants", ""
 
 
 def _end_for_the_limit(

@@ -62,6 +62,8 @@ class Runtime:
     # Name of a Prefect global concurrency limit every cluster's upgrade occupies one slot of
     # (`prefect gcl create upkeep-clusters --limit 10`); empty: no limit beyond the dispatcher's.
     cluster_limit: str = ""
+    # Seconds the CLI's pre-checks wait for the Prefect API's whole answer (flows/prefect_api.py).
+    prefect_answer_seconds: float = 10.0
     # Seconds between a waiting run's asks for a slot of that limit, each after a look at its pending
     # `upkeep pause|cancel`: how soon a stop ends the wait, and one API request per waiting run each time.
     slot_poll: float = 5.0

@@ -46,6 +46,7 @@ def build_runtime(settings: Settings, *, engine: Engine | None = None) -> Runtim
         run_lease=timedelta(seconds=settings.run_lease_seconds),
         start_lease=timedelta(seconds=settings.start_lease_seconds),
         cluster_limit=settings.cluster_limit,
+        prefect_answer_seconds=settings.prefect_answer_seconds,
         command_timeout=settings.ssh_command_timeout,
         health_timeout=settings.health_timeout,
         actor=os.environ.get("USER", "upkeep"),

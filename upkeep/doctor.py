@@ -387,8 +387,20 @@ def _cluster_limit(http: Any, name: str) -> Check:
     (flows/product_update.py `cluster_slot`): missing, or at 0, the dispatcher starts no update (flows/
     dispatch.py `cluster_limit_blocks`) and `upkeep update|resume` refuse (upkeep/updates.py); disabled,
     Prefect grants every ask and nothing bounds the clusters upgraded at once."""
+    import httpx
+
     setting = _limit_setting(name)
-    reply = http.get(f"v2/concurrency_limits/{quote(name, safe='')}")
+    api = _bare(str(http.base_url).rstrip("/"))
+    try:  # as bounded as the /health question: a server that answers that and hangs here was waited for
+        reply = _within(ANSWER_DEADLINE, lambda: http.get(f"v2/concurrency_limits/{quote(name, safe='')}"))
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        seconds = NET_TIMEOUT if isinstance(exc, httpx.TimeoutException) else ANSWER_DEADLINE
+        return fail(
+            "cluster limit",
+            f"{setting}: the Prefect API ({api}) did not answer within {seconds:g} s; whether it grants a "
+            "slot is unknown, and `upkeep update|resume` refuse while it does not answer",
+            f"check the Prefect server behind {api}, then run `upkeep doctor` again",
+        )
     if reply.status_code == 404:
         return fail(
             "cluster limit",

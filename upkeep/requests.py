@@ -47,16 +47,15 @@ def request_update(
         raise CliError("a support recommendation must name the case it resolves: --case CASE-123")
     if override_reason is not None and not override_reason.strip():
         raise CliError("--override-window needs --reason TEXT (it is audited)")
-    if now_run and on_worker:  # a run handed to nobody would wait for ever: refused before writing
-        from upkeep.on_worker import workers_ready
-        from upkeep.updates import prefect_answers
+    if now_run:  # as `upkeep update`: refused before a run is written, asked once (not again below)
+        from upkeep.updates import cluster_limit_grants, prefect_answers
 
-        prefect_answers()
-        workers_ready()
-    if now_run:  # as `upkeep update`: a braked fleet is refused before a run is written (scheduling is not)
-        from upkeep.updates import cluster_limit_grants
+        prefect_answers()  # no run is created that no flow could carry out
+        if on_worker:  # a run handed to nobody would wait for ever
+            from upkeep.on_worker import workers_ready
 
-        cluster_limit_grants()
+            workers_ready()
+        cluster_limit_grants()  # a braked fleet (scheduling is not refused: it waits for the slot)
     runtime = current()
     now = runtime.clock()
     with session_scope(engine) as session:
@@ -133,7 +132,7 @@ def request_update(
             run_id = run.id
     if now_run:
         return run_product_update(
-            plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch
+            plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch, checked=True
         )
     _show_scheduled(run_id, engine=engine, as_json=as_json)
     return run_id

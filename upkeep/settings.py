@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     cluster_limit: str = Field(
         "", description="Prefect global concurrency limit bounding clusters upgraded at once; empty: none"
     )
+    prefect_answer_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="how long the CLI's pre-checks (update, resume, request --now, update --check) wait "
+        "for the Prefect API (its health, the cluster limit) before refusing; with PREFECT_API_URL set",
+    )
     per_node_minutes: float = Field(10.0, gt=0, description="estimated minutes to upgrade one node")
     tunnel_wait_minutes: float = Field(
         15.0,
@@ -426,6 +433,7 @@ ECHOED = frozenset(
         "sre_email",
         "support_contact",
         "cluster_limit",
+        "prefect_answer_seconds",
         "per_node_minutes",
         "tunnel_wait_minutes",
         "run_lease_seconds",

@@ -117,7 +117,9 @@ def run_update(
         session.flush()
         assert run.id is not None
         run_id = run.id
-    return run_product_update(plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch)
+    return run_product_update(
+        plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch, checked=True
+    )
 
 
 def _take(run_id: int, engine: Engine, *, handed_over: bool = False) -> str:
@@ -141,22 +143,45 @@ def _take(run_id: int, engine: Engine, *, handed_over: bool = False) -> str:
         raise CliError(str(exc)) from None
 
 
+def answer_seconds() -> float:
+    """UPKEEP_PREFECT_ANSWER_SECONDS: how long a pre-check waits for the Prefect API's whole answer."""
+    from flows.runtime import RuntimeNotConfigured, current
+    from upkeep.settings import load_settings
+
+    try:
+        return current().prefect_answer_seconds
+    except RuntimeNotConfigured:
+        return load_settings().prefect_answer_seconds
+
+
 def prefect_answers() -> None:
-    """Refuse (one line, exit 1) unless the Prefect API answers; the temporary server this starts
-    when no PREFECT_API_URL is set is the one the flow then uses."""
-    from prefect.client.orchestration import get_client
+    """Refuse (one line, exit 1) unless the Prefect API answers, within UPKEEP_PREFECT_ANSWER_SECONDS
+    (flows/prefect_api.py: Prefect's client alone waited minutes on an API that never answers); the
+    temporary server this starts when no PREFECT_API_URL is set is the one the flow then uses."""
     from prefect.settings import PREFECT_API_URL
 
+    from flows.prefect_api import NoAnswer, answered_within, quick_client
     from upkeep.bootstrap import silence_prefect_console, temporary_server_dies_with_us
 
     where = PREFECT_API_URL.value() or "the temporary Prefect server"
+    seconds = answer_seconds()
     silence_prefect_console()  # a command that imported its flow first has Prefect's logging on
-    try:
-        temporary_server_dies_with_us()
-        with get_client(sync_client=True) as client:
+
+    def ask() -> Exception | None:
+        with quick_client(seconds) as client:
             problem = client.api_healthcheck()
             if problem is None:  # /health answers 200 on any web server: is it Prefect's API?
                 client.raise_for_api_version_mismatch()  # as the flow's client does first
+        return problem
+
+    try:
+        temporary_server_dies_with_us()
+        problem = answered_within(seconds, ask)
+    except NoAnswer as exc:
+        raise CliError(
+            f"{exc} (PREFECT_API_URL; UPKEEP_PREFECT_ANSWER_SECONDS sets the wait); nothing was started or "
+            "changed: try again once it answers"
+        ) from None
     except Exception as exc:  # the temporary server did not start in time, a bad URL, not Prefect, ...
         problem = exc
     if problem is not None:
@@ -173,12 +198,13 @@ def cluster_limit_grants() -> None:
     (none of that name, or its limit 0: the fleet's brake, flows/dispatch.py `cluster_limit_blocks`).
     Carried out, the run would fail on it before its first node, or, resumed after a node was upgraded,
     fail with the customer told 'failed' and a case opened, over the vendor's own setting (adv37).
-    Nothing is started or changed; the run stays as it was. One API read, only with the setting."""
+    Nothing is started or changed; the run stays as it was. One API read, only with the setting, given
+    up after UPKEEP_PREFECT_ANSWER_SECONDS (refused then too: what it would start waits on that API)."""
     from flows.product_update import limit_unusable
     from flows.runtime import current
 
     name = current().cluster_limit
-    if name and (why := limit_unusable(name)):
+    if name and (why := limit_unusable(name, within=answer_seconds())):
         raise CliError(f"{why}; nothing was started or changed")
 
 
@@ -191,18 +217,22 @@ def run_product_update(
     owner: str | None = None,
     on_worker: bool = False,
     watch: bool = False,
+    checked: bool = False,
 ) -> int:
     """Run the product-update flow on `run_id`, claimed by this process as `owner` (claimed here
-    when None); `on_worker`: hand it to a worker as a deployment run (followed with `watch`)."""
+    when None); `on_worker`: hand it to a worker as a deployment run (followed with `watch`).
+    `checked`: the caller asked `prefect_answers` and `cluster_limit_grants` before writing the run
+    (`update`, `request --now`): not asked again (an API read each, for the same answer)."""
     from flows import lease
 
-    if owner is None:
+    if owner is None and not checked:
         try:
             prefect_answers()
             cluster_limit_grants()
         except CliError as exc:
             waits = f"run {run_id} waits: `upkeep resume {run_id}` or `upkeep cancel {run_id}`"
             raise CliError(f"{exc}; {waits}") from None
+    if owner is None:
         owner = _take(run_id, engine, handed_over=on_worker)
     if on_worker:
         from upkeep.on_worker import submit

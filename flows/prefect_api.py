@@ -1,0 +1,84 @@
+"""Questions to the Prefect API that give up after a deadline.
+
+Prefect's own client waits 60 s per request (PREFECT_API_REQUEST_TIMEOUT) and retries a timeout five
+times with a backoff: an API that accepts connections and never answers held one read of the cluster
+limit for 424 s, the CLI saying nothing. The CLI's pre-checks (upkeep/updates.py `prefect_answers`,
+`cluster_limit_grants`; `update --check`'s cluster-limit item) ask through `answered_within`, which gives
+up after UPKEEP_PREFECT_ANSWER_SECONDS for the whole answer, however the client retries or the server
+trickles it.
+
+Only with PREFECT_API_URL set: without it the first client starts Prefect's temporary server, which
+must be started from the main thread (upkeep/bootstrap.py `temporary_server_dies_with_us`) and has its
+own start-up timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class NoAnswer(Exception):
+    """The Prefect API at `where` did not answer within `seconds`."""
+
+    def __init__(self, where: str, seconds: float) -> None:
+        self.where, self.seconds = where, seconds
+        super().__init__(f"the Prefect API ({where}) did not answer within {seconds:g} s")
+
+
+def api_url() -> str:
+    """PREFECT_API_URL, "" when unset (the temporary server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value() or "")
+
+
+def answered_within(seconds: float | None, call: Callable[[], T]) -> T:
+    """`call()`'s result or exception; NoAnswer when it has not returned after `seconds` (None, or no
+    PREFECT_API_URL: waited for as before). The call is left to a daemon thread: its client gives up
+    soon after on its own (`quick_client`), and a process that refuses exits without waiting for it."""
+    where = api_url()
+    if seconds is None or not where:
+        return call()
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="prefect-api-answer", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise NoAnswer(where, seconds)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+@contextmanager
+def quick_client(seconds: float | None) -> Iterator[Any]:
+    """Prefect's sync client; with `seconds`, each request waits a little longer than that and is not retried
+    (in this thread only: the settings context is a context variable), so the thread `answered_within`
+    leaves behind ends soon after it gave up."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    if seconds is None or not api_url():
+        with get_client(sync_client=True) as client:
+            yield client
+        return
+    # Longer than the deadline: `answered_within` decides when the API did not answer (one message,
+    # not a race with httpx's ReadTimeout); this only ends the thread left behind.
+    with (
+        temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}),
+        get_client(sync_client=True, httpx_settings={"timeout": seconds + 5}) as client,
+    ):
+        yield client

@@ -1,0 +1,198 @@
+"""A Prefect API that accepts connections and never answers (a hung server, a proxy holding the line):
+Prefect's client waits 60 s per request and retries, and one read of the fleet's cluster limit took
+424 s, the CLI saying nothing. The CLI's pre-checks (upkeep/updates.py `prefect_answers`,
+`cluster_limit_grants`; `update --check`'s cluster-limit item) give up after
+UPKEEP_PREFECT_ANSWER_SECONDS: one line naming the API and the wait, nothing started or changed.
+
+Real child processes (`python -m upkeep`, forked) against a real TCP listener on 127.0.0.1; the child's
+timeout is only a guard against a hang (no assert reads a clock)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_cli_inventory import GOOD
+from tests.support import forkserver
+from tests.support.cli import database, home_env, no_traceback, upkeep_here
+
+WAIT = "2"  # UPKEEP_PREFECT_ANSWER_SECONDS in these tests (10 s by default)
+GUARD = 90  # seconds: Prefect's own client took 424 s; no assert depends on this
+
+
+@contextmanager
+def _prefect_api(answers_health: bool) -> Iterator[str]:
+    """A listener that accepts every connection and answers nothing; with `answers_health`, it answers
+    /api/health and /api/admin/version as Prefect's API does (so `prefect_answers` passes) and nothing
+    else. Yields its /api URL."""
+    import prefect
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not stop.is_set():
+                try:
+                    chunk = conn.recv(4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+                    body = (
+                        {
+                            b"/api/health": b"true",
+                            b"/api/admin/version": json.dumps(prefect.__version__).encode(),
+                        }.get(path.split(b"?")[0])
+                        if answers_health
+                        else None
+                    )
+                    if body is None:
+                        stop.wait()  # holds the connection open, never answering
+                        return
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+    finally:
+        stop.set()
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.fixture
+def silent_api() -> Iterator[str]:
+    with _prefect_api(answers_health=False) as url:
+        yield url
+
+
+@pytest.fixture
+def silent_on_the_limit() -> Iterator[str]:
+    with _prefect_api(answers_health=True) as url:
+        yield url
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    inventory = tmp_path / "good.yaml"
+    inventory.write_text(GOOD)
+    home = tmp_path / "home"
+    done = upkeep_here(home, "inventory", "import", str(inventory))
+    assert done.returncode == 0, done.stderr
+    return home
+
+
+def _upkeep(home: Path, api: str, *args: str, **extra: str) -> tuple[int, str, str]:
+    env = home_env(home, PREFECT_API_URL=api, UPKEEP_PREFECT_ANSWER_SECONDS=WAIT, **extra)
+    done = forkserver.run(args, env=env, cwd=home.parent, timeout=GUARD)
+    no_traceback(done)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["update", "acme-c1", "--to", "9.9.0"],
+        [
+            "request",
+            "acme-c1",
+            "--to",
+            "9.9.0",
+            "--source",
+            "customer",
+            "--now",
+            "--override-window",
+            "--reason",
+            "now",
+        ],
+    ],
+    ids=["update", "request-now"],
+)
+@pytest.mark.parametrize("limit", ["", "clusters"], ids=["no-limit", "limit"])
+def test_a_prefect_api_that_never_answers_is_refused_in_one_line(
+    silent_api: str, home: Path, args: list[str], limit: str
+) -> None:
+    before = database(home)
+    code, out, err = _upkeep(home, silent_api, *args, UPKEEP_CLUSTER_LIMIT=limit)
+
+    assert code == 1, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"the Prefect API ({silent_api}) did not answer within {WAIT} s" in err, err
+    assert "nothing was started or changed" in err and "waits" not in err, err
+    assert database(home) == before  # no run written
+
+
+def test_a_cluster_limit_read_that_never_answers_is_refused_in_one_line(
+    silent_on_the_limit: str, home: Path
+) -> None:
+    """/health and /admin/version answer (`prefect_answers` passes); the limit's read never does."""
+    before = database(home)
+    code, out, err = _upkeep(
+        home, silent_on_the_limit, "update", "acme-c1", "--to", "9.9.0", UPKEEP_CLUSTER_LIMIT="clusters"
+    )
+
+    assert code == 1, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "UPKEEP_CLUSTER_LIMIT 'clusters'" in err, err
+    assert f"the Prefect API ({silent_on_the_limit}) did not answer within {WAIT} s" in err, err
+    assert "nothing was started or changed" in err, err
+    assert database(home) == before
+
+
+def test_update_check_fails_the_cluster_limit_item_when_the_api_never_answers(
+    silent_api: str, home: Path
+) -> None:
+    before = database(home)
+    code, out, err = _upkeep(
+        home, silent_api, "update", "acme-c1", "--to", "9.9.0", "--check", "--json", UPKEEP_CLUSTER_LIMIT="c"
+    )
+
+    assert code == 1, out + err
+    checks = {item["what"]: item for item in json.loads(out)["checks"]}
+    limit = checks["cluster-limit"]
+    assert not limit["ok"], limit
+    assert f"the Prefect API ({silent_api}) did not answer within {WAIT} s" in limit["detail"], limit
+    assert database(home) == before
+
+
+def test_the_doctors_cluster_limit_check_fails_in_bounded_time_when_its_read_never_answers(
+    silent_on_the_limit: str,
+) -> None:
+    """`upkeep doctor`'s cluster-limit look (upkeep/doctor.py `_cluster_limit`) on an API that answered
+    /health and then never answers the limit's read: a failed check naming the setting and the API, not
+    an httpx ReadTimeout (which the doctor showed as "could not check: ReadTimeout")."""
+    from upkeep.doctor import _cluster_limit, prefect_api_client
+
+    with prefect_api_client(silent_on_the_limit) as http:
+        check = _cluster_limit(http, "clusters")
+
+    assert check.status == "fail", check
+    assert check.detail.startswith("UPKEEP_CLUSTER_LIMIT 'clusters': "), check.detail
+    assert f"the Prefect API ({silent_on_the_limit}) did not answer within" in check.detail, check.detail

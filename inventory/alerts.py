@@ -65,7 +65,7 @@ class Page(SQLModel, table=True):
     paged: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     escalate_at: datetime | None = time_field()  # None once acknowledged or the chain is exhausted
     acked_at: datetime | None = time_field()
-    acked_by: str = Field(default="", max_length=128)
+    acked_by: str = Field(default="")  # the user name `upkeep oncall ack` runs as: no limit (migration 0013)
     created_at: datetime = created_field()
 
 

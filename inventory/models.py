@@ -155,7 +155,7 @@ class UpgradeRun(SQLModel, table=True):
     to_version: str = Field(max_length=32)
     state: RunState = Field(default=RunState.planned, max_length=16)
     source: RunSource = Field(default=RunSource.cli, sa_type=EnumText(RunSource, 16))
-    requested_by: str = Field(default="", max_length=128)
+    requested_by: str = Field(default="")  # a user name: no length limit (migration 0013), as approved_by
     reason: str = Field(default="", description="why it failed or was cancelled")
     kind: RunKind = Field(default=RunKind.PRODUCT_UPDATE, sa_type=EnumText(RunKind, 16))
     urgent: bool = False

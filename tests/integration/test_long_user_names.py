@@ -1,0 +1,77 @@
+"""A user name longer than 128 characters (a directory's `DOMAIN\\first.last-contractor-...`, a service
+account named after its team and purpose): `upkeep request|schedule|update` record it as the run's
+`requested_by`, `upkeep oncall ack` as the page's `acked_by`. On PostgreSQL both were VARCHAR(128): the
+command died on a raw DataError (SQLite never enforces the length). Migration 0013 lifts the limit, as
+0012 did for approved_by and auditevent.actor; below 0013 a downgrade refuses while a longer one exists.
+On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from inventory.db import HEAD_REVISION
+from inventory.revision import current_revisions
+from tests.integration.test_calendar_cli import INVENTORY
+from tests.integration.test_migrate_db import _alembic
+from tests.integration.test_takeover import _database_url
+from tests.support.cli import home_env, no_traceback, upkeep_in_process
+
+LONG = ("CORP\\ada.lovelace-change-advisory-board-" * 5)[:200]
+
+
+def _cli(engine: Engine, home: Path, *args: str) -> tuple[int, str, str]:
+    env = home_env(home, UPKEEP_DATABASE_URL=_database_url(engine), USER=LONG, LOGNAME=LONG)
+    done = upkeep_in_process(*args, env=env, cwd=home.parent)
+    no_traceback(done)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_a_request_by_a_user_with_a_long_name_is_recorded_whole(engine: Engine, tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(INVENTORY)
+    home = tmp_path / "home"
+    code, out, err = _cli(engine, home, "inventory", "import", str(fleet))
+    assert code == 0, err
+
+    code, out, err = _cli(engine, home, "request", "acme-c1", "--to", "9.9.0", "--source", "customer")
+
+    assert code == 0, out + err
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT requested_by FROM upgraderun")).scalar_one() == LONG
+
+
+def test_a_page_acknowledged_by_a_user_with_a_long_name_is_recorded_whole(engine: Engine) -> None:
+    from inventory.alerts import Page
+    from inventory.db import session_scope
+
+    with session_scope(engine) as session:
+        session.add(Page(key="case:CASE-1", reason="disk full", acked_by=LONG))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT acked_by FROM page")).scalar_one() == LONG
+
+
+def test_a_downgrade_below_0013_keeps_a_name_longer_than_the_old_limit_or_is_refused(
+    engine: Engine,
+) -> None:
+    """As below 0012 (tests/integration/test_migrate_db.py): on PostgreSQL refused, nothing changed; on
+    SQLite, which never enforced the limit, the name is kept as it is."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO page (key, reason, inform_vp, level, paged, acked_by, created_at) VALUES "
+                "('k', 'r', false, 0, '[]', :who, '2026-12-06 06:00:00+00:00')"
+            ),
+            {"who": LONG},
+        )
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(RuntimeError, match=r"page\.acked_by are longer than 128"):
+            _alembic(engine, "downgrade", "0012")
+        assert current_revisions(engine) == {HEAD_REVISION}
+    else:
+        _alembic(engine, "downgrade", "0012")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT acked_by FROM page")).scalar_one() == LONG

@@ -14,6 +14,7 @@ own start-up timeout.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,10 +46,13 @@ def answered_within(seconds: float | None, call: Callable[[], T]) -> T:
     if seconds is None or not where:
         return call()
     outcome: list[tuple[bool, Any]] = []
+    # The caller's context variables, Prefect's settings context among them: a thread starts with none,
+    # and asked the API of the process's root settings, not the one `temporary_settings` had set.
+    context = contextvars.copy_context()
 
     def run() -> None:
         try:
-            outcome.append((True, call()))
+            outcome.append((True, context.run(call)))
         except BaseException as exc:  # handed to the caller
             outcome.append((False, exc))
 

@@ -233,7 +233,7 @@ def limit_unusable(name: str, *, away: bool = False, within: float | None = None
     kind, why = limit_state(name, within=within)
     if kind == "away" and not away:
         return ""
-    return why
+    return f"{why}; `upkeep update` needs it" if kind in ("away", "silent") else why
 
 
 def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
@@ -264,10 +264,9 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
             "create NAME --limit N`, or unset the setting)"
         )
     except NoAnswer as exc:
-        return "silent", f"{setting}: {exc}; `upkeep update` needs it"
+        return "silent", f"{setting}: {exc}"
     except Exception as exc:
-        cause = one_line(str(exc))
-        return "away", f"{setting}: the Prefect API did not answer ({cause}); `upkeep update` needs it"
+        return "away", f"{setting}: the Prefect API did not answer ({one_line(str(exc))})"
     # A disabled limit (`prefect gcl disable`) is enforced on nothing: Prefect's increment skips it and
     # grants at once, so at 0 it is no brake; read as one, every command refused an update that runs
     # and the dispatcher held the fleet on the operator's 'limit off' (adv40).

@@ -20,7 +20,7 @@ from inventory.models import AuditEvent, RunState
 from inventory.runs import create_run
 from inventory.windows import blackouts_for, cluster_windows
 from scheduling.cutoff import open_window, room_for_a_node
-from upkeep.console import CliError, console
+from upkeep.console import CliError, console, err_console
 from upkeep.updates import run_product_update, show_run
 
 
@@ -134,24 +134,51 @@ def request_update(
         return run_product_update(
             plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch, checked=True
         )
-    _show_scheduled(run_id, engine=engine, as_json=as_json)
+    _show_scheduled(run_id, engine=engine, as_json=as_json, brake=_brake(runtime.cluster_limit))
     return run_id
 
 
-def _show_scheduled(run_id: int, *, engine: Engine, as_json: bool) -> None:
+def _brake(name: str) -> dict[str, object] | None:
+    """The fleet's brake as a scheduled update meets it (after the run is written: the read may wait for
+    the Prefect API, and planning is not refused for it): None without UPKEEP_CLUSTER_LIMIT; else the
+    limit's name, `held` (True: it grants no slot, the dispatcher will hold the start; None: the API did
+    not answer, not known) and the one line saying so."""
+    from flows.product_update import limit_state
+    from upkeep.updates import answer_seconds
+
+    if not name:
+        return None
+    kind, why = limit_state(name, within=answer_seconds())
+    held = {"brake": True, "grants": False}.get(kind)
+    if held:
+        why = (
+            f"the fleet is held: {why}; the start waits until the limit grants a slot (at least 1): if "
+            "the brake outlasts the slot, the dispatcher moves the update to a later window and tells the "
+            "customer"
+        )
+    elif held is None:
+        why = f"whether the fleet is held could not be checked: {why}; the update is scheduled all the same"
+    return {"limit": name, "held": held, "detail": why}
+
+
+def _show_scheduled(run_id: int, *, engine: Engine, as_json: bool, brake: dict[str, object] | None) -> None:
     from inventory.runs import get_run
 
     with session_scope(engine) as session:
         run = get_run(run_id, session=session)
         slot_start, slot_end = run.slot_start, run.slot_end
+    if brake is not None and brake["held"] is None:
+        err_console.print(f"warning: {brake['detail']}", markup=False, soft_wrap=True)
     if as_json:
-        show_run(run_id, engine=engine, as_json=True)
+        show_run(run_id, engine=engine, as_json=True, extra={"cluster_limit": brake})
         return
     assert slot_start is not None and slot_end is not None
+    held = f"; {brake['detail']}" if brake is not None and brake["held"] else ""
     console.print(
         f"update-{run_id} scheduled {slot_start:%Y-%m-%d %H:%M} UTC to {slot_end:%H:%M} UTC; "
-        "the customer's notice is queued (`upkeep notices send` or the dispatcher delivers it)",
+        f"the customer's notice is queued (`upkeep notices send` or the dispatcher delivers it){held}",
         markup=False,
+        soft_wrap=True,
     )
 
 

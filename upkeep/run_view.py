@@ -18,7 +18,8 @@ def no_update(run_id: int) -> str:
     return f"no update {run_id} (see `upkeep runs`)"
 
 
-def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
+def show_run(run_id: int, *, engine: Engine, as_json: bool, extra: dict[str, object] | None = None) -> None:
+    """The run's record; `extra`: more fields of its JSON (a command's own word on it)."""
     from flows.links import flow_run_url
 
     with session_scope(engine) as session:
@@ -30,7 +31,7 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool) -> None:
         url = flow_run_url(run.flow_run_id)
         taken = decisions(run, session)
     if as_json:
-        print_json({**summary, "flow_run_url": url, "nodes": nodes, "decisions": taken})
+        print_json({**summary, "flow_run_url": url, "nodes": nodes, "decisions": taken, **(extra or {})})
         return
     console.print(
         f"[bold]run {summary['id']}[/]: {summary['cluster']} {summary['from']}→{summary['to']} "

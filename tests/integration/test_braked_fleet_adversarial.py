@@ -76,16 +76,13 @@ def test_the_braked_tick_reads_an_orphans_verified_nodes_in_one_query_not_one_pe
     assert len(steps) <= 1, steps
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product decision: `upkeep request` without --now plans into a braked fleet and queues the "
-    "customer's notice of a start the dispatcher will hold, saying nothing of the brake (adv39 left it to "
-    "plan ahead); whether it should warn the SRE, refuse, or hold the notice is not decided",
-)
 def test_an_update_scheduled_while_braked_says_the_start_will_be_held(
     prefect_world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Product decision (the lead's): `upkeep request` without --now into a braked fleet still plans the
+    run and queues the customer's notice (the customer asked; the dispatcher re-slots it and tells the
+    customer if the brake outlasts the slot), and its line says that the start is held by that limit
+    until it is at least 1. It said nothing of the brake (adv39 left it to plan ahead)."""
     from tests.integration.test_cluster_limit_resumed import _limit_of_zero
 
     world = prefect_world
@@ -93,7 +90,52 @@ def test_an_update_scheduled_while_braked_says_the_start_will_be_held(
     world.request(now_run=False, as_json=False)
     said = capsys.readouterr().out
     assert "scheduled" in said, said  # it was planned, and the customer's notice queued
-    assert limit in said, said  # ... with no word that the dispatcher holds it while braked
+    assert limit in said, said  # ... with word that the dispatcher holds it while braked
+    assert len(said.strip().splitlines()) == 1, said
+    assert "the fleet is held" in said and "at least 1" in said, said
+    with session_scope(world.engine) as session:
+        from sqlmodel import select
+
+        from inventory.models import UpgradeRun
+
+        [run] = session.exec(select(UpgradeRun)).all()
+        assert run.state == RunState.planned and run.slot_start is not None
+
+
+def test_an_update_scheduled_while_braked_says_so_in_its_json_as_a_field(
+    prefect_world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tests.integration.test_cluster_limit_resumed import _limit_of_zero
+
+    world = prefect_world
+    limit = _limit_of_zero(world)
+    world.request(now_run=False, as_json=True)
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["cluster_limit"]["limit"] == limit and answer["cluster_limit"]["held"] is True, answer
+    assert limit in answer["cluster_limit"]["detail"], answer
+
+
+def test_an_update_scheduled_with_the_prefect_api_away_is_planned_with_a_warning(
+    prefect_world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The brake cannot be read (the API does not answer at that moment): the planning is not blocked;
+    a warning on stderr says the brake could not be checked, and the JSON field says it is not known."""
+    import json
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    world = prefect_world
+    world.runtime.cluster_limit = "clusters"
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+        world.request(now_run=False, as_json=True)
+    said = capsys.readouterr()
+    answer = json.loads(said.out)
+    assert answer["id"] is not None, answer  # planned all the same
+    assert answer["cluster_limit"]["held"] is None, answer
+    assert said.err.startswith("warning: whether the fleet is held could not be checked"), said.err
+    assert "UPKEEP_CLUSTER_LIMIT 'clusters'" in said.err and len(said.err.strip().splitlines()) == 1, said.err
 
 
 def test_a_resumed_run_whose_every_node_was_verified_does_not_queue_for_a_slot_of_a_full_limit(

@@ -386,6 +386,10 @@ def resume_run(
 
     if override_reason is not None and not override_reason.strip():
         raise CliError("--override-window needs --reason TEXT (it is audited)")
+    if _active(run_id, engine):
+        # Before anything is written (an override and its audit, the claim): an API that does not answer
+        # refuses the resume with the run exactly as it was. Once: not again after the claim.
+        prefect_answers()
     if _needs_a_slot(run_id, engine):
         # Before anything is written: the claim clears a pending pause/cancel and takes the lease, and
         # giving it back left an orphan with no lease at all (never taken over again; adv39).
@@ -420,11 +424,9 @@ def resume_run(
     if on_worker:
         from upkeep.on_worker import workers_ready
 
-        prefect_answers()
         workers_ready()
     owner = _take(run_id, engine, handed_over=on_worker)
     try:
-        prefect_answers()
         plan = _plan(name, to_version, engine)
     except BaseException:
         lease.release(engine, run_id, owner)
@@ -432,6 +434,15 @@ def resume_run(
     return run_product_update(
         plan, run_id, engine=engine, as_json=as_json, owner=owner, on_worker=on_worker, watch=watch
     )
+
+
+def _active(run_id: int, engine: Engine) -> bool:
+    """Whether `run_id` is a run not yet ended (an unknown or ended one: `resume` says so, API or not)."""
+    from inventory.models import RunState, UpgradeRun
+
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        return run is not None and RunState(run.state).active
 
 
 def _needs_a_slot(run_id: int, engine: Engine) -> bool:

@@ -196,3 +196,26 @@ def test_the_doctors_cluster_limit_check_fails_in_bounded_time_when_its_read_nev
     assert check.status == "fail", check
     assert check.detail.startswith("UPKEEP_CLUSTER_LIMIT 'clusters': "), check.detail
     assert f"the Prefect API ({silent_on_the_limit}) did not answer within" in check.detail, check.detail
+
+
+def test_a_resume_with_a_prefect_api_that_never_answers_is_refused_and_changes_nothing(
+    silent_api: str, tmp_path: Path
+) -> None:
+    """A planned run resumed by hand (`--override-window`): refused in one line as `update` is, the run as
+    it was (no override recorded or audited, no claim left), the database byte for byte unchanged."""
+    from tests.integration.test_calendar_cli import INVENTORY
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(INVENTORY)
+    home = tmp_path / "home"
+    assert upkeep_here(home, "inventory", "import", str(fleet)).returncode == 0
+    planned = upkeep_here(home, "request", "acme-c1", "--to", "9.9.0", "--source", "customer")
+    assert planned.returncode == 0, planned.stderr
+    before = database(home)
+
+    code, out, err = _upkeep(home, silent_api, "resume", "1", "--override-window", "--reason", "now")
+
+    assert code == 1, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"the Prefect API ({silent_api}) did not answer within {WAIT} s" in err, err
+    assert database(home) == before

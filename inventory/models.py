@@ -194,7 +194,7 @@ class UpgradeRun(SQLModel, table=True):
     # Who the customer's notices of this update come from, fixed at its first notice: calendar clients
     # match an invite by UID and ORGANIZER, so a settings change must not move one.
     organizer: str = Field(default="", max_length=254)
-    support_contact: str = Field(default="", max_length=254)
+    support_contact: str = Field(default="")  # UPKEEP_SUPPORT_CONTACT, free text: no limit (migration 0013)
     # When the holder took the lease (renewals move lease_until, not this): "carried out by X since".
     lease_since: datetime | None = time_field()
     created_at: datetime = created_field()

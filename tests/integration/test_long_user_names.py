@@ -75,3 +75,28 @@ def test_a_downgrade_below_0013_keeps_a_name_longer_than_the_old_limit_or_is_ref
         _alembic(engine, "downgrade", "0012")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT acked_by FROM page")).scalar_one() == LONG
+
+
+def test_an_update_scheduled_under_a_long_support_contact_setting_is_recorded_whole(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """UPKEEP_SUPPORT_CONTACT is free text shown in every notice, copied onto each run as it is scheduled
+    (upgraderun.support_contact, VARCHAR(254)): a desk's phone numbers, hours and address overflowed it,
+    and scheduling died on PostgreSQL with a raw DataError. 0013 lifts that limit too."""
+    contact = (
+        "Acme Support Desk, +1 800 555 0100 (24x7), +49 89 1234 5678 (EU hours), support@acme.example; " * 3
+    )
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(INVENTORY)
+    home = tmp_path / "home"
+    env = home_env(home, UPKEEP_DATABASE_URL=_database_url(engine), UPKEEP_SUPPORT_CONTACT=contact)
+    assert upkeep_in_process("inventory", "import", str(fleet), env=env, cwd=tmp_path).returncode == 0
+
+    done = upkeep_in_process(
+        "request", "acme-c1", "--to", "9.9.0", "--source", "customer", env=env, cwd=tmp_path
+    )
+
+    no_traceback(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT support_contact FROM upgraderun")).scalar_one() == contact

@@ -1,10 +1,12 @@
-"""requester names kept whole: upgraderun.requested_by and page.acked_by without a length limit
+"""requester names kept whole: upgraderun.requested_by, page.acked_by (and support_contact) without a limit
 
 Both hold the user name a command runs as (`getpass.getuser()`): `upkeep update|request|schedule` record
 who asked for a run, `upkeep oncall ack` who acknowledged a page. On PostgreSQL a name longer than
 VARCHAR(128) (a directory's DOMAIN\\first.last-..., a service account named after its team and purpose)
 made the command die on a raw DataError, nothing recorded. Both columns become VARCHAR without a length,
-as 0012 did for approved_by and auditevent.actor.
+as 0012 did for approved_by and auditevent.actor. So does upgraderun.support_contact (VARCHAR(254)), the
+free-text UPKEEP_SUPPORT_CONTACT copied onto each run as it is scheduled: a desk's numbers, hours and
+address overflowed it and scheduling died the same way.
 
 Revision ID: 0013
 Revises: 0012
@@ -22,8 +24,7 @@ down_revision = "0012"
 branch_labels = None
 depends_on = None
 
-_COLUMNS = (("upgraderun", "requested_by"), ("page", "acked_by"))
-_OLD_LENGTH = 128
+_COLUMNS = (("upgraderun", "requested_by", 128), ("page", "acked_by", 128), ("upgraderun", "support_contact", 254))
 
 
 def upgrade() -> None:
@@ -31,11 +32,11 @@ def upgrade() -> None:
     # declared type there rebuilds the table (DROP TABLE upgraderun: its steps cascade away).
     if op.get_bind().dialect.name != "postgresql":
         return
-    for table, column in _COLUMNS:
+    for table, column, length in _COLUMNS:
         op.alter_column(
             table,
             column,
-            existing_type=sqlmodel.sql.sqltypes.AutoString(length=_OLD_LENGTH),
+            existing_type=sqlmodel.sql.sqltypes.AutoString(length=length),
             type_=sqlmodel.sql.sqltypes.AutoString(),
             existing_nullable=False,
         )
@@ -45,21 +46,21 @@ def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     # Refused rather than cut: a name cut to 128 characters no longer says who asked.
-    for table, column in _COLUMNS:
+    for table, column, length in _COLUMNS:
         longer = op.get_bind().execute(
-            sa.text(f"SELECT COUNT(*) FROM {table} WHERE char_length({column}) > {_OLD_LENGTH}")
+            sa.text(f"SELECT COUNT(*) FROM {table} WHERE char_length({column}) > {length}")
         )
         count = longer.scalar_one()
         if count:
             raise RuntimeError(
                 f"cannot downgrade below 0013: {count} row(s) of {table}.{column} are longer than "
-                f"{_OLD_LENGTH} characters, which the older schema cannot hold; nothing was changed"
+                f"{length} characters, which the older schema cannot hold; nothing was changed"
             )
-    for table, column in _COLUMNS:
+    for table, column, length in _COLUMNS:
         op.alter_column(
             table,
             column,
             existing_type=sqlmodel.sql.sqltypes.AutoString(),
-            type_=sqlmodel.sql.sqltypes.AutoString(length=_OLD_LENGTH),
+            type_=sqlmodel.sql.sqltypes.AutoString(length=length),
             existing_nullable=False,
         )

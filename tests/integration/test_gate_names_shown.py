@@ -182,6 +182,32 @@ def test_a_stop_at_a_gate_held_on_another_machine_promises_seconds_only_if_that_
     assert f"its lease runs out at {until:%Y-%m-%d %H:%M:%S} UTC" in line, line
 
 
+def test_a_stop_at_a_gate_held_where_its_pid_cannot_be_seen_promises_seconds_only_if_it_lives(
+    engine: Any, tmp_path: Path
+):
+    """A holder with this host name whose birth is from another space (a pod's other container, this
+    machine before a reboot): its pid, free here, made the CLI say "not answering" while that process
+    may live and stop within seconds. Whether it lives cannot be told from here before its lease runs
+    out: said as for another machine, naming why."""
+    import socket
+    import subprocess
+    from datetime import timedelta
+
+    from inventory.types import utcnow
+
+    one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    with subprocess.Popen(["true"]) as gone:
+        pass
+    host = socket.gethostname()
+    until = utcnow() + timedelta(minutes=5)
+    run_id = _at_the_gate_held_by(engine, f"{host}:{gone.pid}@1.000000000000/abc123", until)
+    line = _stopped(engine, tmp_path, run_id)
+    assert f"within seconds if its process ({host}:{gone.pid}) lives" in line, line
+    assert "cannot be seen from here" in line, line
+    assert f"its lease runs out at {until:%Y-%m-%d %H:%M:%S} UTC" in line, line
+    assert "not answering" not in line, line
+
+
 def test_a_stop_at_a_gate_whose_holder_s_pid_was_reused_says_it_is_not_answering(engine: Any, tmp_path: Path):
     """The gate's process was killed long ago and its pid given to another process since (here: a `sleep`
     started after the lease was taken). Its lease has not run out yet: the CLI told a dead local holder by

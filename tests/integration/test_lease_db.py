@@ -278,3 +278,32 @@ def test_a_claim_takes_a_run_whose_holder_s_pid_went_to_a_process_started_since_
         finally:
             stranger.kill()
             holder.kill()
+
+
+def test_a_claim_leaves_a_run_whose_holder_s_pid_cannot_be_seen_from_here_until_its_lease_runs_out(
+    engine: Any,
+):
+    """A holder with this host name whose birth is from another space (a pod's other container, or this
+    machine before a reboot): its pid means nothing here. Its pid being free here made it read gone, and
+    `upkeep resume` (claim) and a flow without a claim (acquire) took over a run its process may still
+    be carrying out. They refuse, saying its process cannot be seen from here, until its lease runs out;
+    then the claim takes it (the cost: after a reboot a run waits out its lease)."""
+    import socket
+    import subprocess
+
+    with subprocess.Popen(["true"]) as gone:
+        pass
+    host = socket.gethostname()
+    unseen = f"{host}:{gone.pid}@1.000000000000/abc123"
+    run_id, other = _runs(engine, [(RunState.running, unseen, NOW + LEASE)] * 2)
+    refused = rf"carried out by {host}:{gone.pid} .*cannot be seen from here"
+    with pytest.raises(lease.LeaseHeld, match=refused), session_scope(engine) as session:
+        lease.claim(session, run_id, now=NOW, lease=LEASE, actor="sre")
+    with pytest.raises(lease.LeaseHeld, match=refused), session_scope(engine) as session:
+        run = session.get(UpgradeRun, other)
+        assert run is not None
+        lease.acquire(session, run, _runtime(engine), expected=None, actor="sre")
+    assert (_run(engine, run_id).lease_owner, _run(engine, other).lease_owner) == (unseen, unseen)
+    with session_scope(engine) as session:
+        mine = lease.claim(session, run_id, now=NOW + LEASE, lease=LEASE, actor="sre")
+    assert _run(engine, run_id).lease_owner == mine

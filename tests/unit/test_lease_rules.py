@@ -309,3 +309,83 @@ def test_a_pid_really_given_again_to_a_process_started_since_is_not_the_holder()
     assert out.returncode == 0, out.stderr
     # same pid, holder gone once its pid was free, and after its reuse; the new process alive
     assert out.stdout.split() == ["True", "True", "True", "False", "True"], out.stdout
+
+
+# -- a holder on this host name whose pids are not ours (adversarial pass adv42) -------------------------
+def _free_pid() -> int:
+    """A pid no process of this pid namespace has: a child's, once collected (given again only after the
+    pids wrap around)."""
+    import subprocess
+
+    with subprocess.Popen(["true"]) as gone:
+        pass
+    assert not Path(f"/proc/{gone.pid}").exists()
+    return gone.pid
+
+
+# A holder in a pid namespace of its own, with this host name (a pod's other container): it takes its
+# lease under the pid given on the command line there, says its owner and lives on.
+_IN_ANOTHER_CONTAINER = """
+import subprocess, sys
+with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+    last.write(str(int(sys.argv[1]) - 1))
+HOLDER = "from flows.lease import new_owner; print(new_owner(), flush=True); import time; time.sleep(600)"
+subprocess.run([sys.executable, "-c", HOLDER])
+"""
+
+
+def test_a_live_holder_in_another_pid_namespace_with_this_host_name_is_not_gone() -> None:
+    """Two containers of one pod share a host name, not their pids: the other container's holder has a
+    pid that no process has here (or another process has). kill(2) found none and the holder read gone:
+    `upkeep resume` took over a run whose process still upgraded the customer's nodes. Its owner says
+    where its pid means something (the birth's space): another space than ours cannot be told from
+    here, and is alive until its lease runs out. Here a real holder, in a pid namespace of the test's
+    own, under a pid that is free in this one."""
+    import shutil
+    import subprocess
+    import sys
+
+    from flows.lease import holder_gone, holder_label
+
+    _linux()
+    unshare = shutil.which("unshare")
+    isolate = [unshare or "unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    if unshare is None or subprocess.run([*isolate, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user and pid namespace to be had here (unshare)")
+    env = {**os.environ, "PYTHONPATH": str(_REPO)}
+    free = _free_pid()
+    command = [*isolate, "--kill-child", sys.executable, "-c", _IN_ANOTHER_CONTAINER, str(free)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as container:
+        try:
+            assert container.stdout is not None
+            owner = container.stdout.readline().strip()
+            assert owner.startswith(f"{socket.gethostname()}:{free}@"), owner  # the pid it was given there
+            assert not Path(f"/proc/{free}").exists(), "the pid was given here meanwhile: nothing proven"
+            assert holder_label(owner) == f"{socket.gethostname()}:{free}"
+            assert holder_gone(owner) is False
+        finally:
+            container.kill()
+
+
+@pytest.mark.parametrize(
+    ("birth", "gone"),
+    [
+        ("", True),  # written before births were recorded: kill(2) alone, as it always was
+        ("@1.000000000000", False),  # another boot, pid or time namespace: cannot be told from here
+        ("@1.", False),  # a birth that cannot be read: cannot be told either
+        ("@x.abc", False),
+        ("@", False),
+        ("@1", False),
+        ("@١٢٣.abc", False),  # digits str.isdigit() takes, int() too
+        ("@-1.abc", False),
+        ("@" + "9" * 5000 + ".abc", False),  # more digits than int() converts
+    ],
+)
+def test_a_holder_whose_free_pid_is_not_this_process_s_to_read_is_not_gone(birth: str, gone: bool) -> None:
+    """The same by hand: an owner of this host name under a pid no process has here. Only an owner
+    without a birth keeps the old rule (its pid free: gone); one with a birth from elsewhere, or one
+    that cannot be read, waits for its lease."""
+    from flows.lease import holder_gone
+
+    _linux()
+    assert holder_gone(f"{socket.gethostname()}:{_free_pid()}{birth}/abc123") is gone

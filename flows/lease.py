@@ -58,7 +58,15 @@ def holder_label(owner: str | None) -> str:
 def held_message(run_id: int, owner: str | None, since: datetime | None) -> str:
     """The one line a process that lost the run prints."""
     when = f" since {since:%H:%M:%S}" if since else ""
-    return f"run {run_id} is being carried out by {holder_label(owner)}{when}; `upkeep show {run_id}`"
+    where = f" ({UNSEEN}; it can be taken over once its lease runs out)" if unseen_here(owner) else ""
+    return f"run {run_id} is being carried out by {holder_label(owner)}{where}{when}; `upkeep show {run_id}`"
+
+
+# What an operator is told of a holder `unseen_here`: why its `host:pid` is not to be found here.
+UNSEEN = (
+    "it runs where its process cannot be seen from here: another container with this host name, "
+    "or this machine before a reboot"
+)
 
 
 def holder_gone(owner: str | None) -> bool:
@@ -77,14 +85,22 @@ def holder_gone(owner: str | None) -> bool:
     start never changes. No clock is read: not `runtime.clock` (a test's fixed time, even one in the
     past, would make a live holder read as started after its own lease: `lease_since` is no sound
     yardstick), not the wall clock (a step of it moves /proc/stat's btime, and with it any start time
-    turned into a date). Wherever that proof is missing - an owner written before births were
-    recorded, or where /proc cannot be read, one from another boot or namespace (a container on the
-    same host name, a pod's other container: its pids are not ours), the pid's stat unreadable or
-    hidden (hidepid) - the rule is kill(2) and the zombie check alone, as it always was."""
-    host, pid, birth = _parse(owner)
+    turned into a date).
+
+    An owner whose birth is from another space than ours - a pod's other container (same host name,
+    its own pids: its pid 7 is not ours, and may be free here while it lives), another boot, or a
+    birth that cannot be read (or this process cannot read its own /proc) - cannot be told from here:
+    alive, like a holder on another host (`held_elsewhere`), until its lease runs out (`unseen_here`
+    says so to the operator). The cost, accepted: after a reboot of this machine, a run whose process
+    the reboot ended is taken over only once its lease runs out, not at once. Only an owner written
+    before births were recorded (`host:pid/random`, no `@`) keeps the older rule: kill(2) and the
+    zombie check alone (the pid-namespace blind spot included: nothing in it says where it ran)."""
+    host, pid, written, birth = _parse(owner)
     if host != socket.gethostname() or pid is None:
         return False
-    if birth is not None and birth[1] == _space():
+    if written:
+        if birth is None or birth[1] != _space():
+            return False  # cannot be told from here: its lease says
         now_there = _start_ticks(pid)
         if now_there is not None and now_there != birth[0]:
             return True  # the pid is another process's now
@@ -99,16 +115,33 @@ def holder_gone(owner: str | None) -> bool:
     return _zombie(pid)
 
 
-def _parse(owner: str | None) -> tuple[str, int | None, tuple[int, str] | None]:
-    """(host, pid, (start ticks, space) or None) of `host:pid[@ticks.space]/random`; pid None when
-    the owner is not of that form (a test's "claim"), the birth None when absent or malformed."""
+def unseen_here(owner: str | None) -> bool:
+    """Whether the owner ran on this host name but where its process cannot be seen from here (its
+    birth is from another pid or time namespace or boot, or cannot be read: `holder_gone`): whether it
+    lives is told only by its lease running out, as for `held_elsewhere`."""
+    host, _, written, birth = _parse(owner)
+    return bool(host) and host == socket.gethostname() and written and (birth is None or birth[1] != _space())
+
+
+_PID_MAX = 2**31 - 1  # pid_t: a larger number is no process's (os.kill would overflow on it)
+_TICKS_DIGITS = 20  # an unsigned 64-bit count of clock ticks
+
+
+def _parse(owner: str | None) -> tuple[str, int | None, bool, tuple[int, str] | None]:
+    """(host, pid, whether a birth was written, (start ticks, space) or None) of
+    `host:pid[@ticks.space]/random`; pid None when the owner is not of that form (a test's "claim", a
+    number no pid can be), the birth None when absent or unreadable. Digits are ASCII ones only, and
+    few enough for int() (a hand-written owner may hold anything: '١٢٣', 5000 digits)."""
     host, _, rest = (owner or "").partition(":")
-    pid_text, _, birth_text = rest.split("/", 1)[0].partition("@")
-    if not (pid_text.isascii() and pid_text.isdigit()):
-        return host, None, None
+    pid_text, at, birth_text = rest.split("/", 1)[0].partition("@")
+    pid = int(pid_text) if _digits(pid_text, 10) and int(pid_text) <= _PID_MAX else None
     ticks, dot, space = birth_text.partition(".")
-    birth = (int(ticks), space) if ticks.isascii() and ticks.isdigit() and dot and space else None
-    return host, int(pid_text), birth
+    birth = (int(ticks), space) if _digits(ticks, _TICKS_DIGITS) and dot and space else None
+    return host, pid, bool(at), birth
+
+
+def _digits(text: str, most: int) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= most
 
 
 def _stat_fields(pid: int | str) -> list[bytes] | None:

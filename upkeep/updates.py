@@ -554,14 +554,19 @@ def _stop_at_the_gate(run: Any, action: str) -> str:
         return f"{asked}; {dead}, no node touched{then}"
     from flows import lease
 
+    # Whether a process on another machine, or where its pid cannot be seen from here (another container
+    # with this host name, this machine before a reboot), lives cannot be told before its lease runs out.
     if run.lease_until is not None and lease.held_elsewhere(run.lease_owner):
-        # Whether a process on another machine lives cannot be told from here before its lease runs out.
-        return (
-            f"{asked}; it stops within seconds if its process ({lease.holder_label(run.lease_owner)}) "
-            "lives; if that machine is gone, the dispatcher's first take-over after its lease runs out at "
-            f"{run.lease_until:%Y-%m-%d %H:%M:%S} UTC ends it, no node touched{then}"
-        )
-    return f"{asked}; it stops within seconds, no node touched{then}"
+        gone = "if that machine is gone"
+    elif run.lease_until is not None and lease.unseen_here(run.lease_owner):
+        gone = f"{lease.UNSEEN}: if it is gone"
+    else:
+        return f"{asked}; it stops within seconds, no node touched{then}"
+    return (
+        f"{asked}; it stops within seconds if its process ({lease.holder_label(run.lease_owner)}) lives; "
+        f"{gone}, the dispatcher's first take-over after its lease runs out at "
+        f"{run.lease_until:%Y-%m-%d %H:%M:%S} UTC ends it, no node touched{then}"
+    )
 
 
 def _gate_not_answering(run: Any, does: str) -> str:

@@ -189,7 +189,7 @@ def test_a_holder_whose_pid_is_another_process_s_now_is_gone() -> None:
     "birth",
     [
         "@1.000000000000",  # another boot, or another pid or time namespace (a pod's other container)
-        "@1.",  # malformed: read as the old form
+        "@1.",  # malformed: cannot be told either
         "@x.abc",
         "@",
         "@1",
@@ -198,7 +198,8 @@ def test_a_holder_whose_pid_is_another_process_s_now_is_gone() -> None:
 def test_a_birth_this_process_cannot_compare_leaves_the_pid_rule_as_it_was(birth: str) -> None:
     """Only a birth from this boot and this process's pid and time namespaces says anything about the pid
     here: a pod's other container shares the host name but not the pids (its pid 1 is not ours). Anything
-    else is read as an owner without a birth: kill(2) and the zombie check."""
+    else cannot be told from here: alive until its lease runs out (a free pid too: see
+    test_a_holder_whose_free_pid_is_not_this_process_s_to_read_is_not_gone)."""
     import subprocess
 
     from flows.lease import holder_gone

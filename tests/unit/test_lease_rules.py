@@ -390,3 +390,26 @@ def test_a_holder_whose_free_pid_is_not_this_process_s_to_read_is_not_gone(birth
 
     _linux()
     assert holder_gone(f"{socket.gethostname()}:{_free_pid()}{birth}/abc123") is gone
+
+
+@pytest.mark.parametrize(
+    "pid",
+    [
+        "2147483648",  # over pid_t: os.kill raised OverflowError (a traceback from `upkeep cancel`)
+        "99999999999999999999",
+        "9" * 5000,  # over int()'s digits: ValueError
+        "١٢٣",  # str.isdigit() and int() take it: kill(2) asked about pid 123
+        "-1",
+        "",
+    ],
+)
+def test_an_owner_written_by_hand_with_no_pid_in_it_is_alive_and_never_raises(pid: str) -> None:
+    """A lease owner is a database column: a hand-written one (old form, no birth) whose "pid" no
+    process can have is not read as a pid at all - alive until its lease runs out, never an exception
+    out of `upkeep resume`, `upkeep cancel` or `upkeep approve`."""
+    from flows.lease import holder_gone, holder_label, unseen_here
+
+    owner = f"{socket.gethostname()}:{pid}/abc123"
+    assert holder_gone(owner) is False
+    assert unseen_here(owner) is False
+    assert holder_label(owner) == f"{socket.gethostname()}:{pid}"

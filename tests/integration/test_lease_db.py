@@ -307,3 +307,33 @@ def test_a_claim_leaves_a_run_whose_holder_s_pid_cannot_be_seen_from_here_until_
     with session_scope(engine) as session:
         mine = lease.claim(session, run_id, now=NOW + LEASE, lease=LEASE, actor="sre")
     assert _run(engine, run_id).lease_owner == mine
+
+
+def test_the_dispatch_progress_follows_the_runs_this_process_holds_under_the_owner_it_writes(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """`upkeep dispatch` shows the progress of the runs its own process took (upkeep/progress.py
+    `runs_held_by_this_process`), found by the owner's `host:pid/` prefix: an owner with a birth
+    (`host:pid@ticks.space/random`) never starts so, and the progress stayed empty. Found: this
+    process's owners, with its birth or (where /proc cannot be read) without; not another process's
+    with this pid (another container, another boot), nor a host name that only LIKE's `_` matches."""
+    import os
+    import socket
+
+    from upkeep.progress import runs_held_by_this_process
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "db_7")
+    pid = os.getpid()
+    mine, mine_old, *_not_mine = _runs(
+        engine,
+        [
+            (RunState.running, lease.new_owner(), NOW + LEASE),
+            (RunState.running, f"db_7:{pid}/abc123", NOW + LEASE),
+            (RunState.running, f"db_7:{pid}@1.000000000000/abc123", NOW + LEASE),
+            (RunState.running, f"dbx7:{pid}/abc123", NOW + LEASE),
+            (RunState.running, f"db_7:{pid}1/abc123", NOW + LEASE),
+        ],
+    )
+    assert lease.new_owner().startswith(f"db_7:{pid}@") or not os.path.exists("/proc/self/stat")
+    with session_scope(engine) as session:
+        assert runs_held_by_this_process()(session) == [mine, mine_old]

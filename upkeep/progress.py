@@ -224,15 +224,22 @@ def watch(poller: StepPoller | EventBoard, *, console: Console, enabled: bool = 
 
 def runs_held_by_this_process() -> Callable[[Session], list[int]]:
     """The updates this process (a dispatcher tick run here) carries out: those it was seen holding
-    the lease of (a run that ended keeps its place)."""
+    the lease of (a run that ended keeps its place). Its owners (flows/lease.new_owner) start with
+    `host:pid@birth/`, or `host:pid/` where its birth cannot be read; matched literally (a host name's
+    `_` is no LIKE wildcard here)."""
     import os
     import socket
 
-    prefix = f"{socket.gethostname()}:{os.getpid()}/"
+    from sqlalchemy import or_
+
+    from flows.lease import new_owner
+
+    prefixes = {f"{socket.gethostname()}:{os.getpid()}/", new_owner().rpartition("/")[0] + "/"}
+    mine = or_(*(col(UpgradeRun.lease_owner).startswith(prefix, autoescape=True) for prefix in prefixes))
     known: set[int] = set()
 
     def runs(session: Session) -> list[int]:
-        held = session.exec(select(UpgradeRun.id).where(col(UpgradeRun.lease_owner).startswith(prefix))).all()
+        held = session.exec(select(UpgradeRun.id).where(mine)).all()
         known.update(run_id for run_id in held if run_id is not None)
         return sorted(known)
 

@@ -337,3 +337,26 @@ def test_the_dispatch_progress_follows_the_runs_this_process_holds_under_the_own
     assert lease.new_owner().startswith(f"db_7:{pid}@") or not os.path.exists("/proc/self/stat")
     with session_scope(engine) as session:
         assert runs_held_by_this_process()(session) == [mine, mine_old]
+
+
+def test_an_owner_under_the_longest_host_name_linux_allows_fits_the_lease_column(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """The birth made owners longer (`host:pid@ticks.space/random`); PostgreSQL refuses a value longer
+    than `lease_owner`'s varchar, and every claim would fail. Linux's host name is 64 bytes at most
+    (HOST_NAME_MAX): under such a name a claim is written and read back whole (both databases), and
+    the longest owner possible - pid_max's 7 digits, 20 digits of ticks - still fits the column."""
+    import socket
+
+    longest = "h" * 63 + "x"
+    monkeypatch.setattr(socket, "gethostname", lambda: longest)
+    (run_id,) = _runs(engine, [(RunState.planned, None, None)])
+    with session_scope(engine) as session:
+        owner = lease.claim(session, run_id, now=NOW, lease=LEASE, actor="sre")
+    assert owner.startswith(f"{longest}:") and _run(engine, run_id).lease_owner == owner
+    worst = f"{longest}:4194304@{'9' * 20}.{'f' * 12}/{'f' * 6}"
+    column = UpgradeRun.__table__.c.lease_owner  # type: ignore[attr-defined]
+    assert len(worst) <= column.type.length, (len(worst), column.type.length)
+    with session_scope(engine) as session:
+        session.execute(update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(lease_owner=worst))
+    assert _run(engine, run_id).lease_owner == worst

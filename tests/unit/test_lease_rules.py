@@ -413,3 +413,49 @@ def test_an_owner_written_by_hand_with_no_pid_in_it_is_alive_and_never_raises(pi
     assert holder_gone(owner) is False
     assert unseen_here(owner) is False
     assert holder_label(owner) == f"{socket.gethostname()}:{pid}"
+
+
+def test_a_holder_that_execs_another_program_keeps_its_pid_and_birth_and_reads_alive() -> None:
+    """exec() keeps the pid and the start: the birth still matches, so the holder is never "gone" while
+    that process lives (whatever it runs now); its lease, no longer renewed, runs out instead."""
+    import shutil
+    import time
+
+    from flows.lease import holder_gone
+
+    _linux()
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    code = (
+        "import os\n"
+        "from flows.lease import new_owner\n"
+        "print(new_owner(), flush=True)\n"
+        f"os.execv({sleep!r}, ['sleep', '600'])\n"
+    )
+    with _python(code) as holder:
+        try:
+            owner = holder.stdout.readline().strip()
+            assert owner.startswith(f"{socket.gethostname()}:{holder.pid}@"), owner
+            deadline = time.monotonic() + 60  # until the exec took place
+            while Path(f"/proc/{holder.pid}/exe").resolve() != Path(sleep).resolve():
+                assert holder.poll() is None and time.monotonic() < deadline, "the holder never exec'd"
+                time.sleep(0.01)
+            assert holder_gone(owner) is False
+        finally:
+            holder.kill()
+
+
+def test_where_this_process_cannot_read_its_own_proc_it_writes_the_old_owner_and_tells_no_birth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/proc unreadable (not mounted, another namespace's, hidden): new_owner writes `host:pid/random`,
+    and an owner with a birth is one this process cannot compare: alive, even on a pid free here."""
+    import flows.lease as lease_module
+
+    _linux()
+    free = _free_pid()
+    monkeypatch.setattr(lease_module, "_space", lambda: None)
+    owner = lease_module.new_owner()
+    assert owner.startswith(f"{socket.gethostname()}:{os.getpid()}/") and "@" not in owner, owner
+    assert lease_module.holder_gone(owner) is False  # itself
+    assert lease_module.holder_gone(f"{socket.gethostname()}:{free}@1.abcdefabcdef/abc123") is False
+    assert lease_module.holder_gone(f"{socket.gethostname()}:{free}/abc123") is True  # the old rule

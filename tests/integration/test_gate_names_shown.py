@@ -234,3 +234,27 @@ def test_a_stop_at_a_gate_whose_holder_s_pid_was_reused_says_it_is_not_answering
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_lease_owner_written_by_hand_reaches_the_terminal_escaped(engine: Any, tmp_path: Path):
+    """A lease owner is a database column (and its host part the kernel's host name, any bytes root
+    set): one holding a terminal escape or a newline was printed as is by `upkeep show` ("held by
+    ...") and by the stop's line naming the holder. Shown escaped, on one line; --json keeps it whole."""
+    from datetime import timedelta
+
+    from inventory.types import utcnow
+
+    one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    owner = "db7.elsewhere\x1b]0;owned\x07\x1b[2J:4242\nrefused by root/abc123"
+    run_id = _at_the_gate_held_by(engine, owner, utcnow() + timedelta(minutes=5))
+    env = home_env(tmp_path / "home", UPKEEP_DATABASE_URL=_database_url(engine), COLUMNS="400")
+    shown = upkeep_in_process("show", str(run_id), env=env)
+    as_json = upkeep_in_process("show", str(run_id), "--json", env=env)
+    line = _stopped(engine, tmp_path, run_id)
+    assert shown.returncode == 0, shown
+    for said in (shown.stdout, line):
+        assert "\x1b" not in said and "\x07" not in said, said
+        assert "\\x1b]0;owned\\x07" in said, said
+    [held] = [text for text in shown.stdout.splitlines() if "held by" in text]
+    assert "\\nrefused by root" in held, shown.stdout
+    assert json.loads(as_json.stdout)["lease_owner"] == owner

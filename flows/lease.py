@@ -49,10 +49,18 @@ class NotResumable(RuntimeError):
 
 def holder_label(owner: str | None) -> str:
     """`host:pid` of an owner (`host:pid@birth/random`, or `host:pid/random` as written before the
-    birth was recorded): what an operator can look for."""
+    birth was recorded): what an operator can look for. Fit for one line of a terminal: an owner is a
+    database column, its host the kernel's host name (any bytes root set), so control characters (an
+    escape sequence, a newline) come out as \\x1b, \\n."""
     head = (owner or "nobody").split("/", 1)[0]
     host, colon, rest = head.partition(":")
-    return f"{host}:{rest.split('@', 1)[0]}" if colon else head
+    return printable(f"{host}:{rest.split('@', 1)[0]}" if colon else head)
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters escaped (as upkeep.settings.printable does for the CLI's
+    own lines)."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in text)
 
 
 def held_message(run_id: int, owner: str | None, since: datetime | None) -> str:
@@ -382,7 +390,7 @@ def acquire(session: Session, run: UpgradeRun, runtime: Runtime, *, expected: st
             holder = select(UpgradeRun.lease_owner, UpgradeRun.lease_until).where(UpgradeRun.id == run.id)
             held_by, held_until = session.exec(holder).one()
             raise LeaseHeld(
-                f"run {run.id} is held by {held_by} until {held_until}, not by {expected}: "
+                f"run {run.id} is held by {printable(held_by or '')} until {held_until}, not by {expected}: "
                 "it was taken over; this flow leaves it alone"
             )
     run.lease_owner, run.lease_until, run.lease_since = owner, until, now

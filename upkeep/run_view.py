@@ -64,4 +64,6 @@ def show_run(run_id: int, *, engine: Engine, as_json: bool, extra: dict[str, obj
             markup=False,
         )
     if summary["lease_owner"]:
-        console.print(f"held by {summary['lease_owner']} until {summary['lease_until']}", markup=False)
+        console.print(
+            f"held by {printable(summary['lease_owner'])} until {summary['lease_until']}", markup=False
+        )

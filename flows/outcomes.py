@@ -571,7 +571,6 @@ def _stalled(
         f"stalled: no node upgraded in {idle} windows in a row, the last as {cause}; not re-slotted: "
         f"fix the cause, then `upkeep resume {run_id}` in a window (or `upkeep cancel {run_id}`)"
     )[:2000]
-    last_told = run.slot_start or run.window_start or now
     detail = {"verified": done, "windows": idle, "why": cause[:500]}
     repo.record_audit(runtime.actor, STALLED, f"run/{run_id}", detail, session=session)
     tell_ending(
@@ -586,8 +585,32 @@ def _stalled(
         cause=cause,
         action=f"Find why it does not get going (its alerts, `upkeep show {run_id}`); fix it, then "
         f"`upkeep resume {run_id}` inside a window, or `upkeep cancel {run_id}`. It is paused and not "
-        f"re-slotted until then. The customer was last told it starts {last_told:%Y-%m-%d %H:%M} UTC "
-        "and was sent nothing since: tell them what happens next.",
+        f"re-slotted until then. {_last_told(run, session)}",
     )
     session.add(run)
     return "paused"
+
+
+def _last_told(run: UpgradeRun, session: Session) -> str:
+    """What the customer last heard of `run`, for the SRE who tells them it stopped: the last notice
+    queued for it. "Last told it starts <slot>" was false after a 'started' in this window (a node
+    touched, then the take-over past the cutoff stalled it): they were told it started (adv41)."""
+    from sqlmodel import col, select
+
+    from flows.run_notices import update_ref
+    from inventory.outbox import Notice
+
+    last = session.exec(
+        select(Notice.kind, Notice.created_at)
+        .where(col(Notice.update_ref) == update_ref(run.id))
+        .order_by(col(Notice.id).desc())
+        .limit(1)
+    ).first()
+    if last is None:
+        return "The customer was never told of this update."
+    kind, at = last
+    started = " - told it started, not that it stopped" if kind == "started" else ""
+    return (
+        f"The customer's last notice of it was '{kind}' ({at:%Y-%m-%d %H:%M} UTC){started}, and they were "
+        "sent nothing since: tell them what happens next."
+    )

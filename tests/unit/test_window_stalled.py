@@ -89,7 +89,7 @@ def test_the_third_window_in_a_row_with_no_node_upgraded_pauses_the_run_and_tell
         stalled.body_text
     )
     assert "upkeep resume" in stalled.body_text and "upkeep cancel" in stalled.body_text, stalled.body_text
-    assert "The customer was last told" in stalled.body_text, stalled.body_text
+    assert "The customer's last notice of it was 'rescheduled'" in stalled.body_text, stalled.body_text
 
     # The SRE fixed the cause and resumes it in a window: it goes on, with a fresh count.
     slow_copy[0] = False

@@ -13,7 +13,7 @@ from flows import lease
 from flows.alerts import alert_sre as send_alert
 from flows.endings import mid_way, tell_ending, versions_at_stop
 from flows.plan import UpdatePlan
-from flows.records import node_done, nodes_touched, stopped_at
+from flows.records import STALLED_REASON, node_done, nodes_touched, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
 from flows.run_window import past_cutoff, window_at, window_now
 from flows.runtime import Runtime
@@ -568,7 +568,7 @@ def _stalled(
     cause = why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes"
     run.state, run.requested_action = RunState.paused, RequestedAction.none
     run.reason = (
-        f"stalled: no node upgraded in {idle} windows in a row, the last as {cause}; not re-slotted: "
+        f"{STALLED_REASON}no node upgraded in {idle} windows in a row, the last as {cause}; not re-slotted: "
         f"fix the cause, then `upkeep resume {run_id}` in a window (or `upkeep cancel {run_id}`)"
     )[:2000]
     detail = {"verified": done, "windows": idle, "why": cause[:500]}

@@ -198,8 +198,11 @@ def nodes_touched(engine: Engine, run_id: int) -> bool:
     been told the update started, and a failure is theirs to hear about. A package staged by
     distribute changes nothing they run, so a failure up to there is vendor-side; nor does a wait for a
     closed support tunnel."""
-    query = select(NodeStep.id).where(
-        col(NodeStep.run_id) == run_id,
-        col(NodeStep.step).not_in(("download", "pre-flight", "approval", "distribute", "tunnel-wait")),
-    )
+    query = select(NodeStep.id).where(col(NodeStep.run_id) == run_id, col(NodeStep.step).not_in(UNTOUCHED))
     return retrying(engine, lambda conn: conn.execute(query.limit(1)).first()) is not None
+
+
+# The steps that change nothing a node runs (`nodes_touched`).
+UNTOUCHED = ("download", "pre-flight", "approval", "distribute", "tunnel-wait")
+# How the reason of a run stalled by flows/outcomes.py begins (flows/rollout.py tells such a run apart).
+STALLED_REASON = "stalled: "

@@ -80,7 +80,11 @@ def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | Non
     waiting = wave_reason(found[1].ring, tally(members), soak=soak, now=now)
     if waiting:
         return waiting
-    in_flight = [m for m in members if m.run is not None and m.run.state in IN_FLIGHT and m.run.id != run.id]
+    in_flight = [
+        m
+        for m in members
+        if m.run is not None and m.run.state in IN_FLIGHT and m.run.id != run.id and not _idle(m.run, session)
+    ]
     cluster = session.get(Cluster, run.cluster_id)
     same_customer = sum(1 for m in in_flight if cluster and m.cluster.customer_id == cluster.customer_id)
     return concurrency_reason(
@@ -89,6 +93,21 @@ def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | Non
         max_concurrent=rollout.max_concurrent,
         per_customer_limit=rollout.per_customer_limit,
     )
+
+
+def _idle(run: UpgradeRun, session: Session) -> bool:
+    """A run stalled (flows/outcomes.py: paused after windows in a row with no node upgraded, until the
+    SRE resumes or cancels it) that never touched a node: its cluster runs what it ran, no half-upgraded
+    cluster for the limits to guard. Counted in flight, it held its customer's (and the release's) slot
+    for as long as nobody acted, and their other clusters waited at this gate window after window, each
+    re-slotted with a 'rescheduled' mail (adv41). A stalled run mid-way still counts."""
+    from flows.records import STALLED_REASON, UNTOUCHED
+    from inventory.models import NodeStep
+
+    if run.state is not RunState.paused or not run.reason.startswith(STALLED_REASON):
+        return False
+    touched = select(NodeStep.id).where(col(NodeStep.run_id) == run.id, col(NodeStep.step).not_in(UNTOUCHED))
+    return session.exec(touched.limit(1)).first() is None
 
 
 def _members(rollout: Rollout, session: Session) -> list[Member]:

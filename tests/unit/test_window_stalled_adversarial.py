@@ -206,3 +206,70 @@ def test_the_stall_alert_says_what_the_customer_was_last_told_started_not_that_i
     body = alert.body_text.replace("\n", " ")
     assert "last told it starts" not in body, body
     assert "'started'" in body and "2026-12-09 00:01" in body and "not that it stopped" in body, body
+
+
+def _window_now(world: World, tmp_path: Path, window: dict[str, str]) -> None:
+    """An inventory import that changes the cluster's window to `window`."""
+    import yaml
+
+    from inventory.importer import import_inventory
+
+    path = tmp_path / "inventory.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["customers"][0]["clusters"][0]["windows"] = [window]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    import_inventory(path, engine=world.engine, actor="test")
+
+
+def test_a_window_widened_by_an_import_is_the_one_looked_at_before_the_download(
+    on_call_world: World, tmp_path: Path
+) -> None:
+    """Taken up at 00:55, past the cutoff of the one-hour window it was slotted in - but an import has
+    since widened the window to three hours: the look before the download reads the window as it is
+    now, and the run goes on (no carry-over, no 'rescheduled', no idle window counted)."""
+    world = on_call_world
+    run_id = _planned_monday(world)
+    _window_now(world, tmp_path, {"days": "mon-sun", "start": "00:00", "duration": "3h"})
+
+    assert _taken_up_late(world, run_id, 0) == "succeeded"
+    assert world.upgraded() == [1, 1, 1] and "rescheduled" not in world.notices(run_id)
+
+
+def test_a_window_shortened_by_an_import_carries_over_before_the_download(
+    on_call_world: World, tmp_path: Path
+) -> None:
+    """The other way: slotted in a three-hour window, taken up at 00:55 after an import cut it to one
+    hour: no room, carried over before the download, no node contacted."""
+    world = on_call_world
+    _window_now(world, tmp_path, {"days": "mon-sun", "start": "00:00", "duration": "3h"})
+    run_id = _planned_monday(world)
+    _window_now(world, tmp_path, ONE_HOUR)
+
+    assert _taken_up_late(world, run_id, 0) == "carried over"
+    assert world.files.downloads == [] and all(node.commands == [] for node in world.nodes)
+
+
+def test_a_stalled_run_resumed_with_its_window_overridden_goes_on_past_the_cutoff(
+    on_call_world: World,
+) -> None:
+    """The SRE's way out of a stall outside a window: `upkeep resume N --override-window --reason`
+    (audited). Taken up at 00:58, past the cutoff, the look before the download must not carry it over
+    (a fourth 'rescheduled'): an overridden run has no window."""
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
+    world.clock.now = MONDAY + 2 * DAY + timedelta(minutes=58)
+
+    with session_scope(world.engine) as session:  # what `upkeep resume --override-window` records first
+        overridden = update(UpgradeRun).where(col(UpgradeRun.id) == run_id)
+        session.execute(overridden.values(override_reason="customer agreed by phone"))
+    assert world.update(run_id=run_id).is_completed()
+
+    run = world.run()
+    assert run.state == RunState.succeeded, (run.state, run.reason)
+    assert world.upgraded() == [1, 1, 1] and world.notices(run_id) == [
+        "rescheduled",
+        "rescheduled",
+        "started",
+        "completed",
+    ]

@@ -273,3 +273,34 @@ def test_a_stalled_run_resumed_with_its_window_overridden_goes_on_past_the_cutof
         "started",
         "completed",
     ]
+
+
+def test_a_stalled_run_resumed_outside_its_window_is_handed_back_to_the_dispatcher(
+    on_call_world: World,
+) -> None:
+    """The stall's alert says: fix the cause, then `upkeep resume N` inside a window. The SRE fixes it
+    at noon; the customer's window is at night. `upkeep resume` outside a window refused ("resumes only
+    inside a maintenance window: the next window with room opens ..."), and a paused run is nobody's
+    to start: the SRE had to be up at the customer's window, or override it (work outside the window
+    the customer gave), or cancel it and ask anew (the customer told 'cancelled', then 'scheduled'; the
+    approval and the copies on the nodes lost with the run). Resumed outside a window, a stalled run is
+    planned for its next window with room - the customer told 'rescheduled' with the time - and the
+    dispatcher starts it there, as any planned run."""
+    from flows.dispatch import claim_due
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
+    world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)  # noon: the cause fixed
+
+    resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+
+    run = world.run()
+    assert (run.state, run.slot_start) == (RunState.planned, MONDAY + 3 * DAY), (run.state, run.reason)
+    assert world.notices(run_id) == ["rescheduled"] * 3
+    world.clock.now = MONDAY + 3 * DAY + timedelta(minutes=1)
+    claim = claim_due(world.runtime, world.clock.now, timedelta(hours=1))
+    assert claim is not None and claim.run_id == run_id
+    assert world.update(run_id=run_id, lease_owner=claim.owner).is_completed()
+    assert world.run().state == RunState.succeeded and world.upgraded() == [1, 1, 1]

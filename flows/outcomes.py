@@ -569,7 +569,8 @@ def _stalled(
     run.state, run.requested_action = RunState.paused, RequestedAction.none
     run.reason = (
         f"{STALLED_REASON}no node upgraded in {idle} windows in a row, the last as {cause}; not re-slotted: "
-        f"fix the cause, then `upkeep resume {run_id}` in a window (or `upkeep cancel {run_id}`)"
+        f"fix the cause, then `upkeep resume {run_id}` (in a window it goes on now; outside one it is "
+        f"planned for the next, the customer told) or `upkeep cancel {run_id}`"
     )[:2000]
     detail = {"verified": done, "windows": idle, "why": cause[:500]}
     repo.record_audit(runtime.actor, STALLED, f"run/{run_id}", detail, session=session)
@@ -584,8 +585,9 @@ def _stalled(
         headline=f"run {run_id} ({plan.label}) made no progress in {idle} windows in a row; not re-slotted",
         cause=cause,
         action=f"Find why it does not get going (its alerts, `upkeep show {run_id}`); fix it, then "
-        f"`upkeep resume {run_id}` inside a window, or `upkeep cancel {run_id}`. It is paused and not "
-        f"re-slotted until then. {_last_told(run, session)}",
+        f"`upkeep resume {run_id}` (inside a window it goes on at once; outside one it is planned for the "
+        f"next window with room, the customer told, and the dispatcher starts it there), or `upkeep cancel "
+        f"{run_id}`. It is paused and not re-slotted until then. {_last_told(run, session)}",
     )
     session.add(run)
     return "paused"

@@ -140,7 +140,8 @@ def resume(
 ) -> None:
     """Continue a crashed, paused or carried-over run where it stopped; no node is upgraded twice.
 
-    A run with a window resumes only inside one (else the next slot is named)."""
+    A run with a window resumes only inside one (else the next slot is named); a stalled one (paused
+    after windows with no node upgraded) is then planned for that slot, the customer told."""
     from upkeep.updates import resume_run
 
     if reason and not override_window:

@@ -416,6 +416,10 @@ def resume_run(
             and has_window(run)
             and not room_for_a_node(window_at(run, now, session=session), now, runtime.per_node_estimate)
         ):
+            if stalled(run):
+                said = _replan_stalled(run_id, now, session, actor or getpass.getuser())
+                _replanned(run_id, said, as_json)
+                return 0
             where = _next_slot(run, now, session)
             raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
         cluster = session.get(Cluster, run.cluster_id)
@@ -443,6 +447,75 @@ def _active(run_id: int, engine: Engine) -> bool:
     with session_scope(engine) as session:
         run = session.get(UpgradeRun, run_id)
         return run is not None and RunState(run.state).active
+
+
+STALL_REPLANNED = (
+    "the update could not go ahead in your last maintenance windows; the cause is fixed and it now "
+    "starts in your next window"
+)
+
+
+def stalled(run: Any) -> bool:
+    """Whether `run` is paused by the bound on idle carry-overs (flows/outcomes.py `_stalled`)."""
+    from flows.records import STALLED_REASON
+    from inventory.models import RunState
+
+    return RunState(run.state) is RunState.paused and str(run.reason).startswith(STALLED_REASON)
+
+
+def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
+    """`upkeep resume` of a stalled run outside a window: planned for its next window with room, the
+    customer told 'rescheduled' with the time, and left to the dispatcher there, as any planned run.
+    The stall's alert asks for a resume once the cause is fixed, but the customer's window is at night:
+    refused outside it, a paused run that nothing starts needed the SRE up at that hour, a window
+    overridden, or a cancel and a new request (the approval and the copies on the nodes lost). Under
+    the row's lock (a cancel deciding at once waits); a live lease (the stalling process not yet gone)
+    refuses. Returns what was done."""
+    from flows import lease
+    from flows.run_notices import VendorTerms
+    from flows.runtime import current
+    from flows.schedule import ScheduleRefused, reslot_update
+    from inventory.models import AuditEvent, RequestedAction, RunState
+
+    run = get_run(run_id, session=session, lock=True)
+    if not stalled(run):
+        raise CliError(f"run {run_id} is {run.state} now (changed just now); see `upkeep show {run_id}`")
+    if run.lease_owner and not lease.expired(run.lease_until, now) and not lease.holder_gone(run.lease_owner):
+        raise CliError(lease.held_message(run_id, run.lease_owner, run.lease_since))
+    before = run.reason
+    run.state, run.requested_action = RunState.planned, RequestedAction.none
+    run.lease_owner = run.lease_until = run.lease_since = None
+    session.add(run)
+    session.flush()
+    try:
+        moved = reslot_update(
+            run_id,
+            now=now,
+            reason=STALL_REPLANNED,
+            session=session,
+            vendor=VendorTerms.from_runtime(current()),
+        )
+    except ScheduleRefused as exc:  # no later window: nothing written (the transaction rolls back)
+        raise CliError(
+            f"{exc}; or `upkeep resume {run_id} --override-window --reason TEXT` (audited)"
+        ) from None
+    assert moved.slot_start is not None
+    when = f"{moved.slot_start:%Y-%m-%d %H:%M} UTC"
+    moved.reason = f"resumed by {actor} after a stall: planned for {when} (was: {before})"[:2000]
+    session.add(moved)
+    detail = {"slot_start": moved.slot_start.isoformat(), "stalled": before[:500]}
+    session.add(AuditEvent(actor=actor, action="run.replanned", subject=f"run/{run_id}", detail=detail))
+    return (
+        f"run {run_id} was stalled and no window is open now: planned for {when}, the next window with room "
+        "(the dispatcher starts it then); the customer is told ('rescheduled')"
+    )
+
+
+def _replanned(run_id: int, said: str, as_json: bool) -> None:
+    if not as_json:
+        console.print(said, markup=False)
+        return
+    print_json({"id": run_id, "update": f"update-{run_id}", "state": "planned", "message": said})
 
 
 def _needs_a_slot(run_id: int, engine: Engine) -> bool:

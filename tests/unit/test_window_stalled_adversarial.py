@@ -291,6 +291,9 @@ def test_a_stalled_run_resumed_outside_its_window_is_handed_back_to_the_dispatch
 
     world = on_call_world
     run_id = _planned_monday(world)
+    with session_scope(world.engine) as session:  # its 'scheduled' notice delivered a week ahead
+        told = update(UpgradeRun).where(col(UpgradeRun.id) == run_id)
+        session.execute(told.values(told_at=MONDAY - 7 * DAY))
     assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
     world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)  # noon: the cause fixed
 

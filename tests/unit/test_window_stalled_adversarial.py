@@ -307,3 +307,28 @@ def test_a_stalled_run_resumed_outside_its_window_is_handed_back_to_the_dispatch
     assert claim is not None and claim.run_id == run_id
     assert world.update(run_id=run_id, lease_owner=claim.owner).is_completed()
     assert world.run().state == RunState.succeeded and world.upgraded() == [1, 1, 1]
+
+
+def test_a_stalled_run_is_left_alone_by_the_dispatcher_and_holds_no_running_slot(
+    on_call_world: World,
+) -> None:
+    """Paused by the stall, in its (past) slot: no claim (the dispatcher starts planned runs), no
+    take-over (orphans are running runs), not counted against max_running; a new request for the
+    same cluster is refused naming it (one active update per cluster), so no second run starts a fresh
+    count beside it."""
+    from flows import lease
+    from flows.dispatch import claim_due
+    from inventory.runs import ActiveRunExists
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
+    world.clock.now = MONDAY + 3 * DAY + timedelta(minutes=1)  # the next window
+
+    assert claim_due(world.runtime, world.clock.now, timedelta(hours=1)) is None
+    with session_scope(world.engine) as session:
+        assert lease.orphans(session, world.clock.now, skip=set()) == []
+        assert lease.count_live(session, world.clock.now) == 0
+    with pytest.raises(ActiveRunExists, match=rf"already has an active update \(run {run_id}, .*paused\)"):
+        world.request(now_run=False)
+    assert world.run().id == run_id and world.run().state == RunState.paused

@@ -332,3 +332,32 @@ def test_a_stalled_run_is_left_alone_by_the_dispatcher_and_holds_no_running_slot
     with pytest.raises(ActiveRunExists, match=rf"already has an active update \(run {run_id}, .*paused\)"):
         world.request(now_run=False)
     assert world.run().id == run_id and world.run().state == RunState.paused
+
+
+def test_a_holder_that_froze_before_its_carry_over_leaves_a_run_its_new_owner_is_running(
+    on_call_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the new owner is still at work when the old one wakes (the run `running` under the
+    other lease): the old process's carry-over moved the run from under it - planned for the next window,
+    'rescheduled' told, a carry-over (or the stall) counted - while the new owner upgrades its nodes. Only
+    the lease holder ends or moves a run (as `finish` checks with `ensure_held`)."""
+    from flows import product_update as update_flow
+    from tests.support.races import meanwhile
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert _taken_up_late(world, run_id, 0) == "carried over"
+
+    def taken_over() -> None:
+        with session_scope(world.engine) as session:
+            taken = (
+                update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(lease_owner="elsewhere:1/ab")
+            )
+            session.execute(taken)
+
+    meanwhile(monkeypatch, update_flow, "carry_over", taken_over)
+    assert _taken_up_late(world, run_id, 1) == "taken over"
+
+    run = world.run()
+    assert (run.state, run.lease_owner) == (RunState.running, "elsewhere:1/ab"), (run.state, run.reason)
+    assert world.notices(run_id) == ["rescheduled"]

@@ -291,7 +291,13 @@ def tunnel_closed_reason(closed: tuple[str, ...] | list[str], progress: str = ""
 
 
 def carry_over_tunnel_closed(
-    runtime: Runtime, plan: UpdatePlan, run_id: int, closed: tuple[str, ...], *, during: str = ""
+    runtime: Runtime,
+    plan: UpdatePlan,
+    run_id: int,
+    closed: tuple[str, ...],
+    *,
+    during: str = "",
+    owner: str | None = None,
 ) -> str:
     """The customer's support tunnel was closed, at the window's start or `during` a step ("the
     upgrade of NODE": that node's outcome is unknown until it is asked), and stayed closed while the
@@ -303,7 +309,9 @@ def carry_over_tunnel_closed(
         f"during {during}" if during else "at the window's start"
     )
     if not nodes_touched(runtime.engine, run_id):
-        return carry_over(runtime, plan, run_id, why=why, customer_reason=tunnel_closed_reason(closed))
+        return carry_over(
+            runtime, plan, run_id, why=why, customer_reason=tunnel_closed_reason(closed), owner=owner
+        )
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
     return carry_over(
         runtime,
@@ -315,6 +323,7 @@ def carry_over_tunnel_closed(
             closed, f"after {done} of {len(plan.nodes)} nodes were upgraded"
         ),
         touched=True,
+        owner=owner,
     )
 
 
@@ -333,11 +342,13 @@ def carry_over(
     why: str = "",
     customer_reason: str = "",
     touched: bool = False,
+    owner: str | None = None,
 ) -> str:
     """Stop before the window closes and move the rest to the next window with room for at least one
     node (the whole window is the run's then), telling the customer. `why`/`customer_reason`: another
     cause than the window's end (the SRE's and the customer's words), before any node was touched
-    unless `touched` (a tunnel closed mid-run).
+    unless `touched` (a tunnel closed mid-run). `owner`: the lease the caller holds; a run no longer
+    running, or held under another lease, is left as it is (`TAKEN_OVER`).
 
     A pause/cancel committed after the run's last look for one (`upkeep cancel` as the window ends) is
     honoured instead, read under the run's row lock (which `upkeep pause|cancel` records under): moved
@@ -353,11 +364,12 @@ def carry_over(
     try:
         with session_scope(runtime.engine) as session:
             run = get_run(run_id, session=session, lock=True)
-            if run.state != RunState.running:
+            if run.state != RunState.running or (owner is not None and run.lease_owner != owner):
                 # Moved by another process since this one last looked (it stood still past its lease
-                # and the run was taken over and carried over, stalled or ended): not this one's to move.
-                # Moved again, a stalled run was re-slotted behind the SRE's back, a carried-over one a
-                # second window on, 'rescheduled' told twice (adv41).
+                # and the run was taken over and carried over, stalled or ended), or held by it now (the
+                # lease `owner`'s no more): not this one's to move. Moved again, a stalled run was
+                # re-slotted behind the SRE's back, a carried-over one a second window on, 'rescheduled'
+                # told twice, a run moved from under the process upgrading its nodes (adv41).
                 log.error(
                     "run %s is %s now, moved by another process: not carried over here", run_id, run.state
                 )

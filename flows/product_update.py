@@ -154,7 +154,7 @@ def product_update(
                     result = (
                         _slot_wait_ended(runtime, plan, run_id, stop)
                         if stop  # paused/cancelled/taken over while it waited: no slot, nothing done
-                        else _no_room_at_the_start(runtime, plan, run_id)
+                        else _no_room_at_the_start(runtime, plan, run_id, owner)
                         or _carry_out(runtime, plan, run_id, heartbeat)
                     )
             except ClusterLimitUnusable as unusable:  # our setting: vendor-side, unless a node was upgraded
@@ -366,7 +366,7 @@ NOTHING_CHANGED = (
 
 
 def _no_room_left(
-    runtime: Runtime, plan: UpdatePlan, run_id: int, waited: str, outcomes: dict[str, str]
+    runtime: Runtime, plan: UpdatePlan, run_id: int, waited: str, outcomes: dict[str, str], owner: str
 ) -> dict[str, Any] | None:
     """After a wait before the first node (a cluster slot, the approval gate, the package's copy): the
     run's result if its window has no room left for a node now (carried over, the customer told nothing
@@ -381,12 +381,12 @@ def _no_room_left(
     if every_node_done(runtime.engine, run_id, (node.id for node in plan.nodes)):
         return None  # nothing left to start (a take-over after the last node's verify): recorded as done
     if nodes_touched(runtime.engine, run_id):
-        return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
+        return _result(run_id, plan, carry_over(runtime, plan, run_id, owner=owner), outcomes)
     now = f"{runtime.clock():%Y-%m-%d %H:%M} UTC"
     why = (
         f"{waited.format(now=now)}, after the window had no room left for a node; nothing changed on any node"
     )
-    moved = carry_over(runtime, plan, run_id, why=why, customer_reason=NOTHING_CHANGED)
+    moved = carry_over(runtime, plan, run_id, why=why, customer_reason=NOTHING_CHANGED, owner=owner)
     return _result(run_id, plan, moved, outcomes)
 
 
@@ -397,7 +397,9 @@ def _approval_pending(runtime: Runtime, run_id: int) -> bool:
         return bool(run.needs_approval and not run.approved_by)
 
 
-def _no_room_at_the_start(runtime: Runtime, plan: UpdatePlan, run_id: int) -> dict[str, Any] | None:
+def _no_room_at_the_start(
+    runtime: Runtime, plan: UpdatePlan, run_id: int, owner: str
+) -> dict[str, Any] | None:
     """Before the download, pre-flight and copy reach the customer's nodes: the run's result if its
     window has no room left now, else None. With a fleet cluster limit, once its slot is granted (the wait
     can last hours; the slot is given back as the result leaves `cluster_slot`). Without one too: a run
@@ -408,7 +410,7 @@ def _no_room_at_the_start(runtime: Runtime, plan: UpdatePlan, run_id: int) -> di
         waited = f"waited for a slot of the cluster limit {runtime.cluster_limit!r} until {{now}}"
     else:
         waited = "taken up at {now} (started, resumed or taken over)"
-    return _no_room_left(runtime, plan, run_id, waited, {})
+    return _no_room_left(runtime, plan, run_id, waited, {}, owner)
 
 
 def _slot_look(runtime: Runtime, run_id: int, owner: str) -> str:
@@ -537,7 +539,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         # An approval can come days after the gate opened (and a pre-flight can wait for nodes to settle):
         # past the window's cutoff, nothing is copied.
         waited = "approved at {now}" if asked else "pre-flight done at {now}"
-        if (ended := _no_room_left(runtime, plan, run_id, waited, outcomes)) is not None:
+        if (ended := _no_room_left(runtime, plan, run_id, waited, outcomes, heartbeat.owner)) is not None:
             return ended
         # A staged copy changes nothing the customer runs: a distribute failure (a package that
         # arrives corrupted, a staging directory that is full) is still vendor-side and theirs to
@@ -559,7 +561,7 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
         if not heartbeat.held():
             return _left_to_its_new_owner(run_id, plan, outcomes)
         staged = "package staged on every node (nothing installed) at {now}"
-        if (ended := _no_room_left(runtime, plan, run_id, staged, outcomes)) is not None:
+        if (ended := _no_room_left(runtime, plan, run_id, staged, outcomes, heartbeat.owner)) is not None:
             return ended
         mark_started(runtime, run_id)  # the first node is about to be touched: now the customer hears
         for number, node in enumerate(plan.nodes, 1):
@@ -571,7 +573,8 @@ def _carry_out(runtime: Runtime, plan: UpdatePlan, run_id: int, heartbeat: lease
                 if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
                     return ended
                 if window_closing(runtime, run_id):
-                    return _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
+                    moved = carry_over(runtime, plan, run_id, owner=heartbeat.owner)
+                    return _result(run_id, plan, moved, outcomes)
                 upgrade = partial(upgrade_node, plan, run_id, runtime, conns, node, heartbeat.held)
                 outcome, ended = _despite_tunnel_closing(
                     runtime, plan, run_id, heartbeat, conns, outcomes, upgrade, node
@@ -650,7 +653,9 @@ def _after_tunnel_wait(
     if (ended := _stop_if_asked(runtime, plan, run_id, heartbeat, outcomes)) is not None:
         return ended
     if still is not None:
-        moved = carry_over_tunnel_closed(runtime, plan, run_id, still.closed, during=during)
+        moved = carry_over_tunnel_closed(
+            runtime, plan, run_id, still.closed, during=during, owner=heartbeat.owner
+        )
         return _result(run_id, plan, moved, outcomes)
     return None
 
@@ -685,7 +690,8 @@ def _despite_tunnel_closing(
             # The tunnel is back, but the wait may have outlasted the window as the inventory says now
             # (an import took it back meanwhile): the node is not started again after the cutoff.
             if node is not None and window_closing(runtime, run_id):
-                return None, _result(run_id, plan, carry_over(runtime, plan, run_id), outcomes)
+                moved = carry_over(runtime, plan, run_id, owner=heartbeat.owner)
+                return None, _result(run_id, plan, moved, outcomes)
 
 
 def _tunnel_lost(

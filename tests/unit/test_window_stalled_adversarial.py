@@ -210,13 +210,21 @@ def test_the_stall_alert_says_what_the_customer_was_last_told_started_not_that_i
 
 def _window_now(world: World, tmp_path: Path, window: dict[str, str]) -> None:
     """An inventory import that changes the cluster's window to `window`."""
+    _windows_now(world, tmp_path, [window])
+
+
+def _windows_removed(world: World, tmp_path: Path) -> None:
+    _windows_now(world, tmp_path, [])
+
+
+def _windows_now(world: World, tmp_path: Path, windows: list[dict[str, str]]) -> None:
     import yaml
 
     from inventory.importer import import_inventory
 
     path = tmp_path / "inventory.yaml"
     document = yaml.safe_load(path.read_text())
-    document["customers"][0]["clusters"][0]["windows"] = [window]
+    document["customers"][0]["clusters"][0]["windows"] = windows
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     import_inventory(path, engine=world.engine, actor="test")
 
@@ -361,3 +369,28 @@ def test_a_holder_that_froze_before_its_carry_over_leaves_a_run_its_new_owner_is
     run = world.run()
     assert (run.state, run.lease_owner) == (RunState.running, "elsewhere:1/ab"), (run.state, run.reason)
     assert world.notices(run_id) == ["rescheduled"]
+
+
+def test_a_stalled_run_resumed_with_no_later_window_is_refused_in_one_line_nothing_written(
+    on_call_world: World, tmp_path: Path
+) -> None:
+    """Resumed outside a window after an import removed the cluster's windows: nothing to plan it for.
+    One line naming why and the way on (the override), the run left stalled, the customer told nothing."""
+    from upkeep.console import CliError
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
+    stalled = world.run()
+    _windows_removed(world, tmp_path)
+    world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)
+
+    with pytest.raises(CliError) as refused:
+        resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+
+    said = str(refused.value)
+    assert "\n" not in said and "--override-window" in said, said
+    run = world.run()
+    assert (run.state, run.reason, run.slot_start) == (stalled.state, stalled.reason, stalled.slot_start)
+    assert world.notices(run_id) == ["rescheduled", "rescheduled"]

@@ -370,9 +370,7 @@ def carry_over(
                 # lease `owner`'s no more): not this one's to move. Moved again, a stalled run was
                 # re-slotted behind the SRE's back, a carried-over one a second window on, 'rescheduled'
                 # told twice, a run moved from under the process upgrading its nodes (adv41).
-                log.error(
-                    "run %s is %s now, moved by another process: not carried over here", run_id, run.state
-                )
+                log.error("run %s: moved or held by another process now; not carried over here", run_id)
                 return TAKEN_OVER
             if not (asked := str(run.requested_action or "")):
                 moved = _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)

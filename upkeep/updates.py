@@ -396,6 +396,7 @@ def resume_run(
         cluster_limit_grants()
     runtime = current()
     now = runtime.clock()
+    replanned = ""  # a stalled run planned for its next window: said once that is committed
     with session_scope(engine) as session:
         try:
             run = get_run(run_id, session=session)
@@ -416,15 +417,16 @@ def resume_run(
             and has_window(run)
             and not room_for_a_node(window_at(run, now, session=session), now, runtime.per_node_estimate)
         ):
-            if stalled(run):
-                said = _replan_stalled(run_id, now, session, actor or getpass.getuser())
-                _replanned(run_id, said, as_json)
-                return 0
-            where = _next_slot(run, now, session)
-            raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
+            if not stalled(run):
+                where = _next_slot(run, now, session)
+                raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
+            replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser())
         cluster = session.get(Cluster, run.cluster_id)
         assert cluster is not None
         name, to_version = cluster.name, run.to_version
+    if replanned:
+        _replanned(run_id, replanned, as_json)
+        return 0
     if on_worker:
         from upkeep.on_worker import workers_ready
 

@@ -100,3 +100,23 @@ def test_an_update_scheduled_under_a_long_support_contact_setting_is_recorded_wh
     assert done.returncode == 0, done.stdout + done.stderr
     with engine.connect() as connection:
         assert connection.execute(text("SELECT support_contact FROM upgraderun")).scalar_one() == contact
+
+
+def test_the_audit_trail_names_a_long_requester_whole_as_the_run_does(engine: Engine, tmp_path: Path) -> None:
+    """adv43: 0012 made auditevent.actor unbounded, but `record_audit` still cut the actor to 128
+    characters: the run said LONG asked for it, its `update.scheduled` audit event named someone else (a
+    prefix that may be another account's whole name). The audit trail must name who acted, whole."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(INVENTORY)
+    home = tmp_path / "home"
+    code, out, err = _cli(engine, home, "inventory", "import", str(fleet))
+    assert code == 0, err
+
+    code, out, err = _cli(engine, home, "request", "acme-c1", "--to", "9.9.0", "--source", "customer")
+
+    assert code == 0, out + err
+    with engine.connect() as connection:
+        actors = connection.execute(
+            text("SELECT actor FROM auditevent WHERE action = 'update.scheduled'")
+        ).scalars()
+        assert list(actors) == [LONG]

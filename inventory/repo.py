@@ -73,8 +73,10 @@ def record_audit(
     actor: str, action: str, subject: str, detail: dict[str, Any], *, session: Session
 ) -> AuditEvent:
     """Add an audit event to the caller's transaction. Over-long text is cut to fit the columns rather
-    than failing the action being audited (PostgreSQL enforces VARCHAR lengths, SQLite does not)."""
-    event = AuditEvent(actor=actor[:128], action=action[:64], subject=subject[:255], detail=detail)
+    than failing the action being audited (PostgreSQL enforces VARCHAR lengths, SQLite does not); the
+    actor never is: its column has no limit since 0012, and a cut name is another (or no) user's, a lie
+    in the trail beside the run's whole requested_by/approved_by (adv43)."""
+    event = AuditEvent(actor=actor, action=action[:64], subject=subject[:255], detail=detail)
     session.add(event)
     session.flush()
     return event

@@ -59,4 +59,7 @@ def test_the_doctor_fails_a_cluster_limit_that_names_no_prefect_limit(
     assert check.detail.startswith(
         "UPKEEP_CLUSTER_LIMIT 'no-such-limit\\x1b[2J': no Prefect global concurrency limit has that name"
     ), check.detail
-    assert "prefect gcl create 'no-such-limit" in check.fix
+    # The hint is one shell word the SRE can copy, with the ESC spelled out: shlex.quote left it raw,
+    # and `upkeep doctor` printed it onto the terminal as a control sequence (adv43).
+    assert "prefect gcl create $'no-such-limit\\x1b[2J' --limit N" in check.fix, check.fix
+    assert check.fix.isprintable(), repr(check.fix)

@@ -60,7 +60,7 @@ from flows.records import (
     recorded,
     stop_requested,
 )
-from flows.report import Progress, best_effort, one_line, summary_artifacts
+from flows.report import Progress, best_effort, one_line, shell_word, summary_artifacts
 from flows.run_window import has_window, record_window, window_end
 from flows.runtime import Runtime, current
 from flows.steps import (
@@ -241,7 +241,6 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
     """("grants", ""), ("brake", why: none of that name, or at 0 and enabled), ("away", why: the API did
     not answer, or not within `within` seconds: "silent") of the Prefect limit `name`, each `why` one line
     naming the setting. One API read."""
-    import shlex
     from urllib.parse import quote
 
     from prefect.exceptions import ObjectNotFound
@@ -274,7 +273,7 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
     if limit.limit < 1 and limit.active:
         return "brake", (
             f"{setting}: the Prefect limit allows {limit.limit} clusters at once; set it to at least 1 with "
-            f"`prefect gcl update {shlex.quote(name)} --limit N`, or unset the setting"
+            f"`prefect gcl update {shell_word(name)} --limit N`, or unset the setting"
         )
     return "grants", ""
 

@@ -101,6 +101,24 @@ def one_line(cause: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def shell_word(word: str) -> str:
+    """`word` as one shell word an operator can copy from a terminal line: shlex.quote's when it is all
+    printable; else bash's $'...' with every unprintable character escaped (shlex.quote left an ESC or a
+    newline as it is: a Prefect limit named with one wrote a control sequence onto the SRE's terminal
+    or split the one line; adv43)."""
+    import shlex
+
+    if word.isprintable():
+        return shlex.quote(word)
+
+    def escaped(ch: str) -> str:
+        if ch in "\\'":
+            return "\\" + ch
+        return ch if ch.isprintable() else repr(ch)[1:-1]  # \x1b, \n, \u2028: bash reads each back
+
+    return "$'" + "".join(map(escaped, word)) + "'"
+
+
 def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int, outcome: str = "") -> None:
     """One markdown artifact for every outcome: what happened and why, where it stopped, how to
     inspect it in Upkeep, then the node table with the nodes not reached (one API call)."""

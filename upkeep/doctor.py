@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shlex
 import socket
 import ssl
 import time
@@ -389,6 +388,8 @@ def _cluster_limit(http: Any, name: str) -> Check:
     Prefect grants every ask and nothing bounds the clusters upgraded at once."""
     import httpx
 
+    from flows.report import shell_word
+
     setting = _limit_setting(name)
     api = _bare(str(http.base_url).rstrip("/"))
     try:  # as bounded as the /health question: a server that answers that and hangs here was waited for
@@ -405,7 +406,7 @@ def _cluster_limit(http: Any, name: str) -> Check:
         return fail(
             "cluster limit",
             f"{setting}: no Prefect global concurrency limit has that name; {NO_UPDATE_STARTS}",
-            f"prefect gcl create {shlex.quote(name)} --limit N, or unset UPKEEP_CLUSTER_LIMIT",
+            f"prefect gcl create {shell_word(name)} --limit N, or unset UPKEEP_CLUSTER_LIMIT",
         )
     reply.raise_for_status()
     found = reply.json()
@@ -414,14 +415,14 @@ def _cluster_limit(http: Any, name: str) -> Check:
         return fail(
             "cluster limit",
             f"{setting}: the Prefect limit allows {size} clusters at once; {NO_UPDATE_STARTS}",
-            f"prefect gcl update {shlex.quote(name)} --limit N (N at least 1), or unset UPKEEP_CLUSTER_LIMIT",
+            f"prefect gcl update {shell_word(name)} --limit N (N at least 1), or unset UPKEEP_CLUSTER_LIMIT",
         )
     if not active:
         return warn(
             "cluster limit",
             f"{setting}: the Prefect limit ({size}) is disabled: Prefect grants every ask, so nothing bounds "
             "the clusters upgraded at once",
-            f"prefect gcl enable {shlex.quote(name)}, or unset UPKEEP_CLUSTER_LIMIT",
+            f"prefect gcl enable {shell_word(name)}, or unset UPKEEP_CLUSTER_LIMIT",
         )
     return ok("cluster limit", f"{setting}: {size} clusters at once ({used} in use now)")
 

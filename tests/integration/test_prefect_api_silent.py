@@ -219,3 +219,63 @@ def test_a_resume_with_a_prefect_api_that_never_answers_is_refused_and_changes_n
     assert len(err.strip().splitlines()) == 1, err
     assert f"the Prefect API ({silent_api}) did not answer within {WAIT} s" in err, err
     assert database(home) == before
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
+def test_ctrl_c_while_a_scheduled_request_reads_the_brake_still_says_the_update_is_scheduled(
+    tmp_path: Path, as_json: bool
+) -> None:
+    """adv43: `upkeep request` (no --now) writes and commits the run and its customer's notice first, then
+    reads the cluster limit, waiting up to UPKEEP_PREFECT_ANSWER_SECONDS (300 at most) with nothing on
+    the screen. An SRE's Ctrl-C in that wait answered "error: aborted", exit 130: the update was planned
+    and its notice queued all the same, and the next `upkeep request` said "already has an active
+    update". The interrupt ends only the read: the answer says what was done, the brake not checked."""
+    import signal
+
+    from tests.integration.test_calendar_cli import INVENTORY
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(INVENTORY)
+    home = tmp_path / "home"
+    assert upkeep_here(home, "inventory", "import", str(fleet)).returncode == 0
+    listener = socket.create_server(("127.0.0.1", 0))
+    asked = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        try:
+            conn, _ = listener.accept()  # the brake's read: never answered
+        except OSError:
+            return
+        held.append(conn)
+        asked.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    api = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+    env = home_env(
+        home, PREFECT_API_URL=api, UPKEEP_PREFECT_ANSWER_SECONDS="300", UPKEEP_CLUSTER_LIMIT="clusters"
+    )
+    args = ["request", "acme-c1", "--to", "9.9.0", "--source", "customer", *(["--json"] if as_json else [])]
+    child = forkserver.popen(args, env=env, cwd=tmp_path)
+    try:
+        assert asked.wait(GUARD), "the request never read the cluster limit"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=GUARD)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        listener.close()
+        for conn in held:
+            conn.close()
+
+    assert "Traceback" not in err, err
+    with_run = upkeep_here(home, "runs", "--json")
+    assert [run["state"] for run in json.loads(with_run.stdout)] == ["planned"], with_run.stdout
+    assert child.returncode == 0, (child.returncode, out, err)
+    if as_json:
+        answer = json.loads(out)
+        assert answer["state"] == "planned" and answer["cluster_limit"]["held"] is None, answer
+    else:
+        assert out.startswith("update-1 scheduled "), out
+    assert err.startswith("warning: whether the fleet is held could not be checked"), err
+    assert len(err.strip().splitlines()) == 1, err

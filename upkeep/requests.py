@@ -148,7 +148,13 @@ def _brake(name: str) -> dict[str, object] | None:
 
     if not name:
         return None
-    kind, why = limit_state(name, within=answer_seconds())
+    try:
+        kind, why = limit_state(name, within=answer_seconds())
+    except KeyboardInterrupt:
+        # The run and its notice are committed: Ctrl-C in this wait (up to UPKEEP_PREFECT_ANSWER_SECONDS,
+        # nothing on the screen) ends the read only. "aborted", exit 130, was a lie: the update was
+        # planned, and the next `upkeep request` said it already had one (adv43).
+        kind, why = "away", f"UPKEEP_CLUSTER_LIMIT {name!r}: its read was interrupted (Ctrl-C)"
     held = {"brake": True, "grants": False}.get(kind)
     if held:
         why = (

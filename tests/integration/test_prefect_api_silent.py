@@ -27,10 +27,11 @@ GUARD = 90  # seconds: Prefect's own client took 424 s; no assert depends on thi
 
 
 @contextmanager
-def _prefect_api(answers_health: bool) -> Iterator[str]:
+def _prefect_api(answers_health: bool, *, others: bytes | None = None) -> Iterator[str]:
     """A listener that accepts every connection and answers nothing; with `answers_health`, it answers
     /api/health and /api/admin/version as Prefect's API does (so `prefect_answers` passes) and nothing
-    else. Yields its /api URL."""
+    else; with `others` too, every other path that status line and {"detail": "Not Found"} (adv43).
+    Yields its /api URL."""
     import prefect
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -59,11 +60,16 @@ def _prefect_api(answers_health: bool) -> Iterator[str]:
                         if answers_health
                         else None
                     )
+                    status = b"200 OK"
+                    if body is None and others is not None:
+                        status, body = others, b'{"detail": "Not Found"}'
                     if body is None:
                         stop.wait()  # holds the connection open, never answering
                         return
                     conn.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"HTTP/1.1 "
+                        + status
+                        + b"\r\nContent-Type: application/json\r\n"
                         + f"Content-Length: {len(body)}\r\n\r\n".encode()
                         + body
                     )
@@ -279,3 +285,52 @@ def test_ctrl_c_while_a_scheduled_request_reads_the_brake_still_says_the_update_
         assert out.startswith("update-1 scheduled "), out
     assert err.startswith("warning: whether the fleet is held could not be checked"), err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture
+def nothing_deployed() -> Iterator[str]:
+    with _prefect_api(answers_health=True, others=b"404 Not Found") as url:
+        yield url
+
+
+def test_an_update_on_a_worker_with_an_api_that_hangs_on_the_deployment_read_is_refused_in_one_line(
+    silent_on_the_limit: str, home: Path
+) -> None:
+    """adv43: `--on-worker` asks the API for the deployment and its pool's workers (upkeep/on_worker.py
+    `workers_ready`) after `prefect_answers`: that read was not bounded, and an API that answered
+    /health and then never answered it held `upkeep update --on-worker` for Prefect's 60 s per try and
+    its retries (minutes), the CLI saying nothing: the hang UPKEEP_PREFECT_ANSWER_SECONDS was to end."""
+    before = database(home)
+    code, out, err = _upkeep(home, silent_on_the_limit, "update", "acme-c1", "--to", "9.9.0", "--on-worker")
+
+    assert code == 1, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"the Prefect API ({silent_on_the_limit}) did not answer within {WAIT} s" in err, err
+    assert "nothing was started or changed" in err, err
+    assert database(home) == before
+
+
+def test_a_resume_on_a_worker_with_no_deployment_changes_nothing_before_it_refuses(
+    nothing_deployed: str, tmp_path: Path
+) -> None:
+    """adv43: `resume --override-window --on-worker` wrote the override and its audit event, then asked
+    whether a worker could take the run (`workers_ready`), which refused "no deployment ...; nothing
+    was started or changed": the database had changed. Every question is asked before any write."""
+    from tests.integration.test_calendar_cli import INVENTORY
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(INVENTORY)
+    home = tmp_path / "home"
+    assert upkeep_here(home, "inventory", "import", str(fleet)).returncode == 0
+    planned = upkeep_here(home, "request", "acme-c1", "--to", "9.9.0", "--source", "customer")
+    assert planned.returncode == 0, planned.stderr
+    before = database(home)
+
+    code, out, err = _upkeep(
+        home, nothing_deployed, "resume", "1", "--override-window", "--reason", "now", "--on-worker"
+    )
+
+    assert code == 1, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--on-worker: no deployment" in err and "nothing was started or changed" in err, err
+    assert database(home) == before

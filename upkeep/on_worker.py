@@ -24,18 +24,31 @@ POOL = "upkeep-process"
 POLL_SECONDS = 1.0
 
 
-def workers_ready() -> None:
+def workers_ready(within: float) -> None:
     """Refuse (one line, exit 1, nothing written) unless the deployment exists and a worker of its pool
-    is online: a run handed to nobody would wait for ever."""
-    from prefect.client.orchestration import get_client
+    is online: a run handed to nobody would wait for ever. Both reads together are given up after
+    `within` seconds (UPKEEP_PREFECT_ANSWER_SECONDS, `upkeep.updates.answer_seconds`), as in
+    `prefect_answers`: an API that answered /health and then held these reads held the command for
+    Prefect's 60 s per try and its retries (adv43)."""
     from prefect.settings import PREFECT_API_URL
 
+    from flows.prefect_api import NoAnswer, answered_within, quick_client
+
     where = PREFECT_API_URL.value() or "the temporary Prefect server"
-    try:
-        with get_client(sync_client=True) as client:
+
+    def read() -> tuple[str, list[Any]]:
+        with quick_client(within) as client:
             deployment = client.read_deployment_by_name(DEPLOYMENT)
             pool = deployment.work_pool_name or POOL
-            workers = client.read_workers_for_work_pool(pool)
+            return pool, client.read_workers_for_work_pool(pool)
+
+    try:
+        pool, workers = answered_within(within, read)
+    except NoAnswer as exc:
+        raise CliError(
+            f"--on-worker: {exc} (PREFECT_API_URL; UPKEEP_PREFECT_ANSWER_SECONDS sets the wait); nothing was "
+            "started or changed: try again once it answers"
+        ) from None
     except Exception as exc:
         text = " ".join(str(exc).split())[:200]
         raise CliError(

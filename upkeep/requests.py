@@ -48,13 +48,13 @@ def request_update(
     if override_reason is not None and not override_reason.strip():
         raise CliError("--override-window needs --reason TEXT (it is audited)")
     if now_run:  # as `upkeep update`: refused before a run is written, asked once (not again below)
-        from upkeep.updates import cluster_limit_grants, prefect_answers
+        from upkeep.updates import answer_seconds, cluster_limit_grants, prefect_answers
 
         prefect_answers()  # no run is created that no flow could carry out
         if on_worker:  # a run handed to nobody would wait for ever
             from upkeep.on_worker import workers_ready
 
-            workers_ready()
+            workers_ready(answer_seconds())
         cluster_limit_grants()  # a braked fleet (scheduling is not refused: it waits for the slot)
     runtime = current()
     now = runtime.clock()

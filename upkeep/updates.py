@@ -102,7 +102,7 @@ def run_update(
     if on_worker:
         from upkeep.on_worker import workers_ready
 
-        workers_ready()
+        workers_ready(answer_seconds())
     with session_scope(engine) as session:
         run = create_run(
             repo.get_cluster(plan.cluster, session=session),
@@ -390,6 +390,10 @@ def resume_run(
         # Before anything is written (an override and its audit, the claim): an API that does not answer
         # refuses the resume with the run exactly as it was. Once: not again after the claim.
         prefect_answers()
+        if on_worker:  # as well: its refusal wrote the override and its audit first (adv43)
+            from upkeep.on_worker import workers_ready
+
+            workers_ready(answer_seconds())
     if _needs_a_slot(run_id, engine):
         # Before anything is written: the claim clears a pending pause/cancel and takes the lease, and
         # giving it back left an orphan with no lease at all (never taken over again; adv39).
@@ -427,10 +431,6 @@ def resume_run(
     if replanned:
         _replanned(run_id, replanned, as_json)
         return 0
-    if on_worker:
-        from upkeep.on_worker import workers_ready
-
-        workers_ready()
     owner = _take(run_id, engine, handed_over=on_worker)
     try:
         plan = _plan(name, to_version, engine)

@@ -27,10 +27,13 @@ GUARD = 90  # seconds: Prefect's own client took 424 s; no assert depends on thi
 
 
 @contextmanager
-def _prefect_api(answers_health: bool, *, others: bytes | None = None) -> Iterator[str]:
+def _prefect_api(
+    answers_health: bool, *, others: bytes | None = None, silent_on: bytes = b"\0"
+) -> Iterator[str]:
     """A listener that accepts every connection and answers nothing; with `answers_health`, it answers
     /api/health and /api/admin/version as Prefect's API does (so `prefect_answers` passes) and nothing
-    else; with `others` too, every other path that status line and {"detail": "Not Found"} (adv43).
+    else; with `others` too, every other path that status line and {"detail": "Not Found"}, but for the
+    paths starting `silent_on`, never answered (adv43).
     Yields its /api URL."""
     import prefect
 
@@ -61,7 +64,7 @@ def _prefect_api(answers_health: bool, *, others: bytes | None = None) -> Iterat
                         else None
                     )
                     status = b"200 OK"
-                    if body is None and others is not None:
+                    if body is None and others is not None and not path.startswith(silent_on):
                         status, body = others, b'{"detail": "Not Found"}'
                     if body is None:
                         stop.wait()  # holds the connection open, never answering
@@ -334,3 +337,30 @@ def test_a_resume_on_a_worker_with_no_deployment_changes_nothing_before_it_refus
     assert len(err.strip().splitlines()) == 1, err
     assert "--on-worker: no deployment" in err and "nothing was started or changed" in err, err
     assert database(home) == before
+
+
+def test_the_doctors_cluster_limit_read_waits_as_long_as_the_setting_says_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adv43: the doctor's cluster-limit read gave up after its own fixed 10 s (and httpx's 5 s per read),
+    whatever UPKEEP_PREFECT_ANSWER_SECONDS said, in a line not naming the setting: set to 60 for a far
+    API that answers in 20 s, `upkeep update` worked while the doctor failed the limit, saying
+    `upkeep update|resume` refuse; set to 2, the doctor waited 10. It waits what the commands wait."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import upkeep.doctor
+    from upkeep.doctor import Findings, check_prefect
+    from upkeep.settings import load_settings
+
+    for other in ("_pool_and_workers", "_deployments"):  # their own checks: only the limit's here
+        monkeypatch.setattr(upkeep.doctor, other, lambda http: iter(()))
+
+    settings = load_settings(home=tmp_path, cluster_limit="clusters", prefect_answer_seconds=float(WAIT))
+    limit_only = _prefect_api(True, others=b"404 Not Found", silent_on=b"/api/v2/concurrency_limits/")
+    with limit_only as api, temporary_settings({PREFECT_API_URL: api}):
+        checks = list(check_prefect(Findings(settings=settings)))
+    [check] = [check for check in checks if check.name == "cluster limit"]
+
+    assert check.status == "fail", check
+    assert f"the Prefect API ({api}) did not answer within {WAIT} s" in check.detail, check
+    assert "UPKEEP_PREFECT_ANSWER_SECONDS" in check.detail, check.detail

@@ -371,7 +371,8 @@ def check_prefect(found: Findings) -> Iterator[Check]:
         yield from _pool_and_workers(http)
         yield from _deployments(http)
         if limit:
-            yield _cluster_limit(http, limit)
+            assert found.settings is not None  # a limit is only read from them
+            yield _cluster_limit(http, limit, within=found.settings.prefect_answer_seconds)
 
 
 NO_UPDATE_STARTS = "no update starts (the dispatcher holds them; `upkeep update` and `upkeep resume` refuse)"
@@ -381,25 +382,29 @@ def _limit_setting(name: str) -> str:
     return f"UPKEEP_CLUSTER_LIMIT '{_one_line(printable(name), 100)}'"
 
 
-def _cluster_limit(http: Any, name: str) -> Check:
+def _cluster_limit(http: Any, name: str, *, within: float = ANSWER_DEADLINE) -> Check:
     """The Prefect global concurrency limit UPKEEP_CLUSTER_LIMIT names, as a run will ask for its slots
     (flows/product_update.py `cluster_slot`): missing, or at 0, the dispatcher starts no update (flows/
     dispatch.py `cluster_limit_blocks`) and `upkeep update|resume` refuse (upkeep/updates.py); disabled,
-    Prefect grants every ask and nothing bounds the clusters upgraded at once."""
+    Prefect grants every ask and nothing bounds the clusters upgraded at once. `within`: seconds the read
+    may take (UPKEEP_PREFECT_ANSWER_SECONDS): the doctor waits what `upkeep update` waits for the same
+    read, no less (it failed a limit the commands read) and no more (adv43)."""
     import httpx
 
     from flows.report import shell_word
 
     setting = _limit_setting(name)
     api = _bare(str(http.base_url).rstrip("/"))
+    path = f"v2/concurrency_limits/{quote(name, safe='')}"
     try:  # as bounded as the /health question: a server that answers that and hangs here was waited for
-        reply = _within(ANSWER_DEADLINE, lambda: http.get(f"v2/concurrency_limits/{quote(name, safe='')}"))
-    except (httpx.TimeoutException, TimeoutError) as exc:
-        seconds = NET_TIMEOUT if isinstance(exc, httpx.TimeoutException) else ANSWER_DEADLINE
+        # httpx's per-read timeout a little longer (flows/prefect_api.py `quick_client`): the deadline says.
+        reply = _within(within, lambda: http.get(path, timeout=within + NET_TIMEOUT))
+    except (httpx.TimeoutException, TimeoutError):
         return fail(
             "cluster limit",
-            f"{setting}: the Prefect API ({api}) did not answer within {seconds:g} s; whether it grants a "
-            "slot is unknown, and `upkeep update|resume` refuse while it does not answer",
+            f"{setting}: the Prefect API ({api}) did not answer within {within:g} s "
+            "(UPKEEP_PREFECT_ANSWER_SECONDS); whether it grants a slot is unknown, and "
+            "`upkeep update|resume` refuse while it does not answer",
             f"check the Prefect server behind {api}, then run `upkeep doctor` again",
         )
     if reply.status_code == 404:

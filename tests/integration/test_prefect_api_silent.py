@@ -364,3 +364,35 @@ def test_the_doctors_cluster_limit_read_waits_as_long_as_the_setting_says_and_na
     assert check.status == "fail", check
     assert f"the Prefect API ({api}) did not answer within {WAIT} s" in check.detail, check
     assert "UPKEEP_PREFECT_ANSWER_SECONDS" in check.detail, check.detail
+
+
+def test_a_scheduled_request_without_a_prefect_api_url_starts_no_temporary_server_for_the_brake(
+    tmp_path: Path,
+) -> None:
+    """adv43: with UPKEEP_CLUSTER_LIMIT set and no PREFECT_API_URL, the scheduled request's brake read
+    started Prefect's temporary server (10-40 s, unbounded: the deadline only holds with a URL), printed
+    its "Starting/Stopping temporary server" log lines around the one-line answer, and called the fleet
+    held by a limit missing from that throwaway server's database. As the doctor does (its limit check
+    is skipped without PREFECT_API_URL), the brake is not read then: the update is scheduled, and one
+    warning says the brake was not checked."""
+    from tests.integration.test_calendar_cli import INVENTORY
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(INVENTORY)
+    home = tmp_path / "home"
+    assert upkeep_here(home, "inventory", "import", str(fleet)).returncode == 0
+    env = home_env(home, UPKEEP_CLUSTER_LIMIT="clusters")
+    env.pop("PREFECT_API_URL", None)
+
+    done = forkserver.run(
+        ["request", "acme-c1", "--to", "9.9.0", "--source", "customer"], env=env, cwd=tmp_path, timeout=GUARD
+    )
+
+    no_traceback(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("update-1 scheduled ") and "the fleet is held" not in done.stdout, (
+        done.stdout
+    )
+    assert "temporary server" not in done.stderr, done.stderr
+    assert done.stderr.startswith("warning: whether the fleet is held could not be checked"), done.stderr
+    assert "PREFECT_API_URL" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -142,12 +142,18 @@ def _brake(name: str) -> dict[str, object] | None:
     """The fleet's brake as a scheduled update meets it (after the run is written: the read may wait for
     the Prefect API, and planning is not refused for it): None without UPKEEP_CLUSTER_LIMIT; else the
     limit's name, `held` (True: it grants no slot, the dispatcher will hold the start; None: the API did
-    not answer, not known) and the one line saying so."""
+    not answer, was interrupted, or there is no PREFECT_API_URL: not known) and the one line saying so."""
+    from flows.prefect_api import api_url
     from flows.product_update import limit_state
     from upkeep.updates import answer_seconds
 
     if not name:
         return None
+    if not api_url():
+        # As the doctor: no temporary Prefect server is started for a look (10-40 s, unbounded, its log
+        # lines around this one, and a throwaway server's limits; adv43).
+        why = f"UPKEEP_CLUSTER_LIMIT {name!r}: not checked without PREFECT_API_URL"
+        return {"limit": name, "held": None, "detail": _unchecked(why)}
     try:
         kind, why = limit_state(name, within=answer_seconds())
     except KeyboardInterrupt:
@@ -163,8 +169,12 @@ def _brake(name: str) -> dict[str, object] | None:
             "customer"
         )
     elif held is None:
-        why = f"whether the fleet is held could not be checked: {why}; the update is scheduled all the same"
+        why = _unchecked(why)
     return {"limit": name, "held": held, "detail": why}
+
+
+def _unchecked(why: str) -> str:
+    return f"whether the fleet is held could not be checked: {why}; the update is scheduled all the same"
 
 
 def _show_scheduled(run_id: int, *, engine: Engine, as_json: bool, brake: dict[str, object] | None) -> None:

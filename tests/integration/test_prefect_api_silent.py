@@ -396,3 +396,42 @@ def test_a_scheduled_request_without_a_prefect_api_url_starts_no_temporary_serve
     assert "temporary server" not in done.stderr, done.stderr
     assert done.stderr.startswith("warning: whether the fleet is held could not be checked"), done.stderr
     assert "PREFECT_API_URL" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_prefect_api_that_trickles_its_answer_is_given_up_on_for_the_whole_answer(home: Path) -> None:
+    """adv43 (held): httpx's timeout is per read, so an answer that trickles in (a byte every fraction of a
+    second, never ending) resets it at every byte; the deadline is for the whole answer, and the update
+    is refused in one line as for an API that says nothing."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(4096)
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99999\r\n\r\n"
+                    )
+                    while not stop.wait(0.2):  # the server's pace, not the test's clock
+                        conn.sendall(b" ")
+                except OSError:
+                    continue
+
+    threading.Thread(target=serve, daemon=True).start()
+    api = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+    before = database(home)
+    try:
+        code, out, err = _upkeep(home, api, "update", "acme-c1", "--to", "9.9.0")
+    finally:
+        stop.set()
+        listener.close()
+
+    assert code == 1, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"the Prefect API ({api}) did not answer within {WAIT} s" in err, err
+    assert database(home) == before

@@ -435,3 +435,22 @@ def test_a_prefect_api_that_trickles_its_answer_is_given_up_on_for_the_whole_ans
     assert len(err.strip().splitlines()) == 1, err
     assert f"the Prefect API ({api}) did not answer within {WAIT} s" in err, err
     assert database(home) == before
+
+
+def test_a_request_now_for_a_cluster_that_does_not_exist_says_so_before_asking_the_api(
+    silent_api: str, home: Path
+) -> None:
+    """adv43: `request --now` came to ask the Prefect API before it looked at what it was asked: a typo
+    in the cluster's name waited UPKEEP_PREFECT_ANSWER_SECONDS (up to 300 s; 10-40 s to start the
+    temporary server without PREFECT_API_URL) and was then refused for the API, the typo unmentioned.
+    As `upkeep update` does, a request that cannot be planned is refused first, with nothing asked."""
+    code, out, err = _upkeep(
+        home,
+        silent_api,
+        *("request", "acme-c9", "--to", "9.9.0", "--source", "customer", "--now"),
+        *("--override-window", "--reason", "now"),
+    )
+
+    assert code == 1, out + err
+    assert "acme-c9" in err and "did not answer" not in err, err
+    assert len(err.strip().splitlines()) == 1, err

@@ -50,6 +50,10 @@ def request_update(
     if now_run:  # as `upkeep update`: refused before a run is written, asked once (not again below)
         from upkeep.updates import answer_seconds, cluster_limit_grants, prefect_answers
 
+        # What was asked is looked at first, as `update` does: a typo in the cluster waited out the API
+        # (up to UPKEEP_PREFECT_ANSWER_SECONDS) and was refused for it, unmentioned (adv43).
+        with session_scope(engine) as session:
+            plan_update(cluster, to_version, session=session)
         prefect_answers()  # no run is created that no flow could carry out
         if on_worker:  # a run handed to nobody would wait for ever
             from upkeep.on_worker import workers_ready

@@ -454,3 +454,18 @@ def test_a_request_now_for_a_cluster_that_does_not_exist_says_so_before_asking_t
     assert code == 1, out + err
     assert "acme-c9" in err and "did not answer" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("api_is", ["silent", "refusing"])
+def test_the_api_refusal_does_not_show_the_urls_credentials(silent_api: str, home: Path, api_is: str) -> None:
+    """adv43: the new refusal ("did not answer within N s"), like its sibling ("does not answer"), quoted
+    PREFECT_API_URL as it is: a proxy's basic auth in its userinfo, a token in its query, went onto the
+    SRE's screen and into whatever records the CLI's output. The doctor shows the URL bare (`_bare`);
+    so do these refusals."""
+    port = silent_api.split(":")[2].split("/")[0] if api_is == "silent" else "1"
+    api = f"http://bob:hunter2@127.0.0.1:{port}/api?token=s3cret"
+    code, out, err = _upkeep(home, api, "update", "acme-c1", "--to", "9.9.0")
+
+    assert code == 1, out + err
+    assert "hunter2" not in err and "s3cret" not in err, err
+    assert f"the Prefect API (http://127.0.0.1:{port}/api) " in err, err

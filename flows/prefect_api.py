@@ -15,10 +15,12 @@ own start-up timeout.
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -38,6 +40,24 @@ def api_url() -> str:
     return str(PREFECT_API_URL.value() or "")
 
 
+_USERINFO = re.compile(r"//[^/\s@]*@")
+
+
+def shown(url: str) -> str:
+    """`url` fit for one line an operator reads: no userinfo, no query or fragment (a proxy's password or
+    a token: upkeep/doctor.py `_bare` shows it so too), control characters escaped (adv43)."""
+    parts = urlsplit(url)
+    bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}" if parts.scheme else url
+    return scrubbed(bare.split("?", 1)[0].split("#", 1)[0])
+
+
+def scrubbed(text: str) -> str:
+    """`text` (an exception's message, which may quote the URL) with any URL's userinfo dropped and
+    control characters escaped."""
+    text = _USERINFO.sub("//", text)
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def answered_within(seconds: float | None, call: Callable[[], T]) -> T:
     """`call()`'s result or exception; NoAnswer when it has not returned after `seconds` (None, or no
     PREFECT_API_URL: waited for as before). The call is left to a daemon thread: its client gives up
@@ -45,6 +65,7 @@ def answered_within(seconds: float | None, call: Callable[[], T]) -> T:
     where = api_url()
     if seconds is None or not where:
         return call()
+    where = shown(where)
     outcome: list[tuple[bool, Any]] = []
     # The caller's context variables, Prefect's settings context among them: a thread starts with none,
     # and asked the API of the process's root settings, not the one `temporary_settings` had set.

@@ -245,7 +245,7 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
 
     from prefect.exceptions import ObjectNotFound
 
-    from flows.prefect_api import NoAnswer, answered_within, quick_client
+    from flows.prefect_api import NoAnswer, answered_within, quick_client, scrubbed
 
     setting = f"UPKEEP_CLUSTER_LIMIT {name!r}"
 
@@ -266,7 +266,7 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
     except NoAnswer as exc:
         return "silent", f"{setting}: {exc}"
     except Exception as exc:
-        return "away", f"{setting}: the Prefect API did not answer ({one_line(str(exc))})"
+        return "away", f"{setting}: the Prefect API did not answer ({scrubbed(one_line(str(exc)))})"
     # A disabled limit (`prefect gcl disable`) is enforced on nothing: Prefect's increment skips it and
     # grants at once, so at 0 it is no brake; read as one, every command refused an update that runs
     # and the dispatcher held the fleet on the operator's 'limit off' (adv40).

@@ -32,9 +32,9 @@ def workers_ready(within: float) -> None:
     Prefect's 60 s per try and its retries (adv43)."""
     from prefect.settings import PREFECT_API_URL
 
-    from flows.prefect_api import NoAnswer, answered_within, quick_client
+    from flows.prefect_api import NoAnswer, answered_within, quick_client, scrubbed, shown
 
-    where = PREFECT_API_URL.value() or "the temporary Prefect server"
+    where = shown(PREFECT_API_URL.value() or "") or "the temporary Prefect server"
 
     def read() -> tuple[str, list[Any]]:
         with quick_client(within) as client:
@@ -50,7 +50,7 @@ def workers_ready(within: float) -> None:
             "started or changed: try again once it answers"
         ) from None
     except Exception as exc:
-        text = " ".join(str(exc).split())[:200]
+        text = scrubbed(" ".join(str(exc).split()))[:200]
         raise CliError(
             f"--on-worker: no deployment {DEPLOYMENT} on {where} ({type(exc).__name__}: {text}); deploy "
             "first (`prefect --no-prompt deploy --all`, docs/deploying.md) or run without --on-worker; "

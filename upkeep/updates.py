@@ -160,10 +160,10 @@ def prefect_answers() -> None:
     temporary server this starts when no PREFECT_API_URL is set is the one the flow then uses."""
     from prefect.settings import PREFECT_API_URL
 
-    from flows.prefect_api import NoAnswer, answered_within, quick_client
+    from flows.prefect_api import NoAnswer, answered_within, quick_client, scrubbed, shown
     from upkeep.bootstrap import silence_prefect_console, temporary_server_dies_with_us
 
-    where = PREFECT_API_URL.value() or "the temporary Prefect server"
+    where = shown(PREFECT_API_URL.value() or "") or "the temporary Prefect server"
     seconds = answer_seconds()
     silence_prefect_console()  # a command that imported its flow first has Prefect's logging on
 
@@ -185,7 +185,7 @@ def prefect_answers() -> None:
     except Exception as exc:  # the temporary server did not start in time, a bad URL, not Prefect, ...
         problem = exc
     if problem is not None:
-        text = " ".join(str(problem).split())[:300]
+        text = scrubbed(" ".join(str(problem).split()))[:300]
         raise CliError(
             f"the Prefect API ({where}) does not answer ({type(problem).__name__}: {text}); nothing was "
             "started or changed: try again once it answers (PREFECT_API_URL; for the temporary server, "

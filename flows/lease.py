@@ -63,10 +63,21 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in text)
 
 
-def held_message(run_id: int, owner: str | None, since: datetime | None) -> str:
-    """The one line a process that lost the run prints."""
+def held_message(
+    run_id: int, owner: str | None, since: datetime | None, until: datetime | None = None
+) -> str:
+    """The one line a process that lost the run prints. A holder whose life cannot be told from here
+    (`unseen_here`, `held_elsewhere`: after a reboot of this machine, surely gone) is taken over only
+    once its lease runs out: when that is (`until`), so the SRE need not work it out."""
     when = f" since {since:%H:%M:%S}" if since else ""
-    where = f" ({UNSEEN}; it can be taken over once its lease runs out)" if unseen_here(owner) else ""
+    runs_out = f" at {until:%Y-%m-%d %H:%M:%S} UTC unless its process renews it" if until else ""
+    then = f"it can be taken over once its lease runs out{runs_out}"
+    if unseen_here(owner):
+        where = f" ({UNSEEN}; {then})"
+    elif held_elsewhere(owner) and until:
+        where = f" (on another machine; {then})"
+    else:
+        where = ""
     return f"run {run_id} is being carried out by {holder_label(owner)}{where}{when}; `upkeep show {run_id}`"
 
 
@@ -309,7 +320,7 @@ def claim(session: Session, run_id: int, *, now: datetime, lease: timedelta, act
         raise NotResumable(_finished(run))
     held_by = run.lease_owner
     if held_by and not expired(run.lease_until, now) and not holder_gone(held_by):
-        raise LeaseHeld(held_message(run_id, held_by, run.lease_since))
+        raise LeaseHeld(held_message(run_id, held_by, run.lease_since, run.lease_until))
     owner = new_owner()
     won = session.execute(
         update(UpgradeRun)
@@ -323,7 +334,7 @@ def claim(session: Session, run_id: int, *, now: datetime, lease: timedelta, act
         assert fresh is not None
         if not RunState(fresh.state).active:
             raise NotResumable(_finished(fresh))
-        raise LeaseHeld(held_message(run_id, fresh.lease_owner, fresh.lease_since))
+        raise LeaseHeld(held_message(run_id, fresh.lease_owner, fresh.lease_since, fresh.lease_until))
     if held_by:
         detail = {"previous_owner": held_by, "owner": owner, "lease_until": str(run.lease_until)}
         _audit_taken(session, run_id, detail, actor)
@@ -360,7 +371,7 @@ def acquire(session: Session, run: UpgradeRun, runtime: Runtime, *, expected: st
     if run.id is not None and expected is None:
         held_by = run.lease_owner
         if held_by and not expired(run.lease_until, now) and not holder_gone(held_by):
-            raise LeaseHeld(held_message(run.id, held_by, run.lease_since))
+            raise LeaseHeld(held_message(run.id, held_by, run.lease_since, run.lease_until))
         won = session.execute(
             update(UpgradeRun)
             .where(col(UpgradeRun.id) == run.id, _held_by(held_by))
@@ -368,8 +379,10 @@ def acquire(session: Session, run: UpgradeRun, runtime: Runtime, *, expected: st
             .execution_options(synchronize_session=False)
         )
         if won.rowcount != 1:  # type: ignore[attr-defined]
-            holder = select(UpgradeRun.lease_owner, UpgradeRun.lease_since).where(UpgradeRun.id == run.id)
-            raise LeaseHeld(held_message(run.id, *session.exec(holder).one()))
+            now_held = select(UpgradeRun.lease_owner, UpgradeRun.lease_since, UpgradeRun.lease_until)
+            raise LeaseHeld(
+                held_message(run.id, *session.exec(now_held.where(UpgradeRun.id == run.id)).one())
+            )
         if held_by:
             _audit_taken(session, run.id, {"previous_owner": held_by, "owner": owner}, actor)
     elif run.id is not None:
@@ -413,13 +426,13 @@ def ensure_held(session: Session, run_id: int, owner: str) -> None:
     takes it between this check and the write: only the holder fails a run, opens its case or tells
     the customer."""
     query = (
-        select(UpgradeRun.lease_owner, UpgradeRun.lease_since)
+        select(UpgradeRun.lease_owner, UpgradeRun.lease_since, UpgradeRun.lease_until)
         .where(col(UpgradeRun.id) == run_id)
         .with_for_update()
     )
-    held_by, since = session.exec(query).one()
+    held_by, since, until = session.exec(query).one()
     if held_by != owner:
-        raise LeaseHeld(held_message(run_id, held_by, since))
+        raise LeaseHeld(held_message(run_id, held_by, since, until))
 
 
 class Heartbeat:

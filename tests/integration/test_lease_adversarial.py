@@ -164,3 +164,23 @@ def test_a_stop_at_a_gate_held_under_an_older_owner_whose_pid_was_reused_says_it
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_runs_and_show_as_json_give_an_owner_with_a_birth_exactly_as_stored(engine: Any, tmp_path: Path):
+    """The owner's new form (and a hand-written one with control characters) reaches `upkeep runs --json`
+    and `upkeep show --json` whole: scripts match on it; only the human lines escape it."""
+    import json
+
+    one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    env = home_env(tmp_path / "home", UPKEEP_DATABASE_URL=_database_url(engine), COLUMNS="400")
+    run_id = _running_held_by(engine, "", utcnow() + timedelta(minutes=5))
+    for owner in (lease.new_owner(), _before_a_reboot(), "db7\x1b[2J:42\n@1.x/abc"):
+        with session_scope(engine) as session:
+            stored = session.get(UpgradeRun, run_id)
+            assert stored is not None
+            stored.lease_owner = owner
+            session.add(stored)
+        listed = json.loads(upkeep_in_process("runs", "--json", env=env).stdout)
+        shown = json.loads(upkeep_in_process("show", str(run_id), "--json", env=env).stdout)
+        assert [row["lease_owner"] for row in listed] == [owner]
+        assert shown["lease_owner"] == owner

@@ -184,3 +184,46 @@ def test_runs_and_show_as_json_give_an_owner_with_a_birth_exactly_as_stored(engi
         shown = json.loads(upkeep_in_process("show", str(run_id), "--json", env=env).stdout)
         assert [row["lease_owner"] for row in listed] == [owner]
         assert shown["lease_owner"] == owner
+
+
+def test_a_cli_run_taken_by_a_process_with_its_pid_elsewhere_names_that_holder(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`upkeep update` stood still (frozen, cut off) and its run was taken over by a process with the same
+    `host:pid` where pids are not ours (a pod's other container: pid 1 in each is common). The CLI told
+    "taken from this process" by `host:pid` alone, so it read the new holder as itself and said the run
+    "was taken over by another process, which left it running" - as if nobody carried it on - never
+    naming the holder nor when its lease runs out. The owner's birth tells the two processes apart."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from flows.plan import plan_update
+    from upkeep.console import CliError
+    from upkeep.updates import _carry_out
+
+    one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
+    mine = lease.new_owner()
+    assert "@" in mine, "no /proc here: no birth to tell processes apart"
+    until = utcnow() + timedelta(minutes=5)
+    run_id = _running_held_by(engine, mine, until)
+    other = f"{socket.gethostname()}:{os.getpid()}@1.000000000000/zzz999"  # our pid, another space
+
+    def taken_while_frozen(**_kwargs: Any) -> Any:
+        with session_scope(engine) as session:
+            run = session.get(UpgradeRun, run_id)
+            assert run is not None
+            run.lease_owner, run.lease_until = other, until
+            session.add(run)
+        result = {"state": "taken over"}
+        return SimpleNamespace(result=lambda **_: result, is_failed=lambda: False)
+
+    monkeypatch.setattr("flows.product_update.product_update", taken_while_frozen)
+    monkeypatch.setattr("upkeep.bootstrap.quiet_prefect", contextlib.nullcontext)
+    with session_scope(engine) as session:
+        plan = plan_update("acme-c00", "9.9.0", session=session)
+    with pytest.raises(CliError) as lost:
+        _carry_out(plan, run_id, engine=engine, as_json=True, owner=mine)
+    said = str(lost.value)
+    assert lost.value.code == 2, said
+    assert f"is being carried out by {lease.holder_label(other)}" in said, said
+    assert f"its lease runs out at {until:%Y-%m-%d %H:%M:%S} UTC" in said, said

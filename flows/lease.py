@@ -134,6 +134,17 @@ def holder_gone(owner: str | None) -> bool:
     return _zombie(pid)
 
 
+def same_process(owner: str | None, other: str | None) -> bool:
+    """Whether two owners were written by one process: the same `host:pid@birth` (the random part
+    tells its claims apart, not processes). Where either has no birth (written before births were
+    recorded, or where /proc could not be read), `host:pid` alone, as before: one pid in two pid
+    namespaces with one host name (a pod's containers, pid 1 in each) then reads as one process."""
+    heads = [(text or "").split("/", 1)[0] for text in (owner, other)]
+    if all("@" in head for head in heads):
+        return heads[0] == heads[1]
+    return holder_label(owner) == holder_label(other)
+
+
 def unseen_here(owner: str | None) -> bool:
     """Whether the owner ran on this host name but where its process cannot be seen from here (its
     birth is from another pid or time namespace or boot, or cannot be read: `holder_gone`): whether it

@@ -274,8 +274,9 @@ def _carry_out(plan: UpdatePlan, run_id: int, *, engine: Engine, as_json: bool, 
         run = get_run(run_id, session=session)
         reason, run_state = run.reason, run.state
         held_by, since, until = run.lease_owner, run.lease_since, run.lease_until
-    if run_state == "running" and held_by and lease.holder_label(held_by) != lease.holder_label(owner):
+    if run_state == "running" and held_by and not lease.same_process(held_by, owner):
         # Taken from this process while it stood still (frozen, cut off): the other one carries it on.
+        # (The flow's own lease, not the claim `owner`, is what it held: same process, other claim.)
         raise CliError(lease.held_message(run_id, held_by, since, until), code=2)
     if _outcome(state) == "taken over":  # ... and that other process has finished it meanwhile
         raise CliError(

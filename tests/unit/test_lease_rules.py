@@ -459,3 +459,24 @@ def test_where_this_process_cannot_read_its_own_proc_it_writes_the_old_owner_and
     assert lease_module.holder_gone(owner) is False  # itself
     assert lease_module.holder_gone(f"{socket.gethostname()}:{free}@1.abcdefabcdef/abc123") is False
     assert lease_module.holder_gone(f"{socket.gethostname()}:{free}/abc123") is True  # the old rule
+
+
+@pytest.mark.parametrize(
+    ("owner", "other", "same"),
+    [
+        ("h:7@100.abcdefabcdef/aaaaaa", "h:7@100.abcdefabcdef/bbbbbb", True),  # two claims of one process
+        ("h:7@100.abcdefabcdef/aaaaaa", "h:7@100.123456123456/aaaaaa", False),  # pid 7 of another space
+        ("h:7@100.abcdefabcdef/aaaaaa", "h:7@101.abcdefabcdef/aaaaaa", False),  # pid 7 given again
+        ("h:7@100.abcdefabcdef/aaaaaa", "g:7@100.abcdefabcdef/aaaaaa", False),
+        ("h:7/aaaaaa", "h:7/bbbbbb", True),  # no birth: host:pid, as before
+        ("h:7/aaaaaa", "h:7@100.abcdefabcdef/bbbbbb", True),  # one without: cannot tell more than host:pid
+        ("h:7/aaaaaa", "h:8/aaaaaa", False),
+    ],
+)
+def test_two_owners_are_one_process_s_only_under_one_host_pid_and_birth(owner: str, other: str, same: bool):
+    """adv44: the CLI told a run "taken from this process" by `host:pid`, which two containers of one pod
+    share (pid 1 in each); the birth tells them apart where both owners have one."""
+    from flows.lease import same_process
+
+    assert same_process(owner, other) is same
+    assert same_process(other, owner) is same

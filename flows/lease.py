@@ -318,6 +318,16 @@ def take_over(
     return True
 
 
+def held_live(run: UpgradeRun, now: datetime) -> str:
+    """`held_message` when a live holder carries `run` out (its lease not run out, its process not known
+    gone), which `claim` refuses; "" otherwise.
+    A read: `upkeep resume` says it before asking anything else."""
+    held_by = run.lease_owner
+    if held_by and not expired(run.lease_until, now) and not holder_gone(held_by):
+        return held_message(run.id or 0, held_by, run.lease_since, run.lease_until)
+    return ""
+
+
 def claim(session: Session, run_id: int, *, now: datetime, lease: timedelta, actor: str) -> str:
     """Take `run_id` for this process (`upkeep resume`, `upkeep update`): one compare-and-set on
     the lease as it was read, so of several processes taking one run at once exactly one wins; the
@@ -330,8 +340,8 @@ def claim(session: Session, run_id: int, *, now: datetime, lease: timedelta, act
     if not RunState(run.state).active:
         raise NotResumable(_finished(run))
     held_by = run.lease_owner
-    if held_by and not expired(run.lease_until, now) and not holder_gone(held_by):
-        raise LeaseHeld(held_message(run_id, held_by, run.lease_since, run.lease_until))
+    if live := held_live(run, now):
+        raise LeaseHeld(live)
     owner = new_owner()
     won = session.execute(
         update(UpgradeRun)

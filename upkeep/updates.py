@@ -383,10 +383,38 @@ def resume_run(
     from flows.run_window import has_window, window_at
     from flows.runtime import current
     from inventory.models import AuditEvent, Cluster, RunState
+    from inventory.types import utcnow
     from scheduling.cutoff import room_for_a_node
 
     if override_reason is not None and not override_reason.strip():
         raise CliError("--override-window needs --reason TEXT (it is audited)")
+    runtime = current()
+    now = runtime.clock()
+    # What needs no Prefect first, before the API is asked, so an API away does not hide the answer the
+    # SRE asked for: a live holder (refused, named, exit 2, as the claim would), and, unless overridden,
+    # the window: outside one the run is refused (its next slot named) or, stalled, planned for its
+    # next window.
+    replanned = ""  # a stalled run planned for its next window: said once that is committed
+    with session_scope(engine) as session:
+        try:
+            run = get_run(run_id, session=session)
+        except LookupError:
+            raise CliError(no_update(run_id)) from None
+        if RunState(run.state).active and (held := lease.held_live(run, utcnow())):
+            raise CliError(held, code=2)
+        if (
+            override_reason is None
+            and RunState(run.state).active
+            and has_window(run)
+            and not room_for_a_node(window_at(run, now, session=session), now, runtime.per_node_estimate)
+        ):
+            if not stalled(run):
+                where = _next_slot(run, now, session)
+                raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
+            replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser())
+    if replanned:
+        _replanned(run_id, replanned, as_json)
+        return 0
     if _active(run_id, engine):
         # Before anything is written (an override and its audit, the claim): an API that does not answer
         # refuses the resume with the run exactly as it was. Once: not again after the claim.
@@ -399,16 +427,12 @@ def resume_run(
         # Before anything is written: the claim clears a pending pause/cancel and takes the lease, and
         # giving it back left an orphan with no lease at all (never taken over again; adv39).
         cluster_limit_grants()
-    runtime = current()
-    now = runtime.clock()
-    replanned = ""  # a stalled run planned for its next window: said once that is committed
     with session_scope(engine) as session:
         try:
             run = get_run(run_id, session=session)
         except LookupError:
             raise CliError(no_update(run_id)) from None
-        active = RunState(run.state).active  # an ended run: the claim below says so, and when
-        if active and override_reason is not None:
+        if RunState(run.state).active and override_reason is not None:
             run.override_reason = override_reason
             session.add(run)
             detail = {"reason": override_reason, "on": "resume"}
@@ -417,21 +441,9 @@ def resume_run(
                 actor=actor, action="run.window_overridden", subject=f"run/{run_id}", detail=detail
             )
             session.add(overridden)
-        elif (
-            active
-            and has_window(run)
-            and not room_for_a_node(window_at(run, now, session=session), now, runtime.per_node_estimate)
-        ):
-            if not stalled(run):
-                where = _next_slot(run, now, session)
-                raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
-            replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser())
         cluster = session.get(Cluster, run.cluster_id)
         assert cluster is not None
         name, to_version = cluster.name, run.to_version
-    if replanned:
-        _replanned(run_id, replanned, as_json)
-        return 0
     owner = _take(run_id, engine, handed_over=on_worker)
     try:
         plan = _plan(name, to_version, engine)

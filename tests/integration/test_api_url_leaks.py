@@ -1,0 +1,40 @@
+"""adv46: every line that shows PREFECT_API_URL or a Prefect/httpx error text keeps the URL's userinfo
+and query (a proxy's password, a token) off the SRE's screen. adv43 dropped them from the URL the
+refusals name, but not from the error text they quote: httpx's HTTPStatusError names the request's full
+URL (`for url 'http://127.0.0.1:P/api?token=s3cret/health'`), and so do the lines said once the API
+fails after the pre-checks passed (a 5xx on the flow run's creation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_prefect_api_silent import _prefect_api, _upkeep, home
+
+__all__ = ["home"]
+
+
+@pytest.fixture
+def failing_api() -> Iterator[str]:
+    """Answers /health and /admin/version as Prefect does; every other path a 500."""
+    with _prefect_api(answers_health=True, others=b"500 Internal Server Error") as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param("?token=s3cret", id="query-in-the-refusal"),
+        pytest.param("", id="userinfo-after-the-prechecks"),
+    ],
+)
+def test_an_api_that_answers_with_an_error_does_not_show_the_urls_credentials(
+    failing_api: str, home: Path, secret: str
+) -> None:
+    api = failing_api.replace("http://", "http://bob:hunter2@") + secret
+    code, out, err = _upkeep(home, api, "update", "acme-c1", "--to", "9.9.0")
+
+    assert code == 1, out + err
+    assert "hunter2" not in out + err and "s3cret" not in out + err, out + err

@@ -40,22 +40,47 @@ def api_url() -> str:
     return str(PREFECT_API_URL.value() or "")
 
 
-_USERINFO = re.compile(r"//[^/\s@]*@")
+# A URL inside a message (httpx quotes the request's: `for url 'http://u:p@host/api/x?token=...'`).
+_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^\s'\"<>]*")
 
 
 def shown(url: str) -> str:
     """`url` fit for one line an operator reads: no userinfo, no query or fragment (a proxy's password or
     a token: upkeep/doctor.py `_bare` shows it so too), control characters escaped (adv43)."""
-    parts = urlsplit(url)
-    bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}" if parts.scheme else url
-    return scrubbed(bare.split("?", 1)[0].split("#", 1)[0])
+    return scrubbed(_bare(url))
 
 
 def scrubbed(text: str) -> str:
-    """`text` (an exception's message, which may quote the URL) with any URL's userinfo dropped and
+    """`text` (an exception's message, which may quote the URL) with every URL's userinfo, query and
+    fragment dropped (adv46: httpx's message names the request's full URL, a token in its query) and
     control characters escaped."""
-    text = _USERINFO.sub("//", text)
+    text = _URL.sub(lambda found: _bare(found.group()), text)
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
+def _bare(url: str) -> str:
+    """`url` without userinfo, query or fragment. A password may hold an unencoded '@', '/', '?' or '#'
+    (adv46: `http://user:p/ss@host/api` read as host `user`, port `p`, and was shown whole): an
+    authority whose port is no number is taken to end at the last '@'."""
+    head, slashes, rest = url.partition("//")
+    if not slashes:  # no authority: `host:4200/api`, `user:pw@host/api`
+        head, rest = "", url.rpartition("@")[2] if "@" in url.split("/", 1)[0] else url
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in netloc:
+        rest = rest[len(netloc.rpartition("@")[0]) + 1 :]
+    elif "@" in rest and not _plain_authority(netloc):
+        rest = rest.rpartition("@")[2]
+    return head + slashes + re.split(r"[?#]", rest, maxsplit=1)[0]
+
+
+def _plain_authority(netloc: str) -> bool:
+    """`host`, `host:port` or `[v6]:port` with a numeric port."""
+    if netloc.endswith(":"):
+        return False
+    try:
+        return urlsplit("//" + netloc).port is not None or ":" not in netloc.rpartition("]")[2]
+    except ValueError:
+        return False
 
 
 def answered_within(seconds: float | None, call: Callable[[], T]) -> T:

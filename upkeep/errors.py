@@ -45,7 +45,9 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, tuple(expected)):
         return str(exc)
     if _prefect_api_gone(exc):  # it answered `prefect_answers`, then went away (restarting, ...)
-        cause = " ".join(str(exc).split())[:300] or "(no message)"
+        from flows.prefect_api import scrubbed
+
+        cause = scrubbed(" ".join(str(exc).split()))[:300] or "(no message)"  # httpx names the full URL
         return (
             f"the Prefect API stopped answering ({type(exc).__name__}: {cause}); try again once it "
             "answers (PREFECT_API_URL)"

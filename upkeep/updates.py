@@ -325,12 +325,16 @@ def _after_api_loss(run_id: int, exc: Exception, *, engine: Engine, as_json: boo
     the run got, so the verdict comes from there; the Prefect UI may just not know."""
     from prefect.settings import PREFECT_API_URL
 
+    from flows.prefect_api import scrubbed, shown
     from inventory.models import RunState
 
     with session_scope(engine) as session:
         run = get_run(run_id, session=session)
         reason, run_state = run.reason, RunState(run.state)
-    trouble = f"the Prefect API at {PREFECT_API_URL.value()} did not answer ({type(exc).__name__}: {exc})"
+    # Shown bare (adv46): the URL's userinfo or query may be a proxy's password or a token, and httpx's
+    # message names the request's full URL.
+    where, cause = shown(PREFECT_API_URL.value() or ""), scrubbed(" ".join(str(exc).split()))[:300]
+    trouble = f"the Prefect API at {where} did not answer ({type(exc).__name__}: {cause})"
     if run_state in (RunState.planned, RunState.running):
         # The flow never got to the run (or lost it to another process): nothing was touched after.
         raise CliError(

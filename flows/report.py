@@ -103,9 +103,11 @@ def one_line(cause: str, limit: int = 300) -> str:
 
 def shell_word(word: str) -> str:
     """`word` as one shell word an operator can copy from a terminal line: shlex.quote's when it is all
-    printable; else bash's $'...' with every unprintable character escaped (shlex.quote left an ESC or a
-    newline as it is: a Prefect limit named with one wrote a control sequence onto the SRE's terminal
-    or split the one line; adv43)."""
+    printable; else bash's $'...' with every unprintable character written as its UTF-8 bytes, `\\xHH`
+    each (shlex.quote left an ESC or a newline as it is: a Prefect limit named with one wrote a control
+    sequence onto the SRE's terminal or split the one line; adv43). Bytes, not Python's escapes (adv46):
+    bash reads `\\x85` as the one byte 0x85, not U+0085's UTF-8, and `\\u202e` only in a UTF-8 locale.
+    An undecodable byte of the setting (os.environ's surrogate escape) is written as that byte."""
     import shlex
 
     if word.isprintable():
@@ -114,7 +116,13 @@ def shell_word(word: str) -> str:
     def escaped(ch: str) -> str:
         if ch in "\\'":
             return "\\" + ch
-        return ch if ch.isprintable() else repr(ch)[1:-1]  # \x1b, \n, \u2028: bash reads each back
+        if ch.isprintable():
+            return ch
+        try:
+            data = ch.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate no environment decoded: no name Prefect holds
+            data = ch.encode("utf-8", "surrogatepass")
+        return "".join(f"\\x{byte:02x}" for byte in data)
 
     return "$'" + "".join(map(escaped, word)) + "'"
 

@@ -1,0 +1,24 @@
+"""adv46: UPKEEP_CLUSTER_LIMIT / upkeep.toml's cluster_limit with a NUL (TOML's "\\u0000"; no environment
+variable can hold one). No shell word holds a NUL: the copyable `prefect gcl create $'clu\\x00sters'`
+hint made bash pass `clu`, another limit, and `upkeep settings` wrote the NUL raw onto the terminal.
+Refused as any bad setting is: one line naming the value and the file, nothing else said."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.cli import no_traceback, upkeep_here
+
+
+def test_a_cluster_limit_with_a_nul_is_refused_in_one_line_naming_the_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "upkeep.toml").write_text('cluster_limit = "clu\\u0000sters"\n')
+
+    done = upkeep_here(home, "settings")
+
+    no_traceback(done)
+    assert done.returncode != 0, done.stdout
+    assert "\x00" not in done.stdout + done.stderr, repr(done.stdout + done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "cluster_limit" in done.stderr and "upkeep.toml" in done.stderr, done.stderr

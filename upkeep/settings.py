@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         parse_cadence(value)  # SchedulingError (a ValueError) naming the part
         return value
 
+    @field_validator("cluster_limit")
+    @classmethod
+    def _limit_name(cls, value: str) -> str:
+        if "\0" in value:  # adv46: no shell word or command argument holds it (bash's $'a\x00b' is 'a')
+            raise ValueError("a Prefect limit's name cannot hold a NUL")
+        return value
+
     @field_validator("escalation_manager")
     @classmethod
     def _manager(cls, value: str) -> str:

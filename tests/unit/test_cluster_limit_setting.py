@@ -22,3 +22,18 @@ def test_a_cluster_limit_with_a_nul_is_refused_in_one_line_naming_the_file(tmp_p
     assert "\x00" not in done.stdout + done.stderr, repr(done.stdout + done.stderr)
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "cluster_limit" in done.stderr and "upkeep.toml" in done.stderr, done.stderr
+
+
+def test_a_cluster_limit_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    """An undecodable byte in UPKEEP_CLUSTER_LIMIT (os.environ hands it over as a lone surrogate) reached
+    the limit read, which blamed the API: 'the Prefect API did not answer ('utf-8' codec can't encode
+    ...)' - and no Prefect limit can have that name."""
+    home = tmp_path / "home"
+    home.mkdir()
+
+    done = upkeep_here(home, "settings", UPKEEP_CLUSTER_LIMIT="clusters\udcff")
+
+    no_traceback(done)
+    assert done.returncode != 0, done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "UPKEEP_CLUSTER_LIMIT" in done.stderr and "UTF-8" in done.stderr, done.stderr

@@ -200,6 +200,10 @@ class Settings(BaseSettings):
     def _limit_name(cls, value: str) -> str:
         if "\0" in value:  # adv46: no shell word or command argument holds it (bash's $'a\x00b' is 'a')
             raise ValueError("a Prefect limit's name cannot hold a NUL")
+        try:  # an undecodable byte of the variable (a lone surrogate): its read blamed the API (adv46)
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("not UTF-8: a Prefect limit's name is text") from None
         return value
 
     @field_validator("escalation_manager")

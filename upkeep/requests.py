@@ -138,7 +138,17 @@ def request_update(
         return run_product_update(
             plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch, checked=True
         )
-    _show_scheduled(run_id, engine=engine, as_json=as_json, brake=_brake(runtime.cluster_limit))
+    try:
+        _show_scheduled(run_id, engine=engine, as_json=as_json, brake=_brake(runtime.cluster_limit))
+    except KeyboardInterrupt:
+        # The run and its notice are committed: a Ctrl-C now (a second one after the brake read's, or
+        # one as the answer is written) ends the command, not the update; "aborted" alone was read as
+        # nothing done, and the next request said it already had one (adv46).
+        raise CliError(
+            f"aborted: update-{run_id} is scheduled all the same and the customer's notice queued "
+            f"(`upkeep show {run_id}`; `upkeep cancel {run_id}` drops it)",
+            130,
+        ) from None
     return run_id
 
 

@@ -120,3 +120,39 @@ def test_the_audit_trail_names_a_long_requester_whole_as_the_run_does(engine: En
             text("SELECT actor FROM auditevent WHERE action = 'update.scheduled'")
         ).scalars()
         assert list(actors) == [LONG]
+
+
+def test_a_downgrade_across_0013_and_0012_refused_by_0012_leaves_0013s_columns_unbounded(
+    engine: Engine,
+) -> None:
+    """adv46: a downgrade below 0012 passes 0013's check (no long requester) and widens nothing back
+    until 0012 refuses (a long audit actor): one transaction, so 0013's narrowing is undone with it, the
+    revision stays at the head and the refusal is one line."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite never narrows a column (0012, 0013 do nothing there)")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO auditevent (actor, action, subject, detail, at) VALUES "
+                "(:who, 'a', 's', '{}', '2026-12-06 06:00:00+00:00')"
+            ),
+            {"who": LONG},
+        )
+    with pytest.raises(RuntimeError, match=r"below 0012: 1 row\(s\) of auditevent\.actor") as refused:
+        _alembic(engine, "downgrade", "0011")
+    assert "\n" not in str(refused.value)
+    assert current_revisions(engine) == {HEAD_REVISION}
+    with engine.connect() as connection:
+        lengths = connection.execute(
+            text(
+                "SELECT table_name || '.' || column_name, character_maximum_length "
+                "FROM information_schema.columns WHERE (table_name, column_name) IN "
+                "(('upgraderun', 'requested_by'), ('page', 'acked_by'), "
+                "('upgraderun', 'support_contact'))"
+            )
+        ).all()
+    assert dict(lengths) == {
+        "upgraderun.requested_by": None,
+        "page.acked_by": None,
+        "upgraderun.support_contact": None,
+    }

@@ -37,3 +37,25 @@ def test_a_cluster_limit_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path)
     assert done.returncode != 0, done.stdout
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "UPKEEP_CLUSTER_LIMIT" in done.stderr and "UTF-8" in done.stderr, done.stderr
+
+
+def test_upkeep_settings_shows_a_hostile_limit_name_and_contact_on_one_plain_line_each(
+    tmp_path: Path,
+) -> None:
+    """`upkeep settings` printed the values as they are: a limit name with ESC sequences (a window title,
+    a cleared screen) or a right-to-left override went raw onto the SRE's terminal, a contact with a
+    newline split its line in two. Shown with control characters escaped, as the refusals show them."""
+    home = tmp_path / "home"
+    home.mkdir()
+    limit = "cl\x1b]0;owned\x07\x1b[2J\u202ex"
+
+    done = upkeep_here(
+        home, "settings", UPKEEP_CLUSTER_LIMIT=limit, UPKEEP_SUPPORT_CONTACT="desk\nforged = 1"
+    )
+
+    no_traceback(done)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(line.isprintable() for line in lines), [line for line in lines if not line.isprintable()]
+    assert "cluster_limit = cl\\x1b]0;owned\\x07\\x1b[2J\\u202ex" in lines, done.stdout
+    assert "support_contact = desk\\nforged = 1" in lines, done.stdout

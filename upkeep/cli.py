@@ -323,14 +323,16 @@ def inventory_show(json: JsonOpt = False) -> None:
 @app.command()
 def settings(json: JsonOpt = False) -> None:
     """The settings in force (secrets masked)."""
-    from upkeep.settings import load_settings
+    from upkeep.settings import load_settings, printable
 
     data = load_settings().public_dict()
     if json:
         print_json(data)
         return
     for key, value in data.items():
-        console.print(f"{key} = {value}", markup=False, soft_wrap=True)  # one whole line a setting
+        # One whole line a setting, control characters escaped: a limit name's ESC sequences or RTL
+        # override reached the terminal raw, a contact's newline split its line (adv46).
+        console.print(f"{key} = {printable(str(value))}", markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -70,7 +70,10 @@ def _bare(url: str) -> str:
         rest = rest[len(netloc.rpartition("@")[0]) + 1 :]
     elif "@" in rest and not _plain_authority(netloc):
         rest = rest.rpartition("@")[2]
-    return head + slashes + re.split(r"[?#]", rest, maxsplit=1)[0]
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    # An '@' left in the path: a password's '/' after digits made `user:1` an authority (Prefect's API
+    # path has none); failing closed shows the host after it.
+    return head + slashes + rest.rpartition("@")[2]
 
 
 def _plain_authority(netloc: str) -> bool:

@@ -322,7 +322,7 @@ def unreachable_prefect_api() -> str | None:
         if given:
             httpx.URL(given)  # a control character: InvalidURL, which is no HTTPError
     except (ValueError, httpx.InvalidURL) as exc:
-        shown = re.sub(r"//[^/?#]*@", "//", given).split("?", 1)[0]  # no userinfo, no query: _bare's
+        shown = _bare(given)  # no userinfo, no query
         return f"PREFECT_API_URL {_one_line(printable(shown), 200)}: not a URL ({_one_line(str(exc))})"
     from prefect.settings import PREFECT_API_URL
 
@@ -875,11 +875,11 @@ _USERINFO = re.compile(r"//[^/\s@]*@")
 
 
 def _bare(url: str) -> str:
-    """A URL fit to show: no userinfo, no query (either may carry a secret)."""
-    parts = urlsplit(url)
-    if not parts.scheme:
-        return url.split("?", 1)[0].rpartition("@")[2]
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    """A URL fit to show: no userinfo, no query (either may carry a secret), however the password is
+    spelled (flows/prefect_api.py `shown`: an unencoded '/' in it made a port and a path; adv46)."""
+    from flows.prefect_api import shown
+
+    return shown(url)
 
 
 def _db_cause(exc: BaseException) -> str:

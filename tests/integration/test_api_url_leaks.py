@@ -38,3 +38,14 @@ def test_an_api_that_answers_with_an_error_does_not_show_the_urls_credentials(
 
     assert code == 1, out + err
     assert "hunter2" not in out + err and "s3cret" not in out + err, out + err
+
+
+def test_a_password_with_an_unencoded_slash_is_not_quoted_by_the_refusal(home: Path) -> None:
+    """`http://bob:hunter2/x@127.0.0.1:1/api`: httpx reads `hunter2` as the port and says so ("Invalid
+    port: 'hunter2'"); the refusal quoted that message. The URL itself was shown bare."""
+    code, out, err = _upkeep(
+        home, "http://bob:hunter2/x@127.0.0.1:1/api", "update", "acme-c1", "--to", "9.9.0"
+    )
+
+    assert code == 1, out + err
+    assert "hunter2" not in out + err, out + err

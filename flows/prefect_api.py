@@ -50,12 +50,31 @@ def shown(url: str) -> str:
     return scrubbed(_bare(url))
 
 
-def scrubbed(text: str) -> str:
+def scrubbed(text: str, url: str | None = None) -> str:
     """`text` (an exception's message, which may quote the URL) with every URL's userinfo, query and
     fragment dropped (adv46: httpx's message names the request's full URL, a token in its query) and
-    control characters escaped."""
+    control characters escaped. The password of `url` (PREFECT_API_URL by default) is masked wherever
+    it is quoted on its own: with an unencoded '/' httpx reads it as the port ("Invalid port: 'pw'")."""
     text = _URL.sub(lambda found: _bare(found.group()), text)
+    for piece in _password_pieces(_configured() if url is None else url):
+        text = text.replace(piece, "***")
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
+def _configured() -> str:
+    try:
+        return api_url()
+    except Exception:  # Prefect's settings unreadable: nothing to mask by
+        return ""
+
+
+def _password_pieces(url: str) -> list[str]:
+    """The pieces of `url`'s password (between the first ':' of its userinfo and its last '@'), split
+    where a parser may cut it, longest first; pieces under 3 characters are left (they would mask
+    ordinary text)."""
+    userinfo = url.partition("//")[2].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    return sorted((p for p in re.split(r"[:/?#@]", password) if len(p) >= 3), key=len, reverse=True)
 
 
 def _bare(url: str) -> str:

@@ -49,3 +49,15 @@ def test_a_password_with_an_unencoded_slash_is_not_quoted_by_the_refusal(home: P
 
     assert code == 1, out + err
     assert "hunter2" not in out + err, out + err
+
+
+def test_the_doctor_does_not_quote_a_password_read_as_the_port(tmp_path: Path) -> None:
+    """The doctor's 'prefect api' check failed with "could not check: InvalidURL: Invalid port:
+    'hunter2'": its fail-closed scrub drops a URL's userinfo, not a password httpx quoted on its own."""
+    from tests.support.cli import upkeep_here
+
+    home = tmp_path / "home"
+    done = upkeep_here(home, "doctor", PREFECT_API_URL="http://bob:hunter2/x@127.0.0.1:1/api")
+
+    assert "prefect api" in done.stdout, done.stdout + done.stderr
+    assert "hunter2" not in done.stdout + done.stderr, done.stdout + done.stderr

@@ -55,10 +55,15 @@ def scrubbed(text: str, url: str | None = None) -> str:
     fragment dropped (adv46: httpx's message names the request's full URL, a token in its query) and
     control characters escaped. The password of `url` (PREFECT_API_URL by default) is masked wherever
     it is quoted on its own: with an unencoded '/' httpx reads it as the port ("Invalid port: 'pw'")."""
-    text = _URL.sub(lambda found: _bare(found.group()), text)
-    for piece in _password_pieces(_configured() if url is None else url):
-        text = text.replace(piece, "***")
+    text = masked(_URL.sub(lambda found: _bare(found.group()), text), _configured() if url is None else url)
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
+def masked(text: str, url: str) -> str:
+    """`text` with each piece of `url`'s password (see `_password_pieces`) as ***."""
+    for piece in _password_pieces(url):
+        text = text.replace(piece, "***")
+    return text
 
 
 def _configured() -> str:

@@ -847,8 +847,15 @@ def run_checks(*, nodes: bool = False, on_check: Callable[[Check], None] | None 
 
 
 def _add(found: Findings, check: Check, on_check: Callable[[Check], None] | None) -> None:
-    # Fails closed: whatever a check or an exception message quotes, a URL's userinfo is not shown.
-    check.detail, check.fix = _USERINFO.sub("//", check.detail), _USERINFO.sub("//", check.fix)
+    # Fails closed: whatever a check or an exception message quotes, a URL's userinfo is not shown, nor
+    # PREFECT_API_URL's password quoted on its own (httpx's "Invalid port: 'pw'" when it holds a '/').
+    import os
+
+    from flows.prefect_api import masked
+
+    api = os.environ.get("PREFECT_API_URL", "")
+    check.detail = masked(_USERINFO.sub("//", check.detail), api)
+    check.fix = masked(_USERINFO.sub("//", check.fix), api)
     found.checks.append(check)
     if on_check is not None:
         on_check(check)

@@ -156,3 +156,58 @@ def test_a_downgrade_across_0013_and_0012_refused_by_0012_leaves_0013s_columns_u
         "page.acked_by": None,
         "upgraderun.support_contact": None,
     }
+
+
+def test_a_long_name_committed_while_0013_is_downgraded_is_refused_not_a_raw_data_error(
+    engine: Engine,
+) -> None:
+    """adv43 noticed, adv46 shows: 0013's downgrade counted the long values, then altered the columns. A
+    long name whose transaction was open at the count (not seen) and committed before the ALTER took its
+    lock made the ALTER fail on a raw StringDataRightTruncation instead of the refusal. The columns are
+    locked before the count. Synchronised on PostgreSQL's own view of the downgrade waiting for a lock
+    (pg_stat_activity), not on time: the guard only bounds a hang."""
+    import threading
+    import time
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite never narrows a column")
+    writer = engine.connect()
+    writer.execute(
+        text(
+            "INSERT INTO page (key, reason, inform_vp, level, paged, acked_by, created_at) VALUES "
+            "('k', 'r', false, 0, '[]', :who, '2026-12-06 06:00:00+00:00')"
+        ),
+        {"who": LONG},
+    )  # open: holds its row and its table's ROW EXCLUSIVE lock
+    outcome: list[BaseException | None] = []
+
+    def downgrade() -> None:
+        try:
+            _alembic(engine, "downgrade", "0012")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=downgrade, daemon=True)
+    worker.start()
+    guard = time.monotonic() + 60
+    with engine.connect() as watcher:
+        while not outcome and time.monotonic() < guard:
+            waiting = watcher.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            ).scalar_one()
+            watcher.rollback()
+            if waiting:
+                break
+            worker.join(0.05)  # not busy-spinning on PostgreSQL; no assert depends on it
+    writer.commit()
+    writer.close()
+    worker.join(60)
+
+    assert outcome, "the downgrade never finished"
+    assert isinstance(outcome[0], RuntimeError), repr(outcome[0])
+    assert "page.acked_by are longer than 128" in str(outcome[0]), outcome[0]
+    assert current_revisions(engine) == {HEAD_REVISION}

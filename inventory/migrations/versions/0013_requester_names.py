@@ -45,7 +45,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    # Refused rather than cut: a name cut to 128 characters no longer says who asked.
+    # Refused rather than cut: a name cut to 128 characters no longer says who asked. The tables are
+    # locked first (the ALTERs take this lock anyway): a long name committed between the count and the
+    # ALTER failed the ALTER on a raw StringDataRightTruncation, not this refusal (adv46).
+    op.execute("LOCK TABLE upgraderun, page IN ACCESS EXCLUSIVE MODE")
     for table, column, length in _COLUMNS:
         longer = op.get_bind().execute(
             sa.text(f"SELECT COUNT(*) FROM {table} WHERE char_length({column}) > {length}")

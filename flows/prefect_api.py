@@ -117,10 +117,23 @@ def answered_within(seconds: float | None, call: Callable[[], T]) -> T:
     where = api_url()
     if seconds is None or not where:
         return call()
-    where = shown(where)
+    try:
+        return within(seconds, call)
+    except Deadline:
+        raise NoAnswer(shown(where), seconds) from None
+
+
+class Deadline(Exception):
+    """`within`'s call had not returned when its time was up."""
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """`call()`'s result or exception, or Deadline after `seconds`: httpx's timeout is per read, so an
+    answer that trickles in (a byte a second) is waited for to its end without this. The call is left
+    to a daemon thread (the doctor's and the CLI's reads: each client's own timeout ends it soon after),
+    run in the caller's context variables - Prefect's settings context among them: a thread starts
+    with none, and asked the API of the process's root settings, not the one `temporary_settings` set."""
     outcome: list[tuple[bool, Any]] = []
-    # The caller's context variables, Prefect's settings context among them: a thread starts with none,
-    # and asked the API of the process's root settings, not the one `temporary_settings` had set.
     context = contextvars.copy_context()
 
     def run() -> None:
@@ -133,7 +146,7 @@ def answered_within(seconds: float | None, call: Callable[[], T]) -> T:
     worker.start()
     worker.join(seconds)
     if not outcome:
-        raise NoAnswer(where, seconds)
+        raise Deadline
     ok, value = outcome[0]
     if not ok:
         raise value

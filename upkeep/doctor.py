@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from flows import prefect_api
 from upkeep.settings import Settings, mask_url, printable
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -243,10 +244,10 @@ def prefect_api_problem(http: Any) -> str | None:
     import httpx
 
     try:
-        health = _within(ANSWER_DEADLINE, lambda: http.get("health"))
+        health = prefect_api.within(ANSWER_DEADLINE, lambda: http.get("health"))
     except httpx.HTTPError as exc:
         return _one_line(str(exc) or type(exc).__name__)
-    except TimeoutError:
+    except prefect_api.Deadline:
         return f"no answer within {ANSWER_DEADLINE:g} s on /health"
     if health.status_code != 200:
         return f"HTTP {health.status_code} on /health"
@@ -254,31 +255,6 @@ def prefect_api_problem(http: Any) -> str | None:
         kind = _kind(health)
         return f"/health answers {kind}, not the Prefect API's JSON (is that the API's address, .../api?)"
     return None
-
-
-def _within(seconds: float, call: Callable[[], Any]) -> Any:
-    """`call()`'s result or exception, or TimeoutError after `seconds`: httpx's timeout is per read, so an
-    answer that trickles in (a byte a second) was waited for to its end. The call is left to a daemon
-    thread, which the client's closing ends."""
-    import threading
-
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, call()))
-        except BaseException as exc:  # handed to the caller
-            outcome.append((False, exc))
-
-    worker = threading.Thread(target=run, name="prefect-api-answer", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if not outcome:
-        raise TimeoutError
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
 
 
 def _json_answer(response: Any) -> tuple[Any] | None:
@@ -398,8 +374,8 @@ def _cluster_limit(http: Any, name: str, *, within: float = ANSWER_DEADLINE) -> 
     path = f"v2/concurrency_limits/{quote(name, safe='')}"
     try:  # as bounded as the /health question: a server that answers that and hangs here was waited for
         # httpx's per-read timeout a little longer (flows/prefect_api.py `quick_client`): the deadline says.
-        reply = _within(within, lambda: http.get(path, timeout=within + NET_TIMEOUT))
-    except (httpx.TimeoutException, TimeoutError):
+        reply = prefect_api.within(within, lambda: http.get(path, timeout=within + NET_TIMEOUT))
+    except (httpx.TimeoutException, prefect_api.Deadline):
         return fail(
             "cluster limit",
             f"{setting}: the Prefect API ({api}) did not answer within {within:g} s "

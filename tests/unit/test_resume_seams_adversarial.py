@@ -1,0 +1,74 @@
+"""adv45: the seams of `upkeep resume` after the integration of h-loop/adv41 (a stalled run resumed
+outside its window is planned for the next), h-lease/adv42/adv44 (the lease owner with a birth, the
+refusal that says when a lease runs out) and h-cli/adv43 (the Prefect API asked before anything is
+written), as 5e8bf43 put them together: a read-only held/window check first, then the API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from inventory.db import session_scope
+from inventory.models import RunState
+from tests.support.update_world import MONDAY, World
+from tests.unit.test_update_branches import _planned_monday
+from tests.unit.test_window_stalled_adversarial import DAY, _taken_up_late, on_call_world
+
+__all__ = ["on_call_world"]  # the fixture, used here by name
+
+
+def _stalled(world: World) -> int:
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
+    world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)  # noon: no window open
+    return run_id
+
+
+def test_a_stalled_run_claimed_by_another_resume_after_the_held_check_is_not_replanned_from_under_it(
+    on_call_world: World, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two SREs resume the stalled run at once: B's `upkeep resume --override-window` claims it (its
+    lease written from the wall clock, as every claim's) after A's read-only held check, before A's
+    replan takes the row lock. The replan must refuse as the claim would: exit 2, the holder named with
+    when its lease runs out. It looked at the lease with the runtime clock instead of the claim's, and
+    said 'held' without the time and with exit 1; where that clock runs ahead of the wall clock (a fixed
+    one: tests, the lab) it read B's fresh lease as run out and planned the run B was starting -
+    lease cleared, customer told 'rescheduled' - two owners of one cluster.
+    (The claim's line names when the lease runs out where the holder cannot be seen from here.)
+    SQLite: A's transaction holds the write lock from its first read (BEGIN IMMEDIATE), so B's claim
+    cannot land there; the race is PostgreSQL's."""
+    import flows.run_window
+    from flows import lease
+    from inventory.types import utcnow
+    from upkeep.console import CliError
+    from upkeep.updates import resume_run
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises the read-only check and the replan (BEGIN IMMEDIATE)")
+    world = on_call_world
+    run_id = _stalled(world)
+    world.clock.now = utcnow() + 3 * DAY  # the runtime clock ahead of the wall clock, as a fixed one may be
+    world.clock.now = world.clock.now.replace(hour=12, minute=0, second=0, microsecond=0)
+    before = world.notices(run_id)
+    window_at = flows.run_window.window_at
+    claimed: list[str] = []
+
+    def b_claims_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not claimed:  # B, in its own transaction, between A's held check and A's row lock
+            with session_scope(engine) as other:
+                claimed.append(lease.claim(other, run_id, now=utcnow(), lease=timedelta(hours=1), actor="bob"))
+        return window_at(*args, **kwargs)
+
+    monkeypatch.setattr(flows.run_window, "window_at", b_claims_first)
+
+    with pytest.raises(CliError) as refused:
+        resume_run(run_id, engine=world.engine, as_json=False, actor="alice")
+
+    said = str(refused.value)
+    run = world.run()
+    assert (run.state, run.lease_owner) == (RunState.paused, claimed[0]), (run.state, run.reason, said)
+    assert world.notices(run_id) == before
+    assert refused.value.code == 2, said
+    assert said == lease.held_message(run_id, run.lease_owner, run.lease_since, run.lease_until)

@@ -495,12 +495,15 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     from flows.runtime import current
     from flows.schedule import ScheduleRefused, reslot_update
     from inventory.models import AuditEvent, RequestedAction, RunState
+    from inventory.types import utcnow
 
     run = get_run(run_id, session=session, lock=True)
     if not stalled(run):
         raise CliError(f"run {run_id} is {run.state} now (changed just now); see `upkeep show {run_id}`")
-    if run.lease_owner and not lease.expired(run.lease_until, now) and not lease.holder_gone(run.lease_owner):
-        raise CliError(lease.held_message(run_id, run.lease_owner, run.lease_since))
+    # The claim's own rule and clock (the wall clock: a claim writes its lease by it), as the read-only
+    # check before: another resume may have claimed the run between that check and this lock.
+    if held := lease.held_live(run, utcnow()):
+        raise CliError(held, code=2)
     before = run.reason
     run.state, run.requested_action = RunState.planned, RequestedAction.none
     run.lease_owner = run.lease_until = run.lease_since = None

@@ -58,7 +58,8 @@ def test_a_stalled_run_claimed_by_another_resume_after_the_held_check_is_not_rep
     def b_claims_first(*args, **kwargs):  # type: ignore[no-untyped-def]
         if not claimed:  # B, in its own transaction, between A's held check and A's row lock
             with session_scope(engine) as other:
-                claimed.append(lease.claim(other, run_id, now=utcnow(), lease=timedelta(hours=1), actor="bob"))
+                owner = lease.claim(other, run_id, now=utcnow(), lease=timedelta(hours=1), actor="bob")
+                claimed.append(owner)
         return window_at(*args, **kwargs)
 
     monkeypatch.setattr(flows.run_window, "window_at", b_claims_first)

@@ -139,7 +139,7 @@ def request_update(
             plan, run_id, engine=engine, as_json=as_json, on_worker=on_worker, watch=watch, checked=True
         )
     try:
-        _show_scheduled(run_id, engine=engine, as_json=as_json, brake=_brake(runtime.cluster_limit))
+        _show_scheduled(run_id, engine=engine, as_json=as_json, brake=fleet_brake(runtime.cluster_limit))
     except KeyboardInterrupt:
         # The run and its notice are committed: a Ctrl-C now (a second one after the brake read's, or
         # one as the answer is written) ends the command, not the update; "aborted" alone was read as
@@ -152,8 +152,9 @@ def request_update(
     return run_id
 
 
-def _brake(name: str) -> dict[str, object] | None:
-    """The fleet's brake as a scheduled update meets it (after the run is written: the read may wait for
+def fleet_brake(name: str) -> dict[str, object] | None:
+    """The fleet's brake as a scheduled update meets it (`upkeep request`, and `upkeep resume` of a stalled
+    run planned for its next window) (after the run is written: the read may wait for
     the Prefect API, and planning is not refused for it): None without UPKEEP_CLUSTER_LIMIT; else the
     limit's name, `held` (True: it grants no slot, the dispatcher will hold the start; None: the API did
     not answer, was interrupted, or there is no PREFECT_API_URL: not known) and the one line saying so."""

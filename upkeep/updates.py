@@ -417,7 +417,7 @@ def resume_run(
                 raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
             replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser())
     if replanned:
-        _replanned(run_id, replanned, as_json)
+        _replanned(run_id, replanned, as_json, runtime.cluster_limit)
         return 0
     if _active(run_id, engine):
         # Before anything is written (an override and its audit, the claim): an API that does not answer
@@ -528,16 +528,30 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     detail = {"slot_start": moved.slot_start.isoformat(), "stalled": before[:500]}
     session.add(AuditEvent(actor=actor, action="run.replanned", subject=f"run/{run_id}", detail=detail))
     return (
-        f"run {run_id} was stalled and no window is open now: planned for {when}, the next window with room "
-        "(the dispatcher starts it then); the customer is told ('rescheduled')"
+        f"run {run_id} was stalled and no window is open now: planned for {when}, the next window with room"
+        f"{STARTS_THEN}; the customer is told ('rescheduled')"
     )
 
 
-def _replanned(run_id: int, said: str, as_json: bool) -> None:
+STARTS_THEN = " (the dispatcher starts it then)"
+
+
+def _replanned(run_id: int, said: str, as_json: bool, limit: str) -> None:
+    """The replan's one line (or JSON), with the fleet's brake as `upkeep request` says it: planned into a
+    braked fleet, the dispatcher holds the start rather than starting it (read after the commit, within
+    UPKEEP_PREFECT_ANSWER_SECONDS; the replan itself needs no Prefect)."""
+    from upkeep.requests import fleet_brake
+
+    brake = fleet_brake(limit)
+    if brake is not None and brake["held"] is None:
+        err_console.print(f"warning: {brake['detail']}", markup=False, soft_wrap=True)
+    if brake is not None and brake["held"]:
+        said = said.replace(STARTS_THEN, f"; {brake['detail']}")
     if not as_json:
-        console.print(said, markup=False)
+        console.print(said, markup=False, soft_wrap=True)
         return
-    print_json({"id": run_id, "update": f"update-{run_id}", "state": "planned", "message": said})
+    answer = {"id": run_id, "update": f"update-{run_id}", "state": "planned", "message": said}
+    print_json({**answer, "cluster_limit": brake})
 
 
 def _needs_a_slot(run_id: int, engine: Engine) -> bool:

@@ -73,3 +73,49 @@ def test_a_stalled_run_claimed_by_another_resume_after_the_held_check_is_not_rep
     assert world.notices(run_id) == before
     assert refused.value.code == 2, said
     assert said == lease.held_message(run_id, run.lease_owner, run.lease_since, run.lease_until)
+
+
+@pytest.mark.parametrize("meanwhile", ["cancel", "resume"])
+def test_a_stalled_run_cancelled_or_replanned_by_another_sre_after_the_held_check_is_left_as_they_left_it(
+    on_call_world: World, engine: Engine, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """Held: B cancels the stalled run (or resumes it too, outside the window: replanned) between A's
+    read-only check and A's replan under the row lock. A re-reads under the lock, finds it no longer
+    stalled and says so in one line; the customer hears B's answer only ('cancelled', or one
+    'rescheduled'), never a replan of a cancelled run or a second move. PostgreSQL (SQLite's BEGIN
+    IMMEDIATE keeps B out of that gap)."""
+    import flows.run_window
+    from upkeep.console import CliError
+    from upkeep.updates import request_stop, resume_run
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises the read-only check and the replan (BEGIN IMMEDIATE)")
+    world = on_call_world
+    run_id = _stalled(world)
+    before = world.notices(run_id)
+    window_at = flows.run_window.window_at
+    done: list[str] = []
+
+    def b_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not done:
+            done.append(meanwhile)
+            monkeypatch.setattr(flows.run_window, "window_at", window_at)  # B's own look, unhooked
+            if meanwhile == "cancel":
+                request_stop(run_id, "cancel", engine=engine, actor="bob", reason="customer asked")
+            else:
+                resume_run(run_id, engine=engine, as_json=False, actor="bob")
+        return window_at(*args, **kwargs)
+
+    monkeypatch.setattr(flows.run_window, "window_at", b_first)
+
+    with pytest.raises(CliError) as refused:
+        resume_run(run_id, engine=world.engine, as_json=False, actor="alice")
+
+    said = str(refused.value)
+    run = world.run()
+    want = RunState.cancelled if meanwhile == "cancel" else RunState.planned
+    assert run.state == want, (run.state, run.reason, said)
+    assert said == f"run {run_id} is {want} now (changed just now); see `upkeep show {run_id}`", said
+    told = ["cancelled"] if meanwhile == "cancel" else ["rescheduled"]
+    assert world.notices(run_id) == before + told
+    assert "alice" not in run.reason, run.reason

@@ -119,3 +119,44 @@ def test_a_stalled_run_cancelled_or_replanned_by_another_sre_after_the_held_chec
     told = ["cancelled"] if meanwhile == "cancel" else ["rescheduled"]
     assert world.notices(run_id) == before + told
     assert "alice" not in run.reason, run.reason
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="adv45: leases are written by two clocks - the flow's acquire/heartbeat and the dispatcher's "
+    "claim and take-over by runtime.clock, `upkeep resume`'s claim and held_live by utcnow (h-lease chose "
+    "the wall clock; 5e8bf43's held_live is the claim's rule) - one in production; a runtime clock fixed "
+    "behind the wall clock (tests, the lab) lets resume claim a run a live flow carries. Which one clock "
+    "every lease is read and written by is the lead's call (tests write leases by both)",
+)
+def test_a_resume_while_a_flow_under_a_runtime_clock_behind_the_wall_clock_carries_the_run_is_refused(
+    on_call_world: World,
+) -> None:
+    """The flow writes its lease by the runtime clock (acquire, the heartbeat: `runtime.clock() +
+    run_lease`); `upkeep resume`'s held check (`held_live`) and its claim read it by the wall clock
+    (`utcnow`). In production they are one clock. Where the runtime clock is fixed behind the wall clock
+    (a test, the lab), a live flow's lease reads as run out to `upkeep resume`, which claims the run
+    from under it, while the dispatcher (runtime clock) sees it live: two readings of one lease."""
+    from flows import lease
+    from inventory.types import utcnow
+    from upkeep.console import CliError
+    from upkeep.updates import _take
+
+    world = on_call_world
+    world.clock.now = utcnow() - 2 * DAY  # the runtime clock fixed two days behind the wall clock
+    answers: list[object] = []
+
+    def a_resume_meanwhile(_node: object) -> None:
+        run = world.run()
+        assert run.id is not None
+        answers.append(lease.held_live(run, utcnow()))
+        try:
+            answers.append(_take(run.id, world.engine))
+        except CliError as exc:
+            answers.append(exc.code)
+
+    world.nodes[1].before["upgrade"] = a_resume_meanwhile
+    world.update()
+
+    assert answers[0] and answers[1] == 2, answers

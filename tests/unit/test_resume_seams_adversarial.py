@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.engine import Engine
 
-from inventory.db import session_scope
 from inventory.models import RunState
 from tests.support.update_world import MONDAY, World
 from tests.unit.test_update_branches import _planned_monday
@@ -43,7 +42,7 @@ def test_a_stalled_run_claimed_by_another_resume_after_the_held_check_is_not_rep
     from flows import lease
     from inventory.types import utcnow
     from upkeep.console import CliError
-    from upkeep.updates import resume_run
+    from upkeep.updates import _take, resume_run
 
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite serialises the read-only check and the replan (BEGIN IMMEDIATE)")
@@ -57,9 +56,7 @@ def test_a_stalled_run_claimed_by_another_resume_after_the_held_check_is_not_rep
 
     def b_claims_first(*args, **kwargs):  # type: ignore[no-untyped-def]
         if not claimed:  # B, in its own transaction, between A's held check and A's row lock
-            with session_scope(engine) as other:
-                owner = lease.claim(other, run_id, now=utcnow(), lease=timedelta(hours=1), actor="bob")
-                claimed.append(owner)
+            claimed.append(_take(run_id, engine))  # B's resume claims it (its own transaction)
         return window_at(*args, **kwargs)
 
     monkeypatch.setattr(flows.run_window, "window_at", b_claims_first)
@@ -138,7 +135,6 @@ def test_a_resume_while_a_flow_under_a_runtime_clock_behind_the_wall_clock_carri
     (`utcnow`). In production they are one clock. Where the runtime clock is fixed behind the wall clock
     (a test, the lab), a live flow's lease reads as run out to `upkeep resume`, which claims the run
     from under it, while the dispatcher (runtime clock) sees it live: two readings of one lease."""
-    from flows import lease
     from inventory.types import utcnow
     from upkeep.console import CliError
     from upkeep.updates import _take
@@ -150,7 +146,6 @@ def test_a_resume_while_a_flow_under_a_runtime_clock_behind_the_wall_clock_carri
     def a_resume_meanwhile(_node: object) -> None:
         run = world.run()
         assert run.id is not None
-        answers.append(lease.held_live(run, utcnow()))
         try:
             answers.append(_take(run.id, world.engine))
         except CliError as exc:
@@ -159,4 +154,4 @@ def test_a_resume_while_a_flow_under_a_runtime_clock_behind_the_wall_clock_carri
     world.nodes[1].before["upgrade"] = a_resume_meanwhile
     world.update()
 
-    assert answers[0] and answers[1] == 2, answers
+    assert answers == [2], answers  # refused: held by the live flow, exit 2

@@ -128,7 +128,6 @@ def _take(run_id: int, engine: Engine, *, handed_over: bool = False) -> str:
     from datetime import timedelta
 
     from flows import lease
-    from inventory.types import utcnow
     from upkeep.settings import load_settings
 
     settings = load_settings()
@@ -136,11 +135,26 @@ def _take(run_id: int, engine: Engine, *, handed_over: bool = False) -> str:
     lease_for = timedelta(seconds=settings.start_lease_seconds if handed_over else settings.run_lease_seconds)
     try:
         with session_scope(engine) as session:
-            return lease.claim(session, run_id, now=utcnow(), lease=lease_for, actor=getpass.getuser())
+            return lease.claim(session, run_id, now=_lease_clock(), lease=lease_for, actor=getpass.getuser())
     except lease.LeaseHeld as exc:
         raise CliError(str(exc), code=2) from None
     except lease.NotResumable as exc:
         raise CliError(str(exc)) from None
+
+
+def _lease_clock() -> Any:
+    """The clock `upkeep resume`/`update` claim a run and read its holder's lease by: the runtime's, which
+    the flow's acquire and heartbeat and the dispatcher's claim and take-over write and read leases by
+    (one clock in production; a fixed one in tests and the lab). By the wall clock, a runtime clock fixed
+    behind it made a live flow's lease read as run out and the run claimed from under it (adv45). The wall
+    clock where no runtime is configured."""
+    from flows.runtime import RuntimeNotConfigured, current
+    from inventory.types import utcnow
+
+    try:
+        return current().clock()
+    except RuntimeNotConfigured:
+        return utcnow()
 
 
 def answer_seconds() -> float:
@@ -387,7 +401,6 @@ def resume_run(
     from flows.run_window import has_window, window_at
     from flows.runtime import current
     from inventory.models import AuditEvent, Cluster, RunState
-    from inventory.types import utcnow
     from scheduling.cutoff import room_for_a_node
 
     if override_reason is not None and not override_reason.strip():
@@ -404,7 +417,7 @@ def resume_run(
             run = get_run(run_id, session=session)
         except LookupError:
             raise CliError(no_update(run_id)) from None
-        if RunState(run.state).active and (held := lease.held_live(run, utcnow())):
+        if RunState(run.state).active and (held := lease.held_live(run, _lease_clock())):
             raise CliError(held, code=2)
         if (
             override_reason is None
@@ -495,14 +508,13 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     from flows.runtime import current
     from flows.schedule import ScheduleRefused, reslot_update
     from inventory.models import AuditEvent, RequestedAction, RunState
-    from inventory.types import utcnow
 
     run = get_run(run_id, session=session, lock=True)
     if not stalled(run):
         raise CliError(f"run {run_id} is {run.state} now (changed just now); see `upkeep show {run_id}`")
-    # The claim's own rule and clock (the wall clock: a claim writes its lease by it), as the read-only
+    # The claim's own rule and clock (`_lease_clock`, which leases are written by), as the read-only
     # check before: another resume may have claimed the run between that check and this lock.
-    if held := lease.held_live(run, utcnow()):
+    if held := lease.held_live(run, _lease_clock()):
         raise CliError(held, code=2)
     before = run.reason
     run.state, run.requested_action = RunState.planned, RequestedAction.none

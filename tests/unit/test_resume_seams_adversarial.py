@@ -118,15 +118,6 @@ def test_a_stalled_run_cancelled_or_replanned_by_another_sre_after_the_held_chec
     assert "alice" not in run.reason, run.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="adv45: leases are written by two clocks - the flow's acquire/heartbeat and the dispatcher's "
-    "claim and take-over by runtime.clock, `upkeep resume`'s claim and held_live by utcnow (h-lease chose "
-    "the wall clock; 5e8bf43's held_live is the claim's rule) - one in production; a runtime clock fixed "
-    "behind the wall clock (tests, the lab) lets resume claim a run a live flow carries. Which one clock "
-    "every lease is read and written by is the lead's call (tests write leases by both)",
-)
 def test_a_resume_while_a_flow_under_a_runtime_clock_behind_the_wall_clock_carries_the_run_is_refused(
     on_call_world: World,
 ) -> None:

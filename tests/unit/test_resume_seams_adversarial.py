@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.engine import Engine
 
+from inventory.db import session_scope
 from inventory.models import RunState
 from tests.support.update_world import MONDAY, World
 from tests.unit.test_update_branches import _planned_monday
@@ -28,10 +29,10 @@ def _stalled(world: World) -> int:
 def test_a_stalled_run_claimed_by_another_resume_after_the_held_check_is_not_replanned_from_under_it(
     on_call_world: World, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two SREs resume the stalled run at once: B's `upkeep resume --override-window` claims it (its
-    lease written from the wall clock, as every claim's) after A's read-only held check, before A's
+    """Two SREs resume the stalled run at once: B's `upkeep resume --override-window` claims it (by
+    `_take`, the claim every resume makes) after A's read-only held check, before A's
     replan takes the row lock. The replan must refuse as the claim would: exit 2, the holder named with
-    when its lease runs out. It looked at the lease with the runtime clock instead of the claim's, and
+    when its lease runs out. It looked at the lease by another clock than the claim's (adv45, 88a66a8), and
     said 'held' without the time and with exit 1; where that clock runs ahead of the wall clock (a fixed
     one: tests, the lab) it read B's fresh lease as run out and planned the run B was starting -
     lease cleared, customer told 'rescheduled' - two owners of one cluster.
@@ -146,3 +147,42 @@ def test_a_resume_while_a_flow_under_a_runtime_clock_behind_the_wall_clock_carri
     world.update()
 
     assert answers == [2], answers  # refused: held by the live flow, exit 2
+
+
+def test_the_stall_alert_and_the_urgent_page_of_a_hostile_customer_and_cluster_name_are_one_plain_line(
+    on_call_world: World,
+) -> None:
+    """Held: the customer's name is inventory data (an import, a hand edit) and reaches the stall's SRE
+    alert and its urgent page (as the cluster's name does, by the same `where`): a CR/LF (a forged mail
+    header), an ESC (a terminal sequence in a chat client's title), U+2028. Every subject queued is one
+    printable line; the bodies escape the HTML."""
+    from sqlalchemy import update
+    from sqlmodel import col, select
+
+    from inventory.alerts import Alert, Page
+    from inventory.models import Cluster, Customer, UpgradeRun
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    hostile = "acme\r\nBcc: evil@example.com\x1b]0;owned\x07\u2028<b>x</b>"  # the cluster's: planned by
+    with session_scope(world.engine) as session:
+        session.execute(update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(urgent=True))
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        cluster = session.get(Cluster, run.cluster_id)
+        assert cluster is not None
+        customer = session.get(Customer, cluster.customer_id)
+        assert customer is not None
+        customer.name = hostile
+        session.add(customer)
+
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
+
+    with session_scope(world.engine) as session:
+        alerts = session.exec(select(Alert)).all()
+        pages = session.exec(select(Page)).all()
+    stalled = [alert for alert in alerts if alert.kind == "stalled"]
+    assert len(stalled) == 1 and len(pages) == 1, ([a.kind for a in alerts], pages)
+    for alert in alerts:
+        assert alert.subject.isprintable(), repr(alert.subject)
+        assert "<b>x</b>" not in alert.body_html, alert.body_html

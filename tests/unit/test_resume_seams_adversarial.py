@@ -186,3 +186,21 @@ def test_the_stall_alert_and_the_urgent_page_of_a_hostile_customer_and_cluster_n
     for alert in alerts:
         assert alert.subject.isprintable(), repr(alert.subject)
         assert "<b>x</b>" not in alert.body_html, alert.body_html
+
+
+def test_a_stalled_run_resumed_on_a_worker_outside_its_window_is_planned_without_asking_for_a_worker(
+    on_call_world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Held: `upkeep resume N --on-worker` of a stalled run at noon: planned for its next window like
+    the plain resume (the dispatcher starts it there, in its own mode); no deployment or worker is
+    asked for (none exists here: that read would refuse), nothing is handed to a worker."""
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _stalled(world)
+
+    assert resume_run(run_id, engine=world.engine, as_json=False, actor="sre", on_worker=True) == 0
+
+    run = world.run()
+    assert (run.state, run.slot_start, run.lease_owner) == (RunState.planned, MONDAY + 3 * DAY, None), run
+    assert "planned for 2026-12-10 00:00 UTC" in capsys.readouterr().out

@@ -552,8 +552,6 @@ def _replanned(run_id: int, said: str, as_json: bool, limit: str) -> None:
     """The replan's one line (or JSON), with the fleet's brake as `upkeep request` says it: planned into a
     braked fleet, the dispatcher holds the start rather than starting it (read after the commit, within
     UPKEEP_PREFECT_ANSWER_SECONDS; the replan itself needs no Prefect)."""
-    from upkeep.requests import fleet_brake
-
     brake = fleet_brake(limit)
     if brake is not None and brake["held"] is None:
         err_console.print(f"warning: {brake['detail']}", markup=False, soft_wrap=True)
@@ -849,3 +847,42 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
         if unseen := _holder_unseen(run, "goes on" if approved else "ends", does):
             return f"run {run_id} {_PAST[verb]}; {unseen}"
     return f"run {run_id} {_PAST[verb]}"
+
+
+def fleet_brake(name: str) -> dict[str, object] | None:
+    """The fleet's brake as a scheduled update meets it (`upkeep request`, and `upkeep resume` of a stalled
+    run planned for its next window) (after the run is written: the read may wait for
+    the Prefect API, and planning is not refused for it): None without UPKEEP_CLUSTER_LIMIT; else the
+    limit's name, `held` (True: it grants no slot, the dispatcher will hold the start; None: the API did
+    not answer, was interrupted, or there is no PREFECT_API_URL: not known) and the one line saying so."""
+    from flows.prefect_api import api_url
+    from flows.product_update import limit_state
+
+    if not name:
+        return None
+    if not api_url():
+        # As the doctor: no temporary Prefect server is started for a look (10-40 s, unbounded, its log
+        # lines around this one, and a throwaway server's limits; adv43).
+        why = f"UPKEEP_CLUSTER_LIMIT {name!r}: not checked without PREFECT_API_URL"
+        return {"limit": name, "held": None, "detail": _unchecked(why)}
+    try:
+        kind, why = limit_state(name, within=answer_seconds())
+    except KeyboardInterrupt:
+        # The run and its notice are committed: Ctrl-C in this wait (up to UPKEEP_PREFECT_ANSWER_SECONDS,
+        # nothing on the screen) ends the read only. "aborted", exit 130, was a lie: the update was
+        # planned, and the next `upkeep request` said it already had one (adv43).
+        kind, why = "away", f"UPKEEP_CLUSTER_LIMIT {name!r}: its read was interrupted (Ctrl-C)"
+    held = {"brake": True, "grants": False}.get(kind)
+    if held:
+        why = (
+            f"the fleet is held: {why}; the start waits until the limit grants a slot (at least 1): if "
+            "the brake outlasts the slot, the dispatcher moves the update to a later window and tells the "
+            "customer"
+        )
+    elif held is None:
+        why = _unchecked(why)
+    return {"limit": name, "held": held, "detail": why}
+
+
+def _unchecked(why: str) -> str:
+    return f"whether the fleet is held could not be checked: {why}; the update is scheduled all the same"

@@ -247,7 +247,9 @@ def test_a_table_of_a_value_that_is_not_utf8_on_a_strict_utf8_output_is_the_answ
     home = tmp_path / "h\udcff"
     code, out, err = _bytes_of(home, "settings", PYTHONIOENCODING="utf-8")
     assert (code, err) == (0, b""), err
-    assert f"home = {tmp_path}/h?\n".encode() in out, out
+    # `upkeep settings` escapes what a terminal cannot show as it is (adv46: a limit name's ESC was
+    # written raw): the undecodable byte is shown as its escape, which any output encoding can write.
+    assert f"home = {tmp_path}/h\\udcff\n".encode() in out, out
 
 
 @pytest.mark.parametrize("encoding", ["", "utf-8", "ascii"])

@@ -46,11 +46,14 @@ _URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^\s'\"<>]*")
 
 def shown(url: str) -> str:
     """`url` fit for one line an operator reads: no userinfo, no query or fragment (a proxy's password or
-    a token: upkeep/doctor.py `_bare` shows it so too), control characters escaped (adv43). Masked by
-    `url`'s own password, never by asking Prefect's settings for PREFECT_API_URL: the doctor shows a URL
-    Prefect's settings refuse before Prefect is imported (importing it printed "Failed to initialize
-    plugins" and pydantic's error above the one line)."""
-    return scrubbed(_bare(url), url)
+    a token: upkeep/doctor.py `_bare` shows it so too), control characters escaped (adv43). Masked by the
+    password of PREFECT_API_URL as the environment gives it, never by asking Prefect's settings: the
+    doctor shows a URL Prefect's settings refuse before Prefect is imported (importing it printed "Failed
+    to initialize plugins" and pydantic's error above the one line). Not by `url`'s own: `_bare` has
+    dropped its userinfo, and what looks like a password in a URL without one is its port and path."""
+    import os
+
+    return scrubbed(_bare(url), os.environ.get("PREFECT_API_URL", ""))
 
 
 def scrubbed(text: str, url: str | None = None) -> str:

@@ -204,5 +204,13 @@ def nodes_touched(engine: Engine, run_id: int) -> bool:
 
 # The steps that change nothing a node runs (`nodes_touched`).
 UNTOUCHED = ("download", "pre-flight", "approval", "distribute", "tunnel-wait")
-# How the reason of a run stalled by flows/outcomes.py begins (flows/rollout.py tells such a run apart).
+# How the reason of a run stalled by flows/outcomes.py begins (`stalled` tells such a run apart).
 STALLED_REASON = "stalled: "
+
+
+def stalled(run: Any) -> bool:
+    """Whether `run` is paused by the bound on idle carry-overs (flows/outcomes.py `_stalled`), not by an
+    SRE: the rollout's start gate (flows/rollout.py) and `upkeep resume` (upkeep/updates.py) ask it."""
+    from inventory.models import RunState
+
+    return RunState(run.state) is RunState.paused and str(run.reason).startswith(STALLED_REASON)

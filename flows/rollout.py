@@ -101,10 +101,10 @@ def _idle(run: UpgradeRun, session: Session) -> bool:
     cluster for the limits to guard. Counted in flight, it held its customer's (and the release's) slot
     for as long as nobody acted, and their other clusters waited at this gate window after window, each
     re-slotted with a 'rescheduled' mail (adv41). A stalled run mid-way still counts."""
-    from flows.records import STALLED_REASON, UNTOUCHED
+    from flows.records import UNTOUCHED, stalled
     from inventory.models import NodeStep
 
-    if run.state is not RunState.paused or not run.reason.startswith(STALLED_REASON):
+    if not stalled(run):
         return False
     touched = select(NodeStep.id).where(col(NodeStep.run_id) == run.id, col(NodeStep.step).not_in(UNTOUCHED))
     return session.exec(touched.limit(1)).first() is None

@@ -20,8 +20,8 @@ from inventory.models import AuditEvent, RunState
 from inventory.runs import create_run
 from inventory.windows import blackouts_for, cluster_windows
 from scheduling.cutoff import open_window, room_for_a_node
-from upkeep.console import CliError, console, err_console
-from upkeep.updates import fleet_brake, run_product_update, show_run
+from upkeep.console import CliError, console
+from upkeep.updates import fleet_brake, run_product_update, show_run, warn_unchecked
 
 
 def request_update(
@@ -158,8 +158,7 @@ def _show_scheduled(run_id: int, *, engine: Engine, as_json: bool, brake: dict[s
     with session_scope(engine) as session:
         run = get_run(run_id, session=session)
         slot_start, slot_end = run.slot_start, run.slot_end
-    if brake is not None and brake["held"] is None:
-        err_console.print(f"warning: {brake['detail']}", markup=False, soft_wrap=True)
+    warn_unchecked(brake)
     if as_json:
         show_run(run_id, engine=engine, as_json=True, extra={"cluster_limit": brake})
         return

@@ -397,7 +397,7 @@ def resume_run(
 
     The run is claimed first (one compare-and-set on its lease): of several resumes at once, or a
     resume racing the dispatcher's take-over, exactly one carries it out; the others exit 2."""
-    from flows import lease
+    from flows import lease, records
     from flows.run_window import has_window, window_at
     from flows.runtime import current
     from inventory.models import AuditEvent, Cluster, RunState
@@ -425,7 +425,7 @@ def resume_run(
             and has_window(run)
             and not room_for_a_node(window_at(run, now, session=session), now, runtime.per_node_estimate)
         ):
-            if not stalled(run):
+            if not records.stalled(run):
                 where = _next_slot(run, now, session)
                 raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
             replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser())
@@ -487,14 +487,6 @@ STALL_REPLANNED = (
 )
 
 
-def stalled(run: Any) -> bool:
-    """Whether `run` is paused by the bound on idle carry-overs (flows/outcomes.py `_stalled`)."""
-    from flows.records import STALLED_REASON
-    from inventory.models import RunState
-
-    return RunState(run.state) is RunState.paused and str(run.reason).startswith(STALLED_REASON)
-
-
 def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     """`upkeep resume` of a stalled run outside a window: planned for its next window with room, the
     customer told 'rescheduled' with the time, and left to the dispatcher there, as any planned run.
@@ -503,14 +495,14 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     overridden, or a cancel and a new request (the approval and the copies on the nodes lost). Under
     the row's lock (a cancel deciding at once waits); a live lease (the stalling process not yet gone)
     refuses. Returns what was done."""
-    from flows import lease
+    from flows import lease, records
     from flows.run_notices import VendorTerms
     from flows.runtime import current
     from flows.schedule import ScheduleRefused, reslot_update
     from inventory.models import AuditEvent, RequestedAction, RunState
 
     run = get_run(run_id, session=session, lock=True)
-    if not stalled(run):
+    if not records.stalled(run):
         raise CliError(f"run {run_id} is {run.state} now (changed just now); see `upkeep show {run_id}`")
     # The claim's own rule and clock (`_lease_clock`, which leases are written by), as the read-only
     # check before: another resume may have claimed the run between that check and this lock.
@@ -553,8 +545,7 @@ def _replanned(run_id: int, said: str, as_json: bool, limit: str) -> None:
     braked fleet, the dispatcher holds the start rather than starting it (read after the commit, within
     UPKEEP_PREFECT_ANSWER_SECONDS; the replan itself needs no Prefect)."""
     brake = fleet_brake(limit)
-    if brake is not None and brake["held"] is None:
-        err_console.print(f"warning: {brake['detail']}", markup=False, soft_wrap=True)
+    warn_unchecked(brake)
     if brake is not None and brake["held"]:
         said = said.replace(STARTS_THEN, f"; {brake['detail']}")
     if not as_json:
@@ -886,3 +877,10 @@ def fleet_brake(name: str) -> dict[str, object] | None:
 
 def _unchecked(why: str) -> str:
     return f"whether the fleet is held could not be checked: {why}; the update is scheduled all the same"
+
+
+def warn_unchecked(brake: dict[str, object] | None) -> None:
+    """The one warning line of a brake `fleet_brake` could not read (the API silent or away, Ctrl-C, no
+    PREFECT_API_URL): the update was planned all the same."""
+    if brake is not None and brake["held"] is None:
+        err_console.print(f"warning: {brake['detail']}", markup=False, soft_wrap=True)

@@ -36,6 +36,7 @@ ADMIN_DSN = f"postgresql://postgres@{LOCALHOST}:5432/test"
 HEALTH_TIMEOUT = 120.0  # first start on a fresh database runs every migration (≈ 40 s measured)
 WORKER_TIMEOUT = 60.0
 STOP_GRACE = 10.0
+SCHEDULES_VARIABLE = "upkeep_schedules_active"  # prefect.yaml's schedules read `active` from it
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
@@ -72,6 +73,12 @@ class PrefectServer:
                 f"`prefect {' '.join(args)}` exited {done.returncode}:\n{_tail(done.stdout + done.stderr)}"
             )
         return done.stdout
+
+
+def go_live(server: PrefectServer) -> None:
+    """docs/deploying.md step 7: every schedule on, and kept on by later deploys."""
+    server.prefect("variable", "set", SCHEDULES_VARIABLE, "true", "--overwrite")
+    server.prefect("deployment", "schedule", "resume", "--all")
 
 
 @contextlib.contextmanager
@@ -127,6 +134,9 @@ def running_prefect_server(
                 # UPKEEP_CHECKOUT must NOT be set here: `prefect deploy` would bake this machine's path
                 # into the stored pull step. Left as the placeholder, each worker resolves its own.
                 deploy_env = {k: v for k, v in env.items() if k != "UPKEEP_CHECKOUT"}
+                # Deployed paused, as docs/deploying.md step 4: prefect.yaml's schedules take `active`
+                # from this variable, so nothing is scheduled until a caller goes live (go_live).
+                server.prefect("variable", "set", SCHEDULES_VARIABLE, "false")
                 server.prefect("deploy", "--all", env=deploy_env, timeout=180)
 
         if worker_env is not None:

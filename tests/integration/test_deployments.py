@@ -24,7 +24,7 @@ from sqlmodel import col, select
 from inventory.db import session_scope
 from inventory.models import Cluster, RunState, UpgradeRun
 from tests.integration.conftest import cli_engine
-from tests.integration.prefect_server import PrefectServer, running_prefect_server
+from tests.integration.prefect_server import PrefectServer, go_live, running_prefect_server
 from tests.support import forkserver
 from tests.support.labs import running_lab
 from upkeep.lab import Lab
@@ -80,6 +80,7 @@ def prefect_server(
     try:
         with running_prefect_server(tmp_path_factory.mktemp("prefect-server"), worker_env) as server:
             server.prefect("gcl", "create", CLUSTER_LIMIT, "--limit", str(CONCURRENCY))
+            go_live(server)  # these tests run against a live installation (docs/deploying.md step 7)
             print(f"\nprefect server {server.api_url} up: {server.timings}")
             yield server
     finally:

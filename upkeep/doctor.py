@@ -447,12 +447,66 @@ def _deployments(http: Any) -> Iterator[Check]:
         return
     dispatch: dict[str, Any] = found.get("dispatch") or {}
     live = any(s.get("active") for s in dispatch.get("schedules", [])) and not dispatch.get("paused")
-    state = (
-        "dispatch schedule ACTIVE: due updates start and queued customer notices are delivered every 60 s"
-        if live
-        else "dispatch schedule paused: nothing starts or is sent by itself"
-    )
-    yield ok("deployments", f"{len(expected) or len(found)} found; {state}")
+    intent = _schedules_intent(http)
+    count = f"{len(expected) or len(found)} found"
+    if live:
+        state = "dispatch schedule ACTIVE: due updates start and queued customer notices go out every 60 s"
+        if intent is not True:
+            then = (
+                "switches every schedule OFF (scheduled updates stop)"
+                if intent is False
+                else "fails on the scheduled deployments"
+            )
+            yield warn(
+                "deployments",
+                f"{count}; {state}, but {SCHEDULES_VARIABLE} is {_shown(intent)}: "
+                f"the next `prefect deploy` {then}",
+                f"prefect variable set {SCHEDULES_VARIABLE} true --overwrite",
+            )
+            return
+        yield ok("deployments", f"{count}; {state}")
+        return
+    state = "dispatch schedule paused: nothing starts or is sent by itself"
+    if intent is True:
+        yield warn(
+            "deployments",
+            f"{count}; {state}, but {SCHEDULES_VARIABLE} is true: the next `prefect deploy` switches every "
+            "schedule ON",
+            f"to stay paused: prefect variable set {SCHEDULES_VARIABLE} false --overwrite; "
+            "to go live: prefect --no-prompt deployment schedule resume --all",
+        )
+        return
+    if intent is None:
+        yield warn(
+            "deployments",
+            f"{count}; {state}; {SCHEDULES_VARIABLE} is not set: `prefect deploy` fails on the scheduled "
+            "deployments",
+            f"prefect variable set {SCHEDULES_VARIABLE} false (docs/deploying.md step 4)",
+        )
+        return
+    yield ok("deployments", f"{count}; {state} (until step 7 of docs/deploying.md: going live)")
+
+
+# prefect.yaml's schedules read `active` from this Prefect variable when `prefect deploy` runs: the
+# server, not the deploying shell, remembers whether Upkeep is live, so a redeploy keeps it as it is.
+SCHEDULES_VARIABLE = "upkeep_schedules_active"
+
+
+def _schedules_intent(http: Any) -> bool | str | None:
+    """The server's `upkeep_schedules_active`: True/False, None when unset, or the odd value as text."""
+    reply = http.get(f"variables/name/{SCHEDULES_VARIABLE}")
+    if reply.status_code == 404:
+        return None
+    reply.raise_for_status()
+    value = reply.json().get("value")
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    return {"true": True, "false": False}.get(text, str(value))
+
+
+def _shown(intent: bool | str | None) -> str:
+    return "not set" if intent is None else str(intent).lower() if isinstance(intent, bool) else repr(intent)
 
 
 def _expected_deployments() -> list[str]:

@@ -64,10 +64,10 @@ def test_the_first_deploy_creates_no_scheduled_run_without_any_pause(
 
     _scheduler_has_run(api)
     deployments = _deployments(api)
-    assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [False] for name in SCHEDULED}
     assert {name: _scheduled_runs(api, deployments[name]["id"]) for name in SCHEDULED} == {
         name: 0 for name in SCHEDULED
     }
+    assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [False] for name in SCHEDULED}
 
 
 def test_a_redeploy_keeps_a_live_installation_live(server: PrefectServer, api: httpx.Client) -> None:
@@ -154,3 +154,36 @@ def _wait_for(condition: Any, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"waited {HANG:.0f} s, still not {what}"
         time.sleep(0.5)
+
+
+def test_the_doctor_warns_before_a_deploy_would_switch_the_schedules(
+    server: PrefectServer, api: httpx.Client
+) -> None:
+    """The `deployments` line: paused and recorded paused is ok; the variable and the dispatch schedule
+    disagreeing is a warning naming what the next `prefect deploy` does and the fix."""
+    from upkeep.doctor import _deployments as doctor_deployments
+
+    def line() -> tuple[str, str]:
+        [check] = list(doctor_deployments(api))
+        return check.status, check.detail
+
+    server.prefect("variable", "set", SCHEDULES_VARIABLE, "false")
+    _deploy(server)
+    status, detail = line()
+    assert status == "ok" and "dispatch schedule paused" in detail, detail
+
+    server.prefect("variable", "set", SCHEDULES_VARIABLE, "true", "--overwrite")
+    status, detail = line()
+    assert status == "warn" and "the next `prefect deploy` switches every schedule ON" in detail, detail
+
+    server.prefect("deployment", "schedule", "resume", "--all")
+    status, detail = line()
+    assert status == "ok" and "dispatch schedule ACTIVE" in detail, detail
+
+    server.prefect("variable", "set", SCHEDULES_VARIABLE, "false", "--overwrite")
+    status, detail = line()
+    assert status == "warn" and "the next `prefect deploy` switches every schedule OFF" in detail, detail
+
+    api.delete(f"variables/name/{SCHEDULES_VARIABLE}").raise_for_status()
+    status, detail = line()
+    assert status == "warn" and "fails on the scheduled deployments" in detail, detail

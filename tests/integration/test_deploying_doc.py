@@ -214,6 +214,39 @@ def _dispatch_runs(api: str) -> int:
         return len(runs.json())
 
 
+def _scheduler_probe(api: str) -> str:
+    """A deployment with an active hourly schedule, created now (not a step of the document): once the
+    scheduler has given it runs, a scheduler loop has been through every deployment made before it."""
+    with httpx.Client(timeout=10) as http:
+        flow = http.post(f"{api}/flows/", json={"name": "scheduler-probe"})
+        flow.raise_for_status()
+        probe = http.post(
+            f"{api}/deployments/",
+            json={
+                "name": "probe",
+                "flow_id": flow.json()["id"],
+                "schedules": [{"schedule": {"interval": 3600}, "active": True}],
+            },
+        )
+        probe.raise_for_status()
+        probe_id: str = probe.json()["id"]
+        return probe_id
+
+
+def _await_scheduler(api: str, probe: str) -> None:
+    scheduled = {"state": {"type": {"any_": ["SCHEDULED"]}}}
+    query = {"deployments": {"id": {"any_": [probe]}}, "flow_runs": scheduled}
+    deadline = time.monotonic() + 300  # bounds a hang only (the scheduler loops every 2 s here)
+    with httpx.Client(timeout=10) as http:
+        while True:
+            reply = http.post(f"{api}/flow_runs/count", json=query)
+            reply.raise_for_status()
+            if reply.json() > 0:
+                return
+            assert time.monotonic() < deadline, "the scheduler gave the probe deployment no run in 300 s"
+            time.sleep(1)
+
+
 @pytest.mark.prefect_server
 @pytest.mark.lab
 @pytest.mark.postgres
@@ -262,8 +295,12 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # this machine's Prefect profile dir
+    # The test's own: the scheduler loops every 2 s instead of 60 s, so waiting for one loop after the
+    # deploy (the probe, before going live) costs seconds.
+    env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "2"
     machine = _Machine(tmp_path, site, env)
     worker_stopped_in: float | None = None
+    probe: str | None = None  # a deployment made right after the first deploy, to see the scheduler's loop
 
     with guarded(lab):
         lab.up(clusters=1, nodes=3, upgrade_seconds=0.1, health_delay=0.1)
@@ -275,9 +312,15 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
                 for block in blocks:
                     if block.role == "run":
                         if "schedule resume" in block.text:
-                            # Deployed paused: with a worker up, the dispatcher has not run once.
+                            # Deployed paused, and no pause needed: the scheduler has been through the
+                            # deployments since (it scheduled the probe) and gave the dispatcher nothing,
+                            # so with a worker up the dispatcher has not run once.
+                            assert probe is not None, "no block deployed before going live"
+                            _await_scheduler(values["PREFECT_API_URL"], probe)
                             assert _dispatch_runs(values["PREFECT_API_URL"]) == 0
                         machine.run(block)
+                        if "deploy --all" in block.text and probe is None:
+                            probe = _scheduler_probe(values["PREFECT_API_URL"])
                     elif block.role == "background":
                         if block.name == "worker":
                             # Deployed, no worker yet: the doctor names exactly that (and its fix).

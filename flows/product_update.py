@@ -223,26 +223,31 @@ class ClusterLimitUnusable(Exception):
     of (its limit 0): a setup error, ours. (A disabled limit is not enforced: Prefect grants every ask.)"""
 
 
-def limit_unusable(name: str, *, away: bool = False, within: float | None = None) -> str:
+def limit_unusable(name: str, *, away: bool = False, erred: bool = False, within: float | None = None) -> str:
     """Why the Prefect global concurrency limit `name` can never grant a slot, as the one line the run
     fails with: there is none of that name, or its limit is 0 (Prefect answers every ask 422); "" when
     it looks usable (a disabled limit enforces nothing) or cannot be asked (an API away is not a setup
     error, and the run is left to resume as before); with `away`, the API not answering is said too
     (`upkeep update --check`, which must not call an unread limit usable: adv40). `within`: seconds the
     whole read may take (flows/prefect_api.py; the CLI's pre-checks): an API that does not answer by
-    then is said, with or without `away` (a command must not start what waits on it)."""
+    then is said, with or without `away` (a command must not start what waits on it). `erred` (the CLI's
+    pre-check, `upkeep/updates.py` `cluster_limit_grants`): an API that answered the read with an error
+    or with no limit at all is said (with `away` too): read as away, the update went on and failed on
+    the limit, as "a bug in Upkeep"."""
     kind, why = limit_state(name, within=within)
-    if kind == "away" and not away:
+    if (kind == "away" and not away) or (kind == "erred" and not (away or erred)):
         return ""
-    return f"{why}; `upkeep update` needs it" if kind in ("away", "silent") else why
+    return f"{why}; `upkeep update` needs it" if kind in ("away", "silent", "erred") else why
 
 
 def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
     """("grants", ""), ("brake", why: none of that name, or at 0 and enabled), ("away", why: the API did
-    not answer, or not within `within` seconds: "silent") of the Prefect limit `name`, each `why` one line
-    naming the setting. One API read."""
+    not answer, or not within `within` seconds: "silent"; "erred": it answered the read with an error
+    status or with what is no limit) of the Prefect limit `name`, each `why` one line naming the setting
+    (and, when it answered, the API, its credentials masked). One API read."""
     from urllib.parse import quote
 
+    import httpx
     from prefect.exceptions import ObjectNotFound
 
     from flows.prefect_api import NoAnswer, answered_within, quick_client, scrubbed
@@ -265,8 +270,10 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
         )
     except NoAnswer as exc:
         return "silent", f"{setting}: {exc}"
-    except Exception as exc:
+    except httpx.TransportError as exc:
         return "away", f"{setting}: the Prefect API did not answer ({scrubbed(one_line(str(exc)))})"
+    except Exception as exc:  # it answered: an error status, or what is no limit (garbage, another server)
+        return "erred", f"{setting}: {_limit_read_failed(exc)}"
     # A disabled limit (`prefect gcl disable`) is enforced on nothing: Prefect's increment skips it and
     # grants at once, so at 0 it is no brake; read as one, every command refused an update that runs
     # and the dispatcher held the fleet on the operator's 'limit off' (adv40).
@@ -276,6 +283,24 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
             f"`prefect gcl update {shell_word(name)} --limit N`, or unset the setting"
         )
     return "grants", ""
+
+
+def _limit_read_failed(exc: Exception) -> str:
+    """'the Prefect API (URL) answered the limit's read with HTTP 500 Internal Server Error' (or with
+    something that is not a limit: the exception's one line), the URL shown bare (prefect_api `shown`)."""
+    import httpx
+
+    from flows.prefect_api import api_url, scrubbed, shown
+
+    try:
+        where = shown(api_url()) or "the temporary Prefect server"
+    except Exception:  # Prefect's settings unreadable: the API is named without its URL
+        where = "PREFECT_API_URL"
+    if isinstance(exc, httpx.HTTPStatusError):
+        answer = f"HTTP {exc.response.status_code} {scrubbed(exc.response.reason_phrase)}".rstrip()
+    else:
+        answer = f"something that is not a limit ({type(exc).__name__}: {scrubbed(one_line(str(exc), 200))})"
+    return f"the Prefect API ({where}) answered the limit's read with {answer}"
 
 
 def _end_for_the_limit(

@@ -213,12 +213,14 @@ def cluster_limit_grants() -> None:
     Carried out, the run would fail on it before its first node, or, resumed after a node was upgraded,
     fail with the customer told 'failed' and a case opened, over the vendor's own setting (adv37).
     Nothing is started or changed; the run stays as it was. One API read, only with the setting, given
-    up after UPKEEP_PREFECT_ANSWER_SECONDS (refused then too: what it would start waits on that API)."""
+    up after UPKEEP_PREFECT_ANSWER_SECONDS (refused then too: what it would start waits on that API), and
+    refused when the API answers it with an error or with something that is not a limit (an API that
+    answers /health and 500 on the rest): read as 'away', the update went on and failed on the limit."""
     from flows.product_update import limit_unusable
     from flows.runtime import current
 
     name = current().cluster_limit
-    if name and (why := limit_unusable(name, within=answer_seconds())):
+    if name and (why := limit_unusable(name, erred=True, within=answer_seconds())):
         raise CliError(f"{why}; nothing was started or changed")
 
 

@@ -75,7 +75,7 @@ def schedule(
             cluster, to, now=_now(), urgent=urgent, case=case, requested_by=getpass.getuser(), session=session
         )
         data = _update_dict(run, session)
-    _print_update("scheduled", data, json)
+    _print_update("scheduled", data, json, _fleet_brake())
 
 
 def defer(
@@ -98,7 +98,7 @@ def defer(
         when = _when(to, _customer_zone(run_id, session))
         run = defer_update(run_id, to=when, now=_now(), session=session, requested_by=getpass.getuser())
         data = _update_dict(run, session)
-    _print_update("deferred", data, json)
+    _print_update("deferred", data, json, _fleet_brake())
 
 
 def reschedule(
@@ -126,7 +126,7 @@ def reschedule(
             run_id, to=when, reason=reason, now=_now(), session=session, requested_by=getpass.getuser()
         )
         data = _update_dict(run, session) | {"previous_slot_start": previous, "reason": reason}
-    _print_update("rescheduled", data, json)
+    _print_update("rescheduled", data, json, _fleet_brake())
 
 
 def cancel_update(
@@ -341,11 +341,27 @@ def _update_dict(run: Any, session: Session) -> dict[str, Any]:
     return public.model_dump(mode="json", by_alias=True) | schedule_fields(run, cluster, session)
 
 
-def _print_update(action: str, data: dict[str, Any], as_json: bool) -> None:
+def _fleet_brake() -> dict[str, object] | None:
+    """The fleet's brake as `upkeep request` reads and warns of it (upkeep/updates.py `fleet_brake`,
+    `warn_unchecked`), after the commit: a planned update's start is held while UPKEEP_CLUSTER_LIMIT's
+    limit grants no slot, and "scheduled" alone was read as "it starts in its slot"."""
+    from flows.runtime import current
+    from upkeep.updates import fleet_brake, warn_unchecked
+
+    brake = fleet_brake(current().cluster_limit)
+    warn_unchecked(brake)
+    return brake
+
+
+def _print_update(
+    action: str, data: dict[str, Any], as_json: bool, brake: dict[str, object] | None = None
+) -> None:
+    """The update's lines (or JSON); with `brake` (`_fleet_brake`), the held fleet said as `upkeep request`
+    says it, and --json's `cluster_limit` as its."""
     from templates import format_duration, format_slot
 
     if as_json:
-        print_json(data)
+        print_json(data if action == "cancelled" else {**data, "cluster_limit": brake})
         return
 
     def say(text: str) -> None:
@@ -364,3 +380,5 @@ def _print_update(action: str, data: dict[str, Any], as_json: bool) -> None:
         say("          (sent by `upkeep notices send` or the dispatcher)")
     else:
         say("  notice  none (the update had no announced slot)")
+    if brake is not None and brake["held"]:
+        say(f"  fleet   {brake['detail']}")

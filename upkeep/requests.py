@@ -51,9 +51,10 @@ def request_update(
         from upkeep.updates import answer_seconds, cluster_limit_grants, prefect_answers
 
         # What was asked is looked at first, as `update` does: a typo in the cluster waited out the API
-        # (up to UPKEEP_PREFECT_ANSWER_SECONDS) and was refused for it, unmentioned (adv43).
+        # (up to UPKEEP_PREFECT_ANSWER_SECONDS) and was refused for it, unmentioned (adv43). Planned once:
+        # this plan is the run's (planned again below, it was the same plan read twice).
         with session_scope(engine) as session:
-            plan_update(cluster, to_version, session=session)
+            planned = plan_update(cluster, to_version, session=session)
         prefect_answers()  # no run is created that no flow could carry out
         if on_worker:  # a run handed to nobody would wait for ever
             from upkeep.on_worker import workers_ready
@@ -63,7 +64,8 @@ def request_update(
     runtime = current()
     now = runtime.clock()
     with session_scope(engine) as session:
-        plan = plan_update(cluster, to_version, session=session)  # path, downgrade, release: or refused
+        # Path, downgrade, release: or refused (with --now, above).
+        plan = planned if now_run else plan_update(cluster, to_version, session=session)
         if case:
             ref = check_case_ref(case)
             found = get_case(ref, session=session)

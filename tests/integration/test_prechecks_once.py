@@ -68,3 +68,45 @@ def test_request_now_asks_the_prefect_api_and_reads_the_limit_once(
         as_json=True,
     )
     assert calls == {"prefect_answers": 1, "cluster_limit_grants": 1}
+
+
+def test_request_now_plans_the_update_once(prefect_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`request --now` planned the update (release, path, nodes: five reads) before asking the API, and
+    again in the transaction that writes the run; `update` plans once. The one plan is the run's."""
+    import upkeep.requests as requests
+    from inventory.db import session_scope
+    from inventory.models import UpgradeRun
+
+    _counted(prefect_world, monkeypatch)
+    plans: list[object] = []
+    real = requests.plan_update
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        plans.append(real(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(requests, "plan_update", counted)
+    carried: list[object] = []
+    import upkeep.updates as updates
+
+    def carry_out(plan: object, run_id: int, **_: Any) -> int:
+        carried.append(plan)
+        return run_id
+
+    monkeypatch.setattr(updates, "_carry_out", carry_out)
+    run_id = requests.request_update(
+        CLUSTER,
+        TARGET,
+        source="customer",
+        case=None,
+        urgent=False,
+        now_run=True,
+        override_reason="now",
+        engine=prefect_world.engine,
+        as_json=True,
+    )
+    assert len(plans) == 1, plans
+    assert carried == plans  # the run is carried out on that plan
+    with session_scope(prefect_world.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.to_version == TARGET and run.override_reason == "now"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import sys
 from typing import Any
@@ -189,9 +190,35 @@ def _stdout_holds(text: str) -> bool:
 
 
 def _json_text(data: Any, **options: Any) -> str:
-    """`data` as JSON that stdout holds exactly: as it is when it can, else escaped to ASCII."""
-    text = json.dumps(data, ensure_ascii=False, **options)
+    """`data` as JSON that stdout holds exactly: as it is when it can, else escaped to ASCII; either way
+    with no character a terminal acts on rather than shows (`_terminal_safe`)."""
+    text = _terminal_safe(json.dumps(data, ensure_ascii=False, **options))
     return text if _stdout_holds(text) else json.dumps(data, ensure_ascii=True, **options)
+
+
+# What may not be printable: all but printable ASCII and the newlines of `indent` (json.dumps escapes
+# every C0 control inside a string, so a raw newline is layout).
+_MAYBE_UNSAFE = re.compile(r"[^\n\x20-\x7e]")
+
+
+def _terminal_safe(text: str) -> str:
+    """JSON `text` with each character that is not printable (str.isprintable: a bidi override or isolate
+    such as U+202E, a C1 control such as U+009B, DEL, a zero-width or line separator, a lone surrogate) as
+    its \\uXXXX escape (a surrogate pair above U+FFFF): a stored value (a reason, a name) shown by --json
+    rearranged or drove the SRE's terminal, and json.dumps escapes only C0 controls. Any JSON reader reads
+    the escape back to the exact value; printable text (accents, other scripts) stays readable."""
+
+    def escape(found: re.Match[str]) -> str:
+        char = found.group()
+        if char.isprintable():
+            return char
+        code = ord(char)
+        if code > 0xFFFF:
+            code -= 0x10000
+            return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+        return f"\\u{code:04x}"
+
+    return _MAYBE_UNSAFE.sub(escape, text)
 
 
 def print_json(data: Any) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -132,6 +133,19 @@ class Settings(BaseSettings):
     ssh_connect_timeout: float = 10.0
     ssh_command_timeout: float = 600.0
     health_timeout: float = 120.0
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _number_or_switch_as_typed(cls, value: Any, info: ValidationInfo) -> Any:
+        """A TOML `true` is a Python bool, which pydantic takes for the int 1 (and 1.0): `smtp_port = true`
+        was port 1, `prefect_answer_seconds = true` a 1 s wait; and 1 or 0 for a switch was true or false.
+        Refused (the environment's values are strings, read as before)."""
+        kind = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if kind in (int, float) and isinstance(value, bool):
+            raise PydanticCustomError("number_not_bool", "expected a number, not true or false")
+        if kind is bool and isinstance(value, int | float) and not isinstance(value, bool):
+            raise PydanticCustomError("bool_not_number", "expected true or false, not a number")
+        return value
 
     @field_validator("fileserver_url")
     @classmethod
@@ -392,11 +406,18 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_source_of(err['loc'], overrides)}: {err['msg']} "
-            + (f"(got {err.get('input')!r})" if str(err["loc"][0]) in ECHOED else "(value not shown)")
+            f"{_source_of(err['loc'], overrides)}: {err['msg']} ({_echoed(err['loc'], err.get('input'))})"
             for err in exc.errors()
         )
         raise SettingsError(problems) from None
+
+
+def _echoed(loc: tuple[Any, ...], value: Any) -> str:
+    """'got VALUE' for a field in ECHOED or a TOML boolean (which carries no secret; shown as written,
+    `true`/`false`), else 'value not shown'."""
+    if isinstance(value, bool):
+        return f"got {str(value).lower()}"
+    return f"got {value!r}" if str(loc[0]) in ECHOED else "value not shown"
 
 
 def _source_of(loc: tuple[Any, ...], overrides: dict[str, Any]) -> str:

@@ -368,3 +368,61 @@ def test_a_config_path_that_is_a_fifo_is_not_called_missing(
     with pytest.raises(SettingsError) as refused:
         load_settings()
     assert str(refused.value) == f"upkeep_config={fifo}: not a regular file (a FIFO or a device)"
+
+
+def _fields_of(*kinds: type) -> list[str]:
+    from upkeep.settings import Settings
+
+    return sorted(name for name, field in Settings.model_fields.items() if field.annotation in kinds)
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+@pytest.mark.parametrize("key", _fields_of(int, float))
+def test_a_toml_boolean_for_a_number_is_refused_naming_the_key_the_value_and_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str, value: str
+) -> None:
+    """A TOML `true` is a Python bool, which is an int: `smtp_port = true` was port 1, `per_node_minutes =
+    true` one minute, `prefect_answer_seconds = true` a 1 s wait, and nothing said so."""
+    config = _config_file(tmp_path, monkeypatch, f"{key} = {value}\n")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert said.startswith(f"{key} in {config}: "), said
+    assert f"(got {value})" in said and "number" in said and "\n" not in said, said
+
+
+@pytest.mark.parametrize("key", _fields_of(bool))
+def test_a_toml_number_for_a_switch_is_refused_naming_the_key_the_value_and_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str
+) -> None:
+    """The other way round: `on_worker = 1` read as true (and 0 as false)."""
+    config = _config_file(tmp_path, monkeypatch, f"{key} = 1\n")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert said.startswith(f"{key} in {config}: "), said
+    assert "(got 1)" in said and "true or false" in said, said
+
+
+def test_numbers_and_switches_from_the_environment_are_read_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("UPKEEP_SMTP_PORT", "2525")
+    monkeypatch.setenv("UPKEEP_PER_NODE_MINUTES", "1.5")
+    monkeypatch.setenv("UPKEEP_ON_WORKER", "true")
+    settings = load_settings()
+    assert (settings.smtp_port, settings.per_node_minutes, settings.on_worker) == (2525, 1.5, True)
+
+
+def test_upkeep_settings_refuses_a_toml_boolean_for_a_number_in_one_line(tmp_path: Path) -> None:
+    from tests.support.cli import no_traceback, upkeep_here
+
+    home = tmp_path / "cli-home"
+    home.mkdir()
+    (home / "upkeep.toml").write_text("portal_link_minutes = true\n", encoding="utf-8")
+    done = upkeep_here(home, "settings")
+
+    no_traceback(done)
+    assert done.returncode != 0, done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"portal_link_minutes in {home / 'upkeep.toml'}" in done.stderr and "(got true)" in done.stderr

@@ -6,7 +6,7 @@ the transaction that records the ending (flows/outcomes.py calls these).
 | approval refused           | cancelled, with the refusal's reason    | approval-refused   |
 | cancelled (mid-way or not) | cancelled, with each node's version     | run-cancelled      |
 | carried over               | partial (+ rescheduled), node versions  | carried-over       |
-| stalled (3 idle windows)   | - (paused, not re-slotted; SRE tells)   | stalled            |
+| stalled (3 idle windows)   | stopped (slot withdrawn), node versions | stalled            |
 | failed once nodes touched  | failed, with each node's version        | run-failed (#15)   |
 | rollout halted             | - (its runs stay planned, re-slotted)   | rollout-halted     |
 
@@ -82,10 +82,13 @@ def tell_ending(
     )
     told = ""
     if notice is not None and customer_knows(run, session):
-        if notice == "cancelled" and run.slot_start is not None:
+        if notice in ("cancelled", "stopped") and run.slot_start is not None:
             run.notice_sequence += 1  # the calendar entry is withdrawn: a new invite SEQUENCE
             session.add(run)
         extra: dict[str, Any] = {"next_slot_start": run.slot_start} if notice == "partial" else {}
+        if notice == "stopped":  # the cluster's state in a count: N of M nodes run the new version
+            rows = node_rows(run, session)
+            extra |= {"nodes_upgraded": sum(1 for row in rows if row["after"]), "nodes_total": len(rows)}
         queued = queue_run_notice(
             run,
             notice,

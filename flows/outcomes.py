@@ -571,9 +571,11 @@ def _stalled(
     """The run made no progress in `idle` windows in a row (`STALLED_AFTER`): it is not re-slotted
     again but paused, where nothing picks it up by itself (the dispatcher starts planned runs, schedule
     integrity moves planned ones), its progress kept (nodes done, an approval, copies on the nodes),
-    and the SRE is told once, with what to do. The customer is sent nothing new, as for a held update
-    (the last they heard was that it starts in this window): the SRE, who knows why, tells them, or
-    resumes it, which tells them when it starts."""
+    and the SRE is told once, with what to do. The customer, who was told it starts (or started) in this
+    window, is sent the 'stopped' notice: stopped for now, how many nodes run the new version, nothing
+    more without a new notice, the support contact; its invite withdraws the slot. Sent nothing, a
+    customer told 'started' heard nothing after it (adv41). The SRE's resume tells them when it starts
+    ('rescheduled', or 'started' inside a window)."""
     run_id = run.id
     cause = why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes"
     run.state, run.requested_action = RunState.paused, RequestedAction.none
@@ -589,7 +591,7 @@ def _stalled(
         run,
         session=session,
         now=now,
-        notice=None,
+        notice="stopped",  # fixed words: the SRE's cause may name hosts and internal state
         customer_reason="",
         alert="stalled",
         headline=f"run {run_id} ({plan.label}) made no progress in {idle} windows in a row; not re-slotted",
@@ -604,9 +606,10 @@ def _stalled(
 
 
 def _last_told(run: UpgradeRun, session: Session) -> str:
-    """What the customer last heard of `run`, for the SRE who tells them it stopped: the last notice
-    queued for it. "Last told it starts <slot>" was false after a 'started' in this window (a node
-    touched, then the take-over past the cutoff stalled it): they were told it started (adv41)."""
+    """What the customer heard of `run` before its stall, for the SRE who contacts them: the last notice
+    queued for it, read before the 'stopped' one is queued. "Last told it starts <slot>" was false after
+    a 'started' in this window (a node touched, then the take-over past the cutoff stalled it): they were
+    told it started (adv41)."""
     from sqlmodel import col, select
 
     from flows.run_notices import update_ref
@@ -619,10 +622,10 @@ def _last_told(run: UpgradeRun, session: Session) -> str:
         .limit(1)
     ).first()
     if last is None:
-        return "The customer was never told of this update."
+        return ""
     kind, at = last
-    started = " - told it started, not that it stopped" if kind == "started" else ""
+    started = ": they were told it started" if kind == "started" else ""
     return (
-        f"The customer's last notice of it was '{kind}' ({at:%Y-%m-%d %H:%M} UTC){started}, and they were "
-        "sent nothing since: tell them what happens next."
+        f"Before the stall, the customer's last notice of it was '{kind}' ({at:%Y-%m-%d %H:%M} UTC)"
+        f"{started}. Tell them what happens next once you know it."
     )

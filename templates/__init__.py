@@ -50,6 +50,9 @@ class NoticeKind(StrEnum):
     completed = "completed"
     failed = "failed"
     partial = "partial"
+    # Stopped for now, not re-slotted (a run that made no progress in windows in a row: flows/outcomes.py
+    # `_stalled`): the slot the customer was told of will not happen, nor anything more without a notice.
+    stopped = "stopped"
 
     @property
     def upcoming(self) -> bool:
@@ -79,6 +82,7 @@ _SUBJECTS = {
     NoticeKind.completed: "Upgrade completed: {cluster} is now on {to_version}",
     NoticeKind.failed: "Upgrade failed: {cluster} to {to_version}",
     NoticeKind.partial: "Upgrade partially done: {cluster} to {to_version}, continues on {next_short}",
+    NoticeKind.stopped: "Upgrade stopped for now: {cluster} to {to_version}",
 }
 
 
@@ -113,8 +117,12 @@ class NoticeContext:
     previous_slot_start: datetime | None = None  # required for rescheduled and deferred
     next_slot_start: datetime | None = None  # required for partial
     installation: str = ""  # this installation's id: part of the invite's UID
-    # Where each node stands when an update stopped mid-way ("node-1: 9.10.0"): cancelled, failed, partial.
+    # Where each node stands when an update stopped mid-way ("node-1: 9.10.0"): cancelled, failed, partial,
+    # stopped.
     node_versions: tuple[str, ...] = ()
+    # How many of the cluster's nodes run `to_version` now, of how many (stopped: the cluster's state).
+    nodes_upgraded: int = 0
+    nodes_total: int = 0
     confirmed_by: str = ""  # who confirmed the time (confirmed notices)
     portal_link: str = ""  # the update's page in the customer portal (a signed deep link), if any
 

@@ -23,7 +23,9 @@ _LINE_OCTETS = 75
 
 # Kinds whose email carries an invite: those that create, refresh, move or withdraw the calendar entry.
 # Started/completed/failed/partial report what happened; a continuation slot after a partial update is
-# announced as its own (rescheduled) notice with a new sequence.
+# announced as its own (rescheduled) notice with a new sequence. A stopped update withdraws its entry as a
+# cancelled one does (the slot will not happen); a later resume puts it back with a 'rescheduled' invite
+# of a higher SEQUENCE.
 INVITE_KINDS = frozenset(
     {
         NoticeKind.scheduled,
@@ -32,8 +34,10 @@ INVITE_KINDS = frozenset(
         NoticeKind.deferred,
         NoticeKind.confirmed,
         NoticeKind.cancelled,
+        NoticeKind.stopped,
     }
 )
+_WITHDRAWN = {NoticeKind.cancelled: "Cancelled", NoticeKind.stopped: "Stopped"}
 
 
 def uid_for(update_ref: str, installation: str = "") -> str:
@@ -43,7 +47,7 @@ def uid_for(update_ref: str, installation: str = "") -> str:
 
 
 def invite(ctx: NoticeContext, *, stamp: datetime | None = None) -> bytes:
-    """The .ics for `ctx`: METHOD:REQUEST, or METHOD:CANCEL for a cancelled update.
+    """The .ics for `ctx`: METHOD:REQUEST, or METHOD:CANCEL for a cancelled or stopped update.
 
     `stamp` is DTSTAMP (when the invite was made; now by default, aware).
     """
@@ -52,7 +56,7 @@ def invite(ctx: NoticeContext, *, stamp: datetime | None = None) -> bytes:
     stamp = stamp or datetime.now(UTC)
     if stamp.tzinfo is None:
         raise ValueError(f"stamp {stamp!r} is naive")
-    cancelled = ctx.kind is NoticeKind.cancelled
+    cancelled = ctx.kind in _WITHDRAWN
     lines = [
         "BEGIN:VCALENDAR",
         "VERSION:2.0",
@@ -85,7 +89,7 @@ def invite(ctx: NoticeContext, *, stamp: datetime | None = None) -> bytes:
 def _summary(ctx: NoticeContext, *, cancelled: bool) -> str:
     summary = f"Upgrade of {ctx.cluster} to {ctx.to_version}"
     if cancelled:
-        summary = f"Cancelled: {summary}"
+        summary = f"{_WITHDRAWN[ctx.kind]}: {summary}"
     return f"URGENT: {summary}" if ctx.urgent else summary
 
 

@@ -279,6 +279,36 @@ def test_cancel_withdraws_the_event():
     assert str(event["uid"]) == "update-42@upkeep"
 
 
+def test_a_stopped_update_withdraws_the_event_as_a_cancelled_one_does():
+    """The slot of an update stopped for now will not happen: the same event, withdrawn; a later
+    'rescheduled' (a higher SEQUENCE) puts it back."""
+    calendar, event = parse(invite(make_ctx("stopped", sequence=4)))
+    assert str(calendar["method"]) == "CANCEL"
+    assert str(event["status"]) == "CANCELLED" and int(event["sequence"]) == 4
+    assert str(event["uid"]) == "update-42@upkeep"
+    assert str(event["summary"]) == "Stopped: Upgrade of prod-east to 4.3.0"
+
+
+def test_a_stopped_notice_says_where_the_cluster_stands_with_hostile_names_as_data():
+    ctx = make_ctx(
+        "stopped",
+        customer=HOSTILE,
+        cluster=f"c{HOSTILE}",
+        node_versions=(f"n{HOSTILE}: 4.3.0", "n2: 4.2.1 (not upgraded)"),
+        nodes_upgraded=1,
+        nodes_total=2,
+    )
+    rendered = render_notice("stopped", ctx)
+    text = " ".join(rendered.text.split())
+    assert "1 of 2 nodes run 4.3.0 now" in text and f"n{HOSTILE}: 4.3.0" in text
+    assert "without a new notice from us" in text and "support@vendor.example" in text
+    assert HOSTILE not in rendered.html and "&lt;script&gt;x&lt;/script&gt; &amp; {{ 7*7 }}" in rendered.html
+    assert "49" not in rendered.text + rendered.html
+    untouched = " ".join(render_notice("stopped", make_ctx("stopped")).text.split())
+    assert "Nothing was changed on your cluster: it stays in service on 4.2.1" in untouched
+    assert "nodes run" not in untouched
+
+
 def test_urgent_invite_and_hostile_text_stay_inside_their_properties():
     ics = invite(make_ctx(urgent=True, cluster="evil\r\nATTENDEE:mailto:x@evil.example"))
     _, event = parse(ics)

@@ -82,20 +82,24 @@ def test_the_third_window_in_a_row_with_no_node_upgraded_pauses_the_run_and_tell
     assert "no node upgraded in 3 windows in a row" in run.reason, run.reason
     assert f"upkeep resume {run_id}" in run.reason and f"upkeep cancel {run_id}" in run.reason, run.reason
     assert world.upgraded() == [0, 0, 0]
-    assert world.notices(run_id) == ["rescheduled", "rescheduled"]  # no third, for a window never given
+    # no third 'rescheduled', for a window never given: 'stopped', the slot withdrawn (adv41's follow-up)
+    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]
     assert len(_alerts(world, run_id, "carried-over")) == 2
     [stalled] = _alerts(world, run_id, "stalled")
     assert "3 windows in a row" in stalled.body_text and "not re-slotted" in stalled.body_text, (
         stalled.body_text
     )
     assert "upkeep resume" in stalled.body_text and "upkeep cancel" in stalled.body_text, stalled.body_text
-    assert "The customer's last notice of it was 'rescheduled'" in stalled.body_text, stalled.body_text
+    said = " ".join(stalled.body_text.split())
+    assert "the customer's last notice of it was 'rescheduled'" in said, said
+    assert "The customer was sent the 'stopped' notice." in said, said
 
     # The SRE fixed the cause and resumes it in a window: it goes on, with a fresh count.
     slow_copy[0] = False
     assert _window(world, run_id, 3) == "succeeded"
     assert world.run().state == RunState.succeeded and world.upgraded() == [1, 1, 1]
     assert len(_alerts(world, run_id, "stalled")) == 1
+    assert world.notices(run_id)[2:] == ["stopped", "started", "completed"]  # told it goes on, then done
 
 
 def test_a_window_in_which_a_node_was_upgraded_starts_the_count_again(

@@ -19,6 +19,7 @@ from sqlmodel import col, select
 
 from inventory.db import session_scope
 from inventory.models import RunState, UpgradeRun
+from inventory.outbox import Notice
 from tests.support.update_world import MONDAY, World
 from tests.unit.test_update_branches import ONCALL, ONE_HOUR, _planned_monday, _world, short_window
 from tests.unit.test_window_progress import slow_copy_to_node_3
@@ -109,7 +110,8 @@ def test_a_holder_that_froze_before_its_carry_over_does_not_move_the_run_its_new
     run = world.run()
     assert run.state == RunState.paused, (run.state, run.reason)
     assert run.slot_start == MONDAY + 2 * DAY and run.reason.startswith("stalled"), run.reason
-    assert world.notices(run_id) == ["rescheduled", "rescheduled"]
+    # the stall's path ran in both processes: the customer is told it stopped once
+    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]
 
 
 def test_a_release_re_published_between_windows_is_copied_again_never_the_old_copy_kept(
@@ -144,21 +146,9 @@ class _Killed(BaseException):
     """The process running the flow dies (kill -9): nothing of the flow's own handling runs after it."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adv41: needs a customer notice for a stopped-for-now update (a new NoticeKind and its "
-    "txt/html templates): 'partial' says when it continues, and a stalled run has no next window",
-)
-def test_a_stall_in_a_window_the_customer_was_told_started_in_tells_them_it_stopped(
-    on_call_world: World,
-) -> None:
-    """Two idle windows; in the third the run starts (the customer is told 'started': "you will hear from
-    us when it is done"), its process dies during node 1's upgrade, and the take-over finds the window
-    past its cutoff: the third idle window (no node newly verified), stalled. Carried over, the customer
-    would have read 'partial' (each node's version: node 1's upgrade interrupted, checked when it goes
-    on) and 'rescheduled'. Stalled, they are sent nothing: told it started, their node 1 touched, never
-    told it stopped."""
-    world = on_call_world
+def _stalled_after_started(world: World) -> int:
+    """Two idle windows; in the third the run starts (the customer told 'started'), its process dies
+    during node 1's upgrade, and the take-over finds the window past its cutoff: stalled. The run's id."""
     run_id = _planned_monday(world)
     assert [_taken_up_late(world, run_id, day) for day in (0, 1)] == ["carried over", "carried over"]
 
@@ -173,39 +163,65 @@ def test_a_stall_in_a_window_the_customer_was_told_started_in_tells_them_it_stop
     assert world.notices(run_id) == ["rescheduled", "rescheduled", "started"]
 
     assert _taken_up_late(world, run_id, 2) == "paused"  # the dead process's lease ran out meanwhile
+    return run_id
 
-    assert world.run().state == RunState.paused
-    told = world.notices(run_id)
-    assert told[:3] == ["rescheduled", "rescheduled", "started"] and len(told) > 3, told
+
+def _customer_notice(world: World, run_id: int, kind: str) -> Notice:
+    with session_scope(world.engine) as session:
+        query = select(Notice).where(Notice.update_ref == f"update-{run_id}", Notice.kind == kind)
+        [notice] = session.exec(query).all()
+        return notice
+
+
+def test_a_stall_in_a_window_the_customer_was_told_started_in_tells_them_it_stopped(
+    on_call_world: World,
+) -> None:
+    """Two idle windows; in the third the run starts (the customer is told 'started': "you will hear from
+    us when it is done"), its process dies during node 1's upgrade, and the take-over finds the window
+    past its cutoff: the third idle window (no node newly verified), stalled. Carried over, the customer
+    would have read 'partial' (each node's version: node 1's upgrade interrupted, checked when it goes
+    on) and 'rescheduled'. Stalled, they were sent nothing: told it started, their node 1 touched, never
+    told it stopped. Now they read 'stopped': stopped for now, how many nodes run the new version and
+    where each stands, nothing more without a new notice, whom to contact; its invite withdraws the
+    slot (METHOD:CANCEL, the next SEQUENCE)."""
+    world = on_call_world
+    run_id = _stalled_after_started(world)
+
+    run = world.run()
+    assert run.state == RunState.paused
+    assert world.notices(run_id)[:4] == ["rescheduled", "rescheduled", "started", "stopped"]
+    assert world.notices(run_id).count("stopped") == 1
+    started, stopped = _customer_notice(world, run_id, "started"), _customer_notice(world, run_id, "stopped")
+    text = " ".join(stopped.body_text.split())
+    assert "stopped for now" in stopped.subject and "stopped for now" in text, text
+    assert "0 of 3 nodes run 9.10.0 now" in text, text
+    assert f"{world.nodes[0].hostname}: upgrade did not complete" in text, text
+    assert "Nothing more will be done to your cluster for this upgrade without a new notice" in text, text
+    assert "support@" in text and "will contact you" in text, text
+    for internal in ("lease", "elsewhere", "127.0.0.1", "stalled", "upkeep resume", run.reason[:40]):
+        assert internal not in stopped.body_text and internal not in stopped.body_html, internal
+    assert "METHOD:CANCEL" in stopped.ics and f"SEQUENCE:{stopped.sequence}" in stopped.ics, stopped.ics
+    assert stopped.sequence == started.sequence + 1 == run.notice_sequence
 
 
 def test_the_stall_alert_says_what_the_customer_was_last_told_started_not_that_it_starts(
     on_call_world: World,
 ) -> None:
-    """As above: the SRE, who is to tell the customer, read "The customer was last told it starts
+    """As above: the SRE, who is to contact the customer, read "The customer was last told it starts
     <slot> UTC and was sent nothing since" - but they were told it STARTED (and a node was touched).
-    The alert names the last notice the customer was sent, and that they were not told it stopped."""
+    The alert names the last notice the customer was sent before the stall, and that they were sent the
+    'stopped' notice now."""
     from inventory.alerts import Alert
 
     world = on_call_world
-    run_id = _planned_monday(world)
-    assert [_taken_up_late(world, run_id, day) for day in (0, 1)] == ["carried over", "carried over"]
-
-    def dies(_node: object) -> None:
-        raise _Killed
-
-    world.nodes[0].before["upgrade"] = dies
-    world.clock.now = MONDAY + 2 * DAY + timedelta(minutes=1)
-    with pytest.raises(_Killed):
-        world.update(run_id=run_id)
-    world.nodes[0].before.clear()
-    assert _taken_up_late(world, run_id, 2) == "paused"
+    run_id = _stalled_after_started(world)
 
     with session_scope(world.engine) as session:
         [alert] = session.exec(select(Alert).where(Alert.run_id == run_id, Alert.kind == "stalled")).all()
     body = alert.body_text.replace("\n", " ")
     assert "last told it starts" not in body, body
-    assert "'started'" in body and "2026-12-09 00:01" in body and "not that it stopped" in body, body
+    assert "'started'" in body and "2026-12-09 00:01" in body and "they were told it started" in body, body
+    assert "The customer was sent the 'stopped' notice." in body, body
 
 
 def _window_now(world: World, tmp_path: Path, window: dict[str, str]) -> None:
@@ -278,7 +294,8 @@ def test_a_stalled_run_resumed_with_its_window_overridden_goes_on_past_the_cutof
     assert world.upgraded() == [1, 1, 1] and world.notices(run_id) == [
         "rescheduled",
         "rescheduled",
-        "started",
+        "stopped",  # the stall: stopped for now, nothing more without a new notice
+        "started",  # the new notice: the stopped one's SEQUENCE is not the started one's key
         "completed",
     ]
 
@@ -309,12 +326,55 @@ def test_a_stalled_run_resumed_outside_its_window_is_handed_back_to_the_dispatch
 
     run = world.run()
     assert (run.state, run.slot_start) == (RunState.planned, MONDAY + 3 * DAY), (run.state, run.reason)
-    assert world.notices(run_id) == ["rescheduled"] * 3
+    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped", "rescheduled"]
     world.clock.now = MONDAY + 3 * DAY + timedelta(minutes=1)
     claim = claim_due(world.runtime, world.clock.now, timedelta(hours=1))
     assert claim is not None and claim.run_id == run_id
     assert world.update(run_id=run_id, lease_owner=claim.owner).is_completed()
     assert world.run().state == RunState.succeeded and world.upgraded() == [1, 1, 1]
+
+
+def test_a_stall_before_anything_started_withdraws_the_slot_and_the_resume_puts_a_new_one(
+    on_call_world: World,
+) -> None:
+    """Three idle windows, no node touched: the customer was last told 'rescheduled' to the third, and
+    expects the update then. They read 'stopped': nothing changed, their cluster on its version, the
+    slot withdrawn from their calendar (METHOD:CANCEL, the same event, the next SEQUENCE), nothing more
+    without a new notice. The SRE's resume outside a window then tells 'rescheduled' with the new time:
+    a REQUEST for the same event with a higher SEQUENCE, which puts it back in their calendar."""
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
+    stopped = _customer_notice(world, run_id, "stopped")
+    text = " ".join(stopped.body_text.split())
+    assert "Nothing was changed on your cluster: it stays in service on 9.9.0" in text, text
+    assert "nodes run" not in text and "without a new notice" in text, text
+    assert "Wed 9 Dec 2026" in text, text  # the slot it will not happen in
+    told = _all_notices(world, run_id)
+    assert [n.kind for n in told] == ["rescheduled", "rescheduled", "stopped"]
+    assert "METHOD:CANCEL" in stopped.ics and stopped.sequence == told[1].sequence + 1, stopped.ics
+
+    world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)
+    resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+
+    again = [n for n in _all_notices(world, run_id) if n.kind == "rescheduled"][-1]
+    assert again.id > stopped.id and again.sequence == stopped.sequence + 1
+    assert "METHOD:REQUEST" in again.ics and _uid(again.ics) == _uid(stopped.ics), again.ics
+    said = " ".join(again.body_text.split())
+    assert "now starts Thu 10 Dec 2026" in said and "could not go ahead" in said, said
+
+
+def _all_notices(world: World, run_id: int) -> list[Notice]:
+    with session_scope(world.engine) as session:
+        query = select(Notice).where(Notice.update_ref == f"update-{run_id}").order_by(col(Notice.id))
+        return list(session.exec(query).all())
+
+
+def _uid(ics: str) -> str:
+    [uid] = [line for line in ics.splitlines() if line.startswith("UID:")]
+    return uid
 
 
 def test_a_stalled_run_is_left_alone_by_the_dispatcher_and_holds_no_running_slot(
@@ -393,4 +453,4 @@ def test_a_stalled_run_resumed_with_no_later_window_is_refused_in_one_line_nothi
     assert "\n" not in said and "--override-window" in said, said
     run = world.run()
     assert (run.state, run.reason, run.slot_start) == (stalled.state, stalled.reason, stalled.slot_start)
-    assert world.notices(run_id) == ["rescheduled", "rescheduled"]
+    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]  # the stall's, nothing more

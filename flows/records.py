@@ -30,7 +30,9 @@ from sqlmodel import col, select
 
 from inventory.db import retrying
 from inventory.models import NodeStep, StepState, UpgradeRun
+from inventory.runs import STALLED_REASON as STALLED_REASON  # beside the runs: inventory's read models
 from inventory.runs import TAIL_CHARS
+from inventory.runs import stalled as stalled  # tell a stalled run apart too (`upkeep show`, the portal)
 from inventory.types import utcnow
 
 _STEPS: Any = NodeStep.__table__  # type: ignore[attr-defined]
@@ -204,13 +206,3 @@ def nodes_touched(engine: Engine, run_id: int) -> bool:
 
 # The steps that change nothing a node runs (`nodes_touched`).
 UNTOUCHED = ("download", "pre-flight", "approval", "distribute", "tunnel-wait")
-# How the reason of a run stalled by flows/outcomes.py begins (`stalled` tells such a run apart).
-STALLED_REASON = "stalled: "
-
-
-def stalled(run: Any) -> bool:
-    """Whether `run` is paused by the bound on idle carry-overs (flows/outcomes.py `_stalled`), not by an
-    SRE: the rollout's start gate (flows/rollout.py) and `upkeep resume` (upkeep/updates.py) ask it."""
-    from inventory.models import RunState
-
-    return RunState(run.state) is RunState.paused and str(run.reason).startswith(STALLED_REASON)

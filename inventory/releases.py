@@ -25,6 +25,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from inventory.models import Cluster, Customer, Release, RunState, UpgradeRun
 from inventory.public import RingClusterPublic, RingPublic
 from inventory.repo import NotFound, record_audit
+from inventory.runs import stalled
 from inventory.types import time_field
 from scheduling.versions import Version
 from scheduling.waves import RINGS_DEFAULT
@@ -204,17 +205,35 @@ def rollout_members(rollout: Rollout, *, session: Session) -> list[Member]:
 
 # -- read model ----------------------------------------------------------------------------------------
 
-STATUSES = ("planned", "notified", "running", "done", "failed", "cancelled", "deferred", "skipped", "blocked")
+STATUSES = (
+    "planned",
+    "notified",
+    "running",
+    "stalled",
+    "done",
+    "failed",
+    "cancelled",
+    "deferred",
+    "skipped",
+    "blocked",
+)
+# The columns `upkeep release status` and the release-status artifact print, and the statuses they list
+# with their reason: those a person has to act on.
+COLUMNS = ("planned", "notified", "running", "stalled", "done", "failed", "deferred", "skipped", "blocked")
+ATTENTION = ("stalled", "skipped", "blocked", "failed")
 
 
 def member_status(member: Member) -> str:
-    """planned | deferred (planned, moved by the customer) | running (or paused) | done | failed |
+    """planned | deferred (planned, moved by the customer) | running (or paused by an SRE) | stalled
+    (paused by the bound on idle windows: nothing starts it until someone acts) | done | failed |
     cancelled, from the run; skipped | blocked from the entry when there is no run."""
     run = member.run
     if run is None:
         return member.entry.status.value
     if run.state is RunState.planned:
         return "deferred" if run.deferrals > 0 else "planned"
+    if stalled(run):
+        return "stalled"
     return {"paused": "running", "succeeded": "done"}.get(run.state.value, run.state.value)
 
 
@@ -255,7 +274,7 @@ def status_markdown(status: dict[str, Any], limit: int = 200) -> str:
     lines = [head, ""]
     if status["halted"]:
         lines += [f"**Halted:** {status['halted_reason']}", ""]
-    columns = ("planned", "notified", "running", "done", "failed", "deferred", "skipped", "blocked")
+    columns = COLUMNS
     lines += ["| ring | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for ring in status["rings"]:
         lines.append(f"| {ring['ring']} | " + " | ".join(str(ring[c]) for c in columns) + " |")
@@ -263,7 +282,7 @@ def status_markdown(status: dict[str, Any], limit: int = 200) -> str:
         f"- {row['cluster']} ({ring['ring']}): {row['status']} — {row['reason']}"
         for ring in status["rings"]
         for row in ring["clusters"]
-        if row["status"] in ("skipped", "blocked", "failed")
+        if row["status"] in ATTENTION
     ]
     if attention:
         more = [f"- … and {len(attention) - limit} more (`upkeep release status {status['version']}`)"]

@@ -28,7 +28,7 @@ from inventory.public import (
     SchedulePublic,
     SlotPublic,
 )
-from inventory.runs import run_steps
+from inventory.runs import run_steps, stalled
 from inventory.windows import MaintenanceWindow
 from scheduling.deferral import DeferralPolicy
 
@@ -44,7 +44,10 @@ DECISIONS = (
 
 def run_phase(run: UpgradeRun, session: Session) -> str:
     """The state, made explicit where it would mislead: a running run waiting at its approval gate
-    (its `approval` step open) is `awaiting_approval`, not running."""
+    (its `approval` step open) is `awaiting_approval`, not running; a run paused by the bound on idle
+    windows (flows/outcomes.py) is `stalled`, not paused as by an SRE who will resume it."""
+    if stalled(run):
+        return "stalled"
     if run.state == RunState.running:
         waiting = select(NodeStep.id).where(
             NodeStep.run_id == run.id, NodeStep.step == "approval", NodeStep.state == StepState.started
@@ -81,7 +84,7 @@ class RunPublic(PublicModel):
     from_version: str = Field(alias="from")
     to_version: str = Field(alias="to")
     state: RunState
-    phase: str  # the state, or awaiting_approval (run_phase)
+    phase: str  # the state, or awaiting_approval or stalled (run_phase)
     window_start: datetime | None
     window_end: datetime | None
     override_reason: str

@@ -22,6 +22,15 @@ from inventory.models import (
 from inventory.types import utcnow
 
 TAIL_CHARS = 2000
+# How the reason of a run stalled by flows/outcomes.py begins (`stalled` tells such a run apart).
+STALLED_REASON = "stalled: "
+
+
+def stalled(run: UpgradeRun) -> bool:
+    """Whether `run` is paused by the bound on idle carry-overs (flows/outcomes.py `_stalled`), not by an
+    SRE: the rollout's start gate (flows/rollout.py), `upkeep resume` (upkeep/updates.py), what `upkeep
+    show`/`runs` and `release status` call it, and the customer's portal ask it."""
+    return RunState(run.state) is RunState.paused and str(run.reason).startswith(STALLED_REASON)
 
 
 class ActiveRunExists(Exception):

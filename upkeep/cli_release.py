@@ -279,7 +279,7 @@ def _print_slots(data: dict[str, Any]) -> None:
 
 @release_app.command("status")
 def status(version: VersionArg, json_out: JsonOpt = False) -> None:
-    """Per ring: planned, notified, running, done, failed, deferred, skipped, blocked, and why."""
+    """Per ring: planned, notified, running, stalled, done, failed, deferred, skipped, blocked, and why."""
     from flows.rollout import release_status
     from inventory.db import session_scope
 
@@ -313,7 +313,9 @@ def _print_status(data: dict[str, Any]) -> None:
     console.print(f"[bold]release {data['version']}[/]: {data['state']}")
     if data["halted"]:
         console.print(f"halted: {data['halted_reason']}", markup=False)
-    columns = ("planned", "notified", "running", "done", "failed", "deferred", "skipped", "blocked")
+    from inventory.releases import ATTENTION, COLUMNS
+
+    columns = COLUMNS
     table = Table("ring", *columns)
     for ring in data["rings"]:
         table.add_row(ring["ring"], *(str(ring[c]) for c in columns))
@@ -321,7 +323,7 @@ def _print_status(data: dict[str, Any]) -> None:
     _print_slots(data)
     for ring in data["rings"]:
         for row in ring["clusters"]:
-            if row["status"] in ("skipped", "blocked", "failed"):
+            if row["status"] in ATTENTION:
                 console.print(
                     f"  {row['cluster']} ({ring['ring']}) {row['status']}: {row['reason']}", markup=False
                 )

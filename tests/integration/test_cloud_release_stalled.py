@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from inventory.db import session_scope
@@ -85,3 +86,56 @@ def test_a_stalled_run_that_upgraded_a_node_still_counts_in_flight(fleet: Engine
     _stalled(fleet, "c07")
 
     assert _gate(fleet, "c11", due + timedelta(days=1)) == "1 update of this customer is in flight (limit 1)"
+
+
+def test_release_status_shows_a_stalled_run_as_stalled_not_running(
+    fleet: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`upkeep release status` counted a stalled run (paused, not re-slotted until someone acts) among
+    `running`, as an SRE-paused one: the release looked under way where one of its clusters needs a
+    person. Its own status and count, listed with its reason where the CLI and the artifact list what
+    needs attention; an SRE's pause still reads running."""
+    from typer.testing import CliRunner
+
+    from flows.rollout import release_status
+    from inventory.releases import status_markdown
+    from upkeep import cli as cli_module
+    from upkeep import cli_common
+
+    _to_the_broad_ring(fleet)
+    _stalled(fleet, "c07")
+
+    with session_scope(fleet) as session:
+        status = release_status("9.10.0", session=session)
+    [broad] = [ring for ring in status["rings"] if ring["ring"] == "broad"]
+    [c07] = [row for row in broad["clusters"] if row["cluster"] == "c07"]
+    assert c07["status"] == "stalled" and c07["reason"].startswith("stalled: "), c07
+    assert (broad["stalled"], broad["running"]) == (1, 0), broad
+    markdown = status_markdown(status)
+    assert (
+        "| stalled |" in markdown.splitlines()[2] and "- c07 (broad): stalled — stalled: no node" in markdown
+    )
+
+    from upkeep.console import console
+
+    monkeypatch.setattr(cli_common, "_opened", {"engine": fleet})
+    monkeypatch.setattr(console, "width", 250)  # every column's name whole
+    shown = CliRunner().invoke(cli_module.app, ["release", "status", "9.10.0"], terminal_width=250)
+    assert shown.exit_code == 0, shown.output
+    head = next(line for line in shown.output.splitlines() if " ring " in line)  # the counts table
+    assert "running" in head and " stalled " in head, shown.output
+    assert "c07 (broad) stalled: stalled: no node" in shown.output, shown.output
+
+
+def test_upkeep_show_and_runs_call_a_stalled_run_stalled(
+    fleet: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`upkeep runs` and `upkeep show` printed a stalled run as `paused`, as one an SRE paused and will
+    resume: its phase says it stalled (its state stays `paused`)."""
+    from inventory.run_report import run_row
+
+    _to_the_broad_ring(fleet)
+    _stalled(fleet, "c07")
+    with session_scope(fleet) as session:
+        row = run_row(_runs(session)["c07"], session)
+    assert (row["state"], row["phase"]) == ("paused", "stalled"), row

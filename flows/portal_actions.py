@@ -24,6 +24,7 @@ from inventory.alerts import queue_alert
 from inventory.cases import Case, CaseError, CaseStatus, EscalatedBy, check_case_ref, escalate, open_case
 from inventory.importer_model import mailbox_key
 from inventory.models import AuditEvent, Cluster, Customer, Node, RunState, UpgradeRun
+from inventory.runs import stalled
 from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot
 from scheduling.windows import Interval
@@ -250,6 +251,69 @@ def _view(run: UpgradeRun, customer: Customer, session: Session) -> UpcomingUpda
         deferral_note=deferral_options(run, start, customer.timezone, session),
         confirmed_by=_confirmations(run, session)[1],
         needs_approval=run.needs_approval,
+    )
+
+
+@dataclass(frozen=True)
+class StoppedUpdate:
+    """An update stopped for now (stalled: paused by the bound on idle windows, flows/outcomes.py), as
+    the customer sees it: what their 'stopped' notice said, never the SRE's reason (hosts, commands)."""
+
+    id: int
+    ref: str
+    cluster: str
+    from_version: str
+    to_version: str
+    slot_text: str  # the slot it stopped in
+    nodes_upgraded: int
+    nodes_total: int
+    nodes: tuple[str, ...]  # "node-1: 9.10.0", per node in upgrade order (flows/endings.py)
+
+
+def stopped_updates(customer: Customer, *, session: Session) -> list[StoppedUpdate]:
+    """The customer's announced updates stopped for now, oldest first. Neither upcoming (planned) nor
+    past (ended), a stalled run vanished from the portal while the customer was told it stopped."""
+    query = (
+        select(UpgradeRun)
+        .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
+        .where(
+            Cluster.customer_id == customer.id,
+            UpgradeRun.state == RunState.paused,
+            col(UpgradeRun.slot_start).is_not(None),
+        )
+        .order_by(col(UpgradeRun.id))
+    )
+    return [_stopped(run, customer, session) for run in session.exec(query) if stalled(run)]
+
+
+def stopped_update(run_id: int, customer: Customer, *, session: Session) -> StoppedUpdate:
+    """The stopped update `run_id` of this customer (its page, from a notice's link); NotYours otherwise."""
+    run = session.get(UpgradeRun, run_id)
+    cluster = session.get(Cluster, run.cluster_id) if run is not None else None
+    if run is None or cluster is None or cluster.customer_id != customer.id:
+        raise NotYours(f"no update {update_ref(run_id)} for {customer.name}")
+    if not stalled(run) or run.slot_start is None:
+        raise NotYours(f"{update_ref(run_id)} is {run.state}; not stopped")
+    return _stopped(run, customer, session)
+
+
+def _stopped(run: UpgradeRun, customer: Customer, session: Session) -> StoppedUpdate:
+    from flows.endings import versions_at_stop  # the notice's own words per node
+    from inventory.run_report import node_rows
+
+    cluster = session.get(Cluster, run.cluster_id)
+    assert cluster is not None and run.id is not None and run.slot_start is not None
+    rows = node_rows(run, session)
+    return StoppedUpdate(
+        id=run.id,
+        ref=update_ref(run.id),
+        cluster=cluster.name,
+        from_version=run.from_version,
+        to_version=run.to_version,
+        slot_text=format_slot(run.slot_start, customer.timezone),
+        nodes_upgraded=sum(1 for row in rows if row["after"]),
+        nodes_total=len(rows),
+        nodes=versions_at_stop(run, session),
     )
 
 

@@ -5,6 +5,7 @@ every designated user through the outbox."""
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import datetime, timedelta
 
@@ -346,3 +347,63 @@ def test_a_user_whose_address_was_respelt_confirms_once(portal: Portal) -> None:
     assert page.status_code == 200
     assert len(audit(portal, "update.confirmed")) == 1
     assert len(notices(portal, "confirmed")) == 1
+
+
+def _stalled_with_node_1_upgraded(portal: Portal, cluster: str = "acme-c1") -> int:
+    """The run of `cluster` left as flows/outcomes.py `_stalled` leaves one after node 1 was upgraded in
+    an earlier window: paused, its reason the SRE's (a lease owner, a host, the commands)."""
+    from inventory.models import Node, NodeStep, RunState, StepState
+
+    run_id = portal.updates[cluster]
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        node = session.exec(select(Node).where(Node.hostname == f"{cluster}-n1")).one()
+        for step, tail in (("check", "9.8.0"), ("upgrade", ""), ("verify", "9.9.0")):
+            session.add(
+                NodeStep(
+                    run_id=run_id, node_id=node.id, step=step, state=StepState.succeeded, output_tail=tail
+                )
+            )
+        run.state = RunState.paused
+        run.started_at = run.slot_start
+        run.lease_owner = "sre-box.internal:4242/abcdef"
+        run.reason = (
+            "stalled: no node upgraded in 3 windows in a row, the last as the customer's support tunnel was "
+            f"closed on 10.0.0.7 at the window's start; not re-slotted: fix the cause, then `upkeep resume "
+            f"{run_id}` <b>now</b>"
+        )
+        session.add(run)
+    return run_id
+
+
+def test_a_stalled_update_is_shown_stopped_with_its_nodes_not_vanished(portal: Portal) -> None:
+    """A stalled run is neither upcoming (planned) nor past (ended): it vanished from the portal while
+    its customer was told it stopped. The maintenance page and the notice's link to the update show it
+    stopped for now - our engineers will contact you, nothing more without a new notice - with where
+    each node stands; never the SRE's reason (its host, lease owner, commands); not another customer's."""
+    run_id = _stalled_with_node_1_upgraded(portal)
+    umbrella = _stalled_with_node_1_upgraded(portal, "umb-c1")
+    sign_in(portal, "ann@acme.example")
+
+    page = portal.client.get("/maintenance").text
+    said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    assert "acme-c1: 9.8.0 → 9.9.0 stopped for now" in said, said
+    assert (
+        "Our engineers will contact you; nothing more will be done to your cluster for it without a new"
+        in said
+    )
+    assert (
+        "1 of 2 nodes run 9.9.0" in said
+        and "acme-c1-n1 9.9.0" in said
+        and "acme-c1-n2 9.8.0 (not upgraded)" in said
+    )
+    assert "Thu 26 Nov 2026 02:00 EST (07:00 UTC)" in said, said
+    assert "No maintenance is scheduled. Stopped for now" in said  # not offered to defer or confirm
+    for internal in ("10.0.0.7", "sre-box", "upkeep resume", "stalled", "<b>now", "umb-c1"):
+        assert internal not in page, internal
+
+    linked = portal.client.get(f"/maintenance/update-{run_id}")
+    assert linked.status_code == 200 and "stopped for now" in linked.text and "acme-c1-n2" in linked.text
+    assert "10.0.0.7" not in linked.text and "Confirm" not in linked.text
+    assert portal.client.get(f"/maintenance/update-{umbrella}").status_code == 404  # another customer's

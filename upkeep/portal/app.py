@@ -392,6 +392,7 @@ class Portal:
                 user=user,
                 csrf=user.csrf,
                 updates=updates,
+                stopped=actions.stopped_updates(customer, session=session),
                 feed=actions.has_feed(customer, session=session),
                 notice=self.notice(request),
             )
@@ -428,7 +429,11 @@ class Portal:
             try:
                 run = actions.customer_update(run_id, customer, session=session)
             except actions.NotYours:
-                raise HTTPException(404, "There is no such upcoming update.") from None
+                try:  # stopped for now: its notices' links show where it stands, not a 404
+                    stopped = actions.stopped_update(run_id, customer, session=session)
+                except actions.NotYours:
+                    raise HTTPException(404, "There is no such upcoming update.") from None
+                return self.page(request, "stopped.html.j2", user=user, csrf=user.csrf, s=stopped)
             view = actions.update_view(run_id, customer, session=session)
             choices = actions.defer_choices(run, now=self.config.now(), session=session)
             options = [

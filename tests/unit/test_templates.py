@@ -304,6 +304,10 @@ def test_a_stopped_notice_says_where_the_cluster_stands_with_hostile_names_as_da
     assert "without a new notice from us" in text and "support@vendor.example" in text
     assert HOSTILE not in rendered.html and "&lt;script&gt;x&lt;/script&gt; &amp; {{ 7*7 }}" in rendered.html
     assert "49" not in rendered.text + rendered.html
+    assert "maintenance portal" not in rendered.text  # no portal: no link
+    linked = render_notice("stopped", make_ctx("stopped", portal_link="https://portal.example/maintenance/x"))
+    assert "maintenance portal: https://portal.example/maintenance/x" in " ".join(linked.text.split())
+    assert 'href="https://portal.example/maintenance/x"' in linked.html
     untouched = " ".join(render_notice("stopped", make_ctx("stopped")).text.split())
     assert "Nothing was changed on your cluster: it stays in service on 4.2.1" in untouched
     assert "nodes run" not in untouched

@@ -213,3 +213,69 @@ def test_sign_in_from_the_email_defer_and_open_a_case(
     page.wait_for_selector("text=You have signed out")
     page.goto(f"{url}/maintenance")
     assert page.url.endswith("/signin")
+
+
+@pytest.fixture
+def served_without_files(tmp_path: Path, smtp: SmtpServer) -> Iterator[tuple[str, dict[str, str]]]:
+    """`served` without the file server (nothing here downloads)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPKEEP_", "PREFECT_"))}
+    env |= {
+        "UPKEEP_HOME": str(tmp_path / "home"),
+        "UPKEEP_SMTP_HOST": "127.0.0.1",
+        "UPKEEP_SMTP_PORT": str(smtp.port),
+        "UPKEEP_MAIL_FROM": "Upkeep <upkeep@vendor.example>",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    with portal_served(tmp_path, env, INVENTORY) as url:
+        yield url, env
+
+
+def test_a_stalled_update_reads_stopped_for_now_in_the_browser(
+    served_without_files: tuple[str, dict[str, str]], smtp: SmtpServer, browser: Any
+) -> None:
+    """The designated user signed in sees their stalled update under 'Stopped for now' with where each
+    node stands - not a page with nothing on it - and never the SRE's reason."""
+    from sqlmodel import create_engine, select
+
+    from inventory.db import session_scope
+    from inventory.models import Node, NodeStep, RunState, StepState, UpgradeRun
+
+    url, env = served_without_files
+    scheduled = json.loads(
+        upkeep_in_process("schedule", "acme-c1", "--to", "9.9.0", "--json", env=env, check=True).stdout
+    )
+    engine = create_engine(f"sqlite:///{Path(env['UPKEEP_HOME']) / 'upkeep.db'}")
+    try:
+        with session_scope(engine) as session:  # as flows/outcomes.py `_stalled` leaves it, node 1 done
+            run = session.get(UpgradeRun, scheduled["id"])
+            assert run is not None
+            node = session.exec(select(Node).where(Node.hostname == "acme-c1-n1")).one()
+            for step, tail in (("check", "9.8.0"), ("upgrade", ""), ("verify", "9.9.0")):
+                done = StepState.succeeded
+                session.add(NodeStep(run_id=run.id, node_id=node.id, step=step, state=done, output_tail=tail))
+            run.state, run.reason = RunState.paused, "stalled: no node upgraded in 3 windows; 10.0.0.7"
+            session.add(run)
+    finally:
+        engine.dispose()
+
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{url}/signin")
+    page.fill("#email", "ann@acme.example")
+    page.click("text=Email me a sign-in link")
+
+    def sign_in_mail() -> Any:
+        return next((m for m in smtp.handler.messages if "sign-in link" in str(m["Subject"])), None)
+
+    mail = wait_for(sign_in_mail, "the sign-in email")
+    [link] = re.findall(
+        r"http://127\.0\.0\.1:\d+/signin/link\?t=\S+", mail.get_body(("plain",)).get_content()
+    )
+    page.goto(link)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_selector("h2:has-text('Stopped for now')")
+    stopped = page.inner_text(f"#update-{scheduled['id']}")
+    assert "acme-c1: 9.8.0 → 9.9.0" in stopped and "Our engineers will contact you" in stopped, stopped
+    assert "1 of 2 nodes run 9.9.0" in stopped and "9.8.0 (not upgraded)" in stopped, stopped
+    assert "10.0.0.7" not in page.content() and "stalled" not in page.inner_text("main")

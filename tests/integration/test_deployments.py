@@ -3,7 +3,10 @@ deployment of prefect.yaml (`prefect deploy --all`) and a `prefect worker start`
 settings, as docs/deploying.md describes it. A deployment run goes through the worker into a flow-run
 subprocess that builds its Runtime from those settings alone (upkeep/entrypoints.py).
 
-One server for the session (see prefect_server.py for what each phase costs); tests here share it.
+One server for this module (see prefect_server.py for what each phase costs); tests here share it. Module,
+not session: only this module uses it, and left running to the session's end its worker ran the dispatch
+deployment's 60 s schedule (a flow-run process per tick) and its server its 2 s scheduler loop for the rest
+of the suite - half of that pytest worker's CPU, measured, on a machine whose two cores the suite saturates.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ CONCURRENCY = 4
 RELEASE_RINGS = ["canary", "early"]  # the monthly release test's clusters, in ring order
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def deploy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     # Cloud clusters: the first serves the product-update test; the next two are the monthly release's,
     # one canary and one early (ring order needs two rings; each more ring costs a minute of window).
@@ -56,7 +59,7 @@ def deploy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker_env(deploy_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The UPKEEP_* settings a worker machine has, with the lab's inventory imported into their SQLite DB."""
     env = {f"UPKEEP_{k.upper()}": str(v) for k, v in deploy_lab.settings_overrides().items()}
@@ -72,7 +75,7 @@ def worker_env(deploy_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> dic
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_server(
     worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PrefectServer]:

@@ -80,7 +80,7 @@ from inventory import repo
 from inventory.cases import check_case_ref
 from inventory.db import server_away, session_scope
 from inventory.models import Cluster, RequestedAction, RunKind, RunState, UpgradeRun
-from inventory.runs import REFUSED, close_open_steps, create_run, get_run
+from inventory.runs import REFUSED, close_open_steps, create_run, get_run, stalled
 from tasks.failpoints import failpoint
 
 T = TypeVar("T")
@@ -880,6 +880,12 @@ def _claim(
                 and not run.reason.startswith(REFUSED)
             ):
                 run.reason = ""
+            if stalled(run):
+                # A stall told the customer 'stopped' (a CANCEL at this SEQUENCE); what the resume says
+                # next ('started', 'completed', ...) is a new version of the update, so it supersedes a
+                # 'stopped' still in the outbox (a mail server down): at the same SEQUENCE, delivered
+                # by due time, 'stopped' reached the customer after 'started' and 'completed' (adv49).
+                run.notice_sequence += 1
         run.state = RunState.running
         run.started_at = run.started_at or runtime.clock()
         record_window(run, runtime.clock(), session=session)  # the window it runs in, at every start

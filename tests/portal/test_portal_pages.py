@@ -263,9 +263,72 @@ def test_history_shows_the_customers_finished_updates_only(portal: Portal) -> No
     sign_in(portal, "ann@acme.example")
     page = portal.client.get("/history").text
     assert "acme-c1: 9.8.0 &rarr; 9.9.0" in page and "failed" in page
-    assert "node acme-c1-n2 unhealthy after upgrade" in page and "SUP-4711" in page
+    # the SRE's reason is not the customer's (adv49: see the test below); the case is
+    assert "node acme-c1-n2 unhealthy after upgrade" not in page and "SUP-4711" in page
+    assert "could not be completed; our support team was alerted" in page
     assert "acme-c1-n1" in page and "not reached" in page  # an ended run's untouched nodes
     assert "umb-c1" not in page
+
+
+def test_history_tells_the_customer_fixed_words_never_the_sre_reason_or_a_commands_output(
+    portal: Portal,
+) -> None:
+    """History showed a failed or cancelled run's `reason` as it is, and each node's result with the last
+    line of its failed step's output: the SRE's words on a customer page. A failed run's reason is the
+    exception's text (an SSH command line, a host and its address, a traceback's last line); a cancel's
+    names the SRE and what they wrote for their colleagues; a stalled run cancelled adds "(while paused)"
+    and the stall's "upkeep resume N" lives in the audit. The customer's notices never carried any of it
+    ('failed' says CUSTOMER_FAILURE, each node "did not complete; our support team is checking"): the
+    page now says what those say."""
+    from inventory.models import Cluster, Node, RunState, StepState
+    from inventory.runs import finish_run, start_step
+
+    internal = (
+        "ssh upkeep@10.20.0.7:22",
+        "sudo /usr/local/bin/upkeep-agent install",
+        "Traceback",
+        "dpkg returned an error code",
+        "cancelled by alice",
+        "while paused",
+        "umbrella",
+    )
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, portal.updates["acme-c1"])
+        assert run is not None and run.id is not None
+        cluster = session.get(Cluster, run.cluster_id)
+        node = session.exec(select(Node).where(Node.hostname == "acme-c1-n2")).one()
+        step = start_step(run.id, node.id, "upgrade", session=session)
+        step.state, step.finished_at = StepState.failed, portal.clock.now
+        step.output_tail = "Traceback (most recent call last):\nE: Sub-process /usr/bin/dpkg returned an error code (1)"
+        session.add(step)
+        why = (
+            "ssh upkeep@10.20.0.7:22 (acme-c1-n2): `sudo /usr/local/bin/upkeep-agent install "
+            "/var/tmp/upkeep/upkeep-9.9.0.deb` exited 1: Traceback (most recent call last)"
+        )
+        finish_run(run, RunState.failed, reason=why, session=session)
+        assert cluster is not None
+    sign_in(portal, "ann@acme.example")
+    page = portal.client.get("/history").text
+    assert "acme-c1: 9.8.0 &rarr; 9.9.0" in page and "failed" in page
+    for text in internal:
+        assert text not in page and html.escape(text) not in page, text
+    assert "could not be completed; our support team was alerted" in page
+    assert "did not complete; our support team is checking this node" in page
+
+    with session_scope(portal.engine) as session:  # the same cluster's next update, cancelled by an SRE
+        from inventory.runs import create_run
+
+        again = create_run(cluster, to_version="9.9.0", source="sre", requested_by="alice", session=session)
+        finish_run(
+            again,
+            RunState.cancelled,
+            reason="cancelled by alice: umbrella's rollout holds the cluster limit (while paused)",
+            session=session,
+        )
+    page = portal.client.get("/history").text
+    for text in internal:
+        assert text not in page and html.escape(text) not in page, text
+    assert "cancelled" in page
 
 
 def test_comment_on_and_escalate_a_case_alerting_the_sre_side(portal: Portal) -> None:

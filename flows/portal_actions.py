@@ -396,6 +396,23 @@ class PastUpdate:
     nodes: list[dict[str, Any]]  # inventory.run_report.node_rows
 
 
+# What History says of an update that did not succeed: the customer's words, as its notices put them. The
+# run's `reason` is the SRE's: a failure's exception text (SSH command lines, hosts and their addresses, a
+# traceback's last line), a cancel's "cancelled by USER: what they wrote (while paused)" (adv49).
+_PAST_WORDS = {
+    RunState.failed: "it could not be completed; our support team was alerted, and nodes not upgraded keep "
+    "the version they had",
+    RunState.cancelled: "it was cancelled before it was completed",
+}
+# A node whose step failed, as the 'failed' notice words it (flows/endings.py `versions_at_stop`), not the
+# last line of the command's output ("failed at upgrade: E: Sub-process /usr/bin/dpkg returned ...").
+_NODE_FAILED = "did not complete; our support team is checking this node"
+
+
+def _customer_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "result": _NODE_FAILED} if str(row["result"]).startswith("failed") else row
+
+
 def past_updates(customer: Customer, *, session: Session, limit: int = 50) -> list[PastUpdate]:
     """The customer's finished updates, newest first, with per-node results and the failure's case."""
     from flows.failed_run_case import RUN_CASE
@@ -430,11 +447,11 @@ def past_updates(customer: Customer, *, session: Session, limit: int = 50) -> li
                 from_version=run.from_version,
                 to_version=run.to_version,
                 outcome=str(run.state),
-                reason=run.reason if RunState(run.state) is not RunState.succeeded else "",
+                reason=_PAST_WORDS.get(RunState(run.state), ""),
                 started=when(run.started_at),
                 finished=when(run.finished_at),
                 case=case,
-                nodes=node_rows(run, session),
+                nodes=[_customer_row(row) for row in node_rows(run, session)],
             )
         )
     return found

@@ -299,7 +299,9 @@ def test_history_tells_the_customer_fixed_words_never_the_sre_reason_or_a_comman
         node = session.exec(select(Node).where(Node.hostname == "acme-c1-n2")).one()
         step = start_step(run.id, node.id, "upgrade", session=session)
         step.state, step.finished_at = StepState.failed, portal.clock.now
-        step.output_tail = "Traceback (most recent call last):\nE: Sub-process /usr/bin/dpkg returned an error code (1)"
+        step.output_tail = (
+            "Traceback (most recent call last):\nE: Sub-process /usr/bin/dpkg returned an error code (1)"
+        )
         session.add(step)
         why = (
             "ssh upkeep@10.20.0.7:22 (acme-c1-n2): `sudo /usr/local/bin/upkeep-agent install "
@@ -318,7 +320,7 @@ def test_history_tells_the_customer_fixed_words_never_the_sre_reason_or_a_comman
     with session_scope(portal.engine) as session:  # the same cluster's next update, cancelled by an SRE
         from inventory.runs import create_run
 
-        again = create_run(cluster, to_version="9.9.0", source="sre", requested_by="alice", session=session)
+        again = create_run(cluster, to_version="9.9.0", source="cli", requested_by="alice", session=session)
         finish_run(
             again,
             RunState.cancelled,

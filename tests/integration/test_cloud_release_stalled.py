@@ -139,3 +139,43 @@ def test_upkeep_show_and_runs_call_a_stalled_run_stalled(
     with session_scope(fleet) as session:
         row = run_row(_runs(session)["c07"], session)
     assert (row["state"], row["phase"]) == ("paused", "stalled"), row
+
+
+def test_release_status_shows_an_sre_paused_run_as_paused_not_running(
+    fleet: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adv49: `upkeep pause` mid-rollout (after node 1 of c07): nothing goes on with it until an SRE
+    resumes it, yet `release status` counted it `running` - the release looked under way there, and the
+    paused cluster was not among what needs attention. Its own status and count (`paused`, apart from
+    `stalled`), listed with its reason in the CLI and the artifact."""
+    from typer.testing import CliRunner
+
+    from flows.rollout import release_status
+    from inventory.releases import status_markdown
+    from upkeep import cli as cli_module
+    from upkeep import cli_common
+    from upkeep.console import console
+
+    _to_the_broad_ring(fleet)
+    with session_scope(fleet) as session:
+        run = _runs(session)["c07"]
+        run.state, run.reason = RunState.paused, "paused by request after 1 of 2 nodes"
+        session.add(run)
+
+    with session_scope(fleet) as session:
+        status = release_status("9.10.0", session=session)
+    [broad] = [ring for ring in status["rings"] if ring["ring"] == "broad"]
+    [c07] = [row for row in broad["clusters"] if row["cluster"] == "c07"]
+    assert c07["status"] == "paused", c07
+    assert (broad["paused"], broad["running"], broad["stalled"]) == (1, 0, 0), broad
+    markdown = status_markdown(status)
+    assert "| paused |" in markdown.splitlines()[2], markdown
+    assert "- c07 (broad): paused — paused by request after 1 of 2 nodes" in markdown, markdown
+
+    monkeypatch.setattr(cli_common, "_opened", {"engine": fleet})
+    monkeypatch.setattr(console, "width", 250)
+    shown = CliRunner().invoke(cli_module.app, ["release", "status", "9.10.0"], terminal_width=250)
+    assert shown.exit_code == 0, shown.output
+    head = next(line for line in shown.output.splitlines() if " ring " in line)
+    assert " paused " in head, shown.output
+    assert "c07 (broad) paused: paused by request after 1 of 2 nodes" in shown.output, shown.output

@@ -206,6 +206,7 @@ class RingPublic(PublicModel):
     planned: int = 0
     notified: int = 0
     running: int = 0
+    paused: int = 0  # paused by an SRE (`upkeep pause`): goes on once one resumes it
     stalled: int = 0  # paused by the bound on idle windows (flows/outcomes.py), not counted running
     done: int = 0
     failed: int = 0

@@ -209,6 +209,7 @@ STATUSES = (
     "planned",
     "notified",
     "running",
+    "paused",
     "stalled",
     "done",
     "failed",
@@ -219,14 +220,26 @@ STATUSES = (
 )
 # The columns `upkeep release status` and the release-status artifact print, and the statuses they list
 # with their reason: those a person has to act on.
-COLUMNS = ("planned", "notified", "running", "stalled", "done", "failed", "deferred", "skipped", "blocked")
-ATTENTION = ("stalled", "skipped", "blocked", "failed")
+COLUMNS = (
+    "planned",
+    "notified",
+    "running",
+    "paused",
+    "stalled",
+    "done",
+    "failed",
+    "deferred",
+    "skipped",
+    "blocked",
+)
+ATTENTION = ("paused", "stalled", "skipped", "blocked", "failed")
 
 
 def member_status(member: Member) -> str:
-    """planned | deferred (planned, moved by the customer) | running (or paused by an SRE) | stalled
-    (paused by the bound on idle windows: nothing starts it until someone acts) | done | failed |
-    cancelled, from the run; skipped | blocked from the entry when there is no run."""
+    """planned | deferred (planned, moved by the customer) | running | paused (by an SRE: nothing goes on
+    until one resumes it; counted running, the release looked under way there, adv49) | stalled (paused
+    by the bound on idle windows: nothing starts it until someone acts) | done | failed | cancelled, from
+    the run; skipped | blocked from the entry when there is no run."""
     run = member.run
     if run is None:
         return member.entry.status.value
@@ -234,7 +247,7 @@ def member_status(member: Member) -> str:
         return "deferred" if run.deferrals > 0 else "planned"
     if stalled(run):
         return "stalled"
-    return {"paused": "running", "succeeded": "done"}.get(run.state.value, run.state.value)
+    return {"succeeded": "done"}.get(run.state.value, run.state.value)
 
 
 def ring_rows(members: list[Member], *, notified: set[int], session: Session) -> list[dict[str, Any]]:

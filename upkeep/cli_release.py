@@ -279,7 +279,8 @@ def _print_slots(data: dict[str, Any]) -> None:
 
 @release_app.command("status")
 def status(version: VersionArg, json_out: JsonOpt = False) -> None:
-    """Per ring: planned, notified, running, stalled, done, failed, deferred, skipped, blocked, and why."""
+    """Per ring: planned, notified, running, paused, stalled, done, failed, deferred, skipped, blocked;
+    and why."""
     from flows.rollout import release_status
     from inventory.db import session_scope
 

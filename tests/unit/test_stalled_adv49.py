@@ -66,3 +66,94 @@ def test_a_stalled_run_resumed_in_a_window_never_tells_stopped_after_started_and
     assert "stopped" not in kinds[kinds.index("started") :], mailbox
     sequences = [int(told.partition(":")[2]) for told in mailbox]
     assert sequences == sorted(sequences), mailbox  # each calendar update at a SEQUENCE not below the last
+
+
+def _blocked_behind(holder: int) -> int:
+    """How many backends wait, directly or in a queue, behind the backend `holder` for a lock."""
+    from sqlalchemy import text
+
+    from inventory.db import make_engine
+    from tests.support.databases import POSTGRES_URL
+
+    admin = make_engine(POSTGRES_URL)
+    try:
+        with admin.connect() as conn:
+            rows = conn.execute(
+                text("SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).all()
+    finally:
+        admin.dispose()
+    behind, grew = {holder}, True
+    while grew:
+        more = {pid for pid, blockers in rows if set(blockers) & behind} - behind
+        behind |= more
+        grew = bool(more)
+    return len(behind) - 1
+
+
+def test_two_processes_stalling_the_same_run_at_once_on_postgresql_claim_it_once(
+    on_call_world: World,
+) -> None:
+    """Real concurrency on PostgreSQL, not one process after the other: the third idle window, and two
+    processes (the run's own, woken from a freeze, and the dispatcher's take-over) reach `carry_over`
+    together - both wait on the run's row (held here by a third transaction, as the cancel an SRE
+    types at that moment would), then go at it as soon as it is free. Exactly one stalls it: one
+    'stopped' to the customer, one 'stalled' alert, one audit; the other finds it paused (taken over)."""
+    import threading
+
+    from sqlalchemy import text, update
+    from sqlmodel import Session, col, select
+
+    from flows import outcomes
+    from flows.plan import plan_update
+    from inventory.alerts import Alert
+    from inventory.db import session_scope
+    from inventory.models import RunState, UpgradeRun
+    from tests.support.portal import wait_for
+    from tests.support.update_world import CLUSTER, TARGET
+
+    world = on_call_world
+    if world.engine.dialect.name != "postgresql":
+        return  # SQLite serializes writers at BEGIN: the sequential races are in the adversarial file
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1)] == ["carried over"] * 2
+    world.clock.now = MONDAY + 2 * DAY + timedelta(minutes=55)
+    with session_scope(world.engine) as session:  # running in its third window, past the cutoff
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run_id)
+            .values(state=RunState.running, started_at=MONDAY + 2 * DAY)
+        )
+        plan = plan_update(CLUSTER, TARGET, session=session)
+
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def stall() -> None:
+        try:
+            results.append(outcomes.carry_over(world.runtime, plan, run_id))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stall) for _ in range(2)]
+    with world.engine.connect() as holder, Session(bind=holder) as session:
+        session.exec(select(UpgradeRun).where(UpgradeRun.id == run_id).with_for_update()).one()
+        pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: _blocked_behind(pid) >= 2, "both processes waiting on the run")
+        holder.rollback()  # the row free: both go at once
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert sorted(results) == ["paused", outcomes.TAKEN_OVER], results
+    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]
+    with session_scope(world.engine) as session:
+        alerts = session.exec(select(Alert).where(Alert.run_id == run_id, Alert.kind == "stalled")).all()
+        from inventory.models import AuditEvent as Audit
+
+        stalls = session.exec(
+            select(Audit).where(Audit.subject == f"run/{run_id}", Audit.action == outcomes.STALLED)
+        ).all()
+    assert len(alerts) == 1 and len(stalls) == 1, (alerts, stalls)
+    assert world.run().state == RunState.paused

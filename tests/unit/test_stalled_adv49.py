@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
 from tests.support.update_world import MONDAY, World
 from tests.unit.test_update_branches import _planned_monday
 from tests.unit.test_window_stalled_adversarial import _taken_up_late, on_call_world
@@ -157,3 +159,53 @@ def test_two_processes_stalling_the_same_run_at_once_on_postgresql_claim_it_once
         ).all()
     assert len(alerts) == 1 and len(stalls) == 1, (alerts, stalls)
     assert world.run().state == RunState.paused
+
+
+class _Killed(BaseException):
+    """The process dies (kill -9): nothing after this point of it runs."""
+
+
+def test_an_urgent_stall_whose_process_dies_before_paging_is_paged_by_the_next_dispatcher_tick(
+    on_call_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An urgent update stalls: the stall, the customer's 'stopped' and the SRE's e-mail commit in one
+    transaction; the page to the engineer on call is sent after it, in its own. The process killed
+    between the two (kill -9, its VM lost): the run is paused for good - no flow, no take-over (orphans
+    are running runs), nothing re-derives the page - so nobody is paged for an urgent update stopped
+    until someone acts. The dispatcher's tick pages for every P0 case and halted rollout not yet paged
+    (`page_triggers`); an urgent stalled run not yet paged is one of those too, under the stall's own
+    key (paged once, whoever gets there first)."""
+    from sqlalchemy import update
+    from sqlmodel import col, select
+
+    from flows import outcomes
+    from flows.oncall import page_triggers
+    from inventory.alerts import Page
+    from inventory.db import session_scope
+    from inventory.models import RunState, UpgradeRun
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    with session_scope(world.engine) as session:
+        session.execute(update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(urgent=True))
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1)] == ["carried over"] * 2
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(outcomes, "page_if_urgent", killed)
+    world.clock.now = MONDAY + 2 * DAY + timedelta(minutes=55)
+    with pytest.raises(_Killed):
+        world.update(run_id=run_id)
+    monkeypatch.undo()
+    assert world.run().state == RunState.paused and world.notices(run_id)[-1] == "stopped"
+    with session_scope(world.engine) as session:
+        assert session.exec(select(Page)).all() == []
+
+    world.clock.now += timedelta(minutes=1)  # the dispatcher's next tick
+    page_triggers(world.runtime, world.clock.now)
+    page_triggers(world.runtime, world.clock.now)  # and the one after: paged once
+    with session_scope(world.engine) as session:
+        [paged] = session.exec(select(Page)).all()
+    assert "no progress in 3 windows" in paged.reason and "Tess" in paged.paged, (paged.reason, paged.paged)
+    assert paged.key == f"run:{run_id}:stalled:{world.run().notice_sequence}", paged.key

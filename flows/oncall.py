@@ -266,11 +266,15 @@ def who(runtime: Runtime, at: datetime) -> OnCallNow | None:
 
 
 def page_triggers(runtime: Runtime, now: datetime) -> list[int]:
-    """The dispatcher tick's other part: page for every open P0 case and every rollout halted by its
-    error budget that has not been paged yet (however the case was opened or the rollout halted)."""
+    """The dispatcher tick's other part: page for every open P0 case, every rollout halted by its error
+    budget and every urgent run stalled (flows/outcomes.py) that has not been paged yet (however the case
+    was opened, the rollout halted, or the process that stalled the run died before its page: the stall
+    commits first and pages after, and a paused run has no flow left to page, adv49)."""
+    from flows.outcomes import stall_headline, stall_page_key
     from inventory.case_tables import Case, CaseCluster, CaseStatus
-    from inventory.models import Cluster, Customer
+    from inventory.models import Cluster, Customer, RunState, UpgradeRun
     from inventory.releases import Rollout, RolloutState
+    from inventory.runs import STALLED_REASON
     from scheduling.sla import Priority
 
     with session_scope(runtime.engine) as session:
@@ -293,6 +297,17 @@ def page_triggers(runtime: Runtime, now: datetime) -> list[int]:
             for r in session.exec(select(Rollout).where(Rollout.state == RolloutState.halted)).all()
             if f"rollout:{r.version}:{r.updated_at.isoformat()}" not in paged
         ]
+        stalled = [
+            (run.id, stall_page_key(run.id, run.notice_sequence), run.reason, run.case_ref or "")
+            for run in session.exec(
+                select(UpgradeRun).where(
+                    UpgradeRun.state == RunState.paused,
+                    col(UpgradeRun.urgent).is_(True),
+                    col(UpgradeRun.reason).startswith(STALLED_REASON),
+                )
+            ).all()
+            if stall_page_key(run.id, run.notice_sequence) not in paged
+        ]
     pages = []
     for ref, subject, customer, clusters in p0:
         found = page(
@@ -304,6 +319,12 @@ def page_triggers(runtime: Runtime, now: datetime) -> list[int]:
         found = page(
             runtime, key=f"rollout:{version}:{at.isoformat()}",
             headline=f"release {version} rollout halted by its error budget", cause=reason,
+        )  # fmt: skip
+        pages += [found] if found is not None else []
+    for run_id, key, reason, case_ref in stalled:
+        found = page(
+            runtime, key=key, headline=f"URGENT update {stall_headline(run_id)}",
+            cause=reason.splitlines()[0], run_id=run_id, case_ref=case_ref,
         )  # fmt: skip
         pages += [found] if found is not None else []
     return pages

@@ -381,8 +381,11 @@ def carry_over(
             if failed:  # no later window fits, before any node: a failed urgent update still pages (adv37)
                 page_if_urgent(runtime, run_id, f"run {run_id} failed before any node was touched", failed)
             if stalled:  # paused for good until someone acts: an urgent one pages as a failed one (adv41)
-                headline = f"run {run_id} stalled: no progress in {STALLED_AFTER} windows, not re-slotted"
-                page_if_urgent(runtime, run_id, headline, stalled, key=f"run:{run_id}:stalled:{sequence}")
+                # After the commit, in its own transaction: a process killed in between leaves the page to
+                # the dispatcher's tick (flows/oncall.py `page_triggers`, adv49), under the same key.
+                page_if_urgent(
+                    runtime, run_id, stall_headline(run_id), stalled, key=stall_page_key(run_id, sequence)
+                )
             return moved
     except _NoLaterWindowMidWay as none:
         # A node was touched: a failure like any other from there (adv37), where an e-mail to the SRE's
@@ -391,6 +394,17 @@ def carry_over(
         alert_sre(runtime, run_id, str(none))
         return "failed"
     return stop(runtime, plan, run_id, asked)
+
+
+def stall_headline(run_id: int | None) -> str:
+    """The page's headline for an urgent run stalled (`carry_over`, and the tick's catch-up)."""
+    return f"run {run_id} stalled: no progress in {STALLED_AFTER} windows, not re-slotted"
+
+
+def stall_page_key(run_id: int | None, sequence: int) -> str:
+    """The page's key for a run's stall: its own (a failure after the SRE's resume still pages under
+    `run:ID`), one per stall (`sequence`, the run's notice SEQUENCE once the stall is recorded)."""
+    return f"run:{run_id}:stalled:{sequence}"
 
 
 TAKEN_OVER = "taken over"  # the result of a run another process holds (flows/product_update.py)

@@ -209,3 +209,46 @@ def test_an_urgent_stall_whose_process_dies_before_paging_is_paged_by_the_next_d
         [paged] = session.exec(select(Page)).all()
     assert "no progress in 3 windows" in paged.reason and "Tess" in paged.paged, (paged.reason, paged.paged)
     assert paged.key == f"run:{run_id}:stalled:{world.run().notice_sequence}", paged.key
+
+
+def test_a_page_raced_by_another_process_under_the_same_key_is_the_one_page_not_an_error(
+    on_call_world: World,
+) -> None:
+    """The stall's page (after its commit) and the dispatcher's catch-up (`page_triggers`) may page the
+    same key at once, as a P0 case's handler and the tick could: each looks for the key, finds none, and
+    inserts - on PostgreSQL the second INSERT waits on the first's unique key and then fails. That
+    IntegrityError came out of `page` and so out of `carry_over` after the stall had committed, into the
+    flow's failure handling. The loser returns the winner's page."""
+    import threading
+
+    from sqlalchemy import text
+    from sqlmodel import Session
+
+    from flows.oncall import page
+    from inventory.alerts import Page
+    from tests.support.portal import wait_for
+
+    world = on_call_world
+    if world.engine.dialect.name != "postgresql":
+        return  # SQLite: one writer at a time from BEGIN, the second looks after the first committed
+    key, found, errors = "run:7:stalled:3", [], []
+
+    def paging() -> None:
+        try:
+            found.append(page(world.runtime, key=key, headline="URGENT update run 7 stalled", cause="x"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=paging)
+    with world.engine.connect() as other, Session(bind=other) as session:
+        first = Page(key=key, reason="the other process's page", paged=["Tess"], created_at=world.clock.now)
+        session.add(first)
+        session.flush()
+        pid = other.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        thread.start()
+        wait_for(lambda: _blocked_behind(pid) >= 1, "the second page waiting on the first's key")
+        session.commit()
+        winner = first.id
+    thread.join(60)
+    assert not errors, errors
+    assert found == [winner]

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from flows.alerts import alert_sre
@@ -24,6 +25,7 @@ from inventory import repo
 from inventory.alerts import Alert, Page
 from inventory.db import session_scope
 from inventory.oncall import current_spec
+from inventory.runs import STALLED_AFTER, STALLED_REASON
 from scheduling.oncall import Person, Rotation, levels, paged_at_level, shift
 
 __all__ = ["OnCallError", "ack", "escalate_due", "page", "rotation", "who"]
@@ -38,6 +40,18 @@ class OnCallError(ValueError):
 def rotation(session: Session) -> Rotation | None:
     spec = current_spec(session)
     return Rotation.from_spec(spec) if spec else None
+
+
+def stall_headline(run_id: int | None) -> str:
+    """The page's headline for an urgent run stalled (flows/outcomes.py `carry_over`, and the tick's
+    catch-up in `page_triggers`)."""
+    return f"run {run_id} stalled: no progress in {STALLED_AFTER} windows, not re-slotted"
+
+
+def stall_page_key(run_id: int | None, sequence: int) -> str:
+    """The page's key for a run's stall: its own (a failure after the SRE's resume still pages under
+    `run:ID`), one per stall (`sequence`, the run's notice SEQUENCE once the stall is recorded)."""
+    return f"run:{run_id}:stalled:{sequence}"
 
 
 def page(
@@ -74,8 +88,14 @@ def page(
             key=key, reason=f"{headline}: {cause}"[:4000], inform_vp=p0, level=0,
             paged=[p.name for p in people], escalate_at=now + runtime.oncall_escalate_after, created_at=now,
         )  # fmt: skip
-        session.add(row)
-        session.flush()
+        try:  # another process paging this key at once (a stall's page and the tick's catch-up): one page
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            existing = session.exec(select(Page).where(Page.key == key)).first()
+            if existing is None:  # the violation was about something else
+                raise
+            return existing.id
         assert row.id is not None
         _send(runtime, session, row, people, headline, cause, run_id, case_ref, cluster, customer, level=0)
         if p0 and chain.informed:
@@ -270,11 +290,9 @@ def page_triggers(runtime: Runtime, now: datetime) -> list[int]:
     budget and every urgent run stalled (flows/outcomes.py) that has not been paged yet (however the case
     was opened, the rollout halted, or the process that stalled the run died before its page: the stall
     commits first and pages after, and a paused run has no flow left to page, adv49)."""
-    from flows.outcomes import stall_headline, stall_page_key
     from inventory.case_tables import Case, CaseCluster, CaseStatus
     from inventory.models import Cluster, Customer, RunState, UpgradeRun
     from inventory.releases import Rollout, RolloutState
-    from inventory.runs import STALLED_REASON
     from scheduling.sla import Priority
 
     with session_scope(runtime.engine) as session:

@@ -12,6 +12,7 @@ from sqlmodel import Session
 from flows import lease
 from flows.alerts import alert_sre as send_alert
 from flows.endings import mid_way, tell_ending, versions_at_stop
+from flows.oncall import stall_headline, stall_page_key
 from flows.plan import UpdatePlan
 from flows.records import STALLED_REASON, node_done, nodes_touched, stopped_at
 from flows.run_notices import VendorTerms, queue_run_notice
@@ -21,7 +22,7 @@ from flows.schedule import next_window
 from inventory import repo
 from inventory.db import retrying, session_scope
 from inventory.models import RequestedAction, RunState, UpgradeRun
-from inventory.runs import finish_run, get_run
+from inventory.runs import STALLED_AFTER, finish_run, get_run
 from scheduling.errors import SchedulingError
 
 log = logging.getLogger(__name__)
@@ -396,17 +397,6 @@ def carry_over(
     return stop(runtime, plan, run_id, asked)
 
 
-def stall_headline(run_id: int | None) -> str:
-    """The page's headline for an urgent run stalled (`carry_over`, and the tick's catch-up)."""
-    return f"run {run_id} stalled: no progress in {STALLED_AFTER} windows, not re-slotted"
-
-
-def stall_page_key(run_id: int | None, sequence: int) -> str:
-    """The page's key for a run's stall: its own (a failure after the SRE's resume still pages under
-    `run:ID`), one per stall (`sequence`, the run's notice SEQUENCE once the stall is recorded)."""
-    return f"run:{run_id}:stalled:{sequence}"
-
-
 TAKEN_OVER = "taken over"  # the result of a run another process holds (flows/product_update.py)
 
 
@@ -534,15 +524,6 @@ def _carry_over(
     return "carried over"
 
 
-# A carry-over is audited with how many nodes were verified then (`CARRIED_OVER`): the windows in a row
-# in which none more was come from those, with no column added. Three, because one idle window is
-# expected now and then (a copy of a large package that outlasts the window - kept for the next one - a
-# late approval, a tunnel closed once) and a second can still be bad luck (the customer away for a
-# week), but a cause that held three windows in a row does not clear itself; each idle window costs the
-# customer a 'rescheduled' mail and a moved invite, and three weekly windows are three weeks: long
-# enough to act on, not so long that the alert drowns. Two would stop a run after its copy's window and
-# one unlucky one.
-STALLED_AFTER = 3
 CARRIED_OVER, STALLED = "run.carried_over", "run.stalled"
 
 

@@ -24,6 +24,15 @@ from inventory.types import utcnow
 TAIL_CHARS = 2000
 # How the reason of a run stalled by flows/outcomes.py begins (`stalled` tells such a run apart).
 STALLED_REASON = "stalled: "
+# How many idle windows in a row stall a run (flows/outcomes.py `idle_windows`). A carry-over is audited
+# with how many nodes were verified then (`CARRIED_OVER`): the windows in a row in which none more was
+# come from those, with no column added. Three, because one idle window is expected now and then (a copy
+# of a large package that outlasts the window - kept for the next one - a late approval, a tunnel closed
+# once) and a second can still be bad luck (the customer away for a week), but a cause that held three
+# windows in a row does not clear itself; each idle window costs the customer a 'rescheduled' mail and a
+# moved invite, and three weekly windows are three weeks: long enough to act on, not so long that the
+# alert drowns. Two would stop a run after its copy's window and one unlucky one.
+STALLED_AFTER = 3
 
 
 def stalled(run: UpgradeRun) -> bool:

@@ -472,3 +472,26 @@ def test_a_stalled_update_is_shown_stopped_with_its_nodes_not_vanished(portal: P
     assert linked.status_code == 200 and "stopped for now" in linked.text and "acme-c1-n2" in linked.text
     assert "10.0.0.7" not in linked.text and "Confirm" not in linked.text
     assert portal.client.get(f"/maintenance/update-{umbrella}").status_code == 404  # another customer's
+
+
+def test_another_customers_stalled_update_reads_exactly_as_one_that_does_not_exist(portal: Portal) -> None:
+    """adv49: a user of acme who tries umbrella's stalled update's id (by URL, or umbrella's notice link
+    forwarded to them) gets the page a missing id gets, word for word: nothing tells them the id exists,
+    is stalled, or is someone else's. The same for its defer and confirm."""
+    umbrella = _stalled_with_node_1_upgraded(portal, "umb-c1")
+    mine = _stalled_with_node_1_upgraded(portal)
+    missing = umbrella + 1000
+    csrf = sign_in(portal, "ann@acme.example")
+
+    def shown(run_id: int, how: str = "get") -> tuple[int, str]:
+        if how == "get":
+            response = portal.client.get(f"/maintenance/update-{run_id}")
+        else:
+            response = portal.client.post(f"/maintenance/update-{run_id}/{how}", data={"csrf": csrf})
+        return response.status_code, response.text.replace(f"update-{run_id}", "update-N")
+
+    for how in ("get", "confirm", "defer"):
+        assert shown(umbrella, how) == shown(missing, how), how
+    assert shown(umbrella)[0] == shown(umbrella, "confirm")[0] == 404
+    # their own stalled update cannot be deferred or confirmed either (it is not planned), said as missing
+    assert shown(mine, "confirm")[0] in (404, 409), shown(mine, "confirm")

@@ -197,7 +197,6 @@ def test_an_urgent_stall_whose_process_dies_before_paging_is_paged_by_the_next_d
     world.clock.now = MONDAY + 2 * DAY + timedelta(minutes=55)
     with pytest.raises(_Killed):
         world.update(run_id=run_id)
-    monkeypatch.undo()
     assert world.run().state == RunState.paused and world.notices(run_id)[-1] == "stopped"
     with session_scope(world.engine) as session:
         assert session.exec(select(Page)).all() == []
@@ -252,3 +251,43 @@ def test_a_page_raced_by_another_process_under_the_same_key_is_the_one_page_not_
     thread.join(60)
     assert not errors, errors
     assert found == [winner]
+
+
+def test_a_process_killed_while_queuing_the_stopped_notice_leaves_no_stall_and_the_take_over_tells_once(
+    on_call_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 in the middle of the stall, as the 'stopped' notice is queued: the stall, the notice and
+    the SRE's alert are one transaction, so nothing of it is written - the run is still running under the
+    dead process's lease, no customer told it stopped while it was not. The take-over (its lease run out)
+    finds the window past its cutoff and stalls it: one 'stopped', one 'stalled' alert."""
+    from sqlmodel import select
+
+    from flows import endings
+    from inventory.alerts import Alert
+    from inventory.db import session_scope
+    from inventory.models import RunState
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1)] == ["carried over"] * 2
+    real, dying = endings.queue_run_notice, [True]
+
+    def killed_at_stopped(run: object, kind: str, **kwargs: object) -> bool:
+        if kind == "stopped" and dying[0]:
+            raise _Killed
+        return real(run, kind, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(endings, "queue_run_notice", killed_at_stopped)
+    world.clock.now = MONDAY + 2 * DAY + timedelta(minutes=55)
+    with pytest.raises(_Killed):
+        world.update(run_id=run_id)
+    dying[0] = False
+    run = world.run()
+    assert run.state == RunState.running and not run.reason.startswith("stalled"), (run.state, run.reason)
+    assert world.notices(run_id) == ["rescheduled", "rescheduled"]
+
+    assert _taken_up_late(world, run_id, 2) == "paused"  # the take-over, its lease run out meanwhile
+    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]
+    with session_scope(world.engine) as session:
+        alerts = session.exec(select(Alert).where(Alert.run_id == run_id, Alert.kind == "stalled")).all()
+    assert len(alerts) == 1

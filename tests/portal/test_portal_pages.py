@@ -9,6 +9,7 @@ import html
 import re
 from datetime import datetime, timedelta
 
+import pytest
 from sqlmodel import col, select
 from starlette.testclient import TestClient
 
@@ -495,3 +496,25 @@ def test_another_customers_stalled_update_reads_exactly_as_one_that_does_not_exi
     assert shown(umbrella)[0] == shown(umbrella, "confirm")[0] == 404
     # their own stalled update cannot be deferred or confirmed either (it is not planned), said as missing
     assert shown(mine, "confirm")[0] in (404, 409), shown(mine, "confirm")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product decision: a notice's link to an update that has since ended (the 'stopped' mail's "
+    "link after the SRE cancelled or finished it) is a 404 'There is no such upcoming update.'; "
+    "showing its History entry instead needs the page designed",
+)
+def test_the_stopped_notices_link_after_the_update_was_cancelled_shows_where_it_ended(portal: Portal) -> None:
+    """adv49: a confused customer: the 'stopped' mail links to the update; an SRE cancels it meanwhile
+    (the 'cancelled' mail not read yet); the link now says there is no such update."""
+    from inventory.models import RunState
+    from inventory.runs import finish_run
+
+    run_id = _stalled_with_node_1_upgraded(portal)
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        finish_run(run, RunState.cancelled, reason="cancelled by alice: x (while paused)", session=session)
+    sign_in(portal, "ann@acme.example")
+    page = portal.client.get(f"/maintenance/update-{run_id}")
+    assert page.status_code == 200 and "cancelled" in page.text, page.text

@@ -352,6 +352,7 @@ def check_prefect(found: Findings) -> Iterator[Check]:
 
 
 NO_UPDATE_STARTS = "no update starts (the dispatcher holds them; `upkeep update` and `upkeep resume` refuse)"
+UNKNOWN_LIMIT = "whether it grants a slot is unknown, and `upkeep update|resume` refuse while it answers so"
 
 
 def _limit_setting(name: str) -> str:
@@ -383,16 +384,35 @@ def _cluster_limit(http: Any, name: str, *, within: float = ANSWER_DEADLINE) -> 
             "`upkeep update|resume` refuse while it does not answer",
             f"check the Prefect server behind {api}, then run `upkeep doctor` again",
         )
+    except httpx.HTTPError as exc:  # /health answered, then the server went (refused, reset)
+        return fail(
+            "cluster limit",
+            f"{setting}: the Prefect API ({api}) did not answer the limit's read "
+            f"({_one_line(printable(str(exc) or type(exc).__name__), 200)}); "
+            "whether it grants a slot is unknown",
+            f"check the Prefect server behind {api}, then run `upkeep doctor` again",
+        )
     if reply.status_code == 404:
         return fail(
             "cluster limit",
             f"{setting}: no Prefect global concurrency limit has that name; {NO_UPDATE_STARTS}",
             f"prefect gcl create {shell_word(name)} --limit N, or unset UPKEEP_CLUSTER_LIMIT",
         )
-    reply.raise_for_status()
-    found = reply.json()
-    size, active, used = found.get("limit"), found.get("active", True), found.get("active_slots", 0)
-    if not isinstance(size, int) or size < 1:
+    # Read as the commands read it (flows/product_update.py `limit_state`, Prefect's own model): an error
+    # status, or a 200 that is no limit, is what they refuse ("erred"); the doctor said "the Prefect limit
+    # allows None clusters at once", or raised out of the check (reported under "prefect api", the URL
+    # whole) (adv48).
+    limit = _limit_answer(reply)
+    if isinstance(limit, str):
+        return fail(
+            "cluster limit",
+            f"{setting}: the Prefect API ({api}) answered the limit's read with {limit}; {UNKNOWN_LIMIT}",
+            f"check the Prefect server behind {api} (and a proxy before it), then run `upkeep doctor` again",
+        )
+    size, active, used = limit.limit, limit.active, limit.active_slots
+    # A disabled limit is enforced on nothing, at 0 too: the commands and the dispatcher start updates
+    # (`limit_state`); failed as "no update starts", the doctor contradicted them (adv48).
+    if size < 1 and active:
         return fail(
             "cluster limit",
             f"{setting}: the Prefect limit allows {size} clusters at once; {NO_UPDATE_STARTS}",
@@ -406,6 +426,26 @@ def _cluster_limit(http: Any, name: str, *, within: float = ANSWER_DEADLINE) -> 
             f"prefect gcl enable {shell_word(name)}, or unset UPKEEP_CLUSTER_LIMIT",
         )
     return ok("cluster limit", f"{setting}: {size} clusters at once ({used} in use now)")
+
+
+def _limit_answer(reply: Any) -> Any:
+    """The global concurrency limit in `reply` as Prefect's client reads it (its response model: what the
+    commands read), or what the API answered instead, as one line: 'HTTP 500 Internal Server Error', or
+    'something that is not a limit (...)'."""
+    from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
+    from pydantic import ValidationError
+
+    if reply.status_code != 200:
+        return f"HTTP {reply.status_code} {_one_line(printable(reply.reason_phrase), 60)}".rstrip()
+    answer = _json_answer(reply)
+    if answer is None:
+        return f"something that is not a limit ({_kind(reply)}, not JSON)"
+    try:
+        return GlobalConcurrencyLimitResponse.model_validate(answer[0])
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "the answer"
+        return f"something that is not a limit ({_one_line(printable(where), 60)}: {problem['msg']})"
 
 
 def _pool_and_workers(http: Any) -> Iterator[Check]:

@@ -1,0 +1,157 @@
+"""`upkeep doctor`'s cluster-limit check against a Prefect API that answers /health but not the limit's read
+as Prefect does (adv48): a 5xx, a 401, a redirect, JSON that is no limit, no JSON at all, a connection
+dropped. The commands refuse such an API ("erred": upkeep/updates.py `cluster_limit_grants`); the doctor
+said "the Prefect limit allows None clusters at once" for a 200 that is no limit, and for a 5xx raised out
+of the check, reported as "prefect api: could not check: HTTPStatusError: ..." with the full URL. And a
+disabled limit at 0 (which Prefect enforces on nothing, and the commands let through) was failed as "no
+update starts".
+
+Real HTTP listener on 127.0.0.1, the doctor's own client (`prefect_api_client`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from upkeep.doctor import Check, _cluster_limit, prefect_api_client
+
+NAME = "clusters"
+
+
+def _limit(**fields: object) -> bytes:
+    """A limit as Prefect 3 answers it, with `fields` changed (an Ellipsis drops the field)."""
+    found = {
+        "id": "00000000-0000-0000-0000-000000000001",
+        "name": NAME,
+        "limit": 2,
+        "active": True,
+        "active_slots": 0,
+        "slot_decay_per_second": 0.0,
+    } | fields
+    return json.dumps({key: value for key, value in found.items() if value is not ...}).encode()
+
+
+Answer = tuple[int, bytes, dict[str, str]]
+ANSWERS: dict[str, Answer] = {
+    "500": (500, b'{"exception_message": "Internal Server Error"}', {}),
+    "503-html": (503, b"<html>upstream down</html>", {"Content-Type": "text/html"}),
+    "401": (401, b'{"detail": "Unauthorized"}', {}),
+    "429": (429, b'{"detail": "slow down"}', {"Retry-After": "1"}),
+    "302": (302, b"", {"Location": "http://127.0.0.1:9/elsewhere"}),
+    "detail-200": (200, b'{"detail": "Not Found"}', {}),
+    "html-200": (200, b"<html>a login page</html>", {"Content-Type": "text/html"}),
+    "list-200": (200, b"[]", {}),
+    "null-200": (200, b"null", {}),
+    "limit-string": (200, _limit(limit="two"), {}),
+    "limit-float": (200, _limit(limit=2.5), {}),
+    "limit-missing": (200, _limit(limit=...), {}),
+}
+
+
+class _Api(BaseHTTPRequestHandler):
+    answer: Callable[[], Answer] = staticmethod(lambda: (200, _limit(), {}))
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        status, body, headers = type(self).answer()
+        self.send_response(status)
+        self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[type[_Api], str]]:
+    handler = type("Api", (_Api,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield handler, f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _check(url: str) -> Check:
+    with prefect_api_client(url) as http:
+        return _cluster_limit(http, NAME, within=5)
+
+
+@pytest.mark.parametrize("kind", sorted(ANSWERS))
+def test_a_limit_read_the_api_answers_with_no_limit_fails_the_check_in_one_line(
+    api: tuple[type[_Api], str], kind: str
+) -> None:
+    handler, url = api
+    status, body, headers = ANSWERS[kind]
+    handler.answer = staticmethod(lambda: (status, body, dict(headers)))
+
+    check = _check(url)  # raised before: the 5xx, 401, 429, 302 and non-JSON answers
+
+    assert check.status == "fail", check
+    assert check.name == "cluster limit", check
+    assert check.detail.startswith(f"UPKEEP_CLUSTER_LIMIT '{NAME}': the Prefect API ({url}) answered"), check
+    assert "None" not in check.detail and "clusters at once" not in check.detail, check.detail
+    if status != 200:
+        assert f"HTTP {status}" in check.detail, check.detail
+    else:
+        assert "is not a limit" in check.detail, check.detail
+    assert "`upkeep update|resume` refuse" in check.detail, check.detail
+    assert "\n" not in check.detail and check.detail.isprintable(), check.detail
+
+
+def test_a_disabled_limit_at_zero_is_no_brake_as_the_commands_read_it(api: tuple[type[_Api], str]) -> None:
+    """flows/product_update.py `limit_state`: a disabled limit is enforced on nothing, at 0 too: the
+    commands and the dispatcher start updates; the doctor said 'no update starts'."""
+    handler, url = api
+    handler.answer = staticmethod(lambda: (200, _limit(limit=0, active=False), {}))
+
+    check = _check(url)
+
+    assert check.status == "warn", check
+    assert "is disabled: Prefect grants every ask" in check.detail, check.detail
+
+
+def test_the_doctor_reads_a_limit_as_prefects_client_does(api: tuple[type[_Api], str]) -> None:
+    """`"limit": "3"` (a proxy's rewrite) reads as 3 in Prefect's model, which the commands use: the
+    doctor agrees with them rather than failing what they let through."""
+    handler, url = api
+    handler.answer = staticmethod(lambda: (200, _limit(limit="3", active_slots=1), {}))
+
+    check = _check(url)
+
+    assert check.status == "ok", check
+    assert check.detail == f"UPKEEP_CLUSTER_LIMIT '{NAME}': 3 clusters at once (1 in use now)", check
+
+
+def test_a_limit_without_active_is_an_active_one(api: tuple[type[_Api], str]) -> None:
+    """Prefect's model defaults `active` to true: as the commands read it."""
+    handler, url = api
+    handler.answer = staticmethod(lambda: (200, _limit(active=...), {}))
+
+    check = _check(url)
+
+    assert check.status == "ok", check
+    assert check.detail == f"UPKEEP_CLUSTER_LIMIT '{NAME}': 2 clusters at once (0 in use now)", check
+
+
+def test_an_api_that_drops_the_limit_read_fails_the_check_naming_the_api() -> None:
+    """/health answered, then the server gone: a connection refused on the limit's read."""
+    import socket
+
+    with socket.socket() as spare:  # a port nothing listens on
+        spare.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{spare.getsockname()[1]}/api"
+    check = _check(url)
+
+    assert check.status == "fail" and check.name == "cluster limit", check
+    said = f"UPKEEP_CLUSTER_LIMIT '{NAME}': the Prefect API ({url}) did not answer the limit's read"
+    assert check.detail.startswith(said), check

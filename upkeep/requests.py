@@ -51,10 +51,11 @@ def request_update(
         from upkeep.updates import answer_seconds, cluster_limit_grants, prefect_answers
 
         # What was asked is looked at first, as `update` does: a typo in the cluster waited out the API
-        # (up to UPKEEP_PREFECT_ANSWER_SECONDS) and was refused for it, unmentioned (adv43). Planned once:
-        # this plan is the run's (planned again below, it was the same plan read twice).
+        # (up to UPKEEP_PREFECT_ANSWER_SECONDS) and was refused for it, unmentioned (adv43). Planned again
+        # below, in the transaction that writes the run: the API reads wait, and what this plan read may
+        # have changed meanwhile (adv48).
         with session_scope(engine) as session:
-            planned = plan_update(cluster, to_version, session=session)
+            plan_update(cluster, to_version, session=session)
         prefect_answers()  # no run is created that no flow could carry out
         if on_worker:  # a run handed to nobody would wait for ever
             from upkeep.on_worker import workers_ready
@@ -64,8 +65,10 @@ def request_update(
     runtime = current()
     now = runtime.clock()
     with session_scope(engine) as session:
-        # Path, downgrade, release: or refused (with --now, above).
-        plan = planned if now_run else plan_update(cluster, to_version, session=session)
+        # Path, downgrade, release: or refused, with what is written now (a plan made before the Prefect API
+        # was waited for may be stale: another update of the cluster ended, the inventory changed; written
+        # on it, the run was one the flow refused, the cluster claimed by it: adv48).
+        plan = plan_update(cluster, to_version, session=session)
         if case:
             ref = check_case_ref(case)
             found = get_case(ref, session=session)

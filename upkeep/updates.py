@@ -96,7 +96,7 @@ def run_update(
 
     if case is not None:
         check_case_ref(case)  # as `request` and `schedule` do: the run keeps it, diagnostics use it
-    plan = _plan(cluster, to_version, engine)  # refuses bad requests before anything is written
+    _plan(cluster, to_version, engine)  # refuses bad requests before the API is waited for
     prefect_answers()  # no run is created that no flow could carry out
     cluster_limit_grants()
     if on_worker:
@@ -104,6 +104,11 @@ def run_update(
 
         workers_ready(answer_seconds())
     with session_scope(engine) as session:
+        # Planned again in the transaction that writes the run: the reads above wait on the Prefect API
+        # (UPKEEP_PREFECT_ANSWER_SECONDS each), and another update of the cluster may have ended or the
+        # inventory changed meanwhile; written on the first plan, the run was one the flow then refused,
+        # the cluster claimed by it (adv48).
+        plan = plan_update(cluster, to_version, session=session)
         run = create_run(
             repo.get_cluster(plan.cluster, session=session),
             to_version=to_version,

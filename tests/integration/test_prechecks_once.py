@@ -70,9 +70,12 @@ def test_request_now_asks_the_prefect_api_and_reads_the_limit_once(
     assert calls == {"prefect_answers": 1, "cluster_limit_grants": 1}
 
 
-def test_request_now_plans_the_update_once(prefect_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`request --now` planned the update (release, path, nodes: five reads) before asking the API, and
-    again in the transaction that writes the run; `update` plans once. The one plan is the run's."""
+def test_request_now_carries_out_the_plan_made_where_the_run_is_written(
+    prefect_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`request --now` plans the update before asking the API (a typo is refused without waiting for it),
+    and again in the transaction that writes the run (what the first plan read may have changed during
+    the API's wait: test below, adv48); the run is carried out on that second plan, not the stale one."""
     import upkeep.requests as requests
     from inventory.db import session_scope
     from inventory.models import UpgradeRun
@@ -105,8 +108,56 @@ def test_request_now_plans_the_update_once(prefect_world: World, monkeypatch: py
         engine=prefect_world.engine,
         as_json=True,
     )
-    assert len(plans) == 1, plans
-    assert carried == plans  # the run is carried out on that plan
+    assert len(plans) == 2, plans
+    assert len(carried) == 1 and carried[0] is plans[-1]  # the plan made where the run is written
     with session_scope(prefect_world.engine) as session:
         run = session.get(UpgradeRun, run_id)
         assert run is not None and run.to_version == TARGET and run.override_reason == "now"
+
+
+@pytest.mark.parametrize("command", ["update", "request-now"])
+def test_an_inventory_changed_during_the_api_wait_is_planned_anew_before_the_run_is_written(
+    prefect_world: World, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """The pre-checks wait on the Prefect API (up to UPKEEP_PREFECT_ANSWER_SECONDS, 300 s at most, per
+    read): meanwhile another SRE's update of the cluster ended (its version now the target), or the
+    inventory was imported anew. The plan made before that wait is stale: written on it, the run was an
+    update 9.10.0→9.10.0 (`create_run` reads the cluster's version afresh), which the flow then refused
+    after the run was written, the cluster claimed by it (adv48: `request --now` planned once since
+    ba1523e; the plan in the write's transaction was there since 90b28e4 to validate what is written)."""
+    from sqlmodel import select
+
+    import upkeep.updates as updates
+    from flows.plan import PlanError
+    from inventory.db import session_scope
+    from inventory.models import Cluster, UpgradeRun
+    from upkeep.requests import request_update
+
+    _counted(prefect_world, monkeypatch)
+    checked = updates.cluster_limit_grants
+
+    def another_update_ends_meanwhile() -> None:
+        checked()
+        with session_scope(prefect_world.engine) as session:
+            cluster = session.exec(select(Cluster).where(Cluster.name == CLUSTER)).one()
+            cluster.version = TARGET
+            session.add(cluster)
+
+    monkeypatch.setattr(updates, "cluster_limit_grants", another_update_ends_meanwhile)
+    with pytest.raises(PlanError):
+        if command == "update":
+            updates.run_update(CLUSTER, TARGET, engine=prefect_world.engine, as_json=True)
+        else:
+            request_update(
+                CLUSTER,
+                TARGET,
+                source="customer",
+                case=None,
+                urgent=False,
+                now_run=True,
+                override_reason="now",
+                engine=prefect_world.engine,
+                as_json=True,
+            )
+    with session_scope(prefect_world.engine) as session:
+        assert session.exec(select(UpgradeRun)).all() == []

@@ -223,19 +223,19 @@ class ClusterLimitUnusable(Exception):
     of (its limit 0): a setup error, ours. (A disabled limit is not enforced: Prefect grants every ask.)"""
 
 
-def limit_unusable(name: str, *, away: bool = False, erred: bool = False, within: float | None = None) -> str:
+def limit_unusable(name: str, *, away: bool = False, within: float | None = None) -> str:
     """Why the Prefect global concurrency limit `name` can never grant a slot, as the one line the run
     fails with: there is none of that name, or its limit is 0 (Prefect answers every ask 422); "" when
     it looks usable (a disabled limit enforces nothing) or cannot be asked (an API away is not a setup
     error, and the run is left to resume as before); with `away`, the API not answering is said too
     (`upkeep update --check`, which must not call an unread limit usable: adv40). `within`: seconds the
     whole read may take (flows/prefect_api.py; the CLI's pre-checks): an API that does not answer by
-    then is said, with or without `away` (a command must not start what waits on it). `erred` (the CLI's
-    pre-check, `upkeep/updates.py` `cluster_limit_grants`): an API that answered the read with an error
-    or with no limit at all is said (with `away` too): read as away, the update went on and failed on
-    the limit, as "a bug in Upkeep"."""
+    then is said, with or without `away` (a command must not start what waits on it). An API that
+    answered the read with an error or with no limit at all ("erred") is said with `away` (the CLI's
+    pre-checks, `upkeep/updates.py` `cluster_limit_grants`): read as away, the update went on and failed
+    on the limit, as "a bug in Upkeep"."""
     kind, why = limit_state(name, within=within)
-    if (kind == "away" and not away) or (kind == "erred" and not (away or erred)):
+    if kind in ("away", "erred") and not away:
         return ""
     return f"{why}; `upkeep update` needs it" if kind in ("away", "silent", "erred") else why
 
@@ -270,8 +270,12 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
         )
     except NoAnswer as exc:
         return "silent", f"{setting}: {exc}"
-    except httpx.TransportError as exc:
-        return "away", f"{setting}: the Prefect API did not answer ({scrubbed(one_line(str(exc)))})"
+    except httpx.TransportError as exc:  # refused, reset, not HTTP: named, as the API that erred is
+        answer = scrubbed(one_line(str(exc) or type(exc).__name__))
+        return (
+            "away",
+            f"{setting}: the Prefect API ({_api_shown()}) did not answer the limit's read ({answer})",
+        )
     except Exception as exc:  # it answered: an error status, or what is no limit (garbage, another server)
         return "erred", f"{setting}: {_limit_read_failed(exc)}"
     # A disabled limit (`prefect gcl disable`) is enforced on nothing: Prefect's increment skips it and
@@ -285,17 +289,24 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
     return "grants", ""
 
 
+def _api_shown() -> str:
+    """PREFECT_API_URL fit for one line (prefect_api `shown`), or what stands for it."""
+    from flows.prefect_api import api_url, shown
+
+    try:
+        return shown(api_url()) or "the temporary Prefect server"
+    except Exception:  # Prefect's settings unreadable: the API is named without its URL
+        return "PREFECT_API_URL"
+
+
 def _limit_read_failed(exc: Exception) -> str:
     """'the Prefect API (URL) answered the limit's read with HTTP 500 Internal Server Error' (or with
     something that is not a limit: the exception's one line), the URL shown bare (prefect_api `shown`)."""
     import httpx
 
-    from flows.prefect_api import api_url, scrubbed, shown
+    from flows.prefect_api import scrubbed
 
-    try:
-        where = shown(api_url()) or "the temporary Prefect server"
-    except Exception:  # Prefect's settings unreadable: the API is named without its URL
-        where = "PREFECT_API_URL"
+    where = _api_shown()
     if isinstance(exc, httpx.HTTPStatusError):
         answer = f"HTTP {exc.response.status_code} {scrubbed(exc.response.reason_phrase)}".rstrip()
     else:

@@ -225,7 +225,10 @@ def cluster_limit_grants() -> None:
     from flows.runtime import current
 
     name = current().cluster_limit
-    if name and (why := limit_unusable(name, erred=True, within=answer_seconds())):
+    # `away` too: the API answered /health just before (`prefect_answers`), and a limit's read it drops
+    # (the connection reset on that path, bytes that are no HTTP) let the update through into a flow
+    # that asks the same limit for its slot (adv48); a silent or erring API was refused already.
+    if name and (why := limit_unusable(name, away=True, within=answer_seconds())):
         raise CliError(f"{why}; nothing was started or changed")
 
 

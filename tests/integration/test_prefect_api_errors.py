@@ -61,6 +61,9 @@ def test_a_limit_read_that_errors_is_refused_in_one_line_naming_the_api(
     assert f"the Prefect API ({url})" in err, err
     if kind == "5xx":
         assert "500" in err, err
+    else:  # what is missing, said as the doctor says it; not pydantic's page squeezed onto a line (adv48)
+        assert "something that is not a limit (name: Field required)" in err, err
+        assert "For further information" not in err and "input_value" not in err, err
     assert "hunter2" not in err, err
     assert "nothing was started or changed" in err, err
     assert database(home) == before  # no run written

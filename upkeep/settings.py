@@ -42,7 +42,11 @@ def _port_of(parts: SplitResult) -> int | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UPKEEP_", extra="forbid", validate_default=True)
+    # allow_inf_nan=False: `inf` passed every lower bound (UPKEEP_RUN_LEASE_SECONDS=inf: each update an
+    # 'unexpected OverflowError', a timedelta of infinity), and `nan` every bound at all (adv48).
+    model_config = SettingsConfigDict(
+        env_prefix="UPKEEP_", extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     home: Path = Field(default_factory=default_home, description="state directory")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in the home dir")
@@ -130,9 +134,10 @@ class Settings(BaseSettings):
 
     known_hosts: Path | None = Field(None, description="known_hosts used to verify every SSH host key")
     ssh_key: Path | None = Field(None, description="private key for SSH logins")
-    ssh_connect_timeout: float = 10.0
-    ssh_command_timeout: float = 600.0
-    health_timeout: float = 120.0
+    # Above 0: a 0 s health wait failed every node after its upgrade; 0 s is non-blocking to Paramiko (adv48).
+    ssh_connect_timeout: float = Field(10.0, gt=0)
+    ssh_command_timeout: float = Field(600.0, gt=0)
+    health_timeout: float = Field(120.0, gt=0)
 
     @field_validator("*", mode="before")
     @classmethod

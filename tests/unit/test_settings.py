@@ -426,3 +426,32 @@ def test_upkeep_settings_refuses_a_toml_boolean_for_a_number_in_one_line(tmp_pat
     assert done.returncode != 0, done.stdout
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert f"portal_link_minutes in {home / 'upkeep.toml'}" in done.stderr and "(got true)" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", _fields_of(float))
+def test_a_number_setting_that_is_no_number_is_refused(
+    monkeypatch: pytest.MonkeyPatch, key: str, value: str
+) -> None:
+    """`nan`, `inf` (TOML and the environment both spell them): UPKEEP_RUN_LEASE_SECONDS=inf passed its
+    ge=30 and every update ended in 'unexpected OverflowError' (timedelta of infinity); a nan timeout
+    passed every bound (each comparison false) to Paramiko's settimeout (adv48)."""
+    variable = f"UPKEEP_{key.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    said = str(refused.value)
+    assert said.startswith(f"{variable}: "), said
+    assert "\n" not in said, said
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+@pytest.mark.parametrize("key", ["ssh_connect_timeout", "ssh_command_timeout", "health_timeout"])
+def test_a_timeout_of_zero_or_less_is_refused(monkeypatch: pytest.MonkeyPatch, key: str, value: str) -> None:
+    """A timeout of 0 or less has no bound at all: a health wait of 0 s fails every node's check at once
+    after its upgrade, an SSH command with 0 s is non-blocking in Paramiko (adv48)."""
+    variable = f"UPKEEP_{key.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value).startswith(f"{variable}: "), refused.value

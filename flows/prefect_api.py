@@ -116,6 +116,28 @@ def _plain_authority(netloc: str) -> bool:
         return False
 
 
+def not_a_limit(exc: Exception) -> str:
+    """What made an answer to a limit's read no limit, in a few words: the first field Prefect's model
+    refused and why ('name: Field required'), 'not JSON', or the exception's one line; pydantic's whole
+    message (the input echoed, a link) squeezed onto the SRE's line read as a crash (adv48). Here, not in
+    flows/product_update.py: the doctor says it too, and imports no flow."""
+    from json import JSONDecodeError
+
+    from pydantic import ValidationError
+
+    def line(text: str, limit: int) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "the answer"
+        return line(f"{where}: {problem['msg']}", 120)
+    if isinstance(exc, JSONDecodeError):
+        return "not JSON"
+    return f"{type(exc).__name__}: {line(str(exc), 200)}"
+
+
 def answered_within(seconds: float | None, call: Callable[[], T]) -> T:
     """`call()`'s result or exception; NoAnswer when it has not returned after `seconds` (None, or no
     PREFECT_API_URL: waited for as before). The call is left to a daemon thread: its client gives up

@@ -304,7 +304,7 @@ def _limit_read_failed(exc: Exception) -> str:
     something that is not a limit: the exception's one line), the URL shown bare (prefect_api `shown`)."""
     import httpx
 
-    from flows.prefect_api import scrubbed
+    from flows.prefect_api import not_a_limit, scrubbed
 
     where = _api_shown()
     if isinstance(exc, httpx.HTTPStatusError):
@@ -314,23 +314,6 @@ def _limit_read_failed(exc: Exception) -> str:
     else:
         answer = f"something that is not a limit ({scrubbed(not_a_limit(exc))})"
     return f"the Prefect API ({where}) answered the limit's read with {answer}"
-
-
-def not_a_limit(exc: Exception) -> str:
-    """What made an answer no limit, in a few words: the first field Prefect's model refused and why
-    ('name: Field required'), 'not JSON', or the exception's one line; pydantic's whole message (the
-    input echoed, a link) squeezed onto the SRE's line read as a crash (adv48)."""
-    from json import JSONDecodeError
-
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError) and exc.errors():
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "the answer"
-        return one_line(f"{where}: {problem['msg']}", 120)
-    if isinstance(exc, JSONDecodeError):
-        return "not JSON"
-    return f"{type(exc).__name__}: {one_line(str(exc), 200)}"
 
 
 def _end_for_the_limit(

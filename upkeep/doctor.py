@@ -435,8 +435,6 @@ def _limit_answer(reply: Any) -> Any:
     from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
     from pydantic import ValidationError
 
-    from flows.product_update import not_a_limit
-
     if reply.status_code != 200:
         return f"HTTP {reply.status_code} {_one_line(printable(reply.reason_phrase), 60)}".rstrip()
     answer = _json_answer(reply)
@@ -445,7 +443,7 @@ def _limit_answer(reply: Any) -> Any:
     try:
         return GlobalConcurrencyLimitResponse.model_validate(answer[0])
     except ValidationError as exc:
-        return f"something that is not a limit ({printable(not_a_limit(exc))})"
+        return f"something that is not a limit ({printable(prefect_api.not_a_limit(exc))})"
 
 
 def _pool_and_workers(http: Any) -> Iterator[Check]:

@@ -344,8 +344,12 @@ def check_prefect(found: Findings) -> Iterator[Check]:
             )
         else:
             yield ok("prefect api", f"{shown_api}: healthy, server {server_version} (client {mine})")
-        yield from _pool_and_workers(http)
-        yield from _deployments(http)
+        # Each read on its own: an API that answers /health and 500 (or a proxy's page) on the rest raised
+        # out of the first, one "prefect api: could not check: HTTPStatusError ... for url ..." line, and
+        # the cluster limit was never looked at; a 200 that is no work pool was "ok (None, status None)".
+        fix_answer = f"check the Prefect server behind {shown_api} (and a proxy before it)"
+        yield from _answered("work pool", shown_api, fix_answer, _pool_and_workers(http))
+        yield from _answered("deployments", shown_api, fix_answer, _deployments(http))
         if limit:
             assert found.settings is not None  # a limit is only read from them
             yield _cluster_limit(http, limit, within=found.settings.prefect_answer_seconds)
@@ -446,18 +450,52 @@ def _limit_answer(reply: Any) -> Any:
         return f"something that is not a limit ({printable(prefect_api.not_a_limit(exc))})"
 
 
+def _answered(name: str, api: str, fix: str, checks: Iterator[Check]) -> Iterator[Check]:
+    """`checks` as they come; a read among them that the Prefect API answered with an error status, with
+    what is not Prefect's answer (`_prefect_json`), or not at all, is one failed check named `name`
+    saying which (adv48), and the checks after it still run."""
+    import httpx
+
+    try:
+        yield from checks
+    except httpx.HTTPStatusError as exc:
+        answer = f"HTTP {exc.response.status_code} {_one_line(printable(exc.response.reason_phrase), 60)}"
+        yield fail(name, f"{api}: answered {exc.request.url.path} with {answer.rstrip()}", fix)
+    except httpx.HTTPError as exc:
+        what = _one_line(printable(str(exc) or type(exc).__name__), 200)
+        yield fail(name, f"{api}: did not answer {exc.request.url.path} ({what})", fix)
+    except NotPrefects as exc:
+        yield fail(name, f"{api}: {exc}", fix)
+
+
+class NotPrefects(ValueError):
+    """An answer of the Prefect API that is not what Prefect answers there."""
+
+
+def _prefect_json(reply: Any, kind: type, what: str, *keys: str) -> Any:
+    """`reply`'s JSON if it is a `kind` (a list: of objects) with `keys`, else NotPrefects naming its path."""
+    reply.raise_for_status()
+    answer = _json_answer(reply)
+    found = answer[0] if answer is not None else None
+    items = found if isinstance(found, list) else [found]
+    if not isinstance(found, kind) or not all(isinstance(i, dict) and set(keys) <= set(i) for i in items):
+        seen = "no JSON" if answer is None else f"JSON that is no {what}"
+        raise NotPrefects(f"answered {reply.request.url.path} with {seen} ({_kind(reply)})")
+    return found
+
+
 def _pool_and_workers(http: Any) -> Iterator[Check]:
     pool = http.get(f"work_pools/{POOL}")
     if pool.status_code == 404:
         yield fail("work pool", f"no work pool {POOL!r}", f"prefect work-pool create {POOL} --type process")
         yield skip("workers", f"no work pool {POOL!r}")
         return
-    pool.raise_for_status()
-    yield ok("work pool", f"{POOL} ({pool.json().get('type')}, status {pool.json().get('status')})")
+    found = _prefect_json(pool, dict, "work pool", "name", "type")
+    yield ok("work pool", f"{POOL} ({found.get('type')}, status {found.get('status')})")
     reply = http.post(f"work_pools/{POOL}/workers/filter", json={})
-    reply.raise_for_status()
-    online = sorted(w["name"] for w in reply.json() if w.get("status") == "ONLINE")
-    offline = len(reply.json()) - len(online)
+    workers = _prefect_json(reply, list, "list of workers", "name")
+    online = sorted(w["name"] for w in workers if w.get("status") == "ONLINE")
+    offline = len(workers) - len(online)
     if not online:
         yield fail(
             "workers",
@@ -473,8 +511,7 @@ def _pool_and_workers(http: Any) -> Iterator[Check]:
 def _deployments(http: Any) -> Iterator[Check]:
     expected = _expected_deployments()
     reply = http.post("deployments/filter", json={})
-    reply.raise_for_status()
-    found = {d["name"]: d for d in reply.json()}
+    found = {d["name"]: d for d in _prefect_json(reply, list, "list of deployments", "name")}
     missing = [name for name in expected if name not in found]
     if missing:
         yield fail(

@@ -14,6 +14,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,11 @@ class _Api(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        status, body, headers = type(self).answer()
+        import prefect
+
+        path = self.path.split("?")[0]
+        prefects = {"/api/health": b"true", "/api/admin/version": json.dumps(prefect.__version__).encode()}
+        status, body, headers = (200, prefects[path], {}) if path in prefects else type(self).answer()
         self.send_response(status)
         self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
         for key, value in headers.items():
@@ -67,6 +72,10 @@ class _Api(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self) -> None:  # the doctor's filters (workers, deployments)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
 
 
 @pytest.fixture
@@ -155,3 +164,30 @@ def test_an_api_that_drops_the_limit_read_fails_the_check_naming_the_api() -> No
     assert check.status == "fail" and check.name == "cluster limit", check
     said = f"UPKEEP_CLUSTER_LIMIT '{NAME}': the Prefect API ({url}) did not answer the limit's read"
     assert check.detail.startswith(said), check
+
+
+@pytest.mark.parametrize("kind", ["500", "detail-200", "html-200"])
+def test_an_api_that_answers_health_and_errs_on_the_rest_fails_each_read_and_still_checks_the_limit(
+    api: tuple[type[_Api], str], tmp_path: Path, kind: str
+) -> None:
+    """`upkeep doctor` against it: the first read that erred (the work pool's) raised out of the whole
+    Prefect group as "prefect api: could not check: HTTPStatusError: ... for url ..." (after "prefect api:
+    ok"), and the cluster limit was never looked at; a 200 that is no work pool was "ok (None, status
+    None)"."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from upkeep.doctor import Findings, check_prefect
+    from upkeep.settings import load_settings
+
+    handler, url = api
+    status, body, headers = ANSWERS[kind]
+    handler.answer = staticmethod(lambda: (status, body, dict(headers)))
+    found = Findings(settings=load_settings(home=tmp_path, cluster_limit=NAME))
+    with temporary_settings({PREFECT_API_URL: url}):
+        checks = {check.name: check for check in check_prefect(found)}
+
+    assert checks["prefect api"].status == "ok", checks
+    for name in ("work pool", "deployments", "cluster limit"):
+        assert checks[name].status == "fail", checks[name]
+        assert url in checks[name].detail and "None" not in checks[name].detail, checks[name]
+        assert "\n" not in checks[name].detail and checks[name].detail.isprintable(), checks[name]

@@ -97,3 +97,31 @@ def test_a_limit_read_the_api_drops_is_refused_in_one_line_naming_the_api(
     assert "nothing was started or changed" in err, err
     assert "hunter2" not in err, err
     assert database(home) == before  # no run written
+
+
+def test_a_resume_the_api_drops_the_limit_read_of_is_refused_and_changes_nothing(
+    drops_the_limit: str, tmp_path: Path
+) -> None:
+    """`resume` of a planned run by hand: the same pre-check (`_needs_a_slot`), the run as it was."""
+    from tests.integration.test_calendar_cli import INVENTORY
+    from tests.support.cli import upkeep_here
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(INVENTORY)
+    fleet_home = tmp_path / "home"
+    assert upkeep_here(fleet_home, "inventory", "import", str(fleet)).returncode == 0
+    planned = upkeep_here(fleet_home, "request", "acme-c1", "--to", "9.9.0", "--source", "customer")
+    assert planned.returncode == 0, planned.stderr
+    before = database(fleet_home)
+
+    code, out, err = _upkeep(
+        fleet_home,
+        drops_the_limit,
+        *("resume", "1", "--override-window", "--reason", "now"),
+        UPKEEP_CLUSTER_LIMIT="clusters",
+    )
+
+    assert code == 1, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"UPKEEP_CLUSTER_LIMIT 'clusters': the Prefect API ({drops_the_limit}) did not answer" in err, err
+    assert database(fleet_home) == before

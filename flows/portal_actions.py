@@ -64,17 +64,21 @@ class UpcomingUpdate:
 
 def upcoming_updates(customer: Customer, *, session: Session) -> list[UpcomingUpdate]:
     """The customer's announced updates that have not started, soonest first."""
-    query = (
+    query = _announced(customer, RunState.planned).order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))
+    return [_view(run, customer, session) for run in session.exec(query)]
+
+
+def _announced(customer: Customer, state: RunState) -> Any:
+    """The customer's runs in `state` that have a slot (were announced): what the portal lists."""
+    return (
         select(UpgradeRun)
         .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
         .where(
             Cluster.customer_id == customer.id,
-            UpgradeRun.state == RunState.planned,
+            UpgradeRun.state == state,
             col(UpgradeRun.slot_start).is_not(None),
         )
-        .order_by(col(UpgradeRun.slot_start), col(UpgradeRun.id))
     )
-    return [_view(run, customer, session) for run in session.exec(query)]
 
 
 def customer_update(run_id: int, customer: Customer, *, session: Session) -> UpgradeRun:
@@ -273,16 +277,7 @@ class StoppedUpdate:
 def stopped_updates(customer: Customer, *, session: Session) -> list[StoppedUpdate]:
     """The customer's announced updates stopped for now, oldest first. Neither upcoming (planned) nor
     past (ended), a stalled run vanished from the portal while the customer was told it stopped."""
-    query = (
-        select(UpgradeRun)
-        .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
-        .where(
-            Cluster.customer_id == customer.id,
-            UpgradeRun.state == RunState.paused,
-            col(UpgradeRun.slot_start).is_not(None),
-        )
-        .order_by(col(UpgradeRun.id))
-    )
+    query = _announced(customer, RunState.paused).order_by(col(UpgradeRun.id))
     return [_stopped(run, customer, session) for run in session.exec(query) if stalled(run)]
 
 

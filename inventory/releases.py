@@ -220,18 +220,7 @@ STATUSES = (
 )
 # The columns `upkeep release status` and the release-status artifact print, and the statuses they list
 # with their reason: those a person has to act on.
-COLUMNS = (
-    "planned",
-    "notified",
-    "running",
-    "paused",
-    "stalled",
-    "done",
-    "failed",
-    "deferred",
-    "skipped",
-    "blocked",
-)
+COLUMNS = tuple(status for status in STATUSES if status != "cancelled")
 ATTENTION = ("paused", "stalled", "skipped", "blocked", "failed")
 
 

@@ -513,75 +513,132 @@ def _deployments(http: Any) -> Iterator[Check]:
     reply = http.post("deployments/filter", json={})
     found = {d["name"]: d for d in _prefect_json(reply, list, "list of deployments", "name")}
     missing = [name for name in expected if name not in found]
+    intent = _schedules_intent(http)
     if missing:
+        deploy = "from the checkout, with UPKEEP_CHECKOUT unset: prefect --no-prompt deploy --all"
         yield fail(
             "deployments",
-            f"missing: {', '.join(missing)}",
-            "from the checkout, with UPKEEP_CHECKOUT unset: prefect --no-prompt deploy --all",
+            f"missing: {', '.join(missing)}; {_first_deploy(intent)}",
+            deploy
+            if intent.active is False and intent.deploys
+            else f"prefect variable set {SCHEDULES_VARIABLE} false --overwrite (docs/deploying.md step 4), "
+            f"then {deploy}",
         )
         return
     dispatch: dict[str, Any] = found.get("dispatch") or {}
     live = any(s.get("active") for s in dispatch.get("schedules", [])) and not dispatch.get("paused")
-    intent = _schedules_intent(http)
     count = f"{len(expected) or len(found)} found"
-    if live:
-        state = "dispatch schedule ACTIVE: due updates start and queued customer notices go out every 60 s"
-        if intent is not True:
-            then = (
-                "switches every schedule OFF (scheduled updates stop)"
-                if intent is False
-                else "fails on the scheduled deployments"
-            )
-            yield warn(
-                "deployments",
-                f"{count}; {state}, but {SCHEDULES_VARIABLE} is {_shown(intent)}: "
-                f"the next `prefect deploy` {then}",
-                f"prefect variable set {SCHEDULES_VARIABLE} true --overwrite",
-            )
-            return
+    state = (
+        "dispatch schedule ACTIVE: due updates start and queued customer notices go out every 60 s"
+        if live
+        else "dispatch schedule paused: nothing starts or is sent by itself"
+    )
+    keep = "true" if live else "false"
+    fix = f"prefect variable set {SCHEDULES_VARIABLE} {keep} --overwrite"
+    if intent.unread:
+        yield warn(
+            "deployments",
+            f"{count}; {state}; {SCHEDULES_VARIABLE} could not be read ({intent.unread}): what the next "
+            "`prefect deploy` does to the schedules is unknown",
+            f"prefect variable get {SCHEDULES_VARIABLE} (it should say {keep})",
+        )
+    elif not intent.deploys:
+        yield warn(
+            "deployments",
+            f"{count}; {state}; {SCHEDULES_VARIABLE} is {intent.shown}: "
+            "the next `prefect deploy` fails on the scheduled deployments",
+            fix + ("" if live else " (docs/deploying.md step 4)"),
+        )
+    elif intent.active is None:
+        yield warn(
+            "deployments",
+            f"{count}; {state}; {SCHEDULES_VARIABLE} is null: the next `prefect deploy` leaves `active` out, "
+            "which keeps these schedules as they are but creates any new schedule ACTIVE",
+            fix,
+        )
+    elif intent.active is not live:
+        then = (
+            "switches every schedule OFF (scheduled updates stop)" if live else "switches every schedule ON"
+        )
+        yield warn(
+            "deployments",
+            f"{count}; {state}, but {SCHEDULES_VARIABLE} is {intent.shown}: the next `prefect deploy` {then}",
+            fix
+            if live
+            else f"to stay paused: {fix}; to go live: prefect --no-prompt deployment schedule resume --all",
+        )
+    elif live:
         yield ok("deployments", f"{count}; {state}")
-        return
-    state = "dispatch schedule paused: nothing starts or is sent by itself"
-    if intent is True:
-        yield warn(
-            "deployments",
-            f"{count}; {state}, but {SCHEDULES_VARIABLE} is true: the next `prefect deploy` switches every "
-            "schedule ON",
-            f"to stay paused: prefect variable set {SCHEDULES_VARIABLE} false --overwrite; "
-            "to go live: prefect --no-prompt deployment schedule resume --all",
-        )
-        return
-    if intent is None:
-        yield warn(
-            "deployments",
-            f"{count}; {state}; {SCHEDULES_VARIABLE} is not set: `prefect deploy` fails on the scheduled "
-            "deployments",
-            f"prefect variable set {SCHEDULES_VARIABLE} false (docs/deploying.md step 4)",
-        )
-        return
-    yield ok("deployments", f"{count}; {state} (until step 7 of docs/deploying.md: going live)")
+    else:
+        yield ok("deployments", f"{count}; {state} (until step 7 of docs/deploying.md: going live)")
 
 
 # prefect.yaml's schedules read `active` from this Prefect variable when `prefect deploy` runs: the
 # server, not the deploying shell, remembers whether Upkeep is live, so a redeploy keeps it as it is.
 SCHEDULES_VARIABLE = "upkeep_schedules_active"
+REFUSES = "fails on the scheduled deployments"
 
 
-def _schedules_intent(http: Any) -> bool | str | None:
-    """The server's `upkeep_schedules_active`: True/False, None when unset, or the odd value as text."""
-    reply = http.get(f"variables/name/{SCHEDULES_VARIABLE}")
-    if reply.status_code == 404:
-        return None
-    reply.raise_for_status()
-    value = reply.json().get("value")
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    return {"true": True, "false": False}.get(text, str(value))
+@dataclass(frozen=True)
+class ScheduleIntent:
+    """What `prefect deploy` makes of `upkeep_schedules_active` (measured on Prefect 3.8.8, adv47)."""
+
+    active: bool | None  # the schedules' `active`; None: JSON null, which Prefect leaves out (see below)
+    deploys: bool  # False: the deploy refuses the scheduled deployments (unset, or not a boolean)
+    shown: str  # the value as the doctor quotes it
+    unread: str = ""  # why the variable could not be read (then nothing else is known)
 
 
-def _shown(intent: bool | str | None) -> str:
-    return "not set" if intent is None else str(intent).lower() if isinstance(intent, bool) else repr(intent)
+def _schedules_intent(http: Any) -> ScheduleIntent:
+    """The server's `upkeep_schedules_active` read as `prefect deploy` reads it: the placeholder is the
+    whole `active:` value, so the variable's JSON value is handed to Prefect's `DeploymentScheduleCreate`,
+    whose `active` is a pydantic bool in lax mode ("no", "off", "0", 0, "TRUE" are booleans to it; 2,
+    "maybe", "" are refused), except JSON null, which makes `prefect deploy` leave `active` out: a new
+    schedule is then created ACTIVE and an existing one (patched by slug) kept as it is. Unset: the
+    placeholder becomes "" and the deploy refuses."""
+    import httpx
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        reply = http.get(f"variables/name/{SCHEDULES_VARIABLE}")
+        if reply.status_code == 404:
+            return ScheduleIntent(active=None, deploys=False, shown="not set")
+        reply.raise_for_status()
+        value = reply.json().get("value")
+    except (httpx.HTTPError, ValueError) as exc:  # a proxy refusing /variables, a reply that is not JSON
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return ScheduleIntent(
+            active=None, deploys=False, shown="?", unread=f"HTTP {status}" if status else type(exc).__name__
+        )
+    shown = _one_line(printable(repr(value)), 60)
+    if value is None:
+        return ScheduleIntent(active=None, deploys=True, shown="null")
+    try:
+        active = TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        return ScheduleIntent(active=None, deploys=False, shown=shown)
+    return ScheduleIntent(active=active, deploys=True, shown=shown)
+
+
+def _first_deploy(intent: ScheduleIntent) -> str:
+    """What `prefect deploy` does to the schedules of deployments it creates."""
+    if intent.unread:
+        return f"{SCHEDULES_VARIABLE} could not be read ({intent.unread})"
+    if not intent.deploys:
+        return (
+            f"with {SCHEDULES_VARIABLE} {intent.shown}, `prefect deploy` fails on the scheduled deployments"
+        )
+    if intent.active is None:
+        return (
+            f"{SCHEDULES_VARIABLE} is null, which Prefect leaves out: `prefect deploy` creates the schedules "
+            "ACTIVE (live as soon as a worker runs)"
+        )
+    if intent.active:
+        return (
+            f"with {SCHEDULES_VARIABLE} {intent.shown}, `prefect deploy` creates the schedules ACTIVE "
+            "(live as soon as a worker runs)"
+        )
+    return f"with {SCHEDULES_VARIABLE} {intent.shown}, `prefect deploy` creates the schedules paused"
 
 
 def _expected_deployments() -> list[str]:

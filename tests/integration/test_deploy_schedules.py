@@ -17,7 +17,10 @@ also been through every deployment of prefect.yaml (it reads them all in the sam
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -187,3 +190,184 @@ def test_the_doctor_warns_before_a_deploy_would_switch_the_schedules(
     api.delete(f"variables/name/{SCHEDULES_VARIABLE}").raise_for_status()
     status, detail = line()
     assert status == "warn" and "fails on the scheduled deployments" in detail, detail
+
+
+# -- adv47: the doctor's word against what `prefect deploy` really does with the variable -------------
+# Prefect validates `active` with pydantic's lax bool ("no", "off", 0, "TRUE" are booleans to it), leaves
+# `active` out when the variable holds JSON null (the schedule is then created ACTIVE, and kept as it is
+# on a redeploy), and refuses the deployment for anything else. Values are set through the API, with
+# their JSON type, as `prefect variable set NAME VALUE` stores them (it JSON-parses VALUE first).
+FIRST_DEPLOY_VALUES = [False, "no", 0, "off", 1, None, 2, "maybe"]
+NEXT_DEPLOY_CASES = [
+    ("live", "no"),
+    ("live", 0),
+    ("live", None),
+    ("live", "yes"),
+    ("live", 2),
+    ("paused", "maybe"),
+    ("paused", None),
+    ("paused", "yes"),
+    ("paused", 1),
+]
+
+
+def _set_variable(http: httpx.Client, value: Any) -> None:
+    http.delete(f"variables/name/{SCHEDULES_VARIABLE}")
+    http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value}).raise_for_status()
+
+
+def _deploy_dispatch(server: PrefectServer, http: httpx.Client) -> str:
+    """`prefect deploy --name dispatch`: "refused", or the dispatch schedule's state after it."""
+    done = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--name", "dispatch"],
+        cwd=REPO_ROOT,
+        env=_deploy_env(server),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    dispatch = _deployments(http).get("dispatch")
+    if done.returncode != 0:
+        return "refused"
+    assert dispatch is not None, done.stdout
+    return "ACTIVE" if _actives(dispatch) == [True] else "paused"
+
+
+def _doctor_line(http: httpx.Client) -> Any:
+    from upkeep.doctor import _deployments as doctor_deployments
+
+    [check] = list(doctor_deployments(http))
+    return check
+
+
+@pytest.mark.parametrize("value", FIRST_DEPLOY_VALUES, ids=repr)
+def test_before_the_first_deploy_the_doctor_says_what_the_variable_will_make_of_the_schedules(
+    server: PrefectServer, api: httpx.Client, value: Any
+) -> None:
+    """Nothing deployed yet: the `deployments` line already says what `prefect deploy` will create,
+    read as Prefect reads the variable (before adv47 it said only "missing", and read "no"/0/null as
+    values the deploy refuses)."""
+    _set_variable(api, value)
+    check = _doctor_line(api)
+    predicted = next(
+        (
+            outcome
+            for phrase, outcome in [
+                ("`prefect deploy` fails on the scheduled deployments", "refused"),
+                ("`prefect deploy` creates the schedules paused", "paused"),
+                ("`prefect deploy` creates the schedules ACTIVE", "ACTIVE"),
+            ]
+            if phrase in check.detail
+        ),
+        None,
+    )
+    assert predicted is not None, check.detail
+    assert _deploy_dispatch(server, api) == predicted, check.detail
+
+
+@pytest.mark.parametrize(("start", "value"), NEXT_DEPLOY_CASES, ids=repr)
+def test_the_doctor_says_what_the_next_deploy_will_do_to_the_dispatch_schedule(
+    server: PrefectServer, api: httpx.Client, start: str, value: Any
+) -> None:
+    """Dispatcher deployed, live or paused, then the variable changed by hand: the `deployments` line
+    names what the next deploy does, and it does that (before adv47: "no"/0 on a live dispatcher was
+    "fails" where the deploy switched it off; an odd value on a paused one was "ok" where the deploy
+    fails; null was "fails" where the deploy keeps the schedule)."""
+    _set_variable(api, False)
+    _deploy(server)  # all of prefect.yaml: the doctor's line is about a complete installation
+    assert _state(api) == "paused"
+    if start == "live":
+        go_live(server)
+    before = "ACTIVE" if start == "live" else "paused"
+    _set_variable(api, value)
+    check = _doctor_line(api)
+    if "the next `prefect deploy` fails on the scheduled deployments" in check.detail:
+        predicted = "refused"
+    elif "the next `prefect deploy` switches every schedule OFF" in check.detail:
+        predicted = "paused"
+    elif "the next `prefect deploy` switches every schedule ON" in check.detail:
+        predicted = "ACTIVE"
+    else:
+        predicted = before
+    assert _deploy_dispatch(server, api) == predicted, check.detail
+    if predicted == "refused":
+        assert _state(api) == before  # refused: the schedule is left as it was
+    if value is None:  # kept for now, but a deployment made anew would be created ACTIVE
+        assert check.status == "warn", check.detail
+
+
+def _state(http: httpx.Client) -> str:
+    return "ACTIVE" if _actives(_deployments(http)["dispatch"]) == [True] else "paused"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product decision (adv47): a JSON-null upkeep_schedules_active (`prefect variable set "
+    "upkeep_schedules_active null`) makes `prefect deploy` leave `active` out, and Prefect creates the "
+    "schedule ACTIVE: fail-open. No prefect.yaml spelling refuses null (a padded template is refused for "
+    "false too, measured); the doctor warns; closing it needs a deploy wrapper that checks the variable",
+)
+def test_a_null_variable_creates_no_live_schedule(server: PrefectServer, api: httpx.Client) -> None:
+    _set_variable(api, None)
+    assert _deploy_dispatch(server, api) in ("refused", "paused")
+
+
+@contextlib.contextmanager
+def _proxy_refusing(api_url: str, refused: str, status: int) -> Iterator[str]:
+    """A reverse proxy on 127.0.0.1 in front of the server, as an SRE's auth proxy or WAF would be: it
+    answers `status` for every path containing `refused` and forwards the rest. Its API URL."""
+    upstream = httpx.Client(base_url=api_url.removesuffix("/api"), timeout=30)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if refused in self.path:
+                reply_status, content, kind = (
+                    status,
+                    b'{"detail": "refused by the proxy"}',
+                    "application/json",
+                )
+            else:
+                reply = upstream.request(
+                    self.command, self.path, content=body, headers={"Content-Type": "application/json"}
+                )
+                reply_status, content = reply.status_code, reply.content
+                kind = reply.headers.get("Content-Type", "application/json")
+            self.send_response(reply_status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}/api"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        upstream.close()
+
+
+def test_a_server_that_will_not_show_the_variable_still_gets_its_deployments_line(
+    server: PrefectServer, api: httpx.Client
+) -> None:
+    """A proxy refusing /variables (403) cost the whole Prefect part of the doctor before adv47: the
+    HTTPStatusError from reading the variable turned it into one "could not check" line, without the
+    deployments line (is the dispatcher live?) or the cluster limit after it."""
+    _set_variable(api, False)
+    _deploy(server)
+    with (
+        _proxy_refusing(server.api_url, "/variables/", 403) as url,
+        httpx.Client(base_url=url + "/") as client,
+    ):
+        check = _doctor_line(client)
+    assert check.status == "warn", check.detail
+    assert "dispatch schedule paused" in check.detail and "could not be read (HTTP 403)" in check.detail

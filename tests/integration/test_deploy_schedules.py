@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -371,3 +373,61 @@ def test_a_server_that_will_not_show_the_variable_still_gets_its_deployments_lin
         check = _doctor_line(client)
     assert check.status == "warn", check.detail
     assert "dispatch schedule paused" in check.detail and "could not be read (HTTP 403)" in check.detail
+
+
+def _doc_block(heading: str) -> str:
+    """The first ```bash block after `heading` in docs/deploying.md."""
+    text = (REPO_ROOT / "docs" / "deploying.md").read_text()
+    after = text[text.index(heading) :]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def test_step_4_pasted_again_into_a_shell_on_a_live_server_leaves_the_dispatcher_live(
+    server: PrefectServer, api: httpx.Client
+) -> None:
+    """An SRE pastes step 4's block again on a live installation, into an interactive shell: no `set -e`,
+    every line runs whatever the one before did. `work-pool create` and `variable set ... false` fail
+    ("already exists"), and the deploy that follows anyway keeps every schedule as the variable says
+    (red with lead's step 4, whose `schedule pause --all` after the deploy paused the live dispatcher)."""
+    _set_variable(api, False)
+    _deploy(server)
+    go_live(server)
+    env = _deploy_env(server)
+    env.update({"CHECKOUT": str(REPO_ROOT), "PATH": f"{Path(PREFECT).parent}:{env.get('PATH', '')}"})
+    done = subprocess.run(
+        ["bash", "-c", _doc_block("## 4. ")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert "already exists" in done.stdout + done.stderr, done.stdout + done.stderr
+    deployments = _deployments(api)
+    assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}
+    assert not any(deployments[name].get("paused") for name in SCHEDULED), deployments
+
+
+def test_an_installation_deployed_before_the_variable_upgrades_live_with_one_schedule_each(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """The upgrade every existing installation makes (docs/deploying.md step 8, "deployed before
+    `upkeep_schedules_active` existed"): deployed with the old prefect.yaml (`active: true`, no slugs),
+    paused and resumed by hand, live; then the variable set to true and this prefect.yaml deployed. Prefect
+    replaces slug-less schedules instead of patching them: each deployment must end with one schedule,
+    active, now with its slug."""
+    old = (REPO_ROOT / "prefect.yaml").read_text()
+    old = old.replace('"{{ prefect.variables.upkeep_schedules_active }}"', "true")
+    old = re.sub(r"slug: [\w-]+, |\n +slug: [\w-]+(?=\n)", "", old)
+    assert "slug:" not in old and "active: true" in old and "{{ prefect.variables" not in old, old
+    (tmp_path / "prefect.yaml").write_text(old)
+    server.prefect(
+        "deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml"), env=_deploy_env(server)
+    )
+    server.prefect("deployment", "schedule", "pause", "--all")  # the old step 4
+    server.prefect("deployment", "schedule", "resume", "--all")  # the old step 7
+    assert {name: _actives(d) for name, d in _deployments(api).items() if name in SCHEDULED} == {
+        name: [True] for name in SCHEDULED
+    }
+
+    server.prefect("variable", "set", SCHEDULES_VARIABLE, "true")
+    _deploy(server)
+
+    deployments = _deployments(api)
+    assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}
+    assert all(s["slug"] for name in SCHEDULED for s in deployments[name]["schedules"]), deployments

@@ -11,6 +11,7 @@ nodes are logged into and left at once.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import ssl
@@ -514,19 +515,20 @@ def _deployments(http: Any) -> Iterator[Check]:
     found = {d["name"]: d for d in _prefect_json(reply, list, "list of deployments", "name")}
     missing = [name for name in expected if name not in found]
     intent = _schedules_intent(http)
+    dispatch: dict[str, Any] = found.get("dispatch") or {}
+    live = any(s.get("active") for s in dispatch.get("schedules", [])) and not dispatch.get("paused")
     if missing:
         deploy = "from the checkout, with UPKEEP_CHECKOUT unset: prefect --no-prompt deploy --all"
+        keep = "true" if live else "false"  # a live dispatcher (one deployment deleted) stays live
         yield fail(
             "deployments",
             f"missing: {', '.join(missing)}; {_first_deploy(intent)}",
             deploy
-            if intent.active is False and intent.deploys
-            else f"prefect variable set {SCHEDULES_VARIABLE} false --overwrite (docs/deploying.md step 4), "
+            if intent.deploys and intent.active is live
+            else f"prefect variable set {SCHEDULES_VARIABLE} {keep} --overwrite (docs/deploying.md step 4), "
             f"then {deploy}",
         )
         return
-    dispatch: dict[str, Any] = found.get("dispatch") or {}
-    live = any(s.get("active") for s in dispatch.get("schedules", [])) and not dispatch.get("paused")
     count = f"{len(expected) or len(found)} found"
     state = (
         "dispatch schedule ACTIVE: due updates start and queued customer notices go out every 60 s"
@@ -610,7 +612,7 @@ def _schedules_intent(http: Any) -> ScheduleIntent:
         return ScheduleIntent(
             active=None, deploys=False, shown="?", unread=f"HTTP {status}" if status else type(exc).__name__
         )
-    shown = _one_line(printable(repr(value)), 60)
+    shown = _one_line(printable(json.dumps(value)), 60)  # as `prefect variable get` prints it
     if value is None:
         return ScheduleIntent(active=None, deploys=True, shown="null")
     try:

@@ -431,3 +431,22 @@ def test_an_installation_deployed_before_the_variable_upgrades_live_with_one_sch
     deployments = _deployments(api)
     assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}
     assert all(s["slug"] for name in SCHEDULED for s in deployments[name]["schedules"]), deployments
+
+
+def test_a_deployment_deleted_from_a_live_installation_is_redeployed_live(
+    server: PrefectServer, api: httpx.Client
+) -> None:
+    """Someone deleted `case-auto-close` from a live installation: the doctor's fix is the plain deploy,
+    which brings it back live (red before the fix: it said to set the variable to false first, which
+    would have switched the live dispatcher off with it)."""
+    _set_variable(api, False)
+    _deploy(server)
+    go_live(server)
+    api.delete(f"deployments/{_deployments(api)['case-auto-close']['id']}").raise_for_status()
+
+    check = _doctor_line(api)
+    assert check.status == "fail" and "missing: case-auto-close" in check.detail, check.detail
+    assert "creates the schedules ACTIVE" in check.detail and "--overwrite" not in check.fix, check.fix
+    _deploy(server)
+    deployments = _deployments(api)
+    assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}

@@ -578,7 +578,6 @@ def _deployments(http: Any) -> Iterator[Check]:
 # prefect.yaml's schedules read `active` from this Prefect variable when `prefect deploy` runs: the
 # server, not the deploying shell, remembers whether Upkeep is live, so a redeploy keeps it as it is.
 SCHEDULES_VARIABLE = "upkeep_schedules_active"
-REFUSES = "fails on the scheduled deployments"
 
 
 @dataclass(frozen=True)

@@ -516,7 +516,9 @@ def _deployments(http: Any) -> Iterator[Check]:
     missing = [name for name in expected if name not in found]
     intent = _schedules_intent(http)
     dispatch: dict[str, Any] = found.get("dispatch") or {}
-    live = any(s.get("active") for s in dispatch.get("schedules", [])) and not dispatch.get("paused")
+    scheduled = any(s.get("active") for s in dispatch.get("schedules", []))
+    toggled_off = scheduled and bool(dispatch.get("paused"))  # the UI's toggle: the deployment paused
+    live = scheduled and not dispatch.get("paused")
     if missing:
         deploy = "from the checkout, with UPKEEP_CHECKOUT unset: prefect --no-prompt deploy --all"
         keep = "true" if live else "false"  # a live dispatcher (one deployment deleted) stays live
@@ -533,6 +535,8 @@ def _deployments(http: Any) -> Iterator[Check]:
     state = (
         "dispatch schedule ACTIVE: due updates start and queued customer notices go out every 60 s"
         if live
+        else "dispatch deployment paused (its schedule is on): nothing starts or is sent by itself"
+        if toggled_off
         else "dispatch schedule paused: nothing starts or is sent by itself"
     )
     keep = "true" if live else "false"
@@ -567,7 +571,12 @@ def _deployments(http: Any) -> Iterator[Check]:
             f"{count}; {state}, but {SCHEDULES_VARIABLE} is {intent.shown}: the next `prefect deploy` {then}",
             fix
             if live
-            else f"to stay paused: {fix}; to go live: prefect --no-prompt deployment schedule resume --all",
+            else f"to stay paused: {fix}; to go live: "
+            + (
+                "switch the dispatch deployment on in the UI (the next `prefect deploy` does it too)"
+                if toggled_off
+                else "prefect --no-prompt deployment schedule resume --all"
+            ),
         )
     elif live:
         yield ok("deployments", f"{count}; {state}")

@@ -450,3 +450,23 @@ def test_a_deployment_deleted_from_a_live_installation_is_redeployed_live(
     _deploy(server)
     deployments = _deployments(api)
     assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}
+
+
+def test_a_dispatch_deployment_paused_with_the_ui_toggle_is_named_so_with_a_fix_that_works(
+    server: PrefectServer, api: httpx.Client
+) -> None:
+    """The UI's toggle pauses the deployment, not its schedule, and the next `prefect deploy` un-pauses it
+    (measured: paused back to false). The doctor called that "dispatch schedule paused" and offered
+    `schedule resume --all` to go live, which changes nothing for a paused deployment (red before)."""
+    _set_variable(api, False)
+    _deploy(server)
+    go_live(server)
+    dispatch = _deployments(api)["dispatch"]["id"]
+    api.post(f"deployments/{dispatch}/pause_deployment").raise_for_status()
+
+    check = _doctor_line(api)
+    assert check.status == "warn" and "dispatch deployment paused" in check.detail, check.detail
+    assert "switches every schedule ON" in check.detail and "schedule resume" not in check.fix, check.fix
+    _deploy(server)
+    assert _deployments(api)["dispatch"]["paused"] is False  # what the warning said the deploy would do
+    assert _doctor_line(api).status == "ok"

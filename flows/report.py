@@ -83,6 +83,7 @@ HEADLINES = {
     "failed": "FAILED",
     "cancelled": "cancelled",
     "paused": "paused",
+    "stalled": "stalled",  # paused by the bound on idle carry-overs, not by a person (run_phase)
     "carried over": "carried over to the next window",
     "held": "held",
     "taken over": "taken over by another process",
@@ -140,7 +141,7 @@ def summary_artifacts(runtime: Runtime, plan: UpdatePlan, run_id: int, outcome: 
         lambda: create_markdown_artifact(
             key=summary_key(plan.customer, plan.cluster),
             markdown="\n".join(lines),
-            description=f"{plan.label}: {HEADLINES.get(outcome, outcome)} (Upkeep run {run_id})",
+            description=f"{lines[0].removeprefix('# Update ')} (Upkeep run {run_id})",
         ),
     )
 
@@ -158,6 +159,8 @@ def _summary_lines(runtime: Runtime, plan: UpdatePlan, run_id: int, outcome: str
         case = session.get(Case, bundle.case_id) if bundle is not None else None
         case_ref = case.ref if case is not None else run.case_ref or ""
     outcome = outcome or summary["state"]
+    if outcome == "paused" and summary["phase"] == "stalled":  # nobody paused it: the Cause says why
+        outcome = "stalled"
     node, step = stopped_at(runtime.engine, run_id)
     ended = outcome not in ("running", "planned")
     for row in nodes:

@@ -39,14 +39,27 @@ def versions_at_stop(run: UpgradeRun, session: Session, *, continues: bool = Fal
     for row in node_rows(run, session):
         if row["after"]:
             version = str(row["after"])
-        elif (str(row["result"]).startswith("failed") or row["result"] == "interrupted") and continues:
+        elif _unfinished(row) and continues:
             version = "upgrade interrupted; its state is checked when the update continues"
-        elif str(row["result"]).startswith("failed") or row["result"] == "interrupted":
-            version = "upgrade did not complete; our support team is checking this node"
+        elif _unfinished(row):
+            version = BEING_CHECKED
         else:
             version = f"{run.from_version} (not upgraded)"
         lines.append(f"{row['node']}: {version}")
     return tuple(lines)
+
+
+BEING_CHECKED = "upgrade did not complete; our support team is checking this node"
+
+
+def _unfinished(row: dict[str, Any]) -> bool:
+    return not row["after"] and (str(row["result"]).startswith("failed") or row["result"] == "interrupted")
+
+
+def being_checked(run: UpgradeRun, session: Session) -> tuple[str, ...]:
+    """The nodes `versions_at_stop` tells the customer our support team is checking (not in a carry-over):
+    an ending that opens no case (a stall) asks the SRE to check them, or the words promise nothing."""
+    return tuple(str(row["node"]) for row in node_rows(run, session) if _unfinished(row))
 
 
 def mid_way(run: UpgradeRun, session: Session) -> bool:

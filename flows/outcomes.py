@@ -591,13 +591,26 @@ def _stalled(
         alert="stalled",
         headline=f"run {run_id} ({plan.label}) made no progress in {idle} windows in a row; not re-slotted",
         cause=cause,
-        action=f"Find why it does not get going (its alerts, `upkeep show {run_id}`); fix it, then "
+        action=_check_nodes(run, session) + f"Find why it does not get going (its alerts, `upkeep show "
+        f"{run_id}`); fix it, then "
         f"`upkeep resume {run_id}` (inside a window it goes on at once; outside one it is planned for the "
         f"next window with room, the customer told, and the dispatcher starts it there), or `upkeep cancel "
         f"{run_id}`. It is paused and not re-slotted until then. {_last_told(run, session)}",
     )
     session.add(run)
     return "paused"
+
+
+def _check_nodes(run: UpgradeRun, session: Session) -> str:
+    """The stall's ask to check each node whose upgrade did not complete: the 'stopped' notice and the
+    portal tell the customer "our support team is checking this node", and a stall opens no case - this
+    alert is the one call to a person that backs those words."""
+    from flows.endings import being_checked, customer_knows
+
+    if not (nodes := being_checked(run, session)):
+        return ""
+    told = "; the customer was told our support team is checking it" if customer_knows(run, session) else ""
+    return f"Check {', '.join(nodes)}: its upgrade did not complete{told}. Tell the customer what you find. "
 
 
 def _last_told(run: UpgradeRun, session: Session) -> str:

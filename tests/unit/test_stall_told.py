@@ -6,12 +6,19 @@ Fakes (tests/support/fakes.py) under the in-process flow engine, as test_window_
 
 from __future__ import annotations
 
+from sqlmodel import select
+
 from inventory.db import session_scope
 from tests.support.update_world import CLUSTER, TARGET, World
 from tests.unit.test_update_branches import _planned_monday, short_window
-from tests.unit.test_window_stalled_adversarial import _taken_up_late
+from tests.unit.test_window_stalled_adversarial import (
+    _customer_notice,
+    _stalled_after_started,
+    _taken_up_late,
+    on_call_world,
+)
 
-__all__ = ["short_window"]  # the fixture, used here by name
+__all__ = ["on_call_world", "short_window"]  # the fixture, used here by name
 
 
 def test_the_prefect_run_summary_of_a_stall_says_stalled_in_its_headline(short_window: World) -> None:
@@ -28,3 +35,30 @@ def test_the_prefect_run_summary_of_a_stall_says_stalled_in_its_headline(short_w
     lines = _summary_lines(world.runtime, plan, run_id, "paused")
     assert lines[0] == f"# Update {plan.label}: stalled", lines[0]
     assert "paused" not in lines[0]
+
+
+def test_a_stalled_node_the_customer_is_told_is_being_checked_is_one_the_sre_is_asked_to_check(
+    on_call_world: World,
+) -> None:
+    """The 'stopped' notice (and the portal) tell the customer of a node whose upgrade was interrupted
+    "our support team is checking this node". A stall opens no case: its one call to a person is the SRE's
+    alert, which asked them to find why the run did not get going and resume or cancel it - never to look
+    at that node, nor to tell the customer what they found. A promise nobody was asked to keep: the alert
+    names each such node to check, and says the customer was told it is being checked."""
+    from inventory.alerts import Alert
+
+    world = on_call_world
+    run_id = _stalled_after_started(world)
+    node = world.nodes[0].hostname
+    stopped = _customer_notice(world, run_id, "stopped")
+    assert f"{node}: upgrade did not complete; our support team is checking this node" in " ".join(
+        stopped.body_text.split()
+    ), stopped.body_text
+
+    with session_scope(world.engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.run_id == run_id, Alert.kind == "stalled")).all()
+    body = " ".join(alert.body_text.split())
+    assert f"Check {node}" in body, body
+    assert "the customer was told our support team is checking it" in body, body
+    for other in world.nodes[1:]:  # not reached: nobody told the customer those are being checked
+        assert f"Check {other.hostname}" not in body and f", {other.hostname}" not in body, body

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from flows import lease
 from flows.alerts import alert_sre as send_alert
-from flows.endings import mid_way, tell_ending, versions_at_stop
+from flows.endings import customer_knows, mid_way, tell_ending, versions_at_stop
 from flows.oncall import stall_headline, stall_page_key
 from flows.plan import UpdatePlan
 from flows.records import STALLED_REASON, node_done, nodes_touched, stopped_at
@@ -346,10 +346,11 @@ def carry_over(
     owner: str | None = None,
 ) -> str:
     """Stop before the window closes and move the rest to the next window with room for at least one
-    node (the whole window is the run's then), telling the customer. `why`/`customer_reason`: another
-    cause than the window's end (the SRE's and the customer's words), before any node was touched
-    unless `touched` (a tunnel closed mid-run). `owner`: the lease the caller holds; a run no longer
-    running, or held under another lease, is left as it is (`TAKEN_OVER`).
+    node (the whole window is the run's then), telling the customer if they were told of the update
+    (`customer_knows`, as a stall's 'stopped': else the SRE's alert says they were not).
+    `why`/`customer_reason`: another cause than the window's end (the SRE's and the customer's words),
+    before any node was touched unless `touched` (a tunnel closed mid-run). `owner`: the lease the
+    caller holds; a run no longer running, or held under another lease, is left as it is (`TAKEN_OVER`).
 
     A pause/cancel committed after the run's last look for one (`upkeep cancel` as the window ends) is
     honoured instead, read under the run's row lock (which `upkeep pause|cancel` records under): moved
@@ -493,6 +494,10 @@ def _carry_over(
         if why
         else f"partially done ({done} of {len(plan.nodes)} nodes); continues {window.start.isoformat()}"
     )
+    # Told of the move only if told of the update (as a stall's 'stopped', flows/endings.py): an SRE's
+    # `upkeep request --now` taken up past its cutoff mailed "rescheduled" for an update never announced.
+    knows = customer_knows(run, session)
+    moved = customer_reason or "partially done; the remaining nodes continue in the next window"
     tell_ending(
         runtime,
         run,
@@ -503,23 +508,21 @@ def _carry_over(
         alert="carried-over",
         headline=f"run {run_id} ({plan.label}) carried over to {window.start:%Y-%m-%d %H:%M} UTC",
         cause=why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes",
-        action="The customer is sent the 'rescheduled' notice saying why, with the command to run on "
-        "each node named; nothing else to do unless they ask for help."
+        action=(
+            "The customer is sent the 'rescheduled' notice saying why, with the command to run on "
+            "each node named; nothing else to do unless they ask for help."
+            if knows
+            else "The customer was not told (the update was never announced to them). What the "
+            f"'rescheduled' notice would have said, for you to pass on if it needs them: {moved}"
+        )
         if why
         else "",
     )
     run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
     detail = {"verified": done, "continues": window.start.isoformat(), "why": why[:500]}
     repo.record_audit(runtime.actor, CARRIED_OVER, f"run/{run_id}", detail, session=session)
-    _notify(
-        run,
-        "rescheduled",
-        runtime,
-        session,
-        now,
-        previous_slot_start=previous or now,
-        reason=customer_reason or "partially done; the remaining nodes continue in the next window",
-    )
+    if knows:
+        _notify(run, "rescheduled", runtime, session, now, previous_slot_start=previous or now, reason=moved)
     session.add(run)
     return "carried over"
 
@@ -605,7 +608,7 @@ def _check_nodes(run: UpgradeRun, session: Session) -> str:
     """The stall's ask to check each node whose upgrade did not complete: the 'stopped' notice and the
     portal tell the customer "our support team is checking this node", and a stall opens no case - this
     alert is the one call to a person that backs those words."""
-    from flows.endings import being_checked, customer_knows
+    from flows.endings import being_checked
 
     if not (nodes := being_checked(run, session)):
         return ""

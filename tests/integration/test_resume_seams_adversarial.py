@@ -78,7 +78,7 @@ def test_a_stalled_run_replanned_while_the_fleet_is_braked_says_the_start_will_b
     said = capsys.readouterr().out
     run = world.run()
     assert (run.state, run.slot_start) == (RunState.planned, MONDAY + 3 * DAY), (run.state, run.reason)
-    assert world.notices(run_id) == ["rescheduled"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled"]
     if as_json:
         answer = json.loads(said)
         assert answer["cluster_limit"]["limit"] == limit and answer["cluster_limit"]["held"] is True, answer

@@ -17,6 +17,7 @@ from tests.support.tunnels import (
     TARGET,
     alerts_of,
     all_cases,
+    announce,
     notices_of,
     plan_in_windows,
     run_row,
@@ -93,7 +94,7 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     set_tunnel(tunnel_lab, first, "start")
     set_tunnel(tunnel_lab, second, "start")
     set_tunnel(tunnel_lab, third, "stop")
-    run_id = plan_in_windows(tunnel_runtime.engine, cluster)
+    run_id = announce(tunnel_runtime.engine, plan_in_windows(tunnel_runtime.engine, cluster))
     tunnel_runtime.tunnel_wait, tunnel_runtime.tunnel_poll = timedelta(seconds=1), 0.2  # waited for, in vain
 
     tunnel_runtime.clock = lambda: SLOT
@@ -109,8 +110,8 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     for host in hosts:  # nothing was sent to any node
         assert not any(p.name != ".keep" for p in (tunnel_lab.node_dir(host) / "incoming").iterdir())
     notices = notices_of(tunnel_runtime.engine, run_id)
-    assert [n.kind for n in notices] == ["rescheduled"]  # no 'started', no 'failed', no 'partial'
-    (moved,) = notices
+    assert [n.kind for n in notices] == ["scheduled", "rescheduled"]  # no 'started', 'failed', 'partial'
+    (_, moved) = notices
     assert moved.state == "sent"  # delivered by the same tick
     for body in (moved.body_text, moved.body_html):
         assert "we could not reach your cluster: the support tunnel was closed" in body
@@ -139,7 +140,7 @@ def test_a_tunnel_closed_at_the_window_start_carries_over_with_a_notice_and_no_c
     assert run.state == RunState.succeeded, run.reason
     assert [len(tunnel_lab.upgrade_log(h)) for h in hosts] == [1, 1, 1]
     kinds = [n.kind for n in notices_of(tunnel_runtime.engine, run_id) if n.kind != "reminder"]
-    assert kinds == ["rescheduled", "started", "completed"]
+    assert kinds == ["scheduled", "rescheduled", "started", "completed"]
     assert all_cases(tunnel_runtime.engine) == []
 
 
@@ -300,7 +301,9 @@ def test_the_reminders_of_a_carried_over_run_go_at_the_new_slots_own_times(
     for host in hosts[:2]:
         set_tunnel(tunnel_lab, host, "start")
     set_tunnel(tunnel_lab, hosts[2], "stop")
-    run_id = plan_in_windows(tunnel_runtime.engine, cluster, days=("thu", "sat"))
+    run_id = announce(
+        tunnel_runtime.engine, plan_in_windows(tunnel_runtime.engine, cluster, days=("thu", "sat"))
+    )
     tunnel_runtime.tunnel_wait = timedelta(0)
     saturday = SLOT + timedelta(days=2)
 
@@ -313,7 +316,7 @@ def test_the_reminders_of_a_carried_over_run_go_at_the_new_slots_own_times(
     assert dispatch(max_running=2)["started"] == [run_id]
     run = run_row(tunnel_runtime.engine, run_id)
     assert run.state == RunState.planned and run.slot_start == saturday, run.reason
-    assert [n.kind for n in notices_of(tunnel_runtime.engine, run_id)] == ["rescheduled"]
+    assert [n.kind for n in notices_of(tunnel_runtime.engine, run_id)] == ["scheduled", "rescheduled"]
 
     tunnel_runtime.clock = lambda: SLOT + timedelta(minutes=1)  # the next tick
     dispatch(max_running=2)

@@ -46,6 +46,21 @@ def _clocked(runtime: Any, cluster: str) -> list[datetime]:
     return now
 
 
+def _announced(runtime: Any, run_id: int) -> int:
+    """`run_id` with its 'scheduled' notice queued, as flows/schedule.py does: a carry-over tells only a
+    customer told of the update (flows/endings.py `customer_knows`)."""
+    from flows.run_notices import VendorTerms, queue_run_notice
+
+    with session_scope(runtime.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.slot_start is not None
+        vendor = VendorTerms.from_runtime(runtime)
+        assert queue_run_notice(
+            run, "scheduled", session=session, now=run.slot_start - timedelta(days=5), vendor=vendor
+        )
+    return run_id
+
+
 def _steps(engine: Any, run_id: int) -> list[str]:
     with session_scope(engine) as session:
         query = select(NodeStep.step).where(NodeStep.run_id == run_id).order_by(col(NodeStep.id))
@@ -72,7 +87,9 @@ def _carried_over_untouched(lab: Any, runtime: Any, cluster: str, run_id: int, w
     assert run.state == RunState.planned, (run.state, run.reason)
     assert run.slot_start == WED and (run.window_start, run.window_end) == (WED, WED + timedelta(hours=1))
     assert waited in run.reason and "no room left" in run.reason, run.reason
-    [notice] = _customer_notices(runtime.engine, run_id, runtime.sre_email)
+    [notice] = [
+        n for n in _customer_notices(runtime.engine, run_id, runtime.sre_email) if n.kind != "scheduled"
+    ]
     assert notice.kind == "rescheduled" and "Nothing was changed" in notice.body_text, notice.body_text
     with session_scope(runtime.engine) as session:
         [alert] = session.exec(
@@ -88,7 +105,7 @@ def test_an_approval_after_the_window_has_no_room_carries_over_untouched_and_sta
     runtime, cluster = lab_runtime, fresh_cluster
     now = _clocked(runtime, cluster)
     runtime.approval_timeout = 120.0  # a gate asked again in the next window fails the test, not hangs it
-    run_id = _planned(runtime.engine, cluster, TUE, TUE + 3 * NODE)
+    run_id = _announced(runtime, _planned(runtime.engine, cluster, TUE, TUE + 3 * NODE))
     with session_scope(runtime.engine) as session:
         row = session.get(UpgradeRun, run_id)
         assert row is not None
@@ -125,7 +142,7 @@ def test_a_cluster_slot_granted_after_the_window_has_no_room_carries_over_before
     slot is given back at once and the run carried over, nothing downloaded, no node pre-flighted."""
     runtime, cluster, (limit, asked) = lab_runtime, fresh_cluster, one_slot
     now = _clocked(runtime, cluster)
-    run_id = _planned(runtime.engine, cluster, TUE, TUE + 3 * NODE)
+    run_id = _announced(runtime, _planned(runtime.engine, cluster, TUE, TUE + 3 * NODE))
     BEFORE_ASK["run-late"] = lambda: now.__setitem__(0, LATE)
     results: dict[str, Any] = {}
     started: list[threading.Thread] = []
@@ -152,7 +169,7 @@ def test_a_run_started_past_the_cutoff_downloads_nothing_copies_nothing_and_tell
     runtime, cluster = lab_runtime, fresh_cluster
     now = _clocked(runtime, cluster)
     now[0] = LATE
-    run_id = _planned(runtime.engine, cluster, TUE, TUE + 3 * NODE)
+    run_id = _announced(runtime, _planned(runtime.engine, cluster, TUE, TUE + 3 * NODE))
     results: dict[str, Any] = {}
     _flow(cluster, run_id, "run-late-start", [], results).join(timeout=120)
 

@@ -67,6 +67,20 @@ def plan_in_windows(engine: Any, cluster: str, days: tuple[str, ...] = ("thu", "
         return run.id or 0
 
 
+def announce(engine: Any, run_id: int) -> int:
+    """`run_id` with its 'scheduled' notice queued when it was told (`told_at`), as flows/schedule.py does:
+    a carry-over tells only a customer told of the update (flows/endings.py `customer_knows`)."""
+    from flows.run_notices import queue_run_notice
+    from inventory.db import session_scope
+    from inventory.models import UpgradeRun
+
+    with session_scope(engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.told_at is not None
+        assert queue_run_notice(run, "scheduled", session=session, now=run.told_at)
+    return run_id
+
+
 def run_row(engine: Any, run_id: int) -> Any:
     from inventory.db import session_scope
     from inventory.models import UpgradeRun

@@ -6,10 +6,12 @@ Fakes (tests/support/fakes.py) under the in-process flow engine, as test_window_
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlmodel import select
 
 from inventory.db import session_scope
-from tests.support.update_world import CLUSTER, TARGET, World
+from tests.support.update_world import CLUSTER, MONDAY, TARGET, World
 from tests.unit.test_update_branches import _planned_monday, short_window
 from tests.unit.test_window_stalled_adversarial import (
     _customer_notice,
@@ -62,3 +64,48 @@ def test_a_stalled_node_the_customer_is_told_is_being_checked_is_one_the_sre_is_
     assert "the customer was told our support team is checking it" in body, body
     for other in world.nodes[1:]:  # not reached: nobody told the customer those are being checked
         assert f"Check {other.hostname}" not in body and f", {other.hostname}" not in body, body
+
+
+def _run_now_in_mondays_window(world: World) -> int:
+    """An SRE's `upkeep request CLUSTER --to TARGET --now` in Monday's window, as upkeep/requests.py
+    writes it: planned in the open window, no slot announced, no notice queued (the run starts at once
+    and 'started' is the customer's first word of it)."""
+    from inventory.models import RunState
+    from inventory.repo import get_cluster
+    from inventory.runs import create_run
+
+    with session_scope(world.engine) as session:
+        run = create_run(
+            get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            requested_by="sre", session=session, state=RunState.planned,
+        )  # fmt: skip
+        run.window_start, run.window_end = MONDAY, MONDAY + timedelta(hours=1)
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        return run.id
+
+
+def test_a_carry_over_of_an_update_the_customer_was_never_told_of_tells_them_nothing(
+    short_window: World,
+) -> None:
+    """The run of an SRE's `upkeep request --now`, taken up late (its process died before the first node;
+    the dispatcher's take-over at 00:55 finds no room): carried over to Tuesday's window before any node.
+    The customer never heard of this update, and was mailed "your update was rescheduled". As the
+    'stopped' notice (flows/endings.py `customer_knows`): no notice of an update never announced; the
+    SRE's alert says the customer was not told, and the carry-over is in the audit."""
+    from inventory.alerts import Alert
+
+    world = short_window
+    run_id = _run_now_in_mondays_window(world)
+    assert _taken_up_late(world, run_id, 0) == "carried over"
+
+    assert world.notices(run_id) == [], world.notices(run_id)
+    with session_scope(world.engine) as session:
+        [alert] = session.exec(select(Alert).where(Alert.run_id == run_id)).all()
+    body = " ".join(alert.body_text.split())
+    assert alert.kind == "carried-over" and "carried over to 2026-12-08 00:00 UTC" in alert.subject, (
+        alert.subject
+    )
+    assert "The customer was not told (the update was never announced to them)." in body, body
+    assert "is sent the 'rescheduled' notice" not in body, body

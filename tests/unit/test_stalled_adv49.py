@@ -149,7 +149,7 @@ def test_two_processes_stalling_the_same_run_at_once_on_postgresql_claim_it_once
         thread.join(60)
     assert not errors, errors
     assert sorted(results) == ["paused", outcomes.TAKEN_OVER], results
-    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled", "rescheduled", "stopped"]
     with session_scope(world.engine) as session:
         alerts = session.exec(select(Alert).where(Alert.run_id == run_id, Alert.kind == "stalled")).all()
         from inventory.models import AuditEvent as Audit
@@ -284,10 +284,10 @@ def test_a_process_killed_while_queuing_the_stopped_notice_leaves_no_stall_and_t
     dying[0] = False
     run = world.run()
     assert run.state == RunState.running and not run.reason.startswith("stalled"), (run.state, run.reason)
-    assert world.notices(run_id) == ["rescheduled", "rescheduled"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled", "rescheduled"]
 
     assert _taken_up_late(world, run_id, 2) == "paused"  # the take-over, its lease run out meanwhile
-    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled", "rescheduled", "stopped"]
     with session_scope(world.engine) as session:
         alerts = session.exec(select(Alert).where(Alert.run_id == run_id, Alert.kind == "stalled")).all()
     assert len(alerts) == 1

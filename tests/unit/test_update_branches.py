@@ -788,13 +788,20 @@ def test_a_failed_urgent_update_pages_the_engineer_on_call_and_the_team_lead_at_
 
 
 def _planned_monday(world: World) -> int:
-    """A customer's update planned in Monday's window (00:00-01:00 with `short_window`)."""
+    """A customer's update planned in Monday's window (00:00-01:00 with `short_window`), announced: its
+    'scheduled' notice queued, as flows/schedule.py does (a carry-over or a stall tells only a customer
+    who was told of the update, flows/endings.py `customer_knows`)."""
+    from flows.run_notices import VendorTerms, queue_run_notice
+
     with session_scope(world.engine) as session:
         run = planned_run(
             session, get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
             slot_start=MONDAY, slot_end=MONDAY + timedelta(minutes=30),
         )  # fmt: skip
         assert run.id is not None
+        told = MONDAY - timedelta(days=7)
+        vendor = VendorTerms.from_runtime(world.runtime)
+        assert queue_run_notice(run, "scheduled", session=session, now=told, vendor=vendor)
         return run.id
 
 
@@ -926,7 +933,7 @@ def test_a_run_taken_over_past_the_cutoff_with_every_node_done_is_recorded_succe
     ended = world.run()
     assert ended.state == RunState.succeeded, (ended.state, ended.reason)
     assert world.upgraded() == [1, 1, 1]
-    assert world.notices(run_id) == ["started", "completed"]
+    assert world.notices(run_id) == ["scheduled", "started", "completed"]
 
 
 def test_a_copy_of_the_package_that_ends_past_the_cutoff_says_nothing_was_changed_not_started(
@@ -948,7 +955,7 @@ def test_a_copy_of_the_package_that_ends_past_the_cutoff_says_nothing_was_change
     assert ended.state == RunState.planned and ended.slot_start == MONDAY + timedelta(days=1)
     assert "no room left" in ended.reason and "0 of 3" not in ended.reason, ended.reason
     assert world.upgraded() == [0, 0, 0]
-    assert world.notices(run_id) == ["rescheduled"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled"]
 
 
 def test_a_run_taken_over_during_a_copy_that_outlasts_the_window_is_left_to_its_new_owner(
@@ -977,7 +984,7 @@ def test_a_run_taken_over_during_a_copy_that_outlasts_the_window_is_left_to_its_
     assert state.result()["state"] == "taken over"
     ended = world.run()
     assert ended.state == RunState.running and ended.lease_owner == "elsewhere:1/abc"
-    assert world.notices(run_id) == []
+    assert world.notices(run_id) == ["scheduled"]
 
 
 @pytest.mark.parametrize("action", ["cancel", "pause"])
@@ -1064,7 +1071,7 @@ def test_a_run_mid_way_with_no_later_window_fails_told_to_the_customer_and_the_s
     with session_scope(world.engine) as session:
         told = session.exec(select(Notice).where(Notice.update_ref == f"update-{run_id}")).all()
         alerts = session.exec(select(Alert.kind).where(Alert.run_id == run_id)).all()
-    assert [notice.kind for notice in told] == ["started", "failed"]
+    assert [notice.kind for notice in told] == ["scheduled", "started", "failed"]
     assert f"{HOSTS[0]}: {TARGET}" in told[-1].body_text and f"{HOSTS[1]}: {FROM}" in told[-1].body_text
     assert "run-failed" in alerts, alerts
 
@@ -1089,7 +1096,8 @@ def test_an_urgent_update_left_with_no_window_pages_as_a_failed_urgent_update(
 
         ended = world.run()
         assert ended.state == RunState.failed and "no later window fits" in ended.reason, ended.reason
-        assert world.upgraded() == [0, 0, 0] and world.notices(run_id) == ["failed"]  # the SRE's only
+        assert world.upgraded() == [0, 0, 0]
+        assert world.notices(run_id) == ["scheduled", "failed"]  # the announcement, then the SRE's only
         with session_scope(world.engine) as session:
             [paged] = session.exec(select(Page)).all()
         assert (paged.key, paged.paged) == (f"run:{run_id}", ["Ana", "Tess"])
@@ -1140,7 +1148,7 @@ def test_a_cancel_waiting_for_the_carry_over_s_row_lock_cancels_the_carried_over
         ended = world.run()
         assert (ended.state, ended.requested_action) == (RunState.cancelled, RequestedAction.none)
         assert ended.reason == "cancelled by sre: froze (while planned)", ended.reason
-        assert world.notices(run_id) == ["started", "partial", "rescheduled", "cancelled"]
+        assert world.notices(run_id) == ["scheduled", "started", "partial", "rescheduled", "cancelled"]
         assert world.upgraded() == [1, 0, 0]
 
 

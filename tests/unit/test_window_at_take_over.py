@@ -40,7 +40,7 @@ def test_a_take_over_past_the_cutoff_without_a_cluster_limit_downloads_nothing_a
     run = world.run()
     assert run.state == RunState.planned and run.slot_start == TUESDAY, (run.state, run.reason)
     assert "no room left" in run.reason and "nothing changed on any node" in run.reason, run.reason
-    assert world.notices(run_id) == ["rescheduled"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled"]
     with session_scope(world.engine) as session:
         query = select(Alert).where(Alert.run_id == run_id, Alert.kind == "carried-over")
         assert len(session.exec(query).all()) == 1

@@ -80,7 +80,7 @@ def test_a_copy_that_outlasts_the_window_is_kept_and_the_next_window_goes_to_the
         assert len(node.files) == 1, sorted(node.files)
     kept = _distribute_steps(world, run_id)[3:]
     assert len(kept) == 3 and all("not copied again" in output for _, output in kept), kept
-    assert world.notices(run_id) == ["rescheduled", "started", "completed"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled", "started", "completed"]
 
 
 def test_a_copy_the_node_no_longer_holds_is_made_again(

@@ -83,7 +83,7 @@ def test_the_third_window_in_a_row_with_no_node_upgraded_pauses_the_run_and_tell
     assert f"upkeep resume {run_id}" in run.reason and f"upkeep cancel {run_id}" in run.reason, run.reason
     assert world.upgraded() == [0, 0, 0]
     # no third 'rescheduled', for a window never given: 'stopped', the slot withdrawn (adv41's follow-up)
-    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled", "rescheduled", "stopped"]
     assert len(_alerts(world, run_id, "carried-over")) == 2
     [stalled] = _alerts(world, run_id, "stalled")
     assert "3 windows in a row" in stalled.body_text and "not re-slotted" in stalled.body_text, (
@@ -99,7 +99,7 @@ def test_the_third_window_in_a_row_with_no_node_upgraded_pauses_the_run_and_tell
     assert _window(world, run_id, 3) == "succeeded"
     assert world.run().state == RunState.succeeded and world.upgraded() == [1, 1, 1]
     assert len(_alerts(world, run_id, "stalled")) == 1
-    assert world.notices(run_id)[2:] == ["stopped", "started", "completed"]  # told it goes on, then done
+    assert world.notices(run_id)[3:] == ["stopped", "started", "completed"]  # told it goes on, then done
 
 
 def test_a_window_in_which_a_node_was_upgraded_starts_the_count_again(

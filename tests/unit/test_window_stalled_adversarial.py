@@ -111,7 +111,7 @@ def test_a_holder_that_froze_before_its_carry_over_does_not_move_the_run_its_new
     assert run.state == RunState.paused, (run.state, run.reason)
     assert run.slot_start == MONDAY + 2 * DAY and run.reason.startswith("stalled"), run.reason
     # the stall's path ran in both processes: the customer is told it stopped once
-    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled", "rescheduled", "stopped"]
 
 
 def test_a_release_re_published_between_windows_is_copied_again_never_the_old_copy_kept(
@@ -160,7 +160,7 @@ def _stalled_after_started(world: World) -> int:
     with pytest.raises(_Killed):
         world.update(run_id=run_id)
     world.nodes[0].before.clear()
-    assert world.notices(run_id) == ["rescheduled", "rescheduled", "started"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled", "rescheduled", "started"]
 
     assert _taken_up_late(world, run_id, 2) == "paused"  # the dead process's lease ran out meanwhile
     return run_id
@@ -189,7 +189,7 @@ def test_a_stall_in_a_window_the_customer_was_told_started_in_tells_them_it_stop
 
     run = world.run()
     assert run.state == RunState.paused
-    assert world.notices(run_id)[:4] == ["rescheduled", "rescheduled", "started", "stopped"]
+    assert world.notices(run_id)[:5] == ["scheduled", "rescheduled", "rescheduled", "started", "stopped"]
     assert world.notices(run_id).count("stopped") == 1
     started, stopped = _customer_notice(world, run_id, "started"), _customer_notice(world, run_id, "stopped")
     text = " ".join(stopped.body_text.split())
@@ -292,6 +292,7 @@ def test_a_stalled_run_resumed_with_its_window_overridden_goes_on_past_the_cutof
     run = world.run()
     assert run.state == RunState.succeeded, (run.state, run.reason)
     assert world.upgraded() == [1, 1, 1] and world.notices(run_id) == [
+        "scheduled",
         "rescheduled",
         "rescheduled",
         "stopped",  # the stall: stopped for now, nothing more without a new notice
@@ -326,7 +327,7 @@ def test_a_stalled_run_resumed_outside_its_window_is_handed_back_to_the_dispatch
 
     run = world.run()
     assert (run.state, run.slot_start) == (RunState.planned, MONDAY + 3 * DAY), (run.state, run.reason)
-    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped", "rescheduled"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled", "rescheduled", "stopped", "rescheduled"]
     world.clock.now = MONDAY + 3 * DAY + timedelta(minutes=1)
     claim = claim_due(world.runtime, world.clock.now, timedelta(hours=1))
     assert claim is not None and claim.run_id == run_id
@@ -353,8 +354,8 @@ def test_a_stall_before_anything_started_withdraws_the_slot_and_the_resume_puts_
     assert "nodes run" not in text and "without a new notice" in text, text
     assert "Wed 9 Dec 2026" in text, text  # the slot it will not happen in
     told = _all_notices(world, run_id)
-    assert [n.kind for n in told] == ["rescheduled", "rescheduled", "stopped"]
-    assert "METHOD:CANCEL" in stopped.ics and stopped.sequence == told[1].sequence + 1, stopped.ics
+    assert [n.kind for n in told] == ["scheduled", "rescheduled", "rescheduled", "stopped"]
+    assert "METHOD:CANCEL" in stopped.ics and stopped.sequence == told[2].sequence + 1, stopped.ics
 
     world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)
     resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
@@ -428,7 +429,7 @@ def test_a_holder_that_froze_before_its_carry_over_leaves_a_run_its_new_owner_is
 
     run = world.run()
     assert (run.state, run.lease_owner) == (RunState.running, "elsewhere:1/ab"), (run.state, run.reason)
-    assert world.notices(run_id) == ["rescheduled"]
+    assert world.notices(run_id) == ["scheduled", "rescheduled"]
 
 
 def test_a_stalled_run_resumed_with_no_later_window_is_refused_in_one_line_nothing_written(
@@ -453,4 +454,9 @@ def test_a_stalled_run_resumed_with_no_later_window_is_refused_in_one_line_nothi
     assert "\n" not in said and "--override-window" in said, said
     run = world.run()
     assert (run.state, run.reason, run.slot_start) == (stalled.state, stalled.reason, stalled.slot_start)
-    assert world.notices(run_id) == ["rescheduled", "rescheduled", "stopped"]  # the stall's, nothing more
+    assert world.notices(run_id) == [
+        "scheduled",
+        "rescheduled",
+        "rescheduled",
+        "stopped",
+    ]  # the stall's, nothing more

@@ -20,13 +20,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from flows.alerts import alert_sre
-from flows.run_notices import VendorTerms, queue_run_notice, update_ref
+from flows.run_notices import VendorTerms, customer_knows, queue_run_notice
 from flows.runtime import Runtime
 from inventory.models import UpgradeRun
-from inventory.outbox import Notice
 from inventory.run_report import node_rows
 
 
@@ -68,12 +67,6 @@ def mid_way(run: UpgradeRun, session: Session) -> bool:
         row["after"] or str(row["result"]).startswith("failed") or row["result"] == "interrupted"
         for row in node_rows(run, session)
     )
-
-
-def customer_knows(run: UpgradeRun, session: Session) -> bool:
-    """Whether the customer was told anything about this update before."""
-    query = select(Notice.id).where(col(Notice.update_ref) == update_ref(run.id)).limit(1)
-    return session.exec(query).first() is not None
 
 
 def tell_ending(

@@ -11,11 +11,11 @@ from sqlmodel import Session
 
 from flows import lease
 from flows.alerts import alert_sre as send_alert
-from flows.endings import customer_knows, mid_way, tell_ending, versions_at_stop
+from flows.endings import mid_way, tell_ending, versions_at_stop
 from flows.oncall import stall_headline, stall_page_key
 from flows.plan import UpdatePlan
 from flows.records import STALLED_REASON, node_done, nodes_touched, stopped_at
-from flows.run_notices import VendorTerms, queue_run_notice
+from flows.run_notices import VendorTerms, customer_knows, queue_run_notice
 from flows.run_window import past_cutoff, window_at, window_now
 from flows.runtime import Runtime
 from flows.schedule import next_window

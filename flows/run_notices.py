@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from flows.portal_links import PortalLinks, link_expiry
 from inventory.installation import installation_id
 from inventory.models import Cluster, Contact, Customer, Release, UpgradeRun
+from inventory.outbox import Notice
 from inventory.portal_access import designated_emails
 from scheduling.deferral import DeferralPolicy
 from scheduling.times import describe
@@ -78,6 +79,17 @@ class VendorTerms:
 
 def update_ref(run_id: int | None) -> str:
     return f"update-{run_id}"
+
+
+def customer_knows(run: UpgradeRun, session: Session) -> bool:
+    """Whether the customer was told anything about this update before (a notice of it was queued for
+    them, or one was delivered: `told_at`). Every later notice of a move or an ending asks this first: a
+    'rescheduled' or 'stopped' about an update never announced is the customer's first word of it
+    (flows/endings.py, adv50)."""
+    if run.told_at is not None:  # set only when a notice of it was delivered (inventory/runs.py)
+        return True
+    query = select(Notice.id).where(col(Notice.update_ref) == update_ref(run.id)).limit(1)
+    return session.exec(query).first() is not None
 
 
 def contact_emails(customer: Customer, session: Session) -> tuple[str, ...]:

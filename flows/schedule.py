@@ -22,6 +22,7 @@ from flows.run_notices import (
     DEFERRALS,
     VendorTerms,
     contact_emails,
+    customer_knows,
     queue_run_notice,
     update_ref,
 )
@@ -326,7 +327,12 @@ def reslot_update(
 ) -> UpgradeRun:
     """A planned update whose window passed without it starting (held by its rollout's waves, or no
     dispatcher ran) moves to the next window; the customer gets a `rescheduled` notice (same invite,
-    next SEQUENCE). No notice period applies: the customer already agreed to the update."""
+    next SEQUENCE). No notice period applies: the customer already agreed to the update.
+
+    Only if they were told of it (`customer_knows`, as a carry-over's and a stall's): an SRE's `upkeep
+    request --now` carried over, or stalled, in silence is planned with a slot and no notice, and its
+    'rescheduled' (the resume of the stall, the dispatcher's move) was the customer's first word of an
+    update they never heard of (adv50). Its start tells them ('started'), as for any `--now` run."""
     run = _planned(run_id, "re-slot", session)
     previous, previous_end = run.slot_start, run.slot_end
     assert previous is not None and previous_end is not None  # _planned checked it
@@ -337,12 +343,20 @@ def reslot_update(
         )
     except NoSlot as exc:
         raise ScheduleRefused(f"cannot re-slot {update_ref(run.id)}: {exc}") from None
+    knows = customer_knows(run, session)
     run.slot_start, run.slot_end = slot.start, slot.end
     run.notice_sequence += 1
     session.add(run)
-    _notify(
-        run, NoticeKind.rescheduled, now=now, session=session, vendor=vendor, previous=previous, reason=reason
-    )
+    if knows:
+        _notify(
+            run,
+            NoticeKind.rescheduled,
+            now=now,
+            session=session,
+            vendor=vendor,
+            previous=previous,
+            reason=reason,
+        )
     return run
 
 

@@ -506,7 +506,7 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     the row's lock (a cancel deciding at once waits); a live lease (the stalling process not yet gone)
     refuses. Returns what was done."""
     from flows import lease, records
-    from flows.run_notices import VendorTerms
+    from flows.run_notices import VendorTerms, customer_knows
     from flows.runtime import current
     from flows.schedule import ScheduleRefused, reslot_update
     from inventory.models import AuditEvent, RequestedAction, RunState
@@ -541,9 +541,14 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     session.add(moved)
     detail = {"slot_start": moved.slot_start.isoformat(), "stalled": before[:500]}
     session.add(AuditEvent(actor=actor, action="run.replanned", subject=f"run/{run_id}", detail=detail))
+    told = (
+        "the customer is told ('rescheduled')"
+        if customer_knows(moved, session)  # the 'rescheduled' queued, or none (never announced: adv50)
+        else "the customer was not told (the update was never announced to them; its start tells them)"
+    )
     return (
         f"run {run_id} was stalled and no window is open now: planned for {when}, the next window with room"
-        f"{STARTS_THEN}; the customer is told ('rescheduled')"
+        f"{STARTS_THEN}; {told}"
     )
 
 

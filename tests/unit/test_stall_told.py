@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlmodel import select
 
 from inventory.db import session_scope
+from inventory.models import RunState
 from tests.support.update_world import CLUSTER, MONDAY, TARGET, World
 from tests.unit.test_update_branches import _planned_monday, short_window
 from tests.unit.test_window_stalled_adversarial import (
@@ -19,6 +21,8 @@ from tests.unit.test_window_stalled_adversarial import (
     _taken_up_late,
     on_call_world,
 )
+
+DAY = timedelta(days=1)
 
 __all__ = ["on_call_world", "short_window"]  # the fixture, used here by name
 
@@ -109,3 +113,31 @@ def test_a_carry_over_of_an_update_the_customer_was_never_told_of_tells_them_not
     )
     assert "The customer was not told (the update was never announced to them)." in body, body
     assert "is sent the 'rescheduled' notice" not in body, body
+
+
+def test_the_resume_of_a_stalled_update_the_customer_was_never_told_of_tells_them_nothing(
+    on_call_world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """adv50: an SRE's `upkeep request --now`, taken up late three windows in a row, stalls with nothing
+    told (no 'rescheduled', no 'stopped': the customer never heard of it). The SRE fixes the cause at noon
+    and resumes it outside a window: planned for the next window, and the customer was mailed
+    "rescheduled" - their first word of an update they never heard of. As the carry-over and the stall
+    (`customer_knows`): nothing to them (the dispatcher's start tells 'started', their first word), and
+    the SRE reads that the customer was not told, not "the customer is told ('rescheduled')"."""
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _run_now_in_mondays_window(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)] == ["carried over"] * 2 + ["paused"]
+    assert world.notices(run_id) == []
+    world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)  # noon: the cause fixed
+    capsys.readouterr()
+
+    resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+
+    said = " ".join(capsys.readouterr().out.split())
+    run = world.run()
+    assert (run.state, run.slot_start) == (RunState.planned, MONDAY + 3 * DAY), (run.state, run.reason)
+    assert world.notices(run_id) == [], world.notices(run_id)
+    assert "the customer is told ('rescheduled')" not in said, said
+    assert "the customer was not told" in said, said

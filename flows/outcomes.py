@@ -174,6 +174,9 @@ def _tell_cancelled(runtime: Runtime, run: UpgradeRun, session: Session, now: da
         alert="run-cancelled",
         headline=f"run {run.id} was cancelled",
         cause=run.reason,
+        # 'cancelled' tells the customer "our support team is checking this node" for a node whose
+        # upgrade did not complete, and a cancel opens no case: this alert asks for it (adv50).
+        action=_check_nodes(run, session).strip(),
     )
 
 
@@ -605,9 +608,9 @@ def _stalled(
 
 
 def _check_nodes(run: UpgradeRun, session: Session) -> str:
-    """The stall's ask to check each node whose upgrade did not complete: the 'stopped' notice and the
-    portal tell the customer "our support team is checking this node", and a stall opens no case - this
-    alert is the one call to a person that backs those words."""
+    """The ask to check each node whose upgrade did not complete, for an ending that opens no case (a
+    stall, a cancel): its notice ('stopped', 'cancelled') and the portal tell the customer "our support
+    team is checking this node" - this alert is the one call to a person that backs those words."""
     from flows.endings import being_checked
 
     if not (nodes := being_checked(run, session)):

@@ -141,3 +141,36 @@ def test_the_resume_of_a_stalled_update_the_customer_was_never_told_of_tells_the
     assert world.notices(run_id) == [], world.notices(run_id)
     assert "the customer is told ('rescheduled')" not in said, said
     assert "the customer was not told" in said, said
+
+
+def test_a_node_the_cancelled_notice_says_is_being_checked_is_one_the_sre_is_asked_to_check(
+    on_call_world: World,
+) -> None:
+    """adv50: h-told backed the stall's "our support team is checking this node" with the SRE's alert.
+    A cancel says the same: the SRE cancels the stalled run (node 1's upgrade interrupted), and the
+    customer's 'cancelled' lists "node-1: upgrade did not complete; our support team is checking this
+    node". A cancel opens no case either, and its alert (run-cancelled) asked nobody to look at node 1.
+    The alert names it, as the stall's does."""
+    from inventory.alerts import Alert
+    from upkeep.updates import request_stop
+
+    world = on_call_world
+    run_id = _stalled_after_started(world)
+    node = world.nodes[0].hostname
+    world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)
+
+    request_stop(run_id, "cancel", engine=world.engine, actor="sre", reason="giving up on this one")
+
+    assert world.run().state == RunState.cancelled
+    cancelled = _customer_notice(world, run_id, "cancelled")
+    assert f"{node}: upgrade did not complete; our support team is checking this node" in " ".join(
+        cancelled.body_text.split()
+    ), cancelled.body_text
+    with session_scope(world.engine) as session:
+        query = select(Alert).where(Alert.run_id == run_id, Alert.kind == "run-cancelled")
+        [alert] = session.exec(query).all()
+    body = " ".join(alert.body_text.split())
+    assert f"Check {node}" in body, body
+    assert "the customer was told our support team is checking it" in body, body
+    for other in world.nodes[1:]:
+        assert f"Check {other.hostname}" not in body and f", {other.hostname}" not in body, body

@@ -174,3 +174,33 @@ def test_a_node_the_cancelled_notice_says_is_being_checked_is_one_the_sre_is_ask
     assert "the customer was told our support team is checking it" in body, body
     for other in world.nodes[1:]:
         assert f"Check {other.hostname}" not in body and f", {other.hostname}" not in body, body
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product decision (adv50): an SRE's `request --now` carried over in silence (h-told) has a slot "
+    "and no announcement; the dispatcher's re-check finds its notice too short ('never told yet'), moves "
+    "it days on and mails 'rescheduled' as the customer's first word. Suppressing that mail alone loops "
+    "in silence (told_at is never set, so every re-check moves it again). Decide: exempt a carried-over "
+    "run from the notice rule, or announce it at the carry-over ('scheduled' with the new slot)",
+)
+def test_a_request_now_carried_over_in_silence_starts_in_the_next_window_with_nothing_told(
+    on_call_world: World,
+) -> None:
+    """The run of an SRE's `upkeep request --now`, taken up past its cutoff: carried over to Tuesday's
+    window, the customer told nothing (h-told). At Tuesday 00:01 the dispatcher's claim re-checks the
+    slot against the notice period counted from `told_at` - never told - and moves it to Saturday with a
+    'rescheduled' mail: the first word of an update the customer never heard of, about a delay nobody
+    asked for. Carried over, the run goes on in the next window (no notice period: `next_window`)."""
+    from flows.dispatch import claim_due
+
+    world = on_call_world
+    run_id = _run_now_in_mondays_window(world)
+    assert _taken_up_late(world, run_id, 0) == "carried over"
+    assert world.notices(run_id) == []
+
+    world.clock.now = MONDAY + DAY + timedelta(minutes=1)
+    claim = claim_due(world.runtime, world.clock.now, timedelta(hours=1))
+
+    assert world.notices(run_id) == [], world.notices(run_id)
+    assert claim is not None and claim.run_id == run_id, (world.run().slot_start, world.run().reason)

@@ -201,7 +201,11 @@ def _ring_gate(run: UpgradeRun, session: Session) -> tuple[datetime, str] | None
 def planned_of(run: UpgradeRun) -> PlannedUpdate:
     assert run.slot_start is not None and run.slot_end is not None
     return PlannedUpdate(
-        Interval(run.slot_start, run.slot_end), kind=run.kind, urgent=run.urgent, told_at=run.told_at
+        Interval(run.slot_start, run.slot_end),
+        kind=run.kind,
+        urgent=run.urgent,
+        told_at=run.told_at,
+        started=run.started_at is not None,
     )
 
 

@@ -11,7 +11,10 @@ fixed order (an empty list means valid):
 * ``blackout``: no blackout (customer freeze, customer public holiday, vendor freeze) overlaps it;
 * ``notice``:   the customer's notice period is met, counted from when the customer was actually told
   of the update (a notice delivered, not merely queued); never told yet counts from `now`, since
-  the earliest the customer can still hear of it is now;
+  the earliest the customer can still hear of it is now. Not for an update that has already begun
+  (`started`: carried over to its next window, or a stalled one resumed): the notice period is for
+  the start, which is behind it, and counted from "never told" (an SRE's `upkeep request --now`) it
+  moved a carried-over run days on with a 'rescheduled' as the customer's first word (adv50);
 * ``deadline``: the slot does not start after the release deadline (the same rule as deferrals: a
   start exactly at the deadline is in time);
 * ``case``:     no open P0/P1 case on the cluster, unless the update is urgent;
@@ -71,6 +74,7 @@ class PlannedUpdate:
     kind: UpdateKind | str = UpdateKind.PRODUCT_UPDATE
     urgent: bool = False
     told_at: datetime | None = None
+    started: bool = False  # it began once (carried over or resumed): past its notice rule
 
     def __post_init__(self) -> None:
         if not isinstance(self.slot, Interval):
@@ -116,7 +120,9 @@ def invalid_reasons(update: PlannedUpdate, world: World, now: datetime) -> list[
             break
     needed = minimum_notice(world.notice, update.kind, update.urgent)
     told = update.told_at if update.told_at is not None else now_utc
-    if needed > timedelta(0) and slot.start - told < needed:  # a 0 h contract needs no telling first
+    if (
+        needed > timedelta(0) and not update.started and slot.start - told < needed
+    ):  # a 0 h contract needs no telling first
         when = "never told yet" if update.told_at is None else f"told {fmt_instant(told)}"
         reasons.append(
             Reason(

@@ -176,14 +176,6 @@ def test_a_node_the_cancelled_notice_says_is_being_checked_is_one_the_sre_is_ask
         assert f"Check {other.hostname}" not in body and f", {other.hostname}" not in body, body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product decision (adv50): an SRE's `request --now` carried over in silence (h-told) has a slot "
-    "and no announcement; the dispatcher's re-check finds its notice too short ('never told yet'), moves "
-    "it days on and mails 'rescheduled' as the customer's first word. Suppressing that mail alone loops "
-    "in silence (told_at is never set, so every re-check moves it again). Decide: exempt a carried-over "
-    "run from the notice rule, or announce it at the carry-over ('scheduled' with the new slot)",
-)
 def test_a_request_now_carried_over_in_silence_starts_in_the_next_window_with_nothing_told(
     on_call_world: World,
 ) -> None:

@@ -73,6 +73,15 @@ def test_notice_counts_from_when_the_customer_was_told() -> None:
     assert reasons(update=PlannedUpdate(SLOT), now=SLOT.start - timedelta(hours=71)) == ["notice"]
 
 
+def test_an_update_that_has_begun_is_past_its_notice_rule() -> None:
+    """Carried over to its next window (or a stalled one resumed), the update began: the notice period
+    is for its start. Counted from "never told" (an SRE's `request --now`), it moved the run days on."""
+    assert reasons(update=PlannedUpdate(SLOT), now=SLOT.start - timedelta(hours=1)) == ["notice"]
+    assert reasons(update=PlannedUpdate(SLOT, started=True), now=SLOT.start - timedelta(hours=1)) == []
+    begun = PlannedUpdate(SLOT, told_at=SLOT.start - timedelta(hours=2), started=True)
+    assert reasons(update=begun) == []
+
+
 def test_urgent_needs_only_the_urgent_minimum() -> None:
     update = PlannedUpdate(SLOT, urgent=True, told_at=SLOT.start - timedelta(hours=30))
     assert reasons(update=update) == []

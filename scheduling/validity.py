@@ -151,7 +151,10 @@ def replacement_slot(update: PlannedUpdate, world: World, now: datetime) -> Inte
         raise NoSlot("the release was withdrawn")
     if world.blocking_case and not update.urgent:
         raise NoSlot(f"case {world.blocking_case} is open on the cluster; only an urgent update may run")
-    notice = minimum_notice(world.notice, update.kind, update.urgent)
+    # An update that has begun is past its notice rule (`invalid_reasons`): moved off a slot a blackout,
+    # window or case now forbids, it goes on in its first valid window, as a carry-over does
+    # (flows/schedule.py `next_window`), not days on behind a notice period counted from now (adv51).
+    notice = timedelta(0) if update.started else minimum_notice(world.notice, update.kind, update.urgent)
     slot = find_slot(
         now=now_utc,
         windows=world.windows,

@@ -196,3 +196,39 @@ def test_a_request_now_carried_over_in_silence_starts_in_the_next_window_with_no
 
     assert world.notices(run_id) == [], world.notices(run_id)
     assert claim is not None and claim.run_id == run_id, (world.run().slot_start, world.run().reason)
+
+
+def test_a_request_now_carried_over_in_silence_then_frozen_goes_on_after_the_freeze_with_nothing_told(
+    on_call_world: World,
+) -> None:
+    """adv51: the run of an SRE's `upkeep request --now`, carried over in silence to Tuesday's window;
+    then the customer freezes Tuesday. The blackout rule still applies to an update that has begun, so the
+    dispatcher's re-check moves it. Its new slot counted the full notice period from now (Saturday, not
+    Wednesday: `replacement_slot` knew nothing of `started`, which `invalid_reasons` exempts from notice)
+    and 'rescheduled' was mailed (flows/integrity.py `_move` never asked `customer_knows`): the customer's
+    first word of an update they never heard of, the days-long move 6a18f75 removed for the notice rule
+    alone. Begun, it goes on in the first window after the freeze, and a move tells only a customer who
+    knows of the update."""
+    from datetime import date
+
+    from flows.dispatch import claim_due
+    from inventory.repo import get_cluster
+    from inventory.windows import Blackout
+
+    world = on_call_world
+    run_id = _run_now_in_mondays_window(world)
+    assert _taken_up_late(world, run_id, 0) == "carried over"
+    assert world.notices(run_id) == []
+    with session_scope(world.engine) as session:
+        customer_id = get_cluster(CLUSTER, session=session).customer_id
+        tuesday = date(2026, 12, 8)
+        session.add(
+            Blackout(customer_id=customer_id, start=tuesday, end=tuesday, timezone="UTC", reason="freeze")
+        )
+
+    world.clock.now = MONDAY + DAY + timedelta(minutes=1)
+    assert claim_due(world.runtime, world.clock.now, timedelta(hours=1)) is None  # frozen: not started
+
+    run = world.run()
+    assert run.slot_start == MONDAY + 2 * DAY, run.slot_start  # Wednesday's window, not Saturday's
+    assert world.notices(run_id) == [], world.notices(run_id)

@@ -69,7 +69,10 @@ def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | Non
     """None if `run` may start now; otherwise why it waits (or why the rollout halted)."""
     assert run.id is not None
     found = rollout_of_run(run.id, session=session)
-    if found is None or run.started_at is not None:
+    # A run mid-way (a node changed) goes on: its cluster runs mixed versions. One that began and was
+    # carried over before its first node (its window had no room left) changed nothing: it is a further
+    # update of the release like any other, and a halted rollout started it in its next window (adv51).
+    if found is None or (run.started_at is not None and _touched(run, session)):
         return None
     rollout = session.exec(select(Rollout).where(Rollout.id == found[0].id).with_for_update()).one()
     halted = halt_if_budget_exceeded(rollout, session=session, now=now)
@@ -93,6 +96,15 @@ def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | Non
         max_concurrent=rollout.max_concurrent,
         per_customer_limit=rollout.per_customer_limit,
     )
+
+
+def _touched(run: UpgradeRun, session: Session) -> bool:
+    """Whether a node was changed in `run` (flows/records.py `nodes_touched`, in this transaction)."""
+    from flows.records import UNTOUCHED
+    from inventory.models import NodeStep
+
+    touched = select(NodeStep.id).where(col(NodeStep.run_id) == run.id, col(NodeStep.step).not_in(UNTOUCHED))
+    return session.exec(touched.limit(1)).first() is not None
 
 
 def _idle(run: UpgradeRun, session: Session) -> bool:

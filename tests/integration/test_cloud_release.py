@@ -538,3 +538,28 @@ def test_announced_slots_respect_ring_order_and_soak(fleet: Engine) -> None:
         if earlier_rank < rank and run.slot_start < earlier.slot_end + timedelta(minutes=60)  # type: ignore[operator]
     ]
     assert too_early == []
+
+
+def test_a_halted_rollout_starts_no_carried_over_run_that_changed_nothing(fleet: Engine) -> None:
+    """adv51: an early-ring run claimed, then carried over before its first node (the window had no room
+    left: flows/product_update.py `_no_room_at_the_start`, the customer told "nothing was changed") is
+    planned again with its `started_at` kept. The ring's other runs then fail past the error budget and
+    halt the rollout: "no further update of this release starts". The gate let the carried-over run
+    through (`started_at` set: as if mid-way), so it started the halted release on a cluster it had not
+    touched in its next window."""
+    _plan(fleet, max_failures=1, soak_minutes=0)
+    due = _last_slot(fleet) + timedelta(minutes=1)
+    _start(fleet, CANARY, due)
+    _finish(fleet, CANARY, RunState.succeeded, due + timedelta(minutes=10))
+    early_at = due + timedelta(minutes=20)
+    _start(fleet, EARLY, early_at)
+    with session_scope(fleet) as session:  # c05 carried over, nothing done: as flows/outcomes.py writes it
+        run = _runs(session)["c05"]
+        run.state, run.slot_start = RunState.planned, early_at + timedelta(days=1)
+        run.slot_end, run.lease_owner = early_at + timedelta(days=1, hours=1), None
+        session.add(run)
+    _finish(fleet, ["c03", "c04"], RunState.failed, early_at + timedelta(minutes=5))
+
+    later = early_at + timedelta(days=1, minutes=1)
+    assert "halted" in (_gate(fleet, "c07", later) or "")
+    assert "halted" in (_gate(fleet, "c05", later) or ""), _gate(fleet, "c05", later)

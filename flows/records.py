@@ -200,8 +200,18 @@ def nodes_touched(engine: Engine, run_id: int) -> bool:
     been told the update started, and a failure is theirs to hear about. A package staged by
     distribute changes nothing they run, so a failure up to there is vendor-side; nor does a wait for a
     closed support tunnel."""
-    query = select(NodeStep.id).where(col(NodeStep.run_id) == run_id, col(NodeStep.step).not_in(UNTOUCHED))
-    return retrying(engine, lambda conn: conn.execute(query.limit(1)).first()) is not None
+    query = touched_steps(run_id)
+    return retrying(engine, lambda conn: conn.execute(query).first()) is not None
+
+
+def touched_steps(run_id: int | None) -> Any:
+    """The query for one step of `run_id` that changed a node (none: nothing it runs was touched);
+    `nodes_touched` asks it, and the rollout's gate in the gate's own transaction."""
+    return (
+        select(NodeStep.id)
+        .where(col(NodeStep.run_id) == run_id, col(NodeStep.step).not_in(UNTOUCHED))
+        .limit(1)
+    )
 
 
 # The steps that change nothing a node runs (`nodes_touched`).

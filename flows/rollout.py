@@ -100,11 +100,9 @@ def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | Non
 
 def _touched(run: UpgradeRun, session: Session) -> bool:
     """Whether a node was changed in `run` (flows/records.py `nodes_touched`, in this transaction)."""
-    from flows.records import UNTOUCHED
-    from inventory.models import NodeStep
+    from flows.records import touched_steps
 
-    touched = select(NodeStep.id).where(col(NodeStep.run_id) == run.id, col(NodeStep.step).not_in(UNTOUCHED))
-    return session.exec(touched.limit(1)).first() is not None
+    return session.exec(touched_steps(run.id)).first() is not None
 
 
 def _idle(run: UpgradeRun, session: Session) -> bool:
@@ -113,13 +111,9 @@ def _idle(run: UpgradeRun, session: Session) -> bool:
     cluster for the limits to guard. Counted in flight, it held its customer's (and the release's) slot
     for as long as nobody acted, and their other clusters waited at this gate window after window, each
     re-slotted with a 'rescheduled' mail (adv41). A stalled run mid-way still counts."""
-    from flows.records import UNTOUCHED, stalled
-    from inventory.models import NodeStep
+    from flows.records import stalled
 
-    if not stalled(run):
-        return False
-    touched = select(NodeStep.id).where(col(NodeStep.run_id) == run.id, col(NodeStep.step).not_in(UNTOUCHED))
-    return session.exec(touched.limit(1)).first() is None
+    return stalled(run) and not _touched(run, session)
 
 
 def _members(rollout: Rollout, session: Session) -> list[Member]:

@@ -53,6 +53,25 @@ _KEPT = {"PATH", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"}
 BLOCK_TIMEOUT = 300.0  # generous: a loaded 2-core machine; not a performance claim
 
 
+def _port_no_one_is_handed() -> int:
+    """A free port below the kernel's ephemeral range, for the Prefect server the doc starts many
+    seconds later. A port from `free_ports` (bind to 0, closed) went back to the kernel, which handed
+    it to a lab's sshd of another test meanwhile: the server could not bind, and the doc's `curl
+    .../health` read the SSH banner ("Received HTTP/0.9 when not allowed", a fresh-clone run). Below
+    the range no bind to 0 and no outgoing connection is given it; other pickers here are rare."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    floor = 10000 if low > 12000 else 1024
+    for _ in range(200):
+        port = floor + secrets.randbelow(max(1, low - floor))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((LOCALHOST, port))
+            except OSError:
+                continue
+        return port
+    return free_ports(1)[0]
+
+
 @dataclass(frozen=True)
 class Block:
     role: str
@@ -271,7 +290,7 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
 
     # This machine's site: fresh database names, a free port, the lab where `upkeep lab env` finds it.
     token = secrets.token_hex(4)
-    port = free_ports(1)[0]
+    port = _port_no_one_is_handed()
     home = tmp_path / "home"
     lab = Lab(home / "lab")
     values = {

@@ -441,7 +441,7 @@ def _limit_answer(reply: Any) -> Any:
     from pydantic import ValidationError
 
     if reply.status_code != 200:
-        return f"HTTP {reply.status_code} {_one_line(printable(reply.reason_phrase), 60)}".rstrip()
+        return _http_status(reply)
     answer = _json_answer(reply)
     if answer is None:
         return f"something that is not a limit ({_kind(reply)}, not JSON)"
@@ -460,13 +460,17 @@ def _answered(name: str, api: str, fix: str, checks: Iterator[Check]) -> Iterato
     try:
         yield from checks
     except httpx.HTTPStatusError as exc:
-        answer = f"HTTP {exc.response.status_code} {_one_line(printable(exc.response.reason_phrase), 60)}"
-        yield fail(name, f"{api}: answered {exc.request.url.path} with {answer.rstrip()}", fix)
+        yield fail(name, f"{api}: answered {exc.request.url.path} with {_http_status(exc.response)}", fix)
     except httpx.HTTPError as exc:
         what = _one_line(printable(str(exc) or type(exc).__name__), 200)
         yield fail(name, f"{api}: did not answer {exc.request.url.path} ({what})", fix)
     except NotPrefects as exc:
         yield fail(name, f"{api}: {exc}", fix)
+
+
+def _http_status(reply: Any) -> str:
+    """'HTTP 500 Internal Server Error': an error answer of the Prefect API (or a proxy), on one line."""
+    return f"HTTP {reply.status_code} {_one_line(printable(reply.reason_phrase), 60)}".rstrip()
 
 
 class NotPrefects(ValueError):
@@ -519,9 +523,9 @@ def _deployments(http: Any) -> Iterator[Check]:
     scheduled = any(s.get("active") for s in dispatch.get("schedules", []))
     toggled_off = scheduled and bool(dispatch.get("paused"))  # the UI's toggle: the deployment paused
     live = scheduled and not dispatch.get("paused")
+    keep = "true" if live else "false"  # what the variable must say: a live dispatcher stays live
     if missing:
         deploy = "from the checkout, with UPKEEP_CHECKOUT unset: prefect --no-prompt deploy --all"
-        keep = "true" if live else "false"  # a live dispatcher (one deployment deleted) stays live
         yield fail(
             "deployments",
             f"missing: {', '.join(missing)}; {_first_deploy(intent)}",
@@ -539,7 +543,6 @@ def _deployments(http: Any) -> Iterator[Check]:
         if toggled_off
         else "dispatch schedule paused: nothing starts or is sent by itself"
     )
-    keep = "true" if live else "false"
     fix = f"prefect variable set {SCHEDULES_VARIABLE} {keep} --overwrite"
     if intent.unread:
         yield warn(

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 from flows.portal_links import PortalLinks, link_expiry
 from inventory.installation import installation_id
 from inventory.models import Cluster, Contact, Customer, Release, UpgradeRun
-from inventory.outbox import Notice
+from inventory.outbox import Notice, NoticeState
 from inventory.portal_access import designated_emails
 from scheduling.deferral import DeferralPolicy
 from scheduling.times import describe
@@ -82,13 +82,22 @@ def update_ref(run_id: int | None) -> str:
 
 
 def customer_knows(run: UpgradeRun, session: Session) -> bool:
-    """Whether the customer was told anything about this update before (a notice of it was queued for
-    them, or one was delivered: `told_at`). Every later notice of a move or an ending asks this first: a
-    'rescheduled' or 'stopped' about an update never announced is the customer's first word of it
-    (flows/endings.py, adv50)."""
+    """Whether the customer was told anything about this update before (a notice of it was delivered:
+    `told_at`, or one is still on its way to them: pending, a temporary refusal retried). Every later
+    notice of a move or an ending asks this first: a 'rescheduled' or 'stopped' about an update never
+    announced is the customer's first word of it (flows/endings.py, adv50). A notice the mail server
+    refused for good (`failed`, a 5xx), or one superseded before it went out, told them nothing: a
+    customer whose only 'scheduled' bounced never heard of the update."""
     if run.told_at is not None:  # set only when a notice of it was delivered (inventory/runs.py)
         return True
-    query = select(Notice.id).where(col(Notice.update_ref) == update_ref(run.id)).limit(1)
+    query = (
+        select(Notice.id)
+        .where(
+            col(Notice.update_ref) == update_ref(run.id),
+            col(Notice.state).in_((NoticeState.pending, NoticeState.sent)),
+        )
+        .limit(1)
+    )
     return session.exec(query).first() is not None
 
 

@@ -24,7 +24,7 @@ from inventory.alerts import queue_alert
 from inventory.cases import Case, CaseError, CaseStatus, EscalatedBy, check_case_ref, escalate, open_case
 from inventory.importer_model import mailbox_key
 from inventory.models import AuditEvent, Cluster, Customer, Node, RunState, UpgradeRun
-from inventory.runs import stalled
+from inventory.runs import stopped_for_now
 from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot
 from scheduling.windows import Interval
@@ -260,8 +260,9 @@ def _view(run: UpgradeRun, customer: Customer, session: Session) -> UpcomingUpda
 
 @dataclass(frozen=True)
 class StoppedUpdate:
-    """An update stopped for now (stalled: paused by the bound on idle windows, flows/outcomes.py), as
-    the customer sees it: what their 'stopped' notice said, never the SRE's reason (hosts, commands)."""
+    """An update stopped for now as its customer was told ('stopped': stalled by the bound on idle windows,
+    or paused by an SRE past its window's end; inventory/runs.py `stopped_for_now`), as the customer sees
+    it: what their 'stopped' notice said, never the SRE's reason (hosts, commands)."""
 
     id: int
     ref: str
@@ -278,7 +279,7 @@ def stopped_updates(customer: Customer, *, session: Session) -> list[StoppedUpda
     """The customer's announced updates stopped for now, oldest first. Neither upcoming (planned) nor
     past (ended), a stalled run vanished from the portal while the customer was told it stopped."""
     query = _announced(customer, RunState.paused).order_by(col(UpgradeRun.id))
-    return [_stopped(run, customer, session) for run in session.exec(query) if stalled(run)]
+    return [_stopped(run, customer, session) for run in session.exec(query) if stopped_for_now(run)]
 
 
 def stopped_update(run_id: int, customer: Customer, *, session: Session) -> StoppedUpdate:
@@ -287,7 +288,7 @@ def stopped_update(run_id: int, customer: Customer, *, session: Session) -> Stop
     cluster = session.get(Cluster, run.cluster_id) if run is not None else None
     if run is None or cluster is None or cluster.customer_id != customer.id:
         raise NotYours(f"no update {update_ref(run_id)} for {customer.name}")
-    if not stalled(run) or run.slot_start is None:
+    if not stopped_for_now(run) or run.slot_start is None:
         raise NotYours(f"{update_ref(run_id)} is {run.state}; not stopped")
     return _stopped(run, customer, session)
 

@@ -33,6 +33,7 @@ from inventory.models import NodeStep, StepState, UpgradeRun
 from inventory.runs import STALLED_REASON as STALLED_REASON  # beside the runs: inventory's read models
 from inventory.runs import TAIL_CHARS
 from inventory.runs import stalled as stalled  # tell a stalled run apart too (`upkeep show`, the portal)
+from inventory.runs import stopped_for_now as stopped_for_now  # a stall, or a pause past its window
 from inventory.types import utcnow
 
 _STEPS: Any = NodeStep.__table__  # type: ignore[attr-defined]

@@ -42,6 +42,26 @@ def stalled(run: UpgradeRun) -> bool:
     return RunState(run.state) is RunState.paused and str(run.reason).startswith(STALLED_REASON)
 
 
+# How the reason of a run an SRE paused begins once its announced window ended with it still paused and
+# the customer, told of the update, was sent the 'stopped' notice (flows/outcomes.py
+# `tell_paused_past_window`, run by the dispatcher's tick). The SRE's own words follow.
+PAUSED_STOPPED_REASON = "paused past its window, the customer told 'stopped': "
+
+
+def paused_stopped(run: UpgradeRun) -> bool:
+    """Whether `run` is paused by an SRE and the customer was told it stopped for now (its window ended
+    with it paused). SRE-side (`upkeep show`, `release status`) it stays 'paused', not 'stalled'."""
+    return RunState(run.state) is RunState.paused and str(run.reason).startswith(PAUSED_STOPPED_REASON)
+
+
+def stopped_for_now(run: UpgradeRun) -> bool:
+    """Whether `run` is stopped for now as its customer was told ('stopped'): stalled by the bound on idle
+    windows, or paused by an SRE past the end of its window. The one question asked customer-side (the
+    portal's "Stopped for now") and by what follows such a stop: `upkeep resume` plans it for the next
+    window outside one, and its 'started' supersedes the 'stopped' (a new SEQUENCE)."""
+    return stalled(run) or paused_stopped(run)
+
+
 class ActiveRunExists(Exception):
     """The cluster already has an update in flight; the database refused a second one."""
 

@@ -8,7 +8,8 @@ Each tick, in this order:
    most `max_running` at once, counting only runs under a live lease. A cloud release run starts only
    when its rollout's gate (waves, error budget) allows. Every claim is one conditional UPDATE that
    also writes the lease, so two dispatchers never start or take over the same run;
-3. on-call pages, escalations and SRE alerts;
+3. on-call pages, escalations and SRE alerts; (before the reminders) the customers of runs an SRE paused
+   whose window has ended told 'stopped' (flows/outcomes.py `tell_paused_past_window`);
 4. delivery of the customers' notice outbox, last and bounded (DELIVERY_LIMIT notices, DELIVERY_BUDGET
    of time): the tick's decisions never wait behind the mail server.
 
@@ -41,6 +42,7 @@ from flows.cloud_release import replan_skipped
 from flows.integrity import reasons_for, recheck
 from flows.notify import deliver_pending
 from flows.oncall import escalate_due, page_triggers
+from flows.outcomes import tell_paused_past_window
 from flows.plan import plan_update
 from flows.records import first_step
 from flows.report import held_summaries
@@ -99,6 +101,8 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
     now = runtime.clock()
     replan_skipped(engine=runtime.engine, now=now, actor=runtime.actor)  # skipped clusters whose case closed
     reslot_missed(runtime, now)
+    # Runs an SRE paused whose announced window has now ended: the customer told 'stopped' (once each).
+    stopped = tell_paused_past_window(runtime, now)
     reminded = send_reminders(runtime, now)
     from flows.escalation import check_update_cadence
 
@@ -139,6 +143,7 @@ def dispatch(max_running: int = 10, via_deployments: bool = False) -> dict[str, 
         "alerts_sent": len(alerts.sent),
         "paged": paged,
         "escalated": escalated,
+        "stopped": stopped,
     }
     name_tick(now, result)
     return result
@@ -165,6 +170,7 @@ def tick_name(now: datetime, result: dict[str, Any]) -> str:
         (result["alerts_sent"], "alerts"),
         (len(result.get("paged", [])), "paged"),
         (len(result.get("escalated", [])), "escalated"),
+        (len(result.get("stopped", [])), "stopped"),
     ]
     did = ", ".join(f"{n} {what}" for n, what in counts if n)
     return f"dispatch {now:%H:%M}: {did or 'idle'}"

@@ -643,3 +643,92 @@ def _last_told(run: UpgradeRun, session: Session) -> str:
         f"Before the stall, the customer's last notice of it was '{kind}' ({at:%Y-%m-%d %H:%M} UTC)"
         f"{started}. Tell them what happens next once you know it."
     )
+
+
+def tell_paused_past_window(runtime: Runtime, now: datetime) -> list[int]:
+    """The dispatcher's tick: each run an SRE paused (`upkeep pause`) whose announced window has ended
+    with it still paused, its customer told of the update, is told stopped for now - the stall's own
+    'stopped' notice (fixed words: no SRE reason, no hosts; N of M nodes on the new version, or nothing
+    changed; a CANCEL at the next SEQUENCE) - and the SRE is alerted, asked to check each node the notice
+    says our support team is checking. The customer was told the update happens in that window ('started':
+    "you will hear from us when it is done"); a pause resumed inside it tells nothing more, one still
+    paused at its end left them with nothing. Returns the runs told now.
+
+    Once per pause: the run's reason is marked (`PAUSED_STOPPED_REASON`) in the transaction that queues
+    the notice, under the run's row lock, re-read there: two dispatchers at once tell it once (the second
+    waits, then finds it marked), as two processes stalling one run; a process killed before its commit
+    wrote nothing and the next tick tells it. A pause still pending on a running run (`requested_action`,
+    its node in progress) is its process's to honour, or the take-over's once that process is gone: the
+    tick after that tells it. A customer never told of the update is told nothing (`customer_knows`)."""
+    from sqlalchemy import func
+    from sqlmodel import col, select
+
+    from inventory.models import UpgradeRun
+    from inventory.runs import PAUSED_STOPPED_REASON
+
+    end = func.coalesce(col(UpgradeRun.window_end), col(UpgradeRun.slot_end))
+    with session_scope(runtime.engine) as session:
+        candidates = session.exec(
+            select(UpgradeRun.id)
+            .where(
+                UpgradeRun.state == RunState.paused,
+                col(UpgradeRun.override_reason).is_(None) | (col(UpgradeRun.override_reason) == ""),
+                ~col(UpgradeRun.reason).startswith(STALLED_REASON),
+                ~col(UpgradeRun.reason).startswith(PAUSED_STOPPED_REASON),
+                end <= now,
+            )
+            .order_by(col(UpgradeRun.id))
+        ).all()
+    told = []
+    for run_id in candidates:
+        assert run_id is not None
+        try:
+            if _tell_paused_stopped(runtime, run_id, now):
+                told.append(run_id)
+        except Exception:  # one run's trouble never stops the tick for the others
+            log.exception("run %s: the 'stopped' notice of its pause past its window was not queued", run_id)
+    return told
+
+
+def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
+    """`tell_paused_past_window` for one run, in one transaction under its row lock."""
+    from flows.run_window import window_end
+    from inventory.models import Cluster
+    from inventory.runs import PAUSED_STOPPED_REASON, stalled
+
+    with session_scope(runtime.engine) as session:
+        run = get_run(run_id, session=session, lock=True)
+        end = window_end(run)
+        if (
+            RunState(run.state) is not RunState.paused
+            or stalled(run)
+            or run.reason.startswith(PAUSED_STOPPED_REASON)
+            or end is None
+            or end > now
+            or not customer_knows(run, session)
+        ):
+            return False  # resumed, cancelled or told meanwhile (another dispatcher), or nobody to tell
+        before = run.reason
+        run.reason = (
+            f"{PAUSED_STOPPED_REASON}{before or 'paused'}; its window ended {end:%Y-%m-%d %H:%M} UTC with it "
+            "paused"
+        )[:2000]
+        cluster = session.get(Cluster, run.cluster_id)
+        label = f"{cluster.name if cluster else run.cluster_id} {run.from_version}→{run.to_version}"
+        tell_ending(
+            runtime,
+            run,
+            session=session,
+            now=now,
+            notice="stopped",  # the stall's fixed words: the SRE's reason may name hosts
+            customer_reason="",
+            alert="paused-stopped",
+            headline=f"run {run_id} ({label}) still paused at its window's end: the customer is told it "
+            "stopped for now",
+            cause=before or "paused by request",
+            action=_check_nodes(run, session) + f"`upkeep resume {run_id}` (inside a window it goes on at "
+            "once, the customer told 'started'; outside one it is planned for the next window with room, the "
+            f"customer told 'rescheduled'), or `upkeep cancel {run_id} --reason TEXT`.",
+        )
+        session.add(run)
+    return True

@@ -80,7 +80,14 @@ from inventory import repo
 from inventory.cases import check_case_ref
 from inventory.db import server_away, session_scope
 from inventory.models import Cluster, RequestedAction, RunKind, RunState, UpgradeRun
-from inventory.runs import REFUSED, close_open_steps, create_run, get_run, stalled
+from inventory.runs import (
+    PAUSED_STOPPED_REASON,
+    REFUSED,
+    close_open_steps,
+    create_run,
+    get_run,
+    stopped_for_now,
+)
 from tasks.failpoints import failpoint
 
 T = TypeVar("T")
@@ -893,12 +900,15 @@ def _claim(
                 and not run.reason.startswith(REFUSED)
             ):
                 run.reason = ""
-            if stalled(run):
-                # A stall told the customer 'stopped' (a CANCEL at this SEQUENCE); what the resume says
-                # next ('started', 'completed', ...) is a new version of the update, so it supersedes a
-                # 'stopped' still in the outbox (a mail server down): at the same SEQUENCE, delivered
-                # by due time, 'stopped' reached the customer after 'started' and 'completed' (adv49).
+            if stopped_for_now(run):
+                # A stall (or an SRE's pause past its window) told the customer 'stopped' (a CANCEL at this
+                # SEQUENCE); what the resume says next ('started', 'completed', ...) is a new version of
+                # the update, so it supersedes a 'stopped' still in the outbox (a mail server down): at
+                # the same SEQUENCE, delivered by due time, 'stopped' reached the customer after 'started'
+                # and 'completed' (adv49). A pause past its window told is told no more once it goes on:
+                # paused again, its next window's end tells 'stopped' again, at this new SEQUENCE.
                 run.notice_sequence += 1
+                run.reason = run.reason.removeprefix(PAUSED_STOPPED_REASON)
         run.state = RunState.running
         run.started_at = run.started_at or runtime.clock()
         record_window(run, runtime.clock(), session=session)  # the window it runs in, at every start

@@ -435,7 +435,7 @@ def resume_run(
             and has_window(run)
             and not room_for_a_node(window_at(run, now, session=session), now, runtime.per_node_estimate)
         ):
-            if not records.stalled(run):
+            if not records.stopped_for_now(run):  # a stall, or a pause past its window: told 'stopped'
                 where = _next_slot(run, now, session)
                 raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
             replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser())
@@ -504,7 +504,8 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     refused outside it, a paused run that nothing starts needed the SRE up at that hour, a window
     overridden, or a cancel and a new request (the approval and the copies on the nodes lost). Under
     the row's lock (a cancel deciding at once waits); a live lease (the stalling process not yet gone)
-    refuses. Returns what was done."""
+    refuses. Returns what was done. An SRE's pause whose window ended with it paused told the customer
+    'stopped' as a stall does (flows/outcomes.py `tell_paused_past_window`): its resume is the same."""
     from flows import lease, records
     from flows.run_notices import VendorTerms, customer_knows
     from flows.runtime import current
@@ -512,13 +513,13 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     from inventory.models import AuditEvent, RequestedAction, RunState
 
     run = get_run(run_id, session=session, lock=True)
-    if not records.stalled(run):
+    if not records.stopped_for_now(run):
         raise CliError(f"run {run_id} is {run.state} now (changed just now); see `upkeep show {run_id}`")
     # The claim's own rule and clock (`_lease_clock`, which leases are written by), as the read-only
     # check before: another resume may have claimed the run between that check and this lock.
     if held := lease.held_live(run, _lease_clock()):
         raise CliError(held, code=2)
-    before = run.reason
+    before, was = run.reason, "stalled" if records.stalled(run) else "paused past its window"
     run.state, run.requested_action = RunState.planned, RequestedAction.none
     run.lease_owner = run.lease_until = run.lease_since = None
     session.add(run)
@@ -537,7 +538,8 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
         ) from None
     assert moved.slot_start is not None
     when = f"{moved.slot_start:%Y-%m-%d %H:%M} UTC"
-    moved.reason = f"resumed by {actor} after a stall: planned for {when} (was: {before})"[:2000]
+    after = "a stall" if was == "stalled" else "a pause past its window"
+    moved.reason = f"resumed by {actor} after {after}: planned for {when} (was: {before})"[:2000]
     session.add(moved)
     detail = {"slot_start": moved.slot_start.isoformat(), "stalled": before[:500]}
     session.add(AuditEvent(actor=actor, action="run.replanned", subject=f"run/{run_id}", detail=detail))
@@ -547,7 +549,7 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
         else "the customer was not told (the update was never announced to them; its start tells them)"
     )
     return (
-        f"run {run_id} was stalled and no window is open now: planned for {when}, the next window with room"
+        f"run {run_id} was {was} and no window is open now: planned for {when}, the next window with room"
         f"{STARTS_THEN}; {told}"
     )
 
@@ -655,9 +657,34 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
         if action == "cancel":
             run.reason = f"cancelled by {actor}: {reason}"  # the flow's cancel ending tells it
         session.add(run)
+        then = _told_at_window_end(run, session) if action == "pause" and state is RunState.running else ""
         if run.needs_approval and state is RunState.running:
-            return _stop_at_the_gate(run, action)
-    return f"run {run_id}: {action} requested; the node in progress finishes first"
+            return _stop_at_the_gate(run, action) + then
+    return f"run {run_id}: {action} requested; the node in progress finishes first{then}"
+
+
+def _told_at_window_end(run: Any, session: Any) -> str:
+    """What a pause's answer says of the customer: a customer told of the update hears it stopped for now
+    ('stopped') if it is still paused when its window ends (flows/outcomes.py `tell_paused_past_window`),
+    the end said in their zone and in UTC; "" when nothing will be told (no window, never announced)."""
+    from zoneinfo import ZoneInfo
+
+    from flows.run_notices import customer_knows
+    from flows.run_window import window_end
+    from inventory import repo
+    from inventory.models import Cluster
+
+    end = window_end(run)
+    if end is None or not customer_knows(run, session):
+        return ""
+    cluster = session.get(Cluster, run.cluster_id)
+    zone = repo.customer_of(cluster, session=session).timezone if cluster is not None else "UTC"
+    local = end.astimezone(ZoneInfo(zone))
+    return (
+        f"; if it is not resumed before its window ends at {local:%Y-%m-%d %H:%M} {zone} "
+        f"({end.astimezone(ZoneInfo('UTC')):%Y-%m-%d %H:%M} UTC), the customer is told it stopped for now "
+        "('stopped')"
+    )
 
 
 def _stop_at_the_gate(run: Any, action: str) -> str:

@@ -293,18 +293,48 @@ def test_a_process_killed_while_queuing_the_stopped_notice_leaves_no_stall_and_t
     assert len(alerts) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product decision: an SRE's `upkeep pause` after the customer was told 'started' tells them "
-    "nothing (the stall now says 'stopped'; a pause by hand is the SRE's to tell, README), nor does the "
-    "portal show the paused update (neither upcoming nor past)",
-)
 def test_an_update_an_sre_pauses_after_started_tells_the_customer_it_stopped(on_call_world: World) -> None:
     """The same customer surprise the stall had: told 'started' ("you will hear from us when it is
-    done"), node 1 upgraded, then paused by an SRE - and nothing. The stall's 'stopped' would fit."""
+    done"), node 1 upgraded, then paused by an SRE - and nothing. Decided (h-pause): a pause inside the
+    window tells nothing more; the window (00:00-01:00) ending with it still paused, the dispatcher's tick
+    sends the stall's 'stopped' - once, its CANCEL at the next SEQUENCE, the fixed words (1 of 3 nodes on
+    9.10.0, no SRE reason) - and the SRE is alerted; the portal shows it "Stopped for now"."""
+    from sqlmodel import select
+
+    from flows.outcomes import tell_paused_past_window
+    from flows.portal_actions import stopped_updates
+    from inventory.alerts import Alert
+    from inventory.db import session_scope
+    from inventory.models import Customer, RunState
+    from inventory.runs import stalled
+    from tests.unit.test_window_stalled_adversarial import _customer_notice
+
     world = on_call_world
     run_id = _planned_monday(world)
     world.clock.now = MONDAY + timedelta(minutes=1)
     world.paused_after_node_1(run_id=run_id)
+    assert world.notices(run_id) == ["scheduled", "started"]
+
+    assert tell_paused_past_window(world.runtime, MONDAY + timedelta(minutes=59)) == []  # still its window
+    assert world.notices(run_id) == ["scheduled", "started"]
+
+    end = MONDAY + timedelta(hours=1)
+    assert tell_paused_past_window(world.runtime, end) == [run_id]
+    assert tell_paused_past_window(world.runtime, end + timedelta(minutes=1)) == []  # the next tick: once
     told = world.notices(run_id)
-    assert "started" in told and told[-1] != "started", told
+    assert told == ["scheduled", "started", "stopped"], told
+    started, stopped = _customer_notice(world, run_id, "started"), _customer_notice(world, run_id, "stopped")
+    assert stopped.sequence == started.sequence + 1 and "METHOD:CANCEL" in stopped.ics, stopped.sequence
+    body = " ".join(stopped.body_text.split())
+    assert "1 of 3 nodes run 9.10.0 now" in body, body
+    assert "paused" not in body and "sre" not in body.lower().split(), body  # no SRE reason, no who
+
+    run = world.run()
+    assert run.state == RunState.paused and not stalled(run), (run.state, run.reason)  # SRE-side: paused
+    with session_scope(world.engine) as session:
+        query = select(Alert).where(Alert.run_id == run_id, Alert.kind == "paused-stopped")
+        [alert] = session.exec(query).all()
+        customer = session.exec(select(Customer)).one()
+        [shown] = stopped_updates(customer, session=session)
+    assert "sent the 'stopped' notice" in " ".join(alert.body_text.split()), alert.body_text
+    assert (shown.id, shown.nodes_upgraded, shown.nodes_total) == (run_id, 1, 3), shown

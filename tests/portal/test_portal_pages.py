@@ -415,9 +415,10 @@ def test_a_user_whose_address_was_respelt_confirms_once(portal: Portal) -> None:
     assert len(notices(portal, "confirmed")) == 1
 
 
-def _stalled_with_node_1_upgraded(portal: Portal, cluster: str = "acme-c1") -> int:
+def _stalled_with_node_1_upgraded(portal: Portal, cluster: str = "acme-c1", reason: str = "") -> int:
     """The run of `cluster` left as flows/outcomes.py `_stalled` leaves one after node 1 was upgraded in
-    an earlier window: paused, its reason the SRE's (a lease owner, a host, the commands)."""
+    an earlier window: paused, its reason the SRE's (a lease owner, a host, the commands); `reason`: another
+    (an SRE's pause)."""
     from inventory.models import Node, NodeStep, RunState, StepState
 
     run_id = portal.updates[cluster]
@@ -439,8 +440,36 @@ def _stalled_with_node_1_upgraded(portal: Portal, cluster: str = "acme-c1") -> i
             f"closed on 10.0.0.7 at the window's start; not re-slotted: fix the cause, then `upkeep resume "
             f"{run_id}` <b>now</b>"
         )
+        run.reason = reason or run.reason
         session.add(run)
     return run_id
+
+
+def test_an_update_paused_past_its_window_is_shown_stopped_and_one_paused_inside_it_is_not(
+    portal: Portal,
+) -> None:
+    """h-pause: an SRE's pause still on when the window ended told the customer 'stopped' (flows/outcomes.py
+    `tell_paused_past_window`): the portal shows it stopped for now, as a stall, never the SRE's words. A
+    pause inside the window, not yet told, is not shown stopped."""
+    from inventory.runs import PAUSED_STOPPED_REASON
+
+    paused = "paused by request after 1 of 2 nodes (sre-box.internal)"
+    run_id = _stalled_with_node_1_upgraded(portal, reason=f"{PAUSED_STOPPED_REASON}{paused}")
+    sign_in(portal, "ann@acme.example")
+    page = portal.client.get("/maintenance").text
+    said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    assert "acme-c1: 9.8.0 → 9.9.0 stopped for now" in said and "1 of 2 nodes run 9.9.0" in said, said
+    assert "sre-box" not in page and "paused" not in said.lower(), said
+    linked = portal.client.get(f"/maintenance/update-{run_id}")
+    assert linked.status_code == 200 and "stopped for now" in linked.text
+
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        run.reason = paused  # inside its window: the customer told nothing yet
+        session.add(run)
+    page = portal.client.get("/maintenance").text
+    assert "stopped for now" not in page
 
 
 def test_a_stalled_update_is_shown_stopped_with_its_nodes_not_vanished(portal: Portal) -> None:

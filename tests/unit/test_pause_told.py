@@ -369,3 +369,41 @@ def test_a_tick_killed_while_queuing_stopped_leaves_nothing_and_the_next_tick_te
     assert (
         world.notices(run_id) == ["scheduled", "started", "stopped"] and _stopped_alerts(world, run_id) == 1
     )
+
+
+def test_a_node_the_stopped_notice_says_is_being_checked_is_one_the_sre_is_asked_to_check(
+    on_call_world: World,
+) -> None:
+    """Paused with node 2's upgrade interrupted (a take-over closed the dead process's open step, then
+    honoured the pending pause): 'stopped' tells the customer our support team is checking node 2, and
+    the SRE's alert is the call to a person that backs those words (as the stall's, `_check_nodes`)."""
+    from sqlalchemy import update
+    from sqlmodel import col, select
+
+    from flows.endings import BEING_CHECKED
+    from inventory.alerts import Alert
+    from inventory.db import session_scope
+    from inventory.models import NodeStep, StepState
+    from tests.unit.test_window_stalled_adversarial import _customer_notice
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    world.clock.now = MONDAY + timedelta(minutes=1)
+    world.left_mid_upgrade_of_node_2(run_id=run_id)
+    with session_scope(world.engine) as session:
+        session.execute(
+            update(NodeStep)
+            .where(col(NodeStep.run_id) == run_id, col(NodeStep.state) == StepState.started)
+            .values(state=StepState.interrupted, output_tail="interrupted: found started taking the run over")
+        )
+    assert _tick(world, END) == [run_id]
+    body = " ".join(_customer_notice(world, run_id, "stopped").body_text.split())
+    assert f"fake-c1-n2: {BEING_CHECKED}" in body, body
+    with session_scope(world.engine) as session:
+        [alert] = session.exec(
+            select(Alert).where(Alert.run_id == run_id, Alert.kind == "paused-stopped")
+        ).all()
+    said = " ".join(alert.body_text.split())
+    assert "Check fake-c1-n2: its upgrade did not complete; the customer was told our support team" in said, (
+        said
+    )

@@ -313,6 +313,96 @@ def _stopped(run: UpgradeRun, customer: Customer, session: Session) -> StoppedUp
     )
 
 
+@dataclass(frozen=True)
+class InProgressUpdate:
+    """An update under way: running, or paused by an SRE (not stopped for now), as the customer sees it:
+    where each node stands, in the words of the stopped view; never why an SRE paused it, or who."""
+
+    id: int
+    ref: str
+    cluster: str
+    from_version: str
+    to_version: str
+    slot_text: str  # the window it started in, in the customer's zone
+    nodes_upgraded: int
+    nodes_total: int
+    nodes: tuple[str, ...]  # "node-1: 9.10.0", per node in upgrade order
+
+
+# A node being upgraded right now (inventory/run_report.py `node_rows`: "in progress").
+_NODE_UNDER_WAY = "being upgraded now"
+
+
+def in_progress_updates(customer: Customer, *, session: Session) -> list[InProgressUpdate]:
+    """The customer's announced updates under way, oldest first: running, or paused and not shown as
+    stopped for now. The paused ones are those `stopped_updates` leaves out, whatever it counts as
+    stopped, so the two lists never both show a run and never both miss one."""
+    stopped = {s.id for s in stopped_updates(customer, session=session)}
+    query = (
+        select(UpgradeRun)
+        .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
+        .where(
+            Cluster.customer_id == customer.id,
+            col(UpgradeRun.state).in_((RunState.running, RunState.paused)),
+            col(UpgradeRun.slot_start).is_not(None),
+        )
+        .order_by(col(UpgradeRun.id))
+    )
+    return [_in_progress(run, customer, session) for run in session.exec(query) if run.id not in stopped]
+
+
+def in_progress_update(run_id: int, customer: Customer, *, session: Session) -> InProgressUpdate:
+    """The update `run_id` of this customer under way (its page, from the 'started' notice's link);
+    NotYours otherwise, and for a paused one `stopped_update` shows."""
+    run = _customers_run(run_id, customer, session)
+    state = RunState(run.state)
+    if state not in (RunState.running, RunState.paused) or run.slot_start is None:
+        raise NotYours(f"{update_ref(run_id)} is {run.state}; not in progress")
+    if state is RunState.paused:
+        try:
+            stopped_update(run_id, customer, session=session)
+        except NotYours:
+            pass
+        else:
+            raise NotYours(f"{update_ref(run_id)} is stopped for now; not in progress")
+    return _in_progress(run, customer, session)
+
+
+def _customers_run(run_id: int, customer: Customer, session: Session) -> UpgradeRun:
+    run = session.get(UpgradeRun, run_id)
+    cluster = session.get(Cluster, run.cluster_id) if run is not None else None
+    if run is None or cluster is None or cluster.customer_id != customer.id:
+        raise NotYours(f"no update {update_ref(run_id)} for {customer.name}")
+    return run
+
+
+def _in_progress(run: UpgradeRun, customer: Customer, session: Session) -> InProgressUpdate:
+    from flows.endings import versions_at_stop
+    from inventory.run_report import node_rows
+
+    cluster = session.get(Cluster, run.cluster_id)
+    assert cluster is not None and run.id is not None and run.slot_start is not None
+    rows = node_rows(run, session)
+    # A carry-over's words (`continues`): a node stopped part-way is checked when the update goes on,
+    # not "our support team is checking" (nobody is told to); a node at work now is said to be.
+    lines = versions_at_stop(run, session, continues=True)
+    nodes = tuple(
+        f"{row['node']}: {_NODE_UNDER_WAY}" if row["result"] == "in progress" else line
+        for row, line in zip(rows, lines, strict=True)
+    )
+    return InProgressUpdate(
+        id=run.id,
+        ref=update_ref(run.id),
+        cluster=cluster.name,
+        from_version=run.from_version,
+        to_version=run.to_version,
+        slot_text=format_slot(run.slot_start, customer.timezone),
+        nodes_upgraded=sum(1 for row in rows if row["after"]),
+        nodes_total=len(rows),
+        nodes=nodes,
+    )
+
+
 def customer_clusters(customer: Customer, *, session: Session) -> list[Cluster]:
     query = select(Cluster).where(Cluster.customer_id == customer.id).order_by(col(Cluster.name))
     return list(session.exec(query))
@@ -409,48 +499,59 @@ def _customer_row(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "result": _NODE_FAILED} if str(row["result"]).startswith("failed") else row
 
 
+_ENDED = (RunState.succeeded, RunState.failed, RunState.cancelled)
+
+
 def past_updates(customer: Customer, *, session: Session, limit: int = 50) -> list[PastUpdate]:
     """The customer's finished updates, newest first, with per-node results and the failure's case."""
-    from flows.failed_run_case import RUN_CASE
-    from inventory.run_report import node_rows
-
-    done = (RunState.succeeded, RunState.failed, RunState.cancelled)
     query = (
         select(UpgradeRun, Cluster.name)
         .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
-        .where(Cluster.customer_id == customer.id, col(UpgradeRun.state).in_(done))
+        .where(Cluster.customer_id == customer.id, col(UpgradeRun.state).in_(_ENDED))
         .order_by(col(UpgradeRun.finished_at).desc(), col(UpgradeRun.id).desc())
         .limit(limit)
     )
-    found = []
-    for run, cluster in session.exec(query).all():
-        case = run.case_ref or ""
-        if not case:
-            event = session.exec(
-                select(AuditEvent.detail).where(
-                    AuditEvent.action == RUN_CASE, AuditEvent.subject == f"run/{run.id}"
-                )
-            ).first()
-            case = str(event.get("case", "")) if event else ""
+    return [_past(run, cluster, customer, session) for run, cluster in session.exec(query).all()]
 
-        def when(moment: datetime | None) -> str:
-            return format_slot(moment, customer.timezone) if moment else "-"
 
-        found.append(
-            PastUpdate(
-                ref=update_ref(run.id),
-                cluster=cluster,
-                from_version=run.from_version,
-                to_version=run.to_version,
-                outcome=str(run.state),
-                reason=_PAST_WORDS.get(RunState(run.state), ""),
-                started=when(run.started_at),
-                finished=when(run.finished_at),
-                case=case,
-                nodes=[_customer_row(row) for row in node_rows(run, session)],
+def past_update(run_id: int, customer: Customer, *, session: Session) -> PastUpdate:
+    """The ended update `run_id` of this customer as History shows it (a notice's link to an update that
+    has ended since); NotYours otherwise."""
+    run = _customers_run(run_id, customer, session)
+    cluster = session.get(Cluster, run.cluster_id)
+    if RunState(run.state) not in _ENDED or cluster is None:
+        raise NotYours(f"{update_ref(run_id)} is {run.state}; not ended")
+    return _past(run, cluster.name, customer, session)
+
+
+def _past(run: UpgradeRun, cluster: str, customer: Customer, session: Session) -> PastUpdate:
+    from flows.failed_run_case import RUN_CASE
+    from inventory.run_report import node_rows
+
+    case = run.case_ref or ""
+    if not case:
+        event = session.exec(
+            select(AuditEvent.detail).where(
+                AuditEvent.action == RUN_CASE, AuditEvent.subject == f"run/{run.id}"
             )
-        )
-    return found
+        ).first()
+        case = str(event.get("case", "")) if event else ""
+
+    def when(moment: datetime | None) -> str:
+        return format_slot(moment, customer.timezone) if moment else "-"
+
+    return PastUpdate(
+        ref=update_ref(run.id),
+        cluster=cluster,
+        from_version=run.from_version,
+        to_version=run.to_version,
+        outcome=str(run.state),
+        reason=_PAST_WORDS.get(RunState(run.state), ""),
+        started=when(run.started_at),
+        finished=when(run.finished_at),
+        case=case,
+        nodes=[_customer_row(row) for row in node_rows(run, session)],
+    )
 
 
 def customer_case(ref: str, customer: Customer, *, session: Session) -> Case:

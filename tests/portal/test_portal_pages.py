@@ -9,7 +9,6 @@ import html
 import re
 from datetime import datetime, timedelta
 
-import pytest
 from sqlmodel import col, select
 from starlette.testclient import TestClient
 
@@ -527,12 +526,6 @@ def test_another_customers_stalled_update_reads_exactly_as_one_that_does_not_exi
     assert shown(mine, "confirm")[0] in (404, 409), shown(mine, "confirm")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product decision: a notice's link to an update that has since ended (the 'stopped' mail's "
-    "link after the SRE cancelled or finished it) is a 404 'There is no such upcoming update.'; "
-    "showing its History entry instead needs the page designed",
-)
 def test_the_stopped_notices_link_after_the_update_was_cancelled_shows_where_it_ended(portal: Portal) -> None:
     """adv49: a confused customer: the 'stopped' mail links to the update; an SRE cancels it meanwhile
     (the 'cancelled' mail not read yet); the link now says there is no such update."""

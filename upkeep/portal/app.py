@@ -392,6 +392,7 @@ class Portal:
                 user=user,
                 csrf=user.csrf,
                 updates=updates,
+                in_progress=actions.in_progress_updates(customer, session=session),
                 stopped=actions.stopped_updates(customer, session=session),
                 feed=actions.has_feed(customer, session=session),
                 notice=self.notice(request),
@@ -428,12 +429,8 @@ class Portal:
                 raise HTTPException(404, "There is no such upcoming update.")
             try:
                 run = actions.customer_update(run_id, customer, session=session)
-            except actions.NotYours:
-                try:  # stopped for now: its notices' links show where it stands, not a 404
-                    stopped = actions.stopped_update(run_id, customer, session=session)
-                except actions.NotYours:
-                    raise HTTPException(404, "There is no such upcoming update.") from None
-                return self.page(request, "stopped.html.j2", user=user, csrf=user.csrf, s=stopped)
+            except actions.NotYours:  # not upcoming: the update as it is now, not a 404
+                return self.update_as_it_is(request, session, user, customer, run_id)
             view = actions.update_view(run_id, customer, session=session)
             choices = actions.defer_choices(run, now=self.config.now(), session=session)
             options = [
@@ -452,6 +449,28 @@ class Portal:
             )
 
         return await self.signed_in_page(request, render)
+
+    def update_as_it_is(
+        self, request: Request, session: Any, user: SignedIn, customer: Customer, run_id: int
+    ) -> Response:
+        """The page of the customer's update that is no longer upcoming, for any of its notices' links
+        (scheduled, started, stopped): stopped for now, in progress, or ended (its History entry). An
+        update not announced, or not this customer's, is the 404 of one that does not exist."""
+        try:
+            stopped = actions.stopped_update(run_id, customer, session=session)
+            return self.page(request, "stopped.html.j2", user=user, csrf=user.csrf, s=stopped)
+        except actions.NotYours:
+            pass
+        try:
+            going = actions.in_progress_update(run_id, customer, session=session)
+            return self.page(request, "in_progress.html.j2", user=user, csrf=user.csrf, p=going)
+        except actions.NotYours:
+            pass
+        try:
+            ended = actions.past_update(run_id, customer, session=session)
+        except actions.NotYours:
+            raise HTTPException(404, "There is no such upcoming update.") from None
+        return self.page(request, "ended.html.j2", user=user, csrf=user.csrf, u=ended)
 
     async def defer(self, request: Request) -> Response:
         run_id = self.run_id(request)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import html
 import re
 
-from sqlmodel import select
+from sqlmodel import col, select
+from starlette.testclient import TestClient
 
 from inventory.db import session_scope
 from inventory.models import Cluster, Node, NodeStep, RunState, StepState, UpgradeRun
+from inventory.outbox import Notice
 from tests.portal.conftest import VENDOR, Portal, sign_in
 
 
@@ -208,3 +210,29 @@ def test_an_update_that_completes_while_its_page_is_open_shows_its_history_entry
     assert "acme-c1-n2 9.8.0 9.9.0" in text and "in progress" not in text
     assert "sre-box" not in page.text
     assert "In progress" not in said(portal.client.get("/maintenance").text)
+
+
+def test_the_started_notice_links_to_the_update_in_the_portal(portal: Portal) -> None:
+    from flows.run_notices import queue_run_notice
+
+    run_id = _under_way(portal)
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        assert queue_run_notice(run, "started", session=session, now=portal.clock.now, vendor=VENDOR)
+    with session_scope(portal.engine) as session:
+        [started] = session.exec(
+            select(Notice).where(Notice.kind == "started").order_by(col(Notice.id))
+        ).all()
+    [link] = re.findall(rf"http://testserver/maintenance/update-{run_id}\?k=[\w.-]+", started.body_text)
+    assert f'href="{html.escape(link)}"' in started.body_html
+    assert "Confirm or defer" not in started.body_html  # nothing to confirm once it started
+    sign_in(portal, "ann@acme.example")
+    page = portal.client.get(link.removeprefix("http://testserver"))
+    assert page.status_code == 200 and "Upgrade of acme-c1 to 9.9.0: in progress" in said(page.text)
+    eve = TestClient(portal.client.app, base_url="http://testserver")
+    sign_in(portal, "eve@umbrella.example", eve)
+    other = eve.get(link.removeprefix("http://testserver"))
+    missing = eve.get(f"/maintenance/update-{run_id + 1000}")
+    assert other.status_code == 404
+    assert other.text.replace(f"update-{run_id}", "N") == missing.text.replace(f"update-{run_id + 1000}", "N")

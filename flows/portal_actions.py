@@ -323,7 +323,8 @@ class InProgressUpdate:
     cluster: str
     from_version: str
     to_version: str
-    slot_text: str  # the window it started in, in the customer's zone
+    slot_text: str  # the window it started in (or when, started at once), in the customer's zone
+    in_window: bool  # it started in an announced maintenance window
     nodes_upgraded: int
     nodes_total: int
     nodes: tuple[str, ...]  # "node-1: 9.10.0", per node in upgrade order
@@ -344,11 +345,14 @@ def in_progress_updates(customer: Customer, *, session: Session) -> list[InProgr
         .where(
             Cluster.customer_id == customer.id,
             col(UpgradeRun.state).in_((RunState.running, RunState.paused)),
-            col(UpgradeRun.slot_start).is_not(None),
         )
         .order_by(col(UpgradeRun.id))
     )
-    return [_in_progress(run, customer, session) for run in session.exec(query) if run.id not in stopped]
+    return [
+        _in_progress(run, customer, session)
+        for run in session.exec(query)
+        if run.id not in stopped and _told_of(run, session)
+    ]
 
 
 def in_progress_update(run_id: int, customer: Customer, *, session: Session) -> InProgressUpdate:
@@ -356,7 +360,7 @@ def in_progress_update(run_id: int, customer: Customer, *, session: Session) -> 
     NotYours otherwise, and for a paused one `stopped_update` shows."""
     run = _customers_run(run_id, customer, session)
     state = RunState(run.state)
-    if state not in (RunState.running, RunState.paused) or run.slot_start is None:
+    if state not in (RunState.running, RunState.paused) or not _told_of(run, session):
         raise NotYours(f"{update_ref(run_id)} is {run.state}; not in progress")
     if state is RunState.paused:
         try:
@@ -366,6 +370,18 @@ def in_progress_update(run_id: int, customer: Customer, *, session: Session) -> 
         else:
             raise NotYours(f"{update_ref(run_id)} is stopped for now; not in progress")
     return _in_progress(run, customer, session)
+
+
+def _told_of(run: UpgradeRun, session: Session) -> bool:
+    """Whether the customer was told of this update under way: it was announced for a slot, or (started
+    at once, `upkeep update`: no slot) its 'started' notice was queued. Before that (pre-flight) the
+    portal knows nothing of it, as of an update planned and not announced."""
+    from inventory.outbox import Notice
+
+    if run.slot_start is not None:
+        return True
+    started = select(Notice.id).where(Notice.update_ref == update_ref(run.id), Notice.kind == "started")
+    return session.exec(started).first() is not None
 
 
 def _customers_run(run_id: int, customer: Customer, session: Session) -> UpgradeRun:
@@ -381,13 +397,16 @@ def _in_progress(run: UpgradeRun, customer: Customer, session: Session) -> InPro
     from inventory.run_report import node_rows
 
     cluster = session.get(Cluster, run.cluster_id)
-    assert cluster is not None and run.id is not None and run.slot_start is not None
+    began = run.slot_start or run.started_at or run.created_at
+    assert cluster is not None and run.id is not None
     rows = node_rows(run, session)
     # A carry-over's words (`continues`): a node stopped part-way is checked when the update goes on,
-    # not "our support team is checking" (nobody is told to); a node at work now is said to be.
+    # not "our support team is checking" (nobody is told to); a node at work now is said to be, and one
+    # not reached yet is "not upgraded yet" (the update goes on).
     lines = versions_at_stop(run, session, continues=True)
+    under_way = {"in progress": _NODE_UNDER_WAY, "pending": f"{run.from_version} (not upgraded yet)"}
     nodes = tuple(
-        f"{row['node']}: {_NODE_UNDER_WAY}" if row["result"] == "in progress" else line
+        f"{row['node']}: {under_way[row['result']]}" if row["result"] in under_way else line
         for row, line in zip(rows, lines, strict=True)
     )
     return InProgressUpdate(
@@ -396,7 +415,8 @@ def _in_progress(run: UpgradeRun, customer: Customer, session: Session) -> InPro
         cluster=cluster.name,
         from_version=run.from_version,
         to_version=run.to_version,
-        slot_text=format_slot(run.slot_start, customer.timezone),
+        slot_text=format_slot(began, customer.timezone),
+        in_window=run.slot_start is not None,
         nodes_upgraded=sum(1 for row in rows if row["after"]),
         nodes_total=len(rows),
         nodes=nodes,

@@ -236,3 +236,41 @@ def test_the_started_notice_links_to_the_update_in_the_portal(portal: Portal) ->
     missing = eve.get(f"/maintenance/update-{run_id + 1000}")
     assert other.status_code == 404
     assert other.text.replace(f"update-{run_id}", "N") == missing.text.replace(f"update-{run_id + 1000}", "N")
+
+
+def test_an_update_started_at_once_without_a_slot_is_shown_once_its_started_mail_went_out(
+    portal: Portal,
+) -> None:
+    """`upkeep update` starts a run at once: no slot, no 'scheduled' mail; the 'started' mail is its
+    announcement, and its link opened a 404. Before that mail (pre-flight) it reads as missing."""
+    from flows.run_notices import queue_run_notice
+    from inventory.runs import create_run, finish_run
+
+    with session_scope(portal.engine) as session:
+        planned = session.get(UpgradeRun, portal.updates["acme-c1"])
+        assert planned is not None
+        finish_run(planned, RunState.cancelled, session=session)
+        cluster = session.exec(select(Cluster).where(Cluster.name == "acme-c1")).one()
+        run = create_run(cluster, to_version="9.9.0", source="cli", requested_by="sre", session=session)
+        run.started_at = portal.clock.now
+        session.add(run)
+        session.flush()
+        assert run.id is not None and run.slot_start is None
+        run_id = run.id
+    sign_in(portal, "ann@acme.example")
+
+    def shown(run_id: int) -> tuple[int, str]:
+        response = portal.client.get(f"/maintenance/update-{run_id}")
+        return response.status_code, response.text.replace(f"update-{run_id}", "update-N")
+
+    assert shown(run_id) == shown(run_id + 1000)  # pre-flight: nothing told yet
+    assert "In progress" not in said(portal.client.get("/maintenance").text)
+    with session_scope(portal.engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        assert queue_run_notice(run, "started", session=session, now=portal.clock.now, vendor=VENDOR)
+    text = said(portal.client.get(f"/maintenance/update-{run_id}").text)
+    assert "Upgrade of acme-c1 to 9.9.0: in progress" in text, text
+    assert "started Sun 22 Nov 2026 19:00 EST (Mon 23 Nov 00:00 UTC)" in text, text
+    assert "acme-c1-n1 9.8.0 (not upgraded yet)" in text
+    assert "acme-c1: 9.8.0 → 9.9.0 in progress" in said(portal.client.get("/maintenance").text)

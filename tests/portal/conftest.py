@@ -153,6 +153,7 @@ def portal(engine: Engine, tmp_path: Path) -> Iterator[Portal]:
         vendor=VENDOR,
         now=clock,
         link_ttl=timedelta(minutes=15),
+        package_cache=tmp_path / "packages",
     )
     with TestClient(create_app(config), base_url="http://testserver") as client:
         yield Portal(engine, client, clock, outbox, path, updates)

@@ -3,7 +3,6 @@ in-memory FileServer (tests/support/fakes.py) counting what the portal fetches f
 
 from __future__ import annotations
 
-import pytest
 from sqlmodel import select
 
 from inventory.db import session_scope
@@ -12,13 +11,6 @@ from tests.portal.conftest import Portal, sign_in
 from tests.support.fakes import FakeFileServer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each request fetches and verifies the whole package from the file server into a temporary "
-    "directory before answering, also HEAD and a one-byte Range: a user (or a download manager) makes "
-    "the portal pull the package N times. Needs a verified per-version cache or a per-user download "
-    "limit: not a small change (adv17)",
-)
 def test_head_and_range_requests_do_not_each_fetch_the_whole_package(portal: Portal) -> None:
     fake = FakeFileServer()
     sha = fake.add("r/9.9.0.tgz", b"x" * 100_000)

@@ -79,14 +79,10 @@ def test_download_a_release_verified_and_without_the_file_servers_secrets(
     assert "9.9.0" in page.text and hashlib.sha256(package).hexdigest() in page.text
     assert "9.8.1" not in page.text  # none of acme's clusters may move to it
     assert "127.0.0.1" not in page.text and password not in page.text
-    response = client.get("/downloads/9.9.0")
-    assert response.status_code == 200 and response.content == package
-    assert 'filename="p-9.9.0.tar.gz"' in response.headers["content-disposition"]
-    assert password not in str(response.headers) and "127.0.0.1" not in str(response.headers)
     assert client.get("/downloads/9.8.1").status_code == 404
     assert client.get("/downloads/..%2F..%2Fetc%2Fpasswd").status_code == 404
 
-    # A package changed on the server since its release was recorded is not served.
+    # A package changed on the server since its release was recorded is not served (nor kept).
     (server.root / "releases" / "p-9.9.0.tar.gz").write_bytes(changed(package))
     with caplog.at_level(logging.WARNING, logger="upkeep.portal.app"):
         response = client.get("/downloads/9.9.0")
@@ -97,3 +93,14 @@ def test_download_a_release_verified_and_without_the_file_servers_secrets(
     assert response.status_code == 503 and "not available right now" in response.text, served
     assert "download of releases/p-9.9.0.tar.gz failed: ChecksumMismatch" in caplog.text
     assert package[:100] not in response.content
+
+    (server.root / "releases" / "p-9.9.0.tar.gz").write_bytes(package)
+    response = client.get("/downloads/9.9.0")
+    assert response.status_code == 200 and response.content == package
+    assert 'filename="p-9.9.0.tar.gz"' in response.headers["content-disposition"]
+    assert password not in str(response.headers) and "127.0.0.1" not in str(response.headers)
+    # Verified once and kept (upkeep/portal/package_cache.py): the server's copy changing afterwards
+    # changes nothing for the customer, who still gets the package the release recorded.
+    (server.root / "releases" / "p-9.9.0.tar.gz").write_bytes(changed(package))
+    response = client.get("/downloads/9.9.0")
+    assert response.status_code == 200 and response.content == package

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import shutil
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from scheduling.sla import Category, Priority
 from tasks.mail import OutgoingMessage, build_message, message_id_for
 from templates import RenderedNotice, format_slot
 from upkeep.portal.config import PortalConfig
+from upkeep.portal.package_cache import cached_package
 from upkeep.portal.security import (
     BadForm,
     ClientLimiter,
@@ -651,8 +651,9 @@ class Portal:
         return await self.signed_in_page(request, render)
 
     async def download(self, request: Request) -> Response:
-        """The package, fetched from the file server with Upkeep's credentials, verified against its
-        SHA-256, then streamed to the user: the file server's address and password never reach them."""
+        """The package, fetched from the file server with Upkeep's credentials and verified against its
+        SHA-256 once (kept: upkeep/portal/package_cache.py), then served to the user from disk, HEAD and
+        Range included: the file server's address and password never reach them."""
         version = str(request.path_params["version"])
 
         def find(session: Any) -> actions.Download | None:
@@ -671,12 +672,11 @@ class Portal:
         package, filename, sha256 = found.package, found.filename, found.sha256
         if self.config.fileserver is None:
             raise HTTPException(503, "Downloads are not available here.")
-        workdir = Path(tempfile.mkdtemp(prefix="upkeep-portal-"))
-        fileserver = self.config.fileserver
         try:
-            path = await run_in_threadpool(fileserver.download, package, workdir / filename, sha256=sha256)
+            path = await run_in_threadpool(
+                cached_package, self.package_cache(), self.config.fileserver, package, sha256
+            )
         except Exception as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
             log.warning("portal: download of %s failed: %s", package, type(exc).__name__)
             raise HTTPException(
                 503, "The download is not available right now. Please try again later."
@@ -686,8 +686,14 @@ class Portal:
             filename=filename,
             media_type="application/octet-stream",
             headers={"x-checksum-sha256": sha256},
-            background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
         )
+
+    def package_cache(self) -> Path:
+        """Where verified packages are kept (upkeep/portal/package_cache.py): the configured directory,
+        else one of this process's own."""
+        if self.config.package_cache is None:
+            self.config.package_cache = Path(tempfile.mkdtemp(prefix="upkeep-portal-packages-"))
+        return self.config.package_cache
 
     async def css(self, request: Request) -> Response:
         return FileResponse(TEMPLATES / "portal.css", media_type="text/css")

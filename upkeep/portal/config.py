@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
@@ -27,6 +28,7 @@ class PortalConfig:
     secret: bytes
     vendor: VendorTerms = field(default_factory=VendorTerms)
     fileserver: FileServer | None = None  # downloads are proxied from it (its password stays here)
+    package_cache: Path | None = None  # verified packages kept for downloads; None: a temporary dir
     link_ttl: timedelta = timedelta(minutes=15)
     session_ttl: timedelta = timedelta(hours=8)
     now: Clock = _utcnow  # a FakeClock in tests (tests/support/fakes.py)
@@ -49,6 +51,7 @@ def from_settings(settings: Settings, *, engine: Engine) -> PortalConfig:
     return PortalConfig(
         engine=engine,
         fileserver=build_fileserver(settings),
+        package_cache=settings.home / "portal-packages",
         mailer=build_mailer(settings),
         mail_from=settings.mail_from,
         base_url=settings.portal_url,

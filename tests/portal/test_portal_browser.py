@@ -279,3 +279,107 @@ def test_a_stalled_update_reads_stopped_for_now_in_the_browser(
     assert "acme-c1: 9.8.0 → 9.9.0" in stopped and "Our engineers will contact you" in stopped, stopped
     assert "1 of 2 nodes run 9.9.0" in stopped and "9.8.0 (not upgraded)" in stopped, stopped
     assert "10.0.0.7" not in page.content() and "stalled" not in page.inner_text("main")
+
+
+def test_the_started_mails_link_shows_the_update_in_progress_then_where_it_ended(
+    served_without_files: tuple[str, dict[str, str]], smtp: SmtpServer, browser: Any
+) -> None:
+    """The customer who got the 'started' mail follows its link (real uvicorn, real SMTP, chromium):
+    after the sign-in it opens the update in progress, node by node; an SRE's pause still reads in
+    progress, never their reason; once the run ended, reloading the open page shows its History entry."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import create_engine, select
+
+    from flows.run_notices import VendorTerms, queue_run_notice
+    from inventory.db import session_scope
+    from inventory.models import Node, NodeStep, RunState, StepState, UpgradeRun
+    from inventory.runs import finish_run
+    from upkeep.settings import Settings
+
+    url, env = served_without_files
+    scheduled = json.loads(
+        upkeep_in_process("schedule", "acme-c1", "--to", "9.9.0", "--json", env=env, check=True).stdout
+    )
+    run_id = scheduled["id"]
+    home = Path(env["UPKEEP_HOME"])
+    key = Settings(home=home).resolved_portal_secret()  # made by the portal when it started
+    vendor = VendorTerms(
+        "upkeep@vendor.example", "support@vendor.example", portal_url=url, portal_key=lambda: key
+    )
+    engine = create_engine(f"sqlite:///{home / 'upkeep.db'}")
+
+    def steps(hostname: str, *done: tuple[str, str]) -> None:
+        with session_scope(engine) as session:
+            node = session.exec(select(Node).where(Node.hostname == hostname)).one()
+            for step, tail in done:
+                session.add(
+                    NodeStep(
+                        run_id=run_id, node_id=node.id, step=step, state=StepState.succeeded, output_tail=tail
+                    )
+                )
+
+    try:
+        steps("acme-c1-n1", ("check", "9.8.0"), ("upgrade", ""), ("verify", "9.9.0"))
+        steps("acme-c1-n2", ("check", "9.8.0"))
+        with session_scope(engine) as session:  # under way in its slot, as the flow leaves it
+            run = session.get(UpgradeRun, run_id)
+            assert run is not None and run.slot_start is not None
+            run.state, run.started_at = RunState.running, run.slot_start
+            session.add(run)
+            # queued now (due now: `notices send` sends what is due), as mark_started does
+            assert queue_run_notice(run, "started", session=session, now=datetime.now(UTC), vendor=vendor)
+        upkeep_in_process("notices", "send", env=env, check=True)
+
+        def started_mail() -> Any:
+            return next(
+                (m for m in smtp.handler.messages if str(m["Subject"]).startswith("Upgrade started")), None
+            )
+
+        mail = wait_for(started_mail, "the 'started' email")
+        [notice_link] = re.findall(
+            rf"http://127\.0\.0\.1:\d+/maintenance/update-{run_id}\?k=[\w.-]+",
+            mail.get_body(("plain",)).get_content(),
+        )
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(notice_link)  # signed out: sign in first, then back to the update
+        page.fill("#email", "ann@acme.example")
+        page.click("text=Email me a sign-in link")
+
+        def sign_in_mail() -> Any:
+            return next((m for m in smtp.handler.messages if "sign-in link" in str(m["Subject"])), None)
+
+        mail = wait_for(sign_in_mail, "the sign-in email")
+        [link] = re.findall(
+            r"http://127\.0\.0\.1:\d+/signin/link\?t=\S+", mail.get_body(("plain",)).get_content()
+        )
+        page.goto(link)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_selector("h1:has-text('Upgrade of acme-c1 to 9.9.0: in progress')")
+        shown = page.inner_text("main")
+        assert "1 of 2 nodes run 9.9.0" in shown, shown
+        assert re.search(r"acme-c1-n1\s+9\.9\.0", shown) and re.search(
+            r"acme-c1-n2\s+being upgraded now", shown
+        )
+        assert page.locator("button").filter(has_text="Confirm").count() == 0
+
+        with session_scope(engine) as session:  # an SRE pauses it
+            run = session.get(UpgradeRun, run_id)
+            assert run is not None
+            run.state, run.reason = RunState.paused, "paused by bob: 10.0.0.7 disk full"
+            session.add(run)
+        page.reload()
+        page.wait_for_selector("h1:has-text('in progress')")
+        assert "10.0.0.7" not in page.content() and "bob" not in page.inner_text("main")
+
+        steps("acme-c1-n2", ("upgrade", ""), ("verify", "9.9.0"))
+        with session_scope(engine) as session:  # resumed and completed while the page is open
+            run = session.get(UpgradeRun, run_id)
+            assert run is not None
+            finish_run(run, RunState.succeeded, session=session)
+        page.reload()
+        page.wait_for_selector("h1:has-text('Upgrade of acme-c1 to 9.9.0: succeeded')")
+        assert "History" in page.inner_text("main") and "in progress" not in page.inner_text("main")
+    finally:
+        engine.dispose()

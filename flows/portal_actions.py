@@ -334,11 +334,16 @@ class InProgressUpdate:
 _NODE_UNDER_WAY = "being upgraded now"
 
 
-def in_progress_updates(customer: Customer, *, session: Session) -> list[InProgressUpdate]:
+def in_progress_updates(
+    customer: Customer, *, session: Session, stopped: list[StoppedUpdate] | None = None
+) -> list[InProgressUpdate]:
     """The customer's announced updates under way, oldest first: running, or paused and not shown as
     stopped for now. The paused ones are those `stopped_updates` leaves out, whatever it counts as
-    stopped, so the two lists never both show a run and never both miss one."""
-    stopped = {s.id for s in stopped_updates(customer, session=session)}
+    stopped, so the two lists never both show a run and never both miss one. A page showing both passes
+    the `stopped` list it shows: a run changing between two reads is then still shown once."""
+    if stopped is None:
+        stopped = stopped_updates(customer, session=session)
+    shown_stopped = {s.id for s in stopped}
     query = (
         select(UpgradeRun)
         .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
@@ -351,7 +356,7 @@ def in_progress_updates(customer: Customer, *, session: Session) -> list[InProgr
     return [
         _in_progress(run, customer, session)
         for run in session.exec(query)
-        if run.id not in stopped and _told_of(run, session)
+        if run.id not in shown_stopped and _told_of(run, session)
     ]
 
 

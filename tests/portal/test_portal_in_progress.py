@@ -274,3 +274,32 @@ def test_an_update_started_at_once_without_a_slot_is_shown_once_its_started_mail
     assert "started Sun 22 Nov 2026 19:00 EST (Mon 23 Nov 00:00 UTC)" in text, text
     assert "acme-c1-n1 9.8.0 (not upgraded yet)" in text
     assert "acme-c1: 9.8.0 → 9.9.0 in progress" in said(portal.client.get("/maintenance").text)
+
+
+def test_a_run_stalling_while_the_overview_is_read_is_listed_once(portal: Portal) -> None:
+    """PostgreSQL (read committed): the overview reads the stopped list, then the in-progress one; a run
+    running at the first read stalls before the second. Read twice, it was in neither list (or both, in
+    the other order); the overview now hands its stopped list to the in-progress one."""
+    import pytest
+    from sqlmodel import Session
+
+    from flows import portal_actions as actions
+    from inventory.models import Customer
+
+    if portal.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises the two transactions; the race needs PostgreSQL")
+    run_id = _under_way(portal)
+
+    def acme(session: Session) -> Customer:
+        return session.exec(select(Customer).where(Customer.name == "acme")).one()
+
+    with session_scope(portal.engine) as page:
+        stopped = actions.stopped_updates(acme(page), session=page)  # the overview's first read
+        assert stopped == []
+        with session_scope(portal.engine) as flow:  # the run stalls meanwhile
+            run = flow.get(UpgradeRun, run_id)
+            assert run is not None
+            run.state, run.reason = RunState.paused, "stalled: no node upgraded in 3 windows in a row"
+            flow.add(run)
+        going = actions.in_progress_updates(acme(page), session=page, stopped=stopped)
+        assert [p.id for p in going] == [run_id]  # shown once, as it was when the overview began

@@ -386,14 +386,15 @@ class Portal:
     async def maintenance(self, request: Request) -> Response:
         def render(session: Any, user: SignedIn, customer: Customer) -> Response:
             updates = actions.upcoming_updates(customer, session=session)
+            stopped = actions.stopped_updates(customer, session=session)
             return self.page(
                 request,
                 "maintenance.html.j2",
                 user=user,
                 csrf=user.csrf,
                 updates=updates,
-                in_progress=actions.in_progress_updates(customer, session=session),
-                stopped=actions.stopped_updates(customer, session=session),
+                in_progress=actions.in_progress_updates(customer, session=session, stopped=stopped),
+                stopped=stopped,
                 feed=actions.has_feed(customer, session=session),
                 notice=self.notice(request),
             )

@@ -455,17 +455,28 @@ def _answered(name: str, api: str, fix: str, checks: Iterator[Check]) -> Iterato
     """`checks` as they come; a read among them that the Prefect API answered with an error status, with
     what is not Prefect's answer (`_prefect_json`), or not at all, is one failed check named `name`
     saying which (adv48), and the checks after it still run."""
-    import httpx
-
     try:
         yield from checks
-    except httpx.HTTPStatusError as exc:
-        yield fail(name, f"{api}: answered {exc.request.url.path} with {_http_status(exc.response)}", fix)
-    except httpx.HTTPError as exc:
+    except answer_errors() as exc:
+        yield fail(name, f"{api}: {answer_problem(exc)}", fix)
+
+
+def answer_problem(exc: Exception) -> str:
+    """What went wrong with a read of the Prefect API, on one line: 'answered /api/x with HTTP 500
+    Internal Server Error', 'did not answer /api/x (ConnectError: ...)' or NotPrefects' own words. For the
+    exceptions of `answer_errors()` (`_answered`; upkeep/deploy.py refuses with it)."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"answered {exc.request.url.path} with {_http_status(exc.response)}"
+    if isinstance(exc, httpx.HTTPError):
         what = _one_line(printable(str(exc) or type(exc).__name__), 200)
-        yield fail(name, f"{api}: did not answer {exc.request.url.path} ({what})", fix)
-    except NotPrefects as exc:
-        yield fail(name, f"{api}: {exc}", fix)
+        try:
+            path = exc.request.url.path
+        except RuntimeError:  # an error raised before a request was made
+            return f"did not answer ({what})"
+        return f"did not answer {path} ({what})"
+    return str(exc)
 
 
 def _http_status(reply: Any) -> str:
@@ -475,6 +486,12 @@ def _http_status(reply: Any) -> str:
 
 class NotPrefects(ValueError):
     """An answer of the Prefect API that is not what Prefect answers there."""
+
+
+def answer_errors() -> tuple[type[Exception], ...]:
+    import httpx
+
+    return (httpx.HTTPError, NotPrefects)
 
 
 def _prefect_json(reply: Any, kind: type, what: str, *keys: str) -> Any:
@@ -522,7 +539,7 @@ def _deployments(http: Any) -> Iterator[Check]:
     dispatch: dict[str, Any] = found.get("dispatch") or {}
     scheduled = any(s.get("active") for s in dispatch.get("schedules", []))
     toggled_off = scheduled and bool(dispatch.get("paused"))  # the UI's toggle: the deployment paused
-    live = scheduled and not dispatch.get("paused")
+    live = dispatch_live(dispatch)
     keep = "true" if live else "false"  # what the variable must say: a live dispatcher stays live
     if missing:
         deploy = "from the checkout, with UPKEEP_CHECKOUT unset: prefect --no-prompt deploy --all"
@@ -587,6 +604,12 @@ def _deployments(http: Any) -> Iterator[Check]:
         yield ok("deployments", f"{count}; {state} (until step 7 of docs/deploying.md: going live)")
 
 
+def dispatch_live(dispatch: dict[str, Any]) -> bool:
+    """Whether the dispatch deployment (as the API gives it) runs by itself: a schedule active and the
+    deployment not paused (the UI's toggle)."""
+    return any(s.get("active") for s in dispatch.get("schedules", [])) and not dispatch.get("paused")
+
+
 # prefect.yaml's schedules read `active` from this Prefect variable when `prefect deploy` runs: the
 # server, not the deploying shell, remembers whether Upkeep is live, so a redeploy keeps it as it is.
 SCHEDULES_VARIABLE = "upkeep_schedules_active"
@@ -600,6 +623,8 @@ class ScheduleIntent:
     deploys: bool  # False: the deploy refuses the scheduled deployments (unset, or not a boolean)
     shown: str  # the value as the doctor quotes it
     unread: str = ""  # why the variable could not be read (then nothing else is known)
+    missing: bool = False  # no such variable on the server
+    exact: bool | None = None  # the value when it is JSON true or false, nothing Prefect reads loosely
 
 
 def _schedules_intent(http: Any) -> ScheduleIntent:
@@ -615,7 +640,7 @@ def _schedules_intent(http: Any) -> ScheduleIntent:
     try:
         reply = http.get(f"variables/name/{SCHEDULES_VARIABLE}")
         if reply.status_code == 404:
-            return ScheduleIntent(active=None, deploys=False, shown="not set")
+            return ScheduleIntent(active=None, deploys=False, shown="not set", missing=True)
         reply.raise_for_status()
         value = reply.json().get("value")
     except (httpx.HTTPError, ValueError) as exc:  # a proxy refusing /variables, a reply that is not JSON
@@ -630,7 +655,8 @@ def _schedules_intent(http: Any) -> ScheduleIntent:
         active = TypeAdapter(bool).validate_python(value)
     except ValidationError:
         return ScheduleIntent(active=None, deploys=False, shown=shown)
-    return ScheduleIntent(active=active, deploys=True, shown=shown)
+    exact = value if isinstance(value, bool) else None
+    return ScheduleIntent(active=active, deploys=True, shown=shown, exact=exact)
 
 
 def _first_deploy(intent: ScheduleIntent) -> str:

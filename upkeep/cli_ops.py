@@ -1,4 +1,5 @@
-"""Operator commands: `upkeep doctor` (is this machine ready?) and `upkeep db upgrade` (migrate)."""
+"""Operator commands: `upkeep doctor` (is this machine ready?), `upkeep db upgrade` (migrate),
+`upkeep deploy` and `upkeep live on|off` (Upkeep's deployments and schedules on the Prefect server)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from upkeep.cli_common import JsonOpt
 from upkeep.console import CliError, console, print_json
 
 db_app = typer.Typer(help="Upkeep's own database (its schema; the data is the inventory's).")
+
+live_app = typer.Typer(
+    help="Upkeep's schedules on the Prefect server (dispatcher, case auto-close, monthly release): "
+    "on or off, recorded in the variable upkeep_schedules_active so later deploys keep them so.",
+    no_args_is_help=True,
+)
 
 CONNECT_TIMEOUT = 10  # seconds: `db upgrade` against a database host that does not answer
 
@@ -108,6 +115,51 @@ def db_upgrade(json: JsonOpt = False) -> None:
         console.print(f"{escape(shown)}: schema at head ({', '.join(sorted(current))})", soft_wrap=True)
 
 
+def deploy(json: JsonOpt = False) -> None:
+    """Deploy prefect.yaml to the Prefect server (PREFECT_API_URL), keeping the schedules as the server
+    records them (upkeep_schedules_active): live stays live, paused stays paused.
+
+    Refuses, deploying nothing, when PREFECT_API_URL is unset or does not answer, or when the variable is
+    not JSON true/false or disagrees with the dispatch schedule (the deploy would switch every schedule).
+    On a server without Upkeep it creates the work pool and the variable (false) first: deployed paused,
+    until `upkeep live on`. Exit 1 when the dispatch schedule does not match the variable afterwards."""
+    from upkeep.deploy import deploy as run
+
+    _answer(run(), json)
+
+
+@live_app.command("on")
+def live_on(json: JsonOpt = False) -> None:
+    """Go live: set upkeep_schedules_active to true, then resume every schedule of Upkeep's deployments
+    (and a deployment paused with the UI's toggle). Idempotent."""
+    from upkeep.deploy import switch
+
+    _answer(switch(True), json)
+
+
+@live_app.command("off")
+def live_off(json: JsonOpt = False) -> None:
+    """Stop every schedule of Upkeep's deployments, then set upkeep_schedules_active to false, so later
+    deploys keep them off. Runs already started go on (see `upkeep pause` for those). Idempotent."""
+    from upkeep.deploy import switch
+
+    _answer(switch(False), json)
+
+
+def _answer(outcome: Any, json: bool) -> None:
+    """The command's answer, the doctor's `deployments` line after it, and exit 1 with its problem."""
+    if json:
+        print_json(outcome.data)
+    else:
+        line = outcome.line
+        console.print(escape(outcome.said), soft_wrap=True)
+        console.print(f"{_MARK[line.status]}  {escape(line.name)}: {escape(line.detail)}", soft_wrap=True)
+    if outcome.problem:
+        raise CliError(outcome.problem)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(doctor)
     app.add_typer(db_app, name="db")
+    app.command()(deploy)
+    app.add_typer(live_app, name="live")

@@ -303,18 +303,6 @@ def _state(http: httpx.Client) -> str:
     return "ACTIVE" if _actives(_deployments(http)["dispatch"]) == [True] else "paused"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product decision (adv47): a JSON-null upkeep_schedules_active (`prefect variable set "
-    "upkeep_schedules_active null`) makes `prefect deploy` leave `active` out, and Prefect creates the "
-    "schedule ACTIVE: fail-open. No prefect.yaml spelling refuses null (a padded template is refused for "
-    "false too, measured); the doctor warns; closing it needs a deploy wrapper that checks the variable",
-)
-def test_a_null_variable_creates_no_live_schedule(server: PrefectServer, api: httpx.Client) -> None:
-    _set_variable(api, None)
-    assert _deploy_dispatch(server, api) in ("refused", "paused")
-
-
 @contextlib.contextmanager
 def _proxy_refusing(api_url: str, refused: str, status: int) -> Iterator[str]:
     """A reverse proxy on 127.0.0.1 in front of the server, as an SRE's auth proxy or WAF would be: it

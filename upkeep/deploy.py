@@ -1,0 +1,391 @@
+"""`upkeep deploy` and `upkeep live on|off`: deploying Upkeep to a Prefect server, and switching its
+schedules, without the traps of the raw Prefect commands (docs/deploying.md steps 4, 7, 8).
+
+prefect.yaml's schedules take `active` from the server's variable `upkeep_schedules_active`. Prefect
+reads it loosely (pydantic's lax bool: "no", 0, "yes" are booleans to it) and leaves JSON null out, which
+creates new schedules ACTIVE; `variable set ... false --overwrite` followed by a deploy switches a live
+installation off without a word; going live or stopping takes two commands in the right order. So:
+
+- `upkeep deploy` reads the variable as the doctor does (upkeep/doctor.py `_schedules_intent`) and
+  deploys only when it is JSON true or false and agrees with the dispatch schedule (a deploy would
+  otherwise switch every schedule); on an empty server it creates the work pool and the variable
+  (false) first. It hands `prefect deploy` a copy of prefect.yaml with the value it checked written in,
+  so Prefect cannot read a value another SRE set in between (the time of check is the time of use);
+  such a change is found after the deploy, said, and exits 1.
+- `upkeep live on|off` sets the variable and every Upkeep schedule. `on` sets the variable first, then
+  resumes; `off` pauses first, then sets the variable: killed between the two halves, either leaves
+  the schedules paused (nothing runs) with the variable true, which the doctor names ("the next
+  `prefect deploy` switches every schedule ON") and `upkeep deploy` refuses; running it again finishes.
+
+Every refusal is one line naming the value and where it came from, and nothing is deployed or changed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from upkeep.console import CliError
+from upkeep.doctor import (
+    CHECKOUT,
+    POOL,
+    SCHEDULES_VARIABLE,
+    Check,
+    ScheduleIntent,
+    _bare,
+    _deployments,
+    _expected_deployments,
+    _one_line,
+    _prefect_json,
+    _schedules_intent,
+    answer_errors,
+    answer_problem,
+    dispatch_live,
+    prefect_api_client,
+    unreachable_prefect_api,
+)
+
+TEMPLATE = '"{{ prefect.variables.' + SCHEDULES_VARIABLE + ' }}"'  # prefect.yaml's `active:` value
+DEPLOY_TIMEOUT = 600.0  # seconds for `prefect deploy --all` (5-20 s measured; a hung server is said)
+NOT_DEPLOYED = "nothing was deployed"
+NOT_CHANGED = "nothing was changed"
+
+
+@dataclass
+class Installation:
+    """What the Prefect server holds of Upkeep: its deployments (prefect.yaml's names), the variable as
+    `prefect deploy` would read it, and whether the work pool exists."""
+
+    api: str  # PREFECT_API_URL as shown
+    intent: ScheduleIntent
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pool: bool = False
+
+    @property
+    def live(self) -> bool | None:
+        """Whether the dispatcher runs by itself; None when it is not deployed."""
+        dispatch = self.deployments.get("dispatch")
+        return None if dispatch is None else dispatch_live(dispatch)
+
+    def where(self) -> str:
+        return f"on the Prefect server (PREFECT_API_URL {self.api})"
+
+
+def _api(nothing: str) -> str:
+    """PREFECT_API_URL, once it is known to answer as Prefect's API; else a refusal."""
+    problem = unreachable_prefect_api()
+    if problem:
+        raise CliError(f"{problem}; {nothing}")
+    from prefect.settings import PREFECT_API_URL
+
+    api = str(PREFECT_API_URL.value() or "")
+    if not api:
+        raise CliError(
+            "PREFECT_API_URL is not set (neither in the environment nor in the Prefect profile): Prefect "
+            "would use a temporary local server that vanishes with the command; export "
+            f"PREFECT_API_URL=http://PREFECT_HOST:4200/api; {nothing}"
+        )
+    return api
+
+
+def read_installation(http: Any, api: str, nothing: str) -> Installation:
+    names = _expected_deployments()
+    shown = _bare(api)
+    try:
+        intent = _schedules_intent(http)
+        reply = http.post("deployments/filter", json={"deployments": {"name": {"any_": names}}})
+        found = _prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
+        pool_reply = http.get(f"work_pools/{POOL}")
+        pool = pool_reply.status_code != 404
+        if pool:
+            _prefect_json(pool_reply, dict, "work pool", "name")
+    except answer_errors() as exc:
+        raise CliError(f"the Prefect API ({shown}) {answer_problem(exc)}; {nothing}") from None
+    if intent.unread:
+        raise CliError(
+            f"{SCHEDULES_VARIABLE} could not be read on the Prefect server (PREFECT_API_URL {shown}: "
+            f"{intent.unread}): what a deploy does to the schedules is unknown; {nothing}"
+        )
+    mine = {d["name"]: d for d in found if d["name"] in names}
+    return Installation(api=shown, intent=intent, deployments=mine, pool=pool)
+
+
+def _value_problem(found: Installation) -> str:
+    """Why the variable's value is no plain true/false, and what Prefect would make of it."""
+    intent = found.intent
+    if intent.active is None and intent.deploys:
+        does = "Prefect leaves null out and creates new schedules ACTIVE"
+    elif not intent.deploys:
+        does = "`prefect deploy` would refuse the scheduled deployments"
+    else:
+        does = f"Prefect's lax reading takes it for {str(intent.active).lower()}"
+    return f"{SCHEDULES_VARIABLE} is {intent.shown} {found.where()}, not JSON true or false ({does})"
+
+
+def _checked_value(found: Installation) -> bool | None:
+    """The variable's value a deploy may use, None for a first deploy on a server without Upkeep;
+    otherwise a refusal naming it."""
+    intent = found.intent
+    if intent.missing:
+        if not found.deployments:
+            return None
+        live = found.live
+        state, to, cmd = ("ACTIVE", "true", "on") if live else ("paused", "false", "off")
+        raise CliError(
+            f"{SCHEDULES_VARIABLE} is not set {found.where()}, which holds Upkeep's deployments (deployed "
+            f"before the variable existed); the dispatch schedule is {state}: record that first with "
+            f"`upkeep live {cmd}` (or `prefect variable set {SCHEDULES_VARIABLE} {to}`); {NOT_DEPLOYED}"
+        )
+    if intent.exact is None:
+        raise CliError(
+            f"{_value_problem(found)}: set it with `upkeep live on` or `upkeep live off`; {NOT_DEPLOYED}"
+        )
+    live = found.live
+    if live is not None and live is not intent.exact:
+        if live:
+            raise CliError(
+                f"{SCHEDULES_VARIABLE} is false {found.where()} but the dispatch schedule is ACTIVE: this "
+                "deploy would switch every schedule OFF; to stop on purpose `upkeep live off`, to stay live "
+                f"`upkeep live on`; {NOT_DEPLOYED}"
+            )
+        raise CliError(
+            f"{SCHEDULES_VARIABLE} is true {found.where()} but the dispatch schedule is paused: this deploy "
+            "would switch every schedule ON; to go live `upkeep live on`, to stay paused `upkeep live off`; "
+            f"{NOT_DEPLOYED}"
+        )
+    return intent.exact
+
+
+def _prefect_env(api: str) -> dict[str, str]:
+    """This environment for `prefect`, on the server checked, without UPKEEP_CHECKOUT: set while
+    deploying, its path is baked into every deployment's pull step (docs/deploying.md step 4)."""
+    env = {k: v for k, v in os.environ.items() if k.upper() != "UPKEEP_CHECKOUT"}
+    env["PREFECT_API_URL"] = api
+    return env
+
+
+def _prefect_command() -> list[str]:
+    script = Path(sys.executable).with_name("prefect")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "prefect"]
+
+
+def _run_prefect(api: str, *args: str, what: str, nothing: str) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(
+            [*_prefect_command(), "--no-prompt", *args],
+            cwd=CHECKOUT,
+            env=_prefect_env(api),
+            capture_output=True,
+            text=True,
+            timeout=DEPLOY_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise CliError(
+            f"`prefect {what}` took over {DEPLOY_TIMEOUT:g} s and was stopped; {nothing}"
+        ) from None
+    if done.returncode != 0:
+        from upkeep.console import err_console, json_mode
+
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        if not json_mode():
+            err_console.print("\n".join(lines[-30:]), markup=False, highlight=False, soft_wrap=True)
+        last = _one_line(lines[-1] if lines else "no output", 200)
+        raise CliError(f"`prefect {what}` exited {done.returncode}: {last}; {nothing}")
+    return done
+
+
+def _create_variable(http: Any, api: str, value: bool, nothing: str) -> None:
+    """The variable created (not overwritten): another SRE's value, set in between, is not replaced."""
+    reply = http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value})
+    if reply.status_code == 409:
+        raise CliError(
+            f"{SCHEDULES_VARIABLE} was set on the Prefect server (PREFECT_API_URL {_bare(api)}) by someone "
+            f"else just now; run the command again to read it; {nothing}"
+        )
+    try:
+        reply.raise_for_status()
+    except answer_errors() as exc:
+        raise CliError(f"the Prefect API ({_bare(api)}) {answer_problem(exc)}; {nothing}") from None
+
+
+def _rendered_prefect_yaml(value: bool, directory: Path) -> Path:
+    """prefect.yaml with `value` in place of the variable: what `prefect deploy` would have read."""
+    text = (CHECKOUT / "prefect.yaml").read_text()
+    if TEMPLATE not in text:
+        raise CliError(
+            f"{CHECKOUT / 'prefect.yaml'} has no schedule reading {SCHEDULES_VARIABLE} ({TEMPLATE}); "
+            f"{NOT_DEPLOYED}"
+        )
+    path = directory / "prefect.yaml"
+    path.write_text(text.replace(TEMPLATE, "true" if value else "false"))
+    return path
+
+
+def doctor_line(http: Any, api: str) -> Check:
+    """The doctor's `deployments` line, read now."""
+    try:
+        return next(iter(_deployments(http)))
+    except answer_errors() as exc:
+        from upkeep.doctor import fail
+
+        return fail("deployments", f"{_bare(api)}: {answer_problem(exc)}", "run `upkeep doctor` again")
+
+
+@dataclass
+class Outcome:
+    """What a command did and what the server says after it; `problem`: why it exits 1."""
+
+    data: dict[str, Any]
+    said: str
+    line: Check
+    problem: str = ""
+
+
+def deploy() -> Outcome:
+    api = _api(NOT_DEPLOYED)
+    with prefect_api_client(api) as http:
+        before = read_installation(http, api, NOT_DEPLOYED)
+        value = _checked_value(before)
+        first = value is None
+        if not before.pool:  # on a first deploy; a pool deleted since is made anew (as prefect.yaml names it)
+            _run_prefect(
+                api,
+                "work-pool",
+                "create",
+                POOL,
+                "--type",
+                "process",
+                what="work-pool create",
+                nothing=NOT_DEPLOYED,
+            )
+        if value is None:  # an empty server: paused until `upkeep live on` (step 7)
+            _create_variable(http, api, False, NOT_DEPLOYED)
+            value = False
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="upkeep-deploy-") as tmp:
+            rendered = _rendered_prefect_yaml(value, Path(tmp))
+            _run_prefect(
+                api,
+                "deploy",
+                "--all",
+                "--prefect-file",
+                str(rendered),
+                what="deploy --all",
+                nothing=NOT_DEPLOYED,
+            )
+        seconds = round(time.monotonic() - started, 1)
+        after = read_installation(http, api, "the deploy ran")
+        line = doctor_line(http, api)
+    shown = "true" if value else "false"
+    data = {
+        "api": before.api,
+        "first": first,
+        "deployed": sorted(after.deployments),
+        "schedules_active": value,
+        "seconds": seconds,
+        "deployments": line.as_dict(),
+    }
+    said = (
+        f"deployed {len(after.deployments)} deployment(s) to {before.api} in {seconds:g} s, schedules "
+        f"{'ACTIVE' if value else 'paused'} ({SCHEDULES_VARIABLE} {shown}"
+        + (", set now: a first deploy" if first else "")
+        + ")"
+    )
+    problem = ""
+    if after.intent.exact is not value:
+        problem = (
+            f"{SCHEDULES_VARIABLE} changed from {shown} to {after.intent.shown} {after.where()} while "
+            "deploying (another SRE, or `upkeep live`?): the schedules were deployed "
+            f"{'ACTIVE' if value else 'paused'}; settle it with `upkeep live on` or `upkeep live off`"
+        )
+    elif after.live is not value:
+        problem = (
+            f"after the deploy the dispatch schedule is {'ACTIVE' if after.live else 'paused'} but "
+            f"{SCHEDULES_VARIABLE} is {shown} {after.where()} (changed while deploying?): settle it with "
+            "`upkeep live on` or `upkeep live off`"
+        )
+    data["problem"] = problem
+    return Outcome(data, said, line, problem)
+
+
+def switch(on: bool) -> Outcome:
+    """`upkeep live on|off`: the variable and every schedule of Upkeep's deployments, in the order that
+    leaves nothing running if it is killed half-way (see the module's docstring); what is already as
+    asked is left alone."""
+    nothing = NOT_CHANGED
+    api = _api(nothing)
+    with prefect_api_client(api) as http:
+        found = read_installation(http, api, nothing)
+        if on and not found.deployments:
+            raise CliError(
+                f"no Upkeep deployment {found.where()}: nothing to switch on; deploy first with "
+                f"`upkeep deploy` (it deploys paused); {nothing}"
+            )
+        changed: list[str] = []
+        try:
+            if on:
+                _set_variable(http, found, True, changed)
+                _set_schedules(http, found, True, changed)
+            else:
+                _set_schedules(http, found, False, changed)
+                _set_variable(http, found, False, changed)
+        except answer_errors() as exc:
+            done = f" after changing {', '.join(changed)}" if changed else ""
+            raise CliError(
+                f"the Prefect API ({found.api}) {answer_problem(exc)}{done}; run `upkeep live "
+                f"{'on' if on else 'off'}` again once it answers"
+            ) from None
+        after = read_installation(http, api, "changed: " + (", ".join(changed) or "nothing"))
+        line = doctor_line(http, api)
+    shown = "ACTIVE" if on else "paused"
+    said = f"Upkeep's schedules {shown}, {SCHEDULES_VARIABLE} {str(on).lower()} {found.where()}" + (
+        f" (changed: {', '.join(changed)})" if changed else " (already so: nothing changed)"
+    )
+    problem = ""
+    if after.intent.exact is not on or (after.live is not None and after.live is not on):
+        problem = (
+            f"after `upkeep live {'on' if on else 'off'}` {SCHEDULES_VARIABLE} is {after.intent.shown} and "
+            f"the dispatch schedule {'ACTIVE' if after.live else 'paused'} (another SRE at the same time?): "
+            "run it again"
+        )
+    data = {
+        "api": found.api,
+        "live": on,
+        "changed": changed,
+        "deployments": line.as_dict(),
+        "problem": problem,
+    }
+    return Outcome(data, said, line, problem)
+
+
+def _set_variable(http: Any, found: Installation, value: bool, changed: list[str]) -> None:
+    intent = found.intent
+    if intent.exact is value:
+        return
+    if intent.missing:
+        reply = http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value})
+    else:
+        reply = http.patch(f"variables/name/{SCHEDULES_VARIABLE}", json={"value": value})
+    reply.raise_for_status()
+    changed.append(f"{SCHEDULES_VARIABLE} {intent.shown} -> {str(value).lower()}")
+
+
+def _set_schedules(http: Any, found: Installation, active: bool, changed: list[str]) -> None:
+    for name, deployment in sorted(found.deployments.items()):
+        for schedule in deployment.get("schedules") or []:
+            if schedule.get("active") is not active:
+                http.patch(
+                    f"deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": active}
+                ).raise_for_status()
+                changed.append(f"{name} schedule {'resumed' if active else 'paused'}")
+        if active and deployment.get("paused") and deployment.get("schedules"):
+            # paused with the UI's toggle: its schedules do nothing until the deployment is resumed
+            http.post(f"deployments/{deployment['id']}/resume_deployment").raise_for_status()
+            changed.append(f"{name} deployment resumed")

@@ -330,7 +330,7 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
             try:
                 for block in blocks:
                     if block.role == "run":
-                        if "schedule resume" in block.text:
+                        if "upkeep live on" in block.text:
                             # Deployed paused, and no pause needed: the scheduler has been through the
                             # deployments since (it scheduled the probe) and gave the dispatcher nothing,
                             # so with a worker up the dispatcher has not run once.
@@ -338,7 +338,7 @@ def test_the_deploying_doc_works_when_followed_literally(tmp_path: Path) -> None
                             _await_scheduler(values["PREFECT_API_URL"], probe)
                             assert _dispatch_runs(values["PREFECT_API_URL"]) == 0
                         machine.run(block)
-                        if "deploy --all" in block.text and probe is None:
+                        if "upkeep deploy" in block.text and probe is None:
                             probe = _scheduler_probe(values["PREFECT_API_URL"])
                     elif block.role == "background":
                         if block.name == "worker":

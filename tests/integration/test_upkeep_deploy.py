@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import threading
 import time
@@ -141,8 +142,6 @@ def test_a_null_variable_creates_no_live_schedule(
 def test_a_value_prefect_reads_loosely_is_refused_with_nothing_deployed(
     server: PrefectServer, api: httpx.Client, tmp_path: Path, value: Any
 ) -> None:
-    import json
-
     _set_variable(api, value)
     line = _refused(
         _upkeep(_env(server, tmp_path), "deploy"), "nothing was deployed", "not JSON true or false"
@@ -250,8 +249,11 @@ def test_live_on_redeploy_live_off_redeploy(server: PrefectServer, api: httpx.Cl
     assert _variable(api) is True and _actives(api) == ALL
     check = _doctor_line(api)
     assert check.status == "ok" and "dispatch schedule ACTIVE" in check.detail, check.detail
-    again = _upkeep(env, "live", "on")
-    assert again.returncode == 0 and "already so: nothing changed" in again.stdout, again.stdout
+    again = _upkeep(env, "live", "on", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    answer = json.loads(again.stdout)
+    assert answer["live"] is True and answer["changed"] == [] and answer["problem"] == "", answer
+    assert "dispatch schedule ACTIVE" in answer["deployments"]["detail"], answer
 
     redeploy = _upkeep(env, "deploy")  # upgrading a live installation
     assert redeploy.returncode == 0, redeploy.stdout + redeploy.stderr
@@ -315,12 +317,37 @@ def test_an_installation_deployed_before_the_variable_is_told_what_to_set(
 
 
 def test_a_variable_flipped_while_deploying_is_found_and_said(
-    server: PrefectServer, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+    api: httpx.Client, in_process: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The time of check is the time of use: `prefect deploy` gets the value `upkeep deploy` checked,
     written into its copy of prefect.yaml, so another SRE's `variable set ... true` in between does not
     switch the schedules on; the change is found after the deploy and the command says so (exit 1).
-    In this process, with the flip made just before `prefect deploy` starts."""
+    In this process, with the flip made just before `prefect deploy` starts (red before the copy: the
+    schedules were deployed ACTIVE). UPKEEP_CHECKOUT of the caller is not touched, only left out."""
+    monkeypatch.setenv("UPKEEP_CHECKOUT", "/srv/deployer/checkout")
+    _set_variable(api, False)
+    real = in_process._run_prefect
+
+    def flipped_first(api_url: str, *args: str, **kwargs: Any) -> Any:
+        if args[0] == "deploy":
+            api.patch(f"variables/name/{SCHEDULES_VARIABLE}", json={"value": True}).raise_for_status()
+        return real(api_url, *args, **kwargs)
+
+    monkeypatch.setattr(in_process, "_run_prefect", flipped_first)
+    outcome = in_process.deploy()
+    assert "changed from false to true" in outcome.problem and "deployed paused" in outcome.problem
+    assert _actives(api) == NONE  # deployed as checked, not as flipped
+    assert os.environ["UPKEEP_CHECKOUT"] == "/srv/deployer/checkout"
+    assert all("/srv/deployer" not in str(d["pull_steps"]) for d in _deployments(api).values())
+
+
+class Killed(BaseException):
+    """The command's process killed at this point (nothing after it runs, no handler sees it)."""
+
+
+@pytest.fixture
+def in_process(server: PrefectServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """upkeep/deploy.py in this process, against `server`, as the CLI would run it there."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from upkeep import deploy as deploy_module
@@ -328,21 +355,68 @@ def test_a_variable_flipped_while_deploying_is_found_and_said(
     for key, value in server.env.items():
         if key.startswith("PREFECT_"):
             monkeypatch.setenv(key, value)
-    monkeypatch.setenv("UPKEEP_CHECKOUT", "/srv/deployer/checkout")
-    _set_variable(api, False)
-    real = deploy_module._run_prefect
-
-    def flipped_first(api_url: str, *args: str, **kwargs: Any) -> Any:
-        if args[0] == "deploy":
-            api.patch(f"variables/name/{SCHEDULES_VARIABLE}", json={"value": True}).raise_for_status()
-        return real(api_url, *args, **kwargs)
-
-    monkeypatch.setattr(deploy_module, "_run_prefect", flipped_first)
     with temporary_settings({PREFECT_API_URL: server.api_url}):
-        outcome = deploy_module.deploy()
-    assert "changed from false to true" in outcome.problem and "deployed paused" in outcome.problem
-    assert _actives(api) == NONE  # deployed as checked, not as flipped
-    assert os.environ["UPKEEP_CHECKOUT"] == "/srv/deployer/checkout"
+        yield deploy_module
+
+
+def _upkeep_deployments_by_api(http: httpx.Client) -> None:
+    """prefect.yaml's deployments as a deploy leaves them paused (one schedule each if scheduled), made
+    through the API: what `upkeep live` switches, without paying for a `prefect deploy`."""
+    flow = http.post("flows/", json={"name": "upkeep-probe"})
+    flow.raise_for_status()
+    for name in UPKEEP:
+        schedules = [{"schedule": {"interval": 3600}, "active": False}] if name in SCHEDULED else []
+        http.post(
+            "deployments/", json={"name": name, "flow_id": flow.json()["id"], "schedules": schedules}
+        ).raise_for_status()
+
+
+@pytest.mark.parametrize("command", ["on", "off"])
+def test_live_killed_between_its_halves_leaves_nothing_running_and_the_doctor_saying_so(
+    server: PrefectServer,
+    api: httpx.Client,
+    tmp_path: Path,
+    in_process: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """`live on` killed after setting the variable, `live off` killed after pausing the schedules: both
+    leave the schedules paused with the variable true. The doctor says the dispatcher is paused and what
+    the next deploy would do; `upkeep deploy` refuses; the same command again finishes."""
+    _upkeep_deployments_by_api(api)
+    if command == "off":  # a live installation
+        _set_variable(api, True)
+        for deployment in _deployments(api).values():
+            for schedule in deployment["schedules"]:
+                api.patch(
+                    f"deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": True}
+                ).raise_for_status()
+    else:
+        _set_variable(api, False)
+    second_half = "_set_schedules" if command == "on" else "_set_variable"
+
+    def killed(*_args: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(in_process, second_half, killed)
+    with pytest.raises(Killed):
+        in_process.switch(command == "on")
+    monkeypatch.undo()  # the environment too: the CLI below gets its own
+
+    assert _actives(api) == NONE and _variable(api) is True  # nothing runs
+    check = _doctor_line(api)
+    assert check.status == "warn", check.detail
+    assert "dispatch schedule paused" in check.detail, check.detail
+    assert "the next `prefect deploy` switches every schedule ON" in check.detail, check.detail
+    env = _env(server, tmp_path)
+    before = _snapshot(api)
+    _refused(_upkeep(env, "deploy"), "dispatch schedule is paused", "would switch every schedule ON")
+    assert _snapshot(api) == before
+
+    again = _upkeep(env, "live", command)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _actives(api) == (ALL if command == "on" else NONE)
+    assert _variable(api) is (command == "on")
 
 
 # -- the scheduler ---------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import contextlib
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -119,6 +121,13 @@ def _snapshot(http: httpx.Client) -> dict[str, Any]:
         name: (d["updated"], [(s["id"], s["active"]) for s in d["schedules"]], d.get("paused"))
         for name, d in _deployments(http).items()
     }
+
+
+def _doc_block(heading: str) -> str:
+    """The first ```bash block after `heading` in docs/deploying.md."""
+    text = (REPO_ROOT / "docs" / "deploying.md").read_text()
+    after = text[text.index(heading) :]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
 
 
 ALL = {name: [True] for name in SCHEDULED}
@@ -236,9 +245,10 @@ def test_the_first_deploy_on_an_empty_server_is_one_command_and_schedules_nothin
 
 
 def test_live_on_redeploy_live_off_redeploy(server: PrefectServer, api: httpx.Client, tmp_path: Path) -> None:
-    """Going live, upgrading live, stopping, upgrading stopped: each deploy keeps what the server
-    records, and the doctor's line says so after each command; a variable that disagrees with the
-    dispatch schedule (trap 2: `variable set ... false --overwrite` on a live server) is refused."""
+    """Going live, upgrading live (step 4's block pasted again), stopping, upgrading stopped: each deploy
+    keeps what the server records, and the doctor's line says so after each command; a variable that
+    disagrees with the dispatch schedule (trap 2: `variable set ... false --overwrite` on a live server)
+    is refused."""
     env = _env(server, tmp_path)
     assert _upkeep(env, "deploy").returncode == 0
     dispatch = _deployments(api)["dispatch"]["id"]
@@ -255,7 +265,11 @@ def test_live_on_redeploy_live_off_redeploy(server: PrefectServer, api: httpx.Cl
     assert answer["live"] is True and answer["changed"] == [] and answer["problem"] == "", answer
     assert "dispatch schedule ACTIVE" in answer["deployments"]["detail"], answer
 
-    redeploy = _upkeep(env, "deploy")  # upgrading a live installation
+    # upgrading a live installation, or step 4's block pasted again into a shell on it (no `set -e`)
+    shell = dict(env, CHECKOUT=str(REPO_ROOT), PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    redeploy = subprocess.run(
+        ["bash", "-c", _doc_block("## 4. ")], env=shell, capture_output=True, text=True, timeout=300
+    )
     assert redeploy.returncode == 0, redeploy.stdout + redeploy.stderr
     assert "dispatch schedule ACTIVE" in redeploy.stdout, redeploy.stdout
     assert _actives(api) == ALL and _deployments(api)["dispatch"]["id"] == dispatch

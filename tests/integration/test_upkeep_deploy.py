@@ -84,6 +84,7 @@ def _refused(done: Any, *phrases: str) -> str:
     assert len(lines) == 1, done.stderr
     for phrase in phrases:
         assert phrase in lines[0], lines[0]
+    print(f"\nrefused: {lines[0]}")  # the exact line, under -s
     return str(lines[0])
 
 

@@ -249,6 +249,10 @@ class Outcome:
 
 
 def deploy() -> Outcome:
+    if not (CHECKOUT / "prefect.yaml").is_file():  # an installed copy, not a checkout
+        raise CliError(
+            f"no prefect.yaml in {CHECKOUT}: run `upkeep deploy` from a checkout of Upkeep; {NOT_DEPLOYED}"
+        )
     api = _api(NOT_DEPLOYED)
     with prefect_api_client(api) as http:
         before = read_installation(http, api, NOT_DEPLOYED)

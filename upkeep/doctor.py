@@ -541,15 +541,19 @@ def _deployments(http: Any) -> Iterator[Check]:
     toggled_off = scheduled and bool(dispatch.get("paused"))  # the UI's toggle: the deployment paused
     live = dispatch_live(dispatch)
     keep = "true" if live else "false"  # what the variable must say: a live dispatcher stays live
+    # upkeep/deploy.py: `upkeep live on|off` sets the variable and the schedules together, and `upkeep
+    # deploy` refuses a variable that is not exactly true/false or disagrees with the dispatch schedule.
+    fix = f"upkeep live {'on' if live else 'off'}"
     if missing:
-        deploy = "from the checkout, with UPKEEP_CHECKOUT unset: prefect --no-prompt deploy --all"
+        deploy = "from the checkout: upkeep deploy"
         yield fail(
             "deployments",
             f"missing: {', '.join(missing)}; {_first_deploy(intent)}",
-            deploy
-            if intent.deploys and intent.active is live
-            else f"prefect variable set {SCHEDULES_VARIABLE} {keep} --overwrite (docs/deploying.md step 4), "
-            f"then {deploy}",
+            f"{deploy} (it records {SCHEDULES_VARIABLE} false and deploys paused)"
+            if intent.missing and len(missing) == len(expected)
+            else deploy
+            if intent.exact is live
+            else f"{fix} (what the dispatcher is now), then {deploy}",
         )
         return
     count = f"{len(expected) or len(found)} found"
@@ -560,7 +564,6 @@ def _deployments(http: Any) -> Iterator[Check]:
         if toggled_off
         else "dispatch schedule paused: nothing starts or is sent by itself"
     )
-    fix = f"prefect variable set {SCHEDULES_VARIABLE} {keep} --overwrite"
     if intent.unread:
         yield warn(
             "deployments",
@@ -573,7 +576,7 @@ def _deployments(http: Any) -> Iterator[Check]:
             "deployments",
             f"{count}; {state}; {SCHEDULES_VARIABLE} is {intent.shown}: "
             "the next `prefect deploy` fails on the scheduled deployments",
-            fix + ("" if live else " (docs/deploying.md step 4)"),
+            fix,
         )
     elif intent.active is None:
         yield warn(
@@ -589,14 +592,7 @@ def _deployments(http: Any) -> Iterator[Check]:
         yield warn(
             "deployments",
             f"{count}; {state}, but {SCHEDULES_VARIABLE} is {intent.shown}: the next `prefect deploy` {then}",
-            fix
-            if live
-            else f"to stay paused: {fix}; to go live: "
-            + (
-                "switch the dispatch deployment on in the UI (the next `prefect deploy` does it too)"
-                if toggled_off
-                else "prefect --no-prompt deployment schedule resume --all"
-            ),
+            fix if live else f"to stay paused: {fix}; to go live: upkeep live on",
         )
     elif live:
         yield ok("deployments", f"{count}; {state}")

@@ -286,6 +286,8 @@ def test_live_on_redeploy_live_off_redeploy(server: PrefectServer, api: httpx.Cl
         "nothing was deployed",
     )
     assert _snapshot(api) == before
+    check = _doctor_line(api)
+    assert "switches every schedule OFF" in check.detail and check.fix == "upkeep live on", check.fix
 
     off = _upkeep(env, "live", "off")
     assert off.returncode == 0, off.stdout + off.stderr
@@ -423,6 +425,7 @@ def test_live_killed_between_its_halves_leaves_nothing_running_and_the_doctor_sa
     assert check.status == "warn", check.detail
     assert "dispatch schedule paused" in check.detail, check.detail
     assert "the next `prefect deploy` switches every schedule ON" in check.detail, check.detail
+    assert check.fix == "to stay paused: upkeep live off; to go live: upkeep live on", check.fix
     env = _env(server, tmp_path)
     before = _snapshot(api)
     _refused(_upkeep(env, "deploy"), "dispatch schedule is paused", "would switch every schedule ON")
@@ -432,6 +435,31 @@ def test_live_killed_between_its_halves_leaves_nothing_running_and_the_doctor_sa
     assert again.returncode == 0, again.stdout + again.stderr
     assert _actives(api) == (ALL if command == "on" else NONE)
     assert _variable(api) is (command == "on")
+
+
+def test_live_on_resumes_a_deployment_paused_with_the_ui_toggle(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """The UI's toggle pauses the deployment, not its schedule: `live on` resumes it too, as the doctor's
+    fix for that state says (schedules alone would leave the dispatcher idle)."""
+    _upkeep_deployments_by_api(api)
+    _set_variable(api, True)
+    for deployment in _deployments(api).values():
+        for schedule in deployment["schedules"]:
+            api.patch(
+                f"deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": True}
+            ).raise_for_status()
+    dispatch = _deployments(api)["dispatch"]["id"]
+    api.post(f"deployments/{dispatch}/pause_deployment").raise_for_status()
+    check = _doctor_line(api)
+    assert "dispatch deployment paused" in check.detail and "upkeep live on" in check.fix, check.fix
+
+    on = _upkeep(_env(server, tmp_path), "live", "on")
+    assert on.returncode == 0, on.stdout + on.stderr
+    assert "dispatch deployment resumed" in on.stdout, on.stdout
+    assert _deployments(api)["dispatch"]["paused"] is False
+    check = _doctor_line(api)
+    assert check.status == "ok" and "dispatch schedule ACTIVE" in check.detail, check.detail
 
 
 # -- the scheduler ---------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ CLAIM_HOLD = timedelta(minutes=2)  # a claimed alert is another deliverer's agai
 
 
 def alert_sre(
-    runtime: Runtime,
+    runtime: Runtime | None,
     *,
     headline: str,
     cause: str,
@@ -63,11 +63,15 @@ def alert_sre(
     paged: Sequence[str] = (),
     ack_command: str = "",
     session: Session | None = None,
+    now: datetime | None = None,
 ) -> int:
     """Queue an SRE alert; returns its id. With `run_id`, customer, cluster, versions and the Prefect
     flow-run link come from the run's record. `key` makes it idempotent (the same key queues nothing
     new); `session` queues it in the caller's transaction. Never raises for a channel. Secrets in the
-    text (a password in a URL the error quotes, a token) are redacted before anything is stored."""
+    text (a password in a URL the error quotes, a token) are redacted before anything is stored.
+    Without a runtime (the notice deliverer, handed only an engine) `session` and `now` are required."""
+    if runtime is None and (session is None or now is None):
+        raise TypeError("alert_sre without a runtime needs the caller's session and now")
     headline, cause, detail, action = (redact_text(text) for text in (headline, cause, detail, action))
     with _session(runtime, session) as s:
         from_version = to_version = run_url = ""
@@ -79,7 +83,9 @@ def alert_sre(
             customer = customer or repo.customer_of(found, session=s).name
             from_version, to_version = run.from_version, run.to_version
             run_url = flow_run_url(run.flow_run_id)
-        now = runtime.clock()
+        if now is None:
+            assert runtime is not None
+            now = runtime.clock()
         rendered = render_alert(
             AlertContext(
                 headline=headline,
@@ -120,10 +126,11 @@ def alert_sre(
 
 
 @contextmanager
-def _session(runtime: Runtime, session: Session | None) -> Iterator[Session]:
+def _session(runtime: Runtime | None, session: Session | None) -> Iterator[Session]:
     if session is not None:
         yield session
         return
+    assert runtime is not None
     with session_scope(runtime.engine) as own:
         yield own
 

@@ -52,7 +52,7 @@ def render_alert(ctx: AlertContext) -> RenderedAlert:
         raise ValueError(f"alert time {ctx.at!r} is naive")
     variables = asdict(ctx) | {
         "at_utc": ctx.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "where": f"{ctx.customer}/{ctx.cluster}" if ctx.customer else ctx.cluster,
+        "where": "/".join(part for part in (ctx.customer, ctx.cluster) if part),  # no "acme/" alone
         "inspect": f"upkeep show {ctx.run_id}" if ctx.run_id is not None else "",
     }
     where = variables["where"]

@@ -39,7 +39,7 @@ from sqlmodel import Session
 from flows.runtime import current
 from inventory.db import session_scope
 from inventory.installation import installation_id
-from inventory.models import UpgradeRun
+from inventory.models import Customer, RunState, UpgradeRun
 from inventory.outbox import (
     ANNOUNCING,
     Notice,
@@ -365,10 +365,76 @@ def _sender(sender: str, organizer: str | None) -> str:
 
 
 def _failed(notice: Notice, report: DeliveryReport, error: str, *, now: datetime, session: Session) -> None:
+    """A notice that will never go out: marked failed, and the SRE alerted in the same transaction
+    (before, only `notices send` logged it and the dispatcher's delivery said nothing: a 'scheduled'
+    to a gone address left its update never told, sliding on at every re-check, and nobody heard)."""
     mark_attempt_failed(notice, error, permanent=True, now=now, session=session)
+    _alert_undelivered(notice, error, now=now, session=session)
     report.failed.append(
         FailedNotice(notice.idempotency_key, notice.customer_id, list(notice.recipients), error)
     )
+
+
+def _alert_undelivered(notice: Notice, error: str, *, now: datetime, session: Session) -> None:
+    """One SRE alert per failure of a notice (keyed on the notice and its attempt: a retried transaction
+    or a second dispatcher queues no second one), saying what it means for the update and the fix."""
+    from flows.alerts import alert_sre
+
+    ref, kind = notice.update_ref, notice.kind
+    run_id = run_id_of(ref)
+    run = session.get(UpgradeRun, run_id) if run_id is not None else None
+    customer = session.get(Customer, notice.customer_id)
+    fix = "correct the contact (or portal user) in the inventory YAML and run `upkeep inventory import FILE`"
+    by_hand = f"Upkeep does not send it again: tell them yourself (`upkeep notices list --update {ref}`)."
+    if ref.endswith("-sre"):  # the SRE's own copy (flows/run_notices.py `to_sre`)
+        means = "This was the SRE's copy, not the customer's."
+        action = "Fix: the SRE mailbox setting (UPKEEP_SRE_EMAIL)."
+    elif run is None or kind not in ANNOUNCING or run.state != RunState.planned:
+        means = f"The customer did not get this '{kind}' notice" + (
+            f"; {ref} itself is not held back by it." if run is not None else "."
+        )
+        action = f"Fix: {fix}. {by_hand}"
+    elif run.told_at is not None:
+        means = (
+            f"The customer was told of {ref} before, but not by this '{kind}' notice: it keeps the slot "
+            "Upkeep has, whatever they last heard."
+        )
+        action = f"Fix: {fix}. {by_hand}"
+    else:
+        means = (
+            f"The customer has not been told of {ref}, so it cannot start: once less than its notice "
+            "period is left (counted from now: never told yet), each re-check, at the latest the "
+            "dispatcher's when the slot comes, moves it to the first window with full notice from then "
+            "and mails a 'rescheduled' to the same addresses."
+        )
+        action = (
+            f"Fix: {fix}. If the import does not report {ref} moved (a move mails the corrected "
+            f"addresses), re-announce it: `upkeep reschedule {ref} --to START --reason TEXT` "
+            "(a START too soon is refused with the earliest valid one)."
+        )
+    building = error.startswith("cannot build the message")
+    alert_sre(
+        None,
+        headline=f"'{kind}' notice of {ref} not delivered: "
+        + ("the message cannot be built" if building else "refused for good by the mail server"),
+        cause=_one_line(error),
+        kind="notice-failed",
+        run_id=run.id if run is not None else None,
+        customer=customer.name if customer is not None else "",
+        detail=f"Not delivered to: {_one_line(', '.join(notice.recipients))}\n{means}",
+        action=action,
+        key=f"notice-{notice.id}:failed:{notice.attempts}",  # one failure, one alert
+        session=session,
+        now=now,
+    )
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """A server's answer as one terminal-safe line: line breaks folded, other control characters
+    escaped (an SMTP reply is the remote server's text)."""
+    line = " ".join(text.split())
+    line = "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in line)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 @flow(name="deliver-notices")

@@ -200,3 +200,37 @@ def test_two_deliverers_refused_for_every_notice_queue_one_alert_per_notice(
     rows = notices(engine)
     assert {row.state for row in rows} == {NoticeState.failed}
     assert sorted(a.key for a in _alerts(engine)) == sorted(f"notice-{row.id}:failed:1" for row in rows)
+
+
+def test_the_fix_the_alert_names_tells_the_customer_at_the_corrected_address(
+    sqlite_engine: Engine, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The alert's fix, followed: the contact corrected in the inventory YAML and imported; the import's
+    re-check moves the never-told update and mails its 'rescheduled' to the new address: told at last."""
+    import yaml
+
+    from flows.integrity import import_and_recheck
+
+    world = World(sqlite_engine, tmp_path)
+    world.runtime.mailer = smtp.transport()
+    smtp.handler.refuse[CONTACT] = REFUSAL
+    run_id = _schedule(world)
+    deliver_pending(sqlite_engine, world.runtime.mailer, now=world.clock(), sender=SENDER)
+    assert [a.kind for a in _alerts(sqlite_engine)] == ["notice-failed"]
+
+    inventory = tmp_path / "inventory.yaml"
+    document = yaml.safe_load(inventory.read_text())
+    document["customers"][0]["contacts"][0]["email"] = "ops-team@fakeco.example"
+    inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+    later = world.clock.advance(timedelta(hours=1))
+    vendor = VendorTerms.from_runtime(world.runtime)
+    _, outcomes = import_and_recheck(inventory, engine=sqlite_engine, actor="sre", now=later, vendor=vendor)
+    assert [o.action for o in outcomes] == ["moved"], [o.describe() for o in outcomes]
+    deliver_pending(sqlite_engine, world.runtime.mailer, now=later, sender=SENDER)
+
+    (told,) = smtp.handler.messages
+    assert told["To"] == "ops-team@fakeco.example" and "rescheduled" in str(told["X-Upkeep-Idempotency-Key"])
+    with session_scope(sqlite_engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.told_at == later
+    assert len(_alerts(sqlite_engine)) == 1

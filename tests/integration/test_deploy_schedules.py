@@ -363,34 +363,6 @@ def test_a_server_that_will_not_show_the_variable_still_gets_its_deployments_lin
     assert "dispatch schedule paused" in check.detail and "could not be read (HTTP 403)" in check.detail
 
 
-def _doc_block(heading: str) -> str:
-    """The first ```bash block after `heading` in docs/deploying.md."""
-    text = (REPO_ROOT / "docs" / "deploying.md").read_text()
-    after = text[text.index(heading) :]
-    return after.split("```bash\n", 1)[1].split("```", 1)[0]
-
-
-def test_step_4_pasted_again_into_a_shell_on_a_live_server_leaves_the_dispatcher_live(
-    server: PrefectServer, api: httpx.Client
-) -> None:
-    """An SRE pastes step 4's block again on a live installation, into an interactive shell: no `set -e`,
-    every line runs whatever the one before did. `work-pool create` and `variable set ... false` fail
-    ("already exists"), and the deploy that follows anyway keeps every schedule as the variable says
-    (red with lead's step 4, whose `schedule pause --all` after the deploy paused the live dispatcher)."""
-    _set_variable(api, False)
-    _deploy(server)
-    go_live(server)
-    env = _deploy_env(server)
-    env.update({"CHECKOUT": str(REPO_ROOT), "PATH": f"{Path(PREFECT).parent}:{env.get('PATH', '')}"})
-    done = subprocess.run(
-        ["bash", "-c", _doc_block("## 4. ")], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert "already exists" in done.stdout + done.stderr, done.stdout + done.stderr
-    deployments = _deployments(api)
-    assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}
-    assert not any(deployments[name].get("paused") for name in SCHEDULED), deployments
-
-
 def test_an_installation_deployed_before_the_variable_upgrades_live_with_one_schedule_each(
     server: PrefectServer, api: httpx.Client, tmp_path: Path
 ) -> None:

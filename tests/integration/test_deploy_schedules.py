@@ -161,61 +161,56 @@ def _wait_for(condition: Any, what: str) -> None:
         time.sleep(0.5)
 
 
-def test_the_doctor_warns_before_a_deploy_would_switch_the_schedules(
-    server: PrefectServer, api: httpx.Client
-) -> None:
-    """The `deployments` line: paused and recorded paused is ok; the variable and the dispatch schedule
-    disagreeing is a warning naming what the next `prefect deploy` does and the fix."""
-    from upkeep.doctor import _deployments as doctor_deployments
-
-    def line() -> tuple[str, str]:
-        [check] = list(doctor_deployments(api))
-        return check.status, check.detail
-
-    server.prefect("variable", "set", SCHEDULES_VARIABLE, "false")
-    _deploy(server)
-    status, detail = line()
-    assert status == "ok" and "dispatch schedule paused" in detail, detail
-
-    server.prefect("variable", "set", SCHEDULES_VARIABLE, "true", "--overwrite")
-    status, detail = line()
-    assert status == "warn" and "the next `prefect deploy` switches every schedule ON" in detail, detail
-
-    server.prefect("deployment", "schedule", "resume", "--all")
-    status, detail = line()
-    assert status == "ok" and "dispatch schedule ACTIVE" in detail, detail
-
-    server.prefect("variable", "set", SCHEDULES_VARIABLE, "false", "--overwrite")
-    status, detail = line()
-    assert status == "warn" and "the next `prefect deploy` switches every schedule OFF" in detail, detail
-
-    api.delete(f"variables/name/{SCHEDULES_VARIABLE}").raise_for_status()
-    status, detail = line()
-    assert status == "warn" and "fails on the scheduled deployments" in detail, detail
-
-
 # -- adv47: the doctor's word against what `prefect deploy` really does with the variable -------------
 # Prefect validates `active` with pydantic's lax bool ("no", "off", 0, "TRUE" are booleans to it), leaves
 # `active` out when the variable holds JSON null (the schedule is then created ACTIVE, and kept as it is
 # on a redeploy), and refuses the deployment for anything else. Values are set through the API, with
 # their JSON type, as `prefect variable set NAME VALUE` stores them (it JSON-parses VALUE first).
-FIRST_DEPLOY_VALUES = [False, "no", 0, "off", 1, None, 2, "maybe"]
-NEXT_DEPLOY_CASES = [
-    ("live", "no"),
-    ("live", 0),
-    ("live", None),
-    ("live", "yes"),
-    ("live", 2),
-    ("paused", "maybe"),
-    ("paused", None),
-    ("paused", "yes"),
-    ("paused", 1),
+#
+# Proved in two halves, so that not every value pays a real deploy (5-20 s each):
+# - every value in VALUES: the doctor's prediction equals what Prefect's own `prefect deploy` code makes
+#   of prefect.yaml's dispatch schedule with that variable (`_prefect_reading`: Prefect's variable
+#   templating, its schedule construction and its DeploymentScheduleCreate/Update validation, run in
+#   this process against the real server), for a first deploy and for a redeploy on a live and on a
+#   paused installation;
+# - one value of each reading Prefect has (CLASSES), for real: `prefect deploy` does what the doctor
+#   said, on a first deploy and on a redeploy from each starting state. A value whose reading is not in
+#   CLASSES fails the first half, so no reading goes without its real deploy.
+UNSET = "<unset>"  # no variable at all: Prefect templates the placeholder to ""
+VALUES = [
+    False,
+    "no",
+    0,
+    "off",
+    "0",
+    "f",
+    "",
+    True,
+    1,
+    "yes",
+    "TRUE",
+    "on",
+    1.0,
+    None,
+    2,
+    0.5,
+    "maybe",
+    UNSET,
 ]
+# Prefect's reading (first deploy, redeploy) -> the value that is deployed for real
+CLASSES: dict[tuple[str, str], Any] = {
+    ("paused", "paused"): "off",
+    ("ACTIVE", "ACTIVE"): 1,
+    ("ACTIVE", "kept"): None,
+    ("refused", "refused"): "maybe",
+}
+STARTS = ["live", "paused"]
 
 
 def _set_variable(http: httpx.Client, value: Any) -> None:
     http.delete(f"variables/name/{SCHEDULES_VARIABLE}")
-    http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value}).raise_for_status()
+    if value != UNSET:
+        http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value}).raise_for_status()
 
 
 def _deploy_dispatch(server: PrefectServer, http: httpx.Client) -> str:
@@ -243,16 +238,51 @@ def _doctor_line(http: httpx.Client) -> Any:
     return check
 
 
-@pytest.mark.parametrize("value", FIRST_DEPLOY_VALUES, ids=repr)
-def test_before_the_first_deploy_the_doctor_says_what_the_variable_will_make_of_the_schedules(
-    server: PrefectServer, api: httpx.Client, value: Any
-) -> None:
-    """Nothing deployed yet: the `deployments` line already says what `prefect deploy` will create,
-    read as Prefect reads the variable (before adv47 it said only "missing", and read "no"/0/null as
-    values the deploy refuses)."""
-    _set_variable(api, value)
-    check = _doctor_line(api)
-    predicted = next(
+def _prefect_reading(server: PrefectServer) -> tuple[str, str]:
+    """What Prefect's own `prefect deploy` code makes of prefect.yaml's dispatch schedule with the variable
+    as the server now holds it, as (first deploy, redeploy): the placeholder resolved by Prefect's
+    `resolve_variables` (the deploy command's call, reading the server), the schedule built by the deploy
+    command's `_construct_schedules`, then validated as `RunnerDeployment.apply` does: a new deployment's
+    schedule by DeploymentScheduleCreate, an existing one's by DeploymentScheduleUpdate, sent without
+    unset fields. Each is "refused", "ACTIVE" or "paused"; a redeploy that leaves `active` out is "kept"."""
+    import asyncio
+
+    import yaml
+    from prefect.cli.deploy._schedules import _construct_schedules
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentScheduleUpdate
+    from prefect.utilities.templating import resolve_variables
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    config = next(
+        d
+        for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]
+        if d["name"] == "dispatch"
+    )
+
+    async def resolved() -> dict[str, Any]:
+        async with PrefectClient(server.api_url) as client:
+            answer: dict[str, Any] = await resolve_variables(config, client=client)
+            return answer
+
+    [schedule] = _construct_schedules(
+        asyncio.run(resolved()), {}, console=Console(), is_interactive=lambda: False
+    )
+    try:
+        first = "ACTIVE" if DeploymentScheduleCreate(**schedule).active else "paused"
+    except ValidationError:
+        first = "refused"
+    try:
+        sent = DeploymentScheduleUpdate(**schedule).model_dump(mode="json", exclude_unset=True)
+    except ValidationError:
+        return first, "refused"
+    return first, "kept" if "active" not in sent else "ACTIVE" if sent["active"] else "paused"
+
+
+def _first_deploy_prediction(detail: str) -> str | None:
+    """What the doctor's line says a first `prefect deploy` does to the schedules (None: it does not say)."""
+    return next(
         (
             outcome
             for phrase, outcome in [
@@ -260,41 +290,115 @@ def test_before_the_first_deploy_the_doctor_says_what_the_variable_will_make_of_
                 ("`prefect deploy` creates the schedules paused", "paused"),
                 ("`prefect deploy` creates the schedules ACTIVE", "ACTIVE"),
             ]
-            if phrase in check.detail
+            if phrase in detail
         ),
         None,
     )
+
+
+def _next_deploy_prediction(detail: str, before: str) -> str:
+    """What the doctor's line says the next `prefect deploy` does to a dispatch schedule now `before`."""
+    if "the next `prefect deploy` fails on the scheduled deployments" in detail:
+        return "refused"
+    if "the next `prefect deploy` switches every schedule OFF" in detail:
+        return "paused"
+    if "the next `prefect deploy` switches every schedule ON" in detail:
+        return "ACTIVE"
+    return before
+
+
+@pytest.fixture
+def installed(server: PrefectServer) -> Iterator[httpx.Client]:
+    """A client on `server` with prefect.yaml deployed (once per module while no test removes it; deployed
+    anew, paused, when one did). Each test then sets the state it starts from with `_restore`."""
+    with httpx.Client(base_url=server.api_url + "/", timeout=10) as http:
+        if not set(SCHEDULED) <= set(_deployments(http)):
+            _set_variable(http, False)
+            _deploy(server)
+        yield http
+
+
+def _restore(http: httpx.Client, start: str) -> str:
+    """The installation `start`s ("live": docs/deploying.md step 7 done; "paused": step 4 only) through the
+    API calls `go_live` makes through the CLI (the variable, then every schedule's `active`), and any UI
+    toggle undone. Checked, not assumed: the state before the test, as the doctor and a deploy see it."""
+    live = start == "live"
+    _set_variable(http, live)
+    for name in SCHEDULED:
+        deployment = _deployments(http)[name]
+        if deployment["paused"]:
+            http.post(f"deployments/{deployment['id']}/resume_deployment").raise_for_status()
+        for schedule in deployment["schedules"]:
+            patched = http.patch(
+                f"deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": live}
+            )
+            patched.raise_for_status()
+    deployments = _deployments(http)
+    assert {name: (_actives(deployments[name]), deployments[name]["paused"]) for name in SCHEDULED} == {
+        name: ([live], False) for name in SCHEDULED
+    }
+    return "ACTIVE" if live else "paused"
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_before_the_first_deploy_the_doctor_reads_the_variable_as_prefect_deploy_does(
+    server: PrefectServer, api: httpx.Client, value: Any
+) -> None:
+    """Nothing deployed yet: the `deployments` line says what `prefect deploy` will create, read as Prefect's
+    own deploy code reads the variable (before adv47 it said only "missing", and read "no"/0/null as values
+    the deploy refuses); and Prefect's reading is one a real deploy below is made of."""
+    _set_variable(api, value)
+    reading = _prefect_reading(server)
+    assert reading in CLASSES, f"{value!r}: Prefect reads it as {reading}, a reading no test deploys for real"
+    check = _doctor_line(api)
+    assert _first_deploy_prediction(check.detail) == reading[0], check.detail
+
+
+@pytest.mark.parametrize(("reading", "value"), CLASSES.items(), ids=repr)
+def test_before_the_first_deploy_the_doctor_says_what_the_variable_will_make_of_the_schedules(
+    server: PrefectServer, api: httpx.Client, reading: tuple[str, str], value: Any
+) -> None:
+    """The first deploy, for real, once for each reading Prefect has: it does what the doctor said."""
+    _set_variable(api, value)
+    assert _prefect_reading(server) == reading
+    check = _doctor_line(api)
+    predicted = _first_deploy_prediction(check.detail)
     assert predicted is not None, check.detail
     assert _deploy_dispatch(server, api) == predicted, check.detail
 
 
-@pytest.mark.parametrize(("start", "value"), NEXT_DEPLOY_CASES, ids=repr)
-def test_the_doctor_says_what_the_next_deploy_will_do_to_the_dispatch_schedule(
-    server: PrefectServer, api: httpx.Client, start: str, value: Any
+@pytest.mark.parametrize(("start", "value"), [(s, v) for s in STARTS for v in VALUES], ids=repr)
+def test_on_an_installation_the_doctor_reads_the_variable_as_a_redeploy_does(
+    server: PrefectServer, installed: httpx.Client, start: str, value: Any
 ) -> None:
-    """Dispatcher deployed, live or paused, then the variable changed by hand: the `deployments` line
-    names what the next deploy does, and it does that (before adv47: "no"/0 on a live dispatcher was
+    """Dispatcher deployed, live or paused, then the variable changed by hand: the `deployments` line names
+    what Prefect's deploy code makes of the next deploy (before adv47: "no"/0 on a live dispatcher was
     "fails" where the deploy switched it off; an odd value on a paused one was "ok" where the deploy
     fails; null was "fails" where the deploy keeps the schedule)."""
-    _set_variable(api, False)
-    _deploy(server)  # all of prefect.yaml: the doctor's line is about a complete installation
-    assert _state(api) == "paused"
-    if start == "live":
-        go_live(server)
-    before = "ACTIVE" if start == "live" else "paused"
-    _set_variable(api, value)
-    check = _doctor_line(api)
-    if "the next `prefect deploy` fails on the scheduled deployments" in check.detail:
-        predicted = "refused"
-    elif "the next `prefect deploy` switches every schedule OFF" in check.detail:
-        predicted = "paused"
-    elif "the next `prefect deploy` switches every schedule ON" in check.detail:
-        predicted = "ACTIVE"
-    else:
-        predicted = before
-    assert _deploy_dispatch(server, api) == predicted, check.detail
+    before = _restore(installed, start)
+    _set_variable(installed, value)
+    reading = _prefect_reading(server)
+    check = _doctor_line(installed)
+    assert _next_deploy_prediction(check.detail, before) == (
+        before if reading[1] == "kept" else reading[1]
+    ), check.detail
+    if value is None:  # kept for now, but a deployment made anew would be created ACTIVE
+        assert check.status == "warn", check.detail
+
+
+@pytest.mark.parametrize(("start", "value"), [(s, v) for s in STARTS for v in CLASSES.values()], ids=repr)
+def test_the_doctor_says_what_the_next_deploy_will_do_to_the_dispatch_schedule(
+    server: PrefectServer, installed: httpx.Client, start: str, value: Any
+) -> None:
+    """The next deploy, for real, from each starting state once for each reading Prefect has: it does what
+    the doctor's `deployments` line said; refused, it leaves the schedule as it was."""
+    before = _restore(installed, start)
+    _set_variable(installed, value)
+    check = _doctor_line(installed)
+    predicted = _next_deploy_prediction(check.detail, before)
+    assert _deploy_dispatch(server, installed) == predicted, check.detail
     if predicted == "refused":
-        assert _state(api) == before  # refused: the schedule is left as it was
+        assert _state(installed) == before  # refused: the schedule is left as it was
     if value is None:  # kept for now, but a deployment made anew would be created ACTIVE
         assert check.status == "warn", check.detail
 
@@ -347,13 +451,12 @@ def _proxy_refusing(api_url: str, refused: str, status: int) -> Iterator[str]:
 
 
 def test_a_server_that_will_not_show_the_variable_still_gets_its_deployments_line(
-    server: PrefectServer, api: httpx.Client
+    server: PrefectServer, installed: httpx.Client
 ) -> None:
     """A proxy refusing /variables (403) cost the whole Prefect part of the doctor before adv47: the
     HTTPStatusError from reading the variable turned it into one "could not check" line, without the
     deployments line (is the dispatcher live?) or the cluster limit after it."""
-    _set_variable(api, False)
-    _deploy(server)
+    _restore(installed, "paused")
     with (
         _proxy_refusing(server.api_url, "/variables/", 403) as url,
         httpx.Client(base_url=url + "/") as client,
@@ -361,6 +464,73 @@ def test_a_server_that_will_not_show_the_variable_still_gets_its_deployments_lin
         check = _doctor_line(client)
     assert check.status == "warn", check.detail
     assert "dispatch schedule paused" in check.detail and "could not be read (HTTP 403)" in check.detail
+
+
+def test_a_deployment_deleted_from_a_live_installation_is_redeployed_live(
+    server: PrefectServer, installed: httpx.Client
+) -> None:
+    """Someone deleted `case-auto-close` from a live installation: the doctor's fix is the plain deploy,
+    which brings it back live (red before the fix: it said to set the variable to false first, which
+    would have switched the live dispatcher off with it)."""
+    _restore(installed, "live")
+    installed.delete(f"deployments/{_deployments(installed)['case-auto-close']['id']}").raise_for_status()
+
+    check = _doctor_line(installed)
+    assert check.status == "fail" and "missing: case-auto-close" in check.detail, check.detail
+    assert "creates the schedules ACTIVE" in check.detail and "--overwrite" not in check.fix, check.fix
+    _deploy(server)
+    deployments = _deployments(installed)
+    assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}
+
+
+def test_a_dispatch_deployment_paused_with_the_ui_toggle_is_named_so_with_a_fix_that_works(
+    server: PrefectServer, installed: httpx.Client
+) -> None:
+    """The UI's toggle pauses the deployment, not its schedule, and the next `prefect deploy` un-pauses it
+    (measured: paused back to false). The doctor called that "dispatch schedule paused" and offered
+    `schedule resume --all` to go live, which changes nothing for a paused deployment (red before)."""
+    _restore(installed, "live")
+    dispatch = _deployments(installed)["dispatch"]["id"]
+    installed.post(f"deployments/{dispatch}/pause_deployment").raise_for_status()
+
+    check = _doctor_line(installed)
+    assert check.status == "warn" and "dispatch deployment paused" in check.detail, check.detail
+    assert "switches every schedule ON" in check.detail and "schedule resume" not in check.fix, check.fix
+    _deploy(server)
+    assert _deployments(installed)["dispatch"]["paused"] is False  # what the warning said the deploy would do
+    assert _doctor_line(installed).status == "ok"
+
+
+def test_the_doctor_warns_before_a_deploy_would_switch_the_schedules(
+    server: PrefectServer, installed: httpx.Client
+) -> None:
+    """The `deployments` line: paused and recorded paused is ok; the variable and the dispatch schedule
+    disagreeing is a warning naming what the next `prefect deploy` does and the fix."""
+    from upkeep.doctor import _deployments as doctor_deployments
+
+    def line() -> tuple[str, str]:
+        [check] = list(doctor_deployments(installed))
+        return check.status, check.detail
+
+    _restore(installed, "paused")  # deployed as step 4 leaves it
+    status, detail = line()
+    assert status == "ok" and "dispatch schedule paused" in detail, detail
+
+    server.prefect("variable", "set", SCHEDULES_VARIABLE, "true", "--overwrite")
+    status, detail = line()
+    assert status == "warn" and "the next `prefect deploy` switches every schedule ON" in detail, detail
+
+    server.prefect("deployment", "schedule", "resume", "--all")
+    status, detail = line()
+    assert status == "ok" and "dispatch schedule ACTIVE" in detail, detail
+
+    server.prefect("variable", "set", SCHEDULES_VARIABLE, "false", "--overwrite")
+    status, detail = line()
+    assert status == "warn" and "the next `prefect deploy` switches every schedule OFF" in detail, detail
+
+    installed.delete(f"variables/name/{SCHEDULES_VARIABLE}").raise_for_status()
+    status, detail = line()
+    assert status == "warn" and "fails on the scheduled deployments" in detail, detail
 
 
 def test_an_installation_deployed_before_the_variable_upgrades_live_with_one_schedule_each(
@@ -391,42 +561,3 @@ def test_an_installation_deployed_before_the_variable_upgrades_live_with_one_sch
     deployments = _deployments(api)
     assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}
     assert all(s["slug"] for name in SCHEDULED for s in deployments[name]["schedules"]), deployments
-
-
-def test_a_deployment_deleted_from_a_live_installation_is_redeployed_live(
-    server: PrefectServer, api: httpx.Client
-) -> None:
-    """Someone deleted `case-auto-close` from a live installation: the doctor's fix is the plain deploy,
-    which brings it back live (red before the fix: it said to set the variable to false first, which
-    would have switched the live dispatcher off with it)."""
-    _set_variable(api, False)
-    _deploy(server)
-    go_live(server)
-    api.delete(f"deployments/{_deployments(api)['case-auto-close']['id']}").raise_for_status()
-
-    check = _doctor_line(api)
-    assert check.status == "fail" and "missing: case-auto-close" in check.detail, check.detail
-    assert "creates the schedules ACTIVE" in check.detail and "--overwrite" not in check.fix, check.fix
-    _deploy(server)
-    deployments = _deployments(api)
-    assert {name: _actives(deployments[name]) for name in SCHEDULED} == {name: [True] for name in SCHEDULED}
-
-
-def test_a_dispatch_deployment_paused_with_the_ui_toggle_is_named_so_with_a_fix_that_works(
-    server: PrefectServer, api: httpx.Client
-) -> None:
-    """The UI's toggle pauses the deployment, not its schedule, and the next `prefect deploy` un-pauses it
-    (measured: paused back to false). The doctor called that "dispatch schedule paused" and offered
-    `schedule resume --all` to go live, which changes nothing for a paused deployment (red before)."""
-    _set_variable(api, False)
-    _deploy(server)
-    go_live(server)
-    dispatch = _deployments(api)["dispatch"]["id"]
-    api.post(f"deployments/{dispatch}/pause_deployment").raise_for_status()
-
-    check = _doctor_line(api)
-    assert check.status == "warn" and "dispatch deployment paused" in check.detail, check.detail
-    assert "switches every schedule ON" in check.detail and "schedule resume" not in check.fix, check.fix
-    _deploy(server)
-    assert _deployments(api)["dispatch"]["paused"] is False  # what the warning said the deploy would do
-    assert _doctor_line(api).status == "ok"

@@ -44,7 +44,7 @@ from scheduling.sla import Category, Priority
 from tasks.mail import OutgoingMessage, build_message, message_id_for
 from templates import RenderedNotice, format_slot
 from upkeep.portal.config import PortalConfig
-from upkeep.portal.package_cache import cached_package
+from upkeep.portal.package_cache import CacheRefused, cached_package
 from upkeep.portal.security import (
     BadForm,
     ClientLimiter,
@@ -677,6 +677,11 @@ class Portal:
             path = await run_in_threadpool(
                 cached_package, self.package_cache(), self.config.fileserver, package, sha256
             )
+        except CacheRefused as exc:  # the cache's own words (its directory, the catalog): no secrets
+            log.warning("portal: download of %s failed: %s", package, exc)
+            raise HTTPException(
+                503, "The download is not available right now. Please try again later."
+            ) from None
         except Exception as exc:
             log.warning("portal: download of %s failed: %s", package, type(exc).__name__)
             raise HTTPException(

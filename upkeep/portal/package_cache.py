@@ -13,7 +13,13 @@ package is now kept as `<cache>/<sha256>.pkg`, its name the SHA-256 the release 
 * bounded: after a fetch, all but the `keep` most recently served packages are removed (a hit renews
   its file's mtime). An evicted package is fetched again when asked for. A request streaming a file
   that is then removed keeps reading it (POSIX keeps an open file), and the file just served is the
-  newest, never the one evicted.
+  newest, never the one evicted;
+* swept: a fetch killed mid-way (kill -9, OOM, a restart) leaves `.fetch-<sha256>-*`; the next fetch
+  removes every such directory whose package lock nobody holds (adv53);
+* regular files only: a symlink (or anything else) planted under a package's name is removed and the
+  package fetched, and a lock file is opened without following links (adv53);
+* one clear error: a cache directory that cannot be used (not a directory, not writable, disk full)
+  is a CacheRefused naming it; the portal logs that line and answers 503.
 
 The portal serves the file with Starlette's FileResponse (HEAD and Range answered from disk).
 """
@@ -24,6 +30,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +40,7 @@ from tasks.fileserver import FileServer, sha256_of
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SUFFIX = ".pkg"
+FETCHING = ".fetch-"  # a fetch's own directory: .fetch-<sha256>-<random>
 KEEP = 4
 
 
@@ -41,13 +49,22 @@ class CacheRefused(Exception):
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _locked(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the exclusive lock on `path` (yields True), or, with `wait` False and another holding it,
+    yield False at once. O_NOFOLLOW: a link planted as a lock file is refused, its target never made."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
         try:
-            yield
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def cached_package(
@@ -58,6 +75,14 @@ def cached_package(
         raise CacheRefused(
             f"release catalog: SHA-256 {sha256[:80]!r} of {package[:120]!r} is not 64 hex digits"
         )
+    try:
+        return _cached(cache, fileserver, package, sha256, keep)
+    except OSError as exc:  # the cache's own disk: not a directory, not writable, full
+        why = "not a directory" if cache.exists() and not cache.is_dir() else exc.strerror or str(exc)
+        raise CacheRefused(f"package cache {cache}: cannot keep {package[:120]}: {why}") from None
+
+
+def _cached(cache: Path, fileserver: FileServer, package: str, sha256: str, keep: int) -> Path:
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = cache / f"{sha256}{SUFFIX}"
     if _hit(path):
@@ -65,7 +90,9 @@ def cached_package(
     with _locked(cache / f"{sha256}.lock"):
         if _hit(path):  # fetched by whoever held the lock
             return path
-        work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
+        for stale in cache.glob(f"{FETCHING}{sha256}-*"):  # a fetch killed mid-way (we hold its lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{FETCHING}{sha256}-", dir=cache))
         try:
             got = fileserver.download(package, work / "package", sha256=sha256)
             if sha256_of(got) != sha256:  # the catalog's word, whatever the file server class checked
@@ -74,15 +101,35 @@ def cached_package(
         finally:
             shutil.rmtree(work, ignore_errors=True)
     _evict(cache, keep, path)
+    _sweep(cache)
     return path
 
 
 def _hit(path: Path) -> bool:
+    """Whether `path` is a kept package (renewed as the most recently served: the last to be evicted).
+    Only a regular file is one: a symlink or anything else planted under the name is removed and the
+    package fetched, never whatever it points to served under the release's name."""
     try:
-        os.utime(path)  # most recently served: the last to be evicted
+        found = path.lstat()
     except FileNotFoundError:
         return False
+    if not stat.S_ISREG(found.st_mode):
+        path.unlink()  # a directory there raises: CacheRefused names the cache
+        return False
+    os.utime(path, follow_symlinks=False)
     return True
+
+
+def _sweep(cache: Path) -> None:
+    """Remove what fetches killed mid-way (kill -9, OOM, a restart) left: `.fetch-<sha256>-*` whose
+    package lock nobody holds. Eviction only counts `*.pkg`, so each was a partial package for ever."""
+    for work in cache.glob(f"{FETCHING}*"):
+        sha256 = work.name[len(FETCHING) :].split("-", 1)[0]
+        if not SHA256.fullmatch(sha256):
+            continue
+        with _locked(cache / f"{sha256}.lock", wait=False) as ours:
+            if ours:
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def _evict(cache: Path, keep: int, current: Path) -> None:

@@ -165,3 +165,100 @@ def test_cycling_through_more_releases_than_kept_does_not_fetch_each_every_time(
         for version in versions:
             assert portal.client.head(f"/downloads/{version}").status_code == 200
     assert len(fake.downloads) <= len(versions), fake.downloads
+
+
+# A second portal process (another uvicorn worker) asking the real file server for the package.
+WORKER = """
+import os, sys
+from pathlib import Path
+from tasks.fileserver import HttpFileServer
+from upkeep.portal.package_cache import cached_package
+
+server = HttpFileServer(
+    url=sys.argv[2], user=sys.argv[3], password=os.environ["FS_PASSWORD"], ca=Path(sys.argv[4])
+)
+print(cached_package(Path(sys.argv[1]), server, "releases/p-9.9.0.tar.gz", sys.argv[5]))
+"""
+
+
+def _waiting_on(lock: Path) -> int:
+    """How many flock requests wait on `lock` (/proc/locks: '->' marks a blocked one)."""
+    inode = f":{lock.stat().st_ino} "
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines() if "->" in line and inode in line)
+
+
+@pytest.mark.lab
+def test_two_portal_processes_fetching_at_once_fetch_from_the_real_file_server_once(tmp_path: Path) -> None:
+    """Two uvicorn workers (processes, not threads) asking for one package at once: the flock is a real
+    cross-process lock, so nginx serves the package once and both get the one verified file. The test
+    holds the package's lock itself until both workers are seen waiting on it in /proc/locks."""
+    import fcntl
+    import secrets as random_bytes
+
+    from upkeep.lab import procs
+    from upkeep.lab.fileserver import USER
+    from upkeep.lab.fileserver import FileServer as LabFileServer
+
+    server = LabFileServer(tmp_path / "fileserver")
+    password = server.prepare()
+    port = server.start(procs.free_ports(1)[0])
+    try:
+        package = random_bytes.token_bytes(500_000)
+        (server.root / "releases" / "p-9.9.0.tar.gz").write_bytes(package)
+        sha = hashlib.sha256(package).hexdigest()
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        lock = cache / f"{sha}.lock"
+        args = [str(cache), f"https://127.0.0.1:{port}", USER, str(server.ca), sha]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "FS_PASSWORD": password}
+        with lock.open("a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            workers = [
+                subprocess.Popen(
+                    [sys.executable, "-c", WORKER, *args], env=env, stdout=subprocess.PIPE, text=True
+                )
+                for _ in range(2)
+            ]
+            deadline = time.monotonic() + 60
+            while _waiting_on(lock) < 2:
+                assert all(w.poll() is None for w in workers), "a worker ended before waiting on the lock"
+                assert time.monotonic() < deadline, "the workers never waited on the package's lock"
+                time.sleep(0.02)
+            fcntl.flock(held, fcntl.LOCK_UN)
+        outputs = [w.communicate(timeout=120)[0].strip() for w in workers]
+        assert [w.returncode for w in workers] == [0, 0]
+        assert outputs == [str(cache / f"{sha}{SUFFIX}")] * 2
+        assert (cache / f"{sha}{SUFFIX}").read_bytes() == package
+        fetched = [
+            line for line in (server.state_dir / "access.log").read_text().splitlines() if "p-9.9.0" in line
+        ]
+        assert len(fetched) == 1, fetched
+        assert _leftovers(cache) == []
+    finally:
+        server.stop()
+
+
+def test_a_re_synced_or_withdrawn_release_is_never_served_from_the_old_copy(portal: Portal) -> None:
+    """The catalog names a new package for 9.9.0 (release re-synced) while the old one is kept: the
+    customer gets the new one (the cache file is named by the catalog's SHA-256, so the old copy is
+    simply never asked for). A release withdrawn from the catalog is the 404 of one never offered,
+    its copy on disk notwithstanding."""
+    fake = FakeFileServer()
+    old = fake.add("r/9.9.0.tgz", b"old package" * 1000)
+    _release(portal, "9.9.0", "r/9.9.0.tgz", old)
+    portal.client.app.state.portal.config.fileserver = fake
+    sign_in(portal, "ann@acme.example")
+    assert portal.client.get("/downloads/9.9.0").content == b"old package" * 1000
+
+    new = fake.add("r/9.9.0-r2.tgz", b"new package" * 1000)
+    _release(portal, "9.9.0", "r/9.9.0-r2.tgz", new)
+    got = portal.client.get("/downloads/9.9.0")
+    assert got.content == b"new package" * 1000 and got.headers["x-checksum-sha256"] == new
+    assert fake.downloads == ["r/9.9.0.tgz", "r/9.9.0-r2.tgz"]
+
+    missing = portal.client.get("/downloads/9.9.9")
+    with session_scope(portal.engine) as session:
+        release = session.exec(select(Release).where(Release.version == "9.9.0")).one()
+        session.delete(release)
+    withdrawn = portal.client.get("/downloads/9.9.0")
+    assert (withdrawn.status_code, withdrawn.text.replace("9.9.0", "9.9.9")) == (404, missing.text)

@@ -115,3 +115,33 @@ def test_a_cluster_moved_to_another_customer_takes_its_update_with_it(portal: Po
         session.add(cluster)
     assert portal.client.get(f"/maintenance/update-{ours}").status_code == 404
     assert "acme-c1" not in portal.client.get("/maintenance").text
+
+
+def test_a_run_starting_while_the_overview_is_read_is_listed_once(portal: Portal) -> None:
+    """PostgreSQL (read committed): the overview reads the upcoming list, then the in-progress one; the
+    dispatcher starts the run in between. The second query's WHERE sees it running, and SQLAlchemy hands
+    back the object the first read loaded (still `planned`): the update was listed twice, once with
+    Confirm/Defer under "upcoming" and once "in progress" with the first read's node rows."""
+    from sqlmodel import Session
+
+    from flows import portal_actions as actions
+    from inventory.models import Customer
+
+    if portal.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises the two transactions; the race needs PostgreSQL")
+    run_id = portal.updates["acme-c1"]
+
+    def acme(session: Session) -> Customer:
+        return session.exec(select(Customer).where(Customer.name == "acme")).one()
+
+    with session_scope(portal.engine) as page:
+        upcoming = actions.upcoming_updates(acme(page), session=page)  # the overview's first read
+        assert [u.id for u in upcoming] == [run_id]
+        with session_scope(portal.engine) as flow:  # the dispatcher starts it meanwhile
+            run = flow.get(UpgradeRun, run_id)
+            assert run is not None
+            run.state, run.started_at = RunState.running, run.slot_start
+            flow.add(run)
+        stopped = actions.stopped_updates(acme(page), session=page)
+        going = actions.in_progress_updates(acme(page), session=page, stopped=stopped)
+        assert [p.id for p in going] == []  # shown once, as it was when the overview began

@@ -335,15 +335,21 @@ _NODE_UNDER_WAY = "being upgraded now"
 
 
 def in_progress_updates(
-    customer: Customer, *, session: Session, stopped: list[StoppedUpdate] | None = None
+    customer: Customer,
+    *,
+    session: Session,
+    stopped: list[StoppedUpdate] | None = None,
+    upcoming: list[UpcomingUpdate] | None = None,
 ) -> list[InProgressUpdate]:
     """The customer's announced updates under way, oldest first: running, or paused and not shown as
     stopped for now. The paused ones are those `stopped_updates` leaves out, whatever it counts as
     stopped, so the two lists never both show a run and never both miss one. A page showing both passes
-    the `stopped` list it shows: a run changing between two reads is then still shown once."""
+    the `stopped` list it shows: a run changing between two reads is then still shown once. Likewise the
+    `upcoming` list it shows: a run the dispatcher starts after that read (read committed) is listed
+    once, as upcoming, not also in progress (adv53)."""
     if stopped is None:
         stopped = stopped_updates(customer, session=session)
-    shown_stopped = {s.id for s in stopped}
+    shown_stopped = {s.id for s in stopped} | {u.id for u in upcoming or ()}
     query = (
         select(UpgradeRun)
         .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)

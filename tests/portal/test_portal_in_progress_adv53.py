@@ -143,5 +143,5 @@ def test_a_run_starting_while_the_overview_is_read_is_listed_once(portal: Portal
             run.state, run.started_at = RunState.running, run.slot_start
             flow.add(run)
         stopped = actions.stopped_updates(acme(page), session=page)
-        going = actions.in_progress_updates(acme(page), session=page, stopped=stopped)
+        going = actions.in_progress_updates(acme(page), session=page, stopped=stopped, upcoming=upcoming)
         assert [p.id for p in going] == []  # shown once, as it was when the overview began

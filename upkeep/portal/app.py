@@ -393,7 +393,9 @@ class Portal:
                 user=user,
                 csrf=user.csrf,
                 updates=updates,
-                in_progress=actions.in_progress_updates(customer, session=session, stopped=stopped),
+                in_progress=actions.in_progress_updates(
+                    customer, session=session, stopped=stopped, upcoming=updates
+                ),
                 stopped=stopped,
                 feed=actions.has_feed(customer, session=session),
                 notice=self.notice(request),

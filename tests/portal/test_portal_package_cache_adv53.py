@@ -262,3 +262,33 @@ def test_a_re_synced_or_withdrawn_release_is_never_served_from_the_old_copy(port
         session.delete(release)
     withdrawn = portal.client.get("/downloads/9.9.0")
     assert (withdrawn.status_code, withdrawn.text.replace("9.9.0", "9.9.9")) == (404, missing.text)
+
+
+def test_an_interrupted_download_resumes_with_if_range(portal: Portal) -> None:
+    """A browser resuming a cut download (Chrome, Firefox) sends `Range: bytes=N-` with `If-Range:` the
+    ETag (or Last-Modified) it was first given; a validator that changed means "the file changed: send it
+    all". Every hit renewed the cache file's mtime (os.utime, for eviction) and Starlette's ETag and
+    Last-Modified are made from it: each request had new validators, so no download could ever resume,
+    a multi-GB package restarting from byte 0 after every cut. The ETag is the package's SHA-256 (the
+    same bytes, whichever copy), and Last-Modified stays when the copy was made."""
+    fake = FakeFileServer()
+    body = bytes(range(256)) * 400
+    sha = fake.add("r/9.9.0.tgz", body)
+    _release(portal, "9.9.0", "r/9.9.0.tgz", sha)
+    portal.client.app.state.portal.config.fileserver = fake
+    sign_in(portal, "ann@acme.example")
+    assert portal.client.get("/downloads/9.9.0").content == body  # kept now
+    kept = portal.client.app.state.portal.package_cache() / f"{sha}{SUFFIX}"
+    os.utime(kept, (1_700_000_000, 1_700_000_000))  # the copy was made some time ago
+
+    first = portal.client.get("/downloads/9.9.0")  # the download that is cut
+    assert first.status_code == 200
+    for validator in (first.headers["etag"], first.headers["last-modified"]):
+        resumed = portal.client.get(
+            "/downloads/9.9.0", headers={"Range": "bytes=1000-", "If-Range": validator}
+        )
+        assert resumed.status_code == 206, validator
+        assert resumed.content == body[1000:]
+    assert first.headers["etag"] == f'"{sha}"'
+    assert first.headers["last-modified"] == "Tue, 14 Nov 2023 22:13:20 GMT"
+    assert len(fake.downloads) == 1

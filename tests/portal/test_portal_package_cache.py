@@ -98,10 +98,12 @@ def test_only_the_most_recently_served_packages_are_kept(tmp_path: Path) -> None
     old, mid, new = (tmp_path / f"{sha}{SUFFIX}" for sha in shas)
     cached_package(tmp_path, server, "r/9.7.0.tgz", shas[0], keep=2)
     cached_package(tmp_path, server, "r/9.8.0.tgz", shas[1], keep=2)
-    os.utime(old, (1_000, 1_000))
-    os.utime(mid, (2_000, 2_000))
+    # When each was served is stamped on its lock file (the package's mtime is its Last-Modified, adv53).
+    os.utime(old.with_suffix(".lock"), (1_000, 1_000))
+    os.utime(mid.with_suffix(".lock"), (2_000, 2_000))
     cached_package(tmp_path, server, "r/9.7.0.tgz", shas[0], keep=2)  # a hit: 9.7.0 is the newest now
-    assert old.stat().st_mtime > 2_000 and server.downloads == ["r/9.7.0.tgz", "r/9.8.0.tgz"]
+    assert old.with_suffix(".lock").stat().st_mtime > 2_000
+    assert server.downloads == ["r/9.7.0.tgz", "r/9.8.0.tgz"]
     cached_package(tmp_path, server, "r/9.9.0.tgz", shas[2], keep=2)
     assert packages(tmp_path) == sorted([old.name, new.name])  # 9.8.0, served longest ago, went
     assert cached_package(tmp_path, server, "r/9.8.0.tgz", shas[1], keep=2) == mid  # fetched again

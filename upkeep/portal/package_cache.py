@@ -11,9 +11,10 @@ package is now kept as `<cache>/<sha256>.pkg`, its name the SHA-256 the release 
 * fetched once at a time per package: an exclusive `flock` on `<sha256>.lock` (across threads and
   processes); whoever waited finds the file there and does not fetch it again;
 * bounded: after a fetch, all but the `keep` most recently served packages are removed (a hit renews
-  its file's mtime). An evicted package is fetched again when asked for. A request streaming a file
-  that is then removed keeps reading it (POSIX keeps an open file), and the file just served is the
-  newest, never the one evicted;
+  the mtime of the package's lock file, not of the package: that is its Last-Modified and ETag).
+  An evicted package is fetched again when asked for. A request streaming a file that is then
+  removed keeps reading it (POSIX keeps an open file), and the file just served is the newest, never
+  the one evicted;
 * swept: a fetch killed mid-way (kill -9, OOM, a restart) leaves `.fetch-<sha256>-*`; the next fetch
   removes every such directory whose package lock nobody holds (adv53);
 * regular files only: a symlink (or anything else) planted under a package's name is removed and the
@@ -98,6 +99,7 @@ def _cached(cache: Path, fileserver: FileServer, package: str, sha256: str, keep
             if sha256_of(got) != sha256:  # the catalog's word, whatever the file server class checked
                 raise CacheRefused(f"{package[:120]}: SHA-256 differs from the release catalog's")
             os.replace(got, path)
+            _served(path)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     _evict(cache, keep, path)
@@ -116,8 +118,19 @@ def _hit(path: Path) -> bool:
     if not stat.S_ISREG(found.st_mode):
         path.unlink()  # a directory there raises: CacheRefused names the cache
         return False
-    os.utime(path, follow_symlinks=False)
+    _served(path)
     return True
+
+
+def _served(path: Path) -> None:
+    """Stamp `path` as served now, on its lock file: the package's own mtime is its Last-Modified (and
+    Starlette's ETag), which must stay put for a cut download to resume with If-Range (adv53)."""
+    stamp = path.with_suffix(".lock")
+    fd = os.open(stamp, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.utime(fd)
+    finally:
+        os.close(fd)
 
 
 def _sweep(cache: Path) -> None:
@@ -136,9 +149,9 @@ def _evict(cache: Path, keep: int, current: Path) -> None:
     """Remove all but the `keep` most recently served packages (never `current`). Lock files stay (a few
     bytes per package ever served): removing one another process waits on would let two fetch at once."""
 
-    def served(entry: Path) -> float:
+    def served(entry: Path) -> float:  # stamped on its lock file (`_served`)
         try:
-            return entry.stat().st_mtime
+            return entry.with_suffix(".lock").stat().st_mtime
         except FileNotFoundError:
             return 0.0
 

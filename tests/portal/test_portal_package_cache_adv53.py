@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # A process of the portal that fetches a package and is killed -9 while its file server is half-way.
 KILLED_MID_FETCH = """
 import sys, time
+from collections.abc import Iterator
 from pathlib import Path
 from upkeep.portal.package_cache import cached_package
 
@@ -170,6 +172,7 @@ def test_cycling_through_more_releases_than_kept_does_not_fetch_each_every_time(
 # A second portal process (another uvicorn worker) asking the real file server for the package.
 WORKER = """
 import os, sys
+from collections.abc import Iterator
 from pathlib import Path
 from tasks.fileserver import HttpFileServer
 from upkeep.portal.package_cache import cached_package
@@ -292,3 +295,53 @@ def test_an_interrupted_download_resumes_with_if_range(portal: Portal) -> None:
     assert first.headers["etag"] == f'"{sha}"'
     assert first.headers["last-modified"] == "Tue, 14 Nov 2023 22:13:20 GMT"
     assert len(fake.downloads) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (tmpfs) for the cache: a disk that fills up."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_makes_room_from_older_packages(
+    portal: Portal, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cache's disk full (on a real 1 MiB filesystem): a package bigger than the disk is a 503 and one
+    line naming the cache, nothing partial left. And a package that would fit but for the copies kept:
+    eviction ran only after a fetch succeeded, so once the kept packages filled the disk no new release
+    could ever be downloaded (every fetch failed, none evicted). The kept ones make room for it."""
+    fake = FakeFileServer()
+    sizes = {"9.9.0": 400_000, "9.9.1": 400_000, "9.9.2": 400_000, "9.9.3": 2_000_000}
+    for version, size in sizes.items():
+        sha = fake.add(f"r/{version}.tgz", version.encode()[-1:] * size)
+        _release(portal, version, f"r/{version}.tgz", sha)
+    config = portal.client.app.state.portal.config
+    config.fileserver = fake
+    config.package_cache = small_disk / "portal-packages"
+    sign_in(portal, "ann@acme.example")
+
+    with caplog.at_level(logging.WARNING):
+        too_big = portal.client.get("/downloads/9.9.3")
+    assert too_big.status_code == 503 and "Traceback" not in too_big.text
+    lines = [r.getMessage() for r in caplog.records if "download" in r.getMessage()]
+    assert len(lines) == 1 and str(config.package_cache) in lines[0], lines
+    assert "No space left on device" in lines[0], lines
+    assert [p.name for p in config.package_cache.iterdir() if not p.name.endswith(".lock")] == []
+
+    for version in ("9.9.0", "9.9.1", "9.9.2"):  # the third does not fit beside the first two
+        got = portal.client.get(f"/downloads/{version}")
+        assert got.status_code == 200, (version, got.text)
+        assert len(got.content) == sizes[version]
+    assert _leftovers(config.package_cache) == []

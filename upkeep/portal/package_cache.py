@@ -19,6 +19,7 @@ package is now kept as `<cache>/<sha256>.pkg`, its name the SHA-256 the release 
   removes every such directory whose package lock nobody holds (adv53);
 * regular files only: a symlink (or anything else) planted under a package's name is removed and the
   package fetched, and a lock file is opened without following links (adv53);
+* room made: a fetch that finds the disk full removes the other kept packages and tries once more;
 * one clear error: a cache directory that cannot be used (not a directory, not writable, disk full)
   is a CacheRefused naming it; the portal logs that line and answers 503.
 
@@ -27,6 +28,7 @@ The portal serves the file with Starlette's FileResponse (HEAD and Range answere
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -93,18 +95,31 @@ def _cached(cache: Path, fileserver: FileServer, package: str, sha256: str, keep
             return path
         for stale in cache.glob(f"{FETCHING}{sha256}-*"):  # a fetch killed mid-way (we hold its lock)
             shutil.rmtree(stale, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(prefix=f"{FETCHING}{sha256}-", dir=cache))
         try:
-            got = fileserver.download(package, work / "package", sha256=sha256)
-            if sha256_of(got) != sha256:  # the catalog's word, whatever the file server class checked
-                raise CacheRefused(f"{package[:120]}: SHA-256 differs from the release catalog's")
-            os.replace(got, path)
-            _served(path)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            _fetch(cache, fileserver, package, sha256, path)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            # Disk full: the kept copies make room (a stream still reading one keeps its bytes until it
+            # ends). Evicting only after a fetch succeeded, a full disk refused every new package.
+            _evict(cache, 1, path)
+            _fetch(cache, fileserver, package, sha256, path)
+        _served(path)
     _evict(cache, keep, path)
     _sweep(cache)
     return path
+
+
+def _fetch(cache: Path, fileserver: FileServer, package: str, sha256: str, path: Path) -> None:
+    """Fetch `package` into a private directory, check it against the catalog, move it to `path`."""
+    work = Path(tempfile.mkdtemp(prefix=f"{FETCHING}{sha256}-", dir=cache))
+    try:
+        got = fileserver.download(package, work / "package", sha256=sha256)
+        if sha256_of(got) != sha256:  # the catalog's word, whatever the file server class checked
+            raise CacheRefused(f"{package[:120]}: SHA-256 differs from the release catalog's")
+        os.replace(got, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _hit(path: Path) -> bool:

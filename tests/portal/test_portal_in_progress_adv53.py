@@ -145,3 +145,25 @@ def test_a_run_starting_while_the_overview_is_read_is_listed_once(portal: Portal
         stopped = actions.stopped_updates(acme(page), session=page)
         going = actions.in_progress_updates(acme(page), session=page, stopped=stopped, upcoming=upcoming)
         assert [p.id for p in going] == []  # shown once, as it was when the overview began
+
+
+def test_a_user_removed_while_signed_in_sees_the_update_no_more(portal: Portal) -> None:
+    """Ann is removed from acme's designated users (inventory re-import) while her session is open, the
+    in-progress page in her browser: a reload, the overview and a download send her to sign in."""
+    import copy
+
+    import yaml
+
+    from inventory.importer import import_inventory
+    from tests.portal.conftest import INVENTORY
+
+    ours = _put(portal, "acme-c1", "running")
+    sign_in(portal, "ann@acme.example")
+    assert portal.client.get(f"/maintenance/update-{ours}").status_code == 200
+    removed = copy.deepcopy(INVENTORY)
+    removed["customers"][0]["portal_users"] = [{"email": "bob@acme.example"}]
+    portal.inventory.write_text(yaml.safe_dump(removed, sort_keys=False))
+    import_inventory(portal.inventory, engine=portal.engine, actor="test")
+    for path in (f"/maintenance/update-{ours}", "/maintenance", "/history", "/downloads/9.9.0"):
+        response = portal.client.get(path, follow_redirects=False)
+        assert response.status_code in (302, 303) and response.headers["location"].endswith("/signin"), path

@@ -345,3 +345,32 @@ def test_a_full_disk_is_one_line_and_makes_room_from_older_packages(
         assert got.status_code == 200, (version, got.text)
         assert len(got.content) == sizes[version]
     assert _leftovers(config.package_cache) == []
+
+
+def test_a_kept_copy_that_is_not_the_package_is_never_served(portal: Portal) -> None:
+    """The copy on disk is trusted for ever once its name is right: a file there that is not the package
+    (the data never reached the disk before a power cut: os.replace without fsync leaves a zero-length or
+    part-written file under the final name; a copy damaged or altered on disk since) was served as the
+    release, its SHA-256 header and all, to every customer until someone deleted it by hand. Each portal
+    process checks a copy it did not write itself once before serving it; a bad one is fetched again."""
+    fake = FakeFileServer()
+    body = b"the release" * 20_000
+    sha = fake.add("r/9.9.0.tgz", body)
+    _release(portal, "9.9.0", "r/9.9.0.tgz", sha)
+    portal.client.app.state.portal.config.fileserver = fake
+    cache = portal.client.app.state.portal.package_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    kept = cache / f"{sha}{SUFFIX}"
+    kept.write_bytes(body[:4096])  # as found after a power cut: the name, part of the data
+    sign_in(portal, "ann@acme.example")
+
+    got = portal.client.get("/downloads/9.9.0")
+    assert got.status_code == 200 and got.content == body
+    assert fake.downloads == ["r/9.9.0.tgz"]
+
+    kept.write_bytes(b"altered on disk since")  # damaged after this process fetched and checked it
+    got = portal.client.get("/downloads/9.9.0")
+    assert got.status_code == 200 and got.content == body
+    assert fake.downloads == ["r/9.9.0.tgz", "r/9.9.0.tgz"]
+    assert portal.client.get("/downloads/9.9.0").content == body
+    assert len(fake.downloads) == 2  # a copy it checked is not hashed or fetched again

@@ -20,6 +20,9 @@ package is now kept as `<cache>/<sha256>.pkg`, its name the SHA-256 the release 
 * regular files only: a symlink (or anything else) planted under a package's name is removed and the
   package fetched, and a lock file is opened without following links (adv53);
 * room made: a fetch that finds the disk full removes the other kept packages and tries once more;
+* checked once per process: a copy this process did not write is hashed before it is first served
+  (a power cut can leave the name with part of the data; a copy can be damaged or altered on disk);
+  a bad one is removed and fetched again. Written copies are fsync'd before they get their name;
 * one clear error: a cache directory that cannot be used (not a directory, not writable, disk full)
   is a CacheRefused naming it; the portal logs that line and answers 503.
 
@@ -30,17 +33,20 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import re
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.fileserver import FileServer, sha256_of
 
+log = logging.getLogger(__name__)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SUFFIX = ".pkg"
 FETCHING = ".fetch-"  # a fetch's own directory: .fetch-<sha256>-<random>
@@ -88,10 +94,10 @@ def cached_package(
 def _cached(cache: Path, fileserver: FileServer, package: str, sha256: str, keep: int) -> Path:
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = cache / f"{sha256}{SUFFIX}"
-    if _hit(path):
+    if _hit(path, sha256, check=False):  # a copy this process has checked: no lock, no hashing
         return path
     with _locked(cache / f"{sha256}.lock"):
-        if _hit(path):  # fetched by whoever held the lock
+        if _hit(path, sha256, check=True):  # fetched by whoever held the lock, or kept from before
             return path
         for stale in cache.glob(f"{FETCHING}{sha256}-*"):  # a fetch killed mid-way (we hold its lock)
             shutil.rmtree(stale, ignore_errors=True)
@@ -117,15 +123,46 @@ def _fetch(cache: Path, fileserver: FileServer, package: str, sha256: str, path:
         got = fileserver.download(package, work / "package", sha256=sha256)
         if sha256_of(got) != sha256:  # the catalog's word, whatever the file server class checked
             raise CacheRefused(f"{package[:120]}: SHA-256 differs from the release catalog's")
+        with got.open("rb") as written:  # on the disk before it has the name (a power cut)
+            os.fsync(written.fileno())
         os.replace(got, path)
+        _fsync_dir(cache)
+        _checked(path.lstat())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _hit(path: Path) -> bool:
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The copies this process wrote or hashed, by (device, inode, size, mtime): a file that changed since
+# (or another one under the name) is hashed again before it is served. The package's mtime is not
+# touched by serving it (`_served`), so a checked copy stays checked.
+_CHECKED: set[tuple[int, int, int, int]] = set()
+_CHECKED_LOCK = threading.Lock()
+
+
+def _identity(found: os.stat_result) -> tuple[int, int, int, int]:
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+def _checked(found: os.stat_result) -> None:
+    with _CHECKED_LOCK:
+        _CHECKED.add(_identity(found))
+
+
+def _hit(path: Path, sha256: str, *, check: bool) -> bool:
     """Whether `path` is a kept package (renewed as the most recently served: the last to be evicted).
     Only a regular file is one: a symlink or anything else planted under the name is removed and the
-    package fetched, never whatever it points to served under the release's name."""
+    package fetched, never whatever it points to served under the release's name. A copy this process
+    did not write or check itself (kept from before a restart, written by another worker, changed on
+    disk since) is one only once its SHA-256 is the catalog's (`check`, under the package's lock): a
+    file cut short by a power cut, or damaged or altered since, is removed and fetched again (adv53)."""
     try:
         found = path.lstat()
     except FileNotFoundError:
@@ -133,6 +170,16 @@ def _hit(path: Path) -> bool:
     if not stat.S_ISREG(found.st_mode):
         path.unlink()  # a directory there raises: CacheRefused names the cache
         return False
+    with _CHECKED_LOCK:
+        known = _identity(found) in _CHECKED
+    if not known:
+        if not check:
+            return False
+        if sha256_of(path) != sha256:
+            log.warning("package cache: %s is not the package its name says; fetched again", path)
+            path.unlink()
+            return False
+        _checked(found)
     _served(path)
     return True
 

@@ -167,3 +167,24 @@ def test_a_user_removed_while_signed_in_sees_the_update_no_more(portal: Portal) 
     for path in (f"/maintenance/update-{ours}", "/maintenance", "/history", "/downloads/9.9.0"):
         response = portal.client.get(path, follow_redirects=False)
         assert response.status_code in (302, 303) and response.headers["location"].endswith("/signin"), path
+
+
+@pytest.mark.parametrize("state", ("running", "paused", "succeeded"))
+def test_node_names_and_versions_a_node_reports_are_only_text(portal: Portal, state: str) -> None:
+    """A node's name (a row written by other means than the import) and the version its agent reports
+    (the verify step's output) are printed on the in-progress and ended pages, never markup."""
+    ours = _put(portal, "acme-c1", state)
+    evil = '<img src=x onerror="alert(1)">'
+    with session_scope(portal.engine) as session:
+        node = session.exec(select(Node).where(Node.hostname == "acme-c1-n2")).one()
+        node.hostname = f"n2{evil}"
+        session.add(node)
+        for step, tail in (("check", f"9.8.0{evil}"), ("upgrade", ""), ("verify", f"9.9.0{evil}")):
+            session.add(
+                NodeStep(run_id=ours, node_id=node.id, step=step, state=StepState.succeeded, output_tail=tail)
+            )
+    sign_in(portal, "ann@acme.example")
+    for path in (f"/maintenance/update-{ours}", "/maintenance", "/history"):
+        page = portal.client.get(path).text
+        assert "<img" not in page, path
+    assert "&lt;img" in portal.client.get(f"/maintenance/update-{ours}").text

@@ -374,3 +374,38 @@ def test_a_kept_copy_that_is_not_the_package_is_never_served(portal: Portal) -> 
     assert fake.downloads == ["r/9.9.0.tgz", "r/9.9.0.tgz"]
     assert portal.client.get("/downloads/9.9.0").content == body
     assert len(fake.downloads) == 2  # a copy it checked is not hashed or fetched again
+
+
+def test_a_package_evicted_between_its_check_and_its_answer_is_still_served(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache hands the portal a path; FileResponse opens it later, when the answer is sent. Another
+    worker's fetch evicting the file in between (4 other packages fetched meanwhile; or at once, when a
+    fetch on a full disk makes room) made Starlette raise "File at path ... does not exist": a 500 and a
+    traceback for a download that was there. The interleaving is driven by hand: the file is removed
+    right after the cache answered, as that eviction would."""
+    import upkeep.portal.app as app_module
+    import upkeep.portal.package_cache as cache_module
+
+    fake = FakeFileServer()
+    body = b"evicted meanwhile" * 5000
+    sha = fake.add("r/9.9.0.tgz", body)
+    _release(portal, "9.9.0", "r/9.9.0.tgz", sha)
+    portal.client.app.state.portal.config.fileserver = fake
+    sign_in(portal, "ann@acme.example")
+    real = cache_module.cached_package
+    evicted: list[Path] = []
+
+    def then_evicted(*args: object, **kwargs: object) -> Path:
+        path = real(*args, **kwargs)  # type: ignore[arg-type]
+        if not evicted:  # once: another worker's eviction lands right now
+            path.unlink()
+            evicted.append(path)
+        return path
+
+    monkeypatch.setattr(cache_module, "cached_package", then_evicted)
+    monkeypatch.setattr(app_module, "cached_package", then_evicted, raising=False)
+    got = portal.client.get("/downloads/9.9.0")
+    assert evicted
+    assert got.status_code == 200, got.text[:300]
+    assert got.content == body

@@ -409,3 +409,41 @@ def test_a_package_evicted_between_its_check_and_its_answer_is_still_served(
     assert evicted
     assert got.status_code == 200, got.text[:300]
     assert got.content == body
+
+
+def test_a_package_evicted_once_opened_is_served_whole(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the same race: the name is removed after the portal opened the file and before
+    the answer is sent; the open file is what is served (no fetch again)."""
+    import upkeep.portal.app as app_module
+
+    fake = FakeFileServer()
+    body = b"opened, then evicted" * 5000
+    sha = fake.add("r/9.9.0.tgz", body)
+    _release(portal, "9.9.0", "r/9.9.0.tgz", sha)
+    portal.client.app.state.portal.config.fileserver = fake
+    sign_in(portal, "ann@acme.example")
+    real = app_module.open_package
+    served: list[int] = []
+
+    def opened_then_evicted(cache: Path, *args: object, **kwargs: object) -> int:
+        fd = real(cache, *args, **kwargs)  # type: ignore[arg-type]
+        (cache / f"{sha}{SUFFIX}").unlink()
+        served.append(fd)
+        return fd
+
+    monkeypatch.setattr(app_module, "open_package", opened_then_evicted)
+    for ask in (portal.client.head, portal.client.get):
+        got = ask("/downloads/9.9.0")
+        assert got.status_code == 200 and got.headers["content-length"] == str(len(body))
+    assert got.content == body
+    ranged = portal.client.get("/downloads/9.9.0", headers={"Range": "bytes=5-9"})
+    assert ranged.status_code == 206 and ranged.content == body[5:10]
+    assert len(fake.downloads) == 3  # each ask found the name gone and fetched it again; none failed
+    for fd in served:  # each closed once its answer ended (or the number now holds something else)
+        try:
+            held = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        assert sha not in held, held

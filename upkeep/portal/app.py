@@ -10,6 +10,7 @@ is refused from another Origin, and is parsed strictly (`security.read_form`); a
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import tempfile
@@ -44,7 +45,7 @@ from scheduling.sla import Category, Priority
 from tasks.mail import OutgoingMessage, build_message, message_id_for
 from templates import RenderedNotice, format_slot
 from upkeep.portal.config import PortalConfig
-from upkeep.portal.package_cache import CacheRefused, cached_package
+from upkeep.portal.package_cache import CacheRefused, open_package
 from upkeep.portal.security import (
     BadForm,
     ClientLimiter,
@@ -107,6 +108,22 @@ def _environment() -> Environment:
     )
     env.filters["urlquote"] = lambda value: quote(str(value), safe="")
     return env
+
+
+class OpenFileResponse(FileResponse):
+    """FileResponse of a file already open (`fd`, closed when the answer ends, however it ends): read
+    through /proc/self/fd, which reaches the open file even once its name was removed (a package cache
+    eviction between the open and the answer, adv53)."""
+
+    def __init__(self, fd: int, **kwargs: Any) -> None:
+        super().__init__(f"/proc/self/fd/{fd}", **kwargs)
+        self.fd = fd
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
 
 
 class Portal:
@@ -676,8 +693,8 @@ class Portal:
         if self.config.fileserver is None:
             raise HTTPException(503, "Downloads are not available here.")
         try:
-            path = await run_in_threadpool(
-                cached_package, self.package_cache(), self.config.fileserver, package, sha256
+            fd = await run_in_threadpool(
+                open_package, self.package_cache(), self.config.fileserver, package, sha256
             )
         except CacheRefused as exc:  # the cache's own words (its directory, the catalog): no secrets
             log.warning("portal: download of %s failed: %s", package, exc)
@@ -689,8 +706,8 @@ class Portal:
             raise HTTPException(
                 503, "The download is not available right now. Please try again later."
             ) from None
-        return FileResponse(
-            path,
+        return OpenFileResponse(
+            fd,
             filename=filename,
             media_type="application/octet-stream",
             # The package's SHA-256 is its strong validator: the same bytes whichever copy the cache

@@ -26,7 +26,8 @@ package is now kept as `<cache>/<sha256>.pkg`, its name the SHA-256 the release 
 * one clear error: a cache directory that cannot be used (not a directory, not writable, disk full)
   is a CacheRefused naming it; the portal logs that line and answers 503.
 
-The portal serves the file with Starlette's FileResponse (HEAD and Range answered from disk).
+The portal opens the file (`open_package`) and serves that open file with Starlette's FileResponse
+(HEAD and Range answered from disk): an eviction after the open does not reach the answer.
 """
 
 from __future__ import annotations
@@ -89,6 +90,21 @@ def cached_package(
     except OSError as exc:  # the cache's own disk: not a directory, not writable, full
         why = "not a directory" if cache.exists() and not cache.is_dir() else exc.strerror or str(exc)
         raise CacheRefused(f"package cache {cache}: cannot keep {package[:120]}: {why}") from None
+
+
+def open_package(cache: Path, fileserver: FileServer, package: str, sha256: str, *, keep: int = KEEP) -> int:
+    """`cached_package`, opened (a file descriptor, read-only): the caller serves the file it holds, even
+    if another fetch evicts the name before the answer is sent (adv53). Evicted between the cache's
+    answer and the open, it is asked for again (fetched again); three times evicted is CacheRefused."""
+    for _attempt in range(3):
+        path = cached_package(cache, fileserver, package, sha256, keep=keep)
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise CacheRefused(f"package cache {cache}: cannot open {path.name}: {exc.strerror}") from None
+    raise CacheRefused(f"package cache {cache}: {package[:120]} evicted three times before it was served")
 
 
 def _cached(cache: Path, fileserver: FileServer, package: str, sha256: str, keep: int) -> Path:

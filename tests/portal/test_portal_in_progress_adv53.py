@@ -188,3 +188,25 @@ def test_node_names_and_versions_a_node_reports_are_only_text(portal: Portal, st
         page = portal.client.get(path).text
         assert "<img" not in page, path
     assert "&lt;img" in portal.client.get(f"/maintenance/update-{ours}").text
+
+
+def test_odd_update_numbers_are_a_plain_404_by_any_method(portal: Portal) -> None:
+    """Negative, huge (past PostgreSQL's integer), non-ASCII digits and non-numeric N on the update page
+    and its actions: a 404, never a 500 or the database's error."""
+    sign_in(portal, "ann@acme.example")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', portal.client.get("/maintenance").text)
+    assert csrf
+    for ref in (
+        "update--1",
+        "update-2147483648",
+        "update-99999999999999999999",
+        "update-²",
+        "update-1e3",
+        "-5",
+    ):
+        path = f"/maintenance/{ref}"
+        assert portal.client.get(path).status_code == 404, ref
+        assert portal.client.head(path).status_code == 404, ref
+        for action in ("confirm", "defer"):
+            answer = portal.client.post(f"{path}/{action}", data={"csrf": csrf.group(1)})
+            assert answer.status_code == 404, (ref, action, answer.status_code)

@@ -1,0 +1,174 @@
+"""Adversarial pass on the refused-notice alert (branch h-bounce): a real aiosmtpd server, the real
+deliverer, alerts posted to a real local HTTP receiver (Apprise json://)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from flows.alerts import deliver_alerts
+from flows.integrity import recheck
+from flows.notify import deliver_pending
+from flows.run_notices import VendorTerms
+from flows.runtime import Runtime
+from flows.schedule import schedule_update
+from inventory.alerts import Alert
+from inventory.db import session_scope
+from inventory.models import Customer, UpgradeRun
+from inventory.outbox import NoticeState
+from tasks.alerts import AppriseChannel
+from tasks.fileserver import HttpFileServer
+from tasks.ssh import SshSettings
+from tests.integration.test_notices import SENDER, T0, SmtpServer, notices, queue
+from tests.integration.webhook import WebhookReceiver
+from tests.support.update_world import CLUSTER, TARGET, World
+
+pytestmark = pytest.mark.smtp
+CONTACT = "ops@fakeco.example"  # tests/support/update_world.py's only contact
+REFUSAL = "550 5.1.1 <ops@fakeco.example>: Recipient address rejected: User unknown"
+
+
+@pytest.fixture
+def customer_id(engine: Engine) -> int:
+    with session_scope(engine) as session:
+        customer = Customer(name="Acme Corp", timezone="America/New_York")
+        session.add(customer)
+        session.flush()
+        assert customer.id is not None
+        return customer.id
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+def _alerts(engine: Engine) -> list[Alert]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Alert).order_by(col(Alert.id))).all())
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_a_refused_scheduled_notice_on_a_0h_contract_does_not_claim_the_update_cannot_start(
+    sqlite_engine: Engine, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """A contract of 0 h notice (accepted by the inventory: scheduling/validity.py "a 0 h contract needs
+    no telling first") lets the never-told update start at its slot. The alert said "it cannot start",
+    so the SRE would think nothing happens to a customer who never heard of it."""
+    world = World(sqlite_engine, tmp_path)
+    with session_scope(sqlite_engine) as session:
+        (customer,) = session.exec(select(Customer)).all()
+        customer.notice_hours_product = 0
+        session.add(customer)
+    smtp.handler.refuse[CONTACT] = REFUSAL
+    with session_scope(sqlite_engine) as session:
+        run = schedule_update(
+            CLUSTER, TARGET, now=world.clock(), requested_by="sre", session=session,
+            vendor=VendorTerms.from_runtime(world.runtime),
+        )  # fmt: skip
+        run_id = run.id
+    deliver_pending(sqlite_engine, smtp.transport(), now=world.clock(), sender=SENDER)
+
+    (alert,) = _alerts(sqlite_engine)
+    # What really happens: at its slot the re-check finds nothing wrong, and the update starts untold.
+    with session_scope(sqlite_engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None and run.slot_start is not None and run.told_at is None
+        outcome = recheck(run, now=run.slot_start, session=session, actor="t", plan_only=True)
+    assert outcome.action == "valid"
+    body = _flat(alert.body_text)
+    assert "cannot start" not in body
+    assert f"update-{run_id} starts at its slot all the same" in body
+
+
+def test_one_of_several_recipients_refused_for_good_alerts_naming_that_address_only(
+    engine: Engine, customer_id: int, smtp: SmtpServer
+) -> None:
+    """The others accept, so the notice is sent (retrying would mail them twice), but the refused
+    address used to be only a log line: that contact silently never heard."""
+    smtp.handler.refuse["gone@acme.example"] = "550 5.1.1 <gone@acme.example>: no such user"
+    with session_scope(engine) as session:
+        (notice,) = queue(session, customer_id, 1, recipients=("ops@acme.example", "gone@acme.example"))
+
+    for hours in (0, 1):
+        deliver_pending(engine, smtp.transport(), now=T0 + timedelta(hours=hours), sender=SENDER)
+
+    assert notices(engine)[0].state == NoticeState.sent and len(smtp.handler.messages) == 1
+    (alert,) = _alerts(engine)
+    assert alert.key == f"notice-{notice.id}:refused:gone@acme.example"
+    assert "'scheduled' notice of update-1 not delivered to every recipient" in alert.subject
+    body = _flat(alert.body_text)
+    assert "Not delivered to: gone@acme.example " in body
+    assert "550 5.1.1 <gone@acme.example" in body or "550 5.1.1 ‹gone@acme.example" in body
+    assert "Delivered to: ops@acme.example" in body
+
+
+def test_a_notice_refused_with_4xx_at_every_attempt_alerts_once_when_it_has_been_stuck_for_long(
+    engine: Engine, customer_id: int, smtp: SmtpServer
+) -> None:
+    """A mailbox that answers 452 (over quota) forever kept the notice pending for good, retried hourly,
+    while its update slid on untold: no alert ever. Now one, once it has failed for a while."""
+    smtp.handler.refuse["ops@acme.example"] = "452 4.2.2 mailbox over quota"
+    with session_scope(engine) as session:
+        (notice,) = queue(session, customer_id, 1, recipients=("ops@acme.example",))
+
+    now = T0
+    for _ in range(12):  # every retry as soon as it is due: 30 s, 2 min, 10 min, then hourly
+        deliver_pending(engine, smtp.transport(), now=now, sender=SENDER)
+        (row,) = notices(engine)
+        assert row.state == NoticeState.pending and row.next_attempt_at is not None
+        now = row.next_attempt_at
+
+    alerts = _alerts(engine)
+    assert [a.key for a in alerts] == [f"notice-{notice.id}:stuck"]
+    body = _flat(alerts[0].body_text)
+    assert "452 4.2.2 mailbox over quota" in body and "still retried" in body
+
+
+def test_the_alert_channel_down_when_the_notice_fails_loses_nothing_and_blocks_no_notice(
+    engine: Engine, customer_id: int, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The json:// receiver is not there (connection refused) when the refusal is recorded: the notice is
+    failed, the next notice still goes out, and the alert is posted once the receiver is back."""
+    smtp.handler.refuse["gone@acme.example"] = "550 5.1.1 no such user"
+    with session_scope(engine) as session:
+        queue(session, customer_id, 1, recipients=("gone@acme.example",))
+        queue(session, customer_id, 1, first=2, recipients=("ops@acme.example",))
+    receiver = WebhookReceiver()  # its port is chosen, nothing listens yet
+    runtime = Runtime(
+        engine=engine,
+        fileserver=HttpFileServer(url="https://127.0.0.1:9", user="u", password="p"),
+        ssh=SshSettings(known_hosts=tmp_path / "kh", key_path=tmp_path / "key"),
+        work_dir=tmp_path,
+        mailer=smtp.transport(),
+        alert_channels=(AppriseChannel(receiver.url, timeout=2),),
+        clock=lambda: T0,
+    )
+
+    deliver_pending(engine, smtp.transport(), now=T0, sender=SENDER)
+    down = deliver_alerts(runtime, now=T0)
+    assert [n.state for n in notices(engine)] == [NoticeState.failed, NoticeState.sent]
+    assert down.sent == [] and len(down.retrying) == 1
+
+    receiver.start()
+    try:
+        up = deliver_alerts(runtime, now=T0 + timedelta(hours=1))
+        again = deliver_alerts(runtime, now=T0 + timedelta(hours=2))
+    finally:
+        receiver.stop()
+    assert up.sent == down.retrying and again.sent == []
+    (posted,) = receiver.received
+    assert "'scheduled' notice of update-1 not delivered" in posted["title"]

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from typing import Any
 
@@ -55,6 +55,8 @@ from inventory.outbox import (
 )
 from inventory.runs import mark_told
 from inventory.types import utcnow
+from inventory.windows import notice_policy
+from scheduling.notice import minimum_notice
 from tasks.mail import (
     MailError,
     MailTransport,
@@ -400,6 +402,16 @@ def _alert_undelivered(notice: Notice, error: str, *, now: datetime, session: Se
             "Upkeep has, whatever they last heard."
         )
         action = f"Fix: {fix}. {by_hand}"
+    elif _needs_no_notice(run, customer):  # a 0 h contract: scheduling/validity.py lets it start
+        slot = run.slot_start.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if run.slot_start else "its slot"
+        means = (
+            f"The customer has not been told of {ref}, and their contract needs no notice: {ref} starts "
+            f"at its slot all the same ({slot}), without the customer having heard of it."
+        )
+        action = (
+            f"Fix: {fix}, and tell them yourself before the slot (`upkeep notices list --update {ref}`), "
+            f"or move it: `upkeep reschedule {ref} --to START --reason TEXT`."
+        )
     else:
         means = (
             f"The customer has not been told of {ref}, so it cannot start: once less than its notice "
@@ -427,6 +439,13 @@ def _alert_undelivered(notice: Notice, error: str, *, now: datetime, session: Se
         session=session,
         now=now,
     )
+
+
+def _needs_no_notice(run: UpgradeRun, customer: Customer | None) -> bool:
+    """The customer's contract needs no notice for this update (its kind, or urgent)."""
+    if customer is None:
+        return False
+    return minimum_notice(notice_policy(customer), run.kind, run.urgent) <= timedelta(0)
 
 
 def _one_line(text: str, limit: int = 500) -> str:

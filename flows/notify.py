@@ -61,6 +61,7 @@ from tasks.mail import (
     MailError,
     MailTransport,
     PermanentMailError,
+    Refused,
     build_message,
     check_notice,
     check_sender,
@@ -337,7 +338,7 @@ def _deliver_one(
         _failed(notice, report, f"cannot build the message: {exc}", now=now, session=session)
         return
     try:
-        transport.send(message)
+        refused = transport.send(message)
     except MailError as exc:
         if exc.transport:
             report.transport_error = str(exc)
@@ -356,6 +357,8 @@ def _deliver_one(
     report.sent.append(key)
     if run_id is not None and organizer is not None and notice.kind in ANNOUNCING:
         runs.told(run_id, now, session=session)
+    if refused:
+        _alert_partly_refused(notice, refused, now=now, session=session)
 
 
 def _sender(sender: str, organizer: str | None) -> str:
@@ -436,6 +439,46 @@ def _alert_undelivered(notice: Notice, error: str, *, now: datetime, session: Se
         detail=f"Not delivered to: {_one_line(', '.join(notice.recipients))}\n{means}",
         action=action,
         key=f"notice-{notice.id}:failed:{notice.attempts}",  # one failure, one alert
+        session=session,
+        now=now,
+    )
+
+
+def _alert_partly_refused(notice: Notice, refused: Refused, *, now: datetime, session: Session) -> None:
+    """The server took the notice for some recipients and refused others: it counts as sent (sending
+    it again would mail the others twice), so the ones refused are told to the SRE, once per notice."""
+    from flows.alerts import alert_sre
+
+    ref, kind = notice.update_ref, notice.kind
+    run_id = run_id_of(ref)
+    run = session.get(UpgradeRun, run_id) if run_id is not None else None
+    customer = session.get(Customer, notice.customer_id)
+    delivered = [address for address in notice.recipients if address not in refused]
+    if ref.endswith("-sre"):
+        means = "This was the SRE's copy, not the customer's."
+        action = "Fix: the SRE mailbox setting (UPKEEP_SRE_EMAIL)."
+    else:
+        told = run is not None and run.state == RunState.planned and kind in ANNOUNCING
+        means = (
+            f"The others got this '{kind}' notice"
+            + (f", so {ref} counts as told and keeps its slot" if told else "")
+            + "; the addresses above did not, and Upkeep does not send it to them again."
+        )
+        action = (
+            "Fix: correct the contact (or portal user) in the inventory YAML and run "
+            f"`upkeep inventory import FILE`; tell them yourself (`upkeep notices list --update {ref}`)."
+        )
+    alert_sre(
+        None,
+        headline=f"'{kind}' notice of {ref} not delivered to every recipient",
+        cause=_one_line("the mail server refused: " + "; ".join(f"{a}: {t}" for a, t in refused.items())),
+        kind="notice-refused",
+        run_id=run.id if run is not None else None,
+        customer=customer.name if customer is not None else "",
+        detail=f"Not delivered to: {_one_line(', '.join(refused))}\n"
+        f"Delivered to: {_one_line(', '.join(delivered))}\n{means}",
+        action=action,
+        key=f"notice-{notice.id}:refused-some",  # sent once: one alert
         session=session,
         now=now,
     )

@@ -47,6 +47,7 @@ __all__ = [
     "OutboxDirTransport",
     "OutgoingMessage",
     "PermanentMailError",
+    "Refused",
     "RenderedLike",
     "SmtpSession",
     "SmtpTransport",
@@ -84,8 +85,15 @@ class PermanentMailError(MailError):
     """Retrying will not help: 5xx."""
 
 
+Refused = dict[str, str]  # recipient -> the server's answer ("550 5.1.1 ..."), for the ones it refused
+
+
 class MailTransport(Protocol):
-    def send(self, message: OutgoingMessage) -> None: ...
+    def send(self, message: OutgoingMessage) -> Refused | None:
+        """Send, or raise MailError. Returns the recipients refused while the others accepted (None or
+        {} when every recipient took it): the message went out, so it is not sent again, but those
+        addresses did not get it and the caller must say so."""
+        ...
 
 
 @dataclass
@@ -104,9 +112,9 @@ class SmtpTransport:
     def where(self) -> str:
         return f"SMTP {self.host}:{self.port}"
 
-    def send(self, message: OutgoingMessage) -> None:
+    def send(self, message: OutgoingMessage) -> Refused | None:
         with self.session() as session:
-            session.send(message)
+            return session.send(message)
 
     def session(self) -> SmtpSession:
         return SmtpSession(self)
@@ -164,7 +172,7 @@ class SmtpSession:
             except (smtplib.SMTPException, OSError):
                 _close(smtp)
 
-    def send(self, message: OutgoingMessage) -> None:
+    def send(self, message: OutgoingMessage) -> Refused | None:
         where = self.transport.where
         smtp = self._ready()
         try:
@@ -193,8 +201,11 @@ class SmtpSession:
             self._drop()
             raise TemporaryMailError(f"{where}: {_detail(exc)}", transport=True) from None
         if refused:
-            # Accepted for the others: retrying would send it to them twice. Say so; do not raise.
+            # Accepted for the others: retrying would send it to them twice. Say so; do not raise: the
+            # caller gets the refused ones (flows/notify.py alerts the SRE, it used to be only this log).
             log.warning("%s accepted %s but refused %s", where, message.message_id, _refusals(refused))
+            return {rcpt: f"{code} {_text(text)}" for rcpt, (code, text) in refused.items()}
+        return None
 
     def _ready(self) -> smtplib.SMTP:
         """The open connection after a successful RSET, or a new one (reopened at most once here)."""

@@ -71,6 +71,9 @@ from templates import NoticeContext, RenderedNotice, render_notice
 from templates.ics import INVITE_KINDS, invite
 
 log = logging.getLogger(__name__)
+# A notice still answered 'try later' (4xx) at its 6th attempt (~2 h after the first, inventory/outbox.py
+# BACKOFF) alerts the SRE once: greylisting is over by then; a full mailbox or a broken relay is not.
+STUCK_ATTEMPTS = 6
 
 
 @dataclass
@@ -347,6 +350,8 @@ def _deliver_one(
             return
         mark_attempt_failed(notice, str(exc), permanent=False, now=now, session=session)
         report.retrying.append(key)
+        if not exc.transport and notice.attempts >= STUCK_ATTEMPTS:  # this message's 4xx, again and again
+            _alert_undelivered(notice, str(exc), now=now, session=session, stuck=True)
         return
     except Exception as exc:  # a bug in a transport must not block the rows behind this one
         log.exception("sending notice %s failed unexpectedly", key)
@@ -380,9 +385,12 @@ def _failed(notice: Notice, report: DeliveryReport, error: str, *, now: datetime
     )
 
 
-def _alert_undelivered(notice: Notice, error: str, *, now: datetime, session: Session) -> None:
+def _alert_undelivered(
+    notice: Notice, error: str, *, now: datetime, session: Session, stuck: bool = False
+) -> None:
     """One SRE alert per failure of a notice (keyed on the notice and its attempt: a retried transaction
-    or a second dispatcher queues no second one), saying what it means for the update and the fix."""
+    or a second dispatcher queues no second one), saying what it means for the update and the fix.
+    `stuck`: not failed but still pending after STUCK_ATTEMPTS 'try later' answers (one alert per notice)."""
     from flows.alerts import alert_sre
 
     ref, kind = notice.update_ref, notice.kind
@@ -428,17 +436,32 @@ def _alert_undelivered(notice: Notice, error: str, *, now: datetime, session: Se
             "(a START too soon is refused with the earliest valid one)."
         )
     building = error.startswith("cannot build the message")
+    headline = f"'{kind}' notice of {ref} not delivered: " + (
+        "the message cannot be built" if building else "refused for good by the mail server"
+    )
+    key = f"notice-{notice.id}:failed:{notice.attempts}"  # one failure, one alert
+    if stuck:
+        headline = (
+            f"'{kind}' notice of {ref} not delivered after {notice.attempts} attempts: "
+            "the mail server keeps answering 'try later'"
+        )
+        means = f"It is still retried hourly; until it goes through: {means}"
+        action = (
+            "Fix: have the customer's mailbox fixed (the server's answer is above), or "
+            f"{fix} and re-announce {ref} (`upkeep reschedule {ref} --to START --reason TEXT`): "
+            "the pending notice keeps the addresses it was queued with."
+        )
+        key = f"notice-{notice.id}:stuck"  # one per notice, however long it stays stuck
     alert_sre(
         None,
-        headline=f"'{kind}' notice of {ref} not delivered: "
-        + ("the message cannot be built" if building else "refused for good by the mail server"),
+        headline=headline,
         cause=_one_line(error),
         kind="notice-failed",
         run_id=run.id if run is not None else None,
         customer=customer.name if customer is not None else "",
         detail=f"Not delivered to: {_one_line(', '.join(notice.recipients))}\n{means}",
         action=action,
-        key=f"notice-{notice.id}:failed:{notice.attempts}",  # one failure, one alert
+        key=key,
         session=session,
         now=now,
     )

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
@@ -172,3 +173,110 @@ def test_the_alert_channel_down_when_the_notice_fails_loses_nothing_and_blocks_n
     assert up.sent == down.retrying and again.sent == []
     (posted,) = receiver.received
     assert "'scheduled' notice of update-1 not delivered" in posted["title"]
+
+
+KILLED_BETWEEN_MARKING_AND_COMMIT = """
+import os, signal, sys
+from datetime import datetime
+import flows.alerts
+from flows.notify import deliver_pending
+from inventory.db import make_engine
+from tasks.mail import SmtpTransport
+
+queue_alert = flows.alerts.alert_sre
+
+def then_die(*args, **kwargs):  # the alert queued and the notice marked failed, not committed
+    queue_alert(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+flows.alerts.alert_sre = then_die
+url, schema, port, now = sys.argv[1], sys.argv[2], int(sys.argv[3]), datetime.fromisoformat(sys.argv[4])
+engine = make_engine(url, schema=schema) if schema else make_engine(url)
+deliver_pending(engine, SmtpTransport("127.0.0.1", port, timeout=5), now=now, sender="upkeep@vendor.example")
+"""
+
+
+def test_a_deliverer_killed_between_marking_failed_and_committing_leaves_one_alert_after_the_retry(
+    engine: Engine, customer_id: int, smtp: SmtpServer
+) -> None:
+    """kill -9 of a real process after the notice is marked failed and its alert queued, before the
+    commit: both roll back together; the next delivery fails it again with the same attempt number,
+    so the SRE gets one alert, not none and not two."""
+    import os
+    import subprocess
+    import sys
+
+    smtp.handler.refuse["gone@acme.example"] = "550 5.1.1 no such user"
+    with session_scope(engine) as session:
+        (notice,) = queue(session, customer_id, 1, recipients=("gone@acme.example",))
+    url = engine.url.render_as_string(hide_password=False)
+    schema = ""  # the test's own PostgreSQL schema (tests/support/databases.py)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            schema = str(conn.execute(text("SELECT current_schema()")).scalar())
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_BETWEEN_MARKING_AND_COMMIT,
+            url,
+            schema,
+            str(smtp.port),
+            T0.isoformat(),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == -9, child.stderr
+    (row,) = notices(engine)
+    assert row.state == NoticeState.pending and row.attempts == 0 and _alerts(engine) == []
+
+    deliver_pending(engine, smtp.transport(), now=T0, sender=SENDER)
+    deliver_pending(engine, smtp.transport(), now=T0 + timedelta(hours=1), sender=SENDER)
+    assert notices(engine)[0].state == NoticeState.failed
+    assert [a.key for a in _alerts(engine)] == [f"notice-{notice.id}:failed:1"]
+
+
+def test_a_hostile_refusal_reaches_the_alert_as_one_bounded_line_naming_no_other_customer(
+    engine: Engine, smtp: SmtpServer
+) -> None:
+    """The server's 5xx to DATA is several lines with ANSI escapes, a bidi override and 20 kB of text
+    (in lines smtplib takes: one over 8192 characters becomes its own '500 Line too long'); the same
+    connection then carries another customer's notice. The alert of the first is one line
+    of at most 500 characters, with no raw control character, and names no address of the second."""
+    from tests.integration.test_notices import Recorder
+
+    with session_scope(engine) as session:
+        ids = []
+        for name in ("Acme Corp", "Globex"):
+            customer = Customer(name=name, timezone="UTC")
+            session.add(customer)
+            session.flush()
+            ids.append(customer.id)
+        queue(session, ids[0], 1, recipients=("ops@acme.example",))
+        queue(session, ids[1], 1, first=2, recipients=("ops@globex.example", "cto@globex.example"))
+
+    class Hostile(Recorder):
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            if "ops@acme.example" in envelope.rcpt_tos:  # type: ignore[attr-defined]
+                long = "".join(f"550-{'x' * 5000}\r\n" for _ in range(4))  # smtplib reads 8192 a line
+                return f"550-5.7.1 \x1b[31mrejected\x1b[0m \u202eevil\r\n{long}550 end"
+            return await super().handle_DATA(server, session, envelope)
+
+    server = SmtpServer(enable_SMTPUTF8=True)
+    server.handler = Hostile()
+    server.start()
+    try:
+        deliver_pending(engine, server.transport(), now=T0, sender=SENDER)
+    finally:
+        server.stop()
+
+    assert [n.state for n in notices(engine)] == [NoticeState.failed, NoticeState.sent]
+    (alert,) = _alerts(engine)
+    cause = next(line for line in alert.body_text.splitlines() if line.startswith("Cause:"))
+    assert len(cause) <= len("Cause: ") + 500 and "rejected" in cause and "\\x1b" in cause
+    assert not any(c in alert.body_text + alert.subject for c in "\x1b\u202e\r")
+    assert "globex" not in (alert.body_text + alert.body_html + alert.subject).lower()

@@ -280,3 +280,36 @@ def test_a_hostile_refusal_reaches_the_alert_as_one_bounded_line_naming_no_other
     assert len(cause) <= len("Cause: ") + 500 and "rejected" in cause and "\\x1b" in cause
     assert not any(c in alert.body_text + alert.subject for c in "\x1b\u202e\r")
     assert "globex" not in (alert.body_text + alert.body_html + alert.subject).lower()
+
+
+@pytest.mark.parametrize("ref", ["case:CASE-7", "portal-user-3-20261123120000000000"])
+def test_the_command_the_alert_names_for_a_notice_of_no_update_is_one_the_cli_takes(
+    sqlite_engine: Engine, smtp: SmtpServer, ref: str
+) -> None:
+    """A case's or a portal welcome's notice refused for good: the alert said to run
+    `upkeep notices list --update case:CASE-7`, which the CLI refuses ("expected an update id such as
+    update-42"), so the SRE's first step was an error."""
+    import re
+
+    from flows.schedule import parse_update_ref
+    from inventory.outbox import queue_notice
+
+    smtp.handler.refuse["gone@acme.example"] = "550 5.1.1 no such user"
+    with session_scope(sqlite_engine) as session:
+        customer = Customer(name="Acme Corp", timezone="UTC")
+        session.add(customer)
+        session.flush()
+        assert customer.id is not None
+        queue_notice(
+            update_ref=ref, kind="case-escalated", sequence=0, customer_id=customer.id,
+            recipients=["gone@acme.example"], subject="s", body_text="t", body_html="<p>t</p>",
+            session=session, now=T0,
+        )  # fmt: skip
+    deliver_pending(sqlite_engine, smtp.transport(), now=T0, sender=SENDER)
+
+    (alert,) = _alerts(sqlite_engine)
+    commands = re.findall(r"`(upkeep notices list[^`]*)`", alert.body_text)
+    assert commands, alert.body_text
+    for command in commands:
+        if "--update" in command:
+            parse_update_ref(command.split("--update", 1)[1].split()[0])  # what the CLI does with it

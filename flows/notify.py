@@ -398,7 +398,7 @@ def _alert_undelivered(
     run = session.get(UpgradeRun, run_id) if run_id is not None else None
     customer = session.get(Customer, notice.customer_id)
     fix = "correct the contact (or portal user) in the inventory YAML and run `upkeep inventory import FILE`"
-    by_hand = f"Upkeep does not send it again: tell them yourself (`upkeep notices list --update {ref}`)."
+    by_hand = f"Upkeep does not send it again: tell them yourself ({_list_command(notice)})."
     if ref.endswith("-sre"):  # the SRE's own copy (flows/run_notices.py `to_sre`)
         means = "This was the SRE's copy, not the customer's."
         action = "Fix: the SRE mailbox setting (UPKEEP_SRE_EMAIL)."
@@ -420,7 +420,7 @@ def _alert_undelivered(
             f"at its slot all the same ({slot}), without the customer having heard of it."
         )
         action = (
-            f"Fix: {fix}, and tell them yourself before the slot (`upkeep notices list --update {ref}`), "
+            f"Fix: {fix}, and tell them yourself before the slot ({_list_command(notice)}), "
             f"or move it: `upkeep reschedule {ref} --to START --reason TEXT`."
         )
     else:
@@ -489,7 +489,7 @@ def _alert_partly_refused(notice: Notice, refused: Refused, *, now: datetime, se
         )
         action = (
             "Fix: correct the contact (or portal user) in the inventory YAML and run "
-            f"`upkeep inventory import FILE`; tell them yourself (`upkeep notices list --update {ref}`)."
+            f"`upkeep inventory import FILE`; tell them yourself ({_list_command(notice)})."
         )
     alert_sre(
         None,
@@ -505,6 +505,14 @@ def _alert_partly_refused(notice: Notice, refused: Refused, *, now: datetime, se
         session=session,
         now=now,
     )
+
+
+def _list_command(notice: Notice) -> str:
+    """The command showing `notice`: `--update` takes only an update's ref (update-42), not a case's
+    (case:CASE-7), a welcome's (portal-user-...) or the SRE's copy (update-42-sre)."""
+    if run_id_of(notice.update_ref) is not None:
+        return f"`upkeep notices list --update {notice.update_ref}`"
+    return f"`upkeep notices list`, notice {notice.id}"
 
 
 def _needs_no_notice(run: UpgradeRun, customer: Customer | None) -> bool:

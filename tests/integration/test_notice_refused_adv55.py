@@ -313,3 +313,40 @@ def test_the_command_the_alert_names_for_a_notice_of_no_update_is_one_the_cli_ta
     for command in commands:
         if "--update" in command:
             parse_update_ref(command.split("--update", 1)[1].split()[0])  # what the CLI does with it
+
+
+def test_a_mail_server_that_refuses_our_sender_for_hours_alerts_the_sre_once_for_every_notice(
+    engine: Engine, customer_id: int
+) -> None:
+    """550 to MAIL FROM (the relay no longer takes our sender; a rotated SMTP password is alike: 535
+    at login) is about the server, not a message: every notice stays pending and is retried for ever.
+    The tick only logged it, so no customer was told of anything and nobody heard. Now one alert, once
+    the oldest notice has been tried as often as a stuck one, not one per notice."""
+    from tests.integration.test_notices import Recorder
+
+    class NoSender(Recorder):
+        async def handle_MAIL(
+            self, server: object, session: object, envelope: object, address: str, options: object
+        ) -> str:
+            return "550 5.7.1 <upkeep@vendor.example>: Sender address rejected: not owned by user"
+
+    with session_scope(engine) as session:
+        queue(session, customer_id, 3, recipients=("ops@acme.example",))
+    server = SmtpServer()
+    server.handler = NoSender()
+    server.start()
+    try:
+        now = T0
+        for _ in range(10):
+            report = deliver_pending(engine, server.transport(), now=now, sender=SENDER)
+            assert report.transport_error and report.failed == []
+            rows = notices(engine)
+            assert {row.state for row in rows} == {NoticeState.pending}
+            now = min(row.next_attempt_at for row in rows if row.next_attempt_at is not None)
+    finally:
+        server.stop()
+
+    (alert,) = _alerts(engine)
+    assert alert.kind == "mail-unusable"
+    body = _flat(alert.body_text)
+    assert "Sender address rejected" in body and "3 customer notice(s) waiting" in body

@@ -232,7 +232,45 @@ def deliver_pending(
                 error = f"not tried, mail server unusable: {report.transport_error}"
                 mark_attempt_failed(notice, error, permanent=False, now=now, session=session)
                 report.retrying.append(notice.idempotency_key)
+    if report.transport_error:
+        with session_scope(engine) as session:
+            _alert_mail_unusable(report.transport_error, now=now, session=session)
     return report
+
+
+def _alert_mail_unusable(error: str, *, now: datetime, session: Session) -> None:
+    """The mail server unusable for every message (down, our login or sender refused) is retried for
+    ever, rightly, but once the oldest waiting notice has been tried STUCK_ATTEMPTS times the SRE
+    hears of it: one alert per outage (keyed on that notice), not one per notice."""
+    from sqlmodel import col, func, select
+
+    from flows.alerts import alert_sre
+    from inventory.outbox import NoticeState
+
+    waiting = select(Notice).where(Notice.state == NoticeState.pending)
+    oldest = session.exec(
+        waiting.where(Notice.attempts >= STUCK_ATTEMPTS).order_by(col(Notice.id)).limit(1)
+    ).first()
+    if oldest is None:
+        return
+    count = session.exec(
+        select(func.count()).select_from(Notice).where(Notice.state == NoticeState.pending)
+    ).one()
+    alert_sre(
+        None,
+        headline="customer notices not delivered: the mail server cannot be used",
+        cause=_one_line(error),
+        kind="mail-unusable",
+        detail=f"{count} customer notice(s) waiting; the oldest, '{oldest.kind}' of {oldest.update_ref}, "
+        f"tried {oldest.attempts} times. They are retried hourly and go out by themselves once the "
+        "server takes them; until then no customer hears of anything, and each never-told update "
+        "slides at its re-check.",
+        action="Fix: the mail server, or the SMTP settings (UPKEEP_SMTP_HOST, _PORT, _USER, _PASSWORD, "
+        "UPKEEP_MAIL_FROM); `upkeep doctor` checks them.",
+        key=f"mail-unusable:notice-{oldest.id}",  # one per outage, however many ticks it lasts
+        session=session,
+        now=now,
+    )
 
 
 @contextmanager

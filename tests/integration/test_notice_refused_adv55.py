@@ -350,3 +350,25 @@ def test_a_mail_server_that_refuses_our_sender_for_hours_alerts_the_sre_once_for
     assert alert.kind == "mail-unusable"
     body = _flat(alert.body_text)
     assert "Sender address rejected" in body and "3 customer notice(s) waiting" in body
+
+
+def test_a_customer_with_no_contact_at_all_cannot_be_scheduled_so_nothing_slides_unheard(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """Gap (c) of h-bounce: scheduling refuses it with one line (flows/schedule.py `_recipients`); a
+    contact removed later is the tick's 'nobody to tell' alert (flows/dispatch.py)."""
+    from flows.schedule import ScheduleRefused
+    from inventory.models import Contact
+
+    world = World(sqlite_engine, tmp_path)
+    with session_scope(sqlite_engine) as session:
+        for contact in session.exec(select(Contact)).all():
+            session.delete(contact)
+    refused = pytest.raises(ScheduleRefused, match="customer fakeco has no contacts to notify")
+    with refused, session_scope(sqlite_engine) as session:
+        schedule_update(
+            CLUSTER, TARGET, now=world.clock(), requested_by="sre", session=session,
+            vendor=VendorTerms.from_runtime(world.runtime),
+        )  # fmt: skip
+    with session_scope(sqlite_engine) as session:
+        assert session.exec(select(UpgradeRun)).all() == []

@@ -372,3 +372,45 @@ def test_a_customer_with_no_contact_at_all_cannot_be_scheduled_so_nothing_slides
         )  # fmt: skip
     with session_scope(sqlite_engine) as session:
         assert session.exec(select(UpgradeRun)).all() == []
+
+
+def test_a_login_refusal_echoing_our_smtp_password_reaches_no_alert_and_no_notice_row(
+    engine: Engine, customer_id: int
+) -> None:
+    """A server whose 535 quotes the credentials it got (seen in the wild: 'bad credentials user:pass').
+    The mail-unusable alert carries the session's error to every SRE channel, and the text redaction
+    takes `password=X`, not `upkeep:X`: the configured password itself must be scrubbed."""
+    import base64
+
+    from aiosmtpd.smtp import AuthResult
+
+    secret = "hunter2-S3cret"
+
+    def echoing(
+        server: object, session: object, envelope: object, mechanism: str, data: object
+    ) -> AuthResult:
+        login, password = data.login.decode(), data.password.decode()  # type: ignore[attr-defined]
+        return AuthResult(
+            success=False, handled=False, message=f"535 5.7.8 bad credentials {login}:{password}"
+        )
+
+    with session_scope(engine) as session:
+        queue(session, customer_id, 1, recipients=("ops@acme.example",))
+    server = SmtpServer(auth_require_tls=False, authenticator=echoing)
+    server.start()
+    try:
+        now = T0
+        for _ in range(7):
+            deliver_pending(engine, server.transport(user="upkeep", password=secret), now=now, sender=SENDER)
+            (row,) = notices(engine)
+            assert row.next_attempt_at is not None
+            now = row.next_attempt_at
+    finally:
+        server.stop()
+
+    (alert,) = _alerts(engine)
+    (row,) = notices(engine)
+    assert "bad credentials upkeep:" in row.last_error  # the server's answer is kept, the secret is not
+    encoded = base64.b64encode(secret.encode()).decode()
+    for text_ in (alert.subject, alert.body_text, alert.body_html, row.last_error):
+        assert secret not in text_ and encoded not in text_

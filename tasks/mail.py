@@ -14,6 +14,7 @@ the transaction and the next message goes out on the same connection.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -119,9 +120,31 @@ class SmtpTransport:
     def session(self) -> SmtpSession:
         return SmtpSession(self)
 
+    def scrub(self, text: str) -> str:
+        """A server's answer without our password, plain or base64 as AUTH sent it (a server may quote
+        the credentials it refused; the text redaction takes `password=X`, not `user:X`)."""
+        if not self.password:
+            return text
+        forms = {self.password}
+        for sent in (
+            self.password,
+            f"\0{self.user}\0{self.password}",
+            f"{self.user}\0{self.user}\0{self.password}",
+        ):
+            forms.add(base64.b64encode(sent.encode()).decode())
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "[REDACTED password]")
+        return text
+
     def connect(self) -> smtplib.SMTP:
         """A connection ready for MAIL: EHLO, STARTTLS, login. Every failure here is about the server
         or our account, not a message (`transport=True`)."""
+        try:
+            return self._connect()
+        except MailError as exc:
+            raise _scrubbed(exc, self) from None
+
+    def _connect(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP | None = None
         try:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
@@ -173,6 +196,21 @@ class SmtpSession:
                 _close(smtp)
 
     def send(self, message: OutgoingMessage) -> Refused | None:
+        scrub = self.transport.scrub
+        try:
+            refused = self._send(message)
+        except MailError as exc:
+            raise _scrubbed(exc, self.transport) from None
+        if not refused:
+            return None
+        # Accepted for the others: retrying would send it to them twice. Say so; do not raise: the
+        # caller gets the refused ones (flows/notify.py alerts the SRE, it used to be only this log).
+        answers = {rcpt: scrub(f"{code} {_text(text)}") for rcpt, (code, text) in refused.items()}
+        shown = "; ".join(f"{rcpt}: {answer}" for rcpt, answer in answers.items())
+        log.warning("%s accepted %s but refused %s", self.transport.where, message.message_id, shown)
+        return answers
+
+    def _send(self, message: OutgoingMessage) -> dict[str, tuple[int, bytes]]:
         where = self.transport.where
         smtp = self._ready()
         try:
@@ -200,12 +238,7 @@ class SmtpSession:
             # at-least-once window in flows/notify.py), so it stays queued and is not resent here.
             self._drop()
             raise TemporaryMailError(f"{where}: {_detail(exc)}", transport=True) from None
-        if refused:
-            # Accepted for the others: retrying would send it to them twice. Say so; do not raise: the
-            # caller gets the refused ones (flows/notify.py alerts the SRE, it used to be only this log).
-            log.warning("%s accepted %s but refused %s", where, message.message_id, _refusals(refused))
-            return {rcpt: f"{code} {_text(text)}" for rcpt, (code, text) in refused.items()}
-        return None
+        return refused
 
     def _ready(self) -> smtplib.SMTP:
         """The open connection after a successful RSET, or a new one (reopened at most once here)."""
@@ -259,6 +292,10 @@ class OutboxDirTransport:
                 raise
         except OSError as exc:
             raise TemporaryMailError(f"outbox {self.directory}: {exc}", transport=True) from None
+
+
+def _scrubbed(exc: MailError, transport: SmtpTransport) -> MailError:
+    return type(exc)(transport.scrub(str(exc)), code=exc.code, transport=exc.transport)
 
 
 def _close(smtp: smtplib.SMTP | None) -> None:

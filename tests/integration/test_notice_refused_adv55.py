@@ -414,3 +414,35 @@ def test_a_login_refusal_echoing_our_smtp_password_reaches_no_alert_and_no_notic
     encoded = base64.b64encode(secret.encode()).decode()
     for text_ in (alert.subject, alert.body_text, alert.body_html, row.last_error):
         assert secret not in text_ and encoded not in text_
+
+
+def test_a_refused_scheduled_notice_says_the_update_is_held_when_no_slot_is_left_before_the_deadline(
+    sqlite_engine: Engine, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The alert said each re-check "moves it to the first window with full notice". With a release
+    deadline closer than the notice period the re-check holds it instead (flows/integrity.py `recheck`:
+    no valid slot); the alert must not promise a move."""
+    from inventory.models import Release
+
+    world = World(sqlite_engine, tmp_path)
+    smtp.handler.refuse[CONTACT] = REFUSAL
+    with session_scope(sqlite_engine) as session:
+        run = schedule_update(
+            CLUSTER, TARGET, now=world.clock(), requested_by="sre", session=session,
+            vendor=VendorTerms.from_runtime(world.runtime),
+        )  # fmt: skip
+        run_id, slot = run.id, run.slot_start
+        assert slot is not None
+        (release,) = session.exec(select(Release)).all()
+        release.deadline = slot + timedelta(hours=12)  # the slot is fine; no later one with full notice
+        session.add(release)
+    deliver_pending(sqlite_engine, smtp.transport(), now=world.clock(), sender=SENDER)
+
+    with session_scope(sqlite_engine) as session:
+        run = session.get(UpgradeRun, run_id)
+        assert run is not None
+        outcome = recheck(run, now=slot, session=session, actor="t", plan_only=True)
+    assert outcome.action == "held"
+    (alert,) = _alerts(sqlite_engine)
+    body = _flat(alert.body_text)
+    assert "or holds it when no valid slot is left (past the release's deadline" in body

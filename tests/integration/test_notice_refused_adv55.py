@@ -446,3 +446,33 @@ def test_a_refused_scheduled_notice_says_the_update_is_held_when_no_slot_is_left
     (alert,) = _alerts(sqlite_engine)
     body = _flat(alert.body_text)
     assert "or holds it when no valid slot is left (past the release's deadline" in body
+
+
+def test_the_sres_own_copy_stuck_on_4xx_points_at_the_sre_mailbox_not_the_customer(
+    sqlite_engine: Engine, smtp: SmtpServer
+) -> None:
+    """The stuck alert's fix said "have the customer's mailbox fixed" for the SRE's copy too."""
+    from inventory.outbox import queue_notice
+
+    smtp.handler.refuse["sre@vendor.example"] = "452 4.2.2 mailbox over quota"
+    with session_scope(sqlite_engine) as session:
+        customer = Customer(name="Acme Corp", timezone="UTC")
+        session.add(customer)
+        session.flush()
+        assert customer.id is not None
+        queue_notice(
+            update_ref="update-9-sre", kind="started", sequence=0, customer_id=customer.id,
+            recipients=["sre@vendor.example"], subject="s", body_text="t", body_html="<p>t</p>",
+            session=session, now=T0,
+        )  # fmt: skip
+    now = T0
+    for _ in range(6):
+        deliver_pending(sqlite_engine, smtp.transport(), now=now, sender=SENDER)
+        (row,) = notices(sqlite_engine)
+        assert row.next_attempt_at is not None
+        now = row.next_attempt_at
+
+    (alert,) = _alerts(sqlite_engine)
+    body = _flat(alert.body_text)
+    assert "This was the SRE's copy" in body and "UPKEEP_SRE_EMAIL" in body
+    assert "customer's mailbox" not in body

@@ -485,11 +485,19 @@ def _alert_undelivered(
             "the mail server keeps answering 'try later'"
         )
         means = f"It is still retried hourly; until it goes through: {means}"
-        action = (
-            "Fix: have the customer's mailbox fixed (the server's answer is above), or "
-            f"{fix} and re-announce {ref} (`upkeep reschedule {ref} --to START --reason TEXT`): "
-            "the pending notice keeps the addresses it was queued with."
-        )
+        if ref.endswith("-sre"):
+            pass  # the SRE mailbox's fix stands
+        elif run is not None and run.state == RunState.planned:
+            action = (
+                "Fix: have the customer's mailbox fixed (the server's answer is above), or "
+                f"{fix} and re-announce {ref} (`upkeep reschedule {ref} --to START --reason TEXT`): "
+                "the pending notice keeps the addresses it was queued with."
+            )
+        else:
+            action = (
+                f"Fix: have the customer's mailbox fixed (the server's answer is above), or {fix} and "
+                f"tell them yourself ({_list_command(notice)}): the pending notice keeps its addresses."
+            )
         key = f"notice-{notice.id}:stuck"  # one per notice, however long it stays stuck
     alert_sre(
         None,

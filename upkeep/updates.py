@@ -666,11 +666,13 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
 def _told_at_window_end(run: Any, session: Any) -> str:
     """What a pause's answer says of the customer: a customer told of the update hears it stopped for now
     ('stopped') if it is still paused when its window ends (flows/outcomes.py `tell_paused_past_window`),
-    the end said in their zone and in UTC; "" when nothing will be told (no window, never announced)."""
+    the end said in their zone and in UTC; "" when nothing will be told (no window, never announced). A
+    window already over (the node in progress overran it) is said as over, not as a time still to come."""
     from zoneinfo import ZoneInfo
 
     from flows.run_notices import customer_knows
     from flows.run_window import window_end
+    from flows.runtime import current
     from inventory import repo
     from inventory.models import Cluster
 
@@ -680,9 +682,14 @@ def _told_at_window_end(run: Any, session: Any) -> str:
     cluster = session.get(Cluster, run.cluster_id)
     zone = repo.customer_of(cluster, session=session).timezone if cluster is not None else "UTC"
     local = end.astimezone(ZoneInfo(zone))
+    at = f"{local:%Y-%m-%d %H:%M} {zone} ({end.astimezone(ZoneInfo('UTC')):%Y-%m-%d %H:%M} UTC)"
+    if end <= current().clock():  # the node in progress overran the window: no time is left to resume in
+        return (
+            f"; its window ended at {at}: the customer is told it stopped for now ('stopped') at the "
+            "dispatcher's next tick once it has paused"
+        )
     return (
-        f"; if it is not resumed before its window ends at {local:%Y-%m-%d %H:%M} {zone} "
-        f"({end.astimezone(ZoneInfo('UTC')):%Y-%m-%d %H:%M} UTC), the customer is told it stopped for now "
+        f"; if it is not resumed before its window ends at {at}, the customer is told it stopped for now "
         "('stopped')"
     )
 

@@ -709,22 +709,29 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
         ):
             return False  # resumed, cancelled or told meanwhile (another dispatcher), or nobody to tell
         before = run.reason
+        # Resumed after a 'stopped' and paused again before it started (no 'started' since): the customer's
+        # last word of it already says it stopped for now. Marked, not told twice in a row (adv52).
+        again = _last_word(run, session) == "stopped"
         run.reason = (
             f"{PAUSED_STOPPED_REASON}{before or 'paused'}; its window ended {end:%Y-%m-%d %H:%M} UTC with it "
             "paused"
         )[:2000]
         cluster = session.get(Cluster, run.cluster_id)
         label = f"{cluster.name if cluster else run.cluster_id} {run.from_version}→{run.to_version}"
+        told = (
+            "the customer's last notice of it already said it stopped for now ('stopped'): not told again"
+            if again
+            else "the customer is told it stopped for now"
+        )
         tell_ending(
             runtime,
             run,
             session=session,
             now=now,
-            notice="stopped",  # the stall's fixed words: the SRE's reason may name hosts
+            notice=None if again else "stopped",  # the stall's fixed words: the SRE's reason may name hosts
             customer_reason="",
             alert="paused-stopped",
-            headline=f"run {run_id} ({label}) still paused at its window's end: the customer is told it "
-            "stopped for now",
+            headline=f"run {run_id} ({label}) still paused at its window's end: {told}",
             cause=before or "paused by request",
             action=_check_nodes(run, session) + f"`upkeep resume {run_id}` (inside a window it goes on at "
             "once, the customer told 'started'; outside one it is planned for the next window with room, the "
@@ -732,3 +739,22 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
         )
         session.add(run)
     return True
+
+
+def _last_word(run: UpgradeRun, session: Session) -> str:
+    """The kind of the customer's latest notice of `run` that went out or is on its way ("" if none)."""
+    from sqlmodel import col, select
+
+    from flows.run_notices import update_ref
+    from inventory.outbox import Notice, NoticeState
+
+    last = session.exec(
+        select(Notice.kind)
+        .where(
+            col(Notice.update_ref) == update_ref(run.id),
+            col(Notice.state).in_((NoticeState.pending, NoticeState.sent)),
+        )
+        .order_by(col(Notice.sequence).desc(), col(Notice.id).desc())
+        .limit(1)
+    ).first()
+    return str(last or "")

@@ -184,3 +184,26 @@ def test_a_pause_of_a_run_whose_window_was_overridden_is_told_stopped_at_its_ann
         )
     assert _tick(world, END) == [run_id]
     assert world.notices(run_id) == ["scheduled", "started", "stopped"]
+
+
+def test_the_pause_answer_does_not_promise_a_stopped_the_customer_already_had(on_call_world: World) -> None:
+    """As above (told 'stopped' Monday, resumed Tuesday, paused again in its pre-flight): the SRE's answer
+    said "if it is not resumed before its window ends ..., the customer is told it stopped for now" - they
+    will not be (their last word already is 'stopped'); the answer says so."""
+    from upkeep.updates import request_stop
+
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    assert _tick(world, END) == [run_id]
+    said: list[str] = []
+
+    def pause_in_preflight(_node: object) -> None:
+        world.nodes[2].before.clear()
+        said.append(request_stop(run_id, "pause", engine=world.engine, actor="sre"))
+
+    world.nodes[2].before["disk"] = pause_in_preflight
+    world.clock.now = MONDAY + DAY + timedelta(minutes=1)
+    assert world.update(run_id=run_id).result()["state"] == "paused"
+    [answer] = said
+    assert "the customer is told it stopped for now" not in answer, answer
+    assert "the customer was already told it stopped for now ('stopped'): not told again" in answer, answer

@@ -711,7 +711,7 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
         before = run.reason
         # Resumed after a 'stopped' and paused again before it started (no 'started' since): the customer's
         # last word of it already says it stopped for now. Marked, not told twice in a row (adv52).
-        again = _last_word(run, session) == "stopped"
+        again = last_word(run, session) == "stopped"
         run.reason = (
             f"{PAUSED_STOPPED_REASON}{before or 'paused'}; its window ended {end:%Y-%m-%d %H:%M} UTC with it "
             "paused"
@@ -741,7 +741,7 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
     return True
 
 
-def _last_word(run: UpgradeRun, session: Session) -> str:
+def last_word(run: UpgradeRun, session: Session) -> str:
     """The kind of the customer's latest notice of `run` that went out or is on its way ("" if none)."""
     from sqlmodel import col, select
 

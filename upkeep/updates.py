@@ -670,6 +670,7 @@ def _told_at_window_end(run: Any, session: Any) -> str:
     window already over (the node in progress overran it) is said as over, not as a time still to come."""
     from zoneinfo import ZoneInfo
 
+    from flows.outcomes import last_word
     from flows.run_notices import customer_knows
     from flows.run_window import window_end
     from flows.runtime import current
@@ -683,6 +684,8 @@ def _told_at_window_end(run: Any, session: Any) -> str:
     zone = repo.customer_of(cluster, session=session).timezone if cluster is not None else "UTC"
     local = end.astimezone(ZoneInfo(zone))
     at = f"{local:%Y-%m-%d %H:%M} {zone} ({end.astimezone(ZoneInfo('UTC')):%Y-%m-%d %H:%M} UTC)"
+    if last_word(run, session) == "stopped":  # resumed after a 'stopped', paused before it started again
+        return "; the customer was already told it stopped for now ('stopped'): not told again"
     if end <= current().clock():  # the node in progress overran the window: no time is left to resume in
         return (
             f"; its window ended at {at}: the customer is told it stopped for now ('stopped') at the "

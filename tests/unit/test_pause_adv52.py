@@ -6,6 +6,7 @@ races on real PostgreSQL only."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,37 @@ def test_the_pause_answer_does_not_promise_a_stopped_the_customer_already_had(on
     [answer] = said
     assert "the customer is told it stopped for now" not in answer, answer
     assert "the customer was already told it stopped for now ('stopped'): not told again" in answer, answer
+
+
+def _window_now_ends_at_0030(world: World, tmp_path: Path) -> None:
+    """The customer's inventory, imported again: every day's window now 00:00-00:30 (was 00:00-01:00)."""
+    import yaml
+
+    from inventory.importer import import_inventory
+
+    path = tmp_path / "inventory.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["customers"][0]["clusters"][0]["windows"] = [
+        {"days": "mon-sun", "start": "00:00", "duration": "30m"}
+    ]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    import_inventory(path, engine=world.engine, actor="customer-import")
+
+
+def test_a_pause_whose_window_was_shortened_after_it_is_told_when_the_window_now_ends(
+    on_call_world: World, tmp_path: Path
+) -> None:
+    """Paused at 00:01; at 00:20 an import shortens the customer's window to end at 00:30 (a running run
+    would be stopped there: the cutoff reads the window as it is now, flows/outcomes.py
+    `window_closing`). The tick went on reading only the window recorded at the start (01:00): from 00:30
+    to 01:00 the customer, told 'started', heard nothing although their window was over, and the SRE
+    could neither resume (no window open) nor replan it (not yet told 'stopped')."""
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    world.clock.now = MONDAY + timedelta(minutes=20)
+    _window_now_ends_at_0030(world, tmp_path)
+
+    assert _tick(world, MONDAY + timedelta(minutes=29)) == []
+    assert _tick(world, MONDAY + timedelta(minutes=31)) == [run_id]
+    assert _tick(world, END) == []
+    assert world.notices(run_id) == ["scheduled", "started", "stopped"]

@@ -16,7 +16,7 @@ from flows.oncall import stall_headline, stall_page_key
 from flows.plan import UpdatePlan
 from flows.records import STALLED_REASON, node_done, nodes_touched, stopped_at
 from flows.run_notices import VendorTerms, customer_knows, queue_run_notice
-from flows.run_window import past_cutoff, window_at, window_now
+from flows.run_window import past_cutoff, window_at, window_now, window_over
 from flows.runtime import Runtime
 from flows.schedule import next_window
 from inventory import repo
@@ -668,17 +668,20 @@ def tell_paused_past_window(runtime: Runtime, now: datetime) -> list[int]:
 
     end = func.coalesce(col(UpgradeRun.window_end), col(UpgradeRun.slot_end))
     with session_scope(runtime.engine) as session:
-        candidates = session.exec(
-            select(UpgradeRun.id)
+        paused = session.exec(
+            select(UpgradeRun)
             .where(
                 UpgradeRun.state == RunState.paused,
                 col(UpgradeRun.override_reason).is_(None) | (col(UpgradeRun.override_reason) == ""),
                 ~col(UpgradeRun.reason).startswith(STALLED_REASON),
                 ~col(UpgradeRun.reason).startswith(PAUSED_STOPPED_REASON),
-                end <= now,
+                end.is_not(None),
             )
             .order_by(col(UpgradeRun.id))
         ).all()
+        # Its window over as the inventory says now, not only as recorded at its start: shortened or
+        # removed by an import since the pause, it ended then (the cutoff's reading, adv52).
+        candidates = [run.id for run in paused if window_over(run, now, session=session)]
     told = []
     for run_id in candidates:
         assert run_id is not None
@@ -704,7 +707,7 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
             or stalled(run)
             or run.reason.startswith(PAUSED_STOPPED_REASON)
             or end is None
-            or end > now
+            or not window_over(run, now, session=session)
             or not customer_knows(run, session)
         ):
             return False  # resumed, cancelled or told meanwhile (another dispatcher), or nobody to tell
@@ -712,9 +715,10 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
         # Resumed after a 'stopped' and paused again before it started (no 'started' since): the customer's
         # last word of it already says it stopped for now. Marked, not told twice in a row (adv52).
         again = last_word(run, session) == "stopped"
+        ended = min(end, now)  # by now at the latest: an import may have shortened it since the start
         run.reason = (
-            f"{PAUSED_STOPPED_REASON}{before or 'paused'}; its window ended {end:%Y-%m-%d %H:%M} UTC with it "
-            "paused"
+            f"{PAUSED_STOPPED_REASON}{before or 'paused'}; its window ended {ended:%Y-%m-%d %H:%M} UTC "
+            "with it paused"
         )[:2000]
         cluster = session.get(Cluster, run.cluster_id)
         label = f"{cluster.name if cluster else run.cluster_id} {run.from_version}→{run.to_version}"

@@ -52,6 +52,16 @@ def window_end(run: UpgradeRun) -> datetime | None:
     return run.window_end or run.slot_end
 
 
+def window_over(run: UpgradeRun, now: datetime, *, session: Session) -> bool:
+    """Whether the run's window is over at `now`, as the cutoff reads it (`past_cutoff`): its recorded end
+    has passed, or - an import since shortened or removed the window, moved the customer's zone, or a
+    blackout now covers the rest of it - no window of its cluster is open now. False with no window."""
+    end = window_end(run)
+    if end is None:
+        return False
+    return end <= now or window_now(run, now, session=session) is None
+
+
 def window_now(run: UpgradeRun, now: datetime, *, session: Session) -> Interval | None:
     """The run's cluster's window open at `now` as the inventory says now (None: none is open, or
     the run has no window)."""

@@ -242,3 +242,30 @@ def test_a_pause_whose_window_was_shortened_after_it_is_told_when_the_window_now
     assert _tick(world, MONDAY + timedelta(minutes=31)) == [run_id]
     assert _tick(world, END) == []
     assert world.notices(run_id) == ["scheduled", "started", "stopped"]
+
+
+def test_the_pause_answer_names_the_end_of_the_window_as_it_is_now(
+    on_call_world: World, tmp_path: Path
+) -> None:
+    """The window shortened to 00:30 by an import at 00:20; the SRE pauses the running update at 00:25.
+    The answer named 01:00 (the window recorded at the start) while the cutoff and the tick go by 00:30."""
+    from sqlalchemy import update
+    from sqlmodel import col
+
+    from inventory.db import session_scope
+    from inventory.models import RunState, UpgradeRun
+    from upkeep.updates import request_stop
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    with session_scope(world.engine) as session:
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run_id)
+            .values(state=RunState.running, started_at=MONDAY, window_start=MONDAY, window_end=END)
+        )
+    world.clock.now = MONDAY + timedelta(minutes=20)
+    _window_now_ends_at_0030(world, tmp_path)
+    world.clock.now = MONDAY + timedelta(minutes=25)
+    said = request_stop(run_id, "pause", engine=world.engine, actor="sre")
+    assert "before its window ends at 2026-12-07 00:30 UTC (2026-12-07 00:30 UTC)" in said, said

@@ -672,21 +672,27 @@ def _told_at_window_end(run: Any, session: Any) -> str:
 
     from flows.outcomes import last_word
     from flows.run_notices import customer_knows
-    from flows.run_window import window_end
+    from flows.run_window import window_end, window_now
     from flows.runtime import current
     from inventory import repo
     from inventory.models import Cluster
 
+    now = current().clock()
     end = window_end(run)
     if end is None or not customer_knows(run, session):
         return ""
+    if (
+        end > now
+    ):  # the window as it is now, as the cutoff and the tick read it (an import may have shortened it)
+        open_now = window_now(run, now, session=session)
+        end = min(end, open_now.end) if open_now is not None else now
     cluster = session.get(Cluster, run.cluster_id)
     zone = repo.customer_of(cluster, session=session).timezone if cluster is not None else "UTC"
     local = end.astimezone(ZoneInfo(zone))
     at = f"{local:%Y-%m-%d %H:%M} {zone} ({end.astimezone(ZoneInfo('UTC')):%Y-%m-%d %H:%M} UTC)"
     if last_word(run, session) == "stopped":  # resumed after a 'stopped', paused before it started again
         return "; the customer was already told it stopped for now ('stopped'): not told again"
-    if end <= current().clock():  # the node in progress overran the window: no time is left to resume in
+    if end <= now:  # the node in progress overran the window (or it was removed): no time left to resume in
         return (
             f"; its window ended at {at}: the customer is told it stopped for now ('stopped') at the "
             "dispatcher's next tick once it has paused"

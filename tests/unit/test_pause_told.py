@@ -276,18 +276,25 @@ def test_upkeep_pause_says_when_the_customer_will_be_told(on_call_world: World) 
 
     world = on_call_world
     run_id = _planned_monday(world)
+    # The customer in Berlin: Monday's window 00:00-01:00 there is 23:00-00:00 UTC, and the run started in
+    # it (adv52: the answer reads the window as it is now, as the tick and the cutoff do; recorded as
+    # 00:00-01:00 UTC it is not open at all in Berlin's window, so it was already over).
     with session_scope(world.engine) as session:
         session.execute(update(Customer).values(timezone="Europe/Berlin"))
         session.execute(
             update(UpgradeRun)
             .where(col(UpgradeRun.id) == run_id)
-            .values(state=RunState.running, started_at=MONDAY, window_start=MONDAY, window_end=END)
-        )
+            .values(
+                state=RunState.running, started_at=MONDAY - timedelta(hours=1),
+                window_start=MONDAY - timedelta(hours=1), window_end=MONDAY,
+            )
+        )  # fmt: skip
+    world.clock.now = MONDAY - timedelta(minutes=30)
     said = request_stop(run_id, "pause", engine=world.engine, actor="sre")
     assert said.startswith(f"run {run_id}: pause requested; the node in progress finishes first"), said
     assert (
-        "if it is not resumed before its window ends at 2026-12-07 02:00 Europe/Berlin "
-        "(2026-12-07 01:00 UTC), the customer is told it stopped for now ('stopped')" in said
+        "if it is not resumed before its window ends at 2026-12-07 01:00 Europe/Berlin "
+        "(2026-12-07 00:00 UTC), the customer is told it stopped for now ('stopped')" in said
     ), said
 
 

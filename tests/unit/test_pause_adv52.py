@@ -269,3 +269,27 @@ def test_the_pause_answer_names_the_end_of_the_window_as_it_is_now(
     world.clock.now = MONDAY + timedelta(minutes=25)
     said = request_stop(run_id, "pause", engine=world.engine, actor="sre")
     assert "before its window ends at 2026-12-07 00:30 UTC (2026-12-07 00:30 UTC)" in said, said
+
+
+def test_another_customers_portal_never_shows_or_opens_a_pause_told_stopped(on_call_world: World) -> None:
+    """Another customer asking for this update's id (a guessed or forwarded link) gets NotYours, and their
+    "Stopped for now" list stays empty; the owner's shows it. (Held.)"""
+    from sqlmodel import select
+
+    from flows.portal_actions import NotYours, stopped_update, stopped_updates
+    from inventory.db import session_scope
+    from inventory.models import Customer
+
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    assert _tick(world, END) == [run_id]
+    with session_scope(world.engine) as session:
+        other = Customer(name="otherco", timezone="UTC")
+        session.add(other)
+        session.flush()
+        owner = session.exec(select(Customer).where(Customer.name == "fakeco")).one()
+        assert stopped_updates(other, session=session) == []
+        with pytest.raises(NotYours):
+            stopped_update(run_id, other, session=session)
+        assert [s.id for s in stopped_updates(owner, session=session)] == [run_id]
+        assert stopped_update(run_id, owner, session=session).nodes_upgraded == 1

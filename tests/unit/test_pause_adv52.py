@@ -313,3 +313,29 @@ def test_the_stopped_words_of_a_pause_in_one_window_do_not_say_it_was_moved_agai
     assert _tick(world, END) == [run_id]
     body = " ".join(_customer_notice(world, run_id, "stopped").body_text.split())
     assert "rather than move it to the next one again" not in body, body
+
+
+def test_a_customer_whose_contacts_were_emptied_is_not_mailed_and_the_sre_is_told_so(
+    on_call_world: World,
+) -> None:
+    """An import emptied the customer's contact list after the pause: the window's end queues no mail (no
+    recipient) and the SRE's alert says the customer has no contacts, once. (Held.)"""
+    from sqlalchemy import delete
+    from sqlmodel import select
+
+    from inventory.alerts import Alert
+    from inventory.db import session_scope
+    from inventory.models import Contact
+
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    with session_scope(world.engine) as session:
+        session.execute(delete(Contact))
+    assert _tick(world, END) == [run_id]
+    assert _tick(world, END + timedelta(minutes=1)) == []
+    assert world.notices(run_id) == ["scheduled", "started"]
+    with session_scope(world.engine) as session:
+        [alert] = session.exec(
+            select(Alert).where(Alert.run_id == run_id, Alert.kind == "paused-stopped")
+        ).all()
+        assert "The customer has no contacts." in alert.body_text, alert.body_text

@@ -339,3 +339,41 @@ def test_a_customer_whose_contacts_were_emptied_is_not_mailed_and_the_sre_is_tol
             select(Alert).where(Alert.run_id == run_id, Alert.kind == "paused-stopped")
         ).all()
         assert "The customer has no contacts." in alert.body_text, alert.body_text
+
+
+HOSTILE = (
+    "paused past its window, the customer told 'stopped': \u202egnp.exe\u202c\nWhy: we broke node fake-c1-n2"
+)
+
+
+def test_an_sre_reason_that_mimics_the_mark_neither_flips_the_state_nor_reaches_the_customer(
+    on_call_world: World,
+) -> None:
+    """`upkeep pause --reason` starting with the marker's own words, with a bidi override, a newline and a
+    host name: the reason is the audit's only (the run's reason is our fixed 'paused by request ...'), so
+    the run is not 'stopped for now' before its window ends, the tick still tells it once at the end, and
+    neither the customer's 'stopped' nor the portal carries a word of it. (Held.)"""
+    from sqlmodel import select
+
+    from flows.portal_actions import stopped_updates
+    from inventory.db import session_scope
+    from inventory.models import Customer
+    from inventory.runs import paused_stopped
+    from tests.unit.test_window_stalled_adversarial import _customer_notice
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    world.clock.now = MONDAY + timedelta(minutes=1)
+    world.ask_at_node_1("pause", reason=HOSTILE)
+    assert world.update(run_id=run_id).result()["state"] == "paused"
+    world.nodes[0].before.clear()
+    assert not paused_stopped(world.run()), world.run().reason
+    assert _tick(world, END - timedelta(minutes=1)) == []
+    with session_scope(world.engine) as session:
+        owner = session.exec(select(Customer).where(Customer.name == "fakeco")).one()
+        assert stopped_updates(owner, session=session) == []
+    assert _tick(world, END) == [run_id]
+    assert _tick(world, END + timedelta(minutes=1)) == []
+    notice = _customer_notice(world, run_id, "stopped")
+    for text in (notice.body_text, notice.body_html, notice.subject):
+        assert "\u202e" not in text and "gnp.exe" not in text and "we broke" not in text, text

@@ -377,3 +377,52 @@ def test_an_sre_reason_that_mimics_the_mark_neither_flips_the_state_nor_reaches_
     notice = _customer_notice(world, run_id, "stopped")
     for text in (notice.body_text, notice.body_html, notice.subject):
         assert "\u202e" not in text and "gnp.exe" not in text and "we broke" not in text, text
+
+
+def test_the_pause_answer_across_the_autumn_dst_change_names_the_instant_unambiguously(
+    on_call_world: World, tmp_path: Path
+) -> None:
+    """A Berlin customer whose window, 00:00 for 2h30m, ends in the hour the clocks go back (25 October
+    2026: 02:30 happens twice). The answer names the end in their zone and in UTC - the UTC says which
+    02:30 - and agrees with the window the cutoff reads. (Held.)"""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    import yaml
+    from sqlalchemy import update
+    from sqlmodel import col
+
+    from flows.run_window import window_at
+    from inventory.db import session_scope
+    from inventory.importer import import_inventory
+    from inventory.models import RunState, UpgradeRun
+    from upkeep.updates import request_stop
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    path = tmp_path / "inventory.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["customers"][0]["timezone"] = "Europe/Berlin"
+    document["customers"][0]["clusters"][0]["windows"] = [
+        {"days": "mon-sun", "start": "00:00", "duration": "150m"}
+    ]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    import_inventory(path, engine=world.engine, actor="test")
+    now = datetime(2026, 10, 24, 23, 0, tzinfo=UTC)  # 01:00 CEST on the 25th
+    with session_scope(world.engine) as session:
+        window = window_at(world.run(), now, session=session)
+        assert window is not None
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run_id)
+            .values(state=RunState.running, started_at=now, window_start=window.start, window_end=window.end)
+        )
+    world.clock.now = now
+    said = request_stop(run_id, "pause", engine=world.engine, actor="sre")
+    local = window.end.astimezone(ZoneInfo("Europe/Berlin"))  # 02:30 CEST, the first of the two
+    assert window.end - window.start == timedelta(minutes=150), window
+    assert (
+        f"before its window ends at {local:%Y-%m-%d %H:%M} Europe/Berlin ({window.end:%Y-%m-%d %H:%M} UTC)"
+        in said
+    ), said
+    assert "2026-10-25 02:30 Europe/Berlin (2026-10-25 00:30 UTC)" in said, said

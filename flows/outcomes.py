@@ -24,6 +24,7 @@ from inventory.db import retrying, session_scope
 from inventory.models import RequestedAction, RunState, UpgradeRun
 from inventory.runs import STALLED_AFTER, finish_run, get_run
 from scheduling.errors import SchedulingError
+from tasks.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -742,6 +743,8 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
             f"customer told 'rescheduled'), or `upkeep cancel {run_id} --reason TEXT`.",
         )
         session.add(run)
+        session.flush()
+        failpoint("paused-stopped:queued")  # the mark, the notice and the alert written, not committed
     return True
 
 

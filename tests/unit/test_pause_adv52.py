@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from tests.support.update_world import MONDAY, World
 from tests.unit.test_pause_told import END, _paused_after_node_1, _stopped_alerts, _tick
@@ -426,3 +427,78 @@ def test_the_pause_answer_across_the_autumn_dst_change_names_the_instant_unambig
         in said
     ), said
     assert "2026-10-25 02:30 Europe/Berlin (2026-10-25 00:30 UTC)" in said, said
+
+
+_TICK_CHILD = """
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from flows import runtime as flow_runtime
+from flows.outcomes import tell_paused_past_window
+from flows.runtime import Runtime
+from inventory.db import make_engine
+from tests.support.fakes import FakeClock, FakeFileServer, FakeFleet, FakeMailTransport
+
+url, at, work = sys.argv[1], datetime.fromisoformat(sys.argv[2]), Path(sys.argv[3])
+runtime = Runtime(
+    engine=make_engine(url), fileserver=FakeFileServer(), ssh=FakeFleet(), work_dir=work,
+    mailer=FakeMailTransport(), clock=FakeClock(at),
+)
+flow_runtime.configure(runtime)
+print(tell_paused_past_window(runtime, at))
+"""
+
+
+def _database_url(engine: Engine) -> str:
+    """The URL another process reaches the test's database by (PostgreSQL: the test's own schema)."""
+    from sqlalchemy import text
+
+    from tests.support.databases import POSTGRES_URL
+
+    if engine.dialect.name == "sqlite":
+        return engine.url.render_as_string(hide_password=False)
+    with engine.connect() as conn:
+        schema = conn.execute(text("select current_schema()")).scalar_one()
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+def test_a_real_kill_9_of_the_tick_after_the_mark_and_the_notice_leaves_nothing_and_the_next_tick_tells_once(
+    on_call_world: World, tmp_path: Path
+) -> None:
+    """A real dispatcher process SIGKILLed (tasks/failpoints.py) once the run is marked and its 'stopped'
+    and alert are written but not committed: the database keeps none of it (the run unmarked, no notice,
+    no alert), and the next tick tells it, once. (Held: one transaction.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from inventory.runs import paused_stopped
+
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    env = {**os.environ, "UPKEEP_FAILPOINT": "paused-stopped:queued", "PYTHONPATH": os.getcwd()}
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _TICK_CHILD,
+            _database_url(world.engine),
+            END.isoformat(),
+            str(tmp_path / "w"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stdout[-2000:] + child.stderr[-2000:]
+    assert not paused_stopped(world.run()), world.run().reason
+    assert world.notices(run_id) == ["scheduled", "started"] and _stopped_alerts(world, run_id) == 0
+
+    assert _tick(world, END + timedelta(minutes=1)) == [run_id]
+    assert _tick(world, END + timedelta(minutes=2)) == []
+    assert (
+        world.notices(run_id) == ["scheduled", "started", "stopped"] and _stopped_alerts(world, run_id) == 1
+    )

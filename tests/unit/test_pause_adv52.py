@@ -502,3 +502,27 @@ def test_a_real_kill_9_of_the_tick_after_the_mark_and_the_notice_leaves_nothing_
     assert (
         world.notices(run_id) == ["scheduled", "started", "stopped"] and _stopped_alerts(world, run_id) == 1
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product decision: a pause whose window is over but not yet told 'stopped' (the dispatcher's tick "
+    "has not run: between two ticks, or the dispatcher/Prefect API down for hours) is refused by `upkeep "
+    "resume` outside a window ('resumes only inside a maintenance window'), and cannot be replanned until a "
+    "tick tells it. Should the resume tell 'stopped' itself and replan ('rescheduled'), replan with "
+    "'rescheduled' alone, or keep refusing and say that the tick will make it replannable?",
+)
+def test_a_resume_outside_a_window_before_the_tick_told_the_pause_plans_it_for_the_next_window(
+    on_call_world: World,
+) -> None:
+    """Monday's window ended at 01:00 with the run paused; the dispatcher has been down since 00:50. At
+    09:00 the SRE resumes it: as after the tick, it should be planned for Tuesday's window."""
+    from inventory.models import RunState
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    world.clock.now = MONDAY + timedelta(hours=9)
+    resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+    run = world.run()
+    assert (run.state, run.slot_start) == (RunState.planned, MONDAY + DAY), (run.state, run.reason)

@@ -526,3 +526,21 @@ def test_a_resume_outside_a_window_before_the_tick_told_the_pause_plans_it_for_t
     resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
     run = world.run()
     assert (run.state, run.slot_start) == (RunState.planned, MONDAY + DAY), (run.state, run.reason)
+
+
+def test_a_stalled_run_the_sre_then_pauses_is_told_stopped_once(on_call_world: World) -> None:
+    """Stalled by the bound on idle windows (told 'stopped'), then `upkeep pause` by an SRE: "already
+    paused", and no later tick tells it again. (Held.)"""
+    from tests.unit.test_window_stalled_adversarial import _taken_up_late
+    from upkeep.updates import request_stop
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    assert [_taken_up_late(world, run_id, day) for day in (0, 1, 2)][-1] == "paused"
+    assert world.notices(run_id).count("stopped") == 1, world.notices(run_id)
+    said = request_stop(run_id, "pause", engine=world.engine, actor="sre")
+    assert said == f"run {run_id} is already paused", said
+    for day in (3, 4):
+        assert _tick(world, END + day * DAY) == []
+    assert world.notices(run_id).count("stopped") == 1, world.notices(run_id)
+    assert _stopped_alerts(world, run_id) == 0

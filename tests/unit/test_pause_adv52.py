@@ -544,3 +544,21 @@ def test_a_stalled_run_the_sre_then_pauses_is_told_stopped_once(on_call_world: W
         assert _tick(world, END + day * DAY) == []
     assert world.notices(run_id).count("stopped") == 1, world.notices(run_id)
     assert _stopped_alerts(world, run_id) == 0
+
+
+def test_a_run_whose_window_cannot_be_read_does_not_stop_the_dispatchers_tick(
+    on_call_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a paused run's window as it is now (adv52) can fail for that run (its cluster's windows
+    unreadable): that run is logged and left, the tick goes on - "one run's trouble never stops the tick
+    for the others" - instead of the whole dispatcher tick failing, every minute, for every customer."""
+    from flows import outcomes
+
+    world = on_call_world
+    _paused_after_node_1(world)
+
+    def unreadable(*_args: object, **_kwargs: object) -> bool:
+        raise ValueError("window of fake-c1 unreadable")
+
+    monkeypatch.setattr(outcomes, "window_over", unreadable)
+    assert _tick(world, MONDAY + timedelta(minutes=30)) == []

@@ -682,7 +682,15 @@ def tell_paused_past_window(runtime: Runtime, now: datetime) -> list[int]:
         ).all()
         # Its window over as the inventory says now, not only as recorded at its start: shortened or
         # removed by an import since the pause, it ended then (the cutoff's reading, adv52).
-        candidates = [run.id for run in paused if window_over(run, now, session=session)]
+        candidates = []
+        for run in paused:
+            try:
+                if window_over(run, now, session=session):
+                    candidates.append(run.id)
+            except Exception:  # one run's trouble never stops the tick for the others
+                log.exception(
+                    "run %s: its window could not be read; its pause is looked at next tick", run.id
+                )
     told = []
     for run_id in candidates:
         assert run_id is not None

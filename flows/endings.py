@@ -27,6 +27,7 @@ from flows.run_notices import VendorTerms, customer_knows, queue_run_notice
 from flows.runtime import Runtime
 from inventory.models import UpgradeRun
 from inventory.run_report import node_rows
+from inventory.runs import paused_stopped
 
 
 def versions_at_stop(run: UpgradeRun, session: Session, *, continues: bool = False) -> tuple[str, ...]:
@@ -95,6 +96,7 @@ def tell_ending(
         if notice == "stopped":  # the cluster's state in a count: N of M nodes run the new version
             rows = node_rows(run, session)
             extra |= {"nodes_upgraded": sum(1 for row in rows if row["after"]), "nodes_total": len(rows)}
+            extra["paused_by_us"] = paused_stopped(run)  # its words: paused by us, not stalled (adv52)
         queued = queue_run_notice(
             run,
             notice,

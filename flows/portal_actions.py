@@ -24,7 +24,7 @@ from inventory.alerts import queue_alert
 from inventory.cases import Case, CaseError, CaseStatus, EscalatedBy, check_case_ref, escalate, open_case
 from inventory.importer_model import mailbox_key
 from inventory.models import AuditEvent, Cluster, Customer, Node, RunState, UpgradeRun
-from inventory.runs import stopped_for_now
+from inventory.runs import paused_stopped, stopped_for_now
 from scheduling.deferral import check_deferral
 from scheduling.errors import NoSlot
 from scheduling.windows import Interval
@@ -273,6 +273,7 @@ class StoppedUpdate:
     nodes_upgraded: int
     nodes_total: int
     nodes: tuple[str, ...]  # "node-1: 9.10.0", per node in upgrade order (flows/endings.py)
+    paused_by_us: bool = False  # paused by an SRE past its window, not stalled: the notice's own words
 
 
 def stopped_updates(customer: Customer, *, session: Session) -> list[StoppedUpdate]:
@@ -310,6 +311,7 @@ def _stopped(run: UpgradeRun, customer: Customer, session: Session) -> StoppedUp
         nodes_upgraded=sum(1 for row in rows if row["after"]),
         nodes_total=len(rows),
         nodes=versions_at_stop(run, session),
+        paused_by_us=paused_stopped(run),
     )
 
 

@@ -123,6 +123,7 @@ class NoticeContext:
     # How many of the cluster's nodes run `to_version` now, of how many (stopped: the cluster's state).
     nodes_upgraded: int = 0
     nodes_total: int = 0
+    paused_by_us: bool = False  # stopped: paused by an SRE past its window, not stalled (its own words)
     confirmed_by: str = ""  # who confirmed the time (confirmed notices)
     portal_link: str = ""  # the update's page in the customer portal (a signed deep link), if any
 

@@ -294,19 +294,14 @@ def test_another_customers_portal_never_shows_or_opens_a_pause_told_stopped(on_c
             stopped_update(run_id, other, session=session)
         assert [s.id for s in stopped_updates(owner, session=session)] == [run_id]
         assert stopped_update(run_id, owner, session=session).nodes_upgraded == 1
+        assert stopped_update(run_id, owner, session=session).paused_by_us  # the portal's words: paused by us
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product decision (words): an SRE's pause past one window is told with the stall's fixed words, "
-    "'it could not go ahead in your recent maintenance windows, so we stopped it rather than move it to the "
-    "next one again' - it was never moved, and it went ahead until we paused it. A 'paused' variant of "
-    "stopped.txt/html (and the portal's stopped_update) needs its words chosen",
-)
 def test_the_stopped_words_of_a_pause_in_one_window_do_not_say_it_was_moved_again(
     on_call_world: World,
 ) -> None:
-    """The customer's 'stopped' after one window paused must not claim what did not happen."""
+    """The customer's 'stopped' after one window paused must not claim what did not happen (adv52): it
+    says we paused it, in the mail and on the portal's page."""
     from tests.unit.test_window_stalled_adversarial import _customer_notice
 
     world = on_call_world
@@ -314,6 +309,7 @@ def test_the_stopped_words_of_a_pause_in_one_window_do_not_say_it_was_moved_agai
     assert _tick(world, END) == [run_id]
     body = " ".join(_customer_notice(world, run_id, "stopped").body_text.split())
     assert "rather than move it to the next one again" not in body, body
+    assert "our engineers stopped it during your maintenance window" in body, body
 
 
 def test_a_customer_whose_contacts_were_emptied_is_not_mailed_and_the_sre_is_told_so(

@@ -1,0 +1,328 @@
+"""adv54: `upkeep deploy` and `upkeep live on|off` attacked as two SREs at once, a hostile proxy, a
+password in PREFECT_API_URL, a work pool of another type, and compared with a raw `prefect deploy --all`.
+
+The races are made deterministic in this process (the other SRE's whole command runs at a chosen point
+of the first one's), against a real Prefect server (one per module). The state that must never be left
+behind: a schedule of Upkeep ACTIVE while `upkeep_schedules_active` is false (the operator said off;
+the dispatcher runs; the doctor calls it wrong and the next deploy switches it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.prefect_server import (
+    POOL,
+    PREFECT,
+    REPO_ROOT,
+    SCHEDULES_VARIABLE,
+    PrefectServer,
+    running_prefect_server,
+)
+from tests.integration.test_upkeep_deploy import (
+    SCHEDULED,
+    UPKEEP,
+    _deployments,
+    _env,
+    _set_variable,
+    _upkeep,
+    _upkeep_deployments_by_api,
+    _variable,
+)
+from tests.support import forkserver
+
+pytestmark = [pytest.mark.prefect_server, pytest.mark.postgres]
+SECRET = "s3cretPW"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    with running_prefect_server(tmp_path_factory.mktemp("adv54"), deploy=False) as server:
+        yield server
+
+
+@pytest.fixture
+def api(server: PrefectServer) -> Iterator[httpx.Client]:
+    """A client on `server` with no deployment, no schedules variable and no work pool."""
+    with httpx.Client(base_url=server.api_url + "/", timeout=10) as http:
+        _clean(http)
+        yield http
+
+
+def _clean(http: httpx.Client) -> None:
+    for deployment in _deployments(http).values():
+        http.delete(f"deployments/{deployment['id']}").raise_for_status()
+    assert http.delete(f"variables/name/{SCHEDULES_VARIABLE}").status_code in (204, 404)
+    assert http.delete(f"work_pools/{POOL}").status_code in (204, 404)
+
+
+@pytest.fixture
+def in_process(server: PrefectServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from upkeep import deploy as deploy_module
+
+    for key, value in server.env.items():
+        if key.startswith("PREFECT_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("UPKEEP_CHECKOUT", raising=False)
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield deploy_module
+
+
+def _all_schedules(http: httpx.Client, names: list[str] = SCHEDULED) -> dict[str, list[bool]]:
+    found = _deployments(http)
+    return {name: [s["active"] for s in found[name]["schedules"]] for name in names if name in found}
+
+
+def _set_schedules(http: httpx.Client, active: bool) -> None:
+    for deployment in _deployments(http).values():
+        for schedule in deployment["schedules"]:
+            http.patch(
+                f"deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": active}
+            ).raise_for_status()
+
+
+def _running_with_variable_false(http: httpx.Client) -> list[str]:
+    """Upkeep's schedules ACTIVE while the variable is false: the state no pair of commands may leave."""
+    if _variable(http) is not False:
+        return []
+    return [name for name, actives in _all_schedules(http).items() if any(actives)]
+
+
+def _once(fn: Any) -> Any:
+    """`fn` on the first call only (the other SRE's command runs once, at the chosen point)."""
+    done: list[bool] = []
+
+    def call() -> None:
+        if not done:
+            done.append(True)
+            fn()
+
+    return call
+
+
+# -- two SREs at once: live on / live off -------------------------------------------------------------
+@pytest.mark.parametrize("start", ["half-done", "off"])
+def test_live_off_with_live_on_running_in_between_leaves_nothing_running_with_the_variable_false(
+    api: httpx.Client, in_process: Any, monkeypatch: pytest.MonkeyPatch, start: str
+) -> None:
+    """SRE A runs `upkeep live off` (to stop everything); SRE B's `upkeep live on` runs completely
+    between A's read of the server and A's writes. Each command acts on what it read, so A pauses the
+    schedules it saw active (none) and sets the variable false, after B resumed them: schedules ACTIVE
+    with the variable false, i.e. the dispatcher running after A was told 'paused' (or 'run it again')."""
+    _upkeep_deployments_by_api(api)
+    _set_variable(api, start == "half-done")  # half-done: `upkeep live` killed between its halves
+    real = in_process._set_schedules
+    other = _once(lambda: in_process.switch(True))
+
+    def b_first(http: Any, found: Any, active: bool, changed: list[str]) -> None:
+        if not active:
+            other()
+        real(http, found, active, changed)
+
+    monkeypatch.setattr(in_process, "_set_schedules", b_first)
+    in_process.switch(False)
+    assert _running_with_variable_false(api) == []
+
+
+@pytest.mark.parametrize("start", ["half-done", "off"])
+def test_live_on_with_live_off_running_in_between_leaves_nothing_running_with_the_variable_false(
+    api: httpx.Client, in_process: Any, monkeypatch: pytest.MonkeyPatch, start: str
+) -> None:
+    """The other way round: A's `live on` has set the variable true; B's `live off` runs completely
+    (pauses what it read active, sets the variable false); A then resumes every schedule."""
+    _upkeep_deployments_by_api(api)
+    _set_variable(api, start == "half-done")
+    real = in_process._set_schedules
+    other = _once(lambda: in_process.switch(False))
+
+    def b_between(http: Any, found: Any, active: bool, changed: list[str]) -> None:
+        if active:
+            other()
+        real(http, found, active, changed)
+
+    monkeypatch.setattr(in_process, "_set_schedules", b_between)
+    in_process.switch(True)
+    assert _running_with_variable_false(api) == []
+
+
+# -- two SREs at once: upkeep deploy / live off -----------------------------------------------------------
+def test_live_off_while_a_live_deploy_runs_leaves_nothing_running_with_the_variable_false(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path, in_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SRE A upgrades a live installation (`upkeep deploy`: it checked true, renders `active: true`);
+    SRE B stops everything with `upkeep live off` while A's `prefect deploy` is starting, and is told
+    'paused'. A's `prefect deploy` then writes every schedule ACTIVE: the dispatcher runs, the variable
+    says false. A is told (exit 1) but the state is left; B believes it stopped. Two real deploys."""
+    assert _upkeep(_env(server, tmp_path), "deploy").returncode == 0
+    _set_variable(api, True)
+    _set_schedules(api, True)
+    real = in_process._run_prefect
+    other = _once(lambda: in_process.switch(False))
+
+    def b_stops_first(api_url: str, *args: str, **kwargs: Any) -> Any:
+        if args[0] == "deploy":
+            other()
+            assert _running_with_variable_false(api) == [] and _variable(api) is False  # B: 'paused'
+        return real(api_url, *args, **kwargs)
+
+    monkeypatch.setattr(in_process, "_run_prefect", b_stops_first)
+    outcome = in_process.deploy()
+    assert outcome.problem  # A is told
+    assert _running_with_variable_false(api) == []
+
+
+# -- the temporary prefect.yaml ------------------------------------------------------------------------
+VOLATILE = {"id", "created", "updated", "last_polled", "status", "flow_id", "work_queue_id", "pull_steps_id"}
+
+
+def _fields(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, deployment in _deployments(http).items():
+        kept = {k: v for k, v in deployment.items() if k not in VOLATILE}
+        kept["schedules"] = [
+            {k: v for k, v in s.items() if k not in VOLATILE | {"deployment_id"}}
+            for s in deployment["schedules"]
+        ]
+        out[name] = kept
+    return out
+
+
+def test_upkeep_deploy_makes_the_deployments_a_raw_prefect_deploy_makes(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """`prefect deploy --prefect-file <temporary copy>` against `prefect deploy --all` from the
+    checkout, field by field through the API (same variable, false): the copy lives in a temporary
+    directory, which must reach no field a worker reads (path, entrypoint, pull steps). Two real deploys."""
+    env = _env(server, tmp_path)
+    assert _upkeep(env, "deploy").returncode == 0
+    via_upkeep = _fields(api)
+    raw_env = {k: v for k, v in env.items() if k != "UPKEEP_CHECKOUT"}
+    subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"],
+        cwd=REPO_ROOT,
+        env=raw_env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    raw = _fields(api)
+    assert sorted(raw) == sorted(UPKEEP)
+    assert "upkeep-deploy-" not in json.dumps(via_upkeep)
+    assert via_upkeep == raw
+
+
+# -- hostile environment --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _proxy(upstream: str, refuse: tuple[str, str], status: int = 403) -> Iterator[str]:
+    """A proxy in front of `upstream` (http://host:port) that answers `refuse` (method, path) with
+    `status` and forwards everything else."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if (self.command, self.path) == refuse:
+                status_, content, kind = status, b'{"detail": "denied by proxy"}', "application/json"
+            else:
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+                reply = httpx.request(
+                    self.command, upstream + self.path, content=body, headers=headers, timeout=60
+                )
+                status_, content = reply.status_code, reply.content
+                kind = reply.headers.get("content-type", "application/json")
+            self.send_response(status_)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_password_in_prefect_api_url_is_never_shown(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """PREFECT_API_URL with a proxy's password in it: a refusal, and `prefect deploy` failing behind a
+    proxy that refuses to create deployments (its output is echoed, and its last line is the refusal),
+    never show the password, with or without --json; and nothing is created."""
+    _set_variable(api, None)
+    env = _env(server, tmp_path, PREFECT_API_URL=server.api_url.replace("://", f"://adv:{SECRET}@"))
+    for args in (["deploy"], ["deploy", "--json"], ["live", "off"]):
+        done = _upkeep(env, *args)
+        assert SECRET not in done.stdout + done.stderr, done.stdout + done.stderr
+    _set_variable(api, False)
+    upstream = server.api_url.removesuffix("/api")
+    with _proxy(upstream, ("POST", "/api/deployments/")) as hostport:
+        env["PREFECT_API_URL"] = f"http://adv:{SECRET}@{hostport}/api"
+        # not _upkeep: the tail of prefect's own output (a traceback of Prefect's) is echoed on purpose
+        done = forkserver.run(["deploy"], env=env, cwd=REPO_ROOT, timeout=300)
+    print(f"\nproxy refused: {done.stderr.strip().splitlines()[-1:]}")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "nothing was deployed" in done.stderr.strip().splitlines()[-1]
+    assert SECRET not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert _deployments(api) == {}
+
+
+def test_a_work_pool_of_another_type_is_refused(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """`upkeep-process` exists but is a kubernetes pool (another team's, or a typo'd `--type`): the
+    process workers of docs/deploying.md never pick up its runs. `upkeep deploy` must say so and deploy
+    nothing, not deploy into it."""
+    api.post("work_pools/", json={"name": POOL, "type": "kubernetes"}).raise_for_status()
+    done = _upkeep(_env(server, tmp_path), "deploy")
+    assert _deployments(api) == {}, done.stdout + done.stderr
+    line = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(line) == 1 and "kubernetes" in line[0], done.stderr
+
+
+def test_live_off_stops_an_upkeep_deployment_prefect_yaml_no_longer_names_and_no_other(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """A deployment of Upkeep's flows deployed from an older prefect.yaml (renamed since) keeps its
+    ACTIVE schedule on the server: `upkeep live off` ('to stop everything') must pause it too; another
+    team's deployment on the same server stays as it is."""
+    _upkeep_deployments_by_api(api)
+    flow = api.post("flows/", json={"name": "cloud-release"}).json()["id"]
+    for name, entrypoint in (
+        ("monthly-release-old", "upkeep/entrypoints.py:cloud_release"),
+        ("etl", "etl.py:etl"),
+    ):
+        api.post(
+            "deployments/",
+            json={
+                "name": name,
+                "flow_id": flow,
+                "entrypoint": entrypoint,
+                "schedules": [{"schedule": {"interval": 3600}, "active": True}],
+            },
+        ).raise_for_status()
+    _set_variable(api, True)
+    _set_schedules(api, True)
+    done = _upkeep(_env(server, tmp_path), "live", "off")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _all_schedules(api, ["etl"]) == {"etl": [True]}  # not Upkeep's: untouched
+    assert _all_schedules(api, ["monthly-release-old"]) == {"monthly-release-old": [False]}

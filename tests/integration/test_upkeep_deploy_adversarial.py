@@ -193,6 +193,7 @@ def _fields(http: httpx.Client) -> dict[str, dict[str, Any]]:
         kept = {k: v for k, v in deployment.items() if k not in VOLATILE}
         kept["schedules"] = [
             {k: v for k, v in s.items() if k not in VOLATILE | {"deployment_id"}}
+            | {"schedule": {k: v for k, v in s["schedule"].items() if k != "anchor_date"}}
             for s in deployment["schedules"]
         ]
         out[name] = kept
@@ -204,7 +205,8 @@ def test_upkeep_deploy_makes_the_deployments_a_raw_prefect_deploy_makes(
 ) -> None:
     """`prefect deploy --prefect-file <temporary copy>` against `prefect deploy --all` from the
     checkout, field by field through the API (same variable, false): the copy lives in a temporary
-    directory, which must reach no field a worker reads (path, entrypoint, pull steps). Two real deploys."""
+    directory, which must reach no field a worker reads (path, entrypoint, pull steps). Two real deploys.
+    An interval schedule's anchor_date is the time of each deploy (raw or not), so it is left out."""
     env = _env(server, tmp_path)
     assert _upkeep(env, "deploy").returncode == 0
     via_upkeep = _fields(api)
@@ -220,7 +222,13 @@ def test_upkeep_deploy_makes_the_deployments_a_raw_prefect_deploy_makes(
     raw = _fields(api)
     assert sorted(raw) == sorted(UPKEEP)
     assert "upkeep-deploy-" not in json.dumps(via_upkeep)
-    assert via_upkeep == raw
+    differ = {
+        (name, key): (via_upkeep[name].get(key), raw[name].get(key))
+        for name in raw
+        for key in set(raw[name]) | set(via_upkeep.get(name, {}))
+        if via_upkeep.get(name, {}).get(key) != raw[name].get(key)
+    }
+    assert differ == {}
 
 
 # -- hostile environment --------------------------------------------------------------------------------
@@ -297,6 +305,11 @@ def test_a_work_pool_of_another_type_is_refused(
     assert _deployments(api) == {}, done.stdout + done.stderr
     line = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(line) == 1 and "kubernetes" in line[0], done.stderr
+    print(f"\nrefused: {line[0]}")
+    from upkeep.doctor import _pool_and_workers
+
+    pool = next(iter(_pool_and_workers(api)))  # the doctor tells the same truth
+    assert pool.status == "fail" and "kubernetes" in pool.detail, pool
 
 
 def test_live_off_stops_an_upkeep_deployment_prefect_yaml_no_longer_names_and_no_other(
@@ -326,3 +339,26 @@ def test_live_off_stops_an_upkeep_deployment_prefect_yaml_no_longer_names_and_no
     assert done.returncode == 0, done.stdout + done.stderr
     assert _all_schedules(api, ["etl"]) == {"etl": [True]}  # not Upkeep's: untouched
     assert _all_schedules(api, ["monthly-release-old"]) == {"monthly-release-old": [False]}
+
+
+# -- two SREs at once: two first deploys ------------------------------------------------------------------
+def test_two_first_deploys_at_once_both_deploy_paused(
+    server: PrefectServer, api: httpx.Client, in_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two SREs run step 4 on a fresh server at once: both read 'empty'; B creates the work pool and the
+    variable (false) first. A's `prefect work-pool create` then fails ('already exists. Use --overwrite')
+    and its POST of the variable gets 409. What B made is what A would make: A goes on and deploys
+    paused, instead of a refusal that names Prefect's --overwrite (which would reset the pool)."""
+    real = in_process._run_prefect
+
+    def b_first(api_url: str, *args: str, **kwargs: Any) -> Any:
+        if args[0] == "work-pool" and api.get(f"work_pools/{POOL}").status_code == 404:
+            server.prefect("work-pool", "create", POOL, "--type", "process")
+            api.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": False}).raise_for_status()
+        return real(api_url, *args, **kwargs)
+
+    monkeypatch.setattr(in_process, "_run_prefect", b_first)
+    outcome = in_process.deploy()
+    assert outcome.problem == "" and outcome.data["schedules_active"] is False, outcome.data
+    assert sorted(_deployments(api)) == sorted(UPKEEP)
+    assert _all_schedules(api) == {name: [False] for name in SCHEDULED}

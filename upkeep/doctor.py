@@ -513,7 +513,16 @@ def _pool_and_workers(http: Any) -> Iterator[Check]:
         yield skip("workers", f"no work pool {POOL!r}")
         return
     found = _prefect_json(pool, dict, "work pool", "name", "type")
-    yield ok("work pool", f"{POOL} ({found.get('type')}, status {found.get('status')})")
+    if found.get("type") != "process":  # adv54: the process workers of docs/deploying.md never run it
+        yield fail(
+            "work pool",
+            f"{POOL} is of type {_one_line(printable(str(found.get('type'))), 60)!r}, not 'process': "
+            f"`prefect worker start --pool {POOL}` (docs/deploying.md) does not run its flows",
+            f"remove or rename that pool, then from the checkout: upkeep deploy (it creates {POOL} as a "
+            "process pool)",
+        )
+    else:
+        yield ok("work pool", f"{POOL} ({found.get('type')}, status {found.get('status')})")
     reply = http.post(f"work_pools/{POOL}/workers/filter", json={})
     workers = _prefect_json(reply, list, "list of workers", "name")
     online = sorted(w["name"] for w in workers if w.get("status") == "ONLINE")

@@ -16,6 +16,11 @@ installation off without a word; going live or stopping takes two commands in th
   resumes; `off` pauses first, then sets the variable: killed between the two halves, either leaves
   the schedules paused (nothing runs) with the variable true, which the doctor names ("the next
   `prefect deploy` switches every schedule ON") and `upkeep deploy` refuses; running it again finishes.
+- Two SREs at once (adv54): every command acts on what it read, so `live off` could pause nothing and
+  set false after another's `live on` (or a live `upkeep deploy`) resumed: the dispatcher running with
+  the variable false. So whoever makes a schedule ACTIVE reads the variable after and pauses again if it
+  is no longer true, and `live off` reads the schedules after setting false and pauses what is ACTIVE:
+  of two such writers one always sees the other's write, and off wins (nothing runs).
 
 Every refusal is one line naming the value and where it came from, and nothing is deployed or changed.
 """
@@ -66,6 +71,7 @@ class Installation:
     intent: ScheduleIntent
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     pool: bool = False
+    pool_type: str = ""  # the work pool's type, when it exists
 
     @property
     def live(self) -> bool | None:
@@ -103,8 +109,9 @@ def read_installation(http: Any, api: str, nothing: str) -> Installation:
         found = _prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
         pool_reply = http.get(f"work_pools/{POOL}")
         pool = pool_reply.status_code != 404
+        pool_type = ""
         if pool:
-            _prefect_json(pool_reply, dict, "work pool", "name")
+            pool_type = str(_prefect_json(pool_reply, dict, "work pool", "name", "type")["type"])
     except answer_errors() as exc:
         raise CliError(f"the Prefect API ({shown}) {answer_problem(exc)}; {nothing}") from None
     if intent.unread:
@@ -113,7 +120,7 @@ def read_installation(http: Any, api: str, nothing: str) -> Installation:
             f"{intent.unread}): what a deploy does to the schedules is unknown; {nothing}"
         )
     mine = {d["name"]: d for d in found if d["name"] in names}
-    return Installation(api=shown, intent=intent, deployments=mine, pool=pool)
+    return Installation(api=shown, intent=intent, deployments=mine, pool=pool, pool_type=pool_type)
 
 
 def _value_problem(found: Installation) -> str:
@@ -167,6 +174,7 @@ def _prefect_env(api: str) -> dict[str, str]:
     deploying, its path is baked into every deployment's pull step (docs/deploying.md step 4)."""
     env = {k: v for k, v in os.environ.items() if k.upper() != "UPKEEP_CHECKOUT"}
     env["PREFECT_API_URL"] = api
+    env["COLUMNS"] = "1000"  # Rich wraps at 80 without a terminal: a URL cut in two escapes scrubbing
     return env
 
 
@@ -191,9 +199,12 @@ def _run_prefect(api: str, *args: str, what: str, nothing: str) -> subprocess.Co
             f"`prefect {what}` took over {DEPLOY_TIMEOUT:g} s and was stopped; {nothing}"
         ) from None
     if done.returncode != 0:
+        from flows.prefect_api import scrubbed
         from upkeep.console import err_console, json_mode
 
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        # Prefect's errors quote the request's URL, userinfo and all (adv54): shown without it
+        output = (done.stdout + done.stderr).splitlines()
+        lines = [scrubbed(line, api) for line in output if line.strip()]
         if not json_mode():
             err_console.print("\n".join(lines[-30:]), markup=False, highlight=False, soft_wrap=True)
         last = _one_line(lines[-1] if lines else "no output", 200)
@@ -204,6 +215,8 @@ def _run_prefect(api: str, *args: str, what: str, nothing: str) -> subprocess.Co
 def _create_variable(http: Any, api: str, value: bool, nothing: str) -> None:
     """The variable created (not overwritten): another SRE's value, set in between, is not replaced."""
     reply = http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value})
+    if reply.status_code == 409 and _schedules_intent(http).exact is value:
+        return  # another SRE's first deploy, at the same time, made the same choice (adv54)
     if reply.status_code == 409:
         raise CliError(
             f"{SCHEDULES_VARIABLE} was set on the Prefect server (PREFECT_API_URL {_bare(api)}) by someone "
@@ -213,6 +226,14 @@ def _create_variable(http: Any, api: str, value: bool, nothing: str) -> None:
         reply.raise_for_status()
     except answer_errors() as exc:
         raise CliError(f"the Prefect API ({_bare(api)}) {answer_problem(exc)}; {nothing}") from None
+
+
+def _pool_type(http: Any) -> str:
+    """The work pool's type as the server answers it now; '' when it cannot be read."""
+    try:
+        return str(_prefect_json(http.get(f"work_pools/{POOL}"), dict, "work pool", "name", "type")["type"])
+    except answer_errors():
+        return ""
 
 
 def _rendered_prefect_yaml(value: bool, directory: Path) -> Path:
@@ -257,18 +278,28 @@ def deploy() -> Outcome:
     with prefect_api_client(api) as http:
         before = read_installation(http, api, NOT_DEPLOYED)
         value = _checked_value(before)
+        if before.pool and before.pool_type != "process":
+            raise CliError(
+                f"the work pool {POOL} {before.where()} is of type {_one_line(before.pool_type, 60)!r}, not "
+                f"'process': the workers of docs/deploying.md (`prefect worker start --pool {POOL}`) would "
+                f"never run Upkeep's flows; remove or rename that pool, then `upkeep deploy`; {NOT_DEPLOYED}"
+            )
         first = value is None
         if not before.pool:  # on a first deploy; a pool deleted since is made anew (as prefect.yaml names it)
-            _run_prefect(
-                api,
-                "work-pool",
-                "create",
-                POOL,
-                "--type",
-                "process",
-                what="work-pool create",
-                nothing=NOT_DEPLOYED,
-            )
+            try:
+                _run_prefect(
+                    api,
+                    "work-pool",
+                    "create",
+                    POOL,
+                    "--type",
+                    "process",
+                    what="work-pool create",
+                    nothing=NOT_DEPLOYED,
+                )
+            except CliError:  # 'already exists': another SRE's first deploy at the same time (adv54)
+                if _pool_type(http) != "process":
+                    raise
         if value is None:  # an empty server: paused until `upkeep live on` (step 7)
             _create_variable(http, api, False, NOT_DEPLOYED)
             value = False
@@ -286,6 +317,10 @@ def deploy() -> Outcome:
             )
         seconds = round(time.monotonic() - started, 1)
         after = read_installation(http, api, "the deploy ran")
+        repaused: list[str] = []
+        if value and after.intent.exact is not True:  # `live off` while deploying ACTIVE: off wins
+            _set_schedules(http, after, False, repaused)
+            after = read_installation(http, api, "the deploy ran; " + ", ".join(repaused or ["nothing"]))
         line = doctor_line(http, api)
     shown = "true" if value else "false"
     data = {
@@ -307,7 +342,9 @@ def deploy() -> Outcome:
         problem = (
             f"{SCHEDULES_VARIABLE} changed from {shown} to {after.intent.shown} {after.where()} while "
             "deploying (another SRE, or `upkeep live`?): the schedules were deployed "
-            f"{'ACTIVE' if value else 'paused'}; settle it with `upkeep live on` or `upkeep live off`"
+            f"{'ACTIVE' if value else 'paused'}"
+            + (" and paused again (nothing runs)" if repaused else "")
+            + "; settle it with `upkeep live on` or `upkeep live off`"
         )
     elif after.live is not value:
         problem = (
@@ -337,9 +374,16 @@ def switch(on: bool) -> Outcome:
             if on:
                 _set_variable(http, found, True, changed)
                 _set_schedules(http, found, True, changed)
+                if _schedules_intent(http).exact is not True:  # `live off` set it meanwhile: off wins
+                    _set_schedules(http, read_installation(http, api, nothing), False, changed)
             else:
                 _set_schedules(http, found, False, changed)
                 _set_variable(http, found, False, changed)
+                # what another SRE's `live on` or `upkeep deploy` resumed since `found` was read
+                _set_schedules(http, read_installation(http, api, nothing), False, changed)
+                # Upkeep's flows deployed under a name prefect.yaml no longer has (adv54): off is off
+                strays = Installation(api=found.api, intent=found.intent, deployments=_strays(http))
+                _set_schedules(http, strays, False, changed)
         except answer_errors() as exc:
             done = f" after changing {', '.join(changed)}" if changed else ""
             raise CliError(
@@ -367,6 +411,29 @@ def switch(on: bool) -> Outcome:
         "problem": problem,
     }
     return Outcome(data, said, line, problem)
+
+
+ENTRYPOINTS = "upkeep/entrypoints.py:"  # prefect.yaml's entrypoints: a deployment of Upkeep's flows
+PAGE = 200
+
+
+def _strays(http: Any) -> dict[str, dict[str, Any]]:
+    """Deployments of Upkeep's flows (by entrypoint) that prefect.yaml does not name: renamed or removed
+    since they were deployed, still on the server with their schedules. `live off` pauses them too;
+    `live on` leaves them paused (it switches on only what prefect.yaml names)."""
+    names = set(_expected_deployments())
+    found: dict[str, dict[str, Any]] = {}
+    offset = 0
+    while True:
+        reply = http.post("deployments/filter", json={"limit": PAGE, "offset": offset})
+        page = _prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
+        for deployment in page:
+            entrypoint = str(deployment.get("entrypoint") or "")
+            if entrypoint.startswith(ENTRYPOINTS) and deployment["name"] not in names:
+                found[f"{deployment['name']} (not in prefect.yaml)"] = deployment
+        if len(page) < PAGE:
+            return found
+        offset += PAGE
 
 
 def _set_variable(http: Any, found: Installation, value: bool, changed: list[str]) -> None:

@@ -233,22 +233,24 @@ def test_upkeep_deploy_makes_the_deployments_a_raw_prefect_deploy_makes(
 
 # -- hostile environment --------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _proxy(upstream: str, refuse: tuple[str, str], status: int = 403) -> Iterator[str]:
+def _proxy(
+    upstream: str, refuse: tuple[str, str], status: int = 403, body: bytes = b'{"detail": "denied by proxy"}'
+) -> Iterator[str]:
     """A proxy in front of `upstream` (http://host:port) that answers `refuse` (method, path) with
-    `status` and forwards everything else."""
+    `status` and `body`, and forwards everything else."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _answer(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            sent = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if (self.command, self.path) == refuse:
-                status_, content, kind = status, b'{"detail": "denied by proxy"}', "application/json"
+                status_, content, kind = status, body, "application/json"
             else:
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
                 reply = httpx.request(
-                    self.command, upstream + self.path, content=body, headers=headers, timeout=60
+                    self.command, upstream + self.path, content=sent, headers=headers, timeout=60
                 )
                 status_, content = reply.status_code, reply.content
                 kind = reply.headers.get("content-type", "application/json")
@@ -362,3 +364,22 @@ def test_two_first_deploys_at_once_both_deploy_paused(
     assert outcome.problem == "" and outcome.data["schedules_active"] is False, outcome.data
     assert sorted(_deployments(api)) == sorted(UPKEEP)
     assert _all_schedules(api) == {name: [False] for name in SCHEDULED}
+
+
+def test_a_variable_answered_as_a_json_list_is_refused_in_one_line(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """A proxy (or a server of another version) answering the variable's read with 200 and a JSON list:
+    `upkeep deploy`, `upkeep live off` and the doctor read `.get("value")` of it."""
+    upstream = server.api_url.removesuffix("/api")
+    path = f"/api/variables/name/{SCHEDULES_VARIABLE}"
+    with _proxy(upstream, ("GET", path), status=200, body=b"[]") as hostport:
+        env = _env(server, tmp_path, PREFECT_API_URL=f"http://{hostport}/api")
+        for args in (["deploy"], ["live", "off"], ["doctor"]):
+            done = _upkeep(env, *args)  # no traceback
+            if args[0] != "doctor":
+                lines = done.stderr.strip().splitlines()
+                assert done.returncode == 1 and len(lines) == 1, done.stderr
+                print(f"\nrefused: {lines[0]}")
+                assert f"{SCHEDULES_VARIABLE} could not be read" in lines[0], lines[0]  # not 'a bug'
+    assert _deployments(api) == {}

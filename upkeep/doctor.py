@@ -647,7 +647,11 @@ def _schedules_intent(http: Any) -> ScheduleIntent:
         if reply.status_code == 404:
             return ScheduleIntent(active=None, deploys=False, shown="not set", missing=True)
         reply.raise_for_status()
-        value = reply.json().get("value")
+        answer = reply.json()
+        if not isinstance(answer, dict) or "value" not in answer:  # adv54: a proxy's 200 `[]`
+            unread = f"HTTP {reply.status_code} with no variable in it"
+            return ScheduleIntent(active=None, deploys=False, shown="?", unread=unread)
+        value = answer["value"]
     except (httpx.HTTPError, ValueError) as exc:  # a proxy refusing /variables, a reply that is not JSON
         status = getattr(getattr(exc, "response", None), "status_code", None)
         return ScheduleIntent(

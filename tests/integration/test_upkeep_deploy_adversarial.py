@@ -33,6 +33,7 @@ from tests.integration.test_upkeep_deploy import (
     SCHEDULED,
     UPKEEP,
     _deployments,
+    _doctor_line,
     _env,
     _set_variable,
     _upkeep,
@@ -383,3 +384,43 @@ def test_a_variable_answered_as_a_json_list_is_refused_in_one_line(
                 print(f"\nrefused: {lines[0]}")
                 assert f"{SCHEDULES_VARIABLE} could not be read" in lines[0], lines[0]  # not 'a bug'
     assert _deployments(api) == {}
+
+
+def test_another_teams_deployment_named_dispatch_is_not_upkeeps(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """Deployment names are unique per flow, not per server: another team's flow may have a deployment
+    called `dispatch`. `upkeep live on` must resume Upkeep's dispatcher and leave theirs as it is
+    (read by name alone, one of the two stood for the other)."""
+    _upkeep_deployments_by_api(api)
+    flow = api.post("flows/", json={"name": "zz-other-team"}).json()["id"]
+    theirs = api.post(
+        "deployments/",
+        json={
+            "name": "dispatch",
+            "flow_id": flow,
+            "entrypoint": "etl/dispatch.py:dispatch",
+            "schedules": [{"schedule": {"interval": 3600}, "active": False}],
+        },
+    )
+    theirs.raise_for_status()
+    _set_variable(api, False)
+    done = _upkeep(_env(server, tmp_path), "live", "on")
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = api.post("deployments/filter", json={"deployments": {"name": {"any_": ["dispatch"]}}}).json()
+    actives = {d["id"] == theirs.json()["id"]: [s["active"] for s in d["schedules"]] for d in found}
+    assert actives == {True: [False], False: [True]}  # theirs untouched, Upkeep's resumed
+
+
+def test_the_doctor_finds_upkeeps_deployments_among_more_than_a_page_of_others(
+    server: PrefectServer, api: httpx.Client
+) -> None:
+    """A shared Prefect server with 200 other deployments named before Upkeep's: the doctor read one
+    page (Prefect's default limit, 200) of every deployment and called Upkeep's 'missing'."""
+    _upkeep_deployments_by_api(api)
+    flow = api.post("flows/", json={"name": "aa-other-team"}).json()["id"]
+    for n in range(200):
+        api.post("deployments/", json={"name": f"aa-{n:03d}", "flow_id": flow}).raise_for_status()
+    _set_variable(api, False)
+    check = _doctor_line(api)
+    assert "missing" not in check.detail, check.detail

@@ -39,6 +39,7 @@ from typing import Any
 from upkeep.console import CliError
 from upkeep.doctor import (
     CHECKOUT,
+    ENTRYPOINTS,
     POOL,
     SCHEDULES_VARIABLE,
     Check,
@@ -54,6 +55,7 @@ from upkeep.doctor import (
     dispatch_live,
     prefect_api_client,
     unreachable_prefect_api,
+    upkeeps,
 )
 
 TEMPLATE = '"{{ prefect.variables.' + SCHEDULES_VARIABLE + ' }}"'  # prefect.yaml's `active:` value
@@ -119,7 +121,7 @@ def read_installation(http: Any, api: str, nothing: str) -> Installation:
             f"{SCHEDULES_VARIABLE} could not be read on the Prefect server (PREFECT_API_URL {shown}: "
             f"{intent.unread}): what a deploy does to the schedules is unknown; {nothing}"
         )
-    mine = {d["name"]: d for d in found if d["name"] in names}
+    mine = {d["name"]: d for d in found if d["name"] in names and upkeeps(d)}
     return Installation(api=shown, intent=intent, deployments=mine, pool=pool, pool_type=pool_type)
 
 
@@ -413,7 +415,6 @@ def switch(on: bool) -> Outcome:
     return Outcome(data, said, line, problem)
 
 
-ENTRYPOINTS = "upkeep/entrypoints.py:"  # prefect.yaml's entrypoints: a deployment of Upkeep's flows
 PAGE = 200
 
 

@@ -541,8 +541,12 @@ def _pool_and_workers(http: Any) -> Iterator[Check]:
 
 def _deployments(http: Any) -> Iterator[Check]:
     expected = _expected_deployments()
-    reply = http.post("deployments/filter", json={})
-    found = {d["name"]: d for d in _prefect_json(reply, list, "list of deployments", "name")}
+    # adv54: by name (one page of every deployment on a shared server missed Upkeep's), and only those of
+    # Upkeep's entrypoints (another flow may have a deployment of the same name)
+    query = {"deployments": {"name": {"any_": expected}}} if expected else {}
+    reply = http.post("deployments/filter", json=query)
+    listed = _prefect_json(reply, list, "list of deployments", "name")
+    found = {d["name"]: d for d in listed if upkeeps(d)}
     missing = [name for name in expected if name not in found]
     intent = _schedules_intent(http)
     dispatch: dict[str, Any] = found.get("dispatch") or {}
@@ -607,6 +611,17 @@ def _deployments(http: Any) -> Iterator[Check]:
         yield ok("deployments", f"{count}; {state}")
     else:
         yield ok("deployments", f"{count}; {state} (until step 7 of docs/deploying.md: going live)")
+
+
+ENTRYPOINTS = "upkeep/entrypoints.py:"  # prefect.yaml's entrypoints: a deployment of Upkeep's flows
+
+
+def upkeeps(deployment: dict[str, Any]) -> bool:
+    """Whether a deployment (as the API gives it) may be Upkeep's: not one whose entrypoint is another
+    code's (names are unique per flow, not per server: another team may have a `dispatch`; adv54). One
+    without an entrypoint (made through the API) is judged by its name alone."""
+    entrypoint = str(deployment.get("entrypoint") or "")
+    return not entrypoint or entrypoint.startswith(ENTRYPOINTS)
 
 
 def dispatch_live(dispatch: dict[str, Any]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,5 +136,93 @@ def test_a_schema_a_test_filled_is_handed_on_as_new_and_one_it_altered_is_droppe
             with _in_a_test() as third:
                 assert _oid(conn, third) != oid  # altered: not handed on, and gone
                 assert not _oid(conn, second)
+    finally:
+        databases._drop(new)
+
+
+# What a test can leave in its schema besides rows and DDL the structure check already saw, each felt by
+# the next test if the schema were handed on: it must get another schema. ({s}: the test's schema.)
+LEFT_IN_THE_SCHEMA = {
+    # foreign keys are internal triggers: off, the next test's inserts are no longer checked
+    "foreign-keys-off": 'ALTER TABLE "{s}".cluster DISABLE TRIGGER ALL',
+    # ids handed out 50 at a time per connection: the next test's second connection gets id 51
+    "sequence-cache": 'ALTER SEQUENCE "{s}".node_id_seq CACHE 50',
+    "column-collation": 'ALTER TABLE "{s}".alert ALTER COLUMN body_text TYPE text COLLATE "C"',  # sort order
+    "rule": 'CREATE RULE swallowed AS ON INSERT TO "{s}".alert DO INSTEAD NOTHING',  # inserts vanish
+    # a table elsewhere whose rows every SELECT of the schema's table returns
+    "inherited-by": 'CREATE TABLE "{o}".alert_too () INHERITS ("{s}".alert)',
+    # a table elsewhere that refuses the next test's deletes
+    "referenced-from": 'CREATE TABLE "{o}".holds (c int REFERENCES "{s}".customer (id))',
+    "row-policy": 'CREATE POLICY hidden ON "{s}".alert USING (false)',
+    "forced-row-security": 'ALTER TABLE "{s}".alert FORCE ROW LEVEL SECURITY',
+    "grant": 'GRANT ALL ON "{s}".alert TO PUBLIC',
+    "schema-privileges": 'REVOKE ALL ON SCHEMA "{s}" FROM PUBLIC',
+    "comment": "COMMENT ON TABLE \"{s}\".alert IS 'left by a test'",
+    "storage-options": 'ALTER TABLE "{s}".alert SET (fillfactor = 10)',
+}
+
+
+@pytest.mark.parametrize("left", list(LEFT_IN_THE_SCHEMA), ids=list(LEFT_IN_THE_SCHEMA))
+def test_a_schema_with_anything_but_rows_changed_is_not_handed_on(left: str) -> None:
+    other = f"upkeep_adv_{secrets.token_hex(6)}"
+    with psycopg.connect(databases.ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{other}"'.encode())
+        try:
+            with _in_a_test() as schema:
+                oid = _oid(conn, schema)
+                conn.execute(LEFT_IN_THE_SCHEMA[left].format(s=schema, o=other).encode())
+            with _in_a_test() as second:
+                assert _oid(conn, second) != oid
+                assert not _oid(conn, schema)
+        finally:
+            conn.execute(f'DROP SCHEMA "{other}" CASCADE'.encode())
+
+
+# What a connection the test left behind (a thread, a child process) still has under way in its own
+# transaction when the test ends, committed as soon as the hand-over waits for it, or after it.
+UNDER_WAY = {
+    "a-row": "INSERT INTO customer (name, timezone, requires_approval) VALUES ('left', 'UTC', false)",
+    "a-column": "ALTER TABLE customer ADD COLUMN left_by_a_test int",
+}
+
+
+@pytest.mark.parametrize("work", list(UNDER_WAY), ids=list(UNDER_WAY))
+def test_what_a_left_connection_commits_late_never_reaches_the_next_test(work: str) -> None:
+    new = f"upkeep_t_{secrets.token_hex(6)}"
+    databases._new_schema(new)
+    try:
+        with psycopg.connect(databases.ADMIN_DSN, autocommit=True) as conn:
+            as_new = _content(conn, new)
+            given_back = threading.Event()
+            fixture = databases.postgres()
+            with next(fixture).connect() as test_conn:
+                schema = test_conn.execute(text("SELECT current_schema()")).scalar_one()
+            stray = psycopg.connect(databases.ADMIN_DSN, options=f"-csearch_path={schema}")
+            stray.execute(UNDER_WAY[work].encode())  # its transaction open, its lock held
+
+            def commit_when_waited_for() -> None:
+                # the hand-over, if it waits for the stray's lock, shows as a lock not granted
+                with psycopg.connect(databases.ADMIN_DSN, autocommit=True) as watcher:
+                    while not given_back.wait(0.05):
+                        [(waiting,)] = watcher.execute(
+                            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE NOT l.granted AND n.nspname = %s",
+                            (schema,),
+                        ).fetchall()
+                        if waiting:
+                            break
+                stray.commit()
+
+            committer = threading.Thread(target=commit_when_waited_for)
+            committer.start()
+            try:
+                next(fixture, None)  # the test ends, its schema given back
+            finally:
+                given_back.set()
+                committer.join()
+                stray.close()
+            with _in_a_test() as second:
+                assert _content(conn, second) == as_new
     finally:
         databases._drop(new)

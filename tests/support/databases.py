@@ -186,10 +186,15 @@ def _give_back(schema: str) -> None:
 
     try:
         with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
-            if _structure(conn, schema) != _pristine_structure():
-                raise _Changed(schema)
             renamed = f"upkeep_t_{secrets.token_hex(6)}"
             with conn.transaction():
+                # Every table locked first, then compared and refilled: a connection the test left behind
+                # holds its locks (waited for 2 s at most, then the schema is dropped) or, once locked
+                # out, finds the tables under the new name only. DELETE alone would not stop its INSERT
+                # nor its DDL committed between the comparison and the refill.
+                conn.execute(_lock().replace(TEMPLATE_NAME, schema).encode())
+                if _structure(conn, schema) != _pristine_structure():
+                    raise _Changed(schema)
                 conn.execute(_refill().replace(TEMPLATE_NAME, schema).encode())  # one round trip
                 # Under a new name, as a new schema would have: a process the test left behind, whose
                 # connections name the schema in their search_path, cannot write into the next test's.
@@ -209,11 +214,7 @@ def _refill() -> str:
     import psycopg
 
     pristine, schema = _pristine(), TEMPLATE_NAME
-    statements = [
-        # A connection the test left open holds its locks: not waited for, the schema is dropped.
-        "SET LOCAL lock_timeout = '2s'",
-        "SET LOCAL session_replication_role = replica",  # no foreign key checks, no triggers
-    ]
+    statements = ["SET LOCAL session_replication_role = replica"]  # no foreign key checks, no triggers
     with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
         for table, columns in _tables(conn, pristine):
             names = ", ".join(f'"{c}"' for c, _ in columns)
@@ -230,6 +231,17 @@ def _refill() -> str:
             )
             statements.append(f'SELECT setval(\'"{schema}"."{sequence}"\', {int(last)}, {bool(called)})')
     return ";\n".join(statements)
+
+
+@cache
+def _lock() -> str:
+    """SQL that locks every table of schema TEMPLATE_NAME (of the pristine structure) against everyone
+    else until the transaction ends, waiting 2 s at most."""
+    import psycopg
+
+    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+        tables = ", ".join(f'"{TEMPLATE_NAME}"."{table}"' for table, _ in _tables(conn, _pristine()))
+    return f"SET LOCAL lock_timeout = '2s';\nLOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"
 
 
 class _Changed(Exception):

@@ -157,6 +157,14 @@ _FREE: list[str] = []  # this process's schemas proven as new, for the next test
 _MADE: set[str] = set()  # every schema this process made and has not dropped (dropped at exit)
 
 
+def _admin() -> Any:
+    """A connection for the hand-over. JIT off: the one-query structure comparison costs enough for
+    PostgreSQL to compile it, which took ~0.5 s more per test than running it (measured, load 8-10)."""
+    import psycopg
+
+    return psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10, options="-c jit=off")
+
+
 def _fresh_schema() -> str:
     schema = f"upkeep_t_{secrets.token_hex(6)}"
     _MADE.add(schema)
@@ -173,9 +181,7 @@ def _pristine() -> str:
 
 @cache
 def _pristine_structure() -> tuple[str, ...]:
-    import psycopg
-
-    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+    with _admin() as conn:
         return _structure(conn, _pristine())
 
 
@@ -185,7 +191,7 @@ def _give_back(schema: str) -> None:
     import psycopg
 
     try:
-        with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+        with _admin() as conn:
             renamed = f"upkeep_t_{secrets.token_hex(6)}"
             with conn.transaction():
                 # Every table locked first, then compared and refilled: a connection the test left behind
@@ -211,11 +217,9 @@ def _give_back(schema: str) -> None:
 def _refill() -> str:
     """SQL that makes the rows and sequences of schema TEMPLATE_NAME (of the pristine structure) the
     pristine one's, in one string."""
-    import psycopg
-
     pristine, schema = _pristine(), TEMPLATE_NAME
     statements = ["SET LOCAL session_replication_role = replica"]  # no foreign key checks, no triggers
-    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+    with _admin() as conn:
         for table, columns in _tables(conn, pristine):
             names = ", ".join(f'"{c}"' for c, _ in columns)
             values = ", ".join(f'"{c}"::text::"{schema}"."{t}"' if t else f'"{c}"' for c, t in columns)
@@ -237,9 +241,7 @@ def _refill() -> str:
 def _lock() -> str:
     """SQL that locks every table of schema TEMPLATE_NAME (of the pristine structure) against everyone
     else until the transaction ends, waiting 2 s at most."""
-    import psycopg
-
-    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+    with _admin() as conn:
         tables = ", ".join(f'"{TEMPLATE_NAME}"."{table}"' for table, _ in _tables(conn, _pristine()))
     return f"SET LOCAL lock_timeout = '2s';\nLOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"
 
@@ -266,22 +268,29 @@ def _tables(conn: Any, schema: str) -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 _STRUCTURE = [
-    # every relation (tables, views, sequences, indexes, ...) and every column, its type, default and
-    # flags, in order
+    # every relation (tables, views, sequences, indexes, ...) and every column, its type, collation,
+    # default, flags and grants, in order
     "SELECT c.relname, c.relkind, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-    "a.attisdropped, a.attidentity, a.attgenerated, pg_get_expr(d.adbin, d.adrelid) "
+    "a.attisdropped, a.attidentity, a.attgenerated, pg_get_expr(d.adbin, d.adrelid), "
+    "a.attcollation::regcollation::text, a.attacl::text "
     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
     "LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum "
     "WHERE n.nspname = %(s)s ORDER BY 1, 3",
+    # its constraints, and other schemas' foreign keys to its tables (they would refuse its deletes)
     "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-    "JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = %(s)s ORDER BY 1, 2",
+    "JOIN pg_namespace n ON n.oid = c.connamespace LEFT JOIN pg_class f ON f.oid = c.confrelid "
+    "LEFT JOIN pg_namespace fn ON fn.oid = f.relnamespace WHERE %(s)s IN (n.nspname, fn.nspname)",
     "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %(s)s ORDER BY 1, 2",
-    "SELECT c.relname, t.tgname, pg_get_triggerdef(t.oid), t.tgenabled FROM pg_trigger t "
+    # every trigger and whether it fires; a foreign key's own (internal, named by oid) by its constraint:
+    # ALTER TABLE ... DISABLE TRIGGER ALL turns the foreign keys off
+    "SELECT c.relname, CASE WHEN t.tgisinternal THEN coalesce(k.conname, '') ELSE t.tgname END, "
+    "CASE WHEN t.tgisinternal THEN t.tgfoid::regproc::text || ' ' || t.tgtype "
+    "ELSE pg_get_triggerdef(t.oid) END, t.tgenabled FROM pg_trigger t "
     "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE n.nspname = %(s)s AND NOT t.tgisinternal ORDER BY 1, 2",  # foreign keys' own: in pg_constraint
-    "SELECT sequencename, data_type::text, start_value, min_value, max_value, increment_by, cycle "
-    "FROM pg_sequences WHERE schemaname = %(s)s ORDER BY 1",
+    "LEFT JOIN pg_constraint k ON k.oid = t.tgconstraint WHERE n.nspname = %(s)s",
+    "SELECT sequencename, data_type::text, start_value, min_value, max_value, increment_by, cycle, "
+    "cache_size FROM pg_sequences WHERE schemaname = %(s)s ORDER BY 1",
     "SELECT viewname, definition FROM pg_views WHERE schemaname = %(s)s ORDER BY 1",
     "SELECT p.proname, pg_get_function_identity_arguments(p.oid), md5(p.prosrc) FROM pg_proc p "
     "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %(s)s ORDER BY 1, 2",
@@ -289,14 +298,30 @@ _STRUCTURE = [
     "SELECT t.typname, t.typtype, e.enumsortorder, e.enumlabel FROM pg_type t "
     "JOIN pg_namespace n ON n.oid = t.typnamespace LEFT JOIN pg_enum e ON e.enumtypid = t.oid "
     "WHERE n.nspname = %(s)s AND t.typtype IN ('e', 'd', 'r', 'm') ORDER BY 1, 4",
-    "SELECT c.relname, c.relrowsecurity, c.relpersistence FROM pg_class c "
-    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(s)s ORDER BY 1",
+    "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, c.relpersistence, c.relowner::regrole, "
+    "c.relacl::text, c.reloptions::text, c.relreplident, obj_description(c.oid, 'pg_class') "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(s)s ORDER BY 1",
+    # rules (an INSERT made to do nothing), row policies, tables inheriting from its own or it from others
+    "SELECT c.relname, r.rulename, r.ev_enabled, pg_get_ruledef(r.oid) FROM pg_rewrite r "
+    "JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = %(s)s",
+    "SELECT tablename, policyname, permissive, roles::text, cmd, qual, with_check FROM pg_policies "
+    "WHERE schemaname = %(s)s",
+    "SELECT i.inhrelid::regclass::text, i.inhparent::regclass::text, i.inhseqno FROM pg_inherits i "
+    "JOIN pg_class a ON a.oid = i.inhrelid JOIN pg_namespace an ON an.oid = a.relnamespace "
+    "JOIN pg_class b ON b.oid = i.inhparent JOIN pg_namespace bn ON bn.oid = b.relnamespace "
+    "WHERE %(s)s IN (an.nspname, bn.nspname)",
+    # the schema itself: owner, grants, default grants, comment
+    "SELECT n.nspowner::regrole, n.nspacl::text, obj_description(n.oid, 'pg_namespace'), "
+    "(SELECT string_agg(defaclacl::text, ',') FROM pg_default_acl WHERE defaclnamespace = n.oid) "
+    "FROM pg_namespace n WHERE n.nspname = %(s)s",
 ]
 
 
 def _structure(conn: Any, schema: str) -> tuple[str, ...]:
     """Everything a test could change in `schema` besides its rows, the schema's own name left out (one
-    round trip: each of _STRUCTURE's answers as one sorted text)."""
+    round trip: each of _STRUCTURE's answers as one sorted text). Not the schema's, so not here: large
+    objects, settings of the database or of roles (ALTER DATABASE/ROLE ... SET)."""
     columns = ", ".join(
         "(SELECT string_agg(r, E'\\n' ORDER BY r) FROM "
         f"(SELECT replace(x::text, %(s)s, '<schema>') AS r FROM ({query}) x) y)"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import re
 import subprocess
 import threading
@@ -384,6 +385,14 @@ def test_on_an_installation_the_doctor_reads_the_variable_as_a_redeploy_does(
     ), check.detail
     if value is None:  # kept for now, but a deployment made anew would be created ACTIVE
         assert check.status == "warn", check.detail
+    # ok exactly when the next deploy leaves the dispatcher as it is (null aside: warned above)
+    assert check.status == ("ok" if reading[1] == before else "warn"), (check.status, check.detail)
+    if check.status == "warn":
+        # the fix, done as written, makes the next deploy leave the dispatcher as it is: never the
+        # variable that would switch a live dispatcher off (or a paused one on)
+        [written] = re.findall(rf"prefect variable set {SCHEDULES_VARIABLE} (\S+) --overwrite", check.fix)
+        _set_variable(installed, json.loads(written))  # as `prefect variable set` stores it
+        assert _prefect_reading(server)[1] in (before, "kept"), check.fix
 
 
 @pytest.mark.parametrize(("start", "value"), [(s, v) for s in STARTS for v in CLASSES.values()], ids=repr)

@@ -280,3 +280,65 @@ def _tail_file(path: Path, lines: int = 40) -> str:
         return _tail(path.read_text(errors="replace"), lines)
     except OSError as exc:
         return f"(no log: {exc})"
+
+
+# -- reading a Prefect server in tests (test_deploy_schedules, test_upkeep_deploy) ----------------------
+SCHEDULER_HANG = 120.0  # bounds a wait for the scheduler (loops every 2 s here); not a performance claim
+
+
+def deployments(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    """Every deployment on the server, by name."""
+    reply = http.post("deployments/filter", json={})
+    reply.raise_for_status()
+    return {d["name"]: d for d in reply.json()}
+
+
+def set_variable(http: httpx.Client, value: Any) -> None:
+    """`upkeep_schedules_active` set to `value` with its JSON type, as `prefect variable set NAME VALUE`
+    stores it (it JSON-parses VALUE first)."""
+    http.delete(f"variables/name/{SCHEDULES_VARIABLE}")
+    http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value}).raise_for_status()
+
+
+def doctor_line(http: httpx.Client) -> Any:
+    """`upkeep doctor`'s `deployments` check against the server `http` talks to."""
+    from upkeep.doctor import _deployments as doctor_deployments
+
+    [check] = list(doctor_deployments(http))
+    return check
+
+
+def scheduled_runs(http: httpx.Client, deployment_id: str) -> int:
+    query = {
+        "deployments": {"id": {"any_": [deployment_id]}},
+        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+    }
+    reply = http.post("flow_runs/count", json=query)
+    reply.raise_for_status()
+    count: int = reply.json()
+    return count
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + SCHEDULER_HANG
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {SCHEDULER_HANG:.0f} s, still not {what}"
+        time.sleep(0.5)
+
+
+def scheduler_has_run(http: httpx.Client) -> None:
+    """Returns once a scheduler loop that began after this call has finished: it gave a probe
+    deployment, created now with an active hourly schedule, its runs (the scheduler reads every
+    deployment in the same loop, so it has also been through the others)."""
+    flow = http.post("flows/", json={"name": "scheduler-probe"})
+    flow.raise_for_status()
+    probe = http.post(
+        "deployments/",
+        json={
+            "name": f"probe-{time.monotonic_ns()}",
+            "flow_id": flow.json()["id"],
+            "schedules": [{"schedule": {"interval": 3600}, "active": True}],
+        },
+    )
+    probe.raise_for_status()
+    wait_for(lambda: scheduled_runs(http, probe.json()["id"]) > 0, "probe runs scheduled")

@@ -22,7 +22,6 @@ import http.server
 import re
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,15 @@ from tests.integration.prefect_server import (
     go_live,
     running_prefect_server,
 )
+from tests.integration.prefect_server import deployments as _deployments
+from tests.integration.prefect_server import doctor_line as _doctor_line
+from tests.integration.prefect_server import scheduled_runs as _scheduled_runs
+from tests.integration.prefect_server import scheduler_has_run as _scheduler_has_run
+from tests.integration.prefect_server import set_variable as _set_variable
+from tests.integration.prefect_server import wait_for as _wait_for
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.postgres]
 SCHEDULED = ["dispatch", "case-auto-close", "monthly-cloud-release"]
-HANG = 120.0  # bounds a wait for the scheduler (loops every 2 s here); not a performance claim
 
 
 @pytest.fixture(scope="module")
@@ -116,49 +120,8 @@ def _deploy(server: PrefectServer) -> None:
     server.prefect("deploy", "--all", env=_deploy_env(server), timeout=180)
 
 
-def _deployments(http: httpx.Client) -> dict[str, dict[str, Any]]:
-    reply = http.post("deployments/filter", json={})
-    reply.raise_for_status()
-    return {d["name"]: d for d in reply.json()}
-
-
 def _actives(deployment: dict[str, Any]) -> list[bool]:
     return [s["active"] for s in deployment["schedules"]]
-
-
-def _scheduled_runs(http: httpx.Client, deployment_id: str) -> int:
-    query = {
-        "deployments": {"id": {"any_": [deployment_id]}},
-        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-    }
-    reply = http.post("flow_runs/count", json=query)
-    reply.raise_for_status()
-    count: int = reply.json()
-    return count
-
-
-def _scheduler_has_run(http: httpx.Client) -> None:
-    """Returns once a scheduler loop that began after this call has finished: it gave a probe
-    deployment, created now with an active hourly schedule, its runs."""
-    flow = http.post("flows/", json={"name": "scheduler-probe"})
-    flow.raise_for_status()
-    probe = http.post(
-        "deployments/",
-        json={
-            "name": f"probe-{time.monotonic_ns()}",
-            "flow_id": flow.json()["id"],
-            "schedules": [{"schedule": {"interval": 3600}, "active": True}],
-        },
-    )
-    probe.raise_for_status()
-    _wait_for(lambda: _scheduled_runs(http, probe.json()["id"]) > 0, "probe runs scheduled")
-
-
-def _wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + HANG
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {HANG:.0f} s, still not {what}"
-        time.sleep(0.5)
 
 
 # -- adv47: the doctor's word against what `prefect deploy` really does with the variable -------------
@@ -207,12 +170,6 @@ CLASSES: dict[tuple[str, str], Any] = {
 STARTS = ["live", "paused"]
 
 
-def _set_variable(http: httpx.Client, value: Any) -> None:
-    http.delete(f"variables/name/{SCHEDULES_VARIABLE}")
-    if value != UNSET:
-        http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value}).raise_for_status()
-
-
 def _deploy_dispatch(server: PrefectServer, http: httpx.Client) -> str:
     """`prefect deploy --name dispatch`: "refused", or the dispatch schedule's state after it."""
     done = subprocess.run(
@@ -229,13 +186,6 @@ def _deploy_dispatch(server: PrefectServer, http: httpx.Client) -> str:
         return "refused"
     assert dispatch is not None, done.stdout
     return "ACTIVE" if _actives(dispatch) == [True] else "paused"
-
-
-def _doctor_line(http: httpx.Client) -> Any:
-    from upkeep.doctor import _deployments as doctor_deployments
-
-    [check] = list(doctor_deployments(http))
-    return check
 
 
 def _prefect_reading(server: PrefectServer) -> tuple[str, str]:

@@ -32,13 +32,17 @@ from tests.integration.prefect_server import (
     PrefectServer,
     running_prefect_server,
 )
+from tests.integration.prefect_server import deployments as _deployments
+from tests.integration.prefect_server import doctor_line as _doctor_line
+from tests.integration.prefect_server import scheduled_runs as _scheduled_runs
+from tests.integration.prefect_server import scheduler_has_run as _scheduler_has_run
+from tests.integration.prefect_server import set_variable as _set_variable
 from tests.support import forkserver
 from upkeep.lab.procs import free_ports
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.postgres]
 SCHEDULED = ["dispatch", "case-auto-close", "monthly-cloud-release"]
 UPKEEP = ["product-update", *SCHEDULED]
-HANG = 120.0  # bounds a wait for the scheduler (loops every 2 s here); not a performance claim
 timings: dict[str, list[float]] = {}
 
 
@@ -88,12 +92,6 @@ def _refused(done: Any, *phrases: str) -> str:
     return str(lines[0])
 
 
-def _deployments(http: httpx.Client) -> dict[str, dict[str, Any]]:
-    reply = http.post("deployments/filter", json={})
-    reply.raise_for_status()
-    return {d["name"]: d for d in reply.json()}
-
-
 def _actives(http: httpx.Client) -> dict[str, list[bool]]:
     found = _deployments(http)
     return {name: [s["active"] for s in found[name]["schedules"]] for name in SCHEDULED}
@@ -102,18 +100,6 @@ def _actives(http: httpx.Client) -> dict[str, list[bool]]:
 def _variable(http: httpx.Client) -> Any:
     reply = http.get(f"variables/name/{SCHEDULES_VARIABLE}")
     return "unset" if reply.status_code == 404 else reply.json()["value"]
-
-
-def _set_variable(http: httpx.Client, value: Any) -> None:
-    http.delete(f"variables/name/{SCHEDULES_VARIABLE}")
-    http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value}).raise_for_status()
-
-
-def _doctor_line(http: httpx.Client) -> Any:
-    from upkeep.doctor import _deployments as doctor_deployments
-
-    [check] = list(doctor_deployments(http))
-    return check
 
 
 def _snapshot(http: httpx.Client) -> dict[str, Any]:
@@ -463,32 +449,3 @@ def test_live_on_resumes_a_deployment_paused_with_the_ui_toggle(
 
 
 # -- the scheduler ---------------------------------------------------------------------------------------
-def _scheduled_runs(http: httpx.Client, deployment_id: str) -> int:
-    query = {
-        "deployments": {"id": {"any_": [deployment_id]}},
-        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-    }
-    reply = http.post("flow_runs/count", json=query)
-    reply.raise_for_status()
-    count: int = reply.json()
-    return count
-
-
-def _scheduler_has_run(http: httpx.Client) -> None:
-    """Returns once a scheduler loop that began after this call has finished: it gave a probe
-    deployment, created now with an active hourly schedule, its runs."""
-    flow = http.post("flows/", json={"name": "scheduler-probe"})
-    flow.raise_for_status()
-    probe = http.post(
-        "deployments/",
-        json={
-            "name": f"probe-{time.monotonic_ns()}",
-            "flow_id": flow.json()["id"],
-            "schedules": [{"schedule": {"interval": 3600}, "active": True}],
-        },
-    )
-    probe.raise_for_status()
-    deadline = time.monotonic() + HANG
-    while _scheduled_runs(http, probe.json()["id"]) == 0:
-        assert time.monotonic() < deadline, f"waited {HANG:.0f} s, the scheduler never ran"
-        time.sleep(0.5)

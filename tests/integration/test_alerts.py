@@ -3,7 +3,6 @@ PostgreSQL. Queued in our database, delivered by the dispatcher's delivery, retr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,16 +25,6 @@ from tests.integration.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.smtp
 T0 = datetime(2026, 12, 4, 3, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    receiver.start()
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
 
 
 def _runtime(engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver) -> Runtime:

@@ -18,7 +18,6 @@ from sqlalchemy.engine import Engine
 
 from flows.notify import deliver_pending
 from inventory.db import session_scope
-from inventory.models import Customer
 from inventory.outbox import NoticeState
 from tasks.mail import IDEMPOTENCY_HEADER
 from tests.integration.test_notices import T0, Recorder, SmtpServer, deliver, notices, queue
@@ -75,16 +74,6 @@ def smtp() -> Iterator[SmtpServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def customer_id(engine: Engine) -> int:
-    with session_scope(engine) as session:
-        customer = Customer(name="Acme Corp", timezone="America/New_York")
-        session.add(customer)
-        session.flush()
-        assert customer.id is not None
-        return customer.id
 
 
 def handler(smtp: SmtpServer) -> Counting:

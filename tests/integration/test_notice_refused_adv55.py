@@ -3,7 +3,6 @@ deliverer, alerts posted to a real local HTTP receiver (Apprise json://)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,26 +31,6 @@ from tests.support.update_world import CLUSTER, TARGET, World
 pytestmark = pytest.mark.smtp
 CONTACT = "ops@fakeco.example"  # tests/support/update_world.py's only contact
 REFUSAL = "550 5.1.1 <ops@fakeco.example>: Recipient address rejected: User unknown"
-
-
-@pytest.fixture
-def customer_id(engine: Engine) -> int:
-    with session_scope(engine) as session:
-        customer = Customer(name="Acme Corp", timezone="America/New_York")
-        session.add(customer)
-        session.flush()
-        assert customer.id is not None
-        return customer.id
-
-
-@pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    receiver.start()
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
 
 
 def _alerts(engine: Engine) -> list[Alert]:

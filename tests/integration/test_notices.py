@@ -93,16 +93,6 @@ class SmtpServer:
         return SmtpTransport("127.0.0.1", self.port, timeout=5, **options)
 
 
-@pytest.fixture
-def customer_id(engine: Engine) -> int:
-    with session_scope(engine) as session:
-        customer = Customer(name="Acme Corp", timezone="America/New_York")
-        session.add(customer)
-        session.flush()
-        assert customer.id is not None
-        return customer.id
-
-
 def queue(
     session: Session, customer_id: int, count: int, *, first: int = 1, **overrides: Any
 ) -> list[Notice]:

@@ -60,6 +60,33 @@ def smtp() -> Iterator[Any]:
         server.stop()
 
 
+@pytest.fixture
+def webhook() -> Iterator[Any]:
+    """A real HTTP receiver on loopback for SRE alerts (Apprise json:// posts to it) for one test."""
+    from tests.integration.webhook import WebhookReceiver
+
+    receiver = WebhookReceiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture
+def customer_id(engine: Engine) -> int:
+    """One customer (Acme Corp, America/New_York) in `engine`, for tests of notices and alerts."""
+    from inventory.db import session_scope
+    from inventory.models import Customer
+
+    with session_scope(engine) as session:
+        customer = Customer(name="Acme Corp", timezone="America/New_York")
+        session.add(customer)
+        session.flush()
+        assert customer.id is not None
+        return customer.id
+
+
 # -- Prefect --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 from flows.alerts import alert_sre
 from flows.portal_welcome import portal_users, welcome_new_users
 from flows.rollout import ring_gate
-from flows.run_notices import VendorTerms, customer_knows, queue_run_notice, update_ref
+from flows.run_notices import VendorTerms, move_notice, queue_run_notice, update_ref
 from flows.runtime import RuntimeNotConfigured, current
 from inventory import repo
 from inventory.case_tables import Case
@@ -335,15 +335,16 @@ def _move(
     # Only a customer who knows of the update hears of its move: an SRE's `request --now` carried over
     # in silence, then moved off a new blackout, was mailed 'rescheduled' as its first word (adv51, as
     # flows/schedule.py `reslot_update`, adv50); its start tells them ('started').
-    if customer_knows(run, session):
+    # One whose every notice bounced is announced anew at the new slot ('scheduled'): `move_notice`.
+    if (kind := move_notice(run, session)) is not None:
         queue_run_notice(
             run,
-            NoticeKind.rescheduled,
+            kind,
             session=session,
             now=now,
             vendor=vendor,
-            previous_slot_start=previous,
-            reason="; ".join(reasons),
+            previous_slot_start=previous if kind is NoticeKind.rescheduled else None,
+            reason="; ".join(reasons) if kind is NoticeKind.rescheduled else "",
         )
     return True
 

@@ -466,8 +466,8 @@ def _alert_undelivered(
             f"The customer has not been told of {ref}, so it cannot start: once less than its notice "
             "period is left (counted from now: never told yet), each re-check, at the latest the "
             "dispatcher's when the slot comes, moves it to the first window with full notice from then "
-            "and mails a 'rescheduled' to the same addresses, or holds it when no valid slot is left "
-            "(past the release's deadline, an open P0/P1 case: a separate alert)."
+            "and announces it anew ('scheduled') to the same addresses, or holds it when no valid slot "
+            "is left (past the release's deadline, an open P0/P1 case: a separate alert)."
         )
         action = (
             f"Fix: {fix}. If the import does not report {ref} moved (a move mails the corrected "

@@ -101,6 +101,21 @@ def customer_knows(run: UpgradeRun, session: Session) -> bool:
     return session.exec(query).first() is not None
 
 
+def move_notice(run: UpgradeRun, session: Session) -> NoticeKind | None:
+    """The notice a move of a planned `run` sends: 'rescheduled' to a customer who knows of it; the update
+    announced anew ('scheduled', at its new slot) when it was announced but every notice of it was refused
+    for good (a bounced 'scheduled': the customer never heard of it, and a 'rescheduled' would be their
+    first word; left silent, the update slid a day at a time and nothing ever told them once the contact
+    was fixed); none when it was never announced (an SRE's `request --now` carried over: its start tells
+    them, adv50)."""
+    if customer_knows(run, session):
+        return NoticeKind.rescheduled
+    refused = select(Notice.id).where(
+        col(Notice.update_ref) == update_ref(run.id), col(Notice.state) == NoticeState.failed
+    )
+    return NoticeKind.scheduled if session.exec(refused.limit(1)).first() is not None else None
+
+
 def contact_emails(customer: Customer, session: Session) -> tuple[str, ...]:
     """The customer's contacts, then its portal users (the designated people get every notice too)."""
     query = select(Contact.email).where(Contact.customer_id == customer.id).order_by(col(Contact.id))

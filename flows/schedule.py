@@ -22,7 +22,7 @@ from flows.run_notices import (
     DEFERRALS,
     VendorTerms,
     contact_emails,
-    customer_knows,
+    move_notice,
     queue_run_notice,
     update_ref,
 )
@@ -343,19 +343,20 @@ def reslot_update(
         )
     except NoSlot as exc:
         raise ScheduleRefused(f"cannot re-slot {update_ref(run.id)}: {exc}") from None
-    knows = customer_knows(run, session)
+    kind = move_notice(run, session)  # 'rescheduled'; 'scheduled' anew if every notice bounced; or none
     run.slot_start, run.slot_end = slot.start, slot.end
     run.notice_sequence += 1
     session.add(run)
-    if knows:
+    if kind is not None:
+        moved = kind is NoticeKind.rescheduled
         _notify(
             run,
-            NoticeKind.rescheduled,
+            kind,
             now=now,
             session=session,
             vendor=vendor,
-            previous=previous,
-            reason=reason,
+            previous=previous if moved else None,
+            reason=reason if moved else "",
         )
     return run
 

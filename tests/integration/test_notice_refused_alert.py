@@ -8,7 +8,6 @@ Before, the refusal was only logged by `notices send` and not even that by the t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from flows.runtime import Runtime
 from flows.schedule import schedule_update
 from inventory.alerts import Alert
 from inventory.db import session_scope
-from inventory.models import Customer, RunState, UpgradeRun
+from inventory.models import RunState, UpgradeRun
 from inventory.outbox import Notice, NoticeState
 from tasks.alerts import AppriseChannel
 from tasks.fileserver import HttpFileServer
@@ -38,26 +37,6 @@ from tests.support.update_world import CLUSTER, TARGET, World
 pytestmark = pytest.mark.smtp
 CONTACT = "ops@fakeco.example"  # tests/support/update_world.py's only contact
 REFUSAL = "550 5.1.1 <ops@fakeco.example>: Recipient address rejected: User unknown"
-
-
-@pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    receiver.start()
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
-
-
-@pytest.fixture
-def customer_id(engine: Engine) -> int:
-    with session_scope(engine) as session:
-        customer = Customer(name="Acme Corp", timezone="America/New_York")
-        session.add(customer)
-        session.flush()
-        assert customer.id is not None
-        return customer.id
 
 
 def _schedule(world: World) -> int:
@@ -115,8 +94,8 @@ def test_a_scheduled_notice_refused_for_good_alerts_the_sre_once_and_every_slide
     (alert,) = _alerts(world.engine)
     assert alert.key == f"notice-{scheduled.id}:failed:1" and alert.run_id == run_id
 
-    # Its slot comes, never told: the tick's re-check moves it on and mails a 'rescheduled' to the same
-    # gone address - refused too, so this slide is told to the SRE, not silent.
+    # Its slot comes, never told: the tick's re-check moves it on and announces it anew ('scheduled') to
+    # the same gone address - refused too, so this slide is told to the SRE, not silent.
     world.clock.now = first_slot + timedelta(minutes=1)
     dispatch(max_running=2)
     dispatch(max_running=2)
@@ -126,7 +105,7 @@ def test_a_scheduled_notice_refused_for_good_alerts_the_sre_once_and_every_slide
         assert run.slot_start > first_slot and run.told_at is None
     assert [p["title"].split(": ", 1)[1] for p in webhook.received] == [
         f"'scheduled' notice of {ref} not delivered: refused for good by the mail server",
-        f"'rescheduled' notice of {ref} not delivered: refused for good by the mail server",
+        f"'scheduled' notice of {ref} not delivered: refused for good by the mail server",
     ]
     assert world.upgraded() == [0, 0, 0]
 
@@ -206,7 +185,8 @@ def test_the_fix_the_alert_names_tells_the_customer_at_the_corrected_address(
     sqlite_engine: Engine, smtp: SmtpServer, tmp_path: Path
 ) -> None:
     """The alert's fix, followed: the contact corrected in the inventory YAML and imported; the import's
-    re-check moves the never-told update and mails its 'rescheduled' to the new address: told at last."""
+    re-check moves the never-told update and announces it anew ('scheduled', not 'rescheduled': they never
+    heard of it) to the new address: told at last."""
     import yaml
 
     from flows.integrity import import_and_recheck
@@ -229,7 +209,7 @@ def test_the_fix_the_alert_names_tells_the_customer_at_the_corrected_address(
     deliver_pending(sqlite_engine, world.runtime.mailer, now=later, sender=SENDER)
 
     (told,) = smtp.handler.messages
-    assert told["To"] == "ops-team@fakeco.example" and "rescheduled" in str(told["X-Upkeep-Idempotency-Key"])
+    assert told["To"] == "ops-team@fakeco.example" and ":scheduled:" in str(told["X-Upkeep-Idempotency-Key"])
     with session_scope(sqlite_engine) as session:
         run = session.get(UpgradeRun, run_id)
         assert run is not None and run.told_at == later

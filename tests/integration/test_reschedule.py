@@ -171,3 +171,21 @@ def test_a_claim_committed_after_the_read_leaves_the_update_running_not_reschedu
         assert run is not None and (run.state, run.slot_start, run.notice_sequence) == ("running", utc(1), 1)
         assert [n.kind for n in notices(session)] == ["scheduled"]
     assert rescheduled_audits(db) == []
+
+
+def test_a_move_of_an_update_whose_every_notice_bounced_announces_it_anew(db: Engine) -> None:
+    """adv57: `upkeep reschedule` of an update whose only 'scheduled' was refused for good (5xx) mailed
+    'rescheduled' ("moved from ...") as the customer's first word of it, where integrity's and the
+    re-slot's moves (`move_notice`) announce it anew ('scheduled', at the new slot)."""
+    from inventory.outbox import Notice, NoticeState
+
+    run_id = schedule(db)
+    with Session(db) as session:
+        session.execute(update(Notice).values(state=NoticeState.failed))
+        session.commit()
+    move(db, run_id, utc(3))
+    with Session(db) as session:
+        _, anew = notices(session)
+    assert anew.kind == "scheduled" and anew.idempotency_key == "update-1:scheduled:2"
+    (method, vevent) = event(anew)
+    assert method == "REQUEST" and int(vevent["SEQUENCE"]) == 2

@@ -281,6 +281,10 @@ def reschedule_update(
             earliest = f"there is no valid slot: {exc}"
         raise ScheduleRefused(f"{head}: {rules}; {earliest}")
     was_held = run.held_reason
+    # Announced anew ('scheduled') when every notice of it bounced, as any other move (`move_notice`): a
+    # 'rescheduled' was the customer's first word of it (adv57). Never announced (a carried-over request
+    # --now): still 'rescheduled', the SRE's --reason being for the customer.
+    moved = move_notice(run, session) is not NoticeKind.scheduled
     run.slot_start, run.slot_end, run.held_reason = slot.start, slot.end, ""
     run.notice_sequence += 1
     session.add(run)
@@ -293,9 +297,18 @@ def reschedule_update(
         "was_held": was_held or None,
     }
     repo.record_audit(requested_by, "update.rescheduled", f"run/{run.id}", detail, session=session)
-    _notify(
-        run, NoticeKind.rescheduled, now=now, session=session, vendor=vendor, previous=current, reason=reason
-    )
+    if moved:
+        _notify(
+            run,
+            NoticeKind.rescheduled,
+            now=now,
+            session=session,
+            vendor=vendor,
+            previous=current,
+            reason=reason,
+        )
+    else:
+        _notify(run, NoticeKind.scheduled, now=now, session=session, vendor=vendor, previous=None, reason="")
     return run
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import select
 
 from inventory.db import session_scope
-from inventory.models import RunState
+from inventory.models import RunState, UpgradeRun
 from tests.support.update_world import CLUSTER, MONDAY, TARGET, World
 from tests.unit.test_update_branches import _planned_monday, short_window
 from tests.unit.test_window_stalled_adversarial import (
@@ -232,3 +232,32 @@ def test_a_request_now_carried_over_in_silence_then_frozen_goes_on_after_the_fre
     run = world.run()
     assert run.slot_start == MONDAY + 2 * DAY, run.slot_start  # Wednesday's window, not Saturday's
     assert world.notices(run_id) == [], world.notices(run_id)
+
+
+def test_the_resume_of_a_stall_whose_every_notice_bounced_says_what_the_customer_is_sent(
+    on_call_world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """adv57: every notice of a stalled update was refused for good (5xx; the SRE has since fixed the
+    contact). The SRE's resume at noon re-slots it and the re-slot (`move_notice`) announces it anew
+    ('scheduled'); the SRE's answer said "the customer is told ('rescheduled')" - its check ran after the
+    re-slot and found the new pending 'scheduled'."""
+    from sqlalchemy import update
+
+    from inventory.outbox import Notice, NoticeState
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _stalled_after_started(world)
+    with session_scope(world.engine) as session:
+        session.execute(update(Notice).values(state=NoticeState.failed))
+        session.execute(update(UpgradeRun).values(told_at=None))
+    before = world.notices(run_id)
+    world.clock.now = MONDAY + 2 * DAY + timedelta(hours=12)
+    capsys.readouterr()
+
+    resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+
+    said = " ".join(capsys.readouterr().out.split())
+    assert world.notices(run_id) == [*before, "scheduled"], world.notices(run_id)
+    assert "the customer is told ('rescheduled')" not in said, said
+    assert "the customer is told ('scheduled'" in said, said

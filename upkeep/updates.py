@@ -507,7 +507,7 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     refuses. Returns what was done. An SRE's pause whose window ended with it paused told the customer
     'stopped' as a stall does (flows/outcomes.py `tell_paused_past_window`): its resume is the same."""
     from flows import lease, records
-    from flows.run_notices import VendorTerms, customer_knows
+    from flows.run_notices import VendorTerms, move_notice
     from flows.runtime import current
     from flows.schedule import ScheduleRefused, reslot_update
     from inventory.models import AuditEvent, RequestedAction, RunState
@@ -524,6 +524,9 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     run.lease_owner = run.lease_until = run.lease_since = None
     session.add(run)
     session.flush()
+    # What the re-slot sends, asked before it queues it (after, its own pending notice answers 'knows'):
+    # 'rescheduled', 'scheduled' anew when every notice bounced, or none (never announced; adv57).
+    kind = move_notice(run, session)
     try:
         moved = reslot_update(
             run_id,
@@ -544,8 +547,10 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     detail = {"slot_start": moved.slot_start.isoformat(), "stalled": before[:500]}
     session.add(AuditEvent(actor=actor, action="run.replanned", subject=f"run/{run_id}", detail=detail))
     told = (
-        "the customer is told ('rescheduled')"
-        if customer_knows(moved, session)  # the 'rescheduled' queued, or none (never announced: adv50)
+        f"the customer is told ('{kind.value}'"
+        + (", the update announced anew: every notice of it was refused" if kind.value == "scheduled" else "")
+        + ")"
+        if kind is not None
         else "the customer was not told (the update was never announced to them; its start tells them)"
     )
     return (

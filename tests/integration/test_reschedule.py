@@ -189,3 +189,22 @@ def test_a_move_of_an_update_whose_every_notice_bounced_announces_it_anew(db: En
     assert anew.kind == "scheduled" and anew.idempotency_key == "update-1:scheduled:2"
     (method, vevent) = event(anew)
     assert method == "REQUEST" and int(vevent["SEQUENCE"]) == 2
+
+
+def test_two_moves_before_the_announcement_anew_goes_out_still_announce_it(db: Engine) -> None:
+    """adv57: the update's only 'scheduled' bounced; moved once ('scheduled' anew, pending) and again
+    before the outbox ran. The second move's 'rescheduled' supersedes the pending 'scheduled' (one
+    delivery never carries two notices of one update), so the customer's first word of the update was
+    "rescheduled ... previously <a slot they never heard of>": a pending notice the next one supersedes
+    told them nothing."""
+    from inventory.outbox import Notice, NoticeState
+
+    run_id = schedule(db)
+    with Session(db) as session:
+        session.execute(update(Notice).values(state=NoticeState.failed))
+        session.commit()
+    move(db, run_id, utc(3))
+    move(db, run_id, utc(3, 8), reason="the customer's freeze")
+    with Session(db) as session:
+        last = notices(session)[-1]
+    assert last.kind == "scheduled" and last.idempotency_key == "update-1:scheduled:3", last.idempotency_key

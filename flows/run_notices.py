@@ -106,14 +106,21 @@ def move_notice(run: UpgradeRun, session: Session) -> NoticeKind | None:
     announced anew ('scheduled', at its new slot) when it was announced but every notice of it was refused
     for good (a bounced 'scheduled': the customer never heard of it, and a 'rescheduled' would be their
     first word; left silent, the update slid a day at a time and nothing ever told them once the contact
-    was fixed); none when it was never announced (an SRE's `request --now` carried over: its start tells
-    them, adv50)."""
-    if customer_knows(run, session):
+    was fixed; still so when a notice pending since is one this move supersedes, adv57); none when it was
+    never announced (an SRE's `request --now` carried over: its start tells them, adv50)."""
+    ref = update_ref(run.id)
+
+    def any_in(*states: NoticeState) -> bool:
+        query = select(Notice.id).where(col(Notice.update_ref) == ref, col(Notice.state).in_(states))
+        return session.exec(query.limit(1)).first() is not None
+
+    if run.told_at is not None or any_in(NoticeState.sent):
         return NoticeKind.rescheduled
-    refused = select(Notice.id).where(
-        col(Notice.update_ref) == update_ref(run.id), col(Notice.state) == NoticeState.failed
-    )
-    return NoticeKind.scheduled if session.exec(refused.limit(1)).first() is not None else None
+    # Refused, and nothing delivered since: a notice still pending (the 'scheduled' anew of a move earlier
+    # in this tick, a reminder) is superseded by this one and tells them nothing either (adv57).
+    if any_in(NoticeState.failed):
+        return NoticeKind.scheduled
+    return NoticeKind.rescheduled if any_in(NoticeState.pending) else None
 
 
 def contact_emails(customer: Customer, session: Session) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 from flows.alerts import alert_sre
 from flows.portal_welcome import portal_users, welcome_new_users
 from flows.rollout import ring_gate
-from flows.run_notices import VendorTerms, move_notice, queue_run_notice, update_ref
+from flows.run_notices import VendorTerms, move_notice, queue_move_notice, queue_run_notice, update_ref
 from flows.runtime import RuntimeNotConfigured, current
 from inventory import repo
 from inventory.case_tables import Case
@@ -45,7 +45,6 @@ from scheduling.blackouts import Blackout as BlackoutRule
 from scheduling.errors import NoSlot, SchedulingError
 from scheduling.validity import PlannedUpdate, Reason, World, invalid_reasons, replacement_slot
 from scheduling.windows import Interval, WeeklyWindow
-from templates import NoticeKind
 
 Action = Literal["valid", "moved", "held", "unheld", "raced"]
 
@@ -337,14 +336,8 @@ def _move(
     # flows/schedule.py `reslot_update`, adv50); its start tells them ('started').
     # One whose every notice bounced is announced anew at the new slot ('scheduled'): `move_notice`.
     if (kind := move_notice(run, session)) is not None:
-        queue_run_notice(
-            run,
-            kind,
-            session=session,
-            now=now,
-            vendor=vendor,
-            previous_slot_start=previous if kind is NoticeKind.rescheduled else None,
-            reason="; ".join(reasons) if kind is NoticeKind.rescheduled else "",
+        queue_move_notice(
+            run, kind, session=session, now=now, vendor=vendor, previous=previous, reason="; ".join(reasons)
         )
     return True
 

@@ -123,6 +123,30 @@ def move_notice(run: UpgradeRun, session: Session) -> NoticeKind | None:
     return NoticeKind.rescheduled if any_in(NoticeState.pending) else None
 
 
+def queue_move_notice(
+    run: UpgradeRun,
+    kind: NoticeKind,
+    *,
+    session: Session,
+    now: datetime,
+    vendor: VendorTerms | None,
+    previous: datetime | None,
+    reason: str,
+) -> bool:
+    """Queue the notice of a move (`move_notice`'s kind): a 'rescheduled' names the slot it had and why;
+    a 'scheduled' anew announces the new slot alone (the customer never heard of the old one)."""
+    moved = kind is NoticeKind.rescheduled
+    return queue_run_notice(
+        run,
+        kind,
+        session=session,
+        now=now,
+        vendor=vendor,
+        previous_slot_start=previous if moved else None,
+        reason=reason if moved else "",
+    )
+
+
 def contact_emails(customer: Customer, session: Session) -> tuple[str, ...]:
     """The customer's contacts, then its portal users (the designated people get every notice too)."""
     query = select(Contact.email).where(Contact.customer_id == customer.id).order_by(col(Contact.id))

@@ -23,6 +23,7 @@ from flows.run_notices import (
     VendorTerms,
     contact_emails,
     move_notice,
+    queue_move_notice,
     queue_run_notice,
     update_ref,
 )
@@ -284,7 +285,9 @@ def reschedule_update(
     # Announced anew ('scheduled') when every notice of it bounced, as any other move (`move_notice`): a
     # 'rescheduled' was the customer's first word of it (adv57). Never announced (a carried-over request
     # --now): still 'rescheduled', the SRE's --reason being for the customer.
-    moved = move_notice(run, session) is not NoticeKind.scheduled
+    kind = (
+        NoticeKind.scheduled if move_notice(run, session) is NoticeKind.scheduled else NoticeKind.rescheduled
+    )
     run.slot_start, run.slot_end, run.held_reason = slot.start, slot.end, ""
     run.notice_sequence += 1
     session.add(run)
@@ -297,18 +300,7 @@ def reschedule_update(
         "was_held": was_held or None,
     }
     repo.record_audit(requested_by, "update.rescheduled", f"run/{run.id}", detail, session=session)
-    if moved:
-        _notify(
-            run,
-            NoticeKind.rescheduled,
-            now=now,
-            session=session,
-            vendor=vendor,
-            previous=current,
-            reason=reason,
-        )
-    else:
-        _notify(run, NoticeKind.scheduled, now=now, session=session, vendor=vendor, previous=None, reason="")
+    queue_move_notice(run, kind, session=session, now=now, vendor=vendor, previous=current, reason=reason)
     return run
 
 
@@ -361,15 +353,8 @@ def reslot_update(
     run.notice_sequence += 1
     session.add(run)
     if kind is not None:
-        moved = kind is NoticeKind.rescheduled
-        _notify(
-            run,
-            kind,
-            now=now,
-            session=session,
-            vendor=vendor,
-            previous=previous if moved else None,
-            reason=reason if moved else "",
+        queue_move_notice(
+            run, kind, session=session, now=now, vendor=vendor, previous=previous, reason=reason
         )
     return run
 

@@ -109,13 +109,28 @@ def test_pause_finishes_the_node_in_progress_and_resume_completes(
 
 
 def _flow_run_paused(flow_run_id: str | None) -> bool:
+    """Waiting at its approval gate: Paused, and the question (the input schema) saved. Prefect saves the
+    question in a second call after the pause: a process killed in between never asks (CI at stop 34: a
+    test killed it there, and its `upkeep approve` was rejected "Run input schema not found")."""
+    import httpx
     from prefect.client.orchestration import get_client
 
     if not flow_run_id:
         return False
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(UUID(flow_run_id)).state
-    return bool(state and state.is_paused())
+        if not (state and state.is_paused()):
+            return False
+        keyset = state.state_details.run_input_keyset
+        if not keyset:
+            return True
+        try:
+            client.read_flow_run_input(UUID(flow_run_id), keyset["schema"])
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 404:
+                raise
+            return False
+    return True
 
 
 @pytest.mark.parametrize("answer", ["approve", "refuse"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -44,10 +45,40 @@ class Approval(RunInput):
     reason: str = ""
 
 
+# Prefect sets a gate's run Paused, then saves the question's form (the input schema) in a second call:
+# an answer in between is rejected "Run input schema not found". The gap is one API call (tens of ms; an
+# `upkeep approve --refuse` right after the pause read as paused met it in CI): asked again every 0.1 s
+# for this long, then the gate is taken as never asking (its process killed in that moment).
+GATE_PATIENCE = 10.0
+_NO_QUESTION = "Run input schema not found"
+
+
+class GateNotAsking(RuntimeError):
+    """The gate's run is Paused in Prefect but its question was never saved: its process stopped between
+    the two calls (killed), or is stuck there for longer than GATE_PATIENCE."""
+
+
+def answer_gate(flow_run_id: UUID, answer: dict[str, object], *, patience: float | None = None) -> None:
+    """Give the gate `answer` (Prefect's resume with run input). Prefect's own errors as raised by
+    `resume_flow_run` (NotPausedError, FlowPauseTimeout, RuntimeError), except an answer given before the
+    question was saved: tried again until it is, GateNotAsking after `patience` (GATE_PATIENCE) seconds."""
+    deadline = time.monotonic() + (GATE_PATIENCE if patience is None else patience)
+    while True:
+        try:
+            resume_flow_run(flow_run_id, run_input=answer)
+            return
+        except RuntimeError as exc:
+            if _NO_QUESTION not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise GateNotAsking(str(exc)) from None
+        time.sleep(0.1)
+
+
 def stop_the_gate(flow_run_id: UUID) -> None:
     """Wake the run's approval pause for a pause/cancel already recorded (its requested_action): Prefect's
     NotPausedError when the gate is not waiting (answered already, or not reached yet)."""
-    resume_flow_run(flow_run_id, run_input={"approved": False, "approver": STOPPED_BY, "reason": ""})
+    answer_gate(flow_run_id, {"approved": False, "approver": STOPPED_BY, "reason": ""}, patience=0)
 
 
 def wait_for_approval(

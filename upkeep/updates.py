@@ -811,10 +811,9 @@ def _db_cause(exc: Any) -> str:
 
 def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, actor: str) -> str:
     from prefect.exceptions import FlowPauseTimeout, NotPausedError
-    from prefect.flow_runs import resume_flow_run
     from sqlalchemy.exc import DBAPIError
 
-    from flows.approval import decision
+    from flows.approval import GateNotAsking, answer_gate, decision
     from inventory.models import RunState
 
     with session_scope(engine) as session:
@@ -877,9 +876,12 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
                 f"not answered, still waiting; not {_PAST[verb]}"
             ) from None
         try:
-            resume_flow_run(
-                UUID(run.flow_run_id), run_input={"approved": approved, "approver": actor, "reason": reason}
-            )
+            answer_gate(UUID(run.flow_run_id), {"approved": approved, "approver": actor, "reason": reason})
+        except GateNotAsking:
+            raise CliError(
+                f"run {run_id}: its gate paused but never asked its question (its process stopped in that "
+                f"moment: killed?): not {_PAST[verb]}; the take-over asks again (`upkeep show {run_id}`)"
+            ) from None
         except (NotPausedError, FlowPauseTimeout, RuntimeError) as exc:
             raise CliError(
                 f"run {run_id} is no longer waiting for approval ({exc}; another answer came first, "

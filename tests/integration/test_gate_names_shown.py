@@ -267,7 +267,7 @@ def _approved_at_a_gate_held_by(engine: Any, tmp_path: Path, monkeypatch: Any, o
 
     runtime = one_node_fleet(engine, tmp_path, {"acme": 1}, clock=lambda: NOW)
     monkeypatch.setattr("flows.runtime.current", lambda: runtime)
-    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr("flows.approval.resume_flow_run", lambda *_args, **_kwargs: None)
     run_id = _at_the_gate_held_by(engine, owner, until)
     with session_scope(engine) as session:
         run = session.get(UpgradeRun, run_id)

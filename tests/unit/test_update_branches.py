@@ -323,7 +323,7 @@ def test_a_refusal_given_while_the_gate_s_process_was_dead_stands_when_the_run_i
             .where(col(UpgradeRun.id) == run.id)
             .values(flow_run_id="00000000-0000-0000-0000-000000000001")
         )
-    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr("flows.approval.resume_flow_run", lambda *_args, **_kwargs: None)
     said = approve_run(run.id, engine=world.engine, approved=False, reason="not this week", actor="op")
     assert said.startswith(f"run {run.id} refused; ") and "is not answering" in said, said  # lease ran out
     with pytest.raises(CliError, match="it ends cancelled"):
@@ -461,6 +461,51 @@ def test_a_ui_refusal_prefect_took_over_a_cli_approval_ends_the_run_refused_and_
     assert world.upgraded() == [0, 0, 0]
 
 
+def test_approve_at_a_gate_that_paused_but_never_asked_is_one_line_and_records_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate's process killed between Prefect's two calls (the pause, then the question's form): the
+    server rejects every answer ("Run input schema not found"). `upkeep approve` said "no longer waiting
+    for approval (...; another answer came first, or the wait timed out)"; now it says what happened, after
+    asking again for GATE_PATIENCE (the real gap: tests/integration/test_gate_question.py), and records
+    nothing: the take-over asks the question again."""
+    from flows import approval
+    from upkeep.console import CliError
+    from upkeep.updates import approve_run
+
+    def dies_waiting(**_kwargs: Any) -> Any:
+        raise _Killed
+
+    monkeypatch.setattr(approval, "pause_flow_run", dies_waiting)
+    with pytest.raises(_Killed):
+        world.update(require_approval=True)
+    run = world.run()
+    assert run.id is not None
+    with session_scope(world.engine) as session:
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run.id)
+            .values(flow_run_id="00000000-0000-0000-0000-000000000005")
+        )
+    answers: list[dict[str, object]] = []
+
+    def never_asked(_flow_run_id: Any, run_input: dict[str, object]) -> None:
+        answers.append(run_input)
+        raise RuntimeError("Cannot resume this run: Run input schema not found.")
+
+    monkeypatch.setattr(approval, "resume_flow_run", never_asked)
+    monkeypatch.setattr(approval, "GATE_PATIENCE", 0.25)
+    with pytest.raises(CliError) as said:
+        approve_run(run.id, engine=world.engine, approved=False, reason="not this week", actor="op")
+    line = str(said.value)
+    assert "never asked its question" in line and "not refused" in line, line
+    assert "another answer came first" not in line and "\n" not in line, line
+    assert len(answers) > 1  # asked again before giving up
+    after = world.run()
+    assert after.state == RunState.running and after.reason == "" and after.approved_by == "", after
+    assert _decisions(world, run.id) == []
+
+
 def _both_answered(
     world: World, monkeypatch: pytest.MonkeyPatch, *, cli_approves: bool, kept: tuple[bool, str, str]
 ) -> None:
@@ -484,7 +529,7 @@ def _both_answered(
         return approval.Approval(approved=approved, approver=by, reason=why)  # the one Prefect kept
 
     monkeypatch.setattr(approval, "pause_flow_run", both_answers)
-    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr("flows.approval.resume_flow_run", lambda *_args, **_kwargs: None)
 
 
 def _decisions(world: World, run_id: int) -> list[tuple[str, str, str]]:
@@ -518,7 +563,7 @@ def test_an_answer_by_upkeep_approve_to_a_live_gate_is_one_decision(
         return approval.Approval(approved=approved, approver="op", reason="ok by me")
 
     monkeypatch.setattr(approval, "pause_flow_run", answered_by_upkeep_approve)
-    monkeypatch.setattr("prefect.flow_runs.resume_flow_run", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr("flows.approval.resume_flow_run", lambda *_args, **_kwargs: None)
 
     state = world.update(require_approval=True)
 
@@ -1404,7 +1449,7 @@ def test_an_approval_and_a_cancel_at_the_gate_at_once_are_ordered_by_the_run_s_r
             return approval.Approval(approved=False, approver=approval.STOPPED_BY)
 
         monkeypatch.setattr(approval, "pause_flow_run", at_the_gate)
-        monkeypatch.setattr("prefect.flow_runs.resume_flow_run", prefect_takes)
+        monkeypatch.setattr("flows.approval.resume_flow_run", prefect_takes)
         monkeypatch.setattr(updates, "_stop_at_the_gate", stop_at_the_gate)
         try:
             state = world.update(require_approval=True)

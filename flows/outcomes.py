@@ -706,7 +706,7 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
     """`tell_paused_past_window` for one run, in one transaction under its row lock."""
     from flows.run_window import window_end
     from inventory.models import Cluster
-    from inventory.runs import PAUSED_STOPPED_REASON, stalled
+    from inventory.runs import PAUSED_STOPPED_REASON, paused_stopped, stalled
 
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session, lock=True)
@@ -714,7 +714,7 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
         if (
             RunState(run.state) is not RunState.paused
             or stalled(run)
-            or run.reason.startswith(PAUSED_STOPPED_REASON)
+            or paused_stopped(run)
             or end is None
             or not window_over(run, now, session=session)
             or not customer_knows(run, session)

@@ -1,0 +1,116 @@
+"""Failure signals of the notice outbox (branch h-signal): a failure at night reaches the SRE exactly once,
+never silently, never twice. Real aiosmtpd servers, the real deliverer, both databases, alerts posted to
+the real local receiver (Apprise json://, the `webhook` fixture)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from flows.alerts import deliver_alerts
+from flows.notify import deliver_pending
+from flows.run_notices import VendorTerms
+from flows.runtime import Runtime
+from flows.schedule import schedule_update
+from inventory.alerts import Alert
+from inventory.db import session_scope
+from inventory.models import RunState, UpgradeRun
+from inventory.outbox import Notice, NoticeState, queue_notice
+from tasks.alerts import AppriseChannel
+from tasks.fileserver import HttpFileServer
+from tasks.ssh import SshSettings
+from tests.integration.test_notices import SENDER, SmtpServer
+from tests.integration.webhook import WebhookReceiver
+from tests.support.update_world import CLUSTER, TARGET, World
+
+pytestmark = pytest.mark.smtp
+CONTACT = "ops@fakeco.example"  # tests/support/update_world.py's only contact
+
+
+def _alerts(engine: Engine) -> list[Alert]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Alert).order_by(col(Alert.id))).all())
+
+
+def _notices(engine: Engine) -> list[Notice]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Notice).order_by(col(Notice.id))).all())
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _posted(
+    engine: Engine, tmp_path: Path, smtp: SmtpServer, webhook: WebhookReceiver, now: datetime
+) -> list[dict[str, Any]]:
+    """Every alert queued so far, delivered to the real receiver; what it got in all."""
+    runtime = Runtime(
+        engine=engine,
+        mailer=smtp.transport(),
+        fileserver=HttpFileServer(url="https://127.0.0.1:9", user="u", password="p"),
+        ssh=SshSettings(known_hosts=tmp_path / "kh", key_path=tmp_path / "key"),
+        work_dir=tmp_path,
+        alert_channels=(AppriseChannel(webhook.url, timeout=5),),
+        clock=lambda: now,
+    )
+    report = deliver_alerts(runtime, now=now)
+    assert report.retrying == [], report
+    return webhook.received
+
+
+def test_a_stopped_notice_that_bounces_tells_the_sre_the_customer_still_believes_it_is_running(
+    engine: Engine, smtp: SmtpServer, webhook: WebhookReceiver, tmp_path: Path
+) -> None:
+    """The customer got 'scheduled' and 'started'; the run was left paused past its window and 'stopped'
+    was queued. While pending it counts as the customer's last word (flows/outcomes.py `last_word`), so
+    nothing tells them again; then the mail server refuses it for good. The bounce alert said only "the
+    customer did not get this 'stopped' notice; update-N itself is not held back by it": true, but the
+    SRE must learn what the customer believes now (the update is still running: their last word is
+    'started') and that nobody else will tell them."""
+    world = World(engine, tmp_path)
+    with session_scope(engine) as session:
+        run = schedule_update(
+            CLUSTER, TARGET, now=world.clock(), requested_by="sre", session=session,
+            vendor=VendorTerms.from_runtime(world.runtime),
+        )  # fmt: skip
+        run_id, sequence = run.id, run.notice_sequence
+    (scheduled,) = _notices(engine)
+    customer_id = scheduled.customer_id
+    ref = f"update-{run_id}"
+
+    def tell(kind: str, seq: int) -> None:
+        with session_scope(engine) as session:
+            queue_notice(
+                update_ref=ref, kind=kind, sequence=seq, customer_id=customer_id, recipients=[CONTACT],
+                subject=f"Upgrade {kind}", body_text=kind, body_html=f"<p>{kind}</p>", session=session,
+                now=world.clock(),
+            )  # fmt: skip
+
+    deliver_pending(engine, smtp.transport(), now=world.clock(), sender=SENDER)
+    tell("started", sequence + 1)
+    deliver_pending(engine, smtp.transport(), now=world.clock(), sender=SENDER)
+    with session_scope(engine) as session:
+        found = session.get(UpgradeRun, run_id)
+        assert found is not None
+        found.state = RunState.paused
+        session.add(found)
+    tell("stopped", sequence + 2)
+    smtp.handler.refuse[CONTACT] = "550 5.1.1 <ops@fakeco.example>: mailbox disabled"
+    deliver_pending(engine, smtp.transport(), now=world.clock(), sender=SENDER)
+
+    assert [(n.kind, n.state) for n in _notices(engine)] == [
+        ("scheduled", NoticeState.sent),
+        ("started", NoticeState.sent),
+        ("stopped", NoticeState.failed),
+    ]
+    (alert,) = _alerts(engine)
+    (posted,) = _posted(engine, tmp_path, smtp, webhook, world.clock())
+    for text in (_flat(alert.body_text), _flat(posted["message"])):
+        assert "'started'" in text and "still believe" in text, text
+        assert "tell them yourself" in text, text

@@ -440,6 +440,9 @@ def _alert_undelivered(
     if ref.endswith("-sre"):  # the SRE's own copy (flows/run_notices.py `to_sre`)
         means = "This was the SRE's copy, not the customer's."
         action = "Fix: the SRE mailbox setting (UPKEEP_SRE_EMAIL)."
+    elif kind == "stopped" and run is not None:
+        means = _stopped_not_told(notice, session)
+        action = f"Fix: {fix}. {by_hand}"
     elif run is None or kind not in ANNOUNCING or run.state != RunState.planned:
         means = f"The customer did not get this '{kind}' notice" + (
             f"; {ref} itself is not held back by it." if run is not None else "."
@@ -511,6 +514,34 @@ def _alert_undelivered(
         key=key,
         session=session,
         now=now,
+    )
+
+
+def _stopped_not_told(notice: Notice, session: Session) -> str:
+    """What a 'stopped' that never reached the customer leaves them believing. While it was pending it
+    counted as their last word (flows/outcomes.py `last_word`), so the tick did not tell them again, and
+    it will not (the run is marked told): their last word is the last notice that went out."""
+    from sqlmodel import col, select
+
+    from inventory.outbox import NoticeState
+
+    ref = notice.update_ref
+    last = session.exec(
+        select(Notice.kind)
+        .where(Notice.update_ref == ref, Notice.state == NoticeState.sent)
+        .order_by(col(Notice.sequence).desc(), col(Notice.id).desc())
+        .limit(1)
+    ).first()
+    if last is None:
+        believes = "they never heard of it"
+    elif last == "started":
+        believes = "their last word of it is 'started': the customer still believes the update is running"
+    else:
+        believes = f"their last word of it is '{last}', not that it stopped for now"
+    return (
+        f"The customer did not get this 'stopped' notice of {ref}: {believes}. Upkeep does not send it "
+        "again, and its record counts the stop as told (the notice was queued), so no later tick tells "
+        "them: until you do, nobody does."
     )
 
 

@@ -4,7 +4,7 @@ the real local receiver (Apprise json://, the `webhook` fixture)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from inventory.outbox import Notice, NoticeState, queue_notice
 from tasks.alerts import AppriseChannel
 from tasks.fileserver import HttpFileServer
 from tasks.ssh import SshSettings
-from tests.integration.test_notices import SENDER, SmtpServer
+from tests.integration.test_notices import SENDER, T0, SmtpServer
 from tests.integration.webhook import WebhookReceiver
 from tests.support.update_world import CLUSTER, TARGET, World
 
@@ -114,3 +114,89 @@ def test_a_stopped_notice_that_bounces_tells_the_sre_the_customer_still_believes
     for text in (_flat(alert.body_text), _flat(posted["message"])):
         assert "'started'" in text and "still believe" in text, text
         assert "tell them yourself" in text, text
+
+
+def test_a_250_to_the_message_in_a_line_over_8_kb_is_an_unknown_delivery_told_once_never_resent(
+    engine: Engine, customer_id: int, webhook: WebhookReceiver, tmp_path: Path
+) -> None:
+    """The server takes the message and answers the end of DATA with a 250 whose line is over 8 kB
+    (aiosmtpd sends it as it is). smtplib reads at most 8192 bytes of a line and raises its own
+    SMTPResponseException(500, 'Line too long.'), closing the connection: the deliverer took that 500
+    for the server's refusal, marked the notice failed and told the SRE "refused for good", though the
+    customer got it.
+
+    Decision: once the whole message was handed over (its terminating '.' sent), an answer smtplib cannot
+    read leaves the outcome unknown. It is not resent (that may mail the customer twice), not reported as
+    refused (it may well have arrived), and not counted as delivered (Upkeep then treats the customer as
+    not told by it, the cautious side: an update is never started on a notice that may not have
+    arrived). The notice leaves the queue (state 'failed', its error saying 'delivery unknown') and the
+    SRE gets one alert saying delivery is unknown, asking them to check with the customer. The same
+    unreadable answer before the message was sent (to MAIL, RCPT or DATA) is a retry: nothing went out."""
+    from tests.integration.test_notices import Recorder, queue
+
+    class LongAnswer(Recorder):
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            await super().handle_DATA(server, session, envelope)
+            return "250 2.0.0 Ok: queued as " + "Q" * 9000
+
+    with session_scope(engine) as session:
+        (notice,) = queue(session, customer_id, 1, recipients=("ops@acme.example",))
+    server = SmtpServer()
+    server.handler = LongAnswer()
+    server.start()
+    try:
+        now = T0
+        for _ in range(4):  # later calls, each when a retry would be due
+            deliver_pending(engine, server.transport(), now=now, sender=SENDER)
+            now += timedelta(hours=1)
+    finally:
+        server.stop()
+
+    assert len(server.handler.messages) == 1  # the server got it, once
+    (row,) = _notices(engine)
+    assert row.state == NoticeState.failed and row.next_attempt_at is None, row
+    assert "delivery unknown" in row.last_error
+    (alert,) = _alerts(engine)
+    assert alert.key == f"notice-{notice.id}:unknown"
+    (posted,) = _posted(engine, tmp_path, SmtpServer(), webhook, now)
+    for text in (
+        _flat(alert.subject + " " + alert.body_text),
+        _flat(posted["title"] + " " + posted["message"]),
+    ):
+        assert "delivery unknown" in text and "refused" not in text, text
+        assert "Line too long" in text, text
+
+
+def test_an_answer_over_8_kb_before_the_message_was_sent_is_retried_not_refused_for_good(
+    engine: Engine, customer_id: int
+) -> None:
+    """A RCPT answered 250 in a line over 8 kB: smtplib's own '500 Line too long' came before DATA, so
+    nothing of the message went out; it was marked refused for good. It is retried: the next attempt,
+    at a server answering in short lines, delivers it once."""
+    from tests.integration.test_notices import Recorder, queue
+
+    class LongRcpt(Recorder):
+        long = True
+
+        async def handle_RCPT(
+            self, server: object, session: object, envelope: object, address: str, options: object
+        ) -> str:
+            envelope.rcpt_tos.append(address)  # type: ignore[attr-defined]
+            return "250 " + "R" * 9000 if self.long else "250 OK"
+
+    with session_scope(engine) as session:
+        queue(session, customer_id, 1, recipients=("ops@acme.example",))
+    server = SmtpServer()
+    server.handler = LongRcpt()
+    server.start()
+    try:
+        deliver_pending(engine, server.transport(), now=T0, sender=SENDER)
+        (row,) = _notices(engine)
+        assert row.state == NoticeState.pending and row.next_attempt_at is not None, row
+        assert _alerts(engine) == [] and server.handler.messages == []
+        server.handler.long = False
+        deliver_pending(engine, server.transport(), now=row.next_attempt_at, sender=SENDER)
+    finally:
+        server.stop()
+    (row,) = _notices(engine)
+    assert row.state == NoticeState.sent and len(server.handler.messages) == 1

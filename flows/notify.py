@@ -58,10 +58,12 @@ from inventory.types import utcnow
 from inventory.windows import notice_policy
 from scheduling.notice import minimum_notice
 from tasks.mail import (
+    IDEMPOTENCY_HEADER,
     MailError,
     MailTransport,
     PermanentMailError,
     Refused,
+    UnknownDeliveryError,
     build_message,
     check_notice,
     check_sender,
@@ -94,6 +96,7 @@ class DeliveryReport:
     superseded: list[str] = field(default_factory=list)  # not sent: a later notice of the update was due
     transport_error: str = ""  # the mail server could not be used at all during this call
     out_of_time: bool = False  # stopped by the call's time budget: due notices may be left for the next
+    unknown: list[FailedNotice] = field(default_factory=list)  # handed over, answer unreadable: not resent
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -380,6 +383,15 @@ def _deliver_one(
         return
     try:
         refused = transport.send(message)
+    except UnknownDeliveryError as exc:
+        # Not resent (it may have arrived: twice is worse than asking), not counted delivered (an update
+        # must not start on a notice that may not have arrived): out of the queue, the SRE asked to check.
+        mark_attempt_failed(notice, str(exc), permanent=True, now=now, session=session)
+        _alert_undelivered(notice, str(exc), now=now, session=session, unknown=True)
+        report.unknown.append(
+            FailedNotice(notice.idempotency_key, notice.customer_id, list(notice.recipients), str(exc))
+        )
+        return
     except MailError as exc:
         if exc.transport:
             report.transport_error = str(exc)
@@ -424,7 +436,13 @@ def _failed(notice: Notice, report: DeliveryReport, error: str, *, now: datetime
 
 
 def _alert_undelivered(
-    notice: Notice, error: str, *, now: datetime, session: Session, stuck: bool = False
+    notice: Notice,
+    error: str,
+    *,
+    now: datetime,
+    session: Session,
+    stuck: bool = False,
+    unknown: bool = False,
 ) -> None:
     """One SRE alert per failure of a notice (keyed on the notice and its attempt: a retried transaction
     or a second dispatcher queues no second one), saying what it means for the update and the fix.
@@ -502,6 +520,19 @@ def _alert_undelivered(
                 f"tell them yourself ({_list_command(notice)}): the pending notice keeps its addresses."
             )
         key = f"notice-{notice.id}:stuck"  # one per notice, however long it stays stuck
+    if unknown:
+        headline = f"'{kind}' notice of {ref}: delivery unknown"
+        means = (
+            "The mail server was handed the whole message, but its answer to it could not be read: the "
+            "customer may have it or not. Upkeep does not send it again (it could arrive twice) and counts "
+            f"it as not delivered. If it did not arrive: {means}"
+        )
+        action = (
+            "Check whether it arrived (the mail server's log, or ask the customer: the message carries "
+            f"the header {IDEMPOTENCY_HEADER}: {notice.idempotency_key}). If it did not, "
+            + action.removeprefix("Fix: ")
+        )
+        key = f"notice-{notice.id}:unknown"  # one per notice: it is never tried again
     alert_sre(
         None,
         headline=headline,
@@ -629,4 +660,6 @@ def deliver_notices(limit: int = 100) -> dict[str, Any]:
         logger.error("mail server unusable: %s", report.transport_error)
     for failure in report.failed:
         logger.error("notice %s refused for good: %s", failure.key, failure.error)
+    for unknown in report.unknown:
+        logger.error("notice %s: delivery unknown, not sent again: %s", unknown.key, unknown.error)
     return report.as_dict()

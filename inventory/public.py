@@ -347,3 +347,4 @@ class DeliveryPublic(PublicModel):
     superseded: list[str]
     transport_error: str
     out_of_time: bool = False  # stopped by the call's time budget (the dispatcher's tick); none on the CLI
+    unknown: list[FailedNoticePublic] = []  # handed over, the server's answer unreadable: not sent again

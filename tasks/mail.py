@@ -23,10 +23,11 @@ import smtplib
 import socket
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tasks.mime import (
     IDEMPOTENCY_HEADER,
@@ -41,6 +42,9 @@ from tasks.mime import (
     message_id_for,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 __all__ = [
     "IDEMPOTENCY_HEADER",
     "MailError",
@@ -53,6 +57,7 @@ __all__ = [
     "SmtpSession",
     "SmtpTransport",
     "TemporaryMailError",
+    "UnknownDeliveryError",
     "build_message",
     "calendar_method",
     "check_address",
@@ -84,6 +89,12 @@ class TemporaryMailError(MailError):
 
 class PermanentMailError(MailError):
     """Retrying will not help: 5xx."""
+
+
+class UnknownDeliveryError(MailError):
+    """The whole message was handed over, but the server's answer to it could not be read (smtplib's
+    own '500 Line too long.' for a reply line over 8 kB): it may have been delivered or not. Sending
+    it again may mail the recipients twice; counting it refused or sent may be wrong either way."""
 
 
 Refused = dict[str, str]  # recipient -> the server's answer ("550 5.1.1 ..."), for the ones it refused
@@ -147,7 +158,7 @@ class SmtpTransport:
     def _connect(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP | None = None
         try:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            smtp = _Smtp(self.host, self.port, timeout=self.timeout)
             smtp.ehlo()
             if self.starttls:
                 smtp.starttls(context=ssl.create_default_context())
@@ -226,6 +237,17 @@ class SmtpSession:
                 transport=transport,
             ) from None
         except smtplib.SMTPResponseException as exc:
+            if _unreadable(exc):  # smtplib's own 500, not the server's: it closed the connection
+                self._drop()
+                if getattr(smtp, "body_sent", False):
+                    raise UnknownDeliveryError(
+                        f"{where}: delivery unknown: the whole message was sent, but the server's answer "
+                        "to it is a line over 8 kB, which smtplib cannot read (its own '500 Line too long.')"
+                    ) from None
+                raise TemporaryMailError(
+                    f"{where}: an answer line over 8 kB, which smtplib cannot read (its own '500 Line too "
+                    "long.'), before the message was sent: nothing of it went out"
+                ) from None
             self._drop_if_closed(smtp)
             kind = PermanentMailError if exc.smtp_code >= 500 else TemporaryMailError
             # 421 closes the session; a refused sender address fails every message alike.
@@ -292,6 +314,29 @@ class OutboxDirTransport:
                 raise
         except OSError as exc:
             raise TemporaryMailError(f"outbox {self.directory}: {exc}", transport=True) from None
+
+
+class _Smtp(smtplib.SMTP):
+    """smtplib.SMTP that knows whether the current message was handed over whole (`body_sent`: its
+    terminating '.' sent), so an unreadable answer after it is told from one before it."""
+
+    body_sent = False
+
+    def mail(self, sender: str, options: Sequence[str] = ()) -> tuple[int, bytes]:
+        self.body_sent = False
+        return super().mail(sender, options)
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        super().send(s)
+        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):  # smtplib's data(): the message's end
+            self.body_sent = True
+
+
+def _unreadable(exc: smtplib.SMTPResponseException) -> bool:
+    """smtplib's own reply for an answer line over its 8192-byte limit (it closes the connection)."""
+    error = exc.smtp_error
+    text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+    return exc.smtp_code == 500 and text == "Line too long."
 
 
 def _scrubbed(exc: MailError, transport: SmtpTransport) -> MailError:

@@ -245,15 +245,24 @@ def notices_send(
         console.print(
             f"notices: {len(report.sent)} sent, {len(report.retrying)} retrying later, "
             f"{len(report.failed)} refused"
-            + (f", {len(report.superseded)} superseded" if report.superseded else ""),
+            + (f", {len(report.superseded)} superseded" if report.superseded else "")
+            + (f", {len(report.unknown)} delivery unknown" if report.unknown else ""),
             markup=False,
         )
         for failure in report.failed:
             console.print(
                 f"refused for good: {failure.key} to {', '.join(failure.recipients)}: {failure.error}"
             )
+        for unknown in report.unknown:
+            console.print(
+                f"delivery unknown (not sent again): {unknown.key} to {', '.join(unknown.recipients)}: "
+                f"{unknown.error}",
+                markup=False,
+            )
     if report.transport_error:
         raise CliError(f"mail server unusable: {report.transport_error}")
+    if report.unknown:
+        raise CliError(f"{len(report.unknown)} notice(s) of unknown delivery; see above")
     if report.failed:
         raise CliError(f"{len(report.failed)} notice(s) refused for good; see above")
 

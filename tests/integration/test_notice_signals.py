@@ -200,3 +200,112 @@ def test_an_answer_over_8_kb_before_the_message_was_sent_is_retried_not_refused_
         server.stop()
     (row,) = _notices(engine)
     assert row.state == NoticeState.sent and len(server.handler.messages) == 1
+
+
+SECRET = "hunter2-S3cret"
+
+
+class _BrokenAdapter:
+    """The real SMTP transport behind an adapter with a bug: for the recipients in `broken` (all, if
+    None) it raises what no SMTP reply is (here a RuntimeError quoting the SMTP credentials, plain and
+    as AUTH PLAIN's base64, as a careless adapter's message would); every other message goes out
+    through the real server."""
+
+    def __init__(self, real: Any, broken: set[str] | None) -> None:
+        self.real, self.broken = real, broken
+
+    def scrub(self, text: str) -> str:
+        return str(self.real.scrub(text))
+
+    def send(self, message: Any) -> Any:
+        if self.broken is None or set(message.recipients) & self.broken:
+            import base64
+
+            plain = base64.b64encode(f"\0upkeep\0{SECRET}".encode()).decode()
+            raise RuntimeError(f"adapter state lost\n(auth upkeep:{SECRET} {plain})")
+        return self.real.send(message)
+
+
+@pytest.fixture
+def authed() -> Any:
+    """A real SMTP server (aiosmtpd) that takes the login `upkeep` / SECRET without TLS."""
+    from aiosmtpd.smtp import AuthResult
+
+    def accept(server: object, session: object, envelope: object, mechanism: str, data: object) -> AuthResult:
+        login, password = data.login.decode(), data.password.decode()  # type: ignore[attr-defined]
+        return AuthResult(success=(login, password) == ("upkeep", SECRET))
+
+    server = SmtpServer(auth_require_tls=False, authenticator=accept)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _every_retry(engine: Engine, transport: Any, times: int) -> datetime:
+    """`deliver_pending` as often, each time when the earliest pending notice is due; the time after."""
+    now = T0
+    for _ in range(times):
+        deliver_pending(engine, transport, now=now, sender=SENDER)
+        due = [n.next_attempt_at for n in _notices(engine) if n.state == NoticeState.pending]
+        now = min(d for d in due if d is not None) if due else now + timedelta(hours=1)
+    return now
+
+
+def test_an_unexpected_exception_for_one_notice_alerts_once_at_the_stuck_budget_naming_it_scrubbed(
+    engine: Engine, customer_id: int, authed: SmtpServer, webhook: WebhookReceiver, tmp_path: Path
+) -> None:
+    """An exception that is no SMTP answer (an adapter's bug, here for one notice) was logged and the
+    notice retried hourly for ever: no alert, ever, while its update slid on untold. Now, after the
+    same attempt budget as a stuck 4xx (6), one alert for that notice naming the exception's kind and
+    its one-line message with the SMTP password scrubbed (plain and base64); the other notice goes out
+    through the same call, and no 'mail server unusable' alert is raised for one bad message."""
+    from tests.integration.test_notices import queue
+
+    with session_scope(engine) as session:
+        (poison,) = queue(session, customer_id, 1, recipients=("poison@acme.example",))
+        queue(session, customer_id, 1, first=2, recipients=("ops@acme.example",))
+    adapter = _BrokenAdapter(authed.transport(user="upkeep", password=SECRET), {"poison@acme.example"})
+    now = _every_retry(engine, adapter, 12)
+
+    rows = _notices(engine)
+    assert [r.state for r in rows] == [NoticeState.pending, NoticeState.sent]
+    assert rows[0].attempts == 12 and len(authed.handler.messages) == 1
+    (alert,) = _alerts(engine)
+    assert alert.key == f"notice-{poison.id}:stuck" and alert.kind == "notice-failed"
+    (posted,) = _posted(engine, tmp_path, authed, webhook, now)
+    import base64
+
+    encoded = base64.b64encode(f"\0upkeep\0{SECRET}".encode()).decode()
+    for text in (
+        _flat(alert.subject + " " + alert.body_text),
+        _flat(posted["title"] + " " + posted["message"]),
+        rows[0].last_error,
+    ):
+        assert "RuntimeError" in text and "adapter state lost" in text, text
+        assert SECRET not in text and encoded not in text, text
+    assert "RuntimeError: adapter state lost (auth upkeep:[REDACTED password]" in _flat(alert.body_text)
+    assert "try later" not in alert.subject
+
+
+def test_an_unexpected_exception_for_every_message_is_one_mail_server_unusable_alert_per_outage(
+    engine: Engine, customer_id: int, authed: SmtpServer, webhook: WebhookReceiver, tmp_path: Path
+) -> None:
+    """The adapter fails every message alike: that is an outage, not three bad notices. One 'mail server
+    unusable' alert naming the exception's kind and message, once the oldest has been tried as often as
+    a stuck notice; no alert per notice (three alerts at the same minute for one cause)."""
+    from tests.integration.test_notices import queue
+
+    with session_scope(engine) as session:
+        queue(session, customer_id, 3, recipients=("ops@acme.example",))
+    adapter = _BrokenAdapter(authed.transport(user="upkeep", password=SECRET), None)
+    now = _every_retry(engine, adapter, 10)
+
+    assert {r.state for r in _notices(engine)} == {NoticeState.pending} and authed.handler.messages == []
+    (alert,) = _alerts(engine)
+    assert alert.kind == "mail-unusable"
+    (posted,) = _posted(engine, tmp_path, authed, webhook, now)
+    for text in (_flat(alert.body_text), _flat(posted["message"])):
+        assert "RuntimeError: adapter state lost" in text and "3 customer notice(s) waiting" in text, text
+        assert SECRET not in text, text

@@ -97,6 +97,7 @@ class DeliveryReport:
     transport_error: str = ""  # the mail server could not be used at all during this call
     out_of_time: bool = False  # stopped by the call's time budget: due notices may be left for the next
     unknown: list[FailedNotice] = field(default_factory=list)  # handed over, answer unreadable: not resent
+    unexpected: list[FailedNotice] = field(default_factory=list)  # no SMTP answer: an exception, retried
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +228,8 @@ def deliver_pending(
                     session=session,
                 )
             handled += 1
+    if report.unexpected and not report.transport_error:
+        _alert_unexpected(engine, report, now=now)
     if report.transport_error and handled < limit:
         # The server is down for everyone: record the attempt on the other due rows without trying
         # each (a timeout per row would add up), so they all back off together.
@@ -239,6 +242,37 @@ def deliver_pending(
         with session_scope(engine) as session:
             _alert_mail_unusable(report.transport_error, now=now, session=session)
     return report
+
+
+def _unexpected(exc: Exception, transport: MailTransport) -> str:
+    """An exception that is no SMTP answer, as one line naming its kind, scrubbed of the SMTP password
+    (plain and base64) when the transport knows it: its text may quote anything the adapter held."""
+    text = f"unexpected {type(exc).__name__}: {_one_line(str(exc)) or repr(exc)}"
+    scrub = getattr(transport, "scrub", None)
+    return str(scrub(text)) if callable(scrub) else text
+
+
+def _alert_unexpected(engine: Engine, report: DeliveryReport, *, now: datetime) -> None:
+    """Notices that failed this call on an exception that is no SMTP answer stay pending (it may pass),
+    but never silently. Every message tried failing so (two or more, none sent, refused or retried on
+    an SMTP answer) is the mail server unusable: `transport_error`, one alert per outage, none per
+    notice. Otherwise each such notice tried STUCK_ATTEMPTS times or more gets its own alert, once
+    (`notice-N:stuck`, the 4xx budget and key): queued after the notice's own commit, so a crash between
+    the two loses nothing, the next attempt asks again (>=, not ==) and the key keeps it to one."""
+    tried = len(report.sent) + len(report.retrying) + len(report.failed) + len(report.unknown)
+    if len(report.unexpected) >= 2 and len(report.unexpected) == tried:
+        report.transport_error = report.unexpected[0].error
+        return
+    from sqlmodel import select
+
+    from inventory.outbox import NoticeState
+
+    for failure in report.unexpected:
+        with session_scope(engine) as session:
+            notice = session.exec(select(Notice).where(Notice.idempotency_key == failure.key)).first()
+            if notice is None or notice.state != NoticeState.pending or notice.attempts < STUCK_ATTEMPTS:
+                continue
+            _alert_undelivered(notice, failure.error, now=now, session=session, stuck=True, unexpected=True)
 
 
 def _alert_mail_unusable(error: str, *, now: datetime, session: Session) -> None:
@@ -405,8 +439,11 @@ def _deliver_one(
         return
     except Exception as exc:  # a bug in a transport must not block the rows behind this one
         log.exception("sending notice %s failed unexpectedly", key)
-        mark_attempt_failed(notice, f"unexpected: {exc!r}", permanent=False, now=now, session=session)
+        error = _unexpected(exc, transport)
+        mark_attempt_failed(notice, error, permanent=False, now=now, session=session)
         report.retrying.append(key)
+        # Alerted after the call (`_alert_unexpected`): one notice's, or the outage's if it hit them all.
+        report.unexpected.append(FailedNotice(key, notice.customer_id, list(notice.recipients), error))
         return
     mark_sent(notice, now=now, session=session)
     report.sent.append(key)
@@ -443,6 +480,7 @@ def _alert_undelivered(
     session: Session,
     stuck: bool = False,
     unknown: bool = False,
+    unexpected: bool = False,
 ) -> None:
     """One SRE alert per failure of a notice (keyed on the notice and its attempt: a retried transaction
     or a second dispatcher queues no second one), saying what it means for the update and the fix.
@@ -520,6 +558,16 @@ def _alert_undelivered(
                 f"tell them yourself ({_list_command(notice)}): the pending notice keeps its addresses."
             )
         key = f"notice-{notice.id}:stuck"  # one per notice, however long it stays stuck
+        if unexpected:  # no SMTP answer at all: the exception, not the customer's mailbox
+            headline = (
+                f"'{kind}' notice of {ref} not delivered after {notice.attempts} attempts: sending it "
+                f"fails with {error.split(':', 1)[0].removeprefix('unexpected ')}, not an SMTP answer"
+            )
+            action = (
+                "Fix: the mail transport (the exception above comes from Upkeep's sending of this message, "
+                "not from the mail server: a bug or a broken connection; the deliverer's log has its "
+                f"traceback), or tell the customer yourself ({_list_command(notice)})."
+            )
     if unknown:
         headline = f"'{kind}' notice of {ref}: delivery unknown"
         means = (

@@ -348,3 +348,4 @@ class DeliveryPublic(PublicModel):
     transport_error: str
     out_of_time: bool = False  # stopped by the call's time budget (the dispatcher's tick); none on the CLI
     unknown: list[FailedNoticePublic] = []  # handed over, the server's answer unreadable: not sent again
+    unexpected: list[FailedNoticePublic] = []  # failed on an exception that is no SMTP answer: retried

@@ -190,6 +190,9 @@ class SmtpSession:
         self.connections = 0  # opened so far (a dropped one reopened counts again)
         self._smtp: smtplib.SMTP | None = None
 
+    def scrub(self, text: str) -> str:
+        return self.transport.scrub(text)
+
     def __enter__(self) -> SmtpSession:
         return self
 

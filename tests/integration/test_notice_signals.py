@@ -309,3 +309,37 @@ def test_an_unexpected_exception_for_every_message_is_one_mail_server_unusable_a
     for text in (_flat(alert.body_text), _flat(posted["message"])):
         assert "RuntimeError: adapter state lost" in text and "3 customer notice(s) waiting" in text, text
         assert SECRET not in text, text
+
+
+def test_a_connection_cut_mid_exchange_at_every_message_names_the_exception_kind_in_the_outage_alert(
+    engine: Engine, customer_id: int, webhook: WebhookReceiver, tmp_path: Path
+) -> None:
+    """The server drops the connection at RCPT (a proxy resetting it, a crashing relay): nothing of the
+    message went out, every message alike, so it is the mail server unusable, retried, one alert per
+    outage. Its cause said only 'Connection unexpectedly closed', not what failed: it names the
+    exception's kind now (SMTPServerDisconnected, an SSLError, a ConnectionResetError...)."""
+    from tests.integration.test_notices import Recorder, queue
+
+    class Cut(Recorder):
+        async def handle_RCPT(
+            self, server: Any, session: object, envelope: object, address: str, options: object
+        ) -> str:
+            server.transport.abort()
+            return "250 OK"
+
+    with session_scope(engine) as session:
+        queue(session, customer_id, 2, recipients=("ops@acme.example",))
+    server = SmtpServer()
+    server.handler = Cut()
+    server.start()
+    try:
+        now = _every_retry(engine, server.transport(), 8)
+    finally:
+        server.stop()
+
+    assert {r.state for r in _notices(engine)} == {NoticeState.pending} and server.handler.messages == []
+    (alert,) = _alerts(engine)
+    assert alert.kind == "mail-unusable"
+    (posted,) = _posted(engine, tmp_path, server, webhook, now)
+    for text in (_flat(alert.body_text), _flat(posted["message"])):
+        assert "SMTPServerDisconnected" in text, text

@@ -353,7 +353,11 @@ def _close(smtp: smtplib.SMTP | None) -> None:
 
 
 def _detail(exc: BaseException) -> str:
-    return "timed out" if isinstance(exc, socket.timeout | TimeoutError) else str(exc) or repr(exc)
+    """What failed, named by its kind (SMTPServerDisconnected, SSLError, ConnectionResetError...): its
+    text alone ('Connection unexpectedly closed', '[Errno 104] ...') left the SRE guessing."""
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
 
 
 def _text(reply: bytes | str) -> str:

@@ -116,6 +116,43 @@ def test_a_stopped_notice_that_bounces_tells_the_sre_the_customer_still_believes
         assert "tell them yourself" in text, text
 
 
+def test_a_stopped_notice_stuck_on_4xx_says_the_customer_believes_it_runs_and_that_it_is_still_retried(
+    engine: Engine, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The same 'stopped', answered 452 at every attempt: the stuck alert says what the customer
+    believes meanwhile, without claiming Upkeep gives up on it (it is retried hourly)."""
+    world = World(engine, tmp_path)
+    with session_scope(engine) as session:
+        run = schedule_update(
+            CLUSTER, TARGET, now=world.clock(), requested_by="sre", session=session,
+            vendor=VendorTerms.from_runtime(world.runtime),
+        )  # fmt: skip
+        run_id, sequence = run.id, run.notice_sequence
+    deliver_pending(engine, smtp.transport(), now=world.clock(), sender=SENDER)
+    (scheduled,) = _notices(engine)
+    for kind, seq in (("started", sequence + 1), ("stopped", sequence + 2)):
+        with session_scope(engine) as session:
+            queue_notice(
+                update_ref=f"update-{run_id}", kind=kind, sequence=seq, customer_id=scheduled.customer_id,
+                recipients=[CONTACT], subject=kind, body_text=kind, body_html=kind, session=session,
+                now=world.clock(),
+            )  # fmt: skip
+        if kind == "started":
+            deliver_pending(engine, smtp.transport(), now=world.clock(), sender=SENDER)
+    smtp.handler.refuse[CONTACT] = "452 4.2.2 mailbox over quota"
+    now = world.clock()
+    for _ in range(6):
+        deliver_pending(engine, smtp.transport(), now=now, sender=SENDER)
+        row = _notices(engine)[-1]
+        assert row.state == NoticeState.pending and row.next_attempt_at is not None
+        now = row.next_attempt_at
+
+    (alert,) = _alerts(engine)
+    text = _flat(alert.body_text)
+    assert "still believes the update is running" in text and "still retried" in text, text
+    assert "does not send it again" not in text, text
+
+
 def test_a_250_to_the_message_in_a_line_over_8_kb_is_an_unknown_delivery_told_once_never_resent(
     engine: Engine, customer_id: int, webhook: WebhookReceiver, tmp_path: Path
 ) -> None:
@@ -343,3 +380,35 @@ def test_a_connection_cut_mid_exchange_at_every_message_names_the_exception_kind
     (posted,) = _posted(engine, tmp_path, server, webhook, now)
     for text in (_flat(alert.body_text), _flat(posted["message"])):
         assert "SMTPServerDisconnected" in text, text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Product question (h-signal): a connection cut after the whole message was sent, before the "
+    "server's answer (a relay crashing after queuing it, a timeout on the final reply), leaves delivery as "
+    "unknown as an unreadable answer does, yet it is resent at the next call (the documented at-least-once "
+    "window, receivers deduplicating on the same Message-ID). Should it be 'delivery unknown' too (not "
+    "resent, one SRE alert), at the risk of a flaky relay turning every notice into an alert?",
+)
+def test_a_connection_cut_after_the_whole_message_is_not_resent_blindly(
+    engine: Engine, customer_id: int
+) -> None:
+    from tests.integration.test_notices import Recorder, queue
+
+    class CutAfterBody(Recorder):
+        async def handle_DATA(self, server: Any, session: object, envelope: object) -> str:
+            await super().handle_DATA(server, session, envelope)  # kept: the server has it
+            server.transport.abort()
+            return "250 OK"
+
+    with session_scope(engine) as session:
+        (notice,) = queue(session, customer_id, 1, recipients=("ops@acme.example",))
+    server = SmtpServer()
+    server.handler = CutAfterBody()
+    server.start()
+    try:
+        _every_retry(engine, server.transport(), 3)
+    finally:
+        server.stop()
+    assert len(server.handler.messages) == 1, len(server.handler.messages)
+    assert [a.key for a in _alerts(engine)] == [f"notice-{notice.id}:unknown"]

@@ -497,7 +497,7 @@ def _alert_undelivered(
         means = "This was the SRE's copy, not the customer's."
         action = "Fix: the SRE mailbox setting (UPKEEP_SRE_EMAIL)."
     elif kind == "stopped" and run is not None:
-        means = _stopped_not_told(notice, session)
+        means = _stopped_not_told(notice, session, final=not stuck)
         action = f"Fix: {fix}. {by_hand}"
     elif run is None or kind not in ANNOUNCING or run.state != RunState.planned:
         means = f"The customer did not get this '{kind}' notice" + (
@@ -546,6 +546,11 @@ def _alert_undelivered(
         means = f"It is still retried hourly; until it goes through: {means}"
         if ref.endswith("-sre"):
             pass  # the SRE mailbox's fix stands
+        elif kind == "stopped":
+            action = (
+                f"Fix: have the customer's mailbox fixed (the server's answer is above), or tell them "
+                f"yourself ({_list_command(notice)}): the pending notice keeps its addresses."
+            )
         elif run is not None and run.state == RunState.planned:
             action = (
                 "Fix: have the customer's mailbox fixed (the server's answer is above), or "
@@ -596,7 +601,7 @@ def _alert_undelivered(
     )
 
 
-def _stopped_not_told(notice: Notice, session: Session) -> str:
+def _stopped_not_told(notice: Notice, session: Session, *, final: bool) -> str:
     """What a 'stopped' that never reached the customer leaves them believing. While it was pending it
     counted as their last word (flows/outcomes.py `last_word`), so the tick did not tell them again, and
     it will not (the run is marked told): their last word is the last notice that went out."""
@@ -617,10 +622,12 @@ def _stopped_not_told(notice: Notice, session: Session) -> str:
         believes = "their last word of it is 'started': the customer still believes the update is running"
     else:
         believes = f"their last word of it is '{last}', not that it stopped for now"
+    told = "its record counts the stop as told (the notice was queued), so no later tick tells them"
+    if not final:  # stuck on 4xx: still retried
+        return f"The customer has not got this 'stopped' notice of {ref} yet: {believes}; {told} otherwise."
     return (
         f"The customer did not get this 'stopped' notice of {ref}: {believes}. Upkeep does not send it "
-        "again, and its record counts the stop as told (the notice was queued), so no later tick tells "
-        "them: until you do, nobody does."
+        f"again, and {told}: until you do, nobody does."
     )
 
 

@@ -156,20 +156,17 @@ def test_a_cancel_and_the_tick_at_once_on_postgresql_never_tell_stopped_after_ca
     assert sequences[-1] > sequences[-2], sequences
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product decision: a run whose window was overridden (`upkeep resume --override-window`) has no "
-    "window, so the tick never tells its pause 'stopped' - yet its customer was told 'started' for the "
-    "announced window. Tell at the recorded window's end (window_end survives the override), after some time "
-    "paused, or never (the SRE who overrode owns the customer conversation)?",
-)
 def test_a_pause_of_a_run_whose_window_was_overridden_is_told_stopped_at_its_announced_windows_end(
     on_call_world: World,
 ) -> None:
     """Monday: 'started' at 00:01, paused at node 1; at 00:20 the SRE resumes it with `--override-window`
     (audited) and pauses it again (the run now has `override_reason`, its recorded window 00:00-01:00
     kept). The window ends with it paused: the customer, told it started, hears nothing, ever - the very
-    silence h-pause closes, back through an override."""
+    silence h-pause closes, back through an override.
+
+    Decided (lead, h-ending): told 'stopped' at the recorded window's end - the window the customer was
+    told 'started' for; the override lets the run go on outside it, it does not take back what the
+    customer was told. Not before that end, and once."""
     from sqlalchemy import update
     from sqlmodel import col
 
@@ -184,8 +181,64 @@ def test_a_pause_of_a_run_whose_window_was_overridden_is_told_stopped_at_its_ann
             .where(col(UpgradeRun.id) == run_id)
             .values(override_reason="customer asked for it tonight")
         )
+    assert _tick(world, END - timedelta(minutes=1)) == []
     assert _tick(world, END) == [run_id]
+    assert _tick(world, END + timedelta(minutes=1)) == []
     assert world.notices(run_id) == ["scheduled", "started", "stopped"]
+    assert _stopped_alerts(world, run_id) == 1
+
+
+def _overridden_request_now(world: World) -> int:
+    """An SRE's `upkeep request --now --override-window --reason TEXT` as upkeep/requests.py writes it:
+    planned, no slot, no window recorded (none is open, or it was not asked), `override_reason` set."""
+    from inventory.db import session_scope
+    from inventory.models import RunState
+    from inventory.repo import get_cluster
+    from inventory.runs import create_run
+    from tests.support.update_world import CLUSTER, TARGET
+
+    with session_scope(world.engine) as session:
+        run = create_run(
+            get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            requested_by="sre", session=session, state=RunState.planned,
+        )  # fmt: skip
+        run.override_reason = "the customer's outage call: now, outside the window"
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        return run.id
+
+
+def test_the_pause_of_an_overridden_run_with_no_window_at_all_says_the_customer_is_not_told(
+    on_call_world: World,
+) -> None:
+    """Decided (lead, h-ending): a run overridden with no window recorded at all (`request --now
+    --override-window` outside any window) has no end to go by: its pause is never told 'stopped'
+    automatically (no invented deadline), but the SRE's `upkeep pause` answer says so - the customer was
+    told 'started' and hears nothing more unless the SRE tells them or resumes it. Said nothing, the SRE
+    read the answer of any pause and assumed the tick would speak for them."""
+    world = on_call_world
+    run_id = _overridden_request_now(world)
+    said: list[str] = []
+
+    def pause_at_node_1(_node: object) -> None:
+        from upkeep.updates import request_stop
+
+        world.nodes[0].before.clear()
+        said.append(request_stop(run_id, "pause", engine=world.engine, actor="sre"))
+
+    world.nodes[0].before["upgrade"] = pause_at_node_1
+    world.clock.now = MONDAY + timedelta(hours=9)  # no window open: the override's
+    assert world.update(run_id=run_id).result()["state"] == "paused"
+    assert world.notices(run_id) == ["started"]
+    [answer] = said
+    assert (
+        "it has no maintenance window (overridden): the customer, told it started, is not told "
+        "automatically if it stays paused; tell them yourself, or resume or cancel it" in answer
+    ), answer
+    for day in (1, 2, 8):
+        assert _tick(world, MONDAY + day * DAY) == []
+    assert world.notices(run_id) == ["started"]
 
 
 def test_the_pause_answer_does_not_promise_a_stopped_the_customer_already_had(on_call_world: World) -> None:
@@ -500,28 +553,90 @@ def test_a_real_kill_9_of_the_tick_after_the_mark_and_the_notice_leaves_nothing_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product decision: a pause whose window is over but not yet told 'stopped' (the dispatcher's tick "
-    "has not run: between two ticks, or the dispatcher/Prefect API down for hours) is refused by `upkeep "
-    "resume` outside a window ('resumes only inside a maintenance window'), and cannot be replanned until a "
-    "tick tells it. Should the resume tell 'stopped' itself and replan ('rescheduled'), replan with "
-    "'rescheduled' alone, or keep refusing and say that the tick will make it replannable?",
-)
 def test_a_resume_outside_a_window_before_the_tick_told_the_pause_plans_it_for_the_next_window(
-    on_call_world: World,
+    on_call_world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Monday's window ended at 01:00 with the run paused; the dispatcher has been down since 00:50. At
-    09:00 the SRE resumes it: as after the tick, it should be planned for Tuesday's window."""
+    09:00 the SRE resumes it: as after the tick, it should be planned for Tuesday's window.
+
+    Decided (lead, h-ending): the resume does first what the tick would have done - 'stopped' told once,
+    through the tick's own code path and once-only mark, its SRE alert included - then replans it for the
+    next window ('rescheduled'), exactly as if the tick had run; a tick after it tells nothing."""
     from inventory.models import RunState
+    from inventory.runs import paused_stopped
     from upkeep.updates import resume_run
 
     world = on_call_world
     run_id = _paused_after_node_1(world)
     world.clock.now = MONDAY + timedelta(hours=9)
+    capsys.readouterr()
     resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+    said = " ".join(capsys.readouterr().out.split())
     run = world.run()
     assert (run.state, run.slot_start) == (RunState.planned, MONDAY + DAY), (run.state, run.reason)
+    assert world.notices(run_id) == ["scheduled", "started", "stopped", "rescheduled"], world.notices(run_id)
+    assert _stopped_alerts(world, run_id) == 1
+    assert not paused_stopped(run)
+    assert "the customer was told it stopped for now ('stopped') first" in said, said
+    assert "the customer is told ('rescheduled')" in said, said
+    assert _tick(world, MONDAY + timedelta(hours=9, minutes=1)) == []
+    assert world.notices(run_id) == ["scheduled", "started", "stopped", "rescheduled"]
+
+
+def test_a_resume_and_two_ticks_at_once_on_postgresql_tell_stopped_once_then_replan(
+    on_call_world: World,
+) -> None:
+    """Real concurrency on PostgreSQL: the window ended with the run paused and untold; at 09:00 the SRE's
+    `upkeep resume` and two dispatchers' ticks reach the run together (all waiting on its row, held by a
+    third transaction) and go as soon as it is free. Whichever wins, 'stopped' is told once (the tick's
+    mark, read under the row lock), the SRE alerted once, and the resume replans it: 'rescheduled' last,
+    planned for Tuesday."""
+    import threading
+
+    from sqlalchemy import text
+    from sqlmodel import Session, select
+
+    from flows.outcomes import tell_paused_past_window
+    from inventory.models import RunState, UpgradeRun
+    from tests.support.portal import wait_for
+    from tests.unit.test_stalled_adv49 import _blocked_behind
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    if world.engine.dialect.name != "postgresql":
+        return  # SQLite serializes writers at BEGIN: the sequential order is the test above
+    run_id = _paused_after_node_1(world)
+    at = MONDAY + timedelta(hours=9)
+    world.clock.now = at
+    errors: list[BaseException] = []
+
+    def tick() -> None:
+        try:
+            tell_paused_past_window(world.runtime, at)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def resume() -> None:
+        try:
+            resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tick), threading.Thread(target=tick), threading.Thread(target=resume)]
+    with world.engine.connect() as holder, Session(bind=holder) as session:
+        session.exec(select(UpgradeRun).where(UpgradeRun.id == run_id).with_for_update()).one()
+        pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: _blocked_behind(pid) >= 3, "the resume and two ticks waiting on the run")
+        holder.rollback()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    run = world.run()
+    assert (run.state, run.slot_start) == (RunState.planned, MONDAY + DAY), (run.state, run.reason)
+    assert world.notices(run_id) == ["scheduled", "started", "stopped", "rescheduled"], world.notices(run_id)
+    assert _stopped_alerts(world, run_id) == 1
 
 
 def test_a_stalled_run_the_sre_then_pauses_is_told_stopped_once(on_call_world: World) -> None:

@@ -16,7 +16,7 @@ from flows.oncall import stall_headline, stall_page_key
 from flows.plan import UpdatePlan
 from flows.records import STALLED_REASON, node_done, nodes_touched, stopped_at
 from flows.run_notices import VendorTerms, customer_knows, queue_run_notice
-from flows.run_window import past_cutoff, window_at, window_now, window_over
+from flows.run_window import announced_end, has_window, past_cutoff, window_at, window_now, window_over
 from flows.runtime import Runtime
 from flows.schedule import next_window
 from inventory import repo
@@ -660,7 +660,11 @@ def tell_paused_past_window(runtime: Runtime, now: datetime) -> list[int]:
     waits, then finds it marked), as two processes stalling one run; a process killed before its commit
     wrote nothing and the next tick tells it. A pause still pending on a running run (`requested_action`,
     its node in progress) is its process's to honour, or the take-over's once that process is gone: the
-    tick after that tells it. A customer never told of the update is told nothing (`customer_knows`)."""
+    tick after that tells it. A customer never told of the update is told nothing (`customer_knows`).
+
+    A run whose window was overridden (`--override-window`) is told at the end of the window recorded for
+    it (`announced_window_over`): the customer was told 'started' for that window. One with none recorded
+    at all has no end to go by and is never told here; `upkeep pause` says so to the SRE."""
     from sqlalchemy import func
     from sqlmodel import col, select
 
@@ -673,7 +677,6 @@ def tell_paused_past_window(runtime: Runtime, now: datetime) -> list[int]:
             select(UpgradeRun)
             .where(
                 UpgradeRun.state == RunState.paused,
-                col(UpgradeRun.override_reason).is_(None) | (col(UpgradeRun.override_reason) == ""),
                 ~col(UpgradeRun.reason).startswith(STALLED_REASON),
                 ~col(UpgradeRun.reason).startswith(PAUSED_STOPPED_REASON),
                 end.is_not(None),
@@ -685,7 +688,7 @@ def tell_paused_past_window(runtime: Runtime, now: datetime) -> list[int]:
         candidates = []
         for run in paused:
             try:
-                if window_over(run, now, session=session):
+                if announced_window_over(run, now, session=session):
                     candidates.append(run.id)
             except Exception:  # one run's trouble never stops the tick for the others
                 log.exception(
@@ -695,28 +698,41 @@ def tell_paused_past_window(runtime: Runtime, now: datetime) -> list[int]:
     for run_id in candidates:
         assert run_id is not None
         try:
-            if _tell_paused_stopped(runtime, run_id, now):
+            if tell_paused_stopped(runtime, run_id, now):
                 told.append(run_id)
         except Exception:  # one run's trouble never stops the tick for the others
             log.exception("run %s: the 'stopped' notice of its pause past its window was not queued", run_id)
     return told
 
 
-def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
-    """`tell_paused_past_window` for one run, in one transaction under its row lock."""
-    from flows.run_window import window_end
+def announced_window_over(run: UpgradeRun, now: datetime, *, session: Session) -> bool:
+    """Whether the window the customer was told of is over for a paused `run`: as the cutoff reads it
+    (`window_over`: the window as the inventory says now); for a run whose window was overridden, the
+    recorded window's end (`announced_end`: the override lets the run go on outside it, it does not take
+    back the 'started' the customer was told for it; decided in h-ending). False with none recorded."""
+    if has_window(run):
+        return window_over(run, now, session=session)
+    end = announced_end(run)
+    return end is not None and end <= now
+
+
+def tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
+    """`tell_paused_past_window` for one run, in one transaction under its row lock: True when it is told
+    (or marked, its last word already 'stopped') now, False when there is nothing to do (resumed,
+    cancelled or told meanwhile - by another dispatcher, or by `upkeep resume` doing the tick's part -
+    its window not over, or nobody to tell). The tick's and `upkeep resume`'s one path (h-ending)."""
     from inventory.models import Cluster
     from inventory.runs import PAUSED_STOPPED_REASON, paused_stopped, stalled
 
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session, lock=True)
-        end = window_end(run)
+        end = announced_end(run)
         if (
             RunState(run.state) is not RunState.paused
             or stalled(run)
             or paused_stopped(run)
             or end is None
-            or not window_over(run, now, session=session)
+            or not announced_window_over(run, now, session=session)
             or not customer_knows(run, session)
         ):
             return False  # resumed, cancelled or told meanwhile (another dispatcher), or nobody to tell
@@ -746,9 +762,15 @@ def _tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
             alert="paused-stopped",
             headline=f"run {run_id} ({label}) still paused at its window's end: {told}",
             cause=before or "paused by request",
-            action=_check_nodes(run, session) + f"`upkeep resume {run_id}` (inside a window it goes on at "
-            "once, the customer told 'started'; outside one it is planned for the next window with room, the "
-            f"customer told 'rescheduled'), or `upkeep cancel {run_id} --reason TEXT`.",
+            action=_check_nodes(run, session)
+            + f"`upkeep resume {run_id}` ("
+            + (
+                "its window overridden: it goes on at once, the customer told 'started'"
+                if run.override_reason
+                else "inside a window it goes on at once, the customer told 'started'; outside one it is "
+                "planned for the next window with room, the customer told 'rescheduled'"
+            )
+            + f"), or `upkeep cancel {run_id} --reason TEXT`.",
         )
         session.add(run)
         session.flush()

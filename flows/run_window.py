@@ -52,6 +52,14 @@ def window_end(run: UpgradeRun) -> datetime | None:
     return run.window_end or run.slot_end
 
 
+def announced_end(run: UpgradeRun) -> datetime | None:
+    """The end of the window the customer was told the update happens in: the run's window's
+    (`window_end`), kept through an override (`--override-window`: the run may go on outside it, but
+    the customer was told 'started' for that window); None when none was ever recorded (an overridden
+    `request --now` outside any window, an SRE's `upkeep update`)."""
+    return run.window_end or run.slot_end
+
+
 def window_over(run: UpgradeRun, now: datetime, *, session: Session) -> bool:
     """Whether the run's window is over at `now`, as the cutoff reads it (`past_cutoff`): its recorded end
     has passed, or - an import since shortened or removed the window, moved the customer's zone, or a

@@ -422,6 +422,7 @@ def resume_run(
     # the window: outside one the run is refused (its next slot named) or, stalled, planned for its
     # next window.
     replanned = ""  # a stalled run planned for its next window: said once that is committed
+    untold = False  # a pause past its window the dispatcher's tick has not told yet
     with session_scope(engine) as session:
         try:
             run = get_run(run_id, session=session)
@@ -435,10 +436,22 @@ def resume_run(
             and has_window(run)
             and not room_for_a_node(window_at(run, now, session=session), now, runtime.per_node_estimate)
         ):
-            if not records.stopped_for_now(run):  # a stall, or a pause past its window: told 'stopped'
+            if records.stopped_for_now(run):  # a stall, or a pause past its window: told 'stopped'
+                replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser())
+            elif _untold_pause_past_window(run, now, session):
+                untold = True
+            else:
                 where = _next_slot(run, now, session)
                 raise CliError(f"run {run_id} resumes only inside a maintenance window: {where}")
-            replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser())
+    if untold:
+        # What the dispatcher's tick would have done first, through its own path and once-only mark (under
+        # the run's row lock: a tick or another resume at once tells it once), in its own transaction - it
+        # stands whatever the replan finds - then the replan, as after the tick (h-ending).
+        from flows.outcomes import tell_paused_stopped
+
+        tell_paused_stopped(runtime, run_id, now)
+        with session_scope(engine) as session:
+            replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser(), told_first=True)
     if replanned:
         _replanned(run_id, replanned, as_json, runtime.cluster_limit)
         return 0
@@ -497,7 +510,24 @@ STALL_REPLANNED = (
 )
 
 
-def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
+def _untold_pause_past_window(run: Any, now: Any, session: Any) -> bool:
+    """Whether `run` is a pause the dispatcher's tick would tell 'stopped' now and has not yet (the tick
+    between two runs, or the dispatcher down): paused by an SRE, its window over, its customer told of it
+    (flows/outcomes.py `tell_paused_past_window`'s own conditions, read again under the row lock there)."""
+    from flows.outcomes import announced_window_over
+    from flows.records import stopped_for_now
+    from flows.run_notices import customer_knows
+    from inventory.models import RunState
+
+    return (
+        RunState(run.state) is RunState.paused
+        and not stopped_for_now(run)
+        and announced_window_over(run, now, session=session)
+        and customer_knows(run, session)
+    )
+
+
+def _replan_stalled(run_id: int, now: Any, session: Any, actor: str, *, told_first: bool = False) -> str:
     """`upkeep resume` of a stalled run outside a window: planned for its next window with room, the
     customer told 'rescheduled' with the time, and left to the dispatcher there, as any planned run.
     The stall's alert asks for a resume once the cause is fixed, but the customer's window is at night:
@@ -546,7 +576,12 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str) -> str:
     session.add(moved)
     detail = {"slot_start": moved.slot_start.isoformat(), "stalled": before[:500]}
     session.add(AuditEvent(actor=actor, action="run.replanned", subject=f"run/{run_id}", detail=detail))
-    told = (
+    first = (
+        "the customer was told it stopped for now ('stopped') first, as the dispatcher's tick would have; "
+        if told_first
+        else ""
+    )
+    told = first + (
         f"the customer is told ('{kind.value}'"
         + (", the update announced anew: every notice of it was refused" if kind.value == "scheduled" else "")
         + ")"
@@ -671,24 +706,30 @@ def request_stop(run_id: int, action: str, *, engine: Engine, actor: str, reason
 def _told_at_window_end(run: Any, session: Any) -> str:
     """What a pause's answer says of the customer: a customer told of the update hears it stopped for now
     ('stopped') if it is still paused when its window ends (flows/outcomes.py `tell_paused_past_window`),
-    the end said in their zone and in UTC; "" when nothing will be told (no window, never announced). A
+    the end said in their zone and in UTC; "" when never announced; with no window recorded at all (an
+    overridden `request --now`, `upkeep update`), that nothing will be told automatically. A
     window already over (the node in progress overran it) is said as over, not as a time still to come."""
     from zoneinfo import ZoneInfo
 
     from flows.outcomes import last_word
     from flows.run_notices import customer_knows
-    from flows.run_window import window_end, window_now
+    from flows.run_window import announced_end, has_window, window_now
     from flows.runtime import current
     from inventory import repo
     from inventory.models import Cluster
 
     now = current().clock()
-    end = window_end(run)
-    if end is None or not customer_knows(run, session):
+    end = announced_end(run)  # an overridden run's too: the window the customer was told 'started' for
+    if not customer_knows(run, session):
         return ""
-    if (
-        end > now
-    ):  # the window as it is now, as the cutoff and the tick read it (an import may have shortened it)
+    if end is None:  # no window recorded at all: nothing for the tick to go by (h-ending)
+        how = "overridden" if run.override_reason else "started by `upkeep update`"
+        return (
+            f"; it has no maintenance window ({how}): the customer, told it started, is not told "
+            "automatically if it stays paused; tell them yourself, or resume or cancel it"
+        )
+    if end > now and has_window(run):
+        # The window as it is now, as the cutoff and the tick read it (an import may have shortened it).
         open_now = window_now(run, now, session=session)
         end = min(end, open_now.end) if open_now is not None else now
     cluster = session.get(Cluster, run.cluster_id)

@@ -25,7 +25,10 @@ def test_a_customer_whose_only_notice_bounced_is_not_mailed_rescheduled_as_their
 ) -> None:
     """The 'scheduled' notice refused for good by the customer's mail server (a 5xx): they never heard of
     the update. Taken up late and carried over, it mailed them 'rescheduled' - "your update moved" of an
-    update they never knew of - as `customer_knows` counted any notice row, a failed one too."""
+    update they never knew of - as `customer_knows` counted any notice row, a failed one too.
+
+    h-ending: the carry-over asks `move_notice`, as a re-slot, integrity's move and `upkeep reschedule`
+    do (adv57): the update is announced anew at its new slot ('scheduled'), never 'rescheduled'."""
     from tasks.mail import PermanentMailError
 
     world = on_call_world
@@ -37,7 +40,7 @@ def test_a_customer_whose_only_notice_bounced_is_not_mailed_rescheduled_as_their
     world.mail.fail_with = None
 
     assert _taken_up_late(world, run_id, 0) == "carried over"
-    assert world.notices(run_id) == ["scheduled"], world.notices(run_id)
+    assert world.notices(run_id) == ["scheduled", "scheduled"], world.notices(run_id)
 
 
 def test_a_notice_still_on_its_way_counts_as_told(on_call_world: World) -> None:

@@ -38,7 +38,7 @@ from scheduling.errors import NoSlot, SchedulingError, SlotBlocked
 from scheduling.notice import UpdateKind, minimum_notice
 from scheduling.slots import estimate_duration, find_slot
 from scheduling.times import aware_utc, describe, fmt_instant
-from scheduling.validity import PlannedUpdate, invalid_reasons, replacement_slot
+from scheduling.validity import PlannedUpdate, Reason, invalid_reasons, replacement_slot
 from scheduling.windows import Interval
 from templates import NoticeKind
 
@@ -254,7 +254,11 @@ def reschedule_update(
     notice counted from when the customer was first told. A refusal names the value, every rule broken
     and the earliest valid slot, and writes nothing. On success: one `rescheduled` notice (same invite,
     next SEQUENCE) with the reason, an `update.rescheduled` audit event; the customer's deferral count
-    is not touched (this is the vendor's move, not the customer's)."""
+    is not touched (this is the vendor's move, not the customer's).
+
+    The notice is `move_notice`'s, as every move's; an update never announced (an SRE's `request --now`
+    carried over in silence) is announced by this move ('scheduled', its first word), with the notice
+    period counted from now, a refusal on it saying so (h-ending)."""
     if not reason.strip():
         get_run(run_id, session=session)  # an unknown update is named first
         raise ScheduleRefused("reschedule needs --reason TEXT (it is recorded and told to the customer)")
@@ -271,6 +275,12 @@ def reschedule_update(
     earlier = when < current
     slot = Interval(when, when + (current_end - current))
     told = None if earlier else run.told_at  # None: notice counted from now
+    # Announced anew ('scheduled') when every notice of it bounced, as any other move (`move_notice`): a
+    # 'rescheduled' was the customer's first word of it (adv57). Never announced at all (an SRE's `request
+    # --now` carried over in silence): announced too - this move is the customer's first word of it, with
+    # the full notice rules of any announcement (`told_at` is None: counted from now), never a
+    # 'rescheduled' of a slot they never heard of, carrying the SRE's --reason (h-ending).
+    kind = move_notice(run, session) or NoticeKind.scheduled
     found = invalid_reasons(PlannedUpdate(slot, kind=run.kind, urgent=run.urgent, told_at=told), world, now)
     if found:
         rules = "; ".join(f"{r.code}: {r.text}" for r in found)
@@ -280,14 +290,8 @@ def reschedule_update(
             earliest = f"the earliest valid slot starts {fmt_instant(best.start)}{same}"
         except (NoSlot, SchedulingError) as exc:
             earliest = f"there is no valid slot: {exc}"
-        raise ScheduleRefused(f"{head}: {rules}; {earliest}")
+        raise ScheduleRefused(f"{head}: {rules}; {earliest}{_first_word(run, kind, found, session)}")
     was_held = run.held_reason
-    # Announced anew ('scheduled') when every notice of it bounced, as any other move (`move_notice`): a
-    # 'rescheduled' was the customer's first word of it (adv57). Never announced (a carried-over request
-    # --now): still 'rescheduled', the SRE's --reason being for the customer.
-    kind = (
-        NoticeKind.scheduled if move_notice(run, session) is NoticeKind.scheduled else NoticeKind.rescheduled
-    )
     run.slot_start, run.slot_end, run.held_reason = slot.start, slot.end, ""
     run.notice_sequence += 1
     session.add(run)
@@ -302,6 +306,34 @@ def reschedule_update(
     repo.record_audit(requested_by, "update.rescheduled", f"run/{run.id}", detail, session=session)
     queue_move_notice(run, kind, session=session, now=now, vendor=vendor, previous=current, reason=reason)
     return run
+
+
+def _first_word(run: UpgradeRun, kind: NoticeKind, found: list[Reason], session: Session) -> str:
+    """Why the notice period counts from now for a move refused on it, when the move would be the
+    customer's first word of the update (`reschedule_update`); "" otherwise."""
+    if kind is not NoticeKind.scheduled or not any(reason.code == "notice" for reason in found):
+        return ""
+    assert run.slot_start is not None
+    if _ever_queued(run, session):
+        return (
+            "; every notice of the update was refused: this move would announce it anew ('scheduled'), so "
+            "the full notice period counts from now"
+        )
+    return (
+        "; the update was never announced to the customer: this move would announce it ('scheduled'), so "
+        f"the full notice period counts from now; left in its slot ({fmt_instant(run.slot_start)}) it "
+        "starts unannounced, its start telling them"
+    )
+
+
+def _ever_queued(run: UpgradeRun, session: Session) -> bool:
+    """Whether any notice of `run` was ever queued for the customer (delivered, refused or waiting)."""
+    from sqlmodel import select
+
+    from inventory.outbox import Notice
+
+    query = select(Notice.id).where(col(Notice.update_ref) == update_ref(run.id)).limit(1)
+    return session.exec(query).first() is not None
 
 
 def next_window(

@@ -115,18 +115,36 @@ def reschedule(
     json: JsonOpt = False,
 ) -> None:
     """Move a planned update earlier or later (SRE): the new slot must be valid, with full notice from now
-    when earlier; the customer gets a rescheduled notice. Not a customer deferral."""
+    when earlier; the customer gets a rescheduled notice, or the update announced ('scheduled') when they
+    never heard of it. Not a customer deferral."""
+    from flows.run_notices import move_notice
     from flows.schedule import parse_update_ref, reschedule_update
+    from inventory.runs import get_run
 
     with _transaction() as session:
         run_id = parse_update_ref(update)
         when = _when(to, _customer_zone(run_id, session))
         previous = _previous_start(run_id, session)
+        # What the customer heard before the move, read in its transaction (the move takes the row only if
+        # nothing moved it since: `_hold_planned`): a 'scheduled' anew says why it is not 'rescheduled'.
+        before = move_notice(get_run(run_id, session=session), session)
         run = reschedule_update(
             run_id, to=when, reason=reason, now=_now(), session=session, requested_by=getpass.getuser()
         )
         data = _update_dict(run, session) | {"previous_slot_start": previous, "reason": reason}
-    _print_update("rescheduled", data, json, _fleet_brake())
+    _print_update("rescheduled", data, json, _fleet_brake(), told=_told_of_move(data["notice"], before))
+
+
+def _told_of_move(notice: dict[str, Any] | None, before: Any) -> str:
+    """What `upkeep reschedule`'s headline says the customer gets: "rescheduled" alone read as "the
+    customer is told of a move" over a notice queued as 'scheduled' anew (h-ending). `before`: the notice
+    `move_notice` chose before the move (None: never announced)."""
+    if notice is None:
+        return "the customer not told (no contacts to tell)"
+    if notice["kind"] == "rescheduled":
+        return "the customer told ('rescheduled')"
+    why = "every notice of it was refused" if before is not None else "the update was never announced to them"
+    return f"announced to the customer ('{notice['kind']}': {why}, so this is their first word of it)"
 
 
 def cancel_update(
@@ -363,7 +381,12 @@ def _fleet_brake() -> dict[str, object] | None:
 
 
 def _print_update(
-    action: str, data: dict[str, Any], as_json: bool, brake: dict[str, object] | None = None
+    action: str,
+    data: dict[str, Any],
+    as_json: bool,
+    brake: dict[str, object] | None = None,
+    *,
+    told: str = "",
 ) -> None:
     """The update's lines (or JSON); with `brake` (`_fleet_brake`), the held fleet said as `upkeep request`
     says it, and --json's `cluster_limit` as its."""
@@ -376,7 +399,8 @@ def _print_update(
     def say(text: str) -> None:
         console.print(text, markup=False, soft_wrap=True)
 
-    say(f"{action} {data['update']}: {data['customer']}/{data['cluster']} {data['from']}→{data['to']}")
+    told = f", {told}" if told else ""  # which notice the customer gets, when the action does not say it
+    say(f"{action} {data['update']}{told}: {data['customer']}/{data['cluster']} {data['from']}→{data['to']}")
     if data["slot_start"]:
         start, end = (datetime.fromisoformat(data[key]) for key in ("slot_start", "slot_end"))
         was = "was " if action == "cancelled" else ""

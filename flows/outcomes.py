@@ -15,7 +15,7 @@ from flows.endings import mid_way, tell_ending, versions_at_stop
 from flows.oncall import stall_headline, stall_page_key
 from flows.plan import UpdatePlan
 from flows.records import STALLED_REASON, node_done, nodes_touched, stopped_at
-from flows.run_notices import VendorTerms, customer_knows, queue_run_notice
+from flows.run_notices import VendorTerms, customer_knows, move_notice, queue_move_notice, queue_run_notice
 from flows.run_window import announced_end, has_window, past_cutoff, window_at, window_now, window_over
 from flows.runtime import Runtime
 from flows.schedule import next_window
@@ -25,6 +25,7 @@ from inventory.models import RequestedAction, RunState, UpgradeRun
 from inventory.runs import STALLED_AFTER, finish_run, get_run
 from scheduling.errors import SchedulingError
 from tasks.failpoints import failpoint
+from templates import NoticeKind
 
 log = logging.getLogger(__name__)
 
@@ -498,9 +499,13 @@ def _carry_over(
         if why
         else f"partially done ({done} of {len(plan.nodes)} nodes); continues {window.start.isoformat()}"
     )
-    # Told of the move only if told of the update (as a stall's 'stopped', flows/endings.py): an SRE's
-    # `upkeep request --now` taken up past its cutoff mailed "rescheduled" for an update never announced.
-    knows = customer_knows(run, session)
+    # Told of the move as every move is (`move_notice`): 'rescheduled' to a customer who knows of the update;
+    # announced anew ('scheduled') when every notice of it was refused - a pending 'scheduled' anew (a
+    # move earlier, the outbox not run since) is superseded by this notice, and a 'rescheduled' was their
+    # first word of it (adv57, h-ending); nothing when never announced: an SRE's `upkeep request --now`
+    # taken up past its cutoff mailed "rescheduled" for an update never announced (adv50). Asked before
+    # the 'partial' below is queued (it would answer for itself).
+    kind = move_notice(run, session)
     moved = customer_reason or "partially done; the remaining nodes continue in the next window"
     tell_ending(
         runtime,
@@ -512,26 +517,46 @@ def _carry_over(
         alert="carried-over",
         headline=f"run {run_id} ({plan.label}) carried over to {window.start:%Y-%m-%d %H:%M} UTC",
         cause=why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes",
-        action=(
-            "The customer is sent the 'rescheduled' notice saying why, with the command to run on "
-            "each node named; nothing else to do unless they ask for help."
-            if knows
-            else "The customer was not told (the update was never announced to them). What the "
-            f"'rescheduled' notice would have said, for you to pass on if it needs them: {moved}"
-        )
-        if why
-        else "",
+        action=_carried_over_told(kind, moved) if why or kind is NoticeKind.scheduled else "",
     )
     run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
     detail = {"verified": done, "continues": window.start.isoformat(), "why": why[:500]}
     repo.record_audit(runtime.actor, CARRIED_OVER, f"run/{run_id}", detail, session=session)
-    if knows:
-        _notify(run, "rescheduled", runtime, session, now, previous_slot_start=previous or now, reason=moved)
+    if kind is not None and not queue_move_notice(
+        run,
+        kind,
+        session=session,
+        now=now,
+        vendor=VendorTerms.from_runtime(runtime),
+        previous=previous or now,
+        reason=moved,
+    ):
+        log.warning("run %s: customer has no contacts; %s notice not queued", run.id, kind.value)
     session.add(run)
     return "carried over"
 
 
 CARRIED_OVER, STALLED = "run.carried_over", "run.stalled"
+
+
+def _carried_over_told(kind: NoticeKind | None, moved: str) -> str:
+    """What the carry-over's alert says the customer is sent (`move_notice`'s `kind`); `moved`: what the
+    'rescheduled' notice says, for the SRE to pass on when the customer gets something else."""
+    if kind is NoticeKind.rescheduled:
+        return (
+            "The customer is sent the 'rescheduled' notice saying why, with the command to run on each node "
+            "named; nothing else to do unless they ask for help."
+        )
+    if kind is NoticeKind.scheduled:
+        return (
+            "Every notice of the update was refused (nothing delivered): the customer is sent it announced "
+            "anew ('scheduled' at the new slot), which says nothing of the move. What the 'rescheduled' "
+            f"notice would have said, for you to pass on if it needs them: {moved}"
+        )
+    return (
+        "The customer was not told (the update was never announced to them). What the 'rescheduled' "
+        f"notice would have said, for you to pass on if it needs them: {moved}"
+    )
 
 
 def idle_windows(run_id: int, done: int, session: Session) -> int:

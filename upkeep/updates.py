@@ -403,7 +403,10 @@ def resume_run(
 ) -> int:
     """Continue a crashed, paused or carried-over run where it stopped; nodes already done are not
     touched. A run that has a window resumes only inside one with room for a node (its slot is the
-    dispatcher's to start), unless the window is overridden with a reason (audited).
+    dispatcher's to start), unless the window is overridden with a reason (audited). Outside one, a run
+    stopped for now (stalled, or a pause told 'stopped') is planned for its next window; a pause whose
+    window is over and not yet told (the dispatcher's tick has not run since) is told 'stopped' first, as
+    the tick would, then planned alike (h-ending).
 
     The run is claimed first (one compare-and-set on its lease): of several resumes at once, or a
     resume racing the dispatcher's take-over, exactly one carries it out; the others exit 2."""

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from flows.integrity import world_of
-from flows.plan import plan_update
+from flows.plan import UpdatePlan, plan_update
 from flows.run_notices import (
     DEFERRALS,
     VendorTerms,
@@ -77,10 +77,13 @@ def schedule_update(
     session: Session,
     vendor: VendorTerms | None = None,
     not_before: datetime | None = None,
+    plan: UpdatePlan | None = None,
 ) -> UpgradeRun:
     """Plan the update, put it in the first allowed slot (at or after `not_before`: a cloud release's
     ring gate), claim the cluster, queue the `scheduled` notice. Source "release" is a cloud release
-    (7 days' notice by default), others product updates."""
+    (7 days' notice by default), others product updates. `plan`: the caller's plan of this update, made
+    in this transaction (`upkeep request` plans before it checks the case): used as it is, not planned
+    a second time (two plans of one update could differ on PostgreSQL, a snapshot per statement)."""
     if source not in SOURCES:
         raise ScheduleRefused(f"source {source!r}: expected one of {', '.join(SOURCES)}")
     if case is not None:
@@ -88,7 +91,10 @@ def schedule_update(
             check_case_ref(case)
         except CaseError as exc:
             raise ScheduleRefused(str(exc)) from None
-    plan = plan_update(cluster, to_version, session=session)
+    if plan is None:
+        plan = plan_update(cluster, to_version, session=session)
+    elif (plan.cluster, plan.to_version) != (cluster, to_version):  # a caller's mistake, not input
+        raise ValueError(f"plan of {plan.label} given to schedule {cluster} to {to_version}")
     row = session.get(Cluster, plan.cluster_id)
     assert row is not None and row.id is not None
     customer = repo.customer_of(row, session=session)

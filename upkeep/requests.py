@@ -89,6 +89,7 @@ def request_update(
                 source=source,
                 requested_by=getpass.getuser(),
                 session=session,
+                plan=plan,  # planned above in this transaction: once (schedule_update plans if not given)
             )
             run.needs_approval = requires_approval
             session.add(run)

@@ -9,13 +9,18 @@ transaction in which it then marks the run started. A run may start when, in thi
 3. every earlier ring (scheduling.waves.RINGS_DEFAULT) has no planned, running or paused run left, and
    the last run of the nearest earlier ring with runs finished `soak_minutes` ago (wave_may_start);
 4. fewer than `max_concurrent` runs of the rollout, and fewer than `per_customer_limit` of the run's
-   customer, are in flight (running or paused).
+   customer, are in flight (running or paused, or carried over to a later window after changing a node;
+   not a stalled or carried-over run that changed nothing).
 
 Those rules, without the database, are in `flows.rollout_rules`; this module loads and locks.
 
 Error budget (AWS SSM MaxErrors / Ansible max_fail_percentage, `scheduling.waves.budget_exceeded`) over
-the whole rollout: started = runs that started (or failed), failed = runs that failed, both counted
-from the last `resume_rollout` on (which acknowledges the failures before it). The gate locks the
+the whole rollout: started = runs that started (or failed), each once however many windows it was
+carried over, failed = runs that failed, both counted from the last `resume_rollout` on (which
+acknowledges the runs that had ended before it, failures included; a run still in flight then, a
+carried-over one between its windows, counts after it: its start and its outcome together). A ring
+with a carried-over run has not finished (its runs are planned again): the next ring waits, and its
+soak runs from that run's end. The gate locks the
 rollout row (PostgreSQL FOR UPDATE; SQLite's BEGIN IMMEDIATE serialises anyway), so concurrent
 dispatchers decide one after the other and the concurrency limits hold if the caller marks the run
 running in the same transaction.
@@ -37,6 +42,7 @@ from sqlmodel import Session, col, select
 from flows.alerts import alert_sre
 from flows.rollout_rules import (
     IN_FLIGHT,
+    acknowledge,
     budget_of,
     budget_reason,
     concurrency_reason,
@@ -84,9 +90,7 @@ def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | Non
     if waiting:
         return waiting
     in_flight = [
-        m
-        for m in members
-        if m.run is not None and m.run.state in IN_FLIGHT and m.run.id != run.id and not _idle(m.run, session)
+        m for m in members if m.run is not None and m.run.id != run.id and _in_flight(m.run, session)
     ]
     cluster = session.get(Cluster, run.cluster_id)
     same_customer = sum(1 for m in in_flight if cluster and m.cluster.customer_id == cluster.customer_id)
@@ -103,6 +107,17 @@ def _touched(run: UpgradeRun, session: Session) -> bool:
     from flows.records import touched_steps
 
     return session.exec(touched_steps(run.id)).first() is not None
+
+
+def _in_flight(run: UpgradeRun, session: Session) -> bool:
+    """Whether `run` holds a slot of the in-flight limits: running or paused (not stalled with no node
+    touched, `_idle`), or carried over to its next window after changing a node - its cluster runs mixed
+    versions, and it goes on there whatever the limits say (this gate lets it through), so a slot freed
+    between its windows was taken twice then. Carried over before any node changed, it holds none: a
+    further update like any other, it waits here in its next window (adv51)."""
+    if run.state in IN_FLIGHT:
+        return not _idle(run, session)
+    return run.state is RunState.planned and run.started_at is not None and _touched(run, session)
 
 
 def _idle(run: UpgradeRun, session: Session) -> bool:
@@ -189,8 +204,7 @@ def resume_rollout(
             f"release {version} rollout is {rollout.state.value}, not halted: nothing to resume"
         )
     tallies = tally(rollout_members(rollout, session=session))
-    rollout.acknowledged_started = sum(t.started for t in tallies)
-    rollout.acknowledged_failed = sum(t.failed for t in tallies)
+    rollout.acknowledged_started, rollout.acknowledged_failed = acknowledge(tallies)
     before, rollout.halted_reason = rollout.halted_reason, ""
     rollout.state, rollout.updated_at = RolloutState.rolling, now or utcnow()
     session.add(rollout)

@@ -24,8 +24,9 @@ class RingTally:
     ring: str
     runs: int = 0
     active: int = 0  # planned, running or paused
-    started: int = 0
+    started: int = 0  # began at least once: counted once, however many windows it was carried over
     failed: int = 0
+    ended: int = 0  # started and ended (not planned, running or paused again): what a resume acknowledges
     last_finished: datetime | None = None
 
 
@@ -36,13 +37,15 @@ def tally(members: Sequence[Member], rings: Sequence[str] = RINGS_DEFAULT) -> li
     for ring in names:
         runs = [m.run for m in members if m.entry.ring == ring and m.run is not None]
         done = [r.finished_at for r in runs if r.state not in ACTIVE and r.finished_at is not None]
+        began = [r for r in runs if r.started_at is not None or r.state is RunState.failed]
         result.append(
             RingTally(
                 ring=ring,
                 runs=len(runs),
                 active=sum(1 for r in runs if r.state in ACTIVE),
-                started=sum(1 for r in runs if r.started_at is not None or r.state is RunState.failed),
+                started=len(began),
                 failed=sum(1 for r in runs if r.state is RunState.failed),
+                ended=sum(1 for r in began if r.state not in ACTIVE),
                 last_finished=max(done, default=None),
             )
         )
@@ -52,7 +55,9 @@ def tally(members: Sequence[Member], rings: Sequence[str] = RINGS_DEFAULT) -> li
 def budget_reason(
     budget: ErrorBudget, tallies: Sequence[RingTally], acked_started: int = 0, acked_failed: int = 0
 ) -> str | None:
-    """Why the rollout must halt, or None: its budget over the runs since the last resume."""
+    """Why the rollout must halt, or None: its budget over the runs since the last resume. The resume
+    acknowledged the runs that had ended (`acknowledge`): a run in flight then (running, or carried over
+    to its next window) is counted after it, its start and its outcome alike."""
     started = sum(t.started for t in tallies) - acked_started
     failed = sum(t.failed for t in tallies) - acked_failed
     return budget_exceeded(budget, max(started, 0), min(max(failed, 0), max(started, 0)))
@@ -83,6 +88,13 @@ def wave_reason(
     finished = min(previous.last_finished, now) if previous.last_finished else None  # clock skew
     decision = wave_may_start(finished, soak, now, None)
     return None if decision.allowed else f"waiting for ring {previous.ring}: {decision.reason}"
+
+
+def acknowledge(tallies: Sequence[RingTally]) -> tuple[int, int]:
+    """What a resume acknowledges: (started, failed) of the runs that have ended. A run in flight (a
+    carried-over one between its windows, a running one) is not acknowledged: its failure after the
+    resume counts against the budget afresh, and so must its start, or failures ran ahead of starts."""
+    return sum(t.ended for t in tallies), sum(t.failed for t in tallies)
 
 
 def concurrency_reason(

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.rollout_rules import RingTally, budget_reason, concurrency_reason, tally, wave_reason
+from flows.rollout_rules import (
+    RingTally,
+    acknowledge,
+    budget_reason,
+    concurrency_reason,
+    tally,
+    wave_reason,
+)
 from inventory.models import Cluster, RunState, UpgradeRun
 from inventory.releases import Member, MemberStatus, RolloutCluster
 from scheduling.waves import ErrorBudget
@@ -53,9 +60,30 @@ def test_tally_counts_what_the_gate_needs_per_ring() -> None:
         _member("broad", None),  # skipped: no run
     ]
     canary, early, broad = tally(members)
-    assert canary == RingTally("canary", runs=3, active=0, started=2, failed=1, last_finished=NOW - HOUR)
-    assert early == RingTally("early", runs=4, active=3, started=3, failed=1, last_finished=NOW)
+    assert canary == RingTally(
+        "canary", runs=3, active=0, started=2, failed=1, ended=2, last_finished=NOW - HOUR
+    )
+    assert early == RingTally("early", runs=4, active=3, started=3, failed=1, ended=1, last_finished=NOW)
     assert broad == RingTally("broad")
+
+
+def test_a_resume_acknowledges_the_runs_that_ended_not_one_carried_over() -> None:
+    """A carried-over run (planned again, its start kept) counts once as started and is in flight: a
+    resume acknowledges neither its start nor (yet to come) its failure; once it fails after the
+    resume, both count against the budget afresh (tests/integration/test_cloud_release_carried_over.py)."""
+    carried = _member("early", RunState.planned)  # started, carried over to its next window
+    members = [
+        _member("canary", RunState.failed, finished=NOW),
+        _member("canary", RunState.succeeded),
+        carried,
+    ]
+    assert acknowledge(tally(members)) == (2, 1)
+    assert sum(t.started for t in tally(members)) == 3
+    assert carried.run is not None
+    carried.run.state = RunState.failed  # it fails in its next window, after the resume
+    assert (
+        budget_reason(ErrorBudget(0, None), tally(members), 2, 1) == "1 failure exceeds the error budget of 0"
+    )
 
 
 def test_tally_keeps_unknown_rings_after_the_default_ones() -> None:

@@ -26,7 +26,7 @@ from flows.alerts import alert_sre
 from flows.run_notices import VendorTerms, customer_knows, queue_run_notice
 from flows.runtime import Runtime
 from inventory.models import UpgradeRun
-from inventory.run_report import node_rows
+from inventory.run_report import node_rows, node_unfinished
 from inventory.runs import paused_stopped
 
 
@@ -53,7 +53,9 @@ BEING_CHECKED = "upgrade did not complete; our support team is checking this nod
 
 
 def _unfinished(row: dict[str, Any]) -> bool:
-    return not row["after"] and (str(row["result"]).startswith("failed") or row["result"] == "interrupted")
+    """Its upgrade began and did not complete: not a node whose pre-flight alone failed (a support
+    tunnel closed at a window's start changed nothing on it)."""
+    return node_unfinished(row)
 
 
 def being_checked(run: UpgradeRun, session: Session) -> tuple[str, ...]:
@@ -64,10 +66,7 @@ def being_checked(run: UpgradeRun, session: Session) -> tuple[str, ...]:
 
 def mid_way(run: UpgradeRun, session: Session) -> bool:
     """Whether any node was upgraded (or failed, or interrupted) in this run: the cluster may now be mixed."""
-    return any(
-        row["after"] or str(row["result"]).startswith("failed") or row["result"] == "interrupted"
-        for row in node_rows(run, session)
-    )
+    return any(row["after"] or node_unfinished(row) for row in node_rows(run, session))
 
 
 def tell_ending(

@@ -142,6 +142,20 @@ def schedule_fields(run: UpgradeRun, cluster: Cluster | None, session: Session) 
     ).model_dump(mode="json")
 
 
+# A node's own work in a run, in order: a failure or interruption in one of these may have left the node
+# changed; a pre-flight, download, copy or wait before them changes nothing it runs.
+NODE_WORK = ("check", "upgrade", "health", "verify")
+
+
+def node_unfinished(row: dict[str, Any]) -> bool:
+    """Whether `node_rows`' `row` is a node whose upgrade began and did not complete (its state unknown
+    or failed part-way), not one that was only pre-flighted (a failed pre-flight changed nothing)."""
+    result = str(row["result"])
+    if row["after"]:
+        return False
+    return result == "interrupted" or result.split(":", 1)[0] in {f"failed at {step}" for step in NODE_WORK}
+
+
 def node_rows(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
     """Per node: version before and after, how long its steps took, and how it ended."""
     nodes = session.exec(
@@ -156,10 +170,15 @@ def node_rows(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
         check = [s for s in steps if s.step == "check" and s.state is StepState.succeeded]
         verify = [s for s in steps if s.step == "verify" and s.state is StepState.succeeded]
         failed = [s for s in steps if s.state is StepState.failed]
-        work = [s for s in steps if s.step in ("check", "upgrade", "health", "verify")]
+        work = [s for s in steps if s.step in NODE_WORK]
         seconds = None
         if work and work[-1].finished_at:
             seconds = round((work[-1].finished_at - work[0].started_at).total_seconds(), 2)
+        # A failed step of the node's own work first; a failed pre-flight or copy (nothing changed on
+        # the node) only when no work was done on it: a pre-flight that failed in a later window (its
+        # support tunnel closed) hid an upgrade interrupted before it, and a node only pre-flighted read
+        # as a failed upgrade in the endings' words (tests/unit/test_stall_tunnel.py).
+        failed = [s for s in failed if s.step in NODE_WORK] or ([] if work else failed)
         if failed:
             last_line = (failed[-1].output_tail.strip().splitlines() or [""])[-1]
             result = f"failed at {failed[-1].step}: {last_line}"

@@ -296,6 +296,18 @@ def tunnel_closed_reason(closed: tuple[str, ...] | list[str], progress: str = ""
     )
 
 
+def tunnel_stalled_reason(closed: tuple[str, ...] | list[str]) -> str:
+    """What the customer reads in the 'stopped' of a stall whose last window was lost to their closed
+    support tunnel: the cause they were told at each move, the command, and that opening it does not
+    restart the update by itself (it is paused until support plans it again with them)."""
+    where = "; ".join(f"on {name}: {TUNNEL_START}" for name in closed)
+    return (
+        f"we could not reach your cluster in your last maintenance window: the support tunnel was closed (on "
+        f"{', '.join(closed)}). Opening it does not restart the upgrade by itself: please open it (as the "
+        f"node's upkeep user {where}) and tell us, and we will plan the upgrade again with you"
+    )
+
+
 def carry_over_tunnel_closed(
     runtime: Runtime,
     plan: UpdatePlan,
@@ -316,7 +328,13 @@ def carry_over_tunnel_closed(
     )
     if not nodes_touched(runtime.engine, run_id):
         return carry_over(
-            runtime, plan, run_id, why=why, customer_reason=tunnel_closed_reason(closed), owner=owner
+            runtime,
+            plan,
+            run_id,
+            why=why,
+            customer_reason=tunnel_closed_reason(closed),
+            owner=owner,
+            tunnel_closed=closed,
         )
     done = sum(1 for node in plan.nodes if node_done(runtime.engine, run_id, node.id))
     return carry_over(
@@ -330,6 +348,7 @@ def carry_over_tunnel_closed(
         ),
         touched=True,
         owner=owner,
+        tunnel_closed=closed,
     )
 
 
@@ -349,13 +368,16 @@ def carry_over(
     customer_reason: str = "",
     touched: bool = False,
     owner: str | None = None,
+    tunnel_closed: tuple[str, ...] = (),
 ) -> str:
     """Stop before the window closes and move the rest to the next window with room for at least one
     node (the whole window is the run's then), telling the customer if they were told of the update
     (`customer_knows`, as a stall's 'stopped': else the SRE's alert says they were not).
     `why`/`customer_reason`: another cause than the window's end (the SRE's and the customer's words),
-    before any node was touched unless `touched` (a tunnel closed mid-run). `owner`: the lease the
-    caller holds; a run no longer running, or held under another lease, is left as it is (`TAKEN_OVER`).
+    before any node was touched unless `touched` (a tunnel closed mid-run); `tunnel_closed`: the nodes
+    whose support tunnel was closed, when that is the cause (a stall then tells the customer so).
+    `owner`: the lease the caller holds; a run no longer running, or held under another lease, is left
+    as it is (`TAKEN_OVER`).
 
     A pause/cancel committed after the run's last look for one (`upkeep cancel` as the window ends) is
     honoured instead, read under the run's row lock (which `upkeep pause|cancel` records under): moved
@@ -380,7 +402,9 @@ def carry_over(
                 log.error("run %s: moved or held by another process now; not carried over here", run_id)
                 return TAKEN_OVER
             if not (asked := str(run.requested_action or "")):
-                moved = _carry_over(runtime, plan, run, session, now, done, why, customer_reason, touched)
+                moved = _carry_over(
+                    runtime, plan, run, session, now, done, why, customer_reason, touched, tunnel_closed
+                )
                 failed = run.reason if moved == "failed" else ""
                 stalled = run.reason if moved == "paused" else ""
                 sequence = run.notice_sequence
@@ -421,13 +445,14 @@ def _carry_over(
     why: str,
     customer_reason: str,
     touched: bool,
+    tunnel_closed: tuple[str, ...] = (),
 ) -> str:
     """`carry_over`'s move, in its transaction (`session`, the run's row locked)."""
     run_id = run.id
     remaining = len(plan.nodes) - done
     assert run_id is not None
     if (idle := idle_windows(run_id, done, session)) >= STALLED_AFTER:
-        return _stalled(runtime, plan, run, session, now, done, idle, why)
+        return _stalled(runtime, plan, run, session, now, done, idle, why, tunnel_closed)
     try:
         slot = next_window(
             run,
@@ -594,6 +619,7 @@ def _stalled(
     done: int,
     idle: int,
     why: str,
+    tunnel_closed: tuple[str, ...] = (),
 ) -> str:
     """The run made no progress in `idle` windows in a row (`STALLED_AFTER`): it is not re-slotted
     again but paused, where nothing picks it up by itself (the dispatcher starts planned runs, schedule
@@ -602,7 +628,11 @@ def _stalled(
     window, is sent the 'stopped' notice: stopped for now, how many nodes run the new version, nothing
     more without a new notice, the support contact; its invite withdraws the slot. Sent nothing, a
     customer told 'started' heard nothing after it (adv41). The SRE's resume tells them when it starts
-    ('rescheduled', or 'started' inside a window)."""
+    ('rescheduled', or 'started' inside a window). Its words are fixed (the SRE's cause may name hosts
+    and internal state), but for a last window lost to the customer's closed support tunnel
+    (`tunnel_closed`): the cause they were told at each move and can fix, and that opening it does not
+    restart the update by itself (left out, they opened the tunnel and waited for a window that never
+    came)."""
     run_id = run.id
     cause = why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes"
     run.state, run.requested_action = RunState.paused, RequestedAction.none
@@ -619,7 +649,7 @@ def _stalled(
         session=session,
         now=now,
         notice="stopped",  # fixed words: the SRE's cause may name hosts and internal state
-        customer_reason="",
+        customer_reason=tunnel_stalled_reason(tunnel_closed) if tunnel_closed else "",
         alert="stalled",
         headline=f"run {run_id} ({plan.label}) made no progress in {idle} windows in a row; not re-slotted",
         cause=cause,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from sqlmodel import select
 
 from inventory.alerts import Alert
@@ -93,20 +92,19 @@ def test_a_tunnel_closed_under_an_upgrade_then_at_two_window_starts_says_that_no
     assert "Check fake-c1-n1: its upgrade did not complete" in _stalled_alert(world, run_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product question: a stall whose windows were all lost to the customer's closed support tunnel "
-    "sends the fixed 'stopped' words ('it could not go ahead in your recent maintenance windows ... our "
-    "engineers are looking into why'), without the cause they were told three times and can fix, nor that "
-    "opening the tunnel now does not restart the update by itself (it stays paused until support resumes "
-    "it). Should this 'stopped' say the tunnel was closed, with the command per node, and that support "
-    "resumes it once it is open - or keep the fixed words (the SRE's cause may name internal state) and "
-    "leave it to the engineer who contacts them?",
-)
 def test_a_stall_lost_to_a_closed_tunnel_tells_the_customer_why_and_what_restarts_it(world: World) -> None:
+    """Decided (h-fleet's question): the 'stopped' of a stall whose last window was lost to the customer's
+    closed support tunnel says so, with the command per node, and that opening it does not restart the
+    update by itself (it stays paused until support plans it again). With the fixed words alone the
+    customer, told the cause at each move, opened the tunnel and waited for a window that never came. The
+    SRE's own cause (hosts, internal state) still never reaches them."""
     run_id = _planned_monday(world)
     _fleet(world).closed.add(FIRST)
 
     assert _three_windows(world, run_id)[-1] == "paused"
     stopped = _stopped(world, run_id)
-    assert "support tunnel was closed" in stopped and "upkeep-agent tunnel start" in stopped, stopped
+    assert "support tunnel was closed (on fake-c1-n1)" in stopped, stopped
+    assert "on fake-c1-n1: upkeep-agent tunnel start" in stopped, stopped
+    assert "Opening it does not restart the upgrade by itself" in stopped, stopped
+    assert "Please open it before the next window" not in stopped, stopped  # there is no next window
+    assert "stalled:" not in stopped and "no node upgraded in" not in stopped, stopped  # the SRE's words

@@ -203,7 +203,7 @@ def run_demo(*, keep: bool = False) -> None:
     another shell, its server gone, was found only at the update, after the lab had started and the
     last demo's records were deleted."""
     from upkeep.console import CliError
-    from upkeep.doctor import unreachable_prefect_api
+    from upkeep.prefect_server import unreachable_prefect_api
 
     home = demo_home(load_settings())
     problem = unreachable_prefect_api()

@@ -6,7 +6,7 @@ reads it loosely (pydantic's lax bool: "no", 0, "yes" are booleans to it) and le
 creates new schedules ACTIVE; `variable set ... false --overwrite` followed by a deploy switches a live
 installation off without a word; going live or stopping takes two commands in the right order. So:
 
-- `upkeep deploy` reads the variable as the doctor does (upkeep/doctor.py `_schedules_intent`) and
+- `upkeep deploy` reads the variable as the doctor does (upkeep/prefect_server.py `schedules_intent`) and
   deploys only when it is JSON true or false and agrees with the dispatch schedule (a deploy would
   otherwise switch every schedule); on an empty server it creates the work pool and the variable
   (false) first. It hands `prefect deploy` a copy of prefect.yaml with the value it checked written in,
@@ -36,24 +36,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows import prefect_api
 from upkeep.console import CliError
-from upkeep.doctor import (
-    CHECKOUT,
+from upkeep.doctor import CHECKOUT, Check, deployments_line
+from upkeep.prefect_server import (
     ENTRYPOINTS,
     POOL,
     SCHEDULES_VARIABLE,
-    Check,
     ScheduleIntent,
-    _bare,
-    _deployments,
-    _expected_deployments,
-    _one_line,
-    _prefect_json,
-    _schedules_intent,
     answer_errors,
     answer_problem,
     dispatch_live,
+    expected_deployments,
+    one_line,
     prefect_api_client,
+    prefect_json,
+    schedules_intent,
     unreachable_prefect_api,
     upkeeps,
 )
@@ -103,17 +101,17 @@ def _api(nothing: str) -> str:
 
 
 def read_installation(http: Any, api: str, nothing: str) -> Installation:
-    names = _expected_deployments()
-    shown = _bare(api)
+    names = expected_deployments()
+    shown = prefect_api.shown(api)
     try:
-        intent = _schedules_intent(http)
+        intent = schedules_intent(http)
         reply = http.post("deployments/filter", json={"deployments": {"name": {"any_": names}}})
-        found = _prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
+        found = prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
         pool_reply = http.get(f"work_pools/{POOL}")
         pool = pool_reply.status_code != 404
         pool_type = ""
         if pool:
-            pool_type = str(_prefect_json(pool_reply, dict, "work pool", "name", "type")["type"])
+            pool_type = str(prefect_json(pool_reply, dict, "work pool", "name", "type")["type"])
     except answer_errors() as exc:
         raise CliError(f"the Prefect API ({shown}) {answer_problem(exc)}; {nothing}") from None
     if intent.unread:
@@ -201,15 +199,14 @@ def _run_prefect(api: str, *args: str, what: str, nothing: str) -> subprocess.Co
             f"`prefect {what}` took over {DEPLOY_TIMEOUT:g} s and was stopped; {nothing}"
         ) from None
     if done.returncode != 0:
-        from flows.prefect_api import scrubbed
         from upkeep.console import err_console, json_mode
 
         # Prefect's errors quote the request's URL, userinfo and all (adv54): shown without it
         output = (done.stdout + done.stderr).splitlines()
-        lines = [scrubbed(line, api) for line in output if line.strip()]
+        lines = [prefect_api.scrubbed(line, api) for line in output if line.strip()]
         if not json_mode():
             err_console.print("\n".join(lines[-30:]), markup=False, highlight=False, soft_wrap=True)
-        last = _one_line(lines[-1] if lines else "no output", 200)
+        last = one_line(lines[-1] if lines else "no output", 200)
         raise CliError(f"`prefect {what}` exited {done.returncode}: {last}; {nothing}")
     return done
 
@@ -217,23 +214,24 @@ def _run_prefect(api: str, *args: str, what: str, nothing: str) -> subprocess.Co
 def _create_variable(http: Any, api: str, value: bool, nothing: str) -> None:
     """The variable created (not overwritten): another SRE's value, set in between, is not replaced."""
     reply = http.post("variables/", json={"name": SCHEDULES_VARIABLE, "value": value})
-    if reply.status_code == 409 and _schedules_intent(http).exact is value:
+    if reply.status_code == 409 and schedules_intent(http).exact is value:
         return  # another SRE's first deploy, at the same time, made the same choice (adv54)
+    shown = prefect_api.shown(api)
     if reply.status_code == 409:
         raise CliError(
-            f"{SCHEDULES_VARIABLE} was set on the Prefect server (PREFECT_API_URL {_bare(api)}) by someone "
+            f"{SCHEDULES_VARIABLE} was set on the Prefect server (PREFECT_API_URL {shown}) by someone "
             f"else just now; run the command again to read it; {nothing}"
         )
     try:
         reply.raise_for_status()
     except answer_errors() as exc:
-        raise CliError(f"the Prefect API ({_bare(api)}) {answer_problem(exc)}; {nothing}") from None
+        raise CliError(f"the Prefect API ({shown}) {answer_problem(exc)}; {nothing}") from None
 
 
 def _pool_type(http: Any) -> str:
     """The work pool's type as the server answers it now; '' when it cannot be read."""
     try:
-        return str(_prefect_json(http.get(f"work_pools/{POOL}"), dict, "work pool", "name", "type")["type"])
+        return str(prefect_json(http.get(f"work_pools/{POOL}"), dict, "work pool", "name", "type")["type"])
     except answer_errors():
         return ""
 
@@ -249,16 +247,6 @@ def _rendered_prefect_yaml(value: bool, directory: Path) -> Path:
     path = directory / "prefect.yaml"
     path.write_text(text.replace(TEMPLATE, "true" if value else "false"))
     return path
-
-
-def doctor_line(http: Any, api: str) -> Check:
-    """The doctor's `deployments` line, read now."""
-    try:
-        return next(iter(_deployments(http)))
-    except answer_errors() as exc:
-        from upkeep.doctor import fail
-
-        return fail("deployments", f"{_bare(api)}: {answer_problem(exc)}", "run `upkeep doctor` again")
 
 
 @dataclass
@@ -282,7 +270,7 @@ def deploy() -> Outcome:
         value = _checked_value(before)
         if before.pool and before.pool_type != "process":
             raise CliError(
-                f"the work pool {POOL} {before.where()} is of type {_one_line(before.pool_type, 60)!r}, not "
+                f"the work pool {POOL} {before.where()} is of type {one_line(before.pool_type, 60)!r}, not "
                 f"'process': the workers of docs/deploying.md (`prefect worker start --pool {POOL}`) would "
                 f"never run Upkeep's flows; remove or rename that pool, then `upkeep deploy`; {NOT_DEPLOYED}"
             )
@@ -323,7 +311,7 @@ def deploy() -> Outcome:
         if value and after.intent.exact is not True:  # `live off` while deploying ACTIVE: off wins
             _set_schedules(http, after, False, repaused)
             after = read_installation(http, api, "the deploy ran; " + ", ".join(repaused or ["nothing"]))
-        line = doctor_line(http, api)
+        line = deployments_line(http, api)
     shown = "true" if value else "false"
     data = {
         "api": before.api,
@@ -376,7 +364,7 @@ def switch(on: bool) -> Outcome:
             if on:
                 _set_variable(http, found, True, changed)
                 _set_schedules(http, found, True, changed)
-                if _schedules_intent(http).exact is not True:  # `live off` set it meanwhile: off wins
+                if schedules_intent(http).exact is not True:  # `live off` set it meanwhile: off wins
                     _set_schedules(http, read_installation(http, api, nothing), False, changed)
             else:
                 _set_schedules(http, found, False, changed)
@@ -393,7 +381,7 @@ def switch(on: bool) -> Outcome:
                 f"{'on' if on else 'off'}` again once it answers"
             ) from None
         after = read_installation(http, api, "changed: " + (", ".join(changed) or "nothing"))
-        line = doctor_line(http, api)
+        line = deployments_line(http, api)
     shown = "ACTIVE" if on else "paused"
     said = f"Upkeep's schedules {shown}, {SCHEDULES_VARIABLE} {str(on).lower()} {found.where()}" + (
         f" (changed: {', '.join(changed)})" if changed else " (already so: nothing changed)"
@@ -422,12 +410,12 @@ def _strays(http: Any) -> dict[str, dict[str, Any]]:
     """Deployments of Upkeep's flows (by entrypoint) that prefect.yaml does not name: renamed or removed
     since they were deployed, still on the server with their schedules. `live off` pauses them too;
     `live on` leaves them paused (it switches on only what prefect.yaml names)."""
-    names = set(_expected_deployments())
+    names = set(expected_deployments())
     found: dict[str, dict[str, Any]] = {}
     offset = 0
     while True:
         reply = http.post("deployments/filter", json={"limit": PAGE, "offset": offset})
-        page = _prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
+        page = prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
         for deployment in page:
             entrypoint = str(deployment.get("entrypoint") or "")
             if entrypoint.startswith(ENTRYPOINTS) and deployment["name"] not in names:

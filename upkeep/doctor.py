@@ -11,7 +11,6 @@ nodes are logged into and left at once.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import socket
 import ssl
@@ -29,12 +28,29 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from flows import prefect_api
+from upkeep.prefect_server import (
+    ANSWER_DEADLINE,
+    POOL,
+    SCHEDULES_VARIABLE,
+    ScheduleIntent,
+    answer_errors,
+    answer_problem,
+    content_kind,
+    dispatch_live,
+    expected_deployments,
+    http_status,
+    json_answer,
+    prefect_api_client,
+    prefect_api_problem,
+    prefect_json,
+    schedules_intent,
+    server_version,
+    upkeeps,
+)
 from upkeep.settings import Settings, mask_url, printable
 
 Status = Literal["ok", "warn", "fail", "skip"]
-POOL = "upkeep-process"  # prefect.yaml's work pool
 NET_TIMEOUT = 5.0  # seconds per network question: a doctor answers quickly or says what hangs
-ANSWER_DEADLINE = 2 * NET_TIMEOUT  # seconds for a whole answer: NET_TIMEOUT is httpx's, per read
 CERT_WARN_DAYS = 14
 NODE_THREADS = 8
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -224,91 +240,6 @@ def _inventory(found: Findings, engine: Engine) -> Iterator[Check]:
 
 
 # -- Prefect ------------------------------------------------------------------------------------------
-def prefect_api_client(api: str) -> Any:
-    """An HTTP client on the Prefect API at `api`, with the credentials Prefect's own client would send."""
-    import httpx
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
-
-    headers = {}
-    if PREFECT_API_KEY.value():
-        headers["Authorization"] = f"Bearer {PREFECT_API_KEY.value()}"
-    elif PREFECT_API_AUTH_STRING.value():
-        import base64
-
-        token = base64.b64encode(PREFECT_API_AUTH_STRING.value().encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
-    return httpx.Client(base_url=api.rstrip("/") + "/", headers=headers, timeout=NET_TIMEOUT)
-
-
-def prefect_api_problem(http: Any) -> str | None:
-    """Why the Prefect API behind `http` cannot be used (one line), or None: it answers /health."""
-    import httpx
-
-    try:
-        health = prefect_api.within(ANSWER_DEADLINE, lambda: http.get("health"))
-    except httpx.HTTPError as exc:
-        return _one_line(str(exc) or type(exc).__name__)
-    except prefect_api.Deadline:
-        return f"no answer within {ANSWER_DEADLINE:g} s on /health"
-    if health.status_code != 200:
-        return f"HTTP {health.status_code} on /health"
-    if _json_answer(health) is None:  # the UI's address (no /api) answers every path with its page
-        kind = _kind(health)
-        return f"/health answers {kind}, not the Prefect API's JSON (is that the API's address, .../api?)"
-    return None
-
-
-def _json_answer(response: Any) -> tuple[Any] | None:
-    """The response's JSON value (in a 1-tuple: it may be null), or None when the body is not JSON."""
-    try:
-        return (response.json(),)
-    except ValueError:
-        return None
-
-
-def _kind(response: Any) -> str:
-    return _one_line(response.headers.get("content-type", "").split(";")[0] or "a body of no type", 60)
-
-
-def _server_version(http: Any) -> tuple[str, str | None]:
-    """The server's Prefect version, or why it was not read (one line)."""
-    import httpx
-
-    try:
-        version = http.get("admin/version")
-    except httpx.HTTPError as exc:
-        return "", _one_line(str(exc) or type(exc).__name__)
-    if version.status_code != 200:
-        return "", f"HTTP {version.status_code} on /admin/version"
-    answer = _json_answer(version)
-    if answer is None:
-        return "", f"/admin/version answers {_kind(version)}, not the Prefect API's JSON"
-    return str(answer[0]), None
-
-
-def unreachable_prefect_api() -> str | None:
-    """With PREFECT_API_URL set: why that server cannot be used, naming it (one line), or None. Unset:
-    None (Prefect starts a temporary server)."""
-    import os
-
-    import httpx
-
-    given = os.environ.get("PREFECT_API_URL", "")
-    try:  # before Prefect is imported: its settings refuse such a URL with a page of pydantic's
-        _port = urlsplit(given).port  # the port too: "http://host:99999"
-        if given:
-            httpx.URL(given)  # a control character: InvalidURL, which is no HTTPError
-    except (ValueError, httpx.InvalidURL) as exc:
-        shown = _bare(given)  # no userinfo, no query
-        return f"PREFECT_API_URL {_one_line(printable(shown), 200)}: not a URL ({_one_line(str(exc))})"
-    from prefect.settings import PREFECT_API_URL
-
-    api = PREFECT_API_URL.value()
-    if not api:
-        return None
-    with prefect_api_client(api) as http:
-        problem = prefect_api_problem(http)
-    return f"PREFECT_API_URL {_bare(api)}: {problem}" if problem else None
 
 
 def check_prefect(found: Findings) -> Iterator[Check]:
@@ -330,21 +261,21 @@ def check_prefect(found: Findings) -> Iterator[Check]:
     shown_api = _bare(api)
     fix_api = f"start the server (`prefect server start`) or correct PREFECT_API_URL ({shown_api})"
     with prefect_api_client(api) as http:
-        server_version, problem = "", prefect_api_problem(http)
+        version, problem = "", prefect_api_problem(http)
         if problem is None:
-            server_version, problem = _server_version(http)
+            version, problem = server_version(http)
         if problem is not None:
             yield fail("prefect api", f"{shown_api}: {problem}", fix_api)
             return
         mine = prefect.__version__
-        if server_version.split(".")[:2] != mine.split(".")[:2]:
+        if version.split(".")[:2] != mine.split(".")[:2]:
             yield warn(
                 "prefect api",
-                f"{shown_api}: server {server_version}, this machine's client {mine}",
+                f"{shown_api}: server {version}, this machine's client {mine}",
                 "run the same Prefect minor version everywhere (pyproject.toml pins it)",
             )
         else:
-            yield ok("prefect api", f"{shown_api}: healthy, server {server_version} (client {mine})")
+            yield ok("prefect api", f"{shown_api}: healthy, server {version} (client {mine})")
         # Each read on its own: an API that answers /health and 500 (or a proxy's page) on the rest raised
         # out of the first, one "prefect api: could not check: HTTPStatusError ... for url ..." line, and
         # the cluster limit was never looked at; a 200 that is no work pool was "ok (None, status None)".
@@ -441,10 +372,10 @@ def _limit_answer(reply: Any) -> Any:
     from pydantic import ValidationError
 
     if reply.status_code != 200:
-        return _http_status(reply)
-    answer = _json_answer(reply)
+        return http_status(reply)
+    answer = json_answer(reply)
     if answer is None:
-        return f"something that is not a limit ({_kind(reply)}, not JSON)"
+        return f"something that is not a limit ({content_kind(reply)}, not JSON)"
     try:
         return GlobalConcurrencyLimitResponse.model_validate(answer[0])
     except ValidationError as exc:
@@ -453,57 +384,12 @@ def _limit_answer(reply: Any) -> Any:
 
 def _answered(name: str, api: str, fix: str, checks: Iterator[Check]) -> Iterator[Check]:
     """`checks` as they come; a read among them that the Prefect API answered with an error status, with
-    what is not Prefect's answer (`_prefect_json`), or not at all, is one failed check named `name`
+    what is not Prefect's answer (`prefect_json`), or not at all, is one failed check named `name`
     saying which (adv48), and the checks after it still run."""
     try:
         yield from checks
     except answer_errors() as exc:
         yield fail(name, f"{api}: {answer_problem(exc)}", fix)
-
-
-def answer_problem(exc: Exception) -> str:
-    """What went wrong with a read of the Prefect API, on one line: 'answered /api/x with HTTP 500
-    Internal Server Error', 'did not answer /api/x (ConnectError: ...)' or NotPrefects' own words. For the
-    exceptions of `answer_errors()` (`_answered`; upkeep/deploy.py refuses with it)."""
-    import httpx
-
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"answered {exc.request.url.path} with {_http_status(exc.response)}"
-    if isinstance(exc, httpx.HTTPError):
-        what = _one_line(printable(str(exc) or type(exc).__name__), 200)
-        try:
-            path = exc.request.url.path
-        except RuntimeError:  # an error raised before a request was made
-            return f"did not answer ({what})"
-        return f"did not answer {path} ({what})"
-    return str(exc)
-
-
-def _http_status(reply: Any) -> str:
-    """'HTTP 500 Internal Server Error': an error answer of the Prefect API (or a proxy), on one line."""
-    return f"HTTP {reply.status_code} {_one_line(printable(reply.reason_phrase), 60)}".rstrip()
-
-
-class NotPrefects(ValueError):
-    """An answer of the Prefect API that is not what Prefect answers there."""
-
-
-def answer_errors() -> tuple[type[Exception], ...]:
-    import httpx
-
-    return (httpx.HTTPError, NotPrefects)
-
-
-def _prefect_json(reply: Any, kind: type, what: str, *keys: str) -> Any:
-    """`reply`'s JSON if it is a `kind` (a list: of objects) with `keys`, else NotPrefects naming its path."""
-    reply.raise_for_status()
-    answer = _json_answer(reply)
-    found = answer[0] if answer is not None else None
-    items = found if isinstance(found, list) else [found]
-    if not isinstance(found, kind) or not all(isinstance(i, dict) and set(keys) <= set(i) for i in items):
-        seen = "no JSON" if answer is None else f"JSON that is no {what}"
-        raise NotPrefects(f"answered {reply.request.url.path} with {seen} ({_kind(reply)})")
-    return found
 
 
 def _pool_and_workers(http: Any) -> Iterator[Check]:
@@ -512,7 +398,7 @@ def _pool_and_workers(http: Any) -> Iterator[Check]:
         yield fail("work pool", f"no work pool {POOL!r}", f"prefect work-pool create {POOL} --type process")
         yield skip("workers", f"no work pool {POOL!r}")
         return
-    found = _prefect_json(pool, dict, "work pool", "name", "type")
+    found = prefect_json(pool, dict, "work pool", "name", "type")
     if found.get("type") != "process":  # adv54: the process workers of docs/deploying.md never run it
         yield fail(
             "work pool",
@@ -524,7 +410,7 @@ def _pool_and_workers(http: Any) -> Iterator[Check]:
     else:
         yield ok("work pool", f"{POOL} ({found.get('type')}, status {found.get('status')})")
     reply = http.post(f"work_pools/{POOL}/workers/filter", json={})
-    workers = _prefect_json(reply, list, "list of workers", "name")
+    workers = prefect_json(reply, list, "list of workers", "name")
     online = sorted(w["name"] for w in workers if w.get("status") == "ONLINE")
     offline = len(workers) - len(online)
     if not online:
@@ -539,16 +425,25 @@ def _pool_and_workers(http: Any) -> Iterator[Check]:
     )
 
 
+def deployments_line(http: Any, api: str) -> Check:
+    """The doctor's `deployments` line, read now from the API at `api` (`http` its client): what
+    `upkeep deploy` and `upkeep live on|off` show after they acted."""
+    try:
+        return next(iter(_deployments(http)))
+    except answer_errors() as exc:
+        return fail("deployments", f"{_bare(api)}: {answer_problem(exc)}", "run `upkeep doctor` again")
+
+
 def _deployments(http: Any) -> Iterator[Check]:
-    expected = _expected_deployments()
+    expected = expected_deployments()
     # adv54: by name (one page of every deployment on a shared server missed Upkeep's), and only those of
     # Upkeep's entrypoints (another flow may have a deployment of the same name)
     query = {"deployments": {"name": {"any_": expected}}} if expected else {}
     reply = http.post("deployments/filter", json=query)
-    listed = _prefect_json(reply, list, "list of deployments", "name")
+    listed = prefect_json(reply, list, "list of deployments", "name")
     found = {d["name"]: d for d in listed if upkeeps(d)}
     missing = [name for name in expected if name not in found]
-    intent = _schedules_intent(http)
+    intent = schedules_intent(http)
     dispatch: dict[str, Any] = found.get("dispatch") or {}
     scheduled = any(s.get("active") for s in dispatch.get("schedules", []))
     toggled_off = scheduled and bool(dispatch.get("paused"))  # the UI's toggle: the deployment paused
@@ -613,76 +508,6 @@ def _deployments(http: Any) -> Iterator[Check]:
         yield ok("deployments", f"{count}; {state} (until step 7 of docs/deploying.md: going live)")
 
 
-ENTRYPOINTS = "upkeep/entrypoints.py:"  # prefect.yaml's entrypoints: a deployment of Upkeep's flows
-
-
-def upkeeps(deployment: dict[str, Any]) -> bool:
-    """Whether a deployment (as the API gives it) may be Upkeep's: not one whose entrypoint is another
-    code's (names are unique per flow, not per server: another team may have a `dispatch`; adv54). One
-    without an entrypoint (made through the API) is judged by its name alone."""
-    entrypoint = str(deployment.get("entrypoint") or "")
-    return not entrypoint or entrypoint.startswith(ENTRYPOINTS)
-
-
-def dispatch_live(dispatch: dict[str, Any]) -> bool:
-    """Whether the dispatch deployment (as the API gives it) runs by itself: a schedule active and the
-    deployment not paused (the UI's toggle)."""
-    return any(s.get("active") for s in dispatch.get("schedules", [])) and not dispatch.get("paused")
-
-
-# prefect.yaml's schedules read `active` from this Prefect variable when `prefect deploy` runs: the
-# server, not the deploying shell, remembers whether Upkeep is live, so a redeploy keeps it as it is.
-SCHEDULES_VARIABLE = "upkeep_schedules_active"
-
-
-@dataclass(frozen=True)
-class ScheduleIntent:
-    """What `prefect deploy` makes of `upkeep_schedules_active` (measured on Prefect 3.8.8, adv47)."""
-
-    active: bool | None  # the schedules' `active`; None: JSON null, which Prefect leaves out (see below)
-    deploys: bool  # False: the deploy refuses the scheduled deployments (unset, or not a boolean)
-    shown: str  # the value as the doctor quotes it
-    unread: str = ""  # why the variable could not be read (then nothing else is known)
-    missing: bool = False  # no such variable on the server
-    exact: bool | None = None  # the value when it is JSON true or false, nothing Prefect reads loosely
-
-
-def _schedules_intent(http: Any) -> ScheduleIntent:
-    """The server's `upkeep_schedules_active` read as `prefect deploy` reads it: the placeholder is the
-    whole `active:` value, so the variable's JSON value is handed to Prefect's `DeploymentScheduleCreate`,
-    whose `active` is a pydantic bool in lax mode ("no", "off", "0", 0, "TRUE" are booleans to it; 2,
-    "maybe", "" are refused), except JSON null, which makes `prefect deploy` leave `active` out: a new
-    schedule is then created ACTIVE and an existing one (patched by slug) kept as it is. Unset: the
-    placeholder becomes "" and the deploy refuses."""
-    import httpx
-    from pydantic import TypeAdapter, ValidationError
-
-    try:
-        reply = http.get(f"variables/name/{SCHEDULES_VARIABLE}")
-        if reply.status_code == 404:
-            return ScheduleIntent(active=None, deploys=False, shown="not set", missing=True)
-        reply.raise_for_status()
-        answer = reply.json()
-        if not isinstance(answer, dict) or "value" not in answer:  # adv54: a proxy's 200 `[]`
-            unread = f"HTTP {reply.status_code} with no variable in it"
-            return ScheduleIntent(active=None, deploys=False, shown="?", unread=unread)
-        value = answer["value"]
-    except (httpx.HTTPError, ValueError) as exc:  # a proxy refusing /variables, a reply that is not JSON
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        return ScheduleIntent(
-            active=None, deploys=False, shown="?", unread=f"HTTP {status}" if status else type(exc).__name__
-        )
-    shown = _one_line(printable(json.dumps(value)), 60)  # as `prefect variable get` prints it
-    if value is None:
-        return ScheduleIntent(active=None, deploys=True, shown="null")
-    try:
-        active = TypeAdapter(bool).validate_python(value)
-    except ValidationError:
-        return ScheduleIntent(active=None, deploys=False, shown=shown)
-    exact = value if isinstance(value, bool) else None
-    return ScheduleIntent(active=active, deploys=True, shown=shown, exact=exact)
-
-
 def _first_deploy(intent: ScheduleIntent) -> str:
     """What `prefect deploy` does to the schedules of deployments it creates."""
     if intent.unread:
@@ -702,17 +527,6 @@ def _first_deploy(intent: ScheduleIntent) -> str:
             "(live as soon as a worker runs)"
         )
     return f"with {SCHEDULES_VARIABLE} {intent.shown}, `prefect deploy` creates the schedules paused"
-
-
-def _expected_deployments() -> list[str]:
-    """The deployment names of this checkout's prefect.yaml (none when run from an installed copy)."""
-    import yaml
-
-    path = CHECKOUT / "prefect.yaml"
-    if not path.is_file():
-        return []
-    data = yaml.safe_load(path.read_text()) or {}
-    return [d["name"] for d in data.get("deployments", []) if isinstance(d, dict) and "name" in d]
 
 
 # -- this checkout's flows -----------------------------------------------------------------------------

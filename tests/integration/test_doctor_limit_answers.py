@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from upkeep.doctor import Check, _cluster_limit, prefect_api_client
+from upkeep.doctor import Check, _cluster_limit
+from upkeep.prefect_server import prefect_api_client
 
 NAME = "clusters"
 

@@ -197,7 +197,8 @@ def test_the_doctors_cluster_limit_check_fails_in_bounded_time_when_its_read_nev
     """`upkeep doctor`'s cluster-limit look (upkeep/doctor.py `_cluster_limit`) on an API that answered
     /health and then never answers the limit's read: a failed check naming the setting and the API, not
     an httpx ReadTimeout (which the doctor showed as "could not check: ReadTimeout")."""
-    from upkeep.doctor import _cluster_limit, prefect_api_client
+    from upkeep.doctor import _cluster_limit
+    from upkeep.prefect_server import prefect_api_client
 
     with prefect_api_client(silent_on_the_limit) as http:
         check = _cluster_limit(http, "clusters")

@@ -74,7 +74,7 @@ def test_a_server_that_trickles_its_answer_fails_the_check_in_bounded_time(
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from upkeep import doctor
+    from upkeep import prefect_server
 
     stop = threading.Event()
 
@@ -87,7 +87,7 @@ def test_a_server_that_trickles_its_answer_fails_the_check_in_bounded_time(
                     return
                 conn.sendall(b" ")
 
-    monkeypatch.setattr(doctor, "ANSWER_DEADLINE", 1.0)
+    monkeypatch.setattr(prefect_server, "ANSWER_DEADLINE", 1.0)
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -100,7 +100,7 @@ def test_a_server_that_trickles_its_answer_fails_the_check_in_bounded_time(
         api = f"http://127.0.0.1:{server.getsockname()[1]}/api"
         try:
             with temporary_settings(updates={PREFECT_API_URL: api}):
-                problem = doctor.unreachable_prefect_api()
+                problem = prefect_server.unreachable_prefect_api()
         finally:
             stop.set()
     assert problem == f"PREFECT_API_URL {api}: no answer within 1 s on /health", problem

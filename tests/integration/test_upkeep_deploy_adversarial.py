@@ -424,3 +424,90 @@ def test_the_doctor_finds_upkeeps_deployments_among_more_than_a_page_of_others(
     _set_variable(api, False)
     check = _doctor_line(api)
     assert "missing" not in check.detail, check.detail
+
+
+# -- `prefect deploy` failing; a proxy's 404 -------------------------------------------------------------
+def test_a_failing_prefect_deploy_is_prefects_error_and_our_line_never_its_traceback(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """`prefect deploy` behind a proxy that refuses to create deployments: the operator was shown the last
+    30 lines of Prefect's output, Prefect's Python traceback among them, then our line. Prefect's error
+    (its exception's line, the password masked) and our one line saying what was deployed: nothing."""
+    _set_variable(api, False)
+    upstream = server.api_url.removesuffix("/api")
+    env = _env(server, tmp_path)
+    with _proxy(upstream, ("POST", "/api/deployments/")) as hostport:
+        env["PREFECT_API_URL"] = f"http://adv:{SECRET}@{hostport}/api"
+        done = _upkeep(env, "deploy")  # no "Traceback"
+    lines = done.stderr.strip().splitlines()
+    print("\nsaid:\n" + "\n".join(lines))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert not [line for line in lines if line.startswith(" ") or line.startswith("File ")], done.stderr
+    assert len(lines) <= 6, done.stderr
+    assert "exited 1: DeploymentApplyError: denied by proxy; nothing was deployed" in lines[-1], lines[-1]
+    assert SECRET not in done.stdout + done.stderr
+    assert _deployments(api) == {}
+
+
+@pytest.mark.parametrize("before", ["empty", "deployed"])
+def test_a_deploy_that_stops_half_way_says_which_deployments_it_made_and_which_not(
+    api: httpx.Client, in_process: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, before: str
+) -> None:
+    """`prefect deploy --all` deploys prefect.yaml's deployments one by one and stops at the first that
+    fails (here the third: its flow cannot be loaded). The refusal said "nothing was deployed" whatever
+    Prefect had made before it stopped. Read back from the server: which it made (created, or updated on
+    a redeploy) and which not; nothing of Prefect's traceback on stderr."""
+    from upkeep.console import CliError
+
+    if before == "deployed":
+        assert in_process.deploy().problem == ""
+    capsys.readouterr()
+    real = in_process._rendered_prefect_yaml
+
+    def third_fails(value: bool, directory: Path) -> Path:
+        path = real(value, directory)
+        text = path.read_text().replace(":case_auto_close", ":no_such_flow")
+        path.write_text(text)
+        return path
+
+    monkeypatch.setattr(in_process, "_rendered_prefect_yaml", third_fails)
+    with pytest.raises(CliError) as refused:
+        in_process.deploy()
+    said = str(refused.value)
+    err = capsys.readouterr().err
+    print(f"\nsaid:\n{err}{said}")
+    assert "Traceback" not in err and '  File "' not in err, err
+    assert "deployed: product-update, dispatch; not deployed: case-auto-close, monthly-cloud-release" in said
+    assert "nothing was deployed" not in said, said
+    if before == "empty":
+        assert sorted(_deployments(api)) == ["dispatch", "product-update"]
+
+
+def test_a_proxys_404_for_the_work_pool_is_refused_not_taken_for_no_pool(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path
+) -> None:
+    """A reverse proxy in front of the API answers 404 (its own page, not Prefect's JSON {"detail": ...})
+    for the work pool's read: `upkeep deploy` took it for "no pool", created one through the proxy and
+    deployed. Refused in one line naming the API's URL (masked) and the 404; nothing created; the doctor
+    does not say "create it"."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from upkeep.doctor import Findings, check_prefect
+
+    _set_variable(api, False)
+    upstream = server.api_url.removesuffix("/api")
+    page = b"<html><body><h1>404 Not Found</h1>nginx</body></html>"
+    with _proxy(upstream, ("GET", f"/api/work_pools/{POOL}"), status=404, body=page) as hostport:
+        env = _env(server, tmp_path, PREFECT_API_URL=f"http://adv:{SECRET}@{hostport}/api")
+        done = _upkeep(env, "deploy")
+        with temporary_settings({PREFECT_API_URL: f"http://{hostport}/api"}):
+            checks = {check.name: check for check in check_prefect(Findings())}
+    lines = done.stderr.strip().splitlines()
+    print(f"\nrefused: {lines}\ndoctor: {checks['work pool']}")
+    assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
+    assert f"http://{hostport}/api" in lines[0] and "404" in lines[0], lines[0]
+    assert "nothing was deployed" in lines[0] and SECRET not in done.stdout + done.stderr, lines[0]
+    assert api.get(f"work_pools/{POOL}").status_code == 404  # none created behind the proxy
+    assert _deployments(api) == {}
+    pool = checks["work pool"]
+    assert pool.status == "fail" and "404" in pool.detail and "work-pool create" not in pool.fix, pool

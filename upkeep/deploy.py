@@ -23,15 +23,22 @@ installation off without a word; going live or stopping takes two commands in th
   of two such writers one always sees the other's write, and off wins (nothing runs).
 
 Every refusal is one line naming the value and where it came from, and nothing is deployed or changed.
+`prefect deploy` failing is Prefect's error without its traceback (`prefect_error`) and that line, which
+says what Prefect had deployed when it stopped (read back from the server: it deploys prefect.yaml's
+deployments in order and stops at the first that fails). A 404 for the work pool is "no pool" only as
+Prefect answers it (upkeep/prefect_server.py `work_pool`): a reverse proxy's is refused, not a pool
+created behind it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +60,8 @@ from upkeep.prefect_server import (
     prefect_json,
     schedules_intent,
     unreachable_prefect_api,
-    upkeeps,
+    upkeep_deployments,
+    work_pool,
 )
 
 TEMPLATE = '"{{ prefect.variables.' + SCHEDULES_VARIABLE + ' }}"'  # prefect.yaml's `active:` value
@@ -101,17 +109,11 @@ def _api(nothing: str) -> str:
 
 
 def read_installation(http: Any, api: str, nothing: str) -> Installation:
-    names = expected_deployments()
     shown = prefect_api.shown(api)
     try:
         intent = schedules_intent(http)
-        reply = http.post("deployments/filter", json={"deployments": {"name": {"any_": names}}})
-        found = prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
-        pool_reply = http.get(f"work_pools/{POOL}")
-        pool = pool_reply.status_code != 404
-        pool_type = ""
-        if pool:
-            pool_type = str(prefect_json(pool_reply, dict, "work pool", "name", "type")["type"])
+        mine = upkeep_deployments(http)
+        pool = work_pool(http)  # a proxy's 404 is no "no pool": one would be created behind it
     except answer_errors() as exc:
         raise CliError(f"the Prefect API ({shown}) {answer_problem(exc)}; {nothing}") from None
     if intent.unread:
@@ -119,8 +121,10 @@ def read_installation(http: Any, api: str, nothing: str) -> Installation:
             f"{SCHEDULES_VARIABLE} could not be read on the Prefect server (PREFECT_API_URL {shown}: "
             f"{intent.unread}): what a deploy does to the schedules is unknown; {nothing}"
         )
-    mine = {d["name"]: d for d in found if d["name"] in names and upkeeps(d)}
-    return Installation(api=shown, intent=intent, deployments=mine, pool=pool, pool_type=pool_type)
+    pool_type = "" if pool is None else str(pool["type"])
+    return Installation(
+        api=shown, intent=intent, deployments=mine, pool=pool is not None, pool_type=pool_type
+    )
 
 
 def _value_problem(found: Installation) -> str:
@@ -183,7 +187,12 @@ def _prefect_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "prefect"]
 
 
-def _run_prefect(api: str, *args: str, what: str, nothing: str) -> subprocess.CompletedProcess[str]:
+def _run_prefect(
+    api: str, *args: str, what: str, nothing: str | Callable[[], str]
+) -> subprocess.CompletedProcess[str]:
+    """`prefect ARGS` on the server checked; exited other than 0: a refusal quoting Prefect's error, after
+    the lines of it before its last (`prefect_error`) on stderr, and `nothing` (or what it reads back:
+    what the failed command left behind)."""
     try:
         done = subprocess.run(
             [*_prefect_command(), "--no-prompt", *args],
@@ -195,20 +204,80 @@ def _run_prefect(api: str, *args: str, what: str, nothing: str) -> subprocess.Co
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
-        raise CliError(
-            f"`prefect {what}` took over {DEPLOY_TIMEOUT:g} s and was stopped; {nothing}"
-        ) from None
+        left = nothing() if callable(nothing) else nothing
+        raise CliError(f"`prefect {what}` took over {DEPLOY_TIMEOUT:g} s and was stopped; {left}") from None
     if done.returncode != 0:
         from upkeep.console import err_console, json_mode
 
-        # Prefect's errors quote the request's URL, userinfo and all (adv54): shown without it
-        output = (done.stdout + done.stderr).splitlines()
-        lines = [prefect_api.scrubbed(line, api) for line in output if line.strip()]
-        if not json_mode():
-            err_console.print("\n".join(lines[-30:]), markup=False, highlight=False, soft_wrap=True)
-        last = one_line(lines[-1] if lines else "no output", 200)
-        raise CliError(f"`prefect {what}` exited {done.returncode}: {last}; {nothing}")
+        said = prefect_error(done.stdout, done.stderr, api)
+        if not json_mode() and len(said) > 1:
+            err_console.print("\n".join(said[:-1]), markup=False, highlight=False, soft_wrap=True)
+        last = one_line(said[-1] if said else "no output", 200)
+        left = nothing() if callable(nothing) else nothing
+        raise CliError(f"`prefect {what}` exited {done.returncode}: {last}; {left}")
     return done
+
+
+ERROR_LINES = 5  # of Prefect's error, at most: the last (in the refusal's line) and those before it
+_TRACEBACK = "Traceback (most recent call last)"
+_CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
+_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*(?::|$))")  # prefect.x.Error: -> Error:
+_BOX = "│╭╮╰╯─┃━┏┓┗┛╷╵ "  # Rich's panels around Prefect's messages
+
+
+def prefect_error(stdout: str, stderr: str, api: str) -> list[str]:
+    """What `prefect` said went wrong, as lines an operator reads (adv54's echo was its last 30 lines,
+    Prefect's Python traceback among them): each traceback cut to its exception's line with the module
+    path dropped ("DeploymentApplyError: denied by proxy"), chained ones in order, and what Prefect
+    printed after; with no traceback, its last lines. Rich's box drawing trimmed, blank lines left out,
+    PREFECT_API_URL's credentials masked (adv54: Prefect's errors quote the request's URL, userinfo and
+    all); at most ERROR_LINES."""
+    errors: list[str] = []  # exception lines, and what came after the last traceback
+    plain: list[str] = []  # every line outside a traceback
+    for stream in (stdout, stderr):
+        inside = False
+        for raw in stream.splitlines():
+            stripped = raw.strip(_BOX)
+            if _TRACEBACK in raw:  # Python's, or Rich's ("╭─ Traceback (most recent call last) ─╮")
+                inside = True
+                continue
+            if inside and (raw[:1] in (" ", "\t", "│", "╰") or not stripped):
+                continue  # a frame, its code, carets; Rich's box
+            if not stripped or stripped.startswith(_CHAINED):
+                continue
+            line = prefect_api.scrubbed(stripped, api)
+            if inside:
+                inside = False
+                errors.append(_MODULE_PATH.sub("", line))
+            elif errors:
+                errors.append(line)
+            plain.append(line)
+    said = [line for line in errors if line != "An exception occurred."] if errors else plain
+    return said[-ERROR_LINES:]
+
+
+def _deployed_so_far(http: Any, before: Installation) -> str:
+    """After a failed `prefect deploy`: which of prefect.yaml's deployments it made (new on the server, or
+    updated since `before` was read) and which not, read back from the server. Prefect deploys them one
+    by one in prefect.yaml's order and stops at the first that fails: the others are missing, or as
+    they were before."""
+    try:
+        now = upkeep_deployments(http)
+    except answer_errors() as exc:
+        return f"what it deployed could not be read back ({answer_problem(exc)}): see `upkeep doctor`"
+    was = before.deployments
+    made = [
+        name
+        for name in expected_deployments()
+        if name in now and (name not in was or now[name].get("updated") != was[name].get("updated"))
+    ]
+    if not made:
+        return NOT_DEPLOYED
+    left = [name for name in expected_deployments() if name not in made]
+    return (
+        f"deployed: {', '.join(made)}; not deployed: {', '.join(left) or 'none'} (as the server has them "
+        "now); run `upkeep deploy` again once Prefect's error is mended"
+    )
 
 
 def _create_variable(http: Any, api: str, value: bool, nothing: str) -> None:
@@ -231,9 +300,10 @@ def _create_variable(http: Any, api: str, value: bool, nothing: str) -> None:
 def _pool_type(http: Any) -> str:
     """The work pool's type as the server answers it now; '' when it cannot be read."""
     try:
-        return str(prefect_json(http.get(f"work_pools/{POOL}"), dict, "work pool", "name", "type")["type"])
+        pool = work_pool(http)
     except answer_errors():
         return ""
+    return "" if pool is None else str(pool["type"])
 
 
 def _rendered_prefect_yaml(value: bool, directory: Path) -> Path:
@@ -303,7 +373,7 @@ def deploy() -> Outcome:
                 "--prefect-file",
                 str(rendered),
                 what="deploy --all",
-                nothing=NOT_DEPLOYED,
+                nothing=lambda: _deployed_so_far(http, before),
             )
         seconds = round(time.monotonic() - started, 1)
         after = read_installation(http, api, "the deploy ran")

@@ -46,6 +46,7 @@ from upkeep.prefect_server import (
     schedules_intent,
     server_version,
     upkeeps,
+    work_pool,
 )
 from upkeep.settings import Settings, mask_url, printable
 
@@ -393,12 +394,11 @@ def _answered(name: str, api: str, fix: str, checks: Iterator[Check]) -> Iterato
 
 
 def _pool_and_workers(http: Any) -> Iterator[Check]:
-    pool = http.get(f"work_pools/{POOL}")
-    if pool.status_code == 404:
+    found = work_pool(http)  # a proxy's 404 is no "no pool" (`_answered` fails it as not Prefect's)
+    if found is None:
         yield fail("work pool", f"no work pool {POOL!r}", f"prefect work-pool create {POOL} --type process")
         yield skip("workers", f"no work pool {POOL!r}")
         return
-    found = prefect_json(pool, dict, "work pool", "name", "type")
     if found.get("type") != "process":  # adv54: the process workers of docs/deploying.md never run it
         yield fail(
             "work pool",

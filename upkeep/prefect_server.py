@@ -160,6 +160,45 @@ def prefect_json(reply: Any, kind: type, what: str, *keys: str) -> Any:
     return found
 
 
+def upkeep_deployments(http: Any) -> dict[str, dict[str, Any]]:
+    """Upkeep's deployments on the server, by name: those prefect.yaml names (`expected_deployments`)
+    whose entrypoint is Upkeep's (`upkeeps`), as the API gives them (id, schedules, updated, ...)."""
+    names = expected_deployments()
+    reply = http.post("deployments/filter", json={"deployments": {"name": {"any_": names}}})
+    found = prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
+    return {d["name"]: d for d in found if d["name"] in names and upkeeps(d)}
+
+
+def prefects_404(reply: Any) -> bool:
+    """Whether a 404 is Prefect's own "not found": its API answers a JSON object with `detail` ('Work pool
+    "x" not found.'). A reverse proxy's or a path router's 404 in front of the API (an HTML page, a plain
+    text, no body) is not: what was asked for may well exist behind it."""
+    answer = json_answer(reply)
+    return (
+        reply.status_code == 404
+        and answer is not None
+        and isinstance(answer[0], dict)
+        and "detail" in answer[0]
+    )
+
+
+def work_pool(http: Any) -> dict[str, Any] | None:
+    """Upkeep's work pool (POOL) as the API answers it; None when Prefect says there is none. A 404 that
+    is not Prefect's (`prefects_404`) is NotPrefects: read as "no pool", `upkeep deploy` created one
+    behind the proxy and the doctor told the operator to."""
+    reply = http.get(f"work_pools/{POOL}")
+    if reply.status_code == 404:
+        if prefects_404(reply):
+            return None
+        seen = "no JSON" if json_answer(reply) is None else "JSON without `detail`"
+        raise NotPrefects(
+            f"answered {reply.request.url.path} with HTTP 404 and {seen} ({content_kind(reply)}), not "
+            'Prefect\'s {"detail": ...}: a proxy in front of the API?'
+        )
+    found: dict[str, Any] = prefect_json(reply, dict, "work pool", "name", "type")
+    return found
+
+
 ENTRYPOINTS = "upkeep/entrypoints.py:"  # prefect.yaml's entrypoints: a deployment of Upkeep's flows
 
 

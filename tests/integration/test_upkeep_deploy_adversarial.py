@@ -427,12 +427,21 @@ def test_the_doctor_finds_upkeeps_deployments_among_more_than_a_page_of_others(
 
 
 # -- `prefect deploy` failing; a proxy's 404 -------------------------------------------------------------
+def _no_deployment_left(http: httpx.Client) -> None:
+    """Every deployment deleted, page by page: the `api` fixture reads one page (Prefect's 200), and after
+    the test above (200 others and Upkeep's four) Upkeep's are left for the next test."""
+    while found := http.post("deployments/filter", json={"limit": 200}).json():
+        for deployment in found:
+            http.delete(f"deployments/{deployment['id']}").raise_for_status()
+
+
 def test_a_failing_prefect_deploy_is_prefects_error_and_our_line_never_its_traceback(
     server: PrefectServer, api: httpx.Client, tmp_path: Path
 ) -> None:
     """`prefect deploy` behind a proxy that refuses to create deployments: the operator was shown the last
     30 lines of Prefect's output, Prefect's Python traceback among them, then our line. Prefect's error
     (its exception's line, the password masked) and our one line saying what was deployed: nothing."""
+    _no_deployment_left(api)
     _set_variable(api, False)
     upstream = server.api_url.removesuffix("/api")
     env = _env(server, tmp_path)
@@ -457,6 +466,7 @@ def test_a_deploy_that_stops_half_way_says_which_deployments_it_made_and_which_n
     fails (here the third: its flow cannot be loaded). The refusal said "nothing was deployed" whatever
     Prefect had made before it stopped. Read back from the server: which it made (created, or updated on
     a redeploy) and which not; nothing of Prefect's traceback on stderr."""
+    _no_deployment_left(api)
     from upkeep.console import CliError
 
     if before == "deployed":
@@ -490,6 +500,7 @@ def test_a_proxys_404_for_the_work_pool_is_refused_not_taken_for_no_pool(
     for the work pool's read: `upkeep deploy` took it for "no pool", created one through the proxy and
     deployed. Refused in one line naming the API's URL (masked) and the 404; nothing created; the doctor
     does not say "create it"."""
+    _no_deployment_left(api)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from upkeep.doctor import Findings, check_prefect

@@ -53,7 +53,7 @@ def workers_ready(within: float) -> None:
         text = scrubbed(" ".join(str(exc).split()))[:200]
         raise CliError(
             f"--on-worker: no deployment {DEPLOYMENT} on {where} ({type(exc).__name__}: {text}); deploy "
-            "first (`prefect --no-prompt deploy --all`, docs/deploying.md) or run without --on-worker; "
+            "first (`upkeep deploy`, docs/deploying.md) or run without --on-worker; "
             "nothing was started or changed"
         ) from None
     if not any(str(getattr(w.status, "value", w.status)).upper() == "ONLINE" for w in workers):

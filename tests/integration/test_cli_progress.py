@@ -118,6 +118,7 @@ def test_prefect_log_lines_only_with_verbose(env: dict[str, str]) -> None:
 def test_on_worker_without_a_deployment_is_refused_before_anything_is_written(
     env: dict[str, str], fresh_cluster: str
 ) -> None:
+    _no_product_update_deployment(env["PREFECT_API_URL"])
     before = _run(env, "runs", "--json").stdout
     refused = _run(env, "update", fresh_cluster, "--to", "9.10.0", "--on-worker", "--json")
     assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -126,3 +127,19 @@ def test_on_worker_without_a_deployment_is_refused_before_anything_is_written(
     watch = _run(env, "update", fresh_cluster, "--to", "9.10.0", "--watch", "--here", "--json")
     assert watch.returncode == 1 and "--watch goes with --on-worker" in json.loads(watch.stdout)["error"]
     assert _run(env, "runs", "--json").stdout == before  # no run recorded
+
+
+def _no_product_update_deployment(api_url: str) -> None:
+    """This test's premise, made true: the worker's Prefect test server is shared by every module the
+    worker runs (tests/support/fixtures.py `prefect_harness`), and in one loaded full run (15:03 this
+    session, 4,027 s) the server had a `product-update` deployment from an earlier module when this test
+    ran, so the refusal named the missing worker instead (the deployment is read first). Deleted here if
+    present, whoever made it: that module has ended (--dist loadfile runs a worker's modules in turn)."""
+    import httpx
+
+    with httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=60) as http:
+        found = http.get("deployments/name/product-update/product-update")
+        if found.status_code == 200:
+            http.delete(f"deployments/{found.json()['id']}").raise_for_status()
+        else:
+            assert found.status_code == 404, found.text

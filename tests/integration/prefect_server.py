@@ -128,7 +128,7 @@ def running_prefect_server(
             _await_health(server, proc, health_timeout)
 
         with _timed(server, "work_pool"):
-            server.prefect("work-pool", "create", POOL, "--type", "process")
+            _create_work_pool(server)
         if deploy:
             with _timed(server, "deploy"):
                 # UPKEEP_CHECKOUT must NOT be set here: `prefect deploy` would bake this machine's path
@@ -165,6 +165,23 @@ def running_worker(
             stack.callback(_timed_call, server, f"stop_{name}", _stop, proc)
             _await_worker(server, proc, log, worker_name)
         yield proc
+
+
+def _create_work_pool(server: PrefectServer) -> None:
+    """The pool `prefect work-pool create upkeep-process --type process` makes, through the API: the same
+    WorkPoolCreate (the process worker's default base job template, not paused), without a `prefect`
+    process (~6-14 s of CLI start-up on this machine under load, at every server start)."""
+    from prefect.workers.process import ProcessWorker
+
+    pool = {
+        "name": POOL,
+        "type": "process",
+        "base_job_template": ProcessWorker.get_default_base_job_template(),
+    }
+    with httpx.Client(base_url=server.api_url + "/", timeout=30.0) as http:
+        reply = http.post("work_pools/", json=pool)
+    if reply.status_code != 201:
+        raise PrefectServerError(f"creating work pool {POOL} answered HTTP {reply.status_code}: {reply.text}")
 
 
 # -- database -----------------------------------------------------------------------------------------

@@ -45,22 +45,24 @@ _SOAK = os.environ.get("UPKEEP_SOAK", "") not in ("", "0")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("soak" if _SOAK else "test"))
 
 
-# Files that run long, longest first. The first six each start a real Prefect server: the monthly
-# release end to end (~300 s, fresh-clone runs 2026-12-04); test_deploy_schedules, which had been the
-# longest module (~579 s alone under load) and is split in two halves of 1,171 : 1,033 test-seconds
-# (side by side at load 19, 2026-12-06); test_upkeep_deploy and its adversarial file, each several
-# real `prefect deploy`s (5-20 s each on a quiet machine, up to ~100 s at load 19), which collection
-# order handed out near the end of the integration files, so they could run on after the other
-# workers had finished; and the deploying doc (129 s). The others hold waits by design (tunnels,
-# pauses, the portal in a real browser, 200 MB of logs) and come late in collection order. Every other
-# file keeps its place: tests/faults first, tests/unit (many quick files that fill the gaps at the
-# end) last.
+# Files that run long, longest first. The first six each start a real Prefect server and run real
+# `prefect deploy`s (5-20 s each on a quiet machine, up to ~100 s at load 19). Measured side by side at
+# load 17-19 (2026-12-06, test-seconds per module): test_upkeep_deploy_adversarial 1,523-1,531 and
+# test_upkeep_deploy 1,412-1,440 (both with tests cut at the 300 s timeout: more in truth), the two
+# halves of test_deploy_schedules 1,171 and 1,033 (the whole file, 2,706, had been the longest module);
+# the monthly release end to end was ~300 s in the fresh-clone runs of 2026-12-04, about what the
+# others come to on a quieter machine (test_deploy_schedules ~579 s alone under load). None of the
+# first five but test_deployments was listed before: collection order handed the upkeep_deploy pair
+# out near the end of the integration files. Then the deploying doc (129 s); the others hold waits by
+# design (tunnels, pauses, the portal in a real browser, 200 MB of logs) and come late in collection
+# order. Every other file keeps its place: tests/faults first, tests/unit (many quick files that fill
+# the gaps at the end) last.
 LONGEST_FIRST = (
+    "tests/integration/test_upkeep_deploy_adversarial.py",
+    "tests/integration/test_upkeep_deploy.py",
     "tests/integration/test_deployments.py",
     "tests/integration/test_deploy_schedules_variable.py",
     "tests/integration/test_deploy_schedules.py",
-    "tests/integration/test_upkeep_deploy.py",
-    "tests/integration/test_upkeep_deploy_adversarial.py",
     "tests/integration/test_deploying_doc.py",
     "tests/integration/test_tunnel_midrun.py",
     "tests/integration/test_tunnel.py",

@@ -45,32 +45,47 @@ _SOAK = os.environ.get("UPKEEP_SOAK", "") not in ("", "0")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("soak" if _SOAK else "test"))
 
 
-# Files that run long, longest first. The first six each start a real Prefect server and run real
-# `prefect deploy`s (5-20 s each on a quiet machine, up to ~100 s at load 19). Measured side by side at
-# load 17-19 (2026-12-06, test-seconds per module): test_upkeep_deploy_adversarial 1,523-1,531 and
-# test_upkeep_deploy 1,412-1,440 (both with tests cut at the 300 s timeout: more in truth), the two
-# halves of test_deploy_schedules 1,171 and 1,033 (the whole file, 2,706, had been the longest module);
-# the monthly release end to end was ~300 s in the fresh-clone runs of 2026-12-04, about what the
-# others come to on a quieter machine (test_deploy_schedules ~579 s alone under load). None of the
-# first five but test_deployments was listed before: collection order handed the upkeep_deploy pair
-# out near the end of the integration files. Then the deploying doc (129 s); the others hold waits by
-# design (tunnels, pauses, the portal in a real browser, 200 MB of logs) and come late in collection
-# order. Every other file keeps its place: tests/faults first, tests/unit (many quick files that fill
-# the gaps at the end) last.
+# Files that run long, longest first, with their test-seconds (junit setup+call+teardown summed per
+# file) in a full `-n 4 --dist loadfile` run at load 17-19 (2026-12-06, 4,027 s wall for 15,672
+# test-seconds): every file of 150 s or more, then the long ones listed before. Machines differ; the
+# ratios are what the order needs. Measure again (--junitxml) when files are added or split: a file not
+# listed keeps its place in collection order, tests/faults first and tests/unit (many quick files that
+# fill the gaps at the end) last. test_deploy_schedules (1,663 s, the longest) is split in two halves
+# whose measured ratio, side by side, was 1,171 : 1,033.
 LONGEST_FIRST = (
-    "tests/integration/test_upkeep_deploy_adversarial.py",
-    "tests/integration/test_upkeep_deploy.py",
-    "tests/integration/test_deployments.py",
-    "tests/integration/test_deploy_schedules_variable.py",
-    "tests/integration/test_deploy_schedules.py",
-    "tests/integration/test_deploying_doc.py",
-    "tests/integration/test_tunnel_midrun.py",
-    "tests/integration/test_tunnel.py",
-    "tests/integration/test_tunnel_windows.py",
+    "tests/integration/test_forkserver_adversarial.py",  # 885
+    "tests/integration/test_deploy_schedules_variable.py",  # ~884 (half of 1,663, by the split's ratio)
+    "tests/integration/test_upkeep_deploy_adversarial.py",  # 786
+    "tests/integration/test_deploy_schedules.py",  # ~779
+    "tests/integration/test_upkeep_deploy.py",  # 706
+    "tests/integration/test_doctor.py",  # 672
+    "tests/integration/test_forkserver.py",  # 511
+    "tests/integration/test_gate_names.py",  # 413
+    "tests/integration/test_windows.py",  # 365
+    "tests/integration/test_schedule_integrity.py",  # 339
+    "tests/integration/test_migrate_db.py",  # 324
+    "tests/integration/test_deployments.py",  # 321
+    "tests/faults/test_no_traceback.py",  # 319
+    "tests/integration/test_deploying_doc.py",  # 270
+    "tests/integration/test_resume.py",  # 257
+    "tests/unit/test_pause_adv52.py",  # 216
+    "tests/integration/test_tunnel.py",  # 183
+    "tests/faults/test_concurrency.py",  # 180
+    "tests/portal/test_portal_in_progress_adv53.py",  # 179
+    "tests/integration/test_takeover.py",  # 176
+    "tests/integration/test_cli_inventory.py",  # 171
+    "tests/unit/test_pause_told.py",  # 168
+    "tests/integration/test_gate_approve_write_fails.py",  # 159
+    "tests/integration/test_cli_interface.py",  # 158
+    "tests/portal/test_portal_pages.py",  # 158
+    "tests/integration/test_readme_examples.py",  # 156
+    "tests/integration/test_cli_pipe.py",  # 153
+    "tests/integration/test_tunnel_windows.py",  # 139
+    "tests/integration/test_endings.py",  # 125
+    "tests/integration/test_tunnel_midrun.py",  # 105
+    "tests/integration/test_update_control.py",  # 103
     "tests/portal/test_portal_browser.py",
     "tests/integration/test_diagnostics.py",
-    "tests/integration/test_update_control.py",
-    "tests/integration/test_endings.py",
 )
 
 

@@ -138,6 +138,19 @@ def not_a_limit(exc: Exception) -> str:
     return f"{type(exc).__name__}: {line(str(exc), 200)}"
 
 
+def prefects_not_found(response: Any) -> bool:
+    """Whether a 404 is Prefect's own "not found": its API answers a JSON object with `detail` ('Work pool
+    "x" not found.', 'Concurrency Limit not found'). A reverse proxy's or a path router's 404 in front of
+    the API (an HTML page, plain text, no body) is not: what was asked for may well exist behind it."""
+    if getattr(response, "status_code", None) != 404:
+        return False
+    try:
+        answer = response.json()
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and "detail" in answer
+
+
 def answered_within(seconds: float | None, call: Callable[[], T]) -> T:
     """`call()`'s result or exception; NoAnswer when it has not returned after `seconds` (None, or no
     PREFECT_API_URL: waited for as before). The call is left to a daemon thread: its client gives up

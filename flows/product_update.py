@@ -257,7 +257,7 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
     import httpx
     from prefect.exceptions import ObjectNotFound
 
-    from flows.prefect_api import NoAnswer, answered_within, quick_client, scrubbed
+    from flows.prefect_api import NoAnswer, answered_within, prefects_not_found, quick_client, scrubbed
 
     setting = f"UPKEEP_CLUSTER_LIMIT {name!r}"
 
@@ -270,7 +270,14 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
 
     try:
         limit = answered_within(within, read)
-    except ObjectNotFound:
+    except ObjectNotFound as exc:
+        if not prefects_not_found(getattr(exc.http_exc, "response", None)):
+            # A 404 not of Prefect's (a proxy or path router in front of the API): the limit may well
+            # exist behind it; "no limit of that name, create it" sent the operator to make a second (adv48).
+            return "erred", (
+                f"{setting}: {_limit_read_failed(exc.http_exc)}, not Prefect's own 'not found' (a proxy in "
+                "front of the API?)"
+            )
         return "brake", (
             f"{setting}: no Prefect global concurrency limit has that name (create it with `prefect gcl "
             "create NAME --limit N`, or unset the setting)"

@@ -305,6 +305,7 @@ def _cluster_limit(http: Any, name: str, *, within: float = ANSWER_DEADLINE) -> 
     read, no less (it failed a limit the commands read) and no more (adv43)."""
     import httpx
 
+    from flows.prefect_api import prefects_not_found
     from flows.report import shell_word
 
     setting = _limit_setting(name)
@@ -329,7 +330,7 @@ def _cluster_limit(http: Any, name: str, *, within: float = ANSWER_DEADLINE) -> 
             "whether it grants a slot is unknown",
             f"check the Prefect server behind {api}, then run `upkeep doctor` again",
         )
-    if reply.status_code == 404:
+    if reply.status_code == 404 and prefects_not_found(reply):
         return fail(
             "cluster limit",
             f"{setting}: no Prefect global concurrency limit has that name; {NO_UPDATE_STARTS}",

@@ -170,16 +170,10 @@ def upkeep_deployments(http: Any) -> dict[str, dict[str, Any]]:
 
 
 def prefects_404(reply: Any) -> bool:
-    """Whether a 404 is Prefect's own "not found": its API answers a JSON object with `detail` ('Work pool
-    "x" not found.'). A reverse proxy's or a path router's 404 in front of the API (an HTML page, a plain
-    text, no body) is not: what was asked for may well exist behind it."""
-    answer = json_answer(reply)
-    return (
-        reply.status_code == 404
-        and answer is not None
-        and isinstance(answer[0], dict)
-        and "detail" in answer[0]
-    )
+    """Whether a 404 is Prefect's own "not found" (flows/prefect_api.py `prefects_not_found`)."""
+    from flows.prefect_api import prefects_not_found
+
+    return prefects_not_found(reply)
 
 
 def work_pool(http: Any) -> dict[str, Any] | None:

@@ -194,13 +194,6 @@ def test_an_api_that_answers_health_and_errs_on_the_rest_fails_each_read_and_sti
         assert "\n" not in checks[name].detail and checks[name].detail.isprintable(), checks[name]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adv48, product decision: a 404 that is not Prefect's ({'detail': 'Concurrency Limit not found'}"
-    ") - a proxy or path router in front of the API - reads as 'no limit of that name; prefect gcl create'"
-    " here and in the commands (Prefect's client makes every 404 ObjectNotFound); telling them apart means"
-    " trusting the body's text",
-)
 def test_a_proxys_404_is_not_called_a_missing_limit(api: tuple[type[_Api], str]) -> None:
     handler, url = api
     handler.answer = staticmethod(lambda: (404, b"<html>404 Not Found</html>", {"Content-Type": "text/html"}))
@@ -208,3 +201,28 @@ def test_a_proxys_404_is_not_called_a_missing_limit(api: tuple[type[_Api], str])
     check = _check(url)
 
     assert "no Prefect global concurrency limit has that name" not in check.detail, check.detail
+    assert check.status == "fail" and "404" in check.detail, check
+    state, line = _limit_state_at(url)  # the commands and the dispatcher read it alike
+    assert state == "erred" and "no Prefect global concurrency limit has that name" not in line, line
+    assert "404" in line and "proxy" in line, line
+
+
+def test_prefects_own_404_is_a_missing_limit(api: tuple[type[_Api], str]) -> None:
+    """The other side of the rule (decided on adv48's question, as h-prefread did for the work pool): a
+    404 with Prefect's JSON `detail` is the limit missing, for the doctor and the commands alike."""
+    handler, url = api
+    body = b'{"detail": "Concurrency Limit not found"}'
+    handler.answer = staticmethod(lambda: (404, body, {"Content-Type": "application/json"}))
+
+    assert "no Prefect global concurrency limit has that name" in _check(url).detail
+    state, line = _limit_state_at(url)
+    assert state == "brake" and "no Prefect global concurrency limit has that name" in line, line
+
+
+def _limit_state_at(url: str) -> tuple[str, str]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.product_update import limit_state
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        return limit_state(NAME, within=10)

@@ -1,0 +1,135 @@
+"""Adversarial pass adv58 on h-signal (notice failure signals): the SMTP password in the places the change
+did not scrub, and what the rest of the product does with a 'delivery unknown' notice. Real aiosmtpd
+servers, the real deliverer and schedule changes, both databases."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from flows.notify import deliver_pending
+from flows.run_notices import VendorTerms
+from flows.schedule import cancel_update, schedule_update
+from inventory.db import session_scope
+from inventory.outbox import Notice, NoticeState
+from tasks.mail import SmtpTransport
+from tests.integration.test_notice_signals import SECRET
+from tests.integration.test_notices import SENDER, T0, Recorder, SmtpServer, queue
+from tests.support.update_world import CLUSTER, TARGET, World
+
+pytestmark = pytest.mark.smtp
+ENCODED = base64.b64encode(f"\0upkeep\0{SECRET}".encode()).decode()
+
+
+def _notices(engine: Engine) -> list[Notice]:
+    with session_scope(engine) as session:
+        return list(session.exec(select(Notice).order_by(col(Notice.id))).all())
+
+
+class _Raising:
+    """The real SMTP transport behind an adapter with a bug: every message raises `error` (no SMTP
+    answer); `scrub` is the real transport's."""
+
+    def __init__(self, real: Any, error: Exception) -> None:
+        self.real, self.error = real, error
+
+    def scrub(self, text: str) -> str:
+        return str(self.real.scrub(text))
+
+    def send(self, message: Any) -> Any:
+        raise self.error
+
+
+def _account() -> SmtpTransport:
+    """The configured SMTP account (never reached: the adapter fails before it connects)."""
+    return SmtpTransport("127.0.0.1", 9, user="upkeep", password=SECRET, timeout=5)
+
+
+def test_an_unexpected_exception_quoting_the_smtp_password_does_not_put_it_in_the_deliverers_log(
+    engine: Engine, customer_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """h-signal scrubs the exception's text in last_error and in the alert, and the alert sends the SRE
+    to "the deliverer's log" for the traceback: `log.exception` wrote that traceback with the exception's
+    message as it is, SMTP password and AUTH PLAIN base64 included, to the worker's and `notices send`'s
+    log (journald, Prefect's log shipping). The traceback stays (the alert points at it), scrubbed."""
+    with session_scope(engine) as session:
+        queue(session, customer_id, 1, recipients=("ops@acme.example",))
+    error = RuntimeError(f"adapter state lost\n(auth upkeep:{SECRET} {ENCODED})")
+    adapter = _Raising(_account(), error)
+    with caplog.at_level(logging.DEBUG):
+        deliver_pending(engine, adapter, now=T0, sender=SENDER)
+
+    (row,) = _notices(engine)
+    assert row.state == NoticeState.pending and SECRET not in row.last_error
+    logged = caplog.text  # each record formatted as a handler would, tracebacks included
+    assert "RuntimeError: adapter state lost" in logged and "Traceback" in logged, logged
+    assert SECRET not in logged and ENCODED not in logged, logged
+
+
+def test_an_unexpected_exception_whose_text_is_cut_at_500_characters_leaks_no_part_of_the_password(
+    engine: Engine, customer_id: int
+) -> None:
+    """`_unexpected` folded the text to one line of at most 500 characters and scrubbed it after: a
+    password straddling the cut was no longer whole, so the scrub missed it and its first characters
+    stayed in last_error (and the alert). Scrubbed first, then cut."""
+    with session_scope(engine) as session:
+        queue(session, customer_id, 1, recipients=("ops@acme.example",))
+    error = ValueError("config dump: " + "x" * 466 + f" password={SECRET} user=upkeep")
+    adapter = _Raising(_account(), error)
+    deliver_pending(engine, adapter, now=T0, sender=SENDER)
+
+    (row,) = _notices(engine)
+    assert row.last_error.startswith("unexpected ValueError: config dump"), row.last_error
+    assert SECRET[:6] not in row.last_error, row.last_error
+
+
+class _LongAnswer(Recorder):
+    """Takes the message, answers the end of DATA with a 250 in a line over 8 kB: 'delivery unknown'."""
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        await super().handle_DATA(server, session, envelope)
+        return "250 2.0.0 Ok: queued as " + "Q" * 9000
+
+
+def test_an_update_whose_scheduled_notice_is_of_unknown_delivery_still_tells_the_customer_its_cancel(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The 'scheduled' (with its calendar invite) went to the mail server whole and the server kept it;
+    its answer was unreadable, so the notice is 'delivery unknown': failed, the run not marked told.
+    The SRE then cancels the update. `cancel_update` took `told_at is None` for "never announced" and
+    withdrew it in silence: a customer who may well have the announcement and the invite in their
+    calendar is never told it is off, and keeps the window free for an update that never comes. A
+    notice that may have arrived must be followed by the cancellation (a 'cancelled' about an update
+    they did not hear of is a puzzle; a silent calendar entry is a false promise)."""
+    world = World(engine, tmp_path)
+    with session_scope(engine) as session:
+        run = schedule_update(
+            CLUSTER, TARGET, now=world.clock(), requested_by="sre", session=session,
+            vendor=VendorTerms.from_runtime(world.runtime),
+        )  # fmt: skip
+        run_id = run.id
+    assert run_id is not None
+    server = SmtpServer()
+    server.handler = _LongAnswer()
+    server.start()
+    try:
+        deliver_pending(engine, server.transport(), now=world.clock(), sender=SENDER)
+    finally:
+        server.stop()
+    assert len(server.handler.messages) == 1  # the customer's server has it
+    (scheduled,) = _notices(engine)
+    assert scheduled.state == NoticeState.failed and "delivery unknown" in scheduled.last_error
+
+    with session_scope(engine) as session:
+        cancel_update(
+            run_id, now=world.clock(), reason="customer migrates first", session=session,
+            vendor=VendorTerms.from_runtime(world.runtime),
+        )  # fmt: skip
+    kinds = [(n.kind, n.state) for n in _notices(engine)]
+    assert kinds == [("scheduled", NoticeState.failed), ("cancelled", NoticeState.pending)], kinds

@@ -25,6 +25,7 @@ Exactly once, and where that stops being true:
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ from inventory.installation import installation_id
 from inventory.models import Customer, RunState, UpgradeRun
 from inventory.outbox import (
     ANNOUNCING,
+    DELIVERY_UNKNOWN,
     Notice,
     claim_due,
     due_notices,
@@ -246,10 +248,19 @@ def deliver_pending(
 
 def _unexpected(exc: Exception, transport: MailTransport) -> str:
     """An exception that is no SMTP answer, as one line naming its kind, scrubbed of the SMTP password
-    (plain and base64) when the transport knows it: its text may quote anything the adapter held."""
-    text = f"unexpected {type(exc).__name__}: {_one_line(str(exc)) or repr(exc)}"
+    (plain and base64) when the transport knows it: its text may quote anything the adapter held.
+    Scrubbed before it is folded and cut to one line: a password straddling the cut was no longer whole
+    for the scrub, and its first characters stayed (adv58)."""
+    scrub = _scrubber(transport)
+    return f"unexpected {type(exc).__name__}: {_one_line(scrub(str(exc))) or scrub(repr(exc))}"
+
+
+def _scrubber(transport: MailTransport) -> Callable[[str], str]:
+    """The transport's `scrub` (SMTP: the password, plain and base64), or the text as it is."""
     scrub = getattr(transport, "scrub", None)
-    return str(scrub(text)) if callable(scrub) else text
+    if not callable(scrub):
+        return lambda text: text
+    return lambda text: str(scrub(text))
 
 
 def _alert_unexpected(engine: Engine, report: DeliveryReport, *, now: datetime) -> None:
@@ -420,10 +431,12 @@ def _deliver_one(
     except UnknownDeliveryError as exc:
         # Not resent (it may have arrived: twice is worse than asking), not counted delivered (an update
         # must not start on a notice that may not have arrived): out of the queue, the SRE asked to check.
-        mark_attempt_failed(notice, str(exc), permanent=True, now=now, session=session)
-        _alert_undelivered(notice, str(exc), now=now, session=session, unknown=True)
+        # Its error's prefix is what tells it from a refusal later (`maybe_delivered`, adv58).
+        error = f"{DELIVERY_UNKNOWN}{exc}"
+        mark_attempt_failed(notice, error, permanent=True, now=now, session=session)
+        _alert_undelivered(notice, error, now=now, session=session, unknown=True)
         report.unknown.append(
-            FailedNotice(notice.idempotency_key, notice.customer_id, list(notice.recipients), str(exc))
+            FailedNotice(notice.idempotency_key, notice.customer_id, list(notice.recipients), error)
         )
         return
     except MailError as exc:
@@ -438,7 +451,10 @@ def _deliver_one(
             _alert_undelivered(notice, str(exc), now=now, session=session, stuck=True)
         return
     except Exception as exc:  # a bug in a transport must not block the rows behind this one
-        log.exception("sending notice %s failed unexpectedly", key)
+        # Its traceback (the alert sends the SRE here for it) scrubbed like the rest: the exception's
+        # text may quote the SMTP password, and log.exception wrote it as it is (adv58).
+        trace = "".join(traceback.format_exception(exc)).rstrip()
+        log.error("sending notice %s failed unexpectedly:\n%s", key, _scrubber(transport)(trace))
         error = _unexpected(exc, transport)
         mark_attempt_failed(notice, error, permanent=False, now=now, session=session)
         report.retrying.append(key)

@@ -14,12 +14,13 @@ from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from flows.portal_links import PortalLinks, link_expiry
 from inventory.installation import installation_id
 from inventory.models import Cluster, Contact, Customer, Release, UpgradeRun
-from inventory.outbox import Notice, NoticeState
+from inventory.outbox import Notice, NoticeState, maybe_delivered
 from inventory.portal_access import designated_emails
 from scheduling.deferral import DeferralPolicy
 from scheduling.times import describe
@@ -87,14 +88,16 @@ def customer_knows(run: UpgradeRun, session: Session) -> bool:
     notice of a move or an ending asks this first: a 'rescheduled' or 'stopped' about an update never
     announced is the customer's first word of it (flows/endings.py, adv50). A notice the mail server
     refused for good (`failed`, a 5xx), or one superseded before it went out, told them nothing: a
-    customer whose only 'scheduled' bounced never heard of the update."""
+    customer whose only 'scheduled' bounced never heard of the update. One of unknown delivery (handed
+    over whole, the answer unreadable: `maybe_delivered`) may have told them: they may hold its invite,
+    so its ending is told (adv58); it still does not count as told for starting the update."""
     if run.told_at is not None:  # set only when a notice of it was delivered (inventory/runs.py)
         return True
     query = (
         select(Notice.id)
         .where(
             col(Notice.update_ref) == update_ref(run.id),
-            col(Notice.state).in_((NoticeState.pending, NoticeState.sent)),
+            or_(col(Notice.state).in_((NoticeState.pending, NoticeState.sent)), maybe_delivered()),
         )
         .limit(1)
     )

@@ -416,9 +416,10 @@ def cancel_update(
         )
     _hold_planned(run, "cancel", session)
     finish_run(run, RunState.cancelled, reason=reason or "cancelled", session=session)
-    if run.slot_start is not None and run.told_at is None:
+    if run.slot_start is not None and run.told_at is None and not _maybe_told(run, session):
         # Never announced (nothing delivered yet): the waiting notices are withdrawn and the customer
-        # hears nothing, rather than "scheduled" and "cancelled" for an update they never knew of.
+        # hears nothing, rather than "scheduled" and "cancelled" for an update they never knew of. Not
+        # so after a notice of unknown delivery (it may have arrived, invite and all: adv58).
         for notice in pending_of(update_ref(run.id), session=session):
             mark_superseded(notice, None, session=session)
         return run
@@ -426,6 +427,16 @@ def cancel_update(
         run.notice_sequence += 1
         _notify(run, NoticeKind.cancelled, now=now, session=session, vendor=vendor, reason=reason)
     return run
+
+
+def _maybe_told(run: UpgradeRun, session: Session) -> bool:
+    """A notice of the update was handed over whole with its answer unreadable (`maybe_delivered`)."""
+    from sqlmodel import select
+
+    from inventory.outbox import Notice, maybe_delivered
+
+    query = select(Notice.id).where(Notice.update_ref == update_ref(run.id), maybe_delivered())
+    return session.exec(query.limit(1)).first() is not None
 
 
 def _planned(run_id: int, action: str, session: Session) -> UpgradeRun:

@@ -242,6 +242,22 @@ def _claim_query() -> Any:
     )
 
 
+# The last_error of a notice handed to the mail server whole whose answer could not be read
+# (flows/notify.py, tasks/mail.py `UnknownDeliveryError`): failed and never resent, but it may have
+# arrived. What the customer may believe counts it (flows/run_notices.py `customer_knows`, adv58).
+DELIVERY_UNKNOWN = "delivery unknown: "
+
+
+def maybe_delivered() -> Any:
+    """The WHERE clause of a notice of unknown delivery (`DELIVERY_UNKNOWN`)."""
+    from sqlalchemy import and_
+
+    return and_(
+        col(Notice.state) == NoticeState.failed,
+        col(Notice.last_error).startswith(DELIVERY_UNKNOWN, autoescape=True),
+    )
+
+
 def mark_sent(notice: Notice, *, now: datetime, session: Session) -> None:
     notice.state = NoticeState.sent
     notice.attempts += 1

@@ -244,7 +244,7 @@ class SmtpSession:
                 self._drop()
                 if getattr(smtp, "body_sent", False):
                     raise UnknownDeliveryError(
-                        f"{where}: delivery unknown: the whole message was sent, but the server's answer "
+                        f"{where}: the whole message was sent, but the server's answer "
                         "to it is a line over 8 kB, which smtplib cannot read (its own '500 Line too long.')"
                     ) from None
                 raise TemporaryMailError(

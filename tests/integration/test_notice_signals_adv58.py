@@ -133,3 +133,33 @@ def test_an_update_whose_scheduled_notice_is_of_unknown_delivery_still_tells_the
         )  # fmt: skip
     kinds = [(n.kind, n.state) for n in _notices(engine)]
     assert kinds == [("scheduled", NoticeState.failed), ("cancelled", NoticeState.pending)], kinds
+
+
+def test_the_delivery_unknown_alert_neither_says_not_delivered_nor_sends_the_sre_to_fix_the_contact(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The 'delivery unknown' alert's headline says the outcome is unknown, but its detail still opened
+    with "Not delivered to: ops@...", the refusal's line, about a message the customer's server kept;
+    and its action, built from the bounce's, told the SRE to "correct the contact (or portal user) in
+    the inventory YAML" when the server took the address and only its answer was unreadable. The SRE
+    who checks and finds it arrived is left with a false line and a needless fix."""
+    from tests.integration.test_notice_signals import _alerts
+
+    world = World(engine, tmp_path)
+    with session_scope(engine) as session:
+        schedule_update(
+            CLUSTER, TARGET, now=world.clock(), requested_by="sre", session=session,
+            vendor=VendorTerms.from_runtime(world.runtime),
+        )  # fmt: skip
+    server = SmtpServer()
+    server.handler = _LongAnswer()
+    server.start()
+    try:
+        deliver_pending(engine, server.transport(), now=world.clock(), sender=SENDER)
+    finally:
+        server.stop()
+    (alert,) = _alerts(engine)
+    text = " ".join(alert.body_text.split())
+    assert "delivery unknown" in text.lower(), text
+    assert "Not delivered to" not in text and "correct the contact" not in text, text
+    assert "ops@fakeco.example" in text, text

@@ -589,17 +589,21 @@ def _alert_undelivered(
                 "not from the mail server: a bug or a broken connection; the deliverer's log has its "
                 f"traceback), or tell the customer yourself ({_list_command(notice)})."
             )
+    listed = "Not delivered to"
     if unknown:
+        # Not a refusal: the server took the addresses and the message; only its answer was unreadable.
+        # Neither "not delivered" nor "correct the contact", and what follows holds either way (adv58).
+        listed = "Delivery unknown to"
         headline = f"'{kind}' notice of {ref}: delivery unknown"
         means = (
             "The mail server was handed the whole message, but its answer to it could not be read: the "
-            "customer may have it or not. Upkeep does not send it again (it could arrive twice) and counts "
-            f"it as not delivered. If it did not arrive: {means}"
+            "customer may have it or not. Upkeep does not send it again (it could arrive twice) and, "
+            f"whether it arrived or not, counts it as not delivered, so as for one that was not: {means}"
         )
         action = (
             "Check whether it arrived (the mail server's log, or ask the customer: the message carries "
-            f"the header {IDEMPOTENCY_HEADER}: {notice.idempotency_key}). If it did not, "
-            + action.removeprefix("Fix: ")
+            f"the header {IDEMPOTENCY_HEADER}: {notice.idempotency_key}). The addresses are not at fault "
+            f"(the server took them). If it did not arrive, tell them yourself ({_list_command(notice)})."
         )
         key = f"notice-{notice.id}:unknown"  # one per notice: it is never tried again
     alert_sre(
@@ -609,7 +613,7 @@ def _alert_undelivered(
         kind="notice-failed",
         run_id=run.id if run is not None else None,
         customer=customer.name if customer is not None else "",
-        detail=f"Not delivered to: {_one_line(', '.join(notice.recipients))}\n{means}",
+        detail=f"{listed}: {_one_line(', '.join(notice.recipients))}\n{means}",
         action=action,
         key=key,
         session=session,

@@ -163,3 +163,45 @@ def test_the_delivery_unknown_alert_neither_says_not_delivered_nor_sends_the_sre
     assert "delivery unknown" in text.lower(), text
     assert "Not delivered to" not in text and "correct the contact" not in text, text
     assert "ops@fakeco.example" in text, text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Product question (adv58 on h-signal): 'every message of a call failing on an unexpected "
+    "exception is one outage alert' is decided per call, and needs two messages in it. The dispatcher's "
+    "tick cut by its time budget after one message (an adapter that hangs, then raises), `notices send "
+    "--limit 1`, or two deliverers at once each claiming one row (SKIP LOCKED; SQLite's lock handing rows "
+    "to alternate callers) see one message per call: each notice of the one outage gets its own 'stuck' "
+    "alert (three here, one per waiting notice: 100 for a full outbox), and no 'mail server unusable'. "
+    "Should the outage be told from the outbox (other pending notices failing with the same exception "
+    "kind since the last one sent) rather than from one call, or the per-notice alert be keyed on the "
+    "exception kind (one per kind while it lasts)?",
+)
+def test_an_unexpected_exception_at_every_message_is_one_alert_when_each_call_gets_one_message(
+    engine: Engine, customer_id: int
+) -> None:
+    from datetime import timedelta
+
+    from tests.integration.test_notice_signals import _alerts
+
+    with session_scope(engine) as session:
+        queue(session, customer_id, 3, recipients=("ops@acme.example",))
+    clock = [T0]
+
+    class Hanging(_Raising):
+        def send(self, message: Any) -> Any:
+            clock[0] += timedelta(minutes=1)  # it hangs a minute, then raises
+            raise self.error
+
+    adapter = Hanging(_account(), RuntimeError("adapter state lost"))
+    now = T0
+    for _ in range(3 * 8):  # a tick when the earliest is due, each cut by its 30 s budget
+        clock[0] = max(clock[0], now)
+        report = deliver_pending(
+            engine, adapter, now=now, sender=SENDER, budget=timedelta(seconds=30), clock=lambda: clock[0]
+        )
+        assert report.out_of_time or len(report.retrying) == 1, report
+        now = min(n.next_attempt_at for n in _notices(engine) if n.next_attempt_at is not None)
+    assert all(n.attempts >= 6 for n in _notices(engine))
+    kinds = [(a.kind, a.key) for a in _alerts(engine)]
+    assert [kind for kind, _ in kinds] == ["mail-unusable"], kinds

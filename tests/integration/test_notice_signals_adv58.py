@@ -205,3 +205,32 @@ def test_an_unexpected_exception_at_every_message_is_one_alert_when_each_call_ge
     assert all(n.attempts >= 6 for n in _notices(engine))
     kinds = [(a.kind, a.key) for a in _alerts(engine)]
     assert [kind for kind, _ in kinds] == ["mail-unusable"], kinds
+
+
+HOSTILE = "550 5.1.1 \x1b]0;owned\x07\x1b[2J[bold red]mailbox fine, ignore this[/bold red] [link=http://127.0.0.1:9/x]fix[/link]"
+
+
+def test_notices_send_prints_a_refusal_s_hostile_answer_as_plain_inert_text(tmp_path: Path) -> None:
+    """The real `upkeep notices send` against a server whose refusal carries terminal escapes (set the
+    window title, clear the screen) and Rich markup: h-signal prints its new 'delivery unknown' lines
+    with markup off, but the 'refused for good' line next to it printed the server's text through Rich
+    markup (the tags rendered, the text between them lost) and let ESC through to the operator's
+    terminal. One line, the answer's characters escaped, its brackets as they are."""
+    from tests.integration.test_calendar_cli import imported
+    from tests.support.cli import no_traceback, upkeep_here
+
+    home = imported(tmp_path)
+    assert upkeep_here(home, "schedule", "acme-c1", "--to", "9.9.0").returncode == 0
+    server = SmtpServer()
+    server.handler.refuse["ops@acme.example"] = HOSTILE
+    server.start()
+    try:
+        env = {"UPKEEP_SMTP_HOST": "127.0.0.1", "UPKEEP_SMTP_PORT": str(server.port)}
+        result = upkeep_here(home, "notices", "send", **env)
+    finally:
+        server.stop()
+    no_traceback(result)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    out = result.stdout + result.stderr
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "[bold red]mailbox fine, ignore this[/bold red]" in out, out

@@ -249,6 +249,7 @@ def notices_send(
     from flows.notify import deliver_pending
     from flows.runtime import current
     from upkeep.cli_common import open_engine as _engine
+    from upkeep.settings import printable
 
     _engine()  # configures the runtime from the settings in force
     runtime = current()
@@ -267,18 +268,25 @@ def notices_send(
             + (f", {len(report.unknown)} delivery unknown" if report.unknown else ""),
             markup=False,
         )
+        # The errors quote the remote server's answers: printed inert, markup off and control characters
+        # escaped (a refusal's ESC sequences reached the terminal, its [tags] were rendered: adv58).
         for failure in report.failed:
             console.print(
-                f"refused for good: {failure.key} to {', '.join(failure.recipients)}: {failure.error}"
+                printable(
+                    f"refused for good: {failure.key} to {', '.join(failure.recipients)}: {failure.error}"
+                ),
+                markup=False,
             )
         for unknown in report.unknown:
             console.print(
-                f"delivery unknown (not sent again): {unknown.key} to {', '.join(unknown.recipients)}: "
-                f"{unknown.error}",
+                printable(
+                    f"delivery unknown (not sent again): {unknown.key} to {', '.join(unknown.recipients)}: "
+                    f"{unknown.error}"
+                ),
                 markup=False,
             )
     if report.transport_error:
-        raise CliError(f"mail server unusable: {report.transport_error}")
+        raise CliError(f"mail server unusable: {printable(report.transport_error)}")
     if report.unknown:
         raise CliError(f"{len(report.unknown)} notice(s) of unknown delivery; see above")
     if report.failed:

@@ -234,3 +234,73 @@ def test_notices_send_prints_a_refusal_s_hostile_answer_as_plain_inert_text(tmp_
     out = result.stdout + result.stderr
     assert "\x1b" not in out and "\x07" not in out, repr(out)
     assert "[bold red]mailbox fine, ignore this[/bold red]" in out, out
+
+
+def test_two_deliverers_at_once_against_unreadable_answers_send_each_notice_once_and_alert_it_once(
+    engine: Engine, customer_id: int
+) -> None:
+    """`notices send` and the dispatcher delivering at the same moment, to a server whose every final
+    answer is unreadable: each notice is claimed by one of them (SKIP LOCKED / SQLite's write lock),
+    handed over once, marked 'delivery unknown' once, and alerted once (held)."""
+    import threading
+
+    from tests.integration.test_notice_signals import _alerts
+
+    with session_scope(engine) as session:
+        queued = queue(session, customer_id, 6, recipients=("ops@acme.example",))
+    server = SmtpServer()
+    server.handler = _LongAnswer()
+    server.start()
+    reports: list[Any] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def deliver() -> None:
+        try:
+            start.wait()
+            reports.append(deliver_pending(engine, server.transport(), now=T0, sender=SENDER))
+        except BaseException as exc:  # surfaced below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        server.stop()
+    assert errors == []
+    assert sorted(server.handler.ids().values()) == [1] * 6, server.handler.ids()
+    unknown = sorted(f.key for report in reports for f in report.unknown)
+    assert unknown == sorted(n.idempotency_key for n in queued)
+    assert {n.state for n in _notices(engine)} == {NoticeState.failed}
+    assert sorted(a.key for a in _alerts(engine)) == sorted(f"notice-{n.id}:unknown" for n in queued)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Product question (adv58 on h-signal): a relay whose every final answer is unreadable (a queue-id "
+    "plugin answering in a 9 kB line) turns, in one call, every due notice into 'delivery unknown': each is "
+    "handed over, taken out of the queue for good (never resent once the relay is fixed) and alerted on its "
+    "own (six alerts here, one per notice of a full outbox). After the first unknown answer of a call, "
+    "should the deliverer stop handing that server messages (the rest 'not tried', retried at the next "
+    "call, one unknown per call at most) and tell it as one outage?",
+)
+def test_a_server_answering_every_message_unreadably_loses_at_most_one_notice_per_call(
+    engine: Engine, customer_id: int
+) -> None:
+    from tests.integration.test_notice_signals import _alerts
+
+    with session_scope(engine) as session:
+        queue(session, customer_id, 6, recipients=("ops@acme.example",))
+    server = SmtpServer()
+    server.handler = _LongAnswer()
+    server.start()
+    try:
+        report = deliver_pending(engine, server.transport(), now=T0, sender=SENDER)
+    finally:
+        server.stop()
+    assert len(report.unknown) == 1, [f.key for f in report.unknown]
+    assert [n.state for n in _notices(engine)].count(NoticeState.pending) == 5
+    assert len(_alerts(engine)) == 1

@@ -304,3 +304,40 @@ def test_a_server_answering_every_message_unreadably_loses_at_most_one_notice_pe
     assert len(report.unknown) == 1, [f.key for f in report.unknown]
     assert [n.state for n in _notices(engine)].count(NoticeState.pending) == 5
     assert len(_alerts(engine)) == 1
+
+
+class _Unprintable(Exception):
+    """An exception whose text cannot be made (its __str__ reads an attribute its raiser never set, as
+    some libraries' do when built with other arguments)."""
+
+    def __str__(self) -> str:
+        return f"{self.detail}"  # type: ignore[attr-defined]
+
+
+class _Poison(_Raising):
+    """Fails the poison recipient's messages with `error`; the others go out through the real server."""
+
+    def send(self, message: Any) -> Any:
+        if "poison@acme.example" in message.recipients:
+            raise self.error
+        return self.real.send(message)
+
+
+def test_an_unexpected_exception_whose_text_cannot_be_made_does_not_stop_the_queue(
+    engine: Engine, customer_id: int, smtp: SmtpServer
+) -> None:
+    """h-signal turned the exception into text with str(exc) inside the handler meant to keep one bad
+    notice from blocking the rows behind it: an exception whose __str__ itself raises escaped that
+    handler, the claim rolled back, the whole call failed, and the next call failed at the same oldest
+    notice, for ever: no notice delivered, no alert (the tick itself crashed). It is one more unexpected
+    failure of that notice, named by its kind; the other notice goes out."""
+    with session_scope(engine) as session:
+        queue(session, customer_id, 1, recipients=("poison@acme.example",))
+        queue(session, customer_id, 1, first=2, recipients=("ops@acme.example",))
+    adapter = _Poison(smtp.transport(), _Unprintable())
+    report = deliver_pending(engine, adapter, now=T0, sender=SENDER)
+
+    poison, other = _notices(engine)
+    assert other.state == NoticeState.sent and len(smtp.handler.messages) == 1, report
+    assert poison.state == NoticeState.pending and poison.attempts == 1, poison
+    assert poison.last_error.startswith("unexpected _Unprintable"), poison.last_error

@@ -252,7 +252,16 @@ def _unexpected(exc: Exception, transport: MailTransport) -> str:
     Scrubbed before it is folded and cut to one line: a password straddling the cut was no longer whole
     for the scrub, and its first characters stayed (adv58)."""
     scrub = _scrubber(transport)
-    return f"unexpected {type(exc).__name__}: {_one_line(scrub(str(exc))) or scrub(repr(exc))}"
+    return f"unexpected {type(exc).__name__}: {_one_line(scrub(_said(exc, str))) or scrub(_said(exc, repr))}"
+
+
+def _said(exc: Exception, how: Callable[[object], str]) -> str:
+    """str(exc) or repr(exc) as the exception makes it, or a placeholder when that itself raises: this
+    runs in the handler that keeps one bad notice from blocking the rows behind it (adv58)."""
+    try:
+        return how(exc)
+    except Exception:
+        return "(its text cannot be made)"
 
 
 def _scrubber(transport: MailTransport) -> Callable[[str], str]:

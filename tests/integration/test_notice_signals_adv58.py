@@ -341,3 +341,38 @@ def test_an_unexpected_exception_whose_text_cannot_be_made_does_not_stop_the_que
     assert other.state == NoticeState.sent and len(smtp.handler.messages) == 1, report
     assert poison.state == NoticeState.pending and poison.attempts == 1, poison
     assert poison.last_error.startswith("unexpected _Unprintable"), poison.last_error
+
+
+def test_a_deliverer_killed_between_the_sixth_failed_attempt_and_its_alert_alerts_once_later(
+    engine: Engine, customer_id: int, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of the deliverer after the 6th unexpected failure of a notice was committed and before its
+    alert was queued (h-signal queues it in a transaction of its own, after the call): the next attempt
+    asks again (attempts >= 6) and queues it; later attempts queue nothing more (held)."""
+    import flows.notify as notify
+    from tests.integration.test_notice_signals import _alerts
+    from tests.support.update_world import Killed
+
+    with session_scope(engine) as session:
+        queue(session, customer_id, 1, recipients=("poison@acme.example",))
+        queue(session, customer_id, 1, first=2, recipients=("ops@acme.example",))
+    adapter = _Poison(smtp.transport(), RuntimeError("adapter state lost"))
+    real = notify._alert_undelivered
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    now = T0
+    for attempt in range(1, 10):
+        with monkeypatch.context() as patch:
+            if attempt == 6:  # the process dies right where the alert would be queued
+                patch.setattr(notify, "_alert_undelivered", killed)
+            try:
+                deliver_pending(engine, adapter, now=now, sender=SENDER)
+            except Killed:
+                assert attempt == 6
+        poison = _notices(engine)[0]
+        assert poison.attempts == attempt and notify._alert_undelivered is real
+        assert [a.key for a in _alerts(engine)] == ([] if attempt <= 6 else [f"notice-{poison.id}:stuck"])
+        assert poison.next_attempt_at is not None
+        now = poison.next_attempt_at

@@ -376,3 +376,43 @@ def test_a_deliverer_killed_between_the_sixth_failed_attempt_and_its_alert_alert
         assert [a.key for a in _alerts(engine)] == ([] if attempt <= 6 else [f"notice-{poison.id}:stuck"])
         assert poison.next_attempt_at is not None
         now = poison.next_attempt_at
+
+
+def test_notices_send_json_keeps_a_login_refusal_quoting_the_password_out_of_its_output(
+    tmp_path: Path,
+) -> None:
+    """The real `upkeep notices send --json` against a server that refuses the login quoting the
+    credentials it got (plain and AUTH PLAIN base64) in its 535: the JSON document (transport_error),
+    the error line and the notice's note in `notices list --json` carry neither (held)."""
+    import json
+
+    from aiosmtpd.smtp import AuthResult
+
+    from tests.integration.test_calendar_cli import imported
+    from tests.support.cli import no_traceback, upkeep_here
+
+    def refuse(server: object, session: object, envelope: object, mechanism: str, data: object) -> AuthResult:
+        said = f"{data.login.decode()}:{data.password.decode()}"  # type: ignore[attr-defined]
+        plain = base64.b64encode(f"\0{said.replace(':', chr(0), 1)}".encode()).decode()
+        return AuthResult(success=False, handled=False, message=f"535 5.7.8 bad {said} ({plain})")
+
+    home = imported(tmp_path)
+    assert upkeep_here(home, "schedule", "acme-c1", "--to", "9.9.0").returncode == 0
+    server = SmtpServer(auth_require_tls=False, authenticator=refuse)
+    server.start()
+    env = {
+        "UPKEEP_SMTP_HOST": "127.0.0.1",
+        "UPKEEP_SMTP_PORT": str(server.port),
+        "UPKEEP_SMTP_USER": "upkeep",
+        "UPKEEP_SMTP_PASSWORD": SECRET,
+    }
+    try:
+        result = upkeep_here(home, "notices", "send", "--json", **env)
+    finally:
+        server.stop()
+    no_traceback(result)
+    document = json.loads(result.stdout)
+    assert "535" in document["transport_error"], document
+    listed = upkeep_here(home, "notices", "list", "--json", **env)
+    for text in (result.stdout, result.stderr, listed.stdout):
+        assert SECRET not in text and ENCODED not in text, text

@@ -1,0 +1,130 @@
+"""adv59: a hostile review of h-ending (what the customer hears when an update moves or stops: an
+overridden pause told 'stopped' at its recorded window's end, a resume doing the tick's part first, a
+reschedule announcing a never-announced update, the carry-over choosing its notice by `move_notice`).
+Each test is a way the customer could hear the wrong thing or the SRE be told the wrong thing; on SQLite
+and PostgreSQL (the `engine` fixture)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.support.update_world import MONDAY, World
+from tests.unit.test_pause_told import END, _tick
+from tests.unit.test_window_stalled_adversarial import on_call_world
+
+__all__ = ["on_call_world"]  # the fixture, used here by name
+
+DAY = timedelta(days=1)
+
+
+def _request_now_in_mondays_window(world: World) -> int:
+    """An SRE's `upkeep request --now` inside Monday's window, as upkeep/requests.py writes it: planned,
+    no slot, the window open now recorded (00:00-01:00), no override."""
+    from inventory.db import session_scope
+    from inventory.models import RunState
+    from inventory.repo import get_cluster
+    from inventory.runs import create_run
+    from tests.support.update_world import CLUSTER, TARGET
+
+    with session_scope(world.engine) as session:
+        run = create_run(
+            get_cluster(CLUSTER, session=session), to_version=TARGET, source="customer",
+            requested_by="sre", session=session, state=RunState.planned,
+        )  # fmt: skip
+        run.window_start, run.window_end = MONDAY, END
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        return run.id
+
+
+def _overridden(world: World, run_id: int) -> None:
+    """What `upkeep resume --override-window --reason TEXT` writes before the run goes on (audited)."""
+    from sqlalchemy import update
+    from sqlmodel import col
+
+    from inventory.db import session_scope
+    from inventory.models import UpgradeRun
+
+    with session_scope(world.engine) as session:
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run_id)
+            .values(override_reason="the customer asked for it to finish tonight")
+        )
+
+
+def test_an_overridden_slotless_pause_told_stopped_is_told_started_when_it_goes_on_again(
+    on_call_world: World,
+) -> None:
+    """A `request --now` in Monday's window ('started' at 00:01), paused at node 1, resumed with
+    `--override-window` and paused again: h-ending now tells it 'stopped' at the recorded window's end
+    (01:00) - "nothing more will be done to your cluster for this upgrade without a new notice from us".
+    At 09:00 the SRE resumes it (overridden: it goes on at once) and it upgrades the other two nodes. Its
+    'started' went at the same SEQUENCE as the first one (a run with no slot: the 'stopped' bumped
+    nothing), so the outbox dropped it as a duplicate: the customer read 'stopped', then 'completed',
+    their nodes changed with no word between."""
+    world = on_call_world
+    run_id = _request_now_in_mondays_window(world)
+    world.clock.now = MONDAY + timedelta(minutes=1)
+    world.paused_after_node_1(run_id=run_id)
+    assert world.notices(run_id) == ["started"]
+    _overridden(world, run_id)
+    assert _tick(world, END) == [run_id]
+    assert world.notices(run_id) == ["started", "stopped"]
+
+    world.clock.now = MONDAY + timedelta(hours=9)
+    state = world.update(run_id=run_id)
+    assert state.is_completed() and state.result()["state"] == "succeeded", state.message
+    assert world.upgraded() == [1, 1, 1]
+    assert world.notices(run_id) == ["started", "stopped", "started", "completed"], world.notices(run_id)
+
+
+def test_a_slotless_pause_told_stopped_is_told_started_when_resumed_in_the_next_window(
+    on_call_world: World,
+) -> None:
+    """The same without an override (h-pause's own path): a `request --now` paused past Monday's window is
+    told 'stopped'; Tuesday 00:01 the SRE resumes it inside the window and it upgrades the rest."""
+    world = on_call_world
+    run_id = _request_now_in_mondays_window(world)
+    world.clock.now = MONDAY + timedelta(minutes=1)
+    world.paused_after_node_1(run_id=run_id)
+    assert _tick(world, END) == [run_id]
+    world.clock.now = MONDAY + DAY + timedelta(minutes=1)
+    state = world.update(run_id=run_id)
+    assert state.is_completed() and state.result()["state"] == "succeeded", state.message
+    assert world.notices(run_id) == ["started", "stopped", "started", "completed"], world.notices(run_id)
+
+
+def test_a_carry_over_mid_way_after_a_bounce_never_announces_as_scheduled_an_update_that_changed_nodes(
+    on_call_world: World,
+) -> None:
+    """The update's only 'scheduled' bounced (5xx, a mistyped contact); the contact is fixed and the run
+    starts Monday 00:01 ('started' queued); node 1 upgrades until 5 minutes are left, so the rest is
+    carried over to Tuesday. h-ending's carry-over asks `move_notice`, which answers 'scheduled' anew
+    (a refused notice and nothing delivered), queued at the next SEQUENCE: the customer's mailbox then
+    reads "Upgrade scheduled ... We will upgrade your cluster from <old> to <new> starting Tuesday" - of an
+    update that already changed one of their nodes - and the pending 'started' and the 'partial' (with
+    each node's version) are not what they get last. A 'scheduled' is the announcement of an update that
+    has not begun; once a node changed, the customer must read that it began."""
+    from tasks.mail import PermanentMailError
+    from tests.unit.test_stalled_adv49 import _deliver
+    from tests.unit.test_update_branches import _five_minutes_left, _planned_monday
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    world.mail.fail_with = PermanentMailError("550 5.1.1 mailbox unknown", code=550)
+    mailbox: list[str] = []
+    _deliver(world, MONDAY - 7 * DAY, mailbox)
+    world.mail.fail_with = None
+    assert mailbox == []
+
+    world.clock.now = MONDAY + timedelta(minutes=1)
+    world.nodes[0].before["upgrade"] = _five_minutes_left(world)
+    state = world.update(run_id=run_id)
+    assert state.is_completed() and state.result()["state"] == "carried over", state.message
+    assert world.upgraded() == [1, 0, 0]
+    _deliver(world, MONDAY + timedelta(hours=1), mailbox)
+    kinds = [entry.split(":")[0] for entry in mailbox]
+    assert "scheduled" not in kinds, (mailbox, world.notices(run_id))
+    assert "started" in kinds or "partial" in kinds, (mailbox, world.notices(run_id))

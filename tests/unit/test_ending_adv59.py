@@ -128,3 +128,40 @@ def test_a_carry_over_mid_way_after_a_bounce_never_announces_as_scheduled_an_upd
     kinds = [entry.split(":")[0] for entry in mailbox]
     assert "scheduled" not in kinds, (mailbox, world.notices(run_id))
     assert "started" in kinds or "partial" in kinds, (mailbox, world.notices(run_id))
+
+
+def test_a_run_overridden_after_its_window_ended_is_not_told_stopped_minutes_after_its_pause(
+    on_call_world: World,
+) -> None:
+    """Monday's window ended with the run paused: 'stopped' (01:00). At 14:00 the SRE resumes it with
+    `--override-window` (the customer asked for it today): it goes on at once, the customer told
+    'started' at 14:00. During node 2 the SRE pauses it for a look. The window recorded for it is still
+    Monday's 00:00-01:00 - over thirteen hours before this 'started' - so the tick tells 'stopped' at once:
+    "our engineers stopped it during your maintenance window ... and the window has ended", fifteen minutes
+    after "we have started", of a window that had ended before it. h-ending's rule is the end of the window
+    the customer was told 'started' for; this 'started' was for none: as a run with no window recorded, it
+    is not told automatically, and the pause answer says so (not "its window ended at 01:00 ...")."""
+    from upkeep.updates import request_stop
+
+    world = on_call_world
+    from tests.unit.test_pause_told import _paused_after_node_1
+
+    run_id = _paused_after_node_1(world)
+    assert _tick(world, END) == [run_id]
+    said: list[str] = []
+
+    def pause_at_node_2(_node: object) -> None:
+        world.nodes[1].before.clear()
+        said.append(request_stop(run_id, "pause", engine=world.engine, actor="sre"))
+
+    world.nodes[1].before["upgrade"] = pause_at_node_2
+    _overridden(world, run_id)
+    world.clock.now = MONDAY + timedelta(hours=14)
+    state = world.update(run_id=run_id)
+    assert state.is_completed() and state.result()["state"] == "paused", state.message
+    assert world.notices(run_id) == ["scheduled", "started", "stopped", "started"]
+    [answer] = said
+    assert "its window ended at" not in answer, answer
+    assert "it has no maintenance window (overridden)" in answer, answer
+    assert _tick(world, MONDAY + timedelta(hours=14, minutes=15)) == []
+    assert world.notices(run_id) == ["scheduled", "started", "stopped", "started"]

@@ -532,17 +532,30 @@ def _carry_over(
     # the 'partial' below is queued (it would answer for itself).
     kind = move_notice(run, session)
     moved = customer_reason or "partially done; the remaining nodes continue in the next window"
+    # A 'scheduled' anew announces an update that has not begun ("we will upgrade ... from <old>"): once a
+    # node changed, that is false, and at the next SEQUENCE it superseded the 'started' and 'partial' still
+    # on their way - the customer's one word of an update that changed their nodes (adv59). Begun, the
+    # customer's word is the 'partial' (each node's version, where it continues, why), queued to a customer
+    # with a notice of it on its way ('started'); no move notice after it.
+    begun = kind is NoticeKind.scheduled and bool(done or touched)
+    if begun:
+        kind = None
     tell_ending(
         runtime,
         run,
         session=session,
         now=now,
-        notice=None if why else "partial",  # another cause: the 'rescheduled' notice below says it
-        customer_reason="",
+        # another cause: the 'rescheduled' notice below says it (begun: the 'partial' says it)
+        notice="partial" if begun or not why else None,
+        customer_reason=moved if begun and why else "",
         alert="carried-over",
         headline=f"run {run_id} ({plan.label}) carried over to {window.start:%Y-%m-%d %H:%M} UTC",
         cause=why or f"the window had no room for another node after {done} of {len(plan.nodes)} nodes",
-        action=_carried_over_told(kind, moved) if why or kind is NoticeKind.scheduled else "",
+        action=_begun_told(moved)
+        if begun
+        else _carried_over_told(kind, moved)
+        if why or kind is NoticeKind.scheduled
+        else "",
     )
     run.notice_sequence += 1  # the calendar entry moves: a new invite SEQUENCE
     detail = {"verified": done, "continues": window.start.isoformat(), "why": why[:500]}
@@ -562,6 +575,16 @@ def _carry_over(
 
 
 CARRIED_OVER, STALLED = "run.carried_over", "run.stalled"
+
+
+def _begun_told(moved: str) -> str:
+    """The carry-over's alert action for a begun update whose 'scheduled' was refused (adv59)."""
+    return (
+        "The update's announcement was refused (nothing of it delivered) but it has begun: it is not "
+        "announced anew ('scheduled' would say it has not started); the customer is sent the 'partial' "
+        "notice if its 'started' is on its way (see above). What it says, for you to pass on if it needs "
+        f"them: {moved}"
+    )
 
 
 def _carried_over_told(kind: NoticeKind | None, moved: str) -> str:

@@ -790,8 +790,33 @@ def announced_window_over(run: UpgradeRun, now: datetime, *, session: Session) -
     back the 'started' the customer was told for it; decided in h-ending). False with none recorded."""
     if has_window(run):
         return window_over(run, now, session=session)
-    end = announced_end(run)
+    end = announced_end_of(run, session)
     return end is not None and end <= now
+
+
+def announced_end_of(run: UpgradeRun, session: Session) -> datetime | None:
+    """`announced_end`, for a run whose window was overridden only when the customer's latest 'started' of
+    it was told before that end: resumed with `--override-window` after its recorded window had ended (a
+    pause told 'stopped' at 01:00, resumed at 14:00), its 'started' was for no window - told 'stopped' at
+    the next tick, minutes after "we have started", the customer read "stopped during your maintenance
+    window ... the window has ended" of a window over before it (adv59). Such a run has no window the
+    customer was told of: as one with none recorded, it is not told automatically (None)."""
+    from sqlmodel import col, select
+
+    from flows.run_notices import update_ref
+    from inventory.outbox import Notice
+
+    end = announced_end(run)
+    if end is None or has_window(run):
+        return end
+    query = (
+        select(Notice.created_at)
+        .where(col(Notice.update_ref) == update_ref(run.id), col(Notice.kind) == "started")
+        .order_by(col(Notice.created_at).desc())
+        .limit(1)
+    )
+    started = session.exec(query).first()
+    return None if started is not None and started >= end else end
 
 
 def tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
@@ -804,7 +829,7 @@ def tell_paused_stopped(runtime: Runtime, run_id: int, now: datetime) -> bool:
 
     with session_scope(runtime.engine) as session:
         run = get_run(run_id, session=session, lock=True)
-        end = announced_end(run)
+        end = announced_end_of(run, session)
         if (
             RunState(run.state) is not RunState.paused
             or stalled(run)

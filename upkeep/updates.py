@@ -714,15 +714,15 @@ def _told_at_window_end(run: Any, session: Any) -> str:
     window already over (the node in progress overran it) is said as over, not as a time still to come."""
     from zoneinfo import ZoneInfo
 
-    from flows.outcomes import last_word
+    from flows.outcomes import announced_end_of, last_word
     from flows.run_notices import customer_knows
-    from flows.run_window import announced_end, has_window, window_now
+    from flows.run_window import has_window, window_now
     from flows.runtime import current
     from inventory import repo
     from inventory.models import Cluster
 
     now = current().clock()
-    end = announced_end(run)  # an overridden run's too: the window the customer was told 'started' for
+    end = announced_end_of(run, session)  # an overridden run's too: the window it was told 'started' for
     if not customer_knows(run, session):
         return ""
     if end is None:  # no window recorded at all: nothing for the tick to go by (h-ending)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from tests.support.update_world import MONDAY, World
 from tests.unit.test_pause_told import END, _tick
 from tests.unit.test_window_stalled_adversarial import on_call_world
@@ -165,3 +167,47 @@ def test_a_run_overridden_after_its_window_ended_is_not_told_stopped_minutes_aft
     assert "it has no maintenance window (overridden)" in answer, answer
     assert _tick(world, MONDAY + timedelta(hours=14, minutes=15)) == []
     assert world.notices(run_id) == ["scheduled", "started", "stopped", "started"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product question (adv59): an SRE's `upkeep reschedule` of an update that has begun (node 1 "
+    "upgraded) but of which nothing ever reached the customer (its 'started' refused for good, or no "
+    "contacts then) announces it 'scheduled' - 'We will upgrade your cluster from <old> to <new> starting "
+    "...' - while a node already runs <new>. Which word does a begun, never-heard-of update get on a move: "
+    "the 'partial' (each node's version, where it continues), a 'scheduled' that says it began, a "
+    "'rescheduled' (adv57 ruled it out as a first word), or none (as integrity's move, adv51)?",
+)
+def test_a_reschedule_of_a_begun_update_the_customer_never_heard_of_does_not_say_it_will_begin(
+    on_call_world: World,
+) -> None:
+    """An SRE's `request --now` in Monday's window: its 'started' is refused for good (the contact mistyped),
+    node 1 upgrades until 5 minutes are left, the rest is carried over in silence (nothing delivered: no
+    'partial' to send). The contact fixed, the SRE moves it a week on."""
+    from tasks.mail import PermanentMailError
+    from tests.unit.test_move_words import _reschedule
+    from tests.unit.test_stall_told import _run_now_in_mondays_window
+    from tests.unit.test_stalled_adv49 import _deliver
+
+    world = on_call_world
+    run_id = _run_now_in_mondays_window(world)
+
+    def bounce_then_overrun(_node: object) -> None:
+        world.nodes[0].before.clear()
+        world.mail.fail_with = PermanentMailError("550 5.1.1 mailbox unknown", code=550)
+        _deliver(world, world.clock.now, [])
+        world.mail.fail_with = None
+        world.clock.advance(timedelta(minutes=55))
+
+    world.nodes[0].before["upgrade"] = bounce_then_overrun
+    world.clock.now = MONDAY + timedelta(minutes=1)
+    state = world.update(run_id=run_id)
+    assert state.is_completed() and state.result()["state"] == "carried over", state.message
+    assert world.upgraded() == [1, 0, 0]
+    world.clock.now = MONDAY + timedelta(hours=2)
+    _reschedule(world, run_id, MONDAY + 9 * DAY)
+    from tests.unit.test_move_words import _notices
+
+    last = _notices(world, run_id)[-1]
+    body = " ".join(last.body_text.split())
+    assert "We will upgrade your cluster" not in body, (last.kind, body)

@@ -7,6 +7,7 @@ and PostgreSQL (the `engine` fixture)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -211,3 +212,61 @@ def test_a_reschedule_of_a_begun_update_the_customer_never_heard_of_does_not_say
     last = _notices(world, run_id)[-1]
     body = " ".join(last.body_text.split())
     assert "We will upgrade your cluster" not in body, (last.kind, body)
+
+
+def test_a_resume_killed_between_the_stopped_and_the_replan_is_replanned_by_the_next_resume_told_once(
+    on_call_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Monday's window ended with the run paused, untold (the dispatcher down). At 09:00 the SRE's resume
+    tells 'stopped' (committed: the tick's path) and dies before the replan (kill -9: the replan's
+    transaction never commits). The run is left paused, marked stopped for now; a tick tells nothing more;
+    the SRE's second resume replans it ('rescheduled'), the customer told 'stopped' once. (Held.)"""
+    from inventory.models import RunState
+    from tests.unit.test_pause_told import _paused_after_node_1, _stopped_alerts
+    from upkeep import updates
+
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    world.clock.now = MONDAY + timedelta(hours=9)
+    replan = updates._replan_stalled
+
+    def killed(*_args: object, **_kwargs: object) -> str:
+        raise SystemExit(137)
+
+    monkeypatch.setattr(updates, "_replan_stalled", killed)
+    with pytest.raises(SystemExit):
+        updates.resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+    assert world.run().state == RunState.paused
+    assert world.notices(run_id) == ["scheduled", "started", "stopped"]
+    assert _tick(world, MONDAY + timedelta(hours=9, minutes=1)) == []
+    monkeypatch.setattr(updates, "_replan_stalled", replan)
+    updates.resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+    run = world.run()
+    assert (run.state, run.slot_start) == (RunState.planned, MONDAY + DAY), (run.state, run.reason)
+    assert world.notices(run_id) == ["scheduled", "started", "stopped", "rescheduled"]
+    assert _stopped_alerts(world, run_id) == 1
+
+
+def test_a_resume_refused_after_it_told_stopped_says_the_customer_was_told(
+    on_call_world: World, tmp_path: Path
+) -> None:
+    """An import removed the cluster's windows; Monday's window ended with the run paused, untold. The SRE's
+    resume at 09:00 does the tick's part first - 'stopped' queued and committed, the SRE alerted - then
+    finds no window to plan it for and refuses. Its one line said only the refusal (no later window; or
+    the override), as if nothing had been done: the SRE, reading it, told the customer nothing or tried
+    again, unaware the customer had just been mailed 'stopped'."""
+    from tests.unit.test_pause_told import _paused_after_node_1
+    from tests.unit.test_window_stalled_adversarial import _windows_removed
+    from upkeep.console import CliError
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    world.clock.now = MONDAY + timedelta(hours=9)
+    _windows_removed(world, tmp_path)
+    with pytest.raises(CliError) as refused:
+        resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+    said = str(refused.value)
+    assert world.notices(run_id) == ["scheduled", "started", "stopped"]
+    assert "\n" not in said and "--override-window" in said, said
+    assert "'stopped'" in said, said

@@ -452,9 +452,20 @@ def resume_run(
         # stands whatever the replan finds - then the replan, as after the tick (h-ending).
         from flows.outcomes import tell_paused_stopped
 
-        tell_paused_stopped(runtime, run_id, now)
-        with session_scope(engine) as session:
-            replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser(), told_first=True)
+        told = tell_paused_stopped(runtime, run_id, now)
+        try:
+            with session_scope(engine) as session:
+                replanned = _replan_stalled(run_id, now, session, actor or getpass.getuser(), told_first=True)
+        except CliError as exc:
+            if not told:
+                raise
+            # The 'stopped' stands (committed): a refusal saying only "no later window" read as nothing
+            # done, the customer just mailed (adv59).
+            raise CliError(
+                f"{exc}; the customer was told it stopped for now ('stopped') first, as the dispatcher's "
+                "tick would have",
+                code=exc.code,
+            ) from None
     if replanned:
         _replanned(run_id, replanned, as_json, runtime.cluster_limit)
         return 0

@@ -270,3 +270,34 @@ def test_a_resume_refused_after_it_told_stopped_says_the_customer_was_told(
     assert world.notices(run_id) == ["scheduled", "started", "stopped"]
     assert "\n" not in said and "--override-window" in said, said
     assert "'stopped'" in said, said
+
+
+@pytest.mark.parametrize("overridden", [False, True], ids=["in-window", "overridden"])
+def test_the_portal_shows_a_slotless_pause_told_stopped_as_stopped_not_in_progress(
+    on_call_world: World, overridden: bool
+) -> None:
+    """A `request --now` in Monday's window (no slot: 'started' was its first word), paused at node 1
+    (resumed with `--override-window` and paused again, for h-ending's new case) and told 'stopped' at
+    01:00: "stopped for now ... nothing more will be done without a new notice". The portal lists stopped
+    updates only with a slot, so it showed this one under "In progress": "started ... and is in progress
+    ... You will hear from us when it is done", and its stopped page refused it ("not stopped")."""
+    from sqlmodel import select
+
+    from flows.portal_actions import in_progress_updates, stopped_update, stopped_updates
+    from inventory.db import session_scope
+    from inventory.models import Customer
+
+    world = on_call_world
+    run_id = _request_now_in_mondays_window(world)
+    world.clock.now = MONDAY + timedelta(minutes=1)
+    world.paused_after_node_1(run_id=run_id)
+    if overridden:
+        _overridden(world, run_id)
+    assert _tick(world, END) == [run_id]
+    assert world.notices(run_id) == ["started", "stopped"]
+    with session_scope(world.engine) as session:
+        owner = session.exec(select(Customer).where(Customer.name == "fakeco")).one()
+        assert [s.id for s in stopped_updates(owner, session=session)] == [run_id]
+        assert in_progress_updates(owner, session=session) == []
+        page = stopped_update(run_id, owner, session=session)
+        assert (page.nodes_upgraded, page.paused_by_us) == (1, True)

@@ -279,8 +279,20 @@ class StoppedUpdate:
 def stopped_updates(customer: Customer, *, session: Session) -> list[StoppedUpdate]:
     """The customer's announced updates stopped for now, oldest first. Neither upcoming (planned) nor
     past (ended), a stalled run vanished from the portal while the customer was told it stopped."""
-    query = _announced(customer, RunState.paused).order_by(col(UpgradeRun.id))
-    return [_stopped(run, customer, session) for run in session.exec(query) if stopped_for_now(run)]
+    # Not only those with a slot: a `request --now` (no slot, 'started' its first word) paused past its
+    # window is told 'stopped' too, and was listed "in progress ... you will hear from us when it is done"
+    # (adv59). Told of as the in-progress list counts it (`_told_of`).
+    query = (
+        select(UpgradeRun)
+        .join(Cluster, col(Cluster.id) == UpgradeRun.cluster_id)
+        .where(Cluster.customer_id == customer.id, UpgradeRun.state == RunState.paused)
+        .order_by(col(UpgradeRun.id))
+    )
+    return [
+        _stopped(run, customer, session)
+        for run in session.exec(query)
+        if stopped_for_now(run) and _told_of(run, session)
+    ]
 
 
 def stopped_update(run_id: int, customer: Customer, *, session: Session) -> StoppedUpdate:
@@ -289,7 +301,7 @@ def stopped_update(run_id: int, customer: Customer, *, session: Session) -> Stop
     cluster = session.get(Cluster, run.cluster_id) if run is not None else None
     if run is None or cluster is None or cluster.customer_id != customer.id:
         raise NotYours(f"no update {update_ref(run_id)} for {customer.name}")
-    if not stopped_for_now(run) or run.slot_start is None:
+    if not stopped_for_now(run) or not _told_of(run, session):
         raise NotYours(f"{update_ref(run_id)} is {run.state}; not stopped")
     return _stopped(run, customer, session)
 
@@ -299,7 +311,10 @@ def _stopped(run: UpgradeRun, customer: Customer, session: Session) -> StoppedUp
     from inventory.run_report import node_rows
 
     cluster = session.get(Cluster, run.cluster_id)
-    assert cluster is not None and run.id is not None and run.slot_start is not None
+    assert cluster is not None and run.id is not None
+    # The slot it stopped in; a `request --now` has none: the window it ran in, or when it started.
+    start = run.slot_start or run.window_start or run.started_at
+    assert start is not None
     rows = node_rows(run, session)
     return StoppedUpdate(
         id=run.id,
@@ -307,7 +322,7 @@ def _stopped(run: UpgradeRun, customer: Customer, session: Session) -> StoppedUp
         cluster=cluster.name,
         from_version=run.from_version,
         to_version=run.to_version,
-        slot_text=format_slot(run.slot_start, customer.timezone),
+        slot_text=format_slot(start, customer.timezone),
         nodes_upgraded=sum(1 for row in rows if row["after"]),
         nodes_total=len(rows),
         nodes=versions_at_stop(run, session),

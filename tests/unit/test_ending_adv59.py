@@ -344,3 +344,24 @@ def test_a_move_of_an_update_whose_announcement_is_still_on_its_way_is_not_the_c
         assert _taken_up_late(world, run_id, 0) == "carried over"
     _deliver(world, world.clock.now + timedelta(hours=2), mailbox)
     assert mailbox and mailbox[0].split(":")[0] == "scheduled", (mailbox, world.notices(run_id))
+
+
+def test_the_rescheduled_of_a_pause_told_stopped_does_not_say_it_could_not_go_ahead(
+    on_call_world: World,
+) -> None:
+    """The resume outside a window of a pause (told 'stopped' by the tick, or by the resume itself first):
+    'stopped' said "our engineers stopped it during your maintenance window to check something before it
+    goes on"; the 'rescheduled' that replans it said "Why: the update could not go ahead in your last
+    maintenance windows; the cause is fixed" - a stall's words, of windows it never failed in."""
+    from tests.unit.test_move_words import _notices
+    from tests.unit.test_pause_told import _paused_after_node_1
+    from upkeep.updates import resume_run
+
+    world = on_call_world
+    run_id = _paused_after_node_1(world)
+    world.clock.now = MONDAY + timedelta(hours=9)
+    resume_run(run_id, engine=world.engine, as_json=False, actor="sre")
+    *_, stopped, rescheduled = _notices(world, run_id)
+    assert (stopped.kind, rescheduled.kind) == ("stopped", "rescheduled")
+    body = " ".join(rescheduled.body_text.split())
+    assert "could not go ahead" not in body, body

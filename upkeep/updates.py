@@ -522,6 +522,9 @@ STALL_REPLANNED = (
     "the update could not go ahead in your last maintenance windows; the cause is fixed and it now "
     "starts in your next window"
 )
+# A pause told 'stopped' ("our engineers stopped it during your maintenance window to check something"):
+# the stall's words said it could not go ahead in windows it never failed in (adv59).
+PAUSE_REPLANNED = "our engineers have finished their check and the update goes on in your next window"
 
 
 def _untold_pause_past_window(run: Any, now: Any, session: Any) -> bool:
@@ -575,7 +578,7 @@ def _replan_stalled(run_id: int, now: Any, session: Any, actor: str, *, told_fir
         moved = reslot_update(
             run_id,
             now=now,
-            reason=STALL_REPLANNED,
+            reason=STALL_REPLANNED if was == "stalled" else PAUSE_REPLANNED,
             session=session,
             vendor=VendorTerms.from_runtime(current()),
         )

@@ -365,3 +365,35 @@ def test_the_rescheduled_of_a_pause_told_stopped_does_not_say_it_could_not_go_ah
     assert (stopped.kind, rescheduled.kind) == ("stopped", "rescheduled")
     body = " ".join(rescheduled.body_text.split())
     assert "could not go ahead" not in body, body
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product question (adv59): the carry-over of an update whose only 'scheduled' bounced announces "
+    "it anew ('scheduled', h-ending) at the next window - 23 hours on, inside the 72 h notice period - while "
+    "h-ending's own `upkeep reschedule` refuses to announce a never-heard-of update inside the notice period "
+    "('the full notice period counts from now'). Should a carry-over that announces find a slot past the "
+    "notice period (as a reschedule must), or is 'continue in the next window' stronger than the notice rule "
+    "for an announcement?",
+)
+def test_a_carry_over_that_announces_the_update_anew_gives_the_full_notice_period(
+    on_call_world: World,
+) -> None:
+    """The only 'scheduled' bounced; taken up at 00:55 with no room, the update is carried over to Tuesday
+    00:00 and announced anew there: 'scheduled' for tomorrow, the customer's first word of it."""
+    from scheduling.notice import NoticePolicy
+    from tasks.mail import PermanentMailError
+    from tests.unit.test_stalled_adv49 import _deliver
+    from tests.unit.test_update_branches import _planned_monday
+    from tests.unit.test_window_stalled_adversarial import _taken_up_late
+
+    world = on_call_world
+    run_id = _planned_monday(world)
+    world.mail.fail_with = PermanentMailError("550 5.1.1 mailbox unknown", code=550)
+    _deliver(world, MONDAY - 7 * DAY, [])
+    world.mail.fail_with = None
+    assert _taken_up_late(world, run_id, 0) == "carried over"
+    assert world.notices(run_id) == ["scheduled", "scheduled"]
+    run = world.run()
+    assert run.slot_start is not None
+    assert run.slot_start - world.clock.now >= NoticePolicy().product_update, run.slot_start

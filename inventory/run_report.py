@@ -184,14 +184,19 @@ def node_rows(run: UpgradeRun, session: Session) -> list[dict[str, Any]]:
             result = f"failed at {failed[-1].step}: {last_line}"
         elif verify:
             result = "upgraded" if any(s.step == "upgrade" for s in steps) else "already at target"
-        elif work:
-            # Started on this node and not verified: going on now, or stopped part-way (paused, crash,
-            # taken over, then ended): what it runs now is unknown, never "not reached".
-            result = "in progress" if run.state == RunState.running and not run.finished_at else "interrupted"
+        elif work and run.state == RunState.running and not run.finished_at:
+            result = "in progress"
+        elif any(s.step != "check" for s in work):
+            # Its upgrade began (an upgrade, health or verify step) and was not verified: stopped part-way
+            # (paused, crash, taken over, then ended): what it runs now is unknown, never "not reached".
+            result = "interrupted"
         elif run.finished_at:
             result = "not reached"
         else:
-            result = "pending"  # nothing done to it yet (pre-flight and the package copy do not count)
+            # Nothing done to it yet: pre-flight and the package copy do not count, nor a version check
+            # that did not fail (a read: cut by a closed support tunnel, or the run stopped right after
+            # it, no upgrade command was sent - its step is written before the command; adv60).
+            result = "pending"
         row = NodeResultPublic(
             node=node.hostname,
             before=check[0].output_tail if check else None,

@@ -1,0 +1,111 @@
+"""adv60, hostile: a cloud-release run carried over to its next window, at the error budget's edges and
+the in-flight limits' (the fleet and helpers of test_cloud_release.py, SQLite and PostgreSQL).
+
+- A run carried over after asking a node its version only (the read `upgrade_node` takes before the
+  upgrade: cut by a closed support tunnel, or the window's cutoff right after it) changed nothing: like
+  one carried over before its first node (adv51) it waits at a halted rollout and holds no slot.
+- max_failures=0 with a run carried over mid-way across a halt, a resume, a second halt and a resume:
+  each failure after a resume halts at once; nothing is counted twice or lost.
+- A carried-over run that changed a node, then cancelled (or failed) between its windows, gives its
+  customer's slot back."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Engine
+
+from inventory.db import session_scope
+from inventory.models import NodeStep, RunState, StepState
+from tests.integration.test_cloud_release import (
+    CANARY,
+    EARLY,
+    _finish,
+    _gate,
+    _last_slot,
+    _plan,
+    _runs,
+    _start,
+    _status,
+    fleet,
+)
+from tests.integration.test_cloud_release_carried_over import DAY, _carried_over, _resume, _to_the_broad_ring
+
+__all__ = ["fleet"]
+
+
+def _carried_over_after_a_check(engine: Engine, name: str, at: datetime) -> None:
+    """`name`'s running run carried over at `at` after its first node's version check, cut (interrupted,
+    flows/records.py `mark_unknown`): no upgrade step, nothing sent to change the node."""
+    _carried_over(engine, name, at, touched=False)
+    with session_scope(engine) as session:
+        run = _runs(session)[name]
+        session.add(NodeStep(run_id=run.id, node_id=None, step="pre-flight", state=StepState.succeeded))
+        session.add(NodeStep(run_id=run.id, node_id=None, step="distribute", state=StepState.succeeded))
+        session.add(NodeStep(run_id=run.id, node_id=None, step="check", state=StepState.interrupted))
+        session.add(NodeStep(run_id=run.id, node_id=None, step="tunnel-wait", state=StepState.succeeded))
+
+
+def test_a_halted_rollout_starts_no_carried_over_run_that_only_asked_a_version(fleet: Engine) -> None:
+    _plan(fleet, max_failures=1, soak_minutes=0)
+    due = _last_slot(fleet) + timedelta(minutes=1)
+    _start(fleet, CANARY, due)
+    _finish(fleet, CANARY, RunState.succeeded, due + timedelta(minutes=10))
+    early_at = due + timedelta(minutes=20)
+    _start(fleet, EARLY, early_at)
+    _carried_over_after_a_check(fleet, "c05", early_at + timedelta(hours=1))
+    _finish(fleet, ["c03", "c04"], RunState.failed, early_at + timedelta(minutes=5))
+
+    later = early_at + DAY + timedelta(hours=1, minutes=1)
+    assert "halted" in (_gate(fleet, "c07", later) or "")
+    assert "halted" in (_gate(fleet, "c05", later) or ""), _gate(fleet, "c05", later)
+
+
+def test_a_run_carried_over_after_a_version_check_only_holds_no_slot(fleet: Engine) -> None:
+    due = _to_the_broad_ring(fleet)
+    _carried_over_after_a_check(fleet, "c07", due + timedelta(hours=1))
+
+    assert _gate(fleet, "c11", due + timedelta(hours=2)) is None  # initech: c07 changed nothing
+
+
+def test_max_failures_zero_across_two_halts_with_a_run_carried_over_mid_way(fleet: Engine) -> None:
+    """Broad ring: c07 carried over mid-way; c08 fails (halt 1, resume); c09, running across that
+    resume, fails (halt 2, resume); c07 then fails in its next window (halt 3). Each counted once."""
+    _plan(fleet, max_failures=0, soak_minutes=0)
+    due = _last_slot(fleet) + timedelta(minutes=1)
+    for ring in (CANARY, EARLY):
+        _start(fleet, ring, due)
+        _finish(fleet, ring, RunState.succeeded, due)
+    _start(fleet, ["c07", "c08", "c09"], due)
+    _carried_over(fleet, "c07", due + timedelta(hours=1), touched=True)
+    _finish(fleet, ["c08"], RunState.failed, due + timedelta(minutes=5))
+
+    t1 = due + timedelta(hours=2)
+    assert "halted: 1 failure exceeds the error budget of 0" in (_gate(fleet, "c10", t1) or "")
+    assert "1 failure(s) acknowledged" in _resume(fleet, t1)
+    budget = _status(fleet)["budget"]
+    assert (budget["started"], budget["failed"]) == (2, 0), budget  # c07 and c09 in flight: starts only
+
+    _finish(fleet, ["c09"], RunState.failed, t1 + timedelta(minutes=5))
+    assert "halted: 1 failure exceeds" in (_gate(fleet, "c10", t1 + timedelta(minutes=6)) or "")
+    assert _gate(fleet, "c07", t1 + timedelta(minutes=6)) is None  # mid-way: goes on, halted or not
+    t2 = t1 + timedelta(hours=1)
+    assert "2 failure(s) acknowledged" in _resume(fleet, t2)
+    budget = _status(fleet)["budget"]
+    assert (budget["started"], budget["failed"]) == (1, 0), budget  # c07 only
+
+    at = due + DAY + timedelta(hours=1)  # c07's next window: it fails there
+    _start(fleet, ["c07"], at)
+    _finish(fleet, ["c07"], RunState.failed, at + timedelta(minutes=5))
+    assert "halted: 1 failure exceeds" in (_gate(fleet, "c10", at + timedelta(minutes=6)) or "")
+    budget = _status(fleet)["budget"]
+    assert (budget["started"], budget["failed"]) == (1, 1), budget
+
+
+def test_a_carried_over_run_cancelled_between_its_windows_gives_its_slot_back(fleet: Engine) -> None:
+    due = _to_the_broad_ring(fleet)
+    _carried_over(fleet, "c07", due + timedelta(hours=1), touched=True)
+    between = due + timedelta(hours=2)
+    assert _gate(fleet, "c11", between) == "1 update of this customer is in flight (limit 1)"
+    _finish(fleet, ["c07"], RunState.cancelled, between)
+    assert _gate(fleet, "c11", between) is None

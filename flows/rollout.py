@@ -50,7 +50,7 @@ from flows.rollout_rules import (
     wave_reason,
 )
 from flows.runtime import RuntimeNotConfigured, current
-from inventory.models import Cluster, RunState, UpgradeRun
+from inventory.models import Cluster, NodeStep, RunState, UpgradeRun
 from inventory.outbox import Notice, NoticeState
 from inventory.releases import (
     Member,
@@ -103,10 +103,15 @@ def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | Non
 
 
 def _touched(run: UpgradeRun, session: Session) -> bool:
-    """Whether a node was changed in `run` (flows/records.py `nodes_touched`, in this transaction)."""
-    from flows.records import touched_steps
+    """Whether a node was changed in `run` (flows/records.py `nodes_touched`, in this transaction), not
+    only asked its version: `upgrade_node`'s check is a read, and the upgrade's step is written before
+    its command is sent. A run carried over after a check alone (cut by a closed support tunnel, or
+    stopped right after it) changed nothing: it waits at a halted rollout and holds no slot (adv60)."""
+    from flows.records import UNTOUCHED
 
-    return session.exec(touched_steps(run.id)).first() is not None
+    changed = col(NodeStep.step).not_in((*UNTOUCHED, "check"))
+    query = select(NodeStep.id).where(col(NodeStep.run_id) == run.id, changed).limit(1)
+    return session.exec(query).first() is not None
 
 
 def _in_flight(run: UpgradeRun, session: Session) -> bool:

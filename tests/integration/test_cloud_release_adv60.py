@@ -12,16 +12,21 @@ the in-flight limits' (the fleet and helpers of test_cloud_release.py, SQLite an
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import pytest
+import yaml
 from sqlalchemy.engine import Engine
 
 from inventory.db import session_scope
+from inventory.importer import import_inventory
 from inventory.models import NodeStep, RunState, StepState
 from tests.integration.test_cloud_release import (
     CANARY,
     EARLY,
     _finish,
     _gate,
+    _inventory,
     _last_slot,
     _plan,
     _runs,
@@ -109,3 +114,25 @@ def test_a_carried_over_run_cancelled_between_its_windows_gives_its_slot_back(fl
     assert _gate(fleet, "c11", between) == "1 update of this customer is in flight (limit 1)"
     _finish(fleet, ["c07"], RunState.cancelled, between)
     assert _gate(fleet, "c11", between) is None
+
+
+def test_a_carried_over_run_s_cluster_cannot_be_moved_to_another_customer_between_windows(
+    fleet: Engine, tmp_path: Path
+) -> None:
+    """c07 (initech) carried over mid-way; an import between its windows moves c07 to umbrella. Refused
+    with one line naming the cluster, nothing written: its slot stays initech's (c11 waits), umbrella's
+    c08 is free - no slot left behind, none counted twice."""
+    due = _to_the_broad_ring(fleet)
+    _carried_over(fleet, "c07", due + timedelta(hours=1), touched=True)
+    inventory = _inventory()
+    moved = next(c for c in inventory["customers"][2]["clusters"] if c["name"] == "c07")
+    inventory["customers"][2]["clusters"].remove(moved)
+    inventory["customers"][3]["clusters"].append(moved)
+    path = tmp_path / "moved.yaml"
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    with pytest.raises(Exception, match="an import does not move a cluster to another customer"):
+        import_inventory(path, engine=fleet, actor="test")
+
+    between = due + timedelta(hours=2)
+    assert _gate(fleet, "c11", between) == "1 update of this customer is in flight (limit 1)"
+    assert _gate(fleet, "c08", between) is None

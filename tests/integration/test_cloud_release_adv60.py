@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -136,3 +137,41 @@ def test_a_carried_over_run_s_cluster_cannot_be_moved_to_another_customer_betwee
     between = due + timedelta(hours=2)
     assert _gate(fleet, "c11", between) == "1 update of this customer is in flight (limit 1)"
     assert _gate(fleet, "c08", between) is None
+
+
+def test_a_gate_that_waited_for_the_rollout_lock_reads_the_resume_that_held_it(
+    fleet: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, two dispatchers and an SRE. max_failures=1; c03 and c04 (early) failed. Dispatcher A
+    asks the gate about c07: it finds c07's rollout (no lock yet). Meanwhile dispatcher B's gate (c08)
+    halts the rollout and the SRE resumes it (2 failures acknowledged), both committed. A then locks the
+    rollout row (FOR UPDATE) - and must decide on what it locked: rolling, the failures acknowledged, so
+    c07 may start. It decided on the rollout as it had read it before the lock (the ORM keeps an object
+    it has already loaded), counted the acknowledged failures again and halted the release right after
+    the SRE's resume."""
+    if fleet.dialect.name != "postgresql":
+        pytest.skip("SQLite's BEGIN IMMEDIATE serialises the whole gate: no interleaving")
+    import flows.rollout as rollout_module
+
+    _plan(fleet, max_failures=1, soak_minutes=0)
+    due = _last_slot(fleet) + timedelta(minutes=1)
+    _start(fleet, CANARY, due)
+    _finish(fleet, CANARY, RunState.succeeded, due)
+    _start(fleet, EARLY, due)
+    _finish(fleet, ["c03", "c04"], RunState.failed, due)
+    _finish(fleet, ["c05", "c06"], RunState.succeeded, due)
+    later = due + timedelta(minutes=5)
+
+    found, meanwhile, first = rollout_module.rollout_of_run, [], [True]
+
+    def then_b_and_the_sre(run_id: int, *, session: Any) -> Any:
+        result = found(run_id, session=session)
+        if first.pop() if first else False:  # A's gate only, not B's
+            meanwhile.append(_gate(fleet, "c08", later))  # B: halts (its own transaction)
+            meanwhile.append(_resume(fleet, later))  # the SRE
+        return result
+
+    monkeypatch.setattr(rollout_module, "rollout_of_run", then_b_and_the_sre)
+    assert _gate(fleet, "c07", later) is None, meanwhile
+    assert "halted" in (meanwhile[0] or "") and "2 failure(s) acknowledged" in meanwhile[1]
+    assert not _status(fleet)["halted"]

@@ -175,3 +175,31 @@ def test_a_gate_that_waited_for_the_rollout_lock_reads_the_resume_that_held_it(
     assert _gate(fleet, "c07", later) is None, meanwhile
     assert "halted" in (meanwhile[0] or "") and "2 failure(s) acknowledged" in meanwhile[1]
     assert not _status(fleet)["halted"]
+
+
+def test_a_dispatcher_s_gate_counts_a_run_another_dispatcher_started_after_it_read_its_batch(
+    fleet: Engine,
+) -> None:
+    """PostgreSQL, two dispatchers, one update per customer at once. Dispatcher B reads its batch of due
+    runs (c07 and c11, both initech's, planned: flows/dispatch.py `_claim_many` reads the batch before
+    any gate). Dispatcher A starts c07 and commits. B's gate then asks about c11 under the rollout's lock:
+    c07 is in flight, c11 must wait. The gate counted c07 as B's batch had read it (planned: the ORM
+    keeps an object it has already loaded) and let c11 start - two initech clusters in flight, limit 1."""
+    if fleet.dialect.name != "postgresql":
+        pytest.skip("SQLite's BEGIN IMMEDIATE serialises the dispatchers: no interleaving")
+    from sqlmodel import select
+
+    from flows.rollout import start_gate
+    from inventory.models import UpgradeRun
+
+    _plan(fleet, soak_minutes=0, per_customer_limit=1)
+    due = _last_slot(fleet) + timedelta(minutes=1)
+    for ring in (CANARY, EARLY):
+        _start(fleet, ring, due)
+        _finish(fleet, ring, RunState.succeeded, due)
+    with session_scope(fleet) as b:
+        batch = b.exec(select(UpgradeRun).where(UpgradeRun.state == RunState.planned)).all()
+        c11 = _runs(b)["c11"]
+        assert c11 in batch
+        _start(fleet, ["c07"], due)  # dispatcher A, committed
+        assert start_gate(c11, session=b, now=due) == "1 update of this customer is in flight (limit 1)"

@@ -80,7 +80,10 @@ def start_gate(run: UpgradeRun, *, session: Session, now: datetime) -> str | Non
     # update of the release like any other, and a halted rollout started it in its next window (adv51).
     if found is None or (run.started_at is not None and _touched(run, session)):
         return None
-    rollout = session.exec(select(Rollout).where(Rollout.id == found[0].id).with_for_update()).one()
+    # Locked and read afresh: the copy `rollout_of_run` loaded before the lock may predate a halt or a
+    # resume committed meanwhile (decided on, it halted the release again right after a resume; adv60).
+    locked = select(Rollout).where(Rollout.id == found[0].id).with_for_update()
+    rollout = session.exec(locked.execution_options(populate_existing=True)).one()
     halted = halt_if_budget_exceeded(rollout, session=session, now=now)
     if halted:
         return f"release {rollout.version} rollout is halted: {halted}"
@@ -142,7 +145,7 @@ def _members(rollout: Rollout, session: Session) -> list[Member]:
     key, transaction = ("rollout-members", rollout.id), session.get_transaction()
     cached = session.info.get(key)
     if cached is None or cached[0] is not transaction:
-        cached = session.info[key] = (transaction, rollout_members(rollout, session=session))
+        cached = session.info[key] = (transaction, rollout_members(rollout, session=session, fresh=True))
     return list(cached[1])
 
 

@@ -170,8 +170,12 @@ def new_rollout(version: str, *, now: datetime, **terms: Any) -> Rollout:
 
 
 def get_rollout(version: str, *, session: Session, lock: bool = False) -> Rollout:
+    """The rollout of `version`; `lock`: its row locked (FOR UPDATE) and read afresh - a copy the session
+    loaded before the lock (a halt or resume committed since) is overwritten, never decided on (adv60)."""
     query = select(Rollout).where(Rollout.version == version)
-    rollout = session.exec(query.with_for_update() if lock else query).first()
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    rollout = session.exec(query).first()
     if rollout is None:
         known = ", ".join(session.exec(select(Rollout.version).order_by(col(Rollout.id)))) or "none yet"
         raise NotFound(f"no rollout of release {version!r} (rollouts: {known}); see `upkeep release plan`")
@@ -191,8 +195,10 @@ class Member:
     run: UpgradeRun | None
 
 
-def rollout_members(rollout: Rollout, *, session: Session) -> list[Member]:
-    """Every cluster of the rollout with its run (if any), by cluster name."""
+def rollout_members(rollout: Rollout, *, session: Session, fresh: bool = False) -> list[Member]:
+    """Every cluster of the rollout with its run (if any), by cluster name. `fresh`: as committed now,
+    overwriting what the session loaded before (the start gate, under the rollout's lock: a dispatcher
+    reads its batch of due runs first, and a run another one started since must count in flight, adv60)."""
     query = (
         select(RolloutCluster, Cluster, UpgradeRun)
         .join(Cluster, col(Cluster.id) == RolloutCluster.cluster_id)
@@ -200,6 +206,8 @@ def rollout_members(rollout: Rollout, *, session: Session) -> list[Member]:
         .where(RolloutCluster.rollout_id == rollout.id)
         .order_by(col(Cluster.name))
     )
+    if fresh:
+        query = query.execution_options(populate_existing=True)
     return [Member(entry, cluster, run) for entry, cluster, run in session.exec(query)]
 
 

@@ -203,3 +203,33 @@ def test_a_dispatcher_s_gate_counts_a_run_another_dispatcher_started_after_it_re
         assert c11 in batch
         _start(fleet, ["c07"], due)  # dispatcher A, committed
         assert start_gate(c11, session=b, now=due) == "1 update of this customer is in flight (limit 1)"
+
+
+def test_two_resumes_at_once_resume_once(fleet: Engine) -> None:
+    """Two `release resume` at once (both DBs: PostgreSQL's FOR UPDATE, SQLite's BEGIN IMMEDIATE): one
+    resumes, the other is told the rollout is not halted; one audit event, the acknowledgement once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlmodel import select
+
+    from inventory.models import AuditEvent
+
+    _plan(fleet, max_failures=0, soak_minutes=0)
+    due = _last_slot(fleet) + timedelta(minutes=1)
+    _start(fleet, CANARY, due)
+    _finish(fleet, ["c01"], RunState.failed, due)
+    assert "halted" in (_gate(fleet, "c03", due) or "")
+
+    def resume() -> str:
+        try:
+            return _resume(fleet, due + timedelta(minutes=1))
+        except Exception as refused:
+            return f"refused: {refused}"
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = sorted(pool.map(lambda _: resume(), range(2)))
+    assert answers[0].startswith("refused: release 9.10.0 rollout is rolling, not halted"), answers
+    assert "1 failure(s) acknowledged" in answers[1], answers
+    with session_scope(fleet) as session:
+        events = session.exec(select(AuditEvent).where(AuditEvent.action == "rollout.resumed")).all()
+    assert len(events) == 1

@@ -280,6 +280,18 @@ def authed() -> Any:
         server.stop()
 
 
+def _retried_against(engine: Engine, handler: Any, times: int) -> tuple[SmtpServer, datetime]:
+    """`_every_retry` `times` against a real SMTP server answering with `handler`, stopped after; the
+    server (its handler keeps what it accepted) and the time after."""
+    server = SmtpServer()
+    server.handler = handler
+    server.start()
+    try:
+        return server, _every_retry(engine, server.transport(), times)
+    finally:
+        server.stop()
+
+
 def _every_retry(engine: Engine, transport: Any, times: int) -> datetime:
     """`deliver_pending` as often, each time when the earliest pending notice is due; the time after."""
     now = T0
@@ -366,13 +378,7 @@ def test_a_connection_cut_mid_exchange_at_every_message_names_the_exception_kind
 
     with session_scope(engine) as session:
         queue(session, customer_id, 2, recipients=("ops@acme.example",))
-    server = SmtpServer()
-    server.handler = Cut()
-    server.start()
-    try:
-        now = _every_retry(engine, server.transport(), 8)
-    finally:
-        server.stop()
+    server, now = _retried_against(engine, Cut(), 8)
 
     assert {r.state for r in _notices(engine)} == {NoticeState.pending} and server.handler.messages == []
     (alert,) = _alerts(engine)
@@ -406,13 +412,7 @@ def test_a_connection_cut_after_the_whole_message_is_resent_with_the_same_messag
 
     with session_scope(engine) as session:
         queue(session, customer_id, 1, recipients=("ops@acme.example",))
-    server = SmtpServer()
-    server.handler = CutAfterBody()
-    server.start()
-    try:
-        _every_retry(engine, server.transport(), 3)
-    finally:
-        server.stop()
+    server, _ = _retried_against(engine, CutAfterBody(), 3)
     assert list(server.handler.ids().values()) == [2], server.handler.ids()  # one Message-ID, twice
     assert [n.state for n in _notices(engine)] == [NoticeState.sent]
     assert _alerts(engine) == []
@@ -433,12 +433,6 @@ def test_a_connection_cut_after_the_whole_message_at_every_try_is_stuck_with_one
 
     with session_scope(engine) as session:
         (notice,) = queue(session, customer_id, 1, recipients=("ops@acme.example",))
-    server = SmtpServer()
-    server.handler = AlwaysCut()
-    server.start()
-    try:
-        _every_retry(engine, server.transport(), 9)
-    finally:
-        server.stop()
+    server, _ = _retried_against(engine, AlwaysCut(), 9)
     assert [a.key for a in _alerts(engine)] == [f"mail-unusable:notice-{notice.id}"]
     assert len(server.handler.ids()) == 1  # the same message each time

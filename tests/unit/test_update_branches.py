@@ -284,6 +284,14 @@ def test_the_database_away_for_a_moment_during_the_resume_s_settle_wait_does_not
     assert "failed" not in world.notices(run.id)
 
 
+def _with_flow_run(world: World, run_id: int | None, flow_run_id: str) -> None:
+    """The run's Prefect flow run id, as a gate's process records it (a made-up one: Prefect is faked)."""
+    with session_scope(world.engine) as session:
+        session.execute(
+            update(UpgradeRun).where(col(UpgradeRun.id) == run_id).values(flow_run_id=flow_run_id)
+        )
+
+
 class _Killed(BaseException):
     """The flow's process killed (kill -9, the machine lost) while its approval gate waited."""
 
@@ -317,12 +325,8 @@ def test_a_refusal_given_while_the_gate_s_process_was_dead_stands_when_the_run_i
         world.update(require_approval=True)
     run = world.run()
     assert run.id is not None and run.state == RunState.running and gates == [1]
-    with session_scope(world.engine) as session:  # the flow run it was (Prefect's, still paused there)
-        session.execute(
-            update(UpgradeRun)
-            .where(col(UpgradeRun.id) == run.id)
-            .values(flow_run_id="00000000-0000-0000-0000-000000000001")
-        )
+    # the flow run it was (Prefect's, still paused there)
+    _with_flow_run(world, run.id, "00000000-0000-0000-0000-000000000001")
     monkeypatch.setattr("flows.approval.resume_flow_run", lambda *_args, **_kwargs: None)
     said = approve_run(run.id, engine=world.engine, approved=False, reason="not this week", actor="op")
     assert said.startswith(f"run {run.id} refused; ") and "is not answering" in said, said  # lease ran out
@@ -481,12 +485,7 @@ def test_approve_at_a_gate_that_paused_but_never_asked_is_one_line_and_records_n
         world.update(require_approval=True)
     run = world.run()
     assert run.id is not None
-    with session_scope(world.engine) as session:
-        session.execute(
-            update(UpgradeRun)
-            .where(col(UpgradeRun.id) == run.id)
-            .values(flow_run_id="00000000-0000-0000-0000-000000000005")
-        )
+    _with_flow_run(world, run.id, "00000000-0000-0000-0000-000000000005")
     answers: list[dict[str, object]] = []
 
     def never_asked(_flow_run_id: Any, run_input: dict[str, object]) -> None:
@@ -517,12 +516,7 @@ def _both_answered(
     def both_answers(**_kwargs: Any) -> Any:
         run_id = world.run().id
         assert run_id is not None
-        with session_scope(world.engine) as session:
-            session.execute(
-                update(UpgradeRun)
-                .where(col(UpgradeRun.id) == run_id)
-                .values(flow_run_id="00000000-0000-0000-0000-000000000004")
-            )
+        _with_flow_run(world, run_id, "00000000-0000-0000-0000-000000000004")
         reason = "CHG-9" if cli_approves else "not today"
         approve_run(run_id, engine=world.engine, approved=cli_approves, reason=reason, actor="alice")
         approved, by, why = kept
@@ -553,12 +547,7 @@ def test_an_answer_by_upkeep_approve_to_a_live_gate_is_one_decision(
     def answered_by_upkeep_approve(**_kwargs: Any) -> Any:
         run = world.run()
         assert run.id is not None
-        with session_scope(world.engine) as session:
-            session.execute(
-                update(UpgradeRun)
-                .where(col(UpgradeRun.id) == run.id)
-                .values(flow_run_id="00000000-0000-0000-0000-000000000002")
-            )
+        _with_flow_run(world, run.id, "00000000-0000-0000-0000-000000000002")
         approve_run(run.id, engine=world.engine, approved=approved, reason="ok by me", actor="op")
         return approval.Approval(approved=approved, approver="op", reason="ok by me")
 

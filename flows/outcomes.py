@@ -453,6 +453,9 @@ def _carry_over(
     assert run_id is not None
     if (idle := idle_windows(run_id, done, session)) >= STALLED_AFTER:
         return _stalled(runtime, plan, run, session, now, done, idle, why, tunnel_closed)
+    # Asked before the move and before the 'partial' below is queued (it would answer for itself): an
+    # announcement anew of an update that has not begun gives the full notice period (adv59).
+    kind = move_notice(run, session)
     try:
         slot = next_window(
             run,
@@ -461,6 +464,7 @@ def _carry_over(
             estimate=runtime.per_node_estimate,
             urgent=True,  # the customer was promised this update; an open case must not strand it
             session=session,
+            announcing=kind is NoticeKind.scheduled and not (done or touched),
         )
         window = window_at(run, slot.start, session=session) or slot
     except SchedulingError as exc:
@@ -528,9 +532,8 @@ def _carry_over(
     # announced anew ('scheduled') when every notice of it was refused - a pending 'scheduled' anew (a
     # move earlier, the outbox not run since) is superseded by this notice, and a 'rescheduled' was their
     # first word of it (adv57, h-ending); nothing when never announced: an SRE's `upkeep request --now`
-    # taken up past its cutoff mailed "rescheduled" for an update never announced (adv50). Asked before
-    # the 'partial' below is queued (it would answer for itself).
-    kind = move_notice(run, session)
+    # taken up past its cutoff mailed "rescheduled" for an update never announced (adv50). `kind` was
+    # asked above, before the move.
     moved = customer_reason or "partially done; the remaining nodes continue in the next window"
     # A 'scheduled' anew announces an update that has not begun ("we will upgrade ... from <old>"): once a
     # node changed, that is false, and at the next SEQUENCE it superseded the 'started' and 'partial' still

@@ -29,7 +29,7 @@ from flows.run_notices import (
 )
 from inventory import repo
 from inventory.cases import CaseError, check_case_ref, open_blocking_case
-from inventory.models import Cluster, Customer, RunState, UpgradeRun
+from inventory.models import Cluster, Customer, RunSource, RunState, UpgradeRun
 from inventory.outbox import mark_superseded, pending_of
 from inventory.runs import create_run, finish_run, get_run
 from inventory.windows import blackouts_for, cluster_windows, notice_policy
@@ -350,15 +350,25 @@ def next_window(
     estimate: timedelta,
     urgent: bool,
     session: Session,
+    announcing: bool = False,
 ) -> Interval:
     """The first slot of `estimate` in the run's cluster's windows at or after `not_before`, outside
-    blackouts, with no notice period (the customer was told already). NoSlot says why there is none."""
+    blackouts, with no notice period (the customer was told already). NoSlot says why there is none.
+
+    `announcing`: the move is the customer's first word of the update (every notice of it was refused:
+    `move_notice` answers 'scheduled'): the full notice period counts from now, the run's own (its kind,
+    its urgency), as for any announcement and as `upkeep reschedule` asks. A carry-over announced it
+    anew for the next window, 23 h on, inside a 72 h notice period (adv59)."""
     cluster, customer = _owner(run, session)
+    notice = timedelta(0)
+    if announcing:
+        kind = UpdateKind.CLOUD_RELEASE if run.source == RunSource.release else UpdateKind.PRODUCT_UPDATE
+        notice = minimum_notice(notice_policy(customer), kind, bool(run.urgent))
     return find_slot(
         now=now,
         windows=cluster_windows(cluster, customer, session=session),
         blackouts=blackouts_for(customer, session=session),
-        notice=timedelta(0),
+        notice=notice,
         estimate=estimate,
         urgent=urgent,
         not_before=not_before,
@@ -379,14 +389,20 @@ def reslot_update(
     run = _planned(run_id, "re-slot", session)
     previous, previous_end = run.slot_start, run.slot_end
     assert previous is not None and previous_end is not None  # _planned checked it
+    kind = move_notice(run, session)  # 'rescheduled'; 'scheduled' anew if every notice bounced; or none
     try:
         # urgent: an open case must not strand an update the customer was already promised
         slot = next_window(
-            run, now=now, not_before=now, estimate=previous_end - previous, urgent=True, session=session
+            run,
+            now=now,
+            not_before=now,
+            estimate=previous_end - previous,
+            urgent=True,
+            session=session,
+            announcing=kind is NoticeKind.scheduled,
         )
     except NoSlot as exc:
         raise ScheduleRefused(f"cannot re-slot {update_ref(run.id)}: {exc}") from None
-    kind = move_notice(run, session)  # 'rescheduled'; 'scheduled' anew if every notice bounced; or none
     run.slot_start, run.slot_end = slot.start, slot.end
     run.notice_sequence += 1
     session.add(run)

@@ -159,7 +159,7 @@ def test_a_carry_over_after_a_bounce_and_a_move_announces_the_update_anew_not_re
     it is carried over to Tuesday. The carry-over asked `customer_knows` - the pending 'scheduled' answered
     yes - and queued 'rescheduled' at the next SEQUENCE, which supersedes the pending announcement: the
     customer's first word of the update was "rescheduled, previously <a slot they never heard of>". It
-    asks `move_notice`, as every other move: announced anew at Tuesday's slot."""
+    asks `move_notice`, as every other move: announced anew, with the full notice period."""
     from tasks.mail import PermanentMailError
 
     world = on_call_world
@@ -178,4 +178,6 @@ def test_a_carry_over_after_a_bounce_and_a_move_announces_the_update_anew_not_re
     _deliver(world, MONDAY + timedelta(hours=1), mailbox)
     run = world.run()
     assert mailbox == [f"scheduled:{run.notice_sequence}"], mailbox
-    assert run.slot_start == MONDAY + DAY
+    # An announcement gives the full notice period (72 h from 00:55 Monday: Thursday's window has no room
+    # left, Friday's), not Tuesday's window a carry-over of a known update takes (adv59, decided).
+    assert run.slot_start == MONDAY + 4 * DAY

@@ -226,3 +226,49 @@ def _limit_state_at(url: str) -> tuple[str, str]:
 
     with temporary_settings({PREFECT_API_URL: url}):
         return limit_state(NAME, within=10)
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_a_limit_named_by_dots_is_read_as_the_limit_it_is(prefect_harness: None, name: str) -> None:
+    """adv62: Prefect allows a limit named '..' or '.' (it bans only / % & > <). Quoted with `safe=''` the
+    name stayed a dot segment, which the client's URL resolves away: '..' read GET /api/v2/, Prefect's own
+    route miss ({"detail": "Not Found"}), taken as the limit missing, so the dispatcher held the whole
+    fleet on a working limit and the doctor said `prefect gcl create ..` (a 409: it exists); '.' read a
+    405 and every command refused."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.settings import PREFECT_API_URL
+
+    url = str(PREFECT_API_URL.value())
+    with get_client(sync_client=True) as client:
+        made = client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=2))
+    try:
+        from prefect.settings import temporary_settings
+
+        from flows.product_update import limit_state
+
+        with temporary_settings({PREFECT_API_URL: url}):
+            state, line = limit_state(name, within=30)
+        assert (state, line) == ("grants", ""), line
+        with prefect_api_client(url) as http:
+            check = _cluster_limit(http, name, within=30)
+        assert check.status == "ok", check
+        assert check.detail == f"UPKEEP_CLUSTER_LIMIT '{name}': 2 clusters at once (0 in use now)", check
+    finally:
+        with get_client(sync_client=True) as client:
+            client._client.delete(f"/v2/concurrency_limits/{made}")
+
+
+def test_prefects_route_miss_is_no_missing_limit(api: tuple[type[_Api], str]) -> None:
+    """adv62: Prefect's own API answers a path it has no route for (a server without the v2 limits, a
+    path router's rewrite) with {"detail": "Not Found"}: JSON with `detail`, read as the limit missing
+    ("create it"). Its missing limit says "Concurrency Limit not found"; a route miss says nothing of
+    the limit."""
+    handler, url = api
+    handler.answer = staticmethod(
+        lambda: (404, b'{"detail": "Not Found"}', {"Content-Type": "application/json"})
+    )
+
+    assert "no Prefect global concurrency limit has that name" not in _check(url).detail
+    state, line = _limit_state_at(url)
+    assert state == "erred" and "no Prefect global concurrency limit has that name" not in line, line

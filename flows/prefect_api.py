@@ -138,6 +138,19 @@ def not_a_limit(exc: Exception) -> str:
     return f"{type(exc).__name__}: {line(str(exc), 200)}"
 
 
+ROUTE_MISS = "Not Found"  # Starlette's detail for a path no route of the API matches
+
+
+def path_name(name: str) -> str:
+    """`name` as one segment of an API path: percent-quoted whole ('#', '?', ' ' and '/' too), dots
+    included. Prefect allows a limit or pool named '.' or '..' (it bans only / % & > <); left as they are,
+    the client's URL resolves them as dot segments ('..' read GET /api/v2/, Prefect's route miss) (adv62).
+    The server decodes %2E back to the name."""
+    from urllib.parse import quote
+
+    return quote(name, safe="").replace(".", "%2E")
+
+
 def prefects_not_found(response: Any) -> bool:
     """Whether a 404 is Prefect's own "not found": its API answers a JSON object with `detail` ('Work pool
     "x" not found.', 'Concurrency Limit not found'). A reverse proxy's or a path router's 404 in front of
@@ -148,7 +161,10 @@ def prefects_not_found(response: Any) -> bool:
         answer = response.json()
     except ValueError:
         return False
-    return isinstance(answer, dict) and "detail" in answer
+    # Prefect's route miss (no route for the path: a server without that endpoint, a rewritten path) is
+    # Starlette's {"detail": "Not Found"}: JSON with detail too, but it says nothing of the object (adv62).
+    detail = answer.get("detail") if isinstance(answer, dict) else None
+    return isinstance(detail, str) and bool(detail.strip()) and detail != ROUTE_MISS
 
 
 def answered_within(seconds: float | None, call: Callable[[], T]) -> T:

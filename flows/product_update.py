@@ -252,12 +252,18 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
     not answer, or not within `within` seconds: "silent"; "erred": it answered the read with an error
     status or with what is no limit) of the Prefect limit `name`, each `why` one line naming the setting
     (and, when it answered, the API, its credentials masked). One API read."""
-    from urllib.parse import quote
 
     import httpx
     from prefect.exceptions import ObjectNotFound
 
-    from flows.prefect_api import NoAnswer, answered_within, prefects_not_found, quick_client, scrubbed
+    from flows.prefect_api import (
+        NoAnswer,
+        answered_within,
+        path_name,
+        prefects_not_found,
+        quick_client,
+        scrubbed,
+    )
 
     setting = f"UPKEEP_CLUSTER_LIMIT {name!r}"
 
@@ -265,8 +271,9 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
         with quick_client(within) as client:
             # Quoted: Prefect's client puts the name into the path as it is, and a name may hold '#' or
             # '?' (Prefect bans only / % & > <): read unquoted, 'a#b' was 'a', missing, and the
-            # dispatcher held the whole fleet for a working limit (adv38).
-            return client.read_global_concurrency_limit_by_name(quote(name, safe=""))
+            # dispatcher held the whole fleet for a working limit (adv38); dots too: '..' was a dot segment
+            # the URL resolved away, Prefect's route miss read as missing (adv62).
+            return client.read_global_concurrency_limit_by_name(path_name(name))
 
     try:
         limit = answered_within(within, read)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -310,7 +310,7 @@ def _cluster_limit(http: Any, name: str, *, within: float = ANSWER_DEADLINE) -> 
 
     setting = _limit_setting(name)
     api = _bare(str(http.base_url).rstrip("/"))
-    path = f"v2/concurrency_limits/{quote(name, safe='')}"
+    path = f"v2/concurrency_limits/{prefect_api.path_name(name)}"
     try:  # as bounded as the /health question: a server that answers that and hangs here was waited for
         # httpx's per-read timeout a little longer (flows/prefect_api.py `quick_client`): the deadline says.
         reply = prefect_api.within(within, lambda: http.get(path, timeout=within + NET_TIMEOUT))

@@ -360,6 +360,54 @@ def test_a_refusal_given_while_the_gate_s_process_was_dead_stands_when_the_run_i
     assert _decisions(world, run.id) == [("refused", "op", "not this week")]  # `upkeep show` says who
 
 
+@pytest.mark.parametrize("holder", ["alive", "gone"])
+def test_an_approval_the_gate_never_asked_for_says_who_asks_again(
+    world: World, monkeypatch: pytest.MonkeyPatch, holder: str
+) -> None:
+    """adv62: `upkeep approve` in the gap between the gate's pause and its question, which outlasts the
+    patience (GATE_PATIENCE): the line said "its process stopped in that moment: killed?; the take-over
+    asks again" whatever the lease said. With the holder's lease live and its process seen (slow: the
+    question's save retried by Prefect's client under load), no take-over comes: the gate asks itself a
+    moment later and waits for an answer the operator was told the take-over would ask for. Said as the
+    lease rules read it: the holder alive, answer again once it asks; gone, the take-over asks again."""
+    from flows import approval
+    from upkeep.console import CliError
+    from upkeep.updates import approve_run
+
+    def dies_waiting(**_kwargs: Any) -> Any:
+        raise _Killed
+
+    monkeypatch.setattr(approval, "pause_flow_run", dies_waiting)
+    with pytest.raises(_Killed):
+        world.update(require_approval=True)
+    run = world.run()
+    assert run.id is not None and run.state == RunState.running
+    until = world.runtime.clock() + timedelta(hours=1) if holder == "alive" else MONDAY - timedelta(days=1)
+    with session_scope(world.engine) as session:
+        session.execute(
+            update(UpgradeRun)
+            .where(col(UpgradeRun.id) == run.id)
+            .values(flow_run_id="00000000-0000-0000-0000-000000000001", lease_until=until)
+        )
+
+    def no_question(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("Cannot resume this run: Run input schema not found.")
+
+    monkeypatch.setattr("flows.approval.resume_flow_run", no_question)
+    monkeypatch.setattr(approval, "GATE_PATIENCE", 0.0)
+    with pytest.raises(CliError) as refused:
+        approve_run(run.id, engine=world.engine, approved=True, reason="CHG-1", actor="op")
+    said = str(refused.value)
+
+    assert said.startswith(f"run {run.id}: its gate paused but") and "not approved" in said, said
+    if holder == "alive":
+        assert "take-over" not in said and "killed" not in said, said
+        assert f"answer again once `upkeep show {run.id}` says it waits for approval" in said, said
+    else:
+        assert "is not answering: the dispatcher's next take-over asks again" in said, said
+    assert world.run().approved_by == "" and _decisions(world, run.id) == []
+
+
 @pytest.mark.parametrize("action", ["pause", "cancel"])
 def test_killed_between_the_gate_s_wake_and_the_stop_s_ending_the_take_over_ends_it_once(
     world: World, monkeypatch: pytest.MonkeyPatch, action: str

@@ -871,7 +871,8 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
     from prefect.exceptions import FlowPauseTimeout, NotPausedError
     from sqlalchemy.exc import DBAPIError
 
-    from flows.approval import GateNotAsking, answer_gate, decision
+    from flows import lease
+    from flows.approval import GATE_PATIENCE, GateNotAsking, answer_gate, decision
     from inventory.models import RunState
 
     with session_scope(engine) as session:
@@ -936,9 +937,18 @@ def approve_run(run_id: int, *, engine: Engine, approved: bool, reason: str, act
         try:
             answer_gate(UUID(run.flow_run_id), {"approved": approved, "approver": actor, "reason": reason})
         except GateNotAsking:
+            # Who asks again, as the lease rules read the holder (adv62): gone, the take-over; alive (the
+            # question's save slow under load), the gate itself a moment later: no take-over comes.
+            if dead := _gate_not_answering(run, "asks again"):
+                later = dead
+            else:
+                later = (
+                    f"its process ({lease.holder_label(run.lease_owner or '')}) still holds the run: "
+                    f"answer again once `upkeep show {run_id}` says it waits for approval"
+                )
             raise CliError(
-                f"run {run_id}: its gate paused but never asked its question (its process stopped in that "
-                f"moment: killed?): not {_PAST[verb]}; the take-over asks again (`upkeep show {run_id}`)"
+                f"run {run_id}: its gate paused but has not asked its question after {GATE_PATIENCE:g} s: "
+                f"not {_PAST[verb]}; {later}"
             ) from None
         except (NotPausedError, FlowPauseTimeout, RuntimeError) as exc:
             raise CliError(

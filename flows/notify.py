@@ -313,15 +313,31 @@ def _alert_mail_unusable(error: str, *, now: datetime, session: Session) -> None
     count = session.exec(
         select(func.count()).select_from(Notice).where(Notice.state == NoticeState.pending)
     ).one()
+    from tasks.mail import HANDED_OVER
+
+    waiting_line = (
+        f"{count} customer notice(s) waiting; the oldest, '{oldest.kind}' of {oldest.update_ref}, tried "
+        f"{oldest.attempts} times."
+    )
+    if HANDED_OVER in error:  # cut after the whole message: each try may be a copy in their mailbox (adv62)
+        headline = "customer notices not confirmed: the mail server cuts the connection after taking them"
+        told = (
+            f"{waiting_line} Each try sent the whole message before the cut, so the customers may have it "
+            "once per try (the same Message-ID, which many mail clients fold into one). They are retried "
+            "hourly until the server answers; do not tell them again by hand before checking with them."
+        )
+    else:
+        headline = "customer notices not delivered: the mail server cannot be used"
+        told = (
+            f"{waiting_line} They are retried hourly and go out by themselves once the server takes them; "
+            "until then no customer hears of anything, and each never-told update slides at its re-check."
+        )
     alert_sre(
         None,
-        headline="customer notices not delivered: the mail server cannot be used",
+        headline=headline,
         cause=_one_line(error),
         kind="mail-unusable",
-        detail=f"{count} customer notice(s) waiting; the oldest, '{oldest.kind}' of {oldest.update_ref}, "
-        f"tried {oldest.attempts} times. They are retried hourly and go out by themselves once the "
-        "server takes them; until then no customer hears of anything, and each never-told update "
-        "slides at its re-check.",
+        detail=told,
         action="Fix: the mail server, or the SMTP settings (UPKEEP_SMTP_HOST, _PORT, _USER, _PASSWORD, "
         "UPKEEP_MAIL_FROM); `upkeep doctor` checks them.",
         key=f"mail-unusable:notice-{oldest.id}",  # one per outage, however many ticks it lasts

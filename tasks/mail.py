@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 __all__ = [
+    "HANDED_OVER",
     "IDEMPOTENCY_HEADER",
     "MailError",
     "MailTransport",
@@ -68,6 +69,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# In a cut's error when the whole message had been handed over before it (the server's answer never read):
+# the message may have arrived, and its resend is another copy (flows/notify.py tells the SRE so) (adv62).
+HANDED_OVER = "after the whole message was sent"
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@-]")
 
@@ -262,6 +266,12 @@ class SmtpSession:
             # Cut off inside the exchange: whether the server kept the message is unknown (the
             # at-least-once window in flows/notify.py), so it stays queued and is not resent here.
             self._drop()
+            if getattr(smtp, "body_sent", False):  # the server may have kept it: each try another copy
+                raise TemporaryMailError(
+                    f"{where}: {_detail(exc)} {HANDED_OVER} (it may have arrived; sent again at the next "
+                    "try under the same Message-ID)",
+                    transport=True,
+                ) from None
             raise TemporaryMailError(f"{where}: {_detail(exc)}", transport=True) from None
         return refused
 

@@ -272,3 +272,23 @@ def test_prefects_route_miss_is_no_missing_limit(api: tuple[type[_Api], str]) ->
     assert "no Prefect global concurrency limit has that name" not in _check(url).detail
     state, line = _limit_state_at(url)
     assert state == "erred" and "no Prefect global concurrency limit has that name" not in line, line
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"detail": null}', b'{"detail": ""}', b'{"detail": 404}', b'["detail"]', b'"detail"', b""],
+    ids=["detail-null", "detail-empty", "detail-number", "list", "string", "empty-json"],
+)
+def test_a_404_whose_json_is_no_detail_of_prefects_is_no_missing_limit(
+    api: tuple[type[_Api], str], body: bytes
+) -> None:
+    """adv62: 404s with a JSON content type that are not Prefect's `{"detail": "..."}` (a null or empty
+    detail was taken for Prefect's 'not found' before: `"detail" in answer`): the commands and the doctor
+    refuse them as an API that erred, never 'create it'."""
+    handler, url = api
+    handler.answer = staticmethod(lambda: (404, body, {"Content-Type": "application/json"}))
+
+    check = _check(url)
+    assert check.status == "fail" and "no Prefect global concurrency limit has that name" not in check.detail
+    state, line = _limit_state_at(url)
+    assert state == "erred" and "no Prefect global concurrency limit has that name" not in line, line

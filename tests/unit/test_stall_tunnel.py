@@ -108,3 +108,22 @@ def test_a_stall_lost_to_a_closed_tunnel_tells_the_customer_why_and_what_restart
     assert "Opening it does not restart the upgrade by itself" in stopped, stopped
     assert "Please open it before the next window" not in stopped, stopped  # there is no next window
     assert "stalled:" not in stopped and "no node upgraded in" not in stopped, stopped  # the SRE's words
+
+
+def test_a_stall_lost_to_a_closed_tunnel_does_not_say_the_cause_is_being_looked_into(world: World) -> None:
+    """adv62: the tunnel stall's 'stopped' gives the cause and asks the customer to open the tunnel and
+    tell us, then went on with the fixed words "Our engineers are looking into why it could not go ahead
+    and will contact you" (text and HTML): the cause is known and theirs to fix, and told that, they wait
+    for a call (h-fleet's complaint, the fixed words kept beside the new reason)."""
+    run_id = _planned_monday(world)
+    _fleet(world).closed.add(FIRST)
+
+    assert _three_windows(world, run_id)[-1] == "paused"
+    with session_scope(world.engine) as session:
+        query = select(Notice).where(Notice.update_ref == f"update-{run_id}", Notice.kind == "stopped")
+        [notice] = session.exec(query).all()
+    for body in (notice.body_text, notice.body_html):
+        flat = " ".join(body.split())
+        assert "support tunnel was closed" in flat, flat
+        assert "looking into why it could not go ahead" not in flat, flat
+        assert "Our engineers will plan it again with you once you tell us the tunnel is open" in flat, flat

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlmodel import select
 
 from inventory.alerts import Alert
@@ -127,3 +128,27 @@ def test_a_stall_lost_to_a_closed_tunnel_does_not_say_the_cause_is_being_looked_
         assert "support tunnel was closed" in flat, flat
         assert "looking into why it could not go ahead" not in flat, flat
         assert "Our engineers will plan it again with you once you tell us the tunnel is open" in flat, flat
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Product question (adv62): the portal's page of an update stopped for now "
+    "(flows/portal_actions.py StoppedUpdate, templates/portal/stopped_update.html.j2) is 'what their "
+    "stopped notice said', but for "
+    "a stall lost to the customer's closed support tunnel it gives neither the cause nor the command the "
+    "mail now gives, and says 'Our engineers will contact you'. The reason is stored nowhere but in the "
+    "notice's rendered bodies (the STALLED audit keeps the SRE's words). Should the portal show the "
+    "customer's reason (kept on the run or the notice), as the mail does?",
+)
+def test_the_portals_page_of_a_tunnel_stall_gives_its_cause_and_command(world: World) -> None:
+    from flows.portal_actions import stopped_update
+    from inventory.models import Customer
+
+    run_id = _planned_monday(world)
+    _fleet(world).closed.add(FIRST)
+    assert _three_windows(world, run_id)[-1] == "paused"
+    with session_scope(world.engine) as session:
+        owner = session.exec(select(Customer).where(Customer.name == "fakeco")).one()
+        page = stopped_update(run_id, owner, session=session)
+    said = str(getattr(page, "reason", ""))
+    assert "support tunnel was closed" in said and "upkeep-agent tunnel start" in said, page

@@ -281,7 +281,9 @@ def limit_state(name: str, *, within: float | None = None) -> tuple[str, str]:
         if not prefects_not_found(getattr(exc.http_exc, "response", None)):
             # A 404 not of Prefect's (a proxy or path router in front of the API): the limit may well
             # exist behind it; "no limit of that name, create it" sent the operator to make a second (adv48).
-            return "erred", (
+            # Still a brake: no run gets a slot through that route. Read as 'erred' the tick took it for
+            # the API away, held nothing, told nobody and started every due run into the same 404 (adv62).
+            return "brake", (
                 f"{setting}: {_limit_read_failed(exc.http_exc)}, not Prefect's own 'not found' (a proxy in "
                 "front of the API?)"
             )

@@ -267,18 +267,11 @@ def test_the_limit_deleted_during_an_in_process_tick_holds_the_claims_still_to_c
         assert session.exec(select(Alert).where(Alert.run_id == b_id)).all() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Product question (adv62): since ea40f78 a 404 that is not Prefect's (a proxy or path router "
-    "in front of /api/v2/concurrency_limits, answering HTML) is 'erred', not 'brake'. The commands refuse "
-    "it, but the tick reads 'erred' as the API away (limit_unusable without away): it holds nothing and "
-    "tells nobody, and starts every due run, each of which asks the same proxy for its slot "
-    "(cluster_slot), where limit_unusable again says '' and the raw exception is re-raised (by the code: "
-    "the adv21 path, not the run's clean 'limit unusable' ending). Before, the tick held the fleet with "
-    "one alert a day. Should the tick hold on 'erred' too (one alert naming the API's answer), as the "
-    "commands refuse it?",
-)
 def test_a_proxys_404_for_the_limit_holds_the_tick_and_tells_the_sre(world: World, tmp_path: Path) -> None:
+    """A 404 that is not Prefect's (a proxy or path router in front of /api/v2/concurrency_limits): no run
+    gets a slot through that route, so the tick holds the fleet with one alert naming the answer, as for
+    a missing limit, in the proxy's words (decided on adv62's question; 'erred' started every due run
+    into the same 404)."""
     from http.server import ThreadingHTTPServer
 
     from prefect.settings import PREFECT_API_URL, temporary_settings

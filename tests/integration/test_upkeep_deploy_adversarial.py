@@ -522,3 +522,69 @@ def test_a_proxys_404_for_the_work_pool_is_refused_not_taken_for_no_pool(
     assert _deployments(api) == {}
     pool = checks["work pool"]
     assert pool.status == "fail" and "404" in pool.detail and "work-pool create" not in pool.fix, pool
+
+
+# -- adv61: a failing deploy racing `live off`; credentials echoed by a proxy; a proxy's 404 JSON ---------
+def test_live_off_while_a_live_deploy_that_then_fails_runs_leaves_nothing_running_with_the_variable_false(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path, in_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adv61: as the test above, but A's `prefect deploy` stops half-way (the third deployment fails):
+    the first two are written ACTIVE after B's `live off`, and the refusal was raised before the "off
+    wins" re-check, so the dispatcher was left running with the variable false."""
+    _no_deployment_left(api)
+    assert _upkeep(_env(server, tmp_path), "deploy").returncode == 0
+    _set_variable(api, True)
+    _set_schedules(api, True)
+    from upkeep.console import CliError
+
+    real = in_process._run_prefect
+    real_yaml = in_process._rendered_prefect_yaml
+    other = _once(lambda: in_process.switch(False))
+
+    def third_fails(value: bool, directory: Path) -> Path:
+        path = real_yaml(value, directory)
+        path.write_text(path.read_text().replace(":case_auto_close", ":no_such_flow"))
+        return path
+
+    def b_stops_first(api_url: str, *args: str, **kwargs: Any) -> Any:
+        if args[0] == "deploy":
+            other()
+            assert _running_with_variable_false(api) == [] and _variable(api) is False  # B: 'paused'
+        return real(api_url, *args, **kwargs)
+
+    monkeypatch.setattr(in_process, "_rendered_prefect_yaml", third_fails)
+    monkeypatch.setattr(in_process, "_run_prefect", b_stops_first)
+    with pytest.raises(CliError) as refused:
+        in_process.deploy()
+    print(f"\nrefused: {refused.value}")
+    assert _running_with_variable_false(api) == [], refused.value
+
+
+KEY = "pnu_adv61SecretKey"
+AUTH = "admin:adv61AuthPass"
+
+
+@pytest.mark.parametrize("setting", ["PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"])
+def test_a_credential_a_proxy_echoes_in_prefects_error_is_never_shown(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path, setting: str
+) -> None:
+    """adv61: a proxy refusing the deployment's creation quotes the credential it was sent (Prefect puts
+    its `detail` in its error: the refusal's last words). PREFECT_API_KEY / PREFECT_API_AUTH_STRING must
+    not reach stderr, stdout or --json."""
+    _no_deployment_left(api)
+    _set_variable(api, False)
+    value = KEY if setting == "PREFECT_API_KEY" else AUTH
+    body = json.dumps(
+        {"detail": f"credential {value!r} not accepted here\n\x1b[2Jsee your admin; {value}"}
+    ).encode()
+    upstream = server.api_url.removesuffix("/api")
+    with _proxy(upstream, ("POST", "/api/deployments/"), body=body) as hostport:
+        env = _env(server, tmp_path, PREFECT_API_URL=f"http://{hostport}/api", **{setting: value})
+        for args in (["deploy"], ["deploy", "--json"]):
+            done = _upkeep(env, *args)
+            said = done.stdout + done.stderr
+            print(f"\n{args}: {said}")
+            assert done.returncode == 1, said
+            assert value not in said and value.partition(":")[2] not in said, said
+            assert "\x1b" not in said, said
+    assert _deployments(api) == {}

@@ -61,6 +61,7 @@ from upkeep.prefect_server import (
     schedules_intent,
     unreachable_prefect_api,
     upkeep_deployments,
+    without_credentials,
     work_pool,
 )
 
@@ -231,7 +232,8 @@ def prefect_error(stdout: str, stderr: str, api: str) -> list[str]:
     path dropped ("DeploymentApplyError: denied by proxy"), chained ones in order, and what Prefect
     printed after; with no traceback, its last lines. Rich's box drawing trimmed, blank lines left out,
     PREFECT_API_URL's credentials masked (adv54: Prefect's errors quote the request's URL, userinfo and
-    all); at most ERROR_LINES."""
+    all), and PREFECT_API_KEY's and PREFECT_API_AUTH_STRING's (adv61: a proxy's refusal quotes them);
+    at most ERROR_LINES."""
     errors: list[str] = []  # exception lines, and what came after the last traceback
     plain: list[str] = []  # every line outside a traceback
     for stream in (stdout, stderr):
@@ -245,7 +247,7 @@ def prefect_error(stdout: str, stderr: str, api: str) -> list[str]:
                 continue  # a frame, its code, carets; Rich's box
             if not stripped or stripped.startswith(_CHAINED):
                 continue
-            line = prefect_api.scrubbed(stripped, api)
+            line = without_credentials(prefect_api.scrubbed(stripped, api))
             if inside:
                 inside = False
                 errors.append(_MODULE_PATH.sub("", line))
@@ -278,6 +280,31 @@ def _deployed_so_far(http: Any, before: Installation) -> str:
         f"deployed: {', '.join(made)}; not deployed: {', '.join(left) or 'none'} (as the server has them "
         "now); run `upkeep deploy` again once Prefect's error is mended"
     )
+
+
+def _off_wins_after_failure(http: Any, api: str, refused: CliError) -> None:
+    """After a live deploy (`active: true` rendered) that failed or was stopped half-way: if the variable
+    is no longer JSON true (`upkeep live off` ran meanwhile), the schedules Prefect wrote ACTIVE before it
+    stopped are paused again (adv61: the refusal skipped the re-check a deploy that ends makes, and the
+    dispatcher ran with the variable false); the refusal then says so."""
+    unread: tuple[type[Exception], ...] = (CliError, *answer_errors())
+    repaused: list[str] = []
+    try:
+        if schedules_intent(http).exact is True:
+            return
+        _set_schedules(http, read_installation(http, api, "-"), False, repaused)
+    except unread as exc:
+        why = str(exc).removesuffix("; -") if isinstance(exc, CliError) else answer_problem(exc)
+        refused.args = (
+            f"{refused}; {SCHEDULES_VARIABLE} may have changed while deploying and the schedules could not "
+            f"be read back ({why}): run `upkeep live off` or `upkeep live on`",
+        )
+        return
+    if repaused:
+        refused.args = (
+            f"{refused}; {SCHEDULES_VARIABLE} changed while deploying (`upkeep live off`?): paused again: "
+            f"{', '.join(repaused)} (nothing runs)",
+        )
 
 
 def _create_variable(http: Any, api: str, value: bool, nothing: str) -> None:
@@ -366,15 +393,20 @@ def deploy() -> Outcome:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="upkeep-deploy-") as tmp:
             rendered = _rendered_prefect_yaml(value, Path(tmp))
-            _run_prefect(
-                api,
-                "deploy",
-                "--all",
-                "--prefect-file",
-                str(rendered),
-                what="deploy --all",
-                nothing=lambda: _deployed_so_far(http, before),
-            )
+            try:
+                _run_prefect(
+                    api,
+                    "deploy",
+                    "--all",
+                    "--prefect-file",
+                    str(rendered),
+                    what="deploy --all",
+                    nothing=lambda: _deployed_so_far(http, before),
+                )
+            except CliError as refused:
+                if value:  # it may have written schedules ACTIVE after a `live off`: off wins here too
+                    _off_wins_after_failure(http, api, refused)
+                raise
         seconds = round(time.monotonic() - started, 1)
         after = read_installation(http, api, "the deploy ran")
         repaused: list[str] = []

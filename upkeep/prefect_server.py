@@ -43,6 +43,28 @@ def prefect_api_client(api: str) -> Any:
     return httpx.Client(base_url=api.rstrip("/") + "/", headers=headers, timeout=REQUEST_TIMEOUT)
 
 
+def without_credentials(text: str) -> str:
+    """`text` with the credentials `prefect_api_client` (and Prefect's own client) sends masked as ***:
+    PREFECT_API_KEY, PREFECT_API_AUTH_STRING, its password and its Basic token (adv61: a proxy refusing
+    a request quoted the credential it was sent, and Prefect put its answer in its error). Pieces under
+    3 characters are left (they would mask ordinary text)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
+
+    pieces: list[str] = []
+    key = PREFECT_API_KEY.value()
+    if key:
+        pieces.append(str(key))
+    auth = PREFECT_API_AUTH_STRING.value()
+    if auth:
+        import base64
+
+        auth = str(auth)
+        pieces += [auth, base64.b64encode(auth.encode()).decode(), auth.partition(":")[2]]
+    for piece in sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
+
+
 def prefect_api_problem(http: Any) -> str | None:
     """Why the Prefect API behind `http` cannot be used (one line), or None: it answers /health."""
     import httpx

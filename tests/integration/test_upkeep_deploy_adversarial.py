@@ -585,6 +585,155 @@ def test_a_credential_a_proxy_echoes_in_prefects_error_is_never_shown(
             said = done.stdout + done.stderr
             print(f"\n{args}: {said}")
             assert done.returncode == 1, said
-            assert value not in said and value.partition(":")[2] not in said, said
+            assert [p for p in (value, value.partition(":")[2]) if p and p in said] == [], said
             assert "\x1b" not in said, said
     assert _deployments(api) == {}
+
+
+def _upkeeps_by_flow(http: httpx.Client, flow_id: str) -> dict[str, dict[str, Any]]:
+    reply = http.post("deployments/filter", json={"flows": {"id": {"any_": [flow_id]}}})
+    reply.raise_for_status()
+    return {d["name"]: d for d in reply.json()}
+
+
+def test_live_off_and_the_doctor_find_upkeeps_deployments_behind_a_page_of_namesakes(
+    server: PrefectServer, api: httpx.Client, in_process: Any
+) -> None:
+    """adv61: a shared server where 200 other teams' flows each have a deployment named
+    `case-auto-close` (names are unique per flow, not per server). Upkeep reads its deployments with one
+    `deployments/filter` by name: Prefect answers one page (200, sorted by name), and Upkeep's dispatch,
+    product-update and monthly-cloud-release are on page 2. `live off` must still pause the dispatcher,
+    and the doctor must not call them missing."""
+    _no_deployment_left(api)
+    from upkeep.doctor import deployments_line
+
+    _upkeep_deployments_by_api(api)
+    probe = api.post("flows/", json={"name": "upkeep-probe"}).json()["id"]
+    for n in range(200):
+        flow = api.post("flows/", json={"name": f"aa-team-{n:03d}"}).json()["id"]
+        api.post(
+            "deployments/",
+            json={"name": "case-auto-close", "flow_id": flow, "entrypoint": "theirs/flows.py:close"},
+        ).raise_for_status()
+    first_page = api.post("deployments/filter", json={"deployments": {"name": {"any_": UPKEEP}}}).json()
+    assert "dispatch" not in {d["name"] for d in first_page}  # the state attacked: Upkeep's on page 2
+    _set_variable(api, True)
+    for deployment in _upkeeps_by_flow(api, probe).values():
+        for schedule in deployment["schedules"]:
+            api.patch(
+                f"deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": True}
+            ).raise_for_status()
+    line = deployments_line(api, server.api_url)
+    print(f"\ndoctor (live): {line}")
+    assert "missing" not in line.detail, line.detail
+    in_process.switch(False)
+    active = [
+        name
+        for name, deployment in _upkeeps_by_flow(api, probe).items()
+        if any(s["active"] for s in deployment["schedules"])
+    ]
+    assert _variable(api) is False and active == [], active
+
+
+@contextlib.contextmanager
+def _redirecting(upstream: str, moved: tuple[str, str]) -> Iterator[tuple[str, list[str]]]:
+    """A proxy in front of `upstream` that answers `moved` (method, path) with 307 to another server (on
+    loopback, to count what reaches it: in the world it is anyone's), and forwards everything else."""
+    hits: list[str] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _answer(self) -> None:
+            hits.append(f"{self.command} {self.path} {self.headers.get('Authorization')}")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    target = f"http://127.0.0.1:{elsewhere.server_address[1]}"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _answer(self) -> None:
+            sent = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if (self.command, self.path) == moved:
+                self.send_response(307)
+                self.send_header("Location", target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+            reply = httpx.request(
+                self.command, upstream + self.path, content=sent, headers=headers, timeout=60
+            )
+            self.send_response(reply.status_code)
+            self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
+            self.send_header("Content-Length", str(len(reply.content)))
+            self.end_headers()
+            self.wfile.write(reply.content)
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{proxy.server_address[1]}", hits
+    finally:
+        for one in (proxy, elsewhere):
+            one.shutdown()
+            one.server_close()
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        ("GET", f"/api/work_pools/{POOL}"),
+        ("POST", "/api/deployments/filter"),
+        pytest.param(
+            ("POST", "/api/deployments/"),
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="adv61, product question: Prefect's own client follows redirects (prefect/client/"
+                "orchestration/__init__.py: follow_redirects=True, no setting), so `prefect deploy` behind "
+                "a proxy that answers 307 for POST /api/deployments/ sends the deployment (entrypoint, "
+                "job_variables, pull steps with the checkout's path; httpx drops the Authorization header "
+                "cross-origin) to whatever host the Location names, and fails with 'Malformed response'. "
+                "Upkeep's own reads never follow. Should `upkeep deploy` run `prefect deploy` at all when "
+                "it cannot rule this out (e.g. through a local pass-through that refuses 3xx), or is the "
+                "proxy the operator's trust boundary (documented in docs/deploying.md)?",
+            ),
+        ),
+    ],
+)
+def test_a_redirect_to_another_host_is_never_followed(
+    server: PrefectServer, api: httpx.Client, tmp_path: Path, moved: tuple[str, str]
+) -> None:
+    """adv61: a proxy answering 307 to another host (where the request, its body and its credential
+    would go): `upkeep deploy` and the doctor never follow it (nothing reaches the other host), refuse in
+    one line naming the answer, and create nothing behind it."""
+    _no_deployment_left(api)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from upkeep.doctor import Findings, check_prefect
+
+    _set_variable(api, False)
+    upstream = server.api_url.removesuffix("/api")
+    with _redirecting(upstream, moved) as (hostport, hits):
+        env = _env(server, tmp_path, PREFECT_API_URL=f"http://{hostport}/api", PREFECT_API_KEY=KEY)
+        done = _upkeep(env, "deploy")
+        with temporary_settings({PREFECT_API_URL: f"http://{hostport}/api"}):
+            checks = {check.name: (check.status, check.detail) for check in check_prefect(Findings())}
+    said = done.stdout + done.stderr
+    print(f"\nsaid: {said}\ndoctor: {checks}\nelsewhere: {hits}")
+    assert hits == [], hits
+    assert done.returncode == 1 and "307" in done.stderr.strip().splitlines()[-1], said
+    assert KEY not in said

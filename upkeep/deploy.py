@@ -53,11 +53,11 @@ from upkeep.prefect_server import (
     ScheduleIntent,
     answer_errors,
     answer_problem,
+    deployments_filtered,
     dispatch_live,
     expected_deployments,
     one_line,
     prefect_api_client,
-    prefect_json,
     schedules_intent,
     unreachable_prefect_api,
     upkeep_deployments,
@@ -505,26 +505,17 @@ def switch(on: bool) -> Outcome:
     return Outcome(data, said, line, problem)
 
 
-PAGE = 200
-
-
 def _strays(http: Any) -> dict[str, dict[str, Any]]:
     """Deployments of Upkeep's flows (by entrypoint) that prefect.yaml does not name: renamed or removed
     since they were deployed, still on the server with their schedules. `live off` pauses them too;
     `live on` leaves them paused (it switches on only what prefect.yaml names)."""
     names = set(expected_deployments())
     found: dict[str, dict[str, Any]] = {}
-    offset = 0
-    while True:
-        reply = http.post("deployments/filter", json={"limit": PAGE, "offset": offset})
-        page = prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
-        for deployment in page:
-            entrypoint = str(deployment.get("entrypoint") or "")
-            if entrypoint.startswith(ENTRYPOINTS) and deployment["name"] not in names:
-                found[f"{deployment['name']} (not in prefect.yaml)"] = deployment
-        if len(page) < PAGE:
-            return found
-        offset += PAGE
+    for deployment in deployments_filtered(http, {}, "id", "schedules"):
+        entrypoint = str(deployment.get("entrypoint") or "")
+        if entrypoint.startswith(ENTRYPOINTS) and deployment["name"] not in names:
+            found[f"{deployment['name']} (not in prefect.yaml)"] = deployment
+    return found
 
 
 def _set_variable(http: Any, found: Installation, value: bool, changed: list[str]) -> None:

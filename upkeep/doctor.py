@@ -36,6 +36,7 @@ from upkeep.prefect_server import (
     answer_errors,
     answer_problem,
     content_kind,
+    deployments_filtered,
     dispatch_live,
     expected_deployments,
     http_status,
@@ -440,8 +441,7 @@ def _deployments(http: Any) -> Iterator[Check]:
     # adv54: by name (one page of every deployment on a shared server missed Upkeep's), and only those of
     # Upkeep's entrypoints (another flow may have a deployment of the same name)
     query = {"deployments": {"name": {"any_": expected}}} if expected else {}
-    reply = http.post("deployments/filter", json=query)
-    listed = prefect_json(reply, list, "list of deployments", "name")
+    listed = deployments_filtered(http, query)  # adv61: every page (Upkeep's behind 200 namesakes)
     found = {d["name"]: d for d in listed if upkeeps(d)}
     missing = [name for name in expected if name not in found]
     intent = schedules_intent(http)

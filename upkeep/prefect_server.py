@@ -186,9 +186,33 @@ def upkeep_deployments(http: Any) -> dict[str, dict[str, Any]]:
     """Upkeep's deployments on the server, by name: those prefect.yaml names (`expected_deployments`)
     whose entrypoint is Upkeep's (`upkeeps`), as the API gives them (id, schedules, updated, ...)."""
     names = expected_deployments()
-    reply = http.post("deployments/filter", json={"deployments": {"name": {"any_": names}}})
-    found = prefect_json(reply, list, "list of deployments", "name", "id", "schedules")
+    found = deployments_filtered(http, {"deployments": {"name": {"any_": names}}}, "id", "schedules")
     return {d["name"]: d for d in found if d["name"] in names and upkeeps(d)}
+
+
+PAGE = 200  # deployments per read: the Prefect API's largest page (PREFECT_API_DEFAULT_LIMIT)
+
+
+def deployments_filtered(http: Any, query: dict[str, Any], *keys: str) -> list[dict[str, Any]]:
+    """Every deployment `deployments/filter` matches with `query`, page by page (adv61: a shared server
+    where 200 other flows have a deployment named like one of Upkeep's answered them alone on the first
+    page), each with `name` and `keys`. An API that answers a full page again whatever the offset (a
+    proxy's cache) is NotPrefects, not read for ever."""
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while True:
+        reply = http.post("deployments/filter", json={**query, "limit": PAGE, "offset": len(found)})
+        page: list[dict[str, Any]] = prefect_json(reply, list, "list of deployments", "name", *keys)
+        ids = {str(d.get("id") or d["name"]) for d in page}
+        if len(page) == PAGE and ids <= seen:
+            raise NotPrefects(
+                f"answered {reply.request.url.path} with the same {PAGE} deployments at offset {len(found)}: "
+                "its paging is not Prefect's (a cache in front of the API?)"
+            )
+        seen |= ids
+        found += page
+        if len(page) < PAGE:
+            return found
 
 
 def prefects_404(reply: Any) -> bool:

@@ -247,7 +247,7 @@ def prefect_error(stdout: str, stderr: str, api: str) -> list[str]:
                 continue  # a frame, its code, carets; Rich's box
             if not stripped or stripped.startswith(_CHAINED):
                 continue
-            line = without_credentials(prefect_api.scrubbed(stripped, api))
+            line = prefect_api.scrubbed(without_credentials(stripped, api), api)
             if inside:
                 inside = False
                 errors.append(_MODULE_PATH.sub("", line))

@@ -43,11 +43,16 @@ def prefect_api_client(api: str) -> Any:
     return httpx.Client(base_url=api.rstrip("/") + "/", headers=headers, timeout=REQUEST_TIMEOUT)
 
 
-def without_credentials(text: str) -> str:
-    """`text` with the credentials `prefect_api_client` (and Prefect's own client) sends masked as ***:
-    PREFECT_API_KEY, PREFECT_API_AUTH_STRING, its password and its Basic token (adv61: a proxy refusing
-    a request quoted the credential it was sent, and Prefect put its answer in its error). Pieces under
-    3 characters are left (they would mask ordinary text)."""
+def without_credentials(text: str, api: str = "") -> str:
+    """`text` with the credentials Upkeep's and Prefect's clients send masked as ***: PREFECT_API_KEY,
+    PREFECT_API_AUTH_STRING (its password, its Basic token), and of the API's URL `api` the values of its
+    query and its userinfo's password as a server receives them: percent-decoded, and in the Basic token
+    httpx makes of the userinfo (adv61: a proxy refusing a request quoted the credential it was sent, and
+    Prefect put its answer in its error; flows/prefect_api `scrubbed` masks the URL's own spelling).
+    Pieces under 3 characters are left (they would mask ordinary text)."""
+    import base64
+    from urllib.parse import parse_qsl, unquote
+
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
 
     pieces: list[str] = []
@@ -56,11 +61,18 @@ def without_credentials(text: str) -> str:
         pieces.append(str(key))
     auth = PREFECT_API_AUTH_STRING.value()
     if auth:
-        import base64
-
         auth = str(auth)
         pieces += [auth, base64.b64encode(auth.encode()).decode(), auth.partition(":")[2]]
-    for piece in sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True):
+    after = api.partition("//")[2]
+    userinfo = after.rpartition("@")[0]
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        decoded = f"{unquote(user)}:{unquote(password)}"
+        pieces += [unquote(password), base64.b64encode(decoded.encode()).decode()]
+    query = after.rpartition("@")[2].partition("?")[2].partition("#")[0]
+    pieces += [value for _, value in parse_qsl(query, keep_blank_values=True)]
+    pieces += [q.partition("=")[2] for q in query.split("&")]  # as spelled
+    for piece in sorted({p for p in pieces if len(p) >= 3}, key=len, reverse=True):
         text = text.replace(piece, "***")
     return text
 

@@ -51,3 +51,24 @@ def test_a_flood_of_lines_is_at_most_error_lines() -> None:
     stderr = "".join(f"ValueError: line {n}\n" for n in range(1000))
     said = prefect_error("", stderr, "http://127.0.0.1:4200/api")
     assert len(said) <= ERROR_LINES and all(len(line) < 400 for line in said), said
+
+
+def test_an_api_answering_the_same_full_page_at_every_offset_is_refused_not_read_for_ever() -> None:
+    """prefect_server.deployments_filtered pages until a short page: a cache in front of the API that
+    ignores `offset` answers 200 deployments for ever. Refused as not Prefect's, naming the path."""
+    import httpx
+
+    from upkeep.prefect_server import PAGE, NotPrefects, deployments_filtered
+
+    asked: list[int] = []
+
+    def same_page(request: httpx.Request) -> httpx.Response:
+        import json
+
+        asked.append(json.loads(request.content)["offset"])
+        return httpx.Response(200, json=[{"name": f"d{n}", "id": str(n)} for n in range(PAGE)])
+
+    http = httpx.Client(base_url="http://127.0.0.1:9/api/", transport=httpx.MockTransport(same_page))
+    with http, pytest.raises(NotPrefects, match="deployments/filter with the same 200 deployments"):
+        deployments_filtered(http, {})
+    assert asked == [0, PAGE]

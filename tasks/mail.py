@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from tasks.mime import (
     IDEMPOTENCY_HEADER,
@@ -41,9 +41,6 @@ from tasks.mime import (
     check_sender,
     message_id_for,
 )
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
 
 __all__ = [
     "HANDED_OVER",
@@ -339,7 +336,7 @@ class _Smtp(smtplib.SMTP):
         self.body_sent = False
         return super().mail(sender, options)
 
-    def send(self, s: ReadableBuffer | str) -> None:
+    def send(self, s: Any) -> None:  # smtplib's `ReadableBuffer | str` (typeshed's, no module to import)
         super().send(s)
         if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):  # smtplib's data(): the message's end
             self.body_sent = True

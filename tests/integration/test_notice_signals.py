@@ -24,7 +24,7 @@ from inventory.outbox import Notice, NoticeState, queue_notice
 from tasks.alerts import AppriseChannel
 from tasks.fileserver import HttpFileServer
 from tasks.ssh import SshSettings
-from tests.integration.test_notices import SENDER, T0, SmtpServer
+from tests.integration.test_notices import SENDER, T0, Recorder, SmtpServer
 from tests.integration.webhook import WebhookReceiver
 from tests.support.update_world import CLUSTER, TARGET, World
 
@@ -292,6 +292,16 @@ def _retried_against(engine: Engine, handler: Any, times: int) -> tuple[SmtpServ
         server.stop()
 
 
+class _AlwaysCut(Recorder):
+    """Takes the whole message (kept: the server has it), then cuts the connection before its answer,
+    at every try."""
+
+    async def handle_DATA(self, server: Any, session: object, envelope: object) -> str:
+        await super().handle_DATA(server, session, envelope)
+        server.transport.abort()
+        return "250 OK"
+
+
 def _every_retry(engine: Engine, transport: Any, times: int) -> datetime:
     """`deliver_pending` as often, each time when the earliest pending notice is due; the time after."""
     now = T0
@@ -423,17 +433,11 @@ def test_a_connection_cut_after_the_whole_message_at_every_try_is_stuck_with_one
 ) -> None:
     """The same cut at every try: resent each time (at-least-once) and one alert, the mail server's (a
     cut is the connection's failure, not the notice's): not one per try, not 'delivery unknown'."""
-    from tests.integration.test_notices import Recorder, queue
-
-    class AlwaysCut(Recorder):
-        async def handle_DATA(self, server: Any, session: object, envelope: object) -> str:
-            await super().handle_DATA(server, session, envelope)
-            server.transport.abort()
-            return "250 OK"
+    from tests.integration.test_notices import queue
 
     with session_scope(engine) as session:
         (notice,) = queue(session, customer_id, 1, recipients=("ops@acme.example",))
-    server, _ = _retried_against(engine, AlwaysCut(), 9)
+    server, _ = _retried_against(engine, _AlwaysCut(), 9)
     assert [a.key for a in _alerts(engine)] == [f"mail-unusable:notice-{notice.id}"]
     assert len(server.handler.ids()) == 1  # the same message each time
 
@@ -447,23 +451,11 @@ def test_the_alert_for_cuts_after_the_whole_message_does_not_say_no_customer_hea
     "customer notices not delivered ... until then no customer hears of anything". The SRE, believing
     nobody was told, tells them again by hand (or fixes nothing urgent about the copies). Said as it is:
     the whole message was sent each time, the customers may have it once per try."""
-    from tests.integration.test_notices import Recorder, queue
-
-    class AlwaysCut(Recorder):
-        async def handle_DATA(self, server: Any, session: object, envelope: object) -> str:
-            await super().handle_DATA(server, session, envelope)
-            server.transport.abort()
-            return "250 OK"
+    from tests.integration.test_notices import queue
 
     with session_scope(engine) as session:
         queue(session, customer_id, 1, recipients=("ops@acme.example",))
-    server = SmtpServer()
-    server.handler = AlwaysCut()
-    server.start()
-    try:
-        _every_retry(engine, server.transport(), 9)
-    finally:
-        server.stop()
+    server, _ = _retried_against(engine, _AlwaysCut(), 9)
     [alert] = _alerts(engine)
     copies = list(server.handler.ids().values())
     assert copies and copies[0] >= 6, copies  # the customer's mailbox: one copy per try
@@ -481,21 +473,9 @@ def test_the_alert_for_cuts_after_the_whole_message_does_not_say_no_customer_hea
     "'delivery unknown' (one SRE alert), as an unreadable answer after the whole message is at once?",
 )
 def test_cuts_after_the_whole_message_send_at_most_two_copies(engine: Engine, customer_id: int) -> None:
-    from tests.integration.test_notices import Recorder, queue
-
-    class AlwaysCut(Recorder):
-        async def handle_DATA(self, server: Any, session: object, envelope: object) -> str:
-            await super().handle_DATA(server, session, envelope)
-            server.transport.abort()
-            return "250 OK"
+    from tests.integration.test_notices import queue
 
     with session_scope(engine) as session:
         queue(session, customer_id, 1, recipients=("ops@acme.example",))
-    server = SmtpServer()
-    server.handler = AlwaysCut()
-    server.start()
-    try:
-        _every_retry(engine, server.transport(), 9)
-    finally:
-        server.stop()
+    server, _ = _retried_against(engine, _AlwaysCut(), 9)
     assert list(server.handler.ids().values()) == [2], server.handler.ids()

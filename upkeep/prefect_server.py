@@ -227,20 +227,13 @@ def deployments_filtered(http: Any, query: dict[str, Any], *keys: str) -> list[d
             return found
 
 
-def prefects_404(reply: Any) -> bool:
-    """Whether a 404 is Prefect's own "not found" (flows/prefect_api.py `prefects_not_found`)."""
-    from flows.prefect_api import prefects_not_found
-
-    return prefects_not_found(reply)
-
-
 def work_pool(http: Any) -> dict[str, Any] | None:
     """Upkeep's work pool (POOL) as the API answers it; None when Prefect says there is none. A 404 that
-    is not Prefect's (`prefects_404`) is NotPrefects: read as "no pool", `upkeep deploy` created one
-    behind the proxy and the doctor told the operator to."""
+    is not Prefect's (flows/prefect_api.py `prefects_not_found`) is NotPrefects: read as "no pool",
+    `upkeep deploy` created one behind the proxy and the doctor told the operator to."""
     reply = http.get(f"work_pools/{POOL}")
     if reply.status_code == 404:
-        if prefects_404(reply):
+        if prefect_api.prefects_not_found(reply):
             return None
         seen = "no JSON" if json_answer(reply) is None else "JSON without `detail`"
         raise NotPrefects(
